@@ -1,0 +1,512 @@
+"""Reverse-mode automatic differentiation over a graph of Values.
+
+A Tensor made by an Op remembers the op and its inputs; ``backward()`` walks that graph
+in reverse topological order, summing the partial adjoints each op's ``gradient`` returns.
+Gradients are themselves Tensors built from ops, so with ``create_graph=True`` they can be
+differentiated again.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy
+
+from . import init
+from .backend_selection import NDArray, array_api, default_device, Device
+
+# Lazy mode builds the graph without computing; realize_cached_data() computes on demand.
+LAZY_MODE = False
+_GRAD_ENABLED = True
+
+
+class no_grad:
+    """Context manager (and decorator) under which ops record no graph, as torch.no_grad."""
+
+    def __enter__(self):
+        global _GRAD_ENABLED
+        self._previous, _GRAD_ENABLED = _GRAD_ENABLED, False
+
+    def __exit__(self, *exc):
+        global _GRAD_ENABLED
+        _GRAD_ENABLED = self._previous
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+
+        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        return wrapper
+
+
+def is_grad_enabled() -> bool:
+    return _GRAD_ENABLED
+
+
+class Op:
+    """An operator: ``compute`` on NDArrays, ``gradient`` as Tensor ops."""
+
+    def __call__(self, *args):
+        raise NotImplementedError()
+
+    def compute(self, *args: NDArray):
+        """Forward pass on NDArrays."""
+        raise NotImplementedError()
+
+    def gradient(self, out_grad: "Value", node: "Value") -> Union["Value", Tuple["Value", ...]]:
+        """Partial adjoints of each input, given the adjoint of the output."""
+        raise NotImplementedError()
+
+    def gradient_as_tuple(self, out_grad: "Value", node: "Value") -> Tuple["Value", ...]:
+        output = self.gradient(out_grad, node)
+        if isinstance(output, tuple):
+            return output
+        if isinstance(output, list):
+            return tuple(output)
+        return (output,)
+
+
+class TensorOp(Op):
+    """An op whose output is a Tensor."""
+
+    def __call__(self, *args):
+        return Tensor.make_from_op(self, args)
+
+
+class TensorTupleOp(Op):
+    """An op whose output is a TensorTuple."""
+
+    def __call__(self, *args):
+        return TensorTuple.make_from_op(self, args)
+
+
+class Value:
+    """A node in the graph: an op and its inputs, or a leaf holding data."""
+
+    op: Optional[Op]
+    inputs: List["Value"]
+    cached_data: NDArray
+    requires_grad: bool
+    grad = None  # set by backward()
+
+    def realize_cached_data(self):
+        """Compute (once) and return the data of this node."""
+        if self.cached_data is not None:
+            return self.cached_data
+        self.cached_data = self.op.compute(*[x.realize_cached_data() for x in self.inputs])
+        return self.cached_data
+
+    def is_leaf(self) -> bool:
+        return self.op is None
+
+    def _init(self, op, inputs, *, num_outputs=1, cached_data=None, requires_grad=None):
+        if requires_grad is None:
+            requires_grad = _GRAD_ENABLED and any(x.requires_grad for x in inputs)
+        self.op = op
+        self.inputs = inputs
+        self.num_outputs = num_outputs
+        self.cached_data = cached_data
+        self.requires_grad = requires_grad
+
+    @classmethod
+    def make_const(cls, data, *, requires_grad=False):
+        value = cls.__new__(cls)
+        value._init(None, [], cached_data=data, requires_grad=requires_grad)
+        return value
+
+    @classmethod
+    def make_from_op(cls, op: Op, inputs: List["Value"]):
+        value = cls.__new__(cls)
+        value._init(op, list(inputs))
+        if not LAZY_MODE:
+            if not value.requires_grad:
+                # Nothing upstream needs a gradient: keep the data, drop the graph.
+                return value.detach()
+            value.realize_cached_data()
+        return value
+
+
+class TensorTuple(Value):
+    """A tuple of Tensors produced by one op (e.g. split)."""
+
+    def __len__(self) -> int:
+        return len(self.realize_cached_data())
+
+    def __getitem__(self, index: int) -> "Tensor":
+        from .ops import tuple_get_item
+
+        return tuple_get_item(self, index)
+
+    def tuple(self):
+        return tuple(self[i] for i in range(len(self)))
+
+    def __iter__(self):
+        return iter(self.tuple())
+
+    def __repr__(self) -> str:
+        return "needle.TensorTuple" + str(self.tuple())
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+    def __add__(self, other: "TensorTuple") -> "TensorTuple":
+        from .ops import make_tuple
+
+        assert isinstance(other, TensorTuple) and len(self) == len(other)
+        return make_tuple(*[self[i] + other[i] for i in range(len(self))])
+
+    def detach(self) -> "TensorTuple":
+        return TensorTuple.make_const(self.realize_cached_data())
+
+
+class Tensor(Value):
+    """An n-dimensional array that records the ops applied to it, for backward().
+
+    ``Tensor(array, device=None, dtype=None, requires_grad=True)``: `array` may be a Tensor,
+    an NDArray, a NumPy array or anything NumPy accepts. The dtype is float32 unless given.
+    """
+
+    def __init__(self, array, *, device: Optional[Device] = None, dtype=None, requires_grad=True,
+                 **kwargs):
+        if isinstance(array, Tensor):
+            if device is None:
+                device = array.device
+            if dtype is None:
+                dtype = array.dtype
+            if device == array.device and dtype == array.dtype:
+                cached_data = array.realize_cached_data()
+            else:
+                cached_data = Tensor._array_from_numpy(array.numpy(), device=device, dtype=dtype)
+        elif isinstance(array, NDArray):
+            if dtype is None:
+                dtype = array.dtype
+            device = array.device if device is None else device
+            cached_data = array if device == array.device and dtype == array.dtype \
+                else NDArray(array, device=device, dtype=dtype)
+        else:
+            device = device if device else default_device()
+            cached_data = Tensor._array_from_numpy(array, device=device, dtype=dtype)
+        self._init(None, [], cached_data=cached_data, requires_grad=requires_grad)
+
+    @staticmethod
+    def _array_from_numpy(numpy_array, device, dtype):
+        return array_api.array(numpy_array, device=device, dtype=dtype)
+
+    @staticmethod
+    def make_from_op(op: Op, inputs: List["Value"]):
+        tensor = Tensor.__new__(Tensor)
+        tensor._init(op, list(inputs))
+        if not LAZY_MODE:
+            if not tensor.requires_grad:
+                return tensor.detach()
+            tensor.realize_cached_data()
+        return tensor
+
+    @staticmethod
+    def make_const(data, requires_grad=False):
+        tensor = Tensor.__new__(Tensor)
+        tensor._init(
+            None,
+            [],
+            cached_data=data if not isinstance(data, Tensor) else data.realize_cached_data(),
+            requires_grad=requires_grad,
+        )
+        return tensor
+
+    @property
+    def data(self) -> "Tensor":
+        """The same data, detached from the graph."""
+        return self.detach()
+
+    @data.setter
+    def data(self, value: "Tensor") -> None:
+        assert isinstance(value, Tensor)
+        if value.dtype != self.dtype:
+            raise TypeError(f"cannot assign data of dtype {value.dtype} to a {self.dtype} tensor")
+        if value.shape != self.shape:
+            raise ValueError(f"cannot assign data of shape {value.shape} to a tensor of shape "
+                             f"{self.shape}")
+        self.cached_data = value.realize_cached_data()
+
+    def detach(self) -> "Tensor":
+        """A new leaf Tensor sharing this one's data, with no graph and no gradient."""
+        return Tensor.make_const(self.realize_cached_data())
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.realize_cached_data().shape
+
+    @property
+    def dtype(self) -> str:
+        return self.realize_cached_data().dtype
+
+    @property
+    def device(self) -> Device:
+        return self.realize_cached_data().device
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def size(self) -> int:
+        return self.realize_cached_data().size
+
+    def backward(self, out_grad: Optional["Tensor"] = None, create_graph: bool = False) -> None:
+        """Set ``.grad`` of every node of the graph that requires a gradient.
+
+        `out_grad` defaults to ones of this Tensor's shape. Gradients overwrite ``.grad``
+        (as needle does; call the optimizer's ``reset_grad`` between steps either way). With
+        ``create_graph=True`` the gradients keep their own graph, for higher derivatives;
+        otherwise they are computed without recording one, so nothing keeps the forward graph
+        alive once the caller drops its output.
+        """
+        global _GRAD_ENABLED
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (no graph "
+                               "leads to it from a tensor with requires_grad=True)")
+        if out_grad is None:
+            out_grad = init.ones(*self.shape, dtype=self.dtype, device=self.device)
+        elif out_grad.shape != self.shape:
+            raise ValueError(f"backward: out_grad of shape {out_grad.shape} does not match the "
+                             f"output's shape {self.shape}")
+        previous, _GRAD_ENABLED = _GRAD_ENABLED, create_graph
+        try:
+            compute_gradient_of_variables(self, out_grad)
+        finally:
+            _GRAD_ENABLED = previous
+
+    def __repr__(self) -> str:
+        return "needle.Tensor(" + str(self.realize_cached_data()) + ")"
+
+    def __str__(self) -> str:
+        return self.realize_cached_data().__str__()
+
+    def numpy(self) -> numpy.ndarray:
+        return self.realize_cached_data().numpy()
+
+    def item(self) -> float:
+        if self.size() != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return float(self.numpy().reshape(-1)[0])
+
+    def __float__(self) -> float:
+        return self.item()
+
+    def __len__(self) -> int:
+        return len(self.realize_cached_data())
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    # ---- operators --------------------------------------------------------------------
+    def __add__(self, other):
+        from . import ops
+
+        if isinstance(other, Tensor):
+            return ops.EWiseAdd()(self, other)
+        return ops.AddScalar(other)(self)
+
+    def __mul__(self, other):
+        from . import ops
+
+        if isinstance(other, Tensor):
+            return ops.EWiseMul()(self, other)
+        return ops.MulScalar(other)(self)
+
+    def __pow__(self, other):
+        from . import ops
+
+        if isinstance(other, Tensor):
+            return ops.EWisePow()(self, other)
+        return ops.PowerScalar(other)(self)
+
+    def __rpow__(self, other):
+        from . import ops
+
+        return ops.EWisePow()(Tensor.make_const(
+            array_api.full(self.shape, other, dtype=self.dtype, device=self.device)), self)
+
+    def __sub__(self, other):
+        from . import ops
+
+        if isinstance(other, Tensor):
+            return ops.EWiseSub()(self, other)
+        return ops.AddScalar(-other)(self)
+
+    def __rsub__(self, other):
+        from . import ops
+
+        return ops.AddScalar(other)(ops.Negate()(self))
+
+    def __truediv__(self, other):
+        from . import ops
+
+        if isinstance(other, Tensor):
+            return ops.EWiseDiv()(self, other)
+        return ops.DivScalar(other)(self)
+
+    def __rtruediv__(self, other):
+        from . import ops
+
+        return ops.MulScalar(other)(ops.PowerScalar(-1)(self))
+
+    def __matmul__(self, other):
+        from . import ops
+
+        return ops.MatMul()(self, other)
+
+    def __rmatmul__(self, other):
+        from . import ops
+
+        return ops.MatMul()(other, self)
+
+    def __neg__(self):
+        from . import ops
+
+        return ops.Negate()(self)
+
+    def __getitem__(self, idxs):
+        from . import ops
+
+        return ops.GetItem(idxs)(self)
+
+    __radd__ = __add__
+    __rmul__ = __mul__
+
+    # Comparisons are not differentiable: they give constant 1.0/0.0 tensors.
+    def _compare(self, other, fn):
+        a = self.realize_cached_data()
+        b = other.realize_cached_data() if isinstance(other, Tensor) else other
+        return Tensor.make_const(fn(a, b))
+
+    def __eq__(self, other):
+        return self._compare(other, lambda a, b: a == b)
+
+    def __ne__(self, other):
+        return self._compare(other, lambda a, b: a != b)
+
+    def __ge__(self, other):
+        return self._compare(other, lambda a, b: a >= b)
+
+    def __gt__(self, other):
+        return self._compare(other, lambda a, b: a > b)
+
+    def __le__(self, other):
+        return self._compare(other, lambda a, b: a <= b)
+
+    def __lt__(self, other):
+        return self._compare(other, lambda a, b: a < b)
+
+    __hash__ = Value.__hash__
+
+    # ---- methods in the needle API ----------------------------------------------------
+    def sum(self, axes=None, keepdims=False):
+        from . import ops
+
+        return ops.Summation(axes, keepdims)(self)
+
+    def max(self, axes=None, keepdims=False):
+        from . import ops
+
+        return ops.Max(axes, keepdims)(self)
+
+    def broadcast_to(self, shape):
+        from . import ops
+
+        return ops.BroadcastTo(shape)(self)
+
+    def reshape(self, *shape):
+        from . import ops
+
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        return ops.Reshape(tuple(shape))(self)
+
+    def transpose(self, axes=None):
+        from . import ops
+
+        return ops.Transpose(axes)(self)
+
+    def exp(self):
+        from . import ops
+
+        return ops.Exp()(self)
+
+    def log(self):
+        from . import ops
+
+        return ops.Log()(self)
+
+    def relu(self):
+        from . import ops
+
+        return ops.ReLU()(self)
+
+    def tanh(self):
+        from . import ops
+
+        return ops.Tanh()(self)
+
+    def sigmoid(self):
+        from . import ops
+
+        return ops.Sigmoid()(self)
+
+    def sqrt(self):
+        from . import ops
+
+        return ops.Sqrt()(self)
+
+    @property
+    def T(self):
+        return self.transpose()
+
+
+def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
+    """Reverse-mode AD: set ``.grad`` on every node of the graph that requires a gradient."""
+    # Keyed by id(): Tensor overloads __eq__, so Tensors cannot be dict keys by value.
+    node_to_output_grads: Dict[int, List[Value]] = {id(output_tensor): [out_grad]}
+    for node in reversed(find_topo_sort([output_tensor])):
+        grads = node_to_output_grads.pop(id(node))
+        node.grad = grads[0] if len(grads) == 1 else sum_node_list(grads)
+        if node.op is None:
+            continue
+        for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(node.grad, node)):
+            if inp.requires_grad:
+                node_to_output_grads.setdefault(id(inp), []).append(grad)
+
+
+def find_topo_sort(node_list: List[Value]) -> List[Value]:
+    """Nodes that require a gradient, inputs before the nodes that use them.
+
+    Iterative post-order DFS, so long graphs (an unrolled RNN) do not hit the recursion limit.
+    """
+    visited = set()
+    order: List[Value] = []
+    for root in node_list:
+        if id(root) in visited:
+            continue
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            stack.append((node, True))
+            for inp in reversed(node.inputs):
+                if inp.requires_grad and id(inp) not in visited:
+                    stack.append((inp, False))
+    return order
+
+
+def sum_node_list(node_list: List[Value]) -> Value:
+    """Sum a list of Values (Tensors or TensorTuples) without a reduce over a zero start."""
+    total = node_list[0]
+    for node in node_list[1:]:
+        total = total + node
+    return total

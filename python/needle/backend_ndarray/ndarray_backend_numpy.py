@@ -1,0 +1,226 @@
+"""NumPy reference backend: the executable specification of the primitive table.
+
+Every other backend implements exactly these functions with the same meaning and is
+tested against this module primitive by primitive. Clarity over speed.
+
+Conventions shared by all backends:
+- an ``Array`` is a flat buffer of ``size`` elements of one dtype ("float32" or "float64");
+- ``shape``/``strides``/``offset`` describe a strided view, strides and offset in elements;
+- ``out`` is always a separate, compact Array of the right size and dtype, allocated by
+  NDArray, and every bound has been checked in Python before a primitive is called.
+"""
+
+import numpy as np
+
+__device_name__ = "cpu_numpy"
+__tile_size__ = 8
+
+DTYPES = ("float32", "float64")
+
+
+class Array:
+    """A flat buffer of `size` elements."""
+
+    def __init__(self, size: int, dtype: str = "float32"):
+        self.array = np.empty(size, dtype=dtype)
+
+    @property
+    def size(self) -> int:
+        return self.array.size
+
+    @property
+    def dtype(self) -> str:
+        return self.array.dtype.name
+
+    def ptr(self) -> int:
+        return self.array.ctypes.data
+
+
+def _view(a: Array, shape, strides, offset) -> np.ndarray:
+    itemsize = a.array.itemsize
+    return np.lib.stride_tricks.as_strided(
+        a.array[offset:], tuple(shape), tuple(s * itemsize for s in strides)
+    )
+
+
+# ---- memory -------------------------------------------------------------------------
+def to_numpy(a: Array, shape, strides, offset) -> np.ndarray:
+    return _view(a, shape, strides, offset).copy()
+
+
+def from_numpy(a: np.ndarray, out: Array) -> None:
+    out.array[:] = a.reshape(-1)
+
+
+def fill(out: Array, val: float) -> None:
+    out.array.fill(val)
+
+
+# ---- layout -------------------------------------------------------------------------
+def compact(a: Array, out: Array, shape, strides, offset) -> None:
+    out.array[:] = _view(a, shape, strides, offset).reshape(-1)
+
+
+def ewise_setitem(a: Array, out: Array, shape, strides, offset) -> None:
+    _view(out, shape, strides, offset)[...] = a.array.reshape(shape)
+
+
+def scalar_setitem(size: int, val: float, out: Array, shape, strides, offset) -> None:
+    _view(out, shape, strides, offset)[...] = val
+
+
+# ---- binary -------------------------------------------------------------------------
+def ewise_add(a: Array, b: Array, out: Array) -> None:
+    out.array[:] = a.array + b.array
+
+
+def scalar_add(a: Array, val: float, out: Array) -> None:
+    out.array[:] = a.array + val
+
+
+def ewise_sub(a: Array, b: Array, out: Array) -> None:
+    out.array[:] = a.array - b.array
+
+
+def scalar_sub(a: Array, val: float, out: Array) -> None:
+    out.array[:] = a.array - val
+
+
+def scalar_rsub(a: Array, val: float, out: Array) -> None:
+    """out = val - a"""
+    out.array[:] = val - a.array
+
+
+def ewise_mul(a: Array, b: Array, out: Array) -> None:
+    out.array[:] = a.array * b.array
+
+
+def scalar_mul(a: Array, val: float, out: Array) -> None:
+    out.array[:] = a.array * val
+
+
+def ewise_div(a: Array, b: Array, out: Array) -> None:
+    out.array[:] = a.array / b.array
+
+
+def scalar_div(a: Array, val: float, out: Array) -> None:
+    out.array[:] = a.array / val
+
+
+def scalar_rdiv(a: Array, val: float, out: Array) -> None:
+    """out = val / a"""
+    out.array[:] = val / a.array
+
+
+def ewise_power(a: Array, b: Array, out: Array) -> None:
+    out.array[:] = a.array ** b.array
+
+
+def scalar_power(a: Array, val: float, out: Array) -> None:
+    out.array[:] = a.array ** out.array.dtype.type(val)
+
+
+def ewise_maximum(a: Array, b: Array, out: Array) -> None:
+    out.array[:] = np.maximum(a.array, b.array)
+
+
+def scalar_maximum(a: Array, val: float, out: Array) -> None:
+    out.array[:] = np.maximum(a.array, val)
+
+
+def ewise_eq(a: Array, b: Array, out: Array) -> None:
+    out.array[:] = a.array == b.array
+
+
+def scalar_eq(a: Array, val: float, out: Array) -> None:
+    out.array[:] = a.array == out.array.dtype.type(val)
+
+
+def ewise_ge(a: Array, b: Array, out: Array) -> None:
+    out.array[:] = a.array >= b.array
+
+
+def scalar_ge(a: Array, val: float, out: Array) -> None:
+    out.array[:] = a.array >= out.array.dtype.type(val)
+
+
+# ---- unary --------------------------------------------------------------------------
+def ewise_neg(a: Array, out: Array) -> None:
+    out.array[:] = -a.array
+
+
+def ewise_abs(a: Array, out: Array) -> None:
+    out.array[:] = np.abs(a.array)
+
+
+def ewise_sign(a: Array, out: Array) -> None:
+    out.array[:] = np.sign(a.array)
+
+
+def ewise_log(a: Array, out: Array) -> None:
+    out.array[:] = np.log(a.array)
+
+
+def ewise_exp(a: Array, out: Array) -> None:
+    out.array[:] = np.exp(a.array)
+
+
+def ewise_tanh(a: Array, out: Array) -> None:
+    out.array[:] = np.tanh(a.array)
+
+
+def ewise_sqrt(a: Array, out: Array) -> None:
+    out.array[:] = np.sqrt(a.array)
+
+
+def ewise_sin(a: Array, out: Array) -> None:
+    out.array[:] = np.sin(a.array)
+
+
+def ewise_cos(a: Array, out: Array) -> None:
+    out.array[:] = np.cos(a.array)
+
+
+def ewise_relu(a: Array, out: Array) -> None:
+    out.array[:] = np.maximum(a.array, 0)
+
+
+def ewise_sigmoid(a: Array, out: Array) -> None:
+    # Split by sign so exp never overflows: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise.
+    x = a.array
+    e = np.exp(-np.abs(x))
+    out.array[:] = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+# ---- linear algebra -----------------------------------------------------------------
+def matmul(a: Array, b: Array, out: Array, m: int, n: int, p: int) -> None:
+    """(m, n) @ (n, p) -> (m, p), all compact row-major."""
+    out.array[:] = (a.array[: m * n].reshape(m, n) @ b.array[: n * p].reshape(n, p)).reshape(-1)
+
+
+def batched_matmul(a: Array, b: Array, out: Array, batch: int, m: int, n: int, p: int) -> None:
+    """(batch, m, n) @ (batch, n, p) -> (batch, m, p), all compact row-major."""
+    out.array[:] = np.matmul(
+        a.array.reshape(batch, m, n), b.array.reshape(batch, n, p)
+    ).reshape(-1)
+
+
+def matmul_tiled(a: Array, b: Array, out: Array, m: int, n: int, p: int) -> None:
+    """Matmul over tile-major operands: a is (m/T, n/T, T, T), b is (n/T, p/T, T, T)."""
+    t = __tile_size__
+    a2 = a.array.reshape(m // t, n // t, t, t).transpose(0, 2, 1, 3).reshape(m, n)
+    b2 = b.array.reshape(n // t, p // t, t, t).transpose(0, 2, 1, 3).reshape(n, p)
+    out.array[:] = (a2 @ b2).reshape(m // t, t, p // t, t).transpose(0, 2, 1, 3).reshape(-1)
+
+
+# ---- reductions over the last axis of a compact array -------------------------------
+def reduce_sum(a: Array, out: Array, reduce_size: int) -> None:
+    out.array[:] = a.array.reshape(-1, reduce_size).sum(axis=1)
+
+
+def reduce_max(a: Array, out: Array, reduce_size: int) -> None:
+    out.array[:] = a.array.reshape(-1, reduce_size).max(axis=1)
+
+
+def synchronize() -> None:
+    """Nothing to wait for: NumPy is synchronous."""

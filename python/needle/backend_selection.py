@@ -1,0 +1,12 @@
+"""The array API that autograd and ops compute with: needle's NDArray and its devices."""
+
+from . import backend_ndarray as array_api
+from .backend_ndarray import (  # noqa: F401
+    BackendDevice as Device,
+    NDArray,
+    all_devices,
+    cpu,
+    cpu_numpy,
+    cuda,
+    default_device,
+)

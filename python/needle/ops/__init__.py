@@ -1,0 +1,5 @@
+"""The op catalogue, one Op class per operation plus its lower-case function form."""
+
+from .ops_logarithmic import *  # noqa: F401,F403
+from .ops_mathematic import *  # noqa: F401,F403
+from .ops_tuple import *  # noqa: F401,F403

@@ -1,0 +1,716 @@
+"""The op catalogue: each Op computes on NDArrays and differentiates with Tensor ops.
+
+Binary elementwise ops broadcast like NumPy; their gradients are summed back to each
+input's shape (``reduce_to_shape``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Tuple
+
+from .. import backend_ndarray as nd
+from ..autograd import NDArray, Tensor, TensorOp, TensorTuple, TensorTupleOp
+from .ops_tuple import make_tuple
+
+__all__ = [
+    "EWiseAdd", "add", "AddScalar", "add_scalar", "EWiseSub", "subtract", "EWiseMul", "multiply",
+    "MulScalar", "mul_scalar", "EWiseDiv", "divide", "DivScalar", "divide_scalar", "PowerScalar",
+    "power_scalar", "EWisePow", "power", "Negate", "negate", "Transpose", "transpose", "Reshape",
+    "reshape", "BroadcastTo", "broadcast_to", "Summation", "summation", "MatMul", "matmul", "Log",
+    "log", "Exp", "exp", "ReLU", "relu", "Tanh", "tanh", "Sigmoid", "sigmoid", "Sqrt", "sqrt",
+    "Max", "max", "Maximum", "maximum", "Stack", "stack", "Split", "split", "Flip", "flip",
+    "Dilate", "dilate", "UnDilate", "undilate", "Pad", "pad", "Conv", "conv", "GetItem",
+    "getitem", "GetItemGradient", "reduce_to_shape", "zeros_like_data",
+]
+
+
+def zeros_like_data(x: Tensor) -> Tensor:
+    """A constant zero Tensor with x's shape, dtype and device."""
+    return Tensor.make_const(x.device.full(x.shape, 0.0, dtype=x.dtype))
+
+
+def reduce_to_shape(grad: Tensor, shape: Tuple[int, ...]) -> Tensor:
+    """Sum a broadcast gradient back to `shape` (the input's shape before broadcasting)."""
+    if grad.shape == tuple(shape):
+        return grad
+    lead = len(grad.shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(shape) if d == 1 and grad.shape[lead + i] != 1
+    )
+    if axes:
+        grad = summation(grad, axes)
+    return reshape(grad, tuple(shape))
+
+
+def _check_scalar(scalar, op: str):
+    if not isinstance(scalar, numbers.Number):
+        raise TypeError(f"{op}: expected a Python number, got {type(scalar).__name__}")
+    return scalar
+
+
+# ---- elementwise arithmetic -----------------------------------------------------------
+class EWiseAdd(TensorOp):
+    """a + b; d/da = d/db = 1."""
+
+    def compute(self, a: NDArray, b: NDArray):
+        return a + b
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a, b = node.inputs
+        return reduce_to_shape(out_grad, a.shape), reduce_to_shape(out_grad, b.shape)
+
+
+def add(a, b):
+    return EWiseAdd()(a, b)
+
+
+class AddScalar(TensorOp):
+    """a + c; d/da = 1."""
+
+    def __init__(self, scalar):
+        self.scalar = _check_scalar(scalar, "add_scalar")
+
+    def compute(self, a: NDArray):
+        return a + self.scalar
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return out_grad
+
+
+def add_scalar(a, scalar):
+    return AddScalar(scalar)(a)
+
+
+class EWiseSub(TensorOp):
+    """a - b; d/da = 1, d/db = -1."""
+
+    def compute(self, a: NDArray, b: NDArray):
+        return a - b
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a, b = node.inputs
+        return reduce_to_shape(out_grad, a.shape), reduce_to_shape(-out_grad, b.shape)
+
+
+def subtract(a, b):
+    return EWiseSub()(a, b)
+
+
+class EWiseMul(TensorOp):
+    """a * b; d/da = b, d/db = a."""
+
+    def compute(self, a: NDArray, b: NDArray):
+        return a * b
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a, b = node.inputs
+        return reduce_to_shape(out_grad * b, a.shape), reduce_to_shape(out_grad * a, b.shape)
+
+
+def multiply(a, b):
+    return EWiseMul()(a, b)
+
+
+class MulScalar(TensorOp):
+    """a * c; d/da = c."""
+
+    def __init__(self, scalar):
+        self.scalar = _check_scalar(scalar, "mul_scalar")
+
+    def compute(self, a: NDArray):
+        return a * self.scalar
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return out_grad * self.scalar
+
+
+def mul_scalar(a, scalar):
+    return MulScalar(scalar)(a)
+
+
+class EWiseDiv(TensorOp):
+    """a / b; d/da = 1/b, d/db = -a/b^2."""
+
+    def compute(self, a: NDArray, b: NDArray):
+        return a / b
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a, b = node.inputs
+        grad_a = out_grad / b
+        return reduce_to_shape(grad_a, a.shape), reduce_to_shape(-grad_a * a / b, b.shape)
+
+
+def divide(a, b):
+    return EWiseDiv()(a, b)
+
+
+class DivScalar(TensorOp):
+    """a / c; d/da = 1/c."""
+
+    def __init__(self, scalar):
+        self.scalar = _check_scalar(scalar, "divide_scalar")
+
+    def compute(self, a: NDArray):
+        return a / self.scalar
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return out_grad / self.scalar
+
+
+def divide_scalar(a, scalar):
+    return DivScalar(scalar)(a)
+
+
+class PowerScalar(TensorOp):
+    """a ** c for a number c; d/da = c * a^(c-1)."""
+
+    def __init__(self, scalar):
+        self.scalar = _check_scalar(scalar, "power_scalar")
+
+    def compute(self, a: NDArray) -> NDArray:
+        return a**self.scalar
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a = node.inputs[0]
+        if self.scalar == 0:
+            return out_grad * 0
+        if self.scalar == 1:
+            return out_grad
+        return out_grad * self.scalar * power_scalar(a, self.scalar - 1)
+
+
+def power_scalar(a, scalar):
+    return PowerScalar(scalar)(a)
+
+
+class EWisePow(TensorOp):
+    """a ** b; d/da = b * a^(b-1), d/db = a^b * log(a)."""
+
+    def compute(self, a: NDArray, b: NDArray) -> NDArray:
+        return a**b
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a, b = node.inputs
+        grad_a = out_grad * b * power(a, b - 1)
+        grad_b = out_grad * node * log(a)
+        return reduce_to_shape(grad_a, a.shape), reduce_to_shape(grad_b, b.shape)
+
+
+def power(a, b):
+    return EWisePow()(a, b)
+
+
+class Negate(TensorOp):
+    """-a; d/da = -1."""
+
+    def compute(self, a: NDArray):
+        return -a
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return -out_grad
+
+
+def negate(a):
+    return Negate()(a)
+
+
+# ---- shape ops ------------------------------------------------------------------------
+class Transpose(TensorOp):
+    """Swap two axes (the last two by default); the adjoint swaps them back."""
+
+    def __init__(self, axes: Optional[tuple] = None):
+        if axes is not None and len(axes) != 2:
+            raise ValueError(f"transpose swaps two axes, got axes={axes}")
+        self.axes = axes
+
+    def compute(self, a: NDArray):
+        if a.ndim < 2 and self.axes is None:
+            raise ValueError(f"transpose needs at least 2 dimensions, got shape {a.shape}")
+        i, j = self.axes if self.axes is not None else (-2, -1)
+        return a.swapaxes(i, j)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return transpose(out_grad, self.axes)
+
+
+def transpose(a, axes=None):
+    return Transpose(axes)(a)
+
+
+class Reshape(TensorOp):
+    """Same elements, new shape; the adjoint is reshaped back."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def compute(self, a: NDArray):
+        return a.reshape(self.shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return reshape(out_grad, node.inputs[0].shape)
+
+
+def reshape(a, shape):
+    return Reshape(shape)(a)
+
+
+class BroadcastTo(TensorOp):
+    """Repeat size-1 and missing leading axes; the adjoint sums over them."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def compute(self, a: NDArray):
+        return a.broadcast_to(self.shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return reduce_to_shape(out_grad, node.inputs[0].shape)
+
+
+def broadcast_to(a, shape):
+    return BroadcastTo(shape)(a)
+
+
+def _axes_tuple(axes) -> Optional[tuple]:
+    if axes is None:
+        return None
+    if isinstance(axes, numbers.Integral):
+        return (int(axes),)
+    return tuple(axes)
+
+
+def _keepdims_shape(shape: tuple, axes: Optional[tuple]) -> tuple:
+    """`shape` with the reduced axes set to 1."""
+    if axes is None:
+        return (1,) * len(shape)
+    reduced = {a % len(shape) for a in axes}
+    return tuple(1 if i in reduced else d for i, d in enumerate(shape))
+
+
+def _reduced_shape(shape: tuple, axes: Optional[tuple]) -> tuple:
+    """`shape` without the reduced axes."""
+    if axes is None:
+        return ()
+    reduced = {a % len(shape) for a in axes}
+    return tuple(d for i, d in enumerate(shape) if i not in reduced)
+
+
+class Summation(TensorOp):
+    """Sum over `axes` (None: all); the adjoint is broadcast back over them."""
+
+    def __init__(self, axes=None, keepdims: bool = False):
+        self.axes = _axes_tuple(axes)
+        self.keepdims = keepdims
+
+    def compute(self, a: NDArray):
+        return a.sum(axis=self.axes, keepdims=self.keepdims)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        shape = node.inputs[0].shape
+        return broadcast_to(reshape(out_grad, _keepdims_shape(shape, self.axes)), shape)
+
+
+def summation(a, axes=None, keepdims=False):
+    return Summation(axes, keepdims)(a)
+
+
+class MatMul(TensorOp):
+    """a @ b over the last two axes, broadcasting the leading ones.
+
+    d/da = out_grad @ b^T, d/db = a^T @ out_grad, each summed back to its input's shape.
+    """
+
+    def compute(self, a: NDArray, b: NDArray):
+        return a @ b
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a, b = node.inputs
+        grad_a = matmul(out_grad, transpose(b))
+        grad_b = matmul(transpose(a), out_grad)
+        return reduce_to_shape(grad_a, a.shape), reduce_to_shape(grad_b, b.shape)
+
+
+def matmul(a, b):
+    return MatMul()(a, b)
+
+
+# ---- elementwise functions ------------------------------------------------------------
+class Log(TensorOp):
+    """log(a); d/da = 1/a."""
+
+    def compute(self, a: NDArray):
+        return a.log()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return out_grad / node.inputs[0]
+
+
+def log(a):
+    return Log()(a)
+
+
+class Exp(TensorOp):
+    """exp(a); d/da = exp(a)."""
+
+    def compute(self, a: NDArray):
+        return a.exp()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return out_grad * node
+
+
+def exp(a):
+    return Exp()(a)
+
+
+class ReLU(TensorOp):
+    """max(a, 0); d/da = 1 where a > 0, else 0 (0 at a = 0, as PyTorch)."""
+
+    def compute(self, a: NDArray):
+        return a.relu()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        mask = Tensor.make_const(node.inputs[0].realize_cached_data() > 0)
+        return out_grad * mask
+
+
+def relu(a):
+    return ReLU()(a)
+
+
+class Tanh(TensorOp):
+    """tanh(a); d/da = 1 - tanh(a)^2."""
+
+    def compute(self, a: NDArray):
+        return a.tanh()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return out_grad * (1 - node * node)
+
+
+def tanh(a):
+    return Tanh()(a)
+
+
+class Sigmoid(TensorOp):
+    """1 / (1 + exp(-a)); d/da = s(a) * (1 - s(a))."""
+
+    def compute(self, a: NDArray):
+        return a.sigmoid()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return out_grad * node * (1 - node)
+
+
+def sigmoid(a):
+    return Sigmoid()(a)
+
+
+class Sqrt(TensorOp):
+    """sqrt(a); d/da = 1 / (2 sqrt(a))."""
+
+    def compute(self, a: NDArray):
+        return a.sqrt()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return out_grad / (node * 2)
+
+
+def sqrt(a):
+    return Sqrt()(a)
+
+
+# ---- max ------------------------------------------------------------------------------
+class Max(TensorOp):
+    """Maximum over `axes`; the adjoint is shared equally among tied maxima (as torch.amax)."""
+
+    def __init__(self, axes=None, keepdims: bool = False):
+        self.axes = _axes_tuple(axes)
+        self.keepdims = keepdims
+
+    def compute(self, a: NDArray):
+        return a.max(axis=self.axes, keepdims=self.keepdims)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a = node.inputs[0]
+        kept = _keepdims_shape(a.shape, self.axes)
+        data = a.realize_cached_data()
+        mask = data == node.realize_cached_data().reshape(kept).broadcast_to(a.shape)
+        mask = mask / mask.sum(axis=self.axes, keepdims=True).broadcast_to(a.shape)
+        return broadcast_to(reshape(out_grad, kept), a.shape) * Tensor.make_const(mask)
+
+
+def max(a, axes=None, keepdims=False):
+    return Max(axes, keepdims)(a)
+
+
+class Maximum(TensorOp):
+    """Elementwise max(a, b) (b a Tensor or a number); ties split the adjoint evenly."""
+
+    def __init__(self, scalar=None):
+        self.scalar = scalar
+
+    def compute(self, a: NDArray, b: Optional[NDArray] = None):
+        return a.maximum(self.scalar if b is None else b)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a = node.inputs[0].realize_cached_data()
+        b = self.scalar if len(node.inputs) == 1 else node.inputs[1].realize_cached_data()
+        mask_a = (a > b) + (a == b) * 0.5
+        grad_a = reduce_to_shape(out_grad * Tensor.make_const(mask_a), node.inputs[0].shape)
+        if len(node.inputs) == 1:
+            return grad_a
+        grad_b = out_grad * Tensor.make_const(1 - mask_a)
+        return grad_a, reduce_to_shape(grad_b, node.inputs[1].shape)
+
+
+def maximum(a, b):
+    if isinstance(b, Tensor):
+        return Maximum()(a, b)
+    return Maximum(_check_scalar(b, "maximum"))(a)
+
+
+# ---- stack and split ------------------------------------------------------------------
+class Stack(TensorOp):
+    """Join equally shaped tensors along a new axis; the adjoint splits along it."""
+
+    def __init__(self, axis: int):
+        self.axis = axis
+
+    def compute(self, args: tuple) -> NDArray:
+        return nd.stack(args, axis=self.axis)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return split(out_grad, self.axis)
+
+
+def stack(args, axis):
+    return Stack(axis)(make_tuple(*args))
+
+
+class Split(TensorTupleOp):
+    """Take a tensor apart along `axis` (the inverse of stack); the adjoint stacks."""
+
+    def __init__(self, axis: int):
+        self.axis = axis
+
+    def compute(self, a: NDArray):
+        return tuple(x.compact() for x in nd.split(a, axis=self.axis))
+
+    def gradient(self, out_grad: TensorTuple, node):
+        return stack(list(out_grad), self.axis)
+
+
+def split(a, axis):
+    return Split(axis)(a)
+
+
+# ---- flip, dilate, pad ----------------------------------------------------------------
+class Flip(TensorOp):
+    """Reverse along `axes`; the adjoint is flipped back."""
+
+    def __init__(self, axes: Optional[tuple] = None):
+        self.axes = _axes_tuple(axes)
+
+    def compute(self, a: NDArray):
+        return a.flip(self.axes)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return flip(out_grad, self.axes)
+
+
+def flip(a, axes):
+    return Flip(axes)(a)
+
+
+def _dilation_slices(shape: tuple, axes: tuple, dilation: int) -> tuple:
+    step = dilation + 1
+    return tuple(
+        slice(None, None, step) if i in axes else slice(None) for i in range(len(shape))
+    )
+
+
+def _check_axes(axes: tuple, ndim: int, op: str) -> tuple:
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"{op}: axis {a} is out of range for {ndim} dimensions")
+    return tuple(a % ndim for a in axes)
+
+
+class Dilate(TensorOp):
+    """Insert `dilation` zeros after every element along `axes`; the adjoint undilates."""
+
+    def __init__(self, axes: tuple, dilation: int):
+        self.axes = _axes_tuple(axes)
+        self.dilation = int(dilation)
+        if self.dilation < 0:
+            raise ValueError(f"dilate: dilation must be >= 0, got {dilation}")
+
+    def compute(self, a: NDArray):
+        axes = _check_axes(self.axes, a.ndim, "dilate")
+        shape = tuple(d * (self.dilation + 1) if i in axes else d for i, d in enumerate(a.shape))
+        out = a.device.full(shape, 0.0, dtype=a.dtype)
+        out[_dilation_slices(shape, axes, self.dilation)] = a
+        return out
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return undilate(out_grad, self.axes, self.dilation)
+
+
+def dilate(a, axes, dilation):
+    return Dilate(axes, dilation)(a)
+
+
+class UnDilate(TensorOp):
+    """Keep every (dilation+1)-th element along `axes`; the adjoint dilates."""
+
+    def __init__(self, axes: tuple, dilation: int):
+        self.axes = _axes_tuple(axes)
+        self.dilation = int(dilation)
+        if self.dilation < 0:
+            raise ValueError(f"undilate: dilation must be >= 0, got {dilation}")
+
+    def compute(self, a: NDArray):
+        axes = _check_axes(self.axes, a.ndim, "undilate")
+        return a[_dilation_slices(a.shape, axes, self.dilation)].compact()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        # Dilation then trimming to the input's shape (undilate accepts lengths that are not
+        # multiples of dilation+1).
+        grown = dilate(out_grad, self.axes, self.dilation)
+        shape = node.inputs[0].shape
+        if grown.shape == shape:
+            return grown
+        return getitem(grown, tuple(slice(0, d) for d in shape))
+
+
+def undilate(a, axes, dilation):
+    return UnDilate(axes, dilation)(a)
+
+
+class Pad(TensorOp):
+    """Zero-pad with a (before, after) pair per axis; the adjoint crops."""
+
+    def __init__(self, axes: tuple):
+        self.axes = tuple(tuple(p) for p in axes)
+
+    def compute(self, a: NDArray):
+        return a.pad(self.axes)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        shape = node.inputs[0].shape
+        return getitem(out_grad, tuple(slice(lo, lo + d) for (lo, _), d in zip(self.axes, shape)))
+
+
+def pad(a, axes):
+    return Pad(axes)(a)
+
+
+# ---- indexing -------------------------------------------------------------------------
+class GetItem(TensorOp):
+    """a[idxs] with ints and slices (NumPy semantics); the adjoint scatters into zeros."""
+
+    def __init__(self, idxs):
+        self.idxs = idxs
+
+    def compute(self, a: NDArray):
+        return a[self.idxs].compact()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return GetItemGradient(self.idxs, node.inputs[0].shape)(out_grad)
+
+
+def getitem(a, idxs):
+    return GetItem(idxs)(a)
+
+
+class GetItemGradient(TensorOp):
+    """Zeros of `shape` with `out_grad` written at `idxs` (the adjoint of GetItem)."""
+
+    def __init__(self, idxs, shape):
+        self.idxs = idxs
+        self.shape = tuple(shape)
+
+    def compute(self, g: NDArray):
+        out = g.device.full(self.shape, 0.0, dtype=g.dtype)
+        out[self.idxs] = g
+        return out
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return getitem(out_grad, self.idxs)
+
+
+# ---- convolution ----------------------------------------------------------------------
+class Conv(TensorOp):
+    """2-D convolution (cross-correlation), NHWC input and (kh, kw, c_in, c_out) weights.
+
+    (N, H, W, C_in) x (K_h, K_w, C_in, C_out) -> (N, H_out, W_out, C_out) with
+    H_out = (H + 2 padding - K_h) // stride + 1. Computed as one matmul over an im2col
+    view built with as_strided (no Python loop over the kernel).
+    """
+
+    def __init__(self, stride: int = 1, padding: int = 0):
+        self.stride = int(stride)
+        self.padding = int(padding)
+        if self.stride < 1 or self.padding < 0:
+            raise ValueError(f"conv: need stride >= 1 and padding >= 0, got stride={stride}, "
+                             f"padding={padding}")
+
+    def compute(self, a: NDArray, b: NDArray):
+        if a.ndim != 4 or b.ndim != 4:
+            raise ValueError(f"conv needs a 4-D NHWC input and 4-D (kh, kw, c_in, c_out) weights, "
+                             f"got shapes {a.shape} and {b.shape}")
+        if a.shape[3] != b.shape[2]:
+            raise ValueError(f"conv: input channels {a.shape[3]} (input shape {a.shape}) do not "
+                             f"match weight channels {b.shape[2]} (weight shape {b.shape})")
+        p, s = self.padding, self.stride
+        if p:
+            a = a.pad(((0, 0), (p, p), (p, p), (0, 0)))
+        else:
+            a = a.compact()
+        n, h, w, c_in = a.shape
+        kh, kw, _, c_out = b.shape
+        if h < kh or w < kw:
+            raise ValueError(f"conv: kernel {kh}x{kw} is larger than the padded input {h}x{w}")
+        h_out, w_out = (h - kh) // s + 1, (w - kw) // s + 1
+        sn, sh, sw, sc = a.strides
+        cols = a.as_strided((n, h_out, w_out, kh, kw, c_in), (sn, sh * s, sw * s, sh, sw, sc))
+        cols = cols.compact().reshape(n * h_out * w_out, kh * kw * c_in)
+        out = cols @ b.compact().reshape(kh * kw * c_in, c_out)
+        return out.reshape(n, h_out, w_out, c_out)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        x, w = node.inputs
+        n, h, wd, c_in = x.shape
+        kh, kw, _, c_out = w.shape
+        p, s = self.padding, self.stride
+        hp, wp = h + 2 * p, wd + 2 * p
+        # Rows and columns of the padded input that no window reaches (stride remainder).
+        rh, rw = (hp - kh) % s, (wp - kw) % s
+        g = dilate(out_grad, (1, 2), s - 1) if s > 1 else out_grad
+        if s > 1:  # dilate leaves s-1 trailing zeros per axis; drop them
+            g = getitem(g, (slice(None), slice(0, g.shape[1] - (s - 1)),
+                            slice(0, g.shape[2] - (s - 1)), slice(None)))
+        # d/dx: full correlation of the dilated adjoint with the flipped, transposed kernel,
+        # which covers the padded input but for the unreached remainder; pad it, then crop
+        # the padding.
+        w_flipped = transpose(flip(w, (0, 1)), (2, 3))
+        grad_padded = conv(pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0))),
+                           w_flipped, stride=1, padding=0)
+        if rh or rw:
+            grad_padded = pad(grad_padded, ((0, 0), (0, rh), (0, rw), (0, 0)))
+        grad_x = getitem(grad_padded, (slice(None), slice(p, p + h), slice(p, p + wd),
+                                       slice(None))) if p else grad_padded
+        # d/dw: correlate the (padded) input, channels as batch, with the dilated adjoint.
+        x_t = transpose(pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x, (0, 3))
+        g_t = transpose(transpose(g, (0, 1)), (1, 2))  # (N, Ho', Wo', C_out) -> (Ho', Wo', N, C_out)
+        grad_w = conv(x_t, g_t, stride=1, padding=0)  # (C_in, kh + rh, kw + rw, C_out)
+        if rh or rw:
+            grad_w = getitem(grad_w, (slice(None), slice(0, kh), slice(0, kw), slice(None)))
+        grad_w = transpose(transpose(grad_w, (0, 1)), (1, 2))  # -> (kh, kw, C_in, C_out)
+        return grad_x, grad_w
+
+
+def conv(a, b, stride=1, padding=1):
+    return Conv(stride, padding)(a, b)

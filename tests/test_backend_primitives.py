@@ -1,0 +1,433 @@
+"""The C++ CPU backend agrees with the NumPy reference backend, primitive by primitive.
+
+Every primitive is called on both modules with the same inputs and by keyword, using the
+parameter names of the NumPy module, so argument names and order are checked as well.
+"""
+
+import inspect
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from needle.backend_ndarray import ndarray_backend_numpy as nb_np
+
+try:
+    from needle.backend_ndarray import ndarray_backend_cpu as nb_cpu
+except ImportError as exc:  # the extension is built by `pip install -e .`
+    pytest.skip(f"ndarray_backend_cpu is not built: {exc}", allow_module_level=True)
+
+DTYPES = ("float32", "float64")
+TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-14)}
+EPS = {"float32": 1.2e-7, "float64": 2.3e-16}
+SIZES = (0, 1, 7, 64, 1001)
+
+
+# ---- helpers ---------------------------------------------------------------------------
+class Out:
+    """An output Array argument: `size` elements, optionally initialised from `init`."""
+
+    def __init__(self, size, init=None):
+        self.size, self.init = size, init
+
+
+def to_array(mod, x: np.ndarray):
+    arr = mod.Array(x.size, x.dtype.name)
+    mod.from_numpy(np.ascontiguousarray(x), arr)
+    return arr
+
+
+def read(mod, arr) -> np.ndarray:
+    return mod.to_numpy(arr, (arr.size,), (1,), 0)
+
+
+def call(mod, name, *args, dtype):
+    """Call primitive `name` of `mod` by keyword; numpy inputs become Arrays of `mod`.
+
+    Returns the contents of the Out argument.
+    """
+    params = list(inspect.signature(getattr(nb_np, name)).parameters)
+    kwargs, out = {}, None
+    for param, arg in zip(params, args, strict=True):
+        if isinstance(arg, Out):
+            out = mod.Array(arg.size, dtype)
+            if arg.init is not None:
+                mod.from_numpy(arg.init.astype(dtype), out)
+            arg = out
+        elif isinstance(arg, np.ndarray):
+            arg = to_array(mod, arg.astype(dtype))
+        kwargs[param] = arg
+    getattr(mod, name)(**kwargs)
+    return read(mod, out)
+
+
+def check(name, *args, dtype, exact=False, **tol):
+    expected = call(nb_np, name, *args, dtype=dtype)
+    actual = call(nb_cpu, name, *args, dtype=dtype)
+    assert actual.dtype == expected.dtype == np.dtype(dtype)
+    if exact:
+        np.testing.assert_array_equal(actual, expected)
+    else:
+        np.testing.assert_allclose(actual, expected, equal_nan=True, **{**TOL[dtype], **tol})
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+# ---- module surface --------------------------------------------------------------------
+def test_same_primitive_table():
+    public = {n for n in dir(nb_np) if not n.startswith("_") and n != "np"}
+    assert public <= set(dir(nb_cpu))
+    assert nb_cpu.__device_name__ == "cpu"
+    assert nb_cpu.__tile_size__ == nb_np.__tile_size__ == 8
+    assert tuple(nb_cpu.DTYPES) == nb_np.DTYPES
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [0, 1, 5, 1000])
+def test_array(dtype, size):
+    arr = nb_cpu.Array(size, dtype)
+    assert arr.size == size and arr.dtype == dtype
+    assert arr.ptr() != 0 and arr.ptr() % 64 == 0
+
+
+def test_array_default_dtype():
+    assert nb_cpu.Array(3).dtype == nb_np.Array(3).dtype == "float32"
+    assert nb_cpu.Array(size=3, dtype="float64").dtype == "float64"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float16", "int64", "complex64", ""])
+def test_array_rejects_unsupported_dtype(dtype):
+    with pytest.raises(ValueError):
+        nb_cpu.Array(4, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_from_numpy_rejects_wrong_dtype(dtype):
+    arr = nb_cpu.Array(4, dtype)
+    other = "float64" if dtype == "float32" else "float32"
+    for bad in (np.zeros(4, other), np.zeros(4, np.int32), np.zeros(4, bool)):
+        with pytest.raises(TypeError):
+            nb_cpu.from_numpy(bad, arr)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [0, 3, 5])
+def test_from_numpy_rejects_wrong_size(dtype, size):
+    arr = nb_cpu.Array(4, dtype)
+    with pytest.raises(ValueError):
+        nb_cpu.from_numpy(np.zeros(size, dtype), arr)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_from_numpy_accepts_any_layout(dtype, rng):
+    x = rng.standard_normal((6, 4)).astype(dtype)
+    for src in (x, x.T, x[::2], x[:, ::-1], np.asfortranarray(x)):
+        arr = nb_cpu.Array(src.size, dtype)
+        nb_cpu.from_numpy(src, arr)
+        np.testing.assert_array_equal(read(nb_cpu, arr), src.reshape(-1))
+
+
+def test_mixed_dtypes_raise():
+    a, b = nb_cpu.Array(3, "float32"), nb_cpu.Array(3, "float64")
+    with pytest.raises(TypeError):
+        nb_cpu.ewise_add(a, b, nb_cpu.Array(3, "float32"))
+    with pytest.raises(TypeError):
+        nb_cpu.compact(a, b, (3,), (1,), 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_to_numpy_returns_an_owned_copy(dtype):
+    arr = to_array(nb_cpu, np.arange(6, dtype=dtype))
+    view = nb_cpu.to_numpy(arr, (2, 3), (3, 1), 0)
+    nb_cpu.fill(arr, -1.0)
+    del arr
+    np.testing.assert_array_equal(view, np.arange(6, dtype=dtype).reshape(2, 3))
+    assert view.dtype == np.dtype(dtype) and view.flags.writeable
+    view[0, 0] = 5.0
+
+
+def test_shape_arguments_accept_lists_and_numpy_ints():
+    arr = to_array(nb_cpu, np.arange(6, dtype="float32"))
+    got = nb_cpu.to_numpy(arr, [np.int64(3), 2], (np.int32(1), 3), np.int64(0))
+    np.testing.assert_array_equal(got, np.arange(6, dtype="float32").reshape(2, 3).T)
+
+
+def test_synchronize():
+    assert nb_cpu.synchronize() is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("val", [0.0, -2.5, 3, 1e30])
+def test_fill(dtype, val):
+    check("fill", Out(17), val, dtype=dtype, exact=True)
+
+
+# ---- strided views (hypothesis) --------------------------------------------------------
+@st.composite
+def strided_views(draw, allow_broadcast=True):
+    """(storage size, shape, strides, offset) of a random numpy view of a compact parent.
+
+    NumPy does the geometry: slices with steps (negative included), integer indices,
+    permutations and broadcasting; strides and offset are then read back in elements.
+    """
+    parent_shape = draw(st.lists(st.integers(1, 6), max_size=4))
+    base = np.zeros(math.prod(parent_shape))
+    view = base.reshape(parent_shape)
+    index = tuple(
+        draw(st.one_of(st.slices(n), st.integers(0, n - 1))) if n > 1 else draw(st.slices(n))
+        for n in parent_shape
+    )
+    view = view[index + (Ellipsis,)]  # Ellipsis keeps a 0-d result a view, not a scalar
+    view = view.transpose(draw(st.permutations(range(view.ndim))))
+    if allow_broadcast and draw(st.booleans()):
+        lead = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+        grown = tuple(draw(st.integers(1, 3)) if n == 1 else n for n in view.shape)
+        view = np.broadcast_to(view, lead + grown)
+    itemsize = base.itemsize
+    offset = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0])
+    return (
+        base.size,
+        view.shape,
+        tuple(s // itemsize for s in view.strides),
+        offset // itemsize,
+    )
+
+
+view_settings = settings(max_examples=150, deadline=None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@view_settings
+@given(spec=strided_views())
+def test_to_numpy(dtype, spec):
+    size, shape, strides, offset = spec
+    data = np.random.default_rng(size).standard_normal(size).astype(dtype)
+    expected = nb_np.to_numpy(to_array(nb_np, data), shape, strides, offset)
+    actual = nb_cpu.to_numpy(to_array(nb_cpu, data), shape, strides, offset)
+    assert actual.shape == expected.shape == shape and actual.dtype == expected.dtype
+    np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@view_settings
+@given(spec=strided_views())
+def test_compact(dtype, spec):
+    size, shape, strides, offset = spec
+    data = np.random.default_rng(size).standard_normal(size)
+    check("compact", data, Out(math.prod(shape)), shape, strides, offset, dtype=dtype, exact=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@view_settings
+@given(spec=strided_views(allow_broadcast=False))
+def test_ewise_setitem(dtype, spec):
+    size, shape, strides, offset = spec
+    rng = np.random.default_rng(size)
+    src, init = rng.standard_normal(math.prod(shape)), rng.standard_normal(size)
+    check("ewise_setitem", src, Out(size, init), shape, strides, offset, dtype=dtype, exact=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@view_settings
+@given(spec=strided_views(), val=st.floats(-1e6, 1e6))
+def test_scalar_setitem(dtype, spec, val):
+    size, shape, strides, offset = spec
+    init = np.random.default_rng(size).standard_normal(size)
+    check(
+        "scalar_setitem", math.prod(shape), val, Out(size, init), shape, strides, offset,
+        dtype=dtype, exact=True,
+    )
+
+
+# ---- elementwise -----------------------------------------------------------------------
+def operand(rng, kind, size):
+    """Inputs where every op is well defined; "ties" makes eq/ge/maximum see equal values."""
+    if kind == "positive":
+        return rng.uniform(0.1, 4.0, size)
+    if kind == "nonzero":
+        return rng.choice([-1, 1], size) * rng.uniform(0.2, 3.0, size)
+    if kind == "ties":
+        return rng.integers(-2, 3, size).astype(float)
+    if kind == "wide":
+        return rng.standard_normal(size) * 50
+    return rng.standard_normal(size) * 3
+
+
+BINARY = {  # name: (kind of a, kind of b)
+    "ewise_add": ("normal", "normal"),
+    "ewise_sub": ("normal", "normal"),
+    "ewise_mul": ("normal", "normal"),
+    "ewise_div": ("normal", "nonzero"),
+    "ewise_power": ("positive", "normal"),
+    "ewise_maximum": ("ties", "ties"),
+    "ewise_eq": ("ties", "ties"),
+    "ewise_ge": ("ties", "ties"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", BINARY)
+def test_ewise_binary(name, size, dtype, rng):
+    ka, kb = BINARY[name]
+    check(name, operand(rng, ka, size), operand(rng, kb, size), Out(size), dtype=dtype)
+
+
+SCALAR = {  # name: (kind of a, values)
+    "scalar_add": ("normal", [0.0, -1.5, 3]),
+    "scalar_sub": ("normal", [0.0, 2.25, -7]),
+    "scalar_rsub": ("normal", [0.0, 2.25, -7]),
+    "scalar_mul": ("normal", [0.0, 0.1, -3]),
+    "scalar_div": ("normal", [0.1, -3, 7.0]),
+    "scalar_rdiv": ("nonzero", [0.0, 1, -2.5]),
+    "scalar_power": ("positive", [0, 1, 2, 3, 0.5, -1.5, 0.1]),
+    "scalar_maximum": ("ties", [0.0, 1, -0.5]),
+    "scalar_eq": ("ties", [0.0, 1, 0.5]),
+    "scalar_ge": ("ties", [0.0, 1, -0.5]),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", SCALAR)
+def test_scalar_binary(name, size, dtype, rng):
+    kind, values = SCALAR[name]
+    a = operand(rng, kind, size)
+    for val in values:
+        check(name, a, val, Out(size), dtype=dtype)
+
+
+def test_scalar_is_rounded_to_the_array_dtype():
+    # 0.1 is not a float32; both backends compare against float32(0.1).
+    a = np.array([0.1, 0.2], dtype="float32")
+    check("scalar_eq", a, 0.1, Out(2), dtype="float32", exact=True)
+    check("scalar_ge", a, 0.1, Out(2), dtype="float32", exact=True)
+    check("scalar_eq", a, np.float32(0.2), Out(2), dtype="float32", exact=True)
+
+
+UNARY = {
+    "ewise_neg": "normal",
+    "ewise_abs": "normal",
+    "ewise_sign": "ties",
+    "ewise_log": "positive",
+    "ewise_exp": "normal",
+    "ewise_tanh": "normal",
+    "ewise_sqrt": "positive",
+    "ewise_sin": "wide",
+    "ewise_cos": "wide",
+    "ewise_relu": "ties",
+    "ewise_sigmoid": "wide",
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", UNARY)
+def test_ewise_unary(name, size, dtype, rng):
+    check(name, operand(rng, UNARY[name], size), Out(size), dtype=dtype)
+
+
+SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e30, -1e30, 2.0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["ewise_neg", "ewise_abs", "ewise_sign", "ewise_relu",
+                                  "ewise_sigmoid", "ewise_tanh", "ewise_exp"])
+def test_unary_special_values(name, dtype):
+    with np.errstate(all="ignore"):
+        check(name, SPECIAL, Out(SPECIAL.size), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["ewise_add", "ewise_mul", "ewise_div", "ewise_maximum",
+                                  "ewise_eq", "ewise_ge"])
+def test_binary_special_values(name, dtype):
+    a, b = (np.array(p) for p in zip(*itertools.product(SPECIAL, repeat=2)))
+    with np.errstate(all="ignore"):
+        check(name, a, b, Out(a.size), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_is_stable(dtype):
+    x = np.array([-1e4, -800, -100, -30, 0, 30, 100, 800, 1e4])
+    got = call(nb_cpu, "ewise_sigmoid", x, Out(x.size), dtype=dtype)
+    assert np.all(np.isfinite(got)) and np.all((got >= 0) & (got <= 1))
+    assert got[0] == 0 and got[-1] == 1 and got[4] == 0.5
+
+
+# ---- linear algebra --------------------------------------------------------------------
+def matmul_tol(dtype, n):
+    # Operands are standard normal: each output sums n products of size ~1.
+    return dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * n)
+
+
+MATMUL_DIMS = (1, 7, 33, 127, 257)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,p", list(itertools.product(MATMUL_DIMS, repeat=3)))
+def test_matmul(m, n, p, dtype, rng):
+    a, b = rng.standard_normal(m * n), rng.standard_normal(n * p)
+    check("matmul", a, b, Out(m * p), m, n, p, dtype=dtype, **matmul_tol(dtype, n))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_ignores_trailing_storage(dtype, rng):
+    m, n, p = 5, 6, 7
+    a, b = rng.standard_normal(m * n + 3), rng.standard_normal(n * p + 11)
+    check("matmul", a, b, Out(m * p), m, n, p, dtype=dtype, **matmul_tol(dtype, n))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "batch,m,n,p", [(1, 1, 1, 1), (1, 7, 33, 5), (3, 1, 9, 4), (4, 17, 8, 33), (2, 64, 130, 70)]
+)
+def test_batched_matmul(batch, m, n, p, dtype, rng):
+    a, b = rng.standard_normal(batch * m * n), rng.standard_normal(batch * n * p)
+    check(
+        "batched_matmul", a, b, Out(batch * m * p), batch, m, n, p,
+        dtype=dtype, **matmul_tol(dtype, n),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,p", [(8, 8, 8), (16, 8, 24), (8, 40, 16), (32, 64, 48)])
+def test_matmul_tiled(m, n, p, dtype, rng):
+    a, b = rng.standard_normal(m * n), rng.standard_normal(n * p)
+    check("matmul_tiled", a, b, Out(m * p), m, n, p, dtype=dtype, **matmul_tol(dtype, n))
+
+
+# ---- reductions ------------------------------------------------------------------------
+REDUCE_SIZES = (1, 2, 7, 8, 9, 127, 128, 129, 1000, 4097)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("outer", [0, 1, 5])
+@pytest.mark.parametrize("reduce_size", REDUCE_SIZES)
+def test_reduce_sum(reduce_size, outer, dtype, rng):
+    a = rng.standard_normal(outer * reduce_size) + 0.5
+    # NumPy's float32 pairwise sum rounds at every level; ours accumulates in double.
+    tol = dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * reduce_size)
+    check("reduce_sum", a, Out(outer), reduce_size, dtype=dtype, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("outer", [0, 1, 5])
+@pytest.mark.parametrize("reduce_size", REDUCE_SIZES)
+def test_reduce_max(reduce_size, outer, dtype, rng):
+    a = rng.standard_normal(outer * reduce_size)
+    check("reduce_max", a, Out(outer), reduce_size, dtype=dtype, exact=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reduce_special_values(dtype):
+    a = np.array([1.0, np.nan, 3.0, np.nan, -np.inf, 2.0, -np.inf, -np.inf, np.inf, 5.0, 0.0, 1.0])
+    with np.errstate(all="ignore"):
+        check("reduce_max", a, Out(4), 3, dtype=dtype, exact=True)
+        check("reduce_sum", a, Out(4), 3, dtype=dtype)
