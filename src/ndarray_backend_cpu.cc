@@ -350,7 +350,7 @@ void matmul_kernel(const T *__restrict a, const T *__restrict b, T *__restrict o
       for (; i + 4 <= m; i += 4)
         for (size_t k = kk; k < kend; ++k)
           rank1_rows<T, 4>(a + i * n + k, n, b + k * p + jj, out + i * p + jj, p, len);
-      for (; i + 1 < m; ++i)
+      for (; i < m; ++i)
         for (size_t k = kk; k < kend; ++k)
           rank1_rows<T, 1>(a + i * n + k, n, b + k * p + jj, out + i * p + jj, p, len);
     }
