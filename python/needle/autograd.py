@@ -12,7 +12,6 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy
 
-from . import init
 from .backend_selection import NDArray, array_api, default_device, Device
 
 # Lazy mode builds the graph without computing; realize_cached_data() computes on demand.
@@ -102,7 +101,7 @@ class Value:
 
     def _init(self, op, inputs, *, num_outputs=1, cached_data=None, requires_grad=None):
         if requires_grad is None:
-            requires_grad = _GRAD_ENABLED and any(x.requires_grad for x in inputs)
+            requires_grad = _GRAD_ENABLED and _any_requires_grad(inputs)
         self.op = op
         self.inputs = inputs
         self.num_outputs = num_outputs
@@ -118,13 +117,24 @@ class Value:
     @classmethod
     def make_from_op(cls, op: Op, inputs: List["Value"]):
         value = cls.__new__(cls)
-        value._init(op, list(inputs))
-        if not LAZY_MODE:
-            if not value.requires_grad:
-                # Nothing upstream needs a gradient: keep the data, drop the graph.
-                return value.detach()
-            value.realize_cached_data()
+        requires_grad = _GRAD_ENABLED and _any_requires_grad(inputs)
+        if LAZY_MODE:
+            value._init(op, list(inputs), requires_grad=requires_grad)
+            return value
+        data = op.compute(*[x.realize_cached_data() for x in inputs])
+        if requires_grad:
+            value._init(op, list(inputs), cached_data=data, requires_grad=True)
+        else:
+            # Nothing upstream needs a gradient: keep the data, drop the graph.
+            value._init(None, [], cached_data=data, requires_grad=False)
         return value
+
+
+def _any_requires_grad(inputs) -> bool:
+    for x in inputs:
+        if x.requires_grad:
+            return True
+    return False
 
 
 class TensorTuple(Value):
@@ -134,9 +144,7 @@ class TensorTuple(Value):
         return len(self.realize_cached_data())
 
     def __getitem__(self, index: int) -> "Tensor":
-        from .ops import tuple_get_item
-
-        return tuple_get_item(self, index)
+        return ops.tuple_get_item(self, index)
 
     def tuple(self):
         return tuple(self[i] for i in range(len(self)))
@@ -151,10 +159,8 @@ class TensorTuple(Value):
         return self.__repr__()
 
     def __add__(self, other: "TensorTuple") -> "TensorTuple":
-        from .ops import make_tuple
-
         assert isinstance(other, TensorTuple) and len(self) == len(other)
-        return make_tuple(*[self[i] + other[i] for i in range(len(self))])
+        return ops.make_tuple(*[self[i] + other[i] for i in range(len(self))])
 
     def detach(self) -> "TensorTuple":
         return TensorTuple.make_const(self.realize_cached_data())
@@ -166,6 +172,10 @@ class Tensor(Value):
     ``Tensor(array, device=None, dtype=None, requires_grad=True)``: `array` may be a Tensor,
     an NDArray, a NumPy array or anything NumPy accepts. The dtype is float32 unless given.
     """
+
+    # So that np_scalar - tensor calls our __rsub__ instead of NumPy turning the tensor into
+    # an array (a NumPy result would silently cut the graph).
+    __array_priority__ = 1000
 
     def __init__(self, array, *, device: Optional[Device] = None, dtype=None, requires_grad=True,
                  **kwargs):
@@ -192,16 +202,6 @@ class Tensor(Value):
     @staticmethod
     def _array_from_numpy(numpy_array, device, dtype):
         return array_api.array(numpy_array, device=device, dtype=dtype)
-
-    @staticmethod
-    def make_from_op(op: Op, inputs: List["Value"]):
-        tensor = Tensor.__new__(Tensor)
-        tensor._init(op, list(inputs))
-        if not LAZY_MODE:
-            if not tensor.requires_grad:
-                return tensor.detach()
-            tensor.realize_cached_data()
-        return tensor
 
     @staticmethod
     def make_const(data, requires_grad=False):
@@ -235,7 +235,8 @@ class Tensor(Value):
 
     @property
     def shape(self) -> Tuple[int, ...]:
-        return self.realize_cached_data().shape
+        data = self.cached_data
+        return (data if data is not None else self.realize_cached_data()).shape
 
     @property
     def dtype(self) -> str:
@@ -266,7 +267,8 @@ class Tensor(Value):
             raise RuntimeError("backward() on a tensor that does not require grad (no graph "
                                "leads to it from a tensor with requires_grad=True)")
         if out_grad is None:
-            out_grad = init.ones(*self.shape, dtype=self.dtype, device=self.device)
+            data = self.realize_cached_data()
+            out_grad = Tensor.make_const(data.device.full(data.shape, 1.0, dtype=data.dtype))
         elif out_grad.shape != self.shape:
             raise ValueError(f"backward: out_grad of shape {out_grad.shape} does not match the "
                              f"output's shape {self.shape}")
@@ -302,74 +304,50 @@ class Tensor(Value):
 
     # ---- operators --------------------------------------------------------------------
     def __add__(self, other):
-        from . import ops
-
         if isinstance(other, Tensor):
             return ops.EWiseAdd()(self, other)
         return ops.AddScalar(other)(self)
 
     def __mul__(self, other):
-        from . import ops
-
         if isinstance(other, Tensor):
             return ops.EWiseMul()(self, other)
         return ops.MulScalar(other)(self)
 
     def __pow__(self, other):
-        from . import ops
-
         if isinstance(other, Tensor):
             return ops.EWisePow()(self, other)
         return ops.PowerScalar(other)(self)
 
     def __rpow__(self, other):
-        from . import ops
-
         return ops.EWisePow()(Tensor.make_const(
             array_api.full(self.shape, other, dtype=self.dtype, device=self.device)), self)
 
     def __sub__(self, other):
-        from . import ops
-
         if isinstance(other, Tensor):
             return ops.EWiseSub()(self, other)
         return ops.AddScalar(-other)(self)
 
     def __rsub__(self, other):
-        from . import ops
-
         return ops.AddScalar(other)(ops.Negate()(self))
 
     def __truediv__(self, other):
-        from . import ops
-
         if isinstance(other, Tensor):
             return ops.EWiseDiv()(self, other)
         return ops.DivScalar(other)(self)
 
     def __rtruediv__(self, other):
-        from . import ops
-
         return ops.MulScalar(other)(ops.PowerScalar(-1)(self))
 
     def __matmul__(self, other):
-        from . import ops
-
         return ops.MatMul()(self, other)
 
     def __rmatmul__(self, other):
-        from . import ops
-
         return ops.MatMul()(other, self)
 
     def __neg__(self):
-        from . import ops
-
         return ops.Negate()(self)
 
     def __getitem__(self, idxs):
-        from . import ops
-
         return ops.GetItem(idxs)(self)
 
     __radd__ = __add__
@@ -403,60 +381,38 @@ class Tensor(Value):
 
     # ---- methods in the needle API ----------------------------------------------------
     def sum(self, axes=None, keepdims=False):
-        from . import ops
-
         return ops.Summation(axes, keepdims)(self)
 
     def max(self, axes=None, keepdims=False):
-        from . import ops
-
         return ops.Max(axes, keepdims)(self)
 
     def broadcast_to(self, shape):
-        from . import ops
-
         return ops.BroadcastTo(shape)(self)
 
     def reshape(self, *shape):
-        from . import ops
-
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
         return ops.Reshape(tuple(shape))(self)
 
     def transpose(self, axes=None):
-        from . import ops
-
         return ops.Transpose(axes)(self)
 
     def exp(self):
-        from . import ops
-
         return ops.Exp()(self)
 
     def log(self):
-        from . import ops
-
         return ops.Log()(self)
 
     def relu(self):
-        from . import ops
-
         return ops.ReLU()(self)
 
     def tanh(self):
-        from . import ops
-
         return ops.Tanh()(self)
 
     def sigmoid(self):
-        from . import ops
-
         return ops.Sigmoid()(self)
 
     def sqrt(self):
-        from . import ops
-
         return ops.Sqrt()(self)
 
     @property
@@ -510,3 +466,8 @@ def sum_node_list(node_list: List[Value]) -> Value:
     for node in node_list[1:]:
         total = total + node
     return total
+
+
+# The op catalogue imports this module, so it is imported last (by the time a Tensor method
+# runs, needle.ops is complete).
+from . import ops  # noqa: E402

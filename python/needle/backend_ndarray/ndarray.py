@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import operator
 import warnings
-from functools import reduce
+from functools import lru_cache, reduce
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -95,16 +95,19 @@ class BackendDevice:
             raise RuntimeError(f"device {self.name}() is not available in this build of needle")
 
     def randn(self, *shape, dtype=None) -> "NDArray":
-        return NDArray(np.random.randn(*shape).astype(canonical_dtype(dtype)), device=self)
+        dtype = canonical_dtype(dtype)
+        return NDArray(np.random.randn(*shape).astype(dtype), device=self, dtype=dtype)
 
     def rand(self, *shape, dtype=None) -> "NDArray":
-        return NDArray(np.random.rand(*shape).astype(canonical_dtype(dtype)), device=self)
+        dtype = canonical_dtype(dtype)
+        return NDArray(np.random.rand(*shape).astype(dtype), device=self, dtype=dtype)
 
     def one_hot(self, n: int, i, dtype=None) -> "NDArray":
         i = np.asarray(i).astype(np.int64)
         if i.size and (i.min() < 0 or i.max() >= n):
             raise IndexError(f"one_hot: class indices must lie in [0, {n}), got {i.min()}..{i.max()}")
-        return NDArray(np.eye(n, dtype=canonical_dtype(dtype))[i], device=self)
+        dtype = canonical_dtype(dtype)
+        return NDArray(np.eye(n, dtype=dtype)[i], device=self, dtype=dtype)
 
     def empty(self, shape, dtype=None) -> "NDArray":
         return NDArray.make(_as_shape(shape), device=self, dtype=canonical_dtype(dtype))
@@ -165,8 +168,19 @@ def _shape_args(shape: tuple) -> tuple:
     return shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
 
 
+@lru_cache(maxsize=4096)
+def _size(shape: Tuple[int, ...]) -> int:
+    """The number of elements of a shape (cached: it is asked on every op)."""
+    return prod(shape)
+
+
 def compact_strides(shape: Sequence[int]) -> Tuple[int, ...]:
     """Row-major strides (in elements) of a compact array of this shape."""
+    return _compact_strides(tuple(shape))
+
+
+@lru_cache(maxsize=4096)
+def _compact_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     stride = 1
     res = []
     for dim in reversed(shape):
@@ -211,6 +225,21 @@ def _normalize_axes(axis, ndim: int) -> Tuple[int, ...]:
     return axes
 
 
+def _matmul_strides(a: "NDArray") -> Optional[Tuple[int, int, int]]:
+    """(batch, row, col) strides of a (..., rows, cols) view whose batch axes merge into one
+    axis of uniform stride, with no negative stride; None when it needs a compact copy."""
+    if builtins.min(a._strides, default=0) < 0:
+        return None
+    batch_stride = 0
+    dims = [(d, s) for d, s in zip(a._shape[:-2], a._strides[:-2]) if d != 1]
+    for (_, s), (d_next, s_next) in zip(dims, dims[1:]):
+        if s != s_next * d_next:
+            return None
+    if dims:
+        batch_stride = dims[-1][1]
+    return (batch_stride, a._strides[-2], a._strides[-1])
+
+
 class NDArray:
     """A strided n-dimensional array on a device.
 
@@ -220,7 +249,10 @@ class NDArray:
     NDArray input keeps its own.
     """
 
-    __slots__ = ("_shape", "_strides", "_offset", "_device", "_handle", "_dtype", "__weakref__")
+    # _compact caches is_compact(): True/False, or None when not yet known.
+    __slots__ = (
+        "_shape", "_strides", "_offset", "_device", "_handle", "_dtype", "_compact", "__weakref__"
+    )
     __array_priority__ = 1000  # so that np_scalar * NDArray calls our __rmul__
 
     def __init__(self, other, device: Optional[BackendDevice] = None, dtype=None):
@@ -228,14 +260,15 @@ class NDArray:
             device = other.device if device is None else device
             dtype = other.dtype if dtype is None else canonical_dtype(dtype)
             if dtype != other.dtype:
-                self._init(NDArray(other.numpy().astype(dtype), device=device))
+                self._init(NDArray(other.numpy().astype(dtype), device=device, dtype=dtype))
             else:
                 self._init(other.to(device) + 0.0 if device == other.device else other.to(device))
             return
         device = default_device() if device is None else device
         device._check_enabled()
         dtype = canonical_dtype(dtype)
-        array = np.ascontiguousarray(np.asarray(other, dtype=dtype))
+        # asarray(order="C"), not ascontiguousarray, which turns 0-d input into shape (1,).
+        array = np.asarray(other, dtype=dtype, order="C")
         out = NDArray.make(array.shape, device=device, dtype=dtype)
         if array.size:
             device.mod.from_numpy(array, out._handle)
@@ -248,21 +281,33 @@ class NDArray:
         self._device = other._device
         self._handle = other._handle
         self._dtype = other._dtype
+        self._compact = other._compact
 
     @staticmethod
     def make(shape, strides=None, device=None, handle=None, offset=0, dtype=None) -> "NDArray":
         """Create an NDArray over `handle` (or a fresh buffer) without copying."""
+        # This is the hot path of every op: keep it to attribute stores and cached lookups.
         array = object.__new__(NDArray)
-        array._shape = tuple(shape)
-        array._strides = compact_strides(shape) if strides is None else tuple(strides)
+        shape = tuple(shape)
+        array._shape = shape
         array._offset = offset
-        array._device = device if device is not None else default_device()
+        if device is None:
+            device = default_device()
+        array._device = device
         if handle is None:
-            array._dtype = canonical_dtype(dtype)
-            array._handle = array._device.mod.Array(prod(shape), array._dtype)
+            if type(dtype) is not str or dtype not in DTYPES:
+                dtype = canonical_dtype(dtype)
+            if device.mod is None:
+                device._check_enabled()
+            array._handle = device.mod.Array(_size(shape), dtype)
+            array._dtype = dtype
+            array._strides = _compact_strides(shape) if strides is None else tuple(strides)
+            array._compact = True if strides is None else None
         else:
             array._handle = handle
             array._dtype = handle.dtype
+            array._strides = _compact_strides(shape) if strides is None else tuple(strides)
+            array._compact = None
         return array
 
     # ---- properties -----------------------------------------------------------------
@@ -288,7 +333,7 @@ class NDArray:
 
     @property
     def size(self) -> int:
-        return prod(self._shape)
+        return _size(self._shape)
 
     def __len__(self) -> int:
         if not self._shape:
@@ -331,10 +376,13 @@ class NDArray:
 
     def is_compact(self) -> bool:
         """True when the array is row-major over its whole buffer (so its buffer is its data)."""
-        return (
-            self._strides == compact_strides(self._shape)
-            and prod(self._shape) == self._handle.size
-        )
+        compact = self._compact
+        if compact is None:
+            compact = self._compact = (
+                self._strides == _compact_strides(self._shape)
+                and _size(self._shape) == self._handle.size
+            )
+        return compact
 
     def compact(self) -> "NDArray":
         """This array, or a row-major copy of it when it is a view."""
@@ -502,35 +550,37 @@ class NDArray:
 
     # ---- elementwise ----------------------------------------------------------------
     def _check_same_device(self, other: "NDArray") -> None:
-        if other._device != self._device:
+        if other._device is not self._device and other._device != self._device:
             raise ValueError(
                 f"operands are on different devices: {self._device} and {other._device}; "
                 "move one with .to(device)"
             )
 
     def _binary(self, other, ewise_name: str, scalar_name: str) -> "NDArray":
-        mod = self._device.mod
+        device = self._device
         if isinstance(other, NDArray):
             a = self
-            if other._device != a._device:
+            if other._device is not device:
                 a._check_same_device(other)
             if other._shape != a._shape:
                 shape = broadcast_shapes(a._shape, other._shape)
                 a, other = a.broadcast_to(shape), other.broadcast_to(shape)
             if other._dtype != a._dtype:
                 a, other = a.astype("float64"), other.astype("float64")
-            out = NDArray.make(a._shape, device=a._device, dtype=a._dtype)
-            if out.size:
-                getattr(mod, ewise_name)(a.compact()._handle, other.compact()._handle, out._handle)
+            out = NDArray.make(a._shape, device=device, dtype=a._dtype)
+            if _size(out._shape):
+                getattr(device.mod, ewise_name)(
+                    a.compact()._handle, other.compact()._handle, out._handle
+                )
             return out
-        out = NDArray.make(self._shape, device=self._device, dtype=self._dtype)
-        if out.size:
-            getattr(mod, scalar_name)(self.compact()._handle, float(other), out._handle)
+        out = NDArray.make(self._shape, device=device, dtype=self._dtype)
+        if _size(out._shape):
+            getattr(device.mod, scalar_name)(self.compact()._handle, float(other), out._handle)
         return out
 
     def _unary(self, name: str) -> "NDArray":
         out = NDArray.make(self._shape, device=self._device, dtype=self._dtype)
-        if out.size:
+        if _size(out._shape):
             getattr(self._device.mod, name)(self.compact()._handle, out._handle)
         return out
 
@@ -633,28 +683,37 @@ class NDArray:
         a, b = self, other
         if a._dtype != b._dtype:
             a, b = a.astype("float64"), b.astype("float64")
-        mod = self._device.mod
-        if a.ndim == 2 and b.ndim == 2:
-            out = NDArray.make((m, p), device=a._device, dtype=a._dtype)
-            if out.size:
-                if n == 0:
-                    out.fill(0.0)
-                else:
-                    mod.matmul(a.compact()._handle, b.compact()._handle, out._handle, m, n, p)
-            return out
         batch_shape = broadcast_shapes(a._shape[:-2], b._shape[:-2])
         batch = prod(batch_shape)
-        a = a.broadcast_to(batch_shape + (m, n)).compact()
-        b = b.broadcast_to(batch_shape + (n, p)).compact()
         out = NDArray.make(batch_shape + (m, p), device=a._device, dtype=a._dtype)
         if out.size == 0:
             return out
         if n == 0:
             out.fill(0.0)
+            return out
+        a = a.broadcast_to(batch_shape + (m, n))
+        b = b.broadcast_to(batch_shape + (n, p))
+        mod = self._device.mod
+        if hasattr(mod, "matmul_strided"):
+            # Transposed, offset and batch-broadcast views go in as they are: packing reads any
+            # non-negative strides. Only views whose batch axes do not merge are copied.
+            a_strides, b_strides = _matmul_strides(a), _matmul_strides(b)
+            if a_strides is None:
+                a = a.compact()
+                a_strides = _matmul_strides(a)
+            if b_strides is None:
+                b = b.compact()
+                b_strides = _matmul_strides(b)
+            mod.matmul_strided(
+                a._handle, b._handle, out._handle, batch, m, n, p,
+                a._offset, a_strides, b._offset, b_strides,
+            )
+        elif not batch_shape:
+            mod.matmul(a.compact()._handle, b.compact()._handle, out._handle, m, n, p)
         elif hasattr(mod, "batched_matmul"):
-            mod.batched_matmul(a._handle, b._handle, out._handle, batch, m, n, p)
+            mod.batched_matmul(a.compact()._handle, b.compact()._handle, out._handle, batch, m, n, p)
         else:  # fall back to the core table: one matmul per batch element
-            a3, b3 = a.reshape(batch, m, n), b.reshape(batch, n, p)
+            a3, b3 = a.compact().reshape(batch, m, n), b.compact().reshape(batch, n, p)
             out3 = out.reshape(batch, m, p)
             for i in range(batch):
                 out3[i] = a3[i].compact() @ b3[i].compact()
@@ -675,9 +734,19 @@ class NDArray:
                 raise ValueError(f"max over a zero-size axis of an array of shape {self._shape}")
             out.fill(0.0)
             return out
-        view = self if axes == tuple(range(self.ndim - len(axes), self.ndim)) \
-            else self.permute(kept + axes)
-        getattr(self._device.mod, name)(view.compact()._handle, out._handle, reduce_size)
+        mod = self._device.mod
+        if axes == tuple(range(self.ndim - len(axes), self.ndim)):  # trailing axes: rows
+            getattr(mod, name)(self.compact()._handle, out._handle, reduce_size)
+        elif axes == tuple(range(axes[0], axes[0] + len(axes))) and hasattr(mod, name + "_axis"):
+            # A run of middle axes: reduce (outer, reduce, inner) in place, no permuted copy.
+            outer = prod(self._shape[: axes[0]])
+            inner = prod(self._shape[axes[-1] + 1 :])
+            getattr(mod, name + "_axis")(
+                self.compact()._handle, out._handle, outer, reduce_size, inner
+            )
+        else:
+            view = self.permute(kept + axes).compact()
+            getattr(mod, name)(view._handle, out._handle, reduce_size)
         return out
 
     def sum(self, axis=None, keepdims: bool = False) -> "NDArray":

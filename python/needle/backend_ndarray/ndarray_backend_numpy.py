@@ -205,6 +205,19 @@ def batched_matmul(a: Array, b: Array, out: Array, batch: int, m: int, n: int, p
     ).reshape(-1)
 
 
+def matmul_strided(
+    a: Array, b: Array, out: Array, batch: int, m: int, n: int, p: int,
+    a_offset: int, a_strides, b_offset: int, b_strides,
+) -> None:
+    """Batched matmul of strided views, so transposed, offset or batch-broadcast operands need
+    no compact copy: a is the view (batch, m, n) with strides a_strides = (batch, row, col) at
+    a_offset, b the view (batch, n, p) likewise; out is compact (batch, m, p). Strides may be 0.
+    """
+    av = _view(a, (batch, m, n), a_strides, a_offset)
+    bv = _view(b, (batch, n, p), b_strides, b_offset)
+    out.array[:] = np.matmul(av, bv).reshape(-1)
+
+
 def matmul_tiled(a: Array, b: Array, out: Array, m: int, n: int, p: int) -> None:
     """Matmul over tile-major operands: a is (m/T, n/T, T, T), b is (n/T, p/T, T, T)."""
     t = __tile_size__
@@ -220,6 +233,16 @@ def reduce_sum(a: Array, out: Array, reduce_size: int) -> None:
 
 def reduce_max(a: Array, out: Array, reduce_size: int) -> None:
     out.array[:] = a.array.reshape(-1, reduce_size).max(axis=1)
+
+
+def reduce_sum_axis(a: Array, out: Array, outer: int, reduce_size: int, inner: int) -> None:
+    """Sum the middle axis of a compact (outer, reduce_size, inner) array into (outer, inner)."""
+    out.array[:] = a.array.reshape(outer, reduce_size, inner).sum(axis=1).reshape(-1)
+
+
+def reduce_max_axis(a: Array, out: Array, outer: int, reduce_size: int, inner: int) -> None:
+    """Maximum over the middle axis of a compact (outer, reduce_size, inner) array."""
+    out.array[:] = a.array.reshape(outer, reduce_size, inner).max(axis=1).reshape(-1)
 
 
 def synchronize() -> None:

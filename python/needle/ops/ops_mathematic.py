@@ -308,7 +308,9 @@ class Summation(TensorOp):
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         shape = node.inputs[0].shape
-        return broadcast_to(reshape(out_grad, _keepdims_shape(shape, self.axes)), shape)
+        if self.axes is not None and not self.keepdims:  # put the reduced axes back as 1s
+            out_grad = reshape(out_grad, _keepdims_shape(shape, self.axes))
+        return broadcast_to(out_grad, shape)
 
 
 def summation(a, axes=None, keepdims=False):
