@@ -93,7 +93,18 @@ class Value:
         """Compute (once) and return the data of this node."""
         if self.cached_data is not None:
             return self.cached_data
-        self.cached_data = self.op.compute(*[x.realize_cached_data() for x in self.inputs])
+        # Inputs first, with an explicit stack rather than recursion, so that a long lazy graph
+        # (an unrolled RNN) does not hit the recursion limit.
+        stack = [(self, False)]
+        while stack:
+            node, inputs_ready = stack.pop()
+            if node.cached_data is not None:
+                continue
+            if inputs_ready:
+                node.cached_data = node.op.compute(*[x.cached_data for x in node.inputs])
+            else:
+                stack.append((node, True))
+                stack.extend((x, False) for x in node.inputs if x.cached_data is None)
         return self.cached_data
 
     def is_leaf(self) -> bool:
@@ -339,10 +350,10 @@ class Tensor(Value):
         return ops.MulScalar(other)(ops.PowerScalar(-1)(self))
 
     def __matmul__(self, other):
-        return ops.MatMul()(self, other)
+        return ops.matmul(self, other)
 
     def __rmatmul__(self, other):
-        return ops.MatMul()(other, self)
+        return ops.matmul(other, self)
 
     def __neg__(self):
         return ops.Negate()(self)
@@ -394,6 +405,9 @@ class Tensor(Value):
             shape = shape[0]
         return ops.Reshape(tuple(shape))(self)
 
+    def astype(self, dtype):
+        return ops.astype(self, dtype)
+
     def transpose(self, axes=None):
         return ops.Transpose(axes)(self)
 
@@ -431,6 +445,9 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
             continue
         for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(node.grad, node)):
             if inp.requires_grad:
+                # A float32 input of a promoted (float64) op gets a float32 gradient, as in torch.
+                if isinstance(grad, Tensor) and grad.dtype != inp.dtype:
+                    grad = ops.astype(grad, inp.dtype)
                 node_to_output_grads.setdefault(id(inp), []).append(grad)
 
 

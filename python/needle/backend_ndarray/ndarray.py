@@ -39,6 +39,7 @@ __all__ = [
     "NDArray", "BackendDevice", "DTYPES", "array", "empty", "full", "broadcast_to", "reshape",
     "maximum", "log", "exp", "tanh", "sum", "max", "flip", "stack", "split", "cpu", "cpu_numpy",
     "cuda", "default_device", "all_devices", "compact_strides", "broadcast_shapes", "prod",
+    "canonical_dtype",
 ]
 
 DTYPES = ("float32", "float64")

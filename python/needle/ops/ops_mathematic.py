@@ -21,7 +21,7 @@ __all__ = [
     "log", "Exp", "exp", "ReLU", "relu", "Tanh", "tanh", "Sigmoid", "sigmoid", "Sqrt", "sqrt",
     "Max", "max", "Maximum", "maximum", "Stack", "stack", "Split", "split", "Flip", "flip",
     "Dilate", "dilate", "UnDilate", "undilate", "Pad", "pad", "Conv", "conv", "GetItem",
-    "getitem", "GetItemGradient", "reduce_to_shape", "zeros_like_data",
+    "getitem", "GetItemGradient", "reduce_to_shape", "zeros_like_data", "AsType", "astype",
 ]
 
 
@@ -317,20 +317,67 @@ def summation(a, axes=None, keepdims=False):
     return Summation(axes, keepdims)(a)
 
 
+class AsType(TensorOp):
+    """a converted to `dtype`; the adjoint is converted back to a's dtype."""
+
+    def __init__(self, dtype):
+        self.dtype = nd.canonical_dtype(dtype)
+
+    def compute(self, a: NDArray):
+        return a.astype(self.dtype)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return astype(out_grad, node.inputs[0].dtype)
+
+
+def astype(a, dtype):
+    return a if a.dtype == nd.canonical_dtype(dtype) else AsType(dtype)(a)
+
+
 class MatMul(TensorOp):
-    """a @ b over the last two axes, broadcasting the leading ones.
+    """a @ b over the last two axes, broadcasting the leading ones; a 1-D operand is a row
+    (left) or column (right) vector whose axis is dropped from the result, as in NumPy.
 
     d/da = out_grad @ b^T, d/db = a^T @ out_grad, each summed back to its input's shape.
     """
 
     def compute(self, a: NDArray, b: NDArray):
-        return a @ b
+        if a.ndim >= 2 and b.ndim >= 2:
+            return a @ b
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul does not take 0-d operands, got shapes {a.shape} and "
+                             f"{b.shape}")
+        out = _as_matrix(a, True) @ _as_matrix(b, False)
+        return out.reshape(_matmul_out_shape(out.shape, a.ndim, b.ndim))
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         a, b = node.inputs
-        grad_a = matmul(out_grad, transpose(b))
-        grad_b = matmul(transpose(a), out_grad)
-        return reduce_to_shape(grad_a, a.shape), reduce_to_shape(grad_b, b.shape)
+        a2 = a if a.ndim >= 2 else reshape(a, (1,) + a.shape)
+        b2 = b if b.ndim >= 2 else reshape(b, b.shape + (1,))
+        if a.ndim == 1 or b.ndim == 1:  # restore the dropped vector axes
+            out_shape = _broadcast_matmul_shape(a2.shape, b2.shape)
+            out_grad = reshape(out_grad, out_shape)
+        grad_a = reduce_to_shape(matmul(out_grad, transpose(b2)), a2.shape)
+        grad_b = reduce_to_shape(matmul(transpose(a2), out_grad), b2.shape)
+        return reshape(grad_a, a.shape), reshape(grad_b, b.shape)
+
+
+def _as_matrix(x: NDArray, left: bool) -> NDArray:
+    if x.ndim >= 2:
+        return x
+    return x.reshape((1,) + x.shape) if left else x.reshape(x.shape + (1,))
+
+
+def _matmul_out_shape(shape: tuple, a_ndim: int, b_ndim: int) -> tuple:
+    if a_ndim == 1:
+        shape = shape[:-2] + shape[-1:]
+    if b_ndim == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _broadcast_matmul_shape(a_shape: tuple, b_shape: tuple) -> tuple:
+    return nd.broadcast_shapes(a_shape[:-2], b_shape[:-2]) + (a_shape[-2], b_shape[-1])
 
 
 def matmul(a, b):

@@ -1,0 +1,54 @@
+"""Packaging: needle imports without its native build, with a clear warning."""
+
+import subprocess
+import sys
+import textwrap
+
+import needle as ndl
+
+_BLOCK_NATIVE = textwrap.dedent(
+    """
+    import importlib.abc, sys, warnings
+
+    class BlockNative(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.startswith("needle.backend_ndarray.ndarray_backend_cpu"):
+                raise ImportError("blocked for the test")
+            return None
+
+    sys.meta_path.insert(0, BlockNative())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import needle as ndl
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert any("C++ CPU backend is not built" in m for m in messages), messages
+    assert ndl.default_device() == ndl.cpu_numpy()
+    assert not ndl.cpu().enabled()
+    x = ndl.Tensor([[1.0, 2.0]], device=ndl.default_device())
+    (x * x).sum().backward()
+    assert x.grad.numpy().tolist() == [[2.0, 4.0]]
+    try:
+        ndl.Tensor([1.0], device=ndl.cpu())
+    except RuntimeError as error:
+        assert "cpu() is not available" in str(error), error
+    else:
+        raise AssertionError("creating a tensor on a missing backend did not raise")
+    print("ok")
+    """
+)
+
+
+def test_imports_with_numpy_backend_only_when_native_build_is_missing():
+    result = subprocess.run(
+        [sys.executable, "-c", _BLOCK_NATIVE], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_native_backend_is_built_in_this_install():
+    # CI installs from source, so the C++ backend must be there; a silent fallback to NumPy
+    # would hide a broken build.
+    assert ndl.cpu().enabled(), "the C++ CPU backend did not build"
+    assert ndl.default_device() == ndl.cpu()
+
