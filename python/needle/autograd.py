@@ -22,6 +22,12 @@ _GRAD_ENABLED = True
 class no_grad:
     """Context manager (and decorator) under which ops record no graph, as torch.no_grad."""
 
+    def __new__(cls, fn=None):
+        # Bare @no_grad decorates directly; no_grad() gives the context manager / decorator.
+        if fn is None:
+            return super().__new__(cls)
+        return cls()(fn)
+
     def __enter__(self):
         global _GRAD_ENABLED
         self._previous, _GRAD_ENABLED = _GRAD_ENABLED, False

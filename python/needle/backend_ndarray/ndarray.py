@@ -684,7 +684,13 @@ class NDArray:
         a, b = self, other
         if a._dtype != b._dtype:
             a, b = a.astype("float64"), b.astype("float64")
-        batch_shape = broadcast_shapes(a._shape[:-2], b._shape[:-2])
+        try:
+            batch_shape = broadcast_shapes(a._shape[:-2], b._shape[:-2])
+        except ValueError:
+            raise ValueError(
+                f"matmul: the leading dimensions of shapes {self._shape} and {other._shape} do "
+                "not broadcast"
+            ) from None
         batch = prod(batch_shape)
         out = NDArray.make(batch_shape + (m, p), device=a._device, dtype=a._dtype)
         if out.size == 0:
