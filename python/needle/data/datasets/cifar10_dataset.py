@@ -1,0 +1,101 @@
+"""CIFAR-10 from its python pickle batches, as in the course's hw4."""
+
+import os
+import pickle
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..data_basic import Dataset, missing_file_error
+
+__all__ = ["CIFAR10Dataset"]
+
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+IMAGE_SHAPE = (3, 32, 32)
+
+HOW_TO_GET = (
+    "Get cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extract it "
+    "(it holds cifar-10-batches-py/ with data_batch_1..5 and test_batch), and pass that folder "
+    "with --data-dir."
+)
+
+
+def _field(batch: dict, name: str):
+    # Batches pickled by Python 2 (the published ones) have bytes keys; accept str keys too.
+    return batch[name.encode()] if name.encode() in batch else batch.get(name)
+
+
+def read_cifar_batch(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR-10 batch -> images uint8 (n, 3072) and labels uint8 (n,).
+
+    Pickle runs code from the file it loads: only read batches from a source you trust.
+    """
+    if not os.path.isfile(path):
+        raise missing_file_error(path, "CIFAR-10 batch file", HOW_TO_GET)
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except Exception as e:  # a corrupt pickle can raise almost anything
+        raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({e!r})") from e
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: expected a pickled dict, found {type(batch).__name__}")
+    data, labels = _field(batch, "data"), _field(batch, "labels")
+    if data is None or labels is None:
+        raise ValueError(f"{path}: a CIFAR-10 batch needs 'data' and 'labels' entries")
+    data = np.asarray(data)
+    labels = np.asarray(labels)
+    size = int(np.prod(IMAGE_SHAPE))
+    if data.ndim != 2 or data.shape[1] != size:
+        raise ValueError(f"{path}: 'data' has shape {data.shape}, expected (n, {size})")
+    if labels.shape != (data.shape[0],):
+        raise ValueError(
+            f"{path}: {data.shape[0]} images but 'labels' has shape {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path}: labels must be classes 0..9")
+    return data.astype(np.uint8, copy=False), labels.astype(np.uint8)
+
+
+class CIFAR10Dataset(Dataset):
+    """CIFAR-10: item i is (image float32 (3, 32, 32) in [0, 1], label uint8 in 0..9).
+
+    ``CIFAR10Dataset(base_folder, train=True, p=0.5, transforms=None)`` reads data_batch_1..5
+    (train) or test_batch from `base_folder` (or from its cifar-10-batches-py/ subfolder).
+    Transforms see each image as H x W x C, (32, 32, 3), and the result is turned back to
+    C x H x W. `p` is kept for the course's signature and is not used: give the flip
+    probability to RandomFlipHorizontal(p) instead.
+    """
+
+    def __init__(self, base_folder: str, train: bool = True, p: Optional[float] = 0.5,
+                 transforms: Optional[List] = None):
+        super().__init__(transforms)
+        self.p = p
+        self.train = train
+        base_folder = os.fspath(base_folder)
+        names = TRAIN_FILES if train else TEST_FILES
+        nested = os.path.join(base_folder, "cifar-10-batches-py")
+        if not os.path.isfile(os.path.join(base_folder, names[0])) and os.path.isdir(nested):
+            base_folder = nested
+        batches = [read_cifar_batch(os.path.join(base_folder, name)) for name in names]
+        data = np.concatenate([d for d, _ in batches])
+        self.X = (data.astype(np.float32) / np.float32(255.0)).reshape((-1,) + IMAGE_SHAPE)
+        self.y = np.concatenate([labels for _, labels in batches])
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.apply_transforms(x.transpose(1, 2, 0)).transpose(2, 0, 1))
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            x = self.X[index]
+            return (self._transform(x) if self.transforms else x), self.y[index]
+        return self.get_items(index)
+
+    def get_items(self, indices) -> Tuple[np.ndarray, np.ndarray]:
+        X = self.X[indices]
+        if self.transforms and len(X):
+            X = np.stack([self._transform(x) for x in X])
+        return X, self.y[indices]

@@ -1,0 +1,214 @@
+"""Recurrent layers (RNN, LSTM) and Embedding, with the needle (CMU 10-714 hw4) API.
+
+Sequences are (seq_len, batch, features), as in PyTorch with ``batch_first=False``. Weights
+are stored input-major, (in_features, out_features), so a step is ``x @ W_ih + h @ W_hh``;
+PyTorch's ``weight_ih_l0`` is the transpose.
+"""
+
+import math
+from typing import List, Optional, Tuple
+
+from needle import init, ops
+from needle.autograd import Tensor
+
+# Sigmoid lives in nn_basic; it is imported here too because the course defines it in this file.
+from .nn_basic import Module, Parameter, Sigmoid  # noqa: F401
+
+__all__ = ["RNNCell", "RNN", "LSTMCell", "LSTM", "Embedding"]
+
+
+def _uniform(*shape, k: float, device, dtype) -> Parameter:
+    return Parameter(init.rand(*shape, low=-k, high=k, device=device, dtype=dtype,
+                               requires_grad=True))
+
+
+def _add_bias(x: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """(batch, n) + (n,) broadcast over the batch."""
+    if bias is None:
+        return x
+    return x + ops.broadcast_to(ops.reshape(bias, (1, bias.shape[0])), x.shape)
+
+
+class RNNCell(Module):
+    """One Elman RNN step: h' = act(x @ W_ih + b_ih + h @ W_hh + b_hh).
+
+    (batch, input_size), (batch, hidden_size) -> (batch, hidden_size). Weights and biases are
+    drawn from U(-k, k) with k = 1/sqrt(hidden_size), as PyTorch.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype: str = "float32"):
+        super().__init__()
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', "
+                             f"got {nonlinearity!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.nonlinearity = nonlinearity
+        self.device = device
+        self.dtype = dtype
+        k = 1.0 / math.sqrt(hidden_size)
+        self.W_ih = _uniform(input_size, hidden_size, k=k, device=device, dtype=dtype)
+        self.W_hh = _uniform(hidden_size, hidden_size, k=k, device=device, dtype=dtype)
+        if bias:
+            self.bias_ih = _uniform(hidden_size, k=k, device=device, dtype=dtype)
+            self.bias_hh = _uniform(hidden_size, k=k, device=device, dtype=dtype)
+        else:
+            self.bias_ih = None
+            self.bias_hh = None
+
+    def forward(self, X: Tensor, h: Optional[Tensor] = None) -> Tensor:
+        """(batch, input_size), h (batch, hidden_size) or None for zeros -> (batch, hidden_size)."""
+        if h is None:
+            # A zero state still goes through W_hh, so that W_hh gets a (zero) gradient, as in
+            # torch: optimizers then see a gradient on every parameter.
+            h = init.zeros(X.shape[0], self.hidden_size, device=X.device, dtype=X.dtype)
+        out = X @ self.W_ih + h @ self.W_hh
+        out = _add_bias(_add_bias(out, self.bias_ih), self.bias_hh)
+        return ops.tanh(out) if self.nonlinearity == "tanh" else ops.relu(out)
+
+
+class RNN(Module):
+    """A stack of `num_layers` RNNCells unrolled over the sequence.
+
+    X (seq_len, batch, input_size), h0 (num_layers, batch, hidden_size) or None
+    -> output (seq_len, batch, hidden_size) of the last layer, h_n (num_layers, batch, hidden_size).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype: str = "float32"):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.device = device
+        self.dtype = dtype
+        self.rnn_cells = [
+            RNNCell(input_size if layer == 0 else hidden_size, hidden_size, bias=bias,
+                    nonlinearity=nonlinearity, device=device, dtype=dtype)
+            for layer in range(num_layers)
+        ]
+
+    def forward(self, X: Tensor, h0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        inputs: List[Tensor] = list(ops.split(X, 0))
+        states = [None] * self.num_layers if h0 is None else list(ops.split(h0, 0))
+        h_n = []
+        for cell, h in zip(self.rnn_cells, states):
+            outputs = []
+            for x in inputs:
+                h = cell(x, h)
+                outputs.append(h)
+            h_n.append(h)
+            inputs = outputs
+        return ops.stack(inputs, 0), ops.stack(h_n, 0)
+
+
+class LSTMCell(Module):
+    """One LSTM step with PyTorch's gate order (input, forget, cell, output).
+
+    gates = x @ W_ih + b_ih + h @ W_hh + b_hh, split into i, f, g, o;
+    c' = sigmoid(f) * c + sigmoid(i) * tanh(g), h' = sigmoid(o) * tanh(c').
+    X (batch, input_size), h = (h0, c0) each (batch, hidden_size) or None
+    -> (h', c') each (batch, hidden_size).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype: str = "float32"):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.device = device
+        self.dtype = dtype
+        k = 1.0 / math.sqrt(hidden_size)
+        self.W_ih = _uniform(input_size, 4 * hidden_size, k=k, device=device, dtype=dtype)
+        self.W_hh = _uniform(hidden_size, 4 * hidden_size, k=k, device=device, dtype=dtype)
+        if bias:
+            self.bias_ih = _uniform(4 * hidden_size, k=k, device=device, dtype=dtype)
+            self.bias_hh = _uniform(4 * hidden_size, k=k, device=device, dtype=dtype)
+        else:
+            self.bias_ih = None
+            self.bias_hh = None
+
+    def forward(self, X: Tensor, h: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tensor]:
+        batch = X.shape[0]
+        if h is None:  # zero states, still multiplied by W_hh so that it gets a gradient
+            zeros = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
+            h = (zeros, zeros)
+        h0, c0 = h
+        gates = X @ self.W_ih + h0 @ self.W_hh
+        gates = _add_bias(_add_bias(gates, self.bias_ih), self.bias_hh)
+        # (batch, 4 * hidden) -> four (batch, hidden) gates: reshape so the gate is an axis.
+        i, f, g, o = ops.split(ops.reshape(gates, (batch, 4, self.hidden_size)), 1)
+        i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
+        c = f * c0 + i * g
+        return o * ops.tanh(c), c
+
+
+class LSTM(Module):
+    """A stack of `num_layers` LSTMCells unrolled over the sequence.
+
+    X (seq_len, batch, input_size), h = (h0, c0) each (num_layers, batch, hidden_size) or None
+    -> output (seq_len, batch, hidden_size), (h_n, c_n) each (num_layers, batch, hidden_size).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 device=None, dtype: str = "float32"):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.device = device
+        self.dtype = dtype
+        self.lstm_cells = [
+            LSTMCell(input_size if layer == 0 else hidden_size, hidden_size, bias=bias,
+                     device=device, dtype=dtype)
+            for layer in range(num_layers)
+        ]
+
+    def forward(self, X: Tensor, h: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        inputs: List[Tensor] = list(ops.split(X, 0))
+        if h is None:
+            states = [None] * self.num_layers
+        else:
+            h0, c0 = h
+            states = list(zip(ops.split(h0, 0), ops.split(c0, 0)))
+        h_n, c_n = [], []
+        for cell, state in zip(self.lstm_cells, states):
+            outputs = []
+            for x in inputs:
+                state = cell(x, state)
+                outputs.append(state[0])
+            h_n.append(state[0])
+            c_n.append(state[1])
+            inputs = outputs
+        return ops.stack(inputs, 0), (ops.stack(h_n, 0), ops.stack(c_n, 0))
+
+
+class Embedding(Module):
+    """A lookup table of `num_embeddings` vectors of size `embedding_dim`, weights N(0, 1).
+
+    Indices (seq_len, batch) -> (seq_len, batch, embedding_dim). The lookup is a one-hot
+    matmul, so the gradient reaches the weight through ordinary ops.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None,
+                 dtype: str = "float32"):
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.device = device
+        self.dtype = dtype
+        self.weight = Parameter(init.randn(num_embeddings, embedding_dim, device=device,
+                                           dtype=dtype, requires_grad=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = tuple(x.shape)
+        indices = x.numpy().reshape(-1) if isinstance(x, Tensor) else x.reshape(-1)
+        one_hot = init.one_hot(self.num_embeddings, indices, device=self.weight.device,
+                               dtype=self.weight.dtype)
+        out = one_hot @ self.weight
+        return ops.reshape(out, shape + (self.embedding_dim,))

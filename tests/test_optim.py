@@ -1,0 +1,308 @@
+"""needle.optim against torch.optim (or, for the course's SGD, a hand-written reference).
+
+Each test trains the same small MLP in needle and in torch from the same weights on the
+same batches for several steps, and compares the parameters after every step.
+"""
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import needle as ndl
+from needle import nn, optim
+
+DTYPES = ["float32", "float64"]
+
+
+def tolerance(dtype):
+    return dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-9, atol=1e-11)
+
+
+def make_model(device, dtype="float32"):
+    return nn.Sequential(nn.Linear(4, 5, device=device, dtype=dtype), nn.Tanh(),
+                         nn.Linear(5, 3, device=device, dtype=dtype))
+
+
+def torch_loss(params, x, y):
+    w1, b1, w2, b2 = params
+    return F.cross_entropy(torch.tanh(x @ w1 + b1) @ w2 + b2, y)
+
+
+def batches(n, dtype, seed=1):
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(size=(8, 4)).astype(dtype), rng.integers(0, 3, size=8)) for _ in range(n)]
+
+
+def needle_backward(model, x, y, device, dtype):
+    loss = nn.SoftmaxLoss()(model(ndl.Tensor(x, device=device, dtype=dtype)),
+                            ndl.Tensor(y, device=device))
+    loss.backward()
+
+
+def run_against(model, opt, params_t, torch_step, device, dtype, steps=6, skip=None):
+    """Train both for `steps`; `skip(step)` names a parameter index whose grad is dropped."""
+    params = model.parameters()
+    tol = tolerance(dtype)
+    for step, (x, y) in enumerate(batches(steps, dtype)):
+        opt.reset_grad()
+        needle_backward(model, x, y, device, dtype)
+        for p in params_t:
+            p.grad = None
+        torch_loss(params_t, torch.tensor(x), torch.tensor(y)).backward()
+        if skip is not None and skip(step) is not None:
+            params[skip(step)].grad = None
+            params_t[skip(step)].grad = None
+        opt.step()
+        torch_step()
+        for p, p_t in zip(params, params_t):
+            assert p.dtype == dtype
+            np.testing.assert_allclose(p.numpy(), p_t.detach().numpy(), **tol)
+
+
+def torch_copy(model):
+    return [torch.tensor(p.numpy(), requires_grad=True) for p in model.parameters()]
+
+
+def course_sgd_reference(params_t, lr, momentum, weight_decay):
+    """needle's SGD by hand: u = m u + (1 - m)(g + wd w), w -= lr u, u starts at 0."""
+    buffers = [torch.zeros_like(p) for p in params_t]
+
+    @torch.no_grad()
+    def step():
+        for p, u in zip(params_t, buffers):
+            if p.grad is None:
+                continue
+            u.mul_(momentum).add_((1 - momentum) * (p.grad + weight_decay * p))
+            p.sub_(lr * u)
+
+    return step
+
+
+# ---- update rules ----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.5, 0.01)])
+def test_sgd_course_rule(device, dtype, momentum, weight_decay):
+    model = make_model(device, dtype)
+    params_t = torch_copy(model)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    run_against(model, opt, params_t, course_sgd_reference(params_t, 0.1, momentum, weight_decay),
+                device, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_without_momentum_matches_torch(device, dtype):
+    model = make_model(device, dtype)
+    params_t = torch_copy(model)
+    opt = optim.SGD(model.parameters(), lr=0.1, weight_decay=0.05)
+    torch_opt = torch.optim.SGD(params_t, lr=0.1, weight_decay=0.05)
+    run_against(model, opt, params_t, torch_opt.step, device, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_matches_torch(device, dtype, weight_decay):
+    model = make_model(device, dtype)
+    params_t = torch_copy(model)
+    opt = optim.Adam(model.parameters(), lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6,
+                     weight_decay=weight_decay)
+    torch_opt = torch.optim.Adam(params_t, lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+                                 weight_decay=weight_decay)
+    run_against(model, opt, params_t, torch_opt.step, device, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay", [0.01, 0.3])
+def test_adamw_matches_torch(device, dtype, weight_decay):
+    model = make_model(device, dtype)
+    params_t = torch_copy(model)
+    opt = optim.AdamW(model.parameters(), lr=0.02, weight_decay=weight_decay)
+    torch_opt = torch.optim.AdamW(params_t, lr=0.02, betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=weight_decay)
+    run_against(model, opt, params_t, torch_opt.step, device, dtype)
+
+
+def test_adamw_default_weight_decay():
+    assert optim.AdamW([]).weight_decay == 0.01 and optim.Adam([]).weight_decay == 0.0
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_params_without_grad_are_skipped(device, name):
+    """A parameter whose grad is None is left alone (its moments and step count too)."""
+    model = make_model(device)
+    params_t = torch_copy(model)
+    if name == "sgd":
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+        torch_step = course_sgd_reference(params_t, 0.1, 0.9, 0.1)
+    else:
+        cls, torch_cls = {"adam": (optim.Adam, torch.optim.Adam),
+                          "adamw": (optim.AdamW, torch.optim.AdamW)}[name]
+        opt = cls(model.parameters(), lr=0.01, weight_decay=0.1)
+        torch_step = torch_cls(params_t, lr=0.01, weight_decay=0.1).step
+    # Parameter 1 misses its gradient on even steps, parameter 3 from step 2 on.
+    run_against(model, opt, params_t, torch_step, device, "float32", steps=6,
+                skip=lambda step: 1 if step % 2 == 0 else (3 if step >= 2 else None))
+
+
+# ---- no graph, dtypes ------------------------------------------------------------------------
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+    lambda ps: optim.Adam(ps, weight_decay=0.01),
+    lambda ps: optim.AdamW(ps),
+], ids=["sgd", "adam", "adamw"])
+def test_step_builds_no_graph(device, make_opt):
+    model = make_model(device)
+    params = model.parameters()
+    ids = [id(p) for p in params]
+    opt = make_opt(params)
+    for x, y in batches(3, "float32"):
+        opt.reset_grad()
+        needle_backward(model, x, y, device, "float32")
+        opt.step()
+    assert [id(p) for p in model.parameters()] == ids  # updated in place
+    for p in model.parameters():
+        assert p.op is None and p.inputs == [] and p.requires_grad and p.dtype == "float32"
+    for state in opt.state.values():
+        for buffer in state.values():
+            if isinstance(buffer, ndl.Tensor):
+                assert buffer.op is None and not buffer.requires_grad
+    assert ndl.is_grad_enabled()
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+def test_step_keeps_parameter_dtype(device, cls):
+    """A float64 gradient (set by hand) does not turn a float32 parameter into float64."""
+    p = nn.Parameter(ndl.Tensor(np.ones((2, 3)), device=device, dtype="float32"))
+    opt = cls([p], lr=0.1) if cls is not optim.SGD else cls([p], lr=0.1, momentum=0.5)
+    for _ in range(2):
+        p.grad = ndl.Tensor(np.full((2, 3), 0.5), device=device, dtype="float64")
+        opt.step()
+    assert p.dtype == "float32" and p.device == device
+    assert all(b.dtype == "float32" for s in opt.state.values() for b in s.values()
+               if isinstance(b, ndl.Tensor))
+    assert np.all(p.numpy() < 1)
+
+
+def test_reset_grad_and_zero_grad(device):
+    model = make_model(device)
+    opt = optim.SGD(model.parameters())
+    for clear in (opt.reset_grad, opt.zero_grad):
+        needle_backward(model, *batches(1, "float32")[0], device, "float32")
+        assert all(p.grad is not None for p in model.parameters())
+        clear()
+        assert all(p.grad is None for p in model.parameters())
+
+
+# ---- state dicts -----------------------------------------------------------------------------
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+    lambda ps: optim.Adam(ps, lr=0.02, weight_decay=0.01),
+    lambda ps: optim.AdamW(ps, lr=0.02, weight_decay=0.1),
+], ids=["sgd", "adam", "adamw"])
+def test_optimizer_state_dict_resumes_identically(device, make_opt):
+    data = batches(6, "float32")
+
+    def train(model, opt, part):
+        for x, y in part:
+            opt.reset_grad()
+            needle_backward(model, x, y, device, "float32")
+            opt.step()
+
+    model = make_model(device)
+    opt = make_opt(model.parameters())
+    train(model, opt, data[:3])
+    # Through pickle, as a checkpoint file would be.
+    saved_model = pickle.loads(pickle.dumps(model.state_dict()))
+    saved_opt = pickle.loads(pickle.dumps(opt.state_dict()))
+    assert saved_opt["state"], "the optimizer should have state after three steps"
+
+    resumed = make_model(device)
+    resumed_opt = make_opt(resumed.parameters())
+    resumed_opt.lr = 123.0  # overwritten by the loaded hyper-parameters
+    resumed.load_state_dict(saved_model)
+    resumed_opt.load_state_dict(saved_opt)
+    assert resumed_opt.lr == opt.lr
+
+    train(model, opt, data[3:])
+    train(resumed, resumed_opt, data[3:])
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+
+
+def test_optimizer_state_dict_is_a_copy(device):
+    model = make_model(device)
+    opt = optim.Adam(model.parameters())
+    needle_backward(model, *batches(1, "float32")[0], device, "float32")
+    opt.step()
+    saved = opt.state_dict()
+    before = saved["state"][0]["m"].copy()
+    needle_backward(model, *batches(1, "float32", seed=2)[0], device, "float32")
+    opt.step()
+    np.testing.assert_array_equal(saved["state"][0]["m"], before)
+    assert saved["hyperparameters"]["t"] == 1 and opt.t == 2
+
+
+def test_optimizer_load_state_dict_errors(device):
+    model = make_model(device)
+    opt = optim.SGD(model.parameters(), momentum=0.9)
+    needle_backward(model, *batches(1, "float32")[0], device, "float32")
+    opt.step()
+    saved = opt.state_dict()
+    with pytest.raises(KeyError, match="parameter 9"):
+        opt.load_state_dict({**saved, "state": {9: saved["state"][0]}})
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict({**saved, "state": {0: saved["state"][1]}})
+    with pytest.raises(KeyError, match="beta1"):
+        opt.load_state_dict({**saved, "hyperparameters": {"beta1": 0.9}})
+
+
+# ---- learning-rate schedules -----------------------------------------------------------------
+def _compare_schedule(make, make_torch, steps):
+    opt = optim.SGD([], lr=0.1)
+    scheduler = make(opt)
+    torch_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    torch_scheduler = make_torch(torch_opt)
+    assert opt.lr == torch_scheduler.get_last_lr()[0]
+    lrs = []
+    for _ in range(steps):
+        torch_opt.step()
+        torch_scheduler.step()
+        scheduler.step()
+        assert math.isclose(opt.lr, torch_scheduler.get_last_lr()[0], rel_tol=1e-9, abs_tol=1e-15)
+        assert scheduler.get_last_lr() == opt.lr
+        lrs.append(opt.lr)
+    return lrs
+
+
+def test_step_lr_matches_torch():
+    lrs = _compare_schedule(lambda o: optim.StepLR(o, step_size=3, gamma=0.5),
+                            lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5), 10)
+    assert lrs[:3] == [0.1, 0.1, 0.05]
+
+
+def test_cosine_annealing_matches_torch():
+    lrs = _compare_schedule(
+        lambda o: optim.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.001), 25)
+    assert math.isclose(lrs[9], 0.001)  # the minimum at T_max
+
+
+def test_scheduler_drives_the_update(device):
+    """The step uses the scheduled lr; the scheduler's state resumes too."""
+    p = nn.Parameter(ndl.Tensor(np.zeros(3), device=device))
+    opt = optim.SGD([p], lr=1.0)
+    scheduler = optim.StepLR(opt, step_size=1, gamma=0.5)
+    previous = p.numpy().copy()
+    for expected_lr in [1.0, 0.5, 0.25]:
+        p.grad = ndl.Tensor(np.ones(3), device=device)
+        opt.step()
+        np.testing.assert_allclose(previous - p.numpy(), expected_lr)
+        previous = p.numpy().copy()
+        scheduler.step()
+    other = optim.StepLR(optim.SGD([p], lr=1.0), step_size=1, gamma=0.5)
+    other.load_state_dict(scheduler.state_dict())
+    other.step()
+    assert other.optimizer.lr == 0.0625
