@@ -1,0 +1,7 @@
+"""`python -m needle train ...`: the same as the `needle` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,330 @@
+"""The `needle` command: `needle train` trains an example model (also `python -m needle train`).
+
+    needle train                              MLP-ResNet on the shipped MNIST split, best device
+    needle train --model resnet9 --data-dir ~/data/cifar-10-batches-py
+    needle train --model lstm-lm --data-dir ~/data/ptb --epochs 3
+    needle train --out runs/mnist --resume    continue from runs/mnist/checkpoint.npz
+
+It writes, in --out: checkpoint.npz (model and optimizer state, saved atomically after every
+epoch and on Ctrl-C), metrics.json and metrics.csv (one row per epoch) and curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+
+import needle as ndl
+from needle import data, nn, optim
+from needle.models import LanguageModel, MLPResNet, ResNet9
+from needle.training import (epoch_classification, epoch_language_model, load_checkpoint,
+                             save_checkpoint)
+
+MODELS = ("mlp-resnet", "resnet9", "lstm-lm", "transformer-lm")
+
+
+@dataclass
+class Defaults:
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    weight_decay: float
+
+
+DEFAULTS = {
+    "mlp-resnet": Defaults(epochs=10, batch_size=100, lr=1e-3, optimizer="adam", weight_decay=1e-3),
+    "resnet9": Defaults(epochs=10, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=1e-3),
+    "lstm-lm": Defaults(epochs=5, batch_size=20, lr=20.0, optimizer="sgd", weight_decay=0.0),
+    "transformer-lm": Defaults(epochs=5, batch_size=20, lr=1e-3, optimizer="adam",
+                               weight_decay=0.0),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="needle", description="needle command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train an example model",
+                                description=__doc__.split("\n\n")[0])
+    train.add_argument("--model", choices=MODELS, default="mlp-resnet")
+    train.add_argument("--device", choices=("auto", "cpu", "cpu_numpy", "cuda"), default="auto",
+                       help="auto: the best available (cuda, then cpu, then cpu_numpy)")
+    train.add_argument("--data-dir", default=None,
+                       help="MNIST .gz files, CIFAR-10 python batches or PTB text files that "
+                            "you downloaded; without it mlp-resnet uses the shipped MNIST split")
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
+    train.add_argument("--weight-decay", type=float, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in --out")
+    train.add_argument("--max-batches", type=int, default=None,
+                       help="stop each epoch after this many batches (quick trials)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def resolve_device(name: str):
+    if name == "auto":
+        for device in (ndl.cuda(), ndl.cpu()):
+            if device.enabled():
+                return device
+        return ndl.cpu_numpy()
+    device = getattr(ndl, name)()
+    if not device.enabled():
+        raise SystemExit(f"needle train: device {name} is not available in this build "
+                         f"(available: {', '.join(d.name for d in ndl.all_devices() if d.enabled())})")
+    return device
+
+
+class Task:
+    """A model, its data and how to run one epoch of training or evaluation."""
+
+    metric = "accuracy"
+    model: nn.Module
+
+    def run_epoch(self, train: bool, opt, max_batches, description) -> Tuple[float, float]:
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    def __init__(self, model, train_set, val_set, batch_size: int, device, flatten: bool):
+        self.model = model
+        self.flatten = flatten
+        self.loss_fn = nn.SoftmaxLoss()
+        self.train_loader = data.DataLoader(train_set, batch_size, shuffle=True, device=device)
+        self.val_loader = data.DataLoader(val_set, batch_size, device=device)
+        self.sizes = (len(train_set), len(val_set))
+
+    def run_epoch(self, train, opt, max_batches, description):
+        loader = self.train_loader if train else self.val_loader
+        return epoch_classification(loader, self.model, self.loss_fn, opt if train else None,
+                                    flatten=self.flatten, max_batches=max_batches,
+                                    description=description)
+
+
+class LanguageModelTask(Task):
+    metric = "perplexity"
+
+    def __init__(self, model, train_ids, val_ids, batch_size: int, seq_len: int, device,
+                 clip: Optional[float]):
+        self.model = model
+        self.loss_fn = nn.SoftmaxLoss()
+        self.train_batches = data.batchify(train_ids, batch_size)
+        self.val_batches = data.batchify(val_ids, batch_size)
+        self.seq_len, self.device, self.clip = seq_len, device, clip
+        self.sizes = (len(train_ids), len(val_ids))
+
+    def run_epoch(self, train, opt, max_batches, description):
+        batches = self.train_batches if train else self.val_batches
+        return epoch_language_model(batches, self.model, self.seq_len, self.loss_fn,
+                                    opt if train else None, clip=self.clip, device=self.device,
+                                    max_batches=max_batches, description=description)
+
+
+def _mnist_sets(data_dir: Optional[str], seed: int):
+    if data_dir is None:
+        shipped = resources.files("needle.data") / "shipped"
+        full = data.MNISTDataset(str(shipped / "t10k-images-idx3-ubyte.gz"),
+                                 str(shipped / "t10k-labels-idx1-ubyte.gz"))
+        train_set, val_set = data.random_split(full, [8000, 2000], generator=seed)
+        return train_set, val_set, "shipped MNIST test split (8,000 train / 2,000 validation)"
+    train_set = data.MNISTDataset(os.path.join(data_dir, "train-images-idx3-ubyte.gz"),
+                                  os.path.join(data_dir, "train-labels-idx1-ubyte.gz"))
+    val_set = data.MNISTDataset(os.path.join(data_dir, "t10k-images-idx3-ubyte.gz"),
+                                os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz"))
+    return train_set, val_set, f"MNIST from {data_dir}"
+
+
+def _require_data_dir(args, what: str, where: str) -> str:
+    if args.data_dir is None:
+        raise SystemExit(f"needle train: --model {args.model} needs {what}, which needle does not "
+                         f"ship; download it ({where}) and pass --data-dir DIR")
+    if not os.path.isdir(args.data_dir):
+        raise SystemExit(f"needle train: --data-dir {args.data_dir} is not a directory")
+    return args.data_dir
+
+
+def build_task(args, device, batch_size: int) -> Tuple[Task, str]:
+    if args.model == "mlp-resnet":
+        if args.data_dir is not None and not os.path.isdir(args.data_dir):
+            raise SystemExit(f"needle train: --data-dir {args.data_dir} is not a directory")
+        train_set, val_set, source = _mnist_sets(args.data_dir, args.seed)
+        model = MLPResNet(784, hidden_dim=256, device=device)
+        return ClassificationTask(model, train_set, val_set, batch_size, device, True), source
+    if args.model == "resnet9":
+        folder = _require_data_dir(args, "CIFAR-10 (the python pickle batches)",
+                                   "https://www.cs.toronto.edu/~kriz/cifar.html")
+        train_set = data.CIFAR10Dataset(folder, train=True)
+        val_set = data.CIFAR10Dataset(folder, train=False)
+        task = ClassificationTask(ResNet9(device=device), train_set, val_set, batch_size, device,
+                                  False)
+        return task, f"CIFAR-10 from {folder}"
+    folder = _require_data_dir(args, "Penn Treebank text (train/valid/test .txt)",
+                               "e.g. the ptb.*.txt files of the Mikolov PTB distribution")
+    corpus = data.Corpus(folder)
+    val_ids = corpus.valid if getattr(corpus, "valid", None) is not None else corpus.test
+    seq_model = "lstm" if args.model == "lstm-lm" else "transformer"
+    seq_len = 20 if seq_model == "lstm" else 40
+    model = LanguageModel(100 if seq_model == "lstm" else 64, len(corpus.dictionary),
+                          hidden_size=100 if seq_model == "lstm" else 128, num_layers=2,
+                          seq_model=seq_model, seq_len=seq_len, device=device)
+    clip = 0.25 if seq_model == "lstm" else None
+    task = LanguageModelTask(model, corpus.train, val_ids, batch_size, seq_len, device, clip)
+    return task, f"Penn Treebank from {folder} ({len(corpus.dictionary)} words)"
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float):
+    if name == "adam":
+        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+
+def write_metrics(out: str, history: List[dict]) -> None:
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(history, f, indent=2)
+    if history:
+        with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+
+
+def plot_curves(out: str, history: List[dict], metric: str, title: str) -> Optional[str]:
+    """curves.png: loss and accuracy (or perplexity) per epoch, train and validation."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        left.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
+        right.plot(epochs, [row[f"{split}_{metric}"] for row in history], marker="o", label=split)
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    right.set(xlabel="epoch", ylabel=metric, title=metric)
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = os.path.join(out, "curves.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _epoch_row(epoch: int, lr: float, metric: str, train: Tuple[float, float], val: Tuple[float, float],
+               seconds: float) -> dict:
+    row = {"epoch": epoch, "lr": lr, "train_loss": train[1], "val_loss": val[1]}
+    if metric == "perplexity":
+        row.update(train_perplexity=math.exp(min(train[1], 50)),
+                   val_perplexity=math.exp(min(val[1], 50)))
+    else:
+        row.update(train_accuracy=train[0], val_accuracy=val[0])
+    row["seconds"] = round(seconds, 2)
+    return row
+
+
+def train(args) -> int:
+    defaults = DEFAULTS[args.model]
+    epochs = args.epochs if args.epochs is not None else defaults.epochs
+    batch_size = args.batch_size or defaults.batch_size
+    lr = args.lr if args.lr is not None else defaults.lr
+    optimizer_name = args.optimizer or defaults.optimizer
+    weight_decay = args.weight_decay if args.weight_decay is not None else defaults.weight_decay
+    out = args.out or os.path.join("runs", args.model)
+    checkpoint = os.path.join(out, "checkpoint.npz")
+    if args.resume and not os.path.exists(checkpoint):
+        raise SystemExit(f"needle train: --resume, but there is no checkpoint at {checkpoint}")
+    device = resolve_device(args.device)
+
+    np.random.seed(args.seed)  # model initialisation
+    task, source = build_task(args, device, batch_size)
+    opt = make_optimizer(optimizer_name, task.model.parameters(), lr, weight_decay)
+    # Cosine decay to zero over the run: the last epochs settle instead of bouncing around.
+    schedule = optim.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    config = {"model": args.model, "batch_size": batch_size, "lr": lr,
+              "optimizer": optimizer_name, "weight_decay": weight_decay, "seed": args.seed}
+    history: List[dict] = []
+    start_epoch = 0
+    if args.resume:
+        meta = load_checkpoint(checkpoint, task.model, opt)
+        if meta.get("config", {}).get("model") != args.model:
+            raise SystemExit(f"needle train: {checkpoint} holds a {meta.get('config', {}).get('model')} "
+                             f"model, not {args.model}")
+        start_epoch, history = meta["epoch"], meta["history"]
+        schedule.load_state_dict(meta["schedule"])
+        print(f"resuming from {checkpoint} after epoch {start_epoch}")
+    os.makedirs(out, exist_ok=True)
+
+    n_params = sum(int(np.prod(p.shape)) for p in task.model.parameters())
+    print(f"needle {ndl.__version__}: {args.model} ({n_params:,} parameters) on {source}, "
+          f"device {device}, {epochs} epochs, {optimizer_name} lr {lr}")
+    progress = not args.no_progress and sys.stderr.isatty()
+    completed = start_epoch
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            # One seed per epoch drives shuffling and dropout, so a resumed run repeats exactly
+            # what an uninterrupted one would have done.
+            np.random.seed(args.seed * 100003 + epoch)
+            started = time.perf_counter()
+            train_result = task.run_epoch(True, opt, args.max_batches,
+                                          f"epoch {epoch} train" if progress else None)
+            val_result = task.run_epoch(False, None, args.max_batches,
+                                        f"epoch {epoch} val" if progress else None)
+            row = _epoch_row(epoch, opt.lr, task.metric, train_result, val_result,
+                             time.perf_counter() - started)
+            history.append(row)
+            completed = epoch
+            schedule.step()
+            save_checkpoint(checkpoint, task.model, opt,
+                            {"epoch": epoch, "history": history, "config": config,
+                             "schedule": schedule.state_dict()})
+            write_metrics(out, history)
+            shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in row.items())
+            print(shown, flush=True)
+    except KeyboardInterrupt:
+        # The model may be part-way through an epoch: save it, marked with the last whole epoch,
+        # so --resume continues from a usable state.
+        save_checkpoint(checkpoint, task.model, opt,
+                        {"epoch": completed, "history": history, "config": config,
+                         "schedule": schedule.state_dict(), "interrupted": True})
+        print(f"\ninterrupted: checkpoint saved to {checkpoint} (after epoch {completed}); "
+              f"continue with --resume", file=sys.stderr)
+        return 130
+    plot = plot_curves(out, history, task.metric, f"needle: {args.model} on {source}")
+    final = history[-1] if history else {}
+    summary = (f"validation accuracy {final['val_accuracy']:.4f}" if task.metric == "accuracy"
+               else f"validation perplexity {final['val_perplexity']:.2f}") if final else "nothing to do"
+    print(f"done: {summary}; wrote {checkpoint}, metrics.json, metrics.csv"
+          + (f", {os.path.basename(plot)}" if plot else " (install matplotlib for curves.png)"))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return train(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""`needle train` end to end (tiny budgets), checkpoints, resume, Ctrl-C and the apps/ layout."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import needle as ndl
+from needle import cli
+from needle.training import load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run(tmp_path, *extra, epochs=2, max_batches=4):
+    args = ["train", "--epochs", str(epochs), "--max-batches", str(max_batches),
+            "--out", str(tmp_path), "--no-progress", *extra]
+    return cli.main(args)
+
+
+def history_without_times(path):
+    rows = json.loads((Path(path) / "metrics.json").read_text())
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_default_job_trains_mlp_resnet_on_shipped_mnist(tmp_path, capsys):
+    assert cli.main(["train", "--epochs", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "shipped MNIST test split" in out and "validation accuracy" in out
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # Two epochs on 8,000 images already separate the digits well; chance is 0.1.
+    assert rows[-1]["val_accuracy"] > 0.9
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,lr,train_loss,val_loss,train_accuracy,val_accuracy")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_restores_model_and_optimizer(tmp_path):
+    assert run(tmp_path) == 0
+    model = ndl.models.MLPResNet(784, hidden_dim=256)
+    opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
+    meta = load_checkpoint(str(tmp_path / "checkpoint.npz"), model, opt)
+    assert meta["epoch"] == 2 and meta["config"]["model"] == "mlp-resnet"
+    assert opt.state, "Adam moments were not restored"
+    # Saving what was loaded gives back the same arrays.
+    save_checkpoint(str(tmp_path / "again.npz"), model, opt, meta)
+    with np.load(tmp_path / "checkpoint.npz") as a, np.load(tmp_path / "again.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_interrupt_leaves_a_checkpoint_and_resume_repeats_the_run(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    assert run(straight, epochs=3) == 0
+
+    original = cli.ClassificationTask.run_epoch
+    calls = {"train": 0}
+
+    def interrupt_in_second_epoch(self, train, *args):
+        if train:
+            calls["train"] += 1
+            if calls["train"] == 2:
+                raise KeyboardInterrupt
+        return original(self, train, *args)
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(cli.ClassificationTask, "run_epoch", interrupt_in_second_epoch)
+    assert run(interrupted, epochs=3) == 130
+    monkeypatch.setattr(cli.ClassificationTask, "run_epoch", original)
+    with np.load(interrupted / "checkpoint.npz") as saved:
+        meta = json.loads(str(saved["meta"]))
+    assert meta["epoch"] == 1 and meta["interrupted"]
+
+    assert run(interrupted, "--resume", epochs=3) == 0
+    resumed, expected = history_without_times(interrupted), history_without_times(straight)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(resumed, expected):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        run(tmp_path, "--resume")
+
+
+@pytest.mark.parametrize("model", ["resnet9", "lstm-lm", "transformer-lm"])
+def test_models_needing_downloaded_data_say_so(model, tmp_path):
+    with pytest.raises(SystemExit, match="--data-dir"):
+        run(tmp_path, "--model", model)
+    with pytest.raises(SystemExit, match="is not a directory"):
+        run(tmp_path, "--model", model, "--data-dir", str(tmp_path / "missing"))
+
+
+def test_mnist_data_dir_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz"):
+        run(tmp_path, "--data-dir", str(tmp_path))
+
+
+def write_cifar_batches(folder: Path):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+                 b"labels": list(rng.integers(0, 10, 8))}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+def test_resnet9_trains_on_cifar_format_files(tmp_path):
+    write_cifar_batches(tmp_path / "cifar")
+    assert run(tmp_path / "out", "--model", "resnet9", "--data-dir", str(tmp_path / "cifar"),
+               "--batch-size", "8", epochs=1, max_batches=2) == 0
+    assert history_without_times(tmp_path / "out")[0]["epoch"] == 1
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ptb").is_dir(), reason="../shared/data/ptb is absent")
+@pytest.mark.parametrize("model", ["lstm-lm", "transformer-lm"])
+def test_language_models_train_on_ptb_text(model, tmp_path):
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    lines = (SHARED_DATA / "ptb" / "ptb.valid.txt").read_text().splitlines()
+    (ptb / "train.txt").write_text("\n".join(lines[:400]) + "\n")
+    (ptb / "test.txt").write_text("\n".join(lines[400:500]) + "\n")
+    assert run(tmp_path / "out", "--model", model, "--data-dir", str(ptb), epochs=1,
+               max_batches=2) == 0
+    row = history_without_times(tmp_path / "out")[0]
+    assert np.isfinite(row["val_perplexity"]) and row["val_perplexity"] > 1
+
+
+def test_python_dash_m_needle_runs():
+    result = subprocess.run([sys.executable, "-m", "needle", "train", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--data-dir" in result.stdout
+
+
+# ---- the course's apps/ layout ------------------------------------------------------------------
+@pytest.fixture
+def apps(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "apps"))
+
+
+def test_apps_mlp_resnet_epoch(apps):
+    import mlp_resnet
+
+    x = np.random.default_rng(0).random((50, 784)).astype(np.float32)
+    y = np.arange(50) % 10
+    loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(x, y), batch_size=10)
+    model = mlp_resnet.MLPResNet(784, hidden_dim=32)
+    opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
+    err, loss = mlp_resnet.epoch(loader, model, opt)
+    assert 0 <= err <= 1 and np.isfinite(loss)
+
+
+def test_apps_simple_ml_and_models(apps):
+    import models
+    import simple_ml
+
+    rng = np.random.default_rng(0)
+    X = rng.random((20, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    W1 = ndl.Tensor(rng.standard_normal((5, 8)).astype(np.float32) / 5)
+    W2 = ndl.Tensor(rng.standard_normal((8, 3)).astype(np.float32) / 5)
+    before = simple_ml.loss_err(ndl.relu(ndl.Tensor(X) @ W1) @ W2, y)[0]
+    for _ in range(20):
+        W1, W2 = simple_ml.nn_epoch(X, y, W1, W2, lr=0.5, batch=10)
+    after = simple_ml.loss_err(ndl.relu(ndl.Tensor(X) @ W1) @ W2, y)[0]
+    assert after < before
+
+    ids = rng.integers(0, 30, 200)
+    data = ndl.data.batchify(ids, 4)
+    model = models.LanguageModel(8, 30, hidden_size=8, num_layers=1, seq_model="lstm")
+    acc, loss = simple_ml.train_ptb(model, data, seq_len=5, n_epochs=1, lr=1.0, clip=0.5)
+    assert 0 <= acc <= 1 and np.isfinite(loss)
+    acc, loss = simple_ml.evaluate_ptb(model, data, seq_len=5)
+    assert np.isfinite(loss)
