@@ -1,0 +1,458 @@
+"""The primitive table of needle's Metal backends, written against a small runtime interface.
+
+Three runtimes run the kernels of ``metal/*.metal`` through this module:
+``ndarray_backend_metal`` (PyObjC on a Mac), ``ndarray_backend_mps`` (the same, with
+Metal Performance Shaders for matmul) and the tests' CPU emulation
+(``tests/metal_emulation``), which compiles the same ``.metal`` files as C++. This module is
+the one place that knows, for every primitive, which kernel runs, what goes to each
+``[[buffer(n)]]`` index and how large the grid is, so the emulated tests check that planning
+too. It imports neither PyObjC nor anything else outside NumPy.
+
+A runtime provides:
+
+- ``allocate(nbytes)``: a buffer in shared storage (the CPU and GPU see the same memory);
+- ``host_view(buffer, nbytes)``: a writable memoryview of that memory;
+- ``address(buffer)``: an integer address, for ``Array.ptr()``;
+- ``dispatch(kernel, buffers, constants, threadgroups, threads)``: encode one kernel launch
+  without waiting: ``buffers`` are ``(index, buffer, byte_offset)``, ``constants`` are
+  ``(index, bytes)`` (setBytes), the grid is ``threadgroups`` x ``threads`` (3-tuples);
+- ``wait()``: submit everything encoded and block until it has run;
+- ``matmul_kernels()``: the matmul kernels this GPU can run, best first;
+- ``batch`` / ``completed``: counters this module keeps on the runtime (start 0 / -1), so
+  that backends sharing one runtime share them.
+
+Kernels run in the order they were encoded. The CPU touches a buffer (``to_numpy``,
+``from_numpy``) only after every launch that used it has completed: each Array remembers the
+batch of its last launch, and ``synchronize()`` closes a batch.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import struct
+from importlib import resources
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+# ---- kernel sources ---------------------------------------------------------------------
+# Each library is compiled from one string: common.metal first, then the files that use it.
+CORE_SOURCES = ("common.metal", "elementwise.metal", "layout.metal", "reduce.metal", "matmul.metal")
+# simdgroup_matrix needs Apple GPU family 7 (M1 and later): a library of its own, so that the
+# core library compiles everywhere.
+SIMDGROUP_SOURCES = ("common.metal", "matmul_simdgroup.metal")
+SIMDGROUP_KERNELS = frozenset({"matmul_simdgroup"})
+
+
+def kernel_source(files: Sequence[str]) -> str:
+    """The MSL source of one library: the files of metal/, in order, with #line markers."""
+    root = resources.files(__package__) / "metal"
+    return "\n".join(f'#line 1 "{name}"\n' + (root / name).read_text() for name in files)
+
+
+# ---- launch geometry (each constant matches the kernel file named) --------------------------
+THREADS = 256  # elementwise, layout and *_serial / *_axis reductions: 8 SIMD-groups of 32
+REDUCE_THREADS = 256  # reduce.metal REDUCE_THREADS: one threadgroup per row in *_rows
+# Rows up to this long are reduced by one thread each (*_serial): a 256-thread group per row
+# would leave most threads idle. Longer rows get a threadgroup each (*_rows).
+REDUCE_SERIAL_MAX = 64
+# kernel: (rows of out per threadgroup, columns of out per threadgroup, threads)
+MATMUL_TILES = {
+    "matmul_threadgroup": (64, 64, 256),  # matmul.metal MM_BM, MM_BN, MM_THREADS
+    "matmul_simdgroup": (64, 64, 128),  # matmul_simdgroup.metal SG_BM, SG_BN, SG_THREADS
+}
+TILE_SIZE = 8  # __tile_size__ of matmul_tiled, as the CPU backends
+INT32_MAX = 2**31 - 1  # kernels index with 32-bit ints
+
+BINARY_KERNELS = (
+    "ewise_add", "ewise_sub", "ewise_mul", "ewise_div", "ewise_power", "ewise_maximum",
+    "ewise_eq", "ewise_ge",
+)
+SCALAR_KERNELS = (
+    "scalar_add", "scalar_sub", "scalar_rsub", "scalar_mul", "scalar_div", "scalar_rdiv",
+    "scalar_power", "scalar_maximum", "scalar_eq", "scalar_ge",
+)
+UNARY_KERNELS = (
+    "ewise_neg", "ewise_abs", "ewise_sign", "ewise_log", "ewise_exp", "ewise_tanh",
+    "ewise_sqrt", "ewise_sin", "ewise_cos", "ewise_relu", "ewise_sigmoid",
+)
+
+
+class UnsupportedDtypeError(TypeError):
+    """A dtype that a device cannot hold (float64 on Metal)."""
+
+
+def _groups(count: int, per_group: int) -> Tuple[int, int, int]:
+    return (max(1, -(-count // per_group)), 1, 1)
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("<I", value)
+
+
+def _f32(value: float) -> bytes:
+    # Rounded to float32 as the NumPy backend rounds scalars (overflow gives inf, as there).
+    with np.errstate(over="ignore"):
+        return np.array(value, dtype=np.float32).tobytes()
+
+
+def merge_axes(shape: Sequence[int],
+               strides: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """The same view with size-1 axes dropped and axes that are contiguous in memory merged.
+
+    (4, 5, 6) with strides (30, 6, 1) becomes (120,), (1,); a 0-d view becomes (1,), (0,).
+    Fewer axes mean fewer divisions per element in the layout kernels.
+    """
+    merged_shape: List[int] = []
+    merged_strides: List[int] = []
+    for dim, stride in zip(shape, strides):
+        if dim == 1:
+            continue
+        if merged_shape and merged_strides[-1] == stride * dim:
+            merged_shape[-1] *= dim
+            merged_strides[-1] = stride
+        else:
+            merged_shape.append(dim)
+            merged_strides.append(stride)
+    if not merged_shape:
+        return (1,), (0,)
+    return tuple(merged_shape), tuple(merged_strides)
+
+
+class MPSMatrixLayout(NamedTuple):
+    """How MPSMatrix sees one operand: a batch of row-major (rows, columns) matrices."""
+
+    rows: int
+    columns: int
+    row_bytes: int
+    matrix_bytes: int
+    offset_bytes: int
+    transposed: bool  # the stored matrix is the transpose of the operand
+
+
+def mps_matrix_layout(
+    batch: int, rows: int, columns: int, offset: int, strides: Sequence[int], buffer_size: int
+) -> Optional[MPSMatrixLayout]:
+    """The MPSMatrix description of the view (batch, rows, columns) with `strides` (batch, row,
+    column) at `offset` in a buffer of `buffer_size` floats; None when MPS cannot read it in
+    place (broadcast rows or batches, columns not unit-stride in either orientation).
+
+    MPS reads matrices whose rows are unit-stride, `row_bytes` apart, `matrix_bytes` apart in a
+    batch; a view that is unit-stride down its columns is given as its transpose. The whole
+    last matrix must fit in the buffer, as MPS may read its row padding.
+    """
+    batch_stride, row_stride, column_stride = strides
+    if (column_stride == 1 or columns == 1) and (row_stride >= columns or rows == 1):
+        stored_rows, stored_columns, stride, transposed = rows, columns, row_stride, False
+    elif (row_stride == 1 or rows == 1) and (column_stride >= rows or columns == 1):
+        stored_rows, stored_columns, stride, transposed = columns, rows, column_stride, True
+    else:
+        return None
+    stride = max(stride, stored_columns)  # a single row or column may report any stride
+    matrix = stored_rows * stride
+    if batch > 1:
+        if batch_stride < matrix:
+            return None  # broadcast or interleaved batches
+        matrix = batch_stride
+    if offset + batch * matrix > buffer_size:
+        return None
+    return MPSMatrixLayout(stored_rows, stored_columns, 4 * stride, 4 * matrix, 4 * offset,
+                           transposed)
+
+
+# ---- arrays -----------------------------------------------------------------------------------
+class MetalArray:
+    """A flat float32 buffer in shared storage. Each backend has its own subclass, `Array`."""
+
+    __slots__ = ("buffer", "_size", "last_batch")
+    backend: "MetalBackend"
+
+    def __init__(self, size: int, dtype: str = "float32"):
+        backend = self.backend
+        backend.check_dtype(dtype)
+        size = operator.index(size)
+        if not 0 <= size <= INT32_MAX:
+            raise ValueError(f"{backend.device_name}(): cannot allocate {size} elements "
+                             f"(0 to {INT32_MAX})")
+        self._size = size
+        self.buffer = backend.runtime.allocate(4 * max(size, 1))  # Metal has no empty buffers
+        self.last_batch = -1  # the batch of the last launch that used this array
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
+
+    def ptr(self) -> int:
+        return self.backend.runtime.address(self.buffer)
+
+
+# ---- the primitive table ---------------------------------------------------------------------
+class MetalBackend:
+    """The primitive table of ``ndarray_backend_numpy``, run as Metal kernels on `runtime`."""
+
+    DTYPES = ("float32",)
+
+    def __init__(self, runtime, device_name: str):
+        self.runtime = runtime
+        self.device_name = device_name
+        self.Array = type("Array", (MetalArray,), {"__slots__": (), "backend": self})
+        self._matmul_kernel: Optional[str] = None
+
+    # -- dtypes and synchronisation --
+    def check_dtype(self, dtype) -> None:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
+        if name == "float32":
+            return
+        if name == "float64":
+            raise UnsupportedDtypeError(
+                f"{self.device_name}() does not support float64: Apple GPUs have no double "
+                "precision; use float32"
+            )
+        raise ValueError(f"{self.device_name}(): unsupported dtype {dtype!r} (float32 only)")
+
+    def synchronize(self) -> None:
+        """Submit every encoded kernel and wait until they have run."""
+        runtime = self.runtime
+        runtime.wait()
+        runtime.completed = runtime.batch
+        runtime.batch += 1
+
+    def _wait_for(self, array: MetalArray) -> None:
+        if array.last_batch > self.runtime.completed:
+            self.synchronize()
+
+    def _launch(self, kernel: str, arrays, constants, threadgroups, threads) -> None:
+        batch = self.runtime.batch
+        for _, array, _ in arrays:
+            array.last_batch = batch
+        self.runtime.dispatch(
+            kernel,
+            [(index, array.buffer, 4 * offset) for index, array, offset in arrays],
+            constants,
+            threadgroups,
+            threads,
+        )
+
+    def _host(self, array: MetalArray) -> np.ndarray:
+        view = self.runtime.host_view(array.buffer, 4 * array.size)
+        return np.frombuffer(view, dtype=np.float32, count=array.size)
+
+    # -- memory --
+    def to_numpy(self, a: MetalArray, shape, strides, offset) -> np.ndarray:
+        shape = tuple(operator.index(d) for d in shape)
+        if math.prod(shape) == 0:
+            return np.empty(shape, dtype=np.float32)
+        self._wait_for(a)
+        host = self._host(a)
+        view = np.lib.stride_tricks.as_strided(
+            host[operator.index(offset):], shape, tuple(4 * operator.index(s) for s in strides)
+        )
+        return view.copy()
+
+    def from_numpy(self, a: np.ndarray, out: MetalArray) -> None:
+        if a.dtype != np.float32:
+            raise TypeError(f"{self.device_name}: from_numpy needs float32 data, got {a.dtype}")
+        if a.size != out.size:
+            raise ValueError(f"{self.device_name}: from_numpy of {a.size} elements into an "
+                             f"array of {out.size}")
+        if out.size == 0:
+            return
+        self._wait_for(out)
+        self._host(out).reshape(a.shape)[...] = a  # one (strided) copy into shared memory
+
+    def fill(self, out: MetalArray, val: float) -> None:
+        if out.size:
+            self._launch("fill", [(0, out, 0)], [(1, _f32(val)), (2, _u32(out.size))],
+                         _groups(out.size, THREADS), (THREADS, 1, 1))
+
+    # -- layout --
+    def _strided(self, kernel: str, source, out: MetalArray, shape, strides, offset) -> None:
+        shape = tuple(operator.index(d) for d in shape)
+        size = math.prod(shape)
+        if size == 0:
+            return
+        shape, strides = merge_axes(shape, [operator.index(s) for s in strides])
+        offset = operator.index(offset)
+        reach = sum(abs(s) * (d - 1) for d, s in zip(shape, strides))
+        if offset + reach > INT32_MAX:
+            raise ValueError(f"{self.device_name}: views reaching past 2^31 elements are not "
+                             "supported")
+        constants = [
+            (2, struct.pack(f"<{len(shape)}I", *shape)),
+            (3, struct.pack(f"<{len(strides)}i", *strides)),
+            (4, struct.pack("<IIi", size, len(shape), offset)),
+        ]
+        arrays = [(1, out, 0)]
+        if isinstance(source, MetalArray):
+            arrays.insert(0, (0, source, 0))
+        else:
+            constants.insert(0, (0, _f32(source)))
+        self._launch(kernel, arrays, constants, _groups(size, THREADS), (THREADS, 1, 1))
+
+    def compact(self, a: MetalArray, out: MetalArray, shape, strides, offset) -> None:
+        self._strided("compact", a, out, shape, strides, offset)
+
+    def ewise_setitem(self, a: MetalArray, out: MetalArray, shape, strides, offset) -> None:
+        self._strided("ewise_setitem", a, out, shape, strides, offset)
+
+    def scalar_setitem(self, size: int, val: float, out: MetalArray, shape, strides,
+                       offset) -> None:
+        self._strided("scalar_setitem", float(val), out, shape, strides, offset)
+
+    # -- elementwise --
+    def ewise_binary(self, kernel: str, a: MetalArray, b: MetalArray, out: MetalArray) -> None:
+        if out.size:
+            self._launch(kernel, [(0, a, 0), (1, b, 0), (2, out, 0)], [(3, _u32(out.size))],
+                         _groups(out.size, THREADS), (THREADS, 1, 1))
+
+    def scalar_binary(self, kernel: str, a: MetalArray, val: float, out: MetalArray) -> None:
+        if out.size:
+            self._launch(kernel, [(0, a, 0), (2, out, 0)],
+                         [(1, _f32(val)), (3, _u32(out.size))],
+                         _groups(out.size, THREADS), (THREADS, 1, 1))
+
+    def unary(self, kernel: str, a: MetalArray, out: MetalArray) -> None:
+        if out.size:
+            self._launch(kernel, [(0, a, 0), (1, out, 0)], [(2, _u32(out.size))],
+                         _groups(out.size, THREADS), (THREADS, 1, 1))
+
+    # -- linear algebra --
+    @property
+    def matmul_kernel(self) -> str:
+        """The matmul kernel in use: NEEDLE_METAL_MATMUL, else the best this GPU runs."""
+        if self._matmul_kernel is None:
+            available = self.runtime.matmul_kernels()
+            wanted = os.environ.get("NEEDLE_METAL_MATMUL")
+            if wanted:
+                wanted = wanted if wanted.startswith("matmul_") else "matmul_" + wanted
+                if wanted not in available:
+                    raise RuntimeError(f"NEEDLE_METAL_MATMUL={wanted}: this GPU runs "
+                                       f"{', '.join(available)}")
+                self._matmul_kernel = wanted
+            else:
+                self._matmul_kernel = available[0]
+        return self._matmul_kernel
+
+    @matmul_kernel.setter
+    def matmul_kernel(self, kernel: str) -> None:
+        if kernel not in MATMUL_TILES:
+            raise ValueError(f"unknown matmul kernel {kernel!r}: {', '.join(MATMUL_TILES)}")
+        self._matmul_kernel = kernel
+
+    def matmul_strided(self, a: MetalArray, b: MetalArray, out: MetalArray, batch: int, m: int,
+                       n: int, p: int, a_offset: int, a_strides, b_offset: int,
+                       b_strides) -> None:
+        if batch * m * p == 0:
+            return
+        kernel = self.matmul_kernel
+        rows_per_group, columns_per_group, threads = MATMUL_TILES[kernel]
+        params = struct.pack("<4I8i", batch, m, n, p, a_offset, *a_strides, b_offset,
+                             *b_strides)
+        self._launch(
+            kernel,
+            [(0, a, 0), (1, b, 0), (2, out, 0)],
+            [(3, params)],
+            (-(-p // columns_per_group), -(-m // rows_per_group), batch),
+            (threads, 1, 1),
+        )
+
+    def matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, m: int, n: int,
+               p: int) -> None:
+        self.matmul_strided(a, b, out, 1, m, n, p, 0, (m * n, n, 1), 0, (n * p, p, 1))
+
+    def batched_matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, batch: int, m: int,
+                       n: int, p: int) -> None:
+        self.matmul_strided(a, b, out, batch, m, n, p, 0, (m * n, n, 1), 0, (n * p, p, 1))
+
+    def matmul_tiled(self, a: MetalArray, b: MetalArray, out: MetalArray, m: int, n: int,
+                     p: int) -> None:
+        """Tile-major operands (see the NumPy backend): unpack, multiply, pack, on the GPU."""
+        t = TILE_SIZE
+        a_rows, b_rows, out_rows = self.Array(m * n), self.Array(n * p), self.Array(m * p)
+        # The row-major (rows, cols) matrix read from a tile-major buffer: (R/T, T, C/T, T).
+        self.compact(a, a_rows, (m // t, t, n // t, t), (n * t, t, t * t, 1), 0)
+        self.compact(b, b_rows, (n // t, t, p // t, t), (p * t, t, t * t, 1), 0)
+        self.matmul(a_rows, b_rows, out_rows, m, n, p)
+        self.ewise_setitem(out_rows, out, (m // t, t, p // t, t), (p * t, t, t * t, 1), 0)
+
+    # -- reductions --
+    def _reduce(self, op: str, a: MetalArray, out: MetalArray, outer: int, reduce_size: int,
+                inner: int) -> None:
+        if outer * inner == 0:
+            return
+        shape = struct.pack("<3I", outer, reduce_size, inner)
+        arrays = [(0, a, 0), (1, out, 0)]
+        if inner > 1:
+            self._launch(f"reduce_{op}_axis", arrays, [(2, shape)],
+                         _groups(outer * inner, THREADS), (THREADS, 1, 1))
+        elif reduce_size <= REDUCE_SERIAL_MAX:
+            self._launch(f"reduce_{op}_serial", arrays, [(2, shape)],
+                         _groups(outer, THREADS), (THREADS, 1, 1))
+        else:
+            self._launch(f"reduce_{op}_rows", arrays, [(2, shape)], (outer, 1, 1),
+                         (REDUCE_THREADS, 1, 1))
+
+    def reduce_sum(self, a: MetalArray, out: MetalArray, reduce_size: int) -> None:
+        self._reduce("sum", a, out, out.size, reduce_size, 1)
+
+    def reduce_max(self, a: MetalArray, out: MetalArray, reduce_size: int) -> None:
+        self._reduce("max", a, out, out.size, reduce_size, 1)
+
+    def reduce_sum_axis(self, a: MetalArray, out: MetalArray, outer: int, reduce_size: int,
+                        inner: int) -> None:
+        self._reduce("sum", a, out, outer, reduce_size, inner)
+
+    def reduce_max_axis(self, a: MetalArray, out: MetalArray, outer: int, reduce_size: int,
+                        inner: int) -> None:
+        self._reduce("max", a, out, outer, reduce_size, inner)
+
+    def _binary_primitive(self, kernel: str) -> Callable:
+        def primitive(a: MetalArray, b: MetalArray, out: MetalArray) -> None:
+            self.ewise_binary(kernel, a, b, out)
+        primitive.__name__ = primitive.__qualname__ = kernel
+        return primitive
+
+    def _scalar_primitive(self, kernel: str) -> Callable:
+        def primitive(a: MetalArray, val: float, out: MetalArray) -> None:
+            self.scalar_binary(kernel, a, val, out)
+        primitive.__name__ = primitive.__qualname__ = kernel
+        return primitive
+
+    def _unary_primitive(self, kernel: str) -> Callable:
+        def primitive(a: MetalArray, out: MetalArray) -> None:
+            self.unary(kernel, a, out)
+        primitive.__name__ = primitive.__qualname__ = kernel
+        return primitive
+
+    # -- the module-level table --
+    def primitive_table(self) -> Dict[str, object]:
+        """The names a backend module exports: those of ndarray_backend_numpy, with its
+        parameter names, bound to this backend."""
+        table: Dict[str, object] = {
+            "Array": self.Array,
+            "DTYPES": self.DTYPES,
+            "__device_name__": self.device_name,
+            "__tile_size__": TILE_SIZE,
+        }
+        for name in (
+            "to_numpy", "from_numpy", "fill", "compact", "ewise_setitem", "scalar_setitem",
+            "matmul", "batched_matmul", "matmul_strided", "matmul_tiled", "reduce_sum",
+            "reduce_max", "reduce_sum_axis", "reduce_max_axis", "synchronize",
+        ):
+            table[name] = getattr(self, name)
+        for name in BINARY_KERNELS:
+            table[name] = self._binary_primitive(name)
+        for name in SCALAR_KERNELS:
+            table[name] = self._scalar_primitive(name)
+        for name in UNARY_KERNELS:
+            table[name] = self._unary_primitive(name)
+        return table

@@ -1,0 +1,192 @@
+"""The PyObjC host modules (ndarray_backend_metal, ndarray_backend_mps), run on Linux.
+
+PyObjC's Metal, MetalPerformanceShaders and objc modules are replaced by the strict stand-ins
+of tests/metal_emulation/fake_pyobjc.py: the host modules import and run unchanged, their
+kernels executing in the MSL emulation and their MPS matmuls in NumPy. This checks the host
+code's own logic (pipeline cache, command-buffer batching and waiting, encoder lifecycle,
+MPS matrix descriptions and fallbacks) against the NumPy backend; that PyObjC behaves as the
+stand-ins assume is checked only on a Mac (tests/README.md).
+"""
+
+import importlib
+import sys
+
+import numpy as np
+import pytest
+
+import needle as ndl
+from metal_emulation import fake_pyobjc as fake
+from metal_emulation import harness
+from test_metal_kernels import Out, check, matmul_tol
+
+HOST_MODULES = ("ndarray_backend_metal", "ndarray_backend_mps")
+
+
+@pytest.fixture(scope="module")
+def host():
+    """(fake device, metal module, mps module), imported against the stand-ins."""
+    try:
+        harness.library()
+    except harness.BuildError as error:
+        pytest.skip(f"the MSL emulation does not build here: {error}")
+    patch = pytest.MonkeyPatch()
+    device = fake.Device()
+    patch.setattr(sys, "platform", "darwin")
+    patch.setitem(sys.modules, "Metal", fake.metal_module(device))
+    patch.setitem(sys.modules, "objc", fake.objc_module())
+    patch.setitem(sys.modules, "MetalPerformanceShaders", fake.mps_module())
+    package = sys.modules["needle.backend_ndarray"]
+    try:
+        modules = [importlib.import_module(f"needle.backend_ndarray.{name}")
+                   for name in HOST_MODULES]
+        yield (device, *modules)
+    finally:
+        patch.undo()
+        for name in HOST_MODULES:  # leave the package as `import needle` made it
+            sys.modules.pop(f"needle.backend_ndarray.{name}", None)
+            if hasattr(package, name):
+                delattr(package, name)
+
+
+@pytest.fixture(params=HOST_MODULES)
+def mod(request, host):
+    return host[1 + HOST_MODULES.index(request.param)]
+
+
+def test_modules_refuse_to_import_off_macos():
+    for name in HOST_MODULES:
+        with pytest.raises(ImportError, match="macOS"):
+            importlib.import_module(f"needle.backend_ndarray.{name}")
+    assert not ndl.metal().enabled() and not ndl.mps().enabled()
+    with pytest.raises(RuntimeError, match="metal\\(\\) is not available"):
+        ndl.Tensor([1.0], device=ndl.metal())
+
+
+def test_table(host, mod):
+    assert mod.__device_name__ in ("metal", "mps") and mod.DTYPES == ("float32",)
+    with pytest.raises(TypeError, match=f"{mod.__device_name__}\\(\\) does not support float64"):
+        mod.Array(3, "float64")
+
+
+def test_primitives(mod):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(300), rng.standard_normal(300)
+    check(mod, "fill", Out(300), 2.5, exact=True)
+    check(mod, "compact", x, Out(60), (3, 4, 5), (1, 60, 3), 2, exact=True)
+    check(mod, "ewise_setitem", y[:60], Out(300, x), (3, 4, 5), (1, 60, 3), 2, exact=True)
+    check(mod, "scalar_setitem", 60, -1.0, Out(300, x), (3, 4, 5), (1, 60, 3), 2, exact=True)
+    check(mod, "ewise_add", x, y, Out(300))
+    check(mod, "scalar_power", np.abs(x), 1.5, Out(300))
+    check(mod, "ewise_sigmoid", x * 30, Out(300))
+    check(mod, "reduce_sum", x, Out(3), 100, rtol=1e-5, atol=1e-4)
+    check(mod, "reduce_max", x, Out(30), 10, exact=True)
+    check(mod, "reduce_max_axis", x, Out(50), 5, 6, 10, exact=True)
+    check(mod, "matmul_tiled", x[:128], y[:64], Out(128), 16, 8, 8, **matmul_tol(8))
+
+
+@pytest.mark.parametrize("m,n,p", [(1, 1, 1), (7, 33, 5), (65, 17, 130)])
+def test_matmul(mod, m, n, p):
+    rng = np.random.default_rng(m)
+    check(mod, "matmul", rng.standard_normal(m * n), rng.standard_normal(n * p), Out(m * p),
+          m, n, p, **matmul_tol(n))
+
+
+def _ops(device_queue_buffers):
+    return [op[0] if op[0] == "mps" else op[1] for cb in device_queue_buffers for op in cb.ops]
+
+
+# kind: (a storage, a offset, a strides, b storage, b offset, b strides, MPS reads it in place)
+STRIDED = {
+    "compact": (2 * 6 * 5, 0, (30, 5, 1), 2 * 5 * 4, 0, (20, 4, 1), True),
+    "transposed": (2 * 6 * 5, 0, (30, 1, 6), 2 * 5 * 4, 0, (20, 1, 5), True),
+    "padded with offsets": (3 + 2 * 6 * 7, 3, (42, 7, 1), 1 + 2 * 5 * 4, 1, (20, 4, 1), True),
+    "broadcast batch": (6 * 5, 0, (0, 5, 1), 2 * 5 * 4, 0, (20, 4, 1), False),
+}
+
+
+@pytest.mark.parametrize("kind", STRIDED)
+def test_matmul_strided_uses_mps_where_it_can(host, kind):
+    device, _, mps = host
+    a_size, a_offset, a_strides, b_size, b_offset, b_strides, in_place = STRIDED[kind]
+    rng = np.random.default_rng(1)
+    runtime = mps.backend.runtime
+    mps.synchronize()
+    encoded = []
+    original = runtime.commit
+
+    def commit():  # record what each command buffer holds before it runs
+        if runtime._command_buffer is not None:
+            encoded.append(runtime._command_buffer)
+        original()
+
+    runtime.commit = commit
+    try:
+        check(mps, "matmul_strided", rng.standard_normal(a_size), rng.standard_normal(b_size),
+              Out(2 * 6 * 4), 2, 6, 5, 4, a_offset, a_strides, b_offset, b_strides,
+              **matmul_tol(5))
+    finally:
+        del runtime.commit
+    ops = _ops(encoded)
+    assert ("mps" in ops) == in_place, ops
+    assert (runtime.matmul_kernels()[0] in ops) == (not in_place), ops
+
+
+def test_kernels_are_batched_into_command_buffers(host):
+    device, metal, _ = host
+    runtime = metal.backend.runtime
+    metal.synchronize()
+    x = metal.Array(1000)
+    metal.fill(x, 1.0)
+    for _ in range(150):
+        metal.scalar_add(x, 1.0, x)
+    # 151 kernels: two full command buffers committed (not waited for), one still open
+    assert len(runtime._in_flight) == 2 and runtime._encoded == 151 - 128
+    assert all(cb.status() == fake.MTLCommandBufferStatusCommitted for cb in runtime._in_flight)
+    np.testing.assert_array_equal(metal.to_numpy(x, (1000,), (1,), 0), 151.0)
+    assert not runtime._in_flight and runtime._command_buffer is None
+
+
+def test_kernels_compile_once_without_fast_math(host, mod):
+    device = host[0]
+    check(mod, "ewise_exp", np.zeros(3), Out(3))
+    libraries = len(device.libraries)
+    check(mod, "ewise_exp", np.ones(3), Out(3))
+    check(mod, "ewise_log", np.ones(3), Out(3))
+    assert len(device.libraries) == libraries <= 2  # core, and simdgroup for matmul
+    assert device.compile_options and not any(o.fast_math for o in device.compile_options)
+
+
+def test_older_gpus_get_the_threadgroup_matmul(host):
+    device, metal, _ = host
+    device.apple7 = False
+    try:
+        assert metal.MetalRuntime().matmul_kernels() == ("matmul_threadgroup",)
+    finally:
+        device.apple7 = True
+    assert metal.runtime.matmul_kernels() == ("matmul_simdgroup", "matmul_threadgroup")
+
+
+@pytest.mark.parametrize("name", HOST_MODULES)
+def test_training_through_the_host_module(host, name):
+    module = host[1 + HOST_MODULES.index(name)]
+    device = ndl.backend_ndarray.BackendDevice(module.__device_name__, module)
+    data = np.random.default_rng(2)
+    x_np = data.standard_normal((8, 6)).astype("float32")
+    y_np = data.integers(0, 3, 8)
+
+    def losses(dev):
+        np.random.seed(0)
+        model = ndl.nn.Sequential(ndl.nn.Linear(6, 16, device=dev), ndl.nn.ReLU(),
+                                  ndl.nn.Linear(16, 3, device=dev))
+        opt = ndl.optim.SGD(model.parameters(), lr=0.1)
+        out = []
+        for _ in range(3):
+            loss = ndl.nn.SoftmaxLoss()(model(ndl.Tensor(x_np, device=dev)),
+                                        ndl.Tensor(y_np, device=dev))
+            opt.reset_grad()
+            loss.backward()
+            opt.step()
+            out.append(float(loss.numpy()))
+        return out
+
+    np.testing.assert_allclose(losses(device), losses(ndl.cpu_numpy()), rtol=1e-5)
