@@ -184,3 +184,14 @@ def test_apps_simple_ml_and_models(apps):
     assert 0 <= acc <= 1 and np.isfinite(loss)
     acc, loss = simple_ml.evaluate_ptb(model, data, seq_len=5)
     assert np.isfinite(loss)
+
+
+def test_resume_with_more_epochs_continues_the_schedule(tmp_path):
+    assert run(tmp_path, epochs=1) == 0
+    assert run(tmp_path, "--resume", epochs=3) == 0
+    rows = history_without_times(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # Epoch 1 ran a 1-epoch cosine (lr 1e-3); the resumed run follows a 3-epoch cosine from
+    # step 1 on, instead of staying at the finished schedule's lr of 0.
+    assert rows[1]["lr"] == pytest.approx(1e-3 * (1 + np.cos(np.pi / 3)) / 2)
+    assert rows[2]["lr"] == pytest.approx(1e-3 * (1 + np.cos(2 * np.pi / 3)) / 2)

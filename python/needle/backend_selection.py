@@ -8,5 +8,9 @@ from .backend_ndarray import (  # noqa: F401
     cpu,
     cpu_numpy,
     cuda,
+    metal,
+    mps,
     default_device,
+    get_num_threads,
+    set_num_threads,
 )

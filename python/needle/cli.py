@@ -4,6 +4,8 @@
     needle train --model resnet9 --data-dir ~/data/cifar-10-batches-py
     needle train --model lstm-lm --data-dir ~/data/ptb --epochs 3
     needle train --out runs/mnist --resume    continue from runs/mnist/checkpoint.npz
+    mpirun -n 2 needle train --distributed    data-parallel over MPI (README: multi-process)
+    needle bench --quick                      needle's devices against PyTorch (needle.bench)
 
 It writes, in --out: checkpoint.npz (model and optimizer state, saved atomically after every
 epoch and on Ctrl-C), metrics.json and metrics.csv (one row per epoch) and curves.png.
@@ -25,7 +27,8 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 import needle as ndl
-from needle import data, nn, optim
+from needle import bench as benchmark
+from needle import data, distributed, nn, optim
 from needle.models import LanguageModel, MLPResNet, ResNet9
 from needle.training import (epoch_classification, epoch_language_model, load_checkpoint,
                              save_checkpoint)
@@ -57,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an example model",
                                 description=__doc__.split("\n\n")[0])
     train.add_argument("--model", choices=MODELS, default="mlp-resnet")
-    train.add_argument("--device", choices=("auto", "cpu", "cpu_numpy", "cuda"), default="auto",
-                       help="auto: the best available (cuda, then cpu, then cpu_numpy)")
+    train.add_argument("--device", choices=("auto", "cpu", "cpu_numpy", "cuda", "metal", "mps"),
+                       default="auto",
+                       help="auto: the best available (cuda, then cpu, then cpu_numpy); metal "
+                            'and mps: Apple GPUs, float32 (pip install "needle[metal]")')
     train.add_argument("--data-dir", default=None,
                        help="MNIST .gz files, CIFAR-10 python batches or PTB text files that "
                             "you downloaded; without it mlp-resnet uses the shipped MNIST split")
@@ -74,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-batches", type=int, default=None,
                        help="stop each epoch after this many batches (quick trials)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI, launched as `mpirun -n N needle train "
+                            "--distributed`; --batch-size is per rank")
+    bench = commands.add_parser("bench", help="benchmark needle's devices against PyTorch",
+                                description=benchmark.__doc__.split("\n\n")[0])
+    benchmark.add_arguments(bench)
     return parser
 
 
@@ -95,6 +106,8 @@ class Task:
 
     metric = "accuracy"
     model: nn.Module
+    hooks: dict = {}  # needle.training's epoch hooks; data-parallel ones under --distributed
+    train_sampler = None  # the DistributedSampler of the training data under --distributed
 
     def run_epoch(self, train: bool, opt, max_batches, description) -> Tuple[float, float]:
         raise NotImplementedError
@@ -113,7 +126,7 @@ class ClassificationTask(Task):
         loader = self.train_loader if train else self.val_loader
         return epoch_classification(loader, self.model, self.loss_fn, opt if train else None,
                                     flatten=self.flatten, max_batches=max_batches,
-                                    description=description)
+                                    description=description, **self.hooks)
 
 
 class LanguageModelTask(Task):
@@ -123,6 +136,7 @@ class LanguageModelTask(Task):
                  clip: Optional[float]):
         self.model = model
         self.loss_fn = nn.SoftmaxLoss()
+        self.train_ids, self.val_ids = train_ids, val_ids
         self.train_batches = data.batchify(train_ids, batch_size)
         self.val_batches = data.batchify(val_ids, batch_size)
         self.seq_len, self.device, self.clip = seq_len, device, clip
@@ -132,7 +146,33 @@ class LanguageModelTask(Task):
         batches = self.train_batches if train else self.val_batches
         return epoch_language_model(batches, self.model, self.seq_len, self.loss_fn,
                                     opt if train else None, clip=self.clip, device=self.device,
-                                    max_batches=max_batches, description=description)
+                                    max_batches=max_batches, description=description,
+                                    **self.hooks)
+
+
+def make_data_parallel(task: Task, batch_size: int, seed: int) -> None:
+    """--distributed: each rank takes its shard of the data (batch_size per rank), and the
+    epochs average gradients every step and sum their metrics over the ranks."""
+    rank, world = distributed.rank(), distributed.world_size()
+    task.hooks = distributed.epoch_hooks(task.model)
+    if isinstance(task, ClassificationTask):
+        train_set, val_set = task.train_loader.dataset, task.val_loader.dataset
+        # drop_last: the same number of batches on every rank, as each training step is a
+        # collective. Validation has no collectives inside the loop, so it sees every sample.
+        task.train_sampler = distributed.DistributedSampler(train_set, seed=seed, drop_last=True)
+        task.train_loader = data.DataLoader(train_set, batch_size, sampler=task.train_sampler,
+                                            device=task.train_loader.device)
+        task.val_loader = data.DataLoader(val_set, batch_size, device=task.val_loader.device,
+                                          sampler=distributed.DistributedSampler(val_set,
+                                                                                 shuffle=False))
+    elif isinstance(task, LanguageModelTask):
+        # Rank r takes streams [r*B, (r+1)*B) of the corpus cut into world*B streams: together
+        # the ranks take the steps of one process with batch world*B.
+        streams = slice(rank * batch_size, (rank + 1) * batch_size)
+        task.train_batches = np.ascontiguousarray(
+            data.batchify(task.train_ids, batch_size * world)[:, streams])
+        task.val_batches = np.ascontiguousarray(
+            data.batchify(task.val_ids, batch_size * world)[:, streams])
 
 
 def _mnist_sets(data_dir: Optional[str], seed: int):
@@ -254,9 +294,20 @@ def train(args) -> int:
     if args.resume and not os.path.exists(checkpoint):
         raise SystemExit(f"needle train: --resume, but there is no checkpoint at {checkpoint}")
     device = resolve_device(args.device)
+    rank = 0
+    if args.distributed:
+        try:
+            distributed.init(required=True)
+        except RuntimeError as error:
+            raise SystemExit(f"needle train --distributed: {error}") from None
+        rank = distributed.rank()
+    primary = rank == 0  # only rank 0 prints and writes files
+    say = print if primary else (lambda *args, **kwargs: None)
 
     np.random.seed(args.seed)  # model initialisation
     task, source = build_task(args, device, batch_size)
+    if args.distributed:
+        make_data_parallel(task, batch_size, args.seed)
     opt = make_optimizer(optimizer_name, task.model.parameters(), lr, weight_decay)
     # Cosine decay to zero over the run: the last epochs settle instead of bouncing around.
     schedule = optim.CosineAnnealingLR(opt, T_max=max(epochs, 1))
@@ -271,22 +322,34 @@ def train(args) -> int:
                              f"model, not {args.model}")
         start_epoch, history = meta["epoch"], meta["history"]
         schedule.load_state_dict(meta["schedule"])
-        print(f"resuming from {checkpoint} after epoch {start_epoch}")
-    os.makedirs(out, exist_ok=True)
+        # The cosine runs over this invocation's --epochs, which may differ from the first run's.
+        schedule.T_max = max(epochs, 1)
+        opt.lr = schedule.get_lr()
+        say(f"resuming from {checkpoint} after epoch {start_epoch}")
+    if args.distributed:
+        distributed.broadcast_parameters(task.model)  # every rank starts from rank 0's model
+        source += f", {distributed.world_size()} ranks x batch {batch_size}"
+    if primary:
+        os.makedirs(out, exist_ok=True)
 
     n_params = sum(int(np.prod(p.shape)) for p in task.model.parameters())
-    print(f"needle {ndl.__version__}: {args.model} ({n_params:,} parameters) on {source}, "
-          f"device {device}, {epochs} epochs, {optimizer_name} lr {lr}")
-    progress = not args.no_progress and sys.stderr.isatty()
+    say(f"needle {ndl.__version__}: {args.model} ({n_params:,} parameters) on {source}, "
+        f"device {device}, {epochs} epochs, {optimizer_name} lr {lr}")
+    progress = not args.no_progress and sys.stderr.isatty() and primary
     completed = start_epoch
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             # One seed per epoch drives shuffling and dropout, so a resumed run repeats exactly
-            # what an uninterrupted one would have done.
-            np.random.seed(args.seed * 100003 + epoch)
+            # what an uninterrupted one would have done. Under --distributed each rank draws its
+            # own dropout masks, and the shuffle comes from train_sampler's epoch.
+            np.random.seed(args.seed * 100003 + epoch + 7919 * rank)
+            if task.train_sampler is not None:
+                task.train_sampler.set_epoch(epoch)
             started = time.perf_counter()
             train_result = task.run_epoch(True, opt, args.max_batches,
                                           f"epoch {epoch} train" if progress else None)
+            if args.distributed:  # one BatchNorm running average, so one model on every rank
+                distributed.allreduce_buffers(task.model)
             val_result = task.run_epoch(False, None, args.max_batches,
                                         f"epoch {epoch} val" if progress else None)
             row = _epoch_row(epoch, opt.lr, task.metric, train_result, val_result,
@@ -294,22 +357,29 @@ def train(args) -> int:
             history.append(row)
             completed = epoch
             schedule.step()
-            save_checkpoint(checkpoint, task.model, opt,
-                            {"epoch": epoch, "history": history, "config": config,
-                             "schedule": schedule.state_dict()})
-            write_metrics(out, history)
+            if primary:
+                save_checkpoint(checkpoint, task.model, opt,
+                                {"epoch": epoch, "history": history, "config": config,
+                                 "schedule": schedule.state_dict()})
+                write_metrics(out, history)
             shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in row.items())
-            print(shown, flush=True)
+            say(shown, flush=True)
     except KeyboardInterrupt:
         # The model may be part-way through an epoch: save it, marked with the last whole epoch,
         # so --resume continues from a usable state.
+        if not primary:
+            return 130
         save_checkpoint(checkpoint, task.model, opt,
                         {"epoch": completed, "history": history, "config": config,
                          "schedule": schedule.state_dict(), "interrupted": True})
         print(f"\ninterrupted: checkpoint saved to {checkpoint} (after epoch {completed}); "
               f"continue with --resume", file=sys.stderr)
         return 130
+    if args.distributed:  # equal on every rank: the ranks trained one model
+        print(f"parameter checksum: {distributed.parameter_checksum(task.model)}", flush=True)
+    if not primary:
+        return 0
     plot = plot_curves(out, history, task.metric, f"needle: {args.model} on {source}")
     final = history[-1] if history else {}
     summary = (f"validation accuracy {final['val_accuracy']:.4f}" if task.metric == "accuracy"
@@ -322,8 +392,22 @@ def train(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        return train(args)
+        return train_distributed(args) if args.distributed else train(args)
+    if args.command == "bench":
+        return benchmark.run(args)
     return 2
+
+
+def train_distributed(args) -> int:
+    """train() on this rank. A rank that stops with an error (a SystemExit; other exceptions go
+    through needle.distributed's excepthook) ends the whole job, so no rank waits forever."""
+    try:
+        return train(args)
+    except SystemExit as stop:
+        if stop.code not in (None, 0) and distributed.available() \
+                and distributed.world_size() > 1:
+            distributed.abort(1, f"rank {distributed.rank()} stopped: {stop.code}")
+        raise
 
 
 if __name__ == "__main__":

@@ -51,10 +51,15 @@ def detach_state(h):
 
 def epoch_classification(loader, model: nn.Module, loss_fn: Callable, opt=None,
                          flatten: bool = False, max_batches: Optional[int] = None,
-                         description: Optional[str] = None) -> Tuple[float, float]:
+                         description: Optional[str] = None,
+                         after_backward: Optional[Callable[[], None]] = None,
+                         reduce_totals: Optional[Callable[[np.ndarray], np.ndarray]] = None
+                         ) -> Tuple[float, float]:
     """One pass over `loader`: trains when `opt` is given, else evaluates.
 
-    Returns (accuracy, mean loss) over the samples seen.
+    Returns (accuracy, mean loss) over the samples seen. `after_backward()` runs after each
+    backward, before the optimizer step, and `reduce_totals([correct, loss_sum, seen])` on the
+    epoch's totals: `needle.distributed.epoch_hooks(model)` makes the pass data-parallel.
     """
     model.train() if opt is not None else model.eval()
     correct, total_loss, seen = 0, 0.0, 0
@@ -69,21 +74,27 @@ def epoch_classification(loader, model: nn.Module, loss_fn: Callable, opt=None,
         if opt is not None:
             opt.reset_grad()
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             opt.step()
         batch = x.shape[0]
         correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
         total_loss += float(loss.numpy()) * batch
         seen += batch
-    return correct / max(seen, 1), total_loss / max(seen, 1)
+    return _mean_metrics(correct, total_loss, seen, reduce_totals)
 
 
 def epoch_language_model(batches: np.ndarray, model: nn.Module, seq_len: int, loss_fn: Callable,
                          opt=None, clip: Optional[float] = None, device=None, dtype="float32",
                          max_batches: Optional[int] = None,
-                         description: Optional[str] = None) -> Tuple[float, float]:
+                         description: Optional[str] = None,
+                         after_backward: Optional[Callable[[], None]] = None,
+                         reduce_totals: Optional[Callable[[np.ndarray], np.ndarray]] = None
+                         ) -> Tuple[float, float]:
     """One pass over `batchify`'d ids with truncated BPTT windows of `seq_len`.
 
-    Returns (next-word accuracy, mean loss per token); perplexity is exp(loss).
+    Returns (next-word accuracy, mean loss per token); perplexity is exp(loss). The hooks are
+    those of `epoch_classification` (`after_backward` runs before gradient clipping).
     """
     from .data import get_batch
 
@@ -100,6 +111,8 @@ def epoch_language_model(batches: np.ndarray, model: nn.Module, seq_len: int, lo
         if opt is not None:
             opt.reset_grad()
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             if clip is not None:
                 clip_grad_norm(opt.params, clip)
             opt.step()
@@ -107,7 +120,15 @@ def epoch_language_model(batches: np.ndarray, model: nn.Module, seq_len: int, lo
         correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
         total_loss += float(loss.numpy()) * count
         seen += count
-    return correct / max(seen, 1), total_loss / max(seen, 1)
+    return _mean_metrics(correct, total_loss, seen, reduce_totals)
+
+
+def _mean_metrics(correct, total_loss, seen, reduce_totals) -> Tuple[float, float]:
+    """(accuracy, mean loss) from the totals, summed over processes first by `reduce_totals`."""
+    if reduce_totals is not None:
+        correct, total_loss, seen = reduce_totals(np.array([correct, total_loss, seen],
+                                                           dtype=np.float64))
+    return float(correct) / max(seen, 1), float(total_loss) / max(seen, 1)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ sees an out-of-range view.
 from __future__ import annotations
 
 import builtins
+import importlib
 import operator
 import warnings
 from functools import lru_cache, reduce
@@ -35,11 +36,27 @@ try:
 except ImportError:
     ndarray_backend_cuda = None
 
+
+def _optional_backend(name: str):
+    """A backend module that only some machines have (metal, mps: macOS with PyObjC), or None."""
+    try:
+        return importlib.import_module(f".{name}", __package__)
+    except ImportError:  # not macOS, no PyObjC or no Metal GPU: the device is just disabled
+        return None
+    except Exception as error:  # pragma: no cover - a broken install must not break import
+        warnings.warn(f"needle: the {name} backend failed to load ({error!r})", RuntimeWarning,
+                      stacklevel=2)
+        return None
+
+
+ndarray_backend_metal = _optional_backend("ndarray_backend_metal")
+ndarray_backend_mps = _optional_backend("ndarray_backend_mps")
+
 __all__ = [
     "NDArray", "BackendDevice", "DTYPES", "array", "empty", "full", "broadcast_to", "reshape",
     "maximum", "log", "exp", "tanh", "sum", "max", "flip", "stack", "split", "cpu", "cpu_numpy",
-    "cuda", "default_device", "all_devices", "compact_strides", "broadcast_shapes", "prod",
-    "canonical_dtype",
+    "cuda", "metal", "mps", "default_device", "all_devices", "compact_strides",
+    "broadcast_shapes", "prod", "canonical_dtype", "set_num_threads", "get_num_threads",
 ]
 
 DTYPES = ("float32", "float64")
@@ -128,6 +145,8 @@ class BackendDevice:
 _cpu_numpy = BackendDevice("cpu_numpy", ndarray_backend_numpy)
 _cpu = BackendDevice("cpu", ndarray_backend_cpu)
 _cuda = BackendDevice("cuda", ndarray_backend_cuda)
+_metal = BackendDevice("metal", ndarray_backend_metal)
+_mps = BackendDevice("mps", ndarray_backend_mps)
 
 
 def cpu_numpy() -> BackendDevice:
@@ -145,14 +164,40 @@ def cuda() -> BackendDevice:
     return _cuda
 
 
+def metal() -> BackendDevice:
+    """needle's MSL kernels on an Apple GPU (macOS; float32 only; ``enabled()`` is False
+    elsewhere or without ``pip install "needle[metal]"``)."""
+    return _metal
+
+
+def mps() -> BackendDevice:
+    """Like metal(), with matmul on Metal Performance Shaders."""
+    return _mps
+
+
 def default_device() -> BackendDevice:
     """The C++ CPU backend when built, else the NumPy one."""
     return _cpu if _cpu.enabled() else _cpu_numpy
 
 
+def set_num_threads(n: int) -> None:
+    """Threads of the C++ CPU backend's kernels, as torch.set_num_threads. The default is the
+    environment variable NEEDLE_NUM_THREADS when set, else the number of cores."""
+    n = operator.index(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads needs n >= 1, got {n}")
+    if ndarray_backend_cpu is not None:
+        ndarray_backend_cpu.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads of the C++ CPU backend (1 when it is not built: NumPy's backend is serial here)."""
+    return ndarray_backend_cpu.get_num_threads() if ndarray_backend_cpu is not None else 1
+
+
 def all_devices():
     """Every device known to needle, enabled or not."""
-    return [cpu_numpy(), cpu(), cuda()]
+    return [cpu_numpy(), cpu(), cuda(), metal(), mps()]
 
 
 def _as_shape(shape) -> Tuple[int, ...]:

@@ -99,8 +99,9 @@ class DataLoader:
     """Iterate over a dataset in batches: each batch is a tuple of Tensors, one per field.
 
     ``DataLoader(dataset, batch_size=1, shuffle=False, drop_last=False, generator=None,
-    device=None, dtype="float32")``. Each field of a batch has shape (batch, *item_shape) and
-    is a Tensor on `device` (default device if None) with `dtype` and requires_grad=False.
+    device=None, dtype="float32", sampler=None)``. Each field of a batch has shape
+    (batch, *item_shape) and is a Tensor on `device` (default device if None) with `dtype` and
+    requires_grad=False.
     Every field, labels included, is cast to `dtype` as in the course: labels arrive as float
     class indices, which `nn.SoftmaxLoss` and `init.one_hot` accept (they cast to integers).
 
@@ -109,6 +110,10 @@ class DataLoader:
     seeds a private generator once, so two loaders with the same seed give the same sequence
     of epochs. Every sample appears exactly once per epoch; with `drop_last=True` the last,
     short batch is left out.
+
+    A `sampler` (an iterable of dataset indices with a length, e.g.
+    `needle.distributed.DistributedSampler`) decides the order and the subset instead; it
+    cannot be combined with `shuffle=True`.
     """
 
     def __init__(
@@ -120,7 +125,11 @@ class DataLoader:
         generator: GeneratorLike = None,
         device=None,
         dtype="float32",
+        sampler=None,
     ):
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler and shuffle=True are mutually exclusive "
+                             "(the sampler decides the order)")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.dataset = dataset
@@ -131,15 +140,19 @@ class DataLoader:
         self.device = device
         self.dtype = dtype
         self._rng = as_rng(generator)
+        self.sampler = sampler
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Tuple[Tensor, ...]]:
-        n = len(self.dataset)
-        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.sampler is not None:
+            order = np.asarray(list(self.sampler), dtype=np.int64)
+        else:
+            n = len(self.dataset)
+            order = self._rng.permutation(n) if self.shuffle else np.arange(n)
         for b in range(len(self)):
             indices = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield tuple(
