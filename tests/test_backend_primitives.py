@@ -456,3 +456,120 @@ def test_reduce_special_values(dtype):
     with np.errstate(all="ignore"):
         check("reduce_max", a, Out(4), 3, dtype=dtype, exact=True)
         check("reduce_sum", a, Out(4), 3, dtype=dtype)
+
+
+# ---- strided matmul (hypothesis) -------------------------------------------------------
+@st.composite
+def matmul_operands(draw, batch, rows, cols):
+    """(flat storage, offset, (batch, row, col) strides) of a random (batch, rows, cols) view.
+
+    The view may be a window with an offset and steps, stored transposed (row stride 1),
+    broadcast over the batch (batch stride 0) or over its rows (row stride 0).
+    """
+    step_r, step_c = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    start_r, start_c = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    batch_broadcast = batch > 1 and draw(st.booleans())
+    row_broadcast = rows > 1 and draw(st.integers(0, 5)) == 0
+    stored_rows = 1 if row_broadcast else rows
+    pb = 1 if batch_broadcast else batch
+    pr = start_r + step_r * (stored_rows - 1) + 1 + draw(st.integers(0, 2))
+    pc = start_c + step_c * (cols - 1) + 1 + draw(st.integers(0, 2))
+    base = np.zeros(pb * pr * pc)
+    if draw(st.booleans()):  # transposed storage: the parent is (pb, pc, pr)
+        parent = base.reshape(pb, pc, pr).transpose(0, 2, 1)
+    else:
+        parent = base.reshape(pb, pr, pc)
+    view = parent[:, start_r::step_r, start_c::step_c][:, :stored_rows, :cols]
+    view = np.broadcast_to(view, (batch, rows, cols))
+    itemsize = base.itemsize
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return base.size, offset // itemsize, tuple(s // itemsize for s in view.strides)
+
+
+@st.composite
+def matmul_problems(draw):
+    batch, m, n, p = (draw(st.integers(1, 3)), draw(st.integers(1, 40)),
+                      draw(st.integers(1, 40)), draw(st.integers(1, 40)))
+    return (batch, m, n, p, draw(matmul_operands(batch, m, n)),
+            draw(matmul_operands(batch, n, p)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=100, deadline=None)
+@given(problem=matmul_problems())
+def test_matmul_strided(dtype, problem):
+    batch, m, n, p, (a_size, a_offset, a_strides), (b_size, b_offset, b_strides) = problem
+    rng = np.random.default_rng(a_size * 1000 + b_size)
+    a, b = rng.standard_normal(a_size), rng.standard_normal(b_size)
+    check(
+        "matmul_strided", a, b, Out(batch * m * p), batch, m, n, p, a_offset, a_strides,
+        b_offset, b_strides, dtype=dtype, **matmul_tol(dtype, n),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,m,n,p", [(2, 300, 500, 700), (3, 20, 900, 30)])
+def test_matmul_strided_large(batch, m, n, p, dtype, rng):
+    # Several cache blocks deep and wide, transposed a against a batch-broadcast b.
+    a = rng.standard_normal(batch * m * n)
+    b = rng.standard_normal(n * p)
+    check(
+        "matmul_strided", a, b, Out(batch * m * p), batch, m, n, p, 0, (m * n, 1, m), 0,
+        (0, p, 1), dtype=dtype, **matmul_tol(dtype, n),
+    )
+
+
+# ---- reductions over a middle axis -----------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=150, deadline=None)
+@given(outer=st.integers(0, 4), reduce_size=st.integers(1, 300), inner=st.integers(1, 70))
+def test_reduce_axis(dtype, outer, reduce_size, inner):
+    a = np.random.default_rng(reduce_size).standard_normal(outer * reduce_size * inner) + 0.5
+    tol = dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * reduce_size)
+    check("reduce_sum_axis", a, Out(outer * inner), outer, reduce_size, inner, dtype=dtype, **tol)
+    check("reduce_max_axis", a, Out(outer * inner), outer, reduce_size, inner, dtype=dtype,
+          exact=True)
+
+
+@pytest.fixture
+def two_threads():
+    before = nb_cpu.get_num_threads()
+    nb_cpu.set_num_threads(2)
+    yield
+    nb_cpu.set_num_threads(before)
+
+
+# Shapes that take every path: wider than one 4096-column chunk, few long reductions split
+# across threads, many chunks split across threads, and rows split across threads.
+LARGE_REDUCTIONS = [(2, 3, 4097), (1, 300, 1000), (8, 100, 1000), (1, 70000, 3), (3, 1, 9000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("outer,reduce_size,inner", LARGE_REDUCTIONS)
+def test_reduce_axis_large(outer, reduce_size, inner, dtype, rng, two_threads):
+    a = rng.standard_normal(outer * reduce_size * inner) + 0.5
+    tol = dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * reduce_size)
+    check("reduce_sum_axis", a, Out(outer * inner), outer, reduce_size, inner, dtype=dtype, **tol)
+    check("reduce_max_axis", a, Out(outer * inner), outer, reduce_size, inner, dtype=dtype,
+          exact=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("outer,reduce_size", [(1, 10**6), (3, 100_000), (64, 5000)])
+def test_reduce_last_axis_threaded(outer, reduce_size, dtype, rng, two_threads):
+    a = rng.standard_normal(outer * reduce_size) + 0.5
+    tol = dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * reduce_size)
+    check("reduce_sum", a, Out(outer), reduce_size, dtype=dtype, **tol)
+    check("reduce_max", a, Out(outer), reduce_size, dtype=dtype, exact=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inner", [1, 5, 40])
+def test_reduce_axis_special_values(inner, dtype, rng):
+    a = rng.standard_normal(3 * 7 * inner)
+    a[rng.integers(0, a.size, 4)] = np.nan
+    a[rng.integers(0, a.size, 3)] = np.inf
+    a[rng.integers(0, a.size, 3)] = -np.inf
+    with np.errstate(all="ignore"):
+        check("reduce_max_axis", a, Out(3 * inner), 3, 7, inner, dtype=dtype, exact=True)
+        check("reduce_sum_axis", a, Out(3 * inner), 3, 7, inner, dtype=dtype)

@@ -1,0 +1,186 @@
+// Elementwise primitives: one operator functor each, and three loop shapes (binary,
+// scalar, unary) over compact Arrays, split across threads for large arrays.
+//
+// NaN handling follows NumPy (np.maximum, np.sign, np.max propagate NaN); the build does
+// not use -ffast-math, so these comparisons keep IEEE meaning.
+
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "array.h"
+#include "simd.h"
+#include "thread_pool.h"
+#include "vector_math.h"
+
+namespace needle {
+namespace cpu {
+
+// Above this many elements an elementwise loop is split across threads. One parallel job
+// costs a few microseconds (waking a worker, waiting for it); 2^16 float32 adds take tens of
+// microseconds, memory bound, so splitting pays from about there on.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 16;
+
+// Chunk boundaries in multiples of 16 elements: whole cache lines, whole SIMD vectors.
+constexpr int64_t kChunkGrain = 16;
+
+// body(begin, end) over [0, n), in parallel when n is large.
+template <class Body> void parallel_for(int64_t n, Body &&body) {
+  const int threads = threads_for(n, kMinElementsPerThread);
+  if (threads <= 1) return body(int64_t{0}, n);
+  parallel(threads, [&](int t, int nt) {
+    const Range r = split_range(n, t, nt, kChunkGrain);
+    if (r.begin < r.end) body(r.begin, r.end);
+  });
+}
+
+template <class T> inline T max_nan(T x, T y) { return (x > y || x != x) ? x : y; }
+
+// Each operator works on a simd::Vec of lanes (a scalar-only function is applied lane by
+// lane). Loops run whole vectors and finish with one zero-padded vector, so every element
+// goes through the same code and results do not depend on its position or the threads.
+using simd::Vec;
+
+struct Add { template <class V> V operator()(V x, V y) const { return x + y; } };
+struct Sub { template <class V> V operator()(V x, V y) const { return x - y; } };
+struct RSub { template <class V> V operator()(V x, V y) const { return y - x; } };
+struct Mul { template <class V> V operator()(V x, V y) const { return x * y; } };
+struct Div { template <class V> V operator()(V x, V y) const { return x / y; } };
+struct RDiv { template <class V> V operator()(V x, V y) const { return y / x; } };
+struct Maximum {
+  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
+    return simd::max_nan<T>(x, y);
+  }
+};
+struct Eq {  // 1 where equal, else 0, in the array's dtype
+  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
+    return x == y ? simd::splat(T(1)) : V{};
+  }
+};
+struct Ge {
+  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
+    return x >= y ? simd::splat(T(1)) : V{};
+  }
+};
+struct Power {
+  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
+    for (int l = 0; l < simd::kWidth<T>; ++l) x[l] = std::pow(x[l], y[l]);
+    return x;
+  }
+};
+
+struct Neg { template <class V> V operator()(V x) const { return -x; } };
+struct Abs {  // clear the sign bit: abs(-0.0) = 0.0 and NaN stays NaN
+  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
+    return simd::from_bits<T>(simd::bits<T>(x) & ~simd::bits<T>(simd::splat(T(-0.0))));
+  }
+};
+struct Sign {  // zero and NaN map to themselves, as np.sign does
+  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
+    return x > 0 ? simd::splat(T(1)) : x < 0 ? simd::splat(T(-1)) : x;
+  }
+};
+struct Relu {
+  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
+    return simd::max_nan<T>(x, V{});
+  }
+};
+struct Sqrt {  // -fno-math-errno makes std::sqrt one instruction per lane
+  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
+    return simd::per_lane<T>(x, [](T v) { return std::sqrt(v); });
+  }
+};
+struct Sin {
+  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
+    return simd::per_lane<T>(x, [](T v) { return std::sin(v); });
+  }
+};
+struct Cos {
+  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
+    return simd::per_lane<T>(x, [](T v) { return std::cos(v); });
+  }
+};
+
+// Transcendentals: the vector float32 versions of vector_math.h, std:: for float64.
+struct Exp {
+  Vec<float> operator()(Vec<float> x) const { return vmath::exp(x); }
+  Vec<double> operator()(Vec<double> x) const {
+    return simd::per_lane<double>(x, [](double v) { return std::exp(v); });
+  }
+};
+struct Log {
+  Vec<float> operator()(Vec<float> x) const { return vmath::log(x); }
+  Vec<double> operator()(Vec<double> x) const {
+    return simd::per_lane<double>(x, [](double v) { return std::log(v); });
+  }
+};
+struct Tanh {
+  Vec<float> operator()(Vec<float> x) const { return vmath::tanh(x); }
+  Vec<double> operator()(Vec<double> x) const {
+    return simd::per_lane<double>(x, [](double v) { return std::tanh(v); });
+  }
+};
+struct Sigmoid {
+  Vec<float> operator()(Vec<float> x) const { return vmath::sigmoid(x); }
+  Vec<double> operator()(Vec<double> x) const {
+    return simd::per_lane<double>(x, [](double v) {  // e^-|x| never overflows
+      const double e = std::exp(-std::abs(v));
+      return v >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+    });
+  }
+};
+
+// out[i] = op(inputs[i]...) over [0, n). Each vector is loaded before it is stored, so an
+// in-place call (out aliasing an input exactly) is correct.
+template <class T, class Op, class... In>
+void map_lanes(T *out, int64_t n, Op op, const In *...in) {
+  constexpr int W = simd::kWidth<T>;
+  parallel_for(n, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    for (; i + W <= end; i += W) simd::store(out + i, op(simd::load(in + i)...));
+    if (i < end) simd::store_partial(out + i, op(simd::load_partial(in + i, end - i)...), end - i);
+  });
+}
+
+template <class T, class Op> void map_binary(const T *a, const T *b, T *out, int64_t n, Op op) {
+  map_lanes(out, n, op, a, b);
+}
+
+template <class T, class Op> void map_scalar(const T *a, T val, T *out, int64_t n, Op op) {
+  const Vec<T> v = simd::splat(val);
+  map_lanes(out, n, [&](Vec<T> x) { return op(x, v); }, a);
+}
+
+template <class T, class Op> void map_unary(const T *a, T *out, int64_t n, Op op) {
+  map_lanes(out, n, op, a);
+}
+
+template <class Op> void ewise_binary(const Array &a, const Array &b, Array &out) {
+  assert(a.size >= out.size && b.size >= out.size);
+  dispatch(common_dtype(a, b, out), [&](auto tag) {
+    using T = decltype(tag);
+    map_binary(a.data<T>(), b.data<T>(), out.data<T>(), out.size, Op{});
+  });
+}
+
+// The scalar is rounded to the array dtype first, as NumPy does for a Python float.
+template <class Op> void scalar_binary(const Array &a, double val, Array &out) {
+  assert(a.size >= out.size);
+  dispatch(common_dtype(a, out), [&](auto tag) {
+    using T = decltype(tag);
+    map_scalar(a.data<T>(), static_cast<T>(val), out.data<T>(), out.size, Op{});
+  });
+}
+
+template <class Op> void ewise_unary(const Array &a, Array &out) {
+  assert(a.size >= out.size);
+  dispatch(common_dtype(a, out), [&](auto tag) {
+    using T = decltype(tag);
+    map_unary(a.data<T>(), out.data<T>(), out.size, Op{});
+  });
+}
+
+}  // namespace cpu
+}  // namespace needle

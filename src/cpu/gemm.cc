@@ -1,0 +1,331 @@
+#include "gemm.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cassert>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <utility>
+
+#include "array.h"
+#include "gemm_kernel.h"
+#include "thread_pool.h"
+
+namespace needle {
+namespace cpu {
+
+using microkernel::Blocking;
+
+namespace {
+
+// Below this many multiply-adds per thread a GEMM is not split across threads: waking a
+// worker and the extra barrier cost a few microseconds, ~2^20 multiply-adds' worth.
+constexpr int64_t kMinMultiplyAddsPerThread = int64_t{1} << 20;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// Splits `total` into equal blocks of at most `max_block` (a multiple of `unit`), so there
+// is no thin remainder block: 1000 deep with KC = 384 gives 334 + 333 + 333, not 384 + 384
+// + 232. Depends only on the problem size, never on the thread count.
+inline int64_t balanced_block(int64_t total, int64_t max_block, int64_t unit) {
+  const int64_t blocks = ceil_div(total, max_block);
+  return std::min(max_block, round_up(ceil_div(total, blocks), unit));
+}
+
+// ---- packing ---------------------------------------------------------------------------
+
+// Copies rows [0, rows) x depth [0, depth) of A (a points at the first element) into a
+// micro-panel laid out row by row at stride KC, the layout the micro-kernel broadcasts from.
+template <class T>
+void pack_a_panel(const T *a, int64_t row_stride, int64_t col_stride, int64_t rows,
+                  int64_t depth, T *__restrict panel) {
+  constexpr int64_t KA = Blocking<T>::KC;
+  if (col_stride == 1) {  // row-major A: each panel row is one contiguous run
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(panel + i * KA, a + i * row_stride, depth * sizeof(T));
+  } else if (row_stride == 1) {  // transposed A: MR contiguous values per depth step
+    for (int64_t k = 0; k < depth; ++k) {
+      const T *src = a + k * col_stride;
+      for (int64_t i = 0; i < rows; ++i) panel[i * KA + k] = src[i];
+    }
+  } else {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = 0; k < depth; ++k) panel[i * KA + k] = a[i * row_stride + k * col_stride];
+  }
+}
+
+// Copies depth [0, depth) x columns [0, cols) of B into a micro-panel of `depth` rows of NR
+// contiguous values, zero-padding columns cols..NR so edge tiles need no special kernel.
+template <class T>
+void pack_b_panel(const T *b, int64_t row_stride, int64_t col_stride, int64_t cols,
+                  int64_t depth, T *__restrict panel) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  if (col_stride == 1 && cols == NR) {  // row-major B: a fixed-size copy per depth step
+    for (int64_t k = 0; k < depth; ++k)
+      std::memcpy(panel + k * NR, b + k * row_stride, sizeof(T) * NR);
+    return;
+  }
+  if (cols < NR)
+    for (int64_t k = 0; k < depth; ++k)
+      std::fill(panel + k * NR + cols, panel + (k + 1) * NR, T(0));
+  if (col_stride == 1) {
+    for (int64_t k = 0; k < depth; ++k)
+      std::memcpy(panel + k * NR, b + k * row_stride, sizeof(T) * cols);
+  } else if (row_stride == 1) {
+    // Transposed B: each column is contiguous in depth. Go 16 deep at a time so the writes
+    // stay within a few cache lines of the panel.
+    constexpr int64_t kStep = 16;
+    for (int64_t k0 = 0; k0 < depth; k0 += kStep) {
+      const int64_t k1 = std::min(depth, k0 + kStep);
+      for (int64_t j = 0; j < cols; ++j) {
+        const T *src = b + j * col_stride;
+        for (int64_t k = k0; k < k1; ++k) panel[k * NR + j] = src[k];
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < depth; ++k)
+      for (int64_t j = 0; j < cols; ++j) panel[k * NR + j] = b[k * row_stride + j * col_stride];
+  }
+}
+
+// ---- the blocked algorithm -------------------------------------------------------------
+
+template <class T>
+using Kernel = void (*)(int64_t, const T *, const T *, T *, int64_t, bool, int64_t);
+
+// kernels[r] computes an r-row tile, r in [1, MR].
+template <class T, int... R>
+constexpr auto make_kernels(std::integer_sequence<int, R...>) {
+  return std::array<Kernel<T>, sizeof...(R) + 1>{nullptr, &microkernel::micro_kernel<T, R + 1>...};
+}
+template <class T>
+constexpr auto kKernels = make_kernels<T>(std::make_integer_sequence<int, Blocking<T>::MR>{});
+
+// One 2-D matrix product c (m x p, row stride ldc) = a (m x n) @ b (n x p).
+template <class T> struct Problem {
+  int64_t m, n, p;
+  const T *a;
+  int64_t a_row, a_col;
+  const T *b;
+  int64_t b_row, b_col;
+  T *c;
+  int64_t ldc;
+};
+
+// Pack buffers of one GEMM: two A blocks and two B blocks, so a thread that runs ahead can
+// pack the next block while others still compute on the current one (one barrier per B
+// block instead of two).
+template <class T> struct Buffers {
+  T *a[2];
+  T *b[2];
+};
+
+template <class T> struct Plan {
+  int64_t mc, kc, nc;  // block sizes for this problem (<= MC, KC, NC)
+
+  explicit Plan(const Problem<T> &pr)
+      : mc(balanced_block(pr.m, Blocking<T>::MC, Blocking<T>::MR)),
+        kc(balanced_block(pr.n, Blocking<T>::KC, 1)),
+        nc(balanced_block(pr.p, Blocking<T>::NC, Blocking<T>::NR)) {}
+
+  int64_t a_block_elements() const { return mc * Blocking<T>::KC; }
+  int64_t b_block_elements() const { return nc * kc; }
+  // Elements of workspace one GEMM on `n_threads` threads needs.
+  int64_t workspace_elements(int n_threads) const {
+    const int copies = n_threads > 1 ? 2 : 1;
+    return copies * (a_block_elements() + b_block_elements());
+  }
+  Buffers<T> buffers(T *workspace, int n_threads) const {
+    T *a0 = workspace, *b0 = a0 + a_block_elements();
+    if (n_threads == 1) return {{a0, a0}, {b0, b0}};
+    T *a1 = b0 + b_block_elements(), *b1 = a1 + a_block_elements();
+    return {{a0, a1}, {b0, b1}};
+  }
+};
+
+// Work shared by the threads of one GEMM. Packing panels and output tiles are claimed one
+// unit at a time from counters rather than split in fixed shares, so a thread that gets
+// less of a core (a busy machine) just claims fewer units instead of holding the others up
+// at the barrier. Which thread computes a tile does not change its arithmetic.
+struct SharedWork {
+  explicit SharedWork(int n_threads) : barrier(n_threads) {}
+  SpinBarrier barrier;
+  std::atomic<int64_t> next_pack{0};
+  std::atomic<int64_t> next_tiles{0};
+};
+
+// Output units per thread and block: enough that the last unit claimed is a small part of a
+// thread's share (so threads finish together), few enough that each unit keeps its A
+// micro-panel in L1 across several B micro-panels.
+constexpr int64_t kUnitsPerThread = 8;
+
+// The work of one of n threads on one problem; with n == 1 it is the whole serial GEMM.
+template <class T>
+void gemm_thread(const Problem<T> &pr, const Plan<T> &plan, const Buffers<T> &buf,
+                 SharedWork &work, int n) {
+  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR, KA = Blocking<T>::KC;
+  unsigned a_packs = 0, b_packs = 0;
+  for (int64_t r0 = 0; r0 < pr.m; r0 += plan.mc) {
+    const int64_t rows = std::min(plan.mc, pr.m - r0), row_tiles = ceil_div(rows, MR);
+    for (int64_t d0 = 0; d0 < pr.n; d0 += plan.kc) {
+      const int64_t depth = std::min(plan.kc, pr.n - d0);
+      T *a_block = buf.a[a_packs++ & 1];
+      for (int64_t c0 = 0; c0 < pr.p; c0 += plan.nc) {
+        const int64_t cols = std::min(plan.nc, pr.p - c0), col_tiles = ceil_div(cols, NR);
+        T *b_block = buf.b[b_packs++ & 1];
+
+        // Pack: the A panels with the first column block, then the B panels.
+        const int64_t a_units = c0 == 0 ? row_tiles : 0, pack_units = a_units + col_tiles;
+        for (int64_t u; (u = work.next_pack.fetch_add(1, std::memory_order_relaxed)) < pack_units;) {
+          if (u < a_units) {
+            pack_a_panel(pr.a + (r0 + u * MR) * pr.a_row + d0 * pr.a_col, pr.a_row, pr.a_col,
+                         std::min(MR, rows - u * MR), depth, a_block + u * MR * KA);
+          } else {
+            const int64_t jt = u - a_units;
+            pack_b_panel(pr.b + d0 * pr.b_row + (c0 + jt * NR) * pr.b_col, pr.b_row, pr.b_col,
+                         std::min(NR, cols - jt * NR), depth, b_block + jt * NR * depth);
+          }
+        }
+        // Every panel is packed, and every thread is done with the previous block's tiles.
+        work.barrier.wait([&] {
+          work.next_pack.store(0, std::memory_order_relaxed);
+          work.next_tiles.store(0, std::memory_order_relaxed);
+        });
+
+        // Compute: a unit is one row of micro-tiles across a group of column tiles.
+        const int64_t groups = std::min(col_tiles, ceil_div(kUnitsPerThread * n, row_tiles));
+        const int64_t group_tiles = ceil_div(col_tiles, groups);
+        const int64_t units = row_tiles * ceil_div(col_tiles, group_tiles);
+        for (int64_t u; (u = work.next_tiles.fetch_add(1, std::memory_order_relaxed)) < units;) {
+          const int64_t it = u % row_tiles, first = u / row_tiles * group_tiles;
+          const int64_t i = r0 + it * MR, tile_rows = std::min(MR, pr.m - i);
+          const Kernel<T> kernel = kKernels<T>[tile_rows];
+          for (int64_t jt = first; jt < std::min(col_tiles, first + group_tiles); ++jt) {
+            const int64_t j = c0 + jt * NR;
+            kernel(depth, a_block + it * MR * KA, b_block + jt * NR * depth, pr.c + i * pr.ldc + j,
+                   pr.ldc, d0 > 0, std::min(NR, pr.p - j));
+          }
+        }
+      }
+    }
+  }
+}
+
+// A grow-only, 64-byte aligned scratch buffer per calling thread, reused across calls so
+// a GEMM does not pay for allocating (and faulting in) its pack buffers every time.
+template <class T> T *workspace(int64_t elements) {
+  struct Free {
+    void operator()(void *p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Free> storage;
+  thread_local size_t capacity = 0;
+  const size_t bytes = static_cast<size_t>(elements) * sizeof(T);
+  if (bytes > capacity) {
+    storage.reset();
+    capacity = 0;
+    storage.reset(aligned_bytes(bytes));
+    capacity = bytes;
+  }
+  return static_cast<T *>(storage.get());
+}
+
+template <class T> void gemm_2d(const Problem<T> &pr, int n_threads) {
+  const Plan<T> plan(pr);
+  n_threads = std::min<int64_t>(n_threads, std::max<int64_t>(
+      1, pr.m * pr.n * pr.p / kMinMultiplyAddsPerThread));
+  T *ws = workspace<T>(plan.workspace_elements(n_threads));
+  const Buffers<T> buf = plan.buffers(ws, n_threads);
+  SharedWork work(n_threads);
+  parallel(n_threads, [&](int, int n) {
+    if (n < n_threads) {  // nested call: the pool ran us serially
+      SharedWork single(1);
+      return gemm_thread(pr, plan, plan.buffers(ws, 1), single, 1);
+    }
+    gemm_thread(pr, plan, buf, work, n);
+  });
+}
+
+// Outputs from this size up have their pages faulted in before the product starts. A fresh
+// output (NDArray allocates one per call) otherwise faults inside the kernels, and each fault
+// zeroes a page, 2 MiB with transparent huge pages, through the cache, evicting the packed
+// B block from L2 mid-product: 2048^3 on 2 threads ran 12% slower into a fresh output.
+constexpr int64_t kPrefaultMinBytes = int64_t{1} << 20;
+
+// Writes one zero per 4 KiB page of out (which the product overwrites entirely anyway), the
+// pages split across threads; on pages already mapped this costs a few microseconds.
+template <class T> void prefault(T *out, int64_t elements, int threads) {
+  if (elements * static_cast<int64_t>(sizeof(T)) < kPrefaultMinBytes) return;
+  constexpr int64_t kStride = 4096 / sizeof(T);
+  const int64_t pages = (elements + kStride - 1) / kStride;
+  parallel(threads, [&](int t, int n) {
+    const Range mine = split_range(pages, t, n);
+    volatile T *v = out;
+    for (int64_t page = mine.begin; page < mine.end; ++page) v[page * kStride] = T(0);
+  });
+}
+
+}  // namespace
+
+template <class T>
+void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, MatrixView<T> b,
+          T *out) {
+  assert(batch >= 0 && m >= 0 && n >= 0 && p >= 0);
+  if (batch == 0 || m == 0 || p == 0) return;
+  if (n == 0) {
+    std::fill_n(out, batch * m * p, T(0));
+    return;
+  }
+
+  // A batch-broadcast B against a batch of A rows evenly spaced in memory (x @ W with x of
+  // shape (batch, m, n)) is one (batch*m, n) @ (n, p) product: one packing of B, not batch.
+  if (batch > 1 && b.batch_stride == 0 && a.batch_stride == m * a.row_stride) {
+    m *= batch;
+    batch = 1;
+  }
+
+  const int threads = num_threads();
+  prefault(out, batch * m * p, threads);
+  auto problem = [&](int64_t i) {
+    return Problem<T>{m, n, p, a.data + i * a.batch_stride, a.row_stride, a.col_stride,
+                      b.data + i * b.batch_stride, b.row_stride, b.col_stride,
+                      out + i * m * p, p};
+  };
+  // Whole products per thread (each with its own pack buffers, no barriers) when they are
+  // too small to split, or when they share out evenly; else each product uses every thread.
+  const bool small = m * n * p < threads * kMinMultiplyAddsPerThread;
+  const bool even = batch % threads == 0 || batch >= 4 * threads;
+  if (batch > 1 && threads > 1 && (small || even)) {
+    const Plan<T> plan(problem(0));
+    const int64_t per_thread = round_up(plan.workspace_elements(1), kAlignment / sizeof(T));
+    const int n_threads = static_cast<int>(std::min<int64_t>(threads, batch));
+    T *ws = workspace<T>(per_thread * n_threads);
+    std::atomic<int64_t> next_product{0};
+    parallel(n_threads, [&](int t, int) {
+      const Buffers<T> buf = plan.buffers(ws + t * per_thread, 1);
+      SharedWork single(1);
+      for (int64_t i; (i = next_product.fetch_add(1, std::memory_order_relaxed)) < batch;)
+        gemm_thread(problem(i), plan, buf, single, 1);
+    });
+    return;
+  }
+  for (int64_t i = 0; i < batch; ++i) gemm_2d(problem(i), threads);
+}
+
+template void gemm<float>(int64_t, int64_t, int64_t, int64_t, MatrixView<float>,
+                          MatrixView<float>, float *);
+template void gemm<double>(int64_t, int64_t, int64_t, int64_t, MatrixView<double>,
+                           MatrixView<double>, double *);
+
+const char *gemm_isa() { return microkernel::kIsa; }
+
+template <class T> GemmBlocking gemm_blocking() {
+  return {Blocking<T>::MR, Blocking<T>::NR, Blocking<T>::KC, Blocking<T>::NC, Blocking<T>::MC};
+}
+template GemmBlocking gemm_blocking<float>();
+template GemmBlocking gemm_blocking<double>();
+
+}  // namespace cpu
+}  // namespace needle

@@ -1,0 +1,203 @@
+// The GEMM micro-kernel and the blocking constants of each instruction set.
+//
+// The micro-kernel computes one MR x NR tile of C = A @ B over a depth of kc from packed
+// panels: A's panel holds MR rows, each kc long at a fixed stride of KC elements (so every
+// row's broadcast is a constant displacement from one pointer), B's panel holds kc rows of
+// NR contiguous values (NR/width vector loads per depth step). The MR x NR accumulators live
+// in registers for the whole depth, and C is read and written once per call.
+//
+// The instruction set is picked at compile time from the compiler's predefined macros:
+// AVX-512F (-march=native on this project's machines), AVX2+FMA, or portable C++ that
+// the compiler vectorises for whatever the target is (NEEDLE_PORTABLE=ON builds).
+
+#pragma once
+
+#include <cstdint>
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+namespace needle {
+namespace cpu {
+namespace microkernel {
+
+// ---- vector traits -------------------------------------------------------------------
+// Simd<T>: a register of `width` T's with the handful of operations the kernel needs.
+
+#if defined(__AVX512F__)
+constexpr const char *kIsa = "avx512";
+template <class T> struct Simd;
+template <> struct Simd<float> {
+  using Reg = __m512;
+  static constexpr int width = 16;
+  static Reg zero() { return _mm512_setzero_ps(); }
+  static Reg load(const float *p) { return _mm512_load_ps(p); }
+  static Reg loadu(const float *p) { return _mm512_loadu_ps(p); }
+  static Reg broadcast(const float *p) { return _mm512_set1_ps(*p); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  static void storeu(float *p, Reg v) { _mm512_storeu_ps(p, v); }
+};
+template <> struct Simd<double> {
+  using Reg = __m512d;
+  static constexpr int width = 8;
+  static Reg zero() { return _mm512_setzero_pd(); }
+  static Reg load(const double *p) { return _mm512_load_pd(p); }
+  static Reg loadu(const double *p) { return _mm512_loadu_pd(p); }
+  static Reg broadcast(const double *p) { return _mm512_set1_pd(*p); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_pd(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_pd(a, b); }
+  static void storeu(double *p, Reg v) { _mm512_storeu_pd(p, v); }
+};
+// 32 zmm registers: 14 rows x 2 vectors = 28 accumulators + 2 for the B row; the A value
+// is an embedded broadcast operand of the FMA and needs no register. Per depth step that
+// is 28 FMAs for 2 loads + 14 broadcasts, under the 2 loads/cycle that keep 2 FMA ports busy.
+constexpr int kMR = 14;
+constexpr int kVectorsPerRow = 2;
+
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr const char *kIsa = "avx2";
+template <class T> struct Simd;
+template <> struct Simd<float> {
+  using Reg = __m256;
+  static constexpr int width = 8;
+  static Reg zero() { return _mm256_setzero_ps(); }
+  static Reg load(const float *p) { return _mm256_load_ps(p); }
+  static Reg loadu(const float *p) { return _mm256_loadu_ps(p); }
+  static Reg broadcast(const float *p) { return _mm256_broadcast_ss(p); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static void storeu(float *p, Reg v) { _mm256_storeu_ps(p, v); }
+};
+template <> struct Simd<double> {
+  using Reg = __m256d;
+  static constexpr int width = 4;
+  static Reg zero() { return _mm256_setzero_pd(); }
+  static Reg load(const double *p) { return _mm256_load_pd(p); }
+  static Reg loadu(const double *p) { return _mm256_loadu_pd(p); }
+  static Reg broadcast(const double *p) { return _mm256_broadcast_sd(p); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_pd(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm256_add_pd(a, b); }
+  static void storeu(double *p, Reg v) { _mm256_storeu_pd(p, v); }
+};
+// 16 ymm registers: 6 rows x 2 vectors = 12 accumulators + 2 for B + 1 broadcast.
+constexpr int kMR = 6;
+constexpr int kVectorsPerRow = 2;
+
+#else
+constexpr const char *kIsa = "portable";
+// 16-byte GCC/Clang vector types: SSE2 registers on any x86-64, NEON on ARM; the compiler
+// emits FMA for a * b + c where the target has it.
+template <class T> struct Simd {
+  static constexpr int width = 16 / sizeof(T);
+  typedef T Reg __attribute__((vector_size(16)));
+  static Reg zero() { return Reg{}; }
+  static Reg load(const T *p) { return loadu(p); }
+  static Reg loadu(const T *p) {
+    Reg r;
+    __builtin_memcpy(&r, p, sizeof r);
+    return r;
+  }
+  static Reg broadcast(const T *p) {
+    Reg r;  // not Reg{} + *p, which turns -0.0 into +0.0
+    for (int l = 0; l < width; ++l) r[l] = *p;
+    return r;
+  }
+  static Reg fma(Reg a, Reg b, Reg c) { return a * b + c; }
+  static Reg add(Reg a, Reg b) { return a + b; }
+  static void storeu(T *p, Reg v) { __builtin_memcpy(p, &v, sizeof v); }
+};
+// 16 vector registers (SSE2): 6 rows x 2 vectors = 12 accumulators + 2 for B + 1 for A.
+constexpr int kMR = 6;
+constexpr int kVectorsPerRow = 2;
+#endif
+
+// ---- blocking --------------------------------------------------------------------------
+// Loop order (outer to inner): rows of A in blocks of MC -> depth in blocks of KC (pack the
+// MC x KC block of A) -> columns of B in blocks of NC (pack the KC x NC block of B) -> one
+// A micro-panel (MR x KC) -> every B micro-panel of the block (KC x NR) -> micro-kernel.
+// So the A micro-panel is reused NC/NR times from L1, the packed B block is reused by
+// every micro-panel of A from L2, and the A block only needs to come from L3.
+template <class T> struct Blocking {
+  static constexpr int MR = kMR;
+  static constexpr int NR = kVectorsPerRow * Simd<T>::width;
+  // Depth per block: the A micro-panel, MR x KC, must stay in L1 (48 KiB on the Xeon this
+  // is tuned for, 32 KiB on most AVX2 parts) while B micro-panels stream past it:
+  // 14 x 384 x 4 B = 21 KiB for float32 (half that in depth for float64, same bytes).
+  // Deeper blocks also mean fewer passes over C (one read+write of C per block).
+  static constexpr int64_t KC = 1536 / sizeof(T);
+  // Columns per block: the packed KC x NC block of B stays in L2 (2 MiB per core here,
+  // 1 MiB or more on most recent x86): 384 x 672 x 4 B = 1 MiB, half of L2, leaving room
+  // for the A panels and C tiles passing through. A multiple of NR.
+  static constexpr int64_t NC = (1 << 20) / (KC * sizeof(T)) / NR * NR;
+  // Rows per block: the packed MC x KC block of A is read once per B block from L3, so its
+  // size is bounded only to keep the workspace small: 2016 x 384 x 4 B = 3 MiB.
+  static constexpr int64_t MC = 2016 / MR * MR;
+};
+
+// ---- micro-kernel ----------------------------------------------------------------------
+
+// C[0:ROWS, 0:cols] (+)= A_panel[0:ROWS, 0:kc] @ B_panel[0:kc, 0:NR] where ROWS <= MR is a
+// template parameter (edge rows cost nothing extra) and cols <= NR is masked at the store
+// (the packed B panel is zero-padded). `accumulate` adds to C instead of overwriting it.
+// Each C element is one fused multiply-add chain in depth order, the same for every tile
+// shape, so results do not depend on how the matrix was split into tiles or threads.
+template <class T, int ROWS>
+void micro_kernel(int64_t kc, const T *__restrict a, const T *__restrict b, T *__restrict c,
+                  int64_t ldc, bool accumulate, int64_t cols) {
+  using S = Simd<T>;
+  using Reg = typename S::Reg;
+  constexpr int W = S::width, V = kVectorsPerRow, NR = Blocking<T>::NR;
+  constexpr int64_t KA = Blocking<T>::KC;  // row stride of the packed A panel
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+  // The C tile is read (or written) right after the depth loop: start fetching it now.
+  for (int i = 0; i < ROWS; ++i) {
+    _mm_prefetch(reinterpret_cast<const char *>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char *>(c + i * ldc + NR - 1), _MM_HINT_T0);
+  }
+#endif
+
+  Reg acc[ROWS][V];
+#pragma GCC unroll 16
+  for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[i][v] = S::zero();
+
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    Reg bv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) bv[v] = S::load(b + v * W);
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i) {
+      const Reg av = S::broadcast(a + i * KA);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[i][v] = S::fma(av, bv[v], acc[i][v]);
+    }
+    a += 1;
+    b += NR;
+  }
+
+  if (cols == NR) {
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) {
+        T *p = c + i * ldc + v * W;
+        S::storeu(p, accumulate ? S::add(S::loadu(p), acc[i][v]) : acc[i][v]);
+      }
+    return;
+  }
+  alignas(64) T tile[ROWS * NR];
+  for (int i = 0; i < ROWS; ++i)
+    for (int v = 0; v < V; ++v) S::storeu(tile + i * NR + v * W, acc[i][v]);
+  for (int i = 0; i < ROWS; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+}
+
+}  // namespace microkernel
+}  // namespace cpu
+}  // namespace needle

@@ -1,0 +1,95 @@
+// Walking strided views: the layout primitives (compact, setitem, to_numpy) in terms of
+// gather/scatter over the rows of a simplified view.
+
+#pragma once
+
+#include <algorithm>
+#include <cassert>
+#include <cstdint>
+#include <vector>
+
+namespace needle {
+namespace cpu {
+
+using Shape = std::vector<int64_t>;
+
+// A strided view simplified for iteration: size-1 dims dropped and dims merged wherever the
+// memory walk is the same, so the innermost loop is as long (and as often unit-stride) as
+// possible.
+struct View {
+  Shape shape;
+  Shape strides;
+  int64_t offset;
+  int64_t size;
+};
+
+inline View simplify(const Shape &shape, const Shape &strides, int64_t offset) {
+  assert(shape.size() == strides.size());
+  View v{{}, {}, offset, 1};
+  for (size_t d = 0; d < shape.size(); ++d) {
+    assert(shape[d] >= 0);
+    v.size *= shape[d];
+    if (shape[d] == 1) continue;
+    if (!v.shape.empty() && v.strides.back() == strides[d] * shape[d]) {
+      v.shape.back() *= shape[d];
+      v.strides.back() = strides[d];
+    } else {
+      v.shape.push_back(shape[d]);
+      v.strides.push_back(strides[d]);
+    }
+  }
+  return v;
+}
+
+// Calls row(start, length, stride) for each innermost row of the view in C order.
+template <class RowFn> void for_each_row(const View &v, RowFn &&row) {
+  if (v.size == 0) return;
+  if (v.shape.empty()) return row(v.offset, int64_t{1}, int64_t{0});
+  const size_t outer = v.shape.size() - 1;
+  const int64_t len = v.shape[outer], stride = v.strides[outer];
+  std::vector<int64_t> idx(outer, 0);
+  int64_t start = v.offset;
+  for (int64_t done = 0; done < v.size; done += len) {
+    row(start, len, stride);
+    for (size_t d = outer; d-- > 0;) {  // odometer increment over the outer dims
+      start += v.strides[d];
+      if (++idx[d] < v.shape[d]) break;
+      start -= v.strides[d] * v.shape[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+template <class T> void gather(const T *src, T *dst, const View &v) {
+  for_each_row(v, [&](int64_t start, int64_t len, int64_t stride) {
+    const T *s = src + start;
+    if (stride == 1) {
+      std::copy(s, s + len, dst);
+    } else {
+      for (int64_t k = 0; k < len; ++k) dst[k] = s[k * stride];
+    }
+    dst += len;
+  });
+}
+
+template <class T> void scatter(const T *src, T *dst, const View &v) {
+  for_each_row(v, [&](int64_t start, int64_t len, int64_t stride) {
+    T *d = dst + start;
+    if (stride == 1) {
+      std::copy(src, src + len, d);
+    } else {
+      for (int64_t k = 0; k < len; ++k) d[k * stride] = src[k];
+    }
+    src += len;
+  });
+}
+
+template <class T> void scatter_scalar(T val, T *dst, const View &v) {
+  for_each_row(v, [&](int64_t start, int64_t len, int64_t stride) {
+    T *d = dst + start;
+    for (int64_t k = 0; k < len; ++k) d[k * stride] = val;
+  });
+}
+
+}  // namespace cpu
+}  // namespace needle

@@ -1,0 +1,224 @@
+#include "thread_pool.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace needle {
+namespace cpu {
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
+constexpr int kPausesBeforeYield = 16;  // see Backoff in thread_pool.h
+
+// How long an idle worker keeps polling for the next job before it sleeps. Long enough to
+// cover the Python overhead between two back-to-back primitive calls (a few to tens of us),
+// short enough that a worker does not steal a core from NumPy or torch running in between.
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(100);
+
+int parse_env_threads(bool *invalid) {
+  *invalid = false;
+  const char *env = std::getenv("NEEDLE_NUM_THREADS");
+  if (!env || !*env) return 0;
+  char *end = nullptr;
+  long v = std::strtol(env, &end, 10);
+  while (end && (*end == ' ' || *end == '\t' || *end == '\n')) ++end;
+  if (!end || *end != '\0' || v < 1 || v > 4096) {
+    *invalid = true;
+    return 0;
+  }
+  return static_cast<int>(v);
+}
+
+int available_cores() {
+#ifdef __linux__
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+class Pool {
+ public:
+  // Starts `workers` threads, each serving jobs with its own thread index 1..workers.
+  explicit Pool(int workers) {
+    threads_.reserve(workers);
+    try {
+      for (int i = 1; i <= workers; ++i) threads_.emplace_back([this, i] { serve(i); });
+    } catch (...) {  // could not start a thread: stop the ones that did start
+      shut_down();
+      throw;
+    }
+  }
+
+  ~Pool() { shut_down(); }
+
+  int workers() const { return static_cast<int>(threads_.size()); }
+
+  void run(int n, TaskFn fn, void *context) {
+    fn_ = fn;
+    context_ = context;
+    n_threads_ = n;
+    pending_.store(workers(), std::memory_order_relaxed);
+    publish();
+    fn(context, 0, n);
+    for (Backoff backoff; pending_.load(std::memory_order_acquire) != 0;) backoff();
+  }
+
+ private:
+  void shut_down() {
+    stop_.store(true);
+    publish();
+    for (auto &t : threads_) t.join();
+    threads_.clear();
+  }
+
+  // Makes the job (or stop_) visible and wakes sleeping workers. The seq_cst pair
+  // generation_/sleeping_ (here, and in serve) guarantees that a worker about to sleep
+  // either sees the new generation or is counted in sleeping_ and gets notified.
+  void publish() {
+    generation_.fetch_add(1);
+    if (sleeping_.load() > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      wake_.notify_all();
+    }
+  }
+
+  void serve(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+      const auto deadline = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+      Backoff backoff;
+      for (int polls = 1; generation_.load() == seen; ++polls) {
+        backoff();
+        if (polls % 16 == 0 && std::chrono::steady_clock::now() > deadline) {
+          std::unique_lock<std::mutex> lock(mutex_);
+          sleeping_.fetch_add(1);
+          wake_.wait(lock, [&] { return generation_.load() != seen; });
+          sleeping_.fetch_sub(1);
+          break;
+        }
+      }
+      seen = generation_.load();
+      if (stop_.load()) return;
+      if (index < n_threads_) run_task(fn_, context_, index, n_threads_);
+      pending_.fetch_sub(1, std::memory_order_release);
+    }
+  }
+
+  static void run_task(TaskFn fn, void *context, int index, int n);
+
+  std::vector<std::thread> threads_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> sleeping_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
+  // The current job; written before publish() and read by workers after they see it.
+  TaskFn fn_ = nullptr;
+  void *context_ = nullptr;
+  int n_threads_ = 1;
+};
+
+thread_local bool t_in_task = false;
+
+void Pool::run_task(TaskFn fn, void *context, int index, int n) {
+  t_in_task = true;
+  fn(context, index, n);
+  t_in_task = false;
+}
+
+std::atomic<int> g_num_threads{0};  // 0: not yet initialised
+std::mutex g_pool_mutex;            // one job at a time, and pool replacement
+Pool *g_pool = nullptr;             // never destroyed: workers may outlive static teardown
+
+// In a forked child only the forking thread exists: drop the parent's pool without touching
+// it (its threads are gone) and start a new one on demand.
+void after_fork_in_child() {
+  new (&g_pool_mutex) std::mutex();
+  g_pool = nullptr;
+}
+
+int ensure_initialised() {
+  int n = g_num_threads.load(std::memory_order_relaxed);
+  if (n == 0) {
+    static const bool registered = [] {
+      pthread_atfork(nullptr, nullptr, after_fork_in_child);
+      return true;
+    }();
+    (void)registered;
+    n = default_num_threads();
+    int expected = 0;
+    if (!g_num_threads.compare_exchange_strong(expected, n)) n = expected;
+  }
+  return n;
+}
+
+}  // namespace
+
+int default_num_threads() {
+  bool invalid;
+  int env = parse_env_threads(&invalid);
+  return env > 0 ? env : available_cores();
+}
+
+bool num_threads_env_invalid() {
+  bool invalid;
+  parse_env_threads(&invalid);
+  return invalid;
+}
+
+int num_threads() { return ensure_initialised(); }
+
+void set_num_threads(int n) {
+  ensure_initialised();
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  g_num_threads.store(std::max(1, n));
+  if (g_pool && g_pool->workers() != g_num_threads.load() - 1) {
+    delete g_pool;  // joins its idle workers
+    g_pool = nullptr;
+  }
+}
+
+void parallel_run(int n_threads, TaskFn fn, void *context) {
+  n_threads = std::min(n_threads, num_threads());
+  if (n_threads <= 1 || t_in_task) return fn(context, 0, 1);
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  if (!g_pool) g_pool = new Pool(g_num_threads.load() - 1);
+  n_threads = std::min(n_threads, g_pool->workers() + 1);
+  t_in_task = true;
+  g_pool->run(n_threads, fn, context);
+  t_in_task = false;
+}
+
+void Backoff::operator()() {
+  if (++spins_ <= kPausesBeforeYield) {
+    cpu_relax();
+  } else {
+    std::this_thread::yield();
+  }
+}
+
+}  // namespace cpu
+}  // namespace needle
