@@ -52,9 +52,11 @@ constexpr size_t kHugePage = size_t{2} << 20;
 // Aligned storage for `bytes` bytes; never returns null (throws std::bad_alloc).
 inline void *aligned_bytes(size_t bytes) {
   const size_t align = bytes >= kHugePageThreshold ? kHugePage : kAlignment;
-  // aligned_alloc needs a nonzero multiple of the alignment.
+  // A nonzero multiple of the alignment, as aligned allocators want.
   bytes = std::max(align, (bytes + align - 1) / align * align);
-  void *p = std::aligned_alloc(align, bytes);
+  // posix_memalign rather than std::aligned_alloc, which macOS lacks before 10.15.
+  void *p = nullptr;
+  if (posix_memalign(&p, align, bytes) != 0) p = nullptr;
   if (!p) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
   if (align == kHugePage) madvise(p, bytes, MADV_HUGEPAGE);  // a hint: failure is harmless

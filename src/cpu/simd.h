@@ -83,7 +83,7 @@ template <class T> inline Vec<T> from_bits(Mask<T> m) { return reinterpret_cast<
 
 // The lane-wise maximum, NaN propagating as np.maximum does.
 template <class T> inline Vec<T> max_nan(Vec<T> x, Vec<T> y) {
-  return (x > y) | (x != x) ? x : y;
+  return ((x > y) | (x != x)) ? x : y;
 }
 
 // Applies a scalar function to each lane (for functions with no vector form here).
