@@ -37,6 +37,15 @@ except ImportError:
     ndarray_backend_cuda = None
 
 
+def _cuda_backend():
+    """The CUDA module when it is built and a GPU is visible, else None (so that cuda() is
+    disabled rather than failing at first use): a machine with nvcc but no GPU or driver
+    builds and imports the module, and its device_count() is 0 there."""
+    if ndarray_backend_cuda is None or ndarray_backend_cuda.device_count() == 0:
+        return None
+    return ndarray_backend_cuda
+
+
 def _optional_backend(name: str):
     """A backend module that only some machines have (metal, mps: macOS with PyObjC), or None."""
     try:
@@ -144,7 +153,7 @@ class BackendDevice:
 
 _cpu_numpy = BackendDevice("cpu_numpy", ndarray_backend_numpy)
 _cpu = BackendDevice("cpu", ndarray_backend_cpu)
-_cuda = BackendDevice("cuda", ndarray_backend_cuda)
+_cuda = BackendDevice("cuda", _cuda_backend())
 _metal = BackendDevice("metal", ndarray_backend_metal)
 _mps = BackendDevice("mps", ndarray_backend_mps)
 

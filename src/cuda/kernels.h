@@ -1,0 +1,125 @@
+// The CUDA backend's kernels behind a plain C++ interface: raw device pointers, sizes,
+// strides and offsets in elements, a dtype tag. No CUDA types, so the primitive table
+// (src/ndarray_backend_cuda.cu) and the tests' CPU emulation (tests/cuda_emulation) call the
+// same functions. Every function queues its kernels on the backend's stream and returns;
+// bounds and shapes were checked in Python (NDArray), so these only assert.
+
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace needle {
+namespace cuda {
+
+enum class DType { f32, f64 };
+
+inline size_t itemsize(DType dt) { return dt == DType::f32 ? 4 : 8; }
+
+using Shape = std::vector<int64_t>;
+
+// ---- launch planning (host arithmetic; exposed to Python for the tests) ---------------
+
+// Threads per block of the memory-bound kernels: 8 warps, enough independent loads in
+// flight per SM once several blocks are resident, and a multiple of 32 as the warp
+// shuffles need.
+constexpr int kBlockThreads = 256;
+// A grid-stride kernel gets at most this many blocks per SM: 2048 resident threads per
+// SM (Volta to Hopper) are 8 blocks of 256, times 4 waves so that blocks finishing early
+// are replaced without a tail of idle SMs.
+constexpr int kBlocksPerSm = 32;
+
+// Blocks for a grid-stride loop over `items` work items of one thread each.
+unsigned grid_size(int64_t items, int block_threads, int sm_count);
+
+// A strided view with size-1 axes dropped and axes merged where memory is walked in the same
+// way (shape[d+1] * strides[d+1] == strides[d]); enumerates exactly the same offsets, in the
+// same (C) order, with as few axes as possible.
+struct View {
+  Shape shape;
+  Shape strides;
+  int64_t offset = 0;
+  int64_t size = 1;
+};
+View simplify_view(const Shape& shape, const Shape& strides, int64_t offset);
+
+// The most axes a simplified view may keep (the kernels get shape and strides by value).
+constexpr int kMaxDims = 32;
+
+// The GEMM's block tile for the linear block index `block` of a tiles_m x tiles_n grid:
+// blocks are grouped kGemmGroupRows tile rows at a time so that neighbouring blocks share
+// their A and B panels in L2 (the order in which Triton's tutorials launch a matmul).
+constexpr int kGemmGroupRows = 8;
+struct TileCoord {
+  int64_t m, n;
+};
+TileCoord gemm_tile_of_block(int64_t block, int64_t tiles_m, int64_t tiles_n);
+
+// ---- memory and layout ----------------------------------------------------------------
+
+void fill(DType dt, void* out, int64_t n, double val);
+
+// dst[i] = src[offset + <i-th index of shape> . strides], i in C order.
+void compact(DType dt, const void* src, void* dst, const Shape& shape, const Shape& strides,
+             int64_t offset);
+// dst[offset + <i-th index> . strides] = src[i]. Overlapping targets get one of the values.
+void ewise_setitem(DType dt, const void* src, void* dst, const Shape& shape,
+                   const Shape& strides, int64_t offset);
+// dst[offset + <i-th index> . strides] = val.
+void scalar_setitem(DType dt, double val, void* dst, const Shape& shape, const Shape& strides,
+                    int64_t offset);
+
+// ---- elementwise over compact arrays of n elements -----------------------------------
+
+enum class UnaryOp { neg, abs, sign, log, exp, tanh, sqrt, sin, cos, relu, sigmoid };
+// rsub and rdiv swap the operands (val - a, val / a); they are only used with a scalar.
+enum class BinaryOp { add, sub, rsub, mul, div, rdiv, power, maximum, eq, ge };
+
+void ewise_unary(UnaryOp op, DType dt, const void* a, void* out, int64_t n);
+void ewise_binary(BinaryOp op, DType dt, const void* a, const void* b, void* out, int64_t n);
+void scalar_binary(BinaryOp op, DType dt, const void* a, double val, void* out, int64_t n);
+
+// ---- matrix multiplication ------------------------------------------------------------
+
+// A (batch, rows, cols) view: element (b, i, j) at ptr[offset + b*batch_stride +
+// i*row_stride + j*col_stride]. Strides are >= 0 (0 broadcasts).
+struct MatrixView {
+  const void* ptr;
+  int64_t offset, batch_stride, row_stride, col_stride;
+};
+
+// out (batch, m, p), compact = a (batch, m, n) @ b (batch, n, p).
+void matmul(DType dt, const MatrixView& a, const MatrixView& b, void* out, int64_t batch,
+            int64_t m, int64_t n, int64_t p);
+
+// The GEMM's tiling for a dtype, for the tests and the benchmarks' notes.
+struct GemmTiling {
+  int block_m, block_n, block_k, thread_m, thread_n, threads;
+};
+GemmTiling gemm_tiling(DType dt);
+
+// ---- reductions -----------------------------------------------------------------------
+
+enum class ReduceOp { sum, max };
+
+// out[r] = op over a[r * reduce_size : (r + 1) * reduce_size], r < rows; reduce_size >= 1.
+void reduce_last(ReduceOp op, DType dt, const void* a, void* out, int64_t rows,
+                 int64_t reduce_size);
+// out[o, i] = op over r of a[o, r, i] for a compact (outer, reduce_size, inner) array.
+void reduce_middle(ReduceOp op, DType dt, const void* a, void* out, int64_t outer,
+                   int64_t reduce_size, int64_t inner);
+
+// How reduce_last / reduce_middle split the work (exposed for the tests).
+struct ReducePlan {
+  int strategy;        // reduce_last: 0 a thread per row, 1 a warp per row, 2 blocks per row;
+                       // reduce_middle: 3
+  int64_t chunks;      // pieces each row is split into (>1: a second pass adds the pieces)
+  int64_t chunk_len;   // elements (rows of the middle axis) per piece
+  unsigned grid_x, grid_y, block_x, block_y;
+};
+ReducePlan plan_reduce_last(int64_t rows, int64_t reduce_size, int sm_count);
+ReducePlan plan_reduce_middle(int64_t outer, int64_t reduce_size, int64_t inner, int sm_count);
+
+}  // namespace cuda
+}  // namespace needle

@@ -1,0 +1,90 @@
+// The subset of CUDA C++ that needle's kernels (src/cuda/*.cu) use, for g++: the same files
+// compile as plain C++ against this header (with -DNEEDLE_CUDA_EMULATION) and run on the
+// CPU through launcher.cc. A test tool, not a CUDA implementation.
+//
+// How it maps:
+//  - a launch runs its blocks one after another; a block's threads are coroutines on one OS
+//    thread, switched round-robin at every barrier: __syncthreads() (all threads of the
+//    block) and each warp shuffle (the 32 lanes of a warp exchange through a buffer between
+//    two warp barriers);
+//  - `__shared__` is `static`: sound because blocks never run at the same time;
+//  - threadIdx/blockIdx/blockDim/gridDim read the running coroutine's coordinates;
+//  - 16-byte vector loads and stores check their alignment (a misaligned float4 access
+//    faults on a GPU but not on x86), and the launcher checks what the hardware would
+//    reject or leave undefined: partial-warp blocks, shuffles with partial masks, barriers
+//    reached by only some threads.
+// Device memory is host memory from the emulated runtime (runtime_emulation.cc), with a
+// PROT_NONE page after each buffer and guard bytes before it.
+
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
+struct uint3 {
+  unsigned x, y, z;
+};
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) double2 {
+  double x, y;
+};
+
+enum cudaError_t { cudaSuccess = 0, cudaErrorMemoryAllocation = 2 };
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+
+namespace emulation {
+
+struct Coordinates {
+  uint3 thread, block;
+  dim3 block_dim, grid_dim;
+};
+const Coordinates& coordinates();  // of the running coroutine
+
+void syncthreads();
+// Publishes `size` bytes of this lane's value, waits for the warp, copies lane `src`'s.
+void warp_exchange(const void* value, void* result, size_t size, unsigned mask, int src_lane);
+int lane_id();
+void check_aligned(const void* p, size_t alignment, const char* what);
+
+// Runs body() as every thread of a grid of blocks; throws std::runtime_error on misuse.
+void run(const char* name, dim3 grid, dim3 block, const std::function<void()>& body);
+
+template <class F> void launch(const char* name, dim3 grid, dim3 block, F&& body) {
+  run(name, grid, block, std::function<void()>(body));
+}
+
+}  // namespace emulation
+
+#define threadIdx (::emulation::coordinates().thread)
+#define blockIdx (::emulation::coordinates().block)
+#define blockDim (::emulation::coordinates().block_dim)
+#define gridDim (::emulation::coordinates().grid_dim)
+
+inline void __syncthreads() { ::emulation::syncthreads(); }
+
+template <class T> T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+  T result;
+  ::emulation::warp_exchange(&value, &result, sizeof(T), mask,
+                             ::emulation::lane_id() ^ lane_mask);
+  return result;
+}
+
+// Kernels use 16-byte vector accesses only through these two macros' targets (common.cuh).
+#define NEEDLE_CHECK_ALIGNED(p) ::emulation::check_aligned((p), 16, "a 16-byte vector access")

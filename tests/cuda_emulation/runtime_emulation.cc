@@ -1,0 +1,155 @@
+// src/cuda/runtime.h on the CPU, for the emulation: "device" memory is host memory laid out
+// to catch overruns (a PROT_NONE page right after each buffer's slack, guard bytes before
+// it and in the slack, checked after every call), copies are memcpy, and the device has a
+// configurable, small number of SMs so that grid-stride loops take several turns.
+// capi.cc exposes this and src/cuda/kernels.h to Python (harness.py) through ctypes.
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/runtime.h"
+#include "emulated_memory.h"
+
+namespace needle {
+namespace cuda {
+
+int device_count() noexcept { return 1; }
+
+const DeviceInfo& device_info() {
+  static DeviceInfo info;
+  info.name = "CUDA emulation (CPU)";
+  info.sm_count = emulated::sm_count;
+  info.max_grid_y = emulated::max_grid_y;
+  info.compute_capability = 90;
+  return info;
+}
+
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) throw CudaError(std::string(what) + ": emulated CUDA error");
+}
+
+void* device_alloc(size_t bytes) { return emulated::allocate(bytes < 16 ? 16 : bytes, false); }
+void device_free(void* ptr) noexcept { emulated::release(ptr); }
+
+void copy_device_to_device(void* dst, const void* src, size_t bytes) {
+  emulated::check_range(dst, bytes, "copy destination");
+  emulated::check_range(src, bytes, "copy source");
+  std::memmove(dst, src, bytes);
+}
+void copy_host_to_device(void* dst, const void* src, size_t bytes) {
+  emulated::check_range(dst, bytes, "copy destination");
+  std::memcpy(dst, src, bytes);
+}
+void copy_device_to_host(void* dst, const void* src, size_t bytes) {
+  emulated::check_range(src, bytes, "copy source");
+  std::memcpy(dst, src, bytes);
+}
+void synchronize() {}
+
+MemoryInfo memory_info() {
+  MemoryInfo info;
+  info.used = info.reserved = emulated::live_bytes();
+  info.total = size_t{1} << 34;
+  info.free = info.total - info.used;
+  return info;
+}
+void empty_cache() {}
+
+}  // namespace cuda
+}  // namespace needle
+
+namespace emulated {
+
+int sm_count = 2;
+int max_grid_y = 65535;
+
+namespace {
+
+constexpr size_t kGuardBefore = 64;
+constexpr unsigned char kCanary = 0xA5;
+
+struct Allocation {
+  char* mapping;
+  size_t mapping_bytes;
+  size_t bytes;   // requested
+  size_t padded;  // requested, rounded up to 16 unless tight
+};
+
+std::map<const char*, Allocation>& live() {
+  static auto* table = new std::map<const char*, Allocation>();
+  return *table;
+}
+
+size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+}  // namespace
+
+void* allocate(size_t bytes, bool tight) {
+  const size_t padded = tight ? bytes : (bytes + 15) / 16 * 16;
+  const size_t page = page_size();
+  const size_t data_pages = (padded + kGuardBefore + page - 1) / page;
+  const size_t mapping_bytes = (data_pages + 1) * page;
+  void* mem = mmap(nullptr, mapping_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+  if (mem == MAP_FAILED) throw needle::cuda::OutOfMemory("emulated device out of memory");
+  char* mapping = static_cast<char*>(mem);
+  char* guard_page = mapping + data_pages * page;
+  mprotect(guard_page, page, PROT_NONE);
+  char* start = guard_page - padded;
+  std::memset(mapping, kCanary, static_cast<size_t>(start - mapping));
+  std::memset(start + bytes, kCanary, padded - bytes);
+  std::memset(start, 0x7f, bytes);  // NaN-ish garbage, as uninitialised device memory
+  live()[start] = {mapping, mapping_bytes, bytes, padded};
+  return start;
+}
+
+void release(void* ptr) {
+  auto it = live().find(static_cast<const char*>(ptr));
+  if (it == live().end()) return;
+  munmap(it->second.mapping, it->second.mapping_bytes);
+  live().erase(it);
+}
+
+size_t live_bytes() {
+  size_t total = 0;
+  for (const auto& entry : live()) total += entry.second.bytes;
+  return total;
+}
+
+// Every live buffer's guard bytes are intact; names the first one that is not.
+void check_guards() {
+  for (const auto& entry : live()) {
+    const char* start = entry.first;
+    const Allocation& a = entry.second;
+    for (const char* p = start - kGuardBefore; p < start; ++p) {
+      if (static_cast<unsigned char>(*p) != kCanary) {
+        throw std::runtime_error("a kernel wrote " + std::to_string(start - p) +
+                                 " bytes before the start of a buffer of " +
+                                 std::to_string(a.bytes) + " bytes");
+      }
+    }
+    for (const char* p = start + a.bytes; p < start + a.padded; ++p) {
+      if (static_cast<unsigned char>(*p) != kCanary) {
+        throw std::runtime_error("a kernel wrote past the end of a buffer of " +
+                                 std::to_string(a.bytes) + " bytes");
+      }
+    }
+  }
+}
+
+void check_range(const void* ptr, size_t bytes, const char* what) {
+  const char* p = static_cast<const char*>(ptr);
+  auto it = live().upper_bound(p);
+  if (it == live().begin()) throw std::runtime_error(std::string(what) + " is not device memory");
+  --it;
+  if (p < it->first || p + bytes > it->first + it->second.bytes) {
+    throw std::runtime_error(std::string(what) + " runs outside its device buffer");
+  }
+}
+
+}  // namespace emulated
