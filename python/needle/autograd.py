@@ -138,7 +138,8 @@ class Value:
         if LAZY_MODE:
             value._init(op, list(inputs), requires_grad=requires_grad)
             return value
-        data = op.compute(*[x.realize_cached_data() for x in inputs])
+        data = op.compute(*[x.cached_data if x.cached_data is not None
+                             else x.realize_cached_data() for x in inputs])
         if requires_grad:
             value._init(op, list(inputs), cached_data=data, requires_grad=True)
         else:
@@ -257,7 +258,8 @@ class Tensor(Value):
 
     @property
     def dtype(self) -> str:
-        return self.realize_cached_data().dtype
+        data = self.cached_data
+        return (data if data is not None else self.realize_cached_data()).dtype
 
     @property
     def device(self) -> Device:
