@@ -1,0 +1,219 @@
+"""`needle bench`: end to end on a tiny budget, the results.json schema, and missing backends
+(torch not installed, a device not built) reported in the tables rather than crashing."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import needle as ndl
+from needle import bench, cli
+
+PACKAGE_ROOT = str(Path(ndl.__file__).resolve().parents[1])
+TINY = ["--tiny", "--threads", "1", "--no-progress"]
+
+
+def _env(**extra):
+    """This interpreter's environment, with needle importable (a source checkout or an install)."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
+def check_schema(results: dict) -> None:
+    """The documented shape of results.json."""
+    assert results["schema"] == bench.SCHEMA
+    assert results["mode"] in ("quick", "full", "tiny")
+    assert isinstance(results["created"], str) and results["command"].startswith("needle bench")
+    assert results["seconds"] >= 0
+    machine = results["machine"]
+    assert isinstance(machine["cpu"], str) and machine["cpu"]
+    assert isinstance(machine["cores"], int) and machine["cores"] >= 1
+    assert isinstance(machine["gpus"], list)
+    assert isinstance(machine["commit"], str) and machine["commit"]
+    assert machine["threads"]["requested"] >= 1
+    for library in ("needle", "python", "numpy", "torch"):
+        assert library in machine["versions"]
+    names = []
+    for backend in results["backends"]:
+        assert backend["library"] in ("needle", "torch")
+        assert isinstance(backend["available"], bool)
+        assert backend["available"] or backend["reason"]
+        assert backend["name"] == f"{backend['library']} {backend['device']}"
+        names.append(backend["name"])
+    assert [w["key"] for w in results["workloads"]] == [
+        k for k in bench.WORKLOADS if k in {w["key"] for w in results["workloads"]}]
+    for workload in results["workloads"]:
+        assert workload["unit"] in ("GFLOP/s", "GB/s", "us", "ms")
+        assert isinstance(workload["higher_is_better"], bool)
+        assert workload["cases"]
+        for case in workload["cases"]:
+            assert isinstance(case["name"], str) and isinstance(case["params"], dict)
+            assert (case["work"] is not None) == workload["higher_is_better"]
+            assert sorted(case["results"]) == sorted(names)
+            for name, row in case["results"].items():
+                assert row["status"] in ("ok", "unavailable", "error"), row
+                if row["status"] != "ok":
+                    assert row["reason"]
+                    continue
+                assert len(row["times_s"]) == workload["repeats"]
+                assert all(t > 0 for t in row["times_s"]) and row["calls_per_repeat"] >= 1
+                assert row["median_s"] > 0 and row["spread"] >= 0 and row["value"] > 0
+                for ratio in ("speed_vs_torch", "speed_vs_needle_cpu"):
+                    assert row[ratio] is None or row[ratio] > 0
+    assert isinstance(results["plots"], list)
+    for device in results["not_measured"]:
+        assert device["name"] not in names and device["reason"]
+
+
+def test_quick_runs_end_to_end(tmp_path):
+    # Started without the thread variables set, so it also re-executes itself with them.
+    env = _env()
+    for name in bench.THREAD_ENV:
+        env.pop(name, None)
+    out = tmp_path / "bench"
+    result = subprocess.run([sys.executable, "-m", "needle", "bench", "--quick", *TINY, "--out",
+                             str(out)], env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "done in" in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    check_schema(results)
+    assert results["mode"] == "tiny" and results["machine"]["threads"]["requested"] == 1
+    assert [w["key"] for w in results["workloads"]] == list(bench.WORKLOADS)
+    if not ndl.cuda().enabled():
+        assert {"name": "needle cuda", "reason": "not available in this build or on this machine"} \
+            in results["not_measured"]
+    if ndl.cpu().enabled():
+        needle_cpu = results["workloads"][0]["cases"][0]["results"]["needle cpu"]
+        assert needle_cpu["status"] == "ok"
+        assert needle_cpu["speed_vs_needle_cpu"] == pytest.approx(1)
+    report = (out / "report.md").read_text()
+    for title in ("## Summary", "## Matrix multiplication", "## Elementwise", "## Eager overhead",
+                  "## Training step", "MLP 784-32-32-10"):
+        assert title in report
+    pytest.importorskip("matplotlib")
+    assert sorted(results["plots"]) == ["elementwise.png", "matmul.png", "train.png"]
+    for plot in results["plots"]:
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+_WITHOUT_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("blocked for the test")
+            return None
+
+    sys.meta_path.insert(0, BlockTorch())
+    from needle import cli
+    sys.exit(cli.main(sys.argv[1:]))
+    """
+)
+
+
+def test_missing_torch_and_missing_device_are_reported(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", *TINY, "--devices", "cpu,cuda,needle:nosuch", "--workloads", "matmul,train",
+            "--out", str(out)]
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *args],
+                            env=_env(**bench.thread_env(1, {})), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    check_schema(results)
+    backends = {b["name"]: b for b in results["backends"]}
+    assert set(backends) == {"needle cpu", "torch cpu", "needle cuda", "torch cuda",
+                             "needle nosuch"}
+    assert backends["torch cpu"]["reason"] == "not installed"
+    assert results["machine"]["versions"]["torch"] is None
+    assert not backends["needle nosuch"]["available"]
+    for case in results["workloads"][0]["cases"]:
+        assert case["results"]["torch cpu"]["status"] == "unavailable"
+        assert case["results"]["needle cpu"]["status"] == "ok"
+        assert case["results"]["needle cpu"]["speed_vs_torch"] is None
+    report = (out / "report.md").read_text()
+    assert "torch cpu: not installed" in report and "| not installed |" in report
+    assert "needle nosuch: no such needle device" in report
+    if not ndl.cuda().enabled():
+        assert "needle cuda: not available" in report
+
+
+def test_measure_warms_up_synchronises_and_repeats():
+    calls, syncs = [], []
+    timing = bench.measure(lambda: calls.append(1), lambda: syncs.append(1), repeats=4,
+                           warmup=3, min_time=0.0)
+    assert len(timing.times) == 4 and timing.calls_per_repeat == 1
+    assert len(calls) == 3 + 1 + 4  # warm-up, the sizing call, the repeats
+    assert len(syncs) == 1 + 1 + 4  # after the warm-up, the sizing call and every repeat
+    assert timing.median > 0 and timing.spread >= 0
+    # Fast functions get many calls per repeat, so each repeat outlasts the timer's resolution.
+    assert bench.measure(lambda: None, repeats=2, warmup=0, min_time=0.01).calls_per_repeat > 10
+
+
+def test_device_selection():
+    default = [b.name for b in bench.discover_backends()]
+    assert "needle cpu_numpy" in default and "torch cpu" in default
+    assert all(b.available for b in bench.discover_backends() if b.library == "needle")
+    picked = bench.discover_backends("cpu, needle:cpu_numpy, torch:cpu")
+    assert [b.name for b in picked] == ["needle cpu", "torch cpu", "needle cpu_numpy"]
+    assert [b.hardware for b in picked] == ["cpu", "cpu", "cpu"]
+    with pytest.raises(ValueError, match="library"):
+        bench.discover_backends("jax:cpu")
+    with pytest.raises(ValueError, match="torch devices"):
+        bench.discover_backends("torch:cpu_numpy")
+
+
+def test_a_failing_case_is_reported_not_raised():
+    def broken(backend):
+        raise RuntimeError("kernel missing")
+
+    workload = bench.Workload("overhead", "t", "us", "", [bench.Case("broken", broken)],
+                              repeats=1, warmup=0, min_time=0.0)
+    backends = bench.discover_backends("needle:cpu_numpy")
+    rows = bench.run_benchmarks([workload], backends, pause=0, progress=False)[0]["cases"][0]
+    assert rows["results"]["needle cpu_numpy"] == {"status": "error",
+                                                   "reason": "RuntimeError: kernel missing"}
+
+
+@pytest.mark.parametrize("spec", bench.train_specs("tiny"), ids=lambda s: s.model)
+def test_needle_and_torch_train_the_same_models(spec):
+    torch = pytest.importorskip("torch")
+    model, X, y = bench.needle_model(spec, ndl.cpu_numpy())
+    torch_model, x, labels = bench.torch_model(spec, torch.device("cpu"))
+    needle_sizes = sorted(int(np.prod(p.shape)) for p in model.parameters())
+    torch_sizes = sorted(p.numel() for p in torch_model.parameters())
+    assert needle_sizes == torch_sizes
+    assert tuple(X.shape) == tuple(x.shape) and tuple(y.shape) == tuple(labels.shape)
+    bench.needle_train_step(spec, ndl.cpu_numpy())()  # one step runs
+
+
+def test_cli_has_bench():
+    args = cli.build_parser().parse_args(["bench", "--quick", "--devices", "cpu", "--threads",
+                                          "2", "--out", "x"])
+    assert args.command == "bench" and args.quick and args.threads == 2
+    assert bench._as_argv(args) == ["--quick", "--devices", "cpu", "--threads", "2", "--out", "x"]
+
+
+def test_repeats_interleave_the_backends():
+    calls = []
+
+    def build(backend):
+        return lambda: calls.append(backend.device)
+
+    workload = bench.Workload("overhead", "t", "us", "", [bench.Case("log", build)], repeats=3,
+                              warmup=1, min_time=0.0)
+    backends = bench.discover_backends("needle:cpu_numpy,needle:cpu")
+    rows = bench.run_case(workload, workload.cases[0], backends)
+    assert all(row["status"] == "ok" and len(row["times_s"]) == 3 for row in rows.values())
+    # warm-up and sizing call of each, then rounds in rotating order, each block (one call
+    # here) after an untimed call
+    assert calls == ["cpu_numpy"] * 2 + ["cpu"] * 2 + [
+        d for d in ["cpu_numpy", "cpu", "cpu", "cpu_numpy", "cpu_numpy", "cpu"] for _ in (0, 1)]
