@@ -134,7 +134,10 @@ class BackendDevice:
         if i.size and (i.min() < 0 or i.max() >= n):
             raise IndexError(f"one_hot: class indices must lie in [0, {n}), got {i.min()}..{i.max()}")
         dtype = canonical_dtype(dtype)
-        return NDArray(np.eye(n, dtype=dtype)[i], device=self, dtype=dtype)
+        # Scatter ones into zeros: np.eye(n)[i] would build an n x n matrix first.
+        out = np.zeros(i.shape + (n,), dtype=dtype)
+        np.put_along_axis(out, i[..., None], 1, axis=-1)
+        return NDArray(out, device=self, dtype=dtype)
 
     def empty(self, shape, dtype=None) -> "NDArray":
         return NDArray.make(_as_shape(shape), device=self, dtype=canonical_dtype(dtype))

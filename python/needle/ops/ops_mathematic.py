@@ -357,9 +357,13 @@ class MatMul(TensorOp):
         if a.ndim == 1 or b.ndim == 1:  # restore the dropped vector axes
             out_shape = _broadcast_matmul_shape(a2.shape, b2.shape)
             out_grad = reshape(out_grad, out_shape)
-        grad_a = reduce_to_shape(matmul(out_grad, transpose(b2)), a2.shape)
-        grad_b = reduce_to_shape(matmul(transpose(a2), out_grad), b2.shape)
-        return reshape(grad_a, a.shape), reshape(grad_b, b.shape)
+        # An input that needs no gradient (a data batch) gets none: its matmul is pure waste.
+        grad_a = grad_b = None
+        if a.requires_grad:
+            grad_a = reshape(reduce_to_shape(matmul(out_grad, transpose(b2)), a2.shape), a.shape)
+        if b.requires_grad:
+            grad_b = reshape(reduce_to_shape(matmul(transpose(a2), out_grad), b2.shape), b.shape)
+        return grad_a, grad_b
 
 
 def _as_matrix(x: NDArray, left: bool) -> NDArray:
@@ -420,7 +424,8 @@ class ReLU(TensorOp):
         return a.relu()
 
     def gradient(self, out_grad: Tensor, node: Tensor):
-        mask = Tensor.make_const(node.inputs[0].realize_cached_data() > 0)
+        # sign(relu(a)) is the 0/1 mask in one kernel (node is relu(a), never negative).
+        mask = Tensor.make_const(node.realize_cached_data().sign())
         return out_grad * mask
 
 
@@ -731,8 +736,8 @@ class Conv(TensorOp):
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, w = node.inputs
-        n, h, wd, c_in = x.shape
-        kh, kw, _, c_out = w.shape
+        _, h, wd, _ = x.shape
+        kh, kw = w.shape[:2]
         p, s = self.padding, self.stride
         hp, wp = h + 2 * p, wd + 2 * p
         # Rows and columns of the padded input that no window reaches (stride remainder).
@@ -741,24 +746,33 @@ class Conv(TensorOp):
         if s > 1:  # dilate leaves s-1 trailing zeros per axis; drop them
             g = getitem(g, (slice(None), slice(0, g.shape[1] - (s - 1)),
                             slice(0, g.shape[2] - (s - 1)), slice(None)))
-        # d/dx: full correlation of the dilated adjoint with the flipped, transposed kernel,
-        # which covers the padded input but for the unreached remainder; pad it, then crop
-        # the padding.
+        return (self._input_gradient(g, x, w, rh, rw) if x.requires_grad else None,
+                self._weight_gradient(g, x, w, rh, rw) if w.requires_grad else None)
+
+    def _input_gradient(self, g, x, w, rh, rw):
+        """Full correlation of the dilated adjoint with the flipped, transposed kernel, which
+        covers the padded input but for the unreached remainder; pad it, then crop the padding."""
+        _, h, wd, _ = x.shape
+        kh, kw = w.shape[:2]
+        p = self.padding
         w_flipped = transpose(flip(w, (0, 1)), (2, 3))
         grad_padded = conv(pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0))),
                            w_flipped, stride=1, padding=0)
         if rh or rw:
             grad_padded = pad(grad_padded, ((0, 0), (0, rh), (0, rw), (0, 0)))
-        grad_x = getitem(grad_padded, (slice(None), slice(p, p + h), slice(p, p + wd),
-                                       slice(None))) if p else grad_padded
-        # d/dw: correlate the (padded) input, channels as batch, with the dilated adjoint.
+        return getitem(grad_padded, (slice(None), slice(p, p + h), slice(p, p + wd),
+                                     slice(None))) if p else grad_padded
+
+    def _weight_gradient(self, g, x, w, rh, rw):
+        """Correlate the (padded) input, channels as batch, with the dilated adjoint."""
+        kh, kw = w.shape[:2]
+        p = self.padding
         x_t = transpose(pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x, (0, 3))
         g_t = transpose(transpose(g, (0, 1)), (1, 2))  # (N, Ho', Wo', C_out) -> (Ho', Wo', N, C_out)
         grad_w = conv(x_t, g_t, stride=1, padding=0)  # (C_in, kh + rh, kw + rw, C_out)
         if rh or rw:
             grad_w = getitem(grad_w, (slice(None), slice(0, kh), slice(0, kw), slice(None)))
-        grad_w = transpose(transpose(grad_w, (0, 1)), (1, 2))  # -> (kh, kw, C_in, C_out)
-        return grad_x, grad_w
+        return transpose(transpose(grad_w, (0, 1)), (1, 2))  # -> (kh, kw, C_in, C_out)
 
 
 def conv(a, b, stride=1, padding=1):
