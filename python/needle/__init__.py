@@ -1,6 +1,6 @@
 """needle: a deep-learning framework with reverse-mode autodiff over strided NDArrays."""
 
-from . import ops
+from . import ops  # noqa: F401  (ndl.ops, as in the needle API)
 from .ops import *  # noqa: F401,F403
 from .autograd import Tensor, TensorTuple, Value, no_grad, is_grad_enabled  # noqa: F401
 from .backend_selection import *  # noqa: F401,F403

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 

@@ -14,7 +14,7 @@ import importlib
 import operator
 import warnings
 from functools import lru_cache, reduce
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 

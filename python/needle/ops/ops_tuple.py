@@ -1,6 +1,6 @@
 """Ops that make and take apart TensorTuples."""
 
-from ..autograd import Op, Tensor, TensorOp, TensorTuple, TensorTupleOp, Value
+from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp, Value
 
 __all__ = ["MakeTensorTuple", "make_tuple", "TupleGetItem", "tuple_get_item", "FusedAddScalars",
            "fused_add_scalars"]
