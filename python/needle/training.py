@@ -49,6 +49,18 @@ def detach_state(h):
     return h.detach()
 
 
+def _train_step(loss: Tensor, opt, after_backward: Optional[Callable[[], None]] = None,
+                clip: Optional[float] = None) -> None:
+    """Backward, the data-parallel hook, optional gradient clipping, then the update."""
+    opt.reset_grad()
+    loss.backward()
+    if after_backward is not None:
+        after_backward()
+    if clip is not None:
+        clip_grad_norm(opt.params, clip)
+    opt.step()
+
+
 def epoch_classification(loader, model: nn.Module, loss_fn: Callable, opt=None,
                          flatten: bool = False, max_batches: Optional[int] = None,
                          description: Optional[str] = None,
@@ -72,11 +84,7 @@ def epoch_classification(loader, model: nn.Module, loss_fn: Callable, opt=None,
         logits = model(x)
         loss = loss_fn(logits, y)
         if opt is not None:
-            opt.reset_grad()
-            loss.backward()
-            if after_backward is not None:
-                after_backward()
-            opt.step()
+            _train_step(loss, opt, after_backward)
         batch = x.shape[0]
         correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
         total_loss += float(loss.numpy()) * batch
@@ -109,13 +117,7 @@ def epoch_language_model(batches: np.ndarray, model: nn.Module, seq_len: int, lo
         h = detach_state(h)
         loss = loss_fn(logits, y)
         if opt is not None:
-            opt.reset_grad()
-            loss.backward()
-            if after_backward is not None:
-                after_backward()
-            if clip is not None:
-                clip_grad_norm(opt.params, clip)
-            opt.step()
+            _train_step(loss, opt, after_backward, clip)
         count = y.shape[0]
         correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
         total_loss += float(loss.numpy()) * count
