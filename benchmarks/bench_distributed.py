@@ -105,17 +105,6 @@ def launch(ranks: int, threads: int, args, strong: bool) -> dict:
     raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128,
@@ -135,7 +124,9 @@ def main() -> None:
                          "openmpi-bin libopenmpi-dev; then pip install '.[distributed]')")
     version = subprocess.run(["mpirun", "--version"], capture_output=True,
                              text=True).stdout.splitlines()[0]
-    print(f"{cpu_name()}, {os.cpu_count()} cores; {version}; Python {platform.python_version()}")
+    from needle.bench import cpu_model  # the parent process: no thread settings to apply
+
+    print(f"{cpu_model()}, {os.cpu_count()} cores; {version}; Python {platform.python_version()}")
     print(f"MLP-ResNet (hidden 256) + Adam on MNIST images, {args.steps} timed steps\n")
     header = (f"{'scaling':<8} {'ranks':>5} {'threads':>7} {'batch/rank':>10} {'samples/s':>10} "
               f"{'speed-up':>8} {'step ms':>8} {'allreduce ms':>12} {'alone ms':>8}")
