@@ -4,7 +4,6 @@ Every primitive is called on both modules with the same inputs and by keyword, u
 parameter names of the NumPy module, so argument names and order are checked as well.
 """
 
-import inspect
 import itertools
 import math
 
@@ -14,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np
+from primitive_calls import Out, call, read, to_array
 
 try:
     from needle.backend_ndarray import ndarray_backend_cpu as nb_cpu
@@ -27,44 +27,6 @@ SIZES = (0, 1, 7, 64, 1001)
 
 
 # ---- helpers ---------------------------------------------------------------------------
-class Out:
-    """An output Array argument: `size` elements, optionally initialised from `init`."""
-
-    def __init__(self, size, init=None):
-        self.size, self.init = size, init
-
-
-def to_array(mod, x: np.ndarray):
-    arr = mod.Array(x.size, x.dtype.name)
-    mod.from_numpy(np.ascontiguousarray(x), arr)
-    return arr
-
-
-def read(mod, arr) -> np.ndarray:
-    return mod.to_numpy(arr, (arr.size,), (1,), 0)
-
-
-def call(mod, name, *args, dtype):
-    """Call primitive `name` of `mod` by keyword; numpy inputs become Arrays of `mod`.
-
-    Returns the contents of the Out argument.
-    """
-    params = list(inspect.signature(getattr(nb_np, name)).parameters)
-    assert len(args) == len(params), (name, params)
-    kwargs, out = {}, None
-    for param, arg in zip(params, args):
-        if isinstance(arg, Out):
-            out = mod.Array(arg.size, dtype)
-            if arg.init is not None:
-                mod.from_numpy(arg.init.astype(dtype), out)
-            arg = out
-        elif isinstance(arg, np.ndarray):
-            arg = to_array(mod, arg.astype(dtype))
-        kwargs[param] = arg
-    getattr(mod, name)(**kwargs)
-    return read(mod, out)
-
-
 def check(name, *args, dtype, exact=False, **tol):
     expected = call(nb_np, name, *args, dtype=dtype)
     actual = call(nb_cpu, name, *args, dtype=dtype)

@@ -34,6 +34,7 @@ import needle as ndl
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np
 
 from cuda_emulation import harness
+from primitive_calls import Out, call, to_array
 
 try:
     from needle.backend_ndarray import ndarray_backend_cuda as nb_cuda
@@ -235,37 +236,6 @@ def layout(request, mod):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-class Out:
-    """An output Array argument: `size` elements, optionally initialised from `init`."""
-
-    def __init__(self, size, init=None):
-        self.size, self.init = size, init
-
-
-def to_array(m, x: np.ndarray):
-    arr = m.Array(x.size, x.dtype.name)
-    m.from_numpy(np.ascontiguousarray(x), arr)
-    return arr
-
-
-def call(m, name, *args, dtype):
-    """Primitive `name` of module `m`, by keyword, on NumPy inputs; returns the Out argument."""
-    params = list(inspect.signature(getattr(nb_np, name)).parameters)
-    assert len(args) == len(params), (name, params)
-    kwargs, out = {}, None
-    for param, arg in zip(params, args):
-        if isinstance(arg, Out):
-            out = m.Array(arg.size, dtype)
-            if arg.init is not None:
-                m.from_numpy(arg.init.astype(dtype), out)
-            arg = out
-        elif isinstance(arg, np.ndarray):
-            arg = to_array(m, arg.astype(dtype))
-        kwargs[param] = arg
-    getattr(m, name)(**kwargs)
-    return m.to_numpy(out, (out.size,), (1,), 0)
 
 
 def check(m, name, *args, dtype, exact=False, **tol):

@@ -17,7 +17,8 @@ import pytest
 import needle as ndl
 from metal_emulation import fake_pyobjc as fake
 from metal_emulation import harness
-from test_metal_kernels import Out, check, matmul_tol
+from primitive_calls import Out
+from test_metal_kernels import check, matmul_tol
 
 HOST_MODULES = ("ndarray_backend_metal", "ndarray_backend_mps")
 

@@ -30,7 +30,9 @@ from needle.backend_ndarray import metal_primitives
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np
 from needle.backend_ndarray.metal_primitives import merge_axes, mps_matrix_layout
 
+import primitive_calls
 from metal_emulation import harness
+from primitive_calls import Out, read
 
 DTYPE = "float32"
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -79,40 +81,12 @@ def rng():
 
 
 # ---- helpers: call a primitive on both backends, by keyword ------------------------------------
-class Out:
-    """An output Array argument of `size` elements, optionally initialised from `init`."""
-
-    def __init__(self, size, init=None):
-        self.size, self.init = size, init
-
-
 def to_array(mod, x: np.ndarray):
-    arr = mod.Array(x.size, DTYPE)
-    mod.from_numpy(np.ascontiguousarray(x, dtype=DTYPE), arr)
-    return arr
-
-
-def read(mod, arr) -> np.ndarray:
-    return mod.to_numpy(arr, (arr.size,), (1,), 0)
+    return primitive_calls.to_array(mod, x, DTYPE)
 
 
 def call(mod, name, *args):
-    """Call primitive `name` of `mod` with the parameter names of the NumPy module; NumPy
-    inputs become Arrays of `mod`. Returns the contents of the Out argument."""
-    params = list(inspect.signature(getattr(nb_np, name)).parameters)
-    assert len(args) == len(params), (name, params)
-    kwargs, out = {}, None
-    for param, arg in zip(params, args):
-        if isinstance(arg, Out):
-            out = mod.Array(arg.size, DTYPE)
-            if arg.init is not None:
-                mod.from_numpy(arg.init.astype(DTYPE), out)
-            arg = out
-        elif isinstance(arg, np.ndarray):
-            arg = to_array(mod, arg)
-        kwargs[param] = arg
-    getattr(mod, name)(**kwargs)
-    return read(mod, out)
+    return primitive_calls.call(mod, name, *args, dtype=DTYPE)
 
 
 def check(mod, name, *args, exact=False, **tol):
