@@ -228,13 +228,17 @@ def test_matmul_strided_views(a_kind, b_kind, dtype, rng):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_matmul_strided_large_transposed(dtype, rng):
-    # Transposed operands across several KC and NC blocks, with threads.
+    # Transposed operands across several KC and NC blocks, with threads; wide and tall
+    # outputs, so that threads split C by columns and by rows.
     blk = BLOCK[dtype]
-    m, n, p = 2 * blk["MR"] * 7 + 3, 2 * blk["KC"] + 9, blk["NC"] + 2 * blk["NR"] + 5
-    for a_kind, b_kind in [("transposed", "compact"), ("compact", "transposed"),
-                           ("transposed", "transposed"), ("offset", "broadcast")]:
-        a_base, a_view, b_base, b_view = strided_views(rng, dtype, 2, m, n, p, a_kind, b_kind)
-        assert_matmul_close(run_strided(a_base, a_view, b_base, b_view), a_view, b_view, dtype)
+    short, long = 2 * blk["MR"] * 7 + 3, blk["NC"] + 2 * blk["NR"] + 5
+    for m, n, p in [(short, 2 * blk["KC"] + 9, long), (long, 2 * blk["KC"] + 9, short)]:
+        for a_kind, b_kind in [("transposed", "compact"), ("compact", "transposed"),
+                               ("transposed", "transposed"), ("offset", "broadcast")]:
+            a_base, a_view, b_base, b_view = strided_views(rng, dtype, 2, m, n, p, a_kind,
+                                                           b_kind)
+            assert_matmul_close(run_strided(a_base, a_view, b_base, b_view), a_view, b_view,
+                                dtype)
 
 
 def test_matmul_strided_ignores_other_storage(rng):

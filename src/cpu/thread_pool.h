@@ -76,32 +76,5 @@ class Backoff {
   int spins_ = 0;
 };
 
-// A reusable barrier for the n threads of one parallel job.
-class SpinBarrier {
- public:
-  explicit SpinBarrier(int n) : n_(n) {}
-
-  // Returns when all n threads have arrived; the last to arrive first runs on_last() while
-  // the others wait (to reset state that the next phase uses).
-  template <class F> void wait(F &&on_last) {
-    const uint32_t gen = generation_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-      on_last();
-      arrived_.store(0, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    for (Backoff backoff; generation_.load(std::memory_order_acquire) == gen;) backoff();
-  }
-  void wait() {
-    wait([] {});
-  }
-
- private:
-  const int n_;
-  std::atomic<int> arrived_{0};
-  std::atomic<uint32_t> generation_{0};
-};
-
 }  // namespace cpu
 }  // namespace needle
