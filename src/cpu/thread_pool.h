@@ -4,9 +4,9 @@
 // OpenMP runtimes (or one shared with torch and tuned by its settings) make our thread
 // count depend on torch's, and GNU libgomp is not fork-safe (a child forked after a
 // parallel region, such as a DataLoader worker, can hang in its next one). This pool is
-// re-created after fork, sized only by set_num_threads, and its workers yield while they
-// poll and sleep 100 us after a job, so they never compete with NumPy's or torch's
-// threads for long.
+// re-created after fork, sized only by set_num_threads, and its workers poll for the next
+// job (yielding) for 1 ms after one ends and then sleep, so they never compete with NumPy's
+// or torch's threads for long.
 
 #pragma once
 
