@@ -207,6 +207,7 @@ TESTED_OPS = {
     "MatMul", "Log", "Exp", "ReLU", "Tanh", "Sigmoid", "Sqrt", "Max", "Maximum", "Stack",
     "Split", "Flip", "Dilate", "UnDilate", "Pad", "Conv", "GetItem", "GetItemGradient",
     "LogSoftmax", "LogSumExp", "MakeTensorTuple", "TupleGetItem", "FusedAddScalars", "AsType",
+    "SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad",
 }
 
 
@@ -610,6 +611,47 @@ def test_logsoftmax_default_axis_and_large_values(device):
              atol=2e-4)
     check_op([rand(4, 3) - 1000], lambda t: torch.log_softmax(t, dim=-1), ops.logsoftmax, device,
              atol=2e-4)
+
+
+# ---- softmax cross-entropy -----------------------------------------------------------------
+LABELS = np.array([0, 4, 2, 2, 1, 3, 4])
+
+
+def needle_ce(t, labels=LABELS, classes=5):
+    return ops.softmax_cross_entropy(t, t.device.one_hot(classes, labels, dtype=t.dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_cross_entropy(dtype, device):
+    ce = lambda t: F.cross_entropy(t, torch.tensor(LABELS))  # noqa: E731
+    check_op([rand(7, 5, low=-4, high=4)], ce, needle_ce, device, dtype=dtype)
+    check_op([rand(7, 5) * 1000], ce, needle_ce, device, dtype=dtype, atol=1e-3)  # no overflow
+    check_op([rand(7, 5, low=-4, high=4)], ce,
+             lambda t: ops.SoftmaxCrossEntropy(t.device.one_hot(5, LABELS, dtype=t.dtype))(t),
+             device, dtype=dtype)
+
+
+def test_softmax_cross_entropy_finite_differences(device):
+    check_fd([rand(7, 5, low=-3, high=3)], needle_ce, device)
+    # The gradient op against differences too, in both inputs (logits and the adjoint).
+    check_fd([rand(7, 5, low=-3, high=3), rand(low=0.5, high=2)],
+             lambda z, c: ops.SoftmaxCrossEntropyGrad(z.device.one_hot(5, LABELS, z.dtype))(z, c),
+             device)
+
+
+def test_softmax_cross_entropy_double_backward(device):
+    check_double_backward([rand(7, 5, low=-3, high=3)],
+                          lambda t: F.cross_entropy(t, torch.tensor(LABELS)), needle_ce, device)
+    # Scaled by a second input: its second-order gradient goes through the adjoint's.
+    check_double_backward([rand(7, 5, low=-3, high=3), rand(1, low=0.5, high=2)],
+                          lambda t, a: F.cross_entropy(t, torch.tensor(LABELS)) * a * a,
+                          lambda t, a: needle_ce(t) * a * a, device)
+
+
+def test_softmax_cross_entropy_rejects_mismatched_labels(device):
+    z = ndl.Tensor(rand(7, 5), device=device)
+    with pytest.raises(ValueError, match=r"logits \(7, 5\).*\(7, 4\)"):
+        ops.softmax_cross_entropy(z, device.one_hot(4, LABELS % 4))
 
 
 # ---- max ----------------------------------------------------------------------------------

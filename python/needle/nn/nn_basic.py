@@ -210,9 +210,11 @@ class SoftmaxLoss(Module):
 
     def forward(self, logits: Tensor, y: Tensor) -> Tensor:
         n, k = logits.shape
-        y_one_hot = init.one_hot(k, y, device=logits.device, dtype=logits.dtype)
-        z_y = (logits * y_one_hot).sum((1,))
-        return (ops.logsumexp(logits, (1,)) - z_y).sum() / n
+        labels = y.numpy() if isinstance(y, Tensor) else y
+        y_one_hot = logits.device.one_hot(k, labels, dtype=logits.dtype)
+        # One fused op, not logsumexp(logits) - sum(logits * y_one_hot) in ~6 ops (and ~15
+        # more in backward); same values and gradients, including gradients of gradients.
+        return ops.softmax_cross_entropy(logits, y_one_hot)
 
 
 class BatchNorm1d(Module):

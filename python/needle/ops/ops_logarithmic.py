@@ -1,13 +1,15 @@
-"""Numerically stable log-sum-exp and log-softmax."""
+"""Numerically stable log-sum-exp, log-softmax and softmax cross-entropy."""
 
 from typing import Optional
 
 import numpy as np
 
 from ..autograd import NDArray, Tensor, TensorOp
-from .ops_mathematic import _axes_tuple, _keepdims_shape, _reduced_shape, broadcast_to, exp, reshape, summation
+from .ops_mathematic import (_axes_tuple, _keepdims_shape, _reduced_shape, broadcast_to, exp,
+                             reshape, summation)
 
-__all__ = ["LogSoftmax", "logsoftmax", "LogSumExp", "logsumexp"]
+__all__ = ["LogSoftmax", "logsoftmax", "LogSumExp", "logsumexp", "SoftmaxCrossEntropy",
+           "softmax_cross_entropy", "SoftmaxCrossEntropyGrad"]
 
 
 def _stable_logsumexp(z: NDArray, axes: Optional[tuple], keepdims: bool) -> NDArray:
@@ -57,3 +59,62 @@ class LogSoftmax(TensorOp):
 
 def logsoftmax(a, axis=-1):
     return LogSoftmax(axis)(a)
+
+
+# ---- softmax cross-entropy ------------------------------------------------------------------
+# One op for the loss and one for its gradient, instead of the ~20 Tensor ops that
+# logsumexp(z) - sum(z * y) and their adjoints take: in an MLP training step the loss is small
+# arrays, so its cost is all per-op Python. Both are differentiable, so gradients of gradients
+# still work.
+
+
+def _softmax(z: NDArray) -> NDArray:
+    """softmax over the last axis of a (batch, classes) array."""
+    return (z - _stable_logsumexp(z, (1,), True).broadcast_to(z.shape)).exp()
+
+
+class SoftmaxCrossEntropy(TensorOp):
+    """Mean over the batch of logsumexp(z_i) - z_i[label_i], for logits z (batch, classes) and
+    labels given as a one-hot (batch, classes) NDArray that the op keeps (labels have no
+    gradient). d/dz = (softmax(z) - one_hot) / batch."""
+
+    def __init__(self, one_hot: NDArray):
+        self.one_hot = one_hot
+
+    def compute(self, z: NDArray):
+        if z.ndim != 2 or z.shape != self.one_hot.shape:
+            raise ValueError(f"softmax_cross_entropy: logits {z.shape} need the labels' "
+                             f"(batch, classes) shape {self.one_hot.shape}")
+        total = _stable_logsumexp(z, (1,), False).sum() - (z * self.one_hot).sum()
+        return total / z.shape[0]
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return SoftmaxCrossEntropyGrad(self.one_hot)(node.inputs[0], out_grad)
+
+
+class SoftmaxCrossEntropyGrad(TensorOp):
+    """g = (softmax(z) - one_hot) * c / batch: SoftmaxCrossEntropy's gradient for the scalar
+    out_grad c. Its own gradient, for v = dL/dg: dL/dz = s * (v - sum(v * s, classes)) * c /
+    batch with s = softmax(z), and dL/dc = sum(v * (s - one_hot)) / batch."""
+
+    def __init__(self, one_hot: NDArray):
+        self.one_hot = one_hot
+
+    def compute(self, z: NDArray, c: NDArray):
+        return (_softmax(z) - self.one_hot) * (c.reshape((1, 1)) / z.shape[0])
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        z, c = node.inputs
+        batch = z.shape[0]
+        s = exp(LogSoftmax(1)(z))
+        vs = out_grad * s
+        scale = broadcast_to(reshape(c, (1, 1)), z.shape) / batch
+        dz = (vs - s * broadcast_to(summation(vs, (1,), keepdims=True), z.shape)) * scale
+        y = Tensor.make_const(self.one_hot)
+        dc = summation(out_grad * (s - y)) / batch
+        return dz, reshape(dc, c.shape)
+
+
+def softmax_cross_entropy(logits: Tensor, one_hot: NDArray) -> Tensor:
+    """Mean cross-entropy of logits (batch, classes) against one-hot labels (an NDArray)."""
+    return SoftmaxCrossEntropy(one_hot)(logits)
