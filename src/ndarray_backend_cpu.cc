@@ -273,6 +273,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.def("scalar_eq", &scalar_binary<Eq>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_ge", &scalar_binary<Ge>, "a"_a, "val"_a, "out"_a);
 
+  m.def("ewise_axpby", &ewise_axpby, "a"_a, "b"_a, "alpha"_a, "beta"_a, "out"_a);
+
   m.def("ewise_neg", &ewise_unary<Neg>, "a"_a, "out"_a);
   m.def("ewise_abs", &ewise_unary<Abs>, "a"_a, "out"_a);
   m.def("ewise_sign", &ewise_unary<Sign>, "a"_a, "out"_a);

@@ -201,6 +201,10 @@ template <BinaryOp op> void scalar(const Array& a, double val, Array& out) {
 template <UnaryOp op> void unary(const Array& a, Array& out) {
   ewise_unary(op, common_dtype(a, out), a.ptr, out.ptr, out.size);
 }
+// `out` may be `a` or `b` itself (an in-place update).
+void axpby(const Array& a, const Array& b, double alpha, double beta, Array& out) {
+  ewise_axpby(common_dtype(a, b, out), a.ptr, b.ptr, alpha, beta, out.ptr, out.size);
+}
 
 nb::dict memory_dict() {
   const MemoryInfo info = memory_info();
@@ -283,6 +287,7 @@ NB_MODULE(ndarray_backend_cuda, m) {
   m.def("scalar_maximum", &scalar<BinaryOp::maximum>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_eq", &scalar<BinaryOp::eq>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_ge", &scalar<BinaryOp::ge>, "a"_a, "val"_a, "out"_a);
+  m.def("ewise_axpby", &axpby, "a"_a, "b"_a, "alpha"_a, "beta"_a, "out"_a);
 
   m.def("ewise_neg", &unary<UnaryOp::neg>, "a"_a, "out"_a);
   m.def("ewise_abs", &unary<UnaryOp::abs>, "a"_a, "out"_a);

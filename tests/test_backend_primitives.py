@@ -290,6 +290,34 @@ def test_scalar_binary(name, size, dtype, rng):
         check(name, a, val, Out(size), dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", SIZES)
+def test_ewise_axpby(size, dtype, rng):
+    a, b = operand(rng, "normal", size), operand(rng, "normal", size)
+    for alpha, beta in [(1.0, -0.01), (0.9, 0.1), (0.0, 2.5), (-3, 0)]:
+        check("ewise_axpby", a, b, alpha, beta, Out(size), dtype=dtype)
+        expected = (np.asarray(alpha, dtype) * a.astype(dtype)
+                    + np.asarray(beta, dtype) * b.astype(dtype))
+        np.testing.assert_allclose(call(nb_cpu, "ewise_axpby", a, b, alpha, beta, Out(size),
+                                        dtype=dtype), expected, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("into", ["a", "b"])
+def test_ewise_axpby_in_place(into, dtype, rng):
+    """out may be a or b itself: the optimizers' w = w - lr * grad into w's own buffer."""
+    size = 1001
+    a, b = operand(rng, "normal", size), operand(rng, "normal", size)
+    expected = np.asarray(0.5, dtype) * a.astype(dtype) + np.asarray(-2.0, dtype) * b.astype(dtype)
+    for mod in (nb_np, nb_cpu):
+        arr_a, arr_b = to_array(mod, a, dtype), to_array(mod, b, dtype)
+        out = arr_a if into == "a" else arr_b
+        mod.ewise_axpby(a=arr_a, b=arr_b, alpha=0.5, beta=-2.0, out=out)
+        np.testing.assert_allclose(read(mod, out), expected, **TOL[dtype])
+        np.testing.assert_array_equal(read(mod, arr_b if into == "a" else arr_a),
+                                      (b if into == "a" else a).astype(dtype))
+
+
 def test_scalar_is_rounded_to_the_array_dtype():
     # 0.1 is not a float32; both backends compare against float32(0.1).
     a = np.array([0.1, 0.2], dtype="float32")

@@ -34,7 +34,7 @@ import needle as ndl
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np
 
 from cuda_emulation import harness
-from primitive_calls import Out, call, to_array
+from primitive_calls import Out, call, read, to_array
 
 try:
     from needle.backend_ndarray import ndarray_backend_cuda as nb_cuda
@@ -78,7 +78,8 @@ def test_module_surface():
     assert nb_cuda.__tile_size__ == nb_np.__tile_size__
     assert tuple(nb_cuda.DTYPES) == nb_np.DTYPES
     # Same parameter names as the reference, since NDArray and the tests call by keyword.
-    for name in ("compact", "matmul_strided", "reduce_sum_axis", "scalar_setitem", "to_numpy"):
+    for name in ("compact", "matmul_strided", "reduce_sum_axis", "scalar_setitem", "to_numpy",
+                 "ewise_axpby"):
         doc = getattr(nb_cuda, name).__doc__ or ""
         for param in inspect.signature(getattr(nb_np, name)).parameters:
             assert param in doc, (name, param)
@@ -380,6 +381,61 @@ def test_special_values(mod, dtype):
         for name in ("ewise_add", "ewise_mul", "ewise_div", "ewise_maximum", "ewise_eq",
                      "ewise_ge"):
             check(mod, name, a, b, Out(a.size), dtype=dtype)
+
+
+# (alpha, beta) of ewise_axpby: the optimizers' update (1, -lr) and others, all distinct, so a
+# kernel that swapped the scalars or read one operand twice fails.
+AXPBY = [(1.0, -0.01), (0.9, 0.1), (-1.5, 2.25), (0.0, 3.0), (2.0, 0.0)]
+
+
+def axpby_tol(dtype, a, b, alpha, beta):
+    """Two ulps of the larger term: the GPU's fused multiply-add rounds once less than NumPy,
+    which shows where the two terms cancel."""
+    scale = np.max(np.abs(alpha * a) + np.abs(beta * b), initial=0.0)
+    return {"rtol": 2 * EPS[dtype], "atol": 2 * EPS[dtype] * scale}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", (0,) + SIZES)
+def test_ewise_axpby(mod, layout, size, dtype, rng):
+    a, b = operand(rng, "normal", size), operand(rng, "normal", size)
+    for alpha, beta in AXPBY:
+        check(mod, "ewise_axpby", a, b, alpha, beta, Out(size), dtype=dtype,
+              **axpby_tol(dtype, a, b, alpha, beta))
+
+
+def axpby_in_place(m, a, b, alpha, beta, target, dtype):
+    """ewise_axpby on Arrays of `m` holding a and b, with out the Array `target` itself;
+    returns the contents of both Arrays afterwards."""
+    arrays = {"a": to_array(m, a, dtype), "b": to_array(m, b, dtype)}
+    m.ewise_axpby(**arrays, alpha=alpha, beta=beta, out=arrays[target])
+    return {name: read(m, arr) for name, arr in arrays.items()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", (0,) + SIZES)
+@pytest.mark.parametrize("target", ["a", "b"])
+def test_ewise_axpby_in_place(mod, layout, size, dtype, target, rng):
+    """out is a or b itself (the optimizers' w = w - lr * grad): every element is read before
+    it is written, and the other operand is left as it was."""
+    a, b = operand(rng, "normal", size), operand(rng, "normal", size)
+    for alpha, beta in [(1.0, -0.01), (-0.5, 2.0)]:
+        expected = axpby_in_place(nb_np, a, b, alpha, beta, target, dtype)
+        actual = axpby_in_place(mod, a, b, alpha, beta, target, dtype)
+        np.testing.assert_allclose(actual[target], expected[target],
+                                   **axpby_tol(dtype, a, b, alpha, beta))
+        other = "b" if target == "a" else "a"
+        np.testing.assert_array_equal(actual[other], expected[other])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ewise_axpby_rounds_the_scalars_to_the_dtype(mod, dtype):
+    # 1e-46 is 0 in float32: 1e-46 * 1e38 is then 0, not the 1e-8 of a product in double.
+    big, small = np.array([1e38, -3e38, 2.0]), np.array([1e-9, -2e-9, 0.5])
+    check(mod, "ewise_axpby", big, small, 1e-46, 1.0, Out(3), dtype=dtype, rtol=4 * EPS[dtype],
+          atol=0)
+    check(mod, "ewise_axpby", small, big, 1.0, 1e-46, Out(3), dtype=dtype, rtol=4 * EPS[dtype],
+          atol=0)
 
 
 # ---- matrix multiplication -----------------------------------------------------------------

@@ -18,7 +18,7 @@ import needle as ndl
 from metal_emulation import fake_pyobjc as fake
 from metal_emulation import harness
 from primitive_calls import Out
-from test_metal_kernels import check, matmul_tol
+from test_metal_kernels import check, check_axpby_in_place, matmul_tol
 
 HOST_MODULES = ("ndarray_backend_metal", "ndarray_backend_mps")
 
@@ -77,6 +77,10 @@ def test_primitives(mod):
     check(mod, "ewise_setitem", y[:60], Out(300, x), (3, 4, 5), (1, 60, 3), 2, exact=True)
     check(mod, "scalar_setitem", 60, -1.0, Out(300, x), (3, 4, 5), (1, 60, 3), 2, exact=True)
     check(mod, "ewise_add", x, y, Out(300))
+    check(mod, "ewise_axpby", x, y, 0.9, -0.3, Out(300), rtol=1e-6, atol=1e-6)
+    # out bound to the buffer of a, then of b (two indices of one MTLBuffer)
+    check_axpby_in_place(mod, x, y, 1.0, -0.01, "a")
+    check_axpby_in_place(mod, x, y, -0.5, 2.0, "b")
     check(mod, "scalar_power", np.abs(x), 1.5, Out(300))
     check(mod, "ewise_sigmoid", x * 30, Out(300))
     check(mod, "reduce_sum", x, Out(3), 100, rtol=1e-5, atol=1e-4)

@@ -186,7 +186,7 @@ def test_harness_has_every_kernel_of_the_libraries(emu):
     names = set(harness.library().kernels)
     expected = (set(metal_primitives.BINARY_KERNELS) | set(metal_primitives.SCALAR_KERNELS)
                 | set(metal_primitives.UNARY_KERNELS) | set(metal_primitives.MATMUL_TILES)
-                | {"fill", "compact", "ewise_setitem", "scalar_setitem"}
+                | {"fill", "compact", "ewise_setitem", "scalar_setitem", "ewise_axpby"}
                 | {f"reduce_{op}_{kind}" for op in ("sum", "max")
                    for kind in ("rows", "serial", "axis")})
     assert expected <= names
@@ -487,6 +487,51 @@ def test_scalar_binary(mod, name, size, rng):
         check(mod, name, a, val, Out(size))
 
 
+# (alpha, beta) of ewise_axpby: the optimizers' update (1, -lr) and others, all distinct, so a
+# kernel that swapped the scalars or read one operand twice fails.
+AXPBY = [(1.0, -0.01), (0.9, 0.1), (-1.5, 2.25), (0.0, 3.0), (2.0, 0.0)]
+
+
+def axpby_tol(a, b, alpha, beta):
+    """Two ulps of the larger term: a fused multiply-add rounds once less than NumPy, which
+    shows where the two terms cancel."""
+    scale = np.max(np.abs(alpha * a) + np.abs(beta * b), initial=0.0)
+    return {"rtol": 2 * EPS, "atol": 2 * EPS * scale}
+
+
+@pytest.mark.parametrize("size", (0,) + SIZES)
+@pytest.mark.parametrize("alpha,beta", AXPBY)
+def test_ewise_axpby(mod, alpha, beta, size, rng):
+    a, b = operand(rng, "normal", size), operand(rng, "normal", size)
+    check(mod, "ewise_axpby", a, b, alpha, beta, Out(size), **axpby_tol(a, b, alpha, beta))
+
+
+def axpby_in_place(mod, a, b, alpha, beta, target):
+    """ewise_axpby on Arrays of `mod` holding a and b, with out the Array `target` itself;
+    returns the contents of both Arrays afterwards."""
+    arrays = {"a": to_array(mod, a), "b": to_array(mod, b)}
+    mod.ewise_axpby(**arrays, alpha=alpha, beta=beta, out=arrays[target])
+    return {name: read(mod, arr) for name, arr in arrays.items()}
+
+
+def check_axpby_in_place(mod, a, b, alpha, beta, target):
+    """out is a or b itself (the optimizers' w = w - lr * grad): every element is read before
+    it is written, and the other operand is left as it was."""
+    expected = axpby_in_place(nb_np, a, b, alpha, beta, target)
+    actual = axpby_in_place(mod, a, b, alpha, beta, target)
+    np.testing.assert_allclose(actual[target], expected[target], **axpby_tol(a, b, alpha, beta))
+    other = "b" if target == "a" else "a"
+    np.testing.assert_array_equal(actual[other], expected[other])
+
+
+@pytest.mark.parametrize("size", (0,) + SIZES)
+@pytest.mark.parametrize("target", ["a", "b"])
+def test_ewise_axpby_in_place(mod, target, size, rng):
+    a, b = operand(rng, "normal", size), operand(rng, "normal", size)
+    for alpha, beta in [(1.0, -0.01), (-0.5, 2.0)]:
+        check_axpby_in_place(mod, a, b, alpha, beta, target)
+
+
 def test_power_of_negative_bases(mod):
     base = np.array([-2.0, -1.5, -0.5, -3.0, 0.0, -0.0, 2.0])
     with np.errstate(all="ignore"):
@@ -501,6 +546,10 @@ def test_scalar_is_rounded_to_float32(mod):
     check(mod, "scalar_ge", a, 0.1, Out(2), exact=True)
     with np.errstate(over="ignore"):
         check(mod, "scalar_add", a, 1e39, Out(2), exact=True)  # inf, as NumPy's float32
+    # 1e-46 is 0 in float32: 1e-46 * 1e38 is then 0, not the 1e-8 of a product in double.
+    big, small = np.array([1e38, -3e38, 2.0]), np.array([1e-9, -2e-9, 0.5])
+    check(mod, "ewise_axpby", big, small, 1e-46, 1.0, Out(3), rtol=4 * EPS, atol=0)
+    check(mod, "ewise_axpby", small, big, 1.0, 1e-46, Out(3), rtol=4 * EPS, atol=0)
 
 
 UNARY = {

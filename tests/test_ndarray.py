@@ -839,3 +839,45 @@ def test_cuda_not_available_here():
     for use in uses:
         with pytest.raises(RuntimeError, match=r"cuda\(\) is not available"):
             use()
+
+
+# ---- axpby: the optimizers' fused update -------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_axpby(device, dtype):
+    rng = np.random.default_rng(0)
+    x_np, y_np = rng.standard_normal((3, 40)), rng.standard_normal((3, 40))
+    expected = 0.5 * x_np.astype(dtype) - 0.25 * y_np.astype(dtype)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-13, atol=1e-14)
+    x, y = nd.array(x_np, dtype=dtype, device=device), nd.array(y_np, dtype=dtype, device=device)
+    out = nd.axpby(0.5, x, -0.25, y)
+    assert out.shape == (3, 40) and out.dtype == dtype and out.device == device
+    np.testing.assert_allclose(out.numpy(), expected, **tol)
+    np.testing.assert_array_equal(x.numpy(), x_np.astype(dtype))  # inputs untouched
+    # Views are read through their strides.
+    xt = nd.array(x_np.T.copy(), dtype=dtype, device=device).permute((1, 0))
+    np.testing.assert_allclose(nd.axpby(0.5, xt, -0.25, y).numpy(), expected, **tol)
+    # In place, into either operand: the same buffer, the new values.
+    for into in ("x", "y"):
+        x = nd.array(x_np, dtype=dtype, device=device)
+        y = nd.array(y_np, dtype=dtype, device=device)
+        target = x if into == "x" else y
+        assert nd.axpby(0.5, x, -0.25, y, out=target) is target
+        np.testing.assert_allclose(target.numpy(), expected, **tol)
+
+
+def test_axpby_rejects_bad_operands(device):
+    x = nd.array(np.ones((2, 3)), device=device)
+    with pytest.raises(ValueError, match=r"shapes \(2, 3\) and \(3, 2\)"):
+        nd.axpby(1.0, x, 1.0, nd.array(np.ones((3, 2)), device=device))
+    with pytest.raises(TypeError, match="float32 and float64"):
+        nd.axpby(1.0, x, 1.0, nd.array(np.ones((2, 3)), dtype="float64", device=device))
+    with pytest.raises(TypeError, match="NDArrays"):
+        nd.axpby(1.0, x, 1.0, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="out must be compact"):
+        nd.axpby(1.0, x, 1.0, x, out=nd.array(np.ones((3, 2)), device=device).permute((1, 0)))
+    with pytest.raises(ValueError, match=r"out is \(3,\) float32"):
+        nd.axpby(1.0, x, 1.0, x, out=nd.array(np.ones(3), device=device))
+    other = nd.cpu_numpy() if device != nd.cpu_numpy() else nd.cpu()
+    if other.enabled():
+        with pytest.raises(ValueError, match="different devices"):
+            nd.axpby(1.0, x, 1.0, nd.array(np.ones((2, 3)), device=other))

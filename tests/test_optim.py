@@ -172,6 +172,59 @@ def test_step_builds_no_graph(device, make_opt):
     assert ndl.is_grad_enabled()
 
 
+OPTIMIZERS = [
+    lambda ps: optim.SGD(ps, lr=0.1),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+    lambda ps: optim.Adam(ps, lr=0.1, weight_decay=0.01),
+    lambda ps: optim.AdamW(ps, lr=0.1),
+]
+OPTIMIZER_IDS = ["sgd", "sgd-momentum", "adam", "adamw"]
+
+
+@pytest.mark.parametrize("make_opt", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_step_updates_private_data_in_place(device, make_opt):
+    """A parameter whose data nothing else holds is updated in its own buffer (as torch
+    does), and so are the optimizer's own buffers; the values are checked by the tests above."""
+    model = make_model(device)
+    opt = make_opt(model.parameters())
+    for step, (x, y) in enumerate(batches(3, "float32")):
+        opt.reset_grad()
+        needle_backward(model, x, y, device, "float32")
+        handles = [id(p.cached_data._handle) for p in model.parameters()]
+        buffers = {(i, k): id(b.cached_data._handle) for i, s in opt.state.items()
+                   for k, b in s.items() if isinstance(b, ndl.Tensor)}
+        opt.step()
+        assert [id(p.cached_data._handle) for p in model.parameters()] == handles
+        if step:  # the buffers exist from the first step on
+            assert {(i, k): id(b.cached_data._handle) for i, s in opt.state.items()
+                    for k, b in s.items() if isinstance(b, ndl.Tensor)} == buffers
+
+
+@pytest.mark.parametrize("make_opt", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_step_leaves_what_others_hold_unchanged(device, make_opt):
+    """needle's value semantics: a detached Tensor, an NDArray view or a Tensor made from a
+    parameter's data keeps the values it had; only the parameter moves."""
+    model = make_model(device)
+    opt = make_opt(model.parameters())
+    x, y = batches(1, "float32")[0]
+    needle_backward(model, x, y, device, "float32")
+    opt.step()  # the optimizer's buffers exist from here on
+    w1, b1, w2, b2 = model.parameters()
+    kept = {"detached": w1.detach(), "view": b1.cached_data.permute((1, 0)), "data": w2.data}
+    buffers = [b for s in opt.state.values() for b in s.values() if isinstance(b, ndl.Tensor)]
+    if buffers:
+        kept["buffer"] = buffers[0].detach()
+    before = {k: v.numpy().copy() for k, v in kept.items()}
+    params_before = [p.numpy().copy() for p in model.parameters()]
+    opt.reset_grad()
+    needle_backward(model, x, y, device, "float32")
+    opt.step()
+    for k, v in kept.items():
+        np.testing.assert_array_equal(v.numpy(), before[k], err_msg=k)
+    for p, old in zip(model.parameters(), params_before):
+        assert not np.array_equal(p.numpy(), old)
+
+
 @pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
 def test_step_keeps_parameter_dtype(device, cls):
     """A float64 gradient (set by hand) does not turn a float32 parameter into float64."""

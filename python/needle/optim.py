@@ -1,21 +1,25 @@
 """Optimizers (SGD, Adam, AdamW) and learning-rate schedules (StepLR, CosineAnnealingLR).
 
 Updates compute on the parameters' NDArrays, below the Tensor layer: they need no graph, and
-a Tensor op adds about 10 us of dispatch per op per parameter (0.1 ms of the 6 ms SGD step
-of benchmarks/bench_train.py's MLP; Adam has a dozen ops per parameter). The result is
-written back into each Parameter's data: the Parameter objects (and so a model's references
-to them) never change, and each parameter keeps its dtype. Per-parameter buffers are kept as
-Tensors.
+a Tensor op adds about 10 us of dispatch per op per parameter. Each update ends in one fused
+pass, ``axpby`` (w = a * w + b * step), that writes into the parameter's own buffer when
+nothing else can see it (no other Tensor, NDArray or view holds it), as torch updates in
+place, and into a new buffer otherwise, so that a detached copy or a view someone kept keeps
+its old values, as in needle. Either way the Parameter objects (and so a model's references to
+them) never change, and each parameter keeps its dtype. Per-parameter buffers are Tensors,
+updated the same way.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Dict, Iterable, List
 
 import numpy as np
 
 from .autograd import NDArray, Tensor, no_grad
+from .backend_ndarray import axpby
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR"]
 
@@ -44,22 +48,27 @@ class Optimizer:
         self.reset_grad()
 
     def _grads(self):
-        """(index, parameter, its data, its gradient's data in the parameter's dtype) as
-        NDArrays, skipping params without a gradient."""
+        """(index, parameter, its gradient's data in the parameter's dtype), skipping params
+        without a gradient."""
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            w = p.realize_cached_data()
             grad = p.grad.realize_cached_data()
-            if grad.dtype != w.dtype:
-                grad = grad.astype(w.dtype)
-            yield i, p, w, grad
+            if grad.dtype != p.dtype:
+                grad = grad.astype(p.dtype)
+            yield i, p, grad
 
     @staticmethod
-    def _assign(param: Tensor, value: NDArray) -> None:
-        if value.dtype != param.dtype:
-            value = value.astype(param.dtype)
-        param.cached_data = value
+    def _update(tensor: Tensor, alpha: float, beta: float, step: NDArray) -> None:
+        """tensor's data = alpha * data + beta * step (step in the tensor's dtype), in place
+        when the data is private to `tensor`."""
+        data = tensor.realize_cached_data()
+        # Private: the only references to the NDArray are tensor.cached_data, `data` and
+        # getrefcount's argument, and the NDArray is the only one on its buffer (views,
+        # detach() and the like would hold the NDArray or the buffer). An in-place update
+        # then changes nothing anyone else can see.
+        private = sys.getrefcount(data) == 3 and sys.getrefcount(data._handle) == 2
+        tensor.cached_data = axpby(alpha, data, beta, step, out=data if private else None)
 
     def state_dict(self) -> Dict[str, Any]:
         """Hyper-parameters and per-parameter buffers, as NumPy arrays and Python numbers."""
@@ -114,18 +123,19 @@ class SGD(Optimizer):
 
     @no_grad()
     def step(self) -> None:
-        for i, p, w, grad in self._grads():
+        for i, p, grad in self._grads():
             if self.weight_decay:
-                grad = grad + w * self.weight_decay
+                grad = axpby(1.0, grad, self.weight_decay, p.realize_cached_data())
+            u = grad
             if self.momentum:
                 state = self.state.setdefault(i, {})
-                u = grad * (1 - self.momentum)
                 if "momentum_buffer" in state:
-                    u = state["momentum_buffer"].realize_cached_data() * self.momentum + u
-                state["momentum_buffer"] = Tensor.make_const(u)
-            else:
-                u = grad
-            self._assign(p, w - u * self.lr)
+                    self._update(state["momentum_buffer"], self.momentum, 1 - self.momentum,
+                                 grad)
+                else:
+                    state["momentum_buffer"] = Tensor.make_const(grad * (1 - self.momentum))
+                u = state["momentum_buffer"].realize_cached_data()
+            self._update(p, 1.0, -self.lr, u)
 
 
 class Adam(Optimizer):
@@ -154,23 +164,25 @@ class Adam(Optimizer):
     def step(self) -> None:
         self.t += 1
         b1, b2 = self.beta1, self.beta2
-        for i, p, w, grad in self._grads():
+        for i, p, grad in self._grads():
+            decay = 1.0
             if self.weight_decay:
                 if self._decoupled:
-                    w = w * (1 - self.lr * self.weight_decay)
+                    decay = 1 - self.lr * self.weight_decay
                 else:
-                    grad = grad + w * self.weight_decay
+                    grad = axpby(1.0, grad, self.weight_decay, p.realize_cached_data())
             state = self.state.setdefault(i, {})
             t = state.get("step", 0) + 1
             state["step"] = t
-            m, v = grad * (1 - b1), grad * grad * (1 - b2)
             if "m" in state:
-                m = state["m"].realize_cached_data() * b1 + m
-                v = state["v"].realize_cached_data() * b2 + v
-            state["m"], state["v"] = Tensor.make_const(m), Tensor.make_const(v)
-            m_hat = m / (1 - b1 ** t)
-            v_hat = v / (1 - b2 ** t)
-            self._assign(p, w - m_hat / (v_hat.sqrt() + self.eps) * self.lr)
+                self._update(state["m"], b1, 1 - b1, grad)
+                self._update(state["v"], b2, 1 - b2, grad * grad)
+            else:
+                state["m"] = Tensor.make_const(grad * (1 - b1))
+                state["v"] = Tensor.make_const(grad * grad * (1 - b2))
+            m_hat = state["m"].realize_cached_data() / (1 - b1 ** t)
+            v_hat = state["v"].realize_cached_data() / (1 - b2 ** t)
+            self._update(p, decay, -self.lr, m_hat / (v_hat.sqrt() + self.eps))
 
 
 class AdamW(Adam):

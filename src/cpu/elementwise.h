@@ -174,6 +174,18 @@ template <class Op> void scalar_binary(const Array &a, double val, Array &out) {
   });
 }
 
+// out = alpha * a + beta * b (out may be a or b itself: an in-place update). The scalars are
+// rounded to the array dtype first.
+inline void ewise_axpby(const Array &a, const Array &b, double alpha, double beta, Array &out) {
+  assert(a.size >= out.size && b.size >= out.size);
+  dispatch(common_dtype(a, b, out), [&](auto tag) {
+    using T = decltype(tag);
+    const Vec<T> va = simd::splat(static_cast<T>(alpha)), vb = simd::splat(static_cast<T>(beta));
+    map_lanes(out.data<T>(), out.size, [&](Vec<T> x, Vec<T> y) { return va * x + vb * y; },
+              a.data<T>(), b.data<T>());
+  });
+}
+
 template <class Op> void ewise_unary(const Array &a, Array &out) {
   assert(a.size >= out.size);
   dispatch(common_dtype(a, out), [&](auto tag) {

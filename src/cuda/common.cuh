@@ -118,6 +118,11 @@ struct Eq {  // 1 where equal, else 0, in the array's dtype
 struct Ge {
   template <class T> __host__ __device__ T operator()(T x, T y) const { return x >= y ? T(1) : T(0); }
 };
+// alpha * x + beta * y; nvcc contracts it into one multiply and one fused multiply-add.
+template <class T> struct Axpby {
+  T alpha, beta;
+  __host__ __device__ T operator()(T x, T y) const { return alpha * x + beta * y; }
+};
 
 // ---- reductions -----------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-// Elementwise primitives over compact arrays: fill, the unary and binary operators, and the
-// binary operators against a scalar. Grid-stride loops, memory bound: each thread moves
-// 16 bytes per access (float4 / double2) when every pointer is 16-byte aligned, which
+// Elementwise primitives over compact arrays: fill, the unary and binary operators, the
+// binary operators against a scalar, and axpby. Grid-stride loops, memory bound: each thread
+// moves 16 bytes per access (float4 / double2) when every pointer is 16-byte aligned, which
 // Arrays from the allocator always are; a scalar loop covers the tail and unaligned calls.
 
 #include "common.cuh"
@@ -87,11 +87,14 @@ template <class T, class F> void map_unary(F f, const void* a, void* out, int64_
          static_cast<const T*>(a), static_cast<T*>(out), n, vec);
 }
 
-template <class T, class Op> void map_binary(const void* a, const void* b, void* out, int64_t n) {
+// Each thread loads its elements of a and b before it stores the same elements of out, so out
+// may be a or b itself.
+template <class T, class F>
+void map_binary(F f, const void* a, const void* b, void* out, int64_t n) {
   if (n <= 0) return;
   const bool vec = aligned16(a) && aligned16(b) && aligned16(out);
-  launch("map_binary", map_binary_kernel<T, Op>, grid_stride_config(map_items<T>(n, vec)),
-         Op(), static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out), n, vec);
+  launch("map_binary", map_binary_kernel<T, F>, grid_stride_config(map_items<T>(n, vec)), f,
+         static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out), n, vec);
 }
 
 template <class T> void unary(UnaryOp op, const void* a, void* out, int64_t n) {
@@ -113,14 +116,14 @@ template <class T> void unary(UnaryOp op, const void* a, void* out, int64_t n) {
 
 template <class T> void binary(BinaryOp op, const void* a, const void* b, void* out, int64_t n) {
   switch (op) {
-    case BinaryOp::add: return map_binary<T, Add>(a, b, out, n);
-    case BinaryOp::sub: return map_binary<T, Sub>(a, b, out, n);
-    case BinaryOp::mul: return map_binary<T, Mul>(a, b, out, n);
-    case BinaryOp::div: return map_binary<T, Div>(a, b, out, n);
-    case BinaryOp::power: return map_binary<T, Power>(a, b, out, n);
-    case BinaryOp::maximum: return map_binary<T, Maximum>(a, b, out, n);
-    case BinaryOp::eq: return map_binary<T, Eq>(a, b, out, n);
-    case BinaryOp::ge: return map_binary<T, Ge>(a, b, out, n);
+    case BinaryOp::add: return map_binary<T>(Add(), a, b, out, n);
+    case BinaryOp::sub: return map_binary<T>(Sub(), a, b, out, n);
+    case BinaryOp::mul: return map_binary<T>(Mul(), a, b, out, n);
+    case BinaryOp::div: return map_binary<T>(Div(), a, b, out, n);
+    case BinaryOp::power: return map_binary<T>(Power(), a, b, out, n);
+    case BinaryOp::maximum: return map_binary<T>(Maximum(), a, b, out, n);
+    case BinaryOp::eq: return map_binary<T>(Eq(), a, b, out, n);
+    case BinaryOp::ge: return map_binary<T>(Ge(), a, b, out, n);
     case BinaryOp::rsub:  // only meaningful against a scalar
     case BinaryOp::rdiv: break;
   }
@@ -177,6 +180,15 @@ void ewise_binary(BinaryOp op, DType dt, const void* a, const void* b, void* out
 void scalar_binary(BinaryOp op, DType dt, const void* a, double val, void* out, int64_t n) {
   if (dt == DType::f32) return scalar<float>(op, a, static_cast<float>(val), out, n);
   scalar<double>(op, a, val, out, n);
+}
+
+void ewise_axpby(DType dt, const void* a, const void* b, double alpha, double beta, void* out,
+                 int64_t n) {
+  if (dt == DType::f32) {
+    const Axpby<float> f{static_cast<float>(alpha), static_cast<float>(beta)};
+    return map_binary<float>(f, a, b, out, n);
+  }
+  map_binary<double>(Axpby<double>{alpha, beta}, a, b, out, n);
 }
 
 }  // namespace cuda

@@ -79,6 +79,10 @@ enum class BinaryOp { add, sub, rsub, mul, div, rdiv, power, maximum, eq, ge };
 void ewise_unary(UnaryOp op, DType dt, const void* a, void* out, int64_t n);
 void ewise_binary(BinaryOp op, DType dt, const void* a, const void* b, void* out, int64_t n);
 void scalar_binary(BinaryOp op, DType dt, const void* a, double val, void* out, int64_t n);
+// out[i] = alpha * a[i] + beta * b[i], the scalars rounded to dt first. `out` may be `a` or `b`
+// itself (the optimizers' in-place update): every element is read before it is written.
+void ewise_axpby(DType dt, const void* a, const void* b, double alpha, double beta, void* out,
+                 int64_t n);
 
 // ---- matrix multiplication ------------------------------------------------------------
 

@@ -91,6 +91,11 @@ int emu_scalar(int op, int dt, const void* a, double val, void* out, int64_t n) 
   return guarded([&] { scalar_binary(static_cast<BinaryOp>(op), dtype(dt), a, val, out, n); });
 }
 
+int emu_axpby(int dt, const void* a, const void* b, double alpha, double beta, void* out,
+              int64_t n) {
+  return guarded([&] { ewise_axpby(dtype(dt), a, b, alpha, beta, out, n); });
+}
+
 // a_view / b_view: offset, batch stride, row stride, col stride.
 int emu_matmul(int dt, const void* a, const int64_t* a_view, const void* b,
                const int64_t* b_view, void* out, int64_t batch, int64_t m, int64_t n,

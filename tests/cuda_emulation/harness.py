@@ -99,6 +99,7 @@ def library() -> ctypes.CDLL:
     lib.emu_unary.argtypes = [i, i, p, p, i64]
     lib.emu_binary.argtypes = [i, i, p, p, p, i64]
     lib.emu_scalar.argtypes = [i, i, p, d, p, i64]
+    lib.emu_axpby.argtypes = [i, p, p, d, d, p, i64]
     lib.emu_matmul.argtypes = [i, p, ip, p, ip, p, i64, i64, i64, i64]
     lib.emu_reduce_last.argtypes = [i, i, p, p, i64, i64]
     lib.emu_reduce_middle.argtypes = [i, i, p, p, i64, i64, i64]
@@ -228,6 +229,10 @@ def _make_backend() -> types.SimpleNamespace:
             _call("emu_scalar", _op, _dt(a, out), a.ptr(), float(val), out.ptr(), out.size)
         setattr(ns, f"scalar_{name}", scalar)
 
+    def ewise_axpby(a, b, alpha, beta, out):
+        _call("emu_axpby", _dt(a, b, out), a.ptr(), b.ptr(), float(alpha), float(beta),
+              out.ptr(), out.size)
+
     def matmul_strided(a, b, out, batch, m, n, p, a_offset, a_strides, b_offset, b_strides):
         if len(a_strides) != 3 or len(b_strides) != 3:
             raise ValueError("matmul_strided: strides must be (batch, row, col)")
@@ -263,9 +268,9 @@ def _make_backend() -> types.SimpleNamespace:
     def synchronize():
         return None
 
-    for fn in (to_numpy, from_numpy, fill, compact, ewise_setitem, scalar_setitem, matmul_strided,
-               matmul, batched_matmul, matmul_tiled, reduce_sum, reduce_max, reduce_sum_axis,
-               reduce_max_axis, synchronize):
+    for fn in (to_numpy, from_numpy, fill, compact, ewise_setitem, scalar_setitem, ewise_axpby,
+               matmul_strided, matmul, batched_matmul, matmul_tiled, reduce_sum, reduce_max,
+               reduce_sum_axis, reduce_max_axis, synchronize):
         setattr(ns, fn.__name__, fn)
     return ns
 

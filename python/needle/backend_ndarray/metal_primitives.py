@@ -325,6 +325,14 @@ class MetalBackend:
             self._launch(kernel, [(0, a, 0), (1, out, 0)], [(2, _u32(out.size))],
                          _groups(out.size, THREADS), (THREADS, 1, 1))
 
+    def ewise_axpby(self, a: MetalArray, b: MetalArray, alpha: float, beta: float,
+                    out: MetalArray) -> None:
+        """out = alpha * a + beta * b; out may be a or b itself (an in-place update)."""
+        if out.size:
+            self._launch("ewise_axpby", [(0, a, 0), (1, b, 0), (2, out, 0)],
+                         [(3, _u32(out.size)), (4, _f32(alpha)), (5, _f32(beta))],
+                         _groups(out.size, THREADS), (THREADS, 1, 1))
+
     # -- linear algebra --
     @property
     def matmul_kernel(self) -> str:
@@ -445,8 +453,8 @@ class MetalBackend:
         }
         for name in (
             "to_numpy", "from_numpy", "fill", "compact", "ewise_setitem", "scalar_setitem",
-            "matmul", "batched_matmul", "matmul_strided", "matmul_tiled", "reduce_sum",
-            "reduce_max", "reduce_sum_axis", "reduce_max_axis", "synchronize",
+            "ewise_axpby", "matmul", "batched_matmul", "matmul_strided", "matmul_tiled",
+            "reduce_sum", "reduce_max", "reduce_sum_axis", "reduce_max_axis", "synchronize",
         ):
             table[name] = getattr(self, name)
         for name in BINARY_KERNELS:

@@ -66,6 +66,7 @@ __all__ = [
     "maximum", "log", "exp", "tanh", "sum", "max", "flip", "stack", "split", "cpu", "cpu_numpy",
     "cuda", "metal", "mps", "default_device", "all_devices", "compact_strides",
     "broadcast_shapes", "prod", "canonical_dtype", "set_num_threads", "get_num_threads",
+    "axpby",
 ]
 
 DTYPES = ("float32", "float64")
@@ -863,6 +864,41 @@ def empty(shape, dtype=None, device: Optional[BackendDevice] = None) -> NDArray:
 def full(shape, fill_value, dtype=None, device: Optional[BackendDevice] = None) -> NDArray:
     device = default_device() if device is None else device
     return device.full(shape, fill_value, dtype)
+
+
+def axpby(alpha: float, x: NDArray, beta: float, y: NDArray,
+          out: Optional[NDArray] = None) -> NDArray:
+    """alpha * x + beta * y in one pass over memory (one primitive call, ewise_axpby).
+
+    x and y need one shape, dtype and device (no broadcasting, no promotion). With `out`
+    (a compact array of that shape, dtype and device) the result is written there and `out`
+    is returned; `out` may be x or y itself, which is how the optimizers update parameters in
+    place: axpby(1.0, w, -lr, grad, out=w).
+    """
+    if not isinstance(x, NDArray) or not isinstance(y, NDArray):
+        raise TypeError(f"axpby needs NDArrays, got {type(x).__name__} and {type(y).__name__}")
+    x._check_same_device(y)
+    if x._shape != y._shape:
+        raise ValueError(f"axpby: shapes {x._shape} and {y._shape} differ")
+    if x._dtype != y._dtype:
+        raise TypeError(f"axpby: dtypes {x._dtype} and {y._dtype} differ")
+    if out is None:
+        out = NDArray.make(x._shape, device=x._device, dtype=x._dtype)
+    else:
+        if not isinstance(out, NDArray):
+            raise TypeError(f"axpby: out must be an NDArray, got {type(out).__name__}")
+        x._check_same_device(out)
+        if out._shape != x._shape or out._dtype != x._dtype:
+            raise ValueError(f"axpby: out is {out._shape} {out._dtype}, the result "
+                             f"{x._shape} {x._dtype}")
+        if not out.is_compact():
+            raise ValueError("axpby: out must be compact (not a view)")
+    if out.size:
+        # A compact out covers its whole buffer, so an input that shares it after compact()
+        # is element for element the same array: the primitive's in-place case.
+        x._device.mod.ewise_axpby(x.compact()._handle, y.compact()._handle, float(alpha),
+                                  float(beta), out._handle)
+    return out
 
 
 def broadcast_to(array: NDArray, new_shape) -> NDArray:

@@ -6,8 +6,9 @@ tested against this module primitive by primitive. Clarity over speed.
 Conventions shared by all backends:
 - an ``Array`` is a flat buffer of ``size`` elements of one dtype ("float32" or "float64");
 - ``shape``/``strides``/``offset`` describe a strided view, strides and offset in elements;
-- ``out`` is always a separate, compact Array of the right size and dtype, allocated by
-  NDArray, and every bound has been checked in Python before a primitive is called.
+- ``out`` is a separate, compact Array of the right size and dtype, allocated by NDArray,
+  except in ``ewise_axpby``, whose ``out`` may also be ``a`` or ``b`` itself (an in-place
+  update); every bound has been checked in Python before a primitive is called.
 """
 
 import numpy as np
@@ -142,6 +143,13 @@ def ewise_ge(a: Array, b: Array, out: Array) -> None:
 
 def scalar_ge(a: Array, val: float, out: Array) -> None:
     out.array[:] = a.array >= out.array.dtype.type(val)
+
+
+def ewise_axpby(a: Array, b: Array, alpha: float, beta: float, out: Array) -> None:
+    """out = alpha * a + beta * b, the scalars rounded to the dtype first; out may be a or b
+    (the optimizers' in-place update w = w - lr * grad is ewise_axpby(w, grad, 1, -lr, w))."""
+    dt = out.array.dtype.type
+    out.array[:] = dt(alpha) * a.array[: out.size] + dt(beta) * b.array[: out.size]
 
 
 # ---- unary --------------------------------------------------------------------------

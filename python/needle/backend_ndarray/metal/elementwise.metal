@@ -3,6 +3,7 @@
 //   fill:    out [[buffer(0)]], value [[buffer(1)]], size [[buffer(2)]]
 //   binary:  a [[buffer(0)]], b [[buffer(1)]], out [[buffer(2)]], size [[buffer(3)]]
 //   scalar:  a [[buffer(0)]], value [[buffer(1)]], out [[buffer(2)]], size [[buffer(3)]]
+//   axpby:   as binary, then alpha [[buffer(4)]], beta [[buffer(5)]]
 //   unary:   a [[buffer(0)]], out [[buffer(1)]], size [[buffer(2)]]
 // Results follow NumPy (the reference backend) where Metal's built-ins differ: NaN
 // propagates through maximum, relu and sign.
@@ -80,6 +81,22 @@ NEEDLE_EWISE_BINARY(ewise_power, power_numpy(x, y))
 NEEDLE_EWISE_BINARY(ewise_maximum, maximum_nan(x, y))
 NEEDLE_EWISE_BINARY(ewise_eq, x == y ? 1.0f : 0.0f)
 NEEDLE_EWISE_BINARY(ewise_ge, x >= y ? 1.0f : 0.0f)
+
+// out = alpha * a + beta * b. `out` may be bound to the buffer of `a` or `b` (the optimizers'
+// in-place update): each thread reads its element before writing it.
+kernel void ewise_axpby(device const float* a [[buffer(0)]],
+                        device const float* b [[buffer(1)]],
+                        device float* out [[buffer(2)]],
+                        constant uint& size [[buffer(3)]],
+                        constant float& alpha [[buffer(4)]],
+                        constant float& beta [[buffer(5)]],
+                        uint i [[thread_position_in_grid]]) {
+  if (i < size) {
+    const float x = a[i];
+    const float y = b[i];
+    out[i] = alpha * x + beta * y;
+  }
+}
 
 NEEDLE_SCALAR_BINARY(scalar_add, x + y)
 NEEDLE_SCALAR_BINARY(scalar_sub, x - y)
