@@ -360,9 +360,11 @@ class MatMul(TensorOp):
         # An input that needs no gradient (a data batch) gets none: its matmul is pure waste.
         grad_a = grad_b = None
         if a.requires_grad:
-            grad_a = reshape(reduce_to_shape(matmul(out_grad, transpose(b2)), a2.shape), a.shape)
+            grad_a = reduce_to_shape(matmul(out_grad, transpose(b2)), a2.shape)
+            grad_a = grad_a if a2 is a else reshape(grad_a, a.shape)
         if b.requires_grad:
-            grad_b = reshape(reduce_to_shape(matmul(transpose(a2), out_grad), b2.shape), b.shape)
+            grad_b = reduce_to_shape(matmul(transpose(a2), out_grad), b2.shape)
+            grad_b = grad_b if b2 is b else reshape(grad_b, b.shape)
         return grad_a, grad_b
 
 
