@@ -205,7 +205,8 @@ TESTED_OPS = {
     "EWiseAdd", "AddScalar", "EWiseSub", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar",
     "PowerScalar", "EWisePow", "Negate", "Transpose", "Reshape", "BroadcastTo", "Summation",
     "MatMul", "Log", "Exp", "ReLU", "Tanh", "Sigmoid", "Sqrt", "Max", "Maximum", "Stack",
-    "Split", "Flip", "Dilate", "UnDilate", "Pad", "Conv", "GetItem", "GetItemGradient",
+    "Split", "Flip", "Dilate", "UnDilate", "Pad", "Conv", "ConvWeightGrad", "GetItem",
+    "GetItemGradient",
     "LogSoftmax", "LogSumExp", "MakeTensorTuple", "TupleGetItem", "FusedAddScalars", "AsType",
     "SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad",
 }
@@ -828,6 +829,32 @@ def test_conv_class_and_default_padding(device):
              rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape, k, stride, padding", [
+    ((2, 6, 5, 3), 3, 1, 1), ((1, 7, 7, 2), 3, 2, 1), ((1, 8, 7, 2), 2, 3, 0),
+    ((2, 9, 9, 1), 7, 4, 3)], ids=str)
+def test_conv_weight_gradient_op(shape, k, stride, padding, device):
+    """ConvWeightGrad is conv's weight gradient (against torch), and its own gradients in x
+    and in the adjoint are right (against central differences)."""
+    n, h, w, c_in = shape
+    h_out, w_out = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    c_out = 2
+    x_np, g_np = rand(*shape), rand(n, h_out, w_out, c_out)
+    w_t = torch.zeros((k, k, c_in, c_out), dtype=torch.float64, requires_grad=True)
+    torch_conv(stride, padding)(torch.tensor(x_np, dtype=torch.float64), w_t).backward(
+        torch.tensor(g_np, dtype=torch.float64))
+    op = ops.ConvWeightGrad(stride, padding, (k, k))
+    got = op(ndl.Tensor(x_np, device=device), ndl.Tensor(g_np, device=device))
+    assert got.shape == (k, k, c_in, c_out)
+    np.testing.assert_allclose(got.numpy(), w_t.grad.numpy(), rtol=1e-4, atol=1e-4)
+    check_fd([x_np, g_np], op, device)
+
+
+def test_conv_weight_gradient_rejects_mismatched_adjoint(device):
+    x = ndl.Tensor(rand(1, 5, 5, 2), device=device)
+    with pytest.raises(ValueError, match=r"adjoint \(1, 4, 4, 3\).*\(1, 5, 5\)"):
+        ops.ConvWeightGrad(1, 1, (3, 3))(x, ndl.Tensor(rand(1, 4, 4, 3), device=device))
+
+
 def test_conv_rejects_bad_arguments(device):
     x = ndl.Tensor(rand(1, 4, 4, 2), device=device)
     with pytest.raises(ValueError):
@@ -1003,6 +1030,10 @@ SECOND_ORDER_CASES = [
     ("conv", [(1, 5, 5, 2), (3, 3, 2, 2)], torch_conv(1, 1), lambda x, w: ops.conv(x, w, 1, 1)),
     ("conv_stride2", [(1, 6, 5, 2), (3, 3, 2, 3)], torch_conv(2, 1),
      lambda x, w: ops.conv(x, w, 2, 1)),
+    ("conv_stride3_remainder", [(2, 8, 7, 2), (2, 2, 2, 3)], torch_conv(3, 0),
+     lambda x, w: ops.conv(x, w, 3, 0)),
+    ("conv_squared", [(1, 5, 5, 2), (3, 3, 2, 2)], lambda x, w: torch_conv(2, 1)(x, w) ** 2,
+     lambda x, w: ops.conv(x, w, 2, 1) ** 2),
     # Ops whose gradients use constant masks or only move data: the graph must stay connected.
     ("relu", [(3, 4)], lambda x: torch.relu(x) * x, lambda x: ops.relu(x) * x),
     ("max", [(3, 4)], lambda x: torch.amax(x * x, 1), lambda x: ops.max(x * x, 1)),

@@ -20,8 +20,9 @@ __all__ = [
     "reshape", "BroadcastTo", "broadcast_to", "Summation", "summation", "MatMul", "matmul", "Log",
     "log", "Exp", "exp", "ReLU", "relu", "Tanh", "tanh", "Sigmoid", "sigmoid", "Sqrt", "sqrt",
     "Max", "max", "Maximum", "maximum", "Stack", "stack", "Split", "split", "Flip", "flip",
-    "Dilate", "dilate", "UnDilate", "undilate", "Pad", "pad", "Conv", "conv", "GetItem",
-    "getitem", "GetItemGradient", "reduce_to_shape", "zeros_like_data", "AsType", "astype",
+    "Dilate", "dilate", "UnDilate", "undilate", "Pad", "pad", "Conv", "conv", "ConvWeightGrad",
+    "GetItem", "getitem", "GetItemGradient", "reduce_to_shape", "zeros_like_data", "AsType",
+    "astype",
 ]
 
 
@@ -720,61 +721,81 @@ class Conv(TensorOp):
         if a.shape[3] != b.shape[2]:
             raise ValueError(f"conv: input channels {a.shape[3]} (input shape {a.shape}) do not "
                              f"match weight channels {b.shape[2]} (weight shape {b.shape})")
-        p, s = self.padding, self.stride
-        if p:
-            a = a.pad(((0, 0), (p, p), (p, p), (0, 0)))
-        else:
-            a = a.compact()
-        n, h, w, c_in = a.shape
         kh, kw, _, c_out = b.shape
-        if h < kh or w < kw:
-            raise ValueError(f"conv: kernel {kh}x{kw} is larger than the padded input {h}x{w}")
-        h_out, w_out = (h - kh) // s + 1, (w - kw) // s + 1
-        sn, sh, sw, sc = a.strides
-        cols = a.as_strided((n, h_out, w_out, kh, kw, c_in), (sn, sh * s, sw * s, sh, sw, sc))
-        cols = cols.compact().reshape(n * h_out * w_out, kh * kw * c_in)
-        out = cols @ b.compact().reshape(kh * kw * c_in, c_out)
+        cols, (n, h_out, w_out) = _im2col(a, kh, kw, self.stride, self.padding)
+        out = cols @ b.compact().reshape(cols.shape[1], c_out)
         return out.reshape(n, h_out, w_out, c_out)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, w = node.inputs
-        _, h, wd, _ = x.shape
-        kh, kw = w.shape[:2]
-        p, s = self.padding, self.stride
-        hp, wp = h + 2 * p, wd + 2 * p
-        # Rows and columns of the padded input that no window reaches (stride remainder).
-        rh, rw = (hp - kh) % s, (wp - kw) % s
-        g = dilate(out_grad, (1, 2), s - 1) if s > 1 else out_grad
-        if s > 1:  # dilate leaves s-1 trailing zeros per axis; drop them
-            g = getitem(g, (slice(None), slice(0, g.shape[1] - (s - 1)),
-                            slice(0, g.shape[2] - (s - 1)), slice(None)))
-        return (self._input_gradient(g, x, w, rh, rw) if x.requires_grad else None,
-                self._weight_gradient(g, x, w, rh, rw) if w.requires_grad else None)
+        s, p = self.stride, self.padding
+        return (_conv_input_gradient(out_grad, x, w, s, p) if x.requires_grad else None,
+                ConvWeightGrad(s, p, w.shape[:2])(x, out_grad) if w.requires_grad else None)
 
-    def _input_gradient(self, g, x, w, rh, rw):
-        """Full correlation of the dilated adjoint with the flipped, transposed kernel, which
-        covers the padded input but for the unreached remainder; pad it, then crop the padding."""
-        _, h, wd, _ = x.shape
-        kh, kw = w.shape[:2]
-        p = self.padding
-        w_flipped = transpose(flip(w, (0, 1)), (2, 3))
-        grad_padded = conv(pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0))),
-                           w_flipped, stride=1, padding=0)
-        if rh or rw:
-            grad_padded = pad(grad_padded, ((0, 0), (0, rh), (0, rw), (0, 0)))
-        return getitem(grad_padded, (slice(None), slice(p, p + h), slice(p, p + wd),
-                                     slice(None))) if p else grad_padded
 
-    def _weight_gradient(self, g, x, w, rh, rw):
-        """Correlate the (padded) input, channels as batch, with the dilated adjoint."""
-        kh, kw = w.shape[:2]
-        p = self.padding
-        x_t = transpose(pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x, (0, 3))
-        g_t = transpose(transpose(g, (0, 1)), (1, 2))  # (N, Ho', Wo', C_out) -> (Ho', Wo', N, C_out)
-        grad_w = conv(x_t, g_t, stride=1, padding=0)  # (C_in, kh + rh, kw + rw, C_out)
-        if rh or rw:
-            grad_w = getitem(grad_w, (slice(None), slice(0, kh), slice(0, kw), slice(None)))
-        return transpose(transpose(grad_w, (0, 1)), (1, 2))  # -> (kh, kw, C_in, C_out)
+def _im2col(a: NDArray, kh: int, kw: int, s: int, p: int):
+    """The (N * H_out * W_out, kh * kw * C_in) patch matrix of a padded NHWC input (one
+    compact copy of an as_strided view) and (N, H_out, W_out)."""
+    a = a.pad(((0, 0), (p, p), (p, p), (0, 0))) if p else a.compact()
+    n, h, w, c_in = a.shape
+    if h < kh or w < kw:
+        raise ValueError(f"conv: kernel {kh}x{kw} is larger than the padded input {h}x{w}")
+    h_out, w_out = (h - kh) // s + 1, (w - kw) // s + 1
+    sn, sh, sw, sc = a.strides
+    cols = a.as_strided((n, h_out, w_out, kh, kw, c_in), (sn, sh * s, sw * s, sh, sw, sc))
+    return cols.compact().reshape(n * h_out * w_out, kh * kw * c_in), (n, h_out, w_out)
+
+
+def _conv_input_gradient(out_grad, x, w, s, p):
+    """d conv(x, w) / dx for adjoint out_grad: the full correlation of the dilated adjoint
+    with the flipped, transposed kernel, which covers the padded input but for the rows and
+    columns no window reaches (the stride remainder); pad those, then crop the padding."""
+    _, h, wd, _ = x.shape
+    kh, kw = w.shape[:2]
+    hp, wp = h + 2 * p, wd + 2 * p
+    rh, rw = (hp - kh) % s, (wp - kw) % s
+    g = out_grad
+    if s > 1:  # dilate, then drop the s-1 trailing zeros it leaves per axis
+        g = dilate(out_grad, (1, 2), s - 1)
+        g = getitem(g, (slice(None), slice(0, g.shape[1] - (s - 1)),
+                        slice(0, g.shape[2] - (s - 1)), slice(None)))
+    w_flipped = transpose(flip(w, (0, 1)), (2, 3))
+    grad_padded = conv(pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0))),
+                       w_flipped, stride=1, padding=0)
+    if rh or rw:
+        grad_padded = pad(grad_padded, ((0, 0), (0, rh), (0, rw), (0, 0)))
+    return getitem(grad_padded, (slice(None), slice(p, p + h), slice(p, p + wd),
+                                 slice(None))) if p else grad_padded
+
+
+class ConvWeightGrad(TensorOp):
+    """d conv(x, w) / dw for adjoint g, as one product: im2col(x)^T @ g, (kh * kw * C_in) x
+    (N * H_out * W_out) x C_out, the forward's own patch matrix read transposed. (Correlating
+    x with the stride-dilated adjoint instead costs stride^2 times the work: 1.0 GFLOP rather
+    than 0.04 for ResNet-9's 7x7 stride-4 input layer.)
+
+    Bilinear in (x, g): <V, dw(x, g)> = <g, conv(x, V)>, so d/dg = conv(x, V) and d/dx is
+    conv's input gradient for weights V and adjoint g.
+    """
+
+    def __init__(self, stride: int, padding: int, kernel: Tuple[int, int]):
+        self.stride, self.padding = stride, padding
+        self.kernel = tuple(kernel)
+
+    def compute(self, x: NDArray, g: NDArray):
+        kh, kw = self.kernel
+        cols, out_shape = _im2col(x, kh, kw, self.stride, self.padding)
+        if g.ndim != 4 or g.shape[:3] != out_shape:
+            raise ValueError(f"conv weight gradient: adjoint {g.shape} does not match the "
+                             f"output {out_shape} of input {x.shape}")
+        dw = cols.permute((1, 0)) @ g.compact().reshape(cols.shape[0], g.shape[3])
+        return dw.reshape(kh, kw, x.shape[3], g.shape[3])
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        x, g = node.inputs
+        s, p = self.stride, self.padding
+        return (_conv_input_gradient(g, x, out_grad, s, p) if x.requires_grad else None,
+                conv(x, out_grad, stride=s, padding=p) if g.requires_grad else None)
 
 
 def conv(a, b, stride=1, padding=1):
