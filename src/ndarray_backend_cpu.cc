@@ -268,7 +268,7 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.def("scalar_mul", &scalar_binary<Mul>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_div", &scalar_binary<Div>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_rdiv", &scalar_binary<RDiv>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_power", &scalar_binary<Power>, "a"_a, "val"_a, "out"_a);
+  m.def("scalar_power", &scalar_power, "a"_a, "val"_a, "out"_a);
   m.def("scalar_maximum", &scalar_binary<Maximum>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_eq", &scalar_binary<Eq>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_ge", &scalar_binary<Ge>, "a"_a, "val"_a, "out"_a);

@@ -174,6 +174,14 @@ template <class Op> void scalar_binary(const Array &a, double val, Array &out) {
   });
 }
 
+// a ** val. Squares (BatchNorm's variance and its gradient's x ** 1) skip std::pow, which
+// goes lane by lane: 7 ms of a ResNet-9 step. NumPy takes the same shortcut for ** 2.
+inline void scalar_power(const Array &a, double val, Array &out) {
+  if (val == 2.0) return ewise_binary<Mul>(a, a, out);
+  if (val == 1.0) return scalar_binary<Mul>(a, 1.0, out);
+  scalar_binary<Power>(a, val, out);
+}
+
 // out = alpha * a + beta * b (out may be a or b itself: an in-place update). The scalars are
 // rounded to the array dtype first.
 inline void ewise_axpby(const Array &a, const Array &b, double alpha, double beta, Array &out) {
