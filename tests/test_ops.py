@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 import needle as ndl
 from needle import ops
-from needle.ops import ops_logarithmic, ops_mathematic, ops_tuple
+from needle.ops import ops_logarithmic, ops_mathematic, ops_norm, ops_tuple
 
 HYPOTHESIS = settings(
     max_examples=15, deadline=None, derandomize=True,
@@ -208,13 +208,13 @@ TESTED_OPS = {
     "Split", "Flip", "Dilate", "UnDilate", "Pad", "Conv", "ConvWeightGrad", "GetItem",
     "GetItemGradient",
     "LogSoftmax", "LogSumExp", "MakeTensorTuple", "TupleGetItem", "FusedAddScalars", "AsType",
-    "SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad",
+    "SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad", "BatchNorm",
 }
 
 
 def test_every_exported_op_is_tested():
     exported = set()
-    for module in (ops_mathematic, ops_logarithmic, ops_tuple):
+    for module in (ops_mathematic, ops_logarithmic, ops_norm, ops_tuple):
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, ndl.autograd.Op):
@@ -653,6 +653,46 @@ def test_softmax_cross_entropy_rejects_mismatched_labels(device):
     z = ndl.Tensor(rand(7, 5), device=device)
     with pytest.raises(ValueError, match=r"logits \(7, 5\).*\(7, 4\)"):
         ops.softmax_cross_entropy(z, device.one_hot(4, LABELS % 4))
+
+
+# ---- batch norm -----------------------------------------------------------------------------
+def torch_batch_norm(x, w, b):
+    return F.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm(dtype, device):
+    """Training-mode batch norm and its gradient in x, weight and bias (computed on NDArrays
+    when no graph is recorded) against torch; the batch statistics it keeps, against NumPy."""
+    x = rand(9, 4, low=-3, high=3) + np.arange(4, dtype=np.float32)
+    check_op([x, rand(4, low=0.5, high=2), rand(4)], torch_batch_norm, ops.batch_norm, device,
+             dtype=dtype, rtol=1e-4, atol=1e-4)
+    op = ops.BatchNorm(1e-5)
+    op(ndl.Tensor(x, device=device, dtype=dtype), ndl.Tensor(np.ones(4), device=device,
+                                                           dtype=dtype),
+       ndl.Tensor(np.zeros(4), device=device, dtype=dtype))
+    np.testing.assert_allclose(op.mean.numpy(), x.astype(dtype).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(op.var.numpy(), x.astype(dtype).var(0), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_finite_differences(device):
+    check_fd([rand(7, 3, low=-2, high=2), rand(3, low=0.5, high=2), rand(3)], ops.batch_norm,
+             device, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_double_backward(device):
+    # With create_graph the gradient is built from Tensor ops: its own gradients are checked.
+    # (Squared, so that every first-order gradient depends on the inputs: the bias's
+    # gradient of plain batch_norm is the constant sum of the adjoint.)
+    check_double_backward([rand(6, 3, low=-2, high=2), rand(3, low=0.5, high=2), rand(3)],
+                          lambda x, w, b: torch_batch_norm(x * x, w, b) ** 2,
+                          lambda x, w, b: ops.batch_norm(x * x, w, b) ** 2, device)
+
+
+def test_batch_norm_rejects_bad_shapes(device):
+    x = ndl.Tensor(rand(5, 3), device=device)
+    with pytest.raises(ValueError, match=r"\(5, 3\), \(4,\) and \(3,\)"):
+        ops.batch_norm(x, ndl.Tensor(rand(4), device=device), ndl.Tensor(rand(3), device=device))
 
 
 # ---- max ----------------------------------------------------------------------------------

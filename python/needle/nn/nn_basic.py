@@ -15,6 +15,7 @@ import numpy as np
 import needle.init as init
 from needle import ops
 from needle.autograd import Tensor
+from needle.backend_ndarray import axpby
 
 __all__ = [
     "Parameter", "Module", "Identity", "Linear", "Flatten", "ReLU", "Tanh", "Sigmoid",
@@ -238,20 +239,19 @@ class BatchNorm1d(Module):
         self.running_var = init.ones(dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch = x.shape[0]
         if self.training:
-            mean = x.sum((0,)) / batch
-            centred = x - mean.reshape((1, self.dim)).broadcast_to(x.shape)
-            var = (centred ** 2).sum((0,)) / batch
+            # One op (ops.BatchNorm) rather than ~25 forward and ~40 backward Tensor ops.
+            op = ops.BatchNorm(self.eps)
+            y = op(x, self.weight, self.bias)
+            y.realize_cached_data()  # lazy mode: the batch statistics come with the data
             m = self.momentum
             # Assigned in place (not rebound), so references to the buffers stay valid.
-            self.running_mean.data = (self.running_mean * (1 - m) + mean.detach() * m).astype(
-                self.running_mean.dtype)
-            self.running_var.data = (self.running_var * (1 - m) + var.detach() * m).astype(
-                self.running_var.dtype)
-        else:
-            centred = x - self.running_mean.reshape((1, self.dim)).broadcast_to(x.shape)
-            var = self.running_var
+            for buffer, batch in ((self.running_mean, op.mean), (self.running_var, op.var)):
+                buffer.data = Tensor.make_const(
+                    axpby(1 - m, buffer.realize_cached_data(), m, batch.astype(buffer.dtype)))
+            return y
+        centred = x - self.running_mean.reshape((1, self.dim)).broadcast_to(x.shape)
+        var = self.running_var
         std = ((var + self.eps) ** 0.5).reshape((1, self.dim)).broadcast_to(x.shape)
         weight = self.weight.reshape((1, self.dim)).broadcast_to(x.shape)
         bias = self.bias.reshape((1, self.dim)).broadcast_to(x.shape)
