@@ -747,25 +747,35 @@ def _im2col(a: NDArray, kh: int, kw: int, s: int, p: int):
 
 
 def _conv_input_gradient(out_grad, x, w, s, p):
-    """d conv(x, w) / dx for adjoint out_grad: the full correlation of the dilated adjoint
-    with the flipped, transposed kernel, which covers the padded input but for the rows and
-    columns no window reaches (the stride remainder); pad those, then crop the padding."""
+    """d conv(x, w) / dx for adjoint out_grad: the correlation of the (stride-dilated)
+    adjoint with the flipped, transposed kernel.
+
+    The adjoint is zero-padded so that the correlation yields exactly the unpadded input's
+    rows and columns: kh - 1 - p before, and kh - 1 - p plus the stride remainder (the rows
+    no window reaches, whose gradient is zero) after. Correlating over the whole padded
+    input and cropping would compute ((h + 2p) / h)^2 times the needed work: 9x for the 3x3,
+    padding-1 convs of ResNet-9's 1x1 feature maps. A padding larger than kh - 1 (rows that
+    see only padding) takes that longer way.
+    """
     _, h, wd, _ = x.shape
     kh, kw = w.shape[:2]
-    hp, wp = h + 2 * p, wd + 2 * p
-    rh, rw = (hp - kh) % s, (wp - kw) % s
+    rh, rw = (h + 2 * p - kh) % s, (wd + 2 * p - kw) % s
     g = out_grad
     if s > 1:  # dilate, then drop the s-1 trailing zeros it leaves per axis
         g = dilate(out_grad, (1, 2), s - 1)
         g = getitem(g, (slice(None), slice(0, g.shape[1] - (s - 1)),
                         slice(0, g.shape[2] - (s - 1)), slice(None)))
     w_flipped = transpose(flip(w, (0, 1)), (2, 3))
+    if p <= min(kh, kw) - 1:
+        padding = ((0, 0), (kh - 1 - p, kh - 1 - p + rh), (kw - 1 - p, kw - 1 - p + rw), (0, 0))
+        if any(lo or hi for lo, hi in padding):
+            g = pad(g, padding)
+        return conv(g, w_flipped, stride=1, padding=0)
     grad_padded = conv(pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0))),
                        w_flipped, stride=1, padding=0)
     if rh or rw:
         grad_padded = pad(grad_padded, ((0, 0), (0, rh), (0, rw), (0, 0)))
-    return getitem(grad_padded, (slice(None), slice(p, p + h), slice(p, p + wd),
-                                 slice(None))) if p else grad_padded
+    return getitem(grad_padded, (slice(None), slice(p, p + h), slice(p, p + wd), slice(None)))
 
 
 class ConvWeightGrad(TensorOp):
