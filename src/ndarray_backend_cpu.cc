@@ -177,6 +177,47 @@ void matmul_tiled(const Array &a, const Array &b, Array &out, size_t m, size_t n
 
 // ---- reductions -----------------------------------------------------------------------
 
+// ---- rows by index ---------------------------------------------------------------------
+// Indices are whole numbers stored in the array dtype; NDArray has checked that they are in
+// range and that every size suffices (these asserts only document it).
+
+void gather_rows(const Array &a, const Array &indices, Array &out, int64_t n,
+                 int64_t row_size) {
+  assert(n >= 0 && row_size >= 0 && indices.size >= static_cast<size_t>(n));
+  assert(out.size >= static_cast<size_t>(n * row_size));
+  if (n == 0 || row_size == 0) return;
+  dispatch(common_dtype(a, indices, out), [&](auto tag) {
+    using T = decltype(tag);
+    const T *src = a.data<T>(), *idx = indices.data<T>();
+    T *dst = out.data<T>();
+    parallel_for(n * row_size, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin / row_size; i * row_size < end; ++i) {
+        const int64_t lo = std::max(begin, i * row_size), hi = std::min(end, (i + 1) * row_size);
+        const T *row = src + static_cast<int64_t>(idx[i]) * row_size;
+        std::memcpy(dst + lo, row + (lo - i * row_size), (hi - lo) * sizeof(T));
+      }
+    });
+  });
+}
+
+// Serial in the index order, so repeated indices add up in the same order every time (and
+// the same as NumPy's np.add.at); an embedding gradient is a few hundred rows.
+void scatter_add_rows(const Array &a, const Array &indices, Array &out, int64_t n,
+                      int64_t row_size) {
+  assert(n >= 0 && row_size >= 0 && indices.size >= static_cast<size_t>(n));
+  assert(a.size >= static_cast<size_t>(n * row_size));
+  dispatch(common_dtype(a, indices, out), [&](auto tag) {
+    using T = decltype(tag);
+    const T *src = a.data<T>(), *idx = indices.data<T>();
+    T *dst = out.data<T>();
+    for (int64_t i = 0; i < n; ++i) {
+      T *row = dst + static_cast<int64_t>(idx[i]) * row_size;
+      const T *add = src + i * row_size;
+      for (int64_t j = 0; j < row_size; ++j) row[j] += add[j];
+    }
+  });
+}
+
 void reduce_sum(const Array &a, Array &out, int64_t reduce_size) {
   assert(reduce_size >= 1 && a.size >= out.size * reduce_size);
   dispatch(common_dtype(a, out), [&](auto tag) {
@@ -294,6 +335,10 @@ NB_MODULE(ndarray_backend_cpu, m) {
 
   m.def("matmul_strided", &matmul_strided, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a,
         "p"_a, "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
+
+  m.def("gather_rows", &gather_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
+  m.def("scatter_add_rows", &scatter_add_rows, "a"_a, "indices"_a, "out"_a, "n"_a,
+        "row_size"_a);
 
   m.def("reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   m.def("reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);

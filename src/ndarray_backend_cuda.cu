@@ -138,6 +138,16 @@ void scalar_setitem_array(size_t size, double val, Array& out, const Shape& shap
   scalar_setitem(out.dtype, val, out.ptr, shape, strides, offset);
 }
 
+void gather_rows_array(const Array& a, const Array& indices, Array& out, int64_t n,
+                       int64_t row_size) {
+  gather_rows(common_dtype(a, indices, out), a.ptr, indices.ptr, out.ptr, n, row_size);
+}
+
+void scatter_add_rows_array(const Array& a, const Array& indices, Array& out, int64_t n,
+                            int64_t row_size) {
+  scatter_add_rows(common_dtype(a, indices, out), a.ptr, indices.ptr, out.ptr, n, row_size);
+}
+
 // ---- linear algebra ----------------------------------------------------------------------
 
 void matmul_strided(const Array& a, const Array& b, Array& out, int64_t batch, int64_t m,
@@ -267,6 +277,9 @@ NB_MODULE(ndarray_backend_cuda, m) {
         "offset"_a);
   m.def("scalar_setitem", &scalar_setitem_array, "size"_a, "val"_a, "out"_a, "shape"_a,
         "strides"_a, "offset"_a);
+  m.def("gather_rows", &gather_rows_array, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
+  m.def("scatter_add_rows", &scatter_add_rows_array, "a"_a, "indices"_a, "out"_a, "n"_a,
+        "row_size"_a);
 
   m.def("ewise_add", &ewise<BinaryOp::add>, "a"_a, "b"_a, "out"_a);
   m.def("ewise_sub", &ewise<BinaryOp::sub>, "a"_a, "b"_a, "out"_a);

@@ -318,6 +318,37 @@ def test_ewise_axpby_in_place(into, dtype, rng):
                                       (b if into == "a" else a).astype(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, rows, row_size", [(0, 3, 4), (1, 1, 1), (7, 5, 3), (400, 50, 100)])
+def test_gather_rows(n, rows, row_size, dtype, rng):
+    table = operand(rng, "normal", rows * row_size)
+    indices = rng.integers(0, rows, n).astype(float)
+    check("gather_rows", table, indices, Out(n * row_size), n, row_size, dtype=dtype,
+          exact=True)
+    if n:  # against plain NumPy too
+        got = call(nb_cpu, "gather_rows", table, indices, Out(n * row_size), n, row_size,
+                   dtype=dtype)
+        np.testing.assert_array_equal(
+            got, table.astype(dtype).reshape(rows, row_size)[indices.astype(int)].reshape(-1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, rows, row_size", [(0, 3, 4), (1, 1, 1), (7, 5, 3), (400, 50, 100)])
+def test_scatter_add_rows(n, rows, row_size, dtype, rng):
+    """Adds onto what out holds; repeated indices (many, with 50 rows) add up."""
+    values = operand(rng, "normal", n * row_size)
+    indices = rng.integers(0, rows, n).astype(float)
+    start = operand(rng, "normal", rows * row_size)
+    check("scatter_add_rows", values, indices, Out(rows * row_size, start), n, row_size,
+          dtype=dtype)
+    expected = start.astype(dtype).reshape(rows, row_size).copy()
+    for i, r in enumerate(indices.astype(int)):
+        expected[r] += values.astype(dtype).reshape(max(n, 1), row_size)[i]
+    got = call(nb_cpu, "scatter_add_rows", values, indices, Out(rows * row_size, start), n,
+               row_size, dtype=dtype)
+    np.testing.assert_allclose(got, expected.reshape(-1), **TOL[dtype])
+
+
 def test_scalar_is_rounded_to_the_array_dtype():
     # 0.1 is not a float32; both backends compare against float32(0.1).
     a = np.array([0.1, 0.2], dtype="float32")

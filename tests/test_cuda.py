@@ -79,7 +79,7 @@ def test_module_surface():
     assert tuple(nb_cuda.DTYPES) == nb_np.DTYPES
     # Same parameter names as the reference, since NDArray and the tests call by keyword.
     for name in ("compact", "matmul_strided", "reduce_sum_axis", "scalar_setitem", "to_numpy",
-                 "ewise_axpby"):
+                 "ewise_axpby", "gather_rows", "scatter_add_rows"):
         doc = getattr(nb_cuda, name).__doc__ or ""
         for param in inspect.signature(getattr(nb_np, name)).parameters:
             assert param in doc, (name, param)
@@ -438,6 +438,90 @@ def test_ewise_axpby_rounds_the_scalars_to_the_dtype(mod, dtype):
           atol=0)
 
 
+# ---- rows by index (an embedding lookup and its gradient) ----------------------------------
+# (table rows, n indices, row_size, how the indices are drawn): row_size 1, sizes that are no
+# multiple of a vector width (3, 7, 257), embedding-like rows (100, 130); "same" sends every
+# index to one row (every scatter thread of a column meets on one element), "distinct" is a
+# permutation, "random" repeats some; n * row_size = 78,000 takes several turns of the
+# grid-stride loop on the emulated 2-SM device.
+ROWS_CASES = [
+    (5, 0, 3, "random"), (5, 1, 3, "random"), (1, 1, 1, "random"), (9, 40, 1, "random"),
+    (12, 12, 7, "distinct"), (50, 300, 7, "random"), (6, 33, 257, "same"),
+    (40, 64, 100, "random"), (1000, 600, 130, "random"), (3, 500, 130, "same"),
+]
+
+
+def row_indices(rng, rows, n, kind):
+    if kind == "same":
+        return np.full(n, rows - 1, dtype=float)
+    if kind == "distinct":
+        return rng.permutation(rows)[:n].astype(float)
+    return rng.integers(0, rows, n).astype(float)
+
+
+def scatter_add_tol(dtype, a, init, indices):
+    """The rounding of as many additions as the most repeated index gets, each up to the
+    largest partial sum in size: atomicAdd adds in no fixed order."""
+    repeats = np.bincount(indices.astype(np.int64)).max(initial=0)
+    scale = np.abs(init).max(initial=0) + repeats * np.abs(a).max(initial=0)
+    return {"rtol": 0, "atol": 2 * EPS[dtype] * repeats * scale}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n,row_size,kind", ROWS_CASES)
+def test_gather_rows(mod, layout, rows, n, row_size, kind, dtype, rng):
+    table, indices = rng.standard_normal(rows * row_size), row_indices(rng, rows, n, kind)
+    check(mod, "gather_rows", table, indices, Out(n * row_size), n, row_size, dtype=dtype,
+          exact=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n,row_size,kind", ROWS_CASES)
+def test_scatter_add_rows(mod, layout, rows, n, row_size, kind, dtype, rng):
+    """Adds onto what out holds (random, not zeros), repeated indices adding up."""
+    a, indices = rng.standard_normal(n * row_size), row_indices(rng, rows, n, kind)
+    init = rng.standard_normal(rows * row_size)
+    check(mod, "scatter_add_rows", a, indices, Out(rows * row_size, init), n, row_size,
+          dtype=dtype, **scatter_add_tol(dtype, a, init, indices))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_by_index_use_only_the_first_n_and_whole_rows(mod, dtype, rng):
+    """indices and a may be longer than n needs, a table may end in a partial row: only the
+    first n indices and whole rows count; a scatter leaves the rows nobody indexes as they
+    were, -0.0 and NaN included."""
+    row_size, n = 5, 4
+    table = rng.standard_normal(7 * row_size + 3)  # 7 whole rows and 3 spare elements
+    indices = np.array([6, 0, 6, 2, 1, 3, 5], dtype=float)  # only the first 4 are used
+    check(mod, "gather_rows", table, indices, Out(n * row_size), n, row_size, dtype=dtype,
+          exact=True)
+    a = rng.standard_normal(6 * row_size)  # rows beyond n are not added
+    init = rng.standard_normal(7 * row_size + 2)
+    init[5:10] = -0.0  # row 1: not among the first 4 indices
+    init[15] = np.nan  # row 3: neither
+    actual = call(mod, "scatter_add_rows", a, indices, Out(init.size, init), n, row_size,
+                  dtype=dtype)
+    expected = call(nb_np, "scatter_add_rows", a, indices, Out(init.size, init), n, row_size,
+                    dtype=dtype)
+    np.testing.assert_allclose(actual, expected, **TOL[dtype])
+    untouched = np.r_[5:10, 15:30, 35:init.size]  # rows 1, 3, 4, 5 and the spare elements
+    np.testing.assert_array_equal(np.signbit(actual[untouched]), np.signbit(init[untouched]))
+    np.testing.assert_array_equal(actual[untouched], init[untouched].astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_by_index_reach_far_rows(mod, dtype, rng):
+    # Index 69,999 and its neighbours: an index that went through too few bits, or a row
+    # offset computed in float, lands elsewhere.
+    rows, n = 70_000, 300
+    indices = np.concatenate([[rows - 1, rows - 2, 65_537, 0], rng.integers(0, rows, n - 4)])
+    table = rng.standard_normal(rows)
+    check(mod, "gather_rows", table, indices, Out(n), n, 1, dtype=dtype, exact=True)
+    a, init = rng.standard_normal(n), rng.standard_normal(rows)
+    check(mod, "scatter_add_rows", a, indices, Out(rows, init), n, 1, dtype=dtype,
+          **scatter_add_tol(dtype, a, init, indices))
+
+
 # ---- matrix multiplication -----------------------------------------------------------------
 def matmul_tol(dtype, n):
     return dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * max(n, 1))
@@ -691,6 +775,22 @@ def test_gpu_large_matmul(m, n, p, dtype, rng):
                    m, n, p)
     np.testing.assert_allclose(nb_cuda.to_numpy(out, (m, p), (p, 1), 0), a @ b,
                                **matmul_tol(dtype, n))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_embedding_sized_rows_by_index(dtype, rng):
+    """An embedding's lookup and gradient at language-model size: 10,000 rows of 512, 700
+    indices, half of them on 4 hot rows (hundreds of atomicAdds on one element at once)."""
+    rows, n, row_size = 10_000, 700, 512
+    indices = np.concatenate([rng.integers(0, rows, n // 2), rng.integers(0, 4, n - n // 2)])
+    table, a = rng.standard_normal(rows * row_size), rng.standard_normal(n * row_size)
+    check(nb_cuda, "gather_rows", table, indices, Out(n * row_size), n, row_size, dtype=dtype,
+          exact=True)
+    init = rng.standard_normal(rows * row_size)
+    for _ in range(3):  # the order of the atomic additions differs from run to run
+        check(nb_cuda, "scatter_add_rows", a, indices, Out(rows * row_size, init), n, row_size,
+              dtype=dtype, **scatter_add_tol(dtype, a, init, indices))
 
 
 @needs_gpu

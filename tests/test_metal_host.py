@@ -77,6 +77,9 @@ def test_primitives(mod):
     check(mod, "ewise_setitem", y[:60], Out(300, x), (3, 4, 5), (1, 60, 3), 2, exact=True)
     check(mod, "scalar_setitem", 60, -1.0, Out(300, x), (3, 4, 5), (1, 60, 3), 2, exact=True)
     check(mod, "ewise_add", x, y, Out(300))
+    indices = np.array([2.0, 0.0, 5.0, 2.0, 2.0, 1.0, 5.0])  # repeats add up in a scatter
+    check(mod, "gather_rows", x[:60], indices, Out(70), 7, 10, exact=True)
+    check(mod, "scatter_add_rows", y[:70], indices, Out(60, x[:60]), 7, 10, exact=True)
     check(mod, "ewise_axpby", x, y, 0.9, -0.3, Out(300), rtol=1e-6, atol=1e-6)
     # out bound to the buffer of a, then of b (two indices of one MTLBuffer)
     check_axpby_in_place(mod, x, y, 1.0, -0.01, "a")

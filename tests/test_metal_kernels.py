@@ -182,11 +182,12 @@ def test_harness_has_every_kernel_of_the_libraries(emu):
     source = metal_primitives.kernel_source(
         dict.fromkeys(metal_primitives.CORE_SOURCES + metal_primitives.SIMDGROUP_SOURCES)
     )
-    assert source.count("#line 1") == 6
+    assert source.count("#line 1") == 7
     names = set(harness.library().kernels)
     expected = (set(metal_primitives.BINARY_KERNELS) | set(metal_primitives.SCALAR_KERNELS)
                 | set(metal_primitives.UNARY_KERNELS) | set(metal_primitives.MATMUL_TILES)
-                | {"fill", "compact", "ewise_setitem", "scalar_setitem", "ewise_axpby"}
+                | {"fill", "compact", "ewise_setitem", "scalar_setitem", "ewise_axpby",
+                   "gather_rows", "scatter_add_rows"}
                 | {f"reduce_{op}_{kind}" for op in ("sum", "max")
                    for kind in ("rows", "serial", "axis")})
     assert expected <= names
@@ -530,6 +531,71 @@ def test_ewise_axpby_in_place(mod, target, size, rng):
     a, b = operand(rng, "normal", size), operand(rng, "normal", size)
     for alpha, beta in [(1.0, -0.01), (-0.5, 2.0)]:
         check_axpby_in_place(mod, a, b, alpha, beta, target)
+
+
+# ---- rows by index (an embedding lookup and its gradient) ------------------------------------
+# (table rows, n indices, row_size, how the indices are drawn): row_size 1, odd sizes (3, 7,
+# 257: a row is no whole number of anything), embedding-like rows (100, 130), out's rows on
+# both sides of a threadgroup (256 threads); "same" sends every index to one row, "distinct"
+# is a permutation, "random" repeats some.
+ROWS_CASES = [
+    (5, 0, 3, "random"), (5, 1, 3, "random"), (1, 1, 1, "random"), (300, 40, 1, "random"),
+    (12, 12, 7, "distinct"), (50, 300, 7, "random"), (6, 33, 257, "same"),
+    (40, 64, 100, "random"), (60, 200, 130, "random"), (3, 500, 130, "same"),
+]
+
+
+def row_indices(rng, rows, n, kind):
+    if kind == "same":
+        return np.full(n, rows - 1, dtype=float)
+    if kind == "distinct":
+        return rng.permutation(rows)[:n].astype(float)
+    return rng.integers(0, rows, n).astype(float)
+
+
+@pytest.mark.parametrize("rows,n,row_size,kind", ROWS_CASES)
+def test_gather_rows(mod, rows, n, row_size, kind, rng):
+    table, indices = rng.standard_normal(rows * row_size), row_indices(rng, rows, n, kind)
+    check(mod, "gather_rows", table, indices, Out(n * row_size), n, row_size, exact=True)
+
+
+@pytest.mark.parametrize("rows,n,row_size,kind", ROWS_CASES)
+def test_scatter_add_rows(mod, rows, n, row_size, kind, rng):
+    """Adds onto what out holds (random, not zeros), repeated indices adding up; the kernel
+    makes NumPy's additions in NumPy's order, so the sums agree to the bit."""
+    a, indices = rng.standard_normal(n * row_size), row_indices(rng, rows, n, kind)
+    init = rng.standard_normal(rows * row_size)
+    check(mod, "scatter_add_rows", a, indices, Out(rows * row_size, init), n, row_size,
+          exact=True)
+
+
+def test_rows_by_index_use_only_the_first_n_and_whole_rows(mod, rng):
+    """indices and a may be longer than n needs, a table may end in a partial row: only the
+    first n indices and whole rows count; a scatter leaves the rows nobody indexes as they
+    were, -0.0 and NaN included."""
+    row_size, n = 5, 4
+    table = rng.standard_normal(7 * row_size + 3)  # 7 whole rows and 3 spare elements
+    indices = np.array([6, 0, 6, 2, 1, 3, 5], dtype=float)  # only the first 4 are used
+    check(mod, "gather_rows", table, indices, Out(n * row_size), n, row_size, exact=True)
+    a = rng.standard_normal(6 * row_size)  # rows beyond n are not added
+    init = rng.standard_normal(7 * row_size + 2)
+    init[5:10] = -0.0  # row 1: not among the first 4 indices
+    init[15] = np.nan  # row 3: neither
+    actual = call(mod, "scatter_add_rows", a, indices, Out(init.size, init), n, row_size)
+    np.testing.assert_array_equal(
+        actual, call(nb_np, "scatter_add_rows", a, indices, Out(init.size, init), n, row_size))
+    untouched = np.r_[5:10, 15:30, 35:init.size]  # rows 1, 3, 4, 5 and the spare elements
+    np.testing.assert_array_equal(np.signbit(actual[untouched]), np.signbit(init[untouched]))
+
+
+def test_rows_by_index_reach_far_rows(mod, rng):
+    # Index 69,999 and its neighbours: an index that went through too few bits, or a row
+    # offset computed in float, lands elsewhere.
+    rows, n = 70_000, 300
+    indices = np.concatenate([[rows - 1, rows - 2, 65_537, 0], rng.integers(0, rows, n - 4)])
+    check(mod, "gather_rows", rng.standard_normal(rows), indices, Out(n), n, 1, exact=True)
+    a, init = rng.standard_normal(n), rng.standard_normal(rows)
+    check(mod, "scatter_add_rows", a, indices, Out(rows, init), n, 1, exact=True)
 
 
 def test_power_of_negative_bases(mod):

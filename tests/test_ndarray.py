@@ -881,3 +881,34 @@ def test_axpby_rejects_bad_operands(device):
     if other.enabled():
         with pytest.raises(ValueError, match="different devices"):
             nd.axpby(1.0, x, 1.0, nd.array(np.ones((2, 3)), device=other))
+
+
+# ---- rows by index: embedding lookups and their adjoint ---------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_take_rows_and_add_rows(device, dtype):
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((6, 2, 3))
+    idx = np.array([5, 0, 5, 2, 5])
+    got = nd.take_rows(nd.array(table, dtype=dtype, device=device), idx)
+    assert got.shape == (5, 2, 3) and got.dtype == dtype
+    np.testing.assert_array_equal(got.numpy(), table.astype(dtype)[idx])
+    # A view as the table (read through its strides), and indices checked once and reused.
+    rows = nd.RowIndices(idx, 6, device, dtype)
+    view = nd.array(table[::-1].copy(), dtype=dtype, device=device).flip((0,))
+    np.testing.assert_array_equal(nd.take_rows(view, rows).numpy(), table.astype(dtype)[idx])
+    values = rng.standard_normal((5, 2, 3))
+    summed = nd.add_rows(nd.array(values, dtype=dtype, device=device), rows, 6)
+    expected = np.zeros((6, 2, 3), dtype)
+    np.add.at(expected, idx, values.astype(dtype))
+    np.testing.assert_allclose(summed.numpy(), expected, rtol=1e-6)
+    assert nd.take_rows(nd.array(table, device=device), []).shape == (0, 2, 3)
+
+
+def test_row_indices_errors(device):
+    table = nd.array(np.ones((4, 2)), device=device)
+    with pytest.raises(ValueError, match="indices are for 5 rows, the table has 4"):
+        nd.take_rows(table, nd.RowIndices([1], 5, device))
+    with pytest.raises(ValueError, match="float32 cannot hold every row index"):
+        nd.RowIndices([0], 2 ** 24 + 1, device, "float32")
+    with pytest.raises(IndexError, match=r"\[0, 4\)"):
+        nd.add_rows(table, [0, 4], 4)

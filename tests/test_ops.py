@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import needle as ndl
+from needle import backend_ndarray as nd
 from needle import ops
 from needle.ops import ops_logarithmic, ops_mathematic, ops_norm, ops_tuple
 
@@ -208,7 +209,7 @@ TESTED_OPS = {
     "Split", "Flip", "Dilate", "UnDilate", "Pad", "Conv", "ConvWeightGrad", "GetItem",
     "GetItemGradient",
     "LogSoftmax", "LogSumExp", "MakeTensorTuple", "TupleGetItem", "FusedAddScalars", "AsType",
-    "SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad", "BatchNorm",
+    "SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad", "BatchNorm", "TakeRows", "AddRows",
 }
 
 
@@ -653,6 +654,51 @@ def test_softmax_cross_entropy_rejects_mismatched_labels(device):
     z = ndl.Tensor(rand(7, 5), device=device)
     with pytest.raises(ValueError, match=r"logits \(7, 5\).*\(7, 4\)"):
         ops.softmax_cross_entropy(z, device.one_hot(4, LABELS % 4))
+
+
+# ---- rows by index ---------------------------------------------------------------------------
+ROWS = np.array([3, 0, 3, 1, 3, 4])  # repeats, and row 2 never taken
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (5, 2, 3), (5,)], ids=str)
+def test_take_rows(shape, device):
+    check_op([shape], lambda t: t[torch.tensor(ROWS)], lambda t: ops.take_rows(t, ROWS), device)
+    check_op([shape], lambda t: t[torch.tensor(ROWS)],
+             lambda t: ops.TakeRows(nd.RowIndices(ROWS, 5, device))(t), device)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (6, 2, 3)], ids=str)
+def test_add_rows(shape, device):
+    def torch_add_rows(t):
+        return torch.zeros((5,) + t.shape[1:], dtype=t.dtype).index_add(0, torch.tensor(ROWS), t)
+
+    check_op([shape], torch_add_rows, lambda t: ops.add_rows(t, ROWS, 5), device)
+
+
+def test_take_rows_gradients_of_gradients(device):
+    check_fd([rand(5, 3)], lambda t: ops.take_rows(t, ROWS) * ops.take_rows(t, ROWS), device)
+    check_double_backward([rand(5, 3)], lambda t: t[torch.tensor(ROWS)] ** 3,
+                          lambda t: ops.take_rows(t, ROWS) ** 3, device)
+    check_double_backward([rand(6, 3)],
+                          lambda t: torch.zeros(5, 3, dtype=t.dtype).index_add(
+                              0, torch.tensor(ROWS), t) ** 3,
+                          lambda t: ops.add_rows(t, ROWS, 5) ** 3, device)
+
+
+def test_take_rows_rejects_bad_indices(device):
+    table = ndl.Tensor(rand(5, 3), device=device)
+    with pytest.raises(IndexError, match=r"\[0, 5\), got 0..5"):
+        ops.take_rows(table, [0, 5])
+    with pytest.raises(IndexError, match=r"got -1..2"):
+        ops.take_rows(table, [2, -1])
+    with pytest.raises(ValueError, match="whole numbers"):
+        ops.take_rows(table, np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="1-D"):
+        ops.take_rows(table, np.array([[0, 1]]))
+    with pytest.raises(TypeError, match="integers"):
+        ops.take_rows(table, np.array(["a"]))
+    with pytest.raises(ValueError, match="2 rows of values for 6 indices"):
+        ops.add_rows(ndl.Tensor(rand(2, 3), device=device), ROWS, 5)
 
 
 # ---- batch norm -----------------------------------------------------------------------------

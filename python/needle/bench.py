@@ -270,8 +270,8 @@ def train_specs(scale: str = "full") -> List[TrainSpec]:
     return [
         TrainSpec("mlp", (("sizes", (784, 512, 512, 10)), ("batch", 128))),
         TrainSpec("resnet9", (("image", (3, 32, 32)), ("batch", 128))),
-        # Vocabulary of Penn Treebank's size. needle embeds by a one-hot matmul, so the
-        # embedding costs a (seq*batch, vocab) @ (vocab, 100) product where torch gathers rows.
+        # Vocabulary of Penn Treebank's size: the (seq*batch, vocab) logits and their
+        # softmax dominate the memory traffic.
         TrainSpec("lstm-lm", (("seq_len", 20), ("batch", 20), ("hidden", 100),
                               ("embedding", 100), ("vocab", 10000), ("layers", 2))),
     ]

@@ -84,6 +84,18 @@ void scalar_binary(BinaryOp op, DType dt, const void* a, double val, void* out, 
 void ewise_axpby(DType dt, const void* a, const void* b, double alpha, double beta, void* out,
                  int64_t n);
 
+// ---- rows by index: an embedding lookup and its gradient ------------------------------
+// Rows are row_size elements; indices[0..n) are whole numbers in dt, in range of the indexed
+// side's rows (checked in Python).
+
+// out row i = a row indices[i], for i < n.
+void gather_rows(DType dt, const void* a, const void* indices, void* out, int64_t n,
+                 int64_t row_size);
+// out row indices[i] += a row i, for i < n: adds onto out, repeated indices add up (in an
+// order that may vary between runs).
+void scatter_add_rows(DType dt, const void* a, const void* indices, void* out, int64_t n,
+                      int64_t row_size);
+
 // ---- matrix multiplication ------------------------------------------------------------
 
 // A (batch, rows, cols) view: element (b, i, j) at ptr[offset + b*batch_stride +

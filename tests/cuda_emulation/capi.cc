@@ -96,6 +96,16 @@ int emu_axpby(int dt, const void* a, const void* b, double alpha, double beta, v
   return guarded([&] { ewise_axpby(dtype(dt), a, b, alpha, beta, out, n); });
 }
 
+int emu_gather_rows(int dt, const void* a, const void* indices, void* out, int64_t n,
+                    int64_t row_size) {
+  return guarded([&] { gather_rows(dtype(dt), a, indices, out, n, row_size); });
+}
+
+int emu_scatter_add_rows(int dt, const void* a, const void* indices, void* out, int64_t n,
+                         int64_t row_size) {
+  return guarded([&] { scatter_add_rows(dtype(dt), a, indices, out, n, row_size); });
+}
+
 // a_view / b_view: offset, batch stride, row stride, col stride.
 int emu_matmul(int dt, const void* a, const int64_t* a_view, const void* b,
                const int64_t* b_view, void* out, int64_t batch, int64_t m, int64_t n,

@@ -9,6 +9,7 @@
 //    two warp barriers);
 //  - `__shared__` is `static`: sound because blocks never run at the same time;
 //  - threadIdx/blockIdx/blockDim/gridDim read the running coroutine's coordinates;
+//  - atomicAdd is a plain add (nothing runs concurrently);
 //  - 16-byte vector loads and stores check their alignment (a misaligned float4 access
 //    faults on a GPU but not on x86), and the launcher checks what the hardware would
 //    reject or leave undefined: partial-warp blocks, shuffles with partial masks, barriers
@@ -84,6 +85,15 @@ template <class T> T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
   ::emulation::warp_exchange(&value, &result, sizeof(T), mask,
                              ::emulation::lane_id() ^ lane_mask);
   return result;
+}
+
+// A plain read-modify-write is atomic here: blocks run one after another on one OS thread, and
+// a block's threads switch only at barriers and shuffles. (So the emulation always adds in
+// one order; on a GPU the order of concurrent atomicAdds varies.)
+template <class T> T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
 }
 
 // Kernels use 16-byte vector accesses only through these two macros' targets (common.cuh).

@@ -1,6 +1,6 @@
 """Build and drive the CUDA emulation: the CUDA backend's kernels run on the CPU.
 
-``library()`` compiles ``src/cuda/{elementwise,layout,reduce,gemm}.cu`` (the files nvcc
+``library()`` compiles ``src/cuda/{elementwise,layout,rows,reduce,gemm}.cu`` (the files nvcc
 builds into ``ndarray_backend_cuda``, unchanged) as C++ with g++ against
 ``cuda_emulation.h``, together with ``launcher.cc`` (blocks of coroutine threads with real
 barriers and warp exchanges), ``runtime_emulation.cc`` (src/cuda/runtime.h over guarded host
@@ -31,7 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent.parent / "src"
 KERNEL_SOURCES = [SRC / "cuda" / f"{name}.cu"
-                  for name in ("elementwise", "layout", "reduce", "gemm")]
+                  for name in ("elementwise", "layout", "rows", "reduce", "gemm")]
 HOST_SOURCES = [HERE / "launcher.cc", HERE / "runtime_emulation.cc", HERE / "capi.cc",
                 HERE / "selftest.cc"]
 HEADERS = sorted((SRC / "cuda").glob("*.h")) + sorted((SRC / "cuda").glob("*.cuh")) + sorted(
@@ -100,6 +100,8 @@ def library() -> ctypes.CDLL:
     lib.emu_binary.argtypes = [i, i, p, p, p, i64]
     lib.emu_scalar.argtypes = [i, i, p, d, p, i64]
     lib.emu_axpby.argtypes = [i, p, p, d, d, p, i64]
+    lib.emu_gather_rows.argtypes = [i, p, p, p, i64, i64]
+    lib.emu_scatter_add_rows.argtypes = [i, p, p, p, i64, i64]
     lib.emu_matmul.argtypes = [i, p, ip, p, ip, p, i64, i64, i64, i64]
     lib.emu_reduce_last.argtypes = [i, i, p, p, i64, i64]
     lib.emu_reduce_middle.argtypes = [i, i, p, p, i64, i64, i64]
@@ -233,6 +235,14 @@ def _make_backend() -> types.SimpleNamespace:
         _call("emu_axpby", _dt(a, b, out), a.ptr(), b.ptr(), float(alpha), float(beta),
               out.ptr(), out.size)
 
+    def gather_rows(a, indices, out, n, row_size):
+        _call("emu_gather_rows", _dt(a, indices, out), a.ptr(), indices.ptr(), out.ptr(), int(n),
+              int(row_size))
+
+    def scatter_add_rows(a, indices, out, n, row_size):
+        _call("emu_scatter_add_rows", _dt(a, indices, out), a.ptr(), indices.ptr(), out.ptr(),
+              int(n), int(row_size))
+
     def matmul_strided(a, b, out, batch, m, n, p, a_offset, a_strides, b_offset, b_strides):
         if len(a_strides) != 3 or len(b_strides) != 3:
             raise ValueError("matmul_strided: strides must be (batch, row, col)")
@@ -269,8 +279,9 @@ def _make_backend() -> types.SimpleNamespace:
         return None
 
     for fn in (to_numpy, from_numpy, fill, compact, ewise_setitem, scalar_setitem, ewise_axpby,
-               matmul_strided, matmul, batched_matmul, matmul_tiled, reduce_sum, reduce_max,
-               reduce_sum_axis, reduce_max_axis, synchronize):
+               gather_rows, scatter_add_rows, matmul_strided, matmul, batched_matmul,
+               matmul_tiled, reduce_sum, reduce_max, reduce_sum_axis, reduce_max_axis,
+               synchronize):
         setattr(ns, fn.__name__, fn)
     return ns
 

@@ -39,7 +39,8 @@ import numpy as np
 
 # ---- kernel sources ---------------------------------------------------------------------
 # Each library is compiled from one string: common.metal first, then the files that use it.
-CORE_SOURCES = ("common.metal", "elementwise.metal", "layout.metal", "reduce.metal", "matmul.metal")
+CORE_SOURCES = ("common.metal", "elementwise.metal", "layout.metal", "rows.metal", "reduce.metal",
+                "matmul.metal")
 # simdgroup_matrix needs Apple GPU family 7 (M1 and later): a library of its own, so that the
 # core library compiles everywhere.
 SIMDGROUP_SOURCES = ("common.metal", "matmul_simdgroup.metal")
@@ -308,6 +309,27 @@ class MetalBackend:
                        offset) -> None:
         self._strided("scalar_setitem", float(val), out, shape, strides, offset)
 
+    # -- rows by index --
+    def _rows(self, kernel: str, a: MetalArray, indices: MetalArray, out: MetalArray, n: int,
+              row_size: int, size: int) -> None:
+        if size:
+            self._launch(kernel, [(0, a, 0), (1, indices, 0), (2, out, 0)],
+                         [(3, struct.pack("<3I", n, row_size, size))],
+                         _groups(size, THREADS), (THREADS, 1, 1))
+
+    def gather_rows(self, a: MetalArray, indices: MetalArray, out: MetalArray, n: int,
+                    row_size: int) -> None:
+        """Row i of out = row indices[i] of a, for i < n (an embedding lookup)."""
+        self._rows("gather_rows", a, indices, out, n, row_size, n * row_size)
+
+    def scatter_add_rows(self, a: MetalArray, indices: MetalArray, out: MetalArray, n: int,
+                         row_size: int) -> None:
+        """Row indices[i] of out += row i of a, for i < n: a thread per element of out's
+        whole rows, adding in index order (no float atomics)."""
+        if n and row_size:
+            self._rows("scatter_add_rows", a, indices, out, n, row_size,
+                       out.size // row_size * row_size)
+
     # -- elementwise --
     def ewise_binary(self, kernel: str, a: MetalArray, b: MetalArray, out: MetalArray) -> None:
         if out.size:
@@ -453,8 +475,9 @@ class MetalBackend:
         }
         for name in (
             "to_numpy", "from_numpy", "fill", "compact", "ewise_setitem", "scalar_setitem",
-            "ewise_axpby", "matmul", "batched_matmul", "matmul_strided", "matmul_tiled",
-            "reduce_sum", "reduce_max", "reduce_sum_axis", "reduce_max_axis", "synchronize",
+            "gather_rows", "scatter_add_rows", "ewise_axpby", "matmul", "batched_matmul",
+            "matmul_strided", "matmul_tiled", "reduce_sum", "reduce_max", "reduce_sum_axis",
+            "reduce_max_axis", "synchronize",
         ):
             table[name] = getattr(self, name)
         for name in BINARY_KERNELS:

@@ -66,7 +66,7 @@ __all__ = [
     "maximum", "log", "exp", "tanh", "sum", "max", "flip", "stack", "split", "cpu", "cpu_numpy",
     "cuda", "metal", "mps", "default_device", "all_devices", "compact_strides",
     "broadcast_shapes", "prod", "canonical_dtype", "set_num_threads", "get_num_threads",
-    "axpby",
+    "axpby", "RowIndices", "take_rows", "add_rows",
 ]
 
 DTYPES = ("float32", "float64")
@@ -898,6 +898,80 @@ def axpby(alpha: float, x: NDArray, beta: float, y: NDArray,
         # is element for element the same array: the primitive's in-place case.
         x._device.mod.ewise_axpby(x.compact()._handle, y.compact()._handle, float(alpha),
                                   float(beta), out._handle)
+    return out
+
+
+class RowIndices:
+    """Whole-number indices into the first axis of an array with `rows` rows, checked once
+    and kept on `device` for the gather_rows / scatter_add_rows primitives, which read them
+    as `dtype` values (backend arrays are floating point; float32 holds whole numbers exactly
+    up to 2^24). `host` keeps them as int64."""
+
+    def __init__(self, indices, rows: int, device: Optional["BackendDevice"] = None,
+                 dtype=None):
+        idx = np.asarray(indices)
+        if idx.ndim != 1:
+            raise ValueError(f"row indices must be 1-D, got shape {idx.shape}")
+        if idx.dtype.kind == "f":
+            if not np.all(np.isfinite(idx)) or np.any(idx != np.floor(idx)):
+                raise ValueError("row indices must be whole numbers")
+        elif idx.dtype.kind not in "iub":
+            raise TypeError(f"row indices must be integers, got dtype {idx.dtype}")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= rows):
+            raise IndexError(f"row indices must lie in [0, {rows}), got {idx.min()}..{idx.max()}")
+        dtype = canonical_dtype(dtype)
+        if dtype == "float32" and rows > 2 ** 24:
+            raise ValueError(f"{rows} rows: float32 cannot hold every row index exactly; use "
+                             "float64 arrays")
+        self.host, self.rows = idx, int(rows)
+        self.array = NDArray(idx.astype(dtype), device=device, dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+    def on(self, device: "BackendDevice", dtype: str) -> "RowIndices":
+        """These indices as `dtype` values on `device` (self when they already are)."""
+        if self.array.device == device and self.array.dtype == dtype:
+            return self
+        return RowIndices(self.host, self.rows, device, dtype)
+
+
+def take_rows(table: NDArray, indices) -> NDArray:
+    """Rows of `table` picked by `indices` (a RowIndices or 1-D whole numbers): shape
+    (len(indices),) + table.shape[1:]; an embedding lookup. One gather_rows call."""
+    if not isinstance(table, NDArray) or table.ndim < 1:
+        raise ValueError("take_rows needs an NDArray with at least one axis")
+    if not isinstance(indices, RowIndices):
+        indices = RowIndices(indices, table.shape[0], table.device, table.dtype)
+    elif indices.rows != table.shape[0]:
+        raise ValueError(f"take_rows: indices are for {indices.rows} rows, the table has "
+                         f"{table.shape[0]}")
+    idx = indices.on(table.device, table.dtype)
+    out = NDArray.make((len(idx),) + table.shape[1:], device=table.device, dtype=table.dtype)
+    if out.size:
+        table.device.mod.gather_rows(table.compact()._handle, idx.array._handle, out._handle,
+                                     len(idx), _size(table.shape[1:]))
+    return out
+
+
+def add_rows(values: NDArray, indices, rows: int) -> NDArray:
+    """Zeros of shape (rows,) + values.shape[1:] with each values[i] added to row
+    indices[i] (repeats add up): take_rows's adjoint. One scatter_add_rows call."""
+    if not isinstance(values, NDArray) or values.ndim < 1:
+        raise ValueError("add_rows needs an NDArray with at least one axis")
+    if not isinstance(indices, RowIndices):
+        indices = RowIndices(indices, rows, values.device, values.dtype)
+    elif indices.rows != rows:
+        raise ValueError(f"add_rows: indices are for {indices.rows} rows, not {rows}")
+    if values.shape[0] != len(indices):
+        raise ValueError(f"add_rows: {values.shape[0]} rows of values for {len(indices)} "
+                         "indices")
+    idx = indices.on(values.device, values.dtype)
+    out = values.device.full((rows,) + values.shape[1:], 0.0, dtype=values.dtype)
+    if values.size:
+        values.device.mod.scatter_add_rows(values.compact()._handle, idx.array._handle,
+                                           out._handle, len(idx), _size(values.shape[1:]))
     return out
 
 

@@ -152,6 +152,23 @@ def ewise_axpby(a: Array, b: Array, alpha: float, beta: float, out: Array) -> No
     out.array[:] = dt(alpha) * a.array[: out.size] + dt(beta) * b.array[: out.size]
 
 
+# ---- rows by index --------------------------------------------------------------------
+def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
+    """Row i of out = row indices[i] of a, for i < n; rows are row_size elements. indices
+    holds whole numbers (in a's dtype) in [0, a.size // row_size), checked by NDArray."""
+    idx = indices.array[:n].astype(np.int64)
+    out.array[: n * row_size] = a.array[: a.size // row_size * row_size].reshape(
+        -1, row_size)[idx].reshape(-1)
+
+
+def scatter_add_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
+    """Row indices[i] of out += row i of a, for i < n; repeated indices add up. indices as in
+    gather_rows, in [0, out.size // row_size)."""
+    idx = indices.array[:n].astype(np.int64)
+    rows = out.array[: out.size // row_size * row_size].reshape(-1, row_size)
+    np.add.at(rows, idx, a.array[: n * row_size].reshape(n, row_size))
+
+
 # ---- unary --------------------------------------------------------------------------
 def ewise_neg(a: Array, out: Array) -> None:
     out.array[:] = -a.array

@@ -22,7 +22,7 @@ __all__ = [
     "Max", "max", "Maximum", "maximum", "Stack", "stack", "Split", "split", "Flip", "flip",
     "Dilate", "dilate", "UnDilate", "undilate", "Pad", "pad", "Conv", "conv", "ConvWeightGrad",
     "GetItem", "getitem", "GetItemGradient", "reduce_to_shape", "zeros_like_data", "AsType",
-    "astype",
+    "astype", "TakeRows", "take_rows", "AddRows", "add_rows",
 ]
 
 
@@ -806,6 +806,50 @@ class ConvWeightGrad(TensorOp):
         s, p = self.stride, self.padding
         return (_conv_input_gradient(g, x, out_grad, s, p) if x.requires_grad else None,
                 conv(x, out_grad, stride=s, padding=p) if g.requires_grad else None)
+
+
+# ---- rows by index (embeddings) -------------------------------------------------------
+class TakeRows(TensorOp):
+    """Rows of a table picked by whole-number indices (an nd.RowIndices): an embedding
+    lookup in one gather instead of a one-hot matmul. The adjoint adds each row back to the
+    row it came from (AddRows); indices get no gradient."""
+
+    def __init__(self, indices: "nd.RowIndices"):
+        self.indices = indices
+
+    def compute(self, table: NDArray):
+        return nd.take_rows(table, self.indices)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return AddRows(self.indices, node.inputs[0].shape[0])(out_grad)
+
+
+def take_rows(table, indices):
+    """table[indices] along the first axis; `indices` 1-D whole numbers or an nd.RowIndices."""
+    if not isinstance(indices, nd.RowIndices):
+        indices = nd.RowIndices(indices, table.shape[0], table.device, table.dtype)
+    return TakeRows(indices)(table)
+
+
+class AddRows(TensorOp):
+    """Zeros with `rows` rows and values[i] added to row indices[i]: TakeRows's adjoint, whose
+    own adjoint is TakeRows again."""
+
+    def __init__(self, indices: "nd.RowIndices", rows: int):
+        self.indices = indices
+        self.rows = rows
+
+    def compute(self, values: NDArray):
+        return nd.add_rows(values, self.indices, self.rows)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return TakeRows(self.indices)(out_grad)
+
+
+def add_rows(values, indices, rows: int):
+    if not isinstance(indices, nd.RowIndices):
+        indices = nd.RowIndices(indices, rows, values.device, values.dtype)
+    return AddRows(indices, rows)(values)
 
 
 def conv(a, b, stride=1, padding=1):

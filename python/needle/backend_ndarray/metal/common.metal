@@ -23,6 +23,14 @@ struct ReduceShape {
   uint inner;
 };
 
+// gather_rows / scatter_add_rows: n indexed rows of row_size elements; `size` elements of out
+// get a thread each (n * row_size for a gather, every whole row of out for a scatter).
+struct RowsShape {
+  uint n;
+  uint row_size;
+  uint size;
+};
+
 // Batched matmul of strided views: a is (batch, m, n), b is (batch, n, p), out is compact
 // (batch, m, p). Strides are (batch, row, column), non-negative, 0 for broadcast axes.
 struct MatmulParams {
