@@ -91,7 +91,15 @@ void compact(const Array &a, Array &out, const Shape &shape, const Shape &stride
   assert(static_cast<size_t>(v.size) <= out.size);
   dispatch(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
-    gather(a.data<T>(), out.data<T>(), v);
+    // Split by rows across threads when large (im2col patch matrices are megabytes): the
+    // output ranges are disjoint, so the copy is the same however it is split.
+    const int64_t rows = row_count(v), len = rows ? v.size / rows : 0;
+    const int threads = threads_for(v.size, kMinElementsPerThread);
+    parallel(threads, [&](int t, int n) {
+      const Range mine = split_range(rows, t, n);
+      if (mine.begin < mine.end)
+        gather(a.data<T>(), out.data<T>() + mine.begin * len, v, mine.begin, mine.end);
+    });
   });
 }
 

@@ -219,6 +219,24 @@ ODD_VIEWS = [
 ]
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_compact_split_across_threads(threads):
+    """An im2col view (overlapping 7x7 windows, stride 4), large enough to be split by rows
+    across threads, including a thread count that splits rows unevenly."""
+    before = nb_cpu.get_num_threads()
+    nb_cpu.set_num_threads(threads)
+    try:
+        data = np.arange(9 * 38 * 38 * 3, dtype=float)
+        shape, strides = (9, 8, 8, 7, 7, 3), (4332, 456, 12, 114, 3, 1)
+        check("compact", data, Out(math.prod(shape)), shape, strides, 5, dtype="float32",
+              exact=True)
+        # Rows of one element (a transposed view): the split must not lose or repeat any.
+        check("compact", np.arange(300 * 500, dtype=float), Out(300 * 500), (500, 300),
+              (1, 500), 0, dtype="float64", exact=True)
+    finally:
+        nb_cpu.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("size,shape,strides,offset", ODD_VIEWS)
 def test_overlapping_views(size, shape, strides, offset, dtype):
