@@ -912,3 +912,32 @@ def test_row_indices_errors(device):
         nd.RowIndices([0], 2 ** 24 + 1, device, "float32")
     with pytest.raises(IndexError, match=r"\[0, 4\)"):
         nd.add_rows(table, [0, 4], 4)
+
+
+# ---- devices that need hardware are resolved on first use -------------------------------
+def test_lazy_device_resolves_once_on_first_use():
+    calls = []
+    dev = nd.BackendDevice("lazy_cpu", resolve=lambda: calls.append(1) or nd.cpu_numpy().mod)
+    assert calls == []
+    assert dev.enabled() and calls == [1]
+    x = nd.array(np.arange(3.0), device=dev)
+    np.testing.assert_array_equal((x + 1).numpy(), [1.0, 2.0, 3.0])
+    assert calls == [1]
+    missing = nd.BackendDevice("lazy_missing", resolve=lambda: None)
+    assert not missing.enabled()
+    with pytest.raises(RuntimeError, match="lazy_missing"):
+        nd.array(np.ones(2), device=missing)
+
+
+def test_import_needle_touches_no_gpu_backend():
+    # cuda() would initialise the CUDA driver (device_count) and metal()/mps() load PyObjC.
+    import subprocess
+    import sys
+
+    code = ("import needle as ndl\n"
+            "print(*['mod' in d.__dict__ for d in (ndl.cuda(), ndl.metal(), ndl.mps())])\n"
+            "ndl.cuda().enabled(); print('mod' in ndl.cuda().__dict__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "False", "True"]

@@ -58,8 +58,6 @@ def _optional_backend(name: str):
         return None
 
 
-ndarray_backend_metal = _optional_backend("ndarray_backend_metal")
-ndarray_backend_mps = _optional_backend("ndarray_backend_mps")
 
 __all__ = [
     "NDArray", "BackendDevice", "DTYPES", "array", "empty", "full", "broadcast_to", "reshape",
@@ -93,11 +91,21 @@ def canonical_dtype(dtype) -> str:
 
 
 class BackendDevice:
-    """A device: a name plus the backend module that implements the primitive table."""
+    """A device: a name plus the backend module that implements the primitive table.
 
-    def __init__(self, name: str, mod):
+    A device that needs hardware (cuda, metal, mps) is given `resolve` instead of the
+    module: a function that returns the module, or None when the device is unavailable,
+    called on first use (``enabled()``, an array on the device). So `import needle` neither
+    initialises the CUDA driver nor loads PyObjC and Metal; ``mod`` is a plain attribute
+    from then on, as cheap to read as for cpu().
+    """
+
+    def __init__(self, name: str, mod=None, resolve=None):
         self.name = name
-        self.mod = mod
+        if resolve is None:
+            self.mod = mod
+        else:
+            self._resolve = resolve
 
     def __eq__(self, other) -> bool:
         return isinstance(other, BackendDevice) and self.name == other.name
@@ -109,7 +117,10 @@ class BackendDevice:
         return self.name + "()"
 
     def __getattr__(self, name):
-        if name in ("name", "mod") or name.startswith("__"):
+        if name == "mod" and "_resolve" in self.__dict__:  # first use of a lazy device
+            self.mod = self._resolve()
+            return self.mod
+        if name in ("name", "mod", "_resolve") or name.startswith("__"):
             raise AttributeError(name)
         if self.mod is None:
             raise RuntimeError(f"device {self.name}() is not available in this build of needle")
@@ -157,9 +168,9 @@ class BackendDevice:
 
 _cpu_numpy = BackendDevice("cpu_numpy", ndarray_backend_numpy)
 _cpu = BackendDevice("cpu", ndarray_backend_cpu)
-_cuda = BackendDevice("cuda", _cuda_backend())
-_metal = BackendDevice("metal", ndarray_backend_metal)
-_mps = BackendDevice("mps", ndarray_backend_mps)
+_cuda = BackendDevice("cuda", resolve=_cuda_backend)
+_metal = BackendDevice("metal", resolve=lambda: _optional_backend("ndarray_backend_metal"))
+_mps = BackendDevice("mps", resolve=lambda: _optional_backend("ndarray_backend_mps"))
 
 
 def cpu_numpy() -> BackendDevice:
