@@ -901,6 +901,9 @@ def test_take_rows_and_add_rows(device, dtype):
     expected = np.zeros((6, 2, 3), dtype)
     np.add.at(expected, idx, values.astype(dtype))
     np.testing.assert_allclose(summed.numpy(), expected, rtol=1e-6)
+    onto = nd.array(np.ones((6, 2, 3)), dtype=dtype, device=device)  # adds onto what is there
+    assert nd.add_rows(nd.array(values, dtype=dtype, device=device), rows, 6, out=onto) is onto
+    np.testing.assert_allclose(onto.numpy(), expected + 1, rtol=1e-6)
     assert nd.take_rows(nd.array(table, device=device), []).shape == (0, 2, 3)
 
 
@@ -912,6 +915,10 @@ def test_row_indices_errors(device):
         nd.RowIndices([0], 2 ** 24 + 1, device, "float32")
     with pytest.raises(IndexError, match=r"\[0, 4\)"):
         nd.add_rows(table, [0, 4], 4)
+    with pytest.raises(ValueError, match=r"compact \(4, 2\) float32 array, got \(4, 2\) "
+                                         r"float32 \(a view\)"):
+        nd.add_rows(table[:2], [0, 1], 4, out=nd.array(np.ones((2, 4)), device=device).permute(
+            (1, 0)))
 
 
 # ---- devices that need hardware are resolved on first use -------------------------------

@@ -966,9 +966,10 @@ def take_rows(table: NDArray, indices) -> NDArray:
     return out
 
 
-def add_rows(values: NDArray, indices, rows: int) -> NDArray:
+def add_rows(values: NDArray, indices, rows: int, out: Optional[NDArray] = None) -> NDArray:
     """Zeros of shape (rows,) + values.shape[1:] with each values[i] added to row
-    indices[i] (repeats add up): take_rows's adjoint. One scatter_add_rows call."""
+    indices[i] (repeats add up): take_rows's adjoint. One scatter_add_rows call. With `out`
+    (compact, of that shape, dtype and device) the rows are added onto out instead."""
     if not isinstance(values, NDArray) or values.ndim < 1:
         raise ValueError("add_rows needs an NDArray with at least one axis")
     if not isinstance(indices, RowIndices):
@@ -979,7 +980,15 @@ def add_rows(values: NDArray, indices, rows: int) -> NDArray:
         raise ValueError(f"add_rows: {values.shape[0]} rows of values for {len(indices)} "
                          "indices")
     idx = indices.on(values.device, values.dtype)
-    out = values.device.full((rows,) + values.shape[1:], 0.0, dtype=values.dtype)
+    shape = (rows,) + values.shape[1:]
+    if out is None:
+        out = values.device.full(shape, 0.0, dtype=values.dtype)
+    else:
+        values._check_same_device(out)
+        if out.shape != shape or out.dtype != values.dtype or not out.is_compact():
+            raise ValueError(f"add_rows: out must be a compact {shape} {values.dtype} array, "
+                             f"got {out.shape} {out.dtype}"
+                             f"{'' if out.is_compact() else ' (a view)'}")
     if values.size:
         values.device.mod.scatter_add_rows(values.compact()._handle, idx.array._handle,
                                            out._handle, len(idx), _size(values.shape[1:]))
