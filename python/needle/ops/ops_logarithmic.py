@@ -115,11 +115,15 @@ class SoftmaxCrossEntropyGrad(TensorOp):
         # softmax = exp(z - logsumexp(z)); with the forward's logsumexp that is two passes
         # over z instead of six (a language model's (400, 10000) logits: ~10 ms a step).
         lse = self.lse if self.lse is not None else _stable_logsumexp(z, (1,), True)
-        g = (z - lse).exp()
-        flat = g.reshape((g.size, 1))  # a view of g's own buffer: the -1s land in g
-        nd.add_rows(z.device.full((len(self.positions), 1), -1.0, dtype=g.dtype),
+        # The scale c / batch as a number (reading one element; c is the loss's adjoint,
+        # ones unless the loss was scaled): a (1, 1) array would be broadcast and copied to
+        # the logits' size before multiplying.
+        scale = float(c.numpy().reshape(-1)[0]) / z.shape[0]
+        g = (z - lse).exp() * scale
+        flat = g.reshape((g.size, 1))  # a view of g's own buffer: the -scale lands in g
+        nd.add_rows(z.device.full((len(self.positions), 1), -scale, dtype=g.dtype),
                     self.positions, g.size, out=flat)
-        return g * (c.reshape((1, 1)) / z.shape[0])
+        return g
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         z, c = node.inputs
