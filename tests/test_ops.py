@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 import needle as ndl
 from needle import backend_ndarray as nd
 from needle import ops
-from needle.ops import ops_logarithmic, ops_mathematic, ops_norm, ops_tuple
+from needle.ops import ops_logarithmic, ops_mathematic, ops_norm, ops_rnn, ops_tuple
 
 HYPOTHESIS = settings(
     max_examples=15, deadline=None, derandomize=True,
@@ -210,12 +210,13 @@ TESTED_OPS = {
     "GetItemGradient",
     "LogSoftmax", "LogSumExp", "MakeTensorTuple", "TupleGetItem", "FusedAddScalars", "AsType",
     "SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad", "BatchNorm", "TakeRows", "AddRows",
+    "LSTMState",
 }
 
 
 def test_every_exported_op_is_tested():
     exported = set()
-    for module in (ops_mathematic, ops_logarithmic, ops_norm, ops_tuple):
+    for module in (ops_mathematic, ops_logarithmic, ops_norm, ops_rnn, ops_tuple):
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, ndl.autograd.Op):
@@ -706,6 +707,34 @@ def test_take_rows_rejects_bad_indices(device):
         ops.take_rows(table, np.array(["a"]))
     with pytest.raises(ValueError, match="2 rows of values for 6 indices"):
         ops.add_rows(ndl.Tensor(rand(2, 3), device=device), ROWS, 5)
+
+
+# ---- LSTM state update ------------------------------------------------------------------------
+def torch_lstm_state(gates, c):
+    i, f, g, o = torch.chunk(gates, 4, dim=1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.stack([torch.sigmoid(o) * torch.tanh(c_new), c_new])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lstm_state(dtype, device):
+    """The cell update and its gradients in the gates and the cell state (on NDArrays when no
+    graph is recorded) against torch."""
+    check_op([rand(3, 8, low=-3, high=3), rand(3, 2)], torch_lstm_state, ops.lstm_state, device,
+             dtype=dtype)
+
+
+def test_lstm_state_finite_differences_and_double_backward(device):
+    check_fd([rand(2, 12, low=-2, high=2), rand(2, 3)], ops.lstm_state, device)
+    check_double_backward([rand(2, 12, low=-2, high=2), rand(2, 3)], torch_lstm_state,
+                          ops.lstm_state, device)
+
+
+def test_lstm_state_rejects_bad_shapes(device):
+    with pytest.raises(ValueError, match=r"\(3, 7\) and \(3, 2\)"):
+        ops.lstm_state(ndl.Tensor(rand(3, 7), device=device), ndl.Tensor(rand(3, 2), device=device))
+    with pytest.raises(ValueError, match=r"\(3, 8\) and \(3, 3\)"):
+        ops.lstm_state(ndl.Tensor(rand(3, 8), device=device), ndl.Tensor(rand(3, 3), device=device))
 
 
 # ---- batch norm -----------------------------------------------------------------------------

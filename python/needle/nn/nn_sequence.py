@@ -140,13 +140,15 @@ class LSTMCell(Module):
             zeros = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
             h = (zeros, zeros)
         h0, c0 = h
-        gates = X @ self.W_ih + h0 @ self.W_hh
-        gates = _add_bias(_add_bias(gates, self.bias_ih), self.bias_hh)
-        # (batch, 4 * hidden) -> four (batch, hidden) gates: reshape so the gate is an axis.
-        i, f, g, o = ops.split(ops.reshape(gates, (batch, 4, self.hidden_size)), 1)
-        i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
-        c = f * c0 + i * g
-        return o * ops.tanh(c), c
+        gates = _add_bias(_add_bias(X @ self.W_ih, self.bias_ih), self.bias_hh)
+        return self.step(gates, h0, c0)
+
+    def step(self, input_gates: Tensor, h0: Tensor, c0: Tensor) -> Tuple[Tensor, Tensor]:
+        """(h', c') from the input's share of the gates (X @ W_ih plus the biases, which LSTM
+        computes for every time step in one product) and the previous state."""
+        # The activations and the state update are one op (ops.lstm_state), not ~12.
+        state = ops.split(ops.lstm_state(input_gates + h0 @ self.W_hh, c0), 0)
+        return state[0], state[1]
 
 
 class LSTM(Module):
@@ -172,22 +174,31 @@ class LSTM(Module):
 
     def forward(self, X: Tensor, h: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        inputs: List[Tensor] = list(ops.split(X, 0))
         if h is None:
             states = [None] * self.num_layers
         else:
             h0, c0 = h
             states = list(zip(ops.split(h0, 0), ops.split(c0, 0)))
+        seq_len, batch = X.shape[0], X.shape[1]
         h_n, c_n = [], []
+        layer_input = X
         for cell, state in zip(self.lstm_cells, states):
+            # The input's share of the gates for every time step in one product, as torch
+            # does: (seq_len * batch, input) @ (input, 4 * hidden), the biases added once.
+            flat = ops.reshape(layer_input, (seq_len * batch, layer_input.shape[2]))
+            input_gates = _add_bias(_add_bias(flat @ cell.W_ih, cell.bias_ih), cell.bias_hh)
+            steps = ops.split(ops.reshape(input_gates, (seq_len, batch, 4 * self.hidden_size)), 0)
+            if state is None:  # zero states, still multiplied by W_hh so that it gets a gradient
+                zeros = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
+                state = (zeros, zeros)
             outputs = []
-            for x in inputs:
-                state = cell(x, state)
+            for t in range(seq_len):
+                state = cell.step(steps[t], *state)
                 outputs.append(state[0])
             h_n.append(state[0])
             c_n.append(state[1])
-            inputs = outputs
-        return ops.stack(inputs, 0), (ops.stack(h_n, 0), ops.stack(c_n, 0))
+            layer_input = ops.stack(outputs, 0)
+        return layer_input, (ops.stack(h_n, 0), ops.stack(c_n, 0))
 
 
 class Embedding(Module):
