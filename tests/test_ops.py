@@ -630,8 +630,8 @@ def test_softmax_cross_entropy(dtype, device):
     check_op([rand(7, 5, low=-4, high=4)], ce, needle_ce, device, dtype=dtype)
     check_op([rand(7, 5) * 1000], ce, needle_ce, device, dtype=dtype, atol=1e-3)  # no overflow
     check_op([rand(7, 5, low=-4, high=4)], ce,
-             lambda t: ops.SoftmaxCrossEntropy(
-                 ops.label_positions(LABELS, 5, t.device, t.dtype), 5)(t), device, dtype=dtype)
+             lambda t: ops.SoftmaxCrossEntropy(ops.ClassLabels(LABELS, 5, t.device, t.dtype))(t),
+             device, dtype=dtype)
     check_op([rand(7, 5, low=-4, high=4)], ce,  # labels as a float Tensor, as loaders give
              lambda t: ops.softmax_cross_entropy(t, ndl.Tensor(LABELS, device=device)),
              device, dtype=dtype)
@@ -642,13 +642,30 @@ def test_softmax_cross_entropy_finite_differences(device):
     # The gradient op against differences too, in both inputs (logits and the adjoint).
     check_fd([rand(7, 5, low=-3, high=3), rand(low=0.5, high=2)],
              lambda z, c: ops.SoftmaxCrossEntropyGrad(
-                 ops.label_positions(LABELS, 5, z.device, z.dtype))(z, c), device)
+                 ops.ClassLabels(LABELS, 5, z.device, z.dtype))(z, c), device)
 
 
 def test_softmax_cross_entropy_double_backward(device):
     check_double_backward([rand(7, 5, low=-3, high=3)],
                           lambda t: F.cross_entropy(t, torch.tensor(LABELS)), needle_ce, device)
     # Scaled by a second input: its second-order gradient goes through the adjoint's.
+    check_double_backward([rand(7, 5, low=-3, high=3), rand(1, low=0.5, high=2)],
+                          lambda t, a: F.cross_entropy(t, torch.tensor(LABELS)) * a * a,
+                          lambda t, a: needle_ce(t) * a * a, device)
+
+
+def test_softmax_cross_entropy_past_exact_float32_positions(device, monkeypatch):
+    """Logits of more than 2^24 float32 elements cannot have every label position as an
+    exact float32: the labels become a one-hot array instead (the limit lowered here)."""
+    monkeypatch.setattr(ops.ClassLabels, "exact_float32", 20)
+    labels = ops.ClassLabels(LABELS, 5, device, "float32")
+    assert labels.positions is None and labels.one_hot.shape == (7, 5)
+    assert ops.ClassLabels(LABELS, 5, device, "float64").positions is not None
+    ce = lambda t: F.cross_entropy(t, torch.tensor(LABELS))  # noqa: E731
+    check_op([rand(7, 5, low=-4, high=4)], ce, needle_ce, device)
+    check_fd([rand(7, 5, low=-3, high=3), rand(low=0.5, high=2)],  # float64: positions
+             lambda z, c: ops.SoftmaxCrossEntropyGrad(
+                 ops.ClassLabels(LABELS, 5, z.device, z.dtype))(z, c), device)
     check_double_backward([rand(7, 5, low=-3, high=3), rand(1, low=0.5, high=2)],
                           lambda t, a: F.cross_entropy(t, torch.tensor(LABELS)) * a * a,
                           lambda t, a: needle_ce(t) * a * a, device)

@@ -10,7 +10,7 @@ from .ops_mathematic import (TakeRows, _axes_tuple, _keepdims_shape, _reduced_sh
                              broadcast_to, exp, reshape, summation)
 
 __all__ = ["LogSoftmax", "logsoftmax", "LogSumExp", "logsumexp", "SoftmaxCrossEntropy",
-           "softmax_cross_entropy", "SoftmaxCrossEntropyGrad", "label_positions"]
+           "softmax_cross_entropy", "SoftmaxCrossEntropyGrad", "ClassLabels"]
 
 
 def _stable_logsumexp(z: NDArray, axes: Optional[tuple], keepdims: bool) -> NDArray:
@@ -72,34 +72,68 @@ def logsoftmax(a, axis=-1):
 # are differentiable, so gradients of gradients still work.
 
 
-def label_positions(labels, classes: int, device=None, dtype=None) -> nd.RowIndices:
-    """The flat positions i * classes + labels[i] of each row's label in (batch, classes)
-    logits, checked (labels: 1-D whole numbers in [0, classes))."""
-    checked = nd.RowIndices(labels, classes, device, dtype)
-    positions = np.arange(len(checked), dtype=np.int64) * classes + checked.host
-    return nd.RowIndices(positions, len(checked) * classes, device, dtype)
+class ClassLabels:
+    """Integer labels of a (batch, classes) array of logits, checked once (1-D whole numbers
+    in [0, classes)), in the form the cross-entropy ops read them: the flat positions
+    i * classes + labels[i] of each row's label (an nd.RowIndices), or, when float32 cannot
+    hold every position exactly (logits of more than 2^24 elements), a one-hot array."""
+
+    # float32 holds whole numbers exactly up to 2^24 (a module constant, so tests can lower it)
+    exact_float32 = 2 ** 24
+
+    def __init__(self, labels, classes: int, device=None, dtype=None):
+        checked = nd.RowIndices(labels, classes, device, dtype)
+        self.batch, self.classes = len(checked), classes
+        size = self.batch * classes
+        if nd.canonical_dtype(dtype) == "float32" and size > self.exact_float32:
+            self.positions = None
+            self.one_hot = checked.array.device.one_hot(classes, checked.host, dtype=dtype)
+        else:
+            positions = np.arange(self.batch, dtype=np.int64) * classes + checked.host
+            self.positions = nd.RowIndices(positions, size, device, dtype)
+            self.one_hot = None
+
+    def picked_sum(self, z: NDArray) -> NDArray:
+        """The sum over rows of z[i, labels[i]]."""
+        if self.positions is None:
+            return (z * self.one_hot).sum()
+        return nd.take_rows(z.compact().reshape((z.size, 1)), self.positions).sum()
+
+    def subtract(self, g: NDArray, value: float) -> NDArray:
+        """g with `value` taken off at each row's label: in place into g (compact, ours)
+        unless the labels are a one-hot array."""
+        if self.positions is None:
+            return nd.axpby(1.0, g, -value, self.one_hot)
+        nd.add_rows(g.device.full((self.batch, 1), -value, dtype=g.dtype), self.positions,
+                    g.size, out=g.reshape((g.size, 1)))  # a view of g's own buffer
+        return g
+
+    def picked_sum_tensor(self, v: Tensor) -> Tensor:
+        """picked_sum as Tensor ops, differentiable in v."""
+        if self.positions is None:
+            return summation(v * Tensor.make_const(self.one_hot))
+        return summation(TakeRows(self.positions)(reshape(v, (self.batch * self.classes, 1))))
 
 
 class SoftmaxCrossEntropy(TensorOp):
     """Mean over the batch of logsumexp(z_i) - z_i[label_i] for logits z (batch, classes),
-    the labels given by their flat positions in z (``label_positions``; they get no
-    gradient). d/dz = (softmax(z) - one_hot(labels)) / batch."""
+    the labels a ClassLabels (they get no gradient). d/dz = (softmax(z) - one_hot(labels)) /
+    batch."""
 
-    def __init__(self, positions: nd.RowIndices, classes: int):
-        self.positions, self.classes = positions, classes
+    def __init__(self, labels: ClassLabels):
+        self.labels = labels
         self._lse: Optional[NDArray] = None  # the forward's logsumexp, (batch, 1)
 
     def compute(self, z: NDArray):
-        batch = len(self.positions)
-        if z.shape != (batch, self.classes):
+        batch, classes = self.labels.batch, self.labels.classes
+        if z.shape != (batch, classes):
             raise ValueError(f"softmax_cross_entropy: logits {z.shape} for {batch} labels of "
-                             f"{self.classes} classes")
+                             f"{classes} classes")
         self._lse = _stable_logsumexp(z, (1,), True)
-        picked = nd.take_rows(z.compact().reshape((z.size, 1)), self.positions)
-        return (self._lse.sum() - picked.sum()) / batch
+        return (self._lse.sum() - self.labels.picked_sum(z)) / batch
 
     def gradient(self, out_grad: Tensor, node: Tensor):
-        return SoftmaxCrossEntropyGrad(self.positions, self._lse)(node.inputs[0], out_grad)
+        return SoftmaxCrossEntropyGrad(self.labels, self._lse)(node.inputs[0], out_grad)
 
 
 class SoftmaxCrossEntropyGrad(TensorOp):
@@ -107,8 +141,8 @@ class SoftmaxCrossEntropyGrad(TensorOp):
     scalar out_grad c. Its own gradient, for v = dL/dg: dL/dz = s * (v - sum(v * s, classes))
     * c / batch with s = softmax(z), and dL/dc = (sum(v * s) - sum(v at the labels)) / batch."""
 
-    def __init__(self, positions: nd.RowIndices, lse: Optional[NDArray] = None):
-        self.positions = positions
+    def __init__(self, labels: ClassLabels, lse: Optional[NDArray] = None):
+        self.labels = labels
         self.lse = lse  # logsumexp(z) over the classes, (batch, 1), if already known
 
     def compute(self, z: NDArray, c: NDArray):
@@ -119,11 +153,7 @@ class SoftmaxCrossEntropyGrad(TensorOp):
         # ones unless the loss was scaled): a (1, 1) array would be broadcast and copied to
         # the logits' size before multiplying.
         scale = float(c.numpy().reshape(-1)[0]) / z.shape[0]
-        g = (z - lse).exp() * scale
-        flat = g.reshape((g.size, 1))  # a view of g's own buffer: the -scale lands in g
-        nd.add_rows(z.device.full((len(self.positions), 1), -scale, dtype=g.dtype),
-                    self.positions, g.size, out=flat)
-        return g
+        return self.labels.subtract((z - lse).exp() * scale, scale)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         z, c = node.inputs
@@ -132,17 +162,15 @@ class SoftmaxCrossEntropyGrad(TensorOp):
         vs = out_grad * s
         scale = broadcast_to(reshape(c, (1, 1)), z.shape) / batch
         dz = (vs - s * broadcast_to(summation(vs, (1,), keepdims=True), z.shape)) * scale
-        at_labels = TakeRows(self.positions)(reshape(out_grad, (z.shape[0] * z.shape[1], 1)))
-        dc = (summation(vs) - summation(at_labels)) / batch
+        dc = (summation(vs) - self.labels.picked_sum_tensor(out_grad)) / batch
         return dz, reshape(dc, c.shape)
 
 
 def softmax_cross_entropy(logits: Tensor, labels) -> Tensor:
     """Mean cross-entropy of logits (batch, classes) against integer labels (batch,): 1-D
-    whole numbers (a list, a NumPy array or a Tensor), or their ``label_positions``."""
-    batch, classes = logits.shape
-    if not isinstance(labels, nd.RowIndices):
+    whole numbers (a list, a NumPy array or a Tensor), or a ClassLabels made for them."""
+    if not isinstance(labels, ClassLabels):
         if isinstance(labels, Tensor):
             labels = labels.numpy()
-        labels = label_positions(labels, classes, logits.device, logits.dtype)
-    return SoftmaxCrossEntropy(labels, classes)(logits)
+        labels = ClassLabels(labels, logits.shape[1], logits.device, logits.dtype)
+    return SoftmaxCrossEntropy(labels)(logits)
