@@ -774,6 +774,22 @@ def test_batch_norm(dtype, device):
     np.testing.assert_allclose(op.var.numpy(), x.astype(dtype).var(0), rtol=1e-5, atol=1e-6)
 
 
+def test_batch_norm_over_nchw_channels(device):
+    """Features along axis 1 of an (N, C, H, W) array, normalised over N, H and W."""
+    x = rand(3, 4, 2, 5, low=-3, high=3) + np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1)
+    check_op([x, rand(4, low=0.5, high=2), rand(4)], torch_batch_norm, ops.batch_norm, device,
+             rtol=1e-4, atol=1e-4)
+    check_fd([rand(2, 3, 2, 2, low=-2, high=2), rand(3, low=0.5, high=2), rand(3)],
+             ops.batch_norm, device, rtol=1e-4, atol=1e-5)
+    check_double_backward([rand(2, 3, 2, 2, low=-2, high=2), rand(3, low=0.5, high=2), rand(3)],
+                          lambda x, w, b: torch_batch_norm(x * x, w, b) ** 2,
+                          lambda x, w, b: ops.batch_norm(x * x, w, b) ** 2, device)
+    # Another feature axis: the last one of (rows, cols, features).
+    check_op([rand(3, 2, 4), rand(4, low=0.5, high=2), rand(4)],
+             lambda x, w, b: torch_batch_norm(x.permute(0, 2, 1), w, b).permute(0, 2, 1),
+             lambda x, w, b: ops.batch_norm(x, w, b, axis=-1), device, rtol=1e-4, atol=1e-4)
+
+
 def test_batch_norm_finite_differences(device):
     check_fd([rand(7, 3, low=-2, high=2), rand(3, low=0.5, high=2), rand(3)], ops.batch_norm,
              device, rtol=1e-4, atol=1e-5)
@@ -790,7 +806,7 @@ def test_batch_norm_double_backward(device):
 
 def test_batch_norm_rejects_bad_shapes(device):
     x = ndl.Tensor(rand(5, 3), device=device)
-    with pytest.raises(ValueError, match=r"\(5, 3\), \(4,\) and \(3,\)"):
+    with pytest.raises(ValueError, match=r"axis 1 .*\(5, 3\), \(4,\) and \(3,\)"):
         ops.batch_norm(x, ndl.Tensor(rand(4), device=device), ndl.Tensor(rand(3), device=device))
 
 

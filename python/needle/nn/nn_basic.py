@@ -239,9 +239,10 @@ class BatchNorm1d(Module):
         self.running_var = init.ones(dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        # Features along axis 1: (batch, dim) here, (N, C, H, W) for BatchNorm2d.
         if self.training:
             # One op (ops.BatchNorm) rather than ~25 forward and ~40 backward Tensor ops.
-            op = ops.BatchNorm(self.eps)
+            op = ops.BatchNorm(self.eps, axis=1)
             y = op(x, self.weight, self.bias)
             y.realize_cached_data()  # lazy mode: the batch statistics come with the data
             m = self.momentum
@@ -250,22 +251,18 @@ class BatchNorm1d(Module):
                 buffer.data = Tensor.make_const(
                     axpby(1 - m, buffer.realize_cached_data(), m, batch.astype(buffer.dtype)))
             return y
-        centred = x - self.running_mean.reshape((1, self.dim)).broadcast_to(x.shape)
-        var = self.running_var
-        std = ((var + self.eps) ** 0.5).reshape((1, self.dim)).broadcast_to(x.shape)
-        weight = self.weight.reshape((1, self.dim)).broadcast_to(x.shape)
-        bias = self.bias.reshape((1, self.dim)).broadcast_to(x.shape)
-        return centred / std * weight + bias
+        keep = (1, self.dim) + (1,) * (len(x.shape) - 2)
+
+        def spread(v: Tensor) -> Tensor:
+            return v.reshape(keep).broadcast_to(x.shape)
+
+        std = spread((self.running_var + self.eps) ** 0.5)
+        return (x - spread(self.running_mean)) / std * spread(self.weight) + spread(self.bias)
 
 
 class BatchNorm2d(BatchNorm1d):
-    """(N, C, H, W) -> (N, C, H, W), normalised per channel over N, H and W."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        flat = x.transpose((1, 2)).transpose((2, 3)).reshape((n * h * w, c))
-        y = super().forward(flat).reshape((n, h, w, c))
-        return y.transpose((2, 3)).transpose((1, 2))
+    """(N, C, H, W) -> (N, C, H, W), normalised per channel over N, H and W (BatchNorm1d's
+    forward, which normalises along axis 1 over all the other axes)."""
 
 
 class LayerNorm1d(Module):

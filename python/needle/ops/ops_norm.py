@@ -10,39 +10,68 @@ gradients of gradients still work.
 from typing import Optional
 
 from ..autograd import NDArray, Tensor, TensorOp, is_grad_enabled
+from ..backend_ndarray import prod
 from .ops_mathematic import broadcast_to, reshape, summation
 
 __all__ = ["BatchNorm", "batch_norm"]
 
 
 class BatchNorm(TensorOp):
-    """y = (x - mean) / sqrt(var + eps) * weight + bias for x (rows, features), with the mean
-    and the biased variance of each feature over the rows; weight and bias are (features,).
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, normalising each feature of x along
+    `axis` (1: x is (rows, features) or (N, C, H, W)) over all the other axes, with the
+    biased variance; weight and bias are (features,).
 
     After compute, ``mean`` and ``var`` hold the batch statistics (for running averages).
     d/dbias = sum(dy), d/dweight = sum(dy * xhat), d/dx = weight / std * (dy - mean(dy) -
-    xhat * mean(dy * xhat)), sums and means over the rows.
+    xhat * mean(dy * xhat)), sums and means over the normalised axes.
     """
 
-    def __init__(self, eps: float = 1e-5):
+    def __init__(self, eps: float = 1e-5, axis: int = 1):
         self.eps = eps
+        self.axis = axis
         self.mean: Optional[NDArray] = None
         self.var: Optional[NDArray] = None
         self._xhat: Optional[NDArray] = None
         self._inv_std: Optional[NDArray] = None
 
+    def _layout(self, shape):
+        """(the axes normalised over, the per-feature broadcast shape, elements per feature)"""
+        axis = self.axis % len(shape)
+        axes = tuple(d for d in range(len(shape)) if d != axis)
+        keep = tuple(n if d == axis else 1 for d, n in enumerate(shape))
+        return axes, keep, prod(shape) // shape[axis]
+
+    def _rows(self, a: NDArray) -> NDArray:
+        """a as (elements per feature, features): the feature axis moved last, a view when
+        that is a's memory order (NCHW views of NHWC data, as nn.Conv returns), else a copy."""
+        axes, _, count = self._layout(a.shape)
+        return a.permute(axes + (self.axis % a.ndim,)).compact().reshape((count, -1))
+
+    def _unrows(self, rows: NDArray, shape) -> NDArray:
+        """_rows undone: a view of `rows` with `shape`."""
+        axes, _, _ = self._layout(shape)
+        order = axes + (self.axis % len(shape),)
+        moved = rows.reshape(tuple(shape[d] for d in order))
+        return moved.permute(tuple(order.index(d) for d in range(len(shape))))
+
     def compute(self, x: NDArray, weight: NDArray, bias: NDArray):
-        if x.ndim != 2 or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
-            raise ValueError(f"batch_norm needs x (rows, features) and weight and bias "
-                             f"(features,), got {x.shape}, {weight.shape} and {bias.shape}")
-        rows, features = x.shape
-        mean = x.sum(axis=0) / rows
-        centred = x - mean.reshape((1, features))
-        var = (centred * centred).sum(axis=0) / rows
+        if (x.ndim < 2 or not -x.ndim <= self.axis < x.ndim
+                or weight.shape != (x.shape[self.axis],) or bias.shape != weight.shape):
+            raise ValueError(f"batch_norm needs x with features along axis {self.axis} and "
+                             f"weight and bias (features,), got {x.shape}, {weight.shape} and "
+                             f"{bias.shape}")
+        # The arithmetic is on (elements per feature, features) rows: the per-feature
+        # statistics are then sums over axis 0 and (1, features) broadcasts.
+        rows = self._rows(x)
+        count, features = rows.shape
+        mean = rows.sum(axis=0) / count
+        centred = rows - mean.reshape((1, features))
+        var = (centred * centred).sum(axis=0) / count
         inv_std = (var + self.eps) ** -0.5
         xhat = centred * inv_std.reshape((1, features))
         self.mean, self.var, self._xhat, self._inv_std = mean, var, xhat, inv_std
-        return xhat * weight.reshape((1, features)) + bias.reshape((1, features))
+        y = xhat * weight.reshape((1, features)) + bias.reshape((1, features))
+        return self._unrows(y, x.shape)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, weight, _ = node.inputs
@@ -54,32 +83,34 @@ class BatchNorm(TensorOp):
 
     def _gradient_data(self, dy: NDArray, x: Tensor, weight: NDArray):
         """The gradients as NDArrays, from the forward's normalised input."""
-        rows, features = dy.shape
-        d_bias = dy.sum(axis=0)
-        d_weight = (dy * self._xhat).sum(axis=0)
+        rows = self._rows(dy)
+        count, features = rows.shape
+        d_bias = rows.sum(axis=0)
+        d_weight = (rows * self._xhat).sum(axis=0)
         d_x = None
         if x.requires_grad:
             scale = (weight * self._inv_std).reshape((1, features))
-            d_x = (dy - (d_bias / rows).reshape((1, features))
-                   - self._xhat * (d_weight / rows).reshape((1, features))) * scale
+            d_x = self._unrows((rows - (d_bias / count).reshape((1, features))
+                                - self._xhat * (d_weight / count).reshape((1, features)))
+                               * scale, dy.shape)
         return d_x, d_weight, d_bias
 
     def _gradient_tensors(self, dy: Tensor, x: Tensor, weight: Tensor):
         """The same gradients as Tensor ops from x itself, so that they are differentiable."""
-        rows, features = x.shape
+        axes, keep, count = self._layout(x.shape)
 
-        def rows_of(v: Tensor) -> Tensor:  # (features,) -> (rows, features)
-            return broadcast_to(reshape(v, (1, features)), (rows, features))
+        def spread(v: Tensor) -> Tensor:  # (features,) -> x's shape
+            return broadcast_to(reshape(v, keep), x.shape)
 
-        centred = x - rows_of(summation(x, (0,)) / rows)
-        inv_std = (summation(centred * centred, (0,)) / rows + self.eps) ** -0.5
-        xhat = centred * rows_of(inv_std)
-        d_bias = summation(dy, (0,))
-        d_weight = summation(dy * xhat, (0,))
-        d_x = (dy - rows_of(d_bias / rows) - xhat * rows_of(d_weight / rows)) * rows_of(
+        centred = x - spread(summation(x, axes) / count)
+        inv_std = (summation(centred * centred, axes) / count + self.eps) ** -0.5
+        xhat = centred * spread(inv_std)
+        d_bias = summation(dy, axes)
+        d_weight = summation(dy * xhat, axes)
+        d_x = (dy - spread(d_bias / count) - xhat * spread(d_weight / count)) * spread(
             weight * inv_std)
         return d_x, d_weight, d_bias
 
 
-def batch_norm(x, weight, bias, eps: float = 1e-5):
-    return BatchNorm(eps)(x, weight, bias)
+def batch_norm(x, weight, bias, eps: float = 1e-5, axis: int = 1):
+    return BatchNorm(eps, axis)(x, weight, bias)
