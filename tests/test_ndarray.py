@@ -948,3 +948,60 @@ def test_import_needle_touches_no_gpu_backend():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False", "False", "True"]
+
+
+# ---- backends with the core table only ----------------------------------------------------
+FUSED = ("ewise_axpby", "gather_rows", "scatter_add_rows")
+
+
+@pytest.fixture
+def core_only():
+    """A device whose backend has the core primitive table only (the NumPy reference without
+    the fused primitives), as a third-party backend might: NDArray must fall back."""
+    import types
+
+    table = {n: getattr(nd.ndarray_backend_numpy, n) for n in dir(nd.ndarray_backend_numpy)
+             if not n.startswith("_") and n not in FUSED}
+    table["__device_name__"] = "core_only"
+    return nd.BackendDevice("core_only", types.SimpleNamespace(**table))
+
+
+def test_fused_primitives_fall_back_to_the_core_table(core_only):
+    rng = np.random.default_rng(0)
+    assert not any(hasattr(core_only.mod, n) for n in FUSED)
+    x_np, y_np = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    x, y = nd.array(x_np, device=core_only), nd.array(y_np, device=core_only)
+    expected = (0.5 * x_np - 2.0 * y_np).astype("float32")
+    np.testing.assert_allclose(nd.axpby(0.5, x, -2.0, y).numpy(), expected, rtol=1e-6)
+    assert nd.axpby(0.5, x, -2.0, y, out=x) is x
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-6)
+
+    table = rng.standard_normal((5, 2, 3))
+    idx = np.array([4, 0, 4, 2])
+    got = nd.take_rows(nd.array(table, device=core_only), idx)
+    np.testing.assert_array_equal(got.numpy(), table.astype("float32")[idx])
+    values = rng.standard_normal((4, 2, 3))
+    summed = nd.add_rows(nd.array(values, device=core_only), idx, 5)
+    reference = nd.add_rows(nd.array(values, device=nd.cpu_numpy()), idx, 5)
+    np.testing.assert_array_equal(summed.numpy(), reference.numpy())
+
+
+def test_training_step_on_a_core_only_backend(core_only):
+    """An optimizer step (axpby), an embedding (rows by index) and the cross-entropy (label
+    gathers) on the fallback paths give the reference backend's values."""
+    results = []
+    for device in (core_only, nd.cpu_numpy()):
+        np.random.seed(0)
+        emb = ndl.nn.Embedding(7, 4, device=device)
+        lin = ndl.nn.Linear(4, 3, device=device)
+        opt = ndl.optim.SGD(emb.parameters() + lin.parameters(), lr=0.5, momentum=0.9)
+        for _ in range(2):
+            opt.reset_grad()
+            logits = lin(emb(ndl.Tensor(np.array([[1, 6], [1, 3]]), device=device)).reshape(
+                (4, 4)))
+            ndl.nn.SoftmaxLoss()(logits, ndl.Tensor(np.array([0, 2, 1, 2]), device=device)
+                                 ).backward()
+            opt.step()
+        results.append([p.numpy() for p in emb.parameters() + lin.parameters()])
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)

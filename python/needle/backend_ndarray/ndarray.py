@@ -905,10 +905,14 @@ def axpby(alpha: float, x: NDArray, beta: float, y: NDArray,
         if not out.is_compact():
             raise ValueError("axpby: out must be compact (not a view)")
     if out.size:
-        # A compact out covers its whole buffer, so an input that shares it after compact()
-        # is element for element the same array: the primitive's in-place case.
-        x._device.mod.ewise_axpby(x.compact()._handle, y.compact()._handle, float(alpha),
-                                  float(beta), out._handle)
+        mod = x._device.mod
+        if hasattr(mod, "ewise_axpby"):
+            # A compact out covers its whole buffer, so an input that shares it after
+            # compact() is element for element the same array: the primitive's in-place case.
+            mod.ewise_axpby(x.compact()._handle, y.compact()._handle, float(alpha),
+                            float(beta), out._handle)
+        else:  # a backend with the core table only
+            out[...] = x * float(alpha) + y * float(beta)
     return out
 
 
@@ -961,8 +965,13 @@ def take_rows(table: NDArray, indices) -> NDArray:
     idx = indices.on(table.device, table.dtype)
     out = NDArray.make((len(idx),) + table.shape[1:], device=table.device, dtype=table.dtype)
     if out.size:
-        table.device.mod.gather_rows(table.compact()._handle, idx.array._handle, out._handle,
-                                     len(idx), _size(table.shape[1:]))
+        mod = table.device.mod
+        if hasattr(mod, "gather_rows"):
+            mod.gather_rows(table.compact()._handle, idx.array._handle, out._handle, len(idx),
+                            _size(table.shape[1:]))
+        else:  # a backend with the core table only: a row copy per index
+            for i, row in enumerate(idx.host):
+                out[i] = table[int(row)]
     return out
 
 
@@ -990,8 +999,13 @@ def add_rows(values: NDArray, indices, rows: int, out: Optional[NDArray] = None)
                              f"got {out.shape} {out.dtype}"
                              f"{'' if out.is_compact() else ' (a view)'}")
     if values.size:
-        values.device.mod.scatter_add_rows(values.compact()._handle, idx.array._handle,
-                                           out._handle, len(idx), _size(values.shape[1:]))
+        mod = values.device.mod
+        if hasattr(mod, "scatter_add_rows"):
+            mod.scatter_add_rows(values.compact()._handle, idx.array._handle, out._handle,
+                                 len(idx), _size(values.shape[1:]))
+        else:  # a backend with the core table only: a row sum per index, in index order
+            for i, row in enumerate(idx.host):
+                out[int(row)] = out[int(row)] + values[i]
     return out
 
 
