@@ -6,7 +6,7 @@ PyTorch's ``weight_ih_l0`` is the transpose.
 """
 
 import math
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -29,6 +29,16 @@ def _add_bias(x: Tensor, bias: Optional[Tensor]) -> Tensor:
     if bias is None:
         return x
     return x + ops.broadcast_to(ops.reshape(bias, (1, bias.shape[0])), x.shape)
+
+
+def _input_share(cell, X: Tensor):
+    """x_t @ W_ih + b_ih + b_hh for every time step t of X (seq_len, batch, input) in one
+    (seq_len * batch, input) @ (input, width) product, as torch does, split into the steps:
+    an unrolled RNN then does only h @ W_hh per step."""
+    seq_len, batch, size = X.shape
+    flat = ops.reshape(X, (seq_len * batch, size)) @ cell.W_ih
+    flat = _add_bias(_add_bias(flat, cell.bias_ih), cell.bias_hh)
+    return ops.split(ops.reshape(flat, (seq_len, batch, flat.shape[1])), 0)
 
 
 class RNNCell(Module):
@@ -66,8 +76,11 @@ class RNNCell(Module):
             # A zero state still goes through W_hh, so that W_hh gets a (zero) gradient, as in
             # torch: optimizers then see a gradient on every parameter.
             h = init.zeros(X.shape[0], self.hidden_size, device=X.device, dtype=X.dtype)
-        out = X @ self.W_ih + h @ self.W_hh
-        out = _add_bias(_add_bias(out, self.bias_ih), self.bias_hh)
+        return self.step(_add_bias(_add_bias(X @ self.W_ih, self.bias_ih), self.bias_hh), h)
+
+    def step(self, input_share: Tensor, h: Tensor) -> Tensor:
+        """h' from the input's share (X @ W_ih plus the biases) and the previous state."""
+        out = input_share + h @ self.W_hh
         return ops.tanh(out) if self.nonlinearity == "tanh" else ops.relu(out)
 
 
@@ -93,17 +106,21 @@ class RNN(Module):
         ]
 
     def forward(self, X: Tensor, h0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        inputs: List[Tensor] = list(ops.split(X, 0))
+        seq_len, batch = X.shape[0], X.shape[1]
         states = [None] * self.num_layers if h0 is None else list(ops.split(h0, 0))
         h_n = []
+        layer_input = X
         for cell, h in zip(self.rnn_cells, states):
+            if h is None:  # a zero state, still multiplied by W_hh (see RNNCell.forward)
+                h = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
+            steps = _input_share(cell, layer_input)
             outputs = []
-            for x in inputs:
-                h = cell(x, h)
+            for t in range(seq_len):
+                h = cell.step(steps[t], h)
                 outputs.append(h)
             h_n.append(h)
-            inputs = outputs
-        return ops.stack(inputs, 0), ops.stack(h_n, 0)
+            layer_input = ops.stack(outputs, 0)
+        return layer_input, ops.stack(h_n, 0)
 
 
 class LSTMCell(Module):
@@ -183,11 +200,7 @@ class LSTM(Module):
         h_n, c_n = [], []
         layer_input = X
         for cell, state in zip(self.lstm_cells, states):
-            # The input's share of the gates for every time step in one product, as torch
-            # does: (seq_len * batch, input) @ (input, 4 * hidden), the biases added once.
-            flat = ops.reshape(layer_input, (seq_len * batch, layer_input.shape[2]))
-            input_gates = _add_bias(_add_bias(flat @ cell.W_ih, cell.bias_ih), cell.bias_hh)
-            steps = ops.split(ops.reshape(input_gates, (seq_len, batch, 4 * self.hidden_size)), 0)
+            steps = _input_share(cell, layer_input)  # the input's share of the gates
             if state is None:  # zero states, still multiplied by W_hh so that it gets a gradient
                 zeros = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
                 state = (zeros, zeros)
