@@ -185,6 +185,26 @@ void matmul_tiled(const Array &a, const Array &b, Array &out, size_t m, size_t n
 
 // ---- reductions -----------------------------------------------------------------------
 
+// ---- binary ops against a repeated vector -----------------------------------------------
+// A CPU-only specialised primitive (NDArray uses it when a backend has it, else compacts the
+// broadcast operand): op is the name of a binary primitive without its "ewise_" prefix.
+void ewise_broadcast_binary(const std::string &op, const Array &full, const Array &vector,
+                            Array &out, int64_t outer, int64_t inner, bool per_column,
+                            bool vector_first) {
+  auto run = [&](auto op_tag) {
+    broadcast_binary<decltype(op_tag)>(full, vector, out, outer, inner, per_column,
+                                       vector_first);
+  };
+  if (op == "add") return run(Add{});
+  if (op == "sub") return run(Sub{});
+  if (op == "mul") return run(Mul{});
+  if (op == "div") return run(Div{});
+  if (op == "maximum") return run(Maximum{});
+  if (op == "eq") return run(Eq{});
+  if (op == "ge") return run(Ge{});
+  throw nb::value_error(("ewise_broadcast_binary: unknown op '" + op + "'").c_str());
+}
+
 // ---- rows by index ---------------------------------------------------------------------
 // Indices are whole numbers stored in the array dtype; NDArray has checked that they are in
 // range and that every size suffices (these asserts only document it).
@@ -344,6 +364,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.def("matmul_strided", &matmul_strided, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a,
         "p"_a, "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
 
+  m.def("ewise_broadcast_binary", &ewise_broadcast_binary, "op"_a, "full"_a, "vector"_a,
+        "out"_a, "outer"_a, "inner"_a, "per_column"_a, "vector_first"_a);
   m.def("gather_rows", &gather_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
   m.def("scatter_add_rows", &scatter_add_rows, "a"_a, "indices"_a, "out"_a, "n"_a,
         "row_size"_a);

@@ -219,6 +219,37 @@ ODD_VIEWS = [
 ]
 
 
+BROADCAST_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+                 "maximum": np.maximum, "eq": np.equal, "ge": np.greater_equal}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("outer, inner", [(1, 1), (3, 7), (5, 33), (300, 257)])
+@pytest.mark.parametrize("op", BROADCAST_OPS)
+def test_ewise_broadcast_binary(op, outer, inner, dtype, rng):
+    """The CPU backend's binary ops against a vector repeated along rows or columns (a
+    specialised primitive: the NumPy reference has none), against NumPy's broadcasting."""
+    full = operand(rng, "ties" if op in ("maximum", "eq", "ge") else "normal", outer * inner)
+    for per_column in (True, False):
+        size = inner if per_column else outer
+        vector = operand(rng, "ties" if op in ("maximum", "eq", "ge") else "nonzero", size)
+        v2 = vector.reshape(1, inner) if per_column else vector.reshape(outer, 1)
+        f2 = full.reshape(outer, inner)
+        for vector_first in (False, True):
+            out = nb_cpu.Array(outer * inner, dtype)
+            nb_cpu.ewise_broadcast_binary(op, to_array(nb_cpu, full, dtype),
+                                          to_array(nb_cpu, vector, dtype), out, outer, inner,
+                                          per_column, vector_first)
+            x, y = f2.astype(dtype), v2.astype(dtype)
+            expected = BROADCAST_OPS[op](y, x) if vector_first else BROADCAST_OPS[op](x, y)
+            np.testing.assert_allclose(read(nb_cpu, out), expected.astype(dtype).reshape(-1),
+                                       **TOL[dtype])
+    with pytest.raises(ValueError, match="unknown op 'pow'"):
+        nb_cpu.ewise_broadcast_binary("pow", to_array(nb_cpu, full, dtype),
+                                      to_array(nb_cpu, full, dtype), nb_cpu.Array(1, dtype),
+                                      1, 1, True, False)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_large_compact_split_across_threads(threads):
     """An im2col view (overlapping 7x7 windows, stride 4), large enough to be split by rows

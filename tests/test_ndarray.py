@@ -1005,3 +1005,24 @@ def test_training_step_on_a_core_only_backend(core_only):
         results.append([p.numpy() for p in emb.parameters() + lin.parameters()])
     for got, expected in zip(*results):
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shapes", [((4, 5), (5,)), ((4, 5), (4, 1)), ((5,), (4, 5)),
+                                    ((4, 1), (4, 5)), ((2, 3, 4), (3, 4)), ((2, 3, 4), (2, 3, 1)),
+                                    ((4, 1, 5), (1, 1, 5)), ((4, 5), (1, 4, 5)),
+                                    ((2, 3, 4), (1, 3, 1)), ((3, 1), (1, 4))], ids=str)
+def test_binary_ops_against_a_repeated_vector(device, shapes):
+    """Broadcasting binary ops (on cpu, a repeated row or column vector goes to the
+    backend's ewise_broadcast_binary without being copied out; other patterns compact it)."""
+    rng = np.random.default_rng(0)
+    a_np = rng.standard_normal(shapes[0]).astype("float32")
+    b_np = (rng.standard_normal(shapes[1]) + 3).astype("float32")
+    a, b = nd.array(a_np, device=device), nd.array(b_np, device=device)
+    for got, expected in [(a + b, a_np + b_np), (a - b, a_np - b_np), (b - a, b_np - a_np),
+                          (a * b, a_np * b_np), (a / b, a_np / b_np), (b / a, b_np / a_np),
+                          (a.maximum(b), np.maximum(a_np, b_np)), (a >= b, a_np >= b_np)]:
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    # A view as the full operand is read through its strides.
+    t = nd.array(a_np.T.copy(), device=device).permute(tuple(reversed(range(a_np.ndim))))
+    np.testing.assert_allclose((t - b).numpy(), a_np - b_np, rtol=1e-6)

@@ -195,6 +195,43 @@ inline void ewise_axpby(const Array &a, const Array &b, double alpha, double bet
   });
 }
 
+// out (outer x inner) = op(full, vector) (or op(vector, full) when `vector_first`), with
+// `full` compact (outer x inner) and `vector` repeated along one axis: `per_column` holds
+// inner values, the same for every row (a bias), otherwise outer values, one per row (each
+// row's max or logsumexp). NDArray would otherwise copy the vector out to full size first.
+template <class Op>
+void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_t outer,
+                      int64_t inner, bool per_column, bool vector_first) {
+  assert(full.size >= static_cast<size_t>(outer * inner));
+  assert(vector.size >= static_cast<size_t>(per_column ? inner : outer));
+  if (outer <= 0 || inner <= 0) return;
+  dispatch(common_dtype(full, vector, out), [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int W = simd::kWidth<T>;
+    const T *f = full.data<T>(), *v = vector.data<T>();
+    T *o = out.data<T>();
+    auto apply = [&](Vec<T> x, Vec<T> y) { return vector_first ? Op{}(y, x) : Op{}(x, y); };
+    const int threads = threads_for(outer * inner, kMinElementsPerThread);
+    parallel(threads, [&](int t, int n) {
+      const Range rows = split_range(outer, t, n);
+      for (int64_t r = rows.begin; r < rows.end; ++r) {
+        const T *fr = f + r * inner;
+        T *orow = o + r * inner;
+        const Vec<T> same = simd::splat(per_column ? T(0) : v[r]);
+        int64_t j = 0;
+        for (; j + W <= inner; j += W)
+          simd::store(orow + j, apply(simd::load(fr + j), per_column ? simd::load(v + j) : same));
+        if (j < inner) {
+          const int64_t left = inner - j;
+          simd::store_partial(orow + j, apply(simd::load_partial(fr + j, left),
+                                              per_column ? simd::load_partial(v + j, left) : same),
+                              left);
+        }
+      }
+    });
+  });
+}
+
 template <class Op> void ewise_unary(const Array &a, Array &out) {
   assert(a.size >= out.size);
   dispatch(common_dtype(a, out), [&](auto tag) {

@@ -634,6 +634,10 @@ class NDArray:
                 a._check_same_device(other)
             if other._shape != a._shape:
                 shape = broadcast_shapes(a._shape, other._shape)
+                if hasattr(device.mod, "ewise_broadcast_binary") and other._dtype == a._dtype:
+                    out = _repeated_vector_binary(a, other, shape, ewise_name)
+                    if out is not None:
+                        return out
                 a, other = a.broadcast_to(shape), other.broadcast_to(shape)
             if other._dtype != a._dtype:
                 a, other = a.astype("float64"), other.astype("float64")
@@ -859,6 +863,46 @@ class NDArray:
         )
         out[tuple(slice(lo, lo + d) for d, (lo, _) in zip(self._shape, axes))] = self
         return out
+
+
+_VECTOR_OPS = {"ewise_add": "add", "ewise_sub": "sub", "ewise_mul": "mul", "ewise_div": "div",
+               "ewise_maximum": "maximum", "ewise_eq": "eq", "ewise_ge": "ge"}
+
+
+def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):
+    """a (op) b through the backend's ewise_broadcast_binary when one operand has the full
+    `shape` and the other broadcasts to it as a vector repeated along one axis: over the
+    leading axes (shape (..., 1, 1, d_k, ..., d_n): a bias) or the trailing ones (shape
+    (d_0, ..., d_k, 1, ..., 1): a per-row statistic). None when the operands are not so."""
+    op = _VECTOR_OPS.get(ewise_name)
+    if op is None:
+        return None
+    if a._shape == shape:
+        full, vector, vector_first = a, b, False
+    elif b._shape == shape:
+        full, vector, vector_first = b, a, True
+    else:
+        return None
+    dims = (1,) * (len(shape) - vector.ndim) + vector._shape
+    lead = 0  # leading 1s of the vector, where it repeats
+    while lead < len(dims) and dims[lead] == 1 and shape[lead] != 1:
+        lead += 1
+    if dims[lead:] == shape[lead:]:
+        per_column, split = True, lead
+    else:
+        tail = len(dims)  # trailing 1s, where a per-row vector repeats
+        while tail > 0 and dims[tail - 1] == 1:
+            tail -= 1
+        if dims[:tail] != shape[:tail]:
+            return None
+        per_column, split = False, tail
+    outer, inner = _size(shape[:split]), _size(shape[split:])
+    out = NDArray.make(shape, device=full._device, dtype=full._dtype)
+    if outer and inner:
+        full._device.mod.ewise_broadcast_binary(op, full.compact()._handle,
+                                                vector.compact()._handle, out._handle, outer,
+                                                inner, per_column, vector_first)
+    return out
 
 
 # ---- module-level constructors and functions (the needle API) ------------------------
