@@ -41,6 +41,28 @@ def _input_share(cell, X: Tensor):
     return ops.split(ops.reshape(flat, (seq_len, batch, flat.shape[1])), 0)
 
 
+def _unroll(cells, X: Tensor, states, zero_state, output_of):
+    """A stack of cells over the time steps of X (seq_len, batch, input), layer by layer: the
+    input's share of every step in one product (_input_share), then cell.step(share, state)
+    per step. `states` has one state per layer, or None for zero_state(batch, X); output_of
+    picks a step's output from its state. -> (the last layer's outputs stacked (seq_len,
+    batch, hidden), each layer's final state)."""
+    seq_len, batch = X.shape[0], X.shape[1]
+    finals = []
+    layer_input = X
+    for cell, state in zip(cells, states):
+        if state is None:
+            state = zero_state(batch, X)
+        steps = _input_share(cell, layer_input)
+        outputs = []
+        for t in range(seq_len):
+            state = cell.step(steps[t], state)
+            outputs.append(output_of(state))
+        finals.append(state)
+        layer_input = ops.stack(outputs, 0)
+    return layer_input, finals
+
+
 class RNNCell(Module):
     """One Elman RNN step: h' = act(x @ W_ih + b_ih + h @ W_hh + b_hh).
 
@@ -106,21 +128,13 @@ class RNN(Module):
         ]
 
     def forward(self, X: Tensor, h0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        seq_len, batch = X.shape[0], X.shape[1]
         states = [None] * self.num_layers if h0 is None else list(ops.split(h0, 0))
-        h_n = []
-        layer_input = X
-        for cell, h in zip(self.rnn_cells, states):
-            if h is None:  # a zero state, still multiplied by W_hh (see RNNCell.forward)
-                h = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
-            steps = _input_share(cell, layer_input)
-            outputs = []
-            for t in range(seq_len):
-                h = cell.step(steps[t], h)
-                outputs.append(h)
-            h_n.append(h)
-            layer_input = ops.stack(outputs, 0)
-        return layer_input, ops.stack(h_n, 0)
+
+        def zero_state(batch, X):  # still multiplied by W_hh (see RNNCell.forward)
+            return init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
+
+        output, h_n = _unroll(self.rnn_cells, X, states, zero_state, lambda h: h)
+        return output, ops.stack(h_n, 0)
 
 
 class LSTMCell(Module):
@@ -158,14 +172,15 @@ class LSTMCell(Module):
             h = (zeros, zeros)
         h0, c0 = h
         gates = _add_bias(_add_bias(X @ self.W_ih, self.bias_ih), self.bias_hh)
-        return self.step(gates, h0, c0)
+        return self.step(gates, (h0, c0))
 
-    def step(self, input_gates: Tensor, h0: Tensor, c0: Tensor) -> Tuple[Tensor, Tensor]:
+    def step(self, input_gates: Tensor, state: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
         """(h', c') from the input's share of the gates (X @ W_ih plus the biases, which LSTM
-        computes for every time step in one product) and the previous state."""
+        computes for every time step in one product) and the previous state (h, c)."""
+        h0, c0 = state
         # The activations and the state update are one op (ops.lstm_state), not ~12.
-        state = ops.split(ops.lstm_state(input_gates + h0 @ self.W_hh, c0), 0)
-        return state[0], state[1]
+        new_state = ops.split(ops.lstm_state(input_gates + h0 @ self.W_hh, c0), 0)
+        return new_state[0], new_state[1]
 
 
 class LSTM(Module):
@@ -196,22 +211,14 @@ class LSTM(Module):
         else:
             h0, c0 = h
             states = list(zip(ops.split(h0, 0), ops.split(c0, 0)))
-        seq_len, batch = X.shape[0], X.shape[1]
-        h_n, c_n = [], []
-        layer_input = X
-        for cell, state in zip(self.lstm_cells, states):
-            steps = _input_share(cell, layer_input)  # the input's share of the gates
-            if state is None:  # zero states, still multiplied by W_hh so that it gets a gradient
-                zeros = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
-                state = (zeros, zeros)
-            outputs = []
-            for t in range(seq_len):
-                state = cell.step(steps[t], *state)
-                outputs.append(state[0])
-            h_n.append(state[0])
-            c_n.append(state[1])
-            layer_input = ops.stack(outputs, 0)
-        return layer_input, (ops.stack(h_n, 0), ops.stack(c_n, 0))
+
+        def zero_state(batch, X):  # still multiplied by W_hh so that it gets a gradient
+            zeros = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
+            return zeros, zeros
+
+        output, finals = _unroll(self.lstm_cells, X, states, zero_state, lambda s: s[0])
+        return output, (ops.stack([h for h, _ in finals], 0),
+                        ops.stack([c for _, c in finals], 0))
 
 
 class Embedding(Module):
