@@ -52,3 +52,14 @@ def call(mod, name, *args, dtype):
         kwargs[param] = arg
     getattr(mod, name)(**kwargs)
     return read(mod, out)
+
+
+def row_indices(rng, rows, n, kind):
+    """n row indices (as floats, as the rows-by-index primitives read them) into `rows`
+    rows: "same" sends all to the last row, "distinct" is part of a permutation, "random"
+    repeats some."""
+    if kind == "same":
+        return np.full(n, rows - 1, dtype=float)
+    if kind == "distinct":
+        return rng.permutation(rows)[:n].astype(float)
+    return rng.integers(0, rows, n).astype(float)

@@ -34,7 +34,7 @@ import needle as ndl
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np
 
 from cuda_emulation import harness
-from primitive_calls import Out, call, read, to_array
+from primitive_calls import Out, call, read, row_indices, to_array
 
 try:
     from needle.backend_ndarray import ndarray_backend_cuda as nb_cuda
@@ -449,14 +449,6 @@ ROWS_CASES = [
     (12, 12, 7, "distinct"), (50, 300, 7, "random"), (6, 33, 257, "same"),
     (40, 64, 100, "random"), (1000, 600, 130, "random"), (3, 500, 130, "same"),
 ]
-
-
-def row_indices(rng, rows, n, kind):
-    if kind == "same":
-        return np.full(n, rows - 1, dtype=float)
-    if kind == "distinct":
-        return rng.permutation(rows)[:n].astype(float)
-    return rng.integers(0, rows, n).astype(float)
 
 
 def scatter_add_tol(dtype, a, init, indices):

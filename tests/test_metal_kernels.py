@@ -32,7 +32,7 @@ from needle.backend_ndarray.metal_primitives import merge_axes, mps_matrix_layou
 
 import primitive_calls
 from metal_emulation import harness
-from primitive_calls import Out, read
+from primitive_calls import Out, read, row_indices
 
 DTYPE = "float32"
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -543,14 +543,6 @@ ROWS_CASES = [
     (12, 12, 7, "distinct"), (50, 300, 7, "random"), (6, 33, 257, "same"),
     (40, 64, 100, "random"), (60, 200, 130, "random"), (3, 500, 130, "same"),
 ]
-
-
-def row_indices(rng, rows, n, kind):
-    if kind == "same":
-        return np.full(n, rows - 1, dtype=float)
-    if kind == "distinct":
-        return rng.permutation(rows)[:n].astype(float)
-    return rng.integers(0, rows, n).astype(float)
 
 
 @pytest.mark.parametrize("rows,n,row_size,kind", ROWS_CASES)
