@@ -968,6 +968,17 @@ class RowIndices:
 
     def __init__(self, indices, rows: int, device: Optional["BackendDevice"] = None,
                  dtype=None):
+        idx = RowIndices.check(indices, rows)
+        dtype = canonical_dtype(dtype)
+        if dtype == "float32" and rows > 2 ** 24:
+            raise ValueError(f"{rows} rows: float32 cannot hold every row index exactly; use "
+                             "float64 arrays")
+        self.host, self.rows = idx, int(rows)
+        self.array = NDArray(idx.astype(dtype), device=device, dtype=dtype)
+
+    @staticmethod
+    def check(indices, rows: int) -> np.ndarray:
+        """`indices` as int64 after checking that they are 1-D whole numbers in [0, rows)."""
         idx = np.asarray(indices)
         if idx.ndim != 1:
             raise ValueError(f"row indices must be 1-D, got shape {idx.shape}")
@@ -979,12 +990,7 @@ class RowIndices:
         idx = idx.astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= rows):
             raise IndexError(f"row indices must lie in [0, {rows}), got {idx.min()}..{idx.max()}")
-        dtype = canonical_dtype(dtype)
-        if dtype == "float32" and rows > 2 ** 24:
-            raise ValueError(f"{rows} rows: float32 cannot hold every row index exactly; use "
-                             "float64 arrays")
-        self.host, self.rows = idx, int(rows)
-        self.array = NDArray(idx.astype(dtype), device=device, dtype=dtype)
+        return idx
 
     def __len__(self) -> int:
         return len(self.host)

@@ -82,14 +82,15 @@ class ClassLabels:
     exact_float32 = 2 ** 24
 
     def __init__(self, labels, classes: int, device=None, dtype=None):
-        checked = nd.RowIndices(labels, classes, device, dtype)
+        checked = nd.RowIndices.check(labels, classes)  # on the host: no device copy
         self.batch, self.classes = len(checked), classes
         size = self.batch * classes
         if nd.canonical_dtype(dtype) == "float32" and size > self.exact_float32:
             self.positions = None
-            self.one_hot = checked.array.device.one_hot(classes, checked.host, dtype=dtype)
+            device = nd.default_device() if device is None else device
+            self.one_hot = device.one_hot(classes, checked, dtype=dtype)
         else:
-            positions = np.arange(self.batch, dtype=np.int64) * classes + checked.host
+            positions = np.arange(self.batch, dtype=np.int64) * classes + checked
             self.positions = nd.RowIndices(positions, size, device, dtype)
             self.one_hot = None
 
