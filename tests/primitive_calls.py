@@ -63,3 +63,16 @@ def row_indices(rng, rows, n, kind):
     if kind == "distinct":
         return rng.permutation(rows)[:n].astype(float)
     return rng.integers(0, rows, n).astype(float)
+
+
+def operand(rng, kind, size):
+    """Inputs where every op is well defined; "ties" makes eq/ge/maximum see equal values."""
+    if kind == "positive":
+        return rng.uniform(0.1, 4.0, size)
+    if kind == "nonzero":
+        return rng.choice([-1, 1], size) * rng.uniform(0.2, 3.0, size)
+    if kind == "ties":
+        return rng.integers(-2, 3, size).astype(float)
+    if kind == "wide":
+        return rng.standard_normal(size) * 50
+    return rng.standard_normal(size) * 3

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np
-from primitive_calls import Out, call, read, to_array
+from primitive_calls import Out, call, operand, read, to_array
 
 try:
     from needle.backend_ndarray import ndarray_backend_cpu as nb_cpu
@@ -282,19 +282,6 @@ def test_overlapping_views(size, shape, strides, offset, dtype):
 
 
 # ---- elementwise -----------------------------------------------------------------------
-def operand(rng, kind, size):
-    """Inputs where every op is well defined; "ties" makes eq/ge/maximum see equal values."""
-    if kind == "positive":
-        return rng.uniform(0.1, 4.0, size)
-    if kind == "nonzero":
-        return rng.choice([-1, 1], size) * rng.uniform(0.2, 3.0, size)
-    if kind == "ties":
-        return rng.integers(-2, 3, size).astype(float)
-    if kind == "wide":
-        return rng.standard_normal(size) * 50
-    return rng.standard_normal(size) * 3
-
-
 BINARY = {  # name: (kind of a, kind of b)
     "ewise_add": ("normal", "normal"),
     "ewise_sub": ("normal", "normal"),

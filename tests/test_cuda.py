@@ -34,7 +34,7 @@ import needle as ndl
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np
 
 from cuda_emulation import harness
-from primitive_calls import Out, call, read, row_indices, to_array
+from primitive_calls import Out, call, operand, read, row_indices, to_array
 
 try:
     from needle.backend_ndarray import ndarray_backend_cuda as nb_cuda
@@ -312,18 +312,6 @@ def test_odd_views(mod, size, shape, strides, offset, dtype):
 
 
 # ---- elementwise ---------------------------------------------------------------------------
-def operand(rng, kind, size):
-    if kind == "positive":
-        return rng.uniform(0.1, 4.0, size)
-    if kind == "nonzero":
-        return rng.choice([-1, 1], size) * rng.uniform(0.2, 3.0, size)
-    if kind == "ties":
-        return rng.integers(-2, 3, size).astype(float)
-    if kind == "wide":
-        return rng.standard_normal(size) * 50
-    return rng.standard_normal(size) * 3
-
-
 BINARY = {"ewise_add": ("normal", "normal"), "ewise_sub": ("normal", "normal"),
           "ewise_mul": ("normal", "normal"), "ewise_div": ("normal", "nonzero"),
           "ewise_power": ("positive", "normal"), "ewise_maximum": ("ties", "ties"),

@@ -32,7 +32,7 @@ from needle.backend_ndarray.metal_primitives import merge_axes, mps_matrix_layou
 
 import primitive_calls
 from metal_emulation import harness
-from primitive_calls import Out, read, row_indices
+from primitive_calls import Out, operand, read, row_indices
 
 DTYPE = "float32"
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -431,19 +431,6 @@ def test_views_past_int32_are_refused(mod):
 
 # ---- elementwise -------------------------------------------------------------------------------
 SIZES = (1, 7, 255, 256, 257, 1001)  # around the 256-thread threadgroup
-
-
-def operand(rng, kind, size):
-    """Inputs where every op is well defined; "ties" makes eq/ge/maximum see equal values."""
-    if kind == "positive":
-        return rng.uniform(0.1, 4.0, size)
-    if kind == "nonzero":
-        return rng.choice([-1, 1], size) * rng.uniform(0.2, 3.0, size)
-    if kind == "ties":
-        return rng.integers(-2, 3, size).astype(float)
-    if kind == "wide":
-        return rng.standard_normal(size) * 50
-    return rng.standard_normal(size) * 3
 
 
 BINARY = {
