@@ -17,10 +17,12 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cpu/array.h"
@@ -344,17 +346,22 @@ NB_MODULE(ndarray_backend_cpu, m) {
 
   m.def("ewise_axpby", &ewise_axpby, "a"_a, "b"_a, "alpha"_a, "beta"_a, "out"_a);
 
-  m.def("ewise_neg", &ewise_unary<Neg>, "a"_a, "out"_a);
-  m.def("ewise_abs", &ewise_unary<Abs>, "a"_a, "out"_a);
-  m.def("ewise_sign", &ewise_unary<Sign>, "a"_a, "out"_a);
-  m.def("ewise_log", &ewise_unary<Log>, "a"_a, "out"_a);
-  m.def("ewise_exp", &ewise_unary<Exp>, "a"_a, "out"_a);
-  m.def("ewise_tanh", &ewise_unary<Tanh>, "a"_a, "out"_a);
-  m.def("ewise_sqrt", &ewise_unary<Sqrt>, "a"_a, "out"_a);
-  m.def("ewise_sin", &ewise_unary<Sin>, "a"_a, "out"_a);
-  m.def("ewise_cos", &ewise_unary<Cos>, "a"_a, "out"_a);
-  m.def("ewise_relu", &ewise_unary<Relu>, "a"_a, "out"_a);
-  m.def("ewise_sigmoid", &ewise_unary<Sigmoid>, "a"_a, "out"_a);
+  // The unary rows of the primitive table (primitives.py UNARY), one line each.
+  const auto unary_table = std::make_tuple(
+      UnaryRow{"ewise_neg", Neg{}}, UnaryRow{"ewise_abs", Abs{}}, UnaryRow{"ewise_sign", Sign{}},
+      UnaryRow{"ewise_log", Log{}}, UnaryRow{"ewise_exp", Exp{}}, UnaryRow{"ewise_tanh", Tanh{}},
+      UnaryRow{"ewise_sqrt", Sqrt{}}, UnaryRow{"ewise_sin", Sin{}}, UnaryRow{"ewise_cos", Cos{}},
+      UnaryRow{"ewise_relu", Relu{}}, UnaryRow{"ewise_sigmoid", Sigmoid{}},
+      UnaryRow{"ewise_rsqrt", Lanewise{[](auto v) { return decltype(v)(1) / std::sqrt(v); }}});
+  std::apply(
+      [&](auto... row) {
+        (m.def(
+             row.name,
+             [op = row.op](const Array &a, Array &out) { ewise_unary(a, out, op); }, "a"_a,
+             "out"_a),
+         ...);
+      },
+      unary_table);
 
   m.def("matmul", &matmul, "a"_a, "b"_a, "out"_a, "m"_a, "n"_a, "p"_a);
   m.def("batched_matmul", &batched_matmul, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a,

@@ -232,13 +232,30 @@ void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_
   });
 }
 
-template <class Op> void ewise_unary(const Array &a, Array &out) {
+template <class Op> void ewise_unary(const Array &a, Array &out, Op op = Op{}) {
   assert(a.size >= out.size);
   dispatch(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
-    map_unary(a.data<T>(), out.data<T>(), out.size, Op{});
+    map_unary(a.data<T>(), out.data<T>(), out.size, op);
   });
 }
+
+// A unary operator from a scalar function of one lane (a generic lambda), applied lane by
+// lane: how a new unary primitive starts, before it earns a vector version.
+template <class F> struct Lanewise {
+  F f;
+  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
+    return simd::per_lane<T>(x, f);
+  }
+};
+template <class F> Lanewise(F) -> Lanewise<F>;
+
+// A row of the unary table of the bindings: primitive name and operator.
+template <class Op> struct UnaryRow {
+  const char *name;
+  Op op;
+};
+template <class Op> UnaryRow(const char *, Op) -> UnaryRow<Op>;
 
 }  // namespace cpu
 }  // namespace needle

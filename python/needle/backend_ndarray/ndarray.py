@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import ndarray_backend_numpy
+from . import ndarray_backend_numpy, primitives
 
 try:
     from . import ndarray_backend_cpu
@@ -93,19 +93,19 @@ def canonical_dtype(dtype) -> str:
 class BackendDevice:
     """A device: a name plus the backend module that implements the primitive table.
 
-    A device that needs hardware (cuda, metal, mps) is given `resolve` instead of the
-    module: a function that returns the module, or None when the device is unavailable,
-    called on first use (``enabled()``, an array on the device). So `import needle` neither
-    initialises the CUDA driver nor loads PyObjC and Metal; ``mod`` is a plain attribute
-    from then on, as cheap to read as for cpu().
+    The module is resolved and validated against the table (``primitives.validate``) on
+    first use (``enabled()``, ``mod``, an array on the device), not at construction: a device
+    that needs hardware (cuda, metal, mps) is given `resolve`, a function that returns the
+    module or None when the device is unavailable, so `import needle` neither initialises
+    the CUDA driver nor loads PyObjC. ``mod`` is a plain attribute from then on, as cheap to
+    read as any. Other attributes forward to the module (``device.Array``,
+    ``device.ewise_add``); an optional primitive the module lacks forwards to the table's
+    fallback over its core primitives, and ``has(name)`` says which the module has itself.
     """
 
     def __init__(self, name: str, mod=None, resolve=None):
         self.name = name
-        if resolve is None:
-            self.mod = mod
-        else:
-            self._resolve = resolve
+        self._resolve = (lambda: mod) if resolve is None else resolve
 
     def __eq__(self, other) -> bool:
         return isinstance(other, BackendDevice) and self.name == other.name
@@ -116,15 +116,39 @@ class BackendDevice:
     def __repr__(self) -> str:
         return self.name + "()"
 
+    def _load(self):
+        mod = self._resolve()
+        self._native = primitives.validate(mod) if mod is not None else frozenset()
+        self.mod = mod
+        return mod
+
     def __getattr__(self, name):
-        if name == "mod" and "_resolve" in self.__dict__:  # first use of a lazy device
-            self.mod = self._resolve()
-            return self.mod
-        if name in ("name", "mod", "_resolve") or name.startswith("__"):
+        if name == "mod":  # first use
+            return self._load()
+        if name in ("name", "_resolve", "_native") or (
+            name.startswith("__") and name not in ("__tile_size__", "__device_name__")
+        ):
             raise AttributeError(name)
-        if self.mod is None:
+        mod = self.mod
+        if mod is None:
             raise RuntimeError(f"device {self.name}() is not available in this build of needle")
-        return getattr(self.mod, name)
+        if name in primitives.TABLE:
+            found = primitives.resolve(mod, name)
+            self.__dict__[name] = found  # looked up once; a plain attribute from then on
+            return found
+        return getattr(mod, name)
+
+    def has(self, name: str) -> bool:
+        """Whether the backend module implements primitive `name` itself (for an optional
+        one: rather than through the table's fallback)."""
+        if name not in primitives.TABLE:
+            raise ValueError(f"{name!r} is not a primitive of the table")
+        return self.mod is not None and (name in primitives.CORE or name in self._native)
+
+    @property
+    def dtypes(self) -> Tuple[str, ...]:
+        """The dtypes this device holds."""
+        return primitives.backend_dtypes(self.mod) if self.mod is not None else ()
 
     def enabled(self) -> bool:
         return self.mod is not None
@@ -166,8 +190,8 @@ class BackendDevice:
         return self.full(_shape_args(shape), 1.0, dtype)
 
 
-_cpu_numpy = BackendDevice("cpu_numpy", ndarray_backend_numpy)
-_cpu = BackendDevice("cpu", ndarray_backend_cpu)
+_cpu_numpy = BackendDevice("cpu_numpy", resolve=lambda: ndarray_backend_numpy)
+_cpu = BackendDevice("cpu", resolve=lambda: ndarray_backend_cpu)
 _cuda = BackendDevice("cuda", resolve=_cuda_backend)
 _metal = BackendDevice("metal", resolve=lambda: _optional_backend("ndarray_backend_metal"))
 _mps = BackendDevice("mps", resolve=lambda: _optional_backend("ndarray_backend_mps"))
@@ -434,7 +458,8 @@ class NDArray:
         """A NumPy copy of this array."""
         if self.size == 0:
             return np.empty(self._shape, dtype=self._dtype)
-        return self._device.mod.to_numpy(self._handle, self._shape, self._strides, self._offset)
+        view = primitives.simplify_view(self._shape, self._strides, self._offset)
+        return self._device.mod.to_numpy(self._handle, *view).reshape(self._shape)
 
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()
@@ -460,9 +485,8 @@ class NDArray:
             return self
         out = NDArray.make(self._shape, device=self._device, dtype=self._dtype)
         if out.size:
-            self._device.mod.compact(
-                self._handle, out._handle, self._shape, self._strides, self._offset
-            )
+            view = primitives.simplify_view(self._shape, self._strides, self._offset)
+            self._device.mod.compact(self._handle, out._handle, *view)
         return out
 
     def as_strided(self, shape, strides) -> "NDArray":
@@ -610,13 +634,11 @@ class NDArray:
             if other._handle is view._handle:  # overlapping source and target: copy first
                 other = other + 0.0
             other = other.astype(self._dtype).compact()
-            self._device.mod.ewise_setitem(
-                other._handle, view._handle, view._shape, view._strides, view._offset
-            )
+            view_args = primitives.simplify_view(view._shape, view._strides, view._offset)
+            self._device.mod.ewise_setitem(other._handle, view._handle, *view_args)
         else:
-            self._device.mod.scalar_setitem(
-                view.size, float(other), view._handle, view._shape, view._strides, view._offset
-            )
+            view_args = primitives.simplify_view(view._shape, view._strides, view._offset)
+            self._device.mod.scalar_setitem(view.size, float(other), view._handle, *view_args)
 
     # ---- elementwise ----------------------------------------------------------------
     def _check_same_device(self, other: "NDArray") -> None:
@@ -634,7 +656,7 @@ class NDArray:
                 a._check_same_device(other)
             if other._shape != a._shape:
                 shape = broadcast_shapes(a._shape, other._shape)
-                if hasattr(device.mod, "ewise_broadcast_binary") and other._dtype == a._dtype:
+                if device.has("ewise_broadcast_binary") and other._dtype == a._dtype:
                     out = _repeated_vector_binary(a, other, shape, ewise_name)
                     if out is not None:
                         return out
@@ -710,35 +732,8 @@ class NDArray:
 
     __hash__ = object.__hash__
 
-    def log(self):
-        return self._unary("ewise_log")
-
-    def exp(self):
-        return self._unary("ewise_exp")
-
-    def tanh(self):
-        return self._unary("ewise_tanh")
-
-    def sqrt(self):
-        return self._unary("ewise_sqrt")
-
-    def sin(self):
-        return self._unary("ewise_sin")
-
-    def cos(self):
-        return self._unary("ewise_cos")
-
-    def abs(self):
-        return self._unary("ewise_abs")
-
-    def sign(self):
-        return self._unary("ewise_sign")
-
-    def relu(self):
-        return self._unary("ewise_relu")
-
-    def sigmoid(self):
-        return self._unary("ewise_sigmoid")
+    # log(), exp(), tanh(), sqrt(), sin(), ...: one method per unary row of the primitive
+    # table, added after the class.
 
     # ---- matrix multiplication ------------------------------------------------------
     def __matmul__(self, other: "NDArray") -> "NDArray":
@@ -773,8 +768,8 @@ class NDArray:
             return out
         a = a.broadcast_to(batch_shape + (m, n))
         b = b.broadcast_to(batch_shape + (n, p))
-        mod = self._device.mod
-        if hasattr(mod, "matmul_strided"):
+        device = self._device
+        if device.has("matmul_strided"):
             # Transposed, offset and batch-broadcast views go in as they are: packing reads any
             # non-negative strides. Only views whose batch axes do not merge are copied.
             a_strides, b_strides = _matmul_strides(a), _matmul_strides(b)
@@ -784,19 +779,15 @@ class NDArray:
             if b_strides is None:
                 b = b.compact()
                 b_strides = _matmul_strides(b)
-            mod.matmul_strided(
+            device.matmul_strided(
                 a._handle, b._handle, out._handle, batch, m, n, p,
                 a._offset, a_strides, b._offset, b_strides,
             )
         elif not batch_shape:
-            mod.matmul(a.compact()._handle, b.compact()._handle, out._handle, m, n, p)
-        elif hasattr(mod, "batched_matmul"):
-            mod.batched_matmul(a.compact()._handle, b.compact()._handle, out._handle, batch, m, n, p)
-        else:  # fall back to the core table: one matmul per batch element
-            a3, b3 = a.compact().reshape(batch, m, n), b.compact().reshape(batch, n, p)
-            out3 = out.reshape(batch, m, p)
-            for i in range(batch):
-                out3[i] = a3[i].compact() @ b3[i].compact()
+            device.mod.matmul(a.compact()._handle, b.compact()._handle, out._handle, m, n, p)
+        else:  # batched_matmul, the backend's own or the table's fallback over matmul
+            device.batched_matmul(a.compact()._handle, b.compact()._handle, out._handle, batch,
+                                  m, n, p)
         return out
 
     # ---- reductions -----------------------------------------------------------------
@@ -817,7 +808,7 @@ class NDArray:
         mod = self._device.mod
         if axes == tuple(range(self.ndim - len(axes), self.ndim)):  # trailing axes: rows
             getattr(mod, name)(self.compact()._handle, out._handle, reduce_size)
-        elif axes == tuple(range(axes[0], axes[0] + len(axes))) and hasattr(mod, name + "_axis"):
+        elif axes == tuple(range(axes[0], axes[0] + len(axes))) and self._device.has(name + "_axis"):
             # A run of middle axes: reduce (outer, reduce, inner) in place, no permuted copy.
             outer = prod(self._shape[: axes[0]])
             inner = prod(self._shape[axes[-1] + 1 :])
@@ -865,6 +856,20 @@ class NDArray:
         return out
 
 
+def _unary_method(primitive: primitives.Primitive):
+    def method(self: NDArray) -> NDArray:
+        return self._unary(primitive.name)
+
+    method.__name__ = primitive.name[len("ewise_"):]
+    method.__doc__ = primitive.doc
+    return method
+
+
+for _primitive in primitives.family("unary"):
+    if _primitive.name != "ewise_neg":  # -a
+        setattr(NDArray, _primitive.name[len("ewise_"):], _unary_method(_primitive))
+
+
 _VECTOR_OPS = {"ewise_add": "add", "ewise_sub": "sub", "ewise_mul": "mul", "ewise_div": "div",
                "ewise_maximum": "maximum", "ewise_eq": "eq", "ewise_ge": "ge"}
 
@@ -899,7 +904,7 @@ def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):
     outer, inner = _size(shape[:split]), _size(shape[split:])
     out = NDArray.make(shape, device=full._device, dtype=full._dtype)
     if outer and inner:
-        full._device.mod.ewise_broadcast_binary(op, full.compact()._handle,
+        full._device.ewise_broadcast_binary(op, full.compact()._handle,
                                                 vector.compact()._handle, out._handle, outer,
                                                 inner, per_column, vector_first)
     return out
@@ -949,14 +954,10 @@ def axpby(alpha: float, x: NDArray, beta: float, y: NDArray,
         if not out.is_compact():
             raise ValueError("axpby: out must be compact (not a view)")
     if out.size:
-        mod = x._device.mod
-        if hasattr(mod, "ewise_axpby"):
-            # A compact out covers its whole buffer, so an input that shares it after
-            # compact() is element for element the same array: the primitive's in-place case.
-            mod.ewise_axpby(x.compact()._handle, y.compact()._handle, float(alpha),
-                            float(beta), out._handle)
-        else:  # a backend with the core table only
-            out[...] = x * float(alpha) + y * float(beta)
+        # A compact out covers its whole buffer, so an input that shares it after compact()
+        # is element for element the same array: the primitive's in-place case.
+        x._device.ewise_axpby(x.compact()._handle, y.compact()._handle, float(alpha),
+                              float(beta), out._handle)
     return out
 
 
@@ -1015,13 +1016,8 @@ def take_rows(table: NDArray, indices) -> NDArray:
     idx = indices.on(table.device, table.dtype)
     out = NDArray.make((len(idx),) + table.shape[1:], device=table.device, dtype=table.dtype)
     if out.size:
-        mod = table.device.mod
-        if hasattr(mod, "gather_rows"):
-            mod.gather_rows(table.compact()._handle, idx.array._handle, out._handle, len(idx),
-                            _size(table.shape[1:]))
-        else:  # a backend with the core table only: a row copy per index
-            for i, row in enumerate(idx.host):
-                out[i] = table[int(row)]
+        table.device.gather_rows(table.compact()._handle, idx.array._handle, out._handle,
+                                 len(idx), _size(table.shape[1:]))
     return out
 
 
@@ -1049,13 +1045,8 @@ def add_rows(values: NDArray, indices, rows: int, out: Optional[NDArray] = None)
                              f"got {out.shape} {out.dtype}"
                              f"{'' if out.is_compact() else ' (a view)'}")
     if values.size:
-        mod = values.device.mod
-        if hasattr(mod, "scatter_add_rows"):
-            mod.scatter_add_rows(values.compact()._handle, idx.array._handle, out._handle,
-                                 len(idx), _size(values.shape[1:]))
-        else:  # a backend with the core table only: a row sum per index, in index order
-            for i, row in enumerate(idx.host):
-                out[int(row)] = out[int(row)] + values[i]
+        values.device.scatter_add_rows(values.compact()._handle, idx.array._handle,
+                                       out._handle, len(idx), _size(values.shape[1:]))
     return out
 
 

@@ -13,10 +13,12 @@ Conventions shared by all backends:
 
 import numpy as np
 
-__device_name__ = "cpu_numpy"
-__tile_size__ = 8
+from . import primitives
 
-DTYPES = ("float32", "float64")
+__device_name__ = "cpu_numpy"
+__tile_size__ = 8  # matmul_tiled (the table's fallback) reads tiles of this size
+
+DTYPES = primitives.DTYPES
 
 
 class Array:
@@ -70,79 +72,35 @@ def scalar_setitem(size: int, val: float, out: Array, shape, strides, offset) ->
     _view(out, shape, strides, offset)[...] = val
 
 
-# ---- binary -------------------------------------------------------------------------
-def ewise_add(a: Array, b: Array, out: Array) -> None:
-    out.array[:] = a.array + b.array
+# ---- elementwise families: generated from the table's rows ----------------------------
+def _unary(reference):
+    def primitive(a: Array, out: Array) -> None:
+        out.array[:] = reference(a.array)
+
+    return primitive
 
 
-def scalar_add(a: Array, val: float, out: Array) -> None:
-    out.array[:] = a.array + val
+def _binary(reference):
+    def primitive(a: Array, b: Array, out: Array) -> None:
+        out.array[:] = reference(a.array, b.array)
+
+    return primitive
 
 
-def ewise_sub(a: Array, b: Array, out: Array) -> None:
-    out.array[:] = a.array - b.array
+def _scalar(reference):
+    def primitive(a: Array, val: float, out: Array) -> None:
+        out.array[:] = reference(a.array, a.array.dtype.type(val))
+
+    return primitive
 
 
-def scalar_sub(a: Array, val: float, out: Array) -> None:
-    out.array[:] = a.array - val
-
-
-def scalar_rsub(a: Array, val: float, out: Array) -> None:
-    """out = val - a"""
-    out.array[:] = val - a.array
-
-
-def ewise_mul(a: Array, b: Array, out: Array) -> None:
-    out.array[:] = a.array * b.array
-
-
-def scalar_mul(a: Array, val: float, out: Array) -> None:
-    out.array[:] = a.array * val
-
-
-def ewise_div(a: Array, b: Array, out: Array) -> None:
-    out.array[:] = a.array / b.array
-
-
-def scalar_div(a: Array, val: float, out: Array) -> None:
-    out.array[:] = a.array / val
-
-
-def scalar_rdiv(a: Array, val: float, out: Array) -> None:
-    """out = val / a"""
-    out.array[:] = val / a.array
-
-
-def ewise_power(a: Array, b: Array, out: Array) -> None:
-    out.array[:] = a.array ** b.array
-
-
-def scalar_power(a: Array, val: float, out: Array) -> None:
-    out.array[:] = a.array ** out.array.dtype.type(val)
-
-
-def ewise_maximum(a: Array, b: Array, out: Array) -> None:
-    out.array[:] = np.maximum(a.array, b.array)
-
-
-def scalar_maximum(a: Array, val: float, out: Array) -> None:
-    out.array[:] = np.maximum(a.array, val)
-
-
-def ewise_eq(a: Array, b: Array, out: Array) -> None:
-    out.array[:] = a.array == b.array
-
-
-def scalar_eq(a: Array, val: float, out: Array) -> None:
-    out.array[:] = a.array == out.array.dtype.type(val)
-
-
-def ewise_ge(a: Array, b: Array, out: Array) -> None:
-    out.array[:] = a.array >= b.array
-
-
-def scalar_ge(a: Array, val: float, out: Array) -> None:
-    out.array[:] = a.array >= out.array.dtype.type(val)
+for _prim in primitives.TABLE.values():
+    _make = {"unary": _unary, "binary": _binary, "scalar": _scalar}.get(_prim.group)
+    if _make is not None and _prim.reference is not None:
+        globals()[_prim.name] = _make(_prim.reference)
+        globals()[_prim.name].__name__ = _prim.name
+        globals()[_prim.name].__doc__ = _prim.doc
+del _prim, _make
 
 
 def ewise_axpby(a: Array, b: Array, alpha: float, beta: float, out: Array) -> None:
@@ -169,54 +127,6 @@ def scatter_add_rows(a: Array, indices: Array, out: Array, n: int, row_size: int
     np.add.at(rows, idx, a.array[: n * row_size].reshape(n, row_size))
 
 
-# ---- unary --------------------------------------------------------------------------
-def ewise_neg(a: Array, out: Array) -> None:
-    out.array[:] = -a.array
-
-
-def ewise_abs(a: Array, out: Array) -> None:
-    out.array[:] = np.abs(a.array)
-
-
-def ewise_sign(a: Array, out: Array) -> None:
-    out.array[:] = np.sign(a.array)
-
-
-def ewise_log(a: Array, out: Array) -> None:
-    out.array[:] = np.log(a.array)
-
-
-def ewise_exp(a: Array, out: Array) -> None:
-    out.array[:] = np.exp(a.array)
-
-
-def ewise_tanh(a: Array, out: Array) -> None:
-    out.array[:] = np.tanh(a.array)
-
-
-def ewise_sqrt(a: Array, out: Array) -> None:
-    out.array[:] = np.sqrt(a.array)
-
-
-def ewise_sin(a: Array, out: Array) -> None:
-    out.array[:] = np.sin(a.array)
-
-
-def ewise_cos(a: Array, out: Array) -> None:
-    out.array[:] = np.cos(a.array)
-
-
-def ewise_relu(a: Array, out: Array) -> None:
-    out.array[:] = np.maximum(a.array, 0)
-
-
-def ewise_sigmoid(a: Array, out: Array) -> None:
-    # Split by sign so exp never overflows: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise.
-    x = a.array
-    e = np.exp(-np.abs(x))
-    out.array[:] = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-
-
 # ---- linear algebra -----------------------------------------------------------------
 def matmul(a: Array, b: Array, out: Array, m: int, n: int, p: int) -> None:
     """(m, n) @ (n, p) -> (m, p), all compact row-major."""
@@ -241,14 +151,6 @@ def matmul_strided(
     av = _view(a, (batch, m, n), a_strides, a_offset)
     bv = _view(b, (batch, n, p), b_strides, b_offset)
     out.array[:] = np.matmul(av, bv).reshape(-1)
-
-
-def matmul_tiled(a: Array, b: Array, out: Array, m: int, n: int, p: int) -> None:
-    """Matmul over tile-major operands: a is (m/T, n/T, T, T), b is (n/T, p/T, T, T)."""
-    t = __tile_size__
-    a2 = a.array.reshape(m // t, n // t, t, t).transpose(0, 2, 1, 3).reshape(m, n)
-    b2 = b.array.reshape(n // t, p // t, t, t).transpose(0, 2, 1, 3).reshape(n, p)
-    out.array[:] = (a2 @ b2).reshape(m // t, t, p // t, t).transpose(0, 2, 1, 3).reshape(-1)
 
 
 # ---- reductions over the last axis of a compact array -------------------------------

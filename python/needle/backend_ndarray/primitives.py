@@ -1,0 +1,403 @@
+"""The primitive table: every function a backend module provides, declared once.
+
+A backend module (``ndarray_backend_numpy``, the compiled ``ndarray_backend_cpu`` and
+``ndarray_backend_cuda``, the Metal backends, the CUDA emulation) implements the *core*
+primitives of this table over flat ``Array`` buffers; each *optional* primitive is a faster
+or fused form of core ones, and this module holds its fallback over the core table, so a
+backend that lacks it still works. NDArray, the backends' validation (``validate``), the
+conformance suite (``tests/backends``), the emulators and ``docs/`` all read this table;
+nothing else lists primitives.
+
+Conventions shared by every backend:
+
+- an ``Array(size, dtype)`` is a flat buffer of ``size`` elements with ``.size``, ``.dtype``
+  and ``.ptr()``; strided views are ``shape, strides, offset`` in elements;
+- ``out`` is a separate, compact Array of the right size and dtype allocated by NDArray
+  (``ewise_axpby``'s ``out`` may also be ``a`` or ``b``: an in-place update);
+- every index, size and view has been checked in Python before a primitive is called, and
+  views passed to layout primitives are already simplified (``simplify_view``).
+
+Adding a unary elementwise primitive is one row of ``UNARY`` below (name and NumPy
+reference) plus one functor line per native backend: see ``docs/adding_a_primitive.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+DTYPES: Tuple[str, ...] = ("float32", "float64")
+
+# Parameter kinds: how a conformance test or an emulator marshals each argument.
+#   array   an input Array          out     the output Array (written)
+#   inout   an Array read and written (scatter_add_rows' out)
+#   int     a Python int            float   a Python float (a scalar operand)
+#   shape   a sequence of ints      str     a name          bool    a flag
+#   numpy   a NumPy array (from_numpy's source)
+KINDS = frozenset({"array", "out", "inout", "int", "float", "shape", "str", "bool", "numpy"})
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One row of the table."""
+
+    name: str
+    params: Tuple[Param, ...]
+    group: str  # memory, layout, binary, scalar, unary, linalg, reduce, rows, sync
+    core: bool
+    doc: str
+    dtypes: Tuple[str, ...] = DTYPES
+    # Elementwise families: the NumPy function the reference backend applies.
+    reference: Optional[Callable] = field(default=None, compare=False, repr=False)
+    # Optional primitives: fallback(mod, *args) over the core primitives of `mod`.
+    fallback: Optional[Callable] = field(default=None, compare=False, repr=False)
+
+    @property
+    def param_names(self) -> Tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(self.param_names)})"
+
+
+def _params(spec: str) -> Tuple[Param, ...]:
+    """'a:array, out:out, n:int' -> Params."""
+    params = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, kind = item.split(":")
+        assert kind in KINDS, (item, kind)
+        params.append(Param(name, kind))
+    return tuple(params)
+
+
+# ---- elementwise families: one row each ---------------------------------------------------
+def _sigmoid(x):
+    # Split by sign so exp never overflows: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+# ewise_<name>(a, out): out = f(a)
+UNARY: Dict[str, Callable] = {
+    "neg": np.negative,
+    "abs": np.abs,
+    "sign": np.sign,
+    "log": np.log,
+    "exp": np.exp,
+    "tanh": np.tanh,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1 / np.sqrt(x),
+    "sin": np.sin,
+    "cos": np.cos,
+    "relu": lambda x: np.maximum(x, 0),
+    "sigmoid": _sigmoid,
+}
+
+# ewise_<name>(a, b, out): out = f(a, b); comparisons give 1.0 / 0.0 in the array's dtype.
+BINARY: Dict[str, Callable] = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+    "power": np.power,
+    "maximum": np.maximum,
+    "eq": np.equal,
+    "ge": np.greater_equal,
+}
+
+# scalar_<name>(a, val, out): out = f(a, val), val rounded to the array's dtype first.
+SCALAR: Dict[str, Callable] = {
+    "add": np.add,
+    "sub": np.subtract,
+    "rsub": lambda a, v: v - a,
+    "mul": np.multiply,
+    "div": np.divide,
+    "rdiv": lambda a, v: v / a,
+    "power": np.power,
+    "maximum": np.maximum,
+    "eq": np.equal,
+    "ge": np.greater_equal,
+}
+
+
+# ---- fallbacks of the optional primitives, over core ones --------------------------------
+def resolve(mod, name: str) -> Callable:
+    """`mod`'s own primitive `name`, or the table's fallback bound to `mod`."""
+    own = getattr(mod, name, None)
+    if own is not None:
+        return own
+    prim = TABLE[name]
+    if prim.fallback is None:
+        raise MissingPrimitiveError(f"backend {_backend_name(mod)} lacks the core primitive "
+                                    f"{prim.signature}")
+    return functools.partial(prim.fallback, mod)
+
+
+def _temp(mod, like, size: int):
+    return mod.Array(size, like.dtype)
+
+
+def _copy_run(mod, src, src_offset: int, dst, dst_offset: int, length: int, tmp) -> None:
+    """dst[dst_offset : +length] = src[src_offset : +length], through a compact tmp."""
+    mod.compact(src, tmp, (length,), (1,), src_offset)
+    mod.ewise_setitem(tmp, dst, (length,), (1,), dst_offset)
+
+
+def _fallback_axpby(mod, a, b, alpha, beta, out):
+    # The same roundings as the reference: each product rounded to the dtype, then the sum.
+    ta, tb = _temp(mod, out, a.size), _temp(mod, out, b.size)
+    mod.scalar_mul(a, alpha, ta)
+    mod.scalar_mul(b, beta, tb)
+    mod.ewise_add(ta, tb, out)
+
+
+def _fallback_broadcast_binary(mod, op, full, vector, out, outer, inner, per_column,
+                               vector_first):
+    # The vector repeated to full size by a zero-stride compact, then the plain binary op.
+    expanded = _temp(mod, full, outer * inner)
+    strides = (0, 1) if per_column else (1, 0)
+    mod.compact(vector, expanded, (outer, inner), strides, 0)
+    binary = getattr(mod, "ewise_" + op)
+    binary(*((expanded, full) if vector_first else (full, expanded)), out)
+
+
+def _host_indices(mod, indices, n: int) -> np.ndarray:
+    return mod.to_numpy(indices, (n,), (1,), 0).astype(np.int64)
+
+
+def _fallback_gather_rows(mod, a, indices, out, n, row_size):
+    tmp = _temp(mod, out, row_size)
+    for i, row in enumerate(_host_indices(mod, indices, n)):
+        _copy_run(mod, a, int(row) * row_size, out, i * row_size, row_size, tmp)
+
+
+def _fallback_scatter_add_rows(mod, a, indices, out, n, row_size):
+    # One row at a time, in index order: repeated indices add up as NumPy's np.add.at does.
+    current, addend, total = (_temp(mod, out, row_size) for _ in range(3))
+    for i, row in enumerate(_host_indices(mod, indices, n)):
+        start = int(row) * row_size
+        mod.compact(out, current, (row_size,), (1,), start)
+        mod.compact(a, addend, (row_size,), (1,), i * row_size)
+        mod.ewise_add(current, addend, total)
+        mod.ewise_setitem(total, out, (row_size,), (1,), start)
+
+
+def _fallback_reduce_axis(core: str):
+    def reduce_axis(mod, a, out, outer, reduce_size, inner):
+        # (outer, reduce, inner) -> (outer, inner, reduce), then the core last-axis reduction.
+        moved = _temp(mod, a, outer * reduce_size * inner)
+        mod.compact(a, moved, (outer, inner, reduce_size), (reduce_size * inner, 1, inner), 0)
+        getattr(mod, core)(moved, out, reduce_size)
+
+    return reduce_axis
+
+
+def _fallback_batched_matmul(mod, a, b, out, batch, m, n, p):
+    ta, tb, tc = _temp(mod, a, m * n), _temp(mod, b, n * p), _temp(mod, out, m * p)
+    for i in range(batch):
+        mod.compact(a, ta, (m * n,), (1,), i * m * n)
+        mod.compact(b, tb, (n * p,), (1,), i * n * p)
+        mod.matmul(ta, tb, tc, m, n, p)
+        mod.ewise_setitem(tc, out, (m * p,), (1,), i * m * p)
+
+
+def _fallback_matmul_strided(mod, a, b, out, batch, m, n, p, a_offset, a_strides, b_offset,
+                             b_strides):
+    ta, tb = _temp(mod, a, batch * m * n), _temp(mod, b, batch * n * p)
+    mod.compact(a, ta, (batch, m, n), tuple(a_strides), a_offset)
+    mod.compact(b, tb, (batch, n, p), tuple(b_strides), b_offset)
+    if batch == 1:
+        mod.matmul(ta, tb, out, m, n, p)
+    else:
+        resolve(mod, "batched_matmul")(ta, tb, out, batch, m, n, p)
+
+
+TILE_SIZE = 8  # matmul_tiled's tile when a backend does not name its own (__tile_size__)
+
+
+def tile_size(mod) -> int:
+    return getattr(mod, "__tile_size__", TILE_SIZE)
+
+
+def _fallback_matmul_tiled(mod, a, b, out, m, n, p):
+    # Tile-major (rows/t, cols/t, t, t) operands are read as row-major (rows/t, t, cols/t, t)
+    # views, multiplied by the core matmul and written back tile-major: the course's layout,
+    # kept for compatibility, not speed.
+    t = tile_size(mod)
+
+    def row_major_view(rows, cols):
+        return (rows // t, t, cols // t, t), (cols * t, t, t * t, 1)
+
+    ta, tb, tc = _temp(mod, a, m * n), _temp(mod, b, n * p), _temp(mod, out, m * p)
+    mod.compact(a, ta, *row_major_view(m, n), 0)
+    mod.compact(b, tb, *row_major_view(n, p), 0)
+    mod.matmul(ta, tb, tc, m, n, p)
+    mod.ewise_setitem(tc, out, *row_major_view(m, p), 0)
+
+
+def _fallback_synchronize(mod):
+    """A synchronous backend has nothing to wait for."""
+
+
+# ---- the table ----------------------------------------------------------------------------
+def _table() -> Dict[str, Primitive]:
+    rows: List[Primitive] = []
+
+    def add(name, spec, group, core, doc, **kw):
+        rows.append(Primitive(name, _params(spec), group, core, doc, **kw))
+
+    view = "shape:shape, strides:shape, offset:int"
+    add("to_numpy", "a:array, " + view, "memory", True,
+        "a NumPy copy of the view of a (a compact array of the view's shape)")
+    add("from_numpy", "a:numpy, out:out", "memory", True,
+        "out = a, a C-contiguous NumPy array of out's dtype and size")
+    add("fill", "out:out, val:float", "memory", True, "every element of out = val")
+    add("compact", "a:array, out:out, " + view, "layout", True,
+        "out = the view of a, row-major (any number of axes, signed strides)")
+    add("ewise_setitem", "a:array, out:inout, " + view, "layout", True,
+        "the view of out = a (compact, of the view's size)")
+    add("scalar_setitem", "size:int, val:float, out:inout, " + view, "layout", True,
+        "every element of the view of out (size elements) = val")
+    for op, ref in BINARY.items():
+        add(f"ewise_{op}", "a:array, b:array, out:out", "binary", True,
+            f"out = {op}(a, b), elementwise", reference=ref)
+    for op, ref in SCALAR.items():
+        add(f"scalar_{op}", "a:array, val:float, out:out", "scalar", True,
+            f"out = {op}(a, val), val rounded to the dtype", reference=ref)
+    for op, ref in UNARY.items():
+        add(f"ewise_{op}", "a:array, out:out", "unary", True, f"out = {op}(a), elementwise",
+            reference=ref)
+    add("ewise_axpby", "a:array, b:array, alpha:float, beta:float, out:out", "binary", False,
+        "out = alpha * a + beta * b (scalars rounded to the dtype); out may be a or b",
+        fallback=_fallback_axpby)
+    add("ewise_broadcast_binary",
+        "op:str, full:array, vector:array, out:out, outer:int, inner:int, per_column:bool, "
+        "vector_first:bool", "binary", False,
+        "out = ewise_<op>(full, vector repeated): vector has `inner` elements repeated over "
+        "`outer` rows (per_column) or `outer` elements each repeated `inner` times; operands "
+        "swapped when vector_first", fallback=_fallback_broadcast_binary)
+    add("matmul", "a:array, b:array, out:out, m:int, n:int, p:int", "linalg", True,
+        "(m, n) @ (n, p) -> (m, p), compact row-major")
+    add("batched_matmul", "a:array, b:array, out:out, batch:int, m:int, n:int, p:int",
+        "linalg", False, "(batch, m, n) @ (batch, n, p), compact row-major",
+        fallback=_fallback_batched_matmul)
+    add("matmul_strided",
+        "a:array, b:array, out:out, batch:int, m:int, n:int, p:int, a_offset:int, "
+        "a_strides:shape, b_offset:int, b_strides:shape", "linalg", False,
+        "batched matmul of the strided views a (batch, m, n) and b (batch, n, p) with "
+        "(batch, row, col) strides (>= 0) into a compact out", fallback=_fallback_matmul_strided)
+    add("matmul_tiled", "a:array, b:array, out:out, m:int, n:int, p:int", "linalg", False,
+        "matmul over tile-major (rows/T, cols/T, T, T) operands, T = __tile_size__ "
+        "(the course's layout)", fallback=_fallback_matmul_tiled)
+    add("reduce_sum", "a:array, out:out, reduce_size:int", "reduce", True,
+        "out[i] = sum of a[i * reduce_size : (i + 1) * reduce_size]")
+    add("reduce_max", "a:array, out:out, reduce_size:int", "reduce", True,
+        "out[i] = max of a[i * reduce_size : (i + 1) * reduce_size]")
+    add("reduce_sum_axis", "a:array, out:out, outer:int, reduce_size:int, inner:int", "reduce",
+        False, "sum over the middle axis of a compact (outer, reduce_size, inner) array",
+        fallback=_fallback_reduce_axis("reduce_sum"))
+    add("reduce_max_axis", "a:array, out:out, outer:int, reduce_size:int, inner:int", "reduce",
+        False, "max over the middle axis of a compact (outer, reduce_size, inner) array",
+        fallback=_fallback_reduce_axis("reduce_max"))
+    add("gather_rows", "a:array, indices:array, out:out, n:int, row_size:int", "rows", False,
+        "row i of out = row indices[i] of a for i < n (indices: whole numbers in a's dtype)",
+        fallback=_fallback_gather_rows)
+    add("scatter_add_rows", "a:array, indices:array, out:inout, n:int, row_size:int", "rows",
+        False, "row indices[i] of out += row i of a, in index order (repeats add up)",
+        fallback=_fallback_scatter_add_rows)
+    add("synchronize", "", "sync", False, "wait for every queued kernel (asynchronous devices)",
+        fallback=_fallback_synchronize)
+    return {p.name: p for p in rows}
+
+
+TABLE: Dict[str, Primitive] = _table()
+CORE: FrozenSet[str] = frozenset(n for n, p in TABLE.items() if p.core)
+OPTIONAL: FrozenSet[str] = frozenset(n for n, p in TABLE.items() if not p.core)
+GROUPS: Tuple[str, ...] = ("memory", "layout", "binary", "scalar", "unary", "linalg", "reduce",
+                           "rows", "sync")
+
+
+def family(group: str) -> Iterator[Primitive]:
+    """The rows of one group, in table order."""
+    return (p for p in TABLE.values() if p.group == group)
+
+
+# ---- validation ---------------------------------------------------------------------------
+class MissingPrimitiveError(RuntimeError):
+    """A backend module lacks a core primitive of the table."""
+
+
+def _backend_name(mod) -> str:
+    return f"'{getattr(mod, '__device_name__', '?')}' ({getattr(mod, '__name__', type(mod).__name__)})"
+
+
+def validate(mod) -> FrozenSet[str]:
+    """Check `mod` against the table; return the optional primitives it implements itself.
+
+    Raises MissingPrimitiveError naming the backend and every core primitive it lacks.
+    """
+    missing = sorted(n for n in CORE if not callable(getattr(mod, n, None)))
+    if not callable(getattr(mod, "Array", None)):
+        missing.insert(0, "Array(size, dtype)")
+    if missing:
+        listed = ", ".join(TABLE[n].signature if n in TABLE else n for n in missing)
+        raise MissingPrimitiveError(
+            f"backend {_backend_name(mod)} does not implement the core primitive"
+            f"{'s' if len(missing) > 1 else ''} {listed}")
+    return frozenset(n for n in OPTIONAL if callable(getattr(mod, n, None)))
+
+
+def backend_dtypes(mod) -> Tuple[str, ...]:
+    """The dtypes a backend module holds (its DTYPES, else the table's)."""
+    return tuple(getattr(mod, "DTYPES", DTYPES))
+
+
+# ---- views --------------------------------------------------------------------------------
+def simplify_view(shape: Sequence[int], strides: Sequence[int],
+                  offset: int) -> Tuple[Tuple[int, ...], Tuple[int, ...], int]:
+    """The same memory walk with fewer axes: size-1 axes dropped and axes merged wherever the
+    outer stride is the inner one times the inner size. (4, 5, 6) with strides (30, 6, 1)
+    becomes (120,), (1,); a view of one element becomes (1,), (1,). Done once, here, so every
+    backend's layout kernels see the fewest axes (fewer divisions per element)."""
+    if 0 in shape:
+        return (0,), (1,), offset
+    merged_shape: List[int] = []
+    merged_strides: List[int] = []
+    for dim, stride in zip(shape, strides):
+        if dim == 1:
+            continue
+        if merged_shape and merged_strides[-1] == stride * dim:
+            merged_shape[-1] *= dim
+            merged_strides[-1] = stride
+        else:
+            merged_shape.append(dim)
+            merged_strides.append(stride)
+    if not merged_shape:
+        return (1,), (1,), offset
+    return tuple(merged_shape), tuple(merged_strides), offset
+
+
+# ---- docs ---------------------------------------------------------------------------------
+def markdown_table() -> str:
+    """The table as Markdown (docs/primitives.md is this text, checked by a test)."""
+    lines = ["| primitive | group | core | dtypes | meaning |", "|---|---|---|---|---|"]
+    for p in TABLE.values():
+        lines.append(f"| `{p.signature}` | {p.group} | {'core' if p.core else 'optional'} | "
+                     f"{', '.join(p.dtypes)} | {p.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m needle.backend_ndarray.primitives > docs/primitives.md
+    print("# The primitive table\n\nGenerated from `python/needle/backend_ndarray/primitives.py`"
+          " by `python -m needle.backend_ndarray.primitives`.\n")
+    print(markdown_table(), end="")
