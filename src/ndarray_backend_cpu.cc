@@ -54,7 +54,7 @@ template <class T> NumpyArray to_numpy_kernel(const Array &a, const Shape &shape
 }
 
 NumpyArray to_numpy(const Array &a, const Shape &shape, const Shape &strides, int64_t offset) {
-  View v = simplify(shape, strides, offset);
+  View v = make_view(shape, strides, offset);
   return dispatch(a.dtype, [&](auto tag) {
     return to_numpy_kernel<decltype(tag)>(a, shape, v);
   });
@@ -89,7 +89,7 @@ void fill(Array &out, double val) {
 
 void compact(const Array &a, Array &out, const Shape &shape, const Shape &strides,
              int64_t offset) {
-  View v = simplify(shape, strides, offset);
+  View v = make_view(shape, strides, offset);
   assert(static_cast<size_t>(v.size) <= out.size);
   dispatch(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
@@ -107,7 +107,7 @@ void compact(const Array &a, Array &out, const Shape &shape, const Shape &stride
 
 void ewise_setitem(const Array &a, Array &out, const Shape &shape, const Shape &strides,
                    int64_t offset) {
-  View v = simplify(shape, strides, offset);
+  View v = make_view(shape, strides, offset);
   assert(static_cast<size_t>(v.size) <= a.size);
   dispatch(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
@@ -117,7 +117,7 @@ void ewise_setitem(const Array &a, Array &out, const Shape &shape, const Shape &
 
 void scalar_setitem(size_t size, double val, Array &out, const Shape &shape,
                     const Shape &strides, int64_t offset) {
-  View v = simplify(shape, strides, offset);
+  View v = make_view(shape, strides, offset);
   assert(static_cast<size_t>(v.size) == size);
   (void)size;
   dispatch(out.dtype, [&](auto tag) {

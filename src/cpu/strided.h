@@ -13,9 +13,9 @@ namespace cpu {
 
 using Shape = std::vector<int64_t>;
 
-// A strided view simplified for iteration: size-1 dims dropped and dims merged wherever the
-// memory walk is the same, so the innermost loop is as long (and as often unit-stride) as
-// possible.
+// A strided view as the layout kernels walk it. NDArray has already dropped size-1 axes and
+// merged the ones whose memory walk is the same (primitives.simplify_view), once for every
+// backend, so the view is taken as given.
 struct View {
   Shape shape;
   Shape strides;
@@ -23,20 +23,12 @@ struct View {
   int64_t size;
 };
 
-inline View simplify(const Shape &shape, const Shape &strides, int64_t offset) {
+inline View make_view(const Shape &shape, const Shape &strides, int64_t offset) {
   assert(shape.size() == strides.size());
-  View v{{}, {}, offset, 1};
-  for (size_t d = 0; d < shape.size(); ++d) {
-    assert(shape[d] >= 0);
-    v.size *= shape[d];
-    if (shape[d] == 1) continue;
-    if (!v.shape.empty() && v.strides.back() == strides[d] * shape[d]) {
-      v.shape.back() *= shape[d];
-      v.strides.back() = strides[d];
-    } else {
-      v.shape.push_back(shape[d]);
-      v.strides.push_back(strides[d]);
-    }
+  View v{shape, strides, offset, 1};
+  for (int64_t d : shape) {
+    assert(d >= 0);
+    v.size *= d;
   }
   return v;
 }
