@@ -1,14 +1,11 @@
 """NumPy reference backend: the executable specification of the primitive table.
 
-Every other backend implements exactly these functions with the same meaning and is
-tested against this module primitive by primitive. Clarity over speed.
-
-Conventions shared by all backends:
-- an ``Array`` is a flat buffer of ``size`` elements of one dtype ("float32" or "float64");
-- ``shape``/``strides``/``offset`` describe a strided view, strides and offset in elements;
-- ``out`` is a separate, compact Array of the right size and dtype, allocated by NDArray,
-  except in ``ewise_axpby``, whose ``out`` may also be ``a`` or ``b`` itself (an in-place
-  update); every bound has been checked in Python before a primitive is called.
+The table itself (names, parameters, core or optional, dtypes) is declared in
+``primitives.py``; this module implements its core rows, and the optional rows it can state
+more plainly than their fallbacks, with NumPy, clarity over speed. Every other backend is
+tested against it primitive by primitive (``tests/backends``). The elementwise families are
+generated from the table's NumPy references. The conventions every backend shares are in
+``primitives.py``'s docstring.
 """
 
 import numpy as np
