@@ -87,6 +87,15 @@ void fill(Array &out, double val) {
 
 // ---- layout --------------------------------------------------------------------------
 
+// Calls kernel(a's data, out's data) with the pointers typed by the arrays' dtype.
+template <class Kernel> void with_typed(const Array &a, Array &out, Kernel &&kernel) {
+  dispatch(common_dtype(a, out), [&](auto tag) {
+    using T = decltype(tag);
+    kernel(a.data<T>(), out.data<T>());
+  });
+}
+
+
 void compact(const Array &a, Array &out, const Shape &shape, const Shape &strides,
              int64_t offset) {
   View v = make_view(shape, strides, offset);
@@ -109,10 +118,7 @@ void ewise_setitem(const Array &a, Array &out, const Shape &shape, const Shape &
                    int64_t offset) {
   View v = make_view(shape, strides, offset);
   assert(static_cast<size_t>(v.size) <= a.size);
-  dispatch(common_dtype(a, out), [&](auto tag) {
-    using T = decltype(tag);
-    scatter(a.data<T>(), out.data<T>(), v);
-  });
+  with_typed(a, out, [&](auto *x, auto *y) { scatter(x, y, v); });
 }
 
 void scalar_setitem(size_t size, double val, Array &out, const Shape &shape,
@@ -250,38 +256,32 @@ void scatter_add_rows(const Array &a, const Array &indices, Array &out, int64_t 
 
 void reduce_sum(const Array &a, Array &out, int64_t reduce_size) {
   assert(reduce_size >= 1 && a.size >= out.size * reduce_size);
-  dispatch(common_dtype(a, out), [&](auto tag) {
-    using T = decltype(tag);
-    sum_last_axis(a.data<T>(), out.data<T>(), out.size, reduce_size);
-  });
+  with_typed(a, out, [&](auto *x, auto *y) { sum_last_axis(x, y, out.size, reduce_size); });
 }
 
 void reduce_max(const Array &a, Array &out, int64_t reduce_size) {
   assert(reduce_size >= 1 && a.size >= out.size * reduce_size);
-  dispatch(common_dtype(a, out), [&](auto tag) {
-    using T = decltype(tag);
-    max_last_axis(a.data<T>(), out.data<T>(), out.size, reduce_size);
-  });
+  with_typed(a, out, [&](auto *x, auto *y) { max_last_axis(x, y, out.size, reduce_size); });
+}
+
+// The middle axis of a compact (outer, reduce_size, inner) array.
+void check_middle_axis(const Array &a, const Array &out, int64_t outer, int64_t reduce_size,
+                       int64_t inner) {
+  assert(reduce_size >= 1 && out.size >= static_cast<size_t>(outer * inner));
+  assert(a.size >= static_cast<size_t>(outer * reduce_size * inner));
+  (void)a, (void)out, (void)outer, (void)reduce_size, (void)inner;
 }
 
 void reduce_sum_axis(const Array &a, Array &out, int64_t outer, int64_t reduce_size,
                      int64_t inner) {
-  assert(reduce_size >= 1 && out.size >= static_cast<size_t>(outer * inner));
-  assert(a.size >= static_cast<size_t>(outer * reduce_size * inner));
-  dispatch(common_dtype(a, out), [&](auto tag) {
-    using T = decltype(tag);
-    sum_middle_axis(a.data<T>(), out.data<T>(), outer, reduce_size, inner);
-  });
+  check_middle_axis(a, out, outer, reduce_size, inner);
+  with_typed(a, out, [&](auto *x, auto *y) { sum_middle_axis(x, y, outer, reduce_size, inner); });
 }
 
 void reduce_max_axis(const Array &a, Array &out, int64_t outer, int64_t reduce_size,
                      int64_t inner) {
-  assert(reduce_size >= 1 && out.size >= static_cast<size_t>(outer * inner));
-  assert(a.size >= static_cast<size_t>(outer * reduce_size * inner));
-  dispatch(common_dtype(a, out), [&](auto tag) {
-    using T = decltype(tag);
-    max_middle_axis(a.data<T>(), out.data<T>(), outer, reduce_size, inner);
-  });
+  check_middle_axis(a, out, outer, reduce_size, inner);
+  with_typed(a, out, [&](auto *x, auto *y) { max_middle_axis(x, y, outer, reduce_size, inner); });
 }
 
 // ---- threads ---------------------------------------------------------------------------
@@ -347,11 +347,19 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.def("ewise_axpby", &ewise_axpby, "a"_a, "b"_a, "alpha"_a, "beta"_a, "out"_a);
 
   // The unary rows of the primitive table (primitives.py UNARY), one line each.
+  // -fno-math-errno makes std::sqrt one instruction per lane.
   const auto unary_table = std::make_tuple(
       UnaryRow{"ewise_neg", Neg{}}, UnaryRow{"ewise_abs", Abs{}}, UnaryRow{"ewise_sign", Sign{}},
-      UnaryRow{"ewise_log", Log{}}, UnaryRow{"ewise_exp", Exp{}}, UnaryRow{"ewise_tanh", Tanh{}},
-      UnaryRow{"ewise_sqrt", Sqrt{}}, UnaryRow{"ewise_sin", Sin{}}, UnaryRow{"ewise_cos", Cos{}},
       UnaryRow{"ewise_relu", Relu{}}, UnaryRow{"ewise_sigmoid", Sigmoid{}},
+      UnaryRow{"ewise_exp", SplitPrecision{[](Vec<float> x) { return vmath::exp(x); },
+                                           [](double v) { return std::exp(v); }}},
+      UnaryRow{"ewise_log", SplitPrecision{[](Vec<float> x) { return vmath::log(x); },
+                                           [](double v) { return std::log(v); }}},
+      UnaryRow{"ewise_tanh", SplitPrecision{[](Vec<float> x) { return vmath::tanh(x); },
+                                            [](double v) { return std::tanh(v); }}},
+      UnaryRow{"ewise_sqrt", Lanewise{[](auto v) { return std::sqrt(v); }}},
+      UnaryRow{"ewise_sin", Lanewise{[](auto v) { return std::sin(v); }}},
+      UnaryRow{"ewise_cos", Lanewise{[](auto v) { return std::cos(v); }}},
       UnaryRow{"ewise_rsqrt", Lanewise{[](auto v) { return decltype(v)(1) / std::sqrt(v); }}});
   std::apply(
       [&](auto... row) {

@@ -88,41 +88,6 @@ struct Relu {
     return simd::max_nan<T>(x, V{});
   }
 };
-struct Sqrt {  // -fno-math-errno makes std::sqrt one instruction per lane
-  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
-    return simd::per_lane<T>(x, [](T v) { return std::sqrt(v); });
-  }
-};
-struct Sin {
-  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
-    return simd::per_lane<T>(x, [](T v) { return std::sin(v); });
-  }
-};
-struct Cos {
-  template <class V, class T = simd::Elem<V>> V operator()(V x) const {
-    return simd::per_lane<T>(x, [](T v) { return std::cos(v); });
-  }
-};
-
-// Transcendentals: the vector float32 versions of vector_math.h, std:: for float64.
-struct Exp {
-  Vec<float> operator()(Vec<float> x) const { return vmath::exp(x); }
-  Vec<double> operator()(Vec<double> x) const {
-    return simd::per_lane<double>(x, [](double v) { return std::exp(v); });
-  }
-};
-struct Log {
-  Vec<float> operator()(Vec<float> x) const { return vmath::log(x); }
-  Vec<double> operator()(Vec<double> x) const {
-    return simd::per_lane<double>(x, [](double v) { return std::log(v); });
-  }
-};
-struct Tanh {
-  Vec<float> operator()(Vec<float> x) const { return vmath::tanh(x); }
-  Vec<double> operator()(Vec<double> x) const {
-    return simd::per_lane<double>(x, [](double v) { return std::tanh(v); });
-  }
-};
 struct Sigmoid {
   Vec<float> operator()(Vec<float> x) const { return vmath::sigmoid(x); }
   Vec<double> operator()(Vec<double> x) const {
@@ -249,6 +214,16 @@ template <class F> struct Lanewise {
   }
 };
 template <class F> Lanewise(F) -> Lanewise<F>;
+
+// float32 through a vector function (vector_math.h's transcendentals), float64 lane by lane
+// through a scalar one (std::).
+template <class F32, class F64> struct SplitPrecision {
+  F32 f32;
+  F64 f64;
+  Vec<float> operator()(Vec<float> x) const { return f32(x); }
+  Vec<double> operator()(Vec<double> x) const { return simd::per_lane<double>(x, f64); }
+};
+template <class F32, class F64> SplitPrecision(F32, F64) -> SplitPrecision<F32, F64>;
 
 // A row of the unary table of the bindings: primitive name and operator.
 template <class Op> struct UnaryRow {
