@@ -6,14 +6,15 @@ import numpy as np
 
 import needle as ndl
 import needle.nn as nn
-from needle.models import MLPResNet, ResidualBlock  # noqa: F401
-from needle.training import epoch_classification
+from needle.apps.models import MLPResNet, ResidualBlock  # noqa: F401
+from needle.apps.trainer import Trainer
 
 
 def epoch(dataloader, model, opt=None):
     """One pass: trains when `opt` is given. Returns (error rate, mean loss), as the course."""
     np.random.seed(4)
-    accuracy, loss = epoch_classification(dataloader, model, nn.SoftmaxLoss(), opt, flatten=True)
+    trainer = Trainer(model, nn.SoftmaxLoss(), opt, flatten=True)
+    accuracy, loss = trainer.run_epoch(opt is not None, dataloader)
     return 1.0 - accuracy, loss
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import needle as ndl
 import needle.nn as nn
 from needle.data import parse_mnist  # noqa: F401
-from needle.training import epoch_classification, epoch_language_model
+from needle.apps.trainer import SequenceBatches, Trainer
 
 
 def softmax_loss(Z, y_one_hot):
@@ -43,7 +43,7 @@ def loss_err(h, y):
 def epoch_general_cifar10(dataloader, model, loss_fn=nn.SoftmaxLoss, opt=None):
     """One pass over `dataloader`; trains when `opt` is given. Returns (accuracy, mean loss)."""
     np.random.seed(4)
-    return epoch_classification(dataloader, model, loss_fn(), opt)
+    return Trainer(model, loss_fn(), opt).run_epoch(opt is not None, dataloader)
 
 
 def train_cifar10(model, dataloader, n_epochs=1, optimizer=ndl.optim.Adam, lr=0.001,
@@ -67,8 +67,8 @@ def epoch_general_ptb(data, model, seq_len=40, loss_fn=nn.SoftmaxLoss, opt=None,
                       device=None, dtype="float32"):
     """One pass of truncated BPTT over batchify'd `data`; returns (accuracy, mean loss)."""
     np.random.seed(4)
-    return epoch_language_model(data, model, seq_len, loss_fn(), opt, clip=clip, device=device,
-                                dtype=dtype)
+    return Trainer(model, loss_fn(), opt, clip=clip).run_epoch(
+        opt is not None, SequenceBatches(data, seq_len, device=device, dtype=dtype))
 
 
 def train_ptb(model, data, seq_len=40, n_epochs=1, optimizer=ndl.optim.SGD, lr=4.0,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import needle as ndl
-from needle import bench, cli
+from needle.apps import bench, cli
 
 PACKAGE_ROOT = str(Path(ndl.__file__).resolve().parents[1])
 TINY = ["--tiny", "--threads", "1", "--no-progress"]
@@ -113,7 +113,7 @@ _WITHOUT_TORCH = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, BlockTorch())
-    from needle import cli
+    from needle.apps import cli
     sys.exit(cli.main(sys.argv[1:]))
     """
 )

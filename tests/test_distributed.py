@@ -18,7 +18,8 @@ import pytest
 import needle as ndl
 from needle import distributed as dist
 from needle import nn
-from needle.training import load_checkpoint
+from needle.apps.models import MLPResNet
+from needle.apps.trainer import load_checkpoint
 
 WORKER = Path(__file__).resolve().parent / "distributed" / "worker.py"
 PACKAGE_ROOT = Path(ndl.__file__).resolve().parents[1]  # so the ranks import this needle
@@ -280,7 +281,7 @@ def test_needle_train_distributed(tmp_path):
     assert "2 ranks x batch 100" in result.stdout
     rows = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2]
-    model = ndl.models.MLPResNet(784, hidden_dim=256)
+    model = MLPResNet(784, hidden_dim=256)
     load_checkpoint(str(tmp_path / "checkpoint.npz"), model)
     assert f"parameter checksum: {dist.parameter_checksum(model)}" == checksums[0]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import needle as ndl
-from needle import cli
-from needle.training import load_checkpoint, save_checkpoint
+from needle.apps import cli
+from needle.apps.models import MLPResNet
+from needle.apps.trainer import Trainer, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -43,7 +44,7 @@ def test_default_job_trains_mlp_resnet_on_shipped_mnist(tmp_path, capsys):
 
 def test_checkpoint_restores_model_and_optimizer(tmp_path):
     assert run(tmp_path) == 0
-    model = ndl.models.MLPResNet(784, hidden_dim=256)
+    model = MLPResNet(784, hidden_dim=256)
     opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
     meta = load_checkpoint(str(tmp_path / "checkpoint.npz"), model, opt)
     assert meta["epoch"] == 2 and meta["config"]["model"] == "mlp-resnet"
@@ -60,20 +61,20 @@ def test_interrupt_leaves_a_checkpoint_and_resume_repeats_the_run(tmp_path, monk
     straight = tmp_path / "straight"
     assert run(straight, epochs=3) == 0
 
-    original = cli.ClassificationTask.run_epoch
+    original = Trainer.run_epoch
     calls = {"train": 0}
 
-    def interrupt_in_second_epoch(self, train, *args):
+    def interrupt_in_second_epoch(self, train, *args, **kwargs):
         if train:
             calls["train"] += 1
             if calls["train"] == 2:
                 raise KeyboardInterrupt
-        return original(self, train, *args)
+        return original(self, train, *args, **kwargs)
 
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(cli.ClassificationTask, "run_epoch", interrupt_in_second_epoch)
+    monkeypatch.setattr(Trainer, "run_epoch", interrupt_in_second_epoch)
     assert run(interrupted, epochs=3) == 130
-    monkeypatch.setattr(cli.ClassificationTask, "run_epoch", original)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
     with np.load(interrupted / "checkpoint.npz") as saved:
         meta = json.loads(str(saved["meta"]))
     assert meta["epoch"] == 1 and meta["interrupted"]

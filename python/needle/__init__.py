@@ -6,6 +6,6 @@ from .autograd import Tensor, TensorTuple, Value, no_grad, is_grad_enabled  # no
 from .backend_selection import *  # noqa: F401,F403
 from . import backend_ndarray, init  # noqa: F401
 from . import nn, optim  # noqa: F401,E402
-from . import data, distributed, models  # noqa: F401
+from . import data, distributed  # noqa: F401
 
 __version__ = "0.1.0"

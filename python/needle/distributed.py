@@ -15,6 +15,9 @@ a sampler that gives each rank its own shard of a dataset.
             dist.allreduce_gradients(model)       # mean over ranks, in a few flat buffers
             opt.step()
 
+With needle.apps.trainer.Trainer, ``hooks=[dist.epoch_hooks(model, sampler)]`` does the
+set_epoch and allreduce_gradients calls (and sums the metrics over the ranks).
+
 Launch with ``mpirun -n N python train.py``. Without mpi4py, or outside mpirun, everything runs
 as one process (``world_size() == 1``) and the collectives return their input. Data moves
 through host memory (NumPy buffers), so any device works; CUDA arrays are staged through the
@@ -36,7 +39,8 @@ from .backend_ndarray import NDArray
 __all__ = [
     "init", "available", "rank", "world_size", "is_primary", "barrier", "abort",
     "broadcast_parameters", "all_reduce", "allreduce_gradients", "allreduce_buffers",
-    "parameter_checksum", "epoch_hooks", "DistributedSampler", "DistributedDataParallel",
+    "parameter_checksum", "epoch_hooks", "DataParallelHooks", "DistributedSampler",
+    "DistributedDataParallel",
 ]
 
 INSTALL_HINT = (
@@ -330,11 +334,33 @@ def parameter_checksum(module) -> str:
     return digest.hexdigest()[:16]
 
 
-def epoch_hooks(module) -> Dict[str, Callable]:
-    """Keyword arguments for needle.training's epoch functions that make them data-parallel:
-    average gradients after every backward, and sum the metric totals over ranks."""
-    return {"after_backward": lambda: allreduce_gradients(module),
-            "reduce_totals": lambda totals: all_reduce(np.asarray(totals, np.float64), op="sum")}
+class DataParallelHooks:
+    """Hooks for needle.apps.trainer.Trainer that make its loop data-parallel: average the
+    gradients after every backward, sum each pass's metric totals over the ranks, average the
+    BatchNorm running statistics after each training pass (so every rank keeps one model), and
+    give `sampler` (a DistributedSampler) each epoch's number."""
+
+    def __init__(self, module, sampler: Optional["DistributedSampler"] = None):
+        self.module, self.sampler = module, sampler
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def after_backward(self, trainer) -> None:
+        allreduce_gradients(self.module)
+
+    def reduce_totals(self, totals: np.ndarray) -> np.ndarray:
+        return all_reduce(np.asarray(totals, np.float64), op="sum")
+
+    def after_train_epoch(self, trainer, epoch: int) -> None:
+        allreduce_buffers(self.module)
+
+
+def epoch_hooks(module, sampler: Optional["DistributedSampler"] = None) -> DataParallelHooks:
+    """The hooks that make a Trainer over `module` data-parallel: ``Trainer(model, loss, opt,
+    train_data=loader, hooks=[dist.epoch_hooks(model, sampler)])``."""
+    return DataParallelHooks(module, sampler)
 
 
 # ---- sharding the data ----------------------------------------------------------------------
@@ -359,12 +385,8 @@ class DistributedSampler:
         rank_ = _process_rank() if rank is None else int(rank)
         if num_replicas < 1 or not 0 <= rank_ < num_replicas:
             raise ValueError(f"DistributedSampler: rank {rank_} is not in [0, {num_replicas})")
-        self.dataset = dataset
-        self.num_replicas = num_replicas
-        self.rank = rank_
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.drop_last = drop_last
+        self.dataset, self.num_replicas, self.rank = dataset, num_replicas, rank_
+        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import needle as ndl
 from needle import distributed as dist
 from needle import nn
-from needle.training import epoch_classification
+from needle.apps.trainer import Trainer
 
 
 def device():
@@ -81,11 +81,9 @@ def train(args):
     sampler = dist.DistributedSampler(dataset, seed=3, drop_last=True)
     loader = ndl.data.DataLoader(dataset, args.batch, sampler=sampler, device=device())
     opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    metrics = []
-    for epoch in range(args.epochs):
-        sampler.set_epoch(epoch)
-        metrics.append(epoch_classification(loader, model, nn.SoftmaxLoss(), opt,
-                                            **dist.epoch_hooks(model)))
+    trainer = Trainer(model, nn.SoftmaxLoss(), opt, train_data=loader,
+                      hooks=[dist.epoch_hooks(model, sampler)])
+    metrics = [result.train for result in trainer.fit(args.epochs)]
     write(args.out, {"checksum": dist.parameter_checksum(model), "metrics": metrics,
                      "steps": len(loader)}, dict(model.state_dict()))
 

@@ -19,19 +19,17 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
 import needle as ndl
-from needle import bench as benchmark
 from needle import data, distributed, nn, optim
-from needle.models import LanguageModel, MLPResNet, ResNet9
-from needle.training import (epoch_classification, epoch_language_model, load_checkpoint,
-                             save_checkpoint)
+from needle.apps import bench as benchmark
+from needle.apps.models import LanguageModel, MLPResNet, ResNet9
+from needle.apps.trainer import EpochResult, SequenceBatches, Trainer
 
 MODELS = ("mlp-resnet", "resnet9", "lstm-lm", "transformer-lm")
 
@@ -101,78 +99,43 @@ def resolve_device(name: str):
     return device
 
 
+@dataclass
 class Task:
-    """A model, its data and how to run one epoch of training or evaluation."""
+    """A model and its training and validation data, as a Trainer takes them."""
 
-    metric = "accuracy"
     model: nn.Module
-    hooks: dict = {}  # needle.training's epoch hooks; data-parallel ones under --distributed
-    train_sampler = None  # the DistributedSampler of the training data under --distributed
-
-    def run_epoch(self, train: bool, opt, max_batches, description) -> Tuple[float, float]:
-        raise NotImplementedError
-
-
-class ClassificationTask(Task):
-    def __init__(self, model, train_set, val_set, batch_size: int, device, flatten: bool):
-        self.model = model
-        self.flatten = flatten
-        self.loss_fn = nn.SoftmaxLoss()
-        self.train_loader = data.DataLoader(train_set, batch_size, shuffle=True, device=device)
-        self.val_loader = data.DataLoader(val_set, batch_size, device=device)
-        self.sizes = (len(train_set), len(val_set))
-
-    def run_epoch(self, train, opt, max_batches, description):
-        loader = self.train_loader if train else self.val_loader
-        return epoch_classification(loader, self.model, self.loss_fn, opt if train else None,
-                                    flatten=self.flatten, max_batches=max_batches,
-                                    description=description, **self.hooks)
+    train_data: Any
+    val_data: Any
+    source: str  # where the data came from, for the log
+    metric: str = "accuracy"  # or "perplexity"
+    flatten: bool = False
+    clip: Optional[float] = None
+    sampler: Any = None  # the training data's DistributedSampler under --distributed
 
 
-class LanguageModelTask(Task):
-    metric = "perplexity"
-
-    def __init__(self, model, train_ids, val_ids, batch_size: int, seq_len: int, device,
-                 clip: Optional[float]):
-        self.model = model
-        self.loss_fn = nn.SoftmaxLoss()
-        self.train_ids, self.val_ids = train_ids, val_ids
-        self.train_batches = data.batchify(train_ids, batch_size)
-        self.val_batches = data.batchify(val_ids, batch_size)
-        self.seq_len, self.device, self.clip = seq_len, device, clip
-        self.sizes = (len(train_ids), len(val_ids))
-
-    def run_epoch(self, train, opt, max_batches, description):
-        batches = self.train_batches if train else self.val_batches
-        return epoch_language_model(batches, self.model, self.seq_len, self.loss_fn,
-                                    opt if train else None, clip=self.clip, device=self.device,
-                                    max_batches=max_batches, description=description,
-                                    **self.hooks)
+def classification_loaders(train_set, val_set, batch_size: int, device, seed: int,
+                           data_parallel: bool):
+    """(train loader, validation loader, sampler): shuffled by NumPy's global generator, or
+    under --distributed each rank's shard of a DistributedSampler (batch_size per rank)."""
+    if not data_parallel:
+        return (data.DataLoader(train_set, batch_size, shuffle=True, device=device),
+                data.DataLoader(val_set, batch_size, device=device), None)
+    # drop_last: the same number of batches on every rank, as each training step is a
+    # collective. Validation has no collectives inside the loop, so it sees every sample.
+    sampler = distributed.DistributedSampler(train_set, seed=seed, drop_last=True)
+    return (data.DataLoader(train_set, batch_size, sampler=sampler, device=device),
+            data.DataLoader(val_set, batch_size, device=device,
+                            sampler=distributed.DistributedSampler(val_set, shuffle=False)),
+            sampler)
 
 
-def make_data_parallel(task: Task, batch_size: int, seed: int) -> None:
-    """--distributed: each rank takes its shard of the data (batch_size per rank), and the
-    epochs average gradients every step and sum their metrics over the ranks."""
-    rank, world = distributed.rank(), distributed.world_size()
-    task.hooks = distributed.epoch_hooks(task.model)
-    if isinstance(task, ClassificationTask):
-        train_set, val_set = task.train_loader.dataset, task.val_loader.dataset
-        # drop_last: the same number of batches on every rank, as each training step is a
-        # collective. Validation has no collectives inside the loop, so it sees every sample.
-        task.train_sampler = distributed.DistributedSampler(train_set, seed=seed, drop_last=True)
-        task.train_loader = data.DataLoader(train_set, batch_size, sampler=task.train_sampler,
-                                            device=task.train_loader.device)
-        task.val_loader = data.DataLoader(val_set, batch_size, device=task.val_loader.device,
-                                          sampler=distributed.DistributedSampler(val_set,
-                                                                                 shuffle=False))
-    elif isinstance(task, LanguageModelTask):
-        # Rank r takes streams [r*B, (r+1)*B) of the corpus cut into world*B streams: together
-        # the ranks take the steps of one process with batch world*B.
-        streams = slice(rank * batch_size, (rank + 1) * batch_size)
-        task.train_batches = np.ascontiguousarray(
-            data.batchify(task.train_ids, batch_size * world)[:, streams])
-        task.val_batches = np.ascontiguousarray(
-            data.batchify(task.val_ids, batch_size * world)[:, streams])
+def language_model_batches(ids, batch_size: int, seq_len: int, device, rank: int = 0,
+                           world: int = 1) -> SequenceBatches:
+    """Rank r takes streams [r*B, (r+1)*B) of the corpus cut into world*B streams: together
+    the ranks take the steps of one process with batch world*B (one process: all of them)."""
+    streams = slice(rank * batch_size, (rank + 1) * batch_size)
+    batches = np.ascontiguousarray(data.batchify(ids, batch_size * world)[:, streams])
+    return SequenceBatches(batches, seq_len, device)
 
 
 def _mnist_sets(data_dir: Optional[str], seed: int):
@@ -198,21 +161,23 @@ def _require_data_dir(args, what: str, where: str) -> str:
     return args.data_dir
 
 
-def build_task(args, device, batch_size: int) -> Tuple[Task, str]:
-    if args.model == "mlp-resnet":
-        if args.data_dir is not None and not os.path.isdir(args.data_dir):
-            raise SystemExit(f"needle train: --data-dir {args.data_dir} is not a directory")
-        train_set, val_set, source = _mnist_sets(args.data_dir, args.seed)
-        model = MLPResNet(784, hidden_dim=256, device=device)
-        return ClassificationTask(model, train_set, val_set, batch_size, device, True), source
-    if args.model == "resnet9":
-        folder = _require_data_dir(args, "CIFAR-10 (the python pickle batches)",
-                                   "https://www.cs.toronto.edu/~kriz/cifar.html")
-        train_set = data.CIFAR10Dataset(folder, train=True)
-        val_set = data.CIFAR10Dataset(folder, train=False)
-        task = ClassificationTask(ResNet9(device=device), train_set, val_set, batch_size, device,
-                                  False)
-        return task, f"CIFAR-10 from {folder}"
+def build_task(args, device, batch_size: int, rank: int = 0, world: int = 1) -> Task:
+    if args.model in ("mlp-resnet", "resnet9"):
+        if args.model == "mlp-resnet":
+            if args.data_dir is not None and not os.path.isdir(args.data_dir):
+                raise SystemExit(f"needle train: --data-dir {args.data_dir} is not a directory")
+            train_set, val_set, source = _mnist_sets(args.data_dir, args.seed)
+            model = MLPResNet(784, hidden_dim=256, device=device)
+        else:
+            folder = _require_data_dir(args, "CIFAR-10 (the python pickle batches)",
+                                       "https://www.cs.toronto.edu/~kriz/cifar.html")
+            train_set = data.CIFAR10Dataset(folder, train=True)
+            val_set = data.CIFAR10Dataset(folder, train=False)
+            model, source = ResNet9(device=device), f"CIFAR-10 from {folder}"
+        train_loader, val_loader, sampler = classification_loaders(
+            train_set, val_set, batch_size, device, args.seed, args.distributed)
+        return Task(model, train_loader, val_loader, source, flatten=args.model == "mlp-resnet",
+                    sampler=sampler)
     folder = _require_data_dir(args, "Penn Treebank text (train/valid/test .txt)",
                                "e.g. the ptb.*.txt files of the Mikolov PTB distribution")
     corpus = data.Corpus(folder)
@@ -222,9 +187,10 @@ def build_task(args, device, batch_size: int) -> Tuple[Task, str]:
     model = LanguageModel(100 if seq_model == "lstm" else 64, len(corpus.dictionary),
                           hidden_size=100 if seq_model == "lstm" else 128, num_layers=2,
                           seq_model=seq_model, seq_len=seq_len, device=device)
-    clip = 0.25 if seq_model == "lstm" else None
-    task = LanguageModelTask(model, corpus.train, val_ids, batch_size, seq_len, device, clip)
-    return task, f"Penn Treebank from {folder} ({len(corpus.dictionary)} words)"
+    return Task(model, language_model_batches(corpus.train, batch_size, seq_len, device, rank, world),
+                language_model_batches(val_ids, batch_size, seq_len, device, rank, world),
+                f"Penn Treebank from {folder} ({len(corpus.dictionary)} words)",
+                metric="perplexity", clip=0.25 if seq_model == "lstm" else None)
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float):
@@ -270,16 +236,69 @@ def plot_curves(out: str, history: List[dict], metric: str, title: str) -> Optio
     return path
 
 
-def _epoch_row(epoch: int, lr: float, metric: str, train: Tuple[float, float], val: Tuple[float, float],
-               seconds: float) -> dict:
-    row = {"epoch": epoch, "lr": lr, "train_loss": train[1], "val_loss": val[1]}
+def _epoch_row(result: EpochResult, lr: float, metric: str) -> dict:
+    train, val = result.train, result.val
+    row = {"epoch": result.epoch, "lr": lr, "train_loss": train[1], "val_loss": val[1]}
     if metric == "perplexity":
         row.update(train_perplexity=math.exp(min(train[1], 50)),
                    val_perplexity=math.exp(min(val[1], 50)))
     else:
         row.update(train_accuracy=train[0], val_accuracy=val[0])
-    row["seconds"] = round(seconds, 2)
+    row["seconds"] = round(result.seconds, 2)
     return row
+
+
+class EpochSeed:
+    """Trainer hook: one seed per epoch drives shuffling and dropout, so a resumed run repeats
+    exactly what an uninterrupted one would have done. Under --distributed each rank draws its
+    own dropout masks, and the shuffle comes from the DistributedSampler's epoch."""
+
+    def __init__(self, seed: int, rank: int = 0):
+        self.seed, self.rank = seed, rank
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        np.random.seed(self.seed * 100003 + epoch + 7919 * self.rank)
+
+
+class RunLog:
+    """Trainer hook of `needle train`: after every epoch a metrics row and a step of the
+    learning-rate schedule, then, on rank 0 only, the checkpoint, metrics.json and metrics.csv
+    and the printed row."""
+
+    def __init__(self, out: str, config: dict, schedule, metric: str, primary: bool):
+        self.out, self.config, self.schedule = out, config, schedule
+        self.metric, self.primary = metric, primary
+        self.checkpoint = os.path.join(out, "checkpoint.npz")
+        self.history: List[dict] = []
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        row = _epoch_row(result, trainer.opt.lr, self.metric)
+        self.history.append(row)
+        self.schedule.step()
+        if self.primary:
+            self.save(trainer)
+            write_metrics(self.out, self.history)
+            print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in row.items()), flush=True)
+
+    def save(self, trainer: Trainer, **extra) -> None:
+        """The checkpoint, marked with the last whole epoch."""
+        trainer.save(self.checkpoint, {"epoch": trainer.epoch, "history": self.history,
+                                       "config": self.config,
+                                       "schedule": self.schedule.state_dict(), **extra})
+
+    def resume(self, trainer: Trainer, model_name: str, epochs: int) -> int:
+        """Load the checkpoint into the trainer and the schedule; returns its epoch."""
+        meta = trainer.load(self.checkpoint)
+        if meta.get("config", {}).get("model") != model_name:
+            raise SystemExit(f"needle train: {self.checkpoint} holds a "
+                             f"{meta.get('config', {}).get('model')} model, not {model_name}")
+        self.history = meta["history"]
+        self.schedule.load_state_dict(meta["schedule"])
+        # The cosine runs over this invocation's --epochs, which may differ from the first run's.
+        self.schedule.T_max = max(epochs, 1)
+        trainer.opt.lr = self.schedule.get_lr()
+        return meta["epoch"]
 
 
 def train(args) -> int:
@@ -294,92 +313,61 @@ def train(args) -> int:
     if args.resume and not os.path.exists(checkpoint):
         raise SystemExit(f"needle train: --resume, but there is no checkpoint at {checkpoint}")
     device = resolve_device(args.device)
-    rank = 0
+    rank, world = 0, 1
     if args.distributed:
         try:
             distributed.init(required=True)
         except RuntimeError as error:
             raise SystemExit(f"needle train --distributed: {error}") from None
-        rank = distributed.rank()
+        rank, world = distributed.rank(), distributed.world_size()
     primary = rank == 0  # only rank 0 prints and writes files
     say = print if primary else (lambda *args, **kwargs: None)
 
     np.random.seed(args.seed)  # model initialisation
-    task, source = build_task(args, device, batch_size)
-    if args.distributed:
-        make_data_parallel(task, batch_size, args.seed)
+    task = build_task(args, device, batch_size, rank, world)
     opt = make_optimizer(optimizer_name, task.model.parameters(), lr, weight_decay)
     # Cosine decay to zero over the run: the last epochs settle instead of bouncing around.
     schedule = optim.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     config = {"model": args.model, "batch_size": batch_size, "lr": lr,
               "optimizer": optimizer_name, "weight_decay": weight_decay, "seed": args.seed}
-    history: List[dict] = []
+    log = RunLog(out, config, schedule, task.metric, primary)
+    hooks = [EpochSeed(args.seed, rank)]
+    if args.distributed:  # gradients averaged, metrics summed, one BatchNorm average
+        hooks.append(distributed.epoch_hooks(task.model, task.sampler))
+    trainer = Trainer(task.model, nn.SoftmaxLoss(), opt, train_data=task.train_data,
+                      val_data=task.val_data, clip=task.clip, flatten=task.flatten,
+                      hooks=hooks + [log], max_batches=args.max_batches,
+                      progress=not args.no_progress and sys.stderr.isatty() and primary)
     start_epoch = 0
+    source = task.source
     if args.resume:
-        meta = load_checkpoint(checkpoint, task.model, opt)
-        if meta.get("config", {}).get("model") != args.model:
-            raise SystemExit(f"needle train: {checkpoint} holds a {meta.get('config', {}).get('model')} "
-                             f"model, not {args.model}")
-        start_epoch, history = meta["epoch"], meta["history"]
-        schedule.load_state_dict(meta["schedule"])
-        # The cosine runs over this invocation's --epochs, which may differ from the first run's.
-        schedule.T_max = max(epochs, 1)
-        opt.lr = schedule.get_lr()
+        start_epoch = log.resume(trainer, args.model, epochs)
         say(f"resuming from {checkpoint} after epoch {start_epoch}")
     if args.distributed:
         distributed.broadcast_parameters(task.model)  # every rank starts from rank 0's model
-        source += f", {distributed.world_size()} ranks x batch {batch_size}"
+        source += f", {world} ranks x batch {batch_size}"
     if primary:
         os.makedirs(out, exist_ok=True)
 
     n_params = sum(int(np.prod(p.shape)) for p in task.model.parameters())
     say(f"needle {ndl.__version__}: {args.model} ({n_params:,} parameters) on {source}, "
         f"device {device}, {epochs} epochs, {optimizer_name} lr {lr}")
-    progress = not args.no_progress and sys.stderr.isatty() and primary
-    completed = start_epoch
     try:
-        for epoch in range(start_epoch + 1, epochs + 1):
-            # One seed per epoch drives shuffling and dropout, so a resumed run repeats exactly
-            # what an uninterrupted one would have done. Under --distributed each rank draws its
-            # own dropout masks, and the shuffle comes from train_sampler's epoch.
-            np.random.seed(args.seed * 100003 + epoch + 7919 * rank)
-            if task.train_sampler is not None:
-                task.train_sampler.set_epoch(epoch)
-            started = time.perf_counter()
-            train_result = task.run_epoch(True, opt, args.max_batches,
-                                          f"epoch {epoch} train" if progress else None)
-            if args.distributed:  # one BatchNorm running average, so one model on every rank
-                distributed.allreduce_buffers(task.model)
-            val_result = task.run_epoch(False, None, args.max_batches,
-                                        f"epoch {epoch} val" if progress else None)
-            row = _epoch_row(epoch, opt.lr, task.metric, train_result, val_result,
-                             time.perf_counter() - started)
-            history.append(row)
-            completed = epoch
-            schedule.step()
-            if primary:
-                save_checkpoint(checkpoint, task.model, opt,
-                                {"epoch": epoch, "history": history, "config": config,
-                                 "schedule": schedule.state_dict()})
-                write_metrics(out, history)
-            shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                              for k, v in row.items())
-            say(shown, flush=True)
+        trainer.fit(epochs, start_epoch)
     except KeyboardInterrupt:
         # The model may be part-way through an epoch: save it, marked with the last whole epoch,
         # so --resume continues from a usable state.
         if not primary:
             return 130
-        save_checkpoint(checkpoint, task.model, opt,
-                        {"epoch": completed, "history": history, "config": config,
-                         "schedule": schedule.state_dict(), "interrupted": True})
-        print(f"\ninterrupted: checkpoint saved to {checkpoint} (after epoch {completed}); "
+        log.save(trainer, interrupted=True)
+        print(f"\ninterrupted: checkpoint saved to {checkpoint} (after epoch {trainer.epoch}); "
               f"continue with --resume", file=sys.stderr)
         return 130
     if args.distributed:  # equal on every rank: the ranks trained one model
         print(f"parameter checksum: {distributed.parameter_checksum(task.model)}", flush=True)
     if not primary:
         return 0
+    history = log.history
     plot = plot_curves(out, history, task.metric, f"needle: {args.model} on {source}")
     final = history[-1] if history else {}
     summary = (f"validation accuracy {final['val_accuracy']:.4f}" if task.metric == "accuracy"

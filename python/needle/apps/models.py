@@ -3,7 +3,7 @@ models (Penn Treebank), as in the needle course. `apps/` re-exports them in the 
 
 from typing import Optional
 
-from . import nn
+from needle import nn
 
 __all__ = ["ResidualBlock", "MLPResNet", "ConvBN", "ResNet9", "LanguageModel"]
 

@@ -1,28 +1,42 @@
-"""Training loops, gradient clipping and atomic checkpoints, shared by `needle train` and the
-course-layout helpers in `apps/`."""
+"""The training loop: one `Trainer`, built with its model, loss, optimizer, data and hooks; also
+gradient clipping, truncated-BPTT batches and atomic checkpoints. `needle train`, the course
+helpers in `apps/` and the data-parallel tests all train through it.
+
+    trainer = Trainer(model, nn.SoftmaxLoss(), opt, train_data=loader, val_data=val_loader,
+                      hooks=[needle.distributed.epoch_hooks(model, sampler)])
+    for result in trainer.fit(epochs):            # or trainer.run_epoch(train=True) yourself
+        print(result.epoch, result.train, result.val)
+
+A hook is any object with some of these methods; the Trainer calls them, in the order the hooks
+were given, at these points:
+
+    on_epoch_start(trainer, epoch)          before an epoch's training pass (seeds, sampler epoch)
+    after_backward(trainer)                 after every backward, before clipping and the update
+    reduce_totals(totals) -> totals         a pass's [correct, loss sum, count], e.g. summed
+                                            over ranks, before the means are taken
+    after_train_epoch(trainer, epoch)       between an epoch's training and validation passes
+    on_epoch_end(trainer, result)           after validation (an EpochResult): logs, checkpoints
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import nn
-from .autograd import Tensor, no_grad
+from needle import nn
+from needle.autograd import Tensor, no_grad
 
-__all__ = ["epoch_classification", "epoch_language_model", "clip_grad_norm", "detach_state",
+__all__ = ["Trainer", "EpochResult", "SequenceBatches", "clip_grad_norm", "detach_state",
            "save_checkpoint", "load_checkpoint"]
 
-
-def _progress(iterable, total: int, description: Optional[str]):
-    """Wrap in a tqdm progress bar when a description is given."""
-    if description is None:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
+HOOK_METHODS = ("on_epoch_start", "after_backward", "reduce_totals", "after_train_epoch",
+                "on_epoch_end")
 
 
 def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
@@ -49,88 +63,159 @@ def detach_state(h):
     return h.detach()
 
 
-def _train_step(loss: Tensor, opt, after_backward: Optional[Callable[[], None]] = None,
-                clip: Optional[float] = None) -> None:
-    """Backward, the data-parallel hook, optional gradient clipping, then the update."""
-    opt.reset_grad()
-    loss.backward()
-    if after_backward is not None:
-        after_backward()
-    if clip is not None:
-        clip_grad_norm(opt.params, clip)
-    opt.step()
+class SequenceBatches:
+    """Truncated-BPTT windows over `batchify`'d ids (nbatch, batch): (x (L, batch), y (L*batch,))
+    pairs, L = seq_len except maybe the last. A Trainer passes the model's state from one
+    window to the next, detached."""
+
+    def __init__(self, batches: np.ndarray, seq_len: int, device=None, dtype="float32"):
+        self.batches, self.seq_len, self.device, self.dtype = batches, seq_len, device, dtype
+
+    def __len__(self) -> int:
+        return len(range(0, len(self.batches) - 1, self.seq_len))
+
+    def __iter__(self):
+        from needle.data import get_batch
+
+        for i in range(0, len(self.batches) - 1, self.seq_len):
+            yield get_batch(self.batches, i, self.seq_len, device=self.device, dtype=self.dtype)
 
 
-def epoch_classification(loader, model: nn.Module, loss_fn: Callable, opt=None,
-                         flatten: bool = False, max_batches: Optional[int] = None,
-                         description: Optional[str] = None,
-                         after_backward: Optional[Callable[[], None]] = None,
-                         reduce_totals: Optional[Callable[[np.ndarray], np.ndarray]] = None
-                         ) -> Tuple[float, float]:
-    """One pass over `loader`: trains when `opt` is given, else evaluates.
+@dataclass
+class EpochResult:
+    """One epoch of `Trainer.fit`: (accuracy, mean loss) of the training and validation passes
+    (val None without validation data) and the wall time of both."""
 
-    Returns (accuracy, mean loss) over the samples seen. `after_backward()` runs after each
-    backward, before the optimizer step, and `reduce_totals([correct, loss_sum, seen])` on the
-    epoch's totals: `needle.distributed.epoch_hooks(model)` makes the pass data-parallel.
+    epoch: int
+    train: Tuple[float, float]
+    val: Optional[Tuple[float, float]]
+    seconds: float
+
+
+def _progress(iterable, total: int, description: Optional[str]):
+    """Wrap in a tqdm progress bar when a description is given."""
+    if description is None:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+class Trainer:
+    """Trains `model` on `train_data` and evaluates it on `val_data`.
+
+    Data are iterables of (x, y) batches with a length: a DataLoader, or SequenceBatches for a
+    language model (whose forward takes and returns a recurrent state). `loss_fn(logits, y)` is
+    the loss, `opt` the optimizer (None to evaluate only). `clip` clips the gradients' global
+    norm, `flatten` reshapes x to (batch, -1), `max_batches` ends every pass early, `progress`
+    shows progress bars in fit(). `hooks`: see the module's docstring.
+
+    Accuracy is argmax(logits) == y per row of y; losses are averaged over the rows of y (the
+    samples of a classifier, the target tokens of a language model).
     """
-    model.train() if opt is not None else model.eval()
-    correct, total_loss, seen = 0, 0.0, 0
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    for i, (x, y) in enumerate(_progress(loader, total, description)):
-        if max_batches is not None and i >= max_batches:
-            break
-        if flatten:
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, opt=None, *, train_data=None,
+                 val_data=None, clip: Optional[float] = None, flatten: bool = False,
+                 hooks: Sequence[Any] = (), max_batches: Optional[int] = None,
+                 progress: bool = False):
+        self.model, self.loss_fn, self.opt = model, loss_fn, opt
+        self.train_data, self.val_data = train_data, val_data
+        self.clip, self.flatten, self.max_batches, self.progress = clip, flatten, max_batches, \
+            progress
+        self.hooks = list(hooks)
+        for hook in self.hooks:
+            if not any(hasattr(hook, name) for name in HOOK_METHODS):
+                raise TypeError(f"Trainer: hook {hook!r} has none of {', '.join(HOOK_METHODS)}")
+        self.epoch = 0  # the last epoch fit() completed
+
+    def _call(self, name: str, *args) -> None:
+        for hook in self.hooks:
+            method = getattr(hook, name, None)
+            if method is not None:
+                method(*args)
+
+    # ---- one step, one pass -------------------------------------------------------------
+    def forward(self, x: Tensor, y: Tensor, state=None):
+        """(logits, loss, state): the model's output on x and its loss against y. A model that
+        returns (logits, state), as a language model does, gets `state` back on the next call
+        (detached: truncated backpropagation through time); others give state None."""
+        if self.flatten:
             x = x.reshape((x.shape[0], -1))
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        if opt is not None:
-            _train_step(loss, opt, after_backward)
-        batch = x.shape[0]
-        correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
-        total_loss += float(loss.numpy()) * batch
-        seen += batch
-    return _mean_metrics(correct, total_loss, seen, reduce_totals)
+        out = self.model(x) if state is None else self.model(x, state)
+        logits = out
+        if isinstance(out, tuple):
+            logits, state = out
+            state = detach_state(state)
+        return logits, self.loss_fn(logits, y), state
 
+    def train_step(self, x: Tensor, y: Tensor, state=None):
+        """One update: forward, loss, backward, the after_backward hooks, gradient clipping,
+        the optimizer step. Returns what forward() does."""
+        logits, loss, state = self.forward(x, y, state)
+        self.opt.reset_grad()
+        loss.backward()
+        self._call("after_backward", self)
+        if self.clip is not None:
+            clip_grad_norm(self.opt.params, self.clip)
+        self.opt.step()
+        return logits, loss, state
 
-def epoch_language_model(batches: np.ndarray, model: nn.Module, seq_len: int, loss_fn: Callable,
-                         opt=None, clip: Optional[float] = None, device=None, dtype="float32",
-                         max_batches: Optional[int] = None,
-                         description: Optional[str] = None,
-                         after_backward: Optional[Callable[[], None]] = None,
-                         reduce_totals: Optional[Callable[[np.ndarray], np.ndarray]] = None
-                         ) -> Tuple[float, float]:
-    """One pass over `batchify`'d ids with truncated BPTT windows of `seq_len`.
+    def run_epoch(self, train: bool, data=None, description: Optional[str] = None
+                  ) -> Tuple[float, float]:
+        """One pass over `data` (default: train_data when training, else val_data), training
+        (train mode, an update per batch) or evaluating (eval mode). Returns (accuracy, mean
+        loss) over the rows seen, after the reduce_totals hooks."""
+        if data is None:
+            data = self.train_data if train else self.val_data
+        if train and self.opt is None:
+            raise ValueError("Trainer.run_epoch(train=True) needs an optimizer")
+        self.model.train() if train else self.model.eval()
+        total = len(data) if self.max_batches is None else min(len(data), self.max_batches)
+        step = self.train_step if train else self.forward
+        correct, total_loss, seen, state = 0, 0.0, 0, None
+        for x, y in _progress(itertools.islice(data, total), total, description):
+            logits, loss, state = step(x, y, state)
+            count = y.shape[0]
+            correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
+            total_loss += float(loss.numpy()) * count
+            seen += count
+        totals = np.array([correct, total_loss, seen], dtype=np.float64)
+        for hook in self.hooks:
+            if hasattr(hook, "reduce_totals"):
+                totals = hook.reduce_totals(totals)
+        correct, total_loss, seen = totals
+        return float(correct) / max(seen, 1), float(total_loss) / max(seen, 1)
 
-    Returns (next-word accuracy, mean loss per token); perplexity is exp(loss). The hooks are
-    those of `epoch_classification` (`after_backward` runs before gradient clipping).
-    """
-    from .data import get_batch
+    # ---- epochs -------------------------------------------------------------------------
+    def fit(self, epochs: int, start_epoch: int = 0) -> List[EpochResult]:
+        """Epochs start_epoch + 1 .. epochs: the hooks' on_epoch_start, a training pass,
+        after_train_epoch, a validation pass (with val_data), on_epoch_end. Returns the
+        epochs' results."""
+        results = []
+        for epoch in range(start_epoch + 1, epochs + 1):
+            self._call("on_epoch_start", self, epoch)
+            started = time.perf_counter()
+            train = self.run_epoch(True, description=self._description(epoch, "train"))
+            self._call("after_train_epoch", self, epoch)
+            val = None if self.val_data is None else \
+                self.run_epoch(False, description=self._description(epoch, "val"))
+            self.epoch = epoch
+            result = EpochResult(epoch, train, val, time.perf_counter() - started)
+            results.append(result)
+            self._call("on_epoch_end", self, result)
+        return results
 
-    model.train() if opt is not None else model.eval()
-    starts = list(range(0, len(batches) - 1, seq_len))
-    if max_batches is not None:
-        starts = starts[:max_batches]
-    correct, total_loss, seen, h = 0, 0.0, 0, None
-    for i in _progress(starts, len(starts), description):
-        x, y = get_batch(batches, i, seq_len, device=device, dtype=dtype)
-        logits, h = model(x, h)
-        h = detach_state(h)
-        loss = loss_fn(logits, y)
-        if opt is not None:
-            _train_step(loss, opt, after_backward, clip)
-        count = y.shape[0]
-        correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
-        total_loss += float(loss.numpy()) * count
-        seen += count
-    return _mean_metrics(correct, total_loss, seen, reduce_totals)
+    def _description(self, epoch: int, split: str) -> Optional[str]:
+        return f"epoch {epoch} {split}" if self.progress else None
 
+    # ---- checkpoints --------------------------------------------------------------------
+    def save(self, path: str, meta: Optional[dict] = None) -> None:
+        """save_checkpoint of the model and the optimizer."""
+        save_checkpoint(path, self.model, self.opt, meta)
 
-def _mean_metrics(correct, total_loss, seen, reduce_totals) -> Tuple[float, float]:
-    """(accuracy, mean loss) from the totals, summed over processes first by `reduce_totals`."""
-    if reduce_totals is not None:
-        correct, total_loss, seen = reduce_totals(np.array([correct, total_loss, seen],
-                                                           dtype=np.float64))
-    return float(correct) / max(seen, 1), float(total_loss) / max(seen, 1)
+    def load(self, path: str) -> dict:
+        """load_checkpoint into the model and the optimizer; returns the meta dict."""
+        return load_checkpoint(path, self.model, self.opt)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import numpy as np
 
 import needle as ndl
 from needle import nn, optim
-from needle.models import LanguageModel, ResNet9
+from needle.apps.models import LanguageModel, ResNet9
 
 SCHEMA = "needle-bench/1"
 
