@@ -13,6 +13,7 @@ import pytest
 
 import needle as ndl
 from needle.apps import bench, cli
+from needle.apps.bench import harness, workloads
 
 PACKAGE_ROOT = str(Path(ndl.__file__).resolve().parents[1])
 TINY = ["--tiny", "--threads", "1", "--no-progress"]
@@ -47,7 +48,7 @@ def check_schema(results: dict) -> None:
         assert backend["name"] == f"{backend['library']} {backend['device']}"
         names.append(backend["name"])
     assert [w["key"] for w in results["workloads"]] == [
-        k for k in bench.WORKLOADS if k in {w["key"] for w in results["workloads"]}]
+        k for k in workloads.WORKLOADS if k in {w["key"] for w in results["workloads"]}]
     for workload in results["workloads"]:
         assert workload["unit"] in ("GFLOP/s", "GB/s", "us", "ms")
         assert isinstance(workload["higher_is_better"], bool)
@@ -74,7 +75,7 @@ def check_schema(results: dict) -> None:
 def test_quick_runs_end_to_end(tmp_path):
     # Started without the thread variables set, so it also re-executes itself with them.
     env = _env()
-    for name in bench.THREAD_ENV:
+    for name in harness.THREAD_ENV:
         env.pop(name, None)
     out = tmp_path / "bench"
     result = subprocess.run([sys.executable, "-m", "needle", "bench", "--quick", *TINY, "--out",
@@ -84,7 +85,7 @@ def test_quick_runs_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     check_schema(results)
     assert results["mode"] == "tiny" and results["machine"]["threads"]["requested"] == 1
-    assert [w["key"] for w in results["workloads"]] == list(bench.WORKLOADS)
+    assert [w["key"] for w in results["workloads"]] == list(workloads.WORKLOADS)
     if not ndl.cuda().enabled():
         assert {"name": "needle cuda", "reason": "not available in this build or on this machine"} \
             in results["not_measured"]
@@ -124,7 +125,7 @@ def test_missing_torch_and_missing_device_are_reported(tmp_path):
     args = ["bench", *TINY, "--devices", "cpu,cuda,needle:nosuch", "--workloads", "matmul,train",
             "--out", str(out)]
     result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *args],
-                            env=_env(**bench.thread_env(1, {})), capture_output=True, text=True,
+                            env=_env(**harness.thread_env(1, {})), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
@@ -148,51 +149,51 @@ def test_missing_torch_and_missing_device_are_reported(tmp_path):
 
 def test_measure_warms_up_synchronises_and_repeats():
     calls, syncs = [], []
-    timing = bench.measure(lambda: calls.append(1), lambda: syncs.append(1), repeats=4,
+    timing = harness.measure(lambda: calls.append(1), lambda: syncs.append(1), repeats=4,
                            warmup=3, min_time=0.0)
     assert len(timing.times) == 4 and timing.calls_per_repeat == 1
     assert len(calls) == 3 + 1 + 4  # warm-up, the sizing call, the repeats
     assert len(syncs) == 1 + 1 + 4  # after the warm-up, the sizing call and every repeat
     assert timing.median > 0 and timing.spread >= 0
     # Fast functions get many calls per repeat, so each repeat outlasts the timer's resolution.
-    assert bench.measure(lambda: None, repeats=2, warmup=0, min_time=0.01).calls_per_repeat > 10
+    assert harness.measure(lambda: None, repeats=2, warmup=0, min_time=0.01).calls_per_repeat > 10
 
 
 def test_device_selection():
-    default = [b.name for b in bench.discover_backends()]
+    default = [b.name for b in harness.discover_backends()]
     assert "needle cpu_numpy" in default and "torch cpu" in default
-    assert all(b.available for b in bench.discover_backends() if b.library == "needle")
-    picked = bench.discover_backends("cpu, needle:cpu_numpy, torch:cpu")
+    assert all(b.available for b in harness.discover_backends() if b.library == "needle")
+    picked = harness.discover_backends("cpu, needle:cpu_numpy, torch:cpu")
     assert [b.name for b in picked] == ["needle cpu", "torch cpu", "needle cpu_numpy"]
     assert [b.hardware for b in picked] == ["cpu", "cpu", "cpu"]
     with pytest.raises(ValueError, match="library"):
-        bench.discover_backends("jax:cpu")
+        harness.discover_backends("jax:cpu")
     with pytest.raises(ValueError, match="torch devices"):
-        bench.discover_backends("torch:cpu_numpy")
+        harness.discover_backends("torch:cpu_numpy")
 
 
 def test_a_failing_case_is_reported_not_raised():
     def broken(backend):
         raise RuntimeError("kernel missing")
 
-    workload = bench.Workload("overhead", "t", "us", "", [bench.Case("broken", broken)],
+    workload = harness.Workload("overhead", "t", "us", "", [harness.Case("broken", broken)],
                               repeats=1, warmup=0, min_time=0.0)
-    backends = bench.discover_backends("needle:cpu_numpy")
-    rows = bench.run_benchmarks([workload], backends, pause=0, progress=False)[0]["cases"][0]
+    backends = harness.discover_backends("needle:cpu_numpy")
+    rows = harness.run_benchmarks([workload], backends, pause=0, progress=False)[0]["cases"][0]
     assert rows["results"]["needle cpu_numpy"] == {"status": "error",
                                                    "reason": "RuntimeError: kernel missing"}
 
 
-@pytest.mark.parametrize("spec", bench.train_specs("tiny"), ids=lambda s: s.model)
+@pytest.mark.parametrize("spec", workloads.train_specs("tiny"), ids=lambda s: s.model)
 def test_needle_and_torch_train_the_same_models(spec):
     torch = pytest.importorskip("torch")
-    model, X, y = bench.needle_model(spec, ndl.cpu_numpy())
-    torch_model, x, labels = bench.torch_model(spec, torch.device("cpu"))
+    model, X, y = workloads.needle_model(spec, ndl.cpu_numpy())
+    torch_model, x, labels = workloads.torch_model(spec, torch.device("cpu"))
     needle_sizes = sorted(int(np.prod(p.shape)) for p in model.parameters())
     torch_sizes = sorted(p.numel() for p in torch_model.parameters())
     assert needle_sizes == torch_sizes
     assert tuple(X.shape) == tuple(x.shape) and tuple(y.shape) == tuple(labels.shape)
-    bench.needle_train_step(spec, ndl.cpu_numpy())()  # one step runs
+    workloads.needle_train_step(spec, ndl.cpu_numpy())()  # one step runs
 
 
 def test_cli_has_bench():
@@ -208,10 +209,10 @@ def test_repeats_interleave_the_backends():
     def build(backend):
         return lambda: calls.append(backend.device)
 
-    workload = bench.Workload("overhead", "t", "us", "", [bench.Case("log", build)], repeats=3,
+    workload = harness.Workload("overhead", "t", "us", "", [harness.Case("log", build)], repeats=3,
                               warmup=1, min_time=0.0)
-    backends = bench.discover_backends("needle:cpu_numpy,needle:cpu")
-    rows = bench.run_case(workload, workload.cases[0], backends)
+    backends = harness.discover_backends("needle:cpu_numpy,needle:cpu")
+    rows = harness.run_case(workload, workload.cases[0], backends)
     assert all(row["status"] == "ok" and len(row["times_s"]) == 3 for row in rows.values())
     # warm-up and sizing call of each, then rounds in rotating order, each block (one call
     # here) after an untimed call

@@ -1,0 +1,309 @@
+"""`needle bench`'s workloads, which the scripts in benchmarks/ reuse: a float32 matmul sweep,
+elementwise and reduction throughput, the eager overhead of tiny ops, and one training step
+(zero_grad, forward, loss, backward, SGD update) of the same MLP, ResNet-9 and LSTM language
+model in needle and in PyTorch; and the presets of `needle bench` (quick, full, tiny)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+import needle as ndl
+from needle import nn, optim
+from needle.apps.bench.harness import Backend, Case, Workload, arrays, import_torch
+from needle.apps.models import LanguageModel, ResNet9
+
+# ---- training steps ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainSpec:
+    """One training-step workload: which model, at what size."""
+
+    model: str  # "mlp", "resnet9" or "lstm-lm"
+    params: Tuple[Tuple[str, Any], ...]
+
+    @property
+    def kwargs(self) -> Dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def title(self) -> str:
+        p = self.kwargs
+        if self.model == "mlp":
+            return f"MLP {'-'.join(map(str, p['sizes']))}, batch {p['batch']}"
+        if self.model == "resnet9":
+            return f"ResNet-9 {'x'.join(map(str, p['image']))}, batch {p['batch']}"
+        return (f"LSTM LM {p['layers']} layers, hidden {p['hidden']}, vocab {p['vocab']}, "
+                f"seq {p['seq_len']} x batch {p['batch']}")
+
+
+def train_specs(scale: str = "full") -> List[TrainSpec]:
+    """The course's three models at their usual sizes ("tiny": small enough for a test)."""
+    if scale == "tiny":
+        return [
+            TrainSpec("mlp", (("sizes", (784, 32, 32, 10)), ("batch", 8))),
+            TrainSpec("resnet9", (("image", (3, 32, 32)), ("batch", 2))),
+            TrainSpec("lstm-lm", (("seq_len", 4), ("batch", 4), ("hidden", 16),
+                                  ("embedding", 16), ("vocab", 200), ("layers", 2))),
+        ]
+    return [
+        TrainSpec("mlp", (("sizes", (784, 512, 512, 10)), ("batch", 128))),
+        TrainSpec("resnet9", (("image", (3, 32, 32)), ("batch", 128))),
+        # Vocabulary of Penn Treebank's size: the (seq*batch, vocab) logits and their
+        # softmax dominate the memory traffic.
+        TrainSpec("lstm-lm", (("seq_len", 20), ("batch", 20), ("hidden", 100),
+                              ("embedding", 100), ("vocab", 10000), ("layers", 2))),
+    ]
+
+
+def needle_model(spec: TrainSpec, device):
+    """`spec`'s model on a needle device, with a batch of fixed random data: (model, X, y)."""
+    p = spec.kwargs
+    rng = np.random.default_rng(0)
+    np.random.seed(0)  # needle's initialisers draw from NumPy's global generator
+    if spec.model == "mlp":
+        sizes = p["sizes"]
+        layers: List[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(fan_in, fan_out, device=device))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        model = nn.Sequential(*layers)
+        x = rng.standard_normal((p["batch"], sizes[0]), dtype=np.float32)
+        labels = rng.integers(0, sizes[-1], p["batch"])
+    elif spec.model == "resnet9":
+        model = ResNet9(device=device)
+        x = rng.standard_normal((p["batch"],) + tuple(p["image"]), dtype=np.float32)
+        labels = rng.integers(0, 10, p["batch"])
+    elif spec.model == "lstm-lm":
+        model = LanguageModel(p["embedding"], p["vocab"], hidden_size=p["hidden"],
+                              num_layers=p["layers"], seq_model="lstm", device=device)
+        x = rng.integers(0, p["vocab"], (p["seq_len"], p["batch"])).astype(np.float32)
+        labels = rng.integers(0, p["vocab"], p["seq_len"] * p["batch"])
+    else:
+        raise ValueError(f"unknown model {spec.model!r}")
+    X = ndl.Tensor(x, device=device, requires_grad=False)
+    y = ndl.Tensor(labels.astype(np.float32), device=device, requires_grad=False)
+    return model.train(), X, y
+
+
+def needle_train_step(spec: TrainSpec, device, lr: float = 0.01) -> Callable[[], None]:
+    """One SGD step of `spec`'s model on fixed random data, on a needle device."""
+    model, X, y = needle_model(spec, device)
+    opt = optim.SGD(model.parameters(), lr=lr)
+    loss_fn = nn.SoftmaxLoss()
+    sequence = spec.model == "lstm-lm"  # LanguageModel returns (logits, hidden state)
+
+    def step() -> None:
+        opt.reset_grad()
+        out = model(X)[0] if sequence else model(X)
+        loss_fn(out, y).backward()
+        opt.step()
+
+    return step
+
+
+def torch_model(spec: TrainSpec, device):
+    """The same model in PyTorch, same layers and sizes, with its data: (model, x, labels)."""
+    import torch
+    from torch import nn as tnn
+
+    p = spec.kwargs
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    if spec.model == "mlp":
+        sizes = p["sizes"]
+        layers: List[Any] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(tnn.Linear(fan_in, fan_out))
+            if i < len(sizes) - 2:
+                layers.append(tnn.ReLU())
+        model = tnn.Sequential(*layers)
+        x = torch.from_numpy(rng.standard_normal((p["batch"], sizes[0]), dtype=np.float32))
+        labels = torch.from_numpy(rng.integers(0, sizes[-1], p["batch"]))
+    elif spec.model == "resnet9":
+        def conv_bn(c_in, c_out, k, s):
+            return tnn.Sequential(tnn.Conv2d(c_in, c_out, k, s, padding=k // 2),
+                                  tnn.BatchNorm2d(c_out), tnn.ReLU())
+
+        class Residual(tnn.Module):
+            def __init__(self, fn):
+                super().__init__()
+                self.fn = fn
+
+            def forward(self, x):
+                return self.fn(x) + x
+
+        model = tnn.Sequential(
+            conv_bn(3, 16, 7, 4), conv_bn(16, 32, 3, 2),
+            Residual(tnn.Sequential(conv_bn(32, 32, 3, 1), conv_bn(32, 32, 3, 1))),
+            conv_bn(32, 64, 3, 2), conv_bn(64, 128, 3, 2),
+            Residual(tnn.Sequential(conv_bn(128, 128, 3, 1), conv_bn(128, 128, 3, 1))),
+            tnn.Flatten(), tnn.Linear(128, 128), tnn.ReLU(), tnn.Linear(128, 10))
+        x = torch.from_numpy(rng.standard_normal((p["batch"],) + tuple(p["image"]),
+                                                 dtype=np.float32))
+        labels = torch.from_numpy(rng.integers(0, 10, p["batch"]))
+    elif spec.model == "lstm-lm":
+        class LanguageModelTorch(tnn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embedding = tnn.Embedding(p["vocab"], p["embedding"])
+                self.lstm = tnn.LSTM(p["embedding"], p["hidden"], p["layers"])
+                self.linear = tnn.Linear(p["hidden"], p["vocab"])
+
+            def forward(self, x):
+                out, _ = self.lstm(self.embedding(x))
+                return self.linear(out.reshape(-1, p["hidden"]))
+
+        model = LanguageModelTorch()
+        x = torch.from_numpy(rng.integers(0, p["vocab"], (p["seq_len"], p["batch"])))
+        labels = torch.from_numpy(rng.integers(0, p["vocab"], p["seq_len"] * p["batch"]))
+    else:
+        raise ValueError(f"unknown model {spec.model!r}")
+    return model.to(device).train(), x.to(device), labels.to(device)
+
+
+def torch_train_step(spec: TrainSpec, device, lr: float = 0.01) -> Callable[[], None]:
+    """The same step in PyTorch: same model, loss and optimizer."""
+    import torch
+
+    model, x, labels = torch_model(spec, device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad()
+        loss_fn(model(x), labels).backward()
+        opt.step()
+
+    return step
+
+
+# ---- workloads -------------------------------------------------------------------------
+def matmul_workload(sizes: Sequence[int], rectangular: Sequence[Tuple[int, int, int]],
+                    **timing) -> Workload:
+    def case(m: int, n: int, p: int, label: str, headline: bool = False) -> Case:
+        def build(backend: Backend):
+            a, b = arrays(backend, (m, n), (n, p))
+            return lambda: a @ b
+
+        return Case(label, build, {"m": m, "n": n, "p": p}, 2.0 * m * n * p, headline)
+
+    cases = [case(s, s, s, f"{s} x {s} x {s}", s == max(sizes)) for s in sizes]
+    cases += [case(m, n, p, f"{m} x {n} x {p}") for m, n, p in rectangular]
+    return Workload("matmul", "Matrix multiplication (float32)", "GFLOP/s",
+                    "(m x n) @ (n x p), output allocated per call: needle's NDArray `a @ b`, "
+                    "`torch.matmul`. 2mnp FLOPs per call.", cases, **timing)
+
+
+def elementwise_workload(n: int, side: int, **timing) -> Workload:
+    def unary(fn_name: str):
+        def build(backend: Backend):
+            (x,) = arrays(backend, (n,))
+            if backend.library == "numpy":
+                return lambda: getattr(np, fn_name)(x)
+            return getattr(x, fn_name)  # x.exp: a method of NDArray and of torch.Tensor
+        return build
+
+    def binary(op: Callable[[Any, Any], Any]):
+        def build(backend: Backend):
+            x, y = arrays(backend, (n,), (n,))
+            return lambda: op(x, y)
+        return build
+
+    def reduce(axis: int):
+        def build(backend: Backend):
+            (m,) = arrays(backend, (side, side))
+            if backend.library == "torch":
+                return lambda: m.sum(dim=axis)
+            return lambda: m.sum(axis=axis)
+        return build
+
+    vector, matrix = 4 * n, 4 * side * side
+    label = f"{n:.0e}".replace("e+0", "e") if n >= 1e5 else str(n)
+    cases = [
+        Case(f"add, {label} floats", binary(lambda x, y: x + y), {"n": n}, 3 * vector, True),
+        Case(f"mul, {label} floats", binary(lambda x, y: x * y), {"n": n}, 3 * vector),
+        Case(f"exp, {label} floats", unary("exp"), {"n": n}, 2 * vector),
+        Case(f"sum over axis 0, {side} x {side}", reduce(0), {"side": side}, matrix, True),
+        Case(f"sum over axis 1, {side} x {side}", reduce(1), {"side": side}, matrix),
+    ]
+    return Workload("elementwise", "Elementwise and reduction throughput (float32)", "GB/s",
+                    "Memory touched per call (inputs read, output written) over time; outputs "
+                    "allocated per call (NDArray ops, torch tensor ops).", cases, **timing)
+
+
+def overhead_workload(**timing) -> Workload:
+    def add(backend: Backend):
+        if backend.library == "needle":
+            a, b = (ndl.Tensor(np.ones(4), device=backend.handle, requires_grad=False)
+                    for _ in range(2))
+        else:
+            torch = import_torch()
+            a, b = (torch.ones(4, device=backend.handle) for _ in range(2))
+        return lambda: a + b
+
+    def backward(backend: Backend):
+        if backend.library == "needle":
+            x, y, z = (ndl.Tensor(np.ones(4), device=backend.handle) for _ in range(3))
+        else:
+            torch = import_torch()
+            x, y, z = (torch.ones(4, device=backend.handle, requires_grad=True)
+                       for _ in range(3))
+        return lambda: (x * y + z).sum().backward()
+
+    cases = [Case("a + b, 4 floats", add, headline=True),
+             Case("(x * y + z).sum().backward(), 4 floats", backward)]
+    return Workload("overhead", "Eager overhead of tiny ops", "us",
+                    "Microseconds per call on 4-element tensors, where the arithmetic is free: "
+                    "what is timed is the framework (Tensor creation, dispatch, allocation, "
+                    "graph traversal).", cases, **timing)
+
+
+def train_workload(specs: Sequence[TrainSpec], **timing) -> Workload:
+    def case(spec: TrainSpec) -> Case:
+        def build(backend: Backend):
+            if backend.library == "needle":
+                return needle_train_step(spec, backend.handle)
+            return torch_train_step(spec, backend.handle)
+
+        return Case(spec.title, build, {"model": spec.model, **spec.kwargs}, headline=True)
+
+    return Workload("train", "Training step", "ms",
+                    "One step: zero_grad, forward, softmax cross-entropy loss, backward, SGD "
+                    "update (lr 0.01), on fixed random data of the given batch.",
+                    [case(s) for s in specs], **timing)
+
+
+# Presets. quick: 1.5 minutes on 2 cores; full: larger sweeps and more repeats (about 8 minutes);
+# tiny: seconds, for the tests.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "full": dict(sizes=[64, 128, 256, 512, 1024, 2048],
+                 rectangular=[(128, 784, 512), (1024, 4096, 1024), (4096, 256, 4096)],
+                 ewise_n=10**7, side=4096, repeats=10, warmup=2, min_time=0.2,
+                 train_repeats=7, train_min_time=0.2, scale="full", pause=0.25),
+    "quick": dict(sizes=[64, 128, 256, 512, 1024], rectangular=[(128, 784, 512),
+                                                                (1024, 4096, 1024)],
+                  ewise_n=10**7, side=4096, repeats=5, warmup=1, min_time=0.05,
+                  train_repeats=3, train_min_time=0.05, scale="full", pause=0.25),
+    "tiny": dict(sizes=[32, 64], rectangular=[(16, 64, 32)], ewise_n=4096, side=64,
+                 repeats=2, warmup=1, min_time=0.001, train_repeats=1, train_min_time=0.0,
+                 scale="tiny", pause=0.0),
+}
+WORKLOADS = ("matmul", "elementwise", "overhead", "train")
+
+
+def build_workloads(preset: Dict[str, Any], keys: Sequence[str] = WORKLOADS) -> List[Workload]:
+    timing = dict(repeats=preset["repeats"], warmup=preset["warmup"],
+                  min_time=preset["min_time"])
+    train_timing = dict(repeats=preset["train_repeats"], warmup=preset["warmup"],
+                        min_time=preset["train_min_time"])
+    makers = {
+        "matmul": lambda: matmul_workload(preset["sizes"], preset["rectangular"], **timing),
+        "elementwise": lambda: elementwise_workload(preset["ewise_n"], preset["side"], **timing),
+        "overhead": lambda: overhead_workload(**timing),
+        "train": lambda: train_workload(train_specs(preset["scale"]), **train_timing),
+    }
+    return [makers[key]() for key in keys]
+
