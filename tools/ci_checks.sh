@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The static checks CI runs before the tests (.ci/run), in order:
+#   ruff check          the curated rule set of pyproject.toml [tool.ruff.lint]
+#   ruff format --check Python formatting (line length 100)
+#   mypy                autograd, ops, backend_ndarray, optim ([tool.mypy] files)
+#   clang-format        src/ against .clang-format (--dry-run --Werror)
+#   line budget         each layer's size against tools/line_budget.py's table
+# Every check runs, and the script fails at the end if any failed, so one run lists them all.
+#
+#   tools/ci_checks.sh         check
+#   tools/ci_checks.sh --fix   apply ruff's safe fixes, ruff format and clang-format in place
+#                              (then check again)
+#
+# The tools come from the test extra (pip install -e ".[test]"); PYTHON picks the interpreter
+# whose environment has them (default: .venv/bin/python if present, else python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+bin="$(dirname "$PYTHON")"
+clang_format="$bin/clang-format"
+[[ -x "$clang_format" ]] || clang_format="$(command -v clang-format || true)"
+
+mapfile -t native < <(git ls-files 'src/*.cc' 'src/*.h' 'src/*.cu' 'src/*.cuh')
+
+if [[ "${1:-}" == "--fix" ]]; then
+    "$PYTHON" -m ruff check --fix --quiet . || true
+    "$PYTHON" -m ruff format --quiet .
+    [[ -n "$clang_format" ]] && "$clang_format" -i "${native[@]}"
+fi
+
+failed=()
+step() {
+    local name="$1"
+    shift
+    echo "== $name"
+    if ! "$@"; then
+        failed+=("$name")
+    fi
+}
+
+step "ruff check" "$PYTHON" -m ruff check --output-format concise .
+step "ruff format" "$PYTHON" -m ruff format --check --output-format concise .
+step "mypy" "$PYTHON" -m mypy
+if [[ -n "$clang_format" ]]; then
+    step "clang-format" "$clang_format" --dry-run --Werror "${native[@]}"
+else
+    echo "== clang-format: not installed (pip install -e \".[test]\")"
+    failed+=("clang-format (missing)")
+fi
+step "line budget" "$PYTHON" tools/line_budget.py
+
+if ((${#failed[@]})); then
+    echo "static checks failed: ${failed[*]}" >&2
+    exit 1
+fi
+echo "static checks passed"

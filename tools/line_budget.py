@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""The size of each layer of needle, against a budget.
+
+    python tools/line_budget.py              # the table; exit 1 if a layer is over its budget
+    python tools/line_budget.py --suggest 1.1  # budgets 10% above today's sizes, to paste below
+
+A layer's size is its non-blank lines (`lines`); `code` leaves out comment-only lines and
+docstrings as well, for information. Files are those git knows (tracked, or new and not
+ignored), so build outputs never count; outside a git checkout every file under the tree does.
+Each file belongs to the first layer whose pattern matches it (fnmatch: `*` crosses `/`), and
+python files of the package that no layer names fall into "other python", so that a new module
+cannot escape the count. Generated stubs (*.pyi) are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tokenize
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (layer, patterns, budget in non-blank lines). Budgets are provisional: 10% above the sizes of
+# 2026-12-03 (issue 12 in progress), to be re-set at its end (--suggest 1.1 prints them).
+LAYERS: list[tuple[str, tuple[str, ...], int]] = [
+    ("autograd", ("python/needle/autograd.py",), 510),
+    ("ops", ("python/needle/ops/*.py",), 1050),
+    ("backend_ndarray", ("python/needle/backend_ndarray/*.py",), 2260),
+    ("metal kernels", ("python/needle/backend_ndarray/metal/*.metal",), 550),
+    ("nn", ("python/needle/nn/*.py",), 740),
+    ("optim", ("python/needle/optim.py",), 230),
+    ("init", ("python/needle/init/*.py",), 80),
+    ("data", ("python/needle/data/*.py",), 560),
+    (
+        "apps",
+        (
+            "python/needle/apps/*.py",
+            # The command line and its helpers before they moved under needle.apps, and the
+            # course's example scripts at the top of the repository.
+            "python/needle/cli.py",
+            "python/needle/training.py",
+            "python/needle/models.py",
+            "python/needle/bench.py",
+            "python/needle/__main__.py",
+            "apps/*.py",
+        ),
+        2200,
+    ),
+    ("distributed", ("python/needle/distributed.py",), 380),
+    ("other python", ("python/needle/*.py",), 30),
+    ("native cpu", ("src/cpu/*", "src/ndarray_backend_cpu.cc"), 2290),
+    ("native cuda", ("src/cuda/*", "src/ndarray_backend_cuda.cu"), 2030),
+    (
+        "tests",
+        (
+            "tests/*.py",
+            "tests/*.cc",
+            "tests/*.h",
+            "tests/*.metal",
+            "tests/metal_emulation/metal_stdlib",
+            "tests/metal_emulation/metal_simdgroup_matrix",
+        ),
+        10490,
+    ),
+    ("benchmarks", ("benchmarks/*.py",), 1020),
+]
+
+
+def project_files(root: Path) -> list[str]:
+    """Paths (relative, with /) of the files git knows, or of every file without git."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        return sorted({p for p in listed.split("\0") if p and (root / p).is_file()})
+    except (OSError, subprocess.CalledProcessError):
+        skip = {".git", ".venv", "build", "__pycache__", ".hypothesis", ".ruff_cache"}
+        found = []
+        for directory, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in skip]
+            found += [Path(directory, f).relative_to(root).as_posix() for f in files]
+        return sorted(found)
+
+
+def python_code_lines(text: str) -> int:
+    """Lines with a token other than a comment or a docstring (a statement that is a string)."""
+    code: set[int] = set()
+    previous = tokenize.NEWLINE
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            kind = token.type
+            if kind in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER):
+                pass
+            elif kind in (tokenize.INDENT, tokenize.DEDENT):
+                continue  # not a statement's start: keep `previous`
+            elif kind == tokenize.STRING and previous in (tokenize.NEWLINE, tokenize.NL):
+                pass  # a string opening a statement: a docstring (or a no-op)
+            else:
+                code.update(range(token.start[0], token.end[0] + 1))
+            if kind not in (tokenize.COMMENT, tokenize.NL):
+                previous = kind
+    except (tokenize.TokenError, SyntaxError):
+        return sum(1 for line in text.splitlines() if line.strip())
+    return len(code)
+
+
+def c_code_lines(text: str) -> int:
+    """Lines of C++/CUDA/Metal with something besides // and /* */ comments."""
+    count, in_block = 0, False
+    for line in text.splitlines():
+        rest, has_code, i = line, False, 0
+        while i < len(rest):
+            if in_block:
+                end = rest.find("*/", i)
+                if end < 0:
+                    break
+                in_block, i = False, end + 2
+            elif rest.startswith("//", i):
+                break
+            elif rest.startswith("/*", i):
+                in_block, i = True, i + 2
+            else:
+                has_code = has_code or not rest[i].isspace()
+                i += 1
+        count += has_code
+    return count
+
+
+def measure(path: Path) -> tuple[int, int]:
+    """(non-blank lines, code lines) of one file."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = sum(1 for line in text.splitlines() if line.strip())
+    code = python_code_lines(text) if path.suffix == ".py" else c_code_lines(text)
+    return lines, code
+
+
+def layer_of(path: str) -> str | None:
+    if path.endswith(".pyi"):
+        return None
+    for name, patterns, _ in LAYERS:
+        if any(fnmatchcase(path, pattern) for pattern in patterns):
+            return name
+    return None
+
+
+def sizes(root: Path | None = None) -> dict[str, tuple[int, int, int]]:
+    """{layer: (files, non-blank lines, code lines)} for every layer, in table order."""
+    root = ROOT if root is None else root
+    totals = {name: [0, 0, 0] for name, _, _ in LAYERS}
+    for path in project_files(root):
+        name = layer_of(path)
+        if name is not None:
+            lines, code = measure(root / path)
+            totals[name][0] += 1
+            totals[name][1] += lines
+            totals[name][2] += code
+    return {name: (t[0], t[1], t[2]) for name, t in totals.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--suggest",
+        type=float,
+        metavar="FACTOR",
+        help="print budgets of FACTOR times today's sizes (rounded up to 10) instead of checking",
+    )
+    args = parser.parse_args(argv)
+    measured = sizes()
+    budgets = {name: budget for name, _, budget in LAYERS}
+    over = []
+    print(f"{'layer':<16} {'files':>5} {'lines':>6} {'code':>6} {'budget':>6}  used")
+    for name, (files, lines, code) in measured.items():
+        budget = budgets[name]
+        if args.suggest:
+            budget = -(-int(lines * args.suggest) // 10) * 10
+        status = f"{100 * lines / budget:4.0f}%" if budget else "   -"
+        if lines > budget and not args.suggest:
+            status += "  OVER BUDGET"
+            over.append(f"{name} ({lines} > {budget})")
+        print(f"{name:<16} {files:>5} {lines:>6} {code:>6} {budget:>6}  {status}")
+    total = [sum(column) for column in zip(*measured.values())]
+    print(f"{'total':<16} {total[0]:>5} {total[1]:>6} {total[2]:>6}")
+    if over:
+        print(f"over budget: {', '.join(over)} (budgets: tools/line_budget.py)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
