@@ -379,6 +379,99 @@ def test_training_memory_stays_flat(device):
     assert traced[200] - traced[50] > 4 * 64 * 1024, traced
 
 
+# ---- the op contract ------------------------------------------------------------------------
+def test_one_op_instance_serves_many_calls(device):
+    """What an op saves for its gradient lives on the output node, not on the op: with one
+    BatchNorm and one LSTMState instance each called twice, the first call's backward is
+    still right (against torch), also through gradient_as_tuple on the finished node."""
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.standard_normal((6, 3)), rng.standard_normal((6, 3)) * 5 + 2
+    w_np, b_np, g_np = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal((6, 3))
+    x, w, b = tensor(x1, device), tensor(w_np, device), tensor(b_np, device)
+    batch_norm = ndl.ops.BatchNorm()
+    first = batch_norm(x, w, b)
+    second = batch_norm(tensor(x2, device), w, b)
+    np.testing.assert_allclose(first.saved.mean.numpy(), x1.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(second.saved.mean.numpy(), x2.mean(0), rtol=1e-12)
+    first.backward(tensor(g_np, device, requires_grad=False))
+    xt, wt, bt = (torch.tensor(v, requires_grad=True) for v in (x1, w_np, b_np))
+    torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True).backward(
+        torch.tensor(g_np))
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(w.grad.numpy(), wt.grad.numpy(), rtol=1e-8, atol=1e-10)
+    direct = batch_norm.gradient_as_tuple(tensor(g_np, device, requires_grad=False), first)
+    np.testing.assert_allclose(direct[0].numpy(), xt.grad.numpy(), rtol=1e-8, atol=1e-10)
+
+    gates1, gates2, c_np = (rng.standard_normal(s) for s in ((2, 8), (2, 8), (2, 2)))
+    gates, c = tensor(gates1, device), tensor(c_np, device)
+    lstm_state = ndl.ops.LSTMState()
+    first = lstm_state(gates, c)
+    lstm_state(tensor(gates2, device), tensor(-c_np, device))
+    first.sum().backward()
+    gt, ct = torch.tensor(gates1, requires_grad=True), torch.tensor(c_np, requires_grad=True)
+    i, f, g, o = torch.chunk(gt, 4, dim=1)
+    c_new = torch.sigmoid(f) * ct + torch.sigmoid(i) * torch.tanh(g)
+    (torch.sigmoid(o) * torch.tanh(c_new) + c_new).sum().backward()
+    np.testing.assert_allclose(gates.grad.numpy(), gt.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(c.grad.numpy(), ct.grad.numpy(), rtol=1e-10)
+
+
+def test_op_errors_name_the_op_and_its_inputs(device):
+    """A ValueError or TypeError from an op's compute comes back as the same type, led by the
+    op's name and followed by its inputs' shapes, dtypes and devices, chained to the original."""
+    a = ndl.Tensor(np.ones((3, 4)), device=device)
+    b = ndl.Tensor(np.ones((2, 4)), device=device)
+    with pytest.raises(ValueError) as info:
+        a + b
+    message = str(info.value)
+    assert message.startswith("add: shapes (3, 4) and (2, 4) do not broadcast"), message
+    assert f"(3, 4) float32 on {device}, (2, 4) float32 on {device}" in message
+    assert type(info.value.__cause__) is ValueError
+    with pytest.raises(ValueError, match=r"^matmul: shapes \(3, 4\) and \(2, 4\)"):
+        a @ b  # NDArray's message names matmul already: once, not twice
+    with pytest.raises(TypeError, match=r"^reshape: .*\(inputs: \(3, 4\) float32"):
+        ndl.reshape(a, ("x",))
+    with pytest.raises(ValueError, match=r"^stack: .*\(inputs: \(\(3, 4\) float32.*\(2, 4\)"):
+        ndl.stack([a, b], 0)  # a tuple input, described element by element
+
+
+def test_op_errors_in_lazy_mode_come_at_realize(device, lazy_mode):
+    a = ndl.Tensor(np.ones((3, 4)), device=device)
+    out = a + ndl.Tensor(np.ones((2, 4)), device=device)
+    with pytest.raises(ValueError, match=r"^add: shapes \(3, 4\) and \(2, 4\)"):
+        out.realize_cached_data()
+
+
+def test_engine_names_no_op():
+    """Tuple adjoints are combined by the tuple (TensorTuple._sum_adjoints), not by the
+    engine singling out TupleGetItem."""
+    import inspect
+
+    engine = inspect.getsource(autograd.compute_gradient_of_variables)
+    op_classes = [name for name, obj in vars(ndl.ops).items() if isinstance(obj, type)
+                  and issubclass(obj, autograd.Op) and obj.compute is not autograd.Op.compute]
+    assert "TupleGetItem" in op_classes
+    assert not [name for name in op_classes if name in engine]
+
+
+def test_sparse_tuple_adjoints_from_any_op(device):
+    """An op of our own taking one element of a tuple may send back a sparse adjoint, {index:
+    adjoint}: elements taken twice are summed, elements never taken get zeros."""
+
+    class Second(ndl.autograd.TensorOp):
+        def compute(self, t):
+            return t[1]
+
+        def gradient(self, out_grad, node):
+            return {1: out_grad}
+
+    a, b = tensor([1.0, 2.0], device), tensor([3.0, 4.0], device)
+    pair = ndl.ops.fused_add_scalars(a * b, 0.0, 1.0)
+    (Second()(pair) * Second()(pair) + ndl.ops.tuple_get_item(pair, 1)).sum().backward()
+    # d/d(ab) sum((ab + 1)^2 + ab + 1) = 2 (ab + 1) + 1
+    np.testing.assert_allclose(a.grad.numpy(), (2 * (a.numpy() * b.numpy() + 1) + 1) * b.numpy())
+
+
 # ---- tuples ------------------------------------------------------------------------------------
 def test_make_tuple(device):
     a = tensor([1.0, 2.0], device)

@@ -766,12 +766,12 @@ def test_batch_norm(dtype, device):
     x = rand(9, 4, low=-3, high=3) + np.arange(4, dtype=np.float32)
     check_op([x, rand(4, low=0.5, high=2), rand(4)], torch_batch_norm, ops.batch_norm, device,
              dtype=dtype, rtol=1e-4, atol=1e-4)
-    op = ops.BatchNorm(1e-5)
-    op(ndl.Tensor(x, device=device, dtype=dtype), ndl.Tensor(np.ones(4), device=device,
-                                                           dtype=dtype),
-       ndl.Tensor(np.zeros(4), device=device, dtype=dtype))
-    np.testing.assert_allclose(op.mean.numpy(), x.astype(dtype).mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(op.var.numpy(), x.astype(dtype).var(0), rtol=1e-5, atol=1e-6)
+    y = ops.BatchNorm(1e-5)(ndl.Tensor(x, device=device, dtype=dtype),
+                            ndl.Tensor(np.ones(4), device=device, dtype=dtype),
+                            ndl.Tensor(np.zeros(4), device=device, dtype=dtype))
+    np.testing.assert_allclose(y.saved.mean.numpy(), x.astype(dtype).mean(0), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(y.saved.var.numpy(), x.astype(dtype).var(0), rtol=1e-5, atol=1e-6)
 
 
 def test_batch_norm_over_nchw_channels(device):

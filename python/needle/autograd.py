@@ -8,6 +8,8 @@ differentiated again.
 
 from __future__ import annotations
 
+import operator
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy
@@ -50,7 +52,17 @@ def is_grad_enabled() -> bool:
 
 
 class Op:
-    """An operator: ``compute`` on NDArrays, ``gradient`` as Tensor ops."""
+    """An operator: ``compute`` on NDArrays, ``gradient`` as Tensor ops.
+
+    An instance holds only its configuration (axes, a scalar, ...), never per-call state, so
+    one instance can be called any number of times. Values that ``gradient`` needs from the
+    forward pass travel with the output: ``compute`` returns ``Saved(data, name=value)`` and
+    ``gradient`` reads ``node.saved.name``.
+    """
+
+    # Short lowercase name for error messages (the function form's name, e.g. "add"); None
+    # means the class name in lower case.
+    name: Optional[str] = None
 
     def __call__(self, *args):
         raise NotImplementedError()
@@ -60,7 +72,8 @@ class Op:
         raise NotImplementedError()
 
     def gradient(self, out_grad: "Value", node: "Value") -> Union["Value", Tuple["Value", ...]]:
-        """Partial adjoints of each input, given the adjoint of the output."""
+        """Partial adjoints of each input, given the adjoint of the output: None for an input
+        that needs none; for a TensorTuple input, optionally sparse, {index: adjoint}."""
         raise NotImplementedError()
 
     def gradient_as_tuple(self, out_grad: "Value", node: "Value") -> Tuple["Value", ...]:
@@ -70,6 +83,17 @@ class Op:
         if isinstance(output, list):
             return tuple(output)
         return (output,)
+
+
+class Saved:
+    """What ``compute`` returns to keep values for ``gradient``: ``Saved(data, xhat=xhat)``.
+    The output node gets ``data`` as its data and the values as ``node.saved``."""
+
+    __slots__ = ("data", "values")
+
+    def __init__(self, data, **values):
+        self.data = data
+        self.values = SimpleNamespace(**values)
 
 
 class TensorOp(Op):
@@ -94,6 +118,7 @@ class Value:
     cached_data: NDArray
     requires_grad: bool
     grad = None  # set by backward()
+    saved = None  # the values compute saved for gradient (see Saved)
 
     def realize_cached_data(self):
         """Compute (once) and return the data of this node."""
@@ -107,11 +132,26 @@ class Value:
             if node.cached_data is not None:
                 continue
             if inputs_ready:
-                node.cached_data = node.op.compute(*[x.cached_data for x in node.inputs])
+                node._compute()
             else:
                 stack.append((node, True))
                 stack.extend((x, False) for x in node.inputs if x.cached_data is None)
         return self.cached_data
+
+    def _compute(self) -> None:
+        """Run the op on the inputs' data; keep the result and what compute saved."""
+        arrays = [x.cached_data if x.cached_data is not None else x.realize_cached_data()
+                  for x in self.inputs]
+        try:
+            data = self.op.compute(*arrays)
+        except (ValueError, TypeError) as error:
+            described = _in_context(error, self.op, arrays)
+            if described is None:
+                raise
+            raise described from error
+        if type(data) is Saved:
+            data, self.saved = data.data, data.values
+        self.cached_data = data
 
     def is_leaf(self) -> bool:
         return self.op is None
@@ -135,17 +175,43 @@ class Value:
     def make_from_op(cls, op: Op, inputs: List["Value"]):
         value = cls.__new__(cls)
         requires_grad = _GRAD_ENABLED and _any_requires_grad(inputs)
-        if LAZY_MODE:
-            value._init(op, list(inputs), requires_grad=requires_grad)
-            return value
-        data = op.compute(*[x.cached_data if x.cached_data is not None
-                             else x.realize_cached_data() for x in inputs])
-        if requires_grad:
-            value._init(op, list(inputs), cached_data=data, requires_grad=True)
-        else:
-            # Nothing upstream needs a gradient: keep the data, drop the graph.
-            value._init(None, [], cached_data=data, requires_grad=False)
+        value._init(op, list(inputs), requires_grad=requires_grad)
+        if not LAZY_MODE:
+            value._compute()
+            if not requires_grad:  # nothing upstream needs a gradient: keep the data only
+                value.op, value.inputs = None, []
         return value
+
+    def _sum_adjoints(self, grads: List["Value"]) -> "Value":
+        """The adjoint of this node from the partial adjoints its consumers sent."""
+        return grads[0] if len(grads) == 1 else sum_node_list(grads)
+
+
+def _in_context(error: Exception, op: Op, arrays) -> Optional[Exception]:
+    """`error` again, its message led by the op's name and followed by its inputs' shapes,
+    dtypes and devices: "add: shapes (3, 4) and (2, 4) do not broadcast (inputs: ...)".
+    None if the exception type cannot be rebuilt from a message."""
+    name = op.name or type(op).__name__.lower()
+    message = str(error)
+    for lead in (name + ": ", name + " "):  # messages that name the op already
+        if message.startswith(lead):
+            message = message[len(lead):]
+            break
+    message = f"{name}: {message}"
+    inputs = ", ".join(_describe(a) for a in arrays)
+    try:
+        return type(error)(f"{message} (inputs: {inputs})")
+    except Exception:  # an exception class with another signature: leave it as it was
+        return None
+
+
+def _describe(array) -> str:
+    if isinstance(array, tuple):
+        return "(" + ", ".join(_describe(a) for a in array) + ")"
+    shape, dtype = getattr(array, "shape", None), getattr(array, "dtype", None)
+    if shape is None:
+        return type(array).__name__
+    return f"{shape} {dtype} on {getattr(array, 'device', '?')}"
 
 
 def _any_requires_grad(inputs) -> bool:
@@ -182,6 +248,28 @@ class TensorTuple(Value):
 
     def detach(self) -> "TensorTuple":
         return TensorTuple.make_const(self.realize_cached_data())
+
+    def _sum_adjoints(self, grads) -> "TensorTuple":
+        """The adjoint of this tuple, summed element by element. A partial adjoint is a
+        TensorTuple, or sparse: {index: adjoint}, zeros at the other elements (what taking one
+        element sends back). Summing sparse adjoints by element costs an add per element
+        taken twice; adding whole tuples would cost n^2 ops for the n elements of an n-way
+        split (an unrolled RNN's split over its time steps)."""
+        if len(grads) == 1 and not isinstance(grads[0], dict):
+            return grads[0]
+        parts: Dict[int, List[Value]] = {}
+        for grad in grads:
+            items = grad.items() if isinstance(grad, dict) else enumerate(grad)
+            for i, g in items:
+                parts.setdefault(i, []).append(g)
+        elements = []
+        for i, data in enumerate(self.realize_cached_data()):
+            if i in parts:
+                elements.append(sum_node_list(parts[i]))
+            else:
+                elements.append(Tensor.make_const(data.device.full(data.shape, 0.0,
+                                                                   dtype=data.dtype)))
+        return ops.make_tuple(*elements)
 
 
 class Tensor(Value):
@@ -379,22 +467,22 @@ class Tensor(Value):
         return Tensor.make_const(fn(a, b))
 
     def __eq__(self, other):
-        return self._compare(other, lambda a, b: a == b)
+        return self._compare(other, operator.eq)
 
     def __ne__(self, other):
-        return self._compare(other, lambda a, b: a != b)
+        return self._compare(other, operator.ne)
 
     def __ge__(self, other):
-        return self._compare(other, lambda a, b: a >= b)
+        return self._compare(other, operator.ge)
 
     def __gt__(self, other):
-        return self._compare(other, lambda a, b: a > b)
+        return self._compare(other, operator.gt)
 
     def __le__(self, other):
-        return self._compare(other, lambda a, b: a <= b)
+        return self._compare(other, operator.le)
 
     def __lt__(self, other):
-        return self._compare(other, lambda a, b: a < b)
+        return self._compare(other, operator.lt)
 
     __hash__ = Value.__hash__
 
@@ -446,24 +534,9 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
     """Reverse-mode AD: set ``.grad`` on every node of the graph that requires a gradient."""
     # Keyed by id(): Tensor overloads __eq__, so Tensors cannot be dict keys by value.
     node_to_output_grads: Dict[int, List[Value]] = {id(output_tensor): [out_grad]}
-    # Adjoints that TupleGetItem nodes send to their tuple, kept by element: tuple id ->
-    # {index: [adjoints]}. TupleGetItem.gradient would send a whole tuple per element taken,
-    # zeros but for one, and adding those tuples up costs n^2 ops for an n-way split (an
-    # unrolled RNN's split over time steps: ~3,000 ops of its backward).
-    tuple_parts: Dict[int, Dict[int, List[Value]]] = {}
     for node in reversed(find_topo_sort([output_tensor])):
-        grads = node_to_output_grads.pop(id(node), [])
-        parts = tuple_parts.pop(id(node), None)
-        if parts is not None:
-            grads.append(_tuple_adjoint(node, parts))
-        node.grad = grads[0] if len(grads) == 1 else sum_node_list(grads)
+        node.grad = node._sum_adjoints(node_to_output_grads.pop(id(node)))
         if node.op is None:
-            continue
-        if type(node.op) is ops.TupleGetItem:
-            tensor_tuple = node.inputs[0]
-            if tensor_tuple.requires_grad:
-                tuple_parts.setdefault(id(tensor_tuple), {}).setdefault(
-                    node.op.index, []).append(node.grad)
             continue
         for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(node.grad, node)):
             if inp.requires_grad:
@@ -471,19 +544,6 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
                 if isinstance(grad, Tensor) and grad.dtype != inp.dtype:
                     grad = ops.astype(grad, inp.dtype)
                 node_to_output_grads.setdefault(id(inp), []).append(grad)
-
-
-def _tuple_adjoint(node: "TensorTuple", parts: Dict[int, List[Value]]) -> "TensorTuple":
-    """The adjoint of a TensorTuple from its elements' adjoints: each element's summed, zeros
-    for elements nothing took."""
-    elements = []
-    for i, data in enumerate(node.realize_cached_data()):
-        grads = parts.get(i)
-        if grads is None:
-            elements.append(Tensor.make_const(data.device.full(data.shape, 0.0, dtype=data.dtype)))
-        else:
-            elements.append(grads[0] if len(grads) == 1 else sum_node_list(grads))
-    return ops.make_tuple(*elements)
 
 
 def find_topo_sort(node_list: List[Value]) -> List[Value]:

@@ -242,12 +242,12 @@ class BatchNorm1d(Module):
         # Features along axis 1: (batch, dim) here, (N, C, H, W) for BatchNorm2d.
         if self.training:
             # One op (ops.BatchNorm) rather than ~25 forward and ~40 backward Tensor ops.
-            op = ops.BatchNorm(self.eps, axis=1)
-            y = op(x, self.weight, self.bias)
+            y = ops.batch_norm(x, self.weight, self.bias, self.eps, axis=1)
             y.realize_cached_data()  # lazy mode: the batch statistics come with the data
             m = self.momentum
             # Assigned in place (not rebound), so references to the buffers stay valid.
-            for buffer, batch in ((self.running_mean, op.mean), (self.running_var, op.var)):
+            stats = y.saved
+            for buffer, batch in ((self.running_mean, stats.mean), (self.running_var, stats.var)):
                 buffer.data = Tensor.make_const(
                     axpby(1 - m, buffer.realize_cached_data(), m, batch.astype(buffer.dtype)))
             return y

@@ -1,5 +1,8 @@
 """The op catalogue, one Op class per operation plus its lower-case function form."""
 
+# The graph types too, as the course's ops module has them (``from needle.ops import Tensor``).
+from ..autograd import Op, Tensor, TensorOp, TensorTuple, TensorTupleOp, Value  # noqa: F401
+
 from .ops_logarithmic import *  # noqa: F401,F403
 from .ops_mathematic import *  # noqa: F401,F403
 from .ops_norm import *  # noqa: F401,F403

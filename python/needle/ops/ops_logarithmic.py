@@ -5,7 +5,7 @@ from typing import Optional
 import numpy as np
 
 from .. import backend_ndarray as nd
-from ..autograd import NDArray, Tensor, TensorOp
+from ..autograd import NDArray, Saved, Tensor, TensorOp
 from .ops_mathematic import (TakeRows, _axes_tuple, _keepdims_shape, _reduced_shape,
                              broadcast_to, exp, reshape, summation)
 
@@ -121,35 +121,39 @@ class SoftmaxCrossEntropy(TensorOp):
     the labels a ClassLabels (they get no gradient). d/dz = (softmax(z) - one_hot(labels)) /
     batch."""
 
+    name = "softmax_cross_entropy"
+
     def __init__(self, labels: ClassLabels):
         self.labels = labels
-        self._lse: Optional[NDArray] = None  # the forward's logsumexp, (batch, 1)
 
     def compute(self, z: NDArray):
         batch, classes = self.labels.batch, self.labels.classes
         if z.shape != (batch, classes):
-            raise ValueError(f"softmax_cross_entropy: logits {z.shape} for {batch} labels of "
-                             f"{classes} classes")
-        self._lse = _stable_logsumexp(z, (1,), True)
-        return (self._lse.sum() - self.labels.picked_sum(z)) / batch
+            raise ValueError(f"logits {z.shape} for {batch} labels of {classes} classes")
+        lse = _stable_logsumexp(z, (1,), True)  # (batch, 1), kept for the gradient
+        return Saved((lse.sum() - self.labels.picked_sum(z)) / batch, lse=lse)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
-        return SoftmaxCrossEntropyGrad(self.labels, self._lse)(node.inputs[0], out_grad)
+        lse = Tensor.make_const(node.saved.lse)
+        return SoftmaxCrossEntropyGrad(self.labels)(node.inputs[0], out_grad, lse)
 
 
 class SoftmaxCrossEntropyGrad(TensorOp):
     """g = (softmax(z) - one_hot(labels)) * c / batch: SoftmaxCrossEntropy's gradient for the
-    scalar out_grad c. Its own gradient, for v = dL/dg: dL/dz = s * (v - sum(v * s, classes))
+    scalar out_grad c. A third input, logsumexp(z) over the classes (batch, 1), may pass it in
+    when already known; it gets no gradient (it stands for a function of z). Its own gradient, for v = dL/dg: dL/dz = s * (v - sum(v * s, classes))
     * c / batch with s = softmax(z), and dL/dc = (sum(v * s) - sum(v at the labels)) / batch."""
 
-    def __init__(self, labels: ClassLabels, lse: Optional[NDArray] = None):
-        self.labels = labels
-        self.lse = lse  # logsumexp(z) over the classes, (batch, 1), if already known
+    name = "softmax_cross_entropy_gradient"
 
-    def compute(self, z: NDArray, c: NDArray):
+    def __init__(self, labels: ClassLabels):
+        self.labels = labels
+
+    def compute(self, z: NDArray, c: NDArray, lse: Optional[NDArray] = None):
         # softmax = exp(z - logsumexp(z)); with the forward's logsumexp that is two passes
         # over z instead of six (a language model's (400, 10000) logits: ~10 ms a step).
-        lse = self.lse if self.lse is not None else _stable_logsumexp(z, (1,), True)
+        if lse is None:
+            lse = _stable_logsumexp(z, (1,), True)
         # The scale c / batch as a number (reading one element; c is the loss's adjoint,
         # ones unless the loss was scaled): a (1, 1) array would be broadcast and copied to
         # the logits' size before multiplying.
@@ -157,7 +161,7 @@ class SoftmaxCrossEntropyGrad(TensorOp):
         return self.labels.subtract((z - lse).exp() * scale, scale)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
-        z, c = node.inputs
+        z, c = node.inputs[:2]
         batch = z.shape[0]
         s = exp(LogSoftmax(1)(z))
         vs = out_grad * s

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numbers
 from typing import Optional, Tuple
 
+import numpy as np
+
 from .. import backend_ndarray as nd
 from ..autograd import NDArray, Tensor, TensorOp, TensorTuple, TensorTupleOp
 from .ops_tuple import make_tuple
@@ -45,14 +47,20 @@ def reduce_to_shape(grad: Tensor, shape: Tuple[int, ...]) -> Tensor:
 
 
 def _check_scalar(scalar, op: str):
+    """A number operand: a Python or NumPy number, or the one value of a 0-d or (1,) array
+    (course code divides by np.random.randn(1))."""
+    if isinstance(scalar, np.ndarray) and scalar.size == 1:
+        scalar = scalar.reshape(-1)[0]
     if not isinstance(scalar, numbers.Number):
-        raise TypeError(f"{op}: expected a Python number, got {type(scalar).__name__}")
+        raise TypeError(f"{op}: expected a number, got {type(scalar).__name__}")
     return scalar
 
 
 # ---- elementwise arithmetic -----------------------------------------------------------
 class EWiseAdd(TensorOp):
     """a + b; d/da = d/db = 1."""
+
+    name = "add"
 
     def compute(self, a: NDArray, b: NDArray):
         return a + b
@@ -68,6 +76,8 @@ def add(a, b):
 
 class AddScalar(TensorOp):
     """a + c; d/da = 1."""
+
+    name = "add_scalar"
 
     def __init__(self, scalar):
         self.scalar = _check_scalar(scalar, "add_scalar")
@@ -86,6 +96,8 @@ def add_scalar(a, scalar):
 class EWiseSub(TensorOp):
     """a - b; d/da = 1, d/db = -1."""
 
+    name = "subtract"
+
     def compute(self, a: NDArray, b: NDArray):
         return a - b
 
@@ -101,6 +113,8 @@ def subtract(a, b):
 class EWiseMul(TensorOp):
     """a * b; d/da = b, d/db = a."""
 
+    name = "multiply"
+
     def compute(self, a: NDArray, b: NDArray):
         return a * b
 
@@ -115,6 +129,8 @@ def multiply(a, b):
 
 class MulScalar(TensorOp):
     """a * c; d/da = c."""
+
+    name = "mul_scalar"
 
     def __init__(self, scalar):
         self.scalar = _check_scalar(scalar, "mul_scalar")
@@ -133,6 +149,8 @@ def mul_scalar(a, scalar):
 class EWiseDiv(TensorOp):
     """a / b; d/da = 1/b, d/db = -a/b^2."""
 
+    name = "divide"
+
     def compute(self, a: NDArray, b: NDArray):
         return a / b
 
@@ -148,6 +166,8 @@ def divide(a, b):
 
 class DivScalar(TensorOp):
     """a / c; d/da = 1/c."""
+
+    name = "divide_scalar"
 
     def __init__(self, scalar):
         self.scalar = _check_scalar(scalar, "divide_scalar")
@@ -165,6 +185,8 @@ def divide_scalar(a, scalar):
 
 class PowerScalar(TensorOp):
     """a ** c for a number c; d/da = c * a^(c-1)."""
+
+    name = "power_scalar"
 
     def __init__(self, scalar):
         self.scalar = _check_scalar(scalar, "power_scalar")
@@ -187,6 +209,8 @@ def power_scalar(a, scalar):
 
 class EWisePow(TensorOp):
     """a ** b; d/da = b * a^(b-1), d/db = a^b * log(a)."""
+
+    name = "power"
 
     def compute(self, a: NDArray, b: NDArray) -> NDArray:
         return a**b
@@ -222,12 +246,12 @@ class Transpose(TensorOp):
 
     def __init__(self, axes: Optional[tuple] = None):
         if axes is not None and len(axes) != 2:
-            raise ValueError(f"transpose swaps two axes, got axes={axes}")
+            raise ValueError(f"transpose: swaps two axes, got axes={axes}")
         self.axes = axes
 
     def compute(self, a: NDArray):
         if a.ndim < 2 and self.axes is None:
-            raise ValueError(f"transpose needs at least 2 dimensions, got shape {a.shape}")
+            raise ValueError("needs at least 2 dimensions")
         i, j = self.axes if self.axes is not None else (-2, -1)
         return a.swapaxes(i, j)
 
@@ -258,6 +282,8 @@ def reshape(a, shape):
 
 class BroadcastTo(TensorOp):
     """Repeat size-1 and missing leading axes; the adjoint sums over them."""
+
+    name = "broadcast_to"
 
     def __init__(self, shape):
         self.shape = tuple(shape)
@@ -346,8 +372,7 @@ class MatMul(TensorOp):
         if a.ndim >= 2 and b.ndim >= 2:
             return a @ b
         if a.ndim == 0 or b.ndim == 0:
-            raise ValueError(f"matmul does not take 0-d operands, got shapes {a.shape} and "
-                             f"{b.shape}")
+            raise ValueError("does not take 0-d operands")
         out = _as_matrix(a, True) @ _as_matrix(b, False)
         return out.reshape(_matmul_out_shape(out.shape, a.ndim, b.ndim))
 
@@ -588,10 +613,10 @@ def _dilation_slices(shape: tuple, axes: tuple, dilation: int) -> tuple:
     )
 
 
-def _check_axes(axes: tuple, ndim: int, op: str) -> tuple:
+def _check_axes(axes: tuple, ndim: int) -> tuple:
     for a in axes:
         if not -ndim <= a < ndim:
-            raise ValueError(f"{op}: axis {a} is out of range for {ndim} dimensions")
+            raise ValueError(f"axis {a} is out of range for {ndim} dimensions")
     return tuple(a % ndim for a in axes)
 
 
@@ -605,7 +630,7 @@ class Dilate(TensorOp):
             raise ValueError(f"dilate: dilation must be >= 0, got {dilation}")
 
     def compute(self, a: NDArray):
-        axes = _check_axes(self.axes, a.ndim, "dilate")
+        axes = _check_axes(self.axes, a.ndim)
         shape = tuple(d * (self.dilation + 1) if i in axes else d for i, d in enumerate(a.shape))
         out = a.device.full(shape, 0.0, dtype=a.dtype)
         out[_dilation_slices(shape, axes, self.dilation)] = a
@@ -629,7 +654,7 @@ class UnDilate(TensorOp):
             raise ValueError(f"undilate: dilation must be >= 0, got {dilation}")
 
     def compute(self, a: NDArray):
-        axes = _check_axes(self.axes, a.ndim, "undilate")
+        axes = _check_axes(self.axes, a.ndim)
         return a[_dilation_slices(a.shape, axes, self.dilation)].compact()
 
     def gradient(self, out_grad: Tensor, node: Tensor):
@@ -685,6 +710,8 @@ def getitem(a, idxs):
 class GetItemGradient(TensorOp):
     """Zeros of `shape` with `out_grad` written at `idxs` (the adjoint of GetItem)."""
 
+    name = "getitem_gradient"
+
     def __init__(self, idxs, shape):
         self.idxs = idxs
         self.shape = tuple(shape)
@@ -716,11 +743,10 @@ class Conv(TensorOp):
 
     def compute(self, a: NDArray, b: NDArray):
         if a.ndim != 4 or b.ndim != 4:
-            raise ValueError(f"conv needs a 4-D NHWC input and 4-D (kh, kw, c_in, c_out) weights, "
-                             f"got shapes {a.shape} and {b.shape}")
+            raise ValueError("needs a 4-D NHWC input and 4-D (kh, kw, c_in, c_out) weights")
         if a.shape[3] != b.shape[2]:
-            raise ValueError(f"conv: input channels {a.shape[3]} (input shape {a.shape}) do not "
-                             f"match weight channels {b.shape[2]} (weight shape {b.shape})")
+            raise ValueError(f"input channels {a.shape[3]} do not match weight channels "
+                             f"{b.shape[2]}")
         kh, kw, _, c_out = b.shape
         cols, (n, h_out, w_out) = _im2col(a, kh, kw, self.stride, self.padding)
         out = cols @ b.compact().reshape(cols.shape[1], c_out)
@@ -739,7 +765,7 @@ def _im2col(a: NDArray, kh: int, kw: int, s: int, p: int):
     a = a.pad(((0, 0), (p, p), (p, p), (0, 0))) if p else a.compact()
     n, h, w, c_in = a.shape
     if h < kh or w < kw:
-        raise ValueError(f"conv: kernel {kh}x{kw} is larger than the padded input {h}x{w}")
+        raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {h}x{w}")
     h_out, w_out = (h - kh) // s + 1, (w - kw) // s + 1
     sn, sh, sw, sc = a.strides
     cols = a.as_strided((n, h_out, w_out, kh, kw, c_in), (sn, sh * s, sw * s, sh, sw, sc))
@@ -788,6 +814,8 @@ class ConvWeightGrad(TensorOp):
     conv's input gradient for weights V and adjoint g.
     """
 
+    name = "conv_weight_gradient"
+
     def __init__(self, stride: int, padding: int, kernel: Tuple[int, int]):
         self.stride, self.padding = stride, padding
         self.kernel = tuple(kernel)
@@ -796,8 +824,8 @@ class ConvWeightGrad(TensorOp):
         kh, kw = self.kernel
         cols, out_shape = _im2col(x, kh, kw, self.stride, self.padding)
         if g.ndim != 4 or g.shape[:3] != out_shape:
-            raise ValueError(f"conv weight gradient: adjoint {g.shape} does not match the "
-                             f"output {out_shape} of input {x.shape}")
+            raise ValueError(f"adjoint {g.shape} does not match the output {out_shape} of "
+                             f"input {x.shape}")
         dw = cols.permute((1, 0)) @ g.compact().reshape(cols.shape[0], g.shape[3])
         return dw.reshape(kh, kw, x.shape[3], g.shape[3])
 
@@ -813,6 +841,8 @@ class TakeRows(TensorOp):
     """Rows of a table picked by whole-number indices (an nd.RowIndices): an embedding
     lookup in one gather instead of a one-hot matmul. The adjoint adds each row back to the
     row it came from (AddRows); indices get no gradient."""
+
+    name = "take_rows"
 
     def __init__(self, indices: "nd.RowIndices"):
         self.indices = indices
@@ -834,6 +864,8 @@ def take_rows(table, indices):
 class AddRows(TensorOp):
     """Zeros with `rows` rows and values[i] added to row indices[i]: TakeRows's adjoint, whose
     own adjoint is TakeRows again."""
+
+    name = "add_rows"
 
     def __init__(self, indices: "nd.RowIndices", rows: int):
         self.indices = indices

@@ -7,9 +7,7 @@ one op on NDArrays. Its gradient is NDArray arithmetic too when no graph is bein
 gradients of gradients still work.
 """
 
-from typing import Optional
-
-from ..autograd import NDArray, Tensor, TensorOp, is_grad_enabled
+from ..autograd import NDArray, Saved, Tensor, TensorOp, is_grad_enabled
 from ..backend_ndarray import prod
 from .ops_mathematic import broadcast_to, reshape, summation
 
@@ -21,18 +19,16 @@ class BatchNorm(TensorOp):
     `axis` (1: x is (rows, features) or (N, C, H, W)) over all the other axes, with the
     biased variance; weight and bias are (features,).
 
-    After compute, ``mean`` and ``var`` hold the batch statistics (for running averages).
-    d/dbias = sum(dy), d/dweight = sum(dy * xhat), d/dx = weight / std * (dy - mean(dy) -
-    xhat * mean(dy * xhat)), sums and means over the normalised axes.
+    The output node keeps the batch statistics as ``node.saved.mean`` and ``node.saved.var``
+    (for running averages). d/dbias = sum(dy), d/dweight = sum(dy * xhat), d/dx = weight /
+    std * (dy - mean(dy) - xhat * mean(dy * xhat)), sums and means over the normalised axes.
     """
+
+    name = "batch_norm"
 
     def __init__(self, eps: float = 1e-5, axis: int = 1):
         self.eps = eps
         self.axis = axis
-        self.mean: Optional[NDArray] = None
-        self.var: Optional[NDArray] = None
-        self._xhat: Optional[NDArray] = None
-        self._inv_std: Optional[NDArray] = None
 
     def _layout(self, shape):
         """(the axes normalised over, the per-feature broadcast shape, elements per feature)"""
@@ -57,9 +53,8 @@ class BatchNorm(TensorOp):
     def compute(self, x: NDArray, weight: NDArray, bias: NDArray):
         if (x.ndim < 2 or not -x.ndim <= self.axis < x.ndim
                 or weight.shape != (x.shape[self.axis],) or bias.shape != weight.shape):
-            raise ValueError(f"batch_norm needs x with features along axis {self.axis} and "
-                             f"weight and bias (features,), got {x.shape}, {weight.shape} and "
-                             f"{bias.shape}")
+            raise ValueError(f"needs x with features along axis {self.axis} and weight and "
+                             f"bias (features,), got {x.shape}, {weight.shape} and {bias.shape}")
         # The arithmetic is on (elements per feature, features) rows: the per-feature
         # statistics are then sums over axis 0 and (1, features) broadcasts.
         rows = self._rows(x)
@@ -69,29 +64,28 @@ class BatchNorm(TensorOp):
         var = (centred * centred).sum(axis=0) / count
         inv_std = (var + self.eps) ** -0.5
         xhat = centred * inv_std.reshape((1, features))
-        self.mean, self.var, self._xhat, self._inv_std = mean, var, xhat, inv_std
         y = xhat * weight.reshape((1, features)) + bias.reshape((1, features))
-        return self._unrows(y, x.shape)
+        return Saved(self._unrows(y, x.shape), mean=mean, var=var, xhat=xhat, inv_std=inv_std)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, weight, _ = node.inputs
         if not is_grad_enabled():
             return tuple(None if g is None else Tensor.make_const(g)
                          for g in self._gradient_data(out_grad.realize_cached_data(), x,
-                                                      weight.realize_cached_data()))
+                                                      weight.realize_cached_data(), node.saved))
         return self._gradient_tensors(out_grad, x, weight)
 
-    def _gradient_data(self, dy: NDArray, x: Tensor, weight: NDArray):
+    def _gradient_data(self, dy: NDArray, x: Tensor, weight: NDArray, saved):
         """The gradients as NDArrays, from the forward's normalised input."""
         rows = self._rows(dy)
         count, features = rows.shape
         d_bias = rows.sum(axis=0)
-        d_weight = (rows * self._xhat).sum(axis=0)
+        d_weight = (rows * saved.xhat).sum(axis=0)
         d_x = None
         if x.requires_grad:
-            scale = (weight * self._inv_std).reshape((1, features))
+            scale = (weight * saved.inv_std).reshape((1, features))
             d_x = self._unrows((rows - (d_bias / count).reshape((1, features))
-                                - self._xhat * (d_weight / count).reshape((1, features)))
+                                - saved.xhat * (d_weight / count).reshape((1, features)))
                                * scale, dy.shape)
         return d_x, d_weight, d_bias
 

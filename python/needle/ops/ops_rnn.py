@@ -9,7 +9,7 @@ gradients still work.
 """
 
 from .. import backend_ndarray as nd
-from ..autograd import NDArray, Tensor, TensorOp, is_grad_enabled
+from ..autograd import NDArray, Saved, Tensor, TensorOp, is_grad_enabled
 from .ops_mathematic import reshape, sigmoid, split, stack, tanh
 
 __all__ = ["LSTMState", "lstm_state"]
@@ -21,31 +21,32 @@ class LSTMState(TensorOp):
     (batch, hidden): c' = sigmoid(f) * c + sigmoid(i) * tanh(g), h' = sigmoid(o) * tanh(c').
     """
 
-    def __init__(self):
-        self._saved = None  # (i, f, g, o, c, tanh(c')) from compute, for the gradient
+    name = "lstm_state"
 
     def compute(self, gates: NDArray, c: NDArray):
         batch, width = gates.shape
         hidden = width // 4
         if width != 4 * hidden or c.shape != (batch, hidden):
-            raise ValueError(f"lstm_state needs gates (batch, 4 * hidden) and c (batch, "
-                             f"hidden), got {gates.shape} and {c.shape}")
+            raise ValueError(f"needs gates (batch, 4 * hidden) and c (batch, hidden), got "
+                             f"{gates.shape} and {c.shape}")
         parts = gates.reshape((batch, 4, hidden))
         i, f, o = (parts[:, k, :].sigmoid() for k in (0, 1, 3))
         g = parts[:, 2, :].tanh()
         c_new = f * c + i * g
         tanh_c = c_new.tanh()
-        self._saved = (i, f, g, o, c, tanh_c)
-        return nd.stack([o * tanh_c, c_new], axis=0)
+        return Saved(nd.stack([o * tanh_c, c_new], axis=0), gates=(i, f, g, o), c=c,
+                     tanh_c=tanh_c)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         if not is_grad_enabled():
             return tuple(Tensor.make_const(d) for d in
-                         self._gradient_data(out_grad.realize_cached_data()))
+                         self._gradient_data(out_grad.realize_cached_data(), node.saved))
         return self._gradient_tensors(out_grad, *node.inputs)
 
-    def _gradient_data(self, dy: NDArray):
-        i, f, g, o, c, tanh_c = self._saved
+    @staticmethod
+    def _gradient_data(dy: NDArray, saved):
+        """The gradients as NDArrays, from the forward's activations."""
+        (i, f, g, o), c, tanh_c = saved.gates, saved.c, saved.tanh_c
         d_h, d_c_new = dy[0], dy[1]
         d_c = d_c_new + d_h * o * (1.0 - tanh_c * tanh_c)
         d_gates = nd.stack([d_c * g * i * (1.0 - i),  # through sigmoid(i)

@@ -9,6 +9,8 @@ __all__ = ["MakeTensorTuple", "make_tuple", "TupleGetItem", "tuple_get_item", "F
 class MakeTensorTuple(TensorTupleOp):
     """(a, b, ...) -> TensorTuple; d/d(a_i) = out_grad[i]."""
 
+    name = "make_tuple"
+
     def compute(self, *args) -> tuple:
         return tuple(args)
 
@@ -24,6 +26,8 @@ def make_tuple(*args):
 class TupleGetItem(TensorOp):
     """t[index]; the adjoint is out_grad at `index` and zeros elsewhere."""
 
+    name = "tuple_get_item"
+
     def __init__(self, index: int):
         self.index = index
 
@@ -38,13 +42,9 @@ class TupleGetItem(TensorOp):
         return a[self.index]
 
     def gradient(self, out_grad, node):
-        from .ops_mathematic import zeros_like_data
-
-        index = self.index
-        in_grad = []
-        for i, value in enumerate(node.inputs[0]):
-            in_grad.append(out_grad if i == index else zeros_like_data(value))
-        return MakeTensorTuple()(*in_grad)
+        # A sparse tuple adjoint: the tuple sums its adjoints by element, filling in zeros
+        # (TensorTuple._sum_adjoints).
+        return {self.index: out_grad}
 
 
 def tuple_get_item(value, index):
@@ -52,7 +52,9 @@ def tuple_get_item(value, index):
 
 
 class FusedAddScalars(TensorTupleOp):
-    """a -> (a + c0, a + c1)."""
+    """a -> (a + c0, a + c1); d/da = out_grad[0] + out_grad[1]."""
+
+    name = "fused_add_scalars"
 
     def __init__(self, c0: float, c1: float):
         self.c0 = c0
