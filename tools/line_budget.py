@@ -26,16 +26,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # (layer, patterns, budget in non-blank lines). Budgets are provisional: 10% above the sizes of
-# 2026-12-03 (issue 12 in progress), to be re-set at its end (--suggest 1.1 prints them).
+# 2026-12-03 (issue 12 in progress) as `tools/ci_checks.sh --fix` formats them (ruff format
+# makes the Python ~16% longer), to be re-set at the issue's end: --suggest 1.1 prints them.
 LAYERS: list[tuple[str, tuple[str, ...], int]] = [
-    ("autograd", ("python/needle/autograd.py",), 510),
-    ("ops", ("python/needle/ops/*.py",), 1050),
-    ("backend_ndarray", ("python/needle/backend_ndarray/*.py",), 2260),
+    ("autograd", ("python/needle/autograd.py",), 520),
+    ("ops", ("python/needle/ops/*.py",), 1190),
+    ("backend_ndarray", ("python/needle/backend_ndarray/*.py",), 2670),
     ("metal kernels", ("python/needle/backend_ndarray/metal/*.metal",), 550),
-    ("nn", ("python/needle/nn/*.py",), 740),
-    ("optim", ("python/needle/optim.py",), 230),
-    ("init", ("python/needle/init/*.py",), 80),
-    ("data", ("python/needle/data/*.py",), 560),
+    ("nn", ("python/needle/nn/*.py",), 900),
+    ("optim", ("python/needle/optim.py",), 250),
+    ("init", ("python/needle/init/*.py",), 100),
+    ("data", ("python/needle/data/*.py",), 570),
     (
         "apps",
         (
@@ -49,12 +50,12 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
             "python/needle/__main__.py",
             "apps/*.py",
         ),
-        2200,
+        2800,
     ),
-    ("distributed", ("python/needle/distributed.py",), 380),
+    ("distributed", ("python/needle/distributed.py",), 420),
     ("other python", ("python/needle/*.py",), 30),
-    ("native cpu", ("src/cpu/*", "src/ndarray_backend_cpu.cc"), 2290),
-    ("native cuda", ("src/cuda/*", "src/ndarray_backend_cuda.cu"), 2030),
+    ("native cpu", ("src/cpu/*", "src/ndarray_backend_cpu.cc"), 2300),
+    ("native cuda", ("src/cuda/*", "src/ndarray_backend_cuda.cu"), 2040),
     (
         "tests",
         (
@@ -65,9 +66,9 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
             "tests/metal_emulation/metal_stdlib",
             "tests/metal_emulation/metal_simdgroup_matrix",
         ),
-        10490,
+        13060,
     ),
-    ("benchmarks", ("benchmarks/*.py",), 1020),
+    ("benchmarks", ("benchmarks/*.py",), 1240),
 ]
 
 
