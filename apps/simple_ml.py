@@ -5,8 +5,8 @@ import numpy as np
 
 import needle as ndl
 import needle.nn as nn
-from needle.data import parse_mnist  # noqa: F401
 from needle.apps.trainer import SequenceBatches, Trainer
+from needle.data import parse_mnist  # noqa: F401
 
 
 def softmax_loss(Z, y_one_hot):

@@ -10,7 +10,9 @@ the global batch grows with the ranks) and global batch fixed (strong scaling: e
 batch/ranks). Samples/s counts the samples of all ranks per second of wall time over the timed
 steps, the best of --repeats launches (other load only slows a run down). "allreduce" is the
 time per step in allreduce_gradients (packing, MPI, unpacking, and waiting for the slowest
-rank); "alone" is the same call timed with the ranks already in step.
+rank); "alone" is the same call timed with the ranks already in step. The steps are
+needle.apps.trainer.Trainer's, with a hook that times the gradient averaging; thread pinning
+and the machine description come from needle.apps.bench.harness.
 """
 
 import argparse
@@ -25,12 +27,29 @@ from importlib import resources
 
 import numpy as np
 
+from needle.apps.bench import harness
+
+
+class TimedAllreduce:
+    """Trainer hook: allreduce_gradients after every backward, timed."""
+
+    def __init__(self, module):
+        self.module, self.seconds = module, 0.0
+
+    def after_backward(self, trainer) -> None:
+        from needle import distributed
+
+        start = time.perf_counter()
+        distributed.allreduce_gradients(self.module)
+        self.seconds += time.perf_counter() - start
+
 
 def worker(args) -> None:
     """One rank: time `--steps` training steps after `--warmup` untimed ones."""
     import needle as ndl
     from needle import data, distributed, nn, optim
-    from needle.models import MLPResNet
+    from needle.apps.models import MLPResNet
+    from needle.apps.trainer import Trainer
 
     distributed.init()
     rank, world = distributed.rank(), distributed.world_size()
@@ -44,9 +63,9 @@ def worker(args) -> None:
     np.random.seed(0)
     model = MLPResNet(784, hidden_dim=256, device=device)
     distributed.broadcast_parameters(model)
-    opt = optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-3)
-    loss_fn = nn.SoftmaxLoss()
-    model.train()
+    timed = TimedAllreduce(model)
+    trainer = Trainer(model.train(), nn.SoftmaxLoss(), flatten=True, hooks=[timed],
+                      opt=optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-3))
 
     def batches():
         epoch = 0
@@ -56,22 +75,14 @@ def worker(args) -> None:
             epoch += 1
 
     stream = batches()
-    reduce_seconds = 0.0
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             distributed.barrier()
-            started, reduce_seconds = time.perf_counter(), 0.0
-        x, y = next(stream)
-        loss = loss_fn(model(x.reshape((x.shape[0], -1))), y)
-        opt.reset_grad()
-        loss.backward()
-        before = time.perf_counter()
-        distributed.allreduce_gradients(model)
-        reduce_seconds += time.perf_counter() - before
-        opt.step()
+            started, timed.seconds = time.perf_counter(), 0.0
+        trainer.train_step(*next(stream))
     distributed.barrier()
     seconds = time.perf_counter() - started
-    reduce_seconds = distributed.all_reduce(reduce_seconds, op="max")
+    reduce_seconds = distributed.all_reduce(timed.seconds, op="max")
     # The same allreduce with the ranks in step: its own cost, without waiting for a slower rank.
     alone = time.perf_counter()
     for _ in range(20):
@@ -84,13 +95,12 @@ def worker(args) -> None:
             "step_ms": seconds / args.steps * 1e3,
             "allreduce_ms": reduce_seconds / args.steps * 1e3,
             "allreduce_alone_ms": alone * 1e3,
-            "parameters": sum(int(np.prod(p.shape)) for p in model.parameters()),
         }), flush=True)
 
 
 def launch(ranks: int, threads: int, args, strong: bool) -> dict:
-    env = dict(os.environ, NEEDLE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env = harness.thread_env(threads)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     version = subprocess.run(["mpirun", "--version"], capture_output=True, text=True).stdout
     flags = ["--allow-run-as-root"] if "Open MPI" in version and os.geteuid() == 0 else []
     if "Open MPI" in version and threads > 1:
@@ -124,27 +134,25 @@ def main() -> None:
                          "openmpi-bin libopenmpi-dev; then pip install '.[distributed]')")
     version = subprocess.run(["mpirun", "--version"], capture_output=True,
                              text=True).stdout.splitlines()[0]
-    from needle.bench import cpu_model  # the parent process: no thread settings to apply
-
-    print(f"{cpu_model()}, {os.cpu_count()} cores; {version}; Python {platform.python_version()}")
+    print(f"{harness.cpu_model()}, {os.cpu_count()} cores; {version}; "
+          f"Python {platform.python_version()}; commit {harness.git_commit()}")
     print(f"MLP-ResNet (hidden 256) + Adam on MNIST images, {args.steps} timed steps\n")
-    header = (f"{'scaling':<8} {'ranks':>5} {'threads':>7} {'batch/rank':>10} {'samples/s':>10} "
-              f"{'speed-up':>8} {'step ms':>8} {'allreduce ms':>12} {'alone ms':>8}")
-    print(header)
-    print("-" * len(header))
     # Last row, for reference: the same cores used by threads in one process instead of ranks.
-    rows = [("weak", r, 1, False) for r in args.ranks] + \
-           [("strong", r, 1, True) for r in args.ranks if r > 1] + \
-           [("threads", 1, max(args.ranks), False)] * (max(args.ranks) > 1)
-    base = None
-    for scaling, ranks, threads, strong in rows:
+    configurations = [("weak", r, 1, False) for r in args.ranks] + \
+        [("strong", r, 1, True) for r in args.ranks if r > 1] + \
+        [("threads", 1, max(args.ranks), False)] * (max(args.ranks) > 1)
+    rows, base = [], None
+    for scaling, ranks, threads, strong in configurations:
         row = max((launch(ranks, threads, args, strong) for _ in range(args.repeats)),
                   key=lambda run: run["samples_per_s"])
         base = base or row["samples_per_s"]
-        print(f"{scaling:<8} {ranks:>5} {row['threads']:>7} {row['batch_per_rank']:>10} "
-              f"{row['samples_per_s']:>10.0f} {row['samples_per_s'] / base:>7.2f}x "
-              f"{row['step_ms']:>8.1f} {row['allreduce_ms']:>12.2f} "
-              f"{row['allreduce_alone_ms']:>8.2f}", flush=True)
+        rows.append([scaling, str(ranks), str(row["threads"]), str(row["batch_per_rank"]),
+                     f"{row['samples_per_s']:.0f}", f"{row['samples_per_s'] / base:.2f}x",
+                     f"{row['step_ms']:.1f}", f"{row['allreduce_ms']:.2f}",
+                     f"{row['allreduce_alone_ms']:.2f}"])
+    print("\n".join(harness.markdown_table(
+        ["scaling", "ranks", "threads", "batch/rank", "samples/s", "speed-up", "step ms",
+         "allreduce ms", "alone ms"], rows)))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def check_schema(results: dict) -> None:
             assert isinstance(case["name"], str) and isinstance(case["params"], dict)
             assert (case["work"] is not None) == workload["higher_is_better"]
             assert sorted(case["results"]) == sorted(names)
-            for name, row in case["results"].items():
+            for _name, row in case["results"].items():
                 assert row["status"] in ("ok", "unavailable", "error"), row
                 if row["status"] != "ok":
                     assert row["reason"]

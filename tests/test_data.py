@@ -32,7 +32,8 @@ needs_ptb = pytest.mark.skipif(
 
 def reference_idx(path):
     """An independent IDX reader: magic, dimension sizes, then unsigned bytes."""
-    raw = gzip.open(path, "rb").read()
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     assert (zero, dtype_code) == (0, 0x08)  # unsigned byte data
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 import needle as ndl
-from needle import distributed as dist
-from needle import nn
+from needle import distributed as dist, nn
 from needle.apps.models import MLPResNet
 from needle.apps.trainer import load_checkpoint
 
@@ -111,7 +110,7 @@ def test_sampler_same_permutation_on_every_rank_new_each_epoch():
 
 def test_sampler_drop_last_gives_every_rank_the_same_length():
     parts, lengths = shards(11, 3, drop_last=True)
-    assert lengths == [3, 3, 3] and len(set(i for p in parts for i in p)) == 9
+    assert lengths == [3, 3, 3] and len({i for p in parts for i in p}) == 9
     with pytest.raises(ValueError, match="rank 2 is not in"):
         dist.DistributedSampler(range(4), num_replicas=2, rank=2)
 
@@ -181,7 +180,7 @@ def test_checksum_follows_the_parameters(single_process):
 
 def test_launched_ranks_without_mpi_say_how_to_install(single_process, monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="apt-get install openmpi-bin.*needle\\[distributed\\]"):
+    with pytest.raises(RuntimeError, match=r"apt-get install openmpi-bin.*needle\[distributed\]"):
         dist.world_size()
 
 

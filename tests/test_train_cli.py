@@ -102,7 +102,7 @@ def test_models_needing_downloaded_data_say_so(model, tmp_path):
 
 
 def test_mnist_data_dir_missing_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz"):
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\.gz"):
         run(tmp_path, "--data-dir", str(tmp_path))
 
 

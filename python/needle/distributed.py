@@ -29,7 +29,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 
@@ -55,7 +56,7 @@ BUCKET_BYTES = 25 * 2**20
 _MPI: Any = None  # the mpi4py.MPI module once init() found it
 _comm: Any = None  # MPI.COMM_WORLD, or None when running as a single process
 _initialized = False
-_unavailable_reason: Optional[str] = None
+_unavailable_reason: str | None = None
 
 # Environment variables that MPI launchers set in every rank (Open MPI, MPICH/Hydra and Intel
 # MPI through PMI, PMIx, MVAPICH): their presence means "this process is one of several".
@@ -143,7 +144,7 @@ def barrier() -> None:
         _comm.Barrier()
 
 
-def abort(code: int = 1, reason: Optional[str] = None) -> NoReturn:
+def abort(code: int = 1, reason: str | None = None) -> NoReturn:
     """End every rank of the job with exit status `code` (MPI_Abort); a plain exit without MPI."""
     if reason:
         print(f"needle.distributed: {reason}; aborting all {world_size()} ranks", file=sys.stderr)
@@ -197,15 +198,15 @@ def all_reduce(x, op: str = "mean"):
     return buffer.item()
 
 
-def _buckets(arrays: Sequence[np.ndarray], bucket_bytes: int) -> List[List[int]]:
+def _buckets(arrays: Sequence[np.ndarray], bucket_bytes: int) -> list[list[int]]:
     """Indices of `arrays` grouped into runs of one dtype and at most `bucket_bytes` each (an
     array larger than that gets a bucket of its own)."""
-    by_dtype: Dict[np.dtype, List[int]] = {}
+    by_dtype: dict[np.dtype, list[int]] = {}
     for i, a in enumerate(arrays):
         by_dtype.setdefault(a.dtype, []).append(i)
-    buckets: List[List[int]] = []
+    buckets: list[list[int]] = []
     for indices in by_dtype.values():
-        current: List[int] = []
+        current: list[int] = []
         size = 0
         for i in indices:
             if current and size + arrays[i].nbytes > bucket_bytes:
@@ -221,17 +222,17 @@ def _buckets(arrays: Sequence[np.ndarray], bucket_bytes: int) -> List[List[int]]
 # Flat buffers kept from one step to the next: MPI on freshly allocated memory pays page faults
 # (and, with some transports, registration) every time, about 3x the cost of a 1.6 MB allreduce
 # between two local ranks here.
-_flat_buffers: Dict[tuple, np.ndarray] = {}
+_flat_buffers: dict[tuple, np.ndarray] = {}
 
 
 def _flat_collective(arrays: Sequence[np.ndarray], collective: Callable[[np.ndarray], None],
-                     bucket_bytes: int = BUCKET_BYTES) -> List[np.ndarray]:
+                     bucket_bytes: int = BUCKET_BYTES) -> list[np.ndarray]:
     """Pack `arrays` into a few flat buffers, run `collective` on each in place, unpack.
 
     The results are views into reused buffers: copy them (as Tensor(...) does) before the next
     call.
     """
-    out: List[np.ndarray] = [np.empty(0)] * len(arrays)
+    out: list[np.ndarray] = [np.empty(0)] * len(arrays)
     for position, bucket in enumerate(_buckets(arrays, bucket_bytes)):
         dtype, size = arrays[bucket[0]].dtype, sum(arrays[i].size for i in bucket)
         flat = _flat_buffers.get((position, dtype, size))
@@ -247,7 +248,7 @@ def _flat_collective(arrays: Sequence[np.ndarray], collective: Callable[[np.ndar
     return out
 
 
-def _parameters(module_or_params) -> List[Tensor]:
+def _parameters(module_or_params) -> list[Tensor]:
     parameters = getattr(module_or_params, "parameters", None)
     return list(parameters() if callable(parameters) else module_or_params)
 
@@ -340,7 +341,7 @@ class DataParallelHooks:
     BatchNorm running statistics after each training pass (so every rank keeps one model), and
     give `sampler` (a DistributedSampler) each epoch's number."""
 
-    def __init__(self, module, sampler: Optional["DistributedSampler"] = None):
+    def __init__(self, module, sampler: DistributedSampler | None = None):
         self.module, self.sampler = module, sampler
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
@@ -357,7 +358,7 @@ class DataParallelHooks:
         allreduce_buffers(self.module)
 
 
-def epoch_hooks(module, sampler: Optional["DistributedSampler"] = None) -> DataParallelHooks:
+def epoch_hooks(module, sampler: DistributedSampler | None = None) -> DataParallelHooks:
     """The hooks that make a Trainer over `module` data-parallel: ``Trainer(model, loss, opt,
     train_data=loader, hooks=[dist.epoch_hooks(model, sampler)])``."""
     return DataParallelHooks(module, sampler)
@@ -379,7 +380,7 @@ class DistributedSampler:
     divide evenly are left out, so every rank has the same number of batches.
     """
 
-    def __init__(self, dataset, num_replicas: Optional[int] = None, rank: Optional[int] = None,
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False):
         num_replicas = world_size() if num_replicas is None else int(num_replicas)
         rank_ = _process_rank() if rank is None else int(rank)

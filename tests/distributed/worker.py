@@ -14,8 +14,7 @@ import time
 import numpy as np
 
 import needle as ndl
-from needle import distributed as dist
-from needle import nn
+from needle import distributed as dist, nn
 from needle.apps.trainer import Trainer
 
 

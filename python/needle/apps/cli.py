@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +95,8 @@ def resolve_device(name: str):
     device = getattr(ndl, name)()
     if not device.enabled():
         raise SystemExit(f"needle train: device {name} is not available in this build "
-                         f"(available: {', '.join(d.name for d in ndl.all_devices() if d.enabled())})")
+                         "(available: "
+                         f"{', '.join(d.name for d in ndl.all_devices() if d.enabled())})")
     return device
 
 
@@ -109,7 +110,7 @@ class Task:
     source: str  # where the data came from, for the log
     metric: str = "accuracy"  # or "perplexity"
     flatten: bool = False
-    clip: Optional[float] = None
+    clip: float | None = None
     sampler: Any = None  # the training data's DistributedSampler under --distributed
 
 
@@ -138,7 +139,7 @@ def language_model_batches(ids, batch_size: int, seq_len: int, device, rank: int
     return SequenceBatches(batches, seq_len, device)
 
 
-def _mnist_sets(data_dir: Optional[str], seed: int):
+def _mnist_sets(data_dir: str | None, seed: int):
     if data_dir is None:
         shipped = resources.files("needle.data") / "shipped"
         full = data.MNISTDataset(str(shipped / "t10k-images-idx3-ubyte.gz"),
@@ -187,8 +188,9 @@ def build_task(args, device, batch_size: int, rank: int = 0, world: int = 1) -> 
     model = LanguageModel(100 if seq_model == "lstm" else 64, len(corpus.dictionary),
                           hidden_size=100 if seq_model == "lstm" else 128, num_layers=2,
                           seq_model=seq_model, seq_len=seq_len, device=device)
-    return Task(model, language_model_batches(corpus.train, batch_size, seq_len, device, rank, world),
-                language_model_batches(val_ids, batch_size, seq_len, device, rank, world),
+    train_data, val_data = (language_model_batches(ids, batch_size, seq_len, device, rank, world)
+                            for ids in (corpus.train, val_ids))
+    return Task(model, train_data, val_data,
                 f"Penn Treebank from {folder} ({len(corpus.dictionary)} words)",
                 metric="perplexity", clip=0.25 if seq_model == "lstm" else None)
 
@@ -199,7 +201,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float):
     return optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
-def write_metrics(out: str, history: List[dict]) -> None:
+def write_metrics(out: str, history: list[dict]) -> None:
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(history, f, indent=2)
     if history:
@@ -209,7 +211,7 @@ def write_metrics(out: str, history: List[dict]) -> None:
             writer.writerows(history)
 
 
-def plot_curves(out: str, history: List[dict], metric: str, title: str) -> Optional[str]:
+def plot_curves(out: str, history: list[dict], metric: str, title: str) -> str | None:
     """curves.png: loss and accuracy (or perplexity) per epoch, train and validation."""
     try:
         import matplotlib
@@ -269,7 +271,7 @@ class RunLog:
         self.out, self.config, self.schedule = out, config, schedule
         self.metric, self.primary = metric, primary
         self.checkpoint = os.path.join(out, "checkpoint.npz")
-        self.history: List[dict] = []
+        self.history: list[dict] = []
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         row = _epoch_row(result, trainer.opt.lr, self.metric)
@@ -370,14 +372,15 @@ def train(args) -> int:
     history = log.history
     plot = plot_curves(out, history, task.metric, f"needle: {args.model} on {source}")
     final = history[-1] if history else {}
-    summary = (f"validation accuracy {final['val_accuracy']:.4f}" if task.metric == "accuracy"
-               else f"validation perplexity {final['val_perplexity']:.2f}") if final else "nothing to do"
+    summary = "nothing to do" if not final else \
+        f"validation accuracy {final['val_accuracy']:.4f}" if task.metric == "accuracy" else \
+        f"validation perplexity {final['val_perplexity']:.2f}"
     print(f"done: {summary}; wrote {checkpoint}, metrics.json, metrics.csv"
           + (f", {os.path.basename(plot)}" if plot else " (install matplotlib for curves.png)"))
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return train_distributed(args) if args.distributed else train(args)

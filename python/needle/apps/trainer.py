@@ -24,8 +24,9 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable
 
 import numpy as np
 
@@ -87,12 +88,12 @@ class EpochResult:
     (val None without validation data) and the wall time of both."""
 
     epoch: int
-    train: Tuple[float, float]
-    val: Optional[Tuple[float, float]]
+    train: tuple[float, float]
+    val: tuple[float, float] | None
     seconds: float
 
 
-def _progress(iterable, total: int, description: Optional[str]):
+def _progress(iterable, total: int, description: str | None):
     """Wrap in a tqdm progress bar when a description is given."""
     if description is None:
         return iterable
@@ -115,8 +116,8 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, opt=None, *, train_data=None,
-                 val_data=None, clip: Optional[float] = None, flatten: bool = False,
-                 hooks: Sequence[Any] = (), max_batches: Optional[int] = None,
+                 val_data=None, clip: float | None = None, flatten: bool = False,
+                 hooks: Sequence[Any] = (), max_batches: int | None = None,
                  progress: bool = False):
         self.model, self.loss_fn, self.opt = model, loss_fn, opt
         self.train_data, self.val_data = train_data, val_data
@@ -160,8 +161,8 @@ class Trainer:
         self.opt.step()
         return logits, loss, state
 
-    def run_epoch(self, train: bool, data=None, description: Optional[str] = None
-                  ) -> Tuple[float, float]:
+    def run_epoch(self, train: bool, data=None, description: str | None = None
+                  ) -> tuple[float, float]:
         """One pass over `data` (default: train_data when training, else val_data), training
         (train mode, an update per batch) or evaluating (eval mode). Returns (accuracy, mean
         loss) over the rows seen, after the reduce_totals hooks."""
@@ -187,7 +188,7 @@ class Trainer:
         return float(correct) / max(seen, 1), float(total_loss) / max(seen, 1)
 
     # ---- epochs -------------------------------------------------------------------------
-    def fit(self, epochs: int, start_epoch: int = 0) -> List[EpochResult]:
+    def fit(self, epochs: int, start_epoch: int = 0) -> list[EpochResult]:
         """Epochs start_epoch + 1 .. epochs: the hooks' on_epoch_start, a training pass,
         after_train_epoch, a validation pass (with val_data), on_epoch_end. Returns the
         epochs' results."""
@@ -205,11 +206,11 @@ class Trainer:
             self._call("on_epoch_end", self, result)
         return results
 
-    def _description(self, epoch: int, split: str) -> Optional[str]:
+    def _description(self, epoch: int, split: str) -> str | None:
         return f"epoch {epoch} {split}" if self.progress else None
 
     # ---- checkpoints --------------------------------------------------------------------
-    def save(self, path: str, meta: Optional[dict] = None) -> None:
+    def save(self, path: str, meta: dict | None = None) -> None:
         """save_checkpoint of the model and the optimizer."""
         save_checkpoint(path, self.model, self.opt, meta)
 
@@ -219,7 +220,7 @@ class Trainer:
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
-def _flatten_optimizer(state: Dict[str, Any]) -> Dict[str, np.ndarray]:
+def _flatten_optimizer(state: dict[str, Any]) -> dict[str, np.ndarray]:
     arrays = {f"optim/hyper/{k}": np.asarray(v) for k, v in state["hyperparameters"].items()}
     for i, buffers in state["state"].items():
         for k, v in buffers.items():
@@ -227,8 +228,8 @@ def _flatten_optimizer(state: Dict[str, Any]) -> Dict[str, np.ndarray]:
     return arrays
 
 
-def _unflatten_optimizer(arrays: Dict[str, np.ndarray]) -> Dict[str, Any]:
-    state: Dict[str, Any] = {"hyperparameters": {}, "state": {}}
+def _unflatten_optimizer(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    state: dict[str, Any] = {"hyperparameters": {}, "state": {}}
     for key, value in arrays.items():
         parts = key.split("/")
         if parts[1] == "hyper":
@@ -239,7 +240,7 @@ def _unflatten_optimizer(arrays: Dict[str, np.ndarray]) -> Dict[str, Any]:
     return state
 
 
-def save_checkpoint(path: str, model: nn.Module, opt=None, meta: Optional[dict] = None) -> None:
+def save_checkpoint(path: str, model: nn.Module, opt=None, meta: dict | None = None) -> None:
     """Write model and optimizer state plus `meta` (JSON) to an .npz, atomically: a temporary
     file in the same directory, then a rename, so an interrupted save never leaves a torn file."""
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}

@@ -28,11 +28,17 @@ import json
 import os
 import sys
 import time
-from typing import List, Optional
 
-from needle.apps.bench.harness import (discover_backends, load_average, machine_info,
-                                       run_benchmarks, run_pinned, set_threads, threads_pinned,
-                                       unlisted_devices)
+from needle.apps.bench.harness import (
+    discover_backends,
+    load_average,
+    machine_info,
+    run_benchmarks,
+    run_pinned,
+    set_threads,
+    threads_pinned,
+    unlisted_devices,
+)
 from needle.apps.bench.report import render_report, render_summary, write_plots
 from needle.apps.bench.workloads import PRESETS, WORKLOADS, build_workloads
 
@@ -61,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
 
-def _as_argv(args: argparse.Namespace) -> List[str]:
+def _as_argv(args: argparse.Namespace) -> list[str]:
     """The options of `args` as command-line arguments, for the re-executed process."""
     argv = []
     for flag in ("quick", "no_progress", "tiny"):
@@ -137,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="needle bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

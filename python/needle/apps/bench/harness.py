@@ -34,8 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,7 +53,7 @@ TORCH_COUNTERPART = {"cpu": "cpu", "cpu_numpy": "cpu", "cuda": "cuda", "metal": 
 
 
 # ---- threads ---------------------------------------------------------------------------
-def thread_env(threads: int, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+def thread_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """`base` (default os.environ) with every library's thread variable set to `threads`."""
     env = dict(os.environ if base is None else base)
     env.update({name: str(threads) for name in THREAD_ENV})
@@ -64,9 +65,9 @@ def threads_pinned(threads: int) -> bool:
     return all(os.environ.get(name) == str(threads) for name in THREAD_ENV)
 
 
-def set_threads(threads: int) -> Dict[str, Any]:
+def set_threads(threads: int) -> dict[str, Any]:
     """Give needle's C++ backend and PyTorch `threads` threads; return what each now uses."""
-    used: Dict[str, Any] = {"requested": threads}
+    used: dict[str, Any] = {"requested": threads}
     try:
         ndl.set_num_threads(threads)
         used["needle"] = ndl.get_num_threads()
@@ -102,7 +103,7 @@ def run_pinned(threads: int, command: Sequence[str]) -> int:
 class Timing:
     """Seconds per call, one entry per repeat (each the mean of `calls_per_repeat` calls)."""
 
-    times: List[float]
+    times: list[float]
     calls_per_repeat: int
 
     @property
@@ -158,7 +159,7 @@ class Backend:
     available: bool = True
     reason: str = ""  # why it is not available
     handle: Any = None  # the needle BackendDevice or the torch.device
-    label: Optional[str] = None  # the name, when not "library device" (a script's variants)
+    label: str | None = None  # the name, when not "library device" (a script's variants)
 
     @property
     def name(self) -> str:
@@ -183,7 +184,7 @@ class Backend:
             import_torch().mps.synchronize()
 
 
-def needle_backend(name: str, label: Optional[str] = None) -> Backend:
+def needle_backend(name: str, label: str | None = None) -> Backend:
     """needle's device `name` (cpu, cuda, cpu_numpy, ...), available or with the reason."""
     devices = {d.name: d for d in ndl.all_devices()}
     if name not in devices:
@@ -196,7 +197,7 @@ def needle_backend(name: str, label: Optional[str] = None) -> Backend:
     return Backend("needle", name, True, "", device, label)
 
 
-def torch_backend(name: str, label: Optional[str] = None) -> Backend:
+def torch_backend(name: str, label: str | None = None) -> Backend:
     """PyTorch's device `name` (cpu, cuda, mps), available or with the reason."""
     torch = import_torch()
     if torch is None:
@@ -215,7 +216,7 @@ def numpy_backend() -> Backend:
     return Backend("numpy", "cpu", label="numpy")
 
 
-def discover_backends(spec: Optional[str] = None) -> List[Backend]:
+def discover_backends(spec: str | None = None) -> list[Backend]:
     """The backends named by `spec` ("cpu,cuda", "needle:cpu_numpy", "torch:mps"; a bare name
     means needle's device of that name and PyTorch's), or by default every enabled needle
     device, PyTorch's cpu (reported as missing when torch is not installed) and every other
@@ -229,7 +230,7 @@ def discover_backends(spec: Optional[str] = None) -> List[Backend]:
                 backends.append(candidate)
         return backends
     needle_names = {d.name for d in ndl.all_devices()}
-    backends: List[Backend] = []
+    backends: list[Backend] = []
     for token in (t.strip() for t in spec.split(",")):
         if not token:
             continue
@@ -248,7 +249,7 @@ def discover_backends(spec: Optional[str] = None) -> List[Backend]:
     return list(unique.values())
 
 
-def unlisted_devices(backends: List[Backend]) -> List[Dict[str, str]]:
+def unlisted_devices(backends: list[Backend]) -> list[dict[str, str]]:
     """needle's devices that `backends` leaves out because they are not available here, with
     the reason, so that a report says what it did not measure."""
     listed = {b.name for b in backends}
@@ -263,8 +264,8 @@ class Case:
 
     name: str
     build: Callable[[Backend], Callable[[], object]]
-    params: Dict[str, Any] = field(default_factory=dict)
-    work: Optional[float] = None  # FLOPs or bytes per call, for throughput workloads
+    params: dict[str, Any] = field(default_factory=dict)
+    work: float | None = None  # FLOPs or bytes per call, for throughput workloads
     headline: bool = False  # also shown in the report's summary
 
 
@@ -274,7 +275,7 @@ class Workload:
     title: str
     unit: str  # "GFLOP/s", "GB/s", "us" or "ms"
     note: str
-    cases: List[Case]
+    cases: list[Case]
     repeats: int
     warmup: int
     min_time: float
@@ -290,7 +291,7 @@ class Workload:
         return seconds * {"us": 1e6, "ms": 1e3, "s": 1.0}[self.unit]
 
 
-def arrays(backend: Backend, *shapes: Tuple[int, ...]):
+def arrays(backend: Backend, *shapes: tuple[int, ...]):
     """Standard-normal float32 arrays of `shapes` on the backend (seeded, so every backend
     gets the same numbers): NDArrays, torch tensors or NumPy arrays."""
     rng = np.random.default_rng(0)
@@ -304,12 +305,12 @@ def arrays(backend: Backend, *shapes: Tuple[int, ...]):
 
 
 # ---- running ---------------------------------------------------------------------------
-def _error(error: Exception) -> Dict[str, Any]:
+def _error(error: Exception) -> dict[str, Any]:
     return {"status": "error", "reason": f"{type(error).__name__}: {error}"[:300]}
 
 
-def run_case(workload: Workload, case: Case, backends: List[Backend], pause: float = 0.0,
-             tick: Callable[[], None] = lambda: None) -> Dict[str, Dict[str, Any]]:
+def run_case(workload: Workload, case: Case, backends: list[Backend], pause: float = 0.0,
+             tick: Callable[[], None] = lambda: None) -> dict[str, dict[str, Any]]:
     """One case on every backend: backend name -> a JSON-ready row. A backend that cannot run
     it gets a status and a reason instead of timings.
 
@@ -317,8 +318,8 @@ def run_case(workload: Workload, case: Case, backends: List[Backend], pause: flo
     in the machine's load (other processes, clock speed) hits every library alike; each block
     follows an untimed call. `tick` is called once per block, for the progress bar.
     """
-    rows: Dict[str, Dict[str, Any]] = {}
-    running: Dict[str, Tuple[Backend, Callable[[], object], int]] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    running: dict[str, tuple[Backend, Callable[[], object], int]] = {}
     for backend in backends:
         if not backend.available:
             rows[backend.name] = {"status": "unavailable", "reason": backend.reason}
@@ -330,7 +331,7 @@ def run_case(workload: Workload, case: Case, backends: List[Backend], pause: flo
             running[backend.name] = (backend, fn, number)
         except Exception as error:
             rows[backend.name] = _error(error)
-    times: Dict[str, List[float]] = {name: [] for name in running}
+    times: dict[str, list[float]] = {name: [] for name in running}
     for round_ in range(max(1, workload.repeats)):
         names = list(running)
         for name in names[round_ % max(1, len(names)):] + names[:round_ % max(1, len(names))]:
@@ -350,7 +351,7 @@ def run_case(workload: Workload, case: Case, backends: List[Backend], pause: flo
                 rows[name] = _error(error)
                 del running[name]
             tick()
-    for name, (backend, fn, number) in running.items():
+    for name, (_, _, number) in running.items():
         timing = Timing(times[name], number)
         rows[name] = {"status": "ok", "times_s": timing.times, "calls_per_repeat": number,
                       "median_s": timing.median, "spread": timing.spread,
@@ -358,10 +359,10 @@ def run_case(workload: Workload, case: Case, backends: List[Backend], pause: flo
     return {b.name: rows[b.name] for b in backends}
 
 
-def _add_ratios(rows: Dict[str, Dict[str, Any]], backends: List[Backend]) -> None:
+def _add_ratios(rows: dict[str, dict[str, Any]], backends: list[Backend]) -> None:
     """Speed relative to PyTorch on the same hardware and to needle's cpu backend (a ratio of
     median times: 0.86 = 86% of PyTorch's speed, 22.0 = 22x needle cpu's speed)."""
-    def median(name: str) -> Optional[float]:
+    def median(name: str) -> float | None:
         row = rows.get(name, {})
         return row.get("median_s") if row.get("status") == "ok" else None
 
@@ -382,7 +383,7 @@ class OtherLoad:
     a shared machine it tells which rows of a table were measured with company.
     """
 
-    def __enter__(self) -> "OtherLoad":
+    def __enter__(self) -> OtherLoad:
         self._start = (self._machine_busy(), self._own_cpu(), time.perf_counter())
         return self
 
@@ -406,9 +407,9 @@ class OtherLoad:
         return t.user + t.system
 
 
-def run_benchmarks(workloads: List[Workload], backends: List[Backend], *, pause: float = 0.1,
+def run_benchmarks(workloads: list[Workload], backends: list[Backend], *, pause: float = 0.1,
                    progress: bool = True, other_load: bool = False,
-                   description: str = "needle bench") -> List[Dict[str, Any]]:
+                   description: str = "needle bench") -> list[dict[str, Any]]:
     """Every case of every workload on every backend, with a progress bar. With `other_load`
     each case also records the cores other processes used meanwhile ("other_load")."""
     from tqdm.auto import tqdm
@@ -456,7 +457,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def gpu_names(backends: List[Backend]) -> List[str]:
+def gpu_names(backends: list[Backend]) -> list[str]:
     names = []
     torch = import_torch()
     if torch is not None and torch.cuda.is_available():
@@ -486,13 +487,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def load_average() -> Optional[List[float]]:
+def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages (None where the OS has none)."""
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def machine_info(backends: List[Backend], threads: Dict[str, Any],
-                 load_start: Optional[List[float]] = None) -> Dict[str, Any]:
+def machine_info(backends: list[Backend], threads: dict[str, Any],
+                 load_start: list[float] | None = None) -> dict[str, Any]:
     torch = import_torch()
     versions = {"needle": ndl.__version__, "python": platform.python_version(),
                 "numpy": np.__version__, "torch": torch.__version__ if torch else None}
@@ -519,32 +520,32 @@ def format_value(value: float) -> str:
     return f"{value:.2f}" if value >= 0.1 else f"{value:.3g}"
 
 
-def format_cell(row: Dict[str, Any]) -> str:
+def format_cell(row: dict[str, Any]) -> str:
     if row["status"] == "ok":
         return format_value(row["value"])
     return "not installed" if row["reason"] == "not installed" else \
         ("not available" if row["status"] == "unavailable" else "error")
 
 
-def percent(ratio: Optional[float]) -> str:
+def percent(ratio: float | None) -> str:
     if not ratio:
         return "—"
     return f"{ratio * 100:.0f}%" if ratio >= 0.1 else f"{ratio * 100:.2g}%"
 
 
-def markdown_table(header: List[str], rows: List[List[str]], right_from: int = 1) -> List[str]:
+def markdown_table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
     align = ["---" if i < right_from else "---:" for i in range(len(header))]
     return ["| " + " | ".join(r) + " |" for r in [header, align] + rows]
 
 
-def load_sentence(load: Dict[str, Any]) -> str:
+def load_sentence(load: dict[str, Any]) -> str:
     if not load.get("start") or not load.get("end"):
         return ""
     return (f" Load average (1 min) {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at "
             "the end (other processes sharing the cores make every number noisier).")
 
 
-def machine_sentence(machine: Dict[str, Any]) -> str:
+def machine_sentence(machine: dict[str, Any]) -> str:
     """machine_info() in words: CPU, cores, GPUs, threads, versions and load."""
     threads = machine["threads"]
     gpus = ", ".join(machine["gpus"]) or "none"
@@ -555,7 +556,7 @@ def machine_sentence(machine: Dict[str, Any]) -> str:
             + load_sentence(machine["load_average"]))
 
 
-def bar_chart(path: str, title: str, labels: Sequence[str], series: Dict[str, List[float]],
+def bar_chart(path: str, title: str, labels: Sequence[str], series: dict[str, list[float]],
               unit: str, log: bool = False) -> str:
     """A grouped bar chart (one bar per series at each label) saved as a PNG; needs
     matplotlib."""
@@ -581,11 +582,11 @@ def bar_chart(path: str, title: str, labels: Sequence[str], series: Dict[str, Li
 
 
 # ---- scripts: benchmarks/*.py ------------------------------------------------------------
-Configure = Callable[[argparse.Namespace], Tuple[List[Workload], List[Backend]]]
+Configure = Callable[[argparse.Namespace], tuple[list[Workload], list[Backend]]]
 
 
 def measure_configuration(configure: Configure, args: argparse.Namespace,
-                          threads: int) -> Dict[str, Any]:
+                          threads: int) -> dict[str, Any]:
     """A script's workloads on its backends at `threads` threads, in this process: JSON-ready
     (machine, backends, measured workloads)."""
     used = set_threads(threads)
@@ -600,15 +601,15 @@ def measure_configuration(configure: Configure, args: argparse.Namespace,
             "backends": [b.name for b in backends], "workloads": measured}
 
 
-def script_table(workload: Dict[str, Any], backends: Sequence[str],
-                 ratios: Sequence[Tuple[str, str]] = ()) -> List[str]:
+def script_table(workload: dict[str, Any], backends: Sequence[str],
+                 ratios: Sequence[tuple[str, str]] = ()) -> list[str]:
     """A measured workload as Markdown: one row per case, a column per backend (value and
     spread), one per ratio (a's speed relative to b's: 90% = b takes 0.9x a's time) and the
     other processes' load."""
     better = "higher is better" if workload["higher_is_better"] else "lower is better"
-    lines = [f"{workload['unit']}, {better}; median of {workload['repeats']} repeat(s) after "
+    lines = [(f"{workload['unit']}, {better}; median of {workload['repeats']} repeat(s) after "
              f"{workload['warmup']} warm-up call(s), ± half the interquartile range. Other "
-             "load: cores that other processes used meanwhile (above 0.1, the row had company).",
+             "load: cores that other processes used meanwhile (above 0.1, the row had company)."),
              ""]
     rows = []
     for case in workload["cases"]:
@@ -624,11 +625,11 @@ def script_table(workload: Dict[str, Any], backends: Sequence[str],
 
 
 def script_main(description: str, configure: Configure, *,
-                ratios: Sequence[Tuple[str, str]] = (), threads: str = "1",
-                arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
-                skip: Optional[Callable[[], Optional[str]]] = None,
-                after: Optional[Callable[[argparse.Namespace, List[Dict[str, Any]]], None]] = None,
-                argv: Optional[List[str]] = None) -> int:
+                ratios: Sequence[tuple[str, str]] = (), threads: str = "1",
+                arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                skip: Callable[[], str | None] | None = None,
+                after: Callable[[argparse.Namespace, list[dict[str, Any]]], None] | None = None,
+                argv: list[str] | None = None) -> int:
     """The command line of a benchmark script: `configure(args)` returns its workloads and
     backends; `ratios` names the (a, b) backend pairs compared in the tables; `arguments` adds
     the script's own options; `skip()` returns why there is nothing to measure here (printed,
@@ -675,8 +676,8 @@ def script_main(description: str, configure: Configure, *,
             with open(path) as f:
                 results.append(json.load(f))
     command = " ".join(["python", os.path.relpath(sys.argv[0]), *argv])
-    lines = [f"`{command}` at commit {git_commit()}, "
-             f"{datetime.date.today().isoformat()}.", ""]
+    lines = [(f"`{command}` at commit {git_commit()}, "
+             f"{datetime.date.today().isoformat()}."), ""]
     for result in results:
         lines += [machine_sentence(result["machine"]), ""]
         for workload in result["workloads"]:

@@ -5,22 +5,28 @@ plots (matmul.png, elementwise.png, train.png)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any
 
-from needle.apps.bench.harness import (bar_chart, format_cell, format_value, machine_sentence,
-                                       markdown_table, percent)
+from needle.apps.bench.harness import (
+    bar_chart,
+    format_cell,
+    format_value,
+    machine_sentence,
+    markdown_table,
+    percent,
+)
 
 
-def _times(ratio: Optional[float]) -> str:
+def _times(ratio: float | None) -> str:
     return f"{ratio:.2f}x" if ratio else "—"
 
 
-def render_workload(workload: Dict[str, Any], backends: List[str]) -> List[str]:
+def render_workload(workload: dict[str, Any], backends: list[str]) -> list[str]:
     better = "higher is better" if workload["higher_is_better"] else "lower is better"
     lines = [f"## {workload['title']}", "",
-             f"{workload['unit']}, {better}. {workload['note']} Median of "
+             (f"{workload['unit']}, {better}. {workload['note']} Median of "
              f"{workload['repeats']} repeat(s) after {workload['warmup']} warm-up call(s); spread: "
-             "half the interquartile range of the repeats, relative to the median.", ""]
+             "half the interquartile range of the repeats, relative to the median."), ""]
     rows = []
     for case in workload["cases"]:
         for i, name in enumerate(backends):
@@ -34,12 +40,13 @@ def render_workload(workload: Dict[str, Any], backends: List[str]) -> List[str]:
             rows.append([first, name, format_value(row["value"]),
                          f"±{row['spread'] * 50:.0f}%", vs_torch,
                          _times(row.get("speed_vs_needle_cpu"))])
-    lines += markdown_table(["case", "backend", workload["unit"], "spread", "speed vs torch (same device)",
+    lines += markdown_table(["case", "backend", workload["unit"], "spread",
+                             "speed vs torch (same device)",
                      "speed vs needle cpu"], rows, right_from=2)
     return lines + [""]
 
 
-def render_summary(results: Dict[str, Any]) -> List[str]:
+def render_summary(results: dict[str, Any]) -> list[str]:
     """The headline cases, one column per backend, plus needle's speed relative to PyTorch."""
     names = [b["name"] for b in results["backends"]]
     available = {b["name"] for b in results["backends"] if b["available"]}
@@ -59,15 +66,15 @@ def render_summary(results: Dict[str, Any]) -> List[str]:
     return markdown_table(header, rows, right_from=2)
 
 
-def render_report(results: Dict[str, Any]) -> str:
+def render_report(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines = [
         "# needle bench", "",
-        f"{results['created']}, `{results['command']}` ({results['mode']} mode), needle "
-        f"{machine['versions']['needle']} at commit {machine['commit']}.", "",
+        (f"{results['created']}, `{results['command']}` ({results['mode']} mode), needle "
+        f"{machine['versions']['needle']} at commit {machine['commit']}."), "",
         machine_sentence(machine), "",
-        "Speeds compare median times: 86% means 86% of PyTorch's speed on the same device "
-        "(PyTorch takes 0.86x the time); 22x means 22 times needle cpu's speed.", "",
+        ("Speeds compare median times: 86% means 86% of PyTorch's speed on the same device "
+        "(PyTorch takes 0.86x the time); 22x means 22 times needle cpu's speed."), "",
     ]
     missing = [b for b in results["backends"] if not b["available"]]
     missing += results.get("not_measured", [])
@@ -85,7 +92,7 @@ def render_report(results: Dict[str, Any]) -> str:
 
 
 # ---- plots -----------------------------------------------------------------------------
-def write_plots(results: Dict[str, Any], out: str) -> List[str]:
+def write_plots(results: dict[str, Any], out: str) -> list[str]:
     """matmul.png (GFLOP/s against size), elementwise.png and train.png (time per step); []
     without matplotlib."""
     try:

@@ -10,7 +10,6 @@ import cProfile
 import io
 import pstats
 import time
-from typing import Dict
 
 import needle as ndl
 from needle.apps.bench.harness import measure, set_threads
@@ -38,8 +37,8 @@ class TimedBackend:
 
     def __init__(self, mod):
         self._mod = mod
-        self.seconds: Dict[str, float] = collections.defaultdict(float)
-        self.calls: Dict[str, int] = collections.Counter()
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.calls: dict[str, int] = collections.Counter()
         self.matmul_flops = 0.0
 
     def __getattr__(self, name):
@@ -86,8 +85,8 @@ def profile_step(model: str, threads: int, steps: int) -> None:
     finally:
         device.mod = real
 
-    by_kind: Dict[str, float] = collections.defaultdict(float)
-    calls_by_kind: Dict[str, int] = collections.Counter()
+    by_kind: dict[str, float] = collections.defaultdict(float)
+    calls_by_kind: dict[str, int] = collections.Counter()
     for name, seconds in timed.seconds.items():
         by_kind[_kind(name)] += seconds / steps
         calls_by_kind[_kind(name)] += timed.calls[name] // steps

@@ -5,8 +5,9 @@ model in needle and in PyTorch; and the presets of `needle bench` (quick, full, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable
 
 import numpy as np
 
@@ -15,16 +16,17 @@ from needle import nn, optim
 from needle.apps.bench.harness import Backend, Case, Workload, arrays, import_torch
 from needle.apps.models import LanguageModel, ResNet9
 
+
 # ---- training steps ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainSpec:
     """One training-step workload: which model, at what size."""
 
     model: str  # "mlp", "resnet9" or "lstm-lm"
-    params: Tuple[Tuple[str, Any], ...]
+    params: tuple[tuple[str, Any], ...]
 
     @property
-    def kwargs(self) -> Dict[str, Any]:
+    def kwargs(self) -> dict[str, Any]:
         return dict(self.params)
 
     @property
@@ -38,7 +40,7 @@ class TrainSpec:
                 f"seq {p['seq_len']} x batch {p['batch']}")
 
 
-def train_specs(scale: str = "full") -> List[TrainSpec]:
+def train_specs(scale: str = "full") -> list[TrainSpec]:
     """The course's three models at their usual sizes ("tiny": small enough for a test)."""
     if scale == "tiny":
         return [
@@ -64,7 +66,7 @@ def needle_model(spec: TrainSpec, device):
     np.random.seed(0)  # needle's initialisers draw from NumPy's global generator
     if spec.model == "mlp":
         sizes = p["sizes"]
-        layers: List[nn.Module] = []
+        layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(fan_in, fan_out, device=device))
             if i < len(sizes) - 2:
@@ -114,7 +116,7 @@ def torch_model(spec: TrainSpec, device):
     torch.manual_seed(0)
     if spec.model == "mlp":
         sizes = p["sizes"]
-        layers: List[Any] = []
+        layers: list[Any] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(tnn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
@@ -181,7 +183,7 @@ def torch_train_step(spec: TrainSpec, device, lr: float = 0.01) -> Callable[[], 
 
 
 # ---- workloads -------------------------------------------------------------------------
-def matmul_workload(sizes: Sequence[int], rectangular: Sequence[Tuple[int, int, int]],
+def matmul_workload(sizes: Sequence[int], rectangular: Sequence[tuple[int, int, int]],
                     **timing) -> Workload:
     def case(m: int, n: int, p: int, label: str, headline: bool = False) -> Case:
         def build(backend: Backend):
@@ -278,7 +280,7 @@ def train_workload(specs: Sequence[TrainSpec], **timing) -> Workload:
 
 # Presets. quick: 1.5 minutes on 2 cores; full: larger sweeps and more repeats (about 8 minutes);
 # tiny: seconds, for the tests.
-PRESETS: Dict[str, Dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(sizes=[64, 128, 256, 512, 1024, 2048],
                  rectangular=[(128, 784, 512), (1024, 4096, 1024), (4096, 256, 4096)],
                  ewise_n=10**7, side=4096, repeats=10, warmup=2, min_time=0.2,
@@ -294,7 +296,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 WORKLOADS = ("matmul", "elementwise", "overhead", "train")
 
 
-def build_workloads(preset: Dict[str, Any], keys: Sequence[str] = WORKLOADS) -> List[Workload]:
+def build_workloads(preset: dict[str, Any], keys: Sequence[str] = WORKLOADS) -> list[Workload]:
     timing = dict(repeats=preset["repeats"], warmup=preset["warmup"],
                   min_time=preset["min_time"])
     train_timing = dict(repeats=preset["train_repeats"], warmup=preset["warmup"],
