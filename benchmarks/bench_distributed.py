@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib import resources
 
 import numpy as np
 
@@ -54,7 +53,7 @@ def worker(args) -> None:
     distributed.init()
     rank, world = distributed.rank(), distributed.world_size()
     device = ndl.cpu() if ndl.cpu().enabled() else ndl.cpu_numpy()
-    shipped = resources.files("needle.data") / "shipped"
+    shipped = data.shipped_data_dir()
     dataset = data.MNISTDataset(str(shipped / "t10k-images-idx3-ubyte.gz"),
                                 str(shipped / "t10k-labels-idx1-ubyte.gz"))
     batch = args.batch // world if args.strong else args.batch

@@ -13,19 +13,17 @@ import pytest
 import needle as ndl
 from needle import data
 
-# The repository's shared test data sits beside the checkout: <root>/shared/data.
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-MNIST_DIR = DATA_DIR / "mnist"
-PTB_DIR = DATA_DIR / "ptb"
-MNIST_IMAGES = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
-MNIST_LABELS = MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
+# Real data: $NEEDLE_DATA_DIR/mnist and $NEEDLE_DATA_DIR/ptb when the variable is set, else the
+# MNIST test split that needle ships (and no PTB: those tests skip).
+MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_DIR = data.find_data_dir("mnist", *MNIST_FILES)
+PTB_DIR = data.find_data_dir("ptb", "ptb.valid.txt", "ptb.test.txt")
+MNIST_IMAGES, MNIST_LABELS = (MNIST_DIR / f if MNIST_DIR else Path(f) for f in MNIST_FILES)
 
-needs_mnist = pytest.mark.skipif(
-    not MNIST_IMAGES.is_file(), reason=f"MNIST test files not found under {MNIST_DIR}"
-)
-needs_ptb = pytest.mark.skipif(
-    not (PTB_DIR / "ptb.valid.txt").is_file(), reason=f"PTB text files not found under {PTB_DIR}"
-)
+needs_mnist = pytest.mark.skipif(MNIST_DIR is None, reason="MNIST test files not found (set "
+                                 "NEEDLE_DATA_DIR to a folder with mnist/t10k-*.gz)")
+needs_ptb = pytest.mark.skipif(PTB_DIR is None, reason="PTB text not found (set NEEDLE_DATA_DIR "
+                               "to a folder with ptb/ptb.valid.txt and ptb/ptb.test.txt)")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -60,12 +58,45 @@ def epoch_ids(loader):
     return [batch[0].numpy().astype(np.int64) for batch in loader]
 
 
+# ----------------------------------------------------------------------------- where data is
+
+def test_needle_data_dir_comes_first_then_the_shipped_files(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_DIR_VARIABLE, raising=False)
+    shipped = data.shipped_data_dir()
+    assert data.find_data_dir("mnist", *MNIST_FILES) == shipped
+    assert data.find_data_dir("ptb", "ptb.valid.txt") is None  # not shipped
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    write_idx(mnist / MNIST_FILES[0], 2051, (1, 28, 28), bytes(784))
+    write_idx(mnist / MNIST_FILES[1], 2049, (1,), bytes(1))
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.valid.txt").write_text("a b <eos>\n")
+    monkeypatch.setenv(data.DATA_DIR_VARIABLE, str(tmp_path))
+    assert data.find_data_dir("mnist", *MNIST_FILES) == mnist
+    assert len(data.MNISTDataset(*(str(mnist / f) for f in MNIST_FILES))) == 1
+    assert data.find_data_dir("ptb", "ptb.valid.txt") == tmp_path / "ptb"
+    # A data set the folder lacks (in part) comes from the shipped files, or is missing.
+    (mnist / MNIST_FILES[1]).unlink()
+    assert data.find_data_dir("mnist", *MNIST_FILES) == shipped
+    assert data.find_data_dir("ptb", "ptb.valid.txt", "ptb.test.txt") is None
+
+
+def test_tests_reach_no_data_outside_the_repository():
+    # Data comes from NEEDLE_DATA_DIR or the package, so a clone anywhere runs the same tests.
+    word = "sha" + "red"  # spelled apart, so that this test does not find itself
+    outside = ("../" + word, "/wo" + "rk/", word + "/data", f'"{word}"', f"'{word}'")
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        found = [s for s in outside if s in text]
+        assert not found, f"{path.name} refers to {found}: use needle.data.find_data_dir"
+
+
 # ----------------------------------------------------------------------------- MNIST
 
 @pytest.fixture(scope="module")
 def mnist():
-    if not MNIST_IMAGES.is_file():
-        pytest.skip(f"MNIST test files not found under {MNIST_DIR}")
+    if MNIST_DIR is None:
+        pytest.skip("MNIST test files not found (NEEDLE_DATA_DIR, shipped data)")
     return data.parse_mnist(str(MNIST_IMAGES), str(MNIST_LABELS))
 
 
@@ -205,8 +236,8 @@ def test_cifar10_errors(cifar_dir):
 
 @pytest.fixture(scope="module")
 def ptb_corpus(tmp_path_factory):
-    if not (PTB_DIR / "ptb.valid.txt").is_file():
-        pytest.skip(f"PTB text files not found under {PTB_DIR}")
+    if PTB_DIR is None:
+        pytest.skip("PTB text not found (set NEEDLE_DATA_DIR to a folder with ptb/)")
     folder = tmp_path_factory.mktemp("ptb")
     shutil.copy(PTB_DIR / "ptb.valid.txt", folder / "train.txt")
     shutil.copy(PTB_DIR / "ptb.test.txt", folder / "test.txt")

@@ -14,7 +14,7 @@ from needle.apps.models import MLPResNet
 from needle.apps.trainer import Trainer, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+PTB = ndl.data.find_data_dir("ptb", "ptb.valid.txt")  # under $NEEDLE_DATA_DIR, if set
 
 
 def run(tmp_path, *extra, epochs=2, max_batches=4):
@@ -125,12 +125,12 @@ def test_resnet9_trains_on_cifar_format_files(tmp_path):
     assert history_without_times(tmp_path / "out")[0]["epoch"] == 1
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ptb").is_dir(), reason="../shared/data/ptb is absent")
+@pytest.mark.skipif(PTB is None, reason="no PTB text: set NEEDLE_DATA_DIR (a folder with ptb/)")
 @pytest.mark.parametrize("model", ["lstm-lm", "transformer-lm"])
 def test_language_models_train_on_ptb_text(model, tmp_path):
     ptb = tmp_path / "ptb"
     ptb.mkdir()
-    lines = (SHARED_DATA / "ptb" / "ptb.valid.txt").read_text().splitlines()
+    lines = (PTB / "ptb.valid.txt").read_text().splitlines()
     (ptb / "train.txt").write_text("\n".join(lines[:400]) + "\n")
     (ptb / "test.txt").write_text("\n".join(lines[400:500]) + "\n")
     assert run(tmp_path / "out", "--model", model, "--data-dir", str(ptb), epochs=1,

@@ -20,7 +20,6 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -141,7 +140,7 @@ def language_model_batches(ids, batch_size: int, seq_len: int, device, rank: int
 
 def _mnist_sets(data_dir: str | None, seed: int):
     if data_dir is None:
-        shipped = resources.files("needle.data") / "shipped"
+        shipped = data.shipped_data_dir()
         full = data.MNISTDataset(str(shipped / "t10k-images-idx3-ubyte.gz"),
                                  str(shipped / "t10k-labels-idx1-ubyte.gz"))
         train_set, val_set = data.random_split(full, [8000, 2000], generator=seed)
