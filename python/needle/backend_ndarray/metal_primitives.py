@@ -33,9 +33,11 @@ import operator
 import os
 import struct
 from importlib import resources
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+
+from . import primitives
 
 # ---- kernel sources ---------------------------------------------------------------------
 # Each library is compiled from one string: common.metal first, then the files that use it.
@@ -64,22 +66,7 @@ MATMUL_TILES = {
     "matmul_threadgroup": (64, 64, 256),  # matmul.metal MM_BM, MM_BN, MM_THREADS
     "matmul_simdgroup": (64, 64, 128),  # matmul_simdgroup.metal SG_BM, SG_BN, SG_THREADS
 }
-TILE_SIZE = 8  # __tile_size__ of matmul_tiled, as the CPU backends
 INT32_MAX = 2**31 - 1  # kernels index with 32-bit ints
-
-BINARY_KERNELS = (
-    "ewise_add", "ewise_sub", "ewise_mul", "ewise_div", "ewise_power", "ewise_maximum",
-    "ewise_eq", "ewise_ge",
-)
-SCALAR_KERNELS = (
-    "scalar_add", "scalar_sub", "scalar_rsub", "scalar_mul", "scalar_div", "scalar_rdiv",
-    "scalar_power", "scalar_maximum", "scalar_eq", "scalar_ge",
-)
-UNARY_KERNELS = (
-    "ewise_neg", "ewise_abs", "ewise_sign", "ewise_log", "ewise_exp", "ewise_tanh",
-    "ewise_sqrt", "ewise_sin", "ewise_cos", "ewise_relu", "ewise_sigmoid",
-)
-
 
 class UnsupportedDtypeError(TypeError):
     """A dtype that a device cannot hold (float64 on Metal)."""
@@ -97,29 +84,6 @@ def _f32(value: float) -> bytes:
     # Rounded to float32 as the NumPy backend rounds scalars (overflow gives inf, as there).
     with np.errstate(over="ignore"):
         return np.array(value, dtype=np.float32).tobytes()
-
-
-def merge_axes(shape: Sequence[int],
-               strides: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """The same view with size-1 axes dropped and axes that are contiguous in memory merged.
-
-    (4, 5, 6) with strides (30, 6, 1) becomes (120,), (1,); a 0-d view becomes (1,), (0,).
-    Fewer axes mean fewer divisions per element in the layout kernels.
-    """
-    merged_shape: List[int] = []
-    merged_strides: List[int] = []
-    for dim, stride in zip(shape, strides):
-        if dim == 1:
-            continue
-        if merged_shape and merged_strides[-1] == stride * dim:
-            merged_shape[-1] *= dim
-            merged_strides[-1] = stride
-        else:
-            merged_shape.append(dim)
-            merged_strides.append(stride)
-    if not merged_shape:
-        return (1,), (0,)
-    return tuple(merged_shape), tuple(merged_strides)
 
 
 class MPSMatrixLayout(NamedTuple):
@@ -195,7 +159,7 @@ class MetalArray:
 
 # ---- the primitive table ---------------------------------------------------------------------
 class MetalBackend:
-    """The primitive table of ``ndarray_backend_numpy``, run as Metal kernels on `runtime`."""
+    """The primitive table (``primitives.TABLE``), run as Metal kernels on `runtime`."""
 
     DTYPES = ("float32",)
 
@@ -281,8 +245,10 @@ class MetalBackend:
         size = math.prod(shape)
         if size == 0:
             return
-        shape, strides = merge_axes(shape, [operator.index(s) for s in strides])
-        offset = operator.index(offset)
+        # NDArray passes simplified views; a view of any other form (0-d, size-1 axes) is
+        # simplified here, so the kernels always see at least one axis.
+        shape, strides, offset = primitives.simplify_view(
+            shape, [operator.index(s) for s in strides], operator.index(offset))
         reach = sum(abs(s) * (d - 1) for d, s in zip(shape, strides))
         if offset + reach > INT32_MAX:
             raise ValueError(f"{self.device_name}: views reaching past 2^31 elements are not "
@@ -403,17 +369,6 @@ class MetalBackend:
                        n: int, p: int) -> None:
         self.matmul_strided(a, b, out, batch, m, n, p, 0, (m * n, n, 1), 0, (n * p, p, 1))
 
-    def matmul_tiled(self, a: MetalArray, b: MetalArray, out: MetalArray, m: int, n: int,
-                     p: int) -> None:
-        """Tile-major operands (see the NumPy backend): unpack, multiply, pack, on the GPU."""
-        t = TILE_SIZE
-        a_rows, b_rows, out_rows = self.Array(m * n), self.Array(n * p), self.Array(m * p)
-        # The row-major (rows, cols) matrix read from a tile-major buffer: (R/T, T, C/T, T).
-        self.compact(a, a_rows, (m // t, t, n // t, t), (n * t, t, t * t, 1), 0)
-        self.compact(b, b_rows, (n // t, t, p // t, t), (p * t, t, t * t, 1), 0)
-        self.matmul(a_rows, b_rows, out_rows, m, n, p)
-        self.ewise_setitem(out_rows, out, (m // t, t, p // t, t), (p * t, t, t * t, 1), 0)
-
     # -- reductions --
     def _reduce(self, op: str, a: MetalArray, out: MetalArray, outer: int, reduce_size: int,
                 inner: int) -> None:
@@ -465,25 +420,20 @@ class MetalBackend:
 
     # -- the module-level table --
     def primitive_table(self) -> Dict[str, object]:
-        """The names a backend module exports: those of ndarray_backend_numpy, with its
-        parameter names, bound to this backend."""
+        """The names a backend module exports: every primitive of the table this backend
+        implements (primitives.TABLE, with the table's parameter names), bound to it. The
+        optional ones it leaves out (ewise_broadcast_binary, matmul_tiled) are the table's
+        fallbacks over these."""
         table: Dict[str, object] = {
             "Array": self.Array,
             "DTYPES": self.DTYPES,
             "__device_name__": self.device_name,
-            "__tile_size__": TILE_SIZE,
         }
-        for name in (
-            "to_numpy", "from_numpy", "fill", "compact", "ewise_setitem", "scalar_setitem",
-            "gather_rows", "scatter_add_rows", "ewise_axpby", "matmul", "batched_matmul",
-            "matmul_strided", "matmul_tiled", "reduce_sum", "reduce_max", "reduce_sum_axis",
-            "reduce_max_axis", "synchronize",
-        ):
-            table[name] = getattr(self, name)
-        for name in BINARY_KERNELS:
-            table[name] = self._binary_primitive(name)
-        for name in SCALAR_KERNELS:
-            table[name] = self._scalar_primitive(name)
-        for name in UNARY_KERNELS:
-            table[name] = self._unary_primitive(name)
+        families = {"binary": self._binary_primitive, "scalar": self._scalar_primitive,
+                    "unary": self._unary_primitive}
+        for prim in primitives.TABLE.values():
+            if prim.reference is not None:  # an elementwise family: a kernel of its own
+                table[prim.name] = families[prim.group](prim.name)
+            elif hasattr(self, prim.name):
+                table[prim.name] = getattr(self, prim.name)
         return table

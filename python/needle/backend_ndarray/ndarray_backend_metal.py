@@ -214,5 +214,5 @@ def _finished(command_buffer) -> bool:
 runtime = MetalRuntime()
 backend = MetalBackend(runtime, "metal")
 # The primitive table (Array, to_numpy, from_numpy, fill, compact, ewise_add, ..., synchronize):
-# the names and parameters of ndarray_backend_numpy, bound to this backend.
+# the names and parameters of primitives.TABLE, bound to this backend.
 globals().update(backend.primitive_table())

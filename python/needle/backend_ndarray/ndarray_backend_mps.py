@@ -3,7 +3,7 @@
 macOS only, with ``pip install "needle[metal]"`` (pyobjc-framework-MetalPerformanceShaders);
 elsewhere importing this module raises ImportError and ``ndl.mps().enabled()`` is False.
 
-``matmul``, ``batched_matmul``, ``matmul_strided`` (and so ``matmul_tiled``) run as
+``matmul``, ``batched_matmul``, ``matmul_strided`` (and so the table's ``matmul_tiled``) run as
 ``MPSMatrixMultiplication``, Apple's tuned GEMM, encoded into the same command buffer as the
 MSL kernels (it shares the metal backend's device, queue and open command buffer). Operands
 go in place, as MPS matrices with a row stride, transposed when a view is unit-stride down its
