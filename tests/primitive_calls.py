@@ -1,16 +1,18 @@
-"""Calling a backend's primitives the way the NumPy reference names them.
+"""Calling a backend's primitives the way the primitive table names them.
 
-Shared by the primitive suites of every backend (C++ CPU, CUDA emulation, Metal emulation):
-a primitive is called by keyword with the parameter names of ``ndarray_backend_numpy``, so a
-backend whose names or argument order differ fails, and NumPy inputs become Arrays of the
-backend under test.
+Shared by the conformance suite (tests/backends) and the backend-specific suites: a
+primitive is called by keyword with the parameter names of its row in
+``primitives.TABLE``, so a backend (or a fallback) whose names or argument order differ
+fails, and each argument is marshalled by its kind: NumPy data for an ``array`` parameter
+becomes an Array of the backend under test, an ``Out`` becomes a fresh output Array.
 """
 
-import inspect
+import math
 
 import numpy as np
+from hypothesis import strategies as st
 
-from needle.backend_ndarray import ndarray_backend_numpy as nb_np
+from needle.backend_ndarray import primitives
 
 
 class Out:
@@ -18,6 +20,12 @@ class Out:
 
     def __init__(self, size, init=None):
         self.size, self.init = size, init
+
+    def make(self, mod, dtype):
+        out = mod.Array(self.size, dtype)
+        if self.init is not None:
+            mod.from_numpy(np.ascontiguousarray(self.init, dtype=dtype), out)
+        return out
 
 
 def to_array(mod, x: np.ndarray, dtype=None):
@@ -33,25 +41,25 @@ def read(mod, arr) -> np.ndarray:
     return mod.to_numpy(arr, (arr.size,), (1,), 0)
 
 
-def call(mod, name, *args, dtype):
-    """Call primitive `name` of `mod` by keyword; NumPy inputs become `dtype` Arrays of `mod`.
+def call(mod, name, *args, dtype, impl=None):
+    """Call primitive `name` of `mod` by keyword (or `impl`, a function with the table's
+    parameters, such as the table's fallback bound to `mod`), with args in the table's order.
 
-    Returns the contents of the Out argument.
+    Returns the contents of the out (or inout) argument, else what the primitive returns.
     """
-    params = list(inspect.signature(getattr(nb_np, name)).parameters)
-    assert len(args) == len(params), (name, params)
+    prim = primitives.TABLE[name]
+    assert len(args) == len(prim.params), (name, prim.param_names)
     kwargs, out = {}, None
-    for param, arg in zip(params, args):
-        if isinstance(arg, Out):
-            out = mod.Array(arg.size, dtype)
-            if arg.init is not None:
-                mod.from_numpy(arg.init.astype(dtype), out)
-            arg = out
-        elif isinstance(arg, np.ndarray):
-            arg = to_array(mod, arg, dtype)
-        kwargs[param] = arg
-    getattr(mod, name)(**kwargs)
-    return read(mod, out)
+    for param, arg in zip(prim.params, args):
+        if param.kind in ("out", "inout"):
+            arg = out = arg.make(mod, dtype)
+        elif param.kind == "array":
+            arg = to_array(mod, np.asarray(arg), dtype)
+        elif param.kind == "numpy":
+            arg = arg.astype(dtype)
+        kwargs[param.name] = arg
+    result = (getattr(mod, name) if impl is None else impl)(**kwargs)
+    return read(mod, out) if out is not None else result
 
 
 def row_indices(rng, rows, n, kind):
@@ -76,3 +84,45 @@ def operand(rng, kind, size):
     if kind == "wide":
         return rng.standard_normal(size) * 50
     return rng.standard_normal(size) * 3
+
+
+def view_of(base: np.ndarray, view: np.ndarray):
+    """(storage size, shape, strides, offset) of `view`, a NumPy view of the flat `base`,
+    strides and offset in elements."""
+    itemsize = base.itemsize
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return base.size, view.shape, tuple(s // itemsize for s in view.strides), offset // itemsize
+
+
+@st.composite
+def strided_views(draw, allow_broadcast=True):
+    """(storage size, shape, strides, offset) of a random NumPy view of a compact parent:
+    slices with steps (negative too), integer indices, permutations and broadcasting."""
+    parent_shape = draw(st.lists(st.integers(1, 6), max_size=4))
+    base = np.zeros(math.prod(parent_shape))
+    view = base.reshape(parent_shape)
+    index = tuple(
+        draw(st.one_of(st.slices(n), st.integers(0, n - 1))) if n > 1 else draw(st.slices(n))
+        for n in parent_shape
+    )
+    view = view[index + (Ellipsis,)]  # Ellipsis keeps a 0-d result a view, not a scalar
+    view = view.transpose(draw(st.permutations(range(view.ndim))))
+    if allow_broadcast and draw(st.booleans()):
+        lead = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+        grown = tuple(draw(st.integers(1, 3)) if n == 1 else n for n in view.shape)
+        view = np.broadcast_to(view, lead + grown)
+    return view_of(base, view)
+
+
+def element_offsets(shape, strides, offset) -> np.ndarray:
+    """The storage offset of every element of a view, in row-major order."""
+    if not shape:
+        return np.array([offset])
+    idx = np.indices(shape).reshape(len(shape), -1)
+    return offset + (np.asarray(strides, dtype=np.int64)[:, None] * idx).sum(axis=0)
+
+
+def writes_each_element_once(shape, strides, offset) -> bool:
+    """Whether no two elements of the view share storage (where writes would race)."""
+    offsets = element_offsets(shape, strides, offset)
+    return len(np.unique(offsets)) == offsets.size

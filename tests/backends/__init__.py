@@ -1,0 +1,1 @@
+"""The conformance suite: every backend against the primitive table (see conftest.py)."""

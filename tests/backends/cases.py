@@ -1,0 +1,540 @@
+"""The conformance cases of every primitive, generated from its row of the table.
+
+``cases(prim, backend)`` yields the Cases of one row: its arguments in the table's order
+(NumPy data for array parameters, ``Out`` for outputs) and how closely the backend must
+agree with the reference, which is the NumPy backend's own primitive or, for an optional
+primitive that backend leaves to the table's fallback, an independent NumPy definition here
+(``INDEPENDENT``). The elementwise families are generated from the table's dictionaries, so
+a new operator is covered by its row; any other row needs a generator in ``GENERATORS``
+(test_table.py fails for a row that has none).
+
+What every family gets: sizes 0, 1, odd, around a vector (4) and a threadgroup (256) and
+past one (1001, 1027; 70,001 on backends fast enough, several turns of a grid-stride loop);
+NaN, infinities and signed zeros; layout primitives on contiguous, strided, negative-stride,
+offset, broadcast, overlapping, 0-d, empty and 7-d to 10-d views; matmuls on each side of
+every tile edge of the backends (8, 16, 64, 128); reductions on each side of their
+thresholds (16, 64, 256, 1024).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from needle.backend_ndarray import ndarray
+from needle.backend_ndarray import ndarray_backend_numpy as nb_np
+from needle.backend_ndarray import primitives
+from primitive_calls import Out, operand, row_indices, view_of, writes_each_element_once
+
+TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-14)}
+EPS = {"float32": 1.2e-7, "float64": 2.3e-16}
+
+
+class Backend(NamedTuple):
+    """A backend under test: its module and what the cases need to know of it."""
+
+    id: str
+    mod: object
+    dtypes: Tuple[str, ...]
+    fast: bool = True
+    ordered_scatter: bool = True
+
+    @property
+    def sizes(self) -> Tuple[int, ...]:
+        return SIZES + ((70001,) if self.fast else ())
+
+
+class Case(NamedTuple):
+    label: str
+    args: tuple
+    tol: Callable[[str], Optional[dict]]  # dtype -> assert_allclose tolerances; None: bitwise
+    # For scatter_add_rows run by an implementation that adds in no fixed order (atomics).
+    unordered_tol: Optional[Callable[[str], dict]] = None
+
+
+def exact(dtype):
+    return None
+
+
+def elementwise(dtype):
+    return TOL[dtype]
+
+
+def matmul_tol(n):
+    return lambda dtype: dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * max(n, 1))
+
+
+def sum_tol(n):
+    # NumPy's float32 pairwise sum rounds at every level; backends may accumulate in double.
+    return lambda dtype: dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * max(n, 1))
+
+
+def axpby_tol(a, b, alpha, beta):
+    """Two ulps of the larger term: a fused multiply-add rounds once less than NumPy, which
+    shows where the two terms cancel."""
+    scale = np.max(np.abs(alpha * a) + np.abs(beta * b), initial=0.0)
+    return lambda dtype: {"rtol": 2 * EPS[dtype], "atol": 2 * EPS[dtype] * scale}
+
+
+def scatter_add_tol(a, init, indices):
+    """The rounding of as many additions as the most repeated index gets, each up to the
+    largest partial sum in size: atomic additions come in no fixed order."""
+    repeats = np.bincount(indices.astype(np.int64)).max(initial=0)
+    scale = np.abs(init).max(initial=0) + repeats * np.abs(a).max(initial=0)
+    return lambda dtype: {"rtol": 0, "atol": 2 * EPS[dtype] * repeats * scale}
+
+
+# ---- elementwise families ---------------------------------------------------------------
+SIZES = (0, 1, 3, 4, 5, 7, 255, 256, 257, 1001, 1027)
+# Operators whose result is exact on every backend (no rounding): compared bitwise.
+EXACT_OPS = {"neg", "abs", "sign", "relu", "maximum", "eq", "ge"}
+# Inputs where each operator is well defined (primitive_calls.operand kinds); others: "normal".
+UNARY_DOMAIN = {"sign": "ties", "relu": "ties", "log": "positive", "sqrt": "positive",
+                "rsqrt": "positive", "sin": "wide", "cos": "wide", "sigmoid": "wide"}
+BINARY_DOMAIN = {"div": ("normal", "nonzero"), "power": ("positive", "normal"),
+                 "maximum": ("ties", "ties"), "eq": ("ties", "ties"), "ge": ("ties", "ties")}
+SCALAR_VALUES = {  # op: (kind of a, values)
+    "add": ("normal", [0.0, -1.5, 3]),
+    "sub": ("normal", [0.0, 2.25, -7]),
+    "rsub": ("normal", [0.0, 2.25, -7]),
+    "mul": ("normal", [0.0, 0.1, -3]),
+    "div": ("normal", [0.1, -3, 7.0]),
+    "rdiv": ("nonzero", [0.0, 1, -2.5]),
+    "power": ("positive", [0, 1, 2, 3, 0.5, -1.5, 0.1]),
+    "maximum": ("ties", [0.0, 1, -0.5]),
+    "eq": ("ties", [0.0, 1, 0.5]),
+    "ge": ("ties", [0.0, 1, -0.5]),
+}
+SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e30, -1e30, 2.0])
+# Special values are left out where backends may rightly differ: sin and cos of 1e30 (argument
+# reduction differs between NumPy's float32 loops and libm), and power, where Metal's pow
+# and NumPy's part ways on infinite exponents of negative bases (the negative-base case
+# below covers what NDArray needs).
+NO_SPECIAL = {"sin", "cos"}
+NEGATIVE_BASES = np.array([-2.0, -1.5, -0.5, -3.0, 0.0, -0.0, 2.0])
+# float32 sin/cos of |x| ~ 150 differ in the last bits between libm and CUDA's libdevice.
+UNARY_TOL = {"sin": {"float32": dict(rtol=1e-5, atol=1e-5)},
+             "cos": {"float32": dict(rtol=1e-5, atol=1e-5)}}
+
+
+def _op(prim) -> str:
+    return prim.name.split("_", 1)[1]
+
+
+def _op_tol(op):
+    if op in EXACT_OPS:
+        return exact
+    return lambda dtype: UNARY_TOL.get(op, {}).get(dtype, TOL[dtype])
+
+
+def _unary(prim, backend, rng):
+    op, tol = _op(prim), _op_tol(_op(prim))
+    for size in backend.sizes:
+        x = operand(rng, UNARY_DOMAIN.get(op, "normal"), size)
+        yield Case(f"size {size}", (x, Out(size)), tol)
+    if op not in NO_SPECIAL:
+        yield Case("NaN, inf, signed zeros", (SPECIAL, Out(SPECIAL.size)), tol)
+
+
+def _binary(prim, backend, rng):
+    op, tol = _op(prim), _op_tol(_op(prim))
+    ka, kb = BINARY_DOMAIN.get(op, ("normal", "normal"))
+    for size in backend.sizes:
+        a, b = operand(rng, ka, size), operand(rng, kb, size)
+        yield Case(f"size {size}", (a, b, Out(size)), tol)
+    if op not in NO_SPECIAL:
+        a, b = (np.array(p) for p in zip(*itertools.product(SPECIAL, repeat=2)))
+        yield Case("NaN, inf, signed zeros", (a, b, Out(a.size)), tol)
+    if op == "power":
+        for exponent in (2, 3, 0, -1, -2, 0.5, 7):
+            b = np.full(NEGATIVE_BASES.size, exponent)
+            yield Case(f"negative bases ** {exponent}", (NEGATIVE_BASES, b, Out(b.size)), tol)
+
+
+def _scalar(prim, backend, rng):
+    op, tol = _op(prim), _op_tol(_op(prim))
+    kind, values = SCALAR_VALUES.get(op, ("normal", [0.0, -1.5, 3]))
+    for size in backend.sizes:
+        a = operand(rng, kind, size)
+        for val in values:
+            yield Case(f"size {size}, val {val}", (a, val, Out(size)), tol)
+    if op not in NO_SPECIAL:
+        for val in (np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0):
+            yield Case(f"NaN, inf, signed zeros, val {val}", (SPECIAL, val, Out(SPECIAL.size)),
+                       tol)
+    if op == "power":
+        for exponent in (2, 3, 0, -1, -2, 0.5, 7):
+            yield Case(f"negative bases ** {exponent}",
+                       (NEGATIVE_BASES, exponent, Out(NEGATIVE_BASES.size)), tol)
+    # The scalar is rounded to the array's dtype first: 0.1 is float32(0.1) against a float32
+    # array (eq finds it), 1e39 is inf.
+    a = np.array([0.1, 0.2, 1.5, -3.0])
+    for val in (0.1, 1e39):
+        yield Case(f"val {val} rounded to the dtype", (a, val, Out(a.size)), tol)
+
+
+FAMILIES = {"unary": _unary, "binary": _binary, "scalar": _scalar}
+
+
+# ---- optional elementwise primitives ------------------------------------------------------
+# (alpha, beta): the optimizers' update (1, -lr) and others, all distinct, so an
+# implementation that swapped the scalars or read one operand twice fails.
+AXPBY = [(1.0, -0.01), (0.9, 0.1), (-1.5, 2.25), (0.0, 3.0), (2.0, 0.0)]
+
+
+def _axpby(prim, backend, rng):
+    for size in (0,) + backend.sizes:
+        a, b = operand(rng, "normal", size), operand(rng, "normal", size)
+        for alpha, beta in AXPBY:
+            yield Case(f"size {size}, alpha {alpha}, beta {beta}",
+                       (a, b, alpha, beta, Out(size)), axpby_tol(a, b, alpha, beta))
+    # 1e-46 is 0 in float32: 1e-46 * 1e38 is then 0, not the 1e-8 of a product in double.
+    big, small = np.array([1e38, -3e38, 2.0]), np.array([1e-9, -2e-9, 0.5])
+    rounding = lambda dtype: dict(rtol=4 * EPS[dtype], atol=0)  # noqa: E731
+    yield Case("alpha rounded to the dtype", (big, small, 1e-46, 1.0, Out(3)), rounding)
+    yield Case("beta rounded to the dtype", (small, big, 1.0, 1e-46, Out(3)), rounding)
+
+
+# The ops NDArray sends to ewise_broadcast_binary (ndarray._VECTOR_OPS).
+VECTOR_OPS = tuple(ndarray._VECTOR_OPS.values())
+
+
+def _broadcast_binary(prim, backend, rng):
+    shapes = [(1, 1), (3, 7), (5, 33), (20, 257)] + ([(300, 257)] if backend.fast else [])
+    for op in VECTOR_OPS:
+        kind = "ties" if op in ("maximum", "eq", "ge") else "nonzero" if op == "div" else "normal"
+        for (outer, inner), per_column, vector_first in itertools.product(
+                shapes, (True, False), (False, True)):
+            full = operand(rng, kind, outer * inner)
+            vector = operand(rng, kind, inner if per_column else outer)
+            yield Case(f"{op} {outer}x{inner} per_column={per_column} "
+                       f"vector_first={vector_first}",
+                       (op, full, vector, Out(outer * inner), outer, inner, per_column,
+                        vector_first), _op_tol(op))
+
+
+def _reference_broadcast_binary(backend):
+    def broadcast_binary(op, full, vector, out, outer, inner, per_column, vector_first):
+        f = full.array.reshape(outer, inner)
+        v = vector.array.reshape((1, inner) if per_column else (outer, 1))
+        reference = primitives.BINARY[op]
+        out.array[:] = (reference(v, f) if vector_first else reference(f, v)).reshape(-1)
+
+    return broadcast_binary
+
+
+# ---- memory and layout --------------------------------------------------------------------
+def _numpy_view(size, make):
+    base = np.zeros(size)
+    return view_of(base, make(base))
+
+
+# label: (storage size, shape, strides, offset). Views from NumPy slicing, and ones it cannot
+# produce (overlapping windows, mixed 0-strides), 0-d, empty, up to 10 axes, and views larger
+# than a threadgroup of 256 threads.
+VIEWS = {
+    "contiguous": _numpy_view(24, lambda x: x.reshape(2, 3, 4)),
+    "strided": _numpy_view(60, lambda x: x.reshape(6, 10)[::2, 1::3]),
+    "negative strides": _numpy_view(60, lambda x: x.reshape(6, 10)[::-1, ::-2]),
+    "offset": _numpy_view(30, lambda x: x[7:19].reshape(3, 4)),
+    "transposed": _numpy_view(24, lambda x: x.reshape(2, 3, 4).transpose(2, 0, 1)),
+    "broadcast rows": _numpy_view(4, lambda x: np.broadcast_to(x, (3, 4))),
+    "broadcast columns": _numpy_view(3, lambda x: np.broadcast_to(x[:, None], (3, 5))),
+    "broadcast, 300 of one": (3, (300,), (0,), 1),
+    "7-d, no two axes mergeable": _numpy_view(
+        432, lambda x: x.reshape(2, 3, 2, 3, 2, 3, 2).transpose(6, 5, 4, 3, 2, 1, 0)[:, ::-1]),
+    "10-d with size-1 axes": (40, (2, 1, 3, 1, 2, 1, 2, 1, 1, 1), (20, 9, 6, 4, 3, 2, 1, 7, 5, 3),
+                              0),
+    "0-d": (9, (), (), 4),
+    "empty": (4, (0, 3), (3, 1), 0),
+    "one element, size-1 axes": (5, (1, 1), (5, 7), 2),
+    "overlapping windows": (5, (3, 3), (1, 1), 0),
+    "overlapping, 3-d": (10, (2, 3, 2), (2, 2, 1), 1),
+    "mixed zero strides": (7, (2, 2, 2), (3, 0, 1), 0),
+    "overlapping, negative": (11, (2, 2, 3), (2, 2, -1), 6),
+    "size-1 axes with any stride": (4, (1, 4, 1), (5, 1, 7), 0),
+    "transposed, past a threadgroup": (600, (20, 30), (1, 20), 0),
+    "3-d, past a threadgroup": (1000, (7, 11, 13), (130, 1, 10), 5),
+    "negative, past a threadgroup": (1001, (7, 11, 13), (-143, 13, 1), 858),
+}
+
+
+def _views(writes=False):
+    for label, (size, shape, strides, offset) in VIEWS.items():
+        if not writes or writes_each_element_once(shape, strides, offset):
+            yield label, size, shape, strides, offset
+
+
+def _to_numpy(prim, backend, rng):
+    for label, size, shape, strides, offset in _views():
+        yield Case(label, (np.arange(size) + 1.0, shape, strides, offset), exact)
+
+
+def _from_numpy(prim, backend, rng):
+    for size in (0, 1, 1001):
+        yield Case(f"size {size}", (rng.standard_normal(size), Out(size)), exact)
+    x = rng.standard_normal((6, 4))
+    for label, src in [("transposed", x.T), ("strided", x[::2]), ("reversed", x[:, ::-1]),
+                       ("Fortran order", np.asfortranarray(x))]:
+        yield Case(f"a {label} array", (src, Out(src.size)), exact)
+
+
+def _fill(prim, backend, rng):
+    for size, val in itertools.product((0, 1, 7, 255, 256, 257, 1001), (0.0, -2.5, 3, 1e30)):
+        yield Case(f"size {size}, val {val}", (Out(size), val), exact)
+
+
+def _compact(prim, backend, rng):
+    for label, size, shape, strides, offset in _views():
+        n = int(np.prod(shape))
+        yield Case(label, (np.arange(size) + 1.0, Out(n), shape, strides, offset), exact)
+
+
+def _ewise_setitem(prim, backend, rng):
+    for label, size, shape, strides, offset in _views(writes=True):
+        src = -np.arange(int(np.prod(shape)), dtype=float)
+        yield Case(label, (src, Out(size, np.arange(size) + 1.0), shape, strides, offset),
+                   exact)
+
+
+def _scalar_setitem(prim, backend, rng):
+    for label, size, shape, strides, offset in _views():
+        n = int(np.prod(shape))
+        yield Case(label, (n, -4.0, Out(size, np.arange(size) + 1.0), shape, strides, offset),
+                   exact)
+
+
+# ---- linear algebra -----------------------------------------------------------------------
+# Each side of every tile edge: 8 (tiles, SIMD-group matrices), 16 (k steps), 64 (Metal's and
+# CUDA's float64 tiles), 128 (CUDA's float32 tile); products of small odd sizes; mixed shapes.
+EDGE_DIMS = (1, 3, 7, 8, 9, 15, 16, 17, 33, 63, 64, 65, 127, 129, 130)
+MATMUL_SHAPES = sorted(
+    set(itertools.product((1, 7, 17, 65), repeat=3))
+    | {(d, d, d) for d in EDGE_DIMS}
+    | {(7, 130, 9), (130, 7, 64), (64, 9, 130), (33, 16, 63), (8, 15, 1), (1, 130, 65),
+       (129, 3, 9), (3, 129, 65)}
+)
+LARGE_MATMUL = (130, 257, 131)  # two row tiles of 128, 33 k-slices of 8, ragged columns
+
+
+def _matmul(prim, backend, rng):
+    for m, n, p in MATMUL_SHAPES + ([LARGE_MATMUL] if backend.fast else []):
+        yield Case(f"{m}x{n} @ {n}x{p}", (rng.standard_normal(m * n),
+                                          rng.standard_normal(n * p), Out(m * p), m, n, p),
+                   matmul_tol(n))
+    m, n, p = 5, 6, 7
+    yield Case("operands longer than the matrices",
+               (rng.standard_normal(m * n + 3), rng.standard_normal(n * p + 11), Out(m * p),
+                m, n, p), matmul_tol(n))
+
+
+BATCHED = [(1, 1, 1, 1), (1, 7, 33, 5), (3, 1, 9, 4), (4, 17, 8, 33), (2, 65, 20, 70),
+           (2, 64, 130, 70), (5, 3, 4, 2)]
+
+
+def _batched_matmul(prim, backend, rng):
+    for batch, m, n, p in BATCHED:
+        yield Case(f"{batch} x {m}x{n} @ {n}x{p}",
+                   (rng.standard_normal(batch * m * n), rng.standard_normal(batch * n * p),
+                    Out(batch * m * p), batch, m, n, p), matmul_tol(n))
+
+
+def _strided_operand(rng, batch, rows, cols, form):
+    """(flat storage, offset, (batch, row, col) strides) of a (batch, rows, cols) view."""
+    pb = 1 if form == "broadcast" else batch
+    if form == "transposed":
+        return rng.standard_normal(pb * rows * cols), 0, (rows * cols, 1, rows)
+    if form == "offset":  # row stride 4k + 1 and an odd offset: unaligned rows
+        width = cols + 1
+        return rng.standard_normal(pb * rows * width + 3), 3, (rows * width, width, 1)
+    if form == "rowbroadcast":
+        return rng.standard_normal(pb * cols), 0, (cols, 0, 1)
+    base = rng.standard_normal(pb * rows * cols)
+    return base, 0, (0 if form == "broadcast" else rows * cols, cols, 1)
+
+
+FORMS = ("rowmajor", "transposed", "broadcast", "offset", "rowbroadcast")
+
+
+def _matmul_strided(prim, backend, rng):
+    shapes = [(2, 17, 9, 33)] + ([(2, 67, 36, 132)] if backend.fast else [])
+    for (batch, m, n, p), a_form, b_form in itertools.product(shapes, FORMS, FORMS):
+        a, a_off, a_str = _strided_operand(rng, batch, m, n, a_form)
+        b, b_off, b_str = _strided_operand(rng, batch, n, p, b_form)
+        yield Case(f"{batch} x {m}x{n} {a_form} @ {n}x{p} {b_form}",
+                   (a, b, Out(batch * m * p), batch, m, n, p, a_off, a_str, b_off, b_str),
+                   matmul_tol(n))
+
+
+def _matmul_tiled(prim, backend, rng):
+    t = primitives.tile_size(backend.mod)
+    for m, n, p in [(1, 1, 1), (2, 1, 3), (1, 5, 2), (4, 8, 6), (9, 8, 10)]:
+        m, n, p = m * t, n * t, p * t
+        yield Case(f"{m}x{n} @ {n}x{p} in {t}x{t} tiles",
+                   (rng.standard_normal(m * n), rng.standard_normal(n * p), Out(m * p), m, n, p),
+                   matmul_tol(n))
+
+
+def _reference_matmul_tiled(backend):
+    t = primitives.tile_size(backend.mod)
+
+    def rows(x, r, c):  # tile-major (r/t, c/t, t, t) -> row-major (r, c)
+        return x[: r * c].reshape(r // t, c // t, t, t).transpose(0, 2, 1, 3).reshape(r, c)
+
+    def matmul_tiled(a, b, out, m, n, p):
+        product = rows(a.array, m, n) @ rows(b.array, n, p)
+        out.array[:] = product.reshape(m // t, t, p // t, t).transpose(0, 2, 1, 3).reshape(-1)
+
+    return matmul_tiled
+
+
+# ---- reductions ---------------------------------------------------------------------------
+# Rows on each side of the backends' thresholds: 16 (CUDA: a thread per row), 64 (Metal: a
+# thread per row), 256 (a threadgroup), 1024 (CUDA: a warp per row); 300 rows of few
+# elements; few rows of many (a block per row, cut into chunks).
+REDUCE_SIZES = (1, 2, 7, 8, 9, 16, 17, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 1024, 1025,
+                4097)
+REDUCE_SHAPES = (list(itertools.product((0, 1, 5), REDUCE_SIZES))
+                 + [(300, 1), (300, 7), (300, 64), (40, 1100), (1, 9000), (2, 50001)])
+NAN_INF_ROWS = np.array([1.0, np.nan, 3.0, np.nan, -np.inf, 2.0, -np.inf, -np.inf, np.inf, 5.0,
+                         0.0, 1.0])
+
+
+def _reduce_last(prim, backend, rng):
+    tol = exact if prim.name.startswith("reduce_max") else None
+    for outer, size in REDUCE_SHAPES:
+        a = rng.standard_normal(outer * size) + 0.5
+        yield Case(f"{outer} rows of {size}", (a, Out(outer), size), tol or sum_tol(size))
+    for size in (3, 100):  # NaN, inf and -inf in every combination, short and long rows
+        a = np.tile(NAN_INF_ROWS, size // 3 + 1)[: 4 * size]
+        yield Case(f"NaN, inf, 4 rows of {size}", (a, Out(4), size), tol or elementwise)
+    long = np.full(3000, -1.0)
+    long[1717] = np.nan
+    yield Case("one NaN in a long row", (long, Out(1), 3000), tol or elementwise)
+
+
+# (outer, reduce_size, inner): inner 1 (rows), 2 and 3 (several rows of the reduced axis per
+# warp), 32 and 33 (a tile edge), past a threadgroup and past a 4096-column chunk.
+AXIS_SHAPES = [(0, 3, 4), (1, 5, 3), (4, 1, 7), (2, 7, 1), (1, 300, 1), (3, 5, 2), (5, 2, 300),
+               (3, 100, 257), (1, 5000, 3), (4, 100, 32), (2, 9, 33), (1, 300, 70),
+               (2, 3, 4097)]
+
+
+def _reduce_axis(prim, backend, rng):
+    tol = exact if prim.name.startswith("reduce_max") else None
+    for outer, size, inner in AXIS_SHAPES:
+        a = rng.standard_normal(outer * size * inner) + 0.5
+        yield Case(f"({outer}, {size}, {inner})", (a, Out(outer * inner), outer, size, inner),
+                   tol or sum_tol(size))
+    for inner in (1, 5, 40):
+        a = rng.standard_normal(3 * 7 * inner)
+        a[rng.integers(0, a.size, 4)] = np.nan
+        a[rng.integers(0, a.size, 3)] = np.inf
+        a[rng.integers(0, a.size, 3)] = -np.inf
+        yield Case(f"NaN, inf, (3, 7, {inner})", (a, Out(3 * inner), 3, 7, inner),
+                   tol or elementwise)
+
+
+# ---- rows by index ------------------------------------------------------------------------
+# (table rows, n indices, row_size, how the indices are drawn): row_size 1, odd sizes (3, 7,
+# 257: a row is no whole number of vectors), embedding-like rows (100, 130), out's rows on
+# both sides of a threadgroup; "same" sends every index to one row, "distinct" is a
+# permutation, "random" repeats some.
+ROWS_CASES = [
+    (5, 0, 3, "random"), (5, 1, 3, "random"), (1, 1, 1, "random"), (9, 40, 1, "random"),
+    (300, 40, 1, "random"), (12, 12, 7, "distinct"), (50, 300, 7, "random"),
+    (6, 33, 257, "same"), (40, 64, 100, "random"), (50, 400, 100, "random"),
+    (60, 200, 130, "random"), (3, 500, 130, "same"),
+]
+LARGE_ROWS = (1000, 600, 130, "random")  # 78,000 elements: several turns of a grid-stride loop
+FIRST_N = np.array([6, 0, 6, 2, 1, 3, 5], dtype=float)  # only the first 4 are used
+
+
+def _rows_cases(backend):
+    return ROWS_CASES + ([LARGE_ROWS] if backend.fast else [])
+
+
+def _gather_rows(prim, backend, rng):
+    for rows, n, row_size, kind in _rows_cases(backend):
+        table, indices = rng.standard_normal(rows * row_size), row_indices(rng, rows, n, kind)
+        yield Case(f"{n} of {rows} rows of {row_size}, {kind}",
+                   (table, indices, Out(n * row_size), n, row_size), exact)
+    # indices longer than n, a table ending in a partial row: only the first n count
+    yield Case("the first n indices, whole rows",
+               (rng.standard_normal(7 * 5 + 3), FIRST_N, Out(4 * 5), 4, 5), exact)
+    # Index 69,999 and its neighbours: an index that went through too few bits, or a row
+    # offset computed in float, lands elsewhere.
+    rows, n = 70_000, 300
+    far = np.concatenate([[rows - 1, rows - 2, 65_537, 0], rng.integers(0, rows, n - 4)])
+    yield Case("far rows", (rng.standard_normal(rows), far, Out(n), n, 1), exact)
+
+
+def _scatter_add_rows(prim, backend, rng):
+    def case(label, a, indices, init, n, row_size):
+        return Case(label, (a, indices, Out(init.size, init), n, row_size), exact,
+                    scatter_add_tol(a, init, indices[:n]))
+
+    for rows, n, row_size, kind in _rows_cases(backend):
+        a, indices = rng.standard_normal(n * row_size), row_indices(rng, rows, n, kind)
+        # Adds onto what out holds (random, not zeros); repeated indices add up.
+        yield case(f"{n} into {rows} rows of {row_size}, {kind}", a, indices,
+                   rng.standard_normal(rows * row_size), n, row_size)
+    yield case("the first n indices and rows, whole rows", rng.standard_normal(6 * 5),
+               FIRST_N, rng.standard_normal(7 * 5 + 2), 4, 5)
+    rows, n = 70_000, 300
+    far = np.concatenate([[rows - 1, rows - 2, 65_537, 0], rng.integers(0, rows, n - 4)])
+    yield case("far rows", rng.standard_normal(n), far, rng.standard_normal(rows), n, 1)
+
+
+def _synchronize(prim, backend, rng):
+    yield Case("returns None", (), exact)
+
+
+# ---- the generators of every row ------------------------------------------------------------
+GENERATORS: Dict[str, Callable] = {
+    "to_numpy": _to_numpy, "from_numpy": _from_numpy, "fill": _fill, "compact": _compact,
+    "ewise_setitem": _ewise_setitem, "scalar_setitem": _scalar_setitem,
+    "ewise_axpby": _axpby, "ewise_broadcast_binary": _broadcast_binary,
+    "matmul": _matmul, "batched_matmul": _batched_matmul, "matmul_strided": _matmul_strided,
+    "matmul_tiled": _matmul_tiled, "reduce_sum": _reduce_last, "reduce_max": _reduce_last,
+    "reduce_sum_axis": _reduce_axis, "reduce_max_axis": _reduce_axis,
+    "gather_rows": _gather_rows, "scatter_add_rows": _scatter_add_rows,
+    "synchronize": _synchronize,
+}
+# References for optional rows the NumPy backend leaves to the table's fallback: written
+# here with NumPy directly, so the fallback is checked against something independent of it.
+INDEPENDENT: Dict[str, Callable] = {
+    "ewise_broadcast_binary": _reference_broadcast_binary,
+    "matmul_tiled": _reference_matmul_tiled,
+}
+
+
+def generator(prim) -> Callable:
+    """The case generator of one row (KeyError for a row without one)."""
+    if prim.reference is not None and prim.group in FAMILIES:
+        return FAMILIES[prim.group]
+    return GENERATORS[prim.name]
+
+
+def cases(prim, backend) -> Iterator[Case]:
+    rng = np.random.default_rng(sum(map(ord, prim.name)))
+    return generator(prim)(prim, backend, rng)
+
+
+def reference(prim, backend) -> Callable:
+    """The definition a backend's `prim` is compared with: the NumPy backend's own
+    primitive, else the independent one above."""
+    own = getattr(nb_np, prim.name, None)
+    return own if own is not None else INDEPENDENT[prim.name](backend)
+
+
+def implementations(mod, prim) -> Iterator[Tuple[str, Callable]]:
+    """What runs `prim` on `mod`: its own function, and for an optional row also the table's
+    fallback over its core primitives (so every fallback runs on every backend)."""
+    own = getattr(mod, prim.name, None)
+    if own is not None:
+        yield "own", own
+    if prim.fallback is not None:
+        yield "fallback", lambda **kwargs: prim.fallback(mod, **kwargs)

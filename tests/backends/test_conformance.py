@@ -1,0 +1,162 @@
+"""Every backend against the primitive table, primitive by primitive.
+
+For each row of ``primitives.TABLE``, each backend of conftest.py and each dtype of the row
+the backend holds, the cases of cases.py run through the backend's own primitive and, for
+an optional row, through the table's fallback over that backend's core primitives; both
+are called by keyword with the table's parameter names and compared with the reference.
+On the NumPy backend this checks the table against itself: its references, and every
+fallback against the NumPy backend's own primitive (or an independent NumPy definition).
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from needle.backend_ndarray import ndarray_backend_numpy as nb_np
+from needle.backend_ndarray import primitives
+from primitive_calls import (Out, call, operand, read, strided_views, to_array,
+                             writes_each_element_once)
+
+from .cases import AXPBY, axpby_tol, cases, implementations, reference
+
+
+def compare(actual, expected, tol, dtype, what):
+    if expected is None:
+        assert actual is None, what
+        return
+    assert actual.dtype == np.dtype(dtype) and actual.shape == expected.shape, what
+    if tol is None:
+        np.testing.assert_array_equal(actual, expected, err_msg=what)
+    else:
+        np.testing.assert_allclose(actual, expected, equal_nan=True, err_msg=what, **tol)
+
+
+# The MSL emulation runs every GPU thread as an OS thread, so the fallbacks, which launch
+# several kernels per row or per operand, run there on the cases of up to this many
+# elements; the core primitives they call get the large cases themselves.
+SLOW_FALLBACK_ELEMENTS = 2048
+
+
+def _elements(case) -> int:
+    return max([np.size(a) for a in case.args if isinstance(a, np.ndarray)]
+               + [a.size for a in case.args if isinstance(a, Out)] + [0])
+
+
+def test_primitive(backend, prim, dtype):
+    ref = reference(prim, backend)
+    with np.errstate(all="ignore"):
+        expected = [(case, call(nb_np, prim.name, *case.args, dtype=dtype, impl=ref))
+                    for case in cases(prim, backend)]
+        assert expected, f"no cases for {prim.name}"
+        for label, impl in implementations(backend.mod, prim):
+            ordered = backend.ordered_scatter or label == "fallback"
+            for case, want in expected:
+                if (label == "fallback" and not backend.fast
+                        and _elements(case) > SLOW_FALLBACK_ELEMENTS):
+                    continue
+                tol = case.tol(dtype)
+                if tol is None and case.unordered_tol is not None and not ordered:
+                    tol = case.unordered_tol(dtype)
+                got = call(backend.mod, prim.name, *case.args, dtype=dtype, impl=impl)
+                compare(got, want, tol, dtype,
+                        f"{backend.id} {label} {prim.signature} in {dtype}: {case.label}")
+
+
+# ---- properties beyond one call ---------------------------------------------------------------
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(view=strided_views(), val=st.floats(-1e6, 1e6))
+def test_layout_on_random_views(backend, dtype, view, val):
+    """to_numpy, compact, scalar_setitem and (where no two elements share storage)
+    ewise_setitem on views NumPy draws: slices with steps, integer indices, permutations,
+    broadcasting."""
+    size, shape, strides, offset = view
+    n = math.prod(shape)
+    data, src = np.random.default_rng(size).standard_normal((2, size))
+    args = {"to_numpy": (data, shape, strides, offset),
+            "compact": (data, Out(n), shape, strides, offset),
+            "scalar_setitem": (n, val, Out(size, data), shape, strides, offset)}
+    if writes_each_element_once(shape, strides, offset):
+        args["ewise_setitem"] = (src[:n], Out(size, data), shape, strides, offset)
+    for name, arg in args.items():
+        compare(call(backend.mod, name, *arg, dtype=dtype), call(nb_np, name, *arg, dtype=dtype),
+                None, dtype, f"{name} of {view}")
+
+
+def test_array(backend, dtype):
+    for size in (0, 1, 5, 1000):
+        arr = backend.mod.Array(size, dtype)
+        assert arr.size == size and arr.dtype == dtype and arr.ptr() != 0
+    assert backend.mod.Array(3).dtype == "float32"
+
+
+def test_to_numpy_returns_an_owned_copy(backend, dtype):
+    mod = backend.mod
+    arr = to_array(mod, np.arange(6.0), dtype)
+    view = mod.to_numpy(arr, (2, 3), (3, 1), 0)
+    mod.fill(arr, -1.0)
+    mod.synchronize()
+    np.testing.assert_array_equal(view, np.arange(6.0).reshape(2, 3))
+    assert view.dtype == np.dtype(dtype) and view.flags.writeable
+    view[0, 0] = 5.0
+    np.testing.assert_array_equal(read(mod, arr), -1.0)
+
+
+def test_ewise_axpby_in_place(backend, dtype):
+    """out may be a or b itself (the optimizers' w = w - lr * grad): every element is read
+    before it is written, and the other operand is left as it was."""
+    rng = np.random.default_rng(0)
+    prim = primitives.TABLE["ewise_axpby"]
+    for label, impl in implementations(backend.mod, prim):
+        for i, (size, target) in enumerate(itertools.product((0,) + backend.sizes, "ab")):
+            alpha, beta = AXPBY[i % len(AXPBY)]
+            a, b = operand(rng, "normal", size), operand(rng, "normal", size)
+            want = {"a": a.astype(dtype), "b": b.astype(dtype)}
+            want[target] = (np.asarray(alpha, dtype) * want["a"]
+                            + np.asarray(beta, dtype) * want["b"])
+            arrays = {"a": to_array(backend.mod, a, dtype), "b": to_array(backend.mod, b, dtype)}
+            impl(**arrays, alpha=alpha, beta=beta, out=arrays[target])
+            what = f"{backend.id} {label} ewise_axpby into {target}, size {size}"
+            for name, arr in arrays.items():
+                compare(read(backend.mod, arr), want[name],
+                        axpby_tol(a, b, alpha, beta)(dtype) if name == target else None,
+                        dtype, what)
+
+
+def test_scatter_add_rows_leaves_other_rows_as_they_were(backend, dtype):
+    """Rows nobody indexes keep their bits, -0.0 and NaN included, as do spare elements
+    past the last whole row."""
+    rng = np.random.default_rng(1)
+    indices = np.array([6, 0, 6, 2, 1, 3, 5], dtype=float)  # only the first 4 are used
+    init = rng.standard_normal(7 * 5 + 2)
+    init[5:10] = -0.0  # row 1: not among the first 4 indices
+    init[15] = np.nan  # row 3: neither
+    untouched = np.r_[5:10, 15:30, 35:init.size]  # rows 1, 3, 4, 5 and the spare elements
+    prim = primitives.TABLE["scatter_add_rows"]
+    for label, impl in implementations(backend.mod, prim):
+        got = call(backend.mod, prim.name, rng.standard_normal(6 * 5), indices,
+                   Out(init.size, init), 4, 5, dtype=dtype, impl=impl)
+        np.testing.assert_array_equal(got[untouched], init[untouched].astype(dtype), label)
+        np.testing.assert_array_equal(np.signbit(got[untouched]), np.signbit(init[untouched]),
+                                      label)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_kernels_queue_in_order(backend, layout):
+    """Primitives that read what earlier ones wrote (in place, an asynchronous backend's
+    queue) see those writes: out = ((a + 1) * (a + 1)) written over its own input."""
+    mod = backend.mod
+    a = to_array(mod, np.arange(12.0), "float32")
+    out = mod.Array(12, "float32")
+    mod.scalar_add(a, 1.0, out)
+    mod.ewise_mul(out, out, out)
+    if layout == "strided":
+        mod.compact(out, a, (4, 3), (1, 4), 0)
+        expected = ((np.arange(12.0) + 1) ** 2).reshape(3, 4).T.reshape(-1)
+        np.testing.assert_array_equal(read(mod, a), expected)
+    else:
+        np.testing.assert_array_equal(read(mod, out), (np.arange(12.0) + 1) ** 2)
