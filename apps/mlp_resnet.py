@@ -18,15 +18,26 @@ def epoch(dataloader, model, opt=None):
     return 1.0 - accuracy, loss
 
 
-def train_mnist(batch_size=100, epochs=10, optimizer=ndl.optim.Adam, lr=0.001, weight_decay=0.001,
-                hidden_dim=100, data_dir="data"):
+def train_mnist(
+    batch_size=100,
+    epochs=10,
+    optimizer=ndl.optim.Adam,
+    lr=0.001,
+    weight_decay=0.001,
+    hidden_dim=100,
+    data_dir="data",
+):
     """Train an MLPResNet on MNIST files in `data_dir`; returns
     (train error, train loss, test error, test loss) of the last epoch."""
     np.random.seed(4)
-    train_set = ndl.data.MNISTDataset(os.path.join(data_dir, "train-images-idx3-ubyte.gz"),
-                                      os.path.join(data_dir, "train-labels-idx1-ubyte.gz"))
-    test_set = ndl.data.MNISTDataset(os.path.join(data_dir, "t10k-images-idx3-ubyte.gz"),
-                                     os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz"))
+    train_set = ndl.data.MNISTDataset(
+        os.path.join(data_dir, "train-images-idx3-ubyte.gz"),
+        os.path.join(data_dir, "train-labels-idx1-ubyte.gz"),
+    )
+    test_set = ndl.data.MNISTDataset(
+        os.path.join(data_dir, "t10k-images-idx3-ubyte.gz"),
+        os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz"),
+    )
     train_loader = ndl.data.DataLoader(train_set, batch_size, shuffle=True)
     test_loader = ndl.data.DataLoader(test_set, batch_size)
     model = MLPResNet(784, hidden_dim)

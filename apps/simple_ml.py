@@ -19,8 +19,8 @@ def nn_epoch(X, y, W1, W2, lr=0.1, batch=100):
     """One SGD epoch of logits = ReLU(X W1) W2 over minibatches; returns the updated (W1, W2)."""
     num_classes = W2.shape[1]
     for start in range(0, X.shape[0], batch):
-        x = ndl.Tensor(X[start:start + batch], device=W1.device, requires_grad=False)
-        labels = y[start:start + batch]
+        x = ndl.Tensor(X[start : start + batch], device=W1.device, requires_grad=False)
+        labels = y[start : start + batch]
         y_one_hot = ndl.init.one_hot(num_classes, labels, device=W1.device)
         loss = softmax_loss(ndl.relu(x @ W1) @ W2, y_one_hot)
         loss.backward()
@@ -46,8 +46,15 @@ def epoch_general_cifar10(dataloader, model, loss_fn=nn.SoftmaxLoss, opt=None):
     return Trainer(model, loss_fn(), opt).run_epoch(opt is not None, dataloader)
 
 
-def train_cifar10(model, dataloader, n_epochs=1, optimizer=ndl.optim.Adam, lr=0.001,
-                  weight_decay=0.001, loss_fn=nn.SoftmaxLoss):
+def train_cifar10(
+    model,
+    dataloader,
+    n_epochs=1,
+    optimizer=ndl.optim.Adam,
+    lr=0.001,
+    weight_decay=0.001,
+    loss_fn=nn.SoftmaxLoss,
+):
     """Train for n_epochs; returns (accuracy, loss) of the last epoch."""
     np.random.seed(4)
     opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -63,22 +70,43 @@ def evaluate_cifar10(model, dataloader, loss_fn=nn.SoftmaxLoss):
 
 
 # ---- Penn Treebank ------------------------------------------------------------------------------
-def epoch_general_ptb(data, model, seq_len=40, loss_fn=nn.SoftmaxLoss, opt=None, clip=None,
-                      device=None, dtype="float32"):
+def epoch_general_ptb(
+    data,
+    model,
+    seq_len=40,
+    loss_fn=nn.SoftmaxLoss,
+    opt=None,
+    clip=None,
+    device=None,
+    dtype="float32",
+):
     """One pass of truncated BPTT over batchify'd `data`; returns (accuracy, mean loss)."""
     np.random.seed(4)
     return Trainer(model, loss_fn(), opt, clip=clip).run_epoch(
-        opt is not None, SequenceBatches(data, seq_len, device=device, dtype=dtype))
+        opt is not None, SequenceBatches(data, seq_len, device=device, dtype=dtype)
+    )
 
 
-def train_ptb(model, data, seq_len=40, n_epochs=1, optimizer=ndl.optim.SGD, lr=4.0,
-              weight_decay=0.0, loss_fn=nn.SoftmaxLoss, clip=None, device=None, dtype="float32"):
+def train_ptb(
+    model,
+    data,
+    seq_len=40,
+    n_epochs=1,
+    optimizer=ndl.optim.SGD,
+    lr=4.0,
+    weight_decay=0.0,
+    loss_fn=nn.SoftmaxLoss,
+    clip=None,
+    device=None,
+    dtype="float32",
+):
     """Train for n_epochs; returns (accuracy, loss) of the last epoch."""
     np.random.seed(4)
     opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(n_epochs):
-        avg_acc, avg_loss = epoch_general_ptb(data, model, seq_len, loss_fn, opt, clip, device,
-                                              dtype)
+        avg_acc, avg_loss = epoch_general_ptb(
+            data, model, seq_len, loss_fn, opt, clip, device, dtype
+        )
     return avg_acc, avg_loss
 
 

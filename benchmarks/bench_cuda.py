@@ -33,8 +33,11 @@ def no_gpu():
         return None
     from needle.backend_ndarray import ndarray
 
-    why = "the CUDA backend is not built" if ndarray.ndarray_backend_cuda is None \
+    why = (
+        "the CUDA backend is not built"
+        if ndarray.ndarray_backend_cuda is None
         else "no NVIDIA GPU is visible (the CUDA backend is built)"
+    )
     return f"bench_cuda: needs an NVIDIA GPU: {why}; nothing to measure here."
 
 
@@ -44,22 +47,36 @@ def configure(args):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    mlps = [TrainSpec("mlp", (("sizes", (784, 512, 512, 10)), ("batch", int(b))))
-            for b in args.batches.split(",") if b]
-    return [matmul_workload(sizes, [], repeats=10, warmup=2, min_time=0.1),
-            train_workload(mlps, repeats=10, warmup=5, min_time=0.1)], \
-        [harness.needle_backend("cuda"), harness.torch_backend("cuda")]
+    mlps = [
+        TrainSpec("mlp", (("sizes", (784, 512, 512, 10)), ("batch", int(b))))
+        for b in args.batches.split(",")
+        if b
+    ]
+    return [
+        matmul_workload(sizes, [], repeats=10, warmup=2, min_time=0.1),
+        train_workload(mlps, repeats=10, warmup=5, min_time=0.1),
+    ], [harness.needle_backend("cuda"), harness.torch_backend("cuda")]
 
 
 def describe_gpu(args, results):
     info = ndl.cuda().mod.device_info()
     version = lambda v: f"{v // 1000}.{v % 1000 // 10}"  # noqa: E731
-    print(f"GPU: {info['name']} ({info['sm_count']} SMs, compute capability "
-          f"{info['compute_capability'][0]}.{info['compute_capability'][1]}); driver CUDA "
-          f"{version(info['driver_version'])}, needle built with CUDA runtime "
-          f"{version(info['runtime_version'])}")
+    print(
+        f"GPU: {info['name']} ({info['sm_count']} SMs, compute capability "
+        f"{info['compute_capability'][0]}.{info['compute_capability'][1]}); driver CUDA "
+        f"{version(info['driver_version'])}, needle built with CUDA runtime "
+        f"{version(info['runtime_version'])}"
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(harness.script_main(__doc__, configure, ratios=[("needle cuda", "torch cuda")],
-                                 arguments=arguments, skip=no_gpu, after=describe_gpu))
+    sys.exit(
+        harness.script_main(
+            __doc__,
+            configure,
+            ratios=[("needle cuda", "torch cuda")],
+            arguments=arguments,
+            skip=no_gpu,
+            after=describe_gpu,
+        )
+    )

@@ -36,10 +36,19 @@ def with_raw_primitive(case: harness.Case) -> harness.Case:
 def configure(args):
     workload = matmul_workload(SIZES, RECTANGULAR, repeats=5, warmup=2, min_time=0.2)
     workload.cases = [with_raw_primitive(case) for case in workload.cases]
-    return [workload], [harness.numpy_backend(), harness.torch_backend("cpu"),
-                        harness.needle_backend("cpu"), harness.needle_backend("cpu", "needle raw")]
+    return [workload], [
+        harness.numpy_backend(),
+        harness.torch_backend("cpu"),
+        harness.needle_backend("cpu"),
+        harness.needle_backend("cpu", "needle raw"),
+    ]
 
 
 if __name__ == "__main__":
-    sys.exit(harness.script_main(__doc__, configure, ratios=[
-        ("needle cpu", "numpy"), ("needle cpu", "torch cpu"), ("needle raw", "numpy")]))
+    sys.exit(
+        harness.script_main(
+            __doc__,
+            configure,
+            ratios=[("needle cpu", "numpy"), ("needle cpu", "torch cpu"), ("needle raw", "numpy")],
+        )
+    )

@@ -32,15 +32,22 @@ def kernel(op: str):
         if backend.library == "needle":
             mod, a, b = backend.handle.mod, x._handle, y._handle
             out = mod.Array(size)
-            return {"add": lambda: mod.ewise_add(a, b, out),
-                    "mul": lambda: mod.ewise_mul(a, b, out), "exp": lambda: mod.ewise_exp(a, out),
-                    "sum0": lambda: mod.reduce_sum_axis(a, out, 1, SIDE, SIDE),
-                    "sum1": lambda: mod.reduce_sum(a, out, SIDE)}[op]
+            return {
+                "add": lambda: mod.ewise_add(a, b, out),
+                "mul": lambda: mod.ewise_mul(a, b, out),
+                "exp": lambda: mod.ewise_exp(a, out),
+                "sum0": lambda: mod.reduce_sum_axis(a, out, 1, SIDE, SIDE),
+                "sum1": lambda: mod.reduce_sum(a, out, SIDE),
+            }[op]
         lib = np if backend.library == "numpy" else harness.import_torch()
         out = lib.empty(size, dtype=lib.float32)
-        return {"add": lambda: lib.add(x, y, out=out), "mul": lambda: lib.multiply(x, y, out=out),
-                "exp": lambda: lib.exp(x, out=out), "sum0": lambda: lib.sum(x, 0, out=out),
-                "sum1": lambda: lib.sum(x, 1, out=out)}[op]
+        return {
+            "add": lambda: lib.add(x, y, out=out),
+            "mul": lambda: lib.multiply(x, y, out=out),
+            "exp": lambda: lib.exp(x, out=out),
+            "sum0": lambda: lib.sum(x, 0, out=out),
+            "sum1": lambda: lib.sum(x, 1, out=out),
+        }[op]
 
     return build
 
@@ -49,13 +56,23 @@ def configure(args):
     timing = dict(repeats=5, warmup=2, min_time=0.2)
     public = elementwise_workload(N, SIDE, **timing)
     kernels = harness.Workload(
-        "kernels", "Kernels alone, preallocated output (float32)", "GB/s", "",
+        "kernels",
+        "Kernels alone, preallocated output (float32)",
+        "GB/s",
+        "",
         [dataclasses.replace(case, build=kernel(op)) for case, op in zip(public.cases, OPS)],
-        **timing)
-    return [public, kernels], [harness.numpy_backend(), harness.torch_backend("cpu"),
-                               harness.needle_backend("cpu")]
+        **timing,
+    )
+    return [public, kernels], [
+        harness.numpy_backend(),
+        harness.torch_backend("cpu"),
+        harness.needle_backend("cpu"),
+    ]
 
 
 if __name__ == "__main__":
-    sys.exit(harness.script_main(__doc__, configure,
-                                 ratios=[("needle cpu", "numpy"), ("needle cpu", "torch cpu")]))
+    sys.exit(
+        harness.script_main(
+            __doc__, configure, ratios=[("needle cpu", "numpy"), ("needle cpu", "torch cpu")]
+        )
+    )

@@ -14,8 +14,9 @@ from needle.apps.bench.workloads import overhead_workload
 
 
 def configure(args):
-    return [overhead_workload(repeats=7, warmup=2, min_time=0.1)], \
-        harness.discover_backends("needle:cpu,needle:cpu_numpy,torch:cpu")
+    return [overhead_workload(repeats=7, warmup=2, min_time=0.1)], harness.discover_backends(
+        "needle:cpu,needle:cpu_numpy,torch:cpu"
+    )
 
 
 if __name__ == "__main__":

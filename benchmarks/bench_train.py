@@ -24,26 +24,41 @@ PROFILE_STEPS = {"mlp": 100, "resnet9": 3, "lstm-lm": 5}
 
 
 def arguments(parser):
-    parser.add_argument("--models", default="mlp,resnet9,lstm-lm",
-                        help="comma-separated subset of mlp, resnet9, lstm-lm")
-    parser.add_argument("--profile", action="store_true",
-                        help="also break each needle step down (at each thread count)")
+    parser.add_argument(
+        "--models",
+        default="mlp,resnet9,lstm-lm",
+        help="comma-separated subset of mlp, resnet9, lstm-lm",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also break each needle step down (at each thread count)",
+    )
 
 
 def configure(args):
     specs = [s for s in train_specs() if s.model in args.models.split(",")]
-    return [train_workload(specs, repeats=7, warmup=2, min_time=0.2)], \
-        [harness.needle_backend("cpu"), harness.torch_backend("cpu")]
+    return [train_workload(specs, repeats=7, warmup=2, min_time=0.2)], [
+        harness.needle_backend("cpu"),
+        harness.torch_backend("cpu"),
+    ]
 
 
 def profile(args, results):
     if args.profile:
         for model in args.models.split(","):
             for result in results:
-                profile_step(model, result["machine"]["threads"]["requested"],
-                             PROFILE_STEPS[model])
+                profile_step(model, result["machine"]["threads"]["requested"], PROFILE_STEPS[model])
 
 
 if __name__ == "__main__":
-    sys.exit(harness.script_main(__doc__, configure, ratios=[("needle cpu", "torch cpu")],
-                                 threads="1,2", arguments=arguments, after=profile))
+    sys.exit(
+        harness.script_main(
+            __doc__,
+            configure,
+            ratios=[("needle cpu", "torch cpu")],
+            threads="1,2",
+            arguments=arguments,
+            after=profile,
+        )
+    )

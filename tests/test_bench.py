@@ -48,7 +48,8 @@ def check_schema(results: dict) -> None:
         assert backend["name"] == f"{backend['library']} {backend['device']}"
         names.append(backend["name"])
     assert [w["key"] for w in results["workloads"]] == [
-        k for k in workloads.WORKLOADS if k in {w["key"] for w in results["workloads"]}]
+        k for k in workloads.WORKLOADS if k in {w["key"] for w in results["workloads"]}
+    ]
     for workload in results["workloads"]:
         assert workload["unit"] in ("GFLOP/s", "GB/s", "us", "ms")
         assert isinstance(workload["higher_is_better"], bool)
@@ -78,8 +79,13 @@ def test_quick_runs_end_to_end(tmp_path):
     for name in harness.THREAD_ENV:
         env.pop(name, None)
     out = tmp_path / "bench"
-    result = subprocess.run([sys.executable, "-m", "needle", "bench", "--quick", *TINY, "--out",
-                             str(out)], env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-m", "needle", "bench", "--quick", *TINY, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
     assert "done in" in result.stdout
     results = json.loads((out / "results.json").read_text())
@@ -87,15 +93,23 @@ def test_quick_runs_end_to_end(tmp_path):
     assert results["mode"] == "tiny" and results["machine"]["threads"]["requested"] == 1
     assert [w["key"] for w in results["workloads"]] == list(workloads.WORKLOADS)
     if not ndl.cuda().enabled():
-        assert {"name": "needle cuda", "reason": "not available in this build or on this machine"} \
-            in results["not_measured"]
+        assert {
+            "name": "needle cuda",
+            "reason": "not available in this build or on this machine",
+        } in results["not_measured"]
     if ndl.cpu().enabled():
         needle_cpu = results["workloads"][0]["cases"][0]["results"]["needle cpu"]
         assert needle_cpu["status"] == "ok"
         assert needle_cpu["speed_vs_needle_cpu"] == pytest.approx(1)
     report = (out / "report.md").read_text()
-    for title in ("## Summary", "## Matrix multiplication", "## Elementwise", "## Eager overhead",
-                  "## Training step", "MLP 784-32-32-10"):
+    for title in (
+        "## Summary",
+        "## Matrix multiplication",
+        "## Elementwise",
+        "## Eager overhead",
+        "## Training step",
+        "MLP 784-32-32-10",
+    ):
         assert title in report
     pytest.importorskip("matplotlib")
     assert sorted(results["plots"]) == ["elementwise.png", "matmul.png", "train.png"]
@@ -122,17 +136,34 @@ _WITHOUT_TORCH = textwrap.dedent(
 
 def test_missing_torch_and_missing_device_are_reported(tmp_path):
     out = tmp_path / "bench"
-    args = ["bench", *TINY, "--devices", "cpu,cuda,needle:nosuch", "--workloads", "matmul,train",
-            "--out", str(out)]
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *args],
-                            env=_env(**harness.thread_env(1, {})), capture_output=True, text=True,
-                            timeout=120)
+    args = [
+        "bench",
+        *TINY,
+        "--devices",
+        "cpu,cuda,needle:nosuch",
+        "--workloads",
+        "matmul,train",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, *args],
+        env=_env(**harness.thread_env(1, {})),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
     check_schema(results)
     backends = {b["name"]: b for b in results["backends"]}
-    assert set(backends) == {"needle cpu", "torch cpu", "needle cuda", "torch cuda",
-                             "needle nosuch"}
+    assert set(backends) == {
+        "needle cpu",
+        "torch cpu",
+        "needle cuda",
+        "torch cuda",
+        "needle nosuch",
+    }
     assert backends["torch cpu"]["reason"] == "not installed"
     assert results["machine"]["versions"]["torch"] is None
     assert not backends["needle nosuch"]["available"]
@@ -149,8 +180,9 @@ def test_missing_torch_and_missing_device_are_reported(tmp_path):
 
 def test_measure_warms_up_synchronises_and_repeats():
     calls, syncs = [], []
-    timing = harness.measure(lambda: calls.append(1), lambda: syncs.append(1), repeats=4,
-                           warmup=3, min_time=0.0)
+    timing = harness.measure(
+        lambda: calls.append(1), lambda: syncs.append(1), repeats=4, warmup=3, min_time=0.0
+    )
     assert len(timing.times) == 4 and timing.calls_per_repeat == 1
     assert len(calls) == 3 + 1 + 4  # warm-up, the sizing call, the repeats
     assert len(syncs) == 1 + 1 + 4  # after the warm-up, the sizing call and every repeat
@@ -176,12 +208,22 @@ def test_a_failing_case_is_reported_not_raised():
     def broken(backend):
         raise RuntimeError("kernel missing")
 
-    workload = harness.Workload("overhead", "t", "us", "", [harness.Case("broken", broken)],
-                              repeats=1, warmup=0, min_time=0.0)
+    workload = harness.Workload(
+        "overhead",
+        "t",
+        "us",
+        "",
+        [harness.Case("broken", broken)],
+        repeats=1,
+        warmup=0,
+        min_time=0.0,
+    )
     backends = harness.discover_backends("needle:cpu_numpy")
     rows = harness.run_benchmarks([workload], backends, pause=0, progress=False)[0]["cases"][0]
-    assert rows["results"]["needle cpu_numpy"] == {"status": "error",
-                                                   "reason": "RuntimeError: kernel missing"}
+    assert rows["results"]["needle cpu_numpy"] == {
+        "status": "error",
+        "reason": "RuntimeError: kernel missing",
+    }
 
 
 @pytest.mark.parametrize("spec", workloads.train_specs("tiny"), ids=lambda s: s.model)
@@ -197,8 +239,9 @@ def test_needle_and_torch_train_the_same_models(spec):
 
 
 def test_cli_has_bench():
-    args = cli.build_parser().parse_args(["bench", "--quick", "--devices", "cpu", "--threads",
-                                          "2", "--out", "x"])
+    args = cli.build_parser().parse_args(
+        ["bench", "--quick", "--devices", "cpu", "--threads", "2", "--out", "x"]
+    )
     assert args.command == "bench" and args.quick and args.threads == 2
     assert bench._as_argv(args) == ["--quick", "--devices", "cpu", "--threads", "2", "--out", "x"]
 
@@ -209,12 +252,14 @@ def test_repeats_interleave_the_backends():
     def build(backend):
         return lambda: calls.append(backend.device)
 
-    workload = harness.Workload("overhead", "t", "us", "", [harness.Case("log", build)], repeats=3,
-                              warmup=1, min_time=0.0)
+    workload = harness.Workload(
+        "overhead", "t", "us", "", [harness.Case("log", build)], repeats=3, warmup=1, min_time=0.0
+    )
     backends = harness.discover_backends("needle:cpu_numpy,needle:cpu")
     rows = harness.run_case(workload, workload.cases[0], backends)
     assert all(row["status"] == "ok" and len(row["times_s"]) == 3 for row in rows.values())
     # warm-up and sizing call of each, then rounds in rotating order, each block (one call
     # here) after an untimed call
     assert calls == ["cpu_numpy"] * 2 + ["cpu"] * 2 + [
-        d for d in ["cpu_numpy", "cpu", "cpu", "cpu_numpy", "cpu_numpy", "cpu"] for _ in (0, 1)]
+        d for d in ["cpu_numpy", "cpu", "cpu", "cpu_numpy", "cpu_numpy", "cpu"] for _ in (0, 1)
+    ]

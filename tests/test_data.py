@@ -20,13 +20,19 @@ MNIST_DIR = data.find_data_dir("mnist", *MNIST_FILES)
 PTB_DIR = data.find_data_dir("ptb", "ptb.valid.txt", "ptb.test.txt")
 MNIST_IMAGES, MNIST_LABELS = (MNIST_DIR / f if MNIST_DIR else Path(f) for f in MNIST_FILES)
 
-needs_mnist = pytest.mark.skipif(MNIST_DIR is None, reason="MNIST test files not found (set "
-                                 "NEEDLE_DATA_DIR to a folder with mnist/t10k-*.gz)")
-needs_ptb = pytest.mark.skipif(PTB_DIR is None, reason="PTB text not found (set NEEDLE_DATA_DIR "
-                               "to a folder with ptb/ptb.valid.txt and ptb/ptb.test.txt)")
+needs_mnist = pytest.mark.skipif(
+    MNIST_DIR is None,
+    reason="MNIST test files not found (set NEEDLE_DATA_DIR to a folder with mnist/t10k-*.gz)",
+)
+needs_ptb = pytest.mark.skipif(
+    PTB_DIR is None,
+    reason="PTB text not found (set NEEDLE_DATA_DIR "
+    "to a folder with ptb/ptb.valid.txt and ptb/ptb.test.txt)",
+)
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def reference_idx(path):
     """An independent IDX reader: magic, dimension sizes, then unsigned bytes."""
@@ -60,6 +66,7 @@ def epoch_ids(loader):
 
 # ----------------------------------------------------------------------------- where data is
 
+
 def test_needle_data_dir_comes_first_then_the_shipped_files(tmp_path, monkeypatch):
     monkeypatch.delenv(data.DATA_DIR_VARIABLE, raising=False)
     shipped = data.shipped_data_dir()
@@ -92,6 +99,7 @@ def test_tests_reach_no_data_outside_the_repository():
 
 
 # ----------------------------------------------------------------------------- MNIST
+
 
 @pytest.fixture(scope="module")
 def mnist():
@@ -132,8 +140,9 @@ def test_mnist_dataset_items_and_slices():
     assert xs.shape == (5, 784) and ys.shape == (5,)
     np.testing.assert_array_equal(xs[0], ds[10][0])
 
-    flip = data.MNISTDataset(str(MNIST_IMAGES), str(MNIST_LABELS),
-                             transforms=[data.RandomFlipHorizontal(p=1.0)])
+    flip = data.MNISTDataset(
+        str(MNIST_IMAGES), str(MNIST_LABELS), transforms=[data.RandomFlipHorizontal(p=1.0)]
+    )
     fx, fy = flip[3]
     assert fx.shape == (28, 28, 1) and fy == y
     np.testing.assert_array_equal(fx[:, :, 0], x.reshape(28, 28)[:, ::-1])
@@ -182,6 +191,7 @@ def test_mnist_corrupt_files_raise_value_error(tmp_path):
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
+
 @pytest.fixture
 def cifar_dir(tmp_path):
     rng = np.random.default_rng(0)
@@ -210,8 +220,9 @@ def test_cifar10_train_and_test(cifar_dir):
     assert len(test) == 8
     np.testing.assert_array_equal(test.y, batches["test_batch"][1])
 
-    flipped = data.CIFAR10Dataset(folder, train=False,
-                                  transforms=[data.RandomFlipHorizontal(p=1.0)])
+    flipped = data.CIFAR10Dataset(
+        folder, train=False, transforms=[data.RandomFlipHorizontal(p=1.0)]
+    )
     fx, _ = flipped[2]
     assert fx.shape == (3, 32, 32)
     np.testing.assert_array_equal(fx, test[2][0][:, :, ::-1])  # flips the width axis
@@ -233,6 +244,7 @@ def test_cifar10_errors(cifar_dir):
 
 
 # ----------------------------------------------------------------------------- PTB
+
 
 @pytest.fixture(scope="module")
 def ptb_corpus(tmp_path_factory):
@@ -256,8 +268,10 @@ def test_ptb_corpus_tokens(ptb_corpus):
     assert [corpus.dictionary.idx2word[i] for i in corpus.train] == words
     eos = corpus.dictionary.word2idx["<eos>"]
     assert corpus.train.count(eos) == len(lines)  # one <eos> a line, never doubled
-    assert len(corpus.dictionary) == len(corpus.dictionary.idx2word) == len(
-        set(words) | {corpus.dictionary.idx2word[i] for i in corpus.test}
+    assert (
+        len(corpus.dictionary)
+        == len(corpus.dictionary.idx2word)
+        == len(set(words) | {corpus.dictionary.idx2word[i] for i in corpus.test})
     )
     assert corpus.valid is None and len(corpus.test) > 50000
 
@@ -269,8 +283,13 @@ def test_ptb_mikolov_names_and_max_lines(tmp_path):
     (tmp_path / "ptb.valid.txt").write_text("a b\nc\n", encoding="utf-8")
     corpus = data.Corpus(tmp_path, max_lines=3)
     assert corpus.train.count(corpus.dictionary.word2idx["<eos>"]) == 3
-    assert [corpus.dictionary.idx2word[i] for i in corpus.valid] == \
-        ["a", "b", "<eos>", "c", "<eos>"]
+    assert [corpus.dictionary.idx2word[i] for i in corpus.valid] == [
+        "a",
+        "b",
+        "<eos>",
+        "c",
+        "<eos>",
+    ]
 
 
 def test_ptb_missing_file(tmp_path):
@@ -302,6 +321,7 @@ def test_batchify_and_get_batch(ptb_corpus, device):
 
 
 # ----------------------------------------------------------------------------- DataLoader
+
 
 def test_dataloader_shuffle_covers_every_sample_each_epoch():
     n, batch_size = 103, 10
@@ -338,7 +358,9 @@ def test_dataloader_order_drop_last_and_len():
     assert np.concatenate(epoch_ids(data.DataLoader(ds, 4))).tolist() == list(range(10))
     dropped = data.DataLoader(ds, batch_size=4, drop_last=True)
     assert len(dropped) == 2 and [b.tolist() for b in epoch_ids(dropped)] == [
-        [0, 1, 2, 3], [4, 5, 6, 7]]
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+    ]
     assert len(data.DataLoader(ds, batch_size=4)) == 3
     assert len(data.DataLoader(ds, batch_size=5, drop_last=True)) == 2
     assert len(data.DataLoader(ds)) == 10
@@ -361,8 +383,7 @@ def test_dataloader_batches_are_tensors(device, dtype):
     assert not xb.requires_grad and not yb.requires_grad
     np.testing.assert_allclose(xb.numpy(), X[:4], rtol=1e-6)
     np.testing.assert_array_equal(yb.numpy(), [0, 1, 2, 3])  # labels as float class ids
-    np.testing.assert_array_equal(ndl.init.one_hot(10, yb, device=device).numpy(),
-                                  np.eye(10)[:4])
+    np.testing.assert_array_equal(ndl.init.one_hot(10, yb, device=device).numpy(), np.eye(10)[:4])
 
 
 class SquaresDataset(data.Dataset):
@@ -435,6 +456,7 @@ def test_ndarray_dataset_checks_lengths():
 
 
 # ----------------------------------------------------------------------------- transforms
+
 
 def reference_crop(img, padding, shift_x, shift_y):
     """Zero-padded shift, written out with explicit loops over output pixels."""

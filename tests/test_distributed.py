@@ -38,19 +38,30 @@ needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missi
 
 def _environment(*path_first):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([*map(str, path_first), str(PACKAGE_ROOT),
-                                         env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [*map(str, path_first), str(PACKAGE_ROOT), env.get("PYTHONPATH", "")]
+    )
     # Open MPI refuses root unless told; one thread per rank on a 2-core machine.
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMP_NUM_THREADS="1", NEEDLE_NUM_THREADS="1")
+    env.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMP_NUM_THREADS="1",
+        NEEDLE_NUM_THREADS="1",
+    )
     return env
 
 
 def run(command, env=None):
     """Run `command` in its own process group; on timeout kill the whole group (mpirun and
     its ranks) and fail."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env or _environment(), start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or _environment(),
+        start_new_session=True,
+    )
     try:
         out, err = process.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -81,8 +92,10 @@ def ranks(out, n=2):
 
 # ---- the sampler ----------------------------------------------------------------------------
 def shards(n, world, epoch=0, **kwargs):
-    samplers = [dist.DistributedSampler(range(n), num_replicas=world, rank=r, **kwargs)
-                for r in range(world)]
+    samplers = [
+        dist.DistributedSampler(range(n), num_replicas=world, rank=r, **kwargs)
+        for r in range(world)
+    ]
     for s in samplers:
         s.set_epoch(epoch)
     return [list(s) for s in samplers], [len(s) for s in samplers]
@@ -118,11 +131,14 @@ def test_sampler_drop_last_gives_every_rank_the_same_length():
 def test_rank_batches_of_b_make_up_the_single_process_batches_of_2b():
     ids = np.arange(30, dtype=np.float32)
     data = ndl.data.NDArrayDataset(ids)
-    loaders = [ndl.data.DataLoader(data, b, sampler=dist.DistributedSampler(
-        data, num_replicas=world, rank=r, seed=1)) for world, b in ((2, 4), (1, 8))
-        for r in range(world)]
-    rank0, rank1, single = ([batch[0].numpy().tolist() for batch in loader]
-                            for loader in loaders)
+    loaders = [
+        ndl.data.DataLoader(
+            data, b, sampler=dist.DistributedSampler(data, num_replicas=world, rank=r, seed=1)
+        )
+        for world, b in ((2, 4), (1, 8))
+        for r in range(world)
+    ]
+    rank0, rank1, single = ([batch[0].numpy().tolist() for batch in loader] for loader in loaders)
     assert len(loaders[0]) == len(loaders[1]) == len(loaders[2]) == 4
     for a, b, whole in zip(rank0, rank1, single):
         assert sorted(a + b) == sorted(whole)
@@ -130,8 +146,7 @@ def test_rank_batches_of_b_make_up_the_single_process_batches_of_2b():
 
 def test_dataloader_sampler_excludes_shuffle():
     with pytest.raises(ValueError, match="mutually exclusive"):
-        ndl.data.DataLoader(ndl.data.NDArrayDataset(np.zeros(4)), 2, shuffle=True,
-                            sampler=[0, 1])
+        ndl.data.DataLoader(ndl.data.NDArrayDataset(np.zeros(4)), 2, shuffle=True, sampler=[0, 1])
     loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(np.arange(5.0)), 2, sampler=[4, 0, 2])
     assert len(loader) == 2
     assert [b[0].numpy().tolist() for b in loader] == [[4.0, 0.0], [2.0]]
@@ -197,16 +212,30 @@ def no_mpi4py(tmp_path):
 
 
 def test_without_mpi4py_init_is_a_single_process(no_mpi4py):
-    code = ("import needle.distributed as d; print(d.init(), d.rank(), d.available(), "
-            "d.all_reduce(4, op='sum'))")
+    code = (
+        "import needle.distributed as d; print(d.init(), d.rank(), d.available(), "
+        "d.all_reduce(4, op='sum'))"
+    )
     result = run([sys.executable, "-c", code], env=no_mpi4py)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "0", "False", "4"]
 
 
 def test_needle_train_distributed_without_mpi4py_is_a_clear_message(no_mpi4py, tmp_path):
-    result = run([sys.executable, "-m", "needle", "train", "--distributed", "--epochs", "1",
-                  "--out", str(tmp_path / "out")], env=no_mpi4py)
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "needle",
+            "train",
+            "--distributed",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=no_mpi4py,
+    )
     assert result.returncode == 1
     assert "needle train --distributed: needle.distributed: MPI is not available" in result.stderr
     assert "openmpi-bin" in result.stderr and "Traceback" not in result.stderr
@@ -228,8 +257,7 @@ def test_collectives_on_two_ranks(tmp_path):
     assert r1["input_unchanged"] == [[2.0] * 3] * 2
     # Different initial weights, then rank 0's everywhere after broadcast_parameters.
     assert r0["checksum_before"] != r1["checksum_before"]
-    assert r0["checksum_after_broadcast"] == r1["checksum_after_broadcast"] == \
-        r0["checksum_before"]
+    assert r0["checksum_after_broadcast"] == r1["checksum_after_broadcast"] == r0["checksum_before"]
     assert sorted(r0["sampler"] + r1["sampler"]) == list(range(11))
     assert (r0["sampler_len"], r1["sampler_len"]) == (6, 5)
 
@@ -247,8 +275,11 @@ def test_two_ranks_with_batch_b_train_as_one_process_with_batch_2b(tmp_path):
     assert r0["checksum"] == r1["checksum"]  # bit-identical parameters on the ranks
     assert r0["metrics"] == r1["metrics"] and r0["steps"] == single["steps"] == 5
     np.testing.assert_allclose(r0["metrics"], single["metrics"], rtol=1e-5)
-    with np.load(two / "rank0.npz") as a, np.load(two / "rank1.npz") as b, \
-            np.load(one / "rank0.npz") as c:
+    with (
+        np.load(two / "rank0.npz") as a,
+        np.load(two / "rank1.npz") as b,
+        np.load(one / "rank0.npz") as c,
+    ):
         for key in a.files:
             np.testing.assert_array_equal(a[key], b[key])
             np.testing.assert_allclose(a[key], c[key], rtol=1e-5, atol=1e-6)
@@ -264,16 +295,30 @@ def test_a_failing_rank_ends_the_job_instead_of_hanging(tmp_path):
 
 
 def needle_train(out, *extra):
-    return [sys.executable, "-m", "needle", "train", "--distributed", "--epochs", "2",
-            "--max-batches", "3", "--out", str(out), "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "needle",
+        "train",
+        "--distributed",
+        "--epochs",
+        "2",
+        "--max-batches",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 @needs_mpi
 def test_needle_train_distributed(tmp_path):
     result = mpirun("-n", 2, *needle_train(tmp_path))
     assert result.returncode == 0, result.stderr
-    checksums = [line for line in result.stdout.splitlines()
-                 if line.startswith("parameter checksum: ")]
+    checksums = [
+        line for line in result.stdout.splitlines() if line.startswith("parameter checksum: ")
+    ]
     assert len(checksums) == 2 and checksums[0] == checksums[1], result.stdout
     # Only rank 0 prints progress and writes files.
     assert result.stdout.count("done: validation accuracy") == 1
@@ -288,8 +333,15 @@ def test_needle_train_distributed(tmp_path):
 @needs_mpi
 def test_needle_train_rank_that_stops_ends_the_job(tmp_path):
     # MPMD launch: rank 1 gets a bad --data-dir and stops while rank 0 waits in a collective.
-    result = mpirun("-n", 1, *needle_train(tmp_path), ":",
-                    "-n", 1, *needle_train(tmp_path, "--data-dir", tmp_path / "missing"))
+    result = mpirun(
+        "-n",
+        1,
+        *needle_train(tmp_path),
+        ":",
+        "-n",
+        1,
+        *needle_train(tmp_path, "--data-dir", tmp_path / "missing"),
+    )
     assert result.returncode != 0
     assert "rank 1 stopped: needle train: --data-dir" in result.stderr
 
@@ -305,10 +357,14 @@ def test_needle_train_distributed_language_model(tmp_path):
     (tmp_path / "ptb").mkdir()
     (tmp_path / "ptb" / "train.txt").write_text("\n".join(lines[:400]) + "\n")
     (tmp_path / "ptb" / "test.txt").write_text("\n".join(lines[400:500]) + "\n")
-    result = mpirun("-n", 2, *needle_train(tmp_path / "out", "--model", "lstm-lm",
-                                           "--data-dir", tmp_path / "ptb"))
+    result = mpirun(
+        "-n",
+        2,
+        *needle_train(tmp_path / "out", "--model", "lstm-lm", "--data-dir", tmp_path / "ptb"),
+    )
     assert result.returncode == 0, result.stderr
-    checksums = [line for line in result.stdout.splitlines()
-                 if line.startswith("parameter checksum: ")]
+    checksums = [
+        line for line in result.stdout.splitlines() if line.startswith("parameter checksum: ")
+    ]
     assert len(checksums) == 2 and checksums[0] == checksums[1], result.stdout
     assert "2 ranks x batch 20" in result.stdout

@@ -53,7 +53,6 @@ def test_native_backend_is_built_in_this_install():
     assert ndl.default_device() == ndl.cpu()
 
 
-
 def test_import_needle_leaves_the_applications_out():
     # The CLI, the training loop, the example models and the benchmarks live in needle.apps,
     # which `import needle` does not load: the core stays importable without their dependencies.
@@ -63,8 +62,9 @@ def test_import_needle_leaves_the_applications_out():
         "print(sorted(m for m in sys.modules if m.startswith('needle.apps')\n"
         "             or (m.startswith('needle.') and apps & set(m.split('.')))))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
     assert not hasattr(ndl, "models")

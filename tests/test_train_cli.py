@@ -18,8 +18,17 @@ PTB = ndl.data.find_data_dir("ptb", "ptb.valid.txt")  # under $NEEDLE_DATA_DIR, 
 
 
 def run(tmp_path, *extra, epochs=2, max_batches=4):
-    args = ["train", "--epochs", str(epochs), "--max-batches", str(max_batches),
-            "--out", str(tmp_path), "--no-progress", *extra]
+    args = [
+        "train",
+        "--epochs",
+        str(epochs),
+        "--max-batches",
+        str(max_batches),
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        *extra,
+    ]
     return cli.main(args)
 
 
@@ -112,16 +121,30 @@ def write_cifar_batches(folder: Path):
     rng = np.random.default_rng(0)
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
-                 b"labels": list(rng.integers(0, 10, 8))}
+        batch = {
+            b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+            b"labels": list(rng.integers(0, 10, 8)),
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
 
 
 def test_resnet9_trains_on_cifar_format_files(tmp_path):
     write_cifar_batches(tmp_path / "cifar")
-    assert run(tmp_path / "out", "--model", "resnet9", "--data-dir", str(tmp_path / "cifar"),
-               "--batch-size", "8", epochs=1, max_batches=2) == 0
+    assert (
+        run(
+            tmp_path / "out",
+            "--model",
+            "resnet9",
+            "--data-dir",
+            str(tmp_path / "cifar"),
+            "--batch-size",
+            "8",
+            epochs=1,
+            max_batches=2,
+        )
+        == 0
+    )
     assert history_without_times(tmp_path / "out")[0]["epoch"] == 1
 
 
@@ -133,15 +156,21 @@ def test_language_models_train_on_ptb_text(model, tmp_path):
     lines = (PTB / "ptb.valid.txt").read_text().splitlines()
     (ptb / "train.txt").write_text("\n".join(lines[:400]) + "\n")
     (ptb / "test.txt").write_text("\n".join(lines[400:500]) + "\n")
-    assert run(tmp_path / "out", "--model", model, "--data-dir", str(ptb), epochs=1,
-               max_batches=2) == 0
+    assert (
+        run(tmp_path / "out", "--model", model, "--data-dir", str(ptb), epochs=1, max_batches=2)
+        == 0
+    )
     row = history_without_times(tmp_path / "out")[0]
     assert np.isfinite(row["val_perplexity"]) and row["val_perplexity"] > 1
 
 
 def test_python_dash_m_needle_runs():
-    result = subprocess.run([sys.executable, "-m", "needle", "train", "--help"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "needle", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and "--data-dir" in result.stdout
 
 
@@ -196,3 +225,52 @@ def test_resume_with_more_epochs_continues_the_schedule(tmp_path):
     # step 1 on, instead of staying at the finished schedule's lr of 0.
     assert rows[1]["lr"] == pytest.approx(1e-3 * (1 + np.cos(np.pi / 3)) / 2)
     assert rows[2]["lr"] == pytest.approx(1e-3 * (1 + np.cos(2 * np.pi / 3)) / 2)
+
+
+# ---- the Trainer's hooks ------------------------------------------------------------------------
+def test_trainer_calls_its_hooks_in_order():
+    calls = []
+
+    class Recorder:
+        def on_epoch_start(self, trainer, epoch):
+            calls.append(("start", epoch))
+
+        def after_backward(self, trainer):
+            calls.append("backward")
+
+        def reduce_totals(self, totals):
+            calls.append(("totals", int(totals[2])))
+            return totals
+
+        def after_train_epoch(self, trainer, epoch):
+            calls.append(("trained", epoch))
+
+        def on_epoch_end(self, trainer, result):
+            calls.append(("end", result.epoch, trainer.epoch))
+
+    rng = np.random.default_rng(0)
+    dataset = ndl.data.NDArrayDataset(rng.random((6, 4)).astype(np.float32), np.arange(6) % 3)
+    model = ndl.nn.Linear(4, 3)
+    trainer = Trainer(
+        model,
+        ndl.nn.SoftmaxLoss(),
+        ndl.optim.SGD(model.parameters(), lr=0.1),
+        train_data=ndl.data.DataLoader(dataset, 4),
+        val_data=ndl.data.DataLoader(dataset, 6),
+        hooks=[Recorder()],
+    )
+    results = trainer.fit(2, start_epoch=1)  # resumed after epoch 1: epoch 2 only
+    assert [r.epoch for r in results] == [2] and results[0].val is not None
+    assert calls == [
+        ("start", 2),
+        "backward",
+        "backward",
+        ("totals", 6),
+        ("trained", 2),
+        ("totals", 6),
+        ("end", 2, 2),
+    ]
+    with pytest.raises(TypeError, match="has none of"):
+        Trainer(model, ndl.nn.SoftmaxLoss(), hooks=[object()])
+    with pytest.raises(ValueError, match="needs an optimizer"):
+        Trainer(model, ndl.nn.SoftmaxLoss()).run_epoch(True, ndl.data.DataLoader(dataset, 4))

@@ -32,8 +32,9 @@ def write(out, payload, arrays=None):
 
 def small_model(seed):
     np.random.seed(seed)
-    return nn.Sequential(nn.Linear(10, 16, device=device()), nn.ReLU(),
-                         nn.Linear(16, 3, device=device()))
+    return nn.Sequential(
+        nn.Linear(10, 16, device=device()), nn.ReLU(), nn.Linear(16, 3, device=device())
+    )
 
 
 def collectives(args):
@@ -52,21 +53,30 @@ def collectives(args):
     sampler = dist.DistributedSampler(list(range(11)), seed=5)
     sampler.set_epoch(2)
     mean_t = dist.all_reduce(t)
-    write(args.out, {
-        "rank": r, "world": w, "primary": dist.is_primary(),
-        "tensor_mean": mean_t.numpy().tolist(), "tensor_type": type(mean_t).__name__,
-        "tensor_device": str(mean_t.device), "tensor_dtype": mean_t.dtype,
-        "tensor_sum": dist.all_reduce(t, op="sum").numpy().tolist(),
-        "ndarray_max": dist.all_reduce(nd, op="max").numpy().tolist(),
-        "ndarray_type": type(dist.all_reduce(nd, op="max")).__name__,
-        "numpy_min": dist.all_reduce(np.array([r, -r]), op="min").tolist(),
-        "int_sum": dist.all_reduce(r + 1, op="sum"),
-        "float_mean": dist.all_reduce(float(r), op="mean"),
-        "input_unchanged": t.numpy().tolist(),
-        "checksum_before": before, "checksum_after_broadcast": after_broadcast,
-        "running_mean": model.modules[1].running_mean.numpy().tolist(),
-        "sampler": list(sampler), "sampler_len": len(sampler),
-    })
+    write(
+        args.out,
+        {
+            "rank": r,
+            "world": w,
+            "primary": dist.is_primary(),
+            "tensor_mean": mean_t.numpy().tolist(),
+            "tensor_type": type(mean_t).__name__,
+            "tensor_device": str(mean_t.device),
+            "tensor_dtype": mean_t.dtype,
+            "tensor_sum": dist.all_reduce(t, op="sum").numpy().tolist(),
+            "ndarray_max": dist.all_reduce(nd, op="max").numpy().tolist(),
+            "ndarray_type": type(dist.all_reduce(nd, op="max")).__name__,
+            "numpy_min": dist.all_reduce(np.array([r, -r]), op="min").tolist(),
+            "int_sum": dist.all_reduce(r + 1, op="sum"),
+            "float_mean": dist.all_reduce(float(r), op="mean"),
+            "input_unchanged": t.numpy().tolist(),
+            "checksum_before": before,
+            "checksum_after_broadcast": after_broadcast,
+            "running_mean": model.modules[1].running_mean.numpy().tolist(),
+            "sampler": list(sampler),
+            "sampler_len": len(sampler),
+        },
+    )
 
 
 def train(args):
@@ -80,11 +90,15 @@ def train(args):
     sampler = dist.DistributedSampler(dataset, seed=3, drop_last=True)
     loader = ndl.data.DataLoader(dataset, args.batch, sampler=sampler, device=device())
     opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    trainer = Trainer(model, nn.SoftmaxLoss(), opt, train_data=loader,
-                      hooks=[dist.epoch_hooks(model, sampler)])
+    trainer = Trainer(
+        model, nn.SoftmaxLoss(), opt, train_data=loader, hooks=[dist.epoch_hooks(model, sampler)]
+    )
     metrics = [result.train for result in trainer.fit(args.epochs)]
-    write(args.out, {"checksum": dist.parameter_checksum(model), "metrics": metrics,
-                     "steps": len(loader)}, dict(model.state_dict()))
+    write(
+        args.out,
+        {"checksum": dist.parameter_checksum(model), "metrics": metrics, "steps": len(loader)},
+        dict(model.state_dict()),
+    )
 
 
 def fail(args):

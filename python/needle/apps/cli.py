@@ -5,7 +5,7 @@
     needle train --model lstm-lm --data-dir ~/data/ptb --epochs 3
     needle train --out runs/mnist --resume    continue from runs/mnist/checkpoint.npz
     mpirun -n 2 needle train --distributed    data-parallel over MPI (README: multi-process)
-    needle bench --quick                      needle's devices against PyTorch (needle.bench)
+    needle bench --quick                      needle's devices against PyTorch (needle.apps.bench)
 
 It writes, in --out: checkpoint.npz (model and optimizer state, saved atomically after every
 epoch and on Ctrl-C), metrics.json and metrics.csv (one row per epoch) and curves.png.
@@ -46,24 +46,32 @@ DEFAULTS = {
     "mlp-resnet": Defaults(epochs=10, batch_size=100, lr=1e-3, optimizer="adam", weight_decay=1e-3),
     "resnet9": Defaults(epochs=10, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=1e-3),
     "lstm-lm": Defaults(epochs=5, batch_size=20, lr=20.0, optimizer="sgd", weight_decay=0.0),
-    "transformer-lm": Defaults(epochs=5, batch_size=20, lr=1e-3, optimizer="adam",
-                               weight_decay=0.0),
+    "transformer-lm": Defaults(
+        epochs=5, batch_size=20, lr=1e-3, optimizer="adam", weight_decay=0.0
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="needle", description="needle command line")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train an example model",
-                                description=__doc__.split("\n\n")[0])
+    train = commands.add_parser(
+        "train", help="train an example model", description=__doc__.split("\n\n")[0]
+    )
     train.add_argument("--model", choices=MODELS, default="mlp-resnet")
-    train.add_argument("--device", choices=("auto", "cpu", "cpu_numpy", "cuda", "metal", "mps"),
-                       default="auto",
-                       help="auto: the best available (cuda, then cpu, then cpu_numpy); metal "
-                            'and mps: Apple GPUs, float32 (pip install "needle[metal]")')
-    train.add_argument("--data-dir", default=None,
-                       help="MNIST .gz files, CIFAR-10 python batches or PTB text files that "
-                            "you downloaded; without it mlp-resnet uses the shipped MNIST split")
+    train.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cpu_numpy", "cuda", "metal", "mps"),
+        default="auto",
+        help="auto: the best available (cuda, then cpu, then cpu_numpy); metal "
+        'and mps: Apple GPUs, float32 (pip install "needle[metal]")',
+    )
+    train.add_argument(
+        "--data-dir",
+        default=None,
+        help="MNIST .gz files, CIFAR-10 python batches or PTB text files that "
+        "you downloaded; without it mlp-resnet uses the shipped MNIST split",
+    )
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--lr", type=float, default=None)
@@ -71,16 +79,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the checkpoint in --out")
-    train.add_argument("--max-batches", type=int, default=None,
-                       help="stop each epoch after this many batches (quick trials)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in --out"
+    )
+    train.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="stop each epoch after this many batches (quick trials)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
-    train.add_argument("--distributed", action="store_true",
-                       help="data-parallel over MPI, launched as `mpirun -n N needle train "
-                            "--distributed`; --batch-size is per rank")
-    bench = commands.add_parser("bench", help="benchmark needle's devices against PyTorch",
-                                description=benchmark.__doc__.split("\n\n")[0])
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over MPI, launched as `mpirun -n N needle train "
+        "--distributed`; --batch-size is per rank",
+    )
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark needle's devices against PyTorch",
+        description=benchmark.__doc__.split("\n\n")[0],
+    )
     benchmark.add_arguments(bench)
     return parser
 
@@ -93,9 +112,11 @@ def resolve_device(name: str):
         return ndl.cpu_numpy()
     device = getattr(ndl, name)()
     if not device.enabled():
-        raise SystemExit(f"needle train: device {name} is not available in this build "
-                         "(available: "
-                         f"{', '.join(d.name for d in ndl.all_devices() if d.enabled())})")
+        raise SystemExit(
+            f"needle train: device {name} is not available in this build "
+            "(available: "
+            f"{', '.join(d.name for d in ndl.all_devices() if d.enabled())})"
+        )
     return device
 
 
@@ -113,24 +134,35 @@ class Task:
     sampler: Any = None  # the training data's DistributedSampler under --distributed
 
 
-def classification_loaders(train_set, val_set, batch_size: int, device, seed: int,
-                           data_parallel: bool):
+def classification_loaders(
+    train_set, val_set, batch_size: int, device, seed: int, data_parallel: bool
+):
     """(train loader, validation loader, sampler): shuffled by NumPy's global generator, or
     under --distributed each rank's shard of a DistributedSampler (batch_size per rank)."""
     if not data_parallel:
-        return (data.DataLoader(train_set, batch_size, shuffle=True, device=device),
-                data.DataLoader(val_set, batch_size, device=device), None)
+        return (
+            data.DataLoader(train_set, batch_size, shuffle=True, device=device),
+            data.DataLoader(val_set, batch_size, device=device),
+            None,
+        )
     # drop_last: the same number of batches on every rank, as each training step is a
     # collective. Validation has no collectives inside the loop, so it sees every sample.
     sampler = distributed.DistributedSampler(train_set, seed=seed, drop_last=True)
-    return (data.DataLoader(train_set, batch_size, sampler=sampler, device=device),
-            data.DataLoader(val_set, batch_size, device=device,
-                            sampler=distributed.DistributedSampler(val_set, shuffle=False)),
-            sampler)
+    return (
+        data.DataLoader(train_set, batch_size, sampler=sampler, device=device),
+        data.DataLoader(
+            val_set,
+            batch_size,
+            device=device,
+            sampler=distributed.DistributedSampler(val_set, shuffle=False),
+        ),
+        sampler,
+    )
 
 
-def language_model_batches(ids, batch_size: int, seq_len: int, device, rank: int = 0,
-                           world: int = 1) -> SequenceBatches:
+def language_model_batches(
+    ids, batch_size: int, seq_len: int, device, rank: int = 0, world: int = 1
+) -> SequenceBatches:
     """Rank r takes streams [r*B, (r+1)*B) of the corpus cut into world*B streams: together
     the ranks take the steps of one process with batch world*B (one process: all of them)."""
     streams = slice(rank * batch_size, (rank + 1) * batch_size)
@@ -141,21 +173,28 @@ def language_model_batches(ids, batch_size: int, seq_len: int, device, rank: int
 def _mnist_sets(data_dir: str | None, seed: int):
     if data_dir is None:
         shipped = data.shipped_data_dir()
-        full = data.MNISTDataset(str(shipped / "t10k-images-idx3-ubyte.gz"),
-                                 str(shipped / "t10k-labels-idx1-ubyte.gz"))
+        full = data.MNISTDataset(
+            str(shipped / "t10k-images-idx3-ubyte.gz"), str(shipped / "t10k-labels-idx1-ubyte.gz")
+        )
         train_set, val_set = data.random_split(full, [8000, 2000], generator=seed)
         return train_set, val_set, "shipped MNIST test split (8,000 train / 2,000 validation)"
-    train_set = data.MNISTDataset(os.path.join(data_dir, "train-images-idx3-ubyte.gz"),
-                                  os.path.join(data_dir, "train-labels-idx1-ubyte.gz"))
-    val_set = data.MNISTDataset(os.path.join(data_dir, "t10k-images-idx3-ubyte.gz"),
-                                os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz"))
+    train_set = data.MNISTDataset(
+        os.path.join(data_dir, "train-images-idx3-ubyte.gz"),
+        os.path.join(data_dir, "train-labels-idx1-ubyte.gz"),
+    )
+    val_set = data.MNISTDataset(
+        os.path.join(data_dir, "t10k-images-idx3-ubyte.gz"),
+        os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz"),
+    )
     return train_set, val_set, f"MNIST from {data_dir}"
 
 
 def _require_data_dir(args, what: str, where: str) -> str:
     if args.data_dir is None:
-        raise SystemExit(f"needle train: --model {args.model} needs {what}, which needle does not "
-                         f"ship; download it ({where}) and pass --data-dir DIR")
+        raise SystemExit(
+            f"needle train: --model {args.model} needs {what}, which needle does not "
+            f"ship; download it ({where}) and pass --data-dir DIR"
+        )
     if not os.path.isdir(args.data_dir):
         raise SystemExit(f"needle train: --data-dir {args.data_dir} is not a directory")
     return args.data_dir
@@ -169,29 +208,55 @@ def build_task(args, device, batch_size: int, rank: int = 0, world: int = 1) -> 
             train_set, val_set, source = _mnist_sets(args.data_dir, args.seed)
             model = MLPResNet(784, hidden_dim=256, device=device)
         else:
-            folder = _require_data_dir(args, "CIFAR-10 (the python pickle batches)",
-                                       "https://www.cs.toronto.edu/~kriz/cifar.html")
+            folder = _require_data_dir(
+                args,
+                "CIFAR-10 (the python pickle batches)",
+                "https://www.cs.toronto.edu/~kriz/cifar.html",
+            )
             train_set = data.CIFAR10Dataset(folder, train=True)
             val_set = data.CIFAR10Dataset(folder, train=False)
             model, source = ResNet9(device=device), f"CIFAR-10 from {folder}"
         train_loader, val_loader, sampler = classification_loaders(
-            train_set, val_set, batch_size, device, args.seed, args.distributed)
-        return Task(model, train_loader, val_loader, source, flatten=args.model == "mlp-resnet",
-                    sampler=sampler)
-    folder = _require_data_dir(args, "Penn Treebank text (train/valid/test .txt)",
-                               "e.g. the ptb.*.txt files of the Mikolov PTB distribution")
+            train_set, val_set, batch_size, device, args.seed, args.distributed
+        )
+        return Task(
+            model,
+            train_loader,
+            val_loader,
+            source,
+            flatten=args.model == "mlp-resnet",
+            sampler=sampler,
+        )
+    folder = _require_data_dir(
+        args,
+        "Penn Treebank text (train/valid/test .txt)",
+        "e.g. the ptb.*.txt files of the Mikolov PTB distribution",
+    )
     corpus = data.Corpus(folder)
     val_ids = corpus.valid if getattr(corpus, "valid", None) is not None else corpus.test
     seq_model = "lstm" if args.model == "lstm-lm" else "transformer"
     seq_len = 20 if seq_model == "lstm" else 40
-    model = LanguageModel(100 if seq_model == "lstm" else 64, len(corpus.dictionary),
-                          hidden_size=100 if seq_model == "lstm" else 128, num_layers=2,
-                          seq_model=seq_model, seq_len=seq_len, device=device)
-    train_data, val_data = (language_model_batches(ids, batch_size, seq_len, device, rank, world)
-                            for ids in (corpus.train, val_ids))
-    return Task(model, train_data, val_data,
-                f"Penn Treebank from {folder} ({len(corpus.dictionary)} words)",
-                metric="perplexity", clip=0.25 if seq_model == "lstm" else None)
+    model = LanguageModel(
+        100 if seq_model == "lstm" else 64,
+        len(corpus.dictionary),
+        hidden_size=100 if seq_model == "lstm" else 128,
+        num_layers=2,
+        seq_model=seq_model,
+        seq_len=seq_len,
+        device=device,
+    )
+    train_data, val_data = (
+        language_model_batches(ids, batch_size, seq_len, device, rank, world)
+        for ids in (corpus.train, val_ids)
+    )
+    return Task(
+        model,
+        train_data,
+        val_data,
+        f"Penn Treebank from {folder} ({len(corpus.dictionary)} words)",
+        metric="perplexity",
+        clip=0.25 if seq_model == "lstm" else None,
+    )
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float):
@@ -241,8 +306,9 @@ def _epoch_row(result: EpochResult, lr: float, metric: str) -> dict:
     train, val = result.train, result.val
     row = {"epoch": result.epoch, "lr": lr, "train_loss": train[1], "val_loss": val[1]}
     if metric == "perplexity":
-        row.update(train_perplexity=math.exp(min(train[1], 50)),
-                   val_perplexity=math.exp(min(val[1], 50)))
+        row.update(
+            train_perplexity=math.exp(min(train[1], 50)), val_perplexity=math.exp(min(val[1], 50))
+        )
     else:
         row.update(train_accuracy=train[0], val_accuracy=val[0])
     row["seconds"] = round(result.seconds, 2)
@@ -279,21 +345,34 @@ class RunLog:
         if self.primary:
             self.save(trainer)
             write_metrics(self.out, self.history)
-            print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in row.items()), flush=True)
+            print(
+                "  ".join(
+                    f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                ),
+                flush=True,
+            )
 
     def save(self, trainer: Trainer, **extra) -> None:
         """The checkpoint, marked with the last whole epoch."""
-        trainer.save(self.checkpoint, {"epoch": trainer.epoch, "history": self.history,
-                                       "config": self.config,
-                                       "schedule": self.schedule.state_dict(), **extra})
+        trainer.save(
+            self.checkpoint,
+            {
+                "epoch": trainer.epoch,
+                "history": self.history,
+                "config": self.config,
+                "schedule": self.schedule.state_dict(),
+                **extra,
+            },
+        )
 
     def resume(self, trainer: Trainer, model_name: str, epochs: int) -> int:
         """Load the checkpoint into the trainer and the schedule; returns its epoch."""
         meta = trainer.load(self.checkpoint)
         if meta.get("config", {}).get("model") != model_name:
-            raise SystemExit(f"needle train: {self.checkpoint} holds a "
-                             f"{meta.get('config', {}).get('model')} model, not {model_name}")
+            raise SystemExit(
+                f"needle train: {self.checkpoint} holds a "
+                f"{meta.get('config', {}).get('model')} model, not {model_name}"
+            )
         self.history = meta["history"]
         self.schedule.load_state_dict(meta["schedule"])
         # The cosine runs over this invocation's --epochs, which may differ from the first run's.
@@ -329,16 +408,30 @@ def train(args) -> int:
     opt = make_optimizer(optimizer_name, task.model.parameters(), lr, weight_decay)
     # Cosine decay to zero over the run: the last epochs settle instead of bouncing around.
     schedule = optim.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-    config = {"model": args.model, "batch_size": batch_size, "lr": lr,
-              "optimizer": optimizer_name, "weight_decay": weight_decay, "seed": args.seed}
+    config = {
+        "model": args.model,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer_name,
+        "weight_decay": weight_decay,
+        "seed": args.seed,
+    }
     log = RunLog(out, config, schedule, task.metric, primary)
     hooks = [EpochSeed(args.seed, rank)]
     if args.distributed:  # gradients averaged, metrics summed, one BatchNorm average
         hooks.append(distributed.epoch_hooks(task.model, task.sampler))
-    trainer = Trainer(task.model, nn.SoftmaxLoss(), opt, train_data=task.train_data,
-                      val_data=task.val_data, clip=task.clip, flatten=task.flatten,
-                      hooks=hooks + [log], max_batches=args.max_batches,
-                      progress=not args.no_progress and sys.stderr.isatty() and primary)
+    trainer = Trainer(
+        task.model,
+        nn.SoftmaxLoss(),
+        opt,
+        train_data=task.train_data,
+        val_data=task.val_data,
+        clip=task.clip,
+        flatten=task.flatten,
+        hooks=hooks + [log],
+        max_batches=args.max_batches,
+        progress=not args.no_progress and sys.stderr.isatty() and primary,
+    )
     start_epoch = 0
     source = task.source
     if args.resume:
@@ -351,8 +444,10 @@ def train(args) -> int:
         os.makedirs(out, exist_ok=True)
 
     n_params = sum(int(np.prod(p.shape)) for p in task.model.parameters())
-    say(f"needle {ndl.__version__}: {args.model} ({n_params:,} parameters) on {source}, "
-        f"device {device}, {epochs} epochs, {optimizer_name} lr {lr}")
+    say(
+        f"needle {ndl.__version__}: {args.model} ({n_params:,} parameters) on {source}, "
+        f"device {device}, {epochs} epochs, {optimizer_name} lr {lr}"
+    )
     try:
         trainer.fit(epochs, start_epoch)
     except KeyboardInterrupt:
@@ -361,8 +456,11 @@ def train(args) -> int:
         if not primary:
             return 130
         log.save(trainer, interrupted=True)
-        print(f"\ninterrupted: checkpoint saved to {checkpoint} (after epoch {trainer.epoch}); "
-              f"continue with --resume", file=sys.stderr)
+        print(
+            f"\ninterrupted: checkpoint saved to {checkpoint} (after epoch {trainer.epoch}); "
+            f"continue with --resume",
+            file=sys.stderr,
+        )
         return 130
     if args.distributed:  # equal on every rank: the ranks trained one model
         print(f"parameter checksum: {distributed.parameter_checksum(task.model)}", flush=True)
@@ -371,11 +469,17 @@ def train(args) -> int:
     history = log.history
     plot = plot_curves(out, history, task.metric, f"needle: {args.model} on {source}")
     final = history[-1] if history else {}
-    summary = "nothing to do" if not final else \
-        f"validation accuracy {final['val_accuracy']:.4f}" if task.metric == "accuracy" else \
-        f"validation perplexity {final['val_perplexity']:.2f}"
-    print(f"done: {summary}; wrote {checkpoint}, metrics.json, metrics.csv"
-          + (f", {os.path.basename(plot)}" if plot else " (install matplotlib for curves.png)"))
+    summary = (
+        "nothing to do"
+        if not final
+        else f"validation accuracy {final['val_accuracy']:.4f}"
+        if task.metric == "accuracy"
+        else f"validation perplexity {final['val_perplexity']:.2f}"
+    )
+    print(
+        f"done: {summary}; wrote {checkpoint}, metrics.json, metrics.csv"
+        + (f", {os.path.basename(plot)}" if plot else " (install matplotlib for curves.png)")
+    )
     return 0
 
 
@@ -394,8 +498,7 @@ def train_distributed(args) -> int:
     try:
         return train(args)
     except SystemExit as stop:
-        if stop.code not in (None, 0) and distributed.available() \
-                and distributed.world_size() > 1:
+        if stop.code not in (None, 0) and distributed.available() and distributed.world_size() > 1:
             distributed.abort(1, f"rank {distributed.rank()} stopped: {stop.code}")
         raise
 

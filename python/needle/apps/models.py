@@ -8,8 +8,9 @@ from needle import nn
 __all__ = ["ResidualBlock", "MLPResNet", "ConvBN", "ResNet9", "LanguageModel"]
 
 
-def ResidualBlock(dim, hidden_dim, norm=nn.BatchNorm1d, drop_prob=0.1, device=None,
-                  dtype="float32"):
+def ResidualBlock(
+    dim, hidden_dim, norm=nn.BatchNorm1d, drop_prob=0.1, device=None, dtype="float32"
+):
     """Linear -> norm -> ReLU -> Dropout -> Linear -> norm, plus the input, then ReLU."""
     return nn.Sequential(
         nn.Residual(
@@ -26,8 +27,16 @@ def ResidualBlock(dim, hidden_dim, norm=nn.BatchNorm1d, drop_prob=0.1, device=No
     )
 
 
-def MLPResNet(dim, hidden_dim=100, num_blocks=3, num_classes=10, norm=nn.BatchNorm1d,
-              drop_prob=0.1, device=None, dtype="float32"):
+def MLPResNet(
+    dim,
+    hidden_dim=100,
+    num_blocks=3,
+    num_classes=10,
+    norm=nn.BatchNorm1d,
+    drop_prob=0.1,
+    device=None,
+    dtype="float32",
+):
     """(batch, dim) -> (batch, num_classes): a Linear stem, residual blocks, a Linear head."""
     return nn.Sequential(
         nn.Linear(dim, hidden_dim, device=device, dtype=dtype),
@@ -43,11 +52,13 @@ def MLPResNet(dim, hidden_dim=100, num_blocks=3, num_classes=10, norm=nn.BatchNo
 class ConvBN(nn.Module):
     """Conv (same padding) -> BatchNorm2d -> ReLU, NCHW."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride, device=None,
-                 dtype="float32"):
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride, device=None, dtype="float32"
+    ):
         super().__init__()
-        self.conv = nn.Conv(in_channels, out_channels, kernel_size, stride=stride, device=device,
-                            dtype=dtype)
+        self.conv = nn.Conv(
+            in_channels, out_channels, kernel_size, stride=stride, device=device, dtype=dtype
+        )
         self.bn = nn.BatchNorm2d(out_channels, device=device, dtype=dtype)
         self.relu = nn.ReLU()
 
@@ -84,19 +95,36 @@ class LanguageModel(nn.Module):
     forward(x (seq_len, batch) of word indices, h) -> (logits (seq_len * batch, output_size), h).
     """
 
-    def __init__(self, embedding_size, output_size, hidden_size, num_layers=1, seq_model="rnn",
-                 seq_len=40, device=None, dtype="float32"):
+    def __init__(
+        self,
+        embedding_size,
+        output_size,
+        hidden_size,
+        num_layers=1,
+        seq_model="rnn",
+        seq_len=40,
+        device=None,
+        dtype="float32",
+    ):
         super().__init__()
         self.embedding = nn.Embedding(output_size, embedding_size, device=device, dtype=dtype)
         if seq_model == "rnn":
-            self.seq_model = nn.RNN(embedding_size, hidden_size, num_layers, device=device,
-                                    dtype=dtype)
+            self.seq_model = nn.RNN(
+                embedding_size, hidden_size, num_layers, device=device, dtype=dtype
+            )
         elif seq_model == "lstm":
-            self.seq_model = nn.LSTM(embedding_size, hidden_size, num_layers, device=device,
-                                     dtype=dtype)
+            self.seq_model = nn.LSTM(
+                embedding_size, hidden_size, num_layers, device=device, dtype=dtype
+            )
         elif seq_model == "transformer":
-            self.seq_model = nn.Transformer(embedding_size, hidden_size, num_layers,
-                                            sequence_len=seq_len, device=device, dtype=dtype)
+            self.seq_model = nn.Transformer(
+                embedding_size,
+                hidden_size,
+                num_layers,
+                sequence_len=seq_len,
+                device=device,
+                dtype=dtype,
+            )
             hidden_size = embedding_size  # the transformer keeps the embedding width
         else:
             raise ValueError(f"seq_model must be 'rnn', 'lstm' or 'transformer', got {seq_model!r}")

@@ -4,8 +4,8 @@ helpers in `apps/` and the data-parallel tests all train through it.
 
     trainer = Trainer(model, nn.SoftmaxLoss(), opt, train_data=loader, val_data=val_loader,
                       hooks=[needle.distributed.epoch_hooks(model, sampler)])
-    for result in trainer.fit(epochs):            # or trainer.run_epoch(train=True) yourself
-        print(result.epoch, result.train, result.val)
+    results = trainer.fit(epochs)   # [EpochResult(epoch, train=(acc, loss), val=..., seconds)]
+    accuracy, loss = trainer.run_epoch(train=False)   # or one pass at a time
 
 A hook is any object with some of these methods; the Trainer calls them, in the order the hooks
 were given, at these points:
@@ -33,19 +33,32 @@ import numpy as np
 from needle import nn
 from needle.autograd import Tensor, no_grad
 
-__all__ = ["Trainer", "EpochResult", "SequenceBatches", "clip_grad_norm", "detach_state",
-           "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "Trainer",
+    "EpochResult",
+    "SequenceBatches",
+    "clip_grad_norm",
+    "detach_state",
+    "save_checkpoint",
+    "load_checkpoint",
+]
 
-HOOK_METHODS = ("on_epoch_start", "after_backward", "reduce_totals", "after_train_epoch",
-                "on_epoch_end")
+HOOK_METHODS = (
+    "on_epoch_start",
+    "after_backward",
+    "reduce_totals",
+    "after_train_epoch",
+    "on_epoch_end",
+)
 
 
 def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
     """Scale gradients in place so their global L2 norm is at most `max_norm` (as torch's
     clip_grad_norm_); returns the norm before clipping."""
     params = [p for p in params if p.grad is not None]
-    total = float(np.sqrt(sum(float((p.grad.numpy().astype(np.float64) ** 2).sum())
-                              for p in params)))
+    total = float(
+        np.sqrt(sum(float((p.grad.numpy().astype(np.float64) ** 2).sum()) for p in params))
+    )
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         with no_grad():
@@ -115,19 +128,29 @@ class Trainer:
     samples of a classifier, the target tokens of a language model).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, opt=None, *, train_data=None,
-                 val_data=None, clip: float | None = None, flatten: bool = False,
-                 hooks: Sequence[Any] = (), max_batches: int | None = None,
-                 progress: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable,
+        opt=None,
+        *,
+        train_data=None,
+        val_data=None,
+        clip: float | None = None,
+        flatten: bool = False,
+        hooks: Sequence[Any] = (),
+        max_batches: int | None = None,
+        progress: bool = False,
+    ):
         self.model, self.loss_fn, self.opt = model, loss_fn, opt
         self.train_data, self.val_data = train_data, val_data
-        self.clip, self.flatten, self.max_batches, self.progress = clip, flatten, max_batches, \
-            progress
+        self.clip, self.flatten = clip, flatten
+        self.max_batches, self.progress = max_batches, progress
         self.hooks = list(hooks)
         for hook in self.hooks:
             if not any(hasattr(hook, name) for name in HOOK_METHODS):
                 raise TypeError(f"Trainer: hook {hook!r} has none of {', '.join(HOOK_METHODS)}")
-        self.epoch = 0  # the last epoch fit() completed
+        self.epoch = 0  # the last epoch fit() completed (what a checkpoint is marked with)
 
     def _call(self, name: str, *args) -> None:
         for hook in self.hooks:
@@ -161,8 +184,9 @@ class Trainer:
         self.opt.step()
         return logits, loss, state
 
-    def run_epoch(self, train: bool, data=None, description: str | None = None
-                  ) -> tuple[float, float]:
+    def run_epoch(
+        self, train: bool, data=None, description: str | None = None
+    ) -> tuple[float, float]:
         """One pass over `data` (default: train_data when training, else val_data), training
         (train mode, an update per batch) or evaluating (eval mode). Returns (accuracy, mean
         loss) over the rows seen, after the reduce_totals hooks."""
@@ -192,14 +216,18 @@ class Trainer:
         """Epochs start_epoch + 1 .. epochs: the hooks' on_epoch_start, a training pass,
         after_train_epoch, a validation pass (with val_data), on_epoch_end. Returns the
         epochs' results."""
+        self.epoch = start_epoch
         results = []
         for epoch in range(start_epoch + 1, epochs + 1):
             self._call("on_epoch_start", self, epoch)
             started = time.perf_counter()
             train = self.run_epoch(True, description=self._description(epoch, "train"))
             self._call("after_train_epoch", self, epoch)
-            val = None if self.val_data is None else \
-                self.run_epoch(False, description=self._description(epoch, "val"))
+            val = (
+                None
+                if self.val_data is None
+                else self.run_epoch(False, description=self._description(epoch, "val"))
+            )
             self.epoch = epoch
             result = EpochResult(epoch, train, val, time.perf_counter() - started)
             results.append(result)
@@ -235,8 +263,9 @@ def _unflatten_optimizer(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         if parts[1] == "hyper":
             state["hyperparameters"][parts[2]] = value.item()
         else:
-            state["state"].setdefault(int(parts[2]), {})[parts[3]] = \
+            state["state"].setdefault(int(parts[2]), {})[parts[3]] = (
                 value.item() if value.ndim == 0 else value
+            )
     return state
 
 
@@ -263,9 +292,11 @@ def load_checkpoint(path: str, model: nn.Module, opt=None) -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
-                           if k.startswith("model/")})
+    model.load_state_dict(
+        {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
+    )
     if opt is not None:
-        opt.load_state_dict(_unflatten_optimizer(
-            {k: v for k, v in arrays.items() if k.startswith("optim/")}))
+        opt.load_state_dict(
+            _unflatten_optimizer({k: v for k, v in arrays.items() if k.startswith("optim/")})
+        )
     return json.loads(str(arrays["meta"]))

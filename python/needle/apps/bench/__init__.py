@@ -47,21 +47,34 @@ SCHEMA = "needle-bench/1"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`needle bench`'s options (cli.py adds them to its `bench` subcommand)."""
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller sweeps and fewer repeats: 1.5 minutes on 2 cores")
-    parser.add_argument("--devices", default=None,
-                        help="comma-separated: cpu, cuda, cpu_numpy, needle:cpu, torch:mps ... "
-                             "(default: every available needle and PyTorch device)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for every library (default: all cores)")
-    parser.add_argument("--out", default=os.path.join("runs", "bench"),
-                        help="output folder (default: runs/bench)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS),
-                        help=f"comma-separated subset of {', '.join(WORKLOADS)}")
-    parser.add_argument("--sizes", default=None,
-                        help="square matmul sizes, comma-separated (overrides the preset)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="repeats per measurement (overrides the preset)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sweeps and fewer repeats: 1.5 minutes on 2 cores",
+    )
+    parser.add_argument(
+        "--devices",
+        default=None,
+        help="comma-separated: cpu, cuda, cpu_numpy, needle:cpu, torch:mps ... "
+        "(default: every available needle and PyTorch device)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads for every library (default: all cores)"
+    )
+    parser.add_argument(
+        "--out", default=os.path.join("runs", "bench"), help="output folder (default: runs/bench)"
+    )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated subset of {', '.join(WORKLOADS)}",
+    )
+    parser.add_argument(
+        "--sizes", default=None, help="square matmul sizes, comma-separated (overrides the preset)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="repeats per measurement (overrides the preset)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # Test budget: tiny arrays and models, so the whole pipeline runs in seconds.
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
@@ -94,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
     keys = [k.strip() for k in args.workloads.split(",") if k.strip()]
     unknown = sorted(set(keys) - set(WORKLOADS))
     if unknown:
-        raise SystemExit(f"needle bench: unknown workload(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(WORKLOADS)}")
+        raise SystemExit(
+            f"needle bench: unknown workload(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(WORKLOADS)}"
+        )
     mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
     preset = dict(PRESETS[mode])
     if args.sizes:
@@ -111,11 +126,15 @@ def run(args: argparse.Namespace) -> int:
 
     used_threads = set_threads(threads)
     workloads = build_workloads(preset, keys)
-    print(f"needle bench ({mode}): {', '.join(b.name for b in backends if b.available)} on "
-          f"{threads} thread(s); writing to {args.out}", flush=True)
+    print(
+        f"needle bench ({mode}): {', '.join(b.name for b in backends if b.available)} on "
+        f"{threads} thread(s); writing to {args.out}",
+        flush=True,
+    )
     started, load_start = time.perf_counter(), load_average()
-    measured = run_benchmarks(workloads, backends, pause=preset["pause"],
-                              progress=not args.no_progress)
+    measured = run_benchmarks(
+        workloads, backends, pause=preset["pause"], progress=not args.no_progress
+    )
     results = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -123,9 +142,17 @@ def run(args: argparse.Namespace) -> int:
         "mode": mode,
         "seconds": round(time.perf_counter() - started, 1),
         "machine": machine_info(backends, used_threads, load_start),
-        "backends": [{"name": b.name, "library": b.library, "device": b.device,
-                      "hardware": b.hardware, "available": b.available,
-                      "reason": b.reason or None} for b in backends],
+        "backends": [
+            {
+                "name": b.name,
+                "library": b.library,
+                "device": b.device,
+                "hardware": b.hardware,
+                "available": b.available,
+                "reason": b.reason or None,
+            }
+            for b in backends
+        ],
         "not_measured": unlisted_devices(backends),
         "workloads": measured,
     }
@@ -136,10 +163,15 @@ def run(args: argparse.Namespace) -> int:
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(render_report(results))
     print("\n".join(render_summary(results)))
-    plots = f", {', '.join(results['plots'])}" if results["plots"] else \
-        " (install matplotlib for the plots)"
-    print(f"done in {results['seconds']:.0f} s: wrote {os.path.join(args.out, 'report.md')}, "
-          f"results.json{plots}")
+    plots = (
+        f", {', '.join(results['plots'])}"
+        if results["plots"]
+        else " (install matplotlib for the plots)"
+    )
+    print(
+        f"done in {results['seconds']:.0f} s: wrote {os.path.join(args.out, 'report.md')}, "
+        f"results.json{plots}"
+    )
     return 0
 
 

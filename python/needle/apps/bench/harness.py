@@ -44,8 +44,13 @@ import needle as ndl
 
 # Thread counts of the BLAS libraries are read once, when the library loads, so they are set in
 # the environment of a fresh process (see run()). NEEDLE_NUM_THREADS is the C++ backend's default.
-THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-              "VECLIB_MAXIMUM_THREADS", "NEEDLE_NUM_THREADS")
+THREAD_ENV = (
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NEEDLE_NUM_THREADS",
+)
 
 TORCH_DEVICES = ("cpu", "cuda", "mps")
 # needle device -> the PyTorch device that runs on the same hardware.
@@ -117,8 +122,13 @@ class Timing:
         return float((q3 - q1) / self.median) if self.median > 0 else 0.0
 
 
-def warm_up(fn: Callable[[], object], synchronize: Callable[[], None] = lambda: None, *,
-            warmup: int = 1, min_time: float = 0.05) -> int:
+def warm_up(
+    fn: Callable[[], object],
+    synchronize: Callable[[], None] = lambda: None,
+    *,
+    warmup: int = 1,
+    min_time: float = 0.05,
+) -> int:
     """Call `fn` `warmup` times plus once more to time it; return how many calls make a block
     of about `min_time` seconds (as timeit's autorange: long enough to outlast the timer's and
     the scheduler's noise)."""
@@ -142,8 +152,14 @@ def time_block(fn: Callable[[], object], synchronize: Callable[[], None], number
     return (time.perf_counter() - start) / number
 
 
-def measure(fn: Callable[[], object], synchronize: Callable[[], None] = lambda: None, *,
-            repeats: int = 5, warmup: int = 1, min_time: float = 0.05) -> Timing:
+def measure(
+    fn: Callable[[], object],
+    synchronize: Callable[[], None] = lambda: None,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    min_time: float = 0.05,
+) -> Timing:
     """Time `fn` after `warmup` calls: `repeats` blocks of calls, each about `min_time` s."""
     number = warm_up(fn, synchronize, warmup=warmup, min_time=min_time)
     return Timing([time_block(fn, synchronize, number) for _ in range(max(1, repeats))], number)
@@ -168,8 +184,11 @@ class Backend:
     @property
     def hardware(self) -> str:
         """The PyTorch device name of the hardware this backend runs on."""
-        return TORCH_COUNTERPART.get(self.device, self.device) if self.library == "needle" \
+        return (
+            TORCH_COUNTERPART.get(self.device, self.device)
+            if self.library == "needle"
             else self.device
+        )
 
     def synchronize(self) -> None:
         if not self.available:
@@ -188,12 +207,18 @@ def needle_backend(name: str, label: str | None = None) -> Backend:
     """needle's device `name` (cpu, cuda, cpu_numpy, ...), available or with the reason."""
     devices = {d.name: d for d in ndl.all_devices()}
     if name not in devices:
-        return Backend("needle", name, False,
-                       f"no such needle device (needle has {', '.join(devices)})", label=label)
+        return Backend(
+            "needle",
+            name,
+            False,
+            f"no such needle device (needle has {', '.join(devices)})",
+            label=label,
+        )
     device = devices[name]
     if not device.enabled():
-        return Backend("needle", name, False, "not available in this build or on this machine",
-                       device, label)
+        return Backend(
+            "needle", name, False, "not available in this build or on this machine", device, label
+        )
     return Backend("needle", name, True, "", device, label)
 
 
@@ -203,8 +228,9 @@ def torch_backend(name: str, label: str | None = None) -> Backend:
     if torch is None:
         return Backend("torch", name, False, "not installed", label=label)
     if name == "cuda" and not torch.cuda.is_available():
-        return Backend("torch", name, False, "not available (torch.cuda.is_available() is False)",
-                       label=label)
+        return Backend(
+            "torch", name, False, "not available (torch.cuda.is_available() is False)", label=label
+        )
     mps = getattr(torch.backends, "mps", None)
     if name == "mps" and not (mps is not None and mps.is_available()):
         return Backend("torch", name, False, "not available (torch.backends.mps)", label=label)
@@ -237,13 +263,15 @@ def discover_backends(spec: str | None = None) -> list[Backend]:
         library, _, name = token.rpartition(":")
         if library not in ("", "needle", "torch"):
             raise ValueError(f"--devices: {token!r}: the library must be needle or torch")
-        if library == "needle" or (not library and (name in needle_names
-                                                    or name not in TORCH_DEVICES)):
+        if library == "needle" or (
+            not library and (name in needle_names or name not in TORCH_DEVICES)
+        ):
             backends.append(needle_backend(name))
         if library == "torch" or (not library and name in TORCH_DEVICES):
             if library == "torch" and name not in TORCH_DEVICES:
-                raise ValueError(f"--devices: {token!r}: torch devices are "
-                                 f"{', '.join(TORCH_DEVICES)}")
+                raise ValueError(
+                    f"--devices: {token!r}: torch devices are {', '.join(TORCH_DEVICES)}"
+                )
             backends.append(torch_backend(name))
     unique = {b.name: b for b in backends}
     return list(unique.values())
@@ -253,8 +281,11 @@ def unlisted_devices(backends: list[Backend]) -> list[dict[str, str]]:
     """needle's devices that `backends` leaves out because they are not available here, with
     the reason, so that a report says what it did not measure."""
     listed = {b.name for b in backends}
-    return [{"name": f"needle {d.name}", "reason": needle_backend(d.name).reason}
-            for d in ndl.all_devices() if not d.enabled() and f"needle {d.name}" not in listed]
+    return [
+        {"name": f"needle {d.name}", "reason": needle_backend(d.name).reason}
+        for d in ndl.all_devices()
+        if not d.enabled() and f"needle {d.name}" not in listed
+    ]
 
 
 # ---- workloads -------------------------------------------------------------------------
@@ -309,8 +340,13 @@ def _error(error: Exception) -> dict[str, Any]:
     return {"status": "error", "reason": f"{type(error).__name__}: {error}"[:300]}
 
 
-def run_case(workload: Workload, case: Case, backends: list[Backend], pause: float = 0.0,
-             tick: Callable[[], None] = lambda: None) -> dict[str, dict[str, Any]]:
+def run_case(
+    workload: Workload,
+    case: Case,
+    backends: list[Backend],
+    pause: float = 0.0,
+    tick: Callable[[], None] = lambda: None,
+) -> dict[str, dict[str, Any]]:
     """One case on every backend: backend name -> a JSON-ready row. A backend that cannot run
     it gets a status and a reason instead of timings.
 
@@ -326,15 +362,16 @@ def run_case(workload: Workload, case: Case, backends: list[Backend], pause: flo
             continue
         try:  # report a failure in the table rather than stop the whole run
             fn = case.build(backend)
-            number = warm_up(fn, backend.synchronize, warmup=workload.warmup,
-                             min_time=workload.min_time)
+            number = warm_up(
+                fn, backend.synchronize, warmup=workload.warmup, min_time=workload.min_time
+            )
             running[backend.name] = (backend, fn, number)
         except Exception as error:
             rows[backend.name] = _error(error)
     times: dict[str, list[float]] = {name: [] for name in running}
     for round_ in range(max(1, workload.repeats)):
         names = list(running)
-        for name in names[round_ % max(1, len(names)):] + names[:round_ % max(1, len(names))]:
+        for name in names[round_ % max(1, len(names)) :] + names[: round_ % max(1, len(names))]:
             backend, fn, number = running[name]
             if pause and len(running) > 1:
                 # BLAS and OpenMP workers spin for a while after a call (OpenBLAS about 0.1 s);
@@ -353,15 +390,21 @@ def run_case(workload: Workload, case: Case, backends: list[Backend], pause: flo
             tick()
     for name, (_, _, number) in running.items():
         timing = Timing(times[name], number)
-        rows[name] = {"status": "ok", "times_s": timing.times, "calls_per_repeat": number,
-                      "median_s": timing.median, "spread": timing.spread,
-                      "value": workload.value(timing.median, case)}
+        rows[name] = {
+            "status": "ok",
+            "times_s": timing.times,
+            "calls_per_repeat": number,
+            "median_s": timing.median,
+            "spread": timing.spread,
+            "value": workload.value(timing.median, case),
+        }
     return {b.name: rows[b.name] for b in backends}
 
 
 def _add_ratios(rows: dict[str, dict[str, Any]], backends: list[Backend]) -> None:
     """Speed relative to PyTorch on the same hardware and to needle's cpu backend (a ratio of
     median times: 0.86 = 86% of PyTorch's speed, 22.0 = 22x needle cpu's speed)."""
+
     def median(name: str) -> float | None:
         row = rows.get(name, {})
         return row.get("median_s") if row.get("status") == "ok" else None
@@ -407,9 +450,15 @@ class OtherLoad:
         return t.user + t.system
 
 
-def run_benchmarks(workloads: list[Workload], backends: list[Backend], *, pause: float = 0.1,
-                   progress: bool = True, other_load: bool = False,
-                   description: str = "needle bench") -> list[dict[str, Any]]:
+def run_benchmarks(
+    workloads: list[Workload],
+    backends: list[Backend],
+    *,
+    pause: float = 0.1,
+    progress: bool = True,
+    other_load: bool = False,
+    description: str = "needle bench",
+) -> list[dict[str, Any]]:
     """Every case of every workload on every backend, with a progress bar. With `other_load`
     each case also records the cores other processes used meanwhile ("other_load")."""
     from tqdm.auto import tqdm
@@ -417,8 +466,9 @@ def run_benchmarks(workloads: list[Workload], backends: list[Backend], *, pause:
     available = sum(b.available for b in backends)
     total = sum(len(w.cases) * max(1, w.repeats) for w in workloads) * available
     results, done = [], 0
-    with tqdm(total=total, desc=description, unit="block", leave=False,
-              disable=None if progress else True) as bar:
+    with tqdm(
+        total=total, desc=description, unit="block", leave=False, disable=None if progress else True
+    ) as bar:
         for workload in workloads:
             cases = []
             for case in workload.cases:
@@ -428,14 +478,30 @@ def run_benchmarks(workloads: list[Workload], backends: list[Backend], *, pause:
                 done += max(1, workload.repeats) * available
                 bar.update(done - bar.n)  # the blocks a failed backend did not run
                 _add_ratios(rows, backends)
-                cases.append({"name": case.name, "params": case.params, "work": case.work,
-                              "headline": case.headline, "results": rows})
+                cases.append(
+                    {
+                        "name": case.name,
+                        "params": case.params,
+                        "work": case.work,
+                        "headline": case.headline,
+                        "results": rows,
+                    }
+                )
                 if other_load:
                     cases[-1]["other_load"] = load.cores
-            results.append({"key": workload.key, "title": workload.title, "unit": workload.unit,
-                            "higher_is_better": workload.throughput, "note": workload.note,
-                            "repeats": workload.repeats, "warmup": workload.warmup,
-                            "min_time_s": workload.min_time, "cases": cases})
+            results.append(
+                {
+                    "key": workload.key,
+                    "title": workload.title,
+                    "unit": workload.unit,
+                    "higher_is_better": workload.throughput,
+                    "note": workload.note,
+                    "repeats": workload.repeats,
+                    "warmup": workload.warmup,
+                    "min_time_s": workload.min_time,
+                    "cases": cases,
+                }
+            )
     return results
 
 
@@ -450,8 +516,12 @@ def cpu_model() -> str:
         pass
     if sys.platform == "darwin":
         try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], text=True,
-                                  capture_output=True, timeout=5).stdout.strip()
+            return subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                text=True,
+                capture_output=True,
+                timeout=5,
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
     return platform.processor() or platform.machine() or "unknown"
@@ -466,8 +536,11 @@ def gpu_names(backends: list[Backend]) -> list[str]:
         names.append(f"Apple GPU (Metal), {platform.machine()}")
     if not names and any(b.available and b.hardware == "cuda" for b in backends):
         info = getattr(ndl.cuda().mod, "device_info", None)
-        names.append(info()["name"] if info is not None
-                     else "CUDA GPU (name unknown: torch with CUDA is not installed)")
+        names.append(
+            info()["name"]
+            if info is not None
+            else "CUDA GPU (name unknown: torch with CUDA is not installed)"
+        )
     return names
 
 
@@ -476,12 +549,22 @@ def git_commit() -> str:
     "unknown" outside a git checkout."""
     folder = os.path.dirname(os.path.abspath(ndl.__file__))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, text=True,
-                                capture_output=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=folder,
+            text=True,
+            capture_output=True,
+            timeout=10,
+        )
         if commit.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=folder, text=True, capture_output=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            text=True,
+            capture_output=True,
+            timeout=10,
+        )
         return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -492,20 +575,30 @@ def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def machine_info(backends: list[Backend], threads: dict[str, Any],
-                 load_start: list[float] | None = None) -> dict[str, Any]:
+def machine_info(
+    backends: list[Backend], threads: dict[str, Any], load_start: list[float] | None = None
+) -> dict[str, Any]:
     torch = import_torch()
-    versions = {"needle": ndl.__version__, "python": platform.python_version(),
-                "numpy": np.__version__, "torch": torch.__version__ if torch else None}
+    versions = {
+        "needle": ndl.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch else None,
+    }
     cpu_backend = ndl.cpu().mod
     if cpu_backend is not None and hasattr(cpu_backend, "__gemm_isa__"):
         versions["needle_cpu_gemm"] = cpu_backend.__gemm_isa__
     return {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-        "gpus": gpu_names(backends), "threads": threads, "versions": versions,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "gpus": gpu_names(backends),
+        "threads": threads,
+        "versions": versions,
         "commit": git_commit(),
-        "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-                if k in os.environ},
+        "env": {
+            k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ
+        },
         # Other processes' load skews every number: a reader should see it.
         "load_average": {"start": load_start, "end": load_average()},
     }
@@ -523,8 +616,11 @@ def format_value(value: float) -> str:
 def format_cell(row: dict[str, Any]) -> str:
     if row["status"] == "ok":
         return format_value(row["value"])
-    return "not installed" if row["reason"] == "not installed" else \
-        ("not available" if row["status"] == "unavailable" else "error")
+    return (
+        "not installed"
+        if row["reason"] == "not installed"
+        else ("not available" if row["status"] == "unavailable" else "error")
+    )
 
 
 def percent(ratio: float | None) -> str:
@@ -541,23 +637,34 @@ def markdown_table(header: list[str], rows: list[list[str]], right_from: int = 1
 def load_sentence(load: dict[str, Any]) -> str:
     if not load.get("start") or not load.get("end"):
         return ""
-    return (f" Load average (1 min) {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at "
-            "the end (other processes sharing the cores make every number noisier).")
+    return (
+        f" Load average (1 min) {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at "
+        "the end (other processes sharing the cores make every number noisier)."
+    )
 
 
 def machine_sentence(machine: dict[str, Any]) -> str:
     """machine_info() in words: CPU, cores, GPUs, threads, versions and load."""
     threads = machine["threads"]
     gpus = ", ".join(machine["gpus"]) or "none"
-    return (f"Machine: {machine['cpu']}, {machine['cores']} cores; GPU: {gpus}. Threads: "
-            f"{threads['requested']} for every library (needle {threads.get('needle')}, torch "
-            f"{threads.get('torch', 'n/a')}, BLAS by environment). Versions: "
-            + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v) + "."
-            + load_sentence(machine["load_average"]))
+    return (
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; GPU: {gpus}. Threads: "
+        f"{threads['requested']} for every library (needle {threads.get('needle')}, torch "
+        f"{threads.get('torch', 'n/a')}, BLAS by environment). Versions: "
+        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+        + "."
+        + load_sentence(machine["load_average"])
+    )
 
 
-def bar_chart(path: str, title: str, labels: Sequence[str], series: dict[str, list[float]],
-              unit: str, log: bool = False) -> str:
+def bar_chart(
+    path: str,
+    title: str,
+    labels: Sequence[str],
+    series: dict[str, list[float]],
+    unit: str,
+    log: bool = False,
+) -> str:
     """A grouped bar chart (one bar per series at each label) saved as a PNG; needs
     matplotlib."""
     import matplotlib
@@ -585,8 +692,9 @@ def bar_chart(path: str, title: str, labels: Sequence[str], series: dict[str, li
 Configure = Callable[[argparse.Namespace], tuple[list[Workload], list[Backend]]]
 
 
-def measure_configuration(configure: Configure, args: argparse.Namespace,
-                          threads: int) -> dict[str, Any]:
+def measure_configuration(
+    configure: Configure, args: argparse.Namespace, threads: int
+) -> dict[str, Any]:
     """A script's workloads on its backends at `threads` threads, in this process: JSON-ready
     (machine, backends, measured workloads)."""
     used = set_threads(threads)
@@ -595,27 +703,43 @@ def measure_configuration(configure: Configure, args: argparse.Namespace,
         for workload in workloads:
             workload.repeats = max(1, args.repeats)
     start = load_average()
-    measured = run_benchmarks(workloads, backends, pause=args.pause, other_load=True,
-                              progress=not args.no_progress, description="bench")
-    return {"machine": machine_info(backends, used, start),
-            "backends": [b.name for b in backends], "workloads": measured}
+    measured = run_benchmarks(
+        workloads,
+        backends,
+        pause=args.pause,
+        other_load=True,
+        progress=not args.no_progress,
+        description="bench",
+    )
+    return {
+        "machine": machine_info(backends, used, start),
+        "backends": [b.name for b in backends],
+        "workloads": measured,
+    }
 
 
-def script_table(workload: dict[str, Any], backends: Sequence[str],
-                 ratios: Sequence[tuple[str, str]] = ()) -> list[str]:
+def script_table(
+    workload: dict[str, Any], backends: Sequence[str], ratios: Sequence[tuple[str, str]] = ()
+) -> list[str]:
     """A measured workload as Markdown: one row per case, a column per backend (value and
     spread), one per ratio (a's speed relative to b's: 90% = b takes 0.9x a's time) and the
     other processes' load."""
     better = "higher is better" if workload["higher_is_better"] else "lower is better"
-    lines = [(f"{workload['unit']}, {better}; median of {workload['repeats']} repeat(s) after "
-             f"{workload['warmup']} warm-up call(s), ± half the interquartile range. Other "
-             "load: cores that other processes used meanwhile (above 0.1, the row had company)."),
-             ""]
+    lines = [
+        (
+            f"{workload['unit']}, {better}; median of {workload['repeats']} repeat(s) after "
+            f"{workload['warmup']} warm-up call(s), ± half the interquartile range. Other "
+            "load: cores that other processes used meanwhile (above 0.1, the row had company)."
+        ),
+        "",
+    ]
     rows = []
     for case in workload["cases"]:
         results = case["results"]
-        cells = [f"{format_cell(r)} ±{r['spread'] * 50:.0f}%" if r["status"] == "ok"
-                 else format_cell(r) for r in (results[name] for name in backends)]
+        cells = [
+            f"{format_cell(r)} ±{r['spread'] * 50:.0f}%" if r["status"] == "ok" else format_cell(r)
+            for r in (results[name] for name in backends)
+        ]
         for a, b in ratios:
             ok = results[a]["status"] == results[b]["status"] == "ok"
             cells.append(percent(results[b]["median_s"] / results[a]["median_s"]) if ok else "—")
@@ -624,12 +748,17 @@ def script_table(workload: dict[str, Any], backends: Sequence[str],
     return lines + markdown_table(header, rows)
 
 
-def script_main(description: str, configure: Configure, *,
-                ratios: Sequence[tuple[str, str]] = (), threads: str = "1",
-                arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-                skip: Callable[[], str | None] | None = None,
-                after: Callable[[argparse.Namespace, list[dict[str, Any]]], None] | None = None,
-                argv: list[str] | None = None) -> int:
+def script_main(
+    description: str,
+    configure: Configure,
+    *,
+    ratios: Sequence[tuple[str, str]] = (),
+    threads: str = "1",
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    skip: Callable[[], str | None] | None = None,
+    after: Callable[[argparse.Namespace, list[dict[str, Any]]], None] | None = None,
+    argv: list[str] | None = None,
+) -> int:
     """The command line of a benchmark script: `configure(args)` returns its workloads and
     backends; `ratios` names the (a, b) backend pairs compared in the tables; `arguments` adds
     the script's own options; `skip()` returns why there is nothing to measure here (printed,
@@ -639,12 +768,20 @@ def script_main(description: str, configure: Configure, *,
     library to it (this one, if it already is). The tables are Markdown; --write appends them
     to a file as a dated section, --plot draws the first workload as a bar chart."""
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
-    parser.add_argument("--threads", default=threads,
-                        help=f"comma-separated thread counts, one run each (default {threads})")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="repeats per measurement (overrides the script's)")
-    parser.add_argument("--pause", type=float, default=0.2,
-                        help="seconds between libraries, for BLAS workers to go idle")
+    parser.add_argument(
+        "--threads",
+        default=threads,
+        help=f"comma-separated thread counts, one run each (default {threads})",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="repeats per measurement (overrides the script's)"
+    )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.2,
+        help="seconds between libraries, for BLAS workers to go idle",
+    )
     parser.add_argument("--plot", help="also draw the first table as a bar chart in this PNG")
     parser.add_argument("--write", help="append the tables to this Markdown file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -669,15 +806,24 @@ def script_main(description: str, configure: Configure, *,
             continue
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "results.json")
-            status = run_pinned(count, [sys.executable, os.path.abspath(sys.argv[0]), *argv,
-                                        "--threads", str(count), "--json", path])
+            status = run_pinned(
+                count,
+                [
+                    sys.executable,
+                    os.path.abspath(sys.argv[0]),
+                    *argv,
+                    "--threads",
+                    str(count),
+                    "--json",
+                    path,
+                ],
+            )
             if status != 0:
                 return status
             with open(path) as f:
                 results.append(json.load(f))
     command = " ".join(["python", os.path.relpath(sys.argv[0]), *argv])
-    lines = [(f"`{command}` at commit {git_commit()}, "
-             f"{datetime.date.today().isoformat()}."), ""]
+    lines = [(f"`{command}` at commit {git_commit()}, {datetime.date.today().isoformat()}."), ""]
     for result in results:
         lines += [machine_sentence(result["machine"]), ""]
         for workload in result["workloads"]:
@@ -692,14 +838,20 @@ def script_main(description: str, configure: Configure, *,
         print(f"appended to {args.write}")
     if args.plot:
         first = results[0]["workloads"][0]
-        names = [n for n in results[0]["backends"]
-                 if any(c["results"][n]["status"] == "ok" for c in first["cases"])]
+        names = [
+            n
+            for n in results[0]["backends"]
+            if any(c["results"][n]["status"] == "ok" for c in first["cases"])
+        ]
         series = {n: [c["results"][n].get("value", 0.0) for c in first["cases"]] for n in names}
-        bar_chart(args.plot, f"{first['title']}, {results[0]['machine']['threads']['requested']}"
-                  " thread(s)", [c["name"] for c in first["cases"]], series, first["unit"])
+        bar_chart(
+            args.plot,
+            f"{first['title']}, {results[0]['machine']['threads']['requested']} thread(s)",
+            [c["name"] for c in first["cases"]],
+            series,
+            first["unit"],
+        )
         print(f"wrote {args.plot}")
     if after is not None:
         after(args, results)
     return 0
-
-

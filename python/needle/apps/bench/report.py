@@ -23,10 +23,16 @@ def _times(ratio: float | None) -> str:
 
 def render_workload(workload: dict[str, Any], backends: list[str]) -> list[str]:
     better = "higher is better" if workload["higher_is_better"] else "lower is better"
-    lines = [f"## {workload['title']}", "",
-             (f"{workload['unit']}, {better}. {workload['note']} Median of "
-             f"{workload['repeats']} repeat(s) after {workload['warmup']} warm-up call(s); spread: "
-             "half the interquartile range of the repeats, relative to the median."), ""]
+    lines = [
+        f"## {workload['title']}",
+        "",
+        (
+            f"{workload['unit']}, {better}. {workload['note']} Median of "
+            f"{workload['repeats']} repeat(s) after {workload['warmup']} warm-up call(s); spread: "
+            "half the interquartile range of the repeats, relative to the median."
+        ),
+        "",
+    ]
     rows = []
     for case in workload["cases"]:
         for i, name in enumerate(backends):
@@ -37,12 +43,28 @@ def render_workload(workload: dict[str, Any], backends: list[str]) -> list[str]:
                 rows.append([first, name, format_cell(row), detail, "", ""])
                 continue
             vs_torch = percent(row.get("speed_vs_torch")) if name.startswith("needle") else ""
-            rows.append([first, name, format_value(row["value"]),
-                         f"±{row['spread'] * 50:.0f}%", vs_torch,
-                         _times(row.get("speed_vs_needle_cpu"))])
-    lines += markdown_table(["case", "backend", workload["unit"], "spread",
-                             "speed vs torch (same device)",
-                     "speed vs needle cpu"], rows, right_from=2)
+            rows.append(
+                [
+                    first,
+                    name,
+                    format_value(row["value"]),
+                    f"±{row['spread'] * 50:.0f}%",
+                    vs_torch,
+                    _times(row.get("speed_vs_needle_cpu")),
+                ]
+            )
+    lines += markdown_table(
+        [
+            "case",
+            "backend",
+            workload["unit"],
+            "spread",
+            "speed vs torch (same device)",
+            "speed vs needle cpu",
+        ],
+        rows,
+        right_from=2,
+    )
     return lines + [""]
 
 
@@ -50,9 +72,13 @@ def render_summary(results: dict[str, Any]) -> list[str]:
     """The headline cases, one column per backend, plus needle's speed relative to PyTorch."""
     names = [b["name"] for b in results["backends"]]
     available = {b["name"] for b in results["backends"] if b["available"]}
-    pairs = [(b["name"], f"torch {b['hardware']}") for b in results["backends"]
-             if b["library"] == "needle" and b["name"] in available
-             and f"torch {b['hardware']}" in available]
+    pairs = [
+        (b["name"], f"torch {b['hardware']}")
+        for b in results["backends"]
+        if b["library"] == "needle"
+        and b["name"] in available
+        and f"torch {b['hardware']}" in available
+    ]
     header = ["workload", "unit"] + names + [f"{n} vs {t}" for n, t in pairs]
     rows = []
     for workload in results["workloads"]:
@@ -69,12 +95,20 @@ def render_summary(results: dict[str, Any]) -> list[str]:
 def render_report(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines = [
-        "# needle bench", "",
-        (f"{results['created']}, `{results['command']}` ({results['mode']} mode), needle "
-        f"{machine['versions']['needle']} at commit {machine['commit']}."), "",
-        machine_sentence(machine), "",
-        ("Speeds compare median times: 86% means 86% of PyTorch's speed on the same device "
-        "(PyTorch takes 0.86x the time); 22x means 22 times needle cpu's speed."), "",
+        "# needle bench",
+        "",
+        (
+            f"{results['created']}, `{results['command']}` ({results['mode']} mode), needle "
+            f"{machine['versions']['needle']} at commit {machine['commit']}."
+        ),
+        "",
+        machine_sentence(machine),
+        "",
+        (
+            "Speeds compare median times: 86% means 86% of PyTorch's speed on the same device "
+            "(PyTorch takes 0.86x the time); 22x means 22 times needle cpu's speed."
+        ),
+        "",
     ]
     missing = [b for b in results["backends"] if not b["available"]]
     missing += results.get("not_measured", [])
@@ -108,31 +142,49 @@ def write_plots(results: dict[str, Any], out: str) -> list[str]:
     threads = results["machine"]["threads"]["requested"]
 
     if "matmul" in by_key:
-        square = [c for c in by_key["matmul"]["cases"]
-                  if c["params"]["m"] == c["params"]["n"] == c["params"]["p"]]
+        square = [
+            c
+            for c in by_key["matmul"]["cases"]
+            if c["params"]["m"] == c["params"]["n"] == c["params"]["p"]
+        ]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name in names:
-            points = [(c["params"]["m"], c["results"][name]["value"]) for c in square
-                      if c["results"][name]["status"] == "ok"]
+            points = [
+                (c["params"]["m"], c["results"][name]["value"])
+                for c in square
+                if c["results"][name]["status"] == "ok"
+            ]
             if points:
                 ax.plot(*zip(*points), marker="o", label=name)
         ax.set_xscale("log", base=2)
-        ax.set(xlabel="matrix size n (n x n @ n x n)", ylabel="GFLOP/s",
-               title=f"float32 matmul, {threads} thread(s)")
+        ax.set(
+            xlabel="matrix size n (n x n @ n x n)",
+            ylabel="GFLOP/s",
+            title=f"float32 matmul, {threads} thread(s)",
+        )
         ax.grid(alpha=0.3)
         ax.legend()
         written.append(_save(fig, plt, out, "matmul.png"))
 
-    for key, filename, log in (("elementwise", "elementwise.png", False),
-                               ("train", "train.png", True)):
+    for key, filename, log in (
+        ("elementwise", "elementwise.png", False),
+        ("train", "train.png", True),
+    ):
         if key not in by_key:
             continue
         workload = by_key[key]
-        series = {name: [c["results"][name].get("value", 0.0) or 0.0 for c in workload["cases"]]
-                  for name in names}
-        bar_chart(os.path.join(out, filename), f"{workload['title']}, {threads} thread(s)",
-                  [c["name"].split(",")[0] for c in workload["cases"]], series, workload["unit"],
-                  log)
+        series = {
+            name: [c["results"][name].get("value", 0.0) or 0.0 for c in workload["cases"]]
+            for name in names
+        }
+        bar_chart(
+            os.path.join(out, filename),
+            f"{workload['title']}, {threads} thread(s)",
+            [c["name"].split(",")[0] for c in workload["cases"]],
+            series,
+            workload["unit"],
+            log,
+        )
         written.append(filename)
     return written
 

@@ -15,12 +15,14 @@ import needle as ndl
 from needle.apps.bench.harness import measure, set_threads
 from needle.apps.bench.workloads import needle_train_step, train_specs
 
-KERNEL_KINDS = (("matmul", ("matmul",)), ("elementwise", ("ewise_", "scalar_")),
-                ("reduction", ("reduce_",)), ("compact / setitem copies", ("compact",
-                                                                          "ewise_setitem",
-                                                                          "scalar_setitem")),
-                ("allocation", ("Array",)), ("fill / transfers", ("fill", "from_numpy",
-                                                                 "to_numpy")))
+KERNEL_KINDS = (
+    ("matmul", ("matmul",)),
+    ("elementwise", ("ewise_", "scalar_")),
+    ("reduction", ("reduce_",)),
+    ("compact / setitem copies", ("compact", "ewise_setitem", "scalar_setitem")),
+    ("allocation", ("Array",)),
+    ("fill / transfers", ("fill", "from_numpy", "to_numpy")),
+)
 
 
 def _kind(name: str) -> str:
@@ -96,16 +98,22 @@ def profile_step(model: str, threads: int, steps: int) -> None:
     per_call = _wrapper_cost()
     n_calls = sum(timed.calls.values()) / steps
     python = max(0.0, wrapped - kernels - n_calls * per_call)
-    print(f"\nneedle cpu {spec.title} step, {threads} thread(s): {plain * 1e3:.2f} ms median "
-          f"({wrapped * 1e3:.2f} ms with the kernels wrapped, {n_calls:.0f} kernel calls/step)")
+    print(
+        f"\nneedle cpu {spec.title} step, {threads} thread(s): {plain * 1e3:.2f} ms median "
+        f"({wrapped * 1e3:.2f} ms with the kernels wrapped, {n_calls:.0f} kernel calls/step)"
+    )
     rows = sorted(by_kind.items(), key=lambda kv: -kv[1]) + [("Python, NumPy (difference)", python)]
     for kind, seconds in rows:
         calls = f"{calls_by_kind[kind]:5d} calls" if kind in calls_by_kind else " " * 11
         print(f"  {kind:28s} {seconds * 1e3:7.2f} ms  {calls}  {seconds / wrapped * 100:5.1f}%")
     top = sorted(timed.seconds.items(), key=lambda kv: -kv[1])[:8]
-    print("  top kernels: " + ", ".join(f"{name} {seconds / steps * 1e3:.2f} ms "
-                                         f"({timed.calls[name] // steps})"
-                                         for name, seconds in top))
+    print(
+        "  top kernels: "
+        + ", ".join(
+            f"{name} {seconds / steps * 1e3:.2f} ms ({timed.calls[name] // steps})"
+            for name, seconds in top
+        )
+    )
     gflops = timed.matmul_flops / steps / 1e9
     needed = ""
     if model == "mlp":
@@ -115,8 +123,10 @@ def profile_step(model: str, threads: int, steps: int) -> None:
         # forward, d/dW of every layer, d/dX of every layer but the first (data needs none)
         minimum = 2 * forward + sum(2.0 * batch * a * b for a, b in layers[1:])
         needed = f"needed: {minimum / 1e9:.3f}; "
-    print(f"  matmul work: {gflops:.3f} GFLOP/step ({needed}"
-          f"{gflops / max(by_kind['matmul'], 1e-12):.0f} GFLOP/s inside the kernel)")
+    print(
+        f"  matmul work: {gflops:.3f} GFLOP/step ({needed}"
+        f"{gflops / max(by_kind['matmul'], 1e-12):.0f} GFLOP/s inside the kernel)"
+    )
 
     profiler = cProfile.Profile()
     profiler.enable()

@@ -36,8 +36,10 @@ class TrainSpec:
             return f"MLP {'-'.join(map(str, p['sizes']))}, batch {p['batch']}"
         if self.model == "resnet9":
             return f"ResNet-9 {'x'.join(map(str, p['image']))}, batch {p['batch']}"
-        return (f"LSTM LM {p['layers']} layers, hidden {p['hidden']}, vocab {p['vocab']}, "
-                f"seq {p['seq_len']} x batch {p['batch']}")
+        return (
+            f"LSTM LM {p['layers']} layers, hidden {p['hidden']}, vocab {p['vocab']}, "
+            f"seq {p['seq_len']} x batch {p['batch']}"
+        )
 
 
 def train_specs(scale: str = "full") -> list[TrainSpec]:
@@ -46,16 +48,34 @@ def train_specs(scale: str = "full") -> list[TrainSpec]:
         return [
             TrainSpec("mlp", (("sizes", (784, 32, 32, 10)), ("batch", 8))),
             TrainSpec("resnet9", (("image", (3, 32, 32)), ("batch", 2))),
-            TrainSpec("lstm-lm", (("seq_len", 4), ("batch", 4), ("hidden", 16),
-                                  ("embedding", 16), ("vocab", 200), ("layers", 2))),
+            TrainSpec(
+                "lstm-lm",
+                (
+                    ("seq_len", 4),
+                    ("batch", 4),
+                    ("hidden", 16),
+                    ("embedding", 16),
+                    ("vocab", 200),
+                    ("layers", 2),
+                ),
+            ),
         ]
     return [
         TrainSpec("mlp", (("sizes", (784, 512, 512, 10)), ("batch", 128))),
         TrainSpec("resnet9", (("image", (3, 32, 32)), ("batch", 128))),
         # Vocabulary of Penn Treebank's size: the (seq*batch, vocab) logits and their
         # softmax dominate the memory traffic.
-        TrainSpec("lstm-lm", (("seq_len", 20), ("batch", 20), ("hidden", 100),
-                              ("embedding", 100), ("vocab", 10000), ("layers", 2))),
+        TrainSpec(
+            "lstm-lm",
+            (
+                ("seq_len", 20),
+                ("batch", 20),
+                ("hidden", 100),
+                ("embedding", 100),
+                ("vocab", 10000),
+                ("layers", 2),
+            ),
+        ),
     ]
 
 
@@ -79,8 +99,14 @@ def needle_model(spec: TrainSpec, device):
         x = rng.standard_normal((p["batch"],) + tuple(p["image"]), dtype=np.float32)
         labels = rng.integers(0, 10, p["batch"])
     elif spec.model == "lstm-lm":
-        model = LanguageModel(p["embedding"], p["vocab"], hidden_size=p["hidden"],
-                              num_layers=p["layers"], seq_model="lstm", device=device)
+        model = LanguageModel(
+            p["embedding"],
+            p["vocab"],
+            hidden_size=p["hidden"],
+            num_layers=p["layers"],
+            seq_model="lstm",
+            device=device,
+        )
         x = rng.integers(0, p["vocab"], (p["seq_len"], p["batch"])).astype(np.float32)
         labels = rng.integers(0, p["vocab"], p["seq_len"] * p["batch"])
     else:
@@ -125,9 +151,11 @@ def torch_model(spec: TrainSpec, device):
         x = torch.from_numpy(rng.standard_normal((p["batch"], sizes[0]), dtype=np.float32))
         labels = torch.from_numpy(rng.integers(0, sizes[-1], p["batch"]))
     elif spec.model == "resnet9":
+
         def conv_bn(c_in, c_out, k, s):
-            return tnn.Sequential(tnn.Conv2d(c_in, c_out, k, s, padding=k // 2),
-                                  tnn.BatchNorm2d(c_out), tnn.ReLU())
+            return tnn.Sequential(
+                tnn.Conv2d(c_in, c_out, k, s, padding=k // 2), tnn.BatchNorm2d(c_out), tnn.ReLU()
+            )
 
         class Residual(tnn.Module):
             def __init__(self, fn):
@@ -138,15 +166,23 @@ def torch_model(spec: TrainSpec, device):
                 return self.fn(x) + x
 
         model = tnn.Sequential(
-            conv_bn(3, 16, 7, 4), conv_bn(16, 32, 3, 2),
+            conv_bn(3, 16, 7, 4),
+            conv_bn(16, 32, 3, 2),
             Residual(tnn.Sequential(conv_bn(32, 32, 3, 1), conv_bn(32, 32, 3, 1))),
-            conv_bn(32, 64, 3, 2), conv_bn(64, 128, 3, 2),
+            conv_bn(32, 64, 3, 2),
+            conv_bn(64, 128, 3, 2),
             Residual(tnn.Sequential(conv_bn(128, 128, 3, 1), conv_bn(128, 128, 3, 1))),
-            tnn.Flatten(), tnn.Linear(128, 128), tnn.ReLU(), tnn.Linear(128, 10))
-        x = torch.from_numpy(rng.standard_normal((p["batch"],) + tuple(p["image"]),
-                                                 dtype=np.float32))
+            tnn.Flatten(),
+            tnn.Linear(128, 128),
+            tnn.ReLU(),
+            tnn.Linear(128, 10),
+        )
+        x = torch.from_numpy(
+            rng.standard_normal((p["batch"],) + tuple(p["image"]), dtype=np.float32)
+        )
         labels = torch.from_numpy(rng.integers(0, 10, p["batch"]))
     elif spec.model == "lstm-lm":
+
         class LanguageModelTorch(tnn.Module):
             def __init__(self):
                 super().__init__()
@@ -183,8 +219,9 @@ def torch_train_step(spec: TrainSpec, device, lr: float = 0.01) -> Callable[[], 
 
 
 # ---- workloads -------------------------------------------------------------------------
-def matmul_workload(sizes: Sequence[int], rectangular: Sequence[tuple[int, int, int]],
-                    **timing) -> Workload:
+def matmul_workload(
+    sizes: Sequence[int], rectangular: Sequence[tuple[int, int, int]], **timing
+) -> Workload:
     def case(m: int, n: int, p: int, label: str, headline: bool = False) -> Case:
         def build(backend: Backend):
             a, b = arrays(backend, (m, n), (n, p))
@@ -194,9 +231,15 @@ def matmul_workload(sizes: Sequence[int], rectangular: Sequence[tuple[int, int, 
 
     cases = [case(s, s, s, f"{s} x {s} x {s}", s == max(sizes)) for s in sizes]
     cases += [case(m, n, p, f"{m} x {n} x {p}") for m, n, p in rectangular]
-    return Workload("matmul", "Matrix multiplication (float32)", "GFLOP/s",
-                    "(m x n) @ (n x p), output allocated per call: needle's NDArray `a @ b`, "
-                    "`torch.matmul`. 2mnp FLOPs per call.", cases, **timing)
+    return Workload(
+        "matmul",
+        "Matrix multiplication (float32)",
+        "GFLOP/s",
+        "(m x n) @ (n x p), output allocated per call: needle's NDArray `a @ b`, "
+        "`torch.matmul`. 2mnp FLOPs per call.",
+        cases,
+        **timing,
+    )
 
 
 def elementwise_workload(n: int, side: int, **timing) -> Workload:
@@ -206,12 +249,14 @@ def elementwise_workload(n: int, side: int, **timing) -> Workload:
             if backend.library == "numpy":
                 return lambda: getattr(np, fn_name)(x)
             return getattr(x, fn_name)  # x.exp: a method of NDArray and of torch.Tensor
+
         return build
 
     def binary(op: Callable[[Any, Any], Any]):
         def build(backend: Backend):
             x, y = arrays(backend, (n,), (n,))
             return lambda: op(x, y)
+
         return build
 
     def reduce(axis: int):
@@ -220,6 +265,7 @@ def elementwise_workload(n: int, side: int, **timing) -> Workload:
             if backend.library == "torch":
                 return lambda: m.sum(dim=axis)
             return lambda: m.sum(axis=axis)
+
         return build
 
     vector, matrix = 4 * n, 4 * side * side
@@ -231,16 +277,23 @@ def elementwise_workload(n: int, side: int, **timing) -> Workload:
         Case(f"sum over axis 0, {side} x {side}", reduce(0), {"side": side}, matrix, True),
         Case(f"sum over axis 1, {side} x {side}", reduce(1), {"side": side}, matrix),
     ]
-    return Workload("elementwise", "Elementwise and reduction throughput (float32)", "GB/s",
-                    "Memory touched per call (inputs read, output written) over time; outputs "
-                    "allocated per call (NDArray ops, torch tensor ops).", cases, **timing)
+    return Workload(
+        "elementwise",
+        "Elementwise and reduction throughput (float32)",
+        "GB/s",
+        "Memory touched per call (inputs read, output written) over time; outputs "
+        "allocated per call (NDArray ops, torch tensor ops).",
+        cases,
+        **timing,
+    )
 
 
 def overhead_workload(**timing) -> Workload:
     def add(backend: Backend):
         if backend.library == "needle":
-            a, b = (ndl.Tensor(np.ones(4), device=backend.handle, requires_grad=False)
-                    for _ in range(2))
+            a, b = (
+                ndl.Tensor(np.ones(4), device=backend.handle, requires_grad=False) for _ in range(2)
+            )
         else:
             torch = import_torch()
             a, b = (torch.ones(4, device=backend.handle) for _ in range(2))
@@ -251,16 +304,23 @@ def overhead_workload(**timing) -> Workload:
             x, y, z = (ndl.Tensor(np.ones(4), device=backend.handle) for _ in range(3))
         else:
             torch = import_torch()
-            x, y, z = (torch.ones(4, device=backend.handle, requires_grad=True)
-                       for _ in range(3))
+            x, y, z = (torch.ones(4, device=backend.handle, requires_grad=True) for _ in range(3))
         return lambda: (x * y + z).sum().backward()
 
-    cases = [Case("a + b, 4 floats", add, headline=True),
-             Case("(x * y + z).sum().backward(), 4 floats", backward)]
-    return Workload("overhead", "Eager overhead of tiny ops", "us",
-                    "Microseconds per call on 4-element tensors, where the arithmetic is free: "
-                    "what is timed is the framework (Tensor creation, dispatch, allocation, "
-                    "graph traversal).", cases, **timing)
+    cases = [
+        Case("a + b, 4 floats", add, headline=True),
+        Case("(x * y + z).sum().backward(), 4 floats", backward),
+    ]
+    return Workload(
+        "overhead",
+        "Eager overhead of tiny ops",
+        "us",
+        "Microseconds per call on 4-element tensors, where the arithmetic is free: "
+        "what is timed is the framework (Tensor creation, dispatch, allocation, "
+        "graph traversal).",
+        cases,
+        **timing,
+    )
 
 
 def train_workload(specs: Sequence[TrainSpec], **timing) -> Workload:
@@ -272,35 +332,68 @@ def train_workload(specs: Sequence[TrainSpec], **timing) -> Workload:
 
         return Case(spec.title, build, {"model": spec.model, **spec.kwargs}, headline=True)
 
-    return Workload("train", "Training step", "ms",
-                    "One step: zero_grad, forward, softmax cross-entropy loss, backward, SGD "
-                    "update (lr 0.01), on fixed random data of the given batch.",
-                    [case(s) for s in specs], **timing)
+    return Workload(
+        "train",
+        "Training step",
+        "ms",
+        "One step: zero_grad, forward, softmax cross-entropy loss, backward, SGD "
+        "update (lr 0.01), on fixed random data of the given batch.",
+        [case(s) for s in specs],
+        **timing,
+    )
 
 
 # Presets. quick: 1.5 minutes on 2 cores; full: larger sweeps and more repeats (about 8 minutes);
 # tiny: seconds, for the tests.
 PRESETS: dict[str, dict[str, Any]] = {
-    "full": dict(sizes=[64, 128, 256, 512, 1024, 2048],
-                 rectangular=[(128, 784, 512), (1024, 4096, 1024), (4096, 256, 4096)],
-                 ewise_n=10**7, side=4096, repeats=10, warmup=2, min_time=0.2,
-                 train_repeats=7, train_min_time=0.2, scale="full", pause=0.25),
-    "quick": dict(sizes=[64, 128, 256, 512, 1024], rectangular=[(128, 784, 512),
-                                                                (1024, 4096, 1024)],
-                  ewise_n=10**7, side=4096, repeats=5, warmup=1, min_time=0.05,
-                  train_repeats=3, train_min_time=0.05, scale="full", pause=0.25),
-    "tiny": dict(sizes=[32, 64], rectangular=[(16, 64, 32)], ewise_n=4096, side=64,
-                 repeats=2, warmup=1, min_time=0.001, train_repeats=1, train_min_time=0.0,
-                 scale="tiny", pause=0.0),
+    "full": dict(
+        sizes=[64, 128, 256, 512, 1024, 2048],
+        rectangular=[(128, 784, 512), (1024, 4096, 1024), (4096, 256, 4096)],
+        ewise_n=10**7,
+        side=4096,
+        repeats=10,
+        warmup=2,
+        min_time=0.2,
+        train_repeats=7,
+        train_min_time=0.2,
+        scale="full",
+        pause=0.25,
+    ),
+    "quick": dict(
+        sizes=[64, 128, 256, 512, 1024],
+        rectangular=[(128, 784, 512), (1024, 4096, 1024)],
+        ewise_n=10**7,
+        side=4096,
+        repeats=5,
+        warmup=1,
+        min_time=0.05,
+        train_repeats=3,
+        train_min_time=0.05,
+        scale="full",
+        pause=0.25,
+    ),
+    "tiny": dict(
+        sizes=[32, 64],
+        rectangular=[(16, 64, 32)],
+        ewise_n=4096,
+        side=64,
+        repeats=2,
+        warmup=1,
+        min_time=0.001,
+        train_repeats=1,
+        train_min_time=0.0,
+        scale="tiny",
+        pause=0.0,
+    ),
 }
 WORKLOADS = ("matmul", "elementwise", "overhead", "train")
 
 
 def build_workloads(preset: dict[str, Any], keys: Sequence[str] = WORKLOADS) -> list[Workload]:
-    timing = dict(repeats=preset["repeats"], warmup=preset["warmup"],
-                  min_time=preset["min_time"])
-    train_timing = dict(repeats=preset["train_repeats"], warmup=preset["warmup"],
-                        min_time=preset["train_min_time"])
+    timing = dict(repeats=preset["repeats"], warmup=preset["warmup"], min_time=preset["min_time"])
+    train_timing = dict(
+        repeats=preset["train_repeats"], warmup=preset["warmup"], min_time=preset["train_min_time"]
+    )
     makers = {
         "matmul": lambda: matmul_workload(preset["sizes"], preset["rectangular"], **timing),
         "elementwise": lambda: elementwise_workload(preset["ewise_n"], preset["side"], **timing),
@@ -308,4 +401,3 @@ def build_workloads(preset: dict[str, Any], keys: Sequence[str] = WORKLOADS) -> 
         "train": lambda: train_workload(train_specs(preset["scale"]), **train_timing),
     }
     return [makers[key]() for key in keys]
-
