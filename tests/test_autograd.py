@@ -102,6 +102,25 @@ def test_grad_is_none_before_backward(device):
     assert x.grad is None and y.grad is None
 
 
+def test_backward_default_adjoint_is_ones_also_for_non_scalars(device):
+    x_np = np.arange(6.0).reshape(2, 3)
+    x = tensor(x_np, device)
+    (x * x).backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x_np)
+    assert not x.grad.requires_grad  # no graph kept without create_graph
+
+
+def test_course_topo_sort_example(device):
+    """needle's hw1 example: subtraction is add(a, negate(b)), so the negation is a node."""
+    a = tensor([[0.88282157]], device)
+    b = tensor([[0.90170084]], device)
+    c = 3 * a * a + 4 * b * a - a
+    order = [n.numpy().item() for n in autograd.find_topo_sort([c])]
+    np.testing.assert_allclose(order, [0.88282157, 2.64846471, 2.33812177, 0.90170084,
+                                       3.60680336, 3.18415326, 5.52227503, -0.88282157,
+                                       4.63945346], rtol=1e-5)
+
+
 def test_backward_with_explicit_out_grad(device):
     x_np = np.arange(6.0).reshape(2, 3)
     g_np = np.array([[1.0, -2.0, 0.5], [3.0, 0.0, -1.0]])

@@ -6,8 +6,16 @@ import numpy as np
 
 from .. import backend_ndarray as nd
 from ..autograd import NDArray, Saved, Tensor, TensorOp
-from .ops_mathematic import (TakeRows, _axes_tuple, _keepdims_shape, _reduced_shape,
-                             broadcast_to, exp, reshape, summation)
+from .ops_mathematic import (
+    TakeRows,
+    _axes_tuple,
+    _keepdims_shape,
+    _reduced_shape,
+    broadcast_to,
+    exp,
+    reshape,
+    summation,
+)
 
 __all__ = ["LogSoftmax", "logsoftmax", "LogSumExp", "logsumexp", "SoftmaxCrossEntropy",
            "softmax_cross_entropy", "SoftmaxCrossEntropyGrad", "ClassLabels"]
@@ -140,9 +148,10 @@ class SoftmaxCrossEntropy(TensorOp):
 
 class SoftmaxCrossEntropyGrad(TensorOp):
     """g = (softmax(z) - one_hot(labels)) * c / batch: SoftmaxCrossEntropy's gradient for the
-    scalar out_grad c. A third input, logsumexp(z) over the classes (batch, 1), may pass it in
-    when already known; it gets no gradient (it stands for a function of z). Its own gradient, for v = dL/dg: dL/dz = s * (v - sum(v * s, classes))
-    * c / batch with s = softmax(z), and dL/dc = (sum(v * s) - sum(v at the labels)) / batch."""
+    scalar out_grad c. A third input may pass in logsumexp(z) over the classes (batch, 1) when
+    it is known; it gets no gradient (it stands for a function of z). Its own gradient, for
+    v = dL/dg: dL/dz = s * (v - sum(v * s, classes)) * c / batch with s = softmax(z), and
+    dL/dc = (sum(v * s) - sum(v at the labels)) / batch."""
 
     name = "softmax_cross_entropy_gradient"
 
