@@ -208,8 +208,8 @@ class Trainer:
         for hook in self.hooks:
             if hasattr(hook, "reduce_totals"):
                 totals = hook.reduce_totals(totals)
-        correct, total_loss, seen = totals
-        return float(correct) / max(seen, 1), float(total_loss) / max(seen, 1)
+        correct, total_loss, seen = (float(v) for v in totals)
+        return correct / max(seen, 1.0), total_loss / max(seen, 1.0)
 
     # ---- epochs -------------------------------------------------------------------------
     def fit(self, epochs: int, start_epoch: int = 0) -> list[EpochResult]:
