@@ -77,21 +77,12 @@ template <class T> __host__ __device__ inline T max_nan(T x, T y) {
   return (x > y || x != x) ? x : y;
 }
 
-struct Neg { template <class T> __host__ __device__ T operator()(T x) const { return -x; } };
-struct Abs { template <class T> __host__ __device__ T operator()(T x) const { return m_abs(x); } };
+// The unary operators of more than one expression (the others are lambdas in the rows of
+// elementwise.cu).
 struct Sign {  // zero and NaN map to themselves, as np.sign
   template <class T> __host__ __device__ T operator()(T x) const {
     return x > T(0) ? T(1) : x < T(0) ? T(-1) : x;
   }
-};
-struct Log { template <class T> __host__ __device__ T operator()(T x) const { return m_log(x); } };
-struct Exp { template <class T> __host__ __device__ T operator()(T x) const { return m_exp(x); } };
-struct Tanh { template <class T> __host__ __device__ T operator()(T x) const { return m_tanh(x); } };
-struct Sqrt { template <class T> __host__ __device__ T operator()(T x) const { return m_sqrt(x); } };
-struct Sin { template <class T> __host__ __device__ T operator()(T x) const { return m_sin(x); } };
-struct Cos { template <class T> __host__ __device__ T operator()(T x) const { return m_cos(x); } };
-struct Relu {
-  template <class T> __host__ __device__ T operator()(T x) const { return max_nan(x, T(0)); }
 };
 struct Sigmoid {  // e^-|x| never overflows; the form is chosen by the sign
   template <class T> __host__ __device__ T operator()(T x) const {
@@ -100,12 +91,24 @@ struct Sigmoid {  // e^-|x| never overflows; the form is chosen by the sign
   }
 };
 
-struct Add { template <class T> __host__ __device__ T operator()(T x, T y) const { return x + y; } };
-struct Sub { template <class T> __host__ __device__ T operator()(T x, T y) const { return x - y; } };
-struct RSub { template <class T> __host__ __device__ T operator()(T x, T y) const { return y - x; } };
-struct Mul { template <class T> __host__ __device__ T operator()(T x, T y) const { return x * y; } };
-struct Div { template <class T> __host__ __device__ T operator()(T x, T y) const { return x / y; } };
-struct RDiv { template <class T> __host__ __device__ T operator()(T x, T y) const { return y / x; } };
+struct Add {
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return x + y; }
+};
+struct Sub {
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return x - y; }
+};
+struct RSub {
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return y - x; }
+};
+struct Mul {
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return x * y; }
+};
+struct Div {
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return x / y; }
+};
+struct RDiv {
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return y / x; }
+};
 struct Power {
   template <class T> __host__ __device__ T operator()(T x, T y) const { return m_pow(x, y); }
 };
@@ -113,16 +116,40 @@ struct Maximum {
   template <class T> __host__ __device__ T operator()(T x, T y) const { return max_nan(x, y); }
 };
 struct Eq {  // 1 where equal, else 0, in the array's dtype
-  template <class T> __host__ __device__ T operator()(T x, T y) const { return x == y ? T(1) : T(0); }
+  template <class T> __host__ __device__ T operator()(T x, T y) const {
+    return x == y ? T(1) : T(0);
+  }
 };
 struct Ge {
-  template <class T> __host__ __device__ T operator()(T x, T y) const { return x >= y ? T(1) : T(0); }
+  template <class T> __host__ __device__ T operator()(T x, T y) const {
+    return x >= y ? T(1) : T(0);
+  }
 };
 // alpha * x + beta * y; nvcc contracts it into one multiply and one fused multiply-add.
 template <class T> struct Axpby {
   T alpha, beta;
   __host__ __device__ T operator()(T x, T y) const { return alpha * x + beta * y; }
 };
+
+// The elements [0, n) that one thread of a grid- or block-stride loop visits, `first` its first
+// index and `step` the loop's stride: with `vectorized` (every pointer involved 16-byte
+// aligned), vector(i) for each whole vector of kVec<T> elements that starts at i, then one(i)
+// for each element of the tail; otherwise one(i) for every element.
+template <class T, class Vector, class One>
+__device__ __forceinline__ void for_each_share(int64_t n, int64_t first, int64_t step,
+                                               bool vectorized, Vector&& vector, One&& one) {
+  int64_t tail = 0;
+  if (vectorized) {
+    constexpr int W = kVec<T>;
+    const int64_t vectors = n / W;
+    // Four vectors in flight per thread (nvcc unrolls such a loop by itself when it is
+    // written out in a kernel, but not through the lambda).
+#pragma unroll 4
+    for (int64_t v = first; v < vectors; v += step) vector(v * W);
+    tail = vectors * W;
+  }
+  for (int64_t i = tail + first; i < n; i += step) one(i);
+}
 
 // ---- reductions -----------------------------------------------------------------------
 
@@ -170,13 +197,16 @@ void launch(const char* name, void (*kernel)(Params...), const LaunchConfig& c, 
       c.grid.y == 0 || c.grid.z == 0 || c.grid.y > 65535 || c.grid.z > 65535) {
     throw CudaError(std::string("bad launch configuration for kernel ") + name + ": grid (" +
                     std::to_string(c.grid.x) + ", " + std::to_string(c.grid.y) + ", " +
-                    std::to_string(c.grid.z) + "), block (" + std::to_string(c.block.x) +
-                    ", " + std::to_string(c.block.y) + ", " + std::to_string(c.block.z) + ")");
+                    std::to_string(c.grid.z) + "), block (" + std::to_string(c.block.x) + ", " +
+                    std::to_string(c.block.y) + ", " + std::to_string(c.block.z) + ")");
   }
 #ifdef NEEDLE_CUDA_EMULATION
   emulation::launch(name, c.grid, c.block, [&] { kernel(static_cast<Params>(args)...); });
 #else
+  // (clang-format reads a .cuh file as plain C++, and would split the >>>.)
+  // clang-format off
   kernel<<<c.grid, c.block, 0, stream()>>>(static_cast<Params>(args)...);
+  // clang-format on
   check(cudaGetLastError(), name);
 #endif
 }

@@ -30,7 +30,8 @@ namespace cuda {
 namespace {
 
 // The block tile of linear block index `block` (see gemm_tile_of_block in kernels.h).
-__host__ __device__ inline TileCoord tile_of_block(int64_t block, int64_t tiles_m, int64_t tiles_n) {
+__host__ __device__ inline TileCoord tile_of_block(int64_t block, int64_t tiles_m,
+                                                   int64_t tiles_n) {
   const int64_t per_group = kGemmGroupRows * tiles_n;
   const int64_t first_m = block / per_group * kGemmGroupRows;
   const int64_t rows = tiles_m - first_m < kGemmGroupRows ? tiles_m - first_m : kGemmGroupRows;
@@ -163,8 +164,7 @@ __device__ __forceinline__ void store_row_piece(T* row, int col, int p, const T*
 }
 
 template <class T, int BM, int BN, int BK, int TM, int TN, int MIN_BLOCKS, int LA, int LB>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), MIN_BLOCKS)
-    gemm_kernel(GemmParams<T> g) {
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), MIN_BLOCKS) gemm_kernel(GemmParams<T> g) {
   constexpr int THREADS = (BM / TM) * (BN / TN);
   constexpr int W = kVec<T>;
   static_assert(TM == 2 * W && TN == 2 * W, "a thread's block is two vectors each way");
@@ -243,8 +243,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), MIN_BLOCKS)
   }
 }
 
-template <class T> Operand<T> make_operand(const MatrixView& v, int64_t extent, bool is_a,
-                                           int& layout) {
+template <class T>
+Operand<T> make_operand(const MatrixView& v, int64_t extent, bool is_a, int& layout) {
   // A is (m, n): index = row, k = column. B is (n, p): index = column, k = row.
   Operand<T> x;
   x.ptr = static_cast<const T*>(v.ptr) + v.offset;
@@ -322,19 +322,16 @@ TileCoord gemm_tile_of_block(int64_t block, int64_t tiles_m, int64_t tiles_n) {
 }
 
 GemmTiling gemm_tiling(DType dt) {
-  if (dt == DType::f32) {
-    using C = Tiling<float>;
-    return {C::BM, C::BN, C::BK, C::TM, C::TN, (C::BM / C::TM) * (C::BN / C::TN)};
-  }
-  using C = Tiling<double>;
-  return {C::BM, C::BN, C::BK, C::TM, C::TN, (C::BM / C::TM) * (C::BN / C::TN)};
+  return with_dtype(dt, [](auto t) {
+    using C = Tiling<decltype(t)>;
+    return GemmTiling{C::BM, C::BN, C::BK, C::TM, C::TN, (C::BM / C::TM) * (C::BN / C::TN)};
+  });
 }
 
-void matmul(DType dt, const MatrixView& a, const MatrixView& b, void* out, int64_t batch,
-            int64_t m, int64_t n, int64_t p) {
+void matmul(DType dt, const MatrixView& a, const MatrixView& b, void* out, int64_t batch, int64_t m,
+            int64_t n, int64_t p) {
   if (batch <= 0 || m <= 0 || p <= 0) return;
-  if (dt == DType::f32) return matmul_typed<float>(a, b, out, batch, m, n, p);
-  matmul_typed<double>(a, b, out, batch, m, n, p);
+  with_dtype(dt, [&](auto t) { matmul_typed<decltype(t)>(a, b, out, batch, m, n, p); });
 }
 
 }  // namespace cuda

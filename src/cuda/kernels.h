@@ -1,13 +1,14 @@
 // The CUDA backend's kernels behind a plain C++ interface: raw device pointers, sizes,
-// strides and offsets in elements, a dtype tag. No CUDA types, so the primitive table
-// (src/ndarray_backend_cuda.cu) and the tests' CPU emulation (tests/cuda_emulation) call the
-// same functions. Every function queues its kernels on the backend's stream and returns;
-// bounds and shapes were checked in Python (NDArray), so these only assert.
+// strides and offsets in elements, a dtype tag. No CUDA types, so the host table
+// (src/cuda/host_table.cc) compiles with nvcc into the module and with g++ into the tests'
+// CPU emulation (tests/cuda_emulation), over the same kernels. Every function queues its
+// kernels on the backend's stream and returns.
 
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace needle {
@@ -16,6 +17,12 @@ namespace cuda {
 enum class DType { f32, f64 };
 
 inline size_t itemsize(DType dt) { return dt == DType::f32 ? 4 : 8; }
+
+// f(T()) with T the C++ type of dt: the one place a dtype tag becomes a type.
+template <class F> decltype(auto) with_dtype(DType dt, F&& f) {
+  if (dt == DType::f32) return f(float());
+  return f(double());
+}
 
 using Shape = std::vector<int64_t>;
 
@@ -33,30 +40,25 @@ constexpr int kBlocksPerSm = 32;
 // Blocks for a grid-stride loop over `items` work items of one thread each.
 unsigned grid_size(int64_t items, int block_threads, int sm_count);
 
-// A strided view with size-1 axes dropped and axes merged where memory is walked in the same
-// way (shape[d+1] * strides[d+1] == strides[d]); enumerates exactly the same offsets, in the
-// same (C) order, with as few axes as possible.
-struct View {
-  Shape shape;
-  Shape strides;
-  int64_t offset = 0;
-  int64_t size = 1;
-};
-View simplify_view(const Shape& shape, const Shape& strides, int64_t offset);
-
-// The most axes a simplified view may keep (the kernels get shape and strides by value).
+// The most axes of size > 1 a strided view may have (the kernels get shape and strides by
+// value). NDArray merges a view's axes before it calls a layout primitive
+// (primitives.simplify_view), so views reach the kernels with a few.
 constexpr int kMaxDims = 32;
 
 // The GEMM's block tile for the linear block index `block` of a tiles_m x tiles_n grid:
 // blocks are grouped kGemmGroupRows tile rows at a time so that neighbouring blocks share
 // their A and B panels in L2 (the order in which Triton's tutorials launch a matmul).
 constexpr int kGemmGroupRows = 8;
-struct TileCoord {
-  int64_t m, n;
-};
+struct TileCoord { int64_t m, n; };
 TileCoord gemm_tile_of_block(int64_t block, int64_t tiles_m, int64_t tiles_n);
 
 // ---- memory and layout ----------------------------------------------------------------
+// A strided view is (shape, strides, offset) in elements, any number of axes, signed strides.
+
+// The number of elements of a view of this shape.
+int64_t view_size(const Shape& shape);
+// Whether the view walks offset, offset + 1, ... in C order (one run of memory).
+bool is_contiguous(const Shape& shape, const Shape& strides);
 
 void fill(DType dt, void* out, int64_t n, double val);
 
@@ -64,21 +66,33 @@ void fill(DType dt, void* out, int64_t n, double val);
 void compact(DType dt, const void* src, void* dst, const Shape& shape, const Shape& strides,
              int64_t offset);
 // dst[offset + <i-th index> . strides] = src[i]. Overlapping targets get one of the values.
-void ewise_setitem(DType dt, const void* src, void* dst, const Shape& shape,
-                   const Shape& strides, int64_t offset);
+void ewise_setitem(DType dt, const void* src, void* dst, const Shape& shape, const Shape& strides,
+                   int64_t offset);
 // dst[offset + <i-th index> . strides] = val.
 void scalar_setitem(DType dt, double val, void* dst, const Shape& shape, const Shape& strides,
                     int64_t offset);
 
-// ---- elementwise over compact arrays of n elements -----------------------------------
+// ---- elementwise over compact arrays of n elements ------------------------------------
+// The elementwise families of the primitive table (primitives.py UNARY, BINARY, SCALAR), one
+// row a primitive: its name and its launch. The rows are written once, in elementwise.cu;
+// the host table binds every row, so a new unary primitive is one row there.
 
-enum class UnaryOp { neg, abs, sign, log, exp, tanh, sqrt, sin, cos, relu, sigmoid };
-// rsub and rdiv swap the operands (val - a, val / a); they are only used with a scalar.
-enum class BinaryOp { add, sub, rsub, mul, div, rdiv, power, maximum, eq, ge };
+struct UnaryKernel {  // ewise_<op>(a, out): out = op(a)
+  const char* name;
+  std::function<void(DType, const void* a, void* out, int64_t n)> run;
+};
+struct BinaryKernel {  // ewise_<op>(a, b, out): out = op(a, b)
+  const char* name;
+  std::function<void(DType, const void* a, const void* b, void* out, int64_t n)> run;
+};
+struct ScalarKernel {  // scalar_<op>(a, val, out): out = op(a, val), val rounded to the dtype
+  const char* name;
+  std::function<void(DType, const void* a, double val, void* out, int64_t n)> run;
+};
+const std::vector<UnaryKernel>& unary_kernels();
+const std::vector<BinaryKernel>& binary_kernels();
+const std::vector<ScalarKernel>& scalar_kernels();
 
-void ewise_unary(UnaryOp op, DType dt, const void* a, void* out, int64_t n);
-void ewise_binary(BinaryOp op, DType dt, const void* a, const void* b, void* out, int64_t n);
-void scalar_binary(BinaryOp op, DType dt, const void* a, double val, void* out, int64_t n);
 // out[i] = alpha * a[i] + beta * b[i], the scalars rounded to dt first. `out` may be `a` or `b`
 // itself (the optimizers' in-place update): every element is read before it is written.
 void ewise_axpby(DType dt, const void* a, const void* b, double alpha, double beta, void* out,
@@ -106,13 +120,11 @@ struct MatrixView {
 };
 
 // out (batch, m, p), compact = a (batch, m, n) @ b (batch, n, p).
-void matmul(DType dt, const MatrixView& a, const MatrixView& b, void* out, int64_t batch,
-            int64_t m, int64_t n, int64_t p);
+void matmul(DType dt, const MatrixView& a, const MatrixView& b, void* out, int64_t batch, int64_t m,
+            int64_t n, int64_t p);
 
 // The GEMM's tiling for a dtype, for the tests and the benchmarks' notes.
-struct GemmTiling {
-  int block_m, block_n, block_k, thread_m, thread_n, threads;
-};
+struct GemmTiling { int block_m, block_n, block_k, thread_m, thread_n, threads; };
 GemmTiling gemm_tiling(DType dt);
 
 // ---- reductions -----------------------------------------------------------------------

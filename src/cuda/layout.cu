@@ -3,9 +3,12 @@
 // grid-stride loop: consecutive threads take consecutive elements in C order, so the
 // compact side of every copy is coalesced, and the strided side is whenever the view's
 // innermost axis is. Views that are one contiguous run become a plain device copy.
+//
+// Any view works (any number of axes, signed and zero strides); NDArray merges a view's
+// axes first (primitives.simplify_view), which saves the kernels divisions per element.
 
-#include <algorithm>
 #include <stdexcept>
+#include <string>
 
 #include "common.cuh"
 
@@ -13,7 +16,8 @@ namespace needle {
 namespace cuda {
 namespace {
 
-// A simplified view, by value as a kernel argument (a few hundred bytes of parameter space).
+// A view by value as a kernel argument (a few hundred bytes of parameter space), its axes of
+// size 1 dropped (they never move the offset).
 struct ViewArg {
   int ndim;
   int64_t offset;
@@ -21,10 +25,26 @@ struct ViewArg {
   int64_t strides[kMaxDims];
 };
 
+ViewArg to_arg(const Shape& shape, const Shape& strides, int64_t offset) {
+  ViewArg arg{};
+  arg.offset = offset;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    if (arg.ndim == kMaxDims) {
+      throw std::invalid_argument("a strided view with more than " + std::to_string(kMaxDims) +
+                                  " axes longer than 1");
+    }
+    arg.shape[arg.ndim] = shape[d];
+    arg.strides[arg.ndim++] = strides[d];
+  }
+  return arg;
+}
+
 // The storage offset of the i-th element (C order) of the view. `Index` is 32-bit when the
 // view has fewer than 2^31 elements: the divisions are then a few instructions, where
 // 64-bit ones are a slow software sequence.
-template <class Index> __device__ __forceinline__ int64_t element_offset(const ViewArg& v, Index i) {
+template <class Index>
+__device__ __forceinline__ int64_t element_offset(const ViewArg& v, Index i) {
   int64_t offset = v.offset;
   for (int d = v.ndim - 1; d >= 0; --d) {
     const Index dim = static_cast<Index>(v.shape[d]);
@@ -35,148 +55,110 @@ template <class Index> __device__ __forceinline__ int64_t element_offset(const V
   return offset;
 }
 
-enum class Copy { gather, scatter };
+// What happens to element i of the view, stored at `at`.
+template <class T> struct Gather {  // compact
+  const T* src;
+  T* dst;
+  __device__ void operator()(int64_t i, int64_t at) const { dst[i] = src[at]; }
+};
+template <class T> struct Scatter {  // ewise_setitem
+  const T* src;
+  T* dst;
+  __device__ void operator()(int64_t i, int64_t at) const { dst[at] = src[i]; }
+};
+template <class T> struct Put {  // scalar_setitem
+  T val;
+  T* dst;
+  __device__ void operator()(int64_t, int64_t at) const { dst[at] = val; }
+};
 
-template <class T, class Index, Copy direction>
-__global__ void strided_copy_kernel(const T* src, T* dst, ViewArg view, Index n) {
+template <class Index, class Op> __global__ void strided_kernel(Op op, ViewArg view, Index n) {
   const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
   for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const int64_t offset = element_offset(view, i);
-    if (direction == Copy::gather) {
-      dst[i] = src[offset];
-    } else {
-      dst[offset] = src[i];
-    }
+    op(static_cast<int64_t>(i), element_offset(view, i));
   }
 }
 
-template <class T, class Index>
-__global__ void strided_fill_kernel(T val, T* dst, ViewArg view, Index n) {
-  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
-  for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    dst[element_offset(view, i)] = val;
-  }
-}
-
-ViewArg to_arg(const View& v) {
-  if (v.shape.size() > static_cast<size_t>(kMaxDims)) {
-    throw std::invalid_argument("a strided view with more than " + std::to_string(kMaxDims) +
-                                " axes that cannot be merged");
-  }
-  ViewArg arg{};
-  arg.ndim = static_cast<int>(v.shape.size());
-  arg.offset = v.offset;
-  for (int d = 0; d < arg.ndim; ++d) {
-    arg.shape[d] = v.shape[d];
-    arg.strides[d] = v.strides[d];
-  }
-  return arg;
-}
-
-// 32-bit indices while i + gridDim.x * blockDim.x cannot wrap.
-bool small_index(int64_t n) { return n < (int64_t{1} << 31); }
-
-bool contiguous(const View& v) {
-  return v.shape.empty() || (v.shape.size() == 1 && v.strides[0] == 1);
-}
-
-template <class T> void copy_view(Copy direction, const void* src, void* dst, const View& v) {
-  if (v.size == 0) return;
-  const ViewArg arg = to_arg(v);
-  const LaunchConfig config = grid_stride_config(v.size);
-  const T* s = static_cast<const T*>(src);
-  T* d = static_cast<T*>(dst);
-  if (direction == Copy::gather) {
-    if (small_index(v.size)) {
-      launch("compact", strided_copy_kernel<T, uint32_t, Copy::gather>, config, s, d, arg,
-             static_cast<uint32_t>(v.size));
-    } else {
-      launch("compact", strided_copy_kernel<T, uint64_t, Copy::gather>, config, s, d, arg,
-             static_cast<uint64_t>(v.size));
-    }
+// op over the n elements of a view, with 32-bit indices while i + the grid's stride cannot
+// wrap them.
+template <class Op>
+void strided(const char* name, Op op, const Shape& shape, const Shape& strides, int64_t offset,
+             int64_t n) {
+  const ViewArg arg = to_arg(shape, strides, offset);
+  const LaunchConfig config = grid_stride_config(n);
+  if (n < (int64_t{1} << 31)) {
+    launch(name, strided_kernel<uint32_t, Op>, config, op, arg, static_cast<uint32_t>(n));
   } else {
-    if (small_index(v.size)) {
-      launch("ewise_setitem", strided_copy_kernel<T, uint32_t, Copy::scatter>, config, s, d, arg,
-             static_cast<uint32_t>(v.size));
-    } else {
-      launch("ewise_setitem", strided_copy_kernel<T, uint64_t, Copy::scatter>, config, s, d, arg,
-             static_cast<uint64_t>(v.size));
-    }
+    launch(name, strided_kernel<uint64_t, Op>, config, op, arg, static_cast<uint64_t>(n));
   }
 }
 
-template <class T> void fill_view(T val, void* dst, const View& v) {
-  if (v.size == 0) return;
-  const ViewArg arg = to_arg(v);
-  const LaunchConfig config = grid_stride_config(v.size);
-  if (small_index(v.size)) {
-    launch("scalar_setitem", strided_fill_kernel<T, uint32_t>, config, val, static_cast<T*>(dst),
-           arg, static_cast<uint32_t>(v.size));
-  } else {
-    launch("scalar_setitem", strided_fill_kernel<T, uint64_t>, config, val, static_cast<T*>(dst),
-           arg, static_cast<uint64_t>(v.size));
-  }
+// Element `offset` of a buffer of dt.
+const char* address(const void* p, int64_t offset, DType dt) {
+  return static_cast<const char*>(p) + offset * static_cast<int64_t>(itemsize(dt));
+}
+char* address(void* p, int64_t offset, DType dt) {
+  return static_cast<char*>(p) + offset * static_cast<int64_t>(itemsize(dt));
 }
 
 }  // namespace
 
-View simplify_view(const Shape& shape, const Shape& strides, int64_t offset) {
-  if (shape.size() != strides.size()) {
-    throw std::invalid_argument("shape and strides differ in length");
+int64_t view_size(const Shape& shape) {
+  int64_t size = 1;
+  for (const int64_t d : shape) {
+    if (d < 0) throw std::invalid_argument("negative dimension in a view");
+    size *= d;
   }
-  View v;
-  v.offset = offset;
-  for (size_t d = 0; d < shape.size(); ++d) {
-    if (shape[d] < 0) throw std::invalid_argument("negative dimension in a view");
-    v.size *= shape[d];
-    if (shape[d] == 1) continue;  // a size-1 axis never moves the offset
-    if (!v.shape.empty() && v.strides.back() == strides[d] * shape[d]) {
-      v.shape.back() *= shape[d];  // the previous axis steps over this one exactly
-      v.strides.back() = strides[d];
-    } else {
-      v.shape.push_back(shape[d]);
-      v.strides.push_back(strides[d]);
-    }
+  return size;
+}
+
+bool is_contiguous(const Shape& shape, const Shape& strides) {
+  int64_t expected = 1;  // the stride of a C-contiguous array, from the last axis
+  for (size_t d = shape.size(); d-- > 0;) {
+    if (shape[d] != 1 && strides[d] != expected) return false;
+    expected *= shape[d];
   }
-  if (v.size == 0) v.shape.assign(1, 0), v.strides.assign(1, 1);
-  return v;
+  return true;
 }
 
 void compact(DType dt, const void* src, void* dst, const Shape& shape, const Shape& strides,
              int64_t offset) {
-  const View v = simplify_view(shape, strides, offset);
-  const size_t size = itemsize(dt);
-  if (v.size == 0) return;
-  if (contiguous(v)) {  // one run of memory: a plain copy at full bandwidth
-    return copy_device_to_device(dst, static_cast<const char*>(src) + v.offset * size,
-                                 v.size * size);
+  const int64_t n = view_size(shape);
+  if (n == 0) return;
+  if (is_contiguous(shape, strides)) {  // one run of memory: a plain copy at full bandwidth
+    return copy_device_to_device(dst, address(src, offset, dt), n * itemsize(dt));
   }
-  if (dt == DType::f32) return copy_view<float>(Copy::gather, src, dst, v);
-  copy_view<double>(Copy::gather, src, dst, v);
+  with_dtype(dt, [&](auto t) {
+    using T = decltype(t);
+    strided("compact", Gather<T>{static_cast<const T*>(src), static_cast<T*>(dst)}, shape, strides,
+            offset, n);
+  });
 }
 
-void ewise_setitem(DType dt, const void* src, void* dst, const Shape& shape,
-                   const Shape& strides, int64_t offset) {
-  const View v = simplify_view(shape, strides, offset);
-  const size_t size = itemsize(dt);
-  if (v.size == 0) return;
-  if (contiguous(v)) {
-    return copy_device_to_device(static_cast<char*>(dst) + v.offset * size, src, v.size * size);
+void ewise_setitem(DType dt, const void* src, void* dst, const Shape& shape, const Shape& strides,
+                   int64_t offset) {
+  const int64_t n = view_size(shape);
+  if (n == 0) return;
+  if (is_contiguous(shape, strides)) {
+    return copy_device_to_device(address(dst, offset, dt), src, n * itemsize(dt));
   }
-  if (dt == DType::f32) return copy_view<float>(Copy::scatter, src, dst, v);
-  copy_view<double>(Copy::scatter, src, dst, v);
+  with_dtype(dt, [&](auto t) {
+    using T = decltype(t);
+    strided("ewise_setitem", Scatter<T>{static_cast<const T*>(src), static_cast<T*>(dst)}, shape,
+            strides, offset, n);
+  });
 }
 
 void scalar_setitem(DType dt, double val, void* dst, const Shape& shape, const Shape& strides,
                     int64_t offset) {
-  const View v = simplify_view(shape, strides, offset);
-  if (v.size == 0) return;
-  if (contiguous(v)) {
-    const size_t size = itemsize(dt);
-    return fill(dt, static_cast<char*>(dst) + v.offset * size, v.size, val);
-  }
-  if (dt == DType::f32) return fill_view<float>(static_cast<float>(val), dst, v);
-  fill_view<double>(val, dst, v);
+  const int64_t n = view_size(shape);
+  if (n == 0) return;
+  if (is_contiguous(shape, strides)) { return fill(dt, address(dst, offset, dt), n, val); }
+  with_dtype(dt, [&](auto t) {
+    using T = decltype(t);
+    strided("scalar_setitem", Put<T>{static_cast<T>(val), static_cast<T*>(dst)}, shape, strides,
+            offset, n);
+  });
 }
 
 }  // namespace cuda

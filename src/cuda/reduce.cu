@@ -30,19 +30,15 @@ constexpr int64_t kMaxChunks = 1024;
 template <class T, class Op>
 __device__ __forceinline__ T accumulate(const T* p, int64_t len, int lane, int lanes, Op op) {
   T acc = Op::template identity<T>();
-  int64_t tail = 0;
-  if (aligned16(p)) {
-    constexpr int W = kVec<T>;
-    const int64_t vectors = len / W;
-    for (int64_t v = lane; v < vectors; v += lanes) {
-      T x[W];
-      load_vec(p + v * W, x);
+  for_each_share<T>(
+      len, lane, lanes, aligned16(p),
+      [&](int64_t i) {
+        T x[kVec<T>];
+        load_vec(p + i, x);
 #pragma unroll
-      for (int l = 0; l < W; ++l) acc = op(acc, x[l]);
-    }
-    tail = vectors * W;
-  }
-  for (int64_t i = tail + lane; i < len; i += lanes) acc = op(acc, p[i]);
+        for (int l = 0; l < kVec<T>; ++l) acc = op(acc, x[l]);
+      },
+      [&](int64_t i) { acc = op(acc, p[i]); });
   return acc;
 }
 
@@ -149,21 +145,21 @@ void split_rows(ReducePlan& plan, int64_t items, int64_t len, int64_t target, in
   plan.chunks = ceil_div(len, plan.chunk_len);
 }
 
-template <class T, class Op> void reduce_last_typed(const void* src, void* dst, int64_t rows,
-                                                    int64_t len) {
+template <class T, class Op>
+void reduce_last_typed(const void* src, void* dst, int64_t rows, int64_t len) {
   const ReducePlan plan = plan_reduce_last(rows, len, device_info().sm_count);
   const LaunchConfig config{dim3(plan.grid_x, plan.grid_y), dim3(plan.block_x, plan.block_y)};
   const T* a = static_cast<const T*>(src);
   T* out = static_cast<T*>(dst);
   if (plan.strategy == 0) {
-    launch("reduce (thread per row)", reduce_rows_thread_kernel<T, Op>, config, Op(), a, out,
-           rows, len);
+    launch("reduce (thread per row)", reduce_rows_thread_kernel<T, Op>, config, Op(), a, out, rows,
+           len);
   } else if (plan.strategy == 1) {
     launch("reduce (warp per row)", reduce_rows_warp_kernel<T, Op>, config, Op(), a, out, rows,
            len);
   } else if (plan.chunks == 1) {
-    launch("reduce (block per row)", reduce_rows_block_kernel<T, Op>, config, Op(), a, out,
-           rows, len, plan.chunk_len, plan.chunks);
+    launch("reduce (block per row)", reduce_rows_block_kernel<T, Op>, config, Op(), a, out, rows,
+           len, plan.chunk_len, plan.chunks);
   } else {
     DeviceBuffer partial(sizeof(T) * rows * plan.chunks);
     launch("reduce (blocks per row)", reduce_rows_block_kernel<T, Op>, config, Op(), a,
@@ -186,6 +182,12 @@ void reduce_middle_typed(const void* src, void* dst, int64_t outer, int64_t len,
   launch("reduce (middle axis, chunks)", reduce_middle_kernel<T, Op>, config, Op(), a,
          partial.get<T>(), outer, len, inner, plan.chunk_len, plan.chunks);
   reduce_middle_typed<T, Op>(partial.get<T>(), dst, outer, plan.chunks, inner);
+}
+
+// f(Op()) with Op the functor of op.
+template <class F> void with_op(ReduceOp op, F&& f) {
+  if (op == ReduceOp::sum) return f(SumOp());
+  f(MaxOp());
 }
 
 }  // namespace
@@ -226,26 +228,22 @@ ReducePlan plan_reduce_middle(int64_t outer, int64_t len, int64_t inner, int sm_
 void reduce_last(ReduceOp op, DType dt, const void* a, void* out, int64_t rows,
                  int64_t reduce_size) {
   if (rows <= 0 || reduce_size <= 0) return;
-  if (dt == DType::f32) {
-    return op == ReduceOp::sum ? reduce_last_typed<float, SumOp>(a, out, rows, reduce_size)
-                               : reduce_last_typed<float, MaxOp>(a, out, rows, reduce_size);
-  }
-  return op == ReduceOp::sum ? reduce_last_typed<double, SumOp>(a, out, rows, reduce_size)
-                             : reduce_last_typed<double, MaxOp>(a, out, rows, reduce_size);
+  with_dtype(dt, [&](auto t) {
+    with_op(op, [&](auto o) {
+      reduce_last_typed<decltype(t), decltype(o)>(a, out, rows, reduce_size);
+    });
+  });
 }
 
 void reduce_middle(ReduceOp op, DType dt, const void* a, void* out, int64_t outer,
                    int64_t reduce_size, int64_t inner) {
   if (outer <= 0 || inner <= 0 || reduce_size <= 0) return;
   if (inner == 1) return reduce_last(op, dt, a, out, outer, reduce_size);  // rows: no stride
-  if (dt == DType::f32) {
-    return op == ReduceOp::sum
-               ? reduce_middle_typed<float, SumOp>(a, out, outer, reduce_size, inner)
-               : reduce_middle_typed<float, MaxOp>(a, out, outer, reduce_size, inner);
-  }
-  return op == ReduceOp::sum
-             ? reduce_middle_typed<double, SumOp>(a, out, outer, reduce_size, inner)
-             : reduce_middle_typed<double, MaxOp>(a, out, outer, reduce_size, inner);
+  with_dtype(dt, [&](auto t) {
+    with_op(op, [&](auto o) {
+      reduce_middle_typed<decltype(t), decltype(o)>(a, out, outer, reduce_size, inner);
+    });
+  });
 }
 
 }  // namespace cuda

@@ -23,8 +23,7 @@ enum class Rows { gather, scatter_add };
 template <class T, class Index, Rows direction>
 __global__ void rows_kernel(const T* a, const T* indices, T* out, Index size, Index row_size) {
   const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
-  for (Index e = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; e < size;
-       e += stride) {
+  for (Index e = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; e < size; e += stride) {
     const Index i = e / row_size;
     const int64_t indexed = static_cast<int64_t>(indices[i]) * static_cast<int64_t>(row_size) +
                             static_cast<int64_t>(e - i * row_size);
@@ -58,18 +57,16 @@ void rows(const char* name, const void* a, const void* indices, void* out, int64
 
 void gather_rows(DType dt, const void* a, const void* indices, void* out, int64_t n,
                  int64_t row_size) {
-  if (dt == DType::f32) {
-    return rows<float, Rows::gather>("gather_rows", a, indices, out, n, row_size);
-  }
-  rows<double, Rows::gather>("gather_rows", a, indices, out, n, row_size);
+  with_dtype(dt, [&](auto t) {
+    rows<decltype(t), Rows::gather>("gather_rows", a, indices, out, n, row_size);
+  });
 }
 
 void scatter_add_rows(DType dt, const void* a, const void* indices, void* out, int64_t n,
                       int64_t row_size) {
-  if (dt == DType::f32) {
-    return rows<float, Rows::scatter_add>("scatter_add_rows", a, indices, out, n, row_size);
-  }
-  rows<double, Rows::scatter_add>("scatter_add_rows", a, indices, out, n, row_size);
+  with_dtype(dt, [&](auto t) {
+    rows<decltype(t), Rows::scatter_add>("scatter_add_rows", a, indices, out, n, row_size);
+  });
 }
 
 }  // namespace cuda

@@ -90,8 +90,9 @@ void check(cudaError_t status, const char* what) {
   std::string message = std::string(what) + ": " + describe(status);
   if (status == cudaErrorIllegalAddress || status == cudaErrorLaunchFailure ||
       status == cudaErrorMisalignedAddress || status == cudaErrorIllegalInstruction) {
-    message += " (a kernel failed; the error is sticky: the CUDA context is unusable until the "
-               "process restarts)";
+    message +=
+        " (a kernel failed; the error is sticky: the CUDA context is unusable until the "
+        "process restarts)";
   }
   throw CudaError(message);
 }

@@ -1,6 +1,6 @@
 // The CUDA backend's runtime: one device, one stream, errors as exceptions, and device
-// memory from the stream-ordered pool. Kernels (src/cuda/*.cu) and the primitive table
-// (src/ndarray_backend_cuda.cu) reach CUDA's runtime API only through this header, which the
+// memory from the stream-ordered pool. Kernels (src/cuda/*.cu) and the host table
+// (src/cuda/host_table.cc) reach CUDA's runtime API only through this header, which the
 // CPU emulation of the tests (tests/cuda_emulation) implements as well.
 
 #pragma once
@@ -74,9 +74,7 @@ void synchronize();
 
 // Device memory as the driver sees it (free, total) and as the backend's pool holds it
 // (bytes in live allocations, bytes reserved from the driver including cached free blocks).
-struct MemoryInfo {
-  size_t free = 0, total = 0, used = 0, reserved = 0;
-};
+struct MemoryInfo { size_t free = 0, total = 0, used = 0, reserved = 0; };
 MemoryInfo memory_info();
 
 // Returns the pool's cached free blocks to the driver (after waiting for queued work).

@@ -1,3 +1,3 @@
-"""The CUDA emulation: needle's CUDA kernels compiled as C++ and run on the CPU.
+"""The CUDA emulation: needle's CUDA host table and kernels compiled as C++ and run on the CPU.
 
 See harness.py and cuda_emulation.h."""

@@ -1,17 +1,50 @@
-// A C interface over src/cuda/kernels.h and the emulated memory, for ctypes (harness.py).
-// Every call returns 0, or -1 with the message in emu_last_error(); after each kernel call
-// the guard bytes of every live buffer are checked.
+// A C interface over the CUDA module's host table (src/cuda/host_table.h), for ctypes
+// (harness.py): Arrays are the host table's own, and every primitive is called by name
+// through emu_call, which unpacks the arguments by the C++ parameter types of the function
+// the host table defines for it (table::define). Nothing here calls a kernel: what the
+// emulation runs is the shipped host code over the shipped kernels.
+//
+// Every call returns 0, or an error kind (EMU_VALUE_ERROR...) with the message in
+// emu_last_error(); after each primitive the guard bytes of every live buffer are checked.
 
+#include <cstring>
+#include <functional>
+#include <map>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
-#include "cuda/kernels.h"
+#include "cuda/host_table.h"
 #include "cuda/runtime.h"
 #include "emulated_memory.h"
 
 using namespace needle::cuda;
 
+extern "C" {
+// One argument of a primitive, as harness.py marshals it by the parameter's kind:
+//   array, out, inout: ptr = an Array* (emu_array_new)     int, bool: i
+//   float: f          shape: ptr = int64_t[i]               str: ptr = a C string
+//   numpy: ptr = the data, i = its size, dtype = 0 float32, 1 float64, -1 another dtype
+struct EmuArg {
+  void* ptr;
+  int64_t i;
+  double f;
+  int32_t dtype;
+};
+}
+
 namespace {
+
+enum ErrorKind {
+  kOk = 0,
+  kValueError = 1,
+  kTypeError = 2,
+  kOutOfMemory = 3,
+  kCudaError = 4,
+  kOther = 5
+};
 
 std::string last_error;
 
@@ -19,16 +52,96 @@ template <class F> int guarded(F&& f) {
   try {
     f();
     emulated::check_guards();
-    return 0;
-  } catch (const std::exception& e) {
+    return kOk;
+  } catch (const TypeError& e) {
     last_error = e.what();
-    return -1;
+    return kTypeError;
+  } catch (const std::invalid_argument& e) {
+    last_error = e.what();
+    return kValueError;
+  } catch (const OutOfMemory& e) {
+    last_error = e.what();
+    return kOutOfMemory;
+  } catch (const CudaError& e) {
+    last_error = e.what();
+    return kCudaError;
+  } catch (const std::exception& e) {  // the launcher's and the guards' reports
+    last_error = e.what();
+    return kOther;
   }
 }
 
-Shape to_shape(int ndim, const int64_t* values) { return Shape(values, values + ndim); }
+// ---- unpacking an EmuArg as a parameter type ----------------------------------------------
+template <class T> struct From;
+template <> struct From<Array> {
+  static Array& get(const EmuArg& a) { return *static_cast<Array*>(a.ptr); }
+};
+template <> struct From<int64_t> {
+  static int64_t get(const EmuArg& a) { return a.i; }
+};
+template <> struct From<bool> {
+  static bool get(const EmuArg& a) { return a.i != 0; }
+};
+template <> struct From<double> {
+  static double get(const EmuArg& a) { return a.f; }
+};
+template <> struct From<Shape> {
+  static Shape get(const EmuArg& a) {
+    const auto* values = static_cast<const int64_t*>(a.ptr);
+    return Shape(values, values + a.i);
+  }
+};
+template <> struct From<std::string> {
+  static std::string get(const EmuArg& a) { return static_cast<const char*>(a.ptr); }
+};
+template <> struct From<HostArray> {
+  static HostArray get(const EmuArg& a) {
+    std::optional<DType> dtype;
+    if (a.dtype == 0) dtype = DType::f32;
+    if (a.dtype == 1) dtype = DType::f64;
+    return {a.ptr, a.i, dtype};
+  }
+};
 
-DType dtype(int dt) { return dt == 0 ? DType::f32 : DType::f64; }
+// The parameter types of a function pointer or a lambda.
+template <class F> struct Params : Params<decltype(&F::operator())> {};
+template <class R, class... A> struct Params<R (*)(A...)> { using type = std::tuple<A...>; };
+template <class C, class R, class... A> struct Params<R (C::*)(A...) const> {
+  using type = std::tuple<A...>;
+};
+
+template <class F, class... A, size_t... I>
+void invoke(const F& f, const EmuArg* args, std::tuple<A...>*, std::index_sequence<I...>) {
+  f(From<std::decay_t<A>>::get(args[I])...);
+}
+
+struct Primitive {
+  std::string params;  // the parameter names, comma-separated
+  size_t arity;
+  std::function<void(const EmuArg*)> call;
+};
+
+// What the host table defines, by name: table::define plus the two transfers.
+std::map<std::string, Primitive>& primitives() {
+  static auto* found = [] {
+    auto* table = new std::map<std::string, Primitive>();
+    auto def = [table](const char* name, auto function, auto... params) {
+      using Types = typename Params<decltype(function)>::type;
+      static_assert(std::tuple_size<Types>::value == sizeof...(params), "a name per parameter");
+      std::string names;
+      ((names += (names.empty() ? "" : ",") + std::string(params)), ...);
+      (*table)[name] = {names, sizeof...(params), [function](const EmuArg* args) {
+                          invoke(function, args, static_cast<Types*>(nullptr),
+                                 std::make_index_sequence<std::tuple_size<Types>::value>());
+                        }};
+    };
+    def("to_numpy", &table::to_numpy, "a", "shape", "strides", "offset", "out");
+    def("from_numpy", &table::from_numpy, "a", "out");
+    table::define(def);
+    return table;
+  }();
+  return *found;
+}
 
 }  // namespace
 
@@ -41,90 +154,58 @@ void emu_configure(int sm_count, int max_grid_y) {
   emulated::max_grid_y = max_grid_y;
 }
 
-void* emu_alloc(size_t bytes, int tight) {
-  try {
-    return emulated::allocate(bytes, tight != 0);
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return nullptr;
-  }
-}
-
-void emu_free(void* ptr) { emulated::release(ptr); }
+// Buffers allocated from now on end exactly at an inaccessible page (see emulated_memory.h).
+void emu_set_tight(int tight) { emulated::tight = tight != 0; }
 
 size_t emu_live_bytes() { return emulated::live_bytes(); }
 
-int emu_fill(int dt, void* out, int64_t n, double val) {
-  return guarded([&] { fill(dtype(dt), out, n, val); });
+int emu_tile_size() { return kTileSize; }
+
+// The module's DTYPES, comma-separated.
+const char* emu_dtypes() {
+  static const std::string names = [] {
+    std::string joined;
+    for (const std::string& name : dtype_names()) joined += (joined.empty() ? "" : ",") + name;
+    return joined;
+  }();
+  return names.c_str();
 }
 
-int emu_compact(int dt, const void* src, void* dst, int ndim, const int64_t* shape,
-                const int64_t* strides, int64_t offset) {
-  return guarded([&] {
-    compact(dtype(dt), src, dst, to_shape(ndim, shape), to_shape(ndim, strides), offset);
-  });
+// The primitives, "name(param,param,...)" separated by ";".
+const char* emu_primitives() {
+  static const std::string listing = [] {
+    std::string joined;
+    for (const auto& [name, primitive] : primitives()) {
+      joined += (joined.empty() ? "" : ";") + name + "(" + primitive.params + ")";
+    }
+    return joined;
+  }();
+  return listing.c_str();
 }
 
-int emu_ewise_setitem(int dt, const void* src, void* dst, int ndim, const int64_t* shape,
-                      const int64_t* strides, int64_t offset) {
-  return guarded([&] {
-    ewise_setitem(dtype(dt), src, dst, to_shape(ndim, shape), to_shape(ndim, strides), offset);
-  });
+int emu_call(const char* name, const EmuArg* args, int nargs) {
+  auto found = primitives().find(name);
+  if (found == primitives().end()) {
+    last_error = std::string("the host table has no primitive ") + name;
+    return kOther;
+  }
+  if (static_cast<size_t>(nargs) != found->second.arity) {
+    last_error = std::string(name) + ": wrong number of arguments";
+    return kTypeError;
+  }
+  return guarded([&] { found->second.call(args); });
 }
 
-int emu_scalar_setitem(int dt, double val, void* dst, int ndim, const int64_t* shape,
-                       const int64_t* strides, int64_t offset) {
-  return guarded([&] {
-    scalar_setitem(dtype(dt), val, dst, to_shape(ndim, shape), to_shape(ndim, strides), offset);
-  });
+// An Array of the host table (device memory from the emulated runtime), or null with the
+// error in emu_last_error() and its kind in *kind.
+void* emu_array_new(size_t size, const char* dtype, int* kind) {
+  Array* array = nullptr;
+  *kind = guarded([&] { array = new Array(size, parse_dtype(dtype)); });
+  return array;
 }
 
-int emu_unary(int op, int dt, const void* a, void* out, int64_t n) {
-  return guarded([&] { ewise_unary(static_cast<UnaryOp>(op), dtype(dt), a, out, n); });
-}
+void emu_array_delete(void* array) { delete static_cast<Array*>(array); }
 
-int emu_binary(int op, int dt, const void* a, const void* b, void* out, int64_t n) {
-  return guarded([&] { ewise_binary(static_cast<BinaryOp>(op), dtype(dt), a, b, out, n); });
-}
-
-int emu_scalar(int op, int dt, const void* a, double val, void* out, int64_t n) {
-  return guarded([&] { scalar_binary(static_cast<BinaryOp>(op), dtype(dt), a, val, out, n); });
-}
-
-int emu_axpby(int dt, const void* a, const void* b, double alpha, double beta, void* out,
-              int64_t n) {
-  return guarded([&] { ewise_axpby(dtype(dt), a, b, alpha, beta, out, n); });
-}
-
-int emu_gather_rows(int dt, const void* a, const void* indices, void* out, int64_t n,
-                    int64_t row_size) {
-  return guarded([&] { gather_rows(dtype(dt), a, indices, out, n, row_size); });
-}
-
-int emu_scatter_add_rows(int dt, const void* a, const void* indices, void* out, int64_t n,
-                         int64_t row_size) {
-  return guarded([&] { scatter_add_rows(dtype(dt), a, indices, out, n, row_size); });
-}
-
-// a_view / b_view: offset, batch stride, row stride, col stride.
-int emu_matmul(int dt, const void* a, const int64_t* a_view, const void* b,
-               const int64_t* b_view, void* out, int64_t batch, int64_t m, int64_t n,
-               int64_t p) {
-  return guarded([&] {
-    matmul(dtype(dt), {a, a_view[0], a_view[1], a_view[2], a_view[3]},
-           {b, b_view[0], b_view[1], b_view[2], b_view[3]}, out, batch, m, n, p);
-  });
-}
-
-int emu_reduce_last(int op, int dt, const void* a, void* out, int64_t rows, int64_t len) {
-  return guarded([&] { reduce_last(static_cast<ReduceOp>(op), dtype(dt), a, out, rows, len); });
-}
-
-int emu_reduce_middle(int op, int dt, const void* a, void* out, int64_t outer, int64_t len,
-                      int64_t inner) {
-  return guarded([&] {
-    reduce_middle(static_cast<ReduceOp>(op), dtype(dt), a, out, outer, len, inner);
-  });
-}
+void* emu_array_ptr(void* array) { return static_cast<Array*>(array)->ptr; }
 
 }  // extern "C"

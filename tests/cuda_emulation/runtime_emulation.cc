@@ -2,7 +2,7 @@
 // to catch overruns (a PROT_NONE page right after each buffer's slack, guard bytes before
 // it and in the slack, checked after every call), copies are memcpy, and the device has a
 // configurable, small number of SMs so that grid-stride loops take several turns.
-// capi.cc exposes this and src/cuda/kernels.h to Python (harness.py) through ctypes.
+// capi.cc exposes the host table (src/cuda/host_table.h) over it to Python (harness.py).
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -33,7 +33,12 @@ void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) throw CudaError(std::string(what) + ": emulated CUDA error");
 }
 
-void* device_alloc(size_t bytes) { return emulated::allocate(bytes < 16 ? 16 : bytes, false); }
+// As the real runtime, at least 16 bytes, unless tight: then exactly the bytes asked for
+// (at least one), so that the end of every buffer faults.
+void* device_alloc(size_t bytes) {
+  const size_t least = emulated::tight ? 1 : 16;
+  return emulated::allocate(bytes < least ? least : bytes, emulated::tight);
+}
 void device_free(void* ptr) noexcept { emulated::release(ptr); }
 
 void copy_device_to_device(void* dst, const void* src, size_t bytes) {
@@ -67,6 +72,7 @@ namespace emulated {
 
 int sm_count = 2;
 int max_grid_y = 65535;
+bool tight = false;
 
 namespace {
 
