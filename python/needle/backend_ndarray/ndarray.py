@@ -117,10 +117,17 @@ class BackendDevice:
         return self.name + "()"
 
     def _load(self):
-        mod = self._resolve()
-        self._native = primitives.validate(mod) if mod is not None else frozenset()
-        self.mod = mod
-        return mod
+        self.mod = self._resolve()
+        return self.mod
+
+    def __setattr__(self, name, value):
+        if name == "mod":  # (re)placing the module: validate it, forget primitives looked up
+            for cached in [n for n in self.__dict__ if n in primitives.TABLE]:
+                del self.__dict__[cached]
+            self.__dict__["_native"] = (
+                primitives.validate(value) if value is not None else frozenset()
+            )
+        object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
         if name == "mod":  # first use
