@@ -27,9 +27,17 @@ def _pair(shape, device, dtype, requires_grad=True):
             torch.tensor(a, requires_grad=requires_grad))
 
 
-def _functional(outputs, device, dtype):
-    """sum(G_i * output_i) with fixed random G_i, in needle and torch, so every output
-    element gets a different adjoint."""
+def _lstm_state(shape, device, dtype, with_h):
+    """Random (h0, c0) as needle and torch tuples, or (None, None) without."""
+    if not with_h:
+        return None, None
+    (h0, h0_t), (c0, c0_t) = _pair(shape, device, dtype), _pair(shape, device, dtype)
+    return (h0, c0), (h0_t, c0_t)
+
+
+def _backward(outputs, device, dtype):
+    """Back-propagate sum(G_i * output_i) with fixed random G_i through needle and torch, so
+    every output element gets a different adjoint. `outputs`: (needle, torch) pairs."""
     needle_loss, torch_loss = None, None
     for needle_out, torch_out in outputs:
         g = np.random.randn(*needle_out.shape).astype(dtype)
@@ -37,7 +45,15 @@ def _functional(outputs, device, dtype):
         t = (torch_out * torch.tensor(g)).sum()
         needle_loss = n if needle_loss is None else needle_loss + n
         torch_loss = t if torch_loss is None else torch_loss + t
-    return needle_loss, torch_loss
+    needle_loss.backward()
+    torch_loss.backward()
+
+
+def _close_grads(inputs, dtype):
+    """The gradients of (needle, torch) input pairs agree; absent inputs (None) are skipped."""
+    for needle_in, torch_in in inputs:
+        if needle_in is not None:
+            _close(needle_in.grad, torch_in.grad, dtype)
 
 
 def _close(needle_value, torch_value, dtype, transpose=False):
@@ -82,12 +98,8 @@ def test_rnn_cell_matches_torch(device, nonlinearity, bias, with_h, dtype):
     assert out.shape == (BATCH, HIDDEN) and out.dtype == dtype
     _close(out, out_t, dtype)
 
-    loss, loss_t = _functional([(out, out_t)], device, dtype)
-    loss.backward()
-    loss_t.backward()
-    _close(x.grad, x_t.grad, dtype)
-    if with_h:
-        _close(h.grad, h_t.grad, dtype)
+    _backward([(out, out_t)], device, dtype)
+    _close_grads([(x, x_t), (h, h_t)], dtype)
     _check_cell_grads(cell, ref, dtype)
 
 
@@ -112,12 +124,8 @@ def test_rnn_matches_torch(device, num_layers, nonlinearity, bias, with_h, dtype
     _close(out, out_t, dtype)
     _close(h_n, h_n_t, dtype)
 
-    loss, loss_t = _functional([(out, out_t), (h_n, h_n_t)], device, dtype)
-    loss.backward()
-    loss_t.backward()
-    _close(x.grad, x_t.grad, dtype)
-    if with_h:
-        _close(h0.grad, h0_t.grad, dtype)
+    _backward([(out, out_t), (h_n, h_n_t)], device, dtype)
+    _close_grads([(x, x_t), (h0, h0_t)], dtype)
     for layer, cell in enumerate(model.rnn_cells):
         _check_cell_grads(cell, ref, dtype, f"_l{layer}")
 
@@ -150,25 +158,15 @@ def test_lstm_cell_matches_torch(device, bias, with_h, dtype):
     ref = torch.nn.LSTMCell(INPUT, HIDDEN, bias=bias, dtype=TORCH_DTYPE[dtype])
     _copy_cell_weights(cell, ref)
     x, x_t = _pair((BATCH, INPUT), device, dtype)
-    if with_h:
-        h0, h0_t = _pair((BATCH, HIDDEN), device, dtype)
-        c0, c0_t = _pair((BATCH, HIDDEN), device, dtype)
-        state, state_t = (h0, c0), (h0_t, c0_t)
-    else:
-        state, state_t = None, None
+    state, state_t = _lstm_state((BATCH, HIDDEN), device, dtype, with_h)
 
     (h, c), (h_t, c_t) = cell(x, state), ref(x_t, state_t)
     assert h.shape == c.shape == (BATCH, HIDDEN)
     _close(h, h_t, dtype)
     _close(c, c_t, dtype)
 
-    loss, loss_t = _functional([(h, h_t), (c, c_t)], device, dtype)
-    loss.backward()
-    loss_t.backward()
-    _close(x.grad, x_t.grad, dtype)
-    if with_h:
-        _close(h0.grad, h0_t.grad, dtype)
-        _close(c0.grad, c0_t.grad, dtype)
+    _backward([(h, h_t), (c, c_t)], device, dtype)
+    _close_grads([(x, x_t), *zip(state or (), state_t or ())], dtype)
     _check_cell_grads(cell, ref, dtype)
 
 
@@ -183,12 +181,7 @@ def test_lstm_matches_torch(device, num_layers, bias, with_h, dtype="float32"):
     for layer, cell in enumerate(model.lstm_cells):
         _copy_cell_weights(cell, ref, f"_l{layer}")
     x, x_t = _pair((SEQ_LEN, BATCH, INPUT), device, dtype)
-    if with_h:
-        h0, h0_t = _pair((num_layers, BATCH, HIDDEN), device, dtype)
-        c0, c0_t = _pair((num_layers, BATCH, HIDDEN), device, dtype)
-        state, state_t = (h0, c0), (h0_t, c0_t)
-    else:
-        state, state_t = None, None
+    state, state_t = _lstm_state((num_layers, BATCH, HIDDEN), device, dtype, with_h)
 
     (out, (h_n, c_n)), (out_t, (h_n_t, c_n_t)) = model(x, state), ref(x_t, state_t)
     assert out.shape == (SEQ_LEN, BATCH, HIDDEN)
@@ -197,13 +190,8 @@ def test_lstm_matches_torch(device, num_layers, bias, with_h, dtype="float32"):
     _close(h_n, h_n_t, dtype)
     _close(c_n, c_n_t, dtype)
 
-    loss, loss_t = _functional([(out, out_t), (h_n, h_n_t), (c_n, c_n_t)], device, dtype)
-    loss.backward()
-    loss_t.backward()
-    _close(x.grad, x_t.grad, dtype)
-    if with_h:
-        _close(h0.grad, h0_t.grad, dtype)
-        _close(c0.grad, c0_t.grad, dtype)
+    _backward([(out, out_t), (h_n, h_n_t), (c_n, c_n_t)], device, dtype)
+    _close_grads([(x, x_t), *zip(state or (), state_t or ())], dtype)
     for layer, cell in enumerate(model.lstm_cells):
         _check_cell_grads(cell, ref, dtype, f"_l{layer}")
 
@@ -250,9 +238,7 @@ def test_embedding_matches_torch(device, dtype):
     assert out.shape == (SEQ_LEN, BATCH, dim)
     _close(out, out_t, dtype)
 
-    loss, loss_t = _functional([(out, out_t)], device, dtype)
-    loss.backward()
-    loss_t.backward()
+    _backward([(out, out_t)], device, dtype)
     _close(emb.weight.grad, ref.weight.grad, dtype)
 
 

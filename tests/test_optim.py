@@ -93,36 +93,38 @@ def test_sgd_course_rule(device, dtype, momentum, weight_decay):
                 device, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_sgd_without_momentum_matches_torch(device, dtype):
-    model = make_model(device, dtype)
-    params_t = torch_copy(model)
-    opt = optim.SGD(model.parameters(), lr=0.1, weight_decay=0.05)
-    torch_opt = torch.optim.SGD(params_t, lr=0.1, weight_decay=0.05)
-    run_against(model, opt, params_t, torch_opt.step, device, dtype)
+def _adam(weight_decay):
+    return (lambda ps: optim.Adam(ps, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6,
+                                  weight_decay=weight_decay),
+            lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+                                        weight_decay=weight_decay))
+
+
+def _adamw(weight_decay):
+    return (lambda ps: optim.AdamW(ps, lr=0.02, weight_decay=weight_decay),
+            lambda ps: torch.optim.AdamW(ps, lr=0.02, betas=(0.9, 0.999), eps=1e-8,
+                                         weight_decay=weight_decay))
+
+
+# (needle optimizer, the torch optimizer with the same rule), each from a parameter list.
+SAME_AS_TORCH = [
+    pytest.param(lambda ps: optim.SGD(ps, lr=0.1, weight_decay=0.05),
+                 lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.05),
+                 id="sgd_without_momentum"),
+    pytest.param(*_adam(0.0), id="adam"),
+    pytest.param(*_adam(0.1), id="adam_weight_decay"),
+    pytest.param(*_adamw(0.01), id="adamw"),
+    pytest.param(*_adamw(0.3), id="adamw_weight_decay_0.3"),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_adam_matches_torch(device, dtype, weight_decay):
+@pytest.mark.parametrize("make, make_torch", SAME_AS_TORCH)
+def test_matches_torch(device, dtype, make, make_torch):
     model = make_model(device, dtype)
     params_t = torch_copy(model)
-    opt = optim.Adam(model.parameters(), lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6,
-                     weight_decay=weight_decay)
-    torch_opt = torch.optim.Adam(params_t, lr=0.01, betas=(0.8, 0.99), eps=1e-6,
-                                 weight_decay=weight_decay)
-    run_against(model, opt, params_t, torch_opt.step, device, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("weight_decay", [0.01, 0.3])
-def test_adamw_matches_torch(device, dtype, weight_decay):
-    model = make_model(device, dtype)
-    params_t = torch_copy(model)
-    opt = optim.AdamW(model.parameters(), lr=0.02, weight_decay=weight_decay)
-    torch_opt = torch.optim.AdamW(params_t, lr=0.02, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=weight_decay)
-    run_against(model, opt, params_t, torch_opt.step, device, dtype)
+    run_against(model, make(model.parameters()), params_t, make_torch(params_t).step, device,
+                dtype)
 
 
 def test_adamw_default_weight_decay():

@@ -273,6 +273,16 @@ class TensorTuple(Value):
         return ops.make_tuple(*elements)
 
 
+def _comparison(fn):
+    """A Tensor comparison operator: `fn` on the data, as a constant Tensor."""
+
+    def compare(self, other):
+        b = other.realize_cached_data() if isinstance(other, Tensor) else other
+        return Tensor.make_const(fn(self.realize_cached_data(), b))
+
+    return compare
+
+
 class Tensor(Value):
     """An n-dimensional array that records the ops applied to it, for backward().
 
@@ -463,29 +473,12 @@ class Tensor(Value):
     __rmul__ = __mul__
 
     # Comparisons are not differentiable: they give constant 1.0/0.0 tensors.
-    def _compare(self, other, fn):
-        a = self.realize_cached_data()
-        b = other.realize_cached_data() if isinstance(other, Tensor) else other
-        return Tensor.make_const(fn(a, b))
-
-    def __eq__(self, other):
-        return self._compare(other, operator.eq)
-
-    def __ne__(self, other):
-        return self._compare(other, operator.ne)
-
-    def __ge__(self, other):
-        return self._compare(other, operator.ge)
-
-    def __gt__(self, other):
-        return self._compare(other, operator.gt)
-
-    def __le__(self, other):
-        return self._compare(other, operator.le)
-
-    def __lt__(self, other):
-        return self._compare(other, operator.lt)
-
+    __eq__ = _comparison(operator.eq)
+    __ne__ = _comparison(operator.ne)
+    __ge__ = _comparison(operator.ge)
+    __gt__ = _comparison(operator.gt)
+    __le__ = _comparison(operator.le)
+    __lt__ = _comparison(operator.lt)
     __hash__ = Value.__hash__
 
     # ---- methods in the needle API ----------------------------------------------------

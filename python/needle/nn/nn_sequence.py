@@ -36,26 +36,24 @@ def _input_share(cell, X: Tensor):
     (seq_len * batch, input) @ (input, width) product, as torch does, split into the steps:
     an unrolled RNN then does only h @ W_hh per step."""
     seq_len, batch, size = X.shape
-    flat = ops.reshape(X, (seq_len * batch, size)) @ cell.W_ih
-    flat = _add_bias(_add_bias(flat, cell.bias_ih), cell.bias_hh)
+    flat = cell._input_share(ops.reshape(X, (seq_len * batch, size)))
     return ops.split(ops.reshape(flat, (seq_len, batch, flat.shape[1])), 0)
 
 
 def _unroll(cells, X: Tensor, states, zero_state, output_of):
     """A stack of cells over the time steps of X (seq_len, batch, input), layer by layer: the
     input's share of every step in one product (_input_share), then cell.step(share, state)
-    per step. `states` has one state per layer, or None for zero_state(batch, X); output_of
+    per step. `states` has one state per layer, or None for zero_state(X); output_of
     picks a step's output from its state. -> (the last layer's outputs stacked (seq_len,
     batch, hidden), each layer's final state)."""
-    seq_len, batch = X.shape[0], X.shape[1]
     finals = []
     layer_input = X
     for cell, state in zip(cells, states):
         if state is None:
-            state = zero_state(batch, X)
+            state = zero_state(X)
         steps = _input_share(cell, layer_input)
         outputs = []
-        for t in range(seq_len):
+        for t in range(X.shape[0]):
             state = cell.step(steps[t], state)
             outputs.append(output_of(state))
         finals.append(state)
@@ -63,42 +61,53 @@ def _unroll(cells, X: Tensor, states, zero_state, output_of):
     return layer_input, finals
 
 
-class RNNCell(Module):
+class _Cell(Module):
+    """What RNNCell and LSTMCell share: the weights of `gates` gate blocks of hidden_size,
+    drawn from U(-k, k) with k = 1/sqrt(hidden_size), as PyTorch, in the course's order
+    W_ih (input, gates * hidden), W_hh (hidden, gates * hidden), bias_ih, bias_hh."""
+
+    def __init__(self, input_size: int, hidden_size: int, gates: int, bias: bool, device,
+                 dtype: str):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.device = device
+        self.dtype = dtype
+        k, width = 1.0 / math.sqrt(hidden_size), gates * hidden_size
+        self.W_ih = _uniform(input_size, width, k=k, device=device, dtype=dtype)
+        self.W_hh = _uniform(hidden_size, width, k=k, device=device, dtype=dtype)
+        self.bias_ih = _uniform(width, k=k, device=device, dtype=dtype) if bias else None
+        self.bias_hh = _uniform(width, k=k, device=device, dtype=dtype) if bias else None
+
+    def _input_share(self, X: Tensor) -> Tensor:
+        """X @ W_ih plus the biases."""
+        return _add_bias(_add_bias(X @ self.W_ih, self.bias_ih), self.bias_hh)
+
+
+def _zeros(X: Tensor, hidden_size: int) -> Tensor:
+    """A zero state (batch, hidden_size) for X. It still goes through W_hh, so that W_hh gets
+    a (zero) gradient, as in torch: optimizers then see a gradient on every parameter."""
+    return init.zeros(X.shape[-2], hidden_size, device=X.device, dtype=X.dtype)
+
+
+class RNNCell(_Cell):
     """One Elman RNN step: h' = act(x @ W_ih + b_ih + h @ W_hh + b_hh).
 
-    (batch, input_size), (batch, hidden_size) -> (batch, hidden_size). Weights and biases are
-    drawn from U(-k, k) with k = 1/sqrt(hidden_size), as PyTorch.
+    (batch, input_size), (batch, hidden_size) -> (batch, hidden_size).
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype: str = "float32"):
-        super().__init__()
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', "
                              f"got {nonlinearity!r}")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.bias = bias
+        super().__init__(input_size, hidden_size, 1, bias, device, dtype)
         self.nonlinearity = nonlinearity
-        self.device = device
-        self.dtype = dtype
-        k = 1.0 / math.sqrt(hidden_size)
-        self.W_ih = _uniform(input_size, hidden_size, k=k, device=device, dtype=dtype)
-        self.W_hh = _uniform(hidden_size, hidden_size, k=k, device=device, dtype=dtype)
-        if bias:
-            self.bias_ih = _uniform(hidden_size, k=k, device=device, dtype=dtype)
-            self.bias_hh = _uniform(hidden_size, k=k, device=device, dtype=dtype)
-        else:
-            self.bias_ih = None
-            self.bias_hh = None
 
     def forward(self, X: Tensor, h: Optional[Tensor] = None) -> Tensor:
         """(batch, input_size), h (batch, hidden_size) or None for zeros -> (batch, hidden_size)."""
-        if h is None:
-            # A zero state still goes through W_hh, so that W_hh gets a (zero) gradient, as in
-            # torch: optimizers then see a gradient on every parameter.
-            h = init.zeros(X.shape[0], self.hidden_size, device=X.device, dtype=X.dtype)
-        return self.step(_add_bias(_add_bias(X @ self.W_ih, self.bias_ih), self.bias_hh), h)
+        return self.step(self._input_share(X), _zeros(X, self.hidden_size) if h is None else h)
 
     def step(self, input_share: Tensor, h: Tensor) -> Tensor:
         """h' from the input's share (X @ W_ih plus the biases) and the previous state."""
@@ -106,38 +115,7 @@ class RNNCell(Module):
         return ops.tanh(out) if self.nonlinearity == "tanh" else ops.relu(out)
 
 
-class RNN(Module):
-    """A stack of `num_layers` RNNCells unrolled over the sequence.
-
-    X (seq_len, batch, input_size), h0 (num_layers, batch, hidden_size) or None
-    -> output (seq_len, batch, hidden_size) of the last layer, h_n (num_layers, batch, hidden_size).
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 nonlinearity: str = "tanh", device=None, dtype: str = "float32"):
-        super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.device = device
-        self.dtype = dtype
-        self.rnn_cells = [
-            RNNCell(input_size if layer == 0 else hidden_size, hidden_size, bias=bias,
-                    nonlinearity=nonlinearity, device=device, dtype=dtype)
-            for layer in range(num_layers)
-        ]
-
-    def forward(self, X: Tensor, h0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        states = [None] * self.num_layers if h0 is None else list(ops.split(h0, 0))
-
-        def zero_state(batch, X):  # still multiplied by W_hh (see RNNCell.forward)
-            return init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
-
-        output, h_n = _unroll(self.rnn_cells, X, states, zero_state, lambda h: h)
-        return output, ops.stack(h_n, 0)
-
-
-class LSTMCell(Module):
+class LSTMCell(_Cell):
     """One LSTM step with PyTorch's gate order (input, forget, cell, output).
 
     gates = x @ W_ih + b_ih + h @ W_hh + b_hh, split into i, f, g, o;
@@ -148,31 +126,14 @@ class LSTMCell(Module):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype: str = "float32"):
-        super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.bias = bias
-        self.device = device
-        self.dtype = dtype
-        k = 1.0 / math.sqrt(hidden_size)
-        self.W_ih = _uniform(input_size, 4 * hidden_size, k=k, device=device, dtype=dtype)
-        self.W_hh = _uniform(hidden_size, 4 * hidden_size, k=k, device=device, dtype=dtype)
-        if bias:
-            self.bias_ih = _uniform(4 * hidden_size, k=k, device=device, dtype=dtype)
-            self.bias_hh = _uniform(4 * hidden_size, k=k, device=device, dtype=dtype)
-        else:
-            self.bias_ih = None
-            self.bias_hh = None
+        super().__init__(input_size, hidden_size, 4, bias, device, dtype)
 
     def forward(self, X: Tensor, h: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tensor]:
-        batch = X.shape[0]
-        if h is None:  # zero states, still multiplied by W_hh so that it gets a gradient
-            zeros = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
+        if h is None:
+            zeros = _zeros(X, self.hidden_size)
             h = (zeros, zeros)
-        h0, c0 = h
-        gates = _add_bias(_add_bias(X @ self.W_ih, self.bias_ih), self.bias_hh)
-        return self.step(gates, (h0, c0))
+        return self.step(self._input_share(X), h)
 
     def step(self, input_gates: Tensor, state: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
         """(h', c') from the input's share of the gates (X @ W_ih plus the biases, which LSTM
@@ -183,7 +144,44 @@ class LSTMCell(Module):
         return new_state[0], new_state[1]
 
 
-class LSTM(Module):
+class _Layers(Module):
+    """What RNN and LSTM share: their sizes and a list of cells, layer 0 first."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, device, dtype: str):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.device = device
+        self.dtype = dtype
+
+    def _cells(self, cell_type, **options) -> list:
+        return [cell_type(self.input_size if layer == 0 else self.hidden_size, self.hidden_size,
+                          device=self.device, dtype=self.dtype, **options)
+                for layer in range(self.num_layers)]
+
+
+class RNN(_Layers):
+    """A stack of `num_layers` RNNCells unrolled over the sequence.
+
+    X (seq_len, batch, input_size), h0 (num_layers, batch, hidden_size) or None
+    -> output (seq_len, batch, hidden_size) of the last layer, h_n (num_layers, batch, hidden_size).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype: str = "float32"):
+        super().__init__(input_size, hidden_size, num_layers, device, dtype)
+        self.rnn_cells = self._cells(RNNCell, bias=bias, nonlinearity=nonlinearity)
+
+    def forward(self, X: Tensor, h0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        states = [None] * self.num_layers if h0 is None else list(ops.split(h0, 0))
+
+        output, h_n = _unroll(self.rnn_cells, X, states, lambda X: _zeros(X, self.hidden_size),
+                              lambda h: h)
+        return output, ops.stack(h_n, 0)
+
+
+class LSTM(_Layers):
     """A stack of `num_layers` LSTMCells unrolled over the sequence.
 
     X (seq_len, batch, input_size), h = (h0, c0) each (num_layers, batch, hidden_size) or None
@@ -192,17 +190,8 @@ class LSTM(Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  device=None, dtype: str = "float32"):
-        super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.device = device
-        self.dtype = dtype
-        self.lstm_cells = [
-            LSTMCell(input_size if layer == 0 else hidden_size, hidden_size, bias=bias,
-                     device=device, dtype=dtype)
-            for layer in range(num_layers)
-        ]
+        super().__init__(input_size, hidden_size, num_layers, device, dtype)
+        self.lstm_cells = self._cells(LSTMCell, bias=bias)
 
     def forward(self, X: Tensor, h: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
@@ -212,8 +201,8 @@ class LSTM(Module):
             h0, c0 = h
             states = list(zip(ops.split(h0, 0), ops.split(c0, 0)))
 
-        def zero_state(batch, X):  # still multiplied by W_hh so that it gets a gradient
-            zeros = init.zeros(batch, self.hidden_size, device=X.device, dtype=X.dtype)
+        def zero_state(X):
+            zeros = _zeros(X, self.hidden_size)
             return zeros, zeros
 
         output, finals = _unroll(self.lstm_cells, X, states, zero_state, lambda s: s[0])
