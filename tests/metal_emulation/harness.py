@@ -324,6 +324,16 @@ def library() -> Library:
     return _library
 
 
+def library_or_skip() -> Library:
+    """The library; in a test where it does not build, a skip with the build error."""
+    try:
+        return library()
+    except BuildError as error:
+        import pytest
+
+        pytest.skip(f"the MSL emulation does not build here: {error}")
+
+
 # ---- the runtime -------------------------------------------------------------------------
 GUARD = 64  # bytes on each side of every buffer, set to 0xFF (a NaN pattern) and checked
 

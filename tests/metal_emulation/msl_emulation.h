@@ -82,18 +82,17 @@ MSL_VEC_OPERATOR(%)
 #undef MSL_VEC_OPERATOR
 }  // namespace msl
 
-typedef msl::vec<uint, 2> uint2;
-typedef msl::vec<uint, 3> uint3;
-typedef msl::vec<uint, 4> uint4;
-typedef msl::vec<int, 2> int2;
-typedef msl::vec<int, 3> int3;
-typedef msl::vec<int, 4> int4;
-typedef msl::vec<ushort, 2> ushort2;
-typedef msl::vec<ushort, 3> ushort3;
-typedef msl::vec<ulong, 2> ulong2;
-typedef msl::vec<float, 2> float2;
-typedef msl::vec<float, 3> float3;
-typedef msl::vec<float, 4> float4;
+// uint2, uint3, uint4, int2, ..., float4.
+#define MSL_VECTOR_TYPES(T) \
+  typedef msl::vec<T, 2> T##2;  \
+  typedef msl::vec<T, 3> T##3;  \
+  typedef msl::vec<T, 4> T##4;
+MSL_VECTOR_TYPES(uint)
+MSL_VECTOR_TYPES(int)
+MSL_VECTOR_TYPES(ushort)
+MSL_VECTOR_TYPES(ulong)
+MSL_VECTOR_TYPES(float)
+#undef MSL_VECTOR_TYPES
 
 // ---- the launcher's side (launcher.cc) ---------------------------------------------------
 namespace msl {
@@ -222,26 +221,21 @@ template <typename T> T simd_shuffle_xor(T value, ushort mask) {
   return result;
 }
 // Reductions visit the lanes in order, so every lane computes the same value.
-template <typename T> T simd_sum(T value) {
+template <typename T, typename Op> T simd_fold(T value, Op op) {
   const T* slots = static_cast<const T*>(msl::simd_exchange_begin(&value, sizeof(T)));
-  T total = slots[0];
-  for (uint lane = 1; lane < msl::current_simd_width(); ++lane) total += slots[lane];
+  T result = slots[0];
+  for (uint lane = 1; lane < msl::current_simd_width(); ++lane) result = op(result, slots[lane]);
   msl::simd_exchange_done();
-  return total;
+  return result;
+}
+template <typename T> T simd_sum(T value) {
+  return simd_fold(value, [](T x, T y) { return x + y; });
 }
 template <typename T> T simd_max(T value) {
-  const T* slots = static_cast<const T*>(msl::simd_exchange_begin(&value, sizeof(T)));
-  T best = slots[0];
-  for (uint lane = 1; lane < msl::current_simd_width(); ++lane) best = max(best, slots[lane]);
-  msl::simd_exchange_done();
-  return best;
+  return simd_fold(value, [](T x, T y) { return max(x, y); });
 }
 template <typename T> T simd_min(T value) {
-  const T* slots = static_cast<const T*>(msl::simd_exchange_begin(&value, sizeof(T)));
-  T best = slots[0];
-  for (uint lane = 1; lane < msl::current_simd_width(); ++lane) best = min(best, slots[lane]);
-  msl::simd_exchange_done();
-  return best;
+  return simd_fold(value, [](T x, T y) { return min(x, y); });
 }
 
 // ---- simdgroup_matrix ------------------------------------------------------------------------
