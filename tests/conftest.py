@@ -26,6 +26,12 @@ def _seed():
     np.random.seed(0)
 
 
+@pytest.fixture
+def rng():
+    """A NumPy Generator seeded alike for every test."""
+    return np.random.default_rng(0)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """float64 on a float32-only device (metal, mps) skips the test rather than failing it."""

@@ -309,18 +309,19 @@ def _scalar_setitem(prim, backend, rng):
 # ---- linear algebra -----------------------------------------------------------------------
 # Each side of every tile edge: 8 (tiles, SIMD-group matrices), 16 (k steps), 64 (Metal's and
 # CUDA's float64 tiles), 128 (CUDA's float32 tile); products of small odd sizes; mixed shapes.
-EDGE_DIMS = (1, 3, 7, 8, 9, 15, 16, 17, 33, 63, 64, 65, 127, 129, 130)
 MATMUL_SHAPES = sorted(
     set(itertools.product((1, 7, 17, 65), repeat=3))
-    | {(d, d, d) for d in EDGE_DIMS}
+    | {(d, d, d) for d in (1, 3, 7, 8, 9, 15, 16, 17, 33, 63, 64, 65)}
     | {(7, 130, 9), (130, 7, 64), (64, 9, 130), (33, 16, 63), (8, 15, 1), (1, 130, 65),
        (129, 3, 9), (3, 129, 65)}
 )
-LARGE_MATMUL = (130, 257, 131)  # two row tiles of 128, 33 k-slices of 8, ragged columns
+# On backends fast enough: cubes on each side of 128, and two row tiles of 128 with 33
+# k-slices of 8 and ragged columns.
+LARGE_MATMUL = [(127, 127, 127), (129, 129, 129), (130, 130, 130), (130, 257, 131)]
 
 
 def _matmul(prim, backend, rng):
-    for m, n, p in MATMUL_SHAPES + ([LARGE_MATMUL] if backend.fast else []):
+    for m, n, p in MATMUL_SHAPES + (LARGE_MATMUL if backend.fast else []):
         yield Case(f"{m}x{n} @ {n}x{p}", (rng.standard_normal(m * n),
                                           rng.standard_normal(n * p), Out(m * p), m, n, p),
                    matmul_tol(n))
@@ -351,11 +352,13 @@ def _strided_operand(rng, batch, rows, cols, form):
         return rng.standard_normal(pb * rows * width + 3), 3, (rows * width, width, 1)
     if form == "rowbroadcast":
         return rng.standard_normal(pb * cols), 0, (cols, 0, 1)
+    if form == "stepped":  # every other row and column, from the second: no unit stride
+        return rng.standard_normal(pb * 4 * rows * cols), 1, (4 * rows * cols, 4 * cols, 2)
     base = rng.standard_normal(pb * rows * cols)
     return base, 0, (0 if form == "broadcast" else rows * cols, cols, 1)
 
 
-FORMS = ("rowmajor", "transposed", "broadcast", "offset", "rowbroadcast")
+FORMS = ("rowmajor", "transposed", "broadcast", "offset", "rowbroadcast", "stepped")
 
 
 def _matmul_strided(prim, backend, rng):

@@ -187,7 +187,12 @@ def test_ndarray_operations_match_cpu_numpy(device):
 
 
 def test_a_training_step_matches_cpu_numpy(device):
-    """An MLP (Linear, ReLU, softmax loss, Adam) trains identically on both devices."""
+    assert_trains_like_cpu_numpy(device)
+
+
+def assert_trains_like_cpu_numpy(device):
+    """An MLP (Linear, ReLU, softmax loss, Adam) trains identically on `device` and
+    cpu_numpy (test_metal_host.py uses it for the host modules too)."""
     data = np.random.default_rng(1)
     x_np = data.standard_normal((16, 10)).astype("float32")
     y_np = data.integers(0, 3, 16)
