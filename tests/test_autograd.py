@@ -82,6 +82,9 @@ def test_topological_order_visits_each_node_once_after_all_its_uses(device):
     d = c + a
     order = autograd.find_topo_sort([d])
     assert len(order) == len({id(n) for n in order}) == 5
+    visited, from_a = set(), []
+    autograd.topo_sort_dfs(a, visited, from_a)  # the course's helper, one root at a time
+    assert from_a == order[:2] and len(visited) == 2
     position = {id(n): i for i, n in enumerate(order)}
     for node in order:
         for inp in node.inputs:
@@ -352,8 +355,7 @@ def test_third_derivative(device):
 # ---- memory --------------------------------------------------------------------------------
 def _live_tensors() -> int:
     gc.collect()
-    # issubclass(type(...)), not isinstance: some torch objects warn when asked for __class__.
-    return sum(1 for obj in gc.get_objects() if issubclass(type(obj), ndl.Tensor))
+    return autograd.TENSOR_COUNTER  # live Values, as needle counts them
 
 
 def _train_mlp(device, steps=200, probes=(50, 200), keep_losses=False):
@@ -383,6 +385,18 @@ def _train_mlp(device, steps=200, probes=(50, 200), keep_losses=False):
     finally:
         tracemalloc.stop()
     return counts, traced, losses
+
+
+def test_tensor_counter_counts_live_values(device):
+    gc.collect()
+    start = autograd.TENSOR_COUNTER
+    x = tensor([1.0, 2.0], device)
+    y = (x * 2.0 + 1.0).sum()  # x, three op nodes
+    assert autograd.TENSOR_COUNTER - start == 4
+    y.backward()  # grads: ones for y, and the gradients of the three other nodes
+    del x, y
+    gc.collect()
+    assert autograd.TENSOR_COUNTER == start
 
 
 def test_training_memory_stays_flat(device):
