@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np
 from needle.backend_ndarray import primitives
-from primitive_calls import (Out, call, operand, read, strided_views, to_array,
+from primitive_calls import (Out, call, operand, read, strided_views, to_array, view_of,
                              writes_each_element_once)
 
-from .cases import AXPBY, axpby_tol, cases, implementations, reference
+from .cases import AXPBY, axpby_tol, cases, implementations, matmul_tol, reference, sum_tol
 
 
 def compare(actual, expected, tol, dtype, what):
@@ -41,9 +41,13 @@ def compare(actual, expected, tol, dtype, what):
 SLOW_FALLBACK_ELEMENTS = 2048
 
 
-def _elements(case) -> int:
-    return max([np.size(a) for a in case.args if isinstance(a, np.ndarray)]
-               + [a.size for a in case.args if isinstance(a, Out)] + [0])
+def _elements(args) -> int:
+    return max([np.size(a) for a in args if isinstance(a, np.ndarray)]
+               + [a.size for a in args if isinstance(a, Out)] + [0])
+
+
+def _skipped(backend, label, args) -> bool:
+    return label == "fallback" and not backend.fast and _elements(args) > SLOW_FALLBACK_ELEMENTS
 
 
 def test_primitive(backend, prim, dtype):
@@ -55,8 +59,7 @@ def test_primitive(backend, prim, dtype):
         for label, impl in implementations(backend.mod, prim):
             ordered = backend.ordered_scatter or label == "fallback"
             for case, want in expected:
-                if (label == "fallback" and not backend.fast
-                        and _elements(case) > SLOW_FALLBACK_ELEMENTS):
+                if _skipped(backend, label, case.args):
                     continue
                 tol = case.tol(dtype)
                 if tol is None and case.unordered_tol is not None and not ordered:
@@ -85,6 +88,66 @@ def test_layout_on_random_views(backend, dtype, view, val):
     for name, arg in args.items():
         compare(call(backend.mod, name, *arg, dtype=dtype), call(nb_np, name, *arg, dtype=dtype),
                 None, dtype, f"{name} of {view}")
+
+
+@st.composite
+def matmul_operand(draw, batch, rows, cols):
+    """(flat storage, offset, (batch, row, col) strides) of a random (batch, rows, cols) view:
+    a window with an offset and steps, stored transposed (row stride 1), broadcast over the
+    batch (batch stride 0) or over its rows (row stride 0)."""
+    step_r, step_c = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    start_r, start_c = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    stored_rows = 1 if rows > 1 and draw(st.integers(0, 5)) == 0 else rows
+    pb = 1 if batch > 1 and draw(st.booleans()) else batch
+    pr = start_r + step_r * (stored_rows - 1) + 1 + draw(st.integers(0, 2))
+    pc = start_c + step_c * (cols - 1) + 1 + draw(st.integers(0, 2))
+    base = np.zeros(pb * pr * pc)
+    if draw(st.booleans()):  # transposed storage: the parent is (pb, pc, pr)
+        parent = base.reshape(pb, pc, pr).transpose(0, 2, 1)
+    else:
+        parent = base.reshape(pb, pr, pc)
+    view = parent[:, start_r::step_r, start_c::step_c][:, :stored_rows, :cols]
+    size, _, strides, offset = view_of(base, np.broadcast_to(view, (batch, rows, cols)))
+    return size, offset, strides
+
+
+@st.composite
+def matmul_problems(draw):
+    batch, m, n, p = draw(st.integers(1, 3)), *(draw(st.integers(1, 40)) for _ in range(3))
+    return batch, m, n, p, draw(matmul_operand(batch, m, n)), draw(matmul_operand(batch, n, p))
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=matmul_problems())
+def test_matmul_strided_on_random_views(backend, dtype, problem):
+    """matmul_strided (own and fallback) on operand views drawn at random."""
+    batch, m, n, p, (a_size, a_offset, a_strides), (b_size, b_offset, b_strides) = problem
+    rng = np.random.default_rng(a_size * 1000 + b_size)
+    args = (rng.standard_normal(a_size), rng.standard_normal(b_size), Out(batch * m * p), batch,
+            m, n, p, a_offset, a_strides, b_offset, b_strides)
+    want = call(nb_np, "matmul_strided", *args, dtype=dtype)
+    for label, impl in implementations(backend.mod, primitives.TABLE["matmul_strided"]):
+        if _skipped(backend, label, args):
+            continue
+        compare(call(backend.mod, "matmul_strided", *args, dtype=dtype, impl=impl), want,
+                matmul_tol(n)(dtype), dtype, f"{label} {problem}")
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(outer=st.integers(0, 4), reduce_size=st.integers(1, 300), inner=st.integers(1, 70))
+def test_reductions_over_a_middle_axis_of_random_shapes(backend, dtype, outer, reduce_size,
+                                                        inner):
+    a = np.random.default_rng(reduce_size).standard_normal(outer * reduce_size * inner) + 0.5
+    args = (a, Out(outer * inner), outer, reduce_size, inner)
+    for name, tol in (("reduce_sum_axis", sum_tol(reduce_size)(dtype)), ("reduce_max_axis", None)):
+        want = call(nb_np, name, *args, dtype=dtype)
+        for label, impl in implementations(backend.mod, primitives.TABLE[name]):
+            if _skipped(backend, label, args):
+                continue
+            compare(call(backend.mod, name, *args, dtype=dtype, impl=impl), want, tol, dtype,
+                    f"{label} {name} ({outer}, {reduce_size}, {inner})")
 
 
 def test_array(backend, dtype):
