@@ -246,8 +246,11 @@ ERRORS = [pytest.param(spec, error, id=f"{spec.name}-{i}")
 def test_errors(spec, error, device):
     arrays = [spec.domain_of(i).draw(x) if isinstance(x, tuple) else x
               for i, x in enumerate(error.inputs)]
-    with pytest.raises(error.exception, match=error.match):
+    with pytest.raises(error.exception, match=error.match) as info:
         spec.call(*tensors(arrays, device), **error.kwargs)
+    if info.value.__cause__ is not None:  # raised by compute: named and described
+        message = str(info.value)
+        assert message.startswith(f"{spec.name}: ") and f" on {device}" in message, message
 
 
 # ---- the table: the op contract -------------------------------------------------------------

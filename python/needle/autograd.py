@@ -158,10 +158,6 @@ class Value:
     def is_leaf(self) -> bool:
         return self.op is None
 
-    def __del__(self):
-        global TENSOR_COUNTER
-        TENSOR_COUNTER -= 1
-
     def _init(self, op, inputs, *, num_outputs=1, cached_data=None, requires_grad=None):
         global TENSOR_COUNTER
         TENSOR_COUNTER += 1
@@ -172,6 +168,10 @@ class Value:
         self.num_outputs = num_outputs
         self.cached_data = cached_data
         self.requires_grad = requires_grad
+
+    def __del__(self):
+        global TENSOR_COUNTER
+        TENSOR_COUNTER -= 1
 
     @classmethod
     def make_const(cls, data, *, requires_grad=False):
