@@ -17,12 +17,14 @@ An OpSpec says, for one op:
               (default: the first), or None
     errors    Error(inputs, kwargs, exception, message regex) for bad inputs
     random    a hypothesis strategy of Samples (property tests over random shapes)
+    tol       float32 (rtol, atol) against torch; a Sample's tol overrides it
 
 Outputs may be Tensors or TensorTuples (then torch returns a tuple).
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
