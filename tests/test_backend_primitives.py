@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-
 from primitive_calls import Out, call, read, to_array
 
 try:

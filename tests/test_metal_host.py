@@ -13,15 +13,12 @@ import sys
 
 import numpy as np
 import pytest
-
-import needle as ndl
-from needle.backend_ndarray import ndarray_backend_numpy as nb_np
-from needle.backend_ndarray import primitives
-from metal_emulation import fake_pyobjc as fake
-from metal_emulation import harness
+from backends.test_table import assert_trains_like_cpu_numpy
+from metal_emulation import fake_pyobjc as fake, harness
 from primitive_calls import Out, call, read, to_array
 
-from backends.test_table import assert_trains_like_cpu_numpy
+import needle as ndl
+from needle.backend_ndarray import ndarray_backend_numpy as nb_np, primitives
 
 HOST_MODULES = ("ndarray_backend_metal", "ndarray_backend_mps")
 
@@ -140,7 +137,7 @@ STRIDED = {
 
 @pytest.mark.parametrize("kind", STRIDED)
 def test_matmul_strided_uses_mps_where_it_can(host, kind):
-    device, _, mps = host
+    _, _, mps = host
     a_size, a_offset, a_strides, b_size, b_offset, b_strides, in_place = STRIDED[kind]
     rng = np.random.default_rng(1)
     runtime = mps.backend.runtime
@@ -166,7 +163,7 @@ def test_matmul_strided_uses_mps_where_it_can(host, kind):
 
 
 def test_kernels_are_batched_into_command_buffers(host):
-    device, metal, _ = host
+    _, metal, _ = host
     runtime = metal.backend.runtime
     metal.synchronize()
     x = metal.Array(1000)

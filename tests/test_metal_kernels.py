@@ -14,12 +14,11 @@ import re
 
 import numpy as np
 import pytest
+from metal_emulation import harness
+from primitive_calls import read, to_array
 
 from needle.backend_ndarray import metal_primitives, primitives
 from needle.backend_ndarray.metal_primitives import mps_matrix_layout
-
-from metal_emulation import harness
-from primitive_calls import read, to_array
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,7 @@ def test_harness_reports_writes_outside_a_buffer(emu):
 
 def test_harness_checks_bindings(emu):
     x = np.zeros(256, np.float32)
-    with pytest.raises(harness.LaunchError, match="nothing bound at .*buffer\\(2\\)"):
+    with pytest.raises(harness.LaunchError, match=r"nothing bound at .*buffer\(2\)"):
         launch("fill", [x], (1, 1, 1), (256, 1, 1), [(1, bytes(4))])
     with pytest.raises(harness.LaunchError, match="needs 4 bytes, 2 are bound"):
         launch("fill", [x], (1, 1, 1), (256, 1, 1), [(1, bytes(4)), (2, bytes(2))])
@@ -129,7 +128,8 @@ def test_harness_binds_kernel_template_instantiations():
     its host name with the template's arguments."""
     source = """
         template <typename Op>
-        [[kernel]] void apply(device float* out [[buffer(0)]], uint i [[thread_position_in_grid]]) {}
+        [[kernel]] void apply(device float* out [[buffer(0)]],
+                              uint i [[thread_position_in_grid]]) {}
         template [[host_name("apply_" "neg")]] [[kernel]] decltype(apply<neg_op>) apply<neg_op>;
         kernel void plain(device float* out [[buffer(1)]], uint i [[thread_position_in_grid]]) {}
     """
@@ -163,7 +163,7 @@ def test_launch_geometry_matches_the_kernels():
                                                                    mm["MM_THREADS"])
     assert metal_primitives.MATMUL_TILES["matmul_simdgroup"] == (sg["SG_BM"], sg["SG_BN"],
                                                                  sg["SG_THREADS"])
-    assert metal_primitives.REDUCE_THREADS == red["REDUCE_THREADS"]
+    assert red["REDUCE_THREADS"] == metal_primitives.REDUCE_THREADS
 
 
 # ---- the emulated module: dtypes and limits ----------------------------------------------

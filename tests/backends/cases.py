@@ -22,11 +22,9 @@ import itertools
 from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
-
-from needle.backend_ndarray import ndarray
-from needle.backend_ndarray import ndarray_backend_numpy as nb_np
-from needle.backend_ndarray import primitives
 from primitive_calls import Out, operand, row_indices, view_of, writes_each_element_once
+
+from needle.backend_ndarray import ndarray, ndarray_backend_numpy as nb_np, primitives
 
 TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-14)}
 EPS = {"float32": 1.2e-7, "float64": 2.3e-16}

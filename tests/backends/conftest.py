@@ -18,8 +18,7 @@ from typing import Callable, FrozenSet, Optional, Tuple
 import pytest
 
 import needle as ndl
-from needle.backend_ndarray import metal_primitives, primitives
-from needle.backend_ndarray import ndarray_backend_numpy as nb_np
+from needle.backend_ndarray import metal_primitives, ndarray_backend_numpy as nb_np, primitives
 
 from .cases import Backend
 

@@ -13,13 +13,19 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
+from primitive_calls import (
+    Out,
+    call,
+    operand,
+    read,
+    strided_views,
+    to_array,
+    view_of,
+    writes_each_element_once,
+)
 
-from needle.backend_ndarray import ndarray_backend_numpy as nb_np
-from needle.backend_ndarray import primitives
-from primitive_calls import (Out, call, operand, read, strided_views, to_array, view_of,
-                             writes_each_element_once)
+from needle.backend_ndarray import ndarray_backend_numpy as nb_np, primitives
 
 from .cases import AXPBY, axpby_tol, cases, implementations, matmul_tol, reference, sum_tol
 

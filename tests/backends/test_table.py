@@ -17,12 +17,11 @@ import types
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from primitive_calls import element_offsets, strided_views
 
 import needle as ndl
-from needle.backend_ndarray import BackendDevice, NDArray, primitives
-from needle.backend_ndarray import ndarray as nd
+from needle.backend_ndarray import BackendDevice, NDArray, ndarray as nd, primitives
 from needle.backend_ndarray.primitives import MissingPrimitiveError
-from primitive_calls import element_offsets, strided_views
 
 from . import cases as conformance
 
@@ -81,8 +80,8 @@ def _without(mod, hidden, name="partial"):
     """A module with `mod`'s attributes but those in `hidden`."""
     module = types.ModuleType(name)
     for key in dir(mod):
-        if key not in hidden and not key.startswith("__") or key in ("__device_name__",
-                                                                     "__tile_size__"):
+        if (key not in hidden and not key.startswith("__")) or key in ("__device_name__",
+                                                                       "__tile_size__"):
             setattr(module, key, getattr(mod, key))
     return module
 
@@ -108,12 +107,12 @@ def test_a_missing_core_primitive_fails_validation(backend):
     device_name = getattr(backend.mod, "__device_name__", "?")
     for name in sorted(primitives.CORE):
         broken = _without(backend.mod, {name})
-        with pytest.raises(MissingPrimitiveError, match=f"'{device_name}'.*{name}\\("):
+        with pytest.raises(MissingPrimitiveError, match=rf"'{device_name}'.*{name}\("):
             primitives.validate(broken)
     with pytest.raises(MissingPrimitiveError, match=r"Array\(size, dtype\)"):
         primitives.validate(_without(backend.mod, {"Array"}))
     # Several missing: all named at once.
-    with pytest.raises(MissingPrimitiveError, match="primitives .*ewise_add.*reduce_sum"):
+    with pytest.raises(MissingPrimitiveError, match=r"primitives .*ewise_add.*reduce_sum"):
         primitives.validate(_without(backend.mod, {"ewise_add", "reduce_sum"}))
 
 
