@@ -55,9 +55,7 @@ template <class T> NumpyArray to_numpy_kernel(const Array &a, const Shape &shape
 
 NumpyArray to_numpy(const Array &a, const Shape &shape, const Shape &strides, int64_t offset) {
   View v = make_view(shape, strides, offset);
-  return dispatch(a.dtype, [&](auto tag) {
-    return to_numpy_kernel<decltype(tag)>(a, shape, v);
-  });
+  return dispatch(a.dtype, [&](auto tag) { return to_numpy_kernel<decltype(tag)>(a, shape, v); });
 }
 
 using InputArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
@@ -66,10 +64,9 @@ void from_numpy(const InputArray &src, Array &out) {
   dispatch(out.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (src.dtype() != nb::dtype<T>())
-      throw nb::type_error(
-          (std::string("from_numpy: source dtype does not match Array dtype ") +
-           dtype_name(out.dtype))
-              .c_str());
+      throw nb::type_error((std::string("from_numpy: source dtype does not match Array dtype ") +
+                            dtype_name(out.dtype))
+                               .c_str());
     if (src.size() != out.size)
       throw nb::value_error(("from_numpy: source has " + std::to_string(src.size()) +
                              " elements, Array has " + std::to_string(out.size))
@@ -95,9 +92,7 @@ template <class Kernel> void with_typed(const Array &a, Array &out, Kernel &&ker
   });
 }
 
-
-void compact(const Array &a, Array &out, const Shape &shape, const Shape &strides,
-             int64_t offset) {
+void compact(const Array &a, Array &out, const Shape &shape, const Shape &strides, int64_t offset) {
   View v = make_view(shape, strides, offset);
   assert(static_cast<size_t>(v.size) <= out.size);
   dispatch(common_dtype(a, out), [&](auto tag) {
@@ -121,8 +116,8 @@ void ewise_setitem(const Array &a, Array &out, const Shape &shape, const Shape &
   with_typed(a, out, [&](auto *x, auto *y) { scatter(x, y, v); });
 }
 
-void scalar_setitem(size_t size, double val, Array &out, const Shape &shape,
-                    const Shape &strides, int64_t offset) {
+void scalar_setitem(size_t size, double val, Array &out, const Shape &shape, const Shape &strides,
+                    int64_t offset) {
   View v = make_view(shape, strides, offset);
   assert(static_cast<size_t>(v.size) == size);
   (void)size;
@@ -136,9 +131,9 @@ void scalar_setitem(size_t size, double val, Array &out, const Shape &shape,
 
 // ---- linear algebra ------------------------------------------------------------------
 
-void matmul_strided(const Array &a, const Array &b, Array &out, int64_t batch, int64_t m,
-                    int64_t n, int64_t p, int64_t a_offset, const Shape &a_strides,
-                    int64_t b_offset, const Shape &b_strides) {
+void matmul_strided(const Array &a, const Array &b, Array &out, int64_t batch, int64_t m, int64_t n,
+                    int64_t p, int64_t a_offset, const Shape &a_strides, int64_t b_offset,
+                    const Shape &b_strides) {
   if (a_strides.size() != 3 || b_strides.size() != 3)
     throw nb::value_error("matmul_strided: strides must be (batch, row, col)");
   assert(out.size >= static_cast<size_t>(batch * m * p));
@@ -154,16 +149,15 @@ void matmul(const Array &a, const Array &b, Array &out, int64_t m, int64_t n, in
   matmul_strided(a, b, out, 1, m, n, p, 0, {0, n, 1}, 0, {0, p, 1});
 }
 
-void batched_matmul(const Array &a, const Array &b, Array &out, int64_t batch, int64_t m,
-                    int64_t n, int64_t p) {
+void batched_matmul(const Array &a, const Array &b, Array &out, int64_t batch, int64_t m, int64_t n,
+                    int64_t p) {
   assert(a.size >= static_cast<size_t>(batch * m * n));
   assert(b.size >= static_cast<size_t>(batch * n * p));
   matmul_strided(a, b, out, batch, m, n, p, 0, {m * n, n, 1}, 0, {n * p, p, 1});
 }
 
 // out_tile += a_tile @ b_tile for contiguous kTile x kTile tiles.
-template <class T>
-void tile_madd(const T *__restrict a, const T *__restrict b, T *__restrict out) {
+template <class T> void tile_madd(const T *__restrict a, const T *__restrict b, T *__restrict out) {
   for (int i = 0; i < kTile; ++i)
     for (int k = 0; k < kTile; ++k) {
       const T aik = a[i * kTile + k];
@@ -200,8 +194,7 @@ void ewise_broadcast_binary(const std::string &op, const Array &full, const Arra
                             Array &out, int64_t outer, int64_t inner, bool per_column,
                             bool vector_first) {
   auto run = [&](auto op_tag) {
-    broadcast_binary<decltype(op_tag)>(full, vector, out, outer, inner, per_column,
-                                       vector_first);
+    broadcast_binary<decltype(op_tag)>(full, vector, out, outer, inner, per_column, vector_first);
   };
   if (op == "add") return run(Add{});
   if (op == "sub") return run(Sub{});
@@ -217,8 +210,7 @@ void ewise_broadcast_binary(const std::string &op, const Array &full, const Arra
 // Indices are whole numbers stored in the array dtype; NDArray has checked that they are in
 // range and that every size suffices (these asserts only document it).
 
-void gather_rows(const Array &a, const Array &indices, Array &out, int64_t n,
-                 int64_t row_size) {
+void gather_rows(const Array &a, const Array &indices, Array &out, int64_t n, int64_t row_size) {
   assert(n >= 0 && row_size >= 0 && indices.size >= static_cast<size_t>(n));
   assert(out.size >= static_cast<size_t>(n * row_size));
   if (n == 0 || row_size == 0) return;
@@ -364,33 +356,28 @@ NB_MODULE(ndarray_backend_cpu, m) {
   std::apply(
       [&](auto... row) {
         (m.def(
-             row.name,
-             [op = row.op](const Array &a, Array &out) { ewise_unary(a, out, op); }, "a"_a,
-             "out"_a),
+             row.name, [op = row.op](const Array &a, Array &out) { ewise_unary(a, out, op); },
+             "a"_a, "out"_a),
          ...);
       },
       unary_table);
 
   m.def("matmul", &matmul, "a"_a, "b"_a, "out"_a, "m"_a, "n"_a, "p"_a);
-  m.def("batched_matmul", &batched_matmul, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a,
-        "p"_a);
+  m.def("batched_matmul", &batched_matmul, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a, "p"_a);
   m.def("matmul_tiled", &matmul_tiled, "a"_a, "b"_a, "out"_a, "m"_a, "n"_a, "p"_a);
 
-  m.def("matmul_strided", &matmul_strided, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a,
-        "p"_a, "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
+  m.def("matmul_strided", &matmul_strided, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a, "p"_a,
+        "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
 
-  m.def("ewise_broadcast_binary", &ewise_broadcast_binary, "op"_a, "full"_a, "vector"_a,
-        "out"_a, "outer"_a, "inner"_a, "per_column"_a, "vector_first"_a);
+  m.def("ewise_broadcast_binary", &ewise_broadcast_binary, "op"_a, "full"_a, "vector"_a, "out"_a,
+        "outer"_a, "inner"_a, "per_column"_a, "vector_first"_a);
   m.def("gather_rows", &gather_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
-  m.def("scatter_add_rows", &scatter_add_rows, "a"_a, "indices"_a, "out"_a, "n"_a,
-        "row_size"_a);
+  m.def("scatter_add_rows", &scatter_add_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
 
   m.def("reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   m.def("reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
-  m.def("reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,
-        "inner"_a);
-  m.def("reduce_max_axis", &reduce_max_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,
-        "inner"_a);
+  m.def("reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a, "inner"_a);
+  m.def("reduce_max_axis", &reduce_max_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a, "inner"_a);
 
   m.def("set_num_threads", &set_threads, "n"_a,
         "Use n >= 1 threads for large kernels (matmul, elementwise, reductions).");

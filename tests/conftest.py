@@ -12,8 +12,7 @@ import pytest
 
 import needle as ndl
 
-DEVICES = [pytest.param(device, id=device.name) for device in ndl.all_devices()
-           if device.enabled()]
+DEVICES = [pytest.param(device, id=device.name) for device in ndl.all_devices() if device.enabled()]
 
 
 @pytest.fixture(params=DEVICES)

@@ -60,8 +60,10 @@ class Domain:
 
 
 def uniform(low: float, high: float) -> Domain:
-    return Domain(f"uniform({low}, {high})", lambda shape: np.asarray(
-        np.random.uniform(low, high, shape), dtype=np.float32))
+    return Domain(
+        f"uniform({low}, {high})",
+        lambda shape: np.asarray(np.random.uniform(low, high, shape), dtype=np.float32),
+    )
 
 
 def _away_from_zero(shape):
@@ -72,8 +74,9 @@ def _away_from_zero(shape):
 REAL = uniform(-2.0, 2.0)
 POSITIVE = uniform(0.1, 3.0)  # log, sqrt
 NONZERO = Domain("nonzero", _away_from_zero)  # |x| in [0.5, 2): safe divisors
-TIES = Domain("ties", lambda shape: np.asarray(np.random.randint(-2, 3, size=shape),
-                                               dtype=np.float32))  # maxima tie often
+TIES = Domain(
+    "ties", lambda shape: np.asarray(np.random.randint(-2, 3, size=shape), dtype=np.float32)
+)  # maxima tie often
 
 
 class Sample:
@@ -90,8 +93,10 @@ class Sample:
             if isinstance(x, Draw):
                 return f"{x.domain.name}{x.shape}"
             return str(x)
-        parts = [short(x) for x in self.inputs] + [f"{k}={short(v)}" for k, v in
-                                                     self.kwargs.items()]
+
+        parts = [short(x) for x in self.inputs] + [
+            f"{k}={short(v)}" for k, v in self.kwargs.items()
+        ]
         return ",".join(parts)
 
     def draw(self, spec: "OpSpec", dtype="float32") -> list:
@@ -162,7 +167,7 @@ def torch_index(t, idxs):
         idxs = (idxs,)
     if any(i is Ellipsis for i in idxs):
         pos = next(k for k, i in enumerate(idxs) if i is Ellipsis)
-        idxs = idxs[:pos] + (slice(None),) * (t.ndim - len(idxs) + 1) + idxs[pos + 1:]
+        idxs = idxs[:pos] + (slice(None),) * (t.ndim - len(idxs) + 1) + idxs[pos + 1 :]
     idxs = idxs + (slice(None),) * (t.ndim - len(idxs))
     for axis in reversed(range(len(idxs))):  # last axis first, so axis numbers stay valid
         idx = idxs[axis]
@@ -183,8 +188,7 @@ def torch_scatter(t, idxs, shape):
 
 def _dilation_index(ndim, axes, dilation):
     axes = {a % ndim for a in ((axes,) if isinstance(axes, int) else axes)}
-    return tuple(slice(None, None, dilation + 1) if i in axes else slice(None)
-                 for i in range(ndim))
+    return tuple(slice(None, None, dilation + 1) if i in axes else slice(None) for i in range(ndim))
 
 
 def torch_dilate(t, axes, dilation):
@@ -202,8 +206,12 @@ def torch_undilate(t, axes, dilation):
 def torch_conv(x, w, stride=1, padding=1):
     """needle's NHWC conv with (k, k, c_in, c_out) weights, through torch's NCHW conv2d."""
     # contiguous(): torch's float64 CPU conv backward rejects some permuted layouts.
-    out = F.conv2d(x.permute(0, 3, 1, 2).contiguous(), w.permute(3, 2, 0, 1).contiguous(),
-                   stride=stride, padding=padding)
+    out = F.conv2d(
+        x.permute(0, 3, 1, 2).contiguous(),
+        w.permute(3, 2, 0, 1).contiguous(),
+        stride=stride,
+        padding=padding,
+    )
     return out.permute(0, 2, 3, 1)
 
 
@@ -249,15 +257,19 @@ def labels_of(z, labels):
 
 # ---- random samples (hypothesis) ------------------------------------------------------------
 def broadcast_pairs():
-    return hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, max_side=3
-                                             ).map(lambda s: Sample(*s.input_shapes))
+    return hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, max_side=3).map(
+        lambda s: Sample(*s.input_shapes)
+    )
 
 
 @st.composite
 def reductions(draw):
     shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, max_side=4))
-    axes = draw(st.one_of(st.none(), st.lists(st.integers(0, len(shape) - 1), min_size=1,
-                                              unique=True).map(tuple)))
+    axes = draw(
+        st.one_of(
+            st.none(), st.lists(st.integers(0, len(shape) - 1), min_size=1, unique=True).map(tuple)
+        )
+    )
     return Sample(shape, axes=axes, keepdims=draw(st.booleans()))
 
 
@@ -287,16 +299,20 @@ def matmuls(draw):
 @st.composite
 def indexings(draw):
     shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=5))
-    return Sample(shape, idxs=draw(hnp.basic_indices(shape, allow_newaxis=False,
-                                                     allow_ellipsis=True)))
+    return Sample(
+        shape, idxs=draw(hnp.basic_indices(shape, allow_newaxis=False, allow_ellipsis=True))
+    )
 
 
 @st.composite
 def convolutions(draw):
     n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 8)), draw(st.integers(1, 8))
     c_in, c_out = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    k, stride, padding = draw(st.sampled_from([1, 2, 3, 5])), draw(st.integers(1, 3)), draw(
-        st.integers(0, 2))
+    k, stride, padding = (
+        draw(st.sampled_from([1, 2, 3, 5])),
+        draw(st.integers(1, 3)),
+        draw(st.integers(0, 2)),
+    )
     # A kernel larger than the padded input is an error (tested in the table's errors).
     k = min(k, h + 2 * padding, w + 2 * padding)
     return Sample((n, h, w, c_in), (k, k, c_in, c_out), stride=stride, padding=padding)
@@ -304,83 +320,178 @@ def convolutions(draw):
 
 # ---- the table ------------------------------------------------------------------------------
 BROADCAST_SHAPES = [
-    ((3, 4), (3, 4)), ((3, 1, 5), (4, 1)), ((1,), (2, 3)), ((2, 3), (1,)), ((2, 1), (1, 3)),
-    ((1, 1, 1), (1,)), ((1,), (1, 1)), ((), (2, 3)), ((2, 1, 4), ()),
+    ((3, 4), (3, 4)),
+    ((3, 1, 5), (4, 1)),
+    ((1,), (2, 3)),
+    ((2, 3), (1,)),
+    ((2, 1), (1, 3)),
+    ((1, 1, 1), (1,)),
+    ((1,), (1, 1)),
+    ((), (2, 3)),
+    ((2, 1, 4), ()),
 ]
 BROADCAST_SAMPLES = [Sample(*shapes) for shapes in BROADCAST_SHAPES]
 NOT_BROADCASTING = [(3, 4), (2, 4)]
 
 
 def _no_broadcast(name):
-    return Error(NOT_BROADCASTING, {}, ValueError,
-                 rf"^{name}: shapes \(3, 4\) and \(2, 4\) do not broadcast \(inputs: \(3, 4\) "
-                 r"float32 on \w+\(\), \(2, 4\) float32")
+    return Error(
+        NOT_BROADCASTING,
+        {},
+        ValueError,
+        rf"^{name}: shapes \(3, 4\) and \(2, 4\) do not broadcast \(inputs: \(3, 4\) "
+        r"float32 on \w+\(\), \(2, 4\) float32",
+    )
 
 
 def _binary(op, function, torch_fn, operator, domain=REAL, extra=()):
-    return OpSpec(op, function, torch_fn, BROADCAST_SAMPLES + list(extra), domain=domain,
-                  forms=[operator, op()], errors=[_no_broadcast(function.__name__)],
-                  random=broadcast_pairs())
+    return OpSpec(
+        op,
+        function,
+        torch_fn,
+        BROADCAST_SAMPLES + list(extra),
+        domain=domain,
+        forms=[operator, op()],
+        errors=[_no_broadcast(function.__name__)],
+        random=broadcast_pairs(),
+    )
 
 
 def _scalar_op(op, function, torch_fn, operators, scalars, samples=(), tol=(1e-5, 1e-5)):
     """Scalars may be Python or NumPy numbers, or 0-d or (1,) arrays (course code divides by
     np.random.randn(1))."""
-    samples = [Sample(shape, scalar=c) for shape, c in zip([(3, 4), (5,), (), (2, 3)] * 2,
-                                                           scalars)] + list(samples)
-    return OpSpec(op, function, lambda t, scalar: torch_fn(t, number(scalar)), samples,
-                  domain=NONZERO, forms=[*operators, lambda x, scalar: op(scalar)(x)], tol=tol,
-                  errors=[Error([(2, 3)], {"scalar": "2"}, TypeError,
-                                rf"^{function.__name__}: expected a number, got str")])
+    samples = [
+        Sample(shape, scalar=c) for shape, c in zip([(3, 4), (5,), (), (2, 3)] * 2, scalars)
+    ] + list(samples)
+    return OpSpec(
+        op,
+        function,
+        lambda t, scalar: torch_fn(t, number(scalar)),
+        samples,
+        domain=NONZERO,
+        forms=[*operators, lambda x, scalar: op(scalar)(x)],
+        tol=tol,
+        errors=[
+            Error(
+                [(2, 3)],
+                {"scalar": "2"},
+                TypeError,
+                rf"^{function.__name__}: expected a number, got str",
+            )
+        ],
+    )
 
 
 def _unary(op, function, torch_fn, domain, method, extra=()):
     shapes = [(7,), (3, 4), (2, 3, 4), ()]
-    return OpSpec(op, function, torch_fn, [Sample(s) for s in shapes] + list(extra),
-                  domain=domain, forms=[op(), method])
+    return OpSpec(
+        op,
+        function,
+        torch_fn,
+        [Sample(s) for s in shapes] + list(extra),
+        domain=domain,
+        forms=[op(), method],
+    )
 
 
-SUM_CASES = [((3, 4), None), ((3, 4), 0), ((3, 4), 1), ((3, 4), -1), ((2, 3, 4), (0, 2)),
-             ((2, 3, 4), (1,)), ((2, 3, 4), (0, 1, 2)), ((2, 3, 4), (-1, 0)), ((5,), 0),
-             ((2, 1, 3), 1)]
+SUM_CASES = [
+    ((3, 4), None),
+    ((3, 4), 0),
+    ((3, 4), 1),
+    ((3, 4), -1),
+    ((2, 3, 4), (0, 2)),
+    ((2, 3, 4), (1,)),
+    ((2, 3, 4), (0, 1, 2)),
+    ((2, 3, 4), (-1, 0)),
+    ((5,), 0),
+    ((2, 1, 3), 1),
+]
 
 
 def _reduction_samples(cases):
-    return [Sample(shape, axes=axes, keepdims=keep) for shape, axes in cases
-            for keep in (False, True)]
+    return [
+        Sample(shape, axes=axes, keepdims=keep) for shape, axes in cases for keep in (False, True)
+    ]
 
 
 def _axis_error(name):
-    return Error([(3, 4)], {"axes": (3,)}, ValueError,
-                 rf"^{name}: axis 3 is out of range for an array with 2 dimensions")
+    return Error(
+        [(3, 4)],
+        {"axes": (3,)},
+        ValueError,
+        rf"^{name}: axis 3 is out of range for an array with 2 dimensions",
+    )
 
 
-LSE_CASES = [((3, 4), None), ((3, 4), (1,)), ((3, 4), (0,)), ((3, 4), 1), ((2, 3, 4), (0, 2)),
-             ((2, 3, 4), (-1,)), ((2, 3, 4), (0, 1, 2)), ((5,), None)]
-LARGE = np.array([[1000.3, 999.1, 1001.7, 1000.0, 998.2], [1000.0] * 5,
-                  [-1000.4, -1001.0, -999.9, -1000.2, -1000.0]], dtype=np.float32)
+LSE_CASES = [
+    ((3, 4), None),
+    ((3, 4), (1,)),
+    ((3, 4), (0,)),
+    ((3, 4), 1),
+    ((2, 3, 4), (0, 2)),
+    ((2, 3, 4), (-1,)),
+    ((2, 3, 4), (0, 1, 2)),
+    ((5,), None),
+]
+LARGE = np.array(
+    [
+        [1000.3, 999.1, 1001.7, 1000.0, 998.2],
+        [1000.0] * 5,
+        [-1000.4, -1001.0, -999.9, -1000.2, -1000.0],
+    ],
+    dtype=np.float32,
+)
 
 MATMUL_SHAPES = [
-    ((3, 4), (4, 5)), ((1, 4), (4, 1)), ((5, 1), (1, 3)), ((7, 16), (16, 9)),
-    ((2, 3, 4), (2, 4, 5)), ((2, 3, 3, 4), (2, 3, 4, 2)), ((2, 1, 3, 4), (5, 4, 2)),
-    ((3, 4), (2, 4, 5)), ((2, 3, 4), (4, 5)), ((1, 3, 4), (2, 4, 5)), ((2, 1, 3, 4), (1, 3, 4, 2)),
+    ((3, 4), (4, 5)),
+    ((1, 4), (4, 1)),
+    ((5, 1), (1, 3)),
+    ((7, 16), (16, 9)),
+    ((2, 3, 4), (2, 4, 5)),
+    ((2, 3, 3, 4), (2, 3, 4, 2)),
+    ((2, 1, 3, 4), (5, 4, 2)),
+    ((3, 4), (2, 4, 5)),
+    ((2, 3, 4), (4, 5)),
+    ((1, 3, 4), (2, 4, 5)),
+    ((2, 1, 3, 4), (1, 3, 4, 2)),
     # 1-D operands are a row (left) or column (right) vector whose axis is dropped, as in torch.
-    ((4,), (4, 3)), ((3, 4), (4,)), ((4,), (4,)), ((2, 3, 4), (4,)), ((4,), (2, 4, 3)),
+    ((4,), (4, 3)),
+    ((3, 4), (4,)),
+    ((4,), (4,)),
+    ((2, 3, 4), (4,)),
+    ((4,), (2, 4, 3)),
 ]
 
 # (N, H, W, C_in, C_out, k, stride, padding); several have (H + 2p - k) % stride != 0.
 CONV_CASES = [
-    (1, 5, 4, 2, 2, 3, 2, 1), (2, 5, 5, 3, 4, 3, 1, 0), (2, 5, 5, 3, 4, 3, 1, 1),
-    (1, 6, 5, 2, 3, 1, 1, 0), (1, 6, 5, 2, 3, 1, 2, 0), (1, 5, 4, 1, 2, 1, 3, 2),
-    (1, 7, 6, 2, 3, 3, 2, 1), (1, 8, 8, 2, 2, 3, 2, 0), (2, 7, 9, 3, 2, 5, 3, 2),
-    (1, 9, 7, 3, 2, 3, 3, 0), (1, 4, 4, 2, 2, 3, 3, 1), (2, 10, 8, 4, 5, 3, 2, 2),
-    (1, 6, 6, 2, 3, 5, 2, 1), (1, 5, 7, 2, 2, 5, 1, 2), (1, 3, 3, 2, 2, 5, 1, 2),
-    (1, 11, 6, 2, 3, 5, 3, 0), (1, 5, 5, 1, 1, 3, 2, 2), (1, 6, 5, 1, 2, 2, 3, 0),
+    (1, 5, 4, 2, 2, 3, 2, 1),
+    (2, 5, 5, 3, 4, 3, 1, 0),
+    (2, 5, 5, 3, 4, 3, 1, 1),
+    (1, 6, 5, 2, 3, 1, 1, 0),
+    (1, 6, 5, 2, 3, 1, 2, 0),
+    (1, 5, 4, 1, 2, 1, 3, 2),
+    (1, 7, 6, 2, 3, 3, 2, 1),
+    (1, 8, 8, 2, 2, 3, 2, 0),
+    (2, 7, 9, 3, 2, 5, 3, 2),
+    (1, 9, 7, 3, 2, 3, 3, 0),
+    (1, 4, 4, 2, 2, 3, 3, 1),
+    (2, 10, 8, 4, 5, 3, 2, 2),
+    (1, 6, 6, 2, 3, 5, 2, 1),
+    (1, 5, 7, 2, 2, 5, 1, 2),
+    (1, 3, 3, 2, 2, 5, 1, 2),
+    (1, 11, 6, 2, 3, 5, 3, 0),
+    (1, 5, 5, 1, 1, 3, 2, 2),
+    (1, 6, 5, 1, 2, 2, 3, 0),
 ]
 
 # Conv weight gradients: (input shape, kernel, stride, padding), c_out = 2.
-CONV_WEIGHT_CASES = [((1, 5, 4, 2), 3, 2, 1), ((2, 6, 5, 3), 3, 1, 1), ((1, 7, 7, 2), 3, 2, 1),
-                     ((1, 8, 7, 2), 2, 3, 0), ((2, 9, 9, 1), 7, 4, 3)]
+CONV_WEIGHT_CASES = [
+    ((1, 5, 4, 2), 3, 2, 1),
+    ((2, 6, 5, 3), 3, 1, 1),
+    ((1, 7, 7, 2), 3, 2, 1),
+    ((1, 8, 7, 2), 2, 3, 0),
+    ((2, 9, 9, 1), 7, 4, 3),
+]
 
 
 def _conv_weight_sample(shape, k, stride, padding):
@@ -391,14 +502,23 @@ def _conv_weight_sample(shape, k, stride, padding):
 
 GETITEM_CASES = [
     ((3, 4), (slice(None, None, -2), slice(1, 3))),
-    ((4, 5, 6), 1), ((4, 5, 6), -1), ((4, 5, 6), (1, 2)), ((4, 5, 6), (1, 2, 3)),
-    ((4, 5, 6), slice(1, 3)), ((4, 5, 6), slice(None, None, -1)),
-    ((4, 5, 6), (slice(None), slice(4, 0, -2))), ((4, 5, 6), (Ellipsis, 2)),
-    ((4, 5, 6), (1, Ellipsis, slice(None, None, 2))), ((4, 5, 6), (-1, slice(None), -2)),
-    ((4, 5, 6), (slice(-1, None, -3), 0, slice(1, 6, 2))), ((4, 5, 6), Ellipsis),
+    ((4, 5, 6), 1),
+    ((4, 5, 6), -1),
+    ((4, 5, 6), (1, 2)),
+    ((4, 5, 6), (1, 2, 3)),
+    ((4, 5, 6), slice(1, 3)),
+    ((4, 5, 6), slice(None, None, -1)),
+    ((4, 5, 6), (slice(None), slice(4, 0, -2))),
+    ((4, 5, 6), (Ellipsis, 2)),
+    ((4, 5, 6), (1, Ellipsis, slice(None, None, 2))),
+    ((4, 5, 6), (-1, slice(None), -2)),
+    ((4, 5, 6), (slice(-1, None, -3), 0, slice(1, 6, 2))),
+    ((4, 5, 6), Ellipsis),
     ((4, 5, 6), (slice(None, None, -1), slice(None, None, -1), slice(None, None, -1))),
-    ((4, 5, 6), (slice(1, 100), slice(-100, 3))), ((4, 5, 6), (slice(2, 2),)),
-    ((7,), slice(5, None, -2)), ((3, 4), (Ellipsis, slice(None, None, -1))),
+    ((4, 5, 6), (slice(1, 100), slice(-100, 3))),
+    ((4, 5, 6), (slice(2, 2),)),
+    ((7,), slice(5, None, -2)),
+    ((3, 4), (Ellipsis, slice(None, None, -1))),
 ]
 
 ROWS = np.array([3, 0, 3, 1, 3, 4])  # repeats, and row 2 never taken
@@ -412,263 +532,641 @@ SPECS = [
     _binary(ops.EWiseSub, ops.subtract, torch.sub, lambda a, b: a - b),
     _binary(ops.EWiseMul, ops.multiply, torch.mul, lambda a, b: a * b),
     _binary(ops.EWiseDiv, ops.divide, torch.div, lambda a, b: a / b, domain=(REAL, NONZERO)),
-    _binary(ops.EWisePow, ops.power, torch.pow, lambda a, b: a ** b, domain=(POSITIVE, REAL)),
-    OpSpec(ops.Maximum, ops.maximum, torch_maximum,
-           BROADCAST_SAMPLES + [Sample(TIES(4, 5), TIES(4, 5)), Sample(TIES(3, 1), TIES(4))]
-           + [Sample(np.arange(-5, 5, dtype=np.float32).reshape(2, 5) / 2, b=c)
-              for c in (0.0, 1.0, -0.5)],  # including exact ties with c
-           forms=[lambda a, b: ops.Maximum()(a, b) if isinstance(b, ndl.Tensor)
-                  else ops.Maximum(b)(a)],
-           errors=[_no_broadcast("maximum")], random=broadcast_pairs()),
-    _scalar_op(ops.AddScalar, ops.add_scalar, torch.add,
-               [lambda x, scalar: x + scalar, lambda x, scalar: scalar + x,
-                lambda x, scalar: x - (-scalar)],
-               [1.5, -2, np.float32(2), np.array([0.75]), 0, np.array(-1.25)]),
-    _scalar_op(ops.MulScalar, ops.mul_scalar, torch.mul,
-               [lambda x, scalar: x * scalar, lambda x, scalar: scalar * x],
-               [-0.5, 3, np.float64(2), np.array([1.5]), 0, np.array(-2.0)]),
-    _scalar_op(ops.DivScalar, ops.divide_scalar, torch.div, [lambda x, scalar: x / scalar],
-               [4.0, -0.25, np.int64(2), np.array([-1.5]), 3, np.array(0.5)]),
-    _scalar_op(ops.PowerScalar, ops.power_scalar, torch.pow, [lambda x, scalar: x ** scalar],
-               [2, 3, -1, np.int64(0), 4, np.array([-3.0])],  # integers: any sign of x
-               [Sample(uniform(0.3, 2.5)(3, 5), scalar=c)
-                for c in [0, 1, 2, -1, -2, 0.5, -0.5, 1.5, 2.5, -1.5, np.array([0.5])]],
-               tol=(2e-5, 1e-5)),
-    OpSpec(ops.Negate, ops.negate, torch.neg, [Sample((3, 4)), Sample(()), Sample((2, 3, 1))],
-           forms=[lambda x: -x, ops.Negate(), lambda x: 0 - x]),
+    _binary(ops.EWisePow, ops.power, torch.pow, lambda a, b: a**b, domain=(POSITIVE, REAL)),
+    OpSpec(
+        ops.Maximum,
+        ops.maximum,
+        torch_maximum,
+        BROADCAST_SAMPLES
+        + [Sample(TIES(4, 5), TIES(4, 5)), Sample(TIES(3, 1), TIES(4))]
+        + [
+            Sample(np.arange(-5, 5, dtype=np.float32).reshape(2, 5) / 2, b=c)
+            for c in (0.0, 1.0, -0.5)
+        ],  # including exact ties with c
+        forms=[
+            lambda a, b: ops.Maximum()(a, b) if isinstance(b, ndl.Tensor) else ops.Maximum(b)(a)
+        ],
+        errors=[_no_broadcast("maximum")],
+        random=broadcast_pairs(),
+    ),
+    _scalar_op(
+        ops.AddScalar,
+        ops.add_scalar,
+        torch.add,
+        [
+            lambda x, scalar: x + scalar,
+            lambda x, scalar: scalar + x,
+            lambda x, scalar: x - (-scalar),
+        ],
+        [1.5, -2, np.float32(2), np.array([0.75]), 0, np.array(-1.25)],
+    ),
+    _scalar_op(
+        ops.MulScalar,
+        ops.mul_scalar,
+        torch.mul,
+        [lambda x, scalar: x * scalar, lambda x, scalar: scalar * x],
+        [-0.5, 3, np.float64(2), np.array([1.5]), 0, np.array(-2.0)],
+    ),
+    _scalar_op(
+        ops.DivScalar,
+        ops.divide_scalar,
+        torch.div,
+        [lambda x, scalar: x / scalar],
+        [4.0, -0.25, np.int64(2), np.array([-1.5]), 3, np.array(0.5)],
+    ),
+    _scalar_op(
+        ops.PowerScalar,
+        ops.power_scalar,
+        torch.pow,
+        [lambda x, scalar: x**scalar],
+        [2, 3, -1, np.int64(0), 4, np.array([-3.0])],  # integers: any sign of x
+        [
+            Sample(uniform(0.3, 2.5)(3, 5), scalar=c)
+            for c in [0, 1, 2, -1, -2, 0.5, -0.5, 1.5, 2.5, -1.5, np.array([0.5])]
+        ],
+        tol=(2e-5, 1e-5),
+    ),
+    OpSpec(
+        ops.Negate,
+        ops.negate,
+        torch.neg,
+        [Sample((3, 4)), Sample(()), Sample((2, 3, 1))],
+        forms=[lambda x: -x, ops.Negate(), lambda x: 0 - x],
+    ),
     # ---- shapes
-    OpSpec(ops.Transpose, ops.transpose,
-           lambda t, axes=None: t.transpose(*(axes if axes is not None else (-2, -1))),
-           [Sample((3, 4)), Sample((2, 3, 4)), Sample((2, 3, 4, 5))]
-           + [Sample(shape, axes=axes) for shape, axes in [
-               ((2, 3, 4), (0, 1)), ((2, 3, 4), (0, 2)), ((2, 3, 4), (2, 0)),
-               ((2, 3, 4, 5), (1, 3)), ((2, 3, 4, 5), (-1, -3)), ((3, 4), (1, 1))]],
-           forms=[lambda x, axes=None: ops.Transpose(axes)(x),
-                  lambda x, axes=None: x.T if axes is None else x.transpose(axes)],
-           errors=[Error([(5,)], {}, ValueError, r"^transpose: needs at least 2 dimensions"),
-                   Error([(2, 3, 4)], {"axes": (0, 1, 2)}, ValueError,
-                         r"^transpose: swaps two axes")],
-           random=transposes()),
-    OpSpec(ops.Reshape, ops.reshape, lambda t, shape: t.reshape(shape),
-           [Sample(s, shape=n) for s, n in [
-               ((3, 4), (12,)), ((3, 4), (4, 3)), ((2, 3, 4), (6, -1)), ((2, 3, 4), (-1,)),
-               ((2, 3, 4), (2, -1, 2)), ((12,), (2, 3, 2)), ((1,), ()), ((), (1, 1)),
-               ((4, 1), (1, 4))]],
-           forms=[lambda x, shape: x.reshape(shape), lambda x, shape: x.reshape(*shape),
-                  lambda x, shape: ops.Reshape(shape)(x)],
-           errors=[Error([(3, 4)], {"shape": (5,)}, ValueError,
-                         r"^reshape: cannot reshape array of shape \(3, 4\) into \(5,\)")],
-           random=reshapes()),
-    OpSpec(ops.BroadcastTo, ops.broadcast_to, lambda t, shape: t.broadcast_to(shape),
-           [Sample(s, shape=n) for s, n in [
-               ((3, 1), (3, 4)), ((1, 4), (3, 4)), ((4,), (3, 4)), ((1,), (2, 3)), ((), (2, 3)),
-               ((3, 1, 5), (2, 3, 4, 5)), ((1, 1), (1, 1)), ((2, 3), (2, 3)),
-               ((1, 3, 1), (1, 3, 2)), ((3, 1), [2, 3, 4])]],
-           forms=[lambda x, shape: x.broadcast_to(shape),
-                  lambda x, shape: ops.BroadcastTo(shape)(x)],
-           errors=[Error([(3, 4)], {"shape": (2, 4)}, ValueError,
-                         r"^broadcast_to: cannot broadcast shape \(3, 4\) to \(2, 4\)")]),
-    OpSpec(ops.Summation, ops.summation,
-           lambda t, axes=None, keepdims=False: torch.sum(t, dim=tdims(axes, t.ndim),
-                                                          keepdim=keepdims),
-           _reduction_samples(SUM_CASES),
-           forms=[lambda x, axes=None, keepdims=False: x.sum(axes, keepdims=keepdims),
-                  lambda x, axes=None, keepdims=False: ops.Summation(axes, keepdims)(x)],
-           errors=[_axis_error("summation")], random=reductions()),
-    OpSpec(ops.Max, ops.max,
-           lambda t, axes=None, keepdims=False: torch.amax(t, dim=tdims(axes, t.ndim),
-                                                           keepdim=keepdims),
-           _reduction_samples(SUM_CASES)
-           + [Sample(np.array([[1, 1, 0], [2, -1, 2], [0, 0, 0]], np.float32), axes=axes)
-              for axes in (None, 0, 1, (0, 1))],  # ties share the gradient, as torch.amax
-           forms=[lambda x, axes=None, keepdims=False: x.max(axes, keepdims=keepdims),
-                  lambda x, axes=None, keepdims=False: ops.Max(axes, keepdims)(x)],
-           errors=[_axis_error("max")], random=reductions()),
-    OpSpec(ops.AsType, ops.astype,
-           lambda t, dtype: t.to(torch.float32 if dtype == "float32" else torch.float64),
-           # Cast and cast back: exact either way.
-           [Sample((2, 3), dtype="float64"), Sample((4,), dtype=np.float64)],
-           call=lambda x, dtype: ops.astype(ops.AsType(dtype)(x), x.dtype),
-           forms=[lambda x, dtype: x.astype(dtype).astype(x.dtype)]),
+    OpSpec(
+        ops.Transpose,
+        ops.transpose,
+        lambda t, axes=None: t.transpose(*(axes if axes is not None else (-2, -1))),
+        [Sample((3, 4)), Sample((2, 3, 4)), Sample((2, 3, 4, 5))]
+        + [
+            Sample(shape, axes=axes)
+            for shape, axes in [
+                ((2, 3, 4), (0, 1)),
+                ((2, 3, 4), (0, 2)),
+                ((2, 3, 4), (2, 0)),
+                ((2, 3, 4, 5), (1, 3)),
+                ((2, 3, 4, 5), (-1, -3)),
+                ((3, 4), (1, 1)),
+            ]
+        ],
+        forms=[
+            lambda x, axes=None: ops.Transpose(axes)(x),
+            lambda x, axes=None: x.T if axes is None else x.transpose(axes),
+        ],
+        errors=[
+            Error([(5,)], {}, ValueError, r"^transpose: needs at least 2 dimensions"),
+            Error([(2, 3, 4)], {"axes": (0, 1, 2)}, ValueError, r"^transpose: swaps two axes"),
+        ],
+        random=transposes(),
+    ),
+    OpSpec(
+        ops.Reshape,
+        ops.reshape,
+        lambda t, shape: t.reshape(shape),
+        [
+            Sample(s, shape=n)
+            for s, n in [
+                ((3, 4), (12,)),
+                ((3, 4), (4, 3)),
+                ((2, 3, 4), (6, -1)),
+                ((2, 3, 4), (-1,)),
+                ((2, 3, 4), (2, -1, 2)),
+                ((12,), (2, 3, 2)),
+                ((1,), ()),
+                ((), (1, 1)),
+                ((4, 1), (1, 4)),
+            ]
+        ],
+        forms=[
+            lambda x, shape: x.reshape(shape),
+            lambda x, shape: x.reshape(*shape),
+            lambda x, shape: ops.Reshape(shape)(x),
+        ],
+        errors=[
+            Error(
+                [(3, 4)],
+                {"shape": (5,)},
+                ValueError,
+                r"^reshape: cannot reshape array of shape \(3, 4\) into \(5,\)",
+            )
+        ],
+        random=reshapes(),
+    ),
+    OpSpec(
+        ops.BroadcastTo,
+        ops.broadcast_to,
+        lambda t, shape: t.broadcast_to(shape),
+        [
+            Sample(s, shape=n)
+            for s, n in [
+                ((3, 1), (3, 4)),
+                ((1, 4), (3, 4)),
+                ((4,), (3, 4)),
+                ((1,), (2, 3)),
+                ((), (2, 3)),
+                ((3, 1, 5), (2, 3, 4, 5)),
+                ((1, 1), (1, 1)),
+                ((2, 3), (2, 3)),
+                ((1, 3, 1), (1, 3, 2)),
+                ((3, 1), [2, 3, 4]),
+            ]
+        ],
+        forms=[lambda x, shape: x.broadcast_to(shape), lambda x, shape: ops.BroadcastTo(shape)(x)],
+        errors=[
+            Error(
+                [(3, 4)],
+                {"shape": (2, 4)},
+                ValueError,
+                r"^broadcast_to: cannot broadcast shape \(3, 4\) to \(2, 4\)",
+            )
+        ],
+    ),
+    OpSpec(
+        ops.Summation,
+        ops.summation,
+        lambda t, axes=None, keepdims=False: torch.sum(
+            t, dim=tdims(axes, t.ndim), keepdim=keepdims
+        ),
+        _reduction_samples(SUM_CASES),
+        forms=[
+            lambda x, axes=None, keepdims=False: x.sum(axes, keepdims=keepdims),
+            lambda x, axes=None, keepdims=False: ops.Summation(axes, keepdims)(x),
+        ],
+        errors=[_axis_error("summation")],
+        random=reductions(),
+    ),
+    OpSpec(
+        ops.Max,
+        ops.max,
+        lambda t, axes=None, keepdims=False: torch.amax(
+            t, dim=tdims(axes, t.ndim), keepdim=keepdims
+        ),
+        _reduction_samples(SUM_CASES)
+        + [
+            Sample(np.array([[1, 1, 0], [2, -1, 2], [0, 0, 0]], np.float32), axes=axes)
+            for axes in (None, 0, 1, (0, 1))
+        ],  # ties share the gradient, as torch.amax
+        forms=[
+            lambda x, axes=None, keepdims=False: x.max(axes, keepdims=keepdims),
+            lambda x, axes=None, keepdims=False: ops.Max(axes, keepdims)(x),
+        ],
+        errors=[_axis_error("max")],
+        random=reductions(),
+    ),
+    OpSpec(
+        ops.AsType,
+        ops.astype,
+        lambda t, dtype: t.to(torch.float32 if dtype == "float32" else torch.float64),
+        # Cast and cast back: exact either way.
+        [Sample((2, 3), dtype="float64"), Sample((4,), dtype=np.float64)],
+        call=lambda x, dtype: ops.astype(ops.AsType(dtype)(x), x.dtype),
+        forms=[lambda x, dtype: x.astype(dtype).astype(x.dtype)],
+    ),
     # ---- matmul
-    OpSpec(ops.MatMul, ops.matmul, torch.matmul, [Sample(*s) for s in MATMUL_SHAPES],
-           forms=[lambda a, b: a @ b, ops.MatMul()], tol=(1e-5, 2e-5),
-           errors=[Error([(3, 4), (2, 4)], {}, ValueError,
-                         r"^matmul: shapes \(3, 4\) and \(2, 4\) do not align \(4 != 2\) "
-                         r"\(inputs: \(3, 4\) float32"),
-                   Error([(), (3,)], {}, ValueError, r"^matmul: does not take 0-d operands")],
-           random=matmuls()),
+    OpSpec(
+        ops.MatMul,
+        ops.matmul,
+        torch.matmul,
+        [Sample(*s) for s in MATMUL_SHAPES],
+        forms=[lambda a, b: a @ b, ops.MatMul()],
+        tol=(1e-5, 2e-5),
+        errors=[
+            Error(
+                [(3, 4), (2, 4)],
+                {},
+                ValueError,
+                r"^matmul: shapes \(3, 4\) and \(2, 4\) do not align \(4 != 2\) "
+                r"\(inputs: \(3, 4\) float32",
+            ),
+            Error([(), (3,)], {}, ValueError, r"^matmul: does not take 0-d operands"),
+        ],
+        random=matmuls(),
+    ),
     # ---- elementwise functions
-    _unary(ops.Log, ops.log, torch.log, POSITIVE, lambda x: x.log(),
-           [Sample(np.array([1e-30, 1e-5, 1.0, 1e5, 1e30], dtype=np.float32))]),
-    _unary(ops.Exp, ops.exp, torch.exp, uniform(-3.0, 3.0), lambda x: x.exp(),
-           [Sample(np.array([-80.0, -20.0, 0.0, 20.0, 80.0], dtype=np.float32))]),
-    _unary(ops.ReLU, ops.relu, torch.relu, REAL, lambda x: x.relu(),
-           [Sample(np.array([-1.0, 0.0, 0.0, 2.0, -0.0], dtype=np.float32))]),  # 0 at 0
-    _unary(ops.Tanh, ops.tanh, torch.tanh, uniform(-3.0, 3.0), lambda x: x.tanh(),
-           [Sample(np.array([-1000.0, -30.0, -10.0, 0.0, 10.0, 30.0, 1000.0], np.float32))]),
-    _unary(ops.Sigmoid, ops.sigmoid, torch.sigmoid, uniform(-6.0, 6.0), lambda x: x.sigmoid(),
-           [Sample(np.array([-1000.0, -100.0, -30.0, 0.0, 30.0, 100.0, 1000.0], np.float32))]),
+    _unary(
+        ops.Log,
+        ops.log,
+        torch.log,
+        POSITIVE,
+        lambda x: x.log(),
+        [Sample(np.array([1e-30, 1e-5, 1.0, 1e5, 1e30], dtype=np.float32))],
+    ),
+    _unary(
+        ops.Exp,
+        ops.exp,
+        torch.exp,
+        uniform(-3.0, 3.0),
+        lambda x: x.exp(),
+        [Sample(np.array([-80.0, -20.0, 0.0, 20.0, 80.0], dtype=np.float32))],
+    ),
+    _unary(
+        ops.ReLU,
+        ops.relu,
+        torch.relu,
+        REAL,
+        lambda x: x.relu(),
+        [Sample(np.array([-1.0, 0.0, 0.0, 2.0, -0.0], dtype=np.float32))],
+    ),  # 0 at 0
+    _unary(
+        ops.Tanh,
+        ops.tanh,
+        torch.tanh,
+        uniform(-3.0, 3.0),
+        lambda x: x.tanh(),
+        [Sample(np.array([-1000.0, -30.0, -10.0, 0.0, 10.0, 30.0, 1000.0], np.float32))],
+    ),
+    _unary(
+        ops.Sigmoid,
+        ops.sigmoid,
+        torch.sigmoid,
+        uniform(-6.0, 6.0),
+        lambda x: x.sigmoid(),
+        [Sample(np.array([-1000.0, -100.0, -30.0, 0.0, 30.0, 100.0, 1000.0], np.float32))],
+    ),
     _unary(ops.Sqrt, ops.sqrt, torch.sqrt, POSITIVE, lambda x: x.sqrt()),
     # ---- log-sum-exp, log-softmax, cross-entropy
-    OpSpec(ops.LogSumExp, ops.logsumexp,
-           lambda t, axes=None, keepdims=False: torch.logsumexp(t, dim=tdims(axes, t.ndim),
-                                                                keepdim=keepdims),
-           _reduction_samples(LSE_CASES)
-           + [Sample(LARGE, axes=(1,), tol=(1e-6, 2e-4)), Sample(LARGE, tol=(1e-6, 2e-4))],
-           domain=uniform(-4.0, 4.0),
-           forms=[lambda x, axes=None, keepdims=False: ops.LogSumExp(axes, keepdims)(x)],
-           errors=[_axis_error("logsumexp")], random=reductions()),
-    OpSpec(ops.LogSoftmax, ops.logsoftmax, lambda t, axis=-1: torch.log_softmax(t, dim=axis),
-           [Sample((3, 5))] + [Sample(shape, axis=axis) for shape, axis in [
-               ((3, 5), 0), ((3, 5), 1), ((2, 3, 4), 1), ((2, 3, 4), -1), ((6,), 0)]]
-           + [Sample(LARGE, tol=(1e-5, 2e-4)), Sample(LARGE, axis=0, tol=(1e-5, 2e-4))],
-           domain=uniform(-4.0, 4.0), forms=[lambda x, axis=-1: ops.LogSoftmax(axis)(x)]),
-    OpSpec(ops.SoftmaxCrossEntropy, ops.softmax_cross_entropy, torch_cross_entropy,
-           [Sample((7, 5), labels=LABELS), Sample(LARGE, labels=np.array([4, 0, 2])),
-            Sample(uniform(-1000.0, 1000.0)(7, 5), labels=LABELS, tol=(1e-5, 1e-3))],
-           domain=uniform(-4.0, 4.0),
-           forms=[lambda z, labels: ops.SoftmaxCrossEntropy(labels_of(z, labels))(z),
-                  lambda z, labels: ops.softmax_cross_entropy(z, ndl.Tensor(labels,
-                                                                            device=z.device)),
-                  lambda z, labels: ops.softmax_cross_entropy(z, list(labels))],
-           errors=[Error([(7, 5)], {"labels": LABELS[:6]}, ValueError,
-                         r"^softmax_cross_entropy: logits \(7, 5\) for 6 labels of 5 classes"),
-                   Error([(7, 5)], {"labels": np.array([0, 4, 2, 2, 1, 3, 5])}, IndexError,
-                         r"\[0, 5\), got 0..5"),
-                   Error([(7, 5)], {"labels": LABELS + 0.5}, ValueError, "whole numbers")]),
-    OpSpec(ops.SoftmaxCrossEntropyGrad, None, torch_cross_entropy_gradient,
-           [Sample((7, 5), uniform(0.5, 2.0)(), labels=LABELS),
-            Sample(LARGE, uniform(0.5, 2.0)(1), labels=np.array([1, 3, 0]))],
-           call=lambda z, c, labels: ops.SoftmaxCrossEntropyGrad(labels_of(z, labels))(z, c),
-           domain=uniform(-3.0, 3.0),
-           # With the forward's logsumexp passed in (a constant input: it gets no gradient).
-           forms=[lambda z, c, labels: ops.SoftmaxCrossEntropyGrad(labels_of(z, labels))(
-               z, c, ops.logsumexp(z, (1,), keepdims=True).detach())]),
+    OpSpec(
+        ops.LogSumExp,
+        ops.logsumexp,
+        lambda t, axes=None, keepdims=False: torch.logsumexp(
+            t, dim=tdims(axes, t.ndim), keepdim=keepdims
+        ),
+        _reduction_samples(LSE_CASES)
+        + [Sample(LARGE, axes=(1,), tol=(1e-6, 2e-4)), Sample(LARGE, tol=(1e-6, 2e-4))],
+        domain=uniform(-4.0, 4.0),
+        forms=[lambda x, axes=None, keepdims=False: ops.LogSumExp(axes, keepdims)(x)],
+        errors=[_axis_error("logsumexp")],
+        random=reductions(),
+    ),
+    OpSpec(
+        ops.LogSoftmax,
+        ops.logsoftmax,
+        lambda t, axis=-1: torch.log_softmax(t, dim=axis),
+        [Sample((3, 5))]
+        + [
+            Sample(shape, axis=axis)
+            for shape, axis in [
+                ((3, 5), 0),
+                ((3, 5), 1),
+                ((2, 3, 4), 1),
+                ((2, 3, 4), -1),
+                ((6,), 0),
+            ]
+        ]
+        + [Sample(LARGE, tol=(1e-5, 2e-4)), Sample(LARGE, axis=0, tol=(1e-5, 2e-4))],
+        domain=uniform(-4.0, 4.0),
+        forms=[lambda x, axis=-1: ops.LogSoftmax(axis)(x)],
+    ),
+    OpSpec(
+        ops.SoftmaxCrossEntropy,
+        ops.softmax_cross_entropy,
+        torch_cross_entropy,
+        [
+            Sample((7, 5), labels=LABELS),
+            Sample(LARGE, labels=np.array([4, 0, 2])),
+            Sample(uniform(-1000.0, 1000.0)(7, 5), labels=LABELS, tol=(1e-5, 1e-3)),
+        ],
+        domain=uniform(-4.0, 4.0),
+        forms=[
+            lambda z, labels: ops.SoftmaxCrossEntropy(labels_of(z, labels))(z),
+            lambda z, labels: ops.softmax_cross_entropy(z, ndl.Tensor(labels, device=z.device)),
+            lambda z, labels: ops.softmax_cross_entropy(z, list(labels)),
+        ],
+        errors=[
+            Error(
+                [(7, 5)],
+                {"labels": LABELS[:6]},
+                ValueError,
+                r"^softmax_cross_entropy: logits \(7, 5\) for 6 labels of 5 classes",
+            ),
+            Error(
+                [(7, 5)],
+                {"labels": np.array([0, 4, 2, 2, 1, 3, 5])},
+                IndexError,
+                r"\[0, 5\), got 0..5",
+            ),
+            Error([(7, 5)], {"labels": LABELS + 0.5}, ValueError, "whole numbers"),
+        ],
+    ),
+    OpSpec(
+        ops.SoftmaxCrossEntropyGrad,
+        None,
+        torch_cross_entropy_gradient,
+        [
+            Sample((7, 5), uniform(0.5, 2.0)(), labels=LABELS),
+            Sample(LARGE, uniform(0.5, 2.0)(1), labels=np.array([1, 3, 0])),
+        ],
+        call=lambda z, c, labels: ops.SoftmaxCrossEntropyGrad(labels_of(z, labels))(z, c),
+        domain=uniform(-3.0, 3.0),
+        # With the forward's logsumexp passed in (a constant input: it gets no gradient).
+        forms=[
+            lambda z, c, labels: ops.SoftmaxCrossEntropyGrad(labels_of(z, labels))(
+                z, c, ops.logsumexp(z, (1,), keepdims=True).detach()
+            )
+        ],
+    ),
     # ---- stack, split, tuples
-    OpSpec(ops.Stack, ops.stack, lambda *ts, axis: torch.stack(ts, dim=axis),
-           [Sample(*[(2, 4)] * n, axis=axis) for n, axis in [(3, 0), (2, 1), (4, 2), (3, -1)]]
-           + [Sample((3,), axis=0), Sample((), (), axis=0)],
-           call=lambda *xs, axis: ops.stack(list(xs), axis),
-           forms=[lambda *xs, axis: ops.Stack(axis)(ops.make_tuple(*xs))],
-           errors=[Error([(2, 3), (2, 4)], {"axis": 0}, ValueError, r"^stack: ")]),
-    OpSpec(ops.Split, ops.split, lambda t, axis: torch.unbind(t, dim=axis),
-           [Sample(shape, axis=axis) for shape, axis in [((3, 4), 0), ((3, 4), 1),
-                                                         ((2, 3, 4), 2), ((2, 3, 4), -2)]],
-           forms=[lambda x, axis: ops.Split(axis)(x)]),
-    OpSpec(ops.MakeTensorTuple, ops.make_tuple, lambda *ts: ts,
-           [Sample((2, 3), (4,)), Sample((3,)), Sample((2,), (), (1, 2))],
-           forms=[lambda *xs: ops.MakeTensorTuple()(*xs)]),
+    OpSpec(
+        ops.Stack,
+        ops.stack,
+        lambda *ts, axis: torch.stack(ts, dim=axis),
+        [Sample(*[(2, 4)] * n, axis=axis) for n, axis in [(3, 0), (2, 1), (4, 2), (3, -1)]]
+        + [Sample((3,), axis=0), Sample((), (), axis=0)],
+        call=lambda *xs, axis: ops.stack(list(xs), axis),
+        forms=[lambda *xs, axis: ops.Stack(axis)(ops.make_tuple(*xs))],
+        errors=[Error([(2, 3), (2, 4)], {"axis": 0}, ValueError, r"^stack: ")],
+    ),
+    OpSpec(
+        ops.Split,
+        ops.split,
+        lambda t, axis: torch.unbind(t, dim=axis),
+        [
+            Sample(shape, axis=axis)
+            for shape, axis in [((3, 4), 0), ((3, 4), 1), ((2, 3, 4), 2), ((2, 3, 4), -2)]
+        ],
+        forms=[lambda x, axis: ops.Split(axis)(x)],
+    ),
+    OpSpec(
+        ops.MakeTensorTuple,
+        ops.make_tuple,
+        lambda *ts: ts,
+        [Sample((2, 3), (4,)), Sample((3,)), Sample((2,), (), (1, 2))],
+        forms=[lambda *xs: ops.MakeTensorTuple()(*xs)],
+    ),
     # An element of a tuple that is not just made (split's): the others get zero adjoints.
-    OpSpec(ops.TupleGetItem, ops.tuple_get_item,
-           lambda t, index: torch.unbind(t, 0)[index],
-           [Sample((3, 4), index=1), Sample((2, 3), index=-1), Sample((1, 5), index=0)],
-           call=lambda x, index: ops.tuple_get_item(ops.split(x, 0), index),
-           forms=[lambda x, index: ops.split(x, 0)[index],
-                  lambda x, index: ops.TupleGetItem(index)(ops.make_tuple(*ops.split(x, 0)),
-                                                           fold_const=False)]),
-    OpSpec(ops.FusedAddScalars, ops.fused_add_scalars, lambda t, c0, c1: (t + c0, t + c1),
-           [Sample((2, 3), c0=1.5, c1=-2.0), Sample((4,), c0=0.0, c1=3.0)],
-           forms=[lambda x, c0, c1: ops.FusedAddScalars(c0, c1)(x)]),
+    OpSpec(
+        ops.TupleGetItem,
+        ops.tuple_get_item,
+        lambda t, index: torch.unbind(t, 0)[index],
+        [Sample((3, 4), index=1), Sample((2, 3), index=-1), Sample((1, 5), index=0)],
+        call=lambda x, index: ops.tuple_get_item(ops.split(x, 0), index),
+        forms=[
+            lambda x, index: ops.split(x, 0)[index],
+            lambda x, index: ops.TupleGetItem(index)(
+                ops.make_tuple(*ops.split(x, 0)), fold_const=False
+            ),
+        ],
+    ),
+    OpSpec(
+        ops.FusedAddScalars,
+        ops.fused_add_scalars,
+        lambda t, c0, c1: (t + c0, t + c1),
+        [Sample((2, 3), c0=1.5, c1=-2.0), Sample((4,), c0=0.0, c1=3.0)],
+        forms=[lambda x, c0, c1: ops.FusedAddScalars(c0, c1)(x)],
+    ),
     # ---- flip, dilate, pad
-    OpSpec(ops.Flip, ops.flip,
-           lambda t, axes: torch.flip(t, tdims((axes,) if isinstance(axes, int) else axes,
-                                               t.ndim)),
-           [Sample(shape, axes=axes) for shape, axes in [
-               ((3, 4), (0, 1)), ((3, 4), (0,)), ((3, 4), (1,)), ((2, 3, 4), (0, 2)),
-               ((2, 3, 4), (-1,)), ((2, 3, 4), None), ((5,), 0)]],
-           forms=[lambda x, axes: ops.Flip(axes)(x)]),
-    OpSpec(ops.Dilate, ops.dilate, torch_dilate,
-           [Sample(shape, axes=axes, dilation=d) for shape, axes, d in [
-               ((3, 4), (0,), 1), ((3, 4), (1,), 2), ((3, 4), (0, 1), 1), ((2, 3, 4), (1, 2), 1),
-               ((2, 3, 4), (-1,), 3), ((3, 4), (0, 1), 0), ((2, 5), 1, 1)]],
-           forms=[lambda x, axes, dilation: ops.Dilate(axes, dilation)(x)],
-           errors=[Error([(3, 4)], {"axes": (2,), "dilation": 1}, ValueError,
-                         r"^dilate: axis 2 is out of range for 2 dimensions")]),
-    OpSpec(ops.UnDilate, ops.undilate, torch_undilate,
-           [Sample(shape, axes=axes, dilation=d) for shape, axes, d in [
-               ((6, 4), (0,), 1), ((6, 4), (1,), 1), ((6, 8), (0, 1), 1), ((2, 6, 4), (1,), 2),
-               ((5, 4), (0,), 1), ((7, 5), (0, 1), 2), ((3, 4), (0, 1), 0), ((4, 5), -1, 3)]],
-           forms=[lambda x, axes, dilation: ops.UnDilate(axes, dilation)(x),
-                  lambda x, axes, dilation: ops.undilate(ops.dilate(ops.undilate(
-                      x, axes, dilation), axes, dilation), axes, dilation)],
-           errors=[Error([(3, 4)], {"axes": (-3,), "dilation": 1}, ValueError,
-                         r"^undilate: axis -3 is out of range")]),
-    OpSpec(ops.Pad, ops.pad,
-           lambda t, axes: F.pad(t, [p for pair in reversed(axes) for p in pair]),
-           [Sample(shape, axes=pads) for shape, pads in [
-               ((2, 3), ((1, 0), (2, 1))), ((3, 4), ((1, 2), (0, 3))),
-               ((2, 3, 4), ((0, 0), (1, 1), (2, 0))), ((5,), ((3, 1),)),
-               ((1, 4, 4, 2), ((0, 0), (2, 2), (2, 2), (0, 0))), ((3, 4), ((0, 0), (0, 0)))]],
-           forms=[lambda x, axes: ops.Pad(axes)(x)],
-           errors=[Error([(3, 4)], {"axes": ((1,),)}, ValueError, r"^pad: needs one")]),
+    OpSpec(
+        ops.Flip,
+        ops.flip,
+        lambda t, axes: torch.flip(t, tdims((axes,) if isinstance(axes, int) else axes, t.ndim)),
+        [
+            Sample(shape, axes=axes)
+            for shape, axes in [
+                ((3, 4), (0, 1)),
+                ((3, 4), (0,)),
+                ((3, 4), (1,)),
+                ((2, 3, 4), (0, 2)),
+                ((2, 3, 4), (-1,)),
+                ((2, 3, 4), None),
+                ((5,), 0),
+            ]
+        ],
+        forms=[lambda x, axes: ops.Flip(axes)(x)],
+    ),
+    OpSpec(
+        ops.Dilate,
+        ops.dilate,
+        torch_dilate,
+        [
+            Sample(shape, axes=axes, dilation=d)
+            for shape, axes, d in [
+                ((3, 4), (0,), 1),
+                ((3, 4), (1,), 2),
+                ((3, 4), (0, 1), 1),
+                ((2, 3, 4), (1, 2), 1),
+                ((2, 3, 4), (-1,), 3),
+                ((3, 4), (0, 1), 0),
+                ((2, 5), 1, 1),
+            ]
+        ],
+        forms=[lambda x, axes, dilation: ops.Dilate(axes, dilation)(x)],
+        errors=[
+            Error(
+                [(3, 4)],
+                {"axes": (2,), "dilation": 1},
+                ValueError,
+                r"^dilate: axis 2 is out of range for 2 dimensions",
+            )
+        ],
+    ),
+    OpSpec(
+        ops.UnDilate,
+        ops.undilate,
+        torch_undilate,
+        [
+            Sample(shape, axes=axes, dilation=d)
+            for shape, axes, d in [
+                ((6, 4), (0,), 1),
+                ((6, 4), (1,), 1),
+                ((6, 8), (0, 1), 1),
+                ((2, 6, 4), (1,), 2),
+                ((5, 4), (0,), 1),
+                ((7, 5), (0, 1), 2),
+                ((3, 4), (0, 1), 0),
+                ((4, 5), -1, 3),
+            ]
+        ],
+        forms=[
+            lambda x, axes, dilation: ops.UnDilate(axes, dilation)(x),
+            lambda x, axes, dilation: ops.undilate(
+                ops.dilate(ops.undilate(x, axes, dilation), axes, dilation), axes, dilation
+            ),
+        ],
+        errors=[
+            Error(
+                [(3, 4)],
+                {"axes": (-3,), "dilation": 1},
+                ValueError,
+                r"^undilate: axis -3 is out of range",
+            )
+        ],
+    ),
+    OpSpec(
+        ops.Pad,
+        ops.pad,
+        lambda t, axes: F.pad(t, [p for pair in reversed(axes) for p in pair]),
+        [
+            Sample(shape, axes=pads)
+            for shape, pads in [
+                ((2, 3), ((1, 0), (2, 1))),
+                ((3, 4), ((1, 2), (0, 3))),
+                ((2, 3, 4), ((0, 0), (1, 1), (2, 0))),
+                ((5,), ((3, 1),)),
+                ((1, 4, 4, 2), ((0, 0), (2, 2), (2, 2), (0, 0))),
+                ((3, 4), ((0, 0), (0, 0))),
+            ]
+        ],
+        forms=[lambda x, axes: ops.Pad(axes)(x)],
+        errors=[Error([(3, 4)], {"axes": ((1,),)}, ValueError, r"^pad: needs one")],
+    ),
     # ---- convolution
-    OpSpec(ops.Conv, ops.conv, torch_conv,
-           [Sample((n, h, w, c_in), (k, k, c_in, c_out), stride=s, padding=p)
-            for n, h, w, c_in, c_out, k, s, p in CONV_CASES] + [Sample((1, 5, 6, 2), (3, 3, 2, 3))],
-           forms=[lambda x, w, stride=1, padding=1: ops.Conv(stride, padding)(x, w)],
-           tol=(1e-4, 1e-4), random=convolutions(),
-           errors=[Error([(1, 4, 4, 2), (3, 3, 3, 2)], {}, ValueError,
-                         r"^conv: input channels 2 do not match weight channels 3 \(inputs: "
-                         r"\(1, 4, 4, 2\) float32 on \w+\(\), \(3, 3, 3, 2\) float32"),
-                   Error([(1, 4, 4, 2), (5, 5, 2, 2)], {"padding": 0}, ValueError,
-                         r"^conv: kernel 5x5 is larger than the padded input 4x4"),
-                   Error([(4, 4, 2), (3, 3, 2, 2)], {}, ValueError, r"^conv: needs a 4-D"),
-                   Error([(1, 4, 4, 2), (3, 3, 2, 2)], {"stride": 0}, ValueError,
-                         r"^conv: need stride >= 1")]),
-    OpSpec(ops.ConvWeightGrad, None, torch_conv_weight_gradient,
-           [_conv_weight_sample(*case) for case in CONV_WEIGHT_CASES],
-           call=lambda x, g, stride, padding, kernel: ops.ConvWeightGrad(stride, padding,
-                                                                         kernel)(x, g),
-           tol=(1e-4, 1e-4),
-           errors=[Error([(1, 5, 5, 2), (1, 4, 4, 3)], {"stride": 1, "padding": 1,
-                                                        "kernel": (3, 3)}, ValueError,
-                         r"^conv_weight_gradient: adjoint \(1, 4, 4, 3\) does not match the "
-                         r"output \(1, 5, 5\)")]),
+    OpSpec(
+        ops.Conv,
+        ops.conv,
+        torch_conv,
+        [
+            Sample((n, h, w, c_in), (k, k, c_in, c_out), stride=s, padding=p)
+            for n, h, w, c_in, c_out, k, s, p in CONV_CASES
+        ]
+        + [Sample((1, 5, 6, 2), (3, 3, 2, 3))],
+        forms=[lambda x, w, stride=1, padding=1: ops.Conv(stride, padding)(x, w)],
+        tol=(1e-4, 1e-4),
+        random=convolutions(),
+        errors=[
+            Error(
+                [(1, 4, 4, 2), (3, 3, 3, 2)],
+                {},
+                ValueError,
+                r"^conv: input channels 2 do not match weight channels 3 \(inputs: "
+                r"\(1, 4, 4, 2\) float32 on \w+\(\), \(3, 3, 3, 2\) float32",
+            ),
+            Error(
+                [(1, 4, 4, 2), (5, 5, 2, 2)],
+                {"padding": 0},
+                ValueError,
+                r"^conv: kernel 5x5 is larger than the padded input 4x4",
+            ),
+            Error([(4, 4, 2), (3, 3, 2, 2)], {}, ValueError, r"^conv: needs a 4-D"),
+            Error(
+                [(1, 4, 4, 2), (3, 3, 2, 2)], {"stride": 0}, ValueError, r"^conv: need stride >= 1"
+            ),
+        ],
+    ),
+    OpSpec(
+        ops.ConvWeightGrad,
+        None,
+        torch_conv_weight_gradient,
+        [_conv_weight_sample(*case) for case in CONV_WEIGHT_CASES],
+        call=lambda x, g, stride, padding, kernel: ops.ConvWeightGrad(stride, padding, kernel)(
+            x, g
+        ),
+        tol=(1e-4, 1e-4),
+        errors=[
+            Error(
+                [(1, 5, 5, 2), (1, 4, 4, 3)],
+                {"stride": 1, "padding": 1, "kernel": (3, 3)},
+                ValueError,
+                r"^conv_weight_gradient: adjoint \(1, 4, 4, 3\) does not match the "
+                r"output \(1, 5, 5\)",
+            )
+        ],
+    ),
     # ---- indexing
-    OpSpec(ops.GetItem, ops.getitem, torch_index,
-           [Sample(shape, idxs=idx) for shape, idx in GETITEM_CASES],
-           forms=[lambda x, idxs: x[idxs], lambda x, idxs: ops.GetItem(idxs)(x)],
-           errors=[Error([(3, 4)], {"idxs": (0, 0, 0)}, IndexError, r"too many indices")],
-           random=indexings()),
-    OpSpec(ops.GetItemGradient, None, lambda t, idxs, shape: torch_scatter(t, idxs, shape),
-           [Sample(np.zeros(shape)[idx].shape, idxs=idx, shape=shape)
-            for shape, idx in GETITEM_CASES[:14:3]],
-           call=lambda g, idxs, shape: ops.GetItemGradient(idxs, shape)(g)),
-    OpSpec(ops.TakeRows, ops.take_rows, lambda t, indices: t[torch.tensor(indices)],
-           [Sample((5, 3), indices=ROWS), Sample((5, 4), indices=ROWS),
-            Sample((5, 2, 3), indices=ROWS), Sample((5,), indices=ROWS)],
-           forms=[lambda x, indices: ops.TakeRows(nd.RowIndices(indices, x.shape[0],
-                                                                x.device, x.dtype))(x)],
-           errors=[Error([(5, 3)], {"indices": [0, 5]}, IndexError, r"\[0, 5\), got 0..5"),
-                   Error([(5, 3)], {"indices": [2, -1]}, IndexError, r"got -1..2"),
-                   Error([(5, 3)], {"indices": np.array([0.5, 1.0])}, ValueError,
-                         "whole numbers"),
-                   Error([(5, 3)], {"indices": np.array([[0, 1]])}, ValueError, "1-D"),
-                   Error([(5, 3)], {"indices": np.array(["a"])}, TypeError, "integers")]),
-    OpSpec(ops.AddRows, ops.add_rows,
-           lambda t, indices, rows: torch.zeros((rows,) + t.shape[1:], dtype=t.dtype).index_add(
-               0, torch.tensor(indices), t),
-           [Sample((6, 3), indices=ROWS, rows=5), Sample((6, 4), indices=ROWS, rows=5),
-            Sample((6, 2, 3), indices=ROWS, rows=5)],
-           errors=[Error([(2, 3)], {"indices": ROWS, "rows": 5}, ValueError,
-                         r"^add_rows: .*2 rows of values for 6 indices")]),
+    OpSpec(
+        ops.GetItem,
+        ops.getitem,
+        torch_index,
+        [Sample(shape, idxs=idx) for shape, idx in GETITEM_CASES],
+        forms=[lambda x, idxs: x[idxs], lambda x, idxs: ops.GetItem(idxs)(x)],
+        errors=[Error([(3, 4)], {"idxs": (0, 0, 0)}, IndexError, r"too many indices")],
+        random=indexings(),
+    ),
+    OpSpec(
+        ops.GetItemGradient,
+        None,
+        lambda t, idxs, shape: torch_scatter(t, idxs, shape),
+        [
+            Sample(np.zeros(shape)[idx].shape, idxs=idx, shape=shape)
+            for shape, idx in GETITEM_CASES[:14:3]
+        ],
+        call=lambda g, idxs, shape: ops.GetItemGradient(idxs, shape)(g),
+    ),
+    OpSpec(
+        ops.TakeRows,
+        ops.take_rows,
+        lambda t, indices: t[torch.tensor(indices)],
+        [
+            Sample((5, 3), indices=ROWS),
+            Sample((5, 4), indices=ROWS),
+            Sample((5, 2, 3), indices=ROWS),
+            Sample((5,), indices=ROWS),
+        ],
+        forms=[
+            lambda x, indices: ops.TakeRows(nd.RowIndices(indices, x.shape[0], x.device, x.dtype))(
+                x
+            )
+        ],
+        errors=[
+            Error([(5, 3)], {"indices": [0, 5]}, IndexError, r"\[0, 5\), got 0..5"),
+            Error([(5, 3)], {"indices": [2, -1]}, IndexError, r"got -1..2"),
+            Error([(5, 3)], {"indices": np.array([0.5, 1.0])}, ValueError, "whole numbers"),
+            Error([(5, 3)], {"indices": np.array([[0, 1]])}, ValueError, "1-D"),
+            Error([(5, 3)], {"indices": np.array(["a"])}, TypeError, "integers"),
+        ],
+    ),
+    OpSpec(
+        ops.AddRows,
+        ops.add_rows,
+        lambda t, indices, rows: torch.zeros((rows,) + t.shape[1:], dtype=t.dtype).index_add(
+            0, torch.tensor(indices), t
+        ),
+        [
+            Sample((6, 3), indices=ROWS, rows=5),
+            Sample((6, 4), indices=ROWS, rows=5),
+            Sample((6, 2, 3), indices=ROWS, rows=5),
+        ],
+        errors=[
+            Error(
+                [(2, 3)],
+                {"indices": ROWS, "rows": 5},
+                ValueError,
+                r"^add_rows: .*2 rows of values for 6 indices",
+            )
+        ],
+    ),
     # ---- fused layers
-    OpSpec(ops.BatchNorm, ops.batch_norm, torch_batch_norm,
-           [Sample((7, 3), (3,), (3,)), Sample((9, 4), (4,), (4,)),
+    OpSpec(
+        ops.BatchNorm,
+        ops.batch_norm,
+        torch_batch_norm,
+        [
+            Sample((7, 3), (3,), (3,)),
+            Sample((9, 4), (4,), (4,)),
             Sample((3, 4, 2, 5), (4,), (4,)),  # NCHW: features along axis 1
-            Sample((3, 2, 4), (4,), (4,), axis=-1)],
-           forms=[lambda x, w, b, axis=1: ops.BatchNorm(axis=axis)(x, w, b)],
-           domain=BN_X, tol=(1e-4, 1e-4), fd=Sample((2, 3, 2, 2), (3,), (3,)),
-           errors=[Error([(5, 3), (4,), (3,)], {}, ValueError,
-                         r"^batch_norm: needs x with features along axis 1 .*\(5, 3\), \(4,\) "
-                         r"and \(3,\)")]),
-    OpSpec(ops.LSTMState, ops.lstm_state, torch_lstm_state,
-           [Sample((2, 12), (2, 3)), Sample((3, 8), (3, 2))], domain=(uniform(-3.0, 3.0), REAL),
-           forms=[ops.LSTMState()],
-           errors=[Error([(3, 7), (3, 2)], {}, ValueError,
-                         r"^lstm_state: needs gates .*\(3, 7\) and \(3, 2\)"),
-                   Error([(3, 8), (3, 3)], {}, ValueError, r"\(3, 8\) and \(3, 3\)")]),
+            Sample((3, 2, 4), (4,), (4,), axis=-1),
+        ],
+        forms=[lambda x, w, b, axis=1: ops.BatchNorm(axis=axis)(x, w, b)],
+        domain=BN_X,
+        tol=(1e-4, 1e-4),
+        fd=Sample((2, 3, 2, 2), (3,), (3,)),
+        errors=[
+            Error(
+                [(5, 3), (4,), (3,)],
+                {},
+                ValueError,
+                r"^batch_norm: needs x with features along axis 1 .*\(5, 3\), \(4,\) "
+                r"and \(3,\)",
+            )
+        ],
+    ),
+    OpSpec(
+        ops.LSTMState,
+        ops.lstm_state,
+        torch_lstm_state,
+        [Sample((2, 12), (2, 3)), Sample((3, 8), (3, 2))],
+        domain=(uniform(-3.0, 3.0), REAL),
+        forms=[ops.LSTMState()],
+        errors=[
+            Error(
+                [(3, 7), (3, 2)],
+                {},
+                ValueError,
+                r"^lstm_state: needs gates .*\(3, 7\) and \(3, 2\)",
+            ),
+            Error([(3, 8), (3, 3)], {}, ValueError, r"\(3, 8\) and \(3, 3\)"),
+        ],
+    ),
 ]
 
 # Exported ops' functions that are not ops of their own: helpers for writing gradients, with

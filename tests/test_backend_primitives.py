@@ -73,8 +73,9 @@ def test_shape_arguments_accept_lists_and_numpy_ints():
 def test_broadcast_binary_rejects_an_unknown_op():
     full = to_array(nb_cpu, np.ones(4))
     with pytest.raises(ValueError, match="unknown op 'pow'"):
-        nb_cpu.ewise_broadcast_binary("pow", full, full, nb_cpu.Array(4, "float64"), 2, 2,
-                                      True, False)
+        nb_cpu.ewise_broadcast_binary(
+            "pow", full, full, nb_cpu.Array(4, "float64"), 2, 2, True, False
+        )
 
 
 # ---- work split across threads -----------------------------------------------------------
@@ -98,21 +99,31 @@ def test_large_compact_split_across_threads(threads, dtype):
     element (a transposed view), none of which the split may lose or repeat."""
     data = np.arange(9 * 38 * 38 * 3, dtype=float)
     shape, strides = (9, 8, 8, 7, 7, 3), (4332, 456, 12, 114, 3, 1)
-    got = every_thread_count(threads, "compact", data, Out(math.prod(shape)), shape, strides, 5,
-                             dtype=dtype)[0]
+    got = every_thread_count(
+        threads, "compact", data, Out(math.prod(shape)), shape, strides, 5, dtype=dtype
+    )[0]
     expected = np.lib.stride_tricks.as_strided(data[5:], shape, [8 * s for s in strides])
     np.testing.assert_array_equal(got, expected.reshape(-1))
     data = np.arange(300 * 500, dtype=float)
-    got = every_thread_count(threads, "compact", data, Out(data.size), (500, 300), (1, 500), 0,
-                             dtype=dtype)[0]
+    got = every_thread_count(
+        threads, "compact", data, Out(data.size), (500, 300), (1, 500), 0, dtype=dtype
+    )[0]
     np.testing.assert_array_equal(got, data.reshape(300, 500).T.reshape(-1))
 
 
 # (outer, reduce_size, inner): wider than one 4096-column chunk, few long reductions split
 # across threads, many chunks split across threads, rows split across threads; inner 1 is a
 # last-axis reduction (reduce_sum / reduce_max).
-LARGE_REDUCTIONS = [(2, 3, 4097), (1, 300, 1000), (8, 100, 1000), (1, 70000, 3), (3, 1, 9000),
-                    (1, 10**6, 1), (3, 100_000, 1), (64, 5000, 1)]
+LARGE_REDUCTIONS = [
+    (2, 3, 4097),
+    (1, 300, 1000),
+    (8, 100, 1000),
+    (1, 70000, 3),
+    (3, 1, 9000),
+    (1, 10**6, 1),
+    (3, 100_000, 1),
+    (64, 5000, 1),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -121,14 +132,23 @@ def test_large_reductions_split_across_threads(threads, outer, reduce_size, inne
     a = rng.standard_normal(outer * reduce_size * inner) + 0.5
     expected = a.astype(dtype).reshape(outer, reduce_size, inner)
     for op in ("sum", "max"):
-        args = (a, Out(outer), reduce_size) if inner == 1 else (
-            a, Out(outer * inner), outer, reduce_size, inner)
-        results = every_thread_count(threads, f"reduce_{op}{'_axis' * (inner > 1)}", *args,
-                                     dtype=dtype, same_bits=op == "max")
+        args = (
+            (a, Out(outer), reduce_size)
+            if inner == 1
+            else (a, Out(outer * inner), outer, reduce_size, inner)
+        )
+        results = every_thread_count(
+            threads,
+            f"reduce_{op}{'_axis' * (inner > 1)}",
+            *args,
+            dtype=dtype,
+            same_bits=op == "max",
+        )
         want = expected.sum(axis=1, dtype=np.float64) if op == "sum" else expected.max(axis=1)
         for got in results:
-            np.testing.assert_allclose(got, want.reshape(-1), rtol=RTOL[dtype],
-                                       atol=10 * EPS[dtype] * reduce_size)
+            np.testing.assert_allclose(
+                got, want.reshape(-1), rtol=RTOL[dtype], atol=10 * EPS[dtype] * reduce_size
+            )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -141,5 +161,4 @@ def test_large_elementwise_split_across_threads(threads, dtype, rng):
         threads(n)
         arr = to_array(nb_cpu, x, dtype)
         nb_cpu.ewise_axpby(arr, arr, 0.5, 0.25, arr)
-        np.testing.assert_allclose(read(nb_cpu, arr), 0.75 * x.astype(dtype),
-                                   rtol=2 * EPS[dtype])
+        np.testing.assert_allclose(read(nb_cpu, arr), 0.75 * x.astype(dtype), rtol=2 * EPS[dtype])

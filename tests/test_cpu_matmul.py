@@ -37,7 +37,7 @@ def to_array(x: np.ndarray):
 
 
 def read(arr, shape) -> np.ndarray:
-    return cpu.to_numpy(arr, shape, [math.prod(shape[i + 1:]) for i in range(len(shape))], 0)
+    return cpu.to_numpy(arr, shape, [math.prod(shape[i + 1 :]) for i in range(len(shape))], 0)
 
 
 def view_spec(base: np.ndarray, view: np.ndarray):
@@ -101,10 +101,16 @@ def edge_sizes(block: int):
 BRIEF_SIZES = (1, 7, 33, 127, 257, 1000)
 
 
-@pytest.mark.parametrize("m,n,p", [
-    (m, n, p) for m in BRIEF_SIZES for n in BRIEF_SIZES for p in BRIEF_SIZES
-    if (m == 1000) + (n == 1000) + (p == 1000) <= 1  # two 1000s: see the test below
-])
+@pytest.mark.parametrize(
+    "m,n,p",
+    [
+        (m, n, p)
+        for m in BRIEF_SIZES
+        for n in BRIEF_SIZES
+        for p in BRIEF_SIZES
+        if (m == 1000) + (n == 1000) + (p == 1000) <= 1  # two 1000s: see the test below
+    ],
+)
 def test_matmul_sizes_float32(m, n, p, rng):
     a = rng.standard_normal((m, n)).astype(np.float32)
     b = rng.standard_normal((n, p)).astype(np.float32)
@@ -169,8 +175,9 @@ def test_matmul_overwrites_output(rng):
 
 # ---- batched and strided ---------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("batch,m,n,p", [(1, 1, 1, 1), (3, 7, 33, 5), (5, 40, 64, 33),
-                                         (2, 129, 257, 65), (16, 8, 8, 8)])
+@pytest.mark.parametrize(
+    "batch,m,n,p", [(1, 1, 1, 1), (3, 7, 33, 5), (5, 40, 64, 33), (2, 129, 257, 65), (16, 8, 8, 8)]
+)
 def test_batched_matmul(batch, m, n, p, dtype, rng):
     a = rng.standard_normal((batch, m, n)).astype(dtype)
     b = rng.standard_normal((batch, n, p)).astype(dtype)
@@ -191,7 +198,7 @@ def strided_views(rng, dtype, batch, m, n, p, a_kind, b_kind):
             return base, base.reshape(batch, cols, rows).transpose(0, 2, 1)
         if kind == "offset":  # a window of a larger matrix: row stride > cols, offset > 0
             base = rng.standard_normal(batch * (rows + 3) * (cols + 5)).astype(dtype)
-            return base, base.reshape(batch, rows + 3, cols + 5)[:, 2:2 + rows, 3:3 + cols]
+            return base, base.reshape(batch, rows + 3, cols + 5)[:, 2 : 2 + rows, 3 : 3 + cols]
         if kind == "broadcast":  # one matrix for the whole batch: batch stride 0
             base = rng.standard_normal(rows * cols).astype(dtype)
             return base, np.broadcast_to(base.reshape(rows, cols), (batch, rows, cols))
@@ -211,8 +218,15 @@ def strided_views(rng, dtype, batch, m, n, p, a_kind, b_kind):
     return a_base, a_view, b_base, b_view
 
 
-KINDS = ["compact", "transposed", "offset", "broadcast", "broadcast_transposed", "stepped",
-         "row_broadcast"]
+KINDS = [
+    "compact",
+    "transposed",
+    "offset",
+    "broadcast",
+    "broadcast_transposed",
+    "stepped",
+    "row_broadcast",
+]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -220,8 +234,7 @@ KINDS = ["compact", "transposed", "offset", "broadcast", "broadcast_transposed",
 @pytest.mark.parametrize("b_kind", KINDS)
 def test_matmul_strided_views(a_kind, b_kind, dtype, rng):
     for batch, m, n, p in [(3, 17, 45, 37), (2, 1, 7, 1), (1, 60, 400, 70)]:
-        a_base, a_view, b_base, b_view = strided_views(rng, dtype, batch, m, n, p,
-                                                       a_kind, b_kind)
+        a_base, a_view, b_base, b_view = strided_views(rng, dtype, batch, m, n, p, a_kind, b_kind)
         got = run_strided(a_base, a_view, b_base, b_view)
         assert_matmul_close(got, a_view, b_view, dtype)
 
@@ -233,12 +246,14 @@ def test_matmul_strided_large_transposed(dtype, rng):
     blk = BLOCK[dtype]
     short, long = 2 * blk["MR"] * 7 + 3, blk["NC"] + 2 * blk["NR"] + 5
     for m, n, p in [(short, 2 * blk["KC"] + 9, long), (long, 2 * blk["KC"] + 9, short)]:
-        for a_kind, b_kind in [("transposed", "compact"), ("compact", "transposed"),
-                               ("transposed", "transposed"), ("offset", "broadcast")]:
-            a_base, a_view, b_base, b_view = strided_views(rng, dtype, 2, m, n, p, a_kind,
-                                                           b_kind)
-            assert_matmul_close(run_strided(a_base, a_view, b_base, b_view), a_view, b_view,
-                                dtype)
+        for a_kind, b_kind in [
+            ("transposed", "compact"),
+            ("compact", "transposed"),
+            ("transposed", "transposed"),
+            ("offset", "broadcast"),
+        ]:
+            a_base, a_view, b_base, b_view = strided_views(rng, dtype, 2, m, n, p, a_kind, b_kind)
+            assert_matmul_close(run_strided(a_base, a_view, b_base, b_view), a_view, b_view, dtype)
 
 
 def test_matmul_strided_ignores_other_storage(rng):
@@ -284,8 +299,9 @@ def import_and_print_threads(env_value):
         "from needle.backend_ndarray import ndarray_backend_cpu as c;"
         "print(c.get_num_threads())"
     )
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     return int(res.stdout.strip()), res.stderr
 
@@ -312,8 +328,12 @@ def test_threads_give_bitwise_identical_results(dtype, rng, threads):
     # the split across threads: results must not change with the thread count.
     blk = BLOCK[dtype]
     # The last two are narrow outputs, computed transposed (C^T = B^T A^T).
-    shapes = [(257, 385, 673), (3 * blk["MR"] + 1, 2 * blk["KC"] + 3, 2 * blk["NC"] + 5),
-              (blk["MC"] + 5, 40, 70), (1500, 2 * blk["KC"] + 3, 10)]
+    shapes = [
+        (257, 385, 673),
+        (3 * blk["MR"] + 1, 2 * blk["KC"] + 3, 2 * blk["NC"] + 5),
+        (blk["MC"] + 5, 40, 70),
+        (1500, 2 * blk["KC"] + 3, 10),
+    ]
     for m, n, p in shapes:
         a = rng.standard_normal((m, n)).astype(dtype)
         b = rng.standard_normal((n, p)).astype(dtype)
@@ -331,8 +351,7 @@ def test_threads_give_bitwise_identical_results(dtype, rng, threads):
     for t in (1, 2):
         cpu.set_num_threads(t)
         outs.append(run_strided(a.reshape(-1), a, b.reshape(-1), np.broadcast_to(b, (12, 20, 25))))
-        outs.append(run_strided(a.reshape(-1), a, b_tiled.reshape(-1),
-                                b_tiled.reshape(12, 20, 25)))
+        outs.append(run_strided(a.reshape(-1), a, b_tiled.reshape(-1), b_tiled.reshape(12, 20, 25)))
     for got in outs[1:]:
         np.testing.assert_array_equal(got, outs[0])
 

@@ -35,8 +35,9 @@ def host():
     patch.setitem(sys.modules, "MetalPerformanceShaders", fake.mps_module())
     package = sys.modules["needle.backend_ndarray"]
     try:
-        modules = [importlib.import_module(f"needle.backend_ndarray.{name}")
-                   for name in HOST_MODULES]
+        modules = [
+            importlib.import_module(f"needle.backend_ndarray.{name}") for name in HOST_MODULES
+        ]
         yield (device, *modules)
     finally:
         patch.undo()
@@ -71,7 +72,7 @@ def check_axpby_in_place(mod, x, y, alpha, beta, target):
     arrays = {"a": to_array(mod, x, "float32"), "b": to_array(mod, y, "float32")}
     mod.ewise_axpby(**arrays, alpha=alpha, beta=beta, out=arrays[target])
     expected = {"a": x.astype("float32"), "b": y.astype("float32")}
-    expected[target] = (np.float32(alpha) * expected["a"] + np.float32(beta) * expected["b"])
+    expected[target] = np.float32(alpha) * expected["a"] + np.float32(beta) * expected["b"]
     for name, arr in arrays.items():
         np.testing.assert_allclose(read(mod, arr), expected[name], rtol=1e-6, atol=1e-6)
 
@@ -118,8 +119,17 @@ def test_primitives(mod):
 @pytest.mark.parametrize("m,n,p", [(1, 1, 1), (7, 33, 5), (65, 17, 130)])
 def test_matmul(mod, m, n, p):
     rng = np.random.default_rng(m)
-    check(mod, "matmul", rng.standard_normal(m * n), rng.standard_normal(n * p), Out(m * p),
-          m, n, p, **matmul_tol(n))
+    check(
+        mod,
+        "matmul",
+        rng.standard_normal(m * n),
+        rng.standard_normal(n * p),
+        Out(m * p),
+        m,
+        n,
+        p,
+        **matmul_tol(n),
+    )
 
 
 def _ops(device_queue_buffers):
@@ -152,9 +162,22 @@ def test_matmul_strided_uses_mps_where_it_can(host, kind):
 
     runtime.commit = commit
     try:
-        check(mps, "matmul_strided", rng.standard_normal(a_size), rng.standard_normal(b_size),
-              Out(2 * 6 * 4), 2, 6, 5, 4, a_offset, a_strides, b_offset, b_strides,
-              **matmul_tol(5))
+        check(
+            mps,
+            "matmul_strided",
+            rng.standard_normal(a_size),
+            rng.standard_normal(b_size),
+            Out(2 * 6 * 4),
+            2,
+            6,
+            5,
+            4,
+            a_offset,
+            a_strides,
+            b_offset,
+            b_strides,
+            **matmul_tol(5),
+        )
     finally:
         del runtime.commit
     ops = _ops(encoded)
@@ -200,5 +223,4 @@ def test_older_gpus_get_the_threadgroup_matmul(host):
 @pytest.mark.parametrize("name", HOST_MODULES)
 def test_training_through_the_host_module(host, name):
     module = host[1 + HOST_MODULES.index(name)]
-    assert_trains_like_cpu_numpy(ndl.backend_ndarray.BackendDevice(module.__device_name__,
-                                                                  module))
+    assert_trains_like_cpu_numpy(ndl.backend_ndarray.BackendDevice(module.__device_name__, module))

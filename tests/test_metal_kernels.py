@@ -47,8 +47,9 @@ def test_harness_delivers_every_position(emu):
     launch("selftest_positions", [out], groups, threads)
     y, x = np.mgrid[0:height, 0:width]
     t = (y % 2) * 40 + x % 40
-    expected = np.stack([x, y, 0 * x, x // 40, y // 2, 0 * x, x % 40, y % 2, t, t // 32, t % 32],
-                        axis=-1)
+    expected = np.stack(
+        [x, y, 0 * x, x // 40, y // 2, 0 * x, x % 40, y % 2, t, t // 32, t % 32], axis=-1
+    )
     np.testing.assert_array_equal(out, expected)
 
 
@@ -67,8 +68,13 @@ def test_harness_reports_threads_that_skip_a_barrier(emu):
 def test_harness_reports_writes_outside_a_buffer(emu):
     runtime = emu.backend.runtime
     buffer = runtime.allocate(4 * 10)
-    runtime.dispatch("selftest_out_of_bounds", [(0, buffer, 0)], [(1, (10).to_bytes(4, "little"))],
-                     (1, 1, 1), (32, 1, 1))
+    runtime.dispatch(
+        "selftest_out_of_bounds",
+        [(0, buffer, 0)],
+        [(1, (10).to_bytes(4, "little"))],
+        (1, 1, 1),
+        (32, 1, 1),
+    )
     with pytest.raises(harness.LaunchError, match="wrote outside the buffer bound at"):
         runtime.wait()
 
@@ -91,8 +97,8 @@ def test_harness_simd_group_functions(emu, threads, rng):
     out = np.zeros((threads, 4), np.float32)
     launch("selftest_simd", [x, out], (1, 1, 1), (threads, 1, 1))
     for start in range(0, threads, 32):
-        lanes = x[start: start + 32]
-        got = out[start: start + 32]
+        lanes = x[start : start + 32]
+        got = out[start : start + 32]
         np.testing.assert_array_equal(got[:, 0], lanes.sum())
         np.testing.assert_array_equal(got[:, 1], lanes.max())
         np.testing.assert_array_equal(got[:, 2], np.append(lanes[1:], lanes[-1]))
@@ -114,11 +120,20 @@ def test_harness_has_every_kernel_of_the_libraries(emu):
     assert source.count("#line 1") == 7
     names = set(harness.library().kernels)
     elementwise = {p.name for p in primitives.TABLE.values() if p.reference is not None}
-    expected = (elementwise | set(metal_primitives.MATMUL_TILES)
-                | {"fill", "compact", "ewise_setitem", "scalar_setitem", "ewise_axpby",
-                   "gather_rows", "scatter_add_rows"}
-                | {f"reduce_{op}_{kind}" for op in ("sum", "max")
-                   for kind in ("rows", "serial", "axis")})
+    expected = (
+        elementwise
+        | set(metal_primitives.MATMUL_TILES)
+        | {
+            "fill",
+            "compact",
+            "ewise_setitem",
+            "scalar_setitem",
+            "ewise_axpby",
+            "gather_rows",
+            "scatter_add_rows",
+        }
+        | {f"reduce_{op}_{kind}" for op in ("sum", "max") for kind in ("rows", "serial", "axis")}
+    )
     assert expected <= names
     assert not {"ewise_unary", "ewise_binary", "scalar_binary"} & names  # templates only
 
@@ -134,10 +149,14 @@ def test_harness_binds_kernel_template_instantiations():
         kernel void plain(device float* out [[buffer(1)]], uint i [[thread_position_in_grid]]) {}
     """
     kernels = harness.parse_kernels(source)
-    assert [(name, callee) for name, _, callee in kernels] == [("plain", "plain"),
-                                                                ("apply_neg", "apply<neg_op>")]
-    assert kernels[1][1] == [("device float*", "out", "buffer", 0),
-                             ("uint", "i", "thread_position_in_grid", None)]
+    assert [(name, callee) for name, _, callee in kernels] == [
+        ("plain", "plain"),
+        ("apply_neg", "apply<neg_op>"),
+    ]
+    assert kernels[1][1] == [
+        ("device float*", "out", "buffer", 0),
+        ("uint", "i", "thread_position_in_grid", None),
+    ]
     with pytest.raises(harness.BuildError, match="not a kernel template"):
         harness.parse_kernels(source.replace("decltype(apply<", "decltype(other<"))
 
@@ -154,32 +173,48 @@ def test_kernels_respect_metal_address_spaces():
 
 def test_launch_geometry_matches_the_kernels():
     """metal_primitives' tile and threadgroup sizes are the constants of the .metal files."""
+
     def constants(name):
         source = metal_primitives.kernel_source([name])
         return {k: int(v) for k, v in re.findall(r"constant constexpr uint (\w+) = (\d+);", source)}
 
     mm, sg, red = (constants(f) for f in ("matmul.metal", "matmul_simdgroup.metal", "reduce.metal"))
-    assert metal_primitives.MATMUL_TILES["matmul_threadgroup"] == (mm["MM_BM"], mm["MM_BN"],
-                                                                   mm["MM_THREADS"])
-    assert metal_primitives.MATMUL_TILES["matmul_simdgroup"] == (sg["SG_BM"], sg["SG_BN"],
-                                                                 sg["SG_THREADS"])
+    assert metal_primitives.MATMUL_TILES["matmul_threadgroup"] == (
+        mm["MM_BM"],
+        mm["MM_BN"],
+        mm["MM_THREADS"],
+    )
+    assert metal_primitives.MATMUL_TILES["matmul_simdgroup"] == (
+        sg["SG_BM"],
+        sg["SG_BN"],
+        sg["SG_THREADS"],
+    )
     assert red["REDUCE_THREADS"] == metal_primitives.REDUCE_THREADS
 
 
 # ---- the emulated module: dtypes and limits ----------------------------------------------
 def test_module(emu):
     assert emu.DTYPES == ("float32",) and emu.__device_name__ == "metal_emulated"
-    assert primitives.validate(emu) == {"ewise_axpby", "batched_matmul", "matmul_strided",
-                                        "reduce_sum_axis", "reduce_max_axis", "gather_rows",
-                                        "scatter_add_rows", "synchronize"}
+    assert primitives.validate(emu) == {
+        "ewise_axpby",
+        "batched_matmul",
+        "matmul_strided",
+        "reduce_sum_axis",
+        "reduce_max_axis",
+        "gather_rows",
+        "scatter_add_rows",
+        "synchronize",
+    }
     for size in (0, 1, 5, 1000):  # 64-byte aligned, as MTLBuffers
         assert emu.Array(size).ptr() % 64 == 0
 
 
 @pytest.mark.parametrize("dtype", ["float64", np.float64, np.dtype("float64")])
 def test_float64_raises_a_type_error_naming_dtype_and_device(emu, dtype):
-    with pytest.raises(metal_primitives.UnsupportedDtypeError,
-                       match="metal_emulated\\(\\) does not support float64"):
+    with pytest.raises(
+        metal_primitives.UnsupportedDtypeError,
+        match="metal_emulated\\(\\) does not support float64",
+    ):
         emu.Array(4, dtype)
 
 
@@ -245,14 +280,18 @@ def test_each_elementwise_row_launches_its_own_kernel(emu):
             continue
         args = {"unary": (a, out), "binary": (a, a, out), "scalar": (a, 2.0, out)}[prim.group]
         assert launches(emu, lambda: getattr(emu, prim.name)(*args)) == [
-            (prim.name, (2, 1, 1), (256, 1, 1))]
+            (prim.name, (2, 1, 1), (256, 1, 1))
+        ]
 
 
-@pytest.mark.parametrize("outer,reduce_size,inner,kernel,groups", [
-    (300, 64, 1, "reduce_sum_serial", (2, 1, 1)),  # up to 64: a thread per row
-    (3, 65, 1, "reduce_sum_rows", (3, 1, 1)),  # longer: a threadgroup per row
-    (3, 5, 100, "reduce_sum_axis", (2, 1, 1)),  # a thread per output element
-])
+@pytest.mark.parametrize(
+    "outer,reduce_size,inner,kernel,groups",
+    [
+        (300, 64, 1, "reduce_sum_serial", (2, 1, 1)),  # up to 64: a thread per row
+        (3, 65, 1, "reduce_sum_rows", (3, 1, 1)),  # longer: a threadgroup per row
+        (3, 5, 100, "reduce_sum_axis", (2, 1, 1)),  # a thread per output element
+    ],
+)
 def test_reductions_pick_their_kernel(emu, outer, reduce_size, inner, kernel, groups):
     a, out = emu.Array(outer * reduce_size * inner), emu.Array(outer * inner)
     if inner == 1:
@@ -266,9 +305,9 @@ def test_matmul_grid_is_one_threadgroup_per_output_tile(emu):
     a, b, out = emu.Array(130 * 7), emu.Array(7 * 65), emu.Array(3 * 130 * 65)
     kernel = emu.backend.matmul_kernel
     rows, columns, threads = metal_primitives.MATMUL_TILES[kernel]
-    assert launches(emu, lambda: emu.matmul_strided(a, b, out, 3, 130, 7, 65, 0, (0, 7, 1), 0,
-                                                    (0, 65, 1))) == [
-        (kernel, (-(-65 // columns), -(-130 // rows), 3), (threads, 1, 1))]
+    assert launches(
+        emu, lambda: emu.matmul_strided(a, b, out, 3, 130, 7, 65, 0, (0, 7, 1), 0, (0, 65, 1))
+    ) == [(kernel, (-(-65 // columns), -(-130 // rows), 3), (threads, 1, 1))]
     assert launches(emu, lambda: emu.fill(emu.Array(0), 1.0)) == []  # nothing for no elements
 
 
@@ -276,31 +315,34 @@ def test_matmul_kernel_choice(emu, monkeypatch):
     backend = metal_primitives.MetalBackend(emu.backend.runtime, "metal_emulated")
     assert backend.matmul_kernel == "matmul_simdgroup"  # the runtime's first choice
     monkeypatch.setenv("NEEDLE_METAL_MATMUL", "threadgroup")
-    assert metal_primitives.MetalBackend(emu.backend.runtime, "x").matmul_kernel == \
-        "matmul_threadgroup"
+    assert (
+        metal_primitives.MetalBackend(emu.backend.runtime, "x").matmul_kernel
+        == "matmul_threadgroup"
+    )
     with pytest.raises(ValueError):
         backend.matmul_kernel = "matmul_naive"
 
 
-
-
 # ---- MPS matrix layouts ------------------------------------------------------------------
-@pytest.mark.parametrize("args,expected", [
-    # compact (batch, rows, cols)
-    ((2, 3, 4, 0, (12, 4, 1), 24), (3, 4, 16, 48, 0, False)),
-    # a transposed view: stored as (cols, rows)
-    ((1, 3, 4, 0, (12, 1, 3), 12), (4, 3, 12, 48, 0, True)),
-    # padded rows with an offset
-    ((1, 3, 4, 2, (0, 6, 1), 20), (3, 4, 24, 72, 8, False)),
-    # a single row: any row stride
-    ((1, 1, 4, 0, (0, 0, 1), 4), (1, 4, 16, 16, 0, False)),
-    # broadcast batch, broadcast rows, overlapping rows: not in place
-    ((2, 3, 4, 0, (0, 4, 1), 12), None),
-    ((1, 3, 4, 0, (0, 0, 1), 4), None),
-    ((1, 3, 4, 0, (0, 2, 1), 8), None),
-    # the last padded row would run past the buffer
-    ((1, 3, 4, 0, (0, 6, 1), 16), None),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        # compact (batch, rows, cols)
+        ((2, 3, 4, 0, (12, 4, 1), 24), (3, 4, 16, 48, 0, False)),
+        # a transposed view: stored as (cols, rows)
+        ((1, 3, 4, 0, (12, 1, 3), 12), (4, 3, 12, 48, 0, True)),
+        # padded rows with an offset
+        ((1, 3, 4, 2, (0, 6, 1), 20), (3, 4, 24, 72, 8, False)),
+        # a single row: any row stride
+        ((1, 1, 4, 0, (0, 0, 1), 4), (1, 4, 16, 16, 0, False)),
+        # broadcast batch, broadcast rows, overlapping rows: not in place
+        ((2, 3, 4, 0, (0, 4, 1), 12), None),
+        ((1, 3, 4, 0, (0, 0, 1), 4), None),
+        ((1, 3, 4, 0, (0, 2, 1), 8), None),
+        # the last padded row would run past the buffer
+        ((1, 3, 4, 0, (0, 6, 1), 16), None),
+    ],
+)
 def test_mps_matrix_layout(args, expected):
     layout = mps_matrix_layout(*args)
     assert (tuple(layout) if layout else None) == expected

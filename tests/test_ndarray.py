@@ -8,8 +8,7 @@ values, run on every device (see conftest.py) and both dtypes. NumPy is the refe
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from numpy.lib.stride_tricks import as_strided
 
 import needle as ndl
@@ -72,7 +71,7 @@ def indices(draw, shape):
     if draw(st.booleans()):  # with an Ellipsis standing for the axes in the middle
         n_after = draw(st.integers(0, ndim - n_before))
         idx = [one(d) for d in shape[:n_before]] + [Ellipsis]
-        idx += [one(d) for d in shape[ndim - n_after:]]
+        idx += [one(d) for d in shape[ndim - n_after :]]
     else:
         idx = [one(d) for d in shape[:n_before]]
     if len(idx) == 1 and draw(st.booleans()):
@@ -121,15 +120,25 @@ def view_chains(draw, shape, max_len=4):
 
 def apply_nd(x: nd.NDArray, chain) -> nd.NDArray:
     for kind, arg in chain:
-        x = x.permute(arg) if kind == "permute" else \
-            x.broadcast_to(arg) if kind == "broadcast_to" else x[arg]
+        x = (
+            x.permute(arg)
+            if kind == "permute"
+            else x.broadcast_to(arg)
+            if kind == "broadcast_to"
+            else x[arg]
+        )
     return x
 
 
 def apply_np(x: np.ndarray, chain) -> np.ndarray:
     for kind, arg in chain:
-        x = np.transpose(x, arg) if kind == "permute" else \
-            np_broadcast(x, arg) if kind == "broadcast_to" else x[np_index(arg)]
+        x = (
+            np.transpose(x, arg)
+            if kind == "permute"
+            else np_broadcast(x, arg)
+            if kind == "broadcast_to"
+            else x[np_index(arg)]
+        )
     return x
 
 
@@ -142,7 +151,7 @@ def aliased(x: np.ndarray) -> bool:
 def broadcastable_to(draw, shape):
     """A shape that broadcasts to `shape`: some dims set to 1, some leading dims dropped."""
     new = [draw(st.sampled_from([d, 1])) for d in shape]
-    return tuple(new[draw(st.integers(0, len(new))):])
+    return tuple(new[draw(st.integers(0, len(new))) :])
 
 
 @st.composite
@@ -224,8 +233,10 @@ def test_view_chain_matches_numpy_and_shares_buffer(device, dtype, data, shape):
     np.testing.assert_array_equal(base.numpy(), base_np)  # visible in the base
     np.testing.assert_array_equal(view.numpy(), view_np)
     if compacted is not view:  # compact() copied, so the copy kept the old values
-        np.testing.assert_array_equal(compacted.numpy(), apply_np(np.arange(
-            int(np.prod(shape)), dtype=dtype).reshape(shape), chain))
+        np.testing.assert_array_equal(
+            compacted.numpy(),
+            apply_np(np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape), chain),
+        )
 
 
 @dtypes
@@ -251,7 +262,7 @@ def test_reshape(device, dtype, data, shape):
         new_shape = tuple(data.draw(st.permutations(dims)))
         if new_shape and data.draw(st.booleans(), label="use -1"):
             i = data.draw(st.integers(0, len(new_shape) - 1))
-            new_shape = new_shape[:i] + (-1,) + new_shape[i + 1:]
+            new_shape = new_shape[:i] + (-1,) + new_shape[i + 1 :]
     expected = x_view_np.reshape(new_shape)
     was_compact = x.is_compact()
     y = x.reshape(new_shape) if data.draw(st.booleans()) else nd.reshape(x, new_shape)
@@ -284,9 +295,7 @@ def test_flip(device, dtype, data, shape):
 def test_pad(device, dtype, data, shape):
     x_np = rand(data.draw(seeds), shape, dtype)
     x = maybe_noncompact(data.draw, x_np, device, dtype)
-    pads = tuple(
-        (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2))) for _ in shape
-    )
+    pads = tuple((data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2))) for _ in shape)
     assert_matches(x.pad(pads), np.pad(x_np, pads) if shape else x_np, dtype)
 
 
@@ -346,9 +355,12 @@ BINARY = {
     "sub": (lambda a, b: a - b, (-2, 2), (-2, 2)),
     "mul": (lambda a, b: a * b, (-2, 2), (-2, 2)),
     "div": (lambda a, b: a / b, (-2, 2), (0.5, 2)),
-    "pow": (lambda a, b: a ** b, (0.5, 2), (-2, 2)),
-    "maximum": (lambda a, b: np.maximum(a, b) if isinstance(a, np.ndarray) else a.maximum(b),
-                (-2, 2), (-2, 2)),
+    "pow": (lambda a, b: a**b, (0.5, 2), (-2, 2)),
+    "maximum": (
+        lambda a, b: np.maximum(a, b) if isinstance(a, np.ndarray) else a.maximum(b),
+        (-2, 2),
+        (-2, 2),
+    ),
 }
 
 
@@ -374,18 +386,18 @@ SCALAR = {
     "c * a": lambda a, c: c * a,
     "a / c": lambda a, c: a / c,
     "c / a": lambda a, c: c / a,
-    "a ** c": lambda a, c: a ** c,
+    "a ** c": lambda a, c: a**c,
     "-a": lambda a, c: -a,
-    "maximum(a, c)": lambda a, c: np.maximum(a, c) if isinstance(a, np.ndarray)
-    else nd.maximum(a, c),
+    "maximum(a, c)": lambda a, c: (
+        np.maximum(a, c) if isinstance(a, np.ndarray) else nd.maximum(a, c)
+    ),
 }
 
 
 @dtypes
 @pytest.mark.parametrize("name", SCALAR)
 @PROPERTY
-@given(data=st.data(), shape=shapes,
-       c=st.sampled_from([2, 0.5, -1.5, 3.0, -1, 2.25]))
+@given(data=st.data(), shape=shapes, c=st.sampled_from([2, 0.5, -1.5, 3.0, -1, 2.25]))
 def test_scalar_ops_and_reflected_ops(device, dtype, name, data, shape, c):
     low = 0.5 if name in ("c / a", "a ** c") else -2.0
     x_np = rand(data.draw(seeds), shape, dtype, low, 2.0)
@@ -399,15 +411,23 @@ def test_numpy_scalar_on_the_left_gives_an_ndarray(device, dtype):
     x_np = np.array([0.5, 1.0, 2.0], dtype=dtype)
     x = to_nd(x_np, device, dtype)
     for scalar in (np.float64(2.0), np.float32(2.0)):
-        for result, expected in ((scalar * x, 2.0 * x_np), (scalar - x, 2.0 - x_np),
-                                 (scalar / x, 2.0 / x_np), (scalar + x, 2.0 + x_np)):
+        for result, expected in (
+            (scalar * x, 2.0 * x_np),
+            (scalar - x, 2.0 - x_np),
+            (scalar / x, 2.0 / x_np),
+            (scalar + x, 2.0 + x_np),
+        ):
             assert isinstance(result, nd.NDArray)
             assert_matches(result, expected.astype(dtype), dtype)
 
 
 COMPARISONS = {
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, ">=": lambda a, b: a >= b,
-    ">": lambda a, b: a > b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    ">=": lambda a, b: a >= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
 }
 
 
@@ -454,7 +474,7 @@ def test_unary(device, dtype, name, data, shape):
     fn, (low, high) = UNARY[name]
     x_np = rand(data.draw(seeds), shape, dtype, low, high)
     if name in ("sign", "relu", "abs") and x_np.size:
-        x_np.reshape(-1)[:: 3] = 0.0  # exact zeros
+        x_np.reshape(-1)[::3] = 0.0  # exact zeros
     x = maybe_noncompact(data.draw, x_np, device, dtype)
     y = getattr(x, name)()
     assert_matches(y, np.asarray(fn(x_np), dtype=dtype), dtype)
@@ -485,8 +505,13 @@ def test_matmul_2d(device, dtype, data, m, n, p):
 
 @dtypes
 @PROPERTY
-@given(data=st.data(), batch=st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple),
-       m=st.integers(1, 5), n=st.integers(1, 5), p=st.integers(1, 5))
+@given(
+    data=st.data(),
+    batch=st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple),
+    m=st.integers(1, 5),
+    n=st.integers(1, 5),
+    p=st.integers(1, 5),
+)
 def test_matmul_batched_broadcasts_leading_dims(device, dtype, data, batch, m, n, p):
     batch_a = data.draw(broadcastable_to(batch), label="batch a")
     batch_b = data.draw(broadcastable_to(batch), label="batch b")
@@ -498,14 +523,16 @@ def test_matmul_batched_broadcasts_leading_dims(device, dtype, data, batch, m, n
 
 
 @dtypes
-@pytest.mark.parametrize("m,n,p", [(1, 1, 1), (8, 8, 8), (33, 65, 17), (64, 64, 64),
-                                   (130, 70, 50), (5, 200, 3)])
+@pytest.mark.parametrize(
+    "m,n,p", [(1, 1, 1), (8, 8, 8), (33, 65, 17), (64, 64, 64), (130, 70, 50), (5, 200, 3)]
+)
 def test_matmul_larger_sizes(device, dtype, m, n, p):
     a_np = rand(1, (m, n), dtype)
     b_np = rand(2, (n, p), dtype)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else TOL[dtype]
-    np.testing.assert_allclose((to_nd(a_np, device, dtype) @ to_nd(b_np, device, dtype)).numpy(),
-                               a_np @ b_np, **tol)
+    np.testing.assert_allclose(
+        (to_nd(a_np, device, dtype) @ to_nd(b_np, device, dtype)).numpy(), a_np @ b_np, **tol
+    )
 
 
 def test_matmul_empty_operands(device):
@@ -513,8 +540,9 @@ def test_matmul_empty_operands(device):
     b = to_nd(np.ones((0, 4)), device, "float32")
     np.testing.assert_array_equal((a @ b).numpy(), np.zeros((3, 4)))
     assert (b @ to_nd(np.ones((4, 2)), device, "float32")).shape == (0, 2)
-    batched = to_nd(np.ones((2, 3, 0)), device, "float32") @ to_nd(np.ones((0, 4)), device,
-                                                                       "float32")
+    batched = to_nd(np.ones((2, 3, 0)), device, "float32") @ to_nd(
+        np.ones((0, 4)), device, "float32"
+    )
     np.testing.assert_array_equal(batched.numpy(), np.zeros((2, 3, 4)))
 
 
@@ -672,8 +700,9 @@ def test_zero_dim_arrays(device):
     assert nd.array(np.array(3.0), device=device).shape == ()
     assert (x + 1).shape == () and float((x * x).numpy()) == 6.25
     assert float((2 - x).numpy()) == -0.5
-    np.testing.assert_array_equal((x + to_nd(np.arange(3.0), device, "float32")).numpy(),
-                                  [2.5, 3.5, 4.5])
+    np.testing.assert_array_equal(
+        (x + to_nd(np.arange(3.0), device, "float32")).numpy(), [2.5, 3.5, 4.5]
+    )
     assert x.sum().shape == () and x.max().shape == ()
     assert x.sum(keepdims=True).shape == ()
     np.testing.assert_array_equal(x.broadcast_to((2, 3)).numpy(), np.full((2, 3), 2.5))
@@ -798,8 +827,11 @@ def test_unsupported_dtype(device, bad):
 
 def test_setitem_non_broadcastable(device):
     a = to_nd(np.zeros((4, 3)), device, "float32")
-    with pytest.raises(ValueError, match=r"cannot assign an array of shape \(2,\) to a selection "
-                                         r"of shape \(4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot assign an array of shape \(2,\) to a selection "
+        r"of shape \(4, 3\)",
+    ):
         a[...] = to_nd(np.ones(2), device, "float32")
     with pytest.raises(ValueError, match=r"shape \(3, 3\).*\(2, 3\)"):
         a[::2] = to_nd(np.ones((3, 3)), device, "float32")
@@ -912,13 +944,17 @@ def test_row_indices_errors(device):
     with pytest.raises(ValueError, match="indices are for 5 rows, the table has 4"):
         nd.take_rows(table, nd.RowIndices([1], 5, device))
     with pytest.raises(ValueError, match="float32 cannot hold every row index"):
-        nd.RowIndices([0], 2 ** 24 + 1, device, "float32")
+        nd.RowIndices([0], 2**24 + 1, device, "float32")
     with pytest.raises(IndexError, match=r"\[0, 4\)"):
         nd.add_rows(table, [0, 4], 4)
-    with pytest.raises(ValueError, match=r"compact \(4, 2\) float32 array, got \(4, 2\) "
-                                         r"float32 \(a view\)"):
-        nd.add_rows(table[:2], [0, 1], 4, out=nd.array(np.ones((2, 4)), device=device).permute(
-            (1, 0)))
+    with pytest.raises(
+        ValueError,
+        match=r"compact \(4, 2\) float32 array, got \(4, 2\) "
+        r"float32 \(a view\)",
+    ):
+        nd.add_rows(
+            table[:2], [0, 1], 4, out=nd.array(np.ones((2, 4)), device=device).permute((1, 0))
+        )
 
 
 # ---- devices that need hardware are resolved on first use -------------------------------
@@ -941,11 +977,14 @@ def test_import_needle_touches_no_gpu_backend():
     import subprocess
     import sys
 
-    code = ("import needle as ndl\n"
-            "print(*['mod' in d.__dict__ for d in (ndl.cuda(), ndl.metal(), ndl.mps())])\n"
-            "ndl.cuda().enabled(); print('mod' in ndl.cuda().__dict__)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "import needle as ndl\n"
+        "print(*['mod' in d.__dict__ for d in (ndl.cuda(), ndl.metal(), ndl.mps())])\n"
+        "ndl.cuda().enabled(); print('mod' in ndl.cuda().__dict__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False", "False", "True"]
 
@@ -960,8 +999,11 @@ def core_only():
     the fused primitives), as a third-party backend might: NDArray must fall back."""
     import types
 
-    table = {n: getattr(nd.ndarray_backend_numpy, n) for n in dir(nd.ndarray_backend_numpy)
-             if not n.startswith("_") and n not in FUSED}
+    table = {
+        n: getattr(nd.ndarray_backend_numpy, n)
+        for n in dir(nd.ndarray_backend_numpy)
+        if not n.startswith("_") and n not in FUSED
+    }
     table["__device_name__"] = "core_only"
     return nd.BackendDevice("core_only", types.SimpleNamespace(**table))
 
@@ -997,20 +1039,32 @@ def test_training_step_on_a_core_only_backend(core_only):
         opt = ndl.optim.SGD(emb.parameters() + lin.parameters(), lr=0.5, momentum=0.9)
         for _ in range(2):
             opt.reset_grad()
-            logits = lin(emb(ndl.Tensor(np.array([[1, 6], [1, 3]]), device=device)).reshape(
-                (4, 4)))
-            ndl.nn.SoftmaxLoss()(logits, ndl.Tensor(np.array([0, 2, 1, 2]), device=device)
-                                 ).backward()
+            logits = lin(emb(ndl.Tensor(np.array([[1, 6], [1, 3]]), device=device)).reshape((4, 4)))
+            ndl.nn.SoftmaxLoss()(
+                logits, ndl.Tensor(np.array([0, 2, 1, 2]), device=device)
+            ).backward()
             opt.step()
         results.append([p.numpy() for p in emb.parameters() + lin.parameters()])
     for got, expected in zip(*results):
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("shapes", [((4, 5), (5,)), ((4, 5), (4, 1)), ((5,), (4, 5)),
-                                    ((4, 1), (4, 5)), ((2, 3, 4), (3, 4)), ((2, 3, 4), (2, 3, 1)),
-                                    ((4, 1, 5), (1, 1, 5)), ((4, 5), (1, 4, 5)),
-                                    ((2, 3, 4), (1, 3, 1)), ((3, 1), (1, 4))], ids=str)
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        ((4, 5), (5,)),
+        ((4, 5), (4, 1)),
+        ((5,), (4, 5)),
+        ((4, 1), (4, 5)),
+        ((2, 3, 4), (3, 4)),
+        ((2, 3, 4), (2, 3, 1)),
+        ((4, 1, 5), (1, 1, 5)),
+        ((4, 5), (1, 4, 5)),
+        ((2, 3, 4), (1, 3, 1)),
+        ((3, 1), (1, 4)),
+    ],
+    ids=str,
+)
 def test_binary_ops_against_a_repeated_vector(device, shapes):
     """Broadcasting binary ops (on cpu, a repeated row or column vector goes to the
     backend's ewise_broadcast_binary without being copied out; other patterns compact it)."""
@@ -1018,9 +1072,16 @@ def test_binary_ops_against_a_repeated_vector(device, shapes):
     a_np = rng.standard_normal(shapes[0]).astype("float32")
     b_np = (rng.standard_normal(shapes[1]) + 3).astype("float32")
     a, b = nd.array(a_np, device=device), nd.array(b_np, device=device)
-    for got, expected in [(a + b, a_np + b_np), (a - b, a_np - b_np), (b - a, b_np - a_np),
-                          (a * b, a_np * b_np), (a / b, a_np / b_np), (b / a, b_np / a_np),
-                          (a.maximum(b), np.maximum(a_np, b_np)), (a >= b, a_np >= b_np)]:
+    for got, expected in [
+        (a + b, a_np + b_np),
+        (a - b, a_np - b_np),
+        (b - a, b_np - a_np),
+        (a * b, a_np * b_np),
+        (a / b, a_np / b_np),
+        (b / a, b_np / a_np),
+        (a.maximum(b), np.maximum(a_np, b_np)),
+        (a >= b, a_np >= b_np),
+    ]:
         assert got.shape == expected.shape
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
     # A view as the full operand is read through its strides.

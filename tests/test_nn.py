@@ -77,18 +77,29 @@ def test_linear_init_bounds(device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("module, torch_fn", [
-    (nn.ReLU(), torch.relu), (nn.Tanh(), torch.tanh), (nn.Sigmoid(), torch.sigmoid),
-    (nn.Identity(), lambda x: x * 1),
-], ids=["relu", "tanh", "sigmoid", "identity"])
+@pytest.mark.parametrize(
+    "module, torch_fn",
+    [
+        (nn.ReLU(), torch.relu),
+        (nn.Tanh(), torch.tanh),
+        (nn.Sigmoid(), torch.sigmoid),
+        (nn.Identity(), lambda x: x * 1),
+    ],
+    ids=["relu", "tanh", "sigmoid", "identity"],
+)
 def test_activations(device, dtype, module, torch_fn):
     check_module(module, torch_fn, np.random.randn(6, 4) * 3, device, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sequential_flatten(device, dtype):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8, device=device, dtype=dtype), nn.ReLU(),
-                          nn.Linear(8, 3, device=device, dtype=dtype), nn.Tanh())
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(12, 8, device=device, dtype=dtype),
+        nn.ReLU(),
+        nn.Linear(8, 3, device=device, dtype=dtype),
+        nn.Tanh(),
+    )
 
     def torch_fn(x, w1, b1, w2, b2):
         h = torch.relu(x.reshape(x.shape[0], -1) @ w1 + b1)
@@ -100,10 +111,20 @@ def test_sequential_flatten(device, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_residual(device, dtype):
-    model = nn.Residual(nn.Sequential(nn.Linear(6, 9, device=device, dtype=dtype), nn.ReLU(),
-                                      nn.Linear(9, 6, device=device, dtype=dtype)))
-    check_module(model, lambda x, w1, b1, w2, b2: torch.relu(x @ w1 + b1) @ w2 + b2 + x,
-                 np.random.randn(4, 6), device, dtype)
+    model = nn.Residual(
+        nn.Sequential(
+            nn.Linear(6, 9, device=device, dtype=dtype),
+            nn.ReLU(),
+            nn.Linear(9, 6, device=device, dtype=dtype),
+        )
+    )
+    check_module(
+        model,
+        lambda x, w1, b1, w2, b2: torch.relu(x @ w1 + b1) @ w2 + b2 + x,
+        np.random.randn(4, 6),
+        device,
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -168,11 +189,19 @@ def test_batch_norm(device, dtype, two_d):
 
     # torch's running_mean follows the same recursion; its running_var uses the unbiased
     # variance (the documented difference).
-    running_mean_t, running_var_t = torch.zeros(dim, dtype=torch.float64), torch.ones(
-        dim, dtype=torch.float64)
+    running_mean_t, running_var_t = (
+        torch.zeros(dim, dtype=torch.float64),
+        torch.ones(dim, dtype=torch.float64),
+    )
     for x_np in batches:
-        F.batch_norm(torch.tensor(x_np), running_mean_t, running_var_t, training=True,
-                     momentum=momentum, eps=eps)
+        F.batch_norm(
+            torch.tensor(x_np),
+            running_mean_t,
+            running_var_t,
+            training=True,
+            momentum=momentum,
+            eps=eps,
+        )
     np.testing.assert_allclose(bn.running_mean.numpy(), running_mean_t.numpy(), **tol)
 
     bn.eval()
@@ -186,8 +215,9 @@ def test_batch_norm(device, dtype, two_d):
     before = bn.running_mean.numpy().copy()
     y = check_module(bn, torch_eval, x_np, device, dtype)
     np.testing.assert_array_equal(bn.running_mean.numpy(), before)  # eval leaves stats alone
-    expected = (x_np - view(mean)) / np.sqrt(view(var) + eps) * view(bn.weight.numpy()) \
-        + view(bn.bias.numpy())
+    expected = (x_np - view(mean)) / np.sqrt(view(var) + eps) * view(bn.weight.numpy()) + view(
+        bn.bias.numpy()
+    )
     np.testing.assert_allclose(y.numpy(), expected, **tol)
 
 
@@ -198,8 +228,13 @@ def test_layer_norm(device, dtype, shape):
     ln = nn.LayerNorm1d(8, eps=eps, device=device, dtype=dtype)
     ln.weight.data = tensor(np.random.rand(8) + 0.5, device, dtype)
     ln.bias.data = tensor(np.random.randn(8), device, dtype)
-    check_module(ln, lambda x, w, b: F.layer_norm(x, (8,), w, b, eps=eps),
-                 np.random.randn(*shape) * 3 + 2, device, dtype)
+    check_module(
+        ln,
+        lambda x, w, b: F.layer_norm(x, (8,), w, b, eps=eps),
+        np.random.randn(*shape) * 3 + 2,
+        device,
+        dtype,
+    )
 
 
 # ---- dropout -----------------------------------------------------------------------------
@@ -217,8 +252,9 @@ def test_dropout_statistics(device, p):
 
     drop.eval()
     x_np = np.random.randn(10, 10)
-    np.testing.assert_array_equal(drop(tensor(x_np, device, "float32")).numpy(),
-                                  x_np.astype("float32"))
+    np.testing.assert_array_equal(
+        drop(tensor(x_np, device, "float32")).numpy(), x_np.astype("float32")
+    )
 
 
 def test_dropout_edge_cases(device):
@@ -231,10 +267,18 @@ def test_dropout_edge_cases(device):
 
 
 # ---- convolution -------------------------------------------------------------------------
-@pytest.mark.parametrize("kernel_size, stride, bias, size", [
-    (1, 1, True, 6), (1, 2, False, 7), (3, 1, True, 7), (3, 2, True, 8), (3, 2, False, 7),
-    (5, 1, False, 8), (5, 2, True, 9),
-])
+@pytest.mark.parametrize(
+    "kernel_size, stride, bias, size",
+    [
+        (1, 1, True, 6),
+        (1, 2, False, 7),
+        (3, 1, True, 7),
+        (3, 2, True, 8),
+        (3, 2, False, 7),
+        (5, 1, False, 8),
+        (5, 2, True, 9),
+    ],
+)
 def test_conv(device, kernel_size, stride, bias, size):
     dtype = "float32"
     conv = nn.Conv(3, 4, kernel_size, stride=stride, bias=bias, device=device, dtype=dtype)
@@ -249,8 +293,13 @@ def test_conv(device, kernel_size, stride, bias, size):
 
 def test_conv_float64(device):
     conv = nn.Conv(2, 3, 3, stride=2, device=device, dtype="float64")
-    check_module(conv, lambda x, w, b: F.conv2d(x, w.permute(3, 2, 0, 1), b, stride=2, padding=1),
-                 np.random.randn(2, 2, 5, 5), device, "float64")
+    check_module(
+        conv,
+        lambda x, w, b: F.conv2d(x, w.permute(3, 2, 0, 1), b, stride=2, padding=1),
+        np.random.randn(2, 2, 5, 5),
+        device,
+        "float64",
+    )
 
 
 def test_conv_init_bounds(device):
@@ -314,9 +363,12 @@ def test_zero_grad(device):
 
 
 def _small_model(device, dtype="float32"):
-    return nn.Sequential(nn.Linear(4, 6, device=device, dtype=dtype),
-                         nn.BatchNorm1d(6, device=device, dtype=dtype), nn.ReLU(),
-                         nn.Linear(6, 2, device=device, dtype=dtype))
+    return nn.Sequential(
+        nn.Linear(4, 6, device=device, dtype=dtype),
+        nn.BatchNorm1d(6, device=device, dtype=dtype),
+        nn.ReLU(),
+        nn.Linear(6, 2, device=device, dtype=dtype),
+    )
 
 
 def test_state_dict_round_trip(device):
@@ -324,9 +376,16 @@ def test_state_dict_round_trip(device):
     for _ in range(3):  # move the running statistics away from their initial values
         model(ndl.Tensor(np.random.randn(8, 4) * 3 + 1, device=device))
     state = model.state_dict()
-    assert list(state) == ["modules.0.weight", "modules.0.bias", "modules.1.weight",
-                           "modules.1.bias", "modules.1.running_mean", "modules.1.running_var",
-                           "modules.3.weight", "modules.3.bias"]
+    assert list(state) == [
+        "modules.0.weight",
+        "modules.0.bias",
+        "modules.1.weight",
+        "modules.1.bias",
+        "modules.1.running_mean",
+        "modules.1.running_var",
+        "modules.3.weight",
+        "modules.3.bias",
+    ]
     assert all(isinstance(v, np.ndarray) for v in state.values())
     assert not np.allclose(state["modules.1.running_mean"], 0)
 
@@ -367,8 +426,9 @@ def test_load_state_dict_errors(device):
     with pytest.raises(ValueError, match=r"modules\.3\.weight.*\(2, 6\).*\(6, 2\)"):
         model.load_state_dict(wrong)
     # strict=False loads what is there and ignores the rest.
-    model.load_state_dict({"modules.3.bias": np.full((1, 2), 7.0), "extra": np.zeros(1)},
-                          strict=False)
+    model.load_state_dict(
+        {"modules.3.bias": np.full((1, 2), 7.0), "extra": np.zeros(1)}, strict=False
+    )
     np.testing.assert_array_equal(model.modules[3].bias.numpy(), np.full((1, 2), 7.0))
 
 
@@ -384,16 +444,23 @@ def test_mlp_learns_blobs(device):
 
     x_train, y_train = sample(600)
     x_test, y_test = sample(300)
-    model = nn.Sequential(nn.Linear(2, 32, device=device), nn.BatchNorm1d(32, device=device),
-                          nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3, device=device))
+    model = nn.Sequential(
+        nn.Linear(2, 32, device=device),
+        nn.BatchNorm1d(32, device=device),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(32, 3, device=device),
+    )
     opt = ndl.optim.Adam(model.parameters(), lr=0.02)
     loss_fn = nn.SoftmaxLoss()
-    for epoch in range(10):
+    for _epoch in range(10):
         order = rng.permutation(len(x_train))
         for start in range(0, len(order), 60):
-            batch = order[start:start + 60]
-            loss = loss_fn(model(ndl.Tensor(x_train[batch], device=device)),
-                           ndl.Tensor(y_train[batch], device=device))
+            batch = order[start : start + 60]
+            loss = loss_fn(
+                model(ndl.Tensor(x_train[batch], device=device)),
+                ndl.Tensor(y_train[batch], device=device),
+            )
             opt.reset_grad()
             loss.backward()
             opt.step()

@@ -23,8 +23,10 @@ TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
 def _pair(shape, device, dtype, requires_grad=True):
     """The same random array as a needle Tensor and a torch tensor."""
     a = np.random.randn(*shape).astype(dtype)
-    return (ndl.Tensor(a, device=device, dtype=dtype, requires_grad=requires_grad),
-            torch.tensor(a, requires_grad=requires_grad))
+    return (
+        ndl.Tensor(a, device=device, dtype=dtype, requires_grad=requires_grad),
+        torch.tensor(a, requires_grad=requires_grad),
+    )
 
 
 def _lstm_state(shape, device, dtype, with_h):
@@ -58,8 +60,9 @@ def _close_grads(inputs, dtype):
 
 def _close(needle_value, torch_value, dtype, transpose=False):
     expected = torch_value.detach().numpy()
-    np.testing.assert_allclose(needle_value.numpy(), expected.T if transpose else expected,
-                               **TOL[dtype])
+    np.testing.assert_allclose(
+        needle_value.numpy(), expected.T if transpose else expected, **TOL[dtype]
+    )
 
 
 def _copy_cell_weights(cell, torch_module, suffix=""):
@@ -86,10 +89,12 @@ def _check_cell_grads(cell, torch_module, dtype, suffix=""):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_rnn_cell_matches_torch(device, nonlinearity, bias, with_h, dtype):
-    cell = nn.RNNCell(INPUT, HIDDEN, bias=bias, nonlinearity=nonlinearity, device=device,
-                      dtype=dtype)
-    ref = torch.nn.RNNCell(INPUT, HIDDEN, bias=bias, nonlinearity=nonlinearity,
-                           dtype=TORCH_DTYPE[dtype])
+    cell = nn.RNNCell(
+        INPUT, HIDDEN, bias=bias, nonlinearity=nonlinearity, device=device, dtype=dtype
+    )
+    ref = torch.nn.RNNCell(
+        INPUT, HIDDEN, bias=bias, nonlinearity=nonlinearity, dtype=TORCH_DTYPE[dtype]
+    )
     _copy_cell_weights(cell, ref)
     x, x_t = _pair((BATCH, INPUT), device, dtype)
     h, h_t = _pair((BATCH, HIDDEN), device, dtype) if with_h else (None, None)
@@ -108,10 +113,23 @@ def test_rnn_cell_matches_torch(device, nonlinearity, bias, with_h, dtype):
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_rnn_matches_torch(device, num_layers, nonlinearity, bias, with_h, dtype="float32"):
-    model = nn.RNN(INPUT, HIDDEN, num_layers=num_layers, bias=bias, nonlinearity=nonlinearity,
-                   device=device, dtype=dtype)
-    ref = torch.nn.RNN(INPUT, HIDDEN, num_layers=num_layers, bias=bias,
-                       nonlinearity=nonlinearity, dtype=TORCH_DTYPE[dtype])
+    model = nn.RNN(
+        INPUT,
+        HIDDEN,
+        num_layers=num_layers,
+        bias=bias,
+        nonlinearity=nonlinearity,
+        device=device,
+        dtype=dtype,
+    )
+    ref = torch.nn.RNN(
+        INPUT,
+        HIDDEN,
+        num_layers=num_layers,
+        bias=bias,
+        nonlinearity=nonlinearity,
+        dtype=TORCH_DTYPE[dtype],
+    )
     assert len(model.rnn_cells) == num_layers
     for layer, cell in enumerate(model.rnn_cells):
         _copy_cell_weights(cell, ref, f"_l{layer}")
@@ -175,8 +193,7 @@ def test_lstm_cell_matches_torch(device, bias, with_h, dtype):
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_lstm_matches_torch(device, num_layers, bias, with_h, dtype="float32"):
     model = nn.LSTM(INPUT, HIDDEN, num_layers=num_layers, bias=bias, device=device, dtype=dtype)
-    ref = torch.nn.LSTM(INPUT, HIDDEN, num_layers=num_layers, bias=bias,
-                        dtype=TORCH_DTYPE[dtype])
+    ref = torch.nn.LSTM(INPUT, HIDDEN, num_layers=num_layers, bias=bias, dtype=TORCH_DTYPE[dtype])
     assert len(model.lstm_cells) == num_layers
     for layer, cell in enumerate(model.lstm_cells):
         _copy_cell_weights(cell, ref, f"_l{layer}")
@@ -213,8 +230,10 @@ def test_lstm_cell_init_and_parameters(device):
 
 def test_rnn_graph_reaches_all_weights(device):
     """A training step touches every parameter of a multi-layer LSTM and RNN."""
-    for model in (nn.LSTM(INPUT, HIDDEN, num_layers=2, device=device),
-                  nn.RNN(INPUT, HIDDEN, num_layers=2, device=device)):
+    for model in (
+        nn.LSTM(INPUT, HIDDEN, num_layers=2, device=device),
+        nn.RNN(INPUT, HIDDEN, num_layers=2, device=device),
+    ):
         x = ndl.Tensor(np.random.randn(SEQ_LEN, BATCH, INPUT), device=device)
         out = model(x)[0]
         out.sum().backward()
@@ -254,9 +273,10 @@ def test_embedding_feeds_lstm(device):
     lstm = nn.LSTM(dim, HIDDEN, device=device)
     head = nn.Linear(HIDDEN, vocab, device=device)
     idx = ndl.Tensor(np.random.randint(0, vocab, size=(SEQ_LEN, BATCH)), device=device)
-    out, (h, c) = lstm(emb(idx))
+    out, (_h, _c) = lstm(emb(idx))
     logits = head(out.reshape((SEQ_LEN * BATCH, HIDDEN)))
-    loss = nn.SoftmaxLoss()(logits, ndl.Tensor(np.random.randint(0, vocab, SEQ_LEN * BATCH),
-                                               device=device))
+    loss = nn.SoftmaxLoss()(
+        logits, ndl.Tensor(np.random.randint(0, vocab, SEQ_LEN * BATCH), device=device)
+    )
     loss.backward()
     assert emb.weight.grad is not None and np.isfinite(emb.weight.grad.numpy()).all()

@@ -19,7 +19,9 @@ from needle import ops
 from needle.autograd import Op, find_topo_sort
 
 HYPOTHESIS = settings(
-    max_examples=15, deadline=None, derandomize=True,
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 FLOAT64_TOL = (1e-9, 1e-9)
@@ -31,8 +33,7 @@ def rand(*shape, low=-2.0, high=2.0):
 
 
 def tensors(arrays, device, dtype="float32", requires_grad=True):
-    return [ndl.Tensor(a, device=device, dtype=dtype, requires_grad=requires_grad)
-            for a in arrays]
+    return [ndl.Tensor(a, device=device, dtype=dtype, requires_grad=requires_grad) for a in arrays]
 
 
 def constant(array, device, dtype="float32"):
@@ -68,8 +69,9 @@ def needs_float64(device):
         pytest.skip(f"{device} has no float64: {exc}")
 
 
-def check_op(fn, torch_fn, arrays, device, *, kwargs=None, dtype="float32", tol=(1e-5, 1e-5),
-             label=""):
+def check_op(
+    fn, torch_fn, arrays, device, *, kwargs=None, dtype="float32", tol=(1e-5, 1e-5), label=""
+):
     """fn on `device` in `dtype` against torch_fn in float64, forward and, for random
     adjoints, the gradient of every input."""
     kwargs = kwargs or {}
@@ -84,8 +86,9 @@ def check_op(fn, torch_fn, arrays, device, *, kwargs=None, dtype="float32", tol=
     for i, (n, t) in enumerate(zip(n_outs, t_outs)):
         assert n.shape == tuple(t.shape), f"{label} output {i}: shape {n.shape}"
         assert n.dtype == dtype and n.device == device, f"{label} output {i}"
-        np.testing.assert_allclose(n.numpy(), t.detach().numpy(), rtol=rtol, atol=atol,
-                                   err_msg=f"{label} output {i}")
+        np.testing.assert_allclose(
+            n.numpy(), t.detach().numpy(), rtol=rtol, atol=atol, err_msg=f"{label} output {i}"
+        )
     ws = [rand(*t.shape, low=-1, high=1) for t in t_outs]
     torch_loss(t_outs, ws).backward()
     if len(n_outs) == 1:
@@ -97,8 +100,9 @@ def check_op(fn, torch_fn, arrays, device, *, kwargs=None, dtype="float32", tol=
         assert n.grad.shape == n.shape, f"{label} gradient of input {i}: shape {n.grad.shape}"
         assert n.grad.dtype == dtype and n.grad.device == device
         expected = t.grad.numpy() if t.grad is not None else np.zeros(t.shape)
-        np.testing.assert_allclose(n.grad.numpy(), expected, rtol=rtol, atol=atol,
-                                   err_msg=f"{label} gradient of input {i}")
+        np.testing.assert_allclose(
+            n.grad.numpy(), expected, rtol=rtol, atol=atol, err_msg=f"{label} gradient of input {i}"
+        )
 
 
 def check_fd(fn, arrays, device, *, kwargs=None, eps=1e-6, rtol=1e-5, atol=1e-6):
@@ -127,8 +131,9 @@ def check_fd(fn, arrays, device, *, kwargs=None, eps=1e-6, rtol=1e-5, atol=1e-6)
             numeric.reshape(-1)[j] = (values[0] - values[1]) / (2 * eps)
         grad = nx[i].grad
         assert grad is not None and grad.dtype == "float64", f"gradient of input {i}"
-        np.testing.assert_allclose(grad.numpy(), numeric, rtol=rtol, atol=atol,
-                                   err_msg=f"gradient of input {i}")
+        np.testing.assert_allclose(
+            grad.numpy(), numeric, rtol=rtol, atol=atol, err_msg=f"gradient of input {i}"
+        )
 
 
 def check_double_backward(fn, torch_fn, arrays, device, *, kwargs=None, rtol=1e-4, atol=1e-4):
@@ -143,16 +148,20 @@ def check_double_backward(fn, torch_fn, arrays, device, *, kwargs=None, rtol=1e-
     ws = [rand(*o.shape, low=-1, high=1) for o in t_outs]
     vs = [rand(*a.shape, low=-1, high=1) for a in arrays]
 
-    t_grads = torch.autograd.grad(torch_loss(t_outs, ws), tx, create_graph=True,
-                                  allow_unused=True)
+    t_grads = torch.autograd.grad(torch_loss(t_outs, ws), tx, create_graph=True, allow_unused=True)
     t_grads = [g if g is not None else torch.zeros_like(x) for g, x in zip(t_grads, tx)]
     torch_loss(t_grads, vs).backward()
 
     needle_loss(n_outs, ws, device, "float32").backward(create_graph=True)
     n_grads = [x.grad for x in nx]
     for i, (n, t) in enumerate(zip(n_grads, t_grads)):
-        np.testing.assert_allclose(n.numpy(), t.detach().numpy(), rtol=rtol, atol=atol,
-                                   err_msg=f"first-order gradient of input {i}")
+        np.testing.assert_allclose(
+            n.numpy(),
+            t.detach().numpy(),
+            rtol=rtol,
+            atol=atol,
+            err_msg=f"first-order gradient of input {i}",
+        )
         assert n.requires_grad, f"first-order gradient of input {i} kept no graph"
     for x in nx:
         x.grad = None
@@ -160,21 +169,33 @@ def check_double_backward(fn, torch_fn, arrays, device, *, kwargs=None, rtol=1e-
     for i, (n, t) in enumerate(zip(nx, tx)):
         got = n.grad.numpy() if n.grad is not None else np.zeros(n.shape)
         expected = t.grad.numpy() if t.grad is not None else np.zeros(t.shape)
-        np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol,
-                                   err_msg=f"second-order gradient of input {i}")
+        np.testing.assert_allclose(
+            got, expected, rtol=rtol, atol=atol, err_msg=f"second-order gradient of input {i}"
+        )
 
 
 # ---- the table: completeness ----------------------------------------------------------------
 def exported_ops() -> dict:
     """The Op classes that needle.ops exports (not the bases Op, TensorOp, TensorTupleOp)."""
-    return {name: obj for name, obj in vars(ops).items() if not name.startswith("_")
-            and isinstance(obj, type) and issubclass(obj, Op) and obj.compute is not Op.compute}
+    return {
+        name: obj
+        for name, obj in vars(ops).items()
+        if not name.startswith("_")
+        and isinstance(obj, type)
+        and issubclass(obj, Op)
+        and obj.compute is not Op.compute
+    }
 
 
 def exported_functions() -> dict:
-    return {name: obj for name, obj in vars(ops).items()
-            if not name.startswith("_") and callable(obj) and not isinstance(obj, type)
-            and getattr(obj, "__module__", "").startswith("needle.ops")}
+    return {
+        name: obj
+        for name, obj in vars(ops).items()
+        if not name.startswith("_")
+        and callable(obj)
+        and not isinstance(obj, type)
+        and getattr(obj, "__module__", "").startswith("needle.ops")
+    }
 
 
 def test_every_exported_op_has_a_spec():
@@ -198,8 +219,11 @@ def test_function_names_and_top_level_exports(spec):
 
 
 # ---- the table: values and gradients --------------------------------------------------------
-SAMPLES = [pytest.param(spec, sample, id=f"{spec.name}-{i}-{sample}")
-           for spec in SPECS for i, sample in enumerate(spec.samples)]
+SAMPLES = [
+    pytest.param(spec, sample, id=f"{spec.name}-{i}-{sample}")
+    for spec in SPECS
+    for i, sample in enumerate(spec.samples)
+]
 
 
 @pytest.mark.parametrize("spec, sample", SAMPLES)
@@ -207,14 +231,28 @@ def test_values_and_gradients(spec, sample, device):
     """The function and every other form against torch, float32."""
     arrays = sample.draw(spec)
     for k, fn in enumerate([spec.call] + spec.forms):
-        check_op(fn, spec.torch, arrays, device, kwargs=sample.kwargs,
-                 tol=sample.tol or spec.tol, label="function" if k == 0 else f"form {k}")
+        check_op(
+            fn,
+            spec.torch,
+            arrays,
+            device,
+            kwargs=sample.kwargs,
+            tol=sample.tol or spec.tol,
+            label="function" if k == 0 else f"form {k}",
+        )
 
 
 @pytest.mark.parametrize("spec, sample", SAMPLES)
 def test_float64_against_torch(spec, sample, device):
-    check_op(spec.call, spec.torch, sample.draw(spec, "float64"), device, kwargs=sample.kwargs,
-             dtype="float64", tol=FLOAT64_TOL)
+    check_op(
+        spec.call,
+        spec.torch,
+        sample.draw(spec, "float64"),
+        device,
+        kwargs=sample.kwargs,
+        dtype="float64",
+        tol=FLOAT64_TOL,
+    )
 
 
 @pytest.mark.parametrize("spec", [s for s in SPECS if s.fd is not None], ids=repr)
@@ -225,8 +263,7 @@ def test_central_differences_float64(spec, device):
 @pytest.mark.parametrize("spec", [s for s in SPECS if 2 in s.orders], ids=repr)
 def test_second_order_gradients(spec, device):
     sample = spec.samples[0]
-    check_double_backward(spec.call, spec.torch, sample.draw(spec), device,
-                          kwargs=sample.kwargs)
+    check_double_backward(spec.call, spec.torch, sample.draw(spec), device, kwargs=sample.kwargs)
 
 
 @pytest.mark.parametrize("spec", [s for s in SPECS if s.random is not None], ids=repr)
@@ -234,18 +271,21 @@ def test_second_order_gradients(spec, device):
 @given(data=st.data())
 def test_random_samples(spec, data, device):
     sample = data.draw(spec.random, label="sample")
-    check_op(spec.call, spec.torch, sample.draw(spec), device, kwargs=sample.kwargs,
-             tol=spec.tol)
+    check_op(spec.call, spec.torch, sample.draw(spec), device, kwargs=sample.kwargs, tol=spec.tol)
 
 
-ERRORS = [pytest.param(spec, error, id=f"{spec.name}-{i}")
-          for spec in SPECS for i, error in enumerate(spec.errors)]
+ERRORS = [
+    pytest.param(spec, error, id=f"{spec.name}-{i}")
+    for spec in SPECS
+    for i, error in enumerate(spec.errors)
+]
 
 
 @pytest.mark.parametrize("spec, error", ERRORS)
 def test_errors(spec, error, device):
-    arrays = [spec.domain_of(i).draw(x) if isinstance(x, tuple) else x
-              for i, x in enumerate(error.inputs)]
+    arrays = [
+        spec.domain_of(i).draw(x) if isinstance(x, tuple) else x for i, x in enumerate(error.inputs)
+    ]
     with pytest.raises(error.exception, match=error.match) as info:
         spec.call(*tensors(arrays, device), **error.kwargs)
     if info.value.__cause__ is not None:  # raised by compute: named and described
@@ -309,8 +349,9 @@ def test_one_instance_serves_two_calls(spec, device):
     rtol, atol = spec.tol
     for i, (n, t) in enumerate(zip(nx, tx)):
         expected = t.grad.numpy() if t.grad is not None else np.zeros(t.shape)
-        np.testing.assert_allclose(n.grad.numpy(), expected, rtol=rtol, atol=atol,
-                                   err_msg=f"gradient of input {i}")
+        np.testing.assert_allclose(
+            n.grad.numpy(), expected, rtol=rtol, atol=atol, err_msg=f"gradient of input {i}"
+        )
 
 
 # ---- special cases --------------------------------------------------------------------------
@@ -319,16 +360,24 @@ EXPRESSIONS = [
     # result into a NumPy array, silently cutting the graph).
     ("2 - x", [(3, 4)], lambda x: 2 - x),
     ("2 / x", [np.array([0.6, -1.2, 1.7])], lambda x: 2 / x),
-    ("2 ** x", [(4,)], lambda x: 2 ** x),
-    ("0.5 ** x", [(2, 3)], lambda x: 0.5 ** x),
+    ("2 ** x", [(4,)], lambda x: 2**x),
+    ("0.5 ** x", [(2, 3)], lambda x: 0.5**x),
     ("1.5 + x", [()], lambda x: 1.5 + x),
-    ("numpy scalars", [np.array([0.6, -1.2, 1.7])],
-     lambda x: sum(c + x + c * x + x * c - c / x + x / c - (c - x)
-                   for c in (np.float32(2), np.float64(1.5), np.int64(3)))),
+    (
+        "numpy scalars",
+        [np.array([0.6, -1.2, 1.7])],
+        lambda x: sum(
+            c + x + c * x + x * c - c / x + x / c - (c - x)
+            for c in (np.float32(2), np.float64(1.5), np.int64(3))
+        ),
+    ),
     # Inputs used more than once, views.
     ("x used five times", [(3, 4)], lambda x: x * x + x.exp() * x - x),
-    ("a and b used twice", [(3, 4), np.array([0.9, -1.1, 1.3, 0.7])],
-     lambda a, b: (a + b) * (a - b) / (b * b + 1)),
+    (
+        "a and b used twice",
+        [(3, 4), np.array([0.9, -1.1, 1.3, 0.7])],
+        lambda a, b: (a + b) * (a - b) / (b * b + 1),
+    ),
     ("-(x * 2) + 1", [(2, 3)], lambda x: -(x * 2) + 1),
     ("transposed operand", [(2, 3), (3, 4)], lambda a, b: a.T @ a @ b),
     ("reshape of a transposed view", [(3, 4)], lambda x: x.T.reshape((2, 6))),
@@ -353,9 +402,14 @@ def test_subtraction_is_add_of_negate(device):
 def test_comparisons_give_constant_tensors(op, other_kind, device):
     x = TIES.draw((3, 4))
     y = {"tensor": TIES.draw((3, 4)), "broadcast": TIES.draw((4,)), "scalar": 1.0}[other_kind]
-    compare = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b,
-               ">=": lambda a, b: a >= b, ">": lambda a, b: a > b,
-               "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}[op]
+    compare = {
+        "==": lambda a, b: a == b,
+        "!=": lambda a, b: a != b,
+        ">=": lambda a, b: a >= b,
+        ">": lambda a, b: a > b,
+        "<=": lambda a, b: a <= b,
+        "<": lambda a, b: a < b,
+    }[op]
     nx = ndl.Tensor(x, device=device)
     ny = ndl.Tensor(y, device=device) if other_kind != "scalar" else y
     out = compare(nx, ny)
@@ -367,15 +421,15 @@ def test_comparisons_give_constant_tensors(op, other_kind, device):
 
 @pytest.mark.filterwarnings("ignore:divide by zero")  # log(0) for the all -inf row
 def test_logsumexp_with_minus_infinity(device):
-    x = np.array([[-np.inf, -np.inf, -np.inf], [1.0, -np.inf, 2.0], [0.5, 0.25, -1.0]],
-                 dtype=np.float32)
+    x = np.array(
+        [[-np.inf, -np.inf, -np.inf], [1.0, -np.inf, 2.0], [0.5, 0.25, -1.0]], dtype=np.float32
+    )
     out = ops.logsumexp(ndl.Tensor(x, device=device), (1,))
     expected = torch.logsumexp(torch.tensor(x, dtype=torch.float64), dim=1).numpy()
     assert out.numpy()[0] == -np.inf
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
     # Rows with some finite entries still have softmax gradients (0 at the -inf entries).
-    check_op(lambda t: ops.logsumexp(t, (1,)), lambda t: torch.logsumexp(t, dim=1), [x[1:]],
-             device)
+    check_op(lambda t: ops.logsumexp(t, (1,)), lambda t: torch.logsumexp(t, dim=1), [x[1:]], device)
 
 
 def test_softmax_cross_entropy_past_exact_float32_positions(device, monkeypatch):
@@ -387,13 +441,23 @@ def test_softmax_cross_entropy_past_exact_float32_positions(device, monkeypatch)
     assert ops.ClassLabels(LABELS, 5, device, "float64").positions is not None
     ce = next(spec for spec in SPECS if spec.op is ops.SoftmaxCrossEntropy)
     check_op(ce.call, ce.torch, [rand(7, 5, low=-4, high=4)], device, kwargs=ce.samples[0].kwargs)
-    check_double_backward(ce.call, ce.torch, [rand(7, 5, low=-3, high=3)], device,
-                          kwargs=ce.samples[0].kwargs)
+    check_double_backward(
+        ce.call, ce.torch, [rand(7, 5, low=-3, high=3)], device, kwargs=ce.samples[0].kwargs
+    )
     ce_grad = next(spec for spec in SPECS if spec.op is ops.SoftmaxCrossEntropyGrad)
-    check_fd(ce_grad.call, ce_grad.samples[0].draw(ce_grad, "float64"), device,  # positions
-             kwargs=ce_grad.samples[0].kwargs)
-    check_op(ce_grad.call, ce_grad.torch, ce_grad.samples[0].draw(ce_grad), device,
-             kwargs=ce_grad.samples[0].kwargs)
+    check_fd(
+        ce_grad.call,
+        ce_grad.samples[0].draw(ce_grad, "float64"),
+        device,  # positions
+        kwargs=ce_grad.samples[0].kwargs,
+    )
+    check_op(
+        ce_grad.call,
+        ce_grad.torch,
+        ce_grad.samples[0].draw(ce_grad),
+        device,
+        kwargs=ce_grad.samples[0].kwargs,
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -402,10 +466,8 @@ def test_batch_norm_keeps_batch_statistics(dtype, device):
         needs_float64(device)
     x = rand(9, 4, low=-3, high=3) + np.arange(4, dtype=np.float32)
     y = ops.batch_norm(*tensors([x, np.ones(4), np.zeros(4)], device, dtype))
-    np.testing.assert_allclose(y.saved.mean.numpy(), x.astype(dtype).mean(0), rtol=1e-5,
-                               atol=1e-6)
-    np.testing.assert_allclose(y.saved.var.numpy(), x.astype(dtype).var(0), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(y.saved.mean.numpy(), x.astype(dtype).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y.saved.var.numpy(), x.astype(dtype).var(0), rtol=1e-5, atol=1e-6)
 
 
 def test_conv_class_pads_0_and_function_pads_1(device):
@@ -439,12 +501,24 @@ def test_mixed_dtype_gradient_keeps_input_dtype(device):
 
 
 # ---- helpers that ops export ----------------------------------------------------------------
-@pytest.mark.parametrize("grad_shape, shape", [((2, 3, 4), (3, 4)), ((2, 3, 4), (3, 1)),
-                                               ((2, 3, 4), (1, 1, 4)), ((2, 3), ()),
-                                               ((2, 3), (2, 3))], ids=str)
+@pytest.mark.parametrize(
+    "grad_shape, shape",
+    [
+        ((2, 3, 4), (3, 4)),
+        ((2, 3, 4), (3, 1)),
+        ((2, 3, 4), (1, 1, 4)),
+        ((2, 3), ()),
+        ((2, 3), (2, 3)),
+    ],
+    ids=str,
+)
 def test_reduce_to_shape(grad_shape, shape, device):
-    check_op(lambda t: ops.reduce_to_shape(t, shape),
-             lambda t: t.sum_to_size(shape) if shape else t.sum(), [rand(*grad_shape)], device)
+    check_op(
+        lambda t: ops.reduce_to_shape(t, shape),
+        lambda t: t.sum_to_size(shape) if shape else t.sum(),
+        [rand(*grad_shape)],
+        device,
+    )
 
 
 def test_zeros_like_data(device):

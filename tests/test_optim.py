@@ -23,8 +23,11 @@ def tolerance(dtype):
 
 
 def make_model(device, dtype="float32"):
-    return nn.Sequential(nn.Linear(4, 5, device=device, dtype=dtype), nn.Tanh(),
-                         nn.Linear(5, 3, device=device, dtype=dtype))
+    return nn.Sequential(
+        nn.Linear(4, 5, device=device, dtype=dtype),
+        nn.Tanh(),
+        nn.Linear(5, 3, device=device, dtype=dtype),
+    )
 
 
 def torch_loss(params, x, y):
@@ -38,8 +41,9 @@ def batches(n, dtype, seed=1):
 
 
 def needle_backward(model, x, y, device, dtype):
-    loss = nn.SoftmaxLoss()(model(ndl.Tensor(x, device=device, dtype=dtype)),
-                            ndl.Tensor(y, device=device))
+    loss = nn.SoftmaxLoss()(
+        model(ndl.Tensor(x, device=device, dtype=dtype)), ndl.Tensor(y, device=device)
+    )
     loss.backward()
 
 
@@ -89,28 +93,43 @@ def test_sgd_course_rule(device, dtype, momentum, weight_decay):
     model = make_model(device, dtype)
     params_t = torch_copy(model)
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
-    run_against(model, opt, params_t, course_sgd_reference(params_t, 0.1, momentum, weight_decay),
-                device, dtype)
+    run_against(
+        model,
+        opt,
+        params_t,
+        course_sgd_reference(params_t, 0.1, momentum, weight_decay),
+        device,
+        dtype,
+    )
 
 
 def _adam(weight_decay):
-    return (lambda ps: optim.Adam(ps, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6,
-                                  weight_decay=weight_decay),
-            lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-6,
-                                        weight_decay=weight_decay))
+    return (
+        lambda ps: optim.Adam(
+            ps, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=weight_decay
+        ),
+        lambda ps: torch.optim.Adam(
+            ps, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay
+        ),
+    )
 
 
 def _adamw(weight_decay):
-    return (lambda ps: optim.AdamW(ps, lr=0.02, weight_decay=weight_decay),
-            lambda ps: torch.optim.AdamW(ps, lr=0.02, betas=(0.9, 0.999), eps=1e-8,
-                                         weight_decay=weight_decay))
+    return (
+        lambda ps: optim.AdamW(ps, lr=0.02, weight_decay=weight_decay),
+        lambda ps: torch.optim.AdamW(
+            ps, lr=0.02, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay
+        ),
+    )
 
 
 # (needle optimizer, the torch optimizer with the same rule), each from a parameter list.
 SAME_AS_TORCH = [
-    pytest.param(lambda ps: optim.SGD(ps, lr=0.1, weight_decay=0.05),
-                 lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.05),
-                 id="sgd_without_momentum"),
+    pytest.param(
+        lambda ps: optim.SGD(ps, lr=0.1, weight_decay=0.05),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.05),
+        id="sgd_without_momentum",
+    ),
     pytest.param(*_adam(0.0), id="adam"),
     pytest.param(*_adam(0.1), id="adam_weight_decay"),
     pytest.param(*_adamw(0.01), id="adamw"),
@@ -123,8 +142,7 @@ SAME_AS_TORCH = [
 def test_matches_torch(device, dtype, make, make_torch):
     model = make_model(device, dtype)
     params_t = torch_copy(model)
-    run_against(model, make(model.parameters()), params_t, make_torch(params_t).step, device,
-                dtype)
+    run_against(model, make(model.parameters()), params_t, make_torch(params_t).step, device, dtype)
 
 
 def test_adamw_default_weight_decay():
@@ -140,21 +158,35 @@ def test_params_without_grad_are_skipped(device, name):
         opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
         torch_step = course_sgd_reference(params_t, 0.1, 0.9, 0.1)
     else:
-        cls, torch_cls = {"adam": (optim.Adam, torch.optim.Adam),
-                          "adamw": (optim.AdamW, torch.optim.AdamW)}[name]
+        cls, torch_cls = {
+            "adam": (optim.Adam, torch.optim.Adam),
+            "adamw": (optim.AdamW, torch.optim.AdamW),
+        }[name]
         opt = cls(model.parameters(), lr=0.01, weight_decay=0.1)
         torch_step = torch_cls(params_t, lr=0.01, weight_decay=0.1).step
     # Parameter 1 misses its gradient on even steps, parameter 3 from step 2 on.
-    run_against(model, opt, params_t, torch_step, device, "float32", steps=6,
-                skip=lambda step: 1 if step % 2 == 0 else (3 if step >= 2 else None))
+    run_against(
+        model,
+        opt,
+        params_t,
+        torch_step,
+        device,
+        "float32",
+        steps=6,
+        skip=lambda step: 1 if step % 2 == 0 else (3 if step >= 2 else None),
+    )
 
 
 # ---- no graph, dtypes ------------------------------------------------------------------------
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
-    lambda ps: optim.Adam(ps, weight_decay=0.01),
-    lambda ps: optim.AdamW(ps),
-], ids=["sgd", "adam", "adamw"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+        lambda ps: optim.Adam(ps, weight_decay=0.01),
+        lambda ps: optim.AdamW(ps),
+    ],
+    ids=["sgd", "adam", "adamw"],
+)
 def test_step_builds_no_graph(device, make_opt):
     model = make_model(device)
     params = model.parameters()
@@ -193,13 +225,21 @@ def test_step_updates_private_data_in_place(device, make_opt):
         opt.reset_grad()
         needle_backward(model, x, y, device, "float32")
         handles = [id(p.cached_data._handle) for p in model.parameters()]
-        buffers = {(i, k): id(b.cached_data._handle) for i, s in opt.state.items()
-                   for k, b in s.items() if isinstance(b, ndl.Tensor)}
+        buffers = {
+            (i, k): id(b.cached_data._handle)
+            for i, s in opt.state.items()
+            for k, b in s.items()
+            if isinstance(b, ndl.Tensor)
+        }
         opt.step()
         assert [id(p.cached_data._handle) for p in model.parameters()] == handles
         if step:  # the buffers exist from the first step on
-            assert {(i, k): id(b.cached_data._handle) for i, s in opt.state.items()
-                    for k, b in s.items() if isinstance(b, ndl.Tensor)} == buffers
+            assert {
+                (i, k): id(b.cached_data._handle)
+                for i, s in opt.state.items()
+                for k, b in s.items()
+                if isinstance(b, ndl.Tensor)
+            } == buffers
 
 
 @pytest.mark.parametrize("make_opt", OPTIMIZERS, ids=OPTIMIZER_IDS)
@@ -211,7 +251,7 @@ def test_step_leaves_what_others_hold_unchanged(device, make_opt):
     x, y = batches(1, "float32")[0]
     needle_backward(model, x, y, device, "float32")
     opt.step()  # the optimizer's buffers exist from here on
-    w1, b1, w2, b2 = model.parameters()
+    w1, b1, w2, _b2 = model.parameters()
     kept = {"detached": w1.detach(), "view": b1.cached_data.permute((1, 0)), "data": w2.data}
     buffers = [b for s in opt.state.values() for b in s.values() if isinstance(b, ndl.Tensor)]
     if buffers:
@@ -236,8 +276,12 @@ def test_step_keeps_parameter_dtype(device, cls):
         p.grad = ndl.Tensor(np.full((2, 3), 0.5), device=device, dtype="float64")
         opt.step()
     assert p.dtype == "float32" and p.device == device
-    assert all(b.dtype == "float32" for s in opt.state.values() for b in s.values()
-               if isinstance(b, ndl.Tensor))
+    assert all(
+        b.dtype == "float32"
+        for s in opt.state.values()
+        for b in s.values()
+        if isinstance(b, ndl.Tensor)
+    )
     assert np.all(p.numpy() < 1)
 
 
@@ -252,11 +296,15 @@ def test_reset_grad_and_zero_grad(device):
 
 
 # ---- state dicts -----------------------------------------------------------------------------
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
-    lambda ps: optim.Adam(ps, lr=0.02, weight_decay=0.01),
-    lambda ps: optim.AdamW(ps, lr=0.02, weight_decay=0.1),
-], ids=["sgd", "adam", "adamw"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+        lambda ps: optim.Adam(ps, lr=0.02, weight_decay=0.01),
+        lambda ps: optim.AdamW(ps, lr=0.02, weight_decay=0.1),
+    ],
+    ids=["sgd", "adam", "adamw"],
+)
 def test_optimizer_state_dict_resumes_identically(device, make_opt):
     data = batches(6, "float32")
 
@@ -333,15 +381,20 @@ def _compare_schedule(make, make_torch, steps):
 
 
 def test_step_lr_matches_torch():
-    lrs = _compare_schedule(lambda o: optim.StepLR(o, step_size=3, gamma=0.5),
-                            lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5), 10)
+    lrs = _compare_schedule(
+        lambda o: optim.StepLR(o, step_size=3, gamma=0.5),
+        lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5),
+        10,
+    )
     assert lrs[:3] == [0.1, 0.1, 0.05]
 
 
 def test_cosine_annealing_matches_torch():
     lrs = _compare_schedule(
         lambda o: optim.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
-        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.001), 25)
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
+        25,
+    )
     assert math.isclose(lrs[9], 0.001)  # the minimum at T_max
 
 

@@ -1,11 +1,11 @@
 """needle: a deep-learning framework with reverse-mode autodiff over strided NDArrays."""
 
 from . import ops  # noqa: F401  (ndl.ops, as in the needle API)
-from .ops import *  # noqa: F401,F403
+from .ops import *  # noqa: F403
 from .autograd import Tensor, TensorTuple, Value, no_grad, is_grad_enabled  # noqa: F401
-from .backend_selection import *  # noqa: F401,F403
+from .backend_selection import *  # noqa: F403
 from . import backend_ndarray, init  # noqa: F401
-from . import nn, optim  # noqa: F401,E402
+from . import nn, optim  # noqa: F401
 from . import data, distributed  # noqa: F401
 
 __version__ = "0.1.0"

@@ -38,9 +38,21 @@ from .autograd import Tensor
 from .backend_ndarray import NDArray
 
 __all__ = [
-    "init", "available", "rank", "world_size", "is_primary", "barrier", "abort",
-    "broadcast_parameters", "all_reduce", "allreduce_gradients", "allreduce_buffers",
-    "parameter_checksum", "epoch_hooks", "DataParallelHooks", "DistributedSampler",
+    "init",
+    "available",
+    "rank",
+    "world_size",
+    "is_primary",
+    "barrier",
+    "abort",
+    "broadcast_parameters",
+    "all_reduce",
+    "allreduce_gradients",
+    "allreduce_buffers",
+    "parameter_checksum",
+    "epoch_hooks",
+    "DataParallelHooks",
+    "DistributedSampler",
     "DistributedDataParallel",
 ]
 
@@ -91,8 +103,9 @@ def init(required: bool = False) -> int:
                 _abort_on_uncaught_exception()
     if _comm is None:
         if required or _launched_size() > 1:
-            raise RuntimeError(f"needle.distributed: MPI is not available "
-                               f"({_unavailable_reason}); {INSTALL_HINT}")
+            raise RuntimeError(
+                f"needle.distributed: MPI is not available ({_unavailable_reason}); {INSTALL_HINT}"
+            )
         return 1
     return _comm.Get_size()
 
@@ -187,8 +200,11 @@ def all_reduce(x, op: str = "mean"):
     buffer = _host_copy(x)
     _reduce_in_place(buffer, op)
     if op == "mean":
-        buffer = buffer / world_size() if buffer.dtype.kind in "iub" \
+        buffer = (
+            buffer / world_size()
+            if buffer.dtype.kind in "iub"
             else buffer / np.asarray(world_size(), dtype=buffer.dtype)
+        )
     if isinstance(x, Tensor):
         return Tensor(buffer, device=x.device, dtype=x.dtype, requires_grad=False)
     if isinstance(x, NDArray):
@@ -225,8 +241,11 @@ def _buckets(arrays: Sequence[np.ndarray], bucket_bytes: int) -> list[list[int]]
 _flat_buffers: dict[tuple, np.ndarray] = {}
 
 
-def _flat_collective(arrays: Sequence[np.ndarray], collective: Callable[[np.ndarray], None],
-                     bucket_bytes: int = BUCKET_BYTES) -> list[np.ndarray]:
+def _flat_collective(
+    arrays: Sequence[np.ndarray],
+    collective: Callable[[np.ndarray], None],
+    bucket_bytes: int = BUCKET_BYTES,
+) -> list[np.ndarray]:
     """Pack `arrays` into a few flat buffers, run `collective` on each in place, unpack.
 
     The results are views into reused buffers: copy them (as Tensor(...) does) before the next
@@ -243,7 +262,7 @@ def _flat_collective(arrays: Sequence[np.ndarray], collective: Callable[[np.ndar
         offset = 0
         for i in bucket:
             n = arrays[i].size
-            out[i] = flat[offset:offset + n].reshape(arrays[i].shape)
+            out[i] = flat[offset : offset + n].reshape(arrays[i].shape)
             offset += n
     return out
 
@@ -270,8 +289,12 @@ def allreduce_gradients(module_or_params, bucket_bytes: int = BUCKET_BYTES) -> N
     has_grad = np.array([p.grad is not None for p in params], dtype=np.int32)
     _comm.Allreduce(_MPI.IN_PLACE, has_grad, op=_MPI.MAX)
     active = [p for p, flag in zip(params, has_grad) if flag]
-    local = [p.grad.numpy().astype(p.dtype, copy=False) if p.grad is not None
-             else np.zeros(p.shape, dtype=p.dtype) for p in active]
+    local = [
+        p.grad.numpy().astype(p.dtype, copy=False)
+        if p.grad is not None
+        else np.zeros(p.shape, dtype=p.dtype)
+        for p in active
+    ]
 
     def mean(flat: np.ndarray) -> None:
         _comm.Allreduce(_MPI.IN_PLACE, flat, op=_MPI.SUM)
@@ -287,8 +310,9 @@ def broadcast_parameters(module, root: int = 0) -> None:
         return
     if not hasattr(module, "state_dict"):  # a list of Tensors
         tensors = list(module)
-        values = _flat_collective([t.numpy() for t in tensors],
-                                  lambda flat: _comm.Bcast(flat, root=root))
+        values = _flat_collective(
+            [t.numpy() for t in tensors], lambda flat: _comm.Bcast(flat, root=root)
+        )
         for t, value in zip(tensors, values):
             t.data = Tensor(value, device=t.device, dtype=t.dtype, requires_grad=False)
         return
@@ -380,8 +404,15 @@ class DistributedSampler:
     divide evenly are left out, so every rank has the same number of batches.
     """
 
-    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+    def __init__(
+        self,
+        dataset,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
         num_replicas = world_size() if num_replicas is None else int(num_replicas)
         rank_ = _process_rank() if rank is None else int(rank)
         if num_replicas < 1 or not 0 <= rank_ < num_replicas:
@@ -401,9 +432,12 @@ class DistributedSampler:
     def indices(self) -> np.ndarray:
         """This rank's indices for the current epoch, in order."""
         n = len(self.dataset)
-        order = (np.random.default_rng((self.seed, self.epoch)).permutation(n) if self.shuffle
-                 else np.arange(n))
-        return order[: self._total()][self.rank:: self.num_replicas]
+        order = (
+            np.random.default_rng((self.seed, self.epoch)).permutation(n)
+            if self.shuffle
+            else np.arange(n)
+        )
+        return order[: self._total()][self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())

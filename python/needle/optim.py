@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Dict, Iterable, List
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,9 @@ class Optimizer:
     _hyperparameters = ("lr",)
 
     def __init__(self, params: Iterable[Tensor]):
-        self.params: List[Tensor] = list(params)
+        self.params: list[Tensor] = list(params)
         # state[i] holds the buffers of self.params[i] (momentum, moments, step count).
-        self.state: Dict[int, Dict[str, Any]] = {}
+        self.state: dict[int, dict[str, Any]] = {}
 
     def step(self) -> None:
         raise NotImplementedError()
@@ -70,7 +71,7 @@ class Optimizer:
         private = sys.getrefcount(data) == 3 and sys.getrefcount(data._handle) == 2
         tensor.cached_data = axpby(alpha, data, beta, step, out=data if private else None)
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Hyper-parameters and per-parameter buffers, as NumPy arrays and Python numbers."""
         state = {
             i: {k: (v.numpy().copy() if isinstance(v, Tensor) else v) for k, v in s.items()}
@@ -79,26 +80,31 @@ class Optimizer:
         hyper = {name: getattr(self, name) for name in self._hyperparameters}
         return {"hyperparameters": hyper, "state": state}
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what state_dict() saved; buffers go to each parameter's device and dtype."""
         for name, value in state_dict["hyperparameters"].items():
             if name not in self._hyperparameters:
-                raise KeyError(f"load_state_dict: unknown hyper-parameter {name!r} for "
-                               f"{type(self).__name__}")
+                raise KeyError(
+                    f"load_state_dict: unknown hyper-parameter {name!r} for {type(self).__name__}"
+                )
             setattr(self, name, value)
         self.state = {}
         for i, s in state_dict["state"].items():
             i = int(i)
             if not 0 <= i < len(self.params):
-                raise KeyError(f"load_state_dict: state for parameter {i}, but the optimizer "
-                               f"has {len(self.params)} parameters")
+                raise KeyError(
+                    f"load_state_dict: state for parameter {i}, but the optimizer "
+                    f"has {len(self.params)} parameters"
+                )
             p = self.params[i]
             restored = {}
             for k, v in s.items():
                 if isinstance(v, np.ndarray):
                     if v.shape != tuple(p.shape):
-                        raise ValueError(f"load_state_dict: {k} of parameter {i} has shape "
-                                         f"{v.shape}, the parameter {tuple(p.shape)}")
+                        raise ValueError(
+                            f"load_state_dict: {k} of parameter {i} has shape "
+                            f"{v.shape}, the parameter {tuple(p.shape)}"
+                        )
                     v = Tensor(v, device=p.device, dtype=p.dtype, requires_grad=False)
                 restored[k] = v
             self.state[i] = restored
@@ -130,8 +136,7 @@ class SGD(Optimizer):
             if self.momentum:
                 state = self.state.setdefault(i, {})
                 if "momentum_buffer" in state:
-                    self._update(state["momentum_buffer"], self.momentum, 1 - self.momentum,
-                                 grad)
+                    self._update(state["momentum_buffer"], self.momentum, 1 - self.momentum, grad)
                 else:
                     state["momentum_buffer"] = Tensor.make_const(grad * (1 - self.momentum))
                 u = state["momentum_buffer"].realize_cached_data()
@@ -150,8 +155,15 @@ class Adam(Optimizer):
     _hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay", "t")
     _decoupled = False
 
-    def __init__(self, params, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(params)
         self.lr = lr
         self.beta1 = beta1
@@ -180,8 +192,8 @@ class Adam(Optimizer):
             else:
                 state["m"] = Tensor.make_const(grad * (1 - b1))
                 state["v"] = Tensor.make_const(grad * grad * (1 - b2))
-            m_hat = state["m"].realize_cached_data() / (1 - b1 ** t)
-            v_hat = state["v"].realize_cached_data() / (1 - b2 ** t)
+            m_hat = state["m"].realize_cached_data() / (1 - b1**t)
+            v_hat = state["v"].realize_cached_data() / (1 - b2**t)
             self._update(p, decay, -self.lr, m_hat / (v_hat.sqrt() + self.eps))
 
 
@@ -191,10 +203,18 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8, weight_decay: float = 0.01):
-        super().__init__(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                         weight_decay=weight_decay)
+    def __init__(
+        self,
+        params,
+        lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ):
+        super().__init__(
+            params, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay
+        )
 
 
 # ---- learning-rate schedules ------------------------------------------------------------
@@ -216,10 +236,10 @@ class LRScheduler:
     def get_last_lr(self) -> float:
         return self.optimizer.lr
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"base_lr": self.base_lr, "last_epoch": self.last_epoch}
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base_lr = state_dict["base_lr"]
         self.last_epoch = state_dict["last_epoch"]
 

@@ -44,12 +44,24 @@ template <class T> inline T max_nan(T x, T y) { return (x > y || x != x) ? x : y
 // goes through the same code and results do not depend on its position or the threads.
 using simd::Vec;
 
-struct Add { template <class V> V operator()(V x, V y) const { return x + y; } };
-struct Sub { template <class V> V operator()(V x, V y) const { return x - y; } };
-struct RSub { template <class V> V operator()(V x, V y) const { return y - x; } };
-struct Mul { template <class V> V operator()(V x, V y) const { return x * y; } };
-struct Div { template <class V> V operator()(V x, V y) const { return x / y; } };
-struct RDiv { template <class V> V operator()(V x, V y) const { return y / x; } };
+struct Add {
+  template <class V> V operator()(V x, V y) const { return x + y; }
+};
+struct Sub {
+  template <class V> V operator()(V x, V y) const { return x - y; }
+};
+struct RSub {
+  template <class V> V operator()(V x, V y) const { return y - x; }
+};
+struct Mul {
+  template <class V> V operator()(V x, V y) const { return x * y; }
+};
+struct Div {
+  template <class V> V operator()(V x, V y) const { return x / y; }
+};
+struct RDiv {
+  template <class V> V operator()(V x, V y) const { return y / x; }
+};
 struct Maximum {
   template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
     return simd::max_nan<T>(x, y);
@@ -72,7 +84,9 @@ struct Power {
   }
 };
 
-struct Neg { template <class V> V operator()(V x) const { return -x; } };
+struct Neg {
+  template <class V> V operator()(V x) const { return -x; }
+};
 struct Abs {  // clear the sign bit: abs(-0.0) = 0.0 and NaN stays NaN
   template <class V, class T = simd::Elem<V>> V operator()(V x) const {
     return simd::from_bits<T>(simd::bits<T>(x) & ~simd::bits<T>(simd::splat(T(-0.0))));
@@ -155,8 +169,9 @@ inline void ewise_axpby(const Array &a, const Array &b, double alpha, double bet
   dispatch(common_dtype(a, b, out), [&](auto tag) {
     using T = decltype(tag);
     const Vec<T> va = simd::splat(static_cast<T>(alpha)), vb = simd::splat(static_cast<T>(beta));
-    map_lanes(out.data<T>(), out.size, [&](Vec<T> x, Vec<T> y) { return va * x + vb * y; },
-              a.data<T>(), b.data<T>());
+    map_lanes(
+        out.data<T>(), out.size, [&](Vec<T> x, Vec<T> y) { return va * x + vb * y; }, a.data<T>(),
+        b.data<T>());
   });
 }
 
@@ -188,8 +203,9 @@ void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_
           simd::store(orow + j, apply(simd::load(fr + j), per_column ? simd::load(v + j) : same));
         if (j < inner) {
           const int64_t left = inner - j;
-          simd::store_partial(orow + j, apply(simd::load_partial(fr + j, left),
-                                              per_column ? simd::load_partial(v + j, left) : same),
+          simd::store_partial(orow + j,
+                              apply(simd::load_partial(fr + j, left),
+                                    per_column ? simd::load_partial(v + j, left) : same),
                               left);
         }
       }

@@ -106,8 +106,8 @@ inline int64_t pack_b_transposed_blocks(const float *b, int64_t col_stride, int6
 // Copies rows [0, rows) x depth [0, depth) of A (a points at the first element) into a
 // micro-panel laid out row by row at stride KC, the layout the micro-kernel broadcasts from.
 template <class T>
-void pack_a_panel(const T *a, int64_t row_stride, int64_t col_stride, int64_t rows,
-                  int64_t depth, T *__restrict panel) {
+void pack_a_panel(const T *a, int64_t row_stride, int64_t col_stride, int64_t rows, int64_t depth,
+                  T *__restrict panel) {
   constexpr int64_t KA = Blocking<T>::KC;
   if (col_stride == 1) {  // row-major A: each panel row is one contiguous run
     for (int64_t i = 0; i < rows; ++i)
@@ -128,12 +128,11 @@ void pack_a_panel(const T *a, int64_t row_stride, int64_t col_stride, int64_t ro
   }
 }
 
-
 // Copies depth [0, depth) x columns [0, cols) of B into a micro-panel of `depth` rows of NR
 // contiguous values, zero-padding columns cols..NR so edge tiles need no special kernel.
 template <class T>
-void pack_b_panel(const T *b, int64_t row_stride, int64_t col_stride, int64_t cols,
-                  int64_t depth, T *__restrict panel) {
+void pack_b_panel(const T *b, int64_t row_stride, int64_t col_stride, int64_t cols, int64_t depth,
+                  T *__restrict panel) {
   constexpr int64_t NR = Blocking<T>::NR;
   if (col_stride == 1 && cols == NR) {  // row-major B: a fixed-size copy per depth step
     for (int64_t k = 0; k < depth; ++k)
@@ -176,8 +175,7 @@ template <class T>
 using Kernel = void (*)(int64_t, const T *, const T *, T *, int64_t, bool, int64_t);
 
 // kernels[r] computes an r-row tile, r in [1, MR].
-template <class T, int... R>
-constexpr auto make_kernels(std::integer_sequence<int, R...>) {
+template <class T, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
   return std::array<Kernel<T>, sizeof...(R) + 1>{nullptr, &microkernel::micro_kernel<T, R + 1>...};
 }
 template <class T>
@@ -280,8 +278,8 @@ template <class T> void gemm_2d(const Problem<T> &pr, int n_threads) {
   const double b_packing = double(pr.p) * pr.n * (pr.b_col == 1 ? 1 : 2);
   const bool by_columns = a_packing <= b_packing;
   const int64_t tiles = by_columns ? ceil_div(pr.p, NR) : ceil_div(pr.m, MR);
-  n_threads = static_cast<int>(std::min<int64_t>({n_threads, tiles, std::max<int64_t>(
-      1, pr.m * pr.n * pr.p / kMinMultiplyAddsPerThread)}));
+  n_threads = static_cast<int>(std::min<int64_t>(
+      {n_threads, tiles, std::max<int64_t>(1, pr.m * pr.n * pr.p / kMinMultiplyAddsPerThread)}));
   parallel(n_threads, [&](int t, int n) {
     const Range mine = split_range(tiles, t, n);  // n is 1 when the pool runs us nested
     Problem<T> slice = pr;
@@ -314,9 +312,9 @@ template <class T> void gemm_product(const Problem<T> &pr, int n_threads) {
   };
   if (!(padding(pr.p) >= 0.25 && padding(pr.m) < padding(pr.p))) return gemm_2d(pr, n_threads);
   T *ct = workspace<T, kTransposeSlot>(pr.p * pr.m);  // not the pack buffers' slot
-  gemm_2d(Problem<T>{pr.p, pr.n, pr.m, pr.b, pr.b_col, pr.b_row, pr.a, pr.a_col, pr.a_row, ct,
-                     pr.m},
-          n_threads);
+  gemm_2d(
+      Problem<T>{pr.p, pr.n, pr.m, pr.b, pr.b_col, pr.b_row, pr.a, pr.a_col, pr.a_row, ct, pr.m},
+      n_threads);
   for (int64_t i = 0; i < pr.m; ++i)
     for (int64_t j = 0; j < pr.p; ++j) pr.c[i * pr.ldc + j] = ct[j * pr.m + i];
 }
@@ -362,9 +360,17 @@ void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, Matri
   const int threads = num_threads();
   prefault(out, batch * m * p, threads);
   auto problem = [&](int64_t i) {
-    return Problem<T>{m, n, p, a.data + i * a.batch_stride, a.row_stride, a.col_stride,
-                      b.data + i * b.batch_stride, b.row_stride, b.col_stride,
-                      out + i * m * p, p};
+    return Problem<T>{m,
+                      n,
+                      p,
+                      a.data + i * a.batch_stride,
+                      a.row_stride,
+                      a.col_stride,
+                      b.data + i * b.batch_stride,
+                      b.row_stride,
+                      b.col_stride,
+                      out + i * m * p,
+                      p};
   };
   // Whole products per thread (each with its own pack buffers, no barriers) when they are
   // too small to split, or when they share out evenly; else each product uses every thread.
@@ -382,8 +388,8 @@ void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, Matri
   for (int64_t i = 0; i < batch; ++i) gemm_product(problem(i), threads);
 }
 
-template void gemm<float>(int64_t, int64_t, int64_t, int64_t, MatrixView<float>,
-                          MatrixView<float>, float *);
+template void gemm<float>(int64_t, int64_t, int64_t, int64_t, MatrixView<float>, MatrixView<float>,
+                          float *);
 template void gemm<double>(int64_t, int64_t, int64_t, int64_t, MatrixView<double>,
                            MatrixView<double>, double *);
 

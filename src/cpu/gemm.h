@@ -19,8 +19,7 @@ template <class T> struct MatrixView {
 // transposed and broadcast views need no copy. The result does not depend on the thread
 // count: every output element is summed in the same order.
 template <class T>
-void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, MatrixView<T> b,
-          T *out);
+void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, MatrixView<T> b, T *out);
 
 extern template void gemm<float>(int64_t, int64_t, int64_t, int64_t, MatrixView<float>,
                                  MatrixView<float>, float *);
@@ -32,9 +31,7 @@ const char *gemm_isa();
 
 // The blocking of gemm<T> (see gemm_kernel.h): micro-tile MR x NR, depth block KC, column
 // block NC, row block MC. For tests that aim at block edges, and for benchmark reports.
-struct GemmBlocking {
-  int64_t mr, nr, kc, nc, mc;
-};
+struct GemmBlocking { int64_t mr, nr, kc, nc, mc; };
 template <class T> GemmBlocking gemm_blocking();
 extern template GemmBlocking gemm_blocking<float>();
 extern template GemmBlocking gemm_blocking<double>();

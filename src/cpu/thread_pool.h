@@ -46,9 +46,7 @@ template <class F> void parallel(int n_threads, F &&f) {
 
 // The part [begin, end) of [0, total) that thread t of n gets: contiguous, in multiples of
 // `grain` (so chunk boundaries stay aligned), as even as the grain allows.
-struct Range {
-  int64_t begin, end;
-};
+struct Range { int64_t begin, end; };
 inline Range split_range(int64_t total, int t, int n, int64_t grain = 1) {
   const int64_t units = (total + grain - 1) / grain;
   const int64_t per = units / n, extra = units % n;

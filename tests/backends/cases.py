@@ -19,7 +19,8 @@ thresholds (16, 64, 256, 1024).
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
+from collections.abc import Iterator
+from typing import Callable, NamedTuple
 
 import numpy as np
 from primitive_calls import Out, operand, row_indices, view_of, writes_each_element_once
@@ -35,21 +36,21 @@ class Backend(NamedTuple):
 
     id: str
     mod: object
-    dtypes: Tuple[str, ...]
+    dtypes: tuple[str, ...]
     fast: bool = True
     ordered_scatter: bool = True
 
     @property
-    def sizes(self) -> Tuple[int, ...]:
+    def sizes(self) -> tuple[int, ...]:
         return SIZES + ((70001,) if self.fast else ())
 
 
 class Case(NamedTuple):
     label: str
     args: tuple
-    tol: Callable[[str], Optional[dict]]  # dtype -> assert_allclose tolerances; None: bitwise
+    tol: Callable[[str], dict | None]  # dtype -> assert_allclose tolerances; None: bitwise
     # For scatter_add_rows run by an implementation that adds in no fixed order (atomics).
-    unordered_tol: Optional[Callable[[str], dict]] = None
+    unordered_tol: Callable[[str], dict] | None = None
 
 
 def exact(dtype):
@@ -89,10 +90,23 @@ SIZES = (0, 1, 3, 4, 5, 7, 255, 256, 257, 1001, 1027)
 # Operators whose result is exact on every backend (no rounding): compared bitwise.
 EXACT_OPS = {"neg", "abs", "sign", "relu", "maximum", "eq", "ge"}
 # Inputs where each operator is well defined (primitive_calls.operand kinds); others: "normal".
-UNARY_DOMAIN = {"sign": "ties", "relu": "ties", "log": "positive", "sqrt": "positive",
-                "rsqrt": "positive", "sin": "wide", "cos": "wide", "sigmoid": "wide"}
-BINARY_DOMAIN = {"div": ("normal", "nonzero"), "power": ("positive", "normal"),
-                 "maximum": ("ties", "ties"), "eq": ("ties", "ties"), "ge": ("ties", "ties")}
+UNARY_DOMAIN = {
+    "sign": "ties",
+    "relu": "ties",
+    "log": "positive",
+    "sqrt": "positive",
+    "rsqrt": "positive",
+    "sin": "wide",
+    "cos": "wide",
+    "sigmoid": "wide",
+}
+BINARY_DOMAIN = {
+    "div": ("normal", "nonzero"),
+    "power": ("positive", "normal"),
+    "maximum": ("ties", "ties"),
+    "eq": ("ties", "ties"),
+    "ge": ("ties", "ties"),
+}
 SCALAR_VALUES = {  # op: (kind of a, values)
     "add": ("normal", [0.0, -1.5, 3]),
     "sub": ("normal", [0.0, 2.25, -7]),
@@ -106,8 +120,7 @@ SCALAR_VALUES = {  # op: (kind of a, values)
     "ge": ("ties", [0.0, 1, -0.5]),
 }
 # 800: exp overflows even in float64 (sigmoid must not).
-SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e30, -1e30, 2.0, 800.0,
-                    -800.0])
+SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e30, -1e30, 2.0, 800.0, -800.0])
 # Special values are left out where backends may rightly differ: sin and cos of 1e30 (argument
 # reduction differs between NumPy's float32 loops and libm), and power, where Metal's pow
 # and NumPy's part ways on infinite exponents of negative bases (the negative-base case
@@ -115,8 +128,10 @@ SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e30, -1e30, 
 NO_SPECIAL = {"sin", "cos"}
 NEGATIVE_BASES = np.array([-2.0, -1.5, -0.5, -3.0, 0.0, -0.0, 2.0])
 # float32 sin/cos of |x| ~ 150 differ in the last bits between libm and CUDA's libdevice.
-UNARY_TOL = {"sin": {"float32": dict(rtol=1e-5, atol=1e-5)},
-             "cos": {"float32": dict(rtol=1e-5, atol=1e-5)}}
+UNARY_TOL = {
+    "sin": {"float32": dict(rtol=1e-5, atol=1e-5)},
+    "cos": {"float32": dict(rtol=1e-5, atol=1e-5)},
+}
 
 
 def _op(prim) -> str:
@@ -162,12 +177,14 @@ def _scalar(prim, backend, rng):
             yield Case(f"size {size}, val {val}", (a, val, Out(size)), tol)
     if op not in NO_SPECIAL:
         for val in (np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0):
-            yield Case(f"NaN, inf, signed zeros, val {val}", (SPECIAL, val, Out(SPECIAL.size)),
-                       tol)
+            yield Case(f"NaN, inf, signed zeros, val {val}", (SPECIAL, val, Out(SPECIAL.size)), tol)
     if op == "power":
         for exponent in (2, 3, 0, -1, -2, 0.5, 7):
-            yield Case(f"negative bases ** {exponent}",
-                       (NEGATIVE_BASES, exponent, Out(NEGATIVE_BASES.size)), tol)
+            yield Case(
+                f"negative bases ** {exponent}",
+                (NEGATIVE_BASES, exponent, Out(NEGATIVE_BASES.size)),
+                tol,
+            )
     # The scalar is rounded to the array's dtype first: 0.1 is float32(0.1) against a float32
     # array (eq finds it), 1e39 is inf.
     a = np.array([0.1, 0.2, 1.5, -3.0])
@@ -188,8 +205,11 @@ def _axpby(prim, backend, rng):
     for size in (0,) + backend.sizes:
         a, b = operand(rng, "normal", size), operand(rng, "normal", size)
         for alpha, beta in AXPBY:
-            yield Case(f"size {size}, alpha {alpha}, beta {beta}",
-                       (a, b, alpha, beta, Out(size)), axpby_tol(a, b, alpha, beta))
+            yield Case(
+                f"size {size}, alpha {alpha}, beta {beta}",
+                (a, b, alpha, beta, Out(size)),
+                axpby_tol(a, b, alpha, beta),
+            )
     # 1e-46 is 0 in float32: 1e-46 * 1e38 is then 0, not the 1e-8 of a product in double.
     big, small = np.array([1e38, -3e38, 2.0]), np.array([1e-9, -2e-9, 0.5])
     rounding = lambda dtype: dict(rtol=4 * EPS[dtype], atol=0)  # noqa: E731
@@ -206,13 +226,15 @@ def _broadcast_binary(prim, backend, rng):
     for op in VECTOR_OPS:
         kind = "ties" if op in ("maximum", "eq", "ge") else "nonzero" if op == "div" else "normal"
         for (outer, inner), per_column, vector_first in itertools.product(
-                shapes, (True, False), (False, True)):
+            shapes, (True, False), (False, True)
+        ):
             full = operand(rng, kind, outer * inner)
             vector = operand(rng, kind, inner if per_column else outer)
-            yield Case(f"{op} {outer}x{inner} per_column={per_column} "
-                       f"vector_first={vector_first}",
-                       (op, full, vector, Out(outer * inner), outer, inner, per_column,
-                        vector_first), _op_tol(op))
+            yield Case(
+                f"{op} {outer}x{inner} per_column={per_column} vector_first={vector_first}",
+                (op, full, vector, Out(outer * inner), outer, inner, per_column, vector_first),
+                _op_tol(op),
+            )
 
 
 def _reference_broadcast_binary(backend):
@@ -244,9 +266,14 @@ VIEWS = {
     "broadcast columns": _numpy_view(3, lambda x: np.broadcast_to(x[:, None], (3, 5))),
     "broadcast, 300 of one": (3, (300,), (0,), 1),
     "7-d, no two axes mergeable": _numpy_view(
-        432, lambda x: x.reshape(2, 3, 2, 3, 2, 3, 2).transpose(6, 5, 4, 3, 2, 1, 0)[:, ::-1]),
-    "10-d with size-1 axes": (40, (2, 1, 3, 1, 2, 1, 2, 1, 1, 1), (20, 9, 6, 4, 3, 2, 1, 7, 5, 3),
-                              0),
+        432, lambda x: x.reshape(2, 3, 2, 3, 2, 3, 2).transpose(6, 5, 4, 3, 2, 1, 0)[:, ::-1]
+    ),
+    "10-d with size-1 axes": (
+        40,
+        (2, 1, 3, 1, 2, 1, 2, 1, 1, 1),
+        (20, 9, 6, 4, 3, 2, 1, 7, 5, 3),
+        0,
+    ),
     "0-d": (9, (), (), 4),
     "empty": (4, (0, 3), (3, 1), 0),
     "one element, size-1 axes": (5, (1, 1), (5, 7), 2),
@@ -276,8 +303,12 @@ def _from_numpy(prim, backend, rng):
     for size in (0, 1, 1001):
         yield Case(f"size {size}", (rng.standard_normal(size), Out(size)), exact)
     x = rng.standard_normal((6, 4))
-    for label, src in [("transposed", x.T), ("strided", x[::2]), ("reversed", x[:, ::-1]),
-                       ("Fortran order", np.asfortranarray(x))]:
+    for label, src in [
+        ("transposed", x.T),
+        ("strided", x[::2]),
+        ("reversed", x[:, ::-1]),
+        ("Fortran order", np.asfortranarray(x)),
+    ]:
         yield Case(f"a {label} array", (src, Out(src.size)), exact)
 
 
@@ -295,15 +326,15 @@ def _compact(prim, backend, rng):
 def _ewise_setitem(prim, backend, rng):
     for label, size, shape, strides, offset in _views(writes=True):
         src = -np.arange(int(np.prod(shape)), dtype=float)
-        yield Case(label, (src, Out(size, np.arange(size) + 1.0), shape, strides, offset),
-                   exact)
+        yield Case(label, (src, Out(size, np.arange(size) + 1.0), shape, strides, offset), exact)
 
 
 def _scalar_setitem(prim, backend, rng):
     for label, size, shape, strides, offset in _views():
         n = int(np.prod(shape))
-        yield Case(label, (n, -4.0, Out(size, np.arange(size) + 1.0), shape, strides, offset),
-                   exact)
+        yield Case(
+            label, (n, -4.0, Out(size, np.arange(size) + 1.0), shape, strides, offset), exact
+        )
 
 
 # ---- linear algebra -----------------------------------------------------------------------
@@ -312,8 +343,16 @@ def _scalar_setitem(prim, backend, rng):
 MATMUL_SHAPES = sorted(
     set(itertools.product((1, 7, 17, 65), repeat=3))
     | {(d, d, d) for d in (1, 3, 7, 8, 9, 15, 16, 17, 33, 63, 64, 65)}
-    | {(7, 130, 9), (130, 7, 64), (64, 9, 130), (33, 16, 63), (8, 15, 1), (1, 130, 65),
-       (129, 3, 9), (3, 129, 65)}
+    | {
+        (7, 130, 9),
+        (130, 7, 64),
+        (64, 9, 130),
+        (33, 16, 63),
+        (8, 15, 1),
+        (1, 130, 65),
+        (129, 3, 9),
+        (3, 129, 65),
+    }
 )
 # On backends fast enough: cubes on each side of 128, and two row tiles of 128 with 33
 # k-slices of 8 and ragged columns.
@@ -322,24 +361,45 @@ LARGE_MATMUL = [(127, 127, 127), (129, 129, 129), (130, 130, 130), (130, 257, 13
 
 def _matmul(prim, backend, rng):
     for m, n, p in MATMUL_SHAPES + (LARGE_MATMUL if backend.fast else []):
-        yield Case(f"{m}x{n} @ {n}x{p}", (rng.standard_normal(m * n),
-                                          rng.standard_normal(n * p), Out(m * p), m, n, p),
-                   matmul_tol(n))
+        yield Case(
+            f"{m}x{n} @ {n}x{p}",
+            (rng.standard_normal(m * n), rng.standard_normal(n * p), Out(m * p), m, n, p),
+            matmul_tol(n),
+        )
     m, n, p = 5, 6, 7
-    yield Case("operands longer than the matrices",
-               (rng.standard_normal(m * n + 3), rng.standard_normal(n * p + 11), Out(m * p),
-                m, n, p), matmul_tol(n))
+    yield Case(
+        "operands longer than the matrices",
+        (rng.standard_normal(m * n + 3), rng.standard_normal(n * p + 11), Out(m * p), m, n, p),
+        matmul_tol(n),
+    )
 
 
-BATCHED = [(1, 1, 1, 1), (1, 7, 33, 5), (3, 1, 9, 4), (4, 17, 8, 33), (2, 65, 20, 70),
-           (2, 64, 130, 70), (5, 3, 4, 2)]
+BATCHED = [
+    (1, 1, 1, 1),
+    (1, 7, 33, 5),
+    (3, 1, 9, 4),
+    (4, 17, 8, 33),
+    (2, 65, 20, 70),
+    (2, 64, 130, 70),
+    (5, 3, 4, 2),
+]
 
 
 def _batched_matmul(prim, backend, rng):
     for batch, m, n, p in BATCHED:
-        yield Case(f"{batch} x {m}x{n} @ {n}x{p}",
-                   (rng.standard_normal(batch * m * n), rng.standard_normal(batch * n * p),
-                    Out(batch * m * p), batch, m, n, p), matmul_tol(n))
+        yield Case(
+            f"{batch} x {m}x{n} @ {n}x{p}",
+            (
+                rng.standard_normal(batch * m * n),
+                rng.standard_normal(batch * n * p),
+                Out(batch * m * p),
+                batch,
+                m,
+                n,
+                p,
+            ),
+            matmul_tol(n),
+        )
 
 
 def _strided_operand(rng, batch, rows, cols, form):
@@ -366,18 +426,22 @@ def _matmul_strided(prim, backend, rng):
     for (batch, m, n, p), a_form, b_form in itertools.product(shapes, FORMS, FORMS):
         a, a_off, a_str = _strided_operand(rng, batch, m, n, a_form)
         b, b_off, b_str = _strided_operand(rng, batch, n, p, b_form)
-        yield Case(f"{batch} x {m}x{n} {a_form} @ {n}x{p} {b_form}",
-                   (a, b, Out(batch * m * p), batch, m, n, p, a_off, a_str, b_off, b_str),
-                   matmul_tol(n))
+        yield Case(
+            f"{batch} x {m}x{n} {a_form} @ {n}x{p} {b_form}",
+            (a, b, Out(batch * m * p), batch, m, n, p, a_off, a_str, b_off, b_str),
+            matmul_tol(n),
+        )
 
 
 def _matmul_tiled(prim, backend, rng):
     t = primitives.tile_size(backend.mod)
     for m, n, p in [(1, 1, 1), (2, 1, 3), (1, 5, 2), (4, 8, 6), (9, 8, 10)]:
         m, n, p = m * t, n * t, p * t
-        yield Case(f"{m}x{n} @ {n}x{p} in {t}x{t} tiles",
-                   (rng.standard_normal(m * n), rng.standard_normal(n * p), Out(m * p), m, n, p),
-                   matmul_tol(n))
+        yield Case(
+            f"{m}x{n} @ {n}x{p} in {t}x{t} tiles",
+            (rng.standard_normal(m * n), rng.standard_normal(n * p), Out(m * p), m, n, p),
+            matmul_tol(n),
+        )
 
 
 def _reference_matmul_tiled(backend):
@@ -397,13 +461,19 @@ def _reference_matmul_tiled(backend):
 # Rows on each side of the backends' thresholds: 16 (CUDA: a thread per row), 64 (Metal: a
 # thread per row), 256 (a threadgroup), 1024 (CUDA: a warp per row); 300 rows of few
 # elements; few rows of many (a block per row, cut into chunks).
-REDUCE_SIZES = (1, 2, 7, 8, 9, 16, 17, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 1024, 1025,
-                4097)
-REDUCE_SHAPES = (list(itertools.product((0, 1, 5), REDUCE_SIZES))
-                 + [(300, 1), (300, 7), (300, 64), (40, 1100), (1, 9000), (2, 50001)])
+REDUCE_SIZES = (1, 2, 7, 8, 9, 16, 17, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 1024, 1025, 4097)
+REDUCE_SHAPES = list(itertools.product((0, 1, 5), REDUCE_SIZES)) + [
+    (300, 1),
+    (300, 7),
+    (300, 64),
+    (40, 1100),
+    (1, 9000),
+    (2, 50001),
+]
 LARGE_REDUCE = [(300, 1100)]  # many long rows (CUDA: a warp per row past 64 rows per SM)
-NAN_INF_ROWS = np.array([1.0, np.nan, 3.0, np.nan, -np.inf, 2.0, -np.inf, -np.inf, np.inf, 5.0,
-                         0.0, 1.0])
+NAN_INF_ROWS = np.array(
+    [1.0, np.nan, 3.0, np.nan, -np.inf, 2.0, -np.inf, -np.inf, np.inf, 5.0, 0.0, 1.0]
+)
 
 
 def _reduce_last(prim, backend, rng):
@@ -421,24 +491,40 @@ def _reduce_last(prim, backend, rng):
 
 # (outer, reduce_size, inner): inner 1 (rows), 2 and 3 (several rows of the reduced axis per
 # warp), 32 and 33 (a tile edge), past a threadgroup and past a 4096-column chunk.
-AXIS_SHAPES = [(0, 3, 4), (1, 5, 3), (4, 1, 7), (2, 7, 1), (1, 300, 1), (3, 5, 2), (5, 2, 300),
-               (3, 100, 257), (1, 5000, 3), (4, 100, 32), (2, 9, 33), (1, 300, 70),
-               (2, 3, 4097)]
+AXIS_SHAPES = [
+    (0, 3, 4),
+    (1, 5, 3),
+    (4, 1, 7),
+    (2, 7, 1),
+    (1, 300, 1),
+    (3, 5, 2),
+    (5, 2, 300),
+    (3, 100, 257),
+    (1, 5000, 3),
+    (4, 100, 32),
+    (2, 9, 33),
+    (1, 300, 70),
+    (2, 3, 4097),
+]
 
 
 def _reduce_axis(prim, backend, rng):
     tol = exact if prim.name.startswith("reduce_max") else None
     for outer, size, inner in AXIS_SHAPES:
         a = rng.standard_normal(outer * size * inner) + 0.5
-        yield Case(f"({outer}, {size}, {inner})", (a, Out(outer * inner), outer, size, inner),
-                   tol or sum_tol(size))
+        yield Case(
+            f"({outer}, {size}, {inner})",
+            (a, Out(outer * inner), outer, size, inner),
+            tol or sum_tol(size),
+        )
     for inner in (1, 5, 40):
         a = rng.standard_normal(3 * 7 * inner)
         a[rng.integers(0, a.size, 4)] = np.nan
         a[rng.integers(0, a.size, 3)] = np.inf
         a[rng.integers(0, a.size, 3)] = -np.inf
-        yield Case(f"NaN, inf, (3, 7, {inner})", (a, Out(3 * inner), 3, 7, inner),
-                   tol or elementwise)
+        yield Case(
+            f"NaN, inf, (3, 7, {inner})", (a, Out(3 * inner), 3, 7, inner), tol or elementwise
+        )
 
 
 # ---- rows by index ------------------------------------------------------------------------
@@ -447,10 +533,18 @@ def _reduce_axis(prim, backend, rng):
 # both sides of a threadgroup; "same" sends every index to one row, "distinct" is a
 # permutation, "random" repeats some.
 ROWS_CASES = [
-    (5, 0, 3, "random"), (5, 1, 3, "random"), (1, 1, 1, "random"), (9, 40, 1, "random"),
-    (300, 40, 1, "random"), (12, 12, 7, "distinct"), (50, 300, 7, "random"),
-    (6, 33, 257, "same"), (40, 64, 100, "random"), (50, 400, 100, "random"),
-    (60, 200, 130, "random"), (3, 500, 130, "same"),
+    (5, 0, 3, "random"),
+    (5, 1, 3, "random"),
+    (1, 1, 1, "random"),
+    (9, 40, 1, "random"),
+    (300, 40, 1, "random"),
+    (12, 12, 7, "distinct"),
+    (50, 300, 7, "random"),
+    (6, 33, 257, "same"),
+    (40, 64, 100, "random"),
+    (50, 400, 100, "random"),
+    (60, 200, 130, "random"),
+    (3, 500, 130, "same"),
 ]
 LARGE_ROWS = (1000, 600, 130, "random")  # 78,000 elements: several turns of a grid-stride loop
 FIRST_N = np.array([6, 0, 6, 2, 1, 3, 5], dtype=float)  # only the first 4 are used
@@ -463,11 +557,17 @@ def _rows_cases(backend):
 def _gather_rows(prim, backend, rng):
     for rows, n, row_size, kind in _rows_cases(backend):
         table, indices = rng.standard_normal(rows * row_size), row_indices(rng, rows, n, kind)
-        yield Case(f"{n} of {rows} rows of {row_size}, {kind}",
-                   (table, indices, Out(n * row_size), n, row_size), exact)
+        yield Case(
+            f"{n} of {rows} rows of {row_size}, {kind}",
+            (table, indices, Out(n * row_size), n, row_size),
+            exact,
+        )
     # indices longer than n, a table ending in a partial row: only the first n count
-    yield Case("the first n indices, whole rows",
-               (rng.standard_normal(7 * 5 + 3), FIRST_N, Out(4 * 5), 4, 5), exact)
+    yield Case(
+        "the first n indices, whole rows",
+        (rng.standard_normal(7 * 5 + 3), FIRST_N, Out(4 * 5), 4, 5),
+        exact,
+    )
     # Index 69,999 and its neighbours: an index that went through too few bits, or a row
     # offset computed in float, lands elsewhere.
     rows, n = 70_000, 300
@@ -477,16 +577,32 @@ def _gather_rows(prim, backend, rng):
 
 def _scatter_add_rows(prim, backend, rng):
     def case(label, a, indices, init, n, row_size):
-        return Case(label, (a, indices, Out(init.size, init), n, row_size), exact,
-                    scatter_add_tol(a, init, indices[:n]))
+        return Case(
+            label,
+            (a, indices, Out(init.size, init), n, row_size),
+            exact,
+            scatter_add_tol(a, init, indices[:n]),
+        )
 
     for rows, n, row_size, kind in _rows_cases(backend):
         a, indices = rng.standard_normal(n * row_size), row_indices(rng, rows, n, kind)
         # Adds onto what out holds (random, not zeros); repeated indices add up.
-        yield case(f"{n} into {rows} rows of {row_size}, {kind}", a, indices,
-                   rng.standard_normal(rows * row_size), n, row_size)
-    yield case("the first n indices and rows, whole rows", rng.standard_normal(6 * 5),
-               FIRST_N, rng.standard_normal(7 * 5 + 2), 4, 5)
+        yield case(
+            f"{n} into {rows} rows of {row_size}, {kind}",
+            a,
+            indices,
+            rng.standard_normal(rows * row_size),
+            n,
+            row_size,
+        )
+    yield case(
+        "the first n indices and rows, whole rows",
+        rng.standard_normal(6 * 5),
+        FIRST_N,
+        rng.standard_normal(7 * 5 + 2),
+        4,
+        5,
+    )
     rows, n = 70_000, 300
     far = np.concatenate([[rows - 1, rows - 2, 65_537, 0], rng.integers(0, rows, n - 4)])
     yield case("far rows", rng.standard_normal(n), far, rng.standard_normal(rows), n, 1)
@@ -497,19 +613,30 @@ def _synchronize(prim, backend, rng):
 
 
 # ---- the generators of every row ------------------------------------------------------------
-GENERATORS: Dict[str, Callable] = {
-    "to_numpy": _to_numpy, "from_numpy": _from_numpy, "fill": _fill, "compact": _compact,
-    "ewise_setitem": _ewise_setitem, "scalar_setitem": _scalar_setitem,
-    "ewise_axpby": _axpby, "ewise_broadcast_binary": _broadcast_binary,
-    "matmul": _matmul, "batched_matmul": _batched_matmul, "matmul_strided": _matmul_strided,
-    "matmul_tiled": _matmul_tiled, "reduce_sum": _reduce_last, "reduce_max": _reduce_last,
-    "reduce_sum_axis": _reduce_axis, "reduce_max_axis": _reduce_axis,
-    "gather_rows": _gather_rows, "scatter_add_rows": _scatter_add_rows,
+GENERATORS: dict[str, Callable] = {
+    "to_numpy": _to_numpy,
+    "from_numpy": _from_numpy,
+    "fill": _fill,
+    "compact": _compact,
+    "ewise_setitem": _ewise_setitem,
+    "scalar_setitem": _scalar_setitem,
+    "ewise_axpby": _axpby,
+    "ewise_broadcast_binary": _broadcast_binary,
+    "matmul": _matmul,
+    "batched_matmul": _batched_matmul,
+    "matmul_strided": _matmul_strided,
+    "matmul_tiled": _matmul_tiled,
+    "reduce_sum": _reduce_last,
+    "reduce_max": _reduce_last,
+    "reduce_sum_axis": _reduce_axis,
+    "reduce_max_axis": _reduce_axis,
+    "gather_rows": _gather_rows,
+    "scatter_add_rows": _scatter_add_rows,
     "synchronize": _synchronize,
 }
 # References for optional rows the NumPy backend leaves to the table's fallback: written
 # here with NumPy directly, so the fallback is checked against something independent of it.
-INDEPENDENT: Dict[str, Callable] = {
+INDEPENDENT: dict[str, Callable] = {
     "ewise_broadcast_binary": _reference_broadcast_binary,
     "matmul_tiled": _reference_matmul_tiled,
 }
@@ -534,7 +661,7 @@ def reference(prim, backend) -> Callable:
     return own if own is not None else INDEPENDENT[prim.name](backend)
 
 
-def implementations(mod, prim) -> Iterator[Tuple[str, Callable]]:
+def implementations(mod, prim) -> Iterator[tuple[str, Callable]]:
     """What runs `prim` on `mod`: its own function, and for an optional row also the table's
     fallback over its core primitives (so every fallback runs on every backend)."""
     own = getattr(mod, prim.name, None)

@@ -13,7 +13,7 @@ the backend holds. Nothing is generated for a backend that is not here.
 """
 
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, Optional, Tuple
+from typing import Callable, Optional
 
 import pytest
 
@@ -27,15 +27,15 @@ from .cases import Backend
 class Spec:
     id: str
     build: Callable[[], object]
-    dtypes: Tuple[str, ...] = primitives.DTYPES
-    groups: Optional[FrozenSet[str]] = None  # the table's groups it runs (None: all)
+    dtypes: tuple[str, ...] = primitives.DTYPES
+    groups: Optional[frozenset[str]] = None  # the table's groups it runs (None: all)
     # Large cases too (70,001 elements, matmuls past 256): not on the MSL emulation, which
     # runs every GPU thread as an OS thread.
     fast: bool = True
     # scatter_add_rows adds repeated rows in index order, so its sums are NumPy's to the bit
     # (CUDA adds with atomics, in no fixed order).
     ordered_scatter: bool = True
-    build_errors: Tuple[type, ...] = ()  # errors that mean "cannot run here": a skip
+    build_errors: tuple[type, ...] = ()  # errors that mean "cannot run here": a skip
 
 
 def _cuda_emulation():
@@ -49,8 +49,9 @@ def _metal_emulation(*matmul_kernels):
 
     if not matmul_kernels:
         return harness.emulated_backend()
-    return harness.emulated_backend(f"metal_emulated_{matmul_kernels[0][7:]}",
-                                    matmul_kernels=matmul_kernels)
+    return harness.emulated_backend(
+        f"metal_emulated_{matmul_kernels[0][7:]}", matmul_kernels=matmul_kernels
+    )
 
 
 def _specs():
@@ -60,19 +61,33 @@ def _specs():
         specs.append(Spec("cpu", lambda: cpu.mod, tuple(cpu.mod.DTYPES)))
     # Another engineer may be mid-change in the CUDA emulation: any error building it is a
     # skip with that error, not a failure of every conformance test.
-    specs.append(Spec("cuda_emulated", _cuda_emulation, ordered_scatter=False,
-                      build_errors=(Exception,)))
+    specs.append(
+        Spec("cuda_emulated", _cuda_emulation, ordered_scatter=False, build_errors=(Exception,))
+    )
     from metal_emulation.harness import BuildError
 
     metal_dtypes = metal_primitives.MetalBackend.DTYPES
-    specs.append(Spec("metal_emulated", _metal_emulation, metal_dtypes, fast=False,
-                      build_errors=(BuildError,)))
-    specs.append(Spec("metal_emulated_threadgroup",
-                      lambda: _metal_emulation("matmul_threadgroup"), metal_dtypes,
-                      groups=frozenset({"linalg"}), fast=False, build_errors=(BuildError,)))
+    specs.append(
+        Spec(
+            "metal_emulated", _metal_emulation, metal_dtypes, fast=False, build_errors=(BuildError,)
+        )
+    )
+    specs.append(
+        Spec(
+            "metal_emulated_threadgroup",
+            lambda: _metal_emulation("matmul_threadgroup"),
+            metal_dtypes,
+            groups=frozenset({"linalg"}),
+            fast=False,
+            build_errors=(BuildError,),
+        )
+    )
     if ndl.cuda().enabled():
-        specs.append(Spec("cuda", lambda: ndl.cuda().mod, tuple(ndl.cuda().mod.DTYPES),
-                          ordered_scatter=False))
+        specs.append(
+            Spec(
+                "cuda", lambda: ndl.cuda().mod, tuple(ndl.cuda().mod.DTYPES), ordered_scatter=False
+            )
+        )
     for name in ("metal", "mps"):
         device = getattr(ndl, name)()
         if device.enabled():
@@ -91,21 +106,31 @@ def pytest_generate_tests(metafunc):
     values, ids = [], []
     for spec in SPECS:
         if "prim" in names:
-            rows = [p for p in primitives.TABLE.values()
-                    if spec.groups is None or p.group in spec.groups]
+            rows = [
+                p
+                for p in primitives.TABLE.values()
+                if spec.groups is None or p.group in spec.groups
+            ]
         elif spec.groups is not None:
             continue
         else:
             rows = [None]
         for prim in rows:
-            dtypes = [d for d in (prim.dtypes if prim else primitives.DTYPES)
-                      if d in spec.dtypes] if "dtype" in names else [None]
+            dtypes = (
+                [d for d in (prim.dtypes if prim else primitives.DTYPES) if d in spec.dtypes]
+                if "dtype" in names
+                else [None]
+            )
             for dtype in dtypes:
-                value = [spec] + ([prim] if "prim" in names else []) + (
-                    [dtype] if "dtype" in names else [])
+                value = (
+                    [spec]
+                    + ([prim] if "prim" in names else [])
+                    + ([dtype] if "dtype" in names else [])
+                )
                 values.append(tuple(value) if len(value) > 1 else spec)
-                ids.append("-".join([spec.id] + ([prim.name] if prim else []) +
-                                    ([dtype] if dtype else [])))
+                ids.append(
+                    "-".join([spec.id] + ([prim.name] if prim else []) + ([dtype] if dtype else []))
+                )
     metafunc.parametrize(",".join(names), values, ids=ids, indirect=["backend"])
 
 
@@ -114,8 +139,9 @@ def backend(request) -> Backend:
     spec = request.param
     if spec.id not in _BUILT:
         try:
-            _BUILT[spec.id] = Backend(spec.id, spec.build(), spec.dtypes, spec.fast,
-                                      spec.ordered_scatter)
+            _BUILT[spec.id] = Backend(
+                spec.id, spec.build(), spec.dtypes, spec.fast, spec.ordered_scatter
+            )
         except spec.build_errors as error:
             _BUILT[spec.id] = error
     built = _BUILT[spec.id]

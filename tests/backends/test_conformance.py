@@ -48,8 +48,11 @@ SLOW_FALLBACK_ELEMENTS = 2048
 
 
 def _elements(args) -> int:
-    return max([np.size(a) for a in args if isinstance(a, np.ndarray)]
-               + [a.size for a in args if isinstance(a, Out)] + [0])
+    return max(
+        [np.size(a) for a in args if isinstance(a, np.ndarray)]
+        + [a.size for a in args if isinstance(a, Out)]
+        + [0]
+    )
 
 
 def _skipped(backend, label, args) -> bool:
@@ -59,8 +62,10 @@ def _skipped(backend, label, args) -> bool:
 def test_primitive(backend, prim, dtype):
     ref = reference(prim, backend)
     with np.errstate(all="ignore"):
-        expected = [(case, call(nb_np, prim.name, *case.args, dtype=dtype, impl=ref))
-                    for case in cases(prim, backend)]
+        expected = [
+            (case, call(nb_np, prim.name, *case.args, dtype=dtype, impl=ref))
+            for case in cases(prim, backend)
+        ]
         assert expected, f"no cases for {prim.name}"
         for label, impl in implementations(backend.mod, prim):
             ordered = backend.ordered_scatter or label == "fallback"
@@ -71,13 +76,19 @@ def test_primitive(backend, prim, dtype):
                 if tol is None and case.unordered_tol is not None and not ordered:
                     tol = case.unordered_tol(dtype)
                 got = call(backend.mod, prim.name, *case.args, dtype=dtype, impl=impl)
-                compare(got, want, tol, dtype,
-                        f"{backend.id} {label} {prim.signature} in {dtype}: {case.label}")
+                compare(
+                    got,
+                    want,
+                    tol,
+                    dtype,
+                    f"{backend.id} {label} {prim.signature} in {dtype}: {case.label}",
+                )
 
 
 # ---- properties beyond one call ---------------------------------------------------------------
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(view=strided_views(), val=st.floats(-1e6, 1e6))
 def test_layout_on_random_views(backend, dtype, view, val):
     """to_numpy, compact, scalar_setitem and (where no two elements share storage)
@@ -86,14 +97,21 @@ def test_layout_on_random_views(backend, dtype, view, val):
     size, shape, strides, offset = view
     n = math.prod(shape)
     data, src = np.random.default_rng(size).standard_normal((2, size))
-    args = {"to_numpy": (data, shape, strides, offset),
-            "compact": (data, Out(n), shape, strides, offset),
-            "scalar_setitem": (n, val, Out(size, data), shape, strides, offset)}
+    args = {
+        "to_numpy": (data, shape, strides, offset),
+        "compact": (data, Out(n), shape, strides, offset),
+        "scalar_setitem": (n, val, Out(size, data), shape, strides, offset),
+    }
     if writes_each_element_once(shape, strides, offset):
         args["ewise_setitem"] = (src[:n], Out(size, data), shape, strides, offset)
     for name, arg in args.items():
-        compare(call(backend.mod, name, *arg, dtype=dtype), call(nb_np, name, *arg, dtype=dtype),
-                None, dtype, f"{name} of {view}")
+        compare(
+            call(backend.mod, name, *arg, dtype=dtype),
+            call(nb_np, name, *arg, dtype=dtype),
+            None,
+            dtype,
+            f"{name} of {view}",
+        )
 
 
 @st.composite
@@ -123,28 +141,45 @@ def matmul_problems(draw):
     return batch, m, n, p, draw(matmul_operand(batch, m, n)), draw(matmul_operand(batch, n, p))
 
 
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(problem=matmul_problems())
 def test_matmul_strided_on_random_views(backend, dtype, problem):
     """matmul_strided (own and fallback) on operand views drawn at random."""
     batch, m, n, p, (a_size, a_offset, a_strides), (b_size, b_offset, b_strides) = problem
     rng = np.random.default_rng(a_size * 1000 + b_size)
-    args = (rng.standard_normal(a_size), rng.standard_normal(b_size), Out(batch * m * p), batch,
-            m, n, p, a_offset, a_strides, b_offset, b_strides)
+    args = (
+        rng.standard_normal(a_size),
+        rng.standard_normal(b_size),
+        Out(batch * m * p),
+        batch,
+        m,
+        n,
+        p,
+        a_offset,
+        a_strides,
+        b_offset,
+        b_strides,
+    )
     want = call(nb_np, "matmul_strided", *args, dtype=dtype)
     for label, impl in implementations(backend.mod, primitives.TABLE["matmul_strided"]):
         if _skipped(backend, label, args):
             continue
-        compare(call(backend.mod, "matmul_strided", *args, dtype=dtype, impl=impl), want,
-                matmul_tol(n)(dtype), dtype, f"{label} {problem}")
+        compare(
+            call(backend.mod, "matmul_strided", *args, dtype=dtype, impl=impl),
+            want,
+            matmul_tol(n)(dtype),
+            dtype,
+            f"{label} {problem}",
+        )
 
 
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(outer=st.integers(0, 4), reduce_size=st.integers(1, 300), inner=st.integers(1, 70))
-def test_reductions_over_a_middle_axis_of_random_shapes(backend, dtype, outer, reduce_size,
-                                                        inner):
+def test_reductions_over_a_middle_axis_of_random_shapes(backend, dtype, outer, reduce_size, inner):
     a = np.random.default_rng(reduce_size).standard_normal(outer * reduce_size * inner) + 0.5
     args = (a, Out(outer * inner), outer, reduce_size, inner)
     for name, tol in (("reduce_sum_axis", sum_tol(reduce_size)(dtype)), ("reduce_max_axis", None)):
@@ -152,8 +187,13 @@ def test_reductions_over_a_middle_axis_of_random_shapes(backend, dtype, outer, r
         for label, impl in implementations(backend.mod, primitives.TABLE[name]):
             if _skipped(backend, label, args):
                 continue
-            compare(call(backend.mod, name, *args, dtype=dtype, impl=impl), want, tol, dtype,
-                    f"{label} {name} ({outer}, {reduce_size}, {inner})")
+            compare(
+                call(backend.mod, name, *args, dtype=dtype, impl=impl),
+                want,
+                tol,
+                dtype,
+                f"{label} {name} ({outer}, {reduce_size}, {inner})",
+            )
 
 
 def test_array(backend, dtype):
@@ -185,15 +225,20 @@ def test_ewise_axpby_in_place(backend, dtype):
             alpha, beta = AXPBY[i % len(AXPBY)]
             a, b = operand(rng, "normal", size), operand(rng, "normal", size)
             want = {"a": a.astype(dtype), "b": b.astype(dtype)}
-            want[target] = (np.asarray(alpha, dtype) * want["a"]
-                            + np.asarray(beta, dtype) * want["b"])
+            want[target] = (
+                np.asarray(alpha, dtype) * want["a"] + np.asarray(beta, dtype) * want["b"]
+            )
             arrays = {"a": to_array(backend.mod, a, dtype), "b": to_array(backend.mod, b, dtype)}
             impl(**arrays, alpha=alpha, beta=beta, out=arrays[target])
             what = f"{backend.id} {label} ewise_axpby into {target}, size {size}"
             for name, arr in arrays.items():
-                compare(read(backend.mod, arr), want[name],
-                        axpby_tol(a, b, alpha, beta)(dtype) if name == target else None,
-                        dtype, what)
+                compare(
+                    read(backend.mod, arr),
+                    want[name],
+                    axpby_tol(a, b, alpha, beta)(dtype) if name == target else None,
+                    dtype,
+                    what,
+                )
 
 
 def test_scatter_add_rows_leaves_other_rows_as_they_were(backend, dtype):
@@ -204,14 +249,24 @@ def test_scatter_add_rows_leaves_other_rows_as_they_were(backend, dtype):
     init = rng.standard_normal(7 * 5 + 2)
     init[5:10] = -0.0  # row 1: not among the first 4 indices
     init[15] = np.nan  # row 3: neither
-    untouched = np.r_[5:10, 15:30, 35:init.size]  # rows 1, 3, 4, 5 and the spare elements
+    untouched = np.r_[5:10, 15:30, 35 : init.size]  # rows 1, 3, 4, 5 and the spare elements
     prim = primitives.TABLE["scatter_add_rows"]
     for label, impl in implementations(backend.mod, prim):
-        got = call(backend.mod, prim.name, rng.standard_normal(6 * 5), indices,
-                   Out(init.size, init), 4, 5, dtype=dtype, impl=impl)
+        got = call(
+            backend.mod,
+            prim.name,
+            rng.standard_normal(6 * 5),
+            indices,
+            Out(init.size, init),
+            4,
+            5,
+            dtype=dtype,
+            impl=impl,
+        )
         np.testing.assert_array_equal(got[untouched], init[untouched].astype(dtype), label)
-        np.testing.assert_array_equal(np.signbit(got[untouched]), np.signbit(init[untouched]),
-                                      label)
+        np.testing.assert_array_equal(
+            np.signbit(got[untouched]), np.signbit(init[untouched]), label
+        )
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])

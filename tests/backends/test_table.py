@@ -49,8 +49,11 @@ def test_table_rows_are_consistent():
         if prim.fallback is not None:  # fallback(mod, <the table's parameters>)
             params = list(inspect.signature(prim.fallback).parameters)
             assert params == ["mod", *prim.param_names], prim.name
-    for group, ops in (("unary", primitives.UNARY), ("binary", primitives.BINARY),
-                       ("scalar", primitives.SCALAR)):
+    for group, ops in (
+        ("unary", primitives.UNARY),
+        ("binary", primitives.BINARY),
+        ("scalar", primitives.SCALAR),
+    ):
         prefix = "scalar_" if group == "scalar" else "ewise_"
         rows = {p.name for p in primitives.family(group) if p.reference is not None}
         assert rows == {prefix + op for op in ops}
@@ -71,8 +74,9 @@ def test_simplify_view_walks_the_same_memory(view):
     s_shape, s_strides, s_offset = primitives.simplify_view(shape, strides, offset)
     assert len(s_shape) == len(s_strides) >= 1 and math.prod(s_shape) == math.prod(shape)
     assert len(s_shape) <= max(len(shape), 1) and (1 not in s_shape or s_shape == (1,))
-    np.testing.assert_array_equal(element_offsets(s_shape, s_strides, s_offset),
-                                  element_offsets(shape, strides, offset))
+    np.testing.assert_array_equal(
+        element_offsets(s_shape, s_strides, s_offset), element_offsets(shape, strides, offset)
+    )
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -80,8 +84,10 @@ def _without(mod, hidden, name="partial"):
     """A module with `mod`'s attributes but those in `hidden`."""
     module = types.ModuleType(name)
     for key in dir(mod):
-        if (key not in hidden and not key.startswith("__")) or key in ("__device_name__",
-                                                                       "__tile_size__"):
+        if (key not in hidden and not key.startswith("__")) or key in (
+            "__device_name__",
+            "__tile_size__",
+        ):
             setattr(module, key, getattr(mod, key))
     return module
 
@@ -198,13 +204,15 @@ def assert_trains_like_cpu_numpy(device):
 
     def train(dev):
         np.random.seed(0)
-        model = ndl.nn.Sequential(ndl.nn.Linear(10, 20, device=dev), ndl.nn.ReLU(),
-                                  ndl.nn.Linear(20, 3, device=dev))
+        model = ndl.nn.Sequential(
+            ndl.nn.Linear(10, 20, device=dev), ndl.nn.ReLU(), ndl.nn.Linear(20, 3, device=dev)
+        )
         opt = ndl.optim.Adam(model.parameters(), lr=0.01)
         losses = []
         for _ in range(3):
-            loss = ndl.nn.SoftmaxLoss()(model(ndl.Tensor(x_np, device=dev)),
-                                        ndl.Tensor(y_np, device=dev))
+            loss = ndl.nn.SoftmaxLoss()(
+                model(ndl.Tensor(x_np, device=dev)), ndl.Tensor(y_np, device=dev)
+            )
             opt.reset_grad()
             loss.backward()
             opt.step()

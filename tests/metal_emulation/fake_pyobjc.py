@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import types
-from typing import List, Optional
 
 import numpy as np
 
@@ -49,7 +48,7 @@ class _Contents:
         memory = self._buffer.memory
         if count > memory.nbytes:
             raise FakeMetalError(f"as_buffer({count}) past a buffer of {memory.nbytes} bytes")
-        return memoryview(memory.raw[memory.start: memory.start + count])
+        return memoryview(memory.raw[memory.start : memory.start + count])
 
 
 class Buffer:
@@ -90,7 +89,7 @@ class Library:
         self.source = source
         self.kernels = set(harness.kernels_in(source))  # what Metal would compile from it
 
-    def newFunctionWithName_(self, name: str) -> Optional[Function]:
+    def newFunctionWithName_(self, name: str) -> Function | None:
         return Function(name) if name in self.kernels else None
 
 
@@ -109,7 +108,7 @@ class ComputeEncoder:
     def __init__(self, command_buffer):
         self.command_buffer = command_buffer
         self.ended = False
-        self.pipeline: Optional[Pipeline] = None
+        self.pipeline: Pipeline | None = None
         self.bindings = {}
 
     def _check_open(self):
@@ -138,8 +137,15 @@ class ComputeEncoder:
         self._check_open()
         if self.pipeline is None:
             raise FakeMetalError("dispatch without a pipeline")
-        self.command_buffer.ops.append(("kernel", self.pipeline.function.name,
-                                        dict(self.bindings), groups.tuple(), threads.tuple()))
+        self.command_buffer.ops.append(
+            (
+                "kernel",
+                self.pipeline.function.name,
+                dict(self.bindings),
+                groups.tuple(),
+                threads.tuple(),
+            )
+        )
 
     def endEncoding(self) -> None:
         self._check_open()
@@ -150,8 +156,8 @@ class ComputeEncoder:
 class CommandBuffer:
     def __init__(self, queue):
         self.queue = queue
-        self.ops: List[tuple] = []
-        self.encoder: Optional[ComputeEncoder] = None
+        self.ops: list[tuple] = []
+        self.encoder: ComputeEncoder | None = None
         self._status = MTLCommandBufferStatusNotEnqueued
 
     def check_encodable(self, by: str) -> None:
@@ -172,8 +178,9 @@ class CommandBuffer:
 
     def waitUntilCompleted(self) -> None:
         if self._status == MTLCommandBufferStatusNotEnqueued:
-            raise FakeMetalError("waitUntilCompleted on a command buffer never committed "
-                                 "(Metal would wait forever)")
+            raise FakeMetalError(
+                "waitUntilCompleted on a command buffer never committed (Metal would wait forever)"
+            )
         self.queue.run_through(self)
 
     def status(self) -> int:
@@ -203,7 +210,7 @@ class CommandBuffer:
 
 class CommandQueue:
     def __init__(self):
-        self.committed: List[CommandBuffer] = []
+        self.committed: list[CommandBuffer] = []
 
     def commandBuffer(self) -> CommandBuffer:
         return CommandBuffer(self)
@@ -217,8 +224,8 @@ class CommandQueue:
 class Device:
     def __init__(self, apple7: bool = True):
         self.apple7 = apple7
-        self.libraries: List[Library] = []
-        self.compile_options: List[CompileOptions] = []
+        self.libraries: list[Library] = []
+        self.compile_options: list[CompileOptions] = []
 
     def newCommandQueue(self) -> CommandQueue:
         return CommandQueue()
@@ -248,9 +255,14 @@ class Device:
 def metal_module(device: Device) -> types.ModuleType:
     """A fake ``Metal`` whose MTLCreateSystemDefaultDevice returns `device`."""
     module = types.ModuleType("Metal")
-    for name in ("MTLResourceStorageModeShared", "MTLCommandBufferStatusCompleted",
-                 "MTLCommandBufferStatusError", "MTLGPUFamilyApple7", "MTLSize",
-                 "MTLCompileOptions"):
+    for name in (
+        "MTLResourceStorageModeShared",
+        "MTLCommandBufferStatusCompleted",
+        "MTLCommandBufferStatusError",
+        "MTLGPUFamilyApple7",
+        "MTLSize",
+        "MTLCompileOptions",
+    ):
         setattr(module, name, globals()[name])
     module.MTLCreateSystemDefaultDevice = lambda: device
     return module
@@ -275,12 +287,15 @@ class _Alloc:
 class MPSMatrixDescriptor:
     @classmethod
     def matrixDescriptorWithRows_columns_matrices_rowBytes_matrixBytes_dataType_(
-            cls, rows, columns, matrices, row_bytes, matrix_bytes, data_type):
+        cls, rows, columns, matrices, row_bytes, matrix_bytes, data_type
+    ):
         if data_type != MPSDataTypeFloat32:
             raise FakeMetalError("needle's MPS matrices are float32")
         if row_bytes % 4 or row_bytes < 4 * columns or matrix_bytes < rows * row_bytes:
-            raise FakeMetalError(f"MPSMatrixDescriptor: {rows} x {columns}, rowBytes {row_bytes},"
-                                 f" matrixBytes {matrix_bytes}")
+            raise FakeMetalError(
+                f"MPSMatrixDescriptor: {rows} x {columns}, rowBytes {row_bytes},"
+                f" matrixBytes {matrix_bytes}"
+            )
         descriptor = cls()
         descriptor.shape = (matrices, rows, columns, row_bytes // 4, matrix_bytes // 4)
         return descriptor
@@ -288,7 +303,7 @@ class MPSMatrixDescriptor:
 
 class MPSMatrix(_Alloc):
     def initWithBuffer_offset_descriptor_(self, buffer: Buffer, offset: int, descriptor):
-        matrices, rows, columns, row_stride, matrix_stride = descriptor.shape
+        matrices, _rows, _columns, _row_stride, matrix_stride = descriptor.shape
         if offset % 4 or offset + 4 * matrices * matrix_stride > buffer.length():
             raise FakeMetalError(f"MPSMatrix at offset {offset} runs past its buffer")
         self.buffer, self.offset, self.shape = buffer, offset // 4, descriptor.shape
@@ -297,16 +312,18 @@ class MPSMatrix(_Alloc):
     def array(self) -> np.ndarray:
         """(matrices, rows, columns) view of the buffer's floats."""
         matrices, rows, columns, row_stride, matrix_stride = self.shape
-        floats = np.frombuffer(self.buffer.contents().as_buffer(self.buffer.length()),
-                               dtype=np.float32)
+        floats = np.frombuffer(
+            self.buffer.contents().as_buffer(self.buffer.length()), dtype=np.float32
+        )
         return np.lib.stride_tricks.as_strided(
-            floats[self.offset:], (matrices, rows, columns),
-            (4 * matrix_stride, 4 * row_stride, 4))
+            floats[self.offset :], (matrices, rows, columns), (4 * matrix_stride, 4 * row_stride, 4)
+        )
 
 
 class MPSMatrixMultiplication(_Alloc):
     def initWithDevice_transposeLeft_transposeRight_resultRows_resultColumns_interiorColumns_alpha_beta_(  # noqa: E501
-            self, device, transpose_left, transpose_right, rows, columns, interior, alpha, beta):
+        self, device, transpose_left, transpose_right, rows, columns, interior, alpha, beta
+    ):
         self.transposes = (bool(transpose_left), bool(transpose_right))
         self.shape = (rows, columns, interior)
         self.alpha, self.beta = alpha, beta
@@ -319,8 +336,9 @@ class MPSMatrixMultiplication(_Alloc):
     def setBatchSize_(self, size: int) -> None:
         self.batch_size = size
 
-    def encodeToCommandBuffer_leftMatrix_rightMatrix_resultMatrix_(self, command_buffer, left,
-                                                                   right, result):
+    def encodeToCommandBuffer_leftMatrix_rightMatrix_resultMatrix_(
+        self, command_buffer, left, right, result
+    ):
         command_buffer.check_encodable("an MPS kernel")
         start, size = self.batch_start, self.batch_size
         rows, columns, interior = self.shape
@@ -328,14 +346,16 @@ class MPSMatrixMultiplication(_Alloc):
         alpha, beta = self.alpha, self.beta
 
         def run():
-            a = left.array()[start: start + size]
-            b = right.array()[start: start + size]
+            a = left.array()[start : start + size]
+            b = right.array()[start : start + size]
             a = a.transpose(0, 2, 1) if transpose_left else a
             b = b.transpose(0, 2, 1) if transpose_right else b
             if a.shape[1:] != (rows, interior) or b.shape[1:] != (interior, columns):
-                raise FakeMetalError(f"MPS matmul of {a.shape} and {b.shape}, expected "
-                                     f"({rows}, {interior}) @ ({interior}, {columns})")
-            out = result.array()[start: start + size]
+                raise FakeMetalError(
+                    f"MPS matmul of {a.shape} and {b.shape}, expected "
+                    f"({rows}, {interior}) @ ({interior}, {columns})"
+                )
+            out = result.array()[start : start + size]
             product = alpha * np.matmul(a, b)
             out[...] = product if beta == 0 else product + beta * out  # BLAS: beta 0 ignores C
 
@@ -344,8 +364,12 @@ class MPSMatrixMultiplication(_Alloc):
 
 def mps_module() -> types.ModuleType:
     module = types.ModuleType("MetalPerformanceShaders")
-    for name in ("MPSDataTypeFloat32", "MPSMatrixDescriptor", "MPSMatrix",
-                 "MPSMatrixMultiplication"):
+    for name in (
+        "MPSDataTypeFloat32",
+        "MPSMatrixDescriptor",
+        "MPSMatrix",
+        "MPSMatrixMultiplication",
+    ):
         setattr(module, name, globals()[name])
     module.MPSSupportsMTLDevice = lambda device: isinstance(device, Device)
     return module

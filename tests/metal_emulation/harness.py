@@ -25,9 +25,9 @@ import shutil
 import subprocess
 import tempfile
 import types
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,20 +38,34 @@ KERNEL_DIR = Path(metal_primitives.__file__).resolve().parent / "metal"
 TEST_SOURCES = (HERE / "selftest.metal",)
 CXX = os.environ.get("CXX", "g++")
 CXXFLAGS = [
-    "-std=c++17", "-O2", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Werror",
+    "-std=c++17",
+    "-O2",
+    "-fPIC",
+    "-pthread",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
     # [[buffer(0)]] and friends mean nothing to g++; the bindings below read them instead.
-    "-Wno-attributes", "-Wno-unused-parameter",
+    "-Wno-attributes",
+    "-Wno-unused-parameter",
 ]
 
 # Attributes that deliver a uint / uint2 / uint3 (all of one kernel's must share one type)
 # and those that are always scalar.
 VECTOR_POSITIONS = {
-    "thread_position_in_grid", "threadgroup_position_in_grid", "thread_position_in_threadgroup",
-    "threads_per_threadgroup", "threadgroups_per_grid", "threads_per_grid",
+    "thread_position_in_grid",
+    "threadgroup_position_in_grid",
+    "thread_position_in_threadgroup",
+    "threads_per_threadgroup",
+    "threadgroups_per_grid",
+    "threads_per_grid",
 }
 SCALAR_POSITIONS = {
-    "thread_index_in_threadgroup", "simdgroup_index_in_threadgroup", "thread_index_in_simdgroup",
-    "threads_per_simdgroup", "simdgroups_per_threadgroup",
+    "thread_index_in_threadgroup",
+    "simdgroup_index_in_threadgroup",
+    "thread_index_in_simdgroup",
+    "threads_per_simdgroup",
+    "simdgroups_per_threadgroup",
 }
 
 
@@ -64,13 +78,13 @@ class LaunchError(RuntimeError):
 
 
 # ---- sources and bindings -------------------------------------------------------------------
-def kernel_files() -> List[Path]:
+def kernel_files() -> list[Path]:
     """Every .metal file in the order of one translation unit: common.metal first."""
     names = list(dict.fromkeys(metal_primitives.CORE_SOURCES + metal_primitives.SIMDGROUP_SOURCES))
     return [KERNEL_DIR / name for name in names] + list(TEST_SOURCES)
 
 
-def _split_top_level(text: str, sep: str = ",") -> List[str]:
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
         if ch in "([{":
@@ -84,18 +98,25 @@ def _split_top_level(text: str, sep: str = ",") -> List[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-_KERNEL = re.compile(r"(?P<template>\btemplate\s*<[^<>]*>\s*)?"
-                     r"(?:\bkernel|\[\[\s*kernel\s*\]\])\s+void\s+(?P<name>\w+)\s*\(")
+_KERNEL = re.compile(
+    r"(?P<template>\btemplate\s*<[^<>]*>\s*)?"
+    r"(?:\bkernel|\[\[\s*kernel\s*\]\])\s+void\s+(?P<name>\w+)\s*\("
+)
 # template [[host_name("ewise_neg")]] [[kernel]] decltype(ewise_unary<neg_op>) ...: one
 # instantiation of a kernel template, under the name the host asks for.
-_INSTANCE = re.compile(r"\btemplate\s*\[\[\s*host_name\s*\(\s*(?P<host>(?:\"\w*\"\s*)+)\)\s*\]\]"
-                       r"\s*(?:\bkernel|\[\[\s*kernel\s*\]\])\s*decltype\s*\(\s*"
-                       r"(?P<callee>(?P<template>\w+)\s*<[^()]*>)\s*\)")
-_PARAM = re.compile(r"^(?P<type>.*?)\s*\b(?P<name>\w+)\s*(?:\[\[\s*(?P<attr>\w+)\s*"
-                    r"(?:\(\s*(?P<arg>\d+)\s*\))?\s*\]\])?$", re.S)
+_INSTANCE = re.compile(
+    r"\btemplate\s*\[\[\s*host_name\s*\(\s*(?P<host>(?:\"\w*\"\s*)+)\)\s*\]\]"
+    r"\s*(?:\bkernel|\[\[\s*kernel\s*\]\])\s*decltype\s*\(\s*"
+    r"(?P<callee>(?P<template>\w+)\s*<[^()]*>)\s*\)"
+)
+_PARAM = re.compile(
+    r"^(?P<type>.*?)\s*\b(?P<name>\w+)\s*(?:\[\[\s*(?P<attr>\w+)\s*"
+    r"(?:\(\s*(?P<arg>\d+)\s*\))?\s*\]\])?$",
+    re.S,
+)
 
 
-def parse_kernels(source: str) -> List[Tuple[str, List[Tuple[str, str, str, Optional[int]]], str]]:
+def parse_kernels(source: str) -> list[tuple[str, list[tuple[str, str, str, int | None]], str]]:
     """(name, [(type, name, attribute, buffer index)], callee) of every kernel in preprocessed
     MSL: plain kernels (callee = name) and the [[host_name]] instantiations of kernel
     templates (callee = template<arguments>); the templates themselves are no kernels."""
@@ -107,13 +128,19 @@ def parse_kernels(source: str) -> List[Tuple[str, List[Tuple[str, str, str, Opti
             i += 1
         name = match.group("name")
         params = []
-        for param in _split_top_level(source[match.end(): i - 1]):
+        for param in _split_top_level(source[match.end() : i - 1]):
             m = _PARAM.match(" ".join(param.split()))
             if not m or not m.group("attr"):
                 raise BuildError(f"kernel {name}: cannot bind parameter {param!r}")
             arg = m.group("arg")
-            params.append((m.group("type"), m.group("name"), m.group("attr"),
-                           int(arg) if arg is not None else None))
+            params.append(
+                (
+                    m.group("type"),
+                    m.group("name"),
+                    m.group("attr"),
+                    int(arg) if arg is not None else None,
+                )
+            )
         if match.group("template"):
             templates[name] = params
         else:
@@ -122,16 +149,16 @@ def parse_kernels(source: str) -> List[Tuple[str, List[Tuple[str, str, str, Opti
         host = "".join(re.findall(r'"(\w*)"', match.group("host")))
         if match.group("template") not in templates:
             raise BuildError(f"{host}: {match.group('template')} is not a kernel template")
-        kernels.append((host, templates[match.group("template")],
-                        " ".join(match.group("callee").split())))
+        kernels.append(
+            (host, templates[match.group("template")], " ".join(match.group("callee").split()))
+        )
     return kernels
 
 
 def generate_bindings(kernels) -> str:
     """C++ that calls each kernel with its arguments taken from the launcher's buffer table and
     thread position, and a table describing the kernels to the launcher."""
-    out = ["\n// ---- generated by tests/metal_emulation/harness.py ----",
-           "#include <type_traits>"]
+    out = ["\n// ---- generated by tests/metal_emulation/harness.py ----", "#include <type_traits>"]
     entries = []
     for name, params, callee in kernels:
         specs, args = [], []
@@ -139,16 +166,18 @@ def generate_bindings(kernels) -> str:
         for type_, pname, attr, index in params:
             if attr == "buffer":
                 if type_.endswith("*"):
-                    specs.append(f'{{{index}, false, sizeof(std::remove_pointer_t<{type_}>), '
-                                 f'"{pname}"}}')
+                    specs.append(
+                        f'{{{index}, false, sizeof(std::remove_pointer_t<{type_}>), "{pname}"}}'
+                    )
                     args.append(f"reinterpret_cast<{type_}>(buffers[{index}])")
                 elif type_.endswith("&"):
                     base = f"std::remove_reference_t<{type_}>"
                     specs.append(f'{{{index}, true, sizeof({base}), "{pname}"}}')
                     args.append(f"*reinterpret_cast<{base}*>(buffers[{index}])")
                 else:
-                    raise BuildError(f"kernel {name}: buffer argument {pname} must be a pointer "
-                                     "or a reference")
+                    raise BuildError(
+                        f"kernel {name}: buffer argument {pname} must be a pointer or a reference"
+                    )
             elif attr in VECTOR_POSITIONS:
                 vector_types.add(type_)
                 args.append(f"msl::position_as<{type_}>(position.{attr})")
@@ -158,32 +187,41 @@ def generate_bindings(kernels) -> str:
                 raise BuildError(f"kernel {name}: attribute [[{attr}]] is not emulated")
         if len(vector_types) > 1:
             # Metal rejects kernels whose position arguments mix uint, uint2 and uint3.
-            raise BuildError(f"kernel {name}: position arguments of different types "
-                             f"{sorted(vector_types)}")
+            raise BuildError(
+                f"kernel {name}: position arguments of different types {sorted(vector_types)}"
+            )
         if len({s.split(",")[0] for s in specs}) != len(specs):
             raise BuildError(f"kernel {name}: two arguments at one [[buffer(n)]] index")
         spec_list = ", ".join(specs) if specs else ""
-        out.append(f"static const msl::ArgSpec args_{name}[] = {{{spec_list}}};"
-                   if specs else f"static const msl::ArgSpec* const args_{name} = nullptr;")
-        out.append(f"static void call_{name}(void* const* buffers, "
-                   "const msl::ThreadPosition& position) {")
+        out.append(
+            f"static const msl::ArgSpec args_{name}[] = {{{spec_list}}};"
+            if specs
+            else f"static const msl::ArgSpec* const args_{name} = nullptr;"
+        )
+        out.append(
+            f"static void call_{name}(void* const* buffers, const msl::ThreadPosition& position) {{"
+        )
         out.append(f"  (void)buffers; (void)position;\n  {callee}({', '.join(args)});\n}}")
         entries.append(f'{{"{name}", call_{name}, args_{name}, {len(specs)}}}')
-    out.append('extern "C" const msl::KernelEntry msl_kernel_table[] = {\n  ' +
-               ",\n  ".join(entries) + "\n};")
+    out.append(
+        'extern "C" const msl::KernelEntry msl_kernel_table[] = {\n  '
+        + ",\n  ".join(entries)
+        + "\n};"
+    )
     out.append(f'extern "C" const int msl_kernel_count = {len(entries)};')
     return "\n".join(out) + "\n"
 
 
-def kernels_in(source: str) -> List[str]:
+def kernels_in(source: str) -> list[str]:
     """The names of the kernels that one MSL source string (a whole library) defines."""
     with tempfile.TemporaryDirectory(prefix="needle-msl-parse-") as tmp:
         work = Path(tmp)
         for header in ("metal_stdlib", "metal_simdgroup_matrix"):
             (work / header).write_text("")
         (work / "library.metal").write_text(source)
-        preprocessed = _run([CXX, "-E", "-P", "-x", "c++", "-std=c++17", f"-I{work}",
-                             "library.metal"], work)
+        preprocessed = _run(
+            [CXX, "-E", "-P", "-x", "c++", "-std=c++17", f"-I{work}", "library.metal"], work
+        )
     return [name for name, _, _ in parse_kernels(preprocessed)]
 
 
@@ -199,14 +237,19 @@ def _source_hash() -> str:
     version = subprocess.run([CXX, "--version"], capture_output=True, text=True).stdout
     digest.update(version.encode())
     digest.update(" ".join(CXXFLAGS).encode())
-    for path in [HERE / "msl_emulation.h", HERE / "metal_stdlib", HERE / "metal_simdgroup_matrix",
-                 HERE / "launcher.cc", Path(__file__).resolve()] + kernel_files():
+    for path in [
+        HERE / "msl_emulation.h",
+        HERE / "metal_stdlib",
+        HERE / "metal_simdgroup_matrix",
+        HERE / "launcher.cc",
+        Path(__file__).resolve(),
+    ] + kernel_files():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def build(cache_dir: Optional[Path] = None) -> Path:
+def build(cache_dir: Path | None = None) -> Path:
     """The emulation library (built unless a build of the same sources is cached)."""
     if shutil.which(CXX) is None:
         raise BuildError(f"no C++ compiler ({CXX}) to build the MSL emulation")
@@ -224,16 +267,22 @@ def build(cache_dir: Optional[Path] = None) -> Path:
             (stub / header).write_text("")
         includes = "".join(f'#include "{path}"\n' for path in kernel_files())
         (work / "all.metal").write_text(includes)
-        preprocessed = _run([CXX, "-E", "-P", "-x", "c++", "-std=c++17", f"-I{stub}",
-                             "all.metal"], work)
+        preprocessed = _run(
+            [CXX, "-E", "-P", "-x", "c++", "-std=c++17", f"-I{stub}", "all.metal"], work
+        )
         kernels = parse_kernels(preprocessed)
         (work / "kernels.cc").write_text(
-            '#include "msl_emulation.h"\n' + includes + generate_bindings(kernels))
+            '#include "msl_emulation.h"\n' + includes + generate_bindings(kernels)
+        )
         compile_flags = CXXFLAGS + [f"-I{HERE}", "-c"]
         with ThreadPoolExecutor(2) as pool:  # the two translation units in parallel
-            jobs = [pool.submit(_run, [CXX, *compile_flags, str(src), "-o", obj], work)
-                    for src, obj in ((work / "kernels.cc", "kernels.o"),
-                                     (HERE / "launcher.cc", "launcher.o"))]
+            jobs = [
+                pool.submit(_run, [CXX, *compile_flags, str(src), "-o", obj], work)
+                for src, obj in (
+                    (work / "kernels.cc", "kernels.o"),
+                    (HERE / "launcher.cc", "launcher.o"),
+                )
+            ]
             for job in jobs:
                 job.result()
         _run([CXX, "-shared", "-pthread", "kernels.o", "launcher.o", "-o", "lib.so"], work)
@@ -245,11 +294,17 @@ def build(cache_dir: Optional[Path] = None) -> Path:
 
 
 # ---- address spaces ---------------------------------------------------------------------------
-CLANG_FLAGS = ["-x", "c++", "-std=c++17", "-fsyntax-only", "-DMSL_CHECK_ADDRESS_SPACES",
-               "-Wno-unknown-attributes"]
+CLANG_FLAGS = [
+    "-x",
+    "c++",
+    "-std=c++17",
+    "-fsyntax-only",
+    "-DMSL_CHECK_ADDRESS_SPACES",
+    "-Wno-unknown-attributes",
+]
 
 
-def check_address_spaces() -> Optional[str]:
+def check_address_spaces() -> str | None:
     """Compile the product kernels with Metal's address spaces as clang address spaces (which
     g++ has not); returns clang's errors ("" when there are none), or None without clang (a
     clang++ executable, or the Python bindings of the libclang wheel)."""
@@ -259,20 +314,28 @@ def check_address_spaces() -> Optional[str]:
             (work / header).write_text('#include "msl_emulation.h"\n')
         files = [f for f in kernel_files() if f not in TEST_SOURCES]
         source = work / "kernels.cc"
-        source.write_text('#include "msl_emulation.h"\n' +
-                          "".join(f'#include "{path}"\n' for path in files))
+        source.write_text(
+            '#include "msl_emulation.h"\n' + "".join(f'#include "{path}"\n' for path in files)
+        )
         args = CLANG_FLAGS + [f"-I{HERE}", f"-I{work}"]
-        clang = next((shutil.which(name) for name in
-                      ["clang++"] + [f"clang++-{v}" for v in range(20, 13, -1)]
-                      if shutil.which(name)), None)
+        clang = next(
+            (
+                shutil.which(name)
+                for name in ["clang++"] + [f"clang++-{v}" for v in range(20, 13, -1)]
+                if shutil.which(name)
+            ),
+            None,
+        )
         if clang:
             result = subprocess.run([clang, *args, str(source)], capture_output=True, text=True)
             return "\n".join(line for line in result.stderr.splitlines() if "error" in line)
         # The wheel has no compiler headers of its own (float.h, stddef.h): borrow g++'s.
-        gcc_include = subprocess.run([CXX, "-print-file-name=include"], capture_output=True,
-                                     text=True).stdout.strip()
+        gcc_include = subprocess.run(
+            [CXX, "-print-file-name=include"], capture_output=True, text=True
+        ).stdout.strip()
         try:
             from clang import cindex
+
             unit = cindex.Index.create().parse(str(source), args=args + ["-isystem", gcc_include])
         except Exception:  # no bindings, or no libclang library for them
             return None
@@ -285,21 +348,30 @@ class Library:
 
     MAX_BUFFERS = 31
 
-    def __init__(self, path: Optional[Path] = None):
+    def __init__(self, path: Path | None = None):
         self.path = path or build()
         self._lib = ctypes.CDLL(str(self.path))
         self._lib.msl_launch.restype = ctypes.c_int
         self._lib.msl_launch.argtypes = [
-            ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
-            ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint), ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.POINTER(ctypes.c_uint),
+            ctypes.POINTER(ctypes.c_uint),
+            ctypes.c_char_p,
             ctypes.c_size_t,
         ]
         names = ctypes.create_string_buffer(1 << 16)
         self._lib.msl_kernel_names(names, len(names))
         self.kernels = tuple(names.value.decode().split())
 
-    def launch(self, kernel: str, bindings: Dict[int, Tuple[int, int]],
-               threadgroups: Sequence[int], threads: Sequence[int]) -> None:
+    def launch(
+        self,
+        kernel: str,
+        bindings: dict[int, tuple[int, int]],
+        threadgroups: Sequence[int],
+        threads: Sequence[int],
+    ) -> None:
         """Run `kernel`; bindings maps [[buffer(n)]] to (address, length in bytes)."""
         buffers = (ctypes.c_void_p * self.MAX_BUFFERS)()
         lengths = (ctypes.c_size_t * self.MAX_BUFFERS)()
@@ -307,14 +379,19 @@ class Library:
             buffers[index], lengths[index] = address, length
         error = ctypes.create_string_buffer(4096)
         status = self._lib.msl_launch(
-            kernel.encode(), buffers, lengths, (ctypes.c_uint * 3)(*threadgroups),
-            (ctypes.c_uint * 3)(*threads), error, len(error),
+            kernel.encode(),
+            buffers,
+            lengths,
+            (ctypes.c_uint * 3)(*threadgroups),
+            (ctypes.c_uint * 3)(*threads),
+            error,
+            len(error),
         )
         if status:
             raise LaunchError(error.value.decode())
 
 
-_library: Optional[Library] = None
+_library: Library | None = None
 
 
 def library() -> Library:
@@ -351,19 +428,22 @@ class EmulatedBuffer:
         return self.raw.ctypes.data + self.start
 
     def guards_intact(self) -> bool:
-        before = self.raw[self.start - GUARD: self.start]
-        after = self.raw[self.start + self.nbytes: self.start + self.nbytes + GUARD]
+        before = self.raw[self.start - GUARD : self.start]
+        after = self.raw[self.start + self.nbytes : self.start + self.nbytes + GUARD]
         return bool((before == 0xFF).all() and (after == 0xFF).all())
 
 
 class EmulatedRuntime:
     """A metal_primitives runtime whose GPU is the emulation library."""
 
-    def __init__(self, lib: Optional[Library] = None,
-                 matmul_kernels: Sequence[str] = ("matmul_simdgroup", "matmul_threadgroup")):
+    def __init__(
+        self,
+        lib: Library | None = None,
+        matmul_kernels: Sequence[str] = ("matmul_simdgroup", "matmul_threadgroup"),
+    ):
         self.lib = lib or library()
         self._matmul_kernels = tuple(matmul_kernels)
-        self._pending: List[tuple] = []
+        self._pending: list[tuple] = []
         self.batch, self.completed = 0, -1
         self.launches = 0  # kernels run so far, for tests
 
@@ -371,18 +451,25 @@ class EmulatedRuntime:
         return EmulatedBuffer(nbytes)
 
     def host_view(self, buffer: EmulatedBuffer, nbytes: int) -> memoryview:
-        return memoryview(buffer.raw[buffer.start: buffer.start + nbytes])
+        return memoryview(buffer.raw[buffer.start : buffer.start + nbytes])
 
     def address(self, buffer: EmulatedBuffer) -> int:
         return buffer.address
 
-    def matmul_kernels(self) -> Tuple[str, ...]:
+    def matmul_kernels(self) -> tuple[str, ...]:
         return self._matmul_kernels
 
     def dispatch(self, kernel, buffers, constants, threadgroups, threads) -> None:
         # Constants are copied now, as setBytes copies them into the command buffer.
-        self._pending.append((kernel, tuple(buffers), [(i, bytes(c)) for i, c in constants],
-                              tuple(threadgroups), tuple(threads)))
+        self._pending.append(
+            (
+                kernel,
+                tuple(buffers),
+                [(i, bytes(c)) for i, c in constants],
+                tuple(threadgroups),
+                tuple(threads),
+            )
+        )
 
     def wait(self) -> None:
         pending, self._pending = self._pending, []
@@ -391,8 +478,9 @@ class EmulatedRuntime:
             bindings = {}
             for index, buffer, offset in buffers:
                 if not 0 <= offset <= buffer.nbytes:
-                    raise LaunchError(f"{kernel}: offset {offset} outside a buffer of "
-                                      f"{buffer.nbytes} bytes")
+                    raise LaunchError(
+                        f"{kernel}: offset {offset} outside a buffer of {buffer.nbytes} bytes"
+                    )
                 bindings[index] = (buffer.address + offset, buffer.nbytes - offset)
             for index, data in constants:
                 if index in bindings:
@@ -406,8 +494,9 @@ class EmulatedRuntime:
             self.launches += 1
             for index, buffer, _ in buffers:
                 if not buffer.guards_intact():
-                    raise LaunchError(f"{kernel} wrote outside the buffer bound at "
-                                      f"[[buffer({index})]]")
+                    raise LaunchError(
+                        f"{kernel} wrote outside the buffer bound at [[buffer({index})]]"
+                    )
 
 
 def emulated_backend(name: str = "metal_emulated", **runtime_options) -> types.ModuleType:

@@ -32,8 +32,9 @@ import math
 import operator
 import os
 import struct
+from collections.abc import Sequence
 from importlib import resources
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -41,8 +42,14 @@ from . import primitives
 
 # ---- kernel sources ---------------------------------------------------------------------
 # Each library is compiled from one string: common.metal first, then the files that use it.
-CORE_SOURCES = ("common.metal", "elementwise.metal", "layout.metal", "rows.metal", "reduce.metal",
-                "matmul.metal")
+CORE_SOURCES = (
+    "common.metal",
+    "elementwise.metal",
+    "layout.metal",
+    "rows.metal",
+    "reduce.metal",
+    "matmul.metal",
+)
 # simdgroup_matrix needs Apple GPU family 7 (M1 and later): a library of its own, so that the
 # core library compiles everywhere.
 SIMDGROUP_SOURCES = ("common.metal", "matmul_simdgroup.metal")
@@ -68,11 +75,12 @@ MATMUL_TILES = {
 }
 INT32_MAX = 2**31 - 1  # kernels index with 32-bit ints
 
+
 class UnsupportedDtypeError(TypeError):
     """A dtype that a device cannot hold (float64 on Metal)."""
 
 
-def _groups(count: int, per_group: int) -> Tuple[int, int, int]:
+def _groups(count: int, per_group: int) -> tuple[int, int, int]:
     return (max(1, -(-count // per_group)), 1, 1)
 
 
@@ -99,7 +107,7 @@ class MPSMatrixLayout(NamedTuple):
 
 def mps_matrix_layout(
     batch: int, rows: int, columns: int, offset: int, strides: Sequence[int], buffer_size: int
-) -> Optional[MPSMatrixLayout]:
+) -> MPSMatrixLayout | None:
     """The MPSMatrix description of the view (batch, rows, columns) with `strides` (batch, row,
     column) at `offset` in a buffer of `buffer_size` floats; None when MPS cannot read it in
     place (broadcast rows or batches, columns not unit-stride in either orientation).
@@ -123,8 +131,9 @@ def mps_matrix_layout(
         matrix = batch_stride
     if offset + batch * matrix > buffer_size:
         return None
-    return MPSMatrixLayout(stored_rows, stored_columns, 4 * stride, 4 * matrix, 4 * offset,
-                           transposed)
+    return MPSMatrixLayout(
+        stored_rows, stored_columns, 4 * stride, 4 * matrix, 4 * offset, transposed
+    )
 
 
 # ---- arrays -----------------------------------------------------------------------------------
@@ -132,15 +141,16 @@ class MetalArray:
     """A flat float32 buffer in shared storage. Each backend has its own subclass, `Array`."""
 
     __slots__ = ("buffer", "_size", "last_batch")
-    backend: "MetalBackend"
+    backend: MetalBackend
 
     def __init__(self, size: int, dtype: str = "float32"):
         backend = self.backend
         backend.check_dtype(dtype)
         size = operator.index(size)
         if not 0 <= size <= INT32_MAX:
-            raise ValueError(f"{backend.device_name}(): cannot allocate {size} elements "
-                             f"(0 to {INT32_MAX})")
+            raise ValueError(
+                f"{backend.device_name}(): cannot allocate {size} elements (0 to {INT32_MAX})"
+            )
         self._size = size
         self.buffer = backend.runtime.allocate(4 * max(size, 1))  # Metal has no empty buffers
         self.last_batch = -1  # the batch of the last launch that used this array
@@ -167,7 +177,7 @@ class MetalBackend:
         self.runtime = runtime
         self.device_name = device_name
         self.Array = type("Array", (MetalArray,), {"__slots__": (), "backend": self})
-        self._matmul_kernel: Optional[str] = None
+        self._matmul_kernel: str | None = None
 
     # -- dtypes and synchronisation --
     def check_dtype(self, dtype) -> None:
@@ -219,7 +229,7 @@ class MetalBackend:
         self._wait_for(a)
         host = self._host(a)
         view = np.lib.stride_tricks.as_strided(
-            host[operator.index(offset):], shape, tuple(4 * operator.index(s) for s in strides)
+            host[operator.index(offset) :], shape, tuple(4 * operator.index(s) for s in strides)
         )
         return view.copy()
 
@@ -227,8 +237,9 @@ class MetalBackend:
         if a.dtype != np.float32:
             raise TypeError(f"{self.device_name}: from_numpy needs float32 data, got {a.dtype}")
         if a.size != out.size:
-            raise ValueError(f"{self.device_name}: from_numpy of {a.size} elements into an "
-                             f"array of {out.size}")
+            raise ValueError(
+                f"{self.device_name}: from_numpy of {a.size} elements into an array of {out.size}"
+            )
         if out.size == 0:
             return
         self._wait_for(out)
@@ -236,8 +247,13 @@ class MetalBackend:
 
     def fill(self, out: MetalArray, val: float) -> None:
         if out.size:
-            self._launch("fill", [(0, out, 0)], [(1, _f32(val)), (2, _u32(out.size))],
-                         _groups(out.size, THREADS), (THREADS, 1, 1))
+            self._launch(
+                "fill",
+                [(0, out, 0)],
+                [(1, _f32(val)), (2, _u32(out.size))],
+                _groups(out.size, THREADS),
+                (THREADS, 1, 1),
+            )
 
     # -- layout --
     def _strided(self, kernel: str, source, out: MetalArray, shape, strides, offset) -> None:
@@ -248,11 +264,13 @@ class MetalBackend:
         # NDArray passes simplified views; a view of any other form (0-d, size-1 axes) is
         # simplified here, so the kernels always see at least one axis.
         shape, strides, offset = primitives.simplify_view(
-            shape, [operator.index(s) for s in strides], operator.index(offset))
+            shape, [operator.index(s) for s in strides], operator.index(offset)
+        )
         reach = sum(abs(s) * (d - 1) for d, s in zip(shape, strides))
         if offset + reach > INT32_MAX:
-            raise ValueError(f"{self.device_name}: views reaching past 2^31 elements are not "
-                             "supported")
+            raise ValueError(
+                f"{self.device_name}: views reaching past 2^31 elements are not supported"
+            )
         constants = [
             (2, struct.pack(f"<{len(shape)}I", *shape)),
             (3, struct.pack(f"<{len(strides)}i", *strides)),
@@ -271,55 +289,90 @@ class MetalBackend:
     def ewise_setitem(self, a: MetalArray, out: MetalArray, shape, strides, offset) -> None:
         self._strided("ewise_setitem", a, out, shape, strides, offset)
 
-    def scalar_setitem(self, size: int, val: float, out: MetalArray, shape, strides,
-                       offset) -> None:
+    def scalar_setitem(
+        self, size: int, val: float, out: MetalArray, shape, strides, offset
+    ) -> None:
         self._strided("scalar_setitem", float(val), out, shape, strides, offset)
 
     # -- rows by index --
-    def _rows(self, kernel: str, a: MetalArray, indices: MetalArray, out: MetalArray, n: int,
-              row_size: int, size: int) -> None:
+    def _rows(
+        self,
+        kernel: str,
+        a: MetalArray,
+        indices: MetalArray,
+        out: MetalArray,
+        n: int,
+        row_size: int,
+        size: int,
+    ) -> None:
         if size:
-            self._launch(kernel, [(0, a, 0), (1, indices, 0), (2, out, 0)],
-                         [(3, struct.pack("<3I", n, row_size, size))],
-                         _groups(size, THREADS), (THREADS, 1, 1))
+            self._launch(
+                kernel,
+                [(0, a, 0), (1, indices, 0), (2, out, 0)],
+                [(3, struct.pack("<3I", n, row_size, size))],
+                _groups(size, THREADS),
+                (THREADS, 1, 1),
+            )
 
-    def gather_rows(self, a: MetalArray, indices: MetalArray, out: MetalArray, n: int,
-                    row_size: int) -> None:
+    def gather_rows(
+        self, a: MetalArray, indices: MetalArray, out: MetalArray, n: int, row_size: int
+    ) -> None:
         """Row i of out = row indices[i] of a, for i < n (an embedding lookup)."""
         self._rows("gather_rows", a, indices, out, n, row_size, n * row_size)
 
-    def scatter_add_rows(self, a: MetalArray, indices: MetalArray, out: MetalArray, n: int,
-                         row_size: int) -> None:
+    def scatter_add_rows(
+        self, a: MetalArray, indices: MetalArray, out: MetalArray, n: int, row_size: int
+    ) -> None:
         """Row indices[i] of out += row i of a, for i < n: a thread per element of out's
         whole rows, adding in index order (no float atomics)."""
         if n and row_size:
-            self._rows("scatter_add_rows", a, indices, out, n, row_size,
-                       out.size // row_size * row_size)
+            self._rows(
+                "scatter_add_rows", a, indices, out, n, row_size, out.size // row_size * row_size
+            )
 
     # -- elementwise --
     def ewise_binary(self, kernel: str, a: MetalArray, b: MetalArray, out: MetalArray) -> None:
         if out.size:
-            self._launch(kernel, [(0, a, 0), (1, b, 0), (2, out, 0)], [(3, _u32(out.size))],
-                         _groups(out.size, THREADS), (THREADS, 1, 1))
+            self._launch(
+                kernel,
+                [(0, a, 0), (1, b, 0), (2, out, 0)],
+                [(3, _u32(out.size))],
+                _groups(out.size, THREADS),
+                (THREADS, 1, 1),
+            )
 
     def scalar_binary(self, kernel: str, a: MetalArray, val: float, out: MetalArray) -> None:
         if out.size:
-            self._launch(kernel, [(0, a, 0), (2, out, 0)],
-                         [(1, _f32(val)), (3, _u32(out.size))],
-                         _groups(out.size, THREADS), (THREADS, 1, 1))
+            self._launch(
+                kernel,
+                [(0, a, 0), (2, out, 0)],
+                [(1, _f32(val)), (3, _u32(out.size))],
+                _groups(out.size, THREADS),
+                (THREADS, 1, 1),
+            )
 
     def unary(self, kernel: str, a: MetalArray, out: MetalArray) -> None:
         if out.size:
-            self._launch(kernel, [(0, a, 0), (1, out, 0)], [(2, _u32(out.size))],
-                         _groups(out.size, THREADS), (THREADS, 1, 1))
+            self._launch(
+                kernel,
+                [(0, a, 0), (1, out, 0)],
+                [(2, _u32(out.size))],
+                _groups(out.size, THREADS),
+                (THREADS, 1, 1),
+            )
 
-    def ewise_axpby(self, a: MetalArray, b: MetalArray, alpha: float, beta: float,
-                    out: MetalArray) -> None:
+    def ewise_axpby(
+        self, a: MetalArray, b: MetalArray, alpha: float, beta: float, out: MetalArray
+    ) -> None:
         """out = alpha * a + beta * b; out may be a or b itself (an in-place update)."""
         if out.size:
-            self._launch("ewise_axpby", [(0, a, 0), (1, b, 0), (2, out, 0)],
-                         [(3, _u32(out.size)), (4, _f32(alpha)), (5, _f32(beta))],
-                         _groups(out.size, THREADS), (THREADS, 1, 1))
+            self._launch(
+                "ewise_axpby",
+                [(0, a, 0), (1, b, 0), (2, out, 0)],
+                [(3, _u32(out.size)), (4, _f32(alpha)), (5, _f32(beta))],
+                _groups(out.size, THREADS),
+                (THREADS, 1, 1),
+            )
 
     # -- linear algebra --
     @property
@@ -331,8 +384,9 @@ class MetalBackend:
             if wanted:
                 wanted = wanted if wanted.startswith("matmul_") else "matmul_" + wanted
                 if wanted not in available:
-                    raise RuntimeError(f"NEEDLE_METAL_MATMUL={wanted}: this GPU runs "
-                                       f"{', '.join(available)}")
+                    raise RuntimeError(
+                        f"NEEDLE_METAL_MATMUL={wanted}: this GPU runs {', '.join(available)}"
+                    )
                 self._matmul_kernel = wanted
             else:
                 self._matmul_kernel = available[0]
@@ -344,15 +398,25 @@ class MetalBackend:
             raise ValueError(f"unknown matmul kernel {kernel!r}: {', '.join(MATMUL_TILES)}")
         self._matmul_kernel = kernel
 
-    def matmul_strided(self, a: MetalArray, b: MetalArray, out: MetalArray, batch: int, m: int,
-                       n: int, p: int, a_offset: int, a_strides, b_offset: int,
-                       b_strides) -> None:
+    def matmul_strided(
+        self,
+        a: MetalArray,
+        b: MetalArray,
+        out: MetalArray,
+        batch: int,
+        m: int,
+        n: int,
+        p: int,
+        a_offset: int,
+        a_strides,
+        b_offset: int,
+        b_strides,
+    ) -> None:
         if batch * m * p == 0:
             return
         kernel = self.matmul_kernel
         rows_per_group, columns_per_group, threads = MATMUL_TILES[kernel]
-        params = struct.pack("<4I8i", batch, m, n, p, a_offset, *a_strides, b_offset,
-                             *b_strides)
+        params = struct.pack("<4I8i", batch, m, n, p, a_offset, *a_strides, b_offset, *b_strides)
         self._launch(
             kernel,
             [(0, a, 0), (1, b, 0), (2, out, 0)],
@@ -361,30 +425,42 @@ class MetalBackend:
             (threads, 1, 1),
         )
 
-    def matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, m: int, n: int,
-               p: int) -> None:
+    def matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, m: int, n: int, p: int) -> None:
         self.matmul_strided(a, b, out, 1, m, n, p, 0, (m * n, n, 1), 0, (n * p, p, 1))
 
-    def batched_matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, batch: int, m: int,
-                       n: int, p: int) -> None:
+    def batched_matmul(
+        self, a: MetalArray, b: MetalArray, out: MetalArray, batch: int, m: int, n: int, p: int
+    ) -> None:
         self.matmul_strided(a, b, out, batch, m, n, p, 0, (m * n, n, 1), 0, (n * p, p, 1))
 
     # -- reductions --
-    def _reduce(self, op: str, a: MetalArray, out: MetalArray, outer: int, reduce_size: int,
-                inner: int) -> None:
+    def _reduce(
+        self, op: str, a: MetalArray, out: MetalArray, outer: int, reduce_size: int, inner: int
+    ) -> None:
         if outer * inner == 0:
             return
         shape = struct.pack("<3I", outer, reduce_size, inner)
         arrays = [(0, a, 0), (1, out, 0)]
         if inner > 1:
-            self._launch(f"reduce_{op}_axis", arrays, [(2, shape)],
-                         _groups(outer * inner, THREADS), (THREADS, 1, 1))
+            self._launch(
+                f"reduce_{op}_axis",
+                arrays,
+                [(2, shape)],
+                _groups(outer * inner, THREADS),
+                (THREADS, 1, 1),
+            )
         elif reduce_size <= REDUCE_SERIAL_MAX:
-            self._launch(f"reduce_{op}_serial", arrays, [(2, shape)],
-                         _groups(outer, THREADS), (THREADS, 1, 1))
+            self._launch(
+                f"reduce_{op}_serial",
+                arrays,
+                [(2, shape)],
+                _groups(outer, THREADS),
+                (THREADS, 1, 1),
+            )
         else:
-            self._launch(f"reduce_{op}_rows", arrays, [(2, shape)], (outer, 1, 1),
-                         (REDUCE_THREADS, 1, 1))
+            self._launch(
+                f"reduce_{op}_rows", arrays, [(2, shape)], (outer, 1, 1), (REDUCE_THREADS, 1, 1)
+            )
 
     def reduce_sum(self, a: MetalArray, out: MetalArray, reduce_size: int) -> None:
         self._reduce("sum", a, out, out.size, reduce_size, 1)
@@ -392,45 +468,53 @@ class MetalBackend:
     def reduce_max(self, a: MetalArray, out: MetalArray, reduce_size: int) -> None:
         self._reduce("max", a, out, out.size, reduce_size, 1)
 
-    def reduce_sum_axis(self, a: MetalArray, out: MetalArray, outer: int, reduce_size: int,
-                        inner: int) -> None:
+    def reduce_sum_axis(
+        self, a: MetalArray, out: MetalArray, outer: int, reduce_size: int, inner: int
+    ) -> None:
         self._reduce("sum", a, out, outer, reduce_size, inner)
 
-    def reduce_max_axis(self, a: MetalArray, out: MetalArray, outer: int, reduce_size: int,
-                        inner: int) -> None:
+    def reduce_max_axis(
+        self, a: MetalArray, out: MetalArray, outer: int, reduce_size: int, inner: int
+    ) -> None:
         self._reduce("max", a, out, outer, reduce_size, inner)
 
     def _binary_primitive(self, kernel: str) -> Callable:
         def primitive(a: MetalArray, b: MetalArray, out: MetalArray) -> None:
             self.ewise_binary(kernel, a, b, out)
+
         primitive.__name__ = primitive.__qualname__ = kernel
         return primitive
 
     def _scalar_primitive(self, kernel: str) -> Callable:
         def primitive(a: MetalArray, val: float, out: MetalArray) -> None:
             self.scalar_binary(kernel, a, val, out)
+
         primitive.__name__ = primitive.__qualname__ = kernel
         return primitive
 
     def _unary_primitive(self, kernel: str) -> Callable:
         def primitive(a: MetalArray, out: MetalArray) -> None:
             self.unary(kernel, a, out)
+
         primitive.__name__ = primitive.__qualname__ = kernel
         return primitive
 
     # -- the module-level table --
-    def primitive_table(self) -> Dict[str, object]:
+    def primitive_table(self) -> dict[str, object]:
         """The names a backend module exports: every primitive of the table this backend
         implements (primitives.TABLE, with the table's parameter names), bound to it. The
         optional ones it leaves out (ewise_broadcast_binary, matmul_tiled) are the table's
         fallbacks over these."""
-        table: Dict[str, object] = {
+        table: dict[str, object] = {
             "Array": self.Array,
             "DTYPES": self.DTYPES,
             "__device_name__": self.device_name,
         }
-        families = {"binary": self._binary_primitive, "scalar": self._scalar_primitive,
-                    "unary": self._unary_primitive}
+        families = {
+            "binary": self._binary_primitive,
+            "scalar": self._scalar_primitive,
+            "unary": self._unary_primitive,
+        }
         for prim in primitives.TABLE.values():
             if prim.reference is not None:  # an elementwise family: a kernel of its own
                 table[prim.name] = families[prim.group](prim.name)

@@ -13,8 +13,8 @@ import builtins
 import importlib
 import operator
 import warnings
+from collections.abc import Iterable, Sequence
 from functools import lru_cache, reduce
-from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -53,18 +53,47 @@ def _optional_backend(name: str):
     except ImportError:  # not macOS, no PyObjC or no Metal GPU: the device is just disabled
         return None
     except Exception as error:  # pragma: no cover - a broken install must not break import
-        warnings.warn(f"needle: the {name} backend failed to load ({error!r})", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"needle: the {name} backend failed to load ({error!r})", RuntimeWarning, stacklevel=2
+        )
         return None
 
 
-
 __all__ = [
-    "NDArray", "BackendDevice", "DTYPES", "array", "empty", "full", "broadcast_to", "reshape",
-    "maximum", "log", "exp", "tanh", "sum", "max", "flip", "stack", "split", "cpu", "cpu_numpy",
-    "cuda", "metal", "mps", "default_device", "all_devices", "compact_strides",
-    "broadcast_shapes", "prod", "canonical_dtype", "set_num_threads", "get_num_threads",
-    "axpby", "RowIndices", "take_rows", "add_rows",
+    "NDArray",
+    "BackendDevice",
+    "DTYPES",
+    "array",
+    "empty",
+    "full",
+    "broadcast_to",
+    "reshape",
+    "maximum",
+    "log",
+    "exp",
+    "tanh",
+    "sum",
+    "max",
+    "flip",
+    "stack",
+    "split",
+    "cpu",
+    "cpu_numpy",
+    "cuda",
+    "metal",
+    "mps",
+    "default_device",
+    "all_devices",
+    "compact_strides",
+    "broadcast_shapes",
+    "prod",
+    "canonical_dtype",
+    "set_num_threads",
+    "get_num_threads",
+    "axpby",
+    "RowIndices",
+    "take_rows",
+    "add_rows",
 ]
 
 DTYPES = ("float32", "float64")
@@ -153,7 +182,7 @@ class BackendDevice:
         return self.mod is not None and (name in primitives.CORE or name in self._native)
 
     @property
-    def dtypes(self) -> Tuple[str, ...]:
+    def dtypes(self) -> tuple[str, ...]:
         """The dtypes this device holds."""
         return primitives.backend_dtypes(self.mod) if self.mod is not None else ()
 
@@ -164,36 +193,38 @@ class BackendDevice:
         if self.mod is None:
             raise RuntimeError(f"device {self.name}() is not available in this build of needle")
 
-    def randn(self, *shape, dtype=None) -> "NDArray":
+    def randn(self, *shape, dtype=None) -> NDArray:
         dtype = canonical_dtype(dtype)
         return NDArray(np.random.randn(*shape).astype(dtype), device=self, dtype=dtype)
 
-    def rand(self, *shape, dtype=None) -> "NDArray":
+    def rand(self, *shape, dtype=None) -> NDArray:
         dtype = canonical_dtype(dtype)
         return NDArray(np.random.rand(*shape).astype(dtype), device=self, dtype=dtype)
 
-    def one_hot(self, n: int, i, dtype=None) -> "NDArray":
+    def one_hot(self, n: int, i, dtype=None) -> NDArray:
         i = np.asarray(i).astype(np.int64)
         if i.size and (i.min() < 0 or i.max() >= n):
-            raise IndexError(f"one_hot: class indices must lie in [0, {n}), got {i.min()}..{i.max()}")
+            raise IndexError(
+                f"one_hot: class indices must lie in [0, {n}), got {i.min()}..{i.max()}"
+            )
         dtype = canonical_dtype(dtype)
         # Scatter ones into zeros: np.eye(n)[i] would build an n x n matrix first.
         out = np.zeros(i.shape + (n,), dtype=dtype)
         np.put_along_axis(out, i[..., None], 1, axis=-1)
         return NDArray(out, device=self, dtype=dtype)
 
-    def empty(self, shape, dtype=None) -> "NDArray":
+    def empty(self, shape, dtype=None) -> NDArray:
         return NDArray.make(_as_shape(shape), device=self, dtype=canonical_dtype(dtype))
 
-    def full(self, shape, fill_value, dtype=None) -> "NDArray":
+    def full(self, shape, fill_value, dtype=None) -> NDArray:
         arr = self.empty(shape, dtype)
         arr.fill(fill_value)
         return arr
 
-    def zeros(self, *shape, dtype=None) -> "NDArray":
+    def zeros(self, *shape, dtype=None) -> NDArray:
         return self.full(_shape_args(shape), 0.0, dtype)
 
-    def ones(self, *shape, dtype=None) -> "NDArray":
+    def ones(self, *shape, dtype=None) -> NDArray:
         return self.full(_shape_args(shape), 1.0, dtype)
 
 
@@ -255,7 +286,7 @@ def all_devices():
     return [cpu_numpy(), cpu(), cuda(), metal(), mps()]
 
 
-def _as_shape(shape) -> Tuple[int, ...]:
+def _as_shape(shape) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     shape = tuple(operator.index(s) for s in shape)
@@ -270,18 +301,18 @@ def _shape_args(shape: tuple) -> tuple:
 
 
 @lru_cache(maxsize=4096)
-def _size(shape: Tuple[int, ...]) -> int:
+def _size(shape: tuple[int, ...]) -> int:
     """The number of elements of a shape (cached: it is asked on every op)."""
     return prod(shape)
 
 
-def compact_strides(shape: Sequence[int]) -> Tuple[int, ...]:
+def compact_strides(shape: Sequence[int]) -> tuple[int, ...]:
     """Row-major strides (in elements) of a compact array of this shape."""
     return _compact_strides(tuple(shape))
 
 
 @lru_cache(maxsize=4096)
-def _compact_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+def _compact_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     stride = 1
     res = []
     for dim in reversed(shape):
@@ -290,7 +321,7 @@ def _compact_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     return tuple(reversed(res))
 
 
-def broadcast_shapes(*shapes: Tuple[int, ...]) -> Tuple[int, ...]:
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     """NumPy's broadcasting rule; ValueError naming the shapes when they do not broadcast."""
     ndim = builtins.max(len(s) for s in shapes)
     out = []
@@ -301,7 +332,9 @@ def broadcast_shapes(*shapes: Tuple[int, ...]) -> Tuple[int, ...]:
             if d != 1:
                 if dim != 1 and d != dim:
                     raise ValueError(
-                        "shapes " + " and ".join(str(tuple(s)) for s in shapes) + " do not broadcast"
+                        "shapes "
+                        + " and ".join(str(tuple(s)) for s in shapes)
+                        + " do not broadcast"
                     )
                 dim = d
         out.append(dim)
@@ -315,7 +348,7 @@ def _normalize_axis(axis: int, ndim: int) -> int:
     return axis % ndim
 
 
-def _normalize_axes(axis, ndim: int) -> Tuple[int, ...]:
+def _normalize_axes(axis, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     if isinstance(axis, (int, np.integer)):
@@ -326,7 +359,7 @@ def _normalize_axes(axis, ndim: int) -> Tuple[int, ...]:
     return axes
 
 
-def _matmul_strides(a: "NDArray") -> Optional[Tuple[int, int, int]]:
+def _matmul_strides(a: NDArray) -> tuple[int, int, int] | None:
     """(batch, row, col) strides of a (..., rows, cols) view whose batch axes merge into one
     axis of uniform stride, with no negative stride; None when it needs a compact copy."""
     if builtins.min(a._strides, default=0) < 0:
@@ -352,11 +385,18 @@ class NDArray:
 
     # _compact caches is_compact(): True/False, or None when not yet known.
     __slots__ = (
-        "_shape", "_strides", "_offset", "_device", "_handle", "_dtype", "_compact", "__weakref__"
+        "_shape",
+        "_strides",
+        "_offset",
+        "_device",
+        "_handle",
+        "_dtype",
+        "_compact",
+        "__weakref__",
     )
     __array_priority__ = 1000  # so that np_scalar * NDArray calls our __rmul__
 
-    def __init__(self, other, device: Optional[BackendDevice] = None, dtype=None):
+    def __init__(self, other, device: BackendDevice | None = None, dtype=None):
         if isinstance(other, NDArray):
             device = other.device if device is None else device
             dtype = other.dtype if dtype is None else canonical_dtype(dtype)
@@ -375,7 +415,7 @@ class NDArray:
             device.mod.from_numpy(array, out._handle)
         self._init(out)
 
-    def _init(self, other: "NDArray") -> None:
+    def _init(self, other: NDArray) -> None:
         self._shape = other._shape
         self._strides = other._strides
         self._offset = other._offset
@@ -385,7 +425,7 @@ class NDArray:
         self._compact = other._compact
 
     @staticmethod
-    def make(shape, strides=None, device=None, handle=None, offset=0, dtype=None) -> "NDArray":
+    def make(shape, strides=None, device=None, handle=None, offset=0, dtype=None) -> NDArray:
         """Create an NDArray over `handle` (or a fresh buffer) without copying."""
         # This is the hot path of every op: keep it to attribute stores and cached lookups.
         array = object.__new__(NDArray)
@@ -413,11 +453,11 @@ class NDArray:
 
     # ---- properties -----------------------------------------------------------------
     @property
-    def shape(self) -> Tuple[int, ...]:
+    def shape(self) -> tuple[int, ...]:
         return self._shape
 
     @property
-    def strides(self) -> Tuple[int, ...]:
+    def strides(self) -> tuple[int, ...]:
         return self._strides
 
     @property
@@ -455,7 +495,7 @@ class NDArray:
         if self.size:
             self._device.mod.fill(self._handle, float(value))
 
-    def to(self, device: BackendDevice) -> "NDArray":
+    def to(self, device: BackendDevice) -> NDArray:
         """Copy to `device` (no copy when already there)."""
         if device == self._device:
             return self
@@ -472,7 +512,7 @@ class NDArray:
         a = self.numpy()
         return a if dtype is None else a.astype(dtype)
 
-    def astype(self, dtype) -> "NDArray":
+    def astype(self, dtype) -> NDArray:
         dtype = canonical_dtype(dtype)
         return self if dtype == self._dtype else NDArray(self, dtype=dtype)
 
@@ -486,7 +526,7 @@ class NDArray:
             )
         return compact
 
-    def compact(self) -> "NDArray":
+    def compact(self) -> NDArray:
         """This array, or a row-major copy of it when it is a view."""
         if self.is_compact():
             return self
@@ -496,7 +536,7 @@ class NDArray:
             self._device.mod.compact(self._handle, out._handle, *view)
         return out
 
-    def as_strided(self, shape, strides) -> "NDArray":
+    def as_strided(self, shape, strides) -> NDArray:
         """A view with the given shape and strides (in elements) over the same buffer."""
         shape, strides = _as_shape(shape), tuple(operator.index(s) for s in strides)
         if len(shape) != len(strides):
@@ -514,11 +554,11 @@ class NDArray:
         )
 
     @property
-    def flat(self) -> "NDArray":
+    def flat(self) -> NDArray:
         return self.reshape((self.size,))
 
     # ---- shape manipulation (views) -------------------------------------------------
-    def reshape(self, *new_shape) -> "NDArray":
+    def reshape(self, *new_shape) -> NDArray:
         """A view with a new shape (one -1 allowed); copies first if the array is not compact."""
         if len(new_shape) == 1 and isinstance(new_shape[0], (tuple, list)):
             new_shape = new_shape[0]
@@ -539,11 +579,13 @@ class NDArray:
             new_shape, device=base._device, handle=base._handle, offset=base._offset
         )
 
-    def permute(self, new_axes) -> "NDArray":
+    def permute(self, new_axes) -> NDArray:
         """Reorder the axes (a view): ``new_axes[i]`` is the old axis that becomes axis i."""
         new_axes = tuple(_normalize_axis(a, self.ndim) for a in new_axes)
         if sorted(new_axes) != list(range(self.ndim)):
-            raise ValueError(f"permute: {new_axes} is not a permutation of the axes of {self._shape}")
+            raise ValueError(
+                f"permute: {new_axes} is not a permutation of the axes of {self._shape}"
+            )
         return NDArray.make(
             tuple(self._shape[a] for a in new_axes),
             strides=tuple(self._strides[a] for a in new_axes),
@@ -552,13 +594,13 @@ class NDArray:
             offset=self._offset,
         )
 
-    def swapaxes(self, a: int, b: int) -> "NDArray":
+    def swapaxes(self, a: int, b: int) -> NDArray:
         axes = list(range(self.ndim))
         a, b = _normalize_axis(a, self.ndim), _normalize_axis(b, self.ndim)
         axes[a], axes[b] = axes[b], axes[a]
         return self.permute(axes)
 
-    def broadcast_to(self, new_shape) -> "NDArray":
+    def broadcast_to(self, new_shape) -> NDArray:
         """A view repeating size-1 (or missing leading) dimensions, as NumPy's broadcast_to."""
         new_shape = _as_shape(new_shape)
         if new_shape == self._shape:
@@ -575,11 +617,15 @@ class NDArray:
             else:
                 raise ValueError(f"cannot broadcast shape {self._shape} to {new_shape}")
         return NDArray.make(
-            new_shape, strides=strides, device=self._device, handle=self._handle, offset=self._offset
+            new_shape,
+            strides=strides,
+            device=self._device,
+            handle=self._handle,
+            offset=self._offset,
         )
 
     # ---- indexing -------------------------------------------------------------------
-    def _index_view(self, idxs) -> "NDArray":
+    def _index_view(self, idxs) -> NDArray:
         """The view selected by ints, slices (any step) and one Ellipsis, as in NumPy."""
         if not isinstance(idxs, tuple):
             idxs = (idxs,)
@@ -615,7 +661,7 @@ class NDArray:
             shape, strides=strides, device=self._device, handle=self._handle, offset=offset
         )
 
-    def __getitem__(self, idxs) -> "NDArray":
+    def __getitem__(self, idxs) -> NDArray:
         """A view (no copy): ints drop their axis, slices keep it, as in NumPy."""
         return self._index_view(idxs)
 
@@ -648,14 +694,14 @@ class NDArray:
             self._device.mod.scalar_setitem(view.size, float(other), view._handle, *view_args)
 
     # ---- elementwise ----------------------------------------------------------------
-    def _check_same_device(self, other: "NDArray") -> None:
+    def _check_same_device(self, other: NDArray) -> None:
         if other._device is not self._device and other._device != self._device:
             raise ValueError(
                 f"operands are on different devices: {self._device} and {other._device}; "
                 "move one with .to(device)"
             )
 
-    def _binary(self, other, ewise_name: str, scalar_name: str) -> "NDArray":
+    def _binary(self, other, ewise_name: str, scalar_name: str) -> NDArray:
         device = self._device
         if isinstance(other, NDArray):
             a = self
@@ -681,7 +727,7 @@ class NDArray:
             getattr(device.mod, scalar_name)(self.compact()._handle, float(other), out._handle)
         return out
 
-    def _unary(self, name: str) -> "NDArray":
+    def _unary(self, name: str) -> NDArray:
         out = NDArray.make(self._shape, device=self._device, dtype=self._dtype)
         if _size(out._shape):
             getattr(self._device.mod, name)(self.compact()._handle, out._handle)
@@ -743,7 +789,7 @@ class NDArray:
     # table, added after the class.
 
     # ---- matrix multiplication ------------------------------------------------------
-    def __matmul__(self, other: "NDArray") -> "NDArray":
+    def __matmul__(self, other: NDArray) -> NDArray:
         """(..., m, n) @ (..., n, p) -> (..., m, p), broadcasting the leading dimensions."""
         self._check_same_device(other)
         if self.ndim < 2 or other.ndim < 2:
@@ -787,22 +833,35 @@ class NDArray:
                 b = b.compact()
                 b_strides = _matmul_strides(b)
             device.matmul_strided(
-                a._handle, b._handle, out._handle, batch, m, n, p,
-                a._offset, a_strides, b._offset, b_strides,
+                a._handle,
+                b._handle,
+                out._handle,
+                batch,
+                m,
+                n,
+                p,
+                a._offset,
+                a_strides,
+                b._offset,
+                b_strides,
             )
         elif not batch_shape:
             device.mod.matmul(a.compact()._handle, b.compact()._handle, out._handle, m, n, p)
         else:  # batched_matmul, the backend's own or the table's fallback over matmul
-            device.batched_matmul(a.compact()._handle, b.compact()._handle, out._handle, batch,
-                                  m, n, p)
+            device.batched_matmul(
+                a.compact()._handle, b.compact()._handle, out._handle, batch, m, n, p
+            )
         return out
 
     # ---- reductions -----------------------------------------------------------------
-    def _reduce(self, axis, keepdims: bool, name: str) -> "NDArray":
+    def _reduce(self, axis, keepdims: bool, name: str) -> NDArray:
         axes = _normalize_axes(axis, self.ndim)
         kept = tuple(i for i in range(self.ndim) if i not in axes)
-        out_shape = tuple(1 if i in axes else d for i, d in enumerate(self._shape)) if keepdims \
+        out_shape = (
+            tuple(1 if i in axes else d for i, d in enumerate(self._shape))
+            if keepdims
             else tuple(self._shape[i] for i in kept)
+        )
         reduce_size = prod(self._shape[i] for i in axes)
         out = NDArray.make(out_shape, device=self._device, dtype=self._dtype)
         if out.size == 0:
@@ -815,7 +874,9 @@ class NDArray:
         mod = self._device.mod
         if axes == tuple(range(self.ndim - len(axes), self.ndim)):  # trailing axes: rows
             getattr(mod, name)(self.compact()._handle, out._handle, reduce_size)
-        elif axes == tuple(range(axes[0], axes[0] + len(axes))) and self._device.has(name + "_axis"):
+        elif axes == tuple(range(axes[0], axes[0] + len(axes))) and self._device.has(
+            name + "_axis"
+        ):
             # A run of middle axes: reduce (outer, reduce, inner) in place, no permuted copy.
             outer = prod(self._shape[: axes[0]])
             inner = prod(self._shape[axes[-1] + 1 :])
@@ -827,16 +888,16 @@ class NDArray:
             getattr(mod, name)(view._handle, out._handle, reduce_size)
         return out
 
-    def sum(self, axis=None, keepdims: bool = False) -> "NDArray":
+    def sum(self, axis=None, keepdims: bool = False) -> NDArray:
         """Sum over `axis` (an int, a tuple of ints, or None for all)."""
         return self._reduce(axis, keepdims, "reduce_sum")
 
-    def max(self, axis=None, keepdims: bool = False) -> "NDArray":
+    def max(self, axis=None, keepdims: bool = False) -> NDArray:
         """Maximum over `axis` (an int, a tuple of ints, or None for all)."""
         return self._reduce(axis, keepdims, "reduce_max")
 
     # ---- flip and pad ---------------------------------------------------------------
-    def flip(self, axes=None) -> "NDArray":
+    def flip(self, axes=None) -> NDArray:
         """Reverse the order of elements along `axes` (a copy, as needle's flip)."""
         axes = _normalize_axes(axes, self.ndim)
         offset, strides = self._offset, list(self._strides)
@@ -848,7 +909,7 @@ class NDArray:
             self._shape, strides=strides, device=self._device, handle=self._handle, offset=offset
         ).compact()
 
-    def pad(self, axes) -> "NDArray":
+    def pad(self, axes) -> NDArray:
         """Zero-pad: `axes` gives (before, after) for every axis."""
         axes = tuple(tuple(operator.index(x) for x in a) for a in axes)
         if len(axes) != self.ndim or any(len(a) != 2 or min(a) < 0 for a in axes):
@@ -867,18 +928,25 @@ def _unary_method(primitive: primitives.Primitive):
     def method(self: NDArray) -> NDArray:
         return self._unary(primitive.name)
 
-    method.__name__ = primitive.name[len("ewise_"):]
+    method.__name__ = primitive.name[len("ewise_") :]
     method.__doc__ = primitive.doc
     return method
 
 
 for _primitive in primitives.family("unary"):
     if _primitive.name != "ewise_neg":  # -a
-        setattr(NDArray, _primitive.name[len("ewise_"):], _unary_method(_primitive))
+        setattr(NDArray, _primitive.name[len("ewise_") :], _unary_method(_primitive))
 
 
-_VECTOR_OPS = {"ewise_add": "add", "ewise_sub": "sub", "ewise_mul": "mul", "ewise_div": "div",
-               "ewise_maximum": "maximum", "ewise_eq": "eq", "ewise_ge": "ge"}
+_VECTOR_OPS = {
+    "ewise_add": "add",
+    "ewise_sub": "sub",
+    "ewise_mul": "mul",
+    "ewise_div": "div",
+    "ewise_maximum": "maximum",
+    "ewise_eq": "eq",
+    "ewise_ge": "ge",
+}
 
 
 def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):
@@ -911,30 +979,36 @@ def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):
     outer, inner = _size(shape[:split]), _size(shape[split:])
     out = NDArray.make(shape, device=full._device, dtype=full._dtype)
     if outer and inner:
-        full._device.ewise_broadcast_binary(op, full.compact()._handle,
-                                                vector.compact()._handle, out._handle, outer,
-                                                inner, per_column, vector_first)
+        full._device.ewise_broadcast_binary(
+            op,
+            full.compact()._handle,
+            vector.compact()._handle,
+            out._handle,
+            outer,
+            inner,
+            per_column,
+            vector_first,
+        )
     return out
 
 
 # ---- module-level constructors and functions (the needle API) ------------------------
-def array(a, dtype=None, device: Optional[BackendDevice] = None) -> NDArray:
+def array(a, dtype=None, device: BackendDevice | None = None) -> NDArray:
     """An NDArray copy of `a`: float32 unless `dtype` says otherwise (or `a` is an NDArray)."""
     return NDArray(a, device=device, dtype=dtype)
 
 
-def empty(shape, dtype=None, device: Optional[BackendDevice] = None) -> NDArray:
+def empty(shape, dtype=None, device: BackendDevice | None = None) -> NDArray:
     device = default_device() if device is None else device
     return device.empty(shape, dtype)
 
 
-def full(shape, fill_value, dtype=None, device: Optional[BackendDevice] = None) -> NDArray:
+def full(shape, fill_value, dtype=None, device: BackendDevice | None = None) -> NDArray:
     device = default_device() if device is None else device
     return device.full(shape, fill_value, dtype)
 
 
-def axpby(alpha: float, x: NDArray, beta: float, y: NDArray,
-          out: Optional[NDArray] = None) -> NDArray:
+def axpby(alpha: float, x: NDArray, beta: float, y: NDArray, out: NDArray | None = None) -> NDArray:
     """alpha * x + beta * y in one pass over memory (one primitive call, ewise_axpby).
 
     x and y need one shape, dtype and device (no broadcasting, no promotion). With `out`
@@ -956,15 +1030,17 @@ def axpby(alpha: float, x: NDArray, beta: float, y: NDArray,
             raise TypeError(f"axpby: out must be an NDArray, got {type(out).__name__}")
         x._check_same_device(out)
         if out._shape != x._shape or out._dtype != x._dtype:
-            raise ValueError(f"axpby: out is {out._shape} {out._dtype}, the result "
-                             f"{x._shape} {x._dtype}")
+            raise ValueError(
+                f"axpby: out is {out._shape} {out._dtype}, the result {x._shape} {x._dtype}"
+            )
         if not out.is_compact():
             raise ValueError("axpby: out must be compact (not a view)")
     if out.size:
         # A compact out covers its whole buffer, so an input that shares it after compact()
         # is element for element the same array: the primitive's in-place case.
-        x._device.ewise_axpby(x.compact()._handle, y.compact()._handle, float(alpha),
-                              float(beta), out._handle)
+        x._device.ewise_axpby(
+            x.compact()._handle, y.compact()._handle, float(alpha), float(beta), out._handle
+        )
     return out
 
 
@@ -974,13 +1050,13 @@ class RowIndices:
     as `dtype` values (backend arrays are floating point; float32 holds whole numbers exactly
     up to 2^24). `host` keeps them as int64."""
 
-    def __init__(self, indices, rows: int, device: Optional["BackendDevice"] = None,
-                 dtype=None):
+    def __init__(self, indices, rows: int, device: BackendDevice | None = None, dtype=None):
         idx = RowIndices.check(indices, rows)
         dtype = canonical_dtype(dtype)
-        if dtype == "float32" and rows > 2 ** 24:
-            raise ValueError(f"{rows} rows: float32 cannot hold every row index exactly; use "
-                             "float64 arrays")
+        if dtype == "float32" and rows > 2**24:
+            raise ValueError(
+                f"{rows} rows: float32 cannot hold every row index exactly; use float64 arrays"
+            )
         self.host, self.rows = idx, int(rows)
         self.array = NDArray(idx.astype(dtype), device=device, dtype=dtype)
 
@@ -1003,7 +1079,7 @@ class RowIndices:
     def __len__(self) -> int:
         return len(self.host)
 
-    def on(self, device: "BackendDevice", dtype: str) -> "RowIndices":
+    def on(self, device: BackendDevice, dtype: str) -> RowIndices:
         """These indices as `dtype` values on `device` (self when they already are)."""
         if self.array.device == device and self.array.dtype == dtype:
             return self
@@ -1018,17 +1094,23 @@ def take_rows(table: NDArray, indices) -> NDArray:
     if not isinstance(indices, RowIndices):
         indices = RowIndices(indices, table.shape[0], table.device, table.dtype)
     elif indices.rows != table.shape[0]:
-        raise ValueError(f"take_rows: indices are for {indices.rows} rows, the table has "
-                         f"{table.shape[0]}")
+        raise ValueError(
+            f"take_rows: indices are for {indices.rows} rows, the table has {table.shape[0]}"
+        )
     idx = indices.on(table.device, table.dtype)
     out = NDArray.make((len(idx),) + table.shape[1:], device=table.device, dtype=table.dtype)
     if out.size:
-        table.device.gather_rows(table.compact()._handle, idx.array._handle, out._handle,
-                                 len(idx), _size(table.shape[1:]))
+        table.device.gather_rows(
+            table.compact()._handle,
+            idx.array._handle,
+            out._handle,
+            len(idx),
+            _size(table.shape[1:]),
+        )
     return out
 
 
-def add_rows(values: NDArray, indices, rows: int, out: Optional[NDArray] = None) -> NDArray:
+def add_rows(values: NDArray, indices, rows: int, out: NDArray | None = None) -> NDArray:
     """Zeros of shape (rows,) + values.shape[1:] with each values[i] added to row
     indices[i] (repeats add up): take_rows's adjoint. One scatter_add_rows call. With `out`
     (compact, of that shape, dtype and device) the rows are added onto out instead."""
@@ -1039,8 +1121,7 @@ def add_rows(values: NDArray, indices, rows: int, out: Optional[NDArray] = None)
     elif indices.rows != rows:
         raise ValueError(f"add_rows: indices are for {indices.rows} rows, not {rows}")
     if values.shape[0] != len(indices):
-        raise ValueError(f"add_rows: {values.shape[0]} rows of values for {len(indices)} "
-                         "indices")
+        raise ValueError(f"add_rows: {values.shape[0]} rows of values for {len(indices)} indices")
     idx = indices.on(values.device, values.dtype)
     shape = (rows,) + values.shape[1:]
     if out is None:
@@ -1048,12 +1129,19 @@ def add_rows(values: NDArray, indices, rows: int, out: Optional[NDArray] = None)
     else:
         values._check_same_device(out)
         if out.shape != shape or out.dtype != values.dtype or not out.is_compact():
-            raise ValueError(f"add_rows: out must be a compact {shape} {values.dtype} array, "
-                             f"got {out.shape} {out.dtype}"
-                             f"{'' if out.is_compact() else ' (a view)'}")
+            raise ValueError(
+                f"add_rows: out must be a compact {shape} {values.dtype} array, "
+                f"got {out.shape} {out.dtype}"
+                f"{'' if out.is_compact() else ' (a view)'}"
+            )
     if values.size:
-        values.device.scatter_add_rows(values.compact()._handle, idx.array._handle,
-                                       out._handle, len(idx), _size(values.shape[1:]))
+        values.device.scatter_add_rows(
+            values.compact()._handle,
+            idx.array._handle,
+            out._handle,
+            len(idx),
+            _size(values.shape[1:]),
+        )
     return out
 
 
@@ -1105,7 +1193,8 @@ def stack(arrays: Sequence[NDArray], axis: int = 0) -> NDArray:
         arrays[0]._check_same_device(a)
     axis = _normalize_axis(axis, len(shape) + 1)
     out = NDArray.make(
-        shape[:axis] + (len(arrays),) + shape[axis:], device=arrays[0].device,
+        shape[:axis] + (len(arrays),) + shape[axis:],
+        device=arrays[0].device,
         dtype=arrays[0].dtype,
     )
     for i, a in enumerate(arrays):
@@ -1113,7 +1202,7 @@ def stack(arrays: Sequence[NDArray], axis: int = 0) -> NDArray:
     return out
 
 
-def split(a: NDArray, axis: int = 0) -> Tuple[NDArray, ...]:
+def split(a: NDArray, axis: int = 0) -> tuple[NDArray, ...]:
     """Views of `a` along `axis`, one per index (the inverse of stack)."""
     axis = _normalize_axis(axis, a.ndim)
     return tuple(a[(slice(None),) * axis + (i,)] for i in range(a.shape[axis]))

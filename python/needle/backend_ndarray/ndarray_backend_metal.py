@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import sys
 import warnings
-from typing import Dict, List, Optional, Tuple
 
 if sys.platform != "darwin":
     raise ImportError("needle's metal backend needs macOS")
@@ -33,8 +32,13 @@ except ImportError as _error:
         'install it with pip install "needle[metal]"'
     ) from _error
 
-from .metal_primitives import (CORE_SOURCES, SIMDGROUP_KERNELS, SIMDGROUP_SOURCES, MetalBackend,
-                               kernel_source)
+from .metal_primitives import (
+    CORE_SOURCES,
+    SIMDGROUP_KERNELS,
+    SIMDGROUP_SOURCES,
+    MetalBackend,
+    kernel_source,
+)
 
 # Kernels encoded into one command buffer before it is committed (without waiting), so that the
 # GPU starts on a long sequence while Python is still encoding the rest of it.
@@ -54,13 +58,13 @@ class MetalRuntime:
             raise ImportError("needle's metal backend: this Mac has no Metal device")
         self.device = device
         self.queue = device.newCommandQueue()
-        self._libraries: Dict[str, object] = {}
-        self._pipelines: Dict[str, object] = {}
-        self._matmul_kernels: Optional[Tuple[str, ...]] = None
+        self._libraries: dict[str, object] = {}
+        self._pipelines: dict[str, object] = {}
+        self._matmul_kernels: tuple[str, ...] | None = None
         self._command_buffer = None
         self._encoder = None
         self._encoded = 0
-        self._in_flight: List[object] = []  # committed command buffers not yet waited for
+        self._in_flight: list[object] = []  # committed command buffers not yet waited for
         self.batch, self.completed = 0, -1  # kept by metal_primitives.MetalBackend
 
     # ---- memory ---------------------------------------------------------------------------
@@ -93,8 +97,9 @@ class MetalRuntime:
                 kernel_source(files), options, None
             )
             if library is None:
-                raise RuntimeError(f"metal: compiling {', '.join(files)} failed: "
-                                   f"{_describe(error)}")
+                raise RuntimeError(
+                    f"metal: compiling {', '.join(files)} failed: {_describe(error)}"
+                )
             self._libraries[name] = library
         return library
 
@@ -106,16 +111,15 @@ class MetalRuntime:
             function = library.newFunctionWithName_(kernel)
             if function is None:
                 raise RuntimeError(f"metal: the kernel library has no kernel {kernel}")
-            pipeline, error = self.device.newComputePipelineStateWithFunction_error_(
-                function, None
-            )
+            pipeline, error = self.device.newComputePipelineStateWithFunction_error_(function, None)
             if pipeline is None:
-                raise RuntimeError(f"metal: cannot create the pipeline of {kernel}: "
-                                   f"{_describe(error)}")
+                raise RuntimeError(
+                    f"metal: cannot create the pipeline of {kernel}: {_describe(error)}"
+                )
             self._pipelines[kernel] = pipeline
         return pipeline
 
-    def matmul_kernels(self) -> Tuple[str, ...]:
+    def matmul_kernels(self) -> tuple[str, ...]:
         """matmul_simdgroup first where the GPU has simdgroup_matrix (Apple7: M1 and later)."""
         if self._matmul_kernels is None:
             kernels = ["matmul_threadgroup"]
@@ -125,8 +129,11 @@ class MetalRuntime:
                     self.pipeline("matmul_simdgroup")
                     kernels.insert(0, "matmul_simdgroup")
                 except RuntimeError as error:
-                    warnings.warn(f"metal: using the threadgroup matmul kernel ({error})",
-                                  RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"metal: using the threadgroup matmul kernel ({error})",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             self._matmul_kernels = tuple(kernels)
         return self._matmul_kernels
 
@@ -202,13 +209,16 @@ class MetalRuntime:
     def _check(command_buffers) -> None:
         for command_buffer in command_buffers:
             if command_buffer.status() == Metal.MTLCommandBufferStatusError:
-                raise RuntimeError(f"metal: a command buffer failed: "
-                                   f"{_describe(command_buffer.error())}")
+                raise RuntimeError(
+                    f"metal: a command buffer failed: {_describe(command_buffer.error())}"
+                )
 
 
 def _finished(command_buffer) -> bool:
-    return command_buffer.status() in (Metal.MTLCommandBufferStatusCompleted,
-                                       Metal.MTLCommandBufferStatusError)
+    return command_buffer.status() in (
+        Metal.MTLCommandBufferStatusCompleted,
+        Metal.MTLCommandBufferStatusError,
+    )
 
 
 runtime = MetalRuntime()

@@ -41,7 +41,7 @@ class MPSBackend(MetalBackend):
 
     def __init__(self, runtime, device_name: str):
         super().__init__(runtime, device_name)
-        self._matmuls: "OrderedDict[tuple, object]" = OrderedDict()
+        self._matmuls: OrderedDict[tuple, object] = OrderedDict()
 
     def _matmul(self, transpose_left: bool, transpose_right: bool, m: int, n: int, p: int):
         key = (transpose_left, transpose_right, m, n, p)
@@ -60,34 +60,56 @@ class MPSBackend(MetalBackend):
     @staticmethod
     def _matrix(array, layout: MPSMatrixLayout, batch: int):
         descriptor = MPS.MPSMatrixDescriptor.matrixDescriptorWithRows_columns_matrices_rowBytes_matrixBytes_dataType_(  # noqa: E501
-            layout.rows, layout.columns, batch, layout.row_bytes, layout.matrix_bytes,
+            layout.rows,
+            layout.columns,
+            batch,
+            layout.row_bytes,
+            layout.matrix_bytes,
             MPS.MPSDataTypeFloat32,
         )
         return MPS.MPSMatrix.alloc().initWithBuffer_offset_descriptor_(
             array.buffer, layout.offset_bytes, descriptor
         )
 
-    def matmul_strided(self, a, b, out, batch: int, m: int, n: int, p: int, a_offset: int,
-                       a_strides, b_offset: int, b_strides) -> None:
+    def matmul_strided(
+        self,
+        a,
+        b,
+        out,
+        batch: int,
+        m: int,
+        n: int,
+        p: int,
+        a_offset: int,
+        a_strides,
+        b_offset: int,
+        b_strides,
+    ) -> None:
         if batch * m * p == 0:
             return
         left = mps_matrix_layout(batch, m, n, a_offset, a_strides, a.size)
         right = mps_matrix_layout(batch, n, p, b_offset, b_strides, b.size)
         if n == 0 or left is None or right is None:
-            super().matmul_strided(a, b, out, batch, m, n, p, a_offset, a_strides, b_offset,
-                                   b_strides)
+            super().matmul_strided(
+                a, b, out, batch, m, n, p, a_offset, a_strides, b_offset, b_strides
+            )
             return
         result = MPSMatrixLayout(m, p, 4 * p, 4 * m * p, 0, False)
         kernel = self._matmul(left.transposed, right.transposed, m, n, p)
         kernel.setBatchStart_(0)
         kernel.setBatchSize_(batch)
-        matrices = (self._matrix(a, left, batch), self._matrix(b, right, batch),
-                    self._matrix(out, result, batch))
+        matrices = (
+            self._matrix(a, left, batch),
+            self._matrix(b, right, batch),
+            self._matrix(out, result, batch),
+        )
         for array in (a, b, out):
             array.last_batch = self.runtime.batch
         self.runtime.encode_with(
-            lambda command_buffer: kernel.encodeToCommandBuffer_leftMatrix_rightMatrix_resultMatrix_(  # noqa: E501
-                command_buffer, *matrices
+            lambda command_buffer: (
+                kernel.encodeToCommandBuffer_leftMatrix_rightMatrix_resultMatrix_(
+                    command_buffer, *matrices
+                )
             )
         )
 

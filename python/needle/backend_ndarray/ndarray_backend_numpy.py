@@ -112,8 +112,9 @@ def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> 
     """Row i of out = row indices[i] of a, for i < n; rows are row_size elements. indices
     holds whole numbers (in a's dtype) in [0, a.size // row_size), checked by NDArray."""
     idx = indices.array[:n].astype(np.int64)
-    out.array[: n * row_size] = a.array[: a.size // row_size * row_size].reshape(
-        -1, row_size)[idx].reshape(-1)
+    out.array[: n * row_size] = (
+        a.array[: a.size // row_size * row_size].reshape(-1, row_size)[idx].reshape(-1)
+    )
 
 
 def scatter_add_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
@@ -132,14 +133,21 @@ def matmul(a: Array, b: Array, out: Array, m: int, n: int, p: int) -> None:
 
 def batched_matmul(a: Array, b: Array, out: Array, batch: int, m: int, n: int, p: int) -> None:
     """(batch, m, n) @ (batch, n, p) -> (batch, m, p), all compact row-major."""
-    out.array[:] = np.matmul(
-        a.array.reshape(batch, m, n), b.array.reshape(batch, n, p)
-    ).reshape(-1)
+    out.array[:] = np.matmul(a.array.reshape(batch, m, n), b.array.reshape(batch, n, p)).reshape(-1)
 
 
 def matmul_strided(
-    a: Array, b: Array, out: Array, batch: int, m: int, n: int, p: int,
-    a_offset: int, a_strides, b_offset: int, b_strides,
+    a: Array,
+    b: Array,
+    out: Array,
+    batch: int,
+    m: int,
+    n: int,
+    p: int,
+    a_offset: int,
+    a_strides,
+    b_offset: int,
+    b_strides,
 ) -> None:
     """Batched matmul of strided views, so transposed, offset or batch-broadcast operands need
     no compact copy: a is the view (batch, m, n) with strides a_strides = (batch, row, col) at

@@ -24,12 +24,13 @@ reference) plus one functor line per native backend: see ``docs/adding_a_primiti
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable
 
 import numpy as np
 
-DTYPES: Tuple[str, ...] = ("float32", "float64")
+DTYPES: tuple[str, ...] = ("float32", "float64")
 
 # Parameter kinds: how a conformance test or an emulator marshals each argument.
 #   array   an input Array          out     the output Array (written)
@@ -51,18 +52,18 @@ class Primitive:
     """One row of the table."""
 
     name: str
-    params: Tuple[Param, ...]
+    params: tuple[Param, ...]
     group: str  # memory, layout, binary, scalar, unary, linalg, reduce, rows, sync
     core: bool
     doc: str
-    dtypes: Tuple[str, ...] = DTYPES
+    dtypes: tuple[str, ...] = DTYPES
     # Elementwise families: the NumPy function the reference backend applies.
-    reference: Optional[Callable] = field(default=None, compare=False, repr=False)
+    reference: Callable | None = field(default=None, compare=False, repr=False)
     # Optional primitives: fallback(mod, *args) over the core primitives of `mod`.
-    fallback: Optional[Callable] = field(default=None, compare=False, repr=False)
+    fallback: Callable | None = field(default=None, compare=False, repr=False)
 
     @property
-    def param_names(self) -> Tuple[str, ...]:
+    def param_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params)
 
     @property
@@ -70,7 +71,7 @@ class Primitive:
         return f"{self.name}({', '.join(self.param_names)})"
 
 
-def _params(spec: str) -> Tuple[Param, ...]:
+def _params(spec: str) -> tuple[Param, ...]:
     """'a:array, out:out, n:int' -> Params."""
     params = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -88,7 +89,7 @@ def _sigmoid(x):
 
 
 # ewise_<name>(a, out): out = f(a)
-UNARY: Dict[str, Callable] = {
+UNARY: dict[str, Callable] = {
     "neg": np.negative,
     "abs": np.abs,
     "sign": np.sign,
@@ -104,7 +105,7 @@ UNARY: Dict[str, Callable] = {
 }
 
 # ewise_<name>(a, b, out): out = f(a, b); comparisons give 1.0 / 0.0 in the array's dtype.
-BINARY: Dict[str, Callable] = {
+BINARY: dict[str, Callable] = {
     "add": np.add,
     "sub": np.subtract,
     "mul": np.multiply,
@@ -116,7 +117,7 @@ BINARY: Dict[str, Callable] = {
 }
 
 # scalar_<name>(a, val, out): out = f(a, val), val rounded to the array's dtype first.
-SCALAR: Dict[str, Callable] = {
+SCALAR: dict[str, Callable] = {
     "add": np.add,
     "sub": np.subtract,
     "rsub": lambda a, v: v - a,
@@ -138,8 +139,9 @@ def resolve(mod, name: str) -> Callable:
         return own
     prim = TABLE[name]
     if prim.fallback is None:
-        raise MissingPrimitiveError(f"backend {_backend_name(mod)} lacks the core primitive "
-                                    f"{prim.signature}")
+        raise MissingPrimitiveError(
+            f"backend {_backend_name(mod)} lacks the core primitive {prim.signature}"
+        )
     return functools.partial(prim.fallback, mod)
 
 
@@ -161,8 +163,7 @@ def _fallback_axpby(mod, a, b, alpha, beta, out):
     mod.ewise_add(ta, tb, out)
 
 
-def _fallback_broadcast_binary(mod, op, full, vector, out, outer, inner, per_column,
-                               vector_first):
+def _fallback_broadcast_binary(mod, op, full, vector, out, outer, inner, per_column, vector_first):
     # The vector repeated to full size by a zero-stride compact, then the plain binary op.
     expanded = _temp(mod, full, outer * inner)
     strides = (0, 1) if per_column else (1, 0)
@@ -211,8 +212,9 @@ def _fallback_batched_matmul(mod, a, b, out, batch, m, n, p):
         mod.ewise_setitem(tc, out, (m * p,), (1,), i * m * p)
 
 
-def _fallback_matmul_strided(mod, a, b, out, batch, m, n, p, a_offset, a_strides, b_offset,
-                             b_strides):
+def _fallback_matmul_strided(
+    mod, a, b, out, batch, m, n, p, a_offset, a_strides, b_offset, b_strides
+):
     ta, tb = _temp(mod, a, batch * m * n), _temp(mod, b, batch * n * p)
     mod.compact(a, ta, (batch, m, n), tuple(a_strides), a_offset)
     mod.compact(b, tb, (batch, n, p), tuple(b_strides), b_offset)
@@ -250,81 +252,200 @@ def _fallback_synchronize(mod):
 
 
 # ---- the table ----------------------------------------------------------------------------
-def _table() -> Dict[str, Primitive]:
-    rows: List[Primitive] = []
+def _table() -> dict[str, Primitive]:
+    rows: list[Primitive] = []
 
     def add(name, spec, group, core, doc, **kw):
         rows.append(Primitive(name, _params(spec), group, core, doc, **kw))
 
     view = "shape:shape, strides:shape, offset:int"
-    add("to_numpy", "a:array, " + view, "memory", True,
-        "a NumPy copy of the view of a (a compact array of the view's shape)")
-    add("from_numpy", "a:numpy, out:out", "memory", True,
-        "out = a, a C-contiguous NumPy array of out's dtype and size")
+    add(
+        "to_numpy",
+        "a:array, " + view,
+        "memory",
+        True,
+        "a NumPy copy of the view of a (a compact array of the view's shape)",
+    )
+    add(
+        "from_numpy",
+        "a:numpy, out:out",
+        "memory",
+        True,
+        "out = a, a C-contiguous NumPy array of out's dtype and size",
+    )
     add("fill", "out:out, val:float", "memory", True, "every element of out = val")
-    add("compact", "a:array, out:out, " + view, "layout", True,
-        "out = the view of a, row-major (any number of axes, signed strides)")
-    add("ewise_setitem", "a:array, out:inout, " + view, "layout", True,
-        "the view of out = a (compact, of the view's size)")
-    add("scalar_setitem", "size:int, val:float, out:inout, " + view, "layout", True,
-        "every element of the view of out (size elements) = val")
+    add(
+        "compact",
+        "a:array, out:out, " + view,
+        "layout",
+        True,
+        "out = the view of a, row-major (any number of axes, signed strides)",
+    )
+    add(
+        "ewise_setitem",
+        "a:array, out:inout, " + view,
+        "layout",
+        True,
+        "the view of out = a (compact, of the view's size)",
+    )
+    add(
+        "scalar_setitem",
+        "size:int, val:float, out:inout, " + view,
+        "layout",
+        True,
+        "every element of the view of out (size elements) = val",
+    )
     for op, ref in BINARY.items():
-        add(f"ewise_{op}", "a:array, b:array, out:out", "binary", True,
-            f"out = {op}(a, b), elementwise", reference=ref)
+        add(
+            f"ewise_{op}",
+            "a:array, b:array, out:out",
+            "binary",
+            True,
+            f"out = {op}(a, b), elementwise",
+            reference=ref,
+        )
     for op, ref in SCALAR.items():
-        add(f"scalar_{op}", "a:array, val:float, out:out", "scalar", True,
-            f"out = {op}(a, val), val rounded to the dtype", reference=ref)
+        add(
+            f"scalar_{op}",
+            "a:array, val:float, out:out",
+            "scalar",
+            True,
+            f"out = {op}(a, val), val rounded to the dtype",
+            reference=ref,
+        )
     for op, ref in UNARY.items():
-        add(f"ewise_{op}", "a:array, out:out", "unary", True, f"out = {op}(a), elementwise",
-            reference=ref)
-    add("ewise_axpby", "a:array, b:array, alpha:float, beta:float, out:out", "binary", False,
+        add(
+            f"ewise_{op}",
+            "a:array, out:out",
+            "unary",
+            True,
+            f"out = {op}(a), elementwise",
+            reference=ref,
+        )
+    add(
+        "ewise_axpby",
+        "a:array, b:array, alpha:float, beta:float, out:out",
+        "binary",
+        False,
         "out = alpha * a + beta * b (scalars rounded to the dtype); out may be a or b",
-        fallback=_fallback_axpby)
-    add("ewise_broadcast_binary",
+        fallback=_fallback_axpby,
+    )
+    add(
+        "ewise_broadcast_binary",
         "op:str, full:array, vector:array, out:out, outer:int, inner:int, per_column:bool, "
-        "vector_first:bool", "binary", False,
+        "vector_first:bool",
+        "binary",
+        False,
         "out = ewise_<op>(full, vector repeated): vector has `inner` elements repeated over "
         "`outer` rows (per_column) or `outer` elements each repeated `inner` times; operands "
-        "swapped when vector_first", fallback=_fallback_broadcast_binary)
-    add("matmul", "a:array, b:array, out:out, m:int, n:int, p:int", "linalg", True,
-        "(m, n) @ (n, p) -> (m, p), compact row-major")
-    add("batched_matmul", "a:array, b:array, out:out, batch:int, m:int, n:int, p:int",
-        "linalg", False, "(batch, m, n) @ (batch, n, p), compact row-major",
-        fallback=_fallback_batched_matmul)
-    add("matmul_strided",
+        "swapped when vector_first",
+        fallback=_fallback_broadcast_binary,
+    )
+    add(
+        "matmul",
+        "a:array, b:array, out:out, m:int, n:int, p:int",
+        "linalg",
+        True,
+        "(m, n) @ (n, p) -> (m, p), compact row-major",
+    )
+    add(
+        "batched_matmul",
+        "a:array, b:array, out:out, batch:int, m:int, n:int, p:int",
+        "linalg",
+        False,
+        "(batch, m, n) @ (batch, n, p), compact row-major",
+        fallback=_fallback_batched_matmul,
+    )
+    add(
+        "matmul_strided",
         "a:array, b:array, out:out, batch:int, m:int, n:int, p:int, a_offset:int, "
-        "a_strides:shape, b_offset:int, b_strides:shape", "linalg", False,
+        "a_strides:shape, b_offset:int, b_strides:shape",
+        "linalg",
+        False,
         "batched matmul of the strided views a (batch, m, n) and b (batch, n, p) with "
-        "(batch, row, col) strides (>= 0) into a compact out", fallback=_fallback_matmul_strided)
-    add("matmul_tiled", "a:array, b:array, out:out, m:int, n:int, p:int", "linalg", False,
+        "(batch, row, col) strides (>= 0) into a compact out",
+        fallback=_fallback_matmul_strided,
+    )
+    add(
+        "matmul_tiled",
+        "a:array, b:array, out:out, m:int, n:int, p:int",
+        "linalg",
+        False,
         "matmul over tile-major (rows/T, cols/T, T, T) operands, T = __tile_size__ "
-        "(the course's layout)", fallback=_fallback_matmul_tiled)
-    add("reduce_sum", "a:array, out:out, reduce_size:int", "reduce", True,
-        "out[i] = sum of a[i * reduce_size : (i + 1) * reduce_size]")
-    add("reduce_max", "a:array, out:out, reduce_size:int", "reduce", True,
-        "out[i] = max of a[i * reduce_size : (i + 1) * reduce_size]")
-    add("reduce_sum_axis", "a:array, out:out, outer:int, reduce_size:int, inner:int", "reduce",
-        False, "sum over the middle axis of a compact (outer, reduce_size, inner) array",
-        fallback=_fallback_reduce_axis("reduce_sum"))
-    add("reduce_max_axis", "a:array, out:out, outer:int, reduce_size:int, inner:int", "reduce",
-        False, "max over the middle axis of a compact (outer, reduce_size, inner) array",
-        fallback=_fallback_reduce_axis("reduce_max"))
-    add("gather_rows", "a:array, indices:array, out:out, n:int, row_size:int", "rows", False,
+        "(the course's layout)",
+        fallback=_fallback_matmul_tiled,
+    )
+    add(
+        "reduce_sum",
+        "a:array, out:out, reduce_size:int",
+        "reduce",
+        True,
+        "out[i] = sum of a[i * reduce_size : (i + 1) * reduce_size]",
+    )
+    add(
+        "reduce_max",
+        "a:array, out:out, reduce_size:int",
+        "reduce",
+        True,
+        "out[i] = max of a[i * reduce_size : (i + 1) * reduce_size]",
+    )
+    add(
+        "reduce_sum_axis",
+        "a:array, out:out, outer:int, reduce_size:int, inner:int",
+        "reduce",
+        False,
+        "sum over the middle axis of a compact (outer, reduce_size, inner) array",
+        fallback=_fallback_reduce_axis("reduce_sum"),
+    )
+    add(
+        "reduce_max_axis",
+        "a:array, out:out, outer:int, reduce_size:int, inner:int",
+        "reduce",
+        False,
+        "max over the middle axis of a compact (outer, reduce_size, inner) array",
+        fallback=_fallback_reduce_axis("reduce_max"),
+    )
+    add(
+        "gather_rows",
+        "a:array, indices:array, out:out, n:int, row_size:int",
+        "rows",
+        False,
         "row i of out = row indices[i] of a for i < n (indices: whole numbers in a's dtype)",
-        fallback=_fallback_gather_rows)
-    add("scatter_add_rows", "a:array, indices:array, out:inout, n:int, row_size:int", "rows",
-        False, "row indices[i] of out += row i of a, in index order (repeats add up)",
-        fallback=_fallback_scatter_add_rows)
-    add("synchronize", "", "sync", False, "wait for every queued kernel (asynchronous devices)",
-        fallback=_fallback_synchronize)
+        fallback=_fallback_gather_rows,
+    )
+    add(
+        "scatter_add_rows",
+        "a:array, indices:array, out:inout, n:int, row_size:int",
+        "rows",
+        False,
+        "row indices[i] of out += row i of a, in index order (repeats add up)",
+        fallback=_fallback_scatter_add_rows,
+    )
+    add(
+        "synchronize",
+        "",
+        "sync",
+        False,
+        "wait for every queued kernel (asynchronous devices)",
+        fallback=_fallback_synchronize,
+    )
     return {p.name: p for p in rows}
 
 
-TABLE: Dict[str, Primitive] = _table()
-CORE: FrozenSet[str] = frozenset(n for n, p in TABLE.items() if p.core)
-OPTIONAL: FrozenSet[str] = frozenset(n for n, p in TABLE.items() if not p.core)
-GROUPS: Tuple[str, ...] = ("memory", "layout", "binary", "scalar", "unary", "linalg", "reduce",
-                           "rows", "sync")
+TABLE: dict[str, Primitive] = _table()
+CORE: frozenset[str] = frozenset(n for n, p in TABLE.items() if p.core)
+OPTIONAL: frozenset[str] = frozenset(n for n, p in TABLE.items() if not p.core)
+GROUPS: tuple[str, ...] = (
+    "memory",
+    "layout",
+    "binary",
+    "scalar",
+    "unary",
+    "linalg",
+    "reduce",
+    "rows",
+    "sync",
+)
 
 
 def family(group: str) -> Iterator[Primitive]:
@@ -338,10 +459,12 @@ class MissingPrimitiveError(RuntimeError):
 
 
 def _backend_name(mod) -> str:
-    return f"'{getattr(mod, '__device_name__', '?')}' ({getattr(mod, '__name__', type(mod).__name__)})"
+    return (
+        f"'{getattr(mod, '__device_name__', '?')}' ({getattr(mod, '__name__', type(mod).__name__)})"
+    )
 
 
-def validate(mod) -> FrozenSet[str]:
+def validate(mod) -> frozenset[str]:
     """Check `mod` against the table; return the optional primitives it implements itself.
 
     Raises MissingPrimitiveError naming the backend and every core primitive it lacks.
@@ -353,26 +476,28 @@ def validate(mod) -> FrozenSet[str]:
         listed = ", ".join(TABLE[n].signature if n in TABLE else n for n in missing)
         raise MissingPrimitiveError(
             f"backend {_backend_name(mod)} does not implement the core primitive"
-            f"{'s' if len(missing) > 1 else ''} {listed}")
+            f"{'s' if len(missing) > 1 else ''} {listed}"
+        )
     return frozenset(n for n in OPTIONAL if callable(getattr(mod, n, None)))
 
 
-def backend_dtypes(mod) -> Tuple[str, ...]:
+def backend_dtypes(mod) -> tuple[str, ...]:
     """The dtypes a backend module holds (its DTYPES, else the table's)."""
     return tuple(getattr(mod, "DTYPES", DTYPES))
 
 
 # ---- views --------------------------------------------------------------------------------
-def simplify_view(shape: Sequence[int], strides: Sequence[int],
-                  offset: int) -> Tuple[Tuple[int, ...], Tuple[int, ...], int]:
+def simplify_view(
+    shape: Sequence[int], strides: Sequence[int], offset: int
+) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """The same memory walk with fewer axes: size-1 axes dropped and axes merged wherever the
     outer stride is the inner one times the inner size. (4, 5, 6) with strides (30, 6, 1)
     becomes (120,), (1,); a view of one element becomes (1,), (1,). Done once, here, so every
     backend's layout kernels see the fewest axes (fewer divisions per element)."""
     if 0 in shape:
         return (0,), (1,), offset
-    merged_shape: List[int] = []
-    merged_strides: List[int] = []
+    merged_shape: list[int] = []
+    merged_strides: list[int] = []
     for dim, stride in zip(shape, strides):
         if dim == 1:
             continue
@@ -392,12 +517,16 @@ def markdown_table() -> str:
     """The table as Markdown (docs/primitives.md is this text, checked by a test)."""
     lines = ["| primitive | group | core | dtypes | meaning |", "|---|---|---|---|---|"]
     for p in TABLE.values():
-        lines.append(f"| `{p.signature}` | {p.group} | {'core' if p.core else 'optional'} | "
-                     f"{', '.join(p.dtypes)} | {p.doc} |")
+        lines.append(
+            f"| `{p.signature}` | {p.group} | {'core' if p.core else 'optional'} | "
+            f"{', '.join(p.dtypes)} | {p.doc} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # python -m needle.backend_ndarray.primitives > docs/primitives.md
-    print("# The primitive table\n\nGenerated from `python/needle/backend_ndarray/primitives.py`"
-          " by `python -m needle.backend_ndarray.primitives`.\n")
+    print(
+        "# The primitive table\n\nGenerated from `python/needle/backend_ndarray/primitives.py`"
+        " by `python -m needle.backend_ndarray.primitives`.\n"
+    )
     print(markdown_table(), end="")

@@ -5,7 +5,8 @@ stacks the items of a batch along a new first axis and hands each field back as 
 """
 
 import math
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import Optional, Union
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Dataset:
     (the course's list usage; there is no Compose).
     """
 
-    def __init__(self, transforms: Optional[List] = None):
+    def __init__(self, transforms: Optional[list] = None):
         self.transforms = transforms
 
     def __getitem__(self, index) -> object:
@@ -65,7 +66,7 @@ class Dataset:
                 x = transform(x)
         return x
 
-    def get_items(self, indices: np.ndarray) -> Tuple[np.ndarray, ...]:
+    def get_items(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
         """The samples at `indices`, each field stacked along a new first axis.
 
         This generic version fetches one item at a time; datasets that hold arrays override it
@@ -78,7 +79,7 @@ def _as_numpy(x) -> np.ndarray:
     return x.numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-def stack_items(items: Sequence) -> Tuple[np.ndarray, ...]:
+def stack_items(items: Sequence) -> tuple[np.ndarray, ...]:
     """[(x0, y0), (x1, y1), ...] -> (stack(x), stack(y)); single-field items give a 1-tuple."""
     if len(items) == 0:
         raise ValueError("cannot stack an empty batch")
@@ -87,10 +88,12 @@ def stack_items(items: Sequence) -> Tuple[np.ndarray, ...]:
     return tuple(np.stack([_as_numpy(item[k]) for item in items]) for k in range(len(items[0])))
 
 
-def _fetch(dataset, indices: np.ndarray) -> Tuple[np.ndarray, ...]:
+def _fetch(dataset, indices: np.ndarray) -> tuple[np.ndarray, ...]:
     get_items = getattr(dataset, "get_items", None)
-    batch = get_items(indices) if get_items is not None else stack_items(
-        [dataset[int(i)] for i in indices]
+    batch = (
+        get_items(indices)
+        if get_items is not None
+        else stack_items([dataset[int(i)] for i in indices])
     )
     return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
@@ -128,8 +131,10 @@ class DataLoader:
         sampler=None,
     ):
         if sampler is not None and shuffle:
-            raise ValueError("DataLoader: sampler and shuffle=True are mutually exclusive "
-                             "(the sampler decides the order)")
+            raise ValueError(
+                "DataLoader: sampler and shuffle=True are mutually exclusive "
+                "(the sampler decides the order)"
+            )
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.dataset = dataset
@@ -147,7 +152,7 @@ class DataLoader:
         n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[Tuple[Tensor, ...]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         if self.sampler is not None:
             order = np.asarray(list(self.sampler), dtype=np.int64)
         else:
@@ -180,22 +185,26 @@ class Subset(Dataset):
             return self.dataset[int(self.indices[index])]
         return self.get_items(np.arange(len(self))[index])
 
-    def get_items(self, indices: np.ndarray) -> Tuple[np.ndarray, ...]:
+    def get_items(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
         return _fetch(self.dataset, self.indices[np.asarray(indices, dtype=np.int64)])
 
 
 def random_split(
     dataset, lengths: Sequence[Union[int, float]], generator: GeneratorLike = None
-) -> List[Subset]:
+) -> list[Subset]:
     """Split `dataset` at random into Subsets of the given lengths (as torch's random_split).
 
     `lengths` are item counts summing to len(dataset), or fractions summing to 1; with
     fractions, the items left over by rounding down go one each to the first splits.
     """
     n = len(dataset)
-    if lengths and all(0 <= f <= 1 for f in lengths) and math.isclose(sum(lengths), 1.0) \
-            and sum(lengths) != n:
-        counts = [int(math.floor(n * f)) for f in lengths]
+    if (
+        lengths
+        and all(0 <= f <= 1 for f in lengths)
+        and math.isclose(sum(lengths), 1.0)
+        and sum(lengths) != n
+    ):
+        counts = [math.floor(n * f) for f in lengths]
         for i in range(n - sum(counts)):
             counts[i % len(counts)] += 1
     else:

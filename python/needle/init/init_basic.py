@@ -2,8 +2,17 @@
 
 import needle as ndl
 
-__all__ = ["rand", "randn", "constant", "ones", "zeros", "randb", "one_hot", "zeros_like",
-           "ones_like"]
+__all__ = [
+    "rand",
+    "randn",
+    "constant",
+    "ones",
+    "zeros",
+    "randb",
+    "one_hot",
+    "zeros_like",
+    "ones_like",
+]
 
 
 def _device(device):

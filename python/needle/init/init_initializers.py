@@ -20,9 +20,12 @@ def xavier_normal(fan_in, fan_out, gain=1.0, **kwargs):
 
 
 def kaiming_uniform(fan_in, fan_out, shape=None, nonlinearity="relu", **kwargs):
-    """U(-b, b) with b = sqrt(2) * sqrt(3 / fan_in) (ReLU gain); `shape` overrides (fan_in, fan_out)."""
+    """U(-b, b) with b = sqrt(2) * sqrt(3 / fan_in) (ReLU gain); `shape` overrides
+    (fan_in, fan_out)."""
     if nonlinearity != "relu":
-        raise ValueError(f"kaiming_uniform: only nonlinearity='relu' is supported, got {nonlinearity!r}")
+        raise ValueError(
+            f"kaiming_uniform: only nonlinearity='relu' is supported, got {nonlinearity!r}"
+        )
     bound = math.sqrt(2.0) * math.sqrt(3.0 / fan_in)
     shape = (fan_in, fan_out) if shape is None else tuple(shape)
     return rand(*shape, low=-bound, high=bound, **kwargs)
@@ -31,7 +34,9 @@ def kaiming_uniform(fan_in, fan_out, shape=None, nonlinearity="relu", **kwargs):
 def kaiming_normal(fan_in, fan_out, shape=None, nonlinearity="relu", **kwargs):
     """N(0, std^2) with std = sqrt(2) / sqrt(fan_in) (ReLU gain)."""
     if nonlinearity != "relu":
-        raise ValueError(f"kaiming_normal: only nonlinearity='relu' is supported, got {nonlinearity!r}")
+        raise ValueError(
+            f"kaiming_normal: only nonlinearity='relu' is supported, got {nonlinearity!r}"
+        )
     std = math.sqrt(2.0) / math.sqrt(fan_in)
     shape = (fan_in, fan_out) if shape is None else tuple(shape)
     return randn(*shape, std=std, **kwargs)

@@ -8,7 +8,8 @@ dtype="float32"`` and initialise weights as the course does; where that API is s
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, List, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,20 @@ from needle.autograd import Tensor
 from needle.backend_ndarray import axpby
 
 __all__ = [
-    "Parameter", "Module", "Identity", "Linear", "Flatten", "ReLU", "Tanh", "Sigmoid",
-    "Sequential", "SoftmaxLoss", "BatchNorm1d", "BatchNorm2d", "LayerNorm1d", "Dropout",
+    "Parameter",
+    "Module",
+    "Identity",
+    "Linear",
+    "Flatten",
+    "ReLU",
+    "Tanh",
+    "Sigmoid",
+    "Sequential",
+    "SoftmaxLoss",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "LayerNorm1d",
+    "Dropout",
     "Residual",
 ]
 
@@ -28,7 +41,7 @@ class Parameter(Tensor):
     """A Tensor that a Module trains: ``Module.parameters()`` collects these."""
 
 
-def _named_tensors(value: Any, prefix: str, _path=()) -> Iterator[Tuple[str, Tensor]]:
+def _named_tensors(value: Any, prefix: str, _path=()) -> Iterator[tuple[str, Tensor]]:
     """(dotted name, tensor) for every Tensor reachable from `value`, in attribute order.
 
     Walks into Modules, lists, tuples and dicts, as the course's ``_unpack_params`` does.
@@ -53,7 +66,7 @@ def _named_tensors(value: Any, prefix: str, _path=()) -> Iterator[Tuple[str, Ten
         yield from _named_tensors(item, f"{prefix}.{key}" if prefix else str(key), path)
 
 
-def _unpack_params(value: Any) -> List[Parameter]:
+def _unpack_params(value: Any) -> list[Parameter]:
     """Every Parameter reachable from `value`, once each (a shared one is trained once)."""
     seen, params = set(), []
     for _, tensor in _named_tensors(value, ""):
@@ -63,7 +76,7 @@ def _unpack_params(value: Any) -> List[Parameter]:
     return params
 
 
-def _child_modules(value: Any, _path=()) -> List["Module"]:
+def _child_modules(value: Any, _path=()) -> list[Module]:
     """Every Module reachable from `value` (through Modules, lists, tuples and dicts)."""
     if isinstance(value, Module):
         if id(value) in _path:
@@ -84,11 +97,11 @@ class Module:
     def __init__(self):
         self.training = True
 
-    def parameters(self) -> List[Parameter]:
+    def parameters(self) -> list[Parameter]:
         """The Parameters of this module and all its sub-modules."""
         return _unpack_params(vars(self))
 
-    def named_parameters(self) -> List[Tuple[str, Parameter]]:
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
         seen, named = set(), []
         for name, tensor in _named_tensors(self, ""):
             if isinstance(tensor, Parameter) and id(tensor) not in seen:
@@ -96,29 +109,29 @@ class Module:
                 named.append((name, tensor))
         return named
 
-    def _children(self) -> List["Module"]:
+    def _children(self) -> list[Module]:
         """Every sub-module, recursively (not including this one)."""
         return _child_modules(vars(self), (id(self),))
 
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         self.training = mode
         for module in self._children():
             module.training = mode
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         return self.train(False)
 
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None
 
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Dotted names -> NumPy copies of every Parameter and Tensor buffer (e.g.
         BatchNorm's running statistics), as torch's ``state_dict``."""
         return OrderedDict((name, t.numpy().copy()) for name, t in _named_tensors(self, ""))
 
-    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
         """Copy values into this module's tensors in place (optimizers keep pointing at the
         same Parameters). Shapes must match; with `strict`, so must the set of names."""
         own = OrderedDict(_named_tensors(self, ""))
@@ -132,10 +145,13 @@ class Module:
             value = state_dict[name]
             value = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
             if tuple(value.shape) != tuple(tensor.shape):
-                raise ValueError(f"load_state_dict: {name!r} has shape {tuple(value.shape)} in the "
-                                 f"state dict but {tuple(tensor.shape)} in the module")
-            tensor.cached_data = Tensor(value, device=tensor.device, dtype=tensor.dtype,
-                                        requires_grad=False).realize_cached_data()
+                raise ValueError(
+                    f"load_state_dict: {name!r} has shape {tuple(value.shape)} in the "
+                    f"state dict but {tuple(tensor.shape)} in the module"
+                )
+            tensor.cached_data = Tensor(
+                value, device=tensor.device, dtype=tensor.dtype, requires_grad=False
+            ).realize_cached_data()
             tensor.grad = None
 
     def forward(self, *args, **kwargs):
@@ -153,16 +169,25 @@ class Identity(Module):
 class Linear(Module):
     """(..., in_features) -> (..., out_features): X @ W + b."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype="float32"):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, device=None, dtype="float32"
+    ):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = Parameter(init.kaiming_uniform(in_features, out_features, device=device,
-                                                     dtype=dtype))
+        self.weight = Parameter(
+            init.kaiming_uniform(in_features, out_features, device=device, dtype=dtype)
+        )
         # The course draws the bias with fan_in = out_features, as a (1, out) row.
-        self.bias = Parameter(init.kaiming_uniform(out_features, 1, device=device, dtype=dtype)
-                              .reshape((1, out_features))) if bias else None
+        self.bias = (
+            Parameter(
+                init.kaiming_uniform(out_features, 1, device=device, dtype=dtype).reshape(
+                    (1, out_features)
+                )
+            )
+            if bias
+            else None
+        )
 
     def forward(self, X: Tensor) -> Tensor:
         y = X @ self.weight
@@ -227,8 +252,9 @@ class BatchNorm1d(Module):
     checkpoints behave as in needle.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, device=None,
-                 dtype="float32"):
+    def __init__(
+        self, dim: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype="float32"
+    ):
         super().__init__()
         self.dim = dim
         self.eps = eps
@@ -249,7 +275,8 @@ class BatchNorm1d(Module):
             stats = y.saved
             for buffer, batch in ((self.running_mean, stats.mean), (self.running_var, stats.var)):
                 buffer.data = Tensor.make_const(
-                    axpby(1 - m, buffer.realize_cached_data(), m, batch.astype(buffer.dtype)))
+                    axpby(1 - m, buffer.realize_cached_data(), m, batch.astype(buffer.dtype))
+                )
             return y
         keep = (1, self.dim) + (1,) * (len(x.shape) - 2)
 
@@ -280,7 +307,7 @@ class LayerNorm1d(Module):
         kept = x.shape[:-1] + (1,)
         mean = (x.sum((axis,)) / self.dim).reshape(kept).broadcast_to(x.shape)
         centred = x - mean
-        var = ((centred ** 2).sum((axis,)) / self.dim).reshape(kept)
+        var = ((centred**2).sum((axis,)) / self.dim).reshape(kept)
         std = ((var + self.eps) ** 0.5).broadcast_to(x.shape)
         ones = (1,) * axis + (self.dim,)
         weight = self.weight.reshape(ones).broadcast_to(x.shape)

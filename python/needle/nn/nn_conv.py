@@ -21,8 +21,16 @@ class Conv(Module):
     with (k, k, C_in, C_out) weights, so the input and output are transposed at the boundary.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride: int = 1,
-                 bias: bool = True, device=None, dtype="float32"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride: int = 1,
+        bias: bool = True,
+        device=None,
+        dtype="float32",
+    ):
         super().__init__()
         if isinstance(kernel_size, tuple):
             kernel_size = kernel_size[0]
@@ -33,13 +41,20 @@ class Conv(Module):
         self.kernel_size = kernel_size
         self.stride = stride
         k = kernel_size
-        self.weight = Parameter(init.kaiming_uniform(
-            in_channels * k * k, out_channels * k * k, shape=(k, k, in_channels, out_channels),
-            device=device, dtype=dtype))
+        self.weight = Parameter(
+            init.kaiming_uniform(
+                in_channels * k * k,
+                out_channels * k * k,
+                shape=(k, k, in_channels, out_channels),
+                device=device,
+                dtype=dtype,
+            )
+        )
         if bias:
             bound = 1.0 / math.sqrt(in_channels * k * k)
-            self.bias = Parameter(init.rand(out_channels, low=-bound, high=bound, device=device,
-                                            dtype=dtype))
+            self.bias = Parameter(
+                init.rand(out_channels, low=-bound, high=bound, device=device, dtype=dtype)
+            )
         else:
             self.bias = None
 

@@ -6,7 +6,7 @@ PyTorch's ``weight_ih_l0`` is the transpose.
 """
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -20,8 +20,9 @@ __all__ = ["RNNCell", "RNN", "LSTMCell", "LSTM", "Embedding"]
 
 
 def _uniform(*shape, k: float, device, dtype) -> Parameter:
-    return Parameter(init.rand(*shape, low=-k, high=k, device=device, dtype=dtype,
-                               requires_grad=True))
+    return Parameter(
+        init.rand(*shape, low=-k, high=k, device=device, dtype=dtype, requires_grad=True)
+    )
 
 
 def _add_bias(x: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -66,8 +67,9 @@ class _Cell(Module):
     drawn from U(-k, k) with k = 1/sqrt(hidden_size), as PyTorch, in the course's order
     W_ih (input, gates * hidden), W_hh (hidden, gates * hidden), bias_ih, bias_hh."""
 
-    def __init__(self, input_size: int, hidden_size: int, gates: int, bias: bool, device,
-                 dtype: str):
+    def __init__(
+        self, input_size: int, hidden_size: int, gates: int, bias: bool, device, dtype: str
+    ):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -97,11 +99,19 @@ class RNNCell(_Cell):
     (batch, input_size), (batch, hidden_size) -> (batch, hidden_size).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 nonlinearity: str = "tanh", device=None, dtype: str = "float32"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device=None,
+        dtype: str = "float32",
+    ):
         if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', "
-                             f"got {nonlinearity!r}")
+            raise ValueError(
+                f"RNNCell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}"
+            )
         super().__init__(input_size, hidden_size, 1, bias, device, dtype)
         self.nonlinearity = nonlinearity
 
@@ -124,18 +134,25 @@ class LSTMCell(_Cell):
     -> (h', c') each (batch, hidden_size).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
-                 dtype: str = "float32"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype: str = "float32",
+    ):
         super().__init__(input_size, hidden_size, 4, bias, device, dtype)
 
-    def forward(self, X: Tensor, h: Optional[Tuple[Tensor, Tensor]] = None
-                ) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, X: Tensor, h: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[Tensor, Tensor]:
         if h is None:
             zeros = _zeros(X, self.hidden_size)
             h = (zeros, zeros)
         return self.step(self._input_share(X), h)
 
-    def step(self, input_gates: Tensor, state: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+    def step(self, input_gates: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """(h', c') from the input's share of the gates (X @ W_ih plus the biases, which LSTM
         computes for every time step in one product) and the previous state (h, c)."""
         h0, c0 = state
@@ -156,9 +173,16 @@ class _Layers(Module):
         self.dtype = dtype
 
     def _cells(self, cell_type, **options) -> list:
-        return [cell_type(self.input_size if layer == 0 else self.hidden_size, self.hidden_size,
-                          device=self.device, dtype=self.dtype, **options)
-                for layer in range(self.num_layers)]
+        return [
+            cell_type(
+                self.input_size if layer == 0 else self.hidden_size,
+                self.hidden_size,
+                device=self.device,
+                dtype=self.dtype,
+                **options,
+            )
+            for layer in range(self.num_layers)
+        ]
 
 
 class RNN(_Layers):
@@ -168,16 +192,25 @@ class RNN(_Layers):
     -> output (seq_len, batch, hidden_size) of the last layer, h_n (num_layers, batch, hidden_size).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 nonlinearity: str = "tanh", device=None, dtype: str = "float32"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device=None,
+        dtype: str = "float32",
+    ):
         super().__init__(input_size, hidden_size, num_layers, device, dtype)
         self.rnn_cells = self._cells(RNNCell, bias=bias, nonlinearity=nonlinearity)
 
-    def forward(self, X: Tensor, h0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, X: Tensor, h0: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         states = [None] * self.num_layers if h0 is None else list(ops.split(h0, 0))
 
-        output, h_n = _unroll(self.rnn_cells, X, states, lambda X: _zeros(X, self.hidden_size),
-                              lambda h: h)
+        output, h_n = _unroll(
+            self.rnn_cells, X, states, lambda X: _zeros(X, self.hidden_size), lambda h: h
+        )
         return output, ops.stack(h_n, 0)
 
 
@@ -188,13 +221,21 @@ class LSTM(_Layers):
     -> output (seq_len, batch, hidden_size), (h_n, c_n) each (num_layers, batch, hidden_size).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 device=None, dtype: str = "float32"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        device=None,
+        dtype: str = "float32",
+    ):
         super().__init__(input_size, hidden_size, num_layers, device, dtype)
         self.lstm_cells = self._cells(LSTMCell, bias=bias)
 
-    def forward(self, X: Tensor, h: Optional[Tuple[Tensor, Tensor]] = None
-                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    def forward(
+        self, X: Tensor, h: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if h is None:
             states = [None] * self.num_layers
         else:
@@ -206,8 +247,7 @@ class LSTM(_Layers):
             return zeros, zeros
 
         output, finals = _unroll(self.lstm_cells, X, states, zero_state, lambda s: s[0])
-        return output, (ops.stack([h for h, _ in finals], 0),
-                        ops.stack([c for _, c in finals], 0))
+        return output, (ops.stack([h for h, _ in finals], 0), ops.stack([c for _, c in finals], 0))
 
 
 class Embedding(Module):
@@ -219,15 +259,19 @@ class Embedding(Module):
     ~20 ms of a PTB language-model step with its 10,000 words.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, device=None,
-                 dtype: str = "float32"):
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, device=None, dtype: str = "float32"
+    ):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.device = device
         self.dtype = dtype
-        self.weight = Parameter(init.randn(num_embeddings, embedding_dim, device=device,
-                                           dtype=dtype, requires_grad=True))
+        self.weight = Parameter(
+            init.randn(
+                num_embeddings, embedding_dim, device=device, dtype=dtype, requires_grad=True
+            )
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         shape = tuple(x.shape)

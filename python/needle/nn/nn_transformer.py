@@ -5,12 +5,11 @@ features); ``Transformer`` takes (seq_len, batch, features) unless ``batch_first
 """
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
-from needle import backend_ndarray as ndarray
-from needle import init, ops
+from needle import backend_ndarray as ndarray, init, ops
 from needle.autograd import Tensor
 
 from .nn_basic import Dropout, LayerNorm1d, Linear, Module, ReLU, Sequential
@@ -29,8 +28,9 @@ class MultiHeadAttention(Module):
     returns them.
     """
 
-    def __init__(self, *, dropout: float = 0.0, causal: bool = False, device=None,
-                 dtype: str = "float32"):
+    def __init__(
+        self, *, dropout: float = 0.0, causal: bool = False, device=None, dtype: str = "float32"
+    ):
         super().__init__()
         self.device = device
         self.dtype = dtype
@@ -43,8 +43,9 @@ class MultiHeadAttention(Module):
         The largest finite float32 rather than -inf, so that a fully masked row still gives
         finite (uniform) weights instead of NaN from -inf - -inf.
         """
-        mask = -np.finfo(np.float32).max * np.triu(np.ones((1, 1, i, j), dtype=np.float32),
-                                                     j - i + 1)
+        mask = -np.finfo(np.float32).max * np.triu(
+            np.ones((1, 1, i, j), dtype=np.float32), j - i + 1
+        )
         return ndarray.array(mask.astype(dtype), device=device)
 
     def matmul(self, a: Tensor, b_transpose: Tensor) -> Tensor:
@@ -62,13 +63,15 @@ class MultiHeadAttention(Module):
         denom = ops.broadcast_to(ops.reshape(ops.summation(probs, (-1,)), kept), logit.shape)
         return probs / denom
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
-        batch_size, num_head, queries_len, q_dim = q.shape
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        _batch_size, _num_head, queries_len, q_dim = q.shape
         _, _, keys_values_len, k_dim = k.shape
         _, _, _, v_dim = v.shape
         if not q_dim == k_dim == v_dim:
-            raise ValueError(f"MultiHeadAttention: q, k, v need the same head size, got "
-                             f"{q_dim}, {k_dim}, {v_dim}")
+            raise ValueError(
+                f"MultiHeadAttention: q, k, v need the same head size, got "
+                f"{q_dim}, {k_dim}, {v_dim}"
+            )
         scores = self.matmul(q, k) / math.sqrt(q_dim)
         if self.causal:
             mask = self.create_causal_mask(queries_len, keys_values_len, q.device, q.dtype)
@@ -85,10 +88,20 @@ class AttentionLayer(Module):
     v_features), k and v defaulting to q -> (batch, queries, out_features).
     """
 
-    def __init__(self, q_features: int, num_head: int, dim_head: int, *,
-                 out_features: Optional[int] = None, k_features: Optional[int] = None,
-                 v_features: Optional[int] = None, dropout: float = 0.0, causal: bool = True,
-                 device=None, dtype: str = "float32"):
+    def __init__(
+        self,
+        q_features: int,
+        num_head: int,
+        dim_head: int,
+        *,
+        out_features: Optional[int] = None,
+        k_features: Optional[int] = None,
+        v_features: Optional[int] = None,
+        dropout: float = 0.0,
+        causal: bool = True,
+        device=None,
+        dtype: str = "float32",
+    ):
         super().__init__()
         self.device = device
         self.dtype = dtype
@@ -108,10 +121,10 @@ class AttentionLayer(Module):
         self.q_projection = Linear(q_features, inner_dim, bias=False, device=device, dtype=dtype)
         self.k_projection = Linear(k_features, inner_dim, bias=False, device=device, dtype=dtype)
         self.v_projection = Linear(v_features, inner_dim, bias=False, device=device, dtype=dtype)
-        self.attn = MultiHeadAttention(dropout=dropout, causal=causal, device=device,
-                                       dtype=dtype)
-        self.out_projection = Linear(inner_dim, out_features, bias=False, device=device,
-                                     dtype=dtype)
+        self.attn = MultiHeadAttention(dropout=dropout, causal=causal, device=device, dtype=dtype)
+        self.out_projection = Linear(
+            inner_dim, out_features, bias=False, device=device, dtype=dtype
+        )
 
     def _heads(self, x: Tensor, norm: LayerNorm1d, projection: Linear) -> Tensor:
         """(batch, length, features) -> (batch, num_head, length, dim_head)."""
@@ -120,19 +133,22 @@ class AttentionLayer(Module):
         x = ops.reshape(x, (batch, length, self.num_head, self.dim_head))
         return ops.transpose(x, (1, 2))
 
-    def forward(self, q: Tensor, k: Optional[Tensor] = None, v: Optional[Tensor] = None
-                ) -> Tensor:
+    def forward(self, q: Tensor, k: Optional[Tensor] = None, v: Optional[Tensor] = None) -> Tensor:
         k = q if k is None else k
         v = q if v is None else v
         batch_size, queries_len, _ = q.shape
-        result, _ = self.attn(self._heads(q, self.prenorm_q, self.q_projection),
-                              self._heads(k, self.prenorm_k, self.k_projection),
-                              self._heads(v, self.prenorm_v, self.v_projection))
+        result, _ = self.attn(
+            self._heads(q, self.prenorm_q, self.q_projection),
+            self._heads(k, self.prenorm_k, self.k_projection),
+            self._heads(v, self.prenorm_v, self.v_projection),
+        )
         # (batch, num_head, queries, dim_head) -> (batch * queries, num_head * dim_head)
-        result = ops.reshape(ops.transpose(result, (1, 2)),
-                             (batch_size * queries_len, self.num_head * self.dim_head))
-        return ops.reshape(self.out_projection(result),
-                           (batch_size, queries_len, self.out_features))
+        result = ops.reshape(
+            ops.transpose(result, (1, 2)), (batch_size * queries_len, self.num_head * self.dim_head)
+        )
+        return ops.reshape(
+            self.out_projection(result), (batch_size, queries_len, self.out_features)
+        )
 
 
 class TransformerLayer(Module):
@@ -142,15 +158,31 @@ class TransformerLayer(Module):
     x = x + dropout(linear2(dropout(relu(linear1(layernorm(x)))))).
     """
 
-    def __init__(self, q_features: int, num_head: int, dim_head: int, hidden_size: int, *,
-                 dropout: float = 0.0, causal: bool = True, device=None,
-                 dtype: str = "float32"):
+    def __init__(
+        self,
+        q_features: int,
+        num_head: int,
+        dim_head: int,
+        hidden_size: int,
+        *,
+        dropout: float = 0.0,
+        causal: bool = True,
+        device=None,
+        dtype: str = "float32",
+    ):
         super().__init__()
         self.device = device
         self.dtype = dtype
         self.q_features = q_features
-        self.attention = AttentionLayer(q_features, num_head, dim_head, dropout=dropout,
-                                        causal=causal, device=device, dtype=dtype)
+        self.attention = AttentionLayer(
+            q_features,
+            num_head,
+            dim_head,
+            dropout=dropout,
+            causal=causal,
+            device=device,
+            dtype=dtype,
+        )
         self.layernorm = LayerNorm1d(q_features, device=device, dtype=dtype)
         self.linear1 = Linear(q_features, hidden_size, device=device, dtype=dtype)
         self.linear2 = Linear(hidden_size, q_features, device=device, dtype=dtype)
@@ -173,34 +205,62 @@ class Transformer(Module):
     in for the hidden state of an RNN/LSTM, so language models can swap the sequence model.
     """
 
-    def __init__(self, embedding_size: int, hidden_size: int, num_layers: int, *,
-                 num_head: int = 8, dim_head: int = 32, dropout: float = 0.0,
-                 causal: bool = True, device=None, dtype: str = "float32",
-                 batch_first: bool = False, sequence_len: int = 2048):
+    def __init__(
+        self,
+        embedding_size: int,
+        hidden_size: int,
+        num_layers: int,
+        *,
+        num_head: int = 8,
+        dim_head: int = 32,
+        dropout: float = 0.0,
+        causal: bool = True,
+        device=None,
+        dtype: str = "float32",
+        batch_first: bool = False,
+        sequence_len: int = 2048,
+    ):
         super().__init__()
         self.device = device
         self.dtype = dtype
         self.batch_first = batch_first
         self.embedding_size = embedding_size
         self.sequence_len = sequence_len
-        self.positional_embedding = Embedding(sequence_len, embedding_size, device=device,
-                                              dtype=dtype)
-        self.layers = Sequential(*[
-            TransformerLayer(embedding_size, num_head, dim_head, hidden_size, dropout=dropout,
-                             causal=causal, device=device, dtype=dtype)
-            for _ in range(num_layers)
-        ])
+        self.positional_embedding = Embedding(
+            sequence_len, embedding_size, device=device, dtype=dtype
+        )
+        self.layers = Sequential(
+            *[
+                TransformerLayer(
+                    embedding_size,
+                    num_head,
+                    dim_head,
+                    hidden_size,
+                    dropout=dropout,
+                    causal=causal,
+                    device=device,
+                    dtype=dtype,
+                )
+                for _ in range(num_layers)
+            ]
+        )
 
-    def forward(self, x: Tensor, h=None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, h=None) -> tuple[Tensor, Tensor]:
         if not self.batch_first:
             x = ops.transpose(x, (0, 1))
-        batch_size, seq_len, _ = x.shape
+        _batch_size, seq_len, _ = x.shape
         if seq_len > self.sequence_len:
-            raise ValueError(f"Transformer: sequence of length {seq_len} exceeds sequence_len="
-                             f"{self.sequence_len}")
+            raise ValueError(
+                f"Transformer: sequence of length {seq_len} exceeds sequence_len="
+                f"{self.sequence_len}"
+            )
         # One embedding lookup per position, shared by the whole batch: (1, seq_len, emb).
-        positions = Tensor(np.arange(seq_len).reshape(seq_len, 1), device=x.device,
-                           dtype=x.dtype, requires_grad=False)
+        positions = Tensor(
+            np.arange(seq_len).reshape(seq_len, 1),
+            device=x.device,
+            dtype=x.dtype,
+            requires_grad=False,
+        )
         pos = ops.transpose(self.positional_embedding(positions), (0, 1))
         x = self.layers(x + ops.broadcast_to(pos, x.shape))
         if not self.batch_first:

@@ -17,8 +17,16 @@ from .ops_mathematic import (
     summation,
 )
 
-__all__ = ["LogSoftmax", "logsoftmax", "LogSumExp", "logsumexp", "SoftmaxCrossEntropy",
-           "softmax_cross_entropy", "SoftmaxCrossEntropyGrad", "ClassLabels"]
+__all__ = [
+    "LogSoftmax",
+    "logsoftmax",
+    "LogSumExp",
+    "logsumexp",
+    "SoftmaxCrossEntropy",
+    "softmax_cross_entropy",
+    "SoftmaxCrossEntropyGrad",
+    "ClassLabels",
+]
 
 
 def _stable_logsumexp(z: NDArray, axes: Optional[tuple], keepdims: bool) -> NDArray:
@@ -87,7 +95,7 @@ class ClassLabels:
     hold every position exactly (logits of more than 2^24 elements), a one-hot array."""
 
     # float32 holds whole numbers exactly up to 2^24 (a module constant, so tests can lower it)
-    exact_float32 = 2 ** 24
+    exact_float32 = 2**24
 
     def __init__(self, labels, classes: int, device=None, dtype=None):
         checked = nd.RowIndices.check(labels, classes)  # on the host: no device copy
@@ -113,8 +121,12 @@ class ClassLabels:
         unless the labels are a one-hot array."""
         if self.positions is None:
             return nd.axpby(1.0, g, -value, self.one_hot)
-        nd.add_rows(g.device.full((self.batch, 1), -value, dtype=g.dtype), self.positions,
-                    g.size, out=g.reshape((g.size, 1)))  # a view of g's own buffer
+        nd.add_rows(
+            g.device.full((self.batch, 1), -value, dtype=g.dtype),
+            self.positions,
+            g.size,
+            out=g.reshape((g.size, 1)),
+        )  # a view of g's own buffer
         return g
 
     def picked_sum_tensor(self, v: Tensor) -> Tensor:

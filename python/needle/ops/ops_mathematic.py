@@ -7,7 +7,6 @@ input's shape (``reduce_to_shape``).
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -16,15 +15,78 @@ from ..autograd import NDArray, Tensor, TensorOp, TensorTuple, TensorTupleOp
 from .ops_tuple import make_tuple
 
 __all__ = [
-    "EWiseAdd", "add", "AddScalar", "add_scalar", "EWiseSub", "subtract", "EWiseMul", "multiply",
-    "MulScalar", "mul_scalar", "EWiseDiv", "divide", "DivScalar", "divide_scalar", "PowerScalar",
-    "power_scalar", "EWisePow", "power", "Negate", "negate", "Transpose", "transpose", "Reshape",
-    "reshape", "BroadcastTo", "broadcast_to", "Summation", "summation", "MatMul", "matmul", "Log",
-    "log", "Exp", "exp", "ReLU", "relu", "Tanh", "tanh", "Sigmoid", "sigmoid", "Sqrt", "sqrt",
-    "Max", "max", "Maximum", "maximum", "Stack", "stack", "Split", "split", "Flip", "flip",
-    "Dilate", "dilate", "UnDilate", "undilate", "Pad", "pad", "Conv", "conv", "ConvWeightGrad",
-    "GetItem", "getitem", "GetItemGradient", "reduce_to_shape", "zeros_like_data", "AsType",
-    "astype", "TakeRows", "take_rows", "AddRows", "add_rows",
+    "EWiseAdd",
+    "add",
+    "AddScalar",
+    "add_scalar",
+    "EWiseSub",
+    "subtract",
+    "EWiseMul",
+    "multiply",
+    "MulScalar",
+    "mul_scalar",
+    "EWiseDiv",
+    "divide",
+    "DivScalar",
+    "divide_scalar",
+    "PowerScalar",
+    "power_scalar",
+    "EWisePow",
+    "power",
+    "Negate",
+    "negate",
+    "Transpose",
+    "transpose",
+    "Reshape",
+    "reshape",
+    "BroadcastTo",
+    "broadcast_to",
+    "Summation",
+    "summation",
+    "MatMul",
+    "matmul",
+    "Log",
+    "log",
+    "Exp",
+    "exp",
+    "ReLU",
+    "relu",
+    "Tanh",
+    "tanh",
+    "Sigmoid",
+    "sigmoid",
+    "Sqrt",
+    "sqrt",
+    "Max",
+    "max",
+    "Maximum",
+    "maximum",
+    "Stack",
+    "stack",
+    "Split",
+    "split",
+    "Flip",
+    "flip",
+    "Dilate",
+    "dilate",
+    "UnDilate",
+    "undilate",
+    "Pad",
+    "pad",
+    "Conv",
+    "conv",
+    "ConvWeightGrad",
+    "GetItem",
+    "getitem",
+    "GetItemGradient",
+    "reduce_to_shape",
+    "zeros_like_data",
+    "AsType",
+    "astype",
+    "TakeRows",
+    "take_rows",
+    "AddRows",
+    "add_rows",
 ]
 
 
@@ -33,7 +95,7 @@ def zeros_like_data(x: Tensor) -> Tensor:
     return Tensor.make_const(x.device.full(x.shape, 0.0, dtype=x.dtype))
 
 
-def reduce_to_shape(grad: Tensor, shape: Tuple[int, ...]) -> Tensor:
+def reduce_to_shape(grad: Tensor, shape: tuple[int, ...]) -> Tensor:
     """Sum a broadcast gradient back to `shape` (the input's shape before broadcasting)."""
     if grad.shape == tuple(shape):
         return grad
@@ -244,7 +306,7 @@ def negate(a):
 class Transpose(TensorOp):
     """Swap two axes (the last two by default); the adjoint swaps them back."""
 
-    def __init__(self, axes: Optional[tuple] = None):
+    def __init__(self, axes: tuple | None = None):
         if axes is not None and len(axes) != 2:
             raise ValueError(f"transpose: swaps two axes, got axes={axes}")
         self.axes = axes
@@ -299,7 +361,7 @@ def broadcast_to(a, shape):
     return BroadcastTo(shape)(a)
 
 
-def _axes_tuple(axes) -> Optional[tuple]:
+def _axes_tuple(axes) -> tuple | None:
     if axes is None:
         return None
     if isinstance(axes, numbers.Integral):
@@ -307,7 +369,7 @@ def _axes_tuple(axes) -> Optional[tuple]:
     return tuple(axes)
 
 
-def _keepdims_shape(shape: tuple, axes: Optional[tuple]) -> tuple:
+def _keepdims_shape(shape: tuple, axes: tuple | None) -> tuple:
     """`shape` with the reduced axes set to 1."""
     if axes is None:
         return (1,) * len(shape)
@@ -315,7 +377,7 @@ def _keepdims_shape(shape: tuple, axes: Optional[tuple]) -> tuple:
     return tuple(1 if i in reduced else d for i, d in enumerate(shape))
 
 
-def _reduced_shape(shape: tuple, axes: Optional[tuple]) -> tuple:
+def _reduced_shape(shape: tuple, axes: tuple | None) -> tuple:
     """`shape` without the reduced axes."""
     if axes is None:
         return ()
@@ -533,7 +595,7 @@ class Maximum(TensorOp):
     def __init__(self, scalar=None):
         self.scalar = scalar
 
-    def compute(self, a: NDArray, b: Optional[NDArray] = None):
+    def compute(self, a: NDArray, b: NDArray | None = None):
         return a.maximum(self.scalar if b is None else b)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
@@ -592,7 +654,7 @@ def split(a, axis):
 class Flip(TensorOp):
     """Reverse along `axes`; the adjoint is flipped back."""
 
-    def __init__(self, axes: Optional[tuple] = None):
+    def __init__(self, axes: tuple | None = None):
         self.axes = _axes_tuple(axes)
 
     def compute(self, a: NDArray):
@@ -608,9 +670,7 @@ def flip(a, axes):
 
 def _dilation_slices(shape: tuple, axes: tuple, dilation: int) -> tuple:
     step = dilation + 1
-    return tuple(
-        slice(None, None, step) if i in axes else slice(None) for i in range(len(shape))
-    )
+    return tuple(slice(None, None, step) if i in axes else slice(None) for i in range(len(shape)))
 
 
 def _check_axes(axes: tuple, ndim: int) -> tuple:
@@ -738,15 +798,17 @@ class Conv(TensorOp):
         self.stride = int(stride)
         self.padding = int(padding)
         if self.stride < 1 or self.padding < 0:
-            raise ValueError(f"conv: need stride >= 1 and padding >= 0, got stride={stride}, "
-                             f"padding={padding}")
+            raise ValueError(
+                f"conv: need stride >= 1 and padding >= 0, got stride={stride}, padding={padding}"
+            )
 
     def compute(self, a: NDArray, b: NDArray):
         if a.ndim != 4 or b.ndim != 4:
             raise ValueError("needs a 4-D NHWC input and 4-D (kh, kw, c_in, c_out) weights")
         if a.shape[3] != b.shape[2]:
-            raise ValueError(f"input channels {a.shape[3]} do not match weight channels "
-                             f"{b.shape[2]}")
+            raise ValueError(
+                f"input channels {a.shape[3]} do not match weight channels {b.shape[2]}"
+            )
         kh, kw, _, c_out = b.shape
         cols, (n, h_out, w_out) = _im2col(a, kh, kw, self.stride, self.padding)
         out = cols @ b.compact().reshape(cols.shape[1], c_out)
@@ -755,8 +817,10 @@ class Conv(TensorOp):
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, w = node.inputs
         s, p = self.stride, self.padding
-        return (_conv_input_gradient(out_grad, x, w, s, p) if x.requires_grad else None,
-                ConvWeightGrad(s, p, w.shape[:2])(x, out_grad) if w.requires_grad else None)
+        return (
+            _conv_input_gradient(out_grad, x, w, s, p) if x.requires_grad else None,
+            ConvWeightGrad(s, p, w.shape[:2])(x, out_grad) if w.requires_grad else None,
+        )
 
 
 def _im2col(a: NDArray, kh: int, kw: int, s: int, p: int):
@@ -789,16 +853,24 @@ def _conv_input_gradient(out_grad, x, w, s, p):
     g = out_grad
     if s > 1:  # dilate, then drop the s-1 trailing zeros it leaves per axis
         g = dilate(out_grad, (1, 2), s - 1)
-        g = getitem(g, (slice(None), slice(0, g.shape[1] - (s - 1)),
-                        slice(0, g.shape[2] - (s - 1)), slice(None)))
+        g = getitem(
+            g,
+            (
+                slice(None),
+                slice(0, g.shape[1] - (s - 1)),
+                slice(0, g.shape[2] - (s - 1)),
+                slice(None),
+            ),
+        )
     w_flipped = transpose(flip(w, (0, 1)), (2, 3))
     if p <= min(kh, kw) - 1:
         padding = ((0, 0), (kh - 1 - p, kh - 1 - p + rh), (kw - 1 - p, kw - 1 - p + rw), (0, 0))
         if any(lo or hi for lo, hi in padding):
             g = pad(g, padding)
         return conv(g, w_flipped, stride=1, padding=0)
-    grad_padded = conv(pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0))),
-                       w_flipped, stride=1, padding=0)
+    grad_padded = conv(
+        pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0))), w_flipped, stride=1, padding=0
+    )
     if rh or rw:
         grad_padded = pad(grad_padded, ((0, 0), (0, rh), (0, rw), (0, 0)))
     return getitem(grad_padded, (slice(None), slice(p, p + h), slice(p, p + wd), slice(None)))
@@ -816,7 +888,7 @@ class ConvWeightGrad(TensorOp):
 
     name = "conv_weight_gradient"
 
-    def __init__(self, stride: int, padding: int, kernel: Tuple[int, int]):
+    def __init__(self, stride: int, padding: int, kernel: tuple[int, int]):
         self.stride, self.padding = stride, padding
         self.kernel = tuple(kernel)
 
@@ -824,16 +896,19 @@ class ConvWeightGrad(TensorOp):
         kh, kw = self.kernel
         cols, out_shape = _im2col(x, kh, kw, self.stride, self.padding)
         if g.ndim != 4 or g.shape[:3] != out_shape:
-            raise ValueError(f"adjoint {g.shape} does not match the output {out_shape} of "
-                             f"input {x.shape}")
+            raise ValueError(
+                f"adjoint {g.shape} does not match the output {out_shape} of input {x.shape}"
+            )
         dw = cols.permute((1, 0)) @ g.compact().reshape(cols.shape[0], g.shape[3])
         return dw.reshape(kh, kw, x.shape[3], g.shape[3])
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, g = node.inputs
         s, p = self.stride, self.padding
-        return (_conv_input_gradient(g, x, out_grad, s, p) if x.requires_grad else None,
-                conv(x, out_grad, stride=s, padding=p) if g.requires_grad else None)
+        return (
+            _conv_input_gradient(g, x, out_grad, s, p) if x.requires_grad else None,
+            conv(x, out_grad, stride=s, padding=p) if g.requires_grad else None,
+        )
 
 
 # ---- rows by index (embeddings) -------------------------------------------------------
@@ -844,7 +919,7 @@ class TakeRows(TensorOp):
 
     name = "take_rows"
 
-    def __init__(self, indices: "nd.RowIndices"):
+    def __init__(self, indices: nd.RowIndices):
         self.indices = indices
 
     def compute(self, table: NDArray):
@@ -867,7 +942,7 @@ class AddRows(TensorOp):
 
     name = "add_rows"
 
-    def __init__(self, indices: "nd.RowIndices", rows: int):
+    def __init__(self, indices: nd.RowIndices, rows: int):
         self.indices = indices
         self.rows = rows
 

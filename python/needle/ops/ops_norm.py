@@ -51,10 +51,16 @@ class BatchNorm(TensorOp):
         return moved.permute(tuple(order.index(d) for d in range(len(shape))))
 
     def compute(self, x: NDArray, weight: NDArray, bias: NDArray):
-        if (x.ndim < 2 or not -x.ndim <= self.axis < x.ndim
-                or weight.shape != (x.shape[self.axis],) or bias.shape != weight.shape):
-            raise ValueError(f"needs x with features along axis {self.axis} and weight and "
-                             f"bias (features,), got {x.shape}, {weight.shape} and {bias.shape}")
+        if (
+            x.ndim < 2
+            or not -x.ndim <= self.axis < x.ndim
+            or weight.shape != (x.shape[self.axis],)
+            or bias.shape != weight.shape
+        ):
+            raise ValueError(
+                f"needs x with features along axis {self.axis} and weight and "
+                f"bias (features,), got {x.shape}, {weight.shape} and {bias.shape}"
+            )
         # The arithmetic is on (elements per feature, features) rows: the per-feature
         # statistics are then sums over axis 0 and (1, features) broadcasts.
         rows = self._rows(x)
@@ -70,9 +76,12 @@ class BatchNorm(TensorOp):
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, weight, _ = node.inputs
         if not is_grad_enabled():
-            return tuple(None if g is None else Tensor.make_const(g)
-                         for g in self._gradient_data(out_grad.realize_cached_data(), x,
-                                                      weight.realize_cached_data(), node.saved))
+            return tuple(
+                None if g is None else Tensor.make_const(g)
+                for g in self._gradient_data(
+                    out_grad.realize_cached_data(), x, weight.realize_cached_data(), node.saved
+                )
+            )
         return self._gradient_tensors(out_grad, x, weight)
 
     def _gradient_data(self, dy: NDArray, x: Tensor, weight: NDArray, saved):
@@ -84,9 +93,15 @@ class BatchNorm(TensorOp):
         d_x = None
         if x.requires_grad:
             scale = (weight * saved.inv_std).reshape((1, features))
-            d_x = self._unrows((rows - (d_bias / count).reshape((1, features))
-                                - saved.xhat * (d_weight / count).reshape((1, features)))
-                               * scale, dy.shape)
+            d_x = self._unrows(
+                (
+                    rows
+                    - (d_bias / count).reshape((1, features))
+                    - saved.xhat * (d_weight / count).reshape((1, features))
+                )
+                * scale,
+                dy.shape,
+            )
         return d_x, d_weight, d_bias
 
     def _gradient_tensors(self, dy: Tensor, x: Tensor, weight: Tensor):
@@ -102,7 +117,8 @@ class BatchNorm(TensorOp):
         d_bias = summation(dy, axes)
         d_weight = summation(dy * xhat, axes)
         d_x = (dy - spread(d_bias / count) - xhat * spread(d_weight / count)) * spread(
-            weight * inv_std)
+            weight * inv_std
+        )
         return d_x, d_weight, d_bias
 
 

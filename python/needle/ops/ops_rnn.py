@@ -27,20 +27,23 @@ class LSTMState(TensorOp):
         batch, width = gates.shape
         hidden = width // 4
         if width != 4 * hidden or c.shape != (batch, hidden):
-            raise ValueError(f"needs gates (batch, 4 * hidden) and c (batch, hidden), got "
-                             f"{gates.shape} and {c.shape}")
+            raise ValueError(
+                f"needs gates (batch, 4 * hidden) and c (batch, hidden), got "
+                f"{gates.shape} and {c.shape}"
+            )
         parts = gates.reshape((batch, 4, hidden))
         i, f, o = (parts[:, k, :].sigmoid() for k in (0, 1, 3))
         g = parts[:, 2, :].tanh()
         c_new = f * c + i * g
         tanh_c = c_new.tanh()
-        return Saved(nd.stack([o * tanh_c, c_new], axis=0), gates=(i, f, g, o), c=c,
-                     tanh_c=tanh_c)
+        return Saved(nd.stack([o * tanh_c, c_new], axis=0), gates=(i, f, g, o), c=c, tanh_c=tanh_c)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         if not is_grad_enabled():
-            return tuple(Tensor.make_const(d) for d in
-                         self._gradient_data(out_grad.realize_cached_data(), node.saved))
+            return tuple(
+                Tensor.make_const(d)
+                for d in self._gradient_data(out_grad.realize_cached_data(), node.saved)
+            )
         return self._gradient_tensors(out_grad, *node.inputs)
 
     @staticmethod
@@ -49,11 +52,15 @@ class LSTMState(TensorOp):
         (i, f, g, o), c, tanh_c = saved.gates, saved.c, saved.tanh_c
         d_h, d_c_new = dy[0], dy[1]
         d_c = d_c_new + d_h * o * (1.0 - tanh_c * tanh_c)
-        d_gates = nd.stack([d_c * g * i * (1.0 - i),  # through sigmoid(i)
-                            d_c * c * f * (1.0 - f),  # sigmoid(f)
-                            d_c * i * (1.0 - g * g),  # tanh(g)
-                            d_h * tanh_c * o * (1.0 - o)],  # sigmoid(o)
-                           axis=1)
+        d_gates = nd.stack(
+            [
+                d_c * g * i * (1.0 - i),  # through sigmoid(i)
+                d_c * c * f * (1.0 - f),  # sigmoid(f)
+                d_c * i * (1.0 - g * g),  # tanh(g)
+                d_h * tanh_c * o * (1.0 - o),
+            ],  # sigmoid(o)
+            axis=1,
+        )
         batch, _, hidden = d_gates.shape
         return d_gates.reshape((batch, 4 * hidden)), d_c * f
 
@@ -67,8 +74,15 @@ class LSTMState(TensorOp):
         tanh_c = tanh(f * c + i * g)
         d_h, d_c_new = split(dy, 0)
         d_c = d_c_new + d_h * o * (1.0 - tanh_c * tanh_c)
-        d_gates = stack([d_c * g * i * (1.0 - i), d_c * c * f * (1.0 - f),
-                         d_c * i * (1.0 - g * g), d_h * tanh_c * o * (1.0 - o)], 1)
+        d_gates = stack(
+            [
+                d_c * g * i * (1.0 - i),
+                d_c * c * f * (1.0 - f),
+                d_c * i * (1.0 - g * g),
+                d_h * tanh_c * o * (1.0 - o),
+            ],
+            1,
+        )
         return reshape(d_gates, (batch, width)), d_c * f
 
 

@@ -2,8 +2,14 @@
 
 from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp, Value
 
-__all__ = ["MakeTensorTuple", "make_tuple", "TupleGetItem", "tuple_get_item", "FusedAddScalars",
-           "fused_add_scalars"]
+__all__ = [
+    "MakeTensorTuple",
+    "make_tuple",
+    "TupleGetItem",
+    "tuple_get_item",
+    "FusedAddScalars",
+    "fused_add_scalars",
+]
 
 
 class MakeTensorTuple(TensorTupleOp):

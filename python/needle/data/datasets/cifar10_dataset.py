@@ -2,7 +2,7 @@
 
 import os
 import pickle
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -26,7 +26,7 @@ def _field(batch: dict, name: str):
     return batch[name.encode()] if name.encode() in batch else batch.get(name)
 
 
-def read_cifar_batch(path: str) -> Tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One pickled CIFAR-10 batch -> images uint8 (n, 3072) and labels uint8 (n,).
 
     Pickle runs code from the file it loads: only read batches from a source you trust.
@@ -49,9 +49,7 @@ def read_cifar_batch(path: str) -> Tuple[np.ndarray, np.ndarray]:
     if data.ndim != 2 or data.shape[1] != size:
         raise ValueError(f"{path}: 'data' has shape {data.shape}, expected (n, {size})")
     if labels.shape != (data.shape[0],):
-        raise ValueError(
-            f"{path}: {data.shape[0]} images but 'labels' has shape {labels.shape}"
-        )
+        raise ValueError(f"{path}: {data.shape[0]} images but 'labels' has shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{path}: labels must be classes 0..9")
     return data.astype(np.uint8, copy=False), labels.astype(np.uint8)
@@ -67,8 +65,13 @@ class CIFAR10Dataset(Dataset):
     probability to RandomFlipHorizontal(p) instead.
     """
 
-    def __init__(self, base_folder: str, train: bool = True, p: Optional[float] = 0.5,
-                 transforms: Optional[List] = None):
+    def __init__(
+        self,
+        base_folder: str,
+        train: bool = True,
+        p: Optional[float] = 0.5,
+        transforms: Optional[list] = None,
+    ):
         super().__init__(transforms)
         self.p = p
         self.train = train
@@ -94,7 +97,7 @@ class CIFAR10Dataset(Dataset):
             return (self._transform(x) if self.transforms else x), self.y[index]
         return self.get_items(index)
 
-    def get_items(self, indices) -> Tuple[np.ndarray, np.ndarray]:
+    def get_items(self, indices) -> tuple[np.ndarray, np.ndarray]:
         X = self.X[indices]
         if self.transforms and len(X):
             X = np.stack([self._transform(x) for x in X])

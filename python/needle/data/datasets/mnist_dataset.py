@@ -4,7 +4,7 @@ import gzip
 import os
 import struct
 import zlib
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def read_idx(path, magic: int, what: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def read_mnist(image_filename, label_filename) -> Tuple[np.ndarray, np.ndarray]:
+def read_mnist(image_filename, label_filename) -> tuple[np.ndarray, np.ndarray]:
     """Raw MNIST: images uint8 (n, rows, cols) and labels uint8 (n,), checked to match."""
     images = read_idx(image_filename, IMAGES_MAGIC, "MNIST image file")
     labels = read_idx(label_filename, LABELS_MAGIC, "MNIST label file")
@@ -72,7 +72,7 @@ def read_mnist(image_filename, label_filename) -> Tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def parse_mnist(image_filename, label_filename) -> Tuple[np.ndarray, np.ndarray]:
+def parse_mnist(image_filename, label_filename) -> tuple[np.ndarray, np.ndarray]:
     """Read MNIST images and labels: X float32 (n, rows*cols) in [0, 1], y uint8 (n,)."""
     images, labels = read_mnist(image_filename, label_filename)
     return _flat_unit_range(images), labels.copy()
@@ -91,8 +91,7 @@ class MNISTDataset(Dataset):
     are applied, and returned in that shape. A slice or index array returns stacked batches.
     """
 
-    def __init__(self, image_filename: str, label_filename: str,
-                 transforms: Optional[List] = None):
+    def __init__(self, image_filename: str, label_filename: str, transforms: Optional[list] = None):
         super().__init__(transforms)
         images, labels = read_mnist(image_filename, label_filename)
         self.image_shape = images.shape[1:] + (1,)
@@ -109,11 +108,10 @@ class MNISTDataset(Dataset):
             return x, self.y[index]
         return self.get_items(index)
 
-    def get_items(self, indices) -> Tuple[np.ndarray, np.ndarray]:
+    def get_items(self, indices) -> tuple[np.ndarray, np.ndarray]:
         X = self.X[indices]
         if self.transforms:
             X = X.reshape((-1,) + self.image_shape)
             if len(X):
                 X = np.stack([self.apply_transforms(x) for x in X])
         return X, self.y[indices]
-

@@ -1,7 +1,5 @@
 """A dataset over in-memory arrays that share their first axis."""
 
-from typing import Tuple
-
 import numpy as np
 
 from ..data_basic import Dataset
@@ -29,8 +27,8 @@ class NDArrayDataset(Dataset):
     def __len__(self) -> int:
         return self.arrays[0].shape[0]
 
-    def __getitem__(self, index) -> Tuple[np.ndarray, ...]:
+    def __getitem__(self, index) -> tuple[np.ndarray, ...]:
         return tuple(a[index] for a in self.arrays)
 
-    def get_items(self, indices: np.ndarray) -> Tuple[np.ndarray, ...]:
+    def get_items(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(a[indices] for a in self.arrays)

@@ -1,7 +1,7 @@
 """Penn Treebank word-level language modelling data, as in the course's hw4."""
 
 import os
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class Corpus:
         self.valid = self.tokenize(valid, max_lines) if valid else None
         self.test = self.tokenize(_find(base_dir, "test"), max_lines)
 
-    def tokenize(self, path: str, max_lines: Optional[int] = None) -> List[int]:
+    def tokenize(self, path: str, max_lines: Optional[int] = None) -> list[int]:
         """The word ids of the file's first `max_lines` lines, each line ending in `<eos>`.
 
         Words are split on whitespace; `<eos>` is appended to every line, unless the line
@@ -98,8 +98,9 @@ def batchify(data, batch_size: int, device=None, dtype=None) -> np.ndarray:
     return np.asarray(data[: nbatch * batch_size], dtype=np.int64).reshape(batch_size, nbatch).T
 
 
-def get_batch(batches: np.ndarray, i: int, bptt: int, device=None,
-              dtype=None) -> Tuple[Tensor, Tensor]:
+def get_batch(
+    batches: np.ndarray, i: int, bptt: int, device=None, dtype=None
+) -> tuple[Tensor, Tensor]:
     """Rows i..i+L of `batchify`'s output and the ids one step later, L = min(bptt, n-1-i).
 
     Returns data (L, batch_size) and target (L*batch_size,), both Tensors with
@@ -110,5 +111,7 @@ def get_batch(batches: np.ndarray, i: int, bptt: int, device=None,
         raise IndexError(f"get_batch: start {i} leaves no targets in {len(batches)} rows")
     data = batches[i : i + seq_len]
     target = batches[i + 1 : i + 1 + seq_len].reshape(-1)
-    return (Tensor(data, device=device, dtype=dtype, requires_grad=False),
-            Tensor(target, device=device, dtype=dtype, requires_grad=False))
+    return (
+        Tensor(data, device=device, dtype=dtype, requires_grad=False),
+        Tensor(target, device=device, dtype=dtype, requires_grad=False),
+    )
