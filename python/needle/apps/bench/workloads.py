@@ -345,46 +345,35 @@ def train_workload(specs: Sequence[TrainSpec], **timing) -> Workload:
 
 # Presets. quick: 1.5 minutes on 2 cores; full: larger sweeps and more repeats (about 8 minutes);
 # tiny: seconds, for the tests.
+# What each preset measures: the matmul sizes (square and rectangular (m, k, n)), the elementwise
+# lengths and the scale of the train models. quick is full with fewer matmul sizes.
+_FULL_PROBLEMS: dict[str, Any] = dict(
+    sizes=[64, 128, 256, 512, 1024, 2048],
+    rectangular=[(128, 784, 512), (1024, 4096, 1024), (4096, 256, 4096)],
+    ewise_n=10**7,
+    side=4096,
+    scale="full",
+)
+_PROBLEMS: dict[str, dict[str, Any]] = {
+    "full": _FULL_PROBLEMS,
+    "quick": {
+        **_FULL_PROBLEMS,
+        "sizes": [64, 128, 256, 512, 1024],
+        "rectangular": [(128, 784, 512), (1024, 4096, 1024)],
+    },
+    "tiny": dict(sizes=[32, 64], rectangular=[(16, 64, 32)], ewise_n=4096, side=64, scale="tiny"),
+}
+# How each preset times: repeats, warmup calls and the least seconds a repeat runs, the same two
+# for the train workload, and the pause (seconds) between backends.
+_TIMING_FIELDS = ("repeats", "warmup", "min_time", "train_repeats", "train_min_time", "pause")
+_TIMINGS: dict[str, tuple[float, ...]] = {
+    "full": (10, 2, 0.2, 7, 0.2, 0.25),
+    "quick": (5, 1, 0.05, 3, 0.05, 0.25),
+    "tiny": (2, 1, 0.001, 1, 0.0, 0.0),
+}
 PRESETS: dict[str, dict[str, Any]] = {
-    "full": dict(
-        sizes=[64, 128, 256, 512, 1024, 2048],
-        rectangular=[(128, 784, 512), (1024, 4096, 1024), (4096, 256, 4096)],
-        ewise_n=10**7,
-        side=4096,
-        repeats=10,
-        warmup=2,
-        min_time=0.2,
-        train_repeats=7,
-        train_min_time=0.2,
-        scale="full",
-        pause=0.25,
-    ),
-    "quick": dict(
-        sizes=[64, 128, 256, 512, 1024],
-        rectangular=[(128, 784, 512), (1024, 4096, 1024)],
-        ewise_n=10**7,
-        side=4096,
-        repeats=5,
-        warmup=1,
-        min_time=0.05,
-        train_repeats=3,
-        train_min_time=0.05,
-        scale="full",
-        pause=0.25,
-    ),
-    "tiny": dict(
-        sizes=[32, 64],
-        rectangular=[(16, 64, 32)],
-        ewise_n=4096,
-        side=64,
-        repeats=2,
-        warmup=1,
-        min_time=0.001,
-        train_repeats=1,
-        train_min_time=0.0,
-        scale="tiny",
-        pause=0.0,
-    ),
+    name: {**problems, **dict(zip(_TIMING_FIELDS, _TIMINGS[name], strict=True))}
+    for name, problems in _PROBLEMS.items()
 }
 WORKLOADS = ("matmul", "elementwise", "overhead", "train")
 
