@@ -28,7 +28,8 @@ def arguments(parser):
     parser.add_argument("--batches", default="128,1024")
 
 
-def no_gpu():
+def skip():
+    """Why there is nothing to measure here: no GPU, or no CUDA backend (None if there is)."""
     if ndl.cuda().enabled():
         return None
     from needle.backend_ndarray import ndarray
@@ -58,7 +59,8 @@ def configure(args):
     ], [harness.needle_backend("cuda"), harness.torch_backend("cuda")]
 
 
-def describe_gpu(args, results):
+def after(args, results):
+    """Describes the GPU measured, below the tables."""
     info = ndl.cuda().mod.device_info()
     version = lambda v: f"{v // 1000}.{v % 1000 // 10}"  # noqa: E731
     print(
@@ -70,13 +72,4 @@ def describe_gpu(args, results):
 
 
 if __name__ == "__main__":
-    sys.exit(
-        harness.script_main(
-            __doc__,
-            configure,
-            ratios=[("needle cuda", "torch cuda")],
-            arguments=arguments,
-            skip=no_gpu,
-            after=describe_gpu,
-        )
-    )
+    sys.exit(harness.script_main(sys.modules[__name__], ratios=[("needle cuda", "torch cuda")]))

@@ -47,8 +47,7 @@ def configure(args):
 if __name__ == "__main__":
     sys.exit(
         harness.script_main(
-            __doc__,
-            configure,
+            sys.modules[__name__],
             ratios=[("needle cpu", "numpy"), ("needle cpu", "torch cpu"), ("needle raw", "numpy")],
         )
     )

@@ -73,6 +73,6 @@ def configure(args):
 if __name__ == "__main__":
     sys.exit(
         harness.script_main(
-            __doc__, configure, ratios=[("needle cpu", "numpy"), ("needle cpu", "torch cpu")]
+            sys.modules[__name__], ratios=[("needle cpu", "numpy"), ("needle cpu", "torch cpu")]
         )
     )

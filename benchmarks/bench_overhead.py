@@ -20,4 +20,4 @@ def configure(args):
 
 
 if __name__ == "__main__":
-    sys.exit(harness.script_main(__doc__, configure, ratios=[("needle cpu", "torch cpu")]))
+    sys.exit(harness.script_main(sys.modules[__name__], ratios=[("needle cpu", "torch cpu")]))

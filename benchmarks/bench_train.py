@@ -44,7 +44,8 @@ def configure(args):
     ]
 
 
-def profile(args, results):
+def after(args, results):
+    """With --profile, breaks each needle step down, below the tables."""
     if args.profile:
         for model in args.models.split(","):
             for result in results:
@@ -54,11 +55,6 @@ def profile(args, results):
 if __name__ == "__main__":
     sys.exit(
         harness.script_main(
-            __doc__,
-            configure,
-            ratios=[("needle cpu", "torch cpu")],
-            threads="1,2",
-            arguments=arguments,
-            after=profile,
+            sys.modules[__name__], ratios=[("needle cpu", "torch cpu")], threads="1,2"
         )
     )

@@ -11,15 +11,15 @@
 - The machine: CPU model, cores, GPUs, threads, versions, commit and load average.
 
 A script in benchmarks/ is a configuration of it: it declares its workloads and backends and
-calls script_main(), which adds the common options (--threads, --repeats, --plot, --write),
-measures each thread count in its own pinned process and prints Markdown tables:
+hands itself to script_main(), which adds the common options (--threads, --repeats, --plot,
+--write), measures each thread count in its own pinned process and prints Markdown tables:
 
     def configure(args):
         workload = matmul_workload([256, 1024], [], repeats=5, warmup=2, min_time=0.2)
         return [workload], [numpy_backend(), needle_backend("cpu"), torch_backend("cpu")]
 
     if __name__ == "__main__":
-        sys.exit(script_main(__doc__, configure, ratios=[("needle cpu", "torch cpu")]))
+        sys.exit(script_main(sys.modules[__name__], ratios=[("needle cpu", "torch cpu")]))
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -548,23 +549,17 @@ def git_commit() -> str:
     """The short commit of needle's source checkout (+"-dirty" with local changes), or
     "unknown" outside a git checkout."""
     folder = os.path.dirname(os.path.abspath(ndl.__file__))
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=folder,
-            text=True,
-            capture_output=True,
-            timeout=10,
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", *args], cwd=folder, text=True, capture_output=True, timeout=10
         )
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
         if commit.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=folder,
-            text=True,
-            capture_output=True,
-            timeout=10,
-        )
+        dirty = git("status", "--porcelain", "--untracked-files=no")
         return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -749,24 +744,27 @@ def script_table(
 
 
 def script_main(
-    description: str,
-    configure: Configure,
+    script: types.ModuleType,
     *,
     ratios: Sequence[tuple[str, str]] = (),
     threads: str = "1",
-    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-    skip: Callable[[], str | None] | None = None,
-    after: Callable[[argparse.Namespace, list[dict[str, Any]]], None] | None = None,
     argv: list[str] | None = None,
 ) -> int:
-    """The command line of a benchmark script: `configure(args)` returns its workloads and
-    backends; `ratios` names the (a, b) backend pairs compared in the tables; `arguments` adds
-    the script's own options; `skip()` returns why there is nothing to measure here (printed,
-    exit status 0); `after(args, results)` runs once the tables are printed.
+    """The command line of the benchmark script `script` (its module; its docstring describes
+    it). `ratios` names the (a, b) backend pairs compared in the tables, `threads` the default
+    of --threads. The script defines `configure(args)`, which returns its workloads and
+    backends, and may define `arguments(parser)`, which adds the script's own options,
+    `skip()`, which returns why there is nothing to measure here (printed, exit status 0), and
+    `after(args, results)`, which runs once the tables are printed.
 
     Each thread count of --threads is measured in a process whose environment pins every
     library to it (this one, if it already is). The tables are Markdown; --write appends them
     to a file as a dated section, --plot draws the first workload as a bar chart."""
+    description = script.__doc__ or ""
+    configure: Configure = script.configure
+    arguments = getattr(script, "arguments", None)
+    skip = getattr(script, "skip", None)
+    after = getattr(script, "after", None)
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument(
         "--threads",
