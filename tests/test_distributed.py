@@ -90,6 +90,25 @@ def ranks(out, n=2):
     return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(n)]
 
 
+def needle_train(out, *extra):
+    """`needle train --distributed`: 2 short epochs into `out`, then `extra`."""
+    return [
+        sys.executable,
+        "-m",
+        "needle",
+        "train",
+        "--distributed",
+        "--epochs",
+        "2",
+        "--max-batches",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
 # ---- the sampler ----------------------------------------------------------------------------
 def shards(n, world, epoch=0, **kwargs):
     samplers = [
@@ -222,20 +241,7 @@ def test_without_mpi4py_init_is_a_single_process(no_mpi4py):
 
 
 def test_needle_train_distributed_without_mpi4py_is_a_clear_message(no_mpi4py, tmp_path):
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "needle",
-            "train",
-            "--distributed",
-            "--epochs",
-            "1",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        env=no_mpi4py,
-    )
+    result = run(needle_train(tmp_path / "out"), env=no_mpi4py)
     assert result.returncode == 1
     assert "needle train --distributed: needle.distributed: MPI is not available" in result.stderr
     assert "openmpi-bin" in result.stderr and "Traceback" not in result.stderr
@@ -292,24 +298,6 @@ def test_a_failing_rank_ends_the_job_instead_of_hanging(tmp_path):
     assert "simulated failure on rank 1" in result.stderr
     assert "rank 1 raised RuntimeError; aborting all 2 ranks" in result.stderr
     assert not (tmp_path / "rank0.json").exists()
-
-
-def needle_train(out, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "needle",
-        "train",
-        "--distributed",
-        "--epochs",
-        "2",
-        "--max-batches",
-        "3",
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
 
 
 @needs_mpi
