@@ -15,11 +15,16 @@ import operator
 import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache, reduce
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from . import ndarray_backend_numpy, primitives
 
+# The native modules, or None where they are not built.
+ndarray_backend_cpu: ModuleType | None
+ndarray_backend_cuda: ModuleType | None
 try:
     from . import ndarray_backend_cpu
 except ImportError as _error:  # pragma: no cover - exercised only without a native build
@@ -297,7 +302,7 @@ def _as_shape(shape) -> tuple[int, ...]:
 
 def _shape_args(shape: tuple) -> tuple:
     """Accept both f(2, 3) and f((2, 3))."""
-    return shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
 
 
 @lru_cache(maxsize=4096)
@@ -374,6 +379,21 @@ def _matmul_strides(a: NDArray) -> tuple[int, int, int] | None:
     return (batch_stride, a._strides[-2], a._strides[-1])
 
 
+_BinaryMethod = Callable[["NDArray", "NDArray | float"], "NDArray"]
+
+
+def _binary_method(op: str, scalar_op: str | None = None) -> _BinaryMethod:
+    """The NDArray method self (op) other: ewise_<op> when other is an NDArray, else
+    scalar_<scalar_op> (default: scalar_<op>)."""
+    ewise_name, scalar_name = f"ewise_{op}", f"scalar_{scalar_op or op}"
+
+    def method(self: NDArray, other: NDArray | float) -> NDArray:
+        return self._binary(other, ewise_name, scalar_name)
+
+    method.__doc__ = f"self ({op}) other: {ewise_name}, or {scalar_name} for a number"
+    return method
+
+
 class NDArray:
     """A strided n-dimensional array on a device.
 
@@ -383,7 +403,13 @@ class NDArray:
     NDArray input keeps its own.
     """
 
-    # _compact caches is_compact(): True/False, or None when not yet known.
+    _shape: tuple[int, ...]
+    _strides: tuple[int, ...]  # in elements
+    _offset: int
+    _device: BackendDevice
+    _handle: Any  # the device's Array
+    _dtype: str
+    _compact: bool | None  # caches is_compact(): True/False, or None when not yet known
     __slots__ = (
         "_shape",
         "_strides",
@@ -560,9 +586,7 @@ class NDArray:
     # ---- shape manipulation (views) -------------------------------------------------
     def reshape(self, *new_shape) -> NDArray:
         """A view with a new shape (one -1 allowed); copies first if the array is not compact."""
-        if len(new_shape) == 1 and isinstance(new_shape[0], (tuple, list)):
-            new_shape = new_shape[0]
-        new_shape = tuple(operator.index(s) for s in new_shape)
+        new_shape = tuple(operator.index(s) for s in _shape_args(new_shape))
         if new_shape.count(-1) > 1:
             raise ValueError(f"reshape: only one dimension can be -1, got {new_shape}")
         if -1 in new_shape:
@@ -733,43 +757,23 @@ class NDArray:
             getattr(self._device.mod, name)(self.compact()._handle, out._handle)
         return out
 
-    def __add__(self, other):
-        return self._binary(other, "ewise_add", "scalar_add")
+    # The operators: self (op) other for an NDArray other (broadcast) or a number, each
+    # through the primitive pair ewise_<op> / scalar_<op> (reflected: scalar_r<op>).
+    __add__ = __radd__ = _binary_method("add")
+    __sub__ = _binary_method("sub")
+    __rsub__ = _binary_method("sub", "rsub")
+    __mul__ = __rmul__ = _binary_method("mul")
+    __truediv__ = _binary_method("div")
+    __rtruediv__ = _binary_method("div", "rdiv")
+    __pow__ = _binary_method("power")
+    maximum = _binary_method("maximum")
+    # Comparisons give 1.0/0.0 in the array's dtype, as needle's NDArray does. == is an array,
+    # not the bool of object.__eq__ (as NumPy's): a deliberate incompatible override.
+    __eq__ = _binary_method("eq")  # type: ignore[assignment]
+    __ge__ = _binary_method("ge")
 
-    __radd__ = __add__
-
-    def __sub__(self, other):
-        return self._binary(other, "ewise_sub", "scalar_sub")
-
-    def __rsub__(self, other):
-        return self._binary(other, "ewise_sub", "scalar_rsub")
-
-    def __mul__(self, other):
-        return self._binary(other, "ewise_mul", "scalar_mul")
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, other):
-        return self._binary(other, "ewise_div", "scalar_div")
-
-    def __rtruediv__(self, other):
-        return self._binary(other, "ewise_div", "scalar_rdiv")
-
-    def __neg__(self):
+    def __neg__(self) -> NDArray:
         return self._unary("ewise_neg")
-
-    def __pow__(self, other):
-        return self._binary(other, "ewise_power", "scalar_power")
-
-    def maximum(self, other):
-        return self._binary(other, "ewise_maximum", "scalar_maximum")
-
-    # Comparisons give 1.0/0.0 in the array's dtype, as needle's NDArray does.
-    def __eq__(self, other):
-        return self._binary(other, "ewise_eq", "scalar_eq")
-
-    def __ge__(self, other):
-        return self._binary(other, "ewise_ge", "scalar_ge")
 
     def __ne__(self, other):
         return 1 - (self == other)
@@ -785,8 +789,14 @@ class NDArray:
 
     __hash__ = object.__hash__
 
-    # log(), exp(), tanh(), sqrt(), sin(), ...: one method per unary row of the primitive
-    # table, added after the class.
+    if TYPE_CHECKING:
+        # log(), exp(), tanh(), ...: one method per unary row of the primitive table but
+        # ewise_neg (-a), added after the class; named here for type checkers (a test checks
+        # these names against the table).
+        def _unary_method(self) -> NDArray: ...
+
+        abs = sign = relu = sigmoid = _unary_method
+        log = exp = sqrt = rsqrt = tanh = sin = cos = _unary_method
 
     # ---- matrix multiplication ------------------------------------------------------
     def __matmul__(self, other: NDArray) -> NDArray:

@@ -20,8 +20,24 @@ from __future__ import annotations
 import ctypes
 import sys
 import warnings
+from typing import Any
 
-if sys.platform != "darwin":
+from .metal_primitives import (
+    CORE_SOURCES,
+    SIMDGROUP_KERNELS,
+    SIMDGROUP_SOURCES,
+    MetalBackend,
+    kernel_source,
+)
+
+
+def _on_macos() -> bool:
+    # A call rather than `sys.platform != "darwin"` at module level, which type checkers on
+    # other systems would take as making the rest of this module unreachable (unchecked).
+    return sys.platform == "darwin"
+
+
+if not _on_macos():
     raise ImportError("needle's metal backend needs macOS")
 try:
     import Metal
@@ -31,14 +47,6 @@ except ImportError as _error:
         f"needle's metal backend needs pyobjc-framework-Metal ({_error}); "
         'install it with pip install "needle[metal]"'
     ) from _error
-
-from .metal_primitives import (
-    CORE_SOURCES,
-    SIMDGROUP_KERNELS,
-    SIMDGROUP_SOURCES,
-    MetalBackend,
-    kernel_source,
-)
 
 # Kernels encoded into one command buffer before it is committed (without waiting), so that the
 # GPU starts on a long sequence while Python is still encoding the rest of it.
@@ -52,19 +60,20 @@ def _describe(error) -> str:
 class MetalRuntime:
     """The device, its command queue, the compiled kernels and the open command buffer."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         device = Metal.MTLCreateSystemDefaultDevice()
         if device is None:
             raise ImportError("needle's metal backend: this Mac has no Metal device")
         self.device = device
         self.queue = device.newCommandQueue()
-        self._libraries: dict[str, object] = {}
-        self._pipelines: dict[str, object] = {}
+        # PyObjC objects (libraries, pipelines, command buffers, the encoder) are untyped: Any.
+        self._libraries: dict[str, Any] = {}
+        self._pipelines: dict[str, Any] = {}
         self._matmul_kernels: tuple[str, ...] | None = None
-        self._command_buffer = None
-        self._encoder = None
+        self._command_buffer: Any = None
+        self._encoder: Any = None
         self._encoded = 0
-        self._in_flight: list[object] = []  # committed command buffers not yet waited for
+        self._in_flight: list[Any] = []  # committed command buffers not yet waited for
         self.batch, self.completed = 0, -1  # kept by metal_primitives.MetalBackend
 
     # ---- memory ---------------------------------------------------------------------------
