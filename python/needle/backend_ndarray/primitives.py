@@ -295,33 +295,20 @@ def _table() -> dict[str, Primitive]:
         True,
         "every element of the view of out (size elements) = val",
     )
-    for op, ref in BINARY.items():
-        add(
-            f"ewise_{op}",
-            "a:array, b:array, out:out",
-            "binary",
-            True,
-            f"out = {op}(a, b), elementwise",
-            reference=ref,
-        )
-    for op, ref in SCALAR.items():
-        add(
-            f"scalar_{op}",
-            "a:array, val:float, out:out",
+    # The elementwise families: one core row per entry of BINARY, SCALAR and UNARY.
+    for group, prefix, ops, spec, doc in (
+        ("binary", "ewise", BINARY, "a:array, b:array, out:out", "out = {}(a, b), elementwise"),
+        (
             "scalar",
-            True,
-            f"out = {op}(a, val), val rounded to the dtype",
-            reference=ref,
-        )
-    for op, ref in UNARY.items():
-        add(
-            f"ewise_{op}",
-            "a:array, out:out",
-            "unary",
-            True,
-            f"out = {op}(a), elementwise",
-            reference=ref,
-        )
+            "scalar",
+            SCALAR,
+            "a:array, val:float, out:out",
+            "out = {}(a, val), val rounded to the dtype",
+        ),
+        ("unary", "ewise", UNARY, "a:array, out:out", "out = {}(a), elementwise"),
+    ):
+        for op, ref in ops.items():
+            add(f"{prefix}_{op}", spec, group, True, doc.format(op), reference=ref)
     add(
         "ewise_axpby",
         "a:array, b:array, alpha:float, beta:float, out:out",
