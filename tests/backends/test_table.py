@@ -49,6 +49,8 @@ def test_table_rows_are_consistent():
         if prim.fallback is not None:  # fallback(mod, <the table's parameters>)
             params = list(inspect.signature(prim.fallback).parameters)
             assert params == ["mod", *prim.param_names], prim.name
+    # The Metal backends take matmul_strided's arguments after its arrays as these fields.
+    assert primitives.StridedMatmul._fields == primitives.TABLE["matmul_strided"].param_names[3:]
     for group, ops in (
         ("unary", primitives.UNARY),
         ("binary", primitives.BINARY),

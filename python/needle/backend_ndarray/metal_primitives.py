@@ -39,6 +39,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import primitives
+from .primitives import StridedMatmul
 
 # ---- kernel sources ---------------------------------------------------------------------
 # Each library is compiled from one string: common.metal first, then the files that use it.
@@ -399,39 +400,38 @@ class MetalBackend:
         self._matmul_kernel = kernel
 
     def matmul_strided(
-        self,
-        a: MetalArray,
-        b: MetalArray,
-        out: MetalArray,
-        batch: int,
-        m: int,
-        n: int,
-        p: int,
-        a_offset: int,
-        a_strides,
-        b_offset: int,
-        b_strides,
+        self, a: MetalArray, b: MetalArray, out: MetalArray, *args, **kwargs
     ) -> None:
-        if batch * m * p == 0:
-            return
-        kernel = self.matmul_kernel
-        rows_per_group, columns_per_group, threads = MATMUL_TILES[kernel]
-        params = struct.pack("<4I8i", batch, m, n, p, a_offset, *a_strides, b_offset, *b_strides)
-        self._launch(
-            kernel,
-            [(0, a, 0), (1, b, 0), (2, out, 0)],
-            [(3, params)],
-            (-(-p // columns_per_group), -(-m // rows_per_group), batch),
-            (threads, 1, 1),
-        )
+        """The table's matmul_strided(a, b, out, batch, m, n, p, a_offset, a_strides,
+        b_offset, b_strides): the arguments after out, by position or by name, are the fields
+        of a primitives.StridedMatmul."""
+        self._matmul(a, b, out, StridedMatmul(*args, **kwargs))
 
     def matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, m: int, n: int, p: int) -> None:
-        self.matmul_strided(a, b, out, 1, m, n, p, 0, (m * n, n, 1), 0, (n * p, p, 1))
+        self._matmul(a, b, out, StridedMatmul.compact(1, m, n, p))
 
     def batched_matmul(
         self, a: MetalArray, b: MetalArray, out: MetalArray, batch: int, m: int, n: int, p: int
     ) -> None:
-        self.matmul_strided(a, b, out, batch, m, n, p, 0, (m * n, n, 1), 0, (n * p, p, 1))
+        self._matmul(a, b, out, StridedMatmul.compact(batch, m, n, p))
+
+    def _matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, views: StridedMatmul) -> None:
+        """Every matmul primitive: out = a @ b, the operands and out as `views` says."""
+        if views.batch * views.m * views.p == 0:
+            return
+        kernel = self.matmul_kernel
+        rows_per_group, columns_per_group, threads = MATMUL_TILES[kernel]
+        # The kernel's parameters: batch, m, n, p, a_offset, a_strides, b_offset, b_strides.
+        params = struct.pack(
+            "<4I8i", *views[:5], *views.a_strides, views.b_offset, *views.b_strides
+        )
+        self._launch(
+            kernel,
+            [(0, a, 0), (1, b, 0), (2, out, 0)],
+            [(3, params)],
+            (-(-views.p // columns_per_group), -(-views.m // rows_per_group), views.batch),
+            (threads, 1, 1),
+        )
 
     # -- reductions --
     def _reduce(

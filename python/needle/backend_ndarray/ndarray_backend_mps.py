@@ -27,7 +27,8 @@ except ImportError as _error:
         'install it with pip install "needle[metal]"'
     ) from _error
 
-from .metal_primitives import MetalBackend, MPSMatrixLayout, mps_matrix_layout
+from .metal_primitives import MetalArray, MetalBackend, MPSMatrixLayout, mps_matrix_layout
+from .primitives import StridedMatmul
 
 if not MPS.MPSSupportsMTLDevice(_metal.runtime.device):
     raise ImportError("needle's mps backend: Metal Performance Shaders do not support this GPU")
@@ -43,7 +44,7 @@ class MPSBackend(MetalBackend):
         super().__init__(runtime, device_name)
         self._matmuls: OrderedDict[tuple, object] = OrderedDict()
 
-    def _matmul(self, transpose_left: bool, transpose_right: bool, m: int, n: int, p: int):
+    def _kernel(self, transpose_left: bool, transpose_right: bool, m: int, n: int, p: int):
         key = (transpose_left, transpose_right, m, n, p)
         kernel = self._matmuls.get(key)
         if kernel is None:
@@ -71,31 +72,18 @@ class MPSBackend(MetalBackend):
             array.buffer, layout.offset_bytes, descriptor
         )
 
-    def matmul_strided(
-        self,
-        a,
-        b,
-        out,
-        batch: int,
-        m: int,
-        n: int,
-        p: int,
-        a_offset: int,
-        a_strides,
-        b_offset: int,
-        b_strides,
-    ) -> None:
+    def _matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, views: StridedMatmul) -> None:
+        """Every matmul primitive, on MPS where it can read the operands in place."""
+        batch, m, n, p = views[:4]
         if batch * m * p == 0:
             return
-        left = mps_matrix_layout(batch, m, n, a_offset, a_strides, a.size)
-        right = mps_matrix_layout(batch, n, p, b_offset, b_strides, b.size)
+        left = mps_matrix_layout(batch, m, n, views.a_offset, views.a_strides, a.size)
+        right = mps_matrix_layout(batch, n, p, views.b_offset, views.b_strides, b.size)
         if n == 0 or left is None or right is None:
-            super().matmul_strided(
-                a, b, out, batch, m, n, p, a_offset, a_strides, b_offset, b_strides
-            )
+            super()._matmul(a, b, out, views)
             return
         result = MPSMatrixLayout(m, p, 4 * p, 4 * m * p, 0, False)
-        kernel = self._matmul(left.transposed, right.transposed, m, n, p)
+        kernel = self._kernel(left.transposed, right.transposed, m, n, p)
         kernel.setBatchStart_(0)
         kernel.setBatchSize_(batch)
         matrices = (

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -210,6 +210,26 @@ def _fallback_batched_matmul(mod, a, b, out, batch, m, n, p):
         mod.compact(b, tb, (n * p,), (1,), i * n * p)
         mod.matmul(ta, tb, tc, m, n, p)
         mod.ewise_setitem(tc, out, (m * p,), (1,), i * m * p)
+
+
+class StridedMatmul(NamedTuple):
+    """matmul_strided's parameters after its three arrays: out (batch, m, p) = a @ b, with a
+    the view (batch, m, n) of strides a_strides (batch, row, col) at a_offset, b the view
+    (batch, n, p) likewise."""
+
+    batch: int
+    m: int
+    n: int
+    p: int
+    a_offset: int
+    a_strides: Sequence[int]
+    b_offset: int
+    b_strides: Sequence[int]
+
+    @classmethod
+    def compact(cls, batch: int, m: int, n: int, p: int) -> StridedMatmul:
+        """Compact row-major operands: matmul (batch 1) and batched_matmul."""
+        return cls(batch, m, n, p, 0, (m * n, n, 1), 0, (n * p, p, 1))
 
 
 def _fallback_matmul_strided(
