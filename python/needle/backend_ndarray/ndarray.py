@@ -1109,15 +1109,7 @@ def take_rows(table: NDArray, indices) -> NDArray:
         )
     idx = indices.on(table.device, table.dtype)
     out = NDArray.make((len(idx),) + table.shape[1:], device=table.device, dtype=table.dtype)
-    if out.size:
-        table.device.gather_rows(
-            table.compact()._handle,
-            idx.array._handle,
-            out._handle,
-            len(idx),
-            _size(table.shape[1:]),
-        )
-    return out
+    return _by_rows("gather_rows", table, idx, out)
 
 
 def add_rows(values: NDArray, indices, rows: int, out: NDArray | None = None) -> NDArray:
@@ -1144,13 +1136,17 @@ def add_rows(values: NDArray, indices, rows: int, out: NDArray | None = None) ->
                 f"got {out.shape} {out.dtype}"
                 f"{'' if out.is_compact() else ' (a view)'}"
             )
-    if values.size:
-        values.device.scatter_add_rows(
-            values.compact()._handle,
-            idx.array._handle,
-            out._handle,
-            len(idx),
-            _size(values.shape[1:]),
+    return _by_rows("scatter_add_rows", values, idx, out)
+
+
+def _by_rows(primitive: str, a: NDArray, idx: RowIndices, out: NDArray) -> NDArray:
+    """Run the rows-by-index `primitive` (gather_rows or scatter_add_rows) over the rows of `a`
+    (a.shape[1:] each), the indices `idx` and `out`, and return out. No indices or empty rows:
+    nothing to do."""
+    row_size = _size(a.shape[1:])
+    if len(idx) and row_size:
+        getattr(a.device, primitive)(
+            a.compact()._handle, idx.array._handle, out._handle, len(idx), row_size
         )
     return out
 
