@@ -42,41 +42,26 @@ class TrainSpec:
         )
 
 
+# The three models' sizes at each scale: the course's usual ones ("full") and small enough for
+# a test ("tiny"). The full LSTM LM has Penn Treebank's vocabulary: the (seq*batch, vocab)
+# logits and their softmax dominate the memory traffic.
+TRAIN_SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "mlp": dict(sizes=(784, 512, 512, 10), batch=128),
+        "resnet9": dict(image=(3, 32, 32), batch=128),
+        "lstm-lm": dict(seq_len=20, batch=20, hidden=100, embedding=100, vocab=10000, layers=2),
+    },
+    "tiny": {
+        "mlp": dict(sizes=(784, 32, 32, 10), batch=8),
+        "resnet9": dict(image=(3, 32, 32), batch=2),
+        "lstm-lm": dict(seq_len=4, batch=4, hidden=16, embedding=16, vocab=200, layers=2),
+    },
+}
+
+
 def train_specs(scale: str = "full") -> list[TrainSpec]:
-    """The course's three models at their usual sizes ("tiny": small enough for a test)."""
-    if scale == "tiny":
-        return [
-            TrainSpec("mlp", (("sizes", (784, 32, 32, 10)), ("batch", 8))),
-            TrainSpec("resnet9", (("image", (3, 32, 32)), ("batch", 2))),
-            TrainSpec(
-                "lstm-lm",
-                (
-                    ("seq_len", 4),
-                    ("batch", 4),
-                    ("hidden", 16),
-                    ("embedding", 16),
-                    ("vocab", 200),
-                    ("layers", 2),
-                ),
-            ),
-        ]
-    return [
-        TrainSpec("mlp", (("sizes", (784, 512, 512, 10)), ("batch", 128))),
-        TrainSpec("resnet9", (("image", (3, 32, 32)), ("batch", 128))),
-        # Vocabulary of Penn Treebank's size: the (seq*batch, vocab) logits and their
-        # softmax dominate the memory traffic.
-        TrainSpec(
-            "lstm-lm",
-            (
-                ("seq_len", 20),
-                ("batch", 20),
-                ("hidden", 100),
-                ("embedding", 100),
-                ("vocab", 10000),
-                ("layers", 2),
-            ),
-        ),
-    ]
+    """The course's three models at a scale of TRAIN_SIZES ("full" or "tiny")."""
+    return [TrainSpec(model, tuple(sizes.items())) for model, sizes in TRAIN_SIZES[scale].items()]
 
 
 def needle_model(spec: TrainSpec, device):
