@@ -123,41 +123,41 @@ template <class T> T max_run(const T *x, int64_t n) {
 // the same as one row at a time), to cut the accumulator traffic to L1/L2 by that factor.
 constexpr int kRowsPerPass = 4;
 
+// The sum accumulates in double; merge combines two accumulators, merge_lanes two vectors of
+// them, load reads kWidth<Acc> elements of a row as a vector of accumulators.
 template <class T> struct SumAccumulate {
   using Acc = double;
   static Acc identity() { return 0.0; }
   static Acc merge(Acc x, Acc y) { return x + y; }
-  template <int R>
-  static void add_rows(Acc *__restrict acc, const T *__restrict rows, int64_t stride, int64_t len) {
-    constexpr int W = simd::kWidth<double>;
-    int64_t j = 0;
-    for (; j + W <= len; j += W) {
-      simd::Vec<double> v = simd::load(acc + j);
-      for (int r = 0; r < R; ++r) v += simd::load_as_double(rows + r * stride + j);
-      simd::store(acc + j, v);
-    }
-    for (; j < len; ++j)
-      for (int r = 0; r < R; ++r) acc[j] += rows[r * stride + j];
-  }
+  static simd::Vec<Acc> merge_lanes(simd::Vec<Acc> x, simd::Vec<Acc> y) { return x + y; }
+  static simd::Vec<Acc> load(const T *p) { return simd::load_as_double(p); }
 };
 
 template <class T> struct MaxAccumulate {
   using Acc = T;
   static Acc identity() { return -std::numeric_limits<T>::infinity(); }
   static Acc merge(Acc x, Acc y) { return max_nan(x, y); }
-  template <int R>
-  static void add_rows(Acc *__restrict acc, const T *__restrict rows, int64_t stride, int64_t len) {
-    constexpr int W = simd::kWidth<T>;
-    int64_t j = 0;
-    for (; j + W <= len; j += W) {
-      simd::Vec<T> v = simd::load(acc + j);
-      for (int r = 0; r < R; ++r) v = simd::max_nan<T>(v, simd::load(rows + r * stride + j));
-      simd::store(acc + j, v);
-    }
-    for (; j < len; ++j)
-      for (int r = 0; r < R; ++r) acc[j] = max_nan(acc[j], rows[r * stride + j]);
+  static simd::Vec<Acc> merge_lanes(simd::Vec<Acc> x, simd::Vec<Acc> y) {
+    return simd::max_nan<T>(x, y);
   }
+  static simd::Vec<Acc> load(const T *p) { return simd::load(p); }
 };
+
+// acc[0:len] merged with R rows of len elements, `stride` apart, one vector of acc at a time.
+template <class Op, int R, class T>
+void add_rows(typename Op::Acc *__restrict acc, const T *__restrict rows, int64_t stride,
+              int64_t len) {
+  using Acc = typename Op::Acc;
+  constexpr int W = simd::kWidth<Acc>;
+  int64_t j = 0;
+  for (; j + W <= len; j += W) {
+    simd::Vec<Acc> v = simd::load(acc + j);
+    for (int r = 0; r < R; ++r) v = Op::merge_lanes(v, Op::load(rows + r * stride + j));
+    simd::store(acc + j, v);
+  }
+  for (; j < len; ++j)
+    for (int r = 0; r < R; ++r) acc[j] = Op::merge(acc[j], rows[r * stride + j]);
+}
 
 // acc[0:len] = reduction of a[r, 0:len] over r in [r0, r1), a's rows `inner` apart.
 template <class Op, class T>
@@ -166,8 +166,8 @@ void accumulate_rows(const T *a, int64_t inner, int64_t r0, int64_t r1, int64_t 
   std::fill_n(acc, len, Op::identity());
   int64_t r = r0;
   for (; r + kRowsPerPass <= r1; r += kRowsPerPass)
-    Op::template add_rows<kRowsPerPass>(acc, a + r * inner, inner, len);
-  for (; r < r1; ++r) Op::template add_rows<1>(acc, a + r * inner, inner, len);
+    add_rows<Op, kRowsPerPass>(acc, a + r * inner, inner, len);
+  for (; r < r1; ++r) add_rows<Op, 1>(acc, a + r * inner, inner, len);
 }
 
 template <class Op, class T>
