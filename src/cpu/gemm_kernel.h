@@ -23,33 +23,33 @@ namespace cpu {
 namespace microkernel {
 
 // ---- vector traits -------------------------------------------------------------------
-// Simd<T>: a register of `width` T's with the handful of operations the kernel needs.
+// Simd<T>: a register of `width` T's with the handful of operations the kernel needs. On
+// x86 each instruction set is a table, a row per T: NEEDLE_X86_SIMD(T, Reg, prefix, suffix)
+// makes Simd<T> of the intrinsics prefix_OP_suffix (_mm512_fmadd_ps, _mm256_loadu_pd, ...)
+// on the register type Reg. The broadcast is set1 of the value in memory: one
+// vbroadcastss/sd (with AVX2 GCC keeps the accumulators in registers across it, where
+// _mm256_broadcast_ss(p) made it spill some of them every depth step).
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+template <class T> struct Simd;
+#define NEEDLE_X86_SIMD(T, REG, PREFIX, SUFFIX)                                      \
+  template <> struct Simd<T> {                                                       \
+    using Reg = REG;                                                                 \
+    static constexpr int width = sizeof(Reg) / sizeof(T);                            \
+    static Reg zero() { return PREFIX##_setzero_##SUFFIX(); }                        \
+    static Reg load(const T *p) { return PREFIX##_load_##SUFFIX(p); }                \
+    static Reg loadu(const T *p) { return PREFIX##_loadu_##SUFFIX(p); }              \
+    static Reg broadcast(const T *p) { return PREFIX##_set1_##SUFFIX(*p); }          \
+    static Reg fma(Reg a, Reg b, Reg c) { return PREFIX##_fmadd_##SUFFIX(a, b, c); } \
+    static Reg add(Reg a, Reg b) { return PREFIX##_add_##SUFFIX(a, b); }             \
+    static void storeu(T *p, Reg v) { PREFIX##_storeu_##SUFFIX(p, v); }              \
+  }
+#endif
 
 #if defined(__AVX512F__)
 constexpr const char *kIsa = "avx512";
-template <class T> struct Simd;
-template <> struct Simd<float> {
-  using Reg = __m512;
-  static constexpr int width = 16;
-  static Reg zero() { return _mm512_setzero_ps(); }
-  static Reg load(const float *p) { return _mm512_load_ps(p); }
-  static Reg loadu(const float *p) { return _mm512_loadu_ps(p); }
-  static Reg broadcast(const float *p) { return _mm512_set1_ps(*p); }
-  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
-  static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
-  static void storeu(float *p, Reg v) { _mm512_storeu_ps(p, v); }
-};
-template <> struct Simd<double> {
-  using Reg = __m512d;
-  static constexpr int width = 8;
-  static Reg zero() { return _mm512_setzero_pd(); }
-  static Reg load(const double *p) { return _mm512_load_pd(p); }
-  static Reg loadu(const double *p) { return _mm512_loadu_pd(p); }
-  static Reg broadcast(const double *p) { return _mm512_set1_pd(*p); }
-  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_pd(a, b, c); }
-  static Reg add(Reg a, Reg b) { return _mm512_add_pd(a, b); }
-  static void storeu(double *p, Reg v) { _mm512_storeu_pd(p, v); }
-};
+NEEDLE_X86_SIMD(float, __m512, _mm512, ps);
+NEEDLE_X86_SIMD(double, __m512d, _mm512, pd);
 // 32 zmm registers: 14 rows x 2 vectors = 28 accumulators + 2 for the B row; the A value
 // is an embedded broadcast operand of the FMA and needs no register. Per depth step that
 // is 28 FMAs for 2 loads + 14 broadcasts, under the 2 loads/cycle that keep 2 FMA ports busy.
@@ -58,29 +58,8 @@ constexpr int kVectorsPerRow = 2;
 
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr const char *kIsa = "avx2";
-template <class T> struct Simd;
-template <> struct Simd<float> {
-  using Reg = __m256;
-  static constexpr int width = 8;
-  static Reg zero() { return _mm256_setzero_ps(); }
-  static Reg load(const float *p) { return _mm256_load_ps(p); }
-  static Reg loadu(const float *p) { return _mm256_loadu_ps(p); }
-  static Reg broadcast(const float *p) { return _mm256_broadcast_ss(p); }
-  static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
-  static void storeu(float *p, Reg v) { _mm256_storeu_ps(p, v); }
-};
-template <> struct Simd<double> {
-  using Reg = __m256d;
-  static constexpr int width = 4;
-  static Reg zero() { return _mm256_setzero_pd(); }
-  static Reg load(const double *p) { return _mm256_load_pd(p); }
-  static Reg loadu(const double *p) { return _mm256_loadu_pd(p); }
-  static Reg broadcast(const double *p) { return _mm256_broadcast_sd(p); }
-  static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_pd(a, b, c); }
-  static Reg add(Reg a, Reg b) { return _mm256_add_pd(a, b); }
-  static void storeu(double *p, Reg v) { _mm256_storeu_pd(p, v); }
-};
+NEEDLE_X86_SIMD(float, __m256, _mm256, ps);
+NEEDLE_X86_SIMD(double, __m256d, _mm256, pd);
 // 16 ymm registers: 6 rows x 2 vectors = 12 accumulators + 2 for B + 1 broadcast.
 constexpr int kMR = 6;
 constexpr int kVectorsPerRow = 2;
@@ -112,6 +91,7 @@ template <class T> struct Simd {
 constexpr int kMR = 6;
 constexpr int kVectorsPerRow = 2;
 #endif
+#undef NEEDLE_X86_SIMD
 
 // ---- blocking --------------------------------------------------------------------------
 // Loop order (outer to inner): rows of A in blocks of MC -> depth in blocks of KC (pack the
