@@ -25,6 +25,7 @@
 #include <tuple>
 #include <vector>
 
+#include "array_binding.h"
 #include "cpu/array.h"
 #include "cpu/elementwise.h"
 #include "cpu/gemm.h"
@@ -296,16 +297,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.attr("__tile_size__") = kTile;
   m.attr("DTYPES") = nb::make_tuple("float32", "float64");
 
-  nb::class_<Array>(m, "Array", "A flat, 64-byte aligned buffer of `size` elements.")
-      .def(
-          "__init__",
-          [](Array *self, size_t size, const std::string &dtype) {
-            new (self) Array(size, parse_dtype(dtype));
-          },
-          "size"_a, "dtype"_a = "float32")
-      .def_prop_ro("size", [](const Array &a) { return a.size; })
-      .def_prop_ro("dtype", [](const Array &a) { return dtype_name(a.dtype); })
-      .def("ptr", [](const Array &a) { return reinterpret_cast<uintptr_t>(a.ptr); });
+  needle::bind_array<Array, parse_dtype, dtype_name>(
+      m, "A flat, 64-byte aligned buffer of `size` elements.");
 
   m.def("to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a);
   m.def("from_numpy", &from_numpy, "a"_a, "out"_a);

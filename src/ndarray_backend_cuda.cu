@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "array_binding.h"
 #include "cuda/host_table.h"
 #include "cuda/runtime.h"
 
@@ -101,16 +102,7 @@ NB_MODULE(ndarray_backend_cuda, m) {
     } catch (const TypeError& e) { PyErr_SetString(PyExc_TypeError, e.what()); }
   });
 
-  nb::class_<Array>(m, "Array", "A flat device buffer of `size` elements.")
-      .def(
-          "__init__",
-          [](Array* self, size_t size, const std::string& dtype) {
-            new (self) Array(size, parse_dtype(dtype));
-          },
-          "size"_a, "dtype"_a = "float32")
-      .def_prop_ro("size", [](const Array& a) { return a.size; })
-      .def_prop_ro("dtype", [](const Array& a) { return dtype_name(a.dtype); })
-      .def("ptr", [](const Array& a) { return reinterpret_cast<uintptr_t>(a.ptr); });
+  needle::bind_array<Array, parse_dtype, dtype_name>(m, "A flat device buffer of `size` elements.");
 
   m.def("to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a);
   m.def("from_numpy", &from_numpy, "a"_a, "out"_a);
