@@ -95,6 +95,23 @@ template <class F> ScalarKernel scalar(const char* name, F f) {
           }};
 }
 
+// The binary operators, in the primitive table's order, each visit(ewise name, scalar name,
+// operator): the operator of ewise_<op> (two arrays) and of scalar_<op> (an array and a
+// scalar). The two with the scalar first (val - a, val / a) have no ewise_ twin (nullptr):
+// with two arrays they are ewise_sub and ewise_div with the operands swapped.
+template <class Visit> void for_each_binary_operator(Visit visit) {
+  visit("ewise_add", "scalar_add", Add());
+  visit("ewise_sub", "scalar_sub", Sub());
+  visit(nullptr, "scalar_rsub", RSub());
+  visit("ewise_mul", "scalar_mul", Mul());
+  visit("ewise_div", "scalar_div", Div());
+  visit(nullptr, "scalar_rdiv", RDiv());
+  visit("ewise_power", "scalar_power", Power());
+  visit("ewise_maximum", "scalar_maximum", Maximum());
+  visit("ewise_eq", "scalar_eq", Eq());
+  visit("ewise_ge", "scalar_ge", Ge());
+}
+
 }  // namespace
 
 // The operators mean what ndarray_backend_numpy's do (common.cuh: NaN as NumPy, libdevice
@@ -118,23 +135,24 @@ const std::vector<UnaryKernel>& unary_kernels() {
 }
 
 const std::vector<BinaryKernel>& binary_kernels() {
-  static const std::vector<BinaryKernel> rows = {
-      binary("ewise_add", Add()),     binary("ewise_sub", Sub()),
-      binary("ewise_mul", Mul()),     binary("ewise_div", Div()),
-      binary("ewise_power", Power()), binary("ewise_maximum", Maximum()),
-      binary("ewise_eq", Eq()),       binary("ewise_ge", Ge()),
-  };
+  static const std::vector<BinaryKernel> rows = [] {
+    std::vector<BinaryKernel> ewise;
+    for_each_binary_operator([&ewise](const char* name, const char*, auto op) {
+      if (name != nullptr) ewise.push_back(binary(name, op));
+    });
+    return ewise;
+  }();
   return rows;
 }
 
 const std::vector<ScalarKernel>& scalar_kernels() {
-  static const std::vector<ScalarKernel> rows = {
-      scalar("scalar_add", Add()),     scalar("scalar_sub", Sub()),
-      scalar("scalar_rsub", RSub()),   scalar("scalar_mul", Mul()),
-      scalar("scalar_div", Div()),     scalar("scalar_rdiv", RDiv()),
-      scalar("scalar_power", Power()), scalar("scalar_maximum", Maximum()),
-      scalar("scalar_eq", Eq()),       scalar("scalar_ge", Ge()),
-  };
+  static const std::vector<ScalarKernel> rows = [] {
+    std::vector<ScalarKernel> scalars;
+    for_each_binary_operator([&scalars](const char*, const char* name, auto op) {
+      scalars.push_back(scalar(name, op));
+    });
+    return scalars;
+  }();
   return rows;
 }
 
