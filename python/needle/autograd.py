@@ -9,11 +9,20 @@ differentiated again.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy
 
 from .backend_selection import Device, NDArray, array_api, default_device
+
+if TYPE_CHECKING:
+    from typing_extensions import Self, TypeAlias
+
+    # What gradient() gives one input: its adjoint, None for an input that needs none, or for
+    # a TensorTuple input, optionally sparse, {index: adjoint}.
+    Adjoint: TypeAlias = "Value | dict[int, Value] | None"
 
 # Lazy mode builds the graph without computing; realize_cached_data() computes on demand.
 LAZY_MODE = False
@@ -52,7 +61,11 @@ def is_grad_enabled() -> bool:
     return _GRAD_ENABLED
 
 
-class Op:
+# The kind of Value an op makes: Tensor (TensorOp) or TensorTuple (TensorTupleOp).
+_Out = TypeVar("_Out", bound="Value")
+
+
+class Op(Generic[_Out]):
     """An operator: ``compute`` on NDArrays, ``gradient`` as Tensor ops.
 
     An instance holds only its configuration (axes, a scalar, ...), never per-call state, so
@@ -65,19 +78,20 @@ class Op:
     # means the class name in lower case.
     name: str | None = None
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> _Out:
         raise NotImplementedError()
 
-    def compute(self, *args: NDArray):
-        """Forward pass on NDArrays."""
+    def compute(self, *args: Any) -> Any:
+        """Forward pass on NDArrays (a tuple of them for a TensorTuple), each op with its own
+        operands: an NDArray, a tuple of NDArrays, or Saved."""
         raise NotImplementedError()
 
-    def gradient(self, out_grad: Value, node: Value) -> Value | tuple[Value, ...]:
+    def gradient(self, out_grad: _Out, node: _Out) -> Adjoint | tuple[Adjoint, ...]:
         """Partial adjoints of each input, given the adjoint of the output: None for an input
         that needs none; for a TensorTuple input, optionally sparse, {index: adjoint}."""
         raise NotImplementedError()
 
-    def gradient_as_tuple(self, out_grad: Value, node: Value) -> tuple[Value, ...]:
+    def gradient_as_tuple(self, out_grad: _Out, node: _Out) -> tuple[Adjoint, ...]:
         output = self.gradient(out_grad, node)
         if isinstance(output, tuple):
             return output
@@ -92,34 +106,40 @@ class Saved:
 
     __slots__ = ("data", "values")
 
-    def __init__(self, data, **values):
+    def __init__(self, data: Any, **values: Any):
         self.data = data
         self.values = SimpleNamespace(**values)
 
 
-class TensorOp(Op):
+class TensorOp(Op["Tensor"]):
     """An op whose output is a Tensor."""
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Tensor:
         return Tensor.make_from_op(self, args)
 
 
-class TensorTupleOp(Op):
+class TensorTupleOp(Op["TensorTuple"]):
     """An op whose output is a TensorTuple."""
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> TensorTuple:
         return TensorTuple.make_from_op(self, args)
 
 
 class Value:
     """A node in the graph: an op and its inputs, or a leaf holding data."""
 
-    op: Op | None
-    inputs: list[Value]
+    op: Op[Any] | None
+    # The op's operands: Tensors, or a TensorTuple for an op that takes one (stack). Each op
+    # knows which it takes, so its gradient reads them as such (a.shape) without a check.
+    inputs: list[Any]
     cached_data: NDArray
     requires_grad: bool
-    grad = None  # set by backward()
-    saved = None  # the values compute saved for gradient (see Saved)
+    grad: Value | None = None  # set by backward()
+    saved: SimpleNamespace | None = None  # the values compute saved for gradient (see Saved)
+
+    if TYPE_CHECKING:  # Tensor and TensorTuple add; sum_node_list adds Values
+
+        def __add__(self, other: Any) -> Value: ...
 
     def realize_cached_data(self):
         """Compute (once) and return the data of this node."""
@@ -133,22 +153,23 @@ class Value:
             if node.cached_data is not None:
                 continue
             if inputs_ready:
-                node._compute()
+                node._compute(node.op)
             else:
                 stack.append((node, True))
                 stack.extend((x, False) for x in node.inputs if x.cached_data is None)
         return self.cached_data
 
-    def _compute(self) -> None:
-        """Run the op on the inputs' data; keep the result and what compute saved."""
+    def _compute(self, op: Op[Any]) -> None:
+        """Run the op (this node's) on the inputs' data; keep the result and what compute
+        saved."""
         arrays = [
             x.cached_data if x.cached_data is not None else x.realize_cached_data()
             for x in self.inputs
         ]
         try:
-            data = self.op.compute(*arrays)
+            data = op.compute(*arrays)
         except (ValueError, TypeError) as error:
-            described = _in_context(error, self.op, arrays)
+            described = _in_context(error, op, arrays)
             if described is None:
                 raise
             raise described from error
@@ -175,18 +196,18 @@ class Value:
         TENSOR_COUNTER -= 1
 
     @classmethod
-    def make_const(cls, data, *, requires_grad=False):
+    def make_const(cls, data: Any, *, requires_grad: bool = False) -> Self:
         value = cls.__new__(cls)
         value._init(None, [], cached_data=data, requires_grad=requires_grad)
         return value
 
     @classmethod
-    def make_from_op(cls, op: Op, inputs: list[Value]):
+    def make_from_op(cls, op: Op[Any], inputs: Sequence[Value]) -> Self:
         value = cls.__new__(cls)
         requires_grad = _GRAD_ENABLED and _any_requires_grad(inputs)
         value._init(op, list(inputs), requires_grad=requires_grad)
         if not LAZY_MODE:
-            value._compute()
+            value._compute(op)
             if not requires_grad:  # nothing upstream needs a gradient: keep the data only
                 value.op, value.inputs = None, []
         return value
@@ -196,7 +217,7 @@ class Value:
         return grads[0] if len(grads) == 1 else sum_node_list(grads)
 
 
-def _in_context(error: Exception, op: Op, arrays) -> Exception | None:
+def _in_context(error: Exception, op: Op[Any], arrays) -> Exception | None:
     """`error` again, its message led by the op's name and followed by its inputs' shapes,
     dtypes and devices: "add: shapes (3, 4) and (2, 4) do not broadcast (inputs: ...)".
     None if the exception type cannot be rebuilt from a message."""
@@ -552,7 +573,8 @@ class Tensor(Value):
 def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
     """Reverse-mode AD: set ``.grad`` on every node of the graph that requires a gradient."""
     # Keyed by id(): Tensor overloads __eq__, so Tensors cannot be dict keys by value.
-    node_to_output_grads: dict[int, list[Value]] = {id(output_tensor): [out_grad]}
+    # Partial adjoints: Values, or for a TensorTuple also {index: adjoint} (see _sum_adjoints).
+    node_to_output_grads: dict[int, list[Any]] = {id(output_tensor): [out_grad]}
     for node in reversed(find_topo_sort([output_tensor])):
         node.grad = node._sum_adjoints(node_to_output_grads.pop(id(node)))
         if node.op is None:

@@ -29,7 +29,8 @@ class Optimizer:
     """Base class: holds the parameters and per-parameter state (a dict of Tensors each)."""
 
     # Names of the hyper-parameters saved by state_dict(); subclasses extend this.
-    _hyperparameters = ("lr",)
+    _hyperparameters: tuple[str, ...] = ("lr",)
+    lr: float  # the learning rate, set by each optimizer (and by an LRScheduler)
 
     def __init__(self, params: Iterable[Tensor]):
         self.params: list[Tensor] = list(params)

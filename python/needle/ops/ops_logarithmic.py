@@ -154,6 +154,7 @@ class SoftmaxCrossEntropy(TensorOp):
         return Saved((lse.sum() - self.labels.picked_sum(z)) / batch, lse=lse)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
+        assert node.saved is not None  # compute saves logsumexp(z) with every output
         lse = Tensor.make_const(node.saved.lse)
         return SoftmaxCrossEntropyGrad(self.labels)(node.inputs[0], out_grad, lse)
 

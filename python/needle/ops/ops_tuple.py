@@ -1,6 +1,6 @@
 """Ops that make and take apart TensorTuples."""
 
-from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp, Value
+from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp
 
 __all__ = [
     "MakeTensorTuple",
@@ -37,7 +37,7 @@ class TupleGetItem(TensorOp):
     def __init__(self, index: int):
         self.index = index
 
-    def __call__(self, a: TensorTuple, fold_const=True) -> Value:
+    def __call__(self, a: TensorTuple, fold_const: bool = True) -> Tensor:
         assert isinstance(a, TensorTuple)
         # Taking an element of a tuple we just made needs no node of its own.
         if fold_const and isinstance(a.op, MakeTensorTuple):
