@@ -315,6 +315,19 @@ def _comparison(fn):
     return compare
 
 
+def _elementwise(op: str) -> Callable[[Tensor], Tensor]:
+    """The Tensor method that applies the elementwise op class ops.<op>: x.exp() is
+    ops.Exp()(x). (Looked up when called: the op catalogue imports this module.)"""
+
+    def method(self: Tensor) -> Tensor:
+        return getattr(ops, op)()(self)
+
+    method.__name__ = op.lower()
+    method.__qualname__ = "Tensor." + method.__name__
+    method.__doc__ = f"ops.{method.__name__}(self)"
+    return method
+
+
 class Tensor(Value):
     """An n-dimensional array that records the ops applied to it, for backward().
 
@@ -547,23 +560,12 @@ class Tensor(Value):
     def transpose(self, axes=None):
         return ops.Transpose(axes)(self)
 
-    def exp(self):
-        return ops.Exp()(self)
-
-    def log(self):
-        return ops.Log()(self)
-
-    def relu(self):
-        return ops.ReLU()(self)
-
-    def tanh(self):
-        return ops.Tanh()(self)
-
-    def sigmoid(self):
-        return ops.Sigmoid()(self)
-
-    def sqrt(self):
-        return ops.Sqrt()(self)
+    exp = _elementwise("Exp")
+    log = _elementwise("Log")
+    relu = _elementwise("ReLU")
+    tanh = _elementwise("Tanh")
+    sigmoid = _elementwise("Sigmoid")
+    sqrt = _elementwise("Sqrt")
 
     @property
     def T(self):

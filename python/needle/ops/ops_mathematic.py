@@ -1,12 +1,15 @@
 """The op catalogue: each Op computes on NDArrays and differentiates with Tensor ops.
 
 Binary elementwise ops broadcast like NumPy; their gradients are summed back to each
-input's shape (``reduce_to_shape``).
+input's shape (``reduce_to_shape``). Each op has a function form, named by the op's name
+(``add`` for EWiseAdd), that takes the operands and then the op's own arguments.
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 import numpy as np
 
@@ -108,7 +111,7 @@ def reduce_to_shape(grad: Tensor, shape: tuple[int, ...]) -> Tensor:
     return reshape(grad, tuple(shape))
 
 
-def _check_scalar(scalar, op: str):
+def _check_scalar(scalar: Any, op: str) -> Any:
     """A number operand: a Python or NumPy number, or the one value of a 0-d or (1,) array
     (course code divides by np.random.randn(1))."""
     if isinstance(scalar, np.ndarray) and scalar.size == 1:
@@ -118,36 +121,74 @@ def _check_scalar(scalar, op: str):
     return scalar
 
 
+def _function(op: type[TensorOp], operands: int = 1) -> Callable[..., Tensor]:
+    """The function form of an op that takes no arguments of its own, called by the op's name:
+    add(a, b) is EWiseAdd()(a, b). (An op with arguments has its function written out, with
+    its signature.)"""
+
+    def unary(a: Tensor) -> Tensor:
+        return op()(a)
+
+    def binary(a: Tensor, b: Tensor) -> Tensor:
+        return op()(a, b)
+
+    function: Callable[..., Tensor] = binary if operands == 2 else unary
+    function.__name__ = function.__qualname__ = op.name or op.__name__.lower()
+    function.__doc__ = op.__doc__
+    return function
+
+
 # ---- elementwise arithmetic -----------------------------------------------------------
-class EWiseAdd(TensorOp):
+class _Broadcasting(TensorOp):
+    """A binary elementwise op on operands that broadcast against each other: `partials`
+    gives the adjoints at the output's shape, `gradient` sums each back to its input's."""
+
+    def partials(
+        self, out_grad: Tensor, a: Tensor, b: Tensor, node: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError()
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = node.inputs
+        grad_a, grad_b = self.partials(out_grad, a, b, node)
+        return reduce_to_shape(grad_a, a.shape), reduce_to_shape(grad_b, b.shape)
+
+
+class _Scalar(TensorOp):
+    """An op of a tensor and a number (the op's `scalar`), checked to be one."""
+
+    name: str
+
+    def __init__(self, scalar: Any):
+        self.scalar = _check_scalar(scalar, self.name)
+
+
+class EWiseAdd(_Broadcasting):
     """a + b; d/da = d/db = 1."""
 
     name = "add"
 
-    def compute(self, a: NDArray, b: NDArray):
+    def compute(self, a: NDArray, b: NDArray) -> NDArray:
         return a + b
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
-        a, b = node.inputs
-        return reduce_to_shape(out_grad, a.shape), reduce_to_shape(out_grad, b.shape)
+    def partials(
+        self, out_grad: Tensor, a: Tensor, b: Tensor, node: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return out_grad, out_grad
 
 
-def add(a, b):
-    return EWiseAdd()(a, b)
+add = _function(EWiseAdd, 2)
 
 
-class AddScalar(TensorOp):
+class AddScalar(_Scalar):
     """a + c; d/da = 1."""
 
     name = "add_scalar"
 
-    def __init__(self, scalar):
-        self.scalar = _check_scalar(scalar, "add_scalar")
-
-    def compute(self, a: NDArray):
+    def compute(self, a: NDArray) -> NDArray:
         return a + self.scalar
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return out_grad
 
 
@@ -155,52 +196,49 @@ def add_scalar(a, scalar):
     return AddScalar(scalar)(a)
 
 
-class EWiseSub(TensorOp):
+class EWiseSub(_Broadcasting):
     """a - b; d/da = 1, d/db = -1."""
 
     name = "subtract"
 
-    def compute(self, a: NDArray, b: NDArray):
+    def compute(self, a: NDArray, b: NDArray) -> NDArray:
         return a - b
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
-        a, b = node.inputs
-        return reduce_to_shape(out_grad, a.shape), reduce_to_shape(-out_grad, b.shape)
+    def partials(
+        self, out_grad: Tensor, a: Tensor, b: Tensor, node: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return out_grad, -out_grad
 
 
-def subtract(a, b):
-    return EWiseSub()(a, b)
+subtract = _function(EWiseSub, 2)
 
 
-class EWiseMul(TensorOp):
+class EWiseMul(_Broadcasting):
     """a * b; d/da = b, d/db = a."""
 
     name = "multiply"
 
-    def compute(self, a: NDArray, b: NDArray):
+    def compute(self, a: NDArray, b: NDArray) -> NDArray:
         return a * b
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
-        a, b = node.inputs
-        return reduce_to_shape(out_grad * b, a.shape), reduce_to_shape(out_grad * a, b.shape)
+    def partials(
+        self, out_grad: Tensor, a: Tensor, b: Tensor, node: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return out_grad * b, out_grad * a
 
 
-def multiply(a, b):
-    return EWiseMul()(a, b)
+multiply = _function(EWiseMul, 2)
 
 
-class MulScalar(TensorOp):
+class MulScalar(_Scalar):
     """a * c; d/da = c."""
 
     name = "mul_scalar"
 
-    def __init__(self, scalar):
-        self.scalar = _check_scalar(scalar, "mul_scalar")
-
-    def compute(self, a: NDArray):
+    def compute(self, a: NDArray) -> NDArray:
         return a * self.scalar
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return out_grad * self.scalar
 
 
@@ -208,36 +246,33 @@ def mul_scalar(a, scalar):
     return MulScalar(scalar)(a)
 
 
-class EWiseDiv(TensorOp):
+class EWiseDiv(_Broadcasting):
     """a / b; d/da = 1/b, d/db = -a/b^2."""
 
     name = "divide"
 
-    def compute(self, a: NDArray, b: NDArray):
+    def compute(self, a: NDArray, b: NDArray) -> NDArray:
         return a / b
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
-        a, b = node.inputs
+    def partials(
+        self, out_grad: Tensor, a: Tensor, b: Tensor, node: Tensor
+    ) -> tuple[Tensor, Tensor]:
         grad_a = out_grad / b
-        return reduce_to_shape(grad_a, a.shape), reduce_to_shape(-grad_a * a / b, b.shape)
+        return grad_a, -grad_a * a / b
 
 
-def divide(a, b):
-    return EWiseDiv()(a, b)
+divide = _function(EWiseDiv, 2)
 
 
-class DivScalar(TensorOp):
+class DivScalar(_Scalar):
     """a / c; d/da = 1/c."""
 
     name = "divide_scalar"
 
-    def __init__(self, scalar):
-        self.scalar = _check_scalar(scalar, "divide_scalar")
-
-    def compute(self, a: NDArray):
+    def compute(self, a: NDArray) -> NDArray:
         return a / self.scalar
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return out_grad / self.scalar
 
 
@@ -245,18 +280,15 @@ def divide_scalar(a, scalar):
     return DivScalar(scalar)(a)
 
 
-class PowerScalar(TensorOp):
+class PowerScalar(_Scalar):
     """a ** c for a number c; d/da = c * a^(c-1)."""
 
     name = "power_scalar"
 
-    def __init__(self, scalar):
-        self.scalar = _check_scalar(scalar, "power_scalar")
-
     def compute(self, a: NDArray) -> NDArray:
         return a**self.scalar
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         a = node.inputs[0]
         if self.scalar == 0:
             return out_grad * 0
@@ -269,7 +301,7 @@ def power_scalar(a, scalar):
     return PowerScalar(scalar)(a)
 
 
-class EWisePow(TensorOp):
+class EWisePow(_Broadcasting):
     """a ** b; d/da = b * a^(b-1), d/db = a^b * log(a)."""
 
     name = "power"
@@ -277,29 +309,26 @@ class EWisePow(TensorOp):
     def compute(self, a: NDArray, b: NDArray) -> NDArray:
         return a**b
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
-        a, b = node.inputs
-        grad_a = out_grad * b * power(a, b - 1)
-        grad_b = out_grad * node * log(a)
-        return reduce_to_shape(grad_a, a.shape), reduce_to_shape(grad_b, b.shape)
+    def partials(
+        self, out_grad: Tensor, a: Tensor, b: Tensor, node: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return out_grad * b * power(a, b - 1), out_grad * node * log(a)
 
 
-def power(a, b):
-    return EWisePow()(a, b)
+power = _function(EWisePow, 2)
 
 
 class Negate(TensorOp):
     """-a; d/da = -1."""
 
-    def compute(self, a: NDArray):
+    def compute(self, a: NDArray) -> NDArray:
         return -a
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return -out_grad
 
 
-def negate(a):
-    return Negate()(a)
+negate = _function(Negate)
 
 
 # ---- shape ops ------------------------------------------------------------------------
@@ -311,13 +340,13 @@ class Transpose(TensorOp):
             raise ValueError(f"transpose: swaps two axes, got axes={axes}")
         self.axes = axes
 
-    def compute(self, a: NDArray):
+    def compute(self, a: NDArray) -> NDArray:
         if a.ndim < 2 and self.axes is None:
             raise ValueError("needs at least 2 dimensions")
         i, j = self.axes if self.axes is not None else (-2, -1)
         return a.swapaxes(i, j)
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return transpose(out_grad, self.axes)
 
 
@@ -325,16 +354,24 @@ def transpose(a, axes=None):
     return Transpose(axes)(a)
 
 
-class Reshape(TensorOp):
-    """Same elements, new shape; the adjoint is reshaped back."""
+class _ToShape(TensorOp):
+    """An op to a given shape (a sequence of ints), computed by an NDArray method, `apply`."""
 
-    def __init__(self, shape):
+    apply: Callable[[NDArray, tuple[int, ...]], NDArray]
+
+    def __init__(self, shape: Sequence[int]):
         self.shape = tuple(shape)
 
-    def compute(self, a: NDArray):
-        return a.reshape(self.shape)
+    def compute(self, a: NDArray) -> NDArray:
+        return self.apply(a, self.shape)
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+
+class Reshape(_ToShape):
+    """Same elements, new shape; the adjoint is reshaped back."""
+
+    apply = staticmethod(NDArray.reshape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return reshape(out_grad, node.inputs[0].shape)
 
 
@@ -342,18 +379,13 @@ def reshape(a, shape):
     return Reshape(shape)(a)
 
 
-class BroadcastTo(TensorOp):
+class BroadcastTo(_ToShape):
     """Repeat size-1 and missing leading axes; the adjoint sums over them."""
 
     name = "broadcast_to"
+    apply = staticmethod(NDArray.broadcast_to)
 
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-    def compute(self, a: NDArray):
-        return a.broadcast_to(self.shape)
-
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return reduce_to_shape(out_grad, node.inputs[0].shape)
 
 
@@ -361,7 +393,11 @@ def broadcast_to(a, shape):
     return BroadcastTo(shape)(a)
 
 
-def _axes_tuple(axes) -> tuple | None:
+@overload
+def _axes_tuple(axes: None) -> None: ...
+@overload
+def _axes_tuple(axes: int | Sequence[int]) -> tuple[int, ...]: ...
+def _axes_tuple(axes: Any) -> tuple[int, ...] | None:
     if axes is None:
         return None
     if isinstance(axes, numbers.Integral):
@@ -385,17 +421,22 @@ def _reduced_shape(shape: tuple, axes: tuple | None) -> tuple:
     return tuple(d for i, d in enumerate(shape) if i not in reduced)
 
 
-class Summation(TensorOp):
-    """Sum over `axes` (None: all); the adjoint is broadcast back over them."""
+class _Reduction(TensorOp):
+    """A reduction over `axes` (an int, a tuple, or None: all), keeping them as size 1 with
+    `keepdims`, else dropping them."""
 
-    def __init__(self, axes=None, keepdims: bool = False):
+    def __init__(self, axes: int | Sequence[int] | None = None, keepdims: bool = False):
         self.axes = _axes_tuple(axes)
         self.keepdims = keepdims
 
-    def compute(self, a: NDArray):
+
+class Summation(_Reduction):
+    """Sum over `axes` (None: all); the adjoint is broadcast back over them."""
+
+    def compute(self, a: NDArray) -> NDArray:
         return a.sum(axis=self.axes, keepdims=self.keepdims)
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         shape = node.inputs[0].shape
         if self.axes is not None and not self.keepdims:  # put the reduced axes back as 1s
             out_grad = reshape(out_grad, _keepdims_shape(shape, self.axes))
@@ -409,17 +450,17 @@ def summation(a, axes=None, keepdims=False):
 class AsType(TensorOp):
     """a converted to `dtype`; the adjoint is converted back to a's dtype."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype: Any):
         self.dtype = nd.canonical_dtype(dtype)
 
-    def compute(self, a: NDArray):
+    def compute(self, a: NDArray) -> NDArray:
         return a.astype(self.dtype)
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return astype(out_grad, node.inputs[0].dtype)
 
 
-def astype(a, dtype):
+def astype(a: Tensor, dtype: Any) -> Tensor:
     return a if a.dtype == nd.canonical_dtype(dtype) else AsType(dtype)(a)
 
 
@@ -474,106 +515,105 @@ def _broadcast_matmul_shape(a_shape: tuple, b_shape: tuple) -> tuple:
     return nd.broadcast_shapes(a_shape[:-2], b_shape[:-2]) + (a_shape[-2], b_shape[-1])
 
 
-def matmul(a, b):
-    return MatMul()(a, b)
+matmul = _function(MatMul, 2)
 
 
 # ---- elementwise functions ------------------------------------------------------------
-class Log(TensorOp):
+class _Elementwise(TensorOp):
+    """f(a) elementwise, computed by the NDArray method of the op's name (Log: a.log(), from
+    the backend's table of unary primitives); each op gives f's derivative in `gradient`."""
+
+    name: str
+    # The NDArray method itself (Tanh.apply(x) is x.tanh()), also for other ops' computes.
+    apply: Callable[[NDArray], NDArray]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.apply = staticmethod(getattr(NDArray, cls.name))
+
+    def compute(self, a: NDArray) -> NDArray:
+        return self.apply(a)
+
+
+class Log(_Elementwise):
     """log(a); d/da = 1/a."""
 
-    def compute(self, a: NDArray):
-        return a.log()
+    name = "log"
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return out_grad / node.inputs[0]
 
 
-def log(a):
-    return Log()(a)
+log = _function(Log)
 
 
-class Exp(TensorOp):
+class Exp(_Elementwise):
     """exp(a); d/da = exp(a)."""
 
-    def compute(self, a: NDArray):
-        return a.exp()
+    name = "exp"
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return out_grad * node
 
 
-def exp(a):
-    return Exp()(a)
+exp = _function(Exp)
 
 
-class ReLU(TensorOp):
+class ReLU(_Elementwise):
     """max(a, 0); d/da = 1 where a > 0, else 0 (0 at a = 0, as PyTorch)."""
 
-    def compute(self, a: NDArray):
-        return a.relu()
+    name = "relu"
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         # sign(relu(a)) is the 0/1 mask in one kernel (node is relu(a), never negative).
         mask = Tensor.make_const(node.realize_cached_data().sign())
         return out_grad * mask
 
 
-def relu(a):
-    return ReLU()(a)
+relu = _function(ReLU)
 
 
-class Tanh(TensorOp):
+class Tanh(_Elementwise):
     """tanh(a); d/da = 1 - tanh(a)^2."""
 
-    def compute(self, a: NDArray):
-        return a.tanh()
+    name = "tanh"
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return out_grad * (1 - node * node)
 
 
-def tanh(a):
-    return Tanh()(a)
+tanh = _function(Tanh)
 
 
-class Sigmoid(TensorOp):
+class Sigmoid(_Elementwise):
     """1 / (1 + exp(-a)); d/da = s(a) * (1 - s(a))."""
 
-    def compute(self, a: NDArray):
-        return a.sigmoid()
+    name = "sigmoid"
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return out_grad * node * (1 - node)
 
 
-def sigmoid(a):
-    return Sigmoid()(a)
+sigmoid = _function(Sigmoid)
 
 
-class Sqrt(TensorOp):
+class Sqrt(_Elementwise):
     """sqrt(a); d/da = 1 / (2 sqrt(a))."""
 
-    def compute(self, a: NDArray):
-        return a.sqrt()
+    name = "sqrt"
 
-    def gradient(self, out_grad: Tensor, node: Tensor):
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return out_grad / (node * 2)
 
 
-def sqrt(a):
-    return Sqrt()(a)
+sqrt = _function(Sqrt)
 
 
 # ---- max ------------------------------------------------------------------------------
-class Max(TensorOp):
+class Max(_Reduction):
     """Maximum over `axes`; the adjoint is shared equally among tied maxima (as torch.amax)."""
 
-    def __init__(self, axes=None, keepdims: bool = False):
-        self.axes = _axes_tuple(axes)
-        self.keepdims = keepdims
-
-    def compute(self, a: NDArray):
+    def compute(self, a: NDArray) -> NDArray:
         return a.max(axis=self.axes, keepdims=self.keepdims)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
@@ -680,14 +720,23 @@ def _check_axes(axes: tuple, ndim: int) -> tuple:
     return tuple(a % ndim for a in axes)
 
 
-class Dilate(TensorOp):
-    """Insert `dilation` zeros after every element along `axes`; the adjoint undilates."""
+class _Dilation(TensorOp):
+    """An op that spaces out (or gathers back) the elements along `axes` with `dilation`
+    zeros between them."""
 
-    def __init__(self, axes: tuple, dilation: int):
+    name: str
+
+    def __init__(self, axes: int | Sequence[int], dilation: int):
         self.axes = _axes_tuple(axes)
         self.dilation = int(dilation)
         if self.dilation < 0:
-            raise ValueError(f"dilate: dilation must be >= 0, got {dilation}")
+            raise ValueError(f"{self.name}: dilation must be >= 0, got {dilation}")
+
+
+class Dilate(_Dilation):
+    """Insert `dilation` zeros after every element along `axes`; the adjoint undilates."""
+
+    name = "dilate"
 
     def compute(self, a: NDArray):
         axes = _check_axes(self.axes, a.ndim)
@@ -704,14 +753,10 @@ def dilate(a, axes, dilation):
     return Dilate(axes, dilation)(a)
 
 
-class UnDilate(TensorOp):
+class UnDilate(_Dilation):
     """Keep every (dilation+1)-th element along `axes`; the adjoint dilates."""
 
-    def __init__(self, axes: tuple, dilation: int):
-        self.axes = _axes_tuple(axes)
-        self.dilation = int(dilation)
-        if self.dilation < 0:
-            raise ValueError(f"undilate: dilation must be >= 0, got {dilation}")
+    name = "undilate"
 
     def compute(self, a: NDArray):
         axes = _check_axes(self.axes, a.ndim)
