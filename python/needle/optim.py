@@ -155,6 +155,7 @@ class Adam(Optimizer):
 
     _hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay", "t")
     _decoupled = False
+    _default_weight_decay = 0.0  # what weight_decay=None means (AdamW: 0.01, as torch)
 
     def __init__(
         self,
@@ -163,14 +164,14 @@ class Adam(Optimizer):
         beta1: float = 0.9,
         beta2: float = 0.999,
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
     ):
         super().__init__(params)
         self.lr = lr
         self.beta1 = beta1
         self.beta2 = beta2
         self.eps = eps
-        self.weight_decay = weight_decay
+        self.weight_decay = self._default_weight_decay if weight_decay is None else weight_decay
         self.t = 0  # number of step() calls, as the course's Adam counts them
 
     @no_grad()
@@ -203,19 +204,7 @@ class AdamW(Adam):
     as torch.optim.AdamW."""
 
     _decoupled = True
-
-    def __init__(
-        self,
-        params,
-        lr: float = 0.01,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-    ):
-        super().__init__(
-            params, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay
-        )
+    _default_weight_decay = 0.01
 
 
 # ---- learning-rate schedules ------------------------------------------------------------
