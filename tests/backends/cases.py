@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Callable, NamedTuple
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 from primitive_calls import Out, operand, row_indices, view_of, writes_each_element_once
 
 from needle.backend_ndarray import ndarray, ndarray_backend_numpy as nb_np, primitives
@@ -444,6 +445,18 @@ def _matmul_tiled(prim, backend, rng):
         )
 
 
+def _reference_matmul_strided(backend):
+    def view(x, shape, strides, offset):
+        itemsize = x.array.itemsize
+        return as_strided(x.array[offset:], shape, [s * itemsize for s in strides])
+
+    def matmul_strided(a, b, out, batch, m, n, p, a_offset, a_strides, b_offset, b_strides):
+        a_view = view(a, (batch, m, n), a_strides, a_offset)
+        out.array[:] = (a_view @ view(b, (batch, n, p), b_strides, b_offset)).reshape(-1)
+
+    return matmul_strided
+
+
 def _reference_matmul_tiled(backend):
     t = primitives.tile_size(backend.mod)
 
@@ -638,6 +651,7 @@ GENERATORS: dict[str, Callable] = {
 # here with NumPy directly, so the fallback is checked against something independent of it.
 INDEPENDENT: dict[str, Callable] = {
     "ewise_broadcast_binary": _reference_broadcast_binary,
+    "matmul_strided": _reference_matmul_strided,
     "matmul_tiled": _reference_matmul_tiled,
 }
 

@@ -162,8 +162,9 @@ def test_matmul_strided_on_random_views(backend, dtype, problem):
         b_offset,
         b_strides,
     )
-    want = call(nb_np, "matmul_strided", *args, dtype=dtype)
-    for label, impl in implementations(backend.mod, primitives.TABLE["matmul_strided"]):
+    prim = primitives.TABLE["matmul_strided"]
+    want = call(nb_np, prim.name, *args, dtype=dtype, impl=reference(prim, backend))
+    for label, impl in implementations(backend.mod, prim):
         if _skipped(backend, label, args):
             continue
         compare(

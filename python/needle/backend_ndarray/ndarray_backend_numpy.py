@@ -136,28 +136,6 @@ def batched_matmul(a: Array, b: Array, out: Array, batch: int, m: int, n: int, p
     out.array[:] = np.matmul(a.array.reshape(batch, m, n), b.array.reshape(batch, n, p)).reshape(-1)
 
 
-def matmul_strided(
-    a: Array,
-    b: Array,
-    out: Array,
-    batch: int,
-    m: int,
-    n: int,
-    p: int,
-    a_offset: int,
-    a_strides,
-    b_offset: int,
-    b_strides,
-) -> None:
-    """Batched matmul of strided views, so transposed, offset or batch-broadcast operands need
-    no compact copy: a is the view (batch, m, n) with strides a_strides = (batch, row, col) at
-    a_offset, b the view (batch, n, p) likewise; out is compact (batch, m, p). Strides may be 0.
-    """
-    av = _view(a, (batch, m, n), a_strides, a_offset)
-    bv = _view(b, (batch, n, p), b_strides, b_offset)
-    out.array[:] = np.matmul(av, bv).reshape(-1)
-
-
 # ---- reductions over the last axis of a compact array -------------------------------
 def reduce_sum(a: Array, out: Array, reduce_size: int) -> None:
     out.array[:] = a.array.reshape(-1, reduce_size).sum(axis=1)
