@@ -41,6 +41,51 @@ def _stub_names(body):
     return names
 
 
+def _shared_stub():
+    """The stub-only module that the native modules' stubs re-export from, and its __all__."""
+    shared = ast.parse((PACKAGE / "backend_ndarray" / "_primitive_stubs.pyi").read_text())
+    (exported,) = (
+        ast.literal_eval(node.value)
+        for node in shared.body
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]
+    )
+    assert set(exported) <= _stub_names(shared.body)
+    return shared, set(exported)
+
+
+def _reexported(body):
+    """Names a stub takes from the shared stub and re-exports: `import *` its __all__, and
+    each `name as name`."""
+    shared, exported = _shared_stub()
+    names = set()
+    for node in body:
+        if isinstance(node, ast.ImportFrom) and (node.level, node.module) == (
+            1,
+            "_primitive_stubs",
+        ):
+            for alias in node.names:
+                if alias.name == "*":
+                    names |= exported
+                elif alias.asname == alias.name:
+                    names.add(alias.name)
+    assert names <= _stub_names(shared.body), names - _stub_names(shared.body)
+    return names
+
+
+def _class_members(node):
+    """What a stub's class declares, with what it inherits from a class of the shared stub."""
+    members = _stub_names(node.body)
+    shared, _ = _shared_stub()
+    for base in node.bases:
+        if ast.unparse(base).startswith("_primitive_stubs."):
+            name = ast.unparse(base).split(".", 1)[1]
+            (inherited,) = (
+                n for n in shared.body if isinstance(n, ast.ClassDef) and n.name == name
+            )
+            members |= _stub_names(inherited.body)
+    return members
+
+
 @pytest.mark.parametrize("name", ["ndarray_backend_cpu", "ndarray_backend_cuda"])
 def test_native_stub_declares_exactly_the_module_names(name):
     try:
@@ -50,7 +95,7 @@ def test_native_stub_declares_exactly_the_module_names(name):
     stub = ast.parse((PACKAGE / "backend_ndarray" / f"{name}.pyi").read_text())
     hint = "stale stub: run python tools/gen_stubs.py after building"
 
-    declared = _public(_stub_names(stub.body))
+    declared = _public(_stub_names(stub.body) | _reexported(stub.body))
     actual = _public(dir(module)) - _MODULE_MACHINERY
     assert declared == actual, (
         f"{hint}; missing from the stub: {sorted(actual - declared)}, "
@@ -61,7 +106,7 @@ def test_native_stub_declares_exactly_the_module_names(name):
     for class_name, node in classes.items():
         # What the class itself defines (an exception's inherited `args` is not stubbed).
         members = {n for n in vars(getattr(module, class_name)) if not n.startswith("_")}
-        stubbed = {n for n in _stub_names(node.body) if not n.startswith("_")}
+        stubbed = {n for n in _class_members(node) if not n.startswith("_")}
         assert stubbed == members, f"{hint}; {class_name}: {sorted(members ^ stubbed)}"
 
 
@@ -88,7 +133,7 @@ def test_ndarray_declares_the_unary_methods_of_the_table():
 def test_package_ships_type_information():
     # scikit-build-core puts every file under python/needle into the wheel (wheel.packages).
     assert (PACKAGE / "py.typed").is_file()
-    for name in ("ndarray_backend_cpu", "ndarray_backend_cuda"):
+    for name in ("_primitive_stubs", "ndarray_backend_cpu", "ndarray_backend_cuda"):
         assert (PACKAGE / "backend_ndarray" / f"{name}.pyi").is_file()
 
 

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache, reduce
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -407,7 +407,7 @@ class NDArray:
     _strides: tuple[int, ...]  # in elements
     _offset: int
     _device: BackendDevice
-    _handle: Any  # the device's Array
+    _handle: primitives.BackendArray  # an Array of the device's backend module
     _dtype: str
     _compact: bool | None  # caches is_compact(): True/False, or None when not yet known
     __slots__ = (

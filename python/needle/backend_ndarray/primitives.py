@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
@@ -39,6 +39,16 @@ DTYPES: tuple[str, ...] = ("float32", "float64")
 #   shape   a sequence of ints      str     a name          bool    a flag
 #   numpy   a NumPy array (from_numpy's source)
 KINDS = frozenset({"array", "out", "inout", "int", "float", "shape", "str", "bool", "numpy"})
+
+
+class BackendArray(Protocol):
+    """What every backend's ``Array`` class is: a flat buffer of `size` elements."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    def ptr(self) -> int: ...
 
 
 @dataclass(frozen=True)
