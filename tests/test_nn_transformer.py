@@ -55,6 +55,18 @@ def _check_param_grads(module, params, dtype):
         )
 
 
+def _check_against_torch(module, params, out, out_t, shape, inputs, device, dtype):
+    """The needle output `out` has `shape` and matches torch's `out_t`; after backpropagating
+    the same G through both, so do the gradients of the (needle, torch) `inputs` and of every
+    parameter of `module` (whose torch copies are `params`)."""
+    assert out.shape == shape
+    _close(out, out_t, dtype)
+    _backward_both(out, out_t, device, dtype)
+    for a, a_t in inputs:
+        _close(a.grad, a_t.grad, dtype)
+    _check_param_grads(module, params, dtype)
+
+
 # ---- torch references -----------------------------------------------------------------
 def torch_attention(q, k, v, causal):
     """softmax(q k^T / sqrt(d) + mask) v; the queries are the last `queries` keys."""
@@ -196,14 +208,8 @@ def test_attention_layer_self_attention(device, causal, dtype):
     P = _torch_params(layer)
     x, x_t = _pair((BATCH, length, features), device, dtype)
 
-    out = layer(x)
     out_t = torch_attention_layer(P, "", x_t, x_t, x_t, HEADS, DIM_HEAD, causal)
-    assert out.shape == (BATCH, length, features)
-    _close(out, out_t, dtype)
-
-    _backward_both(out, out_t, device, dtype)
-    _close(x.grad, x_t.grad, dtype)
-    _check_param_grads(layer, P, dtype)
+    _check_against_torch(layer, P, layer(x), out_t, x.shape, [(x, x_t)], device, dtype)
 
 
 def test_attention_layer_cross_attention(device, dtype="float32"):
@@ -224,18 +230,26 @@ def test_attention_layer_cross_attention(device, dtype="float32"):
     k, k_t = _pair((BATCH, 5, k_features), device, dtype)
     v, v_t = _pair((BATCH, 5, v_features), device, dtype)
 
-    out = layer(q, k, v)
     out_t = torch_attention_layer(P, "", q_t, k_t, v_t, HEADS, DIM_HEAD, True)
-    assert out.shape == (BATCH, 3, out_features)
-    _close(out, out_t, dtype)
-
-    _backward_both(out, out_t, device, dtype)
-    for a, a_t in ((q, q_t), (k, k_t), (v, v_t)):
-        _close(a.grad, a_t.grad, dtype)
-    _check_param_grads(layer, P, dtype)
+    inputs = [(q, q_t), (k, k_t), (v, v_t)]
+    _check_against_torch(
+        layer, P, layer(q, k, v), out_t, (BATCH, 3, out_features), inputs, device, dtype
+    )
 
 
 # ---- TransformerLayer and Transformer -------------------------------------------------
+EMB = 6  # the embedding size of the Transformers below
+
+
+def _transformer(device, num_layers, **options):
+    """A Transformer of EMB features, 8 hidden units, HEADS heads of DIM_HEAD and (unless
+    `options` say otherwise) 16 positions."""
+    options = {"sequence_len": 16, **options}
+    return nn.Transformer(
+        EMB, 8, num_layers, num_head=HEADS, dim_head=DIM_HEAD, device=device, **options
+    )
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_transformer_layer_matches_torch(device, causal, dtype="float32"):
     features, hidden, length = 6, 10, 5
@@ -245,54 +259,31 @@ def test_transformer_layer_matches_torch(device, causal, dtype="float32"):
     P = _torch_params(layer)
     x, x_t = _pair((BATCH, length, features), device, dtype)
 
-    out = layer(x)
     out_t = torch_transformer_layer(P, "", x_t, HEADS, DIM_HEAD, causal)
-    assert out.shape == (BATCH, length, features)
-    _close(out, out_t, dtype)
-
-    _backward_both(out, out_t, device, dtype)
-    _close(x.grad, x_t.grad, dtype)
-    _check_param_grads(layer, P, dtype)
+    _check_against_torch(layer, P, layer(x), out_t, x.shape, [(x, x_t)], device, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
 def test_transformer_matches_torch(device, batch_first, dtype):
-    emb, hidden, num_layers, length = 6, 8, 2, 5
-    model = nn.Transformer(
-        emb,
-        hidden,
-        num_layers,
-        num_head=HEADS,
-        dim_head=DIM_HEAD,
-        device=device,
-        dtype=dtype,
-        batch_first=batch_first,
-        sequence_len=16,
-    )
+    num_layers, length = 2, 5
+    model = _transformer(device, num_layers, dtype=dtype, batch_first=batch_first)
     P = _torch_params(model)
-    shape = (BATCH, length, emb) if batch_first else (length, BATCH, emb)
+    shape = (BATCH, length, EMB) if batch_first else (length, BATCH, EMB)
     x, x_t = _pair(shape, device, dtype)
 
     out, h = model(x)
+    assert h.shape == shape and np.all(h.numpy() == 0)
     out_t = torch_transformer(P, x_t, num_layers, HEADS, DIM_HEAD, True, batch_first)
-    assert out.shape == shape and h.shape == shape
-    assert np.all(h.numpy() == 0)
-    _close(out, out_t, dtype)
-
-    _backward_both(out, out_t, device, dtype)
-    _close(x.grad, x_t.grad, dtype)
-    _check_param_grads(model, P, dtype)
+    _check_against_torch(model, P, out, out_t, shape, [(x, x_t)], device, dtype)
     # Only the positions used get a gradient.
     assert np.all(model.positional_embedding.weight.grad.numpy()[length:] == 0)
 
 
 def test_transformer_not_causal(device, dtype="float32"):
-    model = nn.Transformer(
-        6, 8, 1, num_head=HEADS, dim_head=DIM_HEAD, causal=False, device=device, sequence_len=8
-    )
+    model = _transformer(device, 1, causal=False, sequence_len=8)
     P = _torch_params(model)
-    x, x_t = _pair((4, BATCH, 6), device, dtype)
+    x, x_t = _pair((4, BATCH, EMB), device, dtype)
     out, _ = model(x)
     _close(out, torch_transformer(P, x_t, 1, HEADS, DIM_HEAD, False, False), dtype)
 
@@ -300,12 +291,9 @@ def test_transformer_not_causal(device, dtype="float32"):
 def test_transformer_dropout_train_and_eval(device):
     """With dropout > 0, training mode is random and differentiable; eval mode is the
     deterministic dropout-free model."""
-    emb, length = 6, 5
-    model = nn.Transformer(
-        emb, 8, 2, num_head=HEADS, dim_head=DIM_HEAD, dropout=0.5, device=device, sequence_len=16
-    )
+    model = _transformer(device, 2, dropout=0.5)
     P = _torch_params(model)
-    x, x_t = _pair((length, BATCH, emb), device, "float32")
+    x, x_t = _pair((5, BATCH, EMB), device, "float32")
 
     model.eval()
     out, _ = model(x)
