@@ -161,6 +161,16 @@ class Module:
         return self.forward(*args, **kwargs)
 
 
+class _DeviceModule(Module):
+    """A module that keeps the `device` and `dtype` it makes its weights with, as the
+    course's sequence and attention layers do."""
+
+    def __init__(self, device, dtype: str):
+        super().__init__()
+        self.device = device
+        self.dtype = dtype
+
+
 class Identity(Module):
     def forward(self, x: Tensor) -> Tensor:
         return x

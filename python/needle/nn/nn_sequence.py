@@ -14,7 +14,7 @@ from needle import init, ops
 from needle.autograd import Tensor
 
 # Sigmoid lives in nn_basic; it is imported here too because the course defines it in this file.
-from .nn_basic import Module, Parameter, Sigmoid  # noqa: F401
+from .nn_basic import Parameter, Sigmoid, _DeviceModule  # noqa: F401
 
 __all__ = ["RNNCell", "RNN", "LSTMCell", "LSTM", "Embedding"]
 
@@ -62,7 +62,7 @@ def _unroll(cells, X: Tensor, states, zero_state, output_of):
     return layer_input, finals
 
 
-class _Cell(Module):
+class _Cell(_DeviceModule):
     """What RNNCell and LSTMCell share: the weights of `gates` gate blocks of hidden_size,
     drawn from U(-k, k) with k = 1/sqrt(hidden_size), as PyTorch, in the course's order
     W_ih (input, gates * hidden), W_hh (hidden, gates * hidden), bias_ih, bias_hh."""
@@ -70,12 +70,10 @@ class _Cell(Module):
     def __init__(
         self, input_size: int, hidden_size: int, gates: int, bias: bool, device, dtype: str
     ):
-        super().__init__()
+        super().__init__(device, dtype)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        self.device = device
-        self.dtype = dtype
         k, width = 1.0 / math.sqrt(hidden_size), gates * hidden_size
         self.W_ih = _uniform(input_size, width, k=k, device=device, dtype=dtype)
         self.W_hh = _uniform(hidden_size, width, k=k, device=device, dtype=dtype)
@@ -161,16 +159,14 @@ class LSTMCell(_Cell):
         return new_state[0], new_state[1]
 
 
-class _Layers(Module):
+class _Layers(_DeviceModule):
     """What RNN and LSTM share: their sizes and a list of cells, layer 0 first."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, device, dtype: str):
-        super().__init__()
+        super().__init__(device, dtype)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
-        self.device = device
-        self.dtype = dtype
 
     def _cells(self, cell_type, **options) -> list:
         return [
@@ -250,7 +246,7 @@ class LSTM(_Layers):
         return output, (ops.stack([h for h, _ in finals], 0), ops.stack([c for _, c in finals], 0))
 
 
-class Embedding(Module):
+class Embedding(_DeviceModule):
     """A lookup table of `num_embeddings` vectors of size `embedding_dim`, weights N(0, 1).
 
     Indices (seq_len, batch) -> (seq_len, batch, embedding_dim). The lookup gathers rows
@@ -262,11 +258,9 @@ class Embedding(Module):
     def __init__(
         self, num_embeddings: int, embedding_dim: int, device=None, dtype: str = "float32"
     ):
-        super().__init__()
+        super().__init__(device, dtype)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.device = device
-        self.dtype = dtype
         self.weight = Parameter(
             init.randn(
                 num_embeddings, embedding_dim, device=device, dtype=dtype, requires_grad=True

@@ -12,13 +12,13 @@ import numpy as np
 from needle import backend_ndarray as ndarray, init, ops
 from needle.autograd import Tensor
 
-from .nn_basic import Dropout, LayerNorm1d, Linear, Module, ReLU, Sequential
+from .nn_basic import Dropout, LayerNorm1d, Linear, ReLU, Sequential, _DeviceModule
 from .nn_sequence import Embedding
 
 __all__ = ["MultiHeadAttention", "AttentionLayer", "TransformerLayer", "Transformer"]
 
 
-class MultiHeadAttention(Module):
+class MultiHeadAttention(_DeviceModule):
     """Scaled dot-product attention over already projected heads.
 
     q (batch, num_head, queries, dim), k and v (batch, num_head, keys, dim)
@@ -31,9 +31,7 @@ class MultiHeadAttention(Module):
     def __init__(
         self, *, dropout: float = 0.0, causal: bool = False, device=None, dtype: str = "float32"
     ):
-        super().__init__()
-        self.device = device
-        self.dtype = dtype
+        super().__init__(device, dtype)
         self.causal = causal
         self.dropout = Dropout(dropout)
 
@@ -80,7 +78,7 @@ class MultiHeadAttention(Module):
         return ops.matmul(probs, v), probs
 
 
-class AttentionLayer(Module):
+class AttentionLayer(_DeviceModule):
     """Pre-norm multi-head attention: LayerNorm, bias-free projections, attention, output
     projection.
 
@@ -102,9 +100,7 @@ class AttentionLayer(Module):
         device=None,
         dtype: str = "float32",
     ):
-        super().__init__()
-        self.device = device
-        self.dtype = dtype
+        super().__init__(device, dtype)
         k_features = q_features if k_features is None else k_features
         v_features = q_features if v_features is None else v_features
         out_features = q_features if out_features is None else out_features
@@ -151,7 +147,7 @@ class AttentionLayer(Module):
         )
 
 
-class TransformerLayer(Module):
+class TransformerLayer(_DeviceModule):
     """Pre-norm Transformer block, (batch, seq_len, q_features) -> the same shape:
 
     x = x + dropout(attention(x));
@@ -170,9 +166,7 @@ class TransformerLayer(Module):
         device=None,
         dtype: str = "float32",
     ):
-        super().__init__()
-        self.device = device
-        self.dtype = dtype
+        super().__init__(device, dtype)
         self.q_features = q_features
         self.attention = AttentionLayer(
             q_features,
@@ -197,7 +191,7 @@ class TransformerLayer(Module):
         return x + ops.reshape(y, (batch_size, seq_len, x_dim))
 
 
-class Transformer(Module):
+class Transformer(_DeviceModule):
     """A stack of TransformerLayers with a learned positional embedding.
 
     x (seq_len, batch, embedding_size), or (batch, seq_len, embedding_size) with
@@ -220,9 +214,7 @@ class Transformer(Module):
         batch_first: bool = False,
         sequence_len: int = 2048,
     ):
-        super().__init__()
-        self.device = device
-        self.dtype = dtype
+        super().__init__(device, dtype)
         self.batch_first = batch_first
         self.embedding_size = embedding_size
         self.sequence_len = sequence_len
