@@ -53,9 +53,10 @@ def mod(request, host):
 
 
 def check(mod, name, *args, exact=False, rtol=1e-5, atol=1e-6):
-    """`name` through the host module against the NumPy backend (the values of every kernel
-    are checked in tests/backends: here, that the host code runs them as planned)."""
-    expected = call(nb_np, name, *args, dtype="float32")
+    """`name` through the host module against the NumPy backend, its own primitive or the
+    table's fallback over it (the values of every kernel are checked in tests/backends: here,
+    that the host code runs them as planned)."""
+    expected = call(nb_np, name, *args, dtype="float32", impl=primitives.resolve(nb_np, name))
     actual = call(mod, name, *args, dtype="float32")
     if exact:
         np.testing.assert_array_equal(actual, expected)

@@ -1,4 +1,5 @@
-"""Packaging: needle imports without its native build, with a clear warning."""
+"""Packaging: needle imports without its native build, with a clear warning, and `import needle`
+loads neither a GPU backend nor the applications."""
 
 import subprocess
 import sys
@@ -38,12 +39,17 @@ _BLOCK_NATIVE = textwrap.dedent(
 )
 
 
-def test_imports_with_numpy_backend_only_when_native_build_is_missing():
+def _python(code: str) -> str:
+    """What `code` prints, run by a fresh interpreter (which must succeed)."""
     result = subprocess.run(
-        [sys.executable, "-c", _BLOCK_NATIVE], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    return result.stdout
+
+
+def test_imports_with_numpy_backend_only_when_native_build_is_missing():
+    assert _python(_BLOCK_NATIVE).strip() == "ok"
 
 
 def test_native_backend_is_built_in_this_install():
@@ -62,9 +68,15 @@ def test_import_needle_leaves_the_applications_out():
         "print(sorted(m for m in sys.modules if m.startswith('needle.apps')\n"
         "             or (m.startswith('needle.') and apps & set(m.split('.')))))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert _python(code).strip() == "[]"
     assert not hasattr(ndl, "models")
+
+
+def test_import_needle_touches_no_gpu_backend():
+    # cuda() would initialise the CUDA driver (device_count) and metal()/mps() load PyObjC.
+    code = (
+        "import needle as ndl\n"
+        "print(*['mod' in d.__dict__ for d in (ndl.cuda(), ndl.metal(), ndl.mps())])\n"
+        "ndl.cuda().enabled(); print('mod' in ndl.cuda().__dict__)"
+    )
+    assert _python(code).split() == ["False", "False", "False", "True"]

@@ -505,19 +505,10 @@ def _reduce_last(prim, backend, rng):
 # (outer, reduce_size, inner): inner 1 (rows), 2 and 3 (several rows of the reduced axis per
 # warp), 32 and 33 (a tile edge), past a threadgroup and past a 4096-column chunk.
 AXIS_SHAPES = [
-    (0, 3, 4),
-    (1, 5, 3),
-    (4, 1, 7),
-    (2, 7, 1),
-    (1, 300, 1),
-    (3, 5, 2),
-    (5, 2, 300),
-    (3, 100, 257),
-    (1, 5000, 3),
-    (4, 100, 32),
-    (2, 9, 33),
-    (1, 300, 70),
-    (2, 3, 4097),
+    *[(0, 3, 4), (4, 1, 7), (2, 7, 1), (1, 300, 1)],  # empty, a reduced axis of 1, rows
+    *[(1, 5, 3), (3, 5, 2), (1, 5000, 3)],  # inner 2 and 3
+    *[(4, 100, 32), (2, 9, 33), (1, 300, 70)],  # inner 32 and 33 (a tile edge), 70
+    *[(5, 2, 300), (3, 100, 257), (2, 3, 4097)],  # past a threadgroup, past a chunk
 ]
 
 
@@ -546,18 +537,11 @@ def _reduce_axis(prim, backend, rng):
 # both sides of a threadgroup; "same" sends every index to one row, "distinct" is a
 # permutation, "random" repeats some.
 ROWS_CASES = [
-    (5, 0, 3, "random"),
-    (5, 1, 3, "random"),
-    (1, 1, 1, "random"),
-    (9, 40, 1, "random"),
-    (300, 40, 1, "random"),
-    (12, 12, 7, "distinct"),
-    (50, 300, 7, "random"),
-    (6, 33, 257, "same"),
-    (40, 64, 100, "random"),
-    (50, 400, 100, "random"),
-    (60, 200, 130, "random"),
-    (3, 500, 130, "same"),
+    *[(5, 0, 3, "random"), (5, 1, 3, "random"), (1, 1, 1, "random")],  # no index, one, one row
+    *[(9, 40, 1, "random"), (300, 40, 1, "random")],  # row_size 1
+    *[(12, 12, 7, "distinct"), (50, 300, 7, "random"), (6, 33, 257, "same")],  # odd sizes
+    *[(40, 64, 100, "random"), (50, 400, 100, "random")],  # embedding-like rows (100, 130)
+    *[(60, 200, 130, "random"), (3, 500, 130, "same")],
 ]
 LARGE_ROWS = (1000, 600, 130, "random")  # 78,000 elements: several turns of a grid-stride loop
 FIRST_N = np.array([6, 0, 6, 2, 1, 3, 5], dtype=float)  # only the first 4 are used
