@@ -382,17 +382,24 @@ def _scalar_op(op, function, torch_fn, operators, scalars, samples=(), tol=(1e-5
     )
 
 
-def _unary(op, function, torch_fn, domain, method, extra=()):
-    shapes = [(7,), (3, 4), (2, 3, 4), ()]
+def _unary(op, function, torch_fn, domain, values=None):
+    """An elementwise function of one tensor, drawn from `domain`, and of the float32 `values`
+    (extremes); also called as the Tensor method of its name (x.exp())."""
+    samples = [Sample(s) for s in [(7,), (3, 4), (2, 3, 4), ()]]
+    if values is not None:
+        samples.append(Sample(np.array(values, dtype=np.float32)))
     return OpSpec(
         op,
         function,
         torch_fn,
-        [Sample(s) for s in shapes] + list(extra),
+        samples,
         domain=domain,
-        forms=[op(), method],
+        forms=[op(), lambda x: getattr(x, function.__name__)()],
     )
 
+
+# Where tanh and sigmoid saturate, out to where exp(-x) overflows float32.
+SATURATING = [-1000.0, -100.0, -30.0, -10.0, 0.0, 10.0, 30.0, 100.0, 1000.0]
 
 SUM_CASES = [
     ((3, 4), None),
@@ -420,6 +427,27 @@ def _axis_error(name):
         {"axes": (3,)},
         ValueError,
         rf"^{name}: axis 3 is out of range for an array with 2 dimensions",
+    )
+
+
+def _reduction(op, function, torch_fn, cases, extra=(), method=None, **options):
+    """A reduction over `axes` (None, an int or a tuple), with or without keepdims, on `cases`
+    (shape, axes) and the `extra` samples; torch_fn(t, dim=..., keepdim=...) is the reference,
+    and `method` names the Tensor method that reduces too (x.sum(axes, keepdims=...))."""
+    forms = [lambda x, axes=None, keepdims=False: op(axes, keepdims)(x)]
+    if method is not None:
+        forms.append(
+            lambda x, axes=None, keepdims=False: getattr(x, method)(axes, keepdims=keepdims)
+        )
+    return OpSpec(
+        op,
+        function,
+        lambda t, axes=None, keepdims=False: torch_fn(t, dim=tdims(axes, t.ndim), keepdim=keepdims),
+        _reduction_samples(cases) + list(extra),
+        forms=forms,
+        errors=[_axis_error(function.__name__)],
+        random=reductions(),
+        **options,
     )
 
 
@@ -498,6 +526,82 @@ def _conv_weight_sample(shape, k, stride, padding):
     n, h, w, _ = shape
     out = (n, (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1, 2)
     return Sample(shape, out, stride=stride, padding=padding, kernel=(k, k))
+
+
+# (input shape, shape)
+RESHAPE_CASES = [
+    ((3, 4), (12,)),
+    ((3, 4), (4, 3)),
+    ((2, 3, 4), (6, -1)),
+    ((2, 3, 4), (-1,)),
+    ((2, 3, 4), (2, -1, 2)),
+    ((12,), (2, 3, 2)),
+    ((1,), ()),
+    ((), (1, 1)),
+    ((4, 1), (1, 4)),
+]
+BROADCAST_TO_CASES = [
+    ((3, 1), (3, 4)),
+    ((1, 4), (3, 4)),
+    ((4,), (3, 4)),
+    ((1,), (2, 3)),
+    ((), (2, 3)),
+    ((3, 1, 5), (2, 3, 4, 5)),
+    ((1, 1), (1, 1)),
+    ((2, 3), (2, 3)),
+    ((1, 3, 1), (1, 3, 2)),
+    ((3, 1), [2, 3, 4]),
+]
+
+
+def _to_shape(op, function, cases, bad_shape, match, forms=(), **options):
+    """Reshape or BroadcastTo on `cases`, the reference the torch method of the function's
+    name (also a Tensor method); a (3, 4) input to `bad_shape` is an error matching `match`."""
+    name = function.__name__
+    return OpSpec(
+        op,
+        function,
+        lambda t, shape: getattr(t, name)(shape),
+        [Sample(s, shape=n) for s, n in cases],
+        forms=[lambda x, shape: getattr(x, name)(shape), lambda x, shape: op(shape)(x), *forms],
+        errors=[Error([(3, 4)], {"shape": bad_shape}, ValueError, match)],
+        **options,
+    )
+
+
+# (shape, axes, dilation)
+DILATE_CASES = [
+    ((3, 4), (0,), 1),
+    ((3, 4), (1,), 2),
+    ((3, 4), (0, 1), 1),
+    ((2, 3, 4), (1, 2), 1),
+    ((2, 3, 4), (-1,), 3),
+    ((3, 4), (0, 1), 0),
+    ((2, 5), 1, 1),
+]
+UNDILATE_CASES = [
+    ((6, 4), (0,), 1),
+    ((6, 4), (1,), 1),
+    ((6, 8), (0, 1), 1),
+    ((2, 6, 4), (1,), 2),
+    ((5, 4), (0,), 1),
+    ((7, 5), (0, 1), 2),
+    ((3, 4), (0, 1), 0),
+    ((4, 5), -1, 3),
+]
+
+
+def _dilation(op, function, torch_fn, cases, bad_axis, match, forms=()):
+    """Dilate or UnDilate on `cases`; an axis `bad_axis` out of a (3, 4) input's range is an
+    error whose message matches `match`."""
+    return OpSpec(
+        op,
+        function,
+        torch_fn,
+        [Sample(shape, axes=axes, dilation=d) for shape, axes, d in cases],
+        forms=[lambda x, axes, dilation: op(axes, dilation)(x), *forms],
+        errors=[Error([(3, 4)], {"axes": (bad_axis,), "dilation": 1}, ValueError, match)],
+    )
 
 
 GETITEM_CASES = [
@@ -620,99 +724,33 @@ SPECS = [
         ],
         random=transposes(),
     ),
-    OpSpec(
+    _to_shape(
         ops.Reshape,
         ops.reshape,
-        lambda t, shape: t.reshape(shape),
-        [
-            Sample(s, shape=n)
-            for s, n in [
-                ((3, 4), (12,)),
-                ((3, 4), (4, 3)),
-                ((2, 3, 4), (6, -1)),
-                ((2, 3, 4), (-1,)),
-                ((2, 3, 4), (2, -1, 2)),
-                ((12,), (2, 3, 2)),
-                ((1,), ()),
-                ((), (1, 1)),
-                ((4, 1), (1, 4)),
-            ]
-        ],
-        forms=[
-            lambda x, shape: x.reshape(shape),
-            lambda x, shape: x.reshape(*shape),
-            lambda x, shape: ops.Reshape(shape)(x),
-        ],
-        errors=[
-            Error(
-                [(3, 4)],
-                {"shape": (5,)},
-                ValueError,
-                r"^reshape: cannot reshape array of shape \(3, 4\) into \(5,\)",
-            )
-        ],
+        RESHAPE_CASES,
+        (5,),
+        r"^reshape: cannot reshape array of shape \(3, 4\) into \(5,\)",
+        forms=[lambda x, shape: x.reshape(*shape)],
         random=reshapes(),
     ),
-    OpSpec(
+    _to_shape(
         ops.BroadcastTo,
         ops.broadcast_to,
-        lambda t, shape: t.broadcast_to(shape),
-        [
-            Sample(s, shape=n)
-            for s, n in [
-                ((3, 1), (3, 4)),
-                ((1, 4), (3, 4)),
-                ((4,), (3, 4)),
-                ((1,), (2, 3)),
-                ((), (2, 3)),
-                ((3, 1, 5), (2, 3, 4, 5)),
-                ((1, 1), (1, 1)),
-                ((2, 3), (2, 3)),
-                ((1, 3, 1), (1, 3, 2)),
-                ((3, 1), [2, 3, 4]),
-            ]
-        ],
-        forms=[lambda x, shape: x.broadcast_to(shape), lambda x, shape: ops.BroadcastTo(shape)(x)],
-        errors=[
-            Error(
-                [(3, 4)],
-                {"shape": (2, 4)},
-                ValueError,
-                r"^broadcast_to: cannot broadcast shape \(3, 4\) to \(2, 4\)",
-            )
-        ],
+        BROADCAST_TO_CASES,
+        (2, 4),
+        r"^broadcast_to: cannot broadcast shape \(3, 4\) to \(2, 4\)",
     ),
-    OpSpec(
-        ops.Summation,
-        ops.summation,
-        lambda t, axes=None, keepdims=False: torch.sum(
-            t, dim=tdims(axes, t.ndim), keepdim=keepdims
-        ),
-        _reduction_samples(SUM_CASES),
-        forms=[
-            lambda x, axes=None, keepdims=False: x.sum(axes, keepdims=keepdims),
-            lambda x, axes=None, keepdims=False: ops.Summation(axes, keepdims)(x),
-        ],
-        errors=[_axis_error("summation")],
-        random=reductions(),
-    ),
-    OpSpec(
+    _reduction(ops.Summation, ops.summation, torch.sum, SUM_CASES, method="sum"),
+    _reduction(
         ops.Max,
         ops.max,
-        lambda t, axes=None, keepdims=False: torch.amax(
-            t, dim=tdims(axes, t.ndim), keepdim=keepdims
-        ),
-        _reduction_samples(SUM_CASES)
-        + [
+        torch.amax,
+        SUM_CASES,
+        [
             Sample(np.array([[1, 1, 0], [2, -1, 2], [0, 0, 0]], np.float32), axes=axes)
             for axes in (None, 0, 1, (0, 1))
         ],  # ties share the gradient, as torch.amax
-        forms=[
-            lambda x, axes=None, keepdims=False: x.max(axes, keepdims=keepdims),
-            lambda x, axes=None, keepdims=False: ops.Max(axes, keepdims)(x),
-        ],
-        errors=[_axis_error("max")],
-        random=reductions(),
+        method="max",
     ),
     OpSpec(
         ops.AsType,
@@ -744,60 +782,20 @@ SPECS = [
         random=matmuls(),
     ),
     # ---- elementwise functions
-    _unary(
-        ops.Log,
-        ops.log,
-        torch.log,
-        POSITIVE,
-        lambda x: x.log(),
-        [Sample(np.array([1e-30, 1e-5, 1.0, 1e5, 1e30], dtype=np.float32))],
-    ),
-    _unary(
-        ops.Exp,
-        ops.exp,
-        torch.exp,
-        uniform(-3.0, 3.0),
-        lambda x: x.exp(),
-        [Sample(np.array([-80.0, -20.0, 0.0, 20.0, 80.0], dtype=np.float32))],
-    ),
-    _unary(
-        ops.ReLU,
-        ops.relu,
-        torch.relu,
-        REAL,
-        lambda x: x.relu(),
-        [Sample(np.array([-1.0, 0.0, 0.0, 2.0, -0.0], dtype=np.float32))],
-    ),  # 0 at 0
-    _unary(
-        ops.Tanh,
-        ops.tanh,
-        torch.tanh,
-        uniform(-3.0, 3.0),
-        lambda x: x.tanh(),
-        [Sample(np.array([-1000.0, -30.0, -10.0, 0.0, 10.0, 30.0, 1000.0], np.float32))],
-    ),
-    _unary(
-        ops.Sigmoid,
-        ops.sigmoid,
-        torch.sigmoid,
-        uniform(-6.0, 6.0),
-        lambda x: x.sigmoid(),
-        [Sample(np.array([-1000.0, -100.0, -30.0, 0.0, 30.0, 100.0, 1000.0], np.float32))],
-    ),
-    _unary(ops.Sqrt, ops.sqrt, torch.sqrt, POSITIVE, lambda x: x.sqrt()),
+    _unary(ops.Log, ops.log, torch.log, POSITIVE, [1e-30, 1e-5, 1.0, 1e5, 1e30]),
+    _unary(ops.Exp, ops.exp, torch.exp, uniform(-3.0, 3.0), [-80.0, -20.0, 0.0, 20.0, 80.0]),
+    _unary(ops.ReLU, ops.relu, torch.relu, REAL, [-1.0, 0.0, 0.0, 2.0, -0.0]),  # 0 at 0
+    _unary(ops.Tanh, ops.tanh, torch.tanh, uniform(-3.0, 3.0), SATURATING),
+    _unary(ops.Sigmoid, ops.sigmoid, torch.sigmoid, uniform(-6.0, 6.0), SATURATING),
+    _unary(ops.Sqrt, ops.sqrt, torch.sqrt, POSITIVE),
     # ---- log-sum-exp, log-softmax, cross-entropy
-    OpSpec(
+    _reduction(
         ops.LogSumExp,
         ops.logsumexp,
-        lambda t, axes=None, keepdims=False: torch.logsumexp(
-            t, dim=tdims(axes, t.ndim), keepdim=keepdims
-        ),
-        _reduction_samples(LSE_CASES)
-        + [Sample(LARGE, axes=(1,), tol=(1e-6, 2e-4)), Sample(LARGE, tol=(1e-6, 2e-4))],
+        torch.logsumexp,
+        LSE_CASES,
+        [Sample(LARGE, axes=(1,), tol=(1e-6, 2e-4)), Sample(LARGE, tol=(1e-6, 2e-4))],
         domain=uniform(-4.0, 4.0),
-        forms=[lambda x, axes=None, keepdims=False: ops.LogSumExp(axes, keepdims)(x)],
-        errors=[_axis_error("logsumexp")],
-        random=reductions(),
     ),
     OpSpec(
         ops.LogSoftmax,
@@ -934,61 +932,24 @@ SPECS = [
         ],
         forms=[lambda x, axes: ops.Flip(axes)(x)],
     ),
-    OpSpec(
+    _dilation(
         ops.Dilate,
         ops.dilate,
         torch_dilate,
-        [
-            Sample(shape, axes=axes, dilation=d)
-            for shape, axes, d in [
-                ((3, 4), (0,), 1),
-                ((3, 4), (1,), 2),
-                ((3, 4), (0, 1), 1),
-                ((2, 3, 4), (1, 2), 1),
-                ((2, 3, 4), (-1,), 3),
-                ((3, 4), (0, 1), 0),
-                ((2, 5), 1, 1),
-            ]
-        ],
-        forms=[lambda x, axes, dilation: ops.Dilate(axes, dilation)(x)],
-        errors=[
-            Error(
-                [(3, 4)],
-                {"axes": (2,), "dilation": 1},
-                ValueError,
-                r"^dilate: axis 2 is out of range for 2 dimensions",
-            )
-        ],
+        DILATE_CASES,
+        bad_axis=2,
+        match=r"^dilate: axis 2 is out of range for 2 dimensions",
     ),
-    OpSpec(
+    _dilation(
         ops.UnDilate,
         ops.undilate,
         torch_undilate,
-        [
-            Sample(shape, axes=axes, dilation=d)
-            for shape, axes, d in [
-                ((6, 4), (0,), 1),
-                ((6, 4), (1,), 1),
-                ((6, 8), (0, 1), 1),
-                ((2, 6, 4), (1,), 2),
-                ((5, 4), (0,), 1),
-                ((7, 5), (0, 1), 2),
-                ((3, 4), (0, 1), 0),
-                ((4, 5), -1, 3),
-            ]
-        ],
+        UNDILATE_CASES,
+        bad_axis=-3,
+        match=r"^undilate: axis -3 is out of range",
         forms=[
-            lambda x, axes, dilation: ops.UnDilate(axes, dilation)(x),
             lambda x, axes, dilation: ops.undilate(
                 ops.dilate(ops.undilate(x, axes, dilation), axes, dilation), axes, dilation
-            ),
-        ],
-        errors=[
-            Error(
-                [(3, 4)],
-                {"axes": (-3,), "dilation": 1},
-                ValueError,
-                r"^undilate: axis -3 is out of range",
             )
         ],
     ),
