@@ -219,11 +219,17 @@ def test_function_names_and_top_level_exports(spec):
 
 
 # ---- the table: values and gradients --------------------------------------------------------
-SAMPLES = [
-    pytest.param(spec, sample, id=f"{spec.name}-{i}-{sample}")
-    for spec in SPECS
-    for i, sample in enumerate(spec.samples)
-]
+def per_item(field, show_item=False):
+    """pytest parameters (spec, item) for the items of every spec's `field` ("samples",
+    "errors"), with ids "op-index", followed by the item with `show_item`."""
+    return [
+        pytest.param(spec, item, id=f"{spec.name}-{i}" + (f"-{item}" if show_item else ""))
+        for spec in SPECS
+        for i, item in enumerate(getattr(spec, field))
+    ]
+
+
+SAMPLES = per_item("samples", show_item=True)
 
 
 @pytest.mark.parametrize("spec, sample", SAMPLES)
@@ -274,11 +280,7 @@ def test_random_samples(spec, data, device):
     check_op(spec.call, spec.torch, sample.draw(spec), device, kwargs=sample.kwargs, tol=spec.tol)
 
 
-ERRORS = [
-    pytest.param(spec, error, id=f"{spec.name}-{i}")
-    for spec in SPECS
-    for i, error in enumerate(spec.errors)
-]
+ERRORS = per_item("errors")
 
 
 @pytest.mark.parametrize("spec, error", ERRORS)
