@@ -110,26 +110,6 @@ def test_native_stub_declares_exactly_the_module_names(name):
         assert stubbed == members, f"{hint}; {class_name}: {sorted(members ^ stubbed)}"
 
 
-def test_ndarray_declares_the_unary_methods_of_the_table():
-    # NDArray gets log(), exp(), ... from the table's unary rows at import; the names its
-    # `if TYPE_CHECKING:` block declares for type checkers must be exactly those.
-    from needle.backend_ndarray import NDArray, primitives
-
-    tree = ast.parse((PACKAGE / "backend_ndarray" / "ndarray.py").read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NDArray")
-    block = next(
-        n for n in cls.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
-    )
-    declared = _stub_names(block.body) - {"_unary_method"}
-    generated = {p.name[len("ewise_") :] for p in primitives.family("unary")} - {"neg"}
-    assert declared == generated, (
-        "declare each unary method in NDArray's TYPE_CHECKING block: "
-        f"missing {sorted(generated - declared)}, not in the table {sorted(declared - generated)}"
-    )
-    for name in declared:  # the method made from the row
-        assert getattr(NDArray, name).__doc__ == primitives.TABLE[f"ewise_{name}"].doc, name
-
-
 def test_package_ships_type_information():
     # scikit-build-core puts every file under python/needle into the wheel (wheel.packages).
     assert (PACKAGE / "py.typed").is_file()

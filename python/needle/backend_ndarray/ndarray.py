@@ -791,12 +791,9 @@ class NDArray:
 
     if TYPE_CHECKING:
         # log(), exp(), tanh(), ...: one method per unary row of the primitive table but
-        # ewise_neg (-a), added after the class; named here for type checkers (a test checks
-        # these names against the table).
-        def _unary_method(self) -> NDArray: ...
-
-        abs = sign = relu = sigmoid = _unary_method
-        log = exp = sqrt = rsqrt = tanh = sin = cos = _unary_method
+        # ewise_neg (-a), added after the class, so a new row needs no edit here. For type
+        # checkers, an attribute NDArray does not define is such a method.
+        def __getattr__(self, name: str) -> Callable[[], NDArray]: ...
 
     # ---- matrix multiplication ------------------------------------------------------
     def __matmul__(self, other: NDArray) -> NDArray:
