@@ -4,14 +4,15 @@ Every backend that can run here: the NumPy reference itself (its own primitives 
 the table's references, and every fallback over its core primitives), the C++ CPU backend
 when it is built, the CUDA backend's kernels through the CUDA emulation, the Metal kernels
 through the MSL emulation (once with each matmul kernel), and the real cuda, metal and mps
-devices when this machine has them. Emulations are built on first use; one that does not
-build here is skipped with the build error as the reason.
+devices when this machine has them. Emulations are built on first use; without a C++
+compiler they are skipped with that reason, and a build that fails is a failure.
 
 A test that takes `backend` runs once per backend; with `prim` also once per row of
 ``primitives.TABLE`` that the backend runs, and with `dtype` once per dtype of that row that
 the backend holds. Nothing is generated for a backend that is not here.
 """
 
+import shutil
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -35,7 +36,9 @@ class Spec:
     # scatter_add_rows adds repeated rows in index order, so its sums are NumPy's to the bit
     # (CUDA adds with atomics, in no fixed order).
     ordered_scatter: bool = True
-    build_errors: tuple[type, ...] = ()  # errors that mean "cannot run here": a skip
+    # The C++ compiler an emulation needs: absent, its tests are skipped with that reason.
+    # A compiler that is there but fails on the sources is a failure, not a skip.
+    compiler: Optional[str] = None
 
 
 def _cuda_emulation():
@@ -59,18 +62,14 @@ def _specs():
     cpu = ndl.cpu()
     if cpu.enabled():
         specs.append(Spec("cpu", lambda: cpu.mod, tuple(cpu.mod.DTYPES)))
-    # Another engineer may be mid-change in the CUDA emulation: any error building it is a
-    # skip with that error, not a failure of every conformance test.
-    specs.append(
-        Spec("cuda_emulated", _cuda_emulation, ordered_scatter=False, build_errors=(Exception,))
-    )
-    from metal_emulation.harness import BuildError
+    from cuda_emulation.harness import CXX as CUDA_CXX
+    from metal_emulation.harness import CXX as METAL_CXX
+
+    specs.append(Spec("cuda_emulated", _cuda_emulation, ordered_scatter=False, compiler=CUDA_CXX))
 
     metal_dtypes = metal_primitives.MetalBackend.DTYPES
     specs.append(
-        Spec(
-            "metal_emulated", _metal_emulation, metal_dtypes, fast=False, build_errors=(BuildError,)
-        )
+        Spec("metal_emulated", _metal_emulation, metal_dtypes, fast=False, compiler=METAL_CXX)
     )
     specs.append(
         Spec(
@@ -79,7 +78,7 @@ def _specs():
             metal_dtypes,
             groups=frozenset({"linalg"}),
             fast=False,
-            build_errors=(BuildError,),
+            compiler=METAL_CXX,
         )
     )
     if ndl.cuda().enabled():
@@ -137,14 +136,10 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def backend(request) -> Backend:
     spec = request.param
+    if spec.compiler is not None and shutil.which(spec.compiler) is None:
+        pytest.skip(f"{spec.id} needs a C++ compiler ({spec.compiler}) to build its emulation")
     if spec.id not in _BUILT:
-        try:
-            _BUILT[spec.id] = Backend(
-                spec.id, spec.build(), spec.dtypes, spec.fast, spec.ordered_scatter
-            )
-        except spec.build_errors as error:
-            _BUILT[spec.id] = error
-    built = _BUILT[spec.id]
-    if isinstance(built, Exception):
-        pytest.skip(f"{spec.id} does not build here: {type(built).__name__}: {built}")
-    return built
+        _BUILT[spec.id] = Backend(
+            spec.id, spec.build(), spec.dtypes, spec.fast, spec.ordered_scatter
+        )
+    return _BUILT[spec.id]
