@@ -1,7 +1,9 @@
 """needle.data: datasets on real MNIST/PTB files, a CIFAR-format file written here, the
 DataLoader's epoch and batch contract, transforms against NumPy references, loader errors."""
 
+import codecs
 import gzip
+import os
 import pickle
 import shutil
 import struct
@@ -51,12 +53,13 @@ def write_idx(path, magic, dims, payload, compress=True):
     return path
 
 
-def write_cifar_batch(path, data, labels, bytes_keys=True):
-    batch = {"data": data, "labels": list(labels), "batch_label": "test"}
+def write_cifar_batch(path, data, labels, bytes_keys=True, protocol=None):
+    # As the published batches: labels a list of Python ints, data a uint8 array.
+    batch = {"data": data, "labels": [int(v) for v in labels], "batch_label": "test"}
     if bytes_keys:
         batch = {k.encode(): v for k, v in batch.items()}
     with open(path, "wb") as f:
-        pickle.dump(batch, f)
+        pickle.dump(batch, f, protocol=protocol)
 
 
 def epoch_ids(loader):
@@ -241,6 +244,66 @@ def test_cifar10_errors(cifar_dir):
     write_cifar_batch(folder / "test_batch", np.zeros((2, 100), np.uint8), [0, 1])
     with pytest.raises(ValueError, match=r"test_batch.*shape"):
         data.CIFAR10Dataset(str(folder), train=False)
+
+
+class _RunsCode:
+    """A pickle payload that calls `function(*args)` when it is loaded."""
+
+    def __init__(self, function, *args):
+        self.call = (function, args)
+
+    def __reduce__(self):
+        return self.call
+
+
+def test_cifar10_refuses_a_pickle_that_runs_code(cifar_dir, tmp_path_factory):
+    folder, _ = cifar_dir
+    marker = tmp_path_factory.mktemp("marker") / "ran"
+    images = np.zeros((2, 3072), np.uint8)
+    payloads = {
+        "system": _RunsCode(os.system, f"touch {marker}"),
+        "exec": _RunsCode(exec, f"open({str(marker)!r}, 'w').close()"),
+        "open": _RunsCode(open, str(marker), "w"),
+    }
+    for name, payload in payloads.items():
+        for protocol in (2, pickle.HIGHEST_PROTOCOL):
+            batch = {b"data": images, b"labels": [0, 1], b"batch_label": payload}
+            (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+            with pytest.raises(ValueError, match="refused") as info:
+                data.CIFAR10Dataset(str(folder), train=False)
+            assert str(folder / "test_batch") in str(info.value) and f".{name}," in str(info.value)
+            assert not marker.exists(), (name, protocol)
+    # _codecs.encode is allowed only for the latin1 bytes of protocols 0-2.
+    rot13 = _RunsCode(codecs.encode, "abc", "rot13")
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": rot13}, protocol=2))
+    with pytest.raises(ValueError, match=r"refused.*rot13"):
+        data.CIFAR10Dataset(str(folder), train=False)
+
+
+def test_cifar10_reads_genuine_batch_formats(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+    labels = [3, 0, 9, 5]
+    batch = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": labels,
+        b"data": images,
+        b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"],
+    }
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        raw = pickle.dumps(batch, protocol=protocol)
+        (tmp_path / "test_batch").write_bytes(raw)
+        test = data.CIFAR10Dataset(tmp_path, train=False)
+        np.testing.assert_array_equal(test.y, labels)
+        np.testing.assert_array_equal(test.X.reshape(4, -1), images / np.float32(255))
+    # Protocol 2 writes bytes through _codecs.encode(..., "latin1"), and the published batches
+    # (pickled by NumPy 1) name numpy.core.multiarray._reconstruct: both load.
+    raw = pickle.dumps(batch, protocol=2)
+    assert b"_codecs\nencode" in raw and b"latin1" in raw
+    raw = raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    assert b"numpy.core.multiarray\n_reconstruct" in raw
+    (tmp_path / "test_batch").write_bytes(raw)
+    np.testing.assert_array_equal(data.CIFAR10Dataset(tmp_path, train=False).y, labels)
 
 
 # ----------------------------------------------------------------------------- PTB

@@ -1,8 +1,9 @@
 """CIFAR-10 from its python pickle batches, as in the course's hw4."""
 
+import codecs
 import os
 import pickle
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -26,16 +27,63 @@ def _field(batch: dict, name: str):
     return batch[name.encode()] if name.encode() in batch else batch.get(name)
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something a CIFAR-10 batch never holds."""
+
+
+def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    # Python 3 pickles bytes at protocols 0-2 as _codecs.encode(text, "latin1"); allow only that.
+    if not isinstance(text, str) or str(encoding).replace("-", "").lower() != "latin1":
+        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return codecs.encode(text, "latin1", errors)
+
+
+# Every global a CIFAR-10 batch refers to: builtins (__builtin__ in protocol 0-2 pickles) and
+# NumPy's array rebuilders, taken from its own reductions (_frombuffer is protocol 5's), under
+# both numpy.core (NumPy 1, the published batches) and numpy._core (NumPy 2).
+_RECONSTRUCT, _FROMBUFFER = (np.zeros(0).__reduce_ex__(protocol)[0] for protocol in (2, 5))
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_encode,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    **{
+        (m, t.__name__): t
+        for m in ("builtins", "__builtin__")
+        for t in (dict, list, bytes, str, int)
+    },
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds only the objects of `_ALLOWED`: no other class or function."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _ALLOWED.get((module, name))
+        if found is None:
+            raise _Refused(f"{module}.{name}")
+        return found
+
+
 def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One pickled CIFAR-10 batch -> images uint8 (n, 3072) and labels uint8 (n,).
 
-    Pickle runs code from the file it loads: only read batches from a source you trust.
+    Read with a restricted unpickler: a pickle asking for any global not in `_ALLOWED` (which
+    is how a pickle runs code) is refused with a ValueError naming it and the file.
     """
     if not os.path.isfile(path):
         raise missing_file_error(path, "CIFAR-10 batch file", HOW_TO_GET)
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except _Refused as e:
+        raise ValueError(
+            f"{path}: refused to load: the pickle asks for {e}, which a CIFAR-10 batch never "
+            "holds (only dicts, lists, bytes, str, int and NumPy arrays are allowed)"
+        ) from None
     except Exception as e:  # a corrupt pickle can raise almost anything
         raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({e!r})") from e
     if not isinstance(batch, dict):
@@ -57,6 +105,9 @@ def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 class CIFAR10Dataset(Dataset):
     """CIFAR-10: item i is (image float32 (3, 32, 32) in [0, 1], label uint8 in 0..9).
+
+    The batch files are pickles, read with a restricted unpickler that builds only the dicts,
+    lists, bytes, ints and NumPy arrays a CIFAR-10 batch holds and refuses anything else.
 
     ``CIFAR10Dataset(base_folder, train=True, p=0.5, transforms=None)`` reads data_batch_1..5
     (train) or test_batch from `base_folder` (or from its cifar-10-batches-py/ subfolder).
