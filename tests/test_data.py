@@ -3,10 +3,13 @@ DataLoader's epoch and batch contract, transforms against NumPy references, load
 
 import codecs
 import gzip
+import math
 import os
 import pickle
 import shutil
 import struct
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +193,38 @@ def test_mnist_corrupt_files_raise_value_error(tmp_path):
         data.parse_mnist(*cases["magic"])
     with pytest.raises(ValueError, match="wrong size"):
         data.parse_mnist(*cases["size"])
+
+
+def test_mnist_header_is_checked_before_the_data_is_read(tmp_path):
+    labels = write_idx(tmp_path / "lab.gz", 0x801, (2,), [3, 7])
+    # Headers promising 10**12 bytes, or a product past int64, are refused before any data is
+    # read; the file itself holds a few bytes.
+    for dims in [(10**6, 10**3, 10**3), (2**32 - 1,) * 3, (2, 2**16, 2**14 + 1)]:
+        images = write_idx(tmp_path / "big.gz", 0x803, dims, bytes(64))
+        with pytest.raises(ValueError, match=r"promises .*MAX_IDX_BYTES.*refused unread") as info:
+            data.parse_mnist(images, labels)
+        assert str(images) in str(info.value) and str(math.prod(dims)) in str(info.value)
+    # A gzip bomb: the header promises 2x3x4 bytes, the stream inflates to 64 MiB of zeros from
+    # a ~64 KiB file. It is refused having read one byte past the promise, not all of it.
+    bomb = tmp_path / "bomb.gz"
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip container
+    parts = [squeeze.compress(struct.pack(">4I", 0x803, 2, 3, 4))]
+    parts += [squeeze.compress(bytes(1 << 20)) for _ in range(64)] + [squeeze.flush()]
+    bomb.write_bytes(b"".join(parts))
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"wrong size.*holds more than 40 bytes"):
+            data.parse_mnist(bomb, labels)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+    # A header that promises more than the file holds (plain and gzip) names what it found.
+    for compress in (True, False):
+        short = write_idx(tmp_path / "short", 0x803, (10, 10, 10), bytes(10), compress)
+        with pytest.raises(ValueError, match=r"wrong size.*1016 bytes.*holds 26 bytes"):
+            data.parse_mnist(short, labels)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10

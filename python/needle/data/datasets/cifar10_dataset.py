@@ -41,6 +41,7 @@ def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -
 # Every global a CIFAR-10 batch refers to: builtins (__builtin__ in protocol 0-2 pickles) and
 # NumPy's array rebuilders, taken from its own reductions (_frombuffer is protocol 5's), under
 # both numpy.core (NumPy 1, the published batches) and numpy._core (NumPy 2).
+_BUILTINS = ("builtins", "__builtin__")
 _RECONSTRUCT, _FROMBUFFER = (np.zeros(0).__reduce_ex__(protocol)[0] for protocol in (2, 5))
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _latin1_encode,
@@ -50,11 +51,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
     ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
-    **{
-        (m, t.__name__): t
-        for m in ("builtins", "__builtin__")
-        for t in (dict, list, bytes, str, int)
-    },
+    **{(m, t.__name__): t for m in _BUILTINS for t in (dict, list, bytes, str, int)},
 }
 
 

@@ -1,10 +1,11 @@
 """MNIST from its IDX files (gzip-compressed or not), as in the course's hw0/hw2."""
 
 import gzip
+import math
 import os
 import struct
 import zlib
-from typing import Optional
+from typing import BinaryIO, Optional
 
 import numpy as np
 
@@ -14,6 +15,7 @@ __all__ = ["MNISTDataset", "parse_mnist"]
 
 IMAGES_MAGIC = 0x00000803  # IDX: unsigned bytes, 3 dimensions (count, rows, cols)
 LABELS_MAGIC = 0x00000801  # IDX: unsigned bytes, 1 dimension (count)
+MAX_IDX_BYTES = 2**30  # an IDX file promising more data is refused before any of it is read
 
 HOW_TO_GET = (
     "Get the MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
@@ -23,41 +25,53 @@ HOW_TO_GET = (
 )
 
 
-def _read_file(path: str, what: str) -> bytes:
-    """The bytes of `path`, gunzipped when they start with the gzip magic (whatever the name)."""
+def read_idx(path, magic: int, what: str) -> np.ndarray:
+    """Read an IDX file of unsigned bytes into a uint8 array of the shape its header gives.
+
+    Gzip data is streamed: the header is checked first, a payload over MAX_IDX_BYTES is refused
+    unread, and no more than the bytes the header promises (and one to find the end) are read.
+    """
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise missing_file_error(path, what, HOW_TO_GET)
     with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt gzip data in {what} ({e})") from e
-    return raw
+        gzipped = f.read(2) == b"\x1f\x8b"  # gzip magic, whatever the file's name
+    try:
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
+            return _read_idx(f, path, magic, what)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: corrupt gzip data in {what} ({e})") from e
 
 
-def read_idx(path, magic: int, what: str) -> np.ndarray:
-    """Read an IDX file of unsigned bytes into a uint8 array of the shape its header gives."""
-    path = os.fspath(path)
-    raw = _read_file(path, what)
+def _read_idx(f: BinaryIO, path: str, magic: int, what: str) -> np.ndarray:
     ndim = magic & 0xFF
-    header = 4 * (1 + ndim)
-    if len(raw) < header:
-        raise ValueError(f"{path}: {what} is too short for an IDX header ({len(raw)} bytes)")
-    found, *dims = struct.unpack(f">{1 + ndim}I", raw[:header])
-    if found != magic:
+    header = f.read(4)
+    found = struct.unpack(">I", header)[0] if len(header) == 4 else None
+    if found is not None and found != magic:
         hint = {IMAGES_MAGIC: " (an image file?)", LABELS_MAGIC: " (a label file?)"}.get(found, "")
         raise ValueError(
             f"{path}: bad magic number {found:#010x} for {what}, expected {magic:#010x}{hint}"
         )
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
+    header += f.read(4 * ndim)
+    if len(header) < 4 * (1 + ndim):
+        raise ValueError(f"{path}: {what} is too short for an IDX header ({len(header)} bytes)")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    n = math.prod(dims)  # a Python int: no overflow
+    if n > MAX_IDX_BYTES:
         raise ValueError(
-            f"{path}: wrong size for {what}: the header says shape {tuple(dims)}, "
-            f"{expected} bytes, but the file holds {len(raw)} bytes"
+            f"{path}: the header of {what} promises shape {dims}, {n} bytes, more than "
+            f"MAX_IDX_BYTES ({MAX_IDX_BYTES}); refused unread"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    data = bytearray()
+    while len(data) < n and (chunk := f.read(min(n - len(data), 1 << 24))):
+        data += chunk
+    if len(data) != n or f.read(1):
+        held = f"{len(header) + len(data)}" if len(data) < n else f"more than {len(header) + n}"
+        raise ValueError(
+            f"{path}: wrong size for {what}: the header says shape {dims}, "
+            f"{len(header) + n} bytes, but the file holds {held} bytes"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def read_mnist(image_filename, label_filename) -> tuple[np.ndarray, np.ndarray]:
