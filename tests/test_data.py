@@ -390,6 +390,16 @@ def test_ptb_mikolov_names_and_max_lines(tmp_path):
     ]
 
 
+def test_ptb_non_utf8_file_names_the_file_and_line(tmp_path):
+    (tmp_path / "train.txt").write_bytes("a b\nc d é\n".encode() + b"e \xff f\ng\n")
+    (tmp_path / "test.txt").write_text("a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not UTF-8") as info:
+        data.Corpus(tmp_path)
+    assert f"{tmp_path / 'train.txt'}, line 3" in str(info.value)
+    corpus = data.Corpus(tmp_path, max_lines=2)  # the bad line is never reached
+    assert [corpus.dictionary.idx2word[i] for i in corpus.train][-2:] == ["é", "<eos>"]
+
+
 def test_ptb_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         data.Corpus(str(tmp_path))

@@ -74,11 +74,14 @@ class Corpus:
         if not os.path.isfile(path):
             raise missing_file_error(path, "PTB text file", HOW_TO_GET)
         ids = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for n, line in enumerate(f):
                 if max_lines is not None and n >= max_lines:
                     break
-                words = line.split()
+                try:
+                    words = line.decode("utf-8").split()
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}, line {n + 1}: not UTF-8 text ({e})") from e
                 if not words or words[-1] != EOS:
                     words.append(EOS)
                 ids.extend(self.dictionary.add_word(word) for word in words)
