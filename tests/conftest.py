@@ -12,6 +12,16 @@ import pytest
 
 import needle as ndl
 
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz-cases",
+        type=int,
+        default=20000,
+        help="how many random cases tests/test_fuzz.py checks against NumPy (default 20000)",
+    )
+
+
 DEVICES = [pytest.param(device, id=device.name) for device in ndl.all_devices() if device.enabled()]
 
 
