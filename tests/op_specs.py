@@ -255,6 +255,12 @@ def labels_of(z, labels):
     return ops.ClassLabels(labels, z.shape[1], z.device, z.dtype)
 
 
+def shift_and_logsumexp(z):
+    """Constants m = max(z) over the classes (batch, 1) and logsumexp(z - m) over them."""
+    m = ops.max(z, (1,), keepdims=True).detach()
+    return m, ops.logsumexp(z - ops.broadcast_to(m, z.shape), (1,), keepdims=True).detach()
+
+
 # ---- random samples (hypothesis) ------------------------------------------------------------
 def broadcast_pairs():
     return hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, max_side=3).map(
@@ -469,6 +475,9 @@ LARGE = np.array(
     ],
     dtype=np.float32,
 )
+# Ties and near-ties far from 0: float32 cannot hold z - logsumexp(z) there (its rounding is
+# 0.06 at 1e6), so log-softmax and cross-entropy must come from z - max(z).
+HUGE = np.array([[1e6, 1e6], [1e3, 1e3], [-3e7, -3e7], [1e6, 1e6 - 1.0]], dtype=np.float32)
 
 MATMUL_SHAPES = [
     ((3, 4), (4, 5)),
@@ -812,7 +821,8 @@ SPECS = [
                 ((6,), 0),
             ]
         ]
-        + [Sample(LARGE, tol=(1e-5, 2e-4)), Sample(LARGE, axis=0, tol=(1e-5, 2e-4))],
+        + [Sample(LARGE, tol=(1e-5, 2e-4)), Sample(LARGE, axis=0, tol=(1e-5, 2e-4))]
+        + [Sample(HUGE, tol=(1e-6, 1e-7)), Sample(HUGE.T, axis=0, tol=(1e-6, 1e-7))],
         domain=uniform(-4.0, 4.0),
         forms=[lambda x, axis=-1: ops.LogSoftmax(axis)(x)],
     ),
@@ -824,6 +834,7 @@ SPECS = [
             Sample((7, 5), labels=LABELS),
             Sample(LARGE, labels=np.array([4, 0, 2])),
             Sample(uniform(-1000.0, 1000.0)(7, 5), labels=LABELS, tol=(1e-5, 1e-3)),
+            Sample(HUGE, labels=np.array([0, 1, 1, 1]), tol=(1e-6, 1e-7)),
         ],
         domain=uniform(-4.0, 4.0),
         forms=[
@@ -854,13 +865,14 @@ SPECS = [
         [
             Sample((7, 5), uniform(0.5, 2.0)(), labels=LABELS),
             Sample(LARGE, uniform(0.5, 2.0)(1), labels=np.array([1, 3, 0])),
+            Sample(HUGE, uniform(0.5, 2.0)(), labels=np.array([1, 0, 1, 0]), tol=(1e-6, 1e-7)),
         ],
         call=lambda z, c, labels: ops.SoftmaxCrossEntropyGrad(labels_of(z, labels))(z, c),
         domain=uniform(-3.0, 3.0),
-        # With the forward's logsumexp passed in (a constant input: it gets no gradient).
+        # With the forward's shift and logsumexp passed in (constant inputs: no gradient).
         forms=[
             lambda z, c, labels: ops.SoftmaxCrossEntropyGrad(labels_of(z, labels))(
-                z, c, ops.logsumexp(z, (1,), keepdims=True).detach()
+                z, c, *shift_and_logsumexp(z)
             )
         ],
     ),

@@ -29,6 +29,16 @@ __all__ = [
 ]
 
 
+def _shifted_logsumexp(z: NDArray, axes: Optional[tuple]) -> tuple:
+    """(m, z - m, log sum exp(z - m)) over `axes` (kept as 1s) for m = max(z, axes): the parts
+    of log_softmax(z) = (z - m) - log sum exp(z - m) before they are joined, each exact at
+    any scale of z (z - logsumexp(z) would carry logsumexp's rounding: 0.06 at z = 1e6 in
+    float32). An all -inf slice has m = -inf, so z - m and the result are NaN, as torch's."""
+    m = z.max(axis=axes, keepdims=True)
+    shifted = z - m.broadcast_to(z.shape)
+    return m, shifted, shifted.exp().sum(axis=axes, keepdims=True).log()
+
+
 def _stable_logsumexp(z: NDArray, axes: Optional[tuple], keepdims: bool) -> NDArray:
     # Shift by the max so exp() never overflows: log sum exp(z) = m + log sum exp(z - m).
     # The max is clamped to the dtype's lowest finite value so an all -inf slice gives
@@ -60,13 +70,15 @@ def logsumexp(a, axes=None, keepdims=False):
 
 
 class LogSoftmax(TensorOp):
-    """z - logsumexp(z) over `axis` (the last by default); d/dz = g - softmax * sum(g)."""
+    """(z - m) - log sum exp(z - m) over `axis` (the last by default), m the max; d/dz =
+    g - softmax * sum(g), softmax = exp(output)."""
 
     def __init__(self, axis: int = -1):
         self.axis = axis
 
     def compute(self, z: NDArray):
-        return z - _stable_logsumexp(z, (self.axis,), True).broadcast_to(z.shape)
+        _, shifted, lse = _shifted_logsumexp(z, (self.axis,))
+        return shifted - lse.broadcast_to(z.shape)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         softmax = exp(node)
@@ -150,19 +162,22 @@ class SoftmaxCrossEntropy(TensorOp):
         batch, classes = self.labels.batch, self.labels.classes
         if z.shape != (batch, classes):
             raise ValueError(f"logits {z.shape} for {batch} labels of {classes} classes")
-        lse = _stable_logsumexp(z, (1,), True)  # (batch, 1), kept for the gradient
-        return Saved((lse.sum() - self.labels.picked_sum(z)) / batch, lse=lse)
+        # Each row's -log_softmax(z)[label] = log sum exp(z - m) - (z - m)[label], m the row's
+        # max: z - logsumexp(z) would carry logsumexp's rounding (0.06 at z = 1e6 in float32).
+        m, shifted, lse = _shifted_logsumexp(z, (1,))  # m, lse (batch, 1): for the gradient
+        return Saved((lse.sum() - self.labels.picked_sum(shifted)) / batch, shift=m, lse=lse)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
-        assert node.saved is not None  # compute saves logsumexp(z) with every output
-        lse = Tensor.make_const(node.saved.lse)
-        return SoftmaxCrossEntropyGrad(self.labels)(node.inputs[0], out_grad, lse)
+        assert node.saved is not None  # compute saves the row maxima and logsumexp(z - m)
+        m, lse = (Tensor.make_const(a) for a in (node.saved.shift, node.saved.lse))
+        return SoftmaxCrossEntropyGrad(self.labels)(node.inputs[0], out_grad, m, lse)
 
 
 class SoftmaxCrossEntropyGrad(TensorOp):
     """g = (softmax(z) - one_hot(labels)) * c / batch: SoftmaxCrossEntropy's gradient for the
-    scalar out_grad c. A third input may pass in logsumexp(z) over the classes (batch, 1) when
-    it is known; it gets no gradient (it stands for a function of z). Its own gradient, for
+    scalar out_grad c. A third and fourth input may pass in a shift m (batch, 1), such as the
+    rows' maxima, and logsumexp(z - m) over the classes (batch, 1) when they are known; they
+    get no gradient (they stand for functions of z). Its own gradient, for
     v = dL/dg: dL/dz = s * (v - sum(v * s, classes)) * c / batch with s = softmax(z), and
     dL/dc = (sum(v * s) - sum(v at the labels)) / batch."""
 
@@ -171,16 +186,21 @@ class SoftmaxCrossEntropyGrad(TensorOp):
     def __init__(self, labels: ClassLabels):
         self.labels = labels
 
-    def compute(self, z: NDArray, c: NDArray, lse: Optional[NDArray] = None):
-        # softmax = exp(z - logsumexp(z)); with the forward's logsumexp that is two passes
-        # over z instead of six (a language model's (400, 10000) logits: ~10 ms a step).
-        if lse is None:
-            lse = _stable_logsumexp(z, (1,), True)
+    def compute(
+        self, z: NDArray, c: NDArray, m: Optional[NDArray] = None, lse: Optional[NDArray] = None
+    ):
+        # softmax = exp((z - m) - logsumexp(z - m)), exact at any scale of z; with the
+        # forward's m and logsumexp that is three passes over z instead of six (a language
+        # model's (400, 10000) logits: ~10 ms a step).
+        if m is None or lse is None:
+            _, shifted, lse = _shifted_logsumexp(z, (1,))
+        else:
+            shifted = z - m.broadcast_to(z.shape)
         # The scale c / batch as a number (reading one element; c is the loss's adjoint,
         # ones unless the loss was scaled): a (1, 1) array would be broadcast and copied to
         # the logits' size before multiplying.
         scale = float(c.numpy().reshape(-1)[0]) / z.shape[0]
-        return self.labels.subtract((z - lse).exp() * scale, scale)
+        return self.labels.subtract((shifted - lse.broadcast_to(z.shape)).exp() * scale, scale)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         z, c = node.inputs[:2]
