@@ -11,6 +11,7 @@ special cases that do not fit the table follow.
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
 from op_specs import HELPER_FUNCTIONS, LABELS, SPECS, TIES, uniform
 
@@ -432,6 +433,37 @@ def test_logsumexp_with_minus_infinity(device):
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
     # Rows with some finite entries still have softmax gradients (0 at the -inf entries).
     check_op(lambda t: ops.logsumexp(t, (1,)), lambda t: torch.logsumexp(t, dim=1), [x[1:]], device)
+
+
+INF_ROWS = np.array(
+    [[np.inf, 1.0, 2.0], [np.inf, np.inf, 0.0], [-np.inf, -np.inf, -np.inf], [-np.inf, 1.0, 2.0]],
+    dtype=np.float32,
+)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero", "ignore:invalid value")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_log_softmax_family_with_infinities(dtype, device):
+    """As torch: logsumexp of a row holding +inf is +inf (its gradient NaN at the +inf entries,
+    0 elsewhere), of an all -inf row -inf (gradient NaN); log_softmax and cross-entropy of
+    such rows are NaN; a -inf logit at the label gives an infinite loss."""
+    x = INF_ROWS
+    out = ops.logsumexp(ndl.Tensor(x, device=device, dtype=dtype), (1,)).numpy()
+    np.testing.assert_array_equal(out[:3], [np.inf, np.inf, -np.inf])
+    cases = [
+        (lambda t: ops.logsumexp(t, (1,)), lambda t: torch.logsumexp(t, dim=1)),
+        (lambda t: ops.logsoftmax(t, 1), lambda t: torch.log_softmax(t, dim=1)),
+    ]
+    for labels in ([0, 2, 1, 0], [1, 0, 2, 2]):
+        cases.append(
+            (
+                lambda t, y=labels: ops.softmax_cross_entropy(t, y[: t.shape[0]]),
+                lambda t, y=labels: F.cross_entropy(t, torch.tensor(y[: t.shape[0]])),
+            )
+        )
+    for fn, torch_fn in cases:
+        for rows in (x, x[:1], x[1:2], x[2:3], x[3:]):  # NaN in one row spreads to a mean
+            check_op(fn, torch_fn, [rows], device, dtype=dtype, label=str(rows))
 
 
 def test_softmax_cross_entropy_past_exact_float32_positions(device, monkeypatch):

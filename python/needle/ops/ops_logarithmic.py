@@ -41,9 +41,12 @@ def _shifted_logsumexp(z: NDArray, axes: Optional[tuple]) -> tuple:
 
 def _stable_logsumexp(z: NDArray, axes: Optional[tuple], keepdims: bool) -> NDArray:
     # Shift by the max so exp() never overflows: log sum exp(z) = m + log sum exp(z - m).
-    # The max is clamped to the dtype's lowest finite value so an all -inf slice gives
-    # -inf - (finite) = -inf rather than -inf - -inf = NaN.
-    m = z.max(axis=axes, keepdims=True).maximum(float(np.finfo(z.dtype).min))
+    # The max is clamped to the dtype's finite range so an infinite one is not subtracted
+    # from itself (torch subtracts 0 there): an all -inf slice gives -inf - (finite) = -inf,
+    # a slice holding +inf gives +inf, not inf - inf = NaN.
+    info = np.finfo(z.dtype)
+    m = z.max(axis=axes, keepdims=True).maximum(float(info.min))
+    m = -((-m).maximum(-float(info.max)))  # min(m, the highest finite value)
     out = (z - m.broadcast_to(z.shape)).exp().sum(axis=axes, keepdims=True).log() + m
     return out if keepdims else out.reshape(_reduced_shape(z.shape, axes))
 
