@@ -204,6 +204,8 @@ void ewise_broadcast_binary(const std::string &op, const Array &full, const Arra
   if (op == "maximum") return run(Maximum{});
   if (op == "eq") return run(Eq{});
   if (op == "ge") return run(Ge{});
+  if (op == "lt") return run(Lt{});
+  if (op == "le") return run(Le{});
   throw nb::value_error(("ewise_broadcast_binary: unknown op '" + op + "'").c_str());
 }
 
@@ -317,6 +319,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.def("ewise_maximum", &ewise_binary<Maximum>, "a"_a, "b"_a, "out"_a);
   m.def("ewise_eq", &ewise_binary<Eq>, "a"_a, "b"_a, "out"_a);
   m.def("ewise_ge", &ewise_binary<Ge>, "a"_a, "b"_a, "out"_a);
+  m.def("ewise_lt", &ewise_binary<Lt>, "a"_a, "b"_a, "out"_a);
+  m.def("ewise_le", &ewise_binary<Le>, "a"_a, "b"_a, "out"_a);
 
   m.def("scalar_add", &scalar_binary<Add>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_sub", &scalar_binary<Sub>, "a"_a, "val"_a, "out"_a);
@@ -328,6 +332,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.def("scalar_maximum", &scalar_binary<Maximum>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_eq", &scalar_binary<Eq>, "a"_a, "val"_a, "out"_a);
   m.def("scalar_ge", &scalar_binary<Ge>, "a"_a, "val"_a, "out"_a);
+  m.def("scalar_lt", &scalar_binary<Lt>, "a"_a, "val"_a, "out"_a);
+  m.def("scalar_le", &scalar_binary<Le>, "a"_a, "val"_a, "out"_a);
 
   m.def("ewise_axpby", &ewise_axpby, "a"_a, "b"_a, "alpha"_a, "beta"_a, "out"_a);
 

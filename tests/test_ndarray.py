@@ -1063,3 +1063,32 @@ def test_binary_ops_against_a_repeated_vector(device, shapes):
     # A view as the full operand is read through its strides.
     t = nd.array(a_np.T.copy(), device=device).permute(tuple(reversed(range(a_np.ndim))))
     np.testing.assert_allclose((t - b).numpy(), a_np - b_np, rtol=1e-6)
+
+
+# ---- issue 13: NaN comparisons, ** 0.5, empty selections, checked views -------------------
+@dtypes
+@pytest.mark.parametrize("op", COMPARISONS)
+def test_comparisons_with_nan_follow_numpy(device, dtype, op):
+    # NaN compares false but for !=, so a < b is not 1 - (a >= b).
+    a_np = np.array([np.nan, 1.0, np.nan, -np.inf, 2.0], dtype=dtype)
+    b_np = np.array([1.0, np.nan, np.nan, np.nan, 2.0], dtype=dtype)
+    a, b = to_nd(a_np, device, dtype), to_nd(b_np, device, dtype)
+    fn = COMPARISONS[op]
+    np.testing.assert_array_equal(fn(a, b).numpy(), fn(a_np, b_np).astype(dtype))
+    for scalar in (np.nan, 1.0):
+        np.testing.assert_array_equal(fn(a, scalar).numpy(), fn(a_np, scalar).astype(dtype))
+    # A broadcast vector (ewise_broadcast_binary where the backend has it), on either side.
+    full_np = np.tile(a_np, (3, 1))
+    full = to_nd(full_np, device, dtype)
+    np.testing.assert_array_equal(fn(full, b).numpy(), fn(full_np, b_np).astype(dtype))
+    np.testing.assert_array_equal(fn(b, full).numpy(), fn(b_np, full_np).astype(dtype))
+
+
+@dtypes
+def test_square_root_power_follows_numpy(device, dtype):
+    # ** 0.5 is sqrt, as in NumPy and PyTorch: -inf ** 0.5 is NaN (pow gives +inf).
+    x_np = np.array([-np.inf, np.inf, -1.0, -0.0, 0.0, 4.0, np.nan], dtype=dtype)
+    got = (to_nd(x_np, device, dtype) ** 0.5).numpy()
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(got, np.sqrt(x_np))
+    assert np.isnan(got[0])

@@ -77,6 +77,16 @@ struct Ge {
     return x >= y ? simd::splat(T(1)) : V{};
   }
 };
+struct Lt {
+  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
+    return x < y ? simd::splat(T(1)) : V{};
+  }
+};
+struct Le {
+  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
+    return x <= y ? simd::splat(T(1)) : V{};
+  }
+};
 struct Power {
   template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
     for (int l = 0; l < simd::kWidth<T>; ++l) x[l] = std::pow(x[l], y[l]);
@@ -155,9 +165,19 @@ template <class Op> void scalar_binary(const Array &a, double val, Array &out) {
 }
 
 // a ** val. Squares (BatchNorm's variance and its gradient's x ** 1) skip std::pow, which
-// goes lane by lane: 7 ms of a ResNet-9 step. NumPy takes the same shortcut for ** 2.
+// goes lane by lane: 7 ms of a ResNet-9 step. NumPy takes the same shortcut for ** 2, and
+// ** 0.5 is sqrt, as in NumPy and PyTorch: -inf ** 0.5 is NaN (std::pow gives +inf) and
+// -0.0 ** 0.5 is -0.0.
 inline void scalar_power(const Array &a, double val, Array &out) {
   if (val == 2.0) return ewise_binary<Mul>(a, a, out);
+  if (val == 0.5) {
+    dispatch(common_dtype(a, out), [&](auto tag) {
+      using T = decltype(tag);
+      map_unary(a.data<T>(), out.data<T>(), out.size,
+                [](Vec<T> x) { return simd::per_lane<T>(x, [](T v) { return std::sqrt(v); }); });
+    });
+    return;
+  }
   if (val == 1.0) return scalar_binary<Mul>(a, 1.0, out);
   scalar_binary<Power>(a, val, out);
 }

@@ -112,6 +112,16 @@ struct RDiv {
 struct Power {
   template <class T> __host__ __device__ T operator()(T x, T y) const { return m_pow(x, y); }
 };
+struct Lt {
+  template <class T> __host__ __device__ T operator()(T x, T y) const {
+    return x < y ? T(1) : T(0);
+  }
+};
+struct Le {
+  template <class T> __host__ __device__ T operator()(T x, T y) const {
+    return x <= y ? T(1) : T(0);
+  }
+};
 struct Maximum {
   template <class T> __host__ __device__ T operator()(T x, T y) const { return max_nan(x, y); }
 };

@@ -73,6 +73,12 @@ template <class Op, class T> struct BindScalar {
   T val;
   __host__ __device__ T operator()(T x) const { return op(x, val); }
 };
+// a ** 0.5 is sqrt, as in NumPy and PyTorch: -inf ** 0.5 is NaN (pow gives +inf).
+template <class T> struct BindScalar<Power, T> {
+  Power op;
+  T val;
+  __host__ __device__ T operator()(T x) const { return val == T(0.5) ? m_sqrt(x) : op(x, val); }
+};
 
 // The rows of the three families, from the operator of each.
 template <class F> UnaryKernel unary(const char* name, F f) {
@@ -110,6 +116,8 @@ template <class Visit> void for_each_binary_operator(Visit visit) {
   visit("ewise_maximum", "scalar_maximum", Maximum());
   visit("ewise_eq", "scalar_eq", Eq());
   visit("ewise_ge", "scalar_ge", Ge());
+  visit("ewise_lt", "scalar_lt", Lt());
+  visit("ewise_le", "scalar_le", Le());
 }
 
 }  // namespace

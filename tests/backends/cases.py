@@ -89,7 +89,7 @@ def scatter_add_tol(a, init, indices):
 # ---- elementwise families ---------------------------------------------------------------
 SIZES = (0, 1, 3, 4, 5, 7, 255, 256, 257, 1001, 1027)
 # Operators whose result is exact on every backend (no rounding): compared bitwise.
-EXACT_OPS = {"neg", "abs", "sign", "relu", "maximum", "eq", "ge"}
+EXACT_OPS = {"neg", "abs", "sign", "relu", "maximum", "eq", "ge", "lt", "le"}
 # Inputs where each operator is well defined (primitive_calls.operand kinds); others: "normal".
 UNARY_DOMAIN = {
     "sign": "ties",
@@ -107,6 +107,8 @@ BINARY_DOMAIN = {
     "maximum": ("ties", "ties"),
     "eq": ("ties", "ties"),
     "ge": ("ties", "ties"),
+    "lt": ("ties", "ties"),
+    "le": ("ties", "ties"),
 }
 SCALAR_VALUES = {  # op: (kind of a, values)
     "add": ("normal", [0.0, -1.5, 3]),
@@ -119,6 +121,8 @@ SCALAR_VALUES = {  # op: (kind of a, values)
     "maximum": ("ties", [0.0, 1, -0.5]),
     "eq": ("ties", [0.0, 1, 0.5]),
     "ge": ("ties", [0.0, 1, -0.5]),
+    "lt": ("ties", [0.0, 1, -0.5]),
+    "le": ("ties", [0.0, 1, -0.5]),
 }
 # 800: exp overflows even in float64 (sigmoid must not).
 SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e30, -1e30, 2.0, 800.0, -800.0])
@@ -177,7 +181,7 @@ def _scalar(prim, backend, rng):
         for val in values:
             yield Case(f"size {size}, val {val}", (a, val, Out(size)), tol)
     if op not in NO_SPECIAL:
-        for val in (np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0):
+        for val in (np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0, 0.5):
             yield Case(f"NaN, inf, signed zeros, val {val}", (SPECIAL, val, Out(SPECIAL.size)), tol)
     if op == "power":
         for exponent in (2, 3, 0, -1, -2, 0.5, 7):
@@ -225,7 +229,13 @@ VECTOR_OPS = tuple(ndarray._VECTOR_OPS.values())
 def _broadcast_binary(prim, backend, rng):
     shapes = [(1, 1), (3, 7), (5, 33), (20, 257)] + ([(300, 257)] if backend.fast else [])
     for op in VECTOR_OPS:
-        kind = "ties" if op in ("maximum", "eq", "ge") else "nonzero" if op == "div" else "normal"
+        kind = (
+            "ties"
+            if op in ("maximum", "eq", "ge", "lt", "le")
+            else "nonzero"
+            if op == "div"
+            else "normal"
+        )
         for (outer, inner), per_column, vector_first in itertools.product(
             shapes, (True, False), (False, True)
         ):

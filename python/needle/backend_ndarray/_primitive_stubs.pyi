@@ -30,6 +30,8 @@ __all__ = [
     "ewise_maximum",
     "ewise_eq",
     "ewise_ge",
+    "ewise_lt",
+    "ewise_le",
     "scalar_add",
     "scalar_sub",
     "scalar_rsub",
@@ -40,6 +42,8 @@ __all__ = [
     "scalar_maximum",
     "scalar_eq",
     "scalar_ge",
+    "scalar_lt",
+    "scalar_le",
     "ewise_neg",
     "ewise_abs",
     "ewise_sign",
@@ -87,13 +91,13 @@ def scalar_setitem(
 ) -> None: ...
 def _binary(a: Array, b: Array, out: Array) -> None: ...
 
-ewise_add = ewise_sub = ewise_mul = ewise_div = _binary
-ewise_power = ewise_maximum = ewise_eq = ewise_ge = _binary
+ewise_add = ewise_sub = ewise_mul = ewise_div = ewise_power = _binary
+ewise_maximum = ewise_eq = ewise_ge = ewise_lt = ewise_le = _binary
 
 def _scalar(a: Array, val: float, out: Array) -> None: ...
 
-scalar_add = scalar_sub = scalar_rsub = scalar_mul = scalar_div = _scalar
-scalar_rdiv = scalar_power = scalar_maximum = scalar_eq = scalar_ge = _scalar
+scalar_add = scalar_sub = scalar_rsub = scalar_mul = scalar_div = scalar_rdiv = _scalar
+scalar_power = scalar_maximum = scalar_eq = scalar_ge = scalar_lt = scalar_le = _scalar
 
 def _unary(a: Array, out: Array) -> None: ...
 

@@ -771,6 +771,9 @@ class NDArray:
     # not the bool of object.__eq__ (as NumPy's): a deliberate incompatible override.
     __eq__ = _binary_method("eq")  # type: ignore[assignment]
     __ge__ = _binary_method("ge")
+    # Each comparison its own primitive: with a NaN operand only != is true, as in NumPy.
+    __lt__ = _binary_method("lt")
+    __le__ = _binary_method("le")
 
     def __neg__(self) -> NDArray:
         return self._unary("ewise_neg")
@@ -780,12 +783,6 @@ class NDArray:
 
     def __gt__(self, other):
         return (self >= other) * (self != other)
-
-    def __lt__(self, other):
-        return 1 - (self >= other)
-
-    def __le__(self, other):
-        return 1 - (self > other)
 
     __hash__ = object.__hash__
 
@@ -953,6 +950,8 @@ _VECTOR_OPS = {
     "ewise_maximum": "maximum",
     "ewise_eq": "eq",
     "ewise_ge": "ge",
+    "ewise_lt": "lt",
+    "ewise_le": "le",
 }
 
 

@@ -124,6 +124,8 @@ BINARY: dict[str, Callable] = {
     "maximum": np.maximum,
     "eq": np.equal,
     "ge": np.greater_equal,
+    "lt": np.less,
+    "le": np.less_equal,
 }
 
 # scalar_<name>(a, val, out): out = f(a, val), val rounded to the array's dtype first.
@@ -138,6 +140,8 @@ SCALAR: dict[str, Callable] = {
     "maximum": np.maximum,
     "eq": np.equal,
     "ge": np.greater_equal,
+    "lt": np.less,
+    "le": np.less_equal,
 }
 
 

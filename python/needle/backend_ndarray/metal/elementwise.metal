@@ -103,10 +103,15 @@ NEEDLE_BINARY(add, x + y)
 NEEDLE_BINARY(sub, x - y)
 NEEDLE_BINARY(mul, x * y)
 NEEDLE_BINARY(div, x / y)
-NEEDLE_BINARY(power, power_numpy(x, y))
+// a ** 0.5 is sqrt, as in NumPy and PyTorch: -inf ** 0.5 is NaN (pow gives +inf).
+NEEDLE_SCALAR(power, y == 0.5f ? sqrt(x) : power_numpy(x, y))
+struct ewise_power_op { float operator()(float x, float y) const { return power_numpy(x, y); } };
+NEEDLE_KERNEL("ewise_power", ewise_binary<ewise_power_op>)
 NEEDLE_BINARY(maximum, maximum_nan(x, y))
 NEEDLE_BINARY(eq, x == y ? 1.0f : 0.0f)
 NEEDLE_BINARY(ge, x >= y ? 1.0f : 0.0f)
+NEEDLE_BINARY(lt, x < y ? 1.0f : 0.0f)
+NEEDLE_BINARY(le, x <= y ? 1.0f : 0.0f)
 NEEDLE_SCALAR(rsub, y - x)
 NEEDLE_SCALAR(rdiv, y / x)
 
