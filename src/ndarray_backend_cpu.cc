@@ -3,7 +3,8 @@
 //
 // Conventions (shared with every backend): an Array is a flat, 64-byte aligned buffer of
 // one dtype; strided views are (shape, strides, offset) in elements; `out` is a separate
-// compact Array; bounds and sizes were checked in Python, so native code only asserts.
+// compact Array; the primitives that take a view (shape, strides, offset) check it against
+// the buffer once per call, so a bad view from Python raises instead of reading outside it.
 //
 // This file is the table: each primitive unpacks its Arrays and calls a kernel from
 // src/cpu/ (elementwise.h, reduce.h, gemm.h, thread_pool.h, strided.h).
@@ -43,6 +44,43 @@ constexpr int kTile = 8;  // matmul_tiled's tile, as in the course's CPU backend
 
 // ---- memory --------------------------------------------------------------------------
 
+// The view (shape, strides, offset) of `what`, checked once per call: every element it
+// reaches lies in [0, buffer) (IndexError), and the shape is valid (ValueError).
+View checked_view(const char *what, const Shape &shape, const Shape &strides, int64_t offset,
+                  size_t buffer) {
+  auto fail = [&](const std::string &why, bool index) {
+    const std::string msg = std::string(what) + ": " + why;
+    if (index) throw nb::index_error(msg.c_str());
+    throw nb::value_error(msg.c_str());
+  };
+  if (shape.size() != strides.size()) fail("shape and strides differ in length", false);
+  int64_t size = 1, low = offset, high = offset;
+  bool overflow = false;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 0) fail("negative dimension in shape", false);
+    overflow |= __builtin_mul_overflow(size, shape[i], &size);
+  }
+  if (overflow) fail("shape too large", false);
+  if (size == 0) return make_view(shape, strides, offset);
+  for (size_t i = 0; i < shape.size(); ++i) {
+    int64_t reach;
+    overflow |= __builtin_mul_overflow(strides[i], shape[i] - 1, &reach);
+    overflow |= __builtin_add_overflow(reach < 0 ? low : high, reach, reach < 0 ? &low : &high);
+  }
+  if (overflow || low < 0 || high < 0 || static_cast<uint64_t>(high) >= buffer)
+    fail("view of offset " + std::to_string(offset) + " reaches outside a buffer of " +
+             std::to_string(buffer) + " elements",
+         true);
+  return make_view(shape, strides, offset);
+}
+
+void check_size(const char *what, const char *name, int64_t needed, size_t size) {
+  if (needed < 0 || static_cast<uint64_t>(needed) > size)
+    throw nb::value_error((std::string(what) + ": " + name + " has " + std::to_string(size) +
+                           " elements, the view needs " + std::to_string(needed))
+                              .c_str());
+}
+
 using NumpyArray = nb::ndarray<nb::numpy>;
 
 template <class T> NumpyArray to_numpy_kernel(const Array &a, const Shape &shape, const View &v) {
@@ -55,7 +93,7 @@ template <class T> NumpyArray to_numpy_kernel(const Array &a, const Shape &shape
 }
 
 NumpyArray to_numpy(const Array &a, const Shape &shape, const Shape &strides, int64_t offset) {
-  View v = make_view(shape, strides, offset);
+  View v = checked_view("to_numpy", shape, strides, offset, a.size);
   return dispatch(a.dtype, [&](auto tag) { return to_numpy_kernel<decltype(tag)>(a, shape, v); });
 }
 
@@ -94,8 +132,8 @@ template <class Kernel> void with_typed(const Array &a, Array &out, Kernel &&ker
 }
 
 void compact(const Array &a, Array &out, const Shape &shape, const Shape &strides, int64_t offset) {
-  View v = make_view(shape, strides, offset);
-  assert(static_cast<size_t>(v.size) <= out.size);
+  View v = checked_view("compact", shape, strides, offset, a.size);
+  check_size("compact", "out", v.size, out.size);
   dispatch(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
     // Split by rows across threads when large (im2col patch matrices are megabytes): the
@@ -112,16 +150,18 @@ void compact(const Array &a, Array &out, const Shape &shape, const Shape &stride
 
 void ewise_setitem(const Array &a, Array &out, const Shape &shape, const Shape &strides,
                    int64_t offset) {
-  View v = make_view(shape, strides, offset);
-  assert(static_cast<size_t>(v.size) <= a.size);
+  View v = checked_view("ewise_setitem", shape, strides, offset, out.size);
+  check_size("ewise_setitem", "a", v.size, a.size);
   with_typed(a, out, [&](auto *x, auto *y) { scatter(x, y, v); });
 }
 
 void scalar_setitem(size_t size, double val, Array &out, const Shape &shape, const Shape &strides,
                     int64_t offset) {
-  View v = make_view(shape, strides, offset);
-  assert(static_cast<size_t>(v.size) == size);
-  (void)size;
+  View v = checked_view("scalar_setitem", shape, strides, offset, out.size);
+  if (static_cast<size_t>(v.size) != size)
+    throw nb::value_error(("scalar_setitem: size " + std::to_string(size) + " is not the view's " +
+                           std::to_string(v.size))
+                              .c_str());
   dispatch(out.dtype, [&](auto tag) {
     using T = decltype(tag);
     scatter_scalar(static_cast<T>(val), out.data<T>(), v);
@@ -137,7 +177,10 @@ void matmul_strided(const Array &a, const Array &b, Array &out, int64_t batch, i
                     const Shape &b_strides) {
   if (a_strides.size() != 3 || b_strides.size() != 3)
     throw nb::value_error("matmul_strided: strides must be (batch, row, col)");
-  assert(out.size >= static_cast<size_t>(batch * m * p));
+  checked_view("matmul_strided (a)", {batch, m, n}, a_strides, a_offset, a.size);
+  checked_view("matmul_strided (b)", {batch, n, p}, b_strides, b_offset, b.size);
+  const View o = checked_view("matmul_strided", {batch, m, p}, {m * p, p, 1}, 0, out.size);
+  if (o.size == 0) return;
   dispatch(common_dtype(a, b, out), [&](auto tag) {
     using T = decltype(tag);
     gemm<T>(batch, m, n, p, {a.data<T>() + a_offset, a_strides[0], a_strides[1], a_strides[2]},

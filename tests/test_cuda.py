@@ -494,11 +494,13 @@ def test_emulation_frees_every_buffer(emulated, rng):
 
 
 def test_emulation_reports_writes_past_a_buffer(emulated):
-    """A kernel that writes past its output (here a caller's view larger than out) is caught
-    by the guard bytes after the call."""
+    """A kernel that writes past its output (here two rows of 2 gathered into 3 elements: the
+    host table checks views, not gather_rows' sizes) is caught by the guard bytes after the
+    call."""
     a, out = to_array(emulated, np.arange(8.0)), emulated.Array(3, "float64")
+    indices = to_array(emulated, np.array([0.0, 1.0]))
     with pytest.raises(harness.EmulationError, match="past the end of a buffer of 24 bytes"):
-        emulated.compact(a, out, (4,), (2,), 0)
+        emulated.gather_rows(a, indices, out, 2, 2)
     del out  # its guard bytes stay broken: every later call would report them
 
 
@@ -667,3 +669,27 @@ def test_gpu_ndarray_on_cuda_matches_numpy(rng):
     np.testing.assert_allclose(a.sum(axis=0).numpy(), x.sum(axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(a[3:20:2, ::-3].exp().numpy(), np.exp(x[3:20:2, ::-3]), rtol=1e-6)
     np.testing.assert_array_equal(a.max(axis=1).numpy(), x.max(axis=1))
+
+
+def test_host_table_checks_views_against_buffers(emulated):
+    # The host table raises before a kernel reads or writes outside a buffer (issue 13).
+    a, out = emulated.Array(6, "float32"), emulated.Array(6, "float32")
+    bad = [
+        lambda: emulated.compact(a, out, [7], [1], 0),
+        lambda: emulated.compact(a, out, [3], [1], 4),
+        lambda: emulated.compact(a, out, [3], [-1], 1),
+        lambda: emulated.compact(a, out, [2, 2], [2**62, 1], 0),
+        lambda: emulated.compact(a, emulated.Array(2, "float32"), [3], [1], 0),
+        lambda: emulated.ewise_setitem(a, out, [4], [2], 0),
+        lambda: emulated.ewise_setitem(emulated.Array(2, "float32"), out, [3], [1], 0),
+        lambda: emulated.scalar_setitem(3, 1.0, out, [3], [3], 0),
+        lambda: emulated.scalar_setitem(5, 1.0, out, [3], [1], 0),
+        lambda: emulated.matmul_strided(a, a, out, 1, 2, 3, 2, 1, [0, 3, 1], 0, [0, 2, 1]),
+        lambda: emulated.matmul_strided(a, a, out, 2, 1, 3, 2, 0, [0, 3, 1], 0, [6, 2, 1]),
+        lambda: emulated.matmul_strided(a, a, out, 1, 3, 2, 3, 0, [0, 2, 1], 0, [0, 3, 1]),
+        lambda: emulated.matmul(a, a, out, 3, 3, 3),
+    ]
+    for call_ in bad:
+        with pytest.raises(ValueError, match=r"buffer|elements|view"):
+            call_()
+    emulated.compact(a, out, [3], [-2], 5)  # in bounds: fine

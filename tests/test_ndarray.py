@@ -1092,3 +1092,46 @@ def test_square_root_power_follows_numpy(device, dtype):
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(got, np.sqrt(x_np))
     assert np.isnan(got[0])
+
+
+def test_setitem_into_an_empty_selection_checks_the_value(device):
+    a = to_nd(np.arange(3.0), device, "float32")
+    with pytest.raises(ValueError, match="shape"):
+        a[4:] = to_nd(np.ones(2), device, "float32")
+    a[4:] = to_nd(np.ones(1), device, "float32")  # broadcastable: fine, as in NumPy
+    a[4:] = to_nd(np.ones(0), device, "float32")
+    a[4:] = 7.0
+    with pytest.raises((TypeError, ValueError)):
+        a[4:] = "seven"
+    other = nd.cpu_numpy() if device != nd.cpu_numpy() else nd.cpu()
+    if other.enabled():
+        with pytest.raises(ValueError, match="devices"):
+            a[4:] = to_nd(np.ones(1), other, "float32")
+    np.testing.assert_array_equal(a.numpy(), np.arange(3.0, dtype="float32"))
+
+
+def test_make_checks_the_view_a_caller_gives(device):
+    a = to_nd(np.arange(6.0), device, "float32")
+    handle = a._handle
+    bad = [
+        dict(shape=(7,), handle=handle, device=device),
+        dict(shape=(3,), handle=handle, device=device, offset=4),
+        dict(shape=(3,), handle=handle, device=device, offset=-1),
+        dict(shape=(3,), handle=handle, device=device, strides=(-1,), offset=1),
+        dict(shape=(2, 3), handle=handle, device=device, strides=(4, 1)),
+        dict(shape=(2,), handle=handle, device=device, strides=(2**62,)),
+        dict(shape=(4,), strides=(2,), device=device),
+        dict(shape=(2,), offset=1, device=device),
+    ]
+    for kwargs in bad:
+        with pytest.raises(IndexError, match="outside a buffer"):
+            nd.NDArray.make(**kwargs)
+    with pytest.raises(ValueError, match="differ in length"):
+        nd.NDArray.make((2, 3), strides=(1,), handle=handle, device=device)
+    view = nd.NDArray.make((2, 3), strides=(1, 2), handle=handle, device=device, offset=0)
+    np.testing.assert_array_equal(view.numpy(), np.arange(6.0).reshape(3, 2).T)
+    back = nd.NDArray.make((3,), strides=(-2,), handle=handle, device=device, offset=5)
+    np.testing.assert_array_equal(back.numpy(), [5.0, 3.0, 1.0])
+    assert nd.NDArray.make((0,), handle=handle, device=device, offset=100).size == 0
+    fresh = nd.NDArray.make((2, 2), device=device)
+    assert fresh.shape == (2, 2) and fresh.is_compact()

@@ -43,10 +43,40 @@ template <class... Rest> DType common_dtype(const Array& first, const Rest&... r
   return first.dtype;
 }
 
-// A view's shape and strides pair up axis by axis.
-void check_view(const Shape& shape, const Shape& strides) {
+// A view's shape and strides pair up axis by axis, and every element it reaches lies in a
+// buffer of `buffer` elements (std::invalid_argument, ValueError, otherwise). Returns
+// the view's size.
+int64_t check_view(const char* what, const Shape& shape, const Shape& strides, int64_t offset,
+                   size_t buffer) {
   if (shape.size() != strides.size()) {
-    throw std::invalid_argument("a view's shape and strides differ in length");
+    throw std::invalid_argument(std::string(what) +
+                                ": a view's shape and strides differ in length");
+  }
+  int64_t size = 1, low = offset, high = offset;
+  bool overflow = false;
+  for (int64_t d : shape) {
+    if (d < 0) throw std::invalid_argument(std::string(what) + ": negative dimension in shape");
+    overflow |= __builtin_mul_overflow(size, d, &size);
+  }
+  if (overflow) throw std::invalid_argument(std::string(what) + ": shape too large");
+  if (size == 0) return 0;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    int64_t reach;
+    overflow |= __builtin_mul_overflow(strides[i], shape[i] - 1, &reach);
+    overflow |= __builtin_add_overflow(reach < 0 ? low : high, reach, reach < 0 ? &low : &high);
+  }
+  if (overflow || low < 0 || high < 0 || static_cast<uint64_t>(high) >= buffer) {
+    throw std::invalid_argument(std::string(what) + ": view of offset " + std::to_string(offset) +
+                                " reaches outside a buffer of " + std::to_string(buffer) +
+                                " elements");
+  }
+  return size;
+}
+
+void check_size(const char* what, const char* name, int64_t needed, size_t size) {
+  if (needed < 0 || static_cast<uint64_t>(needed) > size) {
+    throw std::invalid_argument(std::string(what) + ": " + name + " has " + std::to_string(size) +
+                                " elements, the view needs " + std::to_string(needed));
   }
 }
 
@@ -58,7 +88,7 @@ namespace table {
 
 void to_numpy(const Array& a, const Shape& shape, const Shape& strides, int64_t offset,
               const HostArray& out) {
-  check_view(shape, strides);
+  check_view("to_numpy", shape, strides, offset, a.size);
   if (out.dtype != a.dtype) throw TypeError("to_numpy: the host buffer's dtype is not the Array's");
   const int64_t n = view_size(shape);
   if (out.size != n)
@@ -92,20 +122,22 @@ void fill(Array& out, double val) { cuda::fill(out.dtype, out.ptr, out.size, val
 // ---- layout ------------------------------------------------------------------------------
 
 void compact(const Array& a, Array& out, const Shape& shape, const Shape& strides, int64_t offset) {
-  check_view(shape, strides);
+  check_size("compact", "out", check_view("compact", shape, strides, offset, a.size), out.size);
   cuda::compact(common_dtype(a, out), a.ptr, out.ptr, shape, strides, offset);
 }
 
 void ewise_setitem(const Array& a, Array& out, const Shape& shape, const Shape& strides,
                    int64_t offset) {
-  check_view(shape, strides);
+  check_size("ewise_setitem", "a", check_view("ewise_setitem", shape, strides, offset, out.size),
+             a.size);
   cuda::ewise_setitem(common_dtype(a, out), a.ptr, out.ptr, shape, strides, offset);
 }
 
 void scalar_setitem(int64_t size, double val, Array& out, const Shape& shape, const Shape& strides,
                     int64_t offset) {
-  (void)size;  // the view's size; the kernel takes it from the shape
-  check_view(shape, strides);
+  if (check_view("scalar_setitem", shape, strides, offset, out.size) != size) {
+    throw std::invalid_argument("scalar_setitem: size is not the view's");
+  }
   cuda::scalar_setitem(out.dtype, val, out.ptr, shape, strides, offset);
 }
 
@@ -137,6 +169,9 @@ void matmul_strided(const Array& a, const Array& b, Array& out, int64_t batch, i
   if (a_strides.size() != 3 || b_strides.size() != 3) {
     throw std::invalid_argument("matmul_strided: strides must be (batch, row, col)");
   }
+  check_view("matmul_strided (a)", {batch, m, n}, a_strides, a_offset, a.size);
+  check_view("matmul_strided (b)", {batch, n, p}, b_strides, b_offset, b.size);
+  check_view("matmul_strided", {batch, m, p}, {m * p, p, 1}, 0, out.size);
   cuda::matmul(common_dtype(a, b, out), {a.ptr, a_offset, a_strides[0], a_strides[1], a_strides[2]},
                {b.ptr, b_offset, b_strides[0], b_strides[1], b_strides[2]}, out.ptr, batch, m, n,
                p);

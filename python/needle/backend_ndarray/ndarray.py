@@ -219,7 +219,7 @@ class BackendDevice:
         return NDArray(out, device=self, dtype=dtype)
 
     def empty(self, shape, dtype=None) -> NDArray:
-        return NDArray.make(_as_shape(shape), device=self, dtype=canonical_dtype(dtype))
+        return NDArray._make(_as_shape(shape), device=self, dtype=canonical_dtype(dtype))
 
     def full(self, shape, fill_value, dtype=None) -> NDArray:
         arr = self.empty(shape, dtype)
@@ -298,6 +298,20 @@ def _as_shape(shape) -> tuple[int, ...]:
     if any(s < 0 for s in shape):
         raise ValueError(f"negative dimension in shape {shape}")
     return shape
+
+
+def _check_view(what: str, shape, strides, offset: int, size: int) -> None:
+    """Raise IndexError unless every element of the view lies in a buffer of `size`."""
+    if len(shape) != len(strides):
+        raise ValueError(f"{what}: shape {shape} and strides {strides} differ in length")
+    if prod(shape):
+        low = offset + builtins.sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
+        high = offset + builtins.sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
+        if low < 0 or high >= size:
+            raise IndexError(
+                f"{what}: view of shape {shape}, strides {strides}, offset {offset} reaches "
+                f"outside a buffer of {size} elements"
+            )
 
 
 def _shape_args(shape: tuple) -> tuple:
@@ -436,7 +450,7 @@ class NDArray:
         dtype = canonical_dtype(dtype)
         # asarray(order="C"), not ascontiguousarray, which turns 0-d input into shape (1,).
         array = np.asarray(other, dtype=dtype, order="C")
-        out = NDArray.make(array.shape, device=device, dtype=dtype)
+        out = NDArray._make(array.shape, device=device, dtype=dtype)
         if array.size:
             device.mod.from_numpy(array, out._handle)
         self._init(out)
@@ -452,7 +466,23 @@ class NDArray:
 
     @staticmethod
     def make(shape, strides=None, device=None, handle=None, offset=0, dtype=None) -> NDArray:
-        """Create an NDArray over `handle` (or a fresh buffer) without copying."""
+        """Create an NDArray over `handle` (or a fresh buffer) without copying. A view the
+        caller describes (handle, strides or offset) is checked to lie within the buffer:
+        IndexError otherwise, never a read outside it."""
+        shape = _as_shape(shape)
+        if handle is None and strides is None and not offset:
+            return NDArray._make(shape, device=device, dtype=dtype)
+        offset = operator.index(offset)
+        strides = (
+            _compact_strides(shape) if strides is None else tuple(map(operator.index, strides))
+        )
+        array = NDArray._make(shape, strides, device, handle, offset, dtype)
+        _check_view("NDArray.make", shape, strides, offset, array._handle.size)
+        return array
+
+    @staticmethod
+    def _make(shape, strides=None, device=None, handle=None, offset=0, dtype=None) -> NDArray:
+        """make() unchecked, for NDArray's own views (already in bounds)."""
         # This is the hot path of every op: keep it to attribute stores and cached lookups.
         array = object.__new__(NDArray)
         shape = tuple(shape)
@@ -556,7 +586,7 @@ class NDArray:
         """This array, or a row-major copy of it when it is a view."""
         if self.is_compact():
             return self
-        out = NDArray.make(self._shape, device=self._device, dtype=self._dtype)
+        out = NDArray._make(self._shape, device=self._device, dtype=self._dtype)
         if out.size:
             view = primitives.simplify_view(self._shape, self._strides, self._offset)
             self._device.mod.compact(self._handle, out._handle, *view)
@@ -565,17 +595,8 @@ class NDArray:
     def as_strided(self, shape, strides) -> NDArray:
         """A view with the given shape and strides (in elements) over the same buffer."""
         shape, strides = _as_shape(shape), tuple(operator.index(s) for s in strides)
-        if len(shape) != len(strides):
-            raise ValueError(f"as_strided: shape {shape} and strides {strides} differ in length")
-        if prod(shape):
-            low = self._offset + builtins.sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
-            high = self._offset + builtins.sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
-            if low < 0 or high >= self._handle.size:
-                raise IndexError(
-                    f"as_strided: view of shape {shape}, strides {strides}, offset "
-                    f"{self._offset} reaches outside a buffer of {self._handle.size} elements"
-                )
-        return NDArray.make(
+        _check_view("as_strided", shape, strides, self._offset, self._handle.size)
+        return NDArray._make(
             shape, strides=strides, device=self._device, handle=self._handle, offset=self._offset
         )
 
@@ -599,7 +620,7 @@ class NDArray:
         if new_shape == self._shape:
             return self
         base = self.compact()
-        return NDArray.make(
+        return NDArray._make(
             new_shape, device=base._device, handle=base._handle, offset=base._offset
         )
 
@@ -610,7 +631,7 @@ class NDArray:
             raise ValueError(
                 f"permute: {new_axes} is not a permutation of the axes of {self._shape}"
             )
-        return NDArray.make(
+        return NDArray._make(
             tuple(self._shape[a] for a in new_axes),
             strides=tuple(self._strides[a] for a in new_axes),
             device=self._device,
@@ -640,7 +661,7 @@ class NDArray:
                 strides.append(0)
             else:
                 raise ValueError(f"cannot broadcast shape {self._shape} to {new_shape}")
-        return NDArray.make(
+        return NDArray._make(
             new_shape,
             strides=strides,
             device=self._device,
@@ -681,7 +702,7 @@ class NDArray:
                 raise IndexError(
                     f"NDArray indices must be ints, slices or '...', got {type(idx).__name__}"
                 )
-        return NDArray.make(
+        return NDArray._make(
             shape, strides=strides, device=self._device, handle=self._handle, offset=offset
         )
 
@@ -692,8 +713,8 @@ class NDArray:
     def __setitem__(self, idxs, other) -> None:
         """Write an NDArray (broadcast to the selection) or a scalar into the selection."""
         view = self._index_view(idxs)
-        if view.size == 0:
-            return
+        # An empty selection writes nothing, but the value is checked first, as NumPy does:
+        # device and shape (a (2,) array into a (0,) selection is an error, (1,) is not).
         if isinstance(other, NDArray):
             self._check_same_device(other)
             if other.shape != view.shape:
@@ -708,14 +729,19 @@ class NDArray:
                         f"cannot assign an array of shape {other.shape} to a selection of shape "
                         f"{view.shape}"
                     ) from None
+            if view.size == 0:
+                return
             if other._handle is view._handle:  # overlapping source and target: copy first
                 other = other + 0.0
             other = other.astype(self._dtype).compact()
             view_args = primitives.simplify_view(view._shape, view._strides, view._offset)
             self._device.mod.ewise_setitem(other._handle, view._handle, *view_args)
         else:
+            value = float(other)
+            if view.size == 0:
+                return
             view_args = primitives.simplify_view(view._shape, view._strides, view._offset)
-            self._device.mod.scalar_setitem(view.size, float(other), view._handle, *view_args)
+            self._device.mod.scalar_setitem(view.size, value, view._handle, *view_args)
 
     # ---- elementwise ----------------------------------------------------------------
     def _check_same_device(self, other: NDArray) -> None:
@@ -740,19 +766,19 @@ class NDArray:
                 a, other = a.broadcast_to(shape), other.broadcast_to(shape)
             if other._dtype != a._dtype:
                 a, other = a.astype("float64"), other.astype("float64")
-            out = NDArray.make(a._shape, device=device, dtype=a._dtype)
+            out = NDArray._make(a._shape, device=device, dtype=a._dtype)
             if _size(out._shape):
                 getattr(device.mod, ewise_name)(
                     a.compact()._handle, other.compact()._handle, out._handle
                 )
             return out
-        out = NDArray.make(self._shape, device=device, dtype=self._dtype)
+        out = NDArray._make(self._shape, device=device, dtype=self._dtype)
         if _size(out._shape):
             getattr(device.mod, scalar_name)(self.compact()._handle, float(other), out._handle)
         return out
 
     def _unary(self, name: str) -> NDArray:
-        out = NDArray.make(self._shape, device=self._device, dtype=self._dtype)
+        out = NDArray._make(self._shape, device=self._device, dtype=self._dtype)
         if _size(out._shape):
             getattr(self._device.mod, name)(self.compact()._handle, out._handle)
         return out
@@ -817,7 +843,7 @@ class NDArray:
                 "not broadcast"
             ) from None
         batch = prod(batch_shape)
-        out = NDArray.make(batch_shape + (m, p), device=a._device, dtype=a._dtype)
+        out = NDArray._make(batch_shape + (m, p), device=a._device, dtype=a._dtype)
         if out.size == 0:
             return out
         if n == 0:
@@ -867,7 +893,7 @@ class NDArray:
             else tuple(self._shape[i] for i in kept)
         )
         reduce_size = prod(self._shape[i] for i in axes)
-        out = NDArray.make(out_shape, device=self._device, dtype=self._dtype)
+        out = NDArray._make(out_shape, device=self._device, dtype=self._dtype)
         if out.size == 0:
             return out
         if reduce_size == 0:
@@ -909,7 +935,7 @@ class NDArray:
             if self._shape[a]:
                 offset += (self._shape[a] - 1) * strides[a]
             strides[a] = -strides[a]
-        return NDArray.make(
+        return NDArray._make(
             self._shape, strides=strides, device=self._device, handle=self._handle, offset=offset
         ).compact()
 
@@ -983,7 +1009,7 @@ def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):
             return None
         per_column, split = False, tail
     outer, inner = _size(shape[:split]), _size(shape[split:])
-    out = NDArray.make(shape, device=full._device, dtype=full._dtype)
+    out = NDArray._make(shape, device=full._device, dtype=full._dtype)
     if outer and inner:
         full._device.ewise_broadcast_binary(
             op,
@@ -1030,7 +1056,7 @@ def axpby(alpha: float, x: NDArray, beta: float, y: NDArray, out: NDArray | None
     if x._dtype != y._dtype:
         raise TypeError(f"axpby: dtypes {x._dtype} and {y._dtype} differ")
     if out is None:
-        out = NDArray.make(x._shape, device=x._device, dtype=x._dtype)
+        out = NDArray._make(x._shape, device=x._device, dtype=x._dtype)
     else:
         if not isinstance(out, NDArray):
             raise TypeError(f"axpby: out must be an NDArray, got {type(out).__name__}")
@@ -1104,7 +1130,7 @@ def take_rows(table: NDArray, indices) -> NDArray:
             f"take_rows: indices are for {indices.rows} rows, the table has {table.shape[0]}"
         )
     idx = indices.on(table.device, table.dtype)
-    out = NDArray.make((len(idx),) + table.shape[1:], device=table.device, dtype=table.dtype)
+    out = NDArray._make((len(idx),) + table.shape[1:], device=table.device, dtype=table.dtype)
     return _by_rows("gather_rows", table, idx, out)
 
 
@@ -1194,7 +1220,7 @@ def stack(arrays: Sequence[NDArray], axis: int = 0) -> NDArray:
             raise ValueError(f"stack: all arrays need one shape, got {shape} and {a.shape}")
         arrays[0]._check_same_device(a)
     axis = _normalize_axis(axis, len(shape) + 1)
-    out = NDArray.make(
+    out = NDArray._make(
         shape[:axis] + (len(arrays),) + shape[axis:],
         device=arrays[0].device,
         dtype=arrays[0].dtype,
