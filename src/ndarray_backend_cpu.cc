@@ -324,10 +324,16 @@ void reduce_max_axis(const Array &a, Array &out, int64_t outer, int64_t reduce_s
 
 // ---- threads ---------------------------------------------------------------------------
 
-void set_threads(int n) {
-  if (n < 1)
-    throw nb::value_error(("set_num_threads: n must be >= 1, got " + std::to_string(n)).c_str());
-  set_num_threads(n);
+// Any Python int: a huge one is a ValueError too, not a signature mismatch.
+void set_threads(const nb::int_ &n) {
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(n.ptr(), &overflow);
+  if (v == -1 && PyErr_Occurred()) throw nb::python_error();
+  if (overflow || v < 1 || v > kMaxThreads)
+    throw nb::value_error(("set_num_threads: n must be in [1, " + std::to_string(kMaxThreads) +
+                           "], got " + nb::str(n).c_str())
+                              .c_str());
+  set_num_threads(static_cast<int>(v));
 }
 
 }  // namespace cpu
@@ -422,7 +428,7 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.def("reduce_max_axis", &reduce_max_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a, "inner"_a);
 
   m.def("set_num_threads", &set_threads, "n"_a,
-        "Use n >= 1 threads for large kernels (matmul, elementwise, reductions).");
+        "Use n threads (1 <= n <= 256) for large kernels (matmul, elementwise, reductions).");
   m.def("get_num_threads", &num_threads, "The number of threads large kernels use.");
   m.attr("__gemm_isa__") = gemm_isa();
   nb::dict blocking;
@@ -440,6 +446,11 @@ NB_MODULE(ndarray_backend_cpu, m) {
                      "NEEDLE_NUM_THREADS is not a positive integer; using the number of cores",
                      1) < 0)
       throw nb::python_error();
+  }
+  if (num_threads_env_clamped()) {
+    const std::string msg = "NEEDLE_NUM_THREADS is above the maximum; using " +
+                            std::to_string(kMaxThreads) + " threads";
+    if (PyErr_WarnEx(PyExc_RuntimeWarning, msg.c_str(), 1) < 0) throw nb::python_error();
   }
   num_threads();  // read NEEDLE_NUM_THREADS now, at import
 

@@ -285,6 +285,17 @@ def test_set_num_threads_rejects_nonpositive(bad, threads):
     assert cpu.get_num_threads() == before
 
 
+@pytest.mark.parametrize("bad", [257, 10_000, 2**31, 2**80])
+def test_set_num_threads_rejects_too_many(bad, threads):
+    # 10,000 threads would start 10,000 workers; 2**31 was a nanobind signature mismatch.
+    before = cpu.get_num_threads()
+    with pytest.raises(ValueError, match=r"\[1, 256\]"):
+        cpu.set_num_threads(bad)
+    assert cpu.get_num_threads() == before
+    cpu.set_num_threads(256)
+    assert cpu.get_num_threads() == 256
+
+
 def test_set_num_threads_rejects_non_integers():
     with pytest.raises(TypeError):
         cpu.set_num_threads(1.5)
@@ -309,6 +320,12 @@ def import_and_print_threads(env_value):
 def test_default_threads_from_environment():
     assert import_and_print_threads("3")[0] == 3
     assert import_and_print_threads("1")[0] == 1
+
+
+def test_too_many_threads_in_environment_warns_and_clamps():
+    n, stderr = import_and_print_threads("10000")
+    assert n == 256
+    assert "NEEDLE_NUM_THREADS" in stderr and "256" in stderr
 
 
 def test_default_threads_is_the_available_cores():

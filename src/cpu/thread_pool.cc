@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -35,16 +36,21 @@ constexpr int kPausesBeforeYield = 16;  // see Backoff in thread_pool.h
 // long once needle goes idle; polls yield, so other threads get the core meanwhile.
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(1000);
 
-int parse_env_threads(bool *invalid) {
+int parse_env_threads(bool *invalid, bool *clamped = nullptr) {
   *invalid = false;
+  if (clamped) *clamped = false;
   const char *env = std::getenv("NEEDLE_NUM_THREADS");
   if (!env || !*env) return 0;
   char *end = nullptr;
   long v = std::strtol(env, &end, 10);
   while (end && (*end == ' ' || *end == '\t' || *end == '\n')) ++end;
-  if (!end || *end != '\0' || v < 1 || v > 4096) {
+  if (!end || *end != '\0' || v < 1) {
     *invalid = true;
     return 0;
+  }
+  if (v > kMaxThreads) {  // strtol's overflow (LONG_MAX) included
+    if (clamped) *clamped = true;
+    return kMaxThreads;
   }
   return static_cast<int>(v);
 }
@@ -183,13 +189,19 @@ int ensure_initialised() {
 int default_num_threads() {
   bool invalid;
   int env = parse_env_threads(&invalid);
-  return env > 0 ? env : available_cores();
+  return env > 0 ? env : std::min(available_cores(), kMaxThreads);
 }
 
 bool num_threads_env_invalid() {
   bool invalid;
   parse_env_threads(&invalid);
   return invalid;
+}
+
+bool num_threads_env_clamped() {
+  bool invalid, clamped;
+  parse_env_threads(&invalid, &clamped);
+  return clamped;
 }
 
 int num_threads() { return ensure_initialised(); }

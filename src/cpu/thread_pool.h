@@ -18,14 +18,20 @@
 namespace needle {
 namespace cpu {
 
+// The most threads set_num_threads accepts (NEEDLE_NUM_THREADS above it is clamped to it).
+constexpr int kMaxThreads = 256;
+
 // Threads a parallel kernel may use: the caller plus num_threads() - 1 workers.
 int num_threads();
-// n >= 1 (checked by the binding). Workers are started lazily by the next parallel job.
+// 1 <= n <= kMaxThreads (checked by the binding). Workers are started lazily by the next parallel
+// job.
 void set_num_threads(int n);
 // NEEDLE_NUM_THREADS if it is a positive integer, else the cores this process may run on.
 int default_num_threads();
 // True when NEEDLE_NUM_THREADS is set but is not a positive integer (the binding warns).
 bool num_threads_env_invalid();
+// True when NEEDLE_NUM_THREADS is an integer above kMaxThreads (used as kMaxThreads).
+bool num_threads_env_clamped();
 
 using TaskFn = void (*)(void *context, int thread, int n_threads);
 

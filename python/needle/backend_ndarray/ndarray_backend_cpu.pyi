@@ -25,7 +25,7 @@ class Array(_primitive_stubs.Array):
 
 def set_num_threads(n: int) -> None:
     """
-    Use n >= 1 threads for large kernels (matmul, elementwise, reductions).
+    Use n threads (1 <= n <= 256) for large kernels (matmul, elementwise, reductions).
     """
 
 def get_num_threads() -> int:
