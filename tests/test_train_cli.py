@@ -110,9 +110,21 @@ def test_models_needing_downloaded_data_say_so(model, tmp_path):
         run(tmp_path, "--model", model, "--data-dir", str(tmp_path / "missing"))
 
 
-def test_mnist_data_dir_missing_files_are_named(tmp_path):
+def test_mnist_data_dir_missing_files_are_named(tmp_path, capsys):
+    assert run(tmp_path / "out", "--data-dir", str(tmp_path)) == 1
+    assert one_line_error(capsys, r"train-images-idx3-ubyte\.gz")
     with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\.gz"):
-        run(tmp_path, "--data-dir", str(tmp_path))
+        run(tmp_path / "out", "--data-dir", str(tmp_path), "--debug")
+
+
+def one_line_error(capsys, pattern):
+    """stderr is one line matching `pattern` (a user error's message, no traceback)."""
+    import re
+
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+    return True
 
 
 def write_cifar_batches(folder: Path):
@@ -123,7 +135,7 @@ def write_cifar_batches(folder: Path):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {
             b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
-            b"labels": list(rng.integers(0, 10, 8)),
+            b"labels": [int(label) for label in rng.integers(0, 10, 8)],
         }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
@@ -274,3 +286,194 @@ def test_trainer_calls_its_hooks_in_order():
         Trainer(model, ndl.nn.SoftmaxLoss(), hooks=[object()])
     with pytest.raises(ValueError, match="needs an optimizer"):
         Trainer(model, ndl.nn.SoftmaxLoss()).run_epoch(True, ndl.data.DataLoader(dataset, 4))
+
+
+# ---- divergence, user errors, damaged checkpoints (issue 13) ------------------------------------
+def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    assert run(tmp_path, epochs=1) == 0
+    good = (tmp_path / "checkpoint.npz").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path, "--lr", "1e30", epochs=2)
+    assert stop.value.code not in (0, None)
+    assert "diverged" in str(stop.value.code) and "\n" not in str(stop.value.code)
+    assert "train_loss nan" not in capsys.readouterr().out
+    assert (tmp_path / "checkpoint.npz").read_bytes() == good
+    json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
+
+
+def test_metrics_json_has_no_nan_literals(tmp_path):
+    cli.write_metrics(str(tmp_path), [{"epoch": 1, "train_loss": float("nan"), "x": np.inf}])
+    rows = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert rows == [{"epoch": 1, "train_loss": None, "x": None}]
+
+
+def test_trainer_stops_on_a_non_finite_loss_or_gradient():
+    from needle.apps.trainer import TrainingDiverged
+
+    x = np.ones((4, 3), dtype=np.float32)
+    x[0, 0] = np.nan
+    dataset = ndl.data.NDArrayDataset(x, np.arange(4) % 2)
+    model = ndl.nn.Linear(3, 2)
+    trainer = Trainer(
+        model,
+        ndl.nn.SoftmaxLoss(),
+        ndl.optim.SGD(model.parameters(), lr=0.1),
+        train_data=ndl.data.DataLoader(dataset, 4),
+        clip=1.0,
+    )
+    with pytest.raises(TrainingDiverged, match="nan"):
+        trainer.fit(1)
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--batch-size", "0"),
+        ("--batch-size", "-1"),
+        ("--epochs", "0"),
+        ("--epochs", "-2"),
+        ("--max-batches", "0"),
+        ("--max-batches", "-3"),
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--weight-decay", "-0.1"),
+        ("--epochs", "two"),
+    ],
+)
+def test_bad_flags_are_one_line_naming_the_flag(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--out", str(tmp_path), flag, value])
+    assert stop.value.code == 1
+    assert one_line_error(capsys, f"argument {flag}")
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--threads", "0"), ("--repeats", "0"), ("--sizes", "x")])
+def test_bench_bad_flags_are_one_line(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["bench", "--tiny", "--out", str(tmp_path), flag, value])
+    assert stop.value.code == 1
+    assert one_line_error(capsys, flag)
+
+
+def test_unwritable_out_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        run(blocker / "out")
+    assert stop.value.code != 0 and str(blocker) in str(stop.value.code)
+
+
+def test_damaged_mnist_data_is_one_line(tmp_path, capsys):
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
+        (tmp_path / name).write_text("not gzip")
+    assert run(tmp_path / "out", "--data-dir", str(tmp_path)) == 1
+    assert one_line_error(capsys, "needle train: ")
+
+
+def test_resume_with_another_models_checkpoint_says_so(tmp_path):
+    save_checkpoint(
+        str(tmp_path / "checkpoint.npz"), ndl.nn.Linear(2, 2), meta={"config": {"model": "resnet9"}}
+    )
+    with pytest.raises(SystemExit, match="holds a resnet9 model, not mlp-resnet"):
+        run(tmp_path, "--resume")
+
+
+def damage(path, key, value):
+    with np.load(path) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    arrays[key] = value(arrays[key])
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    "how,pattern",
+    [
+        ("text", "checkpoint.npz"),
+        ("truncated", "checkpoint.npz"),
+        ("no-meta", "no meta"),
+        ("nan", "NaN"),
+        ("complex", "complex"),
+    ],
+)
+def test_damaged_checkpoint_is_one_line(how, pattern, tmp_path, capsys):
+    assert run(tmp_path, epochs=1) == 0
+    path = tmp_path / "checkpoint.npz"
+    with np.load(path) as saved:
+        weight = next(k for k in saved.files if k.startswith("model/"))
+    if how == "text":
+        path.write_text("epoch 1\n")
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif how == "no-meta":
+        with np.load(path) as saved:
+            arrays = {k: saved[k] for k in saved.files if k != "meta"}
+        np.savez(path, **arrays)
+    elif how == "nan":
+        damage(path, weight, lambda w: np.full_like(w, np.nan))
+    else:
+        damage(path, weight, lambda w: w.astype(np.complex64))
+    capsys.readouterr()
+    try:
+        code = run(tmp_path, "--resume", epochs=2)
+        assert code == 1
+        assert one_line_error(capsys, pattern)
+    except SystemExit as stop:
+        assert stop.value.code not in (0, None) and pattern in str(stop.value.code)
+        assert "\n" not in str(stop.value.code)
+
+
+def test_resume_refuses_a_new_lr_or_weight_decay(tmp_path):
+    assert run(tmp_path, "--lr", "0.002", epochs=1) == 0
+    with pytest.raises(SystemExit, match="--lr"):
+        run(tmp_path, "--resume", "--lr", "0.01", epochs=2)
+    with pytest.raises(SystemExit, match="--weight-decay"):
+        run(tmp_path, "--resume", "--weight-decay", "0.5", epochs=2)
+    assert run(tmp_path, "--resume", epochs=2) == 0  # continues with the checkpoint's lr
+    with np.load(tmp_path / "checkpoint.npz") as saved:
+        assert json.loads(str(saved["meta"]))["config"]["lr"] == 0.002
+
+
+def test_orphan_checkpoint_temporaries_are_removed_and_the_directory_synced(tmp_path, monkeypatch):
+    from needle.apps import trainer
+
+    orphan = tmp_path / ".checkpoint.npz.999999999.tmp"
+    orphan.write_bytes(b"torn")
+    synced = []
+    real = trainer._fsync_directory
+    monkeypatch.setattr(trainer, "_fsync_directory", lambda d: (synced.append(d), real(d)))
+    assert run(tmp_path, epochs=1) == 0
+    assert not orphan.exists()
+    assert synced and all(Path(d) == tmp_path for d in synced)
+
+
+def test_interrupt_mid_epoch_then_resume_is_bit_exact(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    assert run(straight, epochs=3) == 0
+
+    original = Trainer.train_step
+    calls = {"n": 0}
+
+    def interrupt_mid_second_epoch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2, batch 2 of 4
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(Trainer, "train_step", interrupt_mid_second_epoch)
+    assert run(interrupted, epochs=3) == 130
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert run(interrupted, "--resume", epochs=3) == 0
+    assert history_without_times(interrupted) == history_without_times(straight)
+    with np.load(straight / "checkpoint.npz") as a, np.load(interrupted / "checkpoint.npz") as b:
+        for key in a.files:
+            if key != "meta":
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -28,7 +28,15 @@ import needle as ndl
 from needle import data, distributed, nn, optim
 from needle.apps import bench as benchmark
 from needle.apps.models import LanguageModel, MLPResNet, ResNet9
-from needle.apps.trainer import EpochResult, SequenceBatches, Trainer
+from needle.apps.trainer import (
+    CheckpointError,
+    EpochResult,
+    SequenceBatches,
+    Trainer,
+    TrainingDiverged,
+    read_checkpoint_meta,
+    remove_stale_temporaries,
+)
 
 MODELS = ("mlp-resnet", "resnet9", "lstm-lm", "transformer-lm")
 
@@ -52,9 +60,36 @@ DEFAULTS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit status 1, like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="needle", description="needle command line")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="needle", description="needle command line")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser(
         "train", help="train an example model", description=__doc__.split("\n\n")[0]
     )
@@ -72,11 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="MNIST .gz files, CIFAR-10 python batches or PTB text files that "
         "you downloaded; without it mlp-resnet uses the shipped MNIST split",
     )
-    train.add_argument("--epochs", type=int, default=None)
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--epochs", type=_positive_int, default=None)
+    train.add_argument("--batch-size", type=_positive_int, default=None)
+    train.add_argument("--lr", type=_nonnegative_float, default=None)
     train.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
-    train.add_argument("--weight-decay", type=float, default=None)
+    train.add_argument("--weight-decay", type=_nonnegative_float, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
     train.add_argument(
@@ -84,11 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--max-batches",
-        type=int,
+        type=_positive_int,
         default=None,
         help="stop each epoch after this many batches (quick trials)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--debug", action="store_true", help="tracebacks for errors")
     train.add_argument(
         "--distributed",
         action="store_true",
@@ -101,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=benchmark.__doc__.split("\n\n")[0],
     )
     benchmark.add_arguments(bench)
+    bench.add_argument("--debug", action="store_true", help="tracebacks for errors")
     return parser
 
 
@@ -265,9 +302,15 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float):
     return optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def write_metrics(out: str, history: list[dict]) -> None:
+    """metrics.json (strict JSON: a non-finite number is written as null) and metrics.csv."""
+    history = [{k: _finite_or_none(v) for k, v in row.items()} for row in history]
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(history, f, indent=2)
+        json.dump(history, f, indent=2, allow_nan=False)
     if history:
         with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(history[0]))
@@ -337,6 +380,18 @@ class RunLog:
         self.metric, self.primary = metric, primary
         self.checkpoint = os.path.join(out, "checkpoint.npz")
         self.history: list[dict] = []
+        self.snapshot: tuple[dict, dict] | None = None
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        # The state at the epoch boundary, which an interrupted epoch's checkpoint holds.
+        if self.primary:
+            self.snapshot = (trainer.model.state_dict(), trainer.opt.state_dict())
+
+    def rewind(self, trainer: Trainer) -> None:
+        """Back to the start of the unfinished epoch, so --resume repeats none of it."""
+        if self.snapshot is not None:
+            trainer.model.load_state_dict(self.snapshot[0])
+            trainer.opt.load_state_dict(self.snapshot[1])
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         row = _epoch_row(result, trainer.opt.lr, self.metric)
@@ -368,11 +423,6 @@ class RunLog:
     def resume(self, trainer: Trainer, model_name: str, epochs: int) -> int:
         """Load the checkpoint into the trainer and the schedule; returns its epoch."""
         meta = trainer.load(self.checkpoint)
-        if meta.get("config", {}).get("model") != model_name:
-            raise SystemExit(
-                f"needle train: {self.checkpoint} holds a "
-                f"{meta.get('config', {}).get('model')} model, not {model_name}"
-            )
         self.history = meta["history"]
         self.schedule.load_state_dict(meta["schedule"])
         # The cosine runs over this invocation's --epochs, which may differ from the first run's.
@@ -381,17 +431,59 @@ class RunLog:
         return meta["epoch"]
 
 
+def _resumed_config(args, checkpoint: str) -> dict:
+    """The checkpoint's config, checked against this invocation's flags: the model must be
+    the same, and --lr, --weight-decay and --optimizer, which the checkpoint's optimizer state
+    fixes, may only repeat what it holds."""
+    if not os.path.exists(checkpoint):
+        raise SystemExit(f"needle train: --resume, but there is no checkpoint at {checkpoint}")
+    config = read_checkpoint_meta(checkpoint).get("config")
+    if not isinstance(config, dict):
+        raise SystemExit(
+            f"needle train: {checkpoint} has no run config; it is not from needle train"
+        )
+    if config.get("model") != args.model:
+        raise SystemExit(
+            f"needle train: {checkpoint} holds a {config.get('model')} model, not {args.model}"
+        )
+    for flag, key in (
+        ("--lr", "lr"),
+        ("--weight-decay", "weight_decay"),
+        ("--optimizer", "optimizer"),
+    ):
+        given = getattr(args, key)
+        if given is not None and given != config.get(key):
+            raise SystemExit(
+                f"needle train: --resume continues with the checkpoint's {flag} "
+                f"{config.get(key)}; drop {flag} {given}, or train afresh in another --out"
+            )
+    return config
+
+
+def _prepare_out(out: str) -> None:
+    """Create --out, or stop with one line if it cannot be written."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"needle train: cannot create --out {out}: {error.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise SystemExit(f"needle train: --out {out} is not writable")
+
+
 def train(args) -> int:
     defaults = DEFAULTS[args.model]
-    epochs = args.epochs if args.epochs is not None else defaults.epochs
-    batch_size = args.batch_size or defaults.batch_size
-    lr = args.lr if args.lr is not None else defaults.lr
-    optimizer_name = args.optimizer or defaults.optimizer
-    weight_decay = args.weight_decay if args.weight_decay is not None else defaults.weight_decay
     out = args.out or os.path.join("runs", args.model)
     checkpoint = os.path.join(out, "checkpoint.npz")
-    if args.resume and not os.path.exists(checkpoint):
-        raise SystemExit(f"needle train: --resume, but there is no checkpoint at {checkpoint}")
+    resumed = _resumed_config(args, checkpoint) if args.resume else {}
+    epochs = args.epochs if args.epochs is not None else defaults.epochs
+    batch_size = args.batch_size or defaults.batch_size
+    lr = args.lr if args.lr is not None else resumed.get("lr", defaults.lr)
+    optimizer_name = args.optimizer or resumed.get("optimizer", defaults.optimizer)
+    weight_decay = (
+        args.weight_decay
+        if args.weight_decay is not None
+        else resumed.get("weight_decay", defaults.weight_decay)
+    )
     device = resolve_device(args.device)
     rank, world = 0, 1
     if args.distributed:
@@ -402,6 +494,9 @@ def train(args) -> int:
         rank, world = distributed.rank(), distributed.world_size()
     primary = rank == 0  # only rank 0 prints and writes files
     say = print if primary else (lambda *args, **kwargs: None)
+    if primary:
+        _prepare_out(out)
+        remove_stale_temporaries(checkpoint)  # left by a run killed while saving
 
     np.random.seed(args.seed)  # model initialisation
     task = build_task(args, device, batch_size, rank, world)
@@ -440,8 +535,6 @@ def train(args) -> int:
     if args.distributed:
         distributed.broadcast_parameters(task.model)  # every rank starts from rank 0's model
         source += f", {world} ranks x batch {batch_size}"
-    if primary:
-        os.makedirs(out, exist_ok=True)
 
     n_params = sum(int(np.prod(p.shape)) for p in task.model.parameters())
     say(
@@ -455,13 +548,24 @@ def train(args) -> int:
         # so --resume continues from a usable state.
         if not primary:
             return 130
+        log.rewind(trainer)
         log.save(trainer, interrupted=True)
         print(
-            f"\ninterrupted: checkpoint saved to {checkpoint} (after epoch {trainer.epoch}); "
-            f"continue with --resume",
+            f"\ninterrupted: checkpoint saved to {checkpoint} (the state after epoch "
+            f"{trainer.epoch}; the unfinished epoch is redone); continue with --resume",
             file=sys.stderr,
         )
         return 130
+    except TrainingDiverged as error:
+        where = (
+            f"{checkpoint} still holds epoch {trainer.epoch}"
+            if trainer.epoch > start_epoch or args.resume
+            else "this run saved no checkpoint"
+        )
+        raise SystemExit(
+            f"needle train: training diverged in epoch {trainer.epoch + 1}: {error}; stopped "
+            f"({where}); try a lower --lr"
+        ) from None
     if args.distributed:  # equal on every rank: the ranks trained one model
         print(f"parameter checksum: {distributed.parameter_checksum(task.model)}", flush=True)
     if not primary:
@@ -483,13 +587,22 @@ def train(args) -> int:
     return 0
 
 
+# What a user's data, checkpoint or files can raise; without --debug, one line and exit 1.
+USER_ERRORS = (CheckpointError, OSError, ValueError, EOFError, KeyError, IndexError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return train_distributed(args) if args.distributed else train(args)
-    if args.command == "bench":
+    try:
+        if args.command == "train":
+            return train_distributed(args) if args.distributed else train(args)
         return benchmark.run(args)
-    return 2
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"needle {args.command}: {type(error).__name__}: {message}", file=sys.stderr)
+        return 1
 
 
 def train_distributed(args) -> int:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import time
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -41,7 +43,22 @@ __all__ = [
     "detach_state",
     "save_checkpoint",
     "load_checkpoint",
+    "read_checkpoint_meta",
+    "remove_stale_temporaries",
+    "CheckpointError",
+    "TrainingDiverged",
 ]
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss or gradient became NaN or infinite: the run diverged (e.g. too high a learning
+    rate). The Trainer stops before any hook sees the epoch, so no checkpoint holds its state."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not one save_checkpoint wrote, or is damaged, or does not fit
+    the model; the message names the file."""
+
 
 HOOK_METHODS = (
     "on_epoch_start",
@@ -180,7 +197,9 @@ class Trainer:
         loss.backward()
         self._call("after_backward", self)
         if self.clip is not None:
-            clip_grad_norm(self.opt.params, self.clip)
+            norm = clip_grad_norm(self.opt.params, self.clip)
+            if not math.isfinite(norm):
+                raise TrainingDiverged(f"the gradients' norm became {norm}")
         self.opt.step()
         return logits, loss, state
 
@@ -198,12 +217,22 @@ class Trainer:
         total = len(data) if self.max_batches is None else min(len(data), self.max_batches)
         step = self.train_step if train else self.forward
         correct, total_loss, seen, state = 0, 0.0, 0, None
-        for x, y in _progress(itertools.islice(data, total), total, description):
+        for batch, (x, y) in enumerate(
+            _progress(itertools.islice(data, total), total, description), 1
+        ):
             logits, loss, state = step(x, y, state)
             count = y.shape[0]
             correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
-            total_loss += float(loss.numpy()) * count
+            value = float(loss.numpy())
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"the {'training' if train else 'validation'} loss became {value} "
+                    f"at batch {batch}"
+                )
+            total_loss += value * count
             seen += count
+        if train:
+            check_finite_parameters(self.model)
         totals = np.array([correct, total_loss, seen], dtype=np.float64)
         for hook in self.hooks:
             if hasattr(hook, "reduce_totals"):
@@ -247,6 +276,14 @@ class Trainer:
         return load_checkpoint(path, self.model, self.opt)
 
 
+def check_finite_parameters(model: nn.Module) -> None:
+    """Raise TrainingDiverged if a parameter holds NaN or infinity (a non-finite gradient
+    the loss has not shown yet)."""
+    for name, value in model.state_dict().items():
+        if not np.isfinite(value).all():
+            raise TrainingDiverged(f"parameter {name} became non-finite")
+
+
 # ---- checkpoints ----------------------------------------------------------------------------
 def _flatten_optimizer(state: dict[str, Any]) -> dict[str, np.ndarray]:
     arrays = {f"optim/hyper/{k}": np.asarray(v) for k, v in state["hyperparameters"].items()}
@@ -279,24 +316,133 @@ def save_checkpoint(path: str, model: nn.Module, opt=None, meta: dict | None = N
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in `directory` durable (POSIX; a no-op where directories can't be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Delete the temporary files save_checkpoint(path) left when its process was killed
+    mid-save (.NAME.PID.tmp of a process no longer running); returns their paths."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix) : -len(".tmp")]
+        if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
+            continue
+        if int(pid) != os.getpid() and _process_alive(int(pid)):
+            continue
+        try:
+            os.remove(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"{path} is not a needle checkpoint (not an .npz archive)")
+        with data:
+            return {k: data[k] for k in data.files}
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise CheckpointError(f"{path} is damaged or not a needle checkpoint ({error})") from None
+
+
+def _meta_of(path: str, arrays: dict[str, np.ndarray]) -> dict:
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path} is not a needle checkpoint (it has no meta record)")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except ValueError as error:
+        raise CheckpointError(f"{path} has a damaged meta record ({error})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has a damaged meta record (not a JSON object)")
+    return meta
+
+
+def read_checkpoint_meta(path: str) -> dict:
+    """The meta dict of a checkpoint, without loading it into a model."""
+    return _meta_of(path, _read_arrays(path))
 
 
 def load_checkpoint(path: str, model: nn.Module, opt=None) -> dict:
-    """Restore what save_checkpoint wrote into `model` (and `opt`); returns the meta dict."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    model.load_state_dict(
-        {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
-    )
-    if opt is not None:
-        opt.load_state_dict(
-            _unflatten_optimizer({k: v for k, v in arrays.items() if k.startswith("optim/")})
+    """Restore what save_checkpoint wrote into `model` (and `opt`); returns the meta dict.
+    Raises CheckpointError, naming the file, for a damaged checkpoint, one of another model,
+    or weights that are not finite real numbers."""
+    arrays = _read_arrays(path)
+    meta = _meta_of(path, arrays)
+    weights = {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit this model: {len(missing)} of its tensors missing, "
+            f"{len(unexpected)} unknown" + (f" (e.g. {(missing or unexpected)[0]})")
         )
-    return json.loads(str(arrays["meta"]))
+    for name, value in weights.items():
+        if value.dtype.kind not in "fiu":
+            raise CheckpointError(f"{path}: {name} holds {value.dtype} values, not real numbers")
+        if value.shape != own[name].shape:
+            raise CheckpointError(
+                f"{path}: {name} has shape {value.shape}, the model {own[name].shape}"
+            )
+        if not np.isfinite(value).all():
+            raise CheckpointError(f"{path}: {name} holds NaN or infinite values")
+    optim_arrays = {k: v for k, v in arrays.items() if k.startswith("optim/")}
+    for name, value in optim_arrays.items():
+        if value.dtype.kind not in "fiub" or not np.isfinite(value.astype(np.float64)).all():
+            raise CheckpointError(f"{path}: {name} is not finite real numbers")
+    model.load_state_dict(weights)
+    if opt is not None:
+        try:
+            opt.load_state_dict(_unflatten_optimizer(optim_arrays))
+        except (KeyError, ValueError, IndexError) as error:
+            raise CheckpointError(
+                f"{path} holds optimizer state that does not fit ({error})"
+            ) from None
+    return meta

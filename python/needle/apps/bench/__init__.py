@@ -45,6 +45,22 @@ from needle.apps.bench.workloads import PRESETS, WORKLOADS, build_workloads
 SCHEMA = "needle-bench/1"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _sizes(text: str) -> str:
+    for size in text.split(","):
+        _positive_int(size)
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`needle bench`'s options (cli.py adds them to its `bench` subcommand)."""
     parser.add_argument(
@@ -59,7 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: every available needle and PyTorch device)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="threads for every library (default: all cores)"
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="threads for every library (default: all cores)",
     )
     parser.add_argument(
         "--out", default=os.path.join("runs", "bench"), help="output folder (default: runs/bench)"
@@ -70,10 +89,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated subset of {', '.join(WORKLOADS)}",
     )
     parser.add_argument(
-        "--sizes", default=None, help="square matmul sizes, comma-separated (overrides the preset)"
+        "--sizes",
+        type=_sizes,
+        default=None,
+        help="square matmul sizes, comma-separated (overrides the preset)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="repeats per measurement (overrides the preset)"
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help="repeats per measurement (overrides the preset)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # Test budget: tiny arrays and models, so the whole pipeline runs in seconds.
