@@ -358,12 +358,17 @@ def test_bench_bad_flags_are_one_line(flag, value, tmp_path, capsys):
     assert one_line_error(capsys, flag)
 
 
-def test_unwritable_out_is_one_line(tmp_path):
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_unwritable_out_is_one_line(command, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(SystemExit) as stop:
-        run(blocker / "out")
+        if command == "train":
+            run(blocker / "out")
+        else:
+            cli.main(["bench", "--tiny", "--workloads", "matmul", "--out", str(blocker / "out")])
     assert stop.value.code != 0 and str(blocker) in str(stop.value.code)
+    assert "needle bench (tiny)" not in capsys.readouterr().out  # stopped before measuring
 
 
 def test_damaged_mnist_data_is_one_line(tmp_path, capsys):

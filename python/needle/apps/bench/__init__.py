@@ -108,8 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _as_argv(args: argparse.Namespace) -> list[str]:
     """The options of `args` as command-line arguments, for the re-executed process."""
     argv = []
-    for flag in ("quick", "no_progress", "tiny"):
-        if getattr(args, flag):
+    for flag in ("quick", "no_progress", "tiny", "debug"):
+        if getattr(args, flag, False):
             argv.append("--" + flag.replace("_", "-"))
     for option in ("devices", "threads", "out", "workloads", "sizes", "repeats"):
         value = getattr(args, option)
@@ -123,6 +123,12 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or os.cpu_count() or 1
     if threads < 1:
         raise SystemExit("needle bench: --threads must be at least 1")
+    try:  # before measuring, so an unwritable --out does not cost a whole run
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(
+            f"needle bench: cannot create --out {args.out}: {error.strerror}"
+        ) from None
     if not threads_pinned(threads):
         # NumPy's BLAS took its thread count from the environment when it loaded: run the
         # benchmark in a fresh process whose environment gives every library `threads`.
