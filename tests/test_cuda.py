@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 import pytest
-from backends.cases import Backend, cases, matmul_tol, reference, scatter_add_tol
+from backends.cases import Backend, bad_views, cases, matmul_tol, reference, scatter_add_tol
 from cuda_emulation import harness
 from primitive_calls import Out, call, read, to_array
 
@@ -673,23 +673,6 @@ def test_gpu_ndarray_on_cuda_matches_numpy(rng):
 
 def test_host_table_checks_views_against_buffers(emulated):
     # The host table raises before a kernel reads or writes outside a buffer (issue 13).
-    a, out = emulated.Array(6, "float32"), emulated.Array(6, "float32")
-    bad = [
-        lambda: emulated.compact(a, out, [7], [1], 0),
-        lambda: emulated.compact(a, out, [3], [1], 4),
-        lambda: emulated.compact(a, out, [3], [-1], 1),
-        lambda: emulated.compact(a, out, [2, 2], [2**62, 1], 0),
-        lambda: emulated.compact(a, emulated.Array(2, "float32"), [3], [1], 0),
-        lambda: emulated.ewise_setitem(a, out, [4], [2], 0),
-        lambda: emulated.ewise_setitem(emulated.Array(2, "float32"), out, [3], [1], 0),
-        lambda: emulated.scalar_setitem(3, 1.0, out, [3], [3], 0),
-        lambda: emulated.scalar_setitem(5, 1.0, out, [3], [1], 0),
-        lambda: emulated.matmul_strided(a, a, out, 1, 2, 3, 2, 1, [0, 3, 1], 0, [0, 2, 1]),
-        lambda: emulated.matmul_strided(a, a, out, 2, 1, 3, 2, 0, [0, 3, 1], 0, [6, 2, 1]),
-        lambda: emulated.matmul_strided(a, a, out, 1, 3, 2, 3, 0, [0, 2, 1], 0, [0, 3, 1]),
-        lambda: emulated.matmul(a, a, out, 3, 3, 3),
-    ]
-    for call_ in bad:
+    for name, args in bad_views(emulated):
         with pytest.raises(ValueError, match=r"buffer|elements|view"):
-            call_()
-    emulated.compact(a, out, [3], [-2], 5)  # in bounds: fine
+            getattr(emulated, name)(*args)

@@ -677,3 +677,25 @@ def implementations(mod, prim) -> Iterator[tuple[str, Callable]]:
         yield "own", own
     if prim.fallback is not None:
         yield "fallback", lambda **kwargs: prim.fallback(mod, **kwargs)
+
+
+def bad_views(mod) -> list[tuple[str, tuple]]:
+    """(primitive, arguments) of `mod` whose view reaches outside a 6-element buffer (or does
+    not fit the other operand): each must raise, not read or write past the buffer."""
+    a, out, small = mod.Array(6, "float32"), mod.Array(6, "float32"), mod.Array(2, "float32")
+    return [
+        ("compact", (a, out, [7], [1], 0)),
+        ("compact", (a, out, [3], [1], 4)),
+        ("compact", (a, out, [3], [-1], 1)),
+        ("compact", (a, out, [2, 2], [2**62, 1], 0)),
+        ("compact", (a, out, [3, 2], [1], 0)),
+        ("compact", (a, small, [3], [1], 0)),
+        ("ewise_setitem", (a, out, [4], [2], 0)),
+        ("ewise_setitem", (small, out, [3], [1], 0)),
+        ("scalar_setitem", (3, 1.0, out, [3], [3], 0)),
+        ("scalar_setitem", (5, 1.0, out, [3], [1], 0)),
+        ("matmul_strided", (a, a, out, 1, 2, 3, 2, 1, [0, 3, 1], 0, [0, 2, 1])),
+        ("matmul_strided", (a, a, out, 2, 1, 3, 2, 0, [0, 3, 1], 0, [6, 2, 1])),
+        ("matmul_strided", (a, a, out, 1, 3, 2, 3, 0, [0, 2, 1], 0, [0, 3, 1])),
+        ("matmul", (a, a, out, 3, 3, 3)),
+    ]
