@@ -1,6 +1,7 @@
 """`needle train` end to end (tiny budgets), checkpoints, resume, Ctrl-C and the apps/ layout."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,11 +120,8 @@ def test_mnist_data_dir_missing_files_are_named(tmp_path, capsys):
 
 def one_line_error(capsys, pattern):
     """stderr is one line matching `pattern` (a user error's message, no traceback)."""
-    import re
-
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert re.search(pattern, err), err
+    assert len(err.splitlines()) == 1 and re.search(pattern, err), err
     return True
 
 
@@ -326,36 +324,20 @@ def test_trainer_stops_on_a_non_finite_loss_or_gradient():
         trainer.fit(1)
 
 
+TRAIN_FLAGS = "--batch-size 0,--batch-size -1,--epochs 0,--epochs -2,--max-batches 0,--lr -1"
+BAD_FLAGS = f"{TRAIN_FLAGS},--max-batches -3,--lr nan,--lr inf,--weight-decay -0.1,--epochs two"
+
+
 @pytest.mark.parametrize(
-    "flag,value",
-    [
-        ("--batch-size", "0"),
-        ("--batch-size", "-1"),
-        ("--epochs", "0"),
-        ("--epochs", "-2"),
-        ("--max-batches", "0"),
-        ("--max-batches", "-3"),
-        ("--lr", "-1"),
-        ("--lr", "nan"),
-        ("--lr", "inf"),
-        ("--weight-decay", "-0.1"),
-        ("--epochs", "two"),
-    ],
+    "command,flag",
+    [("train", f) for f in BAD_FLAGS.split(",")]
+    + [("bench", f) for f in ("--threads 0", "--repeats 0", "--sizes x")],
 )
-def test_bad_flags_are_one_line_naming_the_flag(flag, value, tmp_path, capsys):
+def test_bad_flags_are_one_line_naming_the_flag(command, flag, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        cli.main(["train", "--out", str(tmp_path), flag, value])
-    assert stop.value.code == 1
-    assert one_line_error(capsys, f"argument {flag}")
-    assert not (tmp_path / "checkpoint.npz").exists()
-
-
-@pytest.mark.parametrize("flag,value", [("--threads", "0"), ("--repeats", "0"), ("--sizes", "x")])
-def test_bench_bad_flags_are_one_line(flag, value, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        cli.main(["bench", "--tiny", "--out", str(tmp_path), flag, value])
-    assert stop.value.code == 1
-    assert one_line_error(capsys, flag)
+        cli.main([command, "--out", str(tmp_path), *flag.split()])
+    assert stop.value.code == 1 and one_line_error(capsys, f"argument {flag.split()[0]}")
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("command", ["train", "bench"])
@@ -372,13 +354,8 @@ def test_unwritable_out_is_one_line(command, tmp_path, capsys):
 
 
 def test_damaged_mnist_data_is_one_line(tmp_path, capsys):
-    for name in (
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-    ):
-        (tmp_path / name).write_text("not gzip")
+    for name in ["train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"]:
+        (tmp_path / f"{name}-ubyte.gz").write_text("not gzip")
     assert run(tmp_path / "out", "--data-dir", str(tmp_path)) == 1
     assert one_line_error(capsys, "needle train: ")
 
@@ -391,48 +368,23 @@ def test_resume_with_another_models_checkpoint_says_so(tmp_path):
         run(tmp_path, "--resume")
 
 
-def damage(path, key, value):
-    with np.load(path) as saved:
-        arrays = {k: saved[k] for k in saved.files}
-    arrays[key] = value(arrays[key])
-    np.savez(path, **arrays)
-
-
 @pytest.mark.parametrize(
     "how,pattern",
-    [
-        ("text", "checkpoint.npz"),
-        ("truncated", "checkpoint.npz"),
-        ("no-meta", "no meta"),
-        ("nan", "NaN"),
-        ("complex", "complex"),
-    ],
+    [("text", "npz"), ("cut", "npz"), ("meta", "no meta"), ("nan", "NaN"), ("j", "complex")],
 )
 def test_damaged_checkpoint_is_one_line(how, pattern, tmp_path, capsys):
     assert run(tmp_path, epochs=1) == 0
     path = tmp_path / "checkpoint.npz"
     with np.load(path) as saved:
-        weight = next(k for k in saved.files if k.startswith("model/"))
-    if how == "text":
-        path.write_text("epoch 1\n")
-    elif how == "truncated":
-        path.write_bytes(path.read_bytes()[:1000])
-    elif how == "no-meta":
-        with np.load(path) as saved:
-            arrays = {k: saved[k] for k in saved.files if k != "meta"}
-        np.savez(path, **arrays)
-    elif how == "nan":
-        damage(path, weight, lambda w: np.full_like(w, np.nan))
-    else:
-        damage(path, weight, lambda w: w.astype(np.complex64))
+        arrays = {k: saved[k] for k in saved.files}
+    weight = next(k for k in arrays if k.startswith("model/"))
+    if how in ("nan", "j"):
+        arrays[weight] = arrays[weight] * (np.nan if how == "nan" else 1j)
+    np.savez(path, **{k: v for k, v in arrays.items() if k != how})
+    if how in ("text", "cut"):
+        path.write_bytes(b"epoch 1\n" if how == "text" else path.read_bytes()[:1000])
     capsys.readouterr()
-    try:
-        code = run(tmp_path, "--resume", epochs=2)
-        assert code == 1
-        assert one_line_error(capsys, pattern)
-    except SystemExit as stop:
-        assert stop.value.code not in (0, None) and pattern in str(stop.value.code)
-        assert "\n" not in str(stop.value.code)
+    assert run(tmp_path, "--resume", epochs=2) == 1 and one_line_error(capsys, pattern)
 
 
 def test_resume_refuses_a_new_lr_or_weight_decay(tmp_path):

@@ -8,7 +8,8 @@
     needle bench --quick                      needle's devices against PyTorch (needle.apps.bench)
 
 It writes, in --out: checkpoint.npz (model and optimizer state, saved atomically after every
-epoch and on Ctrl-C), metrics.json and metrics.csv (one row per epoch) and curves.png.
+epoch; Ctrl-C saves the state of the last whole epoch), metrics.json and metrics.csv (one row
+per epoch) and curves.png. User errors and diverged runs: one line, exit 1 (--debug: traceback).
 """
 
 from __future__ import annotations
@@ -613,6 +614,10 @@ def train_distributed(args) -> int:
     except SystemExit as stop:
         if stop.code not in (None, 0) and distributed.available() and distributed.world_size() > 1:
             distributed.abort(1, f"rank {distributed.rank()} stopped: {stop.code}")
+        raise
+    except USER_ERRORS as error:  # main() would print it and return: stop the other ranks too
+        if distributed.available() and distributed.world_size() > 1:
+            distributed.abort(1, f"rank {distributed.rank()} stopped: {error}")
         raise
 
 

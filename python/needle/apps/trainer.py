@@ -20,6 +20,7 @@ were given, at these points:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -331,16 +332,12 @@ def save_checkpoint(path: str, model: nn.Module, opt=None, meta: dict | None = N
 
 def _fsync_directory(directory: str) -> None:
     """Make a rename in `directory` durable (POSIX; a no-op where directories can't be opened)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_stale_temporaries(path: str) -> list[str]:
@@ -359,11 +356,9 @@ def remove_stale_temporaries(path: str) -> list[str]:
             continue
         if int(pid) != os.getpid() and _process_alive(int(pid)):
             continue
-        try:
+        with contextlib.suppress(OSError):
             os.remove(os.path.join(directory, name))
             removed.append(os.path.join(directory, name))
-        except OSError:
-            pass
     return removed
 
 
@@ -372,8 +367,8 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True
+    except OSError:  # e.g. another user's process
+        pass
     return True
 
 
