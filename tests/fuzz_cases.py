@@ -1,23 +1,15 @@
-"""Random cases over the public NDArray/Tensor API, each checked against NumPy (issue 13).
+"""Random cases of the public NDArray/Tensor API, each checked against NumPy (issue 13).
 
-Case ``index`` of ``seed`` is deterministic: ``describe(seed, index)`` names it and
-``check(seed, index)`` runs it, returning None when needle agrees with NumPy and a message
-when it does not. tests/test_fuzz.py runs chunks of cases in worker subprocesses through
-
-    python tests/fuzz_cases.py SEED START STOP
-
-which prints ``start <i>`` before case i and ``mismatch <i> <message>`` for each
-disagreement, so a crash (a signal, a non-zero exit) names the case that caused it.
-Reproduce one case with ``python tests/fuzz_cases.py SEED I I+1 -v``.
-
-A case: an array made from NumPy (float32/float64, up to 4-d, 0-size and 0-d included,
-special values NaN, +-inf, 0, -0 and huge ones mixed in) on cpu or cpu_numpy, a chain of
-views (reshape, permute, broadcast_to, slicing with any step, integer indexing, flip,
-compact, as_strided), then one operation: none (the view itself), unary, binary with an
-array or a scalar (arithmetic, **, maximum, comparisons), sum/max over axes, matmul,
-setitem, or a Tensor op with backward against a NumPy gradient. Layout results are compared
-bit for bit; arithmetic ones NaN-aware, with float tolerances scaled to the dtype. An error
-agrees when NumPy raises too and needle raises ValueError, IndexError or TypeError.
+Case ``index`` of ``seed`` is deterministic: ``describe`` names it, ``check`` runs it (None
+when needle agrees with NumPy, else a message). ``python tests/fuzz_cases.py SEED START
+STOP [-v]`` runs cases, printing ``start <i>`` before each and ``mismatch <i> <message>``,
+so a crash names its case. A case: an array from NumPy (float32/64, up to 4-d, 0-size, 0-d,
+NaN, +-inf, +-0, huge values) on cpu or cpu_numpy; views (reshape, permute, broadcast_to,
+slices with any step, ints, flip, compact, as_strided); then nothing, a unary op, a binary
+one with an array or a scalar (arithmetic, **, maximum, comparisons), sum/max, matmul,
+setitem, or a Tensor op with backward. Layouts compare bit for bit, arithmetic NaN-aware
+within dtype tolerances; an error agrees when NumPy raises too and needle raises ValueError,
+IndexError or TypeError.
 """
 
 from __future__ import annotations
@@ -64,8 +56,8 @@ def _shape(rng, ndim=None, lo=0, hi=4) -> tuple[int, ...]:
     return tuple(max(int(rng.choice(sizes)), lo) if rng.random() < 0.95 else 0 for _ in range(ndim))
 
 
-# ---- views: each returns (needle_view, numpy_view, description) -----------------------------
-def _view(rng, a, x):
+# ---- views: each is (needle view of a, NumPy view of x, description) ------------------------
+def _view(rng, x):
     kind = rng.choice(
         ["reshape", "permute", "broadcast", "slice", "int", "flip", "compact", "strided"]
     )
@@ -75,12 +67,12 @@ def _view(rng, a, x):
             shape = list(shape)
             shape[int(rng.integers(len(shape)))] = -1
         shape = tuple(shape)
-        return lambda: a.reshape(shape), lambda: x.reshape(shape), f"reshape{shape}"
+        return lambda a: a.reshape(shape), lambda: x.reshape(shape), f"reshape{shape}"
     if kind == "permute":
         axes = tuple(int(i) for i in rng.permutation(x.ndim))
         if rng.random() < 0.1 and x.ndim:
             axes = axes[:-1] + (axes[0],)
-        return lambda: a.permute(axes), lambda: x.transpose(axes), f"permute{axes}"
+        return lambda a: a.permute(axes), lambda: x.transpose(axes), f"permute{axes}"
     if kind == "broadcast":
         shape = tuple(
             int(rng.choice([1, 2, 3])) if d == 1 and rng.random() < 0.7 else d for d in x.shape
@@ -89,23 +81,22 @@ def _view(rng, a, x):
         if rng.random() < 0.1:
             shape = _shape(rng)
         return (
-            lambda: a.broadcast_to(shape),
+            lambda a: a.broadcast_to(shape),
             lambda: np.broadcast_to(x, shape),
             f"broadcast_to{shape}",
         )
     if kind in ("slice", "int"):
         idx = _index(rng, x.shape, ints=kind == "int")
-        return lambda: a[idx], lambda: x[idx], f"[{_fmt_index(idx)}]"
+        return lambda a: a[idx], lambda: x[idx], f"[{_fmt_index(idx)}]"
     if kind == "flip":
         axes = tuple(sorted({int(i) for i in rng.integers(0, max(x.ndim, 1), size=2)}))
         if not x.ndim:
             axes = ()
-        return lambda: a.flip(axes), lambda: np.flip(x, axes), f"flip{axes}"
+        return lambda a: a.flip(axes), lambda: np.flip(x, axes), f"flip{axes}"
     if kind == "compact":
-        return lambda: a.compact(), lambda: x, "compact()"
+        return lambda a: a.compact(), lambda: x, "compact()"
     # as_strided: a valid view over a 1-d copy, starting inside it, or one reaching outside
     n = x.size
-    flat_a = lambda: a.compact().reshape((n,))[int(start) :]  # noqa: E731
     start = int(rng.integers(0, n)) if n else 0
     ndim = int(rng.integers(0, 4))
     shape = tuple(int(rng.integers(0, 4)) for _ in range(ndim))
@@ -128,33 +119,23 @@ def _view(rng, a, x):
     if not n:
         shape, strides = (0,), (1,)
     return (
-        lambda: flat_a().as_strided(shape, strides),
+        lambda a: a.compact().reshape((n,))[start:].as_strided(shape, strides),
         numpy_view,
         f"flat[{start}:].as_strided({shape}, {strides})",
     )
 
 
 def _factor(rng, n):
+    """A random shape of n elements, up to 4-d."""
     if n == 0:
-        dims = [int(rng.choice([1, 2, 3])) for _ in range(int(rng.integers(0, 3)))]
-        return tuple(dims) + (0,) if rng.random() < 0.5 else (0,) + tuple(dims)
+        dims = [int(rng.integers(1, 4)) for _ in range(int(rng.integers(0, 3)))]
+        dims.insert(int(rng.integers(0, len(dims) + 1)), 0)
+        return tuple(dims)
     dims = []
-    for p in (2, 3, 5, 7):
-        while n % p == 0:
-            dims.append(p)
-            n //= p
-    if n > 1:
-        dims.append(n)
-    rng.shuffle(dims)
-    out = []
-    for d in dims:
-        if out and rng.random() < 0.4:
-            out[-1] *= d
-        else:
-            out.append(d)
-    for _ in range(int(rng.integers(0, 2))):
-        out.insert(int(rng.integers(0, len(out) + 1)), 1)
-    return tuple(out)
+    for _ in range(int(rng.integers(0, 4))):
+        dims.append(int(rng.choice([k for k in range(1, n + 1) if n % k == 0])))
+        n //= dims[-1]
+    return (*dims, n)
 
 
 def _index(rng, shape, ints):
@@ -175,17 +156,14 @@ def _index(rng, shape, ints):
 
 
 def _fmt_index(idx):
-    items = idx if isinstance(idx, tuple) else (idx,)
-    out = []
-    for i in items:
+    def one(i):
         if isinstance(i, slice):
-            parts = ["" if v is None else str(v) for v in (i.start, i.stop, i.step)]
-            out.append(":".join(parts))
-        elif i is Ellipsis:
-            out.append("...")
-        else:
-            out.append(str(i))
-    return ", ".join(out) + ("," if not isinstance(idx, tuple) else "")
+            return ":".join("" if v is None else str(v) for v in (i.start, i.stop, i.step))
+        return "..." if i is Ellipsis else str(i)
+
+    return ", ".join(map(one, idx if isinstance(idx, tuple) else (idx,))) + (
+        "" if isinstance(idx, tuple) else ","
+    )
 
 
 # ---- comparison -----------------------------------------------------------------------------
@@ -284,66 +262,30 @@ def _case(seed: int, index: int):
     special = 0.0 if rng.random() < 0.5 else 1.0
     x = _values(rng, _shape(rng), dtype, special, huge=op != "reduce")
     desc = [f"{device.name} {np.dtype(dtype).name} x{x.shape}"]
-    n_views = int(rng.integers(0, 3))
-
     # The NumPy side of each view is computed now (the next view's choices depend on its
-    # shape); the needle side when the case runs, over a _Deferred standing for its input.
-    steps = []
-    cur = x
-    for _ in range(n_views):
-        na_fn_holder = {}
-        na_fn, np_fn, d = _view(rng, _Deferred(na_fn_holder), cur)
-        try:
-            nxt = np_fn()
-        except Exception:
-            steps.append((na_fn, na_fn_holder, np_fn, d))
-            cur = None
+    # shape), the needle side when the case runs.
+    steps, want = [], x
+    for _ in range(int(rng.integers(0, 3))):
+        na_fn, np_fn, d = _view(rng, want)
+        steps.append(na_fn)
+        desc.append(d)
+        want = _np_attempt(np_fn)
+        if isinstance(want, Exception):
             break
-        steps.append((na_fn, na_fn_holder, np_fn, d))
-        cur = nxt
-    desc += [s[3] for s in steps]
-
-    def make_views():
-        """(needle view or exception, numpy view or exception)"""
-        a = NDArray(x, device=device, dtype=np.dtype(dtype).name)
-        want = x
-        for na_fn, holder, np_fn, _ in steps:
-            holder["a"] = a
-            try:
-                want = np_fn()
-            except Exception as error:
-                want = error
-            try:
-                a = na_fn()
-            except NEEDLE_ERRORS as error:
-                a = error
-            if isinstance(a, Exception) or isinstance(want, Exception):
-                return a, want
-        return a, want
-
-    final, final_desc = _final(rng, op, cur, dtype, special)
+    final, final_desc = _final(rng, op, want, dtype, special)
     desc.append(final_desc)
 
     def run():
-        a, want = make_views()
+        a = NDArray(x, device=device, dtype=np.dtype(dtype).name)
+        for na_fn in steps:
+            a = _attempt(lambda: na_fn(a))
+            if isinstance(a, Exception):
+                break
         if isinstance(a, Exception) or isinstance(want, Exception):
             return _errors(a, want)
         return final(a, want)
 
     return " | ".join(desc), run
-
-
-class _Deferred:
-    """Stands for the needle array a view applies to, resolved when the case runs."""
-
-    def __init__(self, holder):
-        object.__setattr__(self, "_holder", holder)
-
-    def __getattr__(self, name):
-        return getattr(self._holder["a"], name)
-
-    def __getitem__(self, idx):
-        return self._holder["a"][idx]
 
 
 def _errors(got, want) -> str | None:
@@ -375,7 +317,7 @@ def _np_attempt(fn):
 def _final(rng, op, cur, dtype, special):
     """(check(a, x) -> message or None, description) for the op applied to view a (x in NumPy)."""
     eps = _eps(dtype)
-    shape = cur.shape if cur is not None else ()
+    shape = cur.shape if isinstance(cur, np.ndarray) else ()
     if op == "none":
         return lambda a, x: _exact(a.numpy(), np.asarray(x)), "view"
     if op == "unary":
