@@ -411,23 +411,24 @@ def test_orphan_checkpoint_temporaries_are_removed_and_the_directory_synced(tmp_
     assert synced and all(Path(d) == tmp_path for d in synced)
 
 
-def test_interrupt_mid_epoch_then_resume_is_bit_exact(tmp_path, monkeypatch):
+# Ctrl-C in epoch 1 batch 2, epoch 2 batch 2 and 4, and while epoch 2's metrics are written.
+@pytest.mark.parametrize("where,at", [(Trainer, 2), (Trainer, 6), (Trainer, 8), (cli, 2)])
+def test_interrupt_mid_epoch_then_resume_is_bit_exact(where, at, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     assert run(straight, epochs=3) == 0
+    name = "train_step" if where is Trainer else "write_metrics"
+    original, calls = getattr(where, name), {"n": 0}
 
-    original = Trainer.train_step
-    calls = {"n": 0}
-
-    def interrupt_mid_second_epoch(self, *args, **kwargs):
+    def interrupt(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 6:  # epoch 2, batch 2 of 4
+        if calls["n"] == at:
             raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(Trainer, "train_step", interrupt_mid_second_epoch)
+    monkeypatch.setattr(where, name, interrupt)
     assert run(interrupted, epochs=3) == 130
-    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.setattr(where, name, original)
     assert run(interrupted, "--resume", epochs=3) == 0
     assert history_without_times(interrupted) == history_without_times(straight)
     with np.load(straight / "checkpoint.npz") as a, np.load(interrupted / "checkpoint.npz") as b:

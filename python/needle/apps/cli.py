@@ -395,6 +395,7 @@ class RunLog:
             trainer.opt.load_state_dict(self.snapshot[1])
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        self.snapshot = None  # the epoch is whole: an interrupt from here on saves it
         row = _epoch_row(result, trainer.opt.lr, self.metric)
         self.history.append(row)
         self.schedule.step()
