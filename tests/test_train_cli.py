@@ -370,7 +370,13 @@ def test_resume_with_another_models_checkpoint_says_so(tmp_path):
 
 @pytest.mark.parametrize(
     "how,pattern",
-    [("text", "npz"), ("cut", "npz"), ("meta", "no meta"), ("nan", "NaN"), ("j", "complex")],
+    [
+        ("text", "not an .npz"),
+        ("cut", "npz"),
+        ("meta", "no meta"),
+        ("nan", "NaN"),
+        ("j", "complex"),
+    ],
 )
 def test_damaged_checkpoint_is_one_line(how, pattern, tmp_path, capsys):
     assert run(tmp_path, epochs=1) == 0

@@ -376,7 +376,7 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        data = np.load(path, allow_pickle=False)
+        data = np.load(path, allow_pickle=False) if zipfile.is_zipfile(path) else None
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise CheckpointError(f"{path} is not a needle checkpoint (not an .npz archive)")
         with data:
