@@ -344,11 +344,16 @@ def _final(rng, op, cur, dtype, special):
             b = NDArray(y, device=a.device, dtype=np.dtype(other_dtype).name)
             left, right, lx, rx = (b, a, y, x) if swap else (a, b, x, y)
             got = _attempt(lambda: na_fn(left, right))
+            shape = None  # NumPy's power takes sqrt for a broadcast (or 0-d) exponent of 0.5
+            if name == "**":  # (-inf ** 0.5 is NaN), pow otherwise (+inf): give it full arrays
+                shape, (lx, rx) = _full(lx, rx)
             want = _np_attempt(lambda: np_fn(lx, rx))
             if isinstance(got, Exception) or isinstance(want, Exception):
                 return _errors(got, want)
             if name in COMPARISONS:
                 want = want.astype(got.dtype)
+            if shape is not None:
+                want = want.reshape(shape)
             tol = 4 * _eps(want.dtype) if name not in COMPARISONS else 0.0
             return _close(got.numpy(), want, 0.0, tol)
 
@@ -456,6 +461,16 @@ def _np_ndim(x, idx):
         return np.ndim(x[idx])
     except IndexError:
         return -1
+
+
+def _full(x, y):
+    """(broadcast shape, x and y as 1-d copies of it), or (None, (x, y)) when they do not
+    broadcast."""
+    try:
+        shape = np.broadcast_shapes(x.shape, y.shape)
+    except ValueError:
+        return None, (x, y)
+    return shape, tuple(np.broadcast_to(v, shape).reshape(-1).copy() for v in (x, y))
 
 
 def _broadcastable(rng, shape):
