@@ -1135,3 +1135,12 @@ def test_make_checks_the_view_a_caller_gives(device):
     assert nd.NDArray.make((0,), handle=handle, device=device, offset=100).size == 0
     fresh = nd.NDArray.make((2, 2), device=device)
     assert fresh.shape == (2, 2) and fresh.is_compact()
+
+
+def test_max_over_a_zero_size_axis_raises_even_when_the_result_is_empty(device):
+    # NumPy: "zero-size array to reduction operation maximum which has no identity" for
+    # shape (0, 0, 2) over axis 0 as for (0, 2); found by tests/test_fuzz.py (issue 13).
+    x = nd.NDArray(np.zeros((0, 0, 2)), device=device)
+    with pytest.raises(ValueError, match="zero-size axis"):
+        x.max(axis=0)
+    assert x.sum(axis=0).shape == (0, 2)

@@ -893,12 +893,12 @@ class NDArray:
             else tuple(self._shape[i] for i in kept)
         )
         reduce_size = prod(self._shape[i] for i in axes)
+        if reduce_size == 0 and name == "reduce_max":  # as NumPy, even when out is empty
+            raise ValueError(f"max over a zero-size axis of an array of shape {self._shape}")
         out = NDArray._make(out_shape, device=self._device, dtype=self._dtype)
         if out.size == 0:
             return out
         if reduce_size == 0:
-            if name == "reduce_max":
-                raise ValueError(f"max over a zero-size axis of an array of shape {self._shape}")
             out.fill(0.0)
             return out
         mod = self._device.mod
