@@ -26,8 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # (layer, patterns, budget in non-blank lines). Budgets: 10% above each layer's size at the end
-# of issue 12 (2026-12-03, formatted by ruff format); `--suggest 1.1` prints them anew. A layer
-# that needs more says why in the commit that raises its budget.
+# of issue 12 (2026-12-03, formatted by ruff format), and for data, apps and tests 10% above
+# their sizes after issue 13's first fixes (checked data headers and unpickling, one-line CLI
+# errors, exact resume, the fuzz test); `--suggest 1.1` prints them anew. A layer that needs
+# more says why in the commit that raises its budget.
 LAYERS: list[tuple[str, tuple[str, ...], int]] = [
     ("autograd", ("python/needle/autograd.py",), 550),
     ("ops", ("python/needle/ops/*.py",), 1220),
@@ -36,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
     ("nn", ("python/needle/nn/*.py",), 870),
     ("optim", ("python/needle/optim.py",), 240),
     ("init", ("python/needle/init/*.py",), 100),
-    ("data", ("python/needle/data/*.py",), 590),
+    ("data", ("python/needle/data/*.py",), 650),
     (
         "apps",
         (
@@ -50,7 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
             "python/needle/__main__.py",
             "apps/*.py",
         ),
-        2770,
+        3040,
     ),
     ("distributed", ("python/needle/distributed.py",), 420),
     ("other python", ("python/needle/*.py",), 30),
@@ -66,7 +68,7 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
             "tests/metal_emulation/metal_stdlib",
             "tests/metal_emulation/metal_simdgroup_matrix",
         ),
-        11940,
+        13100,
     ),
     ("benchmarks", ("benchmarks/*.py",), 470),
 ]
