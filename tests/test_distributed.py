@@ -3,6 +3,7 @@ data-parallel training, `needle train --distributed` and failing ranks under `mp
 (tests/distributed/worker.py runs on the ranks). The MPI tests are skipped, with the reason,
 where mpirun or mpi4py is missing; CI installs both."""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -10,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import pytest
 import needle as ndl
 from needle import distributed as dist, nn
 from needle.apps.models import MLPResNet
-from needle.apps.trainer import load_checkpoint
+from needle.apps.trainer import load_checkpoint, read_checkpoint_meta
 
 WORKER = Path(__file__).resolve().parent / "distributed" / "worker.py"
 PACKAGE_ROOT = Path(ndl.__file__).resolve().parents[1]  # so the ranks import this needle
@@ -356,3 +358,93 @@ def test_needle_train_distributed_language_model(tmp_path):
     ]
     assert len(checksums) == 2 and checksums[0] == checksums[1], result.stdout
     assert "2 ranks x batch 20" in result.stdout
+
+
+# ---- a rank interrupted or frozen mid-training -----------------------------------------------
+RANK_LAUNCHER = Path(__file__).resolve().parent / "distributed" / "needle_rank.py"
+STOP_BOUND = 60  # seconds from the signal to the end of the job; longer is a hang
+
+
+def _signal_mid_training(tmp_path, rank, signum, *extra):
+    """Start a long `needle train --distributed` on 2 ranks, send `signum` to `rank` once rank 0
+    has saved its first epoch, and return the finished job (failing if it outlives STOP_BOUND)."""
+    out, pids = tmp_path / "out", tmp_path / "pids"
+    pids.mkdir()
+    flags = ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    command = ["mpirun", *flags, "-n", "2", sys.executable, str(RANK_LAUNCHER), str(pids)]
+    command += needle_train(out, *extra)[3:]  # `train --distributed ...`
+    command[command.index("--epochs") + 1] = "1000"
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(),
+        start_new_session=True,
+    )
+    pid = None
+    try:
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not ((out / "checkpoint.npz").exists() and (pids / f"rank{rank}.pid").exists()):
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "no checkpoint after epoch 1"
+                time.sleep(0.05)
+            pid = int((pids / f"rank{rank}.pid").read_text())
+            os.kill(pid, signum)
+            started = time.monotonic()
+            out_text, err_text = process.communicate(timeout=STOP_BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"the job still ran {STOP_BOUND} s after signal {signum} to rank {rank} (hung)"
+            )
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+        if pid is not None:  # a stopped rank that outlived the job
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return process.returncode, out_text, err_text, time.monotonic() - started
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank", [0, 1])
+def test_needle_train_interrupted_rank_ends_the_job(tmp_path, rank):
+    # The interrupted rank stops while the other waits for it in a collective; rank 0 saves.
+    code, _, err, seconds = _signal_mid_training(tmp_path, rank, signal.SIGINT)
+    assert code != 0 and f"rank {rank} interrupted; aborting all 2 ranks" in err, err
+    assert seconds < STOP_BOUND
+    meta = read_checkpoint_meta(str(tmp_path / "out" / "checkpoint.npz"))
+    assert meta["epoch"] >= 1 and meta.get("interrupted", False) == (rank == 0)
+
+
+@needs_mpi
+def test_needle_train_collective_timeout_ends_a_job_with_a_frozen_rank(tmp_path):
+    code, _, err, seconds = _signal_mid_training(
+        tmp_path, 1, signal.SIGSTOP, "--collective-timeout", "3"
+    )
+    assert code != 0, err
+    assert (
+        "needle train: rank 0: a collective waited more than 3 s (a rank froze or died); aborting"
+        in err
+    )
+    assert 3 <= seconds < STOP_BOUND
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "soon"])
+def test_collective_timeout_must_be_positive_finite_seconds(value, capsys):
+    from needle.apps.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--distributed", "--collective-timeout", value])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--collective-timeout" in err, err
+
+
+def test_collective_timeout_needs_distributed():
+    from needle.apps.cli import main
+
+    with pytest.raises(SystemExit, match="--collective-timeout applies only with --distributed"):
+        main(["train", "--collective-timeout", "5"])

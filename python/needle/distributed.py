@@ -27,8 +27,10 @@ host, since NDArray exposes no device pointer to a CUDA-aware MPI.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NoReturn
 
@@ -45,6 +47,7 @@ __all__ = [
     "is_primary",
     "barrier",
     "abort",
+    "set_collective_timeout",
     "broadcast_parameters",
     "all_reduce",
     "allreduce_gradients",
@@ -69,6 +72,8 @@ _MPI: Any = None  # the mpi4py.MPI module once init() found it
 _comm: Any = None  # MPI.COMM_WORLD, or None when running as a single process
 _initialized = False
 _unavailable_reason: str | None = None
+_collective_timeout: float | None = None  # seconds; None: collectives block as long as it takes
+_timeout_prefix = "needle.distributed"
 
 # Environment variables that MPI launchers set in every rank (Open MPI, MPICH/Hydra and Intel
 # MPI through PMI, PMIx, MVAPICH): their presence means "this process is one of several".
@@ -154,7 +159,55 @@ def is_primary() -> bool:
 def barrier() -> None:
     """Wait until every rank gets here."""
     if world_size() > 1:
-        _comm.Barrier()
+        _collective("Barrier")
+
+
+def set_collective_timeout(seconds: float | None, prefix: str = "needle.distributed") -> None:
+    """Bound how long any collective of this module (gradient and metric allreduces, broadcasts,
+    barrier) may wait for the other ranks: past `seconds` a rank froze or died, so this rank
+    prints one line (starting with `prefix`) and ends the job (MPI_Abort) instead of hanging
+    forever. None (the default) waits without limit. Pick it above the longest stretch a rank
+    spends between collectives (an epoch's validation, rank 0 saving a checkpoint)."""
+    global _collective_timeout, _timeout_prefix
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"set_collective_timeout: expected positive finite seconds, got {seconds}")
+    _collective_timeout = None if seconds is None else float(seconds)
+    _timeout_prefix = prefix
+
+
+def _wait(request) -> None:
+    """Complete a non-blocking collective's request (polling Test, which also progresses it),
+    or abort the job once it has waited more than the collective timeout."""
+    timeout = _collective_timeout
+    deadline = time.monotonic() + timeout
+    pause = 0.0
+    while not request.Test():
+        if time.monotonic() > deadline:
+            print(
+                f"{_timeout_prefix}: rank {rank()}: a collective waited more than {timeout:g} s "
+                "(a rank froze or died); aborting",
+                file=sys.stderr,
+            )
+            abort(1)
+        time.sleep(pause)
+        pause = min(0.001, pause + 0.00005)
+
+
+def _collective(name: str, *args, **kwargs) -> None:
+    """_comm.<name>(...) (Allreduce, Bcast, Barrier), or with a collective timeout set its
+    non-blocking form (Iallreduce, ...) completed by _wait."""
+    if _collective_timeout is None:
+        getattr(_comm, name)(*args, **kwargs)
+    else:
+        _wait(getattr(_comm, "I" + name.lower())(*args, **kwargs))
+
+
+def _allreduce(buffer: np.ndarray, mpi_op) -> None:
+    _collective("Allreduce", _MPI.IN_PLACE, buffer, op=mpi_op)
+
+
+def _broadcast(buffer: np.ndarray, root: int) -> None:
+    _collective("Bcast", buffer, root=root)
 
 
 def abort(code: int = 1, reason: str | None = None) -> NoReturn:
@@ -186,7 +239,7 @@ def _host_copy(x) -> np.ndarray:
 def _reduce_in_place(buffer: np.ndarray, op: str) -> None:
     if world_size() > 1 and buffer.size:
         mpi_op = {"sum": _MPI.SUM, "mean": _MPI.SUM, "max": _MPI.MAX, "min": _MPI.MIN}[op]
-        _comm.Allreduce(_MPI.IN_PLACE, buffer, op=mpi_op)
+        _allreduce(buffer, mpi_op)
 
 
 def all_reduce(x, op: str = "mean"):
@@ -287,7 +340,7 @@ def allreduce_gradients(module_or_params, bucket_bytes: int = BUCKET_BYTES) -> N
         return
     # Which parameters have a gradient on some rank: ranks must agree on the buffers' layout.
     has_grad = np.array([p.grad is not None for p in params], dtype=np.int32)
-    _comm.Allreduce(_MPI.IN_PLACE, has_grad, op=_MPI.MAX)
+    _allreduce(has_grad, _MPI.MAX)
     active = [p for p, flag in zip(params, has_grad) if flag]
     local = [
         p.grad.numpy().astype(p.dtype, copy=False)
@@ -297,7 +350,7 @@ def allreduce_gradients(module_or_params, bucket_bytes: int = BUCKET_BYTES) -> N
     ]
 
     def mean(flat: np.ndarray) -> None:
-        _comm.Allreduce(_MPI.IN_PLACE, flat, op=_MPI.SUM)
+        _allreduce(flat, _MPI.SUM)
         flat /= np.asarray(world, dtype=flat.dtype)
 
     for p, grad in zip(active, _flat_collective(local, mean, bucket_bytes)):
@@ -310,15 +363,13 @@ def broadcast_parameters(module, root: int = 0) -> None:
         return
     if not hasattr(module, "state_dict"):  # a list of Tensors
         tensors = list(module)
-        values = _flat_collective(
-            [t.numpy() for t in tensors], lambda flat: _comm.Bcast(flat, root=root)
-        )
+        values = _flat_collective([t.numpy() for t in tensors], lambda flat: _broadcast(flat, root))
         for t, value in zip(tensors, values):
             t.data = Tensor(value, device=t.device, dtype=t.dtype, requires_grad=False)
         return
     state = module.state_dict()
     names = sorted(state)  # the same order on every rank, whatever the attribute order
-    values = _flat_collective([state[k] for k in names], lambda flat: _comm.Bcast(flat, root=root))
+    values = _flat_collective([state[k] for k in names], lambda flat: _broadcast(flat, root))
     module.load_state_dict(dict(zip(names, values)), strict=False)
 
 

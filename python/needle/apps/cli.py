@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,16 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="needle", description="needle command line")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -131,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="data-parallel over MPI, launched as `mpirun -n N needle train "
         "--distributed`; --batch-size is per rank",
+    )
+    train.add_argument(
+        "--collective-timeout",
+        type=_positive_seconds,
+        default=None,
+        metavar="S",
+        help="with --distributed: a collective that waits more than S seconds (a rank froze "
+        "or died) ends the job with a message instead of hanging (default: no limit)",
     )
     bench = commands.add_parser(
         "bench",
@@ -472,6 +491,9 @@ def _prepare_out(out: str) -> None:
         raise SystemExit(f"needle train: --out {out} is not writable")
 
 
+INTERRUPT_GRACE_S = 2.0  # how long an interrupted rank other than 0 lets rank 0 save
+
+
 def train(args) -> int:
     defaults = DEFAULTS[args.model]
     out = args.out or os.path.join("runs", args.model)
@@ -486,6 +508,8 @@ def train(args) -> int:
         if args.weight_decay is not None
         else resumed.get("weight_decay", defaults.weight_decay)
     )
+    if args.collective_timeout is not None and not args.distributed:
+        raise SystemExit("needle train: --collective-timeout applies only with --distributed")
     device = resolve_device(args.device)
     rank, world = 0, 1
     if args.distributed:
@@ -494,6 +518,7 @@ def train(args) -> int:
         except RuntimeError as error:
             raise SystemExit(f"needle train --distributed: {error}") from None
         rank, world = distributed.rank(), distributed.world_size()
+        distributed.set_collective_timeout(args.collective_timeout, prefix="needle train")
     primary = rank == 0  # only rank 0 prints and writes files
     say = print if primary else (lambda *args, **kwargs: None)
     if primary:
@@ -548,15 +573,22 @@ def train(args) -> int:
     except KeyboardInterrupt:
         # The model may be part-way through an epoch: save it, marked with the last whole epoch,
         # so --resume continues from a usable state.
-        if not primary:
-            return 130
-        log.rewind(trainer)
-        log.save(trainer, interrupted=True)
-        print(
-            f"\ninterrupted: checkpoint saved to {checkpoint} (the state after epoch "
-            f"{trainer.epoch}; the unfinished epoch is redone); continue with --resume",
-            file=sys.stderr,
-        )
+        if primary:
+            log.rewind(trainer)
+            log.save(trainer, interrupted=True)
+            print(
+                f"\ninterrupted: checkpoint saved to {checkpoint} (the state after epoch "
+                f"{trainer.epoch}; the unfinished epoch is redone); continue with --resume",
+                file=sys.stderr,
+            )
+        if world > 1:
+            # The other ranks wait in a collective this rank will never join (or, if the signal
+            # reached them too, stop here as well): end the job. Another rank gives rank 0, if
+            # it was interrupted too, a moment to finish saving; rank 0's checkpoint of the last
+            # whole epoch is on disk either way.
+            if not primary:
+                time.sleep(INTERRUPT_GRACE_S)
+            distributed.abort(130, f"rank {rank} interrupted")
         return 130
     except TrainingDiverged as error:
         where = (
