@@ -20,7 +20,13 @@ from hypothesis import given, settings
 from primitive_calls import element_offsets, strided_views
 
 import needle as ndl
-from needle.backend_ndarray import BackendDevice, NDArray, ndarray as nd, primitives
+from needle.backend_ndarray import (
+    BackendDevice,
+    NDArray,
+    ndarray as nd,
+    ndarray_backend_numpy as nb_np,
+    primitives,
+)
 from needle.backend_ndarray.primitives import MissingPrimitiveError
 
 from . import cases as conformance
@@ -226,3 +232,21 @@ def assert_trains_like_cpu_numpy(device):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for p, ref in zip(params, ref_params):
         np.testing.assert_allclose(p, ref, rtol=1e-4, atol=1e-5)
+
+
+# ---- views outside their buffers ------------------------------------------------------------
+def _metal_emulated():
+    from metal_emulation import harness
+
+    return harness.emulated_backend()
+
+
+@pytest.mark.parametrize("build", [lambda: nb_np, _metal_emulated], ids=["numpy", "metal"])
+def test_python_backends_check_views_against_buffers(build):
+    # The Python backends would read or write past a buffer through as_strided or a kernel
+    # launch without their checks. The native ones run the same table in a subprocess, where
+    # a crash cannot end the test run (test_backend_primitives.py, test_cuda.py).
+    mod = build()
+    for name, args in conformance.bad_views(mod):
+        with pytest.raises((IndexError, ValueError)):
+            primitives.resolve(mod, name)(*args)

@@ -225,6 +225,7 @@ class MetalBackend:
     # -- memory --
     def to_numpy(self, a: MetalArray, shape, strides, offset) -> np.ndarray:
         shape = tuple(operator.index(d) for d in shape)
+        primitives.check_view(self.device_name, shape, strides, offset, a.size)
         if math.prod(shape) == 0:
             return np.empty(shape, dtype=np.float32)
         self._wait_for(a)
@@ -259,7 +260,15 @@ class MetalBackend:
     # -- layout --
     def _strided(self, kernel: str, source, out: MetalArray, shape, strides, offset) -> None:
         shape = tuple(operator.index(d) for d in shape)
+        viewed = source if kernel == "compact" else out  # the array the view is of
+        primitives.check_view(self.device_name, shape, strides, offset, viewed.size)
         size = math.prod(shape)
+        compact_side = out if kernel == "compact" else source  # read or written compactly
+        if isinstance(compact_side, MetalArray) and compact_side.size < size:
+            raise ValueError(
+                f"{self.device_name}: {kernel} of a {size}-element view with a "
+                f"{compact_side.size}-element array"
+            )
         if size == 0:
             return
         # NDArray passes simplified views; a view of any other form (0-d, size-1 axes) is
@@ -267,11 +276,6 @@ class MetalBackend:
         shape, strides, offset = primitives.simplify_view(
             shape, [operator.index(s) for s in strides], operator.index(offset)
         )
-        reach = sum(abs(s) * (d - 1) for d, s in zip(shape, strides))
-        if offset + reach > INT32_MAX:
-            raise ValueError(
-                f"{self.device_name}: views reaching past 2^31 elements are not supported"
-            )
         constants = [
             (2, struct.pack(f"<{len(shape)}I", *shape)),
             (3, struct.pack(f"<{len(strides)}i", *strides)),
@@ -293,6 +297,7 @@ class MetalBackend:
     def scalar_setitem(
         self, size: int, val: float, out: MetalArray, shape, strides, offset
     ) -> None:
+        primitives.check_size(f"{self.device_name} scalar_setitem", size, shape)
         self._strided("scalar_setitem", float(val), out, shape, strides, offset)
 
     # -- rows by index --
@@ -417,6 +422,7 @@ class MetalBackend:
 
     def _matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, views: StridedMatmul) -> None:
         """Every matmul primitive: out = a @ b, the operands and out as `views` says."""
+        views.check(self.device_name, a.size, b.size, out.size)
         if views.batch * views.m * views.p == 0:
             return
         kernel = self.matmul_kernel

@@ -300,18 +300,7 @@ def _as_shape(shape) -> tuple[int, ...]:
     return shape
 
 
-def _check_view(what: str, shape, strides, offset: int, size: int) -> None:
-    """Raise IndexError unless every element of the view lies in a buffer of `size`."""
-    if len(shape) != len(strides):
-        raise ValueError(f"{what}: shape {shape} and strides {strides} differ in length")
-    if prod(shape):
-        low = offset + builtins.sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
-        high = offset + builtins.sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
-        if low < 0 or high >= size:
-            raise IndexError(
-                f"{what}: view of shape {shape}, strides {strides}, offset {offset} reaches "
-                f"outside a buffer of {size} elements"
-            )
+_check_view = primitives.check_view
 
 
 def _shape_args(shape: tuple) -> tuple:

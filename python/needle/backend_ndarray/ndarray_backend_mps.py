@@ -74,6 +74,7 @@ class MPSBackend(MetalBackend):
 
     def _matmul(self, a: MetalArray, b: MetalArray, out: MetalArray, views: StridedMatmul) -> None:
         """Every matmul primitive, on MPS where it can read the operands in place."""
+        views.check(self.device_name, a.size, b.size, out.size)
         batch, m, n, p = views[:4]
         if batch * m * p == 0:
             return

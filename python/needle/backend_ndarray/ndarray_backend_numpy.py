@@ -37,6 +37,8 @@ class Array:
 
 
 def _view(a: Array, shape, strides, offset) -> np.ndarray:
+    # as_strided reads whatever memory a view names: check it against the buffer first.
+    primitives.check_view("cpu_numpy", shape, strides, offset, a.size)
     itemsize = a.array.itemsize
     return np.lib.stride_tricks.as_strided(
         a.array[offset:], tuple(shape), tuple(s * itemsize for s in strides)
@@ -66,6 +68,7 @@ def ewise_setitem(a: Array, out: Array, shape, strides, offset) -> None:
 
 
 def scalar_setitem(size: int, val: float, out: Array, shape, strides, offset) -> None:
+    primitives.check_size("scalar_setitem", size, shape)
     _view(out, shape, strides, offset)[...] = val
 
 

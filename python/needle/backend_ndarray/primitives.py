@@ -24,6 +24,7 @@ reference) plus one functor line per native backend: see ``docs/adding_a_primiti
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol
@@ -239,6 +240,14 @@ class StridedMatmul(NamedTuple):
     a_strides: Sequence[int]
     b_offset: int
     b_strides: Sequence[int]
+
+    def check(self, what: str, a_size: int, b_size: int, out_size: int) -> None:
+        """IndexError unless both views lie in their buffers and out holds the product."""
+        batch, m, n, p = self.batch, self.m, self.n, self.p
+        check_view(what, (batch, m, n), tuple(self.a_strides), self.a_offset, a_size)
+        check_view(what, (batch, n, p), tuple(self.b_strides), self.b_offset, b_size)
+        if batch * m * p > out_size:
+            raise IndexError(f"{what}: out holds {out_size} elements, not {batch * m * p}")
 
     @classmethod
     def compact(cls, batch: int, m: int, n: int, p: int) -> StridedMatmul:
@@ -531,6 +540,29 @@ def simplify_view(
     if not merged_shape:
         return (1,), (1,), offset
     return tuple(merged_shape), tuple(merged_strides), offset
+
+
+def check_view(what: str, shape, strides, offset: int, size: int) -> None:
+    """Raise IndexError unless every element of the view lies in a buffer of `size` elements
+    (ValueError when shape and strides differ in length): NDArray checks every view it is
+    given, and the Python backends check the views their layout primitives receive, so no
+    view reaches outside its buffer whoever calls them."""
+    if len(shape) != len(strides):
+        raise ValueError(f"{what}: shape {shape} and strides {strides} differ in length")
+    if math.prod(shape):
+        low = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
+        high = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
+        if low < 0 or high >= size:
+            raise IndexError(
+                f"{what}: view of shape {tuple(shape)}, strides {tuple(strides)}, offset "
+                f"{offset} reaches outside a buffer of {size} elements"
+            )
+
+
+def check_size(what: str, size: int, shape) -> None:
+    """ValueError unless `size` is the number of elements of `shape` (scalar_setitem's)."""
+    if size != math.prod(shape):
+        raise ValueError(f"{what}: size {size} for a view of shape {tuple(shape)}")
 
 
 # ---- docs ---------------------------------------------------------------------------------
