@@ -86,7 +86,10 @@ using NumpyArray = nb::ndarray<nb::numpy>;
 template <class T> NumpyArray to_numpy_kernel(const Array &a, const Shape &shape, const View &v) {
   T *buf = new T[std::max<int64_t>(v.size, 1)];
   nb::capsule owner(buf, [](void *p) noexcept { delete[] static_cast<T *>(p); });
-  gather(a.data<T>(), buf, v);
+  {  // the copy without the GIL; the NumPy array is made with it
+    GilRelease unlocked(v.size);
+    gather(a.data<T>(), buf, v);
+  }
   std::vector<size_t> dims(shape.begin(), shape.end());
   return NumpyArray(buf, dims.size(), dims.data(), owner, nullptr, nb::dtype<T>(),
                     nb::device::cpu::value);
@@ -110,13 +113,16 @@ void from_numpy(const InputArray &src, Array &out) {
       throw nb::value_error(("from_numpy: source has " + std::to_string(src.size()) +
                              " elements, Array has " + std::to_string(out.size))
                                 .c_str());
-    if (out.size) std::memcpy(out.ptr, src.data(), out.size * sizeof(T));
+    const void *from = src.data();  // src's owner is held by the caller's frame
+    GilRelease unlocked(static_cast<int64_t>(out.size));
+    if (out.size) std::memcpy(out.ptr, from, out.size * sizeof(T));
   });
 }
 
 void fill(Array &out, double val) {
   dispatch(out.dtype, [&](auto tag) {
     using T = decltype(tag);
+    GilRelease unlocked(static_cast<int64_t>(out.size));
     std::fill_n(out.data<T>(), out.size, static_cast<T>(val));
   });
 }
@@ -134,7 +140,9 @@ template <class Kernel> void with_typed(const Array &a, Array &out, Kernel &&ker
 void compact(const Array &a, Array &out, const Shape &shape, const Shape &strides, int64_t offset) {
   View v = checked_view("compact", shape, strides, offset, a.size);
   check_size("compact", "out", v.size, out.size);
-  dispatch(common_dtype(a, out), [&](auto tag) {
+  const DType dtype = common_dtype(a, out);
+  GilRelease unlocked(v.size);
+  dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     // Split by rows across threads when large (im2col patch matrices are megabytes): the
     // output ranges are disjoint, so the copy is the same however it is split.
@@ -152,6 +160,7 @@ void ewise_setitem(const Array &a, Array &out, const Shape &shape, const Shape &
                    int64_t offset) {
   View v = checked_view("ewise_setitem", shape, strides, offset, out.size);
   check_size("ewise_setitem", "a", v.size, a.size);
+  GilRelease unlocked(v.size);
   with_typed(a, out, [&](auto *x, auto *y) { scatter(x, y, v); });
 }
 
@@ -162,6 +171,7 @@ void scalar_setitem(size_t size, double val, Array &out, const Shape &shape, con
     throw nb::value_error(("scalar_setitem: size " + std::to_string(size) + " is not the view's " +
                            std::to_string(v.size))
                               .c_str());
+  GilRelease unlocked(v.size);
   dispatch(out.dtype, [&](auto tag) {
     using T = decltype(tag);
     scatter_scalar(static_cast<T>(val), out.data<T>(), v);
@@ -181,7 +191,9 @@ void matmul_strided(const Array &a, const Array &b, Array &out, int64_t batch, i
   checked_view("matmul_strided (b)", {batch, n, p}, b_strides, b_offset, b.size);
   const View o = checked_view("matmul_strided", {batch, m, p}, {m * p, p, 1}, 0, out.size);
   if (o.size == 0) return;
-  dispatch(common_dtype(a, b, out), [&](auto tag) {
+  const DType dtype = common_dtype(a, b, out);
+  GilRelease unlocked(o.size * std::max<int64_t>(n, 1));
+  dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     gemm<T>(batch, m, n, p, {a.data<T>() + a_offset, a_strides[0], a_strides[1], a_strides[2]},
             {b.data<T>() + b_offset, b_strides[0], b_strides[1], b_strides[2]}, out.data<T>());
@@ -223,7 +235,9 @@ void matmul_tiled_kernel(const T *a, const T *b, T *out, size_t m, size_t n, siz
 void matmul_tiled(const Array &a, const Array &b, Array &out, size_t m, size_t n, size_t p) {
   assert(m % kTile == 0 && n % kTile == 0 && p % kTile == 0);
   assert(a.size >= m * n && b.size >= n * p && out.size >= m * p);
-  dispatch(common_dtype(a, b, out), [&](auto tag) {
+  const DType dtype = common_dtype(a, b, out);
+  GilRelease unlocked(static_cast<int64_t>(m * std::max<size_t>(n, 1) * p));
+  dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     matmul_tiled_kernel(a.data<T>(), b.data<T>(), out.data<T>(), m, n, p);
   });
@@ -260,7 +274,9 @@ void gather_rows(const Array &a, const Array &indices, Array &out, int64_t n, in
   assert(n >= 0 && row_size >= 0 && indices.size >= static_cast<size_t>(n));
   assert(out.size >= static_cast<size_t>(n * row_size));
   if (n == 0 || row_size == 0) return;
-  dispatch(common_dtype(a, indices, out), [&](auto tag) {
+  const DType dtype = common_dtype(a, indices, out);
+  GilRelease unlocked(n * row_size);
+  dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T *src = a.data<T>(), *idx = indices.data<T>();
     T *dst = out.data<T>();
@@ -280,7 +296,9 @@ void scatter_add_rows(const Array &a, const Array &indices, Array &out, int64_t 
                       int64_t row_size) {
   assert(n >= 0 && row_size >= 0 && indices.size >= static_cast<size_t>(n));
   assert(a.size >= static_cast<size_t>(n * row_size));
-  dispatch(common_dtype(a, indices, out), [&](auto tag) {
+  const DType dtype = common_dtype(a, indices, out);
+  GilRelease unlocked(n * row_size);
+  dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T *src = a.data<T>(), *idx = indices.data<T>();
     T *dst = out.data<T>();
@@ -294,11 +312,13 @@ void scatter_add_rows(const Array &a, const Array &indices, Array &out, int64_t 
 
 void reduce_sum(const Array &a, Array &out, int64_t reduce_size) {
   assert(reduce_size >= 1 && a.size >= out.size * reduce_size);
+  GilRelease unlocked(static_cast<int64_t>(out.size) * reduce_size);
   with_typed(a, out, [&](auto *x, auto *y) { sum_last_axis(x, y, out.size, reduce_size); });
 }
 
 void reduce_max(const Array &a, Array &out, int64_t reduce_size) {
   assert(reduce_size >= 1 && a.size >= out.size * reduce_size);
+  GilRelease unlocked(static_cast<int64_t>(out.size) * reduce_size);
   with_typed(a, out, [&](auto *x, auto *y) { max_last_axis(x, y, out.size, reduce_size); });
 }
 
@@ -313,12 +333,14 @@ void check_middle_axis(const Array &a, const Array &out, int64_t outer, int64_t 
 void reduce_sum_axis(const Array &a, Array &out, int64_t outer, int64_t reduce_size,
                      int64_t inner) {
   check_middle_axis(a, out, outer, reduce_size, inner);
+  GilRelease unlocked(outer * reduce_size * inner);
   with_typed(a, out, [&](auto *x, auto *y) { sum_middle_axis(x, y, outer, reduce_size, inner); });
 }
 
 void reduce_max_axis(const Array &a, Array &out, int64_t outer, int64_t reduce_size,
                      int64_t inner) {
   check_middle_axis(a, out, outer, reduce_size, inner);
+  GilRelease unlocked(outer * reduce_size * inner);
   with_typed(a, out, [&](auto *x, auto *y) { max_middle_axis(x, y, outer, reduce_size, inner); });
 }
 

@@ -100,5 +100,27 @@ template <class... Rest> DType common_dtype(const Array &first, const Rest &...r
   return first.dtype;
 }
 
+// Releases the GIL for its scope when `work` (elements read or written, or multiply-adds) is
+// at least kGilReleaseWork, so Python threads can run while a kernel does: ~4 us of native
+// work or more. Below that the release is not worth it: a thread that drops the GIL while
+// others run Python can wait a switch interval (5 ms) to get it back. Construct it after
+// the last use of a Python object, and never inside another (the GIL is released once);
+// throwing nb::value_error and the like inside is fine (plain C++ until nanobind catches).
+// The Arrays a primitive is given stay alive meanwhile: the calling Python frame holds them.
+constexpr int64_t kGilReleaseWork = 4096;
+
+class GilRelease {
+ public:
+  explicit GilRelease(int64_t work)
+      : state_(work >= kGilReleaseWork ? PyEval_SaveThread() : nullptr) {}
+  ~GilRelease() {
+    if (state_) PyEval_RestoreThread(state_);
+  }
+  GilRelease(const GilRelease &) = delete;
+  GilRelease &operator=(const GilRelease &) = delete;
+
+ private:
+  PyThreadState *state_;
+};
 }  // namespace cpu
 }  // namespace needle

@@ -149,6 +149,7 @@ template <class T, class Op> void map_unary(const T *a, T *out, int64_t n, Op op
 
 template <class Op> void ewise_binary(const Array &a, const Array &b, Array &out) {
   assert(a.size >= out.size && b.size >= out.size);
+  GilRelease unlocked(out.size);
   dispatch(common_dtype(a, b, out), [&](auto tag) {
     using T = decltype(tag);
     map_binary(a.data<T>(), b.data<T>(), out.data<T>(), out.size, Op{});
@@ -158,6 +159,7 @@ template <class Op> void ewise_binary(const Array &a, const Array &b, Array &out
 // The scalar is rounded to the array dtype first, as NumPy does for a Python float.
 template <class Op> void scalar_binary(const Array &a, double val, Array &out) {
   assert(a.size >= out.size);
+  GilRelease unlocked(out.size);
   dispatch(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
     map_scalar(a.data<T>(), static_cast<T>(val), out.data<T>(), out.size, Op{});
@@ -171,6 +173,7 @@ template <class Op> void scalar_binary(const Array &a, double val, Array &out) {
 inline void scalar_power(const Array &a, double val, Array &out) {
   if (val == 2.0) return ewise_binary<Mul>(a, a, out);
   if (val == 0.5) {
+    GilRelease unlocked(out.size);
     dispatch(common_dtype(a, out), [&](auto tag) {
       using T = decltype(tag);
       map_unary(a.data<T>(), out.data<T>(), out.size,
@@ -186,6 +189,7 @@ inline void scalar_power(const Array &a, double val, Array &out) {
 // rounded to the array dtype first.
 inline void ewise_axpby(const Array &a, const Array &b, double alpha, double beta, Array &out) {
   assert(a.size >= out.size && b.size >= out.size);
+  GilRelease unlocked(out.size);
   dispatch(common_dtype(a, b, out), [&](auto tag) {
     using T = decltype(tag);
     const Vec<T> va = simd::splat(static_cast<T>(alpha)), vb = simd::splat(static_cast<T>(beta));
@@ -205,6 +209,7 @@ void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_
   assert(full.size >= static_cast<size_t>(outer * inner));
   assert(vector.size >= static_cast<size_t>(per_column ? inner : outer));
   if (outer <= 0 || inner <= 0) return;
+  GilRelease unlocked(outer * inner);
   dispatch(common_dtype(full, vector, out), [&](auto tag) {
     using T = decltype(tag);
     constexpr int W = simd::kWidth<T>;
@@ -235,6 +240,7 @@ void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_
 
 template <class Op> void ewise_unary(const Array &a, Array &out, Op op = Op{}) {
   assert(a.size >= out.size);
+  GilRelease unlocked(out.size);
   dispatch(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
     map_unary(a.data<T>(), out.data<T>(), out.size, op);

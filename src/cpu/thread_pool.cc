@@ -159,7 +159,12 @@ void Pool::run_task(TaskFn fn, void *context, int index, int n) {
 }
 
 std::atomic<int> g_num_threads{0};  // 0: not yet initialised
-std::mutex g_pool_mutex;            // one job at a time, and pool replacement
+// One job at a time, and pool replacement. Python threads call kernels with the GIL
+// released, so two callers can get here at once: the second waits for the first's job to
+// end (it cannot run its own with fewer threads instead: a reduction's split, and so its
+// rounding, depends on the thread count). A pool worker never waits here (t_in_task: it
+// runs a nested call serially), so the wait cannot deadlock.
+std::mutex g_pool_mutex;
 Pool *g_pool = nullptr;             // never destroyed: workers may outlive static teardown
 
 // In a forked child only the forking thread exists: drop the parent's pool without touching

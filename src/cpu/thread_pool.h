@@ -37,7 +37,8 @@ using TaskFn = void (*)(void *context, int thread, int n_threads);
 
 // Runs fn(context, t, n) for t in [0, n) on n threads, the caller being t = 0, and returns
 // when all have finished. A call made from inside a task runs serially with n = 1, so
-// kernels can nest without oversubscribing.
+// kernels can nest without oversubscribing. Calls from several threads at once (Python
+// threads, the GIL released) take the pool in turn.
 void parallel_run(int n_threads, TaskFn fn, void *context);
 
 // parallel(n, [&](int thread, int n_threads) { ... }) with the same semantics; the task
