@@ -29,6 +29,7 @@ import numpy as np
 import needle as ndl
 from needle import data, distributed, nn, optim
 from needle.apps import bench as benchmark
+from needle.apps.arguments import nonnegative_float, positive_int, positive_seconds
 from needle.apps.models import LanguageModel, MLPResNet, ResNet9
 from needle.apps.trainer import (
     CheckpointError,
@@ -69,36 +70,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="needle", description="needle command line")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -119,11 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="MNIST .gz files, CIFAR-10 python batches or PTB text files that "
         "you downloaded; without it mlp-resnet uses the shipped MNIST split",
     )
-    train.add_argument("--epochs", type=_positive_int, default=None)
-    train.add_argument("--batch-size", type=_positive_int, default=None)
-    train.add_argument("--lr", type=_nonnegative_float, default=None)
+    train.add_argument("--epochs", type=positive_int, default=None)
+    train.add_argument("--batch-size", type=positive_int, default=None)
+    train.add_argument("--lr", type=nonnegative_float, default=None)
     train.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
-    train.add_argument("--weight-decay", type=_nonnegative_float, default=None)
+    train.add_argument("--weight-decay", type=nonnegative_float, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
     train.add_argument(
@@ -131,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--max-batches",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="stop each epoch after this many batches (quick trials)",
     )
@@ -145,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--collective-timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=None,
         metavar="S",
         help="with --distributed: a collective that waits more than S seconds (a rank froze "

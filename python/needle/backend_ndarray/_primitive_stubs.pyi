@@ -34,16 +34,16 @@ __all__ = [
     "ewise_le",
     "scalar_add",
     "scalar_sub",
-    "scalar_rsub",
     "scalar_mul",
     "scalar_div",
-    "scalar_rdiv",
     "scalar_power",
     "scalar_maximum",
     "scalar_eq",
     "scalar_ge",
     "scalar_lt",
     "scalar_le",
+    "scalar_rsub",
+    "scalar_rdiv",
     "ewise_neg",
     "ewise_abs",
     "ewise_sign",
@@ -96,8 +96,8 @@ ewise_maximum = ewise_eq = ewise_ge = ewise_lt = ewise_le = _binary
 
 def _scalar(a: Array, val: float, out: Array) -> None: ...
 
-scalar_add = scalar_sub = scalar_rsub = scalar_mul = scalar_div = scalar_rdiv = _scalar
-scalar_power = scalar_maximum = scalar_eq = scalar_ge = scalar_lt = scalar_le = _scalar
+scalar_add = scalar_sub = scalar_mul = scalar_div = scalar_power = scalar_maximum = _scalar
+scalar_eq = scalar_ge = scalar_lt = scalar_le = scalar_rsub = scalar_rdiv = _scalar
 
 def _unary(a: Array, out: Array) -> None: ...
 

@@ -129,20 +129,12 @@ BINARY: dict[str, Callable] = {
     "le": np.less_equal,
 }
 
-# scalar_<name>(a, val, out): out = f(a, val), val rounded to the array's dtype first.
+# scalar_<name>(a, val, out): out = f(a, val), val rounded to the array's dtype first; every
+# binary operator, and the reflected forms val - a and val / a.
 SCALAR: dict[str, Callable] = {
-    "add": np.add,
-    "sub": np.subtract,
+    **BINARY,
     "rsub": lambda a, v: v - a,
-    "mul": np.multiply,
-    "div": np.divide,
     "rdiv": lambda a, v: v / a,
-    "power": np.power,
-    "maximum": np.maximum,
-    "eq": np.equal,
-    "ge": np.greater_equal,
-    "lt": np.less,
-    "le": np.less_equal,
 }
 
 

@@ -29,6 +29,7 @@ import os
 import sys
 import time
 
+from needle.apps.arguments import positive_int
 from needle.apps.bench.harness import (
     discover_backends,
     load_average,
@@ -45,19 +46,9 @@ from needle.apps.bench.workloads import PRESETS, WORKLOADS, build_workloads
 SCHEMA = "needle-bench/1"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _sizes(text: str) -> str:
     for size in text.split(","):
-        _positive_int(size)
+        positive_int(size)
     return text
 
 
@@ -76,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="threads for every library (default: all cores)",
     )
@@ -96,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="repeats per measurement (overrides the preset)",
     )
