@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "array_binding.h"
+#include "common/view_check.h"
 #include "cpu/array.h"
 #include "cpu/elementwise.h"
 #include "cpu/gemm.h"
@@ -44,41 +45,22 @@ constexpr int kTile = 8;  // matmul_tiled's tile, as in the course's CPU backend
 
 // ---- memory --------------------------------------------------------------------------
 
-// The view (shape, strides, offset) of `what`, checked once per call: every element it
-// reaches lies in [0, buffer) (IndexError), and the shape is valid (ValueError).
+// The view (shape, strides, offset) of `what`, checked once per call (common/view_check.h):
+// an element outside the buffer is an IndexError, a malformed view a ValueError.
 View checked_view(const char *what, const Shape &shape, const Shape &strides, int64_t offset,
                   size_t buffer) {
-  auto fail = [&](const std::string &why, bool index) {
-    const std::string msg = std::string(what) + ": " + why;
-    if (index) throw nb::index_error(msg.c_str());
+  const ViewCheck r = check_view_bounds(shape, strides, offset, buffer);
+  if (!r.problem.empty()) {
+    const std::string msg = std::string(what) + ": " + r.problem;
+    if (r.outside) throw nb::index_error(msg.c_str());
     throw nb::value_error(msg.c_str());
-  };
-  if (shape.size() != strides.size()) fail("shape and strides differ in length", false);
-  int64_t size = 1, low = offset, high = offset;
-  bool overflow = false;
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (shape[i] < 0) fail("negative dimension in shape", false);
-    overflow |= __builtin_mul_overflow(size, shape[i], &size);
   }
-  if (overflow) fail("shape too large", false);
-  if (size == 0) return make_view(shape, strides, offset);
-  for (size_t i = 0; i < shape.size(); ++i) {
-    int64_t reach;
-    overflow |= __builtin_mul_overflow(strides[i], shape[i] - 1, &reach);
-    overflow |= __builtin_add_overflow(reach < 0 ? low : high, reach, reach < 0 ? &low : &high);
-  }
-  if (overflow || low < 0 || high < 0 || static_cast<uint64_t>(high) >= buffer)
-    fail("view of offset " + std::to_string(offset) + " reaches outside a buffer of " +
-             std::to_string(buffer) + " elements",
-         true);
   return make_view(shape, strides, offset);
 }
 
 void check_size(const char *what, const char *name, int64_t needed, size_t size) {
-  if (needed < 0 || static_cast<uint64_t>(needed) > size)
-    throw nb::value_error((std::string(what) + ": " + name + " has " + std::to_string(size) +
-                           " elements, the view needs " + std::to_string(needed))
-                              .c_str());
+  const std::string problem = size_problem(name, needed, size);
+  if (!problem.empty()) throw nb::value_error((std::string(what) + ": " + problem).c_str());
 }
 
 using NumpyArray = nb::ndarray<nb::numpy>;

@@ -56,7 +56,11 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
     ),
     ("distributed", ("python/needle/distributed.py",), 420),
     ("other python", ("python/needle/*.py",), 30),
-    ("native cpu", ("src/cpu/*", "src/ndarray_backend_cpu.cc", "src/array_binding.h"), 2300),
+    (
+        "native cpu",
+        ("src/cpu/*", "src/ndarray_backend_cpu.cc", "src/array_binding.h", "src/common/*"),
+        2300,
+    ),
     ("native cuda", ("src/cuda/*", "src/ndarray_backend_cuda.cu"), 2060),
     (
         "tests",

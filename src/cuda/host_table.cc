@@ -6,6 +6,7 @@
 
 #include <limits>
 
+#include "../common/view_check.h"
 #include "runtime.h"
 
 namespace needle {
@@ -44,40 +45,18 @@ template <class... Rest> DType common_dtype(const Array& first, const Rest&... r
 }
 
 // A view's shape and strides pair up axis by axis, and every element it reaches lies in a
-// buffer of `buffer` elements (std::invalid_argument, ValueError, otherwise). Returns
-// the view's size.
+// buffer of `buffer` elements (common/view_check.h; std::invalid_argument, ValueError,
+// otherwise). Returns the view's size.
 int64_t check_view(const char* what, const Shape& shape, const Shape& strides, int64_t offset,
                    size_t buffer) {
-  if (shape.size() != strides.size()) {
-    throw std::invalid_argument(std::string(what) +
-                                ": a view's shape and strides differ in length");
-  }
-  int64_t size = 1, low = offset, high = offset;
-  bool overflow = false;
-  for (int64_t d : shape) {
-    if (d < 0) throw std::invalid_argument(std::string(what) + ": negative dimension in shape");
-    overflow |= __builtin_mul_overflow(size, d, &size);
-  }
-  if (overflow) throw std::invalid_argument(std::string(what) + ": shape too large");
-  if (size == 0) return 0;
-  for (size_t i = 0; i < shape.size(); ++i) {
-    int64_t reach;
-    overflow |= __builtin_mul_overflow(strides[i], shape[i] - 1, &reach);
-    overflow |= __builtin_add_overflow(reach < 0 ? low : high, reach, reach < 0 ? &low : &high);
-  }
-  if (overflow || low < 0 || high < 0 || static_cast<uint64_t>(high) >= buffer) {
-    throw std::invalid_argument(std::string(what) + ": view of offset " + std::to_string(offset) +
-                                " reaches outside a buffer of " + std::to_string(buffer) +
-                                " elements");
-  }
-  return size;
+  const ViewCheck r = check_view_bounds(shape, strides, offset, buffer);
+  if (!r.problem.empty()) throw std::invalid_argument(std::string(what) + ": " + r.problem);
+  return r.size;
 }
 
 void check_size(const char* what, const char* name, int64_t needed, size_t size) {
-  if (needed < 0 || static_cast<uint64_t>(needed) > size) {
-    throw std::invalid_argument(std::string(what) + ": " + name + " has " + std::to_string(size) +
-                                " elements, the view needs " + std::to_string(needed));
-  }
+  const std::string problem = size_problem(name, needed, size);
+  if (!problem.empty()) throw std::invalid_argument(std::string(what) + ": " + problem);
 }
 
 }  // namespace

@@ -49,6 +49,7 @@ HOST_SOURCES = [
 ]
 HEADERS = (
     sorted((SRC / "cuda").glob("*.h"))
+    + sorted((SRC / "common").glob("*.h"))
     + sorted((SRC / "cuda").glob("*.cuh"))
     + sorted(HERE.glob("*.h"))
 )
