@@ -550,7 +550,7 @@ class NDArray:
         """A NumPy copy of this array."""
         if self.size == 0:
             return np.empty(self._shape, dtype=self._dtype)
-        view = primitives.simplify_view(self._shape, self._strides, self._offset)
+        view = self._simplified_view()
         return self._device.mod.to_numpy(self._handle, *view).reshape(self._shape)
 
     def __array__(self, dtype=None, copy=None):
@@ -571,13 +571,17 @@ class NDArray:
             )
         return compact
 
+    def _simplified_view(self) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        """(shape, strides, offset) as the layout primitives take them (simplify_view)."""
+        return primitives.simplify_view(self._shape, self._strides, self._offset)
+
     def compact(self) -> NDArray:
         """This array, or a row-major copy of it when it is a view."""
         if self.is_compact():
             return self
         out = NDArray._make(self._shape, device=self._device, dtype=self._dtype)
         if out.size:
-            view = primitives.simplify_view(self._shape, self._strides, self._offset)
+            view = self._simplified_view()
             self._device.mod.compact(self._handle, out._handle, *view)
         return out
 
@@ -723,14 +727,14 @@ class NDArray:
             if other._handle is view._handle:  # overlapping source and target: copy first
                 other = other + 0.0
             other = other.astype(self._dtype).compact()
-            view_args = primitives.simplify_view(view._shape, view._strides, view._offset)
-            self._device.mod.ewise_setitem(other._handle, view._handle, *view_args)
+            self._device.mod.ewise_setitem(other._handle, view._handle, *view._simplified_view())
         else:
             value = float(other)
             if view.size == 0:
                 return
-            view_args = primitives.simplify_view(view._shape, view._strides, view._offset)
-            self._device.mod.scalar_setitem(view.size, value, view._handle, *view_args)
+            self._device.mod.scalar_setitem(
+                view.size, value, view._handle, *view._simplified_view()
+            )
 
     # ---- elementwise ----------------------------------------------------------------
     def _check_same_device(self, other: NDArray) -> None:
