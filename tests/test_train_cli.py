@@ -237,6 +237,21 @@ def test_resume_with_more_epochs_continues_the_schedule(tmp_path):
     assert rows[2]["lr"] == pytest.approx(1e-3 * (1 + np.cos(2 * np.pi / 3)) / 2)
 
 
+def _linear_trainer(x, classes, batch, val_batch=None, **kwargs):
+    """A Trainer of one Linear layer with SGD over x and labels 0, 1, ..., classes - 1 again."""
+    dataset = ndl.data.NDArrayDataset(x, np.arange(len(x)) % classes)
+    model = ndl.nn.Linear(x.shape[1], classes)
+    val = ndl.data.DataLoader(dataset, val_batch) if val_batch else None
+    return Trainer(
+        model,
+        ndl.nn.SoftmaxLoss(),
+        ndl.optim.SGD(model.parameters(), lr=0.1),
+        train_data=ndl.data.DataLoader(dataset, batch),
+        val_data=val,
+        **kwargs,
+    )
+
+
 # ---- the Trainer's hooks ------------------------------------------------------------------------
 def test_trainer_calls_its_hooks_in_order():
     calls = []
@@ -259,15 +274,8 @@ def test_trainer_calls_its_hooks_in_order():
             calls.append(("end", result.epoch, trainer.epoch))
 
     rng = np.random.default_rng(0)
-    dataset = ndl.data.NDArrayDataset(rng.random((6, 4)).astype(np.float32), np.arange(6) % 3)
-    model = ndl.nn.Linear(4, 3)
-    trainer = Trainer(
-        model,
-        ndl.nn.SoftmaxLoss(),
-        ndl.optim.SGD(model.parameters(), lr=0.1),
-        train_data=ndl.data.DataLoader(dataset, 4),
-        val_data=ndl.data.DataLoader(dataset, 6),
-        hooks=[Recorder()],
+    trainer = _linear_trainer(
+        rng.random((6, 4)).astype(np.float32), 3, batch=4, val_batch=6, hooks=[Recorder()]
     )
     results = trainer.fit(2, start_epoch=1)  # resumed after epoch 1: epoch 2 only
     assert [r.epoch for r in results] == [2] and results[0].val is not None
@@ -281,9 +289,9 @@ def test_trainer_calls_its_hooks_in_order():
         ("end", 2, 2),
     ]
     with pytest.raises(TypeError, match="has none of"):
-        Trainer(model, ndl.nn.SoftmaxLoss(), hooks=[object()])
+        Trainer(trainer.model, ndl.nn.SoftmaxLoss(), hooks=[object()])
     with pytest.raises(ValueError, match="needs an optimizer"):
-        Trainer(model, ndl.nn.SoftmaxLoss()).run_epoch(True, ndl.data.DataLoader(dataset, 4))
+        Trainer(trainer.model, ndl.nn.SoftmaxLoss()).run_epoch(True, trainer.train_data)
 
 
 # ---- divergence, user errors, damaged checkpoints (issue 13) ------------------------------------
@@ -311,15 +319,7 @@ def test_trainer_stops_on_a_non_finite_loss_or_gradient():
 
     x = np.ones((4, 3), dtype=np.float32)
     x[0, 0] = np.nan
-    dataset = ndl.data.NDArrayDataset(x, np.arange(4) % 2)
-    model = ndl.nn.Linear(3, 2)
-    trainer = Trainer(
-        model,
-        ndl.nn.SoftmaxLoss(),
-        ndl.optim.SGD(model.parameters(), lr=0.1),
-        train_data=ndl.data.DataLoader(dataset, 4),
-        clip=1.0,
-    )
+    trainer = _linear_trainer(x, 2, batch=4, clip=1.0)
     with pytest.raises(TrainingDiverged, match="nan"):
         trainer.fit(1)
 
