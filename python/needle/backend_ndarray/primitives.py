@@ -31,7 +31,14 @@ from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
-DTYPES: tuple[str, ...] = ("float32", "float64")
+# The dtypes of the table. Each row lists those it takes (``Primitive.dtypes``); NDArray
+# converts operands to a dtype the row takes before calling it (``dtypes.py`` states the
+# promotion rules), so a backend implements exactly its rows' dtypes. bool is one byte, 0 or 1.
+FLOATS: tuple[str, ...] = ("float32", "float64")
+INTS: tuple[str, ...] = ("int32", "int64", "uint8")
+NUMERIC: tuple[str, ...] = FLOATS + INTS
+DTYPES: tuple[str, ...] = NUMERIC + ("bool",)
+INDEX_DTYPE = "int64"  # the dtype of an `index` parameter (gather_rows' row numbers)
 
 # Parameter kinds: how a conformance test or an emulator marshals each argument.
 #   array   an input Array          out     the output Array (written)
@@ -39,7 +46,10 @@ DTYPES: tuple[str, ...] = ("float32", "float64")
 #   int     a Python int            float   a Python float (a scalar operand)
 #   shape   a sequence of ints      str     a name          bool    a flag
 #   numpy   a NumPy array (from_numpy's source)
-KINDS = frozenset({"array", "out", "inout", "int", "float", "shape", "str", "bool", "numpy"})
+#   index   an int64 Array of row numbers (gather_rows, scatter_add_rows)
+KINDS = frozenset(
+    {"array", "out", "inout", "int", "float", "shape", "str", "bool", "numpy", "index"}
+)
 
 
 class BackendArray(Protocol):
@@ -68,6 +78,8 @@ class Primitive:
     core: bool
     doc: str
     dtypes: tuple[str, ...] = DTYPES
+    # The dtype of `out` when it is not the inputs' (comparisons write bool).
+    out_dtype: str | None = None
     # Elementwise families: the NumPy function the reference backend applies.
     reference: Callable | None = field(default=None, compare=False, repr=False)
     # Optional primitives: fallback(mod, *args) over the core primitives of `mod`.
@@ -115,7 +127,7 @@ UNARY: dict[str, Callable] = {
     "sigmoid": _sigmoid,
 }
 
-# ewise_<name>(a, b, out): out = f(a, b); comparisons give 1.0 / 0.0 in the array's dtype.
+# ewise_<name>(a, b, out): out = f(a, b); comparisons write a bool out (true is 1).
 BINARY: dict[str, Callable] = {
     "add": np.add,
     "sub": np.subtract,
@@ -129,13 +141,27 @@ BINARY: dict[str, Callable] = {
     "le": np.less_equal,
 }
 
-# scalar_<name>(a, val, out): out = f(a, val), val rounded to the array's dtype first; every
-# binary operator, and the reflected forms val - a and val / a.
+# scalar_<name>(a, val, out): out = f(a, val), val converted to the array's dtype first
+# (NDArray passes a whole number for an integer array); every binary operator, and the
+# reflected forms val - a and val / a.
 SCALAR: dict[str, Callable] = {
     **BINARY,
     "rsub": lambda a, v: v - a,
     "rdiv": lambda a, v: v / a,
 }
+
+COMPARISONS = frozenset({"eq", "ge", "lt", "le"})
+
+
+def elementwise_dtypes(op: str) -> tuple[str, ...]:
+    """The dtypes the elementwise rows of `op` (``ewise_op``/``scalar_op``) take: comparisons
+    every dtype; true division, powers and the transcendental functions floating point only;
+    the rest (add, sub, rsub, mul, maximum, neg, abs, sign, relu) every number type."""
+    if op in COMPARISONS:
+        return DTYPES
+    if op in ("div", "rdiv", "power") or (op in UNARY and op not in ("neg", "abs", "sign", "relu")):
+        return FLOATS
+    return NUMERIC
 
 
 # ---- fallbacks of the optional primitives, over core ones --------------------------------
@@ -180,7 +206,7 @@ def _fallback_broadcast_binary(mod, op, full, vector, out, outer, inner, per_col
 
 
 def _host_indices(mod, indices, n: int) -> np.ndarray:
-    return mod.to_numpy(indices, (n,), (1,), 0).astype(np.int64)
+    return mod.to_numpy(indices, (n,), (1,), 0)
 
 
 def _fallback_gather_rows(mod, a, indices, out, n, row_size):
@@ -287,6 +313,11 @@ def _fallback_synchronize(mod):
 
 
 # ---- the table ----------------------------------------------------------------------------
+# Sums of integers and bools are taken in int64 (NDArray converts first), as NumPy and
+# PyTorch do, so the sum rows need only the widest integer.
+SUM_DTYPES: tuple[str, ...] = FLOATS + ("int64",)
+
+
 def _table() -> dict[str, Primitive]:
     rows: list[Primitive] = []
 
@@ -343,13 +374,23 @@ def _table() -> dict[str, Primitive]:
         ("unary", "ewise", UNARY, "a:array, out:out", "out = {}(a), elementwise"),
     ):
         for op, ref in ops.items():
-            add(f"{prefix}_{op}", spec, group, True, doc.format(op), reference=ref)
+            add(
+                f"{prefix}_{op}",
+                spec,
+                group,
+                True,
+                doc.format(op),
+                reference=ref,
+                dtypes=elementwise_dtypes(op),
+                out_dtype="bool" if op in COMPARISONS else None,
+            )
     add(
         "ewise_axpby",
         "a:array, b:array, alpha:float, beta:float, out:out",
         "binary",
         False,
         "out = alpha * a + beta * b (scalars rounded to the dtype); out may be a or b",
+        dtypes=FLOATS,
         fallback=_fallback_axpby,
     )
     add(
@@ -360,7 +401,8 @@ def _table() -> dict[str, Primitive]:
         False,
         "out = ewise_<op>(full, vector repeated): vector has `inner` elements repeated over "
         "`outer` rows (per_column) or `outer` elements each repeated `inner` times; operands "
-        "swapped when vector_first",
+        "swapped when vector_first (op: add, sub, mul, div or maximum)",
+        dtypes=FLOATS,
         fallback=_fallback_broadcast_binary,
     )
     add(
@@ -369,6 +411,7 @@ def _table() -> dict[str, Primitive]:
         "linalg",
         True,
         "(m, n) @ (n, p) -> (m, p), compact row-major",
+        dtypes=FLOATS,
     )
     add(
         "batched_matmul",
@@ -376,6 +419,7 @@ def _table() -> dict[str, Primitive]:
         "linalg",
         False,
         "(batch, m, n) @ (batch, n, p), compact row-major",
+        dtypes=FLOATS,
         fallback=_fallback_batched_matmul,
     )
     add(
@@ -386,6 +430,7 @@ def _table() -> dict[str, Primitive]:
         False,
         "batched matmul of the strided views a (batch, m, n) and b (batch, n, p) with "
         "(batch, row, col) strides (>= 0) into a compact out",
+        dtypes=FLOATS,
         fallback=_fallback_matmul_strided,
     )
     add(
@@ -395,6 +440,7 @@ def _table() -> dict[str, Primitive]:
         False,
         "matmul over tile-major (rows/T, cols/T, T, T) operands, T = __tile_size__ "
         "(the course's layout)",
+        dtypes=FLOATS,
         fallback=_fallback_matmul_tiled,
     )
     add(
@@ -403,6 +449,7 @@ def _table() -> dict[str, Primitive]:
         "reduce",
         True,
         "out[i] = sum of a[i * reduce_size : (i + 1) * reduce_size]",
+        dtypes=SUM_DTYPES,
     )
     add(
         "reduce_max",
@@ -417,6 +464,7 @@ def _table() -> dict[str, Primitive]:
         "reduce",
         False,
         "sum over the middle axis of a compact (outer, reduce_size, inner) array",
+        dtypes=SUM_DTYPES,
         fallback=_fallback_reduce_axis("reduce_sum"),
     )
     add(
@@ -429,18 +477,19 @@ def _table() -> dict[str, Primitive]:
     )
     add(
         "gather_rows",
-        "a:array, indices:array, out:out, n:int, row_size:int",
+        "a:array, indices:index, out:out, n:int, row_size:int",
         "rows",
         False,
-        "row i of out = row indices[i] of a for i < n (indices: whole numbers in a's dtype)",
+        "row i of out = row indices[i] of a for i < n (indices: int64 row numbers, checked)",
         fallback=_fallback_gather_rows,
     )
     add(
         "scatter_add_rows",
-        "a:array, indices:array, out:inout, n:int, row_size:int",
+        "a:array, indices:index, out:inout, n:int, row_size:int",
         "rows",
         False,
         "row indices[i] of out += row i of a, in index order (repeats add up)",
+        dtypes=FLOATS,
         fallback=_fallback_scatter_add_rows,
     )
     add(
