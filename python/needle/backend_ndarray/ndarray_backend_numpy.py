@@ -19,9 +19,11 @@ DTYPES = primitives.DTYPES
 
 
 class Array:
-    """A flat buffer of `size` elements."""
+    """A flat buffer of `size` elements of one of the table's dtypes (bool: NumPy's bool)."""
 
     def __init__(self, size: int, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise TypeError(f"cpu_numpy: Array dtype {dtype!r} is not one of {DTYPES}")
         self.array = np.empty(size, dtype=dtype)
 
     @property
@@ -54,8 +56,17 @@ def from_numpy(a: np.ndarray, out: Array) -> None:
     out.array[:] = a.reshape(-1)
 
 
+def _scalar_of(a: Array, val: float):
+    """val in a's dtype: bool is val != 0; an integer dtype takes a whole number in range
+    (NDArray guarantees it; int() keeps it exact, and NumPy raises outside the range)."""
+    dt = a.array.dtype
+    if dt.kind in "iu":
+        return dt.type(int(val))
+    return dt.type(val)
+
+
 def fill(out: Array, val: float) -> None:
-    out.array.fill(val)
+    out.array.fill(_scalar_of(out, val))
 
 
 # ---- layout -------------------------------------------------------------------------
@@ -69,27 +80,32 @@ def ewise_setitem(a: Array, out: Array, shape, strides, offset) -> None:
 
 def scalar_setitem(size: int, val: float, out: Array, shape, strides, offset) -> None:
     primitives.check_size("scalar_setitem", size, shape)
-    _view(out, shape, strides, offset)[...] = val
+    _view(out, shape, strides, offset)[...] = _scalar_of(out, val)
 
 
 # ---- elementwise families: generated from the table's rows ----------------------------
+# Integers wrap around on overflow as NumPy's array arithmetic does (abs(INT_MIN) == INT_MIN,
+# -uint8(1) == 255); errstate keeps NumPy from warning where it would on a scalar operand.
 def _unary(reference):
     def primitive(a: Array, out: Array) -> None:
-        out.array[:] = reference(a.array)
+        with np.errstate(over="ignore"):
+            out.array[:] = reference(a.array)
 
     return primitive
 
 
 def _binary(reference):
     def primitive(a: Array, b: Array, out: Array) -> None:
-        out.array[:] = reference(a.array, b.array)
+        with np.errstate(over="ignore"):
+            out.array[:] = reference(a.array, b.array)
 
     return primitive
 
 
 def _scalar(reference):
     def primitive(a: Array, val: float, out: Array) -> None:
-        out.array[:] = reference(a.array, a.array.dtype.type(val))
+        with np.errstate(over="ignore"):
+            out.array[:] = reference(a.array, _scalar_of(a, val))
 
     return primitive
 
@@ -113,8 +129,8 @@ def ewise_axpby(a: Array, b: Array, alpha: float, beta: float, out: Array) -> No
 # ---- rows by index --------------------------------------------------------------------
 def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
     """Row i of out = row indices[i] of a, for i < n; rows are row_size elements. indices
-    holds whole numbers (in a's dtype) in [0, a.size // row_size), checked by NDArray."""
-    idx = indices.array[:n].astype(np.int64)
+    is an int64 Array of row numbers in [0, a.size // row_size), checked by NDArray."""
+    idx = indices.array[:n]
     out.array[: n * row_size] = (
         a.array[: a.size // row_size * row_size].reshape(-1, row_size)[idx].reshape(-1)
     )
@@ -123,7 +139,7 @@ def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> 
 def scatter_add_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
     """Row indices[i] of out += row i of a, for i < n; repeated indices add up. indices as in
     gather_rows, in [0, out.size // row_size)."""
-    idx = indices.array[:n].astype(np.int64)
+    idx = indices.array[:n]
     rows = out.array[: out.size // row_size * row_size].reshape(-1, row_size)
     np.add.at(rows, idx, a.array[: n * row_size].reshape(n, row_size))
 
@@ -160,3 +176,43 @@ def reduce_max_axis(a: Array, out: Array, outer: int, reduce_size: int, inner: i
 
 def synchronize() -> None:
     """Nothing to wait for: NumPy is synchronous."""
+
+
+# ---- dtype checks: every row above, generated from its dtypes ------------------------
+def _checked(prim: primitives.Primitive, impl):
+    """`impl` behind a TypeError naming the primitive and dtype unless its first Array (or
+    out) has a dtype the row lists, the other Arrays share it (out: the row's out_dtype)
+    and index Arrays are int64."""
+    names = prim.param_names
+    kinds = {p.name: p.kind for p in prim.params}
+    arrays = [n for n in names if kinds[n] in ("array", "numpy", "out", "inout", "index")]
+    main = next(n for n in arrays if kinds[n] != "index")
+    if kinds[main] == "numpy":  # from_numpy: out's dtype is the one the row takes
+        main = next(n for n in arrays if kinds[n] in ("out", "inout"))
+
+    def primitive(*args, **kwargs):
+        bound = dict(zip(names, args), **kwargs)
+        dtype = bound[main].dtype
+        if dtype not in prim.dtypes:
+            raise TypeError(f"cpu_numpy: {prim.name} does not take dtype {dtype}")
+        for n in arrays:
+            got = getattr(bound[n].dtype, "name", bound[n].dtype)  # an Array's or NumPy's
+            want = (
+                primitives.INDEX_DTYPE
+                if kinds[n] == "index"
+                else prim.out_dtype
+                if kinds[n] == "out" and prim.out_dtype
+                else dtype
+            )
+            if got != want:
+                raise TypeError(f"cpu_numpy: {prim.name}: {n} is {got}, not {want}")
+        return impl(*args, **kwargs)
+
+    primitive.__name__, primitive.__doc__ = prim.name, impl.__doc__ or prim.doc
+    return primitive
+
+
+for _prim in primitives.TABLE.values():
+    if _prim.name in globals() and _prim.params:
+        globals()[_prim.name] = _checked(_prim, globals()[_prim.name])
+del _prim
