@@ -26,6 +26,14 @@ class Array:
             raise TypeError(f"cpu_numpy: Array dtype {dtype!r} is not one of {DTYPES}")
         self.array = np.empty(size, dtype=dtype)
 
+    @classmethod
+    def over(cls, flat: np.ndarray) -> "Array":
+        """An Array whose buffer is the 1-D NumPy array `flat` itself (no copy): the numpy
+        mode's data, shared with the ops (a dtype outside the table is refused by its rows)."""
+        array = cls.__new__(cls)
+        array.array = flat
+        return array
+
     @property
     def size(self) -> int:
         return self.array.size
