@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy
 
-from .backend_selection import Device, NDArray, array_api, default_device
+from . import backend_ndarray as nd
+from .backend_selection import BACKEND, Device, NDArray, array_api, default_device
 
 if TYPE_CHECKING:
     from typing_extensions import Self, TypeAlias
@@ -29,6 +30,54 @@ LAZY_MODE = False
 _GRAD_ENABLED = True
 # Live Values (course code reads it after training loops to check that graphs are freed).
 TENSOR_COUNTER = 0
+# The numpy mode (NEEDLE_BACKEND=np): data are NumPy arrays; ops still compute on NDArrays,
+# which share the arrays' memory (nd.shared_numpy), and their results are kept as NumPy.
+_NUMPY_MODE = BACKEND == "np"
+if _NUMPY_MODE:
+    nd.set_promotion("numpy")
+
+
+def _to_nd(data):
+    """The numpy mode's data (an array, or a tuple of them) as NDArrays sharing memory."""
+    if isinstance(data, tuple):
+        return tuple(_to_nd(x) for x in data)
+    return nd.shared_numpy(data)
+
+
+def _from_nd(data):
+    """An op's NDArray result (or tuple of them) as the numpy mode keeps it: NumPy, and a
+    NumPy scalar for a 0-d result."""
+    if isinstance(data, tuple):
+        return tuple(_from_nd(x) for x in data)
+    return nd.numpy_shared(data)
+
+
+def _mode_data(data):
+    """Data for a numpy-mode Value: NDArrays (an op's internals) become NumPy."""
+    if isinstance(data, nd.NDArray):
+        return nd.numpy_shared(data)
+    if isinstance(data, tuple):
+        return tuple(_mode_data(x) for x in data)
+    return data
+
+
+def array_of(value: Value) -> nd.NDArray:
+    """A Value's data as an NDArray (a tuple of them for a TensorTuple), in either mode: the
+    data itself, or in the numpy mode an NDArray sharing the NumPy array's memory. Code that
+    works on data directly (optimizers, running statistics) goes through this and
+    ``set_array``."""
+    data = value.realize_cached_data()
+    return _to_nd(data) if _NUMPY_MODE else data
+
+
+def array_device(value: Value) -> nd.BackendDevice:
+    """The device of a Value's data as NDArrays (cpu_numpy in the numpy mode)."""
+    return nd.cpu_numpy() if _NUMPY_MODE else value.device
+
+
+def set_array(value: Value, array: nd.NDArray) -> None:
+    """Make an NDArray the Value's data (stored as NumPy in the numpy mode)."""
+    value.cached_data = _from_nd(array) if _NUMPY_MODE else array
 
 
 class no_grad:
@@ -166,6 +215,8 @@ class Value:
             x.cached_data if x.cached_data is not None else x.realize_cached_data()
             for x in self.inputs
         ]
+        if _NUMPY_MODE:
+            arrays = [_to_nd(a) for a in arrays]
         try:
             data = op.compute(*arrays)
         except (ValueError, TypeError) as error:
@@ -175,7 +226,9 @@ class Value:
             raise described from error
         if type(data) is Saved:
             data, self.saved = data.data, data.values
-        self.cached_data = data
+        if self.requires_grad and not _NUMPY_MODE and _non_float(data):
+            self.requires_grad = False  # integer and bool results carry no gradient
+        self.cached_data = _from_nd(data) if _NUMPY_MODE else data
 
     def is_leaf(self) -> bool:
         return self.op is None
@@ -197,6 +250,8 @@ class Value:
 
     @classmethod
     def make_const(cls, data: Any, *, requires_grad: bool = False) -> Self:
+        if _NUMPY_MODE:
+            data = _mode_data(data)
         value = cls.__new__(cls)
         value._init(None, [], cached_data=data, requires_grad=requires_grad)
         return value
@@ -242,6 +297,18 @@ def _describe(array) -> str:
     if shape is None:
         return type(array).__name__
     return f"{shape} {dtype} on {getattr(array, 'device', '?')}"
+
+
+def _non_float(data) -> bool:
+    if isinstance(data, tuple):
+        return bool(data) and _non_float(data[0])
+    return data.dtype not in nd.FLOATS
+
+
+def _zeros_like(array):
+    if _NUMPY_MODE:
+        return numpy.zeros_like(array)
+    return array.device.full(array.shape, 0.0, dtype=array.dtype)
 
 
 def _any_requires_grad(inputs) -> bool:
@@ -299,18 +366,17 @@ class TensorTuple(Value):
             if i in parts:
                 elements.append(sum_node_list(parts[i]))
             else:
-                elements.append(
-                    Tensor.make_const(array.device.full(array.shape, 0.0, dtype=array.dtype))
-                )
+                elements.append(Tensor.make_const(_zeros_like(array)))
         return ops.make_tuple(*elements)
 
 
 def _comparison(fn):
-    """A Tensor comparison operator: `fn` on the data, as a constant Tensor."""
+    """A Tensor comparison: `fn` on the data, as a constant bool Tensor."""
 
     def compare(self, other):
-        b = other.realize_cached_data() if isinstance(other, Tensor) else other
-        return Tensor.make_const(fn(self.realize_cached_data(), b))
+        b = array_of(other) if isinstance(other, Tensor) else other
+        result = fn(array_of(self), b)
+        return Tensor.make_const(_from_nd(result) if _NUMPY_MODE else result)
 
     return compare
 
@@ -332,7 +398,10 @@ class Tensor(Value):
     """An n-dimensional array that records the ops applied to it, for backward().
 
     ``Tensor(array, device=None, dtype=None, requires_grad=True)``: `array` may be a Tensor,
-    an NDArray, a NumPy array or anything NumPy accepts. The dtype is float32 unless given.
+    an NDArray, a NumPy array or anything NumPy accepts. In the NDArray mode the dtype is
+    float32 unless given (integer data too: course code differentiates ``Tensor([6])``), an
+    NDArray or Tensor keeps its own, and integer and bool tensors never require a gradient.
+    In the numpy mode the data are a NumPy copy keeping the input's dtype.
     """
 
     # So that np_scalar - tensor calls our __rsub__ instead of NumPy turning the tensor into
@@ -342,6 +411,9 @@ class Tensor(Value):
     def __init__(
         self, array, *, device: Device | None = None, dtype=None, requires_grad=True, **kwargs
     ):
+        if _NUMPY_MODE:
+            self._init(None, [], cached_data=_numpy_data(array, dtype), requires_grad=requires_grad)
+            return
         if isinstance(array, Tensor):
             if device is None:
                 device = array.device
@@ -363,6 +435,8 @@ class Tensor(Value):
         else:
             device = device if device else default_device()
             cached_data = Tensor._array_from_numpy(array, device=device, dtype=dtype)
+        if cached_data.dtype not in nd.FLOATS:
+            requires_grad = False
         self._init(None, [], cached_data=cached_data, requires_grad=requires_grad)
 
     @staticmethod
@@ -371,6 +445,8 @@ class Tensor(Value):
 
     @staticmethod
     def make_const(data, requires_grad=False):
+        if _NUMPY_MODE:
+            data = _mode_data(data)
         tensor = Tensor.__new__(Tensor)
         tensor._init(
             None,
@@ -387,13 +463,12 @@ class Tensor(Value):
 
     @data.setter
     def data(self, value: Tensor) -> None:
-        assert isinstance(value, Tensor)
+        """Swap in another tensor's data. The dtype must match; the shape may differ (as in
+        needle and PyTorch: course code sets a (1, n) bias's data to an (n,) tensor)."""
+        if not isinstance(value, Tensor):
+            raise TypeError(f"data must be set to a Tensor, got {type(value).__name__}")
         if value.dtype != self.dtype:
             raise TypeError(f"cannot assign data of dtype {value.dtype} to a {self.dtype} tensor")
-        if value.shape != self.shape:
-            raise ValueError(
-                f"cannot assign data of shape {value.shape} to a tensor of shape {self.shape}"
-            )
         self.cached_data = value.realize_cached_data()
 
     def detach(self) -> Tensor:
@@ -412,6 +487,8 @@ class Tensor(Value):
 
     @property
     def device(self) -> Device:
+        if _NUMPY_MODE:
+            return default_device()
         return self.realize_cached_data().device
 
     @property
@@ -437,8 +514,7 @@ class Tensor(Value):
                 "leads to it from a tensor with requires_grad=True)"
             )
         if out_grad is None:
-            data = self.realize_cached_data()
-            out_grad = Tensor.make_const(data.device.full(data.shape, 1.0, dtype=data.dtype))
+            out_grad = Tensor.make_const(self.device.full(self.shape, 1.0, dtype=self.dtype))
         elif out_grad.shape != self.shape:
             raise ValueError(
                 f"backward: out_grad of shape {out_grad.shape} does not match the "
@@ -457,7 +533,8 @@ class Tensor(Value):
         return self.realize_cached_data().__str__()
 
     def numpy(self) -> numpy.ndarray:
-        return self.realize_cached_data().numpy()
+        data = self.realize_cached_data()
+        return numpy.array(data) if _NUMPY_MODE else data.numpy()
 
     def item(self) -> float:
         if self.size() != 1:
@@ -469,6 +546,11 @@ class Tensor(Value):
 
     def __len__(self) -> int:
         return len(self.realize_cached_data())
+
+    def __bool__(self) -> bool:
+        # Every Tensor is true, as in needle: `==` compares identity, and course code tests
+        # `if a != b` on tuples of Tensors (PyTorch raises for more than one element).
+        return True
 
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()
@@ -492,10 +574,7 @@ class Tensor(Value):
 
     def __rpow__(self, other):
         return ops.EWisePow()(
-            Tensor.make_const(
-                array_api.full(self.shape, other, dtype=self.dtype, device=self.device)
-            ),
-            self,
+            Tensor.make_const(self.device.full(self.shape, other, dtype=self.dtype)), self
         )
 
     def __sub__(self, other):
@@ -530,14 +609,16 @@ class Tensor(Value):
     __radd__ = __add__
     __rmul__ = __mul__
 
-    # Comparisons are not differentiable: they give constant 1.0/0.0 tensors.
-    __eq__ = _comparison(operator.eq)
-    __ne__ = _comparison(operator.ne)
+    # == and != compare identity and Tensors hash by identity, as in needle (graph and
+    # optimizer dicts key on them; course code compares tuples of Tensors with !=): PyTorch's
+    # elementwise equality is eq() / ne(). The order comparisons are elementwise and give
+    # constant bool tensors (not differentiable).
+    eq = _comparison(operator.eq)
+    ne = _comparison(operator.ne)
     __ge__ = _comparison(operator.ge)
     __gt__ = _comparison(operator.gt)
     __le__ = _comparison(operator.le)
     __lt__ = _comparison(operator.lt)
-    __hash__ = Value.__hash__
 
     # ---- methods in the needle API ----------------------------------------------------
     def sum(self, axes=None, keepdims=False):
@@ -574,10 +655,11 @@ class Tensor(Value):
 
 def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
     """Reverse-mode AD: set ``.grad`` on every node of the graph that requires a gradient."""
-    # Keyed by id(): Tensor overloads __eq__, so Tensors cannot be dict keys by value.
     # Partial adjoints: Values, or for a TensorTuple also {index: adjoint} (see _sum_adjoints).
     node_to_output_grads: dict[int, list[Any]] = {id(output_tensor): [out_grad]}
-    for node in reversed(find_topo_sort([output_tensor])):
+    order: list[Value] = []
+    _topo_sort(output_tensor, set(), order, needs_grad=True)
+    for node in reversed(order):
         node.grad = node._sum_adjoints(node_to_output_grads.pop(id(node)))
         if node.op is None:
             continue
@@ -590,7 +672,9 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
 
 
 def find_topo_sort(node_list: list[Value]) -> list[Value]:
-    """Nodes that require a gradient, inputs before the nodes that use them."""
+    """Every node the given ones depend on, inputs before the nodes that use them: a
+    post-order depth-first walk over ``inputs`` left to right, each node once (the course's
+    exact order)."""
     visited: set = set()
     order: list[Value] = []
     for root in node_list:
@@ -599,9 +683,14 @@ def find_topo_sort(node_list: list[Value]) -> list[Value]:
 
 
 def topo_sort_dfs(node: Value, visited: set, topo_order: list[Value]) -> None:
-    """Post-order DFS from `node`: append it and the inputs it depends on (those that require
-    a gradient), inputs first, skipping nodes whose id() is in `visited`. Iterative, so long
-    graphs (an unrolled RNN) do not hit the recursion limit."""
+    """Post-order DFS from `node`: append it and the inputs it depends on, inputs first,
+    skipping nodes in `visited` (a set of nodes or of their id()s)."""
+    _topo_sort(node, visited, topo_order, needs_grad=False)
+
+
+def _topo_sort(node: Value, visited: set, topo_order: list[Value], needs_grad: bool) -> None:
+    """topo_sort_dfs, optionally only through inputs that require a gradient (backward's
+    walk). Iterative, so long graphs (an unrolled RNN) do not hit the recursion limit."""
     stack = [(node, False)]
     while stack:
         node, expanded = stack.pop()
@@ -613,7 +702,7 @@ def topo_sort_dfs(node: Value, visited: set, topo_order: list[Value]) -> None:
         visited.add(id(node))
         stack.append((node, True))
         for inp in reversed(node.inputs):
-            if inp.requires_grad and id(inp) not in visited:
+            if (inp.requires_grad or not needs_grad) and id(inp) not in visited:
                 stack.append((inp, False))
 
 
@@ -623,6 +712,19 @@ def sum_node_list(node_list: list[Value]) -> Value:
     for node in node_list[1:]:
         total = total + node
     return total
+
+
+def _numpy_data(array, dtype) -> numpy.ndarray:
+    """The numpy mode's data for Tensor(array, dtype): a Tensor's own array when the dtype
+    matches, else a NumPy copy keeping the input's dtype unless `dtype` is given."""
+    if isinstance(array, Tensor):
+        data = array.realize_cached_data()
+        if dtype is None or numpy.dtype(dtype) == data.dtype:
+            return data
+        array = data
+    if isinstance(array, nd.NDArray):
+        array = array.numpy()
+    return numpy.array(array, dtype=dtype)
 
 
 # The op catalogue imports this module, so it is imported last (by the time a Tensor method

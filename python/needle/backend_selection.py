@@ -1,16 +1,34 @@
-"""The array API that autograd and ops compute with: needle's NDArray and its devices."""
+"""Which array library Tensors hold, chosen once by ``NEEDLE_BACKEND`` at first import.
 
-from . import backend_ndarray as array_api
-from .backend_ndarray import (
-    BackendDevice as Device,
-    NDArray,
-    all_devices,
-    cpu,
-    cpu_numpy,
-    cuda,
-    default_device,
-    get_num_threads,
-    metal,
-    mps,
-    set_num_threads,
-)
+``nd`` (the default): needle's NDArray on its devices (``cpu()``, ``cuda()``, ...).
+``np``: the numpy-era mode of the course's first homeworks: Tensors hold NumPy arrays
+(``cached_data`` is a ``numpy.ndarray`` keeping the input's dtype) on ``backend_numpy.cpu()``.
+"""
+
+import os
+
+from . import backend_ndarray as _nd
+
+BACKEND = os.environ.get("NEEDLE_BACKEND", "nd")
+if BACKEND not in ("nd", "np"):
+    raise RuntimeError(f"NEEDLE_BACKEND must be 'nd' or 'np', got {BACKEND!r}")
+
+get_num_threads, set_num_threads = _nd.get_num_threads, _nd.set_num_threads
+metal, mps = _nd.metal, _nd.mps
+
+if BACKEND == "np":
+    import numpy as array_api
+    from numpy import ndarray as NDArray
+
+    from .backend_numpy import Device, all_devices, cpu, cuda, default_device
+else:
+    from . import backend_ndarray as array_api
+    from .backend_ndarray import (
+        BackendDevice as Device,
+        NDArray,
+        all_devices,
+        cpu,
+        cpu_numpy,
+        cuda,
+        default_device,
+    )

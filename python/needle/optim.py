@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .autograd import NDArray, Tensor, no_grad
-from .backend_ndarray import axpby
+from .autograd import Tensor, no_grad
+from .backend_ndarray import NDArray, axpby
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR"]
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import math
+import numbers
 import operator
 import warnings
 from collections.abc import Iterable, Sequence
@@ -21,6 +23,14 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from . import ndarray_backend_numpy, primitives
+from .dtypes import (
+    float_type,
+    promotion,
+    result_type,
+    scalar_result_type,
+    set_promotion,
+)
+from .primitives import DTYPES, FLOATS
 
 # The native modules, or None where they are not built.
 ndarray_backend_cpu: ModuleType | None
@@ -93,6 +103,12 @@ __all__ = [
     "broadcast_shapes",
     "prod",
     "canonical_dtype",
+    "FLOATS",
+    "set_promotion",
+    "promotion",
+    "result_type",
+    "shared_numpy",
+    "numpy_shared",
     "set_num_threads",
     "get_num_threads",
     "axpby",
@@ -101,7 +117,6 @@ __all__ = [
     "add_rows",
 ]
 
-DTYPES = ("float32", "float64")
 default_dtype = "float32"
 
 
@@ -110,7 +125,8 @@ def prod(xs: Iterable[int]) -> int:
 
 
 def canonical_dtype(dtype) -> str:
-    """Map 'float32', np.float32, np.dtype('float32') (and None -> default) to a dtype name."""
+    """Map 'float32', np.float32, np.dtype('float32'), int, bool (and None -> default) to a
+    dtype name."""
     if dtype is None:
         return default_dtype
     if isinstance(dtype, str) and dtype in DTYPES:
@@ -288,7 +304,8 @@ def get_num_threads() -> int:
 
 def all_devices():
     """Every device known to needle, enabled or not."""
-    return [cpu_numpy(), cpu(), cuda(), metal(), mps()]
+    # The course's three first, in its order.
+    return [cpu(), cuda(), cpu_numpy(), metal(), mps()]
 
 
 def _as_shape(shape) -> tuple[int, ...]:
@@ -395,6 +412,62 @@ def _binary_method(op: str, scalar_op: str | None = None) -> _BinaryMethod:
 
     method.__doc__ = f"self ({op}) other: {ewise_name}, or {scalar_name} for a number"
     return method
+
+
+# Each primitive's dtypes and output dtype, from the table: NDArray converts operands to a
+# dtype the row takes before calling it.
+_TAKES = {name: frozenset(p.dtypes) for name, p in primitives.TABLE.items()}
+_OUT = {name: p.out_dtype for name, p in primitives.TABLE.items()}
+_INT_RANGE = {
+    dt: (int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for dt in ("int32", "int64", "uint8")
+}
+
+
+def _compute_dtype(name: str, dtype: str) -> str:
+    """The dtype primitive `name` computes a `dtype` result in: `dtype` itself when the row
+    takes it, the float of the promotion rule for floating-point-only rows (division, exp),
+    else a TypeError (arithmetic on bools)."""
+    if dtype in _TAKES[name]:
+        return dtype
+    if dtype != "bool" or _TAKES[name] <= frozenset(FLOATS):
+        return float_type(dtype)
+    raise TypeError(f"{name}: not defined for bool arrays; convert with astype() first")
+
+
+def _scalar_operands(a: NDArray, value, name: str) -> tuple[NDArray, float]:
+    """`a` converted to the dtype of `a (op) value` and `value` as the float the scalar
+    primitive takes: a whole number in range for an integer array (else the array is
+    compared as float64, or for arithmetic OverflowError, as NumPy)."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(-1)[0]
+    if not isinstance(value, (numbers.Number, np.generic)) or isinstance(value, complex):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    dtype = _compute_dtype(name, scalar_result_type(a._dtype, value))
+    if dtype in _INT_RANGE:
+        low, high = _INT_RANGE[dtype]
+        if not low <= value <= high:
+            if _OUT[name] is None:
+                raise OverflowError(f"{name}: {value} is out of range for {dtype}")
+            dtype = "float64"
+    elif dtype == "bool" and value not in (0, 1):
+        dtype = "float64" if _OUT[name] else dtype
+    return (a if dtype == a._dtype else a.astype(dtype)), float(value)
+
+
+def _element(value, dtype: str, what: str) -> float:
+    """A number to store in a `dtype` array, as the float fill/scalar_setitem take: for an
+    integer dtype truncated toward zero and checked to fit (NumPy's casting of a float)."""
+    value = value.item() if isinstance(value, (np.ndarray, np.generic)) else value
+    if dtype in _INT_RANGE:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{what}: cannot store {value} in an {dtype} array")
+        value = int(value)
+        low, high = _INT_RANGE[dtype]
+        if not low <= value <= high:
+            raise OverflowError(f"{what}: {value} is out of range for {dtype}")
+    elif dtype == "bool":
+        return float(bool(value))
+    return float(value)
 
 
 class NDArray:
@@ -538,7 +611,7 @@ class NDArray:
         if not self.is_compact():
             raise ValueError("fill() needs a compact array; use arr[...] = value on views")
         if self.size:
-            self._device.mod.fill(self._handle, float(value))
+            self._device.mod.fill(self._handle, _element(value, self._dtype, "fill"))
 
     def to(self, device: BackendDevice) -> NDArray:
         """Copy to `device` (no copy when already there)."""
@@ -592,6 +665,8 @@ class NDArray:
         return NDArray._make(
             shape, strides=strides, device=self._device, handle=self._handle, offset=self._offset
         )
+
+    compact_strides = staticmethod(compact_strides)
 
     @property
     def flat(self) -> NDArray:
@@ -663,8 +738,10 @@ class NDArray:
         )
 
     # ---- indexing -------------------------------------------------------------------
-    def _index_view(self, idxs) -> NDArray:
-        """The view selected by ints, slices (any step) and one Ellipsis, as in NumPy."""
+    def _index_view(self, idxs, keep_dims: bool = False) -> NDArray:
+        """The view selected by ints, slices (any step) and one Ellipsis, as in NumPy; with
+        `keep_dims` an int i selects like slice(i, i + 1), keeping its axis (the course's
+        NDArray indexing)."""
         if not isinstance(idxs, tuple):
             idxs = (idxs,)
         if builtins.sum(1 for i in idxs if i is Ellipsis) > 1:
@@ -691,6 +768,9 @@ class NDArray:
                         f"index {idx} is out of bounds for axis {axis} with size {dim}"
                     )
                 offset += (idx % dim) * stride
+                if keep_dims:
+                    shape.append(1)
+                    strides.append(stride)
             else:
                 raise IndexError(
                     f"NDArray indices must be ints, slices or '...', got {type(idx).__name__}"
@@ -700,8 +780,22 @@ class NDArray:
         )
 
     def __getitem__(self, idxs) -> NDArray:
-        """A view (no copy): ints drop their axis, slices keep it, as in NumPy."""
-        return self._index_view(idxs)
+        """A view (no copy) selected by ints, slices and '...'. As in needle, an int i selects
+        like slice(i, i + 1) and keeps its axis: axes are never dropped (NumPy and PyTorch
+        drop them; Tensor indexing does, as PyTorch's)."""
+        return self._index_view(idxs, keep_dims=True)
+
+    def process_slice(self, sl: slice, dim: int) -> slice:
+        """`sl` with explicit start, stop and step for axis `dim`: negative start and stop
+        counted from the end, None as the axis' bounds, step 1 by default (needle's helper)."""
+        start, stop, step = sl.start, sl.stop, sl.step
+        size = self._shape[dim]
+        start = 0 if start is None else (start + size if start < 0 else start)
+        stop = size if stop is None else (stop + size if stop < 0 else stop)
+        step = 1 if step is None else step
+        if not (stop > start and step > 0):
+            raise ValueError(f"process_slice: {sl} selects nothing on an axis of size {size}")
+        return slice(start, stop, step)
 
     def __setitem__(self, idxs, other) -> None:
         """Write an NDArray (broadcast to the selection) or a scalar into the selection."""
@@ -729,7 +823,7 @@ class NDArray:
             other = other.astype(self._dtype).compact()
             self._device.mod.ewise_setitem(other._handle, view._handle, *view._simplified_view())
         else:
-            value = float(other)
+            value = _element(other, self._dtype, "setitem")
             if view.size == 0:
                 return
             self._device.mod.scalar_setitem(
@@ -750,30 +844,37 @@ class NDArray:
             a = self
             if other._device is not device:
                 a._check_same_device(other)
+            if other._dtype != a._dtype or a._dtype not in _TAKES[ewise_name]:
+                dtype = _compute_dtype(ewise_name, result_type(a._dtype, other._dtype))
+                a, other = a.astype(dtype), other.astype(dtype)
             if other._shape != a._shape:
                 shape = broadcast_shapes(a._shape, other._shape)
-                if device.has("ewise_broadcast_binary") and other._dtype == a._dtype:
+                if device.has("ewise_broadcast_binary") and ewise_name in _VECTOR_OPS:
                     out = _repeated_vector_binary(a, other, shape, ewise_name)
                     if out is not None:
                         return out
                 a, other = a.broadcast_to(shape), other.broadcast_to(shape)
-            if other._dtype != a._dtype:
-                a, other = a.astype("float64"), other.astype("float64")
-            out = NDArray._make(a._shape, device=device, dtype=a._dtype)
+            out = NDArray._make(a._shape, device=device, dtype=_OUT[ewise_name] or a._dtype)
             if _size(out._shape):
                 getattr(device.mod, ewise_name)(
                     a.compact()._handle, other.compact()._handle, out._handle
                 )
             return out
-        out = NDArray._make(self._shape, device=device, dtype=self._dtype)
+        a = self
+        if type(other) is not float or a._dtype not in FLOATS:
+            a, other = _scalar_operands(a, other, scalar_name)
+        out = NDArray._make(a._shape, device=device, dtype=_OUT[scalar_name] or a._dtype)
         if _size(out._shape):
-            getattr(device.mod, scalar_name)(self.compact()._handle, float(other), out._handle)
+            getattr(device.mod, scalar_name)(a.compact()._handle, other, out._handle)
         return out
 
     def _unary(self, name: str) -> NDArray:
-        out = NDArray._make(self._shape, device=self._device, dtype=self._dtype)
+        a = self
+        if a._dtype not in _TAKES[name]:
+            a = a.astype(_compute_dtype(name, a._dtype))
+        out = NDArray._make(a._shape, device=a._device, dtype=a._dtype)
         if _size(out._shape):
-            getattr(self._device.mod, name)(self.compact()._handle, out._handle)
+            getattr(a._device.mod, name)(a.compact()._handle, out._handle)
         return out
 
     # The operators: self (op) other for an NDArray other (broadcast) or a number, each
@@ -786,8 +887,9 @@ class NDArray:
     __rtruediv__ = _binary_method("div", "rdiv")
     __pow__ = _binary_method("power")
     maximum = _binary_method("maximum")
-    # Comparisons give 1.0/0.0 in the array's dtype, as needle's NDArray does. == is an array,
-    # not the bool of object.__eq__ (as NumPy's): a deliberate incompatible override.
+    # Comparisons give bool arrays (as NumPy and PyTorch; the course's NDArray gives 1.0/0.0
+    # float32, equal in value and arithmetic). == is an array, not the bool of
+    # object.__eq__ (as NumPy's): a deliberate incompatible override.
     __eq__ = _binary_method("eq")  # type: ignore[assignment]
     __ge__ = _binary_method("ge")
     # Each comparison its own primitive: with a NaN operand only != is true, as in NumPy.
@@ -798,10 +900,11 @@ class NDArray:
         return self._unary("ewise_neg")
 
     def __ne__(self, other):
-        return 1 - (self == other)
+        return (self == other) == False  # noqa: E712  (an elementwise not, on bools)
 
     def __gt__(self, other):
-        return (self >= other) * (self != other)
+        # On bools, x < y is (not x) and y: a > b is (a >= b) and not (a == b), NaN false.
+        return (self == other) < (self >= other)
 
     __hash__ = object.__hash__
 
@@ -827,7 +930,10 @@ class NDArray:
             )
         a, b = self, other
         if a._dtype != b._dtype:
-            a, b = a.astype("float64"), b.astype("float64")
+            dtype = result_type(a._dtype, b._dtype)
+            a, b = a.astype(dtype), b.astype(dtype)
+        if a._dtype not in FLOATS:  # integers: exact in float64 up to 2^53
+            return (a.astype("float64") @ b.astype("float64")).astype(a._dtype)
         try:
             batch_shape = broadcast_shapes(a._shape[:-2], b._shape[:-2])
         except ValueError:
@@ -878,6 +984,8 @@ class NDArray:
 
     # ---- reductions -----------------------------------------------------------------
     def _reduce(self, axis, keepdims: bool, name: str) -> NDArray:
+        if self._dtype not in _TAKES[name]:  # sums of integers and bools: in int64
+            return self.astype("int64")._reduce(axis, keepdims, name)
         axes = _normalize_axes(axis, self.ndim)
         kept = tuple(i for i in range(self.ndim) if i not in axes)
         out_shape = (
@@ -910,6 +1018,23 @@ class NDArray:
             view = self.permute(kept + axes).compact()
             getattr(mod, name)(view._handle, out._handle, reduce_size)
         return out
+
+    def reduce_view_out(self, axis, keepdims: bool = False) -> tuple[NDArray, NDArray]:
+        """needle's reduction set-up: a view with the reduced axis last (all axes flattened
+        when `axis` is None) and an uninitialised output array."""
+        if isinstance(axis, (tuple, list)):
+            if len(axis) != 1:
+                raise ValueError(f"reduce_view_out takes one axis, got {axis}")
+            axis = axis[0]
+        if axis is None:
+            view = self.compact().reshape((1,) * (self.ndim - 1) + (self.size,))
+            return view, NDArray._make((1,), device=self._device, dtype=self._dtype)
+        axis = _normalize_axis(axis, self.ndim)
+        view = self.permute(tuple(a for a in range(self.ndim) if a != axis) + (axis,))
+        shape = tuple(
+            1 if i == axis else d for i, d in enumerate(self._shape) if keepdims or i != axis
+        )
+        return view, NDArray._make(shape, device=self._device, dtype=self._dtype)
 
     def sum(self, axis=None, keepdims: bool = False) -> NDArray:
         """Sum over `axis` (an int, a tuple of ints, or None for all)."""
@@ -961,16 +1086,13 @@ for _primitive in primitives.family("unary"):
         setattr(NDArray, _primitive.name[len("ewise_") :], _unary_method(_primitive))
 
 
+# The ops ewise_broadcast_binary takes (float arrays only, as its row says).
 _VECTOR_OPS = {
     "ewise_add": "add",
     "ewise_sub": "sub",
     "ewise_mul": "mul",
     "ewise_div": "div",
     "ewise_maximum": "maximum",
-    "ewise_eq": "eq",
-    "ewise_ge": "ge",
-    "ewise_lt": "lt",
-    "ewise_le": "le",
 }
 
 
@@ -979,8 +1101,8 @@ def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):
     `shape` and the other broadcasts to it as a vector repeated along one axis: over the
     leading axes (shape (..., 1, 1, d_k, ..., d_n): a bias) or the trailing ones (shape
     (d_0, ..., d_k, 1, ..., 1): a per-row statistic). None when the operands are not so."""
-    op = _VECTOR_OPS.get(ewise_name)
-    if op is None:
+    op = _VECTOR_OPS[ewise_name]
+    if a._dtype not in FLOATS:
         return None
     if a._shape == shape:
         full, vector, vector_first = a, b, False
@@ -1071,24 +1193,18 @@ def axpby(alpha: float, x: NDArray, beta: float, y: NDArray, out: NDArray | None
 
 class RowIndices:
     """Whole-number indices into the first axis of an array with `rows` rows, checked once
-    and kept on `device` for the gather_rows / scatter_add_rows primitives, which read them
-    as `dtype` values (backend arrays are floating point; float32 holds whole numbers exactly
-    up to 2^24). `host` keeps them as int64."""
+    and kept on `device` as the int64 array the gather_rows / scatter_add_rows primitives
+    read (exact for any number of rows). `host` keeps them as a NumPy int64 array."""
 
-    def __init__(self, indices, rows: int, device: BackendDevice | None = None, dtype=None):
+    def __init__(self, indices, rows: int, device: BackendDevice | None = None):
         idx = RowIndices.check(indices, rows)
-        dtype = canonical_dtype(dtype)
-        if dtype == "float32" and rows > 2**24:
-            raise ValueError(
-                f"{rows} rows: float32 cannot hold every row index exactly; use float64 arrays"
-            )
         self.host, self.rows = idx, int(rows)
-        self.array = NDArray(idx.astype(dtype), device=device, dtype=dtype)
+        self.array = NDArray(idx, device=device, dtype=primitives.INDEX_DTYPE)
 
     @staticmethod
     def check(indices, rows: int) -> np.ndarray:
         """`indices` as int64 after checking that they are 1-D whole numbers in [0, rows)."""
-        idx = np.asarray(indices)
+        idx = indices.numpy() if isinstance(indices, NDArray) else np.asarray(indices)
         if idx.ndim != 1:
             raise ValueError(f"row indices must be 1-D, got shape {idx.shape}")
         if idx.dtype.kind == "f":
@@ -1104,11 +1220,11 @@ class RowIndices:
     def __len__(self) -> int:
         return len(self.host)
 
-    def on(self, device: BackendDevice, dtype: str) -> RowIndices:
-        """These indices as `dtype` values on `device` (self when they already are)."""
-        if self.array.device == device and self.array.dtype == dtype:
+    def on(self, device: BackendDevice) -> RowIndices:
+        """These indices on `device` (self when they already are)."""
+        if self.array.device == device:
             return self
-        return RowIndices(self.host, self.rows, device, dtype)
+        return RowIndices(self.host, self.rows, device)
 
 
 def take_rows(table: NDArray, indices) -> NDArray:
@@ -1117,12 +1233,12 @@ def take_rows(table: NDArray, indices) -> NDArray:
     if not isinstance(table, NDArray) or table.ndim < 1:
         raise ValueError("take_rows needs an NDArray with at least one axis")
     if not isinstance(indices, RowIndices):
-        indices = RowIndices(indices, table.shape[0], table.device, table.dtype)
+        indices = RowIndices(indices, table.shape[0], table.device)
     elif indices.rows != table.shape[0]:
         raise ValueError(
             f"take_rows: indices are for {indices.rows} rows, the table has {table.shape[0]}"
         )
-    idx = indices.on(table.device, table.dtype)
+    idx = indices.on(table.device)
     out = NDArray._make((len(idx),) + table.shape[1:], device=table.device, dtype=table.dtype)
     return _by_rows("gather_rows", table, idx, out)
 
@@ -1134,12 +1250,12 @@ def add_rows(values: NDArray, indices, rows: int, out: NDArray | None = None) ->
     if not isinstance(values, NDArray) or values.ndim < 1:
         raise ValueError("add_rows needs an NDArray with at least one axis")
     if not isinstance(indices, RowIndices):
-        indices = RowIndices(indices, rows, values.device, values.dtype)
+        indices = RowIndices(indices, rows, values.device)
     elif indices.rows != rows:
         raise ValueError(f"add_rows: indices are for {indices.rows} rows, not {rows}")
     if values.shape[0] != len(indices):
         raise ValueError(f"add_rows: {values.shape[0]} rows of values for {len(indices)} indices")
-    idx = indices.on(values.device, values.dtype)
+    idx = indices.on(values.device)
     shape = (rows,) + values.shape[1:]
     if out is None:
         out = values.device.full(shape, 0.0, dtype=values.dtype)
@@ -1164,6 +1280,28 @@ def _by_rows(primitive: str, a: NDArray, idx: RowIndices, out: NDArray) -> NDArr
             a.compact()._handle, idx.array._handle, out._handle, len(idx), row_size
         )
     return out
+
+
+def shared_numpy(a) -> NDArray:
+    """An NDArray on cpu_numpy over the memory of the NumPy array `a` (no copy when `a` is
+    C-contiguous: writes through either show in both): how the numpy mode hands its data to
+    the ops."""
+    a = np.asarray(a)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    device = cpu_numpy()
+    return NDArray._make(a.shape, device=device, handle=device.mod.Array.over(a.reshape(-1)))
+
+
+def numpy_shared(array: NDArray) -> np.ndarray:
+    """The NumPy form of an NDArray result for the numpy mode: a view of a compact cpu_numpy
+    buffer (else a copy), and a NumPy scalar for a 0-d array."""
+    if array._device.name == "cpu_numpy" and array.is_compact():
+        data = array._handle.array[array._offset : array._offset + array.size]
+        data = data.reshape(array._shape)
+    else:
+        data = array.numpy()
+    return data[()] if data.ndim == 0 else data
 
 
 def broadcast_to(array: NDArray, new_shape) -> NDArray:

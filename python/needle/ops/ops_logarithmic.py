@@ -5,7 +5,8 @@ from typing import Optional
 import numpy as np
 
 from .. import backend_ndarray as nd
-from ..autograd import NDArray, Saved, Tensor, TensorOp
+from ..autograd import Saved, Tensor, TensorOp, array_device
+from ..backend_ndarray import NDArray
 from .ops_mathematic import (
     TakeRows,
     _axes_tuple,
@@ -106,36 +107,21 @@ def logsoftmax(a, axis=-1):
 class ClassLabels:
     """Integer labels of a (batch, classes) array of logits, checked once (1-D whole numbers
     in [0, classes)), in the form the cross-entropy ops read them: the flat positions
-    i * classes + labels[i] of each row's label (an nd.RowIndices), or, when float32 cannot
-    hold every position exactly (logits of more than 2^24 elements), a one-hot array."""
+    i * classes + labels[i] of each row's label (an nd.RowIndices of int64 positions, exact
+    at any size)."""
 
-    # float32 holds whole numbers exactly up to 2^24 (a module constant, so tests can lower it)
-    exact_float32 = 2**24
-
-    def __init__(self, labels, classes: int, device=None, dtype=None):
+    def __init__(self, labels, classes: int, device=None):
         checked = nd.RowIndices.check(labels, classes)  # on the host: no device copy
         self.batch, self.classes = len(checked), classes
-        size = self.batch * classes
-        if nd.canonical_dtype(dtype) == "float32" and size > self.exact_float32:
-            self.positions = None
-            device = nd.default_device() if device is None else device
-            self.one_hot = device.one_hot(classes, checked, dtype=dtype)
-        else:
-            positions = np.arange(self.batch, dtype=np.int64) * classes + checked
-            self.positions = nd.RowIndices(positions, size, device, dtype)
-            self.one_hot = None
+        positions = np.arange(self.batch, dtype=np.int64) * classes + checked
+        self.positions = nd.RowIndices(positions, self.batch * classes, device)
 
     def picked_sum(self, z: NDArray) -> NDArray:
         """The sum over rows of z[i, labels[i]]."""
-        if self.positions is None:
-            return (z * self.one_hot).sum()
         return nd.take_rows(z.compact().reshape((z.size, 1)), self.positions).sum()
 
     def subtract(self, g: NDArray, value: float) -> NDArray:
-        """g with `value` taken off at each row's label: in place into g (compact, ours)
-        unless the labels are a one-hot array."""
-        if self.positions is None:
-            return nd.axpby(1.0, g, -value, self.one_hot)
+        """g with `value` taken off at each row's label, in place into g (compact, ours)."""
         nd.add_rows(
             g.device.full((self.batch, 1), -value, dtype=g.dtype),
             self.positions,
@@ -146,8 +132,6 @@ class ClassLabels:
 
     def picked_sum_tensor(self, v: Tensor) -> Tensor:
         """picked_sum as Tensor ops, differentiable in v."""
-        if self.positions is None:
-            return summation(v * Tensor.make_const(self.one_hot))
         return summation(TakeRows(self.positions)(reshape(v, (self.batch * self.classes, 1))))
 
 
@@ -222,5 +206,5 @@ def softmax_cross_entropy(logits: Tensor, labels) -> Tensor:
     if not isinstance(labels, ClassLabels):
         if isinstance(labels, Tensor):
             labels = labels.numpy()
-        labels = ClassLabels(labels, logits.shape[1], logits.device, logits.dtype)
+        labels = ClassLabels(labels, logits.shape[1], array_device(logits))
     return SoftmaxCrossEntropy(labels)(logits)

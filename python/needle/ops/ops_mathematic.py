@@ -14,7 +14,8 @@ from typing import Any, overload
 import numpy as np
 
 from .. import backend_ndarray as nd
-from ..autograd import NDArray, Tensor, TensorOp, TensorTuple, TensorTupleOp
+from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp, array_device, array_of
+from ..backend_ndarray import NDArray
 from .ops_tuple import make_tuple
 
 __all__ = [
@@ -566,7 +567,7 @@ class ReLU(_Elementwise):
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         # sign(relu(a)) is the 0/1 mask in one kernel (node is relu(a), never negative).
-        mask = Tensor.make_const(node.realize_cached_data().sign())
+        mask = Tensor.make_const(array_of(node).sign())
         return out_grad * mask
 
 
@@ -619,8 +620,8 @@ class Max(_Reduction):
     def gradient(self, out_grad: Tensor, node: Tensor):
         a = node.inputs[0]
         kept = _keepdims_shape(a.shape, self.axes)
-        data = a.realize_cached_data()
-        mask = data == node.realize_cached_data().reshape(kept).broadcast_to(a.shape)
+        data = array_of(a)
+        mask = data == array_of(node).reshape(kept).broadcast_to(a.shape)
         mask = mask / mask.sum(axis=self.axes, keepdims=True).broadcast_to(a.shape)
         return broadcast_to(reshape(out_grad, kept), a.shape) * Tensor.make_const(mask)
 
@@ -639,8 +640,8 @@ class Maximum(TensorOp):
         return a.maximum(self.scalar if b is None else b)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
-        a = node.inputs[0].realize_cached_data()
-        b = self.scalar if len(node.inputs) == 1 else node.inputs[1].realize_cached_data()
+        a = array_of(node.inputs[0])
+        b = self.scalar if len(node.inputs) == 1 else array_of(node.inputs[1])
         mask_a = (a > b) + (a == b) * 0.5
         grad_a = reduce_to_shape(out_grad * Tensor.make_const(mask_a), node.inputs[0].shape)
         if len(node.inputs) == 1:
@@ -802,7 +803,7 @@ class GetItem(TensorOp):
         self.idxs = idxs
 
     def compute(self, a: NDArray):
-        return a[self.idxs].compact()
+        return a._index_view(self.idxs).compact()
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         return GetItemGradient(self.idxs, node.inputs[0].shape)(out_grad)
@@ -977,7 +978,7 @@ class TakeRows(TensorOp):
 def take_rows(table, indices):
     """table[indices] along the first axis; `indices` 1-D whole numbers or an nd.RowIndices."""
     if not isinstance(indices, nd.RowIndices):
-        indices = nd.RowIndices(indices, table.shape[0], table.device, table.dtype)
+        indices = nd.RowIndices(indices, table.shape[0], array_device(table))
     return TakeRows(indices)(table)
 
 
@@ -1000,7 +1001,7 @@ class AddRows(TensorOp):
 
 def add_rows(values, indices, rows: int):
     if not isinstance(indices, nd.RowIndices):
-        indices = nd.RowIndices(indices, rows, values.device, values.dtype)
+        indices = nd.RowIndices(indices, rows, array_device(values))
     return AddRows(indices, rows)(values)
 
 

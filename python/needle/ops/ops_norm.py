@@ -7,8 +7,8 @@ one op on NDArrays. Its gradient is NDArray arithmetic too when no graph is bein
 gradients of gradients still work.
 """
 
-from ..autograd import NDArray, Saved, Tensor, TensorOp, is_grad_enabled
-from ..backend_ndarray import prod
+from ..autograd import Saved, Tensor, TensorOp, array_of, is_grad_enabled
+from ..backend_ndarray import NDArray, prod
 from .ops_mathematic import broadcast_to, reshape, summation
 
 __all__ = ["BatchNorm", "batch_norm"]
@@ -78,9 +78,7 @@ class BatchNorm(TensorOp):
         if not is_grad_enabled():
             return tuple(
                 None if g is None else Tensor.make_const(g)
-                for g in self._gradient_data(
-                    out_grad.realize_cached_data(), x, weight.realize_cached_data(), node.saved
-                )
+                for g in self._gradient_data(array_of(out_grad), x, array_of(weight), node.saved)
             )
         return self._gradient_tensors(out_grad, x, weight)
 

@@ -9,7 +9,8 @@ gradients still work.
 """
 
 from .. import backend_ndarray as nd
-from ..autograd import NDArray, Saved, Tensor, TensorOp, is_grad_enabled
+from ..autograd import Saved, Tensor, TensorOp, array_of, is_grad_enabled
+from ..backend_ndarray import NDArray
 from .ops_mathematic import reshape, sigmoid, split, stack, tanh
 
 __all__ = ["LSTMState", "lstm_state"]
@@ -41,8 +42,7 @@ class LSTMState(TensorOp):
     def gradient(self, out_grad: Tensor, node: Tensor):
         if not is_grad_enabled():
             return tuple(
-                Tensor.make_const(d)
-                for d in self._gradient_data(out_grad.realize_cached_data(), node.saved)
+                Tensor.make_const(d) for d in self._gradient_data(array_of(out_grad), node.saved)
             )
         return self._gradient_tensors(out_grad, *node.inputs)
 
