@@ -8,6 +8,8 @@ generated from the table's NumPy references. The conventions every backend share
 ``primitives.py``'s docstring.
 """
 
+import functools
+
 import numpy as np
 
 from . import primitives
@@ -198,6 +200,7 @@ def _checked(prim: primitives.Primitive, impl):
     if kinds[main] == "numpy":  # from_numpy: out's dtype is the one the row takes
         main = next(n for n in arrays if kinds[n] in ("out", "inout"))
 
+    @functools.wraps(impl)  # keeps impl's signature: the table's parameter names
     def primitive(*args, **kwargs):
         bound = dict(zip(names, args), **kwargs)
         dtype = bound[main].dtype
@@ -216,7 +219,7 @@ def _checked(prim: primitives.Primitive, impl):
                 raise TypeError(f"cpu_numpy: {prim.name}: {n} is {got}, not {want}")
         return impl(*args, **kwargs)
 
-    primitive.__name__, primitive.__doc__ = prim.name, impl.__doc__ or prim.doc
+    primitive.__doc__ = impl.__doc__ or prim.doc
     return primitive
 
 
