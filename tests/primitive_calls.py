@@ -4,7 +4,9 @@ Shared by the conformance suite (tests/backends) and the backend-specific suites
 primitive is called by keyword with the parameter names of its row in
 ``primitives.TABLE``, so a backend (or a fallback) whose names or argument order differ
 fails, and each argument is marshalled by its kind: NumPy data for an ``array`` parameter
-becomes an Array of the backend under test, an ``Out`` becomes a fresh output Array.
+becomes an Array of the backend under test (in the dtype under test), for an ``index``
+parameter an int64 Array, an ``Out`` becomes a fresh output Array (of the row's
+``out_dtype`` where it has one: comparisons write bool).
 """
 
 import math
@@ -52,9 +54,12 @@ def call(mod, name, *args, dtype, impl=None):
     kwargs, out = {}, None
     for param, arg in zip(prim.params, args):
         if param.kind in ("out", "inout"):
-            arg = out = arg.make(mod, dtype)
+            out_dtype = prim.out_dtype if param.kind == "out" and prim.out_dtype else dtype
+            arg = out = arg.make(mod, out_dtype)
         elif param.kind == "array":
             arg = to_array(mod, np.asarray(arg), dtype)
+        elif param.kind == "index":
+            arg = to_array(mod, np.asarray(arg), primitives.INDEX_DTYPE)
         elif param.kind == "numpy":
             arg = arg.astype(dtype)
         kwargs[param.name] = arg
@@ -63,14 +68,51 @@ def call(mod, name, *args, dtype, impl=None):
 
 
 def row_indices(rng, rows, n, kind):
-    """n row indices (as floats, as the rows-by-index primitives read them) into `rows`
-    rows: "same" sends all to the last row, "distinct" is part of a permutation, "random"
-    repeats some."""
+    """n row indices (int64, as the rows-by-index primitives read them) into `rows` rows:
+    "same" sends all to the last row, "distinct" is part of a permutation, "random" repeats
+    some."""
     if kind == "same":
-        return np.full(n, rows - 1, dtype=float)
+        return np.full(n, rows - 1, dtype=np.int64)
     if kind == "distinct":
-        return rng.permutation(rows)[:n].astype(float)
-    return rng.integers(0, rows, n).astype(float)
+        return rng.permutation(rows)[:n].astype(np.int64)
+    return rng.integers(0, rows, n, dtype=np.int64)
+
+
+def fit(x, dtype) -> np.ndarray:
+    """Float test data made data of `dtype`: floats as they are; integers from round(37 x)
+    wrapped into the dtype's range as NumPy's integer casts wrap (37 is odd, so consecutive
+    values stay distinct modulo 256); bool where round(37 x) is a multiple of 3."""
+    x = np.asarray(x)
+    if np.dtype(dtype).kind == "f" or x.dtype == np.dtype(dtype):
+        return x.astype(dtype)
+    whole = np.round(x * 37).astype(np.int64)
+    return (whole % 3 == 0) if dtype == "bool" else whole.astype(dtype)
+
+
+def scalar_for(dtype, val: float) -> float:
+    """`val` as NDArray would pass it to a primitive on `dtype`: a whole number in range for
+    an integer dtype (int(val) wrapped into it), as it is for floats and bool (val != 0)."""
+    if np.dtype(dtype).kind not in "iu":
+        return val
+    return float(np.array(int(val), dtype=np.int64).astype(dtype))
+
+
+def int_operand(rng, dtype, size, ties=True):
+    """`size` values of an integer or bool dtype: over its whole range, with its limits and
+    their neighbours first (where add, sub, mul and neg wrap around) and, with `ties`, about
+    a third of small values (so eq, ge, maximum see equal operands)."""
+    if dtype == "bool":
+        return rng.integers(0, 2, size).astype(bool)
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max, size, dtype=dtype, endpoint=True)
+    if ties:
+        small = rng.integers(max(info.min, -3), 4, size).astype(dtype)
+        x = np.where(rng.integers(0, 3, size) == 0, small, x)
+    edges = np.array(
+        sorted({info.min, info.min + 1, info.max, info.max - 1, 0, 1, max(info.min, -1), 2})
+    ).astype(dtype)
+    x[: min(size, edges.size)] = edges[: min(size, edges.size)]
+    return x
 
 
 def operand(rng, kind, size):

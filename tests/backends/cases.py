@@ -1,12 +1,12 @@
 """The conformance cases of every primitive, generated from its row of the table.
 
-``cases(prim, backend)`` yields the Cases of one row: its arguments in the table's order
-(NumPy data for array parameters, ``Out`` for outputs) and how closely the backend must
-agree with the reference, which is the NumPy backend's own primitive or, for an optional
-primitive that backend leaves to the table's fallback, an independent NumPy definition here
-(``INDEPENDENT``). The elementwise families are generated from the table's dictionaries, so
-a new operator is covered by its row; any other row needs a generator in ``GENERATORS``
-(test_table.py fails for a row that has none).
+``cases(prim, backend, dtype)`` yields the Cases of one row in one dtype: its arguments in
+the table's order (NumPy data for array parameters, ``Out`` for outputs) and how closely
+the backend must agree with the reference, which is the NumPy backend's own primitive or,
+for an optional primitive that backend leaves to the table's fallback, an independent NumPy
+definition here (``INDEPENDENT``). The elementwise families are generated from the table's
+dictionaries, so a new operator is covered by its row; any other row needs a generator in
+``GENERATORS`` (test_table.py fails for a row that has none).
 
 What every family gets: sizes 0, 1, odd, around a vector (4) and a threadgroup (256) and
 past one (1001, 1027; 70,001 on backends fast enough, several turns of a grid-stride loop);
@@ -14,17 +14,34 @@ NaN, infinities and signed zeros; layout primitives on contiguous, strided, nega
 offset, broadcast, overlapping, 0-d, empty and 7-d to 10-d views; matmuls on each side of
 every tile edge of the backends (8, 16, 64, 128); reductions on each side of their
 thresholds (16, 64, 256, 1024).
+
+Integer and bool dtypes (``INT_FAMILIES``) get data of their own, compared bitwise: values
+over the whole range with the limits and their neighbours (where add, sub, mul, neg and abs
+wrap around as NumPy's integers do), every pair of limits for the binary operators, scalars
+at the limits, bool data and bool scalars for comparisons; the layout, memory and
+rows-by-index rows run their float cases with the data made integer or bool (``fit``);
+reductions get int64 sums that wrap and maxima of rows all at the minimum.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from typing import Callable, NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
-from primitive_calls import Out, operand, row_indices, view_of, writes_each_element_once
+from primitive_calls import (
+    Out,
+    fit,
+    int_operand,
+    operand,
+    row_indices,
+    scalar_for,
+    view_of,
+    writes_each_element_once,
+)
 
 from needle.backend_ndarray import ndarray, ndarray_backend_numpy as nb_np, primitives
 
@@ -554,7 +571,7 @@ ROWS_CASES = [
     *[(60, 200, 130, "random"), (3, 500, 130, "same")],
 ]
 LARGE_ROWS = (1000, 600, 130, "random")  # 78,000 elements: several turns of a grid-stride loop
-FIRST_N = np.array([6, 0, 6, 2, 1, 3, 5], dtype=float)  # only the first 4 are used
+FIRST_N = np.array([6, 0, 6, 2, 1, 3, 5], dtype=np.int64)  # only the first 4 are used
 
 
 def _rows_cases(backend):
@@ -650,16 +667,144 @@ INDEPENDENT: dict[str, Callable] = {
 }
 
 
-def generator(prim) -> Callable:
-    """The case generator of one row (KeyError for a row without one)."""
-    if prim.reference is not None and prim.group in FAMILIES:
+# ---- integer and bool dtypes ----------------------------------------------------------------
+INT_SIZES = (0, 1, 5, 16, 17, 257, 1027)
+
+
+def int_scalars(dtype) -> list[float]:
+    """Scalars as NDArray passes them for `dtype` (whole numbers in range; bool 0 and 1):
+    the limits and small values. int64's largest double below 2**63 is 2**63 - 1024."""
+    if dtype == "bool":
+        return [0.0, 1.0]
+    info = np.iinfo(dtype)
+    top = float(2**63 - 1024) if dtype == "int64" else float(info.max)
+    return sorted({0.0, 1.0, 2.0, float(max(info.min, -3)), top, float(info.min)})
+
+
+def _edges(dtype) -> np.ndarray:
+    return int_operand(np.random.default_rng(0), dtype, 8, ties=False)[:8]
+
+
+def _int_elementwise(prim, backend, rng, dtype):
+    group = prim.group
+    sizes = INT_SIZES + ((70001,) if backend.fast else ())
+    for size in sizes:
+        a = int_operand(rng, dtype, size)
+        if group == "unary":
+            yield Case(f"size {size}", (a, Out(size)), exact)
+        elif group == "binary":
+            b = np.roll(int_operand(rng, dtype, size), 3)
+            b[::4] = a[::4]  # ties
+            yield Case(f"size {size}", (a, b, Out(size)), exact)
+        else:
+            for val in int_scalars(dtype):
+                yield Case(f"size {size}, val {val}", (a, val, Out(size)), exact)
+    edges = _edges(dtype)
+    if group == "binary":
+        a, b = (np.array(p, dtype=dtype) for p in zip(*itertools.product(edges, repeat=2)))
+        yield Case("every pair of limits", (a, b, Out(a.size)), exact)
+    elif group == "scalar":
+        for val in int_scalars(dtype):
+            yield Case(f"limits, val {val}", (edges, val, Out(edges.size)), exact)
+
+
+def _fit_args(prim, args, dtype) -> tuple:
+    """A float case's arguments with its data (arrays, outs' initial values, scalars) made
+    data of `dtype`; index arrays and sizes as they are."""
+    fitted = []
+    for param, arg in zip(prim.params, args):
+        if param.kind in ("array", "numpy"):
+            arg = fit(arg, dtype)
+        elif isinstance(arg, Out) and arg.init is not None:
+            arg = Out(arg.size, fit(arg.init, dtype))
+        elif param.kind == "float":
+            arg = scalar_for(dtype, arg)
+        fitted.append(arg)
+    return tuple(fitted)
+
+
+def _int_fitted(prim, backend, rng, dtype):
+    for case in GENERATORS[prim.name](prim, backend, rng):
+        yield Case(case.label, _fit_args(prim, case.args, dtype), exact)
+
+
+def _int_fill(prim, backend, rng, dtype):
+    vals = int_scalars(dtype) + ([0.5, -2.5] if dtype == "bool" else [])  # bool: val != 0
+    for size, val in itertools.product((0, 1, 7, 257, 1001), vals):
+        yield Case(f"size {size}, val {val}", (Out(size), val), exact)
+
+
+def _int_reduce_data(rng, prim, dtype, size):
+    if dtype == "bool":  # sparse: short rows all false, long ones with a true somewhere
+        return rng.random(size) < 0.01
+    return int_operand(rng, dtype, size, ties=False)  # int64 sums wrap around
+
+
+INT_REDUCE_SHAPES = [(0, 7), (5, 1), (1, 7), (5, 64), (5, 65), (1, 256), (5, 257)] + [
+    (1, 1025),
+    (300, 7),
+    (40, 1100),
+    (2, 50001),
+]
+
+
+def _int_reduce_last(prim, backend, rng, dtype):
+    for outer, size in INT_REDUCE_SHAPES:
+        a = _int_reduce_data(rng, prim, dtype, outer * size)
+        yield Case(f"{outer} rows of {size}", (a, Out(outer), size), exact)
+    low = _edges(dtype).min()  # a maximum that starts from 0 (or from a float -inf) fails
+    for size in (3, 100, 2000):
+        yield Case(
+            f"rows of {size} all at the minimum", (np.full(2 * size, low), Out(2), size), exact
+        )
+
+
+def _int_reduce_axis(prim, backend, rng, dtype):
+    for outer, size, inner in AXIS_SHAPES:
+        a = _int_reduce_data(rng, prim, dtype, outer * size * inner)
+        yield Case(
+            f"({outer}, {size}, {inner})", (a, Out(outer * inner), outer, size, inner), exact
+        )
+    low = _edges(dtype).min()
+    for inner in (1, 5, 40):
+        yield Case(
+            f"(3, 7, {inner}) all at the minimum",
+            (np.full(21 * inner, low), Out(3 * inner), 3, 7, inner),
+            exact,
+        )
+
+
+INT_FAMILIES: dict[str, Callable] = {
+    "unary": _int_elementwise,
+    "binary": _int_elementwise,
+    "scalar": _int_elementwise,
+    "fill": _int_fill,
+    "reduce_sum": _int_reduce_last,
+    "reduce_max": _int_reduce_last,
+    "reduce_sum_axis": _int_reduce_axis,
+    "reduce_max_axis": _int_reduce_axis,
+}
+
+
+def generator(prim, dtype="float32") -> Callable:
+    """The case generator of one row in `dtype` (KeyError for a row without one)."""
+    elementwise_row = prim.reference is not None and prim.group in FAMILIES
+    if dtype not in primitives.FLOATS:
+        key = prim.group if elementwise_row else prim.name
+        if key in INT_FAMILIES:
+            return functools.partial(INT_FAMILIES[key], dtype=dtype)
+        if prim.name not in GENERATORS:
+            raise KeyError(prim.name)
+        return functools.partial(_int_fitted, dtype=dtype)
+    if elementwise_row:
         return FAMILIES[prim.group]
     return GENERATORS[prim.name]
 
 
-def cases(prim, backend) -> Iterator[Case]:
+def cases(prim, backend, dtype="float32") -> Iterator[Case]:
+    """The cases of `prim` in `dtype` (its float cases for float32 and float64)."""
     rng = np.random.default_rng(sum(map(ord, prim.name)))
-    return generator(prim)(prim, backend, rng)
+    return generator(prim, dtype)(prim, backend, rng)
 
 
 def reference(prim, backend) -> Callable:

@@ -9,7 +9,8 @@ compiler they are skipped with that reason, and a build that fails is a failure.
 
 A test that takes `backend` runs once per backend; with `prim` also once per row of
 ``primitives.TABLE`` that the backend runs, and with `dtype` once per dtype of that row that
-the backend holds. Nothing is generated for a backend that is not here.
+the backend holds (a test without `prim` that names its rows, test_conformance.rows: once per
+dtype one of them takes). Nothing is generated for a backend that is not here.
 """
 
 import shutil
@@ -102,6 +103,11 @@ def pytest_generate_tests(metafunc):
     if "backend" not in metafunc.fixturenames:
         return
     names = ["backend"] + [n for n in ("prim", "dtype") if n in metafunc.fixturenames]
+    # A test of particular rows (test_conformance.rows) runs in the dtypes they take.
+    tested_rows = getattr(metafunc.function, "rows", primitives.TABLE)
+    test_dtypes = [
+        d for d in primitives.DTYPES if any(d in primitives.TABLE[r].dtypes for r in tested_rows)
+    ]
     values, ids = [], []
     for spec in SPECS:
         if "prim" in names:
@@ -116,7 +122,7 @@ def pytest_generate_tests(metafunc):
             rows = [None]
         for prim in rows:
             dtypes = (
-                [d for d in (prim.dtypes if prim else primitives.DTYPES) if d in spec.dtypes]
+                [d for d in (prim.dtypes if prim else test_dtypes) if d in spec.dtypes]
                 if "dtype" in names
                 else [None]
             )

@@ -36,13 +36,14 @@ from . import cases as conformance
 def test_every_row_has_conformance_cases():
     numpy_backend = conformance.Backend("numpy", nd.ndarray_backend_numpy, primitives.DTYPES)
     for prim in primitives.TABLE.values():
-        try:
-            generated = list(conformance.cases(prim, numpy_backend))
-        except KeyError:
-            pytest.fail(f"{prim.name}: no case generator in tests/backends/cases.py")
-        assert generated, prim.name
-        for case in generated:
-            assert len(case.args) == len(prim.params), (prim.name, case.label)
+        for dtype in prim.dtypes:
+            try:
+                generated = list(conformance.cases(prim, numpy_backend, dtype))
+            except KeyError:
+                pytest.fail(f"{prim.name}: no case generator in tests/backends/cases.py")
+            assert generated, (prim.name, dtype)
+            for case in generated:
+                assert len(case.args) == len(prim.params), (prim.name, dtype, case.label)
         if prim.fallback is not None or not hasattr(nd.ndarray_backend_numpy, prim.name):
             conformance.reference(prim, numpy_backend)  # a reference independent of it
 
