@@ -163,15 +163,19 @@ def generate_bindings(kernels) -> str:
     for name, params, callee in kernels:
         specs, args = [], []
         vector_types = set()
-        for type_, pname, attr, index in params:
+        # Each argument's type is the kernel's own (a template's `device const T*` is one
+        # type per instantiation), read from its function pointer: msl::kernel_arg_t.
+        kernel_type = f"decltype(&{callee})"
+        for k, (type_, pname, attr, index) in enumerate(params):
+            declared = f"msl::kernel_arg_t<{kernel_type}, {k}>"
             if attr == "buffer":
                 if type_.endswith("*"):
                     specs.append(
-                        f'{{{index}, false, sizeof(std::remove_pointer_t<{type_}>), "{pname}"}}'
+                        f'{{{index}, false, sizeof(std::remove_pointer_t<{declared}>), "{pname}"}}'
                     )
-                    args.append(f"reinterpret_cast<{type_}>(buffers[{index}])")
+                    args.append(f"reinterpret_cast<{declared}>(buffers[{index}])")
                 elif type_.endswith("&"):
-                    base = f"std::remove_reference_t<{type_}>"
+                    base = f"std::remove_reference_t<{declared}>"
                     specs.append(f'{{{index}, true, sizeof({base}), "{pname}"}}')
                     args.append(f"*reinterpret_cast<{base}*>(buffers[{index}])")
                 else:
@@ -180,9 +184,9 @@ def generate_bindings(kernels) -> str:
                     )
             elif attr in VECTOR_POSITIONS:
                 vector_types.add(type_)
-                args.append(f"msl::position_as<{type_}>(position.{attr})")
+                args.append(f"msl::position_as<{declared}>(position.{attr})")
             elif attr in SCALAR_POSITIONS:
-                args.append(f"static_cast<{type_}>(position.{attr})")
+                args.append(f"static_cast<{declared}>(position.{attr})")
             else:
                 raise BuildError(f"kernel {name}: attribute [[{attr}]] is not emulated")
         if len(vector_types) > 1:
@@ -304,6 +308,11 @@ CLANG_FLAGS = [
 ]
 
 
+_INSTANCE_ATTRIBUTES = re.compile(
+    r"\btemplate\s*\[\[\s*host_name\s*\([^)]*\)\s*\]\]\s*\[\[\s*kernel\s*\]\]"
+)
+
+
 def check_address_spaces() -> str | None:
     """Compile the product kernels with Metal's address spaces as clang address spaces (which
     g++ has not); returns clang's errors ("" when there are none), or None without clang (a
@@ -312,11 +321,18 @@ def check_address_spaces() -> str | None:
         work = Path(tmp)
         for header in ("metal_stdlib", "metal_simdgroup_matrix"):
             (work / header).write_text('#include "msl_emulation.h"\n')
-        files = [f for f in kernel_files() if f not in TEST_SOURCES]
+        # Metal's explicit instantiations carry attributes (template [[host_name("x")]]
+        # [[kernel]] decltype(f<T>) f<T>;) where C++ allows none; clang rejects the form that
+        # Metal requires, so the copies checked here are plain C++ instantiations.
         source = work / "kernels.cc"
-        source.write_text(
-            '#include "msl_emulation.h"\n' + "".join(f'#include "{path}"\n' for path in files)
-        )
+        includes = []
+        for path in (f for f in kernel_files() if f not in TEST_SOURCES):
+            copy = work / path.name
+            copy.write_text(
+                f'#line 1 "{path}"\n' + _INSTANCE_ATTRIBUTES.sub("template", path.read_text())
+            )
+            includes.append(f'#include "{copy}"\n')
+        source.write_text('#include "msl_emulation.h"\n' + "".join(includes))
         args = CLANG_FLAGS + [f"-I{HERE}", f"-I{work}"]
         clang = next(
             (

@@ -137,6 +137,20 @@ uint current_simd_width();
 const void* simd_exchange_begin(const void* value, size_t size);
 void simd_exchange_done();
 
+// The declared type of parameter K of a kernel, from its function pointer type: the bindings
+// take each argument's type from the kernel itself, so that a kernel template's parameters
+// (device const T* a) bind as each instantiation declares them (device const long* a).
+template <unsigned K, typename... Args> struct nth_type;
+template <typename A, typename... Rest> struct nth_type<0, A, Rest...> { typedef A type; };
+template <unsigned K, typename A, typename... Rest> struct nth_type<K, A, Rest...> {
+  typedef typename nth_type<K - 1, Rest...>::type type;
+};
+template <typename F, unsigned K> struct kernel_arg;
+template <unsigned K, typename... Args> struct kernel_arg<void (*)(Args...), K> {
+  typedef typename nth_type<K, Args...>::type type;
+};
+template <typename F, unsigned K> using kernel_arg_t = typename kernel_arg<F, K>::type;
+
 // Conversions of the launcher's uint3 to the declared type of a position argument (uint,
 // ushort, uint2, uint3, ...).
 template <typename T> struct vec_traits { static constexpr int size = 1; using element = T; };
