@@ -52,13 +52,14 @@ def mod(request, host):
     return host[1 + HOST_MODULES.index(request.param)]
 
 
-def check(mod, name, *args, exact=False, rtol=1e-5, atol=1e-6):
+def check(mod, name, *args, exact=False, rtol=1e-5, atol=1e-6, dtype="float32"):
     """`name` through the host module against the NumPy backend, its own primitive or the
     table's fallback over it (the values of every kernel are checked in tests/backends: here,
     that the host code runs them as planned)."""
-    expected = call(nb_np, name, *args, dtype="float32", impl=primitives.resolve(nb_np, name))
-    actual = call(mod, name, *args, dtype="float32")
-    if exact:
+    expected = call(nb_np, name, *args, dtype=dtype, impl=primitives.resolve(nb_np, name))
+    actual = call(mod, name, *args, dtype=dtype)
+    assert actual.dtype == expected.dtype
+    if exact or dtype != "float32":
         np.testing.assert_array_equal(actual, expected)
     else:
         np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
@@ -88,10 +89,13 @@ def test_modules_refuse_to_import_off_macos():
 
 
 def test_table(host, mod):
-    assert mod.__device_name__ in ("metal", "mps") and mod.DTYPES == ("float32",)
+    assert mod.__device_name__ in ("metal", "mps")
+    assert mod.DTYPES == ("float32", "int32", "int64", "uint8", "bool")
     assert "matmul_strided" in primitives.validate(mod)
     with pytest.raises(TypeError, match=f"{mod.__device_name__}\\(\\) does not support float64"):
         mod.Array(3, "float64")
+    with pytest.raises(TypeError, match="matmul does not take dtype int32"):
+        mod.matmul(mod.Array(1, "int32"), mod.Array(1, "int32"), mod.Array(1, "int32"), 1, 1, 1)
 
 
 def test_primitives(mod):
@@ -115,6 +119,38 @@ def test_primitives(mod):
     check(mod, "reduce_max", x, Out(30), 10, exact=True)
     check(mod, "reduce_max_axis", x, Out(50), 5, 6, 10, exact=True)
     check(mod, "ewise_rsqrt", np.abs(x) + 0.1, Out(300))
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool"])
+def test_integer_and_bool_primitives(mod, dtype):
+    """The new dtypes through the host modules: buffers of their item sizes, scalars in the
+    array's type, comparisons into bool, sums in int64, int64 row indices."""
+    rng = np.random.default_rng(1)
+    if dtype == "bool":
+        x, y = rng.integers(0, 2, 300).astype(bool), rng.integers(0, 2, 300).astype(bool)
+    else:
+        info = np.iinfo(dtype)
+        x, y = (rng.integers(info.min, info.max, 300, dtype=dtype) for _ in range(2))
+    check(mod, "fill", Out(300), 1.0, dtype=dtype)
+    check(mod, "compact", x, Out(60), (3, 4, 5), (1, 60, 3), 2, dtype=dtype)
+    check(mod, "ewise_setitem", y[:60], Out(300, x), (3, 4, 5), (1, 60, 3), 2, dtype=dtype)
+    check(mod, "scalar_setitem", 60, 1.0, Out(300, x), (3, 4, 5), (1, 60, 3), 2, dtype=dtype)
+    check(mod, "ewise_eq", x, np.where(rng.random(300) < 0.5, x, y), Out(300), dtype=dtype)
+    check(mod, "scalar_lt", x, 1.0, Out(300), dtype=dtype)
+    check(mod, "reduce_max", x, Out(30), 10, dtype=dtype)
+    check(mod, "reduce_max_axis", x, Out(50), 5, 6, 10, dtype=dtype)
+    indices = np.array([2, 0, 5, 2, 2, 1, 5])
+    check(mod, "gather_rows", x[:60], indices, Out(70), 7, 10, dtype=dtype)
+    if dtype != "bool":
+        for name in ("ewise_add", "ewise_sub", "ewise_mul", "ewise_maximum"):
+            check(mod, name, x, y, Out(300), dtype=dtype)
+        for name in ("ewise_neg", "ewise_abs", "ewise_sign", "ewise_relu"):
+            check(mod, name, x, Out(300), dtype=dtype)
+        check(mod, "scalar_mul", x, 3.0, Out(300), dtype=dtype)
+        check(mod, "scalar_rsub", x, 7.0, Out(300), dtype=dtype)
+    if dtype == "int64":
+        check(mod, "reduce_sum", x, Out(3), 100, dtype=dtype)
+        check(mod, "reduce_sum_axis", x, Out(50), 5, 6, 10, dtype=dtype)
 
 
 @pytest.mark.parametrize("m,n,p", [(1, 1, 1), (7, 33, 5), (65, 17, 130)])

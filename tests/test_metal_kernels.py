@@ -81,14 +81,18 @@ def test_harness_reports_writes_outside_a_buffer(emu):
 
 def test_harness_checks_bindings(emu):
     x = np.zeros(256, np.float32)
+    fill = "fill_float32"
     with pytest.raises(harness.LaunchError, match=r"nothing bound at .*buffer\(2\)"):
-        launch("fill", [x], (1, 1, 1), (256, 1, 1), [(1, bytes(4))])
+        launch(fill, [x], (1, 1, 1), (256, 1, 1), [(1, bytes(4))])
     with pytest.raises(harness.LaunchError, match="needs 4 bytes, 2 are bound"):
-        launch("fill", [x], (1, 1, 1), (256, 1, 1), [(1, bytes(4)), (2, bytes(2))])
+        launch(fill, [x], (1, 1, 1), (256, 1, 1), [(1, bytes(4)), (2, bytes(2))])
     with pytest.raises(harness.LaunchError, match="does not declare"):
-        launch("fill", [x], (1, 1, 1), (256, 1, 1), [(1, bytes(4)), (2, bytes(4)), (5, bytes(4))])
+        launch(fill, [x], (1, 1, 1), (256, 1, 1), [(1, bytes(4)), (2, bytes(4)), (5, bytes(4))])
     with pytest.raises(harness.LaunchError, match="1 to 1024"):
-        launch("fill", [x], (1, 1, 1), (2048, 1, 1), [(1, bytes(4)), (2, bytes(4))])
+        launch(fill, [x], (1, 1, 1), (2048, 1, 1), [(1, bytes(4)), (2, bytes(4))])
+    # a template's instantiation binds its own types: fill_int64's value is 8 bytes
+    with pytest.raises(harness.LaunchError, match="needs 8 bytes, 4 are bound"):
+        launch("fill_int64", [x], (1, 1, 1), (256, 1, 1), [(1, bytes(4)), (2, bytes(4))])
 
 
 @pytest.mark.parametrize("threads", [32, 40, 64])
@@ -118,24 +122,29 @@ def test_harness_has_every_kernel_of_the_libraries(emu):
         dict.fromkeys(metal_primitives.CORE_SOURCES + metal_primitives.SIMDGROUP_SOURCES)
     )
     assert source.count("#line 1") == 7
-    names = set(harness.library().kernels)
-    elementwise = {p.name for p in primitives.TABLE.values() if p.reference is not None}
-    expected = (
-        elementwise
-        | set(metal_primitives.MATMUL_TILES)
-        | {
+    names = {k for k in harness.library().kernels if not k.startswith("selftest_")}
+
+    def per_dtype(kernel, prim):  # one kernel per dtype the row takes on Metal
+        return {f"{kernel}_{d}" for d in TABLE[prim].dtypes if d in metal_primitives.DTYPES}
+
+    TABLE = primitives.TABLE
+    expected = set(metal_primitives.MATMUL_TILES) | {"ewise_axpby"}
+    for prim in TABLE.values():
+        if prim.reference is not None or prim.name in (
             "fill",
             "compact",
             "ewise_setitem",
             "scalar_setitem",
-            "ewise_axpby",
             "gather_rows",
             "scatter_add_rows",
-        }
-        | {f"reduce_{op}_{kind}" for op in ("sum", "max") for kind in ("rows", "serial", "axis")}
-    )
-    assert expected <= names
-    assert not {"ewise_unary", "ewise_binary", "scalar_binary"} & names  # templates only
+        ):
+            expected |= per_dtype(prim.name, prim.name)
+    for op in ("sum", "max"):
+        for kind in ("rows", "serial", "axis"):
+            expected |= per_dtype(f"reduce_{op}_{kind}", f"reduce_{op}")
+    assert names == expected  # exactly the table's rows and dtypes, no more
+    assert "ewise_add_bool" not in names and "ewise_log_int32" not in names
+    assert "ewise_eq_bool" in names and "reduce_sum_rows_int64" in names
 
 
 def test_harness_binds_kernel_template_instantiations():
@@ -194,7 +203,8 @@ def test_launch_geometry_matches_the_kernels():
 
 # ---- the emulated module: dtypes and limits ----------------------------------------------
 def test_module(emu):
-    assert emu.DTYPES == ("float32",) and emu.__device_name__ == "metal_emulated"
+    assert emu.DTYPES == ("float32", "int32", "int64", "uint8", "bool")
+    assert emu.__device_name__ == "metal_emulated"
     assert primitives.validate(emu) == {
         "ewise_axpby",
         "batched_matmul",
@@ -205,8 +215,11 @@ def test_module(emu):
         "scatter_add_rows",
         "synchronize",
     }
-    for size in (0, 1, 5, 1000):  # 64-byte aligned, as MTLBuffers
-        assert emu.Array(size).ptr() % 64 == 0
+    for dtype in emu.DTYPES:
+        for size in (0, 1, 5, 1000):  # 64-byte aligned, as MTLBuffers
+            arr = emu.Array(size, dtype)
+            assert arr.ptr() % 64 == 0 and arr.dtype == dtype and arr.size == size
+    assert emu.Array(3, np.int64).dtype == "int64" and emu.Array(3, np.bool_).dtype == "bool"
 
 
 @pytest.mark.parametrize("dtype", ["float64", np.float64, np.dtype("float64")])
@@ -218,9 +231,9 @@ def test_float64_raises_a_type_error_naming_dtype_and_device(emu, dtype):
         emu.Array(4, dtype)
 
 
-@pytest.mark.parametrize("dtype", ["int8", "float16", ""])
+@pytest.mark.parametrize("dtype", ["int8", "float16", "uint32", ""])
 def test_other_dtypes_are_rejected(emu, dtype):
-    with pytest.raises(ValueError, match="float32 only"):
+    with pytest.raises(ValueError, match=r"unsupported dtype .*float32, int32, int64, uint8, bool"):
         emu.Array(4, dtype)
 
 
@@ -228,8 +241,136 @@ def test_from_numpy_checks_dtype_and_size(emu):
     arr = emu.Array(4)
     with pytest.raises(TypeError):
         emu.from_numpy(np.zeros(4, np.float64), arr)
+    with pytest.raises(TypeError, match="from_numpy: a is int32, not float32"):
+        emu.from_numpy(np.zeros(4, np.int32), arr)
     with pytest.raises(ValueError):
         emu.from_numpy(np.zeros(5, np.float32), arr)
+
+
+def _args(emu, prim, dtype):
+    """Arguments for `prim` with Arrays of `dtype` (out: the row's out_dtype; index: int64)."""
+    values = {"int": 1, "float": 1.0, "shape": (2,), "str": "add", "bool": False}
+    args = []
+    for param in prim.params:
+        if param.kind in ("array", "inout"):
+            args.append(emu.Array(4, dtype))
+        elif param.kind == "out":
+            args.append(emu.Array(4, prim.out_dtype or dtype))
+        elif param.kind == "index":
+            args.append(emu.Array(4, "int64"))
+        elif param.kind == "numpy":
+            args.append(np.zeros(4, dtype))
+        else:
+            args.append(values[param.kind])
+    return args
+
+
+UNTAKEN = [
+    (prim, dtype)
+    for prim in primitives.TABLE.values()
+    # the rows Metal implements (the table's fallbacks call those, which check in turn)
+    if prim.params and (prim.reference or hasattr(metal_primitives.MetalBackend, prim.name))
+    for dtype in metal_primitives.DTYPES
+    if dtype not in prim.dtypes
+]
+
+
+@pytest.mark.parametrize("prim,dtype", UNTAKEN, ids=[f"{p.name}-{d}" for p, d in UNTAKEN])
+def test_dtypes_a_row_does_not_take_raise_type_errors(emu, prim, dtype):
+    """Every row refuses the dtypes it does not list, naming the primitive and the dtype,
+    before anything is encoded (no kernel of that name exists to run)."""
+    runtime = emu.backend.runtime
+    emu.synchronize()
+    with pytest.raises(TypeError, match=f"{prim.name} does not take dtype {dtype}"):
+        getattr(emu, prim.name)(*_args(emu, prim, dtype))
+    assert not runtime._pending
+
+
+def test_mixed_dtypes_raise_type_errors(emu):
+    i32, i64, f32 = (emu.Array(4, d) for d in ("int32", "int64", "float32"))
+    with pytest.raises(TypeError, match="ewise_add: b is int64, not int32"):
+        emu.ewise_add(i32, i64, emu.Array(4, "int32"))
+    with pytest.raises(TypeError, match="ewise_lt: out is int32, not bool"):
+        emu.ewise_lt(i32, i32, emu.Array(4, "int32"))  # comparisons write bool
+    with pytest.raises(TypeError, match="scalar_eq: out is float32, not bool"):
+        emu.scalar_eq(f32, 1.0, emu.Array(4, "float32"))
+    with pytest.raises(TypeError, match="gather_rows: indices is float32, not int64"):
+        emu.gather_rows(f32, f32, emu.Array(4), 1, 4)  # row numbers are int64 now
+    with pytest.raises(TypeError, match="compact: out is int64, not float32"):
+        emu.compact(f32, i64, (4,), (1,), 0)
+
+
+def test_integers_wrap_around_as_numpy(emu):
+    """Integer add/sub/mul/neg/abs wrap (two's complement), as NumPy's; the emulation does
+    them in the unsigned type, so g++ sees no signed overflow."""
+    cases = [
+        ("ewise_add", "int32", [2**31 - 1, -(2**31)], [1, -1]),
+        ("ewise_sub", "int64", [-(2**63), 5], [1, -(2**63)]),
+        ("ewise_mul", "int64", [2**62, 3 * 2**61], [4, 3]),
+        ("ewise_mul", "uint8", [16, 255], [16, 255]),
+        ("ewise_neg", "uint8", [1, 0, 255], None),
+        ("ewise_neg", "int32", [-(2**31), 5], None),
+        ("ewise_abs", "int32", [-(2**31), -7], None),
+        ("ewise_abs", "int64", [-(2**63), -7], None),
+        ("ewise_sign", "uint8", [0, 1, 200], None),
+        ("ewise_relu", "int64", [-(2**63), 3], None),
+    ]
+    for name, dtype, x, y in cases:
+        ref = primitives.TABLE[name].reference
+        x = np.array(x, dtype=dtype)
+        args = [to_array(emu, x)] + ([] if y is None else [to_array(emu, np.array(y, dtype))])
+        out = emu.Array(x.size, dtype)
+        getattr(emu, name)(*args, out)
+        with np.errstate(over="ignore"):
+            expected = ref(x) if y is None else ref(x, np.array(y, dtype))
+        np.testing.assert_array_equal(read(emu, out), expected, err_msg=f"{name} {dtype}")
+        assert read(emu, out).dtype == dtype
+
+
+def test_comparisons_write_bool(emu):
+    for dtype in ("float32", "int32", "int64", "uint8", "bool"):
+        x = np.array([0, 1, 1, 0], dtype=dtype)
+        y = np.array([0, 0, 1, 1], dtype=dtype)
+        out = emu.Array(4, "bool")
+        emu.ewise_le(to_array(emu, x), to_array(emu, y), out)
+        np.testing.assert_array_equal(read(emu, out), x <= y)
+        emu.scalar_ge(to_array(emu, x), 1.0, out)
+        np.testing.assert_array_equal(read(emu, out), x >= np.array(1, dtype))
+        assert read(emu, out).dtype == np.bool_
+
+
+def test_integer_reductions(emu):
+    x = np.array([2**62, 2**62, 2**62, -5, 7, -(2**63)], dtype=np.int64)  # the sum wraps
+    out = emu.Array(2, "int64")
+    emu.reduce_sum(to_array(emu, x), out, 3)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(read(emu, out), x.reshape(2, 3).sum(axis=1))
+    for dtype, x in [
+        ("int32", np.full(70, -(2**31), np.int32)),  # the identity is the type's minimum
+        ("uint8", np.zeros(70, np.uint8)),
+        ("bool", np.zeros(70, bool)),
+        ("int64", np.arange(-70, 0, dtype=np.int64)),
+    ]:
+        for reduce_size in (7, 70):  # a thread per row, a threadgroup per row
+            out = emu.Array(70 // reduce_size, dtype)
+            emu.reduce_max(to_array(emu, x), out, reduce_size)
+            np.testing.assert_array_equal(read(emu, out), x.reshape(-1, reduce_size).max(axis=1))
+
+
+@pytest.mark.parametrize(
+    "dtype,value,expected",
+    [
+        ("float32", 1.5, np.float32(1.5).tobytes()),
+        ("int32", -3.0, np.int32(-3).tobytes()),
+        ("int64", float(2**53), np.int64(2**53).tobytes()),
+        ("int64", -(2**63), np.int64(-(2**63)).tobytes()),
+        ("uint8", 255.0, b"\xff"),
+        ("bool", 2.0, b"\x01"),
+        ("bool", 0.0, b"\x00"),
+    ],
+)
+def test_scalars_are_passed_in_the_arrays_type(dtype, value, expected):
+    assert metal_primitives.scalar_bytes(dtype, value) == expected
 
 
 def test_views_past_int32_are_refused(emu):
@@ -274,18 +415,22 @@ def launches(emu, run):
     return planned
 
 
-def test_each_elementwise_row_launches_its_own_kernel(emu):
-    """One thread per element in threadgroups of 256, the kernel named as the row."""
-    a, out = to_array(emu, np.ones(257), "float32"), emu.Array(257)
+@pytest.mark.parametrize("dtype", metal_primitives.DTYPES)
+def test_each_elementwise_row_launches_its_own_kernel(emu, dtype):
+    """One thread per element in threadgroups of 256, the kernel named as the row and the
+    dtype, for every dtype the row takes."""
+    a = to_array(emu, np.ones(257), dtype)
     for prim in primitives.TABLE.values():
-        if prim.reference is None:
+        if prim.reference is None or dtype not in prim.dtypes:
             continue
+        out = emu.Array(257, prim.out_dtype or dtype)
         args = {"unary": (a, out), "binary": (a, a, out), "scalar": (a, 2.0, out)}[prim.group]
         assert launches(emu, lambda: getattr(emu, prim.name)(*args)) == [
-            (prim.name, (2, 1, 1), (256, 1, 1))
+            (f"{prim.name}_{dtype}", (2, 1, 1), (256, 1, 1))
         ]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
 @pytest.mark.parametrize(
     "outer,reduce_size,inner,kernel,groups",
     [
@@ -294,8 +439,9 @@ def test_each_elementwise_row_launches_its_own_kernel(emu):
         (3, 5, 100, "reduce_sum_axis", (2, 1, 1)),  # a thread per output element
     ],
 )
-def test_reductions_pick_their_kernel(emu, outer, reduce_size, inner, kernel, groups):
-    a, out = emu.Array(outer * reduce_size * inner), emu.Array(outer * inner)
+def test_reductions_pick_their_kernel(emu, outer, reduce_size, inner, kernel, groups, dtype):
+    a, out = emu.Array(outer * reduce_size * inner, dtype), emu.Array(outer * inner, dtype)
+    kernel = f"{kernel}_{dtype}"
     if inner == 1:
         run = lambda: emu.reduce_sum(a, out, reduce_size)  # noqa: E731
     else:

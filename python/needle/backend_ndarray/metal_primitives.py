@@ -81,6 +81,13 @@ class UnsupportedDtypeError(TypeError):
     """A dtype that a device cannot hold (float64 on Metal)."""
 
 
+# The dtypes Metal holds (no float64: Apple GPUs have no double precision) and their MSL types
+# (common.metal): float, int, long, uchar, bool. A kernel for one dtype is named
+# <kernel>_<dtype>: ewise_add_int64, compact_bool.
+DTYPES: tuple[str, ...] = ("float32", "int32", "int64", "uint8", "bool")
+ITEMSIZE = {dtype: np.dtype(dtype).itemsize for dtype in DTYPES}
+
+
 def _groups(count: int, per_group: int) -> tuple[int, int, int]:
     return (max(1, -(-count // per_group)), 1, 1)
 
@@ -93,6 +100,21 @@ def _f32(value: float) -> bytes:
     # Rounded to float32 as the NumPy backend rounds scalars (overflow gives inf, as there).
     with np.errstate(over="ignore"):
         return np.array(value, dtype=np.float32).tobytes()
+
+
+_INT_FORMATS = {"int32": "<I", "int64": "<Q", "uint8": "<B"}
+
+
+def scalar_bytes(dtype: str, value) -> bytes:
+    """A scalar operand as the kernels of `dtype` read it (a `constant T&`): float32 rounded;
+    an integer converted as C's static_cast (NDArray passes a whole number in range;
+    anything wider wraps, as NumPy's astype); bool is value != 0."""
+    if dtype == "float32":
+        return _f32(value)
+    if dtype == "bool":
+        return b"\x01" if value != 0 else b"\x00"
+    fmt = _INT_FORMATS[dtype]
+    return struct.pack(fmt, int(value) % (1 << (8 * ITEMSIZE[dtype])))
 
 
 class MPSMatrixLayout(NamedTuple):
@@ -139,21 +161,24 @@ def mps_matrix_layout(
 
 # ---- arrays -----------------------------------------------------------------------------------
 class MetalArray:
-    """A flat float32 buffer in shared storage. Each backend has its own subclass, `Array`."""
+    """A flat buffer of one of DTYPES in shared storage. Each backend has its own subclass,
+    `Array`."""
 
-    __slots__ = ("buffer", "_size", "last_batch")
+    __slots__ = ("buffer", "_size", "_dtype", "itemsize", "last_batch")
     backend: MetalBackend
 
     def __init__(self, size: int, dtype: str = "float32"):
         backend = self.backend
-        backend.check_dtype(dtype)
+        self._dtype = backend.check_dtype(dtype)
+        self.itemsize = ITEMSIZE[self._dtype]
         size = operator.index(size)
         if not 0 <= size <= INT32_MAX:
             raise ValueError(
                 f"{backend.device_name}(): cannot allocate {size} elements (0 to {INT32_MAX})"
             )
         self._size = size
-        self.buffer = backend.runtime.allocate(4 * max(size, 1))  # Metal has no empty buffers
+        # Metal has no empty buffers
+        self.buffer = backend.runtime.allocate(self.itemsize * max(size, 1))
         self.last_batch = -1  # the batch of the last launch that used this array
 
     @property
@@ -162,7 +187,7 @@ class MetalArray:
 
     @property
     def dtype(self) -> str:
-        return "float32"
+        return self._dtype
 
     def ptr(self) -> int:
         return self.backend.runtime.address(self.buffer)
@@ -172,7 +197,7 @@ class MetalArray:
 class MetalBackend:
     """The primitive table (``primitives.TABLE``), run as Metal kernels on `runtime`."""
 
-    DTYPES = ("float32",)
+    DTYPES = DTYPES
 
     def __init__(self, runtime, device_name: str):
         self.runtime = runtime
@@ -181,19 +206,22 @@ class MetalBackend:
         self._matmul_kernel: str | None = None
 
     # -- dtypes and synchronisation --
-    def check_dtype(self, dtype) -> None:
+    def check_dtype(self, dtype) -> str:
+        """The name of `dtype` if this backend holds it."""
         try:
             name = np.dtype(dtype).name
         except TypeError:
             name = str(dtype)
-        if name == "float32":
-            return
-        if name == "float64":
+        if name in self.DTYPES and dtype != "":
+            return name
+        if name == "float64" and dtype != "":
             raise UnsupportedDtypeError(
                 f"{self.device_name}() does not support float64: Apple GPUs have no double "
                 "precision; use float32"
             )
-        raise ValueError(f"{self.device_name}(): unsupported dtype {dtype!r} (float32 only)")
+        raise ValueError(
+            f"{self.device_name}(): unsupported dtype {dtype!r} ({', '.join(self.DTYPES)})"
+        )
 
     def synchronize(self) -> None:
         """Submit every encoded kernel and wait until they have run."""
@@ -212,32 +240,34 @@ class MetalBackend:
             array.last_batch = batch
         self.runtime.dispatch(
             kernel,
-            [(index, array.buffer, 4 * offset) for index, array, offset in arrays],
+            [(index, array.buffer, array.itemsize * offset) for index, array, offset in arrays],
             constants,
             threadgroups,
             threads,
         )
 
     def _host(self, array: MetalArray) -> np.ndarray:
-        view = self.runtime.host_view(array.buffer, 4 * array.size)
-        return np.frombuffer(view, dtype=np.float32, count=array.size)
+        view = self.runtime.host_view(array.buffer, array.itemsize * array.size)
+        return np.frombuffer(view, dtype=array.dtype, count=array.size)
 
     # -- memory --
     def to_numpy(self, a: MetalArray, shape, strides, offset) -> np.ndarray:
         shape = tuple(operator.index(d) for d in shape)
         primitives.check_view(self.device_name, shape, strides, offset, a.size)
         if math.prod(shape) == 0:
-            return np.empty(shape, dtype=np.float32)
+            return np.empty(shape, dtype=a.dtype)
         self._wait_for(a)
         host = self._host(a)
         view = np.lib.stride_tricks.as_strided(
-            host[operator.index(offset) :], shape, tuple(4 * operator.index(s) for s in strides)
+            host[operator.index(offset) :],
+            shape,
+            tuple(a.itemsize * operator.index(s) for s in strides),
         )
         return view.copy()
 
     def from_numpy(self, a: np.ndarray, out: MetalArray) -> None:
-        if a.dtype != np.float32:
-            raise TypeError(f"{self.device_name}: from_numpy needs float32 data, got {a.dtype}")
+        if a.dtype != out.dtype:
+            raise TypeError(f"{self.device_name}: from_numpy needs {out.dtype} data, got {a.dtype}")
         if a.size != out.size:
             raise ValueError(
                 f"{self.device_name}: from_numpy of {a.size} elements into an array of {out.size}"
@@ -250,9 +280,9 @@ class MetalBackend:
     def fill(self, out: MetalArray, val: float) -> None:
         if out.size:
             self._launch(
-                "fill",
+                f"fill_{out.dtype}",
                 [(0, out, 0)],
-                [(1, _f32(val)), (2, _u32(out.size))],
+                [(1, scalar_bytes(out.dtype, val)), (2, _u32(out.size))],
                 _groups(out.size, THREADS),
                 (THREADS, 1, 1),
             )
@@ -285,8 +315,10 @@ class MetalBackend:
         if isinstance(source, MetalArray):
             arrays.insert(0, (0, source, 0))
         else:
-            constants.insert(0, (0, _f32(source)))
-        self._launch(kernel, arrays, constants, _groups(size, THREADS), (THREADS, 1, 1))
+            constants.insert(0, (0, scalar_bytes(out.dtype, source)))
+        self._launch(
+            f"{kernel}_{out.dtype}", arrays, constants, _groups(size, THREADS), (THREADS, 1, 1)
+        )
 
     def compact(self, a: MetalArray, out: MetalArray, shape, strides, offset) -> None:
         self._strided("compact", a, out, shape, strides, offset)
@@ -313,7 +345,7 @@ class MetalBackend:
     ) -> None:
         if size:
             self._launch(
-                kernel,
+                f"{kernel}_{a.dtype}",
                 [(0, a, 0), (1, indices, 0), (2, out, 0)],
                 [(3, struct.pack("<3I", n, row_size, size))],
                 _groups(size, THREADS),
@@ -352,7 +384,7 @@ class MetalBackend:
             self._launch(
                 kernel,
                 [(0, a, 0), (2, out, 0)],
-                [(1, _f32(val)), (3, _u32(out.size))],
+                [(1, scalar_bytes(a.dtype, val)), (3, _u32(out.size))],
                 _groups(out.size, THREADS),
                 (THREADS, 1, 1),
             )
@@ -449,7 +481,7 @@ class MetalBackend:
         arrays = [(0, a, 0), (1, out, 0)]
         if inner > 1:
             self._launch(
-                f"reduce_{op}_axis",
+                f"reduce_{op}_axis_{a.dtype}",
                 arrays,
                 [(2, shape)],
                 _groups(outer * inner, THREADS),
@@ -457,7 +489,7 @@ class MetalBackend:
             )
         elif reduce_size <= REDUCE_SERIAL_MAX:
             self._launch(
-                f"reduce_{op}_serial",
+                f"reduce_{op}_serial_{a.dtype}",
                 arrays,
                 [(2, shape)],
                 _groups(outer, THREADS),
@@ -465,7 +497,11 @@ class MetalBackend:
             )
         else:
             self._launch(
-                f"reduce_{op}_rows", arrays, [(2, shape)], (outer, 1, 1), (REDUCE_THREADS, 1, 1)
+                f"reduce_{op}_rows_{a.dtype}",
+                arrays,
+                [(2, shape)],
+                (outer, 1, 1),
+                (REDUCE_THREADS, 1, 1),
             )
 
     def reduce_sum(self, a: MetalArray, out: MetalArray, reduce_size: int) -> None:
@@ -484,33 +520,79 @@ class MetalBackend:
     ) -> None:
         self._reduce("max", a, out, outer, reduce_size, inner)
 
-    def _binary_primitive(self, kernel: str) -> Callable:
+    def _kernels(self, prim: primitives.Primitive) -> dict[str, str]:
+        """An elementwise row's kernel per dtype it takes here: ewise_add_int64, ..."""
+        return {d: f"{prim.name}_{d}" for d in prim.dtypes if d in self.DTYPES}
+
+    def _binary_primitive(self, prim: primitives.Primitive) -> Callable:
+        kernels = self._kernels(prim)
+
         def primitive(a: MetalArray, b: MetalArray, out: MetalArray) -> None:
-            self.ewise_binary(kernel, a, b, out)
+            self.ewise_binary(kernels[a.dtype], a, b, out)
 
-        primitive.__name__ = primitive.__qualname__ = kernel
         return primitive
 
-    def _scalar_primitive(self, kernel: str) -> Callable:
+    def _scalar_primitive(self, prim: primitives.Primitive) -> Callable:
+        kernels = self._kernels(prim)
+
         def primitive(a: MetalArray, val: float, out: MetalArray) -> None:
-            self.scalar_binary(kernel, a, val, out)
+            self.scalar_binary(kernels[a.dtype], a, val, out)
 
-        primitive.__name__ = primitive.__qualname__ = kernel
         return primitive
 
-    def _unary_primitive(self, kernel: str) -> Callable:
-        def primitive(a: MetalArray, out: MetalArray) -> None:
-            self.unary(kernel, a, out)
+    def _unary_primitive(self, prim: primitives.Primitive) -> Callable:
+        kernels = self._kernels(prim)
 
-        primitive.__name__ = primitive.__qualname__ = kernel
+        def primitive(a: MetalArray, out: MetalArray) -> None:
+            self.unary(kernels[a.dtype], a, out)
+
+        return primitive
+
+    def _checked(self, prim: primitives.Primitive, impl: Callable) -> Callable:
+        """`impl` behind the dtype rules of its row: a TypeError naming the primitive and the
+        dtype unless its first Array (from_numpy: out) has a dtype the row takes here, the
+        other Arrays share it (out: the row's out_dtype, bool for comparisons) and `index`
+        Arrays are int64. Checked once per call, before anything is encoded."""
+        names = prim.param_names
+        kinds = {p.name: p.kind for p in prim.params}
+        arrays = [n for n in names if kinds[n] in ("array", "numpy", "out", "inout", "index")]
+        main = next(n for n in arrays if kinds[n] not in ("index", "numpy"))
+        takes = frozenset(d for d in prim.dtypes if d in self.DTYPES)
+        expected = {
+            n: primitives.INDEX_DTYPE
+            if kinds[n] == "index"
+            else prim.out_dtype
+            if kinds[n] == "out" and prim.out_dtype
+            else None
+            for n in arrays
+        }
+        device = self.device_name
+
+        def primitive(*args, **kwargs):
+            bound = dict(zip(names, args), **kwargs)
+            dtype = bound[main].dtype
+            if dtype not in takes:
+                raise TypeError(
+                    f"{device}: {prim.name} does not take dtype {dtype} "
+                    f"(it takes {', '.join(sorted(takes))})"
+                )
+            for n in arrays:
+                got = getattr(bound[n].dtype, "name", bound[n].dtype)  # an Array's or NumPy's
+                want = expected[n] or dtype
+                if got != want:
+                    raise TypeError(f"{device}: {prim.name}: {n} is {got}, not {want}")
+            return impl(*args, **kwargs)
+
+        primitive.__name__ = primitive.__qualname__ = prim.name
+        primitive.__doc__ = getattr(impl, "__doc__", None) or prim.doc
         return primitive
 
     # -- the module-level table --
     def primitive_table(self) -> dict[str, object]:
         """The names a backend module exports: every primitive of the table this backend
-        implements (primitives.TABLE, with the table's parameter names), bound to it. The
-        optional ones it leaves out (ewise_broadcast_binary, matmul_tiled) are the table's
-        fallbacks over these."""
+        implements (primitives.TABLE, with the table's parameter names), bound to it and
+        behind its row's dtype rules (_checked). The optional ones it leaves out
+        (ewise_broadcast_binary, matmul_tiled) are the table's fallbacks over these."""
         table: dict[str, object] = {
             "Array": self.Array,
             "DTYPES": self.DTYPES,
@@ -522,8 +604,11 @@ class MetalBackend:
             "unary": self._unary_primitive,
         }
         for prim in primitives.TABLE.values():
-            if prim.reference is not None:  # an elementwise family: a kernel of its own
-                table[prim.name] = families[prim.group](prim.name)
+            if prim.reference is not None:  # an elementwise family: a kernel per dtype
+                impl = families[prim.group](prim)
             elif hasattr(self, prim.name):
-                table[prim.name] = getattr(self, prim.name)
+                impl = getattr(self, prim.name)
+            else:
+                continue
+            table[prim.name] = self._checked(prim, impl) if prim.params else impl
         return table
