@@ -2,7 +2,8 @@
 
 macOS only, with ``pip install "needle[metal]"`` (pyobjc-framework-Metal). Elsewhere, or on a
 Mac without a Metal GPU, importing this module raises ImportError and ``ndl.metal().enabled()``
-is False. float32 only: Apple GPUs have no double precision.
+is False. Dtypes float32, int32, int64, uint8 and bool (MSL float, int, long, uchar, bool):
+no float64, as Apple GPUs have no double precision.
 
 This file is the part that only a Mac runs: the device, one command queue, the kernel
 libraries (compiled from source at first use, then one pipeline per kernel, cached), and one

@@ -8,7 +8,8 @@ elsewhere importing this module raises ImportError and ``ndl.mps().enabled()`` i
 MSL kernels (it shares the metal backend's device, queue and open command buffer). Operands
 go in place, as MPS matrices with a row stride, transposed when a view is unit-stride down its
 columns; views MPS cannot describe (broadcast rows or batches) use the MSL matmul kernel.
-The rest of the table is the metal backend's: MPS offers nothing for strided copies, and its
+Matmuls are float32 (the table's matmul rows take floats only). The rest of the table, every
+dtype included, is the metal backend's: MPS offers nothing for strided copies, and its
 elementwise filters (MPSMatrixNeuron, ...) cover only some of needle's ops and are no faster
 on memory-bound work than the MSL kernels.
 """
