@@ -19,23 +19,43 @@ from typing import Any
 
 import numpy as np
 
-from .autograd import Tensor, no_grad
+from .autograd import Tensor, array_of, no_grad, set_array
+from .backend_selection import BACKEND
 from .backend_ndarray import NDArray, axpby
+
+_NUMPY_MODE = BACKEND == "np"
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR"]
 
 
 class Optimizer:
-    """Base class: holds the parameters and per-parameter state (a dict of Tensors each)."""
+    """Base class: holds the parameters (``.params``) and, per optimizer, dicts of
+    per-parameter buffers keyed by the Parameter itself (SGD's ``.u``, Adam's ``.m`` and
+    ``.v``), as the course's optimizers do."""
 
     # Names of the hyper-parameters saved by state_dict(); subclasses extend this.
     _hyperparameters: tuple[str, ...] = ("lr",)
+    # Names of the per-parameter buffer dicts (attributes keyed by parameter).
+    _buffers: tuple[str, ...] = ()
     lr: float  # the learning rate, set by each optimizer (and by an LRScheduler)
 
     def __init__(self, params: Iterable[Tensor]):
-        self.params: list[Tensor] = list(params)
-        # state[i] holds the buffers of self.params[i] (momentum, moments, step count).
-        self.state: dict[int, dict[str, Any]] = {}
+        self.params: list[Tensor] = params if isinstance(params, list) else list(params)
+        for name in self._buffers:
+            setattr(self, name, {})
+
+    @property
+    def state(self) -> dict[int, dict[str, Tensor]]:
+        """The buffers by parameter index, {i: {name: Tensor}} (for checkpoints), built from
+        the per-parameter dicts (the same Tensors)."""
+        state: dict[int, dict[str, Tensor]] = {}
+        for i, p in enumerate(self.params):
+            buffers = {
+                name: getattr(self, name)[p] for name in self._buffers if p in getattr(self, name)
+            }
+            if buffers:
+                state[i] = buffers
+        return state
 
     def step(self) -> None:
         raise NotImplementedError()
@@ -49,21 +69,45 @@ class Optimizer:
         """Alias of reset_grad, as in torch."""
         self.reset_grad()
 
+    def clip_grad_norm(self, max_norm: float = 0.25) -> float:
+        """Rescale all gradients together so that their global L2 norm is at most `max_norm`
+        (by max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_). Returns the norm
+        before clipping. A parameter listed twice is counted once."""
+        seen, grads = set(), []
+        for p in self.params:
+            if p.grad is not None and id(p) not in seen:
+                seen.add(id(p))
+                grads.append(p)
+        total = math.sqrt(
+            sum(float(np.sum(np.square(p.grad.numpy().astype(np.float64)))) for p in grads)
+        )
+        coef = max_norm / (total + 1e-6)
+        if coef < 1.0:
+            for p in grads:
+                p.grad = Tensor.make_const(array_of(p.grad) * coef)
+        return total
+
     def _grads(self):
-        """(index, parameter, its gradient's data in the parameter's dtype), skipping params
-        without a gradient."""
-        for i, p in enumerate(self.params):
+        """(parameter, its gradient's data as an NDArray in the parameter's dtype), skipping
+        parameters whose grad is None."""
+        for p in self.params:
             if p.grad is None:
                 continue
-            grad = p.grad.realize_cached_data()
-            if grad.dtype != p.dtype:
-                grad = grad.astype(p.dtype)
-            yield i, p, grad
+            grad = array_of(p.grad)
+            dtype = array_of(p).dtype
+            if grad.dtype != dtype:
+                grad = grad.astype(dtype)
+            yield p, grad
 
     @staticmethod
     def _update(tensor: Tensor, alpha: float, beta: float, step: NDArray) -> None:
         """tensor's data = alpha * data + beta * step (step in the tensor's dtype), in place
-        when the data is private to `tensor`."""
+        when the data is private to `tensor`. The Tensor object stays the same and gets no
+        graph (the data is swapped, as the course's ``p.data = ...``)."""
+        if _NUMPY_MODE:
+            # NumPy data are shared by detach()/.data: never write into them.
+            set_array(tensor, axpby(alpha, array_of(tensor), beta, step))
+            return
         data = tensor.realize_cached_data()
         # Private: the only references to the NDArray are tensor.cached_data, `data` and
         # getrefcount's argument, and the NDArray is the only one on its buffer (views,
@@ -73,13 +117,14 @@ class Optimizer:
         tensor.cached_data = axpby(alpha, data, beta, step, out=data if private else None)
 
     def state_dict(self) -> dict[str, Any]:
-        """Hyper-parameters and per-parameter buffers, as NumPy arrays and Python numbers."""
-        state = {
-            i: {k: (v.numpy().copy() if isinstance(v, Tensor) else v) for k, v in s.items()}
-            for i, s in self.state.items()
-        }
+        """Hyper-parameters and per-parameter buffers (by parameter index), as NumPy arrays
+        and Python numbers."""
+        state = {i: {k: v.numpy().copy() for k, v in s.items()} for i, s in self.state.items()}
         hyper = {name: getattr(self, name) for name in self._hyperparameters}
         return {"hyperparameters": hyper, "state": state}
+
+    # Buffer names of older checkpoints.
+    _aliases = {"momentum_buffer": "u"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what state_dict() saved; buffers go to each parameter's device and dtype."""
@@ -89,7 +134,7 @@ class Optimizer:
                     f"load_state_dict: unknown hyper-parameter {name!r} for {type(self).__name__}"
                 )
             setattr(self, name, value)
-        self.state = {}
+        restored: dict[str, dict[Tensor, Tensor]] = {name: {} for name in self._buffers}
         for i, s in state_dict["state"].items():
             i = int(i)
             if not 0 <= i < len(self.params):
@@ -98,64 +143,68 @@ class Optimizer:
                     f"has {len(self.params)} parameters"
                 )
             p = self.params[i]
-            restored = {}
             for k, v in s.items():
-                if isinstance(v, np.ndarray):
-                    if v.shape != tuple(p.shape):
-                        raise ValueError(
-                            f"load_state_dict: {k} of parameter {i} has shape "
-                            f"{v.shape}, the parameter {tuple(p.shape)}"
-                        )
-                    v = Tensor(v, device=p.device, dtype=p.dtype, requires_grad=False)
-                restored[k] = v
-            self.state[i] = restored
+                k = self._aliases.get(k, k)
+                if k not in restored:
+                    continue  # e.g. a per-parameter step count of older checkpoints
+                v = np.asarray(v)
+                if v.shape != tuple(p.shape):
+                    raise ValueError(
+                        f"load_state_dict: {k} of parameter {i} has shape "
+                        f"{v.shape}, the parameter {tuple(p.shape)}"
+                    )
+                restored[k][p] = Tensor(v, device=p.device, dtype=p.dtype, requires_grad=False)
+        for name, buffers in restored.items():
+            setattr(self, name, buffers)
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with the course's momentum.
+    """Stochastic gradient descent with the course's momentum, state ``.u`` (by parameter):
 
-    u = momentum * u + (1 - momentum) * (grad + weight_decay * w);  w -= lr * u,  u0 = 0.
-    This is needle's formulation: unlike torch.optim.SGD, the gradient is damped by
-    (1 - momentum) and the buffer starts at zero, not at the first gradient (torch with
-    dampening=momentum matches from the second step on).
+    g = grad + weight_decay * w;  u = momentum * u + (1 - momentum) * g (u starts at 0);
+    w = w - lr * u.
+
+    PyTorch differs: torch.optim.SGD keeps u = momentum * u + g (no (1 - momentum) factor,
+    and the buffer starts at the first gradient).
     """
 
     _hyperparameters = ("lr", "momentum", "weight_decay")
+    _buffers = ("u",)
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params)
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.u: dict[Tensor, Tensor] = {}
 
     @no_grad()
     def step(self) -> None:
-        for i, p, grad in self._grads():
+        m = self.momentum
+        for p, grad in self._grads():
             if self.weight_decay:
-                grad = axpby(1.0, grad, self.weight_decay, p.realize_cached_data())
-            u = grad
-            if self.momentum:
-                state = self.state.setdefault(i, {})
-                if "momentum_buffer" in state:
-                    self._update(state["momentum_buffer"], self.momentum, 1 - self.momentum, grad)
-                else:
-                    state["momentum_buffer"] = Tensor.make_const(grad * (1 - self.momentum))
-                u = state["momentum_buffer"].realize_cached_data()
-            self._update(p, 1.0, -self.lr, u)
+                grad = axpby(1.0, grad, self.weight_decay, array_of(p))
+            if p in self.u:
+                self._update(self.u[p], m, 1 - m, grad)
+            else:  # m * 0 + (1 - m) * g, a buffer of its own
+                self.u[p] = Tensor.make_const(grad * (1 - m))
+            self._update(p, 1.0, -self.lr, array_of(self.u[p]))
 
 
 class Adam(Optimizer):
-    """Adam with bias correction; weight_decay adds an L2 term to the gradient, as
-    torch.optim.Adam does.
+    """Adam with bias correction, states ``.t`` (step() calls), ``.m`` and ``.v`` (by
+    parameter); weight_decay adds an L2 term to the gradient, as torch.optim.Adam does:
 
-    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  w -= lr * m_hat / (sqrt(v_hat) + eps)
-    with m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t). The step count t is kept per
-    parameter (as torch), so a parameter that misses a step gets the right correction.
+    g = grad + weight_decay * w;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+    w = w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
+
+    As in the course, t counts step() calls (torch counts per parameter; they differ only
+    for a parameter that misses steps).
     """
 
     _hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay", "t")
+    _buffers = ("m", "v")
     _decoupled = False
-    _default_weight_decay = 0.0  # what weight_decay=None means (AdamW: 0.01, as torch)
 
     def __init__(
         self,
@@ -164,47 +213,56 @@ class Adam(Optimizer):
         beta1: float = 0.9,
         beta2: float = 0.999,
         eps: float = 1e-8,
-        weight_decay: float | None = None,
+        weight_decay: float = 0.0,
     ):
         super().__init__(params)
         self.lr = lr
         self.beta1 = beta1
         self.beta2 = beta2
         self.eps = eps
-        self.weight_decay = self._default_weight_decay if weight_decay is None else weight_decay
-        self.t = 0  # number of step() calls, as the course's Adam counts them
+        self.weight_decay = weight_decay
+        self.t = 0
+        self.m: dict[Tensor, Tensor] = {}
+        self.v: dict[Tensor, Tensor] = {}
 
     @no_grad()
     def step(self) -> None:
         self.t += 1
-        b1, b2 = self.beta1, self.beta2
-        for i, p, grad in self._grads():
+        t, b1, b2 = self.t, self.beta1, self.beta2
+        for p, grad in self._grads():
             decay = 1.0
             if self.weight_decay:
                 if self._decoupled:
                     decay = 1 - self.lr * self.weight_decay
                 else:
-                    grad = axpby(1.0, grad, self.weight_decay, p.realize_cached_data())
-            state = self.state.setdefault(i, {})
-            t = state.get("step", 0) + 1
-            state["step"] = t
-            if "m" in state:
-                self._update(state["m"], b1, 1 - b1, grad)
-                self._update(state["v"], b2, 1 - b2, grad * grad)
-            else:
-                state["m"] = Tensor.make_const(grad * (1 - b1))
-                state["v"] = Tensor.make_const(grad * grad * (1 - b2))
-            m_hat = state["m"].realize_cached_data() / (1 - b1**t)
-            v_hat = state["v"].realize_cached_data() / (1 - b2**t)
+                    grad = axpby(1.0, grad, self.weight_decay, array_of(p))
+            if p in self.m:
+                self._update(self.m[p], b1, 1 - b1, grad)
+                self._update(self.v[p], b2, 1 - b2, grad * grad)
+            else:  # from m = v = 0
+                self.m[p] = Tensor.make_const(grad * (1 - b1))
+                self.v[p] = Tensor.make_const(grad * grad * (1 - b2))
+            m_hat = array_of(self.m[p]) / (1 - b1**t)
+            v_hat = array_of(self.v[p]) / (1 - b2**t)
             self._update(p, decay, -self.lr, m_hat / (v_hat.sqrt() + self.eps))
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (w -= lr * weight_decay * w before the Adam step),
-    as torch.optim.AdamW."""
+    as torch.optim.AdamW (weight_decay 0.01 by default, as torch)."""
 
     _decoupled = True
-    _default_weight_decay = 0.01
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ):
+        super().__init__(params, lr, beta1, beta2, eps, weight_decay)
 
 
 # ---- learning-rate schedules ------------------------------------------------------------
