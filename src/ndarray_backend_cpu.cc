@@ -1,5 +1,6 @@
-// CPU backend for needle's NDArray: the primitive table of ndarray_backend_numpy.py
-// (the executable specification) implemented natively for float32 and float64.
+// CPU backend for needle's NDArray: the primitive table (primitives.py; the NumPy backend is
+// its executable specification) implemented natively for float32, float64, int32, int64,
+// uint8 and bool, each primitive for the dtypes its row lists.
 //
 // Conventions (shared with every backend): an Array is a flat, 64-byte aligned buffer of
 // one dtype; strided views are (shape, strides, offset) in elements; `out` is a separate
@@ -7,7 +8,9 @@
 // the buffer once per call, so a bad view from Python raises instead of reading outside it.
 //
 // This file is the table: each primitive unpacks its Arrays and calls a kernel from
-// src/cpu/ (elementwise.h, reduce.h, gemm.h, thread_pool.h, strided.h).
+// src/cpu/ (elementwise.h, reduce.h, gemm.h, thread_pool.h, strided.h). Each binding states
+// the dtype set its row takes (Floats, Numeric, AllTypes, SumTypes of cpu/array.h): another
+// dtype is a TypeError naming the primitive.
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -79,18 +82,18 @@ template <class T> NumpyArray to_numpy_kernel(const Array &a, const Shape &shape
 
 NumpyArray to_numpy(const Array &a, const Shape &shape, const Shape &strides, int64_t offset) {
   View v = checked_view("to_numpy", shape, strides, offset, a.size);
-  return dispatch(a.dtype, [&](auto tag) { return to_numpy_kernel<decltype(tag)>(a, shape, v); });
+  return dispatch<AllTypes>(a.dtype,
+                            [&](auto tag) { return to_numpy_kernel<decltype(tag)>(a, shape, v); });
 }
 
 using InputArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 
 void from_numpy(const InputArray &src, Array &out) {
-  dispatch(out.dtype, [&](auto tag) {
+  dispatch<AllTypes>(out.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (src.dtype() != nb::dtype<T>())
-      throw nb::type_error((std::string("from_numpy: source dtype does not match Array dtype ") +
-                            dtype_name(out.dtype))
-                               .c_str());
+      throw DTypeError(std::string("source dtype does not match Array dtype ") +
+                       dtype_name(out.dtype));
     if (src.size() != out.size)
       throw nb::value_error(("from_numpy: source has " + std::to_string(src.size()) +
                              " elements, Array has " + std::to_string(out.size))
@@ -102,18 +105,19 @@ void from_numpy(const InputArray &src, Array &out) {
 }
 
 void fill(Array &out, double val) {
-  dispatch(out.dtype, [&](auto tag) {
+  dispatch<AllTypes>(out.dtype, [&](auto tag) {
     using T = decltype(tag);
+    const T v = scalar_as<T>(val);
     GilRelease unlocked(static_cast<int64_t>(out.size));
-    std::fill_n(out.data<T>(), out.size, static_cast<T>(val));
+    std::fill_n(out.data<T>(), out.size, v);
   });
 }
 
 // ---- layout --------------------------------------------------------------------------
 
 // Calls kernel(a's data, out's data) with the pointers typed by the arrays' dtype.
-template <class Kernel> void with_typed(const Array &a, Array &out, Kernel &&kernel) {
-  dispatch(common_dtype(a, out), [&](auto tag) {
+template <class List, class Kernel> void with_typed(const Array &a, Array &out, Kernel &&kernel) {
+  dispatch<List>(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
     kernel(a.data<T>(), out.data<T>());
   });
@@ -124,7 +128,7 @@ void compact(const Array &a, Array &out, const Shape &shape, const Shape &stride
   check_size("compact", "out", v.size, out.size);
   const DType dtype = common_dtype(a, out);
   GilRelease unlocked(v.size);
-  dispatch(dtype, [&](auto tag) {
+  dispatch<AllTypes>(dtype, [&](auto tag) {
     using T = decltype(tag);
     // Split by rows across threads when large (im2col patch matrices are megabytes): the
     // output ranges are disjoint, so the copy is the same however it is split.
@@ -143,7 +147,7 @@ void ewise_setitem(const Array &a, Array &out, const Shape &shape, const Shape &
   View v = checked_view("ewise_setitem", shape, strides, offset, out.size);
   check_size("ewise_setitem", "a", v.size, a.size);
   GilRelease unlocked(v.size);
-  with_typed(a, out, [&](auto *x, auto *y) { scatter(x, y, v); });
+  with_typed<AllTypes>(a, out, [&](auto *x, auto *y) { scatter(x, y, v); });
 }
 
 void scalar_setitem(size_t size, double val, Array &out, const Shape &shape, const Shape &strides,
@@ -153,10 +157,11 @@ void scalar_setitem(size_t size, double val, Array &out, const Shape &shape, con
     throw nb::value_error(("scalar_setitem: size " + std::to_string(size) + " is not the view's " +
                            std::to_string(v.size))
                               .c_str());
-  GilRelease unlocked(v.size);
-  dispatch(out.dtype, [&](auto tag) {
+  dispatch<AllTypes>(out.dtype, [&](auto tag) {
     using T = decltype(tag);
-    scatter_scalar(static_cast<T>(val), out.data<T>(), v);
+    const T value = scalar_as<T>(val);
+    GilRelease unlocked(v.size);
+    scatter_scalar(value, out.data<T>(), v);
   });
 }
 
@@ -172,10 +177,10 @@ void matmul_strided(const Array &a, const Array &b, Array &out, int64_t batch, i
   checked_view("matmul_strided (a)", {batch, m, n}, a_strides, a_offset, a.size);
   checked_view("matmul_strided (b)", {batch, n, p}, b_strides, b_offset, b.size);
   const View o = checked_view("matmul_strided", {batch, m, p}, {m * p, p, 1}, 0, out.size);
-  if (o.size == 0) return;
   const DType dtype = common_dtype(a, b, out);
+  if (o.size == 0) return require<Floats>(dtype);
   GilRelease unlocked(o.size * std::max<int64_t>(n, 1));
-  dispatch(dtype, [&](auto tag) {
+  dispatch<Floats>(dtype, [&](auto tag) {
     using T = decltype(tag);
     gemm<T>(batch, m, n, p, {a.data<T>() + a_offset, a_strides[0], a_strides[1], a_strides[2]},
             {b.data<T>() + b_offset, b_strides[0], b_strides[1], b_strides[2]}, out.data<T>());
@@ -219,7 +224,7 @@ void matmul_tiled(const Array &a, const Array &b, Array &out, size_t m, size_t n
   assert(a.size >= m * n && b.size >= n * p && out.size >= m * p);
   const DType dtype = common_dtype(a, b, out);
   GilRelease unlocked(static_cast<int64_t>(m * std::max<size_t>(n, 1) * p));
-  dispatch(dtype, [&](auto tag) {
+  dispatch<Floats>(dtype, [&](auto tag) {
     using T = decltype(tag);
     matmul_tiled_kernel(a.data<T>(), b.data<T>(), out.data<T>(), m, n, p);
   });
@@ -234,38 +239,37 @@ void ewise_broadcast_binary(const std::string &op, const Array &full, const Arra
                             Array &out, int64_t outer, int64_t inner, bool per_column,
                             bool vector_first) {
   auto run = [&](auto op_tag) {
-    broadcast_binary<decltype(op_tag)>(full, vector, out, outer, inner, per_column, vector_first);
+    broadcast_binary<decltype(op_tag), Floats>(full, vector, out, outer, inner, per_column,
+                                               vector_first);
   };
   if (op == "add") return run(Add{});
   if (op == "sub") return run(Sub{});
   if (op == "mul") return run(Mul{});
   if (op == "div") return run(Div{});
   if (op == "maximum") return run(Maximum{});
-  if (op == "eq") return run(Eq{});
-  if (op == "ge") return run(Ge{});
-  if (op == "lt") return run(Lt{});
-  if (op == "le") return run(Le{});
   throw nb::value_error(("ewise_broadcast_binary: unknown op '" + op + "'").c_str());
 }
 
 // ---- rows by index ---------------------------------------------------------------------
-// Indices are whole numbers stored in the array dtype; NDArray has checked that they are in
-// range and that every size suffices (these asserts only document it).
+// Indices are an int64 Array of row numbers; NDArray has checked that they are in range and
+// that every size suffices (these asserts only document it).
 
 void gather_rows(const Array &a, const Array &indices, Array &out, int64_t n, int64_t row_size) {
   assert(n >= 0 && row_size >= 0 && indices.size >= static_cast<size_t>(n));
   assert(out.size >= static_cast<size_t>(n * row_size));
-  if (n == 0 || row_size == 0) return;
-  const DType dtype = common_dtype(a, indices, out);
-  GilRelease unlocked(n * row_size);
-  dispatch(dtype, [&](auto tag) {
+  require_dtype("indices", indices.dtype, DType::i64);
+  const DType dtype = common_dtype(a, out);
+  if (n == 0 || row_size == 0) return require<AllTypes>(dtype);
+  dispatch<AllTypes>(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const T *src = a.data<T>(), *idx = indices.data<T>();
+    GilRelease unlocked(n * row_size);
+    const T *src = a.data<T>();
+    const int64_t *idx = indices.data<int64_t>();
     T *dst = out.data<T>();
     parallel_for(n * row_size, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin / row_size; i * row_size < end; ++i) {
         const int64_t lo = std::max(begin, i * row_size), hi = std::min(end, (i + 1) * row_size);
-        const T *row = src + static_cast<int64_t>(idx[i]) * row_size;
+        const T *row = src + idx[i] * row_size;
         std::memcpy(dst + lo, row + (lo - i * row_size), (hi - lo) * sizeof(T));
       }
     });
@@ -278,14 +282,15 @@ void scatter_add_rows(const Array &a, const Array &indices, Array &out, int64_t 
                       int64_t row_size) {
   assert(n >= 0 && row_size >= 0 && indices.size >= static_cast<size_t>(n));
   assert(a.size >= static_cast<size_t>(n * row_size));
-  const DType dtype = common_dtype(a, indices, out);
-  GilRelease unlocked(n * row_size);
-  dispatch(dtype, [&](auto tag) {
+  require_dtype("indices", indices.dtype, DType::i64);
+  dispatch<Floats>(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
-    const T *src = a.data<T>(), *idx = indices.data<T>();
+    GilRelease unlocked(n * row_size);
+    const T *src = a.data<T>();
+    const int64_t *idx = indices.data<int64_t>();
     T *dst = out.data<T>();
     for (int64_t i = 0; i < n; ++i) {
-      T *row = dst + static_cast<int64_t>(idx[i]) * row_size;
+      T *row = dst + idx[i] * row_size;
       const T *add = src + i * row_size;
       for (int64_t j = 0; j < row_size; ++j) row[j] += add[j];
     }
@@ -295,13 +300,15 @@ void scatter_add_rows(const Array &a, const Array &indices, Array &out, int64_t 
 void reduce_sum(const Array &a, Array &out, int64_t reduce_size) {
   assert(reduce_size >= 1 && a.size >= out.size * reduce_size);
   GilRelease unlocked(static_cast<int64_t>(out.size) * reduce_size);
-  with_typed(a, out, [&](auto *x, auto *y) { sum_last_axis(x, y, out.size, reduce_size); });
+  with_typed<SumTypes>(a, out,
+                       [&](auto *x, auto *y) { sum_last_axis(x, y, out.size, reduce_size); });
 }
 
 void reduce_max(const Array &a, Array &out, int64_t reduce_size) {
   assert(reduce_size >= 1 && a.size >= out.size * reduce_size);
   GilRelease unlocked(static_cast<int64_t>(out.size) * reduce_size);
-  with_typed(a, out, [&](auto *x, auto *y) { max_last_axis(x, y, out.size, reduce_size); });
+  with_typed<AllTypes>(a, out,
+                       [&](auto *x, auto *y) { max_last_axis(x, y, out.size, reduce_size); });
 }
 
 // The middle axis of a compact (outer, reduce_size, inner) array.
@@ -316,14 +323,16 @@ void reduce_sum_axis(const Array &a, Array &out, int64_t outer, int64_t reduce_s
                      int64_t inner) {
   check_middle_axis(a, out, outer, reduce_size, inner);
   GilRelease unlocked(outer * reduce_size * inner);
-  with_typed(a, out, [&](auto *x, auto *y) { sum_middle_axis(x, y, outer, reduce_size, inner); });
+  with_typed<SumTypes>(a, out,
+                       [&](auto *x, auto *y) { sum_middle_axis(x, y, outer, reduce_size, inner); });
 }
 
 void reduce_max_axis(const Array &a, Array &out, int64_t outer, int64_t reduce_size,
                      int64_t inner) {
   check_middle_axis(a, out, outer, reduce_size, inner);
   GilRelease unlocked(outer * reduce_size * inner);
-  with_typed(a, out, [&](auto *x, auto *y) { max_middle_axis(x, y, outer, reduce_size, inner); });
+  with_typed<AllTypes>(a, out,
+                       [&](auto *x, auto *y) { max_middle_axis(x, y, outer, reduce_size, inner); });
 }
 
 // ---- threads ---------------------------------------------------------------------------
@@ -340,6 +349,27 @@ void set_threads(const nb::int_ &n) {
   set_num_threads(static_cast<int>(v));
 }
 
+// ---- bindings: a DTypeError becomes a TypeError naming the primitive -------------------
+
+template <class F> decltype(auto) as_primitive(const char *name, F &&f) {
+  try {
+    return f();
+  } catch (const DTypeError &e) {
+    throw nb::type_error((std::string(name) + ": " + e.what()).c_str());
+  }
+}
+
+// m.def(name, fn, extra...) for the primitive `name`.
+template <class R, class... A, class... Extra>
+void def(nb::module_ &m, const char *name, R (*fn)(A...), const Extra &...extra) {
+  m.def(
+      name,
+      [name, fn](A... args) -> R {
+        return as_primitive(name, [&]() -> R { return fn(std::forward<A>(args)...); });
+      },
+      extra...);
+}
+
 }  // namespace cpu
 }  // namespace needle
 
@@ -350,86 +380,100 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.doc() = "needle CPU backend: the primitive table of ndarray_backend_numpy, in C++";
   m.attr("__device_name__") = "cpu";
   m.attr("__tile_size__") = kTile;
-  m.attr("DTYPES") = nb::make_tuple("float32", "float64");
+  m.attr("DTYPES") = nb::make_tuple("float32", "float64", "int32", "int64", "uint8", "bool");
 
   needle::bind_array<Array, parse_dtype, dtype_name>(
       m, "A flat, 64-byte aligned buffer of `size` elements.");
 
-  m.def("to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a);
-  m.def("from_numpy", &from_numpy, "a"_a, "out"_a);
-  m.def("fill", &fill, "out"_a, "val"_a);
+  def(m, "to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a);
+  def(m, "from_numpy", &from_numpy, "a"_a, "out"_a);
+  def(m, "fill", &fill, "out"_a, "val"_a);
 
-  m.def("compact", &compact, "a"_a, "out"_a, "shape"_a, "strides"_a, "offset"_a);
-  m.def("ewise_setitem", &ewise_setitem, "a"_a, "out"_a, "shape"_a, "strides"_a, "offset"_a);
-  m.def("scalar_setitem", &scalar_setitem, "size"_a, "val"_a, "out"_a, "shape"_a, "strides"_a,
-        "offset"_a);
+  def(m, "compact", &compact, "a"_a, "out"_a, "shape"_a, "strides"_a, "offset"_a);
+  def(m, "ewise_setitem", &ewise_setitem, "a"_a, "out"_a, "shape"_a, "strides"_a, "offset"_a);
+  def(m, "scalar_setitem", &scalar_setitem, "size"_a, "val"_a, "out"_a, "shape"_a, "strides"_a,
+      "offset"_a);
 
-  m.def("ewise_add", &ewise_binary<Add>, "a"_a, "b"_a, "out"_a);
-  m.def("ewise_sub", &ewise_binary<Sub>, "a"_a, "b"_a, "out"_a);
-  m.def("ewise_mul", &ewise_binary<Mul>, "a"_a, "b"_a, "out"_a);
-  m.def("ewise_div", &ewise_binary<Div>, "a"_a, "b"_a, "out"_a);
-  m.def("ewise_power", &ewise_binary<Power>, "a"_a, "b"_a, "out"_a);
-  m.def("ewise_maximum", &ewise_binary<Maximum>, "a"_a, "b"_a, "out"_a);
-  m.def("ewise_eq", &ewise_binary<Eq>, "a"_a, "b"_a, "out"_a);
-  m.def("ewise_ge", &ewise_binary<Ge>, "a"_a, "b"_a, "out"_a);
-  m.def("ewise_lt", &ewise_binary<Lt>, "a"_a, "b"_a, "out"_a);
-  m.def("ewise_le", &ewise_binary<Le>, "a"_a, "b"_a, "out"_a);
+  // The elementwise rows, each with its dtype set (primitives.elementwise_dtypes).
+  def(m, "ewise_add", &ewise_binary<Add, Numeric>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_sub", &ewise_binary<Sub, Numeric>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_mul", &ewise_binary<Mul, Numeric>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_div", &ewise_binary<Div, Floats>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_power", &ewise_binary<Power, Floats>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_maximum", &ewise_binary<Maximum, Numeric>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_eq", &ewise_compare<Eq, AllTypes>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_ge", &ewise_compare<Ge, AllTypes>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_lt", &ewise_compare<Lt, AllTypes>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_le", &ewise_compare<Le, AllTypes>, "a"_a, "b"_a, "out"_a);
 
-  m.def("scalar_add", &scalar_binary<Add>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_sub", &scalar_binary<Sub>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_rsub", &scalar_binary<RSub>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_mul", &scalar_binary<Mul>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_div", &scalar_binary<Div>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_rdiv", &scalar_binary<RDiv>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_power", &scalar_power, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_maximum", &scalar_binary<Maximum>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_eq", &scalar_binary<Eq>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_ge", &scalar_binary<Ge>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_lt", &scalar_binary<Lt>, "a"_a, "val"_a, "out"_a);
-  m.def("scalar_le", &scalar_binary<Le>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_add", &scalar_binary<Add, Numeric>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_sub", &scalar_binary<Sub, Numeric>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_rsub", &scalar_binary<RSub, Numeric>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_mul", &scalar_binary<Mul, Numeric>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_div", &scalar_binary<Div, Floats>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_rdiv", &scalar_binary<RDiv, Floats>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_power", &scalar_power<Floats>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_maximum", &scalar_binary<Maximum, Numeric>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_eq", &scalar_compare<Eq, AllTypes>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_ge", &scalar_compare<Ge, AllTypes>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_lt", &scalar_compare<Lt, AllTypes>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_le", &scalar_compare<Le, AllTypes>, "a"_a, "val"_a, "out"_a);
 
-  m.def("ewise_axpby", &ewise_axpby, "a"_a, "b"_a, "alpha"_a, "beta"_a, "out"_a);
+  def(m, "ewise_axpby", &ewise_axpby<Floats>, "a"_a, "b"_a, "alpha"_a, "beta"_a, "out"_a);
 
   // The unary rows of the primitive table (primitives.py UNARY), one line each.
   // -fno-math-errno makes std::sqrt one instruction per lane.
   const auto unary_table = std::make_tuple(
-      UnaryRow{"ewise_neg", Neg{}}, UnaryRow{"ewise_abs", Abs{}}, UnaryRow{"ewise_sign", Sign{}},
-      UnaryRow{"ewise_relu", Relu{}}, UnaryRow{"ewise_sigmoid", Sigmoid{}},
-      UnaryRow{"ewise_exp", SplitPrecision{[](Vec<float> x) { return vmath::exp(x); },
-                                           [](double v) { return std::exp(v); }}},
-      UnaryRow{"ewise_log", SplitPrecision{[](Vec<float> x) { return vmath::log(x); },
-                                           [](double v) { return std::log(v); }}},
-      UnaryRow{"ewise_tanh", SplitPrecision{[](Vec<float> x) { return vmath::tanh(x); },
-                                            [](double v) { return std::tanh(v); }}},
-      UnaryRow{"ewise_sqrt", Lanewise{[](auto v) { return std::sqrt(v); }}},
-      UnaryRow{"ewise_sin", Lanewise{[](auto v) { return std::sin(v); }}},
-      UnaryRow{"ewise_cos", Lanewise{[](auto v) { return std::cos(v); }}},
-      UnaryRow{"ewise_rsqrt", Lanewise{[](auto v) { return decltype(v)(1) / std::sqrt(v); }}});
+      UnaryRow{"ewise_neg", Neg{}, Numeric{}}, UnaryRow{"ewise_abs", Abs{}, Numeric{}},
+      UnaryRow{"ewise_sign", Sign{}, Numeric{}}, UnaryRow{"ewise_relu", Relu{}, Numeric{}},
+      UnaryRow{"ewise_sigmoid", Sigmoid{}, Floats{}},
+      UnaryRow{"ewise_exp",
+               SplitPrecision{[](Vec<float> x) { return vmath::exp(x); },
+                              [](double v) { return std::exp(v); }},
+               Floats{}},
+      UnaryRow{"ewise_log",
+               SplitPrecision{[](Vec<float> x) { return vmath::log(x); },
+                              [](double v) { return std::log(v); }},
+               Floats{}},
+      UnaryRow{"ewise_tanh",
+               SplitPrecision{[](Vec<float> x) { return vmath::tanh(x); },
+                              [](double v) { return std::tanh(v); }},
+               Floats{}},
+      UnaryRow{"ewise_sqrt", Lanewise{[](auto v) { return std::sqrt(v); }}, Floats{}},
+      UnaryRow{"ewise_sin", Lanewise{[](auto v) { return std::sin(v); }}, Floats{}},
+      UnaryRow{"ewise_cos", Lanewise{[](auto v) { return std::cos(v); }}, Floats{}},
+      UnaryRow{"ewise_rsqrt", Lanewise{[](auto v) { return decltype(v)(1) / std::sqrt(v); }},
+               Floats{}});
   std::apply(
       [&](auto... row) {
         (m.def(
-             row.name, [op = row.op](const Array &a, Array &out) { ewise_unary(a, out, op); },
+             row.name,
+             [name = row.name, op = row.op, dtypes = row.dtypes](const Array &a, Array &out) {
+               as_primitive(name, [&] { ewise_unary<decltype(dtypes)>(a, out, op); });
+             },
              "a"_a, "out"_a),
          ...);
       },
       unary_table);
 
-  m.def("matmul", &matmul, "a"_a, "b"_a, "out"_a, "m"_a, "n"_a, "p"_a);
-  m.def("batched_matmul", &batched_matmul, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a, "p"_a);
-  m.def("matmul_tiled", &matmul_tiled, "a"_a, "b"_a, "out"_a, "m"_a, "n"_a, "p"_a);
+  def(m, "matmul", &matmul, "a"_a, "b"_a, "out"_a, "m"_a, "n"_a, "p"_a);
+  def(m, "batched_matmul", &batched_matmul, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a, "p"_a);
+  def(m, "matmul_tiled", &matmul_tiled, "a"_a, "b"_a, "out"_a, "m"_a, "n"_a, "p"_a);
 
-  m.def("matmul_strided", &matmul_strided, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a, "p"_a,
-        "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
+  def(m, "matmul_strided", &matmul_strided, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a, "p"_a,
+      "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
 
-  m.def("ewise_broadcast_binary", &ewise_broadcast_binary, "op"_a, "full"_a, "vector"_a, "out"_a,
-        "outer"_a, "inner"_a, "per_column"_a, "vector_first"_a);
-  m.def("gather_rows", &gather_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
-  m.def("scatter_add_rows", &scatter_add_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
+  def(m, "ewise_broadcast_binary", &ewise_broadcast_binary, "op"_a, "full"_a, "vector"_a, "out"_a,
+      "outer"_a, "inner"_a, "per_column"_a, "vector_first"_a);
+  def(m, "gather_rows", &gather_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
+  def(m, "scatter_add_rows", &scatter_add_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
 
-  m.def("reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
-  m.def("reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
-  m.def("reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a, "inner"_a);
-  m.def("reduce_max_axis", &reduce_max_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a, "inner"_a);
+  def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
+  def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
+  def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,
+      "inner"_a);
+  def(m, "reduce_max_axis", &reduce_max_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,
+      "inner"_a);
 
   m.def("set_num_threads", &set_threads, "n"_a,
         "Use n threads (1 <= n <= 256) for large kernels (matmul, elementwise, reductions).");

@@ -9,12 +9,15 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <new>
+#include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -27,19 +30,82 @@ namespace nb = nanobind;
 
 constexpr size_t kAlignment = 64;  // a cache line, and the widest SIMD register (AVX-512)
 
-enum class DType { f32, f64 };
+// The dtypes of the primitive table (primitives.py) and their C++ types, in the same order:
+// bool is one byte holding 0 or 1 (NumPy's layout, and C++'s bool on every target built here).
+enum class DType { f32, f64, i32, i64, u8, b8 };
+template <class... Ts> struct TypeList;
+using AllTypes = TypeList<float, double, int32_t, int64_t, uint8_t, bool>;
+static_assert(sizeof(bool) == 1, "bool Arrays are one byte per element, as NumPy's");
 
-template <class T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::f32; }
-template <> constexpr DType dtype_of<double>() { return DType::f64; }
+inline const char *dtype_name(DType dt) {
+  constexpr const char *names[] = {"float32", "float64", "int32", "int64", "uint8", "bool"};
+  return names[static_cast<int>(dt)];
+}
+inline size_t itemsize(DType dt) {
+  constexpr size_t sizes[] = {4, 8, 4, 8, 1, 1};
+  return sizes[static_cast<int>(dt)];
+}
 
-inline size_t itemsize(DType dt) { return dt == DType::f32 ? sizeof(float) : sizeof(double); }
-inline const char *dtype_name(DType dt) { return dt == DType::f32 ? "float32" : "float64"; }
+template <class... Ts> struct TypeList {
+  template <class T> static constexpr int index() {  // of T among Ts, -1 if absent
+    int i = 0, found = -1;
+    ((std::is_same_v<T, Ts> ? found = i : 0, ++i), ...);
+    return found;
+  }
+  static std::string names() {  // "float32, float64", for error messages
+    std::string s;
+    ((s += (s.empty() ? "" : ", "), s += dtype_name(DType(AllTypes::index<Ts>()))), ...);
+    return s;
+  }
+};
+template <class T> constexpr DType dtype_of() {
+  static_assert(AllTypes::index<T>() >= 0, "not the type of a dtype");
+  return DType(AllTypes::index<T>());
+}
+
+// The dtype sets of the table's rows, stated once: each primitive's binding names the set it
+// takes (dispatch<Set>), as its row in primitives.py does.
+using Floats = TypeList<float, double>;
+using Numeric = TypeList<float, double, int32_t, int64_t, uint8_t>;
+using SumTypes = TypeList<float, double, int64_t>;  // sums of other integers are taken in int64
+
+// A dtype a primitive does not take, or arrays of different dtypes in one call. The binding
+// (def in ndarray_backend_cpu.cc) turns it into a TypeError naming the primitive.
+struct DTypeError : std::runtime_error { using std::runtime_error::runtime_error; };
 
 inline DType parse_dtype(const std::string &name) {
-  if (name == "float32") return DType::f32;
-  if (name == "float64") return DType::f64;
-  throw nb::value_error(("unsupported dtype '" + name + "' (expected float32 or float64)").c_str());
+  for (int i = 0; i <= static_cast<int>(DType::b8); ++i)
+    if (name == dtype_name(DType(i))) return DType(i);
+  throw nb::value_error(
+      ("unsupported dtype '" + name + "' (expected one of " + AllTypes::names() + ")").c_str());
+}
+
+// Calls f(T{}) for the T of runtime dtype `dt` among the types of List, so kernels are written
+// once as templates: dispatch<Numeric>(dt, [&](auto tag) { using T = decltype(tag); ... }).
+// A dtype outside List is a DTypeError; only List's types are instantiated.
+template <class List, class F, class T, class... Rest>
+decltype(auto) dispatch_in(DType dt, F &&f, TypeList<T, Rest...>) {
+  if (dt == dtype_of<T>()) return f(T{});
+  if constexpr (sizeof...(Rest) > 0) {
+    return dispatch_in<List>(dt, f, TypeList<Rest...>{});
+  } else {
+    throw DTypeError(std::string("does not take dtype ") + dtype_name(dt) + " (it takes " +
+                     List::names() + ")");
+  }
+}
+template <class List, class F> decltype(auto) dispatch(DType dt, F &&f) {
+  return dispatch_in<List>(dt, f, List{});
+}
+
+// A DTypeError unless List holds dt (for a primitive that dispatches later, or not at all).
+template <class List> void require(DType dt) {
+  dispatch<List>(dt, [](auto) {});
+}
+
+// A DTypeError unless `a` (a named argument: "out", "indices") has dtype `want`.
+inline void require_dtype(const char *name, DType got, DType want) {
+  if (got != want)
+    throw DTypeError(std::string(name) + " is " + dtype_name(got) + ", not " + dtype_name(want));
 }
 
 // Buffers from this size up are placed on transparent huge pages (2 MiB), as NumPy does
@@ -85,18 +151,29 @@ struct Array {
   void *ptr;
 };
 
-// Calls f with a value of the scalar type matching the runtime dtype, so kernels are
-// written once as templates: dispatch(dt, [&](auto tag) { using T = decltype(tag); ... }).
-template <class F> decltype(auto) dispatch(DType dt, F &&f) {
-  if (dt == DType::f32) return f(float{});
-  return f(double{});
+// val (a Python float) as a T: floats round to the dtype, bool is val != 0, an integer dtype
+// takes a whole number in its range (NDArray guarantees one; anything else, NaN included, is a
+// ValueError instead of C++'s undefined conversion).
+template <class T> T scalar_as(double val) {
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    const double low = static_cast<double>(std::numeric_limits<T>::lowest());
+    const double high = std::ldexp(1.0, std::numeric_limits<T>::digits);  // max + 1, exact
+    if (!(val >= low && val < high))
+      throw nb::value_error(("scalar " + std::to_string(val) + " is outside the range of " +
+                             dtype_name(dtype_of<T>()))
+                                .c_str());
+  }
+  return static_cast<T>(val);
 }
 
 // Python guarantees one dtype per call; checking is a couple of compares, and a mismatch
 // would otherwise reinterpret memory silently.
 template <class... Rest> DType common_dtype(const Array &first, const Rest &...rest) {
-  if (((rest.dtype != first.dtype) || ...))
-    throw nb::type_error("all arrays of a primitive call must share one dtype");
+  if (((rest.dtype != first.dtype) || ...)) {
+    std::string got = dtype_name(first.dtype);
+    ((got += std::string(", ") + dtype_name(rest.dtype)), ...);
+    throw DTypeError("all arrays must share one dtype (got " + got + ")");
+  }
   return first.dtype;
 }
 

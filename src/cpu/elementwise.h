@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "array.h"
 #include "simd.h"
@@ -40,21 +42,32 @@ template <class Body> void parallel_for(int64_t n, Body &&body) {
 template <class T> inline T max_nan(T x, T y) { return (x > y || x != x) ? x : y; }
 
 // Each operator works on a simd::Vec of lanes (a scalar-only function is applied lane by
-// lane). Loops run whole vectors and finish with one zero-padded vector, so every element
-// goes through the same code and results do not depend on its position or the threads.
+// lane) for float32 and float64. Loops run whole vectors and finish with one zero-padded
+// vector, so every element goes through the same code and results do not depend on its
+// position or the threads.
+//
+// Integer dtypes (int32, int64, uint8) go one element at a time through the operator's
+// `integer` (plain loops the compiler vectorises). Add, sub, mul and neg compute in the
+// unsigned type of the same width and cast back: two's complement wrap-around, as NumPy's
+// arrays, and never C++'s undefined signed overflow.
 using simd::Vec;
+template <class T> using Unsigned = std::make_unsigned_t<T>;
 
 struct Add {
   template <class V> V operator()(V x, V y) const { return x + y; }
+  template <class T> static T integer(T x, T y) { return T(Unsigned<T>(x) + Unsigned<T>(y)); }
 };
 struct Sub {
   template <class V> V operator()(V x, V y) const { return x - y; }
+  template <class T> static T integer(T x, T y) { return T(Unsigned<T>(x) - Unsigned<T>(y)); }
 };
 struct RSub {
   template <class V> V operator()(V x, V y) const { return y - x; }
+  template <class T> static T integer(T x, T y) { return Sub::integer(y, x); }
 };
-struct Mul {
+struct Mul {  // uint8 operands promote to int, whose product cannot overflow
   template <class V> V operator()(V x, V y) const { return x * y; }
+  template <class T> static T integer(T x, T y) { return T(Unsigned<T>(x) * Unsigned<T>(y)); }
 };
 struct Div {
   template <class V> V operator()(V x, V y) const { return x / y; }
@@ -66,26 +79,20 @@ struct Maximum {
   template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
     return simd::max_nan<T>(x, y);
   }
+  template <class T> static T integer(T x, T y) { return x > y ? x : y; }
 };
-struct Eq {  // 1 where equal, else 0, in the array's dtype
-  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
-    return x == y ? simd::splat(T(1)) : V{};
-  }
+// Comparisons write a bool out (1 where true): a lane mask on vectors, a bool on elements.
+struct Eq {
+  template <class V> auto operator()(V x, V y) const { return x == y; }
 };
 struct Ge {
-  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
-    return x >= y ? simd::splat(T(1)) : V{};
-  }
+  template <class V> auto operator()(V x, V y) const { return x >= y; }
 };
 struct Lt {
-  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
-    return x < y ? simd::splat(T(1)) : V{};
-  }
+  template <class V> auto operator()(V x, V y) const { return x < y; }
 };
 struct Le {
-  template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
-    return x <= y ? simd::splat(T(1)) : V{};
-  }
+  template <class V> auto operator()(V x, V y) const { return x <= y; }
 };
 struct Power {
   template <class V, class T = simd::Elem<V>> V operator()(V x, V y) const {
@@ -94,23 +101,27 @@ struct Power {
   }
 };
 
-struct Neg {
+struct Neg {  // -uint8(1) == 255, -INT_MIN == INT_MIN
   template <class V> V operator()(V x) const { return -x; }
+  template <class T> static T integer(T x) { return T(Unsigned<T>(0) - Unsigned<T>(x)); }
 };
-struct Abs {  // clear the sign bit: abs(-0.0) = 0.0 and NaN stays NaN
+struct Abs {  // clear the sign bit: abs(-0.0) = 0.0 and NaN stays NaN; abs(INT_MIN) == INT_MIN
   template <class V, class T = simd::Elem<V>> V operator()(V x) const {
     return simd::from_bits<T>(simd::bits<T>(x) & ~simd::bits<T>(simd::splat(T(-0.0))));
   }
+  template <class T> static T integer(T x) { return x < 0 ? Neg::integer(x) : x; }
 };
 struct Sign {  // zero and NaN map to themselves, as np.sign does
   template <class V, class T = simd::Elem<V>> V operator()(V x) const {
     return x > 0 ? simd::splat(T(1)) : x < 0 ? simd::splat(T(-1)) : x;
   }
+  template <class T> static T integer(T x) { return T((x > 0) - (x < 0)); }
 };
 struct Relu {
   template <class V, class T = simd::Elem<V>> V operator()(V x) const {
     return simd::max_nan<T>(x, V{});
   }
+  template <class T> static T integer(T x) { return x > 0 ? x : T(0); }
 };
 struct Sigmoid {
   Vec<float> operator()(Vec<float> x) const { return vmath::sigmoid(x); }
@@ -134,35 +145,92 @@ void map_lanes(T *out, int64_t n, Op op, const In *...in) {
   });
 }
 
-template <class T, class Op> void map_binary(const T *a, const T *b, T *out, int64_t n, Op op) {
-  map_lanes(out, n, op, a, b);
-}
-
-template <class T, class Op> void map_scalar(const T *a, T val, T *out, int64_t n, Op op) {
-  const Vec<T> v = simd::splat(val);
-  map_lanes(out, n, [&](Vec<T> x) { return op(x, v); }, a);
-}
-
-template <class T, class Op> void map_unary(const T *a, T *out, int64_t n, Op op) {
-  map_lanes(out, n, op, a);
-}
-
-template <class Op> void ewise_binary(const Array &a, const Array &b, Array &out) {
-  assert(a.size >= out.size && b.size >= out.size);
-  GilRelease unlocked(out.size);
-  dispatch(common_dtype(a, b, out), [&](auto tag) {
-    using T = decltype(tag);
-    map_binary(a.data<T>(), b.data<T>(), out.data<T>(), out.size, Op{});
+// out[i] = f(in[i]...) over [0, n), one element at a time (integer dtypes, bool outs).
+template <class R, class F, class... In>
+void map_elements(R *out, int64_t n, F f, const In *...in) {
+  parallel_for(n, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) out[i] = f(in[i]...);
   });
 }
 
-// The scalar is rounded to the array dtype first, as NumPy does for a Python float.
-template <class Op> void scalar_binary(const Array &a, double val, Array &out) {
-  assert(a.size >= out.size);
-  GilRelease unlocked(out.size);
-  dispatch(common_dtype(a, out), [&](auto tag) {
+// out = op(inputs...) for any T: vectors for floating point, elements (op's `integer`) else.
+template <class Op, class T, class... In> void map_op(T *out, int64_t n, Op op, const In *...in) {
+  if constexpr (std::is_floating_point_v<T>) {
+    map_lanes(out, n, op, in...);
+  } else {
+    map_elements(out, n, [](auto... x) { return Op::integer(x...); }, in...);
+  }
+}
+
+// out (bool) = f(inputs...) of a comparison: vector masks narrowed to bytes for floating
+// point, elements else.
+template <class T, class F, class... In>
+void map_compare(bool *out, int64_t n, F f, const In *...in) {
+  if constexpr (std::is_floating_point_v<T>) {
+    constexpr int W = simd::kWidth<T>;
+    auto store = [](bool *p, simd::Mask<T> m, int64_t k) {
+      const simd::Bytes<T> ones = __builtin_convertvector(m, simd::Bytes<T>) & 1;
+      std::memcpy(p, &ones, k);
+    };
+    parallel_for(n, [&](int64_t begin, int64_t end) {
+      int64_t i = begin;
+      for (; i + W <= end; i += W) store(out + i, f(simd::load(in + i)...), W);
+      if (i < end) store(out + i, f(simd::load_partial(in + i, end - i)...), end - i);
+    });
+  } else {
+    map_elements(out, n, f, in...);
+  }
+}
+
+template <class Op, class List> void ewise_binary(const Array &a, const Array &b, Array &out) {
+  assert(a.size >= out.size && b.size >= out.size);
+  dispatch<List>(common_dtype(a, b, out), [&](auto tag) {
     using T = decltype(tag);
-    map_scalar(a.data<T>(), static_cast<T>(val), out.data<T>(), out.size, Op{});
+    GilRelease unlocked(out.size);
+    map_op(out.data<T>(), out.size, Op{}, a.data<T>(), b.data<T>());
+  });
+}
+
+// The scalar is converted to the array dtype first (scalar_as), as NumPy does.
+template <class Op, class List> void scalar_binary(const Array &a, double val, Array &out) {
+  assert(a.size >= out.size);
+  dispatch<List>(common_dtype(a, out), [&](auto tag) {
+    using T = decltype(tag);
+    const T v = scalar_as<T>(val);
+    GilRelease unlocked(out.size);
+    if constexpr (std::is_floating_point_v<T>) {
+      const Vec<T> vv = simd::splat(v);
+      map_lanes(out.data<T>(), out.size, [&](Vec<T> x) { return Op{}(x, vv); }, a.data<T>());
+    } else {
+      map_elements(out.data<T>(), out.size, [v](T x) { return Op::integer(x, v); }, a.data<T>());
+    }
+  });
+}
+
+template <class Op, class List> void ewise_compare(const Array &a, const Array &b, Array &out) {
+  assert(a.size >= out.size && b.size >= out.size);
+  require_dtype("out", out.dtype, DType::b8);
+  dispatch<List>(common_dtype(a, b), [&](auto tag) {
+    using T = decltype(tag);
+    GilRelease unlocked(out.size);
+    map_compare<T>(out.data<bool>(), out.size, Op{}, a.data<T>(), b.data<T>());
+  });
+}
+
+template <class Op, class List> void scalar_compare(const Array &a, double val, Array &out) {
+  assert(a.size >= out.size);
+  require_dtype("out", out.dtype, DType::b8);
+  dispatch<List>(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T v = scalar_as<T>(val);
+    GilRelease unlocked(out.size);
+    if constexpr (std::is_floating_point_v<T>) {
+      const Vec<T> vv = simd::splat(v);
+      map_compare<T>(
+          out.data<bool>(), out.size, [&](Vec<T> x) { return Op{}(x, vv); }, a.data<T>());
+    } else {
+      map_compare<T>(out.data<bool>(), out.size, [v](T x) { return Op{}(x, v); }, a.data<T>());
+    }
   });
 }
 
@@ -170,28 +238,32 @@ template <class Op> void scalar_binary(const Array &a, double val, Array &out) {
 // goes lane by lane: 7 ms of a ResNet-9 step. NumPy takes the same shortcut for ** 2, and
 // ** 0.5 is sqrt, as in NumPy and PyTorch: -inf ** 0.5 is NaN (std::pow gives +inf) and
 // -0.0 ** 0.5 is -0.0.
-inline void scalar_power(const Array &a, double val, Array &out) {
-  if (val == 2.0) return ewise_binary<Mul>(a, a, out);
+template <class List> void scalar_power(const Array &a, double val, Array &out) {
+  require<List>(common_dtype(a, out));
+  if (val == 2.0) return ewise_binary<Mul, List>(a, a, out);
   if (val == 0.5) {
-    GilRelease unlocked(out.size);
-    dispatch(common_dtype(a, out), [&](auto tag) {
+    dispatch<List>(a.dtype, [&](auto tag) {
       using T = decltype(tag);
-      map_unary(a.data<T>(), out.data<T>(), out.size,
-                [](Vec<T> x) { return simd::per_lane<T>(x, [](T v) { return std::sqrt(v); }); });
+      GilRelease unlocked(out.size);
+      map_lanes(
+          out.data<T>(), out.size,
+          [](Vec<T> x) { return simd::per_lane<T>(x, [](T v) { return std::sqrt(v); }); },
+          a.data<T>());
     });
     return;
   }
-  if (val == 1.0) return scalar_binary<Mul>(a, 1.0, out);
-  scalar_binary<Power>(a, val, out);
+  if (val == 1.0) return scalar_binary<Mul, List>(a, 1.0, out);
+  scalar_binary<Power, List>(a, val, out);
 }
 
 // out = alpha * a + beta * b (out may be a or b itself: an in-place update). The scalars are
 // rounded to the array dtype first.
-inline void ewise_axpby(const Array &a, const Array &b, double alpha, double beta, Array &out) {
+template <class List>
+void ewise_axpby(const Array &a, const Array &b, double alpha, double beta, Array &out) {
   assert(a.size >= out.size && b.size >= out.size);
-  GilRelease unlocked(out.size);
-  dispatch(common_dtype(a, b, out), [&](auto tag) {
+  dispatch<List>(common_dtype(a, b, out), [&](auto tag) {
     using T = decltype(tag);
+    GilRelease unlocked(out.size);
     const Vec<T> va = simd::splat(static_cast<T>(alpha)), vb = simd::splat(static_cast<T>(beta));
     map_lanes(
         out.data<T>(), out.size, [&](Vec<T> x, Vec<T> y) { return va * x + vb * y; }, a.data<T>(),
@@ -203,15 +275,16 @@ inline void ewise_axpby(const Array &a, const Array &b, double alpha, double bet
 // `full` compact (outer x inner) and `vector` repeated along one axis: `per_column` holds
 // inner values, the same for every row (a bias), otherwise outer values, one per row (each
 // row's max or logsumexp). NDArray would otherwise copy the vector out to full size first.
-template <class Op>
+template <class Op, class List>
 void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_t outer,
                       int64_t inner, bool per_column, bool vector_first) {
   assert(full.size >= static_cast<size_t>(outer * inner));
   assert(vector.size >= static_cast<size_t>(per_column ? inner : outer));
-  if (outer <= 0 || inner <= 0) return;
-  GilRelease unlocked(outer * inner);
-  dispatch(common_dtype(full, vector, out), [&](auto tag) {
+  const DType dtype = common_dtype(full, vector, out);
+  if (outer <= 0 || inner <= 0) return require<List>(dtype);
+  dispatch<List>(dtype, [&](auto tag) {
     using T = decltype(tag);
+    GilRelease unlocked(outer * inner);
     constexpr int W = simd::kWidth<T>;
     const T *f = full.data<T>(), *v = vector.data<T>();
     T *o = out.data<T>();
@@ -238,12 +311,12 @@ void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_
   });
 }
 
-template <class Op> void ewise_unary(const Array &a, Array &out, Op op = Op{}) {
+template <class List, class Op> void ewise_unary(const Array &a, Array &out, Op op) {
   assert(a.size >= out.size);
-  GilRelease unlocked(out.size);
-  dispatch(common_dtype(a, out), [&](auto tag) {
+  dispatch<List>(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
-    map_unary(a.data<T>(), out.data<T>(), out.size, op);
+    GilRelease unlocked(out.size);
+    map_op(out.data<T>(), out.size, op, a.data<T>());
   });
 }
 
@@ -267,12 +340,13 @@ template <class F32, class F64> struct SplitPrecision {
 };
 template <class F32, class F64> SplitPrecision(F32, F64) -> SplitPrecision<F32, F64>;
 
-// A row of the unary table of the bindings: primitive name and operator.
-template <class Op> struct UnaryRow {
+// A row of the unary table of the bindings: primitive name, operator and the dtypes it takes.
+template <class Op, class List> struct UnaryRow {
   const char *name;
   Op op;
+  List dtypes;
 };
-template <class Op> UnaryRow(const char *, Op) -> UnaryRow<Op>;
+template <class Op, class List> UnaryRow(const char *, Op, List) -> UnaryRow<Op, List>;
 
 }  // namespace cpu
 }  // namespace needle

@@ -4,6 +4,8 @@
 #include <cassert>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "elementwise.h"
@@ -127,6 +129,7 @@ constexpr int kRowsPerPass = 4;
 // them, load reads kWidth<Acc> elements of a row as a vector of accumulators.
 template <class T> struct SumAccumulate {
   using Acc = double;
+  static constexpr bool kVector = true;
   static Acc identity() { return 0.0; }
   static Acc merge(Acc x, Acc y) { return x + y; }
   static simd::Vec<Acc> merge_lanes(simd::Vec<Acc> x, simd::Vec<Acc> y) { return x + y; }
@@ -135,6 +138,7 @@ template <class T> struct SumAccumulate {
 
 template <class T> struct MaxAccumulate {
   using Acc = T;
+  static constexpr bool kVector = true;
   static Acc identity() { return -std::numeric_limits<T>::infinity(); }
   static Acc merge(Acc x, Acc y) { return max_nan(x, y); }
   static simd::Vec<Acc> merge_lanes(simd::Vec<Acc> x, simd::Vec<Acc> y) {
@@ -143,17 +147,35 @@ template <class T> struct MaxAccumulate {
   static simd::Vec<Acc> load(const T *p) { return simd::load(p); }
 };
 
+// Integers and bool (kVector false: element loops, which the compiler vectorises): exact, so
+// any split of the work gives the same result. Sums wrap around (in the unsigned type) as
+// NumPy's int64 sums do; the maximum of bools is any().
+template <class T> struct WrappingSum {
+  using Acc = T;
+  static constexpr bool kVector = false;
+  static T identity() { return T(0); }
+  static T merge(T x, T y) { return T(std::make_unsigned_t<T>(x) + std::make_unsigned_t<T>(y)); }
+};
+template <class T> struct ExactMax {
+  using Acc = T;
+  static constexpr bool kVector = false;
+  static T identity() { return std::numeric_limits<T>::lowest(); }
+  static T merge(T x, T y) { return x > y ? x : y; }
+};
+
 // acc[0:len] merged with R rows of len elements, `stride` apart, one vector of acc at a time.
 template <class Op, int R, class T>
 void add_rows(typename Op::Acc *__restrict acc, const T *__restrict rows, int64_t stride,
               int64_t len) {
   using Acc = typename Op::Acc;
-  constexpr int W = simd::kWidth<Acc>;
   int64_t j = 0;
-  for (; j + W <= len; j += W) {
-    simd::Vec<Acc> v = simd::load(acc + j);
-    for (int r = 0; r < R; ++r) v = Op::merge_lanes(v, Op::load(rows + r * stride + j));
-    simd::store(acc + j, v);
+  if constexpr (Op::kVector) {
+    constexpr int W = simd::kWidth<Acc>;
+    for (; j + W <= len; j += W) {
+      simd::Vec<Acc> v = simd::load(acc + j);
+      for (int r = 0; r < R; ++r) v = Op::merge_lanes(v, Op::load(rows + r * stride + j));
+      simd::store(acc + j, v);
+    }
   }
   for (; j < len; ++j)
     for (int r = 0; r < R; ++r) acc[j] = Op::merge(acc[j], rows[r * stride + j]);
@@ -198,7 +220,7 @@ void reduce_middle(const T *a, T *out, int64_t outer, int64_t reduce_size, int64
   // Few, long reductions (a bias gradient: sum over a large batch of a short row): split
   // the reduced axis; each thread accumulates its rows, then the partials are merged in
   // thread order.
-  std::vector<Acc> partial(static_cast<size_t>(threads) * kInnerChunk);
+  const std::unique_ptr<Acc[]> partial(new Acc[static_cast<size_t>(threads) * kInnerChunk]);
   for (int64_t i = 0; i < items; ++i) {
     int64_t o, j0, len;
     item(i, &o, &j0, &len);
@@ -207,7 +229,7 @@ void reduce_middle(const T *a, T *out, int64_t outer, int64_t reduce_size, int64
       for (int part = t; part < threads; part += nt) {  // nt < threads when nested
         const Range rows = split_range(reduce_size, part, threads);
         accumulate_rows<Op>(base, inner, rows.begin, rows.end, len,
-                            partial.data() + part * kInnerChunk);
+                            partial.get() + part * kInnerChunk);
       }
     });
     for (int64_t j = 0; j < len; ++j) {
@@ -218,10 +240,36 @@ void reduce_middle(const T *a, T *out, int64_t outer, int64_t reduce_size, int64
   }
 }
 
-}  // namespace
+// Integer and bool rows: one run per row (split across threads for few, long rows).
+template <class Op, class T> T reduce_run(const T *x, int64_t n) {
+  T acc = Op::identity();
+  for (int64_t i = 0; i < n; ++i) acc = Op::merge(acc, x[i]);
+  return acc;
+}
 
-template <class T> void sum_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size) {
-  assert(reduce_size >= 1);
+template <class Op, class T> void exact_last_axis(const T *a, T *out, int64_t outer, int64_t n) {
+  const int threads = threads_for(outer * n, kMinElementsPerThread);
+  if (outer < threads) {
+    const std::unique_ptr<T[]> partial(new T[threads]);
+    for (int64_t i = 0; i < outer; ++i) {
+      parallel(threads, [&](int t, int nt) {
+        for (int part = t; part < threads; part += nt) {  // nt < threads when nested
+          const Range r = split_range(n, part, threads, kLanes);
+          partial[part] = reduce_run<Op>(a + i * n + r.begin, r.end - r.begin);
+        }
+      });
+      out[i] = reduce_run<Op>(partial.get(), threads);
+    }
+    return;
+  }
+  parallel(threads, [&](int t, int nt) {
+    const Range rows = split_range(outer, t, nt);
+    for (int64_t i = rows.begin; i < rows.end; ++i) out[i] = reduce_run<Op>(a + i * n, n);
+  });
+}
+
+template <class T>
+void float_sum_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size) {
   const int threads = threads_for(outer * reduce_size, kMinElementsPerThread);
   if (outer < threads) {
     for (int64_t i = 0; i < outer; ++i)
@@ -241,8 +289,8 @@ template <class T> void sum_last_axis(const T *a, T *out, int64_t outer, int64_t
   });
 }
 
-template <class T> void max_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size) {
-  assert(reduce_size >= 1);
+template <class T>
+void float_max_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size) {
   const int threads = threads_for(outer * reduce_size, kMinElementsPerThread);
   if (outer < threads) {
     std::vector<T> partial(threads);
@@ -267,28 +315,62 @@ template <class T> void max_last_axis(const T *a, T *out, int64_t outer, int64_t
   });
 }
 
+}  // namespace
+
+template <class T> void sum_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size) {
+  assert(reduce_size >= 1);
+  if constexpr (std::is_floating_point_v<T>) {
+    float_sum_last_axis(a, out, outer, reduce_size);
+  } else {
+    exact_last_axis<WrappingSum<T>>(a, out, outer, reduce_size);
+  }
+}
+
+template <class T> void max_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size) {
+  assert(reduce_size >= 1);
+  if constexpr (std::is_floating_point_v<T>) {
+    float_max_last_axis(a, out, outer, reduce_size);
+  } else {
+    exact_last_axis<ExactMax<T>>(a, out, outer, reduce_size);
+  }
+}
+
 template <class T>
 void sum_middle_axis(const T *a, T *out, int64_t outer, int64_t reduce_size, int64_t inner) {
   assert(reduce_size >= 1);
   if (inner == 1) return sum_last_axis(a, out, outer, reduce_size);
-  reduce_middle<SumAccumulate<T>>(a, out, outer, reduce_size, inner);
+  if constexpr (std::is_floating_point_v<T>) {
+    reduce_middle<SumAccumulate<T>>(a, out, outer, reduce_size, inner);
+  } else {
+    reduce_middle<WrappingSum<T>>(a, out, outer, reduce_size, inner);
+  }
 }
 
 template <class T>
 void max_middle_axis(const T *a, T *out, int64_t outer, int64_t reduce_size, int64_t inner) {
   assert(reduce_size >= 1);
   if (inner == 1) return max_last_axis(a, out, outer, reduce_size);
-  reduce_middle<MaxAccumulate<T>>(a, out, outer, reduce_size, inner);
+  if constexpr (std::is_floating_point_v<T>) {
+    reduce_middle<MaxAccumulate<T>>(a, out, outer, reduce_size, inner);
+  } else {
+    reduce_middle<ExactMax<T>>(a, out, outer, reduce_size, inner);
+  }
 }
 
-template void sum_last_axis<float>(const float *, float *, int64_t, int64_t);
-template void max_last_axis<float>(const float *, float *, int64_t, int64_t);
-template void sum_middle_axis<float>(const float *, float *, int64_t, int64_t, int64_t);
-template void max_middle_axis<float>(const float *, float *, int64_t, int64_t, int64_t);
-template void sum_last_axis<double>(const double *, double *, int64_t, int64_t);
-template void max_last_axis<double>(const double *, double *, int64_t, int64_t);
-template void sum_middle_axis<double>(const double *, double *, int64_t, int64_t, int64_t);
-template void max_middle_axis<double>(const double *, double *, int64_t, int64_t, int64_t);
+// The dtypes of the sum rows (SumTypes) and the max rows (AllTypes).
+#define NEEDLE_REDUCTION(NAME, T)                                      \
+  template void NAME##_last_axis<T>(const T *, T *, int64_t, int64_t); \
+  template void NAME##_middle_axis<T>(const T *, T *, int64_t, int64_t, int64_t);
+NEEDLE_REDUCTION(sum, float)
+NEEDLE_REDUCTION(sum, double)
+NEEDLE_REDUCTION(sum, int64_t)
+NEEDLE_REDUCTION(max, float)
+NEEDLE_REDUCTION(max, double)
+NEEDLE_REDUCTION(max, int32_t)
+NEEDLE_REDUCTION(max, int64_t)
+NEEDLE_REDUCTION(max, uint8_t)
+NEEDLE_REDUCTION(max, bool)
+#undef NEEDLE_REDUCTION
 
 }  // namespace cpu
 }  // namespace needle

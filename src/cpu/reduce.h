@@ -3,6 +3,7 @@
 // Sums accumulate in double, so a float32 sum is accurate to the last bit whatever its
 // length or order; float64 sums use pairwise summation over the reduced axis when it is
 // contiguous (error growing with log n, like NumPy's). Maxima propagate NaN, like np.max.
+// int64 sums wrap around as NumPy's; integer and bool results are exact (bool's max: any).
 
 #pragma once
 
@@ -21,14 +22,8 @@ void sum_middle_axis(const T *a, T *out, int64_t outer, int64_t reduce_size, int
 template <class T>
 void max_middle_axis(const T *a, T *out, int64_t outer, int64_t reduce_size, int64_t inner);
 
-extern template void sum_last_axis<float>(const float *, float *, int64_t, int64_t);
-extern template void max_last_axis<float>(const float *, float *, int64_t, int64_t);
-extern template void sum_middle_axis<float>(const float *, float *, int64_t, int64_t, int64_t);
-extern template void max_middle_axis<float>(const float *, float *, int64_t, int64_t, int64_t);
-extern template void sum_last_axis<double>(const double *, double *, int64_t, int64_t);
-extern template void max_last_axis<double>(const double *, double *, int64_t, int64_t);
-extern template void sum_middle_axis<double>(const double *, double *, int64_t, int64_t, int64_t);
-extern template void max_middle_axis<double>(const double *, double *, int64_t, int64_t, int64_t);
+// Instantiated in reduce.cc for the dtypes of the sum rows (float32, float64, int64) and the
+// max rows (all six).
 
 }  // namespace cpu
 }  // namespace needle

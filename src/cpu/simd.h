@@ -27,14 +27,17 @@ template <> struct Types<float> {
   typedef float Vec __attribute__((vector_size(kBytes)));
   typedef int32_t Mask __attribute__((vector_size(kBytes)));  // comparison results, bits
   typedef float Half __attribute__((vector_size(kBytes / 2)));  // converts to a Vec<double>
+  typedef int8_t Bytes __attribute__((vector_size(kBytes / 4)));  // a byte per lane (bool)
 };
 template <> struct Types<double> {
   typedef double Vec __attribute__((vector_size(kBytes)));
   typedef int64_t Mask __attribute__((vector_size(kBytes)));
+  typedef int8_t Bytes __attribute__((vector_size(kBytes / 8)));
 };
 
 template <class T> using Vec = typename Types<T>::Vec;
 template <class T> using Mask = typename Types<T>::Mask;
+template <class T> using Bytes = typename Types<T>::Bytes;
 template <class T> constexpr int kWidth = kBytes / sizeof(T);
 // The lane type of a Vec (Vec<T> is not deducible through the alias; this recovers T).
 template <class V> using Elem = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
