@@ -16,7 +16,7 @@ try:
 except ImportError as exc:  # the extension is built by `pip install -e .`
     pytest.skip(f"ndarray_backend_cpu is not built: {exc}", allow_module_level=True)
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64")  # the floating-point dtypes (nb_cpu.DTYPES: all six)
 EPS = {"float32": 1.2e-7, "float64": 2.3e-16}
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 
@@ -32,13 +32,13 @@ def threads():
 
 
 # ---- arrays and argument checks ----------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", nb_cpu.DTYPES)
 def test_arrays_are_64_byte_aligned(dtype):
     for size in (0, 1, 5, 1000):
         assert nb_cpu.Array(size=size, dtype=dtype).ptr() % 64 == 0
 
 
-@pytest.mark.parametrize("dtype", ["int8", "float16", "int64", "complex64", ""])
+@pytest.mark.parametrize("dtype", ["int8", "float16", "uint16", "complex64", "bool_", ""])
 def test_array_rejects_unsupported_dtype(dtype):
     with pytest.raises(ValueError):
         nb_cpu.Array(4, dtype)
@@ -54,6 +54,13 @@ def test_from_numpy_checks_dtype_and_size(dtype):
     for size in (0, 3, 5):
         with pytest.raises(ValueError):
             nb_cpu.from_numpy(np.zeros(size, dtype), arr)
+
+
+def test_from_numpy_checks_integer_and_bool_dtypes():
+    """Same size and width is not enough: bool, uint8 and int32/float32 are each their own."""
+    for dtype, bad in (("bool", np.uint8), ("uint8", bool), ("int32", np.float32)):
+        with pytest.raises(TypeError):
+            nb_cpu.from_numpy(np.zeros(4, bad), nb_cpu.Array(4, dtype))
 
 
 def test_mixed_dtypes_raise():
@@ -162,6 +169,32 @@ def test_large_elementwise_split_across_threads(threads, dtype, rng):
         arr = to_array(nb_cpu, x, dtype)
         nb_cpu.ewise_axpby(arr, arr, 0.5, 0.25, arr)
         np.testing.assert_allclose(read(nb_cpu, arr), 0.75 * x.astype(dtype), rtol=2 * EPS[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "uint8", "bool"])
+@pytest.mark.parametrize("outer,reduce_size,inner", LARGE_REDUCTIONS)
+def test_large_integer_reductions_split_across_threads(
+    threads, outer, reduce_size, inner, dtype, rng
+):
+    """Integer and bool reductions are exact: the same bits whatever the split, and NumPy's
+    (int64 sums wrap around; bool's max is any); sums take int64 only."""
+    if dtype == "bool":
+        a = rng.random(outer * reduce_size * inner) < 0.5 / reduce_size
+    else:
+        info = np.iinfo(dtype)
+        a = rng.integers(info.min, info.max, outer * reduce_size * inner, dtype, endpoint=True)
+    x = a.reshape(outer, reduce_size, inner)
+    for op in ("sum", "max") if dtype == "int64" else ("max",):
+        args = (
+            (a, Out(outer), reduce_size)
+            if inner == 1
+            else (a, Out(outer * inner), outer, reduce_size, inner)
+        )
+        name = f"reduce_{op}{'_axis' * (inner > 1)}"
+        got = every_thread_count(threads, name, *args, dtype=dtype)[0]
+        np.testing.assert_array_equal(
+            got, (x.sum(axis=1) if op == "sum" else x.max(axis=1)).reshape(-1)
+        )
 
 
 # ---- views against their buffers (issue 13) -----------------------------------------------
