@@ -96,7 +96,7 @@ __all__ = [
 
 def zeros_like_data(x: Tensor) -> Tensor:
     """A constant zero Tensor with x's shape, dtype and device."""
-    return Tensor.make_const(x.device.full(x.shape, 0.0, dtype=x.dtype))
+    return Tensor.make_const(array_device(x).full(x.shape, 0.0, dtype=x.dtype))
 
 
 def reduce_to_shape(grad: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -681,7 +681,10 @@ class Split(TensorTupleOp):
         self.axis = axis
 
     def compute(self, a: NDArray):
-        return tuple(x.compact() for x in nd.split(a, axis=self.axis))
+        # nd.split's views keep the split axis as size 1 (NDArray int indexing keeps axes,
+        # as the course's does): drop it.
+        shape = a.shape[: self.axis % a.ndim] + a.shape[self.axis % a.ndim + 1 :]
+        return tuple(x.compact().reshape(shape) for x in nd.split(a, axis=self.axis))
 
     def gradient(self, out_grad: TensorTuple, node):
         return stack(list(out_grad), self.axis)
