@@ -22,7 +22,12 @@ def pytest_addoption(parser):
     )
 
 
-DEVICES = [pytest.param(device, id=device.name) for device in ndl.all_devices() if device.enabled()]
+# NDArray devices (in the numpy mode too, where ndl.all_devices() is the one NumPy device).
+DEVICES = [
+    pytest.param(device, id=device.name)
+    for device in ndl.backend_ndarray.all_devices()
+    if device.enabled()
+]
 
 
 @pytest.fixture(params=DEVICES)

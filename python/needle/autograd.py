@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy
 
 from . import backend_ndarray as nd
-from .backend_selection import BACKEND, Device, NDArray, array_api, default_device
+from .backend_selection import (  # noqa: F401  (cpu, all_devices: the course imports them from here)
+    BACKEND,
+    Device,
+    NDArray,
+    all_devices,
+    array_api,
+    cpu,
+    default_device,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self, TypeAlias
@@ -498,14 +506,15 @@ class Tensor(Value):
     def size(self) -> int:
         return self.realize_cached_data().size
 
-    def backward(self, out_grad: Tensor | None = None, create_graph: bool = False) -> None:
+    def backward(self, out_grad: Tensor | None = None, create_graph: bool = True) -> None:
         """Set ``.grad`` of every node of the graph that requires a gradient.
 
-        `out_grad` defaults to ones of this Tensor's shape. Gradients overwrite ``.grad``
-        (as needle does; call the optimizer's ``reset_grad`` between steps either way). With
-        ``create_graph=True`` the gradients keep their own graph, for higher derivatives;
-        otherwise they are computed without recording one, so nothing keeps the forward graph
-        alive once the caller drops its output.
+        `out_grad` defaults to ones of this Tensor's shape, whatever the shape. Gradients
+        overwrite ``.grad`` (as needle does; call the optimizer's ``reset_grad`` between steps
+        either way). As in needle, gradients keep their own graph (``x.grad.backward()``
+        works); ``create_graph=False`` computes them without recording one (PyTorch's
+        default), which is lighter: nothing then keeps the forward graph alive once the
+        caller drops its output and the gradients.
         """
         global _GRAD_ENABLED
         if not self.requires_grad:
@@ -640,6 +649,9 @@ class Tensor(Value):
 
     def transpose(self, axes=None):
         return ops.Transpose(axes)(self)
+
+    def matmul(self, other):
+        return ops.matmul(self, other)
 
     exp = _elementwise("Exp")
     log = _elementwise("Log")

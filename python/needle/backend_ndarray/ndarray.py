@@ -804,6 +804,8 @@ class NDArray:
         # device and shape (a (2,) array into a (0,) selection is an error, (1,) is not).
         if isinstance(other, NDArray):
             self._check_same_device(other)
+            if other.shape != view.shape and other.size == view.size:
+                other = other.compact().reshape(view.shape)  # the course's: same size, any shape
             if other.shape != view.shape:
                 # Extra leading 1s (the course's keep-dims indexing) are accepted, as in NumPy.
                 squeezed = other.shape
@@ -899,6 +901,9 @@ class NDArray:
     def __neg__(self) -> NDArray:
         return self._unary("ewise_neg")
 
+    def __abs__(self) -> NDArray:
+        return self._unary("ewise_abs")
+
     def __ne__(self, other):
         return (self == other) == False  # noqa: E712  (an elementwise not, on bools)
 
@@ -986,6 +991,8 @@ class NDArray:
     def _reduce(self, axis, keepdims: bool, name: str) -> NDArray:
         if self._dtype not in _TAKES[name]:  # sums of integers and bools: in int64
             return self.astype("int64")._reduce(axis, keepdims, name)
+        if axis == ():
+            raise ValueError(f"{name[len('reduce_') :]}: empty axis tuple (use axis=None for all)")
         axes = _normalize_axes(axis, self.ndim)
         kept = tuple(i for i in range(self.ndim) if i not in axes)
         out_shape = (
