@@ -15,7 +15,7 @@ import numpy as np
 
 import needle.init as init
 from needle import ops
-from needle.autograd import Tensor
+from needle.autograd import Tensor, array_of, set_array
 from needle.backend_ndarray import axpby
 
 __all__ = [
@@ -67,13 +67,9 @@ def _named_tensors(value: Any, prefix: str, _path=()) -> Iterator[tuple[str, Ten
 
 
 def _unpack_params(value: Any) -> list[Parameter]:
-    """Every Parameter reachable from `value`, once each (a shared one is trained once)."""
-    seen, params = set(), []
-    for _, tensor in _named_tensors(value, ""):
-        if isinstance(tensor, Parameter) and id(tensor) not in seen:
-            seen.add(id(tensor))
-            params.append(tensor)
-    return params
+    """Every Parameter reachable from `value`, in attribute order, as the course lists them:
+    a Parameter reachable twice (shared by two layers) is listed twice."""
+    return [tensor for _, tensor in _named_tensors(value, "") if isinstance(tensor, Parameter)]
 
 
 def _child_modules(value: Any, _path=()) -> list[Module]:
@@ -98,7 +94,9 @@ class Module:
         self.training = True
 
     def parameters(self) -> list[Parameter]:
-        """The Parameters of this module and all its sub-modules."""
+        """The Parameters of this module and all its sub-modules, as a list (course order:
+        ``vars(self)`` in insertion order, into Modules, dicts, lists and tuples; duplicates
+        kept; plain Tensors such as BatchNorm's running statistics are not parameters)."""
         return _unpack_params(vars(self))
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
@@ -201,8 +199,14 @@ class Linear(Module):
 
     def forward(self, X: Tensor) -> Tensor:
         y = X @ self.weight
-        if self.bias is not None:
-            y = y + self.bias.broadcast_to(y.shape)
+        bias = self.bias
+        if bias is not None:
+            # Read at call time, and any bias with out_features elements works: (1, out) as
+            # made here, or (out,) as course code sometimes assigns.
+            target = (1,) * (len(y.shape) - 1) + (self.out_features,)
+            if len(bias.shape) > len(target) or bias.shape != target[len(target) - len(bias.shape) :]:
+                bias = bias.reshape(target)
+            y = y + bias.broadcast_to(y.shape)
         return y
 
 
@@ -247,7 +251,10 @@ class SoftmaxLoss(Module):
     def forward(self, logits: Tensor, y: Tensor) -> Tensor:
         if len(logits.shape) != 2:
             raise ValueError(f"SoftmaxLoss needs logits (batch, classes), got {logits.shape}")
+        # Integer, uint8 or (whole-number) float labels, as the course's .numpy().astype(int).
         labels = np.asarray(y.numpy() if isinstance(y, Tensor) else y).reshape(-1)
+        if labels.dtype.kind not in "iu":
+            labels = labels.astype(np.int64)
         # One fused op, not logsumexp(logits) - sum(logits * one_hot(y)) in ~6 ops (and ~15
         # more in backward); same values and gradients, including gradients of gradients.
         return ops.softmax_cross_entropy(logits, labels)
@@ -283,10 +290,10 @@ class BatchNorm1d(Module):
             m = self.momentum
             # Assigned in place (not rebound), so references to the buffers stay valid.
             stats = y.saved
+            # array_of/set_array: the data as NDArrays in either mode (NumPy in the numpy mode).
             for buffer, batch in ((self.running_mean, stats.mean), (self.running_var, stats.var)):
-                buffer.data = Tensor.make_const(
-                    axpby(1 - m, buffer.realize_cached_data(), m, batch.astype(buffer.dtype))
-                )
+                old = array_of(buffer)
+                set_array(buffer, axpby(1 - m, old, m, batch.astype(old.dtype)))
             return y
         keep = (1, self.dim) + (1,) * (len(x.shape) - 2)
 
@@ -336,11 +343,13 @@ class Dropout(Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
+        if not self.training:
+            return x  # no draw
+        # One np.random.rand(*x.shape) per call, even at p = 0 (the course's draw order):
+        # keep where u <= 1 - p.
+        keep = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
         if self.p == 1.0:
             return x * 0.0
-        keep = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
         return x * keep / (1 - self.p)
 
 

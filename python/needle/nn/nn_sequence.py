@@ -269,6 +269,9 @@ class Embedding(_DeviceModule):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = tuple(x.shape)
-        indices = x.numpy().reshape(-1) if isinstance(x, Tensor) else np.asarray(x).reshape(-1)
+        # Ids of any dtype (float32 in the NDArray mode, int or uint8 arrays), as the course's
+        # .numpy().astype(int).
+        ids = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+        indices = np.asarray(ids).reshape(-1).astype(np.int64)
         out = ops.take_rows(self.weight, indices)
         return ops.reshape(out, shape + (self.embedding_dim,))

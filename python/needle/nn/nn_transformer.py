@@ -10,7 +10,8 @@ from typing import Optional
 import numpy as np
 
 from needle import backend_ndarray as ndarray, init, ops
-from needle.autograd import Tensor
+from needle.autograd import Tensor, array_of
+from needle.backend_selection import BACKEND
 
 from .nn_basic import Dropout, LayerNorm1d, Linear, ReLU, Sequential, _DeviceModule
 from .nn_sequence import Embedding
@@ -36,7 +37,9 @@ class MultiHeadAttention(_DeviceModule):
         self.dropout = Dropout(dropout)
 
     def create_causal_mask(self, i: int, j: int, device, dtype: str = "float32"):
-        """(1, 1, i, j) NDArray: 0 where query may see key, a huge negative number elsewhere.
+        """(1, 1, i, j) array: 0 where query may see key, -(float32 max) where the key index
+        exceeds the query index + j - i. An NDArray on `device` in the NDArray mode, a NumPy
+        array in the numpy mode.
 
         The largest finite float32 rather than -inf, so that a fully masked row still gives
         finite (uniform) weights instead of NaN from -inf - -inf.
@@ -44,6 +47,8 @@ class MultiHeadAttention(_DeviceModule):
         mask = -np.finfo(np.float32).max * np.triu(
             np.ones((1, 1, i, j), dtype=np.float32), j - i + 1
         )
+        if BACKEND == "np":
+            return mask.astype(dtype)
         return ndarray.array(mask.astype(dtype), device=device)
 
     def matmul(self, a: Tensor, b_transpose: Tensor) -> Tensor:
@@ -54,7 +59,7 @@ class MultiHeadAttention(_DeviceModule):
         """Softmax over the last axis."""
         # Shift by the row max so exp() cannot overflow; the shift cancels in the ratio, so
         # the max needs no gradient and is taken as a constant.
-        data = logit.realize_cached_data()
+        data = array_of(logit)
         shift = Tensor.make_const(data.max(axis=-1, keepdims=True).broadcast_to(logit.shape))
         probs = ops.exp(logit - shift)
         kept = logit.shape[:-1] + (1,)
@@ -73,7 +78,7 @@ class MultiHeadAttention(_DeviceModule):
         scores = self.matmul(q, k) / math.sqrt(q_dim)
         if self.causal:
             mask = self.create_causal_mask(queries_len, keys_values_len, q.device, q.dtype)
-            scores = scores + Tensor.make_const(mask.broadcast_to(scores.shape))
+            scores = scores + ops.broadcast_to(Tensor.make_const(mask), scores.shape)
         probs = self.dropout(self.softmax(scores))
         return ops.matmul(probs, v), probs
 
@@ -92,9 +97,9 @@ class AttentionLayer(_DeviceModule):
         num_head: int,
         dim_head: int,
         *,
-        out_features: Optional[int] = None,
         k_features: Optional[int] = None,
         v_features: Optional[int] = None,
+        out_features: Optional[int] = None,
         dropout: float = 0.0,
         causal: bool = True,
         device=None,
