@@ -40,14 +40,19 @@ def _shifted_logsumexp(z: NDArray, axes: Optional[tuple]) -> tuple:
     return m, shifted, shifted.exp().sum(axis=axes, keepdims=True).log()
 
 
+def _finite_max(z: NDArray, axes: Optional[tuple]) -> NDArray:
+    """max(z, axes) (kept as 1s) clamped to the dtype's finite range."""
+    info = np.finfo(z.dtype)
+    m = z.max(axis=axes, keepdims=True).maximum(float(info.min))
+    return -((-m).maximum(-float(info.max)))  # min(m, the highest finite value)
+
+
 def _stable_logsumexp(z: NDArray, axes: Optional[tuple], keepdims: bool) -> NDArray:
     # Shift by the max so exp() never overflows: log sum exp(z) = m + log sum exp(z - m).
     # The max is clamped to the dtype's finite range so an infinite one is not subtracted
     # from itself (torch subtracts 0 there): an all -inf slice gives -inf - (finite) = -inf,
     # a slice holding +inf gives +inf, not inf - inf = NaN.
-    info = np.finfo(z.dtype)
-    m = z.max(axis=axes, keepdims=True).maximum(float(info.min))
-    m = -((-m).maximum(-float(info.max)))  # min(m, the highest finite value)
+    m = _finite_max(z, axes)
     out = (z - m.broadcast_to(z.shape)).exp().sum(axis=axes, keepdims=True).log() + m
     return out if keepdims else out.reshape(_reduced_shape(z.shape, axes))
 
@@ -68,7 +73,9 @@ class LogSumExp(TensorOp):
         # softmax = exp(z - m) / sum exp(z - m) with m the max as a constant (softmax does not
         # depend on it, so this stays exact for second derivatives): exp(z - logsumexp(z))
         # would carry logsumexp's rounding, 0.5% at z = 1e5 in float32 (torch's is exact).
-        m = array_of(z).max(axis=self.axes, keepdims=True).broadcast_to(z.shape)
+        # (Clamped as in compute: a row holding +inf gets NaN there and 0 elsewhere, an all
+        # -inf row NaN, as torch.)
+        m = _finite_max(array_of(z), self.axes).broadcast_to(z.shape)
         e = exp(z - Tensor.make_const(m))
         softmax = e / broadcast_to(summation(e, self.axes, keepdims=True), z.shape)
         return broadcast_to(reshape(out_grad, kept), z.shape) * softmax
