@@ -40,11 +40,14 @@ from .cases import (
 )
 
 
-def rows(*names):
-    """Mark a test of these rows of the table: conftest runs it in the dtypes they take."""
+def rows(*names, widths_only=False):
+    """Mark a test of these rows of the table: conftest runs it in the dtypes they take
+    (with `widths_only`, one per element width and kind: int32 and int64 move as float32
+    and float64 do, and their own cases cover them in test_primitive)."""
 
     def mark(test):
         test.rows = names
+        test.widths_only = widths_only
         return test
 
     return mark
@@ -128,7 +131,7 @@ test_unlisted_dtypes_raise_type_error.unlisted = True  # type: ignore[attr-defin
 
 
 # ---- properties beyond one call ---------------------------------------------------------------
-@rows("to_numpy", "compact", "scalar_setitem", "ewise_setitem")
+@rows("to_numpy", "compact", "scalar_setitem", "ewise_setitem", widths_only=True)
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -221,7 +224,7 @@ def test_matmul_strided_on_random_views(backend, dtype, problem):
         )
 
 
-@rows("reduce_sum_axis", "reduce_max_axis")
+@rows("reduce_sum_axis", "reduce_max_axis", widths_only=True)
 @settings(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
