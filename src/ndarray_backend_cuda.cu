@@ -18,6 +18,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,7 +36,7 @@ using NumpyArray = nb::ndarray<nb::numpy>;
 using InputArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 
 NumpyArray to_numpy(const Array& a, const Shape& shape, const Shape& strides, int64_t offset) {
-  return with_dtype(a.dtype, [&](auto t) {
+  return with_dtype<AllTypes>(a.dtype, [&](auto t) {
     using T = decltype(t);
     const int64_t n = view_size(shape);
     T* buf = new T[n > 0 ? n : 1];
@@ -47,10 +48,15 @@ NumpyArray to_numpy(const Array& a, const Shape& shape, const Shape& strides, in
   });
 }
 
+// The DType of NumPy data, if any Array holds it.
+template <class... T> std::optional<DType> dtype_of_numpy(nb::dlpack::dtype dt, Types<T...>) {
+  std::optional<DType> found;
+  ((dt == nb::dtype<T>() ? (void)(found = dtype_of<T>) : (void)0), ...);
+  return found;
+}
+
 void from_numpy(const InputArray& src, Array& out) {
-  std::optional<DType> dtype;
-  if (src.dtype() == nb::dtype<float>()) dtype = DType::f32;
-  if (src.dtype() == nb::dtype<double>()) dtype = DType::f64;
+  const std::optional<DType> dtype = dtype_of_numpy(src.dtype(), AllTypes());
   table::from_numpy(
       HostArray{const_cast<void*>(src.data()), static_cast<int64_t>(src.size()), dtype}, out);
 }

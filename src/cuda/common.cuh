@@ -5,7 +5,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels.h"
 #include "runtime.h"
@@ -15,7 +18,7 @@ namespace cuda {
 
 template <class T> constexpr T ceil_div(T a, T b) { return (a + b - 1) / b; }
 
-// Elements per 16-byte vector: float4 / double2.
+// Elements per 16-byte vector: float4 / double2 (16 bytes of any dtype).
 template <class T> constexpr int kVec = 16 / sizeof(T);
 
 __host__ __device__ inline bool aligned16(const void* p) {
@@ -50,6 +53,18 @@ __device__ __forceinline__ void store_vec(double* p, const double* v) {
   t.x = v[0], t.y = v[1];
   *reinterpret_cast<double2*>(p) = t;
 }
+// The integer and bool dtypes: one uint4 (16 bytes) moved as it is.
+template <class T> __device__ __forceinline__ void load_vec(const T* p, T* v) {
+  NEEDLE_CHECK_ALIGNED(p);
+  const uint4 t = *reinterpret_cast<const uint4*>(p);
+  memcpy(v, &t, sizeof(t));
+}
+template <class T> __device__ __forceinline__ void store_vec(T* p, const T* v) {
+  NEEDLE_CHECK_ALIGNED(p);
+  uint4 t;
+  memcpy(&t, v, sizeof(t));
+  *reinterpret_cast<uint4*>(p) = t;
+}
 
 // ---- operators: the meaning of each primitive, as in ndarray_backend_numpy ------------
 // The build does not use --use_fast_math: the libdevice functions keep IEEE semantics
@@ -72,16 +87,65 @@ __host__ __device__ inline double m_abs(double x) { return fabs(x); }
 __host__ __device__ inline float m_pow(float x, float y) { return powf(x, y); }
 __host__ __device__ inline double m_pow(double x, double y) { return pow(x, y); }
 
+// Integer add, subtract, multiply and negate wrap around as NumPy's do (two's complement):
+// computed in the unsigned type of the same width (or unsigned int for uint8), where
+// overflow is defined, and converted back (modular since C++20, and in every compiler
+// before). Floating point and bool pass through as they are.
+template <class T> struct Wrap { using type = T; };
+template <> struct Wrap<int32_t> { using type = uint32_t; };
+template <> struct Wrap<int64_t> { using type = uint64_t; };
+template <> struct Wrap<uint8_t> { using type = uint32_t; };
+template <class T> using wrap_t = typename Wrap<T>::type;
+
+template <class T> __host__ __device__ inline T wrap_add(T x, T y) {
+  return static_cast<T>(static_cast<wrap_t<T>>(x) + static_cast<wrap_t<T>>(y));
+}
+template <class T> __host__ __device__ inline T wrap_sub(T x, T y) {
+  return static_cast<T>(static_cast<wrap_t<T>>(x) - static_cast<wrap_t<T>>(y));
+}
+template <class T> __host__ __device__ inline T wrap_mul(T x, T y) {
+  return static_cast<T>(static_cast<wrap_t<T>>(x) * static_cast<wrap_t<T>>(y));
+}
+template <class T> __host__ __device__ inline T wrap_neg(T x) {
+  if constexpr (std::is_floating_point<T>::value) {
+    return -x;
+  } else {
+    return static_cast<T>(wrap_t<T>(0) - static_cast<wrap_t<T>>(x));
+  }
+}
+
 // np.maximum: NaN in either operand gives NaN (fmax would drop it).
 template <class T> __host__ __device__ inline T max_nan(T x, T y) {
-  return (x > y || x != x) ? x : y;
+  if constexpr (std::is_floating_point<T>::value) {
+    return (x > y || x != x) ? x : y;
+  } else {
+    return x > y ? x : y;
+  }
 }
 
 // The unary operators of more than one expression (the others are lambdas in the rows of
 // elementwise.cu).
-struct Sign {  // zero and NaN map to themselves, as np.sign
+struct Neg {  // -x; wraps for integers (-INT_MIN == INT_MIN, -uint8(1) == 255)
+  template <class T> __host__ __device__ T operator()(T x) const { return wrap_neg(x); }
+};
+struct Abs {  // abs(INT_MIN) == INT_MIN, as np.abs
   template <class T> __host__ __device__ T operator()(T x) const {
-    return x > T(0) ? T(1) : x < T(0) ? T(-1) : x;
+    if constexpr (std::is_floating_point<T>::value) {
+      return m_abs(x);
+    } else if constexpr (std::is_unsigned<T>::value) {
+      return x;
+    } else {
+      return x < T(0) ? wrap_neg(x) : x;
+    }
+  }
+};
+struct Sign {  // zero and NaN map to themselves, as np.sign; uint8 gives 0 or 1
+  template <class T> __host__ __device__ T operator()(T x) const {
+    if constexpr (std::is_unsigned<T>::value) {
+      return x > T(0) ? T(1) : T(0);
+    } else {
+      return x > T(0) ? T(1) : x < T(0) ? T(-1) : x;
+    }
   }
 };
 struct Sigmoid {  // e^-|x| never overflows; the form is chosen by the sign
@@ -92,16 +156,16 @@ struct Sigmoid {  // e^-|x| never overflows; the form is chosen by the sign
 };
 
 struct Add {
-  template <class T> __host__ __device__ T operator()(T x, T y) const { return x + y; }
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return wrap_add(x, y); }
 };
 struct Sub {
-  template <class T> __host__ __device__ T operator()(T x, T y) const { return x - y; }
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return wrap_sub(x, y); }
 };
 struct RSub {
-  template <class T> __host__ __device__ T operator()(T x, T y) const { return y - x; }
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return wrap_sub(y, x); }
 };
 struct Mul {
-  template <class T> __host__ __device__ T operator()(T x, T y) const { return x * y; }
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return wrap_mul(x, y); }
 };
 struct Div {
   template <class T> __host__ __device__ T operator()(T x, T y) const { return x / y; }
@@ -112,28 +176,21 @@ struct RDiv {
 struct Power {
   template <class T> __host__ __device__ T operator()(T x, T y) const { return m_pow(x, y); }
 };
-struct Lt {
-  template <class T> __host__ __device__ T operator()(T x, T y) const {
-    return x < y ? T(1) : T(0);
-  }
-};
-struct Le {
-  template <class T> __host__ __device__ T operator()(T x, T y) const {
-    return x <= y ? T(1) : T(0);
-  }
-};
 struct Maximum {
   template <class T> __host__ __device__ T operator()(T x, T y) const { return max_nan(x, y); }
 };
-struct Eq {  // 1 where equal, else 0, in the array's dtype
-  template <class T> __host__ __device__ T operator()(T x, T y) const {
-    return x == y ? T(1) : T(0);
-  }
+// The comparisons write a bool (one byte, 1 where true), whatever the inputs' dtype.
+struct Eq {
+  template <class T> __host__ __device__ bool operator()(T x, T y) const { return x == y; }
 };
 struct Ge {
-  template <class T> __host__ __device__ T operator()(T x, T y) const {
-    return x >= y ? T(1) : T(0);
-  }
+  template <class T> __host__ __device__ bool operator()(T x, T y) const { return x >= y; }
+};
+struct Lt {
+  template <class T> __host__ __device__ bool operator()(T x, T y) const { return x < y; }
+};
+struct Le {
+  template <class T> __host__ __device__ bool operator()(T x, T y) const { return x <= y; }
 };
 // alpha * x + beta * y; nvcc contracts it into one multiply and one fused multiply-add.
 template <class T> struct Axpby {
@@ -163,25 +220,63 @@ __device__ __forceinline__ void for_each_share(int64_t n, int64_t first, int64_t
 
 // ---- reductions -----------------------------------------------------------------------
 
-struct SumOp {
+// The smallest value of T: max's identity (-inf for floating point, false for bool).
+template <class T> __host__ __device__ constexpr T lowest() {
+  if constexpr (std::is_floating_point<T>::value) {
+    return -INFINITY;
+  } else if constexpr (std::is_same<T, int32_t>::value) {
+    return INT32_MIN;
+  } else if constexpr (std::is_same<T, int64_t>::value) {
+    return INT64_MIN;
+  } else {
+    return T(0);  // uint8, bool
+  }
+}
+
+// val in the dtype T: a bool is val != 0; an integer dtype takes a whole number in its range
+// (NDArray guarantees it: anything else, NaN included, would be undefined behaviour in C++,
+// so it is refused rather than converted).
+template <class T> T scalar_value(const char* name, double val) {
+  if constexpr (std::is_integral<T>::value && !std::is_same<T, bool>::value) {
+    // The range as doubles, [min, max + 1): exact for every integer dtype (uint8 is the one
+    // unsigned one).
+    const double low = static_cast<double>(lowest<T>());
+    const double high = std::is_unsigned<T>::value ? 256.0 : -low;
+    if (!(val >= low && val < high)) {
+      throw std::invalid_argument(std::string(name) + ": " + std::to_string(val) +
+                                  " is outside the range of " + dtype_name(dtype_of<T>));
+    }
+  }
+  return static_cast<T>(val);
+}
+
+struct SumOp {  // integers wrap, as NumPy's int64 sums
   template <class T> __host__ __device__ static T identity() { return T(0); }
-  template <class T> __host__ __device__ T operator()(T x, T y) const { return x + y; }
+  template <class T> __host__ __device__ T operator()(T x, T y) const { return wrap_add(x, y); }
 };
-struct MaxOp {  // NaN propagates, as np.max
-  template <class T> __host__ __device__ static T identity() { return -INFINITY; }
+struct MaxOp {  // NaN propagates, as np.max; bool: any
+  template <class T> __host__ __device__ static T identity() { return lowest<T>(); }
   template <class T> __host__ __device__ T operator()(T x, T y) const { return max_nan(x, y); }
 };
 
 constexpr unsigned kFullWarp = 0xffffffffu;
 constexpr int kWarpSize = 32;
 
+// __shfl_xor_sync for every dtype: CUDA has no 1-byte overloads, so uint8 and bool travel as
+// an int.
+template <class T> __device__ __forceinline__ T shfl_xor(T v, int lane_mask) {
+  if constexpr (sizeof(T) < sizeof(int)) {
+    return static_cast<T>(__shfl_xor_sync(kFullWarp, static_cast<int>(v), lane_mask));
+  } else {
+    return __shfl_xor_sync(kFullWarp, v, lane_mask);
+  }
+}
+
 // Butterfly reduction over the 32 lanes of a warp: every lane ends with the result. All 32
 // lanes must call it (the kernels' blocks are whole warps and call it without divergence).
 template <class T, class Op> __device__ __forceinline__ T warp_reduce(T v, Op op) {
 #pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) {
-    v = op(v, __shfl_xor_sync(kFullWarp, v, offset));
-  }
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v = op(v, shfl_xor(v, offset));
   return v;
 }
 

@@ -7,6 +7,9 @@
 // The families of the primitive table are tables here, one row a primitive: a new unary
 // primitive is one row of unary_kernels() (plus its row in primitives.py).
 
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 #include <utility>
 
 #include "common.cuh"
@@ -30,27 +33,35 @@ template <int N, class F, class Get> __device__ __forceinline__ auto apply(const
   }
 }
 
-// out[i] = f(in[0][i], ..., in[N-1][i]). Each thread loads its elements of every input before
-// it stores the same elements of out, so out may be one of the inputs.
-template <class T, int N, class F>
-__global__ void map_kernel(F f, Inputs<T, N> in, T* out, int64_t n, bool vectorized) {
+// out[i] = f(in[0][i], ..., in[N-1][i]), out of f's result type R (the inputs' T, or bool
+// for the comparisons). Each thread loads its elements of every input before it stores the
+// same elements of out, so out may be one of the inputs.
+template <class T, class R, int N, class F>
+__global__ void map_kernel(F f, Inputs<T, N> in, R* out, int64_t n, bool vectorized) {
   constexpr int W = kVec<T>;
   for_each_share<T>(
       n, int64_t(blockIdx.x) * blockDim.x + threadIdx.x, int64_t(gridDim.x) * blockDim.x,
       vectorized,
       [&](int64_t i) {
-        T x[N > 0 ? N : 1][W], y[W];
+        T x[N > 0 ? N : 1][W];
+        R y[W];
 #pragma unroll
         for (int k = 0; k < N; ++k) load_vec(in.p[k] + i, x[k]);
 #pragma unroll
         for (int l = 0; l < W; ++l) y[l] = apply<N>(f, [&](int k) { return x[k][l]; });
-        store_vec(out + i, y);
+        if constexpr (sizeof(R) == sizeof(T)) {
+          store_vec(out + i, y);
+        } else {  // a comparison of a wider dtype: W bools, stored one by one
+#pragma unroll
+          for (int l = 0; l < W; ++l) out[i + l] = y[l];
+        }
       },
       [&](int64_t i) { out[i] = apply<N>(f, [&](int k) { return in.p[k][i]; }); });
 }
 
-// Launches map_kernel over n elements; `in` are the inputs' device pointers.
-template <class T, class F, class... In>
+// Launches map_kernel over n elements; `in` are the inputs' device pointers, of dtype T, and
+// out holds R.
+template <class T, class R = T, class F, class... In>
 void map(const char* name, F f, void* out, int64_t n, In... in) {
   if (n <= 0) return;
   constexpr int N = sizeof...(In);
@@ -58,8 +69,8 @@ void map(const char* name, F f, void* out, int64_t n, In... in) {
   const bool vec = aligned16(out) && (aligned16(in) && ...);
   // Work items: one per vector when vectorized (the tail is spread over the same grid).
   const int64_t items = vec ? ceil_div<int64_t>(n, kVec<T>) : n;
-  launch(name, map_kernel<T, N, F>, grid_stride_config(items), f, inputs, static_cast<T*>(out), n,
-         vec);
+  launch(name, map_kernel<T, R, N, F>, grid_stride_config(items), f, inputs, static_cast<R*>(out),
+         n, vec);
 }
 
 template <class T> struct Constant {
@@ -71,7 +82,7 @@ template <class T> struct Constant {
 template <class Op, class T> struct BindScalar {
   Op op;
   T val;
-  __host__ __device__ T operator()(T x) const { return op(x, val); }
+  __host__ __device__ auto operator()(T x) const { return op(x, val); }
 };
 // a ** 0.5 is sqrt, as in NumPy and PyTorch: -inf ** 0.5 is NaN (pow gives +inf).
 template <class T> struct BindScalar<Power, T> {
@@ -80,44 +91,56 @@ template <class T> struct BindScalar<Power, T> {
   __host__ __device__ T operator()(T x) const { return val == T(0.5) ? m_sqrt(x) : op(x, val); }
 };
 
-// The rows of the three families, from the operator of each.
-template <class F> UnaryKernel unary(const char* name, F f) {
-  return {name, [name, f](DType dt, const void* a, void* out, int64_t n) {
-            with_dtype(dt, [&](auto t) { map<decltype(t)>(name, f, out, n, a); });
+// The rows of the three families, from the operator of each and the dtypes it takes (the
+// kernels are instantiated for exactly those).
+template <class Set, class F> UnaryKernel unary(const char* name, F f) {
+  return {name, dtype_set(Set()), [name, f](DType dt, const void* a, void* out, int64_t n) {
+            with_dtype<Set>(dt, [&](auto t) { map<decltype(t)>(name, f, out, n, a); });
           }};
 }
-template <class F> BinaryKernel binary(const char* name, F f) {
-  return {name, [name, f](DType dt, const void* a, const void* b, void* out, int64_t n) {
-            with_dtype(dt, [&](auto t) { map<decltype(t)>(name, f, out, n, a, b); });
-          }};
-}
-template <class F> ScalarKernel scalar(const char* name, F f) {
-  return {name, [name, f](DType dt, const void* a, double val, void* out, int64_t n) {
-            with_dtype(dt, [&](auto t) {
-              // The scalar is rounded to the array's dtype first, as NumPy does.
+// Whether binary operator Op is a comparison (writes bool), and then the type of out.
+template <class Op>
+constexpr bool is_comparison = std::is_same<decltype(Op()(0.0f, 0.0f)), bool>::value;
+template <class Op, class T> using out_t = std::conditional_t<is_comparison<Op>, bool, T>;
+
+template <class Set, class F> BinaryKernel binary(const char* name, F f) {
+  return {name, dtype_set(Set()), is_comparison<F>,
+          [name, f](DType dt, const void* a, const void* b, void* out, int64_t n) {
+            with_dtype<Set>(dt, [&](auto t) {
               using T = decltype(t);
-              map<T>(name, BindScalar<F, T>{f, static_cast<T>(val)}, out, n, a);
+              map<T, out_t<F, T>>(name, f, out, n, a, b);
+            });
+          }};
+}
+template <class Set, class F> ScalarKernel scalar(const char* name, F f) {
+  return {name, dtype_set(Set()), is_comparison<F>,
+          [name, f](DType dt, const void* a, double val, void* out, int64_t n) {
+            with_dtype<Set>(dt, [&](auto t) {
+              // The scalar is converted to the array's dtype first, as NumPy does.
+              using T = decltype(t);
+              map<T, out_t<F, T>>(name, BindScalar<F, T>{f, scalar_value<T>(name, val)}, out, n, a);
             });
           }};
 }
 
 // The binary operators, in the primitive table's order, each visit(ewise name, scalar name,
-// operator): the operator of ewise_<op> (two arrays) and of scalar_<op> (an array and a
-// scalar). The two with the scalar first (val - a, val / a) have no ewise_ twin (nullptr):
-// with two arrays they are ewise_sub and ewise_div with the operands swapped.
+// operator, dtypes): the operator of ewise_<op> (two arrays) and of scalar_<op> (an array
+// and a scalar), and the dtypes both take (primitives.elementwise_dtypes). The two with the
+// scalar first (val - a, val / a) have no ewise_ twin (nullptr): with two arrays they are
+// ewise_sub and ewise_div with the operands swapped.
 template <class Visit> void for_each_binary_operator(Visit visit) {
-  visit("ewise_add", "scalar_add", Add());
-  visit("ewise_sub", "scalar_sub", Sub());
-  visit(nullptr, "scalar_rsub", RSub());
-  visit("ewise_mul", "scalar_mul", Mul());
-  visit("ewise_div", "scalar_div", Div());
-  visit(nullptr, "scalar_rdiv", RDiv());
-  visit("ewise_power", "scalar_power", Power());
-  visit("ewise_maximum", "scalar_maximum", Maximum());
-  visit("ewise_eq", "scalar_eq", Eq());
-  visit("ewise_ge", "scalar_ge", Ge());
-  visit("ewise_lt", "scalar_lt", Lt());
-  visit("ewise_le", "scalar_le", Le());
+  visit("ewise_add", "scalar_add", Add(), Numeric());
+  visit("ewise_sub", "scalar_sub", Sub(), Numeric());
+  visit(nullptr, "scalar_rsub", RSub(), Numeric());
+  visit("ewise_mul", "scalar_mul", Mul(), Numeric());
+  visit("ewise_div", "scalar_div", Div(), Floats());
+  visit(nullptr, "scalar_rdiv", RDiv(), Floats());
+  visit("ewise_power", "scalar_power", Power(), Floats());
+  visit("ewise_maximum", "scalar_maximum", Maximum(), Numeric());
+  visit("ewise_eq", "scalar_eq", Eq(), AllTypes());
+  visit("ewise_ge", "scalar_ge", Ge(), AllTypes());
+  visit("ewise_lt", "scalar_lt", Lt(), AllTypes());
+  visit("ewise_le", "scalar_le", Le(), AllTypes());
 }
 
 }  // namespace
@@ -126,18 +149,18 @@ template <class Visit> void for_each_binary_operator(Visit visit) {
 // within 2 ulp in float and 1 ulp in double).
 const std::vector<UnaryKernel>& unary_kernels() {
   static const std::vector<UnaryKernel> rows = {
-      unary("ewise_neg", [] __device__(auto x) { return -x; }),
-      unary("ewise_abs", [] __device__(auto x) { return m_abs(x); }),
-      unary("ewise_sign", Sign()),
-      unary("ewise_log", [] __device__(auto x) { return m_log(x); }),
-      unary("ewise_exp", [] __device__(auto x) { return m_exp(x); }),
-      unary("ewise_tanh", [] __device__(auto x) { return m_tanh(x); }),
-      unary("ewise_sqrt", [] __device__(auto x) { return m_sqrt(x); }),
-      unary("ewise_rsqrt", [] __device__(auto x) { return decltype(x)(1) / m_sqrt(x); }),
-      unary("ewise_sin", [] __device__(auto x) { return m_sin(x); }),
-      unary("ewise_cos", [] __device__(auto x) { return m_cos(x); }),
-      unary("ewise_relu", [] __device__(auto x) { return max_nan(x, decltype(x)(0)); }),
-      unary("ewise_sigmoid", Sigmoid()),
+      unary<Numeric>("ewise_neg", Neg()),
+      unary<Numeric>("ewise_abs", Abs()),
+      unary<Numeric>("ewise_sign", Sign()),
+      unary<Floats>("ewise_log", [] __device__(auto x) { return m_log(x); }),
+      unary<Floats>("ewise_exp", [] __device__(auto x) { return m_exp(x); }),
+      unary<Floats>("ewise_tanh", [] __device__(auto x) { return m_tanh(x); }),
+      unary<Floats>("ewise_sqrt", [] __device__(auto x) { return m_sqrt(x); }),
+      unary<Floats>("ewise_rsqrt", [] __device__(auto x) { return decltype(x)(1) / m_sqrt(x); }),
+      unary<Floats>("ewise_sin", [] __device__(auto x) { return m_sin(x); }),
+      unary<Floats>("ewise_cos", [] __device__(auto x) { return m_cos(x); }),
+      unary<Numeric>("ewise_relu", [] __device__(auto x) { return max_nan(x, decltype(x)(0)); }),
+      unary<Floats>("ewise_sigmoid", Sigmoid()),
   };
   return rows;
 }
@@ -145,8 +168,8 @@ const std::vector<UnaryKernel>& unary_kernels() {
 const std::vector<BinaryKernel>& binary_kernels() {
   static const std::vector<BinaryKernel> rows = [] {
     std::vector<BinaryKernel> ewise;
-    for_each_binary_operator([&ewise](const char* name, const char*, auto op) {
-      if (name != nullptr) ewise.push_back(binary(name, op));
+    for_each_binary_operator([&ewise](const char* name, const char*, auto op, auto set) {
+      if (name != nullptr) ewise.push_back(binary<decltype(set)>(name, op));
     });
     return ewise;
   }();
@@ -156,8 +179,8 @@ const std::vector<BinaryKernel>& binary_kernels() {
 const std::vector<ScalarKernel>& scalar_kernels() {
   static const std::vector<ScalarKernel> rows = [] {
     std::vector<ScalarKernel> scalars;
-    for_each_binary_operator([&scalars](const char*, const char* name, auto op) {
-      scalars.push_back(scalar(name, op));
+    for_each_binary_operator([&scalars](const char*, const char* name, auto op, auto set) {
+      scalars.push_back(scalar<decltype(set)>(name, op));
     });
     return scalars;
   }();
@@ -171,15 +194,15 @@ unsigned grid_size(int64_t items, int block_threads, int sm_count) {
 }
 
 void fill(DType dt, void* out, int64_t n, double val) {
-  with_dtype(dt, [&](auto t) {
+  with_dtype<AllTypes>(dt, [&](auto t) {
     using T = decltype(t);
-    map<T>("fill", Constant<T>{static_cast<T>(val)}, out, n);
+    map<T>("fill", Constant<T>{scalar_value<T>("fill", val)}, out, n);
   });
 }
 
 void ewise_axpby(DType dt, const void* a, const void* b, double alpha, double beta, void* out,
                  int64_t n) {
-  with_dtype(dt, [&](auto t) {
+  with_dtype<Floats>(dt, [&](auto t) {
     using T = decltype(t);
     map<T>("ewise_axpby", Axpby<T>{static_cast<T>(alpha), static_cast<T>(beta)}, out, n, a, b);
   });

@@ -322,7 +322,7 @@ TileCoord gemm_tile_of_block(int64_t block, int64_t tiles_m, int64_t tiles_n) {
 }
 
 GemmTiling gemm_tiling(DType dt) {
-  return with_dtype(dt, [](auto t) {
+  return with_dtype<Floats>(dt, [](auto t) {
     using C = Tiling<decltype(t)>;
     return GemmTiling{C::BM, C::BN, C::BK, C::TM, C::TN, (C::BM / C::TM) * (C::BN / C::TN)};
   });
@@ -331,7 +331,7 @@ GemmTiling gemm_tiling(DType dt) {
 void matmul(DType dt, const MatrixView& a, const MatrixView& b, void* out, int64_t batch, int64_t m,
             int64_t n, int64_t p) {
   if (batch <= 0 || m <= 0 || p <= 0) return;
-  with_dtype(dt, [&](auto t) { matmul_typed<decltype(t)>(a, b, out, batch, m, n, p); });
+  with_dtype<Floats>(dt, [&](auto t) { matmul_typed<decltype(t)>(a, b, out, batch, m, n, p); });
 }
 
 }  // namespace cuda

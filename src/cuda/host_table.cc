@@ -13,16 +13,22 @@ namespace needle {
 namespace cuda {
 
 const std::vector<std::string>& dtype_names() {
-  static const std::vector<std::string> names = {"float32", "float64"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> all;
+    for (int d = 0; d < kDTypes; ++d) all.push_back(dtype_name(static_cast<DType>(d)));
+    return all;
+  }();
   return names;
 }
 
-const char* dtype_name(DType dt) { return dt == DType::f32 ? "float32" : "float64"; }
-
 DType parse_dtype(const std::string& name) {
-  if (name == "float32") return DType::f32;
-  if (name == "float64") return DType::f64;
-  throw std::invalid_argument("unsupported dtype '" + name + "' (expected float32 or float64)");
+  for (int d = 0; d < kDTypes; ++d) {
+    if (name == dtype_names()[d]) return static_cast<DType>(d);
+  }
+  std::string expected;
+  for (const std::string& known : dtype_names()) expected += (expected.empty() ? "" : ", ") + known;
+  throw std::invalid_argument("unsupported dtype '" + name + "' (expected one of " + expected +
+                              ")");
 }
 
 Array::Array(size_t size, DType dtype) : size(size), dtype(dtype) {
@@ -36,12 +42,38 @@ Array::~Array() { device_free(ptr); }
 
 namespace {
 
-// Python guarantees one dtype per call; a mismatch would reinterpret memory silently.
-template <class... Rest> DType common_dtype(const Array& first, const Rest&... rest) {
+// The dtypes the primitives take, as their rows of primitives.py do.
+constexpr DTypeSet kAll = dtype_set(AllTypes());
+constexpr DTypeSet kFloats = dtype_set(Floats());
+constexpr DTypeSet kSums = dtype_set(SumTypes());
+
+// The dtype of a call of primitive `what`, which takes the dtypes `set`: the Arrays' one
+// dtype (NDArray guarantees one per call; a mismatch would reinterpret memory silently),
+// and one of the set (TypeError naming the primitive and the dtype otherwise).
+template <class... Rest>
+DType call_dtype(const char* what, DTypeSet set, const Array& first, const Rest&... rest) {
   if (((rest.dtype != first.dtype) || ...)) {
-    throw TypeError("all arrays of a primitive call must share one dtype");
+    throw TypeError(std::string(what) + ": all arrays of a primitive call must share one dtype");
+  }
+  if (!set.has(first.dtype)) {
+    std::string takes;
+    for (int d = 0; d < kDTypes; ++d) {
+      if (set.has(static_cast<DType>(d))) {
+        takes += std::string(takes.empty() ? "" : ", ") + dtype_name(static_cast<DType>(d));
+      }
+    }
+    throw TypeError(std::string(what) + " does not take dtype " + dtype_name(first.dtype) +
+                    " (it takes " + takes + ")");
   }
   return first.dtype;
+}
+
+// An Array that must hold `dtype` whatever the call's (a comparison's out, row indices).
+void require_dtype(const char* what, const char* name, const Array& array, DType dtype) {
+  if (array.dtype != dtype) {
+    throw TypeError(std::string(what) + ": " + name + " must be a " + dtype_name(dtype) +
+                    " Array, not " + dtype_name(array.dtype));
+  }
 }
 
 // A view's shape and strides pair up axis by axis, and every element it reaches lies in a
@@ -96,20 +128,23 @@ void from_numpy(const HostArray& a, Array& out) {
   copy_host_to_device(out.ptr, a.data, out.size * itemsize(out.dtype));
 }
 
-void fill(Array& out, double val) { cuda::fill(out.dtype, out.ptr, out.size, val); }
+void fill(Array& out, double val) {
+  cuda::fill(call_dtype("fill", kAll, out), out.ptr, out.size, val);
+}
 
 // ---- layout ------------------------------------------------------------------------------
 
 void compact(const Array& a, Array& out, const Shape& shape, const Shape& strides, int64_t offset) {
   check_size("compact", "out", check_view("compact", shape, strides, offset, a.size), out.size);
-  cuda::compact(common_dtype(a, out), a.ptr, out.ptr, shape, strides, offset);
+  cuda::compact(call_dtype("compact", kAll, a, out), a.ptr, out.ptr, shape, strides, offset);
 }
 
 void ewise_setitem(const Array& a, Array& out, const Shape& shape, const Shape& strides,
                    int64_t offset) {
   check_size("ewise_setitem", "a", check_view("ewise_setitem", shape, strides, offset, out.size),
              a.size);
-  cuda::ewise_setitem(common_dtype(a, out), a.ptr, out.ptr, shape, strides, offset);
+  cuda::ewise_setitem(call_dtype("ewise_setitem", kAll, a, out), a.ptr, out.ptr, shape, strides,
+                      offset);
 }
 
 void scalar_setitem(int64_t size, double val, Array& out, const Shape& shape, const Shape& strides,
@@ -117,64 +152,98 @@ void scalar_setitem(int64_t size, double val, Array& out, const Shape& shape, co
   if (check_view("scalar_setitem", shape, strides, offset, out.size) != size) {
     throw std::invalid_argument("scalar_setitem: size is not the view's");
   }
-  cuda::scalar_setitem(out.dtype, val, out.ptr, shape, strides, offset);
+  cuda::scalar_setitem(call_dtype("scalar_setitem", kAll, out), val, out.ptr, shape, strides,
+                       offset);
 }
 
 // ---- elementwise -------------------------------------------------------------------------
 
 void unary(const UnaryKernel& op, const Array& a, Array& out) {
-  op.run(common_dtype(a, out), a.ptr, out.ptr, static_cast<int64_t>(out.size));
+  op.run(call_dtype(op.name, op.dtypes, a, out), a.ptr, out.ptr, static_cast<int64_t>(out.size));
 }
 
+// A comparison's out is bool whatever its inputs' dtype; any other row's is theirs.
 void binary(const BinaryKernel& op, const Array& a, const Array& b, Array& out) {
-  op.run(common_dtype(a, b, out), a.ptr, b.ptr, out.ptr, static_cast<int64_t>(out.size));
+  DType dt;
+  if (op.bool_out) {
+    dt = call_dtype(op.name, op.dtypes, a, b);
+    require_dtype(op.name, "out", out, DType::b8);
+  } else {
+    dt = call_dtype(op.name, op.dtypes, a, b, out);
+  }
+  op.run(dt, a.ptr, b.ptr, out.ptr, static_cast<int64_t>(out.size));
 }
 
 void scalar(const ScalarKernel& op, const Array& a, double val, Array& out) {
-  op.run(common_dtype(a, out), a.ptr, val, out.ptr, static_cast<int64_t>(out.size));
+  DType dt;
+  if (op.bool_out) {
+    dt = call_dtype(op.name, op.dtypes, a);
+    require_dtype(op.name, "out", out, DType::b8);
+  } else {
+    dt = call_dtype(op.name, op.dtypes, a, out);
+  }
+  op.run(dt, a.ptr, val, out.ptr, static_cast<int64_t>(out.size));
 }
 
 // `out` may be `a` or `b` itself (an in-place update).
 void ewise_axpby(const Array& a, const Array& b, double alpha, double beta, Array& out) {
-  cuda::ewise_axpby(common_dtype(a, b, out), a.ptr, b.ptr, alpha, beta, out.ptr,
-                    static_cast<int64_t>(out.size));
+  cuda::ewise_axpby(call_dtype("ewise_axpby", kFloats, a, b, out), a.ptr, b.ptr, alpha, beta,
+                    out.ptr, static_cast<int64_t>(out.size));
 }
 
 // ---- linear algebra: every product is a strided batched one ------------------------------
 
-void matmul_strided(const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
-                    int64_t p, int64_t a_offset, const Shape& a_strides, int64_t b_offset,
-                    const Shape& b_strides) {
+namespace {
+
+// Every product is matmul_strided's; `what` is the primitive called.
+void strided_product(const char* what, const Array& a, const Array& b, Array& out, int64_t batch,
+                     int64_t m, int64_t n, int64_t p, int64_t a_offset, const Shape& a_strides,
+                     int64_t b_offset, const Shape& b_strides) {
+  const DType dt = call_dtype(what, kFloats, a, b, out);
   if (a_strides.size() != 3 || b_strides.size() != 3) {
     throw std::invalid_argument("matmul_strided: strides must be (batch, row, col)");
   }
   check_view("matmul_strided (a)", {batch, m, n}, a_strides, a_offset, a.size);
   check_view("matmul_strided (b)", {batch, n, p}, b_strides, b_offset, b.size);
   check_view("matmul_strided", {batch, m, p}, {m * p, p, 1}, 0, out.size);
-  cuda::matmul(common_dtype(a, b, out), {a.ptr, a_offset, a_strides[0], a_strides[1], a_strides[2]},
+  cuda::matmul(dt, {a.ptr, a_offset, a_strides[0], a_strides[1], a_strides[2]},
                {b.ptr, b_offset, b_strides[0], b_strides[1], b_strides[2]}, out.ptr, batch, m, n,
                p);
 }
 
+}  // namespace
+
+void matmul_strided(const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
+                    int64_t p, int64_t a_offset, const Shape& a_strides, int64_t b_offset,
+                    const Shape& b_strides) {
+  strided_product("matmul_strided", a, b, out, batch, m, n, p, a_offset, a_strides, b_offset,
+                  b_strides);
+}
+
 void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p) {
-  matmul_strided(a, b, out, 1, m, n, p, 0, {0, n, 1}, 0, {0, p, 1});
+  strided_product("matmul", a, b, out, 1, m, n, p, 0, {0, n, 1}, 0, {0, p, 1});
 }
 
 void batched_matmul(const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
                     int64_t p) {
-  matmul_strided(a, b, out, batch, m, n, p, 0, {m * n, n, 1}, 0, {n * p, p, 1});
+  strided_product("batched_matmul", a, b, out, batch, m, n, p, 0, {m * n, n, 1}, 0, {n * p, p, 1});
 }
 
 // ---- reductions --------------------------------------------------------------------------
 
+// Sums take float32, float64 and int64 (NDArray sums other integers and bool as int64), max
+// every dtype.
 template <ReduceOp op> void reduce_rows(const Array& a, Array& out, int64_t reduce_size) {
-  reduce_last(op, common_dtype(a, out), a.ptr, out.ptr, static_cast<int64_t>(out.size),
-              reduce_size);
+  const DType dt = op == ReduceOp::sum ? call_dtype("reduce_sum", kSums, a, out)
+                                       : call_dtype("reduce_max", kAll, a, out);
+  reduce_last(op, dt, a.ptr, out.ptr, static_cast<int64_t>(out.size), reduce_size);
 }
 
 template <ReduceOp op>
 void reduce_axis(const Array& a, Array& out, int64_t outer, int64_t reduce_size, int64_t inner) {
-  reduce_middle(op, common_dtype(a, out), a.ptr, out.ptr, outer, reduce_size, inner);
+  const DType dt = op == ReduceOp::sum ? call_dtype("reduce_sum_axis", kSums, a, out)
+                                       : call_dtype("reduce_max_axis", kAll, a, out);
+  reduce_middle(op, dt, a.ptr, out.ptr, outer, reduce_size, inner);
 }
 
 template void reduce_rows<ReduceOp::sum>(const Array&, Array&, int64_t);
@@ -184,13 +253,18 @@ template void reduce_axis<ReduceOp::max>(const Array&, Array&, int64_t, int64_t,
 
 // ---- rows by index -----------------------------------------------------------------------
 
+// indices: int64 row numbers whatever a's dtype.
 void gather_rows(const Array& a, const Array& indices, Array& out, int64_t n, int64_t row_size) {
-  cuda::gather_rows(common_dtype(a, indices, out), a.ptr, indices.ptr, out.ptr, n, row_size);
+  require_dtype("gather_rows", "indices", indices, DType::i64);
+  cuda::gather_rows(call_dtype("gather_rows", kAll, a, out), a.ptr, indices.ptr, out.ptr, n,
+                    row_size);
 }
 
 void scatter_add_rows(const Array& a, const Array& indices, Array& out, int64_t n,
                       int64_t row_size) {
-  cuda::scatter_add_rows(common_dtype(a, indices, out), a.ptr, indices.ptr, out.ptr, n, row_size);
+  require_dtype("scatter_add_rows", "indices", indices, DType::i64);
+  cuda::scatter_add_rows(call_dtype("scatter_add_rows", kFloats, a, out), a.ptr, indices.ptr,
+                         out.ptr, n, row_size);
 }
 
 void synchronize() { cuda::synchronize(); }

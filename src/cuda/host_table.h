@@ -23,15 +23,9 @@
 namespace needle {
 namespace cuda {
 
-// Python's TypeError: an argument of the wrong dtype.
-class TypeError : public std::logic_error {
- public:
-  using std::logic_error::logic_error;
-};
-
-// The dtypes an Array holds (the module's DTYPES), by name.
+// The dtypes an Array holds (the module's DTYPES: all six of the table), by name;
+// kernels.h's dtype_name is the other way, and its TypeError Python's TypeError.
 const std::vector<std::string>& dtype_names();
-const char* dtype_name(DType dt);
 DType parse_dtype(const std::string& name);  // std::invalid_argument for any other name
 
 // __tile_size__: the tile of matmul_tiled's tile-major operands, which the primitive table's

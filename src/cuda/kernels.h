@@ -9,19 +9,81 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace needle {
 namespace cuda {
 
-enum class DType { f32, f64 };
+// The dtypes of the primitive table (primitives.DTYPES), in its order; bool is one byte, 0 or 1.
+enum class DType { f32, f64, i32, i64, u8, b8 };
+constexpr int kDTypes = 6;
 
-inline size_t itemsize(DType dt) { return dt == DType::f32 ? 4 : 8; }
+// The C++ type of each dtype, its name and its size: the one place they are listed.
+template <class T> struct DTypeOf;  // (no dtype for any other type)
+template <> struct DTypeOf<float> { static constexpr DType value = DType::f32; };
+template <> struct DTypeOf<double> { static constexpr DType value = DType::f64; };
+template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::i32; };
+template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::i64; };
+template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::u8; };
+template <> struct DTypeOf<bool> { static constexpr DType value = DType::b8; };
+template <class T> constexpr DType dtype_of = DTypeOf<T>::value;
 
-// f(T()) with T the C++ type of dt: the one place a dtype tag becomes a type.
-template <class F> decltype(auto) with_dtype(DType dt, F&& f) {
-  if (dt == DType::f32) return f(float());
-  return f(double());
+inline const char* dtype_name(DType dt) {
+  constexpr const char* names[kDTypes] = {"float32", "float64", "int32", "int64", "uint8", "bool"};
+  return names[static_cast<int>(dt)];
+}
+inline size_t itemsize(DType dt) {
+  constexpr size_t sizes[kDTypes] = {4, 8, 4, 8, 1, 1};
+  return sizes[static_cast<int>(dt)];
+}
+
+// Python's TypeError: an argument of a dtype the primitive does not take.
+class TypeError : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+// A set of dtypes as a list of C++ types: the sets the primitive table's rows take
+// (primitives.py FLOATS, NUMERIC, DTYPES and the sums' SUM_DTYPES). A primitive states its
+// set once: the host table checks a call's dtype against it (DTypeSet, a TypeError naming
+// the primitive) and the kernels are instantiated for exactly its types (with_dtype).
+template <class... T> struct Types {};
+using Floats = Types<float, double>;
+using Numeric = Types<float, double, int32_t, int64_t, uint8_t>;
+using AllTypes = Types<float, double, int32_t, int64_t, uint8_t, bool>;
+using SumTypes = Types<float, double, int64_t>;
+
+// A set of dtypes at run time (a bit per dtype).
+struct DTypeSet {
+  unsigned bits;
+  bool has(DType dt) const { return (bits >> static_cast<int>(dt)) & 1u; }
+};
+template <class... T> constexpr DTypeSet dtype_set(Types<T...>) {
+  DTypeSet set{0};
+  set.bits = ((1u << static_cast<unsigned>(dtype_of<T>)) | ...);
+  return set;
+}
+
+namespace detail {
+template <class F, class T, class... Rest> decltype(auto) dispatch(DType dt, F& f) {
+  if (dt == dtype_of<T>) return f(T());
+  if constexpr (sizeof...(Rest) > 0) {
+    return dispatch<F, Rest...>(dt, f);
+  } else {  // the host table checks dtypes first: reached only by a bug
+    throw TypeError(std::string("no kernel for dtype ") + dtype_name(dt));
+  }
+}
+template <class F, class... T> decltype(auto) dispatch_list(DType dt, F& f, Types<T...>) {
+  return dispatch<F, T...>(dt, f);
+}
+}  // namespace detail
+
+// f(T()) with T the C++ type of dt, one of the set's: the one place a dtype tag becomes a
+// type, once per call (never per element).
+template <class Set, class F> decltype(auto) with_dtype(DType dt, F&& f) {
+  return detail::dispatch_list(dt, f, Set());
 }
 
 using Shape = std::vector<int64_t>;
@@ -74,19 +136,25 @@ void scalar_setitem(DType dt, double val, void* dst, const Shape& shape, const S
 
 // ---- elementwise over compact arrays of n elements ------------------------------------
 // The elementwise families of the primitive table (primitives.py UNARY, BINARY, SCALAR), one
-// row a primitive: its name and its launch. The rows are written once, in elementwise.cu;
-// the host table binds every row, so a new unary primitive is one row there.
+// row a primitive: its name, the dtypes it takes (its row's in primitives.py) and its launch.
+// The rows are written once, in elementwise.cu; the host table binds every row and checks
+// each call's dtype against the row's, so a new unary primitive is one row there.
 
 struct UnaryKernel {  // ewise_<op>(a, out): out = op(a)
   const char* name;
+  DTypeSet dtypes;
   std::function<void(DType, const void* a, void* out, int64_t n)> run;
 };
-struct BinaryKernel {  // ewise_<op>(a, b, out): out = op(a, b)
+struct BinaryKernel {  // ewise_<op>(a, b, out): out = op(a, b); comparisons write a bool out
   const char* name;
+  DTypeSet dtypes;
+  bool bool_out;
   std::function<void(DType, const void* a, const void* b, void* out, int64_t n)> run;
 };
-struct ScalarKernel {  // scalar_<op>(a, val, out): out = op(a, val), val rounded to the dtype
+struct ScalarKernel {  // scalar_<op>(a, val, out): out = op(a, val), val converted to the dtype
   const char* name;
+  DTypeSet dtypes;
+  bool bool_out;
   std::function<void(DType, const void* a, double val, void* out, int64_t n)> run;
 };
 const std::vector<UnaryKernel>& unary_kernels();
@@ -99,8 +167,8 @@ void ewise_axpby(DType dt, const void* a, const void* b, double alpha, double be
                  int64_t n);
 
 // ---- rows by index: an embedding lookup and its gradient ------------------------------
-// Rows are row_size elements; indices[0..n) are whole numbers in dt, in range of the indexed
-// side's rows (checked in Python).
+// Rows are row_size elements of dt; indices[0..n) are int64 row numbers, in range of the
+// indexed side's rows (checked in Python).
 
 // out row i = a row indices[i], for i < n.
 void gather_rows(DType dt, const void* a, const void* indices, void* out, int64_t n,

@@ -128,7 +128,7 @@ void compact(DType dt, const void* src, void* dst, const Shape& shape, const Sha
   if (is_contiguous(shape, strides)) {  // one run of memory: a plain copy at full bandwidth
     return copy_device_to_device(dst, address(src, offset, dt), n * itemsize(dt));
   }
-  with_dtype(dt, [&](auto t) {
+  with_dtype<AllTypes>(dt, [&](auto t) {
     using T = decltype(t);
     strided("compact", Gather<T>{static_cast<const T*>(src), static_cast<T*>(dst)}, shape, strides,
             offset, n);
@@ -142,7 +142,7 @@ void ewise_setitem(DType dt, const void* src, void* dst, const Shape& shape, con
   if (is_contiguous(shape, strides)) {
     return copy_device_to_device(address(dst, offset, dt), src, n * itemsize(dt));
   }
-  with_dtype(dt, [&](auto t) {
+  with_dtype<AllTypes>(dt, [&](auto t) {
     using T = decltype(t);
     strided("ewise_setitem", Scatter<T>{static_cast<const T*>(src), static_cast<T*>(dst)}, shape,
             strides, offset, n);
@@ -154,10 +154,10 @@ void scalar_setitem(DType dt, double val, void* dst, const Shape& shape, const S
   const int64_t n = view_size(shape);
   if (n == 0) return;
   if (is_contiguous(shape, strides)) { return fill(dt, address(dst, offset, dt), n, val); }
-  with_dtype(dt, [&](auto t) {
+  with_dtype<AllTypes>(dt, [&](auto t) {
     using T = decltype(t);
-    strided("scalar_setitem", Put<T>{static_cast<T>(val), static_cast<T*>(dst)}, shape, strides,
-            offset, n);
+    strided("scalar_setitem", Put<T>{scalar_value<T>("scalar_setitem", val), static_cast<T*>(dst)},
+            shape, strides, offset, n);
   });
 }
 

@@ -114,7 +114,7 @@ __global__ void reduce_middle_kernel(Op op, const T* a, T* out, int64_t outer, i
     }
     // Lanes of one column sit bx apart within the warp: fold them together.
     for (int offset = kWarpSize / 2; offset >= bx; offset >>= 1) {
-      acc = op(acc, __shfl_xor_sync(kFullWarp, acc, offset));
+      acc = op(acc, shfl_xor(acc, offset));
     }
     if (lane < bx) warp_results[warp][lane] = acc;
     __syncthreads();
@@ -184,10 +184,12 @@ void reduce_middle_typed(const void* src, void* dst, int64_t outer, int64_t len,
   reduce_middle_typed<T, Op>(partial.get<T>(), dst, outer, plan.chunks, inner);
 }
 
-// f(Op()) with Op the functor of op.
-template <class F> void with_op(ReduceOp op, F&& f) {
-  if (op == ReduceOp::sum) return f(SumOp());
-  f(MaxOp());
+// f(T(), Op()) with Op the functor of op and T the type of dt, one of op's dtypes: sums in
+// float32, float64 and int64 (NDArray sums the other integers and bool as int64), max in
+// every dtype.
+template <class F> void with_reduce(ReduceOp op, DType dt, F&& f) {
+  if (op == ReduceOp::sum) return with_dtype<SumTypes>(dt, [&](auto t) { f(t, SumOp()); });
+  with_dtype<AllTypes>(dt, [&](auto t) { f(t, MaxOp()); });
 }
 
 }  // namespace
@@ -228,10 +230,8 @@ ReducePlan plan_reduce_middle(int64_t outer, int64_t len, int64_t inner, int sm_
 void reduce_last(ReduceOp op, DType dt, const void* a, void* out, int64_t rows,
                  int64_t reduce_size) {
   if (rows <= 0 || reduce_size <= 0) return;
-  with_dtype(dt, [&](auto t) {
-    with_op(op, [&](auto o) {
-      reduce_last_typed<decltype(t), decltype(o)>(a, out, rows, reduce_size);
-    });
+  with_reduce(op, dt, [&](auto t, auto o) {
+    reduce_last_typed<decltype(t), decltype(o)>(a, out, rows, reduce_size);
   });
 }
 
@@ -239,10 +239,8 @@ void reduce_middle(ReduceOp op, DType dt, const void* a, void* out, int64_t oute
                    int64_t reduce_size, int64_t inner) {
   if (outer <= 0 || inner <= 0 || reduce_size <= 0) return;
   if (inner == 1) return reduce_last(op, dt, a, out, outer, reduce_size);  // rows: no stride
-  with_dtype(dt, [&](auto t) {
-    with_op(op, [&](auto o) {
-      reduce_middle_typed<decltype(t), decltype(o)>(a, out, outer, reduce_size, inner);
-    });
+  with_reduce(op, dt, [&](auto t, auto o) {
+    reduce_middle_typed<decltype(t), decltype(o)>(a, out, outer, reduce_size, inner);
   });
 }
 

@@ -26,7 +26,8 @@ extern "C" {
 // One argument of a primitive, as harness.py marshals it by the parameter's kind:
 //   array, out, inout: ptr = an Array* (emu_array_new)     int, bool: i
 //   float: f          shape: ptr = int64_t[i]               str: ptr = a C string
-//   numpy: ptr = the data, i = its size, dtype = 0 float32, 1 float64, -1 another dtype
+//   index: ptr = an Array* of int64 row numbers
+//   numpy: ptr = the data, i = its size, dtype = its index in emu_dtypes(), -1 another dtype
 struct EmuArg {
   void* ptr;
   int64_t i;
@@ -97,8 +98,9 @@ template <> struct From<std::string> {
 template <> struct From<HostArray> {
   static HostArray get(const EmuArg& a) {
     std::optional<DType> dtype;
-    if (a.dtype == 0) dtype = DType::f32;
-    if (a.dtype == 1) dtype = DType::f64;
+    if (a.dtype >= 0 && static_cast<size_t>(a.dtype) < dtype_names().size()) {
+      dtype = parse_dtype(dtype_names()[a.dtype]);
+    }
     return {a.ptr, a.i, dtype};
   }
 };

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import operator
 import os
@@ -67,7 +68,6 @@ CXXFLAGS = [
     "-fno-strict-aliasing",
     "-DNEEDLE_CUDA_EMULATION",
 ]
-DTYPE_CODE = {"float32": 0, "float64": 1}
 
 
 class BuildError(RuntimeError):
@@ -252,16 +252,26 @@ def _str(value, arg):
 
 
 def _numpy(value, arg):
+    # The dtype as its index in the host table's DTYPES (-1: one no Array holds).
     array = np.ascontiguousarray(value)
     arg.ptr, arg.i = array.ctypes.data, array.size
-    arg.dtype = DTYPE_CODE.get(array.dtype.name, -1)
+    codes = _dtype_codes()
+    arg.dtype = codes.get(array.dtype.name, -1)
     return array
 
 
+@functools.cache
+def _dtype_codes() -> dict[str, int]:
+    return {name: code for code, name in enumerate(library().emu_dtypes().decode().split(","))}
+
+
+# An index parameter is an Array like any other (the host table checks that it is int64), and
+# so is a comparison's out (bool: Primitive.out_dtype, checked there too).
 MARSHAL = {
     "array": _array,
     "out": _array,
     "inout": _array,
+    "index": _array,
     "int": _int,
     "bool": _bool,
     "float": _float,
