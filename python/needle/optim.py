@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .autograd import Tensor, array_of, no_grad, set_array
-from .backend_selection import BACKEND
 from .backend_ndarray import NDArray, axpby
+from .backend_selection import BACKEND
 
 _NUMPY_MODE = BACKEND == "np"
 
@@ -73,18 +73,16 @@ class Optimizer:
         """Rescale all gradients together so that their global L2 norm is at most `max_norm`
         (by max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_). Returns the norm
         before clipping. A parameter listed twice is counted once."""
-        seen, grads = set(), []
-        for p in self.params:
-            if p.grad is not None and id(p) not in seen:
-                seen.add(id(p))
-                grads.append(p)
+        grads: dict[int, tuple[Tensor, Any]] = {
+            id(p): (p, p.grad) for p in self.params if p.grad is not None
+        }
         total = math.sqrt(
-            sum(float(np.sum(np.square(p.grad.numpy().astype(np.float64)))) for p in grads)
+            sum(float(np.sum(np.square(g.numpy().astype(np.float64)))) for _, g in grads.values())
         )
         coef = max_norm / (total + 1e-6)
         if coef < 1.0:
-            for p in grads:
-                p.grad = Tensor.make_const(array_of(p.grad) * coef)
+            for p, g in grads.values():
+                p.grad = Tensor.make_const(array_of(g) * coef)
         return total
 
     def _grads(self):
@@ -108,13 +106,13 @@ class Optimizer:
             # NumPy data are shared by detach()/.data: never write into them.
             set_array(tensor, axpby(alpha, array_of(tensor), beta, step))
             return
-        data = tensor.realize_cached_data()
+        data: NDArray = array_of(tensor)  # the data itself in this mode
         # Private: the only references to the NDArray are tensor.cached_data, `data` and
         # getrefcount's argument, and the NDArray is the only one on its buffer (views,
         # detach() and the like would hold the NDArray or the buffer). An in-place update
         # then changes nothing anyone else can see.
         private = sys.getrefcount(data) == 3 and sys.getrefcount(data._handle) == 2
-        tensor.cached_data = axpby(alpha, data, beta, step, out=data if private else None)
+        set_array(tensor, axpby(alpha, data, beta, step, out=data if private else None))
 
     def state_dict(self) -> dict[str, Any]:
         """Hyper-parameters and per-parameter buffers (by parameter index), as NumPy arrays
@@ -124,7 +122,7 @@ class Optimizer:
         return {"hyperparameters": hyper, "state": state}
 
     # Buffer names of older checkpoints.
-    _aliases = {"momentum_buffer": "u"}
+    _aliases: ClassVar[dict[str, str]] = {"momentum_buffer": "u"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what state_dict() saved; buffers go to each parameter's device and dtype."""
@@ -147,13 +145,13 @@ class Optimizer:
                 k = self._aliases.get(k, k)
                 if k not in restored:
                     continue  # e.g. a per-parameter step count of older checkpoints
-                v = np.asarray(v)
-                if v.shape != tuple(p.shape):
+                value = np.asarray(v)
+                if value.shape != tuple(p.shape):
                     raise ValueError(
                         f"load_state_dict: {k} of parameter {i} has shape "
-                        f"{v.shape}, the parameter {tuple(p.shape)}"
+                        f"{value.shape}, the parameter {tuple(p.shape)}"
                     )
-                restored[k][p] = Tensor(v, device=p.device, dtype=p.dtype, requires_grad=False)
+                restored[k][p] = Tensor(value, device=p.device, dtype=p.dtype, requires_grad=False)
         for name, buffers in restored.items():
             setattr(self, name, buffers)
 

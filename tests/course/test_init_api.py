@@ -28,7 +28,7 @@ def _dev_cpu_ok(dtype):
 
 def _int_device():
     """A device that holds integer/bool data in this build: cpu() if it can, else cpu_numpy()."""
-    if NP or _dev_cpu_ok("int64") and _dev_cpu_ok("bool"):
+    if NP or (_dev_cpu_ok("int64") and _dev_cpu_ok("bool")):
         return ndl.cpu()
     return ndl.cpu_numpy()
 
@@ -41,7 +41,9 @@ def test_signatures():
     assert sig(init.randn) == (
         "(*shape, mean=0.0, std=1.0, device=None, dtype='float32', requires_grad=False)"
     )
-    assert sig(init.constant) == "(*shape, c=1.0, device=None, dtype='float32', requires_grad=False)"
+    assert (
+        sig(init.constant) == "(*shape, c=1.0, device=None, dtype='float32', requires_grad=False)"
+    )
     assert sig(init.randb) == "(*shape, p=0.5, device=None, dtype='bool', requires_grad=False)"
     assert sig(init.one_hot) == "(n, i, device=None, dtype='float32', requires_grad=False)"
     assert sig(init.zeros_like) == "(array, *, device=None, requires_grad=False)"
@@ -173,7 +175,9 @@ def test_kaiming_normal():
     np.random.seed(11)
     t = init.kaiming_normal(8, 2)
     np.random.seed(11)
-    np.testing.assert_allclose(t.numpy(), np.random.randn(8, 2) * math.sqrt(2) / math.sqrt(8), **TOL)
+    np.testing.assert_allclose(
+        t.numpy(), np.random.randn(8, 2) * math.sqrt(2) / math.sqrt(8), **TOL
+    )
 
 
 def test_nonlinearity_keyword_and_assertion():

@@ -190,7 +190,7 @@ def test_batchnorm2d_nchw():
     x = np.random.default_rng(5).normal(size=(2, 3, 4, 4)).astype(np.float32)
     bn = nn.BatchNorm2d(3, momentum=0.1)
     rows = x.transpose(0, 2, 3, 1).reshape(-1, 3).astype(np.float64)
-    y, mu, var = _bn_reference(rows, 1.0, 0.0, 1e-5)
+    y, _mu, var = _bn_reference(rows, 1.0, 0.0, 1e-5)
     out = bn(T(x)).numpy()
     np.testing.assert_allclose(out, y.reshape(2, 4, 4, 3).transpose(0, 3, 1, 2), **TOL)
     np.testing.assert_allclose(bn.running_var.numpy(), 0.9 + 0.1 * var, **TOL)
@@ -365,8 +365,9 @@ def test_embedding(ids_dtype):
     assert out.shape == (3, 2, 3)
     np.testing.assert_allclose(out.numpy(), w[ids], **TOL)
     out.sum().backward()
-    np.testing.assert_allclose(emb.weight.grad.numpy(), np.eye(6)[ids.reshape(-1)].sum(0)[:, None]
-                               * np.ones(3), **TOL)
+    np.testing.assert_allclose(
+        emb.weight.grad.numpy(), np.eye(6)[ids.reshape(-1)].sum(0)[:, None] * np.ones(3), **TOL
+    )
 
 
 # ---- attention and Transformer -----------------------------------------------------------------
@@ -421,13 +422,25 @@ def test_attention_layer_order_and_forward():
         b = math.sqrt(2) * math.sqrt(3 / fan_in)
         out = 7 if len(ws) == 3 else 6
         ws.append(U(np.random.rand(fan_in, out), -b, b))
-    for lin, w in zip((layer.q_projection, layer.k_projection, layer.v_projection,
-                       layer.out_projection), ws):
+    for lin, w in zip(
+        (layer.q_projection, layer.k_projection, layer.v_projection, layer.out_projection), ws
+    ):
         assert lin.bias is None
         np.testing.assert_allclose(lin.weight.numpy(), w, **TOL)
     names = list(vars(layer))
-    order = [names.index(n) for n in ("prenorm_q", "prenorm_k", "prenorm_v", "q_projection",
-                                      "k_projection", "v_projection", "attn", "out_projection")]
+    order = [
+        names.index(n)
+        for n in (
+            "prenorm_q",
+            "prenorm_k",
+            "prenorm_v",
+            "q_projection",
+            "k_projection",
+            "v_projection",
+            "attn",
+            "out_projection",
+        )
+    ]
     assert order == sorted(order)
     rng = np.random.default_rng(20)
     q, k, v = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 5)), rng.normal(size=(2, 5, 6))

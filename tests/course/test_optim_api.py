@@ -35,10 +35,17 @@ def test_signatures():
 
     empty = inspect.Parameter.empty
     assert spec(optim.SGD) == [
-        ("params", empty), ("lr", 0.01), ("momentum", 0.0), ("weight_decay", 0.0)
+        ("params", empty),
+        ("lr", 0.01),
+        ("momentum", 0.0),
+        ("weight_decay", 0.0),
     ]
     assert spec(optim.Adam) == [
-        ("params", empty), ("lr", 0.01), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8),
+        ("params", empty),
+        ("lr", 0.01),
+        ("beta1", 0.9),
+        ("beta2", 0.999),
+        ("eps", 1e-8),
         ("weight_decay", 0.0),
     ]
     assert list(inspect.signature(optim.Optimizer).parameters) == ["params"]
@@ -131,8 +138,9 @@ def test_adam_t_counts_steps_even_when_a_param_is_skipped():
     np.testing.assert_allclose(ps[1].numpy(), expect, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
-                                  lambda ps: optim.Adam(ps, lr=0.1)])
+@pytest.mark.parametrize(
+    "make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.Adam(ps, lr=0.1)]
+)
 def test_step_skips_none_grad_and_leaves_grad(make):
     ps = _params(4)
     before = [p.numpy().copy() for p in ps]
@@ -150,8 +158,13 @@ def _mlp():
     return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
 
 
-@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
-                                  lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.01)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+        lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.01),
+    ],
+)
 def test_no_graph_growth_dtype_kept_beside_batchnorm(make):
     np.random.seed(0)
     model = _mlp()
@@ -186,8 +199,10 @@ def test_training_converges():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(64, 4)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1)
-    for make in (lambda ps: optim.SGD(ps, lr=0.2, momentum=0.9),
-                 lambda ps: optim.Adam(ps, lr=0.02)):
+    for make in (
+        lambda ps: optim.SGD(ps, lr=0.2, momentum=0.9),
+        lambda ps: optim.Adam(ps, lr=0.02),
+    ):
         model = _mlp()
         opt = make(model.parameters())
         losses = []

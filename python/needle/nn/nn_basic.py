@@ -204,7 +204,10 @@ class Linear(Module):
             # Read at call time, and any bias with out_features elements works: (1, out) as
             # made here, or (out,) as course code sometimes assigns.
             target = (1,) * (len(y.shape) - 1) + (self.out_features,)
-            if len(bias.shape) > len(target) or bias.shape != target[len(target) - len(bias.shape) :]:
+            if (
+                len(bias.shape) > len(target)
+                or bias.shape != target[len(target) - len(bias.shape) :]
+            ):
                 bias = bias.reshape(target)
             y = y + bias.broadcast_to(y.shape)
         return y
