@@ -55,7 +55,8 @@ _GPU_REASON = (
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason=_GPU_REASON)
 needs_module = pytest.mark.skipif(nb_cuda is None, reason="the CUDA backend is not built")
 
-DTYPES = ("float32", "float64")
+DTYPES = primitives.DTYPES
+FLOATS = primitives.FLOATS
 
 
 def _nvcc_available() -> bool:
@@ -89,7 +90,7 @@ def check(m, name, *args, dtype, exact=False, **tol):
     """Primitive `name` of `m` against the NumPy backend's, by keyword."""
     expected = call(nb_np, name, *args, dtype=dtype)
     actual = call(m, name, *args, dtype=dtype)
-    assert actual.dtype == expected.dtype == np.dtype(dtype)
+    assert actual.dtype == expected.dtype == np.dtype(primitives.TABLE[name].out_dtype or dtype)
     if exact:
         np.testing.assert_array_equal(actual, expected)
     else:
@@ -208,6 +209,165 @@ def test_host_table_errors(emulated):
     np.testing.assert_array_equal(read(emulated, a32), 2.5)
 
 
+def _arguments(m, prim, dtype):
+    """Valid arguments for a call of `prim` on Arrays of `dtype` (out: the row's out dtype,
+    indices int64): four elements each, products of 1 x 1 matrices."""
+    values = {"shape": (4,), "strides": (1,), "a_strides": (1, 1, 1), "b_strides": (1, 1, 1)}
+    args = []
+    for param in prim.params:
+        if param.kind in ("array", "inout") or (param.kind == "out" and prim.out_dtype is None):
+            args.append(m.Array(4, dtype))
+        elif param.kind == "out":
+            args.append(m.Array(4, prim.out_dtype))
+        elif param.kind == "index":
+            args.append(to_array(m, np.zeros(4, dtype="int64")))
+        elif param.kind == "float":
+            args.append(1.0)
+        elif param.kind == "int":
+            args.append(4 if param.name == "size" else 0 if "offset" in param.name else 1)
+        else:
+            args.append(values[param.name])
+    return args
+
+
+def _own_rows(m):
+    return [p for p in primitives.TABLE.values() if p.name in vars(m) or p.name in dir(m)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_take_exactly_their_dtypes(emulated, dtype):
+    """Every primitive of the host table runs on each dtype its row lists and raises a
+    TypeError naming the primitive and the dtype for each other one (the host table's
+    dtype sets mirror the table's rows)."""
+    checked = 0
+    for prim in _own_rows(emulated):
+        if prim.name in ("to_numpy", "from_numpy", "synchronize"):
+            continue
+        args = _arguments(emulated, prim, dtype)
+        if dtype in prim.dtypes:
+            getattr(emulated, prim.name)(*args)
+        else:
+            with pytest.raises(TypeError, match=rf"{prim.name}\b.*{dtype}"):
+                getattr(emulated, prim.name)(*args)
+        checked += 1
+    assert checked == len(_own_rows(emulated)) - 3
+
+
+def test_host_table_dtype_errors(emulated):
+    """Comparisons write bool; indices are int64; the others share the inputs' dtype; a
+    scalar an integer dtype cannot hold is refused (NDArray never passes one)."""
+    i32, f32 = emulated.Array(4, "int32"), emulated.Array(4, "float32")
+    with pytest.raises(TypeError, match="ewise_eq: out must be a bool Array, not int32"):
+        emulated.ewise_eq(i32, i32, i32)
+    with pytest.raises(TypeError, match="scalar_lt: out must be a bool Array"):
+        emulated.scalar_lt(f32, 1.0, f32)
+    with pytest.raises(TypeError, match="share one dtype"):
+        emulated.ewise_ge(i32, f32, emulated.Array(4, "bool"))
+    indices = to_array(emulated, np.zeros(2, dtype="int32"))
+    with pytest.raises(TypeError, match="gather_rows: indices must be a int64 Array, not int32"):
+        emulated.gather_rows(f32, indices, f32, 2, 2)
+    with pytest.raises(TypeError, match="scatter_add_rows: indices must be a int64 Array"):
+        emulated.scatter_add_rows(f32, to_array(emulated, np.zeros(2)), f32, 2, 2)
+    u8 = emulated.Array(4, "uint8")
+    with pytest.raises(ValueError, match=r"scalar_add: 256.* outside the range of uint8"):
+        emulated.scalar_add(u8, 256.0, u8)
+    with pytest.raises(ValueError, match="fill: nan is outside the range of int32"):
+        emulated.fill(i32, math.nan)
+    with pytest.raises(ValueError, match="outside the range of int64"):
+        emulated.fill(emulated.Array(1, "int64"), 2.0**63)
+    emulated.fill(emulated.Array(1, "int64"), -(2.0**63))  # the least int64 is one
+
+
+INT_EDGES = {
+    "int32": [-(2**31), -(2**31) + 1, -1, 0, 1, 2**31 - 1, 46341, -46341, 65536],
+    "int64": [-(2**63), -(2**63) + 1, -1, 0, 1, 2**63 - 1, 3037000500, 2**32, -(2**32)],
+    "uint8": [0, 1, 2, 127, 128, 200, 254, 255, 16],
+}
+
+
+@pytest.mark.parametrize("tight_buffers", [False, True])
+@pytest.mark.parametrize("dtype", sorted(INT_EDGES) + ["bool"])
+def test_integers_and_bool_bitwise_as_numpy(emulated, rng, dtype, tight_buffers):
+    """Wrapping add, sub, mul, neg, abs (abs(INT_MIN) == INT_MIN, -uint8(1) == 255), sign,
+    relu, maximum and the comparisons, against the array or a scalar, bitwise as NumPy, at
+    sizes that take the vector path and its tail; on tightly placed buffers too."""
+    harness.Settings.tight = tight_buffers
+    try:
+        pool = np.array(INT_EDGES.get(dtype, [0, 1]), dtype=dtype)
+        for n in (1, 7, 16, 33, 1001):
+            a = rng.choice(pool, n).astype(dtype)
+            b = rng.choice(pool, n).astype(dtype)
+            for prim in primitives.TABLE.values():
+                if prim.group not in ("unary", "binary", "scalar") or dtype not in prim.dtypes:
+                    continue
+                if prim.name in ("ewise_axpby", "ewise_broadcast_binary"):
+                    continue
+                out = primitives.TABLE[prim.name].out_dtype or dtype
+                for val in [float(v) for v in pool[:3]] if prim.group == "scalar" else [None]:
+                    args = {"unary": (a,), "binary": (a, b), "scalar": (a, val)}[prim.group]
+                    results = []
+                    for m in (nb_np, emulated):
+                        arrays = [to_array(m, x) if isinstance(x, np.ndarray) else x for x in args]
+                        o = m.Array(n, out)
+                        with np.errstate(all="ignore"):
+                            getattr(m, prim.name)(*arrays, o)
+                        results.append(read(m, o))
+                    assert results[1].dtype == np.dtype(out)
+                    np.testing.assert_array_equal(results[1], results[0], err_msg=prim.name)
+    finally:
+        harness.Settings.tight = False
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool"])
+def test_integer_reductions_identities_and_wrapping(emulated, rng, dtype):
+    """reduce_max on ints and bool (bool: any) starts from the least value of the dtype:
+    rows of INT_MIN, of zeros, all-false rows; int64 sums wrap. Every strategy of the plans
+    (thread, warp, blocks per row, middle axis with chunks), and with one SM."""
+    lowest = 0 if dtype in ("uint8", "bool") else np.iinfo(dtype).min
+    for sms in (2, 1):
+        harness.configure(sm_count=sms)
+        try:
+            for rows, size in [(5, 3), (40, 17), (3, 1100), (1, 70001)]:
+                a = np.full(rows * size, lowest, dtype=dtype)
+                a[rng.integers(0, a.size, rows)] = rng.choice(INT_EDGES.get(dtype, [1]), rows)
+                a[:size] = lowest  # one row of nothing but the least value
+                check(emulated, "reduce_max", a, Out(rows), size, dtype=dtype, exact=True)
+                if dtype == "int64":
+                    check(emulated, "reduce_sum", a, Out(rows), size, dtype=dtype, exact=True)
+            for outer, size, inner in [(3, 40, 7), (1, 5000, 3), (2, 9, 33)]:
+                a = rng.choice(INT_EDGES.get(dtype, [0, 1]), outer * size * inner).astype(dtype)
+                for name in ("reduce_max_axis", "reduce_sum_axis"):
+                    if dtype in primitives.TABLE[name].dtypes:
+                        check(
+                            emulated,
+                            name,
+                            a,
+                            Out(outer * inner),
+                            outer,
+                            size,
+                            inner,
+                            dtype=dtype,
+                            exact=True,
+                        )
+            if dtype == "int64":  # wraps as NumPy: INT64_MAX + 1 == INT64_MIN
+                a = np.array([2**63 - 1, 1, 2**62, 2**62, 2**62, 2**62], dtype="int64")
+                check(emulated, "reduce_sum", a, Out(3), 2, dtype=dtype, exact=True)
+        finally:
+            harness.configure()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_rows_with_int64_indices_every_dtype(emulated, rng, dtype):
+    table = rng.integers(0, 2 if dtype == "bool" else 100, 50 * 3).astype(dtype)
+    indices = rng.integers(0, 50, 37)
+    results = []
+    for m in (nb_np, emulated):
+        out = m.Array(37 * 3, dtype)
+        m.gather_rows(to_array(m, table), to_array(m, indices, "int64"), out, 37, 3)
+        results.append(read(m, out))
+    np.testing.assert_array_equal(results[1], results[0])
+
+
 # ---- launch planning (host arithmetic, no device) ------------------------------------------
 @needs_module
 @pytest.mark.parametrize(
@@ -300,8 +460,11 @@ def tight():
     harness.Settings.tight = False
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("prim", primitives.TABLE.values(), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "prim,dtype",
+    [(p, d) for p in primitives.TABLE.values() for d in p.dtypes],
+    ids=lambda x: getattr(x, "name", x),
+)
 def test_conformance_cases_with_buffers_ending_at_a_fault(emulated, tight, prim, dtype):
     """The conformance suite's cases of every row, through the host table's own primitive
     or, where it has none, the table's fallback over its core ones, on tightly placed
@@ -468,6 +631,7 @@ def test_ndarray_and_training_on_the_emulated_device(emulated, rng):
 
 # ---- the emulation itself ------------------------------------------------------------------
 def test_emulation_frees_every_buffer(emulated, rng):
+    gc.collect()  # earlier tests' garbage (autograd graphs hold cycles) is not this test's
     before = harness.live_bytes()
     check(
         emulated,
@@ -498,7 +662,7 @@ def test_emulation_reports_writes_past_a_buffer(emulated):
     host table checks views, not gather_rows' sizes) is caught by the guard bytes after the
     call."""
     a, out = to_array(emulated, np.arange(8.0)), emulated.Array(3, "float64")
-    indices = to_array(emulated, np.array([0.0, 1.0]))
+    indices = to_array(emulated, np.array([0, 1]), "int64")
     with pytest.raises(harness.EmulationError, match="past the end of a buffer of 24 bytes"):
         emulated.gather_rows(a, indices, out, 2, 2)
     del out  # its guard bytes stay broken: every later call would report them
@@ -535,7 +699,7 @@ def test_gpu_device_info():
 
 
 @needs_gpu
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", FLOATS)
 def test_gpu_large_elementwise_and_reductions(dtype, rng):
     n = (1 << 25) + 3
     x = rng.standard_normal(n).astype(dtype)
@@ -559,7 +723,7 @@ def test_gpu_large_elementwise_and_reductions(dtype, rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("m,n,p", [(1024, 1024, 1024), (1023, 517, 1031), (4096, 64, 4096)])
 def test_gpu_large_matmul(m, n, p, dtype, rng):
     a, b = rng.standard_normal((m, n)), rng.standard_normal((n, p))
@@ -573,7 +737,7 @@ def test_gpu_large_matmul(m, n, p, dtype, rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", FLOATS)
 def test_gpu_embedding_sized_rows_by_index(dtype, rng):
     """An embedding's lookup and gradient at language-model size: 10,000 rows of 512, 700
     indices, half of them on 4 hot rows (hundreds of atomicAdds on one element at once)."""
