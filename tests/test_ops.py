@@ -405,7 +405,9 @@ def test_subtraction_is_add_of_negate(device):
 def test_comparisons_give_constant_tensors(op, other_kind, device):
     x = TIES.draw((3, 4))
     y = {"tensor": TIES.draw((3, 4)), "broadcast": TIES.draw((4,)), "scalar": 1.0}[other_kind]
-    compare = {
+    """Comparisons give constant bool tensors (course spec: Tensor == and != compare identity,
+    so the elementwise forms of those two are eq() and ne())."""
+    reference = {
         "==": lambda a, b: a == b,
         "!=": lambda a, b: a != b,
         ">=": lambda a, b: a >= b,
@@ -413,13 +415,17 @@ def test_comparisons_give_constant_tensors(op, other_kind, device):
         "<=": lambda a, b: a <= b,
         "<": lambda a, b: a < b,
     }[op]
+    compare = {"==": lambda a, b: a.eq(b), "!=": lambda a, b: a.ne(b)}.get(op, reference)
     nx = ndl.Tensor(x, device=device)
     ny = ndl.Tensor(y, device=device) if other_kind != "scalar" else y
     out = compare(nx, ny)
     assert isinstance(out, ndl.Tensor)
     assert not out.requires_grad and out.op is None
-    assert out.dtype == "float32"
-    np.testing.assert_array_equal(out.numpy(), compare(x, y).astype(np.float32))
+    assert out.dtype == "bool"
+    np.testing.assert_array_equal(out.numpy(), reference(x, y))
+    if op in ("==", "!="):  # the operators themselves compare identity
+        assert (nx == nx) is True and (nx != nx) is False
+        assert reference(nx, ny) is (op == "!=")
 
 
 @pytest.mark.filterwarnings("ignore:divide by zero")  # log(0) for the all -inf row
@@ -466,13 +472,15 @@ def test_log_softmax_family_with_infinities(dtype, device):
             check_op(fn, torch_fn, [rows], device, dtype=dtype, label=str(rows))
 
 
-def test_softmax_cross_entropy_past_exact_float32_positions(device, monkeypatch):
-    """Logits of more than 2^24 float32 elements cannot have every label position as an
-    exact float32: the labels become a one-hot array instead (the limit lowered here)."""
-    monkeypatch.setattr(ops.ClassLabels, "exact_float32", 20)
-    labels = ops.ClassLabels(LABELS, 5, device, "float32")
-    assert labels.positions is None and labels.one_hot.shape == (7, 5)
-    assert ops.ClassLabels(LABELS, 5, device, "float64").positions is not None
+def test_softmax_cross_entropy_past_exact_float32_positions(device):
+    """Label positions are int64 row indices (the core's RowIndices holds int64), so they
+    stay exact past 2^24 elements of logits, where float32 positions would not: no one-hot
+    fallback any more."""
+    labels = ops.ClassLabels(LABELS, 5, device)
+    assert labels.positions.host.dtype == np.int64
+    np.testing.assert_array_equal(labels.positions.host, np.arange(7) * 5 + np.asarray(LABELS))
+    big = ops.ClassLabels([1, 3], 2**24 + 3)
+    np.testing.assert_array_equal(big.positions.host, [1, 2**24 + 3 + 3])
     ce = next(spec for spec in SPECS if spec.op is ops.SoftmaxCrossEntropy)
     check_op(ce.call, ce.torch, [rand(7, 5, low=-4, high=4)], device, kwargs=ce.samples[0].kwargs)
     check_double_backward(
