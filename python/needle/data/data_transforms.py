@@ -8,7 +8,7 @@ numpy.random.Generator gives them a private, reproducible stream instead.
 
 import numpy as np
 
-from .data_basic import GeneratorLike, as_rng, randint
+from .data_basic import GeneratorLike, as_rng, randint, uniform
 
 __all__ = ["Transform", "RandomFlipHorizontal", "RandomCrop"]
 
@@ -28,16 +28,18 @@ class RandomFlipHorizontal(Transform):
         self._rng = as_rng(generator)
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
-        """(H, W, C) -> (H, W, C)."""
-        flip = self._rng.random() < self.p
+        """(H, W, C) -> (H, W, C): one np.random.rand() draw u per call, flipped if u < p."""
+        flip = uniform(self._rng) < self.p
         return np.flip(img, axis=1) if flip else img
 
 
 class RandomCrop(Transform):
     """Zero-pad by `padding` on each side of H and W, then crop H x W at a random shift.
 
-    The shift (dy, dx) is uniform in [-padding, padding]^2; the result is the image moved by
-    (-dy, -dx) with zeros filling the vacated border, as the course's RandomCrop.
+    Per call, ``shift_x, shift_y = np.random.randint(low=-padding, high=padding + 1, size=2)``;
+    the result is the H x W window of the padded image starting at row padding + shift_x and
+    column padding + shift_y (the image moved by (-shift_x, -shift_y), zeros filling the
+    vacated border), as the course's RandomCrop.
     """
 
     def __init__(self, padding: int = 3, generator: GeneratorLike = None):

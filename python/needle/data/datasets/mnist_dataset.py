@@ -98,11 +98,12 @@ def _flat_unit_range(images: np.ndarray) -> np.ndarray:
 
 
 class MNISTDataset(Dataset):
-    """MNIST digits: item i is (image, label), label a uint8 class in 0..9.
+    """MNIST digits: ``MNISTDataset(image_filename, label_filename, transforms=None)``.
 
-    Without transforms an image is the flat (784,) float32 vector of `parse_mnist`; with
-    transforms it is reshaped to (28, 28, 1) (H x W x C, as the transforms expect) before they
-    are applied, and returned in that shape. A slice or index array returns stacked batches.
+    `X` holds the images as flat float32 rows in [0, 1] (pixel / 255) and `y` the labels as
+    uint8. ``ds[i]`` (an int) is ``(image (784,), label)``; a slice or an index array gives
+    ``(images (k, 784), labels (k,))``. Transforms run at access time, per image in index
+    order, on its (28, 28, 1) (H x W x C) view; the result is flattened back, as the course.
     """
 
     def __init__(self, image_filename: str, label_filename: str, transforms: Optional[list] = None):
@@ -114,18 +115,17 @@ class MNISTDataset(Dataset):
     def __len__(self) -> int:
         return self.X.shape[0]
 
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        return self.apply_transforms(x.reshape(self.image_shape)).reshape(x.shape)
+
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
             x = self.X[index]
-            if self.transforms:
-                x = self.apply_transforms(x.reshape(self.image_shape))
-            return x, self.y[index]
+            return (self._transform(x) if self.transforms else x), self.y[index]
         return self.get_items(index)
 
     def get_items(self, indices) -> tuple[np.ndarray, np.ndarray]:
         X = self.X[indices]
-        if self.transforms:
-            X = X.reshape((-1,) + self.image_shape)
-            if len(X):
-                X = np.stack([self.apply_transforms(x) for x in X])
+        if self.transforms and len(X):
+            X = np.stack([self._transform(x) for x in X])
         return X, self.y[indices]

@@ -52,24 +52,26 @@ def _find(base_dir: str, split: str, required: bool = True) -> Optional[str]:
 class Corpus:
     """Tokenised PTB splits: `train` and `test` (and `valid` when its file exists, else None).
 
-    ``Corpus(base_dir, max_lines=None)`` reads `train.txt` / `test.txt` (the course's names)
-    or `ptb.train.txt` / `ptb.test.txt` (Mikolov's) and keeps the first `max_lines` lines of
-    each. Every split is a list of word ids over one shared `dictionary`.
+    ``Corpus(base_dir, max_lines=None)`` reads `train.txt` then `test.txt` (the course's names)
+    or `ptb.train.txt` / `ptb.test.txt` (Mikolov's), then the valid split if present, and keeps
+    the first `max_lines` lines of each. Every split is a list of word ids over one shared
+    `dictionary`.
     """
 
     def __init__(self, base_dir: str, max_lines: Optional[int] = None):
         base_dir = os.fspath(base_dir)
         self.dictionary = Dictionary()
         self.train = self.tokenize(_find(base_dir, "train"), max_lines)
+        self.test = self.tokenize(_find(base_dir, "test"), max_lines)
+        # After train and test, so their ids are the course's whether or not valid exists.
         valid = _find(base_dir, "valid", required=False)
         self.valid = self.tokenize(valid, max_lines) if valid else None
-        self.test = self.tokenize(_find(base_dir, "test"), max_lines)
 
     def tokenize(self, path: str, max_lines: Optional[int] = None) -> list[int]:
         """The word ids of the file's first `max_lines` lines, each line ending in `<eos>`.
 
-        Words are split on whitespace; `<eos>` is appended to every line, unless the line
-        already ends with it (some PTB copies carry it in the text), so there is one per line.
+        Words are split on whitespace and `<eos>` is appended to every line, as the course
+        does (a text that already ends its lines with `<eos>` gets two).
         """
         if not os.path.isfile(path):
             raise missing_file_error(path, "PTB text file", HOW_TO_GET)
@@ -82,8 +84,7 @@ class Corpus:
                     words = line.decode("utf-8").split()
                 except UnicodeDecodeError as e:
                     raise ValueError(f"{path}, line {n + 1}: not UTF-8 text ({e})") from e
-                if not words or words[-1] != EOS:
-                    words.append(EOS)
+                words.append(EOS)
                 ids.extend(self.dictionary.add_word(word) for word in words)
         return ids
 
@@ -107,7 +108,10 @@ def get_batch(
     """Rows i..i+L of `batchify`'s output and the ids one step later, L = min(bptt, n-1-i).
 
     Returns data (L, batch_size) and target (L*batch_size,), both Tensors with
-    requires_grad=False: target[t*batch_size + j] is the word after data[t, j].
+    requires_grad=False, on `device`: target[t*batch_size + j] is the word after data[t, j].
+    Their dtype is `dtype`; None follows ``Tensor(x)`` as the course does (float32 in the
+    NDArray mode, the ids' int64 in the numpy mode). Pass ``dtype="int64"`` for integer ids,
+    which `nn.Embedding` and `nn.SoftmaxLoss` take exactly (needle's own training does).
     """
     seq_len = min(bptt, len(batches) - 1 - i)
     if seq_len < 1:
