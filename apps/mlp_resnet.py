@@ -1,19 +1,29 @@
-"""The course's apps/mlp_resnet.py: ResidualBlock, MLPResNet, epoch and train_mnist."""
+"""The course's apps/mlp_resnet.py (hw2): ResidualBlock, MLPResNet, epoch and train_mnist.
+
+As the course's file, importing this module calls np.random.seed(0), and
+`from mlp_resnet import *` provides np, ndl and nn besides the functions.
+"""
 
 import os
+import sys  # noqa: F401
+import time  # noqa: F401
 
 import numpy as np
 
 import needle as ndl
 import needle.nn as nn
 from needle.apps.models import MLPResNet, ResidualBlock  # noqa: F401
-from needle.apps.trainer import Trainer
+from needle.apps.trainer import Trainer as _Trainer
+
+np.random.seed(0)
 
 
 def epoch(dataloader, model, opt=None):
-    """One pass: trains when `opt` is given. Returns (error rate, mean loss), as the course."""
+    """One pass over `dataloader`, after np.random.seed(4): model.train() and an update per
+    batch when `opt` is given, else model.eval(). SoftmaxLoss on the images flattened to
+    (batch, 784). Returns (error rate, mean loss), both over samples."""
     np.random.seed(4)
-    trainer = Trainer(model, nn.SoftmaxLoss(), opt, flatten=True)
+    trainer = _Trainer(model, nn.SoftmaxLoss(), opt, flatten=True)
     accuracy, loss = trainer.run_epoch(opt is not None, dataloader)
     return 1.0 - accuracy, loss
 
@@ -27,9 +37,12 @@ def train_mnist(
     hidden_dim=100,
     data_dir="data",
 ):
-    """Train an MLPResNet on MNIST files in `data_dir`; returns
-    (train error, train loss, test error, test loss) of the last epoch."""
+    """After np.random.seed(4), train MLPResNet(784, hidden_dim) on the MNIST training files in
+    `data_dir` (shuffled batches) and evaluate it on the t10k files. Returns the last epoch's
+    (train error, train loss, test error, test loss)."""
     np.random.seed(4)
+    model = MLPResNet(784, hidden_dim)
+    opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
     train_set = ndl.data.MNISTDataset(
         os.path.join(data_dir, "train-images-idx3-ubyte.gz"),
         os.path.join(data_dir, "train-labels-idx1-ubyte.gz"),
@@ -40,8 +53,6 @@ def train_mnist(
     )
     train_loader = ndl.data.DataLoader(train_set, batch_size, shuffle=True)
     test_loader = ndl.data.DataLoader(test_set, batch_size)
-    model = MLPResNet(784, hidden_dim)
-    opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
         train_err, train_loss = epoch(train_loader, model, opt)
     test_err, test_loss = epoch(test_loader, model)

@@ -11,16 +11,20 @@ __all__ = ["ResidualBlock", "MLPResNet", "ConvBN", "ResNet9", "LanguageModel"]
 def ResidualBlock(
     dim, hidden_dim, norm=nn.BatchNorm1d, drop_prob=0.1, device=None, dtype="float32"
 ):
-    """Linear -> norm -> ReLU -> Dropout -> Linear -> norm, plus the input, then ReLU."""
+    """Sequential(Residual(Sequential(Linear(dim, hidden_dim), norm(hidden_dim), ReLU(),
+    Dropout(drop_prob), Linear(hidden_dim, dim), norm(dim))), ReLU()), built in that order.
+    `norm` is called with the dimension alone unless a device or dtype is given (the course
+    passes norm layers and functions of one argument)."""
+    kw = {} if device is None and dtype == "float32" else dict(device=device, dtype=dtype)
     return nn.Sequential(
         nn.Residual(
             nn.Sequential(
                 nn.Linear(dim, hidden_dim, device=device, dtype=dtype),
-                norm(hidden_dim, device=device, dtype=dtype),
+                norm(hidden_dim, **kw),
                 nn.ReLU(),
                 nn.Dropout(drop_prob),
                 nn.Linear(hidden_dim, dim, device=device, dtype=dtype),
-                norm(dim, device=device, dtype=dtype),
+                norm(dim, **kw),
             )
         ),
         nn.ReLU(),
@@ -37,7 +41,9 @@ def MLPResNet(
     device=None,
     dtype="float32",
 ):
-    """(batch, dim) -> (batch, num_classes): a Linear stem, residual blocks, a Linear head."""
+    """(batch, dim) -> (batch, num_classes): Sequential(Linear(dim, hidden_dim), ReLU(),
+    num_blocks x ResidualBlock(hidden_dim, hidden_dim // 2, norm, drop_prob),
+    Linear(hidden_dim, num_classes)), its parameters drawn in that order."""
     return nn.Sequential(
         nn.Linear(dim, hidden_dim, device=device, dtype=dtype),
         nn.ReLU(),

@@ -97,10 +97,10 @@ def detach_state(h):
 
 class SequenceBatches:
     """Truncated-BPTT windows over `batchify`'d ids (nbatch, batch): (x (L, batch), y (L*batch,))
-    pairs, L = seq_len except maybe the last. A Trainer passes the model's state from one
-    window to the next, detached."""
+    pairs, L = seq_len except maybe the last, as Tensors of integer ids (`dtype`, int64 by
+    default). A Trainer passes the model's state from one window to the next, detached."""
 
-    def __init__(self, batches: np.ndarray, seq_len: int, device=None, dtype="float32"):
+    def __init__(self, batches: np.ndarray, seq_len: int, device=None, dtype="int64"):
         self.batches, self.seq_len, self.device, self.dtype = batches, seq_len, device, dtype
 
     def __len__(self) -> int:
