@@ -621,7 +621,9 @@ class Max(_Reduction):
         a = node.inputs[0]
         kept = _keepdims_shape(a.shape, self.axes)
         data = array_of(a)
-        mask = data == array_of(node).reshape(kept).broadcast_to(a.shape)
+        # (Comparisons give bool and bool sums int64: in the input's dtype, the tie shares are
+        # exact in float64 as well.)
+        mask = (data == array_of(node).reshape(kept).broadcast_to(a.shape)).astype(data.dtype)
         mask = mask / mask.sum(axis=self.axes, keepdims=True).broadcast_to(a.shape)
         return broadcast_to(reshape(out_grad, kept), a.shape) * Tensor.make_const(mask)
 
@@ -642,7 +644,7 @@ class Maximum(TensorOp):
     def gradient(self, out_grad: Tensor, node: Tensor):
         a = array_of(node.inputs[0])
         b = self.scalar if len(node.inputs) == 1 else array_of(node.inputs[1])
-        mask_a = (a > b) + (a == b) * 0.5
+        mask_a = ((a > b) + (a == b) * 0.5).astype(a.dtype)
         grad_a = reduce_to_shape(out_grad * Tensor.make_const(mask_a), node.inputs[0].shape)
         if len(node.inputs) == 1:
             return grad_a
