@@ -306,7 +306,10 @@ def test_lstm_cell():
     np.testing.assert_allclose(h2.numpy(), rh, **TOL)
     np.testing.assert_allclose(c2.numpy(), rc, **TOL)
     h0, _ = cell(T(x))
-    np.testing.assert_allclose(h0.numpy(), _lstm_step(x, 0, 0, w_ih, w_hh, b_ih + b_hh)[0], **TOL)
+    zero = np.zeros((4, 2))
+    np.testing.assert_allclose(
+        h0.numpy(), _lstm_step(x, zero, zero, w_ih, w_hh, b_ih + b_hh)[0], **TOL
+    )
 
 
 def test_rnn_vs_torch_and_layers():
