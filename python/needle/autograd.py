@@ -80,7 +80,7 @@ def array_of(value: Value) -> nd.NDArray:
 
 def array_device(value: Value) -> nd.BackendDevice:
     """The device of a Value's data as NDArrays (cpu_numpy in the numpy mode)."""
-    return nd.cpu_numpy() if _NUMPY_MODE else value.device
+    return nd.cpu_numpy() if _NUMPY_MODE else value.realize_cached_data().device
 
 
 def set_array(value: Value, array: nd.NDArray) -> None:
@@ -506,16 +506,20 @@ class Tensor(Value):
     def size(self) -> int:
         return self.realize_cached_data().size
 
-    def backward(self, out_grad: Tensor | None = None, create_graph: bool = True) -> None:
+    def backward(self, out_grad: Tensor | None = None, create_graph: bool | None = None) -> None:
         """Set ``.grad`` of every node of the graph that requires a gradient.
 
         `out_grad` defaults to ones of this Tensor's shape, whatever the shape. Gradients
         overwrite ``.grad`` (as needle does; call the optimizer's ``reset_grad`` between steps
-        either way). As in needle, gradients keep their own graph (``x.grad.backward()``
-        works); ``create_graph=False`` computes them without recording one (PyTorch's
-        default), which is lighter: nothing then keeps the forward graph alive once the
-        caller drops its output and the gradients.
+        either way). With ``create_graph=True`` the gradients keep their own graph, for
+        higher derivatives (``x.grad.backward()``). The default is the mode's: True in the
+        numpy mode (the course's first homeworks differentiate gradients), False in the
+        NDArray mode (PyTorch's): a gradient's graph leads back to the forward graph, and
+        from each .grad back to its node, so keeping it held a ResNet-9 step's activations
+        until the garbage collector ran (RSS 52 -> 168 MB over 40 steps, 27% slower).
         """
+        if create_graph is None:
+            create_graph = _NUMPY_MODE
         global _GRAD_ENABLED
         if not self.requires_grad:
             raise RuntimeError(

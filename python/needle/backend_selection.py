@@ -6,6 +6,7 @@
 """
 
 import os
+from typing import TYPE_CHECKING
 
 from . import backend_ndarray as _nd
 
@@ -16,12 +17,8 @@ if BACKEND not in ("nd", "np"):
 get_num_threads, set_num_threads = _nd.get_num_threads, _nd.set_num_threads
 metal, mps = _nd.metal, _nd.mps
 
-if BACKEND == "np":
-    import numpy as array_api
-    from numpy import ndarray as NDArray
-
-    from .backend_numpy import Device, all_devices, cpu, cuda, default_device
-else:
+# Type checkers see the NDArray mode (the numpy mode's names mirror it).
+if TYPE_CHECKING or BACKEND == "nd":
     from . import backend_ndarray as array_api
     from .backend_ndarray import (
         BackendDevice as Device,
@@ -32,3 +29,8 @@ else:
         cuda,
         default_device,
     )
+else:
+    import numpy as array_api
+    from numpy import ndarray as NDArray
+
+    from .backend_numpy import Device, all_devices, cpu, cuda, default_device

@@ -12,7 +12,7 @@ from needle import backend_ndarray as nd
 
 
 def test_backend_is_read_from_the_environment():
-    assert ndl.BACKEND == os.environ.get("NEEDLE_BACKEND", "nd")
+    assert os.environ.get("NEEDLE_BACKEND", "nd") == ndl.BACKEND
 
 
 def test_an_unknown_backend_raises_runtime_error():
@@ -57,7 +57,7 @@ class TestNDArrayModeDevices:
             dev = make()
             assert dev.name == name and repr(dev) == str(dev) == f"{name}()"
             assert make() == dev  # the same object each call (the course makes new, equal ones)
-        assert nd.cpu() != nd.cuda() and nd.cpu() != "cpu" and not (nd.cpu() == 3)
+        assert nd.cpu() != nd.cuda() and nd.cpu() != "cpu" and (nd.cpu() == 3) is False
         assert ndl.Device is nd.BackendDevice
 
     def test_module_and_forwarding(self):

@@ -1,4 +1,4 @@
-"""Spec section 1: package layout and imports (../shared/COURSE_API.md, "Layout and imports")."""
+"""Spec section 1 of the course API (COURSE_API.md): package layout and imports."""
 
 import importlib
 
@@ -42,10 +42,7 @@ def test_course_import_forms():
     import needle.backend_ndarray.ndarray as ndarray
     import needle.init as init
     import needle.nn as nn
-    from needle import Tensor as T1
-    from needle import backend_ndarray as nd
-    from needle import init as init2
-    from needle import ops
+    from needle import Tensor as T1, backend_ndarray as nd, init as init2, ops
     from needle.autograd import Tensor as T2
 
     assert T1 is T2 is ndl.Tensor and init is init2
@@ -75,7 +72,15 @@ def test_autograd_and_init_and_submodules():
 
 def test_backend_selection_names_win_at_top_level():
     sel = ndl.backend_selection
-    for name in ("array_api", "NDArray", "BACKEND", "cpu", "default_device", "all_devices", "Device"):
+    for name in (
+        "array_api",
+        "NDArray",
+        "BACKEND",
+        "cpu",
+        "default_device",
+        "all_devices",
+        "Device",
+    ):
         assert getattr(ndl, name) is getattr(sel, name), name
     if ndl.BACKEND == "nd":
         assert ndl.array_api is ndl.backend_ndarray

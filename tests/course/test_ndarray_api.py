@@ -46,7 +46,10 @@ def test_state(device):
     assert x._offset == 0 and x._device == x.device and x.ndim == 3 and x.size == 24
     assert x.dtype == "float32" and x._handle.size == 24
     p = x.permute((2, 0, 1))
-    want = tuple(s // 4 for s in np.arange(24.0, dtype=np.float32).reshape(2, 3, 4).transpose(2, 0, 1).strides)
+    want = tuple(
+        s // 4
+        for s in np.arange(24.0, dtype=np.float32).reshape(2, 3, 4).transpose(2, 0, 1).strides
+    )
     assert p.strides == want and p._handle.ptr() == x._handle.ptr()
     b = nd.array(np.ones((3, 1)), device=device).broadcast_to((3, 5))
     assert b.strides == (1, 0)

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache, reduce
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -434,18 +434,19 @@ def _compute_dtype(name: str, dtype: str) -> str:
     raise TypeError(f"{name}: not defined for bool arrays; convert with astype() first")
 
 
-def _scalar_operands(a: NDArray, value, name: str) -> tuple[NDArray, float]:
+def _scalar_operands(a: NDArray, value: Any, name: str) -> tuple[NDArray, float]:
     """`a` converted to the dtype of `a (op) value` and `value` as the float the scalar
     primitive takes: a whole number in range for an integer array (else the array is
     compared as float64, or for arithmetic OverflowError, as NumPy)."""
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.reshape(-1)[0]
-    if not isinstance(value, (numbers.Number, np.generic)) or isinstance(value, complex):
+    number: Any = value
+    if not isinstance(value, (numbers.Real, np.bool_, np.integer, np.floating)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
     dtype = _compute_dtype(name, scalar_result_type(a._dtype, value))
     if dtype in _INT_RANGE:
         low, high = _INT_RANGE[dtype]
-        if not low <= value <= high:
+        if not low <= int(number) <= high:
             if _OUT[name] is None:
                 raise OverflowError(f"{name}: {value} is out of range for {dtype}")
             dtype = "float64"
@@ -1304,7 +1305,7 @@ def numpy_shared(array: NDArray) -> np.ndarray:
     """The NumPy form of an NDArray result for the numpy mode: a view of a compact cpu_numpy
     buffer (else a copy), and a NumPy scalar for a 0-d array."""
     if array._device.name == "cpu_numpy" and array.is_compact():
-        data = array._handle.array[array._offset : array._offset + array.size]
+        data = array._handle.array[array._offset : array._offset + array.size]  # type: ignore[attr-defined]
         data = data.reshape(array._shape)
     else:
         data = array.numpy()
@@ -1371,4 +1372,4 @@ def stack(arrays: Sequence[NDArray], axis: int = 0) -> NDArray:
 def split(a: NDArray, axis: int = 0) -> tuple[NDArray, ...]:
     """Views of `a` along `axis`, one per index (the inverse of stack)."""
     axis = _normalize_axis(axis, a.ndim)
-    return tuple(a[(slice(None),) * axis + (i,)] for i in range(a.shape[axis]))
+    return tuple(a._index_view((slice(None),) * axis + (i,)) for i in range(a.shape[axis]))

@@ -683,10 +683,7 @@ class Split(TensorTupleOp):
         self.axis = axis
 
     def compute(self, a: NDArray):
-        # nd.split's views keep the split axis as size 1 (NDArray int indexing keeps axes,
-        # as the course's does): drop it.
-        shape = a.shape[: self.axis % a.ndim] + a.shape[self.axis % a.ndim + 1 :]
-        return tuple(x.compact().reshape(shape) for x in nd.split(a, axis=self.axis))
+        return tuple(x.compact() for x in nd.split(a, axis=self.axis))
 
     def gradient(self, out_grad: TensorTuple, node):
         return stack(list(out_grad), self.axis)
