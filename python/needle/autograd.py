@@ -679,7 +679,9 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
         node.grad = node._sum_adjoints(node_to_output_grads.pop(id(node)))
         if node.op is None:
             continue
-        for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(node.grad, node)):
+        sparse = getattr(node.op, "sparse_gradient", None)  # tuple_get_item's
+        grads = (sparse(node.grad, node),) if sparse else node.op.gradient_as_tuple(node.grad, node)
+        for inp, grad in zip(node.inputs, grads):
             if inp.requires_grad:
                 # A float32 input of a promoted (float64) op gets a float32 gradient, as in torch.
                 if isinstance(grad, Tensor) and grad.dtype != inp.dtype:

@@ -1,6 +1,6 @@
 """Ops that make and take apart TensorTuples."""
 
-from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp
+from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp, array_of
 
 __all__ = [
     "MakeTensorTuple",
@@ -48,8 +48,20 @@ class TupleGetItem(TensorOp):
         return a[self.index]
 
     def gradient(self, out_grad, node):
-        # A sparse tuple adjoint: the tuple sums its adjoints by element, filling in zeros
-        # (TensorTuple._sum_adjoints).
+        """The course's adjoint: a TensorTuple of out_grad at `index` and zeros elsewhere."""
+        arrays = array_of(node.inputs[0])
+        return make_tuple(
+            *(
+                out_grad
+                if i == self.index
+                else Tensor.make_const(a.device.full(a.shape, 0.0, a.dtype))
+                for i, a in enumerate(arrays)
+            )
+        )
+
+    def sparse_gradient(self, out_grad, node):
+        """What backward uses instead: {index: out_grad}, which the tuple sums by element
+        (TensorTuple._sum_adjoints), so taking each of n elements costs no n zeros each."""
         return {self.index: out_grad}
 
 
