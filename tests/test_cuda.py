@@ -473,14 +473,16 @@ def test_conformance_cases_with_buffers_ending_at_a_fault(emulated, tight, prim,
     ref = reference(prim, backend)
     own = getattr(emulated, prim.name, None) or (lambda **kwargs: prim.fallback(emulated, **kwargs))
     with np.errstate(all="ignore"):
-        for case in cases(prim, backend):
+        for case in cases(prim, backend, dtype):
             expected = call(nb_np, prim.name, *case.args, dtype=dtype, impl=ref)
             actual = call(emulated, prim.name, *case.args, dtype=dtype, impl=own)
             tol = case.tol(dtype) or (case.unordered_tol(dtype) if case.unordered_tol else None)
             what = f"{prim.name} in {dtype}: {case.label}"
             if expected is None:
                 assert actual is None, what
-            elif tol is None:
+                continue
+            assert actual.dtype == expected.dtype == np.dtype(prim.out_dtype or dtype), what
+            if tol is None:
                 np.testing.assert_array_equal(actual, expected, err_msg=what)
             else:
                 np.testing.assert_allclose(actual, expected, equal_nan=True, err_msg=what, **tol)
@@ -720,6 +722,30 @@ def test_gpu_large_elementwise_and_reductions(dtype, rng):
     np.testing.assert_allclose(
         nb_cuda.to_numpy(cols, (1024,), (1,), 0), expected, rtol=1e-4, atol=1e-2
     )
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool"])
+def test_gpu_large_integer_and_bool_rows(dtype, rng):
+    """Many grid-stride turns of the 16-byte integer vectors (16 uint8 or bool per load),
+    comparisons into bool, wrapping adds, and max (and int64 sums) over blocks per row."""
+    n = (1 << 25) + 3
+    pool = INT_EDGES.get(dtype, [0, 1])
+    x, y = (rng.choice(pool, n).astype(dtype) for _ in range(2))
+    a, b = to_array(nb_cuda, x), to_array(nb_cuda, y)
+    flags = nb_cuda.Array(n, "bool")
+    nb_cuda.ewise_lt(a, b, flags)
+    np.testing.assert_array_equal(read(nb_cuda, flags), x < y)
+    if dtype != "bool":
+        out = nb_cuda.Array(n, dtype)
+        nb_cuda.ewise_add(a, b, out)
+        np.testing.assert_array_equal(read(nb_cuda, out), np.add(x, y))
+    total = nb_cuda.Array(1, dtype)
+    nb_cuda.reduce_max(a, total, n)
+    assert read(nb_cuda, total)[0] == x.max()
+    if dtype == "int64":
+        nb_cuda.reduce_sum(a, total, n)
+        assert read(nb_cuda, total)[0] == x.sum()
 
 
 @needs_gpu
