@@ -145,12 +145,15 @@ void map_lanes(T *out, int64_t n, Op op, const In *...in) {
   });
 }
 
-// out[i] = f(in[i]...) over [0, n), one element at a time (integer dtypes, bool outs).
+// out[i] = f(in[i]...) over [0, n) one element at a time (integer dtypes, bool outs), in a
+// function of its own: a uint8 store may alias a lambda's captures, which kept it scalar.
+template <class R, class F, class... In>
+void map_range(R *out, int64_t begin, int64_t end, F f, const In *...in) {
+  for (int64_t i = begin; i < end; ++i) out[i] = f(in[i]...);
+}
 template <class R, class F, class... In>
 void map_elements(R *out, int64_t n, F f, const In *...in) {
-  parallel_for(n, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) out[i] = f(in[i]...);
-  });
+  parallel_for(n, [&](int64_t begin, int64_t end) { map_range(out, begin, end, f, in...); });
 }
 
 // out = op(inputs...) for any T: vectors for floating point, elements (op's `integer`) else.
