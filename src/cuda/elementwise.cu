@@ -1,11 +1,12 @@
 // Elementwise primitives over compact arrays: fill, the unary and binary operators, the
 // binary operators against a scalar, and axpby, all as one map kernel. Grid-stride loops,
-// memory bound: each thread moves 16 bytes per access (float4 / double2) when every pointer
-// is 16-byte aligned, which Arrays from the allocator always are; a scalar loop covers the
-// tail and unaligned calls.
+// memory bound: each thread moves 16 bytes per access (float4 / double2, a uint4 of the
+// integer and bool dtypes) when every pointer is 16-byte aligned, which Arrays from the
+// allocator always are; a scalar loop covers the tail and unaligned calls.
 //
-// The families of the primitive table are tables here, one row a primitive: a new unary
-// primitive is one row of unary_kernels() (plus its row in primitives.py).
+// The families of the primitive table are tables here, one row a primitive with the dtypes
+// its row takes: a new unary primitive is one row of unary_kernels() (plus its row in
+// primitives.py).
 
 #include <stdexcept>
 #include <string>
