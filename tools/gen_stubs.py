@@ -62,6 +62,7 @@ KIND_TYPES = {
     "str": "str",
     "bool": "bool",
     "numpy": "NDArray[Any]",
+    "index": "Array",
 }
 RETURNS = {"to_numpy": "NDArray[Any]"}
 # The module attributes the table reads (primitives.backend_dtypes, tile_size, _backend_name),
