@@ -29,15 +29,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # of issue 12 (2026-12-03, formatted by ruff format), and for data, apps and tests 10% above
 # their sizes after issue 13's first fixes (checked data headers and unpickling, one-line CLI
 # errors, exact resume, the fuzz test); `--suggest 1.1` prints them anew. A layer that needs
-# more says why in the commit that raises its budget.
+# more says why in the commit that raises its budget. Issue 14 (the course API, integer and
+# bool dtypes) raised eight, to about 8% above their sizes then: autograd +98 lines (the numpy
+# mode), backend_ndarray +389 (type promotion, the dtype layer of NDArray, Metal dtype checks),
+# metal kernels +97, native cuda +245, optim +49 (the course's optimizer state), init +25, other
+# python +75 (backend_numpy, backend_selection), tests +800 (the conformance suite's integer
+# and bool cases, test_dtypes), and the course API tests have a layer of their own.
 LAYERS: list[tuple[str, tuple[str, ...], int]] = [
-    ("autograd", ("python/needle/autograd.py",), 550),
+    ("autograd", ("python/needle/autograd.py",), 640),
     ("ops", ("python/needle/ops/*.py",), 1220),
-    ("backend_ndarray", ("python/needle/backend_ndarray/*.py",), 2570),
-    ("metal kernels", ("python/needle/backend_ndarray/metal/*.metal",), 550),
+    ("backend_ndarray", ("python/needle/backend_ndarray/*.py",), 2950),
+    ("metal kernels", ("python/needle/backend_ndarray/metal/*.metal",), 640),
     ("nn", ("python/needle/nn/*.py",), 870),
-    ("optim", ("python/needle/optim.py",), 240),
-    ("init", ("python/needle/init/*.py",), 100),
+    ("optim", ("python/needle/optim.py",), 280),
+    ("init", ("python/needle/init/*.py",), 120),
     ("data", ("python/needle/data/*.py",), 650),
     (
         "apps",
@@ -55,13 +60,14 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
         3040,
     ),
     ("distributed", ("python/needle/distributed.py",), 420),
-    ("other python", ("python/needle/*.py",), 30),
+    ("other python", ("python/needle/*.py",), 110),
     (
         "native cpu",
         ("src/cpu/*", "src/ndarray_backend_cpu.cc", "src/array_binding.h", "src/common/*"),
         2540,
     ),
-    ("native cuda", ("src/cuda/*", "src/ndarray_backend_cuda.cu"), 2060),
+    ("native cuda", ("src/cuda/*", "src/ndarray_backend_cuda.cu"), 2320),
+    ("course API tests", ("tests/course/*.py",), 3050),
     (
         "tests",
         (
@@ -72,7 +78,7 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
             "tests/metal_emulation/metal_stdlib",
             "tests/metal_emulation/metal_simdgroup_matrix",
         ),
-        13100,
+        14000,
     ),
     ("benchmarks", ("benchmarks/*.py",), 470),
 ]
