@@ -182,7 +182,9 @@ class SGD(Optimizer):
         for p, grad in self._grads():
             if self.weight_decay:
                 grad = axpby(1.0, grad, self.weight_decay, array_of(p))
-            if p in self.u:
+            if not m:  # u = g: the gradient itself, no arithmetic (the default SGD)
+                self.u[p] = Tensor.make_const(grad)
+            elif p in self.u:
                 self._update(self.u[p], m, 1 - m, grad)
             else:  # m * 0 + (1 - m) * g, a buffer of its own
                 self.u[p] = Tensor.make_const(grad * (1 - m))
