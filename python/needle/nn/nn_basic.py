@@ -349,7 +349,10 @@ class Dropout(Module):
         if not self.training:
             return x  # no draw
         # One np.random.rand(*x.shape) per call, even at p = 0 (the course's draw order):
-        # keep where u <= 1 - p.
+        # keep where u <= 1 - p, which at p = 0 keeps everything: x itself, no ops.
+        if self.p == 0.0:
+            np.random.rand(*x.shape)
+            return x
         keep = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
         if self.p == 1.0:
             return x * 0.0
