@@ -11,7 +11,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..autograd import _NUMPY_MODE, Tensor
+from ..autograd import Tensor
+from ..backend_selection import BACKEND
 
 # The integer dtypes Tensors hold; other integer fields widen to int64.
 _INT_DTYPES = ("int32", "int64", "uint8")
@@ -132,7 +133,7 @@ def _field_dtype(field: np.ndarray, dtype):
         return field.dtype.name if field.dtype.name in _INT_DTYPES else "int64"
     if dtype is not None:
         return dtype
-    return None if _NUMPY_MODE else "float32"
+    return None if BACKEND == "np" else "float32"
 
 
 class DataLoader:
