@@ -805,20 +805,8 @@ class NDArray:
         # device and shape (a (2,) array into a (0,) selection is an error, (1,) is not).
         if isinstance(other, NDArray):
             self._check_same_device(other)
-            if other.shape != view.shape and other.size == view.size:
-                other = other.compact().reshape(view.shape)  # the course's: same size, any shape
             if other.shape != view.shape:
-                # Extra leading 1s (the course's keep-dims indexing) are accepted, as in NumPy.
-                squeezed = other.shape
-                while len(squeezed) > view.ndim and squeezed[0] == 1:
-                    squeezed = squeezed[1:]
-                try:
-                    other = other.reshape(squeezed).broadcast_to(view.shape)
-                except ValueError:
-                    raise ValueError(
-                        f"cannot assign an array of shape {other.shape} to a selection of shape "
-                        f"{view.shape}"
-                    ) from None
+                other = _fit_selection(other, view, self._index_view(idxs, keep_dims=True))
             if view.size == 0:
                 return
             if other._handle is view._handle:  # overlapping source and target: copy first
@@ -1078,6 +1066,28 @@ class NDArray:
         )
         out[tuple(slice(lo, lo + d) for d, (lo, _) in zip(self._shape, axes))] = self
         return out
+
+
+def _fit_selection(other: NDArray, view: NDArray, kept: NDArray) -> NDArray:
+    """`other` shaped to write into `view`, a selection whose int indices dropped their axes
+    (`kept`: the same selection keeping them, as the course's NDArray indexing gives it): an
+    array of the same size in any shape (the course's rule), else one that broadcasts to
+    either form, leading 1s aside (NumPy's rule)."""
+    if other.size == view.size:
+        return other.compact().reshape(view.shape)
+    squeezed = other.shape
+    while len(squeezed) > view.ndim and squeezed[0] == 1:
+        squeezed = squeezed[1:]
+    try:
+        return other.reshape(squeezed).broadcast_to(view.shape)
+    except ValueError:
+        pass
+    try:
+        return other.broadcast_to(kept.shape).compact().reshape(view.shape)
+    except ValueError:
+        raise ValueError(
+            f"cannot assign an array of shape {other.shape} to a selection of shape {view.shape}"
+        ) from None
 
 
 def _unary_method(primitive: primitives.Primitive):
