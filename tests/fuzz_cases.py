@@ -9,7 +9,10 @@ slices with any step, ints, flip, compact, as_strided); then nothing, a unary op
 one with an array or a scalar (arithmetic, **, maximum, comparisons), sum/max, matmul,
 setitem, or a Tensor op with backward. Layouts compare bit for bit, arithmetic NaN-aware
 within dtype tolerances; an error agrees when NumPy raises too and needle raises ValueError,
-IndexError or TypeError.
+IndexError or TypeError. The NumPy model follows NDArray's course semantics (issue 14) where
+they differ from NumPy's: an int index keeps its axis as size 1; setitem takes an array of
+the selection's size in any shape, else one broadcasting (NumPy's rule) to the selection with
+int axes dropped or kept; comparisons give bool arrays; sum/max over axis=() is a ValueError.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def _view(rng, x):
         )
     if kind in ("slice", "int"):
         idx = _index(rng, x.shape, ints=kind == "int")
-        return lambda a: a[idx], lambda: x[idx], f"[{_fmt_index(idx)}]"
+        return lambda a: a[idx], lambda: _getitem(x, idx), f"[{_fmt_index(idx)}]"
     if kind == "flip":
         axes = tuple(sorted({int(i) for i in rng.integers(0, max(x.ndim, 1), size=2)}))
         if not x.ndim:
@@ -146,6 +149,43 @@ def _index(rng, shape, ints):
     if rng.random() < 0.15:
         idx.insert(int(rng.integers(0, len(idx) + 1)), Ellipsis)
     return tuple(idx) if len(idx) != 1 or rng.random() < 0.5 else idx[0]
+
+
+def _kept_index(x, idx):
+    """`idx` (valid for `x`) with each int i replaced by the slice (i mod d):(i mod d)+1 of its
+    axis (of size d), as NDArray's indexing (the course's) reads an int: the axis stays."""
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(i is Ellipsis for i in idx):
+        p = next(k for k, i in enumerate(idx) if i is Ellipsis)
+        idx = idx[:p] + (slice(None),) * (x.ndim - len(idx) + 1) + idx[p + 1 :]
+    return tuple(
+        slice(i % x.shape[a], i % x.shape[a] + 1) if isinstance(i, int) else i
+        for a, i in enumerate(idx)
+    )
+
+
+def _getitem(x, idx):
+    """NDArray's x[idx]: NumPy's view, but an int keeps its axis as size 1 (x[1, 2:5] has
+    shape (1, 3)); the errors are NumPy's (an index out of bounds, too many indices)."""
+    x[idx]
+    return x[_kept_index(x, idx)]
+
+
+def _setitem(x, idx, value):
+    """NDArray's x[idx] = value: a scalar, or an array of the selection's size in any shape
+    (the course's rule), else one that broadcasts by NumPy's rule to the selection with its
+    int-indexed axes dropped (NumPy's selection) or kept as size 1 (NDArray's view)."""
+    if isinstance(value, float):
+        x[idx] = value
+        return
+    selection = x[idx]
+    if value.size == selection.size:
+        x[idx] = value.reshape(selection.shape)
+        return
+    try:
+        x[idx] = value
+    except ValueError:
+        x[_kept_index(x, idx)] = value
 
 
 def _fmt_index(idx):
@@ -343,8 +383,6 @@ def _final(rng, op, cur, dtype, special):
             want = _np_attempt(lambda: np_fn(lx, rx))
             if isinstance(got, Exception) or isinstance(want, Exception):
                 return _errors(got, want)
-            if name in COMPARISONS:
-                want = want.astype(got.dtype)
             if shape is not None:
                 want = want.reshape(shape)
             tol = 4 * _eps(want.dtype) if name not in COMPARISONS else 0.0
@@ -374,7 +412,8 @@ def _final(rng, op, cur, dtype, special):
                 want = _np_attempt(lambda: BINARY[name][1](x, sv))
             if isinstance(got, Exception) or isinstance(want, Exception):
                 return _errors(got, want)
-            want = np.asarray(want).astype(x.dtype)
+            if name not in COMPARISONS:  # comparisons give bool arrays, as NumPy's
+                want = np.asarray(want).astype(x.dtype)
             tol = 4 * eps if name not in COMPARISONS else 0.0
             return _close(got.numpy(), want, 0.0, tol)
 
@@ -389,12 +428,16 @@ def _final(rng, op, cur, dtype, special):
             axis = int(rng.integers(-ndim, ndim))
         else:
             axis = tuple(sorted({int(i) for i in rng.integers(0, max(ndim, 1), size=2)}))
-            if not ndim:
+            if not ndim or rng.random() < 0.1:
                 axis = ()
         keepdims = bool(rng.random() < 0.5)
 
         def check(a, x):
             got = _attempt(lambda: getattr(a, name)(axis=axis, keepdims=keepdims))
+            if axis == ():  # the course's rule: no axes is an error (NumPy returns x)
+                if isinstance(got, ValueError):
+                    return None
+                return f"gave {got!r}; want ValueError for axis=()"
             want = _np_attempt(lambda: getattr(np, name)(x, axis=axis, keepdims=keepdims))
             if isinstance(got, Exception) or isinstance(want, Exception):
                 return _errors(got, want)
@@ -409,17 +452,32 @@ def _final(rng, op, cur, dtype, special):
 
         return check, f"{name}(axis={axis}, keepdims={keepdims})"
     # setitem: into a view of a fresh array; compares the whole array afterwards
-    value_kind = rng.choice(["scalar", "array", "array", "bad"])
+    # The value: a scalar; an array broadcasting to the target, or to the selection with its
+    # int-indexed axes dropped (NumPy's) or kept (NDArray's view); one of the selection's size
+    # in another shape (the course's rule); or most likely a bad one.
+    idx = _index(rng, shape, ints=rng.random() < 0.5)
+    value_kind = rng.choice(["scalar", "array", "array", "bad", "size", "selection", "kept"])
     if value_kind == "scalar":
         value = float(SCALARS[int(rng.integers(len(SCALARS)))])
         v_desc = f"scalar {value!r}"
     else:
-        vshape = _broadcast_source(rng, shape) if value_kind == "array" else _shape(rng)
-        if rng.random() < 0.2:
+        selection = _np_attempt(lambda: cur[idx])
+        if not isinstance(selection, np.ndarray):
+            value_kind = "array"
+        if value_kind == "array":
+            vshape = _broadcast_source(rng, shape)
+        elif value_kind == "selection":
+            vshape = _broadcast_source(rng, selection.shape)
+        elif value_kind == "kept":
+            vshape = _broadcast_source(rng, _getitem(cur, idx).shape)
+        elif value_kind == "size":
+            vshape = _factor(rng, selection.size)
+        else:
+            vshape = _shape(rng)
+        if rng.random() < (0.5 if value_kind == "kept" else 0.2):  # NumPy drops leading 1s
             vshape = (1,) * int(rng.integers(1, 3)) + vshape
         value = _values(rng, vshape, dtype, special)
         v_desc = f"array {vshape}"
-    idx = _index(rng, shape, ints=rng.random() < 0.5)
 
     def check(a, x):
         # x is a NumPy view of the case's base array only when the chain made views; a copy
@@ -428,24 +486,12 @@ def _final(rng, op, cur, dtype, special):
         x = np.array(x, copy=True)
         v = value if isinstance(value, float) else NDArray(value, device=a.device, dtype=a.dtype)
         got = _attempt(lambda: a.__setitem__(idx, v))
-        numpy_value = value
-        if not isinstance(value, float) and value.size == 1 and _np_ndim(x, idx) == 0:
-            # NumPy refuses a size-1 array into a 0-d selection, "setting an array element
-            # with a sequence"; needle drops the leading 1s, as NumPy does for other shapes.
-            numpy_value = value.reshape(())
-        want = _np_attempt(lambda: x.__setitem__(idx, numpy_value))
+        want = _np_attempt(lambda: _setitem(x, idx, value))
         if isinstance(got, Exception) or isinstance(want, Exception):
             return _errors(got, want)
         return _exact(a.numpy(), x)
 
     return check, f"[{_fmt_index(idx)}] = {v_desc}"
-
-
-def _np_ndim(x, idx):
-    try:
-        return np.ndim(x[idx])
-    except IndexError:
-        return -1
 
 
 def _full(x, y):
