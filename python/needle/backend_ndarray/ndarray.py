@@ -1082,8 +1082,11 @@ def _fit_selection(other: NDArray, view: NDArray, kept: NDArray) -> NDArray:
         return other.reshape(squeezed).broadcast_to(view.shape)
     except ValueError:
         pass
+    squeezed = other.shape
+    while len(squeezed) > kept.ndim and squeezed[0] == 1:
+        squeezed = squeezed[1:]
     try:
-        return other.broadcast_to(kept.shape).compact().reshape(view.shape)
+        return other.reshape(squeezed).broadcast_to(kept.shape).compact().reshape(view.shape)
     except ValueError:
         raise ValueError(
             f"cannot assign an array of shape {other.shape} to a selection of shape {view.shape}"
