@@ -134,6 +134,8 @@ class Op(Generic[_Out]):
     # Short lowercase name for error messages (the function form's name, e.g. "add"); None
     # means the class name in lower case.
     name: str | None = None
+    # What backward uses instead of gradient() when set (tuple_get_item's sparse adjoint).
+    sparse_gradient: Callable[[Any, Any], Any] | None = None
 
     def __call__(self, *args: Any) -> _Out:
         raise NotImplementedError()
@@ -234,8 +236,10 @@ class Value:
             raise described from error
         if type(data) is Saved:
             data, self.saved = data.data, data.values
-        if self.requires_grad and not _NUMPY_MODE and _non_float(data):
-            self.requires_grad = False  # integer and bool results carry no gradient
+        # Integer and bool results carry no gradient (a TensorTuple's elements are checked
+        # where they are taken).
+        if self.requires_grad and type(data) is _NDARRAY and data._dtype not in _FLOAT_DTYPES:
+            self.requires_grad = False
         self.cached_data = _from_nd(data) if _NUMPY_MODE else data
 
     def is_leaf(self) -> bool:
@@ -307,10 +311,8 @@ def _describe(array) -> str:
     return f"{shape} {dtype} on {getattr(array, 'device', '?')}"
 
 
-def _non_float(data) -> bool:
-    if isinstance(data, tuple):
-        return bool(data) and _non_float(data[0])
-    return data.dtype not in nd.FLOATS
+_NDARRAY = nd.NDArray  # never the numpy mode's data, which are NumPy arrays
+_FLOAT_DTYPES = frozenset(nd.FLOATS)
 
 
 def _zeros_like(array):
@@ -527,7 +529,9 @@ class Tensor(Value):
                 "leads to it from a tensor with requires_grad=True)"
             )
         if out_grad is None:
-            out_grad = Tensor.make_const(self.device.full(self.shape, 1.0, dtype=self.dtype))
+            data = self.realize_cached_data()
+            device = default_device() if _NUMPY_MODE else data.device
+            out_grad = Tensor.make_const(device.full(data.shape, 1.0, dtype=data.dtype))
         elif out_grad.shape != self.shape:
             raise ValueError(
                 f"backward: out_grad of shape {out_grad.shape} does not match the "
@@ -679,7 +683,7 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
         node.grad = node._sum_adjoints(node_to_output_grads.pop(id(node)))
         if node.op is None:
             continue
-        sparse = getattr(node.op, "sparse_gradient", None)  # tuple_get_item's
+        sparse = node.op.sparse_gradient  # tuple_get_item's
         grads = (sparse(node.grad, node),) if sparse else node.op.gradient_as_tuple(node.grad, node)
         for inp, grad in zip(node.inputs, grads):
             if inp.requires_grad:

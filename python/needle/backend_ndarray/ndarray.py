@@ -399,6 +399,11 @@ def _matmul_strides(a: NDArray) -> tuple[int, int, int] | None:
     return (batch_stride, a._strides[-2], a._strides[-1])
 
 
+# Each primitive's dtypes and output dtype, from the table: NDArray converts operands to a
+# dtype the row takes before calling it.
+_TAKES = {name: frozenset(p.dtypes) for name, p in primitives.TABLE.items()}
+_OUT = {name: p.out_dtype for name, p in primitives.TABLE.items()}
+_Row = tuple  # (primitive name, the dtypes it takes, its out dtype or None)
 _BinaryMethod = Callable[["NDArray", "NDArray | float"], "NDArray"]
 
 
@@ -406,18 +411,17 @@ def _binary_method(op: str, scalar_op: str | None = None) -> _BinaryMethod:
     """The NDArray method self (op) other: ewise_<op> when other is an NDArray, else
     scalar_<scalar_op> (default: scalar_<op>)."""
     ewise_name, scalar_name = f"ewise_{op}", f"scalar_{scalar_op or op}"
+    # (name, dtypes the row takes, its out dtype), looked up once here, not per call.
+    ewise = (ewise_name, _TAKES[ewise_name], _OUT[ewise_name])
+    scalar = (scalar_name, _TAKES[scalar_name], _OUT[scalar_name])
 
     def method(self: NDArray, other: NDArray | float) -> NDArray:
-        return self._binary(other, ewise_name, scalar_name)
+        return self._binary(other, ewise, scalar)
 
     method.__doc__ = f"self ({op}) other: {ewise_name}, or {scalar_name} for a number"
     return method
 
 
-# Each primitive's dtypes and output dtype, from the table: NDArray converts operands to a
-# dtype the row takes before calling it.
-_TAKES = {name: frozenset(p.dtypes) for name, p in primitives.TABLE.items()}
-_OUT = {name: p.out_dtype for name, p in primitives.TABLE.items()}
 _INT_RANGE = {
     dt: (int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for dt in ("int32", "int64", "uint8")
 }
@@ -829,13 +833,14 @@ class NDArray:
                 "move one with .to(device)"
             )
 
-    def _binary(self, other, ewise_name: str, scalar_name: str) -> NDArray:
+    def _binary(self, other, ewise: _Row, scalar: _Row) -> NDArray:
         device = self._device
         if isinstance(other, NDArray):
+            ewise_name, takes, out_dtype = ewise
             a = self
             if other._device is not device:
                 a._check_same_device(other)
-            if other._dtype != a._dtype or a._dtype not in _TAKES[ewise_name]:
+            if other._dtype != a._dtype or a._dtype not in takes:
                 dtype = _compute_dtype(ewise_name, result_type(a._dtype, other._dtype))
                 a, other = a.astype(dtype), other.astype(dtype)
             if other._shape != a._shape:
@@ -845,16 +850,17 @@ class NDArray:
                     if out is not None:
                         return out
                 a, other = a.broadcast_to(shape), other.broadcast_to(shape)
-            out = NDArray._make(a._shape, device=device, dtype=_OUT[ewise_name] or a._dtype)
+            out = NDArray._make(a._shape, device=device, dtype=out_dtype or a._dtype)
             if _size(out._shape):
                 getattr(device.mod, ewise_name)(
                     a.compact()._handle, other.compact()._handle, out._handle
                 )
             return out
+        scalar_name, _, out_dtype = scalar
         a = self
         if type(other) is not float or a._dtype not in FLOATS:
             a, other = _scalar_operands(a, other, scalar_name)
-        out = NDArray._make(a._shape, device=device, dtype=_OUT[scalar_name] or a._dtype)
+        out = NDArray._make(a._shape, device=device, dtype=out_dtype or a._dtype)
         if _size(out._shape):
             getattr(device.mod, scalar_name)(a.compact()._handle, other, out._handle)
         return out
