@@ -236,9 +236,15 @@ class Value:
             raise described from error
         if type(data) is Saved:
             data, self.saved = data.data, data.values
-        # Integer and bool results carry no gradient (a TensorTuple's elements are checked
-        # where they are taken).
-        if self.requires_grad and type(data) is _NDARRAY and data._dtype not in _FLOAT_DTYPES:
+        # Integer and bool results carry no gradient in the NDArray mode (a TensorTuple's
+        # elements are checked where they are taken); the numpy mode differentiates them, as
+        # the course's hw1 does with Tensor([6]).
+        if (
+            self.requires_grad
+            and type(data) is _NDARRAY
+            and data._dtype not in _FLOAT_DTYPES
+            and not _NUMPY_MODE
+        ):
             self.requires_grad = False
         self.cached_data = _from_nd(data) if _NUMPY_MODE else data
 
@@ -311,7 +317,7 @@ def _describe(array) -> str:
     return f"{shape} {dtype} on {getattr(array, 'device', '?')}"
 
 
-_NDARRAY = nd.NDArray  # never the numpy mode's data, which are NumPy arrays
+_NDARRAY = nd.NDArray
 _FLOAT_DTYPES = frozenset(nd.FLOATS)
 
 
@@ -385,8 +391,7 @@ def _comparison(fn):
 
     def compare(self, other):
         b = array_of(other) if isinstance(other, Tensor) else other
-        result = fn(array_of(self), b)
-        return Tensor.make_const(_from_nd(result) if _NUMPY_MODE else result)
+        return Tensor.make_const(fn(array_of(self), b))  # NumPy again in the numpy mode
 
     return compare
 
