@@ -33,10 +33,10 @@ class LSTMState(TensorOp):
                 f"{gates.shape} and {c.shape}"
             )
         parts = gates.reshape((batch, 4, hidden))
-        # (NDArray int indexing keeps the axis, as the course's: each gate is (batch, 1,
-        # hidden) until reshaped; the elementwise results are compact.)
-        i, f, o = (parts[:, k, :].sigmoid().reshape((batch, hidden)) for k in (0, 1, 3))
-        g = parts[:, 2, :].tanh().reshape((batch, hidden))
+        # _index_view: NumPy indexing, each gate a (batch, hidden) view (NDArray's [] keeps
+        # an int-indexed axis, as the course's).
+        i, f, o = (parts._index_view((slice(None), k)).sigmoid() for k in (0, 1, 3))
+        g = parts._index_view((slice(None), 2)).tanh()
         c_new = f * c + i * g
         tanh_c = c_new.tanh()
         return Saved(nd.stack([o * tanh_c, c_new], axis=0), gates=(i, f, g, o), c=c, tanh_c=tanh_c)
@@ -52,7 +52,7 @@ class LSTMState(TensorOp):
     def _gradient_data(dy: NDArray, saved):
         """The gradients as NDArrays, from the forward's activations."""
         (i, f, g, o), c, tanh_c = saved.gates, saved.c, saved.tanh_c
-        d_h, d_c_new = (dy[k].compact().reshape(dy.shape[1:]) for k in (0, 1))
+        d_h, d_c_new = dy._index_view(0), dy._index_view(1)
         d_c = d_c_new + d_h * o * (1.0 - tanh_c * tanh_c)
         d_gates = nd.stack(
             [
