@@ -52,16 +52,9 @@ def _to_nd(data):
     return nd.shared_numpy(data)
 
 
-def _from_nd(data):
-    """An op's NDArray result (or tuple of them) as the numpy mode keeps it: NumPy, and a
-    NumPy scalar for a 0-d result."""
-    if isinstance(data, tuple):
-        return tuple(_from_nd(x) for x in data)
-    return nd.numpy_shared(data)
-
-
 def _mode_data(data):
-    """Data for a numpy-mode Value: NDArrays (an op's internals) become NumPy."""
+    """Data for a numpy-mode Value: NDArrays (an op's result, or a tuple of them) become
+    NumPy (a NumPy scalar for a 0-d result); anything else stays as it is."""
     if isinstance(data, nd.NDArray):
         return nd.numpy_shared(data)
     if isinstance(data, tuple):
@@ -85,7 +78,7 @@ def array_device(value: Value) -> nd.BackendDevice:
 
 def set_array(value: Value, array: nd.NDArray) -> None:
     """Make an NDArray the Value's data (stored as NumPy in the numpy mode)."""
-    value.cached_data = _from_nd(array) if _NUMPY_MODE else array
+    value.cached_data = _mode_data(array) if _NUMPY_MODE else array
 
 
 class no_grad:
@@ -246,7 +239,7 @@ class Value:
             and not _NUMPY_MODE
         ):
             self.requires_grad = False
-        self.cached_data = _from_nd(data) if _NUMPY_MODE else data
+        self.cached_data = _mode_data(data) if _NUMPY_MODE else data
 
     def is_leaf(self) -> bool:
         return self.op is None
@@ -321,12 +314,6 @@ _NDARRAY = nd.NDArray
 _FLOAT_DTYPES = frozenset(nd.FLOATS)
 
 
-def _zeros_like(array):
-    if _NUMPY_MODE:
-        return numpy.zeros_like(array)
-    return array.device.full(array.shape, 0.0, dtype=array.dtype)
-
-
 def _any_requires_grad(inputs) -> bool:
     # A loop, not any(genexpr): this runs on every op, and the generator costs ~0.2 us.
     for x in inputs:  # noqa: SIM110
@@ -371,7 +358,7 @@ class TensorTuple(Value):
         split (an unrolled RNN's split over its time steps)."""
         if len(grads) == 1 and not isinstance(grads[0], dict):
             return grads[0]
-        arrays = self.realize_cached_data()
+        arrays = array_of(self)
         parts: dict[int, list[Value]] = {}
         for grad in grads:
             items = grad.items() if isinstance(grad, dict) else enumerate(grad)
@@ -382,7 +369,8 @@ class TensorTuple(Value):
             if i in parts:
                 elements.append(sum_node_list(parts[i]))
             else:
-                elements.append(Tensor.make_const(_zeros_like(array)))
+                zeros = array.device.full(array.shape, 0.0, dtype=array.dtype)
+                elements.append(Tensor.make_const(zeros))
         return ops.make_tuple(*elements)
 
 

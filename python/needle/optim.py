@@ -41,8 +41,6 @@ class Optimizer:
 
     def __init__(self, params: Iterable[Tensor]):
         self.params: list[Tensor] = params if isinstance(params, list) else list(params)
-        for name in self._buffers:
-            setattr(self, name, {})
 
     @property
     def state(self) -> dict[int, dict[str, Tensor]]:

@@ -403,6 +403,7 @@ def _matmul_strides(a: NDArray) -> tuple[int, int, int] | None:
 # dtype the row takes before calling it.
 _TAKES = {name: frozenset(p.dtypes) for name, p in primitives.TABLE.items()}
 _OUT = {name: p.out_dtype for name, p in primitives.TABLE.items()}
+_FLOAT_SET = frozenset(FLOATS)
 _Row = tuple  # (primitive name, the dtypes it takes, its out dtype or None)
 _BinaryMethod = Callable[["NDArray", "NDArray | float"], "NDArray"]
 
@@ -433,7 +434,7 @@ def _compute_dtype(name: str, dtype: str) -> str:
     else a TypeError (arithmetic on bools)."""
     if dtype in _TAKES[name]:
         return dtype
-    if dtype != "bool" or _TAKES[name] <= frozenset(FLOATS):
+    if dtype != "bool" or _TAKES[name] <= _FLOAT_SET:
         return float_type(dtype)
     raise TypeError(f"{name}: not defined for bool arrays; convert with astype() first")
 
