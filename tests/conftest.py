@@ -49,7 +49,7 @@ def rng():
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """float64 on a float32-only device (metal, mps) skips the test rather than failing it."""
-    from needle.backend_ndarray.metal_primitives import UnsupportedDtypeError
+    from needle.backend_ndarray.primitives import UnsupportedDtypeError
 
     try:
         return (yield)

@@ -15,7 +15,7 @@ if BACKEND not in ("nd", "np"):
     raise RuntimeError(f"NEEDLE_BACKEND must be 'nd' or 'np', got {BACKEND!r}")
 
 get_num_threads, set_num_threads = _nd.get_num_threads, _nd.set_num_threads
-metal, mps = _nd.metal, _nd.mps
+metal, mps, webgpu = _nd.metal, _nd.mps, _nd.webgpu
 
 # Type checkers see the NDArray mode (the numpy mode's names mirror it).
 if TYPE_CHECKING or BACKEND == "nd":

@@ -92,6 +92,9 @@ def _specs():
         device = getattr(ndl, name)()
         if device.enabled():
             specs.append(Spec(name, lambda device=device: device.mod, metal_dtypes))
+    webgpu = ndl.webgpu()
+    if webgpu.enabled():  # lavapipe in CI: a real WebGPU stack on a CPU Vulkan driver
+        specs.append(Spec("webgpu", lambda: webgpu.mod, tuple(webgpu.mod.DTYPES)))
     return specs
 
 

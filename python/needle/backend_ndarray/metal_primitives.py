@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import primitives
-from .primitives import StridedMatmul
+from .primitives import StridedMatmul, UnsupportedDtypeError
 
 # ---- kernel sources ---------------------------------------------------------------------
 # Each library is compiled from one string: common.metal first, then the files that use it.
@@ -76,9 +76,6 @@ MATMUL_TILES = {
 }
 INT32_MAX = 2**31 - 1  # kernels index with 32-bit ints
 
-
-class UnsupportedDtypeError(TypeError):
-    """A dtype that a device cannot hold (float64 on Metal)."""
 
 
 # The dtypes Metal holds (no float64: Apple GPUs have no double precision) and their MSL types
@@ -548,61 +545,11 @@ class MetalBackend:
 
         return primitive
 
-    def _checked(self, prim: primitives.Primitive, impl: Callable) -> Callable:
-        """`impl` behind the dtype rules of its row: a TypeError naming the primitive and the
-        dtype unless its first Array (from_numpy: out) has a dtype the row takes here, the
-        other Arrays share it (out: the row's out_dtype, bool for comparisons) and `index`
-        Arrays are int64. Checked once per call, before anything is encoded."""
-        names = prim.param_names
-        kinds = [p.kind for p in prim.params]
-        arrays = [
-            i for i, k in enumerate(kinds) if k in ("array", "numpy", "out", "inout", "index")
-        ]
-        main = next(i for i in arrays if kinds[i] not in ("index", "numpy"))
-        takes = frozenset(d for d in prim.dtypes if d in self.DTYPES)
-        # (position, the dtype it must have: None for the main one's)
-        checks = [
-            (
-                i,
-                primitives.INDEX_DTYPE
-                if kinds[i] == "index"
-                else prim.out_dtype
-                if kinds[i] == "out" and prim.out_dtype
-                else None,
-            )
-            for i in arrays
-        ]
-        device, count = self.device_name, len(names)
-
-        def primitive(*args, **kwargs):
-            if kwargs:  # by keyword (the conformance suite calls so): the table's order
-                if len(args) + len(kwargs) != count or not set(kwargs) <= set(names[len(args) :]):
-                    raise TypeError(f"{device}: {prim.signature} called with {args}, {kwargs}")
-                args = (*args, *(kwargs[n] for n in names[len(args) :]))
-            dtype = args[main].dtype
-            if dtype not in takes:
-                raise TypeError(
-                    f"{device}: {prim.name} does not take dtype {dtype} "
-                    f"(it takes {', '.join(sorted(takes))})"
-                )
-            for i, want in checks:
-                got = args[i].dtype  # an Array's name, or a NumPy dtype (equal to its name)
-                if got != (want or dtype):
-                    raise TypeError(
-                        f"{device}: {prim.name}: {names[i]} is {getattr(got, 'name', got)}, "
-                        f"not {want or dtype}"
-                    )
-            return impl(*args)
-
-        primitive.__name__ = primitive.__qualname__ = prim.name
-        primitive.__doc__ = getattr(impl, "__doc__", None) or prim.doc
-        return primitive
-
     # -- the module-level table --
     def primitive_table(self) -> dict[str, object]:
         """The names a backend module exports: every primitive of the table this backend
         implements (primitives.TABLE, with the table's parameter names), bound to it and
-        behind its row's dtype rules (_checked). The optional ones it leaves out
+        behind its row's dtype rules (primitives.dtype_checked). The optional ones it leaves out
         (ewise_broadcast_binary, matmul_tiled) are the table's fallbacks over these."""
         table: dict[str, object] = {
             "Array": self.Array,
@@ -621,5 +568,9 @@ class MetalBackend:
                 impl = getattr(self, prim.name)
             else:
                 continue
-            table[prim.name] = self._checked(prim, impl) if prim.params else impl
+            table[prim.name] = (
+                primitives.dtype_checked(prim, impl, self.device_name, self.DTYPES)
+                if prim.params
+                else impl
+            )
         return table

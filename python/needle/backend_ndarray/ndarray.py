@@ -52,26 +52,33 @@ except ImportError:
     ndarray_backend_cuda = None
 
 
+class BackendUnavailable(Exception):
+    """Raised by a device's resolve function: the reason the device is disabled here."""
+
+
 def _cuda_backend():
-    """The CUDA module when it is built and a GPU is visible, else None (so that cuda() is
-    disabled rather than failing at first use): a machine with nvcc but no GPU or driver
-    builds and imports the module, and its device_count() is 0 there."""
-    if ndarray_backend_cuda is None or ndarray_backend_cuda.device_count() == 0:
-        return None
+    """The CUDA module when it is built and a GPU is visible (so that cuda() is disabled
+    rather than failing at first use): a machine with nvcc but no GPU or driver builds and
+    imports the module, and its device_count() is 0 there."""
+    if ndarray_backend_cuda is None:
+        raise BackendUnavailable("this build of needle has no CUDA backend (nvcc was not found)")
+    if ndarray_backend_cuda.device_count() == 0:
+        raise BackendUnavailable("no CUDA GPU is visible")
     return ndarray_backend_cuda
 
 
 def _optional_backend(name: str):
-    """A backend module that only some machines have (metal, mps: macOS with PyObjC), or None."""
+    """A backend module that only some machines have (metal, mps: macOS with PyObjC; webgpu:
+    wgpu and an adapter)."""
     try:
         return importlib.import_module(f".{name}", __package__)
-    except ImportError:  # not macOS, no PyObjC or no Metal GPU: the device is just disabled
-        return None
+    except ImportError as error:  # not macOS, no PyObjC, no wgpu, no adapter: just disabled
+        raise BackendUnavailable(str(error)) from error
     except Exception as error:  # pragma: no cover - a broken install must not break import
         warnings.warn(
             f"needle: the {name} backend failed to load ({error!r})", RuntimeWarning, stacklevel=2
         )
-        return None
+        raise BackendUnavailable(f"the {name} backend failed to load ({error!r})") from error
 
 
 __all__ = [
@@ -97,6 +104,7 @@ __all__ = [
     "cuda",
     "metal",
     "mps",
+    "webgpu",
     "default_device",
     "all_devices",
     "compact_strides",
@@ -167,7 +175,11 @@ class BackendDevice:
         return self.name + "()"
 
     def _load(self):
-        self.mod = self._resolve()
+        try:
+            self.mod = self._resolve()
+        except BackendUnavailable as error:
+            self.__dict__["_reason"] = str(error)
+            self.mod = None
         return self.mod
 
     def __setattr__(self, name, value):
@@ -182,7 +194,7 @@ class BackendDevice:
     def __getattr__(self, name):
         if name == "mod":  # first use
             return self._load()
-        if name in ("name", "_resolve", "_native") or (
+        if name in ("name", "_resolve", "_native", "_reason") or (
             name.startswith("__") and name not in ("__tile_size__", "__device_name__")
         ):
             raise AttributeError(name)
@@ -209,6 +221,13 @@ class BackendDevice:
 
     def enabled(self) -> bool:
         return self.mod is not None
+
+    @property
+    def reason(self) -> str | None:
+        """Why this device is disabled here (None when it is enabled)."""
+        if self.mod is not None:
+            return None
+        return self.__dict__.get("_reason", f"device {self.name}() is not available")
 
     def _check_enabled(self) -> None:
         if self.mod is None:
@@ -254,6 +273,7 @@ _cpu = BackendDevice("cpu", resolve=lambda: ndarray_backend_cpu)
 _cuda = BackendDevice("cuda", resolve=_cuda_backend)
 _metal = BackendDevice("metal", resolve=lambda: _optional_backend("ndarray_backend_metal"))
 _mps = BackendDevice("mps", resolve=lambda: _optional_backend("ndarray_backend_mps"))
+_webgpu = BackendDevice("webgpu", resolve=lambda: _optional_backend("ndarray_backend_webgpu"))
 
 
 def cpu_numpy() -> BackendDevice:
@@ -282,6 +302,13 @@ def mps() -> BackendDevice:
     return _mps
 
 
+def webgpu() -> BackendDevice:
+    """needle's WGSL kernels through wgpu: any GPU with Metal, Vulkan or D3D12, or a CPU
+    Vulkan driver (``pip install "needle[webgpu]"``; ``enabled()`` is False, with
+    ``reason``, without wgpu or an adapter; NEEDLE_WEBGPU_ADAPTER picks one by name)."""
+    return _webgpu
+
+
 def default_device() -> BackendDevice:
     """The C++ CPU backend when built, else the NumPy one."""
     return _cpu if _cpu.enabled() else _cpu_numpy
@@ -305,7 +332,7 @@ def get_num_threads() -> int:
 def all_devices():
     """Every device known to needle, enabled or not."""
     # The course's three first, in its order.
-    return [cpu(), cuda(), cpu_numpy(), metal(), mps()]
+    return [cpu(), cuda(), cpu_numpy(), metal(), mps(), webgpu()]
 
 
 def _as_shape(shape) -> tuple[int, ...]:

@@ -557,6 +557,60 @@ def backend_dtypes(mod) -> tuple[str, ...]:
     return tuple(getattr(mod, "DTYPES", DTYPES))
 
 
+class UnsupportedDtypeError(TypeError):
+    """A dtype that a device cannot hold (float64 on Metal and WebGPU)."""
+
+
+def dtype_checked(prim: Primitive, impl: Callable, device: str, dtypes) -> Callable:
+    """`impl` behind the dtype rules of its row, for backends written in Python (Metal,
+    WebGPU): a TypeError naming the primitive and the dtype unless its first Array
+    (from_numpy: out) has a dtype the row takes and the device holds (`dtypes`), the other
+    Arrays share it (out: the row's out_dtype, bool for comparisons) and `index` Arrays are
+    int64. Checked once per call, before anything is encoded."""
+    names = prim.param_names
+    kinds = [p.kind for p in prim.params]
+    arrays = [i for i, k in enumerate(kinds) if k in ("array", "numpy", "out", "inout", "index")]
+    main = next(i for i in arrays if kinds[i] not in ("index", "numpy"))
+    takes = frozenset(d for d in prim.dtypes if d in dtypes)
+    # (position, the dtype it must have: None for the main one's)
+    checks = [
+        (
+            i,
+            INDEX_DTYPE
+            if kinds[i] == "index"
+            else prim.out_dtype
+            if kinds[i] == "out" and prim.out_dtype
+            else None,
+        )
+        for i in arrays
+    ]
+    count = len(names)
+
+    def primitive(*args, **kwargs):
+        if kwargs:  # by keyword (the conformance suite calls so): the table's order
+            if len(args) + len(kwargs) != count or not set(kwargs) <= set(names[len(args) :]):
+                raise TypeError(f"{device}: {prim.signature} called with {args}, {kwargs}")
+            args = (*args, *(kwargs[n] for n in names[len(args) :]))
+        dtype = args[main].dtype
+        if dtype not in takes:
+            raise TypeError(
+                f"{device}: {prim.name} does not take dtype {dtype} "
+                f"(it takes {', '.join(sorted(takes))})"
+            )
+        for i, want in checks:
+            got = args[i].dtype  # an Array's name, or a NumPy dtype (equal to its name)
+            if got != (want or dtype):
+                raise TypeError(
+                    f"{device}: {prim.name}: {names[i]} is {getattr(got, 'name', got)}, "
+                    f"not {want or dtype}"
+                )
+        return impl(*args)
+
+    primitive.__name__ = primitive.__qualname__ = prim.name
+    primitive.__doc__ = getattr(impl, "__doc__", None) or prim.doc
+    return primitive
+
+
 # ---- views --------------------------------------------------------------------------------
 def simplify_view(
     shape: Sequence[int], strides: Sequence[int], offset: int
