@@ -4,6 +4,8 @@ loads neither a GPU backend nor the applications."""
 import subprocess
 import sys
 import textwrap
+from importlib import resources
+from pathlib import Path
 
 import needle as ndl
 
@@ -73,10 +75,26 @@ def test_import_needle_leaves_the_applications_out():
 
 
 def test_import_needle_touches_no_gpu_backend():
-    # cuda() would initialise the CUDA driver (device_count) and metal()/mps() load PyObjC.
+    # cuda() would initialise the CUDA driver (device_count), metal()/mps() load PyObjC and
+    # webgpu() loads wgpu and requests an adapter.
     code = (
-        "import needle as ndl\n"
-        "print(*['mod' in d.__dict__ for d in (ndl.cuda(), ndl.metal(), ndl.mps())])\n"
+        "import sys, needle as ndl\n"
+        "devices = (ndl.cuda(), ndl.metal(), ndl.mps(), ndl.webgpu())\n"
+        "print(*['mod' in d.__dict__ for d in devices], 'wgpu' in sys.modules)\n"
         "ndl.cuda().enabled(); print('mod' in ndl.cuda().__dict__)"
     )
-    assert _python(code).split() == ["False", "False", "False", "True"]
+    assert _python(code).split() == ["False"] * 5 + ["True"]
+
+
+def test_kernel_sources_ship_with_the_package():
+    # The Metal and WebGPU backends read their kernels (metal/*.metal, webgpu/*.wgsl) beside
+    # their modules, through importlib.resources; wheel.packages puts every file under
+    # python/needle into the wheel. CI installs needle from a built wheel, so this checks the
+    # installed copy against the source tree (in an editable install the two are the same).
+    installed = resources.files("needle.backend_ndarray")
+    source = Path(__file__).resolve().parents[1] / "python" / "needle" / "backend_ndarray"
+    for folder, suffix in (("metal", ".metal"), ("webgpu", ".wgsl")):
+        shipped = {f.name for f in (installed / folder).iterdir() if f.name.endswith(suffix)}
+        assert shipped, f"no {folder}/*{suffix} in the installed package"
+        if source.is_dir():
+            assert {f.name for f in source.glob(f"{folder}/*{suffix}")} <= shipped
