@@ -1,6 +1,7 @@
 """`needle train` end to end (tiny budgets), checkpoints, resume, Ctrl-C and the apps/ layout."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -441,3 +442,61 @@ def test_interrupt_mid_epoch_then_resume_is_bit_exact(where, at, tmp_path, monke
         for key in a.files:
             if key != "meta":
                 np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+# ---- --device webgpu -------------------------------------------------------------------------
+def _needle(tmp_path, *args, **env):
+    """`python -m needle ARGS` in a subprocess: (exit status, stdout, stderr). The environment
+    gets a private XDG_RUNTIME_DIR if it has none: without one, Mesa's Vulkan drivers write an
+    error line on stderr."""
+    env = dict(os.environ, **env)
+    if not env.get("XDG_RUNTIME_DIR"):
+        runtime = tmp_path / "xdg"
+        runtime.mkdir(mode=0o700)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+    result = subprocess.run(
+        [sys.executable, "-m", "needle", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+WEBGPU_TRAIN = "train --device webgpu --epochs 1 --no-progress --max-batches"
+
+
+def test_train_on_webgpu_matches_the_cpu(tmp_path):
+    device = ndl.webgpu()
+    if not device.enabled():
+        pytest.skip(f"webgpu is disabled here: {device.reason}")
+    out = tmp_path / "webgpu"
+    status, stdout, stderr = _needle(tmp_path, *WEBGPU_TRAIN.split(), "3", "--out", str(out))
+    assert status == 0, stderr
+    assert "device webgpu()" in stdout and "done: validation accuracy" in stdout
+    row = history_without_times(out)[0]
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
+    # The same seed, batches and model as on the CPU: the same losses, up to float32 rounding.
+    assert run(tmp_path / "cpu", "--device", "cpu_numpy", epochs=1, max_batches=3) == 0
+    reference = history_without_times(tmp_path / "cpu")[0]
+    for key in ("train_loss", "val_loss"):
+        assert row[key] == pytest.approx(reference[key], rel=1e-3), key
+
+
+def test_train_on_a_disabled_webgpu_is_one_line_with_the_reason(tmp_path):
+    status, _, stderr = _needle(
+        tmp_path,
+        *WEBGPU_TRAIN.split(),
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        NEEDLE_WEBGPU_ADAPTER="no-such-adapter",
+    )
+    assert status == 1 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("needle train: device webgpu is not available: "), stderr
+    if ndl.webgpu().enabled():  # wgpu and an adapter are here: the name is what fails
+        assert "no-such-adapter" in stderr
+    else:  # no wgpu or no adapter at all: the same reason as in this process
+        assert " ".join(str(ndl.webgpu().reason).split()) in stderr
+    assert not (tmp_path / "out").exists()

@@ -79,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=MODELS, default="mlp-resnet")
     train.add_argument(
         "--device",
-        choices=("auto", "cpu", "cpu_numpy", "cuda", "metal", "mps"),
+        choices=("auto", "cpu", "cpu_numpy", "cuda", "metal", "mps", "webgpu"),
         default="auto",
         help="auto: the best available (cuda, then cpu, then cpu_numpy); metal "
-        'and mps: Apple GPUs, float32 (pip install "needle[metal]")',
+        'and mps: Apple GPUs, float32 (pip install "needle[metal]"); webgpu: wgpu on '
+        'Metal, Vulkan or D3D12 (pip install "needle[webgpu]")',
     )
     train.add_argument(
         "--data-dir",
@@ -140,9 +141,9 @@ def resolve_device(name: str):
         return ndl.cpu_numpy()
     device = getattr(ndl, name)()
     if not device.enabled():
+        reason = " ".join(str(device.reason).split())  # one line, whatever the backend wrote
         raise SystemExit(
-            f"needle train: device {name} is not available in this build "
-            "(available: "
+            f"needle train: device {name} is not available: {reason} (available: "
             f"{', '.join(d.name for d in ndl.all_devices() if d.enabled())})"
         )
     return device
