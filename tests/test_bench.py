@@ -45,7 +45,10 @@ def check_schema(results: dict) -> None:
         assert backend["library"] in ("needle", "torch")
         assert isinstance(backend["available"], bool)
         assert backend["available"] or backend["reason"]
-        assert backend["name"] == f"{backend['library']} {backend['device']}"
+        # "library device"; webgpu adds its adapter: "needle webgpu (llvmpipe (...) (Vulkan, CPU))"
+        assert backend["name"] == f"{backend['library']} {backend['device']}" or (
+            backend["device"] == "webgpu" and backend["name"].startswith("needle webgpu (")
+        )
         names.append(backend["name"])
     assert [w["key"] for w in results["workloads"]] == [
         k for k in workloads.WORKLOADS if k in {w["key"] for w in results["workloads"]}
@@ -95,7 +98,7 @@ def test_quick_runs_end_to_end(tmp_path):
     if not ndl.cuda().enabled():
         assert {
             "name": "needle cuda",
-            "reason": "not available in this build or on this machine",
+            "reason": f"not available: {ndl.cuda().reason}",
         } in results["not_measured"]
     if ndl.cpu().enabled():
         needle_cpu = results["workloads"][0]["cases"][0]["results"]["needle cpu"]
@@ -263,3 +266,38 @@ def test_repeats_interleave_the_backends():
     assert calls == ["cpu_numpy"] * 2 + ["cpu"] * 2 + [
         d for d in ["cpu_numpy", "cpu", "cpu", "cpu_numpy", "cpu_numpy", "cpu"] for _ in (0, 1)
     ]
+
+
+def test_webgpu_rows_name_the_adapter_and_synchronise(tmp_path):
+    device = ndl.webgpu()
+    if not device.enabled():
+        pytest.skip(f"webgpu is disabled here: {device.reason}")
+    adapter = device.mod.capabilities()["adapter"]
+    (backend,) = harness.discover_backends("webgpu")  # needle's only: PyTorch has no webgpu
+    assert backend.name == f"needle webgpu ({adapter})" and backend.hardware == "webgpu"
+    # The device's work is asynchronous: the harness's synchronize submits it and waits.
+    (x,) = harness.arrays(backend, (64,))
+    submitted = device.mod.stats()["submissions"]
+    x + x
+    backend.synchronize()
+    assert device.mod.stats()["submissions"] > submitted
+
+    out = tmp_path / "bench"
+    args = ["bench", *TINY, "--devices", "needle:webgpu,needle:cpu_numpy", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "needle", *args, "--workloads", "matmul,train"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    check_schema(results)
+    assert [b["name"] for b in results["backends"]] == [backend.name, "needle cpu_numpy"]
+    for workload in results["workloads"]:
+        for case in workload["cases"]:
+            assert case["results"][backend.name]["status"] == "ok", case["results"]
+    # A CPU adapter (lavapipe) is not listed among the machine's GPUs.
+    assert (adapter in " ".join(results["machine"]["gpus"])) == (not adapter.endswith(", CPU)"))
+    assert f"| {backend.name} |" in (out / "report.md").read_text()

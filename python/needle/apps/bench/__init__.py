@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--devices",
         default=None,
-        help="comma-separated: cpu, cuda, cpu_numpy, needle:cpu, torch:mps ... "
+        help="comma-separated: cpu, cuda, cpu_numpy, webgpu, needle:cpu, torch:mps ... "
         "(default: every available needle and PyTorch device)",
     )
     parser.add_argument(

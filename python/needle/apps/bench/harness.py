@@ -217,10 +217,20 @@ def needle_backend(name: str, label: str | None = None) -> Backend:
         )
     device = devices[name]
     if not device.enabled():
-        return Backend(
-            "needle", name, False, "not available in this build or on this machine", device, label
-        )
+        reason = " ".join(str(device.reason).split())
+        return Backend("needle", name, False, f"not available: {reason}", device, label)
+    adapter = webgpu_adapter(device)
+    if adapter is not None:
+        # The adapter in the name: a row of Mesa's lavapipe (a CPU) never reads as a GPU's.
+        label = f"{label or f'needle {name}'} ({adapter})"
     return Backend("needle", name, True, "", device, label)
+
+
+def webgpu_adapter(device) -> str | None:
+    """The adapter an enabled needle webgpu device runs on ("llvmpipe (...) (Vulkan, CPU)"),
+    None for other devices."""
+    capabilities = getattr(device.mod, "capabilities", None) if device.name == "webgpu" else None
+    return str(capabilities()["adapter"]) if capabilities is not None else None
 
 
 def torch_backend(name: str, label: str | None = None) -> Backend:
@@ -542,6 +552,10 @@ def gpu_names(backends: list[Backend]) -> list[str]:
             if info is not None
             else "CUDA GPU (name unknown: torch with CUDA is not installed)"
         )
+    for b in backends:  # a WebGPU adapter that is a GPU (its type is not CPU)
+        adapter = webgpu_adapter(b.handle) if b.available and b.device == "webgpu" else None
+        if adapter is not None and not adapter.endswith(", CPU)"):
+            names.append(f"{adapter} through WebGPU")
     return names
 
 
