@@ -46,6 +46,23 @@ def rng():
     return np.random.default_rng(0)
 
 
+def pytest_collection_modifyitems(items):
+    """A test parametrised with a dtype its device does not hold (float64 on metal, mps and
+    webgpu) is skipped before it runs, with that reason."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        device = params.get("device")
+        if not isinstance(device, ndl.backend_ndarray.BackendDevice):
+            continue
+        missing = [
+            v
+            for v in params.values()
+            if isinstance(v, str) and v in ndl.backend_ndarray.DTYPES and v not in device.dtypes
+        ]
+        if missing:
+            item.add_marker(pytest.mark.skip(reason=f"{device.name}() holds no {missing[0]}"))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """float64 on a float32-only device (metal, mps) skips the test rather than failing it."""

@@ -64,8 +64,9 @@ def select_adapter():
     adapters = wgpu.gpu.enumerate_adapters_sync()
     for adapter in adapters:
         info = adapter.info
-        text = " ".join(str(info.get(k, "")) for k in ("device", "description", "vendor"))
-        if wanted.lower() in text.lower():
+        # The name needle shows (capabilities(), this error) and the driver's own fields.
+        names = [_adapter_name(adapter)] + [str(info.get(k, "")) for k in ("description", "vendor")]
+        if any(wanted.lower() in name.lower() for name in names):
             return adapter
     found = "; ".join(_adapter_name(a) for a in adapters) or "none"
     raise ImportError(f"NEEDLE_WEBGPU_ADAPTER={wanted!r} matches no adapter (found: {found})")

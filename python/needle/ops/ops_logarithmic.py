@@ -195,11 +195,19 @@ class SoftmaxCrossEntropyGrad(TensorOp):
             _, shifted, lse = _shifted_logsumexp(z, (1,))
         else:
             shifted = z - m.broadcast_to(z.shape)
+        softmax = (shifted - lse.broadcast_to(z.shape)).exp()
+        if c.device.has("synchronize"):
+            # An asynchronous device (webgpu, cuda, metal): reading c would wait for its whole
+            # queue mid-backward (a second submission per webgpu training step), so c stays
+            # on the device and scales the result in one more pass.
+            per_row = 1.0 / z.shape[0]
+            scaled = self.labels.subtract(softmax * per_row, per_row)
+            return scaled * c.reshape((1, 1)).broadcast_to(z.shape)
         # The scale c / batch as a number (reading one element; c is the loss's adjoint,
         # ones unless the loss was scaled): a (1, 1) array would be broadcast and copied to
         # the logits' size before multiplying.
         scale = float(c.numpy().reshape(-1)[0]) / z.shape[0]
-        return self.labels.subtract((shifted - lse.broadcast_to(z.shape)).exp() * scale, scale)
+        return self.labels.subtract(softmax * scale, scale)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         z, c = node.inputs[:2]

@@ -20,6 +20,12 @@ fn power_of_magnitude(ax: f32, y: f32) -> f32 {  // ax >= 0, neither NaN
     if (ax == inf()) { return select(0.0, inf(), y > 0.0); }
     if (ax == 1.0) { return 1.0; }
     if (abs(y) == inf()) { return select(0.0, inf(), (ax > 1.0) == (y > 0.0)); }
+    // The exponents of squares, variances and reciprocals, to 1 ulp: pow is exp2(y log2 x),
+    // whose error grows with |y log2 x| (69 ulp at |y| = 10 on lavapipe).
+    if (y == 2.0) { return ax * ax; }
+    if (y == -1.0) { return 1.0 / ax; }
+    if (y == 0.5) { return sqrt(ax); }
+    if (y == -0.5) { return 1.0 / sqrt(ax); }
     return pow(ax, y);
 }
 
@@ -33,18 +39,87 @@ fn power_np(x: f32, y: f32) -> f32 {
     return select(magnitude, -magnitude, odd && (bitcast<u32>(x) >> 31u) == 1u);
 }
 
+// e^x to about 1 ulp, as NumPy's: WGSL allows exp an error of 3 + 2|x| ulp (lavapipe's is
+// 3e-6 relative at x = 44, 25 ulp). Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2, with
+// ln2 in two parts, then Cephes' expf polynomial for e^r, scaled by 2^k in two steps (so that
+// neither factor overflows or underflows before the product does).
+fn exp_np(x: f32) -> f32 {
+    if (is_nan(x)) { return x; }
+    if (x > 88.72284) { return inf(); }
+    if (x < -103.97208) { return 0.0; }
+    let k = round(x * 1.44269504);
+    let r = (x - k * 0.693359375) + k * 2.12194440e-4;
+    var q = 1.9875691500e-4;
+    q = q * r + 1.3981999507e-3;
+    q = q * r + 8.3334519073e-3;
+    q = q * r + 4.1665795894e-2;
+    q = q * r + 1.6666665459e-1;
+    q = q * r + 5.0000001201e-1;
+    let y = q * r * r + r + 1.0;
+    let half = i32(k) / 2;
+    return ldexp(ldexp(y, half), i32(k) - half);
+}
+
 // Split by sign so that exp never overflows.
 fn sigmoid_np(x: f32) -> f32 {
-    let e = exp(-abs(x));
+    let e = exp_np(-abs(x));
     return select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0);
 }
 
-// tanh through exp(-2|x|) away from 0 (some drivers' tanh is (e^2x - 1) / (e^2x + 1): NaN
-// past |x| = 44); the built-in near 0, where that form loses digits.
+// tanh to a few ulp, as Cephes' tanhf: an odd polynomial below |x| = 0.625 (drivers' tanh
+// may be (e^2x - 1) / (e^2x + 1), which is 1 ulp of 1.0 for tiny x on lavapipe and NaN past
+// |x| = 44), else 1 - 2 / (e^2|x| + 1) with the sign of x.
 fn tanh_np(x: f32) -> f32 {
     if (is_nan(x)) { return x; }
-    if (abs(x) < 0.5) { return tanh(x); }
-    let e = exp(-2.0 * abs(x));
-    let t = (1.0 - e) / (1.0 + e);
+    let a = abs(x);
+    if (a < 0.625) {
+        let s = x * x;
+        var q = -5.70498872745e-3;
+        q = q * s + 2.06390887954e-2;
+        q = q * s - 5.37397155531e-2;
+        q = q * s + 1.33314422036e-1;
+        q = q * s - 3.33332819422e-1;
+        return q * s * x + x;
+    }
+    let t = 1.0 - 2.0 / (exp_np(2.0 * a) + 1.0);
     return select(t, -t, x < 0.0);
+}
+
+// log to a few ulp, as Cephes' logf (WGSL promises log only an absolute error of 2^-21 near
+// 1, where the result is small: thousands of ulp on lavapipe). x = 2^e * m, sqrt(1/2) <= m <
+// sqrt(2); a polynomial in m - 1; ln2 in two parts.
+fn log_np(x: f32) -> f32 {
+    if (is_nan(x) || x < 0.0) { return bitcast<f32>(0x7fc00000u); }
+    if (x == 0.0) { return -inf(); }
+    if (x == inf()) { return x; }
+    var scaled = x;
+    var e = 0;
+    if (x < 1.17549435e-38) {  // subnormal: scale into the normal range first
+        scaled = x * 8388608.0;
+        e = -23;
+    }
+    let parts = frexp(scaled);
+    var m = parts.fract;
+    e += parts.exp;
+    if (m < 0.707106781) {
+        e -= 1;
+        m = m + m - 1.0;
+    } else {
+        m = m - 1.0;
+    }
+    let z = m * m;
+    var y = 7.0376836292e-2;
+    y = y * m - 1.1514610310e-1;
+    y = y * m + 1.1676998740e-1;
+    y = y * m - 1.2420140846e-1;
+    y = y * m + 1.4249322787e-1;
+    y = y * m - 1.6668057665e-1;
+    y = y * m + 2.0000714765e-1;
+    y = y * m - 2.4999993993e-1;
+    y = y * m + 3.3333331174e-1;
+    y = y * m * z;
+    let fe = f32(e);
+    y += -2.12194440e-4 * fe;
+    y += -0.5 * z;
+    return m + y + 0.693359375 * fe;
 }
