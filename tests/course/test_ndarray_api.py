@@ -5,7 +5,8 @@ import pytest
 
 from needle import backend_ndarray as nd
 
-DEVICES = [d for d in (nd.cpu(), nd.cpu_numpy()) if d.enabled()]
+# The course's devices, and webgpu where it is enabled (CI: lavapipe), which keeps the same API.
+DEVICES = [d for d in (nd.cpu(), nd.cpu_numpy(), nd.webgpu()) if d.enabled()]
 dev_params = pytest.mark.parametrize("device", DEVICES, ids=lambda d: d.name)
 
 
