@@ -392,7 +392,9 @@ class WebGPUBackend:
     def ewise_axpby(self, a, b, alpha: float, beta: float, out) -> None:
         """out = alpha * a + beta * b; out may be a or b itself (an in-place update)."""
         if out.size:
-            params = _u32s(out.size) + scalar_bytes("float32", alpha) + scalar_bytes("float32", beta)
+            params = (
+                _u32s(out.size) + scalar_bytes("float32", alpha) + scalar_bytes("float32", beta)
+            )
             self._elementwise(
                 "ewise_axpby",
                 [a, b, out],
@@ -438,7 +440,12 @@ class WebGPUBackend:
             return
         if views.n == 0:
             self.scalar_setitem(
-                views.batch * views.m * views.p, 0.0, out, (views.batch * views.m * views.p,), (1,), 0
+                views.batch * views.m * views.p,
+                0.0,
+                out,
+                (views.batch * views.m * views.p,),
+                (1,),
+                0,
             )
             return
         if views.batch > self.runtime.max_groups:
@@ -446,7 +453,9 @@ class WebGPUBackend:
                 f"{self.device_name}: matmul of {views.batch} matrices (at most "
                 f"{self.runtime.max_groups} per call)"
             )
-        params = struct.pack("<4I8i", *views[:5], *views.a_strides, views.b_offset, *views.b_strides)
+        params = struct.pack(
+            "<4I8i", *views[:5], *views.a_strides, views.b_offset, *views.b_strides
+        )
         groups = (-(-views.p // MATMUL_TILE), -(-views.m // MATMUL_TILE), views.batch)
         self._launch(
             "matmul",
@@ -470,7 +479,9 @@ class WebGPUBackend:
             section, groups = "serial", self.runtime.grid(-(-outer // THREADS))
         else:
             subgroups = "subgroup" in self.runtime.features
-            section = "rows_subgroup" if op == "sum" and dtype == "float32" and subgroups else "rows"
+            section = (
+                "rows_subgroup" if op == "sum" and dtype == "float32" and subgroups else "rows"
+            )
             groups = self.runtime.grid(outer)
         combine = "wrap(x + y)" if op == "sum" else "maximum_nan(x, y)"
         first = "$T(0)" if op == "sum" else "a[start]"
@@ -479,9 +490,7 @@ class WebGPUBackend:
             [a, out],
             _u32s(outer, reduce_size, inner),
             groups,
-            lambda: kernel_source(
-                "reduce.wgsl", section, dtype, COMBINE=combine, FIRST=first
-            ),
+            lambda: kernel_source("reduce.wgsl", section, dtype, COMBINE=combine, FIRST=first),
         )
 
     def reduce_sum(self, a, out, reduce_size: int) -> None:

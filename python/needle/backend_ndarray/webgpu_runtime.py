@@ -121,7 +121,9 @@ class WebGPURuntime:
         )
         self._ring_host = bytearray(self.slot * RING_SLOTS)
         self._ring_used = 0
-        self._layouts: dict[int, tuple[Any, Any]] = {}  # arrays -> (bind group layout, pipeline layout)
+        self._layouts: dict[
+            int, tuple[Any, Any]
+        ] = {}  # arrays -> (bind group layout, pipeline layout)
         self._pipelines: dict[str, Any] = {}
         self._bind_groups: dict[tuple, Any] = {}
         self._free: dict[int, list[Block]] = {}  # size class -> free blocks
