@@ -77,7 +77,6 @@ MATMUL_TILES = {
 INT32_MAX = 2**31 - 1  # kernels index with 32-bit ints
 
 
-
 # The dtypes Metal holds (no float64: Apple GPUs have no double precision) and their MSL types
 # (common.metal): float, int, long, uchar, bool. A kernel for one dtype is named
 # <kernel>_<dtype>: ewise_add_int64, compact_bool.
