@@ -124,7 +124,7 @@ def test_every_source_file_belongs_to_a_budgeted_layer():
         p
         for p in files
         if p.startswith(("python/needle/", "src/", "tests/", "benchmarks/"))
-        and p.endswith((".py", ".cc", ".h", ".cu", ".cuh", ".metal"))
+        and p.endswith((".py", ".cc", ".h", ".cu", ".cuh", ".metal", ".wgsl"))
     ]
     assert code
     assert [p for p in code if budget.layer_of(p) is None] == []

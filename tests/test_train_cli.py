@@ -500,3 +500,24 @@ def test_train_on_a_disabled_webgpu_is_one_line_with_the_reason(tmp_path):
     else:  # no wgpu or no adapter at all: the same reason as in this process
         assert " ".join(str(ndl.webgpu().reason).split()) in stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_train_on_an_adapter_without_int64_is_one_line(tmp_path):
+    """Mesa's OpenGL adapter has no 64-bit integers: the class labels (int64) cannot live on
+    it, and needle train says so in one line instead of a traceback."""
+    if not ndl.webgpu().enabled():
+        pytest.skip(f"webgpu is disabled here: {ndl.webgpu().reason}")
+    import wgpu
+
+    if not any("OpenGL" in a.info["backend_type"] for a in wgpu.gpu.enumerate_adapters_sync()):
+        pytest.skip("no OpenGL adapter here (the one without shader-int64)")
+    status, _, stderr = _needle(
+        tmp_path,
+        *WEBGPU_TRAIN.split(),
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        NEEDLE_WEBGPU_ADAPTER="OpenGL",
+    )
+    assert status == 1 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "UnsupportedDtypeError" in stderr and "int64" in stderr and "shader-int64" in stderr

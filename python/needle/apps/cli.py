@@ -31,6 +31,7 @@ from needle import data, distributed, nn, optim
 from needle.apps import bench as benchmark
 from needle.apps.arguments import nonnegative_float, positive_int, positive_seconds
 from needle.apps.models import LanguageModel, MLPResNet, ResNet9
+from needle.backend_ndarray.primitives import UnsupportedDtypeError
 from needle.apps.trainer import (
     CheckpointError,
     EpochResult,
@@ -594,7 +595,17 @@ def train(args) -> int:
 
 
 # What a user's data, checkpoint or files can raise; without --debug, one line and exit 1.
-USER_ERRORS = (CheckpointError, OSError, ValueError, EOFError, KeyError, IndexError)
+# UnsupportedDtypeError: a device that cannot hold a dtype the job needs (the int64 class
+# labels on a WebGPU adapter without 64-bit integers).
+USER_ERRORS = (
+    CheckpointError,
+    OSError,
+    ValueError,
+    EOFError,
+    KeyError,
+    IndexError,
+    UnsupportedDtypeError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
