@@ -31,7 +31,6 @@ from needle import data, distributed, nn, optim
 from needle.apps import bench as benchmark
 from needle.apps.arguments import nonnegative_float, positive_int, positive_seconds
 from needle.apps.models import LanguageModel, MLPResNet, ResNet9
-from needle.backend_ndarray.primitives import UnsupportedDtypeError
 from needle.apps.trainer import (
     CheckpointError,
     EpochResult,
@@ -41,6 +40,7 @@ from needle.apps.trainer import (
     read_checkpoint_meta,
     remove_stale_temporaries,
 )
+from needle.backend_ndarray.primitives import UnsupportedDtypeError
 
 MODELS = ("mlp-resnet", "resnet9", "lstm-lm", "transformer-lm")
 
