@@ -375,6 +375,44 @@ def test_too_large_an_array_is_a_memory_error_naming_webgpu():
     assert (mod.memory_stats(), mod.stats()["allocations"]) == before  # nothing leaked
 
 
+LOSE_THE_DEVICE = """
+import json
+import numpy as np
+import needle as ndl
+d = ndl.webgpu()
+a = ndl.NDArray(np.ones(4, dtype=np.float32), device=d)
+(a + a).numpy()  # ewise_add compiled and run
+d.mod.runtime.device.destroy()  # as a driver reset or an unplugged GPU would
+out = {}
+for name, step in [
+    ("cached", lambda: (a + a).numpy()),  # a compiled kernel: fails at its submission
+    ("new kernel", lambda: (a * a).numpy()),
+    ("allocation", lambda: ndl.NDArray(np.ones(3, dtype=np.float32), device=d)),
+]:
+    try:
+        step()
+        out[name] = "no error"
+    except Exception as error:
+        out[name] = [type(error).__name__, str(error)]
+print(json.dumps(out))
+"""
+
+
+@needs_webgpu
+def test_a_lost_device_is_a_runtime_error_naming_the_op():
+    out = run_python(LOSE_THE_DEVICE)
+    # What failed first is named: the kernel, or the allocation of its output.
+    for name, names in [
+        ("cached", ["ewise_add_float32"]),
+        ("new kernel", ["ewise_mul_float32", "an array of 4 float32"]),
+        ("allocation", ["an array of 3 float32"]),
+    ]:
+        kind, message = out[name]
+        assert kind == "RuntimeError", (name, kind, message)  # not a MemoryError, not a crash
+        assert message.startswith("webgpu: ") and "lost" in message, message
+        assert any(what in message for what in names), (name, message)
+
+
 @needs_webgpu
 def test_float64_is_an_unsupported_dtype_error():
     assert issubclass(UnsupportedDtypeError, TypeError)

@@ -188,6 +188,8 @@ class WebGPUBackend:
         return 8 if dtype == "int64" else 4
 
     def check_dtype(self, dtype) -> str:
+        if isinstance(dtype, str) and dtype in self.DTYPES:  # NDArray passes names
+            return dtype
         try:
             name = np.dtype(dtype).name
         except TypeError:
@@ -382,7 +384,7 @@ class WebGPUBackend:
                 self._elementwise(
                     f"{prim.name}_{dtype}",
                     arrays,
-                    _value_params(out.size, dtype, 0),
+                    _u32s(out.size),  # Params.value is unused here
                     out.size,
                     source(dtype),
                 )

@@ -174,6 +174,8 @@ class WebGPURuntime:
             try:
                 return self.device.create_buffer(size=size, usage=usage)
             except wgpu.GPUError as error:
+                if not _out_of_memory(error):  # a lost device, say: not a memory problem
+                    self._guard(what, lambda: _reraise(error))
                 if attempt == 0 and self.cached_bytes:
                     self.empty_cache()  # pool pressure: give the cached buffers back, retry
                     continue
@@ -311,13 +313,16 @@ class WebGPURuntime:
             bind_group = self._bind_groups[key] = self.device.create_bind_group(
                 layout=self._layout(len(blocks))[0], entries=entries
             )
-        if self._pass is None:
-            self._encoder = self._encoder or self.device.create_command_encoder()
-            self._pass = self._encoder.begin_compute_pass()
-        compute_pass = self._pass
-        compute_pass.set_pipeline(pipeline)
-        compute_pass.set_bind_group(0, bind_group, [offset])
-        compute_pass.dispatch_workgroups(*groups)
+        try:
+            if self._pass is None:
+                self._encoder = self._encoder or self.device.create_command_encoder()
+                self._pass = self._encoder.begin_compute_pass()
+            compute_pass = self._pass
+            compute_pass.set_pipeline(pipeline)
+            compute_pass.set_bind_group(0, bind_group, [offset])
+            compute_pass.dispatch_workgroups(*groups)
+        except wgpu.GPUError as error:  # a lost device, a validation error: name the kernel
+            self._guard(kernel, lambda: _reraise(error))
         for block in blocks:
             block.last_batch = self.batch
         self._batch_kernels.append(kernel)
@@ -367,6 +372,14 @@ class WebGPURuntime:
         try:
             return action()
         except wgpu.GPUError as error:
-            if type(error).__name__ == "GPUOutOfMemoryError":
+            if _out_of_memory(error):
                 raise MemoryError(f"webgpu: {what}: out of memory ({error})") from error
             raise RuntimeError(f"webgpu: {what} failed on {self.adapter_name}: {error}") from error
+
+
+def _reraise(error: BaseException):
+    raise error
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return type(error).__name__ == "GPUOutOfMemoryError" or "out of memory" in str(error).lower()
