@@ -175,7 +175,7 @@ class WebGPURuntime:
                 return self.device.create_buffer(size=size, usage=usage)
             except wgpu.GPUError as error:
                 if not _out_of_memory(error):  # a lost device, say: not a memory problem
-                    self._guard(what, lambda: _reraise(error))
+                    raise self._named(what, error) from error
                 if attempt == 0 and self.cached_bytes:
                     self.empty_cache()  # pool pressure: give the cached buffers back, retry
                     continue
@@ -322,7 +322,7 @@ class WebGPURuntime:
             compute_pass.set_bind_group(0, bind_group, [offset])
             compute_pass.dispatch_workgroups(*groups)
         except wgpu.GPUError as error:  # a lost device, a validation error: name the kernel
-            self._guard(kernel, lambda: _reraise(error))
+            raise self._named(kernel, error) from error
         for block in blocks:
             block.last_batch = self.batch
         self._batch_kernels.append(kernel)
@@ -372,13 +372,13 @@ class WebGPURuntime:
         try:
             return action()
         except wgpu.GPUError as error:
-            if _out_of_memory(error):
-                raise MemoryError(f"webgpu: {what}: out of memory ({error})") from error
-            raise RuntimeError(f"webgpu: {what} failed on {self.adapter_name}: {error}") from error
+            raise self._named(what, error) from error
 
-
-def _reraise(error: BaseException):
-    raise error
+    def _named(self, what: str, error: BaseException) -> Exception:
+        """A wgpu error as the Python exception that names what failed."""
+        if _out_of_memory(error):
+            return MemoryError(f"webgpu: {what}: out of memory ({error})")
+        return RuntimeError(f"webgpu: {what} failed on {self.adapter_name}: {error}")
 
 
 def _out_of_memory(error: BaseException) -> bool:
