@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # (ndl.webgpu()) gave the WebGPU backend a layer of its own, 10% above its size then: its
 # runtime, its primitive table and its WGSL kernels are a new device, not growth of the array
 # layer, whose budget would otherwise have to absorb them (and the .wgsl files matched no layer).
+# Raised from 1340 to 1520 in the same issue, 10% above 1385 lines: int64 as u32 pairs for
+# adapters without 64-bit integers (helpers_int64_pairs.wgsl, +60), exp, log and tanh to
+# ~1.5 ulp instead of the drivers' 25 to 10^4 ulp (+60), and errors that name the kernel.
 LAYERS: list[tuple[str, tuple[str, ...], int]] = [
     ("autograd", ("python/needle/autograd.py",), 640),
     ("ops", ("python/needle/ops/*.py",), 1220),
@@ -48,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
             "python/needle/backend_ndarray/ndarray_backend_webgpu.py",
             "python/needle/backend_ndarray/webgpu/*.wgsl",
         ),
-        1340,
+        1520,
     ),
     ("backend_ndarray", ("python/needle/backend_ndarray/*.py",), 2950),
     ("metal kernels", ("python/needle/backend_ndarray/metal/*.metal",), 640),

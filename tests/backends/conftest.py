@@ -95,7 +95,20 @@ def _specs():
     webgpu = ndl.webgpu()
     if webgpu.enabled():  # lavapipe in CI: a real WebGPU stack on a CPU Vulkan driver
         specs.append(Spec("webgpu", lambda: webgpu.mod, tuple(webgpu.mod.DTYPES)))
+        # The paths of an adapter without 64-bit integers (int64 as u32 pairs) and without
+        # subgroups, on a second device of the same adapter.
+        specs.append(Spec("webgpu_basic", _webgpu_without_optional_features, webgpu.mod.DTYPES))
     return specs
+
+
+def _webgpu_without_optional_features():
+    from types import SimpleNamespace
+
+    from needle.backend_ndarray import ndarray_backend_webgpu as webgpu, webgpu_runtime
+
+    backend = webgpu.WebGPUBackend(webgpu_runtime.WebGPURuntime(features=()), "webgpu_basic")
+    assert backend.int64_pairs and "subgroup" not in backend.runtime.features
+    return SimpleNamespace(**backend.primitive_table())
 
 
 SPECS = _specs()

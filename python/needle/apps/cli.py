@@ -595,8 +595,8 @@ def train(args) -> int:
 
 
 # What a user's data, checkpoint or files can raise; without --debug, one line and exit 1.
-# UnsupportedDtypeError: a device that cannot hold a dtype the job needs (the int64 class
-# labels on a WebGPU adapter without 64-bit integers).
+# UnsupportedDtypeError: a device that cannot hold a dtype the job needs (float64 on metal or
+# webgpu).
 USER_ERRORS = (
     CheckpointError,
     OSError,

@@ -4,8 +4,10 @@ on Mesa's CPU Vulkan driver (lavapipe: correct and slow; CI runs the tests there
 
 ``pip install "needle[webgpu]"``. Importing this module raises ImportError, with the reason,
 without wgpu or an adapter, and ``ndl.webgpu().enabled()`` is then False (``.reason`` says
-why). Dtypes: float32, int32, uint8, bool, and int64 where the adapter has 64-bit integers
-(``shader-int64``); no float64 (most GPUs have none). WGSL stores nothing narrower than 32
+why). Dtypes: float32, int32, int64, uint8 and bool; no float64 (most GPUs have none). int64
+is WGSL's i64 where the adapter has 64-bit integers (``shader-int64``), else pairs of u32
+words with carries (helpers_int64_pairs.wgsl), so that every adapter holds int64 row
+indices and class labels. WGSL stores nothing narrower than 32
 bits, so a uint8 or bool element takes a 32-bit word on the device (converted on the way in
 and out); uint8 arithmetic wraps to 8 bits as NumPy's does.
 
@@ -37,7 +39,7 @@ MAX_AXES = 16  # strided.wgsl: shape and strides of up to 16 axes
 INT32_MAX = 2**31 - 1  # kernels index with 32-bit integers
 
 # dtype -> (WGSL storage type, helpers file, the NumPy type of its device words)
-WGSL_TYPES = {
+WGSL_TYPES: dict[str, tuple[str, str, type]] = {
     "float32": ("f32", "helpers_float.wgsl", np.float32),
     "int32": ("i32", "helpers_int.wgsl", np.int32),
     "int64": ("i64", "helpers_int.wgsl", np.int64),
@@ -82,6 +84,30 @@ SCALAR_EXPR = {
 }
 EXPRESSIONS = {"unary": UNARY_EXPR, "binary": BINARY_EXPR, "scalar": SCALAR_EXPR}
 
+# int64 without shader-int64: (low, high) u32 pairs and the functions of
+# helpers_int64_pairs.wgsl instead of WGSL's operators.
+INT64_PAIRS = ("vec2<u32>", "helpers_int64_pairs.wgsl", np.int64)
+_PAIR_BINARY = {
+    "add": "add64(x, y)",
+    "sub": "sub64(x, y)",
+    "mul": "mul64(x, y)",
+    "maximum": "maximum_nan(x, y)",
+    "eq": "select(0u, 1u, eq64(x, y))",
+    "ge": "select(0u, 1u, !lt64(x, y))",
+    "lt": "select(0u, 1u, lt64(x, y))",
+    "le": "select(0u, 1u, !lt64(y, x))",
+}
+PAIR_EXPRESSIONS = {
+    "unary": {
+        "neg": "neg_np(x)",
+        "abs": "abs_np(x)",
+        "sign": "sign_np(x)",
+        "relu": "maximum_nan(x, vec2<u32>(0u, 0u))",
+    },
+    "binary": _PAIR_BINARY,
+    "scalar": {**_PAIR_BINARY, "rsub": "sub64(y, x)"},
+}
+
 
 def _read(name: str) -> str:
     return (resources.files(__package__) / "webgpu" / name).read_text()
@@ -99,12 +125,12 @@ def _sections(name: str) -> dict[str, str]:
 _SOURCES: dict[str, dict[str, str]] = {}
 
 
-def kernel_source(file: str, section: str, dtype: str, **subs: str) -> str:
-    """The WGSL of one kernel: common.wgsl, the helpers of `dtype`, the section of `file`,
-    with $T (and `subs`) substituted."""
+def kernel_source(file: str, section: str, types: tuple[str, str, type], **subs: str) -> str:
+    """The WGSL of one kernel: common.wgsl, the helpers of the element type (`types`, an
+    entry of WGSL_TYPES), the section of `file`, with $T (and `subs`) substituted."""
     if file not in _SOURCES:
         _SOURCES[file] = _sections(file)
-    wgsl_type, helpers, _ = WGSL_TYPES[dtype]
+    wgsl_type, helpers, _ = types
     text = "\n".join((_read("common.wgsl"), _read(helpers), _SOURCES[file][section]))
     subs = {k: Template(v).safe_substitute(T=wgsl_type) for k, v in subs.items()}
     return Template(text).safe_substitute(T=wgsl_type, **subs)
@@ -139,9 +165,10 @@ class WebGPUBackend:
     def __init__(self, runtime: WebGPURuntime, device_name: str = "webgpu"):
         self.runtime = runtime
         self.device_name = device_name
-        self.DTYPES: tuple[str, ...] = tuple(
-            d for d in WGSL_TYPES if d != "int64" or "shader-int64" in runtime.features
-        )
+        self.DTYPES: tuple[str, ...] = tuple(WGSL_TYPES)
+        # int64 is native where the adapter has 64-bit integers, else pairs of u32.
+        self.int64_pairs = "shader-int64" not in runtime.features
+        self.types = dict(WGSL_TYPES, **({"int64": INT64_PAIRS} if self.int64_pairs else {}))
         backend = self
 
         class Array:
@@ -201,11 +228,6 @@ class WebGPUBackend:
                 f"{self.device_name}() does not support float64: WebGPU has no double "
                 "precision; use float32"
             )
-        if name == "int64":
-            raise UnsupportedDtypeError(
-                f"{self.device_name}() does not support int64 on {self.runtime.adapter_name}: "
-                "the adapter lacks 64-bit integers (shader-int64)"
-            )
         raise ValueError(
             f"{self.device_name}(): unsupported dtype {dtype!r} ({', '.join(self.DTYPES)})"
         )
@@ -241,10 +263,10 @@ class WebGPUBackend:
             return np.empty(shape, dtype=a.dtype)
         low = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s < 0)
         high = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
-        word = WGSL_TYPES[a.dtype][2]
+        word = self.types[a.dtype][2]
         size = self.itemsize(a.dtype)
         data = self.runtime.read(a.block, low * size, (high - low + 1) * size, "to_numpy")
-        host = np.frombuffer(data, dtype=word)
+        host: np.ndarray = np.frombuffer(data, dtype=word)
         view = np.lib.stride_tricks.as_strided(
             host[offset - low :], shape, tuple(size * s for s in strides)
         )
@@ -258,7 +280,7 @@ class WebGPUBackend:
                 f"{self.device_name}: from_numpy of {a.size} elements into an array of {out.size}"
             )
         if out.size:
-            words = np.ascontiguousarray(a, dtype=WGSL_TYPES[out.dtype][2]).reshape(-1)
+            words: np.ndarray = np.ascontiguousarray(a, dtype=self.types[out.dtype][2]).reshape(-1)
             self.runtime.write(out.block, words, "from_numpy")
 
     def fill(self, out, val) -> None:
@@ -269,7 +291,7 @@ class WebGPUBackend:
                 [out],
                 _value_params(out.size, dtype, val),
                 out.size,
-                lambda: kernel_source("elementwise.wgsl", "fill", dtype),
+                lambda: kernel_source("elementwise.wgsl", "fill", self.types[dtype]),
             )
 
     # ---- layout ----------------------------------------------------------------------------
@@ -317,7 +339,7 @@ class WebGPUBackend:
             arrays,
             params,
             size,
-            lambda: kernel_source("strided.wgsl", "", dtype, BODY=body),
+            lambda: kernel_source("strided.wgsl", "", self.types[dtype], BODY=body),
         )
 
     def compact(self, a, out, shape, strides, offset) -> None:
@@ -339,7 +361,7 @@ class WebGPUBackend:
                 [a, indices, out],
                 _u32s(n, row_size, size),
                 size,
-                lambda: kernel_source("rows.wgsl", section, dtype),
+                lambda: kernel_source("rows.wgsl", section, self.types[dtype]),
             )
 
     def gather_rows(self, a, indices, out, n: int, row_size: int) -> None:
@@ -357,11 +379,13 @@ class WebGPUBackend:
         """A primitive of an elementwise family: one kernel per dtype, out's type u32 for the
         bool of comparisons."""
         family, op = prim.group, prim.name.split("_", 1)[1]
-        expr = EXPRESSIONS[family][op]
         result = "u32" if prim.out_dtype == "bool" else "$T"
 
         def source(dtype):
-            return lambda: kernel_source("elementwise.wgsl", family, dtype, EXPR=expr, R=result)
+            pairs = dtype == "int64" and self.int64_pairs
+            expr = (PAIR_EXPRESSIONS if pairs else EXPRESSIONS)[family][op]
+            types = self.types[dtype]
+            return lambda: kernel_source("elementwise.wgsl", family, types, EXPR=expr, R=result)
 
         if family == "scalar":
 
@@ -402,7 +426,7 @@ class WebGPUBackend:
                 [a, b, out],
                 params,
                 out.size,
-                lambda: kernel_source("elementwise.wgsl", "axpby", "float32"),
+                lambda: kernel_source("elementwise.wgsl", "axpby", self.types["float32"]),
             )
 
     def ewise_broadcast_binary(
@@ -420,7 +444,7 @@ class WebGPUBackend:
                 params,
                 out.size,
                 lambda: kernel_source(
-                    "elementwise.wgsl", "broadcast", dtype, EXPR=BINARY_EXPR[op], R="$T"
+                    "elementwise.wgsl", "broadcast", self.types[dtype], EXPR=BINARY_EXPR[op], R="$T"
                 ),
             )
 
@@ -464,7 +488,7 @@ class WebGPUBackend:
             [a, b, out],
             params,
             groups,
-            lambda: kernel_source("matmul.wgsl", "", "float32"),
+            lambda: kernel_source("matmul.wgsl", "", self.types["float32"]),
         )
 
     # ---- reductions ------------------------------------------------------------------------
@@ -485,14 +509,20 @@ class WebGPUBackend:
                 "rows_subgroup" if op == "sum" and dtype == "float32" and subgroups else "rows"
             )
             groups = self.runtime.grid(outer)
-        combine = "wrap(x + y)" if op == "sum" else "maximum_nan(x, y)"
-        first = "$T(0)" if op == "sum" else "a[start]"
+        pairs = dtype == "int64" and self.int64_pairs
+        if op == "max":
+            combine, first = "maximum_nan(x, y)", "a[start]"
+        elif pairs:
+            combine, first = "add64(x, y)", "vec2<u32>(0u, 0u)"
+        else:
+            combine, first = "wrap(x + y)", "$T(0)"
+        types = self.types[dtype]
         self._launch(
             f"reduce_{op}_{section}_{dtype}",
             [a, out],
             _u32s(outer, reduce_size, inner),
             groups,
-            lambda: kernel_source("reduce.wgsl", section, dtype, COMBINE=combine, FIRST=first),
+            lambda: kernel_source("reduce.wgsl", section, types, COMBINE=combine, FIRST=first),
         )
 
     def reduce_sum(self, a, out, reduce_size: int) -> None:

@@ -94,10 +94,12 @@ class Block:
 class WebGPURuntime:
     """The device, the pools, the pipelines and the open command stream."""
 
-    def __init__(self) -> None:
-        adapter = select_adapter()
+    def __init__(self, adapter=None, features: Sequence[str] = OPTIONAL_FEATURES) -> None:
+        """A device on `adapter` (default: select_adapter()), with those of `features` the
+        adapter has (tests leave some out to run the paths of adapters without them)."""
+        adapter = adapter or select_adapter()
         self.adapter_name = _adapter_name(adapter)
-        self.features = frozenset(f for f in OPTIONAL_FEATURES if f in adapter.features)
+        self.features = frozenset(f for f in features if f in adapter.features)
         limits = adapter.limits
         self.max_buffer_bytes = min(
             limits["max-buffer-size"], limits["max-storage-buffer-binding-size"]
