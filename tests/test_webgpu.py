@@ -545,3 +545,25 @@ def test_uint8_arithmetic_wraps_like_numpy(rng):
         got, want = op(a), op(a_cpu)
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# ---- grids past 65,535 workgroups in one dimension ----------------------------------------
+@needs_webgpu
+def test_grids_past_the_per_dimension_limit_are_folded():
+    """More workgroups than one grid dimension takes (65,535) are folded into two: an
+    elementwise op over 2^24 + 3 elements (65,537 workgroups of 256) and a row reduction over
+    65,537 rows of 65 (a workgroup per row). The kernels also return early in a spare
+    workgroup of a folded grid; lavapipe discards out-of-bounds writes, so that guard is not
+    observable here, only the folding's index arithmetic."""
+    mod, rng = WEBGPU.mod, np.random.default_rng(0)
+    limit = mod.runtime.max_groups
+    n = limit * 256 + 259
+    x = rng.standard_normal(n, dtype=np.float32)
+    got = (ndl.NDArray(x, device=WEBGPU) * 2.0).numpy()
+    np.testing.assert_array_equal(got, x * np.float32(2.0))
+    rows = limit + 2
+    a = rng.standard_normal((rows, 65), dtype=np.float32)
+    sums = ndl.NDArray(a, device=WEBGPU).sum(axis=1).numpy()
+    np.testing.assert_allclose(sums, a.sum(axis=1), rtol=1e-5, atol=1e-5)
+    maxima = ndl.NDArray(a, device=WEBGPU).max(axis=1).numpy()
+    np.testing.assert_array_equal(maxima, a.max(axis=1))

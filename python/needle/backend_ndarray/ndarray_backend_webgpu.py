@@ -474,15 +474,16 @@ class WebGPUBackend:
                 0,
             )
             return
-        if views.batch > self.runtime.max_groups:
+        groups = (-(-views.p // MATMUL_TILE), -(-views.m // MATMUL_TILE), views.batch)
+        if max(groups) > self.runtime.max_groups:
             raise ValueError(
-                f"{self.device_name}: matmul of {views.batch} matrices (at most "
-                f"{self.runtime.max_groups} per call)"
+                f"{self.device_name}: matmul of {views.batch} ({views.m}, {views.n}) @ "
+                f"({views.n}, {views.p}) needs a grid of {groups} workgroups (at most "
+                f"{self.runtime.max_groups} per dimension)"
             )
         params = struct.pack(
             "<4I8i", *views[:5], *views.a_strides, views.b_offset, *views.b_strides
         )
-        groups = (-(-views.p // MATMUL_TILE), -(-views.m // MATMUL_TILE), views.batch)
         self._launch(
             "matmul",
             [a, b, out],

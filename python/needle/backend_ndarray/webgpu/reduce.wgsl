@@ -6,7 +6,8 @@
 //   axis:   inner > 1: a thread per (outer, inner) output, reading down the axis (consecutive
 //           threads read consecutive elements);
 //   rows:   inner = 1 and long rows: a workgroup per row, a tree in workgroup memory (or
-//           subgroupAdd for float32 sums where the adapter has subgroups: rows_subgroup).
+//           subgroupAdd for float32 sums where the adapter has subgroups: rows_subgroup;
+//           not for max, as subgroupMax leaves NaN undefined and NumPy's max propagates it).
 
 struct Params {
     outer: u32,
@@ -51,9 +52,10 @@ var<workgroup> partial: array<$T, THREADS>;
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
         @builtin(local_invocation_index) t: u32) {
-    // workgroupUniformLoad-free: `row` depends only on the workgroup, so every thread of a
-    // workgroup takes the same path through the barriers below.
+    // `row` depends only on the workgroup, so every thread of a workgroup takes the same path
+    // through the barriers below (and a spare workgroup of a folded grid returns as one).
     let row = group.y * groups.x + group.x;
+    if (row >= p.outer) { return; }
     let start = row * p.reduce_size;
     var acc = $FIRST;
     for (var i = t; i < p.reduce_size; i += THREADS) { acc = combine(acc, a[start + i]); }
@@ -76,6 +78,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(num_workgroups) groups
         @builtin(local_invocation_index) t: u32, @builtin(subgroup_size) width: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
     let row = group.y * groups.x + group.x;
+    if (row >= p.outer) { return; }
     let start = row * p.reduce_size;
     var acc = $FIRST;
     for (var i = t; i < p.reduce_size; i += THREADS) { acc = combine(acc, a[start + i]); }
