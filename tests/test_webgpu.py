@@ -483,30 +483,34 @@ def test_dispatches_wait_for_a_sync_point(rng):
 
 @needs_webgpu
 def test_host_writes_are_ordered_after_recorded_dispatches(rng):
+    """from_numpy replaces a whole array: into a buffer that a recorded dispatch uses, it
+    writes an idle buffer of the same size instead (the array takes it over; the busy one
+    goes back to the pool), so that neither a submission nor a wrong order results."""
     mod = WEBGPU.mod
     mod.synchronize()
     d1, d2, d3 = rng.normal(size=(3, 300)).astype(np.float32)
+    submissions = mod.stats()["submissions"]
 
     # A write into a buffer that a recorded dispatch reads.
     x = ndl.NDArray(d1, device=WEBGPU)
     y = x + 1
     WEBGPU.from_numpy(d2, x._handle)
+    # A write into a buffer that a recorded dispatch writes.
+    w = x * 3
+    WEBGPU.from_numpy(d3, w._handle)
+    # A freed buffer that a recorded dispatch still reads, handed out again and written.
+    v = ndl.NDArray(d1, device=WEBGPU)
+    u = v * 3
+    key = v._handle.ptr()
+    del v
+    z = ndl.NDArray(d2, device=WEBGPU)
+    assert z._handle.ptr() != key  # not the busy buffer
+    assert mod.stats()["submissions"] == submissions  # nothing submitted for the writes
+
     np.testing.assert_array_equal(y.numpy(), d1 + 1)
     np.testing.assert_array_equal(x.numpy(), d2)
-
-    # A write into a buffer that a recorded dispatch writes.
-    y = x * 3
-    WEBGPU.from_numpy(d3, y._handle)
-    np.testing.assert_array_equal(y.numpy(), d3)
-
-    # A freed buffer that a recorded dispatch still reads, handed out again and written.
-    x = ndl.NDArray(d1, device=WEBGPU)
-    y = x * 3
-    key = x._handle.ptr()
-    del x
-    z = ndl.NDArray(d2, device=WEBGPU)
-    assert z._handle.ptr() == key  # the pool gave the same buffer back
-    np.testing.assert_array_equal(y.numpy(), d1 * 3)
+    np.testing.assert_array_equal(w.numpy(), d3)
+    np.testing.assert_array_equal(u.numpy(), d1 * 3)
     np.testing.assert_array_equal(z.numpy(), d2)
 
 

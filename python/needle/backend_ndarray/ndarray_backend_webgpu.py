@@ -281,7 +281,14 @@ class WebGPUBackend:
             )
         if out.size:
             words: np.ndarray = np.ascontiguousarray(a, dtype=self.types[out.dtype][2]).reshape(-1)
-            self.runtime.write(out.block, words, "from_numpy")
+            runtime = self.runtime
+            if runtime.busy(out.block):
+                # Every element is replaced: rather than submitting the recorded dispatches
+                # that use the block (a queue write lands before them), give the array an idle
+                # block of the same size and the old one back to the pool.
+                busy, out.block = out.block, runtime.allocate(out.block.nbytes, "from_numpy", True)
+                runtime.release(busy)
+            runtime.write(out.block, words, "from_numpy")
 
     def fill(self, out, val) -> None:
         if out.size:

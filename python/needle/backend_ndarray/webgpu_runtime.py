@@ -142,17 +142,21 @@ class WebGPURuntime:
         self.live_buffers = 0
 
     # ---- memory ---------------------------------------------------------------------------
-    def allocate(self, nbytes: int, what: str) -> Block:
-        """A block of at least `nbytes` bytes, from the pool when one of its class is free."""
+    def allocate(self, nbytes: int, what: str, idle: bool = False) -> Block:
+        """A block of at least `nbytes` bytes, from the pool when one of its class is free
+        (with `idle`, only one that no recorded dispatch uses)."""
         size = size_class(nbytes)
         if size > self.max_buffer_bytes:
             raise MemoryError(
                 f"webgpu: {what} needs {nbytes} bytes, more than this adapter's largest "
                 f"buffer ({self.max_buffer_bytes} bytes, {self.adapter_name})"
             )
-        free = self._free.get(size)
-        if free:
-            block = free.pop()
+        free = self._free.get(size, [])
+        found = next(
+            (i for i in range(len(free) - 1, -1, -1) if not (idle and self.busy(free[i]))), None
+        )
+        if found is not None:
+            block = free.pop(found)
             self.cached_bytes -= size
         else:
             block = Block(self._create_buffer(size, what), size, self._next_key())
@@ -217,10 +221,15 @@ class WebGPURuntime:
             peak_bytes=self.peak_bytes,
         )
 
+    def busy(self, block: Block) -> bool:
+        """Whether a dispatch recorded but not yet submitted uses `block`."""
+        return block.last_batch == self.batch and self._encoder is not None
+
     def write(self, block: Block, data, what: str) -> None:
         """Host data into a block. Queue writes land before the next submission's commands, so
-        dispatches already recorded with this block are submitted first."""
-        if block.last_batch == self.batch and self._encoder is not None:
+        dispatches already recorded with this block are submitted first (a caller that
+        replaces a whole array gives it an idle block instead: ndarray_backend_webgpu)."""
+        if self.busy(block):
             self.flush()
         self._guard(what, lambda: self.queue.write_buffer(block.buffer, 0, data))
 
