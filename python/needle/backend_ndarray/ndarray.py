@@ -61,7 +61,9 @@ def _cuda_backend():
     rather than failing at first use): a machine with nvcc but no GPU or driver builds and
     imports the module, and its device_count() is 0 there."""
     if ndarray_backend_cuda is None:
-        raise BackendUnavailable("this build of needle has no CUDA backend (nvcc was not found)")
+        raise BackendUnavailable(
+            "this build of needle has no CUDA backend (built without nvcc, or NEEDLE_CUDA=OFF)"
+        )
     if ndarray_backend_cuda.device_count() == 0:
         raise BackendUnavailable("no CUDA GPU is visible")
     return ndarray_backend_cuda

@@ -202,7 +202,7 @@ class SoftmaxCrossEntropyGrad(TensorOp):
             # on the device and scales the result in one more pass.
             per_row = 1.0 / z.shape[0]
             scaled = self.labels.subtract(softmax * per_row, per_row)
-            return scaled * c.reshape((1, 1)).broadcast_to(z.shape)
+            return scaled * c.compact().reshape((1, 1)).broadcast_to(z.shape)
         # The scale c / batch as a number (reading one element; c is the loss's adjoint,
         # ones unless the loss was scaled): a (1, 1) array would be broadcast and copied to
         # the logits' size before multiplying.
