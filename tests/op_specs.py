@@ -1141,3 +1141,12 @@ SPECS = [
 # Exported ops' functions that are not ops of their own: helpers for writing gradients, with
 # their own tests in test_ops.py.
 HELPER_FUNCTIONS = {"reduce_to_shape", "zeros_like_data"}
+
+# Issue 16's ops, one spec file per op module (ops_reduce, ops_shape, ops_activation,
+# ops_functional), joined here so that SPECS stays the one table.
+from op_specs_activation import SPECS as _ACTIVATION_SPECS  # noqa: E402
+from op_specs_functional import SPECS as _FUNCTIONAL_SPECS  # noqa: E402
+from op_specs_reduce import SPECS as _REDUCE_SPECS  # noqa: E402
+from op_specs_shape import SPECS as _SHAPE_SPECS  # noqa: E402
+
+SPECS += _REDUCE_SPECS + _SHAPE_SPECS + _ACTIVATION_SPECS + _FUNCTIONAL_SPECS

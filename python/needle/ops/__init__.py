@@ -2,8 +2,12 @@
 
 # The graph types too, as the course's ops module has them (``from needle.ops import Tensor``).
 from ..autograd import Op, Tensor, TensorOp, TensorTuple, TensorTupleOp, Value  # noqa: F401
+from .ops_activation import *  # noqa: F403
+from .ops_functional import *  # noqa: F403
 from .ops_logarithmic import *  # noqa: F403
 from .ops_mathematic import *  # noqa: F403
 from .ops_norm import *  # noqa: F403
+from .ops_reduce import *  # noqa: F403
 from .ops_rnn import *  # noqa: F403
+from .ops_shape import *  # noqa: F403
 from .ops_tuple import *  # noqa: F403
