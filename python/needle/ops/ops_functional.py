@@ -1,5 +1,693 @@
-"""Issue 16: functional ops people reach for in the first hour (PyTorch's names and conventions)."""
+"""Issue 16: functional ops people reach for in the first hour (PyTorch's names and conventions).
+
+Images are NCHW, as torch.nn.functional and needle's nn.Conv module (ops.conv itself is NHWC;
+conv_transpose2d transposes at its boundary as nn.Conv does). Each op computes on NDArrays and
+differentiates with Tensor ops, so gradients of gradients work.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from typing import Any
+
+import numpy as np
+
+from ..autograd import Tensor, TensorOp, array_device, array_of
+from ..backend_ndarray import NDArray, prod
+from .ops_logarithmic import logsoftmax
+from .ops_mathematic import (
+    Conv,
+    ConvWeightGrad,
+    broadcast_to,
+    conv,
+    exp,
+    matmul,
+    reduce_to_shape,
+    reshape,
+    sigmoid,
+    summation,
+    transpose,
+)
+
+__all__ = [
+    "MSELoss",
+    "mse_loss",
+    "L1Loss",
+    "l1_loss",
+    "BCEWithLogits",
+    "binary_cross_entropy_with_logits",
+    "CrossEntropy",
+    "cross_entropy",
+    "LayerNorm",
+    "layer_norm",
+    "GroupNorm",
+    "group_norm",
+    "ScaledDotProductAttention",
+    "scaled_dot_product_attention",
+    "MaxPool2d",
+    "max_pool2d",
+    "AvgPool2d",
+    "avg_pool2d",
+    "AdaptiveAvgPool2d",
+    "adaptive_avg_pool2d",
+    "ConvTranspose2d",
+    "conv_transpose2d",
+    "Dropout",
+    "dropout",
+]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _const(array: NDArray) -> Tensor:
+    return Tensor.make_const(array)
+
+
+def _spread(g: Tensor, shape: tuple) -> Tensor:
+    """A reduced loss's adjoint (a scalar, or the per-element one for 'none') at `shape`."""
+    return g if g.shape == tuple(shape) else broadcast_to(reshape(g, (1,) * len(shape)), shape)
+
+
+def _check_reduction(reduction: str, name: str) -> str:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+# ---- elementwise losses ---------------------------------------------------------------
+class _PairLoss(TensorOp):
+    """A loss of input and target (same shapes), elementwise then reduced by `reduction`."""
+
+    name: str
+
+    def __init__(self, reduction: str = "mean"):
+        self.reduction = _check_reduction(reduction, self.name)
+
+    def elementwise(self, a: NDArray, b: NDArray) -> NDArray:
+        raise NotImplementedError()
+
+    def compute(self, a: NDArray, b: NDArray):
+        if a.shape != b.shape:
+            raise ValueError(f"input {a.shape} and target {b.shape} differ in shape")
+        loss = self.elementwise(a, b)
+        if self.reduction == "none":
+            return loss
+        total = loss.sum()
+        return total / max(loss.size, 1) if self.reduction == "mean" else total
+
+    def scale(self, g: Tensor, shape: tuple) -> Tensor:
+        """The adjoint at the input's shape, divided by the count for 'mean'."""
+        g = _spread(g, shape)
+        return g / prod(shape) if self.reduction == "mean" else g
+
+
+class MSELoss(_PairLoss):
+    """(input - target)^2, reduced; d/dinput = 2 (input - target) = -d/dtarget."""
+
+    name = "mse_loss"
+
+    def elementwise(self, a, b):
+        d = a - b
+        return d * d
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a, b = node.inputs
+        grad = self.scale(out_grad, a.shape) * (a - b) * 2
+        return grad, -grad
+
+
+def mse_loss(input, target, reduction="mean"):
+    return MSELoss(reduction)(input, target)
+
+
+class L1Loss(_PairLoss):
+    """|input - target|, reduced; d/dinput = sign(input - target) (0 at 0, as torch)."""
+
+    name = "l1_loss"
+
+    def elementwise(self, a, b):
+        return abs(a - b)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        a, b = node.inputs
+        d = array_of(a) - array_of(b)
+        sign = (d > 0).astype(d.dtype) - (d < 0).astype(d.dtype)
+        grad = self.scale(out_grad, a.shape) * _const(sign)
+        return grad, -grad
+
+
+def l1_loss(input, target, reduction="mean"):
+    return L1Loss(reduction)(input, target)
+
+
+class BCEWithLogits(_PairLoss):
+    """max(x, 0) - x y + log(1 + exp(-|x|)): log(1 + exp(x)) - x y without overflowing exp
+    at large |x|. d/dx = sigmoid(x) - y, d/dy = -x."""
+
+    name = "binary_cross_entropy_with_logits"
+
+    def elementwise(self, x, y):
+        return x.maximum(0.0) - x * y + ((-abs(x)).exp() + 1.0).log()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        x, y = node.inputs
+        g = self.scale(out_grad, x.shape)
+        return g * (sigmoid(x) - y), -(g * x)
+
+
+def binary_cross_entropy_with_logits(input, target, reduction="mean"):
+    return BCEWithLogits(reduction)(input, target)
+
+
+# ---- cross-entropy --------------------------------------------------------------------
+class CrossEntropy(TensorOp):
+    """-sum_c q[i, c] log_softmax(z)[i, c] per row, reduced: q holds the target distribution
+    (one-hot or given probabilities, label-smoothed), zero rows for ignored labels, and
+    1/count for 'mean'. d/dz = softmax(z) sum_c q[i, c] - q."""
+
+    name = "cross_entropy"
+
+    def __init__(self, weights: NDArray, reduction: str):
+        self.weights = weights
+        self.reduction = reduction
+
+    def compute(self, z: NDArray):
+        q = self.weights
+        if z.ndim != 2 or z.shape != q.shape:
+            raise ValueError(f"logits {z.shape} do not match targets for {q.shape}")
+        m = z.max(axis=1, keepdims=True).broadcast_to(z.shape)
+        shifted = z - m
+        lse = shifted.exp().sum(axis=1, keepdims=True).log().broadcast_to(z.shape)
+        rows = -((shifted - lse) * q).sum(axis=1)
+        return rows if self.reduction == "none" else rows.sum()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        z = node.inputs[0]
+        q = self.weights
+        softmax = exp(logsoftmax(z, axis=1))
+        row_mass = _const(q.sum(axis=1, keepdims=True).broadcast_to(q.shape))
+        g = broadcast_to(reshape(out_grad, (-1, 1) if out_grad.shape else (1, 1)), z.shape)
+        return g * (softmax * row_mass - _const(q))
+
+
+def _target_weights(z, target, ignore_index, smoothing, reduction) -> np.ndarray:
+    """q of CrossEntropy for logits z and int class labels or class probabilities."""
+    n, c = z.shape
+    t = np.asarray(target.numpy() if isinstance(target, Tensor) else target)
+    if t.shape == (n, c) and t.dtype.kind == "f":  # class probabilities
+        q, valid = t.astype(np.float64), np.ones(n, dtype=bool)
+    else:
+        if t.shape != (n,) or (t.size and not np.all(t == np.round(t))):
+            raise ValueError(
+                f"cross_entropy: logits {z.shape} need {n} whole-number class labels or "
+                f"({n}, {c}) probabilities, got target {t.shape} {t.dtype}"
+            )
+        t = t.astype(np.int64)
+        valid = t != ignore_index
+        bad = valid & ((t < 0) | (t >= c))
+        if bad.any():
+            raise IndexError(f"cross_entropy: class labels must lie in [0, {c}), got {t[bad]}")
+        q = np.zeros((n, c))
+        q[np.nonzero(valid)[0], t[valid]] = 1.0
+    q = q * (1.0 - smoothing) + smoothing / c
+    q[~valid] = 0.0
+    if reduction == "mean":
+        q = q / valid.sum() if valid.sum() else q * np.nan  # torch: nan when all are ignored
+    return q
+
+
+def cross_entropy(
+    input, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"
+) -> Tensor:
+    """Softmax cross-entropy of (batch, classes) logits and int64 class labels (or class
+    probabilities), with torch's ignore_index and label_smoothing."""
+    _check_reduction(reduction, "cross_entropy")
+    if input.ndim != 2:
+        raise ValueError(f"cross_entropy: needs (batch, classes) logits, got {input.shape}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    q = _target_weights(input, target, ignore_index, label_smoothing, reduction)
+    weights = NDArray(q.astype(input.dtype), device=array_device(input), dtype=input.dtype)
+    return CrossEntropy(weights, reduction)(input)
+
+
+# ---- normalisation --------------------------------------------------------------------
+class LayerNorm(TensorOp):
+    """(x - mean) / sqrt(var + eps) over the last `dims` axes (biased variance);
+    d/dx = inv_std (g - mean(g) - y mean(g y)) with y the output."""
+
+    name = "layer_norm"
+
+    def __init__(self, dims: int, eps: float = 1e-5):
+        self.dims, self.eps = dims, eps
+
+    def _axes(self, shape: tuple) -> tuple:
+        return tuple(range(len(shape) - self.dims, len(shape)))
+
+    def compute(self, x: NDArray):
+        if x.ndim < self.dims:
+            raise ValueError(f"normalises {self.dims} trailing axes of a {x.ndim}-D input")
+        count = prod(x.shape[x.ndim - self.dims :])
+        rows = x.compact().reshape((prod(x.shape) // max(count, 1), count))
+        centred = rows - (rows.sum(axis=1, keepdims=True) / count).broadcast_to(rows.shape)
+        var = (centred * centred).sum(axis=1, keepdims=True) / count
+        return (centred * ((var + self.eps) ** -0.5).broadcast_to(rows.shape)).reshape(x.shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        x = node.inputs[0]
+        axes = self._axes(x.shape)
+        count = prod(x.shape[x.ndim - self.dims :])
+
+        def mean(t: Tensor) -> Tensor:
+            return broadcast_to(summation(t, axes, keepdims=True) / count, x.shape)
+
+        centred = x - mean(x)
+        inv_std = (mean(centred * centred) + self.eps) ** -0.5
+        return inv_std * (out_grad - mean(out_grad) - node * mean(out_grad * node))
+
+
+def _affine(y: Tensor, weight, bias, shape: tuple) -> Tensor:
+    """y * weight + bias, the parameters reshaped to `shape` and broadcast."""
+    if weight is not None:
+        y = y * broadcast_to(reshape(weight, shape), y.shape)
+    if bias is not None:
+        y = y + broadcast_to(reshape(bias, shape), y.shape)
+    return y
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(x.shape[x.ndim - len(shape) :]) != shape or len(shape) > x.ndim:
+        raise ValueError(f"layer_norm: input {x.shape} does not end in normalized_shape {shape}")
+    for p, what in ((weight, "weight"), (bias, "bias")):
+        if p is not None and tuple(p.shape) != shape:
+            raise ValueError(f"layer_norm: {what} {p.shape} is not normalized_shape {shape}")
+    return _affine(LayerNorm(len(shape), eps)(x), weight, bias, shape)
+
+
+class GroupNorm(LayerNorm):
+    """LayerNorm over the last axis of (N, groups, rest): group_norm's normalisation."""
+
+    name = "group_norm"
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
+    if x.ndim < 2 or x.shape[1] % num_groups:
+        raise ValueError(
+            f"group_norm: input {x.shape} needs channels (axis 1) divisible by "
+            f"num_groups={num_groups}"
+        )
+    n, c = x.shape[:2]
+    for p, what in ((weight, "weight"), (bias, "bias")):
+        if p is not None and tuple(p.shape) != (c,):
+            raise ValueError(f"group_norm: {what} {p.shape} is not ({c},) for input {x.shape}")
+    y = GroupNorm(1, eps)(reshape(x, (n, num_groups, prod(x.shape) // (n * num_groups))))
+    y = reshape(y, x.shape)
+    return _affine(y, weight, bias, (1, c) + (1,) * (x.ndim - 2))
+
+
+# ---- attention ------------------------------------------------------------------------
+class ScaledDotProductAttention(TensorOp):
+    """softmax(q k^T * scale + mask) v over (..., L, E) queries, (..., S, E) keys and
+    (..., S, Ev) values; `mask` an additive (0 / -inf or float) array broadcasting to
+    (..., L, S), or None. The gradient recomputes the probabilities P in Tensor ops:
+    dv = P^T g, dS = P (g v^T - rowsum(P g v^T)), dq = dS k scale, dk = dS^T q scale."""
+
+    name = "scaled_dot_product_attention"
+
+    def __init__(self, mask: NDArray | None, scale: float):
+        self.mask, self.scale = mask, scale
+
+    def compute(self, q: NDArray, k: NDArray, v: NDArray):
+        if q.ndim < 2 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+            raise ValueError(f"query {q.shape}, key {k.shape} and value {v.shape} do not fit")
+        s = (q @ k.swapaxes(-1, -2)) * self.scale
+        if self.mask is not None:
+            s = s + self.mask
+        e = (s - s.max(axis=-1, keepdims=True).broadcast_to(s.shape)).exp()
+        return (e / e.sum(axis=-1, keepdims=True).broadcast_to(s.shape)) @ v
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        q, k, v = node.inputs
+        s = matmul(q, transpose(k)) * self.scale
+        if self.mask is not None:
+            s = s + broadcast_to(_const(self.mask), s.shape)
+        p = exp(logsoftmax(s, axis=-1))
+        dp = matmul(out_grad, transpose(v))
+        ds = p * (dp - broadcast_to(summation(dp * p, (-1,), keepdims=True), p.shape))
+        ds = ds * self.scale
+        return (
+            reduce_to_shape(matmul(ds, k), q.shape),
+            reduce_to_shape(matmul(transpose(ds), q), k.shape),
+            reduce_to_shape(matmul(transpose(p), out_grad), v.shape),
+        )
+
+
+def _additive_mask(mask, is_causal, shape, q) -> NDArray | None:
+    """attn_mask (bool: True attends; float: added) and is_causal as one additive array."""
+    device, dtype = array_device(q), q.dtype
+    if mask is not None:
+        m = np.asarray(mask.numpy() if isinstance(mask, Tensor) else mask)
+        try:
+            np.broadcast_shapes(m.shape, shape)
+        except ValueError:
+            raise ValueError(
+                f"scaled_dot_product_attention: attn_mask {m.shape} does not broadcast to "
+                f"the scores {shape}"
+            ) from None
+        m = np.where(m, 0.0, -np.inf) if m.dtype == bool else m.astype(np.float64)
+    if is_causal:
+        if mask is not None:
+            raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
+        m = np.where(np.tril(np.ones(shape[-2:], dtype=bool)), 0.0, -np.inf)
+    return (
+        None
+        if mask is None and not is_causal
+        else NDArray(m.astype(dtype), device=device, dtype=dtype)
+    )
+
+
+def scaled_dot_product_attention(
+    query, key, value, attn_mask=None, is_causal=False, scale=None
+) -> Tensor:
+    e = query.shape[-1]
+    shape = tuple(query.shape[:-1]) + (key.shape[-2],)
+    mask = _additive_mask(attn_mask, is_causal, shape, query)
+    scale = 1.0 / math.sqrt(e) if scale is None else float(scale)
+    return ScaledDotProductAttention(mask, scale)(query, key, value)
+
+
+# ---- pooling --------------------------------------------------------------------------
+def _pair(v: Any, what: str, name: str) -> tuple:
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(i, int) for i in pair):
+        raise ValueError(f"{name}: {what} must be an int or a pair of ints, got {v!r}")
+    return pair
+
+
+class _Window:
+    """The geometry of 2-D pooling over NCHW arrays: kernel, stride and padding pairs."""
+
+    def __init__(self, kernel, stride, padding, name: str):
+        self.kernel = _pair(kernel, "kernel_size", name)
+        self.stride = _pair(self.kernel if stride is None else stride, "stride", name)
+        self.padding = _pair(padding, "padding", name)
+        if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(
+                f"{name}: need kernel_size, stride >= 1 and padding >= 0, got {self.kernel}, "
+                f"{self.stride}, {self.padding}"
+            )
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
+            raise ValueError(
+                f"{name}: padding {self.padding} must be at most half of kernel {self.kernel}"
+            )
+
+    def out_shape(self, shape: tuple) -> tuple:
+        if len(shape) != 4:
+            raise ValueError(f"needs a 4-D NCHW input, got {shape}")
+        n, c, h, w = shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if ho < 1 or wo < 1:
+            raise ValueError(f"kernel {self.kernel} is larger than the padded input {shape}")
+        return n, c, ho, wo
+
+    def windows(self, a: NDArray, fill: float) -> NDArray:
+        """(N, C, H_out, W_out, kh * kw) copies of the windows of `a` padded with `fill`."""
+        n, c, ho, wo = self.out_shape(a.shape)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        h, w = a.shape[2:]
+        if ph or pw:
+            padded = a.device.full((n, c, h + 2 * ph, w + 2 * pw), fill, dtype=a.dtype)
+            padded[:, :, ph : ph + h, pw : pw + w] = a
+        else:
+            padded = a.compact()
+        s = padded.strides
+        view = padded.as_strided(
+            (n, c, ho, wo, kh, kw), (s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3])
+        )
+        return view.compact().reshape((n, c, ho, wo, kh * kw))
+
+    def scatter(self, contrib: NDArray, shape: tuple) -> NDArray:
+        """Zeros of the NCHW `shape` with each window's (N, C, H_out, W_out, kh * kw)
+        contributions added at its elements (windows' adjoint)."""
+        n, c, ho, wo = self.out_shape(shape)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        h, w = shape[2:]
+        out = contrib.device.full((n, c, h + 2 * ph, w + 2 * pw), 0.0, dtype=contrib.dtype)
+        parts = contrib.reshape((n, c, ho, wo, kh, kw))
+        if sh >= kh and sw >= kw:  # windows do not overlap: one strided write
+            s = out.strides
+            view = out.as_strided(
+                (n, c, ho, wo, kh, kw), (s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3])
+            )
+            view[(slice(None),) * 6] = parts
+        else:  # overlapping windows: one strided add per kernel offset
+            for i in range(kh):
+                for j in range(kw):
+                    at = (
+                        slice(None),
+                        slice(None),
+                        slice(i, i + sh * (ho - 1) + 1, sh),
+                        slice(j, j + sw * (wo - 1) + 1, sw),
+                    )
+                    part = parts[:, :, :, :, i : i + 1, j : j + 1].compact().reshape((n, c, ho, wo))
+                    out[at] = out[at] + part
+        return out[:, :, ph : ph + h, pw : pw + w].compact() if ph or pw else out
+
+
+class _WindowGather(TensorOp):
+    """sum over each window of weights * x (weights a number or per-element array): the
+    adjoint of _WindowScatter, and avg/max pooling's second-order step."""
+
+    name = "window_gather"
+
+    def __init__(self, window: _Window, weights):
+        self.window, self.weights = window, weights
+
+    def compute(self, a: NDArray):
+        return (self.window.windows(a, 0.0) * self.weights).sum(axis=4)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return _WindowScatter(self.window, node.inputs[0].shape, self.weights)(out_grad)
+
+
+class _WindowScatter(TensorOp):
+    """g * weights added back at each window's elements: pooling's gradient."""
+
+    name = "window_scatter"
+
+    def __init__(self, window: _Window, shape: tuple, weights):
+        self.window, self.shape, self.weights = window, tuple(shape), weights
+
+    def compute(self, g: NDArray):
+        k = prod(self.window.kernel)
+        contrib = g.compact().reshape(g.shape + (1,)).broadcast_to(g.shape + (k,)) * self.weights
+        return self.window.scatter(contrib, self.shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return _WindowGather(self.window, self.weights)(out_grad)
+
+
+class MaxPool2d(TensorOp):
+    """The maximum of each window of an NCHW input (padding counts as -inf). The adjoint
+    goes to the first maximum of each window in row-major order, as torch's."""
+
+    name = "max_pool2d"
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.window = _Window(kernel_size, stride, padding, self.name)
+
+    def compute(self, x: NDArray):
+        return self.window.windows(x, -math.inf).max(axis=4)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        x = node.inputs[0]
+        windows = self.window.windows(array_of(x), -math.inf)
+        k = windows.shape[4]
+        hits = windows == array_of(node).reshape(node.shape + (1,)).broadcast_to(windows.shape)
+        # Rank the hits k, k-1, ..., 1 by position: the largest rank is the first maximum.
+        ranks = NDArray(np.arange(k, 0, -1).astype(x.dtype), device=windows.device, dtype=x.dtype)
+        scored = hits.astype(x.dtype) * ranks.reshape((1, 1, 1, 1, k)).broadcast_to(windows.shape)
+        first = scored == scored.max(axis=4, keepdims=True).broadcast_to(windows.shape)
+        return _WindowScatter(self.window, x.shape, first.astype(x.dtype))(out_grad)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
+    return MaxPool2d(kernel_size, stride, padding)(x)
+
+
+class AvgPool2d(TensorOp):
+    """The mean of each window of an NCHW input, padding counted as zeros (torch's
+    count_include_pad=True); the adjoint spreads evenly over each window."""
+
+    name = "avg_pool2d"
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.window = _Window(kernel_size, stride, padding, self.name)
+
+    def compute(self, x: NDArray):
+        return self.window.windows(x, 0.0).sum(axis=4) / prod(self.window.kernel)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        weight = 1.0 / prod(self.window.kernel)
+        return _WindowScatter(self.window, node.inputs[0].shape, weight)(out_grad)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
+    return AvgPool2d(kernel_size, stride, padding)(x)
+
+
+def _averaging_matrix(n_out: int, n_in: int, dtype, device) -> NDArray:
+    """(n_out, n_in): row i averages torch's adaptive window floor(i n / m) .. ceil((i+1) n / m)."""
+    a = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        a[i, lo:hi] = 1.0 / (hi - lo)
+    return NDArray(a.astype(dtype), device=device, dtype=dtype)
+
+
+class AdaptiveAvgPool2d(TensorOp):
+    """Mean over torch's adaptive windows, as A_h @ x @ A_w^T with averaging matrices; the
+    adjoint is A_h^T @ g @ A_w."""
+
+    name = "adaptive_avg_pool2d"
+
+    def __init__(self, output_size):
+        self.output_size = (
+            (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        )
+        if len(self.output_size) != 2 or any(s is not None and s < 1 for s in self.output_size):
+            raise ValueError(
+                f"adaptive_avg_pool2d: output_size must be positive, got {output_size!r}"
+            )
+
+    def _matrices(self, shape, dtype, device):
+        if len(shape) != 4:
+            raise ValueError(f"needs a 4-D NCHW input, got {shape}")
+        (ho, wo), (h, w) = self.output_size, shape[2:]
+        return (
+            _averaging_matrix(h if ho is None else ho, h, dtype, device),
+            _averaging_matrix(w if wo is None else wo, w, dtype, device),
+        )
+
+    def compute(self, x: NDArray):
+        ah, aw = self._matrices(x.shape, x.dtype, x.device)
+        return ah @ x @ aw.permute((1, 0))
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        x = node.inputs[0]
+        ah, aw = self._matrices(x.shape, x.dtype, array_device(x))
+        return matmul(matmul(_const(ah.permute((1, 0)).compact()), out_grad), _const(aw))
+
+
+def adaptive_avg_pool2d(x, output_size) -> Tensor:
+    return AdaptiveAvgPool2d(output_size)(x)
+
+
+# ---- transposed convolution -----------------------------------------------------------
+def _nhwc(x: Tensor) -> Tensor:
+    return transpose(transpose(x, (1, 2)), (2, 3))
+
+
+def _nchw(x: Tensor) -> Tensor:
+    return transpose(transpose(x, (2, 3)), (1, 2))
+
+
+def _conv_weight(w: Tensor) -> Tensor:
+    """torch's transposed-conv weight (C_in, C_out, kh, kw) as ops.conv's (kh, kw, C_out, C_in):
+    the conv whose adjoint conv_transpose2d is."""
+    return transpose(transpose(transpose(w, (0, 2)), (1, 3)), (2, 3))
+
+
+def _from_conv_weight(w: Tensor) -> Tensor:
+    return transpose(transpose(transpose(w, (2, 3)), (1, 3)), (0, 2))
+
+
+class ConvTranspose2d(TensorOp):
+    """The adjoint of conv2d: NCHW input, torch's (C_in, C_out, kh, kw) weights, output
+    (H - 1) stride - 2 padding + kh + output_padding. Computed as the conv of the input
+    dilated by the stride and padded by kh - 1 - padding with the flipped kernel; its
+    gradients are the conv of the adjoint (d/dx) and the conv weight gradient (d/dw)."""
+
+    name = "conv_transpose2d"
+
+    def __init__(self, stride: int = 1, padding: int = 0, output_padding: int = 0):
+        self.stride, self.padding, self.output_padding = (
+            int(stride),
+            int(padding),
+            int(output_padding),
+        )
+        if self.stride < 1 or self.padding < 0 or not 0 <= self.output_padding < self.stride:
+            raise ValueError(
+                f"conv_transpose2d: need stride >= 1, padding >= 0 and 0 <= output_padding < "
+                f"stride, got {stride}, {padding}, {output_padding}"
+            )
+
+    def compute(self, x: NDArray, w: NDArray):
+        if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[0]:
+            raise ValueError(
+                "needs NCHW input and (C_in, C_out, kh, kw) weights with matching C_in"
+            )
+        n, c, h, wd = x.shape
+        kh, kw = w.shape[2:]
+        s, p, op = self.stride, self.padding, self.output_padding
+        if p > min(kh, kw) - 1:
+            raise ValueError(f"padding {p} must be below the kernel size {(kh, kw)}")
+        lo_h, lo_w = kh - 1 - p, kw - 1 - p
+        grown = x.device.full(
+            (n, (h - 1) * s + 1 + 2 * lo_h + op, (wd - 1) * s + 1 + 2 * lo_w + op, c),
+            0.0,
+            dtype=x.dtype,
+        )
+        grown[:, lo_h : lo_h + (h - 1) * s + 1 : s, lo_w : lo_w + (wd - 1) * s + 1 : s, :] = (
+            x.permute((0, 2, 3, 1))
+        )
+        flipped = w.flip((2, 3)).permute((2, 3, 0, 1)).compact()
+        return Conv(1, 0).compute(grown, flipped).permute((0, 3, 1, 2)).compact()
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        x, w = node.inputs
+        s, p = self.stride, self.padding
+        g = _nhwc(out_grad)
+        return (
+            _nchw(conv(g, _conv_weight(w), stride=s, padding=p)) if x.requires_grad else None,
+            _from_conv_weight(ConvWeightGrad(s, p, w.shape[2:])(g, _nhwc(x)))
+            if w.requires_grad
+            else None,
+        )
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0) -> Tensor:
+    out = ConvTranspose2d(stride, padding, output_padding)(x, weight)
+    return _affine(out, None, bias, (1, weight.shape[1], 1, 1))
+
+
+# ---- dropout --------------------------------------------------------------------------
+class Dropout(TensorOp):
+    """x * mask, the mask (0 or 1/(1-p)) drawn by `dropout`; the adjoint is masked alike."""
+
+    name = "dropout"
+
+    def __init__(self, mask: NDArray):
+        self.mask = mask
+
+    def compute(self, x: NDArray):
+        if x.shape != self.mask.shape:
+            raise ValueError(f"mask {self.mask.shape} does not fit input {x.shape}")
+        return x * self.mask
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        return Dropout(self.mask)(out_grad)
+
+
+def dropout(x, p=0.5, training=True) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (drawn from
+    NumPy's global generator, so seeding it fixes the mask); the identity when not training."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training:
+        return x
+    device = array_device(x)
+    keep = device.rand(*x.shape, dtype=x.dtype) >= p
+    return Dropout(keep.astype(x.dtype) * (1.0 / (1.0 - p) if p < 1.0 else 0.0))(x)
