@@ -7,6 +7,7 @@ take the same arrays without permuting them.
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hypothesis import strategies as st
 from op_specs import POSITIVE, REAL, Error, OpSpec, Sample, uniform
 
 from needle import ops
@@ -59,6 +60,19 @@ POOL_SAMPLES = [
     Sample((2, 1, 6, 7), kernel_size=(2, 3), stride=(2, 1), padding=(1, 0)),
     Sample((1, 2, 1, 4), kernel_size=(1, 2)),
 ]
+
+
+@st.composite
+def pool_samples(draw):
+    """Random pooling geometry: kernel, stride, padding (at most half the kernel) and an
+    input at least as large as the padded kernel."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 8))
+    w = draw(st.integers(max(1, kw - 2 * pw), 8))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    return Sample((n, c, h, w), kernel_size=(kh, kw), stride=(sh, sw), padding=(ph, pw))
 
 
 SPECS: list = [
@@ -222,6 +236,7 @@ SPECS: list = [
         F.max_pool2d,
         POOL_SAMPLES,
         forms=[lambda x, **kw: ops.MaxPool2d(**kw)(x)],
+        random=pool_samples(),
         errors=pool_errors("max_pool2d"),
     ),
     OpSpec(
@@ -230,6 +245,7 @@ SPECS: list = [
         F.avg_pool2d,
         POOL_SAMPLES,
         forms=[lambda x, **kw: ops.AvgPool2d(**kw)(x)],
+        random=pool_samples(),
         errors=pool_errors("avg_pool2d"),
     ),
     OpSpec(
