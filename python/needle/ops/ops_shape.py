@@ -1,5 +1,675 @@
-"""Issue 16: shape ops people reach for in the first hour (PyTorch's names and conventions)."""
+"""Issue 16: shape ops people reach for in the first hour (PyTorch's names and conventions).
+
+Everything computes with NDArray views (slices, broadcast_to, permute, reshape) and writes
+into slices, or with the rows-by-index primitives (take_rows / add_rows) for the gathers:
+no per-element Python loop and no NumPy copy of the data, so each op runs on every device.
+Index arguments (gather, scatter_add, index_select, index_add) are constants of the op:
+they are checked on the host once, as nd.RowIndices does, and carry no gradient.
+
+Names that needle already had keep their meaning: ``split(x, axis)`` is the course's (every
+slice along an axis); PyTorch's ``split`` into sizes is ``split_sizes`` and ``x.split``.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import backend_ndarray as nd
+from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp
+from ..backend_ndarray import NDArray
+from ..backend_ndarray.primitives import INDEX_DTYPE
+from .ops_mathematic import pad, reduce_to_shape, reshape, summation, zeros_like_data
+from .ops_tuple import make_tuple
+
+__all__ = [
+    "Cat",
+    "cat",
+    "Concatenate",
+    "concatenate",
+    "SplitSizes",
+    "split_sizes",
+    "Chunk",
+    "chunk",
+    "Squeeze",
+    "squeeze",
+    "Unsqueeze",
+    "unsqueeze",
+    "Flatten",
+    "flatten",
+    "Expand",
+    "expand",
+    "Repeat",
+    "repeat",
+    "Tile",
+    "tile",
+    "Roll",
+    "roll",
+    "Triu",
+    "triu",
+    "Tril",
+    "tril",
+    "Gather",
+    "gather",
+    "ScatterAdd",
+    "scatter_add",
+    "IndexSelect",
+    "index_select",
+    "IndexAdd",
+    "index_add",
+]
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def _dim(dim: Any, ndim: int, name: str) -> int:
+    """`dim` (negative counts from the end) as an axis of an `ndim`-D array."""
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
+        raise TypeError(f"{name}: dim must be an int, got {type(dim).__name__}")
+    d = int(dim)
+    if not -ndim <= d < ndim:
+        raise ValueError(f"{name}: dim {d} is out of range for {ndim} dimensions")
+    return d % ndim
+
+
+def _ints(values: Any) -> tuple[int, ...]:
+    """An int or a sequence of ints (or *args given as one sequence) as a tuple."""
+    if isinstance(values, numbers.Integral):
+        return (int(values),)
+    if len(values) == 1 and not isinstance(values[0], numbers.Integral):
+        return _ints(values[0])
+    return tuple(int(v) for v in values)
+
+
+def _at(dim: int, index: Any) -> tuple:
+    """The index selecting `index` (an int or slice) along axis `dim`."""
+    return (slice(None),) * dim + (index,)
+
+
+# ---- cat, split into sizes, chunk --------------------------------------------------------
+class Cat(TensorOp):
+    """Join tensors along an existing axis `dim`; the adjoint is split back into their sizes."""
+
+    name = "cat"
+
+    def __init__(self, dim: int = 0):
+        self.dim = dim
+
+    def compute(self, args: tuple) -> NDArray:
+        if not args:
+            raise ValueError("needs at least one tensor")
+        first = args[0]
+        if first.ndim == 0:
+            raise ValueError("zero-dimensional tensors cannot be concatenated")
+        dim = _dim(self.dim, first.ndim, self.name)
+        for a in args[1:]:
+            first._check_same_device(a)
+            same = a.ndim == first.ndim and all(
+                x == y for k, (x, y) in enumerate(zip(a.shape, first.shape)) if k != dim
+            )
+            if not same or a.dtype != first.dtype:
+                raise ValueError(
+                    f"tensors must match except along dim {self.dim}, got {first.shape} "
+                    f"{first.dtype} and {a.shape} {a.dtype}"
+                )
+        shape = list(first.shape)
+        shape[dim] = sum(a.shape[dim] for a in args)
+        out = NDArray.make(tuple(shape), device=first.device, dtype=first.dtype)
+        start = 0
+        for a in args:
+            out[_at(dim, slice(start, start + a.shape[dim]))] = a
+            start += a.shape[dim]
+        return out
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> TensorTuple:
+        sizes = [a.shape[self.dim] for a in node.inputs[0].realize_cached_data()]
+        return SplitSizes(sizes, self.dim)(out_grad)
+
+
+def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+    """torch.cat: join `tensors` along `dim`."""
+    return Cat(dim)(make_tuple(*tensors))
+
+
+class Concatenate(Cat):
+    """cat under NumPy's and PyTorch's other name."""
+
+    name = "concatenate"
+
+
+def concatenate(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+    """torch.concatenate: torch.cat's alias."""
+    return Concatenate(dim)(make_tuple(*tensors))
+
+
+class SplitSizes(TensorTupleOp):
+    """torch.split: pieces along `dim` of the given sizes (a list), or all of one size (an int,
+    the last piece shorter); the adjoint is their cat."""
+
+    name = "split_sizes"
+
+    def __init__(self, split_size_or_sections: int | Sequence[int], dim: int = 0):
+        self.sections = split_size_or_sections
+        self.dim = dim
+
+    def sizes(self, length: int) -> list[int]:
+        if isinstance(self.sections, (int, numbers.Integral)):
+            s = int(self.sections)
+            if s <= 0 and not (s == 0 and length == 0):
+                raise ValueError(f"split size must be positive, got {s}")
+            sizes = [s] * (length // s) if s else [0]
+            return sizes + [length % s] if s and length % s else sizes
+        sizes = [int(k) for k in self.sections]
+        if sum(sizes) != length or any(k < 0 for k in sizes):
+            raise ValueError(f"sizes {sizes} do not add up to {length} along dim {self.dim}")
+        return sizes
+
+    def compute(self, a: NDArray) -> tuple:
+        if a.ndim == 0:
+            raise ValueError("cannot split a zero-dimensional tensor")
+        dim = _dim(self.dim, a.ndim, self.name)
+        pieces, start = [], 0
+        for k in self.sizes(a.shape[dim]):
+            pieces.append(a[_at(dim, slice(start, start + k))].compact())
+            start += k
+        return tuple(pieces)
+
+    def gradient(self, out_grad: TensorTuple, node: TensorTuple) -> Tensor:
+        return Cat(self.dim)(make_tuple(*out_grad))
+
+
+def split_sizes(x: Tensor, split_size_or_sections: int | Sequence[int], dim: int = 0):
+    """torch.split(x, split_size_or_sections, dim) (needle's split(x, axis) takes every slice)."""
+    return SplitSizes(split_size_or_sections, dim)(x)
+
+
+class Chunk(SplitSizes):
+    """torch.chunk: `chunks` pieces of ceil(length / chunks) along `dim` (fewer when they run
+    out, the last shorter)."""
+
+    name = "chunk"
+    chunks: int
+
+    def __init__(self, chunks: int, dim: int = 0):
+        if not isinstance(chunks, numbers.Integral) or chunks < 1:
+            raise ValueError(f"chunk: chunks must be a positive int, got {chunks}")
+        super().__init__(0, dim)
+        self.chunks = int(chunks)
+
+    def sizes(self, length: int) -> list[int]:
+        size = -(-length // self.chunks)
+        if size == 0:  # an empty axis: torch gives one empty piece
+            return [0]
+        return [size] * (length // size) + ([length % size] if length % size else [])
+
+
+def chunk(x: Tensor, chunks: int, dim: int = 0):
+    return Chunk(chunks, dim)(x)
+
+
+# ---- squeeze, unsqueeze, flatten -----------------------------------------------------------
+class _Reshaping(TensorOp):
+    """An op that only changes the shape (`out_shape` of the input's); the adjoint is reshaped
+    back."""
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError()
+
+    def compute(self, a: NDArray) -> NDArray:
+        return a.reshape(self.out_shape(a.shape))
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        return reshape(out_grad, node.inputs[0].shape)
+
+
+class Squeeze(_Reshaping):
+    """torch.squeeze: drop the size-1 axes among `dim` (an int, a tuple, or None: all)."""
+
+    def __init__(self, dim: int | Sequence[int] | None = None):
+        self.dim = dim
+
+    def out_shape(self, shape):
+        ndim = len(shape)
+        if self.dim is None:
+            dims = set(range(ndim))
+        else:  # a 0-d tensor takes dim 0 or -1, as in torch
+            given = self.dim if isinstance(self.dim, (tuple, list)) else (self.dim,)
+            dims = {_dim(d, max(ndim, 1), "squeeze") for d in given}
+        return tuple(s for k, s in enumerate(shape) if not (k in dims and s == 1))
+
+
+def squeeze(x: Tensor, dim: int | Sequence[int] | None = None) -> Tensor:
+    return Squeeze(dim)(x)
+
+
+class Unsqueeze(_Reshaping):
+    """torch.unsqueeze: a new size-1 axis at `dim` (in [-ndim - 1, ndim])."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def out_shape(self, shape):
+        dim = _dim(self.dim, len(shape) + 1, "unsqueeze")
+        return shape[:dim] + (1,) + shape[dim:]
+
+
+def unsqueeze(x: Tensor, dim: int) -> Tensor:
+    return Unsqueeze(dim)(x)
+
+
+class Flatten(_Reshaping):
+    """torch.flatten: axes start_dim..end_dim (inclusive) merged into one."""
+
+    def __init__(self, start_dim: int = 0, end_dim: int = -1):
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def out_shape(self, shape):
+        if not shape:  # torch flattens a 0-d tensor to (1,)
+            _dim(self.start_dim, 1, "flatten"), _dim(self.end_dim, 1, "flatten")
+            return (1,)
+        start = _dim(self.start_dim, len(shape), "flatten")
+        end = _dim(self.end_dim, len(shape), "flatten")
+        if start > end:
+            raise ValueError(f"start_dim {self.start_dim} comes after end_dim {self.end_dim}")
+        return shape[:start] + (nd.prod(shape[start : end + 1]),) + shape[end + 1 :]
+
+
+def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    return Flatten(start_dim, end_dim)(x)
+
+
+# ---- expand, repeat, tile ----------------------------------------------------------------
+class Expand(TensorOp):
+    """torch.expand: a broadcast view to `sizes` (-1 keeps an axis' size; new axes lead);
+    the adjoint sums over the broadcast axes."""
+
+    def __init__(self, *sizes: Any):
+        self.sizes = _ints(sizes)
+
+    def compute(self, a: NDArray) -> NDArray:
+        lead = len(self.sizes) - a.ndim
+        if lead < 0:
+            raise ValueError(f"needs at least {a.ndim} sizes, got {self.sizes}")
+        if any(s == -1 for s in self.sizes[:lead]):
+            raise ValueError(f"-1 is not allowed for a new leading axis: {self.sizes}")
+        shape = self.sizes[:lead] + tuple(
+            d if s == -1 else s for s, d in zip(self.sizes[lead:], a.shape)
+        )
+        if any(s < 0 for s in shape):
+            raise ValueError(f"sizes must be >= 0 or -1, got {self.sizes}")
+        try:
+            return a.broadcast_to(shape)
+        except ValueError:
+            raise ValueError(f"cannot expand shape {a.shape} to {self.sizes}") from None
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        return reduce_to_shape(out_grad, node.inputs[0].shape)
+
+
+def expand(x: Tensor, *sizes: Any) -> Tensor:
+    return Expand(*sizes)(x)
+
+
+class Repeat(TensorOp):
+    """torch.repeat (NumPy's tile): the tensor repeated `sizes[i]` times along axis i, with
+    leading axes added when there are more sizes than axes. Computed as one compact copy of
+    a broadcast view (r0, d0, r1, d1, ...); the adjoint sums over the r axes."""
+
+    name = "repeat"
+
+    def __init__(self, *sizes: Any):
+        self.sizes = _ints(sizes)
+        if any(s < 0 for s in self.sizes):
+            raise ValueError(f"{self.name}: sizes must be >= 0, got {self.sizes}")
+
+    def reps(self, ndim: int) -> tuple[int, ...]:
+        if len(self.sizes) < ndim:
+            raise ValueError(
+                f"needs at least one size per dimension ({ndim}), got {len(self.sizes)}"
+            )
+        return self.sizes
+
+    def _interleaved(self, shape: tuple[int, ...]) -> tuple[tuple, tuple]:
+        """(r0, d0, r1, d1, ...) and (1, d0, 1, d1, ...) for the input's `shape`."""
+        reps = self.reps(len(shape))
+        dims = (1,) * (len(reps) - len(shape)) + tuple(shape)
+        return (
+            tuple(x for pair in zip(reps, dims) for x in pair),
+            tuple(x for d in dims for x in (1, d)),
+        )
+
+    def compute(self, a: NDArray) -> NDArray:
+        big, small = self._interleaved(a.shape)
+        out = a.reshape(small).broadcast_to(big).compact()
+        return out.reshape(tuple(big[k] * big[k + 1] for k in range(0, len(big), 2)))
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        shape = node.inputs[0].shape
+        big, _ = self._interleaved(shape)
+        summed = summation(reshape(out_grad, big), tuple(range(0, len(big), 2)))
+        return reshape(summed, shape)
+
+
+def repeat(x: Tensor, *sizes: Any) -> Tensor:
+    return Repeat(*sizes)(x)
+
+
+class Tile(Repeat):
+    """torch.tile: repeat with 1s prepended to `dims` when it has fewer than x has axes."""
+
+    name = "tile"
+
+    def __init__(self, dims: Any):
+        super().__init__(dims)
+
+    def reps(self, ndim: int) -> tuple[int, ...]:
+        return (1,) * (ndim - len(self.sizes)) + self.sizes
+
+
+def tile(x: Tensor, dims: Any) -> Tensor:
+    return Tile(dims)(x)
+
+
+# ---- roll, triu, tril --------------------------------------------------------------------
+class Roll(TensorOp):
+    """torch.roll: shift elements along `dims` by `shifts` (wrapping round); with dims None,
+    along the flattened tensor. The adjoint rolls back."""
+
+    def __init__(self, shifts: int | Sequence[int], dims: int | Sequence[int] | None = None):
+        self.shifts = _ints(shifts)
+        self.dims = None if dims is None else _ints(dims)
+        if len(self.shifts) != (1 if dims is None else len(self.dims or ())):
+            raise ValueError(f"roll: shifts {shifts} and dims {dims} need one shift per dim")
+
+    def compute(self, a: NDArray) -> NDArray:
+        if self.dims is None:
+            return _roll(a.compact().reshape((a.size,)), self.shifts[0], 0).reshape(a.shape)
+        for shift, dim in zip(self.shifts, self.dims):
+            a = _roll(a, shift, _dim(dim, a.ndim, "roll"))
+        return a.compact()
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        return Roll(tuple(-s for s in self.shifts), self.dims)(out_grad)
+
+
+def _roll(a: NDArray, shift: int, dim: int) -> NDArray:
+    n = a.shape[dim]
+    shift = shift % n if n else 0
+    if shift == 0:
+        return a
+    out = NDArray.make(a.shape, device=a.device, dtype=a.dtype)
+    out[_at(dim, slice(shift, None))] = a[_at(dim, slice(0, n - shift))]
+    out[_at(dim, slice(0, shift))] = a[_at(dim, slice(n - shift, None))]
+    return out
+
+
+def roll(x: Tensor, shifts: int | Sequence[int], dims: int | Sequence[int] | None = None):
+    return Roll(shifts, dims)(x)
+
+
+class _Triangle(TensorOp):
+    """The last two axes' upper (triu) or lower (tril) triangle from `diagonal` on, zeros
+    elsewhere: the input times a 0/1 mask made from the shape; the adjoint is masked alike.
+    (So an inf or nan outside the triangle gives nan, where torch gives 0.)"""
+
+    upper: bool
+
+    def __init__(self, diagonal: int = 0):
+        self.diagonal = int(diagonal)
+
+    def compute(self, a: NDArray) -> NDArray:
+        if a.ndim < 2:
+            raise ValueError(f"needs at least 2 dimensions, got shape {a.shape}")
+        m, n = a.shape[-2:]
+        ones = np.ones((m, n), dtype=a.dtype)
+        # The mask depends on the shape only: built on the host, then uploaded once.
+        mask = np.triu(ones, self.diagonal) if self.upper else np.tril(ones, self.diagonal)
+        return a * NDArray(mask, device=a.device, dtype=a.dtype).broadcast_to(a.shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        return type(self)(self.diagonal)(out_grad)
+
+
+class Triu(_Triangle):
+    name = "triu"
+    upper = True
+
+
+class Tril(_Triangle):
+    name = "tril"
+    upper = False
+
+
+def triu(x: Tensor, diagonal: int = 0) -> Tensor:
+    return Triu(diagonal)(x)
+
+
+def tril(x: Tensor, diagonal: int = 0) -> Tensor:
+    return Tril(diagonal)(x)
+
+
+# ---- gather, scatter_add, index_select, index_add --------------------------------------
+def _host_index(index: Any, name: str) -> np.ndarray:
+    """An index argument (a Tensor, NDArray, NumPy array or list of integers, or of whole
+    numbers in a float array) as an int64 NumPy array: a constant of the op."""
+    if isinstance(index, (Tensor, NDArray)):
+        index = index.numpy()
+    idx = np.asarray(index)
+    if idx.dtype.kind == "f":
+        if not np.all(np.isfinite(idx)) or np.any(idx != np.floor(idx)):
+            raise ValueError(f"{name}: index must hold whole numbers")
+    elif idx.dtype.kind not in "iu":
+        raise TypeError(f"{name}: index must be integers, got dtype {idx.dtype}")
+    return idx.astype(np.int64)
+
+
+class _Index:
+    """A checked index argument: its int64 host array and its bounds, found once (the op
+    checks them against each input's shape)."""
+
+    def __init__(self, index: Any, name: str):
+        self.host = _host_index(index, name)
+        self.low, self.high = (
+            (int(self.host.min()), int(self.host.max())) if self.host.size else (0, -1)
+        )
+
+    def check(self, size: int, dim: int, name: str) -> None:
+        if self.low < 0 or self.high >= size:
+            raise IndexError(
+                f"{name}: index {self.low}..{self.high} is out of range for dim {dim} of "
+                f"size {size}"
+            )
+
+
+def _row_indices(flat: np.ndarray, rows: int, device: Any) -> nd.RowIndices:
+    """Positions already known to lie in [0, rows) as nd.RowIndices, without its per-call
+    check (a pass over them on the host: most of a gather's time)."""
+    indices = nd.RowIndices.__new__(nd.RowIndices)
+    indices.host, indices.rows = flat, rows
+    indices.array = NDArray(flat, device=device, dtype=INDEX_DTYPE)
+    return indices
+
+
+class _Positions(TensorOp):
+    """An op with a gather-style `index` (same number of axes as x) along `dim`: the flat
+    positions in a compact x of shape `shape` that index picks, as nd.RowIndices."""
+
+    name: str
+
+    def __init__(self, dim: int, index: Any):
+        self.dim = dim
+        # An op's gradient passes its checked index on: checked once per index.
+        self.checked = index if isinstance(index, _Index) else _Index(index, self.name)
+        self.index = self.checked.host
+
+    def positions(self, shape: tuple[int, ...], device: Any) -> nd.RowIndices:
+        idx, ndim = self.index, len(shape)
+        if idx.ndim != ndim:
+            raise ValueError(f"index {idx.shape} needs as many dimensions as the tensor {shape}")
+        dim = _dim(self.dim, max(ndim, 1), self.name) if ndim else 0
+        if ndim and any(i > s for k, (i, s) in enumerate(zip(idx.shape, shape)) if k != dim):
+            raise ValueError(f"index {idx.shape} is larger than {shape} outside dim {self.dim}")
+        size = shape[dim] if ndim else 1
+        self.checked.check(size, self.dim, self.name)
+        strides = nd.compact_strides(shape)
+        flat = idx * (strides[dim] if ndim else 0)
+        for k in range(ndim):  # one vectorised term per axis, not per element
+            if k != dim:
+                along = np.arange(idx.shape[k], dtype=np.int64) * strides[k]
+                flat = flat + along.reshape((-1,) + (1,) * (ndim - 1 - k))
+        return _row_indices(flat.reshape(-1), max(nd.prod(shape), 1), device)
+
+
+def _as_column(a: NDArray) -> NDArray:
+    """a's elements as rows of one element (the row primitives' table)."""
+    return a.compact().reshape((a.size, 1))
+
+
+class Gather(_Positions):
+    """torch.gather: out[i][j][k] = x[i][index[i][j][k]][k] for dim 1 (any dim alike); the
+    adjoint is scatter_add of out_grad into zeros."""
+
+    name = "gather"
+
+    def compute(self, x: NDArray) -> NDArray:
+        rows = self.positions(x.shape, x.device)
+        return nd.take_rows(_as_column(x), rows).reshape(self.index.shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        x = node.inputs[0]
+        return ScatterAdd(self.dim, self.checked)(zeros_like_data(x), out_grad)
+
+
+def gather(x: Tensor, dim: int, index: Any) -> Tensor:
+    return Gather(dim, index)(x)
+
+
+class ScatterAdd(_Positions):
+    """torch.scatter_add: x with src[i][j][k] added at x[i][index[i][j][k]][k] for dim 1
+    (repeats add up; src's leading block of index's shape is used). Adjoints: out_grad for x,
+    its gather (zero outside that block) for src."""
+
+    name = "scatter_add"
+
+    def compute(self, x: NDArray, src: NDArray) -> NDArray:
+        idx = self.index
+        if src.ndim != idx.ndim or any(i > s for i, s in zip(idx.shape, src.shape)):
+            raise ValueError(f"index {idx.shape} is larger than src {src.shape}")
+        rows = self.positions(x.shape, x.device)
+        block = src[tuple(slice(0, i) for i in idx.shape)] if idx.ndim else src
+        added = nd.add_rows(_as_column(block), rows, max(x.size, 1))
+        return x + added.reshape(x.shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> tuple[Tensor, Tensor]:
+        src = node.inputs[1]
+        picked = Gather(self.dim, self.checked)(out_grad)
+        if picked.shape != src.shape:
+            picked = pad(picked, tuple((0, s - i) for i, s in zip(picked.shape, src.shape)))
+        return out_grad, picked
+
+
+def scatter_add(x: Tensor, dim: int, index: Any, src: Tensor) -> Tensor:
+    return ScatterAdd(dim, index)(x, src)
+
+
+class _Slices(TensorOp):
+    """An op with a 1-D `index` of positions along `dim` (index_select's): computed on x with
+    dim moved first and the rest flattened, as rows for the row primitives."""
+
+    name: str
+
+    def __init__(self, dim: int, index: Any):
+        self.dim = dim
+        # An op's gradient passes its checked index on: checked once per index.
+        self.checked = index if isinstance(index, _Index) else _Index(index, self.name)
+        self.index = self.checked.host
+        if self.index.ndim != 1:
+            raise ValueError(f"{self.name}: index must be 1-D, got shape {self.index.shape}")
+
+    def rows(self, a: NDArray) -> tuple[int, tuple[int, ...], NDArray, nd.RowIndices]:
+        """dim, the permutation moving it first, a so permuted as (rows, rest), the indices."""
+        if a.ndim == 0:
+            raise ValueError("needs a tensor with at least one dimension")
+        dim = _dim(self.dim, a.ndim, self.name)
+        self.checked.check(a.shape[dim], self.dim, self.name)
+        order = (dim,) + tuple(k for k in range(a.ndim) if k != dim)
+        moved = a.permute(order).compact()
+        table = moved.reshape((a.shape[dim], moved.size // max(a.shape[dim], 1)))
+        return dim, order, table, _row_indices(self.index, a.shape[dim], a.device)
+
+
+def _unmove(rows: NDArray, order: tuple[int, ...], shape: tuple[int, ...]) -> NDArray:
+    """(rows, rest) back to `shape` (with dim first, as `order` moved it) in the axis order."""
+    inverse = tuple(order.index(k) for k in range(len(order)))
+    return rows.reshape(tuple(shape[k] for k in order)).permute(inverse).compact()
+
+
+class IndexSelect(_Slices):
+    """torch.index_select: the slices at `index` along `dim`; the adjoint is their index_add
+    into zeros."""
+
+    name = "index_select"
+
+    def compute(self, x: NDArray) -> NDArray:
+        dim, order, table, rows = self.rows(x)
+        shape = x.shape[:dim] + (len(self.index),) + x.shape[dim + 1 :]
+        return _unmove(nd.take_rows(table, rows), order, shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        return IndexAdd(self.dim, self.checked)(zeros_like_data(node.inputs[0]), out_grad)
+
+
+def index_select(x: Tensor, dim: int, index: Any) -> Tensor:
+    return IndexSelect(dim, index)(x)
+
+
+class IndexAdd(_Slices):
+    """torch.index_add: x with source's slice i added to x's slice index[i] along `dim`
+    (repeats add up). Adjoints: out_grad for x, its index_select for source."""
+
+    name = "index_add"
+
+    def compute(self, x: NDArray, source: NDArray) -> NDArray:
+        dim, order, _, rows = self.rows(x)
+        expected = x.shape[:dim] + (len(self.index),) + x.shape[dim + 1 :]
+        if source.shape != expected:
+            raise ValueError(f"source {source.shape} must have shape {expected}")
+        moved = source.permute(order).compact()
+        values = moved.reshape((len(self.index), moved.size // max(len(self.index), 1)))
+        return x + _unmove(nd.add_rows(values, rows, x.shape[dim]), order, x.shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> tuple[Tensor, Tensor]:
+        return out_grad, IndexSelect(self.dim, self.checked)(out_grad)
+
+
+def index_add(x: Tensor, dim: int, index: Any, source: Tensor) -> Tensor:
+    return IndexAdd(dim, index)(x, source)
+
+
+# ---- Tensor methods (PyTorch's), added here: autograd.Tensor defines none of these names ----
+def _split_method(self: Tensor, split_size_or_sections: Any, dim: int = 0):
+    return split_sizes(self, split_size_or_sections, dim)
+
+
+_METHODS = {
+    "split": _split_method,
+    "chunk": chunk,
+    "squeeze": squeeze,
+    "unsqueeze": unsqueeze,
+    "flatten": flatten,
+    "expand": expand,
+    "repeat": repeat,
+    "tile": tile,
+    "roll": roll,
+    "triu": triu,
+    "tril": tril,
+    "gather": gather,
+    "scatter_add": scatter_add,
+    "index_select": index_select,
+    "index_add": index_add,
+}
+for _name, _fn in _METHODS.items():
+    assert _name not in vars(Tensor), f"Tensor.{_name} exists already"
+    setattr(Tensor, _name, _fn)
