@@ -81,6 +81,37 @@ def set_array(value: Value, array: nd.NDArray) -> None:
     value.cached_data = _mode_data(array) if _NUMPY_MODE else array
 
 
+class RemovableHandle:
+    """What register_hook and the Module hook registrations return: ``remove()`` takes the
+    hook out (again is a no-op), as torch.utils.hooks.RemovableHandle; also a context manager
+    that removes it on exit."""
+
+    _next_id = 0
+
+    def __init__(self, hooks: dict[int, Any]):
+        self._hooks = hooks
+        self.id = RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+
+    def remove(self) -> None:
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self) -> RemovableHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def add_hook(hooks: dict[int, Any], fn: Callable[..., Any]) -> RemovableHandle:
+    """Put `fn` into `hooks` (kept in registration order) and return its handle."""
+    if not callable(fn):
+        raise TypeError(f"a hook must be callable, got {type(fn).__name__}")
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = fn
+    return handle
+
+
 class no_grad:
     """Context manager (and decorator) under which ops record no graph, as torch.no_grad."""
 
@@ -188,6 +219,9 @@ class Value:
     requires_grad: bool
     grad: Value | None = None  # set by backward()
     saved: SimpleNamespace | None = None  # the values compute saved for gradient (see Saved)
+    # register_hook's functions, {handle id: fn}; set on the instance by the first hook (the
+    # class default keeps nodes without hooks as small and fast as before).
+    _grad_hooks: dict[int, Callable[[Any], Any]] | None = None
 
     if TYPE_CHECKING:  # Tensor and TensorTuple add; sum_node_list adds Values
 
@@ -501,6 +535,57 @@ class Tensor(Value):
     def size(self) -> int:
         return self.realize_cached_data().size
 
+    def to(self, *args: Any, device: Device | None = None, dtype: Any = None) -> Tensor:
+        """This tensor on `device` and/or in `dtype`, as torch's ``Tensor.to``: positional
+        arguments may be a device (``x.to(ndl.cpu())``), a dtype (``x.to("float64")``), both,
+        or a Tensor whose device and dtype to take (the numpy mode ignores the device, as
+        ``Tensor(..., device=...)`` does there). Returns self when nothing changes;
+        otherwise a new tensor, differentiable (the gradient goes back to this tensor's
+        device and dtype)."""
+        device, dtype = _to_arguments(args, device, dtype)
+        cast = dtype is not None and nd.canonical_dtype(dtype) != self.dtype
+        # The numpy mode keeps all data in NumPy: a device means nothing there, as in
+        # Tensor(..., device=...).
+        move = device is not None and device != self.device and not _NUMPY_MODE
+        out = self
+        # Cast where the new dtype exists: on this device if it holds it (float64 -> float32
+        # before going to a float32-only device), else after the move (float32 on webgpu
+        # -> float64 on cpu).
+        if cast and nd.canonical_dtype(dtype) in getattr(self.device, "dtypes", ()):
+            out, cast = ops.astype(out, dtype), False
+        if move:
+            out = ToDevice(device)(out)
+        return ops.astype(out, dtype) if cast else out
+
+    def cpu(self) -> Tensor:
+        """``self.to(ndl.cpu())`` (self when already there)."""
+        return self.to(cpu())
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Set requires_grad in place on a leaf (integer and bool tensors cannot require a
+        gradient); returns self, as torch."""
+        if not self.is_leaf() and not requires_grad:
+            raise RuntimeError(
+                "requires_grad_(False) on a tensor computed by an op: use detach() instead"
+            )
+        if requires_grad and self.dtype not in _FLOAT_DTYPES and not _NUMPY_MODE:
+            raise RuntimeError(f"requires_grad_: a {self.dtype} tensor cannot require a gradient")
+        self.requires_grad = requires_grad
+        return self
+
+    def register_hook(self, hook: Callable[[Tensor], Tensor | None]) -> RemovableHandle:
+        """Call ``hook(grad)`` each time backward computes this tensor's gradient; a non-None
+        return (a Tensor of the same shape) replaces the gradient, both in ``.grad`` and in
+        what flows on to this tensor's inputs. Hooks run in registration order, each on the
+        previous one's result. Returns a handle whose ``remove()`` takes the hook out."""
+        if not self.requires_grad:
+            raise RuntimeError(
+                "register_hook: cannot register a hook on a tensor that does not require a gradient"
+            )
+        if self._grad_hooks is None:
+            self._grad_hooks = {}
+        return add_hook(self._grad_hooks, hook)
+
     def backward(self, out_grad: Tensor | None = None, create_graph: bool | None = None) -> None:
         """Set ``.grad`` of every node of the graph that requires a gradient.
 
@@ -674,6 +759,8 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
     _topo_sort(output_tensor, set(), order, needs_grad=True)
     for node in reversed(order):
         node.grad = node._sum_adjoints(node_to_output_grads.pop(id(node)))
+        if node._grad_hooks:
+            node.grad = _run_grad_hooks(node, node.grad)
         if node.op is None:
             continue
         sparse = node.op.sparse_gradient  # tuple_get_item's
@@ -684,6 +771,60 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
                 if isinstance(grad, Tensor) and grad.dtype != inp.dtype:
                     grad = ops.astype(grad, inp.dtype)
                 node_to_output_grads.setdefault(id(inp), []).append(grad)
+
+
+def _run_grad_hooks(node: Value, grad: Any) -> Any:
+    """The gradient after node's register_hook functions (each may replace it); only
+    Tensors have hooks, so `grad` is a Tensor."""
+    for hook in list(node._grad_hooks.values()):  # type: ignore[union-attr]
+        replaced = hook(grad)
+        if replaced is None:
+            continue
+        if not isinstance(replaced, Tensor) or replaced.shape != grad.shape:
+            got = getattr(replaced, "shape", type(replaced).__name__)
+            raise ValueError(
+                f"register_hook: hook {getattr(hook, '__name__', hook)!r} returned {got} for a "
+                f"gradient of shape {grad.shape}; return None or a Tensor of that shape"
+            )
+        grad = replaced
+    return grad
+
+
+class ToDevice(TensorOp):
+    """A copy on another device (Tensor.to); the adjoint goes back to the input's device."""
+
+    name = "to"
+
+    def __init__(self, device: Device):
+        self.device = device
+
+    def compute(self, a: NDArray) -> NDArray:
+        return a.to(self.device)
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        return ToDevice(node.inputs[0].device)(out_grad)
+
+
+def _to_arguments(args: tuple[Any, ...], device: Any, dtype: Any) -> tuple[Any, Any]:
+    """(device, dtype) from Tensor.to's arguments: devices, dtypes or a Tensor, in any order."""
+    for arg in args:
+        if isinstance(arg, Tensor):
+            device, dtype = arg.device, arg.dtype
+        elif isinstance(arg, (nd.BackendDevice, Device)):
+            device = arg
+        elif isinstance(arg, (str, numpy.dtype, type)):
+            dtype = arg
+        else:
+            raise TypeError(
+                f"to: expected a device (e.g. ndl.cpu()), a dtype (e.g. 'float64') or a Tensor, "
+                f"got {arg!r}"
+            )
+    if dtype is not None:
+        try:
+            nd.canonical_dtype(dtype)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"to: {dtype!r} is not a dtype needle knows ({error})") from None
+    return device, dtype
 
 
 def find_topo_sort(node_list: list[Value]) -> list[Value]:
