@@ -8,15 +8,27 @@ dtype="float32"`` and initialise weights as the course does; where that API is s
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 import needle.init as init
 from needle import ops
-from needle.autograd import Tensor, array_of, set_array
+from needle.autograd import (
+    _NUMPY_MODE,
+    RemovableHandle,
+    Tensor,
+    TensorTupleOp,
+    _to_arguments,
+    add_hook,
+    array_of,
+    cpu,
+    is_grad_enabled,
+    set_array,
+)
 from needle.backend_ndarray import axpby
+from needle.backend_ndarray.ndarray import FLOATS as nd_FLOATS
 
 __all__ = [
     "Parameter",
@@ -41,7 +53,9 @@ class Parameter(Tensor):
     """A Tensor that a Module trains: ``Module.parameters()`` collects these."""
 
 
-def _named_tensors(value: Any, prefix: str, _path=()) -> Iterator[tuple[str, Tensor]]:
+def _named_tensors(
+    value: Any, prefix: str, _path=(), recurse: bool = True
+) -> Iterator[tuple[str, Tensor]]:
     """(dotted name, tensor) for every Tensor reachable from `value`, in attribute order.
 
     Walks into Modules, lists, tuples and dicts, as the course's ``_unpack_params`` does.
@@ -52,7 +66,9 @@ def _named_tensors(value: Any, prefix: str, _path=()) -> Iterator[tuple[str, Ten
         yield prefix, value
         return
     if isinstance(value, Module):
-        items = vars(value).items()
+        if _path and not recurse:
+            return  # another module's tensors
+        items = value._members()
     elif isinstance(value, dict):
         items = value.items()
     elif isinstance(value, (list, tuple)):
@@ -63,7 +79,7 @@ def _named_tensors(value: Any, prefix: str, _path=()) -> Iterator[tuple[str, Ten
         return
     path = _path + (id(value),)
     for key, item in items:
-        yield from _named_tensors(item, f"{prefix}.{key}" if prefix else str(key), path)
+        yield from _named_tensors(item, f"{prefix}.{key}" if prefix else str(key), path, recurse)
 
 
 def _unpack_params(value: Any) -> list[Parameter]:
@@ -77,7 +93,7 @@ def _child_modules(value: Any, _path=()) -> list[Module]:
     if isinstance(value, Module):
         if id(value) in _path:
             return []
-        return [value] + _child_modules(vars(value), _path + (id(value),))
+        return [value] + _child_modules(dict(value._members()), _path + (id(value),))
     if isinstance(value, dict):
         return [m for item in value.values() for m in _child_modules(item, _path)]
     if isinstance(value, (list, tuple)):
@@ -85,32 +101,334 @@ def _child_modules(value: Any, _path=()) -> list[Module]:
     return []
 
 
+class _Hooks:
+    """A module's hooks, {handle id: fn} per kind (an object, not a dict, so that the
+    parameter, state_dict and module walks pass it by)."""
+
+    def __init__(self):
+        self.forward_pre: dict[int, Callable[..., Any]] = {}
+        self.forward: dict[int, Callable[..., Any]] = {}
+        self.backward: dict[int, Callable[..., Any]] = {}
+
+    def call(self, module: Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """module.forward(*args, **kwargs) with its hooks, in torch's order: pre-hooks,
+        backward-hook inputs, forward, forward hooks, backward-hook outputs."""
+        for hook in list(self.forward_pre.values()):
+            replaced = hook(module, args)
+            if replaced is not None:
+                args = replaced if isinstance(replaced, tuple) else (replaced,)
+        backward = None
+        if self.backward and is_grad_enabled():
+            backward = _BackwardHook(module, self.backward)
+            args = backward.wrap_inputs(args)
+        output = module.forward(*args, **kwargs)
+        for hook in list(self.forward.values()):
+            replaced = hook(module, args, output)
+            if replaced is not None:
+                output = replaced
+        return output if backward is None else backward.wrap_outputs(output)
+
+
+class _HookIdentity(TensorTupleOp):
+    """(a, b, ...) -> the same arrays as a TensorTuple; the adjoints pass through `callback`.
+    One node for all of a module's inputs (or outputs), so that backward calls the callback
+    once, with every adjoint summed, as torch's full backward hooks see them."""
+
+    name = "backward_hook"
+
+    def __init__(self, callback: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]):
+        self.callback = callback
+
+    def compute(self, *arrays):
+        return tuple(arrays)
+
+    def gradient(self, out_grad, node):
+        return self.callback(tuple(out_grad[i] for i in range(len(node.inputs))))
+
+
+class _BackwardHook:
+    """One call's register_full_backward_hook plumbing: identity nodes around the tensor
+    inputs and outputs that need a gradient. The output node's adjoint is grad_output; the
+    input node's adjoint, once complete, is grad_input, which the hooks may replace."""
+
+    def __init__(self, module: Module, hooks: dict[int, Callable[..., Any]]):
+        self.module = module
+        self.hooks = hooks
+        self.n_args = 0
+        self.positions: list[int] = []  # the positional arguments wrapped
+        self.grad_output: tuple[Tensor | None, ...] = ()
+
+    def wrap_inputs(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        self.n_args = len(args)
+        self.positions = [i for i, a in enumerate(args) if _needs_grad(a)]
+        if not self.positions:
+            return args
+        wrapped = _HookIdentity(self._on_inputs)(*(args[i] for i in self.positions))
+        out = list(args)
+        for j, i in enumerate(self.positions):
+            out[i] = wrapped[j]
+        return tuple(out)
+
+    def wrap_outputs(self, output: Any) -> Any:
+        items = [output] if isinstance(output, Tensor) else output
+        if not isinstance(items, (list, tuple)):
+            return output  # a dict, a TensorTuple...: passed through, no hook
+        positions = [i for i, o in enumerate(items) if _needs_grad(o)]
+        if not positions:
+            return output
+
+        def on_outputs(grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            grad_output: list[Tensor | None] = [None] * len(items)
+            for j, i in enumerate(positions):
+                grad_output[i] = grads[j]
+            self.grad_output = tuple(grad_output)
+            if not self.positions:  # no input needs a gradient: the hooks run now
+                self._run((None,) * self.n_args)
+            return grads
+
+        wrapped = _HookIdentity(on_outputs)(*(items[i] for i in positions))
+        out = list(items)
+        for j, i in enumerate(positions):
+            out[i] = wrapped[j]
+        if isinstance(output, Tensor):
+            return out[0]
+        return out if isinstance(output, list) else tuple(out)
+
+    def _run(self, grad_input: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+        for hook in list(self.hooks.values()):
+            replaced = hook(self.module, grad_input, self.grad_output)
+            if replaced is None:
+                continue
+            replaced = tuple(replaced) if isinstance(replaced, (tuple, list)) else (replaced,)
+            if len(replaced) != len(grad_input):
+                raise ValueError(
+                    f"register_full_backward_hook: hook {getattr(hook, '__name__', hook)!r} "
+                    f"of {type(self.module).__name__} returned {len(replaced)} gradients for "
+                    f"{len(grad_input)} inputs"
+                )
+            grad_input = replaced
+        return grad_input
+
+    def _on_inputs(self, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        grad_input: list[Tensor | None] = [None] * self.n_args
+        for j, i in enumerate(self.positions):
+            grad_input[i] = grads[j]
+        final = self._run(tuple(grad_input))
+        out = []
+        for j, i in enumerate(self.positions):
+            g = final[i]
+            if g is None:  # the hook dropped it: no gradient is a zero gradient
+                g = grads[j] * 0.0
+            elif not isinstance(g, Tensor) or g.shape != grads[j].shape:
+                raise ValueError(
+                    f"register_full_backward_hook: the replacement gradient of input {i} of "
+                    f"{type(self.module).__name__} is {getattr(g, 'shape', type(g).__name__)}, "
+                    f"the input's shape is {grads[j].shape}"
+                )
+            out.append(g)
+        return tuple(out)
+
+
+def _needs_grad(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.requires_grad
+
+
+def _direct_children(value: Any, prefix: str, _path=()) -> Iterator[tuple[str, Module]]:
+    """(dotted name, module) for the Modules reachable from `value` through dicts, lists and
+    tuples, without entering a Module (a module's direct children)."""
+    if isinstance(value, Module):
+        yield prefix, value
+        return
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return
+    if id(value) in _path:
+        return
+    path = _path + (id(value),)
+    for key, item in items:
+        yield from _direct_children(item, f"{prefix}.{key}", path)
+
+
+def _move_array(array, device, dtype):
+    """An NDArray on `device` (None: where it is) and, if it holds floats, in `dtype`."""
+    if dtype is not None and array.dtype in nd_FLOATS:
+        array = array.astype(dtype)
+    if device is not None and not _NUMPY_MODE:
+        array = array.to(device)
+    return array
+
+
+class _ModuleTuple(tuple):
+    """The course's ``Sequential.modules`` tuple, which can also be called as torch's
+    ``modules()`` method (the attribute and the method share a name)."""
+
+    _owner: Module
+
+    def __new__(cls, items: tuple, owner: Module) -> _ModuleTuple:
+        value = super().__new__(cls, items)
+        value._owner = owner
+        return value
+
+    def __call__(self) -> list[Module]:
+        return self._owner._all_modules()
+
+
+class _ModulesAttribute:
+    """``Module.modules``: torch's ``modules()`` method, unless the instance has its own
+    ``modules`` attribute (the course's Sequential keeps its tuple there), which wins; a
+    tuple is returned callable (``seq.modules[0]`` and ``seq.modules()`` both work)."""
+
+    def __get__(self, obj: Module | None, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        own = obj.__dict__.get("modules", _MISSING)
+        if own is _MISSING:
+            return obj._all_modules
+        return _ModuleTuple(own, obj) if type(own) is tuple else own
+
+    def __set__(self, obj: Module, value: Any) -> None:
+        obj.__dict__["modules"] = value
+
+    def __delete__(self, obj: Module) -> None:
+        del obj.__dict__["modules"]
+
+
+_MISSING = object()
+_REPR_ACTIVE: set[int] = set()  # modules whose repr is being built (a back reference stops)
+
+
 class Module:
-    """Base class of layers: holds Parameters, sub-Modules and buffers as attributes."""
+    """Base class of layers: holds Parameters, sub-Modules and buffers as attributes.
+
+    Sub-modules, parameters and buffers are found by walking the attributes (in insertion
+    order, into dicts, lists and tuples), as the course does; names are the dotted paths
+    ``state_dict`` uses (``modules.0.weight`` for the course's Sequential).
+    """
 
     training = True  # also for subclasses whose __init__ skips Module.__init__
+    _hooks: _Hooks | None = None  # set by the first hook registration
+    modules = _ModulesAttribute()
 
     def __init__(self):
         self.training = True
 
-    def parameters(self) -> list[Parameter]:
-        """The Parameters of this module and all its sub-modules, as a list (course order:
-        ``vars(self)`` in insertion order, into Modules, dicts, lists and tuples; duplicates
-        kept; plain Tensors such as BatchNorm's running statistics are not parameters)."""
-        return _unpack_params(vars(self))
+    def _members(self) -> Iterable[tuple[Any, Any]]:
+        """(name, value) of what this module holds: its attributes (ModuleList and
+        ModuleDict give their elements instead)."""
+        return vars(self).items()
 
-    def named_parameters(self) -> list[tuple[str, Parameter]]:
-        seen, named = set(), []
-        for name, tensor in _named_tensors(self, ""):
-            if isinstance(tensor, Parameter) and id(tensor) not in seen:
+    # ---- parameters, buffers and sub-modules -------------------------------------------
+    def parameters(self, recurse: bool = True, remove_duplicate: bool = False) -> list[Parameter]:
+        """The Parameters of this module and all its sub-modules, as a list (course order:
+        attributes in insertion order, into Modules, dicts, lists and tuples; plain Tensors
+        such as BatchNorm's running statistics are not parameters). As the course, a
+        Parameter reached twice (shared by two layers) is listed twice unless
+        `remove_duplicate` (torch's parameters() lists it once; so does
+        named_parameters())."""
+        if remove_duplicate or not recurse:
+            return [p for _, p in self.named_parameters(recurse=recurse)]
+        return _unpack_params(self)
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> list[tuple[str, Parameter]]:
+        """(dotted name, Parameter), in parameters() order, each Parameter once (under the
+        first name it is reached by) unless not `remove_duplicate`; the names are
+        state_dict's. `recurse=False`: only this module's own parameters."""
+        return [
+            (n, t)
+            for n, t in self._named_tensors(prefix, recurse, remove_duplicate)
+            if isinstance(t, Parameter)
+        ]
+
+    def named_buffers(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> list[tuple[str, Tensor]]:
+        """(dotted name, Tensor) of the tensors that are not Parameters (BatchNorm's running
+        statistics), as torch's named_buffers."""
+        return [
+            (n, t)
+            for n, t in self._named_tensors(prefix, recurse, remove_duplicate)
+            if not isinstance(t, Parameter)
+        ]
+
+    def buffers(self, recurse: bool = True) -> list[Tensor]:
+        return [t for _, t in self.named_buffers(recurse=recurse)]
+
+    def _named_tensors(self, prefix: str, recurse: bool, remove_duplicate: bool):
+        seen: set[int] = set()
+        for name, tensor in _named_tensors(self, prefix, recurse=recurse):
+            if remove_duplicate:
+                if id(tensor) in seen:
+                    continue
                 seen.add(id(tensor))
-                named.append((name, tensor))
-        return named
+            yield name, tensor
+
+    def named_children(self) -> list[tuple[str, Module]]:
+        """(name, module) of the direct sub-modules, each once: reached from an attribute
+        through dicts, lists and tuples (``modules.0`` for a Sequential's first layer)."""
+        seen, out = {id(self)}, []
+        for key, value in self._members():
+            for name, module in _direct_children(value, str(key)):
+                if id(module) not in seen:
+                    seen.add(id(module))
+                    out.append((name, module))
+        return out
+
+    def children(self) -> list[Module]:
+        return [module for _, module in self.named_children()]
+
+    def named_modules(
+        self, memo: set[int] | None = None, prefix: str = "", remove_duplicate: bool = True
+    ) -> list[tuple[str, Module]]:
+        """(dotted name, module) for this module ('' unless `prefix`) and every sub-module,
+        depth first in attribute order, each once unless not `remove_duplicate` (a module
+        that refers back to an ancestor is never entered again)."""
+        out: list[tuple[str, Module]] = []
+        memo = set() if memo is None else memo
+
+        def visit(module: Module, name: str, ancestors: frozenset[int]) -> None:
+            if id(module) in ancestors or (remove_duplicate and id(module) in memo):
+                return
+            memo.add(id(module))
+            out.append((name, module))
+            inner = ancestors | {id(module)}
+            for child_name, child in module.named_children():
+                visit(child, f"{name}.{child_name}" if name else child_name, inner)
+
+        visit(self, prefix, frozenset())
+        return out
+
+    def _all_modules(self) -> list[Module]:
+        """torch's ``modules()``: this module and every sub-module, each once."""
+        return [module for _, module in self.named_modules()]
 
     def _children(self) -> list[Module]:
         """Every sub-module, recursively (not including this one)."""
-        return _child_modules(vars(self), (id(self),))
+        return _child_modules(dict(self._members()), (id(self),))
 
+    def apply(self, fn: Callable[[Module], Any]) -> Module:
+        """fn(module) for every sub-module, children before their parent (as torch), each
+        once, then fn(self); returns self."""
+        order: list[Module] = []
+        seen: set[int] = set()
+
+        def visit(module: Module) -> None:
+            seen.add(id(module))
+            for child in module.children():
+                if id(child) not in seen:
+                    visit(child)
+            order.append(module)
+
+        visit(self)
+        for module in order:
+            fn(module)
+        return self
+
+    # ---- modes, gradients, devices -------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
         self.training = mode
         for module in self._children():
@@ -120,10 +438,44 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear every parameter's gradient: None (torch's default), or zeros."""
         for p in self.parameters():
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                data = array_of(p.grad)
+                p.grad = Tensor.make_const(data.device.full(data.shape, 0.0, dtype=data.dtype))
 
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Set requires_grad on every parameter (e.g. to freeze a layer); returns self."""
+        for p in self.parameters(remove_duplicate=True):
+            p.requires_grad = requires_grad
+        return self
+
+    def to(self, *args: Any, device: Any = None, dtype: Any = None) -> Module:
+        """Move every parameter and buffer (and their gradients) to `device` and/or cast
+        the floating ones to `dtype`, in place, as torch's ``Module.to``: the Parameter and
+        buffer objects stay the same (an optimizer holding them keeps them; its buffers
+        follow with ``nn.optimizer_to``). Arguments as ``Tensor.to`` (the numpy mode
+        ignores the device). Returns self."""
+        device, dtype = _to_arguments(args, device, dtype)
+        for _, tensor in self._named_tensors("", True, True):
+            set_array(tensor, _move_array(array_of(tensor), device, dtype))
+            if tensor.grad is not None:
+                tensor.grad = Tensor.make_const(_move_array(array_of(tensor.grad), device, dtype))
+        for module in self._all_modules():
+            if isinstance(module, _DeviceModule):  # they make tensors with these later
+                if device is not None:
+                    module.device = device
+                if dtype is not None:
+                    module.dtype = dtype
+        return self
+
+    def cpu(self) -> Module:
+        return self.to(cpu())
+
+    # ---- state ---------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Dotted names -> NumPy copies of every Parameter and Tensor buffer (e.g.
         BatchNorm's running statistics), as torch's ``state_dict``."""
@@ -152,11 +504,72 @@ class Module:
             ).realize_cached_data()
             tensor.grad = None
 
+    # ---- hooks ---------------------------------------------------------------------------
+    def _hook_table(self) -> _Hooks:
+        if self._hooks is None:
+            self._hooks = _Hooks()
+        return self._hooks
+
+    def register_forward_pre_hook(self, hook: Callable[..., Any]) -> RemovableHandle:
+        """``hook(module, args)`` before each forward; a non-None return replaces the
+        positional arguments (a tuple, or one value)."""
+        return add_hook(self._hook_table().forward_pre, hook)
+
+    def register_forward_hook(self, hook: Callable[..., Any]) -> RemovableHandle:
+        """``hook(module, args, output)`` after each forward; a non-None return replaces
+        the output."""
+        return add_hook(self._hook_table().forward, hook)
+
+    def register_full_backward_hook(self, hook: Callable[..., Any]) -> RemovableHandle:
+        """``hook(module, grad_input, grad_output)`` during backward, once the gradients of
+        the module's positional inputs are complete: tuples with one entry per positional
+        input and per output (None where no gradient flows; an output that backward does not
+        reach gets zeros). A non-None return (a tuple like grad_input) replaces the
+        gradients of the inputs. Registered before the call it should see."""
+        return add_hook(self._hook_table().backward, hook)
+
     def forward(self, *args, **kwargs):
         raise NotImplementedError()
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        hooks = self._hooks
+        if hooks is None:
+            return self.forward(*args, **kwargs)
+        return hooks.call(self, args, kwargs)
+
+    # ---- printing ------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        """What repr shows inside the parentheses: by default this module's own number,
+        bool and str attributes (torch's layers define theirs; ours below do too)."""
+        return ", ".join(
+            f"{k}={v!r}"
+            for k, v in self._members()
+            if isinstance(k, str)
+            and not k.startswith("_")
+            and k not in ("training", "dtype")
+            and type(v) in (bool, int, float, str)
+        )
+
+    def __repr__(self) -> str:
+        """A tree as torch prints it: ``Name(extra)`` or ``Name(\n  (child): ...\n)``."""
+        name = type(self).__name__
+        if id(self) in _REPR_ACTIVE:  # a back reference to a module being printed
+            return name + "(...)"
+        _REPR_ACTIVE.add(id(self))
+        try:
+            extra = self.extra_repr()
+            children = [
+                f"({key}): " + repr(child).replace("\n", "\n  ")
+                for key, child in self.named_children()
+            ]
+        finally:
+            _REPR_ACTIVE.discard(id(self))
+        lines = (extra.split("\n") if extra else []) + children
+        if not lines:
+            return name + "()"
+        if not children and len(lines) == 1:
+            return f"{name}({extra})"
+        return name + "(\n  " + "\n  ".join(lines) + "\n)"
 
 
 class _DeviceModule(Module):
@@ -195,6 +608,12 @@ class Linear(Module):
             )
             if bias
             else None
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
         )
 
     def forward(self, X: Tensor) -> Tensor:
@@ -284,6 +703,9 @@ class BatchNorm1d(Module):
         self.running_mean = init.zeros(dim, device=device, dtype=dtype)
         self.running_var = init.ones(dim, device=device, dtype=dtype)
 
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, momentum={self.momentum}"
+
     def forward(self, x: Tensor) -> Tensor:
         # Features along axis 1: (batch, dim) here, (N, C, H, W) for BatchNorm2d.
         if self.training:
@@ -322,6 +744,9 @@ class LayerNorm1d(Module):
         self.weight = Parameter(init.ones(dim, device=device, dtype=dtype))
         self.bias = Parameter(init.zeros(dim, device=device, dtype=dtype))
 
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
     def forward(self, x: Tensor) -> Tensor:
         axis = len(x.shape) - 1
         kept = x.shape[:-1] + (1,)
@@ -344,6 +769,9 @@ class Dropout(Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must lie in [0, 1], got {p}")
         self.p = p
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
