@@ -339,6 +339,10 @@ def test_one_instance_serves_two_calls(spec, device):
     first, second = sample.draw(spec), sample.draw(spec)
     nx = tensors(first, device)
     out = spec.call(*nx, **sample.kwargs)
+    if getattr(spec.op, "integer_result", False):
+        # argmax, argmin: an integer result is a constant (autograd keeps no graph above it),
+        # so there is no node whose op instance could be called again.
+        pytest.skip(f"{spec.op.__name__} gives an integer result: no graph node")
     node = node_of(spec.op, out)
     other = node_of(spec.op, spec.call(*tensors(second, device), **sample.kwargs))
     for got, expected in zip(data_of(node.op(*other.inputs)), data_of(other)):

@@ -62,7 +62,6 @@ __all__ = [
     "Sqrt",
     "sqrt",
     "Max",
-    "max",
     "Maximum",
     "maximum",
     "Stack",
@@ -626,10 +625,6 @@ class Max(_Reduction):
         mask = (data == array_of(node).reshape(kept).broadcast_to(a.shape)).astype(data.dtype)
         mask = mask / mask.sum(axis=self.axes, keepdims=True).broadcast_to(a.shape)
         return broadcast_to(reshape(out_grad, kept), a.shape) * Tensor.make_const(mask)
-
-
-def max(a, axes=None, keepdims=False):
-    return Max(axes, keepdims)(a)
 
 
 class Maximum(TensorOp):

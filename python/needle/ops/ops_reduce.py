@@ -324,6 +324,8 @@ class _ArgExtreme(TensorOp):
     tensor). Not differentiable: its adjoint is zero (the index is locally constant)."""
 
     largest = True
+    # An int64 result: autograd keeps it as a constant, with no node of this op above it.
+    integer_result = True
 
     def __init__(self, dim: int | None = None, keepdim: bool = False):
         self.dim, self.keepdim = dim, bool(keepdim)
