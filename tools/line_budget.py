@@ -41,9 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # Raised from 1340 to 1520 in the same issue, 10% above 1385 lines: int64 as u32 pairs for
 # adapters without 64-bit integers (helpers_int64_pairs.wgsl, +60), exp, log and tanh to
 # ~1.5 ulp instead of the drivers' 25 to 10^4 ulp (+60), and errors that name the kernel.
+# Issue 16 (the ops and habits of the first hour) raised four, about 10% above their sizes
+# then: ops 1220 -> 3290 (some 60 new ops in four modules: reductions, shape, activations,
+# functional), nn 870 -> 1420 (Module walks, to(), hooks, repr, ModuleList/ModuleDict),
+# autograd 640 -> 790 (Tensor.to, register_hook), tests 14000 -> 17100 (their op specs and
+# test_habits).
 LAYERS: list[tuple[str, tuple[str, ...], int]] = [
-    ("autograd", ("python/needle/autograd.py",), 640),
-    ("ops", ("python/needle/ops/*.py",), 1220),
+    ("autograd", ("python/needle/autograd.py",), 790),
+    ("ops", ("python/needle/ops/*.py",), 3290),
     (
         "webgpu",
         (
@@ -55,7 +60,7 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
     ),
     ("backend_ndarray", ("python/needle/backend_ndarray/*.py",), 2950),
     ("metal kernels", ("python/needle/backend_ndarray/metal/*.metal",), 640),
-    ("nn", ("python/needle/nn/*.py",), 870),
+    ("nn", ("python/needle/nn/*.py",), 1420),
     ("optim", ("python/needle/optim.py",), 280),
     ("init", ("python/needle/init/*.py",), 120),
     ("data", ("python/needle/data/*.py",), 650),
@@ -93,7 +98,7 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
             "tests/metal_emulation/metal_stdlib",
             "tests/metal_emulation/metal_simdgroup_matrix",
         ),
-        14000,
+        17100,
     ),
     ("benchmarks", ("benchmarks/*.py",), 470),
 ]
