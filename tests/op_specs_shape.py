@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from op_specs import Error, OpSpec, Sample
+from op_specs import REAL, TIES, Error, OpSpec, Sample
 
 import needle as ndl
 from needle import ops
@@ -504,6 +504,198 @@ SPECS = [
                 ValueError,
                 r"^index_add: source \(4, 2\) must have shape \(4, 3\) \(inputs: \(5, 3\)",
             )
+        ],
+    ),
+]
+
+
+# ---- sort, argsort, topk, einsum -------------------------------------------------------------
+def _float_indices(values, indices, x):
+    """(values, int64 indices) as a TensorTuple with the indices in x's dtype (compared as
+    values; they carry no gradient)."""
+    return ops.make_tuple(values, ops.astype(indices, x.dtype))
+
+
+def _torch_float_indices(result, t):
+    values, indices = result
+    return values, indices.to(t.dtype)
+
+
+@st.composite
+def orderings(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=5))
+    dim = draw(st.integers(-len(shape), len(shape) - 1))
+    return Sample(shape, dim=dim, descending=draw(st.booleans()))
+
+
+@st.composite
+def top_ks(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=5))
+    dim = draw(st.integers(-len(shape), len(shape) - 1))
+    k = draw(st.integers(1, shape[dim]))
+    return Sample(shape, k=k, dim=dim, largest=draw(st.booleans()))
+
+
+# Ties (TIES draws whole numbers in -2..2) keep their order, as torch.sort(stable=True).
+SORT_SAMPLES = [
+    Sample((3, 5)),
+    Sample((3, 5), dim=0),
+    Sample((2, 3, 4), dim=1, descending=True),
+    Sample((6,), dim=0, descending=True),
+    Sample((), dim=0),
+    Sample(TIES(4, 6), dim=1),
+    Sample(TIES(4, 6), dim=0, descending=True),
+    Sample(TIES(2, 3, 7), dim=-1, descending=True),
+    Sample(
+        TIES(
+            9,
+        ),
+        dim=0,
+    ),
+]
+# torch.topk does not promise which of tied elements it picks: values without ties.
+TOPK_SAMPLES = [
+    Sample((3, 5), k=2),
+    Sample((3, 5), k=3, dim=0, largest=False),
+    Sample((2, 3, 4), k=4, dim=-1),
+    Sample((2, 3, 4), k=1, dim=1, largest=False),
+    Sample((7,), k=5, dim=0),
+]
+EINSUM_SAMPLES = [
+    Sample((2, 3), (3, 4), equation="ij,jk->ik"),
+    Sample((2, 2, 3), (2, 3, 4), equation="bij,bjk->bik"),
+    Sample((2, 3, 4, 5), (2, 3, 6, 5), equation="bhqd,bhkd->bhqk"),
+    Sample((4, 4), equation="ii->i"),
+    Sample((4, 4), equation="ii->"),
+    Sample((4, 4), equation="ii"),
+    Sample((3,), (4,), equation="i,j->ij"),
+    Sample((2, 3), equation="ij->"),
+    Sample((2, 3), equation="ij->ji"),
+    Sample((2, 3), (3, 4), equation="ij,jk"),
+    Sample((2, 3), (4, 3), equation="ij,kj"),
+    Sample((3,), (3,), equation="i,i->"),
+    Sample((2, 3, 4), equation="ijk->j"),
+    Sample((3, 3, 2), (2, 4), equation="iij,jk->ik"),
+    Sample((2, 3), (2, 3), (3,), equation="ij,ij,j->i"),
+    Sample((2, 3), (3, 4), (4, 5), equation="ij, jk, kl -> il"),
+]
+
+
+def _einsum_error(shapes, equation, exception, match):
+    return Error(shapes, {"equation": equation}, exception, match)
+
+
+SPECS += [
+    OpSpec(
+        ops.Sort,
+        ops.sort,
+        lambda t, dim=-1, descending=False: _torch_float_indices(
+            torch.sort(t, dim=dim, descending=descending, stable=True), t
+        ),
+        SORT_SAMPLES,
+        call=lambda x, dim=-1, descending=False: _float_indices(*ops.sort(x, dim, descending), x),
+        domain=REAL,
+        fd=Sample(REAL(3, 5), dim=1),  # no ties: differentiable there
+        forms=[
+            lambda x, dim=-1, descending=False: _float_indices(
+                *x.sort(dim=dim, descending=descending), x
+            ),
+            lambda x, dim=-1, descending=False: _float_indices(
+                ops.Sort(dim, descending)(x), ops.argsort(x, dim, descending), x
+            ),
+        ],
+        errors=[
+            Error([(3, 4)], {"dim": 2}, ValueError, r"^sort: dim 2 is out of range for 2 "),
+            Error([(3, 4)], {"dim": 0.5}, TypeError, r"^sort: dim must be an int, got float"),
+        ],
+        random=orderings(),
+    ),
+    OpSpec(
+        ops.ArgSort,
+        ops.argsort,
+        # The int64 order picks x's elements (stable): the values, and a gradient, to compare.
+        lambda t, dim=-1, descending=False: torch.gather(
+            t, dim, torch.argsort(t, dim=dim, descending=descending, stable=True)
+        ),
+        [s for s in SORT_SAMPLES if s.inputs != [()]],
+        call=lambda x, dim=-1, descending=False: ops.gather(
+            x, dim, ops.argsort(x, dim, descending)
+        ),
+        fd=None,  # sort's, through the same order
+        forms=[
+            lambda x, dim=-1, descending=False: x.gather(
+                dim, x.argsort(dim=dim, descending=descending)
+            ),
+            lambda x, dim=-1, descending=False: x.gather(dim, ops.ArgSort(dim, descending)(x)),
+        ],
+        errors=[Error([(3, 4)], {"dim": -3}, ValueError, r"^argsort: dim -3 is out of range")],
+        random=orderings(),
+    ),
+    OpSpec(
+        ops.TopK,
+        ops.topk,
+        lambda t, k, dim=-1, largest=True: _torch_float_indices(
+            torch.topk(t, k, dim=dim, largest=largest, sorted=True), t
+        ),
+        TOPK_SAMPLES,
+        call=lambda x, k, dim=-1, largest=True: _float_indices(
+            *ops.topk(x, k, dim, largest, sorted=True), x
+        ),
+        forms=[
+            lambda x, k, dim=-1, largest=True: _float_indices(
+                *x.topk(k, dim=dim, largest=largest), x
+            ),
+            lambda x, k, dim=-1, largest=True: _float_indices(
+                ops.TopK(k, dim, largest)(x), ops.ArgSort(dim, largest, k)(x), x
+            ),
+        ],
+        errors=[
+            Error(
+                [(3, 4)],
+                {"k": 5},
+                ValueError,
+                r"^topk: k 5 is out of range for dim -1 of size 4 \(inputs: \(3, 4\)",
+            ),
+            Error([(3, 4)], {"k": -1, "dim": 0}, ValueError, r"^topk: k -1 is out of range"),
+            Error([(3, 4)], {"k": 1.5}, TypeError, r"^topk: k must be an int, got float"),
+            Error([(3, 4)], {"k": 1, "dim": 2}, ValueError, r"^topk: dim 2 is out of range"),
+        ],
+        random=top_ks(),
+    ),
+    OpSpec(
+        ops.Einsum,
+        ops.einsum,
+        lambda *ts, equation: torch.einsum(equation, *ts),
+        EINSUM_SAMPLES,
+        call=lambda *xs, equation: ops.einsum(equation, *xs),
+        forms=[
+            lambda *xs, equation: ops.Einsum(equation)(*xs),
+            lambda *xs, equation: ops.einsum(equation, list(xs)),
+        ],
+        errors=[
+            _einsum_error([(2, 3)], "i1->i", ValueError, r"^einsum: bad equation 'i1->i'"),
+            _einsum_error([(2, 3)], "ij->k", ValueError, r"^einsum: bad equation 'ij->k'"),
+            _einsum_error([(2, 3)], "ij->ii", ValueError, r"^einsum: bad equation 'ij->ii'"),
+            _einsum_error([(2, 3)], "...j->j", ValueError, r"^einsum: '\.\.\.' is not supported"),
+            _einsum_error([(2, 3)], 3, TypeError, r"^einsum: equation must be a str, got int"),
+            _einsum_error(
+                [(2, 3)],
+                "ij,jk->ik",
+                ValueError,
+                r"^einsum: equation 'ij,jk->ik' has 2 operands, got 1 \(inputs: \(2, 3\)",
+            ),
+            _einsum_error(
+                [(2, 3), (4, 5)],
+                "ij,jk->ik",
+                ValueError,
+                r"^einsum: subscript j has size 3 in one operand and 4 in another",
+            ),
+            _einsum_error(
+                [(2, 3)], "ijk->i", ValueError, r"^einsum: operand 0 has 2 dimensions, subscripts"
+            ),
+            _einsum_error(
+                [(2, 3)], "ii->i", ValueError, r"^einsum: subscript i is repeated with sizes"
+            ),
         ],
     ),
 ]

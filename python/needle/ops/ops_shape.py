@@ -22,7 +22,14 @@ from .. import backend_ndarray as nd
 from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp
 from ..backend_ndarray import NDArray
 from ..backend_ndarray.primitives import INDEX_DTYPE
-from .ops_mathematic import pad, reduce_to_shape, reshape, summation, zeros_like_data
+from .ops_mathematic import (
+    broadcast_to,
+    pad,
+    reduce_to_shape,
+    reshape,
+    summation,
+    zeros_like_data,
+)
 from .ops_tuple import make_tuple
 
 __all__ = [
@@ -60,6 +67,14 @@ __all__ = [
     "index_select",
     "IndexAdd",
     "index_add",
+    "Sort",
+    "sort",
+    "ArgSort",
+    "argsort",
+    "TopK",
+    "topk",
+    "Einsum",
+    "einsum",
 ]
 
 
@@ -648,6 +663,248 @@ def index_add(x: Tensor, dim: int, index: Any, source: Tensor) -> Tensor:
     return IndexAdd(dim, index)(x, source)
 
 
+# ---- sort, argsort, topk -------------------------------------------------------------------
+class _Order(TensorOp):
+    """An op that orders x along `dim` (stable: ties keep their order, as torch.sort with
+    stable=True; descending puts nan first, as torch does), keeping the first `k` (all with
+    None). The order is found on the host: NumPy's stable argsort of a copy of x, one round
+    trip of the data per call (no device has a sort primitive yet). The values are then a
+    device-side gather of x, so they keep x's dtype and device and their adjoint is the
+    scatter back to the same positions."""
+
+    name: str
+
+    def __init__(self, dim: int = -1, descending: bool = False, k: int | None = None):
+        self.dim, self.descending, self.k = dim, bool(descending), k
+        if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool)):
+            raise TypeError(f"{self.name}: k must be an int, got {type(k).__name__}")
+
+    def order(self, a: NDArray) -> np.ndarray:
+        """The int64 positions along dim of the first k elements in order (x's shape but k
+        along dim)."""
+        dim = _dim(self.dim, max(a.ndim, 1), self.name)
+        size = a.shape[dim] if a.ndim else 1
+        if self.k is not None and not 0 <= self.k <= size:
+            raise ValueError(f"k {self.k} is out of range for dim {self.dim} of size {size}")
+        if a.ndim == 0:
+            return np.zeros((), np.int64)
+        host = a.numpy()
+        if self.descending:  # stable descending: ascending on the reversed axis, mapped back
+            reversed_order = np.argsort(np.flip(host, dim), axis=dim, kind="stable")
+            idx = size - 1 - np.flip(reversed_order, dim)
+        else:
+            idx = np.argsort(host, axis=dim, kind="stable")
+        if self.k is not None:
+            idx = idx[_at(dim, slice(0, self.k))]
+        return np.ascontiguousarray(idx, dtype=np.int64)
+
+
+class _OrderedValues(_Order):
+    def compute(self, a: NDArray) -> NDArray:
+        return Gather(self.dim, self.order(a)).compute(a)
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        x = node.inputs[0]  # the order again (compute keeps nothing on the op)
+        index = self.order(x.realize_cached_data())
+        return ScatterAdd(self.dim, index)(zeros_like_data(x), out_grad)
+
+
+class Sort(_OrderedValues):
+    """torch.sort's values along `dim` (stable); the adjoint goes back to the positions."""
+
+    name = "sort"
+
+    def __init__(self, dim: int = -1, descending: bool = False):
+        super().__init__(dim, descending)
+
+
+class TopK(_OrderedValues):
+    """torch.topk's values: the k largest (smallest) along `dim`, in order; the adjoint goes
+    back to their positions, zeros elsewhere."""
+
+    name = "topk"
+
+    def __init__(self, k: int, dim: int = -1, largest: bool = True):
+        super().__init__(dim, largest, k)
+
+
+class ArgSort(_Order):
+    """torch.argsort (stable): the int64 positions that order x along `dim` (the first `k`
+    only, for topk's indices). Not differentiable: a constant, as argmax."""
+
+    name = "argsort"
+    # An int64 result: autograd keeps it as a constant, with no node of this op above it.
+    integer_result = True
+
+    def compute(self, a: NDArray) -> NDArray:
+        return NDArray(self.order(a), device=a.device, dtype="int64")
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        return zeros_like_data(node.inputs[0])
+
+
+def sort(x: Tensor, dim: int = -1, descending: bool = False) -> TensorTuple:
+    """torch.sort(x, dim, descending, stable=True): (values, int64 indices). The order is found
+    on the host (see _Order): the data makes one round trip there."""
+    return make_tuple(Sort(dim, descending)(x), ArgSort(dim, descending)(x))
+
+
+def argsort(x: Tensor, dim: int = -1, descending: bool = False) -> Tensor:
+    """torch.argsort(x, dim, descending, stable=True), found on the host (see _Order)."""
+    return ArgSort(dim, descending)(x)
+
+
+def topk(x: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
+    """torch.topk: (values, int64 indices) of the k largest (smallest) along `dim`. They are
+    always in order (torch leaves the order open with sorted=False); ties keep their order.
+    Found on the host (see _Order): the data makes one round trip there."""
+    del sorted  # always sorted: one of the orders torch allows
+    values = TopK(k, dim, largest)(x)
+    return make_tuple(values, ArgSort(dim, largest, k)(x))
+
+
+# ---- einsum ------------------------------------------------------------------------------------
+def _parse_einsum(equation: Any) -> tuple[list[str], str]:
+    """The operands' subscripts and the output's (implicit: the letters seen once, sorted)."""
+    if not isinstance(equation, str):
+        raise TypeError(f"einsum: equation must be a str, got {type(equation).__name__}")
+    eq = equation.replace(" ", "")
+    if "..." in eq:
+        raise ValueError(f"einsum: '...' is not supported (equation {equation!r})")
+    lhs, arrow, out = eq.partition("->")
+    inputs = lhs.split(",")
+    letters = "".join(inputs)
+    if not all(c.isascii() and c.isalpha() for c in letters + out) or "->" in out:
+        raise ValueError(f"einsum: bad equation {equation!r}: subscripts must be letters a-zA-Z")
+    if not arrow:
+        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    if len(set(out)) != len(out) or any(c not in letters for c in out):
+        raise ValueError(
+            f"einsum: bad equation {equation!r}: output subscripts must be distinct letters "
+            "of the operands"
+        )
+    return inputs, out
+
+
+def _diagonal(a: NDArray, subs: str) -> tuple[NDArray, str]:
+    """The diagonal over repeated letters (a strided view of the compact array): each letter
+    once, in the order of first appearance."""
+    unique = "".join(dict.fromkeys(subs))
+    if len(unique) == len(subs):
+        return a, subs
+    a = a.compact()
+    shape = tuple(a.shape[subs.index(c)] for c in unique)
+    for c, n in zip(unique, shape):
+        if any(a.shape[k] != n for k, s in enumerate(subs) if s == c):
+            raise ValueError(f"subscript {c} is repeated with sizes {a.shape} in {subs!r}")
+    strides = tuple(sum(a.strides[k] for k, s in enumerate(subs) if s == c) for c in unique)
+    return a.as_strided(shape, strides), unique
+
+
+def _sum_out(a: NDArray, subs: str, keep: str) -> tuple[NDArray, str]:
+    """a summed over the letters not in `keep`."""
+    axes = tuple(k for k, c in enumerate(subs) if c not in keep)
+    if not axes:
+        return a, subs
+    return a.sum(axis=axes), "".join(c for c in subs if c in keep)
+
+
+def _contract(a: NDArray, sa: str, b: NDArray, sb: str, keep: str) -> tuple[NDArray, str]:
+    """a times b with the letters of both summed unless kept, as one batched matmul
+    (batch, left, shared) @ (batch, shared, right)."""
+    size = {**dict(zip(sa, a.shape)), **dict(zip(sb, b.shape))}
+    for c in set(sa) & set(sb):
+        if a.shape[sa.index(c)] != b.shape[sb.index(c)]:
+            raise ValueError(
+                f"subscript {c} has size {a.shape[sa.index(c)]} in one operand and "
+                f"{b.shape[sb.index(c)]} in another"
+            )
+    batch = [c for c in sa if c in sb and c in keep]
+    shared = [c for c in sa if c in sb and c not in keep]
+    left, right = [c for c in sa if c not in sb], [c for c in sb if c not in sa]
+
+    def block(x: NDArray, subs: str, groups: tuple) -> NDArray:
+        moved = x.permute(tuple(subs.index(c) for g in groups for c in g)).compact()
+        return moved.reshape(tuple(nd.prod(size[c] for c in g) for g in groups))
+
+    out = block(a, sa, (batch, left, shared)) @ block(b, sb, (batch, shared, right))
+    letters = batch + left + right
+    return out.reshape(tuple(size[c] for c in letters)), "".join(letters)
+
+
+class Einsum(TensorOp):
+    """torch.einsum: operands reduced to their diagonals (repeated letters) and summed over
+    letters no one else has, then contracted left to right, each pair as one batched matmul,
+    and permuted to the output's order. The adjoint of an operand is an einsum of out_grad
+    with the others, broadcast over the letters only it has and put on its diagonals."""
+
+    name = "einsum"
+
+    def __init__(self, equation: str):
+        self.equation = equation
+        self.inputs, self.output = _parse_einsum(equation)
+
+    def compute(self, *arrays: NDArray) -> NDArray:
+        if len(arrays) != len(self.inputs):
+            raise ValueError(
+                f"equation {self.equation!r} has {len(self.inputs)} operands, got {len(arrays)}"
+            )
+        reduced = []
+        for k, (a, subs) in enumerate(zip(arrays, self.inputs)):
+            if a.ndim != len(subs):
+                raise ValueError(f"operand {k} has {a.ndim} dimensions, subscripts {subs!r}")
+            others = "".join(s for j, s in enumerate(self.inputs) if j != k)
+            reduced.append(_sum_out(*_diagonal(a, subs), self.output + others))
+        acc, letters = reduced[0]
+        for k in range(1, len(reduced)):
+            later = self.output + "".join(self.inputs[k + 1 :])
+            acc, letters = _contract(acc, letters, *reduced[k], later)
+        if not self.output and not letters:
+            return acc.reshape(())
+        return acc.permute(tuple(letters.index(c) for c in self.output)).compact()
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self._adjoint(out_grad, node.inputs, k) for k in range(len(node.inputs)))
+
+    def _adjoint(self, out_grad: Tensor, inputs: list, k: int) -> Tensor:
+        subs, x = self.inputs[k], inputs[k]
+        others = [j for j in range(len(inputs)) if j != k]
+        seen = self.output + "".join(self.inputs[j] for j in others)
+        unique = "".join(dict.fromkeys(subs))
+        target = "".join(c for c in unique if c in seen)
+        operands = ",".join([self.output] + [self.inputs[j] for j in others])
+        g = Einsum(f"{operands}->{target}")(out_grad, *(inputs[j] for j in others))
+        # Size 1 for the letters only x has and at repeats, then broadcast to x's shape.
+        firsts = {subs.index(c) for c in unique}
+        shape = tuple(n if p in firsts and subs[p] in target else 1 for p, n in enumerate(x.shape))
+        g = broadcast_to(reshape(g, shape), x.shape)
+        if len(unique) == len(subs):
+            return g
+        return g * Tensor.make_const(
+            NDArray(_diagonal_mask(subs, x.shape), device=g.device, dtype=g.dtype)
+        )
+
+
+def _diagonal_mask(subs: str, shape: tuple[int, ...]) -> np.ndarray:
+    """1 where the positions of each repeated letter agree, 0 elsewhere (made on the host from
+    the shape only)."""
+    ndim, mask = len(shape), np.ones(shape, dtype=bool)
+    for p, c in enumerate(subs):
+        q = subs.index(c)
+        if q != p:
+            at_p = np.arange(shape[p]).reshape((-1,) + (1,) * (ndim - 1 - p))
+            at_q = np.arange(shape[q]).reshape((-1,) + (1,) * (ndim - 1 - q))
+            mask = mask & (at_p == at_q)
+    return mask.astype(np.float64)
+
+
+def einsum(equation: str, *operands: Any) -> Tensor:
+    """torch.einsum(equation, *operands) (operands also as one list), without '...'."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    return Einsum(equation)(*operands)
+
+
 # ---- Tensor methods (PyTorch's), added here: autograd.Tensor defines none of these names ----
 def _split_method(self: Tensor, split_size_or_sections: Any, dim: int = 0):
     return split_sizes(self, split_size_or_sections, dim)
@@ -669,6 +926,9 @@ _METHODS = {
     "scatter_add": scatter_add,
     "index_select": index_select,
     "index_add": index_add,
+    "sort": sort,
+    "argsort": argsort,
+    "topk": topk,
 }
 for _name, _fn in _METHODS.items():
     assert _name not in vars(Tensor), f"Tensor.{_name} exists already"
