@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import needle.init as init
+from needle import ops
 from needle.autograd import Tensor, array_of, set_array
 
-from .nn_basic import Module
+from .nn_basic import Module, Parameter
 
-__all__: list[str] = ["ModuleList", "ModuleDict", "optimizer_to"]
+__all__: list[str] = [
+    "ModuleList",
+    "ModuleDict",
+    "optimizer_to",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "ConvTranspose2d",
+    "GELU",
+    "SiLU",
+    "Softmax",
+    "GroupNorm",
+    "LayerNorm",
+    "CrossEntropyLoss",
+    "MSELoss",
+    "L1Loss",
+    "BCEWithLogitsLoss",
+]
 
 
 def _check_module(value: Any, where: str) -> Module:
@@ -147,3 +167,277 @@ def optimizer_to(optimizer: Any) -> Any:
                 array = array.astype(target.dtype)
             set_array(buffer, array.to(target.device))
     return optimizer
+
+
+# ---- pooling ---------------------------------------------------------------------------
+class MaxPool2d(Module):
+    """NCHW max pooling, as torch.nn.MaxPool2d (stride defaults to the kernel size)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        ops.MaxPool2d(kernel_size, self.stride, padding)  # bad arguments fail here, not later
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2d(MaxPool2d):
+    """NCHW average pooling, as torch.nn.AvgPool2d (padding counts as zeros, torch's
+    count_include_pad=True)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AdaptiveAvgPool2d(Module):
+    """NCHW -> (N, C, *output_size) averages over torch's adaptive windows (an int is a
+    square size; None in a pair keeps that input size)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+        ops.AdaptiveAvgPool2d(output_size)  # checks the size now
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.adaptive_avg_pool2d(x, self.output_size)
+
+
+# ---- transposed convolution --------------------------------------------------------------
+def _square(value: Any, what: str) -> int:
+    """An int, or a pair of equal ints (ops.conv_transpose2d takes square geometry only)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"ConvTranspose2d: {what} must be an int or a pair of equal ints")
+        value = value[0]
+    return int(value)
+
+
+class ConvTranspose2d(Module):
+    """The adjoint of a 2-D convolution, as torch.nn.ConvTranspose2d: NCHW in and out,
+    weight (in_channels, out_channels, k, k) and bias (out_channels,), both drawn as torch
+    draws them, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = out_channels k k (torch's
+    kaiming_uniform_ with a = sqrt(5) reads fan_in from the weight's second axis)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        bias: bool = True,
+        device=None,
+        dtype="float32",
+    ):
+        super().__init__()
+        k = _square(kernel_size, "kernel_size")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
+        self.stride = _square(stride, "stride")
+        self.padding = _square(padding, "padding")
+        self.output_padding = _square(output_padding, "output_padding")
+        ops.ConvTranspose2d(self.stride, self.padding, self.output_padding)  # checks them
+        bound = 1.0 / math.sqrt(out_channels * k * k)
+
+        def uniform(*shape: int) -> Parameter:
+            return Parameter(init.rand(*shape, low=-bound, high=bound, device=device, dtype=dtype))
+
+        self.weight = uniform(in_channels, out_channels, k, k)
+        self.bias = uniform(out_channels) if bias else None
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, "
+            f"output_padding={self.output_padding}, bias={self.bias is not None}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.conv_transpose2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.output_padding
+        )
+
+
+# ---- activations -------------------------------------------------------------------------
+class GELU(Module):
+    """x Phi(x) ('none') or its tanh approximation ('tanh'), as torch.nn.GELU."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.gelu(x, self.approximate)
+
+
+class SiLU(Module):
+    """x sigmoid(x)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.silu(x)
+
+
+class Softmax(Module):
+    """softmax along `dim`. dim=None picks torch's legacy default (0 for 0-, 1- and 3-D
+    inputs, else 1), as torch.nn.Softmax() does."""
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.dim = dim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        dim = self.dim
+        if dim is None:
+            dim = 0 if len(x.shape) in (0, 1, 3) else 1
+        return ops.softmax(x, dim)
+
+
+# ---- normalisation -----------------------------------------------------------------------
+class GroupNorm(Module):
+    """(N, C, ...) normalised over each group of C / num_groups channels (and all the other
+    axes), then scaled and shifted per channel, as torch.nn.GroupNorm."""
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype="float32",
+    ):
+        super().__init__()
+        if num_groups < 1 or num_channels % num_groups:
+            raise ValueError(
+                f"GroupNorm: num_channels={num_channels} must be divisible by "
+                f"num_groups={num_groups}"
+            )
+        self.num_groups, self.num_channels, self.eps, self.affine = (
+            num_groups,
+            num_channels,
+            eps,
+            affine,
+        )
+        self.weight = (
+            Parameter(init.ones(num_channels, device=device, dtype=dtype)) if affine else None
+        )
+        self.bias = (
+            Parameter(init.zeros(num_channels, device=device, dtype=dtype)) if affine else None
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class LayerNorm(Module):
+    """Normalised over the trailing `normalized_shape` axes, then scaled and shifted
+    elementwise, as torch.nn.LayerNorm (LayerNorm1d, the course's, is a separate class)."""
+
+    def __init__(
+        self,
+        normalized_shape,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype="float32",
+    ):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+        self.normalized_shape = tuple(int(n) for n in shape)
+        self.eps, self.elementwise_affine = eps, elementwise_affine
+        affine = elementwise_affine
+        self.weight = (
+            Parameter(init.ones(*self.normalized_shape, device=device, dtype=dtype))
+            if affine
+            else None
+        )
+        self.bias = (
+            Parameter(init.zeros(*self.normalized_shape, device=device, dtype=dtype))
+            if affine and bias
+            else None
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+# ---- losses ------------------------------------------------------------------------------
+def _reduction(reduction: str, name: str) -> str:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return reduction
+
+
+class CrossEntropyLoss(Module):
+    """Softmax cross-entropy of (batch, classes) logits and class labels (or class
+    probabilities), as torch.nn.CrossEntropyLoss. Per-class `weight` is not supported (it
+    stays the first argument, as torch's, so that the others are not shifted)."""
+
+    def __init__(
+        self,
+        weight=None,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        if weight is not None:
+            raise NotImplementedError("CrossEntropyLoss: per-class weight is not supported")
+        self.ignore_index = ignore_index
+        self.reduction = _reduction(reduction, "CrossEntropyLoss")
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return ops.cross_entropy(
+            input, target, self.ignore_index, self.label_smoothing, self.reduction
+        )
+
+
+class MSELoss(Module):
+    """(input - target)^2, reduced by `reduction`, as torch.nn.MSELoss."""
+
+    _fn = staticmethod(ops.mse_loss)
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = _reduction(reduction, type(self).__name__)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return type(self)._fn(input, target, self.reduction)
+
+
+class L1Loss(MSELoss):
+    """|input - target|, reduced by `reduction`, as torch.nn.L1Loss."""
+
+    _fn = staticmethod(ops.l1_loss)
+
+
+class BCEWithLogitsLoss(MSELoss):
+    """Binary cross-entropy of logits and targets in [0, 1], as torch.nn.BCEWithLogitsLoss
+    (no weight or pos_weight)."""
+
+    _fn = staticmethod(ops.binary_cross_entropy_with_logits)
