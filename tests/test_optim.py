@@ -445,3 +445,73 @@ def test_scheduler_drives_the_update(device):
     other.load_state_dict(scheduler.state_dict())
     other.step()
     assert other.optimizer.lr == 0.0625
+
+
+# Devices a model can move to from cpu_numpy (the C++ cpu, a GPU, webgpu when enabled); none
+# in the numpy mode, where every Tensor is NumPy's.
+MOVE_TARGETS = [
+    pytest.param(d, id=d.name)
+    for d in ndl.backend_ndarray.all_devices()
+    if d.enabled() and d.name != "cpu_numpy" and ndl.backend_selection.BACKEND != "np"
+]
+OPTIMIZERS = [
+    pytest.param(lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01), id="sgd"),
+    pytest.param(lambda ps: optim.Adam(ps, lr=0.02, weight_decay=0.01), id="adam"),
+]
+
+
+def train_steps(model, opt, part, device, dtype="float32"):
+    for x, y in part:
+        opt.reset_grad()
+        needle_backward(model, x, y, device, dtype)
+        opt.step()
+
+
+@pytest.mark.skipif(
+    not MOVE_TARGETS,
+    reason="no device to move to from cpu_numpy (the numpy mode, or no other device)",
+)
+@pytest.mark.parametrize("target", MOVE_TARGETS)
+@pytest.mark.parametrize("make_opt", OPTIMIZERS)
+def test_buffers_follow_a_model_moved_to_another_device(target, make_opt):
+    """Steps after model.to(target) move the optimizer's buffers too (no optimizer_to call)
+    and give what a run that never moved gives."""
+    start, data = ndl.backend_ndarray.cpu_numpy(), batches(6, "float32")
+    np.random.seed(0)
+    stay = make_model(start)
+    stay_opt = make_opt(stay.parameters())
+    train_steps(stay, stay_opt, data, start)
+    np.random.seed(0)
+    moved = make_model(start)
+    opt = make_opt(moved.parameters())
+    train_steps(moved, opt, data[:3], start)
+    moved.to(target)
+    train_steps(moved, opt, data[3:], target)
+    for name in opt._buffers:
+        for p, buffer in getattr(opt, name).items():
+            assert buffer.device == p.device == target, name
+    for p, q in zip(stay.parameters(), moved.parameters()):
+        np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("make_opt", OPTIMIZERS)
+def test_buffers_follow_a_model_cast_to_another_dtype(device, make_opt):
+    """model.to(dtype="float64") mid-run: the buffers become float64 and the steps equal a
+    float64 model resumed from the float32 run's state_dict (the checkpoint path)."""
+    data = batches(6, "float32")
+    cast = make_model(device)
+    opt = make_opt(cast.parameters())
+    train_steps(cast, opt, data[:3], device)
+    resumed = make_model(device, "float64")
+    resumed_opt = make_opt(resumed.parameters())
+    resumed.load_state_dict(cast.state_dict())
+    resumed_opt.load_state_dict(opt.state_dict())
+    cast.to(dtype="float64")
+    as64 = [(x.astype("float64"), y) for x, y in data[3:]]
+    train_steps(cast, opt, as64, device, "float64")
+    train_steps(resumed, resumed_opt, as64, device, "float64")
+    for name in opt._buffers:
+        assert all(b.dtype == "float64" for b in getattr(opt, name).values()), name
+    for p, q in zip(resumed.parameters(), cast.parameters()):
+        assert q.dtype == "float64"
+        np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-12)

@@ -83,9 +83,25 @@ class Optimizer:
                 p.grad = Tensor.make_const(array_of(g) * coef)
         return total
 
+    def _follow_parameters(self) -> None:
+        """Move each buffer whose device or dtype is not its parameter's there (as
+        nn.optimizer_to does), so that a step after ``model.to(...)`` works and computes what
+        it would have without the move. One comparison per buffer; no copy in the usual case,
+        where nothing moved."""
+        for name in self._buffers:
+            for p, buffer in getattr(self, name).items():
+                # In the numpy mode every Tensor is on the one device: only dtypes can differ.
+                if buffer.dtype == p.dtype and (_NUMPY_MODE or buffer.device == p.device):
+                    continue
+                target, array = array_of(p), array_of(buffer)
+                if array.dtype != target.dtype:
+                    array = array.astype(target.dtype)
+                set_array(buffer, array.to(target.device))
+
     def _grads(self):
         """(parameter, its gradient's data as an NDArray in the parameter's dtype), skipping
-        parameters whose grad is None."""
+        parameters whose grad is None. Buffers follow their parameters first."""
+        self._follow_parameters()
         for p in self.params:
             if p.grad is None:
                 continue
