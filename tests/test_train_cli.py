@@ -325,7 +325,10 @@ def test_trainer_stops_on_a_non_finite_loss_or_gradient():
         trainer.fit(1)
 
 
-TRAIN_FLAGS = "--batch-size 0,--batch-size -1,--epochs 0,--epochs -2,--max-batches 0,--lr -1"
+TRAIN_FLAGS = (
+    "--batch-size 0,--batch-size -1,--epochs 0,--epochs -2,--max-batches 0,--lr -1,"
+    "--accumulate 0,--accumulate -2,--accumulate two"
+)
 BAD_FLAGS = f"{TRAIN_FLAGS},--max-batches -3,--lr nan,--lr inf,--weight-decay -0.1,--epochs two"
 
 
@@ -521,3 +524,48 @@ def test_train_on_an_adapter_without_int64_matches_the_cpu(tmp_path):
     reference = history_without_times(tmp_path / "cpu")[0]
     for key in ("train_loss", "val_loss"):
         assert row[key] == pytest.approx(reference[key], rel=1e-3), key
+
+
+def saved_steps_and_config(out):
+    """(Adam's step count t, the run config) of the checkpoint in `out`."""
+    with np.load(out / "checkpoint.npz") as saved:
+        return int(saved["optim/hyper/t"]), json.loads(str(saved["meta"]))["config"]
+
+
+def test_accumulate_steps_once_per_n_batches_and_resumes_only_with_n(tmp_path):
+    """mlp-resnet has BatchNorm and dropout, so --accumulate 2 does not equal a batch twice
+    as large (tests/test_accumulate.py checks that on a model without them): here Adam's step
+    count shows one update per 2 batches, the losses stay finite, and the checkpoint's N is
+    the only one --resume accepts."""
+    plain, accumulated = tmp_path / "plain", tmp_path / "accumulated"
+    assert run(plain, epochs=1, max_batches=4) == 0
+    assert run(accumulated, "--accumulate", "2", epochs=1, max_batches=4) == 0
+    plain_steps, plain_config = saved_steps_and_config(plain)
+    steps, config = saved_steps_and_config(accumulated)
+    assert (plain_steps, plain_config["accumulate"]) == (4, 1)
+    assert (steps, config["accumulate"]) == (2, 2)
+    rows = history_without_times(accumulated)
+    assert all(np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"]) for row in rows)
+    assert rows[0]["train_loss"] != history_without_times(plain)[0]["train_loss"]
+    with pytest.raises(SystemExit, match="--accumulate 2; drop --accumulate 3"):
+        run(accumulated, "--resume", "--accumulate", "3", epochs=2, max_batches=4)
+    with pytest.raises(SystemExit, match="--accumulate 1; drop --accumulate 2"):
+        run(plain, "--resume", "--accumulate", "2", epochs=2, max_batches=4)
+    assert run(accumulated, "--resume", epochs=2, max_batches=4) == 0  # the checkpoint's 2
+    assert saved_steps_and_config(accumulated)[0] == 4
+
+
+def test_resume_of_a_checkpoint_without_accumulate_means_one(tmp_path):
+    """Checkpoints written before --accumulate existed have no such key: they ran with 1."""
+    assert run(tmp_path, epochs=1, max_batches=2) == 0
+    path = tmp_path / "checkpoint.npz"
+    with np.load(path) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["config"]["accumulate"]
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    np.savez(path, **arrays)
+    with pytest.raises(SystemExit, match="--accumulate 1; drop --accumulate 2"):
+        run(tmp_path, "--resume", "--accumulate", "2", epochs=2, max_batches=2)
+    assert run(tmp_path, "--resume", "--accumulate", "1", epochs=2, max_batches=2) == 0
+    assert saved_steps_and_config(tmp_path) == (4, {**meta["config"], "accumulate": 1})

@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop each epoch after this many batches (quick trials)",
     )
+    train.add_argument(
+        "--accumulate",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="gradient accumulation: one optimizer step per N batches (their gradients "
+        "summed, each loss scaled by 1/N), as a batch N times larger without its memory",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--debug", action="store_true", help="tracebacks for errors")
     train.add_argument(
@@ -425,10 +433,14 @@ class RunLog:
         return meta["epoch"]
 
 
+# What a checkpoint whose config lacks a key (one written before the flag existed) ran with.
+RESUME_DEFAULTS = {"accumulate": 1}
+
+
 def _resumed_config(args, checkpoint: str) -> dict:
     """The checkpoint's config, checked against this invocation's flags: the model must be
     the same, and --lr, --weight-decay and --optimizer, which the checkpoint's optimizer state
-    fixes, may only repeat what it holds."""
+    fixes, and --accumulate, which fixes what an update is, may only repeat what it holds."""
     if not os.path.exists(checkpoint):
         raise SystemExit(f"needle train: --resume, but there is no checkpoint at {checkpoint}")
     config = read_checkpoint_meta(checkpoint).get("config")
@@ -444,12 +456,14 @@ def _resumed_config(args, checkpoint: str) -> dict:
         ("--lr", "lr"),
         ("--weight-decay", "weight_decay"),
         ("--optimizer", "optimizer"),
+        ("--accumulate", "accumulate"),
     ):
         given = getattr(args, key)
-        if given is not None and given != config.get(key):
+        saved = config.get(key, RESUME_DEFAULTS.get(key))
+        if given is not None and given != saved:
             raise SystemExit(
                 f"needle train: --resume continues with the checkpoint's {flag} "
-                f"{config.get(key)}; drop {flag} {given}, or train afresh in another --out"
+                f"{saved}; drop {flag} {given}, or train afresh in another --out"
             )
     return config
 
@@ -481,6 +495,7 @@ def train(args) -> int:
         if args.weight_decay is not None
         else resumed.get("weight_decay", defaults.weight_decay)
     )
+    accumulate = args.accumulate or resumed.get("accumulate", RESUME_DEFAULTS["accumulate"])
     if args.collective_timeout is not None and not args.distributed:
         raise SystemExit("needle train: --collective-timeout applies only with --distributed")
     device = resolve_device(args.device)
@@ -509,6 +524,7 @@ def train(args) -> int:
         "lr": lr,
         "optimizer": optimizer_name,
         "weight_decay": weight_decay,
+        "accumulate": accumulate,
         "seed": args.seed,
     }
     log = RunLog(out, config, schedule, task.metric, primary)
@@ -525,6 +541,7 @@ def train(args) -> int:
         flatten=task.flatten,
         hooks=hooks + [log],
         max_batches=args.max_batches,
+        accumulate=accumulate,
         progress=not args.no_progress and sys.stderr.isatty() and primary,
     )
     start_epoch = 0
@@ -540,6 +557,7 @@ def train(args) -> int:
     say(
         f"needle {ndl.__version__}: {args.model} ({n_params:,} parameters) on {source}, "
         f"device {device}, {epochs} epochs, {optimizer_name} lr {lr}"
+        + (f", {accumulate} batches per step" if accumulate > 1 else "")
     )
     try:
         trainer.fit(epochs, start_epoch)

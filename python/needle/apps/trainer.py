@@ -11,7 +11,8 @@ A hook is any object with some of these methods; the Trainer calls them, in the 
 were given, at these points:
 
     on_epoch_start(trainer, epoch)          before an epoch's training pass (seeds, sampler epoch)
-    after_backward(trainer)                 after every backward, before clipping and the update
+    after_backward(trainer)                 after the backward of each update's last micro-batch,
+                                            before clipping and the update
     reduce_totals(totals) -> totals         a pass's [correct, loss sum, count], e.g. summed
                                             over ranks, before the means are taken
     after_train_epoch(trainer, epoch)       between an epoch's training and validation passes
@@ -140,7 +141,10 @@ class Trainer:
     language model (whose forward takes and returns a recurrent state). `loss_fn(logits, y)` is
     the loss, `opt` the optimizer (None to evaluate only). `clip` clips the gradients' global
     norm, `flatten` reshapes x to (batch, -1), `max_batches` ends every pass early, `progress`
-    shows progress bars in fit(). `hooks`: see the module's docstring.
+    shows progress bars in fit(). `accumulate` N: each update sums the gradients of N batches
+    (micro-batches, each loss scaled by 1/N, ``backward(accumulate=True)``) and then steps once,
+    as one batch N times larger would without BatchNorm or dropout; a pass's last update may
+    have fewer (scaled by 1/its number). `hooks`: see the module's docstring.
 
     Accuracy is argmax(logits) == y per row of y; losses are averaged over the rows of y (the
     samples of a classifier, the target tokens of a language model).
@@ -159,11 +163,16 @@ class Trainer:
         hooks: Sequence[Any] = (),
         max_batches: int | None = None,
         progress: bool = False,
+        accumulate: int = 1,
     ):
+        if accumulate < 1:
+            raise ValueError(f"Trainer: accumulate must be at least 1, got {accumulate}")
         self.model, self.loss_fn, self.opt = model, loss_fn, opt
         self.train_data, self.val_data = train_data, val_data
         self.clip, self.flatten = clip, flatten
         self.max_batches, self.progress = max_batches, progress
+        self.accumulate = accumulate
+        self.steps = 0  # optimizer steps taken by this Trainer
         self.hooks = list(hooks)
         for hook in self.hooks:
             if not any(hasattr(hook, name) for name in HOOK_METHODS):
@@ -190,18 +199,25 @@ class Trainer:
             state = detach_state(state)
         return logits, self.loss_fn(logits, y), state
 
-    def train_step(self, x: Tensor, y: Tensor, state=None):
-        """One update: forward, loss, backward, the after_backward hooks, gradient clipping,
-        the optimizer step. Returns what forward() does."""
+    def train_step(self, x: Tensor, y: Tensor, state=None, part: tuple[int, int] = (0, 1)):
+        """Micro-batch `part` = (index, count) of an update: forward, loss, backward (of the
+        loss / count, added to the gradients of the update's earlier micro-batches); after the
+        last one the after_backward hooks, gradient clipping and the optimizer step. The
+        default (0, 1) is a whole update. Returns what forward() does (the unscaled loss)."""
         logits, loss, state = self.forward(x, y, state)
-        self.opt.reset_grad()
-        loss.backward()
+        index, count = part
+        if index == 0:
+            self.opt.reset_grad()
+        (loss if count == 1 else loss * (1.0 / count)).backward(accumulate=index > 0)
+        if index < count - 1:
+            return logits, loss, state
         self._call("after_backward", self)
         if self.clip is not None:
             norm = clip_grad_norm(self.opt.params, self.clip)
             if not math.isfinite(norm):
                 raise TrainingDiverged(f"the gradients' norm became {norm}")
         self.opt.step()
+        self.steps += 1
         return logits, loss, state
 
     def run_epoch(
@@ -216,12 +232,17 @@ class Trainer:
             raise ValueError("Trainer.run_epoch(train=True) needs an optimizer")
         self.model.train() if train else self.model.eval()
         total = len(data) if self.max_batches is None else min(len(data), self.max_batches)
-        step = self.train_step if train else self.forward
+        n = self.accumulate
         correct, total_loss, seen, state = 0, 0.0, 0, None
         for batch, (x, y) in enumerate(
             _progress(itertools.islice(data, total), total, description), 1
         ):
-            logits, loss, state = step(x, y, state)
+            if train:  # micro-batch (batch - 1) % n of an update of min(n, what is left)
+                first = (batch - 1) // n * n
+                part = ((batch - 1) - first, min(n, total - first))
+                logits, loss, state = self.train_step(x, y, state, part)
+            else:
+                logits, loss, state = self.forward(x, y, state)
             count = y.shape[0]
             correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
             value = float(loss.numpy())
