@@ -699,3 +699,138 @@ SPECS += [
         ],
     ),
 ]
+
+
+# ---- x[idx] and x[mask] --------------------------------------------------------------------------
+def _mask(shape, seed):
+    """A fixed boolean mask of `shape`, about half True."""
+    return np.random.RandomState(seed).rand(*shape) < 0.5
+
+
+def _lead(dim, index):
+    """The index x[index] (dim 0) or x[:, index] (dim 1)."""
+    return (slice(None),) * dim + (index,)
+
+
+def _torch_index(index):
+    index = np.asarray(index)
+    return torch.tensor(index) if index.dtype == bool else _t(index)
+
+
+INDEX_ARRAY_SAMPLES = [
+    Sample((5, 3), index=np.array([3, 0, -1, 3])),
+    Sample((4,), index=np.array([[0, -4], [2, 2]])),
+    Sample((3, 2, 2), index=np.array([2])),
+    Sample((3, 5), index=np.array([4, -5, 1]), dim=1),
+    Sample((2, 4, 3), index=np.array([[1, 3], [0, 0]]), dim=1),
+    Sample((3, 2), index=np.zeros(0, np.int64)),
+]
+MASK_SAMPLES = [
+    Sample((3, 4), mask=_mask((3, 4), 0)),
+    Sample((4, 3), mask=np.array([True, False, True, True])),
+    Sample((2, 3, 4), mask=_mask((2, 3), 1)),
+    Sample((6,), mask=_mask((6,), 2)),
+    Sample((3, 4, 2), mask=_mask((4, 2), 3), dim=1),
+    Sample((3, 4), mask=np.zeros((3, 4), bool)),
+]
+
+
+@st.composite
+def index_arrays(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
+    dim = draw(st.integers(0, min(1, len(shape) - 1)))
+    size = shape[dim]
+    index = draw(
+        hnp.arrays(
+            np.int64, draw(hnp.array_shapes(max_dims=2)), elements=st.integers(-size, size - 1)
+        )
+    )
+    return Sample(shape, index=index, dim=dim)
+
+
+@st.composite
+def masks(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
+    dim = draw(st.integers(0, min(1, len(shape) - 1)))
+    k = draw(st.integers(1, len(shape) - dim))
+    mask = draw(hnp.arrays(np.bool_, shape[dim : dim + k]))
+    return Sample(shape, mask=mask, dim=dim)
+
+
+SPECS += [
+    OpSpec(
+        ops.IndexArray,
+        ops.index_array,
+        lambda t, index, dim=0: t[_lead(dim, _t(index))],
+        INDEX_ARRAY_SAMPLES,
+        forms=[
+            lambda x, index, dim=0: x[_lead(dim, index)],
+            lambda x, index, dim=0: x[_lead(dim, list(index.tolist()))],
+            lambda x, index, dim=0: x[_lead(dim, _as_tensor(index))],
+            lambda x, index, dim=0: ops.IndexArray(index, dim)(x),
+        ],
+        orders=(1, 2),
+        errors=[
+            Error(
+                [(3, 4)],
+                {"index": np.array([0, 3])},
+                IndexError,
+                r"^index_array: index 0\.\.3 is out of range for dim 0 of size 3 \(tensor of shape "
+                r"\(3, 4\)\)",
+            ),
+            Error(
+                [(3, 4)],
+                {"index": np.array([-5]), "dim": 1},
+                IndexError,
+                r"^index_array: index -5\.\.-5 is out of range for dim 1 of size 4",
+            ),
+            Error(
+                [(3, 4)],
+                {"index": np.array(["a"])},
+                TypeError,
+                r"^index_array: index must be integers, got dtype <U1",
+            ),
+        ],
+        random=index_arrays(),
+    ),
+    OpSpec(
+        ops.MaskIndex,
+        ops.mask_index,
+        lambda t, mask, dim=0: t[_lead(dim, torch.tensor(mask))],
+        MASK_SAMPLES,
+        forms=[
+            lambda x, mask, dim=0: x[_lead(dim, mask)],
+            lambda x, mask, dim=0: x[_lead(dim, ndl.Tensor(mask, dtype="bool"))],
+            lambda x, mask, dim=0: ops.MaskIndex(mask, dim)(x),
+        ],
+        orders=(1, 2),
+        errors=[
+            Error(
+                [(3, 4)],
+                {"mask": np.ones(4, bool)},
+                IndexError,
+                r"^mask_index: mask of shape \(4,\) does not match the tensor's shape \(3, 4\) "
+                r"at dims 0\.\.0$",
+            ),
+            Error(
+                [(3, 4)],
+                {"mask": np.ones((4, 3), bool)},
+                IndexError,
+                r"^mask_index: mask of shape \(4, 3\) does not match",
+            ),
+            Error(
+                [(3,)],
+                {"mask": np.ones((3, 1), bool)},
+                IndexError,
+                r"^mask_index: too many indices for a tensor of shape \(3,\)",
+            ),
+            Error(
+                [(3,)],
+                {"mask": np.ones(3, np.int64)},
+                TypeError,
+                r"^mask_index: mask must be bool, got dtype int64",
+            ),
+        ],
+        random=masks(),
+    ),
+]

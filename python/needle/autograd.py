@@ -708,7 +708,10 @@ class Tensor(Value):
         return ops.Negate()(self)
 
     def __getitem__(self, idxs):
-        return ops.GetItem(idxs)(self)
+        # An integer array or boolean mask (PyTorch's advanced indexing) goes to ops_shape's
+        # IndexArray / MaskIndex; ints and slices stay GetItem's.
+        picked = ops.ops_shape.array_getitem(self, idxs)
+        return ops.GetItem(idxs)(self) if picked is None else picked
 
     __radd__ = __add__
     __rmul__ = __mul__

@@ -67,6 +67,10 @@ __all__ = [
     "index_select",
     "IndexAdd",
     "index_add",
+    "IndexArray",
+    "index_array",
+    "MaskIndex",
+    "mask_index",
     "Sort",
     "sort",
     "ArgSort",
@@ -611,7 +615,7 @@ class _Slices(TensorOp):
         self.checked.check(a.shape[dim], self.dim, self.name)
         order = (dim,) + tuple(k for k in range(a.ndim) if k != dim)
         moved = a.permute(order).compact()
-        table = moved.reshape((a.shape[dim], moved.size // max(a.shape[dim], 1)))
+        table = moved.reshape((a.shape[dim], nd.prod(moved.shape[1:])))
         return dim, order, table, _row_indices(self.index, a.shape[dim], a.device)
 
 
@@ -652,7 +656,7 @@ class IndexAdd(_Slices):
         if source.shape != expected:
             raise ValueError(f"source {source.shape} must have shape {expected}")
         moved = source.permute(order).compact()
-        values = moved.reshape((len(self.index), moved.size // max(len(self.index), 1)))
+        values = moved.reshape((len(self.index), nd.prod(moved.shape[1:])))
         return x + _unmove(nd.add_rows(values, rows, x.shape[dim]), order, x.shape)
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> tuple[Tensor, Tensor]:
@@ -661,6 +665,127 @@ class IndexAdd(_Slices):
 
 def index_add(x: Tensor, dim: int, index: Any, source: Tensor) -> Tensor:
     return IndexAdd(dim, index)(x, source)
+
+
+# ---- x[idx] and x[mask]: integer-array and boolean-mask indexing -----------------------------
+class _RowsAt(TensorOp):
+    """An op picking slices along axis `dim` at host positions (found per input shape by
+    `picks`), after merging the `merged` axes from dim on into one: an index_select of the
+    merged axis, reshaped. The adjoint is index_add of out_grad into zeros, reshaped back."""
+
+    name: str
+    merged = 1
+
+    def __init__(self, dim: int = 0):
+        self.dim = int(dim)
+
+    def picks(self, shape: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The int64 positions along the merged axis and the shape they take in the result."""
+        raise NotImplementedError()
+
+    def _layout(self, shape: tuple[int, ...]) -> tuple[tuple, tuple, np.ndarray]:
+        """The input's shape with the merged axes merged, the result's shape, the positions.
+        (Its IndexErrors name the op themselves: autograd describes only ValueError and
+        TypeError.)"""
+        end = self.dim + self.merged
+        if len(shape) < end:
+            raise IndexError(f"{self.name}: too many indices for a tensor of shape {shape}")
+        flat, picked = self.picks(shape)
+        lead, rest = shape[: self.dim], shape[end:]
+        return lead + (nd.prod(shape[self.dim : end]),) + rest, lead + picked + rest, flat
+
+    def compute(self, x: NDArray) -> NDArray:
+        merged, out_shape, flat = self._layout(x.shape)
+        picked = IndexSelect(self.dim, flat).compute(x.compact().reshape(merged))
+        return picked.reshape(out_shape)
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        x = node.inputs[0]
+        merged, _, flat = self._layout(x.shape)
+        rows = reshape(out_grad, merged[: self.dim] + (len(flat),) + merged[self.dim + 1 :])
+        zeros = reshape(zeros_like_data(x), merged)
+        return reshape(IndexAdd(self.dim, flat)(zeros, rows), x.shape)
+
+
+class IndexArray(_RowsAt):
+    """x[idx] for an integer array `idx` (a list, NumPy array or int64 Tensor, negative
+    positions counting from the end) on axis `dim` (x[:, idx] for dim 1): the result has
+    idx's shape in place of that axis, as in PyTorch. The positions are checked on the host
+    once; the values are one device gather."""
+
+    name = "index_array"
+
+    def __init__(self, index: Any, dim: int = 0):
+        super().__init__(dim)
+        self.index = _host_index(index, self.name)
+
+    def picks(self, shape):
+        size, idx = shape[self.dim], self.index
+        if idx.size and not (-size <= idx.min() and idx.max() < size):
+            raise IndexError(
+                f"{self.name}: index {int(idx.min())}..{int(idx.max())} is out of range for "
+                f"dim {self.dim} of size {size} (tensor of shape {shape})"
+            )
+        return np.where(idx < 0, idx + size, idx).reshape(-1), idx.shape
+
+
+def index_array(x: Tensor, index: Any, dim: int = 0) -> Tensor:
+    """x[index] (dim 0) or x[:, index] (dim 1) for an integer array index."""
+    return IndexArray(index, dim)(x)
+
+
+class MaskIndex(_RowsAt):
+    """x[mask] for a boolean `mask` (a NumPy array, list or bool Tensor) of the shape of x's
+    axes from `dim` on (x[:, mask] for dim 1): the selected elements (or slices) in row-major
+    order, as one axis, as in PyTorch. The mask's positions are found on the host with
+    np.flatnonzero (a Tensor mask is read from its device once, when the op is made); the
+    values are then one device gather."""
+
+    name = "mask_index"
+
+    def __init__(self, mask: Any, dim: int = 0):
+        super().__init__(dim)
+        host = mask.numpy() if isinstance(mask, (Tensor, NDArray)) else np.asarray(mask)
+        if host.dtype != np.bool_:
+            raise TypeError(f"{self.name}: mask must be bool, got dtype {host.dtype}")
+        self.mask, self.merged = host, host.ndim
+        self.flat = np.flatnonzero(host).astype(np.int64)
+
+    def picks(self, shape):
+        covered = shape[self.dim : self.dim + self.mask.ndim]
+        if covered != self.mask.shape:
+            raise IndexError(
+                f"{self.name}: mask of shape {self.mask.shape} does not match the tensor's "
+                f"shape {shape} at dims {self.dim}..{self.dim + self.mask.ndim - 1}"
+            )
+        return self.flat, (len(self.flat),)
+
+
+def mask_index(x: Tensor, mask: Any, dim: int = 0) -> Tensor:
+    """x[mask] (dim 0) or x[:, mask] (dim 1) for a boolean mask."""
+    return MaskIndex(mask, dim)(x)
+
+
+def _is_array_index(index: Any) -> bool:
+    return isinstance(index, (Tensor, NDArray, np.ndarray, list))
+
+
+def array_getitem(x: Tensor, index: Any) -> Tensor | None:
+    """x[index] when index is an integer array or boolean mask, alone or after full slices
+    (x[:, idx]) and before full slices (x[idx, :]); None for any other index (ints and
+    slices: GetItem's)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    arrays = [k for k, p in enumerate(parts) if _is_array_index(p)]
+    if len(arrays) != 1:
+        return None
+    dim, full = arrays[0], slice(None)
+    if any(p != full for k, p in enumerate(parts) if k != dim):
+        return None
+    array = parts[dim]
+    kind = array.dtype if isinstance(array, (Tensor, NDArray)) else np.asarray(array).dtype
+    if str(kind) == "bool":
+        return MaskIndex(array, dim)(x)
+    return IndexArray(array, dim)(x)
 
 
 # ---- sort, argsort, topk -------------------------------------------------------------------
