@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # ~1.5 ulp instead of the drivers' 25 to 10^4 ulp (+60), and errors that name the kernel.
 # Issue 16 (the ops and habits of the first hour) raised four, about 10% above their sizes
 # then: ops 1220 -> 3620 (some 65 new ops in four modules: reductions, shape, activations,
-# functional; 10% above 3296 after sort, topk, einsum and array indexing), nn 870 -> 1670 (Module walks, to(), hooks, repr, ModuleList/ModuleDict, and
-# the torch-named layers over the new ops: pools, ConvTranspose2d, norms, losses),
-# autograd 640 -> 790 (Tensor.to, register_hook), tests 14000 -> 17100 (their op specs and
-# test_habits).
+# functional, with sort, topk, einsum and indexing by arrays and masks), nn 870 -> 1670
+# (Module walks, to(), hooks, repr, ModuleList/ModuleDict, and the torch-named layers over
+# the new ops: pools, ConvTranspose2d, norms, losses), autograd 640 -> 790 (Tensor.to,
+# register_hook, accumulate), tests 14000 -> 17100 (their op specs and tests).
 LAYERS: list[tuple[str, tuple[str, ...], int]] = [
     ("autograd", ("python/needle/autograd.py",), 790),
     ("ops", ("python/needle/ops/*.py",), 3620),
