@@ -225,7 +225,7 @@ def test_module(emu):
 @pytest.mark.parametrize("dtype", ["float64", np.float64, np.dtype("float64")])
 def test_float64_raises_a_type_error_naming_dtype_and_device(emu, dtype):
     with pytest.raises(
-        metal_primitives.UnsupportedDtypeError,
+        primitives.UnsupportedDtypeError,
         match="metal_emulated\\(\\) does not support float64",
     ):
         emu.Array(4, dtype)

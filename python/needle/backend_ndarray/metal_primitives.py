@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import primitives
-from .primitives import StridedMatmul, UnsupportedDtypeError
+from .primitives import StridedMatmul
 
 # ---- kernel sources ---------------------------------------------------------------------
 # Each library is compiled from one string: common.metal first, then the files that use it.
@@ -204,19 +204,8 @@ class MetalBackend:
     # -- dtypes and synchronisation --
     def check_dtype(self, dtype) -> str:
         """The name of `dtype` if this backend holds it."""
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            name = str(dtype)
-        if name in self.DTYPES and dtype != "":
-            return name
-        if name == "float64" and dtype != "":
-            raise UnsupportedDtypeError(
-                f"{self.device_name}() does not support float64: Apple GPUs have no double "
-                "precision; use float32"
-            )
-        raise ValueError(
-            f"{self.device_name}(): unsupported dtype {dtype!r} ({', '.join(self.DTYPES)})"
+        return primitives.held_dtype(
+            self.device_name, dtype, self.DTYPES, "Apple GPUs have no double precision"
         )
 
     def synchronize(self) -> None:
@@ -285,23 +274,10 @@ class MetalBackend:
 
     # -- layout --
     def _strided(self, kernel: str, source, out: MetalArray, shape, strides, offset) -> None:
-        shape = tuple(operator.index(d) for d in shape)
-        viewed = source if kernel == "compact" else out  # the array the view is of
-        primitives.check_view(self.device_name, shape, strides, offset, viewed.size)
-        size = math.prod(shape)
-        compact_side = out if kernel == "compact" else source  # read or written compactly
-        if isinstance(compact_side, MetalArray) and compact_side.size < size:
-            raise ValueError(
-                f"{self.device_name}: {kernel} of a {size}-element view with a "
-                f"{compact_side.size}-element array"
-            )
-        if size == 0:
+        view = primitives.layout_view(self.device_name, kernel, source, out, shape, strides, offset)
+        if view is None:
             return
-        # NDArray passes simplified views; a view of any other form (0-d, size-1 axes) is
-        # simplified here, so the kernels always see at least one axis.
-        shape, strides, offset = primitives.simplify_view(
-            shape, [operator.index(s) for s in strides], operator.index(offset)
-        )
+        size, shape, strides, offset = view
         constants = [
             (2, struct.pack(f"<{len(shape)}I", *shape)),
             (3, struct.pack(f"<{len(strides)}i", *strides)),

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from . import primitives
-from .primitives import StridedMatmul, UnsupportedDtypeError
+from .primitives import StridedMatmul
 from .webgpu_runtime import Block, WebGPURuntime
 
 THREADS = 256  # common.wgsl THREADS: every kernel's workgroup size
@@ -215,21 +215,8 @@ class WebGPUBackend:
         return 8 if dtype == "int64" else 4
 
     def check_dtype(self, dtype) -> str:
-        if isinstance(dtype, str) and dtype in self.DTYPES:  # NDArray passes names
-            return dtype
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            name = str(dtype)
-        if name in self.DTYPES and dtype != "":
-            return name
-        if name == "float64" and dtype != "":
-            raise UnsupportedDtypeError(
-                f"{self.device_name}() does not support float64: WebGPU has no double "
-                "precision; use float32"
-            )
-        raise ValueError(
-            f"{self.device_name}(): unsupported dtype {dtype!r} ({', '.join(self.DTYPES)})"
+        return primitives.held_dtype(
+            self.device_name, dtype, self.DTYPES, "WebGPU has no double precision"
         )
 
     def capabilities(self) -> dict[str, object]:
@@ -303,21 +290,10 @@ class WebGPUBackend:
 
     # ---- layout ----------------------------------------------------------------------------
     def _strided(self, kernel: str, source, out, shape, strides, offset) -> None:
-        shape = tuple(operator.index(d) for d in shape)
-        strides = tuple(operator.index(s) for s in strides)
-        offset = operator.index(offset)
-        viewed = source if kernel == "compact" else out  # the array the view is of
-        primitives.check_view(self.device_name, shape, strides, offset, viewed.size)
-        size = math.prod(shape)
-        compact_side = out if kernel == "compact" else source
-        if not isinstance(compact_side, (int, float)) and compact_side.size < size:
-            raise ValueError(
-                f"{self.device_name}: {kernel} of a {size}-element view with a "
-                f"{compact_side.size}-element array"
-            )
-        if size == 0:
+        view = primitives.layout_view(self.device_name, kernel, source, out, shape, strides, offset)
+        if view is None:
             return
-        shape, strides, offset = primitives.simplify_view(shape, strides, offset)
+        size, shape, strides, offset = view
         if len(shape) > MAX_AXES:
             raise ValueError(
                 f"{self.device_name}: {kernel} of a view with {len(shape)} axes that do not "

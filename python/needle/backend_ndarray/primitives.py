@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol
@@ -559,6 +560,49 @@ def backend_dtypes(mod) -> tuple[str, ...]:
 
 class UnsupportedDtypeError(TypeError):
     """A dtype that a device cannot hold (float64 on Metal and WebGPU)."""
+
+
+def held_dtype(device: str, dtype, dtypes, why_no_float64: str) -> str:
+    """The name of `dtype` if a Python backend's device holds it (one of `dtypes`);
+    UnsupportedDtypeError for float64 on a device without it (saying `why_no_float64`), else
+    ValueError. The Metal and WebGPU Arrays check their dtype with it."""
+    if isinstance(dtype, str) and dtype in dtypes:  # NDArray passes names
+        return dtype
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name in dtypes and dtype != "":
+        return name
+    if name == "float64" and dtype != "":
+        raise UnsupportedDtypeError(
+            f"{device}() does not support float64: {why_no_float64}; use float32"
+        )
+    raise ValueError(f"{device}(): unsupported dtype {dtype!r} ({', '.join(dtypes)})")
+
+
+def layout_view(device: str, kernel: str, source, out, shape, strides, offset):
+    """The view of compact, ewise_setitem or scalar_setitem (`kernel`) checked and simplified
+    for a Python backend's layout kernels: IndexError unless it lies in the array it is a
+    view of, ValueError unless the compactly read or written array holds it. Returns (size,
+    shape, strides, offset) with the fewest axes (at least one), or None for an empty view."""
+    shape = tuple(operator.index(d) for d in shape)
+    strides = tuple(operator.index(s) for s in strides)
+    offset = operator.index(offset)
+    viewed = source if kernel == "compact" else out  # the array the view is of
+    check_view(device, shape, strides, offset, viewed.size)
+    size = math.prod(shape)
+    # The array read or written compactly (scalar_setitem's source is a number).
+    compact_side = {"compact": out, "ewise_setitem": source}.get(kernel)
+    if compact_side is not None and compact_side.size < size:
+        raise ValueError(
+            f"{device}: {kernel} of a {size}-element view with a {compact_side.size}-element array"
+        )
+    if size == 0:
+        return None
+    # NDArray passes simplified views; a view of any other form (0-d, size-1 axes) is
+    # simplified here, so the kernels always see at least one axis.
+    return (size, *simplify_view(shape, strides, offset))
 
 
 def dtype_checked(prim: Primitive, impl: Callable, device: str, dtypes) -> Callable:
