@@ -8,7 +8,9 @@ differentiated again.
 
 from __future__ import annotations
 
+import atexit
 import operator
+import sys
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -38,6 +40,18 @@ LAZY_MODE = False
 _GRAD_ENABLED = True
 # Live Values (course code reads it after training loops to check that graphs are freed).
 TENSOR_COUNTER = 0
+# In-place writes (Tensor._inplace) so far: the clock that orders them against node creation.
+_INPLACE_CLOCK = 0
+# id(buffer) -> [buffer, clock of its last in-place write, writes so far, the writing op]. A
+# node's gradient may not read a buffer written after the node was made (PyTorch's version
+# counter; views and detached aliases share the buffer, so they share the entry). The buffer
+# is held so that its id is not reused; entries only this dict holds are dropped (_prune).
+_WRITTEN: dict[int, list[Any]] = {}
+atexit.register(_WRITTEN.clear)  # before the native modules go: they report buffers still held
+_PRUNE_AT = 64
+# While backward runs a node's gradient: (node, {id(buffer): what it is}) for the buffers
+# the node saw that were written since; _compute refuses to read them.
+_GUARD: tuple[Value, dict[int, str]] | None = None
 # The numpy mode (NEEDLE_BACKEND=np): data are NumPy arrays; ops still compute on NDArrays,
 # which share the arrays' memory (nd.shared_numpy), and their results are kept as NumPy.
 _NUMPY_MODE = BACKEND == "np"
@@ -222,6 +236,13 @@ class Value:
     # register_hook's functions, {handle id: fn}; set on the instance by the first hook (the
     # class default keeps nodes without hooks as small and fast as before).
     _grad_hooks: dict[int, Callable[[Any], Any]] | None = None
+    # In-place writes (class defaults, so nodes that never meet one pay nothing): the clock
+    # when the node was made; for a tensor modified inside autograd, [(clock, snapshot)], the
+    # node it was before each write (its consumers from before see that one); _cow marks a
+    # .grad that may share its buffer (an in-place write copies it first).
+    _birth = 0
+    _history: list[tuple[int, Value]] | None = None
+    _cow = False
 
     if TYPE_CHECKING:  # Tensor and TensorTuple add; sum_node_list adds Values
 
@@ -252,6 +273,8 @@ class Value:
             x.cached_data if x.cached_data is not None else x.realize_cached_data()
             for x in self.inputs
         ]
+        if _GUARD is not None:
+            _check_guard(arrays)
         if _NUMPY_MODE:
             arrays = [_to_nd(a) for a in arrays]
         try:
@@ -306,6 +329,8 @@ class Value:
         value = cls.__new__(cls)
         requires_grad = _GRAD_ENABLED and _any_requires_grad(inputs)
         value._init(op, list(inputs), requires_grad=requires_grad)
+        if requires_grad:
+            value._birth = _INPLACE_CLOCK
         if not LAZY_MODE:
             value._compute(op)
             if not requires_grad:  # nothing upstream needs a gradient: keep the data only
@@ -586,6 +611,62 @@ class Tensor(Value):
             self._grad_hooks = {}
         return add_hook(self._grad_hooks, hook)
 
+    @property
+    def _version(self) -> int:
+        """How many in-place writes this tensor's buffer has had (PyTorch's ``_version``)."""
+        entry = _WRITTEN.get(id(_buffer(self.realize_cached_data())))
+        return 0 if entry is None else entry[2]
+
+    def _inplace(
+        self,
+        name: str,
+        compute: Callable[..., Tensor],
+        *operands: Any,
+        write: Callable[[Any], None] | None = None,
+    ) -> Tensor:
+        """Write ``compute(self, *operands)`` into this tensor's buffer (its views and detached
+        aliases see it) and return self; when no graph is recorded, ``write(data)`` instead,
+        if given (a direct write of a selection). Inside autograd this tensor becomes the
+        result's node; what it was is kept as a snapshot (with a copy of the old data) for
+        the nodes made before, which backward then finds (_as_seen_by)."""
+        global _INPLACE_CLOCK
+        if self.requires_grad and self.op is None and _GRAD_ENABLED:
+            raise RuntimeError(
+                f"{name}: a leaf tensor that requires grad ({_describe(self.cached_data)}) cannot "
+                "be modified in place; do it under ndl.no_grad(), or on x.data"
+            )
+        data = self.realize_cached_data()
+        if self._cow:  # a .grad that may share its buffer with other gradients
+            data = self.cached_data = _copy(data)
+            self._cow = False
+        _check_writable(name, data)
+        _INPLACE_CLOCK += 1
+        tracked = _GRAD_ENABLED and (
+            self.requires_grad or any(getattr(x, "requires_grad", False) for x in operands)
+        )
+        if write is not None and not tracked:
+            write(data)
+            _record_write(name, data)
+            return self
+        old = self._snapshot(data) if tracked else self
+        result = _fit_result(name, self, compute(old, *operands))
+        _write(name, self, data, result.realize_cached_data())
+        if tracked:
+            self._history = [*(self._history or ()), (_INPLACE_CLOCK, old)]
+            self.op, self.inputs, self.saved = result.op, result.inputs, result.saved
+            self.requires_grad, self._birth = result.requires_grad, _INPLACE_CLOCK
+        return self
+
+    def _snapshot(self, data: Any) -> Tensor:
+        """This node as it is, on a private copy of its data (for the nodes made before an
+        in-place write, and for the write's own gradient: x.mul_(y) needs the old x)."""
+        snapshot = Tensor.__new__(Tensor)
+        snapshot._init(
+            self.op, self.inputs, cached_data=_copy(data), requires_grad=self.requires_grad
+        )
+        snapshot.saved, snapshot._birth = self.saved, self._birth
+        return snapshot
+
     def backward(
         self,
         out_grad: Tensor | None = None,
@@ -769,26 +850,172 @@ def compute_gradient_of_variables(
     """Reverse-mode AD: set ``.grad`` on every node of the graph that requires a gradient
     (with `accumulate`, add to the ``.grad`` a node has; its consumers' adjoint alone
     propagates to its inputs)."""
+    global _GUARD
     # Partial adjoints: Values, or for a TensorTuple also {index: adjoint} (see _sum_adjoints).
     node_to_output_grads: dict[int, list[Any]] = {id(output_tensor): [out_grad]}
     order: list[Value] = []
     _topo_sort(output_tensor, set(), order, needs_grad=True)
+    given: set[int] = set()  # the .grad objects set so far
     for node in reversed(order):
         adjoint = node._sum_adjoints(node_to_output_grads.pop(id(node)))
         if node._grad_hooks:
             adjoint = _run_grad_hooks(node, adjoint)
         keep = accumulate and node.grad is not None
         node.grad = _plus(node.grad, adjoint) if keep else adjoint
+        if type(node.grad) is Tensor:
+            node.grad = _own_grad(node.grad, given)
         if node.op is None:
             continue
         sparse = node.op.sparse_gradient  # tuple_get_item's
-        grads = (sparse(adjoint, node),) if sparse else node.op.gradient_as_tuple(adjoint, node)
+        _GUARD = _stale_buffers(node) if _WRITTEN else None
+        try:
+            grads = (sparse(adjoint, node),) if sparse else node.op.gradient_as_tuple(adjoint, node)
+        finally:
+            _GUARD = None
         for inp, grad in zip(node.inputs, grads):
+            if inp._history is not None:
+                inp = _as_seen_by(inp, node)
             if inp.requires_grad:
                 # A float32 input of a promoted (float64) op gets a float32 gradient, as in torch.
                 if isinstance(grad, Tensor) and grad.dtype != inp.dtype:
                     grad = ops.astype(grad, inp.dtype)
                 node_to_output_grads.setdefault(id(inp), []).append(grad)
+
+
+def _own_grad(grad: Tensor, given: set[int]) -> Tensor:
+    """The .grad to set: `grad`, marked copy-on-write (it may share its buffer with other
+    gradients: an in-place op on it copies first), or a new object on the same data when
+    another node already has this one (Add gives both inputs its adjoint: zeroing one
+    .grad in place must not zero the other)."""
+    if id(grad) in given and not grad.requires_grad:
+        grad = Tensor.make_const(grad.cached_data)
+    given.add(id(grad))
+    grad._cow = True
+    return grad
+
+
+# ---- in-place writes: which node a consumer saw, and reads of overwritten values ----------
+def _buffer(data: Any) -> Any:
+    """The object that owns `data`'s memory: an NDArray's device buffer, a NumPy array's base
+    (the numpy mode); views and detached aliases give the same one."""
+    if type(data) is _NDARRAY:
+        return data._handle
+    while isinstance(getattr(data, "base", None), numpy.ndarray):
+        data = data.base
+    return data
+
+
+def _as_seen_by(value: Value, consumer: Value) -> Value:
+    """The node `value` was when `consumer` was made: the snapshot taken by the first
+    in-place write after that, or `value` itself."""
+    for clock, snapshot in value._history or ():
+        if clock > consumer._birth:
+            return snapshot
+    return value
+
+
+def _stale_buffers(node: Value) -> tuple[Value, dict[int, str]] | None:
+    """The guard for node's gradient: the buffers of its output and inputs written in place
+    after it was made. Saved values are read by gradient for sure: one of them on such a
+    buffer is an error now."""
+    stale = {}
+    for i, value in enumerate((node, *node.inputs)):
+        entry = _WRITTEN.get(id(_buffer(value.cached_data)))
+        if entry is not None and entry[1] > node._birth:
+            stale[id(entry[0])] = f"its input {i - 1}" if i else "its output"
+            stale[id(entry[0])] += f" ({_describe(value.cached_data)}), modified by {entry[3]}"
+    if not stale:
+        return None
+    for saved in vars(node.saved or SimpleNamespace()).values():
+        for array in saved if isinstance(saved, tuple) else (saved,):
+            if id(_buffer(array)) in stale:
+                raise _stale_error(node, stale[id(_buffer(array))])
+    return node, stale
+
+
+def _check_guard(arrays: list[Any]) -> None:
+    """Raise if an op run by a gradient reads a value modified after its node was made."""
+    assert _GUARD is not None
+    node, stale = _GUARD
+    for array in arrays:
+        what = stale.get(id(_buffer(array)))
+        if what is not None:
+            raise _stale_error(node, what)
+
+
+def _stale_error(node: Value, what: str) -> RuntimeError:
+    name = node.op.name or type(node.op).__name__.lower()  # type: ignore[union-attr]
+    return RuntimeError(
+        f"backward: the gradient of {name} needs {what} after {name} used it: one of the "
+        "values needed for gradient computation has been modified by an in-place operation "
+        "(clone() it before modifying, or modify it after backward)"
+    )
+
+
+def _copy(data: Any) -> Any:
+    """A private copy of an NDArray or NumPy array (or NumPy scalar)."""
+    if type(data) is not _NDARRAY:
+        return numpy.array(data, copy=True) if isinstance(data, numpy.ndarray) else data
+    out = _NDARRAY.make(data.shape, device=data.device, dtype=data.dtype)
+    out[...] = data
+    return out
+
+
+def _check_writable(name: str, data: Any) -> None:
+    """An in-place write into a broadcast view would write one element many times."""
+    strides = getattr(data, "strides", ())
+    if any(st == 0 and n > 1 for st, n in zip(strides, data.shape)):
+        raise RuntimeError(
+            f"{name}: the tensor ({_describe(data)}) is a broadcast view: more than one element "
+            "shares one memory location; clone() it before modifying it in place"
+        )
+
+
+def _fit_result(name: str, target: Tensor, result: Tensor) -> Tensor:
+    """An in-place op's result in the target's dtype (which it cannot change, nor the
+    shape: float into an integer tensor is an error, as in PyTorch)."""
+    if result.shape != target.shape:
+        raise ValueError(
+            f"{name}: the result has shape {result.shape}, but the tensor modified in place has "
+            f"shape {target.shape} (an in-place op cannot broadcast the tensor it modifies)"
+        )
+    if result.dtype == target.dtype:
+        return result
+    if target.dtype not in _FLOAT_DTYPES and result.dtype in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: a {result.dtype} result cannot be written into a {target.dtype} tensor"
+        )
+    return ops.astype(result, target.dtype)
+
+
+def _write(name: str, target: Tensor, data: Any, value: Any) -> None:
+    """Copy an in-place op's result into the target's buffer and record the write."""
+    if (isinstance(data, numpy.ndarray) and data.ndim) or type(data) is _NDARRAY:
+        data[...] = value
+    else:  # the numpy mode keeps a 0-d value as an immutable NumPy scalar: replace it
+        target.cached_data = _mode_data(value)
+    _record_write(name, target.cached_data)
+
+
+def _record_write(name: str, data: Any) -> None:
+    global _PRUNE_AT
+    buffer = _buffer(data)
+    entry = _WRITTEN.get(id(buffer))
+    if entry is None:
+        _WRITTEN[id(buffer)] = [buffer, _INPLACE_CLOCK, 1, name]
+        if len(_WRITTEN) > _PRUNE_AT:
+            _prune()
+            _PRUNE_AT = 2 * len(_WRITTEN) + 64
+    else:
+        entry[1], entry[2], entry[3] = _INPLACE_CLOCK, entry[2] + 1, name
+
+
+def _prune() -> None:
+    """Drop the entries of buffers nothing but _WRITTEN holds (references: the entry and
+    getrefcount's argument): no node can read them any more."""
+    for key, entry in list(_WRITTEN.items()):
+        if sys.getrefcount(entry[0]) <= 2:
+            del _WRITTEN[key]
 
 
 def _plus(old: Any, new: Any) -> Any:
@@ -883,6 +1110,8 @@ def _topo_sort(node: Value, visited: set, topo_order: list[Value], needs_grad: b
         visited.add(id(node))
         stack.append((node, True))
         for inp in reversed(node.inputs):
+            if inp._history is not None:
+                inp = _as_seen_by(inp, node)
             if (inp.requires_grad or not needs_grad) and id(inp) not in visited:
                 stack.append((inp, False))
 

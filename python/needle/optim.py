@@ -40,7 +40,10 @@ class Optimizer:
     lr: float  # the learning rate, set by each optimizer (and by an LRScheduler)
 
     def __init__(self, params: Iterable[Tensor]):
-        self.params: list[Tensor] = params if isinstance(params, list) else list(params)
+        params = params if isinstance(params, list) else list(params)
+        # A Parameter shared by two layers comes twice from the course's parameters(): once here.
+        unique = len(set(map(id, params))) == len(params)
+        self.params: list[Tensor] = params if unique else list(dict.fromkeys(params))
 
     @property
     def state(self) -> dict[int, dict[str, Tensor]]:

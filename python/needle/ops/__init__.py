@@ -4,6 +4,7 @@
 from ..autograd import Op, Tensor, TensorOp, TensorTuple, TensorTupleOp, Value  # noqa: F401
 from .ops_activation import *  # noqa: F403
 from .ops_functional import *  # noqa: F403
+from .ops_inplace import *  # noqa: F403
 from .ops_logarithmic import *  # noqa: F403
 from .ops_mathematic import *  # noqa: F403
 from .ops_norm import *  # noqa: F403
