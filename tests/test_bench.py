@@ -301,3 +301,37 @@ def test_webgpu_rows_name_the_adapter_and_synchronise(tmp_path):
     # A CPU adapter (lavapipe) is not listed among the machine's GPUs.
     assert (adapter in " ".join(results["machine"]["gpus"])) == (not adapter.endswith(", CPU)"))
     assert f"| {backend.name} |" in (out / "report.md").read_text()
+
+
+def test_nn_ops_script_runs_every_case(tmp_path):
+    # benchmarks/bench_nn_ops.py at tiny sizes: every case times on both libraries (an op
+    # renamed or a signature changed shows up here as an "error" cell, not as a stale script).
+    pytest.importorskip("torch")
+    if not ndl.cpu().enabled():
+        pytest.skip(f"needle cpu is disabled here: {ndl.cpu().reason}")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_nn_ops.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--no-progress", "--write", str(tmp_path / "r.md")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    tables = result.stdout.split("### ")[1:]
+    assert [t.splitlines()[0] for t in tables] == [
+        "nn ops, forward (float32), 1 thread(s)",
+        "nn ops, forward + backward (float32), 1 thread(s)",
+    ]
+    for table in tables:
+        rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+        names = [row.split(" | ")[0][2:] for row in rows[1:]]
+        assert [n.split()[0] for n in names] == [
+            "max_pool2d", "avg_pool2d", "cat", "gather", "softmax", "layer_norm", "gelu", "gelu",
+            "sdpa",
+        ]  # fmt: skip
+        for row in rows[1:]:
+            cells = row.strip("| ").split(" | ")
+            assert "error" not in cells and "not available" not in cells, row
+            assert cells[3].endswith("%"), row  # the needle / torch ratio
+    assert "nn ops" in (tmp_path / "r.md").read_text()
