@@ -439,6 +439,21 @@ NB_MODULE(ndarray_backend_cpu, m) {
                SplitPrecision{[](Vec<float> x) { return vmath::tanh(x); },
                               [](double v) { return std::tanh(v); }},
                Floats{}},
+      UnaryRow{"ewise_erf",
+               SplitPrecision{[](Vec<float> x) { return vmath::erf(x); },
+                              [](double v) { return std::erf(v); }},
+               Floats{}},
+      UnaryRow{"ewise_gelu",
+               SplitPrecision{[](Vec<float> x) { return vmath::gelu(x); },
+                              [](double v) { return v * 0.5 * (1.0 + std::erf(v * M_SQRT1_2)); }},
+               Floats{}},
+      UnaryRow{"ewise_gelu_grad",
+               SplitPrecision{[](Vec<float> x) { return vmath::gelu_grad(x); },
+                              [](double v) {
+                                return 0.5 * (1.0 + std::erf(v * M_SQRT1_2)) +
+                                       v * std::exp(v * v * -0.5) * (0.5 * M_2_SQRTPI * M_SQRT1_2);
+                              }},
+               Floats{}},
       UnaryRow{"ewise_sqrt", Lanewise{[](auto v) { return std::sqrt(v); }}, Floats{}},
       UnaryRow{"ewise_sin", Lanewise{[](auto v) { return std::sin(v); }}, Floats{}},
       UnaryRow{"ewise_cos", Lanewise{[](auto v) { return std::cos(v); }}, Floats{}},

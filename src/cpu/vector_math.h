@@ -1,4 +1,4 @@
-// exp, log, tanh and sigmoid on float32 vectors (simd::Vec<float>, 16 lanes): no calls,
+// exp, log, tanh, sigmoid and erf on float32 vectors (simd::Vec<float>, 16 lanes): no calls,
 // no branches (lane selects instead), integer bit tricks for the powers of two. glibc's
 // expf/logf/tanhf are scalar calls, and the compiler may only use its SIMD math library
 // under -ffast-math, which would also break NaN handling elsewhere.
@@ -112,6 +112,35 @@ inline V sigmoid(V x) {
   const V e = vmath::exp(x < 0.0f ? x : -x);
   const V d = 1.0f + e;
   return x >= 0.0f ? 1.0f / d : e / d;
+}
+
+// erf: Eigen's float rational x P(x^2) / Q(x^2) on x clamped to [-4, 4] (erf is 1 in float
+// beyond), within 5e-7 of the true value; NaN is put back at the end.
+inline V erf(V x) {
+  V c = x > -4.0f ? x : splat(-4.0f);
+  c = c < 4.0f ? c : splat(4.0f);
+  const V z = c * c;
+  V p = splat(-2.72614225801306e-10f);
+  p = p * z + 2.77068142495902e-08f;
+  p = p * z - 2.10102402082508e-06f;
+  p = p * z - 5.69250639462346e-05f;
+  p = p * z - 7.34990630326855e-04f;
+  p = p * z - 2.95459980854025e-03f;
+  p = p * z - 1.60960333262415e-02f;
+  V q = splat(-1.45660718464996e-05f);
+  q = q * z - 2.13374055278905e-04f;
+  q = q * z - 1.68282697438203e-03f;
+  q = q * z - 7.37332916720468e-03f;
+  q = q * z - 1.42647390514189e-02f;
+  const V r = c * p / q;
+  return x != x ? x : r;
+}
+
+// gelu x Phi(x) and its derivative Phi(x) + x phi(x), Phi the normal CDF through erf.
+inline V gelu(V x) { return x * 0.5f * (1.0f + vmath::erf(x * 0.707106781186547524f)); }
+inline V gelu_grad(V x) {
+  const V pdf = vmath::exp(x * x * -0.5f) * 0.398942280401432678f;
+  return 0.5f * (1.0f + vmath::erf(x * 0.707106781186547524f)) + x * pdf;
 }
 
 }  // namespace vmath

@@ -76,6 +76,8 @@ __host__ __device__ inline float m_exp(float x) { return expf(x); }
 __host__ __device__ inline double m_exp(double x) { return exp(x); }
 __host__ __device__ inline float m_tanh(float x) { return tanhf(x); }
 __host__ __device__ inline double m_tanh(double x) { return tanh(x); }
+__host__ __device__ inline float m_erf(float x) { return erff(x); }
+__host__ __device__ inline double m_erf(double x) { return erf(x); }
 __host__ __device__ inline float m_sqrt(float x) { return sqrtf(x); }
 __host__ __device__ inline double m_sqrt(double x) { return sqrt(x); }
 __host__ __device__ inline float m_sin(float x) { return sinf(x); }
@@ -152,6 +154,18 @@ struct Sigmoid {  // e^-|x| never overflows; the form is chosen by the sign
   template <class T> __host__ __device__ T operator()(T x) const {
     const T e = m_exp(-m_abs(x));
     return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+  }
+};
+
+struct Gelu {  // x Phi(x), Phi the normal CDF
+  template <class T> __host__ __device__ T operator()(T x) const {
+    return x * T(0.5) * (T(1) + m_erf(x * T(0.707106781186547524)));
+  }
+};
+struct GeluGrad {  // Phi(x) + x phi(x), phi the normal density
+  template <class T> __host__ __device__ T operator()(T x) const {
+    const T pdf = m_exp(x * x * T(-0.5)) * T(0.398942280401432678);
+    return T(0.5) * (T(1) + m_erf(x * T(0.707106781186547524))) + x * pdf;
   }
 };
 

@@ -162,6 +162,9 @@ const std::vector<UnaryKernel>& unary_kernels() {
       unary<Floats>("ewise_cos", [] __device__(auto x) { return m_cos(x); }),
       unary<Numeric>("ewise_relu", [] __device__(auto x) { return max_nan(x, decltype(x)(0)); }),
       unary<Floats>("ewise_sigmoid", Sigmoid()),
+      unary<Floats>("ewise_erf", [] __device__(auto x) { return m_erf(x); }),
+      unary<Floats>("ewise_gelu", Gelu()),
+      unary<Floats>("ewise_gelu_grad", GeluGrad()),
   };
   return rows;
 }

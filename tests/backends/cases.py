@@ -153,6 +153,9 @@ NEGATIVE_BASES = np.array([-2.0, -1.5, -0.5, -3.0, 0.0, -0.0, 2.0])
 UNARY_TOL = {
     "sin": {"float32": dict(rtol=1e-5, atol=1e-5)},
     "cos": {"float32": dict(rtol=1e-5, atol=1e-5)},
+    # float32 erf approximations are within 5e-7 of erf; gelu's x (1 + erf) scales that by
+    # |x| / 2 where 1 + erf cancels (x near -5: 1e-6; torch's own gelu is off by as much).
+    "gelu": {"float32": dict(rtol=1e-5, atol=2e-6)},
 }
 
 

@@ -56,6 +56,9 @@ __all__ = [
     "ewise_cos",
     "ewise_relu",
     "ewise_sigmoid",
+    "ewise_erf",
+    "ewise_gelu",
+    "ewise_gelu_grad",
     "matmul",
     "reduce_sum",
     "reduce_max",
@@ -101,8 +104,9 @@ scalar_eq = scalar_ge = scalar_lt = scalar_le = scalar_rsub = scalar_rdiv = _sca
 
 def _unary(a: Array, out: Array) -> None: ...
 
-ewise_neg = ewise_abs = ewise_sign = ewise_log = ewise_exp = ewise_tanh = _unary
-ewise_sqrt = ewise_rsqrt = ewise_sin = ewise_cos = ewise_relu = ewise_sigmoid = _unary
+ewise_neg = ewise_abs = ewise_sign = ewise_log = ewise_exp = _unary
+ewise_tanh = ewise_sqrt = ewise_rsqrt = ewise_sin = ewise_cos = _unary
+ewise_relu = ewise_sigmoid = ewise_erf = ewise_gelu = ewise_gelu_grad = _unary
 
 def ewise_axpby(a: Array, b: Array, alpha: float, beta: float, out: Array) -> None: ...
 def ewise_broadcast_binary(

@@ -62,6 +62,9 @@ UNARY_EXPR = {
     "cos": "cos(x)",
     "relu": "maximum_nan(x, $T(0))",
     "sigmoid": "sigmoid_np(x)",
+    "erf": "erf_np(x)",
+    "gelu": "gelu_np(x)",
+    "gelu_grad": "gelu_grad_np(x)",
 }
 BINARY_EXPR = {
     "add": "wrap(x + y)",

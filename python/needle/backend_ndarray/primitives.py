@@ -112,6 +112,65 @@ def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
+# erf in float64 (NumPy has none): W. J. Cody's rational approximations (Math. Comp. 23,
+# 1969; CALERF in SPECFUN), about 1e-18 relative: erf on |x| <= 0.46875, erfc(x) e^(x^2) on
+# (0.46875, 4] and the asymptotic form beyond. Each (numerator, denominator) coefficient list
+# from the highest power, the denominator's leading 1 left out.
+_ERF_SMALL = (
+    (1.85777706184603153e-1, 3.16112374387056560e00, 1.13864154151050156e02,
+     3.77485237685302021e02, 3.20937758913846947e03),
+    (2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03,
+     2.84423683343917062e03),
+)  # fmt: skip
+_ERFC_MIDDLE = (
+    (2.15311535474403846e-8, 5.64188496988670089e-1, 8.88314979438837594e00,
+     6.61191906371416295e01, 2.98635138197400131e02, 8.81952221241769090e02,
+     1.71204761263407058e03, 2.05107837782607147e03, 1.23033935479799725e03),
+    (1.57449261107098347e01, 1.17693950891312499e02, 5.37181101862009858e02,
+     1.62138957456669019e03, 3.29079923573345963e03, 4.36261909014324716e03,
+     3.43936767414372164e03, 1.23033935480374942e03),
+)  # fmt: skip
+_ERFC_LARGE = (
+    (1.63153871373020978e-2, 3.05326634961232344e-1, 3.60344899949804439e-1,
+     1.25781726111229246e-1, 1.60837851487422766e-2, 6.58749161529837803e-4),
+    (2.56852019228982242e00, 1.87295284992346725e00, 5.27905102951428412e-1,
+     6.05183413124413191e-2, 2.33520497626869185e-3),
+)  # fmt: skip
+
+
+def _rational(y, coefficients):
+    num, den = coefficients
+    return np.polyval(num, y) / np.polyval((1.0, *den), y)
+
+
+def _erf(x):
+    """erf computed in float64, returned in x's dtype; NaN stays NaN, +-inf give +-1."""
+    x64 = np.asarray(x, dtype=np.float64)
+    y = np.abs(x64)
+    with np.errstate(all="ignore"):
+        small = x64 * _rational(x64 * x64, _ERF_SMALL)
+        middle = _rational(y, _ERFC_MIDDLE)
+        inv_sq = 1 / (y * y)
+        large = (1 / math.sqrt(math.pi) - inv_sq * _rational(inv_sq, _ERFC_LARGE)) / y
+        erfc = np.where(y <= 4.0, middle, large) * np.exp(-y * y)
+        outer = np.copysign(1 - np.where(y < 27.0, erfc, 0.0), x64)
+    return np.where(y <= 0.46875, small, np.where(np.isnan(x64), x64, outer)).astype(x.dtype)
+
+
+def _gelu(x):
+    """x Phi(x), Phi the normal CDF (torch's exact gelu), computed in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    return (x64 * 0.5 * (1 + _erf(x64 * math.sqrt(0.5)))).astype(x.dtype)
+
+
+def _gelu_grad(x):
+    """gelu's derivative Phi(x) + x phi(x), phi the normal density, computed in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        pdf = np.exp(x64 * x64 * -0.5) / math.sqrt(2 * math.pi)
+        return (0.5 * (1 + _erf(x64 * math.sqrt(0.5))) + x64 * pdf).astype(x.dtype)
+
+
 # ewise_<name>(a, out): out = f(a)
 UNARY: dict[str, Callable] = {
     "neg": np.negative,
@@ -126,6 +185,9 @@ UNARY: dict[str, Callable] = {
     "cos": np.cos,
     "relu": lambda x: np.maximum(x, 0),
     "sigmoid": _sigmoid,
+    "erf": _erf,
+    "gelu": _gelu,
+    "gelu_grad": _gelu_grad,
 }
 
 # ewise_<name>(a, b, out): out = f(a, b); comparisons write a bool out (true is 1).

@@ -383,86 +383,18 @@ def elu(a, alpha=1.0):
 
 
 # ---- erf and gelu ---------------------------------------------------------------------
-# W. J. Cody's rational approximations (Math. Comp. 23, 1969; CALERF in SPECFUN), good to
-# about 1e-18 relative: erf on |x| <= 0.46875, erfc / exp(-x^2) on 0.46875 < |x| <= 4, and
-# the asymptotic form beyond. Each as (lead, [(num_i, den_i)...], num_last, den_last) for
-# Cody's loop: num = lead * y; den = y; num = (num + num_i) y; den = (den + den_i) y; ...
-_ERF_SMALL = (
-    1.85777706184603153e-1,
-    [
-        (3.16112374387056560e00, 2.36012909523441209e01),
-        (1.13864154151050156e02, 2.44024637934444173e02),
-        (3.77485237685302021e02, 1.28261652607737228e03),
-    ],
-    3.20937758913846947e03,
-    2.84423683343917062e03,
-)
-_ERFC_MIDDLE = (
-    2.15311535474403846e-8,
-    [
-        (5.64188496988670089e-1, 1.57449261107098347e01),
-        (8.88314979438837594e00, 1.17693950891312499e02),
-        (6.61191906371416295e01, 5.37181101862009858e02),
-        (2.98635138197400131e02, 1.62138957456669019e03),
-        (8.81952221241769090e02, 3.29079923573345963e03),
-        (1.71204761263407058e03, 4.36261909014324716e03),
-        (2.05107837782607147e03, 3.43936767414372164e03),
-    ],
-    1.23033935479799725e03,
-    1.23033935480374942e03,
-)
-_ERFC_LARGE = (
-    1.63153871373020978e-2,
-    [
-        (3.05326634961232344e-1, 2.56852019228982242e00),
-        (3.60344899949804439e-1, 1.87295284992346725e00),
-        (1.25781726111229246e-1, 5.27905102951428412e-1),
-        (1.60837851487422766e-2, 6.05183413124413191e-2),
-    ],
-    6.58749161529837803e-4,
-    2.33520497626869185e-3,
-)
-_SMALL, _LARGE = 0.46875, 4.0
-
-
-def _cody(y: NDArray, coefficients) -> NDArray:
-    lead, pairs, num_last, den_last = coefficients
-    num, den = y * lead, y
-    for a, b in pairs:
-        num, den = (num + a) * y, (den + b) * y
-    return (num + num_last) / (den + den_last)
-
-
-def _erf(x: NDArray) -> NDArray:
-    """erf on NDArrays: each of Cody's three ranges evaluated on |x| clamped into it (so
-    that none overflows), then blended by range."""
-    y = x.abs()
-    small = _min_scalar(y, _SMALL)
-    erf_small = small * _cody(small * small, _ERF_SMALL)
-    outer = y.maximum(_SMALL)
-    gauss = (-(outer * outer)).exp()  # exp(-y^2), shared by both erfc ranges
-    middle = _min_scalar(outer, _LARGE)
-    large = outer.maximum(_LARGE)
-    inv_sq = 1 / (large * large)
-    asymptotic = (1 / math.sqrt(math.pi) - inv_sq * _cody(inv_sq, _ERFC_LARGE)) / large
-    in_small = _mask(y <= _SMALL, x.dtype)
-    in_middle = _mask(y <= _LARGE, x.dtype)
-    erfc = _cody(middle, _ERFC_MIDDLE) * in_middle + asymptotic * (1 - in_middle)
-    erf_outer = 1 - erfc * gauss
-    return x.sign() * (erf_small * in_small + erf_outer * (1 - in_small))
-
-
+# erf is a primitive of every backend (ewise_erf: NumPy's reference in float64 through
+# Cody's rationals, native ones within float tolerance of it).
 _TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
 
 
 class Erf(TensorOp):
-    """The error function; d/da = 2 / sqrt(pi) exp(-a^2). Composed from elementwise
-    primitives (Cody's approximations): no backend has an erf primitive."""
+    """The error function; d/da = 2 / sqrt(pi) exp(-a^2)."""
 
     name = "erf"
 
     def compute(self, a: NDArray) -> NDArray:
-        return _erf(a)
+        return a.erf()
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         x = node.inputs[0]
@@ -471,7 +403,6 @@ class Erf(TensorOp):
 
 erf = _function(Erf)
 
-_SQRT1_2 = math.sqrt(0.5)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 _TANH_BETA = math.sqrt(2 / math.pi)
 _TANH_KAPPA = 0.044715
@@ -492,7 +423,7 @@ class GELU(TensorOp):
         if self.approximate == "tanh":
             inner = (a + a * a * a * _TANH_KAPPA) * _TANH_BETA
             return a * 0.5 * (inner.tanh() + 1)
-        return a * 0.5 * (_erf(a * _SQRT1_2) + 1)
+        return a.gelu()
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         x = node.inputs[0]
@@ -500,9 +431,24 @@ class GELU(TensorOp):
             t = tanh((x + x * x * x * _TANH_KAPPA) * _TANH_BETA)
             slope = (1 - t * t) * (x * x * (3 * _TANH_KAPPA) + 1) * _TANH_BETA
             return out_grad * ((t + 1) * 0.5 + x * 0.5 * slope)
-        cdf = (erf(x * _SQRT1_2) + 1) * 0.5
-        pdf = exp(x * x * -0.5) * _INV_SQRT_2PI
-        return out_grad * (cdf + x * pdf)
+        return out_grad * _gelu_grad(x)
+
+
+class _GELUGrad(TensorOp):
+    """Exact gelu's derivative Phi(a) + a phi(a) (Phi, phi the normal CDF and density), one
+    primitive; its own derivative phi(a) (2 - a^2) as Tensor ops (second order)."""
+
+    name = "gelu_grad"
+
+    def compute(self, a: NDArray) -> NDArray:
+        return a.gelu_grad()
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
+        x = node.inputs[0]
+        return out_grad * exp(x * x * -0.5) * _INV_SQRT_2PI * (2 - x * x)
+
+
+_gelu_grad = _function(_GELUGrad)
 
 
 def gelu(a, approximate="none"):

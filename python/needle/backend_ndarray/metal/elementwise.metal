@@ -69,6 +69,33 @@ inline float sigmoid_stable(float x) {
   return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
 }
 
+// MSL has no erf: Eigen's float rational x P(x^2) / Q(x^2) on x clamped to [-4, 4] (erf is
+// 1 in float beyond), within 5e-7; NaN stays NaN.
+inline float erf_rational(float x) {
+  const float c = clamp(x, -4.0f, 4.0f);
+  const float z = c * c;
+  float p = -2.72614225801306e-10f;
+  p = p * z + 2.77068142495902e-08f;
+  p = p * z - 2.10102402082508e-06f;
+  p = p * z - 5.69250639462346e-05f;
+  p = p * z - 7.34990630326855e-04f;
+  p = p * z - 2.95459980854025e-03f;
+  p = p * z - 1.60960333262415e-02f;
+  float q = -1.45660718464996e-05f;
+  q = q * z - 2.13374055278905e-04f;
+  q = q * z - 1.68282697438203e-03f;
+  q = q * z - 7.37332916720468e-03f;
+  q = q * z - 1.42647390514189e-02f;
+  return isnan(x) ? x : c * p / q;
+}
+
+// gelu x Phi(x) and its derivative Phi(x) + x phi(x), Phi the normal CDF through erf.
+inline float gelu_exact(float x) { return x * 0.5f * (1.0f + erf_rational(x * 0.707106781186547524f)); }
+inline float gelu_grad(float x) {
+  const float pdf = exp(x * x * -0.5f) * 0.398942280401432678f;
+  return 0.5f * (1.0f + erf_rational(x * 0.707106781186547524f)) + x * pdf;
+}
+
 // ---- the three kernel templates: Op a functor, T the element type, R out's (T or bool) ----
 template <typename Op, typename T>
 [[kernel]] void ewise_unary(device const T* a [[buffer(0)]],
@@ -154,3 +181,6 @@ NEEDLE_UNARY(sin, NEEDLE_FLOATS, sin(x))
 NEEDLE_UNARY(cos, NEEDLE_FLOATS, cos(x))
 NEEDLE_UNARY(relu, NEEDLE_NUMERIC, maximum_nan(x, T(0)))
 NEEDLE_UNARY(sigmoid, NEEDLE_FLOATS, sigmoid_stable(x))
+NEEDLE_UNARY(erf, NEEDLE_FLOATS, erf_rational(x))
+NEEDLE_UNARY(gelu, NEEDLE_FLOATS, gelu_exact(x))
+NEEDLE_UNARY(gelu_grad, NEEDLE_FLOATS, gelu_grad(x))

@@ -123,3 +123,31 @@ fn log_np(x: f32) -> f32 {
     y += -0.5 * z;
     return m + y + 0.693359375 * fe;
 }
+
+// WGSL has no erf: Eigen's float rational x P(x^2) / Q(x^2) on x clamped to [-4, 4] (erf is
+// 1 in float beyond), within 5e-7; NaN stays NaN.
+fn erf_np(x: f32) -> f32 {
+    if (is_nan(x)) { return x; }
+    let c = clamp(x, -4.0, 4.0);
+    let z = c * c;
+    var p = -2.72614225801306e-10;
+    p = p * z + 2.77068142495902e-08;
+    p = p * z - 2.10102402082508e-06;
+    p = p * z - 5.69250639462346e-05;
+    p = p * z - 7.34990630326855e-04;
+    p = p * z - 2.95459980854025e-03;
+    p = p * z - 1.60960333262415e-02;
+    var q = -1.45660718464996e-05;
+    q = q * z - 2.13374055278905e-04;
+    q = q * z - 1.68282697438203e-03;
+    q = q * z - 7.37332916720468e-03;
+    q = q * z - 1.42647390514189e-02;
+    return c * p / q;
+}
+
+// gelu x Phi(x) and its derivative Phi(x) + x phi(x), Phi the normal CDF through erf.
+fn gelu_np(x: f32) -> f32 { return x * 0.5 * (1.0 + erf_np(x * 0.707106781186547524)); }
+fn gelu_grad_np(x: f32) -> f32 {
+    let pdf = exp_np(x * x * -0.5) * 0.398942280401432678;
+    return 0.5 * (1.0 + erf_np(x * 0.707106781186547524)) + x * pdf;
+}
