@@ -267,3 +267,34 @@ def test_optimizer_steps_a_shared_parameter_once():
     np.testing.assert_allclose(
         shared.weight.numpy(), before - 0.1 * shared.weight.grad.numpy(), rtol=1e-6
     )
+
+
+# ---- reading with any NumPy index (the positions path shared with setitem) ----------------
+INDICES = {
+    "none": (None,),
+    "rows_cols": (np.array([0, 2, 2]), np.array([1, 3, 3])),
+    "int_and_array": (0, np.array([1, 3, 1])),
+    "broadcast_arrays_and_slice": (np.array([[0], [2]]), slice(1, 3)),
+    "ellipsis_none": (Ellipsis, None, 1),
+    "repeated_list": ([0, 0, 1],),
+}
+
+
+@pytest.mark.parametrize("name", INDICES)
+def test_any_numpy_index_matches_torch(name, device):
+    """Values and the gradient (repeats add up) of x[index], against torch."""
+    index = INDICES[name]
+    w = needle_conv(device)(X, grad=True)
+    out = w[index]
+    (out * out).sum().backward()
+    tw = torch_conv(X, grad=True)
+    t_index = tuple(torch.tensor(p) if isinstance(p, (np.ndarray, list)) else p for p in index)
+    t_out = tw[t_index]
+    (t_out * t_out).sum().backward()
+    np.testing.assert_allclose(out.numpy(), t_out.detach().numpy())
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-6)
+
+
+def test_index_out_of_range_names_getitem(device):
+    with pytest.raises(IndexError, match=r"getitem: .*\(tensor of shape \(3, 4\)\)"):
+        needle_conv(device)(X)[np.array([0, 3]), np.array([0, 1])]

@@ -792,7 +792,12 @@ class Tensor(Value):
         # An integer array or boolean mask (PyTorch's advanced indexing) goes to ops_shape's
         # IndexArray / MaskIndex; ints and slices stay GetItem's.
         picked = ops.ops_shape.array_getitem(self, idxs)
-        return ops.GetItem(idxs)(self) if picked is None else picked
+        if picked is not None:
+            return picked
+        # Anything else NumPy allows (None, several arrays, arrays with ints): by positions.
+        if ops.ops_inplace.needs_positions(idxs):
+            return ops.ops_inplace.take(self, idxs)
+        return ops.GetItem(idxs)(self)
 
     __radd__ = __add__
     __rmul__ = __mul__

@@ -17,7 +17,7 @@ from ..autograd import Tensor, TensorOp, array_device, is_grad_enabled
 from ..backend_ndarray import NDArray  # also in the numpy mode: compute gets these
 from .ops_activation import clamp, where
 from .ops_mathematic import astype, broadcast_to, reduce_to_shape, reshape, zeros_like_data
-from .ops_shape import index_add
+from .ops_shape import index_add, index_select
 
 __all__ = ["Clone", "clone"]
 
@@ -140,15 +140,36 @@ def _host_index(index: Any) -> Any:
     return host if isinstance(index, tuple) else host[0]
 
 
+def _positions(x: Tensor, index: Any, name: str) -> np.ndarray:
+    """The flat positions x[index] selects, found with NumPy's indexing on the host."""
+    try:
+        return np.arange(int(np.prod(x.shape))).reshape(x.shape)[_host_index(index)]
+    except (IndexError, TypeError, ValueError) as error:
+        raise IndexError(f"{name}: {error} (tensor of shape {x.shape})") from None
+
+
+def needs_positions(index: Any) -> bool:
+    """Whether x[index] is beyond GetItem (ints, slices, '...') and the single-array forms:
+    None, several arrays, or arrays mixed with ints and slices."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return not all(isinstance(p, slice) or type(p) is int or p is Ellipsis for p in parts)
+
+
+def take(x: Tensor, index: Any) -> Tensor:
+    """x[index] for any NumPy index (x[rows, cols], x[0, [1, 3]], x[None], ...): an
+    index_select of the selected flat positions, so the adjoint adds repeats back."""
+    positions = _positions(x, index, "getitem")
+    flat = reshape(x, (int(np.prod(x.shape)),))
+    picked = index_select(flat, 0, np.asarray(positions, dtype=np.int64).reshape(-1))
+    return reshape(picked, positions.shape)
+
+
 def _put(x: Tensor, value: Any, index: Any) -> Tensor:
     """x with `value` (broadcast to the selection) at x[index], for any NumPy index, as graph
     ops: the selection's flat positions, found on the host, get the value by index_add into
     zeros, and where() keeps x everywhere else (so a nan or inf elsewhere in x stays)."""
     size = int(np.prod(x.shape))
-    try:
-        positions = np.arange(size).reshape(x.shape)[_host_index(index)]
-    except (IndexError, TypeError, ValueError) as error:
-        raise IndexError(f"setitem: {error} (tensor of shape {x.shape})") from None
+    positions = _positions(x, index, "setitem")
     flat = np.asarray(positions, dtype=np.int64).reshape(-1)
     if np.unique(flat).size != flat.size:
         raise ValueError(
