@@ -35,6 +35,7 @@
 #include "cpu/elementwise.h"
 #include "cpu/gemm.h"
 #include "cpu/reduce.h"
+#include "cpu/rows.h"
 #include "cpu/strided.h"
 #include "cpu/thread_pool.h"
 
@@ -311,6 +312,14 @@ void reduce_max(const Array &a, Array &out, int64_t reduce_size) {
                        [&](auto *x, auto *y) { max_last_axis(x, y, out.size, reduce_size); });
 }
 
+// ---- fused row kernels (cpu/rows.h) ----------------------------------------------------
+
+void softmax_rows(const Array &a, Array &out, int64_t rows, int64_t cols, bool log) {
+  assert(rows >= 0 && cols >= 1 && a.size >= static_cast<size_t>(rows * cols));
+  GilRelease unlocked(rows * cols);
+  with_typed<Floats>(a, out, [&](auto *x, auto *y) { softmax_each_row(x, y, rows, cols, log); });
+}
+
 // The middle axis of a compact (outer, reduce_size, inner) array.
 void check_middle_axis(const Array &a, const Array &out, int64_t outer, int64_t reduce_size,
                        int64_t inner) {
@@ -483,6 +492,7 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "gather_rows", &gather_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
   def(m, "scatter_add_rows", &scatter_add_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
 
+  def(m, "softmax_rows", &softmax_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "log"_a);
   def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,

@@ -635,6 +635,23 @@ def _scatter_add_rows(prim, backend, rng):
     yield case("far rows", rng.standard_normal(n), far, rng.standard_normal(rows), n, 1)
 
 
+# (rows, cols) on each side of a vector (16 floats, 8 doubles) and of a thread's share.
+SOFTMAX_SHAPES = [(0, 5), (1, 1), (3, 7), (4, 16), (5, 17), (2, 1000), (300, 33), (64, 1025)]
+
+
+def _softmax_rows(prim, backend, rng):
+    for (rows, cols), log in itertools.product(SOFTMAX_SHAPES, (False, True)):
+        a = rng.standard_normal(rows * cols) * 4
+        yield Case(
+            f"{rows} rows of {cols}, log {log}", (a, Out(rows * cols), rows, cols, log), elementwise
+        )
+    special = np.array([[0.0, np.inf, 1.0], [np.nan, 0.0, 1.0], [-np.inf] * 3, [-np.inf, 0, 2]])
+    for log in (False, True):
+        yield Case(
+            f"NaN and infinities, log {log}", (special.reshape(-1), Out(12), 4, 3, log), elementwise
+        )
+
+
 def _synchronize(prim, backend, rng):
     yield Case("returns None", (), exact)
 
@@ -659,6 +676,7 @@ GENERATORS: dict[str, Callable] = {
     "reduce_max_axis": _reduce_axis,
     "gather_rows": _gather_rows,
     "scatter_add_rows": _scatter_add_rows,
+    "softmax_rows": _softmax_rows,
     "synchronize": _synchronize,
 }
 # References for optional rows the NumPy backend leaves to the table's fallback: written

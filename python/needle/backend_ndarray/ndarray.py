@@ -1076,6 +1076,29 @@ class NDArray:
         """Maximum over `axis` (an int, a tuple of ints, or None for all)."""
         return self._reduce(axis, keepdims, "reduce_max")
 
+    def _rows_along(self, axis: int) -> tuple[NDArray, tuple[int, ...] | None]:
+        """A compact copy (or self) with `axis` last, and the permutation that puts it back
+        (None when it already was last): the fused row primitives work on last-axis rows."""
+        if self.ndim == 0:
+            return self.reshape((1,)), None
+        axis = _normalize_axis(axis, self.ndim)
+        if axis == self.ndim - 1:
+            return self.compact(), None
+        order = tuple(i for i in range(self.ndim) if i != axis) + (axis,)
+        return self.permute(order).compact(), tuple(order.index(i) for i in range(self.ndim))
+
+    def softmax(self, axis: int = -1, log: bool = False) -> NDArray:
+        """softmax (log_softmax with `log`) along `axis`: softmax_rows on the rows of the axis
+        moved last."""
+        rows, back = self._rows_along(axis)
+        out = NDArray._make(rows.shape, device=self._device, dtype=self._dtype)
+        cols = rows.shape[-1]
+        if out.size:
+            self._device.softmax_rows(rows._handle, out._handle, out.size // cols, cols, log)
+        if self.ndim == 0:
+            return out.reshape(())
+        return out if back is None else out.permute(back)
+
     # ---- flip and pad ---------------------------------------------------------------
     def flip(self, axes=None) -> NDArray:
         """Reverse the order of elements along `axes` (a copy, as needle's flip)."""

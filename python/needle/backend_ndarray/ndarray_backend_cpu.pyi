@@ -17,6 +17,7 @@ from ._primitive_stubs import (
     reduce_max_axis as reduce_max_axis,
     reduce_sum_axis as reduce_sum_axis,
     scatter_add_rows as scatter_add_rows,
+    softmax_rows as softmax_rows,
     synchronize as synchronize,
 )
 

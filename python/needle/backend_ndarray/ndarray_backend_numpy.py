@@ -136,6 +136,18 @@ def ewise_axpby(a: Array, b: Array, alpha: float, beta: float, out: Array) -> No
     out.array[:] = dt(alpha) * a.array[: out.size] + dt(beta) * b.array[: out.size]
 
 
+# ---- fused row primitives ----
+def softmax_rows(a: Array, out: Array, rows: int, cols: int, log: bool) -> None:
+    """softmax (log_softmax with `log`) of each row of the compact (rows, cols) a."""
+    if rows * cols == 0:
+        return
+    x = a.array[: rows * cols].reshape(rows, cols)
+    shifted = x - x.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    total = e.sum(axis=1, keepdims=True)
+    out.array[: rows * cols] = (shifted - np.log(total) if log else e / total).reshape(-1)
+
+
 # ---- rows by index --------------------------------------------------------------------
 def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
     """Row i of out = row indices[i] of a, for i < n; rows are row_size elements. indices

@@ -371,6 +371,27 @@ def _fallback_matmul_tiled(mod, a, b, out, m, n, p):
     mod.ewise_setitem(tc, out, *row_major_view(m, p), 0)
 
 
+def _fallback_softmax_rows(mod, a, out, rows, cols, log):
+    # The row maxima and sums repeated along each row by zero-stride compacts.
+    n = rows * cols
+    if n == 0:
+        return
+    stat, total = _temp(mod, a, rows), _temp(mod, a, rows)
+    spread, shifted, e = _temp(mod, a, n), _temp(mod, a, n), _temp(mod, a, n)
+    mod.reduce_max(a, stat, cols)
+    mod.compact(stat, spread, (rows, cols), (1, 0), 0)
+    mod.ewise_sub(a, spread, shifted)
+    mod.ewise_exp(shifted, e)
+    mod.reduce_sum(e, total, cols)
+    if log:
+        mod.ewise_log(total, stat)
+    mod.compact(stat if log else total, spread, (rows, cols), (1, 0), 0)
+    if log:
+        mod.ewise_sub(shifted, spread, out)
+    else:
+        mod.ewise_div(e, spread, out)
+
+
 def _fallback_synchronize(mod):
     """A synchronous backend has nothing to wait for."""
 
@@ -554,6 +575,16 @@ def _table() -> dict[str, Primitive]:
         "row indices[i] of out += row i of a, in index order (repeats add up)",
         dtypes=FLOATS,
         fallback=_fallback_scatter_add_rows,
+    )
+    add(
+        "softmax_rows",
+        "a:array, out:out, rows:int, cols:int, log:bool",
+        "reduce",
+        False,
+        "each row of a compact (rows, cols) a: out = e / sum(e), e = exp(a - max), or with "
+        "log (a - max) - log(sum(e)) (log_softmax)",
+        dtypes=FLOATS,
+        fallback=_fallback_softmax_rows,
     )
     add(
         "synchronize",

@@ -481,9 +481,7 @@ class Softmax(TensorOp):
         self.dim = dim
 
     def compute(self, a: NDArray) -> NDArray:
-        axis = _one_dim(self.dim, a.shape)
-        e = (a - a.max(axis=axis, keepdims=True).broadcast_to(a.shape)).exp()
-        return e / e.sum(axis=axis, keepdims=True).broadcast_to(a.shape)
+        return a.softmax(_one_dim(self.dim, a.shape))
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         axis = _one_dim(self.dim, node.shape)
@@ -506,8 +504,7 @@ class LogSoftmaxDim(LogSoftmax):
         super().__init__(dim)
 
     def compute(self, a: NDArray) -> NDArray:
-        _one_dim(self.axis, a.shape)
-        return super().compute(a)
+        return a.softmax(_one_dim(self.axis, a.shape), log=True)
 
 
 def log_softmax(x, dim=-1):
@@ -515,7 +512,8 @@ def log_softmax(x, dim=-1):
 
 
 # ---- Tensor methods (torch's): x.mean(), x.softmax(dim), ... -------------------------------
-# x.sum and x.max keep the course's (axes, keepdims); torch's x.max(dim) is ndl.max(x, dim).
+# x.sum and x.max keep the course's (axes, keepdims) (autograd.py's: x.max(1) is the values
+# alone); torch's x.max(dim) is ndl.max(x, dim). x.min is torch's: the course has none.
 _METHODS = {
     "mean": mean,
     "var": var,
@@ -524,6 +522,7 @@ _METHODS = {
     "amin": amin,
     "argmax": argmax,
     "argmin": argmin,
+    "min": min,
     "prod": prod,
     "cumsum": cumsum,
     "logsumexp": logsumexp,

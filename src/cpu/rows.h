@@ -1,0 +1,90 @@
+// Row kernels of the fused optional primitives (softmax_rows, ...): each row of a compact
+// (rows, cols) array is handled by one thread, in L1 while its passes run, instead of one
+// full-array pass per elementwise step.
+
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "elementwise.h"
+#include "simd.h"
+#include "thread_pool.h"
+#include "vector_math.h"
+
+namespace needle {
+namespace cpu {
+
+inline Vec<float> vexp(Vec<float> x) { return vmath::exp(x); }
+inline Vec<double> vexp(Vec<double> x) {
+  return simd::per_lane<double>(x, [](double v) { return std::exp(v); });
+}
+
+// The lanes of x[i, i + n), n <= the width; the rest `fill`.
+template <class T> inline Vec<T> load_tail(const T *x, int64_t n, T fill) {
+  Vec<T> v = simd::splat(fill);
+  std::memcpy(&v, x, n * sizeof(T));
+  return v;
+}
+
+template <class T> T horizontal_max(Vec<T> v) {
+  T m = v[0];
+  for (int l = 1; l < simd::kWidth<T>; ++l) m = max_nan(m, v[l]);
+  return m;
+}
+
+// body(first row, end row) over `rows` rows of `cols` elements, split across threads.
+template <class Body> void parallel_rows(int64_t rows, int64_t cols, Body &&body) {
+  const int threads = threads_for(rows * cols, kMinElementsPerThread);
+  if (threads <= 1 || rows < 2) return body(int64_t{0}, rows);
+  parallel(threads, [&](int t, int nt) {
+    const Range r = split_range(rows, t, nt);
+    if (r.begin < r.end) body(r.begin, r.end);
+  });
+}
+
+// One row of softmax (log: log_softmax): m = max, e = exp(x - m), y = e / sum e or
+// (x - m) - log sum e. The same formula as the NumPy reference, NaN and infinities included.
+template <class T> void softmax_row(const T *x, T *y, int64_t n, bool log) {
+  constexpr int W = simd::kWidth<T>;
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  const int64_t whole = n / W * W, tail = n - whole;
+  Vec<T> mv = simd::splat(kNegInf);
+  for (int64_t i = 0; i < whole; i += W) mv = simd::max_nan<T>(mv, simd::load(x + i));
+  if (tail) mv = simd::max_nan<T>(mv, load_tail(x + whole, tail, kNegInf));
+  const T m = horizontal_max<T>(mv);
+  Vec<T> acc{};
+  for (int64_t i = 0; i < whole; i += W) {
+    const Vec<T> e = vexp(simd::load(x + i) - m);
+    if (!log) simd::store(y + i, e);
+    acc += e;
+  }
+  if (tail) {
+    // -inf lanes past the row give e = 0 (unless m is NaN or inf, then the row is NaN anyway).
+    const Vec<T> e = vexp(load_tail(x + whole, tail, kNegInf) - m);
+    if (!log) simd::store_partial(y + whole, e, tail);
+    acc += e;
+  }
+  T sum = 0;
+  for (int l = 0; l < W; ++l) sum += acc[l];
+  if (log) {
+    const T ls = std::log(sum);
+    for (int64_t i = 0; i < whole; i += W) simd::store(y + i, (simd::load(x + i) - m) - ls);
+    for (int64_t i = whole; i < n; ++i) y[i] = (x[i] - m) - ls;
+    return;
+  }
+  const T scale = T(1) / sum;
+  for (int64_t i = 0; i < whole; i += W) simd::store(y + i, simd::load(y + i) * scale);
+  for (int64_t i = whole; i < n; ++i) y[i] *= scale;
+}
+
+template <class T> void softmax_each_row(const T *a, T *out, int64_t rows, int64_t cols, bool log) {
+  parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) softmax_row(a + r * cols, out + r * cols, cols, log);
+  });
+}
+
+}  // namespace cpu
+}  // namespace needle
