@@ -298,3 +298,18 @@ def test_any_numpy_index_matches_torch(name, device):
 def test_index_out_of_range_names_getitem(device):
     with pytest.raises(IndexError, match=r"getitem: .*\(tensor of shape \(3, 4\)\)"):
         needle_conv(device)(X)[np.array([0, 3]), np.array([0, 1])]
+
+
+def test_backward_through_a_graph_from_before_an_optimizer_step_raises():
+    """The optimizers update parameters in place (when nothing else holds their data): a
+    graph made before the step would read the new weights, so backward raises, as in torch.
+    (Where the data is not private, the step writes a new buffer and the old graph keeps the
+    old one: no error is needed.)"""
+    model = nn.Linear(3, 2)
+    opt = ndl.optim.SGD(model.parameters(), lr=0.1)
+    loss = (model(ndl.Tensor(X[:, :3])) ** 2).sum()
+    loss.backward()
+    opt.step()
+    with pytest.raises(RuntimeError, match=r"optimizer.step\(\)"):
+        loss.backward()
+    model(ndl.Tensor(X[:, :3])).sum().backward()  # a graph made after the step is fine

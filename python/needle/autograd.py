@@ -1002,6 +1002,19 @@ def _write(name: str, target: Tensor, data: Any, value: Any) -> None:
     _record_write(name, target.cached_data)
 
 
+def note_inplace_write(name: str, data: Any) -> None:
+    """Record a write into `data`'s buffer made below the Tensor layer (the optimizers'
+    in-place updates), so that backward through a graph made before it raises."""
+    global _INPLACE_CLOCK
+    _INPLACE_CLOCK += 1
+    _record_write(name, data)
+
+
+def written_in_place(data: Any) -> bool:
+    """Whether _WRITTEN holds `data`'s buffer (one more reference to it)."""
+    return id(_buffer(data)) in _WRITTEN
+
+
 def _record_write(name: str, data: Any) -> None:
     global _PRUNE_AT
     buffer = _buffer(data)

@@ -19,7 +19,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .autograd import Tensor, array_of, no_grad, set_array
+from .autograd import (
+    Tensor,
+    array_of,
+    no_grad,
+    note_inplace_write,
+    set_array,
+    written_in_place,
+)
 from .backend_ndarray import NDArray, axpby
 from .backend_selection import BACKEND
 
@@ -128,8 +135,12 @@ class Optimizer:
         # getrefcount's argument, and the NDArray is the only one on its buffer (views,
         # detach() and the like would hold the NDArray or the buffer). An in-place update
         # then changes nothing anyone else can see.
-        private = sys.getrefcount(data) == 3 and sys.getrefcount(data._handle) == 2
+        # (autograd's record of in-place writes holds a buffer written before: one more.)
+        held = 2 + written_in_place(data)
+        private = sys.getrefcount(data) == 3 and sys.getrefcount(data._handle) == held
         set_array(tensor, axpby(alpha, data, beta, step, out=data if private else None))
+        if private:  # a graph made before the step may not read the new values
+            note_inplace_write("optimizer.step()", data)
 
     def state_dict(self) -> dict[str, Any]:
         """Hyper-parameters and per-parameter buffers (by parameter index), as NumPy arrays
