@@ -320,6 +320,12 @@ void softmax_rows(const Array &a, Array &out, int64_t rows, int64_t cols, bool l
   with_typed<Floats>(a, out, [&](auto *x, auto *y) { softmax_each_row(x, y, rows, cols, log); });
 }
 
+void layer_norm_rows(const Array &a, Array &out, int64_t rows, int64_t cols, double eps) {
+  assert(rows >= 0 && cols >= 1 && a.size >= static_cast<size_t>(rows * cols));
+  GilRelease unlocked(rows * cols);
+  with_typed<Floats>(a, out, [&](auto *x, auto *y) { layer_norm_each_row(x, y, rows, cols, eps); });
+}
+
 // The middle axis of a compact (outer, reduce_size, inner) array.
 void check_middle_axis(const Array &a, const Array &out, int64_t outer, int64_t reduce_size,
                        int64_t inner) {
@@ -493,6 +499,7 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "scatter_add_rows", &scatter_add_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
 
   def(m, "softmax_rows", &softmax_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "log"_a);
+  def(m, "layer_norm_rows", &layer_norm_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "eps"_a);
   def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,

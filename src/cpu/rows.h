@@ -80,6 +80,39 @@ template <class T> void softmax_row(const T *x, T *y, int64_t n, bool log) {
   for (int64_t i = whole; i < n; ++i) y[i] *= scale;
 }
 
+// One row of layer_norm: y = (x - mean) / sqrt(var + eps), var the biased variance, both
+// summed in double (as the sum rows do), so a float32 row's statistics are exact to the bit.
+template <class T> void layer_norm_row(const T *x, T *y, int64_t n, double eps) {
+  constexpr int W = simd::kWidth<double>;
+  const int64_t whole = n / W * W;
+  Vec<double> acc{};
+  for (int64_t i = 0; i < whole; i += W) acc += simd::load_as_double(x + i);
+  double sum = 0;
+  for (int64_t i = whole; i < n; ++i) sum += x[i];
+  for (int l = 0; l < W; ++l) sum += acc[l];
+  const double mean = sum / n;
+  Vec<double> sq{};
+  for (int64_t i = 0; i < whole; i += W) {
+    const Vec<double> c = simd::load_as_double(x + i) - mean;
+    sq += c * c;
+  }
+  double var = 0;
+  for (int64_t i = whole; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  for (int l = 0; l < W; ++l) var += sq[l];
+  const T m = static_cast<T>(mean), r = static_cast<T>(1 / std::sqrt(var / n + eps));
+  constexpr int WT = simd::kWidth<T>;
+  const int64_t whole_t = n / WT * WT;
+  for (int64_t i = 0; i < whole_t; i += WT) simd::store(y + i, (simd::load(x + i) - m) * r);
+  for (int64_t i = whole_t; i < n; ++i) y[i] = (x[i] - m) * r;
+}
+
+template <class T>
+void layer_norm_each_row(const T *a, T *out, int64_t rows, int64_t cols, double eps) {
+  parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) layer_norm_row(a + r * cols, out + r * cols, cols, eps);
+  });
+}
+
 template <class T> void softmax_each_row(const T *a, T *out, int64_t rows, int64_t cols, bool log) {
   parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) softmax_row(a + r * cols, out + r * cols, cols, log);

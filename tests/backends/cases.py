@@ -652,6 +652,15 @@ def _softmax_rows(prim, backend, rng):
         )
 
 
+def _layer_norm_rows(prim, backend, rng):
+    for (rows, cols), eps in itertools.product(SOFTMAX_SHAPES, (1e-5, 0.5)):
+        # an offset mean, so that centring matters; a constant row (variance 0, eps alone)
+        a = rng.standard_normal(rows * cols) * 3 + 2
+        tol = lambda dtype, c=cols: dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * c**0.5)  # noqa: E731
+        yield Case(f"{rows} rows of {cols}, eps {eps}", (a, Out(rows * cols), rows, cols, eps), tol)
+    yield Case("a constant row", (np.full(20, 1.5), Out(20), 2, 10, 1e-5), elementwise)
+
+
 def _synchronize(prim, backend, rng):
     yield Case("returns None", (), exact)
 
@@ -677,6 +686,7 @@ GENERATORS: dict[str, Callable] = {
     "gather_rows": _gather_rows,
     "scatter_add_rows": _scatter_add_rows,
     "softmax_rows": _softmax_rows,
+    "layer_norm_rows": _layer_norm_rows,
     "synchronize": _synchronize,
 }
 # References for optional rows the NumPy backend leaves to the table's fallback: written

@@ -1099,6 +1099,16 @@ class NDArray:
             return out.reshape(())
         return out if back is None else out.permute(back)
 
+    def layer_norm(self, dims: int, eps: float) -> NDArray:
+        """(x - mean) / sqrt(var + eps) over the last `dims` axes (biased variance), by
+        layer_norm_rows on the rows of those axes."""
+        cols = prod(self._shape[self.ndim - dims :])
+        out = NDArray._make(self._shape, device=self._device, dtype=self._dtype)
+        if out.size:
+            rows = self.compact()
+            self._device.layer_norm_rows(rows._handle, out._handle, out.size // cols, cols, eps)
+        return out
+
     # ---- flip and pad ---------------------------------------------------------------
     def flip(self, axes=None) -> NDArray:
         """Reverse the order of elements along `axes` (a copy, as needle's flip)."""

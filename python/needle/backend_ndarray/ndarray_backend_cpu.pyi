@@ -12,6 +12,7 @@ from ._primitive_stubs import (
     ewise_axpby as ewise_axpby,
     ewise_broadcast_binary as ewise_broadcast_binary,
     gather_rows as gather_rows,
+    layer_norm_rows as layer_norm_rows,
     matmul_strided as matmul_strided,
     matmul_tiled as matmul_tiled,
     reduce_max_axis as reduce_max_axis,

@@ -148,6 +148,16 @@ def softmax_rows(a: Array, out: Array, rows: int, cols: int, log: bool) -> None:
     out.array[: rows * cols] = (shifted - np.log(total) if log else e / total).reshape(-1)
 
 
+def layer_norm_rows(a: Array, out: Array, rows: int, cols: int, eps: float) -> None:
+    """(x - mean) / sqrt(var + eps) of each row of the compact (rows, cols) a (biased var)."""
+    if rows * cols == 0:
+        return
+    x = a.array[: rows * cols].reshape(rows, cols)
+    centred = x - x.mean(axis=1, keepdims=True)
+    var = (centred * centred).mean(axis=1, keepdims=True)
+    out.array[: rows * cols] = (centred / np.sqrt(var + eps)).reshape(-1)
+
+
 # ---- rows by index --------------------------------------------------------------------
 def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
     """Row i of out = row indices[i] of a, for i < n; rows are row_size elements. indices

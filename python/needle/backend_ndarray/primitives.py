@@ -392,6 +392,29 @@ def _fallback_softmax_rows(mod, a, out, rows, cols, log):
         mod.ewise_div(e, spread, out)
 
 
+def _fallback_layer_norm_rows(mod, a, out, rows, cols, eps):
+    # Row means and inverse deviations repeated along each row by zero-stride compacts.
+    n = rows * cols
+    if n == 0:
+        return
+    total, mean, var, rstd = (_temp(mod, a, rows) for _ in range(4))
+    spread, centred, square = (_temp(mod, a, n) for _ in range(3))
+
+    def row_mean(x, into):
+        mod.reduce_sum(x, total, cols)
+        mod.scalar_div(total, float(cols), into)
+
+    row_mean(a, mean)
+    mod.compact(mean, spread, (rows, cols), (1, 0), 0)
+    mod.ewise_sub(a, spread, centred)
+    mod.ewise_mul(centred, centred, square)
+    row_mean(square, var)
+    mod.scalar_add(var, eps, mean)  # mean is free again
+    mod.ewise_rsqrt(mean, rstd)
+    mod.compact(rstd, spread, (rows, cols), (1, 0), 0)
+    mod.ewise_mul(centred, spread, out)
+
+
 def _fallback_synchronize(mod):
     """A synchronous backend has nothing to wait for."""
 
@@ -585,6 +608,16 @@ def _table() -> dict[str, Primitive]:
         "log (a - max) - log(sum(e)) (log_softmax)",
         dtypes=FLOATS,
         fallback=_fallback_softmax_rows,
+    )
+    add(
+        "layer_norm_rows",
+        "a:array, out:out, rows:int, cols:int, eps:float",
+        "reduce",
+        False,
+        "each row of a compact (rows, cols) a: out = (a - mean) / sqrt(var + eps), var the "
+        "biased variance (layer_norm's normalisation)",
+        dtypes=FLOATS,
+        fallback=_fallback_layer_norm_rows,
     )
     add(
         "synchronize",

@@ -190,12 +190,28 @@ class CrossEntropy(TensorOp):
         return g * (softmax * row_mass - _const(q))
 
 
-def _target_weights(z, target, ignore_index, smoothing, reduction) -> np.ndarray:
-    """q of CrossEntropy for logits z and int class labels or class probabilities."""
+def _class_weights(weight, c: int) -> np.ndarray:
+    """torch's weight= of cross_entropy: one (constant) weight per class, ones by default."""
+    if weight is None:
+        return np.ones(c)
+    w = np.asarray(weight.numpy() if isinstance(weight, (Tensor, NDArray)) else weight)
+    if w.shape != (c,) or w.dtype.kind not in "fiu":
+        raise ValueError(
+            f"cross_entropy: weight must hold one number per class ({c},), got {w.shape} {w.dtype}"
+        )
+    return w.astype(np.float64)
+
+
+def _target_weights(z, target, ignore_index, smoothing, reduction, weight=None) -> np.ndarray:
+    """q of CrossEntropy for logits z and int class labels or class probabilities, each class
+    c's column scaled by weight[c]. As torch, 'mean' divides by the summed weight of the
+    counted labels' classes (the batch size for probabilities)."""
     n, c = z.shape
+    w = _class_weights(weight, c)
     t = np.asarray(target.numpy() if isinstance(target, Tensor) else target)
     if t.shape == (n, c) and t.dtype.kind == "f":  # class probabilities
         q, valid = t.astype(np.float64), np.ones(n, dtype=bool)
+        count = float(n)
     else:
         if t.shape != (n,) or (t.size and not np.all(t == np.round(t))):
             raise ValueError(
@@ -209,24 +225,25 @@ def _target_weights(z, target, ignore_index, smoothing, reduction) -> np.ndarray
             raise IndexError(f"cross_entropy: class labels must lie in [0, {c}), got {t[bad]}")
         q = np.zeros((n, c))
         q[np.nonzero(valid)[0], t[valid]] = 1.0
-    q = q * (1.0 - smoothing) + smoothing / c
+        count = w[t[valid]].sum()
+    q = (q * (1.0 - smoothing) + smoothing / c) * w
     q[~valid] = 0.0
-    if reduction == "mean":
-        q = q / valid.sum() if valid.sum() else q * np.nan  # torch: nan when all are ignored
+    if reduction == "mean":  # torch: nan when all are ignored (or weigh 0)
+        q = q / count if count else q * np.nan
     return q
 
 
 def cross_entropy(
-    input, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"
+    input, target, weight=None, ignore_index=-100, label_smoothing=0.0, reduction="mean"
 ) -> Tensor:
     """Softmax cross-entropy of (batch, classes) logits and int64 class labels (or class
-    probabilities), with torch's ignore_index and label_smoothing."""
+    probabilities), with torch's class weight (a constant), ignore_index and label_smoothing."""
     _check_reduction(reduction, "cross_entropy")
     if input.ndim != 2:
         raise ValueError(f"cross_entropy: needs (batch, classes) logits, got {input.shape}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    q = _target_weights(input, target, ignore_index, label_smoothing, reduction)
+    q = _target_weights(input, target, ignore_index, label_smoothing, reduction, weight)
     weights = NDArray(q.astype(input.dtype), device=array_device(input), dtype=input.dtype)
     return CrossEntropy(weights, reduction)(input)
 
@@ -247,11 +264,7 @@ class LayerNorm(TensorOp):
     def compute(self, x: NDArray):
         if x.ndim < self.dims:
             raise ValueError(f"normalises {self.dims} trailing axes of a {x.ndim}-D input")
-        count = prod(x.shape[x.ndim - self.dims :])
-        rows = x.compact().reshape((prod(x.shape) // max(count, 1), count))
-        centred = rows - (rows.sum(axis=1, keepdims=True) / count).broadcast_to(rows.shape)
-        var = (centred * centred).sum(axis=1, keepdims=True) / count
-        return (centred * ((var + self.eps) ** -0.5).broadcast_to(rows.shape)).reshape(x.shape)
+        return x.layer_norm(self.dims, self.eps)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x = node.inputs[0]
