@@ -1,6 +1,6 @@
 """The nn ops of issue 16: needle's C++ CPU backend against PyTorch's CPU, same run and threads.
 
-    python benchmarks/bench_nn_ops.py [--threads 1] [--repeats 7] [--tiny]
+    python benchmarks/bench_nn_ops.py [--threads 1] [--repeats 7] [--cases cat,gelu] [--tiny]
 
 float32, at sizes a small CNN or GPT block uses: max_pool2d and avg_pool2d of 32x64x32x32
 with a 2x2 kernel; cat of 4 x (256, 1024) along dim 1; gather from (256, 1024) with a
@@ -134,6 +134,7 @@ def build(shapes, needle_fn, torch_fn, index, backward: bool):
 
 def arguments(parser) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes and timing (a check)")
+    parser.add_argument("--cases", help="comma-separated ops to run (e.g. cat,gelu; default all)")
 
 
 def configure(args):
@@ -142,6 +143,9 @@ def configure(args):
         dict(repeats=1, warmup=0, min_time=0.0) if tiny else dict(repeats=7, warmup=2, min_time=0.1)
     )
     table = cases(TINY if tiny else FULL)
+    if getattr(args, "cases", None):
+        wanted = set(args.cases.split(","))
+        table = [case for case in table if case[0].split()[0] in wanted]
     workloads = [
         harness.Workload(
             key,

@@ -208,6 +208,26 @@ INDEX_ADD_SAMPLES = [
 SPECS = [
     _cat_spec(ops.Cat, ops.cat),
     _cat_spec(ops.Concatenate, ops.concatenate),
+    OpSpec(  # cat's adjoint: views of out_grad, one per piece
+        ops.ops_shape.CatGradient,
+        None,
+        lambda t, sizes, dim: torch.split(t, sizes, dim),
+        [
+            Sample((6, 3), sizes=[4, 2], dim=0),
+            Sample((2, 5), sizes=[3, 0, 2], dim=1),
+            Sample((2, 3, 4), sizes=[1, 3], dim=-1),
+            Sample((2, 3, 4), sizes=[4], dim=2),
+        ],
+        call=lambda g, sizes, dim: ops.ops_shape.CatGradient(sizes, dim)(g),
+        errors=[
+            Error(
+                [(2, 5)],
+                {"sizes": [3, 1], "dim": 1},
+                ValueError,
+                r"^cat_gradient: sizes \[3, 1\] do not add up to 5 along dim 1",
+            )
+        ],
+    ),
     OpSpec(
         ops.SplitSizes,
         ops.split_sizes,

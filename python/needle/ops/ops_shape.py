@@ -144,7 +144,29 @@ class Cat(TensorOp):
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> TensorTuple:
         sizes = [a.shape[self.dim] for a in node.inputs[0].realize_cached_data()]
-        return SplitSizes(sizes, self.dim)(out_grad)
+        return CatGradient(sizes, self.dim)(out_grad)
+
+
+class CatGradient(TensorTupleOp):
+    """Cat's adjoint: out_grad split back into the pieces' sizes along `dim`, each piece a
+    view of out_grad (SplitSizes compacts each, a copy of the whole gradient that backward
+    does not need: the ops downstream compact a view when they must)."""
+
+    name = "cat_gradient"
+
+    def __init__(self, sizes: Sequence[int], dim: int):
+        self.sizes = list(sizes)
+        self.dim = dim
+
+    def compute(self, g: NDArray) -> tuple:
+        dim = _dim(self.dim, g.ndim, self.name)
+        if sum(self.sizes) != g.shape[dim]:
+            raise ValueError(f"sizes {self.sizes} do not add up to {g.shape[dim]} along dim {dim}")
+        starts = np.cumsum([0] + self.sizes).tolist()
+        return tuple(g[_at(dim, slice(a, b))] for a, b in zip(starts[:-1], starts[1:]))
+
+    def gradient(self, out_grad: TensorTuple, node: TensorTuple) -> Tensor:
+        return Cat(self.dim)(make_tuple(*out_grad))
 
 
 def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
