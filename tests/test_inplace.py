@@ -313,3 +313,18 @@ def test_backward_through_a_graph_from_before_an_optimizer_step_raises():
     with pytest.raises(RuntimeError, match=r"optimizer.step\(\)"):
         loss.backward()
     model(ndl.Tensor(X[:, :3])).sum().backward()  # a graph made after the step is fine
+
+
+def test_writes_through_views_inside_autograd_raise(device):
+    """needle does not rebase views (torch does): writing into a view of a tensor that
+    requires grad, or into the base after a view was taken and then differentiating through
+    the view, raises instead of giving a gradient that misses the write."""
+    conv = needle_conv(device)
+    w = conv(X, grad=True)
+    with pytest.raises(RuntimeError, match="mul_: this tensor is a view of another"):
+        (w * 2).transpose().mul_(5)
+    h = w * 2
+    flat = h.reshape((12,))
+    h.mul_(5)
+    with pytest.raises(RuntimeError, match="output is a view of its input"):
+        flat.sum().backward()

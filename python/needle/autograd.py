@@ -648,6 +648,11 @@ class Tensor(Value):
             write(data)
             _record_write(name, data)
             return self
+        if tracked and _is_view(self):
+            raise RuntimeError(
+                f"{name}: this tensor is a view of another ({_op_name(self)}); writes through a "
+                "view are not tracked by autograd: clone() it, or write into the base tensor"
+            )
         old = self._snapshot(data) if tracked else self
         result = _fit_result(name, self, compute(old, *operands))
         _write(name, self, data, result.realize_cached_data())
@@ -910,6 +915,18 @@ def _buffer(data: Any) -> Any:
     return data
 
 
+def _op_name(node: Value) -> str:
+    return node.op.name or type(node.op).__name__.lower()  # type: ignore[union-attr]
+
+
+def _is_view(node: Value) -> bool:
+    """Whether node's data is on the buffer of one of its inputs (reshape, transpose, ...)."""
+    if node.op is None or node.cached_data is None:
+        return False
+    buffer = _buffer(node.cached_data)
+    return any(_buffer(x.cached_data) is buffer for x in node.inputs)
+
+
 def _as_seen_by(value: Value, consumer: Value) -> Value:
     """The node `value` was when `consumer` was made: the snapshot taken by the first
     in-place write after that, or `value` itself."""
@@ -931,6 +948,12 @@ def _stale_buffers(node: Value) -> tuple[Value, dict[int, str]] | None:
             stale[id(entry[0])] += f" ({_describe(value.cached_data)}), modified by {entry[3]}"
     if not stale:
         return None
+    if _is_view(node) and id(_buffer(node.cached_data)) in stale:
+        raise RuntimeError(
+            f"backward: {_op_name(node)}'s output is a view of its input, and that tensor was "
+            "modified in place after the view was taken; autograd does not follow writes "
+            "into views: take the view after the write, or clone() it"
+        )
     for saved in vars(node.saved or SimpleNamespace()).values():
         for array in saved if isinstance(saved, tuple) else (saved,):
             if id(_buffer(array)) in stale:
@@ -949,7 +972,7 @@ def _check_guard(arrays: list[Any]) -> None:
 
 
 def _stale_error(node: Value, what: str) -> RuntimeError:
-    name = node.op.name or type(node.op).__name__.lower()  # type: ignore[union-attr]
+    name = _op_name(node)
     return RuntimeError(
         f"backward: the gradient of {name} needs {what} after {name} used it: one of the "
         "values needed for gradient computation has been modified by an in-place operation "
