@@ -140,8 +140,9 @@ def _arg_spec(op, function, torch_fn, method):
     )
 
 
-def _along_spec(op, function, torch_fn):
-    """max(x, dim) / min(x, dim): (values, indices); the values' adjoint goes to the index."""
+def _along_spec(op, function, torch_fn, method=None):
+    """max(x, dim) / min(x, dim): (values, indices); the values' adjoint goes to the index.
+    `method`: the Tensor method that is torch's too (x.min(dim); x.max is the course's)."""
 
     def reference(t, dim, keepdim=False):
         values, indices = torch_fn(t, dim, keepdim=keepdim)
@@ -162,7 +163,12 @@ def _along_spec(op, function, torch_fn):
             with_indices(
                 lambda x, dim, keepdim: (op(dim, keepdim)(x), function(x, dim, keepdim)[1])
             ),
-        ],
+        ]
+        + (
+            [with_indices(lambda x, dim, keepdim: getattr(x, method)(dim, keepdim=keepdim))]
+            if method
+            else []
+        ),
         errors=[_bad_dim(function.__name__)],
         random=one_dims(),
     )
@@ -188,6 +194,21 @@ def _dim_reduction(op, function, torch_fn, cases, extra=(), domain=REAL, error=N
         random=dim_reductions(),
         **options,
     )
+
+
+def _without_dim_forms(spec, name):
+    """torch.min(x) / x.min() with no dim: amin over every element (the dim=None samples)."""
+
+    def whole(reduce):
+        def call(x, dim=None, keepdim=False):
+            if dim is None and not keepdim:
+                return reduce(x)
+            return spec.function(x, dim=dim, keepdim=keepdim)
+
+        return call
+
+    spec.forms += [whole(lambda x: getattr(x, name)()), whole(getattr(ops, name))]
+    return spec
 
 
 # (The (2, 1, 3) samples reduce over N = 1 element: correction 0 only, else no degrees of freedom.)
@@ -256,16 +277,21 @@ SPECS: list = [
         [Sample(TIED, dim=d) for d in (None, 0, 1)],
         error=Error([(3, 4)], {"dim": 2}, ValueError, r"^amax: axis 2 is out of range.*\(3, 4\)"),
     ),
-    _dim_reduction(
-        ops.AMin,
-        ops.amin,
-        torch.amin,
-        DIM_CASES,
-        [Sample(TIED, dim=d) for d in (None, 0, -1)],
-        error=Error([(3, 4)], {"dim": 2}, ValueError, r"^amin: axis 2 is out of range.*\(3, 4\)"),
+    _without_dim_forms(
+        _dim_reduction(
+            ops.AMin,
+            ops.amin,
+            torch.amin,
+            DIM_CASES,
+            [Sample(TIED, dim=d) for d in (None, 0, -1)],
+            error=Error(
+                [(3, 4)], {"dim": 2}, ValueError, r"^amin: axis 2 is out of range.*\(3, 4\)"
+            ),
+        ),
+        "min",
     ),
     _along_spec(ops.MaxDim, ops.max, torch.max),
-    _along_spec(ops.MinDim, ops.min, torch.min),
+    _along_spec(ops.MinDim, ops.min, torch.min, method="min"),
     _arg_spec(ops.ArgMax, ops.argmax, torch.argmax, "argmax"),
     _arg_spec(ops.ArgMin, ops.argmin, torch.argmin, "argmin"),
     _dim_reduction(
