@@ -10,12 +10,14 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from op_specs import POSITIVE, REAL, Error, OpSpec, Sample, uniform
 
+import needle as ndl
 from needle import ops
 
 PROB = uniform(0.0, 1.0)
 # Class labels with ignored entries (torch's default ignore_index -100, and 3 for a custom one).
 LABELS = np.array([0, 4, 2, 2, 1, 3, 4])
 IGNORED = np.array([0, -100, 2, 3, 1, 3, -100])
+CLASS_WEIGHTS = np.array([0.5, 2.0, 1.0, 0.25, 3.0])
 # A boolean attention mask (True attends) with at least one True per row.
 MASK = np.array(
     [
@@ -33,10 +35,19 @@ def torch_labels(target):
     return torch.tensor(np.asarray(target), dtype=torch.long)
 
 
-def torch_cross_entropy(z, target, **kwargs):
+def torch_cross_entropy(z, target, weight=None, **kwargs):
+    if weight is not None:
+        kwargs["weight"] = torch.tensor(np.asarray(weight), dtype=z.dtype)
     if target.dtype.kind == "f":  # class probabilities
         return F.cross_entropy(z, torch.tensor(target, dtype=z.dtype), **kwargs)
     return F.cross_entropy(z, torch_labels(target), **kwargs)
+
+
+def cross_entropy_weight_tensor(z, target, weight=None, **kwargs):
+    """cross_entropy with the class weights as a needle Tensor (the samples give NumPy)."""
+    if weight is not None:
+        weight = ndl.Tensor(weight, device=z.device, requires_grad=False)
+    return ops.cross_entropy(z, target, weight, **kwargs)
 
 
 def torch_sdpa(q, k, v, attn_mask=None, **kwargs):
@@ -143,7 +154,19 @@ SPECS: list = [
                 target=np.random.RandomState(1).dirichlet(np.ones(3), 4),
                 label_smoothing=0.1,
             ),
+            # torch's class weights: 'mean' divides by the counted targets' summed weight
+            Sample((7, 5), target=LABELS, weight=CLASS_WEIGHTS),
+            Sample((7, 5), target=IGNORED, weight=CLASS_WEIGHTS, label_smoothing=0.2),
+            Sample((7, 5), target=LABELS, weight=CLASS_WEIGHTS, ignore_index=4, reduction="sum"),
+            Sample((7, 5), target=IGNORED, weight=CLASS_WEIGHTS, reduction="none"),
+            Sample(
+                (4, 3),
+                target=np.random.RandomState(2).dirichlet(np.ones(3), 4),
+                weight=np.array([0.2, 1.0, 3.0]),
+                label_smoothing=0.3,
+            ),
         ],
+        forms=[cross_entropy_weight_tensor],
         domain=uniform(-4.0, 4.0),
         errors=[
             Error([(7, 5)], {"target": LABELS[:6]}, ValueError, r"^cross_entropy: logits \(7, 5\)"),
@@ -153,6 +176,12 @@ SPECS: list = [
             ),
             Error(
                 [(7, 5)], {"target": LABELS, "label_smoothing": 2.0}, ValueError, "label_smoothing"
+            ),
+            Error(
+                [(7, 5)],
+                {"target": LABELS, "weight": np.ones(4)},
+                ValueError,
+                r"^cross_entropy: weight must hold one number per class \(5,\), got \(4,\)",
             ),
         ],
     ),

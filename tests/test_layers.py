@@ -153,6 +153,9 @@ def test_layer_norm1d_is_kept():
         dict(reduction="none"),
         dict(label_smoothing=0.1),
         dict(ignore_index=2),
+        dict(weight=[0.5, 2.0, 1.0, 0.25, 3.0]),
+        dict(weight=[0.5, 2.0, 1.0, 0.25, 3.0], ignore_index=2, label_smoothing=0.3),
+        dict(weight=[0.5, 2.0, 1.0, 0.25, 3.0], reduction="none"),
     ],
 )
 def test_cross_entropy_loss(device, kwargs):
@@ -161,6 +164,8 @@ def test_cross_entropy_loss(device, kwargs):
     x = ndl.Tensor(logits, device=device, requires_grad=True)
     x_t = torch.tensor(logits, requires_grad=True)
     loss = nn.CrossEntropyLoss(**kwargs)(x, ndl.Tensor(labels, device=device, dtype="int64"))
+    if "weight" in kwargs:
+        kwargs = dict(kwargs, weight=torch.tensor(kwargs["weight"]))
     loss_t = torch.nn.CrossEntropyLoss(**kwargs)(x_t, torch.tensor(labels))
     adjoint = np.asarray(np.random.randn(*loss.shape), dtype=np.float32)
     loss.backward(ndl.Tensor(adjoint, device=device))
@@ -169,9 +174,10 @@ def test_cross_entropy_loss(device, kwargs):
     np.testing.assert_allclose(x.grad.numpy(), x_t.grad.numpy(), **TOL)
 
 
-def test_cross_entropy_loss_rejects_class_weights():
-    with pytest.raises(NotImplementedError, match="weight"):
-        nn.CrossEntropyLoss(weight=np.ones(3))
+def test_cross_entropy_loss_class_weights_fit_the_classes():
+    loss = nn.CrossEntropyLoss(weight=np.ones(3))
+    with pytest.raises(ValueError, match=r"weight must hold one number per class \(5,\)"):
+        loss(ndl.Tensor(images(6, 5)), np.array([0, 2, 4, 1, 2, 3]))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

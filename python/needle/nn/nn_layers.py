@@ -393,8 +393,9 @@ def _reduction(reduction: str, name: str) -> str:
 
 class CrossEntropyLoss(Module):
     """Softmax cross-entropy of (batch, classes) logits and class labels (or class
-    probabilities), as torch.nn.CrossEntropyLoss. Per-class `weight` is not supported (it
-    stays the first argument, as torch's, so that the others are not shifted)."""
+    probabilities), as torch.nn.CrossEntropyLoss, with its per-class `weight` (a constant:
+    a list, NumPy array or Tensor of one number per class; 'mean' then divides by the summed
+    weight of the counted targets' classes, as torch)."""
 
     def __init__(
         self,
@@ -405,15 +406,19 @@ class CrossEntropyLoss(Module):
         label_smoothing: float = 0.0,
     ):
         super().__init__()
-        if weight is not None:
-            raise NotImplementedError("CrossEntropyLoss: per-class weight is not supported")
+        self.weight = weight
         self.ignore_index = ignore_index
         self.reduction = _reduction(reduction, "CrossEntropyLoss")
         self.label_smoothing = label_smoothing
 
     def forward(self, input: Tensor, target: Any) -> Tensor:
         return ops.cross_entropy(
-            input, target, self.ignore_index, self.label_smoothing, self.reduction
+            input,
+            target,
+            self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
         )
 
 
