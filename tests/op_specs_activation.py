@@ -194,6 +194,11 @@ SPECS = [
             Sample(np.array([-100.0, -30.0, -18.0, -1e-4, 0.0, 19.0, 21.0, 100.0])),
             # Relative precision where log(1 + exp(x)) loses it all (no atol: 1e-13 counts).
             Sample(np.array([-30.0, -25.0, -18.0, -12.0, -5.0]), tol=(1e-5, 0.0)),
+            # Infinities and huge values: softplus(inf) = inf, softplus(-inf) = 0 (no NaN from
+            # the branch not taken), on either sign of beta.
+            Sample(np.array([np.inf, -np.inf, 1e30, -1e30, 30.0, -30.0, 0.0])),
+            Sample(np.array([np.inf, -np.inf, 1e30, -1e30, 3.0, -3.0]), beta=-1.0),
+            Sample(np.array([np.inf, -np.inf, 0.5, 0.75, -2.0]), beta=2.0, threshold=1.5),
         ],
         domain=uniform(-4.0, 4.0),
         errors=[Error([(3, 4)], {"beta": None}, TypeError, r"^softplus: expected a number")],

@@ -319,10 +319,11 @@ class Softplus(TensorOp):
 
     def compute(self, a: NDArray) -> NDArray:
         z = a * self.beta
-        below = _mask(z <= self.threshold, a.dtype)
         # max(z, 0) + log(1 + exp(-|z|)): no overflow, full precision for z << 0.
         smooth = (z.relu() + _log1p((-z.abs()).exp())) / self.beta
-        return a * (1 - below) + smooth * below
+        # An exact select, not a blend with 0/1 masks: softplus(inf) = inf would be
+        # inf * 0 = NaN in the branch not taken (and softplus(-inf) = 0 likewise).
+        return Where().compute(z <= self.threshold, smooth, a)
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         x = node.inputs[0]
