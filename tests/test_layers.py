@@ -204,3 +204,59 @@ def test_pair_losses(device, name, reduction):
 def test_bad_arguments_fail_at_construction(make):
     with pytest.raises(ValueError):
         make()
+
+
+# ---- dropout: statistics (a mask cannot match torch's draw) ------------------------------
+Z = 5.0  # a 5-sigma bound: a correct dropout fails it about once in 1.7 million runs
+
+
+def _dropout(kind, p):
+    """ops.dropout in training, or the nn.Dropout module in training mode."""
+    if kind == "function":
+        return lambda x: ndl.ops.dropout(x, p, training=True)
+    return nn.Dropout(p)
+
+
+@pytest.mark.parametrize("kind", ["function", "module"])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_statistics_within_binomial_bounds(device, kind, p):
+    np.random.seed(0)
+    n = 40_000
+    x_np = np.random.uniform(0.5, 2.0, size=(200, n // 200)).astype(np.float32)  # no zeros
+    x = ndl.Tensor(x_np, device=device, requires_grad=True)
+    y = _dropout(kind, p)(x)
+    out = y.numpy()
+    dropped = out == 0
+    # The count of zeros is Binomial(n, p).
+    assert abs(dropped.mean() - p) <= Z * np.sqrt(p * (1 - p) / n), dropped.mean()
+    # Kept entries are scaled by 1 / (1 - p), so the mean is kept: y_i = x_i b_i / (1 - p)
+    # with b_i ~ Bernoulli(1 - p) has mean x_i and variance x_i^2 p / (1 - p).
+    np.testing.assert_allclose(out[~dropped], x_np[~dropped] / (1 - p), rtol=1e-6)
+    bound = Z * np.sqrt(np.sum(x_np.astype(np.float64) ** 2) * p / (1 - p)) / n
+    assert abs(out.mean(dtype=np.float64) - x_np.mean(dtype=np.float64)) <= bound
+    # The adjoint goes through the same mask: exactly zero where the output is.
+    adjoint = np.random.randn(*x_np.shape).astype(np.float32)
+    y.backward(ndl.Tensor(adjoint, device=device))
+    grad = x.grad.numpy()
+    assert np.all(grad[dropped] == 0)
+    np.testing.assert_allclose(grad[~dropped], adjoint[~dropped] / (1 - p), rtol=1e-6)
+    # Each call draws a new mask (two masks of 40000 entries agree with probability ~0).
+    assert not np.array_equal(_dropout(kind, p)(x).numpy() == 0, dropped)
+
+
+@pytest.mark.parametrize("kind", ["function", "module"])
+def test_dropout_outside_training_is_the_identity(device, kind):
+    x = ndl.Tensor(images(4, 5), device=device, requires_grad=True)
+    if kind == "function":
+        y = ndl.ops.dropout(x, 0.5, training=False)
+    else:
+        module = nn.Dropout(0.5)
+        module.eval()
+        y = module(x)
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    adjoint = images(4, 5)
+    y.backward(ndl.Tensor(adjoint, device=device))
+    np.testing.assert_array_equal(x.grad.numpy(), adjoint)
+    # p = 0 keeps everything and p = 1 drops everything, in training too (as torch).
+    np.testing.assert_array_equal(_dropout(kind, 0.0)(x).numpy(), x.numpy())
+    np.testing.assert_array_equal(_dropout(kind, 1.0)(x).numpy(), np.zeros((4, 5)))
