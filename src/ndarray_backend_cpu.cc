@@ -326,6 +326,25 @@ void layer_norm_rows(const Array &a, Array &out, int64_t rows, int64_t cols, dou
   with_typed<Floats>(a, out, [&](auto *x, auto *y) { layer_norm_each_row(x, y, rows, cols, eps); });
 }
 
+void gather_axis(const Array &a, const Array &indices, Array &out, int64_t outer, int64_t n,
+                 int64_t inner, int64_t m) {
+  assert(indices.size >= static_cast<size_t>(outer * m * inner));
+  assert(a.size >= static_cast<size_t>(outer * n * inner));
+  require_dtype("indices", indices.dtype, DType::i64);
+  int64_t bad = 0;
+  bool ok = true;
+  {
+    GilRelease unlocked(outer * m * inner);
+    with_typed<AllTypes>(a, out, [&](auto *x, auto *y) {
+      ok = gather_middle_axis(x, indices.data<int64_t>(), y, outer, n, inner, m, bad);
+    });
+  }
+  if (!ok)
+    throw nb::index_error(("gather: index " + std::to_string(bad) +
+                           " is out of range for an axis of size " + std::to_string(n))
+                              .c_str());
+}
+
 // The middle axis of a compact (outer, reduce_size, inner) array.
 void check_middle_axis(const Array &a, const Array &out, int64_t outer, int64_t reduce_size,
                        int64_t inner) {
@@ -500,6 +519,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
 
   def(m, "softmax_rows", &softmax_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "log"_a);
   def(m, "layer_norm_rows", &layer_norm_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "eps"_a);
+  def(m, "gather_axis", &gather_axis, "a"_a, "indices"_a, "out"_a, "outer"_a, "n"_a, "inner"_a,
+      "m"_a);
   def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,

@@ -4,6 +4,7 @@
 
 #pragma once
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -111,6 +112,45 @@ void layer_norm_each_row(const T *a, T *out, int64_t rows, int64_t cols, double 
   parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) layer_norm_row(a + r * cols, out + r * cols, cols, eps);
   });
+}
+
+// out[o, j, i] = a[o, idx[o, j, i], i] over compact (outer, n, inner) a and (outer, m,
+// inner) idx and out. Each index is checked as it is used, branch-free (an index outside
+// [0, n) reads element 0 instead and marks its row): returns false, with an offending index
+// in `bad`, if there was one.
+template <class T>
+bool gather_middle_axis(const T *__restrict a, const int64_t *__restrict idx, T *__restrict out,
+                        int64_t outer, int64_t n, int64_t inner, int64_t m, int64_t &bad) {
+  std::atomic<int64_t> first_bad_row{-1};
+  const uint64_t size = static_cast<uint64_t>(n);
+  parallel_rows(outer, m * inner, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const T *src = a + o * n * inner;
+      const int64_t *ix = idx + o * m * inner;
+      T *dst = out + o * m * inner;
+      bool outside = false;
+      if (inner == 1) {
+        for (int64_t j = 0; j < m; ++j) {
+          const bool in = static_cast<uint64_t>(ix[j]) < size;
+          outside |= !in;
+          dst[j] = src[in ? ix[j] : 0];
+        }
+      } else {
+        for (int64_t j = 0; j < m * inner; j += inner)
+          for (int64_t i = 0; i < inner; ++i) {
+            const bool in = static_cast<uint64_t>(ix[j + i]) < size;
+            outside |= !in;
+            dst[j + i] = src[(in ? ix[j + i] : 0) * inner + i];
+          }
+      }
+      if (outside) first_bad_row.store(o);
+    }
+  });
+  const int64_t row = first_bad_row.load();
+  if (row < 0) return true;
+  for (int64_t k = 0; k < m * inner; ++k)
+    if (static_cast<uint64_t>(idx[row * m * inner + k]) >= size) bad = idx[row * m * inner + k];
+  return false;
 }
 
 template <class T> void softmax_each_row(const T *a, T *out, int64_t rows, int64_t cols, bool log) {

@@ -661,6 +661,20 @@ def _layer_norm_rows(prim, backend, rng):
     yield Case("a constant row", (np.full(20, 1.5), Out(20), 2, 10, 1e-5), elementwise)
 
 
+# (outer, n, inner, m): inner 1 (the last axis), 3, 17; m below and above n; empty.
+GATHER_AXIS_SHAPES = [(0, 4, 2, 3), (3, 1, 1, 2), (1, 7, 1, 20), (5, 9, 3, 4), (2, 300, 17, 5)]
+
+
+def _gather_axis(prim, backend, rng):
+    for outer, n, inner, m in GATHER_AXIS_SHAPES:
+        a = rng.standard_normal(outer * n * inner)
+        idx = rng.integers(0, n, outer * m * inner)
+        if idx.size:
+            idx[:2] = [n - 1, 0]  # both ends
+        args = (a, idx, Out(outer * m * inner), outer, n, inner, m)
+        yield Case(f"({outer}, {n}, {inner}) by ({outer}, {m}, {inner})", args, exact)
+
+
 def _synchronize(prim, backend, rng):
     yield Case("returns None", (), exact)
 
@@ -686,6 +700,7 @@ GENERATORS: dict[str, Callable] = {
     "gather_rows": _gather_rows,
     "scatter_add_rows": _scatter_add_rows,
     "softmax_rows": _softmax_rows,
+    "gather_axis": _gather_axis,
     "layer_norm_rows": _layer_norm_rows,
     "synchronize": _synchronize,
 }

@@ -342,3 +342,16 @@ def test_kernels_queue_in_order(backend, layout):
         np.testing.assert_array_equal(read(mod, a), expected)
     else:
         np.testing.assert_array_equal(read(mod, out), (np.arange(12.0) + 1) ** 2)
+
+
+@rows("gather_axis", widths_only=True)
+def test_gather_axis_raises_on_an_index_out_of_range(backend, dtype):
+    """gather_axis (own and fallback) raises IndexError naming an index outside [0, n):
+    negative, n itself, far past it (native code checks before it reads)."""
+    prim = primitives.TABLE["gather_axis"]
+    for bad in (-1, 5, 10**12):
+        idx = np.array([0, 1, bad, 2])
+        for _label, impl in implementations(backend.mod, prim):
+            with pytest.raises(IndexError, match=f"index {bad} "):
+                call(backend.mod, prim.name, np.arange(10.0), idx, Out(4), 2, 5, 1, 2,
+                     dtype=dtype, impl=impl)  # fmt: skip

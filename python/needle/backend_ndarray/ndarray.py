@@ -125,6 +125,7 @@ __all__ = [
     "RowIndices",
     "take_rows",
     "add_rows",
+    "take_along_axis",
 ]
 
 default_dtype = "float32"
@@ -1331,6 +1332,38 @@ def take_rows(table: NDArray, indices) -> NDArray:
     idx = indices.on(table.device)
     out = NDArray._make((len(idx),) + table.shape[1:], device=table.device, dtype=table.dtype)
     return _by_rows("gather_rows", table, idx, out)
+
+
+def take_along_axis(a: NDArray, indices, axis: int) -> NDArray:
+    """torch.gather on NDArrays: out[.., j, ..] = a[.., indices[.., j, ..], ..] along `axis`,
+    indices (whole numbers, as many axes as a) of the output's shape, which may be smaller than
+    a's off `axis` (a's leading block is read). One gather_axis call, which raises IndexError
+    for an index outside [0, a.shape[axis]) (checked as it reads them)."""
+    host = indices.numpy() if isinstance(indices, NDArray) else np.asarray(indices)
+    if host.dtype.kind not in "iu":
+        raise TypeError(f"gather: indices must be integers, got dtype {host.dtype}")
+    if host.ndim != a.ndim:
+        raise ValueError(f"gather: index {host.shape} needs as many axes as the array {a.shape}")
+    if a.ndim == 0:
+        return take_along_axis(a.reshape((1,)), host.reshape((1,)), 0).reshape(())
+    axis = _normalize_axis(axis, a.ndim)
+    if any(i > s for k, (i, s) in enumerate(zip(host.shape, a.shape)) if k != axis):
+        raise ValueError(f"gather: index {host.shape} is larger than {a.shape} off axis {axis}")
+    n = a.shape[axis]
+    out = NDArray._make(host.shape, device=a.device, dtype=a.dtype)
+    if out.size == 0:
+        return out
+    block = a
+    if any(i != s for k, (i, s) in enumerate(zip(host.shape, a.shape)) if k != axis):
+        block = a[
+            tuple(slice(None) if k == axis else slice(0, i) for k, i in enumerate(host.shape))
+        ]
+    idx = NDArray(np.ascontiguousarray(host, dtype=np.int64), device=a.device, dtype="int64")
+    outer, inner = prod(host.shape[:axis]), prod(host.shape[axis + 1 :])
+    a.device.gather_axis(
+        block.compact()._handle, idx._handle, out._handle, outer, n, inner, host.shape[axis]
+    )
+    return out
 
 
 def add_rows(values: NDArray, indices, rows: int, out: NDArray | None = None) -> NDArray:

@@ -11,6 +11,7 @@ from ._primitive_stubs import (
     batched_matmul as batched_matmul,
     ewise_axpby as ewise_axpby,
     ewise_broadcast_binary as ewise_broadcast_binary,
+    gather_axis as gather_axis,
     gather_rows as gather_rows,
     layer_norm_rows as layer_norm_rows,
     matmul_strided as matmul_strided,

@@ -168,6 +168,19 @@ def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> 
     )
 
 
+def gather_axis(
+    a: Array, indices: Array, out: Array, outer: int, n: int, inner: int, m: int
+) -> None:
+    """out[o, j, i] = a[o, indices[o, j, i], i]; IndexError for an index outside [0, n)."""
+    count = outer * m * inner
+    if count == 0:
+        return
+    src = a.array[: outer * n * inner].reshape(outer, n, inner)
+    idx = indices.array[:count].reshape(outer, m, inner)
+    primitives.check_gather_indices(idx, n)
+    out.array[:count] = np.take_along_axis(src, idx, axis=1).reshape(-1)
+
+
 def scatter_add_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
     """Row indices[i] of out += row i of a, for i < n; repeated indices add up. indices as in
     gather_rows, in [0, out.size // row_size)."""

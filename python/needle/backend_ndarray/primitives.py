@@ -371,6 +371,28 @@ def _fallback_matmul_tiled(mod, a, b, out, m, n, p):
     mod.ewise_setitem(tc, out, *row_major_view(m, p), 0)
 
 
+def check_gather_indices(idx: np.ndarray, n: int) -> None:
+    """IndexError naming an index of `idx` outside [0, n) (gather_axis's check)."""
+    bad = idx[(idx < 0) | (idx >= n)]
+    if bad.size:
+        raise IndexError(f"gather: index {bad[0]} is out of range for an axis of size {n}")
+
+
+def _fallback_gather_axis(mod, a, indices, out, outer, n, inner, m):
+    # The flat positions o * n * inner + idx * inner + i on the host, then gather_rows of
+    # one-element rows.
+    count = outer * m * inner
+    if count == 0:
+        return
+    idx = _host_indices(mod, indices, count).reshape(outer, m, inner)
+    check_gather_indices(idx, n)
+    o = np.arange(outer, dtype=np.int64).reshape(-1, 1, 1) * (n * inner)
+    flat = (o + idx * inner + np.arange(inner, dtype=np.int64)).reshape(-1)
+    positions = mod.Array(count, INDEX_DTYPE)
+    mod.from_numpy(np.ascontiguousarray(flat), positions)
+    resolve(mod, "gather_rows")(a, positions, out, count, 1)
+
+
 def _fallback_softmax_rows(mod, a, out, rows, cols, log):
     # The row maxima and sums repeated along each row by zero-stride compacts.
     n = rows * cols
@@ -589,6 +611,16 @@ def _table() -> dict[str, Primitive]:
         False,
         "row i of out = row indices[i] of a for i < n (indices: int64 row numbers, checked)",
         fallback=_fallback_gather_rows,
+    )
+    add(
+        "gather_axis",
+        "a:array, indices:index, out:out, outer:int, n:int, inner:int, m:int",
+        "rows",
+        False,
+        "out[o, j, i] = a[o, indices[o, j, i], i] for compact (outer, n, inner) a and "
+        "(outer, m, inner) indices and out (torch.gather along the middle axis); an index "
+        "outside [0, n) raises IndexError naming it, before anything reads it",
+        fallback=_fallback_gather_axis,
     )
     add(
         "scatter_add_rows",

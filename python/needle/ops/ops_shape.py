@@ -12,6 +12,7 @@ slice along an axis); PyTorch's ``split`` into sizes is ``split_sizes`` and ``x.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -512,9 +513,18 @@ class _Index:
 
     def __init__(self, index: Any, name: str):
         self.host = _host_index(index, name)
-        self.low, self.high = (
-            (int(self.host.min()), int(self.host.max())) if self.host.size else (0, -1)
-        )
+
+    @functools.cached_property
+    def _bounds(self) -> tuple[int, int]:  # on first use: gather's primitive checks its own
+        return (int(self.host.min()), int(self.host.max())) if self.host.size else (0, -1)
+
+    @property
+    def low(self) -> int:
+        return self._bounds[0]
+
+    @property
+    def high(self) -> int:
+        return self._bounds[1]
 
     def check(self, size: int, dim: int, name: str) -> None:
         if self.low < 0 or self.high >= size:
@@ -575,8 +585,19 @@ class Gather(_Positions):
     name = "gather"
 
     def compute(self, x: NDArray) -> NDArray:
-        rows = self.positions(x.shape, x.device)
-        return nd.take_rows(_as_column(x), rows).reshape(self.index.shape)
+        idx = self.index
+        if idx.ndim != x.ndim:
+            raise ValueError(f"index {idx.shape} needs as many dimensions as the tensor {x.shape}")
+        # gather_axis checks the indices as it reads them: no separate pass unless one is out
+        # of range, and then the op's own message (the index range, the dim and its size).
+        dim = _dim(self.dim, max(x.ndim, 1), self.name) if x.ndim else 0
+        if any(i > s for k, (i, s) in enumerate(zip(idx.shape, x.shape)) if k != dim):
+            raise ValueError(f"index {idx.shape} is larger than {x.shape} outside dim {self.dim}")
+        try:
+            return nd.take_along_axis(x, idx, dim)
+        except IndexError:
+            self.checked.check(x.shape[dim] if x.ndim else 1, self.dim, self.name)
+            raise
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         x = node.inputs[0]
