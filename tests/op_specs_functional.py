@@ -303,10 +303,21 @@ SPECS: list = [
         ops.conv_transpose2d,
         F.conv_transpose2d,
         [
+            # First: the sample of the second-order and central-difference checks, (height,
+            # width) pairs on the path that pads and strides each axis apart.
+            Sample(
+                (2, 2, 3, 3), (2, 2, 3, 3), stride=(3, 2), padding=(2, 1), output_padding=(2, 1)
+            ),
             Sample((2, 3, 4, 5), (3, 2, 3, 3)),
             Sample((2, 3, 4, 5), (3, 2, 3, 3), stride=2, padding=1, output_padding=1),
             Sample((1, 2, 3, 3), (2, 4, 2, 2), stride=2),
             Sample((1, 2, 3, 4), (2, 3, 3, 2), stride=3, padding=1),
+            # (height, width) pairs, as torch's: unequal strides, paddings, output paddings
+            Sample((2, 3, 4, 5), (3, 2, 3, 2), stride=(2, 1), padding=(1, 0)),
+            Sample(
+                (1, 2, 3, 4), (2, 3, 2, 4), stride=(1, 3), padding=(0, 2), output_padding=(0, 1)
+            ),
+            Sample((1, 2, 4, 3), (2, 3, 3, 3), stride=(2, 2), padding=(0, 1), output_padding=1),
         ],
         tol=(1e-4, 1e-5),
         errors=[
@@ -322,6 +333,18 @@ SPECS: list = [
                 {"output_padding": 1},
                 ValueError,
                 r"^conv_transpose2d: need",
+            ),
+            Error(
+                [(2, 3, 4, 5), (3, 2, 3, 2)],
+                {"padding": (1, 2)},
+                ValueError,
+                r"^conv_transpose2d: padding \(1, 2\) must be below the kernel size \(3, 2\)",
+            ),
+            Error(
+                [(2, 3, 4, 5), (3, 2, 3, 3)],
+                {"stride": (2, 2, 2)},
+                ValueError,
+                r"^conv_transpose2d: stride must be an int or a pair of ints",
             ),
         ],
     ),

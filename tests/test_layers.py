@@ -78,6 +78,8 @@ def test_adaptive_avg_pool2d(device, size):
         dict(kernel_size=3),
         dict(kernel_size=3, stride=2, padding=1, output_padding=1),
         dict(kernel_size=2, stride=2, bias=False),
+        dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), output_padding=(1, 0)),
+        dict(kernel_size=(2, 4), stride=(1, 3), padding=(0, 2)),
     ],
 )
 def test_conv_transpose2d(device, args):
@@ -87,10 +89,11 @@ def test_conv_transpose2d(device, args):
     check_against_torch(ours, theirs, images(2, 3, 5, 6), device)
 
 
-def test_conv_transpose2d_init_bound():
-    """Drawn within torch's bound 1/sqrt(out_channels k^2), and spread over it."""
-    layer = nn.ConvTranspose2d(8, 6, 3)
-    bound = 1.0 / np.sqrt(6 * 9)
+@pytest.mark.parametrize("kernel_size", [3, (3, 5)])
+def test_conv_transpose2d_init_bound(kernel_size):
+    """Drawn within torch's bound 1/sqrt(out_channels kh kw), and spread over it."""
+    layer = nn.ConvTranspose2d(8, 6, kernel_size)
+    bound = 1.0 / np.sqrt(6 * np.prod(np.broadcast_to(kernel_size, 2)))
     for p in (layer.weight.numpy(), layer.bias.numpy()):
         assert np.abs(p).max() <= bound
     assert np.abs(layer.weight.numpy()).max() > 0.9 * bound
@@ -194,7 +197,8 @@ def test_pair_losses(device, name, reduction):
         lambda: nn.MaxPool2d(2, padding=3),
         lambda: nn.AdaptiveAvgPool2d(0),
         lambda: nn.ConvTranspose2d(2, 2, 3, stride=2, output_padding=2),
-        lambda: nn.ConvTranspose2d(2, 2, (3, 2)),
+        lambda: nn.ConvTranspose2d(2, 2, (3, 2, 1)),
+        lambda: nn.ConvTranspose2d(2, 2, 3, stride=(2, 0)),
         lambda: nn.GELU("erf"),
         lambda: nn.GroupNorm(4, 6),
         lambda: nn.MSELoss("average"),

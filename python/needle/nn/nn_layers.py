@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -212,20 +213,20 @@ class AdaptiveAvgPool2d(Module):
 
 
 # ---- transposed convolution --------------------------------------------------------------
-def _square(value: Any, what: str) -> int:
-    """An int, or a pair of equal ints (ops.conv_transpose2d takes square geometry only)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise ValueError(f"ConvTranspose2d: {what} must be an int or a pair of equal ints")
-        value = value[0]
-    return int(value)
+def _one_or_pair(value: Any, what: str) -> int | tuple[int, int]:
+    """An int, or a (height, width) pair of ints (one int when they are equal)."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) for v in pair):
+        raise ValueError(f"ConvTranspose2d: {what} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]) if pair[0] == pair[1] else (int(pair[0]), int(pair[1]))
 
 
 class ConvTranspose2d(Module):
     """The adjoint of a 2-D convolution, as torch.nn.ConvTranspose2d: NCHW in and out,
-    weight (in_channels, out_channels, k, k) and bias (out_channels,), both drawn as torch
-    draws them, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = out_channels k k (torch's
-    kaiming_uniform_ with a = sqrt(5) reads fan_in from the weight's second axis)."""
+    weight (in_channels, out_channels, kh, kw) and bias (out_channels,), both drawn as torch
+    draws them, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = out_channels kh kw (torch's
+    kaiming_uniform_ with a = sqrt(5) reads fan_in from the weight's second axis).
+    kernel_size, stride, padding and output_padding: an int or a (height, width) pair."""
 
     def __init__(
         self,
@@ -240,18 +241,19 @@ class ConvTranspose2d(Module):
         dtype="float32",
     ):
         super().__init__()
-        k = _square(kernel_size, "kernel_size")
+        k = _one_or_pair(kernel_size, "kernel_size")
+        kh, kw = (k, k) if isinstance(k, int) else k
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
-        self.stride = _square(stride, "stride")
-        self.padding = _square(padding, "padding")
-        self.output_padding = _square(output_padding, "output_padding")
+        self.stride = _one_or_pair(stride, "stride")
+        self.padding = _one_or_pair(padding, "padding")
+        self.output_padding = _one_or_pair(output_padding, "output_padding")
         ops.ConvTranspose2d(self.stride, self.padding, self.output_padding)  # checks them
-        bound = 1.0 / math.sqrt(out_channels * k * k)
+        bound = 1.0 / math.sqrt(out_channels * kh * kw)
 
         def uniform(*shape: int) -> Parameter:
             return Parameter(init.rand(*shape, low=-bound, high=bound, device=device, dtype=dtype))
 
-        self.weight = uniform(in_channels, out_channels, k, k)
+        self.weight = uniform(in_channels, out_channels, kh, kw)
         self.bias = uniform(out_channels) if bias else None
 
     def extra_repr(self) -> str:

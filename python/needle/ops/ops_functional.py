@@ -8,6 +8,7 @@ differentiates with Tensor ops, so gradients of gradients work.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,11 @@ from .ops_mathematic import (
     ConvWeightGrad,
     broadcast_to,
     conv,
+    dilate,
     exp,
+    getitem,
     matmul,
+    pad,
     reduce_to_shape,
     reshape,
     sigmoid,
@@ -617,21 +621,36 @@ def _from_conv_weight(w: Tensor) -> Tensor:
     return transpose(transpose(transpose(w, (2, 3)), (1, 3)), (0, 2))
 
 
+def _int_pair(value: Any, what: str, name: str) -> tuple[int, int]:
+    """An int, or a (height, width) pair of ints, as a pair."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) for v in pair):
+        raise ValueError(f"{name}: {what} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _one_or_pair(pair: tuple[int, int]) -> int | tuple[int, int]:
+    return pair[0] if pair[0] == pair[1] else pair
+
+
 class ConvTranspose2d(TensorOp):
     """The adjoint of conv2d: NCHW input, torch's (C_in, C_out, kh, kw) weights, output
-    (H - 1) stride - 2 padding + kh + output_padding. Computed as the conv of the input
-    dilated by the stride and padded by kh - 1 - padding with the flipped kernel; its
-    gradients are the conv of the adjoint (d/dx) and the conv weight gradient (d/dw)."""
+    (H - 1) stride - 2 padding + kh + output_padding per axis (stride, padding and
+    output_padding each an int or a (height, width) pair, as torch's). Computed as the conv of
+    the input dilated by the stride and padded by kh - 1 - padding with the flipped kernel;
+    its gradients are the conv of the adjoint (d/dx) and the conv weight gradient (d/dw)."""
 
     name = "conv_transpose2d"
 
-    def __init__(self, stride: int = 1, padding: int = 0, output_padding: int = 0):
-        self.stride, self.padding, self.output_padding = (
-            int(stride),
-            int(padding),
-            int(output_padding),
-        )
-        if self.stride < 1 or self.padding < 0 or not 0 <= self.output_padding < self.stride:
+    def __init__(self, stride: Any = 1, padding: Any = 0, output_padding: Any = 0):
+        self.stride = _int_pair(stride, "stride", self.name)
+        self.padding = _int_pair(padding, "padding", self.name)
+        self.output_padding = _int_pair(output_padding, "output_padding", self.name)
+        if (
+            min(self.stride) < 1
+            or min(self.padding) < 0
+            or not all(0 <= o < s for o, s in zip(self.output_padding, self.stride))
+        ):
             raise ValueError(
                 f"conv_transpose2d: need stride >= 1, padding >= 0 and 0 <= output_padding < "
                 f"stride, got {stride}, {padding}, {output_padding}"
@@ -644,16 +663,18 @@ class ConvTranspose2d(TensorOp):
             )
         n, c, h, wd = x.shape
         kh, kw = w.shape[2:]
-        s, p, op = self.stride, self.padding, self.output_padding
-        if p > min(kh, kw) - 1:
-            raise ValueError(f"padding {p} must be below the kernel size {(kh, kw)}")
-        lo_h, lo_w = kh - 1 - p, kw - 1 - p
+        (sh, sw), (ph, pw), (oh, ow) = self.stride, self.padding, self.output_padding
+        if ph > kh - 1 or pw > kw - 1:
+            raise ValueError(
+                f"padding {_one_or_pair(self.padding)} must be below the kernel size {(kh, kw)}"
+            )
+        lo_h, lo_w = kh - 1 - ph, kw - 1 - pw
         grown = x.device.full(
-            (n, (h - 1) * s + 1 + 2 * lo_h + op, (wd - 1) * s + 1 + 2 * lo_w + op, c),
+            (n, (h - 1) * sh + 1 + 2 * lo_h + oh, (wd - 1) * sw + 1 + 2 * lo_w + ow, c),
             0.0,
             dtype=x.dtype,
         )
-        grown[:, lo_h : lo_h + (h - 1) * s + 1 : s, lo_w : lo_w + (wd - 1) * s + 1 : s, :] = (
+        grown[:, lo_h : lo_h + (h - 1) * sh + 1 : sh, lo_w : lo_w + (wd - 1) * sw + 1 : sw, :] = (
             x.permute((0, 2, 3, 1))
         )
         flipped = w.flip((2, 3)).permute((2, 3, 0, 1)).compact()
@@ -661,14 +682,39 @@ class ConvTranspose2d(TensorOp):
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, w = node.inputs
-        s, p = self.stride, self.padding
         g = _nhwc(out_grad)
         return (
-            _nchw(conv(g, _conv_weight(w), stride=s, padding=p)) if x.requires_grad else None,
-            _from_conv_weight(ConvWeightGrad(s, p, w.shape[2:])(g, _nhwc(x)))
+            _nchw(self._input_gradient(g, w)) if x.requires_grad else None,
+            _from_conv_weight(self._weight_gradient(g, _nhwc(x), w.shape[2:]))
             if w.requires_grad
             else None,
         )
+
+    def _conv_geometry(self, g: Tensor) -> tuple[Tensor, int, int]:
+        """(g, stride, padding) for ops.conv and ConvWeightGrad, which take one int each: an
+        unequal padding is applied to g here, an unequal stride is left as 1 to the caller."""
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        if ph != pw:
+            g, ph = pad(g, ((0, 0), (ph, ph), (pw, pw), (0, 0))), 0
+        return g, sh if sh == sw else 1, ph
+
+    def _input_gradient(self, g: Tensor, w: Tensor) -> Tensor:
+        g, s, p = self._conv_geometry(g)
+        dx = conv(g, _conv_weight(w), stride=s, padding=p)
+        sh, sw = self.stride
+        if sh != sw:  # the stride-1 correlation at the strided positions
+            return getitem(dx, (slice(None), slice(None, None, sh), slice(None, None, sw)))
+        return dx
+
+    def _weight_gradient(self, g: Tensor, x: Tensor, kernel: tuple) -> Tensor:
+        g, s, p = self._conv_geometry(g)
+        (sh, sw), (oh, ow) = self.stride, self.output_padding
+        if sh != sw:  # x spread to the stride-1 correlation's positions (zeros between)
+            h, wd = x.shape[1:3]
+            x = dilate(dilate(x, (1,), sh - 1), (2,), sw - 1)
+            rows, cols = (h - 1) * sh + 1 + oh, (wd - 1) * sw + 1 + ow
+            x = getitem(x, (slice(None), slice(0, rows), slice(0, cols)))
+        return ConvWeightGrad(s, p, kernel)(g, x)
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0) -> Tensor:
