@@ -345,6 +345,19 @@ void gather_axis(const Array &a, const Array &indices, Array &out, int64_t outer
                               .c_str());
 }
 
+void pool2d(const Array &a, Array &out, int64_t planes, int64_t h, int64_t w, const Shape &kernel,
+            const Shape &stride, const Shape &padding, const std::string &op) {
+  if (kernel.size() != 2 || stride.size() != 2 || padding.size() != 2)
+    throw nb::value_error("pool2d: kernel, stride and padding must be pairs");
+  if (op != "max" && op != "avg")
+    throw nb::value_error(("pool2d: op must be 'max' or 'avg', got '" + op + "'").c_str());
+  const Pool2d g{planes, h, w, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1]};
+  assert(a.size >= static_cast<size_t>(planes * h * w));
+  assert(out.size >= static_cast<size_t>(planes * g.ho() * g.wo()));
+  GilRelease unlocked(planes * h * w);
+  with_typed<Floats>(a, out, [&](auto *x, auto *y) { pool2d_planes(x, y, g, op == "max"); });
+}
+
 // The middle axis of a compact (outer, reduce_size, inner) array.
 void check_middle_axis(const Array &a, const Array &out, int64_t outer, int64_t reduce_size,
                        int64_t inner) {
@@ -521,6 +534,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "layer_norm_rows", &layer_norm_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "eps"_a);
   def(m, "gather_axis", &gather_axis, "a"_a, "indices"_a, "out"_a, "outer"_a, "n"_a, "inner"_a,
       "m"_a);
+  def(m, "pool2d", &pool2d, "a"_a, "out"_a, "planes"_a, "h"_a, "w"_a, "kernel"_a, "stride"_a,
+      "padding"_a, "op"_a);
   def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,

@@ -153,6 +153,61 @@ bool gather_middle_axis(const T *__restrict a, const int64_t *__restrict idx, T 
   return false;
 }
 
+// 2-D pooling of `planes` compact (h, w) planes into (ho, wo) ones: each output the max
+// (NaN propagating; padding is -inf) or the mean (padding counts as zeros: sum / kh kw) of
+// its kh x kw window at (oy sh - ph, ox sw - pw). One thread per run of planes.
+struct Pool2d {
+  int64_t planes, h, w, kh, kw, sh, sw, ph, pw;
+  int64_t ho() const { return (h + 2 * ph - kh) / sh + 1; }
+  int64_t wo() const { return (w + 2 * pw - kw) / sw + 1; }
+};
+
+// One plane, output row by output row: each window element (ky, kx) is combined into the
+// whole row at once (a loop over ox the compiler vectorises), over the ox whose element lies
+// inside the plane (padding never read). Window elements combine in row-major order.
+template <class T, bool Max>
+void pool2d_plane(const T *src, T *dst, const Pool2d &g, int64_t ho, int64_t wo) {
+  const T init = Max ? -std::numeric_limits<T>::infinity() : T(0);
+  for (int64_t oy = 0; oy < ho; ++oy) {
+    T *__restrict row = dst + oy * wo;
+    std::fill_n(row, wo, init);
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t y = oy * g.sh - g.ph + ky;
+      if (y < 0 || y >= g.h) continue;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t off = kx - g.pw;  // x = ox sw + off must lie in [0, w)
+        const int64_t lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+        const int64_t hi = std::min(wo, off < g.w ? (g.w - 1 - off) / g.sw + 1 : 0);
+        const T *__restrict line = src + y * g.w + off;
+        auto combine = [](T acc, T v) {  // NaN propagates: two selects (max_nan's || does not
+          const T r = acc > v ? acc : v;  // vectorise here)
+          return Max ? (acc != acc ? acc : r) : acc + v;
+        };
+        if (g.sw == 1)
+          for (int64_t ox = lo; ox < hi; ++ox) row[ox] = combine(row[ox], line[ox]);
+        else if (g.sw == 2)
+          for (int64_t ox = lo; ox < hi; ++ox) row[ox] = combine(row[ox], line[2 * ox]);
+        else
+          for (int64_t ox = lo; ox < hi; ++ox) row[ox] = combine(row[ox], line[ox * g.sw]);
+      }
+    }
+    if (!Max)
+      for (int64_t ox = 0; ox < wo; ++ox) row[ox] /= static_cast<T>(g.kh * g.kw);
+  }
+}
+
+template <class T> void pool2d_planes(const T *a, T *out, const Pool2d &g, bool is_max) {
+  const int64_t ho = g.ho(), wo = g.wo();
+  parallel_rows(g.planes, g.h * g.w, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const T *src = a + p * g.h * g.w;
+      T *dst = out + p * ho * wo;
+      is_max ? pool2d_plane<T, true>(src, dst, g, ho, wo)
+             : pool2d_plane<T, false>(src, dst, g, ho, wo);
+    }
+  });
+}
+
 template <class T> void softmax_each_row(const T *a, T *out, int64_t rows, int64_t cols, bool log) {
   parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) softmax_row(a + r * cols, out + r * cols, cols, log);

@@ -675,6 +675,28 @@ def _gather_axis(prim, backend, rng):
         yield Case(f"({outer}, {n}, {inner}) by ({outer}, {m}, {inner})", args, exact)
 
 
+# (planes, h, w, kernel, stride, padding): torch's default stride (= kernel), overlapping
+# windows, padding, odd sizes that leave a remainder, one window, a 1x1 kernel.
+POOL_CASES = [
+    (3, 4, 4, (2, 2), (2, 2), (0, 0)),
+    (2, 7, 9, (3, 3), (1, 1), (1, 1)),
+    (4, 9, 7, (3, 2), (2, 1), (1, 0)),
+    (1, 5, 5, (5, 5), (5, 5), (2, 2)),
+    (2, 3, 3, (1, 1), (1, 1), (0, 0)),
+    (33, 16, 16, (2, 2), (2, 2), (0, 0)),
+]
+
+
+def _pool2d(prim, backend, rng):
+    for (planes, h, w, k, s, p), op in itertools.product(POOL_CASES, ("max", "avg")):
+        ho, wo = primitives.pool2d_out(h, w, k, s, p)
+        a = rng.standard_normal(planes * h * w)
+        if op == "max":
+            a[rng.integers(0, a.size, 2)] = np.nan
+        args = (a, Out(planes * ho * wo), planes, h, w, k, s, p, op)
+        yield Case(f"{op} {planes}x{h}x{w}, kernel {k}, stride {s}, padding {p}", args, elementwise)
+
+
 def _synchronize(prim, backend, rng):
     yield Case("returns None", (), exact)
 
@@ -700,6 +722,7 @@ GENERATORS: dict[str, Callable] = {
     "gather_rows": _gather_rows,
     "scatter_add_rows": _scatter_add_rows,
     "softmax_rows": _softmax_rows,
+    "pool2d": _pool2d,
     "gather_axis": _gather_axis,
     "layer_norm_rows": _layer_norm_rows,
     "synchronize": _synchronize,

@@ -1110,6 +1110,17 @@ class NDArray:
             self._device.layer_norm_rows(rows._handle, out._handle, out.size // cols, cols, eps)
         return out
 
+    def pool2d(self, kernel, stride, padding, op: str) -> NDArray:
+        """Max ('max') or mean ('avg', padding counted as zeros) pooling of an NCHW array over
+        kh x kw windows (pairs kernel, stride, padding): one pool2d call."""
+        n, c, h, w = self._shape
+        ho, wo = primitives.pool2d_out(h, w, kernel, stride, padding)
+        out = NDArray._make((n, c, ho, wo), device=self._device, dtype=self._dtype)
+        if out.size:
+            args = (n * c, h, w, tuple(kernel), tuple(stride), tuple(padding), op)
+            self._device.pool2d(self.compact()._handle, out._handle, *args)
+        return out
+
     # ---- flip and pad ---------------------------------------------------------------
     def flip(self, axes=None) -> NDArray:
         """Reverse the order of elements along `axes` (a copy, as needle's flip)."""

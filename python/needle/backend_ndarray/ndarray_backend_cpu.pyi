@@ -16,6 +16,7 @@ from ._primitive_stubs import (
     layer_norm_rows as layer_norm_rows,
     matmul_strided as matmul_strided,
     matmul_tiled as matmul_tiled,
+    pool2d as pool2d,
     reduce_max_axis as reduce_max_axis,
     reduce_sum_axis as reduce_sum_axis,
     scatter_add_rows as scatter_add_rows,

@@ -137,6 +137,23 @@ def ewise_axpby(a: Array, b: Array, alpha: float, beta: float, out: Array) -> No
 
 
 # ---- fused row primitives ----
+def pool2d(a, out, planes, h, w, kernel, stride, padding, op) -> None:
+    """Max ('max', padding -inf) or mean ('avg', padding zeros) of each window."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = primitives.pool2d_out(h, w, kernel, stride, padding)
+    if planes * ho * wo == 0:
+        return
+    x = a.array[: planes * h * w].reshape(planes, h, w)
+    fill = -np.inf if op == "max" else 0.0
+    x = np.pad(x, ((0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    s = x.strides
+    windows = np.lib.stride_tricks.as_strided(
+        x, (planes, ho, wo, kh, kw), (s[0], s[1] * sh, s[2] * sw, s[1], s[2])
+    ).reshape(planes, ho, wo, kh * kw)
+    result = windows.max(axis=3) if op == "max" else windows.sum(axis=3) / (kh * kw)
+    out.array[: planes * ho * wo] = result.reshape(-1)
+
+
 def softmax_rows(a: Array, out: Array, rows: int, cols: int, log: bool) -> None:
     """softmax (log_softmax with `log`) of each row of the compact (rows, cols) a."""
     if rows * cols == 0:

@@ -393,6 +393,36 @@ def _fallback_gather_axis(mod, a, indices, out, outer, n, inner, m):
     resolve(mod, "gather_rows")(a, positions, out, count, 1)
 
 
+def pool2d_out(h: int, w: int, kernel, stride, padding) -> tuple[int, int]:
+    """pool2d's output plane (ho, wo)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def _fallback_pool2d(mod, a, out, planes, h, w, kernel, stride, padding, op):
+    # The windows as a strided view of a (padded copy of) a, compacted, then the core
+    # last-axis reduction over each window.
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = pool2d_out(h, w, kernel, stride, padding)
+    if planes * ho * wo == 0:
+        return
+    hp, wp = h + 2 * ph, w + 2 * pw
+    padded = a
+    if ph or pw:
+        padded = _temp(mod, a, planes * hp * wp)
+        mod.fill(padded, -math.inf if op == "max" else 0.0)
+        mod.ewise_setitem(a, padded, (planes, h, w), (hp * wp, wp, 1), ph * wp + pw)
+    windows = _temp(mod, a, planes * ho * wo * kh * kw)
+    view = (planes, ho, wo, kh, kw), (hp * wp, sh * wp, sw, wp, 1)
+    mod.compact(padded, windows, *view, 0)
+    if op == "max":
+        mod.reduce_max(windows, out, kh * kw)
+    else:
+        total = _temp(mod, a, planes * ho * wo)
+        mod.reduce_sum(windows, total, kh * kw)
+        mod.scalar_div(total, float(kh * kw), out)
+
+
 def _fallback_softmax_rows(mod, a, out, rows, cols, log):
     # The row maxima and sums repeated along each row by zero-stride compacts.
     n = rows * cols
@@ -630,6 +660,17 @@ def _table() -> dict[str, Primitive]:
         "row indices[i] of out += row i of a, in index order (repeats add up)",
         dtypes=FLOATS,
         fallback=_fallback_scatter_add_rows,
+    )
+    add(
+        "pool2d",
+        "a:array, out:out, planes:int, h:int, w:int, kernel:shape, stride:shape, "
+        "padding:shape, op:str",
+        "reduce",
+        False,
+        "2-D pooling of compact (planes, h, w) into (planes, ho, wo): op 'max' (NaN "
+        "propagating, padding -inf) or 'avg' (window sum / kh kw, padding zeros)",
+        dtypes=FLOATS,
+        fallback=_fallback_pool2d,
     )
     add(
         "softmax_rows",
