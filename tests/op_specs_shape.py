@@ -854,3 +854,15 @@ SPECS += [
         random=masks(),
     ),
 ]
+
+# clone (ops_inplace): a copy on a buffer of its own, the adjoint passing through. The
+# in-place ops themselves are methods over existing ops (tests/test_inplace.py).
+SPECS += [
+    OpSpec(
+        ops.Clone,
+        ops.clone,
+        lambda t: t.clone(),
+        [Sample((3, 4)), Sample(()), Sample((2, 0, 3))],
+        forms=[lambda x: x.clone(), lambda x: ops.Clone()(x)],
+    ),
+]
