@@ -877,7 +877,8 @@ def compute_gradient_of_variables(
         if node.op is None:
             continue
         sparse = node.op.sparse_gradient  # tuple_get_item's
-        _GUARD = _stale_buffers(node) if _WRITTEN else None
+        # Only a node made before the latest in-place write can have read an overwritten value.
+        _GUARD = _stale_buffers(node) if node._birth < _INPLACE_CLOCK else None
         try:
             grads = (sparse(adjoint, node),) if sparse else node.op.gradient_as_tuple(adjoint, node)
         finally:
