@@ -5,7 +5,7 @@ from typing import Optional
 import numpy as np
 
 from .. import backend_ndarray as nd
-from ..autograd import Saved, Tensor, TensorOp, array_device, array_of
+from ..autograd import Tensor, TensorOp, array_device, array_of
 from ..backend_ndarray import NDArray
 from .ops_mathematic import (
     TakeRows,
@@ -93,8 +93,7 @@ class LogSoftmax(TensorOp):
         self.axis = axis
 
     def compute(self, z: NDArray):
-        _, shifted, lse = _shifted_logsumexp(z, (self.axis,))
-        return shifted - lse.broadcast_to(z.shape)
+        return z.softmax(self.axis, log=True)  # softmax_rows, the same formula fused
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         softmax = exp(node)
@@ -161,15 +160,13 @@ class SoftmaxCrossEntropy(TensorOp):
         batch, classes = self.labels.batch, self.labels.classes
         if z.shape != (batch, classes):
             raise ValueError(f"logits {z.shape} for {batch} labels of {classes} classes")
-        # Each row's -log_softmax(z)[label] = log sum exp(z - m) - (z - m)[label], m the row's
-        # max: z - logsumexp(z) would carry logsumexp's rounding (0.06 at z = 1e6 in float32).
-        m, shifted, lse = _shifted_logsumexp(z, (1,))  # m, lse (batch, 1): for the gradient
-        return Saved((lse.sum() - self.labels.picked_sum(shifted)) / batch, shift=m, lse=lse)
+        # Each row's -log_softmax(z)[label], log_softmax = (z - m) - log sum exp(z - m) with m
+        # the row's max (z - logsumexp(z) would carry logsumexp's rounding: 0.06 at z = 1e6 in
+        # float32), in one fused row pass (softmax_rows) instead of five array passes.
+        return -self.labels.picked_sum(z.softmax(1, log=True)) / batch
 
     def gradient(self, out_grad: Tensor, node: Tensor):
-        assert node.saved is not None  # compute saves the row maxima and logsumexp(z - m)
-        m, lse = (Tensor.make_const(a) for a in (node.saved.shift, node.saved.lse))
-        return SoftmaxCrossEntropyGrad(self.labels)(node.inputs[0], out_grad, m, lse)
+        return SoftmaxCrossEntropyGrad(self.labels)(node.inputs[0], out_grad)
 
 
 class SoftmaxCrossEntropyGrad(TensorOp):
@@ -192,10 +189,10 @@ class SoftmaxCrossEntropyGrad(TensorOp):
         # forward's m and logsumexp that is three passes over z instead of six (a language
         # model's (400, 10000) logits: ~10 ms a step).
         if m is None or lse is None:
-            _, shifted, lse = _shifted_logsumexp(z, (1,))
+            softmax = z.softmax(1)  # softmax_rows: one fused pass (a language model's
+            # (400, 10000) logits: ~10 ms a step in separate max, subtract, exp, sum passes)
         else:
-            shifted = z - m.broadcast_to(z.shape)
-        softmax = (shifted - lse.broadcast_to(z.shape)).exp()
+            softmax = ((z - m.broadcast_to(z.shape)) - lse.broadcast_to(z.shape)).exp()
         if c.device.has("synchronize"):
             # An asynchronous device (webgpu, cuda, metal): reading c would wait for its whole
             # queue mid-backward (a second submission per webgpu training step), so c stays
