@@ -114,42 +114,55 @@ void layer_norm_each_row(const T *a, T *out, int64_t rows, int64_t cols, double 
   });
 }
 
+// Whether every one of idx[0, count) lies in [0, n): unsigned compares, 8 lanes at a time.
+inline bool all_below(const int64_t *idx, int64_t count, int64_t n) {
+  using M = simd::Mask<double>;  // 8 int64 lanes
+  constexpr int W = simd::kWidth<double>;
+  using U = uint64_t __attribute__((vector_size(sizeof(M))));
+  U limit;
+  for (int l = 0; l < W; ++l) limit[l] = static_cast<uint64_t>(n);
+  U outside{};
+  int64_t k = 0;
+  for (; k + W <= count; k += W) {
+    U v;
+    std::memcpy(&v, idx + k, sizeof v);
+    outside |= reinterpret_cast<U>(v >= limit);
+  }
+  bool ok = true;
+  for (int l = 0; l < W; ++l) ok &= outside[l] == 0;
+  for (; k < count; ++k) ok &= static_cast<uint64_t>(idx[k]) < static_cast<uint64_t>(n);
+  return ok;
+}
+
 // out[o, j, i] = a[o, idx[o, j, i], i] over compact (outer, n, inner) a and (outer, m,
-// inner) idx and out. Each index is checked as it is used, branch-free (an index outside
-// [0, n) reads element 0 instead and marks its row): returns false, with an offending index
-// in `bad`, if there was one.
+// inner) idx and out. Each output row's indices are checked (vectorised) before any of
+// them is read: returns false, with an offending index in `bad`, if one is outside [0, n).
 template <class T>
 bool gather_middle_axis(const T *__restrict a, const int64_t *__restrict idx, T *__restrict out,
                         int64_t outer, int64_t n, int64_t inner, int64_t m, int64_t &bad) {
   std::atomic<int64_t> first_bad_row{-1};
-  const uint64_t size = static_cast<uint64_t>(n);
   parallel_rows(outer, m * inner, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const T *src = a + o * n * inner;
       const int64_t *ix = idx + o * m * inner;
       T *dst = out + o * m * inner;
-      bool outside = false;
-      if (inner == 1) {
-        for (int64_t j = 0; j < m; ++j) {
-          const bool in = static_cast<uint64_t>(ix[j]) < size;
-          outside |= !in;
-          dst[j] = src[in ? ix[j] : 0];
-        }
-      } else {
-        for (int64_t j = 0; j < m * inner; j += inner)
-          for (int64_t i = 0; i < inner; ++i) {
-            const bool in = static_cast<uint64_t>(ix[j + i]) < size;
-            outside |= !in;
-            dst[j + i] = src[(in ? ix[j + i] : 0) * inner + i];
-          }
+      if (!all_below(ix, m * inner, n)) {
+        first_bad_row.store(o);
+        return;
       }
-      if (outside) first_bad_row.store(o);
+      if (inner == 1) {
+        for (int64_t j = 0; j < m; ++j) dst[j] = src[ix[j]];
+        continue;
+      }
+      for (int64_t j = 0; j < m * inner; j += inner)
+        for (int64_t i = 0; i < inner; ++i) dst[j + i] = src[ix[j + i] * inner + i];
     }
   });
   const int64_t row = first_bad_row.load();
   if (row < 0) return true;
   for (int64_t k = 0; k < m * inner; ++k)
-    if (static_cast<uint64_t>(idx[row * m * inner + k]) >= size) bad = idx[row * m * inner + k];
+    if (static_cast<uint64_t>(idx[row * m * inner + k]) >= static_cast<uint64_t>(n))
+      bad = idx[row * m * inner + k];
   return false;
 }
 
