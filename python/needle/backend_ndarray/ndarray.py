@@ -1348,31 +1348,33 @@ def take_rows(table: NDArray, indices) -> NDArray:
 def take_along_axis(a: NDArray, indices, axis: int) -> NDArray:
     """torch.gather on NDArrays: out[.., j, ..] = a[.., indices[.., j, ..], ..] along `axis`,
     indices (whole numbers, as many axes as a) of the output's shape, which may be smaller than
-    a's off `axis` (a's leading block is read). One gather_axis call, which raises IndexError
-    for an index outside [0, a.shape[axis]) (checked as it reads them)."""
-    host = indices.numpy() if isinstance(indices, NDArray) else np.asarray(indices)
-    if host.dtype.kind not in "iu":
-        raise TypeError(f"gather: indices must be integers, got dtype {host.dtype}")
-    if host.ndim != a.ndim:
-        raise ValueError(f"gather: index {host.shape} needs as many axes as the array {a.shape}")
+    a's off `axis` (a's leading block is read); an int64 NDArray on a's device is used as it
+    is, anything else copied there. One gather_axis call, which raises IndexError for an index
+    outside [0, a.shape[axis]) (checked as it reads them)."""
+    if isinstance(indices, NDArray) and indices.device == a.device and indices.dtype == "int64":
+        idx = indices.compact()
+    else:
+        host = indices.numpy() if isinstance(indices, NDArray) else np.asarray(indices)
+        if host.dtype.kind not in "iu":
+            raise TypeError(f"gather: indices must be integers, got dtype {host.dtype}")
+        idx = NDArray(np.ascontiguousarray(host, dtype=np.int64), device=a.device, dtype="int64")
+    shape = idx.shape
+    if len(shape) != a.ndim:
+        raise ValueError(f"gather: index {shape} needs as many axes as the array {a.shape}")
     if a.ndim == 0:
-        return take_along_axis(a.reshape((1,)), host.reshape((1,)), 0).reshape(())
+        return take_along_axis(a.reshape((1,)), idx.reshape((1,)), 0).reshape(())
     axis = _normalize_axis(axis, a.ndim)
-    if any(i > s for k, (i, s) in enumerate(zip(host.shape, a.shape)) if k != axis):
-        raise ValueError(f"gather: index {host.shape} is larger than {a.shape} off axis {axis}")
-    n = a.shape[axis]
-    out = NDArray._make(host.shape, device=a.device, dtype=a.dtype)
+    if any(i > s for k, (i, s) in enumerate(zip(shape, a.shape)) if k != axis):
+        raise ValueError(f"gather: index {shape} is larger than {a.shape} off axis {axis}")
+    out = NDArray._make(shape, device=a.device, dtype=a.dtype)
     if out.size == 0:
         return out
     block = a
-    if any(i != s for k, (i, s) in enumerate(zip(host.shape, a.shape)) if k != axis):
-        block = a[
-            tuple(slice(None) if k == axis else slice(0, i) for k, i in enumerate(host.shape))
-        ]
-    idx = NDArray(np.ascontiguousarray(host, dtype=np.int64), device=a.device, dtype="int64")
-    outer, inner = prod(host.shape[:axis]), prod(host.shape[axis + 1 :])
+    if any(i != s for k, (i, s) in enumerate(zip(shape, a.shape)) if k != axis):
+        block = a[tuple(slice(None) if k == axis else slice(0, i) for k, i in enumerate(shape))]
+    outer, inner = prod(shape[:axis]), prod(shape[axis + 1 :])
     a.device.gather_axis(
-        block.compact()._handle, idx._handle, out._handle, outer, n, inner, host.shape[axis]
+        block.compact()._handle, idx._handle, out._handle, outer, a.shape[axis], inner, shape[axis]
     )
     return out
 

@@ -493,9 +493,10 @@ def tril(x: Tensor, diagonal: int = 0) -> Tensor:
 
 
 # ---- gather, scatter_add, index_select, index_add --------------------------------------
-def _host_index(index: Any, name: str) -> np.ndarray:
+def _host_index(index: Any, name: str, copy: bool = True) -> np.ndarray:
     """An index argument (a Tensor, NDArray, NumPy array or list of integers, or of whole
-    numbers in a float array) as an int64 NumPy array: a constant of the op."""
+    numbers in a float array) as an int64 NumPy array: a constant of the op (a copy, unless
+    `copy` is false and the argument already is one)."""
     if isinstance(index, (Tensor, NDArray)):
         index = index.numpy()
     idx = np.asarray(index)
@@ -504,7 +505,7 @@ def _host_index(index: Any, name: str) -> np.ndarray:
             raise ValueError(f"{name}: index must hold whole numbers")
     elif idx.dtype.kind not in "iu":
         raise TypeError(f"{name}: index must be integers, got dtype {idx.dtype}")
-    return idx.astype(np.int64)
+    return idx.astype(np.int64, copy=copy)
 
 
 class _Index:
@@ -584,8 +585,26 @@ class Gather(_Positions):
 
     name = "gather"
 
+    def __init__(self, dim: int, index: Any):
+        # An int64 NumPy index is read where it is, as torch.from_numpy shares it (gather's
+        # time was mostly copies of the index); _Index, for the gradient and error messages,
+        # is made when first needed.
+        self.dim = dim
+        given = index.host if isinstance(index, _Index) else _host_index(index, self.name, False)
+        self._given, self._checked = given, index if isinstance(index, _Index) else None
+
+    @property
+    def checked(self) -> _Index:  # type: ignore[override]
+        if self._checked is None:
+            self._checked = _Index(self._given, self.name)
+        return self._checked
+
+    @property
+    def index(self) -> np.ndarray:  # type: ignore[override]
+        return self.checked.host
+
     def compute(self, x: NDArray) -> NDArray:
-        idx = self.index
+        idx = self._given
         if idx.ndim != x.ndim:
             raise ValueError(f"index {idx.shape} needs as many dimensions as the tensor {x.shape}")
         # gather_axis checks the indices as it reads them: no separate pass unless one is out
