@@ -275,12 +275,18 @@ class LayerNorm(TensorOp):
         axes = self._axes(x.shape)
         count = prod(x.shape[x.ndim - self.dims :])
 
-        def mean(t: Tensor) -> Tensor:
-            return broadcast_to(summation(t, axes, keepdims=True) / count, x.shape)
+        # Row statistics stay (rows, 1, ...) until they are spread: the power and the
+        # additions run on one number per row, not on every element.
+        def row_mean(t: Tensor) -> Tensor:
+            return summation(t, axes, keepdims=True) / count
 
-        centred = x - mean(x)
-        inv_std = (mean(centred * centred) + self.eps) ** -0.5
-        return inv_std * (out_grad - mean(out_grad) - node * mean(out_grad * node))
+        def spread(t: Tensor) -> Tensor:
+            return broadcast_to(t, x.shape)
+
+        centred = x - spread(row_mean(x))
+        inv_std = spread((row_mean(centred * centred) + self.eps) ** -0.5)
+        projected = spread(row_mean(out_grad)) + node * spread(row_mean(out_grad * node))
+        return inv_std * (out_grad - projected)
 
 
 def _affine(y: Tensor, weight, bias, shape: tuple) -> Tensor:
