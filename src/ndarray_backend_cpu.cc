@@ -349,13 +349,33 @@ void pool2d(const Array &a, Array &out, int64_t planes, int64_t h, int64_t w, co
             const Shape &stride, const Shape &padding, const std::string &op) {
   if (kernel.size() != 2 || stride.size() != 2 || padding.size() != 2)
     throw nb::value_error("pool2d: kernel, stride and padding must be pairs");
-  if (op != "max" && op != "avg")
-    throw nb::value_error(("pool2d: op must be 'max' or 'avg', got '" + op + "'").c_str());
+  if (op != "max" && op != "avg" && op != "argmax")
+    throw nb::value_error(("pool2d: op must be max, avg or argmax, got '" + op + "'").c_str());
+  const PoolOp kind = op == "max" ? PoolOp::kMax : op == "avg" ? PoolOp::kAvg : PoolOp::kArgmax;
   const Pool2d g{planes, h, w, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1]};
   assert(a.size >= static_cast<size_t>(planes * h * w));
   assert(out.size >= static_cast<size_t>(planes * g.ho() * g.wo()));
   GilRelease unlocked(planes * h * w);
-  with_typed<Floats>(a, out, [&](auto *x, auto *y) { pool2d_planes(x, y, g, op == "max"); });
+  with_typed<Floats>(a, out, [&](auto *x, auto *y) { pool2d_planes(x, y, g, kind); });
+}
+
+void scatter_add_axis(const Array &a, const Array &indices, Array &out, int64_t outer, int64_t n,
+                      int64_t inner, int64_t m) {
+  assert(indices.size >= static_cast<size_t>(outer * m * inner));
+  assert(out.size >= static_cast<size_t>(outer * n * inner));
+  require_dtype("indices", indices.dtype, DType::i64);
+  int64_t bad = 0;
+  bool ok = true;
+  {
+    GilRelease unlocked(outer * m * inner);
+    with_typed<Floats>(a, out, [&](auto *x, auto *y) {
+      ok = scatter_add_middle_axis(x, indices.data<int64_t>(), y, outer, n, inner, m, bad);
+    });
+  }
+  if (!ok)
+    throw nb::index_error(("scatter_add: index " + std::to_string(bad) +
+                           " is out of range for an axis of size " + std::to_string(n))
+                              .c_str());
 }
 
 // The middle axis of a compact (outer, reduce_size, inner) array.
@@ -536,6 +556,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
       "m"_a);
   def(m, "pool2d", &pool2d, "a"_a, "out"_a, "planes"_a, "h"_a, "w"_a, "kernel"_a, "stride"_a,
       "padding"_a, "op"_a);
+  def(m, "scatter_add_axis", &scatter_add_axis, "a"_a, "indices"_a, "out"_a, "outer"_a, "n"_a,
+      "inner"_a, "m"_a);
   def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,

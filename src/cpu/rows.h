@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "elementwise.h"
 #include "simd.h"
@@ -166,9 +167,32 @@ bool gather_middle_axis(const T *__restrict a, const int64_t *__restrict idx, T 
   return false;
 }
 
+// out[o, idx[o, j, i], i] += a[o, j, i] in index order (repeats add up, the same sums every
+// time), serially, after every index is checked: false, with an offending index in `bad`,
+// and out untouched, if one is outside [0, n).
+template <class T>
+bool scatter_add_middle_axis(const T *a, const int64_t *idx, T *out, int64_t outer, int64_t n,
+                             int64_t inner, int64_t m, int64_t &bad) {
+  const int64_t count = outer * m * inner;
+  if (!all_below(idx, count, n)) {
+    for (int64_t k = 0; k < count; ++k)
+      if (static_cast<uint64_t>(idx[k]) >= static_cast<uint64_t>(n)) bad = idx[k];
+    return false;
+  }
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t *ix = idx + (o * m + j) * inner;
+      const T *src = a + (o * m + j) * inner;
+      T *dst = out + o * n * inner;
+      for (int64_t i = 0; i < inner; ++i) dst[ix[i] * inner + i] += src[i];
+    }
+  return true;
+}
+
 // 2-D pooling of `planes` compact (h, w) planes into (ho, wo) ones: each output the max
-// (NaN propagating; padding is -inf) or the mean (padding counts as zeros: sum / kh kw) of
-// its kh x kw window at (oy sh - ph, ox sw - pw). One thread per run of planes.
+// (NaN propagating; padding is -inf), the mean (padding counts as zeros: sum / kh kw) or the
+// argmax (below) of its kh x kw window at (oy sh - ph, ox sw - pw). One thread per run of
+// planes.
 struct Pool2d {
   int64_t planes, h, w, kh, kw, sh, sw, ph, pw;
   int64_t ho() const { return (h + 2 * ph - kh) / sh + 1; }
@@ -209,14 +233,47 @@ void pool2d_plane(const T *src, T *dst, const Pool2d &g, int64_t ho, int64_t wo)
   }
 }
 
-template <class T> void pool2d_planes(const T *a, T *out, const Pool2d &g, bool is_max) {
+// The position in its window (row-major, padding counted) of each window's first maximum,
+// or of its first NaN; 0 for a window of -inf alone (np.argmax's answers).
+template <class T>
+void pool2d_argmax_plane(const T *src, T *dst, const Pool2d &g, int64_t ho, int64_t wo,
+                         T *__restrict best) {
+  for (int64_t oy = 0; oy < ho; ++oy) {
+    T *__restrict row = dst + oy * wo;
+    std::fill_n(row, wo, T(0));
+    std::fill_n(best, wo, -std::numeric_limits<T>::infinity());
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t y = oy * g.sh - g.ph + ky;
+      if (y < 0 || y >= g.h) continue;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t off = kx - g.pw;
+        const int64_t lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+        const int64_t hi = std::min(wo, off < g.w ? (g.w - 1 - off) / g.sw + 1 : 0);
+        const T *__restrict line = src + y * g.w + off;
+        const T k = static_cast<T>(ky * g.kw + kx);
+        for (int64_t ox = lo; ox < hi; ++ox) {
+          const T v = line[ox * g.sw], b = best[ox];
+          const bool take = (v > b) | ((v != v) & (b == b));
+          best[ox] = take ? v : b;
+          row[ox] = take ? k : row[ox];
+        }
+      }
+    }
+  }
+}
+
+enum class PoolOp { kMax, kAvg, kArgmax };
+
+template <class T> void pool2d_planes(const T *a, T *out, const Pool2d &g, PoolOp op) {
   const int64_t ho = g.ho(), wo = g.wo();
   parallel_rows(g.planes, g.h * g.w, [&](int64_t begin, int64_t end) {
+    std::vector<T> best(op == PoolOp::kArgmax ? wo : 0);
     for (int64_t p = begin; p < end; ++p) {
       const T *src = a + p * g.h * g.w;
       T *dst = out + p * ho * wo;
-      is_max ? pool2d_plane<T, true>(src, dst, g, ho, wo)
-             : pool2d_plane<T, false>(src, dst, g, ho, wo);
+      if (op == PoolOp::kMax) pool2d_plane<T, true>(src, dst, g, ho, wo);
+      if (op == PoolOp::kAvg) pool2d_plane<T, false>(src, dst, g, ho, wo);
+      if (op == PoolOp::kArgmax) pool2d_argmax_plane<T>(src, dst, g, ho, wo, best.data());
     }
   });
 }

@@ -688,13 +688,30 @@ POOL_CASES = [
 
 
 def _pool2d(prim, backend, rng):
-    for (planes, h, w, k, s, p), op in itertools.product(POOL_CASES, ("max", "avg")):
+    for (planes, h, w, k, s, p), op in itertools.product(POOL_CASES, ("max", "avg", "argmax")):
         ho, wo = primitives.pool2d_out(h, w, k, s, p)
         a = rng.standard_normal(planes * h * w)
-        if op == "max":
+        if op != "avg":
             a[rng.integers(0, a.size, 2)] = np.nan
+        if op == "argmax":  # ties: the first maximum wins
+            a = np.round(a)
         args = (a, Out(planes * ho * wo), planes, h, w, k, s, p, op)
         yield Case(f"{op} {planes}x{h}x{w}, kernel {k}, stride {s}, padding {p}", args, elementwise)
+
+
+def _scatter_add_axis(prim, backend, rng):
+    for outer, n, inner, m in GATHER_AXIS_SHAPES + [(2, 3, 1, 40)]:  # many repeats
+        a, init = rng.standard_normal(outer * m * inner), rng.standard_normal(outer * n * inner)
+        idx = rng.integers(0, n, outer * m * inner)
+        if idx.size:
+            idx[:2] = [n - 1, 0]
+        positions = primitives.axis_positions(idx.reshape(outer, m, inner), outer, n, inner)
+        yield Case(
+            f"({outer}, {m}, {inner}) into ({outer}, {n}, {inner})",
+            (a, idx, Out(init.size, init), outer, n, inner, m),
+            exact,
+            scatter_add_tol(a, init, positions),
+        )
 
 
 def _synchronize(prim, backend, rng):
@@ -724,6 +741,7 @@ GENERATORS: dict[str, Callable] = {
     "softmax_rows": _softmax_rows,
     "pool2d": _pool2d,
     "gather_axis": _gather_axis,
+    "scatter_add_axis": _scatter_add_axis,
     "layer_norm_rows": _layer_norm_rows,
     "synchronize": _synchronize,
 }

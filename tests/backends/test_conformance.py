@@ -344,14 +344,18 @@ def test_kernels_queue_in_order(backend, layout):
         np.testing.assert_array_equal(read(mod, out), (np.arange(12.0) + 1) ** 2)
 
 
-@rows("gather_axis", widths_only=True)
-def test_gather_axis_raises_on_an_index_out_of_range(backend, dtype):
-    """gather_axis (own and fallback) raises IndexError naming an index outside [0, n):
-    negative, n itself, far past it (native code checks before it reads)."""
-    prim = primitives.TABLE["gather_axis"]
-    for bad in (-1, 5, 10**12):
-        idx = np.array([0, 1, bad, 2])
-        for _label, impl in implementations(backend.mod, prim):
-            with pytest.raises(IndexError, match=f"index {bad} "):
-                call(backend.mod, prim.name, np.arange(10.0), idx, Out(4), 2, 5, 1, 2,
-                     dtype=dtype, impl=impl)  # fmt: skip
+@rows("gather_axis", "scatter_add_axis", widths_only=True)
+def test_axis_indices_out_of_range_raise(backend, dtype):
+    """gather_axis and scatter_add_axis (own and fallback) raise IndexError naming an index
+    outside [0, n): negative, n itself, far past it (native code checks before it reads)."""
+    for name in ("gather_axis", "scatter_add_axis"):
+        prim = primitives.TABLE[name]
+        if dtype not in prim.dtypes:
+            continue
+        for bad in (-1, 5, 10**12):
+            idx = np.array([0, 1, bad, 2])
+            # gather: (2, 5, 1) by (2, 2, 1) into 4; scatter_add: 4 values into (2, 5, 1)
+            a, out = (np.arange(10.0), Out(4)) if name == "gather_axis" else (np.ones(4), Out(10))
+            for _label, impl in implementations(backend.mod, prim):
+                with pytest.raises(IndexError, match=f"index {bad} "):
+                    call(backend.mod, name, a, idx, out, 2, 5, 1, 2, dtype=dtype, impl=impl)

@@ -143,6 +143,9 @@ def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> 
 def gather_axis(
     a: Array, indices: Array, out: Array, outer: int, n: int, inner: int, m: int
 ) -> None: ...
+def scatter_add_axis(
+    a: Array, indices: Array, out: Array, outer: int, n: int, inner: int, m: int
+) -> None: ...
 def scatter_add_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None: ...
 def pool2d(
     a: Array,

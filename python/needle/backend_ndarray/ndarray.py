@@ -126,6 +126,7 @@ __all__ = [
     "take_rows",
     "add_rows",
     "take_along_axis",
+    "scatter_add_along_axis",
 ]
 
 default_dtype = "float32"
@@ -1345,19 +1346,51 @@ def take_rows(table: NDArray, indices) -> NDArray:
     return _by_rows("gather_rows", table, idx, out)
 
 
+def _index_on(indices, device: BackendDevice, op: str) -> NDArray:
+    """Integer indices as a compact int64 NDArray on `device` (one that already is, as is)."""
+    if isinstance(indices, NDArray) and indices.device == device and indices.dtype == "int64":
+        return indices.compact()
+    host = indices.numpy() if isinstance(indices, NDArray) else np.asarray(indices)
+    if host.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be integers, got dtype {host.dtype}")
+    return NDArray(np.ascontiguousarray(host, dtype=np.int64), device=device, dtype="int64")
+
+
+def scatter_add_along_axis(base: NDArray, values: NDArray, indices, axis: int) -> NDArray:
+    """torch.scatter_add on NDArrays, for values and indices of one shape that matches base's
+    off `axis`: a copy of base with values[.., j, ..] added at [.., indices[.., j, ..], ..]
+    along `axis`, in index order (repeats add up). One scatter_add_axis call, which raises
+    IndexError for an index outside [0, base.shape[axis]) before it adds anything."""
+    idx = _index_on(indices, base.device, "scatter_add")
+    shape = idx.shape
+    axis = _normalize_axis(axis, base.ndim)
+    off_axis = [k for k in range(base.ndim) if k != axis]
+    if (
+        values.shape != shape
+        or len(shape) != base.ndim
+        or any(shape[k] != base.shape[k] for k in off_axis)
+    ):
+        raise ValueError(
+            f"scatter_add: values {values.shape} and index {shape} must match {base.shape} "
+            f"off axis {axis}"
+        )
+    out = base + 0.0  # a compact copy
+    if values.size:
+        outer, inner = prod(shape[:axis]), prod(shape[axis + 1 :])
+        n, m = base.shape[axis], shape[axis]
+        base.device.scatter_add_axis(
+            values.compact()._handle, idx._handle, out._handle, outer, n, inner, m
+        )
+    return out
+
+
 def take_along_axis(a: NDArray, indices, axis: int) -> NDArray:
     """torch.gather on NDArrays: out[.., j, ..] = a[.., indices[.., j, ..], ..] along `axis`,
     indices (whole numbers, as many axes as a) of the output's shape, which may be smaller than
     a's off `axis` (a's leading block is read); an int64 NDArray on a's device is used as it
     is, anything else copied there. One gather_axis call, which raises IndexError for an index
     outside [0, a.shape[axis]) (checked as it reads them)."""
-    if isinstance(indices, NDArray) and indices.device == a.device and indices.dtype == "int64":
-        idx = indices.compact()
-    else:
-        host = indices.numpy() if isinstance(indices, NDArray) else np.asarray(indices)
-        if host.dtype.kind not in "iu":
-            raise TypeError(f"gather: indices must be integers, got dtype {host.dtype}")
-        idx = NDArray(np.ascontiguousarray(host, dtype=np.int64), device=a.device, dtype="int64")
+    idx = _index_on(indices, a.device, "gather")
     shape = idx.shape
     if len(shape) != a.ndim:
         raise ValueError(f"gather: index {shape} needs as many axes as the array {a.shape}")

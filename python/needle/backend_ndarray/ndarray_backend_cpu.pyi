@@ -19,6 +19,7 @@ from ._primitive_stubs import (
     pool2d as pool2d,
     reduce_max_axis as reduce_max_axis,
     reduce_sum_axis as reduce_sum_axis,
+    scatter_add_axis as scatter_add_axis,
     scatter_add_rows as scatter_add_rows,
     softmax_rows as softmax_rows,
     synchronize as synchronize,

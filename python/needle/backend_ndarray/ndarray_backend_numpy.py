@@ -138,19 +138,22 @@ def ewise_axpby(a: Array, b: Array, alpha: float, beta: float, out: Array) -> No
 
 # ---- fused row primitives ----
 def pool2d(a, out, planes, h, w, kernel, stride, padding, op) -> None:
-    """Max ('max', padding -inf) or mean ('avg', padding zeros) of each window."""
+    """Max ('max', padding -inf), mean ('avg', padding zeros) or first argmax of each window."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     ho, wo = primitives.pool2d_out(h, w, kernel, stride, padding)
     if planes * ho * wo == 0:
         return
     x = a.array[: planes * h * w].reshape(planes, h, w)
-    fill = -np.inf if op == "max" else 0.0
+    fill = 0.0 if op == "avg" else -np.inf
     x = np.pad(x, ((0, 0), (ph, ph), (pw, pw)), constant_values=fill)
     s = x.strides
     windows = np.lib.stride_tricks.as_strided(
         x, (planes, ho, wo, kh, kw), (s[0], s[1] * sh, s[2] * sw, s[1], s[2])
     ).reshape(planes, ho, wo, kh * kw)
-    result = windows.max(axis=3) if op == "max" else windows.sum(axis=3) / (kh * kw)
+    if op == "argmax":
+        result = windows.argmax(axis=3)
+    else:
+        result = windows.max(axis=3) if op == "max" else windows.sum(axis=3) / (kh * kw)
     out.array[: planes * ho * wo] = result.reshape(-1)
 
 
@@ -196,6 +199,18 @@ def gather_axis(
     idx = indices.array[:count].reshape(outer, m, inner)
     primitives.check_gather_indices(idx, n)
     out.array[:count] = np.take_along_axis(src, idx, axis=1).reshape(-1)
+
+
+def scatter_add_axis(
+    a: Array, indices: Array, out: Array, outer: int, n: int, inner: int, m: int
+) -> None:
+    """out[o, indices[o, j, i], i] += a[o, j, i] in index order; IndexError outside [0, n)."""
+    count = outer * m * inner
+    if count == 0:
+        return
+    idx = indices.array[:count].reshape(outer, m, inner)
+    primitives.check_gather_indices(idx, n, "scatter_add")
+    np.add.at(out.array, primitives.axis_positions(idx, outer, n, inner), a.array[:count])
 
 
 def scatter_add_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:

@@ -371,11 +371,18 @@ def _fallback_matmul_tiled(mod, a, b, out, m, n, p):
     mod.ewise_setitem(tc, out, *row_major_view(m, p), 0)
 
 
-def check_gather_indices(idx: np.ndarray, n: int) -> None:
-    """IndexError naming an index of `idx` outside [0, n) (gather_axis's check)."""
+def check_gather_indices(idx: np.ndarray, n: int, op: str = "gather") -> None:
+    """IndexError naming an index of `idx` outside [0, n) (gather_axis's and
+    scatter_add_axis's check)."""
     bad = idx[(idx < 0) | (idx >= n)]
     if bad.size:
-        raise IndexError(f"gather: index {bad[0]} is out of range for an axis of size {n}")
+        raise IndexError(f"{op}: index {bad[0]} is out of range for an axis of size {n}")
+
+
+def axis_positions(idx: np.ndarray, outer: int, n: int, inner: int) -> np.ndarray:
+    """The flat positions (o n + idx[o, j, i]) inner + i of an (outer, m, inner) index."""
+    o = np.arange(outer, dtype=np.int64).reshape(-1, 1, 1) * n
+    return ((o + idx) * inner + np.arange(inner, dtype=np.int64)).reshape(-1)
 
 
 def _fallback_gather_axis(mod, a, indices, out, outer, n, inner, m):
@@ -386,17 +393,34 @@ def _fallback_gather_axis(mod, a, indices, out, outer, n, inner, m):
         return
     idx = _host_indices(mod, indices, count).reshape(outer, m, inner)
     check_gather_indices(idx, n)
-    o = np.arange(outer, dtype=np.int64).reshape(-1, 1, 1) * (n * inner)
-    flat = (o + idx * inner + np.arange(inner, dtype=np.int64)).reshape(-1)
     positions = mod.Array(count, INDEX_DTYPE)
-    mod.from_numpy(np.ascontiguousarray(flat), positions)
+    mod.from_numpy(axis_positions(idx, outer, n, inner), positions)
     resolve(mod, "gather_rows")(a, positions, out, count, 1)
+
+
+def _fallback_scatter_add_axis(mod, a, indices, out, outer, n, inner, m):
+    # As gather_axis's: the flat positions, then scatter_add_rows of one-element rows.
+    count = outer * m * inner
+    if count == 0:
+        return
+    idx = _host_indices(mod, indices, count).reshape(outer, m, inner)
+    check_gather_indices(idx, n, "scatter_add")
+    positions = mod.Array(count, INDEX_DTYPE)
+    mod.from_numpy(axis_positions(idx, outer, n, inner), positions)
+    resolve(mod, "scatter_add_rows")(a, positions, out, count, 1)
 
 
 def pool2d_out(h: int, w: int, kernel, stride, padding) -> tuple[int, int]:
     """pool2d's output plane (ho, wo)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def _argmax_rows(mod, a, out, rows, cols):
+    # On the host: no core primitive gives positions (NDArray uses argmax only where a
+    # backend has pool2d itself, so this is the conformance suite's and emulators' path).
+    host = mod.to_numpy(a, (rows, cols), (cols, 1), 0)
+    mod.from_numpy(np.ascontiguousarray(host.argmax(axis=1).astype(host.dtype)), out)
 
 
 def _fallback_pool2d(mod, a, out, planes, h, w, kernel, stride, padding, op):
@@ -410,12 +434,14 @@ def _fallback_pool2d(mod, a, out, planes, h, w, kernel, stride, padding, op):
     padded = a
     if ph or pw:
         padded = _temp(mod, a, planes * hp * wp)
-        mod.fill(padded, -math.inf if op == "max" else 0.0)
+        mod.fill(padded, 0.0 if op == "avg" else -math.inf)
         mod.ewise_setitem(a, padded, (planes, h, w), (hp * wp, wp, 1), ph * wp + pw)
     windows = _temp(mod, a, planes * ho * wo * kh * kw)
     view = (planes, ho, wo, kh, kw), (hp * wp, sh * wp, sw, wp, 1)
     mod.compact(padded, windows, *view, 0)
-    if op == "max":
+    if op == "argmax":
+        _argmax_rows(mod, windows, out, planes * ho * wo, kh * kw)
+    elif op == "max":
         mod.reduce_max(windows, out, kh * kw)
     else:
         total = _temp(mod, a, planes * ho * wo)
@@ -653,6 +679,17 @@ def _table() -> dict[str, Primitive]:
         fallback=_fallback_gather_axis,
     )
     add(
+        "scatter_add_axis",
+        "a:array, indices:index, out:inout, outer:int, n:int, inner:int, m:int",
+        "rows",
+        False,
+        "out[o, indices[o, j, i], i] += a[o, j, i] for compact (outer, m, inner) a and indices "
+        "and (outer, n, inner) out, in index order (repeats add up; torch.scatter_add); an "
+        "index outside [0, n) raises IndexError naming it",
+        dtypes=FLOATS,
+        fallback=_fallback_scatter_add_axis,
+    )
+    add(
         "scatter_add_rows",
         "a:array, indices:index, out:inout, n:int, row_size:int",
         "rows",
@@ -668,7 +705,8 @@ def _table() -> dict[str, Primitive]:
         "reduce",
         False,
         "2-D pooling of compact (planes, h, w) into (planes, ho, wo): op 'max' (NaN "
-        "propagating, padding -inf) or 'avg' (window sum / kh kw, padding zeros)",
+        "propagating, padding -inf), 'avg' (window sum / kh kw, padding zeros) or 'argmax' "
+        "(the row-major position in the padded window of the first max or NaN, as np.argmax)",
         dtypes=FLOATS,
         fallback=_fallback_pool2d,
     )

@@ -528,6 +528,8 @@ class MaxPool2d(TensorOp):
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x = node.inputs[0]
+        if array_device(x).has("pool2d"):  # the first maxima's positions from one pass
+            return _WindowScatter(self.window, x.shape, self._first_max(array_of(x)))(out_grad)
         windows = self.window.windows(array_of(x), -math.inf)
         k = windows.shape[4]
         hits = windows == array_of(node).reshape(node.shape + (1,)).broadcast_to(windows.shape)
@@ -536,6 +538,16 @@ class MaxPool2d(TensorOp):
         scored = hits.astype(x.dtype) * ranks.reshape((1, 1, 1, 1, k)).broadcast_to(windows.shape)
         first = scored == scored.max(axis=4, keepdims=True).broadcast_to(windows.shape)
         return _WindowScatter(self.window, x.shape, first.astype(x.dtype))(out_grad)
+
+    def _first_max(self, a: NDArray) -> NDArray:
+        """(N, C, H_out, W_out, kh * kw): 1 at each window's first maximum, else 0."""
+        w = self.window
+        arg = a.pool2d(w.kernel, w.stride, w.padding, "argmax")
+        k = prod(w.kernel)
+        shape = arg.shape + (k,)
+        positions = NDArray(np.arange(k, dtype=a.dtype), device=a.device, dtype=a.dtype)
+        spread = positions.reshape((1, 1, 1, 1, k)).broadcast_to(shape)
+        return (arg.reshape(arg.shape + (1,)).broadcast_to(shape) == spread).astype(a.dtype)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:

@@ -638,6 +638,19 @@ class ScatterAdd(_Positions):
         idx = self.index
         if src.ndim != idx.ndim or any(i > s for i, s in zip(idx.shape, src.shape)):
             raise ValueError(f"index {idx.shape} is larger than src {src.shape}")
+        same = x.ndim == idx.ndim >= 1 and x.dtype == src.dtype
+        dim = _dim(self.dim, x.ndim, self.name) if same else None
+        if dim is not None and all(
+            i == s for k, (i, s) in enumerate(zip(idx.shape, x.shape)) if k != dim
+        ):
+            # The index covers x off dim: one scatter_add_axis call, which checks the
+            # indices itself (the op's message if one is out of range).
+            block = src if src.shape == idx.shape else src[tuple(slice(0, i) for i in idx.shape)]
+            try:
+                return nd.scatter_add_along_axis(x, block, idx, dim)
+            except IndexError:
+                self.checked.check(x.shape[dim], self.dim, self.name)
+                raise
         rows = self.positions(x.shape, x.device)
         block = src[tuple(slice(0, i) for i in idx.shape)] if idx.ndim else src
         added = nd.add_rows(_as_column(block), rows, max(x.size, 1))
