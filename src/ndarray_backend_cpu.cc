@@ -378,6 +378,21 @@ void scatter_add_axis(const Array &a, const Array &indices, Array &out, int64_t 
                               .c_str());
 }
 
+void softmax_grad_rows(const Array &s, const Array &g, Array &out, int64_t rows, int64_t cols) {
+  assert(rows >= 0 && cols >= 1 && s.size >= static_cast<size_t>(rows * cols));
+  const DType dtype = common_dtype(s, g, out);
+  GilRelease unlocked(rows * cols);
+  dispatch<Floats>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T *ps = s.data<T>(), *pg = g.data<T>();
+    T *po = out.data<T>();
+    parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        softmax_grad_row(ps + r * cols, pg + r * cols, po + r * cols, cols);
+    });
+  });
+}
+
 // The middle axis of a compact (outer, reduce_size, inner) array.
 void check_middle_axis(const Array &a, const Array &out, int64_t outer, int64_t reduce_size,
                        int64_t inner) {
@@ -558,6 +573,7 @@ NB_MODULE(ndarray_backend_cpu, m) {
       "padding"_a, "op"_a);
   def(m, "scatter_add_axis", &scatter_add_axis, "a"_a, "indices"_a, "out"_a, "outer"_a, "n"_a,
       "inner"_a, "m"_a);
+  def(m, "softmax_grad_rows", &softmax_grad_rows, "s"_a, "g"_a, "out"_a, "rows"_a, "cols"_a);
   def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,

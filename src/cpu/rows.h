@@ -278,6 +278,25 @@ template <class T> void pool2d_planes(const T *a, T *out, const Pool2d &g, PoolO
   });
 }
 
+// One row of softmax's adjoint: out = s (g - sum(g s)), s the softmax, g the output's
+// gradient; the dot product summed in double.
+template <class T> void softmax_grad_row(const T *s, const T *g, T *out, int64_t n) {
+  constexpr int W = simd::kWidth<double>;
+  const int64_t whole = n / W * W;
+  Vec<double> acc{};
+  for (int64_t i = 0; i < whole; i += W)
+    acc += simd::load_as_double(s + i) * simd::load_as_double(g + i);
+  double dot = 0;
+  for (int64_t i = whole; i < n; ++i) dot += double(s[i]) * double(g[i]);
+  for (int l = 0; l < W; ++l) dot += acc[l];
+  const T d = static_cast<T>(dot);
+  constexpr int WT = simd::kWidth<T>;
+  const int64_t whole_t = n / WT * WT;
+  for (int64_t i = 0; i < whole_t; i += WT)
+    simd::store(out + i, simd::load(s + i) * (simd::load(g + i) - d));
+  for (int64_t i = whole_t; i < n; ++i) out[i] = s[i] * (g[i] - d);
+}
+
 template <class T> void softmax_each_row(const T *a, T *out, int64_t rows, int64_t cols, bool log) {
   parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) softmax_row(a + r * cols, out + r * cols, cols, log);

@@ -652,6 +652,15 @@ def _softmax_rows(prim, backend, rng):
         )
 
 
+def _softmax_grad_rows(prim, backend, rng):
+    for rows, cols in SOFTMAX_SHAPES:
+        e = np.exp(rng.standard_normal((rows, cols)))
+        s = (e / np.maximum(e.sum(axis=1, keepdims=True), 1e-300)).reshape(-1)
+        g = rng.standard_normal(rows * cols)
+        tol = lambda dtype, c=cols: dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * c**0.5)  # noqa: E731
+        yield Case(f"{rows} rows of {cols}", (s, g, Out(rows * cols), rows, cols), tol)
+
+
 def _layer_norm_rows(prim, backend, rng):
     for (rows, cols), eps in itertools.product(SOFTMAX_SHAPES, (1e-5, 0.5)):
         # an offset mean, so that centring matters; a constant row (variance 0, eps alone)
@@ -743,6 +752,7 @@ GENERATORS: dict[str, Callable] = {
     "gather_axis": _gather_axis,
     "scatter_add_axis": _scatter_add_axis,
     "layer_norm_rows": _layer_norm_rows,
+    "softmax_grad_rows": _softmax_grad_rows,
     "synchronize": _synchronize,
 }
 # References for optional rows the NumPy backend leaves to the table's fallback: written

@@ -1101,6 +1101,21 @@ class NDArray:
             return out.reshape(())
         return out if back is None else out.permute(back)
 
+    def softmax_grad(self, grad: NDArray, axis: int = -1) -> NDArray:
+        """softmax's adjoint s * (g - sum(g * s)) along `axis`, self the softmax s and `grad`
+        g of its shape: softmax_grad_rows on the rows of the axis moved last."""
+        rows, back = self._rows_along(axis)
+        g_rows, _ = grad._rows_along(axis)
+        out = NDArray._make(rows.shape, device=self._device, dtype=self._dtype)
+        cols = rows.shape[-1]
+        if out.size:
+            self._device.softmax_grad_rows(
+                rows._handle, g_rows._handle, out._handle, out.size // cols, cols
+            )
+        if self.ndim == 0:
+            return out.reshape(())
+        return out if back is None else out.permute(back)
+
     def layer_norm(self, dims: int, eps: float) -> NDArray:
         """(x - mean) / sqrt(var + eps) over the last `dims` axes (biased variance), by
         layer_norm_rows on the rows of those axes."""

@@ -21,6 +21,7 @@ from ._primitive_stubs import (
     reduce_sum_axis as reduce_sum_axis,
     scatter_add_axis as scatter_add_axis,
     scatter_add_rows as scatter_add_rows,
+    softmax_grad_rows as softmax_grad_rows,
     softmax_rows as softmax_rows,
     synchronize as synchronize,
 )

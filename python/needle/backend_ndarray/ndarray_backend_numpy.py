@@ -168,6 +168,14 @@ def softmax_rows(a: Array, out: Array, rows: int, cols: int, log: bool) -> None:
     out.array[: rows * cols] = (shifted - np.log(total) if log else e / total).reshape(-1)
 
 
+def softmax_grad_rows(s: Array, g: Array, out: Array, rows: int, cols: int) -> None:
+    """s * (g - sum(g * s)) on each row of the compact (rows, cols) s and g."""
+    if rows * cols == 0:
+        return
+    sv, gv = (x.array[: rows * cols].reshape(rows, cols) for x in (s, g))
+    out.array[: rows * cols] = (sv * (gv - (gv * sv).sum(axis=1, keepdims=True))).reshape(-1)
+
+
 def layer_norm_rows(a: Array, out: Array, rows: int, cols: int, eps: float) -> None:
     """(x - mean) / sqrt(var + eps) of each row of the compact (rows, cols) a (biased var)."""
     if rows * cols == 0:

@@ -470,6 +470,19 @@ def _fallback_softmax_rows(mod, a, out, rows, cols, log):
         mod.ewise_div(e, spread, out)
 
 
+def _fallback_softmax_grad_rows(mod, s, g, out, rows, cols):
+    n = rows * cols
+    if n == 0:
+        return
+    product, spread, diff = (_temp(mod, s, n) for _ in range(3))
+    dot = _temp(mod, s, rows)
+    mod.ewise_mul(g, s, product)
+    mod.reduce_sum(product, dot, cols)
+    mod.compact(dot, spread, (rows, cols), (1, 0), 0)
+    mod.ewise_sub(g, spread, diff)
+    mod.ewise_mul(s, diff, out)
+
+
 def _fallback_layer_norm_rows(mod, a, out, rows, cols, eps):
     # Row means and inverse deviations repeated along each row by zero-stride compacts.
     n = rows * cols
@@ -719,6 +732,16 @@ def _table() -> dict[str, Primitive]:
         "log (a - max) - log(sum(e)) (log_softmax)",
         dtypes=FLOATS,
         fallback=_fallback_softmax_rows,
+    )
+    add(
+        "softmax_grad_rows",
+        "s:array, g:array, out:out, rows:int, cols:int",
+        "reduce",
+        False,
+        "each row of compact (rows, cols) s and g: out = s * (g - sum(g * s)) (softmax's "
+        "adjoint, s the softmax, g its output's gradient)",
+        dtypes=FLOATS,
+        fallback=_fallback_softmax_grad_rows,
     )
     add(
         "layer_norm_rows",

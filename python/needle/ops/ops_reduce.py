@@ -484,11 +484,31 @@ class Softmax(TensorOp):
         return a.softmax(_one_dim(self.dim, a.shape))
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
-        axis = _one_dim(self.dim, node.shape)
-        weighted = out_grad * node
-        return weighted - node * broadcast_to(
-            summation(weighted, (axis,), keepdims=True), node.shape
-        )
+        return _SoftmaxGrad(self.dim)(node, out_grad)
+
+
+class _SoftmaxGrad(TensorOp):
+    """softmax's adjoint s * (g - sum(g * s)) along `dim` (s the softmax, g its output's
+    gradient), one primitive. Its own adjoints (second order): for g the same map of u (it is
+    symmetric), for s u * (g - sum(g * s)) - g * sum(u * s)."""
+
+    name = "softmax_grad"
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def compute(self, s: NDArray, g: NDArray) -> NDArray:
+        return s.softmax_grad(g, _one_dim(self.dim, s.shape))
+
+    def gradient(self, out_grad: Tensor, node: Tensor) -> tuple[Tensor, Tensor]:
+        s, g = node.inputs
+        axis = _one_dim(self.dim, s.shape)
+
+        def row_sum(t: Tensor) -> Tensor:
+            return broadcast_to(summation(t, (axis,), keepdims=True), s.shape)
+
+        grad_s = out_grad * (g - row_sum(g * s)) - g * row_sum(out_grad * s)
+        return grad_s, _SoftmaxGrad(self.dim)(s, out_grad)
 
 
 def softmax(x, dim=-1):
