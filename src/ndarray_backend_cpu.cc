@@ -467,6 +467,25 @@ NB_MODULE(ndarray_backend_cpu, m) {
   needle::bind_array<Array, parse_dtype, dtype_name>(
       m, "A flat, 64-byte aligned buffer of `size` elements.");
 
+  // The buffer cache (array.h), outside the primitive table: ndl.cpu().memory_stats().
+  m.def(
+      "memory_stats",
+      [] {
+        const BufferCache::Stats s = BufferCache::instance().stats();
+        nb::dict d;
+        d["current"] = s.current;
+        d["peak"] = s.peak;
+        d["cached"] = s.cached;
+        d["allocations"] = s.allocations;
+        d["reused"] = s.reused;
+        return d;
+      },
+      "Bytes in live Arrays (current, peak) and kept for reuse (cached); Array allocations "
+      "so far and how many reused a cached buffer.");
+  m.def(
+      "empty_cache", [] { BufferCache::instance().empty(); },
+      "Free the buffers the cache keeps for reuse.");
+
   def(m, "to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a);
   def(m, "from_numpy", &from_numpy, "a"_a, "out"_a);
   def(m, "fill", &fill, "out"_a, "val"_a);

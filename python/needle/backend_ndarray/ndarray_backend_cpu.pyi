@@ -29,6 +29,14 @@ from ._primitive_stubs import (
 class Array(_primitive_stubs.Array):
     """A flat, 64-byte aligned buffer of `size` elements."""
 
+def memory_stats() -> dict:
+    """
+    Bytes in live Arrays (current, peak) and kept for reuse (cached); Array allocations so far and how many reused a cached buffer.
+    """
+
+def empty_cache() -> None:
+    """Free the buffers the cache keeps for reuse."""
+
 def set_num_threads(n: int) -> None:
     """
     Use n threads (1 <= n <= 256) for large kernels (matmul, elementwise, reductions).
