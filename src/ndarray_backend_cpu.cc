@@ -378,6 +378,17 @@ void scatter_add_axis(const Array &a, const Array &indices, Array &out, int64_t 
                               .c_str());
 }
 
+void layer_norm_grad_rows(const Array &a, const Array &g, Array &out, int64_t rows, int64_t cols,
+                          double eps) {
+  assert(rows >= 0 && cols >= 1 && a.size >= static_cast<size_t>(rows * cols));
+  const DType dtype = common_dtype(a, g, out);
+  GilRelease unlocked(rows * cols);
+  dispatch<Floats>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    layer_norm_grad_each_row(a.data<T>(), g.data<T>(), out.data<T>(), rows, cols, eps);
+  });
+}
+
 void softmax_grad_rows(const Array &s, const Array &g, Array &out, int64_t rows, int64_t cols) {
   assert(rows >= 0 && cols >= 1 && s.size >= static_cast<size_t>(rows * cols));
   const DType dtype = common_dtype(s, g, out);
@@ -593,6 +604,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "scatter_add_axis", &scatter_add_axis, "a"_a, "indices"_a, "out"_a, "outer"_a, "n"_a,
       "inner"_a, "m"_a);
   def(m, "softmax_grad_rows", &softmax_grad_rows, "s"_a, "g"_a, "out"_a, "rows"_a, "cols"_a);
+  def(m, "layer_norm_grad_rows", &layer_norm_grad_rows, "a"_a, "g"_a, "out"_a, "rows"_a, "cols"_a,
+      "eps"_a);
   def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,

@@ -670,6 +670,16 @@ def _layer_norm_rows(prim, backend, rng):
     yield Case("a constant row", (np.full(20, 1.5), Out(20), 2, 10, 1e-5), elementwise)
 
 
+def _layer_norm_grad_rows(prim, backend, rng):
+    for (rows, cols), eps in itertools.product(SOFTMAX_SHAPES, (1e-5, 0.5)):
+        a = rng.standard_normal(rows * cols) * 3 + 2
+        g = rng.standard_normal(rows * cols)
+        tol = lambda dtype, c=cols: dict(rtol=100 * EPS[dtype], atol=100 * EPS[dtype] * c**0.5)  # noqa: E731
+        yield Case(
+            f"{rows} rows of {cols}, eps {eps}", (a, g, Out(rows * cols), rows, cols, eps), tol
+        )
+
+
 # (outer, n, inner, m): inner 1 (the last axis), 3, 17; m below and above n; empty.
 GATHER_AXIS_SHAPES = [(0, 4, 2, 3), (3, 1, 1, 2), (1, 7, 1, 20), (5, 9, 3, 4), (2, 300, 17, 5)]
 
@@ -752,6 +762,7 @@ GENERATORS: dict[str, Callable] = {
     "gather_axis": _gather_axis,
     "scatter_add_axis": _scatter_add_axis,
     "layer_norm_rows": _layer_norm_rows,
+    "layer_norm_grad_rows": _layer_norm_grad_rows,
     "softmax_grad_rows": _softmax_grad_rows,
     "synchronize": _synchronize,
 }

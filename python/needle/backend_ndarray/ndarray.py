@@ -1126,6 +1126,18 @@ class NDArray:
             self._device.layer_norm_rows(rows._handle, out._handle, out.size // cols, cols, eps)
         return out
 
+    def layer_norm_grad(self, grad: NDArray, dims: int, eps: float) -> NDArray:
+        """layer_norm's adjoint for the output gradient `grad` (self the input), over the
+        last `dims` axes: layer_norm_grad_rows, the row statistics recomputed in the row."""
+        cols = prod(self._shape[self.ndim - dims :])
+        out = NDArray._make(self._shape, device=self._device, dtype=self._dtype)
+        if out.size:
+            rows, g = self.compact(), grad.compact()
+            self._device.layer_norm_grad_rows(
+                rows._handle, g._handle, out._handle, out.size // cols, cols, eps
+            )
+        return out
+
     def pool2d(self, kernel, stride, padding, op: str) -> NDArray:
         """Max ('max') or mean ('avg', padding counted as zeros) pooling of an NCHW array over
         kh x kw windows (pairs kernel, stride, padding): one pool2d call."""

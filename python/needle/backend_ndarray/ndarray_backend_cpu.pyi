@@ -13,6 +13,7 @@ from ._primitive_stubs import (
     ewise_broadcast_binary as ewise_broadcast_binary,
     gather_axis as gather_axis,
     gather_rows as gather_rows,
+    layer_norm_grad_rows as layer_norm_grad_rows,
     layer_norm_rows as layer_norm_rows,
     matmul_strided as matmul_strided,
     matmul_tiled as matmul_tiled,

@@ -186,6 +186,18 @@ def layer_norm_rows(a: Array, out: Array, rows: int, cols: int, eps: float) -> N
     out.array[: rows * cols] = (centred / np.sqrt(var + eps)).reshape(-1)
 
 
+def layer_norm_grad_rows(a: Array, g: Array, out: Array, rows: int, cols: int, eps: float) -> None:
+    """layer_norm_rows' adjoint on each row: rstd * (g - mean(g) - y * mean(g * y))."""
+    if rows * cols == 0:
+        return
+    x, gv = (v.array[: rows * cols].reshape(rows, cols) for v in (a, g))
+    centred = x - x.mean(axis=1, keepdims=True)
+    rstd = 1 / np.sqrt((centred * centred).mean(axis=1, keepdims=True) + eps)
+    y = centred * rstd
+    dx = rstd * (gv - gv.mean(axis=1, keepdims=True) - y * (gv * y).mean(axis=1, keepdims=True))
+    out.array[: rows * cols] = dx.reshape(-1)
+
+
 # ---- rows by index --------------------------------------------------------------------
 def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
     """Row i of out = row indices[i] of a, for i < n; rows are row_size elements. indices

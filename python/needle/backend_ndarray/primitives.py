@@ -506,6 +506,39 @@ def _fallback_layer_norm_rows(mod, a, out, rows, cols, eps):
     mod.ewise_mul(centred, spread, out)
 
 
+def _fallback_layer_norm_grad_rows(mod, a, g, out, rows, cols, eps):
+    # y = layer_norm(a) first, then rstd * (g - mean(g) - y * mean(g * y)), row statistics
+    # repeated along each row by zero-stride compacts.
+    n = rows * cols
+    if n == 0:
+        return
+    y, spread, product, rstd_spread = (_temp(mod, a, n) for _ in range(4))
+    total, stat, var = (_temp(mod, a, rows) for _ in range(3))
+    _fallback_layer_norm_rows(mod, a, y, rows, cols, eps)
+
+    def spread_row_mean(x, into):
+        mod.reduce_sum(x, total, cols)
+        mod.scalar_div(total, float(cols), stat)
+        mod.compact(stat, into, (rows, cols), (1, 0), 0)
+
+    # rstd = 1 / sqrt(var + eps) spread along the rows, var from the centred a
+    spread_row_mean(a, spread)
+    mod.ewise_sub(a, spread, product)
+    mod.ewise_mul(product, product, rstd_spread)
+    mod.reduce_sum(rstd_spread, total, cols)
+    mod.scalar_div(total, float(cols), var)
+    mod.scalar_add(var, eps, stat)
+    mod.ewise_rsqrt(stat, var)
+    mod.compact(var, rstd_spread, (rows, cols), (1, 0), 0)
+    mod.ewise_mul(g, y, product)
+    spread_row_mean(product, spread)
+    mod.ewise_mul(y, spread, product)  # y * mean(g y)
+    spread_row_mean(g, spread)
+    mod.ewise_add(spread, product, y)  # mean(g) + y * mean(g y)
+    mod.ewise_sub(g, y, product)
+    mod.ewise_mul(rstd_spread, product, out)
+
+
 def _fallback_synchronize(mod):
     """A synchronous backend has nothing to wait for."""
 
@@ -752,6 +785,16 @@ def _table() -> dict[str, Primitive]:
         "biased variance (layer_norm's normalisation)",
         dtypes=FLOATS,
         fallback=_fallback_layer_norm_rows,
+    )
+    add(
+        "layer_norm_grad_rows",
+        "a:array, g:array, out:out, rows:int, cols:int, eps:float",
+        "reduce",
+        False,
+        "each row of compact (rows, cols) a and g: out = rstd * (g - mean(g) - y * mean(g * y)) "
+        "with y = layer_norm_rows(a) and rstd = 1 / sqrt(var + eps) (its adjoint)",
+        dtypes=FLOATS,
+        fallback=_fallback_layer_norm_grad_rows,
     )
     add(
         "synchronize",
