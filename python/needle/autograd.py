@@ -1010,7 +1010,8 @@ def _fit_result(name: str, target: Tensor, result: Tensor) -> Tensor:
         )
     if result.dtype == target.dtype:
         return result
-    if target.dtype not in _FLOAT_DTYPES and result.dtype in _FLOAT_DTYPES:
+    # str(): the numpy mode's dtypes are NumPy's, equal to the names but hashed otherwise
+    if str(target.dtype) not in _FLOAT_DTYPES and str(result.dtype) in _FLOAT_DTYPES:
         raise TypeError(
             f"{name}: a {result.dtype} result cannot be written into a {target.dtype} tensor"
         )
