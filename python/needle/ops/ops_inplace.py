@@ -190,11 +190,15 @@ def _write_selection(index: Any, value: Any):
 
     def write(data: Any) -> None:
         if isinstance(value, Tensor):
-            data[index] = value.realize_cached_data()
+            source = value.realize_cached_data()
         elif isinstance(data, NDArray) and not np.isscalar(value):
-            data[index] = NDArray(np.asarray(value), device=data.device, dtype=data.dtype)
+            source = NDArray(np.asarray(value), device=data.device, dtype=data.dtype)
         else:
-            data[index] = value
+            source = value
+        try:
+            data[index] = source
+        except IndexError as error:
+            raise IndexError(f"setitem: {error} (tensor of shape {data.shape})") from None
 
     return write
 
