@@ -21,3 +21,18 @@ def test_course_suite_passes_in_the_numpy_mode():
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+def test_inplace_ops_pass_in_the_numpy_mode():
+    """In-place ops write into the numpy mode's NumPy arrays: the same torch comparisons."""
+    env = dict(os.environ, NEEDLE_BACKEND="np")
+    suite = pathlib.Path(__file__).parent / "test_inplace.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
