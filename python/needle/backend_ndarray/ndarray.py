@@ -1380,7 +1380,9 @@ def _index_on(indices, device: BackendDevice, op: str) -> NDArray:
     host = indices.numpy() if isinstance(indices, NDArray) else np.asarray(indices)
     if host.dtype.kind not in "iu":
         raise TypeError(f"{op}: indices must be integers, got dtype {host.dtype}")
-    return NDArray(np.ascontiguousarray(host, dtype=np.int64), device=device, dtype="int64")
+    # (ascontiguousarray makes a 0-d array 1-d: keep the shape)
+    host = np.ascontiguousarray(host, dtype=np.int64).reshape(host.shape)
+    return NDArray(host, device=device, dtype="int64")
 
 
 def scatter_add_along_axis(base: NDArray, values: NDArray, indices, axis: int) -> NDArray:
