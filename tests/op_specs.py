@@ -221,6 +221,13 @@ def torch_conv_weight_gradient(x, g, stride, padding, kernel):
     return dw
 
 
+def torch_conv_input_gradient(g, w, stride, padding, size):
+    shape = (g.shape[0],) + tuple(size) + (w.shape[2],)
+    x = torch.zeros(shape, dtype=g.dtype, requires_grad=True)
+    (dx,) = torch.autograd.grad(torch_conv(x, w, stride, padding), x, g, create_graph=True)
+    return dx
+
+
 def torch_batch_norm(x, w, b, axis=1):
     if axis == -1:  # features last: torch normalises along axis 1
         return torch_batch_norm(x.movedim(-1, 1), w, b).movedim(1, -1)
@@ -535,6 +542,12 @@ def _conv_weight_sample(shape, k, stride, padding):
     n, h, w, _ = shape
     out = (n, (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1, 2)
     return Sample(shape, out, stride=stride, padding=padding, kernel=(k, k))
+
+
+def _conv_input_sample(shape, k, stride, padding):
+    _, h, w, c_in = shape
+    g = _conv_weight_sample(shape, k, stride, padding).inputs[1]
+    return Sample(g, (k, k, c_in, 2), stride=stride, padding=padding, size=(h, w))
 
 
 # (input shape, shape)
@@ -1034,6 +1047,14 @@ SPECS = [
                 r"output \(1, 5, 5\)",
             )
         ],
+    ),
+    OpSpec(
+        ops.ConvInputGrad,
+        None,
+        torch_conv_input_gradient,
+        [_conv_input_sample(*case) for case in CONV_WEIGHT_CASES],
+        call=lambda g, w, stride, padding, size: ops.ConvInputGrad(stride, padding, size)(g, w),
+        tol=(1e-4, 1e-4),
     ),
     # ---- indexing
     OpSpec(

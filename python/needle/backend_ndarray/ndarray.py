@@ -125,6 +125,8 @@ __all__ = [
     "RowIndices",
     "take_rows",
     "add_rows",
+    "conv2d",
+    "conv2d_native",
 ]
 
 default_dtype = "float32"
@@ -1455,3 +1457,37 @@ def split(a: NDArray, axis: int = 0) -> tuple[NDArray, ...]:
     """Views of `a` along `axis`, one per index (the inverse of stack)."""
     axis = _normalize_axis(axis, a.ndim)
     return tuple(a._index_view((slice(None),) * axis + (i,)) for i in range(a.shape[axis]))
+
+
+# ---- convolution ------------------------------------------------------------------------
+def conv2d_native(device: BackendDevice, *arrays: NDArray) -> bool:
+    """Whether `device` has its own conv2d primitives for these operands (one float dtype):
+    else ops use their composite over im2col views and matmuls."""
+    dtype = arrays[0].dtype
+    return (
+        device.has("conv2d")
+        and dtype in ("float32", "float64")
+        and all(a.dtype == dtype for a in arrays)
+    )
+
+
+def conv2d(
+    kind: str, a: NDArray, b: NDArray, dims: tuple[int, ...], stride: int, padding: int
+) -> NDArray:
+    """One conv2d primitive on compact copies of a and b. kind "forward": a the NHWC input,
+    b the (kh, kw, c_in, c_out) weights, the result the output; "input_grad": a the adjoint,
+    b the weights, the result dx; "weight_grad": a the input, b the adjoint, the result dw.
+    dims = (n, h, w, c_in, kh, kw, c_out) of the forward conv."""
+    n, h, w, c_in, kh, kw, c_out = dims
+    if stride < 1 or padding < 0 or h + 2 * padding < kh or w + 2 * padding < kw:
+        raise ValueError(f"conv2d: bad stride {stride} or padding {padding} for {dims}")
+    oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    x, wt, y = (n, h, w, c_in), (kh, kw, c_in, c_out), (n, oh, ow, c_out)
+    shapes = {"forward": (x, wt, y), "input_grad": (y, wt, x), "weight_grad": (x, y, wt)}[kind]
+    if a.shape != shapes[0] or b.shape != shapes[1]:
+        raise ValueError(f"conv2d {kind}: operands {a.shape}, {b.shape} for {dims}")
+    out = NDArray._make(shapes[2], device=a.device, dtype=a.dtype)
+    name = "conv2d" if kind == "forward" else f"conv2d_{kind}"
+    fn = getattr(a.device, name)
+    fn(a.compact()._handle, b.compact()._handle, out._handle, *dims, stride, padding)
+    return out

@@ -9,6 +9,9 @@ from . import _primitive_stubs
 from ._primitive_stubs import *  # noqa: F403 - its __all__ (attributes, core primitives)
 from ._primitive_stubs import (
     batched_matmul as batched_matmul,
+    conv2d as conv2d,
+    conv2d_input_grad as conv2d_input_grad,
+    conv2d_weight_grad as conv2d_weight_grad,
     ewise_axpby as ewise_axpby,
     ewise_broadcast_binary as ewise_broadcast_binary,
     gather_rows as gather_rows,

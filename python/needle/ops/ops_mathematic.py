@@ -79,6 +79,7 @@ __all__ = [
     "Conv",
     "conv",
     "ConvWeightGrad",
+    "ConvInputGrad",
     "GetItem",
     "getitem",
     "GetItemGradient",
@@ -853,6 +854,12 @@ class Conv(TensorOp):
                 f"input channels {a.shape[3]} do not match weight channels {b.shape[2]}"
             )
         kh, kw, _, c_out = b.shape
+        h, w = a.shape[1] + 2 * self.padding, a.shape[2] + 2 * self.padding
+        if h < kh or w < kw:
+            raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {h}x{w}")
+        if _native_conv(a, b):
+            dims = a.shape + (kh, kw, c_out)
+            return nd.conv2d("forward", a, b, dims, self.stride, self.padding)
         cols, (n, h_out, w_out) = _im2col(a, kh, kw, self.stride, self.padding)
         out = cols @ b.compact().reshape(cols.shape[1], c_out)
         return out.reshape(n, h_out, w_out, c_out)
@@ -861,8 +868,51 @@ class Conv(TensorOp):
         x, w = node.inputs
         s, p = self.stride, self.padding
         return (
-            _conv_input_gradient(out_grad, x, w, s, p) if x.requires_grad else None,
+            conv_input_gradient(out_grad, x, w, s, p) if x.requires_grad else None,
             ConvWeightGrad(s, p, w.shape[:2])(x, out_grad) if w.requires_grad else None,
+        )
+
+
+def _native_conv(*arrays) -> bool:
+    """Whether the operands' device runs the conv2d primitives itself (the C++ CPU backend):
+    then conv and both its gradients are one primitive call each, implicit GEMMs that skip
+    the taps on padding; elsewhere they are im2col views, pads and matmuls."""
+    return all(isinstance(a, NDArray) for a in arrays) and nd.conv2d_native(
+        arrays[0].device, *arrays
+    )
+
+
+def conv_input_gradient(out_grad, x, w, s, p):
+    """d conv(x, w) / dx for the adjoint out_grad: one ConvInputGrad where the device runs
+    conv2d_input_grad, else the composite of _conv_input_gradient."""
+    data = (out_grad.realize_cached_data(), w.realize_cached_data())
+    if _native_conv(*data):
+        return ConvInputGrad(s, p, x.shape[1:3])(out_grad, w)
+    return _conv_input_gradient(out_grad, x, w, s, p)
+
+
+class ConvInputGrad(TensorOp):
+    """d conv(x, w) / dx for the adjoint g, (N, H_out, W_out, C_out) -> (N, H, W, C_in), by the
+    conv2d_input_grad primitive. Bilinear in (g, w): <V, dx(g, w)> = <conv(V, w), g>, so
+    d/dg = conv(V, w) and d/dw = conv's weight gradient for input V and adjoint g."""
+
+    name = "conv_input_gradient"
+
+    def __init__(self, stride: int, padding: int, size: tuple[int, int]):
+        self.stride, self.padding = stride, padding
+        self.size = tuple(size)
+
+    def compute(self, g: NDArray, w: NDArray):
+        kh, kw, c_in, c_out = w.shape
+        dims = (g.shape[0],) + self.size + (c_in, kh, kw, c_out)
+        return nd.conv2d("input_grad", g, w, dims, self.stride, self.padding)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        g, w = node.inputs
+        s, p = self.stride, self.padding
+        return (
+            conv(out_grad, w, stride=s, padding=p) if g.requires_grad else None,
+            ConvWeightGrad(s, p, w.shape[:2])(out_grad, g) if w.requires_grad else None,
         )
 
 
@@ -937,6 +987,19 @@ class ConvWeightGrad(TensorOp):
 
     def compute(self, x: NDArray, g: NDArray):
         kh, kw = self.kernel
+        if _native_conv(x, g) and x.ndim == 4 and g.ndim == 4:
+            s, p = self.stride, self.padding
+            out_shape = (
+                x.shape[0],
+                (x.shape[1] + 2 * p - kh) // s + 1,
+                (x.shape[2] + 2 * p - kw) // s + 1,
+            )
+            if g.shape[:3] != out_shape:
+                raise ValueError(
+                    f"adjoint {g.shape} does not match the output {out_shape} of input {x.shape}"
+                )
+            dims = x.shape + (kh, kw, g.shape[3])
+            return nd.conv2d("weight_grad", x, g, dims, self.stride, self.padding)
         cols, out_shape = _im2col(x, kh, kw, self.stride, self.padding)
         if g.ndim != 4 or g.shape[:3] != out_shape:
             raise ValueError(
@@ -949,7 +1012,7 @@ class ConvWeightGrad(TensorOp):
         x, g = node.inputs
         s, p = self.stride, self.padding
         return (
-            _conv_input_gradient(g, x, out_grad, s, p) if x.requires_grad else None,
+            conv_input_gradient(g, x, out_grad, s, p) if x.requires_grad else None,
             conv(x, out_grad, stride=s, padding=p) if g.requires_grad else None,
         )
 
