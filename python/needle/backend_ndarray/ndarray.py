@@ -882,6 +882,12 @@ class NDArray:
                     if out is not None:
                         return out
                 a, other = a.broadcast_to(shape), other.broadcast_to(shape)
+            if a._strides == other._strides and a._dense_view():
+                # Same permuted layout (NCHW views of NHWC data): run over the buffers as
+                # they lie, the result in that layout too, instead of compacting both.
+                out = NDArray._make(a._shape, a._strides, device, dtype=out_dtype or a._dtype)
+                getattr(device.mod, ewise_name)(a._handle, other._handle, out._handle)
+                return out
             out = NDArray._make(a._shape, device=device, dtype=out_dtype or a._dtype)
             if _size(out._shape):
                 getattr(device.mod, ewise_name)(
@@ -892,19 +898,37 @@ class NDArray:
         a = self
         if type(other) is not float or a._dtype not in FLOATS:
             a, other = _scalar_operands(a, other, scalar_name)
-        out = NDArray._make(a._shape, device=device, dtype=out_dtype or a._dtype)
+        dense = a._dense_view()
+        out = NDArray._make(
+            a._shape, a._strides if dense else None, device, dtype=out_dtype or a._dtype
+        )
         if _size(out._shape):
-            getattr(device.mod, scalar_name)(a.compact()._handle, other, out._handle)
+            getattr(device.mod, scalar_name)(
+                (a if dense else a.compact())._handle, other, out._handle
+            )
         return out
 
     def _unary(self, name: str) -> NDArray:
         a = self
         if a._dtype not in _TAKES[name]:
             a = a.astype(_compute_dtype(name, a._dtype))
-        out = NDArray._make(a._shape, device=a._device, dtype=a._dtype)
+        dense = a._dense_view()
+        out = NDArray._make(a._shape, a._strides if dense else None, a._device, dtype=a._dtype)
         if _size(out._shape):
-            getattr(a._device.mod, name)(a.compact()._handle, out._handle)
+            getattr(a._device.mod, name)((a if dense else a.compact())._handle, out._handle)
         return out
+
+    def _dense_view(self) -> bool:
+        """Whether this is a non-compact view that covers its whole buffer once in another
+        axis order (a permuted compact array): elementwise ops then keep its layout."""
+        if self._offset or self.is_compact() or _size(self._shape) != self._handle.size:
+            return False
+        expect = 1
+        for stride, n in sorted((s, n) for s, n in zip(self._strides, self._shape) if n != 1):
+            if stride != expect:
+                return False
+            expect *= n
+        return True
 
     # The operators: self (op) other for an NDArray other (broadcast) or a number, each
     # through the primitive pair ewise_<op> / scalar_<op> (reflected: scalar_r<op>).
