@@ -38,11 +38,15 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 template <class T>
 using Kernel = void (*)(int64_t, const T *, const T *, T *, int64_t, bool, int64_t);
-template <class T, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
-  return std::array<Kernel<T>, sizeof...(R) + 1>{nullptr, &microkernel::micro_kernel<T, R + 1>...};
+template <class T, int V, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
+  return std::array<Kernel<T>, sizeof...(R) + 1>{nullptr,
+                                                 &microkernel::micro_kernel<T, R + 1, V>...};
 }
-template <class T>
-constexpr auto kKernels = make_kernels<T>(std::make_integer_sequence<int, Blocking<T>::MR>{});
+// Micro-tiles of V vectors per row: MR rows at the GEMM's width, more rows when narrower.
+template <class T, int V>
+constexpr int64_t kRows = Blocking<T>::MR * microkernel::kVectorsPerRow / V;
+template <class T, int V = microkernel::kVectorsPerRow>
+constexpr auto kKernels = make_kernels<T, V>(std::make_integer_sequence<int, kRows<T, V>>{});
 
 // A grow-only, 64-byte aligned scratch buffer per thread and slot.
 template <class T, int Slot> T *scratch(int64_t elements) {
@@ -64,13 +68,30 @@ template <class T, int Slot> T *scratch(int64_t elements) {
 // where column k0 lands in the full weight-gradient matrix.
 struct Run { int64_t k0, offset, len, target; };
 
+// dst[0, n) = src[0, n) for the short runs of a gather (a kernel row's taps: tens of values),
+// inline: a call to memcpy per run cost more than the copy.
+template <class T> inline void copy_run(const T *__restrict src, int64_t n, T *__restrict dst) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    for (; n >= 16; n -= 16, src += 16, dst += 16) _mm512_storeu_ps(dst, _mm512_loadu_ps(src));
+    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+    return _mm512_mask_storeu_ps(dst, m, _mm512_maskz_loadu_ps(m, src));
+  } else {
+    for (; n >= 8; n -= 8, src += 8, dst += 8) _mm512_storeu_pd(dst, _mm512_loadu_pd(src));
+    const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
+    return _mm512_mask_storeu_pd(dst, m, _mm512_maskz_loadu_pd(m, src));
+  }
+#endif
+  std::copy_n(src, n, dst);
+}
+
 // Copies depth [d0, d0 + dd) of one gathered row into dst.
 template <class T>
 inline void gather_runs(const T *base, const std::vector<Run> &runs, int64_t d0, int64_t dd,
                         T *dst) {
   for (const Run &r : runs) {
     const int64_t lo = std::max(r.k0, d0), hi = std::min(r.k0 + r.len, d0 + dd);
-    if (lo < hi) std::memcpy(dst + (lo - d0), base + r.offset + (lo - r.k0), (hi - lo) * sizeof(T));
+    if (lo < hi) copy_run(base + r.offset + (lo - r.k0), hi - lo, dst + (lo - d0));
   }
 }
 
@@ -125,9 +146,9 @@ template <class T> struct Gathered {
   std::vector<Run> runs;
 };
 
-// The rows [t0, t1) of row tiles of one class on the calling thread.
-template <class T> void gathered_rows(const Gathered<T> &g, int64_t t0, int64_t t1) {
-  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR, KC = Blocking<T>::KC;
+// The rows [t0, t1) of row tiles of one class on the calling thread, V vectors per row.
+template <class T, int V> void gathered_rows(const Gathered<T> &g, int64_t t0, int64_t t1) {
+  constexpr int64_t MR = kRows<T, V>, NR = V * microkernel::Simd<T>::width, KC = Blocking<T>::KC;
   const int64_t m = static_cast<int64_t>(g.a_rows.size()), p = g.p, depth = g.depth;
   if (depth == 0) {
     for (int64_t i = t0 * MR; i < std::min(m, t1 * MR); ++i) std::fill_n(g.c_rows[i], p, T(0));
@@ -151,7 +172,7 @@ template <class T> void gathered_rows(const Gathered<T> &g, int64_t t0, int64_t 
   }
   for (int64_t it = t0; it < t1; ++it) {
     const int64_t i0 = it * MR, rows = std::min(MR, m - i0);
-    const Kernel<T> kernel = kKernels<T>[rows];
+    const Kernel<T> kernel = kKernels<T, V>[rows];
     for (int64_t d0 = 0; d0 < depth; d0 += kc) {
       const int64_t dd = std::min(kc, depth - d0);
       for (int64_t r = 0; r < rows; ++r)
@@ -164,17 +185,24 @@ template <class T> void gathered_rows(const Gathered<T> &g, int64_t t0, int64_t 
   }
 }
 
-// Every class, each class's row tiles split across the threads.
-template <class T> void run_gathered(const std::vector<Gathered<T>> &classes) {
-  constexpr int64_t MR = Blocking<T>::MR;
+// Every class, each class's row tiles split across the threads. Outputs at most half the
+// GEMM's NR wide use one vector per row (16 float channels: half the multiply-adds).
+template <class T, int V> void run_gathered_by(const std::vector<Gathered<T>> &classes) {
   int64_t work = 0;
   for (const auto &g : classes) work += static_cast<int64_t>(g.a_rows.size()) * g.depth * g.p;
   parallel(threads_for(work, kMinMultiplyAddsPerThread), [&](int t, int n) {
     for (const auto &g : classes) {
-      const Range mine = split_range(ceil_div(static_cast<int64_t>(g.a_rows.size()), MR), t, n);
-      if (mine.begin < mine.end) gathered_rows(g, mine.begin, mine.end);
+      const int64_t tiles = ceil_div(static_cast<int64_t>(g.a_rows.size()), kRows<T, V>);
+      const Range mine = split_range(tiles, t, n);
+      if (mine.begin < mine.end) gathered_rows<T, V>(g, mine.begin, mine.end);
     }
   });
+}
+template <class T> void run_gathered(const std::vector<Gathered<T>> &classes) {
+  constexpr int V = microkernel::kVectorsPerRow;
+  if (V > 1 && !classes.empty() && classes[0].p * 2 <= Blocking<T>::NR)
+    return run_gathered_by<T, 1>(classes);
+  run_gathered_by<T, V>(classes);
 }
 
 // The runs of a forward class: one per kernel row, its taps' channels contiguous in NHWC.
@@ -220,15 +248,28 @@ template <class T> void conv2d(const ConvShape &s, const T *x, const T *w, T *ou
 
 template <class T> void conv2d_input_grad(const ConvShape &s, const T *g, const T *w, T *dx) {
   const int64_t oh = s.out_h(), ow = s.out_w();
-  // B rows are (tap, c_out) rows of c_in values: the weights with their last two axes swapped.
-  std::vector<T> wt(s.kh * s.kw * s.c_out * s.c_in);
+  const auto h_classes = input_classes(s.h, s.kh, s.stride, s.pad, oh);
+  const auto w_classes = input_classes(s.w, s.kw, s.stride, s.pad, ow);
+  // B rows are (tap, c_out) rows of c_in values: the weights of the taps some class uses,
+  // their last two axes swapped, in a scratch buffer of this thread (no page faults).
+  std::vector<int64_t> slot(s.kh * s.kw, -1);
+  int64_t used = 0;
+  for (const AxisClass &hc : h_classes)
+    for (const AxisClass &wc : w_classes)
+      for (int64_t a = 0; a < hc.count; ++a)
+        for (int64_t b = 0; b < wc.count; ++b) {
+          int64_t &tap = slot[(hc.first + a * s.stride) * s.kw + wc.first + b * s.stride];
+          if (tap < 0) tap = used++;
+        }
+  T *const wt = scratch<T, 2>(used * s.c_out * s.c_in);
   for (int64_t tap = 0; tap < s.kh * s.kw; ++tap)
-    for (int64_t ci = 0; ci < s.c_in; ++ci)
-      for (int64_t co = 0; co < s.c_out; ++co)
-        wt[(tap * s.c_out + co) * s.c_in + ci] = w[(tap * s.c_in + ci) * s.c_out + co];
+    if (slot[tap] >= 0)
+      for (int64_t ci = 0; ci < s.c_in; ++ci)
+        for (int64_t co = 0; co < s.c_out; ++co)
+          wt[(slot[tap] * s.c_out + co) * s.c_in + ci] = w[(tap * s.c_in + ci) * s.c_out + co];
   std::vector<Gathered<T>> classes;
-  for (const AxisClass &hc : input_classes(s.h, s.kh, s.stride, s.pad, oh))
-    for (const AxisClass &wc : input_classes(s.w, s.kw, s.stride, s.pad, ow)) {
+  for (const AxisClass &hc : h_classes)
+    for (const AxisClass &wc : w_classes) {
       Gathered<T> &c = classes.emplace_back();
       c.depth = hc.count * wc.count * s.c_out;
       c.p = s.c_in;
@@ -237,9 +278,9 @@ template <class T> void conv2d_input_grad(const ConvShape &s, const T *g, const 
         for (int64_t b = 0; b < wc.count; ++b) {
           const int64_t k0 = (a * wc.count + b) * s.c_out;
           c.runs.push_back({k0, -(a * ow + b) * s.c_out, s.c_out, 0});
-          const int64_t tap = (hc.first + a * s.stride) * s.kw + wc.first + b * s.stride;
+          const int64_t tap = slot[(hc.first + a * s.stride) * s.kw + wc.first + b * s.stride];
           for (int64_t co = 0; co < s.c_out; ++co)
-            c.b_rows.push_back(wt.data() + (tap * s.c_out + co) * s.c_in);
+            c.b_rows.push_back(wt + (tap * s.c_out + co) * s.c_in);
         }
       for_pixels(s, hc, wc, s.h, s.w, [&](int64_t b, int64_t y, int64_t xx, int64_t pixel) {
         const int64_t gy = (y + s.pad - hc.first) / s.stride,
@@ -252,7 +293,8 @@ template <class T> void conv2d_input_grad(const ConvShape &s, const T *g, const 
 }
 
 // dw^T (c_out x K) = sum over classes of g_c^T (c_out x pixels) @ x_c (pixels x the class's
-// taps), K = kh kw c_in. Each thread owns a range of dw's K rows across every class.
+// taps), K = kh kw c_in, each tile added into dw transposed. Each thread owns a range of dw's
+// K rows across every class.
 template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const T *g, T *dw) {
   constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR, KC = Blocking<T>::KC;
   constexpr int64_t kColBlock = 8 * NR;
@@ -289,10 +331,10 @@ template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const
     bound[t] = std::lower_bound(col_work.begin(), col_work.end(), col_work[K] * t / threads) -
                col_work.begin();
   bound[0] = 0;
-  std::vector<T> dwt(co * K, T(0));  // dw^T, transposed into dw at the end
   const int64_t row_tiles = ceil_div(co, MR);
   parallel(threads, [&](int t, int n) {
     const Range owned = n == threads ? Range{bound[t], bound[t + 1]} : Range{0, K};
+    std::fill(dw + owned.begin * co, dw + owned.end * co, T(0));
     T *const a_pack = scratch<T, 0>(row_tiles * MR * KC);
     T *const b_pack = scratch<T, 1>(KC * kColBlock + MR * NR);
     T *const tile = b_pack + KC * kColBlock;
@@ -331,9 +373,9 @@ template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const
             for (int64_t jt = 0; jt < col_tiles; ++jt) {
               kKernels<T>[rows](dd, a_pack + it *MR *KC, b_pack + jt *NR *dd, tile, NR, false, NR);
               const int64_t jb = c0 + jt * NR, width = std::min(NR, cols - jt * NR);
-              for (int64_t r = 0; r < rows; ++r) {
-                T *dst = dwt.data() + (it * MR + r) * K;
-                for (int64_t j = 0; j < width; ++j) dst[target[jb + j]] += tile[r * NR + j];
+              for (int64_t j = 0; j < width; ++j) {
+                T *dst = dw + target[jb + j] * co + it * MR;
+                for (int64_t r = 0; r < rows; ++r) dst[r] += tile[r * NR + j];
               }
             }
           }
@@ -341,8 +383,6 @@ template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const
       }
     }
   });
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t o = 0; o < co; ++o) dw[k * co + o] = dwt[o * K + k];
 }
 
 template void conv2d<float>(const ConvShape &, const float *, const float *, float *);
