@@ -215,6 +215,11 @@ def torch_conv(x, w, stride=1, padding=1):
     return out.permute(0, 2, 3, 1)
 
 
+def torch_conv_nchw(x, w, b, stride=1, padding=1):
+    """ops.conv with layout "NCHW" and a bias: torch's conv2d, weights (k, k, c_in, c_out)."""
+    return F.conv2d(x, w.permute(3, 2, 0, 1).contiguous(), b, stride=stride, padding=padding)
+
+
 def torch_conv_weight_gradient(x, g, stride, padding, kernel):
     w = torch.zeros(kernel + (x.shape[3], g.shape[3]), dtype=x.dtype, requires_grad=True)
     (dw,) = torch.autograd.grad(torch_conv(x, w, stride, padding), w, g, create_graph=True)
@@ -1028,6 +1033,17 @@ SPECS = [
                 [(1, 4, 4, 2), (3, 3, 2, 2)], {"stride": 0}, ValueError, r"^conv: need stride >= 1"
             ),
         ],
+    ),
+    OpSpec(
+        ops.Conv,
+        None,
+        torch_conv_nchw,
+        [
+            Sample((n, c_in, h, w), (k, k, c_in, c_out), (c_out,), stride=s, padding=p)
+            for n, h, w, c_in, c_out, k, s, p in CONV_CASES[::3]
+        ],
+        call=lambda x, w, b, stride, padding: ops.conv(x, w, stride, padding, b, "NCHW"),
+        tol=(1e-4, 1e-4),
     ),
     OpSpec(
         ops.ConvWeightGrad,
