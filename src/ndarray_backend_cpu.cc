@@ -32,6 +32,7 @@
 #include "array_binding.h"
 #include "common/view_check.h"
 #include "cpu/array.h"
+#include "cpu/batch_norm.h"
 #include "cpu/conv.h"
 #include "cpu/elementwise.h"
 #include "cpu/gemm.h"
@@ -379,6 +380,40 @@ void layer_norm_rows(const Array &a, Array &out, int64_t rows, int64_t cols, dou
   with_typed<Floats>(a, out, [&](auto *x, auto *y) { layer_norm_each_row(x, y, rows, cols, eps); });
 }
 
+void batch_norm_rows_primitive(const Array &a, const Array &weight, const Array &bias, Array &out,
+                               Array &mean, Array &var, int64_t rows, int64_t cols, double eps) {
+  check_size("batch_norm_rows", "a", rows * cols, a.size);
+  check_size("batch_norm_rows", "out", rows * cols, out.size);
+  for (const Array *v :
+       {&weight, &bias, static_cast<const Array *>(&mean), static_cast<const Array *>(&var)})
+    check_size("batch_norm_rows", "a per-feature array", cols, v->size);
+  const DType dtype = common_dtype(a, weight, bias, out, mean, var);
+  GilRelease unlocked(rows * cols);
+  dispatch<Floats>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    batch_norm_rows(a.data<T>(), weight.data<T>(), bias.data<T>(), out.data<T>(), mean.data<T>(),
+                    var.data<T>(), rows, cols, eps);
+  });
+}
+
+void batch_norm_rows_grad_primitive(const Array &dy, const Array &a, const Array &mean,
+                                    const Array &inv_std, const Array &weight, Array &dx,
+                                    Array &d_weight, Array &d_bias, int64_t rows, int64_t cols) {
+  for (const Array *v : {&dy, &a, static_cast<const Array *>(&dx)})
+    check_size("batch_norm_rows_grad", "a (rows, cols) array", rows * cols, v->size);
+  for (const Array *v : {&mean, &inv_std, &weight, static_cast<const Array *>(&d_weight),
+                         static_cast<const Array *>(&d_bias)})
+    check_size("batch_norm_rows_grad", "a per-feature array", cols, v->size);
+  const DType dtype = common_dtype(dy, a, mean, inv_std, weight, dx, d_weight, d_bias);
+  GilRelease unlocked(rows * cols);
+  dispatch<Floats>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    batch_norm_rows_grad(dy.data<T>(), a.data<T>(), mean.data<T>(), inv_std.data<T>(),
+                         weight.data<T>(), dx.data<T>(), d_weight.data<T>(), d_bias.data<T>(), rows,
+                         cols);
+  });
+}
+
 // The middle axis of a compact (outer, reduce_size, inner) array.
 void check_middle_axis(const Array &a, const Array &out, int64_t outer, int64_t reduce_size,
                        int64_t inner) {
@@ -559,6 +594,10 @@ NB_MODULE(ndarray_backend_cpu, m) {
 
   def(m, "softmax_rows", &softmax_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "log"_a);
   def(m, "layer_norm_rows", &layer_norm_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "eps"_a);
+  def(m, "batch_norm_rows", &batch_norm_rows_primitive, "a"_a, "weight"_a, "bias"_a, "out"_a,
+      "mean"_a, "var"_a, "rows"_a, "cols"_a, "eps"_a);
+  def(m, "batch_norm_rows_grad", &batch_norm_rows_grad_primitive, "dy"_a, "a"_a, "mean"_a,
+      "inv_std"_a, "weight"_a, "dx"_a, "d_weight"_a, "d_bias"_a, "rows"_a, "cols"_a);
   def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,

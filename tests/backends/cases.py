@@ -711,6 +711,26 @@ def _conv2d(prim, backend, rng):
         )
 
 
+# (rows, features): one row, fewer rows than a chunk of the sums (256), several chunks with a
+# ragged last one, features across a SIMD vector.
+NORM_SHAPES = [(1, 3), (2, 1), (7, 5), (300, 16), (513, 33), (1030, 7)]
+
+
+def _batch_norm_rows(prim, backend, rng):
+    for rows, cols in NORM_SHAPES:
+        x = rng.standard_normal(rows * cols) * 3 + 1.5
+        w, b = rng.standard_normal(cols), rng.standard_normal(cols)
+        if prim.name == "batch_norm_rows":
+            outs = (Out(rows * cols), Out(cols), Out(cols))
+            args = (x, w, b, *outs, rows, cols, 1e-5)
+        else:
+            mean, inv_std = rng.standard_normal(cols), rng.random(cols) + 0.5
+            dy = rng.standard_normal(rows * cols)
+            outs = (Out(rows * cols), Out(cols), Out(cols))
+            args = (dy, x, mean, inv_std, w, *outs, rows, cols)
+        yield Case(f"({rows}, {cols})", args, matmul_tol(4 * rows))
+
+
 GENERATORS: dict[str, Callable] = {
     "to_numpy": _to_numpy,
     "from_numpy": _from_numpy,
@@ -732,6 +752,8 @@ GENERATORS: dict[str, Callable] = {
     "scatter_add_rows": _scatter_add_rows,
     "softmax_rows": _softmax_rows,
     "layer_norm_rows": _layer_norm_rows,
+    "batch_norm_rows": _batch_norm_rows,
+    "batch_norm_rows_grad": _batch_norm_rows,
     "conv2d": _conv2d,
     "conv2d_input_grad": _conv2d,
     "conv2d_weight_grad": _conv2d,

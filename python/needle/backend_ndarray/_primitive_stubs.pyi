@@ -185,4 +185,27 @@ def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> 
 def scatter_add_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None: ...
 def softmax_rows(a: Array, out: Array, rows: int, cols: int, log: bool) -> None: ...
 def layer_norm_rows(a: Array, out: Array, rows: int, cols: int, eps: float) -> None: ...
+def batch_norm_rows(
+    a: Array,
+    weight: Array,
+    bias: Array,
+    out: Array,
+    mean: Array,
+    var: Array,
+    rows: int,
+    cols: int,
+    eps: float,
+) -> None: ...
+def batch_norm_rows_grad(
+    dy: Array,
+    a: Array,
+    mean: Array,
+    inv_std: Array,
+    weight: Array,
+    dx: Array,
+    d_weight: Array,
+    d_bias: Array,
+    rows: int,
+    cols: int,
+) -> None: ...
 def synchronize() -> None: ...

@@ -219,6 +219,29 @@ def conv2d_weight_grad(a, b, out, n, height, width, c_in, kh, kw, c_out, stride,
     out.array[: dw.size] = dw.reshape(-1)
 
 
+def batch_norm_rows(a, weight, bias, out, mean, var, rows, cols, eps) -> None:
+    """Each column (feature) of the compact (rows, cols) a normalised over the rows: out =
+    (a - mean) / sqrt(var + eps) * weight + bias, with the mean and biased var also written."""
+    x = a.array[: rows * cols].reshape(rows, cols).astype(np.float64)
+    m, v = x.mean(axis=0), x.var(axis=0)
+    w, b = weight.array[:cols], bias.array[:cols]
+    y = (x - m) / np.sqrt(v + eps) * w + b
+    out.array[: rows * cols] = y.reshape(-1)
+    mean.array[:cols], var.array[:cols] = m, v
+
+
+def batch_norm_rows_grad(dy, a, mean, inv_std, weight, dx, d_weight, d_bias, rows, cols) -> None:
+    """batch_norm_rows's gradient for the adjoint dy: d_bias = sum dy, d_weight = sum dy xhat,
+    dx = weight inv_std (dy - d_bias / rows - xhat d_weight / rows), xhat = (a - mean) inv_std."""
+    g = dy.array[: rows * cols].reshape(rows, cols).astype(np.float64)
+    x = a.array[: rows * cols].reshape(rows, cols)
+    m, s, w = mean.array[:cols], inv_std.array[:cols], weight.array[:cols]
+    xhat = (x - m) * s
+    db, dw = g.sum(axis=0), (g * xhat).sum(axis=0)
+    dx.array[: rows * cols] = (w * s * (g - db / rows - xhat * dw / rows)).reshape(-1)
+    d_weight.array[:cols], d_bias.array[:cols] = dw, db
+
+
 # ---- rows by index --------------------------------------------------------------------
 def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
     """Row i of out = row indices[i] of a, for i < n; rows are row_size elements. indices

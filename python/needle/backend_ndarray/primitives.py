@@ -482,6 +482,56 @@ def _fallback_conv2d_input_grad(
     )
 
 
+def _column_spread(mod, a, v, rows, cols, op, out):
+    """out = a (op) v repeated over the rows (v has cols elements)."""
+    spread = _temp(mod, a, rows * cols)
+    mod.compact(v, spread, (rows, cols), (0, 1), 0)
+    getattr(mod, op)(a, spread, out)
+
+
+def _column_sum(mod, a, rows, cols, out):
+    """out[c] = sum over the rows of column c of the compact (rows, cols) a."""
+    t = _temp(mod, a, rows * cols)
+    mod.compact(a, t, (cols, rows), (1, cols), 0)
+    mod.reduce_sum(t, out, rows)
+
+
+def _fallback_batch_norm_rows(mod, a, weight, bias, out, mean, var, rows, cols, eps):
+    n = rows * cols
+    centred, square, scale = _temp(mod, a, n), _temp(mod, a, n), _temp(mod, a, cols)
+    _column_sum(mod, a, rows, cols, scale)
+    mod.scalar_div(scale, float(rows), mean)
+    _column_spread(mod, a, mean, rows, cols, "ewise_sub", centred)
+    mod.ewise_mul(centred, centred, square)
+    _column_sum(mod, square, rows, cols, scale)
+    mod.scalar_div(scale, float(rows), var)
+    mod.scalar_add(var, eps, scale)
+    mod.ewise_rsqrt(scale, scale)
+    mod.ewise_mul(scale, weight, scale)
+    _column_spread(mod, centred, scale, rows, cols, "ewise_mul", square)
+    _column_spread(mod, square, bias, rows, cols, "ewise_add", out)
+
+
+def _fallback_batch_norm_rows_grad(
+    mod, dy, a, mean, inv_std, weight, dx, d_weight, d_bias, rows, cols
+):
+    n = rows * cols
+    xhat, t, u, v = (_temp(mod, a, n) for _ in range(4))
+    col = _temp(mod, a, cols)
+    _column_spread(mod, a, mean, rows, cols, "ewise_sub", t)
+    _column_spread(mod, t, inv_std, rows, cols, "ewise_mul", xhat)
+    _column_sum(mod, dy, rows, cols, d_bias)
+    mod.ewise_mul(dy, xhat, t)
+    _column_sum(mod, t, rows, cols, d_weight)
+    mod.scalar_div(d_bias, float(rows), col)
+    _column_spread(mod, dy, col, rows, cols, "ewise_sub", u)
+    mod.scalar_div(d_weight, float(rows), col)
+    _column_spread(mod, xhat, col, rows, cols, "ewise_mul", v)
+    mod.ewise_sub(u, v, t)
+    mod.ewise_mul(weight, inv_std, col)
+    _column_spread(mod, t, col, rows, cols, "ewise_mul", dx)
+
+
 def _fallback_synchronize(mod):
     """A synchronous backend has nothing to wait for."""
 
@@ -719,6 +769,29 @@ def _table() -> dict[str, Primitive]:
         "biased variance (layer_norm's normalisation)",
         dtypes=FLOATS,
         fallback=_fallback_layer_norm_rows,
+    )
+    add(
+        "batch_norm_rows",
+        "a:array, weight:array, bias:array, out:out, mean:out, var:out, rows:int, cols:int, "
+        "eps:float",
+        "reduce",
+        False,
+        "each column of a compact (rows, cols) a over the rows: out = (a - mean) / sqrt(var + "
+        "eps) * weight + bias, and its mean and biased var (batch_norm's forward)",
+        dtypes=FLOATS,
+        fallback=_fallback_batch_norm_rows,
+    )
+    add(
+        "batch_norm_rows_grad",
+        "dy:array, a:array, mean:array, inv_std:array, weight:array, dx:out, d_weight:out, "
+        "d_bias:out, rows:int, cols:int",
+        "reduce",
+        False,
+        "batch_norm_rows's gradient: d_bias = column sums of dy, d_weight = of dy * xhat, dx = "
+        "weight * inv_std * (dy - d_bias / rows - xhat * d_weight / rows), xhat = (a - mean) * "
+        "inv_std",
+        dtypes=FLOATS,
+        fallback=_fallback_batch_norm_rows_grad,
     )
     add(
         "synchronize",
