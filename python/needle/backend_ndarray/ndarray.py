@@ -1045,6 +1045,17 @@ class NDArray:
         if axis == ():
             raise ValueError(f"{name[len('reduce_') :]}: empty axis tuple (use axis=None for all)")
         axes = _normalize_axes(axis, self.ndim)
+        if self._dense_view():
+            # A permuted compact array (NCHW views of NHWC data): reduce it in memory order,
+            # where the reduced axes are often a run (no permuted copy), and permute back.
+            order = tuple(sorted(range(self.ndim), key=lambda i: -self._strides[i]))
+            moved = self.permute(order)
+            if moved.is_compact():
+                res = moved._reduce(tuple(sorted(order.index(a) for a in axes)), keepdims, name)
+                if keepdims:
+                    return res.permute(tuple(order.index(i) for i in range(self.ndim)))
+                rest = [a for a in order if a not in axes]
+                return res.permute(tuple(rest.index(a) for a in sorted(rest)))
         kept = tuple(i for i in range(self.ndim) if i not in axes)
         out_shape = (
             tuple(1 if i in axes else d for i, d in enumerate(self._shape))

@@ -14,7 +14,15 @@ from typing import Any, overload
 import numpy as np
 
 from .. import backend_ndarray as nd
-from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp, array_device, array_of
+from ..autograd import (
+    Saved,
+    Tensor,
+    TensorOp,
+    TensorTuple,
+    TensorTupleOp,
+    array_device,
+    array_of,
+)
 from ..backend_ndarray import NDArray
 from .ops_tuple import make_tuple
 
@@ -877,8 +885,11 @@ class Conv(TensorOp):
         h, w = a.shape[1] + 2 * self.padding, a.shape[2] + 2 * self.padding
         if h < kh or w < kw:
             raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {h}x{w}")
+        copied = None
         if _native_conv(a, b):
             dims = a.shape + (kh, kw, c_out)
+            if not a.is_compact():  # an NCHW input: compacted once, the weight gradient
+                a = copied = a.compact()  # reads the copy again (node.saved.x)
             out = nd.conv2d("forward", a, b, dims, self.stride, self.padding)
         else:
             cols, (n, h_out, w_out) = _im2col(a, kh, kw, self.stride, self.padding)
@@ -886,14 +897,18 @@ class Conv(TensorOp):
             out = out.reshape(n, h_out, w_out, c_out)
         if bias is not None:
             out = out + bias.reshape((1, 1, 1, c_out))
-        return _from_nhwc(out, self.layout)
+        out = _from_nhwc(out, self.layout)
+        return out if copied is None else Saved(out, x=copied)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, w = node.inputs[:2]
         s, p, layout = self.stride, self.padding, self.layout
+        saved = getattr(node.saved, "x", None)
         grads = (
             conv_input_gradient(out_grad, x, w, s, p, layout) if x.requires_grad else None,
-            ConvWeightGrad(s, p, w.shape[:2], layout)(x, out_grad) if w.requires_grad else None,
+            ConvWeightGrad(s, p, w.shape[:2], layout, saved)(x, out_grad)
+            if w.requires_grad
+            else None,
         )
         if len(node.inputs) == 2:
             return grads
@@ -1017,14 +1032,24 @@ class ConvWeightGrad(TensorOp):
 
     name = "conv_weight_gradient"
 
-    def __init__(self, stride: int, padding: int, kernel: tuple[int, int], layout: str = "NHWC"):
+    def __init__(
+        self,
+        stride: int,
+        padding: int,
+        kernel: tuple[int, int],
+        layout: str = "NHWC",
+        x_nhwc: NDArray | None = None,
+    ):
         self.stride, self.padding, self.layout = stride, padding, layout
         self.kernel = tuple(kernel)
+        self.x_nhwc = x_nhwc  # the forward's compact NHWC copy of x, when it made one
 
     def compute(self, x: NDArray, g: NDArray):
         kh, kw = self.kernel
         if x.ndim == 4 and g.ndim == 4:
             x, g = _nhwc(x, self.layout), _nhwc(g, self.layout)
+            if self.x_nhwc is not None and self.x_nhwc.shape == x.shape:
+                x = self.x_nhwc
         if _native_conv(x, g) and x.ndim == 4 and g.ndim == 4:
             s, p = self.stride, self.padding
             out_shape = (
