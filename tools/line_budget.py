@@ -59,9 +59,9 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
         ),
         1520,
     ),
-    # issue 17: +283 for the conv2d and batch_norm_rows rows, their fallbacks and NumPy
-    # references, NDArray's conv2d call and its layout-keeping elementwise ops
-    ("backend_ndarray", ("python/needle/backend_ndarray/*.py",), 3233),
+    # issue 17: +294 for the conv2d and batch_norm_rows rows, their fallbacks and NumPy
+    # references, NDArray's conv2d call, its layout-keeping elementwise ops and reductions
+    ("backend_ndarray", ("python/needle/backend_ndarray/*.py",), 3244),
     ("metal kernels", ("python/needle/backend_ndarray/metal/*.metal",), 640),
     ("nn", ("python/needle/nn/*.py",), 1670),
     ("optim", ("python/needle/optim.py",), 280),
