@@ -338,6 +338,7 @@ template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const
     T *const a_pack = scratch<T, 0>(row_tiles * MR * KC);
     T *const b_pack = scratch<T, 1>(KC * kColBlock + MR * NR);
     T *const tile = b_pack + KC * kColBlock;
+    std::vector<Run> pieces;  // {panel position, source offset, length}
     for (const Class &c : classes) {
       // The class's columns whose rows of dw this thread owns (targets grow with the column).
       std::vector<int64_t> target(c.cols);
@@ -360,14 +361,24 @@ template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const
         }
         for (int64_t c0 = j0; c0 < j1; c0 += kColBlock) {
           const int64_t cols = std::min(kColBlock, j1 - c0), col_tiles = ceil_div(cols, NR);
-          for (int64_t jt = 0; jt < col_tiles; ++jt) {  // B = x's taps, NR columns per panel
-            T *panel = b_pack + jt * NR * dd;
-            const int64_t width = std::min(NR, cols - jt * NR);
-            for (int64_t k = 0; k < dd; ++k) {
-              gather_runs(c.x_rows[d0 + k], c.runs, c0 + jt * NR, width, panel + k * NR);
-              std::fill(panel + k * NR + width, panel + (k + 1) * NR, T(0));
+          // B = x's taps, NR columns per panel: the runs cut at the panels' edges once, then
+          // per depth step one copy per piece (not a scan of every run per panel).
+          pieces.clear();
+          for (const Run &r : c.runs)
+            for (int64_t j = std::max(r.k0, c0); j < std::min(r.k0 + r.len, c0 + cols);) {
+              const int64_t jj = j - c0,
+                            len = std::min({NR - jj % NR, r.k0 + r.len - j, c0 + cols - j});
+              pieces.push_back({jj / NR * NR * dd + jj % NR, r.offset + (j - r.k0), len, 0});
+              j += len;
             }
-          }
+          if (const int64_t width = cols - (col_tiles - 1) * NR; width < NR)
+            for (int64_t k = 0; k < dd; ++k) {
+              T *row = b_pack + (col_tiles - 1) * NR * dd + k * NR;
+              std::fill(row + width, row + NR, T(0));
+            }
+          for (int64_t k = 0; k < dd; ++k)
+            for (const Run &piece : pieces)
+              copy_run(c.x_rows[d0 + k] + piece.offset, piece.len, b_pack + piece.k0 + k * NR);
           for (int64_t it = 0; it < row_tiles; ++it) {
             const int64_t rows = std::min(MR, co - it * MR);
             for (int64_t jt = 0; jt < col_tiles; ++jt) {
