@@ -32,6 +32,8 @@
 #include "array_binding.h"
 #include "common/view_check.h"
 #include "cpu/array.h"
+#include "cpu/batch_norm.h"
+#include "cpu/conv.h"
 #include "cpu/elementwise.h"
 #include "cpu/gemm.h"
 #include "cpu/reduce.h"
@@ -231,6 +233,58 @@ void matmul_tiled(const Array &a, const Array &b, Array &out, size_t m, size_t n
   });
 }
 
+// ---- convolution (cpu/conv.h) ---------------------------------------------------------
+
+// The shape of a conv2d primitive's call, every parameter and array size checked: `first` is
+// the array read as the NHWC input (x) or the adjoint (g), `second` the weights or the
+// adjoint, `out` the result (y, dx or dw).
+enum class ConvRole { Forward, InputGrad, WeightGrad };
+ConvShape checked_conv(const char *what, ConvRole role, const Array &first, const Array &second,
+                       const Array &out, int64_t n, int64_t h, int64_t w, int64_t c_in, int64_t kh,
+                       int64_t kw, int64_t c_out, int64_t stride, int64_t pad) {
+  auto fail = [&](const std::string &problem) {
+    throw nb::value_error((std::string(what) + ": " + problem).c_str());
+  };
+  for (int64_t v : {n, h, w, c_in, kh, kw, c_out, stride, pad})
+    if (v < 0 || v > (int64_t{1} << 31)) fail("sizes must lie in [0, 2^31]");
+  if (kh < 1 || kw < 1 || stride < 1) fail("need kernel sizes and stride >= 1");
+  if (h + 2 * pad < kh || w + 2 * pad < kw) fail("the kernel is larger than the padded input");
+  const ConvShape s{n, h, w, c_in, kh, kw, c_out, stride, pad};
+  auto elements = [&](std::initializer_list<int64_t> dims) {
+    int64_t total = 1;
+    for (int64_t d : dims)
+      if (__builtin_mul_overflow(total, d, &total)) fail("sizes overflow");
+    return total;
+  };
+  const int64_t xs = elements({n, h, w, c_in}), ws = elements({kh, kw, c_in, c_out});
+  const int64_t gs = elements({n, s.out_h(), s.out_w(), c_out});
+  const int64_t sizes[3][3] = {{xs, ws, gs}, {gs, ws, xs}, {xs, gs, ws}};
+  const int64_t *need = sizes[static_cast<int>(role)];
+  check_size(what, "first operand", need[0], first.size);
+  check_size(what, "second operand", need[1], second.size);
+  check_size(what, "out", need[2], out.size);
+  return s;
+}
+
+template <ConvRole Role>
+void conv2d_primitive(const Array &a, const Array &b, Array &out, int64_t n, int64_t height,
+                      int64_t width, int64_t c_in, int64_t kh, int64_t kw, int64_t c_out,
+                      int64_t stride, int64_t padding) {
+  constexpr const char *names[] = {"conv2d", "conv2d_input_grad", "conv2d_weight_grad"};
+  const char *what = names[static_cast<int>(Role)];
+  const ConvShape s =
+      checked_conv(what, Role, a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding);
+  const DType dtype = common_dtype(a, b, out);
+  GilRelease unlocked(n * s.out_h() * s.out_w() * c_out * kh * kw * std::max<int64_t>(c_in, 1));
+  dispatch<Floats>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T *x = a.data<T>(), *y = b.data<T>();
+    if constexpr (Role == ConvRole::Forward) conv2d(s, x, y, out.data<T>());
+    if constexpr (Role == ConvRole::InputGrad) conv2d_input_grad(s, x, y, out.data<T>());
+    if constexpr (Role == ConvRole::WeightGrad) conv2d_weight_grad(s, x, y, out.data<T>());
+  });
+}
+
 // ---- reductions -----------------------------------------------------------------------
 
 // ---- binary ops against a repeated vector -----------------------------------------------
@@ -401,6 +455,37 @@ void softmax_grad_rows(const Array &s, const Array &g, Array &out, int64_t rows,
       for (int64_t r = begin; r < end; ++r)
         softmax_grad_row(ps + r * cols, pg + r * cols, po + r * cols, cols);
     });
+void batch_norm_rows_primitive(const Array &a, const Array &weight, const Array &bias, Array &out,
+                               Array &mean, Array &var, int64_t rows, int64_t cols, double eps) {
+  check_size("batch_norm_rows", "a", rows * cols, a.size);
+  check_size("batch_norm_rows", "out", rows * cols, out.size);
+  for (const Array *v :
+       {&weight, &bias, static_cast<const Array *>(&mean), static_cast<const Array *>(&var)})
+    check_size("batch_norm_rows", "a per-feature array", cols, v->size);
+  const DType dtype = common_dtype(a, weight, bias, out, mean, var);
+  GilRelease unlocked(rows * cols);
+  dispatch<Floats>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    batch_norm_rows(a.data<T>(), weight.data<T>(), bias.data<T>(), out.data<T>(), mean.data<T>(),
+                    var.data<T>(), rows, cols, eps);
+  });
+}
+
+void batch_norm_rows_grad_primitive(const Array &dy, const Array &a, const Array &mean,
+                                    const Array &inv_std, const Array &weight, Array &dx,
+                                    Array &d_weight, Array &d_bias, int64_t rows, int64_t cols) {
+  for (const Array *v : {&dy, &a, static_cast<const Array *>(&dx)})
+    check_size("batch_norm_rows_grad", "a (rows, cols) array", rows * cols, v->size);
+  for (const Array *v : {&mean, &inv_std, &weight, static_cast<const Array *>(&d_weight),
+                         static_cast<const Array *>(&d_bias)})
+    check_size("batch_norm_rows_grad", "a per-feature array", cols, v->size);
+  const DType dtype = common_dtype(dy, a, mean, inv_std, weight, dx, d_weight, d_bias);
+  GilRelease unlocked(rows * cols);
+  dispatch<Floats>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    batch_norm_rows_grad(dy.data<T>(), a.data<T>(), mean.data<T>(), inv_std.data<T>(),
+                         weight.data<T>(), dx.data<T>(), d_weight.data<T>(), d_bias.data<T>(), rows,
+                         cols);
   });
 }
 
@@ -590,6 +675,12 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "matmul_strided", &matmul_strided, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a, "p"_a,
       "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
 
+  for (auto [name, fn] : {std::pair{"conv2d", &conv2d_primitive<ConvRole::Forward>},
+                          std::pair{"conv2d_input_grad", &conv2d_primitive<ConvRole::InputGrad>},
+                          std::pair{"conv2d_weight_grad", &conv2d_primitive<ConvRole::WeightGrad>}})
+    def(m, name, fn, "a"_a, "b"_a, "out"_a, "n"_a, "height"_a, "width"_a, "c_in"_a, "kh"_a, "kw"_a,
+        "c_out"_a, "stride"_a, "padding"_a);
+
   def(m, "ewise_broadcast_binary", &ewise_broadcast_binary, "op"_a, "full"_a, "vector"_a, "out"_a,
       "outer"_a, "inner"_a, "per_column"_a, "vector_first"_a);
   def(m, "gather_rows", &gather_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
@@ -606,6 +697,10 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "softmax_grad_rows", &softmax_grad_rows, "s"_a, "g"_a, "out"_a, "rows"_a, "cols"_a);
   def(m, "layer_norm_grad_rows", &layer_norm_grad_rows, "a"_a, "g"_a, "out"_a, "rows"_a, "cols"_a,
       "eps"_a);
+  def(m, "batch_norm_rows", &batch_norm_rows_primitive, "a"_a, "weight"_a, "bias"_a, "out"_a,
+      "mean"_a, "var"_a, "rows"_a, "cols"_a, "eps"_a);
+  def(m, "batch_norm_rows_grad", &batch_norm_rows_grad_primitive, "dy"_a, "a"_a, "mean"_a,
+      "inv_std"_a, "weight"_a, "dx"_a, "d_weight"_a, "d_bias"_a, "rows"_a, "cols"_a);
   def(m, "reduce_sum", &reduce_sum, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_max", &reduce_max, "a"_a, "out"_a, "reduce_size"_a);
   def(m, "reduce_sum_axis", &reduce_sum_axis, "a"_a, "out"_a, "outer"_a, "reduce_size"_a,

@@ -215,10 +215,22 @@ def torch_conv(x, w, stride=1, padding=1):
     return out.permute(0, 2, 3, 1)
 
 
+def torch_conv_nchw(x, w, b, stride=1, padding=1):
+    """ops.conv with layout "NCHW" and a bias: torch's conv2d, weights (k, k, c_in, c_out)."""
+    return F.conv2d(x, w.permute(3, 2, 0, 1).contiguous(), b, stride=stride, padding=padding)
+
+
 def torch_conv_weight_gradient(x, g, stride, padding, kernel):
     w = torch.zeros(kernel + (x.shape[3], g.shape[3]), dtype=x.dtype, requires_grad=True)
     (dw,) = torch.autograd.grad(torch_conv(x, w, stride, padding), w, g, create_graph=True)
     return dw
+
+
+def torch_conv_input_gradient(g, w, stride, padding, size):
+    shape = (g.shape[0],) + tuple(size) + (w.shape[2],)
+    x = torch.zeros(shape, dtype=g.dtype, requires_grad=True)
+    (dx,) = torch.autograd.grad(torch_conv(x, w, stride, padding), x, g, create_graph=True)
+    return dx
 
 
 def torch_batch_norm(x, w, b, axis=1):
@@ -535,6 +547,12 @@ def _conv_weight_sample(shape, k, stride, padding):
     n, h, w, _ = shape
     out = (n, (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1, 2)
     return Sample(shape, out, stride=stride, padding=padding, kernel=(k, k))
+
+
+def _conv_input_sample(shape, k, stride, padding):
+    _, h, w, c_in = shape
+    g = _conv_weight_sample(shape, k, stride, padding).inputs[1]
+    return Sample(g, (k, k, c_in, 2), stride=stride, padding=padding, size=(h, w))
 
 
 # (input shape, shape)
@@ -1017,6 +1035,17 @@ SPECS = [
         ],
     ),
     OpSpec(
+        ops.Conv,
+        None,
+        torch_conv_nchw,
+        [
+            Sample((n, c_in, h, w), (k, k, c_in, c_out), (c_out,), stride=s, padding=p)
+            for n, h, w, c_in, c_out, k, s, p in CONV_CASES[::3]
+        ],
+        call=lambda x, w, b, stride, padding: ops.conv(x, w, stride, padding, b, "NCHW"),
+        tol=(1e-4, 1e-4),
+    ),
+    OpSpec(
         ops.ConvWeightGrad,
         None,
         torch_conv_weight_gradient,
@@ -1034,6 +1063,14 @@ SPECS = [
                 r"output \(1, 5, 5\)",
             )
         ],
+    ),
+    OpSpec(
+        ops.ConvInputGrad,
+        None,
+        torch_conv_input_gradient,
+        [_conv_input_sample(*case) for case in CONV_WEIGHT_CASES],
+        call=lambda g, w, stride, padding, size: ops.ConvInputGrad(stride, padding, size)(g, w),
+        tol=(1e-4, 1e-4),
     ),
     # ---- indexing
     OpSpec(

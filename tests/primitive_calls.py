@@ -47,15 +47,17 @@ def call(mod, name, *args, dtype, impl=None):
     """Call primitive `name` of `mod` by keyword (or `impl`, a function with the table's
     parameters, such as the table's fallback bound to `mod`), with args in the table's order.
 
-    Returns the contents of the out (or inout) argument, else what the primitive returns.
+    Returns the contents of the out (or inout) argument (of all of them, concatenated, when
+    there are several), else what the primitive returns.
     """
     prim = primitives.TABLE[name]
     assert len(args) == len(prim.params), (name, prim.param_names)
-    kwargs, out = {}, None
+    kwargs, outs = {}, []
     for param, arg in zip(prim.params, args):
         if param.kind in ("out", "inout"):
             out_dtype = prim.out_dtype if param.kind == "out" and prim.out_dtype else dtype
-            arg = out = arg.make(mod, out_dtype)
+            arg = arg.make(mod, out_dtype)
+            outs.append(arg)
         elif param.kind == "array":
             arg = to_array(mod, np.asarray(arg), dtype)
         elif param.kind == "index":
@@ -64,7 +66,9 @@ def call(mod, name, *args, dtype, impl=None):
             arg = arg.astype(dtype)
         kwargs[param.name] = arg
     result = (getattr(mod, name) if impl is None else impl)(**kwargs)
-    return read(mod, out) if out is not None else result
+    if len(outs) > 1:  # every output, one after another
+        return np.concatenate([read(mod, out) for out in outs])
+    return read(mod, outs[0]) if outs else result
 
 
 def row_indices(rng, rows, n, kind):

@@ -225,7 +225,7 @@ def test_bad_writes_raise(device):
         with pytest.raises(RuntimeError, match="broadcast view"):
             conv(ROW).broadcast_to((3, 4)).add_(1)
     labels = ndl.Tensor(np.array([1, 2]), device=device, dtype="int64", requires_grad=False)
-    with pytest.raises(TypeError, match="float(32|64) result cannot be written into a int64"):
+    with pytest.raises(TypeError, match=r"float(32|64) result cannot be written into a int64"):
         labels.add_(0.5)
     with pytest.raises(IndexError, match="setitem"):
         x[np.array([5])] = 1.0

@@ -123,12 +123,14 @@ template <class T> struct Blocking {
 // (the packed B panel is zero-padded). `accumulate` adds to C instead of overwriting it.
 // Each C element is one fused multiply-add chain in depth order, the same for every tile
 // shape, so results do not depend on how the matrix was split into tiles or threads.
-template <class T, int ROWS>
+// V vectors per row (NR = V * width): the blocking's kVectorsPerRow, or 1 for narrow outputs
+// (conv2d with 16 channels), whose tiles then take up to twice as many rows.
+template <class T, int ROWS, int V = kVectorsPerRow>
 void micro_kernel(int64_t kc, const T *__restrict a, const T *__restrict b, T *__restrict c,
                   int64_t ldc, bool accumulate, int64_t cols) {
   using S = Simd<T>;
   using Reg = typename S::Reg;
-  constexpr int W = S::width, V = kVectorsPerRow, NR = Blocking<T>::NR;
+  constexpr int W = S::width, NR = V * W;
   constexpr int64_t KA = Blocking<T>::KC;  // row stride of the packed A panel
 
 #if defined(__AVX512F__) || defined(__AVX2__)

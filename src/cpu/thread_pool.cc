@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -70,7 +71,8 @@ int available_cores() {
 class Pool {
  public:
   // Starts `workers` threads, each serving jobs with its own thread index 1..workers.
-  explicit Pool(int workers) {
+  explicit Pool(int workers) : claims_(new std::atomic<uint64_t>[workers + 1]) {
+    for (int i = 0; i <= workers; ++i) claims_[i].store(0);
     threads_.reserve(workers);
     try {
       for (int i = 1; i <= workers; ++i) threads_.emplace_back([this, i] { serve(i); });
@@ -84,14 +86,25 @@ class Pool {
 
   int workers() const { return static_cast<int>(threads_.size()); }
 
+  // Task t of the job is run by worker t or, when that worker has not claimed it by the time
+  // the caller is done with task 0, by the caller: a worker that the OS has not scheduled
+  // (another process on its core) delays the job by at most the task, not by a time slice.
+  // Each task still gets its own index, so results are the same whoever runs it.
   void run(int n, TaskFn fn, void *context) {
     fn_ = fn;
     context_ = context;
     n_threads_ = n;
-    pending_.store(workers(), std::memory_order_relaxed);
-    publish();
+    const uint64_t job = generation_.load() + 1;
+    for (int i = n; i <= workers(); ++i) claims_[i].store(job, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    publish();  // generation_ becomes `job`
     fn(context, 0, n);
-    for (Backoff backoff; pending_.load(std::memory_order_acquire) != 0;) backoff();
+    for (int i = 1; i < n; ++i)
+      if (claim(i, job)) {
+        fn(context, i, n);
+        done_.fetch_add(1, std::memory_order_release);
+      }
+    for (Backoff backoff; done_.load(std::memory_order_acquire) != n - 1;) backoff();
   }
 
  private:
@@ -130,9 +143,19 @@ class Pool {
       }
       seen = generation_.load();
       if (stop_.load()) return;
-      if (index < n_threads_) run_task(fn_, context_, index, n_threads_);
-      pending_.fetch_sub(1, std::memory_order_release);
+      // A claim succeeds only while job `seen` runs (it waits for every claimed task), so
+      // the job's fields are still its own; a late worker finds its task taken.
+      if (claim(index, seen)) {
+        run_task(fn_, context_, index, n_threads_);
+        done_.fetch_add(1, std::memory_order_release);
+      }
     }
+  }
+
+  // Takes task `index` of job `job` unless someone (its worker or the caller) has.
+  bool claim(int index, uint64_t job) {
+    uint64_t v = claims_[index].load(std::memory_order_acquire);
+    return v < job && claims_[index].compare_exchange_strong(v, job, std::memory_order_acq_rel);
   }
 
   static void run_task(TaskFn fn, void *context, int index, int n);
@@ -142,7 +165,8 @@ class Pool {
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> sleeping_{0};
-  std::atomic<int> pending_{0};
+  std::unique_ptr<std::atomic<uint64_t>[]> claims_;  // per task: the last job that took it
+  std::atomic<int> done_{0};                          // tasks 1.. of the current job done
   std::atomic<bool> stop_{false};
   // The current job; written before publish() and read by workers after they see it.
   TaskFn fn_ = nullptr;

@@ -738,6 +738,71 @@ def _synchronize(prim, backend, rng):
 
 
 # ---- the generators of every row ------------------------------------------------------------
+# (n, height, width, c_in, kh, kw, c_out, stride, padding): windows all inside, past the
+# border by up to the whole kernel, strides above the kernel (rows no window reads), 1x1 and
+# 2x2 maps with padding (classes of pixels with a single tap), channels across the GEMM's
+# micro-tiles (14 rows, 32 columns), depth across its 384-deep block.
+CONV_SHAPES = [
+    (1, 1, 1, 1, 1, 1, 1, 1, 0),
+    (2, 5, 7, 3, 3, 3, 4, 1, 1),
+    (3, 5, 7, 4, 3, 2, 5, 2, 0),
+    (2, 6, 5, 3, 4, 4, 2, 3, 2),
+    (2, 3, 3, 2, 3, 3, 3, 1, 3),
+    (1, 9, 9, 17, 5, 5, 33, 3, 2),
+    (2, 7, 7, 30, 3, 3, 29, 1, 0),
+    (4, 2, 2, 16, 3, 3, 40, 2, 1),
+    (3, 1, 1, 50, 3, 3, 20, 1, 1),
+    (2, 8, 8, 3, 7, 7, 16, 4, 3),
+    (1, 4, 4, 45, 3, 3, 15, 1, 1),
+]
+
+
+def _conv2d(prim, backend, rng):
+    for dims in CONV_SHAPES:
+        n, h, w, c_in, kh, kw, c_out, stride, padding = dims
+        oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+        x, wt, y = n * h * w * c_in, kh * kw * c_in * c_out, n * oh * ow * c_out
+        sizes = {
+            "conv2d": (x, wt, y),
+            "conv2d_input_grad": (y, wt, x),
+            "conv2d_weight_grad": (x, y, wt),
+        }[prim.name]
+        depth = {"conv2d": kh * kw * c_in, "conv2d_input_grad": kh * kw * c_out}.get(
+            prim.name, n * oh * ow
+        )
+        # The output starts as NaNs: every element must be written.
+        yield Case(
+            f"{dims}",
+            (
+                rng.standard_normal(sizes[0]),
+                rng.standard_normal(sizes[1]),
+                Out(sizes[2], np.full(sizes[2], np.nan)),
+                *dims,
+            ),
+            matmul_tol(depth),
+        )
+
+
+# (rows, features): one row, fewer rows than a chunk of the sums (256), several chunks with a
+# ragged last one, features across a SIMD vector.
+NORM_SHAPES = [(1, 3), (2, 1), (7, 5), (300, 16), (513, 33), (1030, 7)]
+
+
+def _batch_norm_rows(prim, backend, rng):
+    for rows, cols in NORM_SHAPES:
+        x = rng.standard_normal(rows * cols) * 3 + 1.5
+        w, b = rng.standard_normal(cols), rng.standard_normal(cols)
+        if prim.name == "batch_norm_rows":
+            outs = (Out(rows * cols), Out(cols), Out(cols))
+            args = (x, w, b, *outs, rows, cols, 1e-5)
+        else:
+            mean, inv_std = rng.standard_normal(cols), rng.random(cols) + 0.5
+            dy = rng.standard_normal(rows * cols)
+            outs = (Out(rows * cols), Out(cols), Out(cols))
+            args = (dy, x, mean, inv_std, w, *outs, rows, cols)
+        yield Case(f"({rows}, {cols})", args, matmul_tol(4 * rows))
+
+
 GENERATORS: dict[str, Callable] = {
     "to_numpy": _to_numpy,
     "from_numpy": _from_numpy,
@@ -764,6 +829,11 @@ GENERATORS: dict[str, Callable] = {
     "layer_norm_rows": _layer_norm_rows,
     "layer_norm_grad_rows": _layer_norm_grad_rows,
     "softmax_grad_rows": _softmax_grad_rows,
+    "batch_norm_rows": _batch_norm_rows,
+    "batch_norm_rows_grad": _batch_norm_rows,
+    "conv2d": _conv2d,
+    "conv2d_input_grad": _conv2d,
+    "conv2d_weight_grad": _conv2d,
     "synchronize": _synchronize,
 }
 # References for optional rows the NumPy backend leaves to the table's fallback: written

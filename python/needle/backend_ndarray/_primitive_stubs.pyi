@@ -134,6 +134,48 @@ def matmul_strided(
     b_offset: int,
     b_strides: Sequence[int],
 ) -> None: ...
+def conv2d(
+    a: Array,
+    b: Array,
+    out: Array,
+    n: int,
+    height: int,
+    width: int,
+    c_in: int,
+    kh: int,
+    kw: int,
+    c_out: int,
+    stride: int,
+    padding: int,
+) -> None: ...
+def conv2d_input_grad(
+    a: Array,
+    b: Array,
+    out: Array,
+    n: int,
+    height: int,
+    width: int,
+    c_in: int,
+    kh: int,
+    kw: int,
+    c_out: int,
+    stride: int,
+    padding: int,
+) -> None: ...
+def conv2d_weight_grad(
+    a: Array,
+    b: Array,
+    out: Array,
+    n: int,
+    height: int,
+    width: int,
+    c_in: int,
+    kh: int,
+    kw: int,
+    c_out: int,
+    stride: int,
+    padding: int,
+) -> None: ...
 def matmul_tiled(a: Array, b: Array, out: Array, m: int, n: int, p: int) -> None: ...
 def reduce_sum(a: Array, out: Array, reduce_size: int) -> None: ...
 def reduce_max(a: Array, out: Array, reduce_size: int) -> None: ...
@@ -163,5 +205,28 @@ def softmax_grad_rows(s: Array, g: Array, out: Array, rows: int, cols: int) -> N
 def layer_norm_rows(a: Array, out: Array, rows: int, cols: int, eps: float) -> None: ...
 def layer_norm_grad_rows(
     a: Array, g: Array, out: Array, rows: int, cols: int, eps: float
+) -> None: ...
+def batch_norm_rows(
+    a: Array,
+    weight: Array,
+    bias: Array,
+    out: Array,
+    mean: Array,
+    var: Array,
+    rows: int,
+    cols: int,
+    eps: float,
+) -> None: ...
+def batch_norm_rows_grad(
+    dy: Array,
+    a: Array,
+    mean: Array,
+    inv_std: Array,
+    weight: Array,
+    dx: Array,
+    d_weight: Array,
+    d_bias: Array,
+    rows: int,
+    cols: int,
 ) -> None: ...
 def synchronize() -> None: ...

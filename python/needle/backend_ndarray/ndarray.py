@@ -127,6 +127,8 @@ __all__ = [
     "add_rows",
     "take_along_axis",
     "scatter_add_along_axis",
+    "conv2d",
+    "conv2d_native",
 ]
 
 default_dtype = "float32"
@@ -882,6 +884,12 @@ class NDArray:
                     if out is not None:
                         return out
                 a, other = a.broadcast_to(shape), other.broadcast_to(shape)
+            if a._strides == other._strides and a._dense_view():
+                # Same permuted layout (NCHW views of NHWC data): run over the buffers as
+                # they lie, the result in that layout too, instead of compacting both.
+                out = NDArray._make(a._shape, a._strides, device, dtype=out_dtype or a._dtype)
+                getattr(device.mod, ewise_name)(a._handle, other._handle, out._handle)
+                return out
             out = NDArray._make(a._shape, device=device, dtype=out_dtype or a._dtype)
             if _size(out._shape):
                 getattr(device.mod, ewise_name)(
@@ -892,19 +900,37 @@ class NDArray:
         a = self
         if type(other) is not float or a._dtype not in FLOATS:
             a, other = _scalar_operands(a, other, scalar_name)
-        out = NDArray._make(a._shape, device=device, dtype=out_dtype or a._dtype)
+        dense = a._dense_view()
+        out = NDArray._make(
+            a._shape, a._strides if dense else None, device, dtype=out_dtype or a._dtype
+        )
         if _size(out._shape):
-            getattr(device.mod, scalar_name)(a.compact()._handle, other, out._handle)
+            getattr(device.mod, scalar_name)(
+                (a if dense else a.compact())._handle, other, out._handle
+            )
         return out
 
     def _unary(self, name: str) -> NDArray:
         a = self
         if a._dtype not in _TAKES[name]:
             a = a.astype(_compute_dtype(name, a._dtype))
-        out = NDArray._make(a._shape, device=a._device, dtype=a._dtype)
+        dense = a._dense_view()
+        out = NDArray._make(a._shape, a._strides if dense else None, a._device, dtype=a._dtype)
         if _size(out._shape):
-            getattr(a._device.mod, name)(a.compact()._handle, out._handle)
+            getattr(a._device.mod, name)((a if dense else a.compact())._handle, out._handle)
         return out
+
+    def _dense_view(self) -> bool:
+        """Whether this is a non-compact view that covers its whole buffer once in another
+        axis order (a permuted compact array): elementwise ops then keep its layout."""
+        if self._offset or self.is_compact() or _size(self._shape) != self._handle.size:
+            return False
+        expect = 1
+        for stride, n in sorted((s, n) for s, n in zip(self._strides, self._shape) if n != 1):
+            if stride != expect:
+                return False
+            expect *= n
+        return True
 
     # The operators: self (op) other for an NDArray other (broadcast) or a number, each
     # through the primitive pair ewise_<op> / scalar_<op> (reflected: scalar_r<op>).
@@ -1021,6 +1047,17 @@ class NDArray:
         if axis == ():
             raise ValueError(f"{name[len('reduce_') :]}: empty axis tuple (use axis=None for all)")
         axes = _normalize_axes(axis, self.ndim)
+        if self._dense_view():
+            # A permuted compact array (NCHW views of NHWC data): reduce it in memory order,
+            # where the reduced axes are often a run (no permuted copy), and permute back.
+            order = tuple(sorted(range(self.ndim), key=lambda i: -self._strides[i]))
+            moved = self.permute(order)
+            if moved.is_compact():
+                res = moved._reduce(tuple(sorted(order.index(a) for a in axes)), keepdims, name)
+                if keepdims:
+                    return res.permute(tuple(order.index(i) for i in range(self.ndim)))
+                rest = [a for a in order if a not in axes]
+                return res.permute(tuple(rest.index(a) for a in sorted(rest)))
         kept = tuple(i for i in range(self.ndim) if i not in axes)
         out_shape = (
             tuple(1 if i in axes else d for i, d in enumerate(self._shape))
@@ -1563,3 +1600,37 @@ def split(a: NDArray, axis: int = 0) -> tuple[NDArray, ...]:
     """Views of `a` along `axis`, one per index (the inverse of stack)."""
     axis = _normalize_axis(axis, a.ndim)
     return tuple(a._index_view((slice(None),) * axis + (i,)) for i in range(a.shape[axis]))
+
+
+# ---- convolution ------------------------------------------------------------------------
+def conv2d_native(device: BackendDevice, *arrays: NDArray) -> bool:
+    """Whether `device` has its own conv2d primitives for these operands (one float dtype):
+    else ops use their composite over im2col views and matmuls."""
+    dtype = arrays[0].dtype
+    return (
+        device.has("conv2d")
+        and dtype in ("float32", "float64")
+        and all(a.dtype == dtype for a in arrays)
+    )
+
+
+def conv2d(
+    kind: str, a: NDArray, b: NDArray, dims: tuple[int, ...], stride: int, padding: int
+) -> NDArray:
+    """One conv2d primitive on compact copies of a and b. kind "forward": a the NHWC input,
+    b the (kh, kw, c_in, c_out) weights, the result the output; "input_grad": a the adjoint,
+    b the weights, the result dx; "weight_grad": a the input, b the adjoint, the result dw.
+    dims = (n, h, w, c_in, kh, kw, c_out) of the forward conv."""
+    n, h, w, c_in, kh, kw, c_out = dims
+    if stride < 1 or padding < 0 or h + 2 * padding < kh or w + 2 * padding < kw:
+        raise ValueError(f"conv2d: bad stride {stride} or padding {padding} for {dims}")
+    oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    x, wt, y = (n, h, w, c_in), (kh, kw, c_in, c_out), (n, oh, ow, c_out)
+    shapes = {"forward": (x, wt, y), "input_grad": (y, wt, x), "weight_grad": (x, y, wt)}[kind]
+    if a.shape != shapes[0] or b.shape != shapes[1]:
+        raise ValueError(f"conv2d {kind}: operands {a.shape}, {b.shape} for {dims}")
+    out = NDArray._make(shapes[2], device=a.device, dtype=a.dtype)
+    name = "conv2d" if kind == "forward" else f"conv2d_{kind}"
+    fn = getattr(a.device, name)
+    fn(a.compact()._handle, b.compact()._handle, out._handle, *dims, stride, padding)
+    return out

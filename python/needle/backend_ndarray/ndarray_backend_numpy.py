@@ -198,6 +198,90 @@ def layer_norm_grad_rows(a: Array, g: Array, out: Array, rows: int, cols: int, e
     out.array[: rows * cols] = dx.reshape(-1)
 
 
+# ---- convolution ----------------------------------------------------------------------
+def _conv_views(n, height, width, c_in, kh, kw, c_out, stride, padding):
+    """The output size and, per kernel tap, the (n, oh, ow, c) slices of the padded input."""
+    oh = (height + 2 * padding - kh) // stride + 1
+    ow = (width + 2 * padding - kw) // stride + 1
+    taps = [
+        (
+            i,
+            j,
+            np.s_[
+                :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride
+            ],
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return oh, ow, taps
+
+
+def _conv_padded(x, padding):
+    return np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+def conv2d(a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding) -> None:
+    """out (n, oh, ow, c_out) = the correlation of the NHWC input a (n, height, width, c_in),
+    zero-padded by `padding`, with the weights b (kh, kw, c_in, c_out) at `stride`."""
+    oh, ow, taps = _conv_views(n, height, width, c_in, kh, kw, c_out, stride, padding)
+    x = _conv_padded(a.array[: n * height * width * c_in].reshape(n, height, width, c_in), padding)
+    w = b.array[: kh * kw * c_in * c_out].reshape(kh, kw, c_in, c_out)
+    y = np.zeros((n, oh, ow, c_out), dtype=out.array.dtype)
+    for i, j, view in taps:
+        y += x[view] @ w[i, j]
+    out.array[: y.size] = y.reshape(-1)
+
+
+def conv2d_input_grad(a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding) -> None:
+    """out (n, height, width, c_in) = d conv2d / d input for the adjoint a (n, oh, ow, c_out)
+    and the weights b."""
+    oh, ow, taps = _conv_views(n, height, width, c_in, kh, kw, c_out, stride, padding)
+    g = a.array[: n * oh * ow * c_out].reshape(n, oh, ow, c_out)
+    w = b.array[: kh * kw * c_in * c_out].reshape(kh, kw, c_in, c_out)
+    shape = (n, height + 2 * padding, width + 2 * padding, c_in)
+    dx = np.zeros(shape, dtype=out.array.dtype)
+    for i, j, view in taps:
+        dx[view] += g @ w[i, j].T
+    dx = dx[:, padding : padding + height, padding : padding + width]
+    out.array[: dx.size] = dx.reshape(-1)
+
+
+def conv2d_weight_grad(a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding) -> None:
+    """out (kh, kw, c_in, c_out) = d conv2d / d weights for the input a and the adjoint b
+    (n, oh, ow, c_out)."""
+    oh, ow, taps = _conv_views(n, height, width, c_in, kh, kw, c_out, stride, padding)
+    x = _conv_padded(a.array[: n * height * width * c_in].reshape(n, height, width, c_in), padding)
+    g = b.array[: n * oh * ow * c_out].reshape(-1, c_out)
+    dw = np.zeros((kh, kw, c_in, c_out), dtype=out.array.dtype)
+    for i, j, view in taps:
+        dw[i, j] = x[view].reshape(-1, c_in).T @ g
+    out.array[: dw.size] = dw.reshape(-1)
+
+
+def batch_norm_rows(a, weight, bias, out, mean, var, rows, cols, eps) -> None:
+    """Each column (feature) of the compact (rows, cols) a normalised over the rows: out =
+    (a - mean) / sqrt(var + eps) * weight + bias, with the mean and biased var also written."""
+    x = a.array[: rows * cols].reshape(rows, cols).astype(np.float64)
+    m, v = x.mean(axis=0), x.var(axis=0)
+    w, b = weight.array[:cols], bias.array[:cols]
+    y = (x - m) / np.sqrt(v + eps) * w + b
+    out.array[: rows * cols] = y.reshape(-1)
+    mean.array[:cols], var.array[:cols] = m, v
+
+
+def batch_norm_rows_grad(dy, a, mean, inv_std, weight, dx, d_weight, d_bias, rows, cols) -> None:
+    """batch_norm_rows's gradient for the adjoint dy: d_bias = sum dy, d_weight = sum dy xhat,
+    dx = weight inv_std (dy - d_bias / rows - xhat d_weight / rows), xhat = (a - mean) inv_std."""
+    g = dy.array[: rows * cols].reshape(rows, cols).astype(np.float64)
+    x = a.array[: rows * cols].reshape(rows, cols)
+    m, s, w = mean.array[:cols], inv_std.array[:cols], weight.array[:cols]
+    xhat = (x - m) * s
+    db, dw = g.sum(axis=0), (g * xhat).sum(axis=0)
+    dx.array[: rows * cols] = (w * s * (g - db / rows - xhat * dw / rows)).reshape(-1)
+    d_weight.array[:cols], d_bias.array[:cols] = dw, db
+
+
 # ---- rows by index --------------------------------------------------------------------
 def gather_rows(a: Array, indices: Array, out: Array, n: int, row_size: int) -> None:
     """Row i of out = row indices[i] of a, for i < n; rows are row_size elements. indices

@@ -539,6 +539,123 @@ def _fallback_layer_norm_grad_rows(mod, a, g, out, rows, cols, eps):
     mod.ewise_mul(rstd_spread, product, out)
 
 
+def _conv_im2col(mod, x, n, h, w, c, kh, kw, stride, padding, transposed=False):
+    """The (n oh ow, kh kw c) patch matrix of the zero-padded NHWC x (or its transpose) in a
+    temporary, and (oh, ow)."""
+    hp, wp = h + 2 * padding, w + 2 * padding
+    oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    padded = _temp(mod, x, n * hp * wp * c)
+    mod.fill(padded, 0.0)
+    if n * h * w * c:
+        mod.ewise_setitem(
+            x, padded, (n, h, w, c), (hp * wp * c, wp * c, c, 1), (padding * wp + padding) * c
+        )
+    shape = (n, oh, ow, kh, kw, c)
+    strides = (hp * wp * c, stride * wp * c, stride * c, wp * c, c, 1)
+    if transposed:
+        shape, strides = shape[3:] + shape[:3], strides[3:] + strides[:3]
+    cols = _temp(mod, x, n * oh * ow * kh * kw * c)
+    mod.compact(padded, cols, shape, strides, 0)
+    return cols, (oh, ow)
+
+
+def _fallback_conv2d(mod, a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding):
+    cols, (oh, ow) = _conv_im2col(mod, a, n, height, width, c_in, kh, kw, stride, padding)
+    mod.matmul(cols, b, out, n * oh * ow, kh * kw * c_in, c_out)
+
+
+def _fallback_conv2d_weight_grad(
+    mod, a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding
+):
+    cols, (oh, ow) = _conv_im2col(mod, a, n, height, width, c_in, kh, kw, stride, padding, True)
+    mod.matmul(cols, b, out, kh * kw * c_in, n * oh * ow, c_out)
+
+
+def _fallback_conv2d_input_grad(
+    mod, a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding
+):
+    # The patch matrix's adjoint a @ b^T, then each tap's columns added into the padded dx.
+    hp, wp, k = height + 2 * padding, width + 2 * padding, kh * kw * c_in
+    oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    m = n * oh * ow
+    wt, cols = _temp(mod, b, k * c_out), _temp(mod, a, m * k)
+    mod.compact(b, wt, (c_out, k), (1, c_out), 0)
+    mod.matmul(a, wt, cols, m, c_out, k)
+    padded = _temp(mod, a, n * hp * wp * c_in)
+    mod.fill(padded, 0.0)
+    size = m * c_in
+    cur, piece, total = _temp(mod, a, size), _temp(mod, a, size), _temp(mod, a, size)
+    view = (n, oh, ow, c_in), (hp * wp * c_in, stride * wp * c_in, stride * c_in, 1)
+    for i in range(kh):
+        for j in range(kw):
+            if size == 0:
+                break
+            offset = (i * wp + j) * c_in
+            mod.compact(padded, cur, *view, offset)
+            mod.compact(
+                cols, piece, (n, oh, ow, c_in), (oh * ow * k, ow * k, k, 1), (i * kw + j) * c_in
+            )
+            mod.ewise_add(cur, piece, total)
+            mod.ewise_setitem(total, padded, *view, offset)
+    mod.compact(
+        padded,
+        out,
+        (n, height, width, c_in),
+        (hp * wp * c_in, wp * c_in, c_in, 1),
+        (padding * wp + padding) * c_in,
+    )
+
+
+def _column_spread(mod, a, v, rows, cols, op, out):
+    """out = a (op) v repeated over the rows (v has cols elements)."""
+    spread = _temp(mod, a, rows * cols)
+    mod.compact(v, spread, (rows, cols), (0, 1), 0)
+    getattr(mod, op)(a, spread, out)
+
+
+def _column_sum(mod, a, rows, cols, out):
+    """out[c] = sum over the rows of column c of the compact (rows, cols) a."""
+    t = _temp(mod, a, rows * cols)
+    mod.compact(a, t, (cols, rows), (1, cols), 0)
+    mod.reduce_sum(t, out, rows)
+
+
+def _fallback_batch_norm_rows(mod, a, weight, bias, out, mean, var, rows, cols, eps):
+    n = rows * cols
+    centred, square, scale = _temp(mod, a, n), _temp(mod, a, n), _temp(mod, a, cols)
+    _column_sum(mod, a, rows, cols, scale)
+    mod.scalar_div(scale, float(rows), mean)
+    _column_spread(mod, a, mean, rows, cols, "ewise_sub", centred)
+    mod.ewise_mul(centred, centred, square)
+    _column_sum(mod, square, rows, cols, scale)
+    mod.scalar_div(scale, float(rows), var)
+    mod.scalar_add(var, eps, scale)
+    mod.ewise_rsqrt(scale, scale)
+    mod.ewise_mul(scale, weight, scale)
+    _column_spread(mod, centred, scale, rows, cols, "ewise_mul", square)
+    _column_spread(mod, square, bias, rows, cols, "ewise_add", out)
+
+
+def _fallback_batch_norm_rows_grad(
+    mod, dy, a, mean, inv_std, weight, dx, d_weight, d_bias, rows, cols
+):
+    n = rows * cols
+    xhat, t, u, v = (_temp(mod, a, n) for _ in range(4))
+    col = _temp(mod, a, cols)
+    _column_spread(mod, a, mean, rows, cols, "ewise_sub", t)
+    _column_spread(mod, t, inv_std, rows, cols, "ewise_mul", xhat)
+    _column_sum(mod, dy, rows, cols, d_bias)
+    mod.ewise_mul(dy, xhat, t)
+    _column_sum(mod, t, rows, cols, d_weight)
+    mod.scalar_div(d_bias, float(rows), col)
+    _column_spread(mod, dy, col, rows, cols, "ewise_sub", u)
+    mod.scalar_div(d_weight, float(rows), col)
+    _column_spread(mod, xhat, col, rows, cols, "ewise_mul", v)
+    mod.ewise_sub(u, v, t)
+    mod.ewise_mul(weight, inv_std, col)
+    _column_spread(mod, t, col, rows, cols, "ewise_mul", dx)
+
+
 def _fallback_synchronize(mod):
     """A synchronous backend has nothing to wait for."""
 
@@ -663,6 +780,40 @@ def _table() -> dict[str, Primitive]:
         "(batch, row, col) strides (>= 0) into a compact out",
         dtypes=FLOATS,
         fallback=_fallback_matmul_strided,
+    )
+    conv = (
+        "a:array, b:array, out:out, n:int, height:int, width:int, c_in:int, kh:int, kw:int, "
+        "c_out:int, stride:int, padding:int"
+    )
+    add(
+        "conv2d",
+        conv,
+        "linalg",
+        False,
+        "out (n, oh, ow, c_out) = correlation of the NHWC a (n, height, width, c_in), zero-padded "
+        "by `padding` on each side, with the weights b (kh, kw, c_in, c_out) at `stride`",
+        dtypes=FLOATS,
+        fallback=_fallback_conv2d,
+    )
+    add(
+        "conv2d_input_grad",
+        conv,
+        "linalg",
+        False,
+        "out (n, height, width, c_in) = conv2d's gradient for its input: a the adjoint "
+        "(n, oh, ow, c_out), b the weights",
+        dtypes=FLOATS,
+        fallback=_fallback_conv2d_input_grad,
+    )
+    add(
+        "conv2d_weight_grad",
+        conv,
+        "linalg",
+        False,
+        "out (kh, kw, c_in, c_out) = conv2d's gradient for its weights: a the input, b the "
+        "adjoint (n, oh, ow, c_out)",
+        dtypes=FLOATS,
+        fallback=_fallback_conv2d_weight_grad,
     )
     add(
         "matmul_tiled",
@@ -795,6 +946,29 @@ def _table() -> dict[str, Primitive]:
         "with y = layer_norm_rows(a) and rstd = 1 / sqrt(var + eps) (its adjoint)",
         dtypes=FLOATS,
         fallback=_fallback_layer_norm_grad_rows,
+    )
+    add(
+        "batch_norm_rows",
+        "a:array, weight:array, bias:array, out:out, mean:out, var:out, rows:int, cols:int, "
+        "eps:float",
+        "reduce",
+        False,
+        "each column of a compact (rows, cols) a over the rows: out = (a - mean) / sqrt(var + "
+        "eps) * weight + bias, and its mean and biased var (batch_norm's forward)",
+        dtypes=FLOATS,
+        fallback=_fallback_batch_norm_rows,
+    )
+    add(
+        "batch_norm_rows_grad",
+        "dy:array, a:array, mean:array, inv_std:array, weight:array, dx:out, d_weight:out, "
+        "d_bias:out, rows:int, cols:int",
+        "reduce",
+        False,
+        "batch_norm_rows's gradient: d_bias = column sums of dy, d_weight = of dy * xhat, dx = "
+        "weight * inv_std * (dy - d_bias / rows - xhat * d_weight / rows), xhat = (a - mean) * "
+        "inv_std",
+        dtypes=FLOATS,
+        fallback=_fallback_batch_norm_rows_grad,
     )
     add(
         "synchronize",

@@ -17,8 +17,8 @@ class Conv(Module):
     """2-D convolution with "same" padding (kernel_size // 2), square kernels.
 
     (N, C_in, H, W) -> (N, C_out, ceil(H / stride), ceil(W / stride)) for odd kernels.
-    The module speaks NCHW, like torch and the course; inside, ``ops.conv`` works in NHWC
-    with (k, k, C_in, C_out) weights, so the input and output are transposed at the boundary.
+    The module speaks NCHW, like torch and the course; ``ops.conv`` with layout "NCHW" works
+    on NHWC views of them, with (k, k, C_in, C_out) weights, and adds the bias itself.
     """
 
     def __init__(
@@ -59,8 +59,6 @@ class Conv(Module):
             self.bias = None
 
     def forward(self, x: Tensor) -> Tensor:
-        nhwc = x.transpose((1, 2)).transpose((2, 3))
-        out = ops.conv(nhwc, self.weight, stride=self.stride, padding=self.kernel_size // 2)
-        if self.bias is not None:
-            out = out + self.bias.reshape((1, 1, 1, self.out_channels)).broadcast_to(out.shape)
-        return out.transpose((2, 3)).transpose((1, 2))
+        # One op: the NCHW layout and the bias are handled inside it (views of NHWC arrays).
+        padding = self.kernel_size // 2
+        return ops.conv(x, self.weight, self.stride, padding, bias=self.bias, layout="NCHW")

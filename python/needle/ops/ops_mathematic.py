@@ -14,7 +14,15 @@ from typing import Any, overload
 import numpy as np
 
 from .. import backend_ndarray as nd
-from ..autograd import Tensor, TensorOp, TensorTuple, TensorTupleOp, array_device, array_of
+from ..autograd import (
+    Saved,
+    Tensor,
+    TensorOp,
+    TensorTuple,
+    TensorTupleOp,
+    array_device,
+    array_of,
+)
 from ..backend_ndarray import NDArray
 from .ops_tuple import make_tuple
 
@@ -79,6 +87,7 @@ __all__ = [
     "Conv",
     "conv",
     "ConvWeightGrad",
+    "ConvInputGrad",
     "GetItem",
     "getitem",
     "GetItemGradient",
@@ -829,40 +838,132 @@ class GetItemGradient(TensorOp):
 
 
 # ---- convolution ----------------------------------------------------------------------
+# NCHW tensors are NHWC arrays permuted by _TO_NCHW (views both ways, no copies).
+_TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def _nhwc(a: NDArray, layout: str) -> NDArray:
+    return a.permute(_TO_NHWC) if layout == "NCHW" else a
+
+
+def _from_nhwc(a: NDArray, layout: str) -> NDArray:
+    return a.permute(_TO_NCHW) if layout == "NCHW" else a
+
+
 class Conv(TensorOp):
     """2-D convolution (cross-correlation), NHWC input and (kh, kw, c_in, c_out) weights.
 
     (N, H, W, C_in) x (K_h, K_w, C_in, C_out) -> (N, H_out, W_out, C_out) with
-    H_out = (H + 2 padding - K_h) // stride + 1. Computed as one matmul over an im2col
-    view built with as_strided (no Python loop over the kernel).
+    H_out = (H + 2 padding - K_h) // stride + 1, plus a (C_out,) bias when given as a third
+    input. With layout "NCHW" the input and output are (N, C, H, W) (as nn.Conv speaks),
+    computed as permuted views of NHWC arrays. One conv2d primitive where the device has it,
+    else one matmul over an im2col view built with as_strided.
     """
 
-    def __init__(self, stride: int = 1, padding: int = 0):
+    def __init__(self, stride: int = 1, padding: int = 0, layout: str = "NHWC"):
         self.stride = int(stride)
         self.padding = int(padding)
         if self.stride < 1 or self.padding < 0:
             raise ValueError(
                 f"conv: need stride >= 1 and padding >= 0, got stride={stride}, padding={padding}"
             )
+        if layout not in ("NHWC", "NCHW"):
+            raise ValueError(f"conv: layout must be 'NHWC' or 'NCHW', got {layout!r}")
+        self.layout = layout
 
-    def compute(self, a: NDArray, b: NDArray):
+    def compute(self, a: NDArray, b: NDArray, bias: NDArray | None = None):
         if a.ndim != 4 or b.ndim != 4:
             raise ValueError("needs a 4-D NHWC input and 4-D (kh, kw, c_in, c_out) weights")
+        a = _nhwc(a, self.layout)
         if a.shape[3] != b.shape[2]:
             raise ValueError(
                 f"input channels {a.shape[3]} do not match weight channels {b.shape[2]}"
             )
         kh, kw, _, c_out = b.shape
-        cols, (n, h_out, w_out) = _im2col(a, kh, kw, self.stride, self.padding)
-        out = cols @ b.compact().reshape(cols.shape[1], c_out)
-        return out.reshape(n, h_out, w_out, c_out)
+        if bias is not None and bias.shape != (c_out,):
+            raise ValueError(f"bias {bias.shape} does not match {c_out} output channels")
+        h, w = a.shape[1] + 2 * self.padding, a.shape[2] + 2 * self.padding
+        if h < kh or w < kw:
+            raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {h}x{w}")
+        copied = None
+        if _native_conv(a, b):
+            dims = a.shape + (kh, kw, c_out)
+            if not a.is_compact():  # an NCHW input: compacted once, the weight gradient
+                a = copied = a.compact()  # reads the copy again (node.saved.x)
+            out = nd.conv2d("forward", a, b, dims, self.stride, self.padding)
+        else:
+            cols, (n, h_out, w_out) = _im2col(a, kh, kw, self.stride, self.padding)
+            out = cols @ b.compact().reshape(cols.shape[1], c_out)
+            out = out.reshape(n, h_out, w_out, c_out)
+        if bias is not None:
+            out = out + bias.reshape((1, 1, 1, c_out))
+        out = _from_nhwc(out, self.layout)
+        return out if copied is None else Saved(out, x=copied)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
-        x, w = node.inputs
-        s, p = self.stride, self.padding
+        x, w = node.inputs[:2]
+        s, p, layout = self.stride, self.padding, self.layout
+        saved = getattr(node.saved, "x", None)
+        grads = (
+            conv_input_gradient(out_grad, x, w, s, p, layout) if x.requires_grad else None,
+            ConvWeightGrad(s, p, w.shape[:2], layout, saved)(x, out_grad)
+            if w.requires_grad
+            else None,
+        )
+        if len(node.inputs) == 2:
+            return grads
+        return grads + (summation(out_grad, (0, 2, 3) if layout == "NCHW" else (0, 1, 2)),)
+
+
+def _native_conv(*arrays) -> bool:
+    """Whether the operands' device runs the conv2d primitives itself (the C++ CPU backend):
+    then conv and both its gradients are one primitive call each, implicit GEMMs that skip
+    the taps on padding; elsewhere they are im2col views, pads and matmuls."""
+    return all(isinstance(a, NDArray) for a in arrays) and nd.conv2d_native(
+        arrays[0].device, *arrays
+    )
+
+
+def conv_input_gradient(out_grad, x, w, s, p, layout="NHWC"):
+    """d conv(x, w) / dx for the adjoint out_grad: one ConvInputGrad where the device runs
+    conv2d_input_grad, else the composite of _conv_input_gradient (on NHWC tensors)."""
+    data = (out_grad.realize_cached_data(), w.realize_cached_data())
+    size = x.shape[2:4] if layout == "NCHW" else x.shape[1:3]
+    if _native_conv(*data):
+        return ConvInputGrad(s, p, size, layout)(out_grad, w)
+    if layout == "NHWC":
+        return _conv_input_gradient(out_grad, x, w, s, p)
+    g = transpose(transpose(out_grad, (1, 2)), (2, 3))
+    x = transpose(transpose(x, (1, 2)), (2, 3))
+    dx = _conv_input_gradient(g, x, w, s, p)
+    return transpose(transpose(dx, (2, 3)), (1, 2))
+
+
+class ConvInputGrad(TensorOp):
+    """d conv(x, w) / dx for the adjoint g, (N, H_out, W_out, C_out) -> (N, H, W, C_in) (NCHW
+    both with layout "NCHW"), by the conv2d_input_grad primitive. Bilinear in (g, w):
+    <V, dx(g, w)> = <conv(V, w), g>, so d/dg = conv(V, w) and d/dw = conv's weight gradient
+    for input V and adjoint g."""
+
+    name = "conv_input_gradient"
+
+    def __init__(self, stride: int, padding: int, size: tuple[int, int], layout: str = "NHWC"):
+        self.stride, self.padding, self.layout = stride, padding, layout
+        self.size = tuple(size)
+
+    def compute(self, g: NDArray, w: NDArray):
+        g = _nhwc(g, self.layout)
+        kh, kw, c_in, c_out = w.shape
+        dims = (g.shape[0],) + self.size + (c_in, kh, kw, c_out)
+        dx = nd.conv2d("input_grad", g, w, dims, self.stride, self.padding)
+        return _from_nhwc(dx, self.layout)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        g, w = node.inputs
+        s, p, layout = self.stride, self.padding, self.layout
         return (
-            _conv_input_gradient(out_grad, x, w, s, p) if x.requires_grad else None,
-            ConvWeightGrad(s, p, w.shape[:2])(x, out_grad) if w.requires_grad else None,
+            conv(out_grad, w, stride=s, padding=p, layout=layout) if g.requires_grad else None,
+            ConvWeightGrad(s, p, w.shape[:2], layout)(out_grad, g) if w.requires_grad else None,
         )
 
 
@@ -931,12 +1032,37 @@ class ConvWeightGrad(TensorOp):
 
     name = "conv_weight_gradient"
 
-    def __init__(self, stride: int, padding: int, kernel: tuple[int, int]):
-        self.stride, self.padding = stride, padding
+    def __init__(
+        self,
+        stride: int,
+        padding: int,
+        kernel: tuple[int, int],
+        layout: str = "NHWC",
+        x_nhwc: NDArray | None = None,
+    ):
+        self.stride, self.padding, self.layout = stride, padding, layout
         self.kernel = tuple(kernel)
+        self.x_nhwc = x_nhwc  # the forward's compact NHWC copy of x, when it made one
 
     def compute(self, x: NDArray, g: NDArray):
         kh, kw = self.kernel
+        if x.ndim == 4 and g.ndim == 4:
+            x, g = _nhwc(x, self.layout), _nhwc(g, self.layout)
+            if self.x_nhwc is not None and self.x_nhwc.shape == x.shape:
+                x = self.x_nhwc
+        if _native_conv(x, g) and x.ndim == 4 and g.ndim == 4:
+            s, p = self.stride, self.padding
+            out_shape = (
+                x.shape[0],
+                (x.shape[1] + 2 * p - kh) // s + 1,
+                (x.shape[2] + 2 * p - kw) // s + 1,
+            )
+            if g.shape[:3] != out_shape:
+                raise ValueError(
+                    f"adjoint {g.shape} does not match the output {out_shape} of input {x.shape}"
+                )
+            dims = x.shape + (kh, kw, g.shape[3])
+            return nd.conv2d("weight_grad", x, g, dims, self.stride, self.padding)
         cols, out_shape = _im2col(x, kh, kw, self.stride, self.padding)
         if g.ndim != 4 or g.shape[:3] != out_shape:
             raise ValueError(
@@ -948,9 +1074,10 @@ class ConvWeightGrad(TensorOp):
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, g = node.inputs
         s, p = self.stride, self.padding
+        layout = self.layout
         return (
-            _conv_input_gradient(g, x, out_grad, s, p) if x.requires_grad else None,
-            conv(x, out_grad, stride=s, padding=p) if g.requires_grad else None,
+            conv_input_gradient(g, x, out_grad, s, p, layout) if x.requires_grad else None,
+            conv(x, out_grad, stride=s, padding=p, layout=layout) if g.requires_grad else None,
         )
 
 
@@ -1002,5 +1129,6 @@ def add_rows(values, indices, rows: int):
     return AddRows(indices, rows)(values)
 
 
-def conv(a, b, stride=1, padding=1):
-    return Conv(stride, padding)(a, b)
+def conv(a, b, stride=1, padding=1, bias=None, layout="NHWC"):
+    op = Conv(stride, padding, layout)
+    return op(a, b) if bias is None else op(a, b, bias)

@@ -65,6 +65,24 @@ class BatchNorm(TensorOp):
         # statistics are then sums over axis 0 and (1, features) broadcasts.
         rows = self._rows(x)
         count, features = rows.shape
+        if _native_norm(rows, weight, bias):  # two passes for the statistics, one to apply
+            y, mean, var = (
+                NDArray.make(shape, device=x.device, dtype=x.dtype)
+                for shape in (rows.shape, (features,), (features,))
+            )
+            x.device.batch_norm_rows(
+                rows._handle,
+                weight.compact()._handle,
+                bias.compact()._handle,
+                y._handle,
+                mean._handle,
+                var._handle,
+                count,
+                features,
+                self.eps,
+            )
+            inv_std = (var + self.eps) ** -0.5
+            return Saved(self._unrows(y, x.shape), mean=mean, var=var, xhat=None, inv_std=inv_std)
         mean = rows.sum(axis=0) / count
         centred = rows - mean.reshape((1, features))
         var = (centred * centred).sum(axis=0) / count
@@ -86,6 +104,25 @@ class BatchNorm(TensorOp):
         """The gradients as NDArrays, from the forward's normalised input."""
         rows = self._rows(dy)
         count, features = rows.shape
+        if saved.xhat is None:  # the forward's batch_norm_rows: its gradient primitive
+            x_rows = self._rows(x.realize_cached_data())
+            dx, d_weight, d_bias = (
+                NDArray.make(shape, device=dy.device, dtype=dy.dtype)
+                for shape in (rows.shape, (features,), (features,))
+            )
+            dy.device.batch_norm_rows_grad(
+                rows._handle,
+                x_rows._handle,
+                saved.mean._handle,
+                saved.inv_std.compact()._handle,
+                weight.compact()._handle,
+                dx._handle,
+                d_weight._handle,
+                d_bias._handle,
+                count,
+                features,
+            )
+            return (self._unrows(dx, dy.shape) if x.requires_grad else None), d_weight, d_bias
         d_bias = rows.sum(axis=0)
         d_weight = (rows * saved.xhat).sum(axis=0)
         d_x = None
@@ -118,6 +155,18 @@ class BatchNorm(TensorOp):
             weight * inv_std
         )
         return d_x, d_weight, d_bias
+
+
+def _native_norm(rows: NDArray, weight: NDArray, bias: NDArray) -> bool:
+    """Whether the device runs batch_norm_rows itself, for these operands (one float dtype)."""
+    dtype = rows.dtype
+    return (
+        isinstance(rows, NDArray)
+        and rows.device.has("batch_norm_rows")
+        and dtype in ("float32", "float64")
+        and weight.dtype == dtype
+        and bias.dtype == dtype
+    )
 
 
 def batch_norm(x, weight, bias, eps: float = 1e-5, axis: int = 1):

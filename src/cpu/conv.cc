@@ -1,0 +1,409 @@
+// Implicit-GEMM convolution (conv.h). Every output pixel (or, for the input gradient, every
+// input pixel) is a GEMM row; the pixels are grouped into classes that see the same kernel
+// taps inside the image, so each class is a dense product over only its valid taps: taps
+// that fall on padding are skipped, not multiplied by packed zeros. That matters at the
+// small maps of ResNet-9 (a 3x3, padding-1 conv on 1x1 maps uses 1 of its 9 taps, on 4x4
+// maps 69% of them). Panels are packed from the input rows directly (the taps of one kernel
+// row are one contiguous run of an NHWC row), and the micro-kernel is the GEMM's.
+//
+// Threads split each class's rows (forward, input gradient) or the weight gradient's
+// columns; each output element is summed in the same order whatever the split, so results
+// do not depend on the thread count.
+
+#include "conv.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "array.h"
+#include "gemm_kernel.h"
+#include "thread_pool.h"
+
+namespace needle {
+namespace cpu {
+
+using microkernel::Blocking;
+
+namespace {
+
+constexpr int64_t kMinMultiplyAddsPerThread = int64_t{1} << 20;  // as in gemm.cc
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+template <class T>
+using Kernel = void (*)(int64_t, const T *, const T *, T *, int64_t, bool, int64_t);
+template <class T, int V, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
+  return std::array<Kernel<T>, sizeof...(R) + 1>{nullptr,
+                                                 &microkernel::micro_kernel<T, R + 1, V>...};
+}
+// Micro-tiles of V vectors per row: MR rows at the GEMM's width, more rows when narrower.
+template <class T, int V>
+constexpr int64_t kRows = Blocking<T>::MR * microkernel::kVectorsPerRow / V;
+template <class T, int V = microkernel::kVectorsPerRow>
+constexpr auto kKernels = make_kernels<T, V>(std::make_integer_sequence<int, kRows<T, V>>{});
+
+// A grow-only, 64-byte aligned scratch buffer per thread and slot.
+template <class T, int Slot> T *scratch(int64_t elements) {
+  struct Free {
+    void operator()(void *p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Free> storage;
+  thread_local size_t capacity = 0;
+  const size_t bytes = static_cast<size_t>(std::max<int64_t>(elements, 1)) * sizeof(T);
+  if (bytes > capacity) {
+    storage.reset();
+    storage.reset(aligned_bytes(bytes));
+    capacity = bytes;
+  }
+  return static_cast<T *>(storage.get());
+}
+
+// Depth (or columns) [k0, k0 + len) of a class read at base + offset + (k - k0); `target` is
+// where column k0 lands in the full weight-gradient matrix.
+struct Run { int64_t k0, offset, len, target; };
+
+// dst[0, n) = src[0, n) for the short runs of a gather (a kernel row's taps: tens of values),
+// inline: a call to memcpy per run cost more than the copy.
+template <class T> inline void copy_run(const T *__restrict src, int64_t n, T *__restrict dst) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    for (; n >= 16; n -= 16, src += 16, dst += 16) _mm512_storeu_ps(dst, _mm512_loadu_ps(src));
+    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+    return _mm512_mask_storeu_ps(dst, m, _mm512_maskz_loadu_ps(m, src));
+  } else {
+    for (; n >= 8; n -= 8, src += 8, dst += 8) _mm512_storeu_pd(dst, _mm512_loadu_pd(src));
+    const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
+    return _mm512_mask_storeu_pd(dst, m, _mm512_maskz_loadu_pd(m, src));
+  }
+#endif
+  std::copy_n(src, n, dst);
+}
+
+// Copies depth [d0, d0 + dd) of one gathered row into dst.
+template <class T>
+inline void gather_runs(const T *base, const std::vector<Run> &runs, int64_t d0, int64_t dd,
+                        T *dst) {
+  for (const Run &r : runs) {
+    const int64_t lo = std::max(r.k0, d0), hi = std::min(r.k0 + r.len, d0 + dd);
+    if (lo < hi) copy_run(base + r.offset + (lo - r.k0), hi - lo, dst + (lo - d0));
+  }
+}
+
+// The taps along one axis that a set of positions share: taps first, first + step, ...
+// (count of them) lie inside the image for each position in `pos`.
+struct AxisClass {
+  int64_t first, count;
+  std::vector<int64_t> pos;
+};
+
+void add_to_class(std::vector<AxisClass> &classes, int64_t first, int64_t count, int64_t pos) {
+  if (count <= 0) first = count = 0;
+  for (AxisClass &c : classes)
+    if (c.first == first && c.count == count) return c.pos.push_back(pos);
+  classes.push_back({first, count, {pos}});
+}
+
+// Output positions o along an axis of `size` (kernel k, stride s, padding p): taps
+// [max(0, p - o s), min(k, size + p - o s)).
+std::vector<AxisClass> output_classes(int64_t size, int64_t k, int64_t s, int64_t p, int64_t out) {
+  std::vector<AxisClass> classes;
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t lo = std::max<int64_t>(0, p - o * s), hi = std::min(k, size + p - o * s);
+    add_to_class(classes, lo, hi - lo, o);
+  }
+  return classes;
+}
+
+// Input positions i: the taps t = i + p - o s with o in [0, out), every s-th from the first.
+std::vector<AxisClass> input_classes(int64_t size, int64_t k, int64_t s, int64_t p, int64_t out) {
+  std::vector<AxisClass> classes;
+  for (int64_t i = 0; i < size; ++i) {
+    int64_t first = -1, count = 0;
+    for (int64_t t = (i + p) % s; t < k; t += s) {
+      const int64_t o = (i + p - t) / s;
+      if (o < 0 || o >= out) continue;
+      if (first < 0) first = t;
+      ++count;
+    }
+    add_to_class(classes, first, count, i);
+  }
+  return classes;
+}
+
+// One class as a product C (m x p) = A (m x depth) @ B (depth x p): row i of A is gathered by
+// `runs` from a_rows[i], row k of B is b_rows[k] (p contiguous values), row i of C goes to
+// c_rows[i].
+template <class T> struct Gathered {
+  int64_t depth = 0, p = 0;
+  std::vector<const T *> a_rows, b_rows;
+  std::vector<T *> c_rows;
+  std::vector<Run> runs;
+};
+
+// The rows [t0, t1) of row tiles of one class on the calling thread, V vectors per row.
+template <class T, int V> void gathered_rows(const Gathered<T> &g, int64_t t0, int64_t t1) {
+  constexpr int64_t MR = kRows<T, V>, NR = V * microkernel::Simd<T>::width, KC = Blocking<T>::KC;
+  const int64_t m = static_cast<int64_t>(g.a_rows.size()), p = g.p, depth = g.depth;
+  if (depth == 0) {
+    for (int64_t i = t0 * MR; i < std::min(m, t1 * MR); ++i) std::fill_n(g.c_rows[i], p, T(0));
+    return;
+  }
+  const int64_t pp = round_up(p, NR), col_tiles = pp / NR;
+  const int64_t blocks = ceil_div(depth, KC), kc = round_up(ceil_div(depth, blocks), 8);
+  T *const b_pack = scratch<T, 0>(depth * pp);
+  T *const a_panel = scratch<T, 1>(MR * KC + MR * pp);
+  T *const c_tile = a_panel + MR * KC;
+  for (int64_t d0 = 0; d0 < depth; d0 += kc) {  // B: per depth block, NR-wide panels
+    const int64_t dd = std::min(kc, depth - d0);
+    for (int64_t jt = 0; jt < col_tiles; ++jt) {
+      T *panel = b_pack + d0 * pp + jt * NR * dd;
+      const int64_t j0 = jt * NR, cols = std::min(NR, p - j0);
+      for (int64_t k = 0; k < dd; ++k) {
+        std::memcpy(panel + k * NR, g.b_rows[d0 + k] + j0, cols * sizeof(T));
+        std::fill(panel + k * NR + cols, panel + (k + 1) * NR, T(0));
+      }
+    }
+  }
+  for (int64_t it = t0; it < t1; ++it) {
+    const int64_t i0 = it * MR, rows = std::min(MR, m - i0);
+    const Kernel<T> kernel = kKernels<T, V>[rows];
+    for (int64_t d0 = 0; d0 < depth; d0 += kc) {
+      const int64_t dd = std::min(kc, depth - d0);
+      for (int64_t r = 0; r < rows; ++r)
+        gather_runs(g.a_rows[i0 + r], g.runs, d0, dd, a_panel + r * KC);
+      for (int64_t jt = 0; jt < col_tiles; ++jt)
+        kernel(dd, a_panel, b_pack + d0 * pp + jt * NR * dd, c_tile + jt * NR, pp, d0 > 0, NR);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(g.c_rows[i0 + r], c_tile + r * pp, p * sizeof(T));
+  }
+}
+
+// Every class, each class's row tiles split across the threads. Outputs at most half the
+// GEMM's NR wide use one vector per row (16 float channels: half the multiply-adds).
+template <class T, int V> void run_gathered_by(const std::vector<Gathered<T>> &classes) {
+  int64_t work = 0;
+  for (const auto &g : classes) work += static_cast<int64_t>(g.a_rows.size()) * g.depth * g.p;
+  parallel(threads_for(work, kMinMultiplyAddsPerThread), [&](int t, int n) {
+    for (const auto &g : classes) {
+      const int64_t tiles = ceil_div(static_cast<int64_t>(g.a_rows.size()), kRows<T, V>);
+      const Range mine = split_range(tiles, t, n);
+      if (mine.begin < mine.end) gathered_rows<T, V>(g, mine.begin, mine.end);
+    }
+  });
+}
+template <class T> void run_gathered(const std::vector<Gathered<T>> &classes) {
+  constexpr int V = microkernel::kVectorsPerRow;
+  if (V > 1 && !classes.empty() && classes[0].p * 2 <= Blocking<T>::NR)
+    return run_gathered_by<T, 1>(classes);
+  run_gathered_by<T, V>(classes);
+}
+
+// The runs of a forward class: one per kernel row, its taps' channels contiguous in NHWC.
+std::vector<Run> tap_runs(const ConvShape &s, const AxisClass &hc, const AxisClass &wc) {
+  std::vector<Run> runs;
+  const int64_t len = wc.count * s.c_in;
+  for (int64_t dkh = 0; dkh < hc.count; ++dkh)
+    runs.push_back(
+        {dkh * len, dkh * s.w * s.c_in, len, ((hc.first + dkh) * s.kw + wc.first) * s.c_in});
+  return runs;
+}
+
+// Calls f(n, oh, ow, pixel index) for the pixels of a class, in row-major order.
+template <class F>
+void for_pixels(const ConvShape &s, const AxisClass &hc, const AxisClass &wc, int64_t rows,
+                int64_t cols, F &&f) {
+  for (int64_t b = 0; b < s.n; ++b)
+    for (int64_t y : hc.pos)
+      for (int64_t x : wc.pos) f(b, y, x, (b * rows + y) * cols + x);
+}
+
+}  // namespace
+
+template <class T> void conv2d(const ConvShape &s, const T *x, const T *w, T *out) {
+  const int64_t oh = s.out_h(), ow = s.out_w();
+  std::vector<Gathered<T>> classes;
+  for (const AxisClass &hc : output_classes(s.h, s.kh, s.stride, s.pad, oh))
+    for (const AxisClass &wc : output_classes(s.w, s.kw, s.stride, s.pad, ow)) {
+      Gathered<T> &g = classes.emplace_back();
+      g.depth = hc.count * wc.count * s.c_in;
+      g.p = s.c_out;
+      g.runs = tap_runs(s, hc, wc);
+      for (const Run &r : g.runs)  // the weight rows of each kernel row's taps, in order
+        for (int64_t k = 0; k < r.len; ++k) g.b_rows.push_back(w + (r.target + k) * s.c_out);
+      for_pixels(s, hc, wc, oh, ow, [&](int64_t b, int64_t y, int64_t xx, int64_t pixel) {
+        const int64_t iy = y * s.stride - s.pad + hc.first, ix = xx * s.stride - s.pad + wc.first;
+        g.a_rows.push_back(g.depth ? x + ((b * s.h + iy) * s.w + ix) * s.c_in : x);
+        g.c_rows.push_back(out + pixel * s.c_out);
+      });
+    }
+  run_gathered(classes);
+}
+
+template <class T> void conv2d_input_grad(const ConvShape &s, const T *g, const T *w, T *dx) {
+  const int64_t oh = s.out_h(), ow = s.out_w();
+  const auto h_classes = input_classes(s.h, s.kh, s.stride, s.pad, oh);
+  const auto w_classes = input_classes(s.w, s.kw, s.stride, s.pad, ow);
+  // B rows are (tap, c_out) rows of c_in values: the weights of the taps some class uses,
+  // their last two axes swapped, in a scratch buffer of this thread (no page faults).
+  std::vector<int64_t> slot(s.kh * s.kw, -1);
+  int64_t used = 0;
+  for (const AxisClass &hc : h_classes)
+    for (const AxisClass &wc : w_classes)
+      for (int64_t a = 0; a < hc.count; ++a)
+        for (int64_t b = 0; b < wc.count; ++b) {
+          int64_t &tap = slot[(hc.first + a * s.stride) * s.kw + wc.first + b * s.stride];
+          if (tap < 0) tap = used++;
+        }
+  T *const wt = scratch<T, 2>(used * s.c_out * s.c_in);
+  for (int64_t tap = 0; tap < s.kh * s.kw; ++tap)
+    if (slot[tap] >= 0)
+      for (int64_t ci = 0; ci < s.c_in; ++ci)
+        for (int64_t co = 0; co < s.c_out; ++co)
+          wt[(slot[tap] * s.c_out + co) * s.c_in + ci] = w[(tap * s.c_in + ci) * s.c_out + co];
+  std::vector<Gathered<T>> classes;
+  for (const AxisClass &hc : h_classes)
+    for (const AxisClass &wc : w_classes) {
+      Gathered<T> &c = classes.emplace_back();
+      c.depth = hc.count * wc.count * s.c_out;
+      c.p = s.c_in;
+      // Tap (first + a s, first' + b s) reads the adjoint a rows and b columns before the first.
+      for (int64_t a = 0; a < hc.count; ++a)
+        for (int64_t b = 0; b < wc.count; ++b) {
+          const int64_t k0 = (a * wc.count + b) * s.c_out;
+          c.runs.push_back({k0, -(a * ow + b) * s.c_out, s.c_out, 0});
+          const int64_t tap = slot[(hc.first + a * s.stride) * s.kw + wc.first + b * s.stride];
+          for (int64_t co = 0; co < s.c_out; ++co)
+            c.b_rows.push_back(wt + (tap * s.c_out + co) * s.c_in);
+        }
+      for_pixels(s, hc, wc, s.h, s.w, [&](int64_t b, int64_t y, int64_t xx, int64_t pixel) {
+        const int64_t gy = (y + s.pad - hc.first) / s.stride,
+                      gx = (xx + s.pad - wc.first) / s.stride;
+        c.a_rows.push_back(c.depth ? g + ((b * oh + gy) * ow + gx) * s.c_out : g);
+        c.c_rows.push_back(dx + pixel * s.c_in);
+      });
+    }
+  run_gathered(classes);
+}
+
+// dw^T (c_out x K) = sum over classes of g_c^T (c_out x pixels) @ x_c (pixels x the class's
+// taps), K = kh kw c_in, each tile added into dw transposed. Each thread owns a range of dw's
+// K rows across every class.
+template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const T *g, T *dw) {
+  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR, KC = Blocking<T>::KC;
+  constexpr int64_t kColBlock = 8 * NR;
+  const int64_t oh = s.out_h(), ow = s.out_w(), K = s.kh * s.kw * s.c_in, co = s.c_out;
+  struct Class {
+    std::vector<Run> runs;
+    std::vector<const T *> x_rows, g_rows;
+    int64_t cols;
+  };
+  std::vector<Class> classes;
+  int64_t work = 0;
+  for (const AxisClass &hc : output_classes(s.h, s.kh, s.stride, s.pad, oh))
+    for (const AxisClass &wc : output_classes(s.w, s.kw, s.stride, s.pad, ow)) {
+      if (hc.count == 0 || wc.count == 0) continue;
+      Class &c = classes.emplace_back();
+      c.runs = tap_runs(s, hc, wc);
+      c.cols = hc.count * wc.count * s.c_in;
+      for_pixels(s, hc, wc, oh, ow, [&](int64_t b, int64_t y, int64_t xx, int64_t pixel) {
+        const int64_t iy = y * s.stride - s.pad + hc.first, ix = xx * s.stride - s.pad + wc.first;
+        c.x_rows.push_back(x + ((b * s.h + iy) * s.w + ix) * s.c_in);
+        c.g_rows.push_back(g + pixel * co);
+      });
+      work += static_cast<int64_t>(c.x_rows.size()) * c.cols * co;
+    }
+  // Thread t owns the rows of dw from bound[t] to bound[t + 1], as many multiply-adds each.
+  std::vector<int64_t> col_work(K + 1, 0);
+  for (const Class &c : classes)
+    for (const Run &r : c.runs)
+      for (int64_t k = 0; k < r.len; ++k) col_work[r.target + k + 1] += c.x_rows.size();
+  for (int64_t k = 0; k < K; ++k) col_work[k + 1] += col_work[k];
+  const int threads = threads_for(work, kMinMultiplyAddsPerThread);
+  std::vector<int64_t> bound(threads + 1, K);
+  for (int t = 0; t < threads; ++t)
+    bound[t] = std::lower_bound(col_work.begin(), col_work.end(), col_work[K] * t / threads) -
+               col_work.begin();
+  bound[0] = 0;
+  const int64_t row_tiles = ceil_div(co, MR);
+  parallel(threads, [&](int t, int n) {
+    const Range owned = n == threads ? Range{bound[t], bound[t + 1]} : Range{0, K};
+    std::fill(dw + owned.begin * co, dw + owned.end * co, T(0));
+    T *const a_pack = scratch<T, 0>(row_tiles * MR * KC);
+    T *const b_pack = scratch<T, 1>(KC * kColBlock + MR * NR);
+    T *const tile = b_pack + KC * kColBlock;
+    std::vector<Run> pieces;  // {panel position, source offset, length}
+    for (const Class &c : classes) {
+      // The class's columns whose rows of dw this thread owns (targets grow with the column).
+      std::vector<int64_t> target(c.cols);
+      for (const Run &r : c.runs)
+        for (int64_t k = 0; k < r.len; ++k) target[r.k0 + k] = r.target + k;
+      const int64_t j0 =
+          std::lower_bound(target.begin(), target.end(), owned.begin) - target.begin();
+      const int64_t j1 = std::lower_bound(target.begin(), target.end(), owned.end) - target.begin();
+      if (j0 >= j1) continue;
+      const int64_t depth = static_cast<int64_t>(c.x_rows.size());
+      for (int64_t d0 = 0; d0 < depth; d0 += KC) {
+        const int64_t dd = std::min(KC, depth - d0);
+        for (int64_t it = 0; it < row_tiles; ++it) {  // A = g^T, MR channels per depth step
+          T *panel = a_pack + it * MR * KC;
+          const int64_t rows = std::min(MR, co - it * MR);
+          for (int64_t k = 0; k < dd; ++k) {
+            const T *src = c.g_rows[d0 + k] + it * MR;
+            for (int64_t r = 0; r < rows; ++r) panel[r * KC + k] = src[r];
+          }
+        }
+        for (int64_t c0 = j0; c0 < j1; c0 += kColBlock) {
+          const int64_t cols = std::min(kColBlock, j1 - c0), col_tiles = ceil_div(cols, NR);
+          // B = x's taps, NR columns per panel: the runs cut at the panels' edges once, then
+          // per depth step one copy per piece (not a scan of every run per panel).
+          pieces.clear();
+          for (const Run &r : c.runs)
+            for (int64_t j = std::max(r.k0, c0); j < std::min(r.k0 + r.len, c0 + cols);) {
+              const int64_t jj = j - c0,
+                            len = std::min({NR - jj % NR, r.k0 + r.len - j, c0 + cols - j});
+              pieces.push_back({jj / NR * NR * dd + jj % NR, r.offset + (j - r.k0), len, 0});
+              j += len;
+            }
+          if (const int64_t width = cols - (col_tiles - 1) * NR; width < NR)
+            for (int64_t k = 0; k < dd; ++k) {
+              T *row = b_pack + (col_tiles - 1) * NR * dd + k * NR;
+              std::fill(row + width, row + NR, T(0));
+            }
+          for (int64_t k = 0; k < dd; ++k)
+            for (const Run &piece : pieces)
+              copy_run(c.x_rows[d0 + k] + piece.offset, piece.len, b_pack + piece.k0 + k * NR);
+          for (int64_t it = 0; it < row_tiles; ++it) {
+            const int64_t rows = std::min(MR, co - it * MR);
+            for (int64_t jt = 0; jt < col_tiles; ++jt) {
+              kKernels<T>[rows](dd, a_pack + it *MR *KC, b_pack + jt *NR *dd, tile, NR, false, NR);
+              const int64_t jb = c0 + jt * NR, width = std::min(NR, cols - jt * NR);
+              for (int64_t j = 0; j < width; ++j) {
+                T *dst = dw + target[jb + j] * co + it * MR;
+                for (int64_t r = 0; r < rows; ++r) dst[r] += tile[r * NR + j];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template void conv2d<float>(const ConvShape &, const float *, const float *, float *);
+template void conv2d<double>(const ConvShape &, const double *, const double *, double *);
+template void conv2d_input_grad<float>(const ConvShape &, const float *, const float *, float *);
+template void conv2d_input_grad<double>(const ConvShape &, const double *, const double *,
+                                        double *);
+template void conv2d_weight_grad<float>(const ConvShape &, const float *, const float *, float *);
+template void conv2d_weight_grad<double>(const ConvShape &, const double *, const double *,
+                                         double *);
+
+}  // namespace cpu
+}  // namespace needle
