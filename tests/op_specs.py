@@ -220,6 +220,13 @@ def torch_conv_nchw(x, w, b, stride=1, padding=1):
     return F.conv2d(x, w.permute(3, 2, 0, 1).contiguous(), b, stride=stride, padding=padding)
 
 
+def torch_conv_any(x, w, *bias, stride=1, padding=1, layout="NHWC"):
+    """Conv's one spec: NHWC without a bias, or NCHW with one (samples with layout="NCHW")."""
+    if layout == "NCHW":
+        return torch_conv_nchw(x, w, *bias, stride=stride, padding=padding)
+    return torch_conv(x, w, stride, padding)
+
+
 def torch_conv_weight_gradient(x, g, stride, padding, kernel):
     w = torch.zeros(kernel + (x.shape[3], g.shape[3]), dtype=x.dtype, requires_grad=True)
     (dw,) = torch.autograd.grad(torch_conv(x, w, stride, padding), w, g, create_graph=True)
@@ -1005,13 +1012,27 @@ SPECS = [
     OpSpec(
         ops.Conv,
         ops.conv,
-        torch_conv,
+        torch_conv_any,
         [
             Sample((n, h, w, c_in), (k, k, c_in, c_out), stride=s, padding=p)
             for n, h, w, c_in, c_out, k, s, p in CONV_CASES
         ]
-        + [Sample((1, 5, 6, 2), (3, 3, 2, 3))],
-        forms=[lambda x, w, stride=1, padding=1: ops.Conv(stride, padding)(x, w)],
+        + [Sample((1, 5, 6, 2), (3, 3, 2, 3))]
+        # NCHW input and output (views of NHWC data) with a bias: nn.Conv's one op.
+        + [
+            Sample(
+                (n, c_in, h, w), (k, k, c_in, c_out), (c_out,), stride=s, padding=p, layout="NCHW"
+            )
+            for n, h, w, c_in, c_out, k, s, p in CONV_CASES[::3]
+        ],
+        call=lambda x, w, *b, stride=1, padding=1, layout="NHWC": ops.conv(
+            x, w, stride, padding, bias=b[0] if b else None, layout=layout
+        ),
+        forms=[
+            lambda x, w, *b, stride=1, padding=1, layout="NHWC": ops.Conv(stride, padding, layout)(
+                x, w, *b
+            )
+        ],
         tol=(1e-4, 1e-4),
         random=convolutions(),
         errors=[
@@ -1033,17 +1054,6 @@ SPECS = [
                 [(1, 4, 4, 2), (3, 3, 2, 2)], {"stride": 0}, ValueError, r"^conv: need stride >= 1"
             ),
         ],
-    ),
-    OpSpec(
-        ops.Conv,
-        None,
-        torch_conv_nchw,
-        [
-            Sample((n, c_in, h, w), (k, k, c_in, c_out), (c_out,), stride=s, padding=p)
-            for n, h, w, c_in, c_out, k, s, p in CONV_CASES[::3]
-        ],
-        call=lambda x, w, b, stride, padding: ops.conv(x, w, stride, padding, b, "NCHW"),
-        tol=(1e-4, 1e-4),
     ),
     OpSpec(
         ops.ConvWeightGrad,

@@ -138,6 +138,7 @@ class Optimizer:
         # (autograd's record of in-place writes holds a buffer written before: one more.)
         held = 2 + written_in_place(data)
         private = sys.getrefcount(data) == 3 and sys.getrefcount(data._handle) == held
+        private = private and data.is_compact()  # (a layout-keeping op may leave a permutation)
         set_array(tensor, axpby(alpha, data, beta, step, out=data if private else None))
         if private:  # a graph made before the step may not read the new values
             note_inplace_write("optimizer.step()", data)
