@@ -455,6 +455,9 @@ void softmax_grad_rows(const Array &s, const Array &g, Array &out, int64_t rows,
       for (int64_t r = begin; r < end; ++r)
         softmax_grad_row(ps + r * cols, pg + r * cols, po + r * cols, cols);
     });
+  });
+}
+
 void batch_norm_rows_primitive(const Array &a, const Array &weight, const Array &bias, Array &out,
                                Array &mean, Array &var, int64_t rows, int64_t cols, double eps) {
   check_size("batch_norm_rows", "a", rows * cols, a.size);

@@ -8,7 +8,12 @@ needle CPU backend: the primitive table of ndarray_backend_numpy, in C++
 from . import _primitive_stubs
 from ._primitive_stubs import *  # noqa: F403 - its __all__ (attributes, core primitives)
 from ._primitive_stubs import (
+    batch_norm_rows as batch_norm_rows,
+    batch_norm_rows_grad as batch_norm_rows_grad,
     batched_matmul as batched_matmul,
+    conv2d as conv2d,
+    conv2d_input_grad as conv2d_input_grad,
+    conv2d_weight_grad as conv2d_weight_grad,
     ewise_axpby as ewise_axpby,
     ewise_broadcast_binary as ewise_broadcast_binary,
     gather_axis as gather_axis,
