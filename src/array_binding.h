@@ -20,7 +20,8 @@ template <class Array, auto parse_dtype, auto dtype_name>
 void bind_array(nanobind::module_ &m, const char *doc) {
   namespace nb = nanobind;
   using namespace nb::literals;
-  nb::class_<Array>(m, "Array", doc)
+  // Weakly referenceable: autograd's record of in-place writes must not keep buffers alive.
+  nb::class_<Array>(m, "Array", doc, nb::is_weak_referenceable())
       .def(
           "__init__",
           [](Array *self, size_t size, const std::string &dtype) {

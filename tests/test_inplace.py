@@ -334,3 +334,17 @@ def test_writes_through_views_inside_autograd_raise(device):
     h.mul_(5)
     with pytest.raises(RuntimeError, match="output is a view of its input"):
         flat.sum().backward()
+
+
+def test_the_write_record_keeps_no_buffer_alive(device):
+    """backward's record of in-place writes refers to buffers weakly: a tensor written in
+    place and dropped leaves nothing behind (a training loop would otherwise keep every
+    activation it ever modified)."""
+    from needle import autograd
+
+    x = needle_conv(device)(X)
+    x.add_(1)
+    key = id(autograd._buffer(x.cached_data))
+    assert key in autograd._WRITTEN
+    del x
+    assert key not in autograd._WRITTEN

@@ -9,8 +9,10 @@ differentiated again.
 from __future__ import annotations
 
 import atexit
+import functools
 import operator
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -42,10 +44,11 @@ _GRAD_ENABLED = True
 TENSOR_COUNTER = 0
 # In-place writes (Tensor._inplace) so far: the clock that orders them against node creation.
 _INPLACE_CLOCK = 0
-# id(buffer) -> [buffer, clock of its last in-place write, writes so far, the writing op]. A
-# node's gradient may not read a buffer written after the node was made (PyTorch's version
-# counter; views and detached aliases share the buffer, so they share the entry). The buffer
-# is held so that its id is not reused; entries only this dict holds are dropped (_prune).
+# id(buffer) -> [weak reference to the buffer, clock of its last in-place write, writes so
+# far, the writing op]. A node's gradient may not read a buffer written after the node was
+# made (PyTorch's version counter; views and detached aliases share the buffer, so they share
+# the entry). The entry goes with the buffer (a buffer type without weak references is held
+# instead, so that its id is not reused, and dropped when only this dict holds it: _prune).
 _WRITTEN: dict[int, list[Any]] = {}
 atexit.register(_WRITTEN.clear)  # before the native modules go: they report buffers still held
 _PRUNE_AT = 64
@@ -943,10 +946,11 @@ def _stale_buffers(node: Value) -> tuple[Value, dict[int, str]] | None:
     buffer is an error now."""
     stale = {}
     for i, value in enumerate((node, *node.inputs)):
-        entry = _WRITTEN.get(id(_buffer(value.cached_data)))
+        key = id(_buffer(value.cached_data))
+        entry = _WRITTEN.get(key)
         if entry is not None and entry[1] > node._birth:
-            stale[id(entry[0])] = f"its input {i - 1}" if i else "its output"
-            stale[id(entry[0])] += f" ({_describe(value.cached_data)}), modified by {entry[3]}"
+            stale[key] = f"its input {i - 1}" if i else "its output"
+            stale[key] += f" ({_describe(value.cached_data)}), modified by {entry[3]}"
     if not stale:
         return None
     if _is_view(node) and id(_buffer(node.cached_data)) in stale:
@@ -1036,28 +1040,40 @@ def note_inplace_write(name: str, data: Any) -> None:
 
 
 def written_in_place(data: Any) -> bool:
-    """Whether _WRITTEN holds `data`'s buffer (one more reference to it)."""
-    return id(_buffer(data)) in _WRITTEN
+    """Whether _WRITTEN holds `data`'s buffer itself (one more reference to it)."""
+    entry = _WRITTEN.get(id(_buffer(data)))
+    return entry is not None and not isinstance(entry[0], weakref.ref)
 
 
 def _record_write(name: str, data: Any) -> None:
     global _PRUNE_AT
     buffer = _buffer(data)
-    entry = _WRITTEN.get(id(buffer))
-    if entry is None:
-        _WRITTEN[id(buffer)] = [buffer, _INPLACE_CLOCK, 1, name]
-        if len(_WRITTEN) > _PRUNE_AT:
-            _prune()
-            _PRUNE_AT = 2 * len(_WRITTEN) + 64
-    else:
+    key = id(buffer)
+    entry = _WRITTEN.get(key)
+    if entry is not None:
         entry[1], entry[2], entry[3] = _INPLACE_CLOCK, entry[2] + 1, name
+        return
+    try:  # a weak reference: the entry goes when the buffer does (nothing kept alive)
+        held: Any = weakref.ref(buffer, functools.partial(_forget, key))
+    except TypeError:  # a buffer type without weak references: held, and pruned
+        held = buffer
+    _WRITTEN[key] = [held, _INPLACE_CLOCK, 1, name]
+    if len(_WRITTEN) > _PRUNE_AT:
+        _prune()
+        _PRUNE_AT = 2 * len(_WRITTEN) + 64
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    entry = _WRITTEN.get(key)
+    if entry is not None and entry[0] is ref:
+        del _WRITTEN[key]
 
 
 def _prune() -> None:
-    """Drop the entries of buffers nothing but _WRITTEN holds (references: the entry and
+    """Drop the entries holding buffers that nothing else holds (references: the entry and
     getrefcount's argument): no node can read them any more."""
     for key, entry in list(_WRITTEN.items()):
-        if sys.getrefcount(entry[0]) <= 2:
+        if not isinstance(entry[0], weakref.ref) and sys.getrefcount(entry[0]) <= 2:
             del _WRITTEN[key]
 
 

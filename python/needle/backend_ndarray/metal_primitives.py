@@ -160,7 +160,7 @@ class MetalArray:
     """A flat buffer of one of DTYPES in shared storage. Each backend has its own subclass,
     `Array`."""
 
-    __slots__ = ("buffer", "_size", "_dtype", "itemsize", "last_batch")
+    __slots__ = ("buffer", "_size", "_dtype", "itemsize", "last_batch", "__weakref__")
     backend: MetalBackend
 
     def __init__(self, size: int, dtype: str = "float32"):

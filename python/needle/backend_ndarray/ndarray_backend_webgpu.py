@@ -177,7 +177,7 @@ class WebGPUBackend:
         class Array:
             """A flat device buffer of `size` elements of one of DTYPES, from the pool."""
 
-            __slots__ = ("block", "_size", "_dtype")
+            __slots__ = ("block", "_size", "_dtype", "__weakref__")  # (autograd's write record)
 
             def __init__(self, size: int, dtype: str = "float32"):
                 self._dtype = backend.check_dtype(dtype)
