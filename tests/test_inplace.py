@@ -348,3 +348,24 @@ def test_the_write_record_keeps_no_buffer_alive(device):
     assert key in autograd._WRITTEN
     del x
     assert key not in autograd._WRITTEN
+
+
+def test_only_a_write_whose_gradient_needs_the_old_values_copies_them(device):
+    """h.add_(o) keeps no copy of the old h (its gradient reads no values: a ResNet's
+    out += identity would copy every block's output); h.mul_(o) with o requiring grad does
+    (o's gradient is the old h), and both gradients are torch's."""
+    conv = needle_conv(device)
+    w, o = conv(X, grad=True), conv(OTHER, grad=True)
+    h = w * 2
+    h.add_(o)
+    assert h._history[-1][1].cached_data is h.cached_data
+    h.mul_(o)
+    assert h._history[-1][1].cached_data is not h.cached_data
+    h.sum().backward()
+    tw, to = torch_conv(X, grad=True), torch_conv(OTHER, grad=True)
+    th = tw * 2
+    th.add_(to)
+    th.mul_(to)
+    th.sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(o.grad.numpy(), to.grad.numpy(), rtol=1e-5, atol=1e-6)

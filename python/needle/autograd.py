@@ -245,6 +245,7 @@ class Value:
     # .grad that may share its buffer (an in-place write copies it first).
     _birth = 0
     _history: list[tuple[int, Value]] | None = None
+    _is_snapshot = False  # a node an in-place write left behind (see Tensor._inplace)
     _cow = False
 
     if TYPE_CHECKING:  # Tensor and TensorTuple add; sum_node_list adds Values
@@ -626,12 +627,15 @@ class Tensor(Value):
         compute: Callable[..., Tensor],
         *operands: Any,
         write: Callable[[Any], None] | None = None,
+        keeps_old: bool = True,
     ) -> Tensor:
         """Write ``compute(self, *operands)`` into this tensor's buffer (its views and detached
         aliases see it) and return self; when no graph is recorded, ``write(data)`` instead,
         if given (a direct write of a selection). Inside autograd this tensor becomes the
-        result's node; what it was is kept as a snapshot (with a copy of the old data) for
-        the nodes made before, which backward then finds (_as_seen_by)."""
+        result's node; what it was is kept as a snapshot for the nodes made before, which
+        backward then finds (_as_seen_by). The snapshot keeps a copy of the old data only
+        with `keeps_old`, for a result whose gradient reads it (x.mul_(y) for y's); else it
+        shares the buffer, and a gradient that reads the old values raises, as in torch."""
         global _INPLACE_CLOCK
         if self.requires_grad and self.op is None and _GRAD_ENABLED:
             raise RuntimeError(
@@ -656,7 +660,7 @@ class Tensor(Value):
                 f"{name}: this tensor is a view of another ({_op_name(self)}); writes through a "
                 "view are not tracked by autograd: clone() it, or write into the base tensor"
             )
-        old = self._snapshot(data) if tracked else self
+        old = self._snapshot(_copy(data) if keeps_old else data) if tracked else self
         result = _fit_result(name, self, compute(old, *operands))
         _write(name, self, data, result.realize_cached_data())
         if tracked:
@@ -666,13 +670,10 @@ class Tensor(Value):
         return self
 
     def _snapshot(self, data: Any) -> Tensor:
-        """This node as it is, on a private copy of its data (for the nodes made before an
-        in-place write, and for the write's own gradient: x.mul_(y) needs the old x)."""
+        """This node as it is, on `data` (for the nodes made before an in-place write)."""
         snapshot = Tensor.__new__(Tensor)
-        snapshot._init(
-            self.op, self.inputs, cached_data=_copy(data), requires_grad=self.requires_grad
-        )
-        snapshot.saved, snapshot._birth = self.saved, self._birth
+        snapshot._init(self.op, self.inputs, cached_data=data, requires_grad=self.requires_grad)
+        snapshot.saved, snapshot._birth, snapshot._is_snapshot = self.saved, self._birth, True
         return snapshot
 
     def backward(
@@ -924,11 +925,12 @@ def _op_name(node: Value) -> str:
 
 
 def _is_view(node: Value) -> bool:
-    """Whether node's data is on the buffer of one of its inputs (reshape, transpose, ...)."""
+    """Whether node's data is on the buffer of one of its inputs (reshape, transpose, ...);
+    the snapshot an in-place write left as an input shares it by design and does not count."""
     if node.op is None or node.cached_data is None:
         return False
     buffer = _buffer(node.cached_data)
-    return any(_buffer(x.cached_data) is buffer for x in node.inputs)
+    return any(_buffer(x.cached_data) is buffer and not x._is_snapshot for x in node.inputs)
 
 
 def _as_seen_by(value: Value, consumer: Value) -> Value:

@@ -71,20 +71,32 @@ def _fresh(result: Tensor, *given: Any) -> Tensor:
     return clone(result) if any(result is g for g in given) else result
 
 
+def _graded(operand: Any) -> bool:
+    """Whether x.mul_(operand) or x.div_(operand) needs the old x: for operand's gradient."""
+    return isinstance(operand, Tensor) and operand.requires_grad
+
+
+# keeps_old=False: the snapshot of x shares the written buffer instead of copying it (an op
+# whose gradient does not read the old x: add, sub, overwrite; a 33 MB copy per out += identity
+# of a ResNet otherwise).
 def add_(self: Tensor, other: Any, *, alpha: float = 1) -> Tensor:
-    return self._inplace("add_", lambda x, o: x + (o * alpha if alpha != 1 else o), other)
+    return self._inplace(
+        "add_", lambda x, o: x + (o * alpha if alpha != 1 else o), other, keeps_old=False
+    )
 
 
 def sub_(self: Tensor, other: Any, *, alpha: float = 1) -> Tensor:
-    return self._inplace("sub_", lambda x, o: x - (o * alpha if alpha != 1 else o), other)
+    return self._inplace(
+        "sub_", lambda x, o: x - (o * alpha if alpha != 1 else o), other, keeps_old=False
+    )
 
 
 def mul_(self: Tensor, other: Any) -> Tensor:
-    return self._inplace("mul_", lambda x, o: _fresh(x * o, x, o), other)
+    return self._inplace("mul_", lambda x, o: _fresh(x * o, x, o), other, keeps_old=_graded(other))
 
 
 def div_(self: Tensor, other: Any) -> Tensor:
-    return self._inplace("div_", lambda x, o: x / o, other)
+    return self._inplace("div_", lambda x, o: x / o, other, keeps_old=_graded(other))
 
 
 def clamp_(self: Tensor, min: Any = None, max: Any = None) -> Tensor:
@@ -98,7 +110,7 @@ def fill_(self: Tensor, value: Any) -> Tensor:
     if not np.isscalar(number):
         raise TypeError(f"fill_: expected a number, got {type(value).__name__}")
     full = Tensor.make_const(array_device(self).full((), number, dtype=self.dtype))
-    return self._inplace("fill_", lambda x: Overwrite()(x, full))
+    return self._inplace("fill_", lambda x: Overwrite()(x, full), keeps_old=False)
 
 
 def zero_(self: Tensor) -> Tensor:
@@ -108,7 +120,9 @@ def zero_(self: Tensor) -> Tensor:
 def copy_(self: Tensor, src: Any) -> Tensor:
     """src's values (broadcast to this shape, in this dtype, from any device) written in; the
     adjoint goes to src."""
-    return self._inplace("copy_", lambda x, s: Overwrite()(x, _tensor_like(s, x)), src)
+    return self._inplace(
+        "copy_", lambda x, s: Overwrite()(x, _tensor_like(s, x)), src, keeps_old=False
+    )
 
 
 def _augmented(method: Any) -> Any:
@@ -210,6 +224,7 @@ def setitem(self: Tensor, index: Any, value: Any) -> None:
         lambda x, v: _put(x, v, index),
         value,
         write=_write_selection(index, value) if direct else None,
+        keeps_old=False,  # where() and index_add read the mask and index, not x
     )
 
 
