@@ -80,6 +80,7 @@ CASES = {
     "sub_": lambda t, o, c: t.sub_(o, alpha=0.5),
     "mul_": lambda t, o, c: t.mul_(o),
     "mul_scalar": lambda t, o, c: t.mul_(3.0),
+    "add_itself": lambda t, o, c: t.add_(t),
     "div_": lambda t, o, c: t.div_(o * o + 1),
     "clamp_": lambda t, o, c: t.clamp_(-0.5, 0.25),
     "zero_": lambda t, o, c: t.zero_(),

@@ -661,6 +661,8 @@ class Tensor(Value):
                 "view are not tracked by autograd: clone() it, or write into the base tensor"
             )
         old = self._snapshot(_copy(data) if keeps_old else data) if tracked else self
+        # x.add_(x): the operand is the old x too (the tensor itself becomes the result)
+        operands = tuple(old if x is self else x for x in operands)
         result = _fit_result(name, self, compute(old, *operands))
         _write(name, self, data, result.realize_cached_data())
         if tracked:
