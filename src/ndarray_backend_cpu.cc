@@ -380,6 +380,13 @@ void layer_norm_rows(const Array &a, Array &out, int64_t rows, int64_t cols, dou
   with_typed<Floats>(a, out, [&](auto *x, auto *y) { layer_norm_each_row(x, y, rows, cols, eps); });
 }
 
+// The IndexError of gather_axis and scatter_add_axis: an index found outside [0, n).
+[[noreturn]] void throw_out_of_range(const char *op, int64_t bad, int64_t n) {
+  throw nb::index_error((std::string(op) + ": index " + std::to_string(bad) +
+                         " is out of range for an axis of size " + std::to_string(n))
+                            .c_str());
+}
+
 void gather_axis(const Array &a, const Array &indices, Array &out, int64_t outer, int64_t n,
                  int64_t inner, int64_t m) {
   assert(indices.size >= static_cast<size_t>(outer * m * inner));
@@ -393,10 +400,7 @@ void gather_axis(const Array &a, const Array &indices, Array &out, int64_t outer
       ok = gather_middle_axis(x, indices.data<int64_t>(), y, outer, n, inner, m, bad);
     });
   }
-  if (!ok)
-    throw nb::index_error(("gather: index " + std::to_string(bad) +
-                           " is out of range for an axis of size " + std::to_string(n))
-                              .c_str());
+  if (!ok) throw_out_of_range("gather", bad, n);
 }
 
 void pool2d(const Array &a, Array &out, int64_t planes, int64_t h, int64_t w, const Shape &kernel,
@@ -426,10 +430,7 @@ void scatter_add_axis(const Array &a, const Array &indices, Array &out, int64_t 
       ok = scatter_add_middle_axis(x, indices.data<int64_t>(), y, outer, n, inner, m, bad);
     });
   }
-  if (!ok)
-    throw nb::index_error(("scatter_add: index " + std::to_string(bad) +
-                           " is out of range for an axis of size " + std::to_string(n))
-                              .c_str());
+  if (!ok) throw_out_of_range("scatter_add", bad, n);
 }
 
 void layer_norm_grad_rows(const Array &a, const Array &g, Array &out, int64_t rows, int64_t cols,

@@ -10,10 +10,11 @@ import sys
 COURSE = pathlib.Path(__file__).parent / "course"
 
 
-def test_course_suite_passes_in_the_numpy_mode():
+def passes_in_the_numpy_mode(path: pathlib.Path) -> None:
+    """pytest on `path` in a fresh interpreter with NEEDLE_BACKEND=np: it passes."""
     env = dict(os.environ, NEEDLE_BACKEND="np")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(COURSE)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)],
         env=env,
         capture_output=True,
         text=True,
@@ -21,18 +22,12 @@ def test_course_suite_passes_in_the_numpy_mode():
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+def test_course_suite_passes_in_the_numpy_mode():
+    passes_in_the_numpy_mode(COURSE)
 
 
 def test_inplace_ops_pass_in_the_numpy_mode():
     """In-place ops write into the numpy mode's NumPy arrays: the same torch comparisons."""
-    env = dict(os.environ, NEEDLE_BACKEND="np")
-    suite = pathlib.Path(__file__).parent / "test_inplace.py"
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+    passes_in_the_numpy_mode(pathlib.Path(__file__).parent / "test_inplace.py")

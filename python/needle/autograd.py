@@ -644,7 +644,7 @@ class Tensor(Value):
             )
         data = self.realize_cached_data()
         if self._cow:  # a .grad that may share its buffer with other gradients
-            data = self.cached_data = _copy(data)
+            data = self.cached_data = copy_data(data)
             self._cow = False
         _check_writable(name, data)
         _INPLACE_CLOCK += 1
@@ -660,7 +660,7 @@ class Tensor(Value):
                 f"{name}: this tensor is a view of another ({_op_name(self)}); writes through a "
                 "view are not tracked by autograd: clone() it, or write into the base tensor"
             )
-        old = self._snapshot(_copy(data) if keeps_old else data) if tracked else self
+        old = self._snapshot(copy_data(data) if keeps_old else data) if tracked else self
         # x.add_(x): the operand is the old x too (the tensor itself becomes the result)
         operands = tuple(old if x is self else x for x in operands)
         result = _fit_result(name, self, compute(old, *operands))
@@ -989,7 +989,7 @@ def _stale_error(node: Value, what: str) -> RuntimeError:
     )
 
 
-def _copy(data: Any) -> Any:
+def copy_data(data: Any) -> Any:
     """A private copy of an NDArray or NumPy array (or NumPy scalar)."""
     if type(data) is not _NDARRAY:
         return numpy.array(data, copy=True) if isinstance(data, numpy.ndarray) else data

@@ -69,13 +69,9 @@ def _named_tensors(
         if _path and not recurse:
             return  # another module's tensors
         items = value._members()
-    elif isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
     else:
-        return
-    if id(value) in _path:
+        items = _container_items(value)
+    if items is None or id(value) in _path:
         return
     path = _path + (id(value),)
     for key, item in items:
@@ -239,17 +235,22 @@ def _direct_children(value: Any, prefix: str, _path=()) -> Iterator[tuple[str, M
     if isinstance(value, Module):
         yield prefix, value
         return
-    if isinstance(value, dict):
-        items: Iterable[tuple[Any, Any]] = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return
-    if id(value) in _path:
+    items = _container_items(value)
+    if items is None or id(value) in _path:
         return
     path = _path + (id(value),)
     for key, item in items:
         yield from _direct_children(item, f"{prefix}.{key}", path)
+
+
+def _container_items(value: Any) -> Iterable[tuple[Any, Any]] | None:
+    """(key, item) of a dict, list or tuple, the containers the module walks enter; None for
+    anything else."""
+    if isinstance(value, dict):
+        return value.items()
+    if isinstance(value, (list, tuple)):
+        return enumerate(value)
+    return None
 
 
 def _move_array(array, device, dtype):

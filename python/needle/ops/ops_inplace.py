@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autograd import Tensor, TensorOp, array_device, is_grad_enabled
+from ..autograd import Tensor, TensorOp, array_device, copy_data, is_grad_enabled
 from ..backend_ndarray import NDArray  # also in the numpy mode: compute gets these
 from .ops_activation import clamp, where
 from .ops_mathematic import astype, broadcast_to, reduce_to_shape, reshape, zeros_like_data
@@ -28,9 +28,7 @@ class Clone(TensorOp):
     name = "clone"
 
     def compute(self, a: NDArray) -> NDArray:
-        out = NDArray.make(a.shape, device=a.device, dtype=a.dtype)
-        out[...] = a
-        return out
+        return copy_data(a)
 
     def gradient(self, out_grad: Tensor, node: Tensor) -> Tensor:
         return out_grad
