@@ -92,6 +92,8 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
         3040,
     ),
     ("distributed", ("python/needle/distributed.py",), 420),
+    # issue 17: graph capture and replay (ndl.compile), a module of its own
+    ("capture", ("python/needle/capture.py",), 540),
     ("other python", ("python/needle/*.py",), 110),
     (
         "native cpu",

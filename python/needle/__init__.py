@@ -7,5 +7,6 @@ from .backend_selection import *  # noqa: F403
 from . import backend_ndarray, init  # noqa: F401
 from . import nn, optim  # noqa: F401
 from . import data, distributed  # noqa: F401
+from .capture import CaptureError, compile  # noqa: F401  (ndl.compile, as torch.compile)
 
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import backend_ndarray as nd
 from .autograd import (
     Tensor,
     array_of,
@@ -138,7 +139,10 @@ class Optimizer:
         # (autograd's record of in-place writes holds a buffer written before: one more.)
         held = 2 + written_in_place(data)
         private = sys.getrefcount(data) == 3 and sys.getrefcount(data._handle) == held
-        private = private and data.is_compact()  # (a layout-keeping op may leave a permutation)
+        # A step being recorded (needle.capture) updates in place as torch does, whoever holds
+        # the buffer: its replays read and write one buffer per parameter.
+        private = (private or nd.capturing()) and data.is_compact()
+        # (a layout-keeping op may leave a permutation)
         set_array(tensor, axpby(alpha, data, beta, step, out=data if private else None))
         if private:  # a graph made before the step may not read the new values
             note_inplace_write("optimizer.step()", data)

@@ -85,6 +85,8 @@ def _optional_backend(name: str):
 
 __all__ = [
     "NDArray",
+    "from_host",
+    "capturing",
     "BackendDevice",
     "DTYPES",
     "array",
@@ -241,11 +243,11 @@ class BackendDevice:
 
     def randn(self, *shape, dtype=None) -> NDArray:
         dtype = canonical_dtype(dtype)
-        return NDArray(np.random.randn(*shape).astype(dtype), device=self, dtype=dtype)
+        return from_host(_draw, (), "randn", shape, dtype, device=self, dtype=dtype)
 
     def rand(self, *shape, dtype=None) -> NDArray:
         dtype = canonical_dtype(dtype)
-        return NDArray(np.random.rand(*shape).astype(dtype), device=self, dtype=dtype)
+        return from_host(_draw, (), "rand", shape, dtype, device=self, dtype=dtype)
 
     def one_hot(self, n: int, i, dtype=None) -> NDArray:
         i = np.asarray(i).astype(np.int64)
@@ -272,6 +274,33 @@ class BackendDevice:
 
     def ones(self, *shape, dtype=None) -> NDArray:
         return self.full(_shape_args(shape), 1.0, dtype)
+
+
+def _draw(kind: str, shape: tuple, dtype: str) -> np.ndarray:
+    """One np.random.rand/randn(*shape) in `dtype` (NumPy's global generator)."""
+    return np.asarray(getattr(np.random, kind)(*shape)).astype(dtype)
+
+
+# needle.capture sets this while it records a step: from_host calls go to it, so that a replay
+# runs their host computation again (None otherwise).
+HOST_RECORDER: Callable[..., NDArray] | None = None
+
+
+def capturing() -> bool:
+    """Whether needle.capture is recording a step (whose replays cannot read the device on the
+    host)."""
+    return HOST_RECORDER is not None
+
+
+def from_host(fn, inputs=(), *consts, device: BackendDevice, dtype) -> NDArray:
+    """An NDArray on `device` of fn(*host copies of `inputs` (NDArrays), *consts): data that a
+    step computes on the host (labels checked there, random draws). A step recorded by
+    needle.capture runs fn again at each replay, so fn must be a pure function of its
+    arguments (and of NumPy's global generator), with results of one shape for inputs of one
+    shape."""
+    if HOST_RECORDER is not None:
+        return HOST_RECORDER(fn, inputs, consts, device, canonical_dtype(dtype))
+    return NDArray(fn(*[a.numpy() for a in inputs], *consts), device=device, dtype=dtype)
 
 
 _cpu_numpy = BackendDevice("cpu_numpy", resolve=lambda: ndarray_backend_numpy)
@@ -1365,8 +1394,22 @@ class RowIndices:
 
     def __init__(self, indices, rows: int, device: BackendDevice | None = None):
         idx = RowIndices.check(indices, rows)
-        self.host, self.rows = idx, int(rows)
+        self.host: np.ndarray | None = idx
+        self.rows = int(rows)
         self.array = NDArray(idx, device=device, dtype=primitives.INDEX_DTYPE)
+
+    @staticmethod
+    def of(indices: NDArray, rows: int, device: BackendDevice, truncate: bool = False):
+        """RowIndices of the NDArray `indices` (flattened), checked on the host through
+        from_host (so that a captured step checks each call's indices), kept on `device`
+        only (``host`` is None). With `truncate`, floats are cut to integers first, as the
+        course's ``.numpy().astype(int)``."""
+        out = RowIndices.__new__(RowIndices)
+        out.host, out.rows = None, int(rows)
+        out.array = from_host(
+            _checked_rows, (indices,), out.rows, truncate, device=device, dtype="int64"
+        )
+        return out
 
     @staticmethod
     def check(indices, rows: int) -> np.ndarray:
@@ -1385,13 +1428,20 @@ class RowIndices:
         return idx
 
     def __len__(self) -> int:
-        return len(self.host)
+        return self.array.size
 
     def on(self, device: BackendDevice) -> RowIndices:
         """These indices on `device` (self when they already are)."""
         if self.array.device == device:
             return self
-        return RowIndices(self.host, self.rows, device)
+        return RowIndices(self.array.numpy() if self.host is None else self.host, self.rows, device)
+
+
+def _checked_rows(indices: np.ndarray, rows: int, truncate: bool) -> np.ndarray:
+    flat = indices.reshape(-1)
+    if truncate and flat.dtype.kind not in "iu":
+        flat = flat.astype(np.int64)
+    return RowIndices.check(flat, rows)
 
 
 def take_rows(table: NDArray, indices) -> NDArray:

@@ -8,6 +8,7 @@ global generator gets the course's numbers. ``device=None`` means ``ndl.cpu()``.
 import numpy as np
 
 import needle as ndl
+from needle.backend_ndarray import from_host
 
 __all__ = [
     "rand",
@@ -68,9 +69,19 @@ def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False):
     """Bernoulli(p) samples, u <= p for one uniform draw u: a 0/1 mask of `dtype` (True/False
     for the default "bool", 1.0/0.0 for a float dtype)."""
     device = _device(device)
-    u = device.rand(*shape)
-    mask = np.asarray(u if isinstance(u, np.ndarray) else u.numpy()) <= p
-    return ndl.Tensor(mask.astype(dtype), device=device, dtype=dtype, requires_grad=requires_grad)
+    if ndl.BACKEND == "np":
+        mask = np.asarray(device.rand(*shape)) <= p
+        return ndl.Tensor(
+            mask.astype(dtype), device=device, dtype=dtype, requires_grad=requires_grad
+        )
+    # Drawn and compared on the host as one from_host call (a captured step draws again).
+    mask = from_host(_bernoulli, (), shape, p, device=device, dtype=dtype)
+    return ndl.Tensor(mask, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def _bernoulli(shape: tuple, p: float) -> np.ndarray:
+    """u <= p for u = np.random.rand(*shape) in float32 (device.rand's draw)."""
+    return np.asarray(np.random.rand(*shape)).astype("float32") <= p
 
 
 def one_hot(n, i, device=None, dtype="float32", requires_grad=False):

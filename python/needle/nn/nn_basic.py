@@ -22,13 +22,15 @@ from needle.autograd import (
     TensorTupleOp,
     _to_arguments,
     add_hook,
+    array_device,
     array_of,
     cpu,
     is_grad_enabled,
     set_array,
 )
-from needle.backend_ndarray import axpby
+from needle.backend_ndarray import axpby, capturing
 from needle.backend_ndarray.ndarray import FLOATS as nd_FLOATS
+from needle.ops.ops_logarithmic import ClassLabels
 
 __all__ = [
     "Parameter",
@@ -674,10 +676,9 @@ class SoftmaxLoss(Module):
     def forward(self, logits: Tensor, y: Tensor) -> Tensor:
         if len(logits.shape) != 2:
             raise ValueError(f"SoftmaxLoss needs logits (batch, classes), got {logits.shape}")
-        # Integer, uint8 or (whole-number) float labels, as the course's .numpy().astype(int).
-        labels = np.asarray(y.numpy() if isinstance(y, Tensor) else y).reshape(-1)
-        if labels.dtype.kind not in "iu":
-            labels = labels.astype(np.int64)
+        # Integer, uint8 or float labels, cut to integers as the course's .numpy().astype(int).
+        labels = array_of(y) if isinstance(y, Tensor) else np.asarray(y)
+        labels = ClassLabels(labels, logits.shape[1], array_device(logits), truncate=True)
         # One fused op, not logsumexp(logits) - sum(logits * one_hot(y)) in ~6 ops (and ~15
         # more in backward); same values and gradients, including gradients of gradients.
         return ops.softmax_cross_entropy(logits, labels)
@@ -719,7 +720,10 @@ class BatchNorm1d(Module):
             # array_of/set_array: the data as NDArrays in either mode (NumPy in the numpy mode).
             for buffer, batch in ((self.running_mean, stats.mean), (self.running_var, stats.var)):
                 old = array_of(buffer)
-                set_array(buffer, axpby(1 - m, old, m, batch.astype(old.dtype)))
+                # In place while a step is recorded (needle.capture), so that its replays
+                # update the one buffer; a new buffer otherwise, as the course's.
+                out = old if capturing() and old.is_compact() else None
+                set_array(buffer, axpby(1 - m, old, m, batch.astype(old.dtype), out=out))
             return y
         keep = (1, self.dim) + (1,) * (len(x.shape) - 2)
 

@@ -10,8 +10,8 @@ from typing import Optional
 
 import numpy as np
 
-from needle import init, ops
-from needle.autograd import Tensor
+from needle import backend_ndarray as nd, init, ops
+from needle.autograd import Tensor, array_device, array_of, cpu
 
 # Sigmoid lives in nn_basic; it is imported here too because the course defines it in this file.
 from .nn_basic import Parameter, Sigmoid, _DeviceModule  # noqa: F401
@@ -270,8 +270,9 @@ class Embedding(_DeviceModule):
     def forward(self, x: Tensor) -> Tensor:
         shape = tuple(x.shape)
         # Ids of any dtype (float32 in the NDArray mode, int or uint8 arrays), as the course's
-        # .numpy().astype(int).
-        ids = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
-        indices = np.asarray(ids).reshape(-1).astype(np.int64)
+        # .numpy().astype(int), checked on the host (through nd.from_host: a captured step
+        # checks each call's ids).
+        ids = array_of(x) if isinstance(x, Tensor) else nd.NDArray(np.asarray(x), device=cpu())
+        indices = nd.RowIndices.of(ids, self.num_embeddings, array_device(self.weight), True)
         out = ops.take_rows(self.weight, indices)
         return ops.reshape(out, shape + (self.embedding_dim,))

@@ -121,10 +121,21 @@ class ClassLabels:
     i * classes + labels[i] of each row's label (an nd.RowIndices of int64 positions, exact
     at any size)."""
 
-    def __init__(self, labels, classes: int, device=None):
-        checked = nd.RowIndices.check(labels, classes)  # on the host: no device copy
-        self.batch, self.classes = len(checked), classes
-        positions = np.arange(self.batch, dtype=np.int64) * classes + checked
+    def __init__(self, labels, classes: int, device=None, truncate: bool = False):
+        """`labels` a NumPy array or list, or an NDArray (then read and checked through
+        nd.from_host, which a captured step runs again at each replay); `truncate` cuts float
+        labels to integers, as the course's ``.numpy().astype(int)``."""
+        self.classes = classes
+        if isinstance(labels, NDArray):
+            self.batch = labels.size
+            self.positions = nd.RowIndices.__new__(nd.RowIndices)
+            self.positions.host, self.positions.rows = None, self.batch * classes
+            self.positions.array = nd.from_host(
+                _label_positions, (labels,), classes, truncate, device=device, dtype="int64"
+            )
+            return
+        positions = _label_positions(np.asarray(labels), classes, truncate)
+        self.batch = len(positions)
         self.positions = nd.RowIndices(positions, self.batch * classes, device)
 
     def picked_sum(self, z: NDArray) -> NDArray:
@@ -144,6 +155,16 @@ class ClassLabels:
     def picked_sum_tensor(self, v: Tensor) -> Tensor:
         """picked_sum as Tensor ops, differentiable in v."""
         return summation(TakeRows(self.positions)(reshape(v, (self.batch * self.classes, 1))))
+
+
+def _label_positions(labels: np.ndarray, classes: int, truncate: bool) -> np.ndarray:
+    """The flat positions i * classes + labels[i] of labels checked to be 1-D whole numbers in
+    [0, classes)."""
+    labels = labels.reshape(-1) if truncate else labels
+    if truncate and labels.dtype.kind not in "iu":
+        labels = labels.astype(np.int64)
+    checked = nd.RowIndices.check(labels, classes)
+    return np.arange(len(checked), dtype=np.int64) * classes + checked
 
 
 class SoftmaxCrossEntropy(TensorOp):
@@ -193,10 +214,12 @@ class SoftmaxCrossEntropyGrad(TensorOp):
             # (400, 10000) logits: ~10 ms a step in separate max, subtract, exp, sum passes)
         else:
             softmax = ((z - m.broadcast_to(z.shape)) - lse.broadcast_to(z.shape)).exp()
-        if c.device.has("synchronize"):
+        if c.device.has("synchronize") or nd.capturing():
             # An asynchronous device (webgpu, cuda, metal): reading c would wait for its whole
             # queue mid-backward (a second submission per webgpu training step), so c stays
-            # on the device and scales the result in one more pass.
+            # on the device and scales the result in one more pass. So does a step being
+            # captured (needle.capture), whose replays cannot read c on the host. (For the
+            # usual c = 1 both give the same bits.)
             per_row = 1.0 / z.shape[0]
             scaled = self.labels.subtract(softmax * per_row, per_row)
             return scaled * c.compact().reshape((1, 1)).broadcast_to(z.shape)
@@ -222,6 +245,6 @@ def softmax_cross_entropy(logits: Tensor, labels) -> Tensor:
     whole numbers (a list, a NumPy array or a Tensor), or a ClassLabels made for them."""
     if not isinstance(labels, ClassLabels):
         if isinstance(labels, Tensor):
-            labels = labels.numpy()
+            labels = array_of(labels)
         labels = ClassLabels(labels, logits.shape[1], array_device(logits))
     return SoftmaxCrossEntropy(labels)(logits)

@@ -1,0 +1,294 @@
+"""ndl.compile: a recorded step replays to the same bits as eager calls, and records again
+(or runs eagerly, with a warning) whenever a replay could be stale."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import needle as ndl
+from needle import nn, optim
+from needle.apps.models import LanguageModel
+
+# The NumPy reference backend and the C++ one (the GPU backends record alike; their tests
+# would only repeat these, slowly, on emulations).
+DEVICES = [pytest.param(d, id=d.name) for d in (ndl.cpu_numpy(), ndl.cpu()) if d.enabled()]
+pytestmark = pytest.mark.skipif(ndl.BACKEND == "np", reason="the numpy mode runs eagerly")
+
+
+def _mlp(device, dropout=0.0, batch_norm=False):
+    np.random.seed(1)
+    layers = [nn.Linear(12, 16, device=device)]
+    layers += [nn.BatchNorm1d(16, device=device)] if batch_norm else []
+    layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 5, device=device)]
+    return nn.Sequential(*layers)
+
+
+def _train_step(model, opt):
+    loss_fn = nn.SoftmaxLoss()
+
+    def step(x, y):
+        opt.reset_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def _batches(device, n, batch=8, features=12, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            ndl.Tensor(rng.standard_normal((batch, features)), device=device, dtype="float32"),
+            ndl.Tensor(rng.integers(0, classes, batch), device=device, dtype="float32"),
+        )
+        for _ in range(n)
+    ]
+
+
+def _run_both(make, device, batches, seed=2):
+    """Parameters and losses after the steps, eager and compiled (same seeds)."""
+    results = []
+    for compiled in (False, True):
+        model, step = make(device)
+        run = ndl.compile(step) if compiled else step
+        np.random.seed(seed)
+        losses = [run(x, y).numpy() for x, y in batches]
+        results.append(([p.numpy() for p in model.parameters()], losses, run))
+    return results
+
+
+def _assert_same(eager, compiled):
+    for a, b in zip(eager[0] + eager[1], compiled[0] + compiled[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "dropout, batch_norm, momentum", [(0.0, False, 0.0), (0.3, True, 0.9), (0.5, False, 0.5)]
+)
+def test_replay_bitwise_equal_to_eager_after_20_steps(device, dropout, batch_norm, momentum):
+    def make(device):
+        model = _mlp(device, dropout, batch_norm)
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=momentum, weight_decay=1e-3)
+        return model, _train_step(model, opt)
+
+    eager, compiled = _run_both(make, device, _batches(device, 20))
+    _assert_same(eager, compiled)
+    run = compiled[2]
+    assert run.reason is None and run.status == "replayed"
+    assert run.replays >= 16, run.recordings  # recorded at most 4 times
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_language_model_replays_bitwise_equal(device):
+    def make(device):
+        np.random.seed(3)
+        model = LanguageModel(8, 30, hidden_size=8, num_layers=2, seq_model="lstm", device=device)
+        opt = optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        loss_fn = nn.SoftmaxLoss()
+
+        def step(x, y):
+            opt.reset_grad()
+            loss = loss_fn(model(x)[0], y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return model, step
+
+    rng = np.random.default_rng(0)
+    batches = [
+        (
+            ndl.Tensor(rng.integers(0, 30, (5, 3)), device=device, dtype="float32"),
+            ndl.Tensor(rng.integers(0, 30, 15), device=device, dtype="float32"),
+        )
+        for _ in range(20)
+    ]
+    eager, compiled = _run_both(make, device, batches)
+    _assert_same(eager, compiled)
+    assert compiled[2].status == "replayed"
+
+
+def _compiled_sgd(device, **kwargs):
+    model = _mlp(device)
+    opt = optim.SGD(model.parameters(), lr=0.1, **kwargs)
+    return model, opt, ndl.compile(_train_step(model, opt))
+
+
+def _warm(run, batches):
+    for x, y in batches:
+        run(x, y)
+    assert run.status == "replayed", (run.status, run.reason)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_new_input_shape_records_again(device):
+    def make(device):
+        model = _mlp(device)
+        return model, _train_step(model, optim.SGD(model.parameters(), lr=0.1))
+
+    batches = _batches(device, 4) + _batches(device, 4, batch=3) + _batches(device, 4)
+    eager, compiled = _run_both(make, device, batches)
+    _assert_same(eager, compiled)
+    # Plain SGD has no state to create: two recordings agree. 4 calls at batch 8 (2 recorded),
+    # 4 at batch 3 (2 recorded), then 4 replays of the plan kept for batch 8.
+    assert compiled[2].replays == 2 + 2 + 4 and compiled[2].recordings == 4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_python_state_changes_record_again(device):
+    model, opt, run = _compiled_sgd(device)
+    batches = _batches(device, 4)
+    _warm(run, batches)
+    opt.lr = 0.01  # a scheduler's change
+    run(*batches[0])
+    assert run.status == "recorded"
+    model.eval()  # dropout and batch norm change behaviour
+    run(*batches[1])
+    assert run.status == "recorded"
+    model.train()
+    run(*batches[2])
+    assert run.status == "recorded"  # the plan for lr 0.1 is not the one for 0.01
+    _warm(run, batches)
+
+
+FLAG = {"clip": False}
+SCALE = 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_globals_and_branches_are_guarded(device):
+    global SCALE
+    model = _mlp(device)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.SoftmaxLoss()
+
+    def step(x, y):
+        opt.reset_grad()
+        loss = loss_fn(model(x), y) * SCALE
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = ndl.compile(step)
+    batches = _batches(device, 4)
+    _warm(run, batches)
+    before = run(*batches[0]).numpy()
+    SCALE = 3.0
+    try:
+        after = run(*batches[0])
+        assert run.status == "recorded"
+        # the recorded call is eager: three times the loss of a model one step further on
+        assert after.numpy() != before
+    finally:
+        SCALE = 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_host_read_in_step_runs_eagerly_with_warning(device):
+    model = _mlp(device)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.SoftmaxLoss()
+    seen = []
+
+    def step(x, y):
+        opt.reset_grad()
+        loss = loss_fn(model(x), y)
+        seen.append(float(loss.numpy()))  # data-dependent Python
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = ndl.compile(step)
+    with pytest.warns(UserWarning, match="reads device data on the host.*test_capture.py"):
+        run(*_batches(device, 1)[0])
+    for x, y in _batches(device, 3):
+        run(x, y)
+    assert run.status == "eager" and len(seen) == 4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_adam_step_count_gives_up_with_reason(device):
+    def make(device):
+        model = _mlp(device)
+        return model, _train_step(model, optim.Adam(model.parameters(), lr=0.01))
+
+    with pytest.warns(UserWarning, match=r"Adam.*\.t: \d+ -> \d+"):
+        eager, compiled = _run_both(make, device, _batches(device, 8))
+    _assert_same(eager, compiled)
+    assert compiled[2].status == "eager"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_replay_checks_labels_again(device):
+    _, _, run = _compiled_sgd(device)
+    batches = _batches(device, 4)
+    _warm(run, batches)
+    x, _ = batches[0]
+    bad = ndl.Tensor(np.full(8, 5.0), device=device, dtype="float32")  # 5 classes: 0..4
+    with pytest.raises(IndexError, match=r"\[0, 5\)"):
+        run(x, bad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rebound_parameter_records_again(device):
+    batches = _batches(device, 8)
+    results, statuses = [], []
+    for compiled in (False, True):
+        model = _mlp(device)
+        step = _train_step(model, optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        run = ndl.compile(step) if compiled else step
+        for i, (x, y) in enumerate(batches):
+            if i == 5:  # rebinding a parameter's data: the recording read the old buffer
+                w = model.modules[0].weight
+                w.data = ndl.Tensor(np.full(w.shape, 0.1), device=device, dtype="float32")
+            run(x, y)
+            statuses.append(getattr(run, "status", None))
+        results.append([p.numpy() for p in model.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert statuses[-4:] == ["replayed", "recorded", "recorded", "replayed"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_outputs_are_copies(device):
+    _, _, run = _compiled_sgd(device)
+    batches = _batches(device, 6)
+    losses = [run(x, y) for x, y in batches]
+    assert run.status == "replayed"
+    values = [float(loss.numpy()) for loss in losses]
+    assert len(set(values)) == len(values)
+    assert not losses[-1].requires_grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_step_writing_its_argument_runs_eagerly(device):
+    x = ndl.Tensor(np.ones(4), device=device, dtype="float32", requires_grad=False)
+
+    def step(x):
+        with ndl.no_grad():
+            x += 1.0
+        return x * 2.0
+
+    run = ndl.compile(step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [run(x).numpy() for _ in range(4)]
+    assert any("writes into its argument 0" in str(w.message) for w in caught)
+    np.testing.assert_array_equal(outs[-1], np.full(4, 10.0))
+    np.testing.assert_array_equal(x.numpy(), np.full(4, 5.0))
+
+
+def test_decorator_form_and_repr():
+    @ndl.compile
+    def double(x):
+        return x * 2.0
+
+    x = ndl.Tensor(np.arange(3.0), device=ndl.cpu_numpy(), dtype="float32")
+    for _ in range(3):
+        out = double(x)
+    np.testing.assert_array_equal(out.numpy(), np.arange(3.0) * 2)
+    assert double.status == "replayed" and "double" in repr(double)
