@@ -7,7 +7,8 @@ One step is zero_grad, forward, softmax cross-entropy, backward and an SGD updat
 random data: an MLP 784-512-512-10 (batch 128), ResNet-9 on 3x32x32 (batch 128) and a 2-layer
 LSTM language model (seq 20 x batch 20, hidden and embedding 100, vocabulary 10,000), the
 steps of `needle bench`'s train workload. Each thread count runs in its own process whose
-environment pins every library to it (needle.apps.bench.harness).
+environment pins every library to it (needle.apps.bench.harness). "needle cpu compiled" runs
+the same step through ndl.compile (recorded during the warm-up calls, then replayed).
 
 --profile then breaks each needle step down (needle.apps.bench.step_profile): time inside each
 kind of backend kernel and, by difference, outside them (Python and NumPy), then cProfile's
@@ -18,7 +19,7 @@ import sys
 
 from needle.apps.bench import harness
 from needle.apps.bench.step_profile import profile_step
-from needle.apps.bench.workloads import train_specs, train_workload
+from needle.apps.bench.workloads import COMPILED, train_specs, train_workload
 
 PROFILE_STEPS = {"mlp": 100, "resnet9": 3, "lstm-lm": 5}
 
@@ -38,8 +39,9 @@ def arguments(parser):
 
 def configure(args):
     specs = [s for s in train_specs() if s.model in args.models.split(",")]
-    return [train_workload(specs, repeats=7, warmup=2, min_time=0.2)], [
+    return [train_workload(specs, repeats=7, warmup=4, min_time=0.2)], [
         harness.needle_backend("cpu"),
+        harness.needle_backend("cpu", label=f"needle cpu {COMPILED}"),
         harness.torch_backend("cpu"),
     ]
 
@@ -55,6 +57,12 @@ def after(args, results):
 if __name__ == "__main__":
     sys.exit(
         harness.script_main(
-            sys.modules[__name__], ratios=[("needle cpu", "torch cpu")], threads="1,2"
+            sys.modules[__name__],
+            ratios=[
+                ("needle cpu", "torch cpu"),
+                (f"needle cpu {COMPILED}", "torch cpu"),
+                (f"needle cpu {COMPILED}", "needle cpu"),
+            ],
+            threads="1,2",
         )
     )

@@ -101,8 +101,11 @@ def needle_model(spec: TrainSpec, device):
     return model.train(), X, y
 
 
-def needle_train_step(spec: TrainSpec, device, lr: float = 0.01) -> Callable[[], None]:
-    """One SGD step of `spec`'s model on fixed random data, on a needle device."""
+def needle_train_step(
+    spec: TrainSpec, device, lr: float = 0.01, compiled: bool = False
+) -> Callable[[], None]:
+    """One SGD step of `spec`'s model on fixed random data, on a needle device; with
+    `compiled`, through ndl.compile (recorded, then replayed)."""
     model, X, y = needle_model(spec, device)
     opt = optim.SGD(model.parameters(), lr=lr)
     loss_fn = nn.SoftmaxLoss()
@@ -114,7 +117,7 @@ def needle_train_step(spec: TrainSpec, device, lr: float = 0.01) -> Callable[[],
         loss_fn(out, y).backward()
         opt.step()
 
-    return step
+    return ndl.compile(step) if compiled else step
 
 
 def torch_model(spec: TrainSpec, device):
@@ -308,11 +311,16 @@ def overhead_workload(**timing) -> Workload:
     )
 
 
+# The suffix of a needle backend's label whose train steps run through ndl.compile.
+COMPILED = "compiled"
+
+
 def train_workload(specs: Sequence[TrainSpec], **timing) -> Workload:
     def case(spec: TrainSpec) -> Case:
         def build(backend: Backend):
             if backend.library == "needle":
-                return needle_train_step(spec, backend.handle)
+                compiled = backend.name.endswith(COMPILED)
+                return needle_train_step(spec, backend.handle, compiled=compiled)
             return torch_train_step(spec, backend.handle)
 
         return Case(spec.title, build, {"model": spec.model, **spec.kwargs}, headline=True)
