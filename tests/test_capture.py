@@ -292,3 +292,36 @@ def test_decorator_form_and_repr():
         out = double(x)
     np.testing.assert_array_equal(out.numpy(), np.arange(3.0) * 2)
     assert double.status == "replayed" and "double" in repr(double)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tensors_inside_argument_containers_are_inputs(device):
+    def step(pair, scale):
+        a, b = pair["a"], pair["b"]
+        return (a * b).sum() * scale
+
+    run = ndl.compile(step)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        a, b = (ndl.Tensor(rng.standard_normal(6), device=device, dtype="float32") for _ in "ab")
+        out = run({"a": a, "b": b}, 2.0)
+        np.testing.assert_allclose(out.numpy(), (a.numpy() * b.numpy()).sum() * 2.0, rtol=1e-6)
+    assert run.status == "replayed"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_arguments_that_require_grad_get_their_gradient(device):
+    w = ndl.Tensor(np.arange(4.0), device=device, dtype="float32")
+
+    def step(x):
+        loss = (x * w).sum()
+        loss.backward()
+        return loss
+
+    run = ndl.compile(step)
+    for i in range(4):
+        x = ndl.Tensor(np.full(4, float(i)), device=device, dtype="float32", requires_grad=True)
+        run(x)
+        np.testing.assert_array_equal(x.grad.numpy(), np.arange(4.0))
+        np.testing.assert_array_equal(w.grad.numpy(), np.full(4, float(i)))
+    assert run.status == "replayed"

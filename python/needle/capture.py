@@ -239,7 +239,9 @@ class _Plan:
     """A recording made ready to replay: handles resolved, dead temporaries given shared
     buffers, argument and output copies prepared."""
 
-    def __init__(self, tape: _Tape, args: list[tuple[_Buf, Any]], outputs, tensors: list):
+    def __init__(
+        self, tape: _Tape, args: list[tuple[_Buf, Any]], outputs, tensors: list, arg_grads
+    ):
         self.problem = self._resolve(tape) or _writes_argument(tape)
         # The tensors the step can see whose buffers it reads: rebinding one (p.data = ...,
         # load_state_dict) between calls makes the next call record again.
@@ -257,7 +259,7 @@ class _Plan:
                 handles = tuple(a.handle if isinstance(a, _Buf) else a for a in call_args)
                 self.calls.append((target, handles))
         self.args = [(b.handle, mod) for b, mod in args]
-        self.outputs = outputs
+        self.outputs, self.arg_grads = outputs, arg_grads
 
     def _resolve(self, tape: _Tape) -> str | None:
         free: dict[tuple, list] = {}
@@ -293,13 +295,15 @@ class _Plan:
                 return False
         return True
 
-    def replay(self, arrays: list[nd.NDArray]):
-        for (handle, mod), array in zip(self.args, arrays):
+    def replay(self, arrays: list[tuple[Tensor | None, nd.NDArray]]):
+        for (handle, mod), (_, array) in zip(self.args, arrays):
             if array._handle is not handle:
                 src = array.compact()
                 mod.compact(src._handle, handle, src.shape, nd.compact_strides(src.shape), 0)
         for target, args in self.calls:
             target(*args)
+        for i, spec in self.arg_grads:  # what backward gave the arguments that require grad
+            arrays[i][0].grad = _build(spec)  # type: ignore[union-attr]
         return _build(self.outputs)
 
 
@@ -356,7 +360,7 @@ class CompiledStep:
         if self.reason is not None:
             self.status = "eager"
             return self.fn(*args, **kwargs)
-        arrays: list[nd.NDArray] = []
+        arrays: list[tuple[Tensor | None, nd.NDArray]] = []
         key = self._guard(args, kwargs, arrays)
         plan = self._plans.get(key)
         if plan is not None and plan.state_unchanged():
@@ -368,12 +372,14 @@ class CompiledStep:
 
     def _guard(self, args, kwargs, arrays: list, tensors: list | None = None) -> tuple:
         parts: list = [autograd.is_grad_enabled()]
-        for value in list(args) + [kwargs[k] for k in sorted(kwargs)]:
-            if isinstance(value, Tensor):
-                value = array_of(value)
+        for value in _flatten(list(args) + [kwargs[k] for k in sorted(kwargs)]):
+            tensor = value if isinstance(value, Tensor) else None
+            if tensor is not None:
+                value = array_of(tensor)
             if isinstance(value, nd.NDArray):
-                arrays.append(value)
-                parts.append(("array", value.shape, value.dtype, value.device.name))
+                arrays.append((tensor, value))
+                grad = tensor is not None and tensor.requires_grad
+                parts.append(("array", value.shape, value.dtype, value.device.name, grad))
             else:
                 parts.append(("value", _describe(value, set(), tensors)))
         parts.append(tuple(_describe(get(), set(), tensors) for get in self._roots))
@@ -382,7 +388,7 @@ class CompiledStep:
     def _record(self, key: tuple, arrays: list, args, kwargs):
         devices = [d for d in nd.all_devices() if d.__dict__.get("mod") is not None]
         tape = _Tape(tuple({d.mod.Array for d in devices if isinstance(d.mod.Array, type)}))
-        for i, array in enumerate(arrays):
+        for i, (_, array) in enumerate(arrays):
             b = tape.buf(array._handle, "arg")
             b.index = i
             if not array.is_compact():
@@ -416,8 +422,13 @@ class CompiledStep:
             signature = tape.signature()
             last, self._last = self._last, signature
             if last == signature and before == after:
-                args = [(tape.buf(a._handle), real[a.device]) for a in arrays]
-                plan = _Plan(tape, args, outputs, tensors)
+                args = [(tape.buf(a._handle), real[a.device]) for _, a in arrays]
+                grads = [
+                    (i, _outputs(t.grad, tape))
+                    for i, (t, _) in enumerate(arrays)
+                    if t is not None and t.grad is not None
+                ]
+                plan = _Plan(tape, args, outputs, tensors, grads)
                 problem = plan.problem
                 if problem is None:
                     self._plans[after] = plan
@@ -509,6 +520,20 @@ def _outputs(result, tape: _Tape):
         return ("tensor", b, array._simplified_view(), array.shape, array.device, array.dtype)
     tape.refuse(f"the step returns a {type(result).__name__} (only Tensors are replayed)")
     return ("none",)
+
+
+def _flatten(values):
+    """The arguments with tuples, lists and dicts opened (their tensors are arguments too),
+    the containers' shapes kept as markers."""
+    for value in values:
+        if isinstance(value, (tuple, list)):
+            yield (type(value).__name__, len(value))
+            yield from _flatten(value)
+        elif isinstance(value, dict):
+            yield ("dict", tuple(value))
+            yield from _flatten(value.values())
+        else:
+            yield value
 
 
 def _state_roots(fn: Callable) -> list[Callable[[], Any]]:
