@@ -913,6 +913,16 @@ class NDArray:
                     if out is not None:
                         return out
                 a, other = a.broadcast_to(shape), other.broadcast_to(shape)
+            elif (0 in a._strides or 0 in other._strides) and ewise_name in _VECTOR_OPS:
+                # A broadcast view (a bias spread over the rows) against a full array: one
+                # pass over the vector as it is, not a copy of it at full size first (the
+                # (400, 10000) logits of a language model: 1.4 ms of a step).
+                if device.has("ewise_broadcast_binary"):
+                    out = _repeated_vector_binary(
+                        _collapsed(a), _collapsed(other), a._shape, ewise_name
+                    )
+                    if out is not None:
+                        return out
             if a._strides == other._strides and a._dense_view():
                 # Same permuted layout (NCHW views of NHWC data): run over the buffers as
                 # they lie, the result in that layout too, instead of compacting both.
@@ -1290,6 +1300,14 @@ _VECTOR_OPS = {
     "ewise_div": "div",
     "ewise_maximum": "maximum",
 }
+
+
+def _collapsed(a: NDArray) -> NDArray:
+    """A broadcast view as the array it spreads: its stride-0 axes of size 1."""
+    if 0 not in a._strides:
+        return a
+    shape = tuple(1 if s == 0 else n for n, s in zip(a._shape, a._strides))
+    return NDArray._make(shape, a._strides, a._device, a._handle, a._offset)
 
 
 def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):

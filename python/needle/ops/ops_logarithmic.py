@@ -142,10 +142,15 @@ class ClassLabels:
         """The sum over rows of z[i, labels[i]]."""
         return nd.take_rows(z.compact().reshape((z.size, 1)), self.positions).sum()
 
-    def subtract(self, g: NDArray, value: float) -> NDArray:
-        """g with `value` taken off at each row's label, in place into g (compact, ours)."""
+    def subtract(self, g: NDArray, value: float | NDArray) -> NDArray:
+        """g with `value` (a number or a one-element NDArray) taken off at each row's label,
+        in place into g (compact, ours)."""
+        if isinstance(value, NDArray):
+            minus = (-value).reshape((1, 1)).broadcast_to((self.batch, 1)).compact()
+        else:
+            minus = g.device.full((self.batch, 1), -value, dtype=g.dtype)
         nd.add_rows(
-            g.device.full((self.batch, 1), -value, dtype=g.dtype),
+            minus,
             self.positions,
             g.size,
             out=g.reshape((g.size, 1)),
@@ -214,19 +219,11 @@ class SoftmaxCrossEntropyGrad(TensorOp):
             # (400, 10000) logits: ~10 ms a step in separate max, subtract, exp, sum passes)
         else:
             softmax = ((z - m.broadcast_to(z.shape)) - lse.broadcast_to(z.shape)).exp()
-        if c.device.has("synchronize") or nd.capturing():
-            # An asynchronous device (webgpu, cuda, metal): reading c would wait for its whole
-            # queue mid-backward (a second submission per webgpu training step), so c stays
-            # on the device and scales the result in one more pass. So does a step being
-            # captured (needle.capture), whose replays cannot read c on the host. (For the
-            # usual c = 1 both give the same bits.)
-            per_row = 1.0 / z.shape[0]
-            scaled = self.labels.subtract(softmax * per_row, per_row)
-            return scaled * c.compact().reshape((1, 1)).broadcast_to(z.shape)
-        # The scale c / batch as a number (reading one element; c is the loss's adjoint,
-        # ones unless the loss was scaled): a (1, 1) array would be broadcast and copied to
-        # the logits' size before multiplying.
-        scale = float(c.numpy().reshape(-1)[0]) / z.shape[0]
+        # The scale c / batch stays on the device (c is the loss's adjoint, ones unless the
+        # loss was scaled): reading it would wait for an asynchronous device's queue
+        # mid-backward, and a captured step's replays cannot read it. On the cpu the (1, 1)
+        # scale multiplies in one pass (ewise_broadcast_binary), as a number would.
+        scale = c.compact().reshape((1, 1)) * (1.0 / z.shape[0])
         return self.labels.subtract(softmax * scale, scale)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
