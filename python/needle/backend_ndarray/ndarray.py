@@ -913,16 +913,19 @@ class NDArray:
                     if out is not None:
                         return out
                 a, other = a.broadcast_to(shape), other.broadcast_to(shape)
-            elif (0 in a._strides or 0 in other._strides) and ewise_name in _VECTOR_OPS:
+            elif (
+                (0 in a._strides or 0 in other._strides)
+                and ewise_name in _VECTOR_OPS
+                and device.has("ewise_broadcast_binary")
+            ):
                 # A broadcast view (a bias spread over the rows) against a full array: one
                 # pass over the vector as it is, not a copy of it at full size first (the
                 # (400, 10000) logits of a language model: 1.4 ms of a step).
-                if device.has("ewise_broadcast_binary"):
-                    out = _repeated_vector_binary(
-                        _collapsed(a), _collapsed(other), a._shape, ewise_name
-                    )
-                    if out is not None:
-                        return out
+                out = _repeated_vector_binary(
+                    _collapsed(a), _collapsed(other), a._shape, ewise_name
+                )
+                if out is not None:
+                    return out
             if a._strides == other._strides and a._dense_view():
                 # Same permuted layout (NCHW views of NHWC data): run over the buffers as
                 # they lie, the result in that layout too, instead of compacting both.
