@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                   1 and 2 threads, all three models
     python benchmarks/bench_train.py --threads 1 --models mlp --profile
+    python benchmarks/bench_train.py --models resnet9 --resnet-batches 16,32,64,128
 
 One step is zero_grad, forward, softmax cross-entropy, backward and an SGD update, on fixed
 random data: an MLP 784-512-512-10 (batch 128), ResNet-9 on 3x32x32 (batch 128) and a 2-layer
@@ -19,7 +20,7 @@ import sys
 
 from needle.apps.bench import harness
 from needle.apps.bench.step_profile import profile_step
-from needle.apps.bench.workloads import COMPILED, train_specs, train_workload
+from needle.apps.bench.workloads import COMPILED, TrainSpec, train_specs, train_workload
 
 PROFILE_STEPS = {"mlp": 100, "resnet9": 3, "lstm-lm": 5}
 
@@ -31,6 +32,11 @@ def arguments(parser):
         help="comma-separated subset of mlp, resnet9, lstm-lm",
     )
     parser.add_argument(
+        "--resnet-batches",
+        default="128",
+        help="comma-separated ResNet-9 batch sizes (the course's seeds use 16, 32 and 64)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also break each needle step down (at each thread count)",
@@ -38,7 +44,16 @@ def arguments(parser):
 
 
 def configure(args):
-    specs = [s for s in train_specs() if s.model in args.models.split(",")]
+    specs = []
+    for spec in train_specs():
+        if spec.model not in args.models.split(","):
+            continue
+        if spec.model != "resnet9":
+            specs.append(spec)
+            continue
+        for batch in map(int, args.resnet_batches.split(",")):
+            params = dict(spec.params, batch=batch)
+            specs.append(TrainSpec(spec.model, tuple(params.items())))
     return [train_workload(specs, repeats=7, warmup=4, min_time=0.2)], [
         harness.needle_backend("cpu"),
         harness.needle_backend("cpu", label=f"needle cpu {COMPILED}"),
