@@ -916,6 +916,7 @@ class NDArray:
             elif (
                 (0 in a._strides or 0 in other._strides)
                 and ewise_name in _VECTOR_OPS
+                and _size(a._shape) >= _BROADCAST_PASS_SIZE
                 and device.has("ewise_broadcast_binary")
             ):
                 # A broadcast view (a bias spread over the rows) against a full array: one
@@ -1303,6 +1304,11 @@ _VECTOR_OPS = {
     "ewise_div": "div",
     "ewise_maximum": "maximum",
 }
+
+
+# Below this many elements copying a broadcast operand out costs less than the Python of
+# finding its vector (4 floats: 16 us a call through _repeated_vector_binary, 5 us copied).
+_BROADCAST_PASS_SIZE = 1 << 14
 
 
 def _collapsed(a: NDArray) -> NDArray:
