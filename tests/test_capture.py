@@ -211,15 +211,45 @@ def test_host_read_in_step_runs_eagerly_with_warning(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_adam_step_count_gives_up_with_reason(device):
-    def make(device):
-        model = _mlp(device)
-        return model, _train_step(model, optim.Adam(model.parameters(), lr=0.01))
+@pytest.mark.parametrize("optimizer", [optim.Adam, optim.AdamW])
+def test_adam_replays_bitwise_equal_and_counts_steps(device, optimizer):
+    opts = []
 
-    with pytest.warns(UserWarning, match=r"Adam.*\.t: \d+ -> \d+"):
-        eager, compiled = _run_both(make, device, _batches(device, 8))
+    def make(device):
+        model = _mlp(device, dropout=0.2)
+        opts.append(optimizer(model.parameters(), lr=0.01, weight_decay=0.01))
+        return model, _train_step(model, opts[-1])
+
+    eager, compiled = _run_both(make, device, _batches(device, 12))
     _assert_same(eager, compiled)
-    assert compiled[2].status == "eager"
+    assert compiled[2].status == "replayed" and opts[0].t == opts[1].t == 12
+
+
+COUNT = 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_changing_every_call_gives_up_with_reason(device):
+    global COUNT
+    COUNT = 0
+    model = _mlp(device)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.SoftmaxLoss()
+
+    def step(x, y):
+        global COUNT
+        COUNT += 1
+        opt.reset_grad()
+        loss = loss_fn(model(x), y) * (1.0 + 0.01 * COUNT)
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = ndl.compile(step)
+    with pytest.warns(UserWarning, match=r"changes the state it sees \(COUNT: \d+ -> \d+\)"):
+        for x, y in _batches(device, 8):
+            run(x, y)
+    assert run.status == "eager" and COUNT == 8
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -382,7 +382,7 @@ class CompiledStep:
                 parts.append(("array", value.shape, value.dtype, value.device.name, grad))
             else:
                 parts.append(("value", _describe(value, set(), tensors)))
-        parts.append(tuple(_describe(get(), set(), tensors) for get in self._roots))
+        parts.append(tuple((name, _describe(get(), set(), tensors)) for name, get in self._roots))
         return tuple(parts)
 
     def _record(self, key: tuple, arrays: list, args, kwargs):
@@ -536,20 +536,21 @@ def _flatten(values):
             yield value
 
 
-def _state_roots(fn: Callable) -> list[Callable[[], Any]]:
-    """Getters of what the step can see: its self, closure variables and named globals."""
-    roots: list[Callable[[], Any]] = []
+def _state_roots(fn: Callable) -> list[tuple[str, Callable[[], Any]]]:
+    """(name, getter) of what the step can see: its self, closure variables, named globals."""
+    roots: list[tuple[str, Callable[[], Any]]] = []
     if hasattr(fn, "__self__"):
         owner = fn.__self__
-        roots.append(lambda: owner)
+        roots.append(("self", lambda: owner))
         fn = fn.__func__  # type: ignore[attr-defined]
     code = getattr(fn, "__code__", None)
     if code is None:
         if hasattr(fn, "__dict__"):  # a callable object (a Module): its attributes
-            roots.append(lambda: fn)
+            roots.append((type(fn).__name__, lambda: fn))
         return roots
-    for cell in getattr(fn, "__closure__", None) or ():
-        roots.append(lambda cell=cell: _cell(cell))
+    cells = getattr(fn, "__closure__", None) or ()
+    for name, cell in zip(code.co_freevars, cells):
+        roots.append((name, lambda cell=cell: _cell(cell)))
     names: set[str] = set()
     stack = [code]
     while stack:
@@ -559,7 +560,7 @@ def _state_roots(fn: Callable) -> list[Callable[[], Any]]:
     globals_ = fn.__globals__
     for name in sorted(names):
         if name in globals_ and not isinstance(globals_[name], type(sys)):
-            roots.append(lambda name=name: globals_.get(name))
+            roots.append((name, lambda name=name: globals_.get(name)))
     return roots
 
 
@@ -596,9 +597,14 @@ def _describe(value, seen: set, tensors: list | None = None) -> Any:
     module = type(value).__module__ or ""
     if module.startswith("needle.") and hasattr(value, "__dict__"):
         seen.add(id(value))
+        replayed = getattr(type(value), "_replayed", ())  # kept current by replays
         return (
             type(value).__name__,
-            tuple((k, _describe(v, seen, tensors)) for k, v in vars(value).items() if _worth(v)),
+            tuple(
+                (k, _describe(v, seen, tensors))
+                for k, v in vars(value).items()
+                if _worth(v) and k not in replayed
+            ),
         )
     return None
 

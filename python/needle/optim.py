@@ -258,10 +258,13 @@ class Adam(Optimizer):
         self.m: dict[Tensor, Tensor] = {}
         self.v: dict[Tensor, Tensor] = {}
 
+    # What ndl.compile's replays keep current (t, in step's from_host): left out of guards.
+    _replayed: ClassVar[tuple[str, ...]] = ("t",)
+
     @no_grad()
     def step(self) -> None:
-        self.t += 1
-        t, b1, b2 = self.t, self.beta1, self.beta2
+        b1, b2 = self.beta1, self.beta2
+        corrections = self._bias_corrections()
         for p, grad in self._grads():
             decay = 1.0
             if self.weight_decay:
@@ -275,9 +278,26 @@ class Adam(Optimizer):
             else:  # from m = v = 0
                 self.m[p] = Tensor.make_const(grad * (1 - b1))
                 self.v[p] = Tensor.make_const(grad * grad * (1 - b2))
-            m_hat = array_of(self.m[p]) / (1 - b1**t)
-            v_hat = array_of(self.v[p]) / (1 - b2**t)
+            c1, c2 = corrections if corrections is not None else (1 - b1**self.t, 1 - b2**self.t)
+            m_hat = array_of(self.m[p]) / c1
+            v_hat = array_of(self.v[p]) / c2
             self._update(p, decay, -self.lr, m_hat / (v_hat.sqrt() + self.eps))
+
+    def _bias_corrections(self):
+        """Advance t; (1 - beta1^t, 1 - beta2^t) as device arrays from nd.from_host, which
+        ndl.compile's replays run again (numbers, None, for mixed devices or dtypes)."""
+        kinds = {(p.device, p.dtype) for p in self.params}
+        if _NUMPY_MODE or len(kinds) != 1:
+            self.t += 1
+            return None
+        device, dtype = kinds.pop()
+        both = nd.from_host(_next_adam_step, (), self, device=device, dtype=dtype)
+        return both[0:1], both[1:2]
+
+
+def _next_adam_step(adam: Adam) -> np.ndarray:
+    adam.t += 1
+    return np.array([1 - adam.beta1**adam.t, 1 - adam.beta2**adam.t])
 
 
 class AdamW(Adam):
