@@ -18,7 +18,8 @@ label and index checks, random draws. A replay runs that work again, so dropout 
 masks from NumPy's generator and a bad label still raises. Some steps run eagerly instead,
 with one warning that says why and where:
 - a step that reads device data on the host any other way (``.numpy()``, ``float(loss)``);
-- a step that changes the state it sees on every call, such as Adam's step count;
+- a step that changes the state it sees on every call, such as a counter it reads (Adam's
+  step count is not one: it advances in a from_host call, and Adam marks it ``_replayed``);
 - a step whose recordings never agree.
 
 A replay does not repeat the step's Python side effects. Tensors the step leaves behind
