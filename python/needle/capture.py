@@ -19,7 +19,8 @@ masks from NumPy's generator and a bad label still raises. Some steps run eagerl
 with one warning that says why and where:
 - a step that reads device data on the host any other way (``.numpy()``, ``float(loss)``);
 - a step that changes the state it sees on every call, such as a counter it reads (Adam's
-  step count is not one: it advances in a from_host call, and Adam marks it ``_replayed``);
+  step count is not one: it advances in a from_host call, and Adam lists it in
+  ``_unguarded``, the attributes a class keeps out of the guards);
 - a step whose recordings never agree.
 
 A replay does not repeat the step's Python side effects. Tensors the step leaves behind
@@ -598,7 +599,9 @@ def _describe(value, seen: set, tensors: list | None = None) -> Any:
     module = type(value).__module__ or ""
     if module.startswith("needle.") and hasattr(value, "__dict__"):
         seen.add(id(value))
-        replayed = getattr(type(value), "_replayed", ())  # kept current by replays
+        # Attributes a class declares its recorded work does not depend on, or that replays
+        # keep current (Adam's t, which advances in a from_host call).
+        replayed = getattr(type(value), "_unguarded", ())
         return (
             type(value).__name__,
             tuple(

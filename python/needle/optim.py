@@ -259,7 +259,7 @@ class Adam(Optimizer):
         self.v: dict[Tensor, Tensor] = {}
 
     # What ndl.compile's replays keep current (t, in step's from_host): left out of guards.
-    _replayed: ClassVar[tuple[str, ...]] = ("t",)
+    _unguarded: ClassVar[tuple[str, ...]] = ("t",)
 
     @no_grad()
     def step(self) -> None:

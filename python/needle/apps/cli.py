@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="gradient accumulation: one optimizer step per N batches (their gradients "
         "summed, each loss scaled by 1/N), as a batch N times larger without its memory",
     )
+    train.add_argument(
+        "--compile",
+        action="store_true",
+        help="record each update once and replay it (ndl.compile): same results, less Python",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--debug", action="store_true", help="tracebacks for errors")
     train.add_argument(
@@ -543,6 +548,7 @@ def train(args) -> int:
         max_batches=args.max_batches,
         accumulate=accumulate,
         progress=not args.no_progress and sys.stderr.isatty() and primary,
+        compile=args.compile,
     )
     start_epoch = 0
     source = task.source

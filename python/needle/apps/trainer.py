@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+import needle as ndl
 from needle import nn
 from needle.autograd import Tensor, no_grad
 
@@ -150,6 +151,10 @@ class Trainer:
     samples of a classifier, the target tokens of a language model).
     """
 
+    # What a compiled update (ndl.compile of _update) does not depend on: counters, the data
+    # and the hooks, which run outside it.
+    _unguarded = ("steps", "epoch", "train_data", "val_data", "hooks", "_compiled")
+
     def __init__(
         self,
         model: nn.Module,
@@ -164,6 +169,7 @@ class Trainer:
         max_batches: int | None = None,
         progress: bool = False,
         accumulate: int = 1,
+        compile: bool = False,
     ):
         if accumulate < 1:
             raise ValueError(f"Trainer: accumulate must be at least 1, got {accumulate}")
@@ -178,6 +184,9 @@ class Trainer:
             if not any(hasattr(hook, name) for name in HOOK_METHODS):
                 raise TypeError(f"Trainer: hook {hook!r} has none of {', '.join(HOOK_METHODS)}")
         self.epoch = 0  # the last epoch fit() completed (what a checkpoint is marked with)
+        # With `compile`, whole updates run through ndl.compile (recorded, then replayed) when
+        # nothing must run between backward and the step (no clipping, no after_backward).
+        self._compiled = ndl.compile(self._update) if compile else None
 
     def _call(self, name: str, *args) -> None:
         for hook in self.hooks:
@@ -204,8 +213,12 @@ class Trainer:
         loss / count, added to the gradients of the update's earlier micro-batches); after the
         last one the after_backward hooks, gradient clipping and the optimizer step. The
         default (0, 1) is a whole update. Returns what forward() does (the unscaled loss)."""
-        logits, loss, state = self.forward(x, y, state)
         index, count = part
+        plain = count == 1 and self.clip is None
+        if self._compiled is not None and plain and not self._hooks_with("after_backward"):
+            self.steps += 1
+            return self._compiled(x, y, state)
+        logits, loss, state = self.forward(x, y, state)
         if index == 0:
             self.opt.reset_grad()
         (loss if count == 1 else loss * (1.0 / count)).backward(accumulate=index > 0)
@@ -219,6 +232,17 @@ class Trainer:
         self.opt.step()
         self.steps += 1
         return logits, loss, state
+
+    def _update(self, x: Tensor, y: Tensor, state=None):
+        """One whole update, as ndl.compile records it: (logits, loss, state)."""
+        logits, loss, state = self.forward(x, y, state)
+        self.opt.reset_grad()
+        loss.backward()
+        self.opt.step()
+        return logits, loss, state
+
+    def _hooks_with(self, name: str) -> bool:
+        return any(hasattr(hook, name) for hook in self.hooks)
 
     def run_epoch(
         self, train: bool, data=None, description: str | None = None
