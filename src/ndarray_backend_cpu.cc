@@ -459,6 +459,49 @@ void softmax_grad_rows(const Array &s, const Array &g, Array &out, int64_t rows,
   });
 }
 
+// batch * hidden, checked: a ValueError naming `what` for a negative size or one whose arrays
+// (5 * batch * hidden elements at most) could not be counted.
+int64_t lstm_units(const char *what, int64_t batch, int64_t hidden) {
+  int64_t n = 0;
+  if (batch < 0 || hidden < 0 || __builtin_mul_overflow(batch, hidden, &n) || n > INT64_MAX / 5)
+    throw nb::value_error((std::string(what) + ": batch " + std::to_string(batch) + " and hidden " +
+                           std::to_string(hidden) + " are not array sizes")
+                              .c_str());
+  return n;
+}
+
+void lstm_cell(const Array &gates, const Array &c, Array &out, Array &act, int64_t batch,
+               int64_t hidden) {
+  const int64_t n = lstm_units("lstm_cell", batch, hidden);
+  check_size("lstm_cell", "gates", 4 * n, gates.size);
+  check_size("lstm_cell", "c", n, c.size);
+  check_size("lstm_cell", "out", 2 * n, out.size);
+  check_size("lstm_cell", "act", 5 * n, act.size);
+  const DType dtype = common_dtype(gates, c, out, act);
+  GilRelease unlocked(4 * n);
+  dispatch<Floats>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    lstm_cell_rows(gates.data<T>(), c.data<T>(), out.data<T>(), act.data<T>(), batch, hidden);
+  });
+}
+
+void lstm_cell_grad(const Array &dy, const Array &act, const Array &c, Array &d_gates, Array &d_c,
+                    int64_t batch, int64_t hidden) {
+  const int64_t n = lstm_units("lstm_cell_grad", batch, hidden);
+  check_size("lstm_cell_grad", "dy", 2 * n, dy.size);
+  check_size("lstm_cell_grad", "act", 5 * n, act.size);
+  check_size("lstm_cell_grad", "c", n, c.size);
+  check_size("lstm_cell_grad", "d_gates", 4 * n, d_gates.size);
+  check_size("lstm_cell_grad", "d_c", n, d_c.size);
+  const DType dtype = common_dtype(dy, act, c, d_gates, d_c);
+  GilRelease unlocked(4 * n);
+  dispatch<Floats>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    lstm_cell_grad_rows(dy.data<T>(), act.data<T>(), c.data<T>(), d_gates.data<T>(), d_c.data<T>(),
+                        batch, hidden);
+  });
+}
+
 void batch_norm_rows_primitive(const Array &a, const Array &weight, const Array &bias, Array &out,
                                Array &mean, Array &var, int64_t rows, int64_t cols, double eps) {
   check_size("batch_norm_rows", "a", rows * cols, a.size);
@@ -701,6 +744,9 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "softmax_grad_rows", &softmax_grad_rows, "s"_a, "g"_a, "out"_a, "rows"_a, "cols"_a);
   def(m, "layer_norm_grad_rows", &layer_norm_grad_rows, "a"_a, "g"_a, "out"_a, "rows"_a, "cols"_a,
       "eps"_a);
+  def(m, "lstm_cell", &lstm_cell, "gates"_a, "c"_a, "out"_a, "act"_a, "batch"_a, "hidden"_a);
+  def(m, "lstm_cell_grad", &lstm_cell_grad, "dy"_a, "act"_a, "c"_a, "d_gates"_a, "d_c"_a, "batch"_a,
+      "hidden"_a);
   def(m, "batch_norm_rows", &batch_norm_rows_primitive, "a"_a, "weight"_a, "bias"_a, "out"_a,
       "mean"_a, "var"_a, "rows"_a, "cols"_a, "eps"_a);
   def(m, "batch_norm_rows_grad", &batch_norm_rows_grad_primitive, "dy"_a, "a"_a, "mean"_a,

@@ -85,6 +85,43 @@ def test_broadcast_binary_rejects_an_unknown_op():
         )
 
 
+def lstm_arrays(batch, hidden, dtype="float32", **sizes):
+    """lstm_cell's and lstm_cell_grad's arrays for (batch, hidden), each of its right size
+    unless `sizes` names another."""
+    n = batch * hidden
+    right = {"gates": 4 * n, "c": n, "out": 2 * n, "act": 5 * n}
+    right.update(dy=2 * n, d_gates=4 * n, d_c=n)
+    return {k: nb_cpu.Array(sizes.get(k, size), dtype) for k, size in right.items()}
+
+
+def call_lstm(name, a, batch, hidden):
+    if name == "lstm_cell":
+        return nb_cpu.lstm_cell(a["gates"], a["c"], a["out"], a["act"], batch, hidden)
+    return nb_cpu.lstm_cell_grad(a["dy"], a["act"], a["c"], a["d_gates"], a["d_c"], batch, hidden)
+
+
+@pytest.mark.parametrize("name", ["lstm_cell", "lstm_cell_grad"])
+def test_lstm_cell_checks_its_sizes(name):
+    """An array too small for (batch, hidden), or sizes that are none, is a ValueError naming
+    the primitive and the array, before anything is read or written; another dtype a
+    TypeError."""
+    used = ("gates", "c", "out", "act")
+    if name == "lstm_cell_grad":
+        used = ("dy", "act", "c", "d_gates", "d_c")
+    for array in used:
+        with pytest.raises(ValueError, match=rf"^{name}: {array} has \d+ elements"):
+            call_lstm(name, lstm_arrays(3, 5, **{array: 1}), 3, 5)
+    call_lstm(name, lstm_arrays(3, 5), 3, 5)  # all of the right size
+    call_lstm(name, lstm_arrays(3, 5, c=99), 3, 5)  # larger than needed: its first elements
+    for batch, hidden in ((-1, 5), (3, -2), (2**40, 2**30), (2**62, 2)):
+        with pytest.raises(ValueError, match=rf"^{name}: batch {batch} and hidden {hidden}"):
+            call_lstm(name, lstm_arrays(3, 5), batch, hidden)
+    mixed = lstm_arrays(3, 5)
+    mixed["c"] = nb_cpu.Array(15, "float64")
+    with pytest.raises(TypeError, match=name):
+        call_lstm(name, mixed, 3, 5)
+
+
 # ---- work split across threads -----------------------------------------------------------
 def every_thread_count(threads, name, *args, dtype, same_bits=True):
     """`name` called with 1, 2 and 3 threads: the results, the same bits each time unless
@@ -116,6 +153,30 @@ def test_large_compact_split_across_threads(threads, dtype):
         threads, "compact", data, Out(data.size), (500, 300), (1, 500), 0, dtype=dtype
     )[0]
     np.testing.assert_array_equal(got, data.reshape(300, 500).T.reshape(-1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_cell_split_across_threads(threads, dtype, rng):
+    """Rows of an LSTM cell large enough to split across threads (hidden not a multiple of a
+    vector): the same bits whatever the split, and the reference's values."""
+    from needle.backend_ndarray import ndarray_backend_numpy as nb_np
+
+    batch, hidden = 70, 301
+    n = batch * hidden
+    gates, c, dy = (
+        rng.standard_normal(4 * n) * 3,
+        rng.standard_normal(n),
+        rng.standard_normal(2 * n),
+    )
+    args = (gates, c, Out(2 * n), Out(5 * n), batch, hidden)
+    got = every_thread_count(threads, "lstm_cell", *args, dtype=dtype)[0]
+    want = call(nb_np, "lstm_cell", *args, dtype=dtype)
+    np.testing.assert_allclose(got, want, rtol=10 * EPS[dtype], atol=10 * EPS[dtype])
+    act = want[2 * n :]
+    args = (dy, act, c, Out(4 * n), Out(n), batch, hidden)
+    got = every_thread_count(threads, "lstm_cell_grad", *args, dtype=dtype)[0]
+    want = call(nb_np, "lstm_cell_grad", *args, dtype=dtype)
+    np.testing.assert_allclose(got, want, rtol=30 * EPS[dtype], atol=30 * EPS[dtype])
 
 
 # (outer, reduce_size, inner): wider than one 4096-column chunk, few long reductions split

@@ -356,5 +356,90 @@ template <class T> void softmax_each_row(const T *a, T *out, int64_t rows, int64
   });
 }
 
+// ---- an LSTM cell (lstm_cell, lstm_cell_grad) ----------------------------------------------
+// sigmoid and tanh as ewise_sigmoid and ewise_tanh compute them, so the fused cell agrees with
+// the unfused ops.
+template <class V> inline V vsigmoid(V x) { return Sigmoid{}(x); }
+inline Vec<float> vtanh(Vec<float> x) { return vmath::tanh(x); }
+inline Vec<double> vtanh(Vec<double> x) {
+  return simd::per_lane<double>(x, [](double v) { return std::tanh(v); });
+}
+
+// A whole vector at p, or (Tail) its first r lanes, the rest zero.
+template <class T, bool Tail> inline Vec<T> ld(const T *p, int64_t r) {
+  return Tail ? simd::load_partial(p, r) : simd::load(p);
+}
+template <class T, bool Tail> inline void st(T *p, Vec<T> v, int64_t r) {
+  if (Tail) return simd::store_partial(p, v, r);
+  simd::store(p, v);
+}
+
+// Units [j, j + W) of a row (Tail: [j, j + r)): gates x (4, hidden) i, f, g, o and cb in;
+// h', c' and a (5, hidden) = i, f, g, o activated, tanh(c') out. Every pointer a parameter:
+// the stores (memcpy, which may alias anything) then force no reloads.
+template <class T, bool Tail>
+inline void lstm_cell_vector(const T *x, const T *cb, T *h, T *c_new, T *a, int64_t H, int64_t j,
+                             int64_t r) {
+  const Vec<T> i = vsigmoid(ld<T, Tail>(x + j, r)), f = vsigmoid(ld<T, Tail>(x + H + j, r));
+  const Vec<T> g = vtanh(ld<T, Tail>(x + 2 * H + j, r));
+  const Vec<T> o = vsigmoid(ld<T, Tail>(x + 3 * H + j, r));
+  const Vec<T> cn = f * ld<T, Tail>(cb + j, r) + i * g, t = vtanh(cn);
+  st<T, Tail>(h + j, o * t, r);
+  st<T, Tail>(c_new + j, cn, r);
+  st<T, Tail>(a + j, i, r);
+  st<T, Tail>(a + H + j, f, r);
+  st<T, Tail>(a + 2 * H + j, g, r);
+  st<T, Tail>(a + 3 * H + j, o, r);
+  st<T, Tail>(a + 4 * H + j, t, r);
+}
+
+// One pass over each row b of gates (batch, 4, hidden) and c: out's rows b of its (h', c')
+// halves and act's row b.
+template <class T>
+void lstm_cell_rows(const T *gates, const T *c, T *out, T *act, int64_t batch, int64_t hidden) {
+  constexpr int W = simd::kWidth<T>;
+  const int64_t H = hidden, whole = H / W * W;
+  parallel_rows(batch, 4 * H, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const T *x = gates + b * 4 * H, *cb = c + b * H;
+      T *h = out + b * H, *cn = out + (batch + b) * H, *a = act + b * 5 * H;
+      for (int64_t j = 0; j < whole; j += W) lstm_cell_vector<T, false>(x, cb, h, cn, a, H, j, W);
+      if (whole < H) lstm_cell_vector<T, true>(x, cb, h, cn, a, H, whole, H - whole);
+    }
+  });
+}
+
+// lstm_cell's adjoint at units [j, j + W) of a row (Tail: [j, j + r)): d_h', d_c', act a and
+// cb in; d_gates dg (4, hidden) and d_c out, in the NumPy reference's order of products.
+template <class T, bool Tail>
+inline void lstm_cell_grad_vector(const T *dh, const T *dcn, const T *a, const T *cb, T *dg, T *dc,
+                                  int64_t H, int64_t j, int64_t r) {
+  const Vec<T> i = ld<T, Tail>(a + j, r), f = ld<T, Tail>(a + H + j, r);
+  const Vec<T> g = ld<T, Tail>(a + 2 * H + j, r), o = ld<T, Tail>(a + 3 * H + j, r);
+  const Vec<T> t = ld<T, Tail>(a + 4 * H + j, r), d_h = ld<T, Tail>(dh + j, r);
+  const Vec<T> d_cell = ld<T, Tail>(dcn + j, r) + d_h * o * (T(1) - t * t);
+  st<T, Tail>(dg + j, d_cell * g * i * (T(1) - i), r);
+  st<T, Tail>(dg + H + j, d_cell * ld<T, Tail>(cb + j, r) * f * (T(1) - f), r);
+  st<T, Tail>(dg + 2 * H + j, d_cell * i * (T(1) - g * g), r);
+  st<T, Tail>(dg + 3 * H + j, d_h * t * o * (T(1) - o), r);
+  st<T, Tail>(dc + j, d_cell * f, r);
+}
+
+template <class T>
+void lstm_cell_grad_rows(const T *dy, const T *act, const T *c, T *d_gates, T *d_c, int64_t batch,
+                         int64_t hidden) {
+  constexpr int W = simd::kWidth<T>;
+  const int64_t H = hidden, whole = H / W * W;
+  parallel_rows(batch, 4 * H, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const T *dh = dy + b * H, *dcn = dy + (batch + b) * H, *a = act + b * 5 * H, *cb = c + b * H;
+      T *dg = d_gates + b * 4 * H, *dc = d_c + b * H;
+      for (int64_t j = 0; j < whole; j += W)
+        lstm_cell_grad_vector<T, false>(dh, dcn, a, cb, dg, dc, H, j, W);
+      if (whole < H) lstm_cell_grad_vector<T, true>(dh, dcn, a, cb, dg, dc, H, whole, H - whole);
+    }
+  });
+}
+
 }  // namespace cpu
 }  // namespace needle

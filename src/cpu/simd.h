@@ -56,15 +56,30 @@ template <class T> inline Vec<T> load(const T *p) {
 
 template <class T> inline void store(T *p, Vec<T> v) { std::memcpy(p, &v, sizeof v); }
 
-// The first n < kWidth lanes; the rest are zero.
+// The first n < kWidth lanes; the rest are zero. With AVX-512 one masked instruction (lanes
+// past n are never touched), else a memcpy of n elements (a call: its size is not constant).
 template <class T> inline Vec<T> load_partial(const T *p, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    return reinterpret_cast<Vec<T>>(_mm512_maskz_loadu_ps((1u << n) - 1, p));
+  else
+    return reinterpret_cast<Vec<T>>(_mm512_maskz_loadu_pd((1u << n) - 1, p));
+#else
   Vec<T> v{};
   std::memcpy(&v, p, n * sizeof(T));
   return v;
+#endif
 }
 
 template <class T> inline void store_partial(T *p, Vec<T> v, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    _mm512_mask_storeu_ps(p, (1u << n) - 1, reinterpret_cast<__m512>(v));
+  else
+    _mm512_mask_storeu_pd(p, (1u << n) - 1, reinterpret_cast<__m512d>(v));
+#else
   std::memcpy(p, &v, n * sizeof(T));
+#endif
 }
 
 // kWidth<double> consecutive T's as a Vec<double>, where sums accumulate. (Every vector

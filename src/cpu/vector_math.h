@@ -107,11 +107,11 @@ inline V tanh(V x) {
   return z >= 0.625f ? large : small;
 }
 
-// 1 / (1 + e^-x) via e^-|x|, which never overflows; the form is chosen by the sign.
+// 1 / (1 + e^-x) via e^-|x|, which never overflows; the numerator is chosen by the sign
+// (one division: the compiler computed both quotients of a select of them).
 inline V sigmoid(V x) {
   const V e = vmath::exp(x < 0.0f ? x : -x);
-  const V d = 1.0f + e;
-  return x >= 0.0f ? 1.0f / d : e / d;
+  return (x >= 0.0f ? splat(1.0f) : e) / (1.0f + e);
 }
 
 // erf: Eigen's float rational x P(x^2) / Q(x^2) on x clamped to [-4, 4] (erf is 1 in float

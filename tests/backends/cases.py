@@ -680,6 +680,36 @@ def _layer_norm_grad_rows(prim, backend, rng):
         )
 
 
+# (batch, hidden): empty, one unit, hidden across a vector (16 floats, 8 doubles), the LM's
+# cell (20, 100), and one large enough to be split across threads.
+LSTM_SHAPES = [(0, 5), (3, 0), (1, 1), (3, 1), (1, 7), (2, 16), (5, 17), (20, 100), (64, 257)]
+
+
+def _lstm_cell(prim, backend, rng):
+    """lstm_cell on gates across the activations' ranges, saturated, infinite and NaN;
+    lstm_cell_grad from the activations of such gates."""
+    for (batch, hidden), scale in itertools.product(LSTM_SHAPES, (3.0, 30.0)):
+        n = batch * hidden
+        gates, c = rng.standard_normal(4 * n) * scale, rng.standard_normal(n) * 2
+        label = f"batch {batch}, hidden {hidden}, gates * {scale}"
+        if prim.name == "lstm_cell":
+            yield Case(label, (gates, c, Out(2 * n), Out(5 * n), batch, hidden), elementwise)
+            continue
+        x = gates.reshape(batch, 4, hidden)
+        act = 1 / (1 + np.exp(-x))
+        act[:, 2] = np.tanh(x[:, 2])
+        c_new = act[:, 1] * c.reshape(batch, hidden) + act[:, 0] * act[:, 2]
+        act = np.concatenate([act, np.tanh(c_new)[:, None]], axis=1).reshape(-1)
+        dy = rng.standard_normal(2 * n)
+        tol = lambda dtype: dict(rtol=16 * EPS[dtype], atol=16 * EPS[dtype])  # noqa: E731
+        yield Case(label, (dy, act, c, Out(4 * n), Out(n), batch, hidden), tol)
+    if prim.name == "lstm_cell":
+        special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 100.0, -100.0, 1.0])
+        gates = np.stack([np.roll(special, k) for k in range(4)]).reshape(-1)  # i, f, g, o
+        yield Case("inf, NaN and zeros", (gates, np.linspace(-2, 2, 8), Out(16), Out(40), 1, 8),
+                   elementwise)  # fmt: skip
+
+
 # (outer, n, inner, m): inner 1 (the last axis), 3, 17; m below and above n; empty.
 GATHER_AXIS_SHAPES = [(0, 4, 2, 3), (3, 1, 1, 2), (1, 7, 1, 20), (5, 9, 3, 4), (2, 300, 17, 5)]
 
@@ -830,6 +860,8 @@ GENERATORS: dict[str, Callable] = {
     "layer_norm_grad_rows": _layer_norm_grad_rows,
     "softmax_grad_rows": _softmax_grad_rows,
     "batch_norm_rows": _batch_norm_rows,
+    "lstm_cell": _lstm_cell,
+    "lstm_cell_grad": _lstm_cell,
     "batch_norm_rows_grad": _batch_norm_rows,
     "conv2d": _conv2d,
     "conv2d_input_grad": _conv2d,

@@ -206,6 +206,10 @@ def layer_norm_rows(a: Array, out: Array, rows: int, cols: int, eps: float) -> N
 def layer_norm_grad_rows(
     a: Array, g: Array, out: Array, rows: int, cols: int, eps: float
 ) -> None: ...
+def lstm_cell(gates: Array, c: Array, out: Array, act: Array, batch: int, hidden: int) -> None: ...
+def lstm_cell_grad(
+    dy: Array, act: Array, c: Array, d_gates: Array, d_c: Array, batch: int, hidden: int
+) -> None: ...
 def batch_norm_rows(
     a: Array,
     weight: Array,

@@ -1218,6 +1218,30 @@ class NDArray:
             )
         return out
 
+    def lstm_cell(self, c: NDArray) -> tuple[NDArray, NDArray]:
+        """An LSTM cell's new state from self, the gate pre-activations (batch, 4 * hidden) in
+        the order i, f, g, o, and the cell state c (batch, hidden) of its dtype: (h', c')
+        stacked as (2, batch, hidden), and the activations (batch, 5, hidden) that
+        lstm_cell_grad reads. One lstm_cell call."""
+        batch, hidden = self._shape[0], self._shape[1] // 4
+        out = NDArray._make((2, batch, hidden), device=self._device, dtype=self._dtype)
+        act = NDArray._make((batch, 5, hidden), device=self._device, dtype=self._dtype)
+        if out.size:
+            handles = (self.compact()._handle, c.compact()._handle, out._handle, act._handle)
+            self._device.lstm_cell(*handles, batch, hidden)
+        return out, act
+
+    def lstm_cell_grad(self, act: NDArray, c: NDArray) -> tuple[NDArray, NDArray]:
+        """lstm_cell's adjoint for self = (d_h', d_c') (2, batch, hidden), from its
+        activations and c: the gradients of the gates (batch, 4 * hidden) and of c."""
+        batch, _, hidden = act.shape
+        d_gates = NDArray._make((batch, 4 * hidden), device=self._device, dtype=self._dtype)
+        d_c = NDArray._make((batch, hidden), device=self._device, dtype=self._dtype)
+        if d_c.size:
+            handles = (self.compact(), act.compact(), c.compact(), d_gates, d_c)
+            self._device.lstm_cell_grad(*(h._handle for h in handles), batch, hidden)
+        return d_gates, d_c
+
     def pool2d(self, kernel, stride, padding, op: str) -> NDArray:
         """Max ('max') or mean ('avg', padding counted as zeros) pooling of an NCHW array over
         kh x kw windows (pairs kernel, stride, padding): one pool2d call."""

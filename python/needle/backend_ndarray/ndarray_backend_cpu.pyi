@@ -20,6 +20,8 @@ from ._primitive_stubs import (
     gather_rows as gather_rows,
     layer_norm_grad_rows as layer_norm_grad_rows,
     layer_norm_rows as layer_norm_rows,
+    lstm_cell as lstm_cell,
+    lstm_cell_grad as lstm_cell_grad,
     matmul_strided as matmul_strided,
     matmul_tiled as matmul_tiled,
     pool2d as pool2d,

@@ -198,6 +198,42 @@ def layer_norm_grad_rows(a: Array, g: Array, out: Array, rows: int, cols: int, e
     out.array[: rows * cols] = dx.reshape(-1)
 
 
+def lstm_cell(gates: Array, c: Array, out: Array, act: Array, batch: int, hidden: int) -> None:
+    """An LSTM cell's new state from gate pre-activations (batch, 4, hidden) in the order i,
+    f, g, o: out = (h', c') as (2, batch, hidden) and act = (i, f, g, o, tanh(c')) activated,
+    as (batch, 5, hidden)."""
+    n = batch * hidden
+    if n == 0:
+        return
+    x = gates.array[: 4 * n].reshape(batch, 4, hidden)
+    i, f, o = (primitives.UNARY["sigmoid"](x[:, k]) for k in (0, 1, 3))
+    g = np.tanh(x[:, 2])
+    c_new = f * c.array[:n].reshape(batch, hidden) + i * g
+    tanh_c = np.tanh(c_new)
+    out.array[: 2 * n] = np.stack([o * tanh_c, c_new]).reshape(-1)
+    act.array[: 5 * n] = np.stack([i, f, g, o, tanh_c], axis=1).reshape(-1)
+
+
+def lstm_cell_grad(
+    dy: Array, act: Array, c: Array, d_gates: Array, d_c: Array, batch: int, hidden: int
+) -> None:
+    """lstm_cell's adjoint for dy = (d_h', d_c') (2, batch, hidden), from its act and c."""
+    n = batch * hidden
+    if n == 0:
+        return
+    i, f, g, o, tanh_c = np.moveaxis(act.array[: 5 * n].reshape(batch, 5, hidden), 1, 0)
+    d_h, d_c_new = dy.array[: 2 * n].reshape(2, batch, hidden)
+    d_cell = d_c_new + d_h * o * (1 - tanh_c * tanh_c)
+    grads = [
+        d_cell * g * i * (1 - i),
+        d_cell * c.array[:n].reshape(batch, hidden) * f * (1 - f),
+        d_cell * i * (1 - g * g),
+        d_h * tanh_c * o * (1 - o),
+    ]
+    d_gates.array[: 4 * n] = np.stack(grads, axis=1).reshape(-1)
+    d_c.array[:n] = (d_cell * f).reshape(-1)
+
+
 # ---- convolution ----------------------------------------------------------------------
 def _conv_views(n, height, width, c_in, kh, kw, c_out, stride, padding):
     """The output size and, per kernel tap, the (n, oh, ow, c) slices of the padded input."""

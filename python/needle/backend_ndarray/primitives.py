@@ -539,6 +539,66 @@ def _fallback_layer_norm_grad_rows(mod, a, g, out, rows, cols, eps):
     mod.ewise_mul(rstd_spread, product, out)
 
 
+def _lstm_views(batch: int, hidden: int, parts: int):
+    """part k of each row of a compact (batch, parts, hidden) array: (shape, strides,
+    offset(k)) of its (batch, hidden) view, simplified as the layout primitives take it."""
+    return lambda k: simplify_view((batch, hidden), (parts * hidden, 1), k * hidden)
+
+
+def _fallback_lstm_cell(mod, gates, c, out, act, batch, hidden):
+    # Each gate compacted, activated and set into act; then the state from those.
+    n = batch * hidden
+    if n == 0:
+        return
+    in_gates, in_act = _lstm_views(batch, hidden, 4), _lstm_views(batch, hidden, 5)
+    i, f, g, o, t, h, c_new = (_temp(mod, gates, n) for _ in range(7))
+    for k, part in enumerate((i, f, g, o)):
+        mod.compact(gates, t, *in_gates(k))
+        (mod.ewise_tanh if k == 2 else mod.ewise_sigmoid)(t, part)
+        mod.ewise_setitem(part, act, *in_act(k))
+    mod.ewise_mul(f, c, t)
+    mod.ewise_mul(i, g, h)
+    mod.ewise_add(t, h, c_new)
+    mod.ewise_tanh(c_new, t)
+    mod.ewise_setitem(t, act, *in_act(4))
+    mod.ewise_mul(o, t, h)
+    mod.ewise_setitem(h, out, (n,), (1,), 0)
+    mod.ewise_setitem(c_new, out, (n,), (1,), n)
+
+
+def _fallback_lstm_cell_grad(mod, dy, act, c, d_gates, d_c, batch, hidden):
+    # The reference's products in its order, each gate's gradient set into its part of d_gates.
+    n = batch * hidden
+    if n == 0:
+        return
+    in_act, in_grads = _lstm_views(batch, hidden, 5), _lstm_views(batch, hidden, 4)
+    i, f, g, o, t = (_temp(mod, act, n) for _ in range(5))
+    for k, part in enumerate((i, f, g, o, t)):
+        mod.compact(act, part, *in_act(k))
+    d_h, d_c_new, d_cell, x, s, u, r = (_temp(mod, act, n) for _ in range(7))
+    mod.compact(dy, d_h, (n,), (1,), 0)
+    mod.compact(dy, d_c_new, (n,), (1,), n)
+
+    def derivative(a, b, k, sigmoid):  # r = a b k (1 - k), or a b (1 - k^2) for a tanh k
+        mod.ewise_mul(a, b, x)
+        if sigmoid:
+            mod.ewise_mul(x, k, s)
+            mod.scalar_rsub(k, 1.0, u)
+            mod.ewise_mul(s, u, r)
+        else:
+            mod.ewise_mul(k, k, s)
+            mod.scalar_rsub(s, 1.0, u)
+            mod.ewise_mul(x, u, r)
+
+    derivative(d_h, o, t, False)
+    mod.ewise_add(d_c_new, r, d_cell)
+    terms = ((d_cell, g, i, True), (d_cell, c, f, True), (d_cell, i, g, False), (d_h, t, o, True))
+    for k, term in enumerate(terms):
+        derivative(*term)
+        mod.ewise_setitem(r, d_gates, *in_grads(k))
+    mod.ewise_mul(d_cell, f, d_c)
+
+
 def _conv_im2col(mod, x, n, h, w, c, kh, kw, stride, padding, transposed=False):
     """The (n oh ow, kh kw c) patch matrix of the zero-padded NHWC x (or its transpose) in a
     temporary, and (oh, ow)."""
@@ -946,6 +1006,28 @@ def _table() -> dict[str, Primitive]:
         "with y = layer_norm_rows(a) and rstd = 1 / sqrt(var + eps) (its adjoint)",
         dtypes=FLOATS,
         fallback=_fallback_layer_norm_grad_rows,
+    )
+    add(
+        "lstm_cell",
+        "gates:array, c:array, out:out, act:out, batch:int, hidden:int",
+        "rows",
+        False,
+        "an LSTM cell's state from compact gate pre-activations (batch, 4 * hidden), gates i, "
+        "f, g, o, and c (batch, hidden): out = (h', c') as (2, batch, hidden), c' = sigmoid(f) "
+        "c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'); act = (sigmoid(i), sigmoid(f), "
+        "tanh(g), sigmoid(o), tanh(c')) as (batch, 5, hidden), what lstm_cell_grad reads",
+        dtypes=FLOATS,
+        fallback=_fallback_lstm_cell,
+    )
+    add(
+        "lstm_cell_grad",
+        "dy:array, act:array, c:array, d_gates:out, d_c:out, batch:int, hidden:int",
+        "rows",
+        False,
+        "lstm_cell's adjoint for dy = (d_h', d_c') (2, batch, hidden), from its act and c: "
+        "d_gates (batch, 4 * hidden) and d_c (batch, hidden)",
+        dtypes=FLOATS,
+        fallback=_fallback_lstm_cell_grad,
     )
     add(
         "batch_norm_rows",

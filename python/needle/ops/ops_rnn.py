@@ -2,15 +2,16 @@
 
 Composed from Tensor ops, turning gate pre-activations into the cell's new state is ~12 ops
 forward (reshape, split, four activations, three products, a sum) and ~30 backward, per cell
-and time step: an unrolled 2-layer, 20-step language model runs 40 of them. Here it is one op
-on NDArrays, and so is its gradient when no graph is being recorded (``backward()`` without
+and time step: an unrolled 2-layer, 20-step language model runs 40 of them. Here it is one
+primitive (lstm_cell: one pass over the gates, fused in the C++ backend), and so is its
+gradient (lstm_cell_grad) when no graph is being recorded (``backward()`` without
 ``create_graph``); with a graph the gradient is built from Tensor ops, so gradients of
 gradients still work.
 """
 
-from .. import backend_ndarray as nd
 from ..autograd import Saved, Tensor, TensorOp, array_of, is_grad_enabled
 from ..backend_ndarray import NDArray
+from ..backend_ndarray.dtypes import float_type, result_type
 from .ops_mathematic import reshape, sigmoid, split, stack, tanh
 
 __all__ = ["LSTMState", "lstm_state"]
@@ -32,14 +33,10 @@ class LSTMState(TensorOp):
                 f"needs gates (batch, 4 * hidden) and c (batch, hidden), got "
                 f"{gates.shape} and {c.shape}"
             )
-        parts = gates.reshape((batch, 4, hidden))
-        # _index_view: NumPy indexing, each gate a (batch, hidden) view (NDArray's [] keeps
-        # an int-indexed axis, as the course's).
-        i, f, o = (parts._index_view((slice(None), k)).sigmoid() for k in (0, 1, 3))
-        g = parts._index_view((slice(None), 2)).tanh()
-        c_new = f * c + i * g
-        tanh_c = c_new.tanh()
-        return Saved(nd.stack([o * tanh_c, c_new], axis=0), gates=(i, f, g, o), c=c, tanh_c=tanh_c)
+        dtype = float_type(result_type(gates.dtype, c.dtype))
+        c = c.astype(dtype)
+        state, act = gates.astype(dtype).lstm_cell(c)  # the primitive lstm_cell: one pass
+        return Saved(state, act=act, c=c)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         if not is_grad_enabled():
@@ -50,21 +47,8 @@ class LSTMState(TensorOp):
 
     @staticmethod
     def _gradient_data(dy: NDArray, saved):
-        """The gradients as NDArrays, from the forward's activations."""
-        (i, f, g, o), c, tanh_c = saved.gates, saved.c, saved.tanh_c
-        d_h, d_c_new = dy._index_view(0), dy._index_view(1)
-        d_c = d_c_new + d_h * o * (1.0 - tanh_c * tanh_c)
-        d_gates = nd.stack(
-            [
-                d_c * g * i * (1.0 - i),  # through sigmoid(i)
-                d_c * c * f * (1.0 - f),  # sigmoid(f)
-                d_c * i * (1.0 - g * g),  # tanh(g)
-                d_h * tanh_c * o * (1.0 - o),
-            ],  # sigmoid(o)
-            axis=1,
-        )
-        batch, _, hidden = d_gates.shape
-        return d_gates.reshape((batch, 4 * hidden)), d_c * f
+        """The gradients as NDArrays, from the forward's activations: lstm_cell_grad."""
+        return dy.astype(saved.act.dtype).lstm_cell_grad(saved.act, saved.c)
 
     @staticmethod
     def _gradient_tensors(dy: Tensor, gates: Tensor, c: Tensor):
