@@ -1361,7 +1361,9 @@ def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):
     lead = 0  # leading 1s of the vector, where it repeats
     while lead < len(dims) and dims[lead] == 1 and shape[lead] != 1:
         lead += 1
-    if dims[lead:] == shape[lead:]:
+    if _size(dims) == 1:  # one number: one run over everything (not rows of length 1)
+        per_column, split = False, 0
+    elif dims[lead:] == shape[lead:]:
         per_column, split = True, lead
     else:
         tail = len(dims)  # trailing 1s, where a per-row vector repeats
