@@ -355,3 +355,14 @@ def test_arguments_that_require_grad_get_their_gradient(device):
         np.testing.assert_array_equal(x.grad.numpy(), np.arange(4.0))
         np.testing.assert_array_equal(w.grad.numpy(), np.full(4, float(i)))
     assert run.status == "replayed"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_new_gradient_hook_records_again(device):
+    model, _, run = _compiled_sgd(device)
+    batches = _batches(device, 4)
+    _warm(run, batches)
+    seen = []
+    model.modules[0].weight.register_hook(lambda g: seen.append(g.shape))
+    run(*batches[0])
+    assert run.status == "recorded" and seen == [(12, 16)]

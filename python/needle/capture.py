@@ -582,7 +582,7 @@ def _describe(value, seen: set, tensors: list | None = None) -> Any:
     if isinstance(value, Tensor):
         if tensors is not None:
             tensors.append(value)
-        return ("T", value.shape, value.dtype)
+        return ("T", value.shape, value.dtype, len(value._grad_hooks or ()))
     if isinstance(value, np.ndarray):  # contents up to 64 KiB, identity beyond
         big = value.nbytes > 65536
         return ("np", value.shape, value.dtype.str, id(value) if big else value.tobytes())
