@@ -9,7 +9,7 @@ random data: an MLP 784-512-512-10 (batch 128), ResNet-9 on 3x32x32 (batch 128) 
 LSTM language model (seq 20 x batch 20, hidden and embedding 100, vocabulary 10,000), the
 steps of `needle bench`'s train workload. Each thread count runs in its own process whose
 environment pins every library to it (needle.apps.bench.harness). "needle cpu compiled" runs
-the same step through ndl.compile (recorded during the warm-up calls, then replayed).
+the same step through ndl.compile (recorded before timing starts, then replayed).
 
 --profile then breaks each needle step down (needle.apps.bench.step_profile): time inside each
 kind of backend kernel and, by difference, outside them (Python and NumPy), then cProfile's
@@ -54,7 +54,7 @@ def configure(args):
         for batch in map(int, args.resnet_batches.split(",")):
             params = dict(spec.params, batch=batch)
             specs.append(TrainSpec(spec.model, tuple(params.items())))
-    return [train_workload(specs, repeats=7, warmup=4, min_time=0.2)], [
+    return [train_workload(specs, repeats=7, warmup=2, min_time=0.2)], [
         harness.needle_backend("cpu"),
         harness.needle_backend("cpu", label=f"needle cpu {COMPILED}"),
         harness.torch_backend("cpu"),

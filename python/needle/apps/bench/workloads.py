@@ -117,7 +117,14 @@ def needle_train_step(
         loss_fn(out, y).backward()
         opt.step()
 
-    return ndl.compile(step) if compiled else step
+    if not compiled:
+        return step
+    captured = ndl.compile(step)
+    for _ in range(5):  # record until it replays (two or three calls), before any timing
+        captured()
+        if captured.status == "replayed":
+            break
+    return captured
 
 
 def torch_model(spec: TrainSpec, device):
@@ -315,23 +322,31 @@ def overhead_workload(**timing) -> Workload:
 COMPILED = "compiled"
 
 
-def train_workload(specs: Sequence[TrainSpec], **timing) -> Workload:
-    def case(spec: TrainSpec) -> Case:
+def train_workload(specs: Sequence[TrainSpec], compiled_rows: bool = False, **timing) -> Workload:
+    """The training steps; with `compiled_rows`, each model also has a row whose needle steps
+    run through ndl.compile (torch eager in it too). A needle backend labelled "... compiled"
+    runs every row compiled."""
+
+    def case(spec: TrainSpec, compiled: bool = False) -> Case:
         def build(backend: Backend):
             if backend.library == "needle":
-                compiled = backend.name.endswith(COMPILED)
-                return needle_train_step(spec, backend.handle, compiled=compiled)
+                on = compiled or backend.name.endswith(COMPILED)
+                return needle_train_step(spec, backend.handle, compiled=on)
             return torch_train_step(spec, backend.handle)
 
-        return Case(spec.title, build, {"model": spec.model, **spec.kwargs}, headline=True)
+        title = f"{spec.title}, needle compiled" if compiled else spec.title
+        params = {"model": spec.model, **spec.kwargs, "compiled": compiled}
+        return Case(title, build, params, headline=True)
 
     return Workload(
         "train",
         "Training step",
         "ms",
         "One step: zero_grad, forward, softmax cross-entropy loss, backward, SGD "
-        "update (lr 0.01), on fixed random data of the given batch.",
-        [case(s) for s in specs],
+        "update (lr 0.01), on fixed random data of the given batch. In the rows marked "
+        "'needle compiled' needle's step is recorded once and replayed (ndl.compile); "
+        "torch runs eagerly in every row.",
+        [case(s, c) for s in specs for c in ((False, True) if compiled_rows else (False,))],
         **timing,
     )
 
@@ -380,6 +395,8 @@ def build_workloads(preset: dict[str, Any], keys: Sequence[str] = WORKLOADS) -> 
         "matmul": lambda: matmul_workload(preset["sizes"], preset["rectangular"], **timing),
         "elementwise": lambda: elementwise_workload(preset["ewise_n"], preset["side"], **timing),
         "overhead": lambda: overhead_workload(**timing),
-        "train": lambda: train_workload(train_specs(preset["scale"]), **train_timing),
+        "train": lambda: train_workload(
+            train_specs(preset["scale"]), compiled_rows=True, **train_timing
+        ),
     }
     return [makers[key]() for key in keys]
