@@ -366,3 +366,18 @@ def test_a_new_gradient_hook_records_again(device):
     model.modules[0].weight.register_hook(lambda g: seen.append(g.shape))
     run(*batches[0])
     assert run.status == "recorded" and seen == [(12, 16)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_aliased_arguments_are_guarded(device):
+    def step(a, b):
+        return a * 2.0 + b
+
+    run = ndl.compile(step)
+    x = ndl.Tensor(np.arange(3.0), device=device, dtype="float32")
+    for _ in range(3):
+        run(x, x)  # recorded with both arguments on one buffer
+    assert run.status == "replayed"
+    y = ndl.Tensor(np.full(3, 10.0), device=device, dtype="float32")
+    np.testing.assert_array_equal(run(x, y).numpy(), np.arange(3.0) * 2 + 10)
+    assert run.status == "recorded"

@@ -374,14 +374,16 @@ class CompiledStep:
 
     def _guard(self, args, kwargs, arrays: list, tensors: list | None = None) -> tuple:
         parts: list = [autograd.is_grad_enabled()]
+        first: dict[int, int] = {}  # buffer -> the first argument on it (aliases are guarded)
         for value in _flatten(list(args) + [kwargs[k] for k in sorted(kwargs)]):
             tensor = value if isinstance(value, Tensor) else None
             if tensor is not None:
                 value = array_of(tensor)
             if isinstance(value, nd.NDArray):
+                alias = first.setdefault(id(value._handle), len(arrays))
                 arrays.append((tensor, value))
                 grad = tensor is not None and tensor.requires_grad
-                parts.append(("array", value.shape, value.dtype, value.device.name, grad))
+                parts.append(("array", value.shape, value.dtype, value.device.name, grad, alias))
             else:
                 parts.append(("value", _describe(value, set(), tensors)))
         parts.append(tuple((name, _describe(get(), set(), tensors)) for name, get in self._roots))
@@ -390,11 +392,11 @@ class CompiledStep:
     def _record(self, key: tuple, arrays: list, args, kwargs):
         devices = [d for d in nd.all_devices() if d.__dict__.get("mod") is not None]
         tape = _Tape(tuple({d.mod.Array for d in devices if isinstance(d.mod.Array, type)}))
-        for i, (_, array) in enumerate(arrays):
+        for i, (_, array) in enumerate(reversed(arrays)):  # an alias: the first argument's
             b = tape.buf(array._handle, "arg")
-            b.index = i
+            b.index = len(arrays) - 1 - i
             if not array.is_compact():
-                tape.refuse(f"argument {i} is a strided view")
+                tape.refuse(f"argument {b.index} is a view (of a strided or larger buffer)")
         real = {d: d.mod for d in devices}
         for d in devices:
             d.mod = _Recorder(real[d], tape)
@@ -408,6 +410,9 @@ class CompiledStep:
                 d.mod = real[d]
         self.status = "recorded"
         self.recordings += 1
+        if any(d.__dict__.get("mod") is not None for d in nd.all_devices() if d not in real):
+            self._last = None  # a device first used in this call was not recorded: again
+            return result
         outputs = _outputs(result, tape)
         tensors: list[Tensor] = []
         after = self._guard(args, kwargs, [], tensors)
