@@ -291,7 +291,10 @@ def test_outputs_are_copies(device):
     assert run.status == "replayed"
     values = [float(loss.numpy()) for loss in losses]
     assert len(set(values)) == len(values)
-    assert not losses[-1].requires_grad
+    # the loss required grad eagerly: so does the replayed one, whose backward says why not
+    assert losses[-1].requires_grad
+    with pytest.raises(RuntimeError, match="replays record no graph"):
+        losses[-1].backward()
 
 
 @pytest.mark.parametrize("device", DEVICES)

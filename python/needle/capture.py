@@ -25,7 +25,7 @@ with one warning that says why and where:
 
 A replay does not repeat the step's Python side effects. Tensors the step leaves behind
 (``p.grad``, optimizer buffers) hold the latest call's values. Returned tensors are copies
-with no graph.
+with no graph: a backward through one that required grad raises (it belongs in the step).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import autograd
-from .autograd import Tensor, array_of
+from .autograd import Tensor, TensorOp, array_of
 from .backend_ndarray import ndarray as nd, primitives
 
 __all__ = ["compile", "CompiledStep", "CaptureError"]
@@ -316,11 +316,32 @@ def _build(spec):
         return None
     if kind == "seq":
         return spec[1](_build(s) for s in spec[2])
-    _, buf, view, shape, device, dtype = spec
+    _, buf, view, shape, device, dtype, requires_grad = spec
     out = nd.NDArray._make(shape, device=device, dtype=dtype)
     if out.size:
         device.mod.compact(buf.handle, out._handle, *view)
-    return Tensor.make_const(out)
+    if not requires_grad:
+        return Tensor.make_const(out)
+    # A replay has no graph: a backward through this tensor raises instead of reaching
+    # nothing (the eager result required grad, so code may try).
+    tensor = Tensor.__new__(Tensor)
+    tensor._init(_ReplayedOutput(), [], cached_data=out, requires_grad=True)
+    return tensor
+
+
+class _ReplayedOutput(TensorOp):
+    """The op of a replayed step's result that required grad: its gradient raises."""
+
+    name = "compiled_step_output"
+
+    def compute(self, *args):
+        raise NotImplementedError  # never computed: the replay gives the data
+
+    def gradient(self, out_grad, node):
+        raise RuntimeError(
+            "backward() through the result of a replayed ndl.compile step: replays record "
+            "no graph; call backward inside the step"
+        )
 
 
 def _writes_argument(tape: _Tape) -> str | None:
@@ -524,7 +545,8 @@ def _outputs(result, tape: _Tape):
         array = array_of(result)
         b = tape.buf(array._handle)
         b.use(len(tape.calls))  # alive after the last call
-        return ("tensor", b, array._simplified_view(), array.shape, array.device, array.dtype)
+        view = array._simplified_view()
+        return ("tensor", b, view, array.shape, array.device, array.dtype, result.requires_grad)
     tape.refuse(f"the step returns a {type(result).__name__} (only Tensors are replayed)")
     return ("none",)
 
