@@ -302,7 +302,7 @@ def test_tensors_inside_argument_containers_are_inputs(device):
 
     run = ndl.compile(step)
     rng = np.random.default_rng(0)
-    for i in range(5):
+    for _i in range(5):
         a, b = (ndl.Tensor(rng.standard_normal(6), device=device, dtype="float32") for _ in "ab")
         out = run({"a": a, "b": b}, 2.0)
         np.testing.assert_allclose(out.numpy(), (a.numpy() * b.numpy()).sum() * 2.0, rtol=1e-6)
