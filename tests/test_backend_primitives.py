@@ -116,6 +116,15 @@ def test_large_compact_split_across_threads(threads, dtype):
         threads, "compact", data, Out(data.size), (500, 300), (1, 500), 0, dtype=dtype
     )[0]
     np.testing.assert_array_equal(got, data.reshape(300, 500).T.reshape(-1))
+    # NCHW -> NHWC (a short strided last axis: tiles interleaved), with an offset and a
+    # partial last tile; and a transposed axis that is not next to the last
+    for shape, strides in (((6, 1000, 3), (3003, 1, 1000)), ((3, 700, 5, 2), (7000, 1, 1400, 700))):
+        data = np.arange(3 + 21000, dtype=float)
+        got = every_thread_count(
+            threads, "compact", data, Out(math.prod(shape)), shape, strides, 3, dtype=dtype
+        )[0]
+        expected = np.lib.stride_tricks.as_strided(data[3:], shape, [8 * s for s in strides])
+        np.testing.assert_array_equal(got, expected.reshape(-1))
 
 
 # (outer, reduce_size, inner): wider than one 4096-column chunk, few long reductions split
