@@ -167,6 +167,44 @@ def test_large_reductions_split_across_threads(threads, outer, reduce_size, inne
             )
 
 
+# (n, h, w, c_in, kh, kw, c_out, stride, padding): pixels split across threads (2048 of them),
+# the same on 1x1 maps (only the centre tap: dw's other rows are zeros), and too few pixels
+# (128), where dw's rows are split, unevenly on 3 threads.
+@pytest.mark.parametrize(
+    "dims",
+    [
+        (8, 16, 16, 8, 3, 3, 16, 1, 1),
+        (2048, 1, 1, 32, 3, 3, 32, 1, 1),
+        (128, 2, 2, 64, 3, 3, 128, 2, 1),
+    ],
+)
+def test_large_conv_weight_grad_split_across_threads(threads, dims, rng):
+    """Every element written (dw starts as NaNs), and the values NumPy's, on 1, 2, 3 threads."""
+    n, h, w, c_in, kh, kw, c_out, stride, pad = dims
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    x = rng.standard_normal((n, h, w, c_in))
+    g = rng.standard_normal((n, oh, ow, c_out))
+    dw = Out(kh * kw * c_in * c_out, np.full(kh * kw * c_in * c_out, np.nan))
+    got = every_thread_count(
+        threads,
+        "conv2d_weight_grad",
+        x.ravel(),
+        g.ravel(),
+        dw,
+        *dims,
+        dtype="float64",
+        same_bits=False,
+    )
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    expected = np.zeros((kh, kw, c_in, c_out))
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, i : i + stride * oh : stride, j : j + stride * ow : stride]
+            expected[i, j] = np.einsum("nyxc,nyxo->co", win, g)
+    for result in got:
+        np.testing.assert_allclose(result, expected.ravel(), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_large_elementwise_split_across_threads(threads, dtype, rng):
     """Past 2^16 elements the elementwise primitives split across threads, in place too."""
