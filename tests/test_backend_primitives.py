@@ -205,6 +205,18 @@ def test_large_conv_weight_grad_split_across_threads(threads, dims, rng):
         np.testing.assert_allclose(result, expected.ravel(), rtol=1e-10, atol=1e-10)
 
 
+def test_large_conv_input_grad_split_across_threads(threads, rng):
+    """The transposed weights (4 taps of 64 x 128) split across threads: the same bits."""
+    dims = n, h, w, c_in, kh, kw, c_out, _, _ = (16, 2, 2, 64, 3, 3, 128, 2, 1)
+    g, wt = rng.standard_normal((n, 1, 1, c_out)), rng.standard_normal((kh, kw, c_in, c_out))
+    dx = Out(n * h * w * c_in, np.full(n * h * w * c_in, np.nan))
+    got = every_thread_count(
+        threads, "conv2d_input_grad", g.ravel(), wt.ravel(), dx, *dims, dtype="float64"
+    )[0]
+    expected = np.einsum("no,ijco->nijc", g[:, 0, 0], wt[1:, 1:])  # output 0 reads taps 1, 2
+    np.testing.assert_allclose(got, expected.ravel(), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_large_elementwise_split_across_threads(threads, dtype, rng):
     """Past 2^16 elements the elementwise primitives split across threads, in place too."""

@@ -261,12 +261,22 @@ template <class T> void conv2d_input_grad(const ConvShape &s, const T *g, const 
           int64_t &tap = slot[(hc.first + a * s.stride) * s.kw + wc.first + b * s.stride];
           if (tap < 0) tap = used++;
         }
+  // Split across the threads in blocks of 16 input channels (whole lines of wt): done serially,
+  // it was a fifth of the time on 2 threads at 2x2 maps (32768 values).
   T *const wt = scratch<T, 2>(used * s.c_out * s.c_in);
+  std::vector<int64_t> taps;
   for (int64_t tap = 0; tap < s.kh * s.kw; ++tap)
-    if (slot[tap] >= 0)
-      for (int64_t ci = 0; ci < s.c_in; ++ci)
-        for (int64_t co = 0; co < s.c_out; ++co)
+    if (slot[tap] >= 0) taps.push_back(tap);
+  const int64_t blocks = ceil_div(s.c_in, 16);
+  parallel(threads_for(used * s.c_out * s.c_in, 8192), [&](int t, int n) {
+    const Range mine = split_range(used * blocks, t, n);
+    for (int64_t u = mine.begin; u < mine.end; ++u) {
+      const int64_t tap = taps[u / blocks], ci0 = u % blocks * 16, ci1 = std::min(s.c_in, ci0 + 16);
+      for (int64_t co = 0; co < s.c_out; ++co)
+        for (int64_t ci = ci0; ci < ci1; ++ci)
           wt[(slot[tap] * s.c_out + co) * s.c_in + ci] = w[(tap * s.c_in + ci) * s.c_out + co];
+    }
+  });
   std::vector<Gathered<T>> classes;
   for (const AxisClass &hc : h_classes)
     for (const AxisClass &wc : w_classes) {
