@@ -136,11 +136,15 @@ void compact(const Array &a, Array &out, const Shape &shape, const Shape &stride
     // Split by rows across threads when large (im2col patch matrices are megabytes): the
     // output ranges are disjoint, so the copy is the same however it is split.
     const int64_t rows = row_count(v), len = rows ? v.size / rows : 0;
+    const int axis = unit_stride_axis(v);
+    const int64_t tiles = axis < 0 ? 0 : transpose_tiles(v, axis);
     const int threads = threads_for(v.size, kMinElementsPerThread);
     parallel(threads, [&](int t, int n) {
-      const Range mine = split_range(rows, t, n);
-      if (mine.begin < mine.end)
-        gather(a.data<T>(), out.data<T>() + mine.begin * len, v, mine.begin, mine.end);
+      const Range mine = split_range(axis < 0 ? rows : tiles, t, n);
+      if (mine.begin >= mine.end) return;
+      if (axis >= 0)
+        return gather_transposed(a.data<T>(), out.data<T>(), v, axis, mine.begin, mine.end);
+      gather(a.data<T>(), out.data<T>() + mine.begin * len, v, mine.begin, mine.end);
     });
   });
 }

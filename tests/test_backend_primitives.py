@@ -153,6 +153,15 @@ def test_large_compact_split_across_threads(threads, dtype):
         threads, "compact", data, Out(data.size), (500, 300), (1, 500), 0, dtype=dtype
     )[0]
     np.testing.assert_array_equal(got, data.reshape(300, 500).T.reshape(-1))
+    # NCHW -> NHWC (a short strided last axis: tiles interleaved), with an offset and a
+    # partial last tile; and a transposed axis that is not next to the last
+    for shape, strides in (((6, 1000, 3), (3003, 1, 1000)), ((3, 700, 5, 2), (7000, 1, 1400, 700))):
+        data = np.arange(3 + 21000, dtype=float)
+        got = every_thread_count(
+            threads, "compact", data, Out(math.prod(shape)), shape, strides, 3, dtype=dtype
+        )[0]
+        expected = np.lib.stride_tricks.as_strided(data[3:], shape, [8 * s for s in strides])
+        np.testing.assert_array_equal(got, expected.reshape(-1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -217,6 +226,56 @@ def test_large_reductions_split_across_threads(threads, outer, reduce_size, inne
             np.testing.assert_allclose(
                 got, want.reshape(-1), rtol=RTOL[dtype], atol=10 * EPS[dtype] * reduce_size
             )
+
+
+# (n, h, w, c_in, kh, kw, c_out, stride, padding): pixels split across threads (2048 of them),
+# the same on 1x1 maps (only the centre tap: dw's other rows are zeros), and too few pixels
+# (128), where dw's rows are split, unevenly on 3 threads.
+@pytest.mark.parametrize(
+    "dims",
+    [
+        (8, 16, 16, 8, 3, 3, 16, 1, 1),
+        (2048, 1, 1, 32, 3, 3, 32, 1, 1),
+        (128, 2, 2, 64, 3, 3, 128, 2, 1),
+    ],
+)
+def test_large_conv_weight_grad_split_across_threads(threads, dims, rng):
+    """Every element written (dw starts as NaNs), and the values NumPy's, on 1, 2, 3 threads."""
+    n, h, w, c_in, kh, kw, c_out, stride, pad = dims
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    x = rng.standard_normal((n, h, w, c_in))
+    g = rng.standard_normal((n, oh, ow, c_out))
+    dw = Out(kh * kw * c_in * c_out, np.full(kh * kw * c_in * c_out, np.nan))
+    got = every_thread_count(
+        threads,
+        "conv2d_weight_grad",
+        x.ravel(),
+        g.ravel(),
+        dw,
+        *dims,
+        dtype="float64",
+        same_bits=False,
+    )
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    expected = np.zeros((kh, kw, c_in, c_out))
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, i : i + stride * oh : stride, j : j + stride * ow : stride]
+            expected[i, j] = np.einsum("nyxc,nyxo->co", win, g)
+    for result in got:
+        np.testing.assert_allclose(result, expected.ravel(), rtol=1e-10, atol=1e-10)
+
+
+def test_large_conv_input_grad_split_across_threads(threads, rng):
+    """The transposed weights (4 taps of 64 x 128) split across threads: the same bits."""
+    dims = n, h, w, c_in, kh, kw, c_out, _, _ = (16, 2, 2, 64, 3, 3, 128, 2, 1)
+    g, wt = rng.standard_normal((n, 1, 1, c_out)), rng.standard_normal((kh, kw, c_in, c_out))
+    dx = Out(n * h * w * c_in, np.full(n * h * w * c_in, np.nan))
+    got = every_thread_count(
+        threads, "conv2d_input_grad", g.ravel(), wt.ravel(), dx, *dims, dtype="float64"
+    )[0]
+    expected = np.einsum("no,ijco->nijc", g[:, 0, 0], wt[1:, 1:])  # output 0 reads taps 1, 2
+    np.testing.assert_allclose(got, expected.ravel(), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
