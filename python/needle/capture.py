@@ -46,7 +46,8 @@ from .backend_ndarray import ndarray as nd, primitives
 __all__ = ["compile", "CompiledStep", "CaptureError"]
 
 _NEEDLE_DIR = os.path.dirname(os.path.abspath(__file__))
-_SIMPLE = (int, float, bool, str, type(None))
+_SIMPLE_TYPES = (int, float, bool, str, type(None))
+_SIMPLE = frozenset(_SIMPLE_TYPES)
 # Recordings that may disagree before a step is declared uncapturable: the first call
 # creates state (momentum buffers), the second and third then agree.
 _MAX_RECORDINGS = 5
@@ -601,44 +602,43 @@ def _cell(cell) -> Any:
 
 
 def _describe(value, seen: set, tensors: list | None = None) -> Any:
-    """What of `value` a recording depends on: simple values themselves, tensors' shapes and
-    dtypes (their buffers are watched by the plan), and the simple attributes and tensors of
-    needle objects (walked once each). Tensors met are added to `tensors` when given."""
-    if isinstance(value, _SIMPLE):
+    """What of `value` a recording depends on: simple values themselves, a tensor's hooks
+    (the plan watches the buffers it reads), and the simple attributes and tensors of needle
+    objects (walked once each). Tensors met are added to `tensors` when given. Runs before
+    every call (~50 objects for an MLP step): lists, not generators."""
+    kind = type(value)
+    if kind in _SIMPLE or isinstance(value, _SIMPLE_TYPES):  # (np.float64 is a float)
         return value
     if isinstance(value, Tensor):
         if tensors is not None:
             tensors.append(value)
-        return ("T", value.shape, value.dtype, len(value._grad_hooks or ()))
-    if isinstance(value, np.ndarray):  # contents up to 64 KiB, identity beyond
+        # Its buffer, and so its shape and dtype, the plan watches (when the step reads it).
+        return ("T", len(value._grad_hooks or ()))
+    if kind is np.ndarray:  # contents up to 64 KiB, identity beyond
         big = value.nbytes > 65536
         return ("np", value.shape, value.dtype.str, id(value) if big else value.tobytes())
     if id(value) in seen:
         return ("seen",)
-    if isinstance(value, (tuple, list)):
+    if kind is tuple or kind is list:
         seen.add(id(value))
-        return tuple(_describe(v, seen, tensors) for v in value)
-    if isinstance(value, dict):
+        return tuple([_describe(v, seen, tensors) for v in value])
+    if kind is dict:
         seen.add(id(value))
         return tuple(
-            (_describe(k, seen, tensors), _describe(v, seen, tensors)) for k, v in value.items()
+            [(_describe(k, seen, tensors), _describe(v, seen, tensors)) for k, v in value.items()]
         )
-    module = type(value).__module__ or ""
-    if module.startswith("needle.") and hasattr(value, "__dict__"):
-        seen.add(id(value))
-        # Attributes a class declares its recorded work does not depend on, or that replays
-        # keep current (Adam's t, which advances in a from_host call).
-        replayed = getattr(type(value), "_unguarded", ())
-        return (
-            type(value).__name__,
-            tuple(
-                (k, _describe(v, seen, tensors))
-                for k, v in vars(value).items()
-                if _worth(v) and k not in replayed
-            ),
-        )
-    return None
-
-
-def _worth(value) -> bool:
-    return not callable(value) or isinstance(value, Tensor) or hasattr(value, "__dict__")
+    if not (kind.__module__ or "").startswith("needle.") or not hasattr(value, "__dict__"):
+        return None
+    seen.add(id(value))
+    # Attributes a class declares its recorded work does not depend on, or that replays keep
+    # current (Adam's t, which advances in a from_host call).
+    skip = getattr(kind, "_unguarded", ())
+    described = []
+    for k, v in vars(value).items():
+        if k in skip:
+            continue
+        if type(v) in _SIMPLE:
+            described.append((k, v))
+        elif not callable(v) or isinstance(v, Tensor) or hasattr(v, "__dict__"):
+            described.append((k, _describe(v, seen, tensors)))
+    return (kind.__name__, tuple(described))
