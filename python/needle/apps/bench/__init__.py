@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smaller sweeps and fewer repeats: 1.5 minutes on 2 cores",
+        help="smaller sweeps and fewer repeats: about 2 minutes on 2 cores (cpu devices)",
     )
     parser.add_argument(
         "--devices",

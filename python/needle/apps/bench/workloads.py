@@ -351,7 +351,8 @@ def train_workload(specs: Sequence[TrainSpec], compiled_rows: bool = False, **ti
     )
 
 
-# Presets. quick: 1.5 minutes on 2 cores; full: larger sweeps and more repeats (about 8 minutes);
+# Presets. quick: about 2 minutes on 2 cores (cpu devices, compiled train rows included);
+# full: larger sweeps and more repeats (about 8 minutes);
 # tiny: seconds, for the tests.
 # What each preset measures: the matmul sizes (square and rectangular (m, k, n)), the elementwise
 # lengths and the scale of the train models. quick is full with fewer matmul sizes.
