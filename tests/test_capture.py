@@ -384,3 +384,19 @@ def test_aliased_arguments_are_guarded(device):
     y = ndl.Tensor(np.full(3, 10.0), device=device, dtype="float32")
     np.testing.assert_array_equal(run(x, y).numpy(), np.arange(3.0) * 2 + 10)
     assert run.status == "recorded"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_calls_alternating_between_two_shapes_both_replay(device):
+    def step(x):
+        return (x * 2.0).sum()
+
+    run = ndl.compile(step)
+    a = ndl.Tensor(np.ones(3), device=device, dtype="float32")
+    b = ndl.Tensor(np.ones(5), device=device, dtype="float32")
+    statuses = []
+    for _ in range(4):
+        for x in (a, b):
+            assert run(x).numpy() == 2.0 * x.shape[0]
+            statuses.append(run.status)
+    assert statuses == ["recorded"] * 4 + ["replayed"] * 4

@@ -369,7 +369,9 @@ class CompiledStep:
         self.reason: str | None = None
         self.recordings = self.replays = 0
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
-        self._last: tuple[tuple, list] | None = None
+        # The latest recording's calls by the guards it left: a call that starts from those
+        # and records the same calls makes a plan (steps that alternate shapes too).
+        self._last: OrderedDict[tuple, list] = OrderedDict()
         self._failures = 0
         self._roots = _state_roots(fn)
 
@@ -433,7 +435,7 @@ class CompiledStep:
         self.status = "recorded"
         self.recordings += 1
         if any(d.__dict__.get("mod") is not None for d in nd.all_devices() if d not in real):
-            self._last = None  # a device first used in this call was not recorded: again
+            self._last.clear()  # a device first used in this call was not recorded: again
             return result
         outputs = _outputs(result, tape)
         tensors: list[Tensor] = []
@@ -449,7 +451,10 @@ class CompiledStep:
         problem = tape.problem
         if problem is None:
             signature = tape.signature()
-            last, self._last = self._last, signature
+            last = self._last.pop(before, None)  # the recording that led to this state
+            self._last[after] = signature
+            if len(self._last) > 2 * _MAX_PLANS:
+                self._last.popitem(last=False)
             if last == signature and before == after:
                 args = [(tape.buf(a._handle), real[a.device]) for _, a in arrays]
                 grads = [
@@ -463,7 +468,8 @@ class CompiledStep:
                     self._plans[after] = plan
                     if len(self._plans) > _MAX_PLANS:
                         self._plans.popitem(last=False)
-                    self._last, self._failures = None, 0
+                    self._last.pop(after, None)
+                    self._failures = 0
                     return True
             else:
                 self._failures += 1
