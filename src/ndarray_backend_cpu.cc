@@ -69,6 +69,46 @@ void check_size(const char *what, const char *name, int64_t needed, size_t size)
   if (!problem.empty()) throw nb::value_error((std::string(what) + ": " + problem).c_str());
 }
 
+// The product of the sizes a primitive is given, checked: a negative size, or a product that
+// overflows, is a ValueError naming the primitive (the kernels trust what this returns).
+int64_t checked_count(const char *what, std::initializer_list<int64_t> sizes) {
+  int64_t n = 1;
+  for (int64_t d : sizes)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n))
+      throw nb::value_error((std::string(what) + ": sizes must be whole numbers whose product "
+                                                 "counts elements")
+                                .c_str());
+  return n;
+}
+
+// Row numbers in [0, rows), checked before a kernel follows them: an IndexError naming the
+// first one outside.
+void check_row_indices(const char *what, const Array &indices, int64_t n, int64_t rows) {
+  const int64_t *idx = indices.data<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    if (idx[i] < 0 || idx[i] >= rows)
+      throw nb::index_error((std::string(what) + ": row index " + std::to_string(idx[i]) +
+                             " is out of range for " + std::to_string(rows) + " rows")
+                                .c_str());
+}
+
+// rows x cols of each array, checked (a ValueError naming the primitive); the element count.
+int64_t check_rows(const char *what, int64_t rows, int64_t cols,
+                   std::initializer_list<const Array *> arrays) {
+  const int64_t n = checked_count(what, {rows, cols});
+  for (const Array *a : arrays) check_size(what, "an array", n, a->size);
+  return n;
+}
+
+// A reduction of `a` into `groups` values of out, each over reduce_size: sizes checked.
+void check_reduce(const char *what, const Array &a, const Array &out, int64_t groups,
+                  int64_t reduce_size) {
+  if (reduce_size < 1)
+    throw nb::value_error((std::string(what) + ": reduce_size must be >= 1").c_str());
+  check_size(what, "out", groups, out.size);
+  check_size(what, "a", checked_count(what, {groups, reduce_size}), a.size);
+}
+
 using NumpyArray = nb::ndarray<nb::numpy>;
 
 template <class T> NumpyArray to_numpy_kernel(const Array &a, const Shape &shape, const View &v) {
@@ -195,14 +235,11 @@ void matmul_strided(const Array &a, const Array &b, Array &out, int64_t batch, i
 }
 
 void matmul(const Array &a, const Array &b, Array &out, int64_t m, int64_t n, int64_t p) {
-  assert(a.size >= static_cast<size_t>(m * n) && b.size >= static_cast<size_t>(n * p));
   matmul_strided(a, b, out, 1, m, n, p, 0, {0, n, 1}, 0, {0, p, 1});
 }
 
 void batched_matmul(const Array &a, const Array &b, Array &out, int64_t batch, int64_t m, int64_t n,
                     int64_t p) {
-  assert(a.size >= static_cast<size_t>(batch * m * n));
-  assert(b.size >= static_cast<size_t>(batch * n * p));
   matmul_strided(a, b, out, batch, m, n, p, 0, {m * n, n, 1}, 0, {n * p, p, 1});
 }
 
@@ -227,8 +264,12 @@ void matmul_tiled_kernel(const T *a, const T *b, T *out, size_t m, size_t n, siz
 }
 
 void matmul_tiled(const Array &a, const Array &b, Array &out, size_t m, size_t n, size_t p) {
-  assert(m % kTile == 0 && n % kTile == 0 && p % kTile == 0);
-  assert(a.size >= m * n && b.size >= n * p && out.size >= m * p);
+  if (m % kTile || n % kTile || p % kTile)
+    throw nb::value_error("matmul_tiled: m, n and p must be multiples of the tile size");
+  check_size("matmul_tiled", "a", checked_count("matmul_tiled", {int64_t(m), int64_t(n)}), a.size);
+  check_size("matmul_tiled", "b", checked_count("matmul_tiled", {int64_t(n), int64_t(p)}), b.size);
+  check_size("matmul_tiled", "out", checked_count("matmul_tiled", {int64_t(m), int64_t(p)}),
+             out.size);
   const DType dtype = common_dtype(a, b, out);
   GilRelease unlocked(static_cast<int64_t>(m * std::max<size_t>(n, 1) * p));
   dispatch<Floats>(dtype, [&](auto tag) {
@@ -314,11 +355,12 @@ void ewise_broadcast_binary(const std::string &op, const Array &full, const Arra
 // that every size suffices (these asserts only document it).
 
 void gather_rows(const Array &a, const Array &indices, Array &out, int64_t n, int64_t row_size) {
-  assert(n >= 0 && row_size >= 0 && indices.size >= static_cast<size_t>(n));
-  assert(out.size >= static_cast<size_t>(n * row_size));
+  check_size("gather_rows", "indices", n, indices.size);
+  check_size("gather_rows", "out", checked_count("gather_rows", {n, row_size}), out.size);
   require_dtype("indices", indices.dtype, DType::i64);
   const DType dtype = common_dtype(a, out);
   if (n == 0 || row_size == 0) return require<AllTypes>(dtype);
+  check_row_indices("gather_rows", indices, n, static_cast<int64_t>(a.size) / row_size);
   dispatch<AllTypes>(dtype, [&](auto tag) {
     using T = decltype(tag);
     GilRelease unlocked(n * row_size);
@@ -339,9 +381,11 @@ void gather_rows(const Array &a, const Array &indices, Array &out, int64_t n, in
 // the same as NumPy's np.add.at); an embedding gradient is a few hundred rows.
 void scatter_add_rows(const Array &a, const Array &indices, Array &out, int64_t n,
                       int64_t row_size) {
-  assert(n >= 0 && row_size >= 0 && indices.size >= static_cast<size_t>(n));
-  assert(a.size >= static_cast<size_t>(n * row_size));
+  check_size("scatter_add_rows", "indices", n, indices.size);
+  check_size("scatter_add_rows", "a", checked_count("scatter_add_rows", {n, row_size}), a.size);
   require_dtype("indices", indices.dtype, DType::i64);
+  if (row_size > 0)
+    check_row_indices("scatter_add_rows", indices, n, static_cast<int64_t>(out.size) / row_size);
   dispatch<Floats>(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
     GilRelease unlocked(n * row_size);
@@ -357,14 +401,14 @@ void scatter_add_rows(const Array &a, const Array &indices, Array &out, int64_t 
 }
 
 void reduce_sum(const Array &a, Array &out, int64_t reduce_size) {
-  assert(reduce_size >= 1 && a.size >= out.size * reduce_size);
+  check_reduce("reduce_sum", a, out, int64_t(out.size), reduce_size);
   GilRelease unlocked(static_cast<int64_t>(out.size) * reduce_size);
   with_typed<SumTypes>(a, out,
                        [&](auto *x, auto *y) { sum_last_axis(x, y, out.size, reduce_size); });
 }
 
 void reduce_max(const Array &a, Array &out, int64_t reduce_size) {
-  assert(reduce_size >= 1 && a.size >= out.size * reduce_size);
+  check_reduce("reduce_max", a, out, int64_t(out.size), reduce_size);
   GilRelease unlocked(static_cast<int64_t>(out.size) * reduce_size);
   with_typed<AllTypes>(a, out,
                        [&](auto *x, auto *y) { max_last_axis(x, y, out.size, reduce_size); });
@@ -373,13 +417,13 @@ void reduce_max(const Array &a, Array &out, int64_t reduce_size) {
 // ---- fused row kernels (cpu/rows.h) ----------------------------------------------------
 
 void softmax_rows(const Array &a, Array &out, int64_t rows, int64_t cols, bool log) {
-  assert(rows >= 0 && cols >= 1 && a.size >= static_cast<size_t>(rows * cols));
+  if (check_rows("softmax_rows", rows, cols, {&a, &out}) == 0) return;
   GilRelease unlocked(rows * cols);
   with_typed<Floats>(a, out, [&](auto *x, auto *y) { softmax_each_row(x, y, rows, cols, log); });
 }
 
 void layer_norm_rows(const Array &a, Array &out, int64_t rows, int64_t cols, double eps) {
-  assert(rows >= 0 && cols >= 1 && a.size >= static_cast<size_t>(rows * cols));
+  if (check_rows("layer_norm_rows", rows, cols, {&a, &out}) == 0) return;
   GilRelease unlocked(rows * cols);
   with_typed<Floats>(a, out, [&](auto *x, auto *y) { layer_norm_each_row(x, y, rows, cols, eps); });
 }
@@ -393,8 +437,9 @@ void layer_norm_rows(const Array &a, Array &out, int64_t rows, int64_t cols, dou
 
 void gather_axis(const Array &a, const Array &indices, Array &out, int64_t outer, int64_t n,
                  int64_t inner, int64_t m) {
-  assert(indices.size >= static_cast<size_t>(outer * m * inner));
-  assert(a.size >= static_cast<size_t>(outer * n * inner));
+  check_size("gather", "indices", checked_count("gather", {outer, m, inner}), indices.size);
+  check_size("gather", "out", checked_count("gather", {outer, m, inner}), out.size);
+  check_size("gather", "a", checked_count("gather", {outer, n, inner}), a.size);
   require_dtype("indices", indices.dtype, DType::i64);
   int64_t bad = 0;
   bool ok = true;
@@ -415,16 +460,21 @@ void pool2d(const Array &a, Array &out, int64_t planes, int64_t h, int64_t w, co
     throw nb::value_error(("pool2d: op must be max, avg or argmax, got '" + op + "'").c_str());
   const PoolOp kind = op == "max" ? PoolOp::kMax : op == "avg" ? PoolOp::kAvg : PoolOp::kArgmax;
   const Pool2d g{planes, h, w, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1]};
-  assert(a.size >= static_cast<size_t>(planes * h * w));
-  assert(out.size >= static_cast<size_t>(planes * g.ho() * g.wo()));
+  if (kernel[0] < 1 || kernel[1] < 1 || stride[0] < 1 || stride[1] < 1 || padding[0] < 0 ||
+      padding[1] < 0)
+    throw nb::value_error("pool2d: kernel and stride must be positive, padding not negative");
+  check_size("pool2d", "a", checked_count("pool2d", {planes, h, w}), a.size);
+  check_size("pool2d", "out", checked_count("pool2d", {planes, g.ho(), g.wo()}), out.size);
   GilRelease unlocked(planes * h * w);
   with_typed<Floats>(a, out, [&](auto *x, auto *y) { pool2d_planes(x, y, g, kind); });
 }
 
 void scatter_add_axis(const Array &a, const Array &indices, Array &out, int64_t outer, int64_t n,
                       int64_t inner, int64_t m) {
-  assert(indices.size >= static_cast<size_t>(outer * m * inner));
-  assert(out.size >= static_cast<size_t>(outer * n * inner));
+  check_size("scatter_add", "indices", checked_count("scatter_add", {outer, m, inner}),
+             indices.size);
+  check_size("scatter_add", "a", checked_count("scatter_add", {outer, m, inner}), a.size);
+  check_size("scatter_add", "out", checked_count("scatter_add", {outer, n, inner}), out.size);
   require_dtype("indices", indices.dtype, DType::i64);
   int64_t bad = 0;
   bool ok = true;
@@ -439,7 +489,7 @@ void scatter_add_axis(const Array &a, const Array &indices, Array &out, int64_t 
 
 void layer_norm_grad_rows(const Array &a, const Array &g, Array &out, int64_t rows, int64_t cols,
                           double eps) {
-  assert(rows >= 0 && cols >= 1 && a.size >= static_cast<size_t>(rows * cols));
+  if (check_rows("layer_norm_grad_rows", rows, cols, {&a, &g, &out}) == 0) return;
   const DType dtype = common_dtype(a, g, out);
   GilRelease unlocked(rows * cols);
   dispatch<Floats>(dtype, [&](auto tag) {
@@ -449,7 +499,7 @@ void layer_norm_grad_rows(const Array &a, const Array &g, Array &out, int64_t ro
 }
 
 void softmax_grad_rows(const Array &s, const Array &g, Array &out, int64_t rows, int64_t cols) {
-  assert(rows >= 0 && cols >= 1 && s.size >= static_cast<size_t>(rows * cols));
+  if (check_rows("softmax_grad_rows", rows, cols, {&s, &g, &out}) == 0) return;
   const DType dtype = common_dtype(s, g, out);
   GilRelease unlocked(rows * cols);
   dispatch<Floats>(dtype, [&](auto tag) {
@@ -543,9 +593,8 @@ void batch_norm_rows_grad_primitive(const Array &dy, const Array &a, const Array
 // The middle axis of a compact (outer, reduce_size, inner) array.
 void check_middle_axis(const Array &a, const Array &out, int64_t outer, int64_t reduce_size,
                        int64_t inner) {
-  assert(reduce_size >= 1 && out.size >= static_cast<size_t>(outer * inner));
-  assert(a.size >= static_cast<size_t>(outer * reduce_size * inner));
-  (void)a, (void)out, (void)outer, (void)reduce_size, (void)inner;
+  check_reduce("reduce along an axis", a, out, checked_count("reduce", {outer, inner}),
+               reduce_size);
 }
 
 void reduce_sum_axis(const Array &a, Array &out, int64_t outer, int64_t reduce_size,

@@ -85,6 +85,58 @@ def test_broadcast_binary_rejects_an_unknown_op():
         )
 
 
+def _small_calls():
+    """(label, call) pairs: each primitive given arrays too small for its sizes, negative
+    sizes, or row indices outside the table. Every one must raise before its kernel runs (an
+    assert would be compiled out of the release build, and the kernel would read past a
+    buffer)."""
+    f = nb_cpu.Array
+    a10, b10, o10, a5 = f(10, "float32"), f(10, "float32"), f(10, "float32"), f(5, "float32")
+    idx = to_array(nb_cpu, np.array([0, 1000], dtype=np.int64))
+    return [
+        ("softmax_rows", lambda: nb_cpu.softmax_rows(a10, o10, 1000, 1000, False)),
+        ("softmax_rows, negative", lambda: nb_cpu.softmax_rows(a10, o10, -1, 5, False)),
+        ("layer_norm_rows", lambda: nb_cpu.layer_norm_rows(a10, o10, 100, 100, 1e-5)),
+        ("softmax_grad_rows", lambda: nb_cpu.softmax_grad_rows(a10, b10, o10, 5, 5)),
+        ("layer_norm_grad_rows", lambda: nb_cpu.layer_norm_grad_rows(a10, b10, o10, 5, 5, 1e-5)),
+        ("reduce_sum", lambda: nb_cpu.reduce_sum(a10, o10, 1000)),
+        ("reduce_max", lambda: nb_cpu.reduce_max(a10, o10, 0)),
+        ("reduce_sum_axis", lambda: nb_cpu.reduce_sum_axis(a10, o10, 10, 10, 10)),
+        ("reduce_max_axis", lambda: nb_cpu.reduce_max_axis(a10, o10, 2, 10, 1)),
+        ("gather_rows, index", lambda: nb_cpu.gather_rows(a10, idx, o10, 2, 1)),
+        ("gather_rows, out", lambda: nb_cpu.gather_rows(a10, idx, a5, 2, 5)),
+        ("scatter_add_rows, index", lambda: nb_cpu.scatter_add_rows(a10, idx, o10, 2, 1)),
+        ("gather_axis", lambda: nb_cpu.gather_axis(a10, idx, o10, 10, 10, 10, 10)),
+        ("scatter_add_axis", lambda: nb_cpu.scatter_add_axis(a10, idx, o10, 10, 10, 10, 10)),
+        ("pool2d", lambda: nb_cpu.pool2d(a10, o10, 10, 10, 10, (2, 2), (2, 2), (0, 0), "max")),
+        (
+            "pool2d, stride 0",
+            lambda: nb_cpu.pool2d(a10, o10, 1, 2, 5, (1, 1), (0, 1), (0, 0), "max"),
+        ),
+        ("matmul_tiled", lambda: nb_cpu.matmul_tiled(a10, b10, o10, 64, 64, 64)),
+        ("matmul", lambda: nb_cpu.matmul(a10, b10, o10, 100, 100, 100)),
+        ("ewise_add", lambda: nb_cpu.ewise_add(a10, a5, o10)),
+        ("scalar_mul", lambda: nb_cpu.scalar_mul(a5, 2.0, o10)),
+        ("ewise_exp", lambda: nb_cpu.ewise_exp(a5, o10)),
+        ("ewise_lt", lambda: nb_cpu.ewise_lt(a5, a10, f(10, "bool"))),
+        ("ewise_axpby", lambda: nb_cpu.ewise_axpby(a5, b10, 1.0, 1.0, o10)),
+        (
+            "ewise_broadcast_binary",
+            lambda: nb_cpu.ewise_broadcast_binary("add", a10, b10, o10, 100, 100, True, False),
+        ),
+    ]
+
+
+# (Made in the test: arrays held by the parameters would outlive the extension at exit.)
+SMALL_CALL_LABELS = [label for label, _ in _small_calls()]
+
+
+@pytest.mark.parametrize("label", SMALL_CALL_LABELS)
+def test_sizes_are_checked_before_a_kernel_runs(label):
+    with pytest.raises((ValueError, IndexError)):
+        dict(_small_calls())[label]()
+
+
 def lstm_arrays(batch, hidden, dtype="float32", **sizes):
     """lstm_cell's and lstm_cell_grad's arrays for (batch, hidden), each of its right size
     unless `sizes` names another."""

@@ -41,6 +41,16 @@ template <class Body> void parallel_for(int64_t n, Body &&body) {
 
 template <class T> inline T max_nan(T x, T y) { return (x > y || x != x) ? x : y; }
 
+// An operand smaller than `out` would be read past its end: a ValueError (NDArray never passes
+// one; a direct call of the backend module might).
+inline void require_operands(const Array &out, std::initializer_list<const Array *> operands) {
+  for (const Array *a : operands)
+    if (a->size < out.size)
+      throw nb::value_error(("an operand has " + std::to_string(a->size) + " elements, out " +
+                             std::to_string(out.size))
+                                .c_str());
+}
+
 // Each operator works on a simd::Vec of lanes (a scalar-only function is applied lane by
 // lane) for float32 and float64. Loops run whole vectors and finish with one zero-padded
 // vector, so every element goes through the same code and results do not depend on its
@@ -186,7 +196,7 @@ void map_compare(bool *out, int64_t n, F f, const In *...in) {
 }
 
 template <class Op, class List> void ewise_binary(const Array &a, const Array &b, Array &out) {
-  assert(a.size >= out.size && b.size >= out.size);
+  require_operands(out, {&a, &b});
   dispatch<List>(common_dtype(a, b, out), [&](auto tag) {
     using T = decltype(tag);
     GilRelease unlocked(out.size);
@@ -196,7 +206,7 @@ template <class Op, class List> void ewise_binary(const Array &a, const Array &b
 
 // The scalar is converted to the array dtype first (scalar_as), as NumPy does.
 template <class Op, class List> void scalar_binary(const Array &a, double val, Array &out) {
-  assert(a.size >= out.size);
+  require_operands(out, {&a});
   dispatch<List>(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
     const T v = scalar_as<T>(val);
@@ -211,7 +221,7 @@ template <class Op, class List> void scalar_binary(const Array &a, double val, A
 }
 
 template <class Op, class List> void ewise_compare(const Array &a, const Array &b, Array &out) {
-  assert(a.size >= out.size && b.size >= out.size);
+  require_operands(out, {&a, &b});
   require_dtype("out", out.dtype, DType::b8);
   dispatch<List>(common_dtype(a, b), [&](auto tag) {
     using T = decltype(tag);
@@ -221,7 +231,7 @@ template <class Op, class List> void ewise_compare(const Array &a, const Array &
 }
 
 template <class Op, class List> void scalar_compare(const Array &a, double val, Array &out) {
-  assert(a.size >= out.size);
+  require_operands(out, {&a});
   require_dtype("out", out.dtype, DType::b8);
   dispatch<List>(a.dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -263,7 +273,7 @@ template <class List> void scalar_power(const Array &a, double val, Array &out) 
 // rounded to the array dtype first.
 template <class List>
 void ewise_axpby(const Array &a, const Array &b, double alpha, double beta, Array &out) {
-  assert(a.size >= out.size && b.size >= out.size);
+  require_operands(out, {&a, &b});
   dispatch<List>(common_dtype(a, b, out), [&](auto tag) {
     using T = decltype(tag);
     GilRelease unlocked(out.size);
@@ -281,10 +291,13 @@ void ewise_axpby(const Array &a, const Array &b, double alpha, double beta, Arra
 template <class Op, class List>
 void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_t outer,
                       int64_t inner, bool per_column, bool vector_first) {
-  assert(full.size >= static_cast<size_t>(outer * inner));
-  assert(vector.size >= static_cast<size_t>(per_column ? inner : outer));
   const DType dtype = common_dtype(full, vector, out);
   if (outer <= 0 || inner <= 0) return require<List>(dtype);
+  int64_t n = 0;
+  if (__builtin_mul_overflow(outer, inner, &n) || full.size < static_cast<size_t>(n) ||
+      out.size < static_cast<size_t>(n) ||
+      vector.size < static_cast<size_t>(per_column ? inner : outer))
+    throw nb::value_error("ewise_broadcast_binary: an array is smaller than outer x inner needs");
   dispatch<List>(dtype, [&](auto tag) {
     using T = decltype(tag);
     GilRelease unlocked(outer * inner);
@@ -315,7 +328,7 @@ void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_
 }
 
 template <class List, class Op> void ewise_unary(const Array &a, Array &out, Op op) {
-  assert(a.size >= out.size);
+  require_operands(out, {&a});
   dispatch<List>(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
     GilRelease unlocked(out.size);
