@@ -400,3 +400,16 @@ def test_calls_alternating_between_two_shapes_both_replay(device):
             assert run(x).numpy() == 2.0 * x.shape[0]
             statuses.append(run.status)
     assert statuses == ["recorded"] * 4 + ["replayed"] * 4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_compiled_step_inside_another_records_into_it(device):
+    inner = ndl.compile(lambda x: x * 3.0)
+    x = ndl.Tensor(np.arange(4.0), device=device, dtype="float32")
+    for _ in range(3):
+        inner(x)  # a plan of its own
+    outer = ndl.compile(lambda x: inner(x) + 1.0)
+    for i in range(4):
+        y = ndl.Tensor(np.full(4, float(i)), device=device, dtype="float32")
+        np.testing.assert_array_equal(outer(y).numpy(), np.full(4, 3.0 * i + 1.0))
+    assert outer.status == "replayed"

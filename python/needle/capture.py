@@ -383,7 +383,9 @@ class CompiledStep:
             self._give_up(
                 "the numpy mode and the lazy mode compute outside recorded primitive calls"
             )
-        if self.reason is not None:
+        if self.reason is not None or nd.HOST_RECORDER is not None:
+            # (Inside another compiled step's recording: eager, so that it records these calls;
+            # a replay here would bypass its recorder.)
             self.status = "eager"
             return self.fn(*args, **kwargs)
         arrays: list[tuple[Tensor | None, nd.NDArray]] = []
