@@ -209,6 +209,30 @@ def test_host_table_errors(emulated):
     np.testing.assert_array_equal(read(emulated, a32), 2.5)
 
 
+def test_host_table_checks_sizes_before_a_kernel_runs(emulated):
+    """Arrays too small for a call's sizes, or negative sizes, are a ValueError naming the
+    primitive before a kernel reads past a buffer (the emulation's guard bytes would catch
+    the read; a GPU would fault)."""
+    m = emulated
+    a10, b10, o10, a5 = m.Array(10), m.Array(10), m.Array(10), m.Array(5)
+    idx = to_array(m, np.zeros(2, dtype="int64"))
+    calls = {
+        "ewise_add": lambda: m.ewise_add(a10, a5, o10),
+        "scalar_mul": lambda: m.scalar_mul(a5, 2.0, o10),
+        "ewise_exp": lambda: m.ewise_exp(a5, o10),
+        "ewise_axpby": lambda: m.ewise_axpby(a5, b10, 1.0, 1.0, o10),
+        "reduce_sum": lambda: m.reduce_sum(a10, o10, 1000),
+        "reduce_max": lambda: m.reduce_max(a10, o10, 0),
+        "reduce_sum_axis": lambda: m.reduce_sum_axis(a10, o10, 10, 10, 10),
+        "gather_rows": lambda: m.gather_rows(a10, idx, a5, 2, 5),
+        "scatter_add_rows": lambda: m.scatter_add_rows(a5, idx, o10, 2, 5),
+        "reduce_max_axis": lambda: m.reduce_max_axis(a10, o10, -1, 2, 1),
+    }
+    for name, call_it in calls.items():
+        with pytest.raises(ValueError, match=name):
+            call_it()
+
+
 def _arguments(m, prim, dtype):
     """Valid arguments for a call of `prim` on Arrays of `dtype` (out: the row's out dtype,
     indices int64): four elements each, products of 1 x 1 matrices."""
@@ -660,13 +684,13 @@ def test_emulation_frees_every_buffer(emulated, rng):
 
 
 def test_emulation_reports_writes_past_a_buffer(emulated):
-    """A kernel that writes past its output (here two rows of 2 gathered into 3 elements: the
-    host table checks views, not gather_rows' sizes) is caught by the guard bytes after the
-    call."""
-    a, out = to_array(emulated, np.arange(8.0)), emulated.Array(3, "float64")
+    """A kernel that writes past its output is caught by the guard bytes after the call. Here
+    scatter_add_rows adds a row of 2 at row 1 of a 3-element out: the host table checks the
+    sizes, not the index values (NDArray has checked them; a GPU kernel would have to)."""
+    a, out = to_array(emulated, np.arange(4.0)), emulated.Array(3, "float64")
     indices = to_array(emulated, np.array([0, 1]), "int64")
     with pytest.raises(harness.EmulationError, match="past the end of a buffer of 24 bytes"):
-        emulated.gather_rows(a, indices, out, 2, 2)
+        emulated.scatter_add_rows(a, indices, out, 2, 2)
     del out  # its guard bytes stay broken: every later call would report them
 
 

@@ -4,6 +4,7 @@
 
 #include "host_table.h"
 
+#include <initializer_list>
 #include <limits>
 
 #include "../common/view_check.h"
@@ -91,6 +92,24 @@ void check_size(const char* what, const char* name, int64_t needed, size_t size)
   if (!problem.empty()) throw std::invalid_argument(std::string(what) + ": " + problem);
 }
 
+// The product of the sizes a primitive is given, checked: a negative size or an overflow is a
+// ValueError naming the primitive (the kernels trust what this returns).
+int64_t checked_count(const char* what, std::initializer_list<int64_t> sizes) {
+  int64_t n = 1;
+  for (int64_t d : sizes)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n))
+      throw std::invalid_argument(std::string(what) +
+                                  ": sizes must be whole numbers whose "
+                                  "product counts elements");
+  return n;
+}
+
+// Operands that an elementwise kernel reads for each of out's elements.
+void check_operands(const char* what, const Array& out,
+                    std::initializer_list<const Array*> operands) {
+  for (const Array* a : operands) check_size(what, "an operand", int64_t(out.size), a->size);
+}
+
 }  // namespace
 
 namespace table {
@@ -159,11 +178,13 @@ void scalar_setitem(int64_t size, double val, Array& out, const Shape& shape, co
 // ---- elementwise -------------------------------------------------------------------------
 
 void unary(const UnaryKernel& op, const Array& a, Array& out) {
+  check_operands(op.name, out, {&a});
   op.run(call_dtype(op.name, op.dtypes, a, out), a.ptr, out.ptr, static_cast<int64_t>(out.size));
 }
 
 // A comparison's out is bool whatever its inputs' dtype; any other row's is theirs.
 void binary(const BinaryKernel& op, const Array& a, const Array& b, Array& out) {
+  check_operands(op.name, out, {&a, &b});
   DType dt;
   if (op.bool_out) {
     dt = call_dtype(op.name, op.dtypes, a, b);
@@ -175,6 +196,7 @@ void binary(const BinaryKernel& op, const Array& a, const Array& b, Array& out) 
 }
 
 void scalar(const ScalarKernel& op, const Array& a, double val, Array& out) {
+  check_operands(op.name, out, {&a});
   DType dt;
   if (op.bool_out) {
     dt = call_dtype(op.name, op.dtypes, a);
@@ -187,6 +209,7 @@ void scalar(const ScalarKernel& op, const Array& a, double val, Array& out) {
 
 // `out` may be `a` or `b` itself (an in-place update).
 void ewise_axpby(const Array& a, const Array& b, double alpha, double beta, Array& out) {
+  check_operands("ewise_axpby", out, {&a, &b});
   cuda::ewise_axpby(call_dtype("ewise_axpby", kFloats, a, b, out), a.ptr, b.ptr, alpha, beta,
                     out.ptr, static_cast<int64_t>(out.size));
 }
@@ -234,15 +257,22 @@ void batched_matmul(const Array& a, const Array& b, Array& out, int64_t batch, i
 // Sums take float32, float64 and int64 (NDArray sums other integers and bool as int64), max
 // every dtype.
 template <ReduceOp op> void reduce_rows(const Array& a, Array& out, int64_t reduce_size) {
-  const DType dt = op == ReduceOp::sum ? call_dtype("reduce_sum", kSums, a, out)
-                                       : call_dtype("reduce_max", kAll, a, out);
+  const char* what = op == ReduceOp::sum ? "reduce_sum" : "reduce_max";
+  const DType dt =
+      op == ReduceOp::sum ? call_dtype(what, kSums, a, out) : call_dtype(what, kAll, a, out);
+  if (reduce_size < 1) throw std::invalid_argument(std::string(what) + ": reduce_size < 1");
+  check_size(what, "a", checked_count(what, {int64_t(out.size), reduce_size}), a.size);
   reduce_last(op, dt, a.ptr, out.ptr, static_cast<int64_t>(out.size), reduce_size);
 }
 
 template <ReduceOp op>
 void reduce_axis(const Array& a, Array& out, int64_t outer, int64_t reduce_size, int64_t inner) {
-  const DType dt = op == ReduceOp::sum ? call_dtype("reduce_sum_axis", kSums, a, out)
-                                       : call_dtype("reduce_max_axis", kAll, a, out);
+  const char* what = op == ReduceOp::sum ? "reduce_sum_axis" : "reduce_max_axis";
+  const DType dt =
+      op == ReduceOp::sum ? call_dtype(what, kSums, a, out) : call_dtype(what, kAll, a, out);
+  if (reduce_size < 1) throw std::invalid_argument(std::string(what) + ": reduce_size < 1");
+  check_size(what, "out", checked_count(what, {outer, inner}), out.size);
+  check_size(what, "a", checked_count(what, {outer, reduce_size, inner}), a.size);
   reduce_middle(op, dt, a.ptr, out.ptr, outer, reduce_size, inner);
 }
 
@@ -256,6 +286,8 @@ template void reduce_axis<ReduceOp::max>(const Array&, Array&, int64_t, int64_t,
 // indices: int64 row numbers whatever a's dtype.
 void gather_rows(const Array& a, const Array& indices, Array& out, int64_t n, int64_t row_size) {
   require_dtype("gather_rows", "indices", indices, DType::i64);
+  check_size("gather_rows", "indices", n, indices.size);
+  check_size("gather_rows", "out", checked_count("gather_rows", {n, row_size}), out.size);
   cuda::gather_rows(call_dtype("gather_rows", kAll, a, out), a.ptr, indices.ptr, out.ptr, n,
                     row_size);
 }
@@ -263,6 +295,8 @@ void gather_rows(const Array& a, const Array& indices, Array& out, int64_t n, in
 void scatter_add_rows(const Array& a, const Array& indices, Array& out, int64_t n,
                       int64_t row_size) {
   require_dtype("scatter_add_rows", "indices", indices, DType::i64);
+  check_size("scatter_add_rows", "indices", n, indices.size);
+  check_size("scatter_add_rows", "a", checked_count("scatter_add_rows", {n, row_size}), a.size);
   cuda::scatter_add_rows(call_dtype("scatter_add_rows", kFloats, a, out), a.ptr, indices.ptr,
                          out.ptr, n, row_size);
 }
