@@ -6,7 +6,7 @@ calls record the same calls, later calls with the same guards replay the recordi
 over (primitive, arguments) pairs, with no op dispatch, no graph and no allocation. Buffers
 that the step frees before it ends share memory when their lifetimes do not overlap.
 
-A replay is never silently stale. Each call first compares its guards with the recording's:
+Each call first compares its guards with the recording's:
 - the arguments' shapes, dtypes and devices, and the value of every other argument;
 - the Python state the step can see. This covers every int, float, bool, str or None
   attribute of the Modules, Optimizers and schedulers reachable from the step's arguments,
@@ -23,7 +23,9 @@ with one warning that says why and where:
   ``_unguarded``, the attributes a class keeps out of the guards);
 - a step whose recordings never agree.
 
-A replay does not repeat the step's Python side effects. Tensors the step leaves behind
+What the guards do not see is not guarded: a global read only inside a function the step
+calls, or the contents of a NumPy array over 64 KiB (compared by identity). Pass such values
+as arguments. A replay does not repeat the step's Python side effects. Tensors the step leaves behind
 (``p.grad``, optimizer buffers) hold the latest call's values. Returned tensors are copies
 with no graph: a backward through one that required grad raises (it belongs in the step).
 """
