@@ -25,9 +25,10 @@ with one warning that says why and where:
 
 What the guards do not see is not guarded: a global read only inside a function the step
 calls, or the contents of a NumPy array over 64 KiB (compared by identity). Pass such values
-as arguments. A replay does not repeat the step's Python side effects. Tensors the step leaves behind
-(``p.grad``, optimizer buffers) hold the latest call's values. Returned tensors are copies
-with no graph: a backward through one that required grad raises (it belongs in the step).
+as arguments. A replay does not repeat the step's Python side effects. Tensors the step
+leaves behind (``p.grad``, optimizer buffers) hold the latest call's values. Returned tensors
+are copies with no graph: a backward through one that required grad raises (it belongs in
+the step).
 """
 
 from __future__ import annotations
