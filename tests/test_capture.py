@@ -413,3 +413,15 @@ def test_a_compiled_step_inside_another_records_into_it(device):
         y = ndl.Tensor(np.full(4, float(i)), device=device, dtype="float32")
         np.testing.assert_array_equal(outer(y).numpy(), np.full(4, 3.0 * i + 1.0))
     assert outer.status == "replayed"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_strided_argument_is_copied_in_from_its_view(device):
+    run = ndl.compile(lambda x: x * 2.0 + 1.0)
+    for _ in range(3):
+        run(ndl.Tensor(np.ones((3, 4)), device=device, dtype="float32"))
+    assert run.status == "replayed"
+    data = np.arange(12.0).reshape(4, 3)
+    view = ndl.Tensor(data, device=device, dtype="float32").transpose()  # (3, 4), strided
+    np.testing.assert_array_equal(run(view).numpy(), data.T * 2.0 + 1.0)
+    assert run.status == "replayed"

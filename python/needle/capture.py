@@ -303,9 +303,8 @@ class _Plan:
 
     def replay(self, arrays: list[tuple[Tensor | None, nd.NDArray]]):
         for (handle, mod), (_, array) in zip(self.args, arrays):
-            if array._handle is not handle:
-                src = array.compact()
-                mod.compact(src._handle, handle, src.shape, nd.compact_strides(src.shape), 0)
+            if array._handle is not handle:  # one copy, from the argument's view as it is
+                mod.compact(array._handle, handle, *array._simplified_view())
         for target, args in self.calls:
             target(*args)
         for i, spec in self.arg_grads:  # what backward gave the arguments that require grad

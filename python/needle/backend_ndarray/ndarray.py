@@ -1453,21 +1453,30 @@ class RowIndices:
 
     @staticmethod
     def of(indices: NDArray, rows: int, device: BackendDevice, truncate: bool = False):
-        """RowIndices of the NDArray `indices` (flattened), checked on the host through
-        from_host (so that a captured step checks each call's indices), kept on `device`
-        only (``host`` is None). With `truncate`, floats are cut to integers first, as the
-        course's ``.numpy().astype(int)``."""
-        out = RowIndices.__new__(RowIndices)
-        out.host, out.rows = None, int(rows)
-        out.array = from_host(
-            _checked_rows, (indices,), out.rows, truncate, device=device, dtype="int64"
+        """RowIndices of the NDArray `indices`, checked (``check``) on the host through
+        from_host, so that a captured step checks each call's indices; kept on `device` only
+        (``host`` is None)."""
+        return RowIndices.on_device(
+            from_host(RowIndices.check, (indices,), rows, truncate, device=device, dtype="int64"),
+            rows,
         )
+
+    @staticmethod
+    def on_device(array: NDArray, rows: int) -> RowIndices:
+        """RowIndices over `array`, int64 positions already checked to lie in [0, rows)."""
+        out = RowIndices.__new__(RowIndices)
+        out.host, out.rows, out.array = None, int(rows), array
         return out
 
     @staticmethod
-    def check(indices, rows: int) -> np.ndarray:
-        """`indices` as int64 after checking that they are 1-D whole numbers in [0, rows)."""
+    def check(indices, rows: int, truncate: bool = False) -> np.ndarray:
+        """`indices` as int64 after checking that they are 1-D whole numbers in [0, rows).
+        With `truncate`, as the course's ``.numpy().astype(int)``: any shape, flattened, and
+        floats cut to integers."""
         idx = indices.numpy() if isinstance(indices, NDArray) else np.asarray(indices)
+        if truncate:
+            idx = idx.reshape(-1)
+            idx = idx if idx.dtype.kind in "iu" else idx.astype(np.int64)
         if idx.ndim != 1:
             raise ValueError(f"row indices must be 1-D, got shape {idx.shape}")
         if idx.dtype.kind == "f":
@@ -1488,13 +1497,6 @@ class RowIndices:
         if self.array.device == device:
             return self
         return RowIndices(self.array.numpy() if self.host is None else self.host, self.rows, device)
-
-
-def _checked_rows(indices: np.ndarray, rows: int, truncate: bool) -> np.ndarray:
-    flat = indices.reshape(-1)
-    if truncate and flat.dtype.kind not in "iu":
-        flat = flat.astype(np.int64)
-    return RowIndices.check(flat, rows)
 
 
 def take_rows(table: NDArray, indices) -> NDArray:

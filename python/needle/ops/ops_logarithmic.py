@@ -128,11 +128,10 @@ class ClassLabels:
         self.classes = classes
         if isinstance(labels, NDArray):
             self.batch = labels.size
-            self.positions = nd.RowIndices.__new__(nd.RowIndices)
-            self.positions.host, self.positions.rows = None, self.batch * classes
-            self.positions.array = nd.from_host(
+            on_device = nd.from_host(
                 _label_positions, (labels,), classes, truncate, device=device, dtype="int64"
             )
+            self.positions = nd.RowIndices.on_device(on_device, self.batch * classes)
             return
         positions = _label_positions(np.asarray(labels), classes, truncate)
         self.batch = len(positions)
@@ -164,11 +163,8 @@ class ClassLabels:
 
 def _label_positions(labels: np.ndarray, classes: int, truncate: bool) -> np.ndarray:
     """The flat positions i * classes + labels[i] of labels checked to be 1-D whole numbers in
-    [0, classes)."""
-    labels = labels.reshape(-1) if truncate else labels
-    if truncate and labels.dtype.kind not in "iu":
-        labels = labels.astype(np.int64)
-    checked = nd.RowIndices.check(labels, classes)
+    [0, classes) (nd.RowIndices.check, `truncate` too)."""
+    checked = nd.RowIndices.check(labels, classes, truncate)
     return np.arange(len(checked), dtype=np.int64) * classes + checked
 
 
