@@ -224,7 +224,7 @@ class Where(TensorOp):
         table = stack([b.astype(dtype).broadcast_to(shape), a.astype(dtype).broadcast_to(shape)])
         flat = condition.broadcast_to(shape).compact().reshape((size,))
         positions = flat.astype(INDEX_DTYPE) * size + _iota(size, condition.device)
-        out = take_rows(table.reshape((2 * size,)), _Positions(positions, 2 * size))
+        out = take_rows(table.reshape((2 * size,)), RowIndices.on_device(positions, 2 * size))
         return out.reshape(shape)
 
     def gradient(self, out_grad: Tensor, node: Tensor):
@@ -233,17 +233,6 @@ class Where(TensorOp):
         grad_a = reduce_to_shape(Where()(condition, out_grad, zero), a.shape)
         grad_b = reduce_to_shape(Where()(condition, zero, out_grad), b.shape)
         return None, grad_a, grad_b
-
-
-class _Positions(RowIndices):
-    """Row indices already on the device and in range by construction (where's positions):
-    RowIndices without its host-side check, which would read them back."""
-
-    def __init__(self, array: NDArray, rows: int):
-        self.array, self.rows = array, rows
-
-    def __len__(self) -> int:
-        return self.array.size
 
 
 @functools.lru_cache(maxsize=8)
