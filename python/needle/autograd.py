@@ -330,9 +330,16 @@ class Value:
 
     @classmethod
     def make_from_op(cls, op: Op[Any], inputs: Sequence[Value]) -> Self:
+        global TENSOR_COUNTER
         value = cls.__new__(cls)
         requires_grad = _GRAD_ENABLED and _any_requires_grad(inputs)
-        value._init(op, list(inputs), requires_grad=requires_grad)
+        # _init's stores, inlined: this runs on every op (~0.15 us of a 2.7 us eager add).
+        TENSOR_COUNTER += 1
+        value.op = op
+        value.inputs = list(inputs)
+        value.num_outputs = 1
+        value.cached_data = None
+        value.requires_grad = requires_grad
         if requires_grad:
             value._birth = _INPLACE_CLOCK
         if not LAZY_MODE:
@@ -753,14 +760,16 @@ class Tensor(Value):
         return a if dtype is None else a.astype(dtype)
 
     # ---- operators --------------------------------------------------------------------
+    # The two commonest operators make their node directly with one shared (stateless) op:
+    # 0.2 us of a 2.7 us eager add.
     def __add__(self, other):
         if isinstance(other, Tensor):
-            return ops.EWiseAdd()(self, other)
+            return Tensor.make_from_op(_OPS.add, (self, other))
         return ops.AddScalar(other)(self)
 
     def __mul__(self, other):
         if isinstance(other, Tensor):
-            return ops.EWiseMul()(self, other)
+            return Tensor.make_from_op(_OPS.mul, (self, other))
         return ops.MulScalar(other)(self)
 
     def __pow__(self, other):
@@ -1203,3 +1212,7 @@ def _numpy_data(array, dtype) -> numpy.ndarray:
 # The op catalogue imports this module, so it is imported last (by the time a Tensor method
 # runs, needle.ops is complete).
 from . import ops  # noqa: E402
+
+# Shared instances of the ops Tensor's + and * build directly (ops are stateless); filled
+# by needle.ops once its classes exist (it imports this module first).
+_OPS = SimpleNamespace()
