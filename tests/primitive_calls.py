@@ -18,12 +18,14 @@ from needle.backend_ndarray import primitives
 
 
 class Out:
-    """An output Array argument: `size` elements, optionally initialised from `init`."""
+    """An output Array argument: `size` elements, optionally initialised from `init`, of the
+    dtype under test unless `dtype` names another (astype's out)."""
 
-    def __init__(self, size, init=None):
-        self.size, self.init = size, init
+    def __init__(self, size, init=None, dtype=None):
+        self.size, self.init, self.dtype = size, init, dtype
 
     def make(self, mod, dtype):
+        dtype = self.dtype or dtype
         out = mod.Array(self.size, dtype)
         if self.init is not None:
             mod.from_numpy(np.ascontiguousarray(self.init, dtype=dtype), out)
@@ -87,7 +89,7 @@ def fit(x, dtype) -> np.ndarray:
     wrapped into the dtype's range as NumPy's integer casts wrap (37 is odd, so consecutive
     values stay distinct modulo 256); bool where round(37 x) is a multiple of 3."""
     x = np.asarray(x)
-    if np.dtype(dtype).kind == "f" or x.dtype == np.dtype(dtype):
+    if dtype in primitives.FLOATING or x.dtype == np.dtype(dtype):
         return x.astype(dtype)
     whole = np.round(x * 37).astype(np.int64)
     return (whole % 3 == 0) if dtype == "bool" else whole.astype(dtype)
@@ -96,7 +98,7 @@ def fit(x, dtype) -> np.ndarray:
 def scalar_for(dtype, val: float) -> float:
     """`val` as NDArray would pass it to a primitive on `dtype`: a whole number in range for
     an integer dtype (int(val) wrapped into it), as it is for floats and bool (val != 0)."""
-    if np.dtype(dtype).kind not in "iu":
+    if dtype in primitives.FLOATING or np.dtype(dtype).kind not in "iu":
         return val
     return float(np.array(int(val), dtype=np.int64).astype(dtype))
 

@@ -177,6 +177,10 @@ class Op(Generic[_Out]):
     name: str | None = None
     # What backward uses instead of gradient() when set (tuple_get_item's sparse adjoint).
     sparse_gradient: Callable[[Any, Any], Any] | None = None
+    # Whether compute takes 16-bit float arrays as they are: ops that move or convert data
+    # (views, copies, astype), and matmul, whose rows take them. Every other op sees them in
+    # float32 and has its float32 results rounded back once (Value._compute).
+    half_native: bool = False
 
     def __call__(self, *args: Any) -> _Out:
         raise NotImplementedError()
@@ -282,7 +286,10 @@ class Value:
         if _NUMPY_MODE:
             arrays = [_to_nd(a) for a in arrays]
         try:
-            data = op.compute(*arrays)
+            if op.half_native or not _any_half(arrays):
+                data = op.compute(*arrays)
+            else:
+                data = _compute_in_float32(op, arrays)
         except (ValueError, TypeError) as error:
             described = _in_context(error, op, arrays)
             if described is None:
@@ -338,7 +345,7 @@ class Value:
         value.op = op
         value.inputs = list(inputs)
         value.num_outputs = 1
-        value.cached_data = None
+        value.cached_data = None  # type: ignore[assignment]
         value.requires_grad = requires_grad
         if requires_grad:
             value._birth = _INPLACE_CLOCK
@@ -381,7 +388,36 @@ def _describe(array) -> str:
 
 
 _NDARRAY = nd.NDArray
-_FLOAT_DTYPES = frozenset(nd.FLOATS)
+_FLOAT_DTYPES = frozenset(nd.FLOATING)
+_HALF_DTYPES = frozenset(nd.HALFS)
+
+
+def _any_half(arrays) -> bool:
+    # A loop, not any(genexpr): this runs on every op, and the generator costs ~0.2 us.
+    for a in arrays:  # noqa: SIM110
+        if type(a) is _NDARRAY and a._dtype in _HALF_DTYPES:
+            return True
+    return False
+
+
+def _compute_in_float32(op: Op[Any], arrays: list[Any]) -> Any:
+    """op.compute with the 16-bit float arrays in float32 and its results rounded back once
+    (nd.in_float32), the values it saved for gradient kept in float32."""
+    saved = None
+
+    def compute(*wide):
+        nonlocal saved
+        data = op.compute(*wide)
+        if type(data) is Saved:
+            data, saved = data.data, data.values
+        return data
+
+    data = nd.in_float32(compute, *arrays)
+    if saved is None:
+        return data
+    result = Saved(data)
+    result.values = saved
+    return result
 
 
 def _any_requires_grad(inputs) -> bool:
@@ -508,7 +544,7 @@ class Tensor(Value):
         else:
             device = device if device else default_device()
             cached_data = Tensor._array_from_numpy(array, device=device, dtype=dtype)
-        if cached_data.dtype not in nd.FLOATS:
+        if cached_data.dtype not in nd.FLOATING:
             requires_grad = False
         self._init(None, [], cached_data=cached_data, requires_grad=requires_grad)
 

@@ -46,7 +46,7 @@ from primitive_calls import (
 from needle.backend_ndarray import ndarray, ndarray_backend_numpy as nb_np, primitives
 
 TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-14)}
-EPS = {"float32": 1.2e-7, "float64": 2.3e-16}
+EPS = {"float32": 1.2e-7, "float64": 2.3e-16, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
 
 class Backend(NamedTuple):
@@ -80,7 +80,14 @@ def elementwise(dtype):
 
 
 def matmul_tol(n):
-    return lambda dtype: dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * max(n, 1))
+    def tol(dtype):
+        if dtype in primitives.HALFS:
+            # Sums in float32 (in any order) rounded once: one ulp of the 16-bit result apart
+            # at most. Sums kept in the 16-bit type would be ~sqrt(n) ulps off.
+            return dict(rtol=EPS[dtype], atol=10 * EPS["float32"] * max(n, 1))
+        return dict(rtol=10 * EPS[dtype], atol=10 * EPS[dtype] * max(n, 1))
+
+    return tol
 
 
 def sum_tol(n):
@@ -997,9 +1004,50 @@ INT_FAMILIES: dict[str, Callable] = {
 }
 
 
+# ---- 16-bit floats ---------------------------------------------------------------------------
+def _half_fitted(prim, backend, rng, dtype):
+    """The float cases with their data rounded to the 16-bit dtype: the layout, memory and
+    rows-by-index rows copy it bitwise; the matmuls sum in float32 and round once."""
+    for case in GENERATORS[prim.name](prim, backend, rng):
+        yield Case(case.label, _fit_args(prim, case.args, dtype), case.tol)
+
+
+def _astype_sources(rng, dtype) -> np.ndarray:
+    """Data of `dtype` that converts into every dtype without overflow into an integer:
+    for floats whole and fractional values in [-100, 250] with ties of rounding to a
+    16-bit float, signed zeros (and, where the target is a float, NaN and infinities)."""
+    if dtype == "bool" or dtype in primitives.INTS:
+        low = 0 if dtype in ("uint8", "bool") else -100
+        return (
+            fit(rng.integers(low, 120, 300) / 37, dtype)
+            if dtype == "bool"
+            else rng.integers(low, 120, 300).astype(dtype)
+        )
+    ties = np.float32(1 + 2.0**-8) * np.arange(1, 9, dtype=np.float32)  # bfloat16 ties
+    x = np.concatenate([rng.uniform(-100, 250, 300), ties, [0.0, -0.0, 0.5, -2.5, 65504.0]])
+    return x.astype(primitives.numpy_dtype(dtype))
+
+
+def _astype(prim, backend, rng, dtype):
+    for target in backend.dtypes:
+        x = _astype_sources(rng, dtype)
+        if target in primitives.INTS or target == "bool":
+            x = x[(x >= 0) & (x < 128)] if target in ("uint8",) else x
+        yield Case(f"to {target}", (x, Out(x.size, dtype=target)), exact)
+        if dtype in primitives.FLOATING and target in primitives.FLOATING:
+            specials = np.array([np.nan, np.inf, -np.inf, 1e-40, -1e-30, 1e6, 3e38])
+            with np.errstate(over="ignore"):  # 1e6 and 3e38 overflow float16: inf
+                x = specials.astype(primitives.numpy_dtype(dtype))
+            yield Case(f"specials to {target}", (x, Out(x.size, dtype=target)), exact)
+
+
 def generator(prim, dtype="float32") -> Callable:
     """The case generator of one row in `dtype` (KeyError for a row without one)."""
     elementwise_row = prim.reference is not None and prim.group in FAMILIES
+    if prim.name == "astype":
+        return functools.partial(_astype, dtype=dtype)
+    if dtype in primitives.HALFS:
+        return functools.partial(_half_fitted, dtype=dtype)
     if dtype not in primitives.FLOATS:
         key = prim.group if elementwise_row else prim.name
         if key in INT_FAMILIES:

@@ -66,7 +66,16 @@ def _specs():
     from cuda_emulation.harness import CXX as CUDA_CXX
     from metal_emulation.harness import CXX as METAL_CXX
 
-    specs.append(Spec("cuda_emulated", _cuda_emulation, ordered_scatter=False, compiler=CUDA_CXX))
+    # The CUDA host table holds the six dtypes of the computing rows (no 16-bit floats yet).
+    specs.append(
+        Spec(
+            "cuda_emulated",
+            _cuda_emulation,
+            primitives.COMPUTED,
+            ordered_scatter=False,
+            compiler=CUDA_CXX,
+        )
+    )
 
     metal_dtypes = metal_primitives.MetalBackend.DTYPES
     specs.append(

@@ -21,15 +21,20 @@ import numbers
 
 import numpy as np
 
-from .primitives import DTYPES, FLOATS
+from .primitives import DTYPES, FLOATING, FLOATS, HALFS
 
 _RULE = "torch"
-_CATEGORY = {"bool": 0, "uint8": 1, "int32": 1, "int64": 1, "float32": 2, "float64": 2}
+_CATEGORY = {"bool": 0, "uint8": 1, "int32": 1, "int64": 1}
+_CATEGORY.update(dict.fromkeys(FLOATING, 2))
 _WIDER = {  # within a category: the dtype both fit in
     frozenset({"uint8", "int32"}): "int32",
     frozenset({"uint8", "int64"}): "int64",
     frozenset({"int32", "int64"}): "int64",
     frozenset({"float32", "float64"}): "float64",
+    # A 16-bit float with a wider one is the wider; float16 with bfloat16 is float32 (each
+    # has values the other cannot hold), as in torch.
+    frozenset({"float16", "bfloat16"}): "float32",
+    **{frozenset({half, wide}): wide for half in HALFS for wide in FLOATS},
 }
 
 
@@ -72,13 +77,16 @@ def scalar_result_type(dtype: str, value) -> str:
         return dtype
     if isinstance(value, numbers.Integral):
         return "int64" if dtype == "bool" else dtype
-    if dtype in FLOATS:
+    if dtype in FLOATING:
         return dtype
     return default_float()
 
 
 def float_type(dtype: str) -> str:
-    """The dtype a floating-point-only operation (division, exp, ...) computes `dtype` in."""
+    """The dtype a floating-point-only operation (division, exp, ...) computes `dtype` in:
+    the 16-bit floats in float32 (NDArray rounds the result back)."""
+    if dtype in HALFS:
+        return "float32"
     return dtype if dtype in FLOATS else default_float()
 
 

@@ -30,7 +30,7 @@ from .dtypes import (
     scalar_result_type,
     set_promotion,
 )
-from .primitives import DTYPES, FLOATS
+from .primitives import DTYPES, FLOATING, FLOATS, HALFS
 
 # The native modules, or None where they are not built.
 ndarray_backend_cpu: ModuleType | None
@@ -116,6 +116,9 @@ __all__ = [
     "prod",
     "canonical_dtype",
     "FLOATS",
+    "FLOATING",
+    "HALFS",
+    "in_float32",
     "set_promotion",
     "promotion",
     "result_type",
@@ -466,6 +469,34 @@ def _matmul_strides(a: NDArray) -> tuple[int, int, int] | None:
 _TAKES = {name: frozenset(p.dtypes) for name, p in primitives.TABLE.items()}
 _OUT = {name: p.out_dtype for name, p in primitives.TABLE.items()}
 _FLOAT_SET = frozenset(FLOATS)
+_HALF_SET = frozenset(HALFS)
+_FLOATING_SET = frozenset(FLOATING)
+_MATMUL_SET = frozenset(primitives.MATMUL_DTYPES)
+
+
+def in_float32(method: Callable[..., Any], *args: Any) -> Any:
+    """`method` on `args` with their 16-bit float arrays in float32 (exact), its float32
+    results rounded once back to the 16-bit dtype when that was every floating operand's:
+    what a kernel computing in float32 registers gives. Mixed with float32 or float64, the
+    result keeps the promoted dtype (torch's rule), and bfloat16 with float16 is float32."""
+    floating = {a._dtype for a in args if type(a) is NDArray and a._dtype in _FLOATING_SET}
+    wide = [
+        a.astype("float32") if type(a) is NDArray and a._dtype in _HALF_SET else a for a in args
+    ]
+    result = method(*wide)
+    half = floating.pop() if len(floating) == 1 else None
+    if half not in _HALF_SET:
+        return result
+    if type(result) is tuple:
+        return tuple(_rounded(r, half) for r in result)
+    return _rounded(result, half)
+
+
+def _rounded(array: Any, half: str) -> Any:
+    """A float32 result in the 16-bit dtype `half`; anything else (bool, int64) as it is."""
+    return array.astype(half) if type(array) is NDArray and array._dtype == "float32" else array
+
+
 _Row = tuple  # (primitive name, the dtypes it takes, its out dtype or None)
 _BinaryMethod = Callable[["NDArray", "NDArray | float"], "NDArray"]
 
@@ -641,7 +672,15 @@ class NDArray:
                 dtype = canonical_dtype(dtype)
             if device.mod is None:
                 device._check_enabled()
-            array._handle = device.mod.Array(_size(shape), dtype)
+            try:
+                array._handle = device.mod.Array(_size(shape), dtype)
+            except (TypeError, ValueError):
+                if dtype not in device.dtypes:  # a dtype of the table this device lacks
+                    raise primitives.UnsupportedDtypeError(
+                        f"{device.name}() does not support dtype {dtype} (it holds "
+                        f"{', '.join(device.dtypes)})"
+                    ) from None
+                raise
             array._dtype = dtype
             array._strides = _compact_strides(shape) if strides is None else tuple(strides)
             array._compact = True if strides is None else None
@@ -727,8 +766,17 @@ class NDArray:
         return a if dtype is None else a.astype(dtype)
 
     def astype(self, dtype) -> NDArray:
+        """This array in `dtype` (itself when it has it), converted on its device by the
+        astype primitive: to a 16-bit float rounded to nearest even, float to integer
+        truncated toward zero."""
         dtype = canonical_dtype(dtype)
-        return self if dtype == self._dtype else NDArray(self, dtype=dtype)
+        if dtype == self._dtype:
+            return self
+        source = self.compact()
+        out = NDArray._make(self._shape, device=self._device, dtype=dtype)
+        if _size(self._shape):
+            self._device.astype(source._handle, out._handle)
+        return out
 
     def is_compact(self) -> bool:
         """True when the array is row-major over its whole buffer (so its buffer is its data)."""
@@ -925,6 +973,8 @@ class NDArray:
             )
 
     def _binary(self, other, ewise: _Row, scalar: _Row) -> NDArray:
+        if self._dtype in _HALF_SET or (isinstance(other, NDArray) and other._dtype in _HALF_SET):
+            return in_float32(NDArray._binary, self, other, ewise, scalar)
         device = self._device
         if isinstance(other, NDArray):
             ewise_name, takes, out_dtype = ewise
@@ -978,6 +1028,8 @@ class NDArray:
 
     def _unary(self, name: str) -> NDArray:
         a = self
+        if a._dtype in _HALF_SET:
+            return in_float32(NDArray._unary, a, name)
         if a._dtype not in _TAKES[name]:
             a = a.astype(_compute_dtype(name, a._dtype))
         a, out = a._elementwise_operand_and_out(a._dtype)
@@ -1064,7 +1116,7 @@ class NDArray:
         if a._dtype != b._dtype:
             dtype = result_type(a._dtype, b._dtype)
             a, b = a.astype(dtype), b.astype(dtype)
-        if a._dtype not in FLOATS:  # integers: exact in float64 up to 2^53
+        if a._dtype not in _MATMUL_SET:  # integers: exact in float64 up to 2^53
             return (a.astype("float64") @ b.astype("float64")).astype(a._dtype)
         try:
             batch_shape = broadcast_shapes(a._shape[:-2], b._shape[:-2])
@@ -1116,6 +1168,8 @@ class NDArray:
 
     # ---- reductions -----------------------------------------------------------------
     def _reduce(self, axis, keepdims: bool, name: str) -> NDArray:
+        if self._dtype in _HALF_SET:  # accumulated in float32, rounded once
+            return in_float32(NDArray._reduce, self, axis, keepdims, name)
         if self._dtype not in _TAKES[name]:  # sums of integers and bools: in int64
             return self.astype("int64")._reduce(axis, keepdims, name)
         if axis == ():

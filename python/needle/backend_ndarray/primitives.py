@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol
 
+import ml_dtypes
 import numpy as np
 
 # The dtypes of the table. Each row lists those it takes (``Primitive.dtypes``); NDArray
@@ -38,7 +39,23 @@ import numpy as np
 FLOATS: tuple[str, ...] = ("float32", "float64")
 INTS: tuple[str, ...] = ("int32", "int64", "uint8")
 NUMERIC: tuple[str, ...] = FLOATS + INTS
-DTYPES: tuple[str, ...] = NUMERIC + ("bool",)
+# The 16-bit floats are stored, converted and multiplied (matmul rows); every other row
+# computes them in float32: NDArray converts to float32, runs the row, rounds the result once
+# (round-to-nearest-even), which is what a kernel computing in float32 registers gives.
+HALFS: tuple[str, ...] = ("float16", "bfloat16")
+FLOATING: tuple[str, ...] = FLOATS + HALFS  # the floating-point category (promotion, grads)
+DTYPES: tuple[str, ...] = NUMERIC + ("bool",) + HALFS
+COMPUTED: tuple[str, ...] = NUMERIC + ("bool",)  # the dtypes of the computing rows
+MATMUL_DTYPES: tuple[str, ...] = FLOATS + HALFS  # products accumulated in float32 or wider
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a table dtype; bfloat16 is ml_dtypes' (the package JAX uses: NumPy
+    has none), whose import also lets np.dtype("bfloat16") name it."""
+    return np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name)
+
+
+ANY_DTYPE = "any"  # a row's out_dtype when out may have any dtype the backend holds (astype)
 INDEX_DTYPE = "int64"  # the dtype of an `index` parameter (gather_rows' row numbers)
 
 # Parameter kinds: how a conformance test or an emulator marshals each argument.
@@ -221,13 +238,20 @@ def elementwise_dtypes(op: str) -> tuple[str, ...]:
     every dtype; true division, powers and the transcendental functions floating point only;
     the rest (add, sub, rsub, mul, maximum, neg, abs, sign, relu) every number type."""
     if op in COMPARISONS:
-        return DTYPES
+        return COMPUTED
     if op in ("div", "rdiv", "power") or (op in UNARY and op not in ("neg", "abs", "sign", "relu")):
         return FLOATS
     return NUMERIC
 
 
 # ---- fallbacks of the optional primitives, over core ones --------------------------------
+def _fallback_astype(mod, a, out):
+    """Through the host: NumPy's astype (ml_dtypes' for bfloat16) rounds as the row says."""
+    if a.size:
+        host = mod.to_numpy(a, (a.size,), (1,), 0)
+        mod.from_numpy(np.ascontiguousarray(host.astype(numpy_dtype(out.dtype))), out)
+
+
 def resolve(mod, name: str) -> Callable:
     """`mod`'s own primitive `name`, or the table's fallback bound to `mod`."""
     own = getattr(mod, name, None)
@@ -769,6 +793,16 @@ def _table() -> dict[str, Primitive]:
         True,
         "every element of the view of out (size elements) = val",
     )
+    add(
+        "astype",
+        "a:array, out:out",
+        "memory",
+        False,
+        "out = a converted to out's dtype, elementwise: to a 16-bit float rounded to nearest "
+        "even (NaN stays NaN), float to integer truncated toward zero, to bool nonzero",
+        out_dtype=ANY_DTYPE,
+        fallback=_fallback_astype,
+    )
     # The elementwise families: one core row per entry of BINARY, SCALAR and UNARY.
     for group, prefix, ops, spec, doc in (
         ("binary", "ewise", BINARY, "a:array, b:array, out:out", "out = {}(a, b), elementwise"),
@@ -818,8 +852,9 @@ def _table() -> dict[str, Primitive]:
         "a:array, b:array, out:out, m:int, n:int, p:int",
         "linalg",
         True,
-        "(m, n) @ (n, p) -> (m, p), compact row-major",
-        dtypes=FLOATS,
+        "(m, n) @ (n, p) -> (m, p), compact row-major; 16-bit operands: products summed in "
+        "float32, out rounded once",
+        dtypes=MATMUL_DTYPES,
     )
     add(
         "batched_matmul",
@@ -827,7 +862,7 @@ def _table() -> dict[str, Primitive]:
         "linalg",
         False,
         "(batch, m, n) @ (batch, n, p), compact row-major",
-        dtypes=FLOATS,
+        dtypes=MATMUL_DTYPES,
         fallback=_fallback_batched_matmul,
     )
     add(
@@ -838,7 +873,7 @@ def _table() -> dict[str, Primitive]:
         False,
         "batched matmul of the strided views a (batch, m, n) and b (batch, n, p) with "
         "(batch, row, col) strides (>= 0) into a compact out",
-        dtypes=FLOATS,
+        dtypes=MATMUL_DTYPES,
         fallback=_fallback_matmul_strided,
     )
     conv = (
@@ -899,6 +934,7 @@ def _table() -> dict[str, Primitive]:
         "reduce",
         True,
         "out[i] = max of a[i * reduce_size : (i + 1) * reduce_size]",
+        dtypes=COMPUTED,
     )
     add(
         "reduce_sum_axis",
@@ -916,6 +952,7 @@ def _table() -> dict[str, Primitive]:
         False,
         "max over the middle axis of a compact (outer, reduce_size, inner) array",
         fallback=_fallback_reduce_axis("reduce_max"),
+        dtypes=COMPUTED,
     )
     add(
         "gather_rows",
@@ -1202,6 +1239,8 @@ def dtype_checked(prim: Primitive, impl: Callable, device: str, dtypes) -> Calla
             )
         for i, want in checks:
             got = args[i].dtype  # an Array's name, or a NumPy dtype (equal to its name)
+            if want == ANY_DTYPE and got in dtypes:
+                continue
             if got != (want or dtype):
                 raise TypeError(
                     f"{device}: {prim.name}: {names[i]} is {getattr(got, 'name', got)}, "

@@ -25,6 +25,8 @@ __all__ = ["Clone", "clone"]
 class Clone(TensorOp):
     """A copy of x on a buffer of its own; the adjoint passes through."""
 
+    half_native = True
+
     name = "clone"
 
     def compute(self, a: NDArray) -> NDArray:
@@ -42,6 +44,8 @@ class Overwrite(TensorOp):
     """(old, value) -> value broadcast to old's shape: what fill_ and copy_ leave. The old
     values get a zero adjoint (they stay in the graph, as in torch: x.zero_() on a tensor
     that requires grad still does)."""
+
+    half_native = True
 
     name = "overwrite"
 

@@ -344,6 +344,8 @@ negate = _function(Negate)
 class Transpose(TensorOp):
     """Swap two axes (the last two by default); the adjoint swaps them back."""
 
+    half_native = True
+
     def __init__(self, axes: tuple | None = None):
         if axes is not None and len(axes) != 2:
             raise ValueError(f"transpose: swaps two axes, got axes={axes}")
@@ -365,6 +367,8 @@ def transpose(a, axes=None):
 
 class _ToShape(TensorOp):
     """An op to a given shape (a sequence of ints), computed by an NDArray method, `apply`."""
+
+    half_native = True
 
     apply: Callable[[NDArray, tuple[int, ...]], NDArray]
 
@@ -459,6 +463,8 @@ def summation(a, axes=None, keepdims=False):
 class AsType(TensorOp):
     """a converted to `dtype`; the adjoint is converted back to a's dtype."""
 
+    half_native = True
+
     def __init__(self, dtype: Any):
         self.dtype = nd.canonical_dtype(dtype)
 
@@ -479,6 +485,8 @@ class MatMul(TensorOp):
 
     d/da = out_grad @ b^T, d/db = a^T @ out_grad, each summed back to its input's shape.
     """
+
+    half_native = True
 
     def compute(self, a: NDArray, b: NDArray):
         if a.ndim >= 2 and b.ndim >= 2:
@@ -666,6 +674,8 @@ def maximum(a, b):
 class Stack(TensorOp):
     """Join equally shaped tensors along a new axis; the adjoint splits along it."""
 
+    half_native = True
+
     def __init__(self, axis: int):
         self.axis = axis
 
@@ -682,6 +692,8 @@ def stack(args, axis):
 
 class Split(TensorTupleOp):
     """Take a tensor apart along `axis` (the inverse of stack); the adjoint stacks."""
+
+    half_native = True
 
     def __init__(self, axis: int):
         self.axis = axis
@@ -700,6 +712,8 @@ def split(a, axis):
 # ---- flip, dilate, pad ----------------------------------------------------------------
 class Flip(TensorOp):
     """Reverse along `axes`; the adjoint is flipped back."""
+
+    half_native = True
 
     def __init__(self, axes: tuple | None = None):
         self.axes = _axes_tuple(axes)
@@ -786,6 +800,8 @@ def undilate(a, axes, dilation):
 class Pad(TensorOp):
     """Zero-pad with a (before, after) pair per axis; the adjoint crops."""
 
+    half_native = True
+
     def __init__(self, axes: tuple):
         self.axes = tuple(tuple(p) for p in axes)
 
@@ -804,6 +820,8 @@ def pad(a, axes):
 # ---- indexing -------------------------------------------------------------------------
 class GetItem(TensorOp):
     """a[idxs] with ints and slices (NumPy semantics); the adjoint scatters into zeros."""
+
+    half_native = True
 
     def __init__(self, idxs):
         self.idxs = idxs
@@ -1086,6 +1104,8 @@ class TakeRows(TensorOp):
     """Rows of a table picked by whole-number indices (an nd.RowIndices): an embedding
     lookup in one gather instead of a one-hot matmul. The adjoint adds each row back to the
     row it came from (AddRows); indices get no gradient."""
+
+    half_native = True
 
     name = "take_rows"
 

@@ -112,6 +112,8 @@ def _at(dim: int, index: Any) -> tuple:
 class Cat(TensorOp):
     """Join tensors along an existing axis `dim`; the adjoint is split back into their sizes."""
 
+    half_native = True
+
     name = "cat"
 
     def __init__(self, dim: int = 0):
@@ -153,6 +155,8 @@ class CatGradient(TensorTupleOp):
     view of out_grad (SplitSizes compacts each, a copy of the whole gradient that backward
     does not need: the ops downstream compact a view when they must)."""
 
+    half_native = True
+
     name = "cat_gradient"
 
     def __init__(self, sizes: Sequence[int], dim: int):
@@ -189,6 +193,8 @@ def concatenate(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
 class SplitSizes(TensorTupleOp):
     """torch.split: pieces along `dim` of the given sizes (a list), or all of one size (an int,
     the last piece shorter); the adjoint is their cat."""
+
+    half_native = True
 
     name = "split_sizes"
 
@@ -255,6 +261,8 @@ def chunk(x: Tensor, chunks: int, dim: int = 0):
 class _Reshaping(TensorOp):
     """An op that only changes the shape (`out_shape` of the input's); the adjoint is reshaped
     back."""
+
+    half_native = True
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         raise NotImplementedError()
@@ -327,6 +335,8 @@ class Expand(TensorOp):
     """torch.expand: a broadcast view to `sizes` (-1 keeps an axis' size; new axes lead);
     the adjoint sums over the broadcast axes."""
 
+    half_native = True
+
     def __init__(self, *sizes: Any):
         self.sizes = _ints(sizes)
 
@@ -358,6 +368,8 @@ class Repeat(TensorOp):
     """torch.repeat (NumPy's tile): the tensor repeated `sizes[i]` times along axis i, with
     leading axes added when there are more sizes than axes. Computed as one compact copy of
     a broadcast view (r0, d0, r1, d1, ...); the adjoint sums over the r axes."""
+
+    half_native = True
 
     name = "repeat"
 
@@ -418,6 +430,8 @@ def tile(x: Tensor, dims: Any) -> Tensor:
 class Roll(TensorOp):
     """torch.roll: shift elements along `dims` by `shifts` (wrapping round); with dims None,
     along the flattened tensor. The adjoint rolls back."""
+
+    half_native = True
 
     def __init__(self, shifts: int | Sequence[int], dims: int | Sequence[int] | None = None):
         self.shifts = _ints(shifts)
@@ -703,6 +717,8 @@ def _unmove(rows: NDArray, order: tuple[int, ...], shape: tuple[int, ...]) -> ND
 class IndexSelect(_Slices):
     """torch.index_select: the slices at `index` along `dim`; the adjoint is their index_add
     into zeros."""
+
+    half_native = True
 
     name = "index_select"
 

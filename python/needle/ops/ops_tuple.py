@@ -15,6 +15,8 @@ __all__ = [
 class MakeTensorTuple(TensorTupleOp):
     """(a, b, ...) -> TensorTuple; d/d(a_i) = out_grad[i]."""
 
+    half_native = True
+
     name = "make_tuple"
 
     def compute(self, *args) -> tuple:
@@ -31,6 +33,8 @@ def make_tuple(*args):
 
 class TupleGetItem(TensorOp):
     """t[index]; the adjoint is out_grad at `index` and zeros elsewhere."""
+
+    half_native = True
 
     name = "tuple_get_item"
 
