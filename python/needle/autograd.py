@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 # Lazy mode builds the graph without computing; realize_cached_data() computes on demand.
 LAZY_MODE = False
 _GRAD_ENABLED = True
+# The 16-bit dtype of the enclosing ndl.autocast (needle.amp), None outside one.
+_AUTOCAST: str | None = None
 # Live Values (course code reads it after training loops to check that graphs are freed).
 TENSOR_COUNTER = 0
 # In-place writes (Tensor._inplace) so far: the clock that orders them against node creation.
@@ -181,6 +183,12 @@ class Op(Generic[_Out]):
     # (views, copies, astype), and matmul, whose rows take them. Every other op sees them in
     # float32 and has its float32 results rounded back once (Value._compute).
     half_native: bool = False
+    # Where autocast runs the op (needle.amp): "low" casts its floating inputs to the 16-bit
+    # dtype (matmul, conv, attention), "float32" to float32 (losses); None leaves them.
+    autocast: str | None = None
+    # Whether a 16-bit first input gives a result of its dtype whatever the others' (norms
+    # with float32 weights, as torch's); else the inputs' promoted dtype.
+    keeps_input_dtype: bool = False
 
     def __call__(self, *args: Any) -> _Out:
         raise NotImplementedError()
@@ -219,6 +227,8 @@ class TensorOp(Op["Tensor"]):
     """An op whose output is a Tensor."""
 
     def __call__(self, *args: Any) -> Tensor:
+        if _AUTOCAST is not None and self.autocast is not None:
+            args = _autocast_inputs(self.autocast, args)
         return Tensor.make_from_op(self, args)
 
 
@@ -392,6 +402,18 @@ _FLOAT_DTYPES = frozenset(nd.FLOATING)
 _HALF_DTYPES = frozenset(nd.HALFS)
 
 
+def _autocast_inputs(rule: str, args: tuple) -> tuple:
+    """The op's floating-point Tensor inputs cast for autocast: to its 16-bit dtype ("low")
+    or to float32; astype ops, so that their adjoints go back to the inputs' dtypes."""
+    dtype = _AUTOCAST if rule == "low" else "float32"
+    return tuple(
+        ops.astype(x, dtype)
+        if isinstance(x, Tensor) and x.dtype in _FLOAT_DTYPES and x.dtype != dtype
+        else x
+        for x in args
+    )
+
+
 def _any_half(arrays) -> bool:
     # A loop, not any(genexpr): this runs on every op, and the generator costs ~0.2 us.
     for a in arrays:  # noqa: SIM110
@@ -412,7 +434,7 @@ def _compute_in_float32(op: Op[Any], arrays: list[Any]) -> Any:
             data, saved = data.data, data.values
         return data
 
-    data = nd.in_float32(compute, *arrays)
+    data = nd.in_float32(compute, *arrays, first=op.keeps_input_dtype)
     if saved is None:
         return data
     result = Saved(data)

@@ -401,7 +401,7 @@ class CompiledStep:
         return self._record(key, arrays, args, kwargs)
 
     def _guard(self, args, kwargs, arrays: list, tensors: list | None = None) -> tuple:
-        parts: list = [autograd.is_grad_enabled()]
+        parts: list = [autograd.is_grad_enabled(), autograd._AUTOCAST]  # modes that change ops
         first: dict[int, int] = {}  # buffer -> the first argument on it (aliases are guarded)
         for value in _flatten(list(args) + [kwargs[k] for k in sorted(kwargs)]):
             tensor = value if isinstance(value, Tensor) else None

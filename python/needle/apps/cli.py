@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="record each update once and replay it (ndl.compile): same results, less Python",
     )
+    train.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="bf16/fp16: forward under ndl.autocast (matmuls and convs in the 16-bit type, "
+        "float32 master weights); fp16 adds loss scaling, logging skipped steps",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--debug", action="store_true", help="tracebacks for errors")
     train.add_argument(
@@ -402,6 +409,8 @@ class RunLog:
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         self.snapshot = None  # the epoch is whole: an interrupt from here on saves it
         row = _epoch_row(result, trainer.opt.lr, self.metric)
+        if trainer.scaler is not None:  # fp16: steps skipped for inf/NaN gradients so far
+            row.update(skipped_steps=trainer.scaler.skipped, loss_scale=trainer.scaler.get_scale())
         self.history.append(row)
         self.schedule.step()
         if self.primary:
@@ -530,6 +539,7 @@ def train(args) -> int:
         "optimizer": optimizer_name,
         "weight_decay": weight_decay,
         "accumulate": accumulate,
+        "precision": args.precision,
         "seed": args.seed,
     }
     log = RunLog(out, config, schedule, task.metric, primary)
@@ -549,6 +559,7 @@ def train(args) -> int:
         accumulate=accumulate,
         progress=not args.no_progress and sys.stderr.isatty() and primary,
         compile=args.compile,
+        precision=args.precision,
     )
     start_epoch = 0
     source = task.source

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 import needle as ndl
-from needle import nn
+from needle import amp, nn
 from needle.autograd import Tensor, no_grad
 
 __all__ = [
@@ -62,6 +62,9 @@ class CheckpointError(ValueError):
     """A checkpoint file that is not one save_checkpoint wrote, or is damaged, or does not fit
     the model; the message names the file."""
 
+
+# --precision: the 16-bit dtype forward runs in under autocast (None: float32 throughout).
+PRECISIONS: dict[str, str | None] = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
 HOOK_METHODS = (
     "on_epoch_start",
@@ -170,9 +173,16 @@ class Trainer:
         progress: bool = False,
         accumulate: int = 1,
         compile: bool = False,
+        precision: str = "fp32",
     ):
         if accumulate < 1:
             raise ValueError(f"Trainer: accumulate must be at least 1, got {accumulate}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"Trainer: precision must be one of {', '.join(PRECISIONS)}")
+        # bf16 and fp16 run forward and loss under ndl.autocast; fp16 also scales the loss
+        # (GradScaler: float16 gradients underflow), skipping steps with inf or NaN gradients.
+        self.precision = precision
+        self.scaler = amp.GradScaler() if precision == "fp16" else None
         self.model, self.loss_fn, self.opt = model, loss_fn, opt
         self.train_data, self.val_data = train_data, val_data
         self.clip, self.flatten = clip, flatten
@@ -201,12 +211,14 @@ class Trainer:
         (detached: truncated backpropagation through time); others give state None."""
         if self.flatten:
             x = x.reshape((x.shape[0], -1))
-        out = self.model(x) if state is None else self.model(x, state)
-        logits = out
-        if isinstance(out, tuple):
-            logits, state = out
-            state = detach_state(state)
-        return logits, self.loss_fn(logits, y), state
+        low = PRECISIONS[self.precision]
+        with amp.autocast(dtype=low or "bfloat16", enabled=low is not None):
+            out = self.model(x) if state is None else self.model(x, state)
+            logits = out
+            if isinstance(out, tuple):
+                logits, state = out
+                state = detach_state(state)
+            return logits, self.loss_fn(logits, y), state
 
     def train_step(self, x: Tensor, y: Tensor, state=None, part: tuple[int, int] = (0, 1)):
         """Micro-batch `part` = (index, count) of an update: forward, loss, backward (of the
@@ -214,22 +226,31 @@ class Trainer:
         last one the after_backward hooks, gradient clipping and the optimizer step. The
         default (0, 1) is a whole update. Returns what forward() does (the unscaled loss)."""
         index, count = part
-        plain = count == 1 and self.clip is None
+        plain = count == 1 and self.clip is None and self.scaler is None  # (it reads grads)
         if self._compiled is not None and plain and not self._hooks_with("after_backward"):
             self.steps += 1
             return self._compiled(x, y, state)
         logits, loss, state = self.forward(x, y, state)
         if index == 0:
             self.opt.reset_grad()
-        (loss if count == 1 else loss * (1.0 / count)).backward(accumulate=index > 0)
+        scaled = loss if count == 1 else loss * (1.0 / count)
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        scaled.backward(accumulate=index > 0)
         if index < count - 1:
             return logits, loss, state
         self._call("after_backward", self)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
         if self.clip is not None:
             norm = clip_grad_norm(self.opt.params, self.clip)
-            if not math.isfinite(norm):
+            if not math.isfinite(norm) and self.scaler is None:  # (the scaler skips the step)
                 raise TrainingDiverged(f"the gradients' norm became {norm}")
-        self.opt.step()
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         self.steps += 1
         return logits, loss, state
 

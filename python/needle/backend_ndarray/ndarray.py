@@ -474,12 +474,16 @@ _FLOATING_SET = frozenset(FLOATING)
 _MATMUL_SET = frozenset(primitives.MATMUL_DTYPES)
 
 
-def in_float32(method: Callable[..., Any], *args: Any) -> Any:
+def in_float32(method: Callable[..., Any], *args: Any, first: bool = False) -> Any:
     """`method` on `args` with their 16-bit float arrays in float32 (exact), its float32
     results rounded once back to the 16-bit dtype when that was every floating operand's:
     what a kernel computing in float32 registers gives. Mixed with float32 or float64, the
-    result keeps the promoted dtype (torch's rule), and bfloat16 with float16 is float32."""
+    result keeps the promoted dtype (torch's rule), and bfloat16 with float16 is float32;
+    with `first`, it has the first operand's dtype (a norm's float32 weights on 16-bit input,
+    as torch's norms)."""
     floating = {a._dtype for a in args if type(a) is NDArray and a._dtype in _FLOATING_SET}
+    if first:
+        floating = {args[0]._dtype}
     wide = [
         a.astype("float32") if type(a) is NDArray and a._dtype in _HALF_SET else a for a in args
     ]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import needle.init as init
-from needle import ops
+from needle import autograd, ops
 from needle.autograd import (
     _NUMPY_MODE,
     RemovableHandle,
@@ -631,6 +631,8 @@ class Linear(Module):
                 or bias.shape != target[len(target) - len(bias.shape) :]
             ):
                 bias = bias.reshape(target)
+            if y.dtype != bias.dtype and y.dtype == autograd._AUTOCAST:
+                bias = bias.astype(y.dtype)  # the whole of linear in the low dtype, as torch's
             y = y + bias.broadcast_to(y.shape)
         return y
 

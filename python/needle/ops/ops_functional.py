@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..autograd import Tensor, TensorOp, array_device, array_of, is_grad_enabled
-from ..backend_ndarray import NDArray, prod
+from ..backend_ndarray import NDArray, in_float32, prod
 from .ops_logarithmic import logsoftmax
 from .ops_mathematic import (
     Conv,
@@ -81,6 +81,8 @@ def _check_reduction(reduction: str, name: str) -> str:
 # ---- elementwise losses ---------------------------------------------------------------
 class _PairLoss(TensorOp):
     """A loss of input and target (same shapes), elementwise then reduced by `reduction`."""
+
+    autocast = "float32"
 
     name: str
 
@@ -168,6 +170,8 @@ class CrossEntropy(TensorOp):
     """-sum_c q[i, c] log_softmax(z)[i, c] per row, reduced: q holds the target distribution
     (one-hot or given probabilities, label-smoothed), zero rows for ignored labels, and
     1/count for 'mean'. d/dz = softmax(z) sum_c q[i, c] - q."""
+
+    autocast = "float32"
 
     name = "cross_entropy"
 
@@ -257,6 +261,8 @@ class LayerNorm(TensorOp):
     """(x - mean) / sqrt(var + eps) over the last `dims` axes (biased variance);
     d/dx = inv_std (g - mean(g) - y mean(g y)) with y the output."""
 
+    keeps_input_dtype = True
+
     name = "layer_norm"
 
     def __init__(self, dims: int, eps: float = 1e-5):
@@ -273,7 +279,10 @@ class LayerNorm(TensorOp):
     def gradient(self, out_grad: Tensor, node: Tensor):
         x = node.inputs[0]
         if not is_grad_enabled():  # no graph to record: layer_norm_grad_rows, fused per row
-            data = array_of(x).layer_norm_grad(array_of(out_grad), self.dims, self.eps)
+            # (16-bit arrays in float32, as every op computes them: nd.in_float32)
+            data = in_float32(
+                NDArray.layer_norm_grad, array_of(x), array_of(out_grad), self.dims, self.eps
+            )
             return Tensor.make_const(data)
         # With a graph (create_graph): Tensor ops, so that it can be differentiated again.
         axes = self._axes(x.shape)
@@ -339,6 +348,8 @@ class ScaledDotProductAttention(TensorOp):
     (..., S, Ev) values; `mask` an additive (0 / -inf or float) array broadcasting to
     (..., L, S), or None. The gradient recomputes the probabilities P in Tensor ops:
     dv = P^T g, dS = P (g v^T - rowsum(P g v^T)), dq = dS k scale, dk = dS^T q scale."""
+
+    autocast = "low"
 
     name = "scaled_dot_product_attention"
 
@@ -546,7 +557,7 @@ class MaxPool2d(TensorOp):
     def _first_max(self, a: NDArray) -> NDArray:
         """(N, C, H_out, W_out, kh * kw): 1 at each window's first maximum, else 0."""
         w = self.window
-        arg = a.pool2d(w.kernel, w.stride, w.padding, "argmax")
+        arg = in_float32(NDArray.pool2d, a, w.kernel, w.stride, w.padding, "argmax")
         k = prod(w.kernel)
         shape = arg.shape + (k,)
         positions = NDArray(np.arange(k, dtype=a.dtype), device=a.device, dtype=a.dtype)
@@ -665,6 +676,8 @@ class ConvTranspose2d(TensorOp):
     output_padding each an int or a (height, width) pair, as torch's). Computed as the conv of
     the input dilated by the stride and padded by kh - 1 - padding with the flipped kernel;
     its gradients are the conv of the adjoint (d/dx) and the conv weight gradient (d/dw)."""
+
+    autocast = "low"
 
     name = "conv_transpose2d"
 

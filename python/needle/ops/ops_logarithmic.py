@@ -2,6 +2,7 @@
 
 from typing import Optional
 
+import ml_dtypes
 import numpy as np
 
 from .. import backend_ndarray as nd
@@ -42,7 +43,7 @@ def _shifted_logsumexp(z: NDArray, axes: Optional[tuple]) -> tuple:
 
 def _finite_max(z: NDArray, axes: Optional[tuple]) -> NDArray:
     """max(z, axes) (kept as 1s) clamped to the dtype's finite range."""
-    info = np.finfo(z.dtype)
+    info = ml_dtypes.finfo(z.dtype)  # (NumPy's finfo has no bfloat16)
     m = z.max(axis=axes, keepdims=True).maximum(float(info.min))
     return -((-m).maximum(-float(info.max)))  # min(m, the highest finite value)
 
@@ -172,6 +173,8 @@ class SoftmaxCrossEntropy(TensorOp):
     """Mean over the batch of logsumexp(z_i) - z_i[label_i] for logits z (batch, classes),
     the labels a ClassLabels (they get no gradient). d/dz = (softmax(z) - one_hot(labels)) /
     batch."""
+
+    autocast = "float32"
 
     name = "softmax_cross_entropy"
 

@@ -487,6 +487,7 @@ class MatMul(TensorOp):
     """
 
     half_native = True
+    autocast = "low"
 
     def compute(self, a: NDArray, b: NDArray):
         if a.ndim >= 2 and b.ndim >= 2:
@@ -877,6 +878,8 @@ class Conv(TensorOp):
     computed as permuted views of NHWC arrays. One conv2d primitive where the device has it,
     else one matmul over an im2col view built with as_strided.
     """
+
+    autocast = "low"
 
     def __init__(self, stride: int = 1, padding: int = 0, layout: str = "NHWC"):
         self.stride = int(stride)

@@ -7,8 +7,10 @@ one op on NDArrays. Its gradient is NDArray arithmetic too when no graph is bein
 gradients of gradients still work.
 """
 
+import functools
+
 from ..autograd import Saved, Tensor, TensorOp, array_of, is_grad_enabled
-from ..backend_ndarray import NDArray, prod
+from ..backend_ndarray import NDArray, in_float32, prod
 from .ops_mathematic import broadcast_to, reshape, summation
 
 __all__ = ["BatchNorm", "batch_norm"]
@@ -23,6 +25,8 @@ class BatchNorm(TensorOp):
     (for running averages). d/dbias = sum(dy), d/dweight = sum(dy * xhat), d/dx = weight /
     std * (dy - mean(dy) - xhat * mean(dy * xhat)), sums and means over the normalised axes.
     """
+
+    keeps_input_dtype = True
 
     name = "batch_norm"
 
@@ -94,19 +98,24 @@ class BatchNorm(TensorOp):
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, weight, _ = node.inputs
         if not is_grad_enabled():
-            return tuple(
-                None if g is None else Tensor.make_const(g)
-                for g in self._gradient_data(array_of(out_grad), x, array_of(weight), node.saved)
+            # 16-bit arrays in float32, as every op computes them (nd.in_float32).
+            grads = in_float32(
+                functools.partial(self._gradient_data, saved=node.saved, dx=x.requires_grad),
+                array_of(out_grad),
+                array_of(x),
+                array_of(weight),
             )
+            return tuple(None if g is None else Tensor.make_const(g) for g in grads)
         return self._gradient_tensors(out_grad, x, weight)
 
-    def _gradient_data(self, dy: NDArray, x: Tensor, weight: NDArray, saved):
-        """The gradients as NDArrays, from the forward's normalised input."""
+    def _gradient_data(self, dy: NDArray, x: NDArray, weight: NDArray, saved, dx: bool):
+        """The gradients as NDArrays, from the forward's normalised input (dx: whether x
+        needs its gradient)."""
         rows = self._rows(dy)
         count, features = rows.shape
         if saved.xhat is None:  # the forward's batch_norm_rows: its gradient primitive
-            x_rows = self._rows(x.realize_cached_data())
-            dx, d_weight, d_bias = (
+            x_rows = self._rows(x)
+            grad_x, d_weight, d_bias = (
                 NDArray.make(shape, device=dy.device, dtype=dy.dtype)
                 for shape in (rows.shape, (features,), (features,))
             )
@@ -116,17 +125,17 @@ class BatchNorm(TensorOp):
                 saved.mean._handle,
                 saved.inv_std.compact()._handle,
                 weight.compact()._handle,
-                dx._handle,
+                grad_x._handle,
                 d_weight._handle,
                 d_bias._handle,
                 count,
                 features,
             )
-            return (self._unrows(dx, dy.shape) if x.requires_grad else None), d_weight, d_bias
+            return (self._unrows(grad_x, dy.shape) if dx else None), d_weight, d_bias
         d_bias = rows.sum(axis=0)
         d_weight = (rows * saved.xhat).sum(axis=0)
         d_x = None
-        if x.requires_grad:
+        if dx:
             scale = (weight * saved.inv_std).reshape((1, features))
             d_x = self._unrows(
                 (

@@ -413,6 +413,8 @@ class Prod(_DimReduction):
     Second derivatives are exact where the slice has no zero (at a zero they miss the terms
     through the other elements' zero first derivative)."""
 
+    autocast = "float32"
+
     name = "prod"
 
     def compute(self, a: NDArray) -> NDArray:
