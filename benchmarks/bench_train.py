@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                   1 and 2 threads, all three models
     python benchmarks/bench_train.py --threads 1 --models mlp --profile
     python benchmarks/bench_train.py --models resnet9 --resnet-batches 16,32,64,128
+    python benchmarks/bench_train.py --models mlp,resnet9 --precision fp32,bf16
 
 One step is zero_grad, forward, softmax cross-entropy, backward and an SGD update, on fixed
 random data: an MLP 784-512-512-10 (batch 128), ResNet-9 on 3x32x32 (batch 128) and a 2-layer
@@ -37,6 +38,12 @@ def arguments(parser):
         help="comma-separated ResNet-9 batch sizes (the course's seeds use 16, 32 and 64)",
     )
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="comma-separated fp32, bf16, fp16: each model's step also under autocast "
+        "(needle's and torch's) in that 16-bit type",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also break each needle step down (at each thread count)",
@@ -54,6 +61,11 @@ def configure(args):
         for batch in map(int, args.resnet_batches.split(",")):
             params = dict(spec.params, batch=batch)
             specs.append(TrainSpec(spec.model, tuple(params.items())))
+    specs = [
+        TrainSpec(s.model, s.params + ((("precision", p),) if p != "fp32" else ()))
+        for s in specs
+        for p in args.precision.split(",")
+    ]
     return [train_workload(specs, repeats=7, warmup=2, min_time=0.2)], [
         harness.needle_backend("cpu"),
         harness.needle_backend("cpu", label=f"needle cpu {COMPILED}"),

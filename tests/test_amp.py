@@ -333,3 +333,14 @@ def test_trainer_precision_keeps_float32_master_weights(precision, device):
         assert all(q.dtype == "float32" and q.grad.dtype == "float32" for q in model.parameters())
     np.testing.assert_allclose(losses[precision], losses["fp32"], rtol=0.03)
     assert losses[precision][-1] < losses[precision][0]
+
+
+def test_bench_train_step_under_autocast(device):
+    """bench_train.py --precision bf16: needle's step (and torch's) under autocast."""
+    from needle.apps.bench.workloads import TrainSpec, needle_train_step, torch_train_step
+
+    holds(device, "bfloat16")
+    spec = TrainSpec("mlp", (("sizes", (16, 8, 4)), ("batch", 4), ("precision", "bf16")))
+    assert spec.autocast == "bfloat16" and spec.title.endswith("bf16 autocast")
+    needle_train_step(spec, device)()
+    torch_train_step(spec, "cpu")()

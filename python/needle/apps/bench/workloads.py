@@ -30,15 +30,22 @@ class TrainSpec:
         return dict(self.params)
 
     @property
+    def autocast(self) -> str | None:
+        """The 16-bit dtype forward and loss run in under autocast (the "precision" param:
+        bf16 or fp16), None for float32."""
+        return {"bf16": "bfloat16", "fp16": "float16"}.get(self.kwargs.get("precision", ""))
+
+    @property
     def title(self) -> str:
         p = self.kwargs
+        low = f", {p['precision']} autocast" if self.autocast else ""
         if self.model == "mlp":
-            return f"MLP {'-'.join(map(str, p['sizes']))}, batch {p['batch']}"
+            return f"MLP {'-'.join(map(str, p['sizes']))}, batch {p['batch']}{low}"
         if self.model == "resnet9":
-            return f"ResNet-9 {'x'.join(map(str, p['image']))}, batch {p['batch']}"
+            return f"ResNet-9 {'x'.join(map(str, p['image']))}, batch {p['batch']}{low}"
         return (
             f"LSTM LM {p['layers']} layers, hidden {p['hidden']}, vocab {p['vocab']}, "
-            f"seq {p['seq_len']} x batch {p['batch']}"
+            f"seq {p['seq_len']} x batch {p['batch']}{low}"
         )
 
 
@@ -113,8 +120,10 @@ def needle_train_step(
 
     def step() -> None:
         opt.reset_grad()
-        out = model(X)[0] if sequence else model(X)
-        loss_fn(out, y).backward()
+        with ndl.autocast(dtype=spec.autocast or "bfloat16", enabled=spec.autocast is not None):
+            out = model(X)[0] if sequence else model(X)
+            loss = loss_fn(out, y)
+        loss.backward()
         opt.step()
 
     if not compiled:
@@ -205,9 +214,13 @@ def torch_train_step(spec: TrainSpec, device, lr: float = 0.01) -> Callable[[], 
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    low = getattr(torch, spec.autocast) if spec.autocast else None
+
     def step() -> None:
         opt.zero_grad()
-        loss_fn(model(x), labels).backward()
+        with torch.autocast("cpu", dtype=low, enabled=low is not None):
+            loss = loss_fn(model(x), labels)
+        loss.backward()
         opt.step()
 
     return step
