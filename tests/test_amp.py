@@ -344,3 +344,11 @@ def test_bench_train_step_under_autocast(device):
     assert spec.autocast == "bfloat16" and spec.title.endswith("bf16 autocast")
     needle_train_step(spec, device)()
     torch_train_step(spec, "cpu")()
+
+
+def test_dtype_shorthands(device):
+    holds(device, "float16")
+    t = ndl.Tensor(np.array([1.0, 2.5]), device=device)
+    assert (t.half().dtype, t.float().dtype) == ("float16", "float32")
+    if "bfloat16" in device.dtypes:
+        assert t.bfloat16().dtype == "bfloat16"

@@ -909,6 +909,19 @@ class Tensor(Value):
     def astype(self, dtype):
         return ops.astype(self, dtype)
 
+    # PyTorch's dtype shorthands.
+    def float(self):
+        return ops.astype(self, "float32")
+
+    def double(self):
+        return ops.astype(self, "float64")
+
+    def half(self):
+        return ops.astype(self, "float16")
+
+    def bfloat16(self):
+        return ops.astype(self, "bfloat16")
+
     def transpose(self, axes=None):
         return ops.Transpose(axes)(self)
 
