@@ -3,11 +3,14 @@
 import ast
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import needle as ndl
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "python" / "needle"
@@ -167,3 +170,34 @@ def test_line_budget_script_prints_every_layer():
     assert result.returncode in (0, 1), result.stderr
     printed = {line[:16].strip() for line in result.stdout.splitlines()}
     assert {name for name, _, _ in budget.LAYERS} <= printed
+
+
+def _collect(devices):
+    """`pytest --collect-only` of a device suite and the conformance suite under
+    NEEDLE_TEST_DEVICES=devices: (exit status, test ids, stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+        + ["tests/test_ndarray.py", "tests/backends/test_conformance.py"],
+        cwd=ROOT,
+        env={**os.environ, "NEEDLE_TEST_DEVICES": devices},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.returncode, [t for t in result.stdout.splitlines() if "::" in t], result.stderr
+
+
+def test_test_devices_variable_keeps_only_the_named_devices():
+    # benchmarks/gpu_check.sh runs the device tests on the GPU alone this way.
+    status, ids, err = _collect("cpu_numpy")
+    assert status == 0, err
+    params = {t.split("[", 1)[1].split("-")[0].rstrip("]") for t in ids if "[" in t}
+    conformance = [t for t in ids if "test_conformance" in t]
+    assert conformance and all("[numpy" in t for t in conformance)  # cpu_numpy's backend
+    assert "cpu_numpy" in params and not params & {"cpu", "cuda", "webgpu", "cuda_emulated"}
+    status, _, err = _collect("no_such_device")
+    assert status == 4 and "NEEDLE_TEST_DEVICES: no device 'no_such_device'" in err
+    disabled = [d.name for d in ndl.all_devices() if not d.enabled()]
+    if disabled:  # a device this machine has not got is an error, not zero tests
+        status, _, err = _collect(disabled[0])
+        assert status == 4 and f"{disabled[0]}() is not enabled" in err
