@@ -337,7 +337,7 @@ def test_nn_ops_script_runs_every_case(tmp_path):
     assert "nn ops" in (tmp_path / "r.md").read_text()
 
 
-def test_cuda_script_rehearses_on_the_cpu_and_writes_json(tmp_path):
+def test_sgemm_script_rehearses_on_the_cpu_and_writes_json(tmp_path):
     # benchmarks/bench_cuda.py --device cpu: the SGEMM sweep and MLP steps that
     # benchmarks/gpu_check.sh runs on a GPU, on the CPU here, with --json-out's results.
     pytest.importorskip("torch")
