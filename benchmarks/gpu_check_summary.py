@@ -140,6 +140,15 @@ def sanitizer_errors(log: Path) -> int | None:
     return int(found[-1]) if found and UNSUPPORTED not in text else None
 
 
+def last_line(out: Path, name: str) -> str:
+    """The last line a step wrote (its error, most often), shortened for a table cell."""
+    log = out / "logs" / f"{name}.log"
+    lines = log.read_text(errors="replace").split("\n") if log.exists() else []
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "(nothing)")
+    last = last.replace("|", "/")  # a table cell
+    return (last[:157] + "...") if len(last) > 160 else last
+
+
 def step_verdict(step: dict[str, str], out: Path) -> tuple[str, str]:
     """(pass | fail | skipped, the reason or the numbers) of one row of steps.tsv."""
     name, rc, note = step["name"], step["rc"], step["note"]
@@ -150,7 +159,7 @@ def step_verdict(step: dict[str, str], out: Path) -> tuple[str, str]:
     if rc in ("124", "137"):
         details.append(f"timed out after {step['limit']} s")
     elif rc != "0":
-        details.append(f"exit status {rc}, see logs/{name}.log")
+        details.append(f"exit status {rc}; logs/{name}.log ends: {last_line(out, name)}")
     counts = junit_counts(out / "tests" / f"{name}.xml")
     if counts is not None:
         details.append("{passed} passed, {failed} failed, {skipped} skipped".format(**counts))
@@ -171,7 +180,7 @@ def step_verdict(step: dict[str, str], out: Path) -> tuple[str, str]:
             status = "fail" if errors else status
     results = {"bench-cuda": "bench_cuda.json", "bench": "bench/results.json"}.get(name)
     if results and not (out / results).exists() and status == "pass":
-        status, details = "fail", details + [f"no {results}"]
+        status, details = "fail", details + [f"no {results}; the log ends: {last_line(out, name)}"]
     return status, "; ".join(details)
 
 

@@ -290,6 +290,11 @@ def test_gpu_check_summary_gives_each_step_and_target_its_verdict(tmp_path):
     assert "no test passed" in _table_row(text, "tests")[4]
     assert _table_row(text, "sanitizer")[1:] == ["fail", "70", "120", "3 memcheck error(s)"]
     assert _table_row(text, "bench")[4] == "--devices cpu,cuda; timed out after 150 s"
+    (bad / "logs" / "tests.log").write_text("ERROR: NEEDLE_TEST_DEVICES: cuda() | not enabled\n")
+    text, _ = summary.summary(bad, "cuda", dry_run=False)
+    assert _table_row(text, "tests")[4].startswith(
+        "exit status 1; logs/tests.log ends: ERROR: NEEDLE_TEST_DEVICES: cuda() / not enabled;"
+    )
     assert _table_row(text, "MLP step: needle <= 2.0x PyTorch's time")[2] == "missed"
     assert _table_row(text, "compute-sanitizer memcheck: 0 errors")[1:] == ["3 error(s)", "missed"]
 
@@ -299,7 +304,11 @@ def test_gpu_check_summary_gives_each_step_and_target_its_verdict(tmp_path):
         (good / path).unlink()
     text, status = summary.summary(good, "cuda", dry_run=False)
     assert status == 1 and "**FAIL: bench-cuda, sanitizer, bench.**" in text
-    assert _table_row(text, "bench-cuda")[4] == "no bench_cuda.json"
+    (good / "logs" / "bench-cuda.log").write_text("...\nbench_cuda: needs an NVIDIA GPU\n\n")
+    text, status = summary.summary(good, "cuda", dry_run=False)
+    assert _table_row(text, "bench-cuda")[4] == (
+        "no bench_cuda.json; the log ends: bench_cuda: needs an NVIDIA GPU"
+    )
     for target in ("SGEMM 4096", "MLP step", "compute-sanitizer"):
         (row,) = [line for line in text.splitlines() if line.startswith(f"| {target}")]
         assert row.endswith("| not measured |")
