@@ -1,7 +1,7 @@
 """needle's CUDA backend against PyTorch on the same GPU, in the same run.
 
     python benchmarks/bench_cuda.py [--sizes 512,1024,2048,4096,8192] [--batches 128,1024]
-                                    [--write benchmarks/RESULTS.md]
+                                    [--write benchmarks/RESULTS.md] [--json-out cuda.json]
 
 1. float32 matmul sweep, n x n @ n x n: needle (NDArray @ on ndl.cuda(): the hand-written
    SGEMM, output allocated per call) against torch.matmul with TF32 off (cuBLAS's FP32 path).
@@ -13,7 +13,8 @@ of PyTorch's (at most 2x its time).
 The workloads are `needle bench`'s; timing (the device synchronised before the clock stops),
 the machine description and the tables come from needle.apps.bench.harness. Without a GPU (or
 without the CUDA backend) the script says so and exits 0; without a CUDA build of PyTorch its
-column says why.
+column says why. `--device cpu` runs the same measurements on needle's and PyTorch's CPU
+backends: a rehearsal without a GPU (benchmarks/gpu_check.sh --dry-run), not a CUDA result.
 """
 
 import sys
@@ -26,11 +27,18 @@ from needle.apps.bench.workloads import TrainSpec, matmul_workload, train_worklo
 def arguments(parser):
     parser.add_argument("--sizes", default="512,1024,2048,4096,8192")
     parser.add_argument("--batches", default="128,1024")
+    parser.add_argument(
+        "--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a rehearsal (default cuda)"
+    )
 
 
-def skip():
+def ratios(args):
+    return [(f"needle {args.device}", f"torch {args.device}")]
+
+
+def skip(args):
     """Why there is nothing to measure here: no GPU, or no CUDA backend (None if there is)."""
-    if ndl.cuda().enabled():
+    if args.device != "cuda" or ndl.cuda().enabled():
         return None
     from needle.backend_ndarray import ndarray
 
@@ -56,11 +64,13 @@ def configure(args):
     return [
         matmul_workload(sizes, [], repeats=10, warmup=2, min_time=0.1),
         train_workload(mlps, repeats=10, warmup=5, min_time=0.1),
-    ], [harness.needle_backend("cuda"), harness.torch_backend("cuda")]
+    ], [harness.needle_backend(args.device), harness.torch_backend(args.device)]
 
 
 def after(args, results):
     """Describes the GPU measured, below the tables."""
+    if args.device != "cuda":
+        return
     info = ndl.cuda().mod.device_info()
     version = lambda v: f"{v // 1000}.{v % 1000 // 10}"  # noqa: E731
     print(
@@ -72,4 +82,4 @@ def after(args, results):
 
 
 if __name__ == "__main__":
-    sys.exit(harness.script_main(sys.modules[__name__], ratios=[("needle cuda", "torch cuda")]))
+    sys.exit(harness.script_main(sys.modules[__name__], ratios=ratios))

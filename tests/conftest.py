@@ -5,7 +5,14 @@ built and a GPU is present; metal and mps on a Mac with `pip install "needle[met
 Devices that are not here generate no tests at all (`pytest --collect-only -q` lists what
 runs), so skips stay few and each one says why. metal and mps are float32-only: a test that
 needs float64 on them is skipped, with the reason, instead of failing.
+
+NEEDLE_TEST_DEVICES=cuda (comma-separated device names) keeps only those devices, here and in
+the conformance suite (tests/backends: its emulations are left out too), so a GPU machine can
+run the device tests on its GPU alone (benchmarks/gpu_check.sh). A name that is not an enabled
+device here is a usage error, not zero tests that pass.
 """
+
+import os
 
 import numpy as np
 import pytest
@@ -22,12 +29,31 @@ def pytest_addoption(parser):
     )
 
 
+# The devices NEEDLE_TEST_DEVICES names (None: every enabled one).
+TEST_DEVICES = [
+    n.strip() for n in os.environ.get("NEEDLE_TEST_DEVICES", "").split(",") if n.strip()
+]
+
 # NDArray devices (in the numpy mode too, where ndl.all_devices() is the one NumPy device).
 DEVICES = [
     pytest.param(device, id=device.name)
     for device in ndl.backend_ndarray.all_devices()
-    if device.enabled()
+    if device.enabled() and (not TEST_DEVICES or device.name in TEST_DEVICES)
 ]
+
+
+def pytest_configure(config):
+    """A device NEEDLE_TEST_DEVICES names must be enabled here: a GPU run whose GPU went
+    missing must fail, not pass with its tests never generated."""
+    devices = {d.name: d for d in ndl.backend_ndarray.all_devices()}
+    for name in TEST_DEVICES:
+        if name not in devices:
+            raise pytest.UsageError(
+                f"NEEDLE_TEST_DEVICES: no device {name!r} (needle has {', '.join(devices)})"
+            )
+        if not devices[name].enabled():
+            reason = " ".join(str(devices[name].reason).split())
+            raise pytest.UsageError(f"NEEDLE_TEST_DEVICES: {name}() is not enabled: {reason}")
 
 
 @pytest.fixture(params=DEVICES)

@@ -335,3 +335,30 @@ def test_nn_ops_script_runs_every_case(tmp_path):
             assert "error" not in cells and "not available" not in cells, row
             assert cells[3].endswith("%"), row  # the needle / torch ratio
     assert "nn ops" in (tmp_path / "r.md").read_text()
+
+
+def test_sgemm_script_rehearses_on_the_cpu_and_writes_json(tmp_path):
+    # benchmarks/bench_cuda.py --device cpu: the SGEMM sweep and MLP steps that
+    # benchmarks/gpu_check.sh runs on a GPU, on the CPU here, with --json-out's results.
+    pytest.importorskip("torch")
+    if not ndl.cpu().enabled():
+        pytest.skip(f"needle cpu is disabled here: {ndl.cpu().reason}")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cuda.py"
+    out = tmp_path / "cuda.json"
+    args = ["--device", "cpu", "--sizes", "32,64", "--batches", "8", "--repeats", "1"]
+    result = subprocess.run(
+        [sys.executable, str(script), *args, "--no-progress", "--json-out", str(out)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| needle cpu vs torch cpu |" in result.stdout
+    (measured,) = json.loads(out.read_text())["results"]
+    assert measured["backends"] == ["needle cpu", "torch cpu"]
+    matmul, train = measured["workloads"]
+    assert [c["params"]["n"] for c in matmul["cases"]] == [32, 64]
+    assert [(c["params"]["model"], c["params"]["batch"]) for c in train["cases"]] == [("mlp", 8)]
+    for case in matmul["cases"] + train["cases"]:
+        assert case["results"]["needle cpu"]["speed_vs_torch"] > 0

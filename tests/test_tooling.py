@@ -3,11 +3,15 @@
 import ast
 import importlib
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import needle as ndl
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "python" / "needle"
@@ -167,3 +171,151 @@ def test_line_budget_script_prints_every_layer():
     assert result.returncode in (0, 1), result.stderr
     printed = {line[:16].strip() for line in result.stdout.splitlines()}
     assert {name for name, _, _ in budget.LAYERS} <= printed
+
+
+def _collect(devices):
+    """`pytest --collect-only` of a device suite and the conformance suite under
+    NEEDLE_TEST_DEVICES=devices: (exit status, test ids, stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+        + ["tests/test_ndarray.py", "tests/backends/test_conformance.py"],
+        cwd=ROOT,
+        env={**os.environ, "NEEDLE_TEST_DEVICES": devices},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.returncode, [t for t in result.stdout.splitlines() if "::" in t], result.stderr
+
+
+def test_test_devices_variable_keeps_only_the_named_devices():
+    # benchmarks/gpu_check.sh runs the device tests on the GPU alone this way.
+    status, ids, err = _collect("cpu_numpy")
+    assert status == 0, err
+    params = {t.split("[", 1)[1].split("-")[0].rstrip("]") for t in ids if "[" in t}
+    conformance = [t for t in ids if "test_conformance" in t]
+    assert conformance and all("[numpy" in t for t in conformance)  # cpu_numpy's backend
+    assert "cpu_numpy" in params and not params & {"cpu", "cuda", "webgpu", "cuda_emulated"}
+    status, _, err = _collect("no_such_device")
+    assert status == 4 and "NEEDLE_TEST_DEVICES: no device 'no_such_device'" in err
+    disabled = [d.name for d in ndl.all_devices() if not d.enabled()]
+    if disabled:  # a device this machine has not got is an error, not zero tests
+        status, _, err = _collect(disabled[0])
+        assert status == 4 and f"{disabled[0]}() is not enabled" in err
+
+
+def _gpu_check_folder(out, *, sanitizer_errors, mlp_ratio, tests_passed=10, bench_rc="0"):
+    """What benchmarks/gpu_check.sh leaves in its folder after a run on cuda, fabricated."""
+    (out / "logs").mkdir(parents=True)
+    (out / "tests").mkdir()
+    (out / "bench").mkdir()
+    steps = [
+        ("machine", "0", "3", "60", ""),
+        ("install", "0", "95", "240", "needle: building the CUDA backend for 90-real"),
+        ("tests", "1", "180", "240", ""),
+        ("bench-cuda", "0", "40", "90", ""),
+        ("sanitizer", "0", "70", "120", ""),
+        ("bench", bench_rc, "150", "150", "--devices cpu,cuda"),
+        ("tests-webgpu", "skipped", "0", "120", "wgpu is not installed"),
+    ]
+    (out / "steps.tsv").write_text("".join("\t".join(s) + "\n" for s in steps))
+    (out / "tests" / "tests.xml").write_text(
+        f'<testsuites><testsuite tests="{tests_passed + 3}" failures="1" errors="0" '
+        'skipped="2"/></testsuites>'
+    )
+    (out / "logs" / "sanitizer.log").write_text(
+        f"========= COMPUTE-SANITIZER\n...\n========= ERROR SUMMARY: {sanitizer_errors} errors\n"
+    )
+    (out / "machine.json").write_text(json.dumps({"gpus": ["NVIDIA H200, 580.1"], "nvcc": None}))
+
+    def case(params, needle_s, torch_s, name="case"):
+        rows = {"needle cuda": needle_s, "torch cuda": torch_s}
+        return {
+            "name": name,
+            "params": params,
+            "results": {k: {"status": "ok", "median_s": v} for k, v in rows.items()},
+        }
+
+    matmul = [case({"m": n, "n": n, "p": n}, t, 1.0) for n, t in [(4096, 1.25), (8192, 2.0)]]
+    matmul.append(case({"m": 4096, "n": 256, "p": 4096}, 9.0, 1.0))  # not square: ignored
+    train = [case({"model": "mlp", "batch": b}, r, 1.0) for b, r in [(128, 1.5), (1024, mlp_ratio)]]
+    workloads = [{"key": "matmul", "cases": matmul}, {"key": "train", "cases": train}]
+    (out / "bench_cuda.json").write_text(json.dumps({"results": [{"workloads": workloads}]}))
+    resnet = case({"model": "resnet9"}, 0.004, 0.002, "ResNet-9 3x32x32, batch 128")
+    results = {"workloads": [{"key": "train", "cases": [resnet]}]}
+    (out / "bench" / "results.json").write_text(json.dumps(results))
+
+
+def _table_row(text, first_cell):
+    (row,) = [line for line in text.splitlines() if line.startswith(f"| {first_cell} |")]
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_gpu_check_summary_gives_each_step_and_target_its_verdict(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check_summary", ROOT / "benchmarks" / "gpu_check_summary.py"
+    )
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+
+    good = tmp_path / "good"
+    _gpu_check_folder(good, sanitizer_errors=0, mlp_ratio=1.9)
+    (good / "steps.tsv").write_text(
+        (good / "steps.tsv").read_text().replace("tests\t1", "tests\t0")
+    )
+    text, status = summary.summary(good, "cuda", dry_run=False)
+    assert status == 0 and "**PASS: no step failed.**" in text
+    assert _table_row(text, "install")[1:] == [
+        "pass", "95", "240", "needle: building the CUDA backend for 90-real"
+    ]  # fmt: skip
+    assert _table_row(text, "tests")[1:] == ["pass", "180", "240", "10 passed, 1 failed, 2 skipped"]
+    assert _table_row(text, "tests-webgpu")[1] == "skipped"
+    assert _table_row(text, "sanitizer")[1:] == ["pass", "70", "120", "0 memcheck error(s)"]
+    # SGEMM at 4096 (not at the largest size): cuBLAS's 1.0 s against needle's 1.25 s
+    assert _table_row(text, "SGEMM 4096: needle >= 0.7x cuBLAS's speed (TF32 off)")[1:] == [
+        "0.80x at 4096", "met"
+    ]  # fmt: skip
+    assert _table_row(text, "MLP step: needle <= 2.0x PyTorch's time")[1:] == [
+        "1.50x at batch 128, 1.90x at batch 1024", "met"
+    ]  # fmt: skip
+    assert _table_row(text, "compute-sanitizer memcheck: 0 errors")[1:] == ["0 error(s)", "met"]
+    assert _table_row(text, "ResNet-9 3x32x32, batch 128")[1:] == ["4.00", "2.00", "2.00x"]
+    assert "GPU: NVIDIA H200, 580.1" in text and "nvcc not found" in text
+
+    bad = tmp_path / "bad"
+    _gpu_check_folder(bad, sanitizer_errors=3, mlp_ratio=2.5, tests_passed=0, bench_rc="124")
+    text, status = summary.summary(bad, "cuda", dry_run=False)
+    assert status == 1 and "**FAIL: tests, sanitizer, bench.**" in text
+    assert _table_row(text, "tests")[1] == "fail"
+    assert "no test passed" in _table_row(text, "tests")[4]
+    assert _table_row(text, "sanitizer")[1:] == ["fail", "70", "120", "3 memcheck error(s)"]
+    assert _table_row(text, "bench")[4] == "--devices cpu,cuda; timed out after 150 s"
+    (bad / "logs" / "tests.log").write_text("ERROR: NEEDLE_TEST_DEVICES: cuda() | not enabled\n")
+    text, _ = summary.summary(bad, "cuda", dry_run=False)
+    assert _table_row(text, "tests")[4].startswith(
+        "exit status 1; logs/tests.log ends: ERROR: NEEDLE_TEST_DEVICES: cuda() / not enabled;"
+    )
+    assert _table_row(text, "MLP step: needle <= 2.0x PyTorch's time")[2] == "missed"
+    assert _table_row(text, "compute-sanitizer memcheck: 0 errors")[1:] == ["3 error(s)", "missed"]
+
+    # Nothing measured (every result file missing): "not measured", and the steps that should
+    # have written them fail.
+    for path in ["bench_cuda.json", "bench/results.json", "logs/sanitizer.log"]:
+        (good / path).unlink()
+    text, status = summary.summary(good, "cuda", dry_run=False)
+    assert status == 1 and "**FAIL: bench-cuda, sanitizer, bench.**" in text
+    (good / "logs" / "bench-cuda.log").write_text("...\nbench_cuda: needs an NVIDIA GPU\n\n")
+    text, status = summary.summary(good, "cuda", dry_run=False)
+    assert _table_row(text, "bench-cuda")[4] == (
+        "no bench_cuda.json; the log ends: bench_cuda: needs an NVIDIA GPU"
+    )
+    for target in ("SGEMM 4096", "MLP step", "compute-sanitizer"):
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| {target}")]
+        assert row.endswith("| not measured |")
+    # A sanitizer that cannot watch this GPU at all: skipped with that reason, not 1 error.
+    (good / "logs" / "sanitizer.log").write_text(
+        "========= Error: Device not supported\n========= ERROR SUMMARY: 1 error\n"
+    )
+    text, _ = summary.summary(good, "cuda", dry_run=False)
+    assert _table_row(text, "sanitizer")[1] == "skipped"
+    assert "Device not supported" in _table_row(text, "sanitizer")[4]

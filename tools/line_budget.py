@@ -130,7 +130,9 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
         ),
         19500,
     ),
-    ("benchmarks", ("benchmarks/*.py",), 620),
+    # issue 21: 620 -> 950, 10% above its size then, for gpu_check_summary.py (+260 lines): the
+    # facts and verdicts of benchmarks/gpu_check.sh, the first run on a GPU machine
+    ("benchmarks", ("benchmarks/*.py",), 950),
 ]
 
 

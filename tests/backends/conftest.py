@@ -13,6 +13,7 @@ the backend holds (a test without `prim` that names its rows, test_conformance.r
 dtype one of them takes). Nothing is generated for a backend that is not here.
 """
 
+import os
 import shutil
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -120,7 +121,12 @@ def _webgpu_without_optional_features():
     return SimpleNamespace(**backend.primitive_table())
 
 
-SPECS = _specs()
+# NEEDLE_TEST_DEVICES (tests/conftest.py, which checks the names) keeps those devices alone:
+# the NumPy reference counts as cpu_numpy (its backend), webgpu_basic as webgpu, and the
+# emulations as no device.
+TEST_DEVICES = {n.strip() for n in os.environ.get("NEEDLE_TEST_DEVICES", "").split(",")} - {""}
+_DEVICE_OF = {"numpy": "cpu_numpy", "webgpu_basic": "webgpu"}
+SPECS = [s for s in _specs() if not TEST_DEVICES or _DEVICE_OF.get(s.id, s.id) in TEST_DEVICES]
 _BUILT = {}
 
 

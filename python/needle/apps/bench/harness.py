@@ -760,20 +760,23 @@ def script_table(
 def script_main(
     script: types.ModuleType,
     *,
-    ratios: Sequence[tuple[str, str]] = (),
+    ratios: Sequence[tuple[str, str]]
+    | Callable[[argparse.Namespace], Sequence[tuple[str, str]]] = (),
     threads: str = "1",
     argv: list[str] | None = None,
 ) -> int:
     """The command line of the benchmark script `script` (its module; its docstring describes
-    it). `ratios` names the (a, b) backend pairs compared in the tables, `threads` the default
-    of --threads. The script defines `configure(args)`, which returns its workloads and
-    backends, and may define `arguments(parser)`, which adds the script's own options,
-    `skip()`, which returns why there is nothing to measure here (printed, exit status 0), and
-    `after(args, results)`, which runs once the tables are printed.
+    it). `ratios` names the (a, b) backend pairs compared in the tables (or is a function of
+    the parsed arguments that returns them, when the backends depend on an option), `threads`
+    the default of --threads. The script defines `configure(args)`, which returns its
+    workloads and backends, and may define `arguments(parser)`, which adds the script's own
+    options, `skip(args)`, which returns why there is nothing to measure here (printed, exit
+    status 0), and `after(args, results)`, which runs once the tables are printed.
 
     Each thread count of --threads is measured in a process whose environment pins every
     library to it (this one, if it already is). The tables are Markdown; --write appends them
-    to a file as a dated section, --plot draws the first workload as a bar chart."""
+    to a file as a dated section, --plot draws the first workload as a bar chart, --json-out
+    writes the raw results (machine, backends, timings) for other programs to read."""
     description = script.__doc__ or ""
     configure: Configure = script.configure
     arguments = getattr(script, "arguments", None)
@@ -797,12 +800,17 @@ def script_main(
     parser.add_argument("--plot", help="also draw the first table as a bar chart in this PNG")
     parser.add_argument("--write", help="append the tables to this Markdown file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--json-out", help="also write the results (one entry per thread count) to this JSON file"
+    )
     parser.add_argument("--json", help=argparse.SUPPRESS)  # a child's results, for its parent
     if arguments is not None:
         arguments(parser)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    reason = skip() if skip is not None else None
+    if callable(ratios):
+        ratios = ratios(args)
+    reason = skip(args) if skip is not None else None
     if reason:
         print(reason)
         return 0
@@ -844,6 +852,10 @@ def script_main(
             lines += script_table(workload, result["backends"], ratios) + [""]
     text = "\n".join(lines)
     print(text)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"command": command, "commit": git_commit(), "results": results}, f, indent=1)
+        print(f"wrote {args.json_out}")
     if args.write:
         with open(args.write, "a") as f:
             f.write(f"\n## {description.splitlines()[0]}\n\n{text}")
