@@ -7,6 +7,8 @@
 - Errors name the device, the dtype or the kernel; the pool reuses buffers; dispatches wait
   for a sync point; host writes are ordered after the recorded dispatches that use the buffer.
 - uint8 and bool round-trip bit-exactly and uint8 arithmetic wraps as NumPy's.
+- float16 (with shader-f16) reads back bit-exactly from any view; without it, and bfloat16
+  always, NDArray raises UnsupportedDtypeError naming the dtypes the device holds.
 
 Everything that needs the device skips with ``ndl.webgpu().reason`` where it is disabled. On
 lavapipe (Mesa's CPU Vulkan driver) run with XDG_RUNTIME_DIR set and
@@ -16,8 +18,10 @@ VK_ICD_FILENAMES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json.
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -550,6 +554,52 @@ def test_uint8_arithmetic_wraps_like_numpy(rng):
         got, want = op(a), op(a_cpu)
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# ---- 9. float16 ------------------------------------------------------------------------------
+needs_f16 = pytest.mark.skipif(
+    not WEBGPU.enabled() or "float16" not in WEBGPU.dtypes,
+    reason="webgpu is disabled here or its adapter has no shader-f16",
+)
+
+
+@needs_f16
+def test_float16_views_of_odd_offsets_and_sizes_read_back_bit_exactly(rng):
+    """2-byte elements move in 4-byte words: readbacks from an odd element or of an odd
+    count, and uploads of an odd count, keep every bit (NaN payloads too)."""
+    host = rng.integers(0, 1 << 16, size=(7, 9), dtype=np.uint16).view(np.float16)
+    array = ndl.NDArray(host, device=WEBGPU, dtype="float16")
+    for view, want in (
+        (array, host),
+        (array[1:4, 3:8], host[1:4, 3:8]),
+        (array[5::-2, ::-3], host[5::-2, ::-3]),
+        (array[2:3, 1:2], host[2:3, 1:2]),
+    ):
+        np.testing.assert_array_equal(view.numpy().view(np.uint16), want.view(np.uint16))
+    np.testing.assert_array_equal(
+        array[1:4, 3:8].compact().numpy().view(np.uint16), host[1:4, 3:8].view(np.uint16)
+    )
+
+
+def test_without_shader_f16_float16_is_an_unsupported_dtype_error():
+    """An adapter without 16-bit floats holds no float16 (a second device of this adapter,
+    made without its optional features): NDArray names the dtypes it holds. bfloat16 has no
+    WGSL type: no webgpu device holds it."""
+    if not WEBGPU.enabled():
+        pytest.skip(f"webgpu is disabled here: {WEBGPU.reason}")
+    from needle.backend_ndarray import BackendDevice, ndarray_backend_webgpu as webgpu
+    from needle.backend_ndarray.webgpu_runtime import WebGPURuntime
+
+    backend = webgpu.WebGPUBackend(WebGPURuntime(features=()), "webgpu_basic")
+    basic = BackendDevice("webgpu_basic", types.SimpleNamespace(**backend.primitive_table()))
+    assert "float16" not in basic.dtypes and "float32" in basic.dtypes
+    message = "webgpu_basic() does not support dtype float16 (it holds float32, int32, int64, "
+    with pytest.raises(UnsupportedDtypeError, match=re.escape(message + "uint8, bool)")):
+        ndl.NDArray(np.zeros(3), device=basic, dtype="float16")
+    with pytest.raises(UnsupportedDtypeError, match="float16"):
+        ndl.Tensor(np.zeros(3), device=basic, dtype="float16")
+    with pytest.raises(UnsupportedDtypeError, match=r"does not support dtype bfloat16 \(it holds"):
+        ndl.NDArray(np.zeros(3), device=WEBGPU, dtype="bfloat16")
 
 
 # ---- grids past 65,535 workgroups in one dimension ----------------------------------------

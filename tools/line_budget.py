@@ -71,7 +71,9 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
             "python/needle/backend_ndarray/ndarray_backend_webgpu.py",
             "python/needle/backend_ndarray/webgpu/*.wgsl",
         ),
-        1520,
+        # issue 18: 1520 -> 1770, 10% above 1610: float16 (f16 storage, the astype kernels
+        # converting every dtype pair in integer arithmetic to NumPy's bits, f16 matmul)
+        1770,
     ),
     # issue 17: +294 for the conv2d and batch_norm_rows rows, their fallbacks and NumPy
     # references, NDArray's conv2d call, its layout-keeping elementwise ops and reductions

@@ -4,7 +4,9 @@ on Mesa's CPU Vulkan driver (lavapipe: correct and slow; CI runs the tests there
 
 ``pip install "needle[webgpu]"``. Importing this module raises ImportError, with the reason,
 without wgpu or an adapter, and ``ndl.webgpu().enabled()`` is then False (``.reason`` says
-why). Dtypes: float32, int32, int64, uint8 and bool; no float64 (most GPUs have none). int64
+why). Dtypes: float32, int32, int64, uint8 and bool, and float16 where the adapter has 16-bit
+floats (``shader-f16``: WGSL's f16 in 2 bytes; the rows that compute take it in float32); no
+float64 (most GPUs have none) and no bfloat16 (WGSL has no such type). int64
 is WGSL's i64 where the adapter has 64-bit integers (``shader-int64``), else pairs of u32
 words with carries (helpers_int64_pairs.wgsl), so that every adapter holds int64 row
 indices and class labels. WGSL stores nothing narrower than 32
@@ -41,6 +43,7 @@ INT32_MAX = 2**31 - 1  # kernels index with 32-bit integers
 # dtype -> (WGSL storage type, helpers file, the NumPy type of its device words)
 WGSL_TYPES: dict[str, tuple[str, str, type]] = {
     "float32": ("f32", "helpers_float.wgsl", np.float32),
+    "float16": ("f16", "helpers_half.wgsl", np.float16),  # with shader-f16 only
     "int32": ("i32", "helpers_int.wgsl", np.int32),
     "int64": ("i64", "helpers_int.wgsl", np.int64),
     "uint8": ("u32", "helpers_byte.wgsl", np.uint32),
@@ -112,6 +115,36 @@ PAIR_EXPRESSIONS = {
 }
 
 
+# astype.wgsl: the storage word of each dtype (i64 storage is a vec2<u32> pair), element i of
+# a as an f32's bits (floats) or an int64 pair (integers, bool), and that form x as out's word.
+ASTYPE_TYPES = ("u32", "helpers_half.wgsl", np.uint32)
+_ASTYPE_WORDS = dict.fromkeys(WGSL_TYPES, "u32") | {"int64": "vec2<u32>"}
+_ASTYPE_LOAD = {
+    "float32": "a[i]",
+    "float16": "half_to_f32_bits((a[i / 2u] >> (16u * (i % 2u))) & 0xffffu)",
+    "int32": "vec2<u32>(a[i], select(0u, 0xffffffffu, (a[i] >> 31u) == 1u))",
+    "int64": "a[i]",
+    "uint8": "vec2<u32>(a[i], 0u)",
+    "bool": "vec2<u32>(a[i], 0u)",
+}
+_FLOAT_TO = {
+    "float32": "x",
+    "float16": "f32_to_half_bits(x)",
+    "int32": "f32_to_i32(x)",
+    "int64": "f32_to_i64(x)",
+    "uint8": "f32_to_i32(x) & 255u",  # NumPy's (x86's) float to uint8: through int32
+    "bool": "select(0u, 1u, (x & 0x7fffffffu) != 0u)",  # NaN is True, -0.0 False
+}
+_INT_TO = {
+    "float32": "i64_to_f32(x)",
+    "float16": "f32_to_half_bits(i64_to_f32(x))",  # one rounding: f32 is exact below 2^24
+    "int32": "x.x",
+    "int64": "x",
+    "uint8": "x.x & 255u",
+    "bool": "select(0u, 1u, (x.x | x.y) != 0u)",
+}
+
+
 def _read(name: str) -> str:
     return (resources.files(__package__) / "webgpu" / name).read_text()
 
@@ -135,6 +168,8 @@ def kernel_source(file: str, section: str, types: tuple[str, str, type], **subs:
         _SOURCES[file] = _sections(file)
     wgsl_type, helpers, _ = types
     text = "\n".join((_read("common.wgsl"), _read(helpers), _SOURCES[file][section]))
+    if wgsl_type == "f16":
+        text = "enable f16;\n" + text  # a directive: before every declaration
     subs = {k: Template(v).safe_substitute(T=wgsl_type) for k, v in subs.items()}
     return Template(text).safe_substitute(T=wgsl_type, **subs)
 
@@ -144,11 +179,11 @@ def _u32s(*values: int) -> bytes:
 
 
 def scalar_bytes(dtype: str, value) -> bytes:
-    """A scalar as a kernel of `dtype` reads it: float32 rounded (overflow is inf, as in
-    NumPy); integers wrap as C's casts (NDArray passes whole numbers); bool is value != 0."""
-    if dtype == "float32":
+    """A scalar as a kernel of `dtype` reads it: float32 or float16 rounded (overflow is inf,
+    as in NumPy); integers wrap as C's casts (NDArray passes whole numbers); bool is value != 0."""
+    if dtype in ("float32", "float16"):
         with np.errstate(over="ignore"):
-            return np.array(value, dtype=np.float32).tobytes()
+            return np.array(value, dtype=dtype).tobytes()
     if dtype == "bool":
         return _u32s(value != 0)
     if dtype == "int64":
@@ -168,7 +203,9 @@ class WebGPUBackend:
     def __init__(self, runtime: WebGPURuntime, device_name: str = "webgpu"):
         self.runtime = runtime
         self.device_name = device_name
-        self.DTYPES: tuple[str, ...] = tuple(WGSL_TYPES)
+        # float16 needs WGSL's f16 (shader-f16); bfloat16 has no WGSL type at all.
+        f16 = "shader-f16" in runtime.features
+        self.DTYPES: tuple[str, ...] = tuple(d for d in WGSL_TYPES if f16 or d != "float16")
         # int64 is native where the adapter has 64-bit integers, else pairs of u32.
         self.int64_pairs = "shader-int64" not in runtime.features
         self.types = dict(WGSL_TYPES, **({"int64": INT64_PAIRS} if self.int64_pairs else {}))
@@ -215,7 +252,7 @@ class WebGPUBackend:
     @staticmethod
     def itemsize(dtype: str) -> int:
         """Bytes per element on the device (uint8 and bool take a 32-bit word)."""
-        return 8 if dtype == "int64" else 4
+        return 8 if dtype == "int64" else 2 if dtype == "float16" else 4
 
     def check_dtype(self, dtype) -> str:
         return primitives.held_dtype(
@@ -255,6 +292,9 @@ class WebGPUBackend:
         high = offset + sum(s * (d - 1) for d, s in zip(shape, strides) if s > 0)
         word = self.types[a.dtype][2]
         size = self.itemsize(a.dtype)
+        if size == 2:  # copies move whole 4-byte words: from an even element, an even count
+            low -= low % 2
+            high += 1 - (high - low) % 2
         data = self.runtime.read(a.block, low * size, (high - low + 1) * size, "to_numpy")
         host: np.ndarray = np.frombuffer(data, dtype=word)
         view = np.lib.stride_tricks.as_strided(
@@ -271,6 +311,8 @@ class WebGPUBackend:
             )
         if out.size:
             words: np.ndarray = np.ascontiguousarray(a, dtype=self.types[out.dtype][2]).reshape(-1)
+            if words.nbytes % 4:  # writes are whole 4-byte words: one more half (the block has it)
+                words = np.concatenate([words, words[:1]])
             runtime = self.runtime
             if runtime.busy(out.block):
                 # Every element is replaced: rather than submitting the recorded dispatches
@@ -289,6 +331,31 @@ class WebGPUBackend:
                 _value_params(out.size, dtype, val),
                 out.size,
                 lambda: kernel_source("elementwise.wgsl", "fill", self.types[dtype]),
+            )
+
+    def astype(self, a, out) -> None:
+        """out = a converted to out's dtype (astype.wgsl: integer arithmetic, NumPy's bits)."""
+        if a.size != out.size:
+            raise ValueError(
+                f"{self.device_name}: astype of {a.size} elements into an array of {out.size}"
+            )
+        if a.size:
+            source, target = a.dtype, out.dtype
+            floating = source in ("float32", "float16")
+            subs = dict(
+                A=_ASTYPE_WORDS[source],
+                B=_ASTYPE_WORDS[target],
+                MID="u32" if floating else "vec2<u32>",
+                LOAD=_ASTYPE_LOAD[source],
+                CONVERT=(_FLOAT_TO if floating else _INT_TO)[target],
+            )
+            section = "half" if target == "float16" else "words"
+            self._elementwise(
+                f"astype_{source}_{target}",
+                [a, out],
+                _u32s(a.size),
+                -(-a.size // 2),
+                lambda: kernel_source("astype.wgsl", section, ASTYPE_TYPES, **subs),
             )
 
     # ---- layout ----------------------------------------------------------------------------
@@ -470,12 +537,18 @@ class WebGPUBackend:
         params = struct.pack(
             "<4I8i", *views[:5], *views.a_strides, views.b_offset, *views.b_strides
         )
+        dtype = a.dtype
+        # float16: the f32 sums rounded to nearest even once in integers (helpers_half.wgsl),
+        # whatever rounding the driver's own conversion has, then converted exactly (naga
+        # cannot bitcast to vec2<f16>).
+        half = "half_to_f32_bits(f32_to_half_bits(bitcast<u32>(x)))"
+        rounded = "x" if dtype == "float32" else f"f16(bitcast<f32>({half}))"
         self._launch(
-            "matmul",
+            "matmul" if dtype == "float32" else f"matmul_{dtype}",
             [a, b, out],
             params,
             groups,
-            lambda: kernel_source("matmul.wgsl", "", self.types["float32"]),
+            lambda: kernel_source("matmul.wgsl", "", self.types[dtype], ROUND=rounded),
         )
 
     # ---- reductions ------------------------------------------------------------------------

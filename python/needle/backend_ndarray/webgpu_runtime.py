@@ -42,7 +42,7 @@ except ImportError as _error:
 RING_SLOTS = 4096
 SLOT_BYTES = 256  # the largest parameter struct (strided.wgsl: 152 bytes), rounded up
 # Features used when the adapter has them: 64-bit integers (the int64 dtype), subgroups
-# (reductions), f16 (reported; the table has no float16 dtype yet).
+# (reductions), f16 (the float16 dtype: without it the device does not hold float16).
 OPTIONAL_FEATURES = ("shader-int64", "subgroup", "shader-f16")
 _USAGE = wgpu.BufferUsage
 

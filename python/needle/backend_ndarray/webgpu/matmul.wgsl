@@ -4,7 +4,8 @@
 // 4 x 4 block held in registers; the k axis goes in steps of 16 through two tiles in
 // workgroup memory, which each thread reads 4 + 4 values of per step and multiplies into
 // its 16 accumulators (a 4x register blocking: 8 loads for 16 fused multiply-adds).
-// Edge tiles are zero-padded on load and masked on store.
+// Edge tiles are zero-padded on load and masked on store. $T is f32, or f16 (float16:
+// loaded into f32 tiles, summed in f32, rounded once on store by $ROUND of x).
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
@@ -26,13 +27,17 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> a: array<$T>;
+@group(0) @binding(2) var<storage, read_write> b: array<$T>;
+@group(0) @binding(3) var<storage, read_write> out: array<$T>;
 
 // a_tile is k-major (the inner loop reads a column of it); b_tile row-major.
 var<workgroup> a_tile: array<array<f32, BM>, BK>;
 var<workgroup> b_tile: array<array<f32, BN>, BK>;
+
+fn rounded(x: f32) -> $T {
+    return $ROUND;
+}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) t: u32) {
@@ -54,7 +59,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
             let kk = k0 + k;
             var v = 0.0;
             if (row < p.m && kk < p.n) {
-                v = a[a_base + i32(row) * p.a_row_stride + i32(kk) * p.a_col_stride];
+                v = f32(a[a_base + i32(row) * p.a_row_stride + i32(kk) * p.a_col_stride]);
             }
             a_tile[k][r] = v;
         }
@@ -65,7 +70,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
             let col = col0 + c;
             var v = 0.0;
             if (kk < p.n && col < p.p) {
-                v = b[b_base + i32(kk) * p.b_row_stride + i32(col) * p.b_col_stride];
+                v = f32(b[b_base + i32(kk) * p.b_row_stride + i32(col) * p.b_col_stride]);
             }
             b_tile[k][c] = v;
         }
@@ -91,7 +96,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         if (row < p.m) {
             for (var j = 0u; j < 4u; j += 1u) {
                 let col = col0 + tx + 16u * j;
-                if (col < p.p) { out[out_base + row * p.p + col] = acc[i][j]; }
+                if (col < p.p) { out[out_base + row * p.p + col] = rounded(acc[i][j]); }
             }
         }
     }
