@@ -34,6 +34,7 @@ import sys
 import numpy as np
 import pytest
 from backends.cases import Backend, bad_views, cases, matmul_tol, reference, scatter_add_tol
+from backends.test_conformance import compare
 from cuda_emulation import harness
 from primitive_calls import Out, call, read, to_array
 
@@ -227,6 +228,7 @@ def test_host_table_checks_sizes_before_a_kernel_runs(emulated):
         "gather_rows": lambda: m.gather_rows(a10, idx, a5, 2, 5),
         "scatter_add_rows": lambda: m.scatter_add_rows(a5, idx, o10, 2, 5),
         "reduce_max_axis": lambda: m.reduce_max_axis(a10, o10, -1, 2, 1),
+        "astype": lambda: m.astype(a5, m.Array(10, "float16")),
     }
     for name, call_it in calls.items():
         with pytest.raises(ValueError, match=name):
@@ -239,7 +241,9 @@ def _arguments(m, prim, dtype):
     values = {"shape": (4,), "strides": (1,), "a_strides": (1, 1, 1), "b_strides": (1, 1, 1)}
     args = []
     for param in prim.params:
-        if param.kind in ("array", "inout") or (param.kind == "out" and prim.out_dtype is None):
+        if param.kind in ("array", "inout") or (
+            param.kind == "out" and prim.out_dtype in (None, primitives.ANY_DTYPE)
+        ):
             args.append(m.Array(4, dtype))
         elif param.kind == "out":
             args.append(m.Array(4, prim.out_dtype))
@@ -389,7 +393,8 @@ def test_gather_rows_with_int64_indices_every_dtype(emulated, rng, dtype):
         out = m.Array(37 * 3, dtype)
         m.gather_rows(to_array(m, table), to_array(m, indices, "int64"), out, 37, 3)
         results.append(read(m, out))
-    np.testing.assert_array_equal(results[1], results[0])
+    assert results[1].dtype == results[0].dtype
+    np.testing.assert_array_equal(results[1].view(np.uint8), results[0].view(np.uint8))
 
 
 # ---- launch planning (host arithmetic, no device) ------------------------------------------
@@ -427,6 +432,8 @@ def test_gemm_tiling():
     f32, f64 = nb_cuda._gemm_tiling("float32"), nb_cuda._gemm_tiling("float64")
     assert (f32["block_m"], f32["block_n"], f32["block_k"], f32["threads"]) == (128, 128, 8, 256)
     assert (f64["block_m"], f64["block_n"], f64["thread_m"], f64["threads"]) == (64, 64, 4, 256)
+    for half in primitives.HALFS:  # the float32 kernel, on operands converted as loaded
+        assert nb_cuda._gemm_tiling(half) == f32
 
 
 @needs_module
@@ -502,14 +509,7 @@ def test_conformance_cases_with_buffers_ending_at_a_fault(emulated, tight, prim,
             actual = call(emulated, prim.name, *case.args, dtype=dtype, impl=own)
             tol = case.tol(dtype) or (case.unordered_tol(dtype) if case.unordered_tol else None)
             what = f"{prim.name} in {dtype}: {case.label}"
-            if expected is None:
-                assert actual is None, what
-                continue
-            assert actual.dtype == expected.dtype == np.dtype(prim.out_dtype or dtype), what
-            if tol is None:
-                np.testing.assert_array_equal(actual, expected, err_msg=what)
-            else:
-                np.testing.assert_allclose(actual, expected, equal_nan=True, err_msg=what, **tol)
+            compare(actual, expected, tol, prim.out_dtype or dtype, what)
 
 
 def test_grid_stride_loops_with_one_sm(emulated, rng):
