@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "array_binding.h"
@@ -35,16 +36,27 @@ namespace cuda {
 using NumpyArray = nb::ndarray<nb::numpy>;
 using InputArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 
-NumpyArray to_numpy(const Array& a, const Shape& shape, const Shape& strides, int64_t offset) {
+// The 16-bit floats cross as uint16 bit patterns (DLPack and the buffer protocol have no
+// bfloat16 NumPy takes), viewed as NumPy's float16 or ml_dtypes' bfloat16 on the Python side.
+template <class T> using host_t = std::conditional_t<sizeof(T) == 2, uint16_t, T>;
+
+nb::object half_dtype(DType dt) {
+  return dt == DType::bf16 ? nb::module_::import_("ml_dtypes").attr("bfloat16")
+                           : nb::module_::import_("numpy").attr("float16");
+}
+
+nb::object to_numpy(const Array& a, const Shape& shape, const Shape& strides, int64_t offset) {
   return with_dtype<AllTypes>(a.dtype, [&](auto t) {
-    using T = decltype(t);
+    using T = host_t<decltype(t)>;
     const int64_t n = view_size(shape);
     T* buf = new T[n > 0 ? n : 1];
     nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<T*>(p); });
     table::to_numpy(a, shape, strides, offset, HostArray{buf, n, a.dtype});
     std::vector<size_t> dims(shape.begin(), shape.end());
-    return NumpyArray(buf, dims.size(), dims.data(), owner, nullptr, nb::dtype<T>(),
-                      nb::device::cpu::value);
+    nb::object array = NumpyArray(buf, dims.size(), dims.data(), owner, nullptr, nb::dtype<T>(),
+                                  nb::device::cpu::value)
+                           .cast();
+    return sizeof(T) == 2 ? array.attr("view")(half_dtype(a.dtype)) : array;
   });
 }
 
@@ -55,10 +67,20 @@ template <class... T> std::optional<DType> dtype_of_numpy(nb::dlpack::dtype dt, 
   return found;
 }
 
-void from_numpy(const InputArray& src, Array& out) {
-  const std::optional<DType> dtype = dtype_of_numpy(src.dtype(), AllTypes());
+void from_numpy(nb::object src, Array& out) {
+  std::optional<DType> dtype;
+  if (nb::hasattr(src, "dtype")) {  // a 16-bit float: its bits, as uint16
+    const auto name = nb::cast<std::string>(src.attr("dtype").attr("name"));
+    if (name == "float16" || name == "bfloat16") {
+      dtype = parse_dtype(name);
+      src = src.attr("view")(nb::module_::import_("numpy").attr("uint16"));
+    }
+  }
+  InputArray data;
+  if (!nb::try_cast(src, data)) throw TypeError("from_numpy: expected a NumPy array");
+  if (!dtype) dtype = dtype_of_numpy(data.dtype(), Computed());
   table::from_numpy(
-      HostArray{const_cast<void*>(src.data()), static_cast<int64_t>(src.size()), dtype}, out);
+      HostArray{const_cast<void*>(data.data()), static_cast<int64_t>(data.size()), dtype}, out);
 }
 
 nb::dict memory_dict() {

@@ -34,6 +34,7 @@ import sys
 import numpy as np
 import pytest
 from backends.cases import Backend, bad_views, cases, matmul_tol, reference, scatter_add_tol
+from backends.test_conformance import compare
 from cuda_emulation import harness
 from primitive_calls import Out, call, read, to_array
 
@@ -227,6 +228,7 @@ def test_host_table_checks_sizes_before_a_kernel_runs(emulated):
         "gather_rows": lambda: m.gather_rows(a10, idx, a5, 2, 5),
         "scatter_add_rows": lambda: m.scatter_add_rows(a5, idx, o10, 2, 5),
         "reduce_max_axis": lambda: m.reduce_max_axis(a10, o10, -1, 2, 1),
+        "astype": lambda: m.astype(a5, m.Array(10, "float16")),
     }
     for name, call_it in calls.items():
         with pytest.raises(ValueError, match=name):
@@ -239,7 +241,9 @@ def _arguments(m, prim, dtype):
     values = {"shape": (4,), "strides": (1,), "a_strides": (1, 1, 1), "b_strides": (1, 1, 1)}
     args = []
     for param in prim.params:
-        if param.kind in ("array", "inout") or (param.kind == "out" and prim.out_dtype is None):
+        if param.kind in ("array", "inout") or (
+            param.kind == "out" and prim.out_dtype in (None, primitives.ANY_DTYPE)
+        ):
             args.append(m.Array(4, dtype))
         elif param.kind == "out":
             args.append(m.Array(4, prim.out_dtype))
@@ -389,7 +393,86 @@ def test_gather_rows_with_int64_indices_every_dtype(emulated, rng, dtype):
         out = m.Array(37 * 3, dtype)
         m.gather_rows(to_array(m, table), to_array(m, indices, "int64"), out, 37, 3)
         results.append(read(m, out))
-    np.testing.assert_array_equal(results[1], results[0])
+    assert results[1].dtype == results[0].dtype
+    np.testing.assert_array_equal(results[1].view(np.uint8), results[0].view(np.uint8))
+
+
+# ---- conversions: bit for bit as NumPy's astype (ml_dtypes' for bfloat16) ------------------
+def _astype(m, x: np.ndarray, target: str) -> np.ndarray:
+    out = m.Array(x.size, target)
+    m.astype(to_array(m, x, x.dtype.name), out)
+    return read(m, out)
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    """A floating-point array's bit patterns (NaN payloads compared too); others as they are."""
+    return x.view(f"uint{8 * x.dtype.itemsize}") if x.dtype.name in primitives.FLOATING else x
+
+
+def _check_astype(m, x: np.ndarray, target: str):
+    """astype of x to target against NumPy's, bit for bit; to an integer, where x truncates
+    into its range (NumPy leaves the rest undefined: the row gives NaN 0, beyond the range
+    the nearest end)."""
+    got = _astype(m, x, target)
+    with np.errstate(all="ignore"):  # (NumPy's warnings on NaN and overflow)
+        want = x.astype(primitives.numpy_dtype(target))
+        wide = x.astype(np.float64)
+    what = f"{x.dtype.name} to {target}"
+    if target in primitives.INTS and x.dtype.name in primitives.FLOATING:
+        info = np.iinfo(target)
+        inside = (wide > float(info.min) - 1) & (wide < float(info.max) + 1)  # NaN: False
+        clamped = np.where(np.isnan(wide), 0, np.where(wide > 0, info.max, info.min))
+        want = np.where(inside, want, clamped).astype(target)
+    np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=what)
+
+
+def _float_samples(rng) -> np.ndarray:
+    """float32 bit patterns around every rounding point of both 16-bit floats: each of the
+    2^16 upper halves (bfloat16's bits) with low halves at and beside the ties of bfloat16
+    (0x8000) and of float16 (bit 12, with bits 13 to 15 in each combination), and random ones."""
+    near_tie = np.array([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF], dtype=np.uint32)
+    lows = (np.arange(8, dtype=np.uint32)[:, None] << 13 | near_tie).ravel()
+    lows = np.concatenate([lows, [0x7FFF, 0x8001, 0xFFFF], rng.integers(0, 2**16, 8)])
+    highs = np.arange(2**16, dtype=np.uint32) << 16
+    return (highs[:, None] | lows.astype(np.uint32)).ravel().view(np.float32)
+
+
+@pytest.mark.parametrize("source", primitives.HALFS)
+def test_astype_of_every_16_bit_pattern(emulated, source):
+    """Every float16 and bfloat16 pattern (NaNs, infinities, subnormals, both zeros) into
+    every dtype the module holds."""
+    x = np.arange(2**16, dtype=np.uint16).view(primitives.numpy_dtype(source))
+    for target in emulated.DTYPES:
+        _check_astype(emulated, x, target)
+
+
+@pytest.mark.parametrize("target", primitives.HALFS)
+def test_astype_rounds_into_16_bit_floats(emulated, rng, target):
+    """float32 at and beside every tie of the 16-bit floats (so every exponent, subnormals and
+    overflow included); float64 as well, and one double ulp either side of each (float16 is
+    rounded once from float64, bfloat16 through float32 as ml_dtypes does); integers (int64
+    through float32, as ml_dtypes: 2^62 + 2^54 + 2^38 + 1 rounds differently through float64)."""
+    f32 = _float_samples(rng)
+    _check_astype(emulated, f32, target)
+    with np.errstate(invalid="ignore"):
+        f64 = f32[::3].astype(np.float64)
+    _check_astype(emulated, np.concatenate([f64, np.nextafter(f64, -np.inf)]), target)
+    _check_astype(emulated, np.nextafter(f64, np.inf), target)
+    wide = 2**62 + 2**54 + 2**38 + 1
+    ints = [np.arange(-70000, 70000), rng.integers(-(2**63), 2**63 - 1, 4096), [wide, -wide]]
+    for dtype in ("int64", "int32", "uint8", "bool"):
+        _check_astype(emulated, np.concatenate(ints).astype(dtype), target)
+
+
+def test_astype_keeps_nan_payloads_of_float32_and_float64(emulated):
+    """Signalling and quiet NaNs with payloads: between float32 and float64 as x86's
+    conversions (quiet, payload kept: the GPU's cvt would give its own NaN), into the 16-bit
+    floats as NumPy and ml_dtypes."""
+    f32 = np.array([0x7F800001, 0xFFA00000, 0x7FC00001, 0x7F800000, 1, 0x80000001], np.uint32)
+    f64 = np.array([0x7FF0000000000001, 0xFFF4000000000000, 0x7FF8000020000000, 1], np.uint64)
+    for x in (f32.view(np.float32), f64.view(np.float64)):
+        for target in primitives.FLOATING:
+            _check_astype(emulated, x, target)
 
 
 # ---- launch planning (host arithmetic, no device) ------------------------------------------
@@ -427,6 +510,8 @@ def test_gemm_tiling():
     f32, f64 = nb_cuda._gemm_tiling("float32"), nb_cuda._gemm_tiling("float64")
     assert (f32["block_m"], f32["block_n"], f32["block_k"], f32["threads"]) == (128, 128, 8, 256)
     assert (f64["block_m"], f64["block_n"], f64["thread_m"], f64["threads"]) == (64, 64, 4, 256)
+    for half in primitives.HALFS:  # the float32 kernel, on operands converted as loaded
+        assert nb_cuda._gemm_tiling(half) == f32
 
 
 @needs_module
@@ -502,14 +587,7 @@ def test_conformance_cases_with_buffers_ending_at_a_fault(emulated, tight, prim,
             actual = call(emulated, prim.name, *case.args, dtype=dtype, impl=own)
             tol = case.tol(dtype) or (case.unordered_tol(dtype) if case.unordered_tol else None)
             what = f"{prim.name} in {dtype}: {case.label}"
-            if expected is None:
-                assert actual is None, what
-                continue
-            assert actual.dtype == expected.dtype == np.dtype(prim.out_dtype or dtype), what
-            if tol is None:
-                np.testing.assert_array_equal(actual, expected, err_msg=what)
-            else:
-                np.testing.assert_allclose(actual, expected, equal_nan=True, err_msg=what, **tol)
+            compare(actual, expected, tol, prim.out_dtype or dtype, what)
 
 
 def test_grid_stride_loops_with_one_sm(emulated, rng):
@@ -652,6 +730,49 @@ def test_ndarray_and_training_on_the_emulated_device(emulated, rng):
     (loss_e, params_e), (loss_r, params_r) = train(emu), train(ref)
     np.testing.assert_allclose(loss_e, loss_r, rtol=1e-5)
     for pe, pr in zip(params_e, params_r):
+        np.testing.assert_allclose(pe, pr, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", primitives.HALFS)
+def test_16_bit_floats_and_autocast_on_the_emulated_device(emulated, rng, dtype):
+    """NDArray in a 16-bit float (its matmuls native, the rest computed in float32 and
+    rounded once) and SGD steps under autocast over the emulated kernels agree with the
+    NumPy backend to the last bit or so."""
+    from needle.backend_ndarray import BackendDevice, NDArray
+
+    emu, ref = BackendDevice("cuda_emulation", emulated), ndl.cpu_numpy()
+    x = rng.standard_normal((2, 33, 17))
+    a, b = (NDArray(x, device=d).astype(dtype) for d in (emu, ref))
+    for f in (
+        lambda t: t @ t.permute((0, 2, 1)),
+        lambda t: t.sum(axis=1),
+        lambda t: (t[:, ::-2, 3:] + 1).exp(),
+        lambda t: t.astype("float32"),
+    ):
+        got, want = f(a).numpy(), f(b).numpy()
+        assert got.dtype == want.dtype
+        eps = 2.0 ** -(10 if dtype == "float16" else 7)
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=eps)
+
+    def train(device):
+        np.random.seed(3)
+        model = ndl.nn.Sequential(
+            ndl.nn.Linear(20, 32, device=device), ndl.nn.ReLU(), ndl.nn.Linear(32, 5, device=device)
+        )
+        opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        data = np.random.default_rng(1)
+        for _ in range(3):
+            xb = ndl.Tensor(data.standard_normal((16, 20)), device=device)
+            yb = ndl.Tensor(data.integers(0, 5, 16), device=device)
+            with ndl.autocast(dtype=dtype):
+                loss = ndl.nn.SoftmaxLoss()(model(xb), yb)
+            opt.reset_grad()
+            loss.backward()
+            opt.step()
+        return [p.numpy() for p in model.parameters()]
+
+    for pe, pr in zip(train(emu), train(ref)):
+        assert pe.dtype == pr.dtype == np.float32
         np.testing.assert_allclose(pe, pr, rtol=1e-4, atol=1e-5)
 
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <type_traits>
 
+#include "convert.cuh"
 #include "kernels.h"
 #include "runtime.h"
 
@@ -21,15 +22,17 @@ template <class T> constexpr T ceil_div(T a, T b) { return (a + b - 1) / b; }
 // Elements per 16-byte vector: float4 / double2 (16 bytes of any dtype).
 template <class T> constexpr int kVec = 16 / sizeof(T);
 
-__host__ __device__ inline bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+__host__ __device__ inline bool aligned(const void* p, size_t bytes) {
+  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
 }
+__host__ __device__ inline bool aligned16(const void* p) { return aligned(p, 16); }
 
 // One 16-byte load or store (LDG.128 / STG.128 / LDS.128) of kVec<T> elements to or from the
 // registers v[0..kVec); `p` must be 16-byte aligned.
 // (The CPU emulation of the tests checks that alignment; on the GPU it costs nothing.)
 #ifndef NEEDLE_CHECK_ALIGNED
 #define NEEDLE_CHECK_ALIGNED(p) ((void)0)
+#define NEEDLE_CHECK_ALIGNED_8(p) ((void)0)
 #endif
 __device__ __forceinline__ void load_vec(const float* p, float* v) {
   NEEDLE_CHECK_ALIGNED(p);
@@ -53,7 +56,7 @@ __device__ __forceinline__ void store_vec(double* p, const double* v) {
   t.x = v[0], t.y = v[1];
   *reinterpret_cast<double2*>(p) = t;
 }
-// The integer and bool dtypes: one uint4 (16 bytes) moved as it is.
+// The integer, bool and 16-bit float dtypes: one uint4 (16 bytes) moved as it is.
 template <class T> __device__ __forceinline__ void load_vec(const T* p, T* v) {
   NEEDLE_CHECK_ALIGNED(p);
   const uint4 t = *reinterpret_cast<const uint4*>(p);
@@ -64,6 +67,30 @@ template <class T> __device__ __forceinline__ void store_vec(T* p, const T* v) {
   uint4 t;
   memcpy(&t, v, sizeof(t));
   *reinterpret_cast<uint4*>(p) = t;
+}
+
+// N elements of T in one access of N * sizeof(T) bytes: 16 (the above) or 8 (LDG.64 / STG.64,
+// the GEMM's four 16-bit floats), `p` aligned to that.
+template <int N, class T> __device__ __forceinline__ void load_pack(const T* p, T* v) {
+  if constexpr (N * sizeof(T) == 16) {
+    load_vec(p, v);
+  } else {
+    static_assert(N * sizeof(T) == 8, "a pack is 8 or 16 bytes");
+    NEEDLE_CHECK_ALIGNED_8(p);
+    const uint2 t = *reinterpret_cast<const uint2*>(p);
+    memcpy(v, &t, sizeof(t));
+  }
+}
+template <int N, class T> __device__ __forceinline__ void store_pack(T* p, const T* v) {
+  if constexpr (N * sizeof(T) == 16) {
+    store_vec(p, v);
+  } else {
+    static_assert(N * sizeof(T) == 8, "a pack is 8 or 16 bytes");
+    NEEDLE_CHECK_ALIGNED_8(p);
+    uint2 t;
+    memcpy(&t, v, sizeof(t));
+    *reinterpret_cast<uint2*>(p) = t;
+  }
 }
 
 // ---- operators: the meaning of each primitive, as in ndarray_backend_numpy ------------
@@ -249,7 +276,7 @@ template <class T> __host__ __device__ constexpr T lowest() {
 
 // val in the dtype T: a bool is val != 0; an integer dtype takes a whole number in its range
 // (NDArray guarantees it: anything else, NaN included, would be undefined behaviour in C++,
-// so it is refused rather than converted).
+// so it is refused rather than converted); a 16-bit float is rounded as NumPy's scalar is.
 template <class T> T scalar_value(const char* name, double val) {
   if constexpr (std::is_integral<T>::value && !std::is_same<T, bool>::value) {
     // The range as doubles, [min, max + 1): exact for every integer dtype (uint8 is the one
@@ -261,7 +288,7 @@ template <class T> T scalar_value(const char* name, double val) {
                                   " is outside the range of " + dtype_name(dtype_of<T>));
     }
   }
-  return static_cast<T>(val);
+  return convert<T>(val);
 }
 
 struct SumOp {  // integers wrap, as NumPy's int64 sums

@@ -1,8 +1,8 @@
 // Elementwise primitives over compact arrays: fill, the unary and binary operators, the
-// binary operators against a scalar, and axpby, all as one map kernel. Grid-stride loops,
-// memory bound: each thread moves 16 bytes per access (float4 / double2, a uint4 of the
-// integer and bool dtypes) when every pointer is 16-byte aligned, which Arrays from the
-// allocator always are; a scalar loop covers the tail and unaligned calls.
+// binary operators against a scalar, astype and axpby, all as one map kernel. Grid-stride
+// loops, memory bound: each thread moves 16 bytes per access (float4 / double2, a uint4 of
+// the integer, bool and 16-bit float dtypes) when every pointer is 16-byte aligned, which
+// Arrays from the allocator always are; a scalar loop covers the tail and unaligned calls.
 //
 // The families of the primitive table are tables here, one row a primitive with the dtypes
 // its row takes: a new unary primitive is one row of unary_kernels() (plus its row in
@@ -34,9 +34,9 @@ template <int N, class F, class Get> __device__ __forceinline__ auto apply(const
   }
 }
 
-// out[i] = f(in[0][i], ..., in[N-1][i]), out of f's result type R (the inputs' T, or bool
-// for the comparisons). Each thread loads its elements of every input before it stores the
-// same elements of out, so out may be one of the inputs.
+// out[i] = f(in[0][i], ..., in[N-1][i]), out of f's result type R (the inputs' T, bool for
+// the comparisons, astype's target). Each thread loads its elements of every input before it
+// stores the same elements of out, so out may be one of the inputs.
 template <class T, class R, int N, class F>
 __global__ void map_kernel(F f, Inputs<T, N> in, R* out, int64_t n, bool vectorized) {
   constexpr int W = kVec<T>;
@@ -52,7 +52,7 @@ __global__ void map_kernel(F f, Inputs<T, N> in, R* out, int64_t n, bool vectori
         for (int l = 0; l < W; ++l) y[l] = apply<N>(f, [&](int k) { return x[k][l]; });
         if constexpr (sizeof(R) == sizeof(T)) {
           store_vec(out + i, y);
-        } else {  // a comparison of a wider dtype: W bools, stored one by one
+        } else {  // a comparison, or astype, into another width: stored one by one
 #pragma unroll
           for (int l = 0; l < W; ++l) out[i + l] = y[l];
         }
@@ -77,6 +77,11 @@ void map(const char* name, F f, void* out, int64_t n, In... in) {
 template <class T> struct Constant {
   T val;
   __host__ __device__ T operator()() const { return val; }
+};
+
+// astype's operator: x converted to R (convert.cuh).
+template <class R> struct ConvertTo {
+  template <class T> __host__ __device__ R operator()(T x) const { return convert<R>(x); }
 };
 
 // A binary operator with its second operand fixed: f(x) = op(x, val).
@@ -138,10 +143,10 @@ template <class Visit> void for_each_binary_operator(Visit visit) {
   visit(nullptr, "scalar_rdiv", RDiv(), Floats());
   visit("ewise_power", "scalar_power", Power(), Floats());
   visit("ewise_maximum", "scalar_maximum", Maximum(), Numeric());
-  visit("ewise_eq", "scalar_eq", Eq(), AllTypes());
-  visit("ewise_ge", "scalar_ge", Ge(), AllTypes());
-  visit("ewise_lt", "scalar_lt", Lt(), AllTypes());
-  visit("ewise_le", "scalar_le", Le(), AllTypes());
+  visit("ewise_eq", "scalar_eq", Eq(), Computed());
+  visit("ewise_ge", "scalar_ge", Ge(), Computed());
+  visit("ewise_lt", "scalar_lt", Lt(), Computed());
+  visit("ewise_le", "scalar_le", Le(), Computed());
 }
 
 }  // namespace
@@ -201,6 +206,18 @@ void fill(DType dt, void* out, int64_t n, double val) {
   with_dtype<AllTypes>(dt, [&](auto t) {
     using T = decltype(t);
     map<T>("fill", Constant<T>{scalar_value<T>("fill", val)}, out, n);
+  });
+}
+
+void astype(DType from, DType to, const void* a, void* out, int64_t n) {
+  if (n <= 0) return;
+  if (from == to) return copy_device_to_device(out, a, n * itemsize(from));
+  with_dtype<AllTypes>(from, [&](auto f) {
+    with_dtype<AllTypes>(to, [&](auto t) {
+      using T = decltype(f);
+      using R = decltype(t);
+      if constexpr (!std::is_same<T, R>::value) map<T, R>("astype", ConvertTo<R>(), out, n, a);
+    });
   });
 }
 

@@ -15,9 +15,13 @@
 // Tile sizes: float32 128 x 128 x 8 with 8 x 8 per thread (256 threads, 64 accumulators,
 // at most 128 registers so that two blocks fit an SM's 64K registers); float64 64 x 64 x 8
 // with 4 x 4 per thread (FP64 units are the bottleneck there, not the loads).
+// float16 and bfloat16 run the float32 kernel on operands converted as they are loaded: the
+// shared tiles, the products and their sums are float32, and each element of out is rounded
+// once to the 16-bit dtype as it is stored (what the primitive table's matmul rows say).
 //
-// Loads from global memory: each thread brings one 16-byte vector of A and one of B per
-// slice. Which elements depends on the operand's layout, chosen per call:
+// Loads from global memory: each thread brings one vector of A and one of B per slice, 16
+// bytes (8 for the 16-bit floats: four elements, as many as a float32 vector). Which elements
+// depends on the operand's layout, chosen per call:
 //   - along k when the operand is contiguous in k (A row-major, B transposed);
 //   - along m (A) or p (B) when contiguous that way (A transposed, B row-major);
 //   - element by element for any other strides (broadcast rows, steps, odd alignment).
@@ -55,7 +59,7 @@ template <class T> struct GemmParams {
   int64_t batch0;  // the batch of blockIdx.y == 0 (a grid covers at most 65535 batches)
   int m, n, p;
   int tiles_m, tiles_n;
-  bool vector_store;  // out rows are 16-byte aligned (p a multiple of the vector width)
+  bool vector_store;  // out rows are aligned to a vector (p a multiple of the vector width)
 };
 
 template <class T> struct Tiling;
@@ -65,13 +69,22 @@ template <> struct Tiling<float> {
 template <> struct Tiling<double> {
   static constexpr int BM = 64, BN = 64, BK = 8, TM = 4, TN = 4, kMinBlocksPerSm = 2;
 };
+template <> struct Tiling<float16> : Tiling<float> {};
+template <> struct Tiling<bfloat16> : Tiling<float> {};
+
+// The type a GEMM of T computes in (shared tiles, products, sums): float for a 16-bit float.
+template <class T> using acc_t = std::conditional_t<is_half<T>, float, T>;
+// The elements of one operand load: a 16-byte vector of the computing type.
+template <class T> constexpr int kLoad = kVec<acc_t<T>>;
 
 // The share of one operand's BI x BK slice that a thread moves from global to shared
-// memory: W elements (one 16-byte vector). LAYOUT is a template parameter, so each kernel
-// carries only the path it uses (registers: the float32 kernel must stay within 128).
-// Coordinates are recomputed from the thread index (shifts and masks) rather than kept.
+// memory: W elements (one vector, converted to the computing type A on the way). LAYOUT is
+// a template parameter, so each kernel carries only the path it uses (registers: the float32
+// kernel must stay within 128). Coordinates are recomputed from the thread index (shifts and
+// masks) rather than kept.
 template <class T, int BI, int BK, int THREADS, int LAYOUT> struct SliceLoader {
-  static constexpr int W = kVec<T>;
+  using A = acc_t<T>;
+  static constexpr int W = kLoad<T>;
   static constexpr int PAD = W;  // shared rows of BI + W elements: see store()
   static_assert(BI * BK == THREADS * W, "each thread moves exactly one vector per slice");
   static_assert(BK % W == 0 && BI % W == 0, "vectors must not straddle a tile edge");
@@ -105,18 +118,18 @@ template <class T, int BI, int BK, int THREADS, int LAYOUT> struct SliceLoader {
     if (LAYOUT == kAlongK) {  // k_stride == 1
       const T* src = base + int64_t(i) * x.index_stride + k;
       if (i < x.extent && k + W <= n) {
-        load_vec(src, reg);
+        load_pack<W>(src, reg);
       } else {
 #pragma unroll
-        for (int l = 0; l < W; ++l) reg[l] = (i < x.extent && k + l < n) ? src[l] : T(0);
+        for (int l = 0; l < W; ++l) reg[l] = (i < x.extent && k + l < n) ? src[l] : T{};
       }
     } else if (LAYOUT == kAlongIndex) {  // index_stride == 1
       const T* src = base + int64_t(k) * x.k_stride + i;
       if (k < n && i + W <= x.extent) {
-        load_vec(src, reg);
+        load_pack<W>(src, reg);
       } else {
 #pragma unroll
-        for (int l = 0; l < W; ++l) reg[l] = (k < n && i + l < x.extent) ? src[l] : T(0);
+        for (int l = 0; l < W; ++l) reg[l] = (k < n && i + l < x.extent) ? src[l] : T{};
       }
     } else {
 #pragma unroll
@@ -125,7 +138,7 @@ template <class T, int BI, int BK, int THREADS, int LAYOUT> struct SliceLoader {
         i += i0, k += k0;
         reg[l] = (i < x.extent && k < n)
                      ? base[int64_t(i) * x.index_stride + int64_t(k) * x.k_stride]
-                     : T(0);
+                     : T{};
       }
     }
   }
@@ -133,28 +146,35 @@ template <class T, int BI, int BK, int THREADS, int LAYOUT> struct SliceLoader {
   // Writes the loaded share into the k-major shared tile xs[k][i]. Transposing stores
   // (kAlongK) put a thread's W values in W different rows; with rows of BI + W elements the
   // lanes of a warp then hit different banks (float: rows 16 banks apart for k and k + 4).
-  __device__ __forceinline__ void store(T (*xs)[BI + PAD], const Operand<T>& x, int tid) const {
+  __device__ __forceinline__ void store(A (*xs)[BI + PAD], const Operand<T>& x, int tid) const {
     if (LAYOUT == kAlongIndex) {
       int i, k;
       coord(x, tid, 0, i, k);
-      store_vec(&xs[k][i], reg);
+      A v[W];
+#pragma unroll
+      for (int l = 0; l < W; ++l) v[l] = convert<A>(reg[l]);
+      store_vec(&xs[k][i], v);
     } else {
 #pragma unroll
       for (int l = 0; l < W; ++l) {
         int i, k;
         coord(x, tid, l, i, k);
-        xs[k][i] = reg[l];
+        xs[k][i] = convert<A>(reg[l]);
       }
     }
   }
 };
 
+// W accumulators into out's row from column col, each rounded once to T.
 template <class T>
-__device__ __forceinline__ void store_row_piece(T* row, int col, int p, const T* v,
+__device__ __forceinline__ void store_row_piece(T* row, int col, int p, const acc_t<T>* acc,
                                                 bool vector_store) {
-  constexpr int W = kVec<T>;
+  constexpr int W = kLoad<T>;
+  T v[W];
+#pragma unroll
+  for (int l = 0; l < W; ++l) v[l] = convert<T>(acc[l]);
   if (vector_store && col + W <= p) {
-    store_vec(row + col, v);
+    store_pack<W>(row + col, v);
   } else {
 #pragma unroll
     for (int l = 0; l < W; ++l) {
@@ -165,13 +185,14 @@ __device__ __forceinline__ void store_row_piece(T* row, int col, int p, const T*
 
 template <class T, int BM, int BN, int BK, int TM, int TN, int MIN_BLOCKS, int LA, int LB>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), MIN_BLOCKS) gemm_kernel(GemmParams<T> g) {
+  using A = acc_t<T>;
   constexpr int THREADS = (BM / TM) * (BN / TN);
-  constexpr int W = kVec<T>;
+  constexpr int W = kVec<A>;
   static_assert(TM == 2 * W && TN == 2 * W, "a thread's block is two vectors each way");
   using LoaderA = SliceLoader<T, BM, BK, THREADS, LA>;
   using LoaderB = SliceLoader<T, BN, BK, THREADS, LB>;
-  __shared__ __align__(16) T as[2][BK][BM + LoaderA::PAD];
-  __shared__ __align__(16) T bs[2][BK][BN + LoaderB::PAD];
+  __shared__ __align__(16) A as[2][BK][BM + LoaderA::PAD];
+  __shared__ __align__(16) A bs[2][BK][BN + LoaderB::PAD];
 
   const int tid = threadIdx.x;
   const int tx = tid % (BN / TN), ty = tid / (BN / TN);
@@ -188,11 +209,11 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), MIN_BLOCKS) gemm_kernel
     const T* b = g.b.ptr + batch * g.b.batch_stride;
     LoaderA load_a;
     LoaderB load_b;
-    T acc[TM][TN];
+    A acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
 #pragma unroll
-      for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+      for (int j = 0; j < TN; ++j) acc[i][j] = A(0);
     }
 
     load_a.load(g.a, a, row0, 0, g.n, tid);
@@ -210,9 +231,9 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), MIN_BLOCKS) gemm_kernel
       }
 #pragma unroll
       for (int k = 0; k < BK; ++k) {
-        T af[TM], bf[TN];
-        const T* a_lo = &as[stage][k][ty * W];
-        const T* b_lo = &bs[stage][k][tx * W];
+        A af[TM], bf[TN];
+        const A* a_lo = &as[stage][k][ty * W];
+        const A* b_lo = &bs[stage][k][tx * W];
         load_vec(a_lo, af);
         load_vec(a_lo + BM / 2, af + W);
         load_vec(b_lo, bf);
@@ -252,10 +273,10 @@ Operand<T> make_operand(const MatrixView& v, int64_t extent, bool is_a, int& lay
   x.index_stride = is_a ? v.row_stride : v.col_stride;
   x.k_stride = is_a ? v.col_stride : v.row_stride;
   x.extent = static_cast<int>(extent);
-  constexpr int W = kVec<T>;
-  // Vector loads need every vector's first element 16-byte aligned: the base pointer, and
-  // every batch and row start (tile origins and vector offsets are multiples of W).
-  const bool aligned = aligned16(x.ptr) && x.batch_stride % W == 0;
+  constexpr int W = kLoad<T>;
+  // Vector loads need every vector's first element aligned to the vector: the base pointer,
+  // and every batch and row start (tile origins and vector offsets are multiples of W).
+  const bool aligned = cuda::aligned(x.ptr, W * sizeof(T)) && x.batch_stride % W == 0;
   if (aligned && x.k_stride == 1 && x.index_stride % W == 0) {
     layout = kAlongK;
   } else if (aligned && x.index_stride == 1 && x.k_stride % W == 0) {
@@ -296,7 +317,7 @@ void matmul_typed(const MatrixView& a, const MatrixView& b, void* out, int64_t b
   g.m = static_cast<int>(m), g.n = static_cast<int>(n), g.p = static_cast<int>(p);
   g.tiles_m = static_cast<int>(ceil_div<int64_t>(m, C::BM));
   g.tiles_n = static_cast<int>(ceil_div<int64_t>(p, C::BN));
-  g.vector_store = aligned16(out) && p % kVec<T> == 0;
+  g.vector_store = aligned(out, kLoad<T> * sizeof(T)) && p % kLoad<T> == 0;
   const int64_t tiles = int64_t(g.tiles_m) * g.tiles_n;
   if (tiles > 0x7fffffff) throw std::invalid_argument("matmul: output too large for one grid");
   const int64_t max_y = device_info().max_grid_y;
@@ -322,7 +343,7 @@ TileCoord gemm_tile_of_block(int64_t block, int64_t tiles_m, int64_t tiles_n) {
 }
 
 GemmTiling gemm_tiling(DType dt) {
-  return with_dtype<Floats>(dt, [](auto t) {
+  return with_dtype<MatmulTypes>(dt, [](auto t) {
     using C = Tiling<decltype(t)>;
     return GemmTiling{C::BM, C::BN, C::BK, C::TM, C::TN, (C::BM / C::TM) * (C::BN / C::TN)};
   });
@@ -331,7 +352,8 @@ GemmTiling gemm_tiling(DType dt) {
 void matmul(DType dt, const MatrixView& a, const MatrixView& b, void* out, int64_t batch, int64_t m,
             int64_t n, int64_t p) {
   if (batch <= 0 || m <= 0 || p <= 0) return;
-  with_dtype<Floats>(dt, [&](auto t) { matmul_typed<decltype(t)>(a, b, out, batch, m, n, p); });
+  with_dtype<MatmulTypes>(dt,
+                          [&](auto t) { matmul_typed<decltype(t)>(a, b, out, batch, m, n, p); });
 }
 
 }  // namespace cuda

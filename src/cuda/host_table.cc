@@ -45,7 +45,9 @@ namespace {
 
 // The dtypes the primitives take, as their rows of primitives.py do.
 constexpr DTypeSet kAll = dtype_set(AllTypes());
+constexpr DTypeSet kComputed = dtype_set(Computed());
 constexpr DTypeSet kFloats = dtype_set(Floats());
+constexpr DTypeSet kMatmul = dtype_set(MatmulTypes());
 constexpr DTypeSet kSums = dtype_set(SumTypes());
 
 // The dtype of a call of primitive `what`, which takes the dtypes `set`: the Arrays' one
@@ -207,6 +209,13 @@ void scalar(const ScalarKernel& op, const Array& a, double val, Array& out) {
   op.run(dt, a.ptr, val, out.ptr, static_cast<int64_t>(out.size));
 }
 
+// Any dtype to any other: out's dtype is the target (the row's out_dtype is "any").
+void astype(const Array& a, Array& out) {
+  check_operands("astype", out, {&a});
+  cuda::astype(call_dtype("astype", kAll, a), call_dtype("astype", kAll, out), a.ptr, out.ptr,
+               static_cast<int64_t>(out.size));
+}
+
 // `out` may be `a` or `b` itself (an in-place update).
 void ewise_axpby(const Array& a, const Array& b, double alpha, double beta, Array& out) {
   check_operands("ewise_axpby", out, {&a, &b});
@@ -222,7 +231,7 @@ namespace {
 void strided_product(const char* what, const Array& a, const Array& b, Array& out, int64_t batch,
                      int64_t m, int64_t n, int64_t p, int64_t a_offset, const Shape& a_strides,
                      int64_t b_offset, const Shape& b_strides) {
-  const DType dt = call_dtype(what, kFloats, a, b, out);
+  const DType dt = call_dtype(what, kMatmul, a, b, out);
   if (a_strides.size() != 3 || b_strides.size() != 3) {
     throw std::invalid_argument("matmul_strided: strides must be (batch, row, col)");
   }
@@ -255,11 +264,11 @@ void batched_matmul(const Array& a, const Array& b, Array& out, int64_t batch, i
 // ---- reductions --------------------------------------------------------------------------
 
 // Sums take float32, float64 and int64 (NDArray sums other integers and bool as int64), max
-// every dtype.
+// every dtype but the 16-bit floats (NDArray computes those in float32).
 template <ReduceOp op> void reduce_rows(const Array& a, Array& out, int64_t reduce_size) {
   const char* what = op == ReduceOp::sum ? "reduce_sum" : "reduce_max";
   const DType dt =
-      op == ReduceOp::sum ? call_dtype(what, kSums, a, out) : call_dtype(what, kAll, a, out);
+      op == ReduceOp::sum ? call_dtype(what, kSums, a, out) : call_dtype(what, kComputed, a, out);
   if (reduce_size < 1) throw std::invalid_argument(std::string(what) + ": reduce_size < 1");
   check_size(what, "a", checked_count(what, {int64_t(out.size), reduce_size}), a.size);
   reduce_last(op, dt, a.ptr, out.ptr, static_cast<int64_t>(out.size), reduce_size);
@@ -269,7 +278,7 @@ template <ReduceOp op>
 void reduce_axis(const Array& a, Array& out, int64_t outer, int64_t reduce_size, int64_t inner) {
   const char* what = op == ReduceOp::sum ? "reduce_sum_axis" : "reduce_max_axis";
   const DType dt =
-      op == ReduceOp::sum ? call_dtype(what, kSums, a, out) : call_dtype(what, kAll, a, out);
+      op == ReduceOp::sum ? call_dtype(what, kSums, a, out) : call_dtype(what, kComputed, a, out);
   if (reduce_size < 1) throw std::invalid_argument(std::string(what) + ": reduce_size < 1");
   check_size(what, "out", checked_count(what, {outer, inner}), out.size);
   check_size(what, "a", checked_count(what, {outer, reduce_size, inner}), a.size);

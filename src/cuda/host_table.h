@@ -23,7 +23,7 @@
 namespace needle {
 namespace cuda {
 
-// The dtypes an Array holds (the module's DTYPES: all six of the table), by name;
+// The dtypes an Array holds (the module's DTYPES: all eight of the table), by name;
 // kernels.h's dtype_name is the other way, and its TypeError Python's TypeError.
 const std::vector<std::string>& dtype_names();
 DType parse_dtype(const std::string& name);  // std::invalid_argument for any other name
@@ -69,6 +69,7 @@ void scalar_setitem(int64_t size, double val, Array& out, const Shape& shape, co
 void unary(const UnaryKernel& op, const Array& a, Array& out);
 void binary(const BinaryKernel& op, const Array& a, const Array& b, Array& out);
 void scalar(const ScalarKernel& op, const Array& a, double val, Array& out);
+void astype(const Array& a, Array& out);
 void ewise_axpby(const Array& a, const Array& b, double alpha, double beta, Array& out);
 void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p);
 void batched_matmul(const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
@@ -107,6 +108,7 @@ template <class Def> void define(Def&& def) {
   for (const UnaryKernel& op : unary_kernels()) {
     def(op.name, [&op](const Array& a, Array& out) { unary(op, a, out); }, "a", "out");
   }
+  def("astype", &astype, "a", "out");
   def("ewise_axpby", &ewise_axpby, "a", "b", "alpha", "beta", "out");
   def("matmul", &matmul, "a", "b", "out", "m", "n", "p");
   def("batched_matmul", &batched_matmul, "a", "b", "out", "batch", "m", "n", "p");

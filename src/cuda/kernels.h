@@ -17,8 +17,14 @@ namespace needle {
 namespace cuda {
 
 // The dtypes of the primitive table (primitives.DTYPES), in its order; bool is one byte, 0 or 1.
-enum class DType { f32, f64, i32, i64, u8, b8 };
-constexpr int kDTypes = 6;
+enum class DType { f32, f64, i32, i64, u8, b8, f16, bf16 };
+constexpr int kDTypes = 8;
+
+// The 16-bit floats are stored as their bit patterns (IEEE binary16; bfloat16, the top half
+// of a float32). Kernels that compute with them convert to float32 and back (convert.cuh,
+// bit for bit as NumPy and ml_dtypes); the rows that only move data copy the 2 bytes.
+struct float16 { uint16_t bits; };
+struct bfloat16 { uint16_t bits; };
 
 // The C++ type of each dtype, its name and its size: the one place they are listed.
 template <class T> struct DTypeOf;  // (no dtype for any other type)
@@ -28,14 +34,17 @@ template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::i32;
 template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::i64; };
 template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::u8; };
 template <> struct DTypeOf<bool> { static constexpr DType value = DType::b8; };
+template <> struct DTypeOf<float16> { static constexpr DType value = DType::f16; };
+template <> struct DTypeOf<bfloat16> { static constexpr DType value = DType::bf16; };
 template <class T> constexpr DType dtype_of = DTypeOf<T>::value;
 
 inline const char* dtype_name(DType dt) {
-  constexpr const char* names[kDTypes] = {"float32", "float64", "int32", "int64", "uint8", "bool"};
+  constexpr const char* names[kDTypes] = {"float32", "float64", "int32",   "int64",
+                                          "uint8",   "bool",    "float16", "bfloat16"};
   return names[static_cast<int>(dt)];
 }
 inline size_t itemsize(DType dt) {
-  constexpr size_t sizes[kDTypes] = {4, 8, 4, 8, 1, 1};
+  constexpr size_t sizes[kDTypes] = {4, 8, 4, 8, 1, 1, 2, 2};
   return sizes[static_cast<int>(dt)];
 }
 
@@ -46,13 +55,16 @@ class TypeError : public std::logic_error {
 };
 
 // A set of dtypes as a list of C++ types: the sets the primitive table's rows take
-// (primitives.py FLOATS, NUMERIC, DTYPES and the sums' SUM_DTYPES). A primitive states its
-// set once: the host table checks a call's dtype against it (DTypeSet, a TypeError naming
-// the primitive) and the kernels are instantiated for exactly its types (with_dtype).
+// (primitives.py FLOATS, NUMERIC, COMPUTED, DTYPES, MATMUL_DTYPES and the sums' SUM_DTYPES).
+// A primitive states its set once: the host table checks a call's dtype against it
+// (DTypeSet, a TypeError naming the primitive) and the kernels are instantiated for exactly
+// its types (with_dtype).
 template <class... T> struct Types {};
 using Floats = Types<float, double>;
 using Numeric = Types<float, double, int32_t, int64_t, uint8_t>;
-using AllTypes = Types<float, double, int32_t, int64_t, uint8_t, bool>;
+using Computed = Types<float, double, int32_t, int64_t, uint8_t, bool>;
+using AllTypes = Types<float, double, int32_t, int64_t, uint8_t, bool, float16, bfloat16>;
+using MatmulTypes = Types<float, double, float16, bfloat16>;
 using SumTypes = Types<float, double, int64_t>;
 
 // A set of dtypes at run time (a bit per dtype).
@@ -160,6 +172,11 @@ struct ScalarKernel {  // scalar_<op>(a, val, out): out = op(a, val), val conver
 const std::vector<UnaryKernel>& unary_kernels();
 const std::vector<BinaryKernel>& binary_kernels();
 const std::vector<ScalarKernel>& scalar_kernels();
+
+// out[i] = a[i] converted from dtype `from` to dtype `to` (any two, equal ones a copy): to a
+// 16-bit float rounded to nearest even, float to integer truncated toward zero (NaN 0, out of
+// range clamped), to bool nonzero; NaN payloads as NumPy's and ml_dtypes' astype (convert.cuh).
+void astype(DType from, DType to, const void* a, void* out, int64_t n);
 
 // out[i] = alpha * a[i] + beta * b[i], the scalars rounded to dt first. `out` may be `a` or `b`
 // itself (the optimizers' in-place update): every element is read before it is written.

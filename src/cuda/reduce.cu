@@ -189,7 +189,7 @@ void reduce_middle_typed(const void* src, void* dst, int64_t outer, int64_t len,
 // every dtype.
 template <class F> void with_reduce(ReduceOp op, DType dt, F&& f) {
   if (op == ReduceOp::sum) return with_dtype<SumTypes>(dt, [&](auto t) { f(t, SumOp()); });
-  with_dtype<AllTypes>(dt, [&](auto t) { f(t, MaxOp()); });
+  with_dtype<Computed>(dt, [&](auto t) { f(t, MaxOp()); });
 }
 
 }  // namespace

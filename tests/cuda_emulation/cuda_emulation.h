@@ -49,6 +49,9 @@ struct alignas(16) double2 {
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
 
 enum cudaError_t { cudaSuccess = 0, cudaErrorMemoryAllocation = 2 };
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
@@ -99,5 +102,6 @@ template <class T> T atomicAdd(T* address, T value) {
   return old;
 }
 
-// Kernels use 16-byte vector accesses only through these two macros' targets (common.cuh).
+// Kernels use 16- and 8-byte vector accesses only through these macros' targets (common.cuh).
 #define NEEDLE_CHECK_ALIGNED(p) ::emulation::check_aligned((p), 16, "a 16-byte vector access")
+#define NEEDLE_CHECK_ALIGNED_8(p) ::emulation::check_aligned((p), 8, "an 8-byte vector access")
