@@ -799,7 +799,8 @@ def _table() -> dict[str, Primitive]:
         "memory",
         False,
         "out = a converted to out's dtype, elementwise: to a 16-bit float rounded to nearest "
-        "even (NaN stays NaN), float to integer truncated toward zero, to bool nonzero",
+        "even (NaN stays NaN), float to integer truncated toward zero (NaN and values out of "
+        "the integer's range give an unspecified value, as in NumPy and torch), to bool nonzero",
         out_dtype=ANY_DTYPE,
         fallback=_fallback_astype,
     )
