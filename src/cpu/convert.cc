@@ -173,7 +173,7 @@ void convert(const Array &a, Array &out) {
       D *o = out.data<D>();
       parallel_for(out.size, [&](int64_t begin, int64_t end) {
         if constexpr (std::is_same_v<S, D>)
-          std::memcpy(o + begin, in + begin, (end - begin) * sizeof(S));
+          std::memmove(o + begin, in + begin, (end - begin) * sizeof(S));
         else if constexpr (is_half_v<S> && std::is_same_v<D, float>)
           to_float(in + begin, o + begin, end - begin);
         else if constexpr (std::is_same_v<S, float> && is_half_v<D>)
