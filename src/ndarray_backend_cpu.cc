@@ -1,6 +1,7 @@
 // CPU backend for needle's NDArray: the primitive table (primitives.py; the NumPy backend is
 // its executable specification) implemented natively for float32, float64, int32, int64,
-// uint8 and bool, each primitive for the dtypes its row lists.
+// uint8, bool, float16 and bfloat16, each primitive for the dtypes its row lists (the 16-bit
+// floats are stored, copied, converted and multiplied; NDArray computes the rest in float32).
 //
 // Conventions (shared with every backend): an Array is a flat, 64-byte aligned buffer of
 // one dtype; strided views are (shape, strides, offset) in elements; `out` is a separate
@@ -9,7 +10,7 @@
 //
 // This file is the table: each primitive unpacks its Arrays and calls a kernel from
 // src/cpu/ (elementwise.h, reduce.h, gemm.h, thread_pool.h, strided.h). Each binding states
-// the dtype set its row takes (Floats, Numeric, AllTypes, SumTypes of cpu/array.h): another
+// the dtype set its row takes (Floats, Numeric, Computed, AllTypes... of cpu/array.h): another
 // dtype is a TypeError naming the primitive.
 
 #include <nanobind/nanobind.h>
@@ -34,6 +35,7 @@
 #include "cpu/array.h"
 #include "cpu/batch_norm.h"
 #include "cpu/conv.h"
+#include "cpu/convert.h"
 #include "cpu/elementwise.h"
 #include "cpu/gemm.h"
 #include "cpu/reduce.h"
@@ -111,6 +113,14 @@ void check_reduce(const char *what, const Array &a, const Array &out, int64_t gr
 
 using NumpyArray = nb::ndarray<nb::numpy>;
 
+// NumPy's dtype of a 16-bit float dtype (bfloat16 is ml_dtypes', which NumPy has no buffer
+// or DLPack code for: those arrays cross the binding as uint16 views).
+nb::object numpy_half(DType dt) {
+  if (dt == DType::f16) return nb::module_::import_("numpy").attr("dtype")("float16");
+  return nb::module_::import_("numpy").attr("dtype")(
+      nb::module_::import_("ml_dtypes").attr("bfloat16"));
+}
+
 template <class T> NumpyArray to_numpy_kernel(const Array &a, const Shape &shape, const View &v) {
   T *buf = new T[std::max<int64_t>(v.size, 1)];
   nb::capsule owner(buf, [](void *p) noexcept { delete[] static_cast<T *>(p); });
@@ -119,22 +129,38 @@ template <class T> NumpyArray to_numpy_kernel(const Array &a, const Shape &shape
     gather(a.data<T>(), buf, v);
   }
   std::vector<size_t> dims(shape.begin(), shape.end());
-  return NumpyArray(buf, dims.size(), dims.data(), owner, nullptr, nb::dtype<T>(),
+  using Element = std::conditional_t<is_half_v<T>, uint16_t, T>;
+  return NumpyArray(buf, dims.size(), dims.data(), owner, nullptr, nb::dtype<Element>(),
                     nb::device::cpu::value);
 }
 
-NumpyArray to_numpy(const Array &a, const Shape &shape, const Shape &strides, int64_t offset) {
+nb::object to_numpy(const Array &a, const Shape &shape, const Shape &strides, int64_t offset) {
   View v = checked_view("to_numpy", shape, strides, offset, a.size);
-  return dispatch<AllTypes>(a.dtype,
-                            [&](auto tag) { return to_numpy_kernel<decltype(tag)>(a, shape, v); });
+  nb::object array = dispatch<AllTypes>(
+      a.dtype, [&](auto tag) { return nb::cast(to_numpy_kernel<decltype(tag)>(a, shape, v)); });
+  if (a.dtype == DType::f16 || a.dtype == DType::bf16)
+    return array.attr("view")(numpy_half(a.dtype));
+  return array;
 }
 
 using InputArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 
-void from_numpy(const InputArray &src, Array &out) {
+void from_numpy(nb::handle a, Array &out) {
+  nb::object src = nb::borrow(a);
+  const bool half = out.dtype == DType::f16 || out.dtype == DType::bf16;
+  if (half) {  // its bits, as uint16
+    if (!nb::hasattr(src, "dtype") || !src.attr("dtype").equal(numpy_half(out.dtype)))
+      throw DTypeError(std::string("source dtype does not match Array dtype ") +
+                       dtype_name(out.dtype));
+    src = src.attr("view")("uint16");
+  }
+  InputArray input;
+  if (!nb::try_cast(src, input))
+    throw nb::type_error("from_numpy: a must be a NumPy array (C-contiguous, on the CPU)");
   dispatch<AllTypes>(out.dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (src.dtype() != nb::dtype<T>())
+    const InputArray &src = input;
+    if (!half && src.dtype() != nb::dtype<T>())
       throw DTypeError(std::string("source dtype does not match Array dtype ") +
                        dtype_name(out.dtype));
     if (src.size() != out.size)
@@ -212,6 +238,16 @@ void scalar_setitem(size_t size, double val, Array &out, const Shape &shape, con
   });
 }
 
+// Any dtype to any: the kernel is cpu/convert.h's.
+void astype(const Array &a, Array &out) {
+  if (a.size != out.size)
+    throw nb::value_error(
+        ("astype: a has " + std::to_string(a.size) + " elements, out " + std::to_string(out.size))
+            .c_str());
+  GilRelease unlocked(static_cast<int64_t>(out.size));
+  convert(a, out);
+}
+
 // ---- elementwise: operator functors and loops are in cpu/elementwise.h --------------
 
 // ---- linear algebra ------------------------------------------------------------------
@@ -225,9 +261,9 @@ void matmul_strided(const Array &a, const Array &b, Array &out, int64_t batch, i
   checked_view("matmul_strided (b)", {batch, n, p}, b_strides, b_offset, b.size);
   const View o = checked_view("matmul_strided", {batch, m, p}, {m * p, p, 1}, 0, out.size);
   const DType dtype = common_dtype(a, b, out);
-  if (o.size == 0) return require<Floats>(dtype);
+  if (o.size == 0) return require<MatmulTypes>(dtype);
   GilRelease unlocked(o.size * std::max<int64_t>(n, 1));
-  dispatch<Floats>(dtype, [&](auto tag) {
+  dispatch<MatmulTypes>(dtype, [&](auto tag) {
     using T = decltype(tag);
     gemm<T>(batch, m, n, p, {a.data<T>() + a_offset, a_strides[0], a_strides[1], a_strides[2]},
             {b.data<T>() + b_offset, b_strides[0], b_strides[1], b_strides[2]}, out.data<T>());
@@ -410,7 +446,7 @@ void reduce_sum(const Array &a, Array &out, int64_t reduce_size) {
 void reduce_max(const Array &a, Array &out, int64_t reduce_size) {
   check_reduce("reduce_max", a, out, int64_t(out.size), reduce_size);
   GilRelease unlocked(static_cast<int64_t>(out.size) * reduce_size);
-  with_typed<AllTypes>(a, out,
+  with_typed<Computed>(a, out,
                        [&](auto *x, auto *y) { max_last_axis(x, y, out.size, reduce_size); });
 }
 
@@ -609,7 +645,7 @@ void reduce_max_axis(const Array &a, Array &out, int64_t outer, int64_t reduce_s
                      int64_t inner) {
   check_middle_axis(a, out, outer, reduce_size, inner);
   GilRelease unlocked(outer * reduce_size * inner);
-  with_typed<AllTypes>(a, out,
+  with_typed<Computed>(a, out,
                        [&](auto *x, auto *y) { max_middle_axis(x, y, outer, reduce_size, inner); });
 }
 
@@ -658,7 +694,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.doc() = "needle CPU backend: the primitive table of ndarray_backend_numpy, in C++";
   m.attr("__device_name__") = "cpu";
   m.attr("__tile_size__") = kTile;
-  m.attr("DTYPES") = nb::make_tuple("float32", "float64", "int32", "int64", "uint8", "bool");
+  m.attr("DTYPES") = nb::make_tuple("float32", "float64", "int32", "int64", "uint8", "bool",
+                                    "float16", "bfloat16");
 
   needle::bind_array<Array, parse_dtype, dtype_name>(
       m, "A flat, 64-byte aligned buffer of `size` elements.");
@@ -682,14 +719,18 @@ NB_MODULE(ndarray_backend_cpu, m) {
       "empty_cache", [] { BufferCache::instance().empty(); },
       "Free the buffers the cache keeps for reuse.");
 
-  def(m, "to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a);
-  def(m, "from_numpy", &from_numpy, "a"_a, "out"_a);
+  def(m, "to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a,
+      nb::sig("def to_numpy(a: Array, shape: collections.abc.Sequence[int], "
+              "strides: collections.abc.Sequence[int], offset: int) -> NDArray"));
+  def(m, "from_numpy", &from_numpy, "a"_a, "out"_a,
+      nb::sig("def from_numpy(a: NDArray, out: Array) -> None"));
   def(m, "fill", &fill, "out"_a, "val"_a);
 
   def(m, "compact", &compact, "a"_a, "out"_a, "shape"_a, "strides"_a, "offset"_a);
   def(m, "ewise_setitem", &ewise_setitem, "a"_a, "out"_a, "shape"_a, "strides"_a, "offset"_a);
   def(m, "scalar_setitem", &scalar_setitem, "size"_a, "val"_a, "out"_a, "shape"_a, "strides"_a,
       "offset"_a);
+  def(m, "astype", &astype, "a"_a, "out"_a);
 
   // The elementwise rows, each with its dtype set (primitives.elementwise_dtypes).
   def(m, "ewise_add", &ewise_binary<Add, Numeric>, "a"_a, "b"_a, "out"_a);
@@ -698,10 +739,10 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "ewise_div", &ewise_binary<Div, Floats>, "a"_a, "b"_a, "out"_a);
   def(m, "ewise_power", &ewise_binary<Power, Floats>, "a"_a, "b"_a, "out"_a);
   def(m, "ewise_maximum", &ewise_binary<Maximum, Numeric>, "a"_a, "b"_a, "out"_a);
-  def(m, "ewise_eq", &ewise_compare<Eq, AllTypes>, "a"_a, "b"_a, "out"_a);
-  def(m, "ewise_ge", &ewise_compare<Ge, AllTypes>, "a"_a, "b"_a, "out"_a);
-  def(m, "ewise_lt", &ewise_compare<Lt, AllTypes>, "a"_a, "b"_a, "out"_a);
-  def(m, "ewise_le", &ewise_compare<Le, AllTypes>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_eq", &ewise_compare<Eq, Computed>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_ge", &ewise_compare<Ge, Computed>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_lt", &ewise_compare<Lt, Computed>, "a"_a, "b"_a, "out"_a);
+  def(m, "ewise_le", &ewise_compare<Le, Computed>, "a"_a, "b"_a, "out"_a);
 
   def(m, "scalar_add", &scalar_binary<Add, Numeric>, "a"_a, "val"_a, "out"_a);
   def(m, "scalar_sub", &scalar_binary<Sub, Numeric>, "a"_a, "val"_a, "out"_a);
@@ -711,10 +752,10 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "scalar_rdiv", &scalar_binary<RDiv, Floats>, "a"_a, "val"_a, "out"_a);
   def(m, "scalar_power", &scalar_power<Floats>, "a"_a, "val"_a, "out"_a);
   def(m, "scalar_maximum", &scalar_binary<Maximum, Numeric>, "a"_a, "val"_a, "out"_a);
-  def(m, "scalar_eq", &scalar_compare<Eq, AllTypes>, "a"_a, "val"_a, "out"_a);
-  def(m, "scalar_ge", &scalar_compare<Ge, AllTypes>, "a"_a, "val"_a, "out"_a);
-  def(m, "scalar_lt", &scalar_compare<Lt, AllTypes>, "a"_a, "val"_a, "out"_a);
-  def(m, "scalar_le", &scalar_compare<Le, AllTypes>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_eq", &scalar_compare<Eq, Computed>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_ge", &scalar_compare<Ge, Computed>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_lt", &scalar_compare<Lt, Computed>, "a"_a, "val"_a, "out"_a);
+  def(m, "scalar_le", &scalar_compare<Le, Computed>, "a"_a, "val"_a, "out"_a);
 
   def(m, "ewise_axpby", &ewise_axpby<Floats>, "a"_a, "b"_a, "alpha"_a, "beta"_a, "out"_a);
 
@@ -815,6 +856,7 @@ NB_MODULE(ndarray_backend_cpu, m) {
         "Use n threads (1 <= n <= 256) for large kernels (matmul, elementwise, reductions).");
   m.def("get_num_threads", &num_threads, "The number of threads large kernels use.");
   m.attr("__gemm_isa__") = gemm_isa();
+  m.attr("__gemm_bf16__") = gemm_bf16_kernel();
   nb::dict blocking;
   auto describe = [](GemmBlocking b) {
     nb::dict d;
@@ -823,6 +865,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   };
   blocking["float32"] = describe(gemm_blocking<float>());
   blocking["float64"] = describe(gemm_blocking<double>());
+  if (std::string(gemm_bf16_kernel()) == "avx512_bf16")
+    blocking["bfloat16"] = describe(gemm_blocking<BFloat16>());
   m.attr("__gemm_blocking__") = blocking;
   if (num_threads_env_invalid()) {
     // As OpenMP runtimes do with a bad OMP_NUM_THREADS: say so, and use the default.

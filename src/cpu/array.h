@@ -26,6 +26,8 @@
 #include <sys/mman.h>
 #endif
 
+#include "half.h"
+
 namespace needle {
 namespace cpu {
 
@@ -34,18 +36,20 @@ namespace nb = nanobind;
 constexpr size_t kAlignment = 64;  // a cache line, and the widest SIMD register (AVX-512)
 
 // The dtypes of the primitive table (primitives.py) and their C++ types, in the same order:
-// bool is one byte holding 0 or 1 (NumPy's layout, and C++'s bool on every target built here).
-enum class DType { f32, f64, i32, i64, u8, b8 };
+// bool is one byte holding 0 or 1 (NumPy's layout, and C++'s bool on every target built here);
+// float16 and bfloat16 are two-byte structs (half.h), stored and converted, never computed.
+enum class DType { f32, f64, i32, i64, u8, b8, f16, bf16 };
 template <class... Ts> struct TypeList;
-using AllTypes = TypeList<float, double, int32_t, int64_t, uint8_t, bool>;
+using AllTypes = TypeList<float, double, int32_t, int64_t, uint8_t, bool, Float16, BFloat16>;
 static_assert(sizeof(bool) == 1, "bool Arrays are one byte per element, as NumPy's");
 
 inline const char *dtype_name(DType dt) {
-  constexpr const char *names[] = {"float32", "float64", "int32", "int64", "uint8", "bool"};
+  constexpr const char *names[] = {"float32", "float64", "int32",   "int64",
+                                   "uint8",   "bool",    "float16", "bfloat16"};
   return names[static_cast<int>(dt)];
 }
 inline size_t itemsize(DType dt) {
-  constexpr size_t sizes[] = {4, 8, 4, 8, 1, 1};
+  constexpr size_t sizes[] = {4, 8, 4, 8, 1, 1, 2, 2};
   return sizes[static_cast<int>(dt)];
 }
 
@@ -69,6 +73,8 @@ template <class T> constexpr DType dtype_of() {
 // The dtype sets of the table's rows, stated once: each primitive's binding names the set it
 // takes (dispatch<Set>), as its row in primitives.py does.
 using Floats = TypeList<float, double>;
+using Computed = TypeList<float, double, int32_t, int64_t, uint8_t, bool>;  // no 16-bit floats
+using MatmulTypes = TypeList<float, double, Float16, BFloat16>;  // 16-bit: sums in float32
 using Numeric = TypeList<float, double, int32_t, int64_t, uint8_t>;
 using SumTypes = TypeList<float, double, int64_t>;  // sums of other integers are taken in int64
 
@@ -77,7 +83,7 @@ using SumTypes = TypeList<float, double, int64_t>;  // sums of other integers ar
 struct DTypeError : std::runtime_error { using std::runtime_error::runtime_error; };
 
 inline DType parse_dtype(const std::string &name) {
-  for (int i = 0; i <= static_cast<int>(DType::b8); ++i)
+  for (int i = 0; i <= static_cast<int>(DType::bf16); ++i)
     if (name == dtype_name(DType(i))) return DType(i);
   throw nb::value_error(
       ("unsupported dtype '" + name + "' (expected one of " + AllTypes::names() + ")").c_str());
@@ -243,10 +249,13 @@ struct Array {
   void *ptr;
 };
 
-// val (a Python float) as a T: floats round to the dtype, bool is val != 0, an integer dtype
-// takes a whole number in its range (NDArray guarantees one; anything else, NaN included, is a
-// ValueError instead of C++'s undefined conversion).
+// val (a Python float) as a T: floats round to the dtype (the 16-bit ones as NumPy's float16
+// and ml_dtypes' bfloat16 do, half.h), bool is val != 0, an integer dtype takes a whole number
+// in its range (NDArray guarantees one; anything else, NaN included, is a ValueError instead
+// of C++'s undefined conversion).
 template <class T> T scalar_as(double val) {
+  if constexpr (std::is_same_v<T, Float16>) return {f16_from(val)};
+  if constexpr (std::is_same_v<T, BFloat16>) return {bf16_from_float(static_cast<float>(val))};
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
     const double low = static_cast<double>(std::numeric_limits<T>::lowest());
     const double high = std::ldexp(1.0, std::numeric_limits<T>::digits);  // max + 1, exact
@@ -255,7 +264,7 @@ template <class T> T scalar_as(double val) {
                              dtype_name(dtype_of<T>()))
                                 .c_str());
   }
-  return static_cast<T>(val);
+  if constexpr (!is_half_v<T>) return static_cast<T>(val);
 }
 
 // Python guarantees one dtype per call; checking is a couple of compares, and a mismatch

@@ -11,15 +11,51 @@
 #include <utility>
 
 #include "array.h"
+#include "convert.h"
 #include "gemm_kernel.h"
 #include "thread_pool.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define NEEDLE_X86_DISPATCH 1
+#endif
 
 namespace needle {
 namespace cpu {
 
+// The bfloat16 kernel's blocking (vdpbf16ps, AVX512-BF16): 14 rows x 32 columns of float32
+// sums, as the AVX-512 float32 kernel's, depth in pairs; KC twice float32's, so the A
+// micro-panel (21 KiB) and the B block (1 MiB) take the bytes float32's do.
+template <> struct microkernel::Blocking<BFloat16> {
+  static constexpr int MR = 14, NR = 32;
+  static constexpr int64_t KC = 768, NC = (1 << 20) / (KC * 2) / NR * NR, MC = 2016 / MR * MR;
+};
+
 using microkernel::Blocking;
 
 namespace {
+
+// The element types of a product: S the operands' in memory, P the packed panels' (S; float32
+// for 16-bit operands, converted while packing; or bfloat16 pairs for the AVX512-BF16 kernel)
+// and Acc<S> the sums' (float32 for the 16-bit types, rounded once at the end).
+template <class S> using Acc = std::conditional_t<is_half_v<S>, float, S>;
+
+// n values of S from `from` into a panel of P.
+template <class S, class P> inline void copy_run(const S *from, int64_t n, P *to) {
+  if constexpr (std::is_same_v<S, P>) {
+    std::memcpy(to, from, n * sizeof(S));
+  } else {
+    to_float(from, to, n);
+  }
+}
+template <class P, class S> inline P panel_value(S x) {
+  if constexpr (std::is_same_v<S, P>)
+    return x;
+  else if constexpr (std::is_same_v<S, Float16>)
+    return f16_to_float(x.bits);
+  else
+    return bf16_to_float(x.bits);
+}
 
 // Below this many multiply-adds per thread a GEMM is not split across threads: waking a
 // worker and the extra barrier cost a few microseconds, ~2^20 multiply-adds' worth.
@@ -104,47 +140,49 @@ inline int64_t pack_b_transposed_blocks(const float *b, int64_t col_stride, int6
 #endif
 
 // Copies rows [0, rows) x depth [0, depth) of A (a points at the first element) into a
-// micro-panel laid out row by row at stride KC, the layout the micro-kernel broadcasts from.
-template <class T>
-void pack_a_panel(const T *a, int64_t row_stride, int64_t col_stride, int64_t rows, int64_t depth,
-                  T *__restrict panel) {
-  constexpr int64_t KA = Blocking<T>::KC;
+// micro-panel laid out row by row at stride KC, the layout the micro-kernel broadcasts from
+// (a bfloat16 kernel reads a pair of depth steps at once: an odd depth gets a zero after).
+template <class S, class P>
+void pack_a_panel(const S *a, int64_t row_stride, int64_t col_stride, int64_t rows, int64_t depth,
+                  P *__restrict panel) {
+  constexpr int64_t KA = Blocking<P>::KC;
+  if constexpr (std::is_same_v<P, BFloat16>)
+    if (depth % 2)
+      for (int64_t i = 0; i < rows; ++i) panel[i * KA + depth] = P{};
   if (col_stride == 1) {  // row-major A: each panel row is one contiguous run
-    for (int64_t i = 0; i < rows; ++i)
-      std::memcpy(panel + i * KA, a + i * row_stride, depth * sizeof(T));
+    for (int64_t i = 0; i < rows; ++i) copy_run(a + i * row_stride, depth, panel + i * KA);
   } else if (row_stride == 1) {  // transposed A: MR contiguous values per depth step
     int64_t done = 0;
 #if defined(__AVX512F__)
-    if constexpr (std::is_same_v<T, float>)  // (x.T @ g, a Linear layer's weight gradient)
+    if constexpr (std::is_same_v<S, float>)  // (x.T @ g, a Linear layer's weight gradient)
       done = pack_a_transposed_blocks(a, col_stride, rows, depth, panel);
 #endif
     for (int64_t k = done; k < depth; ++k) {
-      const T *src = a + k * col_stride;
-      for (int64_t i = 0; i < rows; ++i) panel[i * KA + k] = src[i];
+      const S *src = a + k * col_stride;
+      for (int64_t i = 0; i < rows; ++i) panel[i * KA + k] = panel_value<P>(src[i]);
     }
   } else {
     for (int64_t i = 0; i < rows; ++i)
-      for (int64_t k = 0; k < depth; ++k) panel[i * KA + k] = a[i * row_stride + k * col_stride];
+      for (int64_t k = 0; k < depth; ++k)
+        panel[i * KA + k] = panel_value<P>(a[i * row_stride + k * col_stride]);
   }
 }
 
 // Copies depth [0, depth) x columns [0, cols) of B into a micro-panel of `depth` rows of NR
 // contiguous values, zero-padding columns cols..NR so edge tiles need no special kernel.
-template <class T>
-void pack_b_panel(const T *b, int64_t row_stride, int64_t col_stride, int64_t cols, int64_t depth,
-                  T *__restrict panel) {
-  constexpr int64_t NR = Blocking<T>::NR;
+template <class S, class P>
+void pack_b_panel(const S *b, int64_t row_stride, int64_t col_stride, int64_t cols, int64_t depth,
+                  P *__restrict panel) {
+  constexpr int64_t NR = Blocking<P>::NR;
   if (col_stride == 1 && cols == NR) {  // row-major B: a fixed-size copy per depth step
-    for (int64_t k = 0; k < depth; ++k)
-      std::memcpy(panel + k * NR, b + k * row_stride, sizeof(T) * NR);
+    for (int64_t k = 0; k < depth; ++k) copy_run(b + k * row_stride, NR, panel + k * NR);
     return;
   }
   if (cols < NR)
     for (int64_t k = 0; k < depth; ++k)
-      std::fill(panel + k * NR + cols, panel + (k + 1) * NR, T(0));
+      std::fill(panel + k * NR + cols, panel + (k + 1) * NR, P(0));
   if (col_stride == 1) {
-    for (int64_t k = 0; k < depth; ++k)
-      std::memcpy(panel + k * NR, b + k * row_stride, sizeof(T) * cols);
+    for (int64_t k = 0; k < depth; ++k) copy_run(b + k * row_stride, cols, panel + k * NR);
   } else if (row_stride == 1) {
     // Transposed B: each column is contiguous in depth. Go 16 deep at a time so the writes
     // stay within a few cache lines of the panel.
@@ -153,54 +191,164 @@ void pack_b_panel(const T *b, int64_t row_stride, int64_t col_stride, int64_t co
 #if defined(__AVX512F__)
     // 128 x 512 x 512 with B transposed (x @ W.T, a Linear layer's input gradient) packed
     // 512 x 512 one element at a time for ~80 us of its ~500 us on one core.
-    if constexpr (std::is_same_v<T, float>)
+    if constexpr (std::is_same_v<S, float>)
       done = pack_b_transposed_blocks(b, col_stride, cols, depth, panel);
 #endif
     for (int64_t k0 = done; k0 < depth; k0 += kStep) {
       const int64_t k1 = std::min(depth, k0 + kStep);
       for (int64_t j = 0; j < cols; ++j) {
-        const T *src = b + j * col_stride;
-        for (int64_t k = k0; k < k1; ++k) panel[k * NR + j] = src[k];
+        const S *src = b + j * col_stride;
+        for (int64_t k = k0; k < k1; ++k) panel[k * NR + j] = panel_value<P>(src[k]);
       }
     }
   } else {
     for (int64_t k = 0; k < depth; ++k)
-      for (int64_t j = 0; j < cols; ++j) panel[k * NR + j] = b[k * row_stride + j * col_stride];
+      for (int64_t j = 0; j < cols; ++j)
+        panel[k * NR + j] = panel_value<P>(b[k * row_stride + j * col_stride]);
   }
 }
 
+// ---- the bfloat16 kernel (AVX512-BF16, chosen at run time) ---------------------------------
+// vdpbf16ps adds to each of 16 float32 sums the products of a pair of bfloat16 values, two
+// consecutive depth steps: A's panel has them side by side already (a row is contiguous in
+// depth), B's holds for each pair of depth steps NR pairs (b[k][j], b[k+1][j]). Products of
+// bfloat16 are exact in float32 and are added in float32, but the instruction treats
+// subnormal inputs as zero and flushes subnormal sums: terms below 2^-126 are lost.
+#if NEEDLE_X86_DISPATCH
+constexpr int64_t kPairNR = Blocking<BFloat16>::NR;
+
+// Whole pairs of depth steps of a row-major B, full width: two rows' 16 values interleaved
+// by one permute each. Returns the pairs packed.
+__attribute__((target("avx512f,avx512bw"))) int64_t pack_b_pair_rows(const BFloat16 *b,
+                                                                     int64_t row_stride,
+                                                                     int64_t pairs,
+                                                                     BFloat16 *panel) {
+  alignas(64) uint16_t order[32];
+  for (int j = 0; j < 16; ++j) order[2 * j] = j, order[2 * j + 1] = 16 + j;
+  const __m512i idx = _mm512_load_si512(order);
+  for (int64_t k2 = 0; k2 < pairs; ++k2) {
+    const BFloat16 *r0 = b + 2 * k2 * row_stride, *r1 = r0 + row_stride;
+    for (int h = 0; h < 2; ++h) {
+      const __m512i rows = _mm512_inserti64x4(
+          _mm512_castsi256_si512(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i *>(r0 + 16 * h))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(r1 + 16 * h)), 1);
+      _mm512_storeu_si512(panel + (k2 * kPairNR + 16 * h) * 2, _mm512_permutexvar_epi16(idx, rows));
+    }
+  }
+  return pairs;
+}
+
+template <>
+void pack_b_panel(const BFloat16 *b, int64_t row_stride, int64_t col_stride, int64_t cols,
+                  int64_t depth, BFloat16 *__restrict panel) {
+  int64_t k2 = 0;
+  if (col_stride == 1 && cols == kPairNR) {
+    k2 = pack_b_pair_rows(b, row_stride, depth / 2, panel);
+  } else if (row_stride == 1) {  // transposed B: a pair is one 32-bit word of a column
+    for (int64_t p0 = 0; p0 < depth / 2; p0 += 16) {
+      const int64_t p1 = std::min(depth / 2, p0 + 16);
+      for (int64_t j = 0; j < kPairNR; ++j)
+        for (int64_t q = p0; q < p1; ++q) {
+          if (j < cols)
+            std::memcpy(panel + (q * kPairNR + j) * 2, b + j * col_stride + 2 * q, 4);
+          else
+            std::memset(panel + (q * kPairNR + j) * 2, 0, 4);
+        }
+    }
+    k2 = depth / 2;
+  }
+  for (; k2 < (depth + 1) / 2; ++k2)
+    for (int64_t j = 0; j < kPairNR; ++j)
+      for (int64_t h = 0; h < 2; ++h) {
+        const int64_t k = 2 * k2 + h;
+        panel[(k2 * kPairNR + j) * 2 + h] =
+            k < depth && j < cols ? b[k * row_stride + j * col_stride] : BFloat16{};
+      }
+}
+
+template <int ROWS>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void bf16_kernel(
+    int64_t kc, const BFloat16 *__restrict a, const BFloat16 *__restrict b, float *__restrict c,
+    int64_t ldc, bool accumulate, int64_t cols) {
+  constexpr int64_t KA = Blocking<BFloat16>::KC;
+  for (int i = 0; i < ROWS; ++i) {
+    _mm_prefetch(reinterpret_cast<const char *>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char *>(c + i * ldc + kPairNR - 1), _MM_HINT_T0);
+  }
+  __m512 acc[ROWS][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < ROWS; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; k += 2) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 32);
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + i * KA, sizeof pair);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+    }
+    a += 2;
+    b += 2 * kPairNR;
+  }
+  for (int v = 0; v < 2; ++v) {
+    const int64_t n = std::clamp<int64_t>(cols - 16 * v, 0, 16);
+    const __mmask16 lanes = static_cast<__mmask16>((1u << n) - 1);
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i) {
+      float *p = c + i * ldc + 16 * v;
+      const __m512 sum =
+          accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, p), acc[i][v]) : acc[i][v];
+      _mm512_mask_storeu_ps(p, lanes, sum);
+    }
+  }
+}
+#endif
+
 // ---- the blocked algorithm -------------------------------------------------------------
 
-template <class T>
-using Kernel = void (*)(int64_t, const T *, const T *, T *, int64_t, bool, int64_t);
+template <class P>
+using Kernel = void (*)(int64_t, const P *, const P *, Acc<P> *, int64_t, bool, int64_t);
 
 // kernels[r] computes an r-row tile, r in [1, MR].
-template <class T, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
-  return std::array<Kernel<T>, sizeof...(R) + 1>{nullptr, &microkernel::micro_kernel<T, R + 1>...};
+template <class P, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
+#if NEEDLE_X86_DISPATCH
+  if constexpr (std::is_same_v<P, BFloat16>)
+    return std::array<Kernel<P>, sizeof...(R) + 1>{nullptr, &bf16_kernel<R + 1>...};
+  else
+#endif
+    return std::array<Kernel<P>, sizeof...(R) + 1>{nullptr,
+                                                   &microkernel::micro_kernel<P, R + 1>...};
 }
-template <class T>
-constexpr auto kKernels = make_kernels<T>(std::make_integer_sequence<int, Blocking<T>::MR>{});
+template <class P>
+constexpr auto kKernels = make_kernels<P>(std::make_integer_sequence<int, Blocking<P>::MR>{});
 
 // One 2-D matrix product c (m x p, row stride ldc) = a (m x n) @ b (n x p).
-template <class T> struct Problem {
+template <class S> struct Problem {
   int64_t m, n, p;
-  const T *a;
+  const S *a;
   int64_t a_row, a_col;
-  const T *b;
+  const S *b;
   int64_t b_row, b_col;
-  T *c;
+  Acc<S> *c;
   int64_t ldc;
+  // 16-bit operands: c is float32 scratch, rounded into `rounded` (same layout) as each strip
+  // of micro-tiles gets its last depth block, while it is in cache.
+  S *rounded = nullptr;
 };
 
-template <class T> struct Plan {
-  int64_t mc, kc, nc;  // block sizes for this problem (<= MC, KC, NC)
+template <class P> struct Plan {
+  int64_t mc, kc, nc;  // block sizes for this problem (<= MC, KC, NC); kc even for pairs
 
-  explicit Plan(const Problem<T> &pr)
-      : mc(balanced_block(pr.m, Blocking<T>::MC, Blocking<T>::MR)),
-        kc(balanced_block(pr.n, Blocking<T>::KC, 1)),
-        nc(balanced_block(pr.p, Blocking<T>::NC, Blocking<T>::NR)) {}
+  template <class S>
+  explicit Plan(const Problem<S> &pr)
+      : mc(balanced_block(pr.m, Blocking<P>::MC, Blocking<P>::MR)),
+        kc(balanced_block(pr.n, Blocking<P>::KC, std::is_same_v<P, BFloat16> ? 2 : 1)),
+        nc(balanced_block(pr.p, Blocking<P>::NC, Blocking<P>::NR)) {}
 
-  int64_t a_block_elements() const { return mc * Blocking<T>::KC; }
+  int64_t a_block_elements() const { return mc * Blocking<P>::KC; }
   int64_t b_block_elements() const { return nc * kc; }
   // Elements of workspace the product needs: one packed A block and one packed B block.
   int64_t workspace_elements() const { return a_block_elements() + b_block_elements(); }
@@ -227,16 +375,17 @@ template <class T, int Slot = kPackSlot> T *workspace(int64_t elements) {
   return static_cast<T *>(storage.get());
 }
 
-// One product on the calling thread, pack buffers from its workspace.
-template <class T> void gemm_serial(const Problem<T> &pr) {
-  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR, KA = Blocking<T>::KC;
-  const Plan<T> plan(pr);
-  T *const a_block = workspace<T>(plan.workspace_elements());
-  T *const b_block = a_block + plan.a_block_elements();
+// One product on the calling thread, pack buffers (of P) from its workspace.
+template <class S, class P> void gemm_serial(const Problem<S> &pr) {
+  constexpr int64_t MR = Blocking<P>::MR, NR = Blocking<P>::NR, KA = Blocking<P>::KC;
+  const Plan<P> plan(pr);
+  P *const a_block = workspace<P>(plan.workspace_elements());
+  P *const b_block = a_block + plan.a_block_elements();
   for (int64_t r0 = 0; r0 < pr.m; r0 += plan.mc) {
     const int64_t rows = std::min(plan.mc, pr.m - r0), row_tiles = ceil_div(rows, MR);
     for (int64_t d0 = 0; d0 < pr.n; d0 += plan.kc) {
       const int64_t depth = std::min(plan.kc, pr.n - d0);
+      const int64_t kernel_depth = std::is_same_v<P, BFloat16> ? depth + depth % 2 : depth;
       for (int64_t it = 0; it < row_tiles; ++it)
         pack_a_panel(pr.a + (r0 + it * MR) * pr.a_row + d0 * pr.a_col, pr.a_row, pr.a_col,
                      std::min(MR, rows - it * MR), depth, a_block + it * MR * KA);
@@ -244,17 +393,21 @@ template <class T> void gemm_serial(const Problem<T> &pr) {
         const int64_t cols = std::min(plan.nc, pr.p - c0), col_tiles = ceil_div(cols, NR);
         for (int64_t jt = 0; jt < col_tiles; ++jt)
           pack_b_panel(pr.b + d0 * pr.b_row + (c0 + jt * NR) * pr.b_col, pr.b_row, pr.b_col,
-                       std::min(NR, cols - jt * NR), depth, b_block + jt * NR * depth);
+                       std::min(NR, cols - jt * NR), depth, b_block + jt * NR * kernel_depth);
         // Row of micro-tiles by row of micro-tiles, so each A micro-panel stays in L1
         // across the B micro-panels of the block.
         for (int64_t it = 0; it < row_tiles; ++it) {
           const int64_t i = r0 + it * MR;
-          const Kernel<T> kernel = kKernels<T>[std::min(MR, pr.m - i)];
+          const Kernel<P> kernel = kKernels<P>[std::min(MR, pr.m - i)];
           for (int64_t jt = 0; jt < col_tiles; ++jt) {
             const int64_t j = c0 + jt * NR;
-            kernel(depth, a_block + it * MR * KA, b_block + jt * NR * depth, pr.c + i * pr.ldc + j,
-                   pr.ldc, d0 > 0, std::min(NR, pr.p - j));
+            kernel(kernel_depth, a_block + it * MR * KA, b_block + jt * NR * kernel_depth,
+                   pr.c + i * pr.ldc + j, pr.ldc, d0 > 0, std::min(NR, pr.p - j));
           }
+          if constexpr (is_half_v<S>)
+            if (pr.rounded && d0 + depth == pr.n)
+              for (int64_t r = i; r < std::min(pr.m, i + MR); ++r)
+                from_float(pr.c + r * pr.ldc + c0, pr.rounded + r * pr.ldc + c0, cols);
         }
       }
     }
@@ -272,8 +425,8 @@ template <class T> void gemm_serial(const Problem<T> &pr) {
 // the like) went from 205-265 to 255-310 GFLOP/s, square 256-2048 from 239-296 to 286-311.
 // Slicing never changes the order of any element's sum, so results do not depend on the
 // thread count.
-template <class T> void gemm_2d(const Problem<T> &pr, int n_threads) {
-  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
+template <class S, class P> void gemm_2d(const Problem<S> &pr, int n_threads) {
+  constexpr int64_t MR = Blocking<P>::MR, NR = Blocking<P>::NR;
   const double a_packing = double(pr.m) * pr.n * (pr.a_col == 1 ? 1 : 2);
   const double b_packing = double(pr.p) * pr.n * (pr.b_col == 1 ? 1 : 2);
   const bool by_columns = a_packing <= b_packing;
@@ -282,19 +435,21 @@ template <class T> void gemm_2d(const Problem<T> &pr, int n_threads) {
       {n_threads, tiles, std::max<int64_t>(1, pr.m * pr.n * pr.p / kMinMultiplyAddsPerThread)}));
   parallel(n_threads, [&](int t, int n) {
     const Range mine = split_range(tiles, t, n);  // n is 1 when the pool runs us nested
-    Problem<T> slice = pr;
+    Problem<S> slice = pr;
     if (by_columns) {
       const int64_t j0 = mine.begin * NR;
       slice.p = std::min(pr.p, mine.end * NR) - j0;
       slice.b += j0 * pr.b_col;
       slice.c += j0;
+      if (pr.rounded) slice.rounded += j0;
     } else {
       const int64_t i0 = mine.begin * MR;
       slice.m = std::min(pr.m, mine.end * MR) - i0;
       slice.a += i0 * pr.a_row;
       slice.c += i0 * pr.ldc;
+      if (pr.rounded) slice.rounded += i0 * pr.ldc;
     }
-    if (slice.m > 0 && slice.p > 0) gemm_serial(slice);
+    if (slice.m > 0 && slice.p > 0) gemm_serial<S, P>(slice);
   });
 }
 
@@ -305,18 +460,24 @@ template <class T> void gemm_2d(const Problem<T> &pr, int n_threads) {
 // Each element's sum is the same products in the same order, so the result is the same
 // either way. On one core, 8192 x 288 x 16 went from 1807 to 1036 us, 4096 x 256 x 48 from
 // 1230 to 991 us, 128 x 512 x 10 from 41 to 26 us; at p = 32, 64 or 128 it did not help.
-template <class T> void gemm_product(const Problem<T> &pr, int n_threads) {
-  constexpr int64_t NR = Blocking<T>::NR;
+template <class S, class P> void gemm_product(const Problem<S> &pr, int n_threads) {
+  constexpr int64_t NR = Blocking<P>::NR;
   auto padding = [](int64_t width) {  // the share of the last tiles that is padding
     return 1.0 - double(width) / double(round_up(width, NR));
   };
-  if (!(padding(pr.p) >= 0.25 && padding(pr.m) < padding(pr.p))) return gemm_2d(pr, n_threads);
-  T *ct = workspace<T, kTransposeSlot>(pr.p * pr.m);  // not the pack buffers' slot
-  gemm_2d(
-      Problem<T>{pr.p, pr.n, pr.m, pr.b, pr.b_col, pr.b_row, pr.a, pr.a_col, pr.a_row, ct, pr.m},
+  if (!(padding(pr.p) >= 0.25 && padding(pr.m) < padding(pr.p)))
+    return gemm_2d<S, P>(pr, n_threads);
+  Acc<S> *ct = workspace<Acc<S>, kTransposeSlot>(pr.p * pr.m);  // not the pack buffers' slot
+  gemm_2d<S, P>(
+      Problem<S>{pr.p, pr.n, pr.m, pr.b, pr.b_col, pr.b_row, pr.a, pr.a_col, pr.a_row, ct, pr.m},
       n_threads);
   for (int64_t i = 0; i < pr.m; ++i)
-    for (int64_t j = 0; j < pr.p; ++j) pr.c[i * pr.ldc + j] = ct[j * pr.m + i];
+    for (int64_t j = 0; j < pr.p; ++j) {
+      if constexpr (is_half_v<S>)
+        from_float(ct + j * pr.m + i, pr.rounded + i * pr.ldc + j, 1);
+      else
+        pr.c[i * pr.ldc + j] = ct[j * pr.m + i];
+    }
 }
 
 // Outputs from this size up have their pages faulted in before the product starts. A fresh
@@ -338,15 +499,17 @@ template <class T> void prefault(T *out, int64_t elements, int threads) {
   });
 }
 
-}  // namespace
-
-template <class T>
-void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, MatrixView<T> b,
-          T *out) {
-  assert(batch >= 0 && m >= 0 && n >= 0 && p >= 0);
-  if (batch == 0 || m == 0 || p == 0) return;
+// The products, panels of P, into out (of the sums' type), then rounded into `rounded` for
+// 16-bit operands.
+template <class S, class P>
+void gemm_run(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<S> a, MatrixView<S> b,
+              Acc<S> *out, S *rounded = nullptr) {
+  using T = Acc<S>;
   if (n == 0) {
-    std::fill_n(out, batch * m * p, T(0));
+    if constexpr (is_half_v<S>)
+      std::fill_n(rounded, batch * m * p, S{});
+    else
+      std::fill_n(out, batch * m * p, T(0));
     return;
   }
 
@@ -360,7 +523,7 @@ void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, Matri
   const int threads = num_threads();
   prefault(out, batch * m * p, threads);
   auto problem = [&](int64_t i) {
-    return Problem<T>{m,
+    return Problem<S>{m,
                       n,
                       p,
                       a.data + i * a.batch_stride,
@@ -370,7 +533,8 @@ void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, Matri
                       b.row_stride,
                       b.col_stride,
                       out + i * m * p,
-                      p};
+                      p,
+                      rounded ? rounded + i * m * p : nullptr};
   };
   // Whole products per thread (each with its own pack buffers, no barriers) when they are
   // too small to split, or when they share out evenly; else each product uses every thread.
@@ -381,25 +545,66 @@ void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, Matri
     std::atomic<int64_t> next_product{0};
     parallel(n_threads, [&](int, int) {
       for (int64_t i; (i = next_product.fetch_add(1, std::memory_order_relaxed)) < batch;)
-        gemm_product(problem(i), 1);
+        gemm_product<S, P>(problem(i), 1);
     });
     return;
   }
-  for (int64_t i = 0; i < batch; ++i) gemm_product(problem(i), threads);
+  for (int64_t i = 0; i < batch; ++i) gemm_product<S, P>(problem(i), threads);
+}
+
+// NEEDLE_GEMM_BF16=0 in the environment (read once) leaves bfloat16 to the float32 kernel
+// even on a CPU with AVX512-BF16: how tests and benchmarks reach that path there.
+bool bf16_kernel_used() {
+  static const bool used = [] {
+    const char *env = std::getenv("NEEDLE_GEMM_BF16");
+    return cpu_has_bf16() && !(env && std::strcmp(env, "0") == 0);
+  }();
+  return used;
+}
+
+}  // namespace
+
+// 16-bit operands: float32 sums into a float32 buffer, rounded once into out. float16 always,
+// and bfloat16 without the AVX512-BF16 kernel, convert while packing for the float32 kernel.
+// Each strip of micro-tiles is rounded as it gets its last depth block, from cache, rather
+// than the whole buffer after the product from memory (a pass of ~1% of a 2048^3 product).
+template <class T>
+void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, MatrixView<T> b,
+          T *out) {
+  assert(batch >= 0 && m >= 0 && n >= 0 && p >= 0);
+  if (batch == 0 || m == 0 || p == 0) return;
+  if constexpr (!is_half_v<T>) {
+    gemm_run<T, T>(batch, m, n, p, a, b, out);
+  } else {
+    Array sums(batch * m * p, DType::f32);
+    float *c = sums.data<float>();
+    bool paired = false;
+#if NEEDLE_X86_DISPATCH
+    if constexpr (std::is_same_v<T, BFloat16>)
+      if ((paired = bf16_kernel_used())) gemm_run<T, BFloat16>(batch, m, n, p, a, b, c, out);
+#endif
+    if (!paired) gemm_run<T, float>(batch, m, n, p, a, b, c, out);
+  }
 }
 
 template void gemm<float>(int64_t, int64_t, int64_t, int64_t, MatrixView<float>, MatrixView<float>,
                           float *);
 template void gemm<double>(int64_t, int64_t, int64_t, int64_t, MatrixView<double>,
                            MatrixView<double>, double *);
+template void gemm<Float16>(int64_t, int64_t, int64_t, int64_t, MatrixView<Float16>,
+                            MatrixView<Float16>, Float16 *);
+template void gemm<BFloat16>(int64_t, int64_t, int64_t, int64_t, MatrixView<BFloat16>,
+                             MatrixView<BFloat16>, BFloat16 *);
 
 const char *gemm_isa() { return microkernel::kIsa; }
+const char *gemm_bf16_kernel() { return bf16_kernel_used() ? "avx512_bf16" : "float32"; }
 
 template <class T> GemmBlocking gemm_blocking() {
   return {Blocking<T>::MR, Blocking<T>::NR, Blocking<T>::KC, Blocking<T>::NC, Blocking<T>::MC};
 }
 template GemmBlocking gemm_blocking<float>();
 template GemmBlocking gemm_blocking<double>();
+template GemmBlocking gemm_blocking<BFloat16>();
 
 }  // namespace cpu
 }  // namespace needle

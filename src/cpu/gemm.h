@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "half.h"
+
 namespace needle {
 namespace cpu {
 
@@ -25,9 +27,17 @@ extern template void gemm<float>(int64_t, int64_t, int64_t, int64_t, MatrixView<
                                  MatrixView<float>, float *);
 extern template void gemm<double>(int64_t, int64_t, int64_t, int64_t, MatrixView<double>,
                                   MatrixView<double>, double *);
+// float16 and bfloat16: products summed in float32, each output rounded once.
+extern template void gemm<Float16>(int64_t, int64_t, int64_t, int64_t, MatrixView<Float16>,
+                                   MatrixView<Float16>, Float16 *);
+extern template void gemm<BFloat16>(int64_t, int64_t, int64_t, int64_t, MatrixView<BFloat16>,
+                                    MatrixView<BFloat16>, BFloat16 *);
 
 // The instruction set the micro-kernel was compiled for ("avx512", "avx2", "portable").
 const char *gemm_isa();
+// What bfloat16 products run on: "avx512_bf16" (vdpbf16ps, when the CPU has it and
+// NEEDLE_GEMM_BF16 is not 0) or "float32" (the float32 kernel, panels converted).
+const char *gemm_bf16_kernel();
 
 // The blocking of gemm<T> (see gemm_kernel.h): micro-tile MR x NR, depth block KC, column
 // block NC, row block MC. For tests that aim at block edges, and for benchmark reports.
@@ -35,6 +45,7 @@ struct GemmBlocking { int64_t mr, nr, kc, nc, mc; };
 template <class T> GemmBlocking gemm_blocking();
 extern template GemmBlocking gemm_blocking<float>();
 extern template GemmBlocking gemm_blocking<double>();
+extern template GemmBlocking gemm_blocking<BFloat16>();
 
 }  // namespace cpu
 }  // namespace needle

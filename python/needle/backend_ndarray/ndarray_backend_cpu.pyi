@@ -8,6 +8,7 @@ needle CPU backend: the primitive table of ndarray_backend_numpy, in C++
 from . import _primitive_stubs
 from ._primitive_stubs import *  # noqa: F403 - its __all__ (attributes, core primitives)
 from ._primitive_stubs import (
+    astype as astype,
     batch_norm_rows as batch_norm_rows,
     batch_norm_rows_grad as batch_norm_rows_grad,
     batched_matmul as batched_matmul,
@@ -54,5 +55,7 @@ def get_num_threads() -> int:
     """The number of threads large kernels use."""
 
 __gemm_isa__: str
+
+__gemm_bf16__: str
 
 __gemm_blocking__: dict[str, dict[str, int]]

@@ -1,0 +1,257 @@
+"""float16 and bfloat16 on the C++ CPU backend, beyond the conformance suite's cases.
+
+Conversions (the astype row) are compared bit for bit with NumPy's float16 and ml_dtypes'
+bfloat16, NaN payloads included: every 16-bit pattern into every dtype, and float32 and
+float64 samples into both 16-bit types (random bit patterns of every exponent, the values on,
+just above and just below each rounding tie, the overflow boundary, subnormals, NaNs with
+payloads). Each runs once in one call (the vector code, split across threads) and once in
+pieces shorter than a vector (the scalar code).
+
+The 16-bit GEMM, whose float32 sums are rounded once, is checked against a float64 reference
+at sizes around the kernels' tiles, on row-major and transposed operands: the result must be
+within one 16-bit ulp plus the float32 summation bound (2 k u (|A| @ |B|), see
+test_cpu_matmul.py) of it. bfloat16 runs on the AVX512-BF16 kernel where the CPU has one,
+and again in a process with NEEDLE_GEMM_BF16=0, which leaves it to the float32 kernel.
+"""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+try:
+    from needle.backend_ndarray import ndarray_backend_cpu as cpu
+except ImportError as exc:  # the extension is built by `pip install -e .`
+    pytest.skip(f"ndarray_backend_cpu is not built: {exc}", allow_module_level=True)
+
+from needle.backend_ndarray import primitives
+
+HALFS = primitives.HALFS
+DIGITS = {"float16": 11, "bfloat16": 8}  # significand bits
+TINIEST = {"float16": 2.0**-24, "bfloat16": 2.0**-133}  # the smallest subnormal
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    return primitives.numpy_dtype(name)
+
+
+def bits(x: np.ndarray) -> np.ndarray:
+    return x.view(f"u{x.itemsize}")
+
+
+def to_array(x: np.ndarray):
+    arr = cpu.Array(x.size, x.dtype.name)
+    cpu.from_numpy(np.ascontiguousarray(x).reshape(-1), arr)
+    return arr
+
+
+def read(arr, shape) -> np.ndarray:
+    return cpu.to_numpy(arr, shape, [math.prod(shape[i + 1 :]) for i in range(len(shape))], 0)
+
+
+def astype(x: np.ndarray, dtype: str, piece: int | None = None) -> np.ndarray:
+    """x converted by the backend's astype, in one call or in calls of `piece` elements."""
+    if piece is not None:
+        return np.concatenate([astype(x[i : i + piece], dtype) for i in range(0, x.size, piece)])
+    out = cpu.Array(x.size, dtype)
+    cpu.astype(to_array(x), out)
+    return read(out, (x.size,))
+
+
+PIECES = [None, 15]  # vectors and threads; then the scalar code alone
+EVERY_16_BITS = np.arange(1 << 16, dtype=np.uint16)
+
+
+@pytest.mark.parametrize("piece", PIECES)
+@pytest.mark.parametrize("half", HALFS)
+def test_every_16_bit_pattern_to_float32_and_back(half, piece):
+    x = EVERY_16_BITS.view(numpy_dtype(half))
+    wide = astype(x, "float32", piece)
+    expected = x.astype(np.float32)
+    np.testing.assert_array_equal(bits(wide), bits(expected))
+    back = astype(wide, half, piece)
+    with np.errstate(invalid="ignore"):
+        expected = expected.astype(numpy_dtype(half))
+    np.testing.assert_array_equal(bits(back), bits(expected))
+
+
+@pytest.mark.parametrize("target", primitives.DTYPES)
+@pytest.mark.parametrize("half", HALFS)
+def test_every_16_bit_pattern_to_every_dtype(half, target):
+    x = EVERY_16_BITS.view(numpy_dtype(half))
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = x.astype(numpy_dtype(target))
+        wide = x.astype(np.float64)
+    got = astype(x, target)
+    if target in primitives.INTS:  # NaN and values outside the integer's range: unspecified
+        info = np.iinfo(target)
+        keep = (wide > info.min - 1) & (wide < info.max + 1)
+        got, expected = got[keep], expected[keep]
+        assert keep.sum() > 1000
+    np.testing.assert_array_equal(bits(got), bits(expected))
+
+
+def rounding_edges(half: str) -> np.ndarray:
+    """float32 values on each tie between consecutive finite values of `half` (the one past
+    the largest is where rounding overflows to inf), and one float32 ulp either side."""
+    x = EVERY_16_BITS[: 0x7C00 if half == "float16" else 0x7F80].view(numpy_dtype(half))
+    x = x.astype(np.float64)
+    following = np.append(x[1:], 2 * x[-1] - x[-2])
+    ties = ((x + following) / 2).astype(np.float32)  # exact: one bit more than the 16-bit type
+    edges = np.concatenate([ties, np.nextafter(ties, np.inf), np.nextafter(ties, -np.inf)])
+    return np.concatenate([edges, -edges])
+
+
+def float32_sample(half: str) -> np.ndarray:
+    rng = np.random.default_rng(18)
+    random = rng.integers(0, 1 << 32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    subnormals = rng.integers(1, 1 << 23, 4096, dtype=np.uint32)
+    nans = np.uint32(0x7F800000) | rng.integers(1, 1 << 23, 4096, dtype=np.uint32)
+    named = np.array([0x7F800000, 0x7F800001, 0x7FC00000, 0x7FA00000, 0x7F802000, 0x0], np.uint32)
+    patterns = np.concatenate([random, subnormals, nans, named])
+    patterns = np.concatenate([patterns, patterns | np.uint32(0x80000000)])
+    return np.concatenate([patterns.view(np.float32), rounding_edges(half)])
+
+
+@pytest.mark.parametrize("piece", PIECES)
+@pytest.mark.parametrize("half", HALFS)
+def test_float32_to_16_bits(half, piece):
+    x = float32_sample(half)
+    if piece is not None:
+        x = x[:: len(x) // 50000]  # the scalar code one call per 15 values: a tenth of them
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = x.astype(numpy_dtype(half))
+    np.testing.assert_array_equal(bits(astype(x, half, piece)), bits(expected))
+
+
+@pytest.mark.parametrize("half", HALFS)
+def test_float64_to_16_bits(half):
+    """float64 rounds once to float16 (NumPy) but through float32 to bfloat16 (ml_dtypes): the
+    values a little off each tie, ties only in float64, tell them apart."""
+    rng = np.random.default_rng(64)
+    edges = rounding_edges(half).astype(np.float64)
+    random = rng.integers(0, 1 << 64, 1 << 18, dtype=np.uint64).view(np.float64)
+    nans = (np.uint64(0x7FF0000000000000) | rng.integers(1, 1 << 52, 4096, np.uint64)).view(
+        np.float64
+    )
+    x = np.concatenate([edges, edges * (1 + 2.0**-40), edges * (1 - 2.0**-40), random, nans])
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = x.astype(numpy_dtype(half))
+    np.testing.assert_array_equal(bits(astype(x, half)), bits(expected))
+
+
+@pytest.mark.parametrize("half", HALFS)
+def test_integers_to_16_bits(half):
+    rng = np.random.default_rng(32)
+    for dtype in ("int32", "int64", "uint8"):
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, 1 << 16, dtype=dtype, endpoint=True)
+        if dtype != "uint8":  # a bfloat16 tie after rounding to float32, not before
+            ties = [2**k + 2 ** (k - 8) + 1 for k in range(24, info.bits - 1)]
+            x[: 2 * len(ties)] = ties + [-t for t in ties]
+        with np.errstate(over="ignore"):
+            expected = x.astype(numpy_dtype(half))
+        np.testing.assert_array_equal(bits(astype(x, half)), bits(expected), err_msg=dtype)
+
+
+@pytest.mark.parametrize("half", HALFS)
+def test_fill_rounds_a_double_as_numpy_does(half):
+    values = np.concatenate([rounding_edges(half)[::97].astype(np.float64)] * 3)
+    values[1::3] *= 1 + 2.0**-40  # ties only in float64
+    values[2::3] *= 1 - 2.0**-40
+    out = cpu.Array(3, half)
+    for v in values:
+        cpu.fill(out, float(v))
+        with np.errstate(over="ignore"):
+            expected = numpy_dtype(half).type(float(v))
+        assert bits(read(out, (3,)))[2] == bits(np.array(expected)), v
+
+
+def test_astype_checks_sizes_and_from_numpy_dtypes():
+    with pytest.raises(ValueError, match="astype"):
+        cpu.astype(cpu.Array(4, "float32"), cpu.Array(3, "bfloat16"))
+    for half, other in (("float16", ml_dtypes.bfloat16), ("bfloat16", np.uint16)):
+        with pytest.raises(TypeError, match="from_numpy"):
+            cpu.from_numpy(np.zeros(3, other), cpu.Array(3, half))
+
+
+# ---- GEMM ------------------------------------------------------------------------------
+def gemm_shapes():
+    """(m, n, p) around the tiles: MR rows, NR columns, depth 1, pairs and KC (the bfloat16
+    kernel's KC when it runs, else float32's)."""
+    block = cpu.__gemm_blocking__.get("bfloat16", cpu.__gemm_blocking__["float32"])
+    mr, nr, kc = block["MR"], block["NR"], block["KC"]
+    rows, cols = (1, mr - 1, mr, mr + 1, 2 * mr + 1), (1, nr - 1, nr, nr + 1, 2 * nr + 1)
+    depths = (1, 2, 3, 17, kc - 1, kc, kc + 1)
+    return [
+        (m, n, p)
+        for i, m in enumerate(rows)
+        for j, p in enumerate(cols)
+        for n in depths
+        if (i + j) % 2 == 0 or n in (1, kc + 1)
+    ]
+
+
+def worst_gemm_error() -> float:
+    """The largest |out - reference| / allowed over gemm_shapes, both 16-bit dtypes and the
+    four layouts of A and B (row-major, transposed): above 1 is a failure."""
+    rng = np.random.default_rng(7)
+    worst = 0.0
+    for half in HALFS:
+        for m, n, p in gemm_shapes():
+            a = rng.standard_normal((m, n)).astype(numpy_dtype(half))
+            b = rng.standard_normal((n, p)).astype(numpy_dtype(half))
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            expected = a64 @ b64
+            exponent = np.frexp(expected)[1]
+            ulp = np.maximum(np.ldexp(1.0, exponent - DIGITS[half]), TINIEST[half])
+            allowed = ulp + 2 * (n + 2) * 2.0**-24 * (np.abs(a64) @ np.abs(b64))
+            for a_t, b_t in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                x = to_array(a.T if a_t else a)
+                y = to_array(b.T if b_t else b)
+                out = cpu.Array(m * p, half)
+                a_strides = (0, 1, m) if a_t else (0, n, 1)
+                b_strides = (0, 1, n) if b_t else (0, p, 1)
+                cpu.matmul_strided(x, y, out, 1, m, n, p, 0, a_strides, 0, b_strides)
+                err = np.abs(read(out, (m, p)).astype(np.float64) - expected)
+                worst = max(worst, float((err / allowed).max()))
+    return worst
+
+
+def test_16_bit_gemm_within_one_ulp():
+    assert worst_gemm_error() <= 1.0
+
+
+def test_16_bit_gemm_fallback_within_one_ulp():
+    """bfloat16 on the float32 kernel (NEEDLE_GEMM_BF16=0), in a process of its own."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "import test_halves_cpu as t; print(t.cpu.__gemm_bf16__, t.worst_gemm_error())"
+    )
+    env = dict(os.environ, NEEDLE_GEMM_BF16="0")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    kernel, worst = run.stdout.split()
+    assert kernel == "float32" and float(worst) <= 1.0
+
+
+def test_bf16_gemm_same_on_one_and_two_threads():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((300, 1000)).astype(ml_dtypes.bfloat16)
+    b = rng.standard_normal((1000, 200)).astype(ml_dtypes.bfloat16)
+    results = []
+    before = cpu.get_num_threads()
+    try:
+        for threads in (1, 2):
+            cpu.set_num_threads(threads)
+            out = cpu.Array(300 * 200, "bfloat16")
+            cpu.matmul(to_array(a), to_array(b), out, 300, 1000, 200)
+            results.append(bits(read(out, (300, 200))))
+    finally:
+        cpu.set_num_threads(before)
+    np.testing.assert_array_equal(results[0], results[1])
