@@ -132,8 +132,12 @@ NB_MODULE(ndarray_backend_cuda, m) {
 
   needle::bind_array<Array, parse_dtype, dtype_name>(m, "A flat device buffer of `size` elements.");
 
-  m.def("to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a);
-  m.def("from_numpy", &from_numpy, "a"_a, "out"_a);
+  // (The 16-bit dtypes cross as uint16 views, so nanobind sees object: the table's types.)
+  m.def("to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a,
+        nb::sig("def to_numpy(a: Array, shape: collections.abc.Sequence[int], "
+                "strides: collections.abc.Sequence[int], offset: int) -> NDArray"));
+  m.def("from_numpy", &from_numpy, "a"_a, "out"_a,
+        nb::sig("def from_numpy(a: NDArray, out: Array) -> None"));
   table::define([&m](const char* name, auto function, auto... params) {
     m.def(name, function, nb::arg(params)...);
   });

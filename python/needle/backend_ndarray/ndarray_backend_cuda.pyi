@@ -10,6 +10,7 @@ from typing import Any
 from . import _primitive_stubs
 from ._primitive_stubs import *  # noqa: F403 - its __all__ (attributes, core primitives)
 from ._primitive_stubs import (
+    astype as astype,
     batched_matmul as batched_matmul,
     ewise_axpby as ewise_axpby,
     gather_rows as gather_rows,
