@@ -38,7 +38,7 @@ def test_arrays_are_64_byte_aligned(dtype):
         assert nb_cpu.Array(size=size, dtype=dtype).ptr() % 64 == 0
 
 
-@pytest.mark.parametrize("dtype", ["int8", "float16", "uint16", "complex64", "bool_", ""])
+@pytest.mark.parametrize("dtype", ["int8", "half", "uint16", "complex64", "bool_", ""])
 def test_array_rejects_unsupported_dtype(dtype):
     with pytest.raises(ValueError):
         nb_cpu.Array(4, dtype)
