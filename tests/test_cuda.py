@@ -709,28 +709,32 @@ def test_ndarray_and_training_on_the_emulated_device(emulated, rng):
     b[0, 1:5, :] = 7.0
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
-    def train(device):
-        np.random.seed(3)
-        model = ndl.nn.Sequential(
-            ndl.nn.Linear(20, 32, device=device), ndl.nn.ReLU(), ndl.nn.Linear(32, 5, device=device)
-        )
-        opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        data = np.random.default_rng(1)
-        losses = []
-        for _ in range(3):
-            xb = ndl.Tensor(data.standard_normal((16, 20)), device=device)
-            yb = ndl.Tensor(data.integers(0, 5, 16), device=device)
-            loss = ndl.nn.SoftmaxLoss()(model(xb), yb)
-            opt.reset_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.numpy()))
-        return losses, [p.numpy() for p in model.parameters()]
-
-    (loss_e, params_e), (loss_r, params_r) = train(emu), train(ref)
+    (loss_e, params_e), (loss_r, params_r) = _sgd_steps(emu), _sgd_steps(ref)
     np.testing.assert_allclose(loss_e, loss_r, rtol=1e-5)
     for pe, pr in zip(params_e, params_r):
         np.testing.assert_allclose(pe, pr, rtol=1e-4, atol=1e-5)
+
+
+def _sgd_steps(device, autocast=None):
+    """Three SGD steps (momentum) of a small MLP on seeded data, forward and loss under
+    ndl.autocast(autocast) when given: (losses, parameters as NumPy arrays)."""
+    np.random.seed(3)
+    model = ndl.nn.Sequential(
+        ndl.nn.Linear(20, 32, device=device), ndl.nn.ReLU(), ndl.nn.Linear(32, 5, device=device)
+    )
+    opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = np.random.default_rng(1)
+    losses = []
+    for _ in range(3):
+        xb = ndl.Tensor(data.standard_normal((16, 20)), device=device)
+        yb = ndl.Tensor(data.integers(0, 5, 16), device=device)
+        with ndl.autocast(dtype=autocast or "bfloat16", enabled=autocast is not None):
+            loss = ndl.nn.SoftmaxLoss()(model(xb), yb)
+        opt.reset_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.numpy()))
+    return losses, [p.numpy() for p in model.parameters()]
 
 
 @pytest.mark.parametrize("dtype", primitives.HALFS)
@@ -754,24 +758,7 @@ def test_16_bit_floats_and_autocast_on_the_emulated_device(emulated, rng, dtype)
         eps = 2.0 ** -(10 if dtype == "float16" else 7)
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=eps)
 
-    def train(device):
-        np.random.seed(3)
-        model = ndl.nn.Sequential(
-            ndl.nn.Linear(20, 32, device=device), ndl.nn.ReLU(), ndl.nn.Linear(32, 5, device=device)
-        )
-        opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        data = np.random.default_rng(1)
-        for _ in range(3):
-            xb = ndl.Tensor(data.standard_normal((16, 20)), device=device)
-            yb = ndl.Tensor(data.integers(0, 5, 16), device=device)
-            with ndl.autocast(dtype=dtype):
-                loss = ndl.nn.SoftmaxLoss()(model(xb), yb)
-            opt.reset_grad()
-            loss.backward()
-            opt.step()
-        return [p.numpy() for p in model.parameters()]
-
-    for pe, pr in zip(train(emu), train(ref)):
+    for pe, pr in zip(_sgd_steps(emu, dtype)[1], _sgd_steps(ref, dtype)[1]):
         assert pe.dtype == pr.dtype == np.float32
         np.testing.assert_allclose(pe, pr, rtol=1e-4, atol=1e-5)
 

@@ -14,7 +14,6 @@ test_cpu_matmul.py) of it. bfloat16 runs on the AVX512-BF16 kernel where the CPU
 and again in a process with NEEDLE_GEMM_BF16=0, which leaves it to the float32 kernel.
 """
 
-import math
 import os
 import subprocess
 import sys
@@ -29,6 +28,8 @@ try:
 except ImportError as exc:  # the extension is built by `pip install -e .`
     pytest.skip(f"ndarray_backend_cpu is not built: {exc}", allow_module_level=True)
 
+from test_cpu_matmul import read, to_array
+
 from needle.backend_ndarray import primitives
 
 HALFS = primitives.HALFS
@@ -42,16 +43,6 @@ def numpy_dtype(name: str) -> np.dtype:
 
 def bits(x: np.ndarray) -> np.ndarray:
     return x.view(f"u{x.itemsize}")
-
-
-def to_array(x: np.ndarray):
-    arr = cpu.Array(x.size, x.dtype.name)
-    cpu.from_numpy(np.ascontiguousarray(x).reshape(-1), arr)
-    return arr
-
-
-def read(arr, shape) -> np.ndarray:
-    return cpu.to_numpy(arr, shape, [math.prod(shape[i + 1 :]) for i in range(len(shape))], 0)
 
 
 def astype(x: np.ndarray, dtype: str, piece: int | None = None) -> np.ndarray:
