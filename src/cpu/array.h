@@ -254,8 +254,8 @@ struct Array {
 // in its range (NDArray guarantees one; anything else, NaN included, is a ValueError instead
 // of C++'s undefined conversion).
 template <class T> T scalar_as(double val) {
-  if constexpr (std::is_same_v<T, Float16>) return {f16_from(val)};
-  if constexpr (std::is_same_v<T, BFloat16>) return {bf16_from_float(static_cast<float>(val))};
+  if constexpr (std::is_same_v<T, Float16>) return {half_bits(val)};
+  if constexpr (std::is_same_v<T, BFloat16>) return {bfloat16_bits(static_cast<float>(val))};
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
     const double low = static_cast<double>(std::numeric_limits<T>::lowest());
     const double high = std::ldexp(1.0, std::numeric_limits<T>::digits);  // max + 1, exact

@@ -50,18 +50,18 @@ template <class D, class S> D convert_one(S x) {
     return x;
   } else if constexpr (std::is_same_v<S, Float16>) {
     if constexpr (std::is_same_v<D, double>)
-      return f16_to_double(x.bits);
+      return from_half_bits<double>(x.bits);
     else
-      return convert_one<D>(f16_to_float(x.bits));
+      return convert_one<D>(from_half_bits<float>(x.bits));
   } else if constexpr (std::is_same_v<S, BFloat16>) {
     if constexpr (std::is_same_v<D, Float16>)
-      return {f16_from_float_eigen(bf16_to_float(x.bits))};
+      return {f16_from_float_eigen(from_bfloat16_bits(x.bits))};
     else
-      return convert_one<D>(bf16_to_float(x.bits));
+      return convert_one<D>(from_bfloat16_bits(x.bits));
   } else if constexpr (std::is_same_v<D, Float16>) {
-    return {std::is_same_v<S, double> ? f16_from(double(x)) : f16_from(static_cast<float>(x))};
+    return {std::is_same_v<S, double> ? half_bits(double(x)) : half_bits(static_cast<float>(x))};
   } else if constexpr (std::is_same_v<D, BFloat16>) {
-    return {bf16_from_float(static_cast<float>(x))};  // doubles and integers through float32
+    return {bfloat16_bits(static_cast<float>(x))};  // doubles and integers through float32
   } else if constexpr (std::is_same_v<D, bool>) {
     return x != 0;
   } else if constexpr (std::is_integral_v<D> && std::is_floating_point_v<S>) {
@@ -129,7 +129,7 @@ void to_float(const Float16 *in, float *out, int64_t n) {
 #if NEEDLE_X86_DISPATCH
   if (cpu_has_f16c()) i = to_float_f16c(in, out, n);
 #endif
-  for (; i < n; ++i) out[i] = f16_to_float(in[i].bits);
+  for (; i < n; ++i) out[i] = from_half_bits<float>(in[i].bits);
 }
 
 void from_float(const float *in, Float16 *out, int64_t n) {
@@ -137,7 +137,7 @@ void from_float(const float *in, Float16 *out, int64_t n) {
 #if NEEDLE_X86_DISPATCH
   if (cpu_has_f16c()) i = from_float_f16c(in, out, n);
 #endif
-  for (; i < n; ++i) out[i] = {f16_from(in[i])};
+  for (; i < n; ++i) out[i] = {half_bits(in[i])};
 }
 
 void to_float(const BFloat16 *in, float *out, int64_t n) {
@@ -148,12 +148,12 @@ void to_float(const BFloat16 *in, float *out, int64_t n) {
     const U32x16 w = __builtin_convertvector(h, U32x16) << 16;
     std::memcpy(out + i, &w, sizeof w);
   }
-  for (; i < n; ++i) out[i] = bf16_to_float(in[i].bits);
+  for (; i < n; ++i) out[i] = from_bfloat16_bits(in[i].bits);
 }
 
 void from_float(const float *in, BFloat16 *out, int64_t n) {
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {  // bf16_from_float, lane by lane
+  for (; i + 16 <= n; i += 16) {  // bfloat16_bits, lane by lane
     U32x16 u;
     std::memcpy(&u, in + i, sizeof u);
     const U32x16 rounded = (u + 0x7fff + (u >> 16 & 1)) >> 16;
@@ -161,7 +161,7 @@ void from_float(const float *in, BFloat16 *out, int64_t n) {
     const U16x16 h = __builtin_convertvector((u & 0x7fffffff) > 0x7f800000 ? nan : rounded, U16x16);
     std::memcpy(out + i, &h, sizeof h);
   }
-  for (; i < n; ++i) out[i] = {bf16_from_float(in[i])};
+  for (; i < n; ++i) out[i] = {bfloat16_bits(in[i])};
 }
 
 void convert(const Array &a, Array &out) {

@@ -52,9 +52,9 @@ template <class P, class S> inline P panel_value(S x) {
   if constexpr (std::is_same_v<S, P>)
     return x;
   else if constexpr (std::is_same_v<S, Float16>)
-    return f16_to_float(x.bits);
+    return from_half_bits<float>(x.bits);
   else
-    return bf16_to_float(x.bits);
+    return from_bfloat16_bits(x.bits);
 }
 
 // Below this many multiply-adds per thread a GEMM is not split across threads: waking a
