@@ -19,6 +19,7 @@ skips a step whose gradients hold inf or NaN (halving the scale) and doubles the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import autograd
@@ -111,16 +112,14 @@ class GradScaler:
         them holds inf or NaN."""
         if not self.enabled or id(optimizer) in self._unscaled:
             return
-        grads = [p.grad for p in optimizer.params if p.grad is not None]
-        total = 0.0
+        total = None
         for p in optimizer.params:
             if p.grad is not None:
                 p.grad = (p.grad * (1.0 / self._scale)).detach()
-                total = total + p.grad.sum()
+                total = p.grad.sum() if total is None else total + p.grad.sum()
         # One host read for all of them: a sum is finite exactly when no term is inf or NaN
         # (barring an overflow of finite float32 sums, which is as good a reason to skip).
-        found = bool(grads) and not _finite(total)
-        self._unscaled[id(optimizer)] = found
+        self._unscaled[id(optimizer)] = total is not None and not _finite(total)
 
     def step(self, optimizer) -> bool:
         """optimizer.step() unless a gradient is inf or NaN; True when it stepped."""
@@ -168,5 +167,4 @@ class GradScaler:
 
 
 def _finite(total) -> bool:
-    value = float(total.numpy()) if hasattr(total, "numpy") else float(total)
-    return value == value and abs(value) != float("inf")
+    return math.isfinite(float(total.numpy()))

@@ -435,11 +435,7 @@ def _compute_in_float32(op: Op[Any], arrays: list[Any]) -> Any:
         return data
 
     data = nd.in_float32(compute, *arrays, first=op.keeps_input_dtype)
-    if saved is None:
-        return data
-    result = Saved(data)
-    result.values = saved
-    return result
+    return data if saved is None else Saved(data, **vars(saved))
 
 
 def _any_requires_grad(inputs) -> bool:
