@@ -50,7 +50,8 @@ def arguments(parser):
     )
 
 
-def configure(args):
+def selected_specs(args) -> list[TrainSpec]:
+    """The models, ResNet-9 batch sizes and precisions the command line asks for."""
     specs = []
     for spec in train_specs():
         if spec.model not in args.models.split(","):
@@ -66,7 +67,11 @@ def configure(args):
         for s in specs
         for p in args.precision.split(",")
     ]
-    return [train_workload(specs, repeats=7, warmup=2, min_time=0.2)], [
+    return specs
+
+
+def configure(args):
+    return [train_workload(selected_specs(args), repeats=7, warmup=2, min_time=0.2)], [
         harness.needle_backend("cpu"),
         harness.needle_backend("cpu", label=f"needle cpu {COMPILED}"),
         harness.torch_backend("cpu"),
@@ -76,9 +81,10 @@ def configure(args):
 def after(args, results):
     """With --profile, breaks each needle step down, below the tables."""
     if args.profile:
-        for model in args.models.split(","):
+        for spec in selected_specs(args):
             for result in results:
-                profile_step(model, result["machine"]["threads"]["requested"], PROFILE_STEPS[model])
+                threads = result["machine"]["threads"]["requested"]
+                profile_step(spec, threads, PROFILE_STEPS[spec.model])
 
 
 if __name__ == "__main__":

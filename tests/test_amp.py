@@ -335,6 +335,23 @@ def test_trainer_precision_keeps_float32_master_weights(precision, device):
     assert losses[precision][-1] < losses[precision][0]
 
 
+def test_fp16_checkpoint_keeps_the_loss_scale(tmp_path):
+    """A resumed fp16 run starts from the saved loss scale and skipped-step count, not from
+    GradScaler's initial 2^16."""
+    from needle.apps.trainer import Trainer
+
+    def trainer():
+        model = nn.Linear(3, 2)
+        return Trainer(model, nn.SoftmaxLoss(), ndl.optim.SGD(model.parameters()), precision="fp16")
+
+    saved = trainer()
+    saved.scaler.load_state_dict({**saved.scaler.state_dict(), "scale": 512.0, "skipped": 3})
+    saved.save(str(tmp_path / "ckpt.npz"), meta={"epoch": 2})
+    resumed = trainer()
+    assert resumed.load(str(tmp_path / "ckpt.npz"))["epoch"] == 2
+    assert resumed.scaler.state_dict() == saved.scaler.state_dict() != trainer().scaler.state_dict()
+
+
 def test_bench_train_step_under_autocast(device):
     """bench_train.py --precision bf16: needle's step (and torch's) under autocast."""
     from needle.apps.bench.workloads import TrainSpec, needle_train_step, torch_train_step
@@ -352,3 +369,79 @@ def test_dtype_shorthands(device):
     assert (t.half().dtype, t.float().dtype) == ("float16", "float32")
     if "bfloat16" in device.dtypes:
         assert t.bfloat16().dtype == "bfloat16"
+
+
+# ---- rows a backend computes in 16 bits itself (HALF_ROWS) ---------------------------------
+class _HalfRowsBackend:
+    """The CPU backend claiming `rows` as its HALF_ROWS, each run by the contract of
+    primitives.half_rows (astype to float32, the float32 row, astype back), every call
+    counted: NDArray and the ops must call these rows with 16-bit arrays, and convert
+    nothing themselves for them."""
+
+    def __init__(self, rows):
+        self._mod, self.HALF_ROWS, self.calls = ndl.cpu().mod, tuple(rows), {}
+
+    def __getattr__(self, name):
+        target = getattr(self._mod, name)
+        if not callable(target) or name == "Array":
+            return target
+        params = primitives.TABLE[name].params if name in primitives.TABLE else ()
+
+        def counted(*args):
+            halves = {a.dtype for a in args if type(a) is self._mod.Array} & set(HALVES)
+            self.calls[name, bool(halves)] = self.calls.get((name, bool(halves)), 0) + 1
+            if not halves or name not in self.HALF_ROWS:
+                return target(*args)
+            wide = [
+                self._widened(a) if p.kind in ("array", "out") else a for p, a in zip(params, args)
+            ]
+            target(*wide)
+            for p, a, w in zip(params, args, wide):
+                if p.kind == "out" and a.dtype != w.dtype:
+                    self._mod.astype(w, a)
+
+        return counted
+
+    def _widened(self, a):
+        if a.dtype not in HALVES:
+            return a
+        wide = self._mod.Array(a.size, "float32")
+        self._mod.astype(a, wide)
+        return wide
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_rows_a_backend_computes_in_16_bits_get_16_bit_arrays(half):
+    """A ResNet-style block (conv, bias, relu, residual add, sum) forward and backward under
+    autocast on a backend that lists its rows in HALF_ROWS: those rows get the 16-bit arrays
+    and nothing converts for them (the astype calls left are autocast's casts and the
+    adjoints of those casts), with results bit for bit those of the CPU backend, which
+    converts."""
+    rows = ["conv2d", "conv2d_input_grad", "conv2d_weight_grad", "ewise_add", "ewise_mul",
+            "ewise_relu", "ewise_sign", "ewise_broadcast_binary", "reduce_sum", "reduce_sum_axis",
+            "scalar_mul", "scalar_add", "ewise_ge", "scalar_ge"]  # fmt: skip
+    fake = _HalfRowsBackend(rows)
+    device = nd.BackendDevice("cpu_half_rows", mod=fake)
+    assert device.half_rows == frozenset(rows)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 6, 6, 4)), rng.standard_normal((3, 3, 4, 4)) / 6
+    b = rng.standard_normal(4)
+
+    def block(dev):
+        xt, wt, bt = (
+            ndl.Tensor(v, device=dev, dtype="float32", requires_grad=True) for v in (x, w, b)
+        )
+        with ndl.autocast(dtype=half):
+            z = ndl.ops.conv(xt, wt, padding=1) + ndl.ops.astype(bt, half).reshape((1, 1, 1, 4))
+            y = ndl.ops.relu(z) + ndl.ops.astype(xt, half)
+        y.sum().backward()
+        return [bits(t.numpy()) for t in (y, xt.grad, wt.grad, bt.grad)]
+
+    for got, want in zip(block(device), block(ndl.cpu())):
+        np.testing.assert_array_equal(got, want)
+    computed = {name for (name, halves) in fake.calls if halves and name in rows}
+    assert {"conv2d", "conv2d_input_grad", "conv2d_weight_grad", "ewise_relu"} <= computed
+    casts = fake.calls.get(("astype", True), 0)
+    # x twice (autocast's cast for the conv, the block's own), w and b once, and the adjoint
+    # of each of those four casts back to float32: nothing else.
+    assert casts == 8, fake.calls

@@ -180,8 +180,10 @@ class Op(Generic[_Out]):
     # What backward uses instead of gradient() when set (tuple_get_item's sparse adjoint).
     sparse_gradient: Callable[[Any, Any], Any] | None = None
     # Whether compute takes 16-bit float arrays as they are: ops that move or convert data
-    # (views, copies, astype), and matmul, whose rows take them. Every other op sees them in
-    # float32 and has its float32 results rounded back once (Value._compute).
+    # (views, copies, astype), matmul, whose rows take them, and ops that are one NDArray
+    # elementwise or reduction call, which rounds once itself (natively where the device lists
+    # the row in HALF_ROWS, else through float32). Every other op sees them in float32 and has
+    # its float32 results rounded back once (Value._compute), unless computes_halves says so.
     half_native: bool = False
     # Where autocast runs the op (needle.amp): "low" casts its floating inputs to the 16-bit
     # dtype (matmul, conv, attention), "float32" to float32 (losses); None leaves them.
@@ -192,6 +194,11 @@ class Op(Generic[_Out]):
 
     def __call__(self, *args: Any) -> _Out:
         raise NotImplementedError()
+
+    def computes_halves(self, arrays: list[Any]) -> bool:
+        """Whether compute takes these 16-bit arrays as they are, for an op that is not
+        half_native everywhere (conv, where the device computes its rows in 16 bits)."""
+        return False
 
     def compute(self, *args: Any) -> Any:
         """Forward pass on NDArrays (a tuple of them for a TensorTuple), each op with its own
@@ -296,7 +303,7 @@ class Value:
         if _NUMPY_MODE:
             arrays = [_to_nd(a) for a in arrays]
         try:
-            if op.half_native or not _any_half(arrays):
+            if op.half_native or not _any_half(arrays) or op.computes_halves(arrays):
                 data = op.compute(*arrays)
             else:
                 data = _compute_in_float32(op, arrays)

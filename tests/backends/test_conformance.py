@@ -31,6 +31,8 @@ from needle.backend_ndarray import ndarray_backend_numpy as nb_np, primitives
 
 from .cases import (
     AXPBY,
+    EPS,
+    _fit_args,
     axpby_tol,
     cases,
     implementations,
@@ -115,11 +117,41 @@ def test_primitive(backend, prim, dtype):
                 )
 
 
+def test_half_row(backend, prim, dtype):
+    """A row the backend computes on 16-bit floats itself (its HALF_ROWS) against what
+    NDArray's conversion gives on any backend: the NumPy backend's float32 row on the data
+    widened exactly, rounded once to the 16-bit dtype. Bit for bit where the float32 cases
+    are; else within one 16-bit ulp plus the float32 tolerance (a float32 result a few ulps
+    off can round to the neighbouring 16-bit value)."""
+    half = primitives.numpy_dtype(dtype)
+    with np.errstate(all="ignore"):
+        for case in cases(prim, backend, "float32"):
+            args = _fit_args(prim, case.args, dtype)
+            wide = _fit_args(prim, args, "float32")
+            want = call(nb_np, prim.name, *wide, dtype="float32", impl=reference(prim, backend))
+            if prim.out_dtype is None:
+                want = want.astype(half)
+            got = call(backend.mod, prim.name, *args, dtype=dtype)
+            tol = case.tol("float32")
+            if tol is not None:
+                tol = dict(rtol=tol["rtol"] + EPS[dtype], atol=tol["atol"])
+            what = f"{backend.id} {prim.signature} in {dtype}: {case.label}"
+            compare(got, want, tol, prim.out_dtype or dtype, what)
+
+
+test_half_row.halves = True  # type: ignore[attr-defined]
+
+
 def test_unlisted_dtypes_raise_type_error(backend, prim):
     """A row called with a dtype it does not list (that the backend holds) raises a
     TypeError naming the primitive and the dtype: not a crash, not a reinterpretation.
     Checked on the backend's own primitives (a fallback raises from the core rows it calls)."""
-    unlisted = [d for d in backend.dtypes if d not in prim.dtypes]
+    computed = primitives.half_rows(backend.mod)  # rows it also runs on 16-bit floats
+    unlisted = [
+        d
+        for d in backend.dtypes
+        if d not in prim.dtypes and not (d in primitives.HALFS and prim.name in computed)
+    ]
     own = getattr(backend.mod, prim.name, None)
     if own is None:
         pytest.skip(f"{backend.id} leaves {prim.name} to the table's fallback")

@@ -335,12 +335,18 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------
     def save(self, path: str, meta: dict | None = None) -> None:
-        """save_checkpoint of the model and the optimizer."""
+        """save_checkpoint of the model, the optimizer and (fp16) the loss scaler's state."""
+        if self.scaler is not None:
+            meta = {**(meta or {}), "grad_scaler": self.scaler.state_dict()}
         save_checkpoint(path, self.model, self.opt, meta)
 
     def load(self, path: str) -> dict:
-        """load_checkpoint into the model and the optimizer; returns the meta dict."""
-        return load_checkpoint(path, self.model, self.opt)
+        """load_checkpoint into the model, the optimizer and the loss scaler (so a resumed
+        fp16 run keeps its scale); returns the meta dict."""
+        meta = load_checkpoint(path, self.model, self.opt)
+        if self.scaler is not None and "grad_scaler" in meta:
+            self.scaler.load_state_dict(meta["grad_scaler"])
+        return meta
 
 
 def check_finite_parameters(model: nn.Module) -> None:

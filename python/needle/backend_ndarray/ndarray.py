@@ -200,11 +200,17 @@ class BackendDevice:
             self.__dict__["_native"] = (
                 primitives.validate(value) if value is not None else frozenset()
             )
+            self.__dict__["half_rows"] = (
+                primitives.half_rows(value) if value is not None else frozenset()
+            )
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
         if name == "mod":  # first use
             return self._load()
+        if name == "half_rows":  # the rows computing 16-bit floats itself (primitives.half_rows)
+            self.mod  # noqa: B018 (loads the module, which sets half_rows)
+            return self.__dict__.get("half_rows", frozenset())
         if name in ("name", "_resolve", "_native", "_reason") or (
             name.startswith("__") and name not in ("__tile_size__", "__device_name__")
         ):
@@ -977,15 +983,18 @@ class NDArray:
             )
 
     def _binary(self, other, ewise: _Row, scalar: _Row) -> NDArray:
-        if self._dtype in _HALF_SET or (isinstance(other, NDArray) and other._dtype in _HALF_SET):
-            return in_float32(NDArray._binary, self, other, ewise, scalar)
         device = self._device
+        if self._dtype in _HALF_SET or (isinstance(other, NDArray) and other._dtype in _HALF_SET):
+            same = not isinstance(other, NDArray) or other._dtype == self._dtype
+            row = (ewise if isinstance(other, NDArray) else scalar)[0]
+            if not (same and row in device.half_rows):
+                return in_float32(NDArray._binary, self, other, ewise, scalar)
         if isinstance(other, NDArray):
             ewise_name, takes, out_dtype = ewise
             a = self
             if other._device is not device:
                 a._check_same_device(other)
-            if other._dtype != a._dtype or a._dtype not in takes:
+            if other._dtype != a._dtype or (a._dtype not in takes and a._dtype not in _HALF_SET):
                 dtype = _compute_dtype(ewise_name, result_type(a._dtype, other._dtype))
                 a, other = a.astype(dtype), other.astype(dtype)
             if other._shape != a._shape:
@@ -1033,8 +1042,9 @@ class NDArray:
     def _unary(self, name: str) -> NDArray:
         a = self
         if a._dtype in _HALF_SET:
-            return in_float32(NDArray._unary, a, name)
-        if a._dtype not in _TAKES[name]:
+            if name not in a._device.half_rows:
+                return in_float32(NDArray._unary, a, name)
+        elif a._dtype not in _TAKES[name]:
             a = a.astype(_compute_dtype(name, a._dtype))
         a, out = a._elementwise_operand_and_out(a._dtype)
         if _size(out._shape):
@@ -1173,8 +1183,10 @@ class NDArray:
     # ---- reductions -----------------------------------------------------------------
     def _reduce(self, axis, keepdims: bool, name: str) -> NDArray:
         if self._dtype in _HALF_SET:  # accumulated in float32, rounded once
-            return in_float32(NDArray._reduce, self, axis, keepdims, name)
-        if self._dtype not in _TAKES[name]:  # sums of integers and bools: in int64
+            rows = self._device.half_rows
+            if name not in rows or f"{name}_axis" not in rows:
+                return in_float32(NDArray._reduce, self, axis, keepdims, name)
+        elif self._dtype not in _TAKES[name]:  # sums of integers and bools: in int64
             return self.astype("int64")._reduce(axis, keepdims, name)
         if axis == ():
             raise ValueError(f"{name[len('reduce_') :]}: empty axis tuple (use axis=None for all)")
@@ -1438,7 +1450,9 @@ def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):
     leading axes (shape (..., 1, 1, d_k, ..., d_n): a bias) or the trailing ones (shape
     (d_0, ..., d_k, 1, ..., 1): a per-row statistic). None when the operands are not so."""
     op = _VECTOR_OPS[ewise_name]
-    if a._dtype not in FLOATS:
+    if a._dtype not in FLOATS and (
+        a._dtype not in _HALF_SET or "ewise_broadcast_binary" not in a._device.half_rows
+    ):
         return None
     if a._shape == shape:
         full, vector, vector_first = a, b, False
@@ -1803,7 +1817,7 @@ def conv2d_native(device: BackendDevice, *arrays: NDArray) -> bool:
     dtype = arrays[0].dtype
     return (
         device.has("conv2d")
-        and dtype in ("float32", "float64")
+        and (dtype in FLOATS or (dtype in _HALF_SET and "conv2d" in device.half_rows))
         and all(a.dtype == dtype for a in arrays)
     )
 

@@ -41,7 +41,9 @@ INTS: tuple[str, ...] = ("int32", "int64", "uint8")
 NUMERIC: tuple[str, ...] = FLOATS + INTS
 # The 16-bit floats are stored, converted and multiplied (matmul rows); every other row
 # computes them in float32: NDArray converts to float32, runs the row, rounds the result once
-# (round-to-nearest-even), which is what a kernel computing in float32 registers gives.
+# (round-to-nearest-even), which is what a kernel computing in float32 registers gives. A
+# backend may run some computing rows on 16-bit operands itself, with those very results: it
+# lists them in its HALF_ROWS (half_rows below), and NDArray then skips the conversions.
 HALFS: tuple[str, ...] = ("float16", "bfloat16")
 FLOATING: tuple[str, ...] = FLOATS + HALFS  # the floating-point category (promotion, grads)
 DTYPES: tuple[str, ...] = NUMERIC + ("bool",) + HALFS
@@ -1148,6 +1150,23 @@ def validate(mod) -> frozenset[str]:
             f"{'s' if len(missing) > 1 else ''} {listed}"
         )
     return frozenset(n for n in OPTIONAL if callable(getattr(mod, n, None)))
+
+
+def half_rows(mod) -> frozenset[str]:
+    """The computing rows `mod` also runs on the 16-bit floats itself (its ``HALF_ROWS``):
+    every array operand and out of one dtype of HALFS (a comparison's out stays bool), each
+    element computed in float32 registers and rounded once, bit for bit what NDArray's
+    conversion gives (astype to float32, the float32 row, astype back). NDArray calls these
+    rows with 16-bit arrays and gives every other row float32 copies. A name that is not a
+    float row of the table is a ValueError naming the backend."""
+    rows = frozenset(getattr(mod, "HALF_ROWS", ()))
+    bad = sorted(n for n in rows if n not in TABLE or "float32" not in TABLE[n].dtypes)
+    if bad:
+        raise ValueError(
+            f"backend {_backend_name(mod)} lists HALF_ROWS {bad}: not rows of the table that "
+            "compute float32"
+        )
+    return rows
 
 
 def backend_dtypes(mod) -> tuple[str, ...]:

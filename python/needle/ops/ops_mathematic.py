@@ -152,6 +152,8 @@ class _Broadcasting(TensorOp):
     """A binary elementwise op on operands that broadcast against each other: `partials`
     gives the adjoints at the output's shape, `gradient` sums each back to its input's."""
 
+    half_native = True  # one NDArray call, which rounds 16-bit results once
+
     def partials(
         self, out_grad: Tensor, a: Tensor, b: Tensor, node: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -165,6 +167,8 @@ class _Broadcasting(TensorOp):
 
 class _Scalar(TensorOp):
     """An op of a tensor and a number (the op's `scalar`), checked to be one."""
+
+    half_native = True  # one NDArray call, which rounds 16-bit results once
 
     name: str
 
@@ -330,6 +334,8 @@ power = _function(EWisePow, 2)
 class Negate(TensorOp):
     """-a; d/da = -1."""
 
+    half_native = True
+
     def compute(self, a: NDArray) -> NDArray:
         return -a
 
@@ -438,6 +444,8 @@ class _Reduction(TensorOp):
     """A reduction over `axes` (an int, a tuple, or None: all), keeping them as size 1 with
     `keepdims`, else dropping them."""
 
+    half_native = True  # one NDArray reduction, summed in float32 and rounded once
+
     def __init__(self, axes: int | Sequence[int] | None = None, keepdims: bool = False):
         self.axes = _axes_tuple(axes)
         self.keepdims = keepdims
@@ -540,6 +548,8 @@ matmul = _function(MatMul, 2)
 class _Elementwise(TensorOp):
     """f(a) elementwise, computed by the NDArray method of the op's name (Log: a.log(), from
     the backend's table of unary primitives); each op gives f's derivative in `gradient`."""
+
+    half_native = True  # one unary primitive, which rounds 16-bit results once
 
     name: str
     # The NDArray method itself (Tanh.apply(x) is x.tanh()), also for other ops' computes.
@@ -647,6 +657,8 @@ class Max(_Reduction):
 
 class Maximum(TensorOp):
     """Elementwise max(a, b) (b a Tensor or a number); ties split the adjoint evenly."""
+
+    half_native = True
 
     def __init__(self, scalar=None):
         self.scalar = scalar
@@ -892,6 +904,9 @@ class Conv(TensorOp):
             raise ValueError(f"conv: layout must be 'NHWC' or 'NCHW', got {layout!r}")
         self.layout = layout
 
+    def computes_halves(self, arrays) -> bool:
+        return _native_conv(*arrays)  # the device's conv rows take them (HALF_ROWS)
+
     def compute(self, a: NDArray, b: NDArray, bias: NDArray | None = None):
         if a.ndim != 4 or b.ndim != 4:
             raise ValueError("needs a 4-D NHWC input and 4-D (kh, kw, c_in, c_out) weights")
@@ -971,6 +986,9 @@ class ConvInputGrad(TensorOp):
     def __init__(self, stride: int, padding: int, size: tuple[int, int], layout: str = "NHWC"):
         self.stride, self.padding, self.layout = stride, padding, layout
         self.size = tuple(size)
+
+    def computes_halves(self, arrays) -> bool:
+        return _native_conv(*arrays)  # the device's conv rows take them (HALF_ROWS)
 
     def compute(self, g: NDArray, w: NDArray):
         g = _nhwc(g, self.layout)
@@ -1064,6 +1082,9 @@ class ConvWeightGrad(TensorOp):
         self.stride, self.padding, self.layout = stride, padding, layout
         self.kernel = tuple(kernel)
         self.x_nhwc = x_nhwc  # the forward's compact NHWC copy of x, when it made one
+
+    def computes_halves(self, arrays) -> bool:
+        return _native_conv(*arrays)  # the device's conv rows take them (HALF_ROWS)
 
     def compute(self, x: NDArray, g: NDArray):
         kh, kw = self.kernel

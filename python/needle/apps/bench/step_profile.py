@@ -13,10 +13,12 @@ import time
 
 import needle as ndl
 from needle.apps.bench.harness import measure, set_threads
-from needle.apps.bench.workloads import needle_train_step, train_specs
+from needle.apps.bench.workloads import TrainSpec, needle_train_step
 
 KERNEL_KINDS = (
     ("matmul", ("matmul",)),
+    ("convolution", ("conv2d",)),
+    ("dtype conversion", ("astype",)),
     ("elementwise", ("ewise_", "scalar_")),
     ("reduction", ("reduce_",)),
     ("compact / setitem copies", ("compact", "ewise_setitem", "scalar_setitem")),
@@ -62,11 +64,11 @@ class TimedBackend:
         return timed
 
 
-def profile_step(model: str, threads: int, steps: int) -> None:
-    """Where a needle cpu training step spends its time: kernels by kind, Python by difference,
-    then cProfile's top functions."""
+def profile_step(spec: TrainSpec, threads: int, steps: int) -> None:
+    """Where a needle cpu training step (of `spec`, in its precision) spends its time: kernels by
+    kind, Python by difference, then cProfile's top functions."""
     set_threads(threads)
-    spec = next(s for s in train_specs() if s.model == model)
+    model = spec.model
     device = ndl.cpu()
     step = needle_train_step(spec, device)
     plain = measure(step, repeats=steps, warmup=5, min_time=0.0).median
