@@ -107,6 +107,8 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
     # same session for the guards found in review (aliased arguments, gradient hooks, devices
     # first used in a step), arguments' .grad and a replayed result's backward that raises
     ("capture", ("python/needle/capture.py",), 600),
+    # issue 20: the divergence finder (ndl.debug.compare, 296 lines), a layer of its own
+    ("debug", ("python/needle/debug.py",), 330),
     # issue 18: +150 for amp.py (autocast and GradScaler, 10% above its 135 lines then)
     ("other python", ("python/needle/*.py",), 260),
     (

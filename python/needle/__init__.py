@@ -8,7 +8,7 @@ from . import backend_ndarray, init  # noqa: F401
 from . import nn, optim  # noqa: F401
 from . import data, distributed  # noqa: F401
 from .capture import CaptureError, compile  # noqa: F401  (ndl.compile, as torch.compile)
-from . import amp  # noqa: F401
+from . import amp, debug  # noqa: F401
 from .amp import autocast  # noqa: F401  (ndl.autocast, as torch.autocast)
 
 __version__ = "0.1.0"

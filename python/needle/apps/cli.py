@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
@@ -127,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="bf16/fp16: forward under ndl.autocast (matmuls and convs in the 16-bit type, "
         "float32 master weights); fp16 adds loss scaling, logging skipped steps",
+    )
+    train.add_argument(
+        "--compare-devices",
+        default=None,
+        metavar="A,B",
+        help="instead of training: run the first training step (--max-batches steps) on each "
+        "device from the same seed and data, and name the first op whose output or gradient "
+        "differs (ndl.debug.compare); exit 1 when one does",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--debug", action="store_true", help="tracebacks for errors")
@@ -495,7 +504,40 @@ def _prepare_out(out: str) -> None:
 INTERRUPT_GRACE_S = 2.0  # how long an interrupted rank other than 0 lets rank 0 save
 
 
+def compare_devices(args) -> int:
+    """needle train --compare-devices A,B: the first --max-batches (default 1) training steps
+    of the configured job on each device, from the same seed and data, compared op by op."""
+    from needle import debug
+
+    defaults = DEFAULTS[args.model]
+    batch_size = args.batch_size or defaults.batch_size
+    devices = [resolve_device(name.strip()) for name in args.compare_devices.split(",")]
+    if len(devices) < 2:
+        raise SystemExit("needle train: --compare-devices needs two devices, e.g. cpu_numpy,cpu")
+
+    def steps(device):
+        np.random.seed(args.seed)
+        task = build_task(args, device, batch_size)
+        opt = make_optimizer(
+            args.optimizer or defaults.optimizer,
+            task.model.parameters(),
+            defaults.lr if args.lr is None else args.lr,
+            defaults.weight_decay if args.weight_decay is None else args.weight_decay,
+        )
+        trainer = Trainer(
+            task.model, nn.SoftmaxLoss(), opt, clip=task.clip, flatten=task.flatten,
+            precision=args.precision,
+        )  # fmt: skip
+        state = None
+        for x, y in itertools.islice(task.train_data, args.max_batches or 1):
+            _, _, state = trainer.train_step(x, y, state)
+
+    return 1 if debug.compare_runs(steps, devices) else 0
+
+
 def train(args) -> int:
+    if args.compare_devices:
+        return compare_devices(args)
     defaults = DEFAULTS[args.model]
     out = args.out or os.path.join("runs", args.model)
     checkpoint = os.path.join(out, "checkpoint.npz")
