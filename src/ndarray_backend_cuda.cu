@@ -130,7 +130,12 @@ NB_MODULE(ndarray_backend_cuda, m) {
     } catch (const TypeError& e) { PyErr_SetString(PyExc_TypeError, e.what()); }
   });
 
-  needle::bind_array<Array, parse_dtype, dtype_name>(m, "A flat device buffer of `size` elements.");
+  needle::bind_array<Array, parse_dtype, dtype_name, nb::device::cuda>(
+      m, "A flat device buffer of `size` elements.", [] {
+        int device = 0;
+        cudaGetDevice(&device);  // DLPack's device index: the current device
+        return device;
+      });
 
   // (The 16-bit dtypes cross as uint16 views, so nanobind sees object: the table's types.)
   m.def("to_numpy", &to_numpy, "a"_a, "shape"_a, "strides"_a, "offset"_a,

@@ -2,7 +2,7 @@
 
 from . import ops  # noqa: F401  (ndl.ops, as in the needle API)
 from .ops import *  # noqa: F403
-from .autograd import Tensor, TensorTuple, Value, no_grad, is_grad_enabled  # noqa: F401
+from .autograd import Tensor, TensorTuple, Value, no_grad, is_grad_enabled, from_dlpack  # noqa: F401
 from .backend_selection import *  # noqa: F403
 from . import backend_ndarray, init  # noqa: F401
 from . import nn, optim  # noqa: F401

@@ -817,8 +817,19 @@ class Tensor(Value):
         return True
 
     def __array__(self, dtype=None, copy=None):
-        a = self.numpy()
-        return a if dtype is None else a.astype(dtype)
+        """np.asarray(t): a view of the tensor's memory where NumPy can read it in place (host
+        memory, not bfloat16: NDArray.__array__), else a copy."""
+        if _NUMPY_MODE:
+            a = self.numpy()
+            return a if dtype is None else a.astype(dtype)
+        return self.realize_cached_data().__array__(dtype, copy)
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        """DLPack export of the tensor's memory, zero copy (torch.from_dlpack(t))."""
+        return self.realize_cached_data().__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self.realize_cached_data().__dlpack_device__()
 
     # ---- operators --------------------------------------------------------------------
     # The two commonest operators make their node directly with one shared (stateless) op:
@@ -941,6 +952,12 @@ class Tensor(Value):
     @property
     def T(self):
         return self.transpose()
+
+
+def from_dlpack(x: Any, device: Any = None, requires_grad: bool = False) -> Tensor:
+    """ndl.from_dlpack(x): a Tensor over the memory of x (a NumPy array, a torch tensor:
+    anything with __dlpack__), without a copy when it is C-contiguous (nd.from_dlpack)."""
+    return Tensor.make_const(nd.from_dlpack(x, device), requires_grad=requires_grad)
 
 
 def compute_gradient_of_variables(

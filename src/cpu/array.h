@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -234,7 +235,12 @@ struct Array {
     bytes = rounded_bytes(size * itemsize(dtype));
     ptr = BufferCache::instance().acquire(bytes);
   }
-  ~Array() { BufferCache::instance().release(ptr, bytes); }
+  // Another library's memory (from_dlpack): `owner` keeps it alive, the cache never sees it.
+  Array(void *foreign, size_t size, DType dtype, std::shared_ptr<void> owner)
+      : size(size), dtype(dtype), bytes(0), ptr(foreign), owner(std::move(owner)) {}
+  ~Array() {
+    if (!owner) BufferCache::instance().release(ptr, bytes);
+  }
   Array(const Array &) = delete;
   Array &operator=(const Array &) = delete;
 
@@ -247,6 +253,7 @@ struct Array {
   DType dtype;
   size_t bytes;  // what the buffer really holds (rounded_bytes)
   void *ptr;
+  std::shared_ptr<void> owner;  // set for foreign memory
 };
 
 // val (a Python float) as a T: floats round to the dtype (the 16-bit ones as NumPy's float16

@@ -39,7 +39,9 @@ Array::Array(size_t size, DType dtype) : size(size), dtype(dtype) {
   ptr = device_alloc(size * itemsize(dtype));
 }
 
-Array::~Array() { device_free(ptr); }
+Array::~Array() {
+  if (!owner) device_free(ptr);
+}
 
 namespace {
 

@@ -13,9 +13,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels.h"
@@ -35,6 +37,9 @@ constexpr int kTileSize = 8;
 // A flat device buffer of `size` elements; freed (stream-ordered) when the Array dies.
 struct Array {
   Array(size_t size, DType dtype);
+  // Another library's device memory (from_dlpack): `owner` keeps it alive; never freed here.
+  Array(void* foreign, size_t size, DType dtype, std::shared_ptr<void> owner)
+      : size(size), dtype(dtype), ptr(foreign), owner(std::move(owner)) {}
   ~Array();
   Array(const Array&) = delete;
   Array& operator=(const Array&) = delete;
@@ -42,6 +47,7 @@ struct Array {
   size_t size;
   DType dtype;
   void* ptr = nullptr;
+  std::shared_ptr<void> owner;  // set for foreign memory
 };
 
 // A C-contiguous host buffer: NumPy's data on its way in (from_numpy) or out (to_numpy).

@@ -90,6 +90,7 @@ __all__ = [
     "BackendDevice",
     "DTYPES",
     "array",
+    "from_dlpack",
     "empty",
     "full",
     "broadcast_to",
@@ -772,8 +773,45 @@ class NDArray:
         return self._device.mod.to_numpy(self._handle, *view).reshape(self._shape)
 
     def __array__(self, dtype=None, copy=None):
+        """np.asarray(a): a view of a's memory where NumPy can read it in place (host memory
+        in a dtype of NumPy's DLPack: not bfloat16), else a copy; `copy` as NumPy 2 says."""
+        if copy is not True and dtype in (None, self._dtype):
+            view = self._host_view()
+            if view is not None:
+                return view
+        if copy is False:
+            raise ValueError(f"a {self._dtype} array on {self._device} has no NumPy view")
         a = self.numpy()
         return a if dtype is None else a.astype(dtype)
+
+    # ---- DLPack ---------------------------------------------------------------------
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        """DLPack export, zero copy (``torch.from_dlpack(a)``, ``np.from_dlpack(a)``): the
+        native backends' bounds-checked view, NumPy's for cpu_numpy."""
+        handle = self._handle
+        if hasattr(handle, "dlpack_view"):
+            view = handle.dlpack_view(list(self._shape), list(self._strides), self._offset)
+            return view.__dlpack__(**kwargs)
+        return self._numpy_view().__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        handle = self._handle
+        return handle.dlpack_device() if hasattr(handle, "dlpack_device") else (1, 0)
+
+    def _numpy_view(self) -> np.ndarray:
+        """The cpu_numpy array's view of its buffer (its Array wraps a NumPy array)."""
+        flat = getattr(self._handle, "array", None)
+        if self._device.name != "cpu_numpy" or not isinstance(flat, np.ndarray):
+            raise TypeError(f"DLPack: {self._device} arrays cannot be exported")
+        strides = tuple(s * flat.itemsize for s in self._strides)
+        return np.lib.stride_tricks.as_strided(flat[self._offset :], self._shape, strides)
+
+    def _host_view(self) -> np.ndarray | None:
+        """A NumPy view of this array on the host backends (None elsewhere, and for bfloat16,
+        which NumPy's DLPack cannot take)."""
+        if self._dtype == "bfloat16" or self._device.name not in ("cpu", "cpu_numpy"):
+            return None
+        return np.from_dlpack(self)
 
     def astype(self, dtype) -> NDArray:
         """This array in `dtype` (itself when it has it), converted on its device by the
@@ -1492,6 +1530,36 @@ def _repeated_vector_binary(a: NDArray, b: NDArray, shape, ewise_name: str):
 
 
 # ---- module-level constructors and functions (the needle API) ------------------------
+def from_dlpack(x: Any, device: BackendDevice | None = None) -> NDArray:
+    """An NDArray over the memory of `x` (an object with __dlpack__: a NumPy array, a torch
+    tensor), without a copy when it is C-contiguous on `device`'s memory (default: cpu for
+    host memory, cuda for CUDA memory): writes through either show in the other. Otherwise
+    (another layout, or NumPy's bfloat16, which DLPack cannot pass) a copy."""
+    kind = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else 1
+    if device is None:
+        device = cuda() if kind == 2 else cpu() if cpu().enabled() else cpu_numpy()
+    shape = tuple(int(n) for n in x.shape)
+    native = getattr(device.mod.Array, "from_dlpack", None)
+    try:
+        if native is not None:
+            return _over(native(x), shape, device)
+        if device.name == "cpu_numpy":
+            flat = np.from_dlpack(x)
+            if flat.flags.c_contiguous:
+                return _over(device.mod.Array.over(flat.reshape(-1)), shape, device)
+    except (TypeError, BufferError):  # not contiguous, or no DLPack dtype: copied below
+        pass
+    if kind != 1:
+        raise TypeError(f"from_dlpack: cannot take memory of DLPack device type {kind} on {device}")
+    return NDArray(np.asarray(x), device=device, dtype=str(np.asarray(x).dtype))
+
+
+def _over(handle: Any, shape: tuple[int, ...], device: BackendDevice) -> NDArray:
+    if handle.size != _size(shape):
+        raise ValueError(f"from_dlpack: {handle.size} elements for shape {shape}")
+    return NDArray._make(shape, device=device, handle=handle)
+
+
 def array(a, dtype=None, device: BackendDevice | None = None) -> NDArray:
     """An NDArray copy of `a`: float32 unless `dtype` says otherwise (or `a` is an NDArray)."""
     return NDArray(a, device=device, dtype=dtype)

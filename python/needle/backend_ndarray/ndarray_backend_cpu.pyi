@@ -5,6 +5,11 @@
 needle CPU backend: the primitive table of ndarray_backend_numpy, in C++
 """
 
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from numpy.typing import NDArray
+
 from . import _primitive_stubs
 from ._primitive_stubs import *  # noqa: F403 - its __all__ (attributes, core primitives)
 from ._primitive_stubs import (
@@ -37,6 +42,24 @@ from ._primitive_stubs import (
 
 class Array(_primitive_stubs.Array):
     """A flat, 64-byte aligned buffer of `size` elements."""
+
+    def dlpack_view(
+        self, shape: Sequence[int], strides: Sequence[int], offset: int
+    ) -> Annotated[Any, dict(device="cpu")]:
+        """
+        An object with __dlpack__ and the buffer protocol: the view (shape, strides, offset) in elements, checked to lie in the buffer, which it keeps alive.
+        """
+
+    def dlpack_device(self) -> tuple[int, int]:
+        """
+        (DLPack device type, device index) of the memory, as __dlpack_device__ says.
+        """
+
+    @staticmethod
+    def from_dlpack(x: Annotated[NDArray[Any], dict(order="C", device="cpu")]) -> Array:
+        """
+        An Array over the memory of a C-contiguous array of another library (its __dlpack__ or buffer), without a copy: writes through either show in the other.
+        """
 
 def memory_stats() -> dict:
     """
