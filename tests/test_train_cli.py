@@ -61,6 +61,11 @@ def test_checkpoint_restores_model_and_optimizer(tmp_path):
     meta = load_checkpoint(str(tmp_path / "checkpoint.npz"), model, opt)
     assert meta["epoch"] == 2 and meta["config"]["model"] == "mlp-resnet"
     assert opt.state, "Adam moments were not restored"
+    # model.safetensors beside it holds the same weights (needle train writes both).
+    weights = MLPResNet(784, hidden_dim=256)
+    weights.load_weights(str(tmp_path / "model.safetensors"))
+    for (name, a), b in zip(model.state_dict().items(), weights.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
     # Saving what was loaded gives back the same arrays.
     save_checkpoint(str(tmp_path / "again.npz"), model, opt, meta)
     with np.load(tmp_path / "checkpoint.npz") as a, np.load(tmp_path / "again.npz") as b:
@@ -410,13 +415,13 @@ def test_resume_refuses_a_new_lr_or_weight_decay(tmp_path):
 
 
 def test_orphan_checkpoint_temporaries_are_removed_and_the_directory_synced(tmp_path, monkeypatch):
-    from needle.apps import trainer
+    from needle import serialization
 
     orphan = tmp_path / ".checkpoint.npz.999999999.tmp"
     orphan.write_bytes(b"torn")
     synced = []
-    real = trainer._fsync_directory
-    monkeypatch.setattr(trainer, "_fsync_directory", lambda d: (synced.append(d), real(d)))
+    real = serialization._fsync_directory
+    monkeypatch.setattr(serialization, "_fsync_directory", lambda d: (synced.append(d), real(d)))
     assert run(tmp_path, epochs=1) == 0
     assert not orphan.exists()
     assert synced and all(Path(d) == tmp_path for d in synced)

@@ -8,8 +8,10 @@
     needle bench --quick                      needle's devices against PyTorch (needle.apps.bench)
 
 It writes, in --out: checkpoint.npz (model and optimizer state, saved atomically after every
-epoch; Ctrl-C saves the state of the last whole epoch), metrics.json and metrics.csv (one row
-per epoch) and curves.png. User errors and diverged runs: one line, exit 1 (--debug: traceback).
+epoch; Ctrl-C saves the state of the last whole epoch), model.safetensors beside it (the same
+weights alone, for Module.load_weights, ndl.load and any safetensors reader), metrics.json and
+metrics.csv (one row per epoch) and curves.png. User errors and diverged runs: one line, exit 1
+(--debug: traceback).
 """
 
 from __future__ import annotations
@@ -392,6 +394,9 @@ class EpochSeed:
         np.random.seed(self.seed * 100003 + epoch + 7919 * self.rank)
 
 
+WEIGHTS = "model.safetensors"  # what needle train writes beside checkpoint.npz
+
+
 class RunLog:
     """Trainer hook of `needle train`: after every epoch a metrics row and a step of the
     learning-rate schedule, then, on rank 0 only, the checkpoint, metrics.json and metrics.csv
@@ -433,7 +438,7 @@ class RunLog:
             )
 
     def save(self, trainer: Trainer, **extra) -> None:
-        """The checkpoint, marked with the last whole epoch."""
+        """The checkpoint, marked with the last whole epoch, and its weights alone."""
         trainer.save(
             self.checkpoint,
             {
@@ -444,6 +449,7 @@ class RunLog:
                 **extra,
             },
         )
+        trainer.model.save_weights(os.path.join(self.out, WEIGHTS))
 
     def resume(self, trainer: Trainer, model_name: str, epochs: int) -> int:
         """Load the checkpoint into the trainer and the schedule; returns its epoch."""
@@ -567,7 +573,8 @@ def train(args) -> int:
     say = print if primary else (lambda *args, **kwargs: None)
     if primary:
         _prepare_out(out)
-        remove_stale_temporaries(checkpoint)  # left by a run killed while saving
+        for path in (checkpoint, os.path.join(out, WEIGHTS)):
+            remove_stale_temporaries(path)  # left by a run killed while saving
 
     np.random.seed(args.seed)  # model initialisation
     task = build_task(args, device, batch_size, rank, world)

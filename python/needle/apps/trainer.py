@@ -21,7 +21,6 @@ were given, at these points:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
@@ -37,6 +36,7 @@ import numpy as np
 import needle as ndl
 from needle import amp, nn
 from needle.autograd import Tensor, no_grad
+from needle.serialization import atomic_write, remove_stale_temporaries
 
 __all__ = [
     "Trainer",
@@ -380,68 +380,13 @@ def _unflatten_optimizer(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str, model: nn.Module, opt=None, meta: dict | None = None) -> None:
-    """Write model and optimizer state plus `meta` (JSON) to an .npz, atomically: a temporary
-    file in the same directory, then a rename, so an interrupted save never leaves a torn file."""
+    """Write model and optimizer state plus `meta` (JSON) to an .npz, atomically (see
+    needle.serialization.atomic_write): an interrupted save never leaves a torn file."""
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
     if opt is not None:
         arrays.update(_flatten_optimizer(opt.state_dict()))
     arrays["meta"] = np.asarray(json.dumps(meta or {}))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make a rename in `directory` durable (POSIX; a no-op where directories can't be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def remove_stale_temporaries(path: str) -> list[str]:
-    """Delete the temporary files save_checkpoint(path) left when its process was killed
-    mid-save (.NAME.PID.tmp of a process no longer running); returns their paths."""
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}."
-    removed = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    for name in names:
-        pid = name[len(prefix) : -len(".tmp")]
-        if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
-            continue
-        if int(pid) != os.getpid() and _process_alive(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            os.remove(os.path.join(directory, name))
-            removed.append(os.path.join(directory, name))
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process
-        pass
-    return True
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _read_arrays(path: str) -> dict[str, np.ndarray]:

@@ -507,6 +507,24 @@ class Module:
             ).realize_cached_data()
             tensor.grad = None
 
+    def save_weights(self, path: str) -> None:
+        """state_dict() to a safetensors file (ndl.save; needle's names and layouts, atomic)."""
+        from needle.serialization import save
+
+        save(self.state_dict(), path)
+
+    def load_weights(self, path: str, strict: bool = True) -> None:
+        """load_state_dict of a safetensors file of weights: save_weights', or any flat one
+        with needle's names and layouts (needle.interop ports PyTorch's)."""
+        from needle.serialization import load
+
+        state = load(path, as_numpy=True)
+        if not isinstance(state, dict) or not all(
+            isinstance(v, np.ndarray) for v in state.values()
+        ):
+            raise ValueError(f"load_weights: {path} holds no flat dict of weights")
+        self.load_state_dict(state, strict)
+
     # ---- hooks ---------------------------------------------------------------------------
     def _hook_table(self) -> _Hooks:
         if self._hooks is None:
