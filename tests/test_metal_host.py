@@ -90,7 +90,7 @@ def test_modules_refuse_to_import_off_macos():
 
 def test_table(host, mod):
     assert mod.__device_name__ in ("metal", "mps")
-    assert mod.DTYPES == ("float32", "int32", "int64", "uint8", "bool")
+    assert mod.DTYPES == ("float32", "float16", "int32", "int64", "uint8", "bool")
     assert "matmul_strided" in primitives.validate(mod)
     with pytest.raises(TypeError, match=f"{mod.__device_name__}\\(\\) does not support float64"):
         mod.Array(3, "float64")
@@ -169,6 +169,22 @@ def test_matmul(mod, m, n, p):
     )
 
 
+def test_float16_through_the_host_modules(mod, monkeypatch):
+    """float16 (2-byte elements) through the PyObjC stand-ins: copies, conversions and matmuls,
+    whose sums are exact here so that out is the NumPy backend's to the bit. mps runs them on
+    the MSL kernel (float32 sums), never on MPSMatrixMultiplication."""
+    rng = np.random.default_rng(2)
+    x = rng.integers(-40, 41, 300) / 4
+    check(mod, "compact", x, Out(60), (3, 4, 5), (1, 60, 3), 2, dtype="float16")
+    check(mod, "fill", Out(300), 1 / 3, dtype="float16")
+    for target in ("float32", "int64", "bool"):
+        check(mod, "astype", x, Out(300, dtype=target), dtype="float16")
+    check(mod, "astype", x * 1000.3, Out(300, dtype="float16"), dtype="float32")
+    monkeypatch.setattr(mod.backend.runtime, "encode_with", lambda encode: pytest.fail("MPS"))
+    a, b = rng.integers(-9, 10, 65 * 33), rng.integers(-9, 10, 33 * 70) / 8
+    check(mod, "matmul", a, b, Out(65 * 70), 65, 33, 70, dtype="float16")
+
+
 def _ops(device_queue_buffers):
     return [op[0] if op[0] == "mps" else op[1] for cb in device_queue_buffers for op in cb.ops]
 
@@ -219,7 +235,7 @@ def test_matmul_strided_uses_mps_where_it_can(host, kind):
         del runtime.commit
     ops = _ops(encoded)
     assert ("mps" in ops) == in_place, ops
-    assert (runtime.matmul_kernels()[0] in ops) == (not in_place), ops
+    assert (f"{runtime.matmul_kernels()[0]}_float32" in ops) == (not in_place), ops
 
 
 def test_kernels_are_batched_into_command_buffers(host):

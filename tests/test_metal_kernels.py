@@ -12,11 +12,13 @@ choice, MPS matrix layouts).
 
 import re
 
+import ml_dtypes
 import numpy as np
 import pytest
 from metal_emulation import harness
 from primitive_calls import read, to_array
 
+import needle as ndl
 from needle.backend_ndarray import metal_primitives, primitives
 from needle.backend_ndarray.metal_primitives import mps_matrix_layout
 
@@ -128,7 +130,9 @@ def test_harness_has_every_kernel_of_the_libraries(emu):
         return {f"{kernel}_{d}" for d in TABLE[prim].dtypes if d in metal_primitives.DTYPES}
 
     TABLE = primitives.TABLE
-    expected = set(metal_primitives.MATMUL_TILES) | {"ewise_axpby"}
+    held = metal_primitives.DTYPES
+    expected = {f"astype_{a}_{b}" for a in held for b in held} | {"ewise_axpby"}
+    expected |= {k for kernel in metal_primitives.MATMUL_TILES for k in per_dtype(kernel, "matmul")}
     for prim in TABLE.values():
         if prim.reference is not None or prim.name in (
             "fill",
@@ -145,6 +149,7 @@ def test_harness_has_every_kernel_of_the_libraries(emu):
     assert names == expected  # exactly the table's rows and dtypes, no more
     assert "ewise_add_bool" not in names and "ewise_log_int32" not in names
     assert "ewise_eq_bool" in names and "reduce_sum_rows_int64" in names
+    assert "compact_float16" in names and "ewise_add_float16" not in names
 
 
 def test_harness_binds_kernel_template_instantiations():
@@ -203,9 +208,10 @@ def test_launch_geometry_matches_the_kernels():
 
 # ---- the emulated module: dtypes and limits ----------------------------------------------
 def test_module(emu):
-    assert emu.DTYPES == ("float32", "int32", "int64", "uint8", "bool")
+    assert emu.DTYPES == ("float32", "float16", "int32", "int64", "uint8", "bool")
     assert emu.__device_name__ == "metal_emulated"
     assert primitives.validate(emu) == {
+        "astype",
         "ewise_axpby",
         "batched_matmul",
         "matmul_strided",
@@ -231,10 +237,26 @@ def test_float64_raises_a_type_error_naming_dtype_and_device(emu, dtype):
         emu.Array(4, dtype)
 
 
-@pytest.mark.parametrize("dtype", ["int8", "float16", "uint32", ""])
+HELD = "float32, float16, int32, int64, uint8, bool"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "uint32", ""])
 def test_other_dtypes_are_rejected(emu, dtype):
-    with pytest.raises(ValueError, match=r"unsupported dtype .*float32, int32, int64, uint8, bool"):
+    with pytest.raises(ValueError, match=f"unsupported dtype .*{HELD}"):
         emu.Array(4, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", ml_dtypes.bfloat16, np.dtype(ml_dtypes.bfloat16)])
+def test_bfloat16_is_an_unsupported_dtype_error_saying_why(emu, dtype):
+    """No bfloat16 (MSL's bfloat needs Metal 3.1): the backend says why, NDArray names the
+    dtypes the device holds, as for WebGPU."""
+    with pytest.raises(primitives.UnsupportedDtypeError, match=f"Metal 3.1.*it holds {HELD}"):
+        emu.Array(4, dtype)
+    device = ndl.backend_ndarray.BackendDevice("metal_emulated", emu)
+    assert "bfloat16" not in device.dtypes and "float16" in device.dtypes
+    message = f"metal_emulated() does not support dtype bfloat16 (it holds {HELD})"
+    with pytest.raises(primitives.UnsupportedDtypeError, match=re.escape(message)):
+        ndl.NDArray(np.zeros(3), device=device, dtype="bfloat16")
 
 
 def test_from_numpy_checks_dtype_and_size(emu):
@@ -367,6 +389,8 @@ def test_integer_reductions(emu):
         ("uint8", 255.0, b"\xff"),
         ("bool", 2.0, b"\x01"),
         ("bool", 0.0, b"\x00"),
+        ("float16", 1 / 3, np.float16(1 / 3).tobytes()),  # from double, rounded once
+        ("float16", 65520.0, np.float16(np.inf).tobytes()),
     ],
 )
 def test_scalars_are_passed_in_the_arrays_type(dtype, value, expected):
@@ -378,6 +402,83 @@ def test_views_past_int32_are_refused(emu):
     # reaching past that reaches past its buffer, and the host refuses it before any launch.
     with pytest.raises(IndexError, match="reaches outside"):
         emu.compact(emu.Array(4), emu.Array(2), (2,), (2**31,), 0)
+
+
+# ---- float16: conversions by bits, matmuls rounded once --------------------------------------
+HALF_PATTERNS = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+
+
+def _astype(emu, x, target):
+    out = emu.Array(x.size, target)
+    emu.astype(to_array(emu, x), out)
+    return read(emu, out)
+
+
+def test_float16_conversions_are_numpys_bits(emu):
+    """Every float16 pattern to float32, and float32 patterns of every sign, exponent and top
+    7 mantissa bits with low bits below, at and past a tie (kept bit even and odd) to float16:
+    NumPy's bits, NaN payloads, subnormals and overflow included. To the integers and bool on
+    the finite values (the row leaves the others unspecified)."""
+    wide = _astype(emu, HALF_PATTERNS, "float32")
+    np.testing.assert_array_equal(wide.view(np.uint32), HALF_PATTERNS.astype("f4").view("u4"))
+    high = np.arange(2**16, dtype=np.uint32) << 16
+    x = np.concatenate([high | low for low in (0, 0xFFF, 0x1000, 0x1001, 0x3000, 0xFFFF)])
+    x = x.view(np.float32)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    np.testing.assert_array_equal(_astype(emu, x, "float16").view("u2"), want.view("u2"))
+    finite = HALF_PATTERNS[np.isfinite(HALF_PATTERNS)]
+    for target in ("int32", "int64", "bool"):
+        np.testing.assert_array_equal(_astype(emu, finite, target), finite.astype(target))
+    small = finite[(finite > -1) & (finite < 256)]
+    np.testing.assert_array_equal(_astype(emu, small, "uint8"), small.astype(np.uint8))
+
+
+def test_integers_convert_to_float16_rounded_once(emu):
+    """Whole numbers past 2048 round to the even float16, from 65520 on to inf, as NumPy's."""
+    x = np.array([0, -1, 2049, 2051, -2051, 4097, 65504, 65519, 65520, -70000, 2**31 - 1])
+    for values in (x.astype(np.int32), np.append(x, [2**62, -(2**63)]), np.arange(256)):
+        for dtype in ("int32", "int64", "uint8"):
+            if dtype == "uint8" and values.size != 256:
+                continue
+            with np.errstate(over="ignore"):
+                want = values.astype(dtype).astype(np.float16)
+            got = _astype(emu, values.astype(dtype), "float16")
+            np.testing.assert_array_equal(got.view("u2"), want.view("u2"), err_msg=dtype)
+    flags = np.array([True, False])
+    np.testing.assert_array_equal(_astype(emu, flags, "float16"), [1.0, 0.0])
+
+
+@pytest.mark.parametrize("kernel", metal_primitives.MATMUL_TILES)
+def test_float16_matmul_sums_in_float32_and_rounds_once(kernel):
+    """Products of float16s whose float32 sums are exact but need up to 19 bits: out is each
+    exact sum rounded once to the nearest even float16 (ties included), which sums kept in
+    float16, or rounded toward zero, would miss. Two row and column tiles, a transposed b."""
+    emu = harness.emulated_backend(matmul_kernels=(kernel,))
+    rng = np.random.default_rng(0)
+    batch, m, n, p = 2, 70, 100, 67
+    a = rng.integers(-64, 65, (batch, m, n)).astype(np.float16)
+    b = (rng.integers(-64, 65, (batch, p, n)) / 8).astype(np.float16)  # stored transposed
+    exact = np.einsum("bmn,bpn->bmp", a.astype(np.float64), b.astype(np.float64))
+    out = emu.Array(batch * m * p, "float16")
+    emu.matmul_strided(
+        to_array(emu, a), to_array(emu, b), out, batch, m, n, p, 0, (m * n, n, 1), 0, (p * n, 1, n)
+    )
+    want = exact.astype(np.float16)  # float64 to float16 directly: one rounding
+    np.testing.assert_array_equal(read(emu, out).view("u2"), want.reshape(-1).view("u2"))
+    ulp = np.abs(np.spacing(want)).astype(np.float64)  # float16 ulps
+    assert ((np.abs(exact) / ulp) % 1 == 0.5).sum() > 50  # ties to even were exercised
+
+
+def test_training_under_fp16_autocast_on_the_emulated_device(emu):
+    """test_amp's fp16 training check (its `device` fixture has no emulated devices) on
+    metal's kernels: an MLP under fp16 autocast keeps float32 master weights and follows its
+    float32 run (~6 s: 823 launches; test_amp's other float16 checks pass here too, in ~80 s,
+    and the conversions they check are covered above)."""
+    import test_amp
+
+    device = ndl.backend_ndarray.BackendDevice("metal_emulated", emu)
+    test_amp.test_trainer_precision_keeps_float32_master_weights("fp16", device)
 
 
 # ---- synchronisation -----------------------------------------------------------------------------
@@ -455,7 +556,7 @@ def test_matmul_grid_is_one_threadgroup_per_output_tile(emu):
     rows, columns, threads = metal_primitives.MATMUL_TILES[kernel]
     assert launches(
         emu, lambda: emu.matmul_strided(a, b, out, 3, 130, 7, 65, 0, (0, 7, 1), 0, (0, 65, 1))
-    ) == [(kernel, (-(-65 // columns), -(-130 // rows), 3), (threads, 1, 1))]
+    ) == [(f"{kernel}_float32", (-(-65 // columns), -(-130 // rows), 3), (threads, 1, 1))]
     assert launches(emu, lambda: emu.fill(emu.Array(0), 1.0)) == []  # nothing for no elements
 
 

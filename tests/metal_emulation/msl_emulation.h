@@ -10,11 +10,11 @@
 //  - `kernel` vanishes; the `[[buffer(n)]]`, `[[thread_position_in_grid]]`, ... attributes
 //    stay and are ignored by g++ (-Wno-attributes): the build script reads them from the
 //    source to generate each kernel's argument binding.
-//  - scalar and vector types (uint, ulong, uint2/3, float2/4, ...), the math functions with
-//    Metal's semantics where they differ from C (sign), mem_flags, threadgroup_barrier and
-//    simdgroup_barrier (real barriers), the SIMD-group reductions and shuffles (real data
-//    exchange between the threads of a 32-wide SIMD-group), and simdgroup_matrix 8 x 8
-//    load / store / multiply-accumulate.
+//  - scalar and vector types (uint, ulong, half as storage, uint2/3, float2/4, ...), as_type,
+//    the math functions with Metal's semantics where they differ from C (sign), mem_flags,
+//    threadgroup_barrier and simdgroup_barrier (real barriers), the SIMD-group reductions and
+//    shuffles (real data exchange between the threads of a 32-wide SIMD-group), and
+//    simdgroup_matrix 8 x 8 load / store / multiply-accumulate.
 // Every std header is included before the macros below are defined, so the macros cannot
 // break the standard library; code after this header must not use those words otherwise.
 #pragma once
@@ -32,6 +32,14 @@ typedef unsigned short ushort;
 typedef unsigned int uint;
 typedef unsigned long ulong;
 static_assert(sizeof(ulong) == 8, "MSL's ulong is 64 bits");
+// MSL's half, as storage only (2 bytes, copied bit for bit): needle's kernels convert float16
+// by bits (common.metal's float_to_half, half_to_float through as_type), so a kernel that
+// converts or computes in half natively, which a GPU may do with other NaN or subnormal bits,
+// does not compile here.
+struct half {
+  uint16_t bits;
+};
+static_assert(sizeof(half) == 2, "MSL's half is 16 bits");
 
 // ---- vector types -------------------------------------------------------------------------
 namespace msl {
@@ -171,6 +179,14 @@ namespace metal {
 using msl::vec;
 
 enum class mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4 };
+
+// Reinterpreting bits: T and U of one size (float and uint, half and ushort).
+template <typename T, typename U> T as_type(U x) {
+  static_assert(sizeof(T) == sizeof(U), "as_type between types of one size");
+  T y;
+  std::memcpy(&y, &x, sizeof(y));
+  return y;
+}
 
 inline void threadgroup_barrier(mem_flags) { msl::threadgroup_barrier_impl(); }
 inline void simdgroup_barrier(mem_flags) { msl::simdgroup_barrier_impl(); }

@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--device",
         choices=("auto", "cpu", "cpu_numpy", "cuda", "metal", "mps", "webgpu"),
         default="auto",
-        help="auto: the best available (cuda, then cpu, then cpu_numpy); metal "
-        'and mps: Apple GPUs, float32 (pip install "needle[metal]"); webgpu: wgpu on '
+        help="auto: the best available (cuda, then cpu, then cpu_numpy); metal and mps: "
+        'Apple GPUs, no float64 or bfloat16 (pip install "needle[metal]"); webgpu: wgpu on '
         'Metal, Vulkan or D3D12 (pip install "needle[webgpu]")',
     )
     train.add_argument(

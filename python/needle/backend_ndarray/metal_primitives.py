@@ -54,7 +54,7 @@ CORE_SOURCES = (
 # simdgroup_matrix needs Apple GPU family 7 (M1 and later): a library of its own, so that the
 # core library compiles everywhere.
 SIMDGROUP_SOURCES = ("common.metal", "matmul_simdgroup.metal")
-SIMDGROUP_KERNELS = frozenset({"matmul_simdgroup"})
+SIMDGROUP_KERNELS = frozenset({"matmul_simdgroup_float32", "matmul_simdgroup_float16"})
 
 
 def kernel_source(files: Sequence[str]) -> str:
@@ -69,7 +69,8 @@ REDUCE_THREADS = 256  # reduce.metal REDUCE_THREADS: one threadgroup per row in 
 # Rows up to this long are reduced by one thread each (*_serial): a 256-thread group per row
 # would leave most threads idle. Longer rows get a threadgroup each (*_rows).
 REDUCE_SERIAL_MAX = 64
-# kernel: (rows of out per threadgroup, columns of out per threadgroup, threads)
+# kernel: (rows of out per threadgroup, columns of out per threadgroup, threads); each is one
+# kernel per dtype of the matmul rows that Metal holds (matmul_simdgroup_float16).
 MATMUL_TILES = {
     "matmul_threadgroup": (64, 64, 256),  # matmul.metal MM_BM, MM_BN, MM_THREADS
     "matmul_simdgroup": (64, 64, 128),  # matmul_simdgroup.metal SG_BM, SG_BN, SG_THREADS
@@ -78,9 +79,10 @@ INT32_MAX = 2**31 - 1  # kernels index with 32-bit ints
 
 
 # The dtypes Metal holds (no float64: Apple GPUs have no double precision) and their MSL types
-# (common.metal): float, int, long, uchar, bool. A kernel for one dtype is named
-# <kernel>_<dtype>: ewise_add_int64, compact_bool.
-DTYPES: tuple[str, ...] = ("float32", "int32", "int64", "uint8", "bool")
+# (common.metal): float, half, int, long, uchar, bool. A kernel for one dtype is named
+# <kernel>_<dtype>: ewise_add_int64, compact_bool; astype's <from>_<to>: astype_float16_int32.
+DTYPES: tuple[str, ...] = ("float32", "float16", "int32", "int64", "uint8", "bool")
+NO_BFLOAT16 = "MSL has bfloat only from Metal 3.1 (macOS 14), so needle's kernels do not hold it"
 ITEMSIZE = {dtype: np.dtype(dtype).itemsize for dtype in DTYPES}
 
 
@@ -92,21 +94,22 @@ def _u32(value: int) -> bytes:
     return struct.pack("<I", value)
 
 
-def _f32(value: float) -> bytes:
-    # Rounded to float32 as the NumPy backend rounds scalars (overflow gives inf, as there).
+def _f32(value: float, dtype: str = "float32") -> bytes:
+    # Rounded to float32 (float16) as the NumPy backend rounds scalars (overflow gives inf, as
+    # there); a float16 from a Python float straight from double, as NumPy's.
     with np.errstate(over="ignore"):
-        return np.array(value, dtype=np.float32).tobytes()
+        return np.array(value, dtype=dtype).tobytes()
 
 
 _INT_FORMATS = {"int32": "<I", "int64": "<Q", "uint8": "<B"}
 
 
 def scalar_bytes(dtype: str, value) -> bytes:
-    """A scalar operand as the kernels of `dtype` read it (a `constant T&`): float32 rounded;
+    """A scalar operand as the kernels of `dtype` read it (a `constant T&`): floats rounded;
     an integer converted as C's static_cast (NDArray passes a whole number in range;
     anything wider wraps, as NumPy's astype); bool is value != 0."""
-    if dtype == "float32":
-        return _f32(value)
+    if dtype in ("float32", "float16"):
+        return _f32(value, dtype)
     if dtype == "bool":
         return b"\x01" if value != 0 else b"\x00"
     fmt = _INT_FORMATS[dtype]
@@ -204,6 +207,11 @@ class MetalBackend:
     # -- dtypes and synchronisation --
     def check_dtype(self, dtype) -> str:
         """The name of `dtype` if this backend holds it."""
+        if "bfloat16" in (str(dtype), getattr(dtype, "__name__", None)):
+            raise primitives.UnsupportedDtypeError(
+                f"{self.device_name}() does not support bfloat16: {NO_BFLOAT16}; it holds "
+                f"{', '.join(self.DTYPES)}"
+            )
         return primitives.held_dtype(
             self.device_name, dtype, self.DTYPES, "Apple GPUs have no double precision"
         )
@@ -271,6 +279,14 @@ class MetalBackend:
                 _groups(out.size, THREADS),
                 (THREADS, 1, 1),
             )
+
+    def astype(self, a: MetalArray, out: MetalArray) -> None:
+        """out = a converted to out's dtype (common.metal's cast_to: NumPy's bits)."""
+        if a.size != out.size:
+            raise ValueError(
+                f"{self.device_name}: astype of {a.size} elements into an array of {out.size}"
+            )
+        self.unary(f"astype_{a.dtype}_{out.dtype}", a, out)
 
     # -- layout --
     def _strided(self, kernel: str, source, out: MetalArray, shape, strides, offset) -> None:
@@ -436,7 +452,7 @@ class MetalBackend:
             "<4I8i", *views[:5], *views.a_strides, views.b_offset, *views.b_strides
         )
         self._launch(
-            kernel,
+            f"{kernel}_{a.dtype}",
             [(0, a, 0), (1, b, 0), (2, out, 0)],
             [(3, params)],
             (-(-views.p // columns_per_group), -(-views.m // rows_per_group), views.batch),

@@ -2,8 +2,10 @@
 
 macOS only, with ``pip install "needle[metal]"`` (pyobjc-framework-Metal). Elsewhere, or on a
 Mac without a Metal GPU, importing this module raises ImportError and ``ndl.metal().enabled()``
-is False. Dtypes float32, int32, int64, uint8 and bool (MSL float, int, long, uchar, bool):
-no float64, as Apple GPUs have no double precision.
+is False. Dtypes float32, float16, int32, int64, uint8 and bool (MSL float, half, int, long,
+uchar, bool): no float64, as Apple GPUs have no double precision, and no bfloat16 (MSL's bfloat
+needs Metal 3.1). float16 is stored, converted and multiplied (float32 sums); the rows that
+compute take float32, to which NDArray converts it.
 
 This file is the part that only a Mac runs: the device, one command queue, the kernel
 libraries (compiled from source at first use, then one pipeline per kernel, cached), and one
@@ -136,7 +138,7 @@ class MetalRuntime:
             family = getattr(Metal, "MTLGPUFamilyApple7", None)
             if family is not None and self.device.supportsFamily_(family):
                 try:
-                    self.pipeline("matmul_simdgroup")
+                    self.pipeline("matmul_simdgroup_float32")
                     kernels.insert(0, "matmul_simdgroup")
                 except RuntimeError as error:
                     warnings.warn(

@@ -8,7 +8,9 @@ elsewhere importing this module raises ImportError and ``ndl.mps().enabled()`` i
 MSL kernels (it shares the metal backend's device, queue and open command buffer). Operands
 go in place, as MPS matrices with a row stride, transposed when a view is unit-stride down its
 columns; views MPS cannot describe (broadcast rows or batches) use the MSL matmul kernel.
-Matmuls are float32 (the table's matmul rows take floats only). The rest of the table, every
+float16 matmuls run on the MSL kernel too: the matmul rows sum in float32, and
+MPSMatrixMultiplication's documentation does not say in what precision it sums float16
+operands (which only a Mac could measure). The rest of the table, every
 dtype included, is the metal backend's: MPS offers nothing for strided copies, and its
 elementwise filters (MPSMatrixNeuron, ...) cover only some of needle's ops and are no faster
 on memory-bound work than the MSL kernels.
@@ -81,7 +83,7 @@ class MPSBackend(MetalBackend):
             return
         left = mps_matrix_layout(batch, m, n, views.a_offset, views.a_strides, a.size)
         right = mps_matrix_layout(batch, n, p, views.b_offset, views.b_strides, b.size)
-        if n == 0 or left is None or right is None:
+        if n == 0 or left is None or right is None or a.dtype != "float32":
             super()._matmul(a, b, out, views)
             return
         result = MPSMatrixLayout(m, p, 4 * p, 4 * m * p, 0, False)

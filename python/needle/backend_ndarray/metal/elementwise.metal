@@ -4,7 +4,7 @@
 //   binary:  a [[buffer(0)]], b [[buffer(1)]], out [[buffer(2)]], size [[buffer(3)]]
 //   scalar:  a [[buffer(0)]], value [[buffer(1)]], out [[buffer(2)]], size [[buffer(3)]]
 //   axpby:   as binary, then alpha [[buffer(4)]], beta [[buffer(5)]]
-//   unary:   a [[buffer(0)]], out [[buffer(1)]], size [[buffer(2)]]
+//   unary:   a [[buffer(0)]], out [[buffer(1)]], size [[buffer(2)]]; astype likewise
 // Scalars (value) arrive in the array's own type, converted by the host.
 // The unary, binary and scalar families are one kernel template each, instantiated once per
 // operator of the primitive table (primitives.py UNARY, BINARY, SCALAR) and per dtype that
@@ -21,7 +21,24 @@ template <typename T>
   if (i < size) out[i] = value;
 }
 
-NEEDLE_ALL(NEEDLE_TYPED, fill)
+NEEDLE_HELD(NEEDLE_TYPED, fill)
+
+// out = a converted to out's dtype (common.metal's cast_to): astype_FROM_TO for every pair of
+// held dtypes (the targets spelled out: a macro cannot expand itself).
+template <typename From, typename To>
+[[kernel]] void astype(device const From* a [[buffer(0)]],
+                       device To* out [[buffer(1)]],
+                       constant uint& size [[buffer(2)]],
+                       uint i [[thread_position_in_grid]]) {
+  if (i < size) out[i] = cast_to<To>::from(a[i]);
+}
+#define NEEDLE_ASTYPE(FROM, FROM_DTYPE, TO, TO_DTYPE) \
+  NEEDLE_KERNEL("astype_" #FROM_DTYPE "_" #TO_DTYPE, astype<FROM, TO>)
+#define NEEDLE_ASTYPE_TO_HELD(NAME, FROM, FROM_DTYPE)                                         \
+  NEEDLE_ASTYPE(FROM, FROM_DTYPE, float, float32) NEEDLE_ASTYPE(FROM, FROM_DTYPE, half, float16) \
+  NEEDLE_ASTYPE(FROM, FROM_DTYPE, int, int32) NEEDLE_ASTYPE(FROM, FROM_DTYPE, long, int64)       \
+  NEEDLE_ASTYPE(FROM, FROM_DTYPE, uchar, uint8) NEEDLE_ASTYPE(FROM, FROM_DTYPE, bool, bool)
+NEEDLE_HELD(NEEDLE_ASTYPE_TO_HELD, astype)
 
 // out = alpha * a + beta * b. `out` may be bound to the buffer of `a` or `b` (the optimizers'
 // in-place update): each thread reads its element before writing it.

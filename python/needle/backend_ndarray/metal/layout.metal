@@ -52,6 +52,6 @@ template <typename T>
   if (i < view.size) out[storage_index(i, shape, strides, view)] = value;
 }
 
-NEEDLE_ALL(NEEDLE_TYPED, compact)
-NEEDLE_ALL(NEEDLE_TYPED, ewise_setitem)
-NEEDLE_ALL(NEEDLE_TYPED, scalar_setitem)
+NEEDLE_HELD(NEEDLE_TYPED, compact)
+NEEDLE_HELD(NEEDLE_TYPED, ewise_setitem)
+NEEDLE_HELD(NEEDLE_TYPED, scalar_setitem)

@@ -1,4 +1,6 @@
-// Batched matmul of strided views, tiled in threadgroup memory (portable: any Metal GPU).
+// Batched matmul of strided views, tiled in threadgroup memory (portable: any Metal GPU), as
+// matmul_threadgroup_float32 and matmul_threadgroup_float16 (operands widened to float as they
+// are staged: float sums, each rounded once to float16 as it is stored).
 // Buffer indices: a [[buffer(0)]], b [[buffer(1)]], out [[buffer(2)]], params [[buffer(3)]]
 // (a MatmulParams). Grid: (ceil(p / MM_BN), ceil(m / MM_BM), batch) threadgroups of
 // MM_THREADS threads.
@@ -18,12 +20,13 @@ constant constexpr uint MM_BK = 16;
 constant constexpr uint MM_THREADS = 256;  // 16 x 16
 constant constexpr uint MM_PER_THREAD = 4; // each thread: 4 x 4 outputs
 
-kernel void matmul_threadgroup(device const float* a [[buffer(0)]],
-                               device const float* b [[buffer(1)]],
-                               device float* out [[buffer(2)]],
-                               constant MatmulParams& params [[buffer(3)]],
-                               uint3 group [[threadgroup_position_in_grid]],
-                               uint t [[thread_index_in_threadgroup]]) {
+template <typename T>
+[[kernel]] void matmul_threadgroup(device const T* a [[buffer(0)]],
+                                   device const T* b [[buffer(1)]],
+                                   device T* out [[buffer(2)]],
+                                   constant MatmulParams& params [[buffer(3)]],
+                                   uint3 group [[threadgroup_position_in_grid]],
+                                   uint t [[thread_index_in_threadgroup]]) {
   // a_tile is k-major (the inner loop reads a column of it); +1 column of padding so that the
   // staging stores, 16 consecutive threads down a column, hit 16 different banks.
   threadgroup float a_tile[MM_BK][MM_BM + 1];
@@ -31,8 +34,8 @@ kernel void matmul_threadgroup(device const float* a [[buffer(0)]],
 
   const uint row0 = group.y * MM_BM;
   const uint col0 = group.x * MM_BN;
-  device const float* a_batch = a + params.a_offset + int(group.z) * params.a_batch_stride;
-  device const float* b_batch = b + params.b_offset + int(group.z) * params.b_batch_stride;
+  device const T* a_batch = a + params.a_offset + int(group.z) * params.a_batch_stride;
+  device const T* b_batch = b + params.b_offset + int(group.z) * params.b_batch_stride;
   const uint tx = t % 16;
   const uint ty = t / 16;
 
@@ -50,7 +53,8 @@ kernel void matmul_threadgroup(device const float* a [[buffer(0)]],
       const uint row = row0 + r;
       const uint kk = k0 + k;
       a_tile[k][r] = (row < params.m && kk < params.n)
-          ? a_batch[int(row) * params.a_row_stride + int(kk) * params.a_col_stride]
+          ? cast_to<float>::from(
+                a_batch[int(row) * params.a_row_stride + int(kk) * params.a_col_stride])
           : 0.0f;
     }
     for (uint e = t; e < MM_BK * MM_BN; e += MM_THREADS) {
@@ -59,7 +63,8 @@ kernel void matmul_threadgroup(device const float* a [[buffer(0)]],
       const uint kk = k0 + k;
       const uint col = col0 + c;
       b_tile[k][c] = (kk < params.n && col < params.p)
-          ? b_batch[int(kk) * params.b_row_stride + int(col) * params.b_col_stride]
+          ? cast_to<float>::from(
+                b_batch[int(kk) * params.b_row_stride + int(col) * params.b_col_stride])
           : 0.0f;
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
@@ -77,13 +82,16 @@ kernel void matmul_threadgroup(device const float* a [[buffer(0)]],
     threadgroup_barrier(mem_flags::mem_threadgroup);
   }
 
-  device float* out_batch = out + ulong(group.z) * params.m * params.p;
+  device T* out_batch = out + ulong(group.z) * params.m * params.p;
   for (uint i = 0; i < MM_PER_THREAD; ++i) {
     const uint row = row0 + ty + 16 * i;
     if (row >= params.m) break;
     for (uint j = 0; j < MM_PER_THREAD; ++j) {
       const uint col = col0 + tx + 16 * j;
-      if (col < params.p) out_batch[ulong(row) * params.p + col] = acc[i][j];
+      if (col < params.p) out_batch[ulong(row) * params.p + col] = cast_to<T>::from(acc[i][j]);
     }
   }
 }
+
+NEEDLE_FLOATS(NEEDLE_TYPED, matmul_threadgroup)
+NEEDLE_HALF(NEEDLE_TYPED, matmul_threadgroup)

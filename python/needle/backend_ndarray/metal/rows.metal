@@ -45,5 +45,5 @@ template <typename T>
   }
 }
 
-NEEDLE_ALL(NEEDLE_TYPED, gather_rows)
+NEEDLE_HELD(NEEDLE_TYPED, gather_rows)
 NEEDLE_FLOATS(NEEDLE_TYPED, scatter_add_rows)
