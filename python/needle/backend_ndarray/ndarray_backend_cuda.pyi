@@ -5,7 +5,10 @@
 needle CUDA backend: the primitive table (needle.backend_ndarray.primitives) on an NVIDIA GPU
 """
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from numpy.typing import NDArray
 
 from . import _primitive_stubs
 from ._primitive_stubs import *  # noqa: F403 - its __all__ (attributes, core primitives)
@@ -29,6 +32,24 @@ class OutOfMemoryError(MemoryError):
 
 class Array(_primitive_stubs.Array):
     """A flat device buffer of `size` elements."""
+
+    def dlpack_view(
+        self, shape: Sequence[int], strides: Sequence[int], offset: int
+    ) -> Annotated[Any, dict(device="cuda")]:
+        """
+        An object with __dlpack__ and the buffer protocol: the view (shape, strides, offset) in elements, checked to lie in the buffer, which it keeps alive.
+        """
+
+    def dlpack_device(self) -> tuple[int, int]:
+        """
+        (DLPack device type, device index) of the memory, as __dlpack_device__ says.
+        """
+
+    @staticmethod
+    def from_dlpack(x: Annotated[NDArray[Any], dict(order="C", device="cuda")]) -> Array:
+        """
+        An Array over the memory of a C-contiguous array of another library (its __dlpack__ or buffer), without a copy: writes through either show in the other.
+        """
 
 def device_count() -> int:
     """Visible CUDA devices (0 without a GPU or driver)."""
