@@ -4,8 +4,16 @@ Conversions (the astype row) are compared bit for bit with NumPy's float16 and m
 bfloat16, NaN payloads included: every 16-bit pattern into every dtype, and float32 and
 float64 samples into both 16-bit types (random bit patterns of every exponent, the values on,
 just above and just below each rounding tie, the overflow boundary, subnormals, NaNs with
-payloads). Each runs once in one call (the vector code, split across threads) and once in
-pieces shorter than a vector (the scalar code).
+payloads). Each runs once in one call (whole vectors, split across threads) and once in
+pieces shorter than a vector (partial vectors).
+
+The rows of the module's HALF_ROWS (elementwise, reductions, softmax) compute 16-bit arrays in
+float32 lanes: each must give exactly astype(float32 row(astype(inputs, float32)), half), which
+is checked bit for bit on the conformance suite's cases of each row (sizes around a vector and
+past a thread's share) with their data rounded to the 16-bit type and again with data full of
+NaNs with payloads, infinities, signed zeros, subnormals and values whose results overflow.
+HALF_ROWS must be exactly the rows that take the 16-bit floats although their rows in the
+table do not list them; every other row refuses them with a TypeError.
 
 The 16-bit GEMM, whose float32 sums are rounded once, is checked against a float64 reference
 at sizes around the kernels' tiles, on row-major and transposed operands: the result must be
@@ -28,6 +36,8 @@ try:
 except ImportError as exc:  # the extension is built by `pip install -e .`
     pytest.skip(f"ndarray_backend_cpu is not built: {exc}", allow_module_level=True)
 
+from backends.cases import Backend, cases
+from primitive_calls import call
 from test_cpu_matmul import read, to_array
 
 from needle.backend_ndarray import primitives
@@ -54,7 +64,7 @@ def astype(x: np.ndarray, dtype: str, piece: int | None = None) -> np.ndarray:
     return read(out, (x.size,))
 
 
-PIECES = [None, 15]  # vectors and threads; then the scalar code alone
+PIECES = [None, 15]  # vectors and threads; then partial vectors alone
 EVERY_16_BITS = np.arange(1 << 16, dtype=np.uint16)
 
 
@@ -246,3 +256,153 @@ def test_bf16_gemm_same_on_one_and_two_threads():
     finally:
         cpu.set_num_threads(before)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+# ---- the rows of HALF_ROWS: astype(float32 row(astype(inputs, float32))), bit for bit -------
+HALF_ROWS = tuple(getattr(cpu, "HALF_ROWS", ()))
+# The rows whose table dtypes include float32 but not the 16-bit floats (NDArray computes those
+# in float32 unless the backend lists them in HALF_ROWS).
+WIDENED_ROWS = [
+    p for p in primitives.TABLE.values() if "float32" in p.dtypes and "float16" not in p.dtypes
+]
+
+
+class HalfCases(Backend):
+    """The CPU backend as the conformance cases see it, with elementwise sizes around a vector
+    (16 lanes) and one past two threads' shares (2 x kMinElementsPerThread = 2^16)."""
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return (0, 1, 15, 16, 17, 1001, 2**16 + 17)
+
+
+def half_specials(rng, half: str, size: int) -> np.ndarray:
+    """`size` values of `half`, a third each: random bit patterns (NaNs with payloads, every
+    exponent, subnormals), named values (signed zeros and infinities, NaN, the smallest and
+    largest subnormals, the largest finite, whose sums and products overflow) and normal ones."""
+    top = {"float16": 0x7BFF, "bfloat16": 0x7F7F}[half]  # the largest finite
+    largest_subnormal = {"float16": 0x03FF, "bfloat16": 0x007F}[half]
+    named = np.array([0, 0x8000, 1, 0x8001, largest_subnormal, top, top | 0x8000], np.uint16)
+    named = np.concatenate(
+        [
+            named.view(numpy_dtype(half)),
+            np.array([np.inf, -np.inf, np.nan, 1, -2.5], numpy_dtype(half)),
+        ]
+    )
+    parts = [
+        rng.integers(0, 1 << 16, size, dtype=np.uint16).view(numpy_dtype(half)),
+        named[rng.integers(0, named.size, size)],
+        rng.standard_normal(size).astype(numpy_dtype(half)),
+    ]
+    return np.stack(parts, axis=1).reshape(-1)[rng.permutation(3 * size)[:size]]
+
+
+def run_row(name: str, args: tuple, half: str, native: bool) -> np.ndarray:
+    """Row `name` on 16-bit `args` (the table's order, `out` an Out): natively, or the contract
+    (inputs to float32 by astype, the float32 row, its out back by astype). out's contents."""
+    prim = primitives.TABLE[name]
+    kwargs, outs = {}, []
+    for param, arg in zip(prim.params, args):
+        assert param.kind in ("array", "out", "int", "float", "bool", "str"), (name, param)
+        if param.kind == "array":
+            arg = to_array(arg)
+            arg = arg if native else converted(arg, "float32")
+        elif param.kind == "out":
+            arg = cpu.Array(arg.size, prim.out_dtype or (half if native else "float32"))
+            outs.append(arg)
+        kwargs[param.name] = arg
+    getattr(cpu, name)(**kwargs)
+    (out,) = outs
+    return read(out if out.dtype != "float32" else converted(out, half), (out.size,))
+
+
+def converted(arr, dtype: str):
+    out = cpu.Array(arr.size, dtype)
+    cpu.astype(arr, out)
+    return out
+
+
+@pytest.fixture
+def two_threads():
+    before = cpu.get_num_threads()
+    cpu.set_num_threads(2)
+    yield
+    cpu.set_num_threads(before)
+
+
+def half_args(prim, case, half: str, data: str, rng) -> tuple:
+    """The case's arguments with each array's data as `half`: its own rounded ("case"), or
+    half_specials of its size."""
+    args = list(case.args)
+    for i, param in enumerate(prim.params):
+        if param.kind == "array" and data == "case":
+            with np.errstate(over="ignore"):
+                args[i] = np.asarray(args[i]).astype(numpy_dtype(half))
+        elif param.kind == "array":
+            args[i] = half_specials(rng, half, np.size(args[i]))
+    return tuple(args)
+
+
+def comparable(x: np.ndarray, nan_bits: bool) -> np.ndarray:
+    """x's bit patterns, every NaN as one unless `nan_bits`. Where an add or multiply meets two
+    NaNs, IEEE 754 leaves which one propagates to the implementation and GCC commutes the
+    operands: the sign and payload then differ between instantiations of the same float32 code
+    (and NumPy's loops). A lane with one NaN operand, a select (maximum) or a unary row's
+    arithmetic on its one input keeps them, exactly."""
+    if nan_bits or x.dtype == bool:
+        return bits(x)
+    return np.where(np.isnan(x.astype(np.float32)), 0x7FFF, bits(x))
+
+
+@pytest.mark.parametrize("half", HALFS)
+@pytest.mark.parametrize("name", HALF_ROWS)
+def test_half_row_is_the_float32_row_rounded_once(name, half, two_threads):
+    prim = primitives.TABLE[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    nan_bits = prim.group == "unary" or "max" in name
+    checked = 0
+    for case in cases(prim, HalfCases("cpu", cpu, tuple(cpu.DTYPES)), "float32"):
+        for data in ("case", "specials"):
+            args = half_args(prim, case, half, data, rng)
+            with np.errstate(all="ignore"):
+                got, want = (run_row(name, args, half, native) for native in (True, False))
+            np.testing.assert_array_equal(
+                comparable(got, nan_bits),
+                comparable(want, nan_bits),
+                err_msg=f"{name} in {half}: {case.label}, {data} data",
+            )
+            checked += sum(np.size(a) for a in args if isinstance(a, np.ndarray))
+    assert checked > 2**16  # elements read
+
+
+def smallest_case(prim):
+    sized = [
+        c
+        for c in cases(prim, Backend("cpu", cpu, tuple(cpu.DTYPES)))
+        if any(np.size(a) for a in c.args if isinstance(a, np.ndarray))
+    ]
+    return min(sized, key=lambda c: max(np.size(a) for a in c.args if isinstance(a, np.ndarray)))
+
+
+def test_half_rows_are_rows_the_table_leaves_to_float32():
+    assert len(set(HALF_ROWS)) == len(HALF_ROWS) > 0
+    assert set(HALF_ROWS) <= {p.name for p in WIDENED_ROWS}
+
+
+@pytest.mark.parametrize("prim", WIDENED_ROWS, ids=lambda p: p.name)
+def test_exactly_the_half_rows_take_16_bit_floats(prim):
+    """Each row the table leaves to float32 is called with 16-bit arrays (its smallest
+    conformance case): the rows of HALF_ROWS run, every other one raises a TypeError naming
+    itself and the dtype."""
+    if getattr(cpu, prim.name, None) is None:
+        assert prim.name not in HALF_ROWS
+        pytest.skip(f"the CPU backend leaves {prim.name} to the table's fallback")
+    case = smallest_case(prim)
+    for half in HALFS:
+        with np.errstate(all="ignore"):
+            if prim.name in HALF_ROWS:
+                call(cpu, prim.name, *case.args, dtype=half)
+                continue
+            with pytest.raises(TypeError) as raised:
+                call(cpu, prim.name, *case.args, dtype=half)
+        assert prim.name in str(raised.value) and half in str(raised.value)

@@ -77,6 +77,7 @@ MODULE_ATTRIBUTES = {
 # types; the numpy NDArray gets its (Any) dtype parameter so that it is a complete type.
 REFINEMENTS = [
     (r"^DTYPES: tuple$", "DTYPES: tuple[str, ...]"),
+    (r"^HALF_ROWS: tuple$", "HALF_ROWS: tuple[str, ...]"),
     (r"^__gemm_blocking__: dict$", "__gemm_blocking__: dict[str, dict[str, int]]"),
     (r"^(def device_info\(\)) -> dict:", r"\1 -> dict[str, Any]:"),
     (r"^(def mem_info\(\)) -> dict:", r"\1 -> dict[str, int]:"),

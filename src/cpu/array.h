@@ -38,7 +38,7 @@ constexpr size_t kAlignment = 64;  // a cache line, and the widest SIMD register
 
 // The dtypes of the primitive table (primitives.py) and their C++ types, in the same order:
 // bool is one byte holding 0 or 1 (NumPy's layout, and C++'s bool on every target built here);
-// float16 and bfloat16 are two-byte structs (half.h), stored and converted, never computed.
+// float16 and bfloat16 are two-byte structs (half.h), computed in float32 where a row takes them.
 enum class DType { f32, f64, i32, i64, u8, b8, f16, bf16 };
 template <class... Ts> struct TypeList;
 using AllTypes = TypeList<float, double, int32_t, int64_t, uint8_t, bool, Float16, BFloat16>;
@@ -75,9 +75,16 @@ template <class T> constexpr DType dtype_of() {
 // takes (dispatch<Set>), as its row in primitives.py does.
 using Floats = TypeList<float, double>;
 using Computed = TypeList<float, double, int32_t, int64_t, uint8_t, bool>;  // no 16-bit floats
-using MatmulTypes = TypeList<float, double, Float16, BFloat16>;  // 16-bit: sums in float32
 using Numeric = TypeList<float, double, int32_t, int64_t, uint8_t>;
 using SumTypes = TypeList<float, double, int64_t>;  // sums of other integers are taken in int64
+// A set and the 16-bit floats: the rows of HALF_ROWS (ndarray_backend_cpu.cc), which compute
+// them in float32 and round once, beyond what their rows in primitives.py list.
+template <class List> struct WithHalves;
+template <class... Ts> struct WithHalves<TypeList<Ts...>> {
+  using type = TypeList<Ts..., Float16, BFloat16>;
+};
+template <class List> using AndHalves = typename WithHalves<List>::type;
+using MatmulTypes = AndHalves<Floats>;  // 16-bit: sums in float32
 
 // A dtype a primitive does not take, or arrays of different dtypes in one call. The binding
 // (def in ndarray_backend_cpu.cc) turns it into a TypeError naming the primitive.

@@ -7,21 +7,11 @@
 #include "elementwise.h"  // parallel_for
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
 #define NEEDLE_X86_DISPATCH 1
 #endif
 
 namespace needle {
 namespace cpu {
-
-bool cpu_has_f16c() {
-#if NEEDLE_X86_DISPATCH
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c");
-  return has;
-#else
-  return false;
-#endif
-}
 
 bool cpu_has_bf16() {
 #if NEEDLE_X86_DISPATCH
@@ -76,93 +66,21 @@ template <class D, class S> void convert_range(const S *in, D *out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = convert_one<D>(in[i]);
 }
 
-typedef uint32_t U32x16 __attribute__((vector_size(64)));
-typedef uint16_t U16x16 __attribute__((vector_size(32)));
-
-#if NEEDLE_X86_DISPATCH
-// F16C converts as IEEE says but quiets signaling NaNs (NumPy does not): those lanes are
-// redone from the bits.
-__attribute__((target("avx512f,f16c"))) int64_t to_float_f16c(const Float16 *in, float *out,
-                                                              int64_t n) {
+// n values widened or rounded through simd.h's vector conversions (F16C and AVX512-BF16 where
+// the build targets them, integer vector code else): the elementwise rows' own.
+template <class D, class S> void convert_lanes(const S *in, D *out, int64_t n) {
+  constexpr int W = simd::kWidth<S>;
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(in + i));
-    __m512i f = _mm512_castps_si512(_mm512_cvtph_ps(h));
-    const __m512i w = _mm512_cvtepu16_epi32(h);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(w, _mm512_set1_epi32(0x7fff)),
-                                                  _mm512_set1_epi32(0x7c00));
-    const __mmask16 signaling = nan & ~_mm512_test_epi32_mask(w, _mm512_set1_epi32(0x200));
-    if (signaling) f = _mm512_mask_and_epi32(f, signaling, f, _mm512_set1_epi32(~0x400000));
-    _mm512_storeu_si512(out + i, f);
-  }
-  return i;
+  for (; i + W <= n; i += W) simd::store(out + i, simd::load(in + i));
+  if (i < n) simd::store_partial(out + i, simd::load_partial(in + i, n - i), n - i);
 }
-
-__attribute__((target("avx512f,f16c"))) int64_t from_float_f16c(const float *in, Float16 *out,
-                                                                int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 x = _mm512_loadu_ps(in + i);
-    __m256i h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
-    const __m512i u = _mm512_castps_si512(x);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
-        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-    if (nan) {  // NumPy's NaN: the payload's top 10 bits, at least 1, quiet bit as it was
-      const __m512i payload =
-          _mm512_max_epu32(_mm512_and_si512(_mm512_srli_epi32(u, 13), _mm512_set1_epi32(0x3ff)),
-                           _mm512_set1_epi32(1));
-      const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x8000));
-      const __m512i fixed =
-          _mm512_or_si512(_mm512_or_si512(sign, payload), _mm512_set1_epi32(0x7c00));
-      h = _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(_mm512_cvtepu16_epi32(h), nan, fixed));
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(out + i), h);
-  }
-  return i;
-}
-#endif
 
 }  // namespace
 
-void to_float(const Float16 *in, float *out, int64_t n) {
-  int64_t i = 0;
-#if NEEDLE_X86_DISPATCH
-  if (cpu_has_f16c()) i = to_float_f16c(in, out, n);
-#endif
-  for (; i < n; ++i) out[i] = from_half_bits<float>(in[i].bits);
-}
-
-void from_float(const float *in, Float16 *out, int64_t n) {
-  int64_t i = 0;
-#if NEEDLE_X86_DISPATCH
-  if (cpu_has_f16c()) i = from_float_f16c(in, out, n);
-#endif
-  for (; i < n; ++i) out[i] = {half_bits(in[i])};
-}
-
-void to_float(const BFloat16 *in, float *out, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    U16x16 h;
-    std::memcpy(&h, in + i, sizeof h);
-    const U32x16 w = __builtin_convertvector(h, U32x16) << 16;
-    std::memcpy(out + i, &w, sizeof w);
-  }
-  for (; i < n; ++i) out[i] = from_bfloat16_bits(in[i].bits);
-}
-
-void from_float(const float *in, BFloat16 *out, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {  // bfloat16_bits, lane by lane
-    U32x16 u;
-    std::memcpy(&u, in + i, sizeof u);
-    const U32x16 rounded = (u + 0x7fff + (u >> 16 & 1)) >> 16;
-    const U32x16 nan = (u >> 16 & 0x8000) | 0x7fc0;
-    const U16x16 h = __builtin_convertvector((u & 0x7fffffff) > 0x7f800000 ? nan : rounded, U16x16);
-    std::memcpy(out + i, &h, sizeof h);
-  }
-  for (; i < n; ++i) out[i] = {bfloat16_bits(in[i])};
-}
+void to_float(const Float16 *in, float *out, int64_t n) { convert_lanes(in, out, n); }
+void to_float(const BFloat16 *in, float *out, int64_t n) { convert_lanes(in, out, n); }
+void from_float(const float *in, Float16 *out, int64_t n) { convert_lanes(in, out, n); }
+void from_float(const float *in, BFloat16 *out, int64_t n) { convert_lanes(in, out, n); }
 
 void convert(const Array &a, Array &out) {
   dispatch<AllTypes>(a.dtype, [&](auto from) {

@@ -11,9 +11,8 @@ namespace needle {
 namespace cpu {
 
 // n values to float32 (exact) or from float32 (rounded to nearest even), bit for bit as
-// half.h's scalar conversions, on the calling thread. float16 goes through F16C when the CPU
-// has AVX-512 (checked at run time; its NaN results are fixed up to NumPy's), bfloat16
-// through integer vector arithmetic, which any target vectorises.
+// half.h's scalar conversions, on the calling thread: simd.h's vector conversions, which the
+// elementwise rows inline.
 void to_float(const Float16 *in, float *out, int64_t n);
 void to_float(const BFloat16 *in, float *out, int64_t n);
 void from_float(const float *in, Float16 *out, int64_t n);
@@ -26,9 +25,8 @@ void from_float(const float *in, BFloat16 *out, int64_t n);
 // clamp); to bool is != 0 (NaN is true); integers wrap as NumPy's casts do.
 void convert(const Array &a, Array &out);
 
-// True when the CPU has AVX-512 with F16C, AVX512-BF16 (the bfloat16 GEMM kernel's
-// vdpbf16ps), at run time; false off x86.
-bool cpu_has_f16c();
+// True when the CPU has AVX512-BF16 (the bfloat16 GEMM kernel's vdpbf16ps), at run time;
+// false off x86.
 bool cpu_has_bf16();
 
 }  // namespace cpu

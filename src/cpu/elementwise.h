@@ -52,9 +52,11 @@ inline void require_operands(const Array &out, std::initializer_list<const Array
 }
 
 // Each operator works on a simd::Vec of lanes (a scalar-only function is applied lane by
-// lane) for float32 and float64. Loops run whole vectors and finish with one zero-padded
-// vector, so every element goes through the same code and results do not depend on its
-// position or the threads.
+// lane) for float32 and float64; float16 and bfloat16 arrays run the float32 operator on
+// float32 lanes (simd.h widens on load and rounds on store), so each of their results is the
+// float32 row's rounded once, as astype would round it. Loops run whole vectors and finish
+// with one zero-padded vector, so every element goes through the same code and results do
+// not depend on its position or the threads.
 //
 // Integer dtypes (int32, int64, uint8) go one element at a time through the operator's
 // `integer` (plain loops the compiler vectorises). Add, sub, mul and neg compute in the
@@ -168,7 +170,7 @@ void map_elements(R *out, int64_t n, F f, const In *...in) {
 
 // out = op(inputs...) for any T: vectors for floating point, elements (op's `integer`) else.
 template <class Op, class T, class... In> void map_op(T *out, int64_t n, Op op, const In *...in) {
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (is_float_v<T>) {
     map_lanes(out, n, op, in...);
   } else {
     map_elements(out, n, [](auto... x) { return Op::integer(x...); }, in...);
@@ -179,7 +181,7 @@ template <class Op, class T, class... In> void map_op(T *out, int64_t n, Op op, 
 // point, elements else.
 template <class T, class F, class... In>
 void map_compare(bool *out, int64_t n, F f, const In *...in) {
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (is_float_v<T>) {
     constexpr int W = simd::kWidth<T>;
     auto store = [](bool *p, simd::Mask<T> m, int64_t k) {
       const simd::Bytes<T> ones = __builtin_convertvector(m, simd::Bytes<T>) & 1;
@@ -204,14 +206,16 @@ template <class Op, class List> void ewise_binary(const Array &a, const Array &b
   });
 }
 
-// The scalar is converted to the array dtype first (scalar_as), as NumPy does.
+// The scalar is converted to the dtype computed in first (scalar_as), as NumPy does for
+// float32 and float64. A 16-bit array takes it as float32, as the float32 row it follows
+// does (NumPy rounds it to the 16-bit type first: x + 0.1 can differ in the last bit).
 template <class Op, class List> void scalar_binary(const Array &a, double val, Array &out) {
   require_operands(out, {&a});
   dispatch<List>(common_dtype(a, out), [&](auto tag) {
     using T = decltype(tag);
-    const T v = scalar_as<T>(val);
+    const Compute<T> v = scalar_as<Compute<T>>(val);
     GilRelease unlocked(out.size);
-    if constexpr (std::is_floating_point_v<T>) {
+    if constexpr (is_float_v<T>) {
       const Vec<T> vv = simd::splat(v);
       map_lanes(out.data<T>(), out.size, [&](Vec<T> x) { return Op{}(x, vv); }, a.data<T>());
     } else {
@@ -235,9 +239,9 @@ template <class Op, class List> void scalar_compare(const Array &a, double val, 
   require_dtype("out", out.dtype, DType::b8);
   dispatch<List>(a.dtype, [&](auto tag) {
     using T = decltype(tag);
-    const T v = scalar_as<T>(val);
+    const Compute<T> v = scalar_as<Compute<T>>(val);
     GilRelease unlocked(out.size);
-    if constexpr (std::is_floating_point_v<T>) {
+    if constexpr (is_float_v<T>) {
       const Vec<T> vv = simd::splat(v);
       map_compare<T>(
           out.data<bool>(), out.size, [&](Vec<T> x) { return Op{}(x, vv); }, a.data<T>());
@@ -257,10 +261,11 @@ template <class List> void scalar_power(const Array &a, double val, Array &out) 
   if (val == 0.5) {
     dispatch<List>(a.dtype, [&](auto tag) {
       using T = decltype(tag);
+      using C = Compute<T>;
       GilRelease unlocked(out.size);
       map_lanes(
           out.data<T>(), out.size,
-          [](Vec<T> x) { return simd::per_lane<T>(x, [](T v) { return std::sqrt(v); }); },
+          [](Vec<T> x) { return simd::per_lane<C>(x, [](C v) { return std::sqrt(v); }); },
           a.data<T>());
     });
     return;
@@ -270,14 +275,15 @@ template <class List> void scalar_power(const Array &a, double val, Array &out) 
 }
 
 // out = alpha * a + beta * b (out may be a or b itself: an in-place update). The scalars are
-// rounded to the array dtype first.
+// rounded to the dtype computed in first.
 template <class List>
 void ewise_axpby(const Array &a, const Array &b, double alpha, double beta, Array &out) {
   require_operands(out, {&a, &b});
   dispatch<List>(common_dtype(a, b, out), [&](auto tag) {
     using T = decltype(tag);
     GilRelease unlocked(out.size);
-    const Vec<T> va = simd::splat(static_cast<T>(alpha)), vb = simd::splat(static_cast<T>(beta));
+    using C = Compute<T>;
+    const Vec<T> va = simd::splat(static_cast<C>(alpha)), vb = simd::splat(static_cast<C>(beta));
     map_lanes(
         out.data<T>(), out.size, [&](Vec<T> x, Vec<T> y) { return va * x + vb * y; }, a.data<T>(),
         b.data<T>());
@@ -311,7 +317,7 @@ void broadcast_binary(const Array &full, const Array &vector, Array &out, int64_
       for (int64_t r = rows.begin; r < rows.end; ++r) {
         const T *fr = f + r * inner;
         T *orow = o + r * inner;
-        const Vec<T> same = simd::splat(per_column ? T(0) : v[r]);
+        const Vec<T> same = simd::splat(per_column ? Compute<T>(0) : widen(v[r]));
         int64_t j = 0;
         for (; j + W <= inner; j += W)
           simd::store(orow + j, apply(simd::load(fr + j), per_column ? simd::load(v + j) : same));

@@ -42,7 +42,7 @@ void sum_leaves(const T *x, int64_t stride, int64_t n, double *__restrict out) {
   for (int r = 0; r < R; ++r) {
     double lanes[kLanes];
     std::memcpy(lanes, acc[r], sizeof lanes);
-    for (int64_t j = i, l = 0; j < n; ++j, ++l) lanes[l] += x[r * stride + j];
+    for (int64_t j = i, l = 0; j < n; ++j, ++l) lanes[l] += widen(x[r * stride + j]);
     for (int width = kLanes / 2; width > 0; width /= 2)
       for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
     out[r] = lanes[0];
@@ -98,11 +98,11 @@ template <class T> double pairwise_sum_parallel(const T *x, int64_t n, int threa
   return sums[0];
 }
 
-template <class T> T max_run(const T *x, int64_t n) {
+template <class T> Compute<T> max_run(const T *x, int64_t n) {
   constexpr int W = simd::kWidth<T>, kVecs = kLanes / W;
   if (n < kLanes) {
-    T m = x[0];
-    for (int64_t i = 1; i < n; ++i) m = max_nan(m, x[i]);
+    Compute<T> m = widen(x[0]);
+    for (int64_t i = 1; i < n; ++i) m = max_nan(m, widen(x[i]));
     return m;
   }
   simd::Vec<T> acc[kVecs];
@@ -110,9 +110,9 @@ template <class T> T max_run(const T *x, int64_t n) {
   int64_t i = kLanes;
   for (; i + kLanes <= n; i += kLanes)
     for (int v = 0; v < kVecs; ++v) acc[v] = simd::max_nan<T>(acc[v], simd::load(x + i + v * W));
-  T lanes[kLanes];
+  Compute<T> lanes[kLanes];
   std::memcpy(lanes, acc, sizeof lanes);
-  for (int l = 0; i < n; ++i, ++l) lanes[l] = max_nan(lanes[l], x[i]);
+  for (int l = 0; i < n; ++i, ++l) lanes[l] = max_nan(lanes[l], widen(x[i]));
   for (int width = kLanes / 2; width > 0; width /= 2)
     for (int l = 0; l < width; ++l) lanes[l] = max_nan(lanes[l], lanes[l + width]);
   return lanes[0];
@@ -137,12 +137,12 @@ template <class T> struct SumAccumulate {
 };
 
 template <class T> struct MaxAccumulate {
-  using Acc = T;
+  using Acc = Compute<T>;
   static constexpr bool kVector = true;
-  static Acc identity() { return -std::numeric_limits<T>::infinity(); }
+  static Acc identity() { return -std::numeric_limits<Acc>::infinity(); }
   static Acc merge(Acc x, Acc y) { return max_nan(x, y); }
   static simd::Vec<Acc> merge_lanes(simd::Vec<Acc> x, simd::Vec<Acc> y) {
-    return simd::max_nan<T>(x, y);
+    return simd::max_nan<Acc>(x, y);
   }
   static simd::Vec<Acc> load(const T *p) { return simd::load(p); }
 };
@@ -178,7 +178,7 @@ void add_rows(typename Op::Acc *__restrict acc, const T *__restrict rows, int64_
     }
   }
   for (; j < len; ++j)
-    for (int r = 0; r < R; ++r) acc[j] = Op::merge(acc[j], rows[r * stride + j]);
+    for (int r = 0; r < R; ++r) acc[j] = Op::merge(acc[j], widen(rows[r * stride + j]));
 }
 
 // acc[0:len] = reduction of a[r, 0:len] over r in [r0, r1), a's rows `inner` apart.
@@ -212,7 +212,7 @@ void reduce_middle(const T *a, T *out, int64_t outer, int64_t reduce_size, int64
         int64_t o, j0, len;
         item(i, &o, &j0, &len);
         accumulate_rows<Op>(a + o * reduce_size * inner + j0, inner, 0, reduce_size, len, acc);
-        for (int64_t j = 0; j < len; ++j) out[o * inner + j0 + j] = static_cast<T>(acc[j]);
+        for (int64_t j = 0; j < len; ++j) out[o * inner + j0 + j] = narrow<T>(acc[j]);
       }
     });
     return;
@@ -235,7 +235,7 @@ void reduce_middle(const T *a, T *out, int64_t outer, int64_t reduce_size, int64
     for (int64_t j = 0; j < len; ++j) {
       Acc acc = partial[j];
       for (int t = 1; t < threads; ++t) acc = Op::merge(acc, partial[t * kInnerChunk + j]);
-      out[o * inner + j0 + j] = static_cast<T>(acc);
+      out[o * inner + j0 + j] = narrow<T>(acc);
     }
   }
 }
@@ -273,7 +273,7 @@ void float_sum_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size)
   const int threads = threads_for(outer * reduce_size, kMinElementsPerThread);
   if (outer < threads) {
     for (int64_t i = 0; i < outer; ++i)
-      out[i] = static_cast<T>(pairwise_sum_parallel(a + i * reduce_size, reduce_size, threads));
+      out[i] = narrow<T>(pairwise_sum_parallel(a + i * reduce_size, reduce_size, threads));
     return;
   }
   parallel(threads, [&](int t, int nt) {
@@ -282,10 +282,9 @@ void float_sum_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size)
     double sums[kRowsInLockstep];
     for (; i + kRowsInLockstep <= rows.end; i += kRowsInLockstep) {
       pairwise_sums<kRowsInLockstep>(a + i * reduce_size, reduce_size, reduce_size, sums);
-      for (int r = 0; r < kRowsInLockstep; ++r) out[i + r] = static_cast<T>(sums[r]);
+      for (int r = 0; r < kRowsInLockstep; ++r) out[i + r] = narrow<T>(sums[r]);
     }
-    for (; i < rows.end; ++i)
-      out[i] = static_cast<T>(pairwise_sum(a + i * reduce_size, reduce_size));
+    for (; i < rows.end; ++i) out[i] = narrow<T>(pairwise_sum(a + i * reduce_size, reduce_size));
   });
 }
 
@@ -293,25 +292,25 @@ template <class T>
 void float_max_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size) {
   const int threads = threads_for(outer * reduce_size, kMinElementsPerThread);
   if (outer < threads) {
-    std::vector<T> partial(threads);
+    std::vector<Compute<T>> partial(threads);
     for (int64_t i = 0; i < outer; ++i) {
       const T *row = a + i * reduce_size;
       parallel(threads, [&](int t, int nt) {
         for (int part = t; part < threads; part += nt) {  // nt < threads when nested
           const Range r = split_range(reduce_size, part, threads, kLanes);
-          partial[part] = r.begin < r.end ? max_run(row + r.begin, r.end - r.begin) : row[0];
+          partial[part] = r.begin < r.end ? max_run(row + r.begin, r.end - r.begin) : widen(row[0]);
         }
       });
-      T m = partial[0];
+      Compute<T> m = partial[0];
       for (int t = 1; t < threads; ++t) m = max_nan(m, partial[t]);
-      out[i] = m;
+      out[i] = narrow<T>(m);
     }
     return;
   }
   parallel(threads, [&](int t, int nt) {
     const Range rows = split_range(outer, t, nt);
     for (int64_t i = rows.begin; i < rows.end; ++i)
-      out[i] = max_run(a + i * reduce_size, reduce_size);
+      out[i] = narrow<T>(max_run(a + i * reduce_size, reduce_size));
   });
 }
 
@@ -319,7 +318,7 @@ void float_max_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size)
 
 template <class T> void sum_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size) {
   assert(reduce_size >= 1);
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (is_float_v<T>) {
     float_sum_last_axis(a, out, outer, reduce_size);
   } else {
     exact_last_axis<WrappingSum<T>>(a, out, outer, reduce_size);
@@ -328,7 +327,7 @@ template <class T> void sum_last_axis(const T *a, T *out, int64_t outer, int64_t
 
 template <class T> void max_last_axis(const T *a, T *out, int64_t outer, int64_t reduce_size) {
   assert(reduce_size >= 1);
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (is_float_v<T>) {
     float_max_last_axis(a, out, outer, reduce_size);
   } else {
     exact_last_axis<ExactMax<T>>(a, out, outer, reduce_size);
@@ -339,7 +338,7 @@ template <class T>
 void sum_middle_axis(const T *a, T *out, int64_t outer, int64_t reduce_size, int64_t inner) {
   assert(reduce_size >= 1);
   if (inner == 1) return sum_last_axis(a, out, outer, reduce_size);
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (is_float_v<T>) {
     reduce_middle<SumAccumulate<T>>(a, out, outer, reduce_size, inner);
   } else {
     reduce_middle<WrappingSum<T>>(a, out, outer, reduce_size, inner);
@@ -350,20 +349,25 @@ template <class T>
 void max_middle_axis(const T *a, T *out, int64_t outer, int64_t reduce_size, int64_t inner) {
   assert(reduce_size >= 1);
   if (inner == 1) return max_last_axis(a, out, outer, reduce_size);
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (is_float_v<T>) {
     reduce_middle<MaxAccumulate<T>>(a, out, outer, reduce_size, inner);
   } else {
     reduce_middle<ExactMax<T>>(a, out, outer, reduce_size, inner);
   }
 }
 
-// The dtypes of the sum rows (SumTypes) and the max rows (AllTypes).
+// The dtypes of the sum rows (SumTypes) and the max rows (Computed), and the 16-bit floats,
+// summed and compared in float32 lanes (simd.h) as the float32 rows do, rounded once.
 #define NEEDLE_REDUCTION(NAME, T)                                      \
   template void NAME##_last_axis<T>(const T *, T *, int64_t, int64_t); \
   template void NAME##_middle_axis<T>(const T *, T *, int64_t, int64_t, int64_t);
 NEEDLE_REDUCTION(sum, float)
 NEEDLE_REDUCTION(sum, double)
 NEEDLE_REDUCTION(sum, int64_t)
+NEEDLE_REDUCTION(sum, Float16)
+NEEDLE_REDUCTION(sum, BFloat16)
+NEEDLE_REDUCTION(max, Float16)
+NEEDLE_REDUCTION(max, BFloat16)
 NEEDLE_REDUCTION(max, float)
 NEEDLE_REDUCTION(max, double)
 NEEDLE_REDUCTION(max, int32_t)

@@ -23,7 +23,8 @@ template <class T>
 void max_middle_axis(const T *a, T *out, int64_t outer, int64_t reduce_size, int64_t inner);
 
 // Instantiated in reduce.cc for the dtypes of the sum rows (float32, float64, int64) and the
-// max rows (all six).
+// max rows (all six), and for float16 and bfloat16: read into float32 lanes, reduced exactly
+// as float32 is, the result rounded once.
 
 }  // namespace cpu
 }  // namespace needle

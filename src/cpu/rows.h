@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "convert.h"
 #include "elementwise.h"
 #include "simd.h"
 #include "thread_pool.h"
@@ -353,6 +354,23 @@ template <class T> void softmax_grad_row(const T *s, const T *g, T *out, int64_t
 template <class T> void softmax_each_row(const T *a, T *out, int64_t rows, int64_t cols, bool log) {
   parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) softmax_row(a + r * cols, out + r * cols, cols, log);
+  });
+}
+
+// A float32 row kernel, kernel(inputs, out, cols) with N input rows laid end to end, run on
+// 16-bit rows: each row is widened into float32 scratch and the result rounded once, so the
+// arithmetic is the float32 row's exactly (the kernels keep partial results in out, which
+// 16-bit storage would round).
+template <int N, class T, class Kernel>
+void rows_in_float32(const T *const (&in)[N], T *out, int64_t rows, int64_t cols, Kernel kernel) {
+  parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch((N + 1) * cols);
+    float *result = scratch.data() + N * cols;
+    for (int64_t r = begin; r < end; ++r) {
+      for (int k = 0; k < N; ++k) to_float(in[k] + r * cols, scratch.data() + k * cols, cols);
+      kernel(scratch.data(), result, cols);
+      from_float(result, out + r * cols, cols);
+    }
   });
 }
 
