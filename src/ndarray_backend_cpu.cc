@@ -357,7 +357,7 @@ void conv2d_primitive(const Array &a, const Array &b, Array &out, int64_t n, int
       checked_conv(what, Role, a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding);
   const DType dtype = common_dtype(a, b, out);
   GilRelease unlocked(n * s.out_h() * s.out_w() * c_out * kh * kw * std::max<int64_t>(c_in, 1));
-  dispatch<Floats>(dtype, [&](auto tag) {
+  dispatch<MatmulTypes>(dtype, [&](auto tag) {  // 16-bit: sums in float32, as matmul's
     using T = decltype(tag);
     const T *x = a.data<T>(), *y = b.data<T>();
     if constexpr (Role == ConvRole::Forward) conv2d(s, x, y, out.data<T>());
@@ -696,6 +696,9 @@ NB_MODULE(ndarray_backend_cpu, m) {
   m.attr("__tile_size__") = kTile;
   m.attr("DTYPES") = nb::make_tuple("float32", "float64", "int32", "int64", "uint8", "bool",
                                     "float16", "bfloat16");
+  // The rows that take float16 and bfloat16 beyond their rows' dtypes in primitives.py (NDArray
+  // computes the others' 16-bit arrays in float32).
+  m.attr("HALF_ROWS") = nb::make_tuple("conv2d", "conv2d_input_grad", "conv2d_weight_grad");
 
   needle::bind_array<Array, parse_dtype, dtype_name>(
       m, "A flat, 64-byte aligned buffer of `size` elements.");

@@ -9,6 +9,12 @@
 // Threads split each class's rows (forward, input gradient): each output element is summed in
 // the same order whatever the split. The weight gradient's threads split the pixels and add
 // their sums at the end, so its rounding depends on the thread count, as a split reduction's.
+//
+// 16-bit operands sum in float32 and round each output once. Their panels (P below) are
+// float32, converted while packing, for the float32 kernel with float32's blocking (float16;
+// bfloat16 without AVX512-BF16 or with NEEDLE_GEMM_BF16=0): the sums are then float32's on the
+// widened operands, bit for bit. Or bfloat16 pairs for gemm_bf16.h's vdpbf16ps kernel, twice
+// the multiply-adds per instruction and half the bytes gathered.
 
 #include "conv.h"
 
@@ -21,6 +27,8 @@
 #include <vector>
 
 #include "array.h"
+#include "convert.h"
+#include "gemm_bf16.h"
 #include "gemm_kernel.h"
 #include "thread_pool.h"
 
@@ -36,17 +44,39 @@ constexpr int64_t kMinMultiplyAddsPerThread = int64_t{1} << 20;  // as in gemm.c
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-template <class T>
-using Kernel = void (*)(int64_t, const T *, const T *, T *, int64_t, bool, int64_t);
-template <class T, int V, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
-  return std::array<Kernel<T>, sizeof...(R) + 1>{nullptr,
-                                                 &microkernel::micro_kernel<T, R + 1, V>...};
+// Panels of P (the operands' type, float32 or bfloat16 pairs, see above) and their kernels.
+template <class P> constexpr int64_t kPair = std::is_same_v<P, BFloat16> ? 2 : 1;  // depth unit
+template <class P> constexpr int lanes() {  // float32 sums per vector
+  if constexpr (kPair<P> == 2)
+    return 16;
+  else
+    return microkernel::Simd<P>::width;
+}
+template <class P>
+using Kernel = void (*)(int64_t, const P *, const P *, Acc<P> *, int64_t, bool, int64_t);
+template <class P, int V, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
+#if NEEDLE_X86_DISPATCH
+  if constexpr (kPair<P> == 2)
+    return std::array<Kernel<P>, sizeof...(R) + 1>{nullptr, &bf16_kernel<R + 1, V>...};
+  else
+#endif
+    return std::array<Kernel<P>, sizeof...(R) + 1>{nullptr,
+                                                   &microkernel::micro_kernel<P, R + 1, V>...};
 }
 // Micro-tiles of V vectors per row: MR rows at the GEMM's width, more rows when narrower.
-template <class T, int V>
-constexpr int64_t kRows = Blocking<T>::MR * microkernel::kVectorsPerRow / V;
-template <class T, int V = microkernel::kVectorsPerRow>
-constexpr auto kKernels = make_kernels<T, V>(std::make_integer_sequence<int, kRows<T, V>>{});
+template <class P> constexpr int kVectors = Blocking<P>::NR / lanes<P>();
+template <class P, int V> constexpr int64_t kRows = Blocking<P>::MR * kVectors<P> / V;
+template <class P, int V = kVectors<P>>
+constexpr auto kKernels = make_kernels<P, V>(std::make_integer_sequence<int, kRows<P, V>>{});
+
+// Calls f(P{}) for the panels of operands of S: S, or for 16-bit types float32 or bfloat16.
+template <class S, class F> void with_panels(F &&f) {
+#if NEEDLE_X86_DISPATCH
+  if constexpr (std::is_same_v<S, BFloat16>)
+    if (bf16_kernel_used()) return f(BFloat16{});
+#endif
+  f(std::conditional_t<is_half_v<S>, float, S>{});
+}
 
 // A grow-only, 64-byte aligned scratch buffer per thread and slot.
 template <class T, int Slot> T *scratch(int64_t elements) {
@@ -69,26 +99,35 @@ template <class T, int Slot> T *scratch(int64_t elements) {
 struct Run { int64_t k0, offset, len, target; };
 
 // dst[0, n) = src[0, n) for the short runs of a gather (a kernel row's taps: tens of values),
-// inline: a call to memcpy per run cost more than the copy.
-template <class T> inline void copy_run(const T *__restrict src, int64_t n, T *__restrict dst) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4) {
-    for (; n >= 16; n -= 16, src += 16, dst += 16) _mm512_storeu_ps(dst, _mm512_loadu_ps(src));
-    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
-    return _mm512_mask_storeu_ps(dst, m, _mm512_maskz_loadu_ps(m, src));
+// inline, every step masked: GCC turns a loop of plain vector loads and stores into a call to
+// memmove, which cost more than the copy (9% of a 4x4-map input gradient). 16-bit values into
+// float32 panels are widened (exact).
+template <class S, class T>
+inline void copy_run(const S *__restrict src, int64_t n, T *__restrict dst) {
+  if constexpr (!std::is_same_v<S, T>) {
+    to_float(src, dst, n);
   } else {
-    for (; n >= 8; n -= 8, src += 8, dst += 8) _mm512_storeu_pd(dst, _mm512_loadu_pd(src));
-    const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
-    return _mm512_mask_storeu_pd(dst, m, _mm512_maskz_loadu_pd(m, src));
-  }
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    constexpr int64_t W = 64 / sizeof(T);
+    for (int64_t i = 0; i < n; i += W) {
+      const uint64_t m = n - i >= W ? ~uint64_t{0} >> (64 - W) : (uint64_t{1} << (n - i)) - 1;
+      if constexpr (sizeof(T) == 2)
+        _mm512_mask_storeu_epi16(dst + i, m, _mm512_maskz_loadu_epi16(m, src + i));
+      else if constexpr (sizeof(T) == 4)
+        _mm512_mask_storeu_epi32(dst + i, m, _mm512_maskz_loadu_epi32(m, src + i));
+      else
+        _mm512_mask_storeu_epi64(dst + i, m, _mm512_maskz_loadu_epi64(m, src + i));
+    }
+#else
+    std::copy_n(src, n, dst);
 #endif
-  std::copy_n(src, n, dst);
+  }
 }
 
 // Copies depth [d0, d0 + dd) of one gathered row into dst.
-template <class T>
-inline void gather_runs(const T *base, const std::vector<Run> &runs, int64_t d0, int64_t dd,
-                        T *dst) {
+template <class S, class P>
+inline void gather_runs(const S *base, const std::vector<Run> &runs, int64_t d0, int64_t dd,
+                        P *dst) {
   for (const Run &r : runs) {
     const int64_t lo = std::max(r.k0, d0), hi = std::min(r.k0 + r.len, d0 + dd);
     if (lo < hi) copy_run(base + r.offset + (lo - r.k0), hi - lo, dst + (lo - d0));
@@ -146,63 +185,89 @@ template <class T> struct Gathered {
   std::vector<Run> runs;
 };
 
-// The rows [t0, t1) of row tiles of one class on the calling thread, V vectors per row.
-template <class T, int V> void gathered_rows(const Gathered<T> &g, int64_t t0, int64_t t1) {
-  constexpr int64_t MR = kRows<T, V>, NR = V * microkernel::Simd<T>::width, KC = Blocking<T>::KC;
+// Rows [0, depth) of B, rows[k] + j0 (cols values each), as a panel NR wide, zero-padded; in
+// bfloat16 pairs, the step past an odd depth zero.
+template <class S, class P, int64_t NR>
+void pack_rows(const S *const *rows, int64_t depth, int64_t j0, int64_t cols, P *panel) {
+#if NEEDLE_X86_DISPATCH
+  if constexpr (kPair<P> == 2) {
+    for (int64_t k = 0; k < depth; k += 2)
+      interleave_pairs(rows[k] + j0, k + 1 < depth ? rows[k + 1] + j0 : nullptr, cols, NR,
+                       panel + k * NR);
+    return;
+  }
+#endif
+  for (int64_t k = 0; k < depth; ++k) {
+    copy_run(rows[k] + j0, cols, panel + k * NR);
+    std::fill(panel + k * NR + cols, panel + (k + 1) * NR, P{});
+  }
+}
+
+// dst[0, n) = the sums src[0, n), rounded once for 16-bit outputs.
+template <class S> inline void store_run(const Acc<S> *src, int64_t n, S *dst) {
+  if constexpr (is_half_v<S>)
+    from_float(src, dst, n);
+  else
+    std::memcpy(dst, src, n * sizeof(S));
+}
+
+// The rows [t0, t1) of row tiles of one class on the calling thread, panels of P, V vectors
+// per row.
+template <class S, class P, int V>
+void gathered_rows(const Gathered<S> &g, int64_t t0, int64_t t1) {
+  constexpr int64_t MR = kRows<P, V>, NR = V * lanes<P>(), KC = Blocking<P>::KC, E = kPair<P>;
   const int64_t m = static_cast<int64_t>(g.a_rows.size()), p = g.p, depth = g.depth;
   if (depth == 0) {
-    for (int64_t i = t0 * MR; i < std::min(m, t1 * MR); ++i) std::fill_n(g.c_rows[i], p, T(0));
+    for (int64_t i = t0 * MR; i < std::min(m, t1 * MR); ++i) std::fill_n(g.c_rows[i], p, S{});
     return;
   }
   const int64_t pp = round_up(p, NR), col_tiles = pp / NR;
   const int64_t blocks = ceil_div(depth, KC), kc = round_up(ceil_div(depth, blocks), 8);
-  T *const b_pack = scratch<T, 0>(depth * pp);
-  T *const a_panel = scratch<T, 1>(MR * KC + MR * pp);
-  T *const c_tile = a_panel + MR * KC;
+  P *const b_pack = scratch<P, 0>(round_up(depth, E) * pp);  // (kc is even: only the last
+  P *const a_panel = scratch<P, 1>(MR * KC);                 // block may need a zero step)
+  Acc<S> *const c_tile = scratch<Acc<S>, 4>(MR * pp);
   for (int64_t d0 = 0; d0 < depth; d0 += kc) {  // B: per depth block, NR-wide panels
-    const int64_t dd = std::min(kc, depth - d0);
-    for (int64_t jt = 0; jt < col_tiles; ++jt) {
-      T *panel = b_pack + d0 * pp + jt * NR * dd;
-      const int64_t j0 = jt * NR, cols = std::min(NR, p - j0);
-      for (int64_t k = 0; k < dd; ++k) {
-        std::memcpy(panel + k * NR, g.b_rows[d0 + k] + j0, cols * sizeof(T));
-        std::fill(panel + k * NR + cols, panel + (k + 1) * NR, T(0));
-      }
-    }
+    const int64_t dd = std::min(kc, depth - d0), ddk = round_up(dd, E);
+    for (int64_t jt = 0; jt < col_tiles; ++jt)
+      pack_rows<S, P, NR>(g.b_rows.data() + d0, dd, jt * NR, std::min(NR, p - jt * NR),
+                          b_pack + d0 * pp + jt * NR * ddk);
   }
   for (int64_t it = t0; it < t1; ++it) {
     const int64_t i0 = it * MR, rows = std::min(MR, m - i0);
-    const Kernel<T> kernel = kKernels<T, V>[rows];
+    const Kernel<P> kernel = kKernels<P, V>[rows];
     for (int64_t d0 = 0; d0 < depth; d0 += kc) {
-      const int64_t dd = std::min(kc, depth - d0);
-      for (int64_t r = 0; r < rows; ++r)
+      const int64_t dd = std::min(kc, depth - d0), ddk = round_up(dd, E);
+      for (int64_t r = 0; r < rows; ++r) {
         gather_runs(g.a_rows[i0 + r], g.runs, d0, dd, a_panel + r * KC);
+        if (ddk > dd) a_panel[r * KC + dd] = P{};
+      }
       for (int64_t jt = 0; jt < col_tiles; ++jt)
-        kernel(dd, a_panel, b_pack + d0 * pp + jt * NR * dd, c_tile + jt * NR, pp, d0 > 0, NR);
+        kernel(ddk, a_panel, b_pack + d0 * pp + jt * NR * ddk, c_tile + jt * NR, pp, d0 > 0, NR);
     }
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(g.c_rows[i0 + r], c_tile + r * pp, p * sizeof(T));
+    for (int64_t r = 0; r < rows; ++r) store_run(c_tile + r * pp, p, g.c_rows[i0 + r]);
   }
 }
 
 // Every class, each class's row tiles split across the threads. Outputs at most half the
 // GEMM's NR wide use one vector per row (16 float channels: half the multiply-adds).
-template <class T, int V> void run_gathered_by(const std::vector<Gathered<T>> &classes) {
+template <class S, class P, int V> void run_gathered_by(const std::vector<Gathered<S>> &classes) {
   int64_t work = 0;
   for (const auto &g : classes) work += static_cast<int64_t>(g.a_rows.size()) * g.depth * g.p;
   parallel(threads_for(work, kMinMultiplyAddsPerThread), [&](int t, int n) {
     for (const auto &g : classes) {
-      const int64_t tiles = ceil_div(static_cast<int64_t>(g.a_rows.size()), kRows<T, V>);
+      const int64_t tiles = ceil_div(static_cast<int64_t>(g.a_rows.size()), kRows<P, V>);
       const Range mine = split_range(tiles, t, n);
-      if (mine.begin < mine.end) gathered_rows<T, V>(g, mine.begin, mine.end);
+      if (mine.begin < mine.end) gathered_rows<S, P, V>(g, mine.begin, mine.end);
     }
   });
 }
-template <class T> void run_gathered(const std::vector<Gathered<T>> &classes) {
-  constexpr int V = microkernel::kVectorsPerRow;
-  if (V > 1 && !classes.empty() && classes[0].p * 2 <= Blocking<T>::NR)
-    return run_gathered_by<T, 1>(classes);
-  run_gathered_by<T, V>(classes);
+template <class S> void run_gathered(const std::vector<Gathered<S>> &classes) {
+  with_panels<S>([&](auto panel) {
+    using P = decltype(panel);
+    if (kVectors<P> > 1 && !classes.empty() && classes[0].p * 2 <= Blocking<P>::NR)
+      return run_gathered_by<S, P, 1>(classes);
+    run_gathered_by<S, P, kVectors<P>>(classes);
+  });
 }
 
 // The runs of a forward class: one per kernel row, its taps' channels contiguous in NHWC.
@@ -312,19 +377,19 @@ template <class T> struct WeightClass {
 };
 
 // Part `part` of `parts` of every class's pixels, summed into the rows `owned` of dw (each co
-// wide, from row `first` on), which the caller has zeroed.
-template <class T>
-void weight_grad_task(const std::vector<WeightClass<T>> &classes, int64_t co, int part, int parts,
-                      Range owned, T *dw, int64_t first) {
-  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR, KC = Blocking<T>::KC;
+// wide, from row `first` on), which the caller has zeroed; panels of P.
+template <class S, class P>
+void weight_grad_task(const std::vector<WeightClass<S>> &classes, int64_t co, int part, int parts,
+                      Range owned, Acc<S> *dw, int64_t first) {
+  constexpr int64_t MR = Blocking<P>::MR, NR = Blocking<P>::NR, KC = Blocking<P>::KC, E = kPair<P>;
   constexpr int64_t kColBlock = 8 * NR;
   const int64_t row_tiles = ceil_div(co, MR);
-  T *const a_pack = scratch<T, 0>(row_tiles * MR * KC);
-  T *const b_pack = scratch<T, 1>(KC * kColBlock + MR * NR);
-  T *const tile = b_pack + KC * kColBlock;
+  P *const a_pack = scratch<P, 0>(row_tiles * MR * KC);
+  P *const b_pack = scratch<P, 1>(KC * kColBlock);
+  Acc<S> *const tile = scratch<Acc<S>, 4>(MR * NR);
   std::vector<Run> pieces;  // {panel position, source offset, length}
   std::vector<int64_t> target;
-  for (const WeightClass<T> &c : classes) {
+  for (const WeightClass<S> &c : classes) {
     target.resize(c.cols);  // the row of dw of each of the class's columns
     for (const Run &r : c.runs)
       for (int64_t k = 0; k < r.len; ++k) target[r.k0 + k] = r.target + k;
@@ -332,15 +397,17 @@ void weight_grad_task(const std::vector<WeightClass<T>> &classes, int64_t co, in
     const int64_t j1 = std::lower_bound(target.begin(), target.end(), owned.end) - target.begin();
     const Range px = split_range(static_cast<int64_t>(c.x_rows.size()), part, parts);
     for (int64_t d0 = px.begin; d0 < px.end; d0 += KC) {
-      const int64_t dd = std::min(KC, px.end - d0);
+      const int64_t dd = std::min(KC, px.end - d0), ddk = round_up(dd, E);
 
       for (int64_t it = 0; it < row_tiles; ++it) {  // A = g^T, MR channels per depth step
-        T *panel = a_pack + it * MR * KC;
+        P *panel = a_pack + it * MR * KC;
         const int64_t rows = std::min(MR, co - it * MR);
         for (int64_t k = 0; k < dd; ++k) {
-          const T *src = c.g_rows[d0 + k] + it * MR;
-          for (int64_t r = 0; r < rows; ++r) panel[r * KC + k] = src[r];
+          const S *src = c.g_rows[d0 + k] + it * MR;
+          for (int64_t r = 0; r < rows; ++r) panel[r * KC + k] = panel_value<P>(src[r]);
         }
+        if (ddk > dd)
+          for (int64_t r = 0; r < rows; ++r) panel[r * KC + dd] = P{};
       }
       for (int64_t c0 = j0; c0 < j1; c0 += kColBlock) {
         const int64_t cols = std::min(kColBlock, j1 - c0), col_tiles = ceil_div(cols, NR);
@@ -351,24 +418,34 @@ void weight_grad_task(const std::vector<WeightClass<T>> &classes, int64_t co, in
           for (int64_t j = std::max(r.k0, c0); j < std::min(r.k0 + r.len, c0 + cols);) {
             const int64_t jj = j - c0,
                           len = std::min({NR - jj % NR, r.k0 + r.len - j, c0 + cols - j});
-            pieces.push_back({jj / NR * NR * dd + jj % NR, r.offset + (j - r.k0), len, 0});
+            pieces.push_back({jj / NR * NR * ddk + jj % NR * E, r.offset + (j - r.k0), len, 0});
             j += len;
           }
         if (const int64_t width = cols - (col_tiles - 1) * NR; width < NR)
-          for (int64_t k = 0; k < dd; ++k) {
-            T *row = b_pack + (col_tiles - 1) * NR * dd + k * NR;
-            std::fill(row + width, row + NR, T(0));
+          for (int64_t k = 0; k < ddk; k += E) {  // (a pair row holds 2 NR values)
+            P *row = b_pack + (col_tiles - 1) * NR * ddk + k * NR;
+            std::fill(row + width * E, row + NR * E, P{});
           }
-        for (int64_t k = 0; k < dd; ++k)
-          for (const Run &piece : pieces)
-            copy_run(c.x_rows[d0 + k] + piece.offset, piece.len, b_pack + piece.k0 + k * NR);
+        for (int64_t k = 0; k < dd; k += E)
+          for (const Run &piece : pieces) {
+            const S *x0 = c.x_rows[d0 + k] + piece.offset;
+            P *dst = b_pack + piece.k0 + k * NR;
+#if NEEDLE_X86_DISPATCH
+            if constexpr (E == 2) {
+              const S *x1 = k + 1 < dd ? c.x_rows[d0 + k + 1] + piece.offset : nullptr;
+              interleave_pairs(x0, x1, piece.len, piece.len, dst);
+              continue;
+            }
+#endif
+            copy_run(x0, piece.len, dst);
+          }
         for (int64_t it = 0; it < row_tiles; ++it) {
           const int64_t rows = std::min(MR, co - it * MR);
           for (int64_t jt = 0; jt < col_tiles; ++jt) {
-            kKernels<T>[rows](dd, a_pack + it *MR *KC, b_pack + jt *NR *dd, tile, NR, false, NR);
+            kKernels<P>[rows](ddk, a_pack + it *MR *KC, b_pack + jt *NR *ddk, tile, NR, false, NR);
             const int64_t jb = c0 + jt * NR, width = std::min(NR, cols - jt * NR);
             for (int64_t j = 0; j < width; ++j) {
-              T *dst = dw + (target[jb + j] - first) * co + it * MR;
+              Acc<S> *dst = dw + (target[jb + j] - first) * co + it * MR;
               for (int64_t r = 0; r < rows; ++r) dst[r] += tile[r * NR + j];
             }
           }
@@ -422,39 +499,51 @@ template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const
     bound[t] = std::lower_bound(col_work.begin(), col_work.end(), col_work[K] * t / threads) -
                col_work.begin();
   bound[0] = 0;
+  // The first part's sums go to dw's rows [lo, hi), or for 16-bit dw to float32 scratch after
+  // the other parts', rounded once at the end.
   const int64_t span = (hi - lo) * co;
-  T *const partial = scratch<T, 3>((parts - 1) * span);
-  parallel(threads, [&](int t, int n) {
-    for (int task = t; task < threads; task += n) {
-      const int part = parts > 1 ? task : 0;
-      const Range owned = parts > 1 ? Range{lo, hi} : Range{bound[task], bound[task + 1]};
-      T *const sum = part == 0 ? dw + lo * co : partial + (part - 1) * span;
-      const int64_t z0 = std::clamp(owned.begin, lo, hi), z1 = std::clamp(owned.end, lo, hi);
-      std::fill(sum + (z0 - lo) * co, sum + (z1 - lo) * co, T(0));
-      const Range rows = split_range(K, task, threads);  // dw's untouched rows: zero
-      std::fill(dw + rows.begin * co, dw + std::max(rows.begin, std::min(rows.end, lo)) * co, T(0));
-      std::fill(dw + std::min(rows.end, std::max(rows.begin, hi)) * co, dw + rows.end * co, T(0));
-      weight_grad_task<T>(classes, co, part, parts, owned, sum, lo);
-    }
+  Acc<T> *const partial = scratch<Acc<T>, 3>((parts - 1 + is_half_v<T>)*span), *sum0;
+  if constexpr (is_half_v<T>)
+    sum0 = partial + (parts - 1) * span;
+  else
+    sum0 = dw + lo * co;
+  with_panels<T>([&](auto panel) {
+    parallel(threads, [&](int t, int n) {
+      for (int task = t; task < threads; task += n) {
+        const int part = parts > 1 ? task : 0;
+        const Range owned = parts > 1 ? Range{lo, hi} : Range{bound[task], bound[task + 1]};
+        Acc<T> *const sum = part == 0 ? sum0 : partial + (part - 1) * span;
+        const int64_t z0 = std::clamp(owned.begin, lo, hi), z1 = std::clamp(owned.end, lo, hi);
+        std::fill(sum + (z0 - lo) * co, sum + (z1 - lo) * co, Acc<T>(0));
+        const Range rows = split_range(K, task, threads);  // dw's untouched rows: zero
+        std::fill(dw + rows.begin * co, dw + std::max(rows.begin, std::min(rows.end, lo)) * co,
+                  T{});
+        std::fill(dw + std::min(rows.end, std::max(rows.begin, hi)) * co, dw + rows.end * co, T{});
+        weight_grad_task<T, decltype(panel)>(classes, co, part, parts, owned, sum, lo);
+      }
+    });
   });
-  if (parts > 1)
+  if (parts > 1 || is_half_v<T>)
     parallel(threads, [&](int t, int n) {
       for (int task = t; task < threads; task += n) {
         const Range r = split_range(span, task, threads, 16);
         for (int p = 0; p < parts - 1; ++p)
-          for (int64_t i = r.begin; i < r.end; ++i) dw[lo * co + i] += partial[p * span + i];
+          for (int64_t i = r.begin; i < r.end; ++i) sum0[i] += partial[p * span + i];
+        if constexpr (is_half_v<T>)
+          from_float(sum0 + r.begin, dw + lo * co + r.begin, r.end - r.begin);
       }
     });
 }
 
-template void conv2d<float>(const ConvShape &, const float *, const float *, float *);
-template void conv2d<double>(const ConvShape &, const double *, const double *, double *);
-template void conv2d_input_grad<float>(const ConvShape &, const float *, const float *, float *);
-template void conv2d_input_grad<double>(const ConvShape &, const double *, const double *,
-                                        double *);
-template void conv2d_weight_grad<float>(const ConvShape &, const float *, const float *, float *);
-template void conv2d_weight_grad<double>(const ConvShape &, const double *, const double *,
-                                         double *);
+#define NEEDLE_CONV_ROWS(T)                                                         \
+  template void conv2d<T>(const ConvShape &, const T *, const T *, T *);            \
+  template void conv2d_input_grad<T>(const ConvShape &, const T *, const T *, T *); \
+  template void conv2d_weight_grad<T>(const ConvShape &, const T *, const T *, T *);
+NEEDLE_CONV_ROWS(float)
+NEEDLE_CONV_ROWS(double)
+NEEDLE_CONV_ROWS(Float16)
+NEEDLE_CONV_ROWS(BFloat16)
+#undef NEEDLE_CONV_ROWS
 
 }  // namespace cpu
 }  // namespace needle
