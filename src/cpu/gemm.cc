@@ -54,31 +54,6 @@ inline int64_t balanced_block(int64_t total, int64_t max_block, int64_t unit) {
 // ---- packing ---------------------------------------------------------------------------
 
 #if defined(__AVX512F__)
-// Transposes the 16 x 16 floats of r[0..16) in registers: unpack pairs, then 2 x 2 and 4 x 4
-// blocks of 128-bit lanes.
-inline void transpose_16x16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int h = 0; h < 2; ++h)
-    for (int i = 0; i < 4; ++i) {
-      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0x88);
-      t[8 * h + i + 4] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0xdd);
-    }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-  }
-}
-
 // A transposed float A panel (row i at a + i, depth k at a + k * col_stride: MR <= 16 rows
 // contiguous per depth step) 16 deep at a time through registers, the rows past `rows`
 // masked off (never read). Returns the depth covered (a multiple of 16).
@@ -91,7 +66,7 @@ inline int64_t pack_a_transposed_blocks(const float *a, int64_t col_stride, int6
   __m512 r[16];
   for (int64_t k0 = 0; k0 < k_blocks; k0 += 16) {
     for (int i = 0; i < 16; ++i) r[i] = _mm512_maskz_loadu_ps(valid, a + (k0 + i) * col_stride);
-    transpose_16x16(r);
+    microkernel::transpose_16x16(r);
     for (int64_t i = 0; i < rows; ++i) _mm512_store_ps(panel + i * KA + k0, r[i]);
   }
   return k_blocks;
@@ -109,7 +84,7 @@ inline int64_t pack_b_transposed_blocks(const float *b, int64_t col_stride, int6
   for (int64_t j0 = 0; j0 < j_blocks; j0 += 16)
     for (int64_t k0 = 0; k0 < k_blocks; k0 += 16) {
       for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(b + (j0 + i) * col_stride + k0);
-      transpose_16x16(r);
+      microkernel::transpose_16x16(r);
       for (int i = 0; i < 16; ++i) _mm512_store_ps(panel + (k0 + i) * NR + j0, r[i]);
     }
   for (int64_t j = j_blocks; j < cols; ++j)
@@ -192,10 +167,8 @@ void pack_b_panel(const S *b, int64_t row_stride, int64_t col_stride, int64_t co
 constexpr int64_t kPairNR = Blocking<BFloat16>::NR;
 
 // A row-major B's pairs of depth steps, the step past an odd depth zero. Returns the pairs.
-__attribute__((target("avx512f,avx512bw"))) int64_t pack_b_pair_rows(const BFloat16 *b,
-                                                                     int64_t row_stride,
-                                                                     int64_t cols, int64_t depth,
-                                                                     BFloat16 *panel) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) int64_t pack_b_pair_rows(
+    const BFloat16 *b, int64_t row_stride, int64_t cols, int64_t depth, BFloat16 *panel) {
   for (int64_t k = 0; k < depth; k += 2)
     interleave_pairs(b + k * row_stride, k + 1 < depth ? b + (k + 1) * row_stride : nullptr, cols,
                      kPairNR, panel + k * kPairNR);

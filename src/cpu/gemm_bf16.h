@@ -53,22 +53,26 @@ template <> struct microkernel::Blocking<BFloat16> {
 bool bf16_kernel_used();
 
 #if NEEDLE_X86_DISPATCH
-// dst[2j] = r0[j], dst[2j + 1] = r1[j] for j < write (<= 32): the pairs of two rows of B,
-// reading `read` <= write values of each (r1 null: the zero step past an odd depth) and
-// zeros past them. Masked loads and stores: nothing outside the runs is touched.
-__attribute__((target("avx512f,avx512bw"))) inline void interleave_pairs(
+// The pairs (r0[j], r1[j]), j < 16, as 16 32-bit words, from n values of each row (r1 null:
+// the zero step past an odd depth) and zeros past them. Masked loads: nothing past n is read.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512i pair_words(const BFloat16 *r0,
+                                                                               const BFloat16 *r1,
+                                                                               int64_t n) {
+  const __mmask16 m = static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1);
+  const __m512i low = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0));
+  if (!r1) return low;
+  return _mm512_or_si512(
+      low, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1)), 16));
+}
+
+// dst[2j] = r0[j], dst[2j + 1] = r1[j] for j < write (<= 32): the pairs of two rows of B, from
+// `read` <= write values of each and zeros past them; nothing past dst[2 write] is written.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void interleave_pairs(
     const BFloat16 *r0, const BFloat16 *r1, int64_t read, int64_t write, BFloat16 *dst) {
-  alignas(64) static constexpr uint16_t order[64] = {
-      0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
-      11, 43, 12, 44, 13, 45, 14, 46, 15, 47, 16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53,
-      22, 54, 23, 55, 24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-  auto mask = [](int64_t n) { return n >= 32 ? ~__mmask32{0} : (__mmask32{1} << n) - 1; };
-  const __m512i x = _mm512_maskz_loadu_epi16(mask(read), r0);
-  const __m512i y = r1 ? _mm512_maskz_loadu_epi16(mask(read), r1) : _mm512_setzero_si512();
-  for (int h = 0; h < 2; ++h) {
-    const __m512i idx = _mm512_load_si512(order + 32 * h);
-    _mm512_mask_storeu_epi16(dst + 32 * h, mask(2 * std::clamp<int64_t>(write - 16 * h, 0, 16)),
-                             _mm512_permutex2var_epi16(x, idx, y));
+  for (int h = 0; h < 2 && write > 16 * h; ++h) {
+    const int64_t words = std::min<int64_t>(write - 16 * h, 16);
+    _mm512_mask_storeu_epi32(dst + 32 * h, static_cast<__mmask16>((1u << words) - 1),
+                             pair_words(r0 + 16 * h, r1 ? r1 + 16 * h : nullptr, read - 16 * h));
   }
 }
 
