@@ -10,11 +10,9 @@
 // the same order whatever the split. The weight gradient's threads split the pixels and add
 // their sums at the end, so its rounding depends on the thread count, as a split reduction's.
 //
-// 16-bit operands sum in float32 and round each output once. Their panels (P below) are
-// float32, converted while packing, for the float32 kernel with float32's blocking (float16;
-// bfloat16 without AVX512-BF16 or with NEEDLE_GEMM_BF16=0): the sums are then float32's on the
-// widened operands, bit for bit. Or bfloat16 pairs for gemm_bf16.h's vdpbf16ps kernel, twice
-// the multiply-adds per instruction and half the bytes gathered.
+// 16-bit operands sum in float32, each output rounded once. Their panels (P below) are float32,
+// widened while packing, for float32's kernel and blocking (so the sums are float32's on the
+// widened operands, bit for bit), or bfloat16 pairs for gemm_bf16.h's vdpbf16ps kernel.
 
 #include "conv.h"
 
@@ -44,14 +42,8 @@ constexpr int64_t kMinMultiplyAddsPerThread = int64_t{1} << 20;  // as in gemm.c
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-// Panels of P (the operands' type, float32 or bfloat16 pairs, see above) and their kernels.
-template <class P> constexpr int64_t kPair = std::is_same_v<P, BFloat16> ? 2 : 1;  // depth unit
-template <class P> constexpr int lanes() {  // float32 sums per vector
-  if constexpr (kPair<P> == 2)
-    return 16;
-  else
-    return microkernel::Simd<P>::width;
-}
+// Panels of P and their kernels; kPair, the depth unit.
+template <class P> constexpr int64_t kPair = std::is_same_v<P, BFloat16> ? 2 : 1;
 template <class P>
 using Kernel = void (*)(int64_t, const P *, const P *, Acc<P> *, int64_t, bool, int64_t);
 template <class P, int V, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
@@ -63,10 +55,10 @@ template <class P, int V, int... R> constexpr auto make_kernels(std::integer_seq
     return std::array<Kernel<P>, sizeof...(R) + 1>{nullptr,
                                                    &microkernel::micro_kernel<P, R + 1, V>...};
 }
-// Micro-tiles of V vectors per row: MR rows at the GEMM's width, more rows when narrower.
-template <class P> constexpr int kVectors = Blocking<P>::NR / lanes<P>();
-template <class P, int V> constexpr int64_t kRows = Blocking<P>::MR * kVectors<P> / V;
-template <class P, int V = kVectors<P>>
+// Micro-tiles of V vectors per row: MR rows at the GEMM's width (2 vectors), twice as many at 1.
+static_assert(microkernel::kVectorsPerRow == 2, "the bfloat16 kernel's width too");
+template <class P, int V> constexpr int64_t kRows = Blocking<P>::MR * 2 / V;
+template <class P, int V = 2>
 constexpr auto kKernels = make_kernels<P, V>(std::make_integer_sequence<int, kRows<P, V>>{});
 
 // Calls f(P{}) for the panels of operands of S: S, or for 16-bit types float32 or bfloat16.
@@ -107,16 +99,12 @@ inline void copy_run(const S *__restrict src, int64_t n, T *__restrict dst) {
   if constexpr (!std::is_same_v<S, T>) {
     to_float(src, dst, n);
   } else {
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    constexpr int64_t W = 64 / sizeof(T);
-    for (int64_t i = 0; i < n; i += W) {
-      const uint64_t m = n - i >= W ? ~uint64_t{0} >> (64 - W) : (uint64_t{1} << (n - i)) - 1;
-      if constexpr (sizeof(T) == 2)
-        _mm512_mask_storeu_epi16(dst + i, m, _mm512_maskz_loadu_epi16(m, src + i));
-      else if constexpr (sizeof(T) == 4)
-        _mm512_mask_storeu_epi32(dst + i, m, _mm512_maskz_loadu_epi32(m, src + i));
-      else
-        _mm512_mask_storeu_epi64(dst + i, m, _mm512_maskz_loadu_epi64(m, src + i));
+#if defined(__AVX512BW__)
+    const char *from = reinterpret_cast<const char *>(src);
+    char *to = reinterpret_cast<char *>(dst);
+    for (int64_t i = 0, bytes = n * sizeof(T); i < bytes; i += 64) {
+      const __mmask64 m = bytes - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (bytes - i)) - 1;
+      _mm512_mask_storeu_epi8(to + i, m, _mm512_maskz_loadu_epi8(m, from + i));
     }
 #else
     std::copy_n(src, n, dst);
@@ -185,37 +173,22 @@ template <class T> struct Gathered {
   std::vector<Run> runs;
 };
 
-// Rows [0, depth) of B, rows[k] + j0 (cols values each), as a panel NR wide, zero-padded; in
-// bfloat16 pairs, the step past an odd depth zero.
-template <class S, class P, int64_t NR>
-void pack_rows(const S *const *rows, int64_t depth, int64_t j0, int64_t cols, P *panel) {
+// One depth step of a B panel: row r0's `read` values, zeros up to `write`; bfloat16 pairs
+// interleave it with the next step's row r1 (null past an odd depth: zeros).
+template <class S, class P>
+inline void pack_step(const S *r0, const S *r1, int64_t read, int64_t write, P *dst) {
 #if NEEDLE_X86_DISPATCH
-  if constexpr (kPair<P> == 2) {
-    for (int64_t k = 0; k < depth; k += 2)
-      interleave_pairs(rows[k] + j0, k + 1 < depth ? rows[k + 1] + j0 : nullptr, cols, NR,
-                       panel + k * NR);
-    return;
-  }
+  if constexpr (kPair<P> == 2) return interleave_pairs(r0, r1, read, write, dst);
 #endif
-  for (int64_t k = 0; k < depth; ++k) {
-    copy_run(rows[k] + j0, cols, panel + k * NR);
-    std::fill(panel + k * NR + cols, panel + (k + 1) * NR, P{});
-  }
+  copy_run(r0, read, dst);
+  std::fill(dst + read, dst + write, P{});
 }
 
-// dst[0, n) = the sums src[0, n), rounded once for 16-bit outputs.
-template <class S> inline void store_run(const Acc<S> *src, int64_t n, S *dst) {
-  if constexpr (is_half_v<S>)
-    from_float(src, dst, n);
-  else
-    std::memcpy(dst, src, n * sizeof(S));
-}
-
-// The rows [t0, t1) of row tiles of one class on the calling thread, panels of P, V vectors
-// per row.
+// The rows [t0, t1) of row tiles of one class on the calling thread, V vectors per row.
 template <class S, class P, int V>
 void gathered_rows(const Gathered<S> &g, int64_t t0, int64_t t1) {
-  constexpr int64_t MR = kRows<P, V>, NR = V * lanes<P>(), KC = Blocking<P>::KC, E = kPair<P>;
+  constexpr int64_t MR = kRows<P, V>, NR = Blocking<P>::NR * V / 2, KC = Blocking<P>::KC;
+  constexpr int64_t E = kPair<P>;
   const int64_t m = static_cast<int64_t>(g.a_rows.size()), p = g.p, depth = g.depth;
   if (depth == 0) {
     for (int64_t i = t0 * MR; i < std::min(m, t1 * MR); ++i) std::fill_n(g.c_rows[i], p, S{});
@@ -223,14 +196,16 @@ void gathered_rows(const Gathered<S> &g, int64_t t0, int64_t t1) {
   }
   const int64_t pp = round_up(p, NR), col_tiles = pp / NR;
   const int64_t blocks = ceil_div(depth, KC), kc = round_up(ceil_div(depth, blocks), 8);
-  P *const b_pack = scratch<P, 0>(round_up(depth, E) * pp);  // (kc is even: only the last
-  P *const a_panel = scratch<P, 1>(MR * KC);                 // block may need a zero step)
+  P *const b_pack = scratch<P, 0>(round_up(depth, E) * pp);  // (kc is even)
+  P *const a_panel = scratch<P, 1>(MR * KC);
   Acc<S> *const c_tile = scratch<Acc<S>, 4>(MR * pp);
   for (int64_t d0 = 0; d0 < depth; d0 += kc) {  // B: per depth block, NR-wide panels
     const int64_t dd = std::min(kc, depth - d0), ddk = round_up(dd, E);
     for (int64_t jt = 0; jt < col_tiles; ++jt)
-      pack_rows<S, P, NR>(g.b_rows.data() + d0, dd, jt * NR, std::min(NR, p - jt * NR),
-                          b_pack + d0 * pp + jt * NR * ddk);
+      for (int64_t k = 0; k < dd; k += E)
+        pack_step(g.b_rows[d0 + k] + jt * NR,
+                  E == 2 && k + 1 < dd ? g.b_rows[d0 + k + 1] + jt * NR : nullptr,
+                  std::min(NR, p - jt * NR), NR, b_pack + d0 * pp + jt * NR * ddk + k * NR);
   }
   for (int64_t it = t0; it < t1; ++it) {
     const int64_t i0 = it * MR, rows = std::min(MR, m - i0);
@@ -244,7 +219,12 @@ void gathered_rows(const Gathered<S> &g, int64_t t0, int64_t t1) {
       for (int64_t jt = 0; jt < col_tiles; ++jt)
         kernel(ddk, a_panel, b_pack + d0 * pp + jt * NR * ddk, c_tile + jt * NR, pp, d0 > 0, NR);
     }
-    for (int64_t r = 0; r < rows; ++r) store_run(c_tile + r * pp, p, g.c_rows[i0 + r]);
+    for (int64_t r = 0; r < rows; ++r) {
+      if constexpr (is_half_v<S>)
+        from_float(c_tile + r * pp, g.c_rows[i0 + r], p);  // rounded once
+      else
+        copy_run(c_tile + r * pp, p, g.c_rows[i0 + r]);
+    }
   }
 }
 
@@ -264,9 +244,9 @@ template <class S, class P, int V> void run_gathered_by(const std::vector<Gather
 template <class S> void run_gathered(const std::vector<Gathered<S>> &classes) {
   with_panels<S>([&](auto panel) {
     using P = decltype(panel);
-    if (kVectors<P> > 1 && !classes.empty() && classes[0].p * 2 <= Blocking<P>::NR)
+    if (!classes.empty() && classes[0].p * 2 <= Blocking<P>::NR)
       return run_gathered_by<S, P, 1>(classes);
-    run_gathered_by<S, P, kVectors<P>>(classes);
+    run_gathered_by<S, P, 2>(classes);
   });
 }
 
@@ -313,9 +293,8 @@ template <class T> void conv2d(const ConvShape &s, const T *x, const T *w, T *ou
 
 namespace {
 
-// out[j ldo + i] = in[i ldi + j] for i < rows <= 16, j < cols: 16 rows of 64 bytes at a time
-// through a transpose of 32-bit words in registers, 16-bit values then split from their words.
-// (One by one, this was a fifth of the input gradient at ResNet-9's 2x2 maps.)
+// out[j ldo + i] = in[i ldi + j] for i < rows <= 16, j < cols, through 16 x 16 transposes of
+// 32-bit words (16-bit values split from them). (Scalar: a fifth of dx at 2x2 maps.)
 template <class T>
 void transpose_rows(const T *in, int64_t ldi, int64_t rows, int64_t cols, T *out, int64_t ldo) {
   int64_t j0 = 0;
@@ -410,10 +389,9 @@ template <class T> struct WeightClass {
   int64_t cols;
 };
 
-// Rows r < rows (<= 16) of an A panel over depth steps k < depth, src[k][off + r]: 16 x 16
-// blocks of 32-bit words (floats, or bfloat16 pairs of consecutive steps) transposed in
-// registers, where S is P. Returns the depth done. (Scalar, this was 12% of a 2x2-map weight
-// gradient in bfloat16.)
+// Rows r < rows <= 16 of an A panel, src[k][off + r] at depth k: 16 x 16 blocks of 32-bit words
+// (floats, bfloat16 pairs) transposed in registers; the depth done. (Scalar: 12% of bfloat16's
+// weight gradient at 2x2 maps.)
 template <class S, class P>
 int64_t pack_transposed(const S *const *src, int64_t off, int64_t rows, int64_t depth, P *panel) {
   int64_t k0 = 0;
@@ -437,9 +415,8 @@ int64_t pack_transposed(const S *const *src, int64_t off, int64_t rows, int64_t 
   return k0;
 }
 
-// dw[target[j] co + r] += tile[r NR + j] for r < rows, j < width: 16 x 16 blocks transposed in
-// registers, float32 rows added as vectors (the scalar adds, a strided read each, were 20% of a
-// 2x2-map weight gradient in bfloat16).
+// dw[target[j] co + r] += tile[r NR + j] for r < rows, j < width, through 16 x 16 transposes.
+// (Scalar: 20% of bfloat16's weight gradient at 2x2 maps.)
 template <int64_t NR, class A>
 void add_transposed(const A *tile, int64_t rows, int64_t width, const int64_t *target, A *dw,
                     int64_t co) {
@@ -516,16 +493,9 @@ void weight_grad_task(const std::vector<WeightClass<S>> &classes, int64_t co, in
           }
         for (int64_t k = 0; k < dd; k += E)
           for (const Run &piece : pieces) {
-            const S *x0 = c.x_rows[d0 + k] + piece.offset;
-            P *dst = b_pack + piece.k0 + k * NR;
-#if NEEDLE_X86_DISPATCH
-            if constexpr (E == 2) {
-              const S *x1 = k + 1 < dd ? c.x_rows[d0 + k + 1] + piece.offset : nullptr;
-              interleave_pairs(x0, x1, piece.len, piece.len, dst);
-              continue;
-            }
-#endif
-            copy_run(x0, piece.len, dst);
+            const S *const *x = c.x_rows.data() + d0 + k;
+            pack_step(x[0] + piece.offset, E == 2 && k + 1 < dd ? x[1] + piece.offset : nullptr,
+                      piece.len, piece.len, b_pack + piece.k0 + k * NR);
           }
         for (int64_t it = 0; it < row_tiles; ++it) {
           const int64_t rows = std::min(MR, co - it * MR);

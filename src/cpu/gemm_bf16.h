@@ -1,13 +1,9 @@
-// What the GEMM (gemm.cc) and the convolution (conv.cc) share for 16-bit operands: the sums'
-// type, widening into float32 panels, and the bfloat16 micro-kernel (AVX512-BF16, chosen at run
-// time) with its pair packing.
-//
-// vdpbf16ps adds to each of 16 float32 sums the products of a pair of bfloat16 values, two
-// consecutive depth steps: A's panel has them side by side already (a row is contiguous in
-// depth), B's holds for each pair of depth steps NR pairs (b[k][j], b[k+1][j]). Products of
-// bfloat16 are exact in float32 and are added in float32, but the instruction treats
-// subnormal inputs as zero and flushes subnormal sums: terms below 2^-126 are lost. An odd
-// depth is padded with a zero step in both panels.
+// What the GEMM (gemm.cc) and the convolution (conv.cc) share for 16-bit operands, and the
+// bfloat16 micro-kernel (AVX512-BF16, chosen at run time). vdpbf16ps adds to each of 16 float32
+// sums the products of a pair of bfloat16 values, two consecutive depth steps: A's panel has
+// them side by side (a row is contiguous in depth), B's holds for each pair of steps NR pairs
+// (b[k][j], b[k+1][j]); an odd depth gets a zero step in both. Products are exact in float32
+// and added in float32, but subnormal inputs count as zero and subnormal sums are flushed.
 
 #pragma once
 
