@@ -357,7 +357,7 @@ void conv2d_primitive(const Array &a, const Array &b, Array &out, int64_t n, int
       checked_conv(what, Role, a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding);
   const DType dtype = common_dtype(a, b, out);
   GilRelease unlocked(n * s.out_h() * s.out_w() * c_out * kh * kw * std::max<int64_t>(c_in, 1));
-  dispatch<Floats>(dtype, [&](auto tag) {
+  dispatch<MatmulTypes>(dtype, [&](auto tag) {  // 16-bit: sums in float32, as matmul's
     using T = decltype(tag);
     const T *x = a.data<T>(), *y = b.data<T>();
     if constexpr (Role == ConvRole::Forward) conv2d(s, x, y, out.data<T>());
@@ -717,7 +717,7 @@ NB_MODULE(ndarray_backend_cpu, m) {
   // them: in float32 lanes, each result the float32 row's rounded once (as astype rounds), so
   // NDArray calls them on 16-bit arrays instead of converting around the float32 row. A row
   // that takes the 16-bit floats names them in its dtype set (AndHalves) and is listed here;
-  // tests/test_halves_cpu.py checks that the two agree.
+  // tests/test_halves_cpu.py and test_conv_halves_cpu.py check that the two agree.
   m.attr("HALF_ROWS") = nb::make_tuple(
       "ewise_add", "ewise_sub", "ewise_mul", "ewise_div", "ewise_power", "ewise_maximum",
       "ewise_eq", "ewise_ge", "ewise_lt", "ewise_le", "scalar_add", "scalar_sub", "scalar_rsub",
@@ -726,7 +726,7 @@ NB_MODULE(ndarray_backend_cpu, m) {
       "ewise_abs", "ewise_sign", "ewise_relu", "ewise_sigmoid", "ewise_exp", "ewise_log",
       "ewise_tanh", "ewise_erf", "ewise_gelu", "ewise_gelu_grad", "ewise_sqrt", "ewise_sin",
       "ewise_cos", "ewise_rsqrt", "reduce_sum", "reduce_max", "reduce_sum_axis", "reduce_max_axis",
-      "softmax_rows", "softmax_grad_rows");
+      "softmax_rows", "softmax_grad_rows", "conv2d", "conv2d_input_grad", "conv2d_weight_grad");
 
   needle::bind_array<Array, parse_dtype, dtype_name>(
       m, "A flat, 64-byte aligned buffer of `size` elements.");

@@ -9,6 +9,10 @@
 // Threads split each class's rows (forward, input gradient): each output element is summed in
 // the same order whatever the split. The weight gradient's threads split the pixels and add
 // their sums at the end, so its rounding depends on the thread count, as a split reduction's.
+//
+// 16-bit operands sum in float32, each output rounded once. Their panels (P below) are float32,
+// widened while packing, for float32's kernel and blocking (so the sums are float32's on the
+// widened operands, bit for bit), or bfloat16 pairs for gemm_bf16.h's vdpbf16ps kernel.
 
 #include "conv.h"
 
@@ -21,6 +25,8 @@
 #include <vector>
 
 #include "array.h"
+#include "convert.h"
+#include "gemm_bf16.h"
 #include "gemm_kernel.h"
 #include "thread_pool.h"
 
@@ -36,17 +42,33 @@ constexpr int64_t kMinMultiplyAddsPerThread = int64_t{1} << 20;  // as in gemm.c
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-template <class T>
-using Kernel = void (*)(int64_t, const T *, const T *, T *, int64_t, bool, int64_t);
-template <class T, int V, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
-  return std::array<Kernel<T>, sizeof...(R) + 1>{nullptr,
-                                                 &microkernel::micro_kernel<T, R + 1, V>...};
+// Panels of P and their kernels; kPair, the depth unit.
+template <class P> constexpr int64_t kPair = std::is_same_v<P, BFloat16> ? 2 : 1;
+template <class P>
+using Kernel = void (*)(int64_t, const P *, const P *, Acc<P> *, int64_t, bool, int64_t);
+template <class P, int V, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
+#if NEEDLE_X86_DISPATCH
+  if constexpr (kPair<P> == 2)
+    return std::array<Kernel<P>, sizeof...(R) + 1>{nullptr, &bf16_kernel<R + 1, V>...};
+  else
+#endif
+    return std::array<Kernel<P>, sizeof...(R) + 1>{nullptr,
+                                                   &microkernel::micro_kernel<P, R + 1, V>...};
 }
-// Micro-tiles of V vectors per row: MR rows at the GEMM's width, more rows when narrower.
-template <class T, int V>
-constexpr int64_t kRows = Blocking<T>::MR * microkernel::kVectorsPerRow / V;
-template <class T, int V = microkernel::kVectorsPerRow>
-constexpr auto kKernels = make_kernels<T, V>(std::make_integer_sequence<int, kRows<T, V>>{});
+// Micro-tiles of V vectors per row: MR rows at the GEMM's width (2 vectors), twice as many at 1.
+static_assert(microkernel::kVectorsPerRow == 2, "the bfloat16 kernel's width too");
+template <class P, int V> constexpr int64_t kRows = Blocking<P>::MR * 2 / V;
+template <class P, int V = 2>
+constexpr auto kKernels = make_kernels<P, V>(std::make_integer_sequence<int, kRows<P, V>>{});
+
+// Calls f(P{}) for the panels of operands of S: S, or for 16-bit types float32 or bfloat16.
+template <class S, class F> void with_panels(F &&f) {
+#if NEEDLE_X86_DISPATCH
+  if constexpr (std::is_same_v<S, BFloat16>)
+    if (bf16_kernel_used()) return f(BFloat16{});
+#endif
+  f(std::conditional_t<is_half_v<S>, float, S>{});
+}
 
 // A grow-only, 64-byte aligned scratch buffer per thread and slot.
 template <class T, int Slot> T *scratch(int64_t elements) {
@@ -69,26 +91,31 @@ template <class T, int Slot> T *scratch(int64_t elements) {
 struct Run { int64_t k0, offset, len, target; };
 
 // dst[0, n) = src[0, n) for the short runs of a gather (a kernel row's taps: tens of values),
-// inline: a call to memcpy per run cost more than the copy.
-template <class T> inline void copy_run(const T *__restrict src, int64_t n, T *__restrict dst) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4) {
-    for (; n >= 16; n -= 16, src += 16, dst += 16) _mm512_storeu_ps(dst, _mm512_loadu_ps(src));
-    const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
-    return _mm512_mask_storeu_ps(dst, m, _mm512_maskz_loadu_ps(m, src));
+// inline, every step masked: GCC turns a loop of plain vector loads and stores into a call to
+// memmove, which cost more than the copy (9% of a 4x4-map input gradient). 16-bit values into
+// float32 panels are widened (exact).
+template <class S, class T>
+inline void copy_run(const S *__restrict src, int64_t n, T *__restrict dst) {
+  if constexpr (!std::is_same_v<S, T>) {
+    to_float(src, dst, n);
   } else {
-    for (; n >= 8; n -= 8, src += 8, dst += 8) _mm512_storeu_pd(dst, _mm512_loadu_pd(src));
-    const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
-    return _mm512_mask_storeu_pd(dst, m, _mm512_maskz_loadu_pd(m, src));
-  }
+#if defined(__AVX512BW__)
+    const char *from = reinterpret_cast<const char *>(src);
+    char *to = reinterpret_cast<char *>(dst);
+    for (int64_t i = 0, bytes = n * sizeof(T); i < bytes; i += 64) {
+      const __mmask64 m = bytes - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (bytes - i)) - 1;
+      _mm512_mask_storeu_epi8(to + i, m, _mm512_maskz_loadu_epi8(m, from + i));
+    }
+#else
+    std::copy_n(src, n, dst);
 #endif
-  std::copy_n(src, n, dst);
+  }
 }
 
 // Copies depth [d0, d0 + dd) of one gathered row into dst.
-template <class T>
-inline void gather_runs(const T *base, const std::vector<Run> &runs, int64_t d0, int64_t dd,
-                        T *dst) {
+template <class S, class P>
+inline void gather_runs(const S *base, const std::vector<Run> &runs, int64_t d0, int64_t dd,
+                        P *dst) {
   for (const Run &r : runs) {
     const int64_t lo = std::max(r.k0, d0), hi = std::min(r.k0 + r.len, d0 + dd);
     if (lo < hi) copy_run(base + r.offset + (lo - r.k0), hi - lo, dst + (lo - d0));
@@ -146,63 +173,81 @@ template <class T> struct Gathered {
   std::vector<Run> runs;
 };
 
+// One depth step of a B panel: row r0's `read` values, zeros up to `write`; bfloat16 pairs
+// interleave it with the next step's row r1 (null past an odd depth: zeros).
+template <class S, class P>
+inline void pack_step(const S *r0, const S *r1, int64_t read, int64_t write, P *dst) {
+#if NEEDLE_X86_DISPATCH
+  if constexpr (kPair<P> == 2) return interleave_pairs(r0, r1, read, write, dst);
+#endif
+  copy_run(r0, read, dst);
+  std::fill(dst + read, dst + write, P{});
+}
+
 // The rows [t0, t1) of row tiles of one class on the calling thread, V vectors per row.
-template <class T, int V> void gathered_rows(const Gathered<T> &g, int64_t t0, int64_t t1) {
-  constexpr int64_t MR = kRows<T, V>, NR = V * microkernel::Simd<T>::width, KC = Blocking<T>::KC;
+template <class S, class P, int V>
+void gathered_rows(const Gathered<S> &g, int64_t t0, int64_t t1) {
+  constexpr int64_t MR = kRows<P, V>, NR = Blocking<P>::NR * V / 2, KC = Blocking<P>::KC;
+  constexpr int64_t E = kPair<P>;
   const int64_t m = static_cast<int64_t>(g.a_rows.size()), p = g.p, depth = g.depth;
   if (depth == 0) {
-    for (int64_t i = t0 * MR; i < std::min(m, t1 * MR); ++i) std::fill_n(g.c_rows[i], p, T(0));
+    for (int64_t i = t0 * MR; i < std::min(m, t1 * MR); ++i) std::fill_n(g.c_rows[i], p, S{});
     return;
   }
   const int64_t pp = round_up(p, NR), col_tiles = pp / NR;
   const int64_t blocks = ceil_div(depth, KC), kc = round_up(ceil_div(depth, blocks), 8);
-  T *const b_pack = scratch<T, 0>(depth * pp);
-  T *const a_panel = scratch<T, 1>(MR * KC + MR * pp);
-  T *const c_tile = a_panel + MR * KC;
+  P *const b_pack = scratch<P, 0>(round_up(depth, E) * pp);  // (kc is even)
+  P *const a_panel = scratch<P, 1>(MR * KC);
+  Acc<S> *const c_tile = scratch<Acc<S>, 4>(MR * pp);
   for (int64_t d0 = 0; d0 < depth; d0 += kc) {  // B: per depth block, NR-wide panels
-    const int64_t dd = std::min(kc, depth - d0);
-    for (int64_t jt = 0; jt < col_tiles; ++jt) {
-      T *panel = b_pack + d0 * pp + jt * NR * dd;
-      const int64_t j0 = jt * NR, cols = std::min(NR, p - j0);
-      for (int64_t k = 0; k < dd; ++k) {
-        std::memcpy(panel + k * NR, g.b_rows[d0 + k] + j0, cols * sizeof(T));
-        std::fill(panel + k * NR + cols, panel + (k + 1) * NR, T(0));
-      }
-    }
+    const int64_t dd = std::min(kc, depth - d0), ddk = round_up(dd, E);
+    for (int64_t jt = 0; jt < col_tiles; ++jt)
+      for (int64_t k = 0; k < dd; k += E)
+        pack_step(g.b_rows[d0 + k] + jt * NR,
+                  E == 2 && k + 1 < dd ? g.b_rows[d0 + k + 1] + jt * NR : nullptr,
+                  std::min(NR, p - jt * NR), NR, b_pack + d0 * pp + jt * NR * ddk + k * NR);
   }
   for (int64_t it = t0; it < t1; ++it) {
     const int64_t i0 = it * MR, rows = std::min(MR, m - i0);
-    const Kernel<T> kernel = kKernels<T, V>[rows];
+    const Kernel<P> kernel = kKernels<P, V>[rows];
     for (int64_t d0 = 0; d0 < depth; d0 += kc) {
-      const int64_t dd = std::min(kc, depth - d0);
-      for (int64_t r = 0; r < rows; ++r)
+      const int64_t dd = std::min(kc, depth - d0), ddk = round_up(dd, E);
+      for (int64_t r = 0; r < rows; ++r) {
         gather_runs(g.a_rows[i0 + r], g.runs, d0, dd, a_panel + r * KC);
+        if (ddk > dd) a_panel[r * KC + dd] = P{};
+      }
       for (int64_t jt = 0; jt < col_tiles; ++jt)
-        kernel(dd, a_panel, b_pack + d0 * pp + jt * NR * dd, c_tile + jt * NR, pp, d0 > 0, NR);
+        kernel(ddk, a_panel, b_pack + d0 * pp + jt * NR * ddk, c_tile + jt * NR, pp, d0 > 0, NR);
     }
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(g.c_rows[i0 + r], c_tile + r * pp, p * sizeof(T));
+    for (int64_t r = 0; r < rows; ++r) {
+      if constexpr (is_half_v<S>)
+        from_float(c_tile + r * pp, g.c_rows[i0 + r], p);  // rounded once
+      else
+        copy_run(c_tile + r * pp, p, g.c_rows[i0 + r]);
+    }
   }
 }
 
 // Every class, each class's row tiles split across the threads. Outputs at most half the
 // GEMM's NR wide use one vector per row (16 float channels: half the multiply-adds).
-template <class T, int V> void run_gathered_by(const std::vector<Gathered<T>> &classes) {
+template <class S, class P, int V> void run_gathered_by(const std::vector<Gathered<S>> &classes) {
   int64_t work = 0;
   for (const auto &g : classes) work += static_cast<int64_t>(g.a_rows.size()) * g.depth * g.p;
   parallel(threads_for(work, kMinMultiplyAddsPerThread), [&](int t, int n) {
     for (const auto &g : classes) {
-      const int64_t tiles = ceil_div(static_cast<int64_t>(g.a_rows.size()), kRows<T, V>);
+      const int64_t tiles = ceil_div(static_cast<int64_t>(g.a_rows.size()), kRows<P, V>);
       const Range mine = split_range(tiles, t, n);
-      if (mine.begin < mine.end) gathered_rows<T, V>(g, mine.begin, mine.end);
+      if (mine.begin < mine.end) gathered_rows<S, P, V>(g, mine.begin, mine.end);
     }
   });
 }
-template <class T> void run_gathered(const std::vector<Gathered<T>> &classes) {
-  constexpr int V = microkernel::kVectorsPerRow;
-  if (V > 1 && !classes.empty() && classes[0].p * 2 <= Blocking<T>::NR)
-    return run_gathered_by<T, 1>(classes);
-  run_gathered_by<T, V>(classes);
+template <class S> void run_gathered(const std::vector<Gathered<S>> &classes) {
+  with_panels<S>([&](auto panel) {
+    using P = decltype(panel);
+    if (!classes.empty() && classes[0].p * 2 <= Blocking<P>::NR)
+      return run_gathered_by<S, P, 1>(classes);
+    run_gathered_by<S, P, 2>(classes);
+  });
 }
 
 // The runs of a forward class: one per kernel row, its taps' channels contiguous in NHWC.
@@ -246,6 +291,40 @@ template <class T> void conv2d(const ConvShape &s, const T *x, const T *w, T *ou
   run_gathered(classes);
 }
 
+namespace {
+
+// out[j ldo + i] = in[i ldi + j] for i < rows <= 16, j < cols, through 16 x 16 transposes of
+// 32-bit words (16-bit values split from them). (Scalar: a fifth of dx at 2x2 maps.)
+template <class T>
+void transpose_rows(const T *in, int64_t ldi, int64_t rows, int64_t cols, T *out, int64_t ldo) {
+  int64_t j0 = 0;
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+  if constexpr (sizeof(T) == 4 || sizeof(T) == 2) {
+    const __mmask16 valid = static_cast<__mmask16>((1u << rows) - 1);
+    __m512 r[16];
+    for (; j0 + 64 / int64_t{sizeof(T)} <= cols; j0 += 64 / sizeof(T)) {
+      for (int i = 0; i < 16; ++i)
+        r[i] = _mm512_maskz_loadu_ps(i < rows ? ~0 : 0, in + i * ldi + j0);
+      microkernel::transpose_16x16(r);
+      for (int q = 0; q < 16; ++q) {
+        const __m512i v = _mm512_castps_si512(r[q]);  // column j0 + q, or the pair at 2q
+        if constexpr (sizeof(T) == 4) {
+          _mm512_mask_storeu_epi32(out + (j0 + q) * ldo, valid, v);
+        } else {
+          _mm256_mask_storeu_epi16(out + (j0 + 2 * q) * ldo, valid, _mm512_cvtepi32_epi16(v));
+          _mm256_mask_storeu_epi16(out + (j0 + 2 * q + 1) * ldo, valid,
+                                   _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)));
+        }
+      }
+    }
+  }
+#endif
+  for (int64_t j = j0; j < cols; ++j)
+    for (int64_t i = 0; i < rows; ++i) out[j * ldo + i] = in[i * ldi + j];
+}
+
+}  // namespace
+
 template <class T> void conv2d_input_grad(const ConvShape &s, const T *g, const T *w, T *dx) {
   const int64_t oh = s.out_h(), ow = s.out_w();
   const auto h_classes = input_classes(s.h, s.kh, s.stride, s.pad, oh);
@@ -272,9 +351,8 @@ template <class T> void conv2d_input_grad(const ConvShape &s, const T *g, const 
     const Range mine = split_range(used * blocks, t, n);
     for (int64_t u = mine.begin; u < mine.end; ++u) {
       const int64_t tap = taps[u / blocks], ci0 = u % blocks * 16, ci1 = std::min(s.c_in, ci0 + 16);
-      for (int64_t co = 0; co < s.c_out; ++co)
-        for (int64_t ci = ci0; ci < ci1; ++ci)
-          wt[(slot[tap] * s.c_out + co) * s.c_in + ci] = w[(tap * s.c_in + ci) * s.c_out + co];
+      transpose_rows(w + (tap * s.c_in + ci0) * s.c_out, s.c_out, ci1 - ci0, s.c_out,
+                     wt + slot[tap] * s.c_out * s.c_in + ci0, s.c_in);
     }
   });
   std::vector<Gathered<T>> classes;
@@ -311,20 +389,71 @@ template <class T> struct WeightClass {
   int64_t cols;
 };
 
+// Rows r < rows <= 16 of an A panel, src[k][off + r] at depth k: 16 x 16 blocks of 32-bit words
+// (floats, bfloat16 pairs) transposed in registers; the depth done. (Scalar: 12% of bfloat16's
+// weight gradient at 2x2 maps.)
+template <class S, class P>
+int64_t pack_transposed(const S *const *src, int64_t off, int64_t rows, int64_t depth, P *panel) {
+  int64_t k0 = 0;
+#if defined(__AVX512F__) && NEEDLE_X86_DISPATCH
+  if constexpr (std::is_same_v<S, P> && sizeof(P) <= 4) {
+    constexpr int64_t E = kPair<P>, KC = Blocking<P>::KC;
+    const __mmask16 valid = static_cast<__mmask16>((1u << rows) - 1);
+    __m512 r[16];
+    for (; k0 + 16 * E <= depth; k0 += 16 * E) {
+      for (int i = 0; i < 16; ++i)
+        if constexpr (E == 1)
+          r[i] = _mm512_maskz_loadu_ps(valid, src[k0 + i] + off);
+        else
+          r[i] = _mm512_castsi512_ps(
+              pair_words(src[k0 + 2 * i] + off, src[k0 + 2 * i + 1] + off, rows));
+      microkernel::transpose_16x16(r);
+      for (int64_t i = 0; i < rows; ++i) _mm512_storeu_ps(panel + i * KC + k0, r[i]);
+    }
+  }
+#endif
+  return k0;
+}
+
+// dw[target[j] co + r] += tile[r NR + j] for r < rows, j < width, through 16 x 16 transposes.
+// (Scalar: 20% of bfloat16's weight gradient at 2x2 maps.)
+template <int64_t NR, class A>
+void add_transposed(const A *tile, int64_t rows, int64_t width, const int64_t *target, A *dw,
+                    int64_t co) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<A, float> && NR % 16 == 0) {
+    const __mmask16 valid = static_cast<__mmask16>((1u << rows) - 1);
+    __m512 r[16];
+    for (int64_t j0 = 0; j0 < width; j0 += 16) {
+      for (int i = 0; i < 16; ++i)
+        r[i] = _mm512_maskz_loadu_ps(i < rows ? ~0 : 0, tile + i * NR + j0);
+      microkernel::transpose_16x16(r);
+      for (int64_t j = 0; j < std::min<int64_t>(16, width - j0); ++j) {
+        float *dst = dw + target[j0 + j] * co;
+        _mm512_mask_storeu_ps(dst, valid, _mm512_add_ps(_mm512_maskz_loadu_ps(valid, dst), r[j]));
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < width; ++j)
+    for (int64_t r = 0; r < rows; ++r) dw[target[j] * co + r] += tile[r * NR + j];
+}
+
 // Part `part` of `parts` of every class's pixels, summed into the rows `owned` of dw (each co
-// wide, from row `first` on), which the caller has zeroed.
-template <class T>
-void weight_grad_task(const std::vector<WeightClass<T>> &classes, int64_t co, int part, int parts,
-                      Range owned, T *dw, int64_t first) {
-  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR, KC = Blocking<T>::KC;
+// wide, from row `first` on), which the caller has zeroed; panels of P.
+template <class S, class P>
+void weight_grad_task(const std::vector<WeightClass<S>> &classes, int64_t co, int part, int parts,
+                      Range owned, Acc<S> *dw, int64_t first) {
+  constexpr int64_t MR = Blocking<P>::MR, NR = Blocking<P>::NR, KC = Blocking<P>::KC, E = kPair<P>;
   constexpr int64_t kColBlock = 8 * NR;
   const int64_t row_tiles = ceil_div(co, MR);
-  T *const a_pack = scratch<T, 0>(row_tiles * MR * KC);
-  T *const b_pack = scratch<T, 1>(KC * kColBlock + MR * NR);
-  T *const tile = b_pack + KC * kColBlock;
+  P *const a_pack = scratch<P, 0>(row_tiles * MR * KC);
+  P *const b_pack = scratch<P, 1>(KC * kColBlock);
+  Acc<S> *const tile = scratch<Acc<S>, 4>(MR * NR);
   std::vector<Run> pieces;  // {panel position, source offset, length}
   std::vector<int64_t> target;
-  for (const WeightClass<T> &c : classes) {
+  for (const WeightClass<S> &c : classes) {
     target.resize(c.cols);  // the row of dw of each of the class's columns
     for (const Run &r : c.runs)
       for (int64_t k = 0; k < r.len; ++k) target[r.k0 + k] = r.target + k;
@@ -332,15 +461,18 @@ void weight_grad_task(const std::vector<WeightClass<T>> &classes, int64_t co, in
     const int64_t j1 = std::lower_bound(target.begin(), target.end(), owned.end) - target.begin();
     const Range px = split_range(static_cast<int64_t>(c.x_rows.size()), part, parts);
     for (int64_t d0 = px.begin; d0 < px.end; d0 += KC) {
-      const int64_t dd = std::min(KC, px.end - d0);
+      const int64_t dd = std::min(KC, px.end - d0), ddk = round_up(dd, E);
 
       for (int64_t it = 0; it < row_tiles; ++it) {  // A = g^T, MR channels per depth step
-        T *panel = a_pack + it * MR * KC;
+        P *panel = a_pack + it * MR * KC;
         const int64_t rows = std::min(MR, co - it * MR);
-        for (int64_t k = 0; k < dd; ++k) {
-          const T *src = c.g_rows[d0 + k] + it * MR;
-          for (int64_t r = 0; r < rows; ++r) panel[r * KC + k] = src[r];
+        for (int64_t k = pack_transposed(c.g_rows.data() + d0, it * MR, rows, dd, panel); k < dd;
+             ++k) {
+          const S *src = c.g_rows[d0 + k] + it * MR;
+          for (int64_t r = 0; r < rows; ++r) panel[r * KC + k] = panel_value<P>(src[r]);
         }
+        if (ddk > dd)
+          for (int64_t r = 0; r < rows; ++r) panel[r * KC + dd] = P{};
       }
       for (int64_t c0 = j0; c0 < j1; c0 += kColBlock) {
         const int64_t cols = std::min(kColBlock, j1 - c0), col_tiles = ceil_div(cols, NR);
@@ -351,26 +483,27 @@ void weight_grad_task(const std::vector<WeightClass<T>> &classes, int64_t co, in
           for (int64_t j = std::max(r.k0, c0); j < std::min(r.k0 + r.len, c0 + cols);) {
             const int64_t jj = j - c0,
                           len = std::min({NR - jj % NR, r.k0 + r.len - j, c0 + cols - j});
-            pieces.push_back({jj / NR * NR * dd + jj % NR, r.offset + (j - r.k0), len, 0});
+            pieces.push_back({jj / NR * NR * ddk + jj % NR * E, r.offset + (j - r.k0), len, 0});
             j += len;
           }
         if (const int64_t width = cols - (col_tiles - 1) * NR; width < NR)
-          for (int64_t k = 0; k < dd; ++k) {
-            T *row = b_pack + (col_tiles - 1) * NR * dd + k * NR;
-            std::fill(row + width, row + NR, T(0));
+          for (int64_t k = 0; k < ddk; k += E) {  // (a pair row holds 2 NR values)
+            P *row = b_pack + (col_tiles - 1) * NR * ddk + k * NR;
+            std::fill(row + width * E, row + NR * E, P{});
           }
-        for (int64_t k = 0; k < dd; ++k)
-          for (const Run &piece : pieces)
-            copy_run(c.x_rows[d0 + k] + piece.offset, piece.len, b_pack + piece.k0 + k * NR);
+        for (int64_t k = 0; k < dd; k += E)
+          for (const Run &piece : pieces) {
+            const S *const *x = c.x_rows.data() + d0 + k;
+            pack_step(x[0] + piece.offset, E == 2 && k + 1 < dd ? x[1] + piece.offset : nullptr,
+                      piece.len, piece.len, b_pack + piece.k0 + k * NR);
+          }
         for (int64_t it = 0; it < row_tiles; ++it) {
           const int64_t rows = std::min(MR, co - it * MR);
           for (int64_t jt = 0; jt < col_tiles; ++jt) {
-            kKernels<T>[rows](dd, a_pack + it *MR *KC, b_pack + jt *NR *dd, tile, NR, false, NR);
+            kKernels<P>[rows](ddk, a_pack + it *MR *KC, b_pack + jt *NR *ddk, tile, NR, false, NR);
             const int64_t jb = c0 + jt * NR, width = std::min(NR, cols - jt * NR);
-            for (int64_t j = 0; j < width; ++j) {
-              T *dst = dw + (target[jb + j] - first) * co + it * MR;
-              for (int64_t r = 0; r < rows; ++r) dst[r] += tile[r * NR + j];
-            }
+            add_transposed<NR>(tile, rows, width, target.data() + jb, dw - first * co + it * MR,
+                               co);
           }
         }
       }
@@ -422,39 +555,51 @@ template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const
     bound[t] = std::lower_bound(col_work.begin(), col_work.end(), col_work[K] * t / threads) -
                col_work.begin();
   bound[0] = 0;
+  // The first part's sums go to dw's rows [lo, hi), or for 16-bit dw to float32 scratch after
+  // the other parts', rounded once at the end.
   const int64_t span = (hi - lo) * co;
-  T *const partial = scratch<T, 3>((parts - 1) * span);
-  parallel(threads, [&](int t, int n) {
-    for (int task = t; task < threads; task += n) {
-      const int part = parts > 1 ? task : 0;
-      const Range owned = parts > 1 ? Range{lo, hi} : Range{bound[task], bound[task + 1]};
-      T *const sum = part == 0 ? dw + lo * co : partial + (part - 1) * span;
-      const int64_t z0 = std::clamp(owned.begin, lo, hi), z1 = std::clamp(owned.end, lo, hi);
-      std::fill(sum + (z0 - lo) * co, sum + (z1 - lo) * co, T(0));
-      const Range rows = split_range(K, task, threads);  // dw's untouched rows: zero
-      std::fill(dw + rows.begin * co, dw + std::max(rows.begin, std::min(rows.end, lo)) * co, T(0));
-      std::fill(dw + std::min(rows.end, std::max(rows.begin, hi)) * co, dw + rows.end * co, T(0));
-      weight_grad_task<T>(classes, co, part, parts, owned, sum, lo);
-    }
+  Acc<T> *const partial = scratch<Acc<T>, 3>((parts - 1 + is_half_v<T>)*span), *sum0;
+  if constexpr (is_half_v<T>)
+    sum0 = partial + (parts - 1) * span;
+  else
+    sum0 = dw + lo * co;
+  with_panels<T>([&](auto panel) {
+    parallel(threads, [&](int t, int n) {
+      for (int task = t; task < threads; task += n) {
+        const int part = parts > 1 ? task : 0;
+        const Range owned = parts > 1 ? Range{lo, hi} : Range{bound[task], bound[task + 1]};
+        Acc<T> *const sum = part == 0 ? sum0 : partial + (part - 1) * span;
+        const int64_t z0 = std::clamp(owned.begin, lo, hi), z1 = std::clamp(owned.end, lo, hi);
+        std::fill(sum + (z0 - lo) * co, sum + (z1 - lo) * co, Acc<T>(0));
+        const Range rows = split_range(K, task, threads);  // dw's untouched rows: zero
+        std::fill(dw + rows.begin * co, dw + std::max(rows.begin, std::min(rows.end, lo)) * co,
+                  T{});
+        std::fill(dw + std::min(rows.end, std::max(rows.begin, hi)) * co, dw + rows.end * co, T{});
+        weight_grad_task<T, decltype(panel)>(classes, co, part, parts, owned, sum, lo);
+      }
+    });
   });
-  if (parts > 1)
+  if (parts > 1 || is_half_v<T>)
     parallel(threads, [&](int t, int n) {
       for (int task = t; task < threads; task += n) {
         const Range r = split_range(span, task, threads, 16);
         for (int p = 0; p < parts - 1; ++p)
-          for (int64_t i = r.begin; i < r.end; ++i) dw[lo * co + i] += partial[p * span + i];
+          for (int64_t i = r.begin; i < r.end; ++i) sum0[i] += partial[p * span + i];
+        if constexpr (is_half_v<T>)
+          from_float(sum0 + r.begin, dw + lo * co + r.begin, r.end - r.begin);
       }
     });
 }
 
-template void conv2d<float>(const ConvShape &, const float *, const float *, float *);
-template void conv2d<double>(const ConvShape &, const double *, const double *, double *);
-template void conv2d_input_grad<float>(const ConvShape &, const float *, const float *, float *);
-template void conv2d_input_grad<double>(const ConvShape &, const double *, const double *,
-                                        double *);
-template void conv2d_weight_grad<float>(const ConvShape &, const float *, const float *, float *);
-template void conv2d_weight_grad<double>(const ConvShape &, const double *, const double *,
-                                         double *);
+#define NEEDLE_CONV_ROWS(T)                                                         \
+  template void conv2d<T>(const ConvShape &, const T *, const T *, T *);            \
+  template void conv2d_input_grad<T>(const ConvShape &, const T *, const T *, T *); \
+  template void conv2d_weight_grad<T>(const ConvShape &, const T *, const T *, T *);
+NEEDLE_CONV_ROWS(float)
+NEEDLE_CONV_ROWS(double)
+NEEDLE_CONV_ROWS(Float16)
+NEEDLE_CONV_ROWS(BFloat16)
+#undef NEEDLE_CONV_ROWS
 
 }  // namespace cpu
 }  // namespace needle

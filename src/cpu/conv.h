@@ -10,6 +10,7 @@ namespace cpu {
 
 // An NHWC input (n, h, w, c_in), weights (kh, kw, c_in, c_out), stride and zero padding on
 // every side; the output is (n, out_h(), out_w(), c_out). The caller checks every size.
+// T is float, double, Float16 or BFloat16 (16-bit: sums in float32, each output rounded once).
 struct ConvShape {
   int64_t n, h, w, c_in, kh, kw, c_out, stride, pad;
   int64_t out_h() const { return (h + 2 * pad - kh) / stride + 1; }

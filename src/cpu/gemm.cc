@@ -12,24 +12,12 @@
 
 #include "array.h"
 #include "convert.h"
+#include "gemm_bf16.h"
 #include "gemm_kernel.h"
 #include "thread_pool.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define NEEDLE_X86_DISPATCH 1
-#endif
-
 namespace needle {
 namespace cpu {
-
-// The bfloat16 kernel's blocking (vdpbf16ps, AVX512-BF16): 14 rows x 32 columns of float32
-// sums, as the AVX-512 float32 kernel's, depth in pairs; KC twice float32's, so the A
-// micro-panel (21 KiB) and the B block (1 MiB) take the bytes float32's do.
-template <> struct microkernel::Blocking<BFloat16> {
-  static constexpr int MR = 14, NR = 32;
-  static constexpr int64_t KC = 768, NC = (1 << 20) / (KC * 2) / NR * NR, MC = 2016 / MR * MR;
-};
 
 using microkernel::Blocking;
 
@@ -37,8 +25,7 @@ namespace {
 
 // The element types of a product: S the operands' in memory, P the packed panels' (S; float32
 // for 16-bit operands, converted while packing; or bfloat16 pairs for the AVX512-BF16 kernel)
-// and Acc<S> the sums' (float32 for the 16-bit types, rounded once at the end).
-template <class S> using Acc = std::conditional_t<is_half_v<S>, float, S>;
+// and Acc<S> the sums' (gemm_bf16.h).
 
 // n values of S from `from` into a panel of P.
 template <class S, class P> inline void copy_run(const S *from, int64_t n, P *to) {
@@ -47,14 +34,6 @@ template <class S, class P> inline void copy_run(const S *from, int64_t n, P *to
   } else {
     to_float(from, to, n);
   }
-}
-template <class P, class S> inline P panel_value(S x) {
-  if constexpr (std::is_same_v<S, P>)
-    return x;
-  else if constexpr (std::is_same_v<S, Float16>)
-    return from_half_bits<float>(x.bits);
-  else
-    return from_bfloat16_bits(x.bits);
 }
 
 // Below this many multiply-adds per thread a GEMM is not split across threads: waking a
@@ -75,31 +54,6 @@ inline int64_t balanced_block(int64_t total, int64_t max_block, int64_t unit) {
 // ---- packing ---------------------------------------------------------------------------
 
 #if defined(__AVX512F__)
-// Transposes the 16 x 16 floats of r[0..16) in registers: unpack pairs, then 2 x 2 and 4 x 4
-// blocks of 128-bit lanes.
-inline void transpose_16x16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int h = 0; h < 2; ++h)
-    for (int i = 0; i < 4; ++i) {
-      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0x88);
-      t[8 * h + i + 4] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0xdd);
-    }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-  }
-}
-
 // A transposed float A panel (row i at a + i, depth k at a + k * col_stride: MR <= 16 rows
 // contiguous per depth step) 16 deep at a time through registers, the rows past `rows`
 // masked off (never read). Returns the depth covered (a multiple of 16).
@@ -112,7 +66,7 @@ inline int64_t pack_a_transposed_blocks(const float *a, int64_t col_stride, int6
   __m512 r[16];
   for (int64_t k0 = 0; k0 < k_blocks; k0 += 16) {
     for (int i = 0; i < 16; ++i) r[i] = _mm512_maskz_loadu_ps(valid, a + (k0 + i) * col_stride);
-    transpose_16x16(r);
+    microkernel::transpose_16x16(r);
     for (int64_t i = 0; i < rows; ++i) _mm512_store_ps(panel + i * KA + k0, r[i]);
   }
   return k_blocks;
@@ -130,7 +84,7 @@ inline int64_t pack_b_transposed_blocks(const float *b, int64_t col_stride, int6
   for (int64_t j0 = 0; j0 < j_blocks; j0 += 16)
     for (int64_t k0 = 0; k0 < k_blocks; k0 += 16) {
       for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(b + (j0 + i) * col_stride + k0);
-      transpose_16x16(r);
+      microkernel::transpose_16x16(r);
       for (int i = 0; i < 16; ++i) _mm512_store_ps(panel + (k0 + i) * NR + j0, r[i]);
     }
   for (int64_t j = j_blocks; j < cols; ++j)
@@ -208,43 +162,25 @@ void pack_b_panel(const S *b, int64_t row_stride, int64_t col_stride, int64_t co
   }
 }
 
-// ---- the bfloat16 kernel (AVX512-BF16, chosen at run time) ---------------------------------
-// vdpbf16ps adds to each of 16 float32 sums the products of a pair of bfloat16 values, two
-// consecutive depth steps: A's panel has them side by side already (a row is contiguous in
-// depth), B's holds for each pair of depth steps NR pairs (b[k][j], b[k+1][j]). Products of
-// bfloat16 are exact in float32 and are added in float32, but the instruction treats
-// subnormal inputs as zero and flushes subnormal sums: terms below 2^-126 are lost.
+// ---- bfloat16 pairs (gemm_bf16.h) ---------------------------------------------------------
 #if NEEDLE_X86_DISPATCH
 constexpr int64_t kPairNR = Blocking<BFloat16>::NR;
 
-// Whole pairs of depth steps of a row-major B, full width: two rows' 16 values interleaved
-// by one permute each. Returns the pairs packed.
-__attribute__((target("avx512f,avx512bw"))) int64_t pack_b_pair_rows(const BFloat16 *b,
-                                                                     int64_t row_stride,
-                                                                     int64_t pairs,
-                                                                     BFloat16 *panel) {
-  alignas(64) uint16_t order[32];
-  for (int j = 0; j < 16; ++j) order[2 * j] = j, order[2 * j + 1] = 16 + j;
-  const __m512i idx = _mm512_load_si512(order);
-  for (int64_t k2 = 0; k2 < pairs; ++k2) {
-    const BFloat16 *r0 = b + 2 * k2 * row_stride, *r1 = r0 + row_stride;
-    for (int h = 0; h < 2; ++h) {
-      const __m512i rows = _mm512_inserti64x4(
-          _mm512_castsi256_si512(
-              _mm256_loadu_si256(reinterpret_cast<const __m256i *>(r0 + 16 * h))),
-          _mm256_loadu_si256(reinterpret_cast<const __m256i *>(r1 + 16 * h)), 1);
-      _mm512_storeu_si512(panel + (k2 * kPairNR + 16 * h) * 2, _mm512_permutexvar_epi16(idx, rows));
-    }
-  }
-  return pairs;
+// A row-major B's pairs of depth steps, the step past an odd depth zero. Returns the pairs.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) int64_t pack_b_pair_rows(
+    const BFloat16 *b, int64_t row_stride, int64_t cols, int64_t depth, BFloat16 *panel) {
+  for (int64_t k = 0; k < depth; k += 2)
+    interleave_pairs(b + k * row_stride, k + 1 < depth ? b + (k + 1) * row_stride : nullptr, cols,
+                     kPairNR, panel + k * kPairNR);
+  return (depth + 1) / 2;
 }
 
 template <>
 void pack_b_panel(const BFloat16 *b, int64_t row_stride, int64_t col_stride, int64_t cols,
                   int64_t depth, BFloat16 *__restrict panel) {
   int64_t k2 = 0;
-  if (col_stride == 1 && cols == kPairNR) {
-    k2 = pack_b_pair_rows(b, row_stride, depth / 2, panel);
+  if (col_stride == 1) {
+    k2 = pack_b_pair_rows(b, row_stride, cols, depth, panel);
   } else if (row_stride == 1) {  // transposed B: a pair is one 32-bit word of a column
     for (int64_t p0 = 0; p0 < depth / 2; p0 += 16) {
       const int64_t p1 = std::min(depth / 2, p0 + 16);
@@ -267,44 +203,6 @@ void pack_b_panel(const BFloat16 *b, int64_t row_stride, int64_t col_stride, int
       }
 }
 
-template <int ROWS>
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void bf16_kernel(
-    int64_t kc, const BFloat16 *__restrict a, const BFloat16 *__restrict b, float *__restrict c,
-    int64_t ldc, bool accumulate, int64_t cols) {
-  constexpr int64_t KA = Blocking<BFloat16>::KC;
-  for (int i = 0; i < ROWS; ++i) {
-    _mm_prefetch(reinterpret_cast<const char *>(c + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char *>(c + i * ldc + kPairNR - 1), _MM_HINT_T0);
-  }
-  __m512 acc[ROWS][2];
-#pragma GCC unroll 16
-  for (int i = 0; i < ROWS; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; k += 2) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 32);
-#pragma GCC unroll 16
-    for (int i = 0; i < ROWS; ++i) {
-      int32_t pair;
-      std::memcpy(&pair, a + i * KA, sizeof pair);
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
-      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
-      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
-    }
-    a += 2;
-    b += 2 * kPairNR;
-  }
-  for (int v = 0; v < 2; ++v) {
-    const int64_t n = std::clamp<int64_t>(cols - 16 * v, 0, 16);
-    const __mmask16 lanes = static_cast<__mmask16>((1u << n) - 1);
-#pragma GCC unroll 16
-    for (int i = 0; i < ROWS; ++i) {
-      float *p = c + i * ldc + 16 * v;
-      const __m512 sum =
-          accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, p), acc[i][v]) : acc[i][v];
-      _mm512_mask_storeu_ps(p, lanes, sum);
-    }
-  }
-}
 #endif
 
 // ---- the blocked algorithm -------------------------------------------------------------
@@ -552,6 +450,8 @@ void gemm_run(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<S> a, M
   for (int64_t i = 0; i < batch; ++i) gemm_product<S, P>(problem(i), threads);
 }
 
+}  // namespace
+
 // NEEDLE_GEMM_BF16=0 in the environment (read once) leaves bfloat16 to the float32 kernel
 // even on a CPU with AVX512-BF16: how tests and benchmarks reach that path there.
 bool bf16_kernel_used() {
@@ -561,8 +461,6 @@ bool bf16_kernel_used() {
   }();
   return used;
 }
-
-}  // namespace
 
 // 16-bit operands: float32 sums into a float32 buffer, rounded once into out. float16 always,
 // and bfloat16 without the AVX512-BF16 kernel, convert while packing for the float32 kernel.

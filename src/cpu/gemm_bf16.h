@@ -1,0 +1,119 @@
+// What the GEMM (gemm.cc) and the convolution (conv.cc) share for 16-bit operands, and the
+// bfloat16 micro-kernel (AVX512-BF16, chosen at run time). vdpbf16ps adds to each of 16 float32
+// sums the products of a pair of bfloat16 values, two consecutive depth steps: A's panel has
+// them side by side (a row is contiguous in depth), B's holds for each pair of steps NR pairs
+// (b[k][j], b[k+1][j]); an odd depth gets a zero step in both. Products are exact in float32
+// and added in float32, but subnormal inputs count as zero and subnormal sums are flushed.
+
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "gemm_kernel.h"
+#include "half.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define NEEDLE_X86_DISPATCH 1
+#endif
+
+namespace needle {
+namespace cpu {
+
+// The type of the sums of a product of T: float32 for the 16-bit types, rounded once at the end.
+template <class T> using Acc = std::conditional_t<is_half_v<T>, float, T>;
+
+// One value of S in a panel of P: S itself, or a 16-bit value widened to float32 (exact).
+template <class P, class S> inline P panel_value(S x) {
+  if constexpr (std::is_same_v<S, P>)
+    return x;
+  else if constexpr (std::is_same_v<S, Float16>)
+    return from_half_bits<float>(x.bits);
+  else
+    return from_bfloat16_bits(x.bits);
+}
+
+// The bfloat16 kernel's blocking: 14 rows x 32 columns of float32 sums, as the AVX-512 float32
+// kernel's, depth in pairs; KC twice float32's, so the A micro-panel (21 KiB) and the B block
+// (1 MiB) take the bytes float32's do.
+template <> struct microkernel::Blocking<BFloat16> {
+  static constexpr int MR = 14, NR = 32;
+  static constexpr int64_t KC = 768, NC = (1 << 20) / (KC * 2) / NR * NR, MC = 2016 / MR * MR;
+};
+
+// Whether bfloat16 products run on the kernel below: the CPU has AVX512-BF16 and the
+// environment's NEEDLE_GEMM_BF16 (read once, at first use) is not 0. (gemm.cc)
+bool bf16_kernel_used();
+
+#if NEEDLE_X86_DISPATCH
+// The pairs (r0[j], r1[j]), j < 16, as 16 32-bit words, from n values of each row (r1 null:
+// the zero step past an odd depth) and zeros past them. Masked loads: nothing past n is read.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512i pair_words(const BFloat16 *r0,
+                                                                               const BFloat16 *r1,
+                                                                               int64_t n) {
+  const __mmask16 m = static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1);
+  const __m512i low = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0));
+  if (!r1) return low;
+  return _mm512_or_si512(
+      low, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1)), 16));
+}
+
+// dst[2j] = r0[j], dst[2j + 1] = r1[j] for j < write (<= 32): the pairs of two rows of B, from
+// `read` <= write values of each and zeros past them; nothing past dst[2 write] is written.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void interleave_pairs(
+    const BFloat16 *r0, const BFloat16 *r1, int64_t read, int64_t write, BFloat16 *dst) {
+  for (int h = 0; h < 2 && write > 16 * h; ++h) {
+    const int64_t words = std::min<int64_t>(write - 16 * h, 16);
+    _mm512_mask_storeu_epi32(dst + 32 * h, static_cast<__mmask16>((1u << words) - 1),
+                             pair_words(r0 + 16 * h, r1 ? r1 + 16 * h : nullptr, read - 16 * h));
+  }
+}
+
+// C[0:ROWS, 0:cols] (+)= A_panel @ B_panel as gemm_kernel.h's micro_kernel, V vectors of 16
+// float32 sums per row (NR = 16 V), kc even (the depth in bfloat16 values).
+template <int ROWS, int V = 2>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void bf16_kernel(
+    int64_t kc, const BFloat16 *__restrict a, const BFloat16 *__restrict b, float *__restrict c,
+    int64_t ldc, bool accumulate, int64_t cols) {
+  constexpr int64_t KA = microkernel::Blocking<BFloat16>::KC, NR = 16 * V;
+  for (int i = 0; i < ROWS; ++i) {
+    _mm_prefetch(reinterpret_cast<const char *>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char *>(c + i * ldc + NR - 1), _MM_HINT_T0);
+  }
+  __m512 acc[ROWS][V];
+#pragma GCC unroll 16
+  for (int i = 0; i < ROWS; ++i)
+    for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; k += 2) {
+    __m512bh bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + 32 * v);
+#pragma GCC unroll 32
+    for (int i = 0; i < ROWS; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + i * KA, sizeof pair);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], av, bv[v]);
+    }
+    a += 2;
+    b += 2 * NR;
+  }
+  for (int v = 0; v < V; ++v) {
+    const int64_t n = std::clamp<int64_t>(cols - 16 * v, 0, 16);
+    const __mmask16 lanes = static_cast<__mmask16>((1u << n) - 1);
+#pragma GCC unroll 32
+    for (int i = 0; i < ROWS; ++i) {
+      float *p = c + i * ldc + 16 * v;
+      const __m512 sum =
+          accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, p), acc[i][v]) : acc[i][v];
+      _mm512_mask_storeu_ps(p, lanes, sum);
+    }
+  }
+}
+#endif
+
+}  // namespace cpu
+}  // namespace needle
