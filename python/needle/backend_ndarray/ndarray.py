@@ -551,7 +551,7 @@ def _compute_dtype(name: str, dtype: str) -> str:
     """The dtype primitive `name` computes a `dtype` result in: `dtype` itself when the row
     takes it, the float of the promotion rule for floating-point-only rows (division, exp),
     else a TypeError (arithmetic on bools)."""
-    if dtype in _TAKES[name]:
+    if dtype in _TAKES[name] or dtype in _HALF_SET:  # (16-bit: a row of device.half_rows)
         return dtype
     if dtype != "bool" or _TAKES[name] <= _FLOAT_SET:
         return float_type(dtype)

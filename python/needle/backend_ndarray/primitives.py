@@ -1155,8 +1155,10 @@ def validate(mod) -> frozenset[str]:
 def half_rows(mod) -> frozenset[str]:
     """The computing rows `mod` also runs on the 16-bit floats itself (its ``HALF_ROWS``):
     every array operand and out of one dtype of HALFS (a comparison's out stays bool), each
-    element computed in float32 registers and rounded once, bit for bit what NDArray's
-    conversion gives (astype to float32, the float32 row, astype back). NDArray calls these
+    element computed in float32 registers and rounded once: what NDArray's conversion gives
+    (astype to float32, the float32 row, astype back), bit for bit for elementwise rows and
+    reductions; rows that sum products (conv) may sum them in another order, as the matmul
+    rows do (bfloat16 pairs on AVX512-BF16). NDArray calls these
     rows with 16-bit arrays and gives every other row float32 copies. A name that is not a
     float row of the table is a ValueError naming the backend."""
     rows = frozenset(getattr(mod, "HALF_ROWS", ()))
