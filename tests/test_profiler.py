@@ -1,6 +1,6 @@
 """ndl.profile (needle/profiler.py): the ops and primitive calls of a known graph with their
 counts, shapes, dtypes and FLOPs, nested times, the table's sums, the Chrome trace, the
-modules restored after the block, and bench_train's step profile."""
+modules restored after the block, bench_train's step profile and `needle train --profile`."""
 
 import json
 
@@ -9,6 +9,7 @@ import pytest
 
 import needle as ndl
 from needle import autograd
+from needle.apps import cli
 from needle.apps.bench.step_profile import profile_step
 from needle.apps.bench.workloads import train_specs
 from needle.autograd import Op, Value
@@ -200,3 +201,22 @@ def test_step_profile_prints_kernels_by_kind(capsys):
     # MLP 784-32-32-10, batch 8: 2 * 8 * (784*32 + 32*32 + 32*10) * 2 + 2 * 8 * (32*32 + 32*10)
     # = 867,328 FLOPs needed (forward, the weights' gradients, the last two inputs').
     assert "matmul work: 0.001 GFLOP/step (needed: 0.001;" in out
+
+
+def test_needle_train_profile_writes_the_table_and_the_trace(tmp_path, capsys):
+    args = ["train", "--epochs", "1", "--max-batches", "4", "--no-progress", "--out"]
+    assert cli.main([*args, str(tmp_path), "--profile", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "profile of training steps 3-4:" in out and "profile.json" in out
+    text = (tmp_path / "profile.txt").read_text()
+    assert text.count("inside primitives") == 2 and "MatMul" in text and "matmul" in text
+    trace = json.loads((tmp_path / "profile.json").read_text())["traceEvents"]
+    steps = [e for e in trace if e["name"] == "backward"]
+    assert len(steps) == 2  # one backward pass per profiled step
+    for flags, message in (
+        (["--profile", "3"], "--profile 3 needs 2 warm-up steps and 3 more in an epoch"),
+        (["--profile", "1", "--compile"], "--profile cannot see --compile"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            cli.main([*args, str(tmp_path / "bad"), *flags])
+        assert message in str(stop.value.code) and "\n" not in str(stop.value.code)
