@@ -137,9 +137,11 @@ def test_modules_are_restored_after_the_block_and_after_an_exception():
     a = ndl.Tensor(np.ones((2, 3)), device=device, dtype="float32")
     with pytest.raises(ValueError), ndl.profile() as prof:
         assert device.mod is not saved[0] and Value._compute is not saved[1]
+        assert device.matmul is not saved[0].matmul  # (the device keeps what it looks up)
         a @ a  # (2, 3) @ (2, 3): the op's ValueError, from inside an event
     assert (device.mod, Value._compute, Op.gradient_as_tuple) == saved
     assert autograd.compute_gradient_of_variables is backward
+    assert device.matmul is saved[0].matmul  # not the stand-in's, looked up inside the block
     assert [e.name for e in prof.events if e.cat == "op"] == ["MatMul"]
     assert all(e.end >= e.start > 0 for e in prof.events)  # closed though it raised
     with ndl.profile(), pytest.raises(RuntimeError, match="already recording"), ndl.profile():
