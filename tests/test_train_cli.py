@@ -270,6 +270,9 @@ def test_trainer_calls_its_hooks_in_order():
         def after_backward(self, trainer):
             calls.append("backward")
 
+        def after_step(self, trainer):
+            calls.append(("step", trainer.steps))
+
         def reduce_totals(self, totals):
             calls.append(("totals", int(totals[2])))
             return totals
@@ -289,7 +292,9 @@ def test_trainer_calls_its_hooks_in_order():
     assert calls == [
         ("start", 2),
         "backward",
+        ("step", 1),
         "backward",
+        ("step", 2),
         ("totals", 6),
         ("trained", 2),
         ("totals", 6),
@@ -333,7 +338,7 @@ def test_trainer_stops_on_a_non_finite_loss_or_gradient():
 
 TRAIN_FLAGS = (
     "--batch-size 0,--batch-size -1,--epochs 0,--epochs -2,--max-batches 0,--lr -1,"
-    "--accumulate 0,--accumulate -2,--accumulate two"
+    "--accumulate 0,--accumulate -2,--accumulate two,--profile 0,--profile -1"
 )
 BAD_FLAGS = f"{TRAIN_FLAGS},--max-batches -3,--lr nan,--lr inf,--weight-decay -0.1,--epochs two"
 

@@ -117,8 +117,10 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
     # write that apps/trainer.py's checkpoints now share (moved out of apps), and
     # needle.interop's PyTorch names and layouts per module type
     ("io", ("python/needle/serialization.py", "python/needle/interop.py"), 430),
-    # issue 18: +150 for amp.py (autocast and GradScaler, 10% above its 135 lines then)
-    ("other python", ("python/needle/*.py",), 260),
+    # issue 18: +150 for amp.py (autocast and GradScaler, 10% above its 135 lines then); issue
+    # 19: +355 for profiler.py (ndl.profile: the timed backend modules and op wrappers, the
+    # table, the Chrome trace; 10% above its 320 lines)
+    ("other python", ("python/needle/*.py",), 615),
     (
         "native cpu",
         ("src/cpu/*", "src/ndarray_backend_cpu.cc", "src/array_binding.h", "src/common/*"),

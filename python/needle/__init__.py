@@ -12,5 +12,6 @@ from . import data, distributed  # noqa: F401
 from .capture import CaptureError, compile  # noqa: F401  (ndl.compile, as torch.compile)
 from . import amp, debug  # noqa: F401
 from .amp import autocast  # noqa: F401  (ndl.autocast, as torch.autocast)
+from .profiler import profile  # noqa: F401  (ndl.profile, as torch.profiler.profile)
 
 __version__ = "0.1.0"

@@ -10,8 +10,9 @@
 It writes, in --out: checkpoint.npz (model and optimizer state, saved atomically after every
 epoch; Ctrl-C saves the state of the last whole epoch), model.safetensors beside it (the same
 weights alone, for Module.load_weights, ndl.load and any safetensors reader), metrics.json and
-metrics.csv (one row per epoch) and curves.png. User errors and diverged runs: one line, exit 1
-(--debug: traceback).
+metrics.csv (one row per epoch), curves.png and, with --profile N, profile.txt and profile.json
+(ndl.profile's tables and Chrome trace of N steps). User errors and diverged runs: one line, exit
+1 (--debug: traceback).
 """
 
 from __future__ import annotations
@@ -138,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of training: run the first training step (--max-batches steps) on each "
         "device from the same seed and data, and name the first op whose output or gradient "
         "differs (ndl.debug.compare); exit 1 when one does",
+    )
+    train.add_argument(
+        "--profile",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"profile N training steps after {ProfileSteps.WARMUP} warm-up steps (ndl.profile): "
+        "print the tables of ops and primitives and write them to profile.txt in --out, with a "
+        "Chrome trace (Perfetto, chrome://tracing) in profile.json",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--debug", action="store_true", help="tracebacks for errors")
@@ -462,6 +472,48 @@ class RunLog:
         return meta["epoch"]
 
 
+class ProfileSteps:
+    """Trainer hook of `needle train --profile N`: ndl.profile over training steps WARMUP + 1
+    to WARMUP + N (the first steps pay one-time costs: buffer caches, thread pools), then the
+    tables printed and written to profile.txt, the Chrome trace to profile.json."""
+
+    WARMUP = 2
+
+    def __init__(self, steps: int, out: str):
+        self.steps, self.out = steps, out
+        self.prof: ndl.profile | None = None
+
+    def check(self, steps_per_epoch: int) -> None:
+        """One line and exit 1 for an epoch too short to profile as asked."""
+        if steps_per_epoch < self.WARMUP + self.steps:
+            raise SystemExit(
+                f"needle train: --profile {self.steps} needs {self.WARMUP} warm-up steps and "
+                f"{self.steps} more in an epoch, which has {steps_per_epoch}"
+            )
+
+    def after_step(self, trainer: Trainer) -> None:
+        if trainer.steps == self.WARMUP:
+            self.prof = ndl.profile().start()
+        elif self.prof is not None and trainer.steps == self.WARMUP + self.steps:
+            self.prof.stop()
+            tables = "\n\n".join(
+                self.prof.table(sort_by="time", group_by=group) for group in ("op", "primitive")
+            )
+            first = self.WARMUP + 1
+            text = f"profile of training steps {first}-{first + self.steps - 1}:\n{tables}\n"
+            with open(os.path.join(self.out, "profile.txt"), "w") as f:
+                f.write(text)
+            self.prof.export_chrome_trace(os.path.join(self.out, "profile.json"))
+            self.prof = None
+            print(text + f"wrote {self.out}/profile.txt and profile.json (a Chrome trace)")
+
+    def close(self) -> None:
+        """Stops a profile that a failed or interrupted run left recording."""
+        if self.prof is not None:
+            self.prof.stop()
+            self.prof = None
+
+
 # What a checkpoint whose config lacks a key (one written before the flag existed) ran with.
 RESUME_DEFAULTS = {"accumulate": 1}
 
@@ -558,6 +610,11 @@ def train(args) -> int:
         else resumed.get("weight_decay", defaults.weight_decay)
     )
     accumulate = args.accumulate or resumed.get("accumulate", RESUME_DEFAULTS["accumulate"])
+    if args.profile and args.compile:
+        raise SystemExit(
+            "needle train: --profile cannot see --compile's replayed steps (they call the "
+            "kernels directly); profile without --compile"
+        )
     if args.collective_timeout is not None and not args.distributed:
         raise SystemExit("needle train: --collective-timeout applies only with --distributed")
     device = resolve_device(args.device)
@@ -595,6 +652,11 @@ def train(args) -> int:
     hooks = [EpochSeed(args.seed, rank)]
     if args.distributed:  # gradients averaged, metrics summed, one BatchNorm average
         hooks.append(distributed.epoch_hooks(task.model, task.sampler))
+    profiler = ProfileSteps(args.profile, out) if args.profile and primary else None
+    if profiler is not None:
+        batches = min(len(task.train_data), args.max_batches or len(task.train_data))
+        profiler.check(math.ceil(batches / accumulate))
+        hooks.append(profiler)
     trainer = Trainer(
         task.model,
         nn.SoftmaxLoss(),
@@ -657,6 +719,9 @@ def train(args) -> int:
             f"needle train: training diverged in epoch {trainer.epoch + 1}: {error}; stopped "
             f"({where}); try a lower --lr"
         ) from None
+    finally:
+        if profiler is not None:
+            profiler.close()
     if args.distributed:  # equal on every rank: the ranks trained one model
         print(f"parameter checksum: {distributed.parameter_checksum(task.model)}", flush=True)
     if not primary:

@@ -13,6 +13,7 @@ were given, at these points:
     on_epoch_start(trainer, epoch)          before an epoch's training pass (seeds, sampler epoch)
     after_backward(trainer)                 after the backward of each update's last micro-batch,
                                             before clipping and the update
+    after_step(trainer)                     after each update (trainer.steps counts them)
     reduce_totals(totals) -> totals         a pass's [correct, loss sum, count], e.g. summed
                                             over ranks, before the means are taken
     after_train_epoch(trainer, epoch)       between an epoch's training and validation passes
@@ -69,6 +70,7 @@ PRECISIONS: dict[str, str | None] = {"fp32": None, "bf16": "bfloat16", "fp16": "
 HOOK_METHODS = (
     "on_epoch_start",
     "after_backward",
+    "after_step",
     "reduce_totals",
     "after_train_epoch",
     "on_epoch_end",
@@ -228,8 +230,10 @@ class Trainer:
         index, count = part
         plain = count == 1 and self.clip is None and self.scaler is None  # (it reads grads)
         if self._compiled is not None and plain and not self._hooks_with("after_backward"):
+            result = self._compiled(x, y, state)
             self.steps += 1
-            return self._compiled(x, y, state)
+            self._call("after_step", self)
+            return result
         logits, loss, state = self.forward(x, y, state)
         if index == 0:
             self.opt.reset_grad()
@@ -252,6 +256,7 @@ class Trainer:
         else:
             self.opt.step()
         self.steps += 1
+        self._call("after_step", self)
         return logits, loss, state
 
     def _update(self, x: Tensor, y: Tensor, state=None):
