@@ -140,7 +140,9 @@ def arguments(parser) -> None:
 def configure(args):
     tiny = getattr(args, "tiny", False)
     timing = (
-        dict(repeats=1, warmup=0, min_time=0.0) if tiny else dict(repeats=7, warmup=2, min_time=0.1)
+        dict(repeats=1, warmup=0, min_time=0.0, max_time=0.0)
+        if tiny
+        else dict(repeats=7, warmup=2, min_time=0.1)
     )
     table = cases(TINY if tiny else FULL)
     if getattr(args, "cases", None):

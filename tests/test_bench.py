@@ -1,6 +1,7 @@
 """`needle bench`: end to end on a tiny budget, the results.json schema, and missing backends
 (torch not installed, a device not built) reported in the tables rather than crashing."""
 
+import functools
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import needle as ndl
 from needle.apps import bench, cli
 from needle.apps.bench import harness, workloads
+from needle.apps.bench.report import render_workload
 
 PACKAGE_ROOT = str(Path(ndl.__file__).resolve().parents[1])
 TINY = ["--tiny", "--threads", "1", "--no-progress"]
@@ -61,14 +63,16 @@ def check_schema(results: dict) -> None:
             assert isinstance(case["name"], str) and isinstance(case["params"], dict)
             assert (case["work"] is not None) == workload["higher_is_better"]
             assert sorted(case["results"]) == sorted(names)
+            assert case["other_load"] >= 0 and len(case["load_average"]) == 2
             for _name, row in case["results"].items():
                 assert row["status"] in ("ok", "unavailable", "error"), row
                 if row["status"] != "ok":
                     assert row["reason"]
                     continue
-                assert len(row["times_s"]) == workload["repeats"]
+                assert len(row["times_s"]) >= workload["repeats"]
                 assert all(t > 0 for t in row["times_s"]) and row["calls_per_repeat"] >= 1
                 assert row["median_s"] > 0 and row["spread"] >= 0 and row["value"] > 0
+                assert row["reliable"] == (row["ci"] is not None and row["ci"] <= 0.05)
                 for ratio in ("speed_vs_torch", "speed_vs_needle_cpu"):
                     assert row[ratio] is None or row[ratio] > 0
     assert isinstance(results["plots"], list)
@@ -104,7 +108,10 @@ def test_quick_runs_end_to_end(tmp_path):
         needle_cpu = results["workloads"][0]["cases"][0]["results"]["needle cpu"]
         assert needle_cpu["status"] == "ok"
         assert needle_cpu["speed_vs_needle_cpu"] == pytest.approx(1)
+    # tiny: 2 repeats and no time for more, too few for a 95% interval: every row unreliable
+    assert all(not r["reliable"] for c in results["workloads"][0]["cases"] for r in oks(c))
     report = (out / "report.md").read_text()
+    assert "≈" in report and harness.UNRELIABLE_NOTE in report and "± (under 6 repeats)" in report
     for title in (
         "## Summary",
         "## Matrix multiplication",
@@ -249,23 +256,90 @@ def test_cli_has_bench():
     assert bench._as_argv(args) == ["--quick", "--devices", "cpu", "--threads", "2", "--out", "x"]
 
 
-def test_repeats_interleave_the_backends():
-    calls = []
+def oks(case: dict) -> list[dict]:
+    return [r for r in case["results"].values() if r["status"] == "ok"]
+
+
+def fake_case(durations: dict, repeats: int = 2, max_time: float = 100.0):
+    """A workload of one case on fake backends named by `durations`, whose every call moves a
+    fake clock by the next of durations[name]() seconds: (workload, backends, clock, log of
+    builds and calls)."""
+    now, log = [0.0], []
 
     def build(backend):
-        return lambda: calls.append(backend.device)
+        log.append(("build", backend.name))
 
-    workload = harness.Workload(
-        "overhead", "t", "us", "", [harness.Case("log", build)], repeats=3, warmup=1, min_time=0.0
-    )
-    backends = harness.discover_backends("needle:cpu_numpy,needle:cpu")
-    rows = harness.run_case(workload, workload.cases[0], backends)
-    assert all(row["status"] == "ok" and len(row["times_s"]) == 3 for row in rows.values())
-    # warm-up and sizing call of each, then rounds in rotating order, each block (one call
-    # here) after an untimed call
-    assert calls == ["cpu_numpy"] * 2 + ["cpu"] * 2 + [
-        d for d in ["cpu_numpy", "cpu", "cpu", "cpu_numpy", "cpu_numpy", "cpu"] for _ in (0, 1)
+        def call():
+            log.append(backend.name)
+            now[0] += durations[backend.name]()
+
+        return call
+
+    case = harness.Case("fake", build)
+    workload = harness.Workload("overhead", "t", "us", "", [case], repeats, 0, 0.0, max_time)
+    backends = [harness.Backend("numpy", "cpu", label=name) for name in durations]
+    return workload, backends, lambda: now[0], log
+
+
+def test_rounds_interleave_and_stop_once_every_median_is_tight():
+    workload, backends, clock, log = fake_case({"a": lambda: 1.0, "b": lambda: 2.0})
+    rows = harness.run_case(workload, workload.cases[0], backends, clock=clock)
+    # Built once each; warm-up (the sizing call) per backend; then rounds in rotating order,
+    # each block (one call) after an untimed call; constant times: 6 rounds, the least that
+    # gives a 95% interval (above the 2 repeats asked for).
+    rounds = [["a", "b"], ["b", "a"]] * 3
+    assert log == [("build", "a"), "a", ("build", "b"), "b"] + [
+        name for order in rounds for name in order for _ in (0, 1)
     ]
+    assert rows["a"]["times_s"] == [1.0] * 6 and rows["b"]["times_s"] == [2.0] * 6
+    assert rows["a"]["ci"] == 0 and rows["a"]["reliable"] and rows["b"]["reliable"]
+
+
+def test_a_noisy_row_runs_to_the_cap_and_is_unreliable():
+    noise = np.random.default_rng(0)  # bimodal: 1 or 2 s, half and half
+    durations = {"tight": lambda: 1.0, "noisy": lambda: float(noise.choice([1.0, 2.0]))}
+    workload, backends, clock, _ = fake_case(durations, max_time=60.0)
+    start = clock()
+    rows = harness.run_case(workload, workload.cases[0], backends, clock=clock)
+    tight, noisy = rows["tight"], rows["noisy"]
+    # Both ran every round, until the first check at or past 60 s of rounds: the two sizing
+    # calls (2-3 s) and the rounds (at most 4 calls of 2 s each).
+    assert len(tight["times_s"]) == len(noisy["times_s"]) > 6
+    assert 60.0 + 2 <= clock() - start < 60.0 + 3 + 4 * 2.0
+    assert set(noisy["times_s"]) == {1.0, 2.0} and noisy["ci"] >= 0.5 and not noisy["reliable"]
+    assert tight["reliable"]
+    # The median's interval on known samples: exact binomial ranks.
+    assert harness.median_ci([1.0] * 5) is None  # 5 repeats: no 95% interval
+    assert harness.median_ci([1.0] * 5 + [1.5]) == pytest.approx(0.5)  # 6: the range
+    # 20 repeats: 5 outliers on each side stay outside; the 6th smallest or 15th counts.
+    assert harness.median_ci([0.5] * 5 + [1.0] * 9 + [1.04] + [9.0] * 5) == pytest.approx(0.04)
+    assert harness.median_ci([0.5] * 6 + [1.0] * 8 + [1.04] + [9.0] * 5) == pytest.approx(0.5)
+
+
+def test_unreliable_rows_are_marked_in_json_tables_and_plots(tmp_path, monkeypatch):
+    noise = np.random.default_rng(0)
+    durations = {"tight": lambda: 1.0, "noisy": lambda: float(noise.choice([1.0, 2.0]))}
+    workload, backends, clock, _ = fake_case(durations, max_time=30.0)
+    monkeypatch.setattr(harness, "run_case", functools.partial(harness.run_case, clock=clock))
+    (measured,) = harness.run_benchmarks([workload], backends, pause=0, progress=False)
+    assert measured["max_time_s"] == 30.0
+    (case,) = measured["cases"]
+    assert [case["results"][n]["reliable"] for n in ("tight", "noisy")] == [True, False]
+    table = "\n".join(harness.script_table(measured, ["tight", "noisy"], [("tight", "noisy")]))
+    row = next(line for line in table.splitlines() if line.startswith("| fake |"))
+    cells = row.strip("| ").split(" | ")
+    assert cells[1] == "1,000,000 ±0%" and cells[2].startswith("≈")  # us per call
+    assert cells[3].startswith("≈") and cells[3].endswith("%")  # the ratio: as unreliable
+    assert table.endswith(harness.UNRELIABLE_NOTE)
+    report = "\n".join(render_workload(measured, ["tight", "noisy"]))
+    assert "| fake | tight | 1,000,000 | ±0% |" in report and "| noisy | ≈" in report
+    pytest.importorskip("matplotlib")
+    series = {n: [case["results"][n]["value"]] for n in ("tight", "noisy")}
+    plain = harness.bar_chart(str(tmp_path / "plain.png"), "t", ["fake"], series, "us")
+    flagged = {"tight": [False], "noisy": [True]}
+    marked = harness.bar_chart(str(tmp_path / "m.png"), "t", ["fake"], series, "us", False, flagged)
+    assert Path(marked).read_bytes()[:4] == b"\x89PNG"
+    assert Path(marked).read_bytes() != Path(plain).read_bytes()  # hatched, with a legend entry
 
 
 def test_webgpu_rows_name_the_adapter_and_synchronise(tmp_path):
@@ -346,6 +420,7 @@ def test_sgemm_script_rehearses_on_the_cpu_and_writes_json(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cuda.py"
     out = tmp_path / "cuda.json"
     args = ["--device", "cpu", "--sizes", "32,64", "--batches", "8", "--repeats", "1"]
+    args += ["--max-time-per-case", "0"]
     result = subprocess.run(
         [sys.executable, str(script), *args, "--no-progress", "--json-out", str(out)],
         env=_env(),

@@ -1,6 +1,6 @@
 """`needle bench`: needle's devices against PyTorch, written up as tables, JSON and plots.
 
-    needle bench --quick                          every available device, 1.5 min on 2 cores
+    needle bench --quick                          every device; the cpu ones: 2-5 min on 2 cores
     needle bench --threads 1 --out runs/bench-1t  the full sweep on one thread
     needle bench --devices cpu,cuda               needle and PyTorch on those devices only
 
@@ -8,8 +8,9 @@ Workloads: a float32 matmul sweep (square sizes and rectangular cases), elementw
 reduction throughput, the eager overhead of one tiny op, and one training step (zero_grad,
 forward, loss, backward, SGD update) of an MLP 784-512-512-10, ResNet-9 and a 2-layer LSTM
 language model. Each measurement warms up, synchronises the device, runs enough calls per
-repeat to outlast the clock's noise, interleaves the libraries' repeats and reports the
-median repeat with its interquartile range. Every library gets the same thread count.
+repeat to outlast the clock's noise, interleaves the libraries' repeats in rounds until each
+median's 95% confidence interval is within ±5% (or --max-time-per-case; wider rows are marked
+unreliable, ≈) and reports the median with that interval. Every library gets the same threads.
 
 It writes, in --out: report.md (one table per workload, with each backend's speed relative
 to PyTorch on the same device and to needle's cpu backend), results.json (raw timings and the
@@ -29,7 +30,7 @@ import os
 import sys
 import time
 
-from needle.apps.arguments import positive_int
+from needle.apps.arguments import nonnegative_float, positive_int
 from needle.apps.bench.harness import (
     discover_backends,
     load_average,
@@ -57,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smaller sweeps and fewer repeats: about 2 minutes on 2 cores (cpu devices)",
+        help="smaller sweeps and fewer repeats: 2-5 minutes on 2 cores (cpu devices)",
     )
     parser.add_argument(
         "--devices",
@@ -89,7 +90,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeats",
         type=positive_int,
         default=None,
-        help="repeats per measurement (overrides the preset)",
+        help="the least repeats per measurement (overrides the preset; see --max-time-per-case)",
+    )
+    parser.add_argument(
+        "--max-time-per-case",
+        type=nonnegative_float,
+        default=None,
+        help="seconds of rounds per case until each median's 95%% confidence interval is within "
+        "±5%%; a row still wider is reported unreliable (default 10; 0: --repeats rounds only)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # Test budget: tiny arrays and models, so the whole pipeline runs in seconds.
@@ -102,10 +110,11 @@ def _as_argv(args: argparse.Namespace) -> list[str]:
     for flag in ("quick", "no_progress", "tiny", "debug"):
         if getattr(args, flag, False):
             argv.append("--" + flag.replace("_", "-"))
-    for option in ("devices", "threads", "out", "workloads", "sizes", "repeats"):
+    options = ("devices", "threads", "out", "workloads", "sizes", "repeats", "max_time_per_case")
+    for option in options:
         value = getattr(args, option)
         if value is not None and not (option == "workloads" and value == ",".join(WORKLOADS)):
-            argv += ["--" + option, str(value)]
+            argv += ["--" + option.replace("_", "-"), str(value)]
     return argv
 
 
@@ -139,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         preset["sizes"] = [int(s) for s in args.sizes.split(",")]
     if args.repeats is not None:
         preset["repeats"] = preset["train_repeats"] = max(1, args.repeats)
+    if args.max_time_per_case is not None:
+        preset["max_time"] = args.max_time_per_case
     try:
         backends = discover_backends(args.devices)
     except ValueError as error:

@@ -2,7 +2,8 @@
 
 - Timing: warm-up calls, then repeats, each a block of calls long enough to outlast the
   clock's and the scheduler's noise, the device synchronised before the clock stops; the
-  libraries' repeats interleave in a rotating order; the median repeat and its spread count.
+  libraries' repeats interleave in a rotating order, in rounds until each median's 95%
+  confidence interval is within ±5% or a time cap (wider: an unreliable row); the median counts.
 - Threads: every library gets the same count: needle and PyTorch through set_num_threads,
   the BLAS libraries through their environment variables, which they read once, when they
   load, so a process is re-run with them set (run_pinned).
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -123,6 +126,35 @@ class Timing:
         return float((q3 - q1) / self.median) if self.median > 0 else 0.0
 
 
+# A row is reliable when its median's 95% confidence interval is within ±5% of it: tighter
+# than the 10-20% that quick runs on a shared machine differed by between runs (README).
+CI_TARGET = 0.05
+
+
+def median_ci(times: Sequence[float]) -> float | None:
+    """The larger half of a 95% confidence interval for the median of `times`, relative to the
+    median (0.05: ±5%); None under 6 repeats, where no such interval exists. Distribution-free
+    (timings are skewed, often bimodal): the j-th smallest and largest repeats, j the largest
+    rank with at most 2.5% on each side, from the binomial(n, 1/2) count of repeats below the
+    median, exact (n is 5-50 here, too few for the normal approximation). 5 repeats' range
+    misses the median 2/32 = 6.25% of the time."""
+    ordered, n = sorted(times), len(times)
+    j, below = 0, 0  # below: 2**n P(fewer than j + 1 repeats under the median)
+    while j < n // 2:
+        below += math.comb(n, j)
+        if 40 * below > 2**n:  # P > 2.5%, in integers (2**n overflows a float past n = 1023)
+            break
+        j += 1
+    median = statistics.median(ordered) if n else 0.0
+    if not j or median <= 0:
+        return None
+    return max(median - ordered[j - 1], ordered[n - j] - median) / median
+
+
+def reliable(ci: float | None) -> bool:
+    return ci is not None and ci <= CI_TARGET
+
+
 def warm_up(
     fn: Callable[[], object],
     synchronize: Callable[[], None] = lambda: None,
@@ -143,14 +175,19 @@ def warm_up(
     return max(1, min(100_000, int(min_time / max(once, 1e-9))))
 
 
-def time_block(fn: Callable[[], object], synchronize: Callable[[], None], number: int) -> float:
+def time_block(
+    fn: Callable[[], object],
+    synchronize: Callable[[], None],
+    number: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """Seconds per call over `number` calls, the device synchronised before the clock stops
     (GPU work is asynchronous)."""
-    start = time.perf_counter()
+    start = clock()
     for _ in range(number):
         fn()
     synchronize()
-    return (time.perf_counter() - start) / number
+    return (clock() - start) / number
 
 
 def measure(
@@ -318,9 +355,10 @@ class Workload:
     unit: str  # "GFLOP/s", "GB/s", "us" or "ms"
     note: str
     cases: list[Case]
-    repeats: int
+    repeats: int  # the least; rounds go on until the rows are reliable or max_time has passed
     warmup: int
     min_time: float
+    max_time: float = 10.0  # seconds of rounds per case, after `repeats` of them
 
     @property
     def throughput(self) -> bool:
@@ -356,15 +394,15 @@ def run_case(
     case: Case,
     backends: list[Backend],
     pause: float = 0.0,
-    tick: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, dict[str, Any]]:
     """One case on every backend: backend name -> a JSON-ready row. A backend that cannot run
     it gets a status and a reason instead of timings.
 
-    The repeats interleave the backends, in an order that rotates between rounds, so a change
-    in the machine's load (other processes, clock speed) hits every library alike; each block
-    follows an untimed call. `tick` is called once per block, for the progress bar.
-    """
+    Each backend warms up; then rounds of one block per backend, in an order that rotates so
+    that a change in the machine's load (other processes, clock speed) hits every library alike,
+    each block after an untimed call: `workload.repeats` rounds, then more until every median_ci
+    is within ±CI_TARGET or `workload.max_time` s have passed (else: unreliable), on `clock`."""
     rows: dict[str, dict[str, Any]] = {}
     running: dict[str, tuple[Backend, Callable[[], object], int]] = {}
     for backend in backends:
@@ -372,7 +410,7 @@ def run_case(
             rows[backend.name] = {"status": "unavailable", "reason": backend.reason}
             continue
         try:  # report a failure in the table rather than stop the whole run
-            fn = case.build(backend)
+            fn = case.build(backend)  # once: every round reuses the backend's arrays and model
             number = warm_up(
                 fn, backend.synchronize, warmup=workload.warmup, min_time=workload.min_time
             )
@@ -380,9 +418,15 @@ def run_case(
         except Exception as error:
             rows[backend.name] = _error(error)
     times: dict[str, list[float]] = {name: [] for name in running}
-    for round_ in range(max(1, workload.repeats)):
+    start = clock()
+    for round_ in itertools.count():
         names = list(running)
-        for name in names[round_ % max(1, len(names)) :] + names[: round_ % max(1, len(names))]:
+        settled = all(reliable(median_ci(times[n])) for n in names)
+        if not names or (
+            round_ >= max(1, workload.repeats) and (settled or clock() - start >= workload.max_time)
+        ):
+            break
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             backend, fn, number = running[name]
             if pause and len(running) > 1:
                 # BLAS and OpenMP workers spin for a while after a call (OpenBLAS about 0.1 s);
@@ -394,19 +438,21 @@ def run_case(
                 # library continuously (this halved the needle cpu ResNet-9 step after a
                 # NumPy-backend step).
                 fn()
-                times[name].append(time_block(fn, backend.synchronize, number))
+                times[name].append(time_block(fn, backend.synchronize, number, clock))
             except Exception as error:
                 rows[name] = _error(error)
                 del running[name]
-            tick()
     for name, (_, _, number) in running.items():
         timing = Timing(times[name], number)
+        ci = median_ci(timing.times)
         rows[name] = {
             "status": "ok",
             "times_s": timing.times,
             "calls_per_repeat": number,
             "median_s": timing.median,
             "spread": timing.spread,
+            "ci": ci,  # median_ci: the 95% interval's larger half, relative; None under 6
+            "reliable": reliable(ci),
             "value": workload.value(timing.median, case),
         }
     return {b.name: rows[b.name] for b in backends}
@@ -416,18 +462,19 @@ def _add_ratios(rows: dict[str, dict[str, Any]], backends: list[Backend]) -> Non
     """Speed relative to PyTorch on the same hardware and to needle's cpu backend (a ratio of
     median times: 0.86 = 86% of PyTorch's speed, 22.0 = 22x needle cpu's speed)."""
 
-    def median(name: str) -> float | None:
+    def measured(name: str) -> dict[str, Any] | None:
         row = rows.get(name, {})
-        return row.get("median_s") if row.get("status") == "ok" else None
+        return row if row.get("status") == "ok" else None
 
-    cpu = median("needle cpu")
+    cpu = measured("needle cpu")
     for backend in backends:
         row = rows[backend.name]
         if row["status"] != "ok":
             continue
-        torch_time = median(f"torch {backend.hardware}") if backend.library == "needle" else None
-        row["speed_vs_torch"] = torch_time / row["median_s"] if torch_time else None
-        row["speed_vs_needle_cpu"] = cpu / row["median_s"] if cpu else None
+        torch = measured(f"torch {backend.hardware}") if backend.library == "needle" else None
+        for key, other in (("speed_vs_torch", torch), ("speed_vs_needle_cpu", cpu)):
+            row[key] = other["median_s"] / row["median_s"] if other else None
+            row[key + "_reliable"] = bool(other and other["reliable"] and row["reliable"])
 
 
 class OtherLoad:
@@ -467,27 +514,28 @@ def run_benchmarks(
     *,
     pause: float = 0.1,
     progress: bool = True,
-    other_load: bool = False,
     description: str = "needle bench",
 ) -> list[dict[str, Any]]:
-    """Every case of every workload on every backend, with a progress bar. With `other_load`
-    each case also records the cores other processes used meanwhile ("other_load")."""
+    """Every case of every workload on every backend, with a progress bar; each case with the
+    cores other processes used ("other_load") and the 1-minute load average at its start, end."""
     from tqdm.auto import tqdm
 
-    available = sum(b.available for b in backends)
-    total = sum(len(w.cases) * max(1, w.repeats) for w in workloads) * available
-    results, done = [], 0
+    results = []
     with tqdm(
-        total=total, desc=description, unit="block", leave=False, disable=None if progress else True
+        total=sum(len(w.cases) for w in workloads),
+        desc=description,
+        unit="case",
+        leave=False,
+        disable=None if progress else True,
     ) as bar:
         for workload in workloads:
             cases = []
             for case in workload.cases:
                 bar.set_postfix_str(f"{workload.key}: {case.name}")
+                load_start = (load_average() or [None])[0]
                 with OtherLoad() as load:
-                    rows = run_case(workload, case, backends, pause, tick=bar.update)
-                done += max(1, workload.repeats) * available
-                bar.update(done - bar.n)  # the blocks a failed backend did not run
+                    rows = run_case(workload, case, backends, pause)
+                bar.update()
                 _add_ratios(rows, backends)
                 cases.append(
                     {
@@ -496,10 +544,10 @@ def run_benchmarks(
                         "work": case.work,
                         "headline": case.headline,
                         "results": rows,
+                        "other_load": load.cores,
+                        "load_average": [load_start, (load_average() or [None])[0]],
                     }
                 )
-                if other_load:
-                    cases[-1]["other_load"] = load.cores
             results.append(
                 {
                     "key": workload.key,
@@ -510,6 +558,7 @@ def run_benchmarks(
                     "repeats": workload.repeats,
                     "warmup": workload.warmup,
                     "min_time_s": workload.min_time,
+                    "max_time_s": workload.max_time,
                     "cases": cases,
                 }
             )
@@ -622,9 +671,41 @@ def format_value(value: float) -> str:
     return f"{value:.2f}" if value >= 0.1 else f"{value:.3g}"
 
 
+# The mark of an unreliable row (or of a ratio with one) in the tables, and its footnote.
+UNRELIABLE = "≈"
+UNRELIABLE_NOTE = (
+    f"{UNRELIABLE}: unreliable: the median's 95% confidence interval stayed wider than "
+    f"±{CI_TARGET:.0%} (or had under 6 repeats) up to the time cap; so is a ratio of such a median."
+)
+TIMING_NOTE = (
+    "median of {repeats}+ repeats after {warmup} warm-up call(s), the libraries' repeats "
+    f"interleaved, in rounds until each median's 95% confidence interval is within ±{CI_TARGET:.0%}"
+    " or {max_time:g} s have passed; ±: the interval's larger half."
+)
+LOAD_NOTE = (
+    "Load: cores other processes used during the case (above 0.1, the row had company), and the "
+    "1-minute load average at its start → end."
+)
+
+
+def mark(*rows: dict[str, Any]) -> str:
+    """UNRELIABLE when any of `rows` (measured ones) is not reliable."""
+    return "" if all(r.get("reliable", True) for r in rows) else UNRELIABLE
+
+
+def ci_cell(row: dict[str, Any]) -> str:
+    return f"±{row['ci']:.0%}" if row.get("ci") is not None else "± (under 6 repeats)"
+
+
+def load_cell(case: dict[str, Any]) -> str:
+    start, end = case.get("load_average") or (None, None)
+    other = f"{case.get('other_load', float('nan')):.2f}"
+    return other if start is None else f"{other} ({start:.1f} → {end:.1f})"
+
+
 def format_cell(row: dict[str, Any]) -> str:
     if row["status"] == "ok":
-        return format_value(row["value"])
+        return mark(row) + format_value(row["value"])
     return (
         "not installed"
         if row["reason"] == "not installed"
@@ -673,28 +754,50 @@ def bar_chart(
     series: dict[str, list[float]],
     unit: str,
     log: bool = False,
+    unreliable: dict[str, list[bool]] | None = None,
 ) -> str:
-    """A grouped bar chart (one bar per series at each label) saved as a PNG; needs
-    matplotlib."""
+    """A grouped bar chart (one bar per series at each label) saved as a PNG, the bars that
+    `unreliable` flags hatched and faded; needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(labels)), 4.5))
     width = 0.8 / max(1, len(series))
+    handles = []  # the series' colours, plain: a hatched first bar would hatch its legend entry
     for i, (name, values) in enumerate(series.items()):
-        ax.bar([x + i * width for x in range(len(values))], values, width, label=name)
+        bars = ax.bar([x + i * width for x in range(len(values))], values, width, label=name)
+        handles.append(Patch(color=bars[0].get_facecolor(), label=name))
+        for bar, flagged in zip(bars, (unreliable or {}).get(name, [])):
+            if flagged:
+                bar.set(hatch="//", alpha=0.45)
     ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))], labels)
     if log:
         ax.set_yscale("log")
     ax.set(ylabel=unit, title=title)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend()
+    legend(ax, any(any(flags) for flags in (unreliable or {}).values()), handles=handles)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def legend(ax, unreliable: bool, marker: bool = False, handles: list | None = None) -> None:
+    """The axes' legend (of `handles`, or of what was drawn), with an entry for the unreliable
+    marks when there are any: hatched bars, or hollow markers on a line plot (`marker`)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = list(handles or ax.get_legend_handles_labels()[0])
+    label = f"{UNRELIABLE} unreliable: 95% CI wider than ±{CI_TARGET:.0%}"
+    if unreliable and marker:
+        handles.append(Line2D([], [], ls="", marker="o", color="gray", mfc="white", label=label))
+    elif unreliable:
+        handles.append(Patch(facecolor="white", edgecolor="gray", hatch="//", label=label))
+    ax.legend(handles=handles)
 
 
 # ---- scripts: benchmarks/*.py ------------------------------------------------------------
@@ -708,15 +811,15 @@ def measure_configuration(
     (machine, backends, measured workloads)."""
     used = set_threads(threads)
     workloads, backends = configure(args)
-    if args.repeats is not None:
-        for workload in workloads:
-            workload.repeats = max(1, args.repeats)
+    for workload in workloads:
+        workload.repeats = max(1, workload.repeats if args.repeats is None else args.repeats)
+        if args.max_time_per_case is not None:
+            workload.max_time = args.max_time_per_case
     start = load_average()
     measured = run_benchmarks(
         workloads,
         backends,
         pause=args.pause,
-        other_load=True,
         progress=not args.no_progress,
         description="bench",
     )
@@ -731,30 +834,31 @@ def script_table(
     workload: dict[str, Any], backends: Sequence[str], ratios: Sequence[tuple[str, str]] = ()
 ) -> list[str]:
     """A measured workload as Markdown: one row per case, a column per backend (value and
-    spread), one per ratio (a's speed relative to b's: 90% = b takes 0.9x a's time) and the
-    other processes' load."""
+    its confidence interval), one per ratio (a's speed relative to b's: 90% = b takes 0.9x a's
+    time) and the load; a footnote when a row is unreliable."""
     better = "higher is better" if workload["higher_is_better"] else "lower is better"
-    lines = [
-        (
-            f"{workload['unit']}, {better}; median of {workload['repeats']} repeat(s) after "
-            f"{workload['warmup']} warm-up call(s), ± half the interquartile range. Other "
-            "load: cores that other processes used meanwhile (above 0.1, the row had company)."
-        ),
-        "",
-    ]
+    timing = TIMING_NOTE.format(max_time=workload.get("max_time_s", 0), **workload)
+    lines = [f"{workload['unit']}, {better}; {timing} {LOAD_NOTE}", ""]
     rows = []
     for case in workload["cases"]:
         results = case["results"]
         cells = [
-            f"{format_cell(r)} ±{r['spread'] * 50:.0f}%" if r["status"] == "ok" else format_cell(r)
+            f"{format_cell(r)} {ci_cell(r)}" if r["status"] == "ok" else format_cell(r)
             for r in (results[name] for name in backends)
         ]
         for a, b in ratios:
-            ok = results[a]["status"] == results[b]["status"] == "ok"
-            cells.append(percent(results[b]["median_s"] / results[a]["median_s"]) if ok else "—")
-        rows.append([case["name"]] + cells + [f"{case.get('other_load', float('nan')):.2f}"])
-    header = ["case"] + list(backends) + [f"{a} vs {b}" for a, b in ratios] + ["other load"]
-    return lines + markdown_table(header, rows)
+            ra, rb = results[a], results[b]
+            ok = ra["status"] == rb["status"] == "ok"
+            cells.append(mark(ra, rb) + percent(rb["median_s"] / ra["median_s"]) if ok else "—")
+        rows.append([case["name"]] + cells + [load_cell(case)])
+    header = ["case"] + list(backends) + [f"{a} vs {b}" for a, b in ratios] + ["load"]
+    return lines + markdown_table(header, rows) + footnote(workload)
+
+
+def footnote(workload: dict[str, Any]) -> list[str]:
+    """UNRELIABLE_NOTE below a table that has an unreliable row."""
+    measured = [r for c in workload["cases"] for r in c["results"].values() if r["status"] == "ok"]
+    return ["", UNRELIABLE_NOTE] if mark(*measured) else []
 
 
 def script_main(
@@ -789,7 +893,14 @@ def script_main(
         help=f"comma-separated thread counts, one run each (default {threads})",
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="repeats per measurement (overrides the script's)"
+        "--repeats", type=int, default=None, help="the least repeats (overrides the script's)"
+    )
+    parser.add_argument(
+        "--max-time-per-case",
+        type=float,
+        default=None,
+        help="seconds of rounds per case until each median's 95%% confidence interval is within "
+        "±5%%; a row still wider is reported unreliable (default: the script's, 10 for most)",
     )
     parser.add_argument(
         "--pause",
@@ -867,13 +978,14 @@ def script_main(
             for n in results[0]["backends"]
             if any(c["results"][n]["status"] == "ok" for c in first["cases"])
         ]
-        series = {n: [c["results"][n].get("value", 0.0) for c in first["cases"]] for n in names}
+        rows = {n: [c["results"][n] for c in first["cases"]] for n in names}
         bar_chart(
             args.plot,
             f"{first['title']}, {results[0]['machine']['threads']['requested']} thread(s)",
             [c["name"] for c in first["cases"]],
-            series,
+            {n: [r.get("value", 0.0) for r in rows[n]] for n in names},
             first["unit"],
+            unreliable={n: [bool(mark(r)) for r in rows[n]] for n in names},
         )
         print(f"wrote {args.plot}")
     if after is not None:

@@ -8,10 +8,18 @@ import os
 from typing import Any
 
 from needle.apps.bench.harness import (
+    LOAD_NOTE,
+    TIMING_NOTE,
+    UNRELIABLE,
+    UNRELIABLE_NOTE,
     bar_chart,
+    ci_cell,
+    footnote,
     format_cell,
-    format_value,
+    legend,
+    load_cell,
     machine_sentence,
+    mark,
     markdown_table,
     percent,
 )
@@ -21,51 +29,48 @@ def _times(ratio: float | None) -> str:
     return f"{ratio:.2f}x" if ratio else "—"
 
 
+def _ratio(row: dict[str, Any], key: str, text) -> str:
+    """A ratio column of `row`, marked when either of its medians is unreliable."""
+    ratio = row.get(key)
+    return ("" if not ratio or row[f"{key}_reliable"] else UNRELIABLE) + text(ratio)
+
+
 def render_workload(workload: dict[str, Any], backends: list[str]) -> list[str]:
     better = "higher is better" if workload["higher_is_better"] else "lower is better"
+    timing = TIMING_NOTE.format(max_time=workload["max_time_s"], **workload)
     lines = [
         f"## {workload['title']}",
         "",
-        (
-            f"{workload['unit']}, {better}. {workload['note']} Median of "
-            f"{workload['repeats']} repeat(s) after {workload['warmup']} warm-up call(s); spread: "
-            "half the interquartile range of the repeats, relative to the median."
-        ),
+        f"{workload['unit']}, {better}. {workload['note']} {timing[0].upper()}{timing[1:]} "
+        + LOAD_NOTE,
         "",
     ]
     rows = []
     for case in workload["cases"]:
         for i, name in enumerate(backends):
             row = case["results"][name]
-            first = case["name"] if i == 0 else ""
+            first, load = (case["name"], load_cell(case)) if i == 0 else ("", "")
             if row["status"] != "ok":
                 detail = row["reason"] if row["status"] == "error" else ""
-                rows.append([first, name, format_cell(row), detail, "", ""])
+                rows.append([first, name, format_cell(row), detail, "", "", load])
                 continue
-            vs_torch = percent(row.get("speed_vs_torch")) if name.startswith("needle") else ""
-            rows.append(
-                [
-                    first,
-                    name,
-                    format_value(row["value"]),
-                    f"±{row['spread'] * 50:.0f}%",
-                    vs_torch,
-                    _times(row.get("speed_vs_needle_cpu")),
-                ]
-            )
+            vs_torch = _ratio(row, "speed_vs_torch", percent) if name.startswith("needle") else ""
+            vs_cpu = _ratio(row, "speed_vs_needle_cpu", _times)
+            rows.append([first, name, format_cell(row), ci_cell(row), vs_torch, vs_cpu, load])
     lines += markdown_table(
         [
             "case",
             "backend",
             workload["unit"],
-            "spread",
+            "95% CI",
             "speed vs torch (same device)",
             "speed vs needle cpu",
+            "load",
         ],
         rows,
         right_from=2,
     )
-    return lines + [""]
+    return lines + footnote(workload) + [""]
 
 
 def render_summary(results: dict[str, Any]) -> list[str]:
@@ -86,10 +91,11 @@ def render_summary(results: dict[str, Any]) -> list[str]:
             if not case["headline"]:
                 continue
             cells = [format_cell(case["results"][n]) for n in names]
-            ratios = [percent(case["results"][n].get("speed_vs_torch")) for n, _ in pairs]
+            ratios = [_ratio(case["results"][n], "speed_vs_torch", percent) for n, _ in pairs]
             label = case["name"] if workload["key"] != "matmul" else f"matmul {case['name']}"
             rows.append([label, workload["unit"]] + cells + ratios)
-    return markdown_table(header, rows, right_from=2)
+    marked = any(UNRELIABLE in cell for row in rows for cell in row)
+    return markdown_table(header, rows, right_from=2) + (["", UNRELIABLE_NOTE] if marked else [])
 
 
 def render_report(results: dict[str, Any]) -> str:
@@ -148,14 +154,16 @@ def write_plots(results: dict[str, Any], out: str) -> list[str]:
             if c["params"]["m"] == c["params"]["n"] == c["params"]["p"]
         ]
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        hollow = False  # unreliable points: hollow markers
         for name in names:
-            points = [
-                (c["params"]["m"], c["results"][name]["value"])
-                for c in square
-                if c["results"][name]["status"] == "ok"
-            ]
+            rows = [(c["params"]["m"], c["results"][name]) for c in square]
+            points = [(m, row["value"], mark(row)) for m, row in rows if row["status"] == "ok"]
             if points:
-                ax.plot(*zip(*points), marker="o", label=name)
+                (line,) = ax.plot(*list(zip(*points))[:2], marker="o", label=name)
+                bad = [(m, value) for m, value, flagged in points if flagged]
+                hollow |= bool(bad)
+                if bad:
+                    ax.plot(*zip(*bad), "o", color=line.get_color(), mfc="white", ms=8)
         ax.set_xscale("log", base=2)
         ax.set(
             xlabel="matrix size n (n x n @ n x n)",
@@ -163,7 +171,7 @@ def write_plots(results: dict[str, Any], out: str) -> list[str]:
             title=f"float32 matmul, {threads} thread(s)",
         )
         ax.grid(alpha=0.3)
-        ax.legend()
+        legend(ax, hollow, marker=True)
         written.append(_save(fig, plt, out, "matmul.png"))
 
     for key, filename, log in (
@@ -173,17 +181,15 @@ def write_plots(results: dict[str, Any], out: str) -> list[str]:
         if key not in by_key:
             continue
         workload = by_key[key]
-        series = {
-            name: [c["results"][name].get("value", 0.0) or 0.0 for c in workload["cases"]]
-            for name in names
-        }
+        rows = {name: [c["results"][name] for c in workload["cases"]] for name in names}
         bar_chart(
             os.path.join(out, filename),
             f"{workload['title']}, {threads} thread(s)",
             [c["name"].split(",")[0] for c in workload["cases"]],
-            series,
+            {name: [r.get("value", 0.0) or 0.0 for r in rows[name]] for name in names},
             workload["unit"],
             log,
+            unreliable={name: [bool(mark(r)) for r in rows[name]] for name in names},
         )
         written.append(filename)
     return written

@@ -364,8 +364,8 @@ def train_workload(specs: Sequence[TrainSpec], compiled_rows: bool = False, **ti
     )
 
 
-# Presets. quick: about 2 minutes on 2 cores (cpu devices, compiled train rows included);
-# full: larger sweeps and more repeats (about 8 minutes);
+# Presets. quick: 2-5 minutes on 2 cores (cpu devices, compiled train rows included; longer when
+# busy: rounds run up to max_time per case); full: larger sweeps and more repeats (8+ minutes);
 # tiny: seconds, for the tests.
 # What each preset measures: the matmul sizes (square and rectangular (m, k, n)), the elementwise
 # lengths and the scale of the train models. quick is full with fewer matmul sizes.
@@ -385,13 +385,16 @@ _PROBLEMS: dict[str, dict[str, Any]] = {
     },
     "tiny": dict(sizes=[32, 64], rectangular=[(16, 64, 32)], ewise_n=4096, side=64, scale="tiny"),
 }
-# How each preset times: repeats, warmup calls and the least seconds a repeat runs, the same two
-# for the train workload, and the pause (seconds) between backends.
-_TIMING_FIELDS = ("repeats", "warmup", "min_time", "train_repeats", "train_min_time", "pause")
+# How each preset times: the least repeats, warmup calls and the least seconds a repeat runs, the
+# same two for the train workload, the pause (seconds) between backends, and the seconds of
+# rounds per case (harness.run_case) before a wide row is reported unreliable.
+_TIMING_FIELDS = (
+    "repeats", "warmup", "min_time", "train_repeats", "train_min_time", "pause", "max_time"
+)  # fmt: skip
 _TIMINGS: dict[str, tuple[float, ...]] = {
-    "full": (10, 2, 0.2, 7, 0.2, 0.25),
-    "quick": (5, 1, 0.05, 3, 0.05, 0.25),
-    "tiny": (2, 1, 0.001, 1, 0.0, 0.0),
+    "full": (10, 2, 0.2, 7, 0.2, 0.25, 10.0),
+    "quick": (5, 1, 0.05, 3, 0.05, 0.25, 10.0),
+    "tiny": (2, 1, 0.001, 1, 0.0, 0.0, 0.0),
 }
 PRESETS: dict[str, dict[str, Any]] = {
     name: {**problems, **dict(zip(_TIMING_FIELDS, _TIMINGS[name], strict=True))}
@@ -401,10 +404,8 @@ WORKLOADS = ("matmul", "elementwise", "overhead", "train")
 
 
 def build_workloads(preset: dict[str, Any], keys: Sequence[str] = WORKLOADS) -> list[Workload]:
-    timing = dict(repeats=preset["repeats"], warmup=preset["warmup"], min_time=preset["min_time"])
-    train_timing = dict(
-        repeats=preset["train_repeats"], warmup=preset["warmup"], min_time=preset["train_min_time"]
-    )
+    timing = {key: preset[key] for key in ("repeats", "warmup", "min_time", "max_time")}
+    train_timing = dict(timing, repeats=preset["train_repeats"], min_time=preset["train_min_time"])
     makers = {
         "matmul": lambda: matmul_workload(preset["sizes"], preset["rectangular"], **timing),
         "elementwise": lambda: elementwise_workload(preset["ewise_n"], preset["side"], **timing),
