@@ -129,8 +129,11 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
         # batch_norm_rows primitives (src/cpu/batch_norm.h), with their bindings; its second
         # session +330 (4020 -> 4350): the lstm_cell rows, the conv kernels' thread splits,
         # compact's tiled transpose, and size checks in every binding that had only asserts;
-        # issue 18 +450: the 16-bit floats (see the note above LAYERS)
-        4800,
+        # issue 18 +450: the 16-bit floats (see the note above LAYERS); its second session
+        # +500 (4800 -> 5300, 5% above 5037): the elementwise, reduction and softmax rows on
+        # 16-bit arrays (simd.h's inline conversions), the conv rows on vdpbf16ps (gemm_bf16.h,
+        # shared with the GEMM), and issue 19's DLPack binding (array_binding.h)
+        5300,
     ),
     # issue 18 +390 (2320 -> 2710, 10% above 2465): float16 and bfloat16 (convert.cuh's
     # bit-exact conversions, the astype row, the GEMM's 16-bit loads and rounded stores)
@@ -146,7 +149,10 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
             "tests/metal_emulation/metal_stdlib",
             "tests/metal_emulation/metal_simdgroup_matrix",
         ),
-        19500,
+        # 19500 -> 21000 in the session of issues 18-20 (20007 then, and the DataLoader's still
+        # to come): the 16-bit rows and conv against their float32 rows, the divergence finder,
+        # DLPack, safetensors and the PyTorch ports, the profiler, the benches' stopping rule
+        21000,
     ),
     # issue 21: 620 -> 950, 10% above its size then, for gpu_check_summary.py (+260 lines): the
     # facts and verdicts of benchmarks/gpu_check.sh, the first run on a GPU machine
