@@ -40,7 +40,8 @@ from backends.cases import Backend, cases
 from primitive_calls import call
 from test_cpu_matmul import read, to_array
 
-from needle.backend_ndarray import primitives
+import needle as ndl
+from needle.backend_ndarray import ndarray as nd, primitives
 
 HALFS = primitives.HALFS
 DIGITS = {"float16": 11, "bfloat16": 8}  # significand bits
@@ -416,3 +417,19 @@ def test_exactly_the_half_rows_take_16_bit_floats(prim):
             with pytest.raises(TypeError) as raised:
                 call(cpu, prim.name, *case.args, dtype=half)
         assert prim.name in str(raised.value) and half in str(raised.value)
+
+
+@pytest.mark.parametrize("half", HALFS)
+def test_astype_of_a_permuted_array_keeps_its_layout(half):
+    """astype of an NCHW view of NHWC data converts the buffer as it lies and keeps the
+    layout (one pass, no compacting copy), so 16-bit activations stay NHWC for the next conv."""
+    x = np.random.default_rng(0).standard_normal((2, 5, 6, 3)).astype(np.float32)
+    nchw = nd.array(x, device=ndl.cpu()).permute((0, 3, 1, 2))
+    low = nchw.astype(half)
+    assert low.strides == nchw.strides and not low.is_compact()
+    np.testing.assert_array_equal(
+        low.numpy().astype(np.float32), x.transpose(0, 3, 1, 2).astype(numpy_dtype(half))
+    )
+    back = low.astype("float32")
+    assert back.strides == nchw.strides
+    np.testing.assert_array_equal(back.numpy(), low.numpy().astype(np.float32))

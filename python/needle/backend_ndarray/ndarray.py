@@ -820,6 +820,13 @@ class NDArray:
         dtype = canonical_dtype(dtype)
         if dtype == self._dtype:
             return self
+        if self._compact is not True and self._dense_view():
+            # A permuted compact array (NCHW views of NHWC data): its buffer converted as it
+            # lies, the result in the same layout, not a compacting copy first (which left the
+            # 16-bit activations of a conv net in NCHW for the next conv to copy back).
+            out = NDArray._make(self._shape, self._strides, self._device, dtype=dtype)
+            self._device.astype(self._handle, out._handle)
+            return out
         source = self.compact()
         out = NDArray._make(self._shape, device=self._device, dtype=dtype)
         if _size(self._shape):
