@@ -611,12 +611,19 @@ void batch_norm_rows_primitive(const Array &a, const Array &weight, const Array 
   for (const Array *v :
        {&weight, &bias, static_cast<const Array *>(&mean), static_cast<const Array *>(&var)})
     check_size("batch_norm_rows", "a per-feature array", cols, v->size);
-  const DType dtype = common_dtype(a, weight, bias, out, mean, var);
+  // 16-bit a and out: per-feature arrays in float32 (batch_norm.h); else one dtype for all.
+  const DType dtype = common_dtype(a, out);
+  const bool half = dtype == DType::f16 || dtype == DType::bf16;
+  if (!half) common_dtype(a, weight, bias, out, mean, var);
+  for (const Array *v :
+       {&weight, &bias, static_cast<const Array *>(&mean), static_cast<const Array *>(&var)})
+    if (half) require_dtype("batch_norm_rows per-feature array", v->dtype, DType::f32);
   GilRelease unlocked(rows * cols);
-  dispatch<Floats>(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    batch_norm_rows(a.data<T>(), weight.data<T>(), bias.data<T>(), out.data<T>(), mean.data<T>(),
-                    var.data<T>(), rows, cols, eps);
+  dispatch<AndHalves<Floats>>(dtype, [&](auto tag) {
+    using X = decltype(tag);
+    using P = std::conditional_t<is_half_v<X>, float, X>;
+    batch_norm_rows(a.data<X>(), weight.data<P>(), bias.data<P>(), out.data<X>(), mean.data<P>(),
+                    var.data<P>(), rows, cols, eps);
   });
 }
 
@@ -628,12 +635,18 @@ void batch_norm_rows_grad_primitive(const Array &dy, const Array &a, const Array
   for (const Array *v : {&mean, &inv_std, &weight, static_cast<const Array *>(&d_weight),
                          static_cast<const Array *>(&d_bias)})
     check_size("batch_norm_rows_grad", "a per-feature array", cols, v->size);
-  const DType dtype = common_dtype(dy, a, mean, inv_std, weight, dx, d_weight, d_bias);
+  const DType dtype = common_dtype(dy, a, dx);  // 16-bit: per-feature arrays in float32
+  const bool half = dtype == DType::f16 || dtype == DType::bf16;
+  if (!half) common_dtype(dy, a, mean, inv_std, weight, dx, d_weight, d_bias);
+  for (const Array *v : {&mean, &inv_std, &weight, static_cast<const Array *>(&d_weight),
+                         static_cast<const Array *>(&d_bias)})
+    if (half) require_dtype("batch_norm_rows_grad per-feature array", v->dtype, DType::f32);
   GilRelease unlocked(rows * cols);
-  dispatch<Floats>(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    batch_norm_rows_grad(dy.data<T>(), a.data<T>(), mean.data<T>(), inv_std.data<T>(),
-                         weight.data<T>(), dx.data<T>(), d_weight.data<T>(), d_bias.data<T>(), rows,
+  dispatch<AndHalves<Floats>>(dtype, [&](auto tag) {
+    using X = decltype(tag);
+    using P = std::conditional_t<is_half_v<X>, float, X>;
+    batch_norm_rows_grad(dy.data<X>(), a.data<X>(), mean.data<P>(), inv_std.data<P>(),
+                         weight.data<P>(), dx.data<X>(), d_weight.data<P>(), d_bias.data<P>(), rows,
                          cols);
   });
 }
@@ -726,7 +739,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
       "ewise_abs", "ewise_sign", "ewise_relu", "ewise_sigmoid", "ewise_exp", "ewise_log",
       "ewise_tanh", "ewise_erf", "ewise_gelu", "ewise_gelu_grad", "ewise_sqrt", "ewise_sin",
       "ewise_cos", "ewise_rsqrt", "reduce_sum", "reduce_max", "reduce_sum_axis", "reduce_max_axis",
-      "softmax_rows", "softmax_grad_rows", "conv2d", "conv2d_input_grad", "conv2d_weight_grad");
+      "softmax_rows", "softmax_grad_rows", "conv2d", "conv2d_input_grad", "conv2d_weight_grad",
+      "batch_norm_rows", "batch_norm_rows_grad");
 
   needle::bind_array<Array, parse_dtype, dtype_name>(
       m, "A flat, 64-byte aligned buffer of `size` elements.");

@@ -359,11 +359,18 @@ def comparable(x: np.ndarray, nan_bits: bool) -> np.ndarray:
 # float32 conv, subnormal products flushed), as the bfloat16 matmul does: within an ulp, not
 # bit for bit. test_conv_halves_cpu.py checks both of their paths.
 PAIRED_SUMS = {"conv2d", "conv2d_input_grad", "conv2d_weight_grad"}
+# The norms keep their per-feature arrays in float32: test_batch_norm_rows_in_16_bits.
+FLOAT32_PARAMS = primitives.HALF_ROW_FLOAT32_PARAMS
 
 
 @pytest.mark.parametrize(
     "name, half",
-    [(n, h) for n in HALF_ROWS for h in HALFS if not (n in PAIRED_SUMS and h == "bfloat16")],
+    [
+        (n, h)
+        for n in HALF_ROWS
+        for h in HALFS
+        if not (n in PAIRED_SUMS and h == "bfloat16") and n not in FLOAT32_PARAMS
+    ],
 )
 def test_half_row_is_the_float32_row_rounded_once(name, half, two_threads):
     prim = primitives.TABLE[name]
@@ -411,9 +418,10 @@ def test_exactly_the_half_rows_take_16_bit_floats(prim):
     case = smallest_case(prim)
     for half in HALFS:
         with np.errstate(all="ignore"):
-            if prim.name in HALF_ROWS:
+            if prim.name in HALF_ROWS and prim.name not in FLOAT32_PARAMS:
                 call(cpu, prim.name, *case.args, dtype=half)
                 continue
+            # (the norms of HALF_ROWS refuse 16-bit per-feature arrays the same way)
             with pytest.raises(TypeError) as raised:
                 call(cpu, prim.name, *case.args, dtype=half)
         assert prim.name in str(raised.value) and half in str(raised.value)
@@ -433,3 +441,41 @@ def test_astype_of_a_permuted_array_keeps_its_layout(half):
     back = low.astype("float32")
     assert back.strides == nchw.strides
     np.testing.assert_array_equal(back.numpy(), low.numpy().astype(np.float32))
+
+
+@pytest.mark.parametrize("half", HALFS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_norm_rows_in_16_bits(half, threads):
+    """batch_norm_rows and its gradient on 16-bit (rows, features) arrays with float32 weights
+    and statistics: bit for bit the float32 rows on the widened arrays, 16-bit outputs rounded
+    once (sizes past one chunk of rows and two threads' shares)."""
+    rng = np.random.default_rng(1)
+    rows, cols = 1100, 67
+    x = (rng.standard_normal((rows, cols)) * 3 + 1).astype(numpy_dtype(half))
+    dy = rng.standard_normal((rows, cols)).astype(numpy_dtype(half))
+    w, b = (rng.standard_normal(cols).astype(np.float32) for _ in "wb")
+
+    def norm(dtype):
+        arr = lambda v: to_array(np.asarray(v).astype(dtype).reshape(-1))  # noqa: E731
+        y, mean, var = cpu.Array(rows * cols, dtype), cpu.Array(cols), cpu.Array(cols)
+        cpu.batch_norm_rows(arr(x), to_array(w), to_array(b), y, mean, var, rows, cols, 1e-5)
+        inv_std = to_array(1 / np.sqrt(read(var, (cols,)) + 1e-5))
+        grads = cpu.Array(rows * cols, dtype), cpu.Array(cols), cpu.Array(cols)
+        cpu.batch_norm_rows_grad(arr(dy), arr(x), mean, inv_std, to_array(w), *grads, rows, cols)
+        outs = (y, mean, var) + grads
+        return [read(o, (o.size,)) for o in outs]
+
+    before = cpu.get_num_threads()
+    cpu.set_num_threads(threads)
+    try:
+        native, wide = norm(half), norm("float32")
+    finally:
+        cpu.set_num_threads(before)
+    for i, (got, want) in enumerate(zip(native, wide)):
+        if got.dtype != np.float32:  # y and dx: the float32 result rounded once
+            want = want.astype(numpy_dtype(half))
+        np.testing.assert_array_equal(bits(got), bits(want), err_msg=f"output {i}")
+    with pytest.raises(TypeError, match=f"batch_norm_rows.*{half}"):  # 16-bit weights: refused
+        full, per_feature = (lambda: cpu.Array(rows * cols, half)), (lambda: cpu.Array(cols, half))
+        args = (full(), per_feature(), per_feature(), full(), per_feature(), per_feature())
+        cpu.batch_norm_rows(*args, rows, cols, 1e-5)

@@ -1152,13 +1152,22 @@ def validate(mod) -> frozenset[str]:
     return frozenset(n for n in OPTIONAL if callable(getattr(mod, n, None)))
 
 
+# Rows whose per-feature arrays stay float32 when a backend computes them on 16-bit data, as
+# torch's norms keep their weights and statistics; every other array of those calls is 16-bit.
+HALF_ROW_FLOAT32_PARAMS: dict[str, tuple[str, ...]] = {
+    "batch_norm_rows": ("weight", "bias", "mean", "var"),
+    "batch_norm_rows_grad": ("mean", "inv_std", "weight", "d_weight", "d_bias"),
+}
+
+
 def half_rows(mod) -> frozenset[str]:
     """The computing rows `mod` also runs on the 16-bit floats itself (its ``HALF_ROWS``):
     every array operand and out of one dtype of HALFS (a comparison's out stays bool), each
     element computed in float32 registers and rounded once: what NDArray's conversion gives
     (astype to float32, the float32 row, astype back), bit for bit for elementwise rows and
     reductions; rows that sum products (conv) may sum them in another order, as the matmul
-    rows do (bfloat16 pairs on AVX512-BF16). NDArray calls these
+    rows do (bfloat16 pairs on AVX512-BF16); the norms' per-feature arrays stay float32
+    (HALF_ROW_FLOAT32_PARAMS). NDArray calls these
     rows with 16-bit arrays and gives every other row float32 copies. A name that is not a
     float row of the table is a ValueError naming the backend."""
     rows = frozenset(getattr(mod, "HALF_ROWS", ()))

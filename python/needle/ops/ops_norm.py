@@ -10,7 +10,7 @@ gradients of gradients still work.
 import functools
 
 from ..autograd import Saved, Tensor, TensorOp, array_of, is_grad_enabled
-from ..backend_ndarray import NDArray, in_float32, prod
+from ..backend_ndarray import HALFS, NDArray, in_float32, prod
 from .ops_mathematic import broadcast_to, reshape, summation
 
 __all__ = ["BatchNorm", "batch_norm"]
@@ -54,6 +54,9 @@ class BatchNorm(TensorOp):
         moved = rows.reshape(tuple(shape[d] for d in order))
         return moved.permute(tuple(order.index(d) for d in range(len(shape))))
 
+    def computes_halves(self, arrays) -> bool:
+        return arrays[0].dtype in HALFS and _native_norm(*arrays)  # 16-bit rows, float32 stats
+
     def compute(self, x: NDArray, weight: NDArray, bias: NDArray):
         if (
             x.ndim < 2
@@ -70,10 +73,9 @@ class BatchNorm(TensorOp):
         rows = self._rows(x)
         count, features = rows.shape
         if _native_norm(rows, weight, bias):  # two passes for the statistics, one to apply
-            y, mean, var = (
-                NDArray.make(shape, device=x.device, dtype=x.dtype)
-                for shape in (rows.shape, (features,), (features,))
-            )
+            stats = weight.dtype  # float32 for 16-bit x (as its weights)
+            y = NDArray.make(rows.shape, device=x.device, dtype=x.dtype)
+            mean, var = (NDArray.make((features,), device=x.device, dtype=stats) for _ in "mv")
             x.device.batch_norm_rows(
                 rows._handle,
                 weight.compact()._handle,
@@ -97,6 +99,12 @@ class BatchNorm(TensorOp):
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, weight, _ = node.inputs
+        dy, data = array_of(out_grad), array_of(x)
+        native = node.saved.xhat is None and "batch_norm_rows_grad" in dy.device.half_rows
+        if not is_grad_enabled() and native and dy.dtype == data.dtype in HALFS:
+            # The device's batch_norm_rows_grad takes the 16-bit arrays (float32 statistics).
+            grads = self._gradient_data(dy, data, array_of(weight), node.saved, x.requires_grad)
+            return tuple(None if g is None else Tensor.make_const(g) for g in grads)
         if not is_grad_enabled():
             # 16-bit arrays in float32, as every op computes them (nd.in_float32).
             grads = in_float32(
@@ -115,9 +123,9 @@ class BatchNorm(TensorOp):
         count, features = rows.shape
         if saved.xhat is None:  # the forward's batch_norm_rows: its gradient primitive
             x_rows = self._rows(x)
-            grad_x, d_weight, d_bias = (
-                NDArray.make(shape, device=dy.device, dtype=dy.dtype)
-                for shape in (rows.shape, (features,), (features,))
+            grad_x = NDArray.make(rows.shape, device=dy.device, dtype=dy.dtype)
+            d_weight, d_bias = (
+                NDArray.make((features,), device=dy.device, dtype=weight.dtype) for _ in "wb"
             )
             dy.device.batch_norm_rows_grad(
                 rows._handle,
@@ -167,15 +175,15 @@ class BatchNorm(TensorOp):
 
 
 def _native_norm(rows: NDArray, weight: NDArray, bias: NDArray) -> bool:
-    """Whether the device runs batch_norm_rows itself, for these operands (one float dtype)."""
+    """Whether the device runs batch_norm_rows itself, for these operands: one float dtype, or
+    16-bit rows with float32 weights where the device lists the row in HALF_ROWS."""
     dtype = rows.dtype
-    return (
-        isinstance(rows, NDArray)
-        and rows.device.has("batch_norm_rows")
-        and dtype in ("float32", "float64")
-        and weight.dtype == dtype
-        and bias.dtype == dtype
-    )
+    if not (isinstance(rows, NDArray) and rows.device.has("batch_norm_rows")):
+        return False
+    if dtype in HALFS:
+        halves = rows.device.half_rows
+        return "batch_norm_rows" in halves and weight.dtype == bias.dtype == "float32"
+    return dtype in ("float32", "float64") and weight.dtype == dtype and bias.dtype == dtype
 
 
 def batch_norm(x, weight, bias, eps: float = 1e-5, axis: int = 1):
