@@ -35,6 +35,8 @@ from ._primitive_stubs import (
     synchronize as synchronize,
 )
 
+HALF_ROWS: tuple
+
 class Array(_primitive_stubs.Array):
     """A flat, 64-byte aligned buffer of `size` elements."""
 
