@@ -452,8 +452,8 @@ void gemm_run(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<S> a, M
 
 }  // namespace
 
-// NEEDLE_GEMM_BF16=0 in the environment (read once) leaves bfloat16 to the float32 kernel
-// even on a CPU with AVX512-BF16: how tests and benchmarks reach that path there.
+// NEEDLE_GEMM_BF16=0 in the environment (read once) leaves bfloat16 to the float32 kernel (here
+// and in conv.cc) even on a CPU with AVX512-BF16: how tests and benchmarks reach that path.
 bool bf16_kernel_used() {
   static const bool used = [] {
     const char *env = std::getenv("NEEDLE_GEMM_BF16");
