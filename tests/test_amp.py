@@ -412,14 +412,14 @@ class _HalfRowsBackend:
 
 @pytest.mark.parametrize("half", HALVES)
 def test_rows_a_backend_computes_in_16_bits_get_16_bit_arrays(half):
-    """A ResNet-style block (conv, bias, relu, residual add, sum) forward and backward under
-    autocast on a backend that lists its rows in HALF_ROWS: those rows get the 16-bit arrays
-    and nothing converts for them (the astype calls left are autocast's casts and the
-    adjoints of those casts), with results bit for bit those of the CPU backend, which
-    converts."""
+    """A ResNet-style block (conv, bias, batch norm, relu, residual add, sum) forward and
+    backward under autocast on a backend that lists its rows in HALF_ROWS: those rows get the
+    16-bit arrays and nothing converts for them (the astype calls left are autocast's casts
+    and the adjoints of those casts), with results bit for bit those of the CPU backend."""
     rows = ["conv2d", "conv2d_input_grad", "conv2d_weight_grad", "ewise_add", "ewise_mul",
             "ewise_relu", "ewise_sign", "ewise_broadcast_binary", "reduce_sum", "reduce_sum_axis",
-            "scalar_mul", "scalar_add", "ewise_ge", "scalar_ge"]  # fmt: skip
+            "scalar_mul", "scalar_add", "ewise_ge", "scalar_ge", "batch_norm_rows",
+            "batch_norm_rows_grad"]  # fmt: skip
     fake = _HalfRowsBackend(rows)
     device = nd.BackendDevice("cpu_half_rows", mod=fake)
     assert device.half_rows == frozenset(rows)
@@ -428,19 +428,21 @@ def test_rows_a_backend_computes_in_16_bits_get_16_bit_arrays(half):
     b = rng.standard_normal(4)
 
     def block(dev):
-        xt, wt, bt = (
-            ndl.Tensor(v, device=dev, dtype="float32", requires_grad=True) for v in (x, w, b)
+        xt, wt, bt, gt = (
+            ndl.Tensor(v, device=dev, dtype="float32", requires_grad=True) for v in (x, w, b, b + 1)
         )
         with ndl.autocast(dtype=half):
             z = ndl.ops.conv(xt, wt, padding=1) + ndl.ops.astype(bt, half).reshape((1, 1, 1, 4))
+            z = ndl.ops.batch_norm(z, gt, bt, axis=3)  # float32 weights on 16-bit features
             y = ndl.ops.relu(z) + ndl.ops.astype(xt, half)
         y.sum().backward()
-        return [bits(t.numpy()) for t in (y, xt.grad, wt.grad, bt.grad)]
+        return [bits(t.numpy()) for t in (y, xt.grad, wt.grad, bt.grad, gt.grad)]
 
     for got, want in zip(block(device), block(ndl.cpu())):
         np.testing.assert_array_equal(got, want)
     computed = {name for (name, halves) in fake.calls if halves and name in rows}
     assert {"conv2d", "conv2d_input_grad", "conv2d_weight_grad", "ewise_relu"} <= computed
+    assert {"batch_norm_rows", "batch_norm_rows_grad"} <= computed
     casts = fake.calls.get(("astype", True), 0)
     # x twice (autocast's cast for the conv, the block's own), w and b once, and the adjoint
     # of each of those four casts back to float32: nothing else.

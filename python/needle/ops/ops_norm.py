@@ -99,11 +99,11 @@ class BatchNorm(TensorOp):
 
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, weight, _ = node.inputs
-        dy, data = array_of(out_grad), array_of(x)
-        native = node.saved.xhat is None and "batch_norm_rows_grad" in dy.device.half_rows
-        if not is_grad_enabled() and native and dy.dtype == data.dtype in HALFS:
-            # The device's batch_norm_rows_grad takes the 16-bit arrays (float32 statistics).
-            grads = self._gradient_data(dy, data, array_of(weight), node.saved, x.requires_grad)
+        dy, data, w = array_of(out_grad), array_of(x), array_of(weight)
+        # The forward ran batch_norm_rows on 16-bit rows (float32 weights): so does the gradient.
+        native = node.saved.xhat is None and dy.dtype == data.dtype in HALFS
+        if native and not is_grad_enabled() and _native_norm(data, w, w):
+            grads = self._gradient_data(dy, data, w, node.saved, x.requires_grad)
             return tuple(None if g is None else Tensor.make_const(g) for g in grads)
         if not is_grad_enabled():
             # 16-bit arrays in float32, as every op computes them (nd.in_float32).
@@ -182,7 +182,8 @@ def _native_norm(rows: NDArray, weight: NDArray, bias: NDArray) -> bool:
         return False
     if dtype in HALFS:
         halves = rows.device.half_rows
-        return "batch_norm_rows" in halves and weight.dtype == bias.dtype == "float32"
+        native = "batch_norm_rows" in halves and "batch_norm_rows_grad" in halves
+        return native and weight.dtype == bias.dtype == "float32"
     return dtype in ("float32", "float64") and weight.dtype == dtype and bias.dtype == dtype
 
 
