@@ -164,6 +164,9 @@ def test_an_error_that_cannot_be_rebuilt_becomes_runtime_error():
     loader = data.DataLoader(loader.dataset, 4, num_workers=1)
     with pytest.raises(RuntimeError, match=r"TwoArgumentError: 7: item 0 is broken"):
         next(iter(loader))
+    strings = data.NDArrayDataset(np.array(["a", "b"], dtype=object))  # pointers: refused
+    with pytest.raises(TypeError, match="arrays of numbers or bools, not object"):
+        next(iter(data.DataLoader(strings, 2, num_workers=1)))
     assert_no_workers()
 
 

@@ -67,7 +67,11 @@ class Buffers:
         """(path, [(dtype, shape, offset)]) of a free buffer now holding `fields`."""
         layout, size = [], 0
         for field in fields:
-            layout.append((field.dtype.str, field.shape, size))
+            if field.dtype.hasobject:  # (its bytes would be pointers into this process)
+                raise TypeError(
+                    f"a DataLoader worker sends arrays of numbers or bools, not {field.dtype}"
+                )
+            layout.append((field.dtype, field.shape, size))  # (a dtype: .str loses bfloat16)
             size += -(-field.nbytes // 64) * 64  # each field 64-byte aligned
         path = next((p for p in self.free if len(self.maps[p]) >= size), None)
         if path is None:
