@@ -348,8 +348,7 @@ class Trainer:
                 else self.run_epoch(False, description=self._description(epoch, "val"))
             )
             self.epoch = epoch
-            seconds = time.perf_counter() - started
-            result = EpochResult(epoch, train, val, seconds, self.data_wait)
+            result = EpochResult(epoch, train, val, time.perf_counter() - started, self.data_wait)
             results.append(result)
             self._call("on_epoch_end", self, result)
         return results
