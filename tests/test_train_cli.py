@@ -37,7 +37,8 @@ def run(tmp_path, *extra, epochs=2, max_batches=4):
 
 def history_without_times(path):
     rows = json.loads((Path(path) / "metrics.json").read_text())
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    timed = ("seconds", "data_wait", "data_wait_max")
+    return [{k: v for k, v in row.items() if k not in timed} for row in rows]
 
 
 def test_default_job_trains_mlp_resnet_on_shipped_mnist(tmp_path, capsys):
@@ -163,6 +164,23 @@ def test_resnet9_trains_on_cifar_format_files(tmp_path):
         == 0
     )
     assert history_without_times(tmp_path / "out")[0]["epoch"] == 1
+
+
+def test_resnet9_with_augmentation_and_workers_logs_its_data_wait(tmp_path, capsys):
+    write_cifar_batches(tmp_path / "cifar")
+    rows = []
+    for workers, augment in (("1", ("--augment",)), ("2", ("--augment",)), ("2", ())):
+        out = tmp_path / f"{workers}{augment}"
+        common = ("--model", "resnet9", "--data-dir", str(tmp_path / "cifar"), *augment)
+        assert run(out, *common, "--batch-size", "4", "--workers", workers, max_batches=3) == 0
+        rows.append(json.loads((out / "metrics.json").read_text()))
+    assert all(0 <= row["data_wait"] <= 1 and 0 <= row["data_wait_max"] <= 1 for row in rows[0])
+    timed = ("seconds", "data_wait", "data_wait_max", "config")
+    same = [[{k: v for k, v in r.items() if k not in timed} for r in rows_] for rows_ in rows]
+    assert same[0] == same[1]  # the augmentation does not depend on the number of workers
+    assert same[1] != same[2]  # (and it changed the images)
+    with pytest.raises(SystemExit, match="--augment applies only to --model resnet9"):
+        run(tmp_path / "mlp", "--augment")
 
 
 @pytest.mark.skipif(PTB is None, reason="no PTB text: set NEEDLE_DATA_DIR (a folder with ptb/)")

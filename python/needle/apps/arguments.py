@@ -23,6 +23,7 @@ def _checked(parse: Callable, expected: str, ok: Callable, requirement: str) -> 
 
 
 positive_int = _checked(int, "an integer", lambda v: v >= 1, "at least 1")
+nonnegative_int = _checked(int, "an integer", lambda v: v >= 0, "at least 0")
 nonnegative_float = _checked(
     float, "a number", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"
 )

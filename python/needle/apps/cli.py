@@ -33,7 +33,12 @@ import numpy as np
 import needle as ndl
 from needle import data, distributed, nn, optim
 from needle.apps import bench as benchmark
-from needle.apps.arguments import nonnegative_float, positive_int, positive_seconds
+from needle.apps.arguments import (
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    positive_seconds,
+)
 from needle.apps.models import LanguageModel, MLPResNet, ResNet9
 from needle.apps.trainer import (
     CheckpointError,
@@ -149,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
         "print the tables of ops and primitives and write them to profile.txt in --out, with a "
         "Chrome trace (Perfetto, chrome://tracing) in profile.json",
     )
+    train.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        default=0,
+        metavar="N",
+        help="build image batches in N worker processes, ahead of the training step (the "
+        "log's data_wait: the share of the time spent waiting for them)",
+    )
+    train.add_argument(
+        "--augment",
+        action="store_true",
+        help="resnet9: random crops (padding 4) and horizontal flips of the training images",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--debug", action="store_true", help="tracebacks for errors")
     train.add_argument(
@@ -206,26 +224,29 @@ class Task:
 
 
 def classification_loaders(
-    train_set, val_set, batch_size: int, device, seed: int, data_parallel: bool
+    train_set, val_set, batch_size: int, device, seed: int, data_parallel: bool, workers: int = 0
 ):
     """(train loader, validation loader, sampler): shuffled by NumPy's global generator, or
-    under --distributed each rank's shard of a DistributedSampler (batch_size per rank)."""
+    under --distributed each rank's shard of a DistributedSampler (batch_size per rank). With
+    workers, batches are built ahead in worker processes that last the whole run (their
+    augmentation seeds drawn from np.random, which EpochSeed seeds: runs stay reproducible)."""
+    options = dict(device=device, num_workers=workers, persistent_workers=workers > 0)
     if not data_parallel:
         return (
-            data.DataLoader(train_set, batch_size, shuffle=True, device=device),
-            data.DataLoader(val_set, batch_size, device=device),
+            data.DataLoader(train_set, batch_size, shuffle=True, **options),
+            data.DataLoader(val_set, batch_size, **options),
             None,
         )
     # drop_last: the same number of batches on every rank, as each training step is a
     # collective. Validation has no collectives inside the loop, so it sees every sample.
     sampler = distributed.DistributedSampler(train_set, seed=seed, drop_last=True)
     return (
-        data.DataLoader(train_set, batch_size, sampler=sampler, device=device),
+        data.DataLoader(train_set, batch_size, sampler=sampler, **options),
         data.DataLoader(
             val_set,
             batch_size,
-            device=device,
             sampler=distributed.DistributedSampler(val_set, shuffle=False),
+            **options,
         ),
         sampler,
     )
@@ -284,11 +305,12 @@ def build_task(args, device, batch_size: int, rank: int = 0, world: int = 1) -> 
                 "CIFAR-10 (the python pickle batches)",
                 "https://www.cs.toronto.edu/~kriz/cifar.html",
             )
-            train_set = data.CIFAR10Dataset(folder, train=True)
+            augment = [data.RandomCrop(4), data.RandomFlipHorizontal()] if args.augment else None
+            train_set = data.CIFAR10Dataset(folder, train=True, transforms=augment)
             val_set = data.CIFAR10Dataset(folder, train=False)
             model, source = ResNet9(device=device), f"CIFAR-10 from {folder}"
         train_loader, val_loader, sampler = classification_loaders(
-            train_set, val_set, batch_size, device, args.seed, args.distributed
+            train_set, val_set, batch_size, device, args.seed, args.distributed, args.workers
         )
         return Task(
             model,
@@ -389,6 +411,8 @@ def _epoch_row(result: EpochResult, lr: float, metric: str) -> dict:
     else:
         row.update(train_accuracy=train[0], val_accuracy=val[0])
     row["seconds"] = round(result.seconds, 2)
+    # Waiting for batches: the share of the training pass, and of its slowest step.
+    row["data_wait"], row["data_wait_max"] = (round(w, 4) for w in result.data_wait)
     return row
 
 
@@ -615,6 +639,8 @@ def train(args) -> int:
             "needle train: --profile cannot see --compile's replayed steps (they call the "
             "kernels directly); profile without --compile"
         )
+    if args.augment and args.model != "resnet9":
+        raise SystemExit("needle train: --augment applies only to --model resnet9")
     if args.collective_timeout is not None and not args.distributed:
         raise SystemExit("needle train: --collective-timeout applies only with --distributed")
     device = resolve_device(args.device)
@@ -647,6 +673,10 @@ def train(args) -> int:
         "accumulate": accumulate,
         "precision": args.precision,
         "seed": args.seed,
+        # (with workers, each epoch draws one more number from np.random: a run differs from
+        # one without them, and its resumption must keep them)
+        "augment": args.augment,
+        "workers": args.workers,
     }
     log = RunLog(out, config, schedule, task.metric, primary)
     hooks = [EpochSeed(args.seed, rank)]

@@ -123,12 +123,30 @@ class SequenceBatches:
 @dataclass
 class EpochResult:
     """One epoch of `Trainer.fit`: (accuracy, mean loss) of the training and validation passes
-    (val None without validation data) and the wall time of both."""
+    (val None without validation data), the wall time of both, and the training pass's
+    `data_wait` (see Trainer.data_wait)."""
 
     epoch: int
     train: tuple[float, float]
     val: tuple[float, float] | None
     seconds: float
+    data_wait: tuple[float, float] = (0.0, 0.0)
+
+
+def _timed(iterable, steps: list):
+    """The items of `iterable`, appending for each (seconds spent waiting for it, seconds
+    since the previous one was handed out: the step that used it plus this wait) to `steps`."""
+    iterator, last = iter(iterable), time.perf_counter()
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        now = time.perf_counter()
+        steps.append((now - start, now - last))
+        last = now
+        yield item
 
 
 def _progress(iterable, total: int, description: str | None):
@@ -196,6 +214,9 @@ class Trainer:
             if not any(hasattr(hook, name) for name in HOOK_METHODS):
                 raise TypeError(f"Trainer: hook {hook!r} has none of {', '.join(HOOK_METHODS)}")
         self.epoch = 0  # the last epoch fit() completed (what a checkpoint is marked with)
+        # The last training pass's time waiting for batches: (its share of the pass, the largest
+        # share of one step after the first, whose wait includes starting the data workers).
+        self.data_wait = (0.0, 0.0)
         # With `compile`, whole updates run through ndl.compile (recorded, then replayed) when
         # nothing must run between backward and the step (no clipping, no after_backward).
         self._compiled = ndl.compile(self._update) if compile else None
@@ -283,10 +304,9 @@ class Trainer:
         self.model.train() if train else self.model.eval()
         total = len(data) if self.max_batches is None else min(len(data), self.max_batches)
         n = self.accumulate
-        correct, total_loss, seen, state = 0, 0.0, 0, None
-        for batch, (x, y) in enumerate(
-            _progress(itertools.islice(data, total), total, description), 1
-        ):
+        correct, total_loss, seen, state, steps = 0, 0.0, 0, None, []
+        batches = _timed(itertools.islice(data, total), steps)
+        for batch, (x, y) in enumerate(_progress(batches, total, description), 1):
             if train:  # micro-batch (batch - 1) % n of an update of min(n, what is left)
                 first = (batch - 1) // n * n
                 part = ((batch - 1) - first, min(n, total - first))
@@ -305,6 +325,9 @@ class Trainer:
             seen += count
         if train:
             check_finite_parameters(self.model)
+            waits = [wait / max(step, 1e-9) for wait, step in steps[1:]]
+            elapsed = sum(step for _, step in steps)
+            self.data_wait = (sum(w for w, _ in steps) / max(elapsed, 1e-9), max(waits, default=0))
         totals = np.array([correct, total_loss, seen], dtype=np.float64)
         for hook in self.hooks:
             if hasattr(hook, "reduce_totals"):
@@ -330,7 +353,7 @@ class Trainer:
                 else self.run_epoch(False, description=self._description(epoch, "val"))
             )
             self.epoch = epoch
-            result = EpochResult(epoch, train, val, time.perf_counter() - started)
+            result = EpochResult(epoch, train, val, time.perf_counter() - started, self.data_wait)
             results.append(result)
             self._call("on_epoch_end", self, result)
         return results

@@ -5,6 +5,7 @@ takes ``dataset[index_array]`` (each field stacked along a new first axis) and h
 back as a Tensor, integer labels as integer Tensors.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Optional, Union
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..backend_selection import BACKEND
+from .workers import WorkerPool, reseed
 
 # The integer dtypes Tensors hold; other integer fields widen to int64.
 _INT_DTYPES = ("int32", "int64", "uint8")
@@ -156,6 +158,12 @@ class DataLoader:
     Beyond the course: `generator` (None: np.random; an int seeds a private generator once),
     `drop_last` (no short last batch), and `sampler` (dataset indices with a length, e.g.
     `needle.distributed.DistributedSampler`, read at each `iter()`; not with shuffle=True).
+
+    Keyword-only (docs/data_loading.md): `num_workers` N > 0 builds the same batches in N
+    worker processes, each up to `prefetch_factor` batches ahead; `persistent_workers` keeps
+    them across epochs; `timeout` (s) bounds the wait for one batch. `seed`: epoch e (the e-th
+    iter(), counted by `.epoch`) shuffles with default_rng((seed, e)), and np.random is seeded
+    from (seed, e, b) while batch b is built, so its transforms' draws do not depend on N.
     """
 
     def __init__(
@@ -168,7 +176,16 @@ class DataLoader:
         device=None,
         dtype=None,
         sampler=None,
+        *,
+        num_workers: int = 0,
+        prefetch_factor: int = 2,
+        persistent_workers: bool = False,
+        seed: Optional[int] = None,
+        timeout: Optional[float] = None,
     ):
+        _check_worker_options(
+            num_workers, prefetch_factor, persistent_workers, seed, generator, timeout
+        )
         if sampler is not None and shuffle:
             raise ValueError(
                 "DataLoader: sampler and shuffle=True are mutually exclusive "
@@ -186,6 +203,11 @@ class DataLoader:
         self._rng = as_rng(generator)
         self.sampler = sampler
         self.index = 0
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self.persistent_workers, self.seed, self.timeout = persistent_workers, seed, timeout
+        self.epoch = 0
+        self._key: Optional[tuple] = None  # np.random's seed for this epoch's batches
+        self._pool: Optional[WorkerPool] = None
         # The course sets the ordering here only without shuffle; a sampler's may change
         # per epoch (set_epoch), so it is read at iter() too.
         self.ordering = (
@@ -207,18 +229,51 @@ class DataLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> "DataLoader":
+        rng = self._rng if self.seed is None else np.random.default_rng((self.seed, self.epoch))
         if self.sampler is not None:
             self.ordering = self._split(np.asarray(list(self.sampler), dtype=np.int64))
         elif self.shuffle:
-            self.ordering = self._split(self._rng.permutation(len(self.dataset)))
+            self.ordering = self._split(rng.permutation(len(self.dataset)))
+        self._key = (self.seed, self.epoch) if self.seed is not None else None
+        if self.num_workers and self.seed is None:
+            self._key = (int(randint(rng, 0, 2**31)),)
+        self.epoch += 1
         self.index = 0
+        if self.num_workers:
+            if self._pool is None:
+                fetch = functools.partial(_fetch, self.dataset)
+                self._pool = WorkerPool(fetch, self.num_workers, self.prefetch_factor, self.timeout)
+            self._pool.start(self.ordering or [], self._key)
         return self
 
     def __next__(self) -> tuple[Tensor, ...]:
-        if self.ordering is None or self.index >= len(self.ordering):
+        # With workers, an epoch ends at its last batch, at an error (which closes the pool:
+        # iter() starts new workers) or when none was started by iter().
+        if self.ordering is None or self.index >= len(self.ordering) or self._stopped():
+            if self._pool is not None and not self.persistent_workers:
+                self.close()
             raise StopIteration
-        indices = self.ordering[self.index]
+        if self._pool is not None:
+            try:
+                batch = self._pool.next(self._tensors)
+            except BaseException:  # KeyboardInterrupt too: a half-read pipe is unusable
+                self.close()
+                raise
+        elif self._key is not None:
+            state = np.random.get_state()
+            try:
+                reseed(self._key + (self.index,))
+                batch = self._tensors(_fetch(self.dataset, self.ordering[self.index]))
+            finally:
+                np.random.set_state(state)
+        else:
+            batch = self._tensors(_fetch(self.dataset, self.ordering[self.index]))
         self.index += 1
+        return batch
+
+    def _tensors(self, fields) -> tuple[Tensor, ...]:
+        # Tensor() copies (NDArray into its own buffer, the numpy mode by np.array): a worker
+        # may reuse the buffer behind `fields` as soon as this returns.
         return tuple(
             Tensor(
                 field,
@@ -226,7 +281,36 @@ class DataLoader:
                 dtype=_field_dtype(field, self.dtype),
                 requires_grad=False,
             )
-            for field in _fetch(self.dataset, indices)
+            for field in fields
+        )
+
+    def _stopped(self) -> bool:
+        return self.num_workers > 0 and self._pool is None
+
+    def close(self) -> None:
+        """Stop the worker processes now (they also stop when the loader is collected)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def _check_worker_options(num_workers, prefetch_factor, persistent, seed, generator, timeout):
+    def whole(value, low: int) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+
+    if not whole(num_workers, 0) or not whole(prefetch_factor, 1):
+        raise ValueError(
+            f"DataLoader: num_workers must be an integer >= 0 and prefetch_factor >= 1, got "
+            f"{num_workers!r} and {prefetch_factor!r}"
+        )
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"DataLoader: timeout must be None or seconds > 0, got {timeout!r}")
+    if persistent and not num_workers:
+        raise ValueError("DataLoader: persistent_workers=True needs num_workers > 0")
+    if seed is not None and (not whole(seed, 0) or generator is not None):
+        raise ValueError(
+            f"DataLoader: seed must be an integer >= 0 and not given with generator, got "
+            f"seed={seed!r}, generator={generator!r}"
         )
 
 

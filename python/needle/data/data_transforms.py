@@ -4,20 +4,34 @@ Pass a list of them as a dataset's `transforms`; each is applied to one image at
 With `generator=None` they draw from NumPy's global generator exactly as the course's
 versions do (so np.random.seed reproduces the course's numbers); an int or a
 numpy.random.Generator gives them a private, reproducible stream instead.
+
+`transform_batch` applies a list of them to a whole batch (B, H, W, C): the same draws in the
+same order as image by image, so the same images, with the pixel work done once per batch.
 """
 
 import numpy as np
 
-from .data_basic import GeneratorLike, as_rng, randint, uniform
+from .data_basic import GeneratorLike, _defining, as_rng, randint, uniform
 
-__all__ = ["Transform", "RandomFlipHorizontal", "RandomCrop"]
+__all__ = ["Transform", "RandomFlipHorizontal", "RandomCrop", "transform_batch"]
 
 
 class Transform:
-    """A callable image -> image."""
+    """A callable image -> image. The built-in ones split a call into draw() (its random
+    parameters, drawn as the course's call draws them) and apply(img, params), which lets
+    transform_batch apply them to a whole batch at once (apply_batch)."""
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
+        return self.apply(img, self.draw())
+
+    def draw(self):
+        return None
+
+    def apply(self, img: np.ndarray, params) -> np.ndarray:
         raise NotImplementedError
+
+    def apply_batch(self, images: np.ndarray, params: list) -> np.ndarray:
+        return np.stack([self.apply(x, p) for x, p in zip(images, params)])
 
 
 class RandomFlipHorizontal(Transform):
@@ -27,10 +41,19 @@ class RandomFlipHorizontal(Transform):
         self.p = p
         self._rng = as_rng(generator)
 
-    def __call__(self, img: np.ndarray) -> np.ndarray:
-        """(H, W, C) -> (H, W, C): one np.random.rand() draw u per call, flipped if u < p."""
-        flip = uniform(self._rng) < self.p
+    def draw(self) -> bool:
+        """One np.random.rand() draw u per call: flipped if u < p."""
+        return uniform(self._rng) < self.p
+
+    def apply(self, img: np.ndarray, flip: bool) -> np.ndarray:
+        """(H, W, C) -> (H, W, C)."""
         return np.flip(img, axis=1) if flip else img
+
+    def apply_batch(self, images: np.ndarray, flips: list) -> np.ndarray:
+        out = images.copy()
+        flips = np.asarray(flips, dtype=bool)
+        out[flips] = images[flips, :, ::-1]
+        return out
 
 
 class RandomCrop(Transform):
@@ -46,10 +69,42 @@ class RandomCrop(Transform):
         self.padding = padding
         self._rng = as_rng(generator)
 
-    def __call__(self, img: np.ndarray) -> np.ndarray:
+    def draw(self) -> np.ndarray:
+        return randint(self._rng, -self.padding, self.padding + 1, size=2)
+
+    def apply(self, img: np.ndarray, shift) -> np.ndarray:
         """(H, W, C) -> (H, W, C); a 2-D (H, W) image works too."""
         p = self.padding
-        shift_x, shift_y = randint(self._rng, -p, p + 1, size=2)
-        height, width = img.shape[:2]
         padded = np.pad(img, [(p, p), (p, p)] + [(0, 0)] * (img.ndim - 2))
-        return padded[p + shift_x : p + shift_x + height, p + shift_y : p + shift_y + width]
+        return self._window(padded, shift, img.shape[:2])
+
+    def _window(self, padded: np.ndarray, shift, size) -> np.ndarray:
+        top, left = self.padding + shift[0], self.padding + shift[1]
+        return padded[top : top + size[0], left : left + size[1]]
+
+    def apply_batch(self, images: np.ndarray, shifts: list) -> np.ndarray:
+        p = self.padding
+        padded = np.pad(images, [(0, 0), (p, p), (p, p)] + [(0, 0)] * (images.ndim - 3))
+        out = np.empty_like(images)
+        for i, shift in enumerate(shifts):  # a slice copy each: 2x faster than one gather
+            out[i] = self._window(padded[i], shift, images.shape[1:3])
+        return out
+
+
+def transform_batch(transforms, images: np.ndarray) -> np.ndarray:
+    """Each image of `images` (B, H, W, C) through `transforms` in list order, stacked: what
+    applying them image by image gives, from the same draws in the same order. Transforms
+    whose call is Transform's (draw, then apply) run once over the batch; if any is another
+    callable (a function, a subclass with its own __call__), image by image."""
+    transforms = transforms or []
+    if not all(_defining(type(t), "__call__") is Transform for t in transforms):
+        out = []
+        for x in images:
+            for transform in transforms:
+                x = transform(x)
+            out.append(x)
+        return np.stack(out) if out else images
+    draws = [[t.draw() for t in transforms] for _ in range(len(images))]
+    for k, transform in enumerate(transforms):
+        images = transform.apply_batch(images, [d[k] for d in draws])
+    return images

@@ -344,7 +344,7 @@ class Case:
     name: str
     build: Callable[[Backend], Callable[[], object]]
     params: dict[str, Any] = field(default_factory=dict)
-    work: float | None = None  # FLOPs or bytes per call, for throughput workloads
+    work: float | None = None  # FLOPs, bytes or images per call, for throughput workloads
     headline: bool = False  # also shown in the report's summary
 
 
@@ -352,7 +352,7 @@ class Case:
 class Workload:
     key: str
     title: str
-    unit: str  # "GFLOP/s", "GB/s", "us" or "ms"
+    unit: str  # "GFLOP/s", "GB/s", "images/s", "us" or "ms"
     note: str
     cases: list[Case]
     repeats: int  # the least; rounds go on until the rows are reliable or max_time has passed
@@ -362,12 +362,12 @@ class Workload:
 
     @property
     def throughput(self) -> bool:
-        return self.unit in ("GFLOP/s", "GB/s")
+        return self.unit in ("GFLOP/s", "GB/s", "images/s")
 
     def value(self, seconds: float, case: Case) -> float:
         """The table's number for a call of `seconds`."""
         if self.throughput:
-            return case.work / seconds / 1e9
+            return case.work / seconds / (1.0 if self.unit == "images/s" else 1e9)
         return seconds * {"us": 1e6, "ms": 1e3, "s": 1.0}[self.unit]
 
 

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..data_basic import Dataset, missing_file_error
+from ..data_transforms import transform_batch
 
 __all__ = ["CIFAR10Dataset"]
 
@@ -147,6 +148,7 @@ class CIFAR10Dataset(Dataset):
 
     def get_items(self, indices) -> tuple[np.ndarray, np.ndarray]:
         X = self.X[indices]
-        if self.transforms and len(X):
-            X = np.stack([self._transform(x) for x in X])
+        if self.transforms and len(X):  # as _transform on each image, in one pass
+            X = transform_batch(self.transforms, X.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+            X = np.ascontiguousarray(X)
         return X, self.y[indices]

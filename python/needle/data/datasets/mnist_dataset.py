@@ -10,6 +10,7 @@ from typing import BinaryIO, Optional
 import numpy as np
 
 from ..data_basic import Dataset, missing_file_error
+from ..data_transforms import transform_batch
 
 __all__ = ["MNISTDataset", "parse_mnist"]
 
@@ -126,6 +127,7 @@ class MNISTDataset(Dataset):
 
     def get_items(self, indices) -> tuple[np.ndarray, np.ndarray]:
         X = self.X[indices]
-        if self.transforms and len(X):
-            X = np.stack([self._transform(x) for x in X])
+        if self.transforms and len(X):  # as _transform on each image, in one pass
+            X = transform_batch(self.transforms, X.reshape((-1,) + self.image_shape))
+            X = X.reshape(len(X), -1)
         return X, self.y[indices]

@@ -1,0 +1,293 @@
+"""The DataLoader's worker processes: each builds whole batches (NumPy arrays) ahead of the
+training step; the main process wraps them in Tensors.
+
+Batch b of an epoch goes to worker b % N and comes back on that worker's own pipe, so the main
+process reads batches in order without reordering, and knows which process to watch. Workers
+are forked where the platform can (Linux, macOS; spawn elsewhere): a fork starts in
+milliseconds and needs no pickling of the dataset; needle's CPU thread pool is re-created in
+a forked child (src/cpu/thread_pool.cc), and workers touch no device: they run the dataset's
+NumPy code only.
+"""
+
+import contextlib
+import functools
+import mmap
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import traceback
+import weakref
+from multiprocessing.connection import wait
+
+import numpy as np
+
+# A worker with no request for this long checks that its parent is alive: one whose parent was
+# killed (SIGKILL sends no goodbye) exits instead of lingering as an orphan.
+PARENT_CHECK_S = 1.0
+# How long a shutdown waits for workers to finish their current batch before terminating them.
+JOIN_S = 2.0
+
+
+def reseed(key) -> None:
+    """np.random seeded from a batch's key ((seed, epoch, batch) or (drawn seed, batch)): the
+    course's transforms draw from np.random, so a batch's augmentation depends on its key
+    alone, not on which process builds it or what that process built before."""
+    np.random.seed(np.random.SeedSequence(key).generate_state(4))
+
+
+def _receive_requests(requests, inbox: queue.Queue) -> None:
+    # A thread, so that the main process never waits on a busy worker to take a request (one
+    # of 10,000 indices is 80 KB, more than a pipe holds) or a freed buffer.
+    message = ()
+    while message is not None:
+        try:
+            message = requests.recv()
+        except (OSError, EOFError):  # the main process closed its end
+            message = None
+        inbox.put(message)
+
+
+class Buffers:
+    """A worker's shared-memory batch buffers: files in a folder of /dev/shm (a tmpfs) that the
+    main process maps once and reads in place, so a batch crosses over in one copy instead of
+    a pickle through a 64 KiB pipe (2.4 ms per CIFAR batch of 128 against 0.2 measured)."""
+
+    def __init__(self, folder: str, number: int):
+        self.folder, self.number = folder, number
+        self.maps: dict[str, mmap.mmap] = {}
+        self.free: list[str] = []
+
+    def write(self, fields: tuple) -> tuple:
+        """(path, [(dtype, shape, offset)]) of a free buffer now holding `fields`."""
+        layout, size = [], 0
+        for field in fields:
+            if field.dtype.hasobject:  # (its bytes would be pointers into this process)
+                raise TypeError(
+                    f"a DataLoader worker sends arrays of numbers or bools, not {field.dtype}"
+                )
+            layout.append((field.dtype, field.shape, size))  # (a dtype: .str loses bfloat16)
+            size += -(-field.nbytes // 64) * 64  # each field 64-byte aligned
+        path = next((p for p in self.free if len(self.maps[p]) >= size), None)
+        if path is None:
+            path = os.path.join(self.folder, f"{self.number}-{len(self.maps)}")
+            self.maps[path] = _map(path, 1 << max(size - 1, 1).bit_length())  # sizes may grow
+        else:
+            self.free.remove(path)
+        for field, (dtype, shape, offset) in zip(fields, layout):
+            view = np.ndarray(shape, dtype, self.maps[path], offset)
+            view[...] = field
+        return path, layout
+
+    def remove(self) -> None:
+        for path in self.maps:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        with contextlib.suppress(OSError):  # the last one out
+            os.rmdir(self.folder)
+
+
+def _map(path: str, size: int = 0) -> mmap.mmap:
+    """`path` mapped shared (created with `size` bytes when size > 0)."""
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if size else 0), 0o600)
+    try:
+        if size:
+            os.ftruncate(fd, size)
+        return mmap.mmap(fd, size or os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _worker_loop(number, fetch, requests, results, parent, inherited, folder):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent decides
+    for connection in inherited:  # the other workers' ends of their pipes, copied by fork
+        connection.close()
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_receive_requests, args=(requests, inbox), daemon=True).start()
+    buffers = Buffers(folder, number)
+    try:
+        while True:
+            try:
+                message = inbox.get(timeout=PARENT_CHECK_S)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    return
+                continue
+            if message is None:
+                return
+            if isinstance(message, str):  # a buffer the main process has read
+                buffers.free.append(message)
+                continue
+            *request, freed = message
+            if freed is not None:
+                buffers.free.append(freed)
+            results.send(_build(fetch, buffers, number, *request))
+    except (OSError, ValueError):  # the main process closed the results pipe
+        return
+    finally:
+        buffers.remove()
+
+
+def _build(fetch, buffers: Buffers, number: int, tag: int, batch: int, key, indices):
+    try:
+        if key is not None:
+            reseed(key + (batch,))
+        return tag, True, buffers.write(tuple(fetch(indices)))
+    except Exception as error:
+        return tag, False, _error_report(error, number, batch)
+
+
+def _error_report(error: BaseException, number: int, batch: int):
+    """(exception class, message) for the main process; the class only if it pickles."""
+    text = (
+        f"{type(error).__name__}: {error}\n\nraised in DataLoader worker {number} (pid "
+        f"{os.getpid()}) while building batch {batch}:\n{traceback.format_exc()}"
+    )
+    try:
+        pickle.dumps(type(error))
+        return type(error), text
+    except Exception:
+        return RuntimeError, text
+
+
+def _rebuild(kind: type, text: str) -> BaseException:
+    try:
+        return kind(text)
+    except Exception:  # a constructor that wants other arguments
+        return RuntimeError(text)
+
+
+def _shutdown(workers: list, maps: dict, folder: str) -> None:
+    """Ask each worker to stop, wait up to JOIN_S for all, terminate the rest, reap them all,
+    and remove their buffers."""
+    for _, requests, results in workers:
+        for step in (functools.partial(requests.send, None), requests.close, results.close):
+            with contextlib.suppress(OSError, ValueError):
+                step()
+    deadline = time.monotonic() + JOIN_S
+    for process, _, _ in workers:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+            process.join()
+    workers.clear()
+    for buffer in maps.values():
+        with contextlib.suppress(BufferError):
+            buffer.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class WorkerPool:
+    """N worker processes running `fetch(indices)` (the dataset's batch as NumPy fields), each
+    with up to `prefetch` of its batches requested ahead. One epoch at a time: start(), then
+    next() for batches 0, 1, ... in order. Shut down by close(), or when garbage-collected."""
+
+    def __init__(self, fetch, num_workers: int, prefetch: int, timeout=None):
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self.prefetch, self.timeout, self.tag = prefetch, timeout, 0
+        self.workers: list = []
+        self.maps: dict[str, mmap.mmap] = {}  # the workers' buffers, mapped here
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.folder = tempfile.mkdtemp(prefix=f"needle-data-{os.getpid()}-", dir=shm)
+        self._closer = weakref.finalize(self, _shutdown, self.workers, self.maps, self.folder)
+        for number in range(num_workers):
+            requests, to_worker = context.Pipe(duplex=False)
+            from_worker, results = context.Pipe(duplex=False)
+            inherited = [c for _, r, s in self.workers for c in (r, s)]
+            process = context.Process(
+                target=_worker_loop,
+                args=(number, fetch, requests, results, os.getpid(), inherited, self.folder),
+                name=f"needle-data-{number}",
+                daemon=True,
+            )
+            process.start()
+            requests.close()  # the worker's ends: EOF reaches the main process when it dies
+            results.close()
+            self.workers.append((process, to_worker, from_worker))
+
+    def close(self) -> None:
+        self._closer()
+
+    def start(self, batches: list, key) -> None:
+        """A new epoch: `batches` (index arrays) in order, `key` the seed of their np.random
+        (None: not reseeded). Batches still on their way from an unfinished epoch are dropped."""
+        self.tag += 1
+        self.batches, self.key, self.sent, self.received = batches, key, 0, 0
+        for _ in range(min(len(batches), self.prefetch * len(self.workers))):
+            self._request()
+
+    def _request(self, freed=None) -> None:
+        batch = self.sent
+        message = (self.tag, batch, self.key, self.batches[batch], freed)
+        self._send(batch % len(self.workers), message)
+        self.sent += 1
+
+    def _send(self, number: int, message) -> None:
+        try:
+            self.workers[number][1].send(message)
+        except OSError:  # its end of the pipe is closed: it died
+            self._died(number, self.received)
+
+    def next(self, wrap):
+        """wrap(fields) of the next batch, its fields NumPy views of a worker's buffer (wrap
+        copies them). A worker's exception is raised here with its traceback; a worker that
+        died or took longer than `timeout` raises RuntimeError."""
+        batch = self.received
+        number = batch % len(self.workers)
+        while True:  # (dropping what an epoch left unfinished had asked for)
+            tag, ok, payload = self._receive(number, batch)
+            if tag == self.tag:
+                break
+            if ok:
+                self._send(number, payload[0])
+        self.received += 1
+        if not ok:
+            raise _rebuild(*payload)
+        try:
+            return wrap(self._fields(payload))
+        finally:
+            # Freed with the next request to this worker (batch + prefetch * N), which can then
+            # reuse it (each worker has at most `prefetch` buffers), in one message: one wake-up
+            # (which on 2 busy cores can cost the main process a time slice).
+            if self.sent < len(self.batches):
+                self._request(freed=payload[0])
+            else:
+                self._send(number, payload[0])
+
+    def _fields(self, payload) -> tuple:
+        path, layout = payload
+        if path not in self.maps:
+            self.maps[path] = _map(path)
+        return tuple(
+            np.ndarray(shape, dtype, self.maps[path], offset) for dtype, shape, offset in layout
+        )
+
+    def _receive(self, number: int, batch: int):
+        process, _, results = self.workers[number]
+        ready = wait([results, process.sentinel], self.timeout)
+        if results in ready:
+            try:
+                return results.recv()
+            except EOFError:
+                pass
+        elif not ready:
+            raise RuntimeError(
+                f"DataLoader worker {number} (pid {process.pid}) took more than "
+                f"timeout={self.timeout} s to build batch {batch}"
+            )
+        self._died(number, batch)
+
+    def _died(self, number: int, batch: int):
+        process = self.workers[number][0]
+        process.join(JOIN_S)
+        code = process.exitcode
+        how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit {code}"
+        raise RuntimeError(
+            f"DataLoader worker {number} (pid {process.pid}) died ({how}) while building batch "
+            f"{batch}; if it was killed for memory, use fewer workers or a smaller batch"
+        )
