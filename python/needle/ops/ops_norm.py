@@ -101,9 +101,10 @@ class BatchNorm(TensorOp):
         x, weight, _ = node.inputs
         dy, data, w = array_of(out_grad), array_of(x), array_of(weight)
         # The forward ran batch_norm_rows on 16-bit rows (float32 weights): so does the gradient.
-        native = node.saved.xhat is None and dy.dtype == data.dtype in HALFS
+        saved = node.saved
+        native = saved is not None and saved.xhat is None and dy.dtype == data.dtype in HALFS
         if native and not is_grad_enabled() and _native_norm(data, w, w):
-            grads = self._gradient_data(dy, data, w, node.saved, x.requires_grad)
+            grads = self._gradient_data(dy, data, w, saved, x.requires_grad)
             return tuple(None if g is None else Tensor.make_const(g) for g in grads)
         if not is_grad_enabled():
             # 16-bit arrays in float32, as every op computes them (nd.in_float32).
