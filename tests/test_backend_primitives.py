@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 import pytest
-from primitive_calls import Out, call, read, to_array
+
+from needle.conformance.calls import Out, call, read, to_array
 
 try:
     from needle.backend_ndarray import ndarray_backend_cpu as nb_cpu
@@ -372,7 +373,7 @@ def test_large_integer_reductions_split_across_threads(
 # ---- views against their buffers (issue 13) -----------------------------------------------
 BAD_VIEW_CALLS = """
 import sys
-from backends.cases import bad_views
+from needle.conformance.cases import bad_views
 from needle.backend_ndarray import ndarray_backend_cpu as c
 a = c.Array(6, "float32")
 calls = bad_views(c) + [("to_numpy", (a, [2], [1], -1)), ("to_numpy", (a, [9**6], [99], 0))]

@@ -36,12 +36,12 @@ try:
 except ImportError as exc:  # the extension is built by `pip install -e .`
     pytest.skip(f"ndarray_backend_cpu is not built: {exc}", allow_module_level=True)
 
-from backends.cases import Backend, cases
-from primitive_calls import call
 from test_cpu_matmul import read, to_array
 
 import needle as ndl
 from needle.backend_ndarray import ndarray as nd, primitives
+from needle.conformance.calls import call
+from needle.conformance.cases import Backend, cases
 
 HALFS = primitives.HALFS
 DIGITS = {"float16": 11, "bfloat16": 8}  # significand bits

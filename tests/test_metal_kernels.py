@@ -16,11 +16,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 from metal_emulation import harness
-from primitive_calls import read, to_array
 
 import needle as ndl
 from needle.backend_ndarray import metal_primitives, primitives
 from needle.backend_ndarray.metal_primitives import mps_matrix_layout
+from needle.conformance.calls import read, to_array
 
 
 @pytest.fixture(scope="module")

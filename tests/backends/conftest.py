@@ -22,8 +22,7 @@ import pytest
 
 import needle as ndl
 from needle.backend_ndarray import metal_primitives, ndarray_backend_numpy as nb_np, primitives
-
-from .cases import Backend
+from needle.conformance.cases import Backend
 
 
 @dataclass(frozen=True)

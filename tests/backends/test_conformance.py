@@ -14,22 +14,20 @@ import math
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from primitive_calls import (
+
+from needle.backend_ndarray import ndarray_backend_numpy as nb_np, primitives
+from needle.conformance.calls import (
     Out,
     call,
     fit,
     operand,
     read,
     scalar_for,
-    strided_views,
     to_array,
     view_of,
     writes_each_element_once,
 )
-
-from needle.backend_ndarray import ndarray_backend_numpy as nb_np, primitives
-
-from .cases import (
+from needle.conformance.cases import (
     AXPBY,
     EPS,
     _fit_args,
@@ -40,6 +38,8 @@ from .cases import (
     reference,
     sum_tol,
 )
+
+from .strategies import strided_views
 
 
 def rows(*names, widths_only=False):

@@ -17,7 +17,6 @@ import types
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from primitive_calls import element_offsets, strided_views
 
 import needle as ndl
 from needle.backend_ndarray import (
@@ -28,8 +27,10 @@ from needle.backend_ndarray import (
     primitives,
 )
 from needle.backend_ndarray.primitives import MissingPrimitiveError
+from needle.conformance import cases as conformance
+from needle.conformance.calls import element_offsets
 
-from . import cases as conformance
+from .strategies import strided_views
 
 
 # ---- the table ------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def test_every_row_has_conformance_cases():
             try:
                 generated = list(conformance.cases(prim, numpy_backend, dtype))
             except KeyError:
-                pytest.fail(f"{prim.name}: no case generator in tests/backends/cases.py")
+                pytest.fail(f"{prim.name}: no case generator in needle/conformance/cases.py")
             assert generated, (prim.name, dtype)
             for case in generated:
                 assert len(case.args) == len(prim.params), (prim.name, dtype, case.label)

@@ -6,6 +6,7 @@
     needle train --out runs/mnist --resume    continue from runs/mnist/checkpoint.npz
     mpirun -n 2 needle train --distributed    data-parallel over MPI (README: multi-process)
     needle bench --quick                      needle's devices against PyTorch (needle.apps.bench)
+    needle check-backend MODULE_OR_PATH       a backend module against the primitive table
 
 It writes, in --out: checkpoint.npz (model and optimizer state, saved atomically after every
 epoch; Ctrl-C saves the state of the last whole epoch), model.safetensors beside it (the same
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     benchmark.add_arguments(bench)
     bench.add_argument("--debug", action="store_true", help="tracebacks for errors")
+    # Listed for --help; main() hands its arguments to needle.conformance.check (exit 2 for
+    # usage errors there: 1 means a backend failed).
+    commands.add_parser("check-backend", help="test a backend module against the primitive table")
     return parser
 
 
@@ -788,6 +792,11 @@ USER_ERRORS = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check-backend"]:
+        from needle.conformance import check
+
+        return check.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":

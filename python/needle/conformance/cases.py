@@ -32,7 +32,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
-from primitive_calls import (
+
+from needle.backend_ndarray import ndarray, ndarray_backend_numpy as nb_np, primitives
+from needle.conformance.calls import (
     Out,
     fit,
     int_operand,
@@ -42,8 +44,6 @@ from primitive_calls import (
     view_of,
     writes_each_element_once,
 )
-
-from needle.backend_ndarray import ndarray, ndarray_backend_numpy as nb_np, primitives
 
 TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-14)}
 EPS = {"float32": 1.2e-7, "float64": 2.3e-16, "float16": 2.0**-10, "bfloat16": 2.0**-7}
@@ -114,7 +114,7 @@ def scatter_add_tol(a, init, indices):
 SIZES = (0, 1, 3, 4, 5, 7, 255, 256, 257, 1001, 1027)
 # Operators whose result is exact on every backend (no rounding): compared bitwise.
 EXACT_OPS = {"neg", "abs", "sign", "relu", "maximum", "eq", "ge", "lt", "le"}
-# Inputs where each operator is well defined (primitive_calls.operand kinds); others: "normal".
+# Inputs where each operator is well defined (calls.operand kinds); others: "normal".
 UNARY_DOMAIN = {
     "sign": "ties",
     "relu": "ties",

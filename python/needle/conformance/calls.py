@@ -1,18 +1,15 @@
 """Calling a backend's primitives the way the primitive table names them.
 
-Shared by the conformance suite (tests/backends) and the backend-specific suites: a
-primitive is called by keyword with the parameter names of its row in
-``primitives.TABLE``, so a backend (or a fallback) whose names or argument order differ
-fails, and each argument is marshalled by its kind: NumPy data for an ``array`` parameter
-becomes an Array of the backend under test (in the dtype under test), for an ``index``
-parameter an int64 Array, an ``Out`` becomes a fresh output Array (of the row's
+Shared by the conformance suite (tests/backends), the backend-specific suites and `needle
+check-backend` (check.py): a primitive is called by keyword with the parameter names of its
+row in ``primitives.TABLE``, so a backend (or a fallback) whose names or argument order
+differ fails, and each argument is marshalled by its kind: NumPy data for an ``array``
+parameter becomes an Array of the backend under test (in the dtype under test), for an
+``index`` parameter an int64 Array, an ``Out`` becomes a fresh output Array (of the row's
 ``out_dtype`` where it has one: comparisons write bool).
 """
 
-import math
-
 import numpy as np
-from hypothesis import strategies as st
 
 from needle.backend_ndarray import primitives
 
@@ -45,13 +42,9 @@ def read(mod, arr) -> np.ndarray:
     return mod.to_numpy(arr, (arr.size,), (1,), 0)
 
 
-def call(mod, name, *args, dtype, impl=None):
-    """Call primitive `name` of `mod` by keyword (or `impl`, a function with the table's
-    parameters, such as the table's fallback bound to `mod`), with args in the table's order.
-
-    Returns the contents of the out (or inout) argument (of all of them, concatenated, when
-    there are several), else what the primitive returns.
-    """
+def marshal(mod, name, *args, dtype) -> tuple[dict, list]:
+    """The keyword arguments of primitive `name` of `mod` for `args` (in the table's order),
+    Arrays made of `mod`, and the out (and inout) Arrays among them."""
     prim = primitives.TABLE[name]
     assert len(args) == len(prim.params), (name, prim.param_names)
     kwargs, outs = {}, []
@@ -67,6 +60,17 @@ def call(mod, name, *args, dtype, impl=None):
         elif param.kind == "numpy":
             arg = arg.astype(dtype)
         kwargs[param.name] = arg
+    return kwargs, outs
+
+
+def call(mod, name, *args, dtype, impl=None):
+    """Call primitive `name` of `mod` by keyword (or `impl`, a function with the table's
+    parameters, such as the table's fallback bound to `mod`), with args in the table's order.
+
+    Returns the contents of the out (or inout) argument (of all of them, concatenated, when
+    there are several), else what the primitive returns.
+    """
+    kwargs, outs = marshal(mod, name, *args, dtype=dtype)
     result = (getattr(mod, name) if impl is None else impl)(**kwargs)
     if len(outs) > 1:  # every output, one after another
         return np.concatenate([read(mod, out) for out in outs])
@@ -140,26 +144,6 @@ def view_of(base: np.ndarray, view: np.ndarray):
     itemsize = base.itemsize
     offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
     return base.size, view.shape, tuple(s // itemsize for s in view.strides), offset // itemsize
-
-
-@st.composite
-def strided_views(draw, allow_broadcast=True):
-    """(storage size, shape, strides, offset) of a random NumPy view of a compact parent:
-    slices with steps (negative too), integer indices, permutations and broadcasting."""
-    parent_shape = draw(st.lists(st.integers(1, 6), max_size=4))
-    base = np.zeros(math.prod(parent_shape))
-    view = base.reshape(parent_shape)
-    index = tuple(
-        draw(st.one_of(st.slices(n), st.integers(0, n - 1))) if n > 1 else draw(st.slices(n))
-        for n in parent_shape
-    )
-    view = view[index + (Ellipsis,)]  # Ellipsis keeps a 0-d result a view, not a scalar
-    view = view.transpose(draw(st.permutations(range(view.ndim))))
-    if allow_broadcast and draw(st.booleans()):
-        lead = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
-        grown = tuple(draw(st.integers(1, 3)) if n == 1 else n for n in view.shape)
-        view = np.broadcast_to(view, lead + grown)
-    return view_of(base, view)
 
 
 def element_offsets(shape, strides, offset) -> np.ndarray:
