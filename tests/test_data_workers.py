@@ -203,15 +203,21 @@ def test_persistent_workers_live_across_epochs_until_collected():
 
 
 def test_ctrl_c_while_waiting_for_a_batch_stops_the_workers():
-    loader = data.DataLoader(Images(delay=0.2), 4, num_workers=2)
-    iterator = iter(loader)
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        next(iterator)
-    timer.join()
-    assert_no_workers()  # at once, without waiting for the loader to be collected
-    assert len(next(iter(loader))[0]) == 4  # and the next epoch starts new ones
+    # A first batch that takes 20 s: the signal comes while the main process waits for it,
+    # however late a loaded machine runs the timer thread (0.2 s a batch once failed in CI).
+    loader = data.DataLoader(Images(delay=5.0), 4, num_workers=2)
+    try:
+        iterator = iter(loader)
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            next(iterator)
+        timer.join()
+        assert_no_workers()  # at once, without waiting for the loader to be collected
+        loader.dataset.delay = 0.0
+        assert len(next(iter(loader))[0]) == 4  # and the next epoch starts new ones
+    finally:
+        loader.close()
 
 
 def test_killed_worker_and_timeout_raise_instead_of_hanging():
