@@ -35,11 +35,11 @@ import numpy as np
 import pytest
 from backends.cases import Backend, bad_views, cases, matmul_tol, reference, scatter_add_tol
 from backends.test_conformance import compare
-from cuda_emulation import harness
 from primitive_calls import Out, call, read, to_array
 
 import needle as ndl
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np, primitives
+from needle.emulation.cuda import harness
 
 try:
     from needle.backend_ndarray import ndarray_backend_cuda as nb_cuda

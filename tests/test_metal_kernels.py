@@ -15,12 +15,12 @@ import re
 import ml_dtypes
 import numpy as np
 import pytest
-from metal_emulation import harness
 from primitive_calls import read, to_array
 
 import needle as ndl
 from needle.backend_ndarray import metal_primitives, primitives
 from needle.backend_ndarray.metal_primitives import mps_matrix_layout
+from needle.emulation.metal import harness
 
 
 @pytest.fixture(scope="module")
