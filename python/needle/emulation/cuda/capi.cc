@@ -18,6 +18,7 @@
 
 #include "cuda/host_table.h"
 #include "cuda/runtime.h"
+#include "cuda_emulation.h"
 #include "emulated_memory.h"
 
 using namespace needle::cuda;
@@ -155,6 +156,9 @@ void emu_configure(int sm_count, int max_grid_y) {
   emulated::sm_count = sm_count;
   emulated::max_grid_y = max_grid_y;
 }
+
+// Whether each launch also runs with its blocks' threads in reverse order (launcher.cc).
+void emu_set_order_check(int on) { emulation::set_order_check(on != 0); }
 
 // Buffers allocated from now on end exactly at an inaccessible page (see emulated_memory.h).
 void emu_set_tight(int tight) { emulated::tight = tight != 0; }

@@ -26,6 +26,7 @@ import ctypes
 import dataclasses
 import functools
 import operator
+import os
 import subprocess
 import types
 from pathlib import Path
@@ -161,6 +162,7 @@ def library() -> ctypes.CDLL:
         ("emu_last_error", s, []),
         ("emu_configure", None, [i, i]),
         ("emu_set_tight", None, [i]),
+        ("emu_set_order_check", None, [i]),
         ("emu_live_bytes", ctypes.c_size_t, []),
         ("emu_tile_size", i, []),
         ("emu_dtypes", s, []),
@@ -173,6 +175,7 @@ def library() -> ctypes.CDLL:
     ]:
         getattr(lib, name).restype = restype
         getattr(lib, name).argtypes = argtypes
+    lib.emu_set_order_check(int(os.environ.get("NEEDLE_CUDA_ORDER_CHECK", "1") != "0"))
     _LIBRARY = lib
     return lib
 
@@ -183,8 +186,9 @@ def _raise(kind: int):
 
 def selftest(which: int) -> np.ndarray:
     """Runs selftest.cc's kernel `which` (0 shuffle, 1 misaligned vector store, 2 and 3
-    divergent barrier / shuffle, 4 a block that is not whole warps) on 256 floats; returns
-    them, or raises EmulationError with the emulation's report."""
+    divergent barrier / shuffle, 4 a block that is not whole warps, 5 threads at two barriers,
+    6 and 7 writes past the end and before the start, 8 a null argument, 9 a missing
+    __syncthreads()) on 256 floats; returns them, or raises EmulationError with the report."""
     out = Array(256, "float32")
     out.host_view()[:] = 0
     error = ctypes.create_string_buffer(1024)
@@ -196,6 +200,13 @@ def selftest(which: int) -> np.ndarray:
 def configure(sm_count: int = 2, max_grid_y: int = 65535) -> None:
     """What the emulated device reports (grids are planned from it)."""
     library().emu_configure(sm_count, max_grid_y)
+
+
+def set_order_check(on: bool) -> None:
+    """Whether every launch runs a second time with each block's threads in reverse order and
+    must give the same bytes (launcher.cc's check_order; twice the time). On unless
+    NEEDLE_CUDA_ORDER_CHECK=0."""
+    library().emu_set_order_check(int(on))
 
 
 def live_bytes() -> int:

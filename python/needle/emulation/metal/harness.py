@@ -21,6 +21,7 @@ guard bytes on both sides, checked after every launch.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import re
 import shutil
 import subprocess
@@ -428,25 +429,36 @@ def library_or_skip() -> Library:
 
 
 # ---- the runtime -------------------------------------------------------------------------
-GUARD = 64  # bytes on each side of every buffer, set to 0xFF (a NaN pattern) and checked
+GUARD = 64  # bytes at least before every buffer, set to 0xFF (a NaN pattern) and checked
+_PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 class EmulatedBuffer:
-    """Host memory standing in for a shared-storage MTLBuffer, between two guard zones."""
+    """Host memory standing in for a shared-storage MTLBuffer: an inaccessible page right after
+    its last byte (a kernel's access past the end faults, and the launcher names the thread)
+    and one before the GUARD bytes and slack that precede it (checked after each launch). So
+    its start is aligned only as its size is (an MTLBuffer is page-aligned)."""
 
     def __init__(self, nbytes: int):
         self.nbytes = nbytes
-        self.raw = np.full(nbytes + 2 * GUARD + 64, 0xFF, dtype=np.uint8)
-        self.start = (-self.raw.ctypes.data) % 64 + GUARD  # 64-byte aligned, as MTLBuffers
+        data_pages = -(-(nbytes + GUARD) // _PAGE)
+        self._map = mmap.mmap(-1, (data_pages + 2) * _PAGE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        for page in (base, base + (data_pages + 1) * _PAGE):
+            if _libc.mprotect(page, _PAGE, 0) != 0:  # PROT_NONE
+                raise OSError(ctypes.get_errno(), "mprotect failed for an emulated buffer")
+        self.raw = np.frombuffer(self._map, np.uint8, data_pages * _PAGE, _PAGE)
+        self.raw[:] = 0xFF  # guards, and NaN-ish garbage as uninitialised GPU memory
+        self.start = data_pages * _PAGE - nbytes
 
     @property
     def address(self) -> int:
         return self.raw.ctypes.data + self.start
 
     def guards_intact(self) -> bool:
-        before = self.raw[self.start - GUARD : self.start]
-        after = self.raw[self.start + self.nbytes : self.start + self.nbytes + GUARD]
-        return bool((before == 0xFF).all() and (after == 0xFF).all())
+        return bool((self.raw[: self.start] == 0xFF).all())
 
 
 class EmulatedRuntime:
@@ -467,6 +479,14 @@ class EmulatedRuntime:
         return EmulatedBuffer(nbytes)
 
     def host_view(self, buffer: EmulatedBuffer, nbytes: int) -> memoryview:
+        # Shared memory is only the CPU's once every kernel encoded to use it has run: a
+        # host that reads or writes it earlier gets stale data on a GPU, at random.
+        for kernel, buffers, *_ in self._pending:
+            if any(bound is buffer for _, bound, _ in buffers):
+                raise LaunchError(
+                    f"missing synchronisation: the host reads or writes a buffer that kernel "
+                    f"{kernel} uses, encoded but not yet run: wait for the command buffer first"
+                )
         return memoryview(buffer.raw[buffer.start : buffer.start + nbytes])
 
     def address(self, buffer: EmulatedBuffer) -> int:
@@ -511,7 +531,9 @@ class EmulatedRuntime:
             for index, buffer, _ in buffers:
                 if not buffer.guards_intact():
                     raise LaunchError(
-                        f"{kernel} wrote outside the buffer bound at [[buffer({index})]]"
+                        f"kernel {kernel}: out-of-bounds write before the start of the buffer "
+                        f"bound at [[buffer({index})]] (found in its guard bytes after the "
+                        "launch: which thread wrote it is not known)"
                     )
 
 
