@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,18 @@ def test_linear_forward_and_backward_give_the_cpus_results(name):
 
     for got, expected in zip(step(device(name)), step(ndl.cpu())):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_threads_can_share_cuda_emulated():
+    """Python threads call the emulation with the GIL released: one call runs at a time."""
+    dev, values = device("cuda_emulated"), (np.arange(4096) % 7).astype(np.float32)
+
+    def work(k):
+        return float((on(dev, values) * k).sum().numpy())
+
+    with ThreadPoolExecutor(4) as pool:
+        sums = list(pool.map(work, range(16)))
+    assert sums == [float(values.sum()) * k for k in range(16)]
 
 
 # ---- a user's kernels ------------------------------------------------------------------------
@@ -189,13 +202,18 @@ def test_a_kernel_file_that_replaces_nothing_is_refused(tmp_path):
 def test_without_a_compiler_the_devices_say_so_in_one_line(tmp_path):
     script = (
         "import needle as ndl\n"
-        "for d in (ndl.cuda_emulated(), ndl.metal_emulated()): print(d.enabled(), d.reason)"
+        "for d in (ndl.cuda_emulated(), ndl.metal_emulated()): print(d.enabled(), d.reason)\n"
+        "try:\n"
+        "    ndl.Tensor([1.0], device=ndl.cuda_emulated())\n"
+        "except RuntimeError as error:\n"
+        "    print(error)\n"
     )
     lines = run_script(script, CXX="/nonexistent/g++", NEEDLE_CACHE_DIR=str(tmp_path))
+    reason = "emulation needs a C++17 compiler: '/nonexistent/g++' was not found ($CXX); install "
     assert lines == [
-        f"False the {what} emulation needs a C++17 compiler: '/nonexistent/g++' was not found "
-        "($CXX); install g++ or clang++"
-        for what in ("CUDA", "MSL")
+        f"False the CUDA {reason}g++ or clang++",
+        f"False the MSL {reason}g++ or clang++",
+        f"device cuda_emulated() is not available: the CUDA {reason}g++ or clang++",
     ]
     train = subprocess.run(
         [

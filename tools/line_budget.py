@@ -118,9 +118,11 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
     # needle.interop's PyTorch names and layouts per module type
     ("io", ("python/needle/serialization.py", "python/needle/interop.py"), 430),
     # issue 20: the emulated GPU devices (ndl.cuda_emulated(), ndl.metal_emulated()), a layer of
-    # their own, 10% above its size then: the CUDA and MSL emulations moved out of tests/ into
-    # the package (so that a pip-installed needle has them), with their fault reports
-    ("emulation", ("python/needle/emulation/*",), 2500),
+    # their own, 10% above its 2743 lines then: the CUDA and MSL emulations moved out of tests/
+    # (2226 lines there) into the package, so that a pip-installed needle has them, plus the
+    # fault reports (call sites of barriers, guard checks per thread, the SIGSEGV handlers, the
+    # order check), the compiler and cache helpers and the NEEDLE_*_KERNELS folders
+    ("emulation", ("python/needle/emulation/*",), 3020),
     # issue 18: +150 for amp.py (autocast and GradScaler, 10% above its 135 lines then)
     ("other python", ("python/needle/*.py",), 260),
     (

@@ -232,7 +232,7 @@ class BackendDevice:
             raise AttributeError(name)
         mod = self.mod
         if mod is None:
-            raise RuntimeError(f"device {self.name}() is not available in this build of needle")
+            self._check_enabled()
         if name in primitives.TABLE:
             found = primitives.resolve(mod, name)
             self.__dict__[name] = found  # looked up once; a plain attribute from then on
@@ -262,8 +262,9 @@ class BackendDevice:
         return self.__dict__.get("_reason", f"device {self.name}() is not available")
 
     def _check_enabled(self) -> None:
-        if self.mod is None:
-            raise RuntimeError(f"device {self.name}() is not available in this build of needle")
+        if self.mod is None:  # the reason in one line, whatever the backend wrote
+            reason = " ".join(str(self.reason).split())
+            raise RuntimeError(f"device {self.name}() is not available: {reason}")
 
     def randn(self, *shape, dtype=None) -> NDArray:
         dtype = canonical_dtype(dtype)

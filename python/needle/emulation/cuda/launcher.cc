@@ -398,8 +398,9 @@ void restore(const Launch& l, const Contents& saved) {
 // in between barriers, so the launch runs again with each block's threads released last to
 // first; a byte that comes out different was written from memory that another thread of the
 // block writes without a barrier in between (or from shared memory nobody wrote). A third,
-// forward run finds the thread that wrote it last. Launches that use atomicAdd are not
-// checked: the order of their additions legitimately changes the rounding.
+// forward run finds the thread that wrote it last (a reversed one, if only that order wrote it).
+// Launches that use atomicAdd are not checked: the order of their additions legitimately changes
+// the rounding.
 void check_order(Launch& l, const Contents& before) {
   const Contents forward = save(l);
   restore(l, before);
@@ -413,11 +414,17 @@ void check_order(Launch& l, const Contents& before) {
         std::mismatch(forward[k].begin(), forward[k].end(), b.buffer.start).first -
         forward[k].begin());
     if (at == forward[k].size()) continue;
-    restore(l, before);
-    l.watch = b.buffer.start + at;
-    l.watched = static_cast<unsigned char>(*l.watch);
-    run_grid(l);
-    l.watch = nullptr;
+    // The last writer in forward order, or in reverse order if only that order wrote it.
+    for (const bool reversed : {false, true}) {
+      restore(l, before);
+      l.watch = b.buffer.start + at;
+      l.watched = static_cast<unsigned char>(*l.watch);
+      l.reversed = reversed;
+      run_grid(l);
+      l.watch = nullptr;
+      l.reversed = false;
+      if (l.written) break;
+    }
     const std::string what = "wrote byte " + std::to_string(at) + " of a buffer of " +
                              std::to_string(b.buffer.bytes) + " bytes (" + argument_name(b.arg) +
                              ") with a value that depends on the order in which the threads of "
