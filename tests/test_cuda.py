@@ -34,7 +34,6 @@ import sys
 import numpy as np
 import pytest
 from backends.test_conformance import compare
-from cuda_emulation import harness
 
 import needle as ndl
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np, primitives
@@ -47,6 +46,7 @@ from needle.conformance.cases import (
     reference,
     scatter_add_tol,
 )
+from needle.emulation.cuda import harness
 
 try:
     from needle.backend_ndarray import ndarray_backend_cuda as nb_cuda
@@ -799,14 +799,21 @@ def test_emulation_frees_every_buffer(emulated, rng):
 
 
 def test_emulation_reports_writes_past_a_buffer(emulated):
-    """A kernel that writes past its output is caught by the guard bytes after the call. Here
-    scatter_add_rows adds a row of 2 at row 1 of a 3-element out: the host table checks the
-    sizes, not the index values (NDArray has checked them; a GPU kernel would have to)."""
+    """A kernel that writes past its output is caught by the guard bytes when the writing
+    thread stops. Here scatter_add_rows adds a row of 2 at row 1 of a 3-element out: the host
+    table checks the sizes, not the index values (NDArray has checked them; a GPU kernel would
+    have to). The second lane of the row writes out[3], 24 bytes in, through the kernel's
+    third argument; the guard bytes are repaired, so the next call runs clean."""
     a, out = to_array(emulated, np.arange(4.0)), emulated.Array(3, "float64")
     indices = to_array(emulated, np.array([0, 1]), "int64")
-    with pytest.raises(harness.EmulationError, match="past the end of a buffer of 24 bytes"):
+    with pytest.raises(
+        harness.EmulationError,
+        match=r"^kernel scatter_add_rows, block \(0, 0, 0\), thread \(3, 0, 0\): out-of-bounds "
+        r"write past the end of a buffer of 24 bytes \(at byte 24\), kernel argument 3$",
+    ):
         emulated.scatter_add_rows(a, indices, out, 2, 2)
-    del out  # its guard bytes stay broken: every later call would report them
+    emulated.fill(out, 1.0)
+    np.testing.assert_array_equal(read(emulated, out), [1.0, 1.0, 1.0])
 
 
 def test_emulation_warp_shuffles_and_barriers(emulated):
@@ -816,18 +823,69 @@ def test_emulation_warp_shuffles_and_barriers(emulated):
     np.testing.assert_array_equal(out, np.repeat(expected, 32))
 
 
+BLOCK_0 = r"block \(0, 0, 0\), thread "
+
+
 @pytest.mark.parametrize(
     "which,message",
     [
         (1, "misaligned"),
-        (2, "__syncthreads"),
-        (3, "warp shuffle"),
+        (
+            2,
+            r"^kernel divergent barrier, " + BLOCK_0 + r"\(32, 0, 0\): has returned while "
+            r"thread \(0, 0, 0\) waits at __syncthreads\(\) \(selftest.cc:\d+\): every thread",
+        ),
+        (3, "warp 0: 16 lanes wait in a warp shuffle that the other lanes never reach"),
         (4, "bad launch configuration"),
+        (
+            5,
+            r"^kernel two_barriers, " + BLOCK_0 + r"\(16, 0, 0\): waits at another "
+            r"__syncthreads\(\) \(selftest.cc:(\d+)\) while thread \(0, 0, 0\) waits at "
+            r"__syncthreads\(\) \(selftest.cc:(?!\1)\d+\)",
+        ),
+        (
+            6,
+            r"^kernel past_the_end, " + BLOCK_0 + r"\(37, 0, 0\): out-of-bounds write past the "
+            r"end of a buffer of 1024 bytes \(at byte 1024\), kernel argument 1$",
+        ),
+        (
+            7,
+            r"^kernel before_the_start, " + BLOCK_0 + r"\(5, 0, 0\): out-of-bounds write before "
+            r"the start of a buffer of 1024 bytes \(at byte -4\), kernel argument 1$",
+        ),
+        (
+            8,
+            r"^kernel null, " + BLOCK_0 + r"\(0, 0, 0\): read through a null pointer, kernel "
+            r"argument 2 is null$",
+        ),
+        (
+            9,
+            r"^kernel missing_barrier, " + BLOCK_0 + r"\(0, 0, 0\): wrote byte \d+ of a buffer "
+            r"of 1024 bytes \(kernel argument 1\) with a value that depends on the order",
+        ),
     ],
 )
 def test_emulation_reports_misuse(emulated, which, message):
+    """selftest.cc's faulty kernels: each report names the kernel, block and thread. 6 and 8
+    fault (a guard page, null): the launch ends and the emulation goes on."""
     with pytest.raises(harness.EmulationError, match=message):
         harness.selftest(which)
+    np.testing.assert_array_equal(harness.selftest(0)[:32], np.full(32, 528.0))
+
+
+def test_emulation_order_check_can_be_turned_off(emulated):
+    """Without the second, reversed run (NEEDLE_CUDA_ORDER_CHECK=0) the missing barrier goes
+    unreported: thread t reads staged[t + 1] before thread t + 1 wrote it, so it gets what the
+    previous launch left there (1000 less); only thread 255 reads this launch's (thread 0's)."""
+    harness.set_order_check(False)
+    try:
+        harness.selftest(9)  # (so that `staged` holds a launch's values)
+        out = harness.selftest(9)
+    finally:
+        harness.set_order_check(True)
+    np.testing.assert_array_equal(out[:255] - out[255], np.arange(1.0, 256.0) - 1000.0)
+    with pytest.raises(harness.EmulationError, match="missing __syncthreads"):
+        harness.selftest(9)
 
 
 # ---- GPU only ------------------------------------------------------------------------------

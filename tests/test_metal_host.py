@@ -14,11 +14,12 @@ import sys
 import numpy as np
 import pytest
 from backends.test_table import assert_trains_like_cpu_numpy
-from metal_emulation import fake_pyobjc as fake, harness
+from metal_emulation import fake_pyobjc as fake
 
 import needle as ndl
 from needle.backend_ndarray import ndarray_backend_numpy as nb_np, primitives
 from needle.conformance.calls import Out, call, read, to_array
+from needle.emulation.metal import harness
 
 HOST_MODULES = ("ndarray_backend_metal", "ndarray_backend_mps")
 

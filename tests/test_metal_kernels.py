@@ -15,12 +15,12 @@ import re
 import ml_dtypes
 import numpy as np
 import pytest
-from metal_emulation import harness
 
 import needle as ndl
 from needle.backend_ndarray import metal_primitives, primitives
 from needle.backend_ndarray.metal_primitives import mps_matrix_layout
 from needle.conformance.calls import read, to_array
+from needle.emulation.metal import harness
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,13 @@ def test_harness_reports_threads_that_skip_a_barrier(emu):
         launch("selftest_early_return", [np.zeros(32, np.float32)], (1, 1, 1), (32, 1, 1))
 
 
+# fill_float32's constants: the value 0.0 at [[buffer(1)]], 10 elements at [[buffer(2)]].
+FILL_10 = [(1, bytes(4)), (2, (10).to_bytes(4, "little"))]
+
+
 def test_harness_reports_writes_outside_a_buffer(emu):
+    """Past the end: the guard page faults in the writing thread, which the report names;
+    before the start: the guard bytes, checked after the launch."""
     runtime = emu.backend.runtime
     buffer = runtime.allocate(4 * 10)
     runtime.dispatch(
@@ -77,8 +83,44 @@ def test_harness_reports_writes_outside_a_buffer(emu):
         (1, 1, 1),
         (32, 1, 1),
     )
-    with pytest.raises(harness.LaunchError, match="wrote outside the buffer bound at"):
+    with pytest.raises(
+        harness.LaunchError,
+        match=r"^kernel selftest_out_of_bounds, threadgroup \(0, 0, 0\), thread \(0, 0, 0\): "
+        r"out-of-bounds write past the end of argument 'out' at \[\[buffer\(0\)\]\], "
+        r"40 bytes bound \(at byte 40\)$",
+    ):
         runtime.wait()
+    buffer.raw[buffer.start - 1] = 0  # as a write to out[-1] would
+    runtime.dispatch("fill_float32", [(0, buffer, 0)], FILL_10, (1, 1, 1), (32, 1, 1))
+    with pytest.raises(harness.LaunchError, match="before the start of the buffer bound at"):
+        runtime.wait()
+
+
+def test_harness_reports_threads_at_different_barriers(emu):
+    runtime = emu.backend.runtime
+    buffer = runtime.allocate(4 * 32)
+    runtime.dispatch("selftest_two_barriers", [(0, buffer, 0)], [], (2, 1, 1), (32, 1, 1))
+    # Threads 0-15 wait at the first barrier, 16-31 at the second; they run concurrently, so
+    # which of them the report names varies.
+    with pytest.raises(
+        harness.LaunchError,
+        match=r"^kernel selftest_two_barriers, threadgroup \(0, 0, 0\), thread \(\d+, 0, 0\): "
+        r"waits at threadgroup_barrier \(selftest.metal:\d+\) while thread \(\d+, 0, 0\) "
+        r"waits at another one \(selftest.metal:\d+\): every thread of a threadgroup must",
+    ):
+        runtime.wait()
+
+
+def test_harness_reports_a_host_access_before_the_kernels_ran(emu):
+    """Missing synchronisation: the host touches a buffer that an encoded kernel uses before
+    the command buffer ran (stale data on a GPU)."""
+    runtime = emu.backend.runtime
+    buffer = runtime.allocate(4 * 10)
+    runtime.dispatch("fill_float32", [(0, buffer, 0)], FILL_10, (1, 1, 1), (32, 1, 1))
+    with pytest.raises(harness.LaunchError, match=r"missing synchronisation: .* fill_float32"):
+        runtime.host_view(buffer, 40)
+    runtime.wait()
+    assert np.frombuffer(runtime.host_view(buffer, 40), np.float32).tolist() == [0.0] * 10
 
 
 def test_harness_checks_bindings(emu):
@@ -221,10 +263,12 @@ def test_module(emu):
         "scatter_add_rows",
         "synchronize",
     }
+    page = harness.mmap.PAGESIZE
     for dtype in emu.DTYPES:
-        for size in (0, 1, 5, 1000):  # 64-byte aligned, as MTLBuffers
+        for size in (0, 1, 5, 1000):  # the last byte abuts an inaccessible page
             arr = emu.Array(size, dtype)
-            assert arr.ptr() % 64 == 0 and arr.dtype == dtype and arr.size == size
+            end = arr.ptr() + np.dtype(dtype).itemsize * max(size, 1)
+            assert end % page == 0 and arr.dtype == dtype and arr.size == size
     assert emu.Array(3, np.int64).dtype == "int64" and emu.Array(3, np.bool_).dtype == "bool"
 
 

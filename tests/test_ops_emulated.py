@@ -17,13 +17,13 @@ from needle.backend_ndarray import BackendDevice
 
 
 def _cuda():
-    from cuda_emulation import harness
+    from needle.emulation.cuda import harness
 
     return harness.emulated_backend()
 
 
 def _metal():
-    from metal_emulation import harness
+    from needle.emulation.metal import harness
 
     return harness.emulated_backend()
 

@@ -16,6 +16,7 @@ if BACKEND not in ("nd", "np"):
 
 get_num_threads, set_num_threads = _nd.get_num_threads, _nd.set_num_threads
 metal, mps, webgpu = _nd.metal, _nd.mps, _nd.webgpu
+cuda_emulated, metal_emulated = _nd.cuda_emulated, _nd.metal_emulated
 
 # Type checkers see the NDArray mode (the numpy mode's names mirror it).
 if TYPE_CHECKING or BACKEND == "nd":

@@ -347,7 +347,8 @@ void launch(const char* name, void (*kernel)(Params...), const LaunchConfig& c, 
                     std::to_string(c.block.y) + ", " + std::to_string(c.block.z) + ")");
   }
 #ifdef NEEDLE_CUDA_EMULATION
-  emulation::launch(name, c.grid, c.block, [&] { kernel(static_cast<Params>(args)...); });
+  // The arguments go along as bytes too: the emulation checks the buffers they point to.
+  emulation::launch(name, c.grid, c.block, [&] { kernel(static_cast<Params>(args)...); }, args...);
 #else
   // (clang-format reads a .cuh file as plain C++, and would split the >>>.)
   // clang-format off

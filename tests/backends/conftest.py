@@ -43,13 +43,13 @@ class Spec:
 
 
 def _cuda_emulation():
-    from cuda_emulation import harness
+    from needle.emulation.cuda import harness
 
     return harness.emulated_backend()
 
 
 def _metal_emulation(*matmul_kernels):
-    from metal_emulation import harness
+    from needle.emulation.metal import harness
 
     if not matmul_kernels:
         return harness.emulated_backend()
@@ -63,8 +63,8 @@ def _specs():
     cpu = ndl.cpu()
     if cpu.enabled():
         specs.append(Spec("cpu", lambda: cpu.mod, tuple(cpu.mod.DTYPES)))
-    from cuda_emulation.harness import CXX as CUDA_CXX
-    from metal_emulation.harness import CXX as METAL_CXX
+    from needle.emulation.cuda.harness import CXX as CUDA_CXX
+    from needle.emulation.metal.harness import CXX as METAL_CXX
 
     # The CUDA module's DTYPES are every dtype of the table (test_cuda.py checks them: the
     # emulation is not built at collection time to read them).

@@ -238,7 +238,7 @@ def assert_trains_like_cpu_numpy(device):
 
 # ---- views outside their buffers ------------------------------------------------------------
 def _metal_emulated():
-    from metal_emulation import harness
+    from needle.emulation.metal import harness
 
     return harness.emulated_backend()
 

@@ -1,3 +1,2 @@
-"""The MSL emulation: needle's .metal kernels compiled as C++ and run on the CPU.
-
-See tests/README.md."""
+"""Stand-ins for PyObjC over the MSL emulation (needle.emulation.metal), for the tests of the
+Metal and MPS host modules (test_metal_host.py)."""

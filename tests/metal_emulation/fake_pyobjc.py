@@ -19,7 +19,7 @@ import types
 
 import numpy as np
 
-from . import harness
+from needle.emulation.metal import harness
 
 
 class FakeMetalError(AssertionError):

@@ -90,11 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=MODELS, default="mlp-resnet")
     train.add_argument(
         "--device",
-        choices=("auto", "cpu", "cpu_numpy", "cuda", "metal", "mps", "webgpu"),
+        choices=(
+            "auto",
+            "cpu",
+            "cpu_numpy",
+            "cuda",
+            "metal",
+            "mps",
+            "webgpu",
+            "cuda_emulated",
+            "metal_emulated",
+        ),
         default="auto",
         help="auto: the best available (cuda, then cpu, then cpu_numpy); metal and mps: "
         'Apple GPUs, no float64 or bfloat16 (pip install "needle[metal]"); webgpu: wgpu on '
-        'Metal, Vulkan or D3D12 (pip install "needle[webgpu]")',
+        'Metal, Vulkan or D3D12 (pip install "needle[webgpu]"); cuda_emulated and '
+        "metal_emulated: the GPU kernels on the CPU with the system C++ compiler, slow, to "
+        "check kernels (docs/emulated_devices.md)",
     )
     train.add_argument(
         "--data-dir",

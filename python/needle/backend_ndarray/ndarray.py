@@ -83,6 +83,18 @@ def _optional_backend(name: str):
         raise BackendUnavailable(f"the {name} backend failed to load ({error!r})") from error
 
 
+def _emulated_backend(kind: str):
+    """The CUDA or Metal kernels compiled for the CPU (needle.emulation), built on first use;
+    unavailable, with a one-line reason, without a C++ compiler or when they do not build."""
+    from ..emulation import BuildError
+
+    try:
+        harness = importlib.import_module(f"..emulation.{kind}.harness", __package__)
+        return harness.emulated_backend(f"{kind}_emulated")
+    except BuildError as error:
+        raise BackendUnavailable(str(error).splitlines()[0]) from error
+
+
 __all__ = [
     "NDArray",
     "from_host",
@@ -110,6 +122,8 @@ __all__ = [
     "metal",
     "mps",
     "webgpu",
+    "cuda_emulated",
+    "metal_emulated",
     "default_device",
     "all_devices",
     "compact_strides",
@@ -218,7 +232,7 @@ class BackendDevice:
             raise AttributeError(name)
         mod = self.mod
         if mod is None:
-            raise RuntimeError(f"device {self.name}() is not available in this build of needle")
+            self._check_enabled()
         if name in primitives.TABLE:
             found = primitives.resolve(mod, name)
             self.__dict__[name] = found  # looked up once; a plain attribute from then on
@@ -248,8 +262,9 @@ class BackendDevice:
         return self.__dict__.get("_reason", f"device {self.name}() is not available")
 
     def _check_enabled(self) -> None:
-        if self.mod is None:
-            raise RuntimeError(f"device {self.name}() is not available in this build of needle")
+        if self.mod is None:  # the reason in one line, whatever the backend wrote
+            reason = " ".join(str(self.reason).split())
+            raise RuntimeError(f"device {self.name}() is not available: {reason}")
 
     def randn(self, *shape, dtype=None) -> NDArray:
         dtype = canonical_dtype(dtype)
@@ -319,6 +334,8 @@ _cuda = BackendDevice("cuda", resolve=_cuda_backend)
 _metal = BackendDevice("metal", resolve=lambda: _optional_backend("ndarray_backend_metal"))
 _mps = BackendDevice("mps", resolve=lambda: _optional_backend("ndarray_backend_mps"))
 _webgpu = BackendDevice("webgpu", resolve=lambda: _optional_backend("ndarray_backend_webgpu"))
+_cuda_emulated = BackendDevice("cuda_emulated", resolve=lambda: _emulated_backend("cuda"))
+_metal_emulated = BackendDevice("metal_emulated", resolve=lambda: _emulated_backend("metal"))
 
 
 def cpu_numpy() -> BackendDevice:
@@ -352,6 +369,23 @@ def webgpu() -> BackendDevice:
     Vulkan driver (``pip install "needle[webgpu]"``; ``enabled()`` is False, with
     ``reason``, without wgpu or an adapter; NEEDLE_WEBGPU_ADAPTER picks one by name)."""
     return _webgpu
+
+
+def cuda_emulated() -> BackendDevice:
+    """The CUDA backend's host code and kernels compiled with the system C++ compiler ($CXX)
+    and run on the CPU, one GPU thread at a time: slow, for correctness. A kernel that
+    diverges at a barrier, accesses memory out of bounds or dereferences a null argument
+    raises needle.emulation.EmulationError naming the kernel, block and thread.
+    NEEDLE_CUDA_KERNELS=folder uses its .cu files in place of the shipped ones of the same
+    name (docs/emulated_devices.md). Not in all_devices(): enabled() builds it (once per
+    version, cached)."""
+    return _cuda_emulated
+
+
+def metal_emulated() -> BackendDevice:
+    """needle's MSL kernels compiled as C++ and run on the CPU, as cuda_emulated() is
+    (NEEDLE_METAL_KERNELS=folder for a user's .metal files)."""
+    return _metal_emulated
 
 
 def default_device() -> BackendDevice:

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -95,19 +96,21 @@ size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 
 }  // namespace
 
+// [PROT_NONE page][canary bytes ... start: data, canary padding][PROT_NONE page]
 void* allocate(size_t bytes, bool tight) {
   const size_t padded = tight ? bytes : (bytes + 15) / 16 * 16;
   const size_t page = page_size();
   const size_t data_pages = (padded + kGuardBefore + page - 1) / page;
-  const size_t mapping_bytes = (data_pages + 1) * page;
-  void* mem = mmap(nullptr, mapping_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+  const size_t mapping_bytes = (data_pages + 2) * page;
+  void* mem =
+      mmap(nullptr, mapping_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) throw needle::cuda::OutOfMemory("emulated device out of memory");
   char* mapping = static_cast<char*>(mem);
-  char* guard_page = mapping + data_pages * page;
+  char* guard_page = mapping + (data_pages + 1) * page;
+  mprotect(mapping, page, PROT_NONE);
   mprotect(guard_page, page, PROT_NONE);
   char* start = guard_page - padded;
-  std::memset(mapping, kCanary, static_cast<size_t>(start - mapping));
+  std::memset(mapping + page, kCanary, static_cast<size_t>(start - mapping - page));
   std::memset(start + bytes, kCanary, padded - bytes);
   std::memset(start, 0x7f, bytes);  // NaN-ish garbage, as uninitialised device memory
   live()[start] = {mapping, mapping_bytes, bytes, padded};
@@ -127,24 +130,47 @@ size_t live_bytes() {
   return total;
 }
 
-// Every live buffer's guard bytes are intact; names the first one that is not.
+bool find_buffer(const void* p, Buffer* found) {
+  const char* address = static_cast<const char*>(p);
+  auto next = live().upper_bound(address);  // the first buffer that starts after p
+  for (int side = 0; side < 2; ++side) {
+    if (side == 0 ? next == live().end() : next == live().begin()) continue;
+    auto it = side == 0 ? next : std::prev(next);
+    const Allocation& a = it->second;
+    if (address >= a.mapping && address < a.mapping + a.mapping_bytes) {
+      *found = {it->first, a.bytes, a.padded};
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string damaged_guards(const Buffer& b) {
+  const char* before = b.start - kGuardBefore;
+  for (const char* p = before; p < b.start; ++p) {
+    if (static_cast<unsigned char>(*p) != kCanary) {
+      std::memset(const_cast<char*>(before), kCanary, kGuardBefore);
+      return "before the start of a buffer of " + std::to_string(b.bytes) + " bytes (at byte " +
+             std::to_string(p - b.start) + ")";
+    }
+  }
+  for (const char* p = b.start + b.bytes; p < b.start + b.padded; ++p) {
+    if (static_cast<unsigned char>(*p) != kCanary) {
+      std::memset(const_cast<char*>(b.start + b.bytes), kCanary, b.padded - b.bytes);
+      return "past the end of a buffer of " + std::to_string(b.bytes) + " bytes (at byte " +
+             std::to_string(p - b.start) + ")";
+    }
+  }
+  return "";
+}
+
+// Every live buffer's guard bytes are intact; names the first one that is not (a write that
+// the launcher did not see happen: through a pointer no kernel argument held).
 void check_guards() {
   for (const auto& entry : live()) {
-    const char* start = entry.first;
-    const Allocation& a = entry.second;
-    for (const char* p = start - kGuardBefore; p < start; ++p) {
-      if (static_cast<unsigned char>(*p) != kCanary) {
-        throw std::runtime_error("a kernel wrote " + std::to_string(start - p) +
-                                 " bytes before the start of a buffer of " +
-                                 std::to_string(a.bytes) + " bytes");
-      }
-    }
-    for (const char* p = start + a.bytes; p < start + a.padded; ++p) {
-      if (static_cast<unsigned char>(*p) != kCanary) {
-        throw std::runtime_error("a kernel wrote past the end of a buffer of " +
-                                 std::to_string(a.bytes) + " bytes");
-      }
-    }
+    const std::string damage =
+        damaged_guards({entry.first, entry.second.bytes, entry.second.padded});
+    if (!damage.empty()) throw std::runtime_error("a kernel wrote " + damage);
   }
 }
 

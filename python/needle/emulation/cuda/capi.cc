@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -18,6 +19,7 @@
 
 #include "cuda/host_table.h"
 #include "cuda/runtime.h"
+#include "cuda_emulation.h"
 #include "emulated_memory.h"
 
 using namespace needle::cuda;
@@ -47,9 +49,13 @@ enum ErrorKind {
   kOther = 5
 };
 
-std::string last_error;
+thread_local std::string last_error;  // of this thread's last call
+// One call at a time: the launcher, the allocation table and the guard checks are global
+// state (Python threads call in with the GIL released, and Arrays are freed from any thread).
+std::mutex calls;
 
 template <class F> int guarded(F&& f) {
+  std::lock_guard<std::mutex> lock(calls);
   try {
     f();
     emulated::check_guards();
@@ -156,10 +162,16 @@ void emu_configure(int sm_count, int max_grid_y) {
   emulated::max_grid_y = max_grid_y;
 }
 
+// Whether each launch also runs with its blocks' threads in reverse order (launcher.cc).
+void emu_set_order_check(int on) { emulation::set_order_check(on != 0); }
+
 // Buffers allocated from now on end exactly at an inaccessible page (see emulated_memory.h).
 void emu_set_tight(int tight) { emulated::tight = tight != 0; }
 
-size_t emu_live_bytes() { return emulated::live_bytes(); }
+size_t emu_live_bytes() {
+  std::lock_guard<std::mutex> lock(calls);
+  return emulated::live_bytes();
+}
 
 int emu_tile_size() { return kTileSize; }
 
@@ -206,7 +218,10 @@ void* emu_array_new(size_t size, const char* dtype, int* kind) {
   return array;
 }
 
-void emu_array_delete(void* array) { delete static_cast<Array*>(array); }
+void emu_array_delete(void* array) {
+  std::lock_guard<std::mutex> lock(calls);
+  delete static_cast<Array*>(array);
+}
 
 void* emu_array_ptr(void* array) { return static_cast<Array*>(array)->ptr; }
 

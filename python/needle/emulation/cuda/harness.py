@@ -6,7 +6,9 @@ gemm}.cu`` and the host table ``src/cuda/host_table.cc``, with g++ against
 ``cuda_emulation.h``; together with ``launcher.cc`` (blocks of coroutine threads with real
 barriers and warp exchanges), ``runtime_emulation.cc`` (src/cuda/runtime.h over guarded host
 memory), ``capi.cc`` (a C interface over the host table, for ctypes) and ``selftest.cc``.
-The library is cached in the temp folder by a hash of everything that goes into it.
+NEEDLE_CUDA_KERNELS=folder compiles a user's .cu files there in place of the shipped ones of
+the same name. The library is cached (``needle.emulation.cache_dir()``) by a hash of
+everything that goes into it.
 
 ``emulated_backend()`` is a module-like object built from the primitive table
 (``needle.backend_ndarray.primitives.TABLE``): for every primitive the host table defines, a
@@ -23,24 +25,40 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
-import hashlib
 import operator
 import os
-import shutil
 import subprocess
-import tempfile
 import types
 from pathlib import Path
 
 import numpy as np
 
 from needle.backend_ndarray.primitives import TABLE, Param, Primitive
+from needle.emulation import (
+    BuildError,
+    EmulationError,
+    cache_dir,
+    cached_build,
+    compiler,
+    require_compiler,
+    source_hash,
+    user_sources,
+)
 
 HERE = Path(__file__).resolve().parent
-SRC = HERE.parent.parent / "src"
-KERNEL_SOURCES = [
-    SRC / "cuda" / f"{name}.cu" for name in ("elementwise", "layout", "rows", "reduce", "gemm")
-]
+
+
+def source_root() -> Path:
+    """The folder holding cuda/ and common/: the copy a wheel ships (CMakeLists.txt installs
+    it next to this file), else the source checkout's src/ (an editable install)."""
+    shipped = HERE / "src"
+    return shipped if (shipped / "cuda").is_dir() else HERE.parents[3] / "src"
+
+
+SRC = source_root()
+KERNEL_NAMES = ("elementwise", "layout", "rows", "reduce", "gemm")
+# The kernels' files: a user's own may replace any of them (NEEDLE_CUDA_KERNELS).
+SHIPPED_KERNELS = {f"{name}.cu": SRC / "cuda" / f"{name}.cu" for name in KERNEL_NAMES}
 HOST_SOURCES = [
     SRC / "cuda" / "host_table.cc",
     HERE / "launcher.cc",
@@ -54,7 +72,6 @@ HEADERS = (
     + sorted((SRC / "cuda").glob("*.cuh"))
     + sorted(HERE.glob("*.h"))
 )
-CXX = os.environ.get("CXX", "g++")
 CXXFLAGS = [
     "-std=c++17",
     "-O1",
@@ -68,14 +85,8 @@ CXXFLAGS = [
     "-fno-strict-aliasing",
     "-DNEEDLE_CUDA_EMULATION",
 ]
-
-
-class BuildError(RuntimeError):
-    pass
-
-
-class EmulationError(RuntimeError):
-    """A kernel misbehaved in the emulation (the launcher's or the guard bytes' report)."""
+# The compiler the suite's specs check for (the build reads $CXX when it runs).
+CXX = compiler()
 
 
 class CudaError(RuntimeError):
@@ -101,6 +112,37 @@ class EmuArg(ctypes.Structure):
     ]
 
 
+def kernel_sources() -> list[Path]:
+    """The kernel files to compile: the shipped ones, or a user's from NEEDLE_CUDA_KERNELS."""
+    return list(user_sources("NEEDLE_CUDA_KERNELS", SHIPPED_KERNELS, ".cu").values())
+
+
+def _compile(cxx: str, kernels: list[Path], target: Path) -> None:
+    # The user's folder first: a replaced file's own includes ("common.cuh") resolve to the
+    # shipped headers through -I src/cuda.
+    command = [
+        cxx,
+        *CXXFLAGS,
+        f"-I{HERE}",
+        f"-I{SRC}",
+        f"-I{SRC / 'cuda'}",
+        "-x",
+        "c++",
+        *map(str, kernels),
+        "-x",
+        "none",
+        *map(str, HOST_SOURCES),
+        "-o",
+        str(target),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        log = target.with_suffix(".log")
+        log.write_text(result.stderr)
+        first = next((line for line in result.stderr.splitlines() if "error" in line), "")
+        raise BuildError(f"the CUDA emulation does not compile: {first} (the full log: {log})")
+
+
 _LIBRARY = None
 
 
@@ -109,40 +151,18 @@ def library() -> ctypes.CDLL:
     global _LIBRARY
     if _LIBRARY is not None:
         return _LIBRARY
-    if shutil.which(CXX) is None:
-        raise BuildError(f"no C++ compiler ({CXX})")
-    digest = hashlib.sha256()
-    for path in KERNEL_SOURCES + HOST_SOURCES + HEADERS:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(" ".join([CXX] + CXXFLAGS).encode())
-    target = Path(tempfile.gettempdir()) / f"needle-cuda-emulation-{digest.hexdigest()[:16]}.so"
-    if not target.exists():
-        partial = target.with_suffix(f".{os.getpid()}.tmp")
-        command = [
-            CXX,
-            *CXXFLAGS,
-            f"-I{HERE}",
-            f"-I{SRC}",
-            f"-I{SRC / 'cuda'}",
-            "-x",
-            "c++",
-            *map(str, KERNEL_SOURCES),
-            "-x",
-            "none",
-            *map(str, HOST_SOURCES),
-            "-o",
-            str(partial),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise BuildError(result.stderr[-4000:])
-        os.replace(partial, target)
+    cxx = require_compiler("the CUDA emulation")
+    kernels = kernel_sources()
+    digest = source_hash(cxx, CXXFLAGS, kernels + HOST_SOURCES + HEADERS)
+    target = cache_dir() / f"needle-cuda-emulation-{digest}.so"
+    cached_build(target, lambda partial: _compile(cxx, kernels, partial), "the CUDA emulation")
     lib = ctypes.CDLL(str(target))
     p, i, s = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     for name, restype, argtypes in [
         ("emu_last_error", s, []),
         ("emu_configure", None, [i, i]),
         ("emu_set_tight", None, [i]),
+        ("emu_set_order_check", None, [i]),
         ("emu_live_bytes", ctypes.c_size_t, []),
         ("emu_tile_size", i, []),
         ("emu_dtypes", s, []),
@@ -155,6 +175,7 @@ def library() -> ctypes.CDLL:
     ]:
         getattr(lib, name).restype = restype
         getattr(lib, name).argtypes = argtypes
+    lib.emu_set_order_check(int(os.environ.get("NEEDLE_CUDA_ORDER_CHECK", "1") != "0"))
     _LIBRARY = lib
     return lib
 
@@ -165,8 +186,9 @@ def _raise(kind: int):
 
 def selftest(which: int) -> np.ndarray:
     """Runs selftest.cc's kernel `which` (0 shuffle, 1 misaligned vector store, 2 and 3
-    divergent barrier / shuffle, 4 a block that is not whole warps) on 256 floats; returns
-    them, or raises EmulationError with the emulation's report."""
+    divergent barrier / shuffle, 4 a block that is not whole warps, 5 threads at two barriers,
+    6 and 7 writes past the end and before the start, 8 a null argument, 9 a missing
+    __syncthreads()) on 256 floats; returns them, or raises EmulationError with the report."""
     out = Array(256, "float32")
     out.host_view()[:] = 0
     error = ctypes.create_string_buffer(1024)
@@ -178,6 +200,13 @@ def selftest(which: int) -> np.ndarray:
 def configure(sm_count: int = 2, max_grid_y: int = 65535) -> None:
     """What the emulated device reports (grids are planned from it)."""
     library().emu_configure(sm_count, max_grid_y)
+
+
+def set_order_check(on: bool) -> None:
+    """Whether every launch runs a second time with each block's threads in reverse order and
+    must give the same bytes (launcher.cc's check_order; twice the time). On unless
+    NEEDLE_CUDA_ORDER_CHECK=0."""
+    library().emu_set_order_check(int(on))
 
 
 def live_bytes() -> int:
@@ -340,9 +369,9 @@ def host_primitives() -> dict[str, tuple[str, ...]]:
     return found
 
 
-def emulated_backend() -> types.SimpleNamespace:
+def emulated_backend(name: str = "cuda_emulation") -> types.SimpleNamespace:
     """The CUDA module's primitives over the emulated device: every primitive of the table
-    that the host table defines (builds the library first)."""
+    that the host table defines (builds the library first); `name` is its __device_name__."""
     lib = library()
     configure()
     host = host_primitives()
@@ -350,8 +379,8 @@ def emulated_backend() -> types.SimpleNamespace:
     if unknown:
         raise EmulationError(f"the host table defines primitives the table lacks: {unknown}")
     ns = types.SimpleNamespace(
-        __name__="cuda_emulation",
-        __device_name__="cuda_emulation",
+        __name__=name,
+        __device_name__=name,
         __tile_size__=lib.emu_tile_size(),
         DTYPES=tuple(lib.emu_dtypes().decode().split(",")),
         Array=Array,

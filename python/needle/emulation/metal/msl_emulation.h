@@ -136,7 +136,9 @@ struct KernelEntry {
   int num_args;
 };
 
-void threadgroup_barrier_impl();
+// `file` and `line`: where the kernel calls threadgroup_barrier (threads of a threadgroup that
+// wait at different calls are reported).
+void threadgroup_barrier_impl(const char* file, int line);
 void simdgroup_barrier_impl();
 uint current_lane();
 uint current_simd_width();
@@ -188,7 +190,11 @@ template <typename T, typename U> T as_type(U x) {
   return y;
 }
 
-inline void threadgroup_barrier(mem_flags) { msl::threadgroup_barrier_impl(); }
+// (Default arguments are evaluated at the call site: the kernel's file and line.)
+inline void threadgroup_barrier(mem_flags, const char* file = __builtin_FILE(),
+                                int line = __builtin_LINE()) {
+  msl::threadgroup_barrier_impl(file, line);
+}
 inline void simdgroup_barrier(mem_flags) { msl::simdgroup_barrier_impl(); }
 
 // Math on float. Metal has overloads for half and vectors too; needle uses float only.

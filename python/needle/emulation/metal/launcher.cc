@@ -6,10 +6,15 @@
 // msl_emulation.h); within one, every thread is a std::thread from a pool, so the kernels'
 // barriers, SIMD-group exchanges and data races behave as concurrent code. The launcher
 // also checks what a GPU would not report: arguments missing or too small for their
-// declared types, and threads that reach a barrier that others of their group have left
-// (undefined behaviour on a GPU, where it usually hangs).
+// declared types, threads that reach a barrier that others of their group have left or
+// that wait at different threadgroup_barrier calls (undefined behaviour on a GPU, where it
+// usually hangs), and accesses that fault (a guard page after each buffer, null): the
+// SIGSEGV handler ends the faulting thread and the launch, naming the thread.
 #define MSL_EMULATION_NO_KEYWORDS
 #include "msl_emulation.h"
+
+#include <setjmp.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <chrono>
@@ -45,7 +50,9 @@ class Barrier {
     count_ = count;
     arrived_ = exited_ = 0;
   }
-  void arrive_and_wait(Launch& launch, const char* what);
+  // `file` / `line`: the call's site (null for the SIMD-group barriers, which have none).
+  void arrive_and_wait(Launch& launch, const char* what, const char* file = nullptr,
+                       int line = 0);
   // A thread has returned from the kernel; with `wait`, block until every thread has, and
   // run `on_release` (under this barrier's lock) in the last one.
   template <typename F> void exit(Launch& launch, bool wait, F on_release);
@@ -61,6 +68,9 @@ class Barrier {
   std::condition_variable cv_;
   uint count_ = 0, arrived_ = 0, exited_ = 0;
   unsigned long generation_ = 0;
+  const char* file_ = nullptr;  // where the first thread of this generation waits
+  int line_ = 0;
+  uint3 first_ = uint3();
 };
 
 struct SimdGroup {
@@ -71,8 +81,9 @@ struct SimdGroup {
 
 class Launch {
  public:
-  Launch(const KernelEntry& kernel, void* const* buffers, uint3 groups, uint3 threads)
-      : kernel_(kernel), buffers_(buffers), groups_(groups), threads_(threads),
+  Launch(const KernelEntry& kernel, void* const* buffers, const size_t* lengths, uint3 groups,
+         uint3 threads)
+      : kernel_(kernel), buffers_(buffers), lengths_(lengths), groups_(groups), threads_(threads),
         num_threads_(threads.x * threads.y * threads.z),
         simd_groups_((num_threads_ + kSimdWidth - 1) / kSimdWidth) {
     for (uint s = 0; s < simd_groups_.size(); ++s) {
@@ -82,6 +93,7 @@ class Launch {
   }
 
   uint num_threads() const { return num_threads_; }
+  const char* kernel_name() const { return kernel_.name; }
   bool failed() const {
     std::lock_guard<std::mutex> lock(error_mutex_);
     return failed_;
@@ -104,6 +116,8 @@ class Launch {
 
   std::string where() const;
   void run_thread(uint t);
+  // What a faulting address is, in the buffers bound to this launch.
+  std::string describe_fault(const void* address, bool write) const;
 
   Barrier& threadgroup_barrier() { return threadgroup_barrier_; }
   SimdGroup& simd_group(uint s) { return simd_groups_[s]; }
@@ -116,6 +130,7 @@ class Launch {
 
   const KernelEntry& kernel_;
   void* const* buffers_;
+  const size_t* lengths_;
   uint3 groups_, threads_;
   uint num_threads_;
   Barrier threadgroup_barrier_;
@@ -132,8 +147,20 @@ struct ThreadContext {
   uint lane;
   uint simd_index;
   uint3 group;
+  uint3 thread;  // thread_position_in_threadgroup
 };
 thread_local ThreadContext* current = nullptr;
+thread_local sigjmp_buf* fault_exit = nullptr;  // where a faulting kernel thread resumes
+
+std::string triple(uint3 v) {
+  return "(" + std::to_string(v.x) + ", " + std::to_string(v.y) + ", " + std::to_string(v.z) +
+         ")";
+}
+
+std::string site(const char* file, int line) {
+  const char* slash = std::strrchr(file, '/');
+  return std::string(slash ? slash + 1 : file) + ":" + std::to_string(line);
+}
 
 void Barrier::wait_for_generation(std::unique_lock<std::mutex>& lock, Launch& launch,
                                   unsigned long generation) {
@@ -149,10 +176,21 @@ void Barrier::wait_for_generation(std::unique_lock<std::mutex>& lock, Launch& la
   }
 }
 
-void Barrier::arrive_and_wait(Launch& launch, const char* what) {
+void Barrier::arrive_and_wait(Launch& launch, const char* what, const char* file, int line) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (launch.failed()) throw Abort();
   const unsigned long generation = generation_;
+  if (arrived_ == 0) {
+    file_ = file, line_ = line, first_ = current->thread;
+  } else if (file != nullptr && (file != file_ || line != line_)) {
+    const std::string message = "kernel " + std::string(launch.kernel_.name) + ", " +
+        launch.where() + ": waits at " + what + " (" + site(file, line) + ") while thread " +
+        triple(first_) + " waits at another one (" + site(file_, line_) +
+        "): every thread of a threadgroup must reach the same barrier";
+    lock.unlock();
+    launch.fail(message);
+    throw Abort();
+  }
   ++arrived_;
   if (arrived_ + exited_ == count_) {
     if (exited_ > 0) {
@@ -199,11 +237,28 @@ template <typename F> void Barrier::exit(Launch& launch, bool wait, F on_release
   wait_for_generation(lock, launch, generation);
 }
 
-// The threadgroup of the calling thread, for messages.
+// The threadgroup and thread of the calling thread, for messages.
 std::string Launch::where() const {
-  const uint3 g = current->group;
-  return "threadgroup (" + std::to_string(g.x) + ", " + std::to_string(g.y) + ", " +
-         std::to_string(g.z) + ")";
+  return "threadgroup " + triple(current->group) + ", thread " + triple(current->thread);
+}
+
+std::string Launch::describe_fault(const void* address, bool write) const {
+  const std::string access = write ? "write" : "read";
+  const uintptr_t a = reinterpret_cast<uintptr_t>(address);
+  if (a < 65536) return access + " through a null pointer";
+  for (int k = 0; k < kernel_.num_args; ++k) {
+    const ArgSpec& arg = kernel_.args[k];
+    const uintptr_t start = reinterpret_cast<uintptr_t>(buffers_[arg.index]);
+    // The guard page after the buffer, or before it: within a page of its bound bytes.
+    if (a + 4096 >= start && a < start + lengths_[arg.index] + 4096) {
+      const long offset = static_cast<long>(a - start);
+      return "out-of-bounds " + access + (offset < 0 ? " before the start" : " past the end") +
+             " of argument '" + arg.name + "' at [[buffer(" + std::to_string(arg.index) +
+             ")]], " + std::to_string(lengths_[arg.index]) + " bytes bound (at byte " +
+             std::to_string(offset) + ")";
+    }
+  }
+  return "invalid " + access + " at an address outside every bound buffer";
 }
 
 void Launch::run_thread(uint t) {
@@ -220,9 +275,17 @@ void Launch::run_thread(uint t) {
   pos.threads_per_simdgroup = kSimdWidth;
   pos.simdgroups_per_threadgroup = static_cast<uint>(simd_groups_.size());
 
-  ThreadContext context{this, t % kSimdWidth, t / kSimdWidth, uint3()};
+  ThreadContext context{this, t % kSimdWidth, t / kSimdWidth, uint3(),
+                        pos.thread_position_in_threadgroup};
   current = &context;
   SimdGroup& simd = simd_groups_[context.simd_index];
+  sigjmp_buf on_fault;
+  if (sigsetjmp(on_fault, 1) != 0) {  // the SIGSEGV handler has failed the launch
+    fault_exit = nullptr;
+    current = nullptr;
+    return;
+  }
+  fault_exit = &on_fault;
   try {
     for (uint gz = 0; gz < groups_.z; ++gz) {
       for (uint gy = 0; gy < groups_.y; ++gy) {
@@ -242,6 +305,7 @@ void Launch::run_thread(uint t) {
     }
   } catch (const Abort&) {
   }
+  fault_exit = nullptr;
   current = nullptr;
 }
 
@@ -293,11 +357,42 @@ Pool& pool() {
 }
 
 std::mutex launch_mutex;
+struct sigaction previous_handler;
+
+// A fault in a kernel thread fails the launch as that thread and ends it (siglongjmp back to
+// run_thread); a fault anywhere else goes to the handler that was there before.
+void on_segfault(int, siginfo_t* info, void* context) {
+  if (current == nullptr || fault_exit == nullptr) {
+    sigaction(SIGSEGV, &previous_handler, nullptr);
+    return;  // the access faults again, under the previous handler
+  }
+  bool write = false;
+#if defined(__x86_64__)
+  write = (static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#else
+  (void)context;
+#endif
+  Launch& launch = *current->launch;
+  launch.fail("kernel " + std::string(launch.kernel_name()) + ", " + launch.where() + ": " +
+              launch.describe_fault(info->si_addr, write));
+  siglongjmp(*fault_exit, 1);
+}
+
+void install_handler() {
+  struct sigaction action {}, installed{};
+  action.sa_sigaction = on_segfault;
+  action.sa_flags = SA_SIGINFO;
+  sigaction(SIGSEGV, nullptr, &installed);
+  if (installed.sa_sigaction == on_segfault) return;
+  previous_handler = installed;
+  sigaction(SIGSEGV, &action, nullptr);
+}
 
 }  // namespace
 
-void threadgroup_barrier_impl() {
-  current->launch->threadgroup_barrier().arrive_and_wait(*current->launch, "threadgroup_barrier");
+void threadgroup_barrier_impl(const char* file, int line) {
+  current->launch->threadgroup_barrier().arrive_and_wait(*current->launch, "threadgroup_barrier",
+                                                         file, line);
 }
 
 void simdgroup_barrier_impl() {
@@ -386,7 +481,8 @@ int msl_launch(const char* kernel, void* const* buffers, const size_t* lengths,
     }
   }
   std::lock_guard<std::mutex> lock(launch_mutex);
-  Launch launch(*entry, buffers, uint3(groups[0], groups[1], groups[2]),
+  install_handler();
+  Launch launch(*entry, buffers, lengths, uint3(groups[0], groups[1], groups[2]),
                 uint3(threads[0], threads[1], threads[2]));
   pool().run(launch);
   if (launch.failed()) {

@@ -3,8 +3,11 @@
 ``build()`` compiles ``python/needle/backend_ndarray/metal/*.metal`` (the files the Metal
 backends compile on a Mac, unchanged) plus this folder's ``selftest.metal`` with g++, against
 ``msl_emulation.h``, together with ``launcher.cc`` and argument bindings generated from the
-kernels' ``[[buffer(n)]]`` / ``[[thread_position_in_grid]]`` ... attributes. The library is
-cached in the temp folder by a hash of everything that goes into it.
+kernels' ``[[buffer(n)]]`` / ``[[thread_position_in_grid]]`` ... attributes.
+
+NEEDLE_METAL_KERNELS=folder compiles a user's .metal files there in place of the shipped ones
+of the same name. The library is cached (``needle.emulation.cache_dir()``) by a hash of
+everything that goes into it.
 
 ``EmulatedRuntime`` is a runtime for ``needle.backend_ndarray.metal_primitives``: launches
 are queued like a Metal command buffer and run when the backend waits, so a primitive that
@@ -18,8 +21,7 @@ guard bytes on both sides, checked after every launch.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
+import mmap
 import re
 import shutil
 import subprocess
@@ -32,11 +34,22 @@ from pathlib import Path
 import numpy as np
 
 from needle.backend_ndarray import metal_primitives
+from needle.emulation import (
+    BuildError,
+    EmulationError,
+    cache_dir,
+    cached_build,
+    compiler,
+    require_compiler,
+    source_hash,
+    user_sources,
+)
 
 HERE = Path(__file__).resolve().parent
 KERNEL_DIR = Path(metal_primitives.__file__).resolve().parent / "metal"
 TEST_SOURCES = (HERE / "selftest.metal",)
-CXX = os.environ.get("CXX", "g++")
+# The compiler the suite's specs check for (the build reads $CXX when it runs).
+CXX = compiler()
 CXXFLAGS = [
     "-std=c++17",
     "-O2",
@@ -69,19 +82,17 @@ SCALAR_POSITIONS = {
 }
 
 
-class BuildError(RuntimeError):
-    pass
-
-
-class LaunchError(RuntimeError):
-    pass
+class LaunchError(EmulationError):
+    """A launch the emulation refused or a kernel that misbehaved (EmulationError's message)."""
 
 
 # ---- sources and bindings -------------------------------------------------------------------
 def kernel_files() -> list[Path]:
-    """Every .metal file in the order of one translation unit: common.metal first."""
+    """Every .metal file in the order of one translation unit, common.metal first: the
+    shipped ones, or a user's in their place (NEEDLE_METAL_KERNELS), and the self-tests."""
     names = list(dict.fromkeys(metal_primitives.CORE_SOURCES + metal_primitives.SIMDGROUP_SOURCES))
-    return [KERNEL_DIR / name for name in names] + list(TEST_SOURCES)
+    sources = user_sources("NEEDLE_METAL_KERNELS", {n: KERNEL_DIR / n for n in names}, ".metal")
+    return list(sources.values()) + list(TEST_SOURCES)
 
 
 def _split_top_level(text: str, sep: str = ",") -> list[str]:
@@ -224,7 +235,8 @@ def kernels_in(source: str) -> list[str]:
             (work / header).write_text("")
         (work / "library.metal").write_text(source)
         preprocessed = _run(
-            [CXX, "-E", "-P", "-x", "c++", "-std=c++17", f"-I{work}", "library.metal"], work
+            [compiler(), "-E", "-P", "-x", "c++", "-std=c++17", f"-I{work}", "library.metal"],
+            work,
         )
     return [name for name, _, _ in parse_kernels(preprocessed)]
 
@@ -232,36 +244,28 @@ def kernels_in(source: str) -> list[str]:
 def _run(cmd: Sequence[str], cwd: Path) -> str:
     result = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True)
     if result.returncode:
-        raise BuildError(f"{' '.join(cmd)} failed:\n{result.stderr}")
+        # The first line says what failed in one line (a device's reason); the rest is the log.
+        first = next((line for line in result.stderr.splitlines() if "error" in line), "")
+        raise BuildError(f"{Path(cmd[0]).name} failed: {first}\n{' '.join(cmd)}\n{result.stderr}")
     return result.stdout
 
 
-def _source_hash() -> str:
-    digest = hashlib.sha256()
-    version = subprocess.run([CXX, "--version"], capture_output=True, text=True).stdout
-    digest.update(version.encode())
-    digest.update(" ".join(CXXFLAGS).encode())
-    for path in [
-        HERE / "msl_emulation.h",
-        HERE / "metal_stdlib",
-        HERE / "metal_simdgroup_matrix",
-        HERE / "launcher.cc",
-        Path(__file__).resolve(),
-    ] + kernel_files():
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def _source_hash(cxx: str) -> str:
+    support = ("msl_emulation.h", "metal_stdlib", "metal_simdgroup_matrix", "launcher.cc")
+    files = [HERE / name for name in support] + [Path(__file__).resolve()] + kernel_files()
+    return source_hash(cxx, CXXFLAGS, files)
 
 
-def build(cache_dir: Path | None = None) -> Path:
+def build(cache: Path | None = None) -> Path:
     """The emulation library (built unless a build of the same sources is cached)."""
-    if shutil.which(CXX) is None:
-        raise BuildError(f"no C++ compiler ({CXX}) to build the MSL emulation")
-    cache_dir = Path(cache_dir or tempfile.gettempdir())
-    target = cache_dir / f"needle-msl-emulation-{_source_hash()}" / "libmsl_emulation.so"
-    if target.exists():
-        return target
-    work = Path(tempfile.mkdtemp(prefix="needle-msl-build-", dir=cache_dir))
+    cxx = require_compiler("the MSL emulation")
+    directory = Path(cache or cache_dir()) / f"needle-msl-emulation-{_source_hash(cxx)}"
+    target = directory / "libmsl_emulation.so"
+    return cached_build(target, lambda partial: _build(cxx, partial), "the MSL emulation")
+
+
+def _build(cxx: str, partial: Path) -> None:
+    work = Path(tempfile.mkdtemp(prefix="needle-msl-build-", dir=partial.parent))
     try:
         # Kernel signatures are read after the preprocessor has expanded the kernels' macros,
         # with the address-space words intact (the stub <metal_stdlib> defines nothing).
@@ -272,7 +276,7 @@ def build(cache_dir: Path | None = None) -> Path:
         includes = "".join(f'#include "{path}"\n' for path in kernel_files())
         (work / "all.metal").write_text(includes)
         preprocessed = _run(
-            [CXX, "-E", "-P", "-x", "c++", "-std=c++17", f"-I{stub}", "all.metal"], work
+            [cxx, "-E", "-P", "-x", "c++", "-std=c++17", f"-I{stub}", "all.metal"], work
         )
         kernels = parse_kernels(preprocessed)
         (work / "kernels.cc").write_text(
@@ -281,7 +285,7 @@ def build(cache_dir: Path | None = None) -> Path:
         compile_flags = CXXFLAGS + [f"-I{HERE}", "-c"]
         with ThreadPoolExecutor(2) as pool:  # the two translation units in parallel
             jobs = [
-                pool.submit(_run, [CXX, *compile_flags, str(src), "-o", obj], work)
+                pool.submit(_run, [cxx, *compile_flags, str(src), "-o", obj], work)
                 for src, obj in (
                     (work / "kernels.cc", "kernels.o"),
                     (HERE / "launcher.cc", "launcher.o"),
@@ -289,12 +293,9 @@ def build(cache_dir: Path | None = None) -> Path:
             ]
             for job in jobs:
                 job.result()
-        _run([CXX, "-shared", "-pthread", "kernels.o", "launcher.o", "-o", "lib.so"], work)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work / "lib.so", target)  # atomic: concurrent builds agree
+        _run([cxx, "-shared", "-pthread", "kernels.o", "launcher.o", "-o", str(partial)], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return target
 
 
 # ---- address spaces ---------------------------------------------------------------------------
@@ -347,7 +348,7 @@ def check_address_spaces() -> str | None:
             return "\n".join(line for line in result.stderr.splitlines() if "error" in line)
         # The wheel has no compiler headers of its own (float.h, stddef.h): borrow g++'s.
         gcc_include = subprocess.run(
-            [CXX, "-print-file-name=include"], capture_output=True, text=True
+            [compiler(), "-print-file-name=include"], capture_output=True, text=True
         ).stdout.strip()
         try:
             from clang import cindex
@@ -428,25 +429,36 @@ def library_or_skip() -> Library:
 
 
 # ---- the runtime -------------------------------------------------------------------------
-GUARD = 64  # bytes on each side of every buffer, set to 0xFF (a NaN pattern) and checked
+GUARD = 64  # bytes at least before every buffer, set to 0xFF (a NaN pattern) and checked
+_PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 class EmulatedBuffer:
-    """Host memory standing in for a shared-storage MTLBuffer, between two guard zones."""
+    """Host memory standing in for a shared-storage MTLBuffer: an inaccessible page right after
+    its last byte (a kernel's access past the end faults, and the launcher names the thread)
+    and one before the GUARD bytes and slack that precede it (checked after each launch). So
+    its start is aligned only as its size is (an MTLBuffer is page-aligned)."""
 
     def __init__(self, nbytes: int):
         self.nbytes = nbytes
-        self.raw = np.full(nbytes + 2 * GUARD + 64, 0xFF, dtype=np.uint8)
-        self.start = (-self.raw.ctypes.data) % 64 + GUARD  # 64-byte aligned, as MTLBuffers
+        data_pages = -(-(nbytes + GUARD) // _PAGE)
+        self._map = mmap.mmap(-1, (data_pages + 2) * _PAGE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        for page in (base, base + (data_pages + 1) * _PAGE):
+            if _libc.mprotect(page, _PAGE, 0) != 0:  # PROT_NONE
+                raise OSError(ctypes.get_errno(), "mprotect failed for an emulated buffer")
+        self.raw = np.frombuffer(self._map, np.uint8, data_pages * _PAGE, _PAGE)
+        self.raw[:] = 0xFF  # guards, and NaN-ish garbage as uninitialised GPU memory
+        self.start = data_pages * _PAGE - nbytes
 
     @property
     def address(self) -> int:
         return self.raw.ctypes.data + self.start
 
     def guards_intact(self) -> bool:
-        before = self.raw[self.start - GUARD : self.start]
-        after = self.raw[self.start + self.nbytes : self.start + self.nbytes + GUARD]
-        return bool((before == 0xFF).all() and (after == 0xFF).all())
+        return bool((self.raw[: self.start] == 0xFF).all())
 
 
 class EmulatedRuntime:
@@ -467,6 +479,14 @@ class EmulatedRuntime:
         return EmulatedBuffer(nbytes)
 
     def host_view(self, buffer: EmulatedBuffer, nbytes: int) -> memoryview:
+        # Shared memory is only the CPU's once every kernel encoded to use it has run: a
+        # host that reads or writes it earlier gets stale data on a GPU, at random.
+        for kernel, buffers, *_ in self._pending:
+            if any(bound is buffer for _, bound, _ in buffers):
+                raise LaunchError(
+                    f"missing synchronisation: the host reads or writes a buffer that kernel "
+                    f"{kernel} uses, encoded but not yet run: wait for the command buffer first"
+                )
         return memoryview(buffer.raw[buffer.start : buffer.start + nbytes])
 
     def address(self, buffer: EmulatedBuffer) -> int:
@@ -511,7 +531,9 @@ class EmulatedRuntime:
             for index, buffer, _ in buffers:
                 if not buffer.guards_intact():
                     raise LaunchError(
-                        f"{kernel} wrote outside the buffer bound at [[buffer({index})]]"
+                        f"kernel {kernel}: out-of-bounds write before the start of the buffer "
+                        f"bound at [[buffer({index})]] (found in its guard bytes after the "
+                        "launch: which thread wrote it is not known)"
                     )
 
 

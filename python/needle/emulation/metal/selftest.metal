@@ -41,6 +41,14 @@ kernel void selftest_early_return(device float* out [[buffer(0)]],
   out[t] = 1.0f;
 }
 
+// Wrong on purpose: threads 0-15 wait at one barrier and the others at the next.
+kernel void selftest_two_barriers(device float* out [[buffer(0)]],
+                                  uint t [[thread_index_in_threadgroup]]) {
+  if (t < 16) threadgroup_barrier(mem_flags::mem_threadgroup);
+  out[t] = 1.0f;
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+}
+
 // Wrong on purpose: writes one element past `size`.
 kernel void selftest_out_of_bounds(device float* out [[buffer(0)]],
                                    constant uint& size [[buffer(1)]],

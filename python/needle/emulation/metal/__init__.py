@@ -1,0 +1,3 @@
+"""The MSL emulation: needle's .metal kernels compiled as C++ and run on the CPU.
+
+See tests/README.md."""
