@@ -2,6 +2,7 @@
 traceback, and shutdown without orphans (every exit path), each test under a time limit."""
 
 import gc
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -285,20 +286,22 @@ def test_worker_options_are_checked():
 
 def test_transform_batch_gives_the_images_of_the_per_image_transforms():
     images = np.random.default_rng(1).integers(0, 256, (40, 9, 7, 3), dtype=np.uint8)
+    chw = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)  # CIFAR's
     makers = [
         lambda: [data.RandomCrop(3), data.RandomFlipHorizontal(0.4)],
         lambda: [data.RandomFlipHorizontal(generator=2), data.RandomCrop(1, generator=3)],
+        lambda: [data.RandomCrop(8)],  # shifts past the image's width: all zeros
         lambda: [data.RandomCrop(2), lambda x: x[::-1]],  # a function: image by image
     ]
-    for make in makers:
+    for make, batch in itertools.product(makers, (images, chw)):
         np.random.seed(8)
         transforms = make()
         expected = []
-        for x in images:
+        for x in batch:
             for transform in transforms:
                 x = transform(x)
             expected.append(x)
         np.random.seed(8)
-        got = data.transform_batch(make(), images)
+        got = data.transform_batch(make(), batch)
         assert got.dtype == images.dtype and np.array_equal(got, np.stack(expected))
         assert not np.array_equal(got, images)

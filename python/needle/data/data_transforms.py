@@ -50,9 +50,9 @@ class RandomFlipHorizontal(Transform):
         return np.flip(img, axis=1) if flip else img
 
     def apply_batch(self, images: np.ndarray, flips: list) -> np.ndarray:
-        out = images.copy()
-        flips = np.asarray(flips, dtype=bool)
-        out[flips] = images[flips, :, ::-1]
+        out = images.copy(order="K")  # (keeping the layout: CIFAR's is C x H x W underneath)
+        for i in np.flatnonzero(flips):
+            out[i] = images[i, :, ::-1]
         return out
 
 
@@ -76,18 +76,23 @@ class RandomCrop(Transform):
         """(H, W, C) -> (H, W, C); a 2-D (H, W) image works too."""
         p = self.padding
         padded = np.pad(img, [(p, p), (p, p)] + [(0, 0)] * (img.ndim - 2))
-        return self._window(padded, shift, img.shape[:2])
-
-    def _window(self, padded: np.ndarray, shift, size) -> np.ndarray:
-        top, left = self.padding + shift[0], self.padding + shift[1]
-        return padded[top : top + size[0], left : left + size[1]]
+        top, left = p + shift[0], p + shift[1]
+        return padded[top : top + img.shape[0], left : left + img.shape[1]]
 
     def apply_batch(self, images: np.ndarray, shifts: list) -> np.ndarray:
-        p = self.padding
-        padded = np.pad(images, [(0, 0), (p, p), (p, p)] + [(0, 0)] * (images.ndim - 3))
-        out = np.empty_like(images)
-        for i, shift in enumerate(shifts):  # a slice copy each: 2x faster than one gather
-            out[i] = self._window(padded[i], shift, images.shape[1:3])
+        # Without padding: row r of a crop is row r + shift_x of the image (zero outside it),
+        # so each image copies the rows and columns that overlap into zeros of its layout.
+        # (Padding the batch first: CIFAR's float32 batch of 128, C x H x W underneath, took
+        # 5.7 ms with the flip and the draws, against 3.7.)
+        out = np.zeros_like(images)
+        height, width = images.shape[1:3]
+        for i, (dx, dy) in enumerate(shifts):
+            top, bottom = max(0, -dx), min(height, height - dx)
+            left, right = max(0, -dy), min(width, width - dy)
+            if top < bottom and left < right:
+                out[i, top:bottom, left:right] = images[
+                    i, top + dx : bottom + dx, left + dy : right + dy
+                ]
         return out
 
 
