@@ -207,9 +207,15 @@ def test_ctrl_c_while_waiting_for_a_batch_stops_the_workers():
     # A first batch that takes 20 s: the signal comes while the main process waits for it,
     # however late a loaded machine runs the timer thread (0.2 s a batch once failed in CI).
     loader = data.DataLoader(Images(delay=5.0), 4, num_workers=2)
+    # Python's own handler, whatever an earlier test of the suite left installed (in the full
+    # run the signal was once swallowed: the 20 s batch came back instead of the interrupt).
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         iterator = iter(loader)
-        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        # To the main thread, as a terminal's Ctrl-C reaches it: sent to the process from the
+        # timer's thread, the signal may land in that thread and leave the main one waiting.
+        main = threading.main_thread().ident
+        timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
         timer.start()
         with pytest.raises(KeyboardInterrupt):
             next(iterator)
@@ -218,6 +224,7 @@ def test_ctrl_c_while_waiting_for_a_batch_stops_the_workers():
         loader.dataset.delay = 0.0
         assert len(next(iter(loader))[0]) == 4  # and the next epoch starts new ones
     finally:
+        signal.signal(signal.SIGINT, handler)
         loader.close()
 
 
