@@ -288,7 +288,7 @@ def _device(device: Any) -> Any:
         return device
     from .backend_ndarray import ndarray as nd
 
-    known = {d.name: d for d in [*nd.all_devices(), nd.cuda_emulated(), nd.metal_emulated()]}
+    known = nd.devices_by_name()
     if device not in known:
         raise ValueError(f"compare: unknown device {device!r} (devices: {', '.join(known)})")
     if not known[device].enabled():

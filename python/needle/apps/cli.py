@@ -50,6 +50,7 @@ from needle.apps.trainer import (
     read_checkpoint_meta,
     remove_stale_temporaries,
 )
+from needle.backend_ndarray import ndarray as nd
 from needle.backend_ndarray.primitives import UnsupportedDtypeError
 
 MODELS = ("mlp-resnet", "resnet9", "lstm-lm", "transformer-lm")
@@ -90,17 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=MODELS, default="mlp-resnet")
     train.add_argument(
         "--device",
-        choices=(
-            "auto",
-            "cpu",
-            "cpu_numpy",
-            "cuda",
-            "metal",
-            "mps",
-            "webgpu",
-            "cuda_emulated",
-            "metal_emulated",
-        ),
+        choices=("auto", *nd.devices_by_name()),
         default="auto",
         help="auto: the best available (cuda, then cpu, then cpu_numpy); metal and mps: "
         'Apple GPUs, no float64 or bfloat16 (pip install "needle[metal]"); webgpu: wgpu on '

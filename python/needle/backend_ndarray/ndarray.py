@@ -126,6 +126,7 @@ __all__ = [
     "metal_emulated",
     "default_device",
     "all_devices",
+    "devices_by_name",
     "compact_strides",
     "broadcast_shapes",
     "prod",
@@ -412,6 +413,12 @@ def all_devices():
     """Every device known to needle, enabled or not."""
     # The course's three first, in its order.
     return [cpu(), cuda(), cpu_numpy(), metal(), mps(), webgpu()]
+
+
+def devices_by_name() -> dict[str, BackendDevice]:
+    """Every device by name, the emulated ones too (not in all_devices(): their enabled()
+    builds them), for what names a device: needle train --device, ndl.debug.compare."""
+    return {d.name: d for d in [*all_devices(), cuda_emulated(), metal_emulated()]}
 
 
 def _as_shape(shape) -> tuple[int, ...]:
