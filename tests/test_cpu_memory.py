@@ -11,6 +11,9 @@ from needle.backend_ndarray import NDArray
 CPU = ndl.cpu()
 pytestmark = pytest.mark.skipif(not CPU.enabled(), reason="the C++ CPU backend is not built")
 LARGE = (1024, 1024 + 16)  # 4.06 MiB of float32: past the huge-page threshold (4 MiB)
+# 512 KiB and 256 KiB: under it, where glibc maps and unmaps blocks itself (its mmap threshold
+# is 128 KiB); the cache keeps them too. 64 KiB stays with malloc.
+MEDIUM, MEDIUM_HALF, SMALL = (256, 512), (128, 512), (128, 128)
 
 
 def test_stats_follow_live_arrays():
@@ -25,13 +28,14 @@ def test_stats_follow_live_arrays():
     assert CPU.memory_stats()["current"] == before["current"]
 
 
-def test_a_freed_large_buffer_is_reused_with_new_values():
+@pytest.mark.parametrize("shape", [LARGE, MEDIUM], ids=["4MiB", "512KiB"])
+def test_a_freed_buffer_is_reused_with_new_values(shape):
     CPU.empty_cache()
-    first = NDArray(np.ones(LARGE, np.float32), device=CPU)
+    first = NDArray(np.ones(shape, np.float32), device=CPU)
     del first
     cached = CPU.memory_stats()
-    assert cached["cached"] >= np.prod(LARGE) * 4
-    values = np.random.default_rng(0).standard_normal(LARGE).astype(np.float32)
+    assert cached["cached"] >= np.prod(shape) * 4
+    values = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     second = NDArray(values, device=CPU)
     after = CPU.memory_stats()
     assert after["reused"] == cached["reused"] + 1
@@ -40,6 +44,21 @@ def test_a_freed_large_buffer_is_reused_with_new_values():
     del second
     CPU.empty_cache()
     assert CPU.memory_stats()["cached"] == 0
+
+
+def test_buffers_are_cached_by_size_and_small_ones_left_to_malloc():
+    CPU.empty_cache()
+    medium = NDArray.make(MEDIUM, device=CPU)
+    del medium
+    stats = CPU.memory_stats()
+    assert stats["cached"] == np.prod(MEDIUM) * 4
+    half = NDArray.make(MEDIUM_HALF, device=CPU)  # another size: a new buffer
+    assert CPU.memory_stats()["reused"] == stats["reused"]
+    del half
+    small = NDArray.make(SMALL, device=CPU)
+    del small
+    assert CPU.memory_stats()["cached"] == stats["cached"] + np.prod(MEDIUM_HALF) * 4
+    CPU.empty_cache()
 
 
 def test_cache_stays_within_the_peak():
