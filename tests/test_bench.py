@@ -437,3 +437,20 @@ def test_sgemm_script_rehearses_on_the_cpu_and_writes_json(tmp_path):
     assert [(c["params"]["model"], c["params"]["batch"]) for c in train["cases"]] == [("mlp", 8)]
     for case in matmul["cases"] + train["cases"]:
         assert case["results"]["needle cpu"]["speed_vs_torch"] > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="core affinity is Linux's")
+def test_a_run_of_fewer_threads_than_cores_is_held_to_that_many_cores(monkeypatch):
+    allowed = sorted(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert harness.cores_for(1) == [3] and harness.cores_for(3) == [1, 2, 3]
+    assert harness.cores_for(4) is None and harness.cores_for(8) is None
+    monkeypatch.undo()
+    if len(allowed) < 2:
+        pytest.skip("one core: nothing to hold back")
+    # the child exits 0 when its cores are the ones expected
+    check = "import os, sys; sys.exit(0 if sorted(os.sched_getaffinity(0)) == {} else 3)"
+    one = [sys.executable, "-c", check.format([allowed[-1]])]
+    assert harness.run_pinned(1, one) == 0
+    every = [sys.executable, "-c", check.format(allowed)]
+    assert harness.run_pinned(len(allowed), every) == 0

@@ -242,6 +242,38 @@ def test_16_bit_gemm_fallback_within_one_ulp():
     assert kernel == "float32" and float(worst) <= 1.0
 
 
+@pytest.mark.parametrize("half", HALFS)
+def test_16_bit_gemm_rounds_its_float32_sums_once_as_numpy_does(half):
+    """Sums that float32 holds exactly: each of C's elements is a[i, 0] b[0, j] + a[i, k]
+    b[k, j] with k in a later depth block (the two products are exact in float32, and so is
+    their float32 sum, rounded once), the other products zero. So the 16-bit result must be
+    that float32 sum rounded by NumPy / ml_dtypes, bit for bit: ties (a product of two 8-bit
+    significands has 16), sums that are float32 subnormals, infinities and NaNs included."""
+    kc = cpu.__gemm_blocking__.get("bfloat16", cpu.__gemm_blocking__["float32"])["KC"]
+    m, n, p, k = 40, 2 * kc + 2, 48, kc + 6
+    rng = np.random.default_rng(11)
+    dtype = numpy_dtype(half)
+    a = np.zeros((m, n), np.float32)
+    b = np.zeros((n, p), np.float32)
+    # significands of 8 bits at most (exact in both types), exponents kept normal in both
+    a[:, 0], a[:, k] = rng.integers(-255, 256, (2, m)) * 2.0 ** rng.integers(-9, 1, (2, m))
+    b[0], b[k] = rng.integers(-255, 256, (2, p)) * 2.0 ** rng.integers(-9, 1, (2, p))
+    if half == "bfloat16":  # sums under float32's smallest normal: the kernel's slow lanes
+        a[:4, 0], a[:4, k], b[0, :4], b[k, :4] = 1.5e-19, -1.25e-19, 1e-19, 1e-19
+    a[5, 0], b[0, 7], b[0, 8] = np.inf, np.nan, -np.inf
+    a, b = a.astype(dtype), b.astype(dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        wide = a[:, [0]].astype(np.float32) * b[[0]].astype(np.float32)
+        wide += a[:, [k]].astype(np.float32) * b[[k]].astype(np.float32)
+        expected = wide.astype(dtype)
+    out = cpu.Array(m * p, half)
+    cpu.matmul(to_array(a), to_array(b), out, m, n, p)
+    got = read(out, (m, p))
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(bits(got)[~nan], bits(expected)[~nan])
+
+
 def test_bf16_gemm_same_on_one_and_two_threads():
     rng = np.random.default_rng(3)
     a = rng.standard_normal((300, 1000)).astype(ml_dtypes.bfloat16)

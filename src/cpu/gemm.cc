@@ -93,6 +93,50 @@ inline int64_t pack_b_transposed_blocks(const float *b, int64_t col_stride, int6
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && NEEDLE_X86_DISPATCH
+#define NEEDLE_PAIR_TRANSPOSE 1
+// Transposed bfloat16 A for the pair kernel, 32 deep at a time: for each pair of depth steps
+// the 16 rows' pairs as 16 words (pair_words), then a 16 x 16 transpose of the words gives
+// each row its 16 pairs, one store. Returns the depth covered (a multiple of 32). One element
+// at a time, packing was ~20% of 784 x 128 x 512 (x.T @ g of an MLP layer at batch 128).
+inline int64_t pack_a_transposed_pairs(const BFloat16 *a, int64_t col_stride, int64_t rows,
+                                       int64_t depth, BFloat16 *__restrict panel) {
+  constexpr int64_t KA = Blocking<BFloat16>::KC;
+  static_assert(Blocking<BFloat16>::MR <= 16, "a panel's rows must fit one register");
+  const int64_t k_blocks = depth / 32 * 32;
+  __m512 r[16];
+  for (int64_t k0 = 0; k0 < k_blocks; k0 += 32) {
+    for (int q = 0; q < 16; ++q) {
+      const BFloat16 *step = a + (k0 + 2 * q) * col_stride;
+      r[q] = _mm512_castsi512_ps(pair_words(step, step + col_stride, rows));
+    }
+    microkernel::transpose_16x16(r);
+    for (int64_t i = 0; i < rows; ++i) _mm512_storeu_ps(panel + i * KA + k0, r[i]);
+  }
+  return k_blocks;
+}
+
+// Transposed bfloat16 B (column j contiguous in depth, so a pair is one word of it) for the
+// pair kernel: 16 columns x 16 pairs through a 16 x 16 transpose of words, 16 loads and 16
+// stores instead of 256 word copies. Returns the pairs covered (a multiple of 16); columns
+// from `cols` up get zeros.
+inline int64_t pack_b_transposed_pairs(const BFloat16 *b, int64_t col_stride, int64_t cols,
+                                       int64_t depth, BFloat16 *__restrict panel) {
+  constexpr int64_t NR = Blocking<BFloat16>::NR;
+  const int64_t pair_blocks = depth / 32 * 16;
+  __m512 r[16];
+  for (int64_t q0 = 0; q0 < pair_blocks; q0 += 16)
+    for (int64_t j0 = 0; j0 < NR; j0 += 16) {
+      for (int64_t j = 0; j < 16; ++j)
+        r[j] = j0 + j < cols ? _mm512_loadu_ps(b + (j0 + j) * col_stride + 2 * q0)
+                             : _mm512_setzero_ps();
+      microkernel::transpose_16x16(r);
+      for (int q = 0; q < 16; ++q) _mm512_storeu_ps(panel + ((q0 + q) * NR + j0) * 2, r[q]);
+    }
+  return pair_blocks;
+}
+#endif
+
 // Copies rows [0, rows) x depth [0, depth) of A (a points at the first element) into a
 // micro-panel laid out row by row at stride KC, the layout the micro-kernel broadcasts from
 // (a bfloat16 kernel reads a pair of depth steps at once: an odd depth gets a zero after).
@@ -110,6 +154,10 @@ void pack_a_panel(const S *a, int64_t row_stride, int64_t col_stride, int64_t ro
 #if defined(__AVX512F__)
     if constexpr (std::is_same_v<S, float>)  // (x.T @ g, a Linear layer's weight gradient)
       done = pack_a_transposed_blocks(a, col_stride, rows, depth, panel);
+#endif
+#if NEEDLE_PAIR_TRANSPOSE
+    if constexpr (std::is_same_v<S, BFloat16> && std::is_same_v<P, BFloat16>)
+      done = pack_a_transposed_pairs(a, col_stride, rows, depth, panel);
 #endif
     for (int64_t k = done; k < depth; ++k) {
       const S *src = a + k * col_stride;
@@ -182,7 +230,11 @@ void pack_b_panel(const BFloat16 *b, int64_t row_stride, int64_t col_stride, int
   if (col_stride == 1) {
     k2 = pack_b_pair_rows(b, row_stride, cols, depth, panel);
   } else if (row_stride == 1) {  // transposed B: a pair is one 32-bit word of a column
-    for (int64_t p0 = 0; p0 < depth / 2; p0 += 16) {
+    int64_t done = 0;
+#if NEEDLE_PAIR_TRANSPOSE
+    done = pack_b_transposed_pairs(b, col_stride, cols, depth, panel);
+#endif
+    for (int64_t p0 = done; p0 < depth / 2; p0 += 16) {
       const int64_t p1 = std::min(depth / 2, p0 + 16);
       for (int64_t j = 0; j < kPairNR; ++j)
         for (int64_t q = p0; q < p1; ++q) {
@@ -209,12 +261,17 @@ void pack_b_panel(const BFloat16 *b, int64_t row_stride, int64_t col_stride, int
 
 template <class P>
 using Kernel = void (*)(int64_t, const P *, const P *, Acc<P> *, int64_t, bool, int64_t);
+// The bfloat16 tile kernel also takes where to write its sums rounded (gemm_bf16.h), or null.
+using PairKernel = void (*)(int64_t, const BFloat16 *, const BFloat16 *, float *, int64_t, bool,
+                            int64_t, BFloat16 *);
+template <class P>
+using TileKernel = std::conditional_t<std::is_same_v<P, BFloat16>, PairKernel, Kernel<P>>;
 
 // kernels[r] computes an r-row tile, r in [1, MR].
 template <class P, int... R> constexpr auto make_kernels(std::integer_sequence<int, R...>) {
 #if NEEDLE_X86_DISPATCH
   if constexpr (std::is_same_v<P, BFloat16>)
-    return std::array<Kernel<P>, sizeof...(R) + 1>{nullptr, &bf16_kernel<R + 1>...};
+    return std::array<PairKernel, sizeof...(R) + 1>{nullptr, &bf16_tile<R + 1>...};
   else
 #endif
     return std::array<Kernel<P>, sizeof...(R) + 1>{nullptr,
@@ -296,14 +353,20 @@ template <class S, class P> void gemm_serial(const Problem<S> &pr) {
         // across the B micro-panels of the block.
         for (int64_t it = 0; it < row_tiles; ++it) {
           const int64_t i = r0 + it * MR;
-          const Kernel<P> kernel = kKernels<P>[std::min(MR, pr.m - i)];
+          const TileKernel<P> kernel = kKernels<P>[std::min(MR, pr.m - i)];
+          const bool last = d0 + depth == pr.n;
           for (int64_t jt = 0; jt < col_tiles; ++jt) {
             const int64_t j = c0 + jt * NR;
-            kernel(kernel_depth, a_block + it * MR * KA, b_block + jt * NR * kernel_depth,
-                   pr.c + i * pr.ldc + j, pr.ldc, d0 > 0, std::min(NR, pr.p - j));
+            if constexpr (std::is_same_v<P, BFloat16>)
+              kernel(kernel_depth, a_block + it * MR * KA, b_block + jt * NR * kernel_depth,
+                     pr.c + i * pr.ldc + j, pr.ldc, d0 > 0, std::min(NR, pr.p - j),
+                     last && pr.rounded ? pr.rounded + i * pr.ldc + j : nullptr);
+            else
+              kernel(kernel_depth, a_block + it * MR * KA, b_block + jt * NR * kernel_depth,
+                     pr.c + i * pr.ldc + j, pr.ldc, d0 > 0, std::min(NR, pr.p - j));
           }
-          if constexpr (is_half_v<S>)
-            if (pr.rounded && d0 + depth == pr.n)
+          if constexpr (is_half_v<S> && !std::is_same_v<P, BFloat16>)
+            if (pr.rounded && last)
               for (int64_t r = i; r < std::min(pr.m, i + MR); ++r)
                 from_float(pr.c + r * pr.ldc + c0, pr.rounded + r * pr.ldc + c0, cols);
         }
