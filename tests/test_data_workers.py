@@ -203,6 +203,43 @@ def test_persistent_workers_live_across_epochs_until_collected():
     assert_no_workers()
 
 
+def test_batches_held_as_tensors_keep_their_values_and_buffers_come_back():
+    """On the C++ CPU backend a worker's batch reaches the loop as Tensors over its shared
+    buffer, not copied: the buffer may only be reused once they are gone. Holding a whole
+    epoch of Tensors (a worker reusing a held buffer would overwrite earlier batches), then
+    after a pool has shut down, the values are the loader's without workers; batches that are
+    dropped give their buffers back, so a worker needs only prefetch + 1 of them."""
+    import needle as ndl
+    from needle.backend_selection import BACKEND
+
+    shares = BACKEND != "np" and ndl.cpu().enabled()  # (else copied, buffers back at once)
+    options = dict(batch_size=5, shuffle=True, seed=4)
+    reference = epochs(data.DataLoader(augmented(), **options), 1)[0]
+    loader = data.DataLoader(augmented(), **options, num_workers=2, persistent_workers=True)
+    before = ndl.cpu().memory_stats()["allocations"] if shares else 0
+    held = list(loader)
+    if shares:  # images and labels over the workers' memory: no Array allocated
+        assert ndl.cpu().memory_stats()["allocations"] == before
+        assert len(os.listdir(loader._pool.folder)) == len(held)  # a buffer per held batch
+    del held
+    for _ in range(2):
+        for _ in loader:  # dropped at once
+            pass
+    if shares:
+        assert len(os.listdir(loader._pool.folder)) == len(reference)  # reused, none new
+    loader = data.DataLoader(augmented(), **options, num_workers=2)
+    held = list(loader)
+    assert_no_workers()  # the pool is gone; its mappings live on under the held Tensors
+    gc.collect()
+    assert_same([[tuple(t.numpy() for t in batch) for batch in held]], [reference])
+    short = data.DataLoader(augmented(), batch_size=5, num_workers=2, persistent_workers=True)
+    for _ in short:
+        pass
+    per_worker = len(os.listdir(short._pool.folder)) / 2
+    # the batches asked for ahead, and (shared) the one the loop variable still holds
+    assert per_worker == short.prefetch_factor + shares
+
+
 def test_ctrl_c_while_waiting_for_a_batch_stops_the_workers():
     # A first batch that takes 20 s: the signal comes while the main process waits for it,
     # however late a loaded machine runs the timer thread (0.2 s a batch once failed in CI).

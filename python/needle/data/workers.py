@@ -9,6 +9,7 @@ a forked child (src/cpu/thread_pool.cc), and workers touch no device: they run t
 NumPy code only.
 """
 
+import collections
 import contextlib
 import functools
 import mmap
@@ -92,6 +93,31 @@ class Buffers:
             os.rmdir(self.folder)
 
 
+def _hold(views: tuple, released: collections.deque, path: str) -> None:
+    """Append `path` to `released` once every one of `views` (NumPy arrays over its buffer)
+    has been garbage: the Tensors a batch was handed out in may be the views' memory."""
+    left = [len(views)]
+
+    def gone() -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            released.append(path)
+
+    for view in views:
+        weakref.finalize(view, gone)
+    if not views:
+        released.append(path)
+
+
+def _drain(released: collections.deque) -> tuple:
+    """What `released` holds, taken out (popleft is atomic: a finalizer may run meanwhile)."""
+    out = []
+    with contextlib.suppress(IndexError):
+        while True:
+            out.append(released.popleft())
+    return tuple(out)
+
+
 def _map(path: str, size: int = 0) -> mmap.mmap:
     """`path` mapped shared (created with `size` bytes when size > 0)."""
     fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if size else 0), 0o600)
@@ -125,12 +151,11 @@ def _worker_loop(number, fetch, requests, results, parent, inherited, folder):
                 continue
             if message is None:
                 return
-            if isinstance(message, str):  # a buffer the main process has read
-                buffers.free.append(message)
+            if isinstance(message, list):  # buffers the main process is done with
+                buffers.free.extend(message)
                 continue
             *request, freed = message
-            if freed is not None:
-                buffers.free.append(freed)
+            buffers.free.extend(freed)
             results.send(_build(fetch, buffers, number, *request))
     except (OSError, ValueError):  # the main process closed the results pipe
         return
@@ -181,9 +206,10 @@ def _shutdown(workers: list, maps: dict, folder: str) -> None:
             process.terminate()
             process.join()
     workers.clear()
-    for buffer in maps.values():
-        with contextlib.suppress(BufferError):
-            buffer.close()
+    # Dropped, not closed: batches still held are Tensors over these mappings (the views keep
+    # theirs alive; closing would unmap memory under them). The files go; a mapping outlives
+    # its file, and is unmapped with its last view.
+    maps.clear()
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -196,6 +222,8 @@ class WorkerPool:
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.prefetch, self.timeout, self.tag = prefetch, timeout, 0
         self.workers: list = []
+        # Per worker, its buffers whose batch is gone (_hold), to go back with its next request.
+        self.released: list[collections.deque] = [collections.deque() for _ in range(num_workers)]
         self.maps: dict[str, mmap.mmap] = {}  # the workers' buffers, mapped here
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.folder = tempfile.mkdtemp(prefix=f"needle-data-{os.getpid()}-", dir=shm)
@@ -226,11 +254,12 @@ class WorkerPool:
         for _ in range(min(len(batches), self.prefetch * len(self.workers))):
             self._request()
 
-    def _request(self, freed=None) -> None:
-        batch = self.sent
+    def _request(self) -> None:
+        """Ask for the next batch, handing back what its worker's batches released."""
+        batch, number = self.sent, self.sent % len(self.workers)
         indices = np.asarray(self.batches[batch], dtype=np.int64).tobytes()  # (pickles in 2 us)
-        message = (self.tag, batch, self.key, indices, freed)
-        self._send(batch % len(self.workers), message)
+        message = (self.tag, batch, self.key, indices, _drain(self.released[number]))
+        self._send(number, message)
         self.sent += 1
 
     def _send(self, number: int, message) -> None:
@@ -240,8 +269,9 @@ class WorkerPool:
             self._died(number, self.received)
 
     def next(self, wrap):
-        """wrap(fields) of the next batch, its fields NumPy views of a worker's buffer (wrap
-        copies them). A worker's exception is raised here with its traceback; a worker that
+        """wrap(fields) of the next batch, its fields NumPy views of a worker's buffer, which
+        wrap may copy or keep (Tensors over them: the buffer goes back to its worker once every
+        view is gone). A worker's exception is raised here with its traceback; a worker that
         died or took longer than `timeout` raises RuntimeError."""
         batch = self.received
         number = batch % len(self.workers)
@@ -250,20 +280,24 @@ class WorkerPool:
             if tag == self.tag:
                 break
             if ok:
-                self._send(number, payload[0])
+                self._send(number, [payload[0]])
         self.received += 1
         if not ok:
             raise _rebuild(*payload)
+        fields = self._fields(payload)
         try:
-            return wrap(self._fields(payload))
+            return wrap(fields)
         finally:
-            # Freed with the next request to this worker (batch + prefetch * N), which can then
-            # reuse it (each worker has at most `prefetch` buffers), in one message: one wake-up
-            # (which on 2 busy cores can cost the main process a time slice).
+            _hold(fields, self.released[number], payload[0])
+            del fields  # (copied: the buffer is released here)
+            # What this worker's batches released goes back with its next request (batch +
+            # prefetch * N: the same worker), in one message: one wake-up (which on 2 busy cores
+            # can cost the main process a time slice). A worker makes a new buffer when none
+            # is free.
             if self.sent < len(self.batches):
-                self._request(freed=payload[0])
-            else:
-                self._send(number, payload[0])
+                self._request()
+            elif freed := _drain(self.released[number]):
+                self._send(number, list(freed))
 
     def _fields(self, payload) -> tuple:
         path, layout = payload
