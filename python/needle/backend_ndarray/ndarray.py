@@ -669,7 +669,8 @@ class NDArray:
             device = other.device if device is None else device
             dtype = other.dtype if dtype is None else canonical_dtype(dtype)
             if dtype != other.dtype:
-                self._init(NDArray(other.numpy().astype(dtype), device=device, dtype=dtype))
+                host = primitives.to_numpy_dtype(other.numpy(), dtype)
+                self._init(NDArray(host, device=device, dtype=dtype))
             else:
                 self._init(other.to(device) + 0.0 if device == other.device else other.to(device))
             return
@@ -677,7 +678,11 @@ class NDArray:
         device._check_enabled()
         dtype = canonical_dtype(dtype)
         # asarray(order="C"), not ascontiguousarray, which turns 0-d input into shape (1,).
-        array = np.asarray(other, dtype=dtype, order="C")
+        array = np.asarray(
+            primitives.to_numpy_dtype(other, dtype) if dtype == "bfloat16" else other,
+            dtype=dtype,
+            order="C",
+        )
         out = NDArray._make(array.shape, device=device, dtype=dtype)
         if array.size:
             device.mod.from_numpy(array, out._handle)

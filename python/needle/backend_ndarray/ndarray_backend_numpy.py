@@ -69,7 +69,7 @@ def from_numpy(a: np.ndarray, out: Array) -> None:
 def astype(a: Array, out: Array) -> None:
     """out = a converted to out's dtype (NumPy's astype; ml_dtypes' for bfloat16)."""
     with np.errstate(all="ignore"):  # overflow to inf, NaN: as the row says
-        out.array[:] = a.array.astype(out.array.dtype)
+        out.array[:] = primitives.to_numpy_dtype(a.array, out.array.dtype.name)
 
 
 def _scalar_of(a: Array, val: float):
@@ -79,7 +79,7 @@ def _scalar_of(a: Array, val: float):
     if dt.kind in "iu":
         return dt.type(int(val))
     with np.errstate(over="ignore"):  # beyond a 16-bit float's range: inf, as the row says
-        return dt.type(val)
+        return primitives.to_numpy_dtype(val, dt.name)[()]
 
 
 def fill(out: Array, val: float) -> None:

@@ -57,6 +57,18 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name)
 
 
+def to_numpy_dtype(x, name: str) -> np.ndarray:
+    """x (an array or what np.asarray takes) converted on the host to the table dtype `name`,
+    as every backend's astype converts: to bfloat16 through float32 from any other dtype, so
+    float64 and integers round twice, as in torch and in needle's CPU and CUDA conversions
+    (ml_dtypes rounds them once from 0.7, through float32 before)."""
+    x = np.asarray(x)
+    if name == "bfloat16" and x.dtype not in (np.float32, ml_dtypes.bfloat16):
+        with np.errstate(over="ignore"):  # beyond float32: inf, as the astype row says
+            x = x.astype(np.float32)
+    return x.astype(numpy_dtype(name), copy=False)
+
+
 ANY_DTYPE = "any"  # a row's out_dtype when out may have any dtype the backend holds (astype)
 INDEX_DTYPE = "int64"  # the dtype of an `index` parameter (gather_rows' row numbers)
 
@@ -251,7 +263,7 @@ def _fallback_astype(mod, a, out):
     """Through the host: NumPy's astype (ml_dtypes' for bfloat16) rounds as the row says."""
     if a.size:
         host = mod.to_numpy(a, (a.size,), (1,), 0)
-        mod.from_numpy(np.ascontiguousarray(host.astype(numpy_dtype(out.dtype))), out)
+        mod.from_numpy(np.ascontiguousarray(to_numpy_dtype(host, out.dtype)), out)
 
 
 def resolve(mod, name: str) -> Callable:
@@ -801,7 +813,8 @@ def _table() -> dict[str, Primitive]:
         "memory",
         False,
         "out = a converted to out's dtype, elementwise: to a 16-bit float rounded to nearest "
-        "even (NaN stays NaN), float to integer truncated toward zero (NaN and values out of "
+        "even (NaN stays NaN; to bfloat16 from float64 or an integer through float32, as "
+        "torch), float to integer truncated toward zero (NaN and values out of "
         "the integer's range give an unspecified value, as in NumPy and torch), to bool nonzero",
         out_dtype=ANY_DTYPE,
         fallback=_fallback_astype,

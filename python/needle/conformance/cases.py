@@ -1024,7 +1024,10 @@ def _astype_sources(rng, dtype) -> np.ndarray:
             else rng.integers(low, 120, 300).astype(dtype)
         )
     ties = np.float32(1 + 2.0**-8) * np.arange(1, 9, dtype=np.float32)  # bfloat16 ties
-    x = np.concatenate([rng.uniform(-100, 250, 300), ties, [0.0, -0.0, 0.5, -2.5, 65504.0]])
+    # just off them in float64 alone: to bfloat16 through float32 (the row's rule) they are
+    # ties again, rounded once they are not
+    off = np.outer(ties.astype(np.float64), [1 + 2.0**-40, 1 - 2.0**-40]).ravel()
+    x = np.concatenate([rng.uniform(-100, 250, 300), ties, off, [0.0, -0.0, 0.5, -2.5, 65504.0]])
     return x.astype(primitives.numpy_dtype(dtype))
 
 
