@@ -678,11 +678,8 @@ class NDArray:
         device._check_enabled()
         dtype = canonical_dtype(dtype)
         # asarray(order="C"), not ascontiguousarray, which turns 0-d input into shape (1,).
-        array = np.asarray(
-            primitives.to_numpy_dtype(other, dtype) if dtype == "bfloat16" else other,
-            dtype=dtype,
-            order="C",
-        )
+        host = primitives.to_numpy_dtype(other, dtype) if dtype == "bfloat16" else other
+        array = np.asarray(host, dtype=dtype, order="C")
         out = NDArray._make(array.shape, device=device, dtype=dtype)
         if array.size:
             device.mod.from_numpy(array, out._handle)

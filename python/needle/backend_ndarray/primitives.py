@@ -58,10 +58,9 @@ def numpy_dtype(name: str) -> np.dtype:
 
 
 def to_numpy_dtype(x, name: str) -> np.ndarray:
-    """x (an array or what np.asarray takes) converted on the host to the table dtype `name`,
-    as every backend's astype converts: to bfloat16 through float32 from any other dtype, so
-    float64 and integers round twice, as in torch and in needle's CPU and CUDA conversions
-    (ml_dtypes rounds them once from 0.7, through float32 before)."""
+    """x (what np.asarray takes) in the table dtype `name` as every backend's astype gives it:
+    to bfloat16 through float32 from any other dtype, as torch and needle's CPU and CUDA do
+    (float64 and integers round twice; ml_dtypes rounds them once from 0.7)."""
     x = np.asarray(x)
     if name == "bfloat16" and x.dtype not in (np.float32, ml_dtypes.bfloat16):
         with np.errstate(over="ignore"):  # beyond float32: inf, as the astype row says
