@@ -1,11 +1,15 @@
 """Packaging: needle imports without its native build, with a clear warning, and `import needle`
 loads neither a GPU backend nor the applications."""
 
+import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from importlib import resources
 from pathlib import Path
+
+import pytest
 
 import needle as ndl
 
@@ -98,3 +102,26 @@ def test_kernel_sources_ship_with_the_package():
         assert shipped, f"no {folder}/*{suffix} in the installed package"
         if source.is_dir():
             assert {f.name for f in source.glob(f"{folder}/*{suffix}")} <= shipped
+
+
+# The CPU sources whose kernels are chosen at run time (target attributes: the AVX512-BF16
+# GEMM and conv kernels, the F16C/BF16 conversions), and the file whose CPU check guards them.
+_DISPATCHED = ("gemm.cc", "conv.cc", "convert.cc")
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="no g++ to compile with")
+def test_dispatched_kernels_compile_without_march_native(tmp_path):
+    """NEEDLE_PORTABLE=ON builds without -march=native: each run-time kernel must then name
+    every instruction set it uses in its target attribute (an intrinsic outside them fails to
+    inline: avx512dq's fpclass once did). Compiling the three files at -O0 checks that
+    without a whole build."""
+    nanobind = pytest.importorskip("nanobind")
+    source = Path(__file__).resolve().parents[1] / "src"
+    if not (source / "cpu").is_dir():
+        pytest.skip("not a source checkout")
+    includes = [source, source / "cpu", nanobind.include_dir(), sysconfig.get_paths()["include"]]
+    for name in _DISPATCHED:
+        command = ["g++", "-std=c++17", "-O0", "-c", str(source / "cpu" / name)]
+        command += [f"-I{folder}" for folder in includes] + ["-o", str(tmp_path / "x.o")]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{name}:\n{run.stderr[-3000:]}"

@@ -17,6 +17,7 @@ bool cpu_has_bf16() {
 #if NEEDLE_X86_DISPATCH
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq") &&
                           __builtin_cpu_supports("avx512bf16");
   return has;
 #else

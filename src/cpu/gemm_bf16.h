@@ -78,7 +78,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void interleave_pair
 // x's lanes in `lanes` rounded to bfloat16 at p, bit for bit as bfloat16_bits (half.h) rounds
 // them: vcvtneps2bf16 rounds to nearest even too, but flushes float32 subnormals and keeps NaN
 // payloads unquieted, so a vector holding such a lane (rare) goes lane by lane (simd.h's rule).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void store_rounded(
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void store_rounded(
     BFloat16 *p, __m512 x, __mmask16 lanes) {
   if (!(_mm512_fpclass_ps_mask(x, 0xa1) & lanes)) {  // QNaN, SNaN, denormal
     _mm256_mask_storeu_epi16(p, lanes, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x)));
@@ -96,7 +96,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void stor
 // instead of to C: rounding from registers saves a pass over the float32 sums, which was
 // ~2% of a 1024^3 product. (bf16_kernel below: the same without `rounded`, for conv.cc.)
 template <int ROWS, int V = 2>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void bf16_tile(
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) void bf16_tile(
     int64_t kc, const BFloat16 *__restrict a, const BFloat16 *__restrict b, float *__restrict c,
     int64_t ldc, bool accumulate, int64_t cols, BFloat16 *__restrict rounded) {
   constexpr int64_t KA = microkernel::Blocking<BFloat16>::KC, NR = 16 * V;
@@ -139,7 +139,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void bf16_tile(
 }
 
 template <int ROWS, int V = 2>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void bf16_kernel(
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) void bf16_kernel(
     int64_t kc, const BFloat16 *__restrict a, const BFloat16 *__restrict b, float *__restrict c,
     int64_t ldc, bool accumulate, int64_t cols) {
   bf16_tile<ROWS, V>(kc, a, b, c, ldc, accumulate, cols, nullptr);
