@@ -454,3 +454,29 @@ def test_a_run_of_fewer_threads_than_cores_is_held_to_that_many_cores(monkeypatc
     assert harness.run_pinned(1, one) == 0
     every = [sys.executable, "-c", check.format(allowed)]
     assert harness.run_pinned(len(allowed), every) == 0
+
+
+def test_ratios_of_rows_timed_in_the_same_rounds_are_medians_of_per_round_ratios():
+    """A slow phase of the machine slows every library's block of a round: each median's
+    interval stays wide, the per-round ratio does not. Rows of unequal rounds fall back to
+    the ratio of medians, reliable only when both medians are."""
+    phase = [1.0, 1.6, 1.1, 1.5, 1.0, 1.7, 1.2, 1.4, 1.0, 1.6, 1.3, 1.5]
+
+    def row(base, factors):
+        times = [base * f for f in factors]
+        ci = harness.median_ci(times)
+        return {
+            "times_s": times,
+            "median_s": float(np.median(times)),
+            "reliable": harness.reliable(ci),
+        }
+
+    needle, torch = row(2.0, phase), row(3.0, phase)
+    assert not needle["reliable"] and not torch["reliable"]
+    ratio, steady = harness.speed_ratio(needle, torch)
+    assert ratio == pytest.approx(1.5) and steady
+    noisy = row(3.0, [p * (1.3 if i % 2 else 0.8) for i, p in enumerate(phase)])
+    assert not harness.speed_ratio(needle, noisy)[1]  # the ratio itself varies round to round
+    shorter = row(3.0, phase[:-1])
+    ratio, steady = harness.speed_ratio(needle, shorter)
+    assert ratio == pytest.approx(shorter["median_s"] / needle["median_s"]) and not steady

@@ -170,6 +170,20 @@ def reliable(ci: float | None) -> bool:
     return ci is not None and ci <= CI_TARGET
 
 
+def speed_ratio(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, bool]:
+    """a's speed relative to b's (b's time over a's) and whether that is reliable. Rows of one
+    case, whose repeats were taken in the same rounds, give the median of the per-round ratios,
+    reliable when its 95% interval is within ±5%: a phase in which the machine runs slower
+    slows both blocks of a round. On a VM with such phases (benchmarks/RESULTS.md, 2026-12-04)
+    training-step medians stayed ±10-30% wide while the same rounds' ratios held steady.
+    Other rows: the ratio of medians, reliable when both medians are."""
+    times_a, times_b = a.get("times_s") or [], b.get("times_s") or []
+    if times_a and len(times_a) == len(times_b):
+        per_round = [tb / ta for ta, tb in zip(times_a, times_b)]
+        return statistics.median(per_round), reliable(median_ci(per_round))
+    return b["median_s"] / a["median_s"], bool(a.get("reliable") and b.get("reliable"))
+
+
 def warm_up(
     fn: Callable[[], object],
     synchronize: Callable[[], None] = lambda: None,
@@ -488,8 +502,8 @@ def _add_ratios(rows: dict[str, dict[str, Any]], backends: list[Backend]) -> Non
             continue
         torch = measured(f"torch {backend.hardware}") if backend.library == "needle" else None
         for key, other in (("speed_vs_torch", torch), ("speed_vs_needle_cpu", cpu)):
-            row[key] = other["median_s"] / row["median_s"] if other else None
-            row[key + "_reliable"] = bool(other and other["reliable"] and row["reliable"])
+            ratio, steady = speed_ratio(row, other) if other else (None, False)
+            row[key], row[key + "_reliable"] = ratio, steady
 
 
 class OtherLoad:
@@ -691,7 +705,8 @@ def format_value(value: float) -> str:
 UNRELIABLE = "≈"
 UNRELIABLE_NOTE = (
     f"{UNRELIABLE}: unreliable: the median's 95% confidence interval stayed wider than "
-    f"±{CI_TARGET:.0%} (or had under 6 repeats) up to the time cap; so is a ratio of such a median."
+    f"±{CI_TARGET:.0%} (or had under 6 repeats) up to the time cap; a ratio is the median of "
+    "the same rounds' ratios, so marked when its own interval is wider."
 )
 TIMING_NOTE = (
     "median of {repeats}+ repeats after {warmup} warm-up call(s), the libraries' repeats "
@@ -866,8 +881,11 @@ def script_table(
         ]
         for a, b in ratios:
             ra, rb = results[a], results[b]
-            ok = ra["status"] == rb["status"] == "ok"
-            cells.append(mark(ra, rb) + percent(rb["median_s"] / ra["median_s"]) if ok else "—")
+            if ra["status"] == rb["status"] == "ok":
+                ratio, steady = speed_ratio(ra, rb)
+                cells.append(("" if steady else UNRELIABLE) + percent(ratio))
+            else:
+                cells.append("—")
         rows.append([case["name"]] + cells + [load_cell(case)])
     header = ["case"] + list(backends) + [f"{a} vs {b}" for a, b in ratios] + ["load"]
     return lines + markdown_table(header, rows) + footnote(workload)

@@ -30,7 +30,7 @@ def _times(ratio: float | None) -> str:
 
 
 def _ratio(row: dict[str, Any], key: str, text) -> str:
-    """A ratio column of `row`, marked when either of its medians is unreliable."""
+    """A ratio column of `row`, marked when it is unreliable (harness.speed_ratio)."""
     ratio = row.get(key)
     return ("" if not ratio or row[f"{key}_reliable"] else UNRELIABLE) + text(ratio)
 
