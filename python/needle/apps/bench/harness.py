@@ -174,9 +174,9 @@ def speed_ratio(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, bool]:
     """a's speed relative to b's (b's time over a's) and whether that is reliable. Rows of one
     case, whose repeats were taken in the same rounds, give the median of the per-round ratios,
     reliable when its 95% interval is within ±5%: a phase in which the machine runs slower
-    slows both blocks of a round. On a VM with such phases (benchmarks/RESULTS.md, 2026-12-04)
-    training-step medians stayed ±10-30% wide while the same rounds' ratios held steady.
-    Other rows: the ratio of medians, reliable when both medians are."""
+    slows both blocks of a round, and drops out of their ratio (on this VM, with such phases,
+    training-step medians stayed ±10-30% wide: benchmarks/RESULTS.md, 2026-12-04). Other
+    rows: the ratio of medians, reliable when both medians are."""
     times_a, times_b = a.get("times_s") or [], b.get("times_s") or []
     if times_a and len(times_a) == len(times_b):
         per_round = [tb / ta for ta, tb in zip(times_a, times_b)]
