@@ -54,22 +54,33 @@ inline int64_t balanced_block(int64_t total, int64_t max_block, int64_t unit) {
 // ---- packing ---------------------------------------------------------------------------
 
 #if defined(__AVX512F__)
-// A transposed float A panel (row i at a + i, depth k at a + k * col_stride: MR <= 16 rows
-// contiguous per depth step) 16 deep at a time through registers, the rows past `rows`
-// masked off (never read). Returns the depth covered (a multiple of 16).
+// A transposed A panel (MR <= 16 rows contiguous per depth step) through registers, for both
+// panel types: per block of `step` depth, load(k0, q) gives vector q of 16 (a depth step of
+// the rows, or for bfloat16 pairs a pair of steps), a 16 x 16 transpose turns them into one
+// vector per row, stored at panel + i KA + k0. Returns the depth covered (a multiple of step).
+template <class P, class Load>
+inline int64_t pack_a_transposed_through(int64_t rows, int64_t depth, int64_t step,
+                                         P *__restrict panel, Load load) {
+  constexpr int64_t KA = Blocking<P>::KC;
+  static_assert(Blocking<P>::MR <= 16, "a panel's rows must fit one register");
+  const int64_t covered = depth / step * step;
+  __m512 r[16];
+  for (int64_t k0 = 0; k0 < covered; k0 += step) {
+    for (int q = 0; q < 16; ++q) r[q] = load(k0, q);
+    microkernel::transpose_16x16(r);
+    for (int64_t i = 0; i < rows; ++i) _mm512_storeu_ps(panel + i * KA + k0, r[i]);
+  }
+  return covered;
+}
+
+// A transposed float A panel (row i at a + i, depth k at a + k * col_stride) 16 deep at a
+// time, the rows past `rows` masked off (never read).
 inline int64_t pack_a_transposed_blocks(const float *a, int64_t col_stride, int64_t rows,
                                         int64_t depth, float *__restrict panel) {
-  constexpr int64_t KA = Blocking<float>::KC;
-  static_assert(Blocking<float>::MR <= 16, "a panel's rows must fit one register");
   const __mmask16 valid = static_cast<__mmask16>((1u << rows) - 1);
-  const int64_t k_blocks = depth / 16 * 16;
-  __m512 r[16];
-  for (int64_t k0 = 0; k0 < k_blocks; k0 += 16) {
-    for (int i = 0; i < 16; ++i) r[i] = _mm512_maskz_loadu_ps(valid, a + (k0 + i) * col_stride);
-    microkernel::transpose_16x16(r);
-    for (int64_t i = 0; i < rows; ++i) _mm512_store_ps(panel + i * KA + k0, r[i]);
-  }
-  return k_blocks;
+  return pack_a_transposed_through(rows, depth, 16, panel, [&](int64_t k0, int q) {
+    return _mm512_maskz_loadu_ps(valid, a + (k0 + q) * col_stride);
+  });
 }
 
 // The whole 16 x 16 blocks of a transposed float B panel (column j at b + j * col_stride,
@@ -102,19 +113,10 @@ inline int64_t pack_b_transposed_blocks(const float *b, int64_t col_stride, int6
 // 586 to 538 us on one core (torch's bfloat16 matmul: 483).
 inline int64_t pack_a_transposed_pairs(const BFloat16 *a, int64_t col_stride, int64_t rows,
                                        int64_t depth, BFloat16 *__restrict panel) {
-  constexpr int64_t KA = Blocking<BFloat16>::KC;
-  static_assert(Blocking<BFloat16>::MR <= 16, "a panel's rows must fit one register");
-  const int64_t k_blocks = depth / 32 * 32;
-  __m512 r[16];
-  for (int64_t k0 = 0; k0 < k_blocks; k0 += 32) {
-    for (int q = 0; q < 16; ++q) {
-      const BFloat16 *step = a + (k0 + 2 * q) * col_stride;
-      r[q] = _mm512_castsi512_ps(pair_words(step, step + col_stride, rows));
-    }
-    microkernel::transpose_16x16(r);
-    for (int64_t i = 0; i < rows; ++i) _mm512_storeu_ps(panel + i * KA + k0, r[i]);
-  }
-  return k_blocks;
+  return pack_a_transposed_through(rows, depth, 32, panel, [&](int64_t k0, int q) {
+    const BFloat16 *step = a + (k0 + 2 * q) * col_stride;
+    return _mm512_castsi512_ps(pair_words(step, step + col_stride, rows));
+  });
 }
 
 // Transposed bfloat16 B (column j contiguous in depth, so a pair is one word of it) for the

@@ -79,7 +79,7 @@ def _scalar_of(a: Array, val: float):
     if dt.kind in "iu":
         return dt.type(int(val))
     with np.errstate(over="ignore"):  # beyond a 16-bit float's range: inf, as the row says
-        return primitives.to_numpy_dtype(val, dt.name)[()]
+        return dt.type(np.float32(val) if dt.name == "bfloat16" else val)  # (to_numpy_dtype's)
 
 
 def fill(out: Array, val: float) -> None:
