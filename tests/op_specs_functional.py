@@ -185,6 +185,23 @@ SPECS: list = [
             ),
         ],
     ),
+    # ---- linear
+    OpSpec(
+        ops.Linear,
+        ops.linear,
+        lambda x, w, *b, in_out=False: F.linear(x, w.T if in_out else w, *b),
+        [
+            Sample((4, 6), (5, 6), (5,)),
+            Sample((2, 3, 6), (5, 6), (5,)),  # leading axes
+            Sample((6,), (5, 6)),  # a vector, no bias
+            Sample((4, 6), (6, 5), (1, 5), in_out=True),  # nn.Linear's layout and bias
+        ],
+        errors=[
+            Error([(4, 6), (5, 7)], {}, ValueError, r"^linear: input \(4, 6\) does not fit"),
+            Error([(4, 6), (5, 6), (4,)], {}, ValueError, r"^linear: bias \(4,\) for 5 outputs"),
+            Error([(4, 6), (2, 5, 6)], {}, ValueError, r"^linear: needs .* a 2-D weight"),
+        ],
+    ),
     # ---- normalisation
     OpSpec(
         ops.LayerNorm,

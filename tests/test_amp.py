@@ -304,6 +304,42 @@ def test_grad_scaler_checks_its_factors():
         ndl.autocast(dtype="float32")
 
 
+@pytest.mark.parametrize("low", HALVES)
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_linear_under_autocast_equals_its_composite_bit_for_bit(low, create_graph, device):
+    """nn.Linear is one op (ops.linear) that casts its inputs itself: its output and
+    gradients are those of the Tensor ops it replaced (casts, x @ W, + b) bit for bit, in the
+    NDArray gradient and in the differentiable one (create_graph)."""
+    holds(device, low)
+    rng = np.random.default_rng(0)
+    layer = nn.Linear(12, 7, device=device)
+    # (2-D: with leading axes the composite's weight gradient summed rounded per-batch
+    # products, which the one product over all rows no longer does)
+    x = ndl.Tensor(rng.standard_normal((10, 12)).astype(np.float32), device=device)
+    g = ndl.Tensor(rng.standard_normal((10, 7)), device=device, dtype=low)
+
+    def composite(x, w, b):
+        return x @ w + b.astype(low).broadcast_to((10, 7))
+
+    results = []
+    for forward in (lambda x, w, b: layer(x), composite):
+        x.grad = layer.weight.grad = layer.bias.grad = None
+        leaves = [x, layer.weight, layer.bias]
+        for leaf in leaves:
+            leaf.requires_grad = True
+        with ndl.autocast(dtype=low):
+            y = forward(*leaves)
+        y.backward(g, create_graph=create_graph)
+        got = [y] + [leaf.grad for leaf in leaves]
+        if create_graph:  # the gradients' own gradients, through the differentiable path
+            (sum((t.astype("float32") ** 2).sum() for t in got[1:])).backward()
+            got += [leaf.grad for leaf in leaves]
+        results.append([bits(t.numpy()) for t in got])
+    assert results[0][0].dtype == np.uint16  # the output is in the 16-bit dtype
+    for fused, reference in zip(*results):
+        np.testing.assert_array_equal(fused, reference)
+
+
 # ---- training under autocast ----------------------------------------------------------------
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_trainer_precision_keeps_float32_master_weights(precision, device):

@@ -307,12 +307,14 @@ def test_index_out_of_range_names_getitem(device):
     ndl.backend_selection.BACKEND == "np",
     reason="the numpy mode's optimizers give parameters new arrays, never writing in place",
 )
-def test_backward_through_a_graph_from_before_an_optimizer_step_raises():
+@pytest.mark.parametrize("layer", [lambda: nn.Linear(3, 2), lambda: nn.BatchNorm1d(3)])
+def test_backward_through_a_graph_from_before_an_optimizer_step_raises(layer):
     """The optimizers update parameters in place (when nothing else holds their data): a
-    graph made before the step would read the new weights, so backward raises, as in torch.
-    (Where the data is not private, the step writes a new buffer and the old graph keeps the
-    old one: no error is needed.)"""
-    model = nn.Linear(3, 2)
+    graph made before the step would read the new weights, so backward raises, as in torch,
+    also where the gradient is NDArray arithmetic (linear, batch_norm). (Where the data is not
+    private, the step writes a new buffer and the old graph keeps the old one: no error is
+    needed.)"""
+    model = layer()
     opt = ndl.optim.SGD(model.parameters(), lr=0.1)
     loss = (model(ndl.Tensor(X[:, :3])) ** 2).sum()
     loss.backward()

@@ -1070,6 +1070,13 @@ def _stale_buffers(node: Value) -> tuple[Value, dict[int, str]] | None:
     return node, stale
 
 
+def check_gradient_reads(*arrays: Any) -> None:
+    """For a gradient computed on NDArrays (no Tensor ops, which Value._compute checks): raise
+    if one of `arrays` was modified in place after the node being differentiated was made."""
+    if _GUARD is not None:
+        _check_guard(list(arrays))
+
+
 def _check_guard(arrays: list[Any]) -> None:
     """Raise if an op run by a gradient reads a value modified after its node was made."""
     assert _GUARD is not None

@@ -479,6 +479,9 @@ def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
+_AXES = [list(range(n)) for n in range(65)]  # the identity permutation of each rank
+
+
 def _normalize_axis(axis: int, ndim: int) -> int:
     axis = operator.index(axis)
     if not -ndim <= axis < ndim:
@@ -936,14 +939,17 @@ class NDArray:
 
     def permute(self, new_axes) -> NDArray:
         """Reorder the axes (a view): ``new_axes[i]`` is the old axis that becomes axis i."""
-        new_axes = tuple(_normalize_axis(a, self.ndim) for a in new_axes)
-        if sorted(new_axes) != list(range(self.ndim)):
-            raise ValueError(
-                f"permute: {new_axes} is not a permutation of the axes of {self._shape}"
-            )
+        shape, strides = self._shape, self._strides
+        new_axes = tuple(new_axes)
+        # Non-negative Python ints, the usual case, skip the per-axis normalisation (about
+        # half of a permute's 2.3 us; a bf16 ResNet-9 step permutes ~100 times).
+        if not all(type(a) is int for a in new_axes) or sorted(new_axes) != _AXES[len(shape)]:
+            new_axes = tuple(_normalize_axis(a, len(shape)) for a in new_axes)
+            if sorted(new_axes) != _AXES[len(shape)]:
+                raise ValueError(f"permute: {new_axes} is not a permutation of the axes of {shape}")
         return NDArray._make(
-            tuple(self._shape[a] for a in new_axes),
-            strides=tuple(self._strides[a] for a in new_axes),
+            tuple([shape[a] for a in new_axes]),
+            strides=tuple([strides[a] for a in new_axes]),
             device=self._device,
             handle=self._handle,
             offset=self._offset,
@@ -1215,6 +1221,20 @@ class NDArray:
                 f"matmul: shapes {self._shape} and {other._shape} do not align ({n} != {n2})"
             )
         a, b = self, other
+        if (
+            len(a._shape) == 2 == len(b._shape)
+            and a._dtype == b._dtype
+            and a._dtype in _MATMUL_SET
+            and m * n * p
+            and a._device.has("matmul_strided")
+            and builtins.min(a._strides + b._strides) >= 0
+        ):  # plain matrices (most calls): 8 us of Python in the general path, 3 here
+            out = NDArray._compact_on(a._device, (m, p), a._dtype)
+            a._device.matmul_strided(
+                a._handle, b._handle, out._handle, 1, m, n, p, a._offset, (0,) + a._strides,
+                b._offset, (0,) + b._strides,
+            )  # fmt: skip
+            return out
         if a._dtype != b._dtype:
             dtype = result_type(a._dtype, b._dtype)
             a, b = a.astype(dtype), b.astype(dtype)

@@ -9,7 +9,7 @@ gradients of gradients still work.
 
 import functools
 
-from ..autograd import Saved, Tensor, TensorOp, array_of, is_grad_enabled
+from ..autograd import Saved, Tensor, TensorOp, array_of, check_gradient_reads, is_grad_enabled
 from ..backend_ndarray import HALFS, NDArray, in_float32, prod
 from .ops_mathematic import broadcast_to, reshape, summation
 
@@ -36,23 +36,18 @@ class BatchNorm(TensorOp):
 
     def _layout(self, shape):
         """(the axes normalised over, the per-feature broadcast shape, elements per feature)"""
-        axis = self.axis % len(shape)
-        axes = tuple(d for d in range(len(shape)) if d != axis)
-        keep = tuple(n if d == axis else 1 for d, n in enumerate(shape))
-        return axes, keep, prod(shape) // shape[axis]
+        return _layout(tuple(shape), self.axis)[:3]
 
     def _rows(self, a: NDArray) -> NDArray:
         """a as (elements per feature, features): the feature axis moved last, a view when
         that is a's memory order (NCHW views of NHWC data, as nn.Conv returns), else a copy."""
-        axes, _, count = self._layout(a.shape)
-        return a.permute(axes + (self.axis % a.ndim,)).compact().reshape((count, -1))
+        _, _, count, order, _, _ = _layout(a.shape, self.axis)
+        return a.permute(order).compact().reshape((count, a.shape[order[-1]]))
 
     def _unrows(self, rows: NDArray, shape) -> NDArray:
         """_rows undone: a view of `rows` with `shape`."""
-        axes, _, _ = self._layout(shape)
-        order = axes + (self.axis % len(shape),)
-        moved = rows.reshape(tuple(shape[d] for d in order))
-        return moved.permute(tuple(order.index(d) for d in range(len(shape))))
+        _, _, _, _, moved, back = _layout(tuple(shape), self.axis)
+        return rows.reshape(moved).permute(back)
 
     def computes_halves(self, arrays) -> bool:
         return arrays[0].dtype in HALFS and _native_norm(*arrays)  # 16-bit rows, float32 stats
@@ -100,6 +95,7 @@ class BatchNorm(TensorOp):
     def gradient(self, out_grad: Tensor, node: Tensor):
         x, weight, _ = node.inputs
         dy, data, w = array_of(out_grad), array_of(x), array_of(weight)
+        check_gradient_reads(data, w)  # (the NDArray paths below run no checked Tensor ops)
         # The forward ran batch_norm_rows on 16-bit rows (float32 weights): so does the gradient.
         saved = node.saved
         native = saved is not None and saved.xhat is None and dy.dtype == data.dtype in HALFS
@@ -173,6 +169,19 @@ class BatchNorm(TensorOp):
             weight * inv_std
         )
         return d_x, d_weight, d_bias
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(shape: tuple[int, ...], axis: int) -> tuple:
+    """For a norm of `shape` along `axis`: (the axes normalised over, the per-feature broadcast
+    shape, elements per feature, the axis order with the feature last, the shape in that
+    order, the order back). Cached: eight BatchNorm layers ask 5 times each per step."""
+    axis %= len(shape)
+    axes = tuple(d for d in range(len(shape)) if d != axis)
+    keep = tuple(n if d == axis else 1 for d, n in enumerate(shape))
+    order = axes + (axis,)
+    back = tuple(order.index(d) for d in range(len(shape)))
+    return axes, keep, prod(shape) // shape[axis], order, tuple(shape[d] for d in order), back
 
 
 def _native_norm(rows: NDArray, weight: NDArray, bias: NDArray) -> bool:
