@@ -9,14 +9,18 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
-#include "convert.h"
+#include <cstring>
+
 #include "elementwise.h"
+#include "half.h"
+#include "simd.h"
 #include "thread_pool.h"
 
 namespace needle {
@@ -49,60 +53,106 @@ template <class Body> void each_rows(int64_t rows, int64_t cols, Body &&body) {
 }
 
 // The (rows, cols) arrays may hold float16 or bfloat16 while the per-feature ones (weights,
-// statistics, their gradients) are float32, as torch's norms keep them: each run of rows is then
-// widened into float32 scratch first (exactly) and each result rounded once at the store, so
-// the arithmetic, and every bit of the results, is the float32 kernel's on the widened arrays.
-// Without this NDArray converted the whole arrays around the float32 rows: five passes over a
-// ResNet-9 activation per norm, 35% of a bfloat16 step.
+// statistics, their gradients) are float32, as torch's norms keep them. One vector loop over
+// each row serves float32 and both 16-bit types: simd::load widens 16 values exactly and
+// simd::store rounds 16 results once, so the arithmetic, and every bit of the results, is the
+// float32 kernel's on the widened arrays (the columns past the last whole vector take the same
+// vector arithmetic on partial loads; the double sums take 8 columns a step and a scalar tail).
+// Widening whole runs of rows into float32 scratch first made bfloat16 1.2-2x slower than
+// float32 (ResNet-9's norms, batch 128: 1.06 ms a step against 0.79). float64 keeps scalar
+// loops.
+namespace norm {
+using simd::kWidth;
+using simd::load;
+using simd::load_partial;
+using simd::Vec;
+using F8 = simd::Lanes<8>::F32;
 
-// Rows [r0, r1) of x as P values: x itself when it holds P, else widened into `scratch`.
-template <class P, class X>
-const P *rows_of(const X *x, int64_t r0, int64_t r1, int64_t cols, std::vector<P> &scratch) {
-  if constexpr (std::is_same_v<X, P>) {
-    return x + r0 * cols;
+// 8 values of p as 8 float lanes (exactly).
+template <class X> inline F8 load8(const X *p) {
+  if constexpr (std::is_same_v<X, float>) {
+    F8 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
   } else {
-    scratch.resize((r1 - r0) * cols);
-    to_float(x + r0 * cols, scratch.data(), (r1 - r0) * cols);
-    return scratch.data();
+    simd::Lanes<8>::U16 h;
+    std::memcpy(&h, p, sizeof h);
+    return simd::widen_lanes<8>(h, X{});
   }
 }
 
-// body(r0, r1, out rows as P) over row chunks of the rows [r0, r1) a thread has, then those
-// rows of `out` rounded from scratch when it does not hold P.
-template <class P, class X, class Body>
-void write_rows(X *out, int64_t r0, int64_t r1, int64_t cols, Body &&body) {
-  if constexpr (std::is_same_v<X, P>) {
-    body(r0, r1, out + r0 * cols);
-  } else {
-    thread_local std::vector<P> scratch;
-    for (int64_t q = r0; q < r1; q += kNormChunk) {
-      const int64_t q1 = std::min(r1, q + kNormChunk);
-      scratch.resize((q1 - q) * cols);
-      body(q, q1, scratch.data());
-      from_float(scratch.data(), out + q * cols, (q1 - q) * cols);
+// f(c, n, v) for each run of n <= kWidth columns of a row, v(p) loading n lanes at p + c.
+template <class F> inline void each_vector(int64_t cols, F &&f) {
+  constexpr int64_t W = kWidth<float>;
+  int64_t c = 0;
+  for (; c + W <= cols; c += W) f(c, W, [c](const auto *p) { return load(p + c); });
+  if (c < cols) f(c, cols - c, [c, n = cols - c](const auto *p) { return load_partial(p + c, n); });
+}
+
+// For each of the sums (one or two arrays of per-column double sums), sums[k][c] += the
+// sum over rows [r0, r1) of term(r, c)[k] for the columns in whole runs of 8: blocks of NV
+// such runs held in registers across the rows (a sum kept in memory waited on its own store
+// every row: ResNet-9's (8192, 16) norm took 3x its memory time). Each column still adds its
+// rows in order. Returns the first column left to the caller's scalar loop.
+template <int NV, int K, class Term>
+inline void column_block(double *const (&sums)[K], int64_t c0, int64_t r0, int64_t r1, Term &term) {
+  Vec<double> a[K][NV];
+  for (int k = 0; k < K; ++k)
+    for (int j = 0; j < NV; ++j) a[k][j] = load(sums[k] + c0 + 8 * j);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int j = 0; j < NV; ++j) {
+      const auto t = term(r, c0 + 8 * j);
+      for (int k = 0; k < K; ++k) a[k][j] += t[k];
     }
-  }
+  for (int k = 0; k < K; ++k)
+    for (int j = 0; j < NV; ++j) simd::store(sums[k] + c0 + 8 * j, a[k][j]);
 }
+
+template <int K, class Term>
+inline int64_t column_sums(double *const (&sums)[K], int64_t cols, int64_t r0, int64_t r1,
+                           Term &&term) {
+  int64_t c = 0;
+  for (; c + 32 <= cols; c += 32) column_block<4>(sums, c, r0, r1, term);
+  for (; c + 16 <= cols; c += 16) column_block<2>(sums, c, r0, r1, term);
+  for (; c + 8 <= cols; c += 8) column_block<1>(sums, c, r0, r1, term);
+  return c;
+}
+
+template <class X> inline void store_n(X *p, Vec<float> v, int64_t n) {
+  if (n == kWidth<float>)
+    simd::store(p, v);
+  else
+    simd::store_partial(p, v, n);
+}
+}  // namespace norm
 
 // y = (x - mean) / sqrt(var + eps) * w + b per feature, mean and biased var over the rows.
 template <class X, class P>
 void batch_norm_rows(const X *x, const P *w, const P *b, X *y, P *mean_out, P *var_out,
                      int64_t rows, int64_t cols, double eps) {
+  constexpr bool vector = std::is_same_v<P, float>;
   std::vector<double> mean(cols), var(cols);
   const double n = static_cast<double>(rows);
   feature_sums(rows, cols, 1, mean.data(), [&](int64_t r0, int64_t r1, double *acc) {
-    thread_local std::vector<P> scratch;
-    const P *xs = rows_of<P>(x, r0, r1, cols, scratch);
-    for (int64_t r = 0; r < r1 - r0; ++r)
-      for (int64_t c = 0; c < cols; ++c) acc[c] += xs[r * cols + c];
+    int64_t c0 = 0;
+    if constexpr (vector)
+      c0 = norm::column_sums<1>({acc}, cols, r0, r1, [&](int64_t r, int64_t c) {
+        return std::array{simd::load_as_double(x + r * cols + c)};
+      });
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = c0; c < cols; ++c) acc[c] += widen(x[r * cols + c]);
   });
   for (double &m : mean) m /= n;
   feature_sums(rows, cols, 1, var.data(), [&](int64_t r0, int64_t r1, double *acc) {
-    thread_local std::vector<P> scratch;
-    const P *xs = rows_of<P>(x, r0, r1, cols, scratch);
-    for (int64_t r = 0; r < r1 - r0; ++r)
-      for (int64_t c = 0; c < cols; ++c) {
-        const double d = xs[r * cols + c] - mean[c];
+    int64_t c0 = 0;
+    if constexpr (vector)
+      c0 = norm::column_sums<1>({acc}, cols, r0, r1, [&](int64_t r, int64_t c) {
+        const Vec<double> d = simd::load_as_double(x + r * cols + c) - norm::load(&mean[c]);
+        return std::array{d * d};
+      });
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = c0; c < cols; ++c) {
+        const double d = widen(x[r * cols + c]) - mean[c];
         acc[c] += d * d;
       }
   });
@@ -115,13 +165,16 @@ void batch_norm_rows(const X *x, const P *w, const P *b, X *y, P *mean_out, P *v
     var_out[c] = static_cast<P>(var[c]);
   }
   each_rows(rows, cols, [&](int64_t r0, int64_t r1) {
-    write_rows<P>(y, r0, r1, cols, [&](int64_t q0, int64_t q1, P *ys) {
-      thread_local std::vector<P> scratch;
-      const P *xs = rows_of<P>(x, q0, q1, cols, scratch);
-      for (int64_t r = 0; r < q1 - q0; ++r)
-        for (int64_t c = 0; c < cols; ++c)
-          ys[r * cols + c] = (xs[r * cols + c] - mean_out[c]) * scale[c] + b[c];
-    });
+    for (int64_t r = r0; r < r1; ++r) {
+      const X *row = x + r * cols;
+      X *out = y + r * cols;
+      if constexpr (vector)
+        norm::each_vector(cols, [&](int64_t c, int64_t m, auto v) {
+          norm::store_n(out + c, (v(row) - v(mean_out)) * v(scale.data()) + v(b), m);
+        });
+      else
+        for (int64_t c = 0; c < cols; ++c) out[c] = (row[c] - mean_out[c]) * scale[c] + b[c];
+    }
   });
 }
 
@@ -130,15 +183,22 @@ void batch_norm_rows(const X *x, const P *w, const P *b, X *y, P *mean_out, P *v
 template <class X, class P>
 void batch_norm_rows_grad(const X *dy, const X *x, const P *mean, const P *inv_std, const P *w,
                           X *dx, P *d_weight, P *d_bias, int64_t rows, int64_t cols) {
+  constexpr bool vector = std::is_same_v<P, float>;
   std::vector<double> sums(2 * cols);
   feature_sums(rows, cols, 2, sums.data(), [&](int64_t r0, int64_t r1, double *acc) {
-    thread_local std::vector<P> gbuf, xbuf;
-    const P *gs = rows_of<P>(dy, r0, r1, cols, gbuf), *xs = rows_of<P>(x, r0, r1, cols, xbuf);
-    for (int64_t r = 0; r < r1 - r0; ++r)
-      for (int64_t c = 0; c < cols; ++c) {
-        const double g = gs[r * cols + c];
+    int64_t c0 = 0;
+    if constexpr (vector)
+      c0 = norm::column_sums<2>({acc, acc + cols}, cols, r0, r1, [&](int64_t r, int64_t c) {
+        const Vec<double> g = simd::load_as_double(dy + r * cols + c);
+        const norm::F8 xhat =
+            (norm::load8(x + r * cols + c) - norm::load8(mean + c)) * norm::load8(inv_std + c);
+        return std::array{g, g * __builtin_convertvector(xhat, Vec<double>)};
+      });
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = c0; c < cols; ++c) {
+        const double g = widen(dy[r * cols + c]);
         acc[c] += g;
-        acc[cols + c] += g * ((xs[r * cols + c] - mean[c]) * inv_std[c]);
+        acc[cols + c] += g * static_cast<P>((P(widen(x[r * cols + c])) - mean[c]) * inv_std[c]);
       }
   });
   const double n = static_cast<double>(rows);
@@ -151,15 +211,20 @@ void batch_norm_rows_grad(const X *dy, const X *x, const P *mean, const P *inv_s
     mw[c] = static_cast<P>(sums[cols + c] / n);
   }
   each_rows(rows, cols, [&](int64_t r0, int64_t r1) {
-    write_rows<P>(dx, r0, r1, cols, [&](int64_t q0, int64_t q1, P *out) {
-      thread_local std::vector<P> gbuf, xbuf;
-      const P *gs = rows_of<P>(dy, q0, q1, cols, gbuf), *xs = rows_of<P>(x, q0, q1, cols, xbuf);
-      for (int64_t r = 0; r < q1 - q0; ++r)
+    for (int64_t r = r0; r < r1; ++r) {
+      const X *gr = dy + r * cols, *xr = x + r * cols;
+      X *out = dx + r * cols;
+      if constexpr (vector)
+        norm::each_vector(cols, [&](int64_t c, int64_t m, auto v) {
+          const Vec<float> xhat = (v(xr) - v(mean)) * v(inv_std);
+          norm::store_n(out + c, v(k.data()) * (v(gr) - v(mb.data()) - xhat * v(mw.data())), m);
+        });
+      else
         for (int64_t c = 0; c < cols; ++c) {
-          const P xhat = (xs[r * cols + c] - mean[c]) * inv_std[c];
-          out[r * cols + c] = k[c] * (gs[r * cols + c] - mb[c] - xhat * mw[c]);
+          const P xhat = (xr[c] - mean[c]) * inv_std[c];
+          out[c] = k[c] * (gr[c] - mb[c] - xhat * mw[c]);
         }
-    });
+    }
   });
 }
 
