@@ -12,11 +12,10 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
-
-#include <cstring>
 
 #include "elementwise.h"
 #include "half.h"

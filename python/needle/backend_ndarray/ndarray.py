@@ -941,8 +941,8 @@ class NDArray:
         """Reorder the axes (a view): ``new_axes[i]`` is the old axis that becomes axis i."""
         shape, strides = self._shape, self._strides
         new_axes = tuple(new_axes)
-        # Non-negative Python ints, the usual case, skip the per-axis normalisation (about
-        # half of a permute's 2.3 us; a bf16 ResNet-9 step permutes ~100 times).
+        # Non-negative Python ints, the usual case, skip the per-axis normalisation (a permute
+        # 2.3 -> 2.1 us; a ResNet-9 step permutes ~100 times).
         if not all(type(a) is int for a in new_axes) or sorted(new_axes) != _AXES[len(shape)]:
             new_axes = tuple(_normalize_axis(a, len(shape)) for a in new_axes)
             if sorted(new_axes) != _AXES[len(shape)]:
@@ -1228,7 +1228,7 @@ class NDArray:
             and m * n * p
             and a._device.has("matmul_strided")
             and builtins.min(a._strides + b._strides) >= 0
-        ):  # plain matrices (most calls): 8 us of Python in the general path, 3 here
+        ):  # plain matrices (most calls): 8.2 -> 2.5 us a call for 8x8 ones (0.9 the kernel)
             out = NDArray._compact_on(a._device, (m, p), a._dtype)
             a._device.matmul_strided(
                 a._handle, b._handle, out._handle, 1, m, n, p, a._offset, (0,) + a._strides,

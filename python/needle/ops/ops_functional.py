@@ -352,7 +352,7 @@ class Linear(TensorOp):
     out values or None; with `in_out` the weight is (in, out), as nn.Linear keeps it.
 
     One node where x @ W, its casts and the bias add took five, and a gradient of three
-    products where the composite's backward made ten nodes (a bf16 MLP step: 46 -> 16 ops).
+    products where the composite's backward made ten nodes (a bf16 MLP step: 46 op nodes -> 10).
     Under autocast (`low`) it casts its floating inputs itself, as torch's addmm; the casts
     are kept for the gradient. Without create_graph the gradient is NDArray arithmetic;
     with it, Tensor ops, so gradients of gradients work."""
