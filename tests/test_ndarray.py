@@ -374,6 +374,21 @@ def test_as_strided_view(device):
     np.testing.assert_array_equal(backwards.numpy(), [9, 7, 5, 3, 1])
 
 
+@pytest.mark.parametrize("ndim", [3, 40])
+def test_permute_takes_negative_and_numpy_axes_at_any_rank(device, ndim):
+    """permute's fast path (non-negative Python ints against a table of identity orders) and
+    its general one give NumPy's transpose, past the table's ranks too; a repeated axis is
+    refused."""
+    shape = (2, 3, 4) + (1,) * (ndim - 3)
+    x_np = np.arange(np.prod(shape), dtype="float32").reshape(shape)
+    x = to_nd(x_np, device, "float32")
+    order = [2, 0, 1] + list(range(3, ndim))
+    for axes in (order, [a - ndim for a in order], [np.int64(a) for a in order]):
+        np.testing.assert_array_equal(x.permute(axes).numpy(), x_np.transpose(order))
+    with pytest.raises(ValueError, match="not a permutation"):
+        x.permute([0, 0] + list(range(2, ndim)))
+
+
 # ---- reductions ---------------------------------------------------------------------------
 @dtypes
 @pytest.mark.parametrize("name", ["sum", "max"])
