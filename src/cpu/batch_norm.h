@@ -63,7 +63,6 @@ template <class Body> void each_rows(int64_t rows, int64_t cols, Body &&body) {
 namespace norm {
 using simd::kWidth;
 using simd::load;
-using simd::load_partial;
 using simd::Vec;
 using F8 = simd::Lanes<8>::F32;
 
@@ -80,12 +79,13 @@ template <class X> inline F8 load8(const X *p) {
   }
 }
 
-// f(c, n, v) for each run of n <= kWidth columns of a row, v(p) loading n lanes at p + c.
+// f(tail, c, m) for each run of m columns of a row: whole vectors, then (tail: true_type)
+// the last m < kWidth, loaded and stored partially (simd::load_n, store_n).
 template <class F> inline void each_vector(int64_t cols, F &&f) {
   constexpr int64_t W = kWidth<float>;
   int64_t c = 0;
-  for (; c + W <= cols; c += W) f(c, W, [c](const auto *p) { return load(p + c); });
-  if (c < cols) f(c, cols - c, [c, n = cols - c](const auto *p) { return load_partial(p + c, n); });
+  for (; c + W <= cols; c += W) f(std::false_type{}, c, W);
+  if (c < cols) f(std::true_type{}, c, cols - c);
 }
 
 // For each of the sums (one or two arrays of per-column double sums), sums[k][c] += the
@@ -117,12 +117,6 @@ inline int64_t column_sums(double *const (&sums)[K], int64_t cols, int64_t r0, i
   return c;
 }
 
-template <class X> inline void store_n(X *p, Vec<float> v, int64_t n) {
-  if (n == kWidth<float>)
-    simd::store(p, v);
-  else
-    simd::store_partial(p, v, n);
-}
 }  // namespace norm
 
 // y = (x - mean) / sqrt(var + eps) * w + b per feature, mean and biased var over the rows.
@@ -168,8 +162,10 @@ void batch_norm_rows(const X *x, const P *w, const P *b, X *y, P *mean_out, P *v
       const X *row = x + r * cols;
       X *out = y + r * cols;
       if constexpr (vector)
-        norm::each_vector(cols, [&](int64_t c, int64_t m, auto v) {
-          norm::store_n(out + c, (v(row) - v(mean_out)) * v(scale.data()) + v(b), m);
+        norm::each_vector(cols, [&](auto tail, int64_t c, int64_t m) {
+          constexpr bool T = decltype(tail)::value;
+          const auto v = [&](const auto *p) { return simd::load_n<T>(p + c, m); };
+          simd::store_n<T>(out + c, (v(row) - v(mean_out)) * v(scale.data()) + v(b), m);
         });
       else
         for (int64_t c = 0; c < cols; ++c) out[c] = (row[c] - mean_out[c]) * scale[c] + b[c];
@@ -214,9 +210,11 @@ void batch_norm_rows_grad(const X *dy, const X *x, const P *mean, const P *inv_s
       const X *gr = dy + r * cols, *xr = x + r * cols;
       X *out = dx + r * cols;
       if constexpr (vector)
-        norm::each_vector(cols, [&](int64_t c, int64_t m, auto v) {
+        norm::each_vector(cols, [&](auto tail, int64_t c, int64_t m) {
+          constexpr bool T = decltype(tail)::value;
+          const auto v = [&](const auto *p) { return simd::load_n<T>(p + c, m); };
           const Vec<float> xhat = (v(xr) - v(mean)) * v(inv_std);
-          norm::store_n(out + c, v(k.data()) * (v(gr) - v(mb.data()) - xhat * v(mw.data())), m);
+          simd::store_n<T>(out + c, v(k.data()) * (v(gr) - v(mb.data()) - xhat * v(mw.data())), m);
         });
       else
         for (int64_t c = 0; c < cols; ++c) {

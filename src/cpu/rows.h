@@ -383,32 +383,24 @@ inline Vec<double> vtanh(Vec<double> x) {
   return simd::per_lane<double>(x, [](double v) { return std::tanh(v); });
 }
 
-// A whole vector at p, or (Tail) its first r lanes, the rest zero.
-template <class T, bool Tail> inline Vec<T> ld(const T *p, int64_t r) {
-  return Tail ? simd::load_partial(p, r) : simd::load(p);
-}
-template <class T, bool Tail> inline void st(T *p, Vec<T> v, int64_t r) {
-  if (Tail) return simd::store_partial(p, v, r);
-  simd::store(p, v);
-}
-
 // Units [j, j + W) of a row (Tail: [j, j + r)): gates x (4, hidden) i, f, g, o and cb in;
 // h', c' and a (5, hidden) = i, f, g, o activated, tanh(c') out. Every pointer a parameter:
 // the stores (memcpy, which may alias anything) then force no reloads.
 template <class T, bool Tail>
 inline void lstm_cell_vector(const T *x, const T *cb, T *h, T *c_new, T *a, int64_t H, int64_t j,
                              int64_t r) {
-  const Vec<T> i = vsigmoid(ld<T, Tail>(x + j, r)), f = vsigmoid(ld<T, Tail>(x + H + j, r));
-  const Vec<T> g = vtanh(ld<T, Tail>(x + 2 * H + j, r));
-  const Vec<T> o = vsigmoid(ld<T, Tail>(x + 3 * H + j, r));
-  const Vec<T> cn = f * ld<T, Tail>(cb + j, r) + i * g, t = vtanh(cn);
-  st<T, Tail>(h + j, o * t, r);
-  st<T, Tail>(c_new + j, cn, r);
-  st<T, Tail>(a + j, i, r);
-  st<T, Tail>(a + H + j, f, r);
-  st<T, Tail>(a + 2 * H + j, g, r);
-  st<T, Tail>(a + 3 * H + j, o, r);
-  st<T, Tail>(a + 4 * H + j, t, r);
+  const Vec<T> i = vsigmoid(simd::load_n<Tail>(x + j, r)),
+               f = vsigmoid(simd::load_n<Tail>(x + H + j, r));
+  const Vec<T> g = vtanh(simd::load_n<Tail>(x + 2 * H + j, r));
+  const Vec<T> o = vsigmoid(simd::load_n<Tail>(x + 3 * H + j, r));
+  const Vec<T> cn = f * simd::load_n<Tail>(cb + j, r) + i * g, t = vtanh(cn);
+  simd::store_n<Tail>(h + j, o * t, r);
+  simd::store_n<Tail>(c_new + j, cn, r);
+  simd::store_n<Tail>(a + j, i, r);
+  simd::store_n<Tail>(a + H + j, f, r);
+  simd::store_n<Tail>(a + 2 * H + j, g, r);
+  simd::store_n<Tail>(a + 3 * H + j, o, r);
+  simd::store_n<Tail>(a + 4 * H + j, t, r);
 }
 
 // One pass over each row b of gates (batch, 4, hidden) and c: out's rows b of its (h', c')
@@ -432,15 +424,15 @@ void lstm_cell_rows(const T *gates, const T *c, T *out, T *act, int64_t batch, i
 template <class T, bool Tail>
 inline void lstm_cell_grad_vector(const T *dh, const T *dcn, const T *a, const T *cb, T *dg, T *dc,
                                   int64_t H, int64_t j, int64_t r) {
-  const Vec<T> i = ld<T, Tail>(a + j, r), f = ld<T, Tail>(a + H + j, r);
-  const Vec<T> g = ld<T, Tail>(a + 2 * H + j, r), o = ld<T, Tail>(a + 3 * H + j, r);
-  const Vec<T> t = ld<T, Tail>(a + 4 * H + j, r), d_h = ld<T, Tail>(dh + j, r);
-  const Vec<T> d_cell = ld<T, Tail>(dcn + j, r) + d_h * o * (T(1) - t * t);
-  st<T, Tail>(dg + j, d_cell * g * i * (T(1) - i), r);
-  st<T, Tail>(dg + H + j, d_cell * ld<T, Tail>(cb + j, r) * f * (T(1) - f), r);
-  st<T, Tail>(dg + 2 * H + j, d_cell * i * (T(1) - g * g), r);
-  st<T, Tail>(dg + 3 * H + j, d_h * t * o * (T(1) - o), r);
-  st<T, Tail>(dc + j, d_cell * f, r);
+  const Vec<T> i = simd::load_n<Tail>(a + j, r), f = simd::load_n<Tail>(a + H + j, r);
+  const Vec<T> g = simd::load_n<Tail>(a + 2 * H + j, r), o = simd::load_n<Tail>(a + 3 * H + j, r);
+  const Vec<T> t = simd::load_n<Tail>(a + 4 * H + j, r), d_h = simd::load_n<Tail>(dh + j, r);
+  const Vec<T> d_cell = simd::load_n<Tail>(dcn + j, r) + d_h * o * (T(1) - t * t);
+  simd::store_n<Tail>(dg + j, d_cell * g * i * (T(1) - i), r);
+  simd::store_n<Tail>(dg + H + j, d_cell * simd::load_n<Tail>(cb + j, r) * f * (T(1) - f), r);
+  simd::store_n<Tail>(dg + 2 * H + j, d_cell * i * (T(1) - g * g), r);
+  simd::store_n<Tail>(dg + 3 * H + j, d_h * t * o * (T(1) - o), r);
+  simd::store_n<Tail>(dc + j, d_cell * f, r);
 }
 
 template <class T>

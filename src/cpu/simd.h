@@ -229,6 +229,15 @@ template <class T> inline void store_partial(T *p, Vec<T> v, int64_t n) {
   }
 }
 
+// A whole vector at p, or (Tail) its first r lanes, the rest zero; and the store to match.
+template <bool Tail, class T> inline Vec<T> load_n(const T *p, int64_t r) {
+  return Tail ? load_partial(p, r) : load(p);
+}
+template <bool Tail, class T> inline void store_n(T *p, Vec<T> v, int64_t r) {
+  if (Tail) return store_partial(p, v, r);
+  store(p, v);
+}
+
 // kWidth<double> consecutive T's as a Vec<double>, where sums accumulate. (Every vector
 // here is one 64-byte register's worth: the compiler spills wider vector types.)
 inline Vec<double> load_as_double(const double *p) { return load(p); }
