@@ -5,6 +5,7 @@ import gc
 import itertools
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -349,3 +350,62 @@ def test_transform_batch_gives_the_images_of_the_per_image_transforms():
         got = data.transform_batch(make(), batch)
         assert got.dtype == images.dtype and np.array_equal(got, np.stack(expected))
         assert not np.array_equal(got, images)
+
+
+def test_messages_cross_the_pipes_whole_and_in_order_and_an_ended_worker_is_seen():
+    """The frames workers and the main process exchange (workers._post, _read, Results):
+    messages of every size arrive whole and in order, several frames per read or one frame
+    over several; a partial frame waits for its rest; a closed pipe, and a process ended while
+    its pipe is still held (the sentinel), raise EOFError; nothing arriving times out."""
+    from needle.data import workers
+
+    messages = [(0, True, ("a", [])), list(range(30_000)), ("x" * 200_000,), None, ()]
+    reading, writing = mp.Pipe(duplex=False)
+    sentinel_reading, sentinel_writing = os.pipe()  # a worker process's sentinel, standing in
+    results = workers.Results(reading, sentinel_reading)
+    try:
+        # (frames over 64 KiB fill the pipe: a writer thread waits for the reader)
+        sender = threading.Thread(target=lambda: [workers._post(writing, m) for m in messages])
+        sender.start()
+        assert [results.receive(10) for _ in messages] == messages
+        sender.join()
+        assert results.receive(0.05) is None
+
+        frame = bytearray()
+        for message in ("first", "second"):
+            payload = pickle.dumps(message)
+            frame += workers.FRAME.pack(len(payload)) + payload
+        os.write(writing.fileno(), frame[:5])  # part of the first frame's length
+        assert results.receive(0.05) is None
+        os.write(writing.fileno(), frame[5:])  # the rest of both: one read, two messages
+        assert (results.receive(1), results.receive(0)) == ("first", "second")
+
+        os.close(sentinel_writing)  # the process ended; its results pipe still held elsewhere
+        with pytest.raises(EOFError):
+            results.receive(10)
+    finally:
+        results.close()
+        os.close(sentinel_reading)
+    writing.close()
+
+    reading, writing = mp.Pipe(duplex=False)
+    sender = threading.Thread(target=lambda: [workers._post(writing, m) for m in messages])
+    sender.start()
+    assert [workers._read(reading) for _ in messages] == messages
+    sender.join()
+    writing.close()
+    with pytest.raises(EOFError):
+        workers._read(reading)
+    reading.close()
+
+    reading, writing = mp.Pipe(duplex=False)
+    sentinel_reading, sentinel_writing = os.pipe()
+    results = workers.Results(reading, sentinel_reading)
+    workers._post(writing, "last")
+    writing.close()  # the worker's end closed, its process (the sentinel) not yet ended
+    assert results.receive(1) == "last"
+    with pytest.raises(EOFError):
+        results.receive(10)
+    results.close()
+    os.close(sentinel_reading)
+    os.close(sentinel_writing)

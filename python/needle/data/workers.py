@@ -17,8 +17,10 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import selectors
 import shutil
 import signal
+import struct
 import tempfile
 import threading
 import time
@@ -42,13 +44,114 @@ def reseed(key) -> None:
     np.random.seed(np.random.SeedSequence(key).generate_state(4))
 
 
+# Messages cross the pipes as frames: the pickle's length, then the pickle, written with one
+# os.write. A request through Connection.send (ForkingPickler and its layers) took the main
+# process 0.047 ms, cold after a ResNet-9 step; a frame takes 0.035. Results reads whatever
+# frames have arrived in one non-blocking read.
+FRAME = struct.Struct("!Q")
+# Raw reads and writes need the pipes' file descriptors (POSIX; Windows pipes are handles,
+# sent and read with Connection's own send and recv).
+RAW_PIPES = os.name == "posix"
+
+
+def _post(connection, message) -> None:
+    """Send `message` down `connection` (a pipe's writing end) as one frame."""
+    if not RAW_PIPES:
+        connection.send(message)
+        return
+    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    frame = memoryview(FRAME.pack(len(payload)) + payload)
+    while frame:  # (a pipe takes 64 KiB at a time; 10,000 indices are 80 KB)
+        frame = frame[os.write(connection.fileno(), frame) :]
+
+
+def _read(connection):
+    """The next message on `connection` (a pipe's reading end), waiting for it; EOFError once
+    the other end is closed."""
+    if not RAW_PIPES:
+        return connection.recv()
+    (size,) = FRAME.unpack(_read_exactly(connection.fileno(), FRAME.size))
+    return pickle.loads(_read_exactly(connection.fileno(), size))
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    parts = []
+    while size:
+        part = os.read(fd, size)
+        if not part:
+            raise EOFError
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+class Results:
+    """The main process's end of a worker's results pipe. A ready batch costs one read, and
+    none when an earlier read brought its frame too. Connection.recv after multiprocessing's
+    wait() took a poll and two reads (each first system call after a training step costs
+    40-85 us on this 2-core VM) and wait() builds a selector per call: 0.084 ms a batch in a
+    ResNet-9 step, 0.044 now."""
+
+    def __init__(self, connection, sentinel):
+        self.connection, self.sentinel, self.buffer = connection, sentinel, bytearray()
+        self.selector = None
+        if RAW_PIPES:
+            os.set_blocking(connection.fileno(), False)
+            self.selector = selectors.DefaultSelector()
+            self.selector.register(connection.fileno(), selectors.EVENT_READ)
+            self.selector.register(sentinel, selectors.EVENT_READ)
+
+    def close(self) -> None:
+        self.connection.close()
+        if self.selector is not None:
+            self.selector.close()
+
+    def receive(self, timeout):
+        """The next message; None when none came in `timeout` seconds (None: no limit).
+        EOFError when the worker is gone (its pipe closed, or its process ended with no
+        message left)."""
+        if not RAW_PIPES:
+            ready = wait([self.connection, self.sentinel], timeout)
+            if ready and self.connection not in ready:
+                raise EOFError
+            return self.connection.recv() if ready else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (taken := self._take()):
+            try:
+                chunk = os.read(self.connection.fileno(), 1 << 16)
+            except BlockingIOError:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                events = self.selector.select(left)
+                if not events:
+                    return None
+                if all(key.fd != self.connection.fileno() for key, _ in events):
+                    raise EOFError from None  # the process ended (a child may hold its pipe)
+                continue
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+        return taken[0]
+
+    def _take(self) -> tuple:
+        """(the first whole message in the buffer,), taken out of it; () if none."""
+        if len(self.buffer) < FRAME.size:
+            return ()
+        (size,) = FRAME.unpack_from(self.buffer)
+        end = FRAME.size + size
+        if len(self.buffer) < end:
+            return ()
+        message = pickle.loads(memoryview(self.buffer)[FRAME.size : end])
+        del self.buffer[:end]
+        return (message,)
+
+
 def _receive_requests(requests, inbox: queue.Queue) -> None:
     # A thread, so that the main process never waits on a busy worker to take a request (one
     # of 10,000 indices is 80 KB, more than a pipe holds) or a freed buffer.
     message = ()
     while message is not None:
         try:
-            message = requests.recv()
+            message = _read(requests)
         except (OSError, EOFError):  # the main process closed its end
             message = None
         inbox.put(message)
@@ -156,7 +259,7 @@ def _worker_loop(number, fetch, requests, results, parent, inherited, folder):
                 continue
             *request, freed = message
             buffers.free.extend(freed)
-            results.send(_build(fetch, buffers, number, *request))
+            _post(results, _build(fetch, buffers, number, *request))
     except (OSError, ValueError):  # the main process closed the results pipe
         return
     finally:
@@ -196,7 +299,7 @@ def _shutdown(workers: list, maps: dict, folder: str) -> None:
     """Ask each worker to stop, wait up to JOIN_S for all, terminate the rest, reap them all,
     and remove their buffers."""
     for _, requests, results in workers:
-        for step in (functools.partial(requests.send, None), requests.close, results.close):
+        for step in (functools.partial(_post, requests, None), requests.close, results.close):
             with contextlib.suppress(OSError, ValueError):
                 step()
     deadline = time.monotonic() + JOIN_S
@@ -241,7 +344,7 @@ class WorkerPool:
             process.start()
             requests.close()  # the worker's ends: EOF reaches the main process when it dies
             results.close()
-            self.workers.append((process, to_worker, from_worker))
+            self.workers.append((process, to_worker, Results(from_worker, process.sentinel)))
 
     def close(self) -> None:
         self._closer()
@@ -264,7 +367,7 @@ class WorkerPool:
 
     def _send(self, number: int, message) -> None:
         try:
-            self.workers[number][1].send(message)
+            _post(self.workers[number][1], message)
         except OSError:  # its end of the pipe is closed: it died
             self._died(number, self.received)
 
@@ -309,18 +412,16 @@ class WorkerPool:
 
     def _receive(self, number: int, batch: int):
         process, _, results = self.workers[number]
-        ready = wait([results, process.sentinel], self.timeout)
-        if results in ready:
-            try:
-                return results.recv()
-            except EOFError:
-                pass
-        elif not ready:
+        try:
+            message = results.receive(self.timeout)
+        except EOFError:
+            self._died(number, batch)
+        if message is None:
             raise RuntimeError(
                 f"DataLoader worker {number} (pid {process.pid}) took more than "
                 f"timeout={self.timeout} s to build batch {batch}"
             )
-        self._died(number, batch)
+        return message
 
     def _died(self, number: int, batch: int):
         process = self.workers[number][0]
