@@ -340,6 +340,46 @@ def test_linear_under_autocast_equals_its_composite_bit_for_bit(low, create_grap
         np.testing.assert_array_equal(fused, reference)
 
 
+@pytest.mark.parametrize("low", HALVES)
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_conv_under_autocast_equals_its_composite_bit_for_bit(low, create_graph, device):
+    """Where the device convolves 16-bit rows, nn.Conv under autocast is one Conv node that
+    casts its inputs itself, keeps the casts, and casts its gradients back: its output and
+    gradients (and their own gradients, create_graph) are those of the AsType nodes and Conv
+    it replaced, bit for bit. Elsewhere it is those nodes."""
+    holds(device, low)
+    rng = np.random.default_rng(1)
+    layer = nn.Conv(3, 8, 3, device=device)
+    x = ndl.Tensor(rng.standard_normal((2, 3, 6, 6)).astype(np.float32), device=device)
+    g = ndl.Tensor(rng.standard_normal((2, 8, 6, 6)), device=device, dtype=low)
+
+    def composite(x, w, b):  # Conv made directly: autocast's AsType nodes cast its inputs
+        return ndl.ops.Conv(1, 1, "NCHW")(x, w, b)
+
+    results = []
+    for forward in (lambda x, w, b: layer(x), composite):
+        leaves = [x, layer.weight, layer.bias]
+        for leaf in leaves:
+            leaf.grad, leaf.requires_grad = None, True
+        with ndl.autocast(dtype=low):
+            y = forward(*leaves)
+        results.append([y.op, y.inputs])
+        y.backward(g, create_graph=create_graph)
+        got = [y] + [leaf.grad for leaf in leaves]
+        assert [t.dtype for t in got] == [low, "float32", "float32", "float32"]
+        if create_graph:  # the gradients' own gradients, through the differentiable path
+            (sum((t.astype("float32") ** 2).sum() for t in got[1:])).backward()
+            got += [leaf.grad for leaf in leaves]
+        results[-1] += [bits(t.numpy()) for t in got]
+    (op, inputs, *fused), (_, composite_inputs, *reference) = results
+    folded = nd.conv2d_native_for(x.device, low)
+    leaves = (x, layer.weight, layer.bias)
+    assert (op.low == low and all(a is b for a, b in zip(inputs, leaves, strict=True))) == folded
+    assert all(type(t.op).__name__ == "AsType" for t in composite_inputs)
+    for a, b in zip(fused, reference):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---- training under autocast ----------------------------------------------------------------
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_trainer_precision_keeps_float32_master_weights(precision, device):

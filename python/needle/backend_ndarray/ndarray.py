@@ -150,6 +150,7 @@ __all__ = [
     "scatter_add_along_axis",
     "conv2d",
     "conv2d_native",
+    "conv2d_native_for",
 ]
 
 default_dtype = "float32"
@@ -1954,10 +1955,13 @@ def conv2d_native(device: BackendDevice, *arrays: NDArray) -> bool:
     """Whether `device` has its own conv2d primitives for these operands (one float dtype):
     else ops use their composite over im2col views and matmuls."""
     dtype = arrays[0].dtype
-    return (
-        device.has("conv2d")
-        and (dtype in FLOATS or (dtype in _HALF_SET and "conv2d" in device.half_rows))
-        and all(a.dtype == dtype for a in arrays)
+    return conv2d_native_for(device, dtype) and all(a.dtype == dtype for a in arrays)
+
+
+def conv2d_native_for(device: BackendDevice, dtype: str) -> bool:
+    """conv2d_native for operands of `dtype`."""
+    return device.has("conv2d") and (
+        dtype in FLOATS or (dtype in _HALF_SET and "conv2d" in device.half_rows)
     )
 
 

@@ -21,6 +21,7 @@ from .ops_mathematic import (
     Conv,
     ConvWeightGrad,
     astype,
+    autocast_arrays,
     broadcast_to,
     conv,
     dilate,
@@ -363,14 +364,6 @@ class Linear(TensorOp):
     def __init__(self, in_out: bool = False, low: str | None = None):
         self.in_out, self.low = in_out, low
 
-    def _operands(self, x, w, b):
-        """The inputs, cast to the autocast dtype where they are floating (and differ)."""
-        low = self.low
-        return tuple(
-            a.astype(low) if low and a is not None and a.dtype in FLOATING and a.dtype != low else a
-            for a in (x, w, b)
-        )
-
     def compute(self, x: NDArray, w: NDArray, b: NDArray | None = None):
         if w.ndim != 2 or x.ndim < 1:
             raise ValueError(
@@ -382,7 +375,7 @@ class Linear(TensorOp):
             raise ValueError(f"input {x.shape} does not fit weight {w.shape}")
         if b is not None and b.size != n_out:
             raise ValueError(f"bias {b.shape} for {n_out} outputs")
-        xc, wc, bc = self._operands(x, w, b)
+        xc, wc, bc = autocast_arrays(self.low, x, w, b)
         out = xc.reshape((-1, n_in)) @ (wc if self.in_out else wc.permute((1, 0)))
         if bc is not None:
             out = out + bc.reshape((1, n_out)).broadcast_to(out.shape)
