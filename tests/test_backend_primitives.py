@@ -190,6 +190,32 @@ def every_thread_count(threads, name, *args, dtype, same_bits=True):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inner", [16, 10, 3])
+def test_bias_add_of_short_rows_split_across_threads(threads, dtype, inner):
+    """ewise_broadcast_binary over short rows (a conv's bias over 16 channels: blocks of rows
+    against the bias repeated), large enough to be split across threads, with rows left over
+    after the last whole block: every row gets the bias, whatever the thread count."""
+    rng = np.random.default_rng(inner)
+    outer = 40_003
+    full, vector = rng.standard_normal(outer * inner), rng.standard_normal(inner)
+    got = every_thread_count(
+        threads,
+        "ewise_broadcast_binary",
+        "add",
+        full,
+        vector,
+        Out(outer * inner),
+        outer,
+        inner,
+        True,
+        False,
+        dtype=dtype,
+    )[0]
+    expected = full.astype(dtype).reshape(outer, inner) + vector.astype(dtype)
+    np.testing.assert_array_equal(got, expected.reshape(-1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_large_compact_split_across_threads(threads, dtype):
     """An im2col view (overlapping 7x7 windows, stride 4), large enough to be split by rows
     across threads, including a thread count that splits rows unevenly; and rows of one

@@ -255,6 +255,9 @@ VECTOR_OPS = tuple(ndarray._VECTOR_OPS.values())
 
 def _broadcast_binary(prim, backend, rng):
     shapes = [(1, 1), (3, 7), (5, 33), (20, 257)] + ([(300, 257)] if backend.fast else [])
+    # Short rows that a backend may add as blocks of rows against the vector repeated (the
+    # CPU's for inner < 64: whole blocks only, blocks and rows left over, one row per block).
+    shapes += [(37, 16), (50, 10), (40, 3), (9, 32), (70, 1)]
     for op in VECTOR_OPS:
         kind = (
             "ties"
