@@ -901,7 +901,9 @@ class Conv(TensorOp):
     nodes made three (a bf16 ResNet-9 step: 85 op nodes -> 68).
     """
 
-    def __init__(self, stride: int = 1, padding: int = 0, layout: str = "NHWC", low=None):
+    def __init__(
+        self, stride: int = 1, padding: int = 0, layout: str = "NHWC", low: str | None = None
+    ):
         self.stride = int(stride)
         self.padding = int(padding)
         if self.stride < 1 or self.padding < 0:
