@@ -307,21 +307,29 @@ def test_index_out_of_range_names_getitem(device):
     ndl.backend_selection.BACKEND == "np",
     reason="the numpy mode's optimizers give parameters new arrays, never writing in place",
 )
-@pytest.mark.parametrize("layer", [lambda: nn.Linear(3, 2), lambda: nn.BatchNorm1d(3)])
-def test_backward_through_a_graph_from_before_an_optimizer_step_raises(layer):
+@pytest.mark.parametrize(
+    "layer, x",
+    [
+        (lambda: nn.Linear(3, 2), X[:, :3]),
+        (lambda: nn.BatchNorm1d(3), X[:, :3]),
+        (lambda: nn.Conv(1, 2, 3), X.reshape(1, 1, *X.shape)),
+    ],
+    ids=["linear", "batch_norm", "conv"],
+)
+def test_backward_through_a_graph_from_before_an_optimizer_step_raises(layer, x):
     """The optimizers update parameters in place (when nothing else holds their data): a
     graph made before the step would read the new weights, so backward raises, as in torch,
-    also where the gradient is NDArray arithmetic (linear, batch_norm). (Where the data is not
-    private, the step writes a new buffer and the old graph keeps the old one: no error is
-    needed.)"""
+    where the gradient is Tensor ops (conv) and where it is NDArray arithmetic (linear,
+    batch_norm). (Where the data is not private, the step writes a new buffer and the old
+    graph keeps the old one: no error is needed.)"""
     model = layer()
     opt = ndl.optim.SGD(model.parameters(), lr=0.1)
-    loss = (model(ndl.Tensor(X[:, :3])) ** 2).sum()
+    loss = (model(ndl.Tensor(x)) ** 2).sum()
     loss.backward()
     opt.step()
     with pytest.raises(RuntimeError, match=r"optimizer.step\(\)"):
         loss.backward()
-    model(ndl.Tensor(X[:, :3])).sum().backward()  # a graph made after the step is fine
+    model(ndl.Tensor(x)).sum().backward()  # a graph made after the step is fine
 
 
 def test_writes_through_views_inside_autograd_raise(device):
