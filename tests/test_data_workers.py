@@ -359,15 +359,17 @@ def test_messages_cross_the_pipes_whole_and_in_order_and_an_ended_worker_is_seen
     its pipe is still held (the sentinel), raise EOFError; nothing arriving times out."""
     from needle.data import workers
 
-    messages = [(0, True, ("a", [])), list(range(30_000)), ("x" * 200_000,), None, ()]
+    # (None is the stop request; a result is never None, which receive returns on timeout)
+    messages = [(0, True, ("a", [])), list(range(30_000)), ("x" * 200_000,), (), None]
+    results_sent = messages[:-1]
     reading, writing = mp.Pipe(duplex=False)
     sentinel_reading, sentinel_writing = os.pipe()  # a worker process's sentinel, standing in
     results = workers.Results(reading, sentinel_reading)
     try:
         # (frames over 64 KiB fill the pipe: a writer thread waits for the reader)
-        sender = threading.Thread(target=lambda: [workers._post(writing, m) for m in messages])
+        sender = threading.Thread(target=lambda: [workers._post(writing, m) for m in results_sent])
         sender.start()
-        assert [results.receive(10) for _ in messages] == messages
+        assert [results.receive(10) for _ in results_sent] == results_sent
         sender.join()
         assert results.receive(0.05) is None
 
