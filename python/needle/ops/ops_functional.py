@@ -15,13 +15,14 @@ import numpy as np
 
 from .. import autograd
 from ..autograd import Saved, Tensor, TensorOp, array_device, array_of, is_grad_enabled
-from ..backend_ndarray import FLOATING, NDArray, in_float32, prod
+from ..backend_ndarray import NDArray, in_float32, prod
 from .ops_logarithmic import logsoftmax
 from .ops_mathematic import (
     Conv,
     ConvWeightGrad,
     astype,
     autocast_arrays,
+    autocast_tensors,
     broadcast_to,
     conv,
     dilate,
@@ -409,8 +410,7 @@ class Linear(TensorOp):
 
     def _gradient_tensors(self, g: Tensor, x: Tensor, w: Tensor, b: Tensor | None):
         """The same gradients as Tensor ops (differentiable), from the inputs themselves."""
-        low = self.low
-        xc, wc = (astype(a, low) if low and a.dtype in FLOATING else a for a in (x, w))
+        xc, wc = autocast_tensors(self.low, x, w)
         w_io = wc if self.in_out else transpose(wc)
         g2 = reshape(g, (-1, g.shape[-1]))
         dx = astype(reshape(matmul(g2, transpose(w_io)), x.shape), x.dtype)
