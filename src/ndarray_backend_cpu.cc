@@ -464,6 +464,43 @@ void softmax_rows(const Array &a, Array &out, int64_t rows, int64_t cols, bool l
   });
 }
 
+// The class numbers of cross_entropy_rows' labels, checked as primitives.check_row_indices
+// checks them (the same messages): whole numbers (with `truncate`, cut toward zero, NaN and
+// values past int64 becoming its lowest, as NumPy's cast on x86) in [0, cols).
+template <class T>
+std::vector<int64_t> class_numbers(const T *labels, int64_t rows, int64_t cols, bool truncate) {
+  constexpr T kLimit = T(9223372036854775808.0);  // 2^63, exact in float and double
+  std::vector<int64_t> k(rows);
+  int64_t lo = std::numeric_limits<int64_t>::max(), hi = std::numeric_limits<int64_t>::min();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T v = labels[r];
+    if (!truncate && !(std::isfinite(v) && v == std::floor(v)))
+      throw nb::value_error("row indices must be whole numbers");
+    k[r] =
+        v >= -kLimit && v < kLimit ? static_cast<int64_t>(v) : std::numeric_limits<int64_t>::min();
+    lo = std::min(lo, k[r]);
+    hi = std::max(hi, k[r]);
+  }
+  if (rows && (lo < 0 || hi >= cols))
+    throw nb::index_error(("row indices must lie in [0, " + std::to_string(cols) + "), got " +
+                           std::to_string(lo) + ".." + std::to_string(hi))
+                              .c_str());
+  return k;
+}
+
+void cross_entropy_rows(const Array &z, const Array &labels, Array &loss, Array &grad, int64_t rows,
+                        int64_t cols, bool truncate) {
+  check_rows("cross_entropy_rows", rows, cols, {&z, &grad});
+  check_size("cross_entropy_rows", "labels", rows, labels.size);
+  check_size("cross_entropy_rows", "loss", 1, loss.size);
+  dispatch<Floats>(common_dtype(z, labels, loss, grad), [&](auto tag) {
+    using T = decltype(tag);
+    const std::vector<int64_t> k = class_numbers(labels.data<T>(), rows, cols, truncate);
+    GilRelease unlocked(rows * cols);
+    loss.data<T>()[0] = cross_entropy_each_row(z.data<T>(), k.data(), grad.data<T>(), rows, cols);
+  });
+}
+
 void layer_norm_rows(const Array &a, Array &out, int64_t rows, int64_t cols, double eps) {
   if (check_rows("layer_norm_rows", rows, cols, {&a, &out}) == 0) return;
   GilRelease unlocked(rows * cols);
@@ -874,6 +911,8 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "scatter_add_rows", &scatter_add_rows, "a"_a, "indices"_a, "out"_a, "n"_a, "row_size"_a);
 
   def(m, "softmax_rows", &softmax_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "log"_a);
+  def(m, "cross_entropy_rows", &cross_entropy_rows, "z"_a, "labels"_a, "loss"_a, "grad"_a, "rows"_a,
+      "cols"_a, "truncate"_a);
   def(m, "layer_norm_rows", &layer_norm_rows, "a"_a, "out"_a, "rows"_a, "cols"_a, "eps"_a);
   def(m, "gather_axis", &gather_axis, "a"_a, "indices"_a, "out"_a, "outer"_a, "n"_a, "inner"_a,
       "m"_a);

@@ -351,6 +351,52 @@ template <class T> void softmax_grad_row(const T *s, const T *g, T *out, int64_t
   for (int64_t i = whole_t; i < n; ++i) out[i] = s[i] * (g[i] - d);
 }
 
+// One row of the softmax cross-entropy: g = softmax(x) * scale with scale taken off at
+// `label`, and the row's loss log(sum e) - (x[label] - m), e = exp(x - m), m the max.
+template <class T> double cross_entropy_row(const T *x, T *g, int64_t n, int64_t label, T scale) {
+  constexpr int W = simd::kWidth<T>;
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  const int64_t whole = n / W * W, tail = n - whole;
+  Vec<T> mv = simd::splat(kNegInf);
+  for (int64_t i = 0; i < whole; i += W) mv = simd::max_nan<T>(mv, simd::load(x + i));
+  if (tail) mv = simd::max_nan<T>(mv, load_tail(x + whole, tail, kNegInf));
+  const T m = horizontal_max<T>(mv);
+  Vec<T> acc{};
+  for (int64_t i = 0; i < whole; i += W) {
+    const Vec<T> e = vexp(simd::load(x + i) - m);
+    simd::store(g + i, e);
+    acc += e;
+  }
+  if (tail) {
+    const Vec<T> e = vexp(load_tail(x + whole, tail, kNegInf) - m);
+    simd::store_partial(g + whole, e, tail);
+    acc += e;
+  }
+  T sum = 0;
+  for (int l = 0; l < W; ++l) sum += acc[l];
+  const T factor = scale / sum;
+  for (int64_t i = 0; i < whole; i += W) simd::store(g + i, simd::load(g + i) * factor);
+  for (int64_t i = whole; i < n; ++i) g[i] *= factor;
+  g[label] -= scale;
+  return double(std::log(sum)) - double(x[label] - m);
+}
+
+// cross_entropy_row over `rows` rows of checked labels: the mean loss, each row's summed in
+// double in row order (the same total whatever the threads).
+template <class T>
+T cross_entropy_each_row(const T *z, const int64_t *labels, T *grad, int64_t rows, int64_t cols) {
+  if (rows == 0) return std::numeric_limits<T>::quiet_NaN();
+  std::vector<double> losses(rows);
+  const T scale = T(1) / T(rows);
+  parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      losses[r] = cross_entropy_row(z + r * cols, grad + r * cols, cols, labels[r], scale);
+  });
+  double total = 0;
+  for (double v : losses) total += v;
+  return static_cast<T>(total / rows);
+}
+
 template <class T> void softmax_each_row(const T *a, T *out, int64_t rows, int64_t cols, bool log) {
   parallel_rows(rows, cols, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) softmax_row(a + r * cols, out + r * cols, cols, log);

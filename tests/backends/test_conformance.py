@@ -20,6 +20,7 @@ from needle.conformance.calls import (
     Out,
     call,
     fit,
+    marshal,
     operand,
     read,
     scalar_for,
@@ -381,6 +382,32 @@ def test_kernels_queue_in_order(backend, layout):
         np.testing.assert_array_equal(read(mod, a), expected)
     else:
         np.testing.assert_array_equal(read(mod, out), (np.arange(12.0) + 1) ** 2)
+
+
+@rows("cross_entropy_rows")
+def test_cross_entropy_labels_that_are_no_classes_raise(backend, dtype):
+    """cross_entropy_rows (own and fallback) checks its labels as nd.RowIndices does, with its
+    messages, before it writes: ValueError for a label that is not a whole number (without
+    truncate), IndexError naming the range for one outside [0, cols) (NaN under truncate)."""
+    prim = primitives.TABLE["cross_entropy_rows"]
+    z = np.arange(12.0)
+    bad = [
+        ([0.0, 1.5, 2.0], False, ValueError, "whole numbers"),
+        ([0.0, np.nan, 2.0], False, ValueError, "whole numbers"),
+        ([0.0, 4.0, 2.0], False, IndexError, r"\[0, 4\), got 0..4"),
+        ([-1.0, 3.0, 2.0], True, IndexError, r"\[0, 4\), got -1..3"),
+        ([4.5, 0.0, 2.0], True, IndexError, r"\[0, 4\), got 0..4"),
+        ([0.0, np.inf, 1.0], True, IndexError, r"got -9223372036854775808..1"),
+    ]
+    for labels, truncate, error, match in bad:
+        for _label, impl in implementations(backend.mod, prim):
+            loss, grad = Out(1, np.full(1, 7.0)), Out(12, np.full(12, 7.0))
+            args = (z, np.array(labels), loss, grad, 3, 4, truncate)
+            kwargs, outs = marshal(backend.mod, "cross_entropy_rows", *args, dtype=dtype)
+            with pytest.raises(error, match=match):
+                impl(**kwargs)
+            for out in outs:
+                assert (read(backend.mod, out) == 7).all(), (labels, truncate)
 
 
 @rows("gather_axis", "scatter_add_axis", widths_only=True)

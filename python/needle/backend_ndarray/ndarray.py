@@ -1392,6 +1392,25 @@ class NDArray:
             return out.reshape(())
         return out if back is None else out.permute(back)
 
+    def cross_entropy(self, labels: NDArray, truncate: bool = False) -> tuple[NDArray, NDArray]:
+        """(the mean softmax cross-entropy, 0-d; its gradient (softmax - one_hot) / rows) of
+        these (rows, cols) logits against `labels`: rows class numbers in this array's dtype
+        (with `truncate` cut toward zero first), checked by the one cross_entropy_rows call
+        (ValueError, IndexError) before it writes anything."""
+        if self.ndim != 2 or labels.size != self._shape[0]:
+            raise ValueError(f"cross_entropy: logits {self._shape} for {labels.size} labels")
+        if labels._dtype != self._dtype:
+            raise TypeError(f"cross_entropy: labels {labels._dtype}, logits {self._dtype}")
+        self._check_same_device(labels)
+        rows, cols = self._shape
+        loss = NDArray._make((), device=self._device, dtype=self._dtype)
+        grad = NDArray._make(self._shape, device=self._device, dtype=self._dtype)
+        self._device.cross_entropy_rows(
+            self.compact()._handle, labels.compact()._handle, loss._handle, grad._handle,
+            rows, cols, truncate,
+        )  # fmt: skip
+        return loss, grad
+
     def softmax_grad(self, grad: NDArray, axis: int = -1) -> NDArray:
         """softmax's adjoint s * (g - sum(g * s)) along `axis`, self the softmax s and `grad`
         g of its shape: softmax_grad_rows on the rows of the axis moved last."""
@@ -1715,22 +1734,9 @@ class RowIndices:
     def check(indices, rows: int, truncate: bool = False) -> np.ndarray:
         """`indices` as int64 after checking that they are 1-D whole numbers in [0, rows).
         With `truncate`, as the course's ``.numpy().astype(int)``: any shape, flattened, and
-        floats cut to integers."""
+        floats cut to integers (primitives.check_row_indices)."""
         idx = indices.numpy() if isinstance(indices, NDArray) else np.asarray(indices)
-        if truncate:
-            idx = idx.reshape(-1)
-            idx = idx if idx.dtype.kind in "iu" else idx.astype(np.int64)
-        if idx.ndim != 1:
-            raise ValueError(f"row indices must be 1-D, got shape {idx.shape}")
-        if idx.dtype.kind == "f":
-            if not np.all(np.isfinite(idx)) or np.any(idx != np.floor(idx)):
-                raise ValueError("row indices must be whole numbers")
-        elif idx.dtype.kind not in "iub":
-            raise TypeError(f"row indices must be integers, got dtype {idx.dtype}")
-        idx = idx.astype(np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= rows):
-            raise IndexError(f"row indices must lie in [0, {rows}), got {idx.min()}..{idx.max()}")
-        return idx
+        return primitives.check_row_indices(idx, rows, truncate)
 
     def __len__(self) -> int:
         return self.array.size

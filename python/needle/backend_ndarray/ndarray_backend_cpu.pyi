@@ -20,6 +20,7 @@ from ._primitive_stubs import (
     conv2d as conv2d,
     conv2d_input_grad as conv2d_input_grad,
     conv2d_weight_grad as conv2d_weight_grad,
+    cross_entropy_rows as cross_entropy_rows,
     ewise_axpby as ewise_axpby,
     ewise_broadcast_binary as ewise_broadcast_binary,
     gather_axis as gather_axis,

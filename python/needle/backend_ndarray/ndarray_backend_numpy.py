@@ -175,6 +175,16 @@ def softmax_rows(a: Array, out: Array, rows: int, cols: int, log: bool) -> None:
     out.array[: rows * cols] = (shifted - np.log(total) if log else e / total).reshape(-1)
 
 
+def cross_entropy_rows(
+    z: Array, labels: Array, loss: Array, grad: Array, rows: int, cols: int, truncate: bool
+) -> None:
+    """Mean softmax cross-entropy of the compact (rows, cols) z and its gradient."""
+    x = z.array[: rows * cols].reshape(rows, cols)
+    value, g = primitives.cross_entropy_of_rows(x, labels.array[:rows], truncate)
+    loss.array[0] = value
+    grad.array[: rows * cols] = g.reshape(-1)
+
+
 def softmax_grad_rows(s: Array, g: Array, out: Array, rows: int, cols: int) -> None:
     """s * (g - sum(g * s)) on each row of the compact (rows, cols) s and g."""
     if rows * cols == 0:

@@ -416,10 +416,61 @@ def check_gather_indices(idx: np.ndarray, n: int, op: str = "gather") -> None:
         raise IndexError(f"{op}: index {bad[0]} is out of range for an axis of size {n}")
 
 
+def check_row_indices(idx: np.ndarray, rows: int, truncate: bool = False) -> np.ndarray:
+    """`idx` as int64 after checking that it holds 1-D whole numbers in [0, rows): ValueError
+    (not 1-D, not whole), TypeError (not a number) or IndexError (out of range). With
+    `truncate`, as the course's ``.numpy().astype(int)``: any shape, flattened, and floats cut
+    toward zero (NumPy's cast: a NaN or an infinity becomes the lowest int64 on x86, so out
+    of range). nd.RowIndices and cross_entropy_rows check their indices with this."""
+    if truncate:
+        idx = idx.reshape(-1)
+        if idx.dtype.kind not in "iu":
+            with np.errstate(invalid="ignore"):  # NaN and inf: out of range, said below
+                idx = idx.astype(np.int64)
+    if idx.ndim != 1:
+        raise ValueError(f"row indices must be 1-D, got shape {idx.shape}")
+    if idx.dtype.kind == "f":
+        if not np.all(np.isfinite(idx)) or np.any(idx != np.floor(idx)):
+            raise ValueError("row indices must be whole numbers")
+    elif idx.dtype.kind not in "iub":
+        raise TypeError(f"row indices must be integers, got dtype {idx.dtype}")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= rows):
+        raise IndexError(f"row indices must lie in [0, {rows}), got {idx.min()}..{idx.max()}")
+    return idx
+
+
+def cross_entropy_of_rows(x: np.ndarray, labels: np.ndarray, truncate: bool):
+    """cross_entropy_rows on the host: (mean loss, gradient) of the (rows, cols) logits `x`
+    for `labels` (checked by check_row_indices), computed in x's dtype."""
+    rows, cols = x.shape
+    picked = check_row_indices(labels, cols, truncate)
+    shifted = x - x.max(axis=1, keepdims=True) if cols else x
+    e = np.exp(shifted)
+    total = e.sum(axis=1, keepdims=True)
+    at = np.arange(rows)
+    loss = (
+        (np.log(total[:, 0]) - shifted[at, picked]).sum(dtype=np.float64) / rows if rows else np.nan
+    )
+    scale = x.dtype.type(1) / x.dtype.type(max(rows, 1))
+    grad = e / total * scale
+    grad[at, picked] -= scale
+    return x.dtype.type(loss), grad
+
+
 def axis_positions(idx: np.ndarray, outer: int, n: int, inner: int) -> np.ndarray:
     """The flat positions (o n + idx[o, j, i]) inner + i of an (outer, m, inner) index."""
     o = np.arange(outer, dtype=np.int64).reshape(-1, 1, 1) * n
     return ((o + idx) * inner + np.arange(inner, dtype=np.int64)).reshape(-1)
+
+
+def _fallback_cross_entropy_rows(mod, z, labels, loss, grad, rows, cols, truncate):
+    # On the host, as astype's fallback: the labels are read there to be checked anyway.
+    x = mod.to_numpy(z, (rows, cols), (cols, 1), 0)
+    value, g = cross_entropy_of_rows(x, mod.to_numpy(labels, (rows,), (1,), 0), truncate)
+    mod.from_numpy(np.array([value], dtype=x.dtype), loss)
+    if g.size:
+        mod.from_numpy(np.ascontiguousarray(g.reshape(-1)), grad)
 
 
 def _fallback_gather_axis(mod, a, indices, out, outer, n, inner, m):
@@ -1028,6 +1079,20 @@ def _table() -> dict[str, Primitive]:
         "log (a - max) - log(sum(e)) (log_softmax)",
         dtypes=FLOATS,
         fallback=_fallback_softmax_rows,
+    )
+    add(
+        "cross_entropy_rows",
+        "z:array, labels:array, loss:out, grad:out, rows:int, cols:int, truncate:bool",
+        "reduce",
+        False,
+        "softmax cross-entropy of the compact (rows, cols) logits z against labels (rows "
+        "class numbers, in z's dtype; with truncate cut toward zero first): loss[0] = the "
+        "mean over the rows of log(sum(exp(z - max))) + max - z[label], and grad = "
+        "(softmax(z) - one_hot(labels)) / rows, its gradient. A label that is not a whole "
+        "number raises ValueError, one outside [0, cols) IndexError, before anything is "
+        "written (the messages of nd.RowIndices)",
+        dtypes=FLOATS,
+        fallback=_fallback_cross_entropy_rows,
     )
     add(
         "softmax_grad_rows",

@@ -662,6 +662,29 @@ def _softmax_rows(prim, backend, rng):
         )
 
 
+def _cross_entropy_rows(prim, backend, rng):
+    def tol(dtype, cols):  # a mean of row logsumexps (the loss) and a softmax (the gradient)
+        return dict(rtol=20 * EPS[dtype], atol=20 * EPS[dtype] * max(cols, 1) ** 0.5)
+
+    for rows, cols in SOFTMAX_SHAPES:
+        z = rng.standard_normal(rows * cols) * 4
+        labels = rng.integers(0, cols, rows).astype(np.float64)
+        yield Case(
+            f"{rows} rows of {cols}",
+            (z, labels, Out(1), Out(rows * cols), rows, cols, False),
+            lambda dtype, c=cols: tol(dtype, c),
+        )
+    # Labels cut toward zero (2.9 -> 2, -0.5 -> 0) with truncate; logits far apart (a row
+    # whose label's softmax underflows: its loss stays finite, ~2000).
+    z = np.array([[1000.0, -1000.0, 0.0, 5.0], [-3.0, 2.0, 1000.0, 1.0], [0.5, 0.25, 0.0, -0.5]])
+    labels = np.array([2.9, 0.0, -0.5])
+    yield Case(
+        "truncated labels, far logits",
+        (z.reshape(-1), labels, Out(1), Out(12), 3, 4, True),
+        lambda dtype: tol(dtype, 4),
+    )
+
+
 def _softmax_grad_rows(prim, backend, rng):
     for rows, cols in SOFTMAX_SHAPES:
         e = np.exp(rng.standard_normal((rows, cols)))
@@ -869,6 +892,7 @@ GENERATORS: dict[str, Callable] = {
     "layer_norm_rows": _layer_norm_rows,
     "layer_norm_grad_rows": _layer_norm_grad_rows,
     "softmax_grad_rows": _softmax_grad_rows,
+    "cross_entropy_rows": _cross_entropy_rows,
     "batch_norm_rows": _batch_norm_rows,
     "lstm_cell": _lstm_cell,
     "lstm_cell_grad": _lstm_cell,
