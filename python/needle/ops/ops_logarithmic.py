@@ -5,7 +5,7 @@ from typing import Optional
 import ml_dtypes
 import numpy as np
 
-from .. import backend_ndarray as nd
+from .. import autograd, backend_ndarray as nd
 from ..autograd import Saved, Tensor, TensorOp, array_device, array_of, is_grad_enabled
 from ..backend_ndarray import NDArray
 from .ops_mathematic import (
@@ -135,6 +135,7 @@ class ClassLabels:
             if not truncate and labels.ndim != 1:
                 raise ValueError(f"row indices must be 1-D, got shape {labels.shape}")
             self.batch, self.raw = labels.size, labels
+            self._clock = autograd.write_clock()  # positions read later must see these
             return
         positions = _label_positions(np.asarray(labels), classes, truncate)
         self.batch = len(positions)
@@ -144,6 +145,14 @@ class ClassLabels:
     def positions(self) -> nd.RowIndices:
         """The flat positions i * classes + labels[i], checked (computed on first use)."""
         if self._positions is None:
+            assert self.raw is not None
+            writer = autograd.written_since(self.raw, self._clock)
+            if writer is not None:  # (a gradient of gradients reads them after the forward)
+                raise RuntimeError(
+                    f"softmax_cross_entropy: its labels were modified by {writer} after the "
+                    "loss was computed; clone() them before modifying, or modify them after "
+                    "backward"
+                )
             on_device = nd.from_host(
                 _label_positions,
                 (self.raw,),
