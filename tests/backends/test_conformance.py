@@ -398,6 +398,7 @@ def test_cross_entropy_labels_that_are_no_classes_raise(backend, dtype):
         ([-1.0, 3.0, 2.0], True, IndexError, r"\[0, 4\), got -1..3"),
         ([4.5, 0.0, 2.0], True, IndexError, r"\[0, 4\), got 0..4"),
         ([0.0, np.inf, 1.0], True, IndexError, r"got -9223372036854775808..1"),
+        ([np.nan, 0.0, 1.0], True, IndexError, r"got -9223372036854775808..1"),
     ]
     for labels, truncate, error, match in bad:
         for _label, impl in implementations(backend.mod, prim):
