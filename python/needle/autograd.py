@@ -1150,18 +1150,6 @@ def note_inplace_write(name: str, data: Any) -> None:
     _record_write(name, data)
 
 
-def write_clock() -> int:
-    """The count of in-place writes so far: what written_since compares with."""
-    return _INPLACE_CLOCK
-
-
-def written_since(data: Any, clock: int) -> str | None:
-    """The op that last wrote `data`'s buffer in place, if that was after `clock` (a
-    write_clock() reading); else None."""
-    entry = _WRITTEN.get(id(_buffer(data)))
-    return entry[3] if entry is not None and entry[1] > clock else None
-
-
 def written_in_place(data: Any) -> bool:
     """Whether _WRITTEN holds `data`'s buffer itself (one more reference to it)."""
     entry = _WRITTEN.get(id(_buffer(data)))

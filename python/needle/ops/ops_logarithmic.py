@@ -134,8 +134,9 @@ class ClassLabels:
         if isinstance(labels, NDArray):
             if not truncate and labels.ndim != 1:
                 raise ValueError(f"row indices must be 1-D, got shape {labels.shape}")
-            self.batch, self.raw = labels.size, labels
-            self._clock = autograd.write_clock()  # positions read later must see these
+            # A private copy (one small call): the labels as they are now, whatever is written
+            # into the caller's array before a gradient of gradients reads them again.
+            self.batch, self.raw = labels.size, autograd.copy_data(labels)
             return
         positions = _label_positions(np.asarray(labels), classes, truncate)
         self.batch = len(positions)
@@ -145,14 +146,6 @@ class ClassLabels:
     def positions(self) -> nd.RowIndices:
         """The flat positions i * classes + labels[i], checked (computed on first use)."""
         if self._positions is None:
-            assert self.raw is not None
-            writer = autograd.written_since(self.raw, self._clock)
-            if writer is not None:  # (a gradient of gradients reads them after the forward)
-                raise RuntimeError(
-                    f"softmax_cross_entropy: its labels were modified by {writer} after the "
-                    "loss was computed; clone() them before modifying, or modify them after "
-                    "backward"
-                )
             on_device = nd.from_host(
                 _label_positions,
                 (self.raw,),
