@@ -246,6 +246,9 @@ def test_view_chain_matches_numpy_and_shares_buffer(device, dtype, data, shape):
     np.testing.assert_array_equal(compacted.numpy(), view_np)
     if view.is_compact():
         assert compacted is view
+    copied = view.copy()  # a buffer of its own, a compact view's too
+    assert copied.is_compact() and copied._handle is not base._handle
+    np.testing.assert_array_equal(copied.numpy(), view_np)
 
     # Write through the view (into a sub-selection of it), exactly as NumPy would.
     idx = data.draw(indices(view.shape), label="setitem index")
@@ -278,11 +281,10 @@ def test_view_chain_matches_numpy_and_shares_buffer(device, dtype, data, shape):
             dropped[...] = value_np
     np.testing.assert_array_equal(base.numpy(), base_np)  # visible in the base
     np.testing.assert_array_equal(view.numpy(), view_np)
+    before = apply_np(np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape), chain)
     if compacted is not view:  # compact() copied, so the copy kept the old values
-        np.testing.assert_array_equal(
-            compacted.numpy(),
-            apply_np(np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape), chain),
-        )
+        np.testing.assert_array_equal(compacted.numpy(), before)
+    np.testing.assert_array_equal(copied.numpy(), before)  # copy() always did
 
 
 @dtypes

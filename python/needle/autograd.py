@@ -1100,9 +1100,7 @@ def copy_data(data: Any) -> Any:
     """A private copy of an NDArray or NumPy array (or NumPy scalar)."""
     if type(data) is not _NDARRAY:
         return numpy.array(data, copy=True) if isinstance(data, numpy.ndarray) else data
-    out = _NDARRAY.make(data.shape, device=data.device, dtype=data.dtype)
-    out[...] = data
-    return out
+    return data.copy()
 
 
 def _check_writable(name: str, data: Any) -> None:

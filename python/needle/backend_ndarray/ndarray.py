@@ -904,6 +904,13 @@ class NDArray:
             self._device.mod.compact(self._handle, out._handle, *view)
         return out
 
+    def copy(self) -> NDArray:
+        """A compact copy with a buffer of its own (one compact call, a view or not)."""
+        out = NDArray._make(self._shape, device=self._device, dtype=self._dtype)
+        if _size(self._shape):
+            self._device.mod.compact(self._handle, out._handle, *self._simplified_view())
+        return out
+
     def as_strided(self, shape, strides) -> NDArray:
         """A view with the given shape and strides (in elements) over the same buffer."""
         shape, strides = _as_shape(shape), tuple(operator.index(s) for s in strides)
