@@ -143,6 +143,18 @@ def test_softmax_loss(device, dtype):
     np.testing.assert_allclose(logits.grad.numpy(), logits_t.grad.numpy(), **tol)
 
 
+def test_softmax_loss_under_no_grad_keeps_nothing_for_a_backward(device):
+    """An evaluation's loss (no_grad) holds no gradient of its logits: a list of them costs a
+    number each, not the logits' size (the fused loss computes the gradient with the loss)."""
+    logits = tensor(np.random.randn(6, 4), device, "float32", requires_grad=True)
+    labels = ndl.Tensor(np.array([0, 3, 1, 2, 2, 0]), device=device)
+    with ndl.no_grad():
+        quiet = nn.SoftmaxLoss()(logits, labels)
+    loud = nn.SoftmaxLoss()(logits, labels)
+    assert quiet.saved is None and quiet.op is None
+    np.testing.assert_array_equal(quiet.numpy(), loud.numpy())
+
+
 def test_softmax_loss_is_stable_for_large_logits(device):
     logits = tensor(np.array([[1000.0, 0.0], [0.0, -1000.0]]), device, "float32")
     loss = nn.SoftmaxLoss()(logits, ndl.Tensor(np.array([0, 1]), device=device))

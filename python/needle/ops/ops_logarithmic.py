@@ -226,7 +226,8 @@ class SoftmaxCrossEntropy(TensorOp):
             # softmax, label pick and sum, and the gradient's own array ops, took 14 calls
             # and a host round trip for the labels (a bf16 MLP step: 3.81 -> 3.56 ms).
             loss, grad = z.cross_entropy(labels, self.labels.truncate)
-            return Saved(loss, grad=grad)
+            # (not kept under no_grad: an evaluation's losses would each hold logits' worth)
+            return Saved(loss, grad=grad) if is_grad_enabled() else loss
         # Each row's -log_softmax(z)[label], log_softmax = (z - m) - log sum exp(z - m) with m
         # the row's max (z - logsumexp(z) would carry logsumexp's rounding: 0.06 at z = 1e6 in
         # float32), in one fused row pass (softmax_rows) instead of five array passes.
