@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "convert.h"
@@ -48,9 +49,9 @@ template <class Body> void parallel_rows(int64_t rows, int64_t cols, Body &&body
   });
 }
 
-// One row of softmax (log: log_softmax): m = max, e = exp(x - m), y = e / sum e or
-// (x - m) - log sum e. The same formula as the NumPy reference, NaN and infinities included.
-template <class T> void softmax_row(const T *x, T *y, int64_t n, bool log) {
+// The max m of a row and sum(exp(x - m)); with a non-null e, exp(x - m) written there too.
+// Shared by softmax_row and cross_entropy_row.
+template <class T> std::pair<T, T> max_and_exp_sum(const T *x, T *e_out, int64_t n) {
   constexpr int W = simd::kWidth<T>;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const int64_t whole = n / W * W, tail = n - whole;
@@ -61,17 +62,26 @@ template <class T> void softmax_row(const T *x, T *y, int64_t n, bool log) {
   Vec<T> acc{};
   for (int64_t i = 0; i < whole; i += W) {
     const Vec<T> e = vexp(simd::load(x + i) - m);
-    if (!log) simd::store(y + i, e);
+    if (e_out) simd::store(e_out + i, e);
     acc += e;
   }
   if (tail) {
     // -inf lanes past the row give e = 0 (unless m is NaN or inf, then the row is NaN anyway).
     const Vec<T> e = vexp(load_tail(x + whole, tail, kNegInf) - m);
-    if (!log) simd::store_partial(y + whole, e, tail);
+    if (e_out) simd::store_partial(e_out + whole, e, tail);
     acc += e;
   }
   T sum = 0;
   for (int l = 0; l < W; ++l) sum += acc[l];
+  return {m, sum};
+}
+
+// One row of softmax (log: log_softmax): m = max, e = exp(x - m), y = e / sum e or
+// (x - m) - log sum e. The same formula as the NumPy reference, NaN and infinities included.
+template <class T> void softmax_row(const T *x, T *y, int64_t n, bool log) {
+  constexpr int W = simd::kWidth<T>;
+  const int64_t whole = n / W * W;
+  const auto [m, sum] = max_and_exp_sum(x, log ? nullptr : y, n);
   if (log) {
     const T ls = std::log(sum);
     for (int64_t i = 0; i < whole; i += W) simd::store(y + i, (simd::load(x + i) - m) - ls);
@@ -355,25 +365,8 @@ template <class T> void softmax_grad_row(const T *s, const T *g, T *out, int64_t
 // `label`, and the row's loss log(sum e) - (x[label] - m), e = exp(x - m), m the max.
 template <class T> double cross_entropy_row(const T *x, T *g, int64_t n, int64_t label, T scale) {
   constexpr int W = simd::kWidth<T>;
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  const int64_t whole = n / W * W, tail = n - whole;
-  Vec<T> mv = simd::splat(kNegInf);
-  for (int64_t i = 0; i < whole; i += W) mv = simd::max_nan<T>(mv, simd::load(x + i));
-  if (tail) mv = simd::max_nan<T>(mv, load_tail(x + whole, tail, kNegInf));
-  const T m = horizontal_max<T>(mv);
-  Vec<T> acc{};
-  for (int64_t i = 0; i < whole; i += W) {
-    const Vec<T> e = vexp(simd::load(x + i) - m);
-    simd::store(g + i, e);
-    acc += e;
-  }
-  if (tail) {
-    const Vec<T> e = vexp(load_tail(x + whole, tail, kNegInf) - m);
-    simd::store_partial(g + whole, e, tail);
-    acc += e;
-  }
-  T sum = 0;
-  for (int l = 0; l < W; ++l) sum += acc[l];
+  const int64_t whole = n / W * W;
+  const auto [m, sum] = max_and_exp_sum(x, g, n);
   const T factor = scale / sum;
   for (int64_t i = 0; i < whole; i += W) simd::store(g + i, simd::load(g + i) * factor);
   for (int64_t i = whole; i < n; ++i) g[i] *= factor;
