@@ -2,6 +2,10 @@
 
     python benchmarks/bench_matmul.py --threads 1 [--plot matmul.png] [--write RESULTS.md]
     python benchmarks/bench_matmul.py --dtypes float32,bfloat16 --sizes 1024,2048 --threads 1,2
+    python benchmarks/bench_matmul.py --device cuda --dtypes float32,bfloat16,float16
+
+--device cuda measures needle's CUDA GEMMs against torch.matmul on the same GPU (TF32 off, as
+needle's float32 kernel computes; no NumPy column there).
 
 "needle cpu" is the public path (NDArray `a @ b`, output allocated per call); "needle raw"
 calls the backend's matmul primitive on preallocated buffers. A 16-bit dtype of --dtypes adds
@@ -26,6 +30,7 @@ DTYPE_OF: dict[str, str] = {}  # column (backend name) -> its dtype, set by conf
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtypes", default="float32", help="float32, bfloat16, float16, ...")
     parser.add_argument("--sizes", help="comma-separated square sizes (default 256 to 2048)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
 
 def column(name: str, dtype: str) -> str:
@@ -64,28 +69,40 @@ def configure(args):
     workload.cases = [in_column_dtype(case) for case in workload.cases]
     dtypes = args.dtypes.split(",")
     workload.title = f"Matrix multiplication ({', '.join(dtypes)})"
-    backends = [harness.numpy_backend()] if "float32" in dtypes else []
+    cpu = args.device == "cpu"
+    if not cpu and (torch := harness.import_torch()) is not None:
+        torch.backends.cuda.matmul.allow_tf32 = False  # cuBLAS's FP32 path, as needle computes
+    backends = [harness.numpy_backend()] if "float32" in dtypes and cpu else []
     for dtype in dtypes:
-        names = ["needle cpu", "needle raw"] + ["torch cpu"] * (dtype != "float16")
+        names = ["needle", "needle raw"] + ["torch"] * has_torch_column(dtype, args.device)
         for name in names:
-            make = harness.torch_backend if name == "torch cpu" else harness.needle_backend
-            backends.append(make("cpu", column(name, dtype)))
-            DTYPE_OF[column(name, dtype)] = dtype
+            make = harness.torch_backend if name == "torch" else harness.needle_backend
+            label = column(name if name == "needle raw" else f"{name} {args.device}", dtype)
+            backends.append(make(args.device, label))
+            DTYPE_OF[label] = dtype
     return [workload], backends
 
 
+def has_torch_column(dtype: str, device: str) -> bool:
+    return dtype != "float16" or device != "cpu"
+
+
 def ratios(argv: list[str]) -> list[tuple[str, str]]:
-    """needle against NumPy and torch in float32; in a 16-bit dtype against needle float32
-    and torch in that dtype."""
+    """needle against NumPy (CPU only) and torch in float32; in a 16-bit dtype against needle
+    float32 and torch in that dtype."""
     parser = argparse.ArgumentParser(add_help=False)
     arguments(parser)
-    dtypes = parser.parse_known_args(argv)[0].dtypes.split(",")
+    args = parser.parse_known_args(argv)[0]
+    dtypes, dev = args.dtypes.split(","), args.device
     f32 = "float32" in dtypes
-    pairs = [("needle cpu", "numpy"), ("needle cpu", "torch cpu"), ("needle raw", "numpy")]
+    pairs = [(f"needle {dev}", f"torch {dev}")]
+    if dev == "cpu":
+        pairs = [("needle cpu", "numpy"), pairs[0], ("needle raw", "numpy")]
+    float32_pairs = len(pairs)
     for half in (d for d in dtypes if d != "float32"):
-        raw, torch = column("needle raw", half), column("torch cpu", half)
-        pairs += [(raw, "needle raw")] * f32 + [(raw, torch)] * (half != "float16")
-    return pairs if f32 else pairs[3:]
+        raw, torch = column("needle raw", half), column(f"torch {dev}", half)
+        pairs += [(raw, "needle raw")] * f32 + [(raw, torch)] * has_torch_column(half, dev)
+    return pairs if f32 else pairs[float32_pairs:]
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@
 #
 # OUT_DIR: summary.md; steps.tsv (one row per step: name, exit status or "skipped", seconds,
 # limit, note); machine.json; logs/STEP.log; tests/STEP.xml (pytest's JUnit files);
-# bench_cuda.json (SGEMM sweep and MLP steps); bench/ (needle bench: report.md, results.json).
+# bench_cuda.json (SGEMM sweep and MLP steps); bench_half_gemm.json (bench_matmul.py: the
+# 16-bit GEMMs); bench/ (needle bench: report.md, results.json).
 set -u
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print } /^set -u/ { exit }' "$0"; }
@@ -58,6 +59,7 @@ if [[ "$DRY_RUN" == 1 ]]; then
     WEBGPU_PATHS=(tests/test_webgpu.py)
     WEBGPU_ADAPTERS=any # lavapipe (a CPU) stands in for the GPU's Vulkan driver
     SGEMM_SIZES=64,128
+    HALF_GEMM_SIZES=64
     MLP_BATCHES=16
     BENCH_CUDA_REPEATS=1
     BENCH_PRESET=--tiny # needle bench's test preset: seconds
@@ -71,6 +73,7 @@ else
         tests/test_nn.py)
     WEBGPU_ADAPTERS=gpu
     SGEMM_SIZES=512,1024,2048,4096
+    HALF_GEMM_SIZES=1024,4096
     MLP_BATCHES=128,1024
     BENCH_CUDA_REPEATS=10 # bench_cuda.py's own
     BENCH_PRESET=--quick
@@ -91,7 +94,7 @@ SANITIZER_K="(test_conformance and (float32 or uint8)) or (test_gpu_ and not out
 # ---- set-up ------------------------------------------------------------------------------
 # What an earlier run left in the folder would pass for this run's results: removed, and only
 # that (the folder may hold other things).
-rm -rf "${OUT_DIR:?}"/{logs,tests,bench,summary.md,steps.tsv,machine.json,bench_cuda.json}
+rm -rf "${OUT_DIR:?}"/{logs,tests,bench,summary.md,steps.tsv,machine.json,bench_cuda.json,bench_half_gemm.json}
 mkdir -p "$OUT_DIR/logs" "$OUT_DIR/tests" || exit 2
 OUT_DIR="$(cd "$OUT_DIR" && pwd)" # absolute: the steps run from the repository's root
 cd "$REPO" || exit 2
@@ -149,11 +152,15 @@ within() {
     timeout -s INT -k 10 "$left" "$@"
 }
 
+# pytest-xdist, where installed (the GPU machines' image has it; needle does not need it),
+# spreads the tests over 8 processes, each with its own CUDA context: the suite's ~4,600 GPU
+# cases are mostly small, so their time is Python's, not the GPU's.
+XDIST=()
 pytest_on() { # DEVICE NAME PATH... -- the device tests of DEVICE, JUnit in tests/NAME.xml
     local device="$1" name="$2"
     shift 2
     within env NEEDLE_TEST_DEVICES="$device" "$PYTHON" -m pytest -q -p no:cacheprovider -rfE \
-        --junitxml "$OUT_DIR/tests/$name.xml" "$@"
+        "${XDIST[@]}" --junitxml "$OUT_DIR/tests/$name.xml" "$@"
 }
 
 # ---- the steps ---------------------------------------------------------------------------
@@ -173,6 +180,8 @@ step_machine() {
     git rev-parse HEAD 2>&1 && git status --short 2>&1 | head -20
     echo "--- python ($PYTHON) and packages"
     within "$PYTHON" benchmarks/gpu_check_summary.py machine "$OUT_DIR/machine.json" || status=$?
+    if "$PYTHON" -c 'import xdist' 2>/dev/null; then XDIST=(-n 8); fi
+    echo "pytest-xdist: ${XDIST[*]:-not installed, the tests run in one process}"
     echo "--- WebGPU"
     find_webgpu_adapter
     echo "webgpu: ${WEBGPU_ADAPTER:-none: $WEBGPU_REASON}"
@@ -269,6 +278,15 @@ step_bench_cuda() {
         --json-out "$OUT_DIR/bench_cuda.json"
 }
 
+step_bench_half_gemm() {
+    # The 16-bit GEMMs (issue 18): needle's bfloat16 and float16 matmul, float32 accumulation,
+    # against its float32 kernel and torch.matmul in the same dtype.
+    local dtypes=float32,bfloat16,float16
+    [[ "$DEV" == cpu ]] && dtypes=float32,bfloat16 # torch's CPU float16 GEMM crawls
+    within "$PYTHON" benchmarks/bench_matmul.py --device "$DEV" --dtypes "$dtypes" \
+        --sizes "$HALF_GEMM_SIZES" --max-time-per-case 3 --json-out "$OUT_DIR/bench_half_gemm.json"
+}
+
 step_sanitizer() {
     local sanitizer
     sanitizer="$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" 2>/dev/null)"
@@ -310,6 +328,7 @@ run_step install 240 step_install
 run_step tests 240 step_tests
 run_step bench-cuda 90 step_bench_cuda
 run_step sanitizer 120 step_sanitizer
+run_step bench-half-gemm 45 step_bench_half_gemm
 run_step bench 150 step_bench
 run_step tests-webgpu 120 step_webgpu
 

@@ -178,7 +178,11 @@ def step_verdict(step: dict[str, str], out: Path) -> tuple[str, str]:
         else:
             details.append(f"{errors} memcheck error(s)")
             status = "fail" if errors else status
-    results = {"bench-cuda": "bench_cuda.json", "bench": "bench/results.json"}.get(name)
+    results = {
+        "bench-cuda": "bench_cuda.json",
+        "bench-half-gemm": "bench_half_gemm.json",
+        "bench": "bench/results.json",
+    }.get(name)
     if results and not (out / results).exists() and status == "pass":
         status, details = "fail", details + [f"no {results}; the log ends: {last_line(out, name)}"]
     return status, "; ".join(details)
