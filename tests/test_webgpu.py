@@ -21,6 +21,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 import types
 
 import numpy as np
@@ -622,3 +624,48 @@ def test_grids_past_the_per_dimension_limit_are_folded():
     np.testing.assert_allclose(sums, a.sum(axis=1), rtol=1e-5, atol=1e-5)
     maxima = ndl.NDArray(a, device=WEBGPU).max(axis=1).numpy()
     np.testing.assert_array_equal(maxima, a.max(axis=1))
+
+
+class _AdapterThatHangs:
+    """An adapter whose driver answers the device request only when `answer` is set, or
+    refuses it (`refuse`): what wgpu's request looks like from needle."""
+
+    info = {"device": "Stuck GPU", "backend_type": "Vulkan", "adapter_type": "DiscreteGPU"}
+    features: frozenset = frozenset()
+    limits = {
+        "max-buffer-size": 1 << 30,
+        "max-storage-buffer-binding-size": 1 << 27,
+        "max-compute-workgroups-per-dimension": 65535,
+    }
+
+    def __init__(self, refuse: bool = False):
+        self.answer, self.refuse = threading.Event(), refuse
+
+    def request_device_sync(self, **descriptor):
+        if self.refuse:
+            raise RuntimeError("vkCreateDevice failed")
+        self.answer.wait()
+        raise RuntimeError("answered after the test")
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["no-answer", "refused"])
+def test_a_device_request_the_driver_never_answers_is_an_import_error(monkeypatch, refuse):
+    """A driver that never answers wgpu's device request (seen on an NVIDIA H200's Vulkan
+    driver) turns the backend off with the reason after DEVICE_REQUEST_TIMEOUT_S, instead of
+    hanging; a driver that refuses the device is an ImportError naming the adapter too."""
+    runtime = pytest.importorskip("needle.backend_ndarray.webgpu_runtime")
+    monkeypatch.setattr(runtime, "DEVICE_REQUEST_TIMEOUT_S", 0.2)
+    adapter = _AdapterThatHangs(refuse)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ImportError) as raised:
+            runtime.WebGPURuntime(adapter=adapter, features=())
+    finally:
+        adapter.answer.set()  # let the abandoned request's thread end
+    message = str(raised.value)
+    assert message.startswith("needle's webgpu backend: Stuck GPU (Vulkan, DiscreteGPU): ")
+    if refuse:
+        assert message.endswith("vkCreateDevice failed")
+    else:
+        assert "created no device in 0.2 s" in message
+        assert 0.2 <= time.perf_counter() - start < 5

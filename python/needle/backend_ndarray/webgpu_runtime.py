@@ -26,6 +26,7 @@ substring of its name.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +46,10 @@ SLOT_BYTES = 256  # the largest parameter struct (strided.wgsl: 152 bytes), roun
 # (reductions), f16 (the float16 dtype: without it the device does not hold float16).
 OPTIONAL_FEATURES = ("shader-int64", "subgroup", "shader-f16")
 _USAGE = wgpu.BufferUsage
+# wgpu waits for the driver's device without a limit. On an NVIDIA H200's Vulkan driver, 12
+# test processes were each still inside that request after 120 s; lavapipe answers in ~0.1 s.
+# Past this, the backend is off with the reason instead of hanging `ndl.webgpu().enabled()`.
+DEVICE_REQUEST_TIMEOUT_S = 60.0
 
 
 def _adapter_name(adapter) -> str:
@@ -70,6 +75,33 @@ def select_adapter():
             return adapter
     found = "; ".join(_adapter_name(a) for a in adapters) or "none"
     raise ImportError(f"NEEDLE_WEBGPU_ADAPTER={wanted!r} matches no adapter (found: {found})")
+
+
+def _request_device(adapter, name: str, **descriptor):
+    """adapter.request_device_sync(**descriptor), given DEVICE_REQUEST_TIMEOUT_S to answer on
+    a thread of its own (left behind if the driver never answers). ImportError, naming the
+    adapter, when the driver refuses the device or does not answer in time."""
+    answer: dict[str, Any] = {}
+
+    def request() -> None:
+        try:
+            answer["device"] = adapter.request_device_sync(**descriptor)
+        except Exception as error:  # a driver that refuses the device: the backend is off
+            answer["error"] = error
+
+    thread = threading.Thread(target=request, name="needle-webgpu-device-request", daemon=True)
+    thread.start()
+    thread.join(DEVICE_REQUEST_TIMEOUT_S)
+    if thread.is_alive():
+        raise ImportError(
+            f"needle's webgpu backend: {name}: the driver created no device in "
+            f"{DEVICE_REQUEST_TIMEOUT_S:g} s (wgpu's device request has not returned); "
+            "NEEDLE_WEBGPU_ADAPTER picks another adapter"
+        )
+    error = answer.get("error")
+    if error is not None:
+        raise ImportError(f"needle's webgpu backend: {name}: {error}") from error
+    return answer["device"]
 
 
 def size_class(nbytes: int) -> int:
@@ -105,16 +137,15 @@ class WebGPURuntime:
             limits["max-buffer-size"], limits["max-storage-buffer-binding-size"]
         )
         self.max_groups = limits["max-compute-workgroups-per-dimension"]
-        try:
-            self.device = adapter.request_device_sync(
-                required_features=sorted(self.features),
-                required_limits={
-                    "max-buffer-size": limits["max-buffer-size"],
-                    "max-storage-buffer-binding-size": limits["max-storage-buffer-binding-size"],
-                },
-            )
-        except Exception as error:  # a driver that refuses the device: the backend is off
-            raise ImportError(f"needle's webgpu backend: {self.adapter_name}: {error}") from error
+        self.device = _request_device(
+            adapter,
+            self.adapter_name,
+            required_features=sorted(self.features),
+            required_limits={
+                "max-buffer-size": limits["max-buffer-size"],
+                "max-storage-buffer-binding-size": limits["max-storage-buffer-binding-size"],
+            },
+        )
         self.queue = self.device.queue
         alignment = limits["min-uniform-buffer-offset-alignment"]
         self.slot = -(-SLOT_BYTES // alignment) * alignment
