@@ -168,8 +168,8 @@ within() {
 
 # pytest-xdist, where installed (the GPU machines' image has it; needle does not need it),
 # spreads the tests over 12 processes (2 on a small machine), each with its own CUDA context:
-# the suite's ~3,900 GPU cases are mostly small, so their time is Python's, not the GPU's (62 s
-# in 8 processes on an H200's 16 cores).
+# the suite's ~3,900 GPU cases are mostly small, so their time is Python's, not the GPU's (59 s
+# in 8 processes, 63 in 12, on an H200 machine's 16 cores).
 XDIST=()
 pytest_on() { # DEVICE NAME PATH... -- the device tests of DEVICE, JUnit in tests/NAME.xml
     local device="$1" name="$2"

@@ -650,9 +650,10 @@ class _AdapterThatHangs:
 
 @pytest.mark.parametrize("refuse", [False, True], ids=["no-answer", "refused"])
 def test_a_device_request_the_driver_never_answers_is_an_import_error(monkeypatch, refuse):
-    """A driver that never answers wgpu's device request (seen on an NVIDIA H200's Vulkan
-    driver) turns the backend off with the reason after DEVICE_REQUEST_TIMEOUT_S, instead of
-    hanging; a driver that refuses the device is an ImportError naming the adapter too."""
+    """A driver that does not answer wgpu's device request (an NVIDIA H200's Vulkan driver
+    gave 12 processes no answer in 120 s) turns the backend off with the reason after
+    DEVICE_REQUEST_TIMEOUT_S, instead of hanging; a driver that refuses the device is an
+    ImportError naming the adapter too."""
     runtime = pytest.importorskip("needle.backend_ndarray.webgpu_runtime")
     monkeypatch.setattr(runtime, "DEVICE_REQUEST_TIMEOUT_S", 0.2)
     adapter = _AdapterThatHangs(refuse)

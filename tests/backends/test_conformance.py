@@ -103,7 +103,7 @@ def test_primitive(backend, prim, dtype):
         for label, impl in implementations(backend.mod, prim):
             # A fallback adds in index order, except where it calls the backend's own
             # scatter_add_rows (scatter_add_axis's does), which CUDA's adds with atomics: on an
-            # H200 two sums of 40 float32 rows came out a last bit apart.
+            # H200 sums of 40 float32 values into 3 came out a last bit apart.
             ordered = backend.ordered_scatter or (
                 label == "fallback" and prim.name != "scatter_add_axis"
             )
