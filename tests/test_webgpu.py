@@ -630,16 +630,15 @@ class _AdapterThatHangs:
     """An adapter whose driver answers the device request only when `answer` is set, or
     refuses it (`refuse`): what wgpu's request looks like from needle."""
 
-    info = {"device": "Stuck GPU", "backend_type": "Vulkan", "adapter_type": "DiscreteGPU"}
-    features: frozenset = frozenset()
-    limits = {
-        "max-buffer-size": 1 << 30,
-        "max-storage-buffer-binding-size": 1 << 27,
-        "max-compute-workgroups-per-dimension": 65535,
-    }
-
     def __init__(self, refuse: bool = False):
         self.answer, self.refuse = threading.Event(), refuse
+        self.info = {"device": "Stuck GPU", "backend_type": "Vulkan", "adapter_type": "DiscreteGPU"}
+        self.features: frozenset = frozenset()
+        self.limits = {
+            "max-buffer-size": 1 << 30,
+            "max-storage-buffer-binding-size": 1 << 27,
+            "max-compute-workgroups-per-dimension": 65535,
+        }
 
     def request_device_sync(self, **descriptor):
         if self.refuse:
