@@ -73,13 +73,12 @@ def configure(args):
     if not cpu and (torch := harness.import_torch()) is not None:
         torch.backends.cuda.matmul.allow_tf32 = False  # cuBLAS's FP32 path, as needle computes
     backends = [harness.numpy_backend()] if "float32" in dtypes and cpu else []
+    names = [f"needle {args.device}", "needle raw", f"torch {args.device}"]
     for dtype in dtypes:
-        names = ["needle", "needle raw"] + ["torch"] * has_torch_column(dtype, args.device)
-        for name in names:
-            make = harness.torch_backend if name == "torch" else harness.needle_backend
-            label = column(name if name == "needle raw" else f"{name} {args.device}", dtype)
-            backends.append(make(args.device, label))
-            DTYPE_OF[label] = dtype
+        for name in names[: 2 + has_torch_column(dtype, args.device)]:
+            make = harness.torch_backend if name.startswith("torch") else harness.needle_backend
+            backends.append(make(args.device, column(name, dtype)))
+            DTYPE_OF[column(name, dtype)] = dtype
     return [workload], backends
 
 
