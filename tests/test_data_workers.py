@@ -282,6 +282,28 @@ def test_killed_worker_and_timeout_raise_instead_of_hanging():
     assert_no_workers()
 
 
+def test_blocked_seconds_counts_only_waits_for_batches_not_yet_built():
+    # Each batch of 2 items takes a worker >= 0.1 s; one batch requested ahead.
+    slow = data.DataLoader(Images(8, delay=0.05), 2, num_workers=1, prefetch_factor=1, seed=0)
+    iterator = iter(slow)
+    started = time.perf_counter()
+    next(iterator)
+    assert 0.09 <= slow.blocked_seconds <= time.perf_counter() - started
+    # A batch whose frame is in the pipe when next() asks: received, never waited for.
+    results = slow._pool.workers[0][2].connection
+    assert results.poll(30)  # batch 1, built
+    before = slow.blocked_seconds
+    next(iterator)
+    assert slow.blocked_seconds == before
+    # Without workers, next() builds the batch: all of it is waiting for data.
+    here = data.DataLoader(Images(8, delay=0.05), 2)
+    started = time.perf_counter()
+    next(iter(here))
+    assert 0.09 <= here.blocked_seconds <= time.perf_counter() - started
+    slow.close()
+    assert_no_workers()
+
+
 def test_workers_of_a_killed_main_process_exit():
     script = textwrap.dedent(
         f"""

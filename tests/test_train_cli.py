@@ -37,7 +37,7 @@ def run(tmp_path, *extra, epochs=2, max_batches=4):
 
 def history_without_times(path):
     rows = json.loads((Path(path) / "metrics.json").read_text())
-    timed = ("seconds", "data_wait", "data_wait_max")
+    timed = ("seconds", "data_wait", "data_wait_max", "data_blocked", "data_blocked_max")
     return [{k: v for k, v in row.items() if k not in timed} for row in rows]
 
 
@@ -174,8 +174,10 @@ def test_resnet9_with_augmentation_and_workers_logs_its_data_wait(tmp_path, caps
         common = ("--model", "resnet9", "--data-dir", str(tmp_path / "cifar"), *augment)
         assert run(out, *common, "--batch-size", "4", "--workers", workers, max_batches=3) == 0
         rows.append(json.loads((out / "metrics.json").read_text()))
-    assert all(0 <= row["data_wait"] <= 1 and 0 <= row["data_wait_max"] <= 1 for row in rows[0])
-    timed = ("seconds", "data_wait", "data_wait_max", "config")
+    for row in rows[0]:
+        assert 0 <= row["data_blocked"] <= row["data_wait"] <= 1
+        assert 0 <= row["data_blocked_max"] <= row["data_wait_max"] <= 1
+    timed = ("seconds", "data_wait", "data_wait_max", "data_blocked", "data_blocked_max", "config")
     same = [[{k: v for k, v in r.items() if k not in timed} for r in rows_] for rows_ in rows]
     assert same[0] == same[1]  # the augmentation does not depend on the number of workers
     assert same[1] != same[2]  # (and it changed the images)

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="build image batches in N worker processes, ahead of the training step (the "
-        "log's data_wait: the share of the time spent waiting for them)",
+        "log's data_wait: the share of the time spent waiting for them; data_blocked: for "
+        "batches not yet built)",
     )
     train.add_argument(
         "--augment",
@@ -418,8 +419,10 @@ def _epoch_row(result: EpochResult, lr: float, metric: str) -> dict:
     else:
         row.update(train_accuracy=train[0], val_accuracy=val[0])
     row["seconds"] = round(result.seconds, 2)
-    # Waiting for batches: the share of the training pass, and of its slowest step.
+    # Waiting for batches: the share of the training pass, and of its slowest step; blocked:
+    # the part of that wait when a batch was not ready (not yet built by its worker).
     row["data_wait"], row["data_wait_max"] = (round(w, 4) for w in result.data_wait)
+    row["data_blocked"], row["data_blocked_max"] = (round(w, 4) for w in result.data_blocked)
     return row
 
 

@@ -124,29 +124,44 @@ class SequenceBatches:
 class EpochResult:
     """One epoch of `Trainer.fit`: (accuracy, mean loss) of the training and validation passes
     (val None without validation data), the wall time of both, and the training pass's
-    `data_wait` (see Trainer.data_wait)."""
+    `data_wait` and `data_blocked` (see Trainer.data_wait)."""
 
     epoch: int
     train: tuple[float, float]
     val: tuple[float, float] | None
     seconds: float
     data_wait: tuple[float, float] = (0.0, 0.0)
+    data_blocked: tuple[float, float] = (0.0, 0.0)
 
 
-def _timed(iterable, steps: list):
-    """The items of `iterable`, appending for each (seconds spent waiting for it, seconds
-    since the previous one was handed out: the step that used it plus this wait) to `steps`."""
-    iterator, last = iter(iterable), time.perf_counter()
+def _timed(data, total: int, steps: list):
+    """The first `total` items of `data`, appending for each (seconds spent waiting for it,
+    seconds since the previous one was handed out: the step that used it plus this wait, the
+    part of the wait the item was not ready: data.blocked_seconds' growth where `data` counts
+    it, as a DataLoader does, else the whole wait) to `steps`."""
+    iterator, last = iter(itertools.islice(data, total)), time.perf_counter()
     while True:
         start = time.perf_counter()
+        blocked = getattr(data, "blocked_seconds", None)
         try:
             item = next(iterator)
         except StopIteration:
             return
         now = time.perf_counter()
-        steps.append((now - start, now - last))
+        wait = now - start
+        if blocked is not None:
+            blocked = min(wait, data.blocked_seconds - blocked)
+        steps.append((wait, now - last, wait if blocked is None else blocked))
         last = now
         yield item
+
+
+def _wait_shares(steps: list, column: int) -> tuple[float, float]:
+    """(the share of the pass, the largest share of one step after the first) of `_timed`'s
+    `steps` that their `column` (0: the wait, 2: its blocked part) took."""
+    elapsed = max(sum(step for _, step, _ in steps), 1e-9)
+    largest = max((waits[column] / max(waits[1], 1e-9) for waits in steps[1:]), default=0.0)
+    return sum(waits[column] for waits in steps) / elapsed, largest
 
 
 def _progress(iterable, total: int, description: str | None):
@@ -215,8 +230,10 @@ class Trainer:
                 raise TypeError(f"Trainer: hook {hook!r} has none of {', '.join(HOOK_METHODS)}")
         self.epoch = 0  # the last epoch fit() completed (what a checkpoint is marked with)
         # The last training pass's time waiting for batches: (its share of the pass, the largest
-        # share of one step after the first, whose wait includes starting the data workers).
-        self.data_wait = (0.0, 0.0)
+        # share of one step after the first, whose wait includes starting the data workers);
+        # data_blocked the same for the part of those waits when a batch was not ready (see
+        # DataLoader.blocked_seconds): the rest is receiving ready batches.
+        self.data_wait = self.data_blocked = (0.0, 0.0)
         # With `compile`, whole updates run through ndl.compile (recorded, then replayed) when
         # nothing must run between backward and the step (no clipping, no after_backward).
         self._compiled = ndl.compile(self._update) if compile else None
@@ -305,7 +322,7 @@ class Trainer:
         total = len(data) if self.max_batches is None else min(len(data), self.max_batches)
         n = self.accumulate
         correct, total_loss, seen, state, steps = 0, 0.0, 0, None, []
-        batches = _timed(itertools.islice(data, total), steps)
+        batches = _timed(data, total, steps)
         for batch, (x, y) in enumerate(_progress(batches, total, description), 1):
             if train:  # micro-batch (batch - 1) % n of an update of min(n, what is left)
                 first = (batch - 1) // n * n
@@ -325,9 +342,7 @@ class Trainer:
             seen += count
         if train:
             check_finite_parameters(self.model)
-            waits = [wait / max(step, 1e-9) for wait, step in steps[1:]]
-            elapsed = sum(step for _, step in steps)
-            self.data_wait = (sum(w for w, _ in steps) / max(elapsed, 1e-9), max(waits, default=0))
+            self.data_wait, self.data_blocked = _wait_shares(steps, 0), _wait_shares(steps, 2)
         totals = np.array([correct, total_loss, seen], dtype=np.float64)
         for hook in self.hooks:
             if hasattr(hook, "reduce_totals"):
@@ -353,7 +368,8 @@ class Trainer:
                 else self.run_epoch(False, description=self._description(epoch, "val"))
             )
             self.epoch = epoch
-            result = EpochResult(epoch, train, val, time.perf_counter() - started, self.data_wait)
+            seconds = time.perf_counter() - started
+            result = EpochResult(epoch, train, val, seconds, self.data_wait, self.data_blocked)
             results.append(result)
             self._call("on_epoch_end", self, result)
         return results

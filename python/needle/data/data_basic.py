@@ -7,6 +7,7 @@ back as a Tensor, integer labels as integer Tensors.
 
 import functools
 import math
+import time
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -165,6 +166,7 @@ class DataLoader:
     them across epochs; `timeout` (s) bounds the wait for one batch. `seed`: epoch e (the e-th
     iter(), counted by `.epoch`) shuffles with default_rng((seed, e)), and np.random is seeded
     from (seed, e, b) while batch b is built, so its transforms' draws do not depend on N.
+    `blocked_seconds` adds up the time iteration waited for batches that were not ready.
     """
 
     def __init__(
@@ -207,6 +209,10 @@ class DataLoader:
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.persistent_workers, self.seed, self.timeout = persistent_workers, seed, timeout
         self.epoch = 0
+        # Seconds __next__ has spent on batches that were not ready: building them here (no
+        # workers), or blocked until their worker sent them. The rest of a call (receiving a
+        # ready batch, wrapping it in Tensors, the next request) is the loader's own cost.
+        self.blocked_seconds = 0.0
         self._key: Optional[tuple] = None  # np.random's seed for this epoch's batches
         self._pool: Optional[WorkerPool] = None
         # The course sets the ordering here only without shuffle; a sampler's may change
@@ -255,22 +261,30 @@ class DataLoader:
                 self.close()
             raise StopIteration
         if self._pool is not None:
+            blocked = self._pool.blocked
             try:
                 batch = self._pool.next(self._tensors_over)
             except BaseException:  # KeyboardInterrupt too: a half-read pipe is unusable
                 self.close()
                 raise
-        elif self._key is not None:
-            state = np.random.get_state()
-            try:
-                reseed(self._key + (self.index,))
-                batch = self._tensors(_fetch(self.dataset, self.ordering[self.index]))
-            finally:
-                np.random.set_state(state)
+            self.blocked_seconds += self._pool.blocked - blocked
         else:
-            batch = self._tensors(_fetch(self.dataset, self.ordering[self.index]))
+            started = time.perf_counter()
+            batch = self._build_here()
+            self.blocked_seconds += time.perf_counter() - started
         self.index += 1
         return batch
+
+    def _build_here(self) -> tuple[Tensor, ...]:
+        """The next batch, built in this process (no workers)."""
+        if self._key is None:
+            return self._tensors(_fetch(self.dataset, self.ordering[self.index]))
+        state = np.random.get_state()
+        try:
+            reseed(self._key + (self.index,))
+            return self._tensors(_fetch(self.dataset, self.ordering[self.index]))
+        finally:
+            np.random.set_state(state)
 
     def _tensors_over(self, fields) -> tuple[Tensor, ...]:
         """A worker's batch as Tensors over its shared buffer where the C++ CPU backend can

@@ -95,6 +95,7 @@ class Results:
     def __init__(self, connection, sentinel):
         self.connection, self.sentinel, self.buffer = connection, sentinel, bytearray()
         self.selector = None
+        self.blocked = 0.0  # seconds receive() waited for a message not yet sent
         if RAW_PIPES:
             os.set_blocking(connection.fileno(), False)
             self.selector = selectors.DefaultSelector()
@@ -111,7 +112,9 @@ class Results:
         EOFError when the worker is gone (its pipe closed, or its process ended with no
         message left)."""
         if not RAW_PIPES:
+            started = time.perf_counter()
             ready = wait([self.connection, self.sentinel], timeout)
+            self.blocked += time.perf_counter() - started
             if ready and self.connection not in ready:
                 raise EOFError
             return self.connection.recv() if ready else None
@@ -121,7 +124,9 @@ class Results:
                 chunk = os.read(self.connection.fileno(), 1 << 16)
             except BlockingIOError:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                started = time.perf_counter()
                 events = self.selector.select(left)
+                self.blocked += time.perf_counter() - started
                 if not events:
                     return None
                 if all(key.fd != self.connection.fileno() for key, _ in events):
@@ -348,6 +353,11 @@ class WorkerPool:
 
     def close(self) -> None:
         self._closer()
+
+    @property
+    def blocked(self) -> float:
+        """Seconds next() has waited for batches their workers had not yet sent."""
+        return sum(results.blocked for _, _, results in self.workers)
 
     def start(self, batches: list, key) -> None:
         """A new epoch: `batches` (index arrays) in order, `key` the seed of their np.random
