@@ -344,9 +344,11 @@ def test_linear_under_autocast_equals_its_composite_bit_for_bit(low, create_grap
 @pytest.mark.parametrize("create_graph", [False, True])
 def test_conv_under_autocast_equals_its_composite_bit_for_bit(low, create_graph, device):
     """Where the device convolves 16-bit rows, nn.Conv under autocast is one Conv node that
-    casts its inputs itself, keeps the casts, and casts its gradients back: its output and
+    casts its input and weight itself, keeps the casts, and casts its gradients back: its
     gradients (and their own gradients, create_graph) are those of the AsType nodes and Conv
-    it replaced, bit for bit. Elsewhere it is those nodes."""
+    it replaced, bit for bit. Its float32 bias is not cast: the device adds it to the rounded
+    conv in float32 (conv2d_bias), rounded once more, and sums its gradient in float32 with
+    the weights' (conv2d_weight_bias_grad). Elsewhere it is those nodes."""
     holds(device, low)
     rng = np.random.default_rng(1)
     layer = nn.Conv(3, 8, 3, device=device)
@@ -376,7 +378,16 @@ def test_conv_under_autocast_equals_its_composite_bit_for_bit(low, create_graph,
     leaves = (x, layer.weight, layer.bias)
     assert (op.low == low and all(a is b for a, b in zip(inputs, leaves, strict=True))) == folded
     assert all(type(t.op).__name__ == "AsType" for t in composite_inputs)
-    for a, b in zip(fused, reference):
+    if nd.conv2d_takes_bias(x.astype(low).cached_data, layer.bias.cached_data):
+        with ndl.no_grad():
+            plain = ndl.ops.Conv(1, 1, "NCHW")(x.astype(low), layer.weight.astype(low)).numpy()
+        bias = layer.bias.numpy().reshape(1, -1, 1, 1)
+        reference[0] = bits((plain.astype(np.float32) + bias).astype(plain.dtype))
+        if not create_graph:  # (with create_graph, the Tensor ops' sum, rounded to low)
+            d_bias = g.numpy().astype(np.float64).sum(axis=(0, 2, 3))
+            np.testing.assert_allclose(fused.pop(3).view(np.float32), d_bias, rtol=1e-6)
+            reference.pop(3)
+    for a, b in zip(fused, reference, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -226,3 +226,34 @@ def test_a_nan_in_one_call_does_not_reach_the_next(half, row):
             conv(row, half, np.full_like(a, np.nan), np.full_like(b, np.nan), size, deep)
         a, b, size = operands(odd, row, rng)
         assert np.isfinite(conv(row, half, a, b, size, odd).astype(np.float32)).all(), odd
+
+
+@pytest.mark.parametrize("half", HALFS)
+def test_biased_rows_add_a_float32_bias_and_sum_its_gradient_in_float32(half):
+    """conv2d_bias: the 16-bit conv2d row's result widened, plus the float32 bias, rounded once
+    more (bit for bit); conv2d_weight_bias_grad: the weight row's result and the adjoint's
+    column sums kept in float32. A 16-bit bias is refused (HALF_ROW_FLOAT32_PARAMS)."""
+    rng = np.random.default_rng(21)
+    for shape in SHAPES:
+        n, h, w, c_in, k, c_out, s, p = shape
+        dims = (n, h, w, c_in, k, k, c_out, s, p)
+        x, wt, size = operands(shape, "conv2d", rng)
+        bias = rng.standard_normal(c_out).astype(np.float32)
+        x16, w16 = (to_array(t.astype(numpy_dtype(half)).reshape(-1)) for t in (x, wt))
+        out = cpu.Array(size, half)
+        cpu.conv2d_bias(x16, w16, to_array(bias), out, *dims)
+        plain = conv("conv2d", half, x, wt, size, shape).astype(np.float32)
+        want = (plain.reshape(-1, c_out) + bias).astype(numpy_dtype(half)).reshape(-1)
+        np.testing.assert_array_equal(bits(read(out, (size,))), bits(want), err_msg=f"{shape}")
+
+        x, g, size = operands(shape, "conv2d_weight_grad", rng)
+        g16 = g.astype(numpy_dtype(half))
+        dw, d_bias = cpu.Array(size, half), cpu.Array(c_out)
+        x16 = to_array(x.astype(numpy_dtype(half)).reshape(-1))
+        cpu.conv2d_weight_bias_grad(x16, to_array(g16.reshape(-1)), dw, d_bias, *dims)
+        want_dw = conv("conv2d_weight_grad", half, x, g, size, shape)
+        np.testing.assert_array_equal(bits(read(dw, (size,))), bits(want_dw), err_msg=f"{shape}")
+        want_bias = g16.astype(np.float64).reshape(-1, c_out).sum(axis=0)
+        np.testing.assert_allclose(read(d_bias, (c_out,)), want_bias, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match=f"conv2d_bias's bias is {half}, not float32"):
+        cpu.conv2d_bias(x16, w16, cpu.Array(c_out, half), out, *dims)

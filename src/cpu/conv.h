@@ -24,5 +24,10 @@ template <class T> void conv2d_input_grad(const ConvShape &s, const T *g, const 
 // dw = d conv(x, w) / dw for the adjoint g.
 template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const T *g, T *dw);
 
+// A conv's bias: out (rows, cols) += bias on every row, and d_bias = the rows of g summed (in
+// double). P is T, or float for 16-bit T (widened, added, rounded once more).
+template <class T, class P> void add_bias_rows(T *out, const P *bias, int64_t rows, int64_t cols);
+template <class T, class P> void bias_gradient(const T *g, P *d_bias, int64_t rows, int64_t cols);
+
 }  // namespace cpu
 }  // namespace needle

@@ -177,6 +177,36 @@ def conv2d_weight_grad(
     stride: int,
     padding: int,
 ) -> None: ...
+def conv2d_bias(
+    a: Array,
+    b: Array,
+    bias: Array,
+    out: Array,
+    n: int,
+    height: int,
+    width: int,
+    c_in: int,
+    kh: int,
+    kw: int,
+    c_out: int,
+    stride: int,
+    padding: int,
+) -> None: ...
+def conv2d_weight_bias_grad(
+    a: Array,
+    b: Array,
+    out: Array,
+    d_bias: Array,
+    n: int,
+    height: int,
+    width: int,
+    c_in: int,
+    kh: int,
+    kw: int,
+    c_out: int,
+    stride: int,
+    padding: int,
+) -> None: ...
 def matmul_tiled(a: Array, b: Array, out: Array, m: int, n: int, p: int) -> None: ...
 def reduce_sum(a: Array, out: Array, reduce_size: int) -> None: ...
 def reduce_max(a: Array, out: Array, reduce_size: int) -> None: ...

@@ -151,6 +151,7 @@ __all__ = [
     "conv2d",
     "conv2d_native",
     "conv2d_native_for",
+    "conv2d_takes_bias",
 ]
 
 default_dtype = "float32"
@@ -1978,13 +1979,30 @@ def conv2d_native_for(device: BackendDevice, dtype: str) -> bool:
     )
 
 
+def conv2d_takes_bias(rows: NDArray, bias: NDArray) -> bool:
+    """Whether rows' device adds a conv's bias in its conv2d rows itself (conv2d_bias, and
+    conv2d_weight_bias_grad for its gradient): a bias in rows' dtype, or float32 for 16-bit."""
+    device, dtype = rows.device, rows.dtype
+    fused = device.has("conv2d_bias") and device.has("conv2d_weight_bias_grad")
+    if dtype in _HALF_SET:
+        return fused and "conv2d_bias" in device.half_rows and bias.dtype == "float32"
+    return fused and conv2d_native_for(device, dtype) and bias.dtype == dtype
+
+
 def conv2d(
-    kind: str, a: NDArray, b: NDArray, dims: tuple[int, ...], stride: int, padding: int
-) -> NDArray:
+    kind: str,
+    a: NDArray,
+    b: NDArray,
+    dims: tuple[int, ...],
+    stride: int,
+    padding: int,
+    bias: NDArray | None = None,
+):
     """One conv2d primitive on compact copies of a and b. kind "forward": a the NHWC input,
     b the (kh, kw, c_in, c_out) weights, the result the output; "input_grad": a the adjoint,
     b the weights, the result dx; "weight_grad": a the input, b the adjoint, the result dw.
-    dims = (n, h, w, c_in, kh, kw, c_out) of the forward conv."""
+    dims = (n, h, w, c_in, kh, kw, c_out) of the forward conv. With the conv's `bias`
+    (conv2d_takes_bias), "forward" adds it and "weight_grad" returns (dw, its gradient)."""
     n, h, w, c_in, kh, kw, c_out = dims
     if stride < 1 or padding < 0 or h + 2 * padding < kh or w + 2 * padding < kw:
         raise ValueError(f"conv2d: bad stride {stride} or padding {padding} for {dims}")
@@ -1994,7 +2012,15 @@ def conv2d(
     if a.shape != shapes[0] or b.shape != shapes[1]:
         raise ValueError(f"conv2d {kind}: operands {a.shape}, {b.shape} for {dims}")
     out = NDArray._make(shapes[2], device=a.device, dtype=a.dtype)
-    name = "conv2d" if kind == "forward" else f"conv2d_{kind}"
-    fn = getattr(a.device, name)
-    fn(a.compact()._handle, b.compact()._handle, out._handle, *dims, stride, padding)
-    return out
+    args = (a.compact()._handle, b.compact()._handle, out._handle, *dims, stride, padding)
+    if bias is None or kind == "input_grad":
+        getattr(a.device, "conv2d" if kind == "forward" else f"conv2d_{kind}")(*args)
+        return out
+    if bias.shape != (c_out,) or not conv2d_takes_bias(a, bias):
+        raise ValueError(f"conv2d {kind}: bias {bias.shape} {bias.dtype} for {a.dtype} {dims}")
+    if kind == "forward":
+        a.device.conv2d_bias(*args[:2], bias.compact()._handle, *args[2:])
+        return out
+    d_bias = NDArray._make((c_out,), device=a.device, dtype=bias.dtype)
+    a.device.conv2d_weight_bias_grad(*args[:3], d_bias._handle, *args[3:])
+    return out, d_bias

@@ -312,6 +312,24 @@ def conv2d_weight_grad(a, b, out, n, height, width, c_in, kh, kw, c_out, stride,
     out.array[: dw.size] = dw.reshape(-1)
 
 
+def conv2d_bias(a, b, bias, out, n, height, width, c_in, kh, kw, c_out, stride, padding) -> None:
+    """conv2d's out plus bias (c_out) on each output pixel."""
+    conv2d(a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding)
+    if out.size:
+        y = out.array[: out.size].reshape(-1, c_out)
+        y += bias.array[:c_out]
+
+
+def conv2d_weight_bias_grad(
+    a, b, out, d_bias, n, height, width, c_in, kh, kw, c_out, stride, padding
+) -> None:
+    """conv2d_weight_grad's out, and d_bias (c_out): the adjoint b summed over its pixels."""
+    conv2d_weight_grad(a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding)
+    oh, ow, _ = _conv_views(n, height, width, c_in, kh, kw, c_out, stride, padding)
+    g = b.array[: n * oh * ow * c_out].reshape(-1, c_out)
+    d_bias.array[:c_out] = g.sum(axis=0, dtype=np.float64)
+
+
 def batch_norm_rows(a, weight, bias, out, mean, var, rows, cols, eps) -> None:
     """Each column (feature) of the compact (rows, cols) a normalised over the rows: out =
     (a - mean) / sqrt(var + eps) * weight + bias, with the mean and biased var also written."""

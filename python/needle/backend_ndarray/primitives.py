@@ -719,6 +719,25 @@ def _fallback_conv2d_weight_grad(
     mod.matmul(cols, b, out, kh * kw * c_in, n * oh * ow, c_out)
 
 
+def _fallback_conv2d_bias(
+    mod, a, b, bias, out, n, height, width, c_in, kh, kw, c_out, stride, padding
+):
+    conv = _temp(mod, out, out.size)
+    dims = (n, height, width, c_in, kh, kw, c_out, stride, padding)
+    resolve(mod, "conv2d")(a, b, conv, *dims)
+    _column_spread(mod, conv, bias, out.size // max(c_out, 1), c_out, "ewise_add", out)
+
+
+def _fallback_conv2d_weight_bias_grad(
+    mod, a, b, out, d_bias, n, height, width, c_in, kh, kw, c_out, stride, padding
+):
+    resolve(mod, "conv2d_weight_grad")(
+        a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding
+    )
+    oh, ow = (height + 2 * padding - kh) // stride + 1, (width + 2 * padding - kw) // stride + 1
+    _column_sum(mod, b, n * oh * ow, c_out, d_bias)
+
+
 def _fallback_conv2d_input_grad(
     mod, a, b, out, n, height, width, c_in, kh, kw, c_out, stride, padding
 ):
@@ -975,6 +994,27 @@ def _table() -> dict[str, Primitive]:
         "adjoint (n, oh, ow, c_out)",
         dtypes=FLOATS,
         fallback=_fallback_conv2d_weight_grad,
+    )
+    biased = conv.replace("out:out", "bias:array, out:out")
+    add(
+        "conv2d_bias",
+        biased,
+        "linalg",
+        False,
+        "conv2d's out, plus bias (c_out) added to each output pixel: one call where conv2d and "
+        "a broadcast add were two",
+        dtypes=FLOATS,
+        fallback=_fallback_conv2d_bias,
+    )
+    add(
+        "conv2d_weight_bias_grad",
+        conv.replace("out:out", "out:out, d_bias:out"),
+        "linalg",
+        False,
+        "conv2d_weight_grad's out, and the bias's gradient d_bias (c_out): the adjoint b summed "
+        "over its pixels",
+        dtypes=FLOATS,
+        fallback=_fallback_conv2d_weight_bias_grad,
     )
     add(
         "matmul_tiled",
@@ -1234,6 +1274,8 @@ def validate(mod) -> frozenset[str]:
 HALF_ROW_FLOAT32_PARAMS: dict[str, tuple[str, ...]] = {
     "batch_norm_rows": ("weight", "bias", "mean", "var"),
     "batch_norm_rows_grad": ("mean", "inv_std", "weight", "d_weight", "d_bias"),
+    "conv2d_bias": ("bias",),  # (a float32 parameter: neither cast nor rounded before the add)
+    "conv2d_weight_bias_grad": ("d_bias",),
 }
 
 

@@ -825,25 +825,25 @@ def _conv2d(prim, backend, rng):
         n, h, w, c_in, kh, kw, c_out, stride, padding = dims
         oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
         x, wt, y = n * h * w * c_in, kh * kw * c_in * c_out, n * oh * ow * c_out
+        forward, weights = (x, wt, y), (x, y, wt)
         sizes = {
-            "conv2d": (x, wt, y),
+            "conv2d": forward,
+            "conv2d_bias": forward,
             "conv2d_input_grad": (y, wt, x),
-            "conv2d_weight_grad": (x, y, wt),
+            "conv2d_weight_grad": weights,
+            "conv2d_weight_bias_grad": weights,
         }[prim.name]
-        depth = {"conv2d": kh * kw * c_in, "conv2d_input_grad": kh * kw * c_out}.get(
-            prim.name, n * oh * ow
+        depth = {"conv2d_input_grad": kh * kw * c_out}.get(
+            prim.name, kh * kw * c_in if sizes is forward else n * oh * ow
         )
-        # The output starts as NaNs: every element must be written.
-        yield Case(
-            f"{dims}",
-            (
-                rng.standard_normal(sizes[0]),
-                rng.standard_normal(sizes[1]),
-                Out(sizes[2], np.full(sizes[2], np.nan)),
-                *dims,
-            ),
-            matmul_tol(depth),
-        )
+        # The outputs start as NaNs: every element must be written.
+        first, second = rng.standard_normal(sizes[0]), rng.standard_normal(sizes[1])
+        out = Out(sizes[2], np.full(sizes[2], np.nan))
+        arrays = {
+            "conv2d_bias": (first, second, rng.standard_normal(c_out), out),
+            "conv2d_weight_bias_grad": (first, second, out, Out(c_out, np.full(c_out, np.nan))),
+        }.get(prim.name, (first, second, out))
+        yield Case(f"{dims}", (*arrays, *dims), matmul_tol(depth))
 
 
 # (rows, features): one row, fewer rows than a chunk of the sums (256), several chunks with a
@@ -900,6 +900,8 @@ GENERATORS: dict[str, Callable] = {
     "conv2d": _conv2d,
     "conv2d_input_grad": _conv2d,
     "conv2d_weight_grad": _conv2d,
+    "conv2d_bias": _conv2d,
+    "conv2d_weight_bias_grad": _conv2d,
     "synchronize": _synchronize,
 }
 # References for optional rows the NumPy backend leaves to the table's fallback: written

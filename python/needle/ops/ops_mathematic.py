@@ -921,7 +921,7 @@ class Conv(TensorOp):
     def compute(self, x: NDArray, w: NDArray, bias: NDArray | None = None):
         if x.ndim != 4 or w.ndim != 4:
             raise ValueError("needs a 4-D NHWC input and 4-D (kh, kw, c_in, c_out) weights")
-        a, b, bias = autocast_arrays(self.low, x, w, bias)
+        a, b = autocast_arrays(self.low, x, w)
         kept = a is not x  # a cast: kept for the gradient
         a = _nhwc(a, self.layout)
         if a.shape[3] != b.shape[2]:
@@ -938,14 +938,18 @@ class Conv(TensorOp):
             dims = a.shape + (kh, kw, c_out)
             compact = a.compact()  # an NCHW input: compacted once, the weight gradient
             kept, a = kept or compact is not a, compact  # reads the copy again (node.saved.x)
-            out = nd.conv2d("forward", a, b, dims, self.stride, self.padding)
+            fused = bias is not None and nd.conv2d_takes_bias(a, bias)  # (float32 if 16-bit)
+            out = nd.conv2d(
+                "forward", a, b, dims, self.stride, self.padding, bias if fused else None
+            )
+            bias = None if fused else bias
         else:
             kept = False
             cols, (n, h_out, w_out) = _im2col(a, kh, kw, self.stride, self.padding)
             out = cols @ b.compact().reshape(cols.shape[1], c_out)
             out = out.reshape(n, h_out, w_out, c_out)
         if bias is not None:
-            out = out + bias.reshape((1, 1, 1, c_out))
+            out = out + autocast_arrays(self.low, bias)[0].reshape((1, 1, 1, c_out))
         out = _from_nhwc(out, self.layout)
         if not kept and b is w:
             return out
@@ -966,13 +970,17 @@ class Conv(TensorOp):
                 xc = Tensor.make_const(_from_nhwc(saved_x, layout))
             if saved_w is not None:
                 wc = Tensor.make_const(saved_w)
-        grads: list[Tensor | None] = [
-            conv_input_gradient(out_grad, xc, wc, s, p, layout) if x.requires_grad else None,
-            ConvWeightGrad(s, p, w.shape[:2], layout, saved_x)(xc, out_grad)
-            if w.requires_grad
-            else None,
-        ]
-        if len(node.inputs) == 3:  # the bias
+        bias, g = array_of(node.inputs[2]) if len(node.inputs) == 3 else None, array_of(out_grad)
+        fused = w.requires_grad and not is_grad_enabled() and isinstance(g, NDArray)
+        fused = fused and isinstance(bias, NDArray) and nd.conv2d_takes_bias(g, bias)
+        weights = ConvWeightGrad(s, p, w.shape[:2], layout, saved_x, bias if fused else None)
+        dw = weights(xc, out_grad) if w.requires_grad else None
+        dx = conv_input_gradient(out_grad, xc, wc, s, p, layout) if x.requires_grad else None
+        grads: list[Tensor | None] = [dx, dw]
+        if fused and dw is not None:  # with the weights' (conv2d_weight_bias_grad)
+            dw.realize_cached_data()  # (LAZY_MODE: the weights' compute runs here)
+            grads.append(Tensor.make_const(weights.bias_grad))
+        elif bias is not None:
             grads.append(summation(out_grad, (0, 2, 3) if layout == "NCHW" else (0, 1, 2)))
         return tuple(_cast_back(g, t.dtype) for g, t in zip(grads, node.inputs))
 
@@ -1136,10 +1144,12 @@ class ConvWeightGrad(TensorOp):
         kernel: tuple[int, int],
         layout: str = "NHWC",
         x_nhwc: NDArray | None = None,
+        bias: NDArray | None = None,
     ):
         self.stride, self.padding, self.layout = stride, padding, layout
         self.kernel = tuple(kernel)
         self.x_nhwc = x_nhwc  # the forward's compact NHWC copy of x, when it made one
+        self.bias = bias  # the conv's bias: compute also sets bias_grad (conv2d_takes_bias)
 
     def computes_halves(self, arrays) -> bool:
         return _native_conv(*arrays)  # the device's conv rows take them (HALF_ROWS)
@@ -1162,7 +1172,10 @@ class ConvWeightGrad(TensorOp):
                     f"adjoint {g.shape} does not match the output {out_shape} of input {x.shape}"
                 )
             dims = x.shape + (kh, kw, g.shape[3])
-            return nd.conv2d("weight_grad", x, g, dims, self.stride, self.padding)
+            if self.bias is None:
+                return nd.conv2d("weight_grad", x, g, dims, self.stride, self.padding)
+            dw, self.bias_grad = nd.conv2d("weight_grad", x, g, dims, s, p, self.bias)
+            return dw
         cols, out_shape = _im2col(x, kh, kw, self.stride, self.padding)
         if g.ndim != 4 or g.shape[:3] != out_shape:
             raise ValueError(
