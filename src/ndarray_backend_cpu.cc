@@ -252,31 +252,45 @@ void astype(const Array &a, Array &out) {
 
 // ---- linear algebra ------------------------------------------------------------------
 
+// matmul_strided, and with `wide` matmul_strided_wide: 16-bit a and b, float32 out.
+template <bool Wide = false>
 void matmul_strided(const Array &a, const Array &b, Array &out, int64_t batch, int64_t m, int64_t n,
                     int64_t p, int64_t a_offset, const Shape &a_strides, int64_t b_offset,
                     const Shape &b_strides) {
+  const char *what = Wide ? "matmul_strided_wide" : "matmul_strided";
   if (a_strides.size() != 3 || b_strides.size() != 3)
-    throw nb::value_error("matmul_strided: strides must be (batch, row, col)");
-  checked_view("matmul_strided (a)", {batch, m, n}, a_strides, a_offset, a.size);
-  checked_view("matmul_strided (b)", {batch, n, p}, b_strides, b_offset, b.size);
-  const View o = checked_view("matmul_strided", {batch, m, p}, {m * p, p, 1}, 0, out.size);
-  const DType dtype = common_dtype(a, b, out);
-  if (o.size == 0) return require<MatmulTypes>(dtype);
+    throw nb::value_error((std::string(what) + ": strides must be (batch, row, col)").c_str());
+  checked_view(Wide ? "matmul_strided_wide (a)" : "matmul_strided (a)", {batch, m, n}, a_strides,
+               a_offset, a.size);
+  checked_view(Wide ? "matmul_strided_wide (b)" : "matmul_strided (b)", {batch, n, p}, b_strides,
+               b_offset, b.size);
+  const View o = checked_view(what, {batch, m, p}, {m * p, p, 1}, 0, out.size);
+  const DType dtype = Wide ? common_dtype(a, b) : common_dtype(a, b, out);
+  if (Wide) require_dtype("matmul_strided_wide's out", out.dtype, DType::f32);
+  if (o.size == 0) return Wide ? require<Halves>(dtype) : require<MatmulTypes>(dtype);
   GilRelease unlocked(o.size * std::max<int64_t>(n, 1));
-  dispatch<MatmulTypes>(dtype, [&](auto tag) {
+  auto run = [&](auto tag) {
     using T = decltype(tag);
-    gemm<T>(batch, m, n, p, {a.data<T>() + a_offset, a_strides[0], a_strides[1], a_strides[2]},
-            {b.data<T>() + b_offset, b_strides[0], b_strides[1], b_strides[2]}, out.data<T>());
-  });
+    const MatrixView<T> av{a.data<T>() + a_offset, a_strides[0], a_strides[1], a_strides[2]};
+    const MatrixView<T> bv{b.data<T>() + b_offset, b_strides[0], b_strides[1], b_strides[2]};
+    if constexpr (Wide)
+      gemm_wide<T>(batch, m, n, p, av, bv, out.data<float>());
+    else
+      gemm<T>(batch, m, n, p, av, bv, out.data<T>());
+  };
+  if constexpr (Wide)
+    dispatch<Halves>(dtype, run);
+  else
+    dispatch<MatmulTypes>(dtype, run);
 }
 
 void matmul(const Array &a, const Array &b, Array &out, int64_t m, int64_t n, int64_t p) {
-  matmul_strided(a, b, out, 1, m, n, p, 0, {0, n, 1}, 0, {0, p, 1});
+  matmul_strided<>(a, b, out, 1, m, n, p, 0, {0, n, 1}, 0, {0, p, 1});
 }
 
 void batched_matmul(const Array &a, const Array &b, Array &out, int64_t batch, int64_t m, int64_t n,
                     int64_t p) {
-  matmul_strided(a, b, out, batch, m, n, p, 0, {m * n, n, 1}, 0, {n * p, p, 1});
+  matmul_strided<>(a, b, out, batch, m, n, p, 0, {m * n, n, 1}, 0, {n * p, p, 1});
 }
 
 // out_tile += a_tile @ b_tile for contiguous kTile x kTile tiles.
@@ -936,8 +950,10 @@ NB_MODULE(ndarray_backend_cpu, m) {
   def(m, "batched_matmul", &batched_matmul, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a, "p"_a);
   def(m, "matmul_tiled", &matmul_tiled, "a"_a, "b"_a, "out"_a, "m"_a, "n"_a, "p"_a);
 
-  def(m, "matmul_strided", &matmul_strided, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a, "p"_a,
-      "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
+  def(m, "matmul_strided", &matmul_strided<false>, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a, "n"_a,
+      "p"_a, "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
+  def(m, "matmul_strided_wide", &matmul_strided<true>, "a"_a, "b"_a, "out"_a, "batch"_a, "m"_a,
+      "n"_a, "p"_a, "a_offset"_a, "a_strides"_a, "b_offset"_a, "b_strides"_a);
 
   for (auto [name, fn] : {std::pair{"conv2d", &conv2d_primitive<ConvRole::Forward>},
                           std::pair{"conv2d_input_grad", &conv2d_primitive<ConvRole::InputGrad>},

@@ -232,6 +232,37 @@ def test_16_bit_gemm_within_one_ulp():
     assert worst_gemm_error() <= 1.0
 
 
+@pytest.mark.parametrize("half", HALFS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_gemm_is_the_16_bit_gemm_before_its_rounding(half, threads):
+    """matmul_strided_wide: the float32 sums matmul_strided rounds once (the same kernel and
+    blocking), so rounded they are its result bit for bit; and within float32's summation
+    bound of float64 (shapes past the depth block, transposed operands, thread splits)."""
+    rng = np.random.default_rng(11)
+    before = cpu.get_num_threads()
+    cpu.set_num_threads(threads)
+    try:
+        for m, n, p in gemm_shapes()[::5] + [(128, 784, 512)]:
+            a = rng.standard_normal((n, m)).astype(numpy_dtype(half)).T  # as x^T in dW = x^T g
+            b = rng.standard_normal((n, p)).astype(numpy_dtype(half))
+            x, y = to_array(a.T), to_array(b)
+            views = (1, m, n, p, 0, (0, 1, m), 0, (0, p, 1))
+            wide, rounded = cpu.Array(m * p), cpu.Array(m * p, half)
+            cpu.matmul_strided_wide(x, y, wide, *views)
+            cpu.matmul_strided(x, y, rounded, *views)
+            sums = read(wide, (m, p))
+            np.testing.assert_array_equal(
+                bits(sums.astype(numpy_dtype(half))), bits(read(rounded, (m, p)))
+            )
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            bound = 2 * (n + 2) * 2.0**-24 * (np.abs(a64) @ np.abs(b64)) + 1e-30
+            assert (np.abs(sums - a64 @ b64) <= bound).all(), (m, n, p)
+    finally:
+        cpu.set_num_threads(before)
+    with pytest.raises(TypeError, match="matmul_strided_wide's out is"):
+        cpu.matmul_strided_wide(x, y, cpu.Array(m * p, half), *views)
+
+
 def test_16_bit_gemm_fallback_within_one_ulp():
     """bfloat16 on the float32 kernel (NEEDLE_GEMM_BF16=0), in a process of its own."""
     code = (

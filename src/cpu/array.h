@@ -85,6 +85,7 @@ template <class... Ts> struct WithHalves<TypeList<Ts...>> {
 };
 template <class List> using AndHalves = typename WithHalves<List>::type;
 using MatmulTypes = AndHalves<Floats>;  // 16-bit: sums in float32
+using Halves = TypeList<Float16, BFloat16>;
 
 // A dtype a primitive does not take, or arrays of different dtypes in one call. The binding
 // (def in ndarray_backend_cpu.cc) turns it into a TypeError naming the primitive.

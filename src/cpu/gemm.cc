@@ -438,9 +438,11 @@ template <class S, class P> void gemm_product(const Problem<S> &pr, int n_thread
   for (int64_t i = 0; i < pr.m; ++i)
     for (int64_t j = 0; j < pr.p; ++j) {
       if constexpr (is_half_v<S>)
-        from_float(ct + j * pr.m + i, pr.rounded + i * pr.ldc + j, 1);
-      else
-        pr.c[i * pr.ldc + j] = ct[j * pr.m + i];
+        if (pr.rounded) {
+          from_float(ct + j * pr.m + i, pr.rounded + i * pr.ldc + j, 1);
+          continue;
+        }
+      pr.c[i * pr.ldc + j] = ct[j * pr.m + i];  // (16-bit operands, no rounded: the sums)
     }
 }
 
@@ -470,7 +472,7 @@ void gemm_run(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<S> a, M
               Acc<S> *out, S *rounded = nullptr) {
   using T = Acc<S>;
   if (n == 0) {
-    if constexpr (is_half_v<S>)
+    if (rounded)
       std::fill_n(rounded, batch * m * p, S{});
     else
       std::fill_n(out, batch * m * p, T(0));
@@ -550,6 +552,23 @@ void gemm(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, Matri
     if (!paired) gemm_run<T, float>(batch, m, n, p, a, b, c, out);
   }
 }
+
+// 16-bit operands into a float32 out: the sums, not rounded (matmul_strided_wide: a weight
+// gradient for float32 master weights, without a 16-bit result and its cast back).
+template <class T>
+void gemm_wide(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, MatrixView<T> b,
+               float *out) {
+  if (batch == 0 || m == 0 || p == 0) return;
+#if NEEDLE_X86_DISPATCH
+  if constexpr (std::is_same_v<T, BFloat16>)
+    if (bf16_kernel_used()) return gemm_run<T, BFloat16>(batch, m, n, p, a, b, out);
+#endif
+  gemm_run<T, float>(batch, m, n, p, a, b, out);
+}
+template void gemm_wide<Float16>(int64_t, int64_t, int64_t, int64_t, MatrixView<Float16>,
+                                 MatrixView<Float16>, float *);
+template void gemm_wide<BFloat16>(int64_t, int64_t, int64_t, int64_t, MatrixView<BFloat16>,
+                                  MatrixView<BFloat16>, float *);
 
 template void gemm<float>(int64_t, int64_t, int64_t, int64_t, MatrixView<float>, MatrixView<float>,
                           float *);

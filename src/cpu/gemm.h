@@ -32,6 +32,10 @@ extern template void gemm<Float16>(int64_t, int64_t, int64_t, int64_t, MatrixVie
                                    MatrixView<Float16>, Float16 *);
 extern template void gemm<BFloat16>(int64_t, int64_t, int64_t, int64_t, MatrixView<BFloat16>,
                                     MatrixView<BFloat16>, BFloat16 *);
+// The same products of 16-bit operands into a float32 out, not rounded.
+template <class T>
+void gemm_wide(int64_t batch, int64_t m, int64_t n, int64_t p, MatrixView<T> a, MatrixView<T> b,
+               float *out);
 
 // The instruction set the micro-kernel was compiled for ("avx512", "avx2", "portable").
 const char *gemm_isa();

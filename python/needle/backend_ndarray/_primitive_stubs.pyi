@@ -135,6 +135,19 @@ def matmul_strided(
     b_offset: int,
     b_strides: Sequence[int],
 ) -> None: ...
+def matmul_strided_wide(
+    a: Array,
+    b: Array,
+    out: Array,
+    batch: int,
+    m: int,
+    n: int,
+    p: int,
+    a_offset: int,
+    a_strides: Sequence[int],
+    b_offset: int,
+    b_strides: Sequence[int],
+) -> None: ...
 def conv2d(
     a: Array,
     b: Array,

@@ -32,6 +32,7 @@ from ._primitive_stubs import (
     lstm_cell as lstm_cell,
     lstm_cell_grad as lstm_cell_grad,
     matmul_strided as matmul_strided,
+    matmul_strided_wide as matmul_strided_wide,
     matmul_tiled as matmul_tiled,
     pool2d as pool2d,
     reduce_max_axis as reduce_max_axis,

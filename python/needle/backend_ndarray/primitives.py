@@ -385,6 +385,16 @@ def _fallback_matmul_strided(
         resolve(mod, "batched_matmul")(ta, tb, out, batch, m, n, p)
 
 
+def _fallback_matmul_strided_wide(
+    mod, a, b, out, batch, m, n, p, a_offset, a_strides, b_offset, b_strides
+):
+    wide_a, wide_b = mod.Array(a.size, "float32"), mod.Array(b.size, "float32")
+    resolve(mod, "astype")(a, wide_a)  # (exact: every 16-bit value is a float32)
+    resolve(mod, "astype")(b, wide_b)
+    views = (a_offset, a_strides, b_offset, b_strides)
+    resolve(mod, "matmul_strided")(wide_a, wide_b, out, batch, m, n, p, *views)
+
+
 TILE_SIZE = 8  # matmul_tiled's tile when a backend does not name its own (__tile_size__)
 
 
@@ -960,6 +970,18 @@ def _table() -> dict[str, Primitive]:
         "(batch, row, col) strides (>= 0) into a compact out",
         dtypes=MATMUL_DTYPES,
         fallback=_fallback_matmul_strided,
+    )
+    add(
+        "matmul_strided_wide",
+        "a:array, b:array, out:out, batch:int, m:int, n:int, p:int, a_offset:int, "
+        "a_strides:shape, b_offset:int, b_strides:shape",
+        "linalg",
+        False,
+        "matmul_strided of 16-bit a and b into a float32 out: the float32 sums, not rounded "
+        "(the weight gradient of float32 master weights under autocast, without its cast)",
+        dtypes=HALFS,
+        out_dtype="float32",
+        fallback=_fallback_matmul_strided_wide,
     )
     conv = (
         "a:array, b:array, out:out, n:int, height:int, width:int, c_in:int, kh:int, kw:int, "

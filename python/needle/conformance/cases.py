@@ -497,6 +497,18 @@ def _reference_matmul_strided(backend):
     return matmul_strided
 
 
+def _reference_matmul_strided_wide(backend):
+    strided = _reference_matmul_strided(backend)
+
+    def matmul_strided_wide(a, b, out, **sizes_and_views):
+        wide = [type(x).over(x.array.astype(np.float64)) for x in (a, b)]
+        result = type(out).over(np.empty(out.array.size))
+        strided(*wide, result, **sizes_and_views)
+        out.array[:] = result.array
+
+    return matmul_strided_wide
+
+
 def _reference_matmul_tiled(backend):
     t = primitives.tile_size(backend.mod)
 
@@ -878,6 +890,7 @@ GENERATORS: dict[str, Callable] = {
     "matmul": _matmul,
     "batched_matmul": _batched_matmul,
     "matmul_strided": _matmul_strided,
+    "matmul_strided_wide": _matmul_strided,
     "matmul_tiled": _matmul_tiled,
     "reduce_sum": _reduce_last,
     "reduce_max": _reduce_last,
@@ -909,6 +922,7 @@ GENERATORS: dict[str, Callable] = {
 INDEPENDENT: dict[str, Callable] = {
     "ewise_broadcast_binary": _reference_broadcast_binary,
     "matmul_strided": _reference_matmul_strided,
+    "matmul_strided_wide": _reference_matmul_strided_wide,
     "matmul_tiled": _reference_matmul_tiled,
 }
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import autograd
 from ..autograd import Saved, Tensor, TensorOp, array_device, array_of, is_grad_enabled
-from ..backend_ndarray import NDArray, in_float32, prod
+from ..backend_ndarray import NDArray, in_float32, matmul_float32, prod
 from .ops_logarithmic import logsoftmax
 from .ops_mathematic import (
     Conv,
@@ -402,8 +402,9 @@ class Linear(TensorOp):
         if x.requires_grad:
             grads[0] = (g @ w_io.permute((1, 0))).reshape(x.shape).astype(x.dtype)
         if w.requires_grad:  # in the weight's own layout, no transposed copy
-            dw = x2.permute((1, 0)) @ g if self.in_out else g.permute((1, 0)) @ x2
-            grads[1] = dw.astype(w.dtype)
+            ab = (x2.permute((1, 0)), g) if self.in_out else (g.permute((1, 0)), x2)
+            wide = w.dtype == "float32" and isinstance(g, NDArray)  # (16-bit: sums unrounded)
+            grads[1] = matmul_float32(*ab) if wide else (ab[0] @ ab[1]).astype(w.dtype)
         if b is not None and b.requires_grad:
             grads[2] = g.sum(axis=0).reshape(b.shape).astype(b.dtype)
         return tuple(None if a is None else _const(a) for a in grads[: len(node.inputs)])
