@@ -85,8 +85,8 @@ def test_a_primitive_wrong_in_backward_is_named_at_the_op_whose_gradient_uses_it
     found = debug.compare(_loss_and_backward, _conv_net(), X)
     assert found.phase == "backward" and found.op == "Conv"
     assert "gradient for input 2" in found.detail  # the bias
-    # The first gradient past the tolerance in backward order: the first conv's (the second
-    # conv's bias gradients, sums over its pixels of ~19, take 0.01 within rtol=1e-3).
+    # The first gradient past the tolerance in backward order: the first conv's bias (the
+    # second conv's bias gradients are ~19, where the 0.01 stays within rtol=1e-3).
     assert found.inputs == "(2, 3, 8, 8) float32, (3, 3, 3, 4) float32, (4,) float32"
 
 
