@@ -187,7 +187,8 @@ inline void pack_step(const S *r0, const S *r1, int64_t read, int64_t write, P *
 // The rows [t0, t1) of row tiles of one class on the calling thread, V vectors per row.
 template <class S, class P, int V>
 void gathered_rows(const Gathered<S> &g, int64_t t0, int64_t t1) {
-  constexpr int64_t MR = kRows<P, V>, NR = Blocking<P>::NR * V / 2, KC = Blocking<P>::KC;
+  constexpr int64_t MR = kRows<P, V>, NR = Blocking<P>::NR * V / 2, KC = Blocking<P>::KC,
+                    KA = Blocking<P>::KA;
   constexpr int64_t E = kPair<P>;
   const int64_t m = static_cast<int64_t>(g.a_rows.size()), p = g.p, depth = g.depth;
   if (depth == 0) {
@@ -197,7 +198,7 @@ void gathered_rows(const Gathered<S> &g, int64_t t0, int64_t t1) {
   const int64_t pp = round_up(p, NR), col_tiles = pp / NR;
   const int64_t blocks = ceil_div(depth, KC), kc = round_up(ceil_div(depth, blocks), 8);
   P *const b_pack = scratch<P, 0>(round_up(depth, E) * pp);  // (kc is even)
-  P *const a_panel = scratch<P, 1>(MR * KC);
+  P *const a_panel = scratch<P, 1>(MR * KA);
   Acc<S> *const c_tile = scratch<Acc<S>, 4>(MR * pp);
   for (int64_t d0 = 0; d0 < depth; d0 += kc) {  // B: per depth block, NR-wide panels
     const int64_t dd = std::min(kc, depth - d0), ddk = round_up(dd, E);
@@ -213,8 +214,8 @@ void gathered_rows(const Gathered<S> &g, int64_t t0, int64_t t1) {
     for (int64_t d0 = 0; d0 < depth; d0 += kc) {
       const int64_t dd = std::min(kc, depth - d0), ddk = round_up(dd, E);
       for (int64_t r = 0; r < rows; ++r) {
-        gather_runs(g.a_rows[i0 + r], g.runs, d0, dd, a_panel + r * KC);
-        if (ddk > dd) a_panel[r * KC + dd] = P{};
+        gather_runs(g.a_rows[i0 + r], g.runs, d0, dd, a_panel + r * KA);
+        if (ddk > dd) a_panel[r * KA + dd] = P{};
       }
       for (int64_t jt = 0; jt < col_tiles; ++jt)
         kernel(ddk, a_panel, b_pack + d0 * pp + jt * NR * ddk, c_tile + jt * NR, pp, d0 > 0, NR);
@@ -397,7 +398,7 @@ int64_t pack_transposed(const S *const *src, int64_t off, int64_t rows, int64_t 
   int64_t k0 = 0;
 #if defined(__AVX512F__) && NEEDLE_X86_DISPATCH
   if constexpr (std::is_same_v<S, P> && sizeof(P) <= 4) {
-    constexpr int64_t E = kPair<P>, KC = Blocking<P>::KC;
+    constexpr int64_t E = kPair<P>, KA = Blocking<P>::KA;
     const __mmask16 valid = static_cast<__mmask16>((1u << rows) - 1);
     __m512 r[16];
     for (; k0 + 16 * E <= depth; k0 += 16 * E) {
@@ -408,7 +409,7 @@ int64_t pack_transposed(const S *const *src, int64_t off, int64_t rows, int64_t 
           r[i] = _mm512_castsi512_ps(
               pair_words(src[k0 + 2 * i] + off, src[k0 + 2 * i + 1] + off, rows));
       microkernel::transpose_16x16(r);
-      for (int64_t i = 0; i < rows; ++i) _mm512_storeu_ps(panel + i * KC + k0, r[i]);
+      for (int64_t i = 0; i < rows; ++i) _mm512_storeu_ps(panel + i * KA + k0, r[i]);
     }
   }
 #endif
@@ -446,9 +447,10 @@ template <class S, class P>
 void weight_grad_task(const std::vector<WeightClass<S>> &classes, int64_t co, int part, int parts,
                       Range owned, Acc<S> *dw, int64_t first) {
   constexpr int64_t MR = Blocking<P>::MR, NR = Blocking<P>::NR, KC = Blocking<P>::KC, E = kPair<P>;
+  constexpr int64_t KA = Blocking<P>::KA;
   constexpr int64_t kColBlock = 8 * NR;
   const int64_t row_tiles = ceil_div(co, MR);
-  P *const a_pack = scratch<P, 0>(row_tiles * MR * KC);
+  P *const a_pack = scratch<P, 0>(row_tiles * MR * KA);
   P *const b_pack = scratch<P, 1>(KC * kColBlock);
   Acc<S> *const tile = scratch<Acc<S>, 4>(MR * NR);
   std::vector<Run> pieces;  // {panel position, source offset, length}
@@ -464,15 +466,15 @@ void weight_grad_task(const std::vector<WeightClass<S>> &classes, int64_t co, in
       const int64_t dd = std::min(KC, px.end - d0), ddk = round_up(dd, E);
 
       for (int64_t it = 0; it < row_tiles; ++it) {  // A = g^T, MR channels per depth step
-        P *panel = a_pack + it * MR * KC;
+        P *panel = a_pack + it * MR * KA;
         const int64_t rows = std::min(MR, co - it * MR);
         for (int64_t k = pack_transposed(c.g_rows.data() + d0, it * MR, rows, dd, panel); k < dd;
              ++k) {
           const S *src = c.g_rows[d0 + k] + it * MR;
-          for (int64_t r = 0; r < rows; ++r) panel[r * KC + k] = panel_value<P>(src[r]);
+          for (int64_t r = 0; r < rows; ++r) panel[r * KA + k] = panel_value<P>(src[r]);
         }
         if (ddk > dd)
-          for (int64_t r = 0; r < rows; ++r) panel[r * KC + dd] = P{};
+          for (int64_t r = 0; r < rows; ++r) panel[r * KA + dd] = P{};
       }
       for (int64_t c0 = j0; c0 < j1; c0 += kColBlock) {
         const int64_t cols = std::min(kColBlock, j1 - c0), col_tiles = ceil_div(cols, NR);
@@ -500,7 +502,7 @@ void weight_grad_task(const std::vector<WeightClass<S>> &classes, int64_t co, in
         for (int64_t it = 0; it < row_tiles; ++it) {
           const int64_t rows = std::min(MR, co - it * MR);
           for (int64_t jt = 0; jt < col_tiles; ++jt) {
-            kKernels<P>[rows](ddk, a_pack + it *MR *KC, b_pack + jt *NR *ddk, tile, NR, false, NR);
+            kKernels<P>[rows](ddk, a_pack + it *MR *KA, b_pack + jt *NR *ddk, tile, NR, false, NR);
             const int64_t jb = c0 + jt * NR, width = std::min(NR, cols - jt * NR);
             add_transposed<NR>(tile, rows, width, target.data() + jb, dw - first * co + it * MR,
                                co);

@@ -61,7 +61,7 @@ inline int64_t balanced_block(int64_t total, int64_t max_block, int64_t unit) {
 template <class P, class Load>
 inline int64_t pack_a_transposed_through(int64_t rows, int64_t depth, int64_t step,
                                          P *__restrict panel, Load load) {
-  constexpr int64_t KA = Blocking<P>::KC;
+  constexpr int64_t KA = Blocking<P>::KA;
   static_assert(Blocking<P>::MR <= 16, "a panel's rows must fit one register");
   const int64_t covered = depth / step * step;
   __m512 r[16];
@@ -141,12 +141,12 @@ inline int64_t pack_b_transposed_pairs(const BFloat16 *b, int64_t col_stride, in
 #endif
 
 // Copies rows [0, rows) x depth [0, depth) of A (a points at the first element) into a
-// micro-panel laid out row by row at stride KC, the layout the micro-kernel broadcasts from
+// micro-panel laid out row by row at stride KA, the layout the micro-kernel broadcasts from
 // (a bfloat16 kernel reads a pair of depth steps at once: an odd depth gets a zero after).
 template <class S, class P>
 void pack_a_panel(const S *a, int64_t row_stride, int64_t col_stride, int64_t rows, int64_t depth,
                   P *__restrict panel) {
-  constexpr int64_t KA = Blocking<P>::KC;
+  constexpr int64_t KA = Blocking<P>::KA;
   if constexpr (std::is_same_v<P, BFloat16>)
     if (depth % 2)
       for (int64_t i = 0; i < rows; ++i) panel[i * KA + depth] = P{};
@@ -306,7 +306,7 @@ template <class P> struct Plan {
         kc(balanced_block(pr.n, Blocking<P>::KC, std::is_same_v<P, BFloat16> ? 2 : 1)),
         nc(balanced_block(pr.p, Blocking<P>::NC, Blocking<P>::NR)) {}
 
-  int64_t a_block_elements() const { return mc * Blocking<P>::KC; }
+  int64_t a_block_elements() const { return mc * Blocking<P>::KA; }
   int64_t b_block_elements() const { return nc * kc; }
   // Elements of workspace the product needs: one packed A block and one packed B block.
   int64_t workspace_elements() const { return a_block_elements() + b_block_elements(); }
@@ -335,7 +335,7 @@ template <class T, int Slot = kPackSlot> T *workspace(int64_t elements) {
 
 // One product on the calling thread, pack buffers (of P) from its workspace.
 template <class S, class P> void gemm_serial(const Problem<S> &pr) {
-  constexpr int64_t MR = Blocking<P>::MR, NR = Blocking<P>::NR, KA = Blocking<P>::KC;
+  constexpr int64_t MR = Blocking<P>::MR, NR = Blocking<P>::NR, KA = Blocking<P>::KA;
   const Plan<P> plan(pr);
   P *const a_block = workspace<P>(plan.workspace_elements());
   P *const b_block = a_block + plan.a_block_elements();

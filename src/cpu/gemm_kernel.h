@@ -132,6 +132,9 @@ template <class T> struct Blocking {
   // 14 x 384 x 4 B = 21 KiB for float32 (half that in depth for float64, same bytes).
   // Deeper blocks also mean fewer passes over C (one read+write of C per block).
   static constexpr int64_t KC = 1536 / sizeof(T);
+  // Row stride of a packed A micro-panel: KC (1536 B, 24 cache lines: 14 or 28 rows fall in
+  // 8 different L1 sets).
+  static constexpr int64_t KA = KC;
   // Columns per block: the packed KC x NC block of B stays in L2 (2 MiB per core here,
   // 1 MiB or more on most recent x86): 384 x 672 x 4 B = 1 MiB, half of L2, leaving room
   // for the A panels and C tiles passing through. A multiple of NR.
@@ -156,7 +159,7 @@ void micro_kernel(int64_t kc, const T *__restrict a, const T *__restrict b, T *_
   using S = Simd<T>;
   using Reg = typename S::Reg;
   constexpr int W = S::width, NR = V * W;
-  constexpr int64_t KA = Blocking<T>::KC;  // row stride of the packed A panel
+  constexpr int64_t KA = Blocking<T>::KA;  // row stride of the packed A panel
 
 #if defined(__AVX512F__) || defined(__AVX2__)
   // The C tile is read (or written) right after the depth loop: start fetching it now.
