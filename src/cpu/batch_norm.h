@@ -91,20 +91,29 @@ template <class F> inline void each_vector(int64_t cols, F &&f) {
 // For each of the sums (one or two arrays of per-column double sums), sums[k][c] += the
 // sum over rows [r0, r1) of term(r, c)[k] for the columns in whole runs of 8: blocks of NV
 // such runs held in registers across the rows (a sum kept in memory waited on its own store
-// every row: ResNet-9's (8192, 16) norm took 3x its memory time). Each column still adds its
-// rows in order. Returns the first column left to the caller's scalar loop.
+// every row: ResNet-9's (8192, 16) norm took 3x its memory time); even and odd rows in two
+// sums, added at the end (with one, each row waited on the last one's add: 2 x 7 us at
+// (8192, 16)). Returns the first column left to the caller's scalar loop.
 template <int NV, int K, class Term>
 inline void column_block(double *const (&sums)[K], int64_t c0, int64_t r0, int64_t r1, Term &term) {
-  Vec<double> a[K][NV];
+  Vec<double> a[2][K][NV];
   for (int k = 0; k < K; ++k)
-    for (int j = 0; j < NV; ++j) a[k][j] = load(sums[k] + c0 + 8 * j);
-  for (int64_t r = r0; r < r1; ++r)
+    for (int j = 0; j < NV; ++j)
+      a[0][k][j] = load(sums[k] + c0 + 8 * j), a[1][k][j] = Vec<double>{};
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2)
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < NV; ++j) {
+        const auto t = term(r + h, c0 + 8 * j);
+        for (int k = 0; k < K; ++k) a[h][k][j] += t[k];
+      }
+  for (; r < r1; ++r)
     for (int j = 0; j < NV; ++j) {
       const auto t = term(r, c0 + 8 * j);
-      for (int k = 0; k < K; ++k) a[k][j] += t[k];
+      for (int k = 0; k < K; ++k) a[0][k][j] += t[k];
     }
   for (int k = 0; k < K; ++k)
-    for (int j = 0; j < NV; ++j) simd::store(sums[k] + c0 + 8 * j, a[k][j]);
+    for (int j = 0; j < NV; ++j) simd::store(sums[k] + c0 + 8 * j, a[0][k][j] + a[1][k][j]);
 }
 
 template <int K, class Term>
@@ -158,14 +167,17 @@ void batch_norm_rows(const X *x, const P *w, const P *b, X *y, P *mean_out, P *v
     var_out[c] = static_cast<P>(var[c]);
   }
   each_rows(rows, cols, [&](int64_t r0, int64_t r1) {
+    // Locals, not the captured pointers: the stores through `out` could have changed those
+    // for all the compiler knew, so it reloaded them for every vector (a third of the pass).
+    const P *__restrict mu = mean_out, *__restrict sc = scale.data(), *__restrict bc = b;
     for (int64_t r = r0; r < r1; ++r) {
       const X *row = x + r * cols;
-      X *out = y + r * cols;
+      X *__restrict out = y + r * cols;
       if constexpr (vector)
         norm::each_vector(cols, [&](auto tail, int64_t c, int64_t m) {
           constexpr bool T = decltype(tail)::value;
           const auto v = [&](const auto *p) { return simd::load_n<T>(p + c, m); };
-          simd::store_n<T>(out + c, (v(row) - v(mean_out)) * v(scale.data()) + v(b), m);
+          simd::store_n<T>(out + c, (v(row) - v(mu)) * v(sc) + v(bc), m);
         });
       else
         for (int64_t c = 0; c < cols; ++c) out[c] = (row[c] - mean_out[c]) * scale[c] + b[c];
@@ -206,15 +218,17 @@ void batch_norm_rows_grad(const X *dy, const X *x, const P *mean, const P *inv_s
     mw[c] = static_cast<P>(sums[cols + c] / n);
   }
   each_rows(rows, cols, [&](int64_t r0, int64_t r1) {
+    const P *__restrict mu = mean, *__restrict is = inv_std, *__restrict kc = k.data(),
+                        *__restrict mbc = mb.data(), *__restrict mwc = mw.data();  // (as above)
     for (int64_t r = r0; r < r1; ++r) {
       const X *gr = dy + r * cols, *xr = x + r * cols;
-      X *out = dx + r * cols;
+      X *__restrict out = dx + r * cols;
       if constexpr (vector)
         norm::each_vector(cols, [&](auto tail, int64_t c, int64_t m) {
           constexpr bool T = decltype(tail)::value;
           const auto v = [&](const auto *p) { return simd::load_n<T>(p + c, m); };
-          const Vec<float> xhat = (v(xr) - v(mean)) * v(inv_std);
-          simd::store_n<T>(out + c, v(k.data()) * (v(gr) - v(mb.data()) - xhat * v(mw.data())), m);
+          const Vec<float> xhat = (v(xr) - v(mu)) * v(is);
+          simd::store_n<T>(out + c, v(kc) * (v(gr) - v(mbc) - xhat * v(mwc)), m);
         });
       else
         for (int64_t c = 0; c < cols; ++c) {
