@@ -1,10 +1,12 @@
 """The C++ CPU backend's conv2d rows in float16 and bfloat16 (its HALF_ROWS), forward and both
-gradients: float32 sums rounded once per output.
+gradients: float32 sums rounded once per output, except the weight gradient's, which its float32
+out holds unrounded (HALF_ROW_FLOAT32_PARAMS).
 
 Two paths. Panels widened to float32 for the float32 kernel (float16 always; bfloat16 without
 AVX512-BF16, or with NEEDLE_GEMM_BF16=0, which the backend reads once: that runs in a process
 of its own): the result must equal, bit for bit, the float32 row on the widened operands
-rounded to the 16-bit type (same kernel, blocking and thread split, so the same sums). The
+rounded to the 16-bit type, or for the weight gradient not rounded (same kernel, blocking and
+thread split, so the same sums). The
 vdpbf16ps kernel (bfloat16 where the CPU has it) adds its pairs in another order: it must lie
 within one bfloat16 ulp plus twice the float32 summation bound (2 (k + 2) u (|a| * |b|), k the
 depth) of torch's float32 conv on the widened operands, as must both paths. Shapes: kernels 1,
@@ -61,10 +63,15 @@ def operands(shape, row: str, rng) -> tuple[np.ndarray, np.ndarray, int]:
     )
 
 
+def out_dtype(row: str, dtype: str) -> str:
+    """The dtype of the row's out for operands of `dtype`: float32 for a 16-bit weight gradient."""
+    return "float32" if row == "conv2d_weight_grad" else dtype
+
+
 def conv(row: str, dtype: str, a: np.ndarray, b: np.ndarray, size: int, shape) -> np.ndarray:
-    """The backend's row on a and b held in `dtype` (flat result, in `dtype`)."""
+    """The backend's row on a and b held in `dtype` (flat result, in its out_dtype)."""
     n, h, w, c_in, k, c_out, s, p = shape
-    out = cpu.Array(size, dtype)
+    out = cpu.Array(size, out_dtype(row, dtype))
     x, y = (to_array(np.ascontiguousarray(t.astype(numpy_dtype(dtype)))) for t in (a, b))
     getattr(cpu, row)(x, y, out, n, h, w, c_in, k, k, c_out, s, p)
     return read(out, (size,))
@@ -76,7 +83,8 @@ def bits(x: np.ndarray) -> np.ndarray:
 
 def fallback_mismatches(half: str) -> list[str]:
     """Where the row in `half` differs from the float32 row on the widened operands, rounded
-    to `half`, on 1 and 2 threads (the weight gradient's split depends on the count)."""
+    to the row's out dtype, on 1 and 2 threads (the weight gradient's split depends on the
+    count)."""
     rng = np.random.default_rng(18)
     before, found = cpu.get_num_threads(), []
     try:
@@ -86,7 +94,8 @@ def fallback_mismatches(half: str) -> list[str]:
                 for row in ROWS:
                     a, b, size = operands(shape, row, rng)
                     a, b = (t.astype(numpy_dtype(half)).astype(np.float32) for t in (a, b))
-                    expected = conv(row, "float32", a, b, size, shape).astype(numpy_dtype(half))
+                    expected = conv(row, "float32", a, b, size, shape)
+                    expected = expected.astype(numpy_dtype(out_dtype(row, half)))
                     got = conv(row, half, a, b, size, shape)
                     if not np.array_equal(bits(got), bits(expected)):
                         found.append(f"{row} {shape} on {threads} threads")
@@ -147,6 +156,8 @@ def test_within_one_ulp_of_torch_float32(half, row):
             row, shape[0] * shape[1] * shape[2]
         )
         ulp = np.ldexp(1.0, np.frexp(expected)[1] - DIGITS[half])
+        if row == "conv2d_weight_grad":  # (float32 out: the sums, not rounded to `half`)
+            ulp = 0.0
         allowed = ulp + 2 * 2 * (depth + 2) * 2.0**-24 * magnitude
         err = np.abs(conv(row, half, a, b, size, shape).astype(np.float64) - expected)
         assert (err <= allowed).all(), (shape, float((err / allowed).max()))
@@ -248,7 +259,7 @@ def test_biased_rows_add_a_float32_bias_and_sum_its_gradient_in_float32(half):
 
         x, g, size = operands(shape, "conv2d_weight_grad", rng)
         g16 = g.astype(numpy_dtype(half))
-        dw, d_bias = cpu.Array(size, half), cpu.Array(c_out)
+        dw, d_bias = cpu.Array(size), cpu.Array(c_out)
         x16 = to_array(x.astype(numpy_dtype(half)).reshape(-1))
         cpu.conv2d_weight_bias_grad(x16, to_array(g16.reshape(-1)), dw, d_bias, *dims)
         want_dw = conv("conv2d_weight_grad", half, x, g, size, shape)
@@ -257,3 +268,9 @@ def test_biased_rows_add_a_float32_bias_and_sum_its_gradient_in_float32(half):
         np.testing.assert_allclose(read(d_bias, (c_out,)), want_bias, rtol=1e-6, atol=1e-6)
     with pytest.raises(TypeError, match=f"conv2d_bias's bias is {half}, not float32"):
         cpu.conv2d_bias(x16, w16, cpu.Array(c_out, half), out, *dims)
+    for row, outs in (
+        ("conv2d_weight_grad", (cpu.Array(size, half),)),
+        ("conv2d_weight_bias_grad", (cpu.Array(size, half), cpu.Array(c_out))),
+    ):
+        with pytest.raises(TypeError, match=f"{row}'s out is {half}, not float32"):
+            getattr(cpu, row)(x16, to_array(g16.reshape(-1)), *outs, *dims)

@@ -517,7 +517,8 @@ void weight_grad_task(const std::vector<WeightClass<S>> &classes, int64_t co, in
 
 // dw^T (c_out x K) = sum over classes of g_c^T (c_out x pixels) @ x_c (pixels x the class's
 // taps), K = kh kw c_in, each tile added into dw transposed.
-template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const T *g, T *dw) {
+template <class T>
+void conv2d_weight_grad(const ConvShape &s, const T *x, const T *g, Compute<T> *dw) {
   const int64_t oh = s.out_h(), ow = s.out_w(), K = s.kh * s.kw * s.c_in, co = s.c_out;
   std::vector<WeightClass<T>> classes;
   int64_t work = 0;
@@ -557,14 +558,9 @@ template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const
     bound[t] = std::lower_bound(col_work.begin(), col_work.end(), col_work[K] * t / threads) -
                col_work.begin();
   bound[0] = 0;
-  // The first part's sums go to dw's rows [lo, hi), or for 16-bit dw to float32 scratch after
-  // the other parts', rounded once at the end.
+  // The first part's sums go to dw's rows [lo, hi), the others' to scratch, added at the end.
   const int64_t span = (hi - lo) * co;
-  Acc<T> *const partial = scratch<Acc<T>, 3>((parts - 1 + is_half_v<T>)*span), *sum0;
-  if constexpr (is_half_v<T>)
-    sum0 = partial + (parts - 1) * span;
-  else
-    sum0 = dw + lo * co;
+  Acc<T> *const partial = scratch<Acc<T>, 3>((parts - 1) * span), *const sum0 = dw + lo * co;
   with_panels<T>([&](auto panel) {
     parallel(threads, [&](int t, int n) {
       for (int task = t; task < threads; task += n) {
@@ -575,20 +571,19 @@ template <class T> void conv2d_weight_grad(const ConvShape &s, const T *x, const
         std::fill(sum + (z0 - lo) * co, sum + (z1 - lo) * co, Acc<T>(0));
         const Range rows = split_range(K, task, threads);  // dw's untouched rows: zero
         std::fill(dw + rows.begin * co, dw + std::max(rows.begin, std::min(rows.end, lo)) * co,
-                  T{});
-        std::fill(dw + std::min(rows.end, std::max(rows.begin, hi)) * co, dw + rows.end * co, T{});
+                  Acc<T>{});
+        std::fill(dw + std::min(rows.end, std::max(rows.begin, hi)) * co, dw + rows.end * co,
+                  Acc<T>{});
         weight_grad_task<T, decltype(panel)>(classes, co, part, parts, owned, sum, lo);
       }
     });
   });
-  if (parts > 1 || is_half_v<T>)
+  if (parts > 1)
     parallel(threads, [&](int t, int n) {
       for (int task = t; task < threads; task += n) {
         const Range r = split_range(span, task, threads, 16);
         for (int p = 0; p < parts - 1; ++p)
           for (int64_t i = r.begin; i < r.end; ++i) sum0[i] += partial[p * span + i];
-        if constexpr (is_half_v<T>)
-          from_float(sum0 + r.begin, dw + lo * co + r.begin, r.end - r.begin);
       }
     });
 }
@@ -641,7 +636,7 @@ template <class T, class P> void bias_gradient(const T *g, P *d_bias, int64_t ro
 #define NEEDLE_CONV_ROWS(T, P)                                                       \
   template void conv2d<T>(const ConvShape &, const T *, const T *, T *);             \
   template void conv2d_input_grad<T>(const ConvShape &, const T *, const T *, T *);  \
-  template void conv2d_weight_grad<T>(const ConvShape &, const T *, const T *, T *); \
+  template void conv2d_weight_grad<T>(const ConvShape &, const T *, const T *, P *); \
   template void add_bias_rows<T, P>(T *, const P *, int64_t, int64_t);               \
   template void bias_gradient<T, P>(const T *, P *, int64_t, int64_t);
 NEEDLE_CONV_ROWS(float, float)

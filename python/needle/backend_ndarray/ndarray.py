@@ -2027,7 +2027,8 @@ def conv2d(
     b the (kh, kw, c_in, c_out) weights, the result the output; "input_grad": a the adjoint,
     b the weights, the result dx; "weight_grad": a the input, b the adjoint, the result dw.
     dims = (n, h, w, c_in, kh, kw, c_out) of the forward conv. With the conv's `bias`
-    (conv2d_takes_bias), "forward" adds it and "weight_grad" returns (dw, its gradient)."""
+    (conv2d_takes_bias), "forward" adds it and "weight_grad" returns (dw, its gradient).
+    "weight_grad" of 16-bit operands is float32: the sums, unrounded (HALF_ROW_FLOAT32_PARAMS)."""
     n, h, w, c_in, kh, kw, c_out = dims
     if stride < 1 or padding < 0 or h + 2 * padding < kh or w + 2 * padding < kw:
         raise ValueError(f"conv2d: bad stride {stride} or padding {padding} for {dims}")
@@ -2036,7 +2037,8 @@ def conv2d(
     shapes = {"forward": (x, wt, y), "input_grad": (y, wt, x), "weight_grad": (x, y, wt)}[kind]
     if a.shape != shapes[0] or b.shape != shapes[1]:
         raise ValueError(f"conv2d {kind}: operands {a.shape}, {b.shape} for {dims}")
-    out = NDArray._make(shapes[2], device=a.device, dtype=a.dtype)
+    wide = kind == "weight_grad" and a.dtype in _HALF_SET
+    out = NDArray._make(shapes[2], device=a.device, dtype="float32" if wide else a.dtype)
     args = (a.compact()._handle, b.compact()._handle, out._handle, *dims, stride, padding)
     if bias is None or kind == "input_grad":
         getattr(a.device, "conv2d" if kind == "forward" else f"conv2d_{kind}")(*args)

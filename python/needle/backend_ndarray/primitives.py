@@ -1293,11 +1293,14 @@ def validate(mod) -> frozenset[str]:
 
 # Rows whose per-feature arrays stay float32 when a backend computes them on 16-bit data, as
 # torch's norms keep their weights and statistics; every other array of those calls is 16-bit.
+# A conv's weight gradient is its float32 sums, unrounded: the gradient of float32 master
+# weights under autocast (as matmul_strided_wide's for Linear), with no cast back.
 HALF_ROW_FLOAT32_PARAMS: dict[str, tuple[str, ...]] = {
     "batch_norm_rows": ("weight", "bias", "mean", "var"),
     "batch_norm_rows_grad": ("mean", "inv_std", "weight", "d_weight", "d_bias"),
     "conv2d_bias": ("bias",),  # (a float32 parameter: neither cast nor rounded before the add)
-    "conv2d_weight_bias_grad": ("d_bias",),
+    "conv2d_weight_grad": ("out",),
+    "conv2d_weight_bias_grad": ("out", "d_bias"),
 }
 
 

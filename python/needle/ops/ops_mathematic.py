@@ -973,7 +973,8 @@ class Conv(TensorOp):
         bias, g = array_of(node.inputs[2]) if len(node.inputs) == 3 else None, array_of(out_grad)
         fused = w.requires_grad and not is_grad_enabled() and isinstance(g, NDArray)
         fused = fused and isinstance(bias, NDArray) and nd.conv2d_takes_bias(g, bias)
-        weights = ConvWeightGrad(s, p, w.shape[:2], layout, saved_x, bias if fused else None)
+        wide = not is_grad_enabled() and w.dtype == "float32"  # (16-bit sums left unrounded)
+        weights = ConvWeightGrad(s, p, w.shape[:2], layout, saved_x, bias if fused else None, wide)
         dw = weights(xc, out_grad) if w.requires_grad else None
         dx = conv_input_gradient(out_grad, xc, wc, s, p, layout) if x.requires_grad else None
         grads: list[Tensor | None] = [dx, dw]
@@ -1145,11 +1146,15 @@ class ConvWeightGrad(TensorOp):
         layout: str = "NHWC",
         x_nhwc: NDArray | None = None,
         bias: NDArray | None = None,
+        wide: bool = False,
     ):
         self.stride, self.padding, self.layout = stride, padding, layout
         self.kernel = tuple(kernel)
         self.x_nhwc = x_nhwc  # the forward's compact NHWC copy of x, when it made one
         self.bias = bias  # the conv's bias: compute also sets bias_grad (conv2d_takes_bias)
+        # Whether 16-bit operands give the float32 sums (the row's own result) rather than dw
+        # rounded to their dtype: for float32 master weights, without create_graph.
+        self.wide = wide
 
     def computes_halves(self, arrays) -> bool:
         return _native_conv(*arrays)  # the device's conv rows take them (HALF_ROWS)
@@ -1173,9 +1178,10 @@ class ConvWeightGrad(TensorOp):
                 )
             dims = x.shape + (kh, kw, g.shape[3])
             if self.bias is None:
-                return nd.conv2d("weight_grad", x, g, dims, self.stride, self.padding)
-            dw, self.bias_grad = nd.conv2d("weight_grad", x, g, dims, s, p, self.bias)
-            return dw
+                dw = nd.conv2d("weight_grad", x, g, dims, self.stride, self.padding)
+            else:
+                dw, self.bias_grad = nd.conv2d("weight_grad", x, g, dims, s, p, self.bias)
+            return dw if self.wide or dw.dtype == x.dtype else dw.astype(x.dtype)
         cols, out_shape = _im2col(x, kh, kw, self.stride, self.padding)
         if g.ndim != 4 or g.shape[:3] != out_shape:
             raise ValueError(
