@@ -160,10 +160,10 @@ LAYERS: list[tuple[str, tuple[str, ...], int]] = [
         # shared with the GEMM), and issue 19's DLPack binding (array_binding.h); 5300 -> 5400
         # for the cross_entropy_rows kernel and its label check; 5400 -> 5500 for the conv
         # rows' bias (add_bias_rows, bias_gradient) and the two bindings that call them, and
-        # gemm_wide (16-bit products into float32, matmul_strided_wide); 5500 -> 5540 for the
+        # gemm_wide (16-bit products into float32, matmul_strided_wide); 5500 -> 5560 for the
         # conv weight gradient's float32 out on 16-bit operands (its check), the bfloat16
-        # panels' own row stride and the conv gathers' whole-vector copies
-        5540,
+        # panels' own row stride, and the conv packs' unmasked loads (their arrays' ends)
+        5560,
     ),
     # issue 18 +390 (2320 -> 2710, 10% above 2465): float16 and bfloat16 (convert.cuh's
     # bit-exact conversions, the astype row, the GEMM's 16-bit loads and rounded stores)

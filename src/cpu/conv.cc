@@ -94,8 +94,11 @@ struct Run { int64_t k0, offset, len, target; };
 // inline, every step masked: GCC turns a loop of plain vector loads and stores into a call to
 // memmove, which cost more than the copy (9% of a 4x4-map input gradient). 16-bit values into
 // float32 panels are widened (exact).
+// With `limit` (the end of src's array), 64 bytes before it are loaded whole (pair_words says
+// why), the stores still masked.
 template <class S, class T>
-inline void copy_run(const S *__restrict src, int64_t n, T *__restrict dst) {
+inline void copy_run(const S *__restrict src, int64_t n, T *__restrict dst,
+                     const char *limit = nullptr) {
   if constexpr (!std::is_same_v<S, T>) {
     to_float(src, dst, n);
   } else {
@@ -104,7 +107,9 @@ inline void copy_run(const S *__restrict src, int64_t n, T *__restrict dst) {
     char *to = reinterpret_cast<char *>(dst);
     for (int64_t i = 0, bytes = n * sizeof(T); i < bytes; i += 64) {
       const __mmask64 m = bytes - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (bytes - i)) - 1;
-      _mm512_mask_storeu_epi8(to + i, m, _mm512_maskz_loadu_epi8(m, from + i));
+      const __m512i v = limit && from + i + 64 <= limit ? _mm512_loadu_si512(from + i)
+                                                        : _mm512_maskz_loadu_epi8(m, from + i);
+      _mm512_mask_storeu_epi8(to + i, m, v);
     }
 #else
     std::copy_n(src, n, dst);
@@ -196,11 +201,12 @@ template <class T> struct Gathered {
 // One depth step of a B panel: row r0's `read` values, zeros up to `write`; bfloat16 pairs
 // interleave it with the next step's row r1 (null past an odd depth: zeros).
 template <class S, class P>
-inline void pack_step(const S *r0, const S *r1, int64_t read, int64_t write, P *dst) {
+inline void pack_step(const S *r0, const S *r1, int64_t read, int64_t write, P *dst,
+                      const char *limit = nullptr) {  // (copy_run's)
 #if NEEDLE_X86_DISPATCH
-  if constexpr (kPair<P> == 2) return interleave_pairs(r0, r1, read, write, dst);
+  if constexpr (kPair<P> == 2) return interleave_pairs(r0, r1, read, write, dst, limit);
 #endif
-  copy_run(r0, read, dst);
+  copy_run(r0, read, dst, limit);
   std::fill(dst + read, dst + write, P{});
 }
 
@@ -410,13 +416,15 @@ template <class T> struct WeightClass {
   std::vector<Run> runs;
   std::vector<const T *> x_rows, g_rows;
   int64_t cols;
+  const char *x_end, *g_end;  // the ends of x and g (the packs' limits)
 };
 
 // Rows r < rows <= 16 of an A panel, src[k][off + r] at depth k: 16 x 16 blocks of 32-bit words
 // (floats, bfloat16 pairs) transposed in registers; the depth done. (Scalar: 12% of bfloat16's
 // weight gradient at 2x2 maps.)
 template <class S, class P>
-int64_t pack_transposed(const S *const *src, int64_t off, int64_t rows, int64_t depth, P *panel) {
+int64_t pack_transposed(const S *const *src, int64_t off, int64_t rows, int64_t depth, P *panel,
+                        const char *limit) {  // (pair_words')
   int64_t k0 = 0;
 #if defined(__AVX512F__) && NEEDLE_X86_DISPATCH
   if constexpr (std::is_same_v<S, P> && sizeof(P) <= 4) {
@@ -426,10 +434,12 @@ int64_t pack_transposed(const S *const *src, int64_t off, int64_t rows, int64_t 
     for (; k0 + 16 * E <= depth; k0 += 16 * E) {
       for (int i = 0; i < 16; ++i)
         if constexpr (E == 1)
-          r[i] = _mm512_maskz_loadu_ps(valid, src[k0 + i] + off);
+          r[i] = limit && reinterpret_cast<const char *>(src[k0 + i] + off + 16) <= limit
+                     ? _mm512_loadu_ps(src[k0 + i] + off)
+                     : _mm512_maskz_loadu_ps(valid, src[k0 + i] + off);
         else
           r[i] = _mm512_castsi512_ps(
-              pair_words(src[k0 + 2 * i] + off, src[k0 + 2 * i + 1] + off, rows));
+              pair_words(src[k0 + 2 * i] + off, src[k0 + 2 * i + 1] + off, rows, limit));
       microkernel::transpose_16x16(r);
       for (int64_t i = 0; i < rows; ++i) _mm512_storeu_ps(panel + i * KA + k0, r[i]);
     }
@@ -490,8 +500,8 @@ void weight_grad_task(const std::vector<WeightClass<S>> &classes, int64_t co, in
       for (int64_t it = 0; it < row_tiles; ++it) {  // A = g^T, MR channels per depth step
         P *panel = a_pack + it * MR * KA;
         const int64_t rows = std::min(MR, co - it * MR);
-        for (int64_t k = pack_transposed(c.g_rows.data() + d0, it * MR, rows, dd, panel); k < dd;
-             ++k) {
+        for (int64_t k = pack_transposed(c.g_rows.data() + d0, it * MR, rows, dd, panel, c.g_end);
+             k < dd; ++k) {
           const S *src = c.g_rows[d0 + k] + it * MR;
           for (int64_t r = 0; r < rows; ++r) panel[r * KA + k] = panel_value<P>(src[r]);
         }
@@ -519,7 +529,7 @@ void weight_grad_task(const std::vector<WeightClass<S>> &classes, int64_t co, in
           for (const Run &piece : pieces) {
             const S *const *x = c.x_rows.data() + d0 + k;
             pack_step(x[0] + piece.offset, E == 2 && k + 1 < dd ? x[1] + piece.offset : nullptr,
-                      piece.len, piece.len, b_pack + piece.k0 + k * NR);
+                      piece.len, piece.len, b_pack + piece.k0 + k * NR, c.x_end);
           }
         for (int64_t it = 0; it < row_tiles; ++it) {
           const int64_t rows = std::min(MR, co - it * MR);
@@ -550,6 +560,8 @@ void conv2d_weight_grad(const ConvShape &s, const T *x, const T *g, Compute<T> *
       WeightClass<T> &c = classes.emplace_back();
       c.runs = tap_runs(s, hc, wc);
       c.cols = hc.count * wc.count * s.c_in;
+      c.x_end = reinterpret_cast<const char *>(x + s.n * s.h * s.w * s.c_in);
+      c.g_end = reinterpret_cast<const char *>(g + s.n * oh * ow * co);
       for_pixels(s, hc, wc, oh, ow, [&](int64_t b, int64_t y, int64_t xx, int64_t pixel) {
         const int64_t iy = y * s.stride - s.pad + hc.first, ix = xx * s.stride - s.pad + wc.first;
         c.x_rows.push_back(x + ((b * s.h + iy) * s.w + ix) * s.c_in);

@@ -59,24 +59,33 @@ bool bf16_kernel_used();
 #if NEEDLE_X86_DISPATCH
 // The pairs (r0[j], r1[j]), j < 16, as 16 32-bit words, from n values of each row (r1 null:
 // the zero step past an odd depth) and zeros past them. Masked loads: nothing past n is read.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512i pair_words(const BFloat16 *r0,
-                                                                               const BFloat16 *r1,
-                                                                               int64_t n) {
+// With `limit` (the end of the rows' array) a row with 16 values before it is loaded whole,
+// its words past n then whatever follows, for callers that store only the first n: masked
+// loads cost more (Zen 4: most of packing a conv's weight-gradient panels).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512i pair_words(
+    const BFloat16 *r0, const BFloat16 *r1, int64_t n, const void *limit = nullptr) {
   const __mmask16 m = static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1);
-  const __m512i low = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0));
-  if (!r1) return low;
-  return _mm512_or_si512(
-      low, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1)), 16));
+  const auto load = [&](const BFloat16 *r) {
+    return limit && static_cast<const void *>(r + 16) <= limit
+               ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(r)))
+               : _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r));
+  };
+  if (!r1) return load(r0);
+  return _mm512_or_si512(load(r0), _mm512_slli_epi32(load(r1), 16));
 }
 
 // dst[2j] = r0[j], dst[2j + 1] = r1[j] for j < write (<= 32): the pairs of two rows of B, from
 // `read` <= write values of each and zeros past them; nothing past dst[2 write] is written.
+// (`limit`: pair_words', for read == write.)
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void interleave_pairs(
-    const BFloat16 *r0, const BFloat16 *r1, int64_t read, int64_t write, BFloat16 *dst) {
+    const BFloat16 *r0, const BFloat16 *r1, int64_t read, int64_t write, BFloat16 *dst,
+    const void *limit = nullptr) {
+  if (read < write) limit = nullptr;  // (the zeros)
   for (int h = 0; h < 2 && write > 16 * h; ++h) {
     const int64_t words = std::min<int64_t>(write - 16 * h, 16);
-    _mm512_mask_storeu_epi32(dst + 32 * h, static_cast<__mmask16>((1u << words) - 1),
-                             pair_words(r0 + 16 * h, r1 ? r1 + 16 * h : nullptr, read - 16 * h));
+    _mm512_mask_storeu_epi32(
+        dst + 32 * h, static_cast<__mmask16>((1u << words) - 1),
+        pair_words(r0 + 16 * h, r1 ? r1 + 16 * h : nullptr, read - 16 * h, limit));
   }
 }
 
