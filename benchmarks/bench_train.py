@@ -4,13 +4,17 @@
     python benchmarks/bench_train.py --threads 1 --models mlp --profile
     python benchmarks/bench_train.py --models resnet9 --resnet-batches 16,32,64,128
     python benchmarks/bench_train.py --models mlp,resnet9 --precision fp32,bf16
+    python benchmarks/bench_train.py --models mlp,resnet9 --precision bf16
 
 One step is zero_grad, forward, softmax cross-entropy, backward and an SGD update, on fixed
 random data: an MLP 784-512-512-10 (batch 128), ResNet-9 on 3x32x32 (batch 128) and a 2-layer
 LSTM language model (seq 20 x batch 20, hidden and embedding 100, vocabulary 10,000), the
 steps of `needle bench`'s train workload. Each thread count runs in its own process whose
 environment pins every library to it (needle.apps.bench.harness). "needle cpu compiled" runs
-the same step through ndl.compile (recorded before timing starts, then replayed).
+the same step through ndl.compile (recorded before timing starts, then replayed). With a
+16-bit --precision, "needle cpu fp32" runs each row's step in float32, in the same rounds: its
+ratio to "needle cpu" is the gain of autocast (the rows' own float32 steps, under --precision
+fp32, are timed in other rounds).
 
 --profile then breaks each needle step down (needle.apps.bench.step_profile): time inside each
 kind of backend kernel and, by difference, outside them (Python and NumPy), then cProfile's
@@ -21,7 +25,7 @@ import sys
 
 from needle.apps.bench import harness
 from needle.apps.bench.step_profile import profile_step
-from needle.apps.bench.workloads import COMPILED, TrainSpec, train_specs, train_workload
+from needle.apps.bench.workloads import COMPILED, FLOAT32, TrainSpec, train_specs, train_workload
 
 PROFILE_STEPS = {"mlp": 100, "resnet9": 3, "lstm-lm": 5}
 
@@ -70,12 +74,28 @@ def selected_specs(args) -> list[TrainSpec]:
     return specs
 
 
+def low_precision(args) -> bool:
+    return any(p != "fp32" for p in args.precision.split(","))
+
+
 def configure(args):
-    return [train_workload(selected_specs(args), repeats=7, warmup=2, min_time=0.2)], [
+    backends = [
         harness.needle_backend("cpu"),
         harness.needle_backend("cpu", label=f"needle cpu {COMPILED}"),
         harness.torch_backend("cpu"),
     ]
+    if low_precision(args):
+        backends.append(harness.needle_backend("cpu", label=f"needle cpu {FLOAT32}"))
+    return [train_workload(selected_specs(args), repeats=7, warmup=2, min_time=0.2)], backends
+
+
+def ratios(args) -> list[tuple[str, str]]:
+    pairs = [
+        ("needle cpu", "torch cpu"),
+        (f"needle cpu {COMPILED}", "torch cpu"),
+        (f"needle cpu {COMPILED}", "needle cpu"),
+    ]
+    return pairs + ([("needle cpu", f"needle cpu {FLOAT32}")] if low_precision(args) else [])
 
 
 def after(args, results):
@@ -91,11 +111,7 @@ if __name__ == "__main__":
     sys.exit(
         harness.script_main(
             sys.modules[__name__],
-            ratios=[
-                ("needle cpu", "torch cpu"),
-                (f"needle cpu {COMPILED}", "torch cpu"),
-                (f"needle cpu {COMPILED}", "needle cpu"),
-            ],
+            ratios=ratios,
             threads="1,2",
         )
     )

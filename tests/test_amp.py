@@ -464,6 +464,23 @@ def test_bench_train_step_under_autocast(device):
     torch_train_step(spec, "cpu")()
 
 
+def test_bench_train_fp32_backend_times_the_rows_float32_step(monkeypatch):
+    """bench_train's "needle cpu fp32" column: a 16-bit row's step without autocast, built in
+    the same case (so timed in the same rounds as the row's own)."""
+    from needle.apps.bench import workloads
+    from needle.apps.bench.harness import Backend
+
+    spec = workloads.TrainSpec("mlp", (("sizes", (16, 8, 4)), ("batch", 4), ("precision", "bf16")))
+    assert spec.in_float32() == workloads.TrainSpec("mlp", spec.params[:2])
+    assert spec.in_float32().autocast is None and "autocast" not in spec.in_float32().title
+    built = []
+    monkeypatch.setattr(workloads, "needle_train_step", lambda s, d, compiled: built.append(s))
+    (case,) = workloads.train_workload([spec], repeats=1, warmup=0, min_time=0).cases
+    for label in (None, f"needle cpu {workloads.FLOAT32}"):
+        case.build(Backend("needle", "cpu", label=label))
+    assert built == [spec, spec.in_float32()]
+
+
 def test_dtype_shorthands(device):
     holds(device, "float16")
     t = ndl.Tensor(np.array([1.0, 2.5]), device=device)

@@ -35,6 +35,10 @@ class TrainSpec:
         bf16 or fp16), None for float32."""
         return {"bf16": "bfloat16", "fp16": "float16"}.get(self.kwargs.get("precision", ""))
 
+    def in_float32(self) -> TrainSpec:
+        """The same step without autocast."""
+        return TrainSpec(self.model, tuple(p for p in self.params if p[0] != "precision"))
+
     @property
     def title(self) -> str:
         p = self.kwargs
@@ -331,20 +335,24 @@ def overhead_workload(**timing) -> Workload:
     )
 
 
-# The suffix of a needle backend's label whose train steps run through ndl.compile.
+# The suffix of a needle backend's label whose train steps run through ndl.compile, and of
+# one whose steps run in float32 whatever the row's precision (a 16-bit row's float32 step,
+# timed in the same rounds: the gain of autocast).
 COMPILED = "compiled"
+FLOAT32 = "fp32"
 
 
 def train_workload(specs: Sequence[TrainSpec], compiled_rows: bool = False, **timing) -> Workload:
     """The training steps; with `compiled_rows`, each model also has a row whose needle steps
     run through ndl.compile (torch eager in it too). A needle backend labelled "... compiled"
-    runs every row compiled."""
+    runs every row compiled, one labelled "... fp32" every row in float32."""
 
     def case(spec: TrainSpec, compiled: bool = False) -> Case:
         def build(backend: Backend):
             if backend.library == "needle":
                 on = compiled or backend.name.endswith(COMPILED)
-                return needle_train_step(spec, backend.handle, compiled=on)
+                run = spec.in_float32() if backend.name.endswith(FLOAT32) else spec
+                return needle_train_step(run, backend.handle, compiled=on)
             return torch_train_step(spec, backend.handle)
 
         title = f"{spec.title}, needle compiled" if compiled else spec.title
