@@ -121,7 +121,7 @@ inline void copy_run(const S *__restrict src, int64_t n, T *__restrict dst,
 // vectors where the source has them before `limit` (its array's end), each store running up to
 // 63 bytes past its run: into the next run or the next row, both written after it, or the
 // panel's slack (kSlack) past its last row. Masked loads and stores of exactly the run cost
-// more: ResNet-9's 7x7 input conv (7 runs of 21 bfloat16 a pixel), ~480 -> ~410 us.
+// more: ResNet-9's 7x7 input conv (7 runs of 21 bfloat16 a pixel), 650 -> 535 us.
 constexpr int64_t kSlack = 64;  // bytes
 template <class S, class P>
 inline void gather_runs(const S *base, const std::vector<Run> &runs, int64_t d0, int64_t dd, P *dst,
