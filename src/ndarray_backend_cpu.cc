@@ -361,9 +361,11 @@ ConvShape checked_conv(const char *what, ConvRole role, const Array &first, cons
   return s;
 }
 
-void check_weight_grad_out(const char *what, DType operands, const Array &out) {
+// An array a conv row keeps in Compute<T> (a bias, its gradient, the weight gradient): float32
+// for 16-bit operands, else their dtype.
+void require_compute_dtype(const std::string &what, DType operands, DType got) {
   const bool half = operands == DType::f16 || operands == DType::bf16;
-  require_dtype((std::string(what) + "'s out").c_str(), out.dtype, half ? DType::f32 : operands);
+  require_dtype(what.c_str(), got, half ? DType::f32 : operands);
 }
 
 template <ConvRole Role>
@@ -378,7 +380,7 @@ void conv2d_primitive(const Array &a, const Array &b, Array &out, int64_t n, int
   // the gradient of float32 master weights under autocast, which a cast back took ~5% of.
   constexpr bool wide = Role == ConvRole::WeightGrad;
   const DType dtype = wide ? common_dtype(a, b) : common_dtype(a, b, out);
-  if (wide) check_weight_grad_out(what, dtype, out);
+  if (wide) require_compute_dtype(std::string(what) + "'s out", dtype, out.dtype);
   GilRelease unlocked(n * s.out_h() * s.out_w() * c_out * kh * kw * std::max<int64_t>(c_in, 1));
   dispatch<MatmulTypes>(dtype, [&](auto tag) {  // 16-bit: sums in float32, as matmul's
     using T = decltype(tag);
@@ -394,9 +396,7 @@ void conv2d_primitive(const Array &a, const Array &b, Array &out, int64_t n, int
 // from Python: ~20 us each in a ResNet-9 step. 16-bit rows take a float32 bias and d_bias.
 void check_bias(const char *what, const Array &rows, const Array &bias, int64_t c_out) {
   check_size(what, "bias", c_out, bias.size);
-  const bool half = rows.dtype == DType::f16 || rows.dtype == DType::bf16;
-  require_dtype((std::string(what) + "'s bias").c_str(), bias.dtype,
-                half ? DType::f32 : rows.dtype);
+  require_compute_dtype(std::string(what) + "'s bias", rows.dtype, bias.dtype);
 }
 
 void conv2d_bias(const Array &a, const Array &b, const Array &bias, Array &out, int64_t n,
@@ -420,7 +420,7 @@ void conv2d_weight_bias_grad(const Array &a, const Array &b, Array &out, Array &
   const ConvShape s = checked_conv("conv2d_weight_bias_grad", ConvRole::WeightGrad, a, b, out, n,
                                    height, width, c_in, kh, kw, c_out, stride, padding);
   check_bias("conv2d_weight_bias_grad", b, d_bias, c_out);
-  check_weight_grad_out("conv2d_weight_bias_grad", common_dtype(a, b), out);
+  require_compute_dtype("conv2d_weight_bias_grad's out", common_dtype(a, b), out.dtype);
   conv2d_primitive<ConvRole::WeightGrad>(a, b, out, n, height, width, c_in, kh, kw, c_out, stride,
                                          padding);
   GilRelease unlocked(b.size);
